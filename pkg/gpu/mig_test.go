@@ -1,0 +1,64 @@
+package gpu
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLayout(t *testing.T) {
+	a100, _ := LookupModel("A100-80GB")
+	cases := []struct {
+		profiles []string
+		fits     bool
+	}{
+		{[]string{"1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb"}, true},
+		{[]string{"4g.40gb", "3g.40gb"}, true},
+		{[]string{"3g.40gb", "3g.40gb"}, true},
+		{[]string{"3g.40gb", "3g.40gb", "1g.10gb"}, false}, // both halves taken, only 6 compute used
+		{[]string{"2g.20gb", "2g.20gb", "2g.20gb", "1g.10gb"}, true},
+		{[]string{"4g.40gb", "4g.40gb"}, false},
+		{[]string{"1g.20gb", "1g.20gb", "1g.20gb", "1g.20gb"}, true},
+		{[]string{"1g.20gb", "1g.20gb", "1g.20gb", "1g.20gb", "1g.10gb"}, false},
+		{[]string{"7g.80gb"}, true},
+		{[]string{"7g.80gb", "1g.10gb"}, false},
+	}
+	for _, c := range cases {
+		_, err := a100.Layout(c.profiles)
+		if (err == nil) != c.fits {
+			t.Errorf("Layout(%v): fits=%v, want %v (err %v)", c.profiles, err == nil, c.fits, err)
+		}
+	}
+}
+
+func TestLayoutUnknownProfileNamesValidOnes(t *testing.T) {
+	h100, _ := LookupModel("NVIDIA-H100-80GB-HBM3")
+	_, err := h100.Layout([]string{"1g.5gb"})
+	if err == nil || !strings.Contains(err.Error(), "1g.10gb") {
+		t.Fatalf("want an error listing valid profiles, got %v", err)
+	}
+}
+
+func TestFreeStartsGeometry(t *testing.T) {
+	a100, _ := LookupModel("A100-80GB")
+	// A 1g instance at slice 0 blocks the only 4g placement but not a 3g at 4.
+	starts, err := a100.FreeStarts([]Placement{{"1g.10gb", 0}}, "4g.40gb")
+	if err != nil || len(starts) != 0 {
+		t.Fatalf("4g after 1g@0: starts=%v err=%v, want none", starts, err)
+	}
+	starts, _ = a100.FreeStarts([]Placement{{"1g.10gb", 0}}, "3g.40gb")
+	if len(starts) != 1 || starts[0] != 4 {
+		t.Fatalf("3g after 1g@0: starts=%v, want [4]", starts)
+	}
+}
+
+func TestParseMIGResource(t *testing.T) {
+	p, err := ParseMIGResource("nvidia.com/mig-3g.40gb")
+	if err != nil || p.Compute != 3 || p.MemoryGB != 40 {
+		t.Fatalf("got %+v, %v", p, err)
+	}
+	for _, bad := range []string{"nvidia.com/mig-3x.40gb", "nvidia.com/mig-9g.40gb", "nvidia.com/gpu"} {
+		if _, err := ParseMIGResource(corev1ResourceName(bad)); err == nil {
+			t.Errorf("%s: want error", bad)
+		}
+	}
+}

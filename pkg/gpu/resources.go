@@ -1,0 +1,203 @@
+package gpu
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Resource names. Whole GPUs and MIG instances use the names of the NVIDIA
+// device plugin (MIG strategy "mixed"); shares of one GPU use Penny's own
+// extended resource so that ResourceQuota can cap them like any request.
+const (
+	// ResourceGPU is a whole GPU.
+	ResourceGPU corev1.ResourceName = "nvidia.com/gpu"
+	// ResourceGPUMilli is a share of one GPU in thousandths (1..999). A pod
+	// asking for it is placed on exactly one GPU, which it may share.
+	ResourceGPUMilli corev1.ResourceName = "penny.dev/gpu-milli"
+	// MIGResourcePrefix starts every MIG resource: nvidia.com/mig-<g>g.<mem>gb.
+	MIGResourcePrefix = "nvidia.com/mig-"
+
+	// MilliPerGPU is how many ResourceGPUMilli make one whole GPU.
+	MilliPerGPU = 1000
+)
+
+// Node labels set by GPU feature discovery and by the clouds.
+const (
+	LabelProduct      = "nvidia.com/gpu.product"
+	LabelCount        = "nvidia.com/gpu.count"
+	LabelMemory       = "nvidia.com/gpu.memory"
+	LabelMIGStrategy  = "nvidia.com/mig.strategy"
+	LabelInstanceType = corev1.LabelInstanceTypeStable
+	LabelZone         = corev1.LabelTopologyZone
+)
+
+// AnnotationAssignment records on a pod which devices the scheduler chose
+// for it, so that the node side can honour the choice and a restarted
+// scheduler can rebuild its view. Its format is owned by the Assignment type.
+const AnnotationAssignment = "penny.dev/gpu-assignment"
+
+// Request is what a pod asks of GPUs. At most one of its kinds is set; a pod
+// mixing kinds is rejected by ParsePodRequest because no node could honour it
+// on one device set.
+type Request struct {
+	// GPUs is the number of whole GPUs.
+	GPUs int64
+	// Milli is a share of one GPU, 1..999.
+	Milli int64
+	// MIG counts MIG instances by profile name ("1g.10gb").
+	MIG map[string]int64
+}
+
+// IsZero reports whether the pod asks for no GPU at all.
+func (r Request) IsZero() bool { return r.GPUs == 0 && r.Milli == 0 && len(r.MIG) == 0 }
+
+// TotalMilli is the request in thousandths of a GPU. A MIG request counts its
+// compute slices as sevenths of a GPU, which is how much of the device it takes.
+func (r Request) TotalMilli() int64 {
+	t := r.GPUs*MilliPerGPU + r.Milli
+	for name, n := range r.MIG {
+		if p, err := ParseProfileName(name); err == nil {
+			t += n * int64(p.Compute) * MilliPerGPU / ComputeSlices
+		}
+	}
+	return t
+}
+
+// String is the request in words a user can read in an event.
+func (r Request) String() string {
+	switch {
+	case r.GPUs > 0:
+		return fmt.Sprintf("%d %s", r.GPUs, ResourceGPU)
+	case r.Milli > 0:
+		return fmt.Sprintf("%d %s", r.Milli, ResourceGPUMilli)
+	case len(r.MIG) > 0:
+		names := make([]string, 0, len(r.MIG))
+		for n := range r.MIG {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		parts := make([]string, 0, len(names))
+		for _, n := range names {
+			parts = append(parts, fmt.Sprintf("%d %s%s", r.MIG[n], MIGResourcePrefix, n))
+		}
+		return strings.Join(parts, ", ")
+	}
+	return "no GPU"
+}
+
+// ParsePodRequest reads a pod's GPU request from its containers' limits
+// (extended resources must have request == limit, so limits are enough) the
+// way the kubelet counts them: the sum over app containers, or the largest
+// init container if that is more.
+func ParsePodRequest(pod *corev1.Pod) (Request, error) {
+	var sum Request
+	for i := range pod.Spec.Containers {
+		c, err := containerRequest(&pod.Spec.Containers[i])
+		if err != nil {
+			return Request{}, err
+		}
+		sum = add(sum, c)
+	}
+	for i := range pod.Spec.InitContainers {
+		c, err := containerRequest(&pod.Spec.InitContainers[i])
+		if err != nil {
+			return Request{}, err
+		}
+		sum = maxOf(sum, c)
+	}
+	kinds := 0
+	for _, set := range []bool{sum.GPUs > 0, sum.Milli > 0, len(sum.MIG) > 0} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds > 1 {
+		return Request{}, fmt.Errorf("pod %s/%s asks for %s together: ask for one of whole GPUs (%s), a share of one GPU (%s) or MIG instances (%s*)",
+			pod.Namespace, pod.Name, strings.Join(requestKinds(sum), " and "), ResourceGPU, ResourceGPUMilli, MIGResourcePrefix)
+	}
+	if sum.Milli >= MilliPerGPU {
+		return Request{}, fmt.Errorf("pod %s/%s asks for %d %s: a share must be 1..%d; ask for whole GPUs with %s instead",
+			pod.Namespace, pod.Name, sum.Milli, ResourceGPUMilli, MilliPerGPU-1, ResourceGPU)
+	}
+	return sum, nil
+}
+
+func requestKinds(r Request) []string {
+	var k []string
+	if r.GPUs > 0 {
+		k = append(k, string(ResourceGPU))
+	}
+	if r.Milli > 0 {
+		k = append(k, string(ResourceGPUMilli))
+	}
+	if len(r.MIG) > 0 {
+		k = append(k, "MIG instances")
+	}
+	return k
+}
+
+func containerRequest(c *corev1.Container) (Request, error) {
+	var r Request
+	list := c.Resources.Limits
+	if len(list) == 0 {
+		list = c.Resources.Requests
+	}
+	for name, q := range list {
+		switch {
+		case name == ResourceGPU:
+			r.GPUs = q.Value()
+		case name == ResourceGPUMilli:
+			r.Milli = q.Value()
+		case strings.HasPrefix(string(name), MIGResourcePrefix):
+			p, err := ParseMIGResource(name)
+			if err != nil {
+				return Request{}, fmt.Errorf("container %q: %w", c.Name, err)
+			}
+			if r.MIG == nil {
+				r.MIG = map[string]int64{}
+			}
+			r.MIG[p.Name] += q.Value()
+		}
+	}
+	return r, nil
+}
+
+func add(a, b Request) Request {
+	a.GPUs += b.GPUs
+	a.Milli += b.Milli
+	for n, v := range b.MIG {
+		if a.MIG == nil {
+			a.MIG = map[string]int64{}
+		}
+		a.MIG[n] += v
+	}
+	return a
+}
+
+func maxOf(a, b Request) Request {
+	if b.TotalMilli() > a.TotalMilli() {
+		return b
+	}
+	return a
+}
+
+// MIGResourceName is the extended resource for a MIG profile.
+func MIGResourceName(profile string) corev1.ResourceName {
+	return corev1.ResourceName(MIGResourcePrefix + profile)
+}
+
+// ParseMIGResource reads the profile out of nvidia.com/mig-<g>g.<mem>gb.
+func ParseMIGResource(name corev1.ResourceName) (Profile, error) {
+	s := string(name)
+	if !strings.HasPrefix(s, MIGResourcePrefix) {
+		return Profile{}, fmt.Errorf("resource %q is not a MIG resource: expected %s<g>g.<mem>gb", s, MIGResourcePrefix)
+	}
+	p, err := ParseProfileName(strings.TrimPrefix(s, MIGResourcePrefix))
+	if err != nil {
+		return Profile{}, fmt.Errorf("resource %q: %w", s, err)
+	}
+	return p, nil
+}
