@@ -1,19 +1,40 @@
 package plugins
 
 import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	"k8s.io/utils/clock"
+
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // Deps are the shared, long-lived inputs plugins read through interfaces:
 // the telemetry store fed by agents and the price/risk catalog. A nil field
 // means "not available"; plugins then fall back to what the cluster snapshot
 // tells them.
-type Deps struct{}
+type Deps struct {
+	// Prices prices nodes (pkg/pricing). Nil: SpotRisk loads the catalog
+	// named in its args, if any.
+	Prices pricing.PriceBook
+	// Risk estimates pool reclaim rates. Nil: SpotRisk keeps its own model
+	// seeded from the catalog's interruption buckets.
+	Risk pricing.RiskSource
+	// Clock is the simulator's virtual clock; nil means the wall clock.
+	Clock clock.WithDelayedExecution
+}
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
-func Registry(_ Deps) frameworkruntime.Registry {
-	return frameworkruntime.Registry{}
+func Registry(deps Deps) frameworkruntime.Registry {
+	return frameworkruntime.Registry{
+		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock})
+		},
+	}
 }
 
 // Options turns the registry into kube-scheduler command options.

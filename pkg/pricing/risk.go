@@ -282,3 +282,14 @@ func (m *RiskModel) publish(pool Pool) {
 	}
 	metricReclaimRate.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Set(m.rate(pool))
 }
+
+// EnsurePrior sets a pool's prior unless it has one.
+func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.priors[pool]; ok {
+		return
+	}
+	m.priors[pool] = b
+	m.publish(pool)
+}
