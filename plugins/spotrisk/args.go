@@ -172,5 +172,3 @@ func (a *Args) DeepCopyObject() runtime.Object {
 	}
 	return &c
 }
-
-

@@ -231,5 +231,4 @@ func expectContains(t *testing.T, what, got string, wants ...string) {
 	}
 }
 
-
 func klogLogger() klog.Logger { return klog.Background() }

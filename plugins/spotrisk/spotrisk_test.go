@@ -248,8 +248,8 @@ func TestArgs(t *testing.T) {
 		t.Fatalf("%+v %v", a, err)
 	}
 	for raw, want := range map[string]string{
-		`{"fallbackAftr":"90s"}`:                 `unknown field "fallbackAftr"`,
-		`{"fallbackAfter":"-1m"}`:                `args.fallbackAfter: Invalid value: "-1m0s": must not be negative`,
+		`{"fallbackAftr":"90s"}`:                  `unknown field "fallbackAftr"`,
+		`{"fallbackAfter":"-1m"}`:                 `args.fallbackAfter: Invalid value: "-1m0s": must not be negative`,
 		`{"catalog":{"file":"x","configMap":{}}}`: "give one source: file or configMap",
 		`{"catalog":{"configMap":{"name":"x"}}}`:  "args.catalog.configMap: Required value",
 	} {
