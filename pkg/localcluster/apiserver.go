@@ -66,6 +66,10 @@ func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcd
 		"--api-audiences=" + p.serviceIssuer,
 		"--allow-privileged=true",
 		"--profiling=false",
+		// Nodes get a not-ready taint at creation that the node lifecycle
+		// controller lifts once the kubelet reports; KWOK nodes report Ready
+		// from the start and no lifecycle controller runs here.
+		"--disable-admission-plugins=TaintNodesByCondition",
 	}
 	if len(runtimeConfig) > 0 {
 		keys := make([]string, 0, len(runtimeConfig))

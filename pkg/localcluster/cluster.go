@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -43,6 +44,8 @@ type Options struct {
 	FeatureGates map[string]bool
 	// RuntimeConfig enables API groups, e.g. {"scheduling.k8s.io/v1beta1": "true"}.
 	RuntimeConfig map[string]string
+	// Log receives the simulated kubelets' warnings; nil means stderr.
+	Log io.Writer
 }
 
 // Cluster is a running local control plane.
@@ -119,7 +122,11 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := startControllers(runCtx, c.RESTConfig); err != nil {
 		return nil, err
 	}
-	if err := startKWOK(runCtx, c.KubeconfigPath, c.RESTConfig); err != nil {
+	logTo := opts.Log
+	if logTo == nil {
+		logTo = os.Stderr
+	}
+	if err := startKWOK(runCtx, c.KubeconfigPath, c.RESTConfig, logTo); err != nil {
 		return nil, err
 	}
 	if opts.Spec != nil {

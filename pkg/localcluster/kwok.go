@@ -3,6 +3,7 @@ package localcluster
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 
 	"k8s.io/client-go/kubernetes"
@@ -14,6 +15,7 @@ import (
 	kwokclient "sigs.k8s.io/kwok/pkg/client/clientset/versioned"
 	"sigs.k8s.io/kwok/pkg/config"
 	"sigs.k8s.io/kwok/pkg/kwok/controllers"
+	kwoklog "sigs.k8s.io/kwok/pkg/log"
 	kwokclientset "sigs.k8s.io/kwok/pkg/utils/client"
 )
 
@@ -57,7 +59,8 @@ func kwokStages() (map[internalversion.StageResourceRef][]*internalversion.Stage
 
 // startKWOK runs KWOK's controller in-process: it keeps the simulated nodes
 // Ready and moves pods bound to them through their lifecycle.
-func startKWOK(ctx context.Context, kubeconfig string, cfg *rest.Config) error {
+func startKWOK(ctx context.Context, kubeconfig string, cfg *rest.Config, logTo io.Writer) error {
+	ctx = kwoklog.NewContext(ctx, kwoklog.NewLogger(logTo, kwoklog.LevelWarn))
 	stages, err := kwokStages()
 	if err != nil {
 		return err
