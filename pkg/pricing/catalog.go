@@ -406,3 +406,24 @@ func (e *CatalogError) Error() string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// With returns a catalog with extra rows added; a row for the same instance
+// type, capacity type, region and zone replaces the catalog's. The simulator
+// uses it to price a scenario's pools.
+func (c *Catalog) With(extra ...Entry) (*Catalog, error) {
+	types := make([]InstanceType, 0, len(c.types))
+	for _, n := range c.typeNames() {
+		types = append(types, c.types[n])
+	}
+	replaced := map[priceKey]bool{}
+	for _, e := range extra {
+		replaced[priceKey{e.InstanceType, e.Capacity, e.Region, e.Zone}] = true
+	}
+	var entries []Entry
+	for _, e := range c.Entries() {
+		if !replaced[priceKey{e.InstanceType, e.Capacity, e.Region, e.Zone}] {
+			entries = append(entries, e)
+		}
+	}
+	return NewCatalog(c.ratios, types, append(entries, extra...), c.defaultInterruption)
+}

@@ -120,3 +120,26 @@ func TestNewCatalogReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestWithReplacesAndAdds(t *testing.T) {
+	c := testCatalog(t)
+	d, err := c.With(
+		Entry{InstanceType: "p4d.24xlarge", Capacity: Spot, Region: "us-east-1", Zone: "us-east-1b", Hourly: 5},
+		Entry{InstanceType: "p4d.24xlarge", Capacity: Reserved, Region: "us-east-1", Hourly: 20},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := d.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1b"); p.NodeHourly != 5 {
+		t.Fatalf("zone row not replaced: %v", p.NodeHourly)
+	}
+	if p, _ := d.Lookup("p4d.24xlarge", Reserved, "us-east-1", ""); p.NodeHourly != 20 {
+		t.Fatalf("reserved row not added: %v", p.NodeHourly)
+	}
+	if p, _ := c.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1b"); p.NodeHourly != 6 {
+		t.Fatal("the original catalog changed")
+	}
+	if _, err := c.With(Entry{InstanceType: "nope", Capacity: Spot, Region: "r", Hourly: 1}); err == nil {
+		t.Fatal("an unknown instance type must be rejected")
+	}
+}

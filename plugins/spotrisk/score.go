@@ -51,10 +51,14 @@ func (pl *SpotRisk) Cost(pod *corev1.Pod, class Class, usage pricing.Usage, node
 	if !ok {
 		return 0, false
 	}
-	capacity := pricing.NodeCapacity(node)
-	hourly := price.HourlyFor(usage) * price.MarginalFactor()
-	rate := pl.reclaimRate(node, capacity, price, true)
-	return pricing.CostPerUsefulHour(hourly, rate, class.Work, pl.args.UnknownRuntime.Duration), true
+	return pl.expected(price.HourlyFor(usage)*price.MarginalFactor(), class, node, price), true
+}
+
+// expected turns an hourly price on a node into the expected price of an
+// hour of useful work there.
+func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, price pricing.Price) float64 {
+	rate := pl.reclaimRate(node, pricing.NodeCapacity(node), price, true)
+	return pricing.CostPerUsefulHour(hourly, rate, class.Work, pl.args.UnknownRuntime.Duration)
 }
 
 // Score implements fwk.ScorePlugin.
