@@ -70,13 +70,12 @@ const SystemNamespace = "penny-system"
 
 // Start brings a cluster up and returns once its nodes are Ready. On error
 // everything started so far is stopped and the directory removed.
-func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	began := time.Now()
-	c = &Cluster{}
+	c := &Cluster{}
 	defer func() {
 		if err != nil {
 			c.Stop()
-			c = nil
 		}
 	}()
 	if err := c.claimDir(opts.Dir); err != nil {

@@ -82,7 +82,7 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 	dec.KnownFields(true)
 	var spec Spec
 	if err := dec.Decode(&spec); err != nil {
-		return nil, fmt.Errorf("%s: %s", file, describeDecodeError(err))
+		return nil, describeDecodeError(file, err)
 	}
 	if errs := spec.validate(); len(errs) > 0 {
 		msgs := make([]string, len(errs))
@@ -94,12 +94,29 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 	return &spec, nil
 }
 
-func describeDecodeError(err error) string {
+// describeDecodeError rewrites yaml's "line N: ..." messages as "file:N: ..."
+// and names unknown fields in words a user can act on.
+func describeDecodeError(file string, err error) error {
 	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		return "line " + strings.Join(te.Errors, "; line ")[len("line "):]
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s: %v", file, err)
 	}
-	return err.Error()
+	msgs := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		if rest, ok := strings.CutPrefix(e, "line "); ok {
+			if n, msg, ok := strings.Cut(rest, ": "); ok {
+				if field, ok := strings.CutPrefix(msg, "field "); ok {
+					if name, typ, ok := strings.Cut(field, " not found in type "); ok {
+						msg = fmt.Sprintf("unknown field %q in %s (check its spelling; fields are listed in docs/local-cluster.md)", name, strings.TrimPrefix(typ, "localcluster."))
+					}
+				}
+				msgs[i] = fmt.Sprintf("%s:%s: %s", file, n, msg)
+				continue
+			}
+		}
+		msgs[i] = fmt.Sprintf("%s: %s", file, e)
+	}
+	return errors.New(strings.Join(msgs, "\n"))
 }
 
 type fieldError struct{ path, msg string }
