@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -180,6 +181,7 @@ func (e *env) schedule(t *testing.T, p *corev1.Pod) result {
 			diag.NodeToStatus.Set(ni.Node().Name, s)
 		}
 	}
+	sort.Strings(r.feasible)
 	if len(feasible) == 0 {
 		fe := &framework.FitError{Pod: p, NumAllNodes: len(e.nodes), Diagnosis: diag}
 		r.fitError = fe.Error()
