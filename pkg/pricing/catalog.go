@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	resourcehelper "k8s.io/component-helpers/resource"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -426,4 +427,16 @@ func (c *Catalog) With(extra ...Entry) (*Catalog, error) {
 		}
 	}
 	return NewCatalog(c.ratios, types, append(entries, extra...), c.defaultInterruption)
+}
+
+// PodUsage is what a pod reserves of a node, the basis of its price: its
+// requests, as the kubelet counts them, and its GPU request in thousandths
+// (pkg/gpu's reading: whole GPUs, a share, or MIG slices as sevenths).
+func PodUsage(pod *corev1.Pod) Usage {
+	req := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
+	u := Usage{CPUMilli: req.Cpu().MilliValue(), MemoryBytes: req.Memory().Value()}
+	if r, err := gpu.ParsePodRequest(pod); err == nil {
+		u.GPUMilli = r.TotalMilli()
+	}
+	return u
 }

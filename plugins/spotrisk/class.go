@@ -197,3 +197,14 @@ func parseRisk(v string) (float64, error) {
 	}
 	return f, nil
 }
+
+// ClassOf is the class the plugin gives a pod under args (nil: defaults).
+// The simulator uses it to report where each class ran.
+func ClassOf(pod *corev1.Pod, args *Args) (Class, error) {
+	if args == nil {
+		args = &Args{}
+	}
+	a := *args
+	a.SetDefaults()
+	return classify(pod, &a)
+}

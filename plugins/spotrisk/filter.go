@@ -63,7 +63,7 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
 	}
 	s := pl.stateFor(pod, class)
-	s.usage = podUsage(pod)
+	s.usage = pricing.PodUsage(pod)
 	cs.Write(stateKey, s)
 	return nil, nil
 }

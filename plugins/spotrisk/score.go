@@ -5,10 +5,8 @@ import (
 	"math"
 
 	corev1 "k8s.io/api/core/v1"
-	resourcehelper "k8s.io/component-helpers/resource"
 	fwk "k8s.io/kube-scheduler/framework"
 
-	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -20,19 +18,6 @@ const (
 	// avoided are Spot nodes for a pod that avoids Spot: they score last.
 	avoided int64 = -2
 )
-
-// podUsage is what the pod reserves of a node, the basis of its price.
-func podUsage(pod *corev1.Pod) pricing.Usage {
-	req := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
-	u := pricing.Usage{
-		CPUMilli:    req.Cpu().MilliValue(),
-		MemoryBytes: req.Memory().Value(),
-	}
-	if r, err := gpu.ParsePodRequest(pod); err == nil {
-		u.GPUMilli = r.TotalMilli()
-	}
-	return u
-}
 
 // PreScore implements fwk.PreScorePlugin. State comes from PreFilter.
 func (pl *SpotRisk) PreScore(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodes []fwk.NodeInfo) *fwk.Status {

@@ -102,7 +102,7 @@ func TestScoreExpectedCostOfUsefulWork(t *testing.T) {
 	// The cost is price x (1 + rate x (lost + restart)), on the pod's share.
 	p := pod("p", map[string]string{AnnotationSpot: "allow", AnnotationExpectedRuntime: "168h"})
 	class, _ := classify(p, e.plugin.args)
-	cost, ok := e.plugin.Cost(p, class, podUsage(p), nodes[3])
+	cost, ok := e.plugin.Cost(p, class, pricing.PodUsage(p), nodes[3])
 	rate := risk.ReclaimRate(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot})
 	want := 7.0 / 8 * (1 + rate*(84+5.0/60))
 	if !ok || cost < want*0.999999 || cost > want*1.000001 {
