@@ -8,13 +8,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
 // Expander ranks node pools for an autoscaler by SpotRisk's own measure
-// applied to a whole new node: the node's marginal price times
-// 1 + reclaim rate x (work lost per reclaim + restart overhead) for the pod
-// that needs it. It is what a Cluster Autoscaler gRPC expander or a
+// applied to a new node: the expected price of the pod's useful work per
+// pod slot, i.e. the node's marginal price over how many pods like this one
+// the node holds, times 1 + reclaim rate x (work lost per reclaim + restart
+// overhead). Dividing by slots is how the plugin's share-of-node cost looks
+// from a node that does not exist yet: the packing score fills the rest of
+// the node with the pods that follow. It is what a Cluster Autoscaler gRPC expander or a
 // Karpenter-style provisioner would ask Penny; the simulator's elastic fleet
 // asks it now.
 type Expander struct {
@@ -53,9 +57,14 @@ func (x *Expander) Rank(pod *corev1.Pod, templates []*corev1.Node) ([]int, error
 			continue
 		}
 		spot := pricing.NodeCapacity(n).IsSpot()
+		slots := float64(Slots(pricing.PodUsage(pod), n))
+		if slots == 0 {
+			keys[i] = key{cost: math.Inf(1), price: math.Inf(1)}
+			continue
+		}
 		keys[i] = key{
 			avoided: class.Policy == Avoid && spot,
-			cost:    x.pl.expected(price.Marginal(), class, n, price),
+			cost:    x.pl.expected(price.Marginal()/slots, class, n, price),
 			price:   price.Marginal(),
 		}
 	}
@@ -74,4 +83,31 @@ func (x *Expander) Rank(pod *corev1.Pod, templates []*corev1.Node) ([]int, error
 		return ka.price < kb.price
 	})
 	return order, nil
+}
+
+// Slots is how many pods with this usage an empty node holds: the fewest
+// over CPU, memory and GPUs (a share of one GPU counts per GPU, since a
+// share cannot span two).
+func Slots(u pricing.Usage, node *corev1.Node) int64 {
+	alloc := node.Status.Allocatable
+	n := int64(math.MaxInt64)
+	if u.CPUMilli > 0 {
+		n = min(n, alloc.Cpu().MilliValue()/u.CPUMilli)
+	}
+	if u.MemoryBytes > 0 {
+		n = min(n, alloc.Memory().Value()/u.MemoryBytes)
+	}
+	if u.GPUMilli > 0 {
+		g := alloc[gpu.ResourceGPU]
+		gpus := g.Value()
+		if u.GPUMilli < gpu.MilliPerGPU {
+			n = min(n, gpus*(gpu.MilliPerGPU/u.GPUMilli))
+		} else {
+			n = min(n, gpus*gpu.MilliPerGPU/u.GPUMilli)
+		}
+	}
+	if n == math.MaxInt64 {
+		n = 1
+	}
+	return n
 }
