@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -268,5 +269,27 @@ func TestCatalogFromArgsFile(t *testing.T) {
 	p, ok := e.plugin.prices.NodePrice(od)
 	if !ok || p.NodeHourly != 32.7726 {
 		t.Fatalf("shipped catalog not loaded: %+v %v", p, ok)
+	}
+}
+
+func TestSignPod(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	sign := func(p *corev1.Pod) ([]fwk.SignFragment, *fwk.Status) {
+		return e.plugin.SignPod(context.Background(), p)
+	}
+	a, s1 := sign(pod("a", map[string]string{AnnotationWorkload: "batch"}))
+	b, s2 := sign(pod("b", map[string]string{AnnotationWorkload: "batch"}))
+	c, s3 := sign(pod("c", map[string]string{AnnotationWorkload: "inference"}))
+	if !s1.IsSuccess() || !s2.IsSuccess() || !s3.IsSuccess() {
+		t.Fatalf("statuses %v %v %v", s1, s2, s3)
+	}
+	if !reflect.DeepEqual(a, b) || reflect.DeepEqual(a, c) {
+		t.Fatalf("same class must sign alike, different classes apart: %v %v %v", a, b, c)
+	}
+	if _, s := sign(pod("w", map[string]string{AnnotationSpot: "prefer"})); s.IsSuccess() {
+		t.Fatal("a pod waiting for Spot must not be signed")
+	}
+	if _, s := sign(pod("x", map[string]string{AnnotationSpot: "x"})); s.IsSuccess() {
+		t.Fatal("a malformed pod must not be signed")
 	}
 }

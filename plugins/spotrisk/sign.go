@@ -1,0 +1,31 @@
+package spotrisk
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+var _ fwk.SignPlugin = &SpotRisk{}
+
+// SignPod lets the scheduler reuse one pod's results for the next identical
+// pod (opportunistic batching): pods with the same class and requests get the
+// same filtering and scores. A pod still waiting for Spot is not signed, since
+// its feasible nodes change when its wait ends; nor is a pod with a malformed
+// annotation.
+func (pl *SpotRisk) SignPod(_ context.Context, pod *corev1.Pod) ([]fwk.SignFragment, *fwk.Status) {
+	class, err := classify(pod, pl.args)
+	if err != nil {
+		return nil, fwk.NewStatus(fwk.Unschedulable, err.Error())
+	}
+	if pl.stateFor(pod, class).waiting {
+		return nil, fwk.NewStatus(fwk.Unschedulable, "the pod is waiting for Spot capacity")
+	}
+	return []fwk.SignFragment{
+		{Key: "penny.dev/SpotRisk.Class()", Value: class},
+		{Key: "penny.dev/SpotRisk.Usage()", Value: pricing.PodUsage(pod)},
+	}, nil
+}
