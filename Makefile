@@ -12,6 +12,7 @@ build:
 
 test:
 	$(GO) test ./...
+	$(MAKE) fuzz-short
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -35,3 +36,18 @@ generate:
 		--go_out=$(TELEMETRY_API) --go_opt=paths=source_relative \
 		--go-grpc_out=$(TELEMETRY_API) --go-grpc_opt=paths=source_relative \
 		$(TELEMETRY_API)/telemetry.proto
+
+# Fuzz targets run their seed corpus in `go test`; fuzz-short also fuzzes each
+# one briefly (`go test -fuzz` takes one target per run). Add yours as
+# <package dir>:<FuzzName>.
+FUZZ_TIME ?= 5s
+FUZZ_TARGETS := \
+	./pkg/api/telemetry/v1:FuzzNodeReport \
+	./pkg/api/telemetry/v1:FuzzGPUFields \
+	./pkg/api/telemetry/v1:FuzzMIGProfile
+
+fuzz-short:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZ_TIME) $${t%%:*}; \
+	done

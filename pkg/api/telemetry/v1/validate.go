@@ -250,6 +250,9 @@ func ParseMIGProfile(name string) (gpu.Profile, error) {
 		}
 	}
 	p, err := gpu.ParseProfileName(base)
+	if err == nil && base != fmt.Sprintf("%dg.%dgb", p.Compute, p.MemoryGB) {
+		err = fmt.Errorf("MIG profile %q: write numbers without signs or leading zeros", name)
+	}
 	if err != nil {
 		return gpu.Profile{}, fmt.Errorf("%w (optionally followed by one of %s)", err, strings.Join(migProfileSuffixes, ", "))
 	}
