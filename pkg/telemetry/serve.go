@@ -46,8 +46,9 @@ func ServingTLSConfig(ctx context.Context, certFile, keyFile string) (*tls.Confi
 	}, nil
 }
 
-// Serve runs srv on lis with TLS until ctx ends, then stops gracefully
-// (open streams get a few seconds to finish).
+// Serve runs srv on lis with TLS until ctx ends, then stops: in-flight
+// messages get a moment to finish, then streams are cut (agents reconnect to
+// the other replicas, or to this one when it is back).
 func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, srv *Server, log logr.Logger) error {
 	g := srv.NewGRPCServer(credentials.NewTLS(tlsConfig))
 	errc := make(chan error, 1)
@@ -62,7 +63,7 @@ func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, srv *Se
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Second):
 		g.Stop()
 	}
 	return nil

@@ -81,6 +81,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 	return &Server{opts: o, allowed: allowed, streams: map[string]map[*agentStream]struct{}{}}, nil
 }
 
+// Store returns the store the server writes to.
+func (s *Server) Store() *Store { return s.opts.Store }
+
 // MaxMessageBytes bounds one message from an agent; a report of a full
 // 8-GPU node with MIG and a hundred pods is a few tens of KB.
 const MaxMessageBytes = 4 << 20
