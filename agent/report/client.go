@@ -46,6 +46,10 @@ type ClientOptions struct {
 	TokenFile string
 	// ResolveInterval is how often Address is resolved again (30s).
 	ResolveInterval time.Duration
+	// Resolver looks up Address's host; net.DefaultResolver when nil.
+	Resolver interface {
+		LookupHost(ctx context.Context, host string) ([]string, error)
+	}
 	// Backoff paces reconnects to one endpoint. Zero: 500ms doubling to 30s,
 	// with jitter.
 	Backoff wait.Backoff
@@ -91,6 +95,9 @@ func NewClient(loop *Loop, opts ClientOptions) (*Client, error) {
 	}
 	if opts.ResolveInterval <= 0 {
 		opts.ResolveInterval = 30 * time.Second
+	}
+	if opts.Resolver == nil {
+		opts.Resolver = net.DefaultResolver
 	}
 	if opts.Backoff.Duration == 0 {
 		opts.Backoff = DefaultBackoff
@@ -178,7 +185,7 @@ func (c *Client) resolve(ctx context.Context) ([]string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	ips, err := net.DefaultResolver.LookupHost(ctx, c.host)
+	ips, err := c.opts.Resolver.LookupHost(ctx, c.host)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,9 @@ import (
 	"github.com/pennysched/penny/pkg/telemetry"
 )
 
+// ServerName is the DNS name in the test servers' certificates.
+const ServerName = "penny-telemetry.penny-system.svc"
+
 // AgentServiceAccount is the ServiceAccount the stand-in tokens belong to.
 const AgentServiceAccount = "penny-system/penny-agent"
 
@@ -35,9 +39,12 @@ type Env struct {
 	Addr string
 	// ClientTLS trusts the server's certificate.
 	ClientTLS *tls.Config
-	Store     *telemetry.Store
-	Server    *telemetry.Server
-	dir       string
+	// Cert is the server's certificate.
+	Cert   Cert
+	stop   func()
+	Store  *telemetry.Store
+	Server *telemetry.Server
+	dir    string
 }
 
 // Options tune Start.
@@ -45,6 +52,31 @@ type Options struct {
 	Store   telemetry.StoreOptions
 	Server  telemetry.ServerOptions // Store, Authenticator, AgentServiceAccounts and Log are filled in
 	Address string                  // "127.0.0.1:0" when empty
+	// Cert to serve; a new one when zero. Servers sharing a Cert are
+	// trusted by one client configuration (Cert.ClientTLS).
+	Cert Cert
+}
+
+// Cert is a serving certificate for ServerName and 127.0.0.1.
+type Cert struct {
+	CertPEM, KeyPEM []byte
+}
+
+// NewCert generates a self-signed serving certificate.
+func NewCert(t testing.TB) Cert {
+	t.Helper()
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey(ServerName, []net.IP{net.ParseIP("127.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Cert{CertPEM: certPEM, KeyPEM: keyPEM}
+}
+
+// ClientTLS returns a client configuration that trusts c.
+func (c Cert) ClientTLS() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.CertPEM)
+	return &tls.Config{RootCAs: pool, ServerName: ServerName, MinVersion: tls.VersionTLS12}
 }
 
 // Start runs a server with the stand-in authenticator until the test ends.
@@ -61,28 +93,27 @@ func Start(t testing.TB, o Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startServer(t, srv, o.Address)
+	return startServer(t, srv, o.Address, o.Cert)
 }
 
 // StartWith serves srv (with whatever authenticator it has) until the test
 // ends.
 func StartWith(t testing.TB, srv *telemetry.Server) *Env {
 	t.Helper()
-	return startServer(t, srv, "")
+	return startServer(t, srv, "", Cert{})
 }
 
-func startServer(t testing.TB, srv *telemetry.Server, addr string) *Env {
+func startServer(t testing.TB, srv *telemetry.Server, addr string, cert Cert) *Env {
 	t.Helper()
 	dir := t.TempDir()
-	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey("penny-telemetry.penny-system.svc", []net.IP{net.ParseIP("127.0.0.1")}, nil)
-	if err != nil {
-		t.Fatal(err)
+	if cert.CertPEM == nil {
+		cert = NewCert(t)
 	}
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+	if err := os.WriteFile(certFile, cert.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+	if err := os.WriteFile(keyFile, cert.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -106,24 +137,31 @@ func startServer(t testing.TB, srv *telemetry.Server, addr string) *Env {
 			t.Errorf("telemetry server: %v", err)
 		}
 	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("telemetry server did not stop")
-		}
-	})
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Error("telemetry server did not stop")
+			}
+		})
+	}
+	t.Cleanup(stop)
 	return &Env{
 		Addr:      lis.Addr().String(),
-		ClientTLS: &tls.Config{RootCAs: pool, ServerName: "penny-telemetry.penny-system.svc", MinVersion: tls.VersionTLS12},
+		ClientTLS: cert.ClientTLS(),
+		Cert:      cert,
 		Store:     srv.Store(),
 		Server:    srv,
 		dir:       dir,
+		stop:      stop,
 	}
 }
+
+// Stop stops the server before the test ends (it stops by itself at the end).
+func (e *Env) Stop() { e.stop() }
 
 // TokenFile writes a stand-in token for an agent on node and returns its path.
 func (e *Env) TokenFile(t testing.TB, node string) string {
