@@ -1,22 +1,42 @@
-# Penny. `make demo` and `make test` are the two set-up commands (README).
+# Penny. The two set-up commands are `make demo` and `make test` (README).
 SHELL := /bin/bash
 GO    ?= go
 BIN   := $(CURDIR)/bin
+# Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
+export PATH := $(BIN):$(PATH)
 
-.PHONY: all build test demo lint tools generate fuzz-short gpu-check
+.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check
 
 all: build
 
+## build: bin/penny-scheduler, bin/penny (and every other command under cmd/)
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test:
-	$(GO) test ./...
+## demo: a local cluster with simulated GPU nodes, the demo workload, and what Penny did
+demo:
+	$(GO) build -o $(BIN)/penny ./cmd/penny
+	$(BIN)/penny up --demo --exit-after-demo
+
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests, then a short fuzz run
+test: tools
+	$(GO) test -count=1 -timeout 25m ./...
 	$(MAKE) fuzz-short
 
+## lint: gofmt and go vet
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+## manifests: regenerate deploy/**/*.yaml from their templates and configs
+manifests:
+	$(GO) run ./hack/manifests
+
+## tools: binaries built from Go modules that tests need
+tools:
+
+clean:
+	rm -rf $(BIN)
 
 # --- telemetry API (pkg/api/telemetry/v1) -------------------------------------
 # The generated Go is committed, so building and CI never need protoc. To
@@ -28,6 +48,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS := $(BIN)/tools
 TELEMETRY_API := pkg/api/telemetry/v1
 
+## generate: regenerate pkg/api/telemetry/v1 from telemetry.proto (needs protoc)
 generate:
 	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
 	$(GO) build -o $(TOOLS)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
@@ -46,6 +67,7 @@ FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzGPUFields \
 	./pkg/api/telemetry/v1:FuzzMIGProfile
 
+## fuzz-short: each fuzz target for FUZZ_TIME (5s)
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
