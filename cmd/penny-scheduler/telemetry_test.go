@@ -12,7 +12,6 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/spf13/pflag"
 
-	"github.com/pennysched/penny/agent/nvml"
 	"github.com/pennysched/penny/agent/report"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
@@ -89,9 +88,9 @@ clientConnection:
 		t.Errorf("max age %v", store.MaxAge())
 	}
 
-	// A real agent loop on the mock DGX A100 connects and reports.
-	m, _ := nvml.NewMockFromFlag("dgxa100")
-	loop := report.NewLoop(&report.Builder{Node: "gpu-1", AgentID: "a", Sources: report.Sources{GPUs: nvml.New(m, testr.New(t), nvml.Options{})}},
+	// The agent's report loop and uplink connect and report. (GPUs from a
+	// stand-in: this binary cannot link NVML, see agent/report.Source.)
+	loop := report.NewLoop(&report.Builder{Node: "gpu-1", AgentID: "a", Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 8}}},
 		report.LoopOptions{CollectInterval: 50 * time.Millisecond, Log: testr.New(t)})
 	uplink, err := report.NewClient(loop, report.ClientOptions{
 		Address: addr, TLS: cert.ClientTLS(), TokenFile: writeFile(t, dir, "token", []byte("node:gpu-1")), Log: testr.New(t),
