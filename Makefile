@@ -65,7 +65,8 @@ FUZZ_TIME ?= 5s
 FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzNodeReport \
 	./pkg/api/telemetry/v1:FuzzGPUFields \
-	./pkg/api/telemetry/v1:FuzzMIGProfile
+	./pkg/api/telemetry/v1:FuzzMIGProfile \
+	./pkg/api/telemetry/v1:FuzzNameChecks
 
 ## fuzz-short: each fuzz target for FUZZ_TIME (5s)
 fuzz-short:

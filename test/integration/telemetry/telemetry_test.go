@@ -14,10 +14,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"github.com/golang-jwt/jwt/v5"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -105,30 +102,10 @@ func resigned(t *testing.T, c *localcluster.Cluster, token string, exp time.Time
 	return s
 }
 
-// stream opens an agent stream with token and sends one report.
+// sendReport opens an agent stream with token and sends one report.
 func sendReport(t *testing.T, env *telemetrytest.Env, token string, r *telemetryv1.NodeReport) (*telemetryv1.ReportAck, error) {
 	t.Helper()
-	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	st, err := telemetryv1.NewTelemetryClient(conn).Connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}); err != nil {
-		_, err = st.Recv()
-		return nil, err
-	}
-	msg, err := st.Recv()
-	if err != nil {
-		return nil, err
-	}
-	return msg.GetAck(), nil
+	return telemetrytest.Dial(t, env, token).Report(t, r)
 }
 
 func wrongNodeCount(t *testing.T) float64 {

@@ -1,0 +1,194 @@
+package telemetry_test
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+// The load: 5,000 nodes with 8 GPUs each, one report per node every
+// 5 seconds, i.e. 1,000 reports a second.
+const (
+	benchNodes       = 5000
+	benchGPUs        = 8
+	benchPeriod      = 5 * time.Second
+	reportsPerSecond = float64(benchNodes) / 5
+)
+
+// processCPU is the CPU time (user + system) this process has used, all
+// threads together: it counts the garbage collector's work too, which a
+// per-op wall-clock time on a busy machine would not.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func encodedReports(b *testing.B, seqs int) [][][]byte {
+	b.Helper()
+	out := make([][][]byte, seqs)
+	for s := range out {
+		out[s] = make([][]byte, benchNodes)
+		for n := 0; n < benchNodes; n++ {
+			data, err := proto.Marshal(telemetrytest.Report(fmt.Sprintf("gpu-node-%04d", n), benchGPUs, uint64(s+1), time.Now()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			out[s][n] = data
+		}
+	}
+	return out
+}
+
+// BenchmarkIngest is the server's work per report, minus the gRPC transport:
+// decode the wire bytes, validate every field, build the node's snapshot
+// and publish it in the store. Reports cycle over 5,000 nodes, so the store
+// holds the full fleet. cores@1000rps is the share of one core this takes at
+// the load: CPU seconds per report x 1,000 reports per second.
+func BenchmarkIngest(b *testing.B) {
+	const seqs = 2 // alternate so each update differs from the stored one
+	wire := encodedReports(b, seqs)
+	store := telemetry.NewStore(telemetry.StoreOptions{})
+	b.SetBytes(int64(len(wire[0][0])))
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU()
+	seq := uint64(0)
+	for i := 0; i < b.N; i++ {
+		n := i % benchNodes
+		if n == 0 {
+			seq++
+		}
+		var r telemetryv1.NodeReport
+		if err := proto.Unmarshal(wire[int(seq)%seqs][n], &r); err != nil {
+			b.Fatal(err)
+		}
+		r.Sequence = seq // monotonic per node, as an agent's are
+		if err := telemetryv1.ValidateNodeReport(&r); err != nil {
+			b.Fatal(err)
+		}
+		if !store.Update(&r, time.Now()) {
+			b.Fatalf("report %d of node %d not applied", seq, n)
+		}
+	}
+	cpu := processCPU() - cpu0
+	b.StopTimer()
+	perReport := float64(cpu.Nanoseconds()) / float64(b.N)
+	b.ReportMetric(perReport, "cpu-ns/report")
+	b.ReportMetric(perReport*reportsPerSecond/1e9, "cores@1000rps")
+}
+
+// mutexStore is the baseline the lock-free store is measured against: one
+// map behind a read-write lock, the obvious way to share node state.
+type mutexStore struct {
+	mu    sync.RWMutex
+	nodes map[string]*telemetry.NodeState
+}
+
+func (m *mutexStore) Node(name string) (*telemetry.NodeState, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	s, ok := m.nodes[name]
+	return s, ok
+}
+
+func (m *mutexStore) update(s *telemetry.NodeState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.nodes[s.Node] = s
+}
+
+// BenchmarkScoreRead is what a Filter or Score call does with telemetry:
+// look a node up and count its free MIG instances, from every core at once,
+// while reports stream in at the rate (1,000 a second) or, in the
+// "flood" variants, as fast as one writer can go. Compare the store with the
+// mutex baseline measured in the same run.
+func BenchmarkScoreRead(b *testing.B) {
+	names := make([]string, benchNodes)
+	states := make([]*telemetry.NodeState, benchNodes)
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
+	for n := range names {
+		names[n] = fmt.Sprintf("gpu-node-%04d", n)
+		store.Update(telemetrytest.Report(names[n], benchGPUs, 1, time.Now()), time.Now())
+		states[n], _ = store.Node(names[n])
+	}
+	base := &mutexStore{nodes: map[string]*telemetry.NodeState{}}
+	for _, s := range states {
+		base.update(s)
+	}
+	readers := map[string]telemetry.Reader{"store": store, "mutex-baseline": base}
+	for _, load := range []string{"1000rps", "flood"} {
+		for _, impl := range []string{"store", "mutex-baseline"} {
+			b.Run(impl+"/"+load, func(b *testing.B) {
+				stop := make(chan struct{})
+				var writes atomic.Int64
+				var wg sync.WaitGroup
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var tick <-chan time.Time
+					if load == "1000rps" {
+						t := time.NewTicker(time.Millisecond)
+						defer t.Stop()
+						tick = t.C
+					}
+					seq := uint64(2)
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if tick != nil {
+							<-tick
+						}
+						n := i % benchNodes
+						if n == 0 {
+							seq++
+						}
+						if impl == "store" {
+							store.Update(states[n].Report, time.Now()) // same content, new snapshot
+						} else {
+							s := *states[n]
+							s.Sequence = seq
+							base.update(&s)
+						}
+						writes.Add(1)
+					}
+				}()
+				r := readers[impl]
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					i := 0
+					free := 0
+					for pb.Next() {
+						if st, ok := r.Node(names[i%benchNodes]); ok {
+							for g := range st.GPUs {
+								free += st.GPUs[g].FreeMIG("1g.10gb")
+							}
+						}
+						i += 7
+					}
+					if free < 0 {
+						b.Fatal(free)
+					}
+				})
+				b.StopTimer()
+				close(stop)
+				wg.Wait()
+				b.ReportMetric(float64(writes.Load())/b.Elapsed().Seconds(), "writes/s")
+			})
+		}
+	}
+}
