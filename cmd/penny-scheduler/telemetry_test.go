@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
 
 	"github.com/pennysched/penny/agent/report"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -140,5 +141,34 @@ func TestTelemetryFlagErrors(t *testing.T) {
 	fs.String("config", "/nonexistent/config.yaml", "")
 	if _, err := tokenReviewClient(fs); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("unreadable --config: %v", err)
+	}
+}
+
+// The patch deploy/agent applies to the scheduler's Deployment uses flags
+// this command knows.
+func TestTelemetryPatchFlags(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/agent/scheduler-telemetry-patch.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []struct {
+		Path  string `json:"path"`
+		Value any    `json:"value"`
+	}
+	if err := yaml.Unmarshal(data, &ops); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, op := range ops {
+		if strings.HasSuffix(op.Path, "/args/-") {
+			args = append(args, op.Value.(string))
+		}
+	}
+	var f telemetryFlags
+	if err := f.flagSet().Parse(args); err != nil {
+		t.Fatalf("patch args %v: %v", args, err)
+	}
+	if f.bindAddress == "" || f.certFile == "" || f.keyFile == "" {
+		t.Errorf("patch does not turn the endpoint on: %+v", f)
 	}
 }
