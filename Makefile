@@ -74,3 +74,7 @@ fuzz-short:
 		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
 		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZ_TIME) $${t%%:*}; \
 	done
+
+## gpu-check: on a machine with an NVIDIA GPU, build penny-agent and print (and cross-check) its report from the real NVML; SAVE=1 writes benchmarks/results/agent-gpu-check.json
+gpu-check:
+	hack/gpu-check.sh $(if $(SAVE),--save)
