@@ -103,7 +103,7 @@ func validateNodeReport(r *NodeReport, p at) field.ErrorList {
 	if n := len(r.GetGpus()); n > MaxGPUs {
 		errs = append(errs, field.TooMany(p.Child("gpus").path(), n, MaxGPUs))
 	} else {
-		seen := newUniqueness()
+		seen := newUniqueness(r.GetGpus())
 		for i, g := range r.GetGpus() {
 			errs = append(errs, validateGPU(g, seen, p.Child("gpus").Index(i))...)
 		}
@@ -140,11 +140,17 @@ func validateNodeReport(r *NodeReport, p at) field.ErrorList {
 // uniqueness tracks ids that must be unique across one report.
 type uniqueness struct {
 	uuids   map[string]bool
-	indices map[uint32]bool
+	indices [MaxGPUs]bool
 }
 
-func newUniqueness() *uniqueness {
-	return &uniqueness{uuids: map[string]bool{}, indices: map[uint32]bool{}}
+// newUniqueness sizes the UUID set for the report's GPUs and MIG instances
+// up front: growing it would cost more than the lookups.
+func newUniqueness(gpus []*GPU) *uniqueness {
+	n := len(gpus)
+	for _, g := range gpus {
+		n += len(g.GetMigInstances())
+	}
+	return &uniqueness{uuids: make(map[string]bool, n)}
 }
 
 func validateGPU(g *GPU, seen *uniqueness, p at) field.ErrorList {
@@ -162,8 +168,9 @@ func validateGPU(g *GPU, seen *uniqueness, p at) field.ErrorList {
 		errs = append(errs, field.Invalid(p.Child("index").path(), g.GetIndex(), fmt.Sprintf("must be below %d", MaxGPUs)))
 	} else if seen.indices[g.GetIndex()] {
 		errs = append(errs, field.Duplicate(p.Child("index").path(), g.GetIndex()))
+	} else {
+		seen.indices[g.GetIndex()] = true
 	}
-	seen.indices[g.GetIndex()] = true
 	if g.GetName() == "" {
 		errs = append(errs, field.Required(p.Child("name").path(), "NVML device name, e.g. \"NVIDIA A100-SXM4-40GB\""))
 	}
@@ -292,7 +299,7 @@ func ParseMIGProfile(name string) (gpu.Profile, error) {
 		}
 	}
 	p, err := gpu.ParseProfileName(base)
-	if err == nil && base != fmt.Sprintf("%dg.%dgb", p.Compute, p.MemoryGB) {
+	if g, mem, _ := strings.Cut(base, "g."); err == nil && !(isPlainNumber(g) && isPlainNumber(strings.TrimSuffix(mem, "gb"))) {
 		err = fmt.Errorf("MIG profile %q: write numbers without signs or leading zeros", name)
 	}
 	if err != nil {
@@ -568,6 +575,19 @@ func isUUID(s string) bool {
 			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// isPlainNumber reports whether s is digits without a sign or leading zero.
+func isPlainNumber(s string) bool {
+	if s == "" || s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
 		}
 	}
 	return true
