@@ -2,6 +2,7 @@ package telemetry_test
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +60,7 @@ func encodedReports(b *testing.B, seqs int) [][][]byte {
 func BenchmarkIngest(b *testing.B) {
 	const seqs = 2 // alternate so each update differs from the stored one
 	wire := encodedReports(b, seqs)
+	heapBefore := liveHeap()
 	store := telemetry.NewStore(telemetry.StoreOptions{})
 	b.SetBytes(int64(len(wire[0][0])))
 	b.ReportAllocs()
@@ -87,6 +89,19 @@ func BenchmarkIngest(b *testing.B) {
 	perReport := float64(cpu.Nanoseconds()) / float64(b.N)
 	b.ReportMetric(perReport, "cpu-ns/report")
 	b.ReportMetric(perReport*reportsPerSecond/1e9, "cores@1000rps")
+	if b.N >= benchNodes {
+		b.ReportMetric(float64(liveHeap()-heapBefore)/benchNodes, "heap-B/node")
+	}
+	runtime.KeepAlive(store)
+	runtime.KeepAlive(wire)
+}
+
+// liveHeap is the heap in use after a full collection.
+func liveHeap() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
 }
 
 // mutexStore is the baseline the lock-free store is measured against: one

@@ -48,8 +48,12 @@ func BenchmarkServeFleet(b *testing.B) {
 	cmd.Env = append(os.Environ(),
 		"PENNY_LOADGEN_ADDR="+env.Addr, "PENNY_LOADGEN_CA="+ca,
 		"PENNY_LOADGEN_NODES="+strconv.Itoa(benchNodes), "PENNY_LOADGEN_GPUS="+strconv.Itoa(benchGPUs),
-		"PENNY_LOADGEN_PERIOD="+benchPeriod.String(), "PENNY_LOADGEN_IDLE="+idle.String(), "PENNY_LOADGEN_LOAD="+load.String())
+		"PENNY_LOADGEN_PERIOD="+benchPeriod.String(), "PENNY_LOADGEN_LOAD="+load.String())
 	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -75,9 +79,12 @@ func BenchmarkServeFleet(b *testing.B) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cpu0, t0 := processCPU(), time.Now()
-	expect("load")
+	time.Sleep(idle)
 	idleCores := (processCPU() - cpu0).Seconds() / time.Since(t0).Seconds()
 	cpu1, t1, n1 := processCPU(), time.Now(), stored.Load()
+	if _, err := fmt.Fprintln(in, "load"); err != nil {
+		b.Fatal(err)
+	}
 	expect("done")
 	elapsed := time.Since(t1)
 	loadCores := (processCPU() - cpu1).Seconds() / elapsed.Seconds()
@@ -107,7 +114,6 @@ func TestFleetLoadGenerator(t *testing.T) {
 	nodes, _ := strconv.Atoi(env("NODES"))
 	gpus, _ := strconv.Atoi(env("GPUS"))
 	period, _ := time.ParseDuration(env("PERIOD"))
-	idle, _ := time.ParseDuration(env("IDLE"))
 	load, _ := time.ParseDuration(env("LOAD"))
 	pem, err := os.ReadFile(env("CA"))
 	if err != nil {
@@ -170,8 +176,10 @@ func TestFleetLoadGenerator(t *testing.T) {
 		return
 	}
 	fmt.Println("connected")
-	time.Sleep(idle)
-	fmt.Println("load")
+	// The benchmark measures the idle streams, then says "load".
+	if line, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || line != "load\n" {
+		t.Fatalf("waiting for the benchmark: %q %v", line, err)
+	}
 	start := time.Now()
 	end := start.Add(load)
 	for i, a := range agents {

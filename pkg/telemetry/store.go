@@ -51,11 +51,12 @@ type NodeState struct {
 	PodDevicesKnown bool
 	// ReclaimNotices pending on the node.
 	ReclaimNotices []ReclaimNotice
-
-	// Report is the report the state was built from, for fields not lifted
-	// into the typed view. Read-only.
-	Report *telemetryv1.NodeReport
 }
+
+// The store keeps only this typed view, not the report it came from: a
+// decoded report is several times larger and full of pointers, and at
+// 5,000 nodes the garbage collector would scan all of it in every cycle.
+// A field plugins need is lifted into the view here.
 
 // GPU is one physical GPU of a node.
 type GPU struct {
@@ -159,7 +160,6 @@ func newNodeState(r *telemetryv1.NodeReport, received time.Time) *NodeState {
 		GPUsKnown:       r.GetNvml().GetState() == telemetryv1.CollectorStatus_STATE_OK,
 		NoDriver:        r.GetNvml().GetState() == telemetryv1.CollectorStatus_STATE_UNAVAILABLE,
 		PodDevicesKnown: r.GetPodResources().GetState() == telemetryv1.CollectorStatus_STATE_OK,
-		Report:          r,
 	}
 	if s.GPUsKnown {
 		s.GPUs = make([]GPU, len(r.GetGpus()))
