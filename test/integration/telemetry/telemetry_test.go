@@ -24,7 +24,7 @@ import (
 	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/utils/ptr"
 
-	"github.com/pennysched/penny/agent/report"
+	"github.com/pennysched/penny/agent/agenttest"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -153,27 +153,8 @@ func TestAgentTokensOnRealAPIServer(t *testing.T) {
 		if err := os.WriteFile(tokenFile, []byte(tokenA), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		loop := report.NewLoop(&report.Builder{Node: nodeA, AgentID: report.NewAgentID(), Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 8}}},
-			report.LoopOptions{CollectInterval: 100 * time.Millisecond, Log: testr.New(t)})
-		client, err := report.NewClient(loop, report.ClientOptions{Address: env.Addr, TLS: env.ClientTLS, TokenFile: tokenFile, Log: testr.New(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{}, 2)
-		go func() { loop.Run(actx); done <- struct{}{} }()
-		go func() { client.Run(actx); done <- struct{}{} }()
-		defer func() { cancel(); <-done; <-done }()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if st, ok := env.Store.Node(nodeA); ok && len(st.GPUs) == 8 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the agent on %s did not get its report into the store", nodeA)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		agenttest.Start(t, agenttest.Options{Node: nodeA, Address: env.Addr, TLS: env.ClientTLS, TokenFile: tokenFile, GPUs: telemetrytest.GPUSource{GPUs: 8}})
+		agenttest.WaitForNode(t, env.Store, nodeA, 8, 20*time.Second)
 	})
 
 	t.Run("wrong node refused and counted", func(t *testing.T) {
