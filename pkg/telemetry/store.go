@@ -234,6 +234,7 @@ type StoreOptions struct {
 	// OnUpdate is called after each applied update, on the writer's
 	// goroutine, with the previous state (nil for a new node). It is how a
 	// component reacts to a change (a new reclaim notice) without polling.
+	// It must return quickly: the node's next report waits for it.
 	OnUpdate func(prev, next *NodeState)
 }
 
