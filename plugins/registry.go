@@ -1,19 +1,38 @@
 package plugins
 
 import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+
+	"github.com/pennysched/penny/plugins/gang"
 )
 
 // Deps are the shared, long-lived inputs plugins read through interfaces:
 // the telemetry store fed by agents and the price/risk catalog. A nil field
 // means "not available"; plugins then fall back to what the cluster snapshot
 // tells them.
-type Deps struct{}
+type Deps struct {
+	// GangReclaimRisk scores how likely a gang placed on a set of nodes is
+	// to lose a member to a capacity reclaim (the helper spotrisk builds in
+	// pkg/). Nil: the gang plugin takes the first domain that fits.
+	GangReclaimRisk gang.ReclaimRisk
+}
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
-func Registry(_ Deps) frameworkruntime.Registry {
-	return frameworkruntime.Registry{}
+func Registry(deps Deps) frameworkruntime.Registry {
+	return frameworkruntime.Registry{
+		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			var opts []gang.Option
+			if deps.GangReclaimRisk != nil {
+				opts = append(opts, gang.WithReclaimRisk(deps.GangReclaimRisk))
+			}
+			return gang.NewWith(ctx, obj, h, opts...)
+		},
+	}
 }
 
 // Options turns the registry into kube-scheduler command options.
