@@ -100,6 +100,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return nil, nil
 	}
 	if now.Before(g.backoffUntil) {
+		klog.FromContext(ctx).V(5).Info("Gang backing off", "gang", spec.Ref, "pod", klog.KObj(pod), "until", g.backoffUntil)
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("gang %s is backing off after a failed attempt; it retries in %s", spec.Ref, g.backoffUntil.Sub(now).Round(1e6)))
 	}
 	if g.firstAttempt.IsZero() {
@@ -123,6 +124,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 	claims := pl.claimsFor("", "")
 	p, short := placeGang(nodes, shapesOf(pending[:need]), r, fixed, claims, pl.risk)
 	if p == nil {
+		klog.FromContext(ctx).V(4).Info("Gang does not fit", "gang", spec.Ref, "pod", klog.KObj(pod), "placeable", short.placeable, "needed", short.needed)
 		attempts.WithLabelValues(resultUnschedulable).Inc()
 		msg := short.message(spec.Ref, r, fixed != nil)
 		if len(claims) > 0 {

@@ -42,6 +42,8 @@ type cluster struct {
 	client *fake.Clientset
 	plugin *Gang
 	mu     sync.Mutex
+	// version is the last resourceVersion handed out; guarded by mu.
+	version int
 }
 
 const testSchedulerName = "penny-scheduler"
@@ -97,6 +99,7 @@ func startCluster(t *testing.T, args *Args, nodes ...*corev1.Node) *cluster {
 			return true, nil, fmt.Errorf("pod %s/%s is already bound to %s", pod.Namespace, pod.Name, pod.Spec.NodeName)
 		}
 		pod.Spec.NodeName = b.Target.Name
+		c.bumpVersion(pod)
 		return true, nil, client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), pod, pod.Namespace)
 	})
 	for _, n := range nodes {
@@ -240,13 +243,23 @@ func (c *cluster) delete(names ...string) {
 	}
 }
 
+// bumpVersion sets a new resourceVersion, as the API server would: the
+// fake tracker does not, and the scheduler ignores updates that keep it.
+func (c *cluster) bumpVersion(p *corev1.Pod) {
+	c.version++
+	p.ResourceVersion = fmt.Sprint(c.version)
+}
+
 func (c *cluster) ungate(name string) {
 	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	p, err := c.client.CoreV1().Pods("team").Get(c.ctx, name, metav1.GetOptions{})
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	p.Spec.SchedulingGates = nil
+	c.bumpVersion(p)
 	if _, err := c.client.CoreV1().Pods("team").Update(c.ctx, p, metav1.UpdateOptions{}); err != nil {
 		c.t.Fatal(err)
 	}

@@ -60,7 +60,6 @@ func (pl *Gang) Unreserve(ctx context.Context, _ fwk.CycleState, pod *corev1.Pod
 	if g := pl.gangs[ref.Key()]; g != nil {
 		delete(g.placed, pod.UID)
 		if rd := g.round; rd != nil && rd.members[pod.UID] {
-			delete(rd.members, pod.UID)
 			why := fmt.Sprintf("member %s lost its place", pod.Name)
 			if !pl.clock.Now().Before(rd.deadline) {
 				why = fmt.Sprintf("not all members were placed within %s", rd.timeout)
@@ -96,6 +95,7 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 	g := pl.stateOf(st.spec.Ref)
 	rd := g.round
 	if st.roundID != 0 && (rd == nil || rd.id != st.roundID) {
+		klog.Background().V(4).Info("Gang released before Permit", "gang", st.spec.Ref, "pod", klog.KObj(pod), "round", st.roundID)
 		return fwk.NewStatus(fwk.Unschedulable, fmt.Sprintf("gang %s was released while this member was being placed", st.spec.Ref)), 0
 	}
 	placed := 0
@@ -123,7 +123,6 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 	}
 	wait := rd.deadline.Sub(now)
 	if wait <= 0 {
-		delete(rd.members, pod.UID)
 		pl.release(g, fmt.Sprintf("not all members were placed within %s", rd.timeout), e)
 		return fwk.NewStatus(fwk.Unschedulable, e.message), 0
 	}
