@@ -1,0 +1,241 @@
+// Command report turns the data items scheduler_perf writes
+// (BenchmarkPerfScheduling_benchmark_penny_<time>.json) into
+// benchmarks/results/schedperf.json and a markdown table, pairing each Penny
+// test case with its baseline from the same run.
+//
+//	go run ./benchmarks/schedperf/report -in _output/schedperf \
+//	    -json benchmarks/results/schedperf.json -md benchmarks/results/schedperf.md \
+//	    -command "make bench-schedperf"
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// dataItems is scheduler_perf's output format (perfdash's).
+type dataItems struct {
+	DataItems []struct {
+		Data   map[string]float64 `json:"data"`
+		Unit   string             `json:"unit"`
+		Labels map[string]string  `json:"labels"`
+	} `json:"dataItems"`
+}
+
+// Workload is one comparison: the same workload under Penny's profile and
+// under the baseline, in one run.
+type Workload struct {
+	Name              string  `json:"name"`
+	Baseline          string  `json:"baseline"`
+	PennyPodsPerS     float64 `json:"penny_pods_per_s"`
+	BaselinePodsPerS  float64 `json:"baseline_pods_per_s"`
+	Ratio             float64 `json:"ratio"`
+	PennyPerc50       float64 `json:"penny_pods_per_s_p50"`
+	BaselinePerc50    float64 `json:"baseline_pods_per_s_p50"`
+	ThroughputMetric  string  `json:"throughput_metric"`
+}
+
+// Machine says where the numbers were measured.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model"`
+	MemoryGiB int    `json:"memory_gib"`
+	GoVersion string `json:"go_version"`
+	OS        string `json:"os"`
+}
+
+// Report is benchmarks/results/schedperf.json.
+type Report struct {
+	Command   string     `json:"command"`
+	Date      string     `json:"date"`
+	Source    string     `json:"source"`
+	Machine   Machine    `json:"machine"`
+	Workloads []Workload `json:"workloads"`
+}
+
+// baselines names, per comparison, the test case suffix of the baseline.
+var baselines = map[string]string{
+	"GPUBasic":   "default",
+	"Gangs":      "intree",
+	"MixedChurn": "default",
+}
+
+func main() {
+	in := flag.String("in", "_output/schedperf", "directory with scheduler_perf's data item files (-data-items-dir)")
+	jsonOut := flag.String("json", "benchmarks/results/schedperf.json", "JSON report to write")
+	mdOut := flag.String("md", "benchmarks/results/schedperf.md", "markdown report to write")
+	command := flag.String("command", "make bench-schedperf", "the command that produced the data, for the report")
+	flag.Parse()
+	if err := run(*in, *jsonOut, *mdOut, *command); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in, jsonOut, mdOut, command string) error {
+	matches, err := filepath.Glob(filepath.Join(in, "BenchmarkPerfScheduling_benchmark_penny_*.json"))
+	if err != nil {
+		return err
+	}
+	if len(matches) == 0 {
+		return fmt.Errorf("no BenchmarkPerfScheduling_benchmark_penny_*.json in %s: run the benchmark with -data-items-dir %s first", in, in)
+	}
+	sort.Strings(matches)
+	source := matches[len(matches)-1] // the newest: names end in the run's time
+	raw, err := os.ReadFile(source)
+	if err != nil {
+		return err
+	}
+	var items dataItems
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return fmt.Errorf("%s: %w", source, err)
+	}
+
+	// Name is "<test case>/<workload>/<collector name>"; the test case is
+	// "<comparison>_<side>".
+	type key struct{ comparison, workload string }
+	sides := map[key]map[string]map[string]float64{}
+	for _, it := range items.DataItems {
+		if it.Labels["Metric"] != "SchedulingThroughput" {
+			continue
+		}
+		parts := strings.Split(it.Labels["Name"], "/")
+		if len(parts) < 2 {
+			continue
+		}
+		comparison, side, ok := strings.Cut(parts[0], "_")
+		if !ok {
+			continue
+		}
+		k := key{comparison, parts[1]}
+		if sides[k] == nil {
+			sides[k] = map[string]map[string]float64{}
+		}
+		sides[k][side] = it.Data
+	}
+
+	var workloads []Workload
+	var missing []string
+	for k, s := range sides {
+		base := baselines[k.comparison]
+		p, b := s["penny"], s[base]
+		if p == nil || b == nil {
+			missing = append(missing, fmt.Sprintf("%s/%s (have %v)", k.comparison, k.workload, keys(s)))
+			continue
+		}
+		w := Workload{
+			Name:             k.comparison + "/" + k.workload,
+			Baseline:         base,
+			PennyPodsPerS:    round(p["Average"]),
+			BaselinePodsPerS: round(b["Average"]),
+			PennyPerc50:      round(p["Perc50"]),
+			BaselinePerc50:   round(b["Perc50"]),
+			ThroughputMetric: "SchedulingThroughput Average (pods/s)",
+		}
+		if b["Average"] > 0 {
+			w.Ratio = round(p["Average"] / b["Average"])
+		}
+		workloads = append(workloads, w)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%s: comparisons missing a side: %s", source, strings.Join(missing, "; "))
+	}
+	if len(workloads) == 0 {
+		return errors.New(source + ": no SchedulingThroughput data items")
+	}
+	sort.Slice(workloads, func(i, j int) bool { return workloads[i].Name < workloads[j].Name })
+
+	rep := Report{
+		Command:   command,
+		Date:      time.Now().UTC().Format(time.RFC3339),
+		Source:    filepath.Base(source),
+		Machine:   machine(),
+		Workloads: workloads,
+	}
+	out, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(jsonOut, append(out, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(mdOut, []byte(markdown(rep)), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(markdown(rep))
+	return nil
+}
+
+func markdown(r Report) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# scheduler_perf: Penny vs kube-scheduler\n\n")
+	fmt.Fprintf(&b, "Measured with kube-scheduler's own harness (`k8s.io/kubernetes/test/integration/scheduler_perf`), ")
+	fmt.Fprintf(&b, "both sides of every row in the same run, each workload on a fresh etcd and kube-apiserver.\n\n")
+	fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
+	fmt.Fprintf(&b, "- date: %s; data: `%s`\n", r.Date, r.Source)
+	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %d GiB memory, %s, %s\n\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.MemoryGiB, r.Machine.OS, r.Machine.GoVersion)
+	fmt.Fprintf(&b, "| workload | baseline | baseline pods/s | Penny pods/s | ratio |\n|---|---|---:|---:|---:|\n")
+	for _, w := range r.Workloads {
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.2f |\n", w.Name, describeBaseline(w.Baseline), w.BaselinePodsPerS, w.PennyPodsPerS, w.Ratio)
+	}
+	fmt.Fprintf(&b, "\nThroughput is scheduler_perf's SchedulingThroughput average (pods bound per second while the measured pods are scheduled). ")
+	fmt.Fprintf(&b, "Baselines: default = kube-scheduler's default profile; intree = default profile with GenericWorkload on, gangs as native PodGroups scheduled by the in-tree GangScheduling plugin. ")
+	fmt.Fprintf(&b, "Penny = the penny-scheduler profile from deploy/scheduler/config.yaml; its gangs use the penny.dev/gang labels.\n")
+	return b.String()
+}
+
+func describeBaseline(s string) string {
+	switch s {
+	case "default":
+		return "default profile"
+	case "intree":
+		return "in-tree GangScheduling"
+	}
+	return s
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	if f, err := os.Open("/proc/meminfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var kb int
+			if n, _ := fmt.Sscanf(sc.Text(), "MemTotal: %d kB", &kb); n == 1 {
+				m.MemoryGiB = (kb + 1<<19) >> 20
+				break
+			}
+		}
+		f.Close()
+	}
+	return m
+}
+
+func keys(m map[string]map[string]float64) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func round(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
