@@ -32,16 +32,25 @@ type dataItems struct {
 }
 
 // Workload is one comparison: the same workload under Penny's profile and
-// under the baseline, in one run.
+// under the baseline, both sides in the same run.
 type Workload struct {
-	Name              string  `json:"name"`
-	Baseline          string  `json:"baseline"`
-	PennyPodsPerS     float64 `json:"penny_pods_per_s"`
-	BaselinePodsPerS  float64 `json:"baseline_pods_per_s"`
-	Ratio             float64 `json:"ratio"`
-	PennyPerc50       float64 `json:"penny_pods_per_s_p50"`
-	BaselinePerc50    float64 `json:"baseline_pods_per_s_p50"`
-	ThroughputMetric  string  `json:"throughput_metric"`
+	Name             string  `json:"name"`
+	Baseline         string  `json:"baseline"`
+	PennyPodsPerS    float64 `json:"penny_pods_per_s"`
+	BaselinePodsPerS float64 `json:"baseline_pods_per_s"`
+	Ratio            float64 `json:"ratio"`
+	ThroughputMetric string  `json:"throughput_metric"`
+	// Runs are the individual runs (go test -count); the fields above are
+	// their medians, the ratio the median of the per-run ratios.
+	Runs []Run `json:"runs"`
+}
+
+// Run is one run's pair of measurements.
+type Run struct {
+	Source           string  `json:"source"`
+	PennyPodsPerS    float64 `json:"penny_pods_per_s"`
+	BaselinePodsPerS float64 `json:"baseline_pods_per_s"`
+	Ratio            float64 `json:"ratio"`
 }
 
 // Machine says where the numbers were measured.
@@ -57,7 +66,7 @@ type Machine struct {
 type Report struct {
 	Command   string     `json:"command"`
 	Date      string     `json:"date"`
-	Source    string     `json:"source"`
+	Sources   []string   `json:"sources"`
 	Machine   Machine    `json:"machine"`
 	Workloads []Workload `json:"workloads"`
 }
@@ -79,6 +88,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "report:", err)
 		os.Exit(1)
 	}
+	md, err := os.ReadFile(*mdOut)
+	if err == nil {
+		fmt.Print(string(md))
+	}
 }
 
 func run(in, jsonOut, mdOut, command string) error {
@@ -90,16 +103,62 @@ func run(in, jsonOut, mdOut, command string) error {
 		return fmt.Errorf("no BenchmarkPerfScheduling_benchmark_penny_*.json in %s: run the benchmark with -data-items-dir %s first", in, in)
 	}
 	sort.Strings(matches)
-	source := matches[len(matches)-1] // the newest: names end in the run's time
-	raw, err := os.ReadFile(source)
+	byName := map[string]*Workload{}
+	var sources []string
+	for _, path := range matches {
+		pairs, err := readPairs(path)
+		if err != nil {
+			return err
+		}
+		sources = append(sources, filepath.Base(path))
+		for _, w := range pairs {
+			agg := byName[w.Name]
+			if agg == nil {
+				agg = &Workload{Name: w.Name, Baseline: w.Baseline, ThroughputMetric: w.ThroughputMetric}
+				byName[w.Name] = agg
+			}
+			agg.Runs = append(agg.Runs, w.Runs...)
+		}
+	}
+	var workloads []Workload
+	for _, w := range byName {
+		var p, b, r []float64
+		for _, run := range w.Runs {
+			p, b, r = append(p, run.PennyPodsPerS), append(b, run.BaselinePodsPerS), append(r, run.Ratio)
+		}
+		w.PennyPodsPerS, w.BaselinePodsPerS, w.Ratio = median(p), median(b), median(r)
+		workloads = append(workloads, *w)
+	}
+	sort.Slice(workloads, func(i, j int) bool { return workloads[i].Name < workloads[j].Name })
+
+	rep := Report{
+		Command:   command,
+		Date:      time.Now().UTC().Format(time.RFC3339),
+		Sources:   sources,
+		Machine:   machine(),
+		Workloads: workloads,
+	}
+	out, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err
 	}
+	if err := os.WriteFile(jsonOut, append(out, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(mdOut, []byte(markdown(rep)), 0o644)
+}
+
+// readPairs reads one run's data items and pairs each Penny test case with
+// its baseline.
+func readPairs(source string) ([]Workload, error) {
+	raw, err := os.ReadFile(source)
+	if err != nil {
+		return nil, err
+	}
 	var items dataItems
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return fmt.Errorf("%s: %w", source, err)
+		return nil, fmt.Errorf("%s: %w", source, err)
 	}
-
 	// Name is "<test case>/<workload>/<collector name>"; the test case is
 	// "<comparison>_<side>".
 	type key struct{ comparison, workload string }
@@ -122,8 +181,7 @@ func run(in, jsonOut, mdOut, command string) error {
 		}
 		sides[k][side] = it.Data
 	}
-
-	var workloads []Workload
+	var out []Workload
 	var missing []string
 	for k, s := range sides {
 		base := baselines[k.comparison]
@@ -132,47 +190,36 @@ func run(in, jsonOut, mdOut, command string) error {
 			missing = append(missing, fmt.Sprintf("%s/%s (have %v)", k.comparison, k.workload, keys(s)))
 			continue
 		}
-		w := Workload{
+		run := Run{Source: filepath.Base(source), PennyPodsPerS: round(p["Average"]), BaselinePodsPerS: round(b["Average"])}
+		if b["Average"] > 0 {
+			run.Ratio = round(p["Average"] / b["Average"])
+		}
+		out = append(out, Workload{
 			Name:             k.comparison + "/" + k.workload,
 			Baseline:         base,
-			PennyPodsPerS:    round(p["Average"]),
-			BaselinePodsPerS: round(b["Average"]),
-			PennyPerc50:      round(p["Perc50"]),
-			BaselinePerc50:   round(b["Perc50"]),
 			ThroughputMetric: "SchedulingThroughput Average (pods/s)",
-		}
-		if b["Average"] > 0 {
-			w.Ratio = round(p["Average"] / b["Average"])
-		}
-		workloads = append(workloads, w)
+			Runs:             []Run{run},
+		})
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%s: comparisons missing a side: %s", source, strings.Join(missing, "; "))
+		return nil, fmt.Errorf("%s: comparisons missing a side: %s", source, strings.Join(missing, "; "))
 	}
-	if len(workloads) == 0 {
-		return errors.New(source + ": no SchedulingThroughput data items")
+	if len(out) == 0 {
+		return nil, errors.New(source + ": no SchedulingThroughput data items")
 	}
-	sort.Slice(workloads, func(i, j int) bool { return workloads[i].Name < workloads[j].Name })
+	return out, nil
+}
 
-	rep := Report{
-		Command:   command,
-		Date:      time.Now().UTC().Format(time.RFC3339),
-		Source:    filepath.Base(source),
-		Machine:   machine(),
-		Workloads: workloads,
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
 	}
-	out, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
 	}
-	if err := os.WriteFile(jsonOut, append(out, '\n'), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(mdOut, []byte(markdown(rep)), 0o644); err != nil {
-		return err
-	}
-	fmt.Print(markdown(rep))
-	return nil
+	return round((s[len(s)/2-1] + s[len(s)/2]) / 2)
 }
 
 func markdown(r Report) string {
@@ -181,13 +228,18 @@ func markdown(r Report) string {
 	fmt.Fprintf(&b, "Measured with kube-scheduler's own harness (`k8s.io/kubernetes/test/integration/scheduler_perf`), ")
 	fmt.Fprintf(&b, "both sides of every row in the same run, each workload on a fresh etcd and kube-apiserver.\n\n")
 	fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
-	fmt.Fprintf(&b, "- date: %s; data: `%s`\n", r.Date, r.Source)
+	fmt.Fprintf(&b, "- date: %s; runs: %d (`%s`)\n", r.Date, len(r.Sources), strings.Join(r.Sources, "`, `"))
 	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %d GiB memory, %s, %s\n\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.MemoryGiB, r.Machine.OS, r.Machine.GoVersion)
-	fmt.Fprintf(&b, "| workload | baseline | baseline pods/s | Penny pods/s | ratio |\n|---|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| workload | baseline | baseline pods/s | Penny pods/s | ratio | per-run ratios |\n|---|---|---:|---:|---:|---|\n")
 	for _, w := range r.Workloads {
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.2f |\n", w.Name, describeBaseline(w.Baseline), w.BaselinePodsPerS, w.PennyPodsPerS, w.Ratio)
+		var ratios []string
+		for _, run := range w.Runs {
+			ratios = append(ratios, fmt.Sprintf("%.2f", run.Ratio))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.2f | %s |\n", w.Name, describeBaseline(w.Baseline), w.BaselinePodsPerS, w.PennyPodsPerS, w.Ratio, strings.Join(ratios, ", "))
 	}
-	fmt.Fprintf(&b, "\nThroughput is scheduler_perf's SchedulingThroughput average (pods bound per second while the measured pods are scheduled). ")
+	fmt.Fprintf(&b, "\nThroughput is scheduler_perf's SchedulingThroughput average (pods bound per second while the measured pods are scheduled); ")
+	fmt.Fprintf(&b, "with several runs, pods/s are medians and the ratio is the median of the per-run ratios (each from one run, both sides back to back). ")
 	fmt.Fprintf(&b, "Baselines: default = kube-scheduler's default profile; intree = default profile with GenericWorkload on, gangs as native PodGroups scheduled by the in-tree GangScheduling plugin. ")
 	fmt.Fprintf(&b, "Penny = the penny-scheduler profile from deploy/scheduler/config.yaml; its gangs use the penny.dev/gang labels.\n")
 	return b.String()
