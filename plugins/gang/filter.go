@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
@@ -78,7 +79,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return nil, nil
 	}
 	if spec.Source == gang.SourcePodGroup {
-		return nil, pl.preFilterNative(ctx, cs, pod, spec, nodes)
+		return pl.preFilterNative(ctx, cs, pod, spec, nodes)
 	}
 
 	r := pl.rulesOf(spec)
@@ -97,7 +98,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		st.roundID, st.rules, st.domain = rd.id, rd.rules, &rd.domain
 		st.claims = pl.claimsFor(spec.Ref.Key(), st.shape)
 		cs.Write(stateKey, st)
-		return nil, nil
+		return rd.nodes, nil
 	}
 	if now.Before(g.backoffUntil) {
 		klog.FromContext(ctx).V(5).Info("Gang backing off", "gang", spec.Ref, "pod", klog.KObj(pod), "until", g.backoffUntil)
@@ -115,7 +116,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		// Enough members already run: this one joins them, in their domain.
 		st.claims = pl.claimsFor("", "")
 		cs.Write(stateKey, st)
-		return nil, nil
+		return nodesIn(nodes, r, fixed), nil
 	}
 	if len(pending) < need {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, membersMissing(spec, len(running)+len(pending)))
@@ -137,12 +138,30 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
 	rd := pl.admit(g, r, p, pl.timeoutFor(spec, members))
+	rd.nodes = nodesIn(nodes, r, &rd.domain)
 	attempts.WithLabelValues(resultAdmitted).Inc()
 	klog.FromContext(ctx).V(4).Info("Gang admitted", "gang", spec.Ref, "members", need, "domain", r.describe(rd.domain), "round", rd.id)
 	st.roundID, st.domain = rd.id, &rd.domain
 	st.claims = pl.claimsFor(spec.Ref.Key(), st.shape)
 	cs.Write(stateKey, st)
-	return nil, nil
+	return rd.nodes, nil
+}
+
+// nodesIn lists the nodes of a domain, so the scheduler filters only those:
+// with a gang confined to one of six domains, evaluating every node would
+// spend most of a member's cycle on nodes it can never use. Nil (all nodes)
+// when no domain applies.
+func nodesIn(nodes []fwk.NodeInfo, r rules, d *domain) *fwk.PreFilterResult {
+	if d == nil {
+		return nil
+	}
+	names := sets.New[string]()
+	for _, ni := range nodes {
+		if n := ni.Node(); n != nil && r.domainOf(n) == *d {
+			names.Insert(n.Name)
+		}
+	}
+	return &fwk.PreFilterResult{NodeNames: names}
 }
 
 // PreFilterExtensions is nil: the plugin's Filter does not depend on other

@@ -22,7 +22,7 @@ func (d *nativeDomain) Clone() fwk.StateData { return d }
 // admit the group as a whole, so this plugin does not gate it a second time:
 // it only keeps the group in one domain (zone, capacity type) and keeps its
 // pods off room claimed by label gangs.
-func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, spec gang.Spec, nodes []fwk.NodeInfo) *fwk.Status {
+func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, spec gang.Spec, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
 	st := &cycleState{spec: spec, inGang: true, demand: podDemand(pod), rules: pl.rulesOf(spec)}
 	pl.mu.Lock()
 	st.claims = pl.claimsFor("", "")
@@ -30,26 +30,26 @@ func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev
 	pgm := pl.handle.PodGroupManager()
 	if (!st.rules.sameZone && !st.rules.sameCapType) || pgm == nil {
 		cs.Write(stateKey, st)
-		return nil
+		return nil, nil
 	}
 	groupState, err := pgm.PodGroupStates().Get(spec.Namespace, spec.Name)
 	if err != nil {
 		// The in-tree plugin reports a missing PodGroup; nothing to add.
 		cs.Write(stateKey, st)
-		return nil
+		return nil, nil
 	}
 	fixed := pl.domainOfRunning(st.rules, groupState.ScheduledPods())
 	st.domain = fixed
 	if !cs.IsPodGroupSchedulingCycle() || fixed != nil {
 		cs.Write(stateKey, st)
-		return nil
+		return nodesIn(nodes, st.rules, fixed), nil
 	}
 	cycle := cs.GetPodGroupSchedulingCycle()
 	if data, err := cycle.Read(nativeDomainKey); err == nil {
 		d := data.(*nativeDomain).domain
 		st.domain = &d
 		cs.Write(stateKey, st)
-		return nil
+		return nil, nil
 	}
 	// First pod of the group in this cycle: choose the domain for all of
 	// them, where the whole group fits.
@@ -68,10 +68,10 @@ func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev
 	if p == nil {
 		short.needed = minCount
 		short.placeable += int64(groupState.ScheduledPodsCount())
-		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, short.message(spec.Ref, st.rules, false))
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, short.message(spec.Ref, st.rules, false))
 	}
 	cycle.Write(nativeDomainKey, &nativeDomain{domain: p.domain})
 	st.domain = &p.domain
 	cs.Write(stateKey, st)
-	return nil
+	return nodesIn(nodes, st.rules, &p.domain), nil
 }

@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/utils/clock"
 
 	"github.com/pennysched/penny/pkg/gang"
@@ -45,7 +46,10 @@ type round struct {
 	// members reserved in this round.
 	members map[types.UID]bool
 	// slots still claimed for members not yet reserved.
-	slots     []slot
+	slots []slot
+	// nodes are the domain's nodes, handed to the scheduler as the only
+	// nodes worth filtering for this round's members.
+	nodes     *fwk.PreFilterResult
 	activated bool
 	timer     clock.Timer
 }
