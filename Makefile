@@ -31,13 +31,12 @@ test: $(ETCD)
 	$(SCHEDPERF_ENV) ARTIFACTS=$(SCHEDPERF_OUT)-test $(SCHEDPERF_TEST) -short \
 		-perf-scheduling-label-filter=integration-test -data-items-dir $(SCHEDPERF_OUT)-test
 
-# Both sides of every comparison in one run, at sizes that finish on 2 cores,
-# BENCH_COUNT runs; writes benchmarks/results/schedperf.{json,md}.
-BENCH_COUNT ?= 3
+# Both sides of every comparison back to back, BENCH_COUNT runs, at sizes
+# that finish on 2 cores; writes benchmarks/results/schedperf.{json,md}.
+BENCH_COUNT ?= 5
 bench-schedperf: $(ETCD)
-	rm -rf $(SCHEDPERF_OUT) && mkdir -p $(SCHEDPERF_OUT)
-	$(SCHEDPERF_ENV) ARTIFACTS=$(SCHEDPERF_OUT) $(SCHEDPERF_TEST) -count $(BENCH_COUNT) -perf-scheduling-label-filter=bench \
-		-data-items-dir $(SCHEDPERF_OUT) 2>&1 | tee $(SCHEDPERF_OUT)/bench.txt; test $${PIPESTATUS[0]} -eq 0
+	rm -rf $(SCHEDPERF_OUT)
+	PATH=$(BIN):$$PATH benchmarks/schedperf/bench.sh $(SCHEDPERF_OUT) $(BENCH_COUNT) bench
 	mkdir -p benchmarks/results
 	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
 		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"

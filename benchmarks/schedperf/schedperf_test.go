@@ -4,7 +4,7 @@
 // workload. performance-config.yaml lists the workloads and how the two
 // sides of each comparison pair up.
 //
-//	make bench-schedperf                                  # 2-core sizes, both sides, results in benchmarks/results
+//	make bench-schedperf                                  # 2-core sizes, both sides, results in benchmarks/results (bench.sh)
 //	go test ./benchmarks/schedperf -run '^$' -bench . -benchtime 1x -short \
 //	    -perf-scheduling-label-filter integration-test    # the small variants `make test` runs
 //
@@ -20,7 +20,6 @@ import (
 	perf "k8s.io/kubernetes/test/integration/scheduler_perf"
 
 	"github.com/pennysched/penny/plugins"
-	"github.com/pennysched/penny/plugins/gang"
 )
 
 func TestMain(m *testing.M) {
@@ -28,8 +27,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "%v\n", err)
 		os.Exit(1)
 	}
-	// Collect per-plugin timings for Penny's plugins too.
-	perf.PluginNames = append(perf.PluginNames, gang.Name)
 	os.Exit(m.Run())
 }
 

@@ -95,22 +95,18 @@ func main() {
 }
 
 func run(in, jsonOut, mdOut, command string) error {
-	matches, err := filepath.Glob(filepath.Join(in, "BenchmarkPerfScheduling_benchmark_penny_*.json"))
+	runs, err := findRuns(in)
 	if err != nil {
 		return err
 	}
-	if len(matches) == 0 {
-		return fmt.Errorf("no BenchmarkPerfScheduling_benchmark_penny_*.json in %s: run the benchmark with -data-items-dir %s first", in, in)
-	}
-	sort.Strings(matches)
 	byName := map[string]*Workload{}
 	var sources []string
-	for _, path := range matches {
-		pairs, err := readPairs(path)
+	for _, r := range runs {
+		pairs, err := readPairs(r.name, r.files)
 		if err != nil {
 			return err
 		}
-		sources = append(sources, filepath.Base(path))
+		sources = append(sources, r.name)
 		for _, w := range pairs {
 			agg := byName[w.Name]
 			if agg == nil {
@@ -148,16 +144,59 @@ func run(in, jsonOut, mdOut, command string) error {
 	return os.WriteFile(mdOut, []byte(markdown(rep)), 0o644)
 }
 
-// readPairs reads one run's data items and pairs each Penny test case with
-// its baseline.
-func readPairs(source string) ([]Workload, error) {
-	raw, err := os.ReadFile(source)
+type runFiles struct {
+	name  string
+	files []string
+}
+
+// findRuns lists the runs under dir: each run-* directory (bench.sh writes
+// one per run, a file per side) or, without those, each data item file.
+func findRuns(dir string) ([]runFiles, error) {
+	const pattern = "BenchmarkPerfScheduling_benchmark_penny_*.json"
+	runDirs, err := filepath.Glob(filepath.Join(dir, "run-*"))
 	if err != nil {
 		return nil, err
 	}
+	var runs []runFiles
+	for _, d := range runDirs {
+		files, err := filepath.Glob(filepath.Join(d, pattern))
+		if err != nil {
+			return nil, err
+		}
+		if len(files) > 0 {
+			runs = append(runs, runFiles{name: filepath.Base(d), files: files})
+		}
+	}
+	if len(runs) == 0 {
+		files, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			runs = append(runs, runFiles{name: filepath.Base(f), files: []string{f}})
+		}
+	}
+	if len(runs) == 0 {
+		return nil, fmt.Errorf("no %s in %s or its run-* directories: run benchmarks/schedperf/bench.sh %s first", pattern, dir, dir)
+	}
+	sort.Slice(runs, func(i, j int) bool { return runs[i].name < runs[j].name })
+	return runs, nil
+}
+
+// readPairs reads one run's data items and pairs each Penny test case with
+// its baseline from the same run.
+func readPairs(name string, files []string) ([]Workload, error) {
 	var items dataItems
-	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, fmt.Errorf("%s: %w", source, err)
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var one dataItems
+		if err := json.Unmarshal(raw, &one); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		items.DataItems = append(items.DataItems, one.DataItems...)
 	}
 	// Name is "<test case>/<workload>/<collector name>"; the test case is
 	// "<comparison>_<side>".
@@ -190,7 +229,7 @@ func readPairs(source string) ([]Workload, error) {
 			missing = append(missing, fmt.Sprintf("%s/%s (have %v)", k.comparison, k.workload, keys(s)))
 			continue
 		}
-		run := Run{Source: filepath.Base(source), PennyPodsPerS: round(p["Average"]), BaselinePodsPerS: round(b["Average"])}
+		run := Run{Source: name, PennyPodsPerS: round(p["Average"]), BaselinePodsPerS: round(b["Average"])}
 		if b["Average"] > 0 {
 			run.Ratio = round(p["Average"] / b["Average"])
 		}
@@ -202,10 +241,10 @@ func readPairs(source string) ([]Workload, error) {
 		})
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%s: comparisons missing a side: %s", source, strings.Join(missing, "; "))
+		return nil, fmt.Errorf("%s: comparisons missing a side: %s", name, strings.Join(missing, "; "))
 	}
 	if len(out) == 0 {
-		return nil, errors.New(source + ": no SchedulingThroughput data items")
+		return nil, errors.New(name + ": no SchedulingThroughput data items")
 	}
 	return out, nil
 }
@@ -228,7 +267,7 @@ func markdown(r Report) string {
 	fmt.Fprintf(&b, "Measured with kube-scheduler's own harness (`k8s.io/kubernetes/test/integration/scheduler_perf`), ")
 	fmt.Fprintf(&b, "both sides of every row in the same run, each workload on a fresh etcd and kube-apiserver.\n\n")
 	fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
-	fmt.Fprintf(&b, "- date: %s; runs: %d (`%s`)\n", r.Date, len(r.Sources), strings.Join(r.Sources, "`, `"))
+	fmt.Fprintf(&b, "- date: %s; runs: %d\n", r.Date, len(r.Sources))
 	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %d GiB memory, %s, %s\n\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.MemoryGiB, r.Machine.OS, r.Machine.GoVersion)
 	fmt.Fprintf(&b, "| workload | baseline | baseline pods/s | Penny pods/s | ratio | per-run ratios |\n|---|---|---:|---:|---:|---|\n")
 	for _, w := range r.Workloads {
@@ -239,7 +278,7 @@ func markdown(r Report) string {
 		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.2f | %s |\n", w.Name, describeBaseline(w.Baseline), w.BaselinePodsPerS, w.PennyPodsPerS, w.Ratio, strings.Join(ratios, ", "))
 	}
 	fmt.Fprintf(&b, "\nThroughput is scheduler_perf's SchedulingThroughput average (pods bound per second while the measured pods are scheduled); ")
-	fmt.Fprintf(&b, "with several runs, pods/s are medians and the ratio is the median of the per-run ratios (each from one run, both sides back to back). ")
+	fmt.Fprintf(&b, "each run has both sides back to back, each side in a fresh process, the order alternating between runs; pods/s are medians over runs and the ratio is the median of the per-run ratios. ")
 	fmt.Fprintf(&b, "Baselines: default = kube-scheduler's default profile; intree = default profile with GenericWorkload on, gangs as native PodGroups scheduled by the in-tree GangScheduling plugin. ")
 	fmt.Fprintf(&b, "Penny = the penny-scheduler profile from deploy/scheduler/config.yaml; its gangs use the penny.dev/gang labels.\n")
 	return b.String()

@@ -81,3 +81,28 @@ func TestReportRefusesAOneSidedComparison(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+func TestReportReadsOneDirectoryPerRun(t *testing.T) {
+	// bench.sh runs each side in its own process: one file per side, one
+	// directory per run.
+	dir := t.TempDir()
+	for run, v := range map[string][2]float64{"run-1": {100, 110}, "run-2": {100, 90}, "run-3": {100, 100}} {
+		d := filepath.Join(dir, run)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeRun(t, d, "BenchmarkPerfScheduling_benchmark_penny_a.json", map[string]float64{"Gangs_intree/10Nodes/gangs": v[0]})
+		writeRun(t, d, "BenchmarkPerfScheduling_benchmark_penny_b.json", map[string]float64{"Gangs_penny/10Nodes/gangs": v[1]})
+	}
+	if err := run(dir, filepath.Join(dir, "o.json"), filepath.Join(dir, "o.md"), "x"); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "o.json"))
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Sources) != 3 || len(rep.Workloads) != 1 || rep.Workloads[0].Ratio != 1 || len(rep.Workloads[0].Runs) != 3 {
+		t.Fatalf("report: %+v", rep)
+	}
+}
