@@ -1,46 +1,59 @@
-# Penny. `make demo` and `make test` are the two set-up commands (README).
+# Penny. The two set-up commands are `make demo` and `make test` (README).
 SHELL := /bin/bash
 GO    ?= go
 BIN   := $(CURDIR)/bin
+# Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
+export PATH := $(BIN):$(PATH)
 
-.PHONY: all build test demo lint tools bench-schedperf
+.PHONY: all build demo test lint manifests tools clean bench-schedperf
 
 all: build
 
+## build: bin/penny-scheduler, bin/penny (and every other command under cmd/)
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# etcd for kube-apiserver in tests and benchmarks, built from the etcd
-# module this repository pins (go.mod), so no download is needed.
-ETCD := $(BIN)/etcd
-$(ETCD): go.mod
-	$(GO) build -o $@ go.etcd.io/etcd/server/v3
+## demo: a local cluster with simulated GPU nodes, the demo workload, and what Penny did
+demo:
+	$(GO) build -o $(BIN)/penny ./cmd/penny
+	$(BIN)/penny up --demo --exit-after-demo
 
-tools: $(ETCD)
-
-# scheduler_perf (benchmarks/schedperf): one run of each workload, on a fresh
-# etcd + kube-apiserver each; results and logs under _output/.
-SCHEDPERF_OUT  := $(CURDIR)/_output/schedperf
-SCHEDPERF_TEST := $(GO) test . -run '^$$' -bench BenchmarkPerfScheduling -benchtime 1x -timeout 60m
-SCHEDPERF_ENV  := cd benchmarks/schedperf && PATH=$(BIN):$$PATH KUBE_CACHE_MUTATION_DETECTOR=false
-
-test: $(ETCD)
-	$(GO) test ./...
-	# The small scheduler_perf workloads, so CI catches a plugin that breaks under the harness.
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests,
+## and the small scheduler_perf workloads (so CI catches a plugin that breaks under the harness)
+test: tools
+	$(GO) test -count=1 -timeout 25m ./...
 	mkdir -p $(SCHEDPERF_OUT)-test
-	$(SCHEDPERF_ENV) ARTIFACTS=$(SCHEDPERF_OUT)-test $(SCHEDPERF_TEST) -short \
+	cd benchmarks/schedperf && ARTIFACTS=$(SCHEDPERF_OUT)-test KUBE_CACHE_MUTATION_DETECTOR=false $(GO) test . -count=1 \
+		-run '^$$' -bench BenchmarkPerfScheduling -benchtime 1x -timeout 10m -short \
 		-perf-scheduling-label-filter=integration-test -data-items-dir $(SCHEDPERF_OUT)-test
 
-# Both sides of every comparison back to back, BENCH_COUNT runs, at sizes
-# that finish on 2 cores; writes benchmarks/results/schedperf.{json,md}.
-BENCH_COUNT ?= 5
-bench-schedperf: $(ETCD)
+## bench-schedperf: kube-scheduler's scheduler_perf harness, Penny's profile against the default and the
+## in-tree gang plugin, both sides back to back, BENCH_COUNT runs; writes benchmarks/results/schedperf.{json,md}
+SCHEDPERF_OUT := $(CURDIR)/_output/schedperf
+BENCH_COUNT   ?= 5
+bench-schedperf: tools
 	rm -rf $(SCHEDPERF_OUT)
-	PATH=$(BIN):$$PATH benchmarks/schedperf/bench.sh $(SCHEDPERF_OUT) $(BENCH_COUNT) bench
+	benchmarks/schedperf/bench.sh $(SCHEDPERF_OUT) $(BENCH_COUNT) bench
 	mkdir -p benchmarks/results
 	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
 		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"
 
+## lint: gofmt and go vet
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+## manifests: regenerate deploy/**/*.yaml from their templates and configs
+manifests:
+	$(GO) run ./hack/manifests
+
+## tools: binaries built from Go modules that tests need
+tools: $(BIN)/etcd
+
+# etcd for the kube-apiservers scheduler_perf starts, built from the etcd
+# module go.mod pins, so no download is needed.
+$(BIN)/etcd: go.mod
+	$(GO) build -o $@ go.etcd.io/etcd/server/v3
+
+clean:
+	rm -rf $(BIN)
