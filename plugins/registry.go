@@ -10,6 +10,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/plugins/gang"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -18,11 +20,20 @@ import (
 // means "not available"; plugins then fall back to what the cluster snapshot
 // tells them.
 type Deps struct {
+	// Telemetry is what agents report about each node (GPUs, MIG instances,
+	// health, reclaim notices). Reads never block; a node without fresh data
+	// reads as unknown.
+	Telemetry telemetry.Reader
+	// GangReclaimRisk scores how likely a gang placed on a set of nodes is
+	// to lose a member to a capacity reclaim. Nil: pricing.GangRisk over the
+	// same risk model SpotRisk uses.
+	GangReclaimRisk gang.ReclaimRisk
 	// Prices prices nodes (pkg/pricing). Nil: SpotRisk loads the catalog
 	// named in its args, if any.
 	Prices pricing.PriceBook
-	// Risk estimates pool reclaim rates. Nil: SpotRisk keeps its own model
-	// seeded from the catalog's interruption buckets.
+	// Risk estimates pool reclaim rates. Nil: one model shared by SpotRisk
+	// and the gang plugin, seeded from the catalog's interruption buckets
+	// and fed by the agents' reclaim notices.
 	Risk pricing.RiskSource
 	// Clock is the simulator's virtual clock; nil means the wall clock.
 	Clock clock.WithDelayedExecution
@@ -30,9 +41,18 @@ type Deps struct {
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
 func Registry(deps Deps) frameworkruntime.Registry {
+	if deps.Risk == nil {
+		deps.Risk = pricing.NewRiskModel(pricing.RiskConfig{})
+	}
+	if deps.GangReclaimRisk == nil {
+		deps.GangReclaimRisk = pricing.GangRisk{Risk: deps.Risk}
+	}
 	return frameworkruntime.Registry{
+		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			return gang.NewWith(ctx, obj, h, gang.WithReclaimRisk(deps.GangReclaimRisk))
+		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock})
+			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock})
 		},
 	}
 }

@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pennysched/penny/pkg/capacity"
 )
 
 func testCatalog(t *testing.T) *Catalog {
@@ -80,7 +82,7 @@ func TestNodePrice(t *testing.T) {
 		corev1.LabelInstanceTypeStable: "p4d.24xlarge",
 		corev1.LabelTopologyRegion:     "us-east-1",
 		corev1.LabelTopologyZone:       "us-east-1b",
-		LabelKarpenterCapacityType:     "spot",
+		capacity.LabelKarpenter:        "spot",
 	}}}
 	p, ok := c.NodePrice(node)
 	if !ok || p.NodeHourly != 6 || p.Capacity != Spot {

@@ -25,6 +25,7 @@ import (
 	tf "k8s.io/kubernetes/pkg/scheduler/testing/framework"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	capacitylabels "github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 )
@@ -58,10 +59,10 @@ func catalog(t *testing.T) *pricing.Catalog {
 // node builds a p4d node of a capacity type (karpenter label) in a zone.
 func node(name string, capacity pricing.CapacityType, zone string) *corev1.Node {
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-		corev1.LabelInstanceTypeStable:     "p4d.24xlarge",
-		corev1.LabelTopologyRegion:         "us-east-1",
-		corev1.LabelTopologyZone:           zone,
-		pricing.LabelKarpenterCapacityType: string(capacity),
+		corev1.LabelInstanceTypeStable: "p4d.24xlarge",
+		corev1.LabelTopologyRegion:     "us-east-1",
+		corev1.LabelTopologyZone:       zone,
+		capacitylabels.LabelKarpenter:  string(capacity),
 	}}}
 	capa := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse("96"),

@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry"
 )
 
 // Name is the plugin's name in profiles.
@@ -32,6 +33,9 @@ type Deps struct {
 	// Risk estimates reclaim rates; nil means a model seeded from the
 	// catalog's interruption buckets.
 	Risk pricing.RiskSource
+	// Telemetry is what agents report; a node whose agent reports a
+	// pending reclaim is filtered out. Nil: only reclaim taints count.
+	Telemetry telemetry.Reader
 	// Clock is the simulator's virtual clock in replays.
 	Clock clock.WithDelayedExecution
 }
@@ -42,10 +46,12 @@ type SpotRisk struct {
 	args   *Args
 	prices pricing.PriceBook
 	risk   pricing.RiskSource
-	// priors is set when the plugin owns its risk model, so that it can
-	// seed each pool's prior from the catalog the first time it sees it.
-	priors *pricing.RiskModel
-	clock  clock.WithDelayedExecution
+	// priors is set when the risk source is Penny's model, so that the
+	// plugin can seed each pool's prior from the catalog the first time it
+	// sees the pool (a prior already set stays).
+	priors    *pricing.RiskModel
+	telemetry telemetry.Reader
+	clock     clock.WithDelayedExecution
 
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
@@ -74,7 +80,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		return nil, err
 	}
 	pricing.RegisterMetrics()
-	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, clock: deps.Clock, wakeups: map[types.UID]bool{}}
+	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, wakeups: map[types.UID]bool{}}
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}
 	}
@@ -97,14 +103,20 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		pl.prices = store
 	}
 	if pl.risk == nil {
-		m := pricing.NewRiskModel(pricing.RiskConfig{})
-		pl.risk, pl.priors = m, m
+		pl.risk = pricing.NewRiskModel(pricing.RiskConfig{})
 	}
+	pl.priors, _ = pl.risk.(*pricing.RiskModel)
 	return pl, nil
 }
 
-// reclaimPending reports whether a node is about to be reclaimed.
+// reclaimPending reports whether a node is about to be reclaimed: its agent
+// reports a notice, or a reclaim handler tainted it.
 func (pl *SpotRisk) reclaimPending(node *corev1.Node) bool {
+	if pl.telemetry != nil {
+		if st, ok := pl.telemetry.Node(node.Name); ok && st.Reclaiming() {
+			return true
+		}
+	}
 	for _, t := range node.Spec.Taints {
 		for _, k := range pl.args.ReclaimTaints {
 			if t.Key == k {
@@ -115,21 +127,12 @@ func (pl *SpotRisk) reclaimPending(node *corev1.Node) bool {
 	return false
 }
 
-// poolOf is the risk pool a node belongs to.
-func poolOf(node *corev1.Node, c pricing.Capacity) pricing.Pool {
-	return pricing.Pool{
-		InstanceType: node.Labels[corev1.LabelInstanceTypeStable],
-		Zone:         node.Labels[corev1.LabelTopologyZone],
-		Capacity:     c.Type,
-	}
-}
-
 // reclaimRate is a node's expected reclaims per hour.
 func (pl *SpotRisk) reclaimRate(node *corev1.Node, c pricing.Capacity, price pricing.Price, priced bool) float64 {
 	if !c.IsSpot() {
 		return 0
 	}
-	pool := poolOf(node, c)
+	pool := pricing.NodePool(node)
 	if pl.priors != nil && priced && price.Interruption != pricing.BucketUnknown {
 		pl.priors.EnsurePrior(pool, price.Interruption)
 	}
