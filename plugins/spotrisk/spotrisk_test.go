@@ -11,7 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry"
 )
 
 // fleet: one node of each capacity type, a riskier Spot pool in zone c, and
@@ -291,5 +293,23 @@ func TestSignPod(t *testing.T) {
 	}
 	if _, s := sign(pod("x", map[string]string{AnnotationSpot: "x"})); s.IsSuccess() {
 		t.Fatal("a malformed pod must not be signed")
+	}
+}
+
+type reclaimingAgents map[string]bool
+
+func (r reclaimingAgents) Node(name string) (*telemetry.NodeState, bool) {
+	if !r[name] {
+		return &telemetry.NodeState{Node: name}, true
+	}
+	return &telemetry.NodeState{Node: name, ReclaimNotices: []telemetry.ReclaimNotice{
+		{Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION}}}, true
+}
+
+func TestAgentReclaimNoticeExcludesNode(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Telemetry: reclaimingAgents{"spot-a": true}}, fleet()[:4]...)
+	r := e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only"}))
+	if strings.Join(r.feasible, ",") != "spot-c" {
+		t.Fatalf("feasible %v, want only the Spot node without a notice", r.feasible)
 	}
 }
