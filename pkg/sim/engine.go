@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -74,6 +73,7 @@ type Engine struct {
 	tieBreak TieBreak
 	// rank orders the nodes for TieNodeOrder.
 	rank map[string]int
+	memo *filterMemo
 
 	// Counters for reports.
 	cycles int64
@@ -96,6 +96,11 @@ type EngineOptions struct {
 	Parallelism int
 	// TieBreak says how to choose between nodes with the same best score.
 	TieBreak TieBreak
+	// MemoizeFilters reuses a node's Filter result for a pod identical to an
+	// earlier one while the node has not changed (see filterMemo). Only for
+	// profiles whose Filter plugins all judge a node by the pod and that
+	// node alone: the in-tree ones and the simulator's.
+	MemoizeFilters bool
 }
 
 // TieBreak is how the engine chooses between equally scored nodes.
@@ -154,6 +159,9 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 		}
 	}
 	e.tieBreak = opts.TieBreak
+	if opts.MemoizeFilters {
+		e.memo = &filterMemo{bySignature: map[string]map[string]memoized{}}
+	}
 	e.rank = map[string]int{}
 	for i, j := range rand.New(rand.NewPCG(opts.Seed, 0x2545f4914f6cdd1d)).Perm(len(opts.Nodes)) {
 		e.rank[opts.Nodes[j].Name] = i
@@ -336,19 +344,21 @@ func (e *Engine) FitsOn(pod *v1.Pod, names []string) (bool, error) {
 		return false, s.AsError()
 	}
 	seen := map[string]bool{}
+	var nodes []fwk.NodeInfo
 	for _, name := range names {
 		if seen[name] {
 			continue
 		}
 		seen[name] = true
-		ni, err := e.snapshot.NodeInfos().Get(name)
-		if err != nil {
-			continue // the node has left the cluster
+		if ni, err := e.snapshot.NodeInfos().Get(name); err == nil { // else: the node has left
+			nodes = append(nodes, ni)
 		}
-		st := e.fw.RunFilterPlugins(e.ctx, state, pod, ni)
-		if st.Code() == fwk.Error {
-			return false, st.AsError()
-		}
+	}
+	statuses, err := e.filter(state, pod, nodes)
+	if err != nil {
+		return false, err
+	}
+	for _, st := range statuses {
 		if st.IsSuccess() {
 			return true, nil
 		}
@@ -390,21 +400,15 @@ func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host str
 		diagnosis.NodeToStatus.SetAbsentNodesStatus(fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("node(s) didn't satisfy plugin(s) %v", sets.List(unschedulable))))
 	}
 
-	statuses := make([]*fwk.Status, len(nodes))
-	var failed atomic.Int32
-	e.fw.Parallelizer().Until(e.ctx, len(nodes), func(i int) {
-		statuses[i] = e.fw.RunFilterPlugins(e.ctx, state, pod, nodes[i])
-		if statuses[i].Code() == fwk.Error {
-			failed.Add(1)
-		}
-	}, "Filter")
+	statuses, err := e.filter(state, pod, nodes)
+	if err != nil {
+		return "", 0, "", err
+	}
 	feasibleNodes := make([]fwk.NodeInfo, 0, len(nodes))
 	for i, st := range statuses {
 		switch {
 		case st.IsSuccess():
 			feasibleNodes = append(feasibleNodes, nodes[i])
-		case st.Code() == fwk.Error:
-			return "", 0, "", fmt.Errorf("filtering node %s for pod %s/%s: %w", nodes[i].Node().Name, pod.Namespace, pod.Name, st.AsError())
 		default:
 			diagnosis.NodeToStatus.Set(nodes[i].Node().Name, st)
 		}
@@ -432,6 +436,37 @@ func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host str
 	}
 	best := framework.NewSortedScoredNodes(scores).Pop()
 	return best.Name, len(feasibleNodes), "", nil
+}
+
+// filter runs the Filter plugins on the nodes, in parallel, reusing
+// memoized results where they still hold.
+func (e *Engine) filter(state *framework.CycleState, pod *v1.Pod, nodes []fwk.NodeInfo) ([]*fwk.Status, error) {
+	statuses := make([]*fwk.Status, len(nodes))
+	todo := make([]int, 0, len(nodes))
+	var memo map[string]memoized
+	if e.memo != nil {
+		memo = e.memo.forPod(pod, e.snapshot)
+	}
+	for i, ni := range nodes {
+		if m, ok := memo[ni.Node().Name]; ok && m.generation == ni.GetGeneration() {
+			statuses[i] = m.status
+			continue
+		}
+		todo = append(todo, i)
+	}
+	e.fw.Parallelizer().Until(e.ctx, len(todo), func(k int) {
+		i := todo[k]
+		statuses[i] = e.fw.RunFilterPlugins(e.ctx, state, pod, nodes[i])
+	}, "Filter")
+	for _, i := range todo {
+		if statuses[i].Code() == fwk.Error {
+			return nil, fmt.Errorf("filtering node %s for pod %s/%s: %w", nodes[i].Node().Name, pod.Namespace, pod.Name, statuses[i].AsError())
+		}
+		if memo != nil {
+			memo[nodes[i].Node().Name] = memoized{generation: nodes[i].GetGeneration(), status: statuses[i]}
+		}
+	}
+	return statuses, nil
 }
 
 // reserveAndBind is kube-scheduler's assume, Reserve and Permit, then the

@@ -96,6 +96,13 @@ func ParsePolicies(list string) ([]*Policy, error) {
 	return out, nil
 }
 
+// NodeLocalFilters says every Filter plugin of the policy's profile judges a
+// node by the pod and that node alone, so the engine may memoize Filter
+// results (EngineOptions.MemoizeFilters). True for the profiles made of
+// in-tree and simulator plugins; false for penny, whose plugins may look at
+// more (a gang's members, telemetry).
+func (p *Policy) NodeLocalFilters() bool { return p.Name != "penny" }
+
 // Run is what a policy needs to build one run's profile.
 type Run struct {
 	// Seed drives the random choices of the random baseline.
