@@ -1,18 +1,28 @@
-# Penny. `make demo` and `make test` are the two set-up commands (README).
+# Penny. The two set-up commands are `make demo` and `make test` (README).
 SHELL := /bin/bash
 GO    ?= go
 BIN   := $(CURDIR)/bin
+# Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
+export PATH := $(BIN):$(PATH)
 
-.PHONY: all build test demo lint tools
+.PHONY: all build demo test lint manifests tools clean
 
 all: build
 
+## build: bin/penny-scheduler, bin/penny (and every other command under cmd/)
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-test:
-	$(GO) test ./...
+## demo: a local cluster with simulated GPU nodes, the demo workload, and what Penny did
+demo:
+	$(GO) build -o $(BIN)/penny ./cmd/penny
+	$(BIN)/penny up --demo --exit-after-demo
 
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests
+test: tools
+	$(GO) test -count=1 -timeout 25m ./...
+
+## lint: gofmt and go vet
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
@@ -23,8 +33,7 @@ SIM_POLICIES ?= random,dotprod,clustering,packing,bestfit,fgd
 SIM_RESULTS  ?= benchmarks/results
 
 .PHONY: bench-sim
-# bench-sim reproduces the FGD paper's baselines on openb default (fill
-# protocol, seeds 42..51) and times a replay; results in $(SIM_RESULTS).
+## bench-sim: the FGD paper's baselines on openb default (fill protocol, seeds 42..51) and a replay, into benchmarks/results
 bench-sim:
 	$(GO) build -o $(BIN)/penny ./cmd/penny
 	@mkdir -p $(SIM_RESULTS)
@@ -36,3 +45,13 @@ bench-sim:
 		--out $(SIM_RESULTS)/openb-default-all-nodes.json --plot $(SIM_RESULTS)/openb-default-all-nodes.png | tee $(SIM_RESULTS)/openb-default-all-nodes.txt
 	$(BIN)/penny sim replay --nodes $(OPENB)/openb_node_list_all_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
 		--policy fgd --out $(SIM_RESULTS)/openb-default-replay.json --plot $(SIM_RESULTS)/openb-default-replay.png | tee $(SIM_RESULTS)/openb-default-replay.txt
+
+## manifests: regenerate deploy/**/*.yaml from their templates and configs
+manifests:
+	$(GO) run ./hack/manifests
+
+## tools: binaries built from Go modules that tests need
+tools:
+
+clean:
+	rm -rf $(BIN)

@@ -3,18 +3,22 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
-	"k8s.io/component-base/cli"
 )
 
 func main() {
 	root := &cobra.Command{
-		Use:          "penny",
-		Short:        "Cost-aware GPU scheduling for Kubernetes",
-		SilenceUsage: true,
+		Use:           "penny",
+		Short:         "Cost-aware GPU scheduling for Kubernetes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
 	root.AddCommand(newUpCommand(), newSimCommand())
-	os.Exit(cli.Run(root))
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(os.Stderr, "penny: %v\n", err)
+		os.Exit(1)
+	}
 }

@@ -1,17 +1,205 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/pennysched/penny/deploy"
+	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/plugins"
 )
 
+type upOptions struct {
+	clusterFile   string
+	dir           string
+	port          int
+	demo          bool
+	exitAfterDemo bool
+	summaryJSON   string
+	demoTimeout   time.Duration
+	verbose       bool
+}
+
 func newUpCommand() *cobra.Command {
-	return &cobra.Command{
+	o := upOptions{
+		dir:         filepath.Join(os.TempDir(), fmt.Sprintf("penny-up-%d", os.Getuid())),
+		port:        16443,
+		demoTimeout: 2 * time.Minute,
+	}
+	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run a local cluster with simulated GPU nodes and penny-scheduler",
-		RunE: func(*cobra.Command, []string) error {
-			return fmt.Errorf("not built yet")
+		Long: `penny up starts a real Kubernetes control plane in this process (etcd, kube-apiserver,
+the Job/Deployment controllers), simulated GPU nodes (KWOK) from a cluster spec, and
+penny-scheduler with the configuration in deploy/scheduler/config.yaml. It prints a
+kubeconfig to use with kubectl and runs until Ctrl-C, then removes everything it made.
+
+With --demo it submits a small GPU workload (training Jobs, an inference Deployment,
+a CPU pod) to penny-scheduler and prints where each pod landed and what it costs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runUp(cmd.Context(), o, cmd.OutOrStdout())
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&o.clusterFile, "cluster", "", "cluster spec (YAML); default: the mixed fleet of deploy/examples/cluster.yaml")
+	f.StringVar(&o.dir, "dir", o.dir, "state directory (etcd data, certificates, kubeconfig); removed on exit")
+	f.IntVar(&o.port, "port", o.port, "kube-apiserver port on 127.0.0.1")
+	f.BoolVar(&o.demo, "demo", false, "submit the demo workload and print where it landed")
+	f.BoolVar(&o.exitAfterDemo, "exit-after-demo", false, "with --demo: tear down and exit once the demo pods are placed")
+	f.StringVar(&o.summaryJSON, "summary-json", "", "write a JSON summary of the run to this file")
+	f.DurationVar(&o.demoTimeout, "demo-timeout", o.demoTimeout, "how long to wait for the demo pods to be scheduled")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "show control-plane and scheduler logs on stderr")
+	return cmd
+}
+
+// upSummary is what --summary-json writes.
+type upSummary struct {
+	PodsTotal      int          `json:"pods_total"`
+	PodsScheduled  int          `json:"pods_scheduled"`
+	PodsPending    int          `json:"pods_pending"`
+	StartupSeconds float64      `json:"startup_seconds"`
+	ScheduleSecs   float64      `json:"schedule_seconds"`
+	Nodes          int          `json:"nodes"`
+	HourlyUSD      float64      `json:"hourly_usd"`
+	Pods           []placedPod  `json:"pods"`
+	Pools          []poolSumary `json:"pools"`
+}
+
+type poolSumary struct {
+	Name         string `json:"name"`
+	Nodes        int    `json:"nodes"`
+	CapacityType string `json:"capacity_type"`
+	GPUModel     string `json:"gpu_model,omitempty"`
+}
+
+func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
+	began := time.Now()
+	if o.exitAfterDemo && !o.demo {
+		return fmt.Errorf("--exit-after-demo needs --demo")
+	}
+	spec, err := loadClusterSpec(o.clusterFile)
+	if err != nil {
+		return err
+	}
+	logFile, err := redirectLogs(o.verbose)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if logFile == nil {
+			return
+		}
+		logFile.Close()
+		if err != nil {
+			err = fmt.Errorf("%w\n(control-plane and scheduler logs: %s)", err, logFile.Name())
+			return
+		}
+		os.Remove(logFile.Name())
+	}()
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var logs io.Writer = os.Stderr
+	if logFile != nil {
+		logs = logFile
+	}
+	cluster, err := localcluster.Start(ctx, localcluster.Options{Dir: o.dir, APIServerPort: o.port, Spec: spec, Log: logs})
+	if err != nil {
+		return err
+	}
+	defer cluster.Stop()
+	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig})
+	if err != nil {
+		return err
+	}
+	defer sched.Stop()
+	startup := time.Since(began)
+
+	fmt.Fprintf(out, "Penny is up in %.1fs: %d nodes in %d pools, penny-scheduler running.\n", startup.Seconds(), len(spec.Nodes()), len(spec.Pools))
+	fmt.Fprintf(out, "  kubeconfig: %s\n", cluster.KubeconfigPath)
+	fmt.Fprintf(out, "  try:        KUBECONFIG=%s kubectl get nodes -L %s,%s\n", cluster.KubeconfigPath, localcluster.LabelPool, localcluster.LabelCapacityType)
+	fmt.Fprintf(out, "  pods opt in with `schedulerName: penny-scheduler`.\n")
+
+	summary := upSummary{StartupSeconds: startup.Seconds(), Nodes: len(spec.Nodes())}
+	for _, p := range spec.Pools {
+		summary.Pools = append(summary.Pools, poolSumary{Name: p.Name, Nodes: p.Count, CapacityType: p.CapacityType, GPUModel: p.GPUModel})
+	}
+	if o.demo {
+		fmt.Fprintf(out, "\nSubmitting the demo workload to penny-scheduler...\n")
+		submitted := time.Now()
+		res, err := runDemo(ctx, cluster.Client, o.demoTimeout)
+		if err != nil {
+			return err
+		}
+		summary.ScheduleSecs = time.Since(submitted).Seconds()
+		summary.Pods = res
+		for _, p := range res {
+			summary.PodsTotal++
+			if p.Node != "" {
+				summary.PodsScheduled++
+				summary.HourlyUSD += p.HourlyUSD
+			}
+		}
+		summary.PodsPending = summary.PodsTotal - summary.PodsScheduled
+		fmt.Fprintln(out)
+		printPlacements(out, res)
+	}
+	if o.summaryJSON != "" {
+		data, _ := json.MarshalIndent(summary, "", "  ")
+		if err := os.WriteFile(o.summaryJSON, append(data, '\n'), 0o644); err != nil {
+			return fmt.Errorf("--summary-json: %w", err)
+		}
+	}
+	if o.demo && summary.PodsPending > 0 {
+		return fmt.Errorf("%d of %d demo pods were not scheduled within %v", summary.PodsPending, summary.PodsTotal, o.demoTimeout)
+	}
+	if o.exitAfterDemo {
+		fmt.Fprintf(out, "\nDemo done; tearing down.\n")
+		return nil
+	}
+	fmt.Fprintf(out, "\nRunning. Press Ctrl-C to stop and remove everything.\n")
+	<-ctx.Done()
+	fmt.Fprintf(out, "Stopping...\n")
+	return nil
+}
+
+func loadClusterSpec(path string) (*localcluster.Spec, error) {
+	if path == "" {
+		return localcluster.ParseSpec("deploy/examples/cluster.yaml", deploy.ExampleCluster)
+	}
+	return localcluster.LoadSpec(path)
+}
+
+// redirectLogs sends klog (control plane and scheduler) to a temporary file
+// unless verbose, so the terminal shows what Penny did, not its internals.
+func redirectLogs(verbose bool) (*os.File, error) {
+	if verbose {
+		return nil, nil
+	}
+	f, err := os.CreateTemp("", "penny-up-*.log")
+	if err != nil {
+		return nil, err
+	}
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL"} {
+		if err := fs.Set(k, v); err != nil {
+			return nil, err
+		}
+	}
+	klog.SetOutput(f)
+	return f, nil
 }

@@ -12,7 +12,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/validation"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
-	deployscheduler "github.com/pennysched/penny/deploy/scheduler"
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/plugins"
 )
@@ -121,9 +121,9 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	if p.Name == "penny" {
 		data := run.SchedulerConfig
 		if data == nil {
-			data = deployscheduler.Config
+			data = deploy.SchedulerConfig
 		}
-		prof, err = ProfileFromConfig(data, deployscheduler.ProfileName)
+		prof, err = ProfileFromConfig(data, PennyProfile)
 	} else {
 		prof, err = DefaultProfile()
 	}
@@ -184,6 +184,10 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	}
 	return prof, registry, nil
 }
+
+// PennyProfile is the profile of the deployed configuration that pods opt
+// into with schedulerName.
+const PennyProfile = "penny-scheduler"
 
 // DefaultProfile is kube-scheduler's default profile after defaulting.
 func DefaultProfile() (*config.KubeSchedulerProfile, error) {

@@ -1,0 +1,229 @@
+// Package localcluster runs a real Kubernetes control plane in-process on
+// loopback — embedded etcd, kube-apiserver, the controllers GPU workloads
+// need — with simulated GPU nodes kept alive by KWOK. `penny up` and the
+// integration tests use it; nothing here is a fake of the API.
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Options configure a local cluster. The zero value is a cluster without
+// nodes in a fresh temporary directory on free ports.
+type Options struct {
+	// Dir holds the cluster's state (etcd data, certificates, kubeconfig).
+	// Empty means a new temporary directory. Either way Stop removes it, and
+	// only one cluster at a time may use a directory.
+	Dir string
+	// APIServerPort is the kube-apiserver's port on 127.0.0.1; 0 picks a free one.
+	APIServerPort int
+	// Spec lists the simulated nodes to create; nil creates none.
+	Spec *Spec
+	// FeatureGates are set process-wide before the control plane starts
+	// (e.g. GenericWorkload for the native gang API); the scheduler started
+	// in the same process sees the same gates.
+	FeatureGates map[string]bool
+	// RuntimeConfig enables API groups, e.g. {"scheduling.k8s.io/v1beta1": "true"}.
+	RuntimeConfig map[string]string
+	// Log receives the simulated kubelets' warnings; nil means stderr.
+	Log io.Writer
+}
+
+// Cluster is a running local control plane.
+type Cluster struct {
+	// Dir is the state directory; KubeconfigPath is the admin kubeconfig in it.
+	Dir            string
+	KubeconfigPath string
+	// RESTConfig and Client act as cluster admin.
+	RESTConfig *rest.Config
+	Client     kubernetes.Interface
+	// StartupDuration is how long Start took, nodes Ready included.
+	StartupDuration time.Duration
+
+	cancel    context.CancelFunc
+	etcd      *embed.Etcd
+	apiserver *apiServer
+	lock      *os.File
+}
+
+// SystemNamespace is where Penny's own components and leases live.
+const SystemNamespace = "penny-system"
+
+// Start brings a cluster up and returns once its nodes are Ready. On error
+// everything started so far is stopped and the directory removed.
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	began := time.Now()
+	c := &Cluster{}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	if err := c.claimDir(opts.Dir); err != nil {
+		return nil, err
+	}
+	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", opts.APIServerPort))
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver port %d on 127.0.0.1 is in use (%v): stop whatever holds it, or choose another port", opts.APIServerPort, err)
+	}
+	if len(opts.FeatureGates) > 0 {
+		if err := utilfeature.DefaultMutableFeatureGate.SetFromMap(opts.FeatureGates); err != nil {
+			listener.Close()
+			return nil, fmt.Errorf("feature gates: %w", err)
+		}
+	}
+	var runCtx context.Context
+	runCtx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
+
+	keys, err := newPKI(c.Dir)
+	if err != nil {
+		listener.Close()
+		return nil, fmt.Errorf("certificates: %w", err)
+	}
+	var etcdURL string
+	if c.etcd, etcdURL, err = startEtcd(c.Dir, 0); err != nil {
+		listener.Close()
+		return nil, err
+	}
+	if c.apiserver, err = startAPIServer(runCtx, c.Dir, listener, etcdURL, keys, opts.RuntimeConfig); err != nil {
+		return nil, err
+	}
+	c.RESTConfig = keys.adminConfig(c.apiserver.host, c.apiserver.serverCA)
+	if c.Client, err = kubernetes.NewForConfig(c.RESTConfig); err != nil {
+		return nil, err
+	}
+	c.KubeconfigPath = filepath.Join(c.Dir, "kubeconfig")
+	if err := writeKubeconfig(c.KubeconfigPath, c.RESTConfig); err != nil {
+		return nil, err
+	}
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	if err := startControllers(runCtx, c.RESTConfig); err != nil {
+		return nil, err
+	}
+	logTo := opts.Log
+	if logTo == nil {
+		logTo = os.Stderr
+	}
+	if err := startKWOK(runCtx, c.KubeconfigPath, c.RESTConfig, logTo); err != nil {
+		return nil, err
+	}
+	if opts.Spec != nil {
+		if err := c.AddNodes(ctx, opts.Spec.Nodes()...); err != nil {
+			return nil, err
+		}
+	}
+	c.StartupDuration = time.Since(began)
+	return c, nil
+}
+
+// AddNodes creates simulated nodes and waits until KWOK reports them Ready.
+func (c *Cluster) AddNodes(ctx context.Context, nodes ...*corev1.Node) error {
+	for _, n := range nodes {
+		if _, err := c.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create node %s: %w", n.Name, err)
+		}
+	}
+	for _, n := range nodes {
+		err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			got, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, cond := range got.Status.Conditions {
+				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			return fmt.Errorf("node %s did not become Ready: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
+// Stop tears the cluster down and removes its directory. It is safe to call
+// more than once and on a partly started cluster.
+func (c *Cluster) Stop() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.apiserver != nil {
+		select {
+		case <-c.apiserver.done:
+		case <-time.After(30 * time.Second):
+		}
+		c.apiserver = nil
+	}
+	if c.etcd != nil {
+		c.etcd.Close()
+		c.etcd = nil
+	}
+	if c.lock != nil {
+		os.RemoveAll(c.Dir)
+		c.lock.Close()
+		c.lock = nil
+	}
+}
+
+// claimDir creates the state directory and takes an exclusive lock in it,
+// so that a second cluster on the same directory fails at once with the pid
+// of the first instead of corrupting its etcd.
+func (c *Cluster) claimDir(dir string) error {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "penny-local-")
+		if err != nil {
+			return err
+		}
+		dir = d
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	lockPath := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(lockPath)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("state directory %s is in use by another local cluster (pid %s): stop it first (Ctrl-C), or use another directory", dir, strings.TrimSpace(string(holder)))
+		}
+		return fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	// A previous run that was killed leaves its data behind; start clean.
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Name() != "lock" {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+	f.Truncate(0)
+	f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	c.Dir, c.lock = dir, f
+	return nil
+}

@@ -1,0 +1,91 @@
+package localcluster
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+	cacheddiscovery "k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/controller-manager/pkg/informerfactory"
+	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/pkg/controller/deployment"
+	"k8s.io/kubernetes/pkg/controller/garbagecollector"
+	"k8s.io/kubernetes/pkg/controller/job"
+	"k8s.io/kubernetes/pkg/controller/replicaset"
+	"k8s.io/kubernetes/pkg/controller/serviceaccount"
+)
+
+// startControllers runs the kube-controller-manager controllers a GPU
+// workload needs, in-process: Jobs and Deployments create their pods, every
+// namespace gets its default ServiceAccount, and owners' deletion cascades.
+// They are upstream's controllers, not imitations, so the pods they create
+// look exactly as they would on a real cluster.
+func startControllers(ctx context.Context, cfg *rest.Config) error {
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = "penny-local-controllers"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	pods := factory.Core().V1().Pods()
+
+	jobs, err := job.NewController(ctx, client, pods, factory.Batch().V1().Jobs(), nil, nil)
+	if err != nil {
+		return fmt.Errorf("job controller: %w", err)
+	}
+	deployments, err := deployment.NewDeploymentController(ctx, factory.Apps().V1().Deployments(), factory.Apps().V1().ReplicaSets(), pods, client)
+	if err != nil {
+		return fmt.Errorf("deployment controller: %w", err)
+	}
+	replicaSets := replicaset.NewReplicaSetController(ctx, factory.Apps().V1().ReplicaSets(), pods, client, 500)
+	serviceAccounts, err := serviceaccount.NewServiceAccountsController(klog.FromContext(ctx),
+		factory.Core().V1().ServiceAccounts(), factory.Core().V1().Namespaces(), client,
+		serviceaccount.DefaultServiceAccountsControllerOptions())
+	if err != nil {
+		return fmt.Errorf("serviceaccount controller: %w", err)
+	}
+	startGC, err := garbageCollector(ctx, cfg, client, factory)
+	if err != nil {
+		return err
+	}
+
+	factory.Start(ctx.Done())
+	go jobs.Run(ctx, 2)
+	go deployments.Run(ctx, 2)
+	go replicaSets.Run(ctx, 2)
+	go serviceAccounts.Run(ctx, 1)
+	startGC()
+	return nil
+}
+
+func garbageCollector(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory) (func(), error) {
+	metadataClient, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(cacheddiscovery.NewMemCacheClient(client.Discovery()))
+	mapper.Reset()
+	metadataInformers := metadatainformer.NewSharedInformerFactory(metadataClient, 0)
+	started := make(chan struct{})
+	gc, err := garbagecollector.NewGarbageCollector(ctx, client, metadataClient, mapper,
+		garbagecollector.DefaultIgnoredResources(), informerfactory.NewInformerFactory(factory, metadataInformers), started)
+	if err != nil {
+		return nil, fmt.Errorf("garbage collector: %w", err)
+	}
+	return func() {
+		metadataInformers.Start(ctx.Done())
+		close(started)
+		const resync = 5 * time.Second
+		go wait.UntilWithContext(ctx, func(context.Context) { mapper.Reset() }, resync)
+		go gc.Run(ctx, 2, resync)
+		go gc.Sync(ctx, client.Discovery(), resync)
+	}, nil
+}

@@ -1,0 +1,61 @@
+package localcluster
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// startEtcd runs an embedded etcd on loopback with its data under dir.
+func startEtcd(dir string, clientPort int) (*embed.Etcd, string, error) {
+	if clientPort == 0 {
+		p, err := freePort()
+		if err != nil {
+			return nil, "", err
+		}
+		clientPort = p
+	}
+	peerPort, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "penny-local"
+	cfg.Dir = filepath.Join(dir, "etcd")
+	clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
+	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{clientURL}, []url.URL{clientURL}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peerURL}, []url.URL{peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
+	// A local, throw-away cluster: durability is not worth the fsync latency.
+	cfg.UnsafeNoFsync = true
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("start etcd on %s: %w", clientURL.Host, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, "", fmt.Errorf("etcd: %w", err)
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, "", fmt.Errorf("etcd did not become ready in 30s (log: %s)", filepath.Join(dir, "etcd.log"))
+	}
+	return e, clientURL.String(), nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,264 @@
+package localcluster
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+// Spec describes the simulated fleet of a local cluster: pools of identical
+// nodes, each with the labels and capacity a real cloud GPU node has.
+type Spec struct {
+	// Name is shown in output; it does not affect the nodes.
+	Name string `yaml:"name"`
+	// Region goes to topology.kubernetes.io/region on every node.
+	Region string `yaml:"region"`
+	Pools  []Pool `yaml:"pools"`
+}
+
+// Capacity types as Karpenter spells them in karpenter.sh/capacity-type.
+const (
+	CapacityOnDemand = "on-demand"
+	CapacitySpot     = "spot"
+	CapacityReserved = "reserved"
+)
+
+// Pool is a group of identical nodes.
+type Pool struct {
+	Name         string `yaml:"name"`
+	Count        int    `yaml:"count"`
+	InstanceType string `yaml:"instanceType"`
+	// Cloud sets the node's providerID scheme (aws, gcp, azure); empty means kwok.
+	Cloud string `yaml:"cloud"`
+	// GPUModel is a model name known to pkg/gpu (e.g. A100-80GB); empty for CPU-only pools.
+	GPUModel    string   `yaml:"gpuModel"`
+	GPUsPerNode int      `yaml:"gpusPerNode"`
+	MIG         *MIGSpec `yaml:"mig"`
+	// CapacityType is on-demand, spot or reserved.
+	CapacityType string  `yaml:"capacityType"`
+	Zone         string  `yaml:"zone"`
+	HourlyPrice  float64 `yaml:"hourlyPrice"`
+	CPU          string  `yaml:"cpu"`
+	Memory       string  `yaml:"memory"`
+	// Labels are extra node labels.
+	Labels map[string]string `yaml:"labels"`
+}
+
+// MIGSpec partitions some of a node's GPUs, the same way on each (the device
+// plugin's "mixed" strategy: those GPUs appear only as nvidia.com/mig-*).
+type MIGSpec struct {
+	// GPUs is how many GPUs of each node are in MIG mode; 0 means all.
+	GPUs int `yaml:"gpus"`
+	// Layout is the profiles on each MIG GPU, e.g. [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb].
+	Layout []string `yaml:"layout"`
+}
+
+// LoadSpec reads and validates a cluster spec file.
+func LoadSpec(path string) (*Spec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cluster spec: %w", err)
+	}
+	return ParseSpec(path, data)
+}
+
+// ParseSpec decodes and validates a cluster spec. Errors name the file, the
+// line, the field and what is expected, so a user can fix the file at once.
+func ParseSpec(file string, data []byte) (*Spec, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: not valid YAML: %v", file, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var spec Spec
+	if err := dec.Decode(&spec); err != nil {
+		return nil, describeDecodeError(file, err)
+	}
+	if errs := spec.validate(); len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = fmt.Sprintf("%s:%d: %s: %s", file, lineOf(&root, e.path), e.path, e.msg)
+		}
+		return nil, errors.New(strings.Join(msgs, "\n"))
+	}
+	return &spec, nil
+}
+
+// describeDecodeError rewrites yaml's "line N: ..." messages as "file:N: ..."
+// and names unknown fields in words a user can act on.
+func describeDecodeError(file string, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s: %v", file, err)
+	}
+	msgs := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		if rest, ok := strings.CutPrefix(e, "line "); ok {
+			if n, msg, ok := strings.Cut(rest, ": "); ok {
+				if field, ok := strings.CutPrefix(msg, "field "); ok {
+					if name, typ, ok := strings.Cut(field, " not found in type "); ok {
+						msg = fmt.Sprintf("unknown field %q in %s (check its spelling; fields are listed in docs/local-cluster.md)", name, strings.TrimPrefix(typ, "localcluster."))
+					}
+				}
+				msgs[i] = fmt.Sprintf("%s:%s: %s", file, n, msg)
+				continue
+			}
+		}
+		msgs[i] = fmt.Sprintf("%s: %s", file, e)
+	}
+	return errors.New(strings.Join(msgs, "\n"))
+}
+
+type fieldError struct{ path, msg string }
+
+var (
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+)
+
+func (s *Spec) validate() []fieldError {
+	var errs []fieldError
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fieldError{path, fmt.Sprintf(format, args...)})
+	}
+	if len(s.Pools) == 0 {
+		add("pools", "at least one pool is required")
+	}
+	seen := map[string]bool{}
+	for i := range s.Pools {
+		p := &s.Pools[i]
+		at := fmt.Sprintf("pools[%d]", i)
+		switch {
+		case p.Name == "":
+			add(at+".name", "required: a DNS label such as a100-spot")
+		case !dnsLabel.MatchString(p.Name) || len(p.Name) > 50:
+			add(at+".name", "%q is not a DNS label of at most 50 characters (lower-case letters, digits, '-')", p.Name)
+		case seen[p.Name]:
+			add(at+".name", "%q is used by another pool; pool names must be unique", p.Name)
+		}
+		seen[p.Name] = true
+		if p.Count < 0 || p.Count > 5000 {
+			add(at+".count", "%d is out of range: expected 0..5000 nodes", p.Count)
+		}
+		if p.InstanceType == "" {
+			add(at+".instanceType", "required, e.g. p4d.24xlarge")
+		}
+		switch p.Cloud {
+		case "", "aws", "gcp", "azure":
+		default:
+			add(at+".cloud", "%q is not one of aws, gcp, azure (or leave it empty)", p.Cloud)
+		}
+		switch p.CapacityType {
+		case CapacityOnDemand, CapacitySpot, CapacityReserved:
+		default:
+			add(at+".capacityType", "%q is not one of on-demand, spot, reserved", p.CapacityType)
+		}
+		if p.Zone == "" {
+			add(at+".zone", "required, e.g. us-east-1a")
+		}
+		if p.HourlyPrice < 0 {
+			add(at+".hourlyPrice", "%v is negative: expected the node's price in USD per hour", p.HourlyPrice)
+		}
+		for _, f := range []struct{ name, val, example string }{{"cpu", p.CPU, "96"}, {"memory", p.Memory, "1152Gi"}} {
+			if f.val == "" {
+				add(at+"."+f.name, "required, a Kubernetes quantity such as %q", f.example)
+				continue
+			}
+			if q, err := resource.ParseQuantity(f.val); err != nil || q.Sign() <= 0 {
+				add(at+"."+f.name, "%q is not a positive Kubernetes quantity such as %q", f.val, f.example)
+			}
+		}
+		errs = append(errs, p.validateGPUs(at)...)
+	}
+	return errs
+}
+
+func (p *Pool) validateGPUs(at string) []fieldError {
+	var errs []fieldError
+	add := func(path, format string, args ...any) {
+		errs = append(errs, fieldError{path, fmt.Sprintf(format, args...)})
+	}
+	if p.GPUModel == "" {
+		if p.GPUsPerNode != 0 {
+			add(at+".gpuModel", "required when gpusPerNode is set; one of %s", strings.Join(gpu.ModelNames(), ", "))
+		}
+		if p.MIG != nil {
+			add(at+".mig", "needs a gpuModel that supports MIG")
+		}
+		return errs
+	}
+	model, ok := gpu.LookupModel(p.GPUModel)
+	if !ok {
+		add(at+".gpuModel", "%q is not a known GPU model; expected one of %s", p.GPUModel, strings.Join(gpu.ModelNames(), ", "))
+		return errs
+	}
+	if p.GPUsPerNode < 1 || p.GPUsPerNode > 16 {
+		add(at+".gpusPerNode", "%d is out of range: expected 1..16 GPUs per node", p.GPUsPerNode)
+	}
+	if p.MIG == nil {
+		return errs
+	}
+	if !model.SupportsMIG() {
+		add(at+".mig", "%s does not support MIG; MIG models: A100-40GB, A100-80GB, H100-80GB, H100-NVL, H200-141GB", model.Name)
+		return errs
+	}
+	if p.MIG.GPUs < 0 || p.MIG.GPUs > p.GPUsPerNode {
+		add(at+".mig.gpus", "%d is out of range: expected 0..gpusPerNode (%d); 0 means all", p.MIG.GPUs, p.GPUsPerNode)
+	}
+	if len(p.MIG.Layout) == 0 {
+		add(at+".mig.layout", "at least one profile is required, e.g. [%s]", strings.Join(model.ProfileNames()[:2], ", "))
+	} else if _, err := model.Layout(p.MIG.Layout); err != nil {
+		add(at+".mig.layout", "%v", err)
+	}
+	return errs
+}
+
+// lineOf finds the line of a field path such as pools[1].mig.layout in the
+// parsed YAML; for a missing field it returns the line of the nearest parent.
+func lineOf(root *yaml.Node, path string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := n.Line
+	for _, part := range strings.Split(path, ".") {
+		key, idx := part, -1
+		if i := strings.IndexByte(part, '['); i >= 0 {
+			key = part[:i]
+			idx, _ = strconv.Atoi(strings.TrimSuffix(part[i+1:], "]"))
+		}
+		next := mappingValue(n, key)
+		if next == nil {
+			return line
+		}
+		n, line = next, next.Line
+		if idx >= 0 {
+			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return line
+			}
+			n, line = n.Content[idx], n.Content[idx].Line
+		}
+	}
+	return line
+}
+
+func mappingValue(n *yaml.Node, key string) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}

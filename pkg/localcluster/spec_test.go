@@ -1,0 +1,127 @@
+package localcluster
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pennysched/penny/deploy"
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+func TestExampleSpecIsValid(t *testing.T) {
+	spec, err := ParseSpec("cluster.yaml", deploy.ExampleCluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	mig := false
+	for _, p := range spec.Pools {
+		kinds[p.CapacityType] = true
+		mig = mig || p.MIG != nil
+	}
+	if !kinds[CapacityOnDemand] || !kinds[CapacitySpot] || !kinds[CapacityReserved] || !mig {
+		t.Fatalf("example fleet must mix on-demand, spot, reserved and MIG pools; got %v, mig=%v", kinds, mig)
+	}
+}
+
+func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown field", "pools:\n- name: a\n  gpuz: 8\n", []string{"bad.yaml:3", `unknown field "gpuz"`}},
+		{"wrong type", "pools:\n- name: a\n  count: many\n", []string{"bad.yaml:3", "many"}},
+		{"bad capacity type", `pools:
+- name: a
+  count: 1
+  instanceType: p5.48xlarge
+  gpuModel: H100-80GB
+  gpusPerNode: 8
+  capacityType: preemptible
+  zone: z
+  cpu: "192"
+  memory: 2Ti
+`, []string{"bad.yaml:7", "pools[0].capacityType", "on-demand, spot, reserved"}},
+		{"unknown GPU model", `pools:
+- {name: a, count: 1, instanceType: x, gpuModel: B300, gpusPerNode: 8, capacityType: spot, zone: z, cpu: "1", memory: 1Gi}
+`, []string{"bad.yaml:2", "pools[0].gpuModel", "A100-80GB"}},
+		{"MIG layout that does not fit", `pools:
+- name: a
+  count: 1
+  instanceType: x
+  gpuModel: A100-80GB
+  gpusPerNode: 8
+  mig:
+    layout: [4g.40gb, 4g.40gb]
+  capacityType: spot
+  zone: z
+  cpu: "1"
+  memory: 1Gi
+`, []string{"bad.yaml:8", "pools[0].mig.layout", "do not fit"}},
+		{"bad quantity and missing zone", `pools:
+- {name: a, count: 1, instanceType: x, capacityType: spot, cpu: lots, memory: 1Gi}
+`, []string{"pools[0].cpu", `"lots"`, "pools[0].zone", "required"}},
+		{"no pools", "name: empty\n", []string{"bad.yaml:1", "pools", "at least one pool"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseSpec("bad.yaml", []byte(c.yaml))
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestNodesCarryRealClusterLabelsAndCapacity(t *testing.T) {
+	spec, err := ParseSpec("s.yaml", []byte(`region: us-east-1
+pools:
+- name: h100
+  count: 2
+  cloud: aws
+  instanceType: p5.48xlarge
+  gpuModel: H100-80GB
+  gpusPerNode: 8
+  mig: {gpus: 2, layout: [3g.40gb, 3g.40gb]}
+  capacityType: spot
+  zone: us-east-1b
+  hourlyPrice: 43.16
+  cpu: "192"
+  memory: 2Ti
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := spec.Nodes()
+	if len(nodes) != 2 || nodes[1].Name != "h100-1" {
+		t.Fatalf("nodes: %d, second %q", len(nodes), nodes[1].Name)
+	}
+	n := nodes[0]
+	for k, v := range map[string]string{
+		gpu.LabelProduct: "NVIDIA-H100-80GB-HBM3", gpu.LabelCount: "8", LabelCapacityType: "spot",
+		"node.kubernetes.io/instance-type": "p5.48xlarge", "topology.kubernetes.io/zone": "us-east-1b",
+		"topology.kubernetes.io/region": "us-east-1", gpu.LabelMIGStrategy: "mixed",
+	} {
+		if n.Labels[k] != v {
+			t.Errorf("label %s = %q, want %q", k, n.Labels[k], v)
+		}
+	}
+	alloc := n.Status.Allocatable
+	if q := alloc[gpu.ResourceGPU]; q.Value() != 6 {
+		t.Errorf("whole GPUs %v, want 6 (2 of 8 in MIG mode)", q.String())
+	}
+	if q := alloc[gpu.MIGResourceName("3g.40gb")]; q.Value() != 4 {
+		t.Errorf("3g.40gb %v, want 4", q.String())
+	}
+	if q := alloc[gpu.ResourceGPUMilli]; q.Value() != 6000 {
+		t.Errorf("gpu-milli %v, want 6000", q.String())
+	}
+	if !strings.HasPrefix(n.Spec.ProviderID, "aws:///us-east-1b/i-") {
+		t.Errorf("providerID %q is not an AWS one", n.Spec.ProviderID)
+	}
+}
