@@ -20,10 +20,13 @@ import (
 
 // Device is one GPU as the scheduler accounts for it.
 type Device struct {
+	// MIGMode says the GPU is partitioned: it takes MIG instances only.
+	// Otherwise it takes whole-GPU pods and shares only.
+	MIGMode bool
 	// UsedMilli is what whole-GPU pods (1000) and shares (1..999) hold.
 	UsedMilli int64
-	// MIG lists the GPU instances carved out of this GPU. A GPU holds either
-	// MIG instances or whole/share pods, never both.
+	// MIG lists the GPU instances pods hold on a MIG-mode GPU, at their
+	// memory-slice offsets.
 	MIG []Placement
 }
 
@@ -34,24 +37,32 @@ type NodeDevices struct {
 	// Model is the known model for Product, nil when pkg/gpu does not know it
 	// (such a node has no MIG geometry, so it takes no MIG requests).
 	Model *Model
-	// MIG says the node's GPUs are partitioned on demand into the instances
-	// pods ask for (device plugin MIG strategy "mixed").
-	MIG bool
 	// GPUs are the devices, indexed by device index.
 	GPUs []Device
 }
 
-// NewNodeDevices returns count idle GPUs of the given product.
-func NewNodeDevices(product string, count int, mig bool) *NodeDevices {
+// NewNodeDevices returns idle GPUs of the given product: whole ones first,
+// then migGPUs in MIG mode (none when the model has no MIG geometry).
+func NewNodeDevices(product string, whole, migGPUs int) *NodeDevices {
 	m, _ := LookupModel(product)
-	return &NodeDevices{Product: product, Model: m, MIG: mig && m != nil && m.SupportsMIG(), GPUs: make([]Device, count)}
+	if m == nil || !m.SupportsMIG() {
+		whole, migGPUs = whole+migGPUs, 0
+	}
+	n := &NodeDevices{Product: product, Model: m, GPUs: make([]Device, whole+migGPUs)}
+	for i := whole; i < len(n.GPUs); i++ {
+		n.GPUs[i].MIGMode = true
+	}
+	return n
 }
 
 // NodeDevicesFor reads a node's GPUs from the labels GPU feature discovery
-// sets and from its allocatable resources: nvidia.com/gpu.count, else
-// allocatable nvidia.com/gpu, else allocatable penny.dev/gpu-milli / 1000.
-// A node is in MIG mode when labelled nvidia.com/mig.strategy=mixed and its
-// model supports MIG. All GPUs start idle; add the pods with AddPod.
+// sets and from its allocatable resources. The GPU count is
+// nvidia.com/gpu.count, else allocatable nvidia.com/gpu, else allocatable
+// penny.dev/gpu-milli / 1000. On a node with MIG strategy "mixed" the device
+// plugin advertises only the non-MIG GPUs as nvidia.com/gpu: those come
+// first, the rest are in MIG mode and take instances wherever the geometry
+// allows (the view does not hold a node to a fixed layout). All GPUs start
+// idle; add the pods with AddPod.
 func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 	count := 0
 	if s, ok := node.Labels[LabelCount]; ok {
@@ -59,17 +70,23 @@ func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 			count = n
 		}
 	}
+	whole := -1
+	if q, ok := node.Status.Allocatable[ResourceGPU]; ok {
+		whole = int(q.Value())
+	}
 	if count == 0 {
-		if q, ok := node.Status.Allocatable[ResourceGPU]; ok {
-			count = int(q.Value())
-		}
+		count = max(whole, 0)
 	}
 	if count == 0 {
 		if q, ok := node.Status.Allocatable[ResourceGPUMilli]; ok {
 			count = int(q.Value() / MilliPerGPU)
 		}
 	}
-	return NewNodeDevices(node.Labels[LabelProduct], count, node.Labels[LabelMIGStrategy] == "mixed")
+	if node.Labels[LabelMIGStrategy] != "mixed" {
+		return NewNodeDevices(node.Labels[LabelProduct], count, 0)
+	}
+	whole = min(max(whole, 0), count)
+	return NewNodeDevices(node.Labels[LabelProduct], whole, count-whole)
 }
 
 // Clone returns a deep copy that shares nothing with n.
@@ -86,10 +103,10 @@ func (n *NodeDevices) Clone() *NodeDevices {
 }
 
 // FreeMilli is what a share or whole-GPU pod could still get on GPU i: 0 on
-// a GPU that holds MIG instances.
+// a GPU in MIG mode.
 func (n *NodeDevices) FreeMilli(i int) int64 {
 	d := &n.GPUs[i]
-	if len(d.MIG) > 0 {
+	if d.MIGMode {
 		return 0
 	}
 	return MilliPerGPU - d.UsedMilli
@@ -116,17 +133,18 @@ func (n *NodeDevices) TotalUsedMilli() int64 {
 
 func (n *NodeDevices) usedMilli(i int) int64 {
 	d := &n.GPUs[i]
-	if len(d.MIG) == 0 {
+	if !d.MIGMode {
 		return d.UsedMilli
 	}
 	return int64(n.migCompute(i)) * MilliPerGPU / ComputeSlices
 }
 
-// WholeFree counts GPUs nobody holds any part of.
+// WholeFree counts the GPUs a whole-GPU pod could take: not in MIG mode and
+// held by nobody.
 func (n *NodeDevices) WholeFree() int {
 	c := 0
 	for i := range n.GPUs {
-		if n.GPUs[i].UsedMilli == 0 && len(n.GPUs[i].MIG) == 0 {
+		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 {
 			c++
 		}
 	}
@@ -231,7 +249,7 @@ func (n *NodeDevices) wholeGPUs(count int64) (Assignment, error) {
 		if int64(len(a)) == count {
 			break
 		}
-		if n.GPUs[i].UsedMilli == 0 && len(n.GPUs[i].MIG) == 0 {
+		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 {
 			a = append(a, Slot{GPU: i, Milli: MilliPerGPU})
 		}
 	}
@@ -250,8 +268,8 @@ type migCandidate struct {
 // free (GPU, offset) pairs with pick. Largest first keeps small instances from
 // taking the only offsets a large one could use.
 func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assignment, error) {
-	if !n.MIG || n.Model == nil {
-		return nil, fmt.Errorf("node GPUs (%s) are not in MIG mode: cannot place %s", n.describe(), r)
+	if n.Model == nil || !n.hasMIGMode() {
+		return nil, fmt.Errorf("no GPU of %s is in MIG mode: cannot place %s", n.describe(), r)
 	}
 	profiles, err := n.expandMIG(r)
 	if err != nil {
@@ -263,7 +281,7 @@ func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assign
 	for _, p := range profiles {
 		cands = cands[:0]
 		for g := range work.GPUs {
-			if work.GPUs[g].UsedMilli > 0 {
+			if !work.GPUs[g].MIGMode {
 				continue
 			}
 			starts, err := work.Model.FreeStarts(work.GPUs[g].MIG, p)
@@ -324,6 +342,15 @@ func (n *NodeDevices) migCompute(i int) int {
 	return c
 }
 
+func (n *NodeDevices) hasMIGMode() bool {
+	for i := range n.GPUs {
+		if n.GPUs[i].MIGMode {
+			return true
+		}
+	}
+	return false
+}
+
 func (n *NodeDevices) describe() string {
 	if n.Product == "" {
 		return fmt.Sprintf("%d GPUs", len(n.GPUs))
@@ -345,11 +372,8 @@ func (n *NodeDevices) Apply(a Assignment) error {
 		}
 		d := &work.GPUs[s.GPU]
 		if s.MIG.Profile != "" {
-			if !work.MIG || work.Model == nil {
+			if !d.MIGMode || work.Model == nil {
 				return fmt.Errorf("GPU %d of %s is not in MIG mode: cannot hold %s", s.GPU, n.describe(), s.MIG)
-			}
-			if d.UsedMilli > 0 {
-				return fmt.Errorf("GPU %d of %s is held by whole-GPU or share pods: cannot hold MIG instance %s", s.GPU, n.describe(), s.MIG)
 			}
 			starts, err := work.Model.FreeStarts(d.MIG, s.MIG.Profile)
 			if err != nil {
@@ -363,6 +387,9 @@ func (n *NodeDevices) Apply(a Assignment) error {
 		}
 		if s.Milli < 1 || s.Milli > MilliPerGPU {
 			return fmt.Errorf("slot on GPU %d holds %d milli: must be 1..%d", s.GPU, s.Milli, MilliPerGPU)
+		}
+		if d.MIGMode {
+			return fmt.Errorf("GPU %d of %s is in MIG mode: cannot hold %d milli of a whole-GPU or share pod", s.GPU, n.describe(), s.Milli)
 		}
 		if free := work.FreeMilli(s.GPU); free < s.Milli {
 			return fmt.Errorf("GPU %d of %s has %d milli free, cannot hold %d more", s.GPU, n.describe(), free, s.Milli)

@@ -13,7 +13,7 @@ import (
 // view builds a node view with the given free milli per GPU and free CPU.
 func view(t *testing.T, cpuFree int64, free ...int64) *nodeView {
 	t.Helper()
-	n := &nodeView{dev: gpu.NewNodeDevices("Tesla-T4", len(free), false), cpuFree: cpuFree, cpuAlloc: 96000, tags: map[string]int{}}
+	n := &nodeView{dev: gpu.NewNodeDevices("Tesla-T4", len(free), 0), cpuFree: cpuFree, cpuAlloc: 96000, tags: map[string]int{}}
 	for i, f := range free {
 		if f < gpu.MilliPerGPU {
 			if err := n.dev.Apply(gpu.Assignment{{GPU: i, Milli: gpu.MilliPerGPU - f}}); err != nil {
