@@ -30,7 +30,8 @@ type Line struct {
 }
 
 // PlotLines draws the series on one chart and saves it; the format follows
-// the file's extension (.png, .svg, .pdf).
+// the file's extension (.png, .svg, .pdf). The y axis starts at yMin and ends
+// at yMax, or at the data's maximum when yMax <= yMin.
 func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax float64) error {
 	p := plot.New()
 	p.Title.Text = title
@@ -47,8 +48,9 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax floa
 	p.Legend.XOffs = -vg.Points(8)
 	p.Legend.YOffs = vg.Points(8)
 	p.Add(plotter.NewGrid())
+	p.Y.Min = yMin
 	if yMax > yMin {
-		p.Y.Min, p.Y.Max = yMin, yMax
+		p.Y.Max = yMax
 	}
 	for i, l := range lines {
 		pts := make(plotter.XYs, len(l.X))
