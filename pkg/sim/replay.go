@@ -563,5 +563,5 @@ func (res *ReplayResult) Plot(path string) error {
 		top = max(top, y)
 	}
 	// Scale to the data: a sparse trace would be a flat line on 0..100.
-	return PlotLines(path, "GPU allocation during the replay", "trace time (days)", "allocated GPU (% of capacity)", []Line{l}, 0, min(100, 1.1*top+0.1))
+	return PlotLines(path, "GPU allocation during the replay", "trace time (days)", "allocated GPU (% of capacity)", []Line{l}, Axes{YMax: min(100, 1.1*top+0.1)})
 }

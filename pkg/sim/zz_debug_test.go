@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -95,5 +96,19 @@ func TestDebugDur(t *testing.T) {
 	tr, _ := LoadOpenbPods("/work/shared/data/openb/openb_pod_list_default.csv")
 	for _, tp := range tr.Pods[:5] {
 		fmt.Println(tp.Pod.Name, tp.Arrival, tp.Duration, tp.Withdraw, tp.Source)
+	}
+}
+
+func TestDebugReplot(t *testing.T) {
+	if os.Getenv("SIMDEBUG") == "" {
+		t.Skip()
+	}
+	var rep FillReport
+	b, _ := os.ReadFile("/work/wt/sim/benchmarks/results/openb-default.json")
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Plot("/tmp/replot.png"); err != nil {
+		t.Fatal(err)
 	}
 }
