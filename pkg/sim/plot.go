@@ -64,7 +64,7 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, ax Axes) error 
 		ln.LineStyle.Width = vg.Points(2)
 		ln.LineStyle.Color = palette[i%len(palette)]
 		// Every other series dashed, so lines that run together stay apart.
-		if i%2 == 0 {
+		if i > 0 && i%2 == 0 {
 			ln.LineStyle.Dashes = []vg.Length{vg.Points(7), vg.Points(3)}
 		}
 		if l.Dashed {
