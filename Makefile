@@ -50,6 +50,18 @@ OPENB ?= $(abspath $(shell git rev-parse --path-format=absolute --git-common-dir
 SIM_POLICIES ?= random,dotprod,clustering,packing,bestfit,fgd
 SIM_RESULTS  ?= benchmarks/results
 
+.PHONY: bench-spot
+## bench-spot: the Spot cost/risk benchmark (default, spot-first, penny on openb default, elastic mixed fleet),
+## into benchmarks/results/spot.{json,md}
+SPOT_SCENARIO ?= benchmarks/scenarios/spot-openb.yaml
+SPOT_SEED     ?= 42
+bench-spot:
+	$(GO) build -o $(BIN)/penny ./cmd/penny
+	@mkdir -p $(SIM_RESULTS)
+	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods $(OPENB)/openb_pod_list_default.csv \
+		--policy default,spot-first,penny --seed $(SPOT_SEED) \
+		--out $(SIM_RESULTS)/spot.json --markdown $(SIM_RESULTS)/spot.md
+
 .PHONY: bench-sim
 ## bench-sim: the FGD paper's baselines on openb default (fill protocol, seeds 42..51) and a replay, into benchmarks/results
 bench-sim:

@@ -55,16 +55,25 @@ func (f *traceFlags) add(cmd *cobra.Command) {
 	cmd.Flags().Int64Var(&f.philly.MilliCPUPerGPU, "philly-cpu-per-gpu", def.MilliCPUPerGPU, "philly: CPU millicores requested per GPU")
 	cmd.Flags().Int64Var(&f.philly.MemMiBPerGPU, "philly-mem-per-gpu", def.MemMiBPerGPU, "philly: memory MiB requested per GPU")
 	cmd.Flags().Int64Var(&f.philly.GPUsPerGangPod, "philly-gang-pod-gpus", def.GPUsPerGangPod, "philly: GPUs per pod of a job split into a gang")
-	_ = cmd.MarkFlagRequired("nodes")
 	_ = cmd.MarkFlagRequired("pods")
 }
 
 func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
+	if f.nodes == "" {
+		return nil, nil, nil, fmt.Errorf("--nodes is required (penny sim replay takes --scenario instead)")
+	}
 	nodes, err := sim.LoadOpenbNodes(f.nodes)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	tr, cfg, err := f.loadPods()
+	return nodes, tr, cfg, err
+}
+
+// loadPods reads the workload and the scheduler configuration.
+func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	var tr *sim.Trace
+	var err error
 	switch f.format {
 	case "openb":
 		tr, err = sim.LoadOpenbPods(f.pods)
@@ -74,15 +83,15 @@ func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
 		err = fmt.Errorf("unknown --format %q; valid formats: openb, philly", f.format)
 	}
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	var cfg []byte
 	if f.schedulerConfig != "" {
 		if cfg, err = os.ReadFile(f.schedulerConfig); err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
 	}
-	return nodes, tr, cfg, nil
+	return tr, cfg, nil
 }
 
 func newSimFillCommand() *cobra.Command {
@@ -195,14 +204,21 @@ func newSimReplayCommand() *cobra.Command {
 		out, plot string
 		step      time.Duration
 		tieBreak  string
+		scenario  string
+		markdown  string
 	)
 	cmd := &cobra.Command{
 		Use:   "replay",
 		Short: "Replay a trace's arrivals and departures in trace time",
 		Example: `  penny sim replay --nodes openb_node_list_all_node.csv --pods openb_pod_list_default.csv \
-    --policy fgd --out replay.json --plot replay.png`,
+    --policy fgd --out replay.json --plot replay.png
+  penny sim replay --scenario benchmarks/scenarios/spot-openb.yaml --pods openb_pod_list_default.csv \
+    --policy default,spot-first,penny --out spot.json --markdown spot.md`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if scenario != "" {
+				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown)
+			}
 			p, err := sim.LookupPolicy(policy)
 			if err != nil {
 				return err
@@ -239,10 +255,12 @@ func newSimReplayCommand() *cobra.Command {
 		},
 	}
 	tf.add(cmd)
-	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", "))
+	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", ")+" (with --scenario, a comma-separated list)")
 	cmd.Flags().Uint64Var(&seed, "seed", 42, "seed for tie-breaking and random choices")
 	cmd.Flags().DurationVar(&step, "step", time.Hour, "sample utilisation every this much trace time")
 	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order or random")
+	cmd.Flags().StringVar(&scenario, "scenario", "", "replay on this elastic, priced fleet (docs/spot.md) instead of --nodes")
+	cmd.Flags().StringVar(&markdown, "markdown", "", "with --scenario: write the results table (Markdown) here")
 	cmd.Flags().StringVar(&out, "out", "", "write the results (JSON) here")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw utilisation over time here (.png, .svg or .pdf)")
 	return cmd

@@ -196,7 +196,9 @@ func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
 		frameworkruntime.WithSnapshotSharedLister(e.snapshot),
 		frameworkruntime.WithMutableSnapshotLister(e.snapshot),
 		frameworkruntime.WithParallelism(parallelism),
-		frameworkruntime.WithEventRecorder(events.NewFakeRecorder(0)),
+		// Events go nowhere: a FakeRecorder with a nil channel drops them (one
+		// with an unbuffered channel would block the first plugin that records one).
+		frameworkruntime.WithEventRecorder(&events.FakeRecorder{}),
 		frameworkruntime.WithWaitingPods(frameworkruntime.NewWaitingPodsMap()),
 		frameworkruntime.WithPodsInPreBind(frameworkruntime.NewPodsInPreBindMap()),
 		frameworkruntime.WithSharedCSIManager(nodevolumelimits.NewCSIManager(informerFactory.Storage().V1().CSINodes().Lister())),

@@ -25,6 +25,9 @@ import (
 //   - penny: the penny-scheduler profile of deploy/scheduler/config.yaml (or
 //     --scheduler-config) with Penny's plugins, plus SimGPUDevices, which
 //     keeps the assignment a Penny plugin (gpupack) already wrote.
+//   - spot-first: the default profile plus a score that puts a pod on Spot
+//     whenever a Spot node fits, the naive baseline of the Spot benchmark
+//     (spot_baseline.go, docs/spot.md).
 //   - random, dotprod, clustering, packing, bestfit, fgd: the FGD paper's
 //     baselines — the default profile's filters, the baseline's score plugin
 //     as the only scorer, and SimGPUDevices choosing devices the way the
@@ -51,6 +54,7 @@ var policies = []Policy{
 	{Name: "packing", Label: "GpuPacking", Published: 8.00, score: GpuPackingScoreName, chooser: "best"},
 	{Name: "bestfit", Label: "BestFit", Published: 6.92, score: BestFitScoreName, chooser: "best"},
 	{Name: "fgd", Label: "FGD", Published: 4.61, score: FGDScoreName, chooser: "fgd"},
+	{Name: SpotFirstPolicy, Label: "Spot-first", chooser: "first"},
 }
 
 // PolicyNames lists the policies in a stable order.
@@ -112,6 +116,8 @@ type Run struct {
 	// SchedulerConfig is the KubeSchedulerConfiguration the penny policy
 	// reads its profile from; nil means the deployed one.
 	SchedulerConfig []byte
+	// Deps are handed to Penny's plugins (prices, risk, the virtual clock).
+	Deps plugins.Deps
 }
 
 // Build returns the profile to run and the out-of-tree plugins it may use.
@@ -132,7 +138,7 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	}
 	prof.PercentageOfNodesToScore = ptrInt32(100)
 
-	registry := plugins.Registry(plugins.Deps{})
+	registry := plugins.Registry(run.Deps)
 	v := newViews()
 	rng := rand.New(rand.NewPCG(run.Seed, 0x5851f42d4c957f2d))
 	chooser := choosers[p.chooser]
@@ -155,6 +161,11 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	pl.Reserve.Enabled = append(pl.Reserve.Enabled, config.Plugin{Name: GPUDevicesName})
 	pl.PreBind.Enabled = append(pl.PreBind.Enabled, config.Plugin{Name: GPUDevicesName})
 
+	if p.Name == SpotFirstPolicy {
+		if err := addSpotFirst(prof, registry); err != nil {
+			return nil, nil, err
+		}
+	}
 	if p.score == "" {
 		return prof, registry, nil
 	}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pennysched/penny/pkg/sim"
+)
+
+// runSpotReplay is `penny sim replay --scenario`: the trace on the
+// scenario's elastic, priced fleet, once per policy (docs/spot.md).
+func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string, seed uint64, out, markdown string) error {
+	sc, err := sim.LoadSpotScenario(scenario)
+	if err != nil {
+		return err
+	}
+	ps, err := sim.ParsePolicies(policies)
+	if err != nil {
+		return err
+	}
+	tr, cfg, err := tf.loadPods()
+	if err != nil {
+		return err
+	}
+	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg)
+	if err != nil {
+		return err
+	}
+	rep.Command, rep.Scenario, rep.Pods, rep.Machine = commandLine(), scenario, tf.pods, sim.ThisMachine()
+	md := rep.Markdown()
+	fmt.Fprint(cmd.OutOrStdout(), md)
+	if out != "" {
+		if err := sim.WriteJSON(out, rep); err != nil {
+			return err
+		}
+	}
+	if markdown != "" {
+		return os.WriteFile(markdown, []byte(md), 0o644)
+	}
+	return nil
+}

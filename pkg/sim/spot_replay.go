@@ -1,0 +1,988 @@
+package sim
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
+)
+
+// ElasticOptions describes one replay of a trace on a SpotScenario's
+// elastic, priced fleet.
+type ElasticOptions struct {
+	Scenario        *SpotScenario
+	Trace           *Trace
+	Policy          *Policy
+	Seed            uint64
+	SchedulerConfig []byte
+	Parallelism     int
+}
+
+// ElasticResult is what one policy's replay cost and what it lost. Money is
+// USD; GPU-hours count a share of a GPU as that fraction of a GPU.
+type ElasticResult struct {
+	Policy string `json:"policy"`
+	Seed   uint64 `json:"seed"`
+	// BillUSD is the sum over nodes of node-hours x price, from launch to
+	// removal (reserved nodes for the whole replay).
+	BillUSD float64 `json:"bill_usd"`
+	// AllocatedUSD is what the pods' requests cost (OpenCost split of each
+	// node's price); IdleUSD is the rest of the bill.
+	AllocatedUSD    float64            `json:"allocated_usd"`
+	IdleUSD         float64            `json:"idle_usd"`
+	BillByCapacity  map[string]float64 `json:"bill_by_capacity_usd"`
+	NodeHoursByPool map[string]float64 `json:"node_hours_by_pool"`
+	// UsefulGPUHours is GPU time that advanced work; LostGPUHours is GPU
+	// time thrown away by reclaims: progress since the last checkpoint and
+	// the restart that follows.
+	UsefulGPUHours    float64 `json:"useful_gpu_hours"`
+	LostGPUHours      float64 `json:"lost_gpu_hours"`
+	AllocatedGPUHours float64 `json:"allocated_gpu_hours"`
+	Reclaims          int     `json:"reclaims"`
+	PodsReclaimed     int     `json:"pods_reclaimed"`
+	// NeverOnSpot counts pods of a never-on-Spot class (Penny's reading of
+	// the pod) that ran on a Spot node at any time.
+	NeverOnSpot          int        `json:"never_on_spot"`
+	NeverOnSpotGPUHours  float64    `json:"never_on_spot_gpu_hours"`
+	QueueDelay           DelayStats `json:"queue_delay_seconds"`
+	QueueDelayP50Seconds float64    `json:"queue_delay_p50_s"`
+	QueueDelayP95Seconds float64    `json:"queue_delay_p95_s"`
+	PodsTotal            int        `json:"pods_total"`
+	PodsCompleted        int        `json:"pods_completed"`
+	NeverScheduled       int        `json:"never_scheduled"`
+	Withdrawn            int        `json:"withdrawn"`
+	// InterruptedServices counts reclaims that hit a running service
+	// (inference, dev); ServiceDowntimeHours is how long those services
+	// were down: waiting for a node and restarting.
+	InterruptedServices  int     `json:"interrupted_services"`
+	ServiceDowntimeHours float64 `json:"service_downtime_hours"`
+	// Fallbacks counts Spot-preferring pods that ran on on-demand capacity.
+	Fallbacks    int     `json:"fallbacks"`
+	ScaleUps     int     `json:"scale_ups"`
+	ScaleDowns   int     `json:"scale_downs"`
+	PeakNodes    int     `json:"peak_nodes"`
+	HorizonHours float64 `json:"horizon_hours"`
+	// Stalled is set when the replay ended because nothing started or
+	// finished for StallLimit after the last arrival; the pods still
+	// waiting then count as never scheduled.
+	Stalled bool `json:"stalled,omitempty"`
+	WallSeconds  float64 `json:"wall_seconds"`
+}
+
+// elastic event kinds, in the order they happen at one instant: capacity
+// frees and arrives before it is taken away, arrivals see the result, the
+// autoscaler scans last.
+type elKind int
+
+const (
+	elDeparture elKind = iota
+	elNodeReady
+	elReclaim
+	elScaleDown
+	elWithdraw
+	elArrival
+	elScan
+	elSample
+)
+
+type elEvent struct {
+	at   time.Duration
+	kind elKind
+	seq  int
+	pod  int
+	gen  int
+	node string
+}
+
+type elQueue []elEvent
+
+func (q elQueue) Len() int { return len(q) }
+func (q elQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	if q[i].kind != q[j].kind {
+		return q[i].kind < q[j].kind
+	}
+	return q[i].seq < q[j].seq
+}
+func (q elQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *elQueue) Push(x any)   { *q = append(*q, x.(elEvent)) }
+func (q *elQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+type elPodState int
+
+const (
+	podWaiting elPodState = iota
+	podRunning
+	podHeld // held at Permit (a gang waiting for its members)
+	podDone
+	podWithdrawn
+)
+
+type elPod struct {
+	tp    *TracePod
+	pod   *v1.Pod
+	class spotrisk.Class
+	gpus  float64
+	usage pricing.Usage
+	// work is the run time the pod needs; saved is the part of it that
+	// survives a reclaim (checkpointed, or all of it for a service).
+	work, saved time.Duration
+	// overhead is the restart time the next run spends before progress.
+	overhead  time.Duration
+	state     elPodState
+	node      string
+	gen       int
+	runStart  time.Duration
+	waitStart time.Duration
+	delay     time.Duration
+	started   bool
+	// nominated is the in-flight node the autoscaler launched for the pod.
+	nominated string
+	hourly    float64
+	everSpot  bool
+	onDemand  bool
+	reclaimed int
+	// downSince is when a reclaimed service went down; -1 when it is up.
+	downSince  time.Duration
+	deadline   time.Duration
+	retriedDue bool
+}
+
+type elNode struct {
+	name     string
+	pool     *elPool
+	node     *v1.Node
+	price    pricing.Price
+	launched time.Duration
+	ready    bool
+	removed  bool
+	pods     map[int]bool
+	emptyGen int
+	fedUntil time.Duration
+	// room is what nominated pods leave of an in-flight node.
+	roomCPU, roomMem, roomGPU int64
+}
+
+type elPool struct {
+	spec     *ElasticPool
+	template *v1.Node
+	live     int
+	seq      int
+	rng      *rand.Rand
+	price    pricing.Price
+}
+
+type elastic struct {
+	o       ElasticOptions
+	sc      *SpotScenario
+	e       *Engine
+	clock   *clocktesting.FakeClock
+	epoch   time.Time
+	risk    *pricing.RiskModel
+	rank    func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
+	q       elQueue
+	seq     int
+	now     time.Duration
+	pods    []*elPod
+	byUID   map[string]int
+	pending []int
+	nodes   map[string]*elNode
+	pools   []*elPool
+	freed   []string
+	scanOn  bool
+	arrived int
+	// progress is when a pod last started or finished.
+	progress time.Duration
+	// lastLaunched is the node launch created last.
+	lastLaunched string
+	res          *ElasticResult
+	live         int
+}
+
+// simEpoch is trace time zero on the plugins' clock.
+var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ElasticReplay replays a trace on the scenario's elastic fleet under one
+// policy. Pods arrive at their trace time; a pod that fits nowhere makes the
+// autoscaler launch a node of the pool the policy ranks first among those
+// whose template node passes the pod's filters (Cluster Autoscaler runs the
+// scheduler's filters on template nodes the same way); the node joins after
+// the pool's provisioning delay. Nodes empty for the pool's scale-down
+// delay are removed. Spot nodes are reclaimed after a seeded exponential
+// lifetime; their pods lose the work since their last checkpoint and are
+// resubmitted.
+func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error) {
+	start := time.Now()
+	sc := o.Scenario
+	r := &elastic{o: o, sc: sc, clock: clocktesting.NewFakeClock(simEpoch), epoch: simEpoch,
+		risk:  pricing.NewRiskModel(pricing.RiskConfig{}),
+		byUID: map[string]int{}, nodes: map[string]*elNode{},
+		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{}}}
+	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock}
+	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.setRanker(ctx, deps); err != nil {
+		return nil, err
+	}
+	for i := range sc.Pools {
+		p := &sc.Pools[i]
+		tpl := sc.node(p, p.Name+"-template")
+		price, ok := sc.catalog.NodePrice(tpl)
+		if !ok {
+			return nil, fmt.Errorf("pool %s: no price for %s %s in %s", p.Name, p.CapacityType, p.InstanceType, sc.Region)
+		}
+		pool := &elPool{spec: p, template: tpl, price: price,
+			rng: rand.New(rand.NewPCG(o.Seed, uint64(i)+0x51ed))}
+		r.pools = append(r.pools, pool)
+		if p.capacity == pricing.Spot {
+			r.risk.SetPrior(poolKey(p), price.Interruption)
+		}
+	}
+	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Seed: o.Seed, Parallelism: o.Parallelism})
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	r.e = e
+	for _, pool := range r.pools {
+		for n := 0; n < pool.spec.Min; n++ {
+			if err := r.launch(pool, true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for i := range o.Trace.Pods {
+		tp := &o.Trace.Pods[i]
+		p := tp.Pod.DeepCopy()
+		p.Spec.SchedulerName = prof.SchedulerName
+		sc.annotate(p, tp.Duration, o.Seed)
+		// GPU-hours count what the trace asked for, whatever the policy
+		// has to ask for.
+		gpus := podGPUs(p)
+		sc.admit(p, o.Policy.Name)
+		class, err := spotrisk.ClassOf(p, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", tp.Source, err)
+		}
+		ep := &elPod{tp: tp, pod: p, class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
+		r.pods = append(r.pods, ep)
+		r.byUID[string(p.UID)] = i
+		r.push(elEvent{at: tp.Arrival, kind: elArrival, pod: i})
+		if tp.Withdraw > 0 {
+			r.push(elEvent{at: tp.Withdraw, kind: elWithdraw, pod: i})
+		}
+	}
+	r.res.PodsTotal = len(r.pods)
+	r.push(elEvent{at: time.Hour, kind: elSample})
+	if err := r.run(ctx); err != nil {
+		return nil, err
+	}
+	r.finish()
+	r.res.WallSeconds = time.Since(start).Seconds()
+	return r.res, nil
+}
+
+func poolKey(p *ElasticPool) pricing.Pool {
+	return pricing.Pool{InstanceType: p.InstanceType, Zone: p.Zone, Capacity: p.capacity}
+}
+
+// setRanker picks how the policy's autoscaler chooses a pool: Penny asks
+// SpotRisk's expander; spot-first takes Spot first; every policy otherwise
+// takes the cheapest node that fits, as Karpenter does.
+func (r *elastic) setRanker(ctx context.Context, deps plugins.Deps) error {
+	cheapest := func(spotFirst bool) func(*v1.Pod, []*v1.Node) ([]int, error) {
+		return func(_ *v1.Pod, t []*v1.Node) ([]int, error) {
+			order := make([]int, len(t))
+			price := make([]float64, len(t))
+			spot := make([]bool, len(t))
+			for i, n := range t {
+				order[i] = i
+				p, _ := r.sc.catalog.NodePrice(n)
+				price[i], spot[i] = p.NodeHourly, pricing.NodeCapacity(n).IsSpot()
+			}
+			sort.SliceStable(order, func(a, b int) bool {
+				if spotFirst && spot[order[a]] != spot[order[b]] {
+					return spot[order[a]]
+				}
+				return price[order[a]] < price[order[b]]
+			})
+			return order, nil
+		}
+	}
+	switch r.o.Policy.Name {
+	case "penny":
+		x, err := spotrisk.NewExpander(ctx, nil, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock})
+		if err != nil {
+			return err
+		}
+		r.rank = x.Rank
+	case SpotFirstPolicy:
+		r.rank = cheapest(true)
+	default:
+		r.rank = cheapest(false)
+	}
+	return nil
+}
+
+func (r *elastic) push(ev elEvent) {
+	ev.seq = r.seq
+	r.seq++
+	heap.Push(&r.q, ev)
+}
+
+// StallLimit ends a replay in which nothing has started or finished for
+// this long after the last arrival: waiting pods that no pool can take (a
+// gang wider than any pool) would otherwise keep the autoscaler scanning
+// forever.
+const StallLimit = 72 * time.Hour
+
+func (r *elastic) run(ctx context.Context) error {
+	for r.q.Len() > 0 && !r.over() {
+		if r.arrived == len(r.pods) && r.q[0].at-r.progress > StallLimit {
+			r.res.Stalled = true
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ev := heap.Pop(&r.q).(elEvent)
+		r.now = ev.at
+		r.clock.SetTime(r.epoch.Add(r.now))
+		var err error
+		switch ev.kind {
+		case elArrival:
+			r.arrived++
+			p := r.pods[ev.pod]
+			p.waitStart = r.now
+			r.setDeadline(p)
+			err = r.try(ev.pod)
+		case elDeparture:
+			err = r.departure(ev)
+		case elNodeReady:
+			err = r.nodeReady(ev.node)
+		case elReclaim:
+			err = r.reclaim(ev.node)
+		case elScaleDown:
+			err = r.scaleDown(ev)
+		case elWithdraw:
+			p := r.pods[ev.pod]
+			if p.state == podWaiting && !p.started {
+				p.state = podWithdrawn
+				r.dropPending(ev.pod)
+				r.res.Withdrawn++
+			}
+		case elScan:
+			r.scanOn = false
+			err = r.scan()
+		case elSample:
+			r.feedExposure()
+			if r.q.Len() > 0 {
+				r.push(elEvent{at: r.now + time.Hour, kind: elSample})
+			}
+		}
+		if err != nil {
+			return err
+		}
+		// Once the instant's capacity changes are done, retry waiting pods.
+		if len(r.freed) > 0 && (r.q.Len() == 0 || r.q[0].at > r.now || r.q[0].kind > elScaleDown) {
+			if err := r.retryPending(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// over reports whether nothing is left to happen to the workload: every pod
+// has arrived and none runs or is held. Pods still waiting then can never be
+// placed (their pools are at their maximum or nothing fits them). Events
+// left (reclaims of idle Spot nodes, samples) do not extend the replay.
+func (r *elastic) over() bool {
+	if r.arrived < len(r.pods) {
+		return false
+	}
+	for _, p := range r.pods {
+		if p.state == podRunning || p.state == podHeld {
+			return false
+		}
+		if p.state == podWaiting && (p.nominated != "" || (p.deadline > 0 && !p.retriedDue)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *elastic) setDeadline(p *elPod) {
+	p.pod.CreationTimestamp = metav1.NewTime(r.epoch.Add(r.now))
+	p.deadline, p.retriedDue = 0, false
+	if p.class.Policy == spotrisk.Prefer {
+		p.deadline = r.now + p.class.FallbackAfter
+	}
+}
+
+// try schedules a pod now; one that does not fit waits and asks the
+// autoscaler for a node.
+func (r *elastic) try(i int) error {
+	p := r.pods[i]
+	out, err := r.e.Schedule(p.pod)
+	if err != nil {
+		return fmt.Errorf("pod %s (%s): %w", p.pod.Name, p.tp.Source, err)
+	}
+	switch {
+	case out.Waiting:
+		p.state = podHeld
+		r.dropPending(i)
+	case out.Node != "":
+		r.placed(i, out.Node)
+	default:
+		r.enqueue(i)
+		if err := r.autoscale(i); err != nil {
+			return err
+		}
+	}
+	settled, err := r.e.SettleWaiting()
+	if err != nil {
+		return err
+	}
+	for _, s := range settled {
+		j := r.byUID[string(s.Pod.UID)]
+		if s.Node != "" {
+			r.placed(j, s.Node)
+		} else {
+			r.pods[j].state = podWaiting
+			r.enqueue(j)
+		}
+	}
+	return nil
+}
+
+func (r *elastic) enqueue(i int) {
+	p := r.pods[i]
+	p.state = podWaiting
+	for _, j := range r.pending {
+		if j == i {
+			return
+		}
+	}
+	r.pending = append(r.pending, i)
+	sort.SliceStable(r.pending, func(a, b int) bool { return r.pods[r.pending[a]].waitStart < r.pods[r.pending[b]].waitStart })
+	r.armScan()
+}
+
+func (r *elastic) dropPending(i int) {
+	for k, j := range r.pending {
+		if j == i {
+			r.pending = append(r.pending[:k], r.pending[k+1:]...)
+			return
+		}
+	}
+}
+
+func (r *elastic) placed(i int, node string) {
+	p := r.pods[i]
+	n := r.nodes[node]
+	r.dropPending(i)
+	p.delay += r.now - p.waitStart
+	r.progress = r.now
+	if p.downSince >= 0 && p.reclaimed > 0 && p.class.Work.Stateless {
+		r.res.ServiceDowntimeHours += (r.now - p.downSince + p.overhead).Hours()
+		p.downSince = -1
+	}
+	p.state, p.node, p.runStart, p.started, p.nominated = podRunning, node, r.now, true, ""
+	p.gen++
+	p.hourly = n.price.HourlyFor(p.usage)
+	if pricing.NodeCapacity(n.node).IsSpot() {
+		p.everSpot = true
+	}
+	if p.class.Policy == spotrisk.Prefer && pricing.NodeCapacity(n.node).Type == pricing.OnDemand && !p.onDemand {
+		p.onDemand = true
+		r.res.Fallbacks++
+	}
+	if len(n.pods) == 0 {
+		n.emptyGen++
+	}
+	n.pods[i] = true
+	r.push(elEvent{at: r.now + p.overhead + (p.work - p.saved), kind: elDeparture, pod: i, gen: p.gen})
+}
+
+// stop ends a pod's run at now; a reclaim keeps only the saved progress.
+func (r *elastic) stop(i int, reclaimed bool) {
+	p := r.pods[i]
+	n := r.nodes[p.node]
+	ran := r.now - p.runStart
+	r.res.AllocatedGPUHours += p.gpus * ran.Hours()
+	r.res.AllocatedUSD += p.hourly * ran.Hours()
+	if p.everSpot && p.class.Policy == spotrisk.Never && n != nil && pricing.NodeCapacity(n.node).IsSpot() {
+		r.res.NeverOnSpotGPUHours += p.gpus * ran.Hours()
+	}
+	if n != nil {
+		delete(n.pods, i)
+	}
+	p.node = ""
+	if !reclaimed {
+		// The restart a reclaim forced is lost work too.
+		restart := min(ran, p.overhead)
+		r.res.UsefulGPUHours += p.gpus * (ran - restart).Hours()
+		r.res.LostGPUHours += p.gpus * restart.Hours()
+		p.state = podDone
+		return
+	}
+	progress := max(0, ran-p.overhead)
+	kept := time.Duration(0)
+	switch {
+	case p.class.Work.Stateless:
+		kept = progress
+	case p.class.Work.CheckpointInterval > 0:
+		kept = progress / p.class.Work.CheckpointInterval * p.class.Work.CheckpointInterval
+	}
+	p.saved += kept
+	r.res.UsefulGPUHours += p.gpus * kept.Hours()
+	r.res.LostGPUHours += p.gpus * (ran - kept).Hours()
+	p.overhead = r.sc.RestartOverhead.Duration
+	p.reclaimed++
+	p.gen++
+}
+
+func (r *elastic) departure(ev elEvent) error {
+	p := r.pods[ev.pod]
+	if p.state != podRunning || p.gen != ev.gen {
+		return nil
+	}
+	node := p.node
+	if err := r.e.Remove(p.pod); err != nil {
+		return err
+	}
+	r.stop(ev.pod, false)
+	r.res.PodsCompleted++
+	r.progress = r.now
+	r.freed = append(r.freed, node)
+	r.maybeIdle(r.nodes[node])
+	return nil
+}
+
+// retryPending tries the waiting pods in queue order, each only when a node
+// that gained capacity now passes its filters.
+func (r *elastic) retryPending() error {
+	freed := r.freed
+	r.freed = nil
+	for _, i := range append([]int(nil), r.pending...) {
+		p := r.pods[i]
+		if p.state != podWaiting {
+			continue
+		}
+		fits, err := r.e.FitsOn(p.pod, freed)
+		if err != nil {
+			return err
+		}
+		if fits {
+			if err := r.try(i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scan is the autoscaler's periodic loop: it retries pods whose wait for
+// Spot has ended and asks for nodes for pods nothing is coming for.
+func (r *elastic) scan() error {
+	for _, i := range append([]int(nil), r.pending...) {
+		p := r.pods[i]
+		if p.state != podWaiting {
+			continue
+		}
+		if p.deadline > 0 && r.now >= p.deadline && !p.retriedDue {
+			p.retriedDue = true
+			if err := r.try(i); err != nil {
+				return err
+			}
+			continue
+		}
+		if p.nominated == "" {
+			if err := r.autoscale(i); err != nil {
+				return err
+			}
+		}
+	}
+	r.armScan()
+	return nil
+}
+
+const scanEvery = 30 * time.Second
+
+// armScan keeps the autoscaler scanning while a waiting pod could still be
+// helped: something else will happen, or a pod's wait for Spot has not
+// ended yet.
+func (r *elastic) armScan() {
+	if r.scanOn || len(r.pending) == 0 {
+		return
+	}
+	others := false
+	for _, ev := range r.q {
+		if ev.kind != elScan && ev.kind != elSample {
+			others = true
+			break
+		}
+	}
+	if !others {
+		for _, i := range r.pending {
+			if p := r.pods[i]; p.deadline > 0 && !p.retriedDue {
+				others = true
+				break
+			}
+		}
+	}
+	if others {
+		r.scanOn = true
+		r.push(elEvent{at: r.now + scanEvery, kind: elScan})
+	}
+}
+
+// autoscale finds or launches a node for a waiting pod. A gang member
+// brings its whole gang: the gang's waiting members get one node each, all
+// in one pool (one zone and capacity type, as the gang plugin keeps a gang),
+// or none do.
+func (r *elastic) autoscale(i int) error {
+	p := r.pods[i]
+	if p.nominated != "" {
+		if n := r.nodes[p.nominated]; n != nil && !n.ready && !n.removed {
+			return nil
+		}
+		p.nominated = ""
+	}
+	members := r.gangWaiting(i)
+	alone := asAlone(p.pod)
+	if len(members) == 1 {
+		// A node already on its way may take it.
+		cpu, mem, gpuMilli := requests(p)
+		var inflight []*elNode
+		for _, n := range r.nodes {
+			if !n.ready && !n.removed && n.roomCPU >= cpu && n.roomMem >= mem && n.roomGPU >= gpuMilli {
+				inflight = append(inflight, n)
+			}
+		}
+		sort.Slice(inflight, func(a, b int) bool { return inflight[a].name < inflight[b].name })
+		if len(inflight) > 0 {
+			tpls := make([]*v1.Node, len(inflight))
+			for k, n := range inflight {
+				tpls[k] = n.pool.template
+			}
+			ok, err := r.e.FitsTemplates(alone, tpls)
+			if err != nil {
+				return err
+			}
+			for k, n := range inflight {
+				if ok[k] {
+					r.nominate(p, n)
+					return nil
+				}
+			}
+		}
+	}
+	var cands []*elPool
+	var tpls []*v1.Node
+	for _, pool := range r.pools {
+		if pool.spec.Max-pool.live >= len(members) {
+			cands = append(cands, pool)
+			tpls = append(tpls, pool.template)
+		}
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	fits := make([]bool, len(cands))
+	for k := range fits {
+		fits[k] = true
+	}
+	for _, m := range members {
+		ok, err := r.e.FitsTemplates(asAlone(r.pods[m].pod), tpls)
+		if err != nil {
+			return err
+		}
+		for k := range fits {
+			fits[k] = fits[k] && ok[k]
+		}
+	}
+	var fit []*elPool
+	var fitT []*v1.Node
+	for k := range cands {
+		if fits[k] {
+			fit, fitT = append(fit, cands[k]), append(fitT, tpls[k])
+		}
+	}
+	if len(fit) == 0 {
+		return nil
+	}
+	order, err := r.rank(p.pod, fitT)
+	if err != nil {
+		return err
+	}
+	pool := fit[order[0]]
+	for _, m := range members {
+		if err := r.launch(pool, false); err != nil {
+			return err
+		}
+		r.nominate(r.pods[m], r.nodes[r.lastLaunched])
+	}
+	return nil
+}
+
+// gangWaiting is the pod and, when it is in a gang, the gang's other
+// waiting members that no node is coming for yet.
+func (r *elastic) gangWaiting(i int) []int {
+	name := r.pods[i].pod.Labels[gang.LabelName]
+	if name == "" {
+		return []int{i}
+	}
+	out := []int{i}
+	for _, j := range r.pending {
+		q := r.pods[j]
+		if j != i && q.state == podWaiting && q.nominated == "" && q.pod.Namespace == r.pods[i].pod.Namespace && q.pod.Labels[gang.LabelName] == name {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// asAlone is the pod as the autoscaler weighs it: a gang member without its
+// gang, since the gang plugin admits a gang only once room for every member
+// exists, which is what the autoscaler is asked to create. Each member gets
+// its node; the gang plugin places them together when the nodes are up.
+func asAlone(pod *v1.Pod) *v1.Pod {
+	if _, ok := pod.Labels[gang.LabelName]; !ok {
+		return pod
+	}
+	p := pod.DeepCopy()
+	delete(p.Labels, gang.LabelName)
+	delete(p.Labels, gang.KeySize)
+	return p
+}
+
+func (r *elastic) nominate(p *elPod, n *elNode) {
+	cpu, mem, gpuMilli := requests(p)
+	p.nominated = n.name
+	n.roomCPU -= cpu
+	n.roomMem -= mem
+	n.roomGPU -= gpuMilli
+}
+
+func requests(p *elPod) (cpu, mem, gpuMilli int64) {
+	return p.usage.CPUMilli, p.usage.MemoryBytes, p.usage.GPUMilli
+}
+
+// launch starts a node of the pool: at once for the pools' minimum at the
+// start, after the provisioning delay otherwise.
+func (r *elastic) launch(pool *elPool, now bool) error {
+	name := fmt.Sprintf("%s-%d", pool.spec.Name, pool.seq)
+	pool.seq++
+	pool.live++
+	n := &elNode{name: name, pool: pool, node: r.sc.node(pool.spec, name), price: pool.price, launched: r.now, pods: map[int]bool{}}
+	alloc := n.node.Status.Allocatable
+	n.roomCPU, n.roomMem = alloc.Cpu().MilliValue(), alloc.Memory().Value()
+	g := alloc[gpu.ResourceGPU]
+	n.roomGPU = g.Value() * 1000
+	r.nodes[name] = n
+	r.lastLaunched = name
+	r.live++
+	r.res.PeakNodes = max(r.res.PeakNodes, r.live)
+	if now {
+		return r.nodeReady(name)
+	}
+	r.res.ScaleUps++
+	r.push(elEvent{at: r.now + pool.spec.ProvisioningDelay.Duration, kind: elNodeReady, node: name})
+	return nil
+}
+
+func (r *elastic) nodeReady(name string) error {
+	n := r.nodes[name]
+	if n == nil || n.removed {
+		return nil
+	}
+	if err := r.e.AddNode(n.node); err != nil {
+		return err
+	}
+	n.ready, n.fedUntil = true, r.now
+	for _, p := range r.pods {
+		if p.nominated == name {
+			p.nominated = ""
+		}
+	}
+	if mttr := n.pool.spec.MeanTimeToReclaim.Duration; mttr > 0 {
+		life := time.Duration(n.pool.rng.ExpFloat64() * float64(mttr))
+		r.push(elEvent{at: r.now + life, kind: elReclaim, node: name})
+	}
+	r.freed = append(r.freed, name)
+	r.maybeIdle(n)
+	return nil
+}
+
+// maybeIdle starts a node's scale-down countdown when it is empty.
+func (r *elastic) maybeIdle(n *elNode) {
+	if n == nil || n.removed || !n.ready || len(n.pods) > 0 {
+		return
+	}
+	if n.pool.live <= n.pool.spec.Min {
+		return
+	}
+	n.emptyGen++
+	r.push(elEvent{at: r.now + n.pool.spec.ScaleDownAfter.Duration, kind: elScaleDown, node: n.name, gen: n.emptyGen})
+}
+
+func (r *elastic) scaleDown(ev elEvent) error {
+	n := r.nodes[ev.node]
+	if n == nil || n.removed || len(n.pods) > 0 || n.emptyGen != ev.gen || n.pool.live <= n.pool.spec.Min {
+		return nil
+	}
+	if _, err := r.e.RemoveNode(n.name); err != nil {
+		return err
+	}
+	r.retire(n)
+	r.res.ScaleDowns++
+	return nil
+}
+
+// retire bills a node up to now and takes it out of the fleet.
+func (r *elastic) retire(n *elNode) {
+	r.feedNode(n)
+	hours := (r.now - n.launched).Hours()
+	r.res.BillUSD += hours * n.price.NodeHourly
+	r.res.BillByCapacity[string(n.pool.spec.capacity)] += hours * n.price.NodeHourly
+	r.res.NodeHoursByPool[n.pool.spec.Name] += hours
+	n.removed = true
+	n.pool.live--
+	r.live--
+}
+
+// reclaim takes a Spot node away. Its pods, and the other members of their
+// gangs, lose the work since their last checkpoint and wait again.
+func (r *elastic) reclaim(name string) error {
+	n := r.nodes[name]
+	if n == nil || n.removed {
+		return nil
+	}
+	r.feedNode(n)
+	r.risk.ObserveReclaim(poolKey(n.pool.spec), name, r.epoch.Add(r.now))
+	evicted, err := r.e.RemoveNode(name)
+	if err != nil {
+		return err
+	}
+	victims := map[int]bool{}
+	for _, bp := range evicted {
+		victims[r.byUID[string(bp.UID)]] = true
+	}
+	for i := range victims {
+		if name := r.pods[i].pod.Labels[gang.LabelName]; name != "" {
+			for j, q := range r.pods {
+				if q.state == podRunning && q.pod.Labels[gang.LabelName] == name && !victims[j] {
+					if err := r.e.Remove(q.pod); err != nil {
+						return err
+					}
+					victims[j] = true
+					r.freed = append(r.freed, q.node)
+				}
+			}
+		}
+	}
+	r.res.Reclaims++
+	r.retire(n)
+	order := make([]int, 0, len(victims))
+	for i := range victims {
+		order = append(order, i)
+	}
+	sort.Ints(order)
+	for _, i := range order {
+		p := r.pods[i]
+		if p.reclaimed == 0 {
+			r.res.PodsReclaimed++
+		}
+		r.stop(i, true)
+		if p.class.Work.Stateless {
+			r.res.InterruptedServices++
+			p.downSince = r.now
+		}
+		p.waitStart = r.now
+		r.setDeadline(p)
+		r.enqueue(i)
+	}
+	for _, i := range order {
+		if r.pods[i].state == podWaiting {
+			if err := r.try(i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// feedExposure tells the risk model how long each Spot node has run.
+func (r *elastic) feedExposure() {
+	for _, n := range r.nodes {
+		if n.ready && !n.removed {
+			r.feedNode(n)
+		}
+	}
+}
+
+func (r *elastic) feedNode(n *elNode) {
+	if !n.ready || n.pool.spec.capacity != pricing.Spot || r.now <= n.fedUntil {
+		return
+	}
+	r.risk.ObserveExposure(poolKey(n.pool.spec), (r.now - n.fedUntil).Hours(), r.epoch.Add(r.now))
+	n.fedUntil = r.now
+}
+
+func (r *elastic) finish() {
+	res := r.res
+	res.HorizonHours = r.now.Hours()
+	for i, p := range r.pods {
+		if p.state == podRunning {
+			r.stop(i, false)
+			p.state = podRunning
+		}
+	}
+	for _, n := range r.nodes {
+		if !n.removed {
+			r.retire(n)
+		}
+	}
+	res.IdleUSD = res.BillUSD - res.AllocatedUSD
+	var delays []float64
+	for _, p := range r.pods {
+		if p.started {
+			delays = append(delays, p.delay.Seconds())
+		} else if p.state == podWaiting {
+			res.NeverScheduled++
+		}
+		if p.everSpot && p.class.Policy == spotrisk.Never {
+			res.NeverOnSpot++
+		}
+	}
+	res.QueueDelay = delayStats(delays)
+	res.QueueDelayP50Seconds, res.QueueDelayP95Seconds = res.QueueDelay.P50, res.QueueDelay.P95
+	res.BillUSD = round2(res.BillUSD)
+	res.AllocatedUSD, res.IdleUSD = round2(res.AllocatedUSD), round2(res.IdleUSD)
+}
+
+func round2(v float64) float64 { return math.Round(v*100) / 100 }

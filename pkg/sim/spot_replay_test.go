@@ -1,0 +1,166 @@
+package sim
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pennysched/penny/plugins/spotrisk"
+)
+
+// tinyScenario is one on-demand and one Spot pool of 1-GPU nodes priced by
+// the shipped catalog (g5.8xlarge: on-demand 2.448, Spot 0.9686 $/h).
+const tinyScenario = `
+name: tiny
+region: us-east-1
+catalog: ../../deploy/pricing/catalog.yaml
+restartOverhead: 5m
+spotTaint: true
+gpuSharing: [penny]
+policies:
+- {policy: spot-first, tolerateSpot: true}
+- {policy: penny, tolerateSpot: true}
+classes:
+- {qos: [LS], annotations: {penny.dev/workload: inference}}
+- {qos: [BE], annotations: {penny.dev/workload: training, penny.dev/checkpoint-interval: 30m}}
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 4, provisioningDelay: 3m, scaleDownAfter: 10m}
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: SPOTMAX, provisioningDelay: 3m, scaleDownAfter: 10m,
+   advertisedInterruption: "5-10%", meanTimeToReclaim: MTTR}
+`
+
+func spotScenario(t *testing.T, spotMax, mttr string) *SpotScenario {
+	t.Helper()
+	y := strings.NewReplacer("SPOTMAX", spotMax, "MTTR", mttr).Replace(tinyScenario)
+	s, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func spotTracePod(name, qos string, gpus int64, arrival, run time.Duration) TracePod {
+	p := NewPod(SimNamespace, name, 4000, 16*1024, gpus, 1000, nil)
+	p.Labels[LabelQoS] = qos
+	return TracePod{Pod: p, Arrival: arrival, Duration: run, Source: "test:" + name}
+}
+
+func spotReplay(t *testing.T, s *SpotScenario, policy string, seed uint64, pods ...TracePod) *ElasticResult {
+	t.Helper()
+	p, err := LookupPolicy(policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Trace: &Trace{Pods: pods}, Policy: p, Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func nearly(a, b float64) bool { return math.Abs(a-b) < 1e-6*math.Max(1, math.Abs(b)) }
+
+// One inference pod and one checkpointing trainer, no reclaims: Penny puts
+// the service on on-demand and the trainer on Spot; spot-first puts both on
+// Spot. Nodes join after the provisioning delay and leave after the
+// scale-down delay, and the bill is exactly node-hours x price.
+func TestElasticPlacementAndBill(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	pods := []TracePod{
+		spotTracePod("serve", "LS", 1, 0, 2*time.Hour),
+		spotTracePod("train", "BE", 1, 0, 2*time.Hour),
+	}
+	penny := spotReplay(t, s, "penny", 42, pods...)
+	if penny.NeverOnSpot != 0 || penny.NodeHoursByPool["od"] == 0 || penny.NodeHoursByPool["spot"] == 0 {
+		t.Fatalf("penny: %+v", penny)
+	}
+	// Each node lives provisioning (3m) + run (2h); the replay, and the
+	// bill, end when the last pod does.
+	life := (3*time.Minute + 2*time.Hour).Hours()
+	if !nearly(penny.NodeHoursByPool["od"], life) || !nearly(penny.NodeHoursByPool["spot"], life) {
+		t.Fatalf("node hours %v, want %v each", penny.NodeHoursByPool, life)
+	}
+	if !nearly(penny.BillUSD, math.Round(life*(2.448+0.9686)*100)/100) {
+		t.Fatalf("bill %v", penny.BillUSD)
+	}
+	if penny.QueueDelayP95Seconds != 180 || penny.UsefulGPUHours != 4 || penny.LostGPUHours != 0 {
+		t.Fatalf("delay %v useful %v lost %v", penny.QueueDelayP95Seconds, penny.UsefulGPUHours, penny.LostGPUHours)
+	}
+	naive := spotReplay(t, s, "spot-first", 42, pods...)
+	if naive.NeverOnSpot != 1 || naive.NodeHoursByPool["od"] != 0 {
+		t.Fatalf("spot-first: never on spot %d, pools %v", naive.NeverOnSpot, naive.NodeHoursByPool)
+	}
+	def := spotReplay(t, s, "default", 42, pods...)
+	if def.NodeHoursByPool["spot"] != 0 || def.BillByCapacity["spot"] != 0 {
+		t.Fatalf("default must stay off tainted Spot: %v", def.NodeHoursByPool)
+	}
+}
+
+// A trainer on Spot nodes that live about an hour: every reclaim loses at
+// most the half hour since the last checkpoint plus the restart, and the
+// work still completes.
+func TestElasticReclaimLosesWorkSinceCheckpoint(t *testing.T) {
+	s := spotScenario(t, "4", "1h")
+	res := spotReplay(t, s, "penny", 7, spotTracePod("train", "BE", 1, 0, 10*time.Hour))
+	if res.Reclaims == 0 {
+		t.Fatal("no reclaim in 10h on nodes that live 1h on average")
+	}
+	if res.PodsCompleted != 1 || !nearly(res.UsefulGPUHours, 10) {
+		t.Fatalf("completed %d, useful %v GPU-h, want 1 and 10", res.PodsCompleted, res.UsefulGPUHours)
+	}
+	perReclaim := res.LostGPUHours / float64(res.Reclaims)
+	if res.LostGPUHours <= 0 || perReclaim > (35*time.Minute).Hours()+1e-9 {
+		t.Fatalf("lost %v GPU-h over %d reclaims: %v h each, want (0, 35m]", res.LostGPUHours, res.Reclaims, perReclaim)
+	}
+	if !nearly(res.AllocatedGPUHours, res.UsefulGPUHours+res.LostGPUHours) {
+		t.Fatalf("allocated %v != useful %v + lost %v", res.AllocatedGPUHours, res.UsefulGPUHours, res.LostGPUHours)
+	}
+	// The same trainer without checkpoints loses everything at each reclaim.
+	s.Classes[1].Annotations = map[string]string{spotrisk.AnnotationWorkload: "training", spotrisk.AnnotationSpot: "only"}
+	res2 := spotReplay(t, s, "penny", 7, spotTracePod("train", "BE", 1, 0, 3*time.Hour))
+	if res2.PodsCompleted != 1 || !nearly(res2.UsefulGPUHours, 3) || res2.Reclaims == 0 {
+		t.Fatalf("without checkpoints: %+v", res2)
+	}
+	if res2.LostGPUHours/float64(res2.Reclaims) <= res.LostGPUHours/float64(res.Reclaims) {
+		t.Fatalf("without checkpoints each reclaim lost %v GPU-h, with %v: want more",
+			res2.LostGPUHours/float64(res2.Reclaims), res.LostGPUHours/float64(res.Reclaims))
+	}
+}
+
+// A Spot-preferring pod whose Spot pool is full falls back to on-demand
+// once its fallbackAfter (10m, the deployed profile) has passed.
+func TestElasticFallback(t *testing.T) {
+	s := spotScenario(t, "1", "0s")
+	res := spotReplay(t, s, "penny", 42,
+		spotTracePod("first", "BE", 1, 0, 5*time.Hour),
+		spotTracePod("second", "BE", 1, time.Minute, 5*time.Hour))
+	if res.Fallbacks != 1 || res.NodeHoursByPool["od"] == 0 {
+		t.Fatalf("fallbacks %d pools %v", res.Fallbacks, res.NodeHoursByPool)
+	}
+	// second waits from 1m to 11m (its fallback), then 3m for the node.
+	if res.QueueDelay.Max != (13 * time.Minute).Seconds() {
+		t.Fatalf("max delay %v, want 780s", res.QueueDelay.Max)
+	}
+}
+
+func TestSpotScenarioErrors(t *testing.T) {
+	bad := strings.NewReplacer("SPOTMAX", "4", "MTTR", "soon").Replace(tinyScenario)
+	_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(bad))
+	if err == nil || !strings.Contains(err.Error(), `"soon" is not a duration`) {
+		t.Fatalf("bad duration: %v", err)
+	}
+	bad = strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h",
+		"capacityType: on-demand", "capacityType: ondemand",
+		"instanceType: g5.8xlarge, capacityType: spot", "instanceType: g5.8xlarg, capacityType: spot").Replace(tinyScenario)
+	_, err = ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(bad))
+	for _, want := range []string{
+		`tiny.yaml:15: pools[0].capacityType: capacity type "ondemand": want one of spot, on-demand, reserved`,
+		`tiny.yaml:16: pools[1].instanceType: "g5.8xlarg" is not in the catalog`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+}

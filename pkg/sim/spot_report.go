@@ -1,0 +1,99 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// SpotReport is the output of `penny sim replay --scenario`: one elastic
+// replay per policy and a summary keyed by policy.
+type SpotReport struct {
+	Kind     string                 `json:"kind"`
+	Command  string                 `json:"command,omitempty"`
+	Scenario string                 `json:"scenario"`
+	Pods     string                 `json:"pods_file"`
+	Seed     uint64                 `json:"seed"`
+	Machine  Machine                `json:"machine"`
+	Runs     []*ElasticResult       `json:"runs"`
+	Summary  map[string]SpotSummary `json:"summary"`
+}
+
+// SpotSummary is one policy's headline numbers; the ratios compare with the
+// default policy of the same run when it is there.
+type SpotSummary struct {
+	BillUSD          float64 `json:"bill_usd"`
+	BillVsDefault    float64 `json:"bill_vs_default,omitempty"`
+	AllocatedUSD     float64 `json:"allocated_usd"`
+	IdleUSD          float64 `json:"idle_usd"`
+	UsefulGPUHours   float64 `json:"useful_gpu_hours"`
+	LostGPUHours     float64 `json:"lost_gpu_hours"`
+	LostPctOfUseful  float64 `json:"lost_pct_of_useful"`
+	NeverOnSpot      int     `json:"never_on_spot"`
+	Reclaims         int     `json:"reclaims"`
+	ServiceDowntimeH float64 `json:"service_downtime_hours"`
+	QueueDelayP50S   float64 `json:"queue_delay_p50_s"`
+	QueueDelayP95S   float64 `json:"queue_delay_p95_s"`
+	NeverScheduled   int     `json:"never_scheduled"`
+}
+
+// RunSpotReplays replays the trace once per policy on the scenario's fleet.
+func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte) (*SpotReport, error) {
+	rep := &SpotReport{Kind: "spot-replay", Seed: seed, Summary: map[string]SpotSummary{}}
+	for _, p := range policies {
+		res, err := ElasticReplay(ctx, ElasticOptions{Scenario: sc, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg})
+		if err != nil {
+			return nil, fmt.Errorf("policy %s: %w", p.Name, err)
+		}
+		rep.Runs = append(rep.Runs, res)
+	}
+	var def *ElasticResult
+	for _, r := range rep.Runs {
+		if r.Policy == "default" {
+			def = r
+		}
+	}
+	for _, r := range rep.Runs {
+		s := SpotSummary{BillUSD: r.BillUSD, AllocatedUSD: r.AllocatedUSD, IdleUSD: r.IdleUSD,
+			UsefulGPUHours: round2(r.UsefulGPUHours), LostGPUHours: round2(r.LostGPUHours), NeverOnSpot: r.NeverOnSpot,
+			Reclaims: r.Reclaims, ServiceDowntimeH: round2(r.ServiceDowntimeHours),
+			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled}
+		if r.UsefulGPUHours > 0 {
+			s.LostPctOfUseful = round2(100 * r.LostGPUHours / r.UsefulGPUHours)
+		}
+		if def != nil && def.BillUSD > 0 {
+			s.BillVsDefault = round3(r.BillUSD / def.BillUSD)
+		}
+		rep.Summary[r.Policy] = s
+	}
+	return rep, nil
+}
+
+func round3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
+
+// Markdown is the report as a table, with the command that made it.
+func (rep *SpotReport) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Spot cost/risk on an elastic fleet\n\n")
+	fmt.Fprintf(&b, "Scenario `%s`, trace `%s`, seed %d. Machine: %d CPUs (%s), %s.\n\n", rep.Scenario, rep.Pods, rep.Seed, rep.Machine.CPUs, rep.Machine.Model, rep.Machine.Go)
+	if rep.Command != "" {
+		fmt.Fprintf(&b, "Command: `%s` (`make bench-spot` for the reference scenario).\n\n", rep.Command)
+	}
+	b.WriteString("| policy | bill (USD) | vs default | allocated | idle | useful GPU-h | lost GPU-h | lost % | never-class pods on Spot | reclaims | service downtime (h) | queue p50 (s) | queue p95 (s) | never scheduled | wall (s) |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rep.Runs {
+		s := rep.Summary[r.Policy]
+		vs := "-"
+		if s.BillVsDefault > 0 {
+			vs = fmt.Sprintf("%.3f", s.BillVsDefault)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.0f | %.0f | %.1f | %.2f | %d | %d | %.1f | %.0f | %.0f | %d | %.1f |\n",
+			r.Policy, s.BillUSD, vs, s.AllocatedUSD, s.IdleUSD, s.UsefulGPUHours, s.LostGPUHours, s.LostPctOfUseful,
+			s.NeverOnSpot, s.Reclaims, s.ServiceDowntimeH, s.QueueDelayP50S, s.QueueDelayP95S, s.NeverScheduled, r.WallSeconds)
+	}
+	b.WriteString("\nBill by capacity type (USD):\n\n| policy | on-demand | reserved | spot |\n|---|---:|---:|---:|\n")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", r.Policy, r.BillByCapacity["on-demand"], r.BillByCapacity["reserved"], r.BillByCapacity["spot"])
+	}
+	return b.String()
+}

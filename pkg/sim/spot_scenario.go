@@ -1,0 +1,421 @@
+package sim
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// SpotScenario is an elastic, priced fleet for `penny sim replay`: pools of
+// one instance type bought one way in one zone, which grow when pods wait and
+// shrink when nodes idle, the way Cluster Autoscaler and Karpenter behave;
+// Spot pools lose nodes to seeded reclaims. Classes map a trace's pods to
+// Penny's workload annotations. docs/spot.md describes every field.
+type SpotScenario struct {
+	Name   string `yaml:"name"`
+	Region string `yaml:"region"`
+	// Catalog is the price catalog, relative to the scenario file; pools
+	// may override a price with hourlyPrice.
+	Catalog string `yaml:"catalog"`
+	// RestartOverhead is what a reclaimed pod spends before it is useful
+	// again (default 5m). It counts as lost work.
+	RestartOverhead Duration `yaml:"restartOverhead"`
+	// SpotTaint puts the cloud's Spot taint on Spot nodes (as AKS does on
+	// every Spot pool). Pods tolerate it where the policy says so.
+	SpotTaint bool `yaml:"spotTaint"`
+	// GPUTaint puts nvidia.com/gpu:NoSchedule on GPU nodes, as GKE does;
+	// pods that ask for GPUs tolerate it, as the ExtendedResourceToleration
+	// admission plugin makes them, so CPU-only pods stay off GPU nodes.
+	GPUTaint bool `yaml:"gpuTaint"`
+	// GPUSharing lists the policies whose scheduler places shares of one
+	// GPU (penny.dev/gpu-milli). Pods of the other policies ask for a whole
+	// GPU instead, as they must where no scheduler can share one.
+	GPUSharing []string       `yaml:"gpuSharing"`
+	Pools      []ElasticPool  `yaml:"pools"`
+	Classes    []ClassRule    `yaml:"classes"`
+	Policies   []PolicyTweaks `yaml:"policies"`
+
+	file    string
+	catalog *pricing.Catalog
+}
+
+// ElasticPool is one pool of the fleet.
+type ElasticPool struct {
+	Name         string `yaml:"name"`
+	InstanceType string `yaml:"instanceType"`
+	CapacityType string `yaml:"capacityType"`
+	Zone         string `yaml:"zone"`
+	// Min nodes are always up (and start up); Max bounds growth.
+	Min int `yaml:"min"`
+	Max int `yaml:"max"`
+	// ProvisioningDelay is how long a new node takes to join (default 3m).
+	ProvisioningDelay Duration `yaml:"provisioningDelay"`
+	// ScaleDownAfter is how long a node stays empty before it is removed
+	// (default 10m, Cluster Autoscaler's scale-down-unneeded-time).
+	ScaleDownAfter Duration `yaml:"scaleDownAfter"`
+	// HourlyPrice overrides the catalog's price for this pool.
+	HourlyPrice float64 `yaml:"hourlyPrice"`
+	// AdvertisedInterruption is the Spot-Advisor bucket the pool shows: the
+	// risk model's prior.
+	AdvertisedInterruption string `yaml:"advertisedInterruption"`
+	// MeanTimeToReclaim is the pool's true reclaim behaviour: each Spot node
+	// lives an exponential time with this mean. Empty: never reclaimed.
+	MeanTimeToReclaim Duration `yaml:"meanTimeToReclaim"`
+
+	capacity pricing.CapacityType
+	bucket   pricing.Bucket
+	template localcluster.Pool
+	line     int
+}
+
+// ClassRule maps trace pods to annotations. The first rule that matches a
+// pod applies; a rule with a share applies to that seeded fraction of the
+// pods it matches and lets the others fall through.
+type ClassRule struct {
+	// QoS lists the trace QoS values (openb) the rule matches; "" matches
+	// pods without one (Philly-derived traces).
+	QoS []string `yaml:"qos"`
+	// MinRuntime matches pods that run at least this long in the trace.
+	MinRuntime Duration `yaml:"minRuntime"`
+	// Share is the fraction of matching pods the rule takes (default 1).
+	Share       *float64          `yaml:"share"`
+	Annotations map[string]string `yaml:"annotations"`
+	line        int
+}
+
+// PolicyTweaks says how a policy's pods and provisioning differ: whether its
+// pods tolerate the Spot taint.
+type PolicyTweaks struct {
+	Policy       string `yaml:"policy"`
+	TolerateSpot bool   `yaml:"tolerateSpot"`
+	line         int
+}
+
+// Duration reads Go durations ("90s", "4h") in YAML.
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration: use a Go duration such as 90s, 10m or 4h", n.Line, n.Value)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Scenario defaults.
+const (
+	DefaultProvisioningDelay = 3 * time.Minute
+	DefaultScaleDownAfter    = 10 * time.Minute
+	DefaultRestartOverhead   = 5 * time.Minute
+	// LabelQoS is where the openb loader keeps a pod's QoS class.
+	LabelQoS = "openb/qos"
+)
+
+// LoadSpotScenario reads and validates a scenario and its catalog.
+func LoadSpotScenario(path string) (*SpotScenario, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("spot scenario: %w", err)
+	}
+	return ParseSpotScenario(path, data)
+}
+
+// ParseSpotScenario decodes and validates a scenario; errors name the file,
+// the line, the field and the fix.
+func ParseSpotScenario(file string, data []byte) (*SpotScenario, error) {
+	s := &SpotScenario{file: file}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(s); err != nil {
+		return nil, fmt.Errorf("%s: %v", file, err)
+	}
+	var lines struct {
+		Pools    []yaml.Node `yaml:"pools"`
+		Classes  []yaml.Node `yaml:"classes"`
+		Policies []yaml.Node `yaml:"policies"`
+	}
+	_ = yaml.Unmarshal(data, &lines)
+	for i := range s.Pools {
+		if i < len(lines.Pools) {
+			s.Pools[i].line = lines.Pools[i].Line
+		}
+	}
+	for i := range s.Classes {
+		if i < len(lines.Classes) {
+			s.Classes[i].line = lines.Classes[i].Line
+		}
+	}
+	for i := range s.Policies {
+		if i < len(lines.Policies) {
+			s.Policies[i].line = lines.Policies[i].Line
+		}
+	}
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *SpotScenario) validate() error {
+	var errs []string
+	add := func(line int, field, format string, args ...any) {
+		errs = append(errs, fmt.Sprintf("%s:%d: %s: %s", s.file, line, field, fmt.Sprintf(format, args...)))
+	}
+	if s.Region == "" {
+		add(1, "region", "required: the region whose prices the catalog lists, e.g. us-east-1")
+	}
+	if s.RestartOverhead.Duration == 0 {
+		s.RestartOverhead.Duration = DefaultRestartOverhead
+	}
+	if s.Catalog == "" {
+		add(1, "catalog", "required: the price catalog file, relative to the scenario, e.g. ../../deploy/pricing/catalog.yaml")
+	} else {
+		path := s.Catalog
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(filepath.Dir(s.file), path)
+		}
+		c, err := pricing.LoadFile(path)
+		if err != nil {
+			return fmt.Errorf("%s: catalog: %w", s.file, err)
+		}
+		s.catalog = c
+	}
+	if len(s.Pools) == 0 {
+		add(1, "pools", "at least one pool is required")
+	}
+	names := map[string]bool{}
+	var overrides []pricing.Entry
+	for i := range s.Pools {
+		p := &s.Pools[i]
+		at := fmt.Sprintf("pools[%d]", i)
+		if p.Name == "" || names[p.Name] {
+			add(p.line, at+".name", "%q: every pool needs a unique name", p.Name)
+		}
+		names[p.Name] = true
+		ct, err := pricing.ParseCapacityType(p.CapacityType)
+		if err != nil {
+			add(p.line, at+".capacityType", "%v", err)
+		}
+		p.capacity = ct
+		if p.Zone == "" {
+			add(p.line, at+".zone", "required, e.g. us-east-1a")
+		}
+		if p.Min < 0 || p.Max < p.Min || p.Max == 0 {
+			add(p.line, at+".max", "min %d, max %d: want 0 <= min <= max and max >= 1", p.Min, p.Max)
+		}
+		if ct == pricing.Reserved && p.Min != p.Max {
+			add(p.line, at+".min", "reserved capacity is bought up front: set min = max (%d, %d)", p.Min, p.Max)
+		}
+		if p.ProvisioningDelay.Duration == 0 {
+			p.ProvisioningDelay.Duration = DefaultProvisioningDelay
+		}
+		if p.ScaleDownAfter.Duration == 0 {
+			p.ScaleDownAfter.Duration = DefaultScaleDownAfter
+		}
+		if p.HourlyPrice < 0 {
+			add(p.line, at+".hourlyPrice", "%g: a price must be >= 0 USD per hour", p.HourlyPrice)
+		}
+		if p.AdvertisedInterruption != "" {
+			b, err := pricing.ParseBucket(p.AdvertisedInterruption)
+			if err != nil {
+				add(p.line, at+".advertisedInterruption", "%v", err)
+			}
+			p.bucket = b
+		}
+		if ct != pricing.Spot && (p.MeanTimeToReclaim.Duration > 0 || p.AdvertisedInterruption != "") {
+			add(p.line, at+".meanTimeToReclaim", "only Spot pools are reclaimed; remove it or set capacityType: spot")
+		}
+		if s.catalog == nil {
+			continue
+		}
+		t, ok := s.catalog.InstanceType(p.InstanceType)
+		if !ok {
+			add(p.line, at+".instanceType", "%q is not in the catalog %s; add it there with its GPUs, vCPUs and memory", p.InstanceType, s.Catalog)
+			continue
+		}
+		if p.HourlyPrice > 0 || p.bucket != pricing.BucketUnknown {
+			e := pricing.Entry{InstanceType: p.InstanceType, Capacity: ct, Region: s.Region, Zone: p.Zone, Hourly: p.HourlyPrice,
+				Interruption: p.bucket, Source: "scenario " + s.file, Date: "-"}
+			if p.HourlyPrice == 0 {
+				base, ok := s.catalog.Lookup(p.InstanceType, ct, s.Region, p.Zone)
+				if !ok {
+					add(p.line, at+".hourlyPrice", "the catalog has no %s price for %s in %s: give hourlyPrice", ct, p.InstanceType, s.Region)
+					continue
+				}
+				e.Hourly = base.NodeHourly
+			}
+			if ct != pricing.Spot {
+				e.Interruption = pricing.BucketUnknown
+			}
+			overrides = append(overrides, e)
+		} else if _, ok := s.catalog.Lookup(p.InstanceType, ct, s.Region, p.Zone); !ok {
+			add(p.line, at+".instanceType", "the catalog has no %s price for %s in %s: add one or give hourlyPrice", ct, p.InstanceType, s.Region)
+		}
+		p.template = localcluster.Pool{
+			Name: p.Name, InstanceType: p.InstanceType, Cloud: "aws", GPUModel: t.GPUModel, GPUsPerNode: t.GPUs,
+			CapacityType: string(ct), Zone: p.Zone, HourlyPrice: p.HourlyPrice,
+			CPU: fmt.Sprintf("%g", t.VCPUs), Memory: fmt.Sprintf("%gGi", t.MemoryGiB),
+		}
+	}
+	for i, c := range s.Classes {
+		at := fmt.Sprintf("classes[%d]", i)
+		if c.Share != nil && (*c.Share <= 0 || *c.Share > 1) {
+			add(c.line, at+".share", "%g: want a fraction in (0, 1]", *c.Share)
+		}
+		if len(c.Annotations) == 0 {
+			add(c.line, at+".annotations", "a rule must set at least one annotation, e.g. penny.dev/workload: training")
+		}
+	}
+	for i, name := range s.GPUSharing {
+		if _, err := LookupPolicy(name); err != nil {
+			add(1, fmt.Sprintf("gpuSharing[%d]", i), "%v", err)
+		}
+	}
+	for i, p := range s.Policies {
+		if _, err := LookupPolicy(p.Policy); err != nil {
+			add(p.line, fmt.Sprintf("policies[%d].policy", i), "%v", err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "\n"))
+	}
+	if len(overrides) > 0 {
+		c, err := s.catalog.With(overrides...)
+		if err != nil {
+			return fmt.Errorf("%s: pool prices: %w", s.file, err)
+		}
+		s.catalog = c
+	}
+	return nil
+}
+
+// PriceCatalog is the catalog with the pools' own prices.
+func (s *SpotScenario) PriceCatalog() *pricing.Catalog { return s.catalog }
+
+// tolerates reports whether a policy's pods tolerate the Spot taint.
+func (s *SpotScenario) tolerates(policy string) bool {
+	for _, p := range s.Policies {
+		if strings.EqualFold(p.Policy, policy) {
+			return p.TolerateSpot
+		}
+	}
+	return false
+}
+
+// node builds a node of pool p.
+func (s *SpotScenario) node(p *ElasticPool, name string) *corev1.Node {
+	n := p.template.Node(s.Region, name)
+	if s.SpotTaint && p.capacity == pricing.Spot {
+		n.Spec.Taints = append(n.Spec.Taints, pricing.SpotTaints...)
+	}
+	if s.GPUTaint && p.template.GPUsPerNode > 0 {
+		n.Spec.Taints = append(n.Spec.Taints, gpuTaint)
+	}
+	return n
+}
+
+var gpuTaint = corev1.Taint{Key: string(gpu.ResourceGPU), Value: "present", Effect: corev1.TaintEffectNoSchedule}
+
+// admit gives a pod what admission would: a toleration of the GPU taint
+// when it asks for GPUs, and of the Spot taint when the policy's pods
+// tolerate Spot.
+func (s *SpotScenario) admit(pod *corev1.Pod, policy string) {
+	if !containsFold(s.GPUSharing, policy) {
+		wholeGPUs(pod)
+	}
+	if s.GPUTaint && podGPUs(pod) > 0 {
+		pod.Spec.Tolerations = append(pod.Spec.Tolerations, corev1.Toleration{Key: gpuTaint.Key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule})
+	}
+	if s.tolerates(policy) {
+		for _, t := range pricing.SpotTaints {
+			pod.Spec.Tolerations = append(pod.Spec.Tolerations, corev1.Toleration{Key: t.Key, Operator: corev1.TolerationOpEqual, Value: t.Value, Effect: t.Effect})
+		}
+	}
+}
+
+// annotate gives a trace pod the annotations of the first class rule that
+// takes it; the seeded share uses a hash of the pod's name, so every policy
+// sees the same classes.
+func (s *SpotScenario) annotate(pod *corev1.Pod, runtime time.Duration, seed uint64) {
+	qos := pod.Labels[LabelQoS]
+	for i, r := range s.Classes {
+		if len(r.QoS) > 0 && !contains(r.QoS, qos) {
+			continue
+		}
+		if runtime < r.MinRuntime.Duration {
+			continue
+		}
+		if r.Share != nil && shareDraw(pod.Namespace+"/"+pod.Name, seed, i) >= *r.Share {
+			continue
+		}
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		for k, v := range r.Annotations {
+			pod.Annotations[k] = v
+		}
+		return
+	}
+}
+
+// wholeGPUs turns a request for a share of a GPU into one for a whole GPU.
+func wholeGPUs(pod *corev1.Pod) {
+	for i := range pod.Spec.Containers {
+		res := &pod.Spec.Containers[i].Resources
+		for _, l := range []corev1.ResourceList{res.Requests, res.Limits} {
+			if _, ok := l[gpu.ResourceGPUMilli]; ok {
+				delete(l, gpu.ResourceGPUMilli)
+				l[gpu.ResourceGPU] = *resource.NewQuantity(1, resource.DecimalSI)
+			}
+		}
+	}
+}
+
+func containsFold(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// shareDraw is a deterministic uniform draw in [0,1) per pod and rule.
+func shareDraw(key string, seed uint64, rule int) float64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%d/%s", seed, rule, key)
+	return float64(h.Sum64()>>11) / float64(1<<53)
+}
+
+// podGPUs is the GPUs a pod holds, in GPUs, for GPU-hour accounting.
+func podGPUs(pod *corev1.Pod) float64 {
+	r, err := gpu.ParsePodRequest(pod)
+	if err != nil {
+		return 0
+	}
+	return float64(r.TotalMilli()) / gpu.MilliPerGPU
+}
