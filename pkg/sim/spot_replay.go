@@ -78,8 +78,8 @@ type ElasticResult struct {
 	// Stalled is set when the replay ended because nothing started or
 	// finished for StallLimit after the last arrival; the pods still
 	// waiting then count as never scheduled.
-	Stalled bool `json:"stalled,omitempty"`
-	WallSeconds  float64 `json:"wall_seconds"`
+	Stalled     bool    `json:"stalled,omitempty"`
+	WallSeconds float64 `json:"wall_seconds"`
 }
 
 // elastic event kinds, in the order they happen at one instant: capacity
