@@ -25,7 +25,15 @@ type Device struct {
 	// MIG lists the GPU instances carved out of this GPU. A GPU holds either
 	// MIG instances or whole/share pods, never both.
 	MIG []Placement
+	// Layout, when set, is the GPU's fixed MIG partition (static
+	// partitioning, see static.go): MIG then lists the instances of Layout
+	// that pods hold, and no other instance can be created.
+	Layout []Placement
 }
+
+// idle reports whether nobody holds any part of the GPU and it may be handed
+// out whole: a statically partitioned GPU never is.
+func (d *Device) idle() bool { return d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 }
 
 // NodeDevices is one node's GPUs.
 type NodeDevices struct {
@@ -50,8 +58,10 @@ func NewNodeDevices(product string, count int, mig bool) *NodeDevices {
 // NodeDevicesFor reads a node's GPUs from the labels GPU feature discovery
 // sets and from its allocatable resources: nvidia.com/gpu.count, else
 // allocatable nvidia.com/gpu, else allocatable penny.dev/gpu-milli / 1000.
-// A node is in MIG mode when labelled nvidia.com/mig.strategy=mixed and its
-// model supports MIG. All GPUs start idle; add the pods with AddPod.
+// A node labelled penny.dev/mig-partitioning=on-demand (with a model that
+// supports MIG) is partitioned on demand; a node labelled
+// nvidia.com/mig.strategy=mixed without it has static partitions, read from
+// its capacity (see static.go). All GPUs start idle; add the pods with AddPod.
 func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 	count := 0
 	if s, ok := node.Labels[LabelCount]; ok {
@@ -69,7 +79,11 @@ func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 			count = int(q.Value() / MilliPerGPU)
 		}
 	}
-	return NewNodeDevices(node.Labels[LabelProduct], count, node.Labels[LabelMIGStrategy] == "mixed")
+	n := NewNodeDevices(node.Labels[LabelProduct], count, node.Labels[LabelMIGPartitioning] == MIGOnDemand)
+	if !n.MIG && node.Labels[LabelMIGStrategy] == "mixed" {
+		n.layoutFromCapacity(node)
+	}
+	return n
 }
 
 // Clone returns a deep copy that shares nothing with n.
@@ -89,7 +103,7 @@ func (n *NodeDevices) Clone() *NodeDevices {
 // a GPU that holds MIG instances.
 func (n *NodeDevices) FreeMilli(i int) int64 {
 	d := &n.GPUs[i]
-	if len(d.MIG) > 0 {
+	if len(d.MIG) > 0 || len(d.Layout) > 0 {
 		return 0
 	}
 	return MilliPerGPU - d.UsedMilli
@@ -126,7 +140,7 @@ func (n *NodeDevices) usedMilli(i int) int64 {
 func (n *NodeDevices) WholeFree() int {
 	c := 0
 	for i := range n.GPUs {
-		if n.GPUs[i].UsedMilli == 0 && len(n.GPUs[i].MIG) == 0 {
+		if n.GPUs[i].idle() {
 			c++
 		}
 	}
@@ -231,7 +245,7 @@ func (n *NodeDevices) wholeGPUs(count int64) (Assignment, error) {
 		if int64(len(a)) == count {
 			break
 		}
-		if n.GPUs[i].UsedMilli == 0 && len(n.GPUs[i].MIG) == 0 {
+		if n.GPUs[i].idle() {
 			a = append(a, Slot{GPU: i, Milli: MilliPerGPU})
 		}
 	}
@@ -250,7 +264,7 @@ type migCandidate struct {
 // free (GPU, offset) pairs with pick. Largest first keeps small instances from
 // taking the only offsets a large one could use.
 func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assignment, error) {
-	if !n.MIG || n.Model == nil {
+	if n.Model == nil || !n.MIG && !n.HasLayout() {
 		return nil, fmt.Errorf("node GPUs (%s) are not in MIG mode: cannot place %s", n.describe(), r)
 	}
 	profiles, err := n.expandMIG(r)
@@ -266,7 +280,7 @@ func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assign
 			if work.GPUs[g].UsedMilli > 0 {
 				continue
 			}
-			starts, err := work.Model.FreeStarts(work.GPUs[g].MIG, p)
+			starts, err := work.freeStarts(g, p)
 			if err != nil {
 				return nil, err
 			}
@@ -345,13 +359,13 @@ func (n *NodeDevices) Apply(a Assignment) error {
 		}
 		d := &work.GPUs[s.GPU]
 		if s.MIG.Profile != "" {
-			if !work.MIG || work.Model == nil {
+			if work.Model == nil || !work.MIG && len(d.Layout) == 0 {
 				return fmt.Errorf("GPU %d of %s is not in MIG mode: cannot hold %s", s.GPU, n.describe(), s.MIG)
 			}
 			if d.UsedMilli > 0 {
 				return fmt.Errorf("GPU %d of %s is held by whole-GPU or share pods: cannot hold MIG instance %s", s.GPU, n.describe(), s.MIG)
 			}
-			starts, err := work.Model.FreeStarts(d.MIG, s.MIG.Profile)
+			starts, err := work.freeStarts(s.GPU, s.MIG.Profile)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,335 @@
+package packing
+
+import (
+	"math"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+// Demand is the workload's distribution of shapes at one moment: what the
+// measure expects to arrive next. It is immutable; the Learner replaces it.
+type Demand struct {
+	// Shapes are the typical shapes, most frequent first, and Weights their
+	// probabilities (summing to 1).
+	Shapes  []Shape
+	Weights []float64
+	// Version changes whenever Shapes or Weights do, so per-node caches
+	// computed against one Demand are recognised as stale.
+	Version uint64
+
+	// Per shape: what kind it is and, for MIG shapes, its geometry on each
+	// known model (indexed like migModels).
+	kinds []shapeKind
+	geoms [][]geom
+	// size is what one copy takes of the node's GPU, in thousandths of a
+	// GPU (MIG compute slices exactly, as sevenths).
+	size []float64
+}
+
+type shapeKind uint8
+
+const (
+	kindCPU shapeKind = iota
+	kindWhole
+	kindShare
+	kindMIG
+)
+
+// migModels are the known models, indexed for Demand.geoms and Node.model.
+var migModels = func() []*gpu.Model {
+	var out []*gpu.Model
+	for _, name := range gpu.ModelNames() {
+		m, _ := gpu.LookupModel(name)
+		out = append(out, m)
+	}
+	return out
+}()
+
+func modelIndex(m *gpu.Model) int {
+	for i, x := range migModels {
+		if x == m {
+			return i
+		}
+	}
+	return -1
+}
+
+// NewDemand builds a Demand from shapes and (unnormalised, non-negative)
+// weights. Version 0 is reserved for "no cache".
+func NewDemand(shapes []Shape, weights []float64, version uint64) *Demand {
+	d := &Demand{Shapes: shapes, Weights: weights, Version: version}
+	var sum float64
+	for _, w := range weights {
+		sum += w
+	}
+	if sum > 0 {
+		for i := range d.Weights {
+			d.Weights[i] /= sum
+		}
+	}
+	d.kinds = make([]shapeKind, len(shapes))
+	d.geoms = make([][]geom, len(shapes))
+	d.size = make([]float64, len(shapes))
+	for i := range shapes {
+		s := &shapes[i]
+		d.size[i] = float64(s.GPUs * s.MilliPerGPU)
+		switch {
+		case s.MIG != "":
+			d.kinds[i] = kindMIG
+			if p, err := gpu.ParseProfileName(s.MIG); err == nil {
+				d.size[i] = float64(s.MIGCount*int64(p.Compute)) * gpu.MilliPerGPU / gpu.ComputeSlices
+			}
+			d.geoms[i] = make([]geom, len(migModels))
+			for k, m := range migModels {
+				d.geoms[i][k] = geomOf(m, s.MIG)
+			}
+		case s.GPUs > 0 && s.MilliPerGPU >= gpu.MilliPerGPU:
+			d.kinds[i] = kindWhole
+		case s.GPUs > 0:
+			d.kinds[i] = kindShare
+		default:
+			d.kinds[i] = kindCPU
+		}
+	}
+	return d
+}
+
+// Learner learns the demand online from the pods the scheduler sees: every
+// arrival adds one to its shape's count and all counts decay with a
+// half-life counted in arrivals, so the demand follows a workload that
+// changes while a burst of one kind does not erase the rest. Pods waiting
+// in the queue are known demand: they join the counts with a look-ahead
+// weight each, up to a look-ahead depth in total.
+//
+// It is safe for concurrent use. Demand never blocks on a rebuild in
+// progress; Observe and the pending updates take a short lock.
+type Learner struct {
+	opts LearnerOptions
+
+	mu      sync.Mutex
+	shapes  map[string]*learned
+	scale   float64 // weight of an arrival now; counts are kept in these units
+	since   int     // arrivals since the last rebuild
+	stale   bool    // a rebuild is due (new shape, pending set changed)
+	version uint64
+	seen    uidRing
+
+	pending      map[string]string // pending pod -> its shape key
+	pendingTotal int
+
+	cur atomic.Pointer[Demand]
+}
+
+// LearnerOptions tune a Learner.
+type LearnerOptions struct {
+	// HalfLife is the number of arrivals after which an arrival's weight has
+	// halved; 0 keeps every arrival at full weight.
+	HalfLife float64
+	// Refresh is how many arrivals of known shapes may pass before the
+	// Demand is rebuilt (a new shape rebuilds it at once). Between rebuilds
+	// the scores of unchanged nodes are reused.
+	Refresh int
+	// LookAheadDepth caps how many pending pods count; LookAheadWeight is
+	// how many arrivals one pending pod counts as.
+	LookAheadDepth  int
+	LookAheadWeight float64
+	// Coverage keeps the most frequent shapes until they make up this share
+	// of the demand (the rest is noise that only costs time); MaxShapes
+	// bounds their number.
+	Coverage  float64
+	MaxShapes int
+	// SeenCapacity bounds the pods remembered so that a retried pod is not
+	// counted as a new arrival.
+	SeenCapacity int
+}
+
+type learned struct {
+	shape   Shape
+	count   float64 // decayed, in Learner.scale units
+	memSum  float64 // decayed sum of memory requests, same units
+	pending int
+}
+
+// NewLearner returns a learner with no demand yet.
+func NewLearner(o LearnerOptions) *Learner {
+	if o.Refresh <= 0 {
+		o.Refresh = 1
+	}
+	if o.Coverage <= 0 || o.Coverage > 1 {
+		o.Coverage = 1
+	}
+	if o.MaxShapes <= 0 {
+		o.MaxShapes = 64
+	}
+	if o.SeenCapacity <= 0 {
+		o.SeenCapacity = 1 << 16
+	}
+	l := &Learner{opts: o, shapes: map[string]*learned{}, scale: 1, pending: map[string]string{}}
+	l.seen.init(o.SeenCapacity)
+	l.cur.Store(NewDemand(nil, nil, 0))
+	return l
+}
+
+// Observe records the arrival of a pod of shape s; a pod seen before (a
+// retry) is not counted again. It reports whether the pod was new.
+func (l *Learner) Observe(uid string, s Shape) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.seen.add(uid) {
+		return false
+	}
+	e := l.entry(s)
+	e.count += l.scale
+	e.memSum += l.scale * float64(s.Mem)
+	if l.opts.HalfLife > 0 {
+		l.scale *= math.Exp2(1 / l.opts.HalfLife)
+		if l.scale > 1e100 {
+			for _, e := range l.shapes {
+				e.count /= l.scale
+				e.memSum /= l.scale
+			}
+			l.scale = 1
+		}
+	}
+	l.since++
+	return true
+}
+
+func (l *Learner) entry(s Shape) *learned {
+	k := s.Key()
+	e, ok := l.shapes[k]
+	if !ok {
+		e = &learned{shape: s}
+		l.shapes[k] = e
+		l.stale = true
+	}
+	return e
+}
+
+// AddPending records a pod waiting in the queue.
+func (l *Learner) AddPending(uid string, s Shape) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.pending[uid]; ok {
+		return
+	}
+	e := l.entry(s)
+	if e.pending == 0 {
+		l.stale = true
+	}
+	e.pending++
+	l.pending[uid] = s.Key()
+	l.pendingTotal++
+}
+
+// RemovePending forgets a pod that left the queue (placed or deleted).
+func (l *Learner) RemovePending(uid string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k, ok := l.pending[uid]
+	if !ok {
+		return
+	}
+	delete(l.pending, uid)
+	l.pendingTotal--
+	if e := l.shapes[k]; e != nil {
+		e.pending--
+		if e.pending == 0 {
+			l.stale = true
+		}
+	}
+}
+
+// Pending is the number of pods the look-ahead sees waiting.
+func (l *Learner) Pending() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.pendingTotal
+}
+
+// Demand returns the current demand, rebuilding it first when it is due.
+func (l *Learner) Demand() *Demand {
+	l.mu.Lock()
+	if l.stale || l.since >= l.opts.Refresh {
+		l.rebuild()
+	}
+	l.mu.Unlock()
+	return l.cur.Load()
+}
+
+// Current returns the demand as last built, without rebuilding it.
+func (l *Learner) Current() *Demand { return l.cur.Load() }
+
+func (l *Learner) rebuild() {
+	type cand struct {
+		s Shape
+		w float64
+	}
+	look := 0.0
+	if l.pendingTotal > 0 && l.opts.LookAheadDepth > 0 {
+		look = l.opts.LookAheadWeight * math.Min(1, float64(l.opts.LookAheadDepth)/float64(l.pendingTotal))
+	}
+	cands := make([]cand, 0, len(l.shapes))
+	var total float64
+	for _, e := range l.shapes {
+		w := e.count/l.scale + look*float64(e.pending)
+		if w <= 0 {
+			continue
+		}
+		s := e.shape
+		if e.count > 0 {
+			s.Mem = int64(e.memSum / e.count)
+		}
+		cands = append(cands, cand{s, w})
+		total += w
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].w != cands[j].w {
+			return cands[i].w > cands[j].w
+		}
+		return cands[i].s.Key() < cands[j].s.Key()
+	})
+	var shapes []Shape
+	var weights []float64
+	var cum float64
+	for _, c := range cands {
+		if len(shapes) == l.opts.MaxShapes || cum >= l.opts.Coverage*total {
+			break
+		}
+		shapes = append(shapes, c.s)
+		weights = append(weights, c.w)
+		cum += c.w
+	}
+	l.version++
+	l.cur.Store(NewDemand(shapes, weights, l.version))
+	l.since = 0
+	l.stale = false
+}
+
+// uidRing remembers the last n pods seen.
+type uidRing struct {
+	set  map[string]struct{}
+	ring []string
+	next int
+}
+
+func (r *uidRing) init(n int) {
+	r.set = make(map[string]struct{}, n)
+	r.ring = make([]string, n)
+}
+
+func (r *uidRing) add(uid string) bool {
+	if _, ok := r.set[uid]; ok {
+		return false
+	}
+	if old := r.ring[r.next]; old != "" {
+		delete(r.set, old)
+	}
+	r.ring[r.next] = uid
+	r.next = (r.next + 1) % len(r.ring)
+	r.set[uid] = struct{}{}
+	return true
+}

@@ -1,0 +1,205 @@
+package packing
+
+import (
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+// Node is one node as the scorer sees it: its devices with the pods on them,
+// and its free CPU and memory. It is built once per change of the node and
+// then only read, except for the per-Demand cache that Prepare fills (one
+// goroutine per node at a time, before the node is scored).
+type Node struct {
+	Name string
+	// Dev is the device view with every pod applied. It must not be changed.
+	Dev *gpu.NodeDevices
+	// CPUFree (millicores) and MemFree (bytes) are allocatable minus
+	// requested, counting pods still being bound.
+	CPUFree, MemFree int64
+	// GPUMemoryGB is the memory of one GPU, for avoid-overkill; 0 unknown.
+	GPUMemoryGB int
+
+	product string
+	model   int // index into migModels, -1 unknown
+	free    []int64
+	mig     []migGPU
+	// static lists the free instances of static MIG layouts.
+	static    []staticInst
+	idle      int64
+	freeMilli int64
+
+	cache nodeCache
+}
+
+type staticInst struct {
+	gpu     int
+	start   int
+	profile string
+	compute int64
+}
+
+// nodeCache holds what the measure needs of the node for one Demand.
+type nodeCache struct {
+	version uint64
+	// gpuCopies[s] is how many copies of shape s the node's GPUs could take
+	// (before CPU and memory are counted): for shares and MIG shapes the sum
+	// over GPUs, for whole-GPU shapes idle / GPUs.
+	gpuCopies []int64
+	waste     float64
+}
+
+// NewNode builds the scorer's node from its device view and free resources.
+func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemoryGB int) *Node {
+	n := &Node{Name: name, Dev: dev, CPUFree: cpuFree, MemFree: memFree, GPUMemoryGB: gpuMemoryGB,
+		product: dev.Product, model: modelIndex(dev.Model)}
+	if n.GPUMemoryGB == 0 && dev.Model != nil {
+		n.GPUMemoryGB = dev.Model.MemoryGB
+	}
+	g := len(dev.GPUs)
+	n.free = make([]int64, g)
+	n.mig = make([]migGPU, g)
+	for i := range dev.GPUs {
+		d := &dev.GPUs[i]
+		n.free[i] = dev.FreeMilli(i)
+		n.freeMilli += n.free[i]
+		if d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 {
+			n.idle++
+		}
+		switch {
+		case len(d.Layout) > 0:
+			n.mig[i] = migGPU{static: true}
+			for _, p := range d.Layout {
+				if containsPlacement(d.MIG, p) {
+					continue
+				}
+				prof, _ := dev.Model.Profile(p.Profile)
+				n.static = append(n.static, staticInst{gpu: i, start: p.Start, profile: p.Profile, compute: int64(prof.Compute)})
+				n.freeMilli += slicesToMilli(int64(prof.Compute))
+			}
+		case !dev.MIG || d.UsedMilli > 0:
+			n.mig[i] = migGPU{blocked: true}
+		default:
+			var s migGPU
+			for _, p := range d.MIG {
+				if prof, ok := dev.Model.Profile(p.Profile); ok {
+					s = s.with(geom{ok: true, compute: int8(prof.Compute), size: int8(prof.Size)}, p.Start)
+				}
+			}
+			n.mig[i] = s
+			if len(d.MIG) > 0 {
+				n.freeMilli += slicesToMilli(s.freeSlices())
+			}
+		}
+	}
+	return n
+}
+
+func containsPlacement(s []gpu.Placement, p gpu.Placement) bool {
+	for _, x := range s {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
+
+// HasGPU reports whether the node has any GPU.
+func (n *Node) HasGPU() bool { return len(n.free) > 0 }
+
+// FreeMilli is the node's free GPU capacity in thousandths of a GPU: free
+// milli of whole/share GPUs plus the free compute of MIG GPUs.
+func (n *Node) FreeMilli() int64 { return n.freeMilli }
+
+// Product is the node's GPU product label.
+func (n *Node) Product() string { return n.product }
+
+// Prepare computes the node's per-Demand cache unless it is current. Call
+// it before scoring against d; it allocates only the first time or when the
+// number of shapes grows.
+func (n *Node) Prepare(d *Demand) {
+	if n.cache.version == d.Version && n.cache.gpuCopies != nil {
+		return
+	}
+	c := &n.cache
+	if cap(c.gpuCopies) < len(d.Shapes) {
+		c.gpuCopies = make([]int64, len(d.Shapes))
+	}
+	c.gpuCopies = c.gpuCopies[:len(d.Shapes)]
+	for s := range d.Shapes {
+		c.gpuCopies[s] = n.gpuCopies(d, s)
+	}
+	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeMilli)
+	c.version = d.Version
+}
+
+// Waste is the node's expected waste against d (Prepare first).
+func (n *Node) Waste() float64 { return n.cache.waste }
+
+// gpuCopies counts the copies of shape s the GPUs could take.
+func (n *Node) gpuCopies(d *Demand, s int) int64 {
+	sh := &d.Shapes[s]
+	if !sh.Accepts(n.product) {
+		return 0
+	}
+	switch d.kinds[s] {
+	case kindWhole:
+		return n.idle / sh.GPUs
+	case kindShare:
+		var c int64
+		for _, f := range n.free {
+			c += f / sh.MilliPerGPU
+		}
+		return c
+	case kindMIG:
+		if n.model < 0 {
+			return 0
+		}
+		g := d.geoms[s][n.model]
+		if !g.ok {
+			return 0
+		}
+		var c int64
+		for i := range n.mig {
+			c += n.mig[i].placeable(g)
+		}
+		for i := range n.static {
+			if n.static[i].profile == sh.MIG {
+				c++
+			}
+		}
+		return c
+	}
+	return 0
+}
+
+// waste is the expected waste for the given GPU copies and free resources.
+func (n *Node) waste(d *Demand, gpuCopies []int64, cpuFree, memFree, freeMilli int64) float64 {
+	if freeMilli <= 0 {
+		return 0
+	}
+	var w float64
+	for s := range d.Shapes {
+		w += d.Weights[s] * (float64(freeMilli) - usable(d, s, gpuCopies[s], cpuFree, memFree))
+	}
+	return w
+}
+
+// usable is what copies of shape s could use of a node's free GPU, in
+// thousandths of a GPU, given the copies its GPUs could take and its free
+// CPU and memory.
+func usable(d *Demand, s int, gpuCopies, cpuFree, memFree int64) float64 {
+	if gpuCopies <= 0 || d.kinds[s] == kindCPU || cpuFree < 0 || memFree < 0 {
+		return 0
+	}
+	sh := &d.Shapes[s]
+	k := gpuCopies
+	if d.kinds[s] == kindMIG {
+		k /= sh.MIGCount
+	}
+	if sh.MilliCPU > 0 {
+		k = min(k, cpuFree/sh.MilliCPU)
+	}
+	if sh.Mem > 0 {
+		k = min(k, memFree/sh.Mem)
+	}
+	return float64(k) * d.size[s]
+}
