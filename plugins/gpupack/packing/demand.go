@@ -24,8 +24,8 @@ type Demand struct {
 	// known model (indexed like migModels).
 	kinds []shapeKind
 	geoms [][]geom
-	// size is what one copy takes of the node's GPU, in thousandths of a
-	// GPU (MIG compute slices exactly, as sevenths).
+	// size is what one copy takes of the node's GPU, in capacity units
+	// (see unitsPerGPU).
 	size []float64
 }
 
@@ -75,12 +75,12 @@ func NewDemand(shapes []Shape, weights []float64, version uint64) *Demand {
 	d.size = make([]float64, len(shapes))
 	for i := range shapes {
 		s := &shapes[i]
-		d.size[i] = float64(s.GPUs * s.MilliPerGPU)
+		d.size[i] = float64(s.GPUs * s.MilliPerGPU * unitsPerMilli)
 		switch {
 		case s.MIG != "":
 			d.kinds[i] = kindMIG
 			if p, err := gpu.ParseProfileName(s.MIG); err == nil {
-				d.size[i] = float64(s.MIGCount*int64(p.Compute)) * gpu.MilliPerGPU / gpu.ComputeSlices
+				d.size[i] = float64(s.MIGCount * int64(p.Compute) * unitsPerSlice)
 			}
 			d.geoms[i] = make([]geom, len(migModels))
 			for k, m := range migModels {

@@ -93,5 +93,12 @@ func (s migGPU) freeSlices() int64 {
 	return int64(gpu.ComputeSlices - int(s.compute))
 }
 
-// milliPerSlice converts compute slices into thousandths of a GPU.
-func slicesToMilli(n int64) int64 { return n * gpu.MilliPerGPU / gpu.ComputeSlices }
+// Capacity is counted in units of 1/7000 of a GPU, so that shares
+// (thousandths) and MIG compute slices (sevenths) are both whole numbers and
+// two placements that free the same capacity compare equal, not off by a
+// rounding.
+const (
+	unitsPerMilli = gpu.ComputeSlices
+	unitsPerSlice = gpu.MilliPerGPU
+	unitsPerGPU   = gpu.MilliPerGPU * gpu.ComputeSlices
+)

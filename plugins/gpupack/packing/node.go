@@ -24,8 +24,9 @@ type Node struct {
 	mig     []migGPU
 	// static lists the free instances of static MIG layouts.
 	static    []staticInst
-	idle      int64
-	freeMilli int64
+	idle int64
+	// free capacity in units (see unitsPerGPU)
+	freeUnits int64
 
 	cache nodeCache
 }
@@ -60,7 +61,7 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 	for i := range dev.GPUs {
 		d := &dev.GPUs[i]
 		n.free[i] = dev.FreeMilli(i)
-		n.freeMilli += n.free[i]
+		n.freeUnits += n.free[i] * unitsPerMilli
 		if d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 {
 			n.idle++
 		}
@@ -73,7 +74,7 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 				}
 				prof, _ := dev.Model.Profile(p.Profile)
 				n.static = append(n.static, staticInst{gpu: i, start: p.Start, profile: p.Profile, compute: int64(prof.Compute)})
-				n.freeMilli += slicesToMilli(int64(prof.Compute))
+				n.freeUnits += int64(prof.Compute) * unitsPerSlice
 			}
 		case !dev.MIG || d.UsedMilli > 0:
 			n.mig[i] = migGPU{blocked: true}
@@ -86,7 +87,7 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 			}
 			n.mig[i] = s
 			if len(d.MIG) > 0 {
-				n.freeMilli += slicesToMilli(s.freeSlices())
+				n.freeUnits += s.freeSlices() * unitsPerSlice
 			}
 		}
 	}
@@ -107,7 +108,7 @@ func (n *Node) HasGPU() bool { return len(n.free) > 0 }
 
 // FreeMilli is the node's free GPU capacity in thousandths of a GPU: free
 // milli of whole/share GPUs plus the free compute of MIG GPUs.
-func (n *Node) FreeMilli() int64 { return n.freeMilli }
+func (n *Node) FreeMilli() int64 { return n.freeUnits / unitsPerMilli }
 
 // Product is the node's GPU product label.
 func (n *Node) Product() string { return n.product }
@@ -127,12 +128,13 @@ func (n *Node) Prepare(d *Demand) {
 	for s := range d.Shapes {
 		c.gpuCopies[s] = n.gpuCopies(d, s)
 	}
-	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeMilli)
+	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeUnits)
 	c.version = d.Version
 }
 
-// Waste is the node's expected waste against d (Prepare first).
-func (n *Node) Waste() float64 { return n.cache.waste }
+// Waste is the node's expected waste against d in thousandths of a GPU
+// (Prepare first).
+func (n *Node) Waste() float64 { return n.cache.waste / unitsPerMilli }
 
 // gpuCopies counts the copies of shape s the GPUs could take.
 func (n *Node) gpuCopies(d *Demand, s int) int64 {
@@ -171,21 +173,22 @@ func (n *Node) gpuCopies(d *Demand, s int) int64 {
 	return 0
 }
 
-// waste is the expected waste for the given GPU copies and free resources.
-func (n *Node) waste(d *Demand, gpuCopies []int64, cpuFree, memFree, freeMilli int64) float64 {
-	if freeMilli <= 0 {
+// waste is the expected waste in capacity units for the given GPU copies
+// and free resources.
+func (n *Node) waste(d *Demand, gpuCopies []int64, cpuFree, memFree, freeUnits int64) float64 {
+	if freeUnits <= 0 {
 		return 0
 	}
 	var w float64
 	for s := range d.Shapes {
-		w += d.Weights[s] * (float64(freeMilli) - usable(d, s, gpuCopies[s], cpuFree, memFree))
+		w += d.Weights[s] * (float64(freeUnits) - usable(d, s, gpuCopies[s], cpuFree, memFree))
 	}
 	return w
 }
 
 // usable is what copies of shape s could use of a node's free GPU, in
-// thousandths of a GPU, given the copies its GPUs could take and its free
-// CPU and memory.
+// capacity units, given the copies its GPUs could take and its free CPU and
+// memory.
 func usable(d *Demand, s int, gpuCopies, cpuFree, memFree int64) float64 {
 	if gpuCopies <= 0 || d.kinds[s] == kindCPU || cpuFree < 0 || memFree < 0 {
 		return 0

@@ -308,3 +308,17 @@ func TestOverkillPrefersSmallerGPUs(t *testing.T) {
 		t.Fatalf("H100 costs %v more than L4, want %v", cb-cs, 0.05*500)
 	}
 }
+
+func TestMIGTiesGoToTheFullerGPU(t *testing.T) {
+	// With only 4g and 3g seen, a 3g next to a 4g and a 3g at offset 4 of an
+	// empty GPU cost the same (one 3g slot gone, the 4g slots kept); the
+	// fuller GPU wins, and the capacity arithmetic must not tip the balance
+	// by a rounding of sevenths.
+	d := demandOf(t, []*Req{mig("4g.40gb"), mig("3g.40gb")}, []float64{0.5, 0.5})
+	n := apply(t, a100(2), gpu.Assignment{{GPU: 0, MIG: gpu.Placement{Profile: "4g.40gb", Start: 0}}})
+	n.Prepare(d)
+	a, _, err := n.Choose(cycleFor(mig("3g.40gb"), d))
+	if err != nil || a.String() != "0:3g.40gb@4" {
+		t.Fatalf("3g: %v %v, want 0:3g.40gb@4", a, err)
+	}
+}

@@ -9,14 +9,14 @@ import "github.com/pennysched/penny/pkg/gpu"
 // nothing... unless CPU or memory is gone, then all its free GPU is
 // stranded. It does not touch the node's cache.
 func (n *Node) Stranded(d *Demand) int64 {
-	if n.freeMilli <= 0 {
+	if n.freeUnits <= 0 {
 		return 0
 	}
 	var best float64
 	for s := range d.Shapes {
 		best = max(best, usable(d, s, n.gpuCopies(d, s), n.CPUFree, n.MemFree))
 	}
-	return max(0, n.freeMilli-int64(best))
+	return max(0, n.freeUnits-int64(best)) / unitsPerMilli
 }
 
 // Largest describes the largest pods the node could still take, one kind at

@@ -54,7 +54,7 @@ type placement struct {
 	idle    int64 // idle GPUs taken
 	static  [maxTouched]int
 	nstatic int
-	freed   int64 // thousandths of a GPU taken from the node's free capacity
+	freed   int64 // capacity units taken from the node's free capacity
 	// failed: the pod does not fit.
 	failed bool
 }
@@ -95,7 +95,7 @@ func (p *placement) staticTaken(k int) bool {
 // delta is how much the placement grows the node's expected waste.
 func (n *Node) delta(d *Demand, r *Req, p *placement) float64 {
 	cpu, mem := n.CPUFree-r.CPU, n.MemFree-r.Mem
-	free := n.freeMilli - p.freed
+	free := n.freeUnits - p.freed
 	var after float64
 	if free > 0 {
 		for s := range d.Shapes {
@@ -128,7 +128,7 @@ func (n *Node) delta(d *Demand, r *Req, p *placement) float64 {
 			after += d.Weights[s] * (float64(free) - usable(d, s, c, cpu, mem))
 		}
 	}
-	return after - n.cache.waste
+	return (after - n.cache.waste) / unitsPerMilli
 }
 
 // Evaluate is the cost of placing the pod on the node in the best way the
@@ -201,12 +201,12 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 			}
 		}
 		p.idle = r.GPU.GPUs
-		p.freed = r.GPU.GPUs * gpu.MilliPerGPU
+		p.freed = r.GPU.GPUs * unitsPerGPU
 		frag = n.delta(d, r, p)
 	case r.GPU.Milli > 0:
 		m := r.GPU.Milli
 		best, bestFree := -1, int64(0)
-		p.freed = m
+		p.freed = m * unitsPerMilli
 		p.nt = 1
 		for i, f := range n.free {
 			if f < m {
@@ -348,7 +348,7 @@ func (n *Node) placeInstance(p *placement, i int, g geom, start int) {
 	if t == nil {
 		return
 	}
-	before := t.after.freeMilli()
+	before := t.after.freeUnits()
 	if t.after.free > 0 {
 		// A whole GPU becomes a MIG GPU: it is no longer idle, and its free
 		// capacity is counted in compute slices from now on.
@@ -356,15 +356,15 @@ func (n *Node) placeInstance(p *placement, i int, g geom, start int) {
 		t.after.free = 0
 	}
 	t.after.mig = t.after.mig.with(g, start)
-	p.freed += before - t.after.freeMilli()
+	p.freed += before - t.after.freeUnits()
 }
 
-// freeMilli is the GPU's part of the node's free capacity (see NewNode).
-func (s gpuState) freeMilli() int64 {
+// freeUnits is the GPU's part of the node's free capacity (see NewNode).
+func (s gpuState) freeUnits() int64 {
 	if s.mig.compute == 0 {
-		return s.free
+		return s.free * unitsPerMilli
 	}
-	return slicesToMilli(s.mig.freeSlices())
+	return s.mig.freeSlices() * unitsPerSlice
 }
 
 // takeStatic takes the node's k-th free static instance.
@@ -375,7 +375,7 @@ func (n *Node) takeStatic(p *placement, k int) {
 	}
 	p.static[p.nstatic] = k
 	p.nstatic++
-	p.freed += slicesToMilli(n.static[k].compute)
+	p.freed += n.static[k].compute * unitsPerSlice
 }
 
 // applyPicks records MIG slots chosen elsewhere in the placement.
