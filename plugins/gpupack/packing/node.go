@@ -23,8 +23,8 @@ type Node struct {
 	free    []int64
 	mig     []migGPU
 	// static lists the free instances of static MIG layouts.
-	static    []staticInst
-	idle int64
+	static []staticInst
+	idle   int64
 	// free capacity in units (see unitsPerGPU)
 	freeUnits int64
 

@@ -202,9 +202,9 @@ func checkMetrics(t *testing.T) {
 		}
 	}
 	for key, want := range map[string]float64{
-		"penny_gpu_free_milli,pool=ondemand": 0,
-		"penny_gpu_free_milli,pool=static":   0,
-		"penny_gpu_free_milli,pool=whole":    0,
+		"penny_gpu_free_milli,pool=ondemand":                      0,
+		"penny_gpu_free_milli,pool=static":                        0,
+		"penny_gpu_free_milli,pool=whole":                         0,
 		"penny_gpu_largest_placeable,pool=ondemand,resource=gpus": 0,
 	} {
 		if got, ok := values[key]; !ok || got != want {
