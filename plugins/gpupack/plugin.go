@@ -31,6 +31,8 @@ type GPUPack struct {
 	view    *view
 	learner *packing.Learner
 	pending *pendingPods
+	// facts is PreScore's scratch (see factsBuffer).
+	facts []nodeFacts
 }
 
 var (

@@ -36,24 +36,43 @@ func (p *GPUPack) PreScore(ctx context.Context, state fwk.CycleState, pod *corev
 	}
 	logger := klog.FromContext(ctx)
 	p.startCycle(s)
-	for _, ni := range nodes {
-		n := p.view.entryFor(logger, ni).node
-		if !n.HasGPU() {
+	d := s.cycle.Demand
+	// One parallel pass: bring each node's measure up to date with the
+	// demand and note what the cycle needs of it.
+	facts := p.factsBuffer(len(nodes))
+	p.h.Parallelizer().Until(ctx, len(nodes), func(i int) {
+		n := p.view.entryFor(logger, nodes[i]).node
+		n.Prepare(d)
+		facts[i] = nodeFacts{hasGPU: n.HasGPU(), memGB: n.GPUMemoryGB}
+	}, Name)
+	for _, f := range facts {
+		if !f.hasGPU {
 			s.cpuNodeFeasible = true
 			continue
 		}
-		if mem := n.GPUMemoryGB; mem > 0 && s.req.HasGPU() {
-			if s.cycle.MinGPUMemoryGB == 0 || mem < s.cycle.MinGPUMemoryGB {
-				s.cycle.MinGPUMemoryGB = mem
+		if f.memGB > 0 && s.req.HasGPU() {
+			if s.cycle.MinGPUMemoryGB == 0 || f.memGB < s.cycle.MinGPUMemoryGB {
+				s.cycle.MinGPUMemoryGB = f.memGB
 			}
-			s.cycle.MaxGPUMemoryGB = max(s.cycle.MaxGPUMemoryGB, mem)
+			s.cycle.MaxGPUMemoryGB = max(s.cycle.MaxGPUMemoryGB, f.memGB)
 		}
 	}
-	d := s.cycle.Demand
-	p.h.Parallelizer().Until(ctx, len(nodes), func(i int) {
-		p.view.entryFor(logger, nodes[i]).node.Prepare(d)
-	}, Name)
 	return nil
+}
+
+// nodeFacts is what PreScore gathers of each node.
+type nodeFacts struct {
+	hasGPU bool
+	memGB  int
+}
+
+// factsBuffer returns the plugin's PreScore scratch, grown to n. Scheduling
+// cycles of a profile run one at a time, so one buffer serves them all.
+func (p *GPUPack) factsBuffer(n int) []nodeFacts {
+	if cap(p.facts) < n {
+		p.facts = make([]nodeFacts, n)
+	}
+	return p.facts[:n]
 }
 
 // startCycle fixes the demand and weights for the pod's cycle.

@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
 
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/plugins/gpupack/packing"
@@ -31,8 +32,11 @@ type view struct {
 	layouts   LayoutSource
 	poolLabel string
 
-	mu       sync.Mutex
-	nodes    map[string]*entry
+	mu sync.Mutex
+	// nodes are keyed by the snapshot's NodeInfo: the scheduler keeps one
+	// per node for its lifetime and updates it in place (its generation
+	// says when), so the key hashes a pointer rather than a name.
+	nodes    map[*framework.NodeInfo]*entry
 	reserved map[types.UID]reservation
 	dirty    map[string]struct{}
 	epoch    uint64
@@ -61,7 +65,7 @@ type reservation struct {
 }
 
 func newView(layouts LayoutSource, poolLabel string) *view {
-	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[string]*entry{},
+	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[*framework.NodeInfo]*entry{},
 		reserved: map[types.UID]reservation{}, dirty: map[string]struct{}{}}
 }
 
@@ -71,20 +75,26 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 	defer v.mu.Unlock()
 	v.epoch++
 	for _, ni := range nodes {
-		name := ni.Node().Name
-		e := v.nodes[name]
-		_, dirty := v.dirty[name]
-		if e == nil || dirty || e.gen != ni.GetGeneration() || v.layoutChanged(name, e) {
+		k, ok := ni.(*framework.NodeInfo)
+		if !ok {
+			continue // not the scheduler's own snapshot: entryFor builds it each time
+		}
+		e := v.nodes[k]
+		dirty := false
+		if len(v.dirty) > 0 {
+			_, dirty = v.dirty[ni.Node().Name]
+		}
+		if e == nil || dirty || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
 			e = v.build(logger, ni, true)
-			v.nodes[name] = e
-			delete(v.dirty, name)
+			v.nodes[k] = e
+			delete(v.dirty, ni.Node().Name)
 		}
 		e.epoch = v.epoch
 	}
 	if len(v.nodes) > len(nodes) {
-		for name, e := range v.nodes {
+		for ni, e := range v.nodes {
 			if e.epoch != v.epoch {
-				delete(v.nodes, name)
+				delete(v.nodes, ni)
 			}
 		}
 	}
@@ -105,8 +115,10 @@ func (v *view) layoutChanged(name string, e *entry) bool {
 // does not hold as is (preemption removing victims, nominated pods added)
 // gets a view of its own, built now and not kept.
 func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
-	if e := v.nodes[ni.Node().Name]; e != nil && e.gen == ni.GetGeneration() {
-		return e
+	if k, ok := ni.(*framework.NodeInfo); ok {
+		if e := v.nodes[k]; e != nil && e.gen == ni.GetGeneration() {
+			return e
+		}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()

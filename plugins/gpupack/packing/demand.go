@@ -26,8 +26,34 @@ type Demand struct {
 	geoms [][]geom
 	// size is what one copy takes of the node's GPU, in capacity units
 	// (see unitsPerGPU).
-	size []float64
+	size []int64
+	// The measure sums in integers, so that it is fast and two placements
+	// that leave the same room compare exactly equal: iw are the weights
+	// scaled by weightScale and rounded, iwSum their sum, wsize[s] is
+	// iw[s] * size[s].
+	iw    []int64
+	iwSum int64
+	wsize []int64
+	// Shapes that need the same GPU room (shares of one size, the same
+	// number of whole GPUs) form a group: their GPU copies are equal, and a
+	// placement changes them once for the whole group.
+	shares, wholes []group
+	// mig lists the MIG shapes.
+	mig []int
 }
+
+// group is the shapes that need the same GPU room.
+type group struct {
+	// per is the share's milli (share groups) or the GPU count (whole).
+	per int64
+	// q[f] is f / per for shares: how many copies a GPU with f milli free
+	// takes (a table: the measure asks millions of times a second).
+	q      []uint16
+	shapes []int
+}
+
+// weightScale turns weights into integers (about six significant digits).
+const weightScale = 1 << 20
 
 type shapeKind uint8
 
@@ -57,9 +83,17 @@ func modelIndex(m *gpu.Model) int {
 	return -1
 }
 
+// maxShapes bounds the shapes of a Demand, so that the measure's per-shape
+// scratch fits on the stack.
+const maxShapes = 64
+
 // NewDemand builds a Demand from shapes and (unnormalised, non-negative)
-// weights. Version 0 is reserved for "no cache".
+// weights; beyond maxShapes shapes the rest are dropped. Version 0 is
+// reserved for "no cache".
 func NewDemand(shapes []Shape, weights []float64, version uint64) *Demand {
+	if len(shapes) > maxShapes {
+		shapes, weights = shapes[:maxShapes], weights[:maxShapes]
+	}
 	d := &Demand{Shapes: shapes, Weights: weights, Version: version}
 	var sum float64
 	for _, w := range weights {
@@ -72,29 +106,54 @@ func NewDemand(shapes []Shape, weights []float64, version uint64) *Demand {
 	}
 	d.kinds = make([]shapeKind, len(shapes))
 	d.geoms = make([][]geom, len(shapes))
-	d.size = make([]float64, len(shapes))
+	d.size = make([]int64, len(shapes))
+	d.iw = make([]int64, len(shapes))
+	d.wsize = make([]int64, len(shapes))
 	for i := range shapes {
 		s := &shapes[i]
-		d.size[i] = float64(s.GPUs * s.MilliPerGPU * unitsPerMilli)
+		d.size[i] = s.GPUs * s.MilliPerGPU * unitsPerMilli
 		switch {
 		case s.MIG != "":
 			d.kinds[i] = kindMIG
 			if p, err := gpu.ParseProfileName(s.MIG); err == nil {
-				d.size[i] = float64(s.MIGCount * int64(p.Compute) * unitsPerSlice)
+				d.size[i] = s.MIGCount * int64(p.Compute) * unitsPerSlice
 			}
 			d.geoms[i] = make([]geom, len(migModels))
 			for k, m := range migModels {
 				d.geoms[i][k] = geomOf(m, s.MIG)
 			}
+			d.mig = append(d.mig, i)
 		case s.GPUs > 0 && s.MilliPerGPU >= gpu.MilliPerGPU:
 			d.kinds[i] = kindWhole
+			d.wholes = addToGroup(d.wholes, s.GPUs, i, false)
 		case s.GPUs > 0:
 			d.kinds[i] = kindShare
+			d.shares = addToGroup(d.shares, s.MilliPerGPU, i, true)
 		default:
 			d.kinds[i] = kindCPU
 		}
+		d.iw[i] = int64(math.Round(d.Weights[i] * weightScale))
+		d.iwSum += d.iw[i]
+		d.wsize[i] = d.iw[i] * d.size[i]
 	}
 	return d
+}
+
+func addToGroup(gs []group, per int64, shape int, share bool) []group {
+	for k := range gs {
+		if gs[k].per == per {
+			gs[k].shapes = append(gs[k].shapes, shape)
+			return gs
+		}
+	}
+	g := group{per: per, shapes: []int{shape}}
+	if share {
+		g.q = make([]uint16, gpu.MilliPerGPU+1)
+		for f := range g.q {
+			g.q[f] = uint16(int64(f) / per)
+		}
+	}
+	return append(gs, g)
 }
 
 // Learner learns the demand online from the pods the scheduler sees: every
@@ -161,8 +220,8 @@ func NewLearner(o LearnerOptions) *Learner {
 	if o.Coverage <= 0 || o.Coverage > 1 {
 		o.Coverage = 1
 	}
-	if o.MaxShapes <= 0 {
-		o.MaxShapes = 64
+	if o.MaxShapes <= 0 || o.MaxShapes > maxShapes {
+		o.MaxShapes = maxShapes
 	}
 	if o.SeenCapacity <= 0 {
 		o.SeenCapacity = 1 << 16

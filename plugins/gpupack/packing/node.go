@@ -1,6 +1,8 @@
 package packing
 
 import (
+	"math"
+
 	"github.com/pennysched/penny/pkg/gpu"
 )
 
@@ -42,10 +44,17 @@ type staticInst struct {
 type nodeCache struct {
 	version uint64
 	// gpuCopies[s] is how many copies of shape s the node's GPUs could take
-	// (before CPU and memory are counted): for shares and MIG shapes the sum
-	// over GPUs, for whole-GPU shapes idle / GPUs.
+	// (before CPU and memory are counted; 0 for a product the shape does not
+	// accept): for shares and MIG shapes the sum over GPUs, for whole-GPU
+	// shapes idle / GPUs.
 	gpuCopies []int64
-	waste     float64
+	// shareCopies[k] is the copies of share group k the GPUs could take,
+	// whatever the product.
+	shareCopies []int64
+	// waste in weighted capacity units (see Demand.iw), and what one
+	// thousandth of a GPU is in those units.
+	waste int64
+	scale float64
 }
 
 // NewNode builds the scorer's node from its device view and free resources.
@@ -124,64 +133,86 @@ func (n *Node) Prepare(d *Demand) {
 	if cap(c.gpuCopies) < len(d.Shapes) {
 		c.gpuCopies = make([]int64, len(d.Shapes))
 	}
-	c.gpuCopies = c.gpuCopies[:len(d.Shapes)]
-	for s := range d.Shapes {
-		c.gpuCopies[s] = n.gpuCopies(d, s)
+	if cap(c.shareCopies) < len(d.shares) {
+		c.shareCopies = make([]int64, len(d.shares))
 	}
+	c.gpuCopies = c.gpuCopies[:len(d.Shapes)]
+	c.shareCopies = c.shareCopies[:len(d.shares)]
+	n.fillCopies(d, c.gpuCopies, c.shareCopies)
 	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeUnits)
+	c.scale = float64(d.iwSum * unitsPerMilli)
 	c.version = d.Version
 }
 
 // Waste is the node's expected waste against d in thousandths of a GPU
 // (Prepare first).
-func (n *Node) Waste() float64 { return n.cache.waste / unitsPerMilli }
-
-// gpuCopies counts the copies of shape s the GPUs could take.
-func (n *Node) gpuCopies(d *Demand, s int) int64 {
-	sh := &d.Shapes[s]
-	if !sh.Accepts(n.product) {
+func (n *Node) Waste() float64 {
+	if n.cache.waste == 0 {
 		return 0
 	}
-	switch d.kinds[s] {
-	case kindWhole:
-		return n.idle / sh.GPUs
-	case kindShare:
+	return float64(n.cache.waste) / n.cache.scale
+}
+
+// fillCopies counts, for every shape, the copies the node's GPUs could take
+// (see nodeCache.gpuCopies).
+func (n *Node) fillCopies(d *Demand, gpuCopies, shareCopies []int64) {
+	for s := range gpuCopies {
+		gpuCopies[s] = 0
+	}
+	for k := range d.shares {
+		g := &d.shares[k]
 		var c int64
 		for _, f := range n.free {
-			c += f / sh.MilliPerGPU
+			c += int64(g.q[f])
 		}
-		return c
-	case kindMIG:
-		if n.model < 0 {
-			return 0
+		shareCopies[k] = c
+		for _, s := range g.shapes {
+			if d.Shapes[s].Accepts(n.product) {
+				gpuCopies[s] = c
+			}
+		}
+	}
+	for k := range d.wholes {
+		g := &d.wholes[k]
+		for _, s := range g.shapes {
+			if d.Shapes[s].Accepts(n.product) {
+				gpuCopies[s] = n.idle / g.per
+			}
+		}
+	}
+	for _, s := range d.mig {
+		if n.model < 0 || !d.Shapes[s].Accepts(n.product) {
+			continue
 		}
 		g := d.geoms[s][n.model]
 		if !g.ok {
-			return 0
+			continue
 		}
 		var c int64
 		for i := range n.mig {
 			c += n.mig[i].placeable(g)
 		}
 		for i := range n.static {
-			if n.static[i].profile == sh.MIG {
+			if n.static[i].profile == d.Shapes[s].MIG {
 				c++
 			}
 		}
-		return c
+		gpuCopies[s] = c
 	}
-	return 0
 }
 
-// waste is the expected waste in capacity units for the given GPU copies
-// and free resources.
-func (n *Node) waste(d *Demand, gpuCopies []int64, cpuFree, memFree, freeUnits int64) float64 {
+// waste is the expected waste in weighted capacity units for the given GPU
+// copies and free resources: the free capacity less what each shape could
+// use, weighted by the shape's probability.
+func (n *Node) waste(d *Demand, gpuCopies []int64, cpuFree, memFree, freeUnits int64) int64 {
 	if freeUnits <= 0 {
 		return 0
 	}
-	var w float64
+	w := freeUnits * d.iwSum
 	for s := range d.Shapes {
-		w += d.Weights[s] * (float64(freeUnits) - usable(d, s, gpuCopies[s], cpuFree, memFree))
+		if c := copies(d, s, gpuCopies[s]); c > 0 {
+			w -= d.wsize[s] * min(c, resourceRoom(d, s, cpuFree, memFree))
+		}
 	}
 	return w
 }
@@ -189,20 +220,36 @@ func (n *Node) waste(d *Demand, gpuCopies []int64, cpuFree, memFree, freeUnits i
 // usable is what copies of shape s could use of a node's free GPU, in
 // capacity units, given the copies its GPUs could take and its free CPU and
 // memory.
-func usable(d *Demand, s int, gpuCopies, cpuFree, memFree int64) float64 {
-	if gpuCopies <= 0 || d.kinds[s] == kindCPU || cpuFree < 0 || memFree < 0 {
+func usable(d *Demand, s int, gpuCopies, cpuFree, memFree int64) int64 {
+	c := copies(d, s, gpuCopies)
+	if c <= 0 {
 		return 0
 	}
-	sh := &d.Shapes[s]
-	k := gpuCopies
+	return min(c, resourceRoom(d, s, cpuFree, memFree)) * d.size[s]
+}
+
+// copies turns the GPU-side count into copies of the pod (a MIG pod may
+// ask for several instances).
+func copies(d *Demand, s int, gpuCopies int64) int64 {
 	if d.kinds[s] == kindMIG {
-		k /= sh.MIGCount
+		return gpuCopies / d.Shapes[s].MIGCount
 	}
+	return gpuCopies
+}
+
+// resourceRoom is how many copies of shape s the free CPU and memory allow
+// (0 for CPU-only shapes: they use no GPU).
+func resourceRoom(d *Demand, s int, cpuFree, memFree int64) int64 {
+	sh := &d.Shapes[s]
+	if d.kinds[s] == kindCPU || cpuFree < 0 || memFree < 0 {
+		return 0
+	}
+	k := int64(math.MaxInt64)
 	if sh.MilliCPU > 0 {
-		k = min(k, cpuFree/sh.MilliCPU)
+		k = cpuFree / sh.MilliCPU
 	}
 	if sh.Mem > 0 {
 		k = min(k, memFree/sh.Mem)
 	}
-	return float64(k) * d.size[s]
+	return k
 }

@@ -322,3 +322,32 @@ func TestMIGTiesGoToTheFullerGPU(t *testing.T) {
 		t.Fatalf("3g: %v %v, want 0:3g.40gb@4", a, err)
 	}
 }
+
+// BenchmarkEvaluate is the measure's cost for one node and pod: a share on
+// a half-used 8-GPU node against a demand of 32 shapes.
+func BenchmarkEvaluate(b *testing.B) {
+	var reqs []*Req
+	var ws []float64
+	for i := 0; i < 16; i++ {
+		reqs = append(reqs, share(int64(50+60*i), int64(1000+500*i)), whole(int64(1+i%4), int64(4000+1000*i)))
+		ws = append(ws, 1, 1)
+	}
+	d := NewDemand(func() []Shape {
+		var s []Shape
+		for _, r := range reqs {
+			s = append(s, r.Shape)
+		}
+		return s
+	}(), ws, 1)
+	dev := gpu.NewNodeDevices("A100-80GB", 8, false)
+	for i, u := range []int64{1000, 0, 460, 810, 0, 230, 1000, 320} {
+		dev.GPUs[i].UsedMilli = u
+	}
+	n := NewNode("n", dev, 48000, 256*gib, 0)
+	n.Prepare(d)
+	c := cycleFor(share(470, 4000), d)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		n.Evaluate(c)
+	}
+}

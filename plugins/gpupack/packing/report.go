@@ -12,11 +12,13 @@ func (n *Node) Stranded(d *Demand) int64 {
 	if n.freeUnits <= 0 {
 		return 0
 	}
-	var best float64
+	gpuCopies, shareCopies := make([]int64, len(d.Shapes)), make([]int64, len(d.shares))
+	n.fillCopies(d, gpuCopies, shareCopies)
+	var best int64
 	for s := range d.Shapes {
-		best = max(best, usable(d, s, n.gpuCopies(d, s), n.CPUFree, n.MemFree))
+		best = max(best, usable(d, s, gpuCopies[s], n.CPUFree, n.MemFree))
 	}
-	return max(0, n.freeUnits-int64(best)) / unitsPerMilli
+	return max(0, n.freeUnits-best) / unitsPerMilli
 }
 
 // Largest describes the largest pods the node could still take, one kind at

@@ -92,43 +92,128 @@ func (p *placement) staticTaken(k int) bool {
 	return false
 }
 
-// delta is how much the placement grows the node's expected waste.
-func (n *Node) delta(d *Demand, r *Req, p *placement) float64 {
+// scratch is what the measure of one pod on one node computes once and
+// every candidate placement reuses.
+type scratch struct {
+	// lim[s] is how many copies of shape s the node keeps room for once the
+	// pod is placed, as far as CPU and memory go, capped by the copies its
+	// GPUs could take before the placement (a placement never adds GPU room).
+	lim [maxShapes]int64
+	// shareMax[k] and wholeMax[k] are the largest lim of each group: a
+	// placement that leaves the group at least that many GPU copies changes
+	// none of its terms.
+	shareMax, wholeMax [maxShapes]int64
+	// base is what the shapes could use if the placement took no GPU room:
+	// sum of wsize[s] * lim[s].
+	base int64
+}
+
+// prepareEval fills the scratch for the pod on the node.
+func (n *Node) prepareEval(d *Demand, r *Req, sc *scratch) {
 	cpu, mem := n.CPUFree-r.CPU, n.MemFree-r.Mem
-	free := n.freeUnits - p.freed
-	var after float64
-	if free > 0 {
-		for s := range d.Shapes {
-			c := n.cache.gpuCopies[s]
+	sc.base = 0
+	for s := range d.Shapes {
+		c := copies(d, s, n.cache.gpuCopies[s])
+		lim := int64(0)
+		if c > 0 {
 			sh := &d.Shapes[s]
-			if c > 0 || d.kinds[s] == kindWhole {
-				switch d.kinds[s] {
-				case kindWhole:
-					if sh.Accepts(n.product) {
-						c = (n.idle - p.idle) / sh.GPUs
-					}
-				case kindShare:
-					for i := 0; i < p.nt; i++ {
-						t := &p.t[i]
-						c += t.times * (t.after.free/sh.MilliPerGPU - t.before.free/sh.MilliPerGPU)
-					}
-				case kindMIG:
-					g := d.geoms[s][n.model]
-					for i := 0; i < p.nt; i++ {
-						t := &p.t[i]
-						c += t.times * (t.after.mig.placeable(g) - t.before.mig.placeable(g))
-					}
-					for i := 0; i < p.nstatic; i++ {
-						if n.static[p.static[i]].profile == sh.MIG {
-							c--
-						}
-					}
+			if cpu >= c*sh.MilliCPU && mem >= c*sh.Mem {
+				lim = c // the common case: CPU and memory do not bind, no division
+			} else {
+				lim = min(c, resourceRoom(d, s, cpu, mem))
+			}
+		}
+		sc.lim[s] = lim
+		sc.base += d.wsize[s] * lim
+	}
+	for k := range d.shares {
+		sc.shareMax[k] = groupMax(&d.shares[k], sc)
+	}
+	for k := range d.wholes {
+		sc.wholeMax[k] = groupMax(&d.wholes[k], sc)
+	}
+}
+
+func groupMax(g *group, sc *scratch) int64 {
+	var m int64
+	for _, s := range g.shapes {
+		m = max(m, sc.lim[s])
+	}
+	return m
+}
+
+// delta is how much the placement grows the node's expected waste, in
+// thousandths of a GPU. Only the shapes whose GPU room the placement changes
+// are visited: whole-GPU shapes when it takes idle GPUs, shares when it
+// changes a GPU's free milli, MIG shapes when it changes MIG room; and of
+// those only groups left with fewer copies than CPU and memory allow.
+func (n *Node) delta(d *Demand, p *placement, sc *scratch) float64 {
+	free := n.freeUnits - p.freed
+	if free <= 0 {
+		return -n.Waste()
+	}
+	freeChanged, migChanged := false, p.nstatic > 0
+	for i := 0; i < p.nt; i++ {
+		t := &p.t[i]
+		freeChanged = freeChanged || t.before.free != t.after.free
+		migChanged = migChanged || t.before.mig != t.after.mig
+	}
+	usable := sc.base
+	if p.idle != 0 {
+		for k := range d.wholes {
+			g := &d.wholes[k]
+			c := (n.idle - p.idle) / g.per
+			if c >= sc.wholeMax[k] {
+				continue
+			}
+			for _, s := range g.shapes {
+				if lim := sc.lim[s]; c < lim {
+					usable += d.wsize[s] * (c - lim)
 				}
 			}
-			after += d.Weights[s] * (float64(free) - usable(d, s, c, cpu, mem))
 		}
 	}
-	return (after - n.cache.waste) / unitsPerMilli
+	if freeChanged {
+		for k := range d.shares {
+			g := &d.shares[k]
+			c := n.cache.shareCopies[k]
+			for i := 0; i < p.nt; i++ {
+				t := &p.t[i]
+				c += t.times * int64(int(g.q[t.after.free])-int(g.q[t.before.free]))
+			}
+			if c >= sc.shareMax[k] {
+				continue
+			}
+			for _, s := range g.shapes {
+				if lim := sc.lim[s]; c < lim {
+					usable += d.wsize[s] * (c - lim)
+				}
+			}
+		}
+	}
+	if migChanged {
+		for _, s := range d.mig {
+			lim := sc.lim[s]
+			if lim <= 0 {
+				continue
+			}
+			g := d.geoms[s][n.model]
+			c := n.cache.gpuCopies[s]
+			for i := 0; i < p.nt; i++ {
+				t := &p.t[i]
+				c += t.times * (t.after.mig.placeable(g) - t.before.mig.placeable(g))
+			}
+			for i := 0; i < p.nstatic; i++ {
+				if n.static[p.static[i]].profile == d.Shapes[s].MIG {
+					c--
+				}
+			}
+			if c /= d.Shapes[s].MIGCount; c < lim {
+				usable += d.wsize[s] * (c - lim)
+			}
+		}
+	}
+	return float64(free*d.iwSum-usable-n.cache.waste) / n.cache.scale
 }
 
 // Evaluate is the cost of placing the pod on the node in the best way the
@@ -187,6 +272,8 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 	if r.CPU > n.CPUFree || r.Mem > n.MemFree {
 		return 0, false
 	}
+	var sc scratch
+	n.prepareEval(d, r, &sc)
 	var frag float64
 	switch {
 	case r.GPU.GPUs > 0:
@@ -202,7 +289,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 		}
 		p.idle = r.GPU.GPUs
 		p.freed = r.GPU.GPUs * unitsPerGPU
-		frag = n.delta(d, r, p)
+		frag = n.delta(d, p, &sc)
 	case r.GPU.Milli > 0:
 		m := r.GPU.Milli
 		best, bestFree := -1, int64(0)
@@ -220,7 +307,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 			if n.isIdle(i) {
 				p.idle = 1
 			}
-			cost := n.delta(d, r, p)
+			cost := n.delta(d, p, &sc)
 			if best < 0 || cost < frag || cost == frag && f < bestFree {
 				best, bestFree, frag = i, f, cost
 			}
@@ -231,7 +318,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 		pick.share = best
 	case len(r.MIG) > 0:
 		var ok bool
-		frag, ok = n.bestMIG(d, r, p, pick)
+		frag, ok = n.bestMIG(d, r, p, pick, &sc)
 		if !ok {
 			// Placing each instance where it costs least can paint a
 			// multi-instance request into a corner that first-fit avoids;
@@ -241,10 +328,10 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 				return 0, false
 			}
 			n.applyPicks(pick, p)
-			frag = n.delta(d, r, p)
+			frag = n.delta(d, p, &sc)
 		}
 	default:
-		frag = n.delta(d, r, p)
+		frag = n.delta(d, p, &sc)
 	}
 	cost := c.W.Fragmentation * frag
 	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
@@ -262,7 +349,7 @@ func (n *Node) isIdle(i int) bool {
 // where the node's expected waste grows least; ties go to the fuller GPU
 // (leaving empty GPUs for the largest profiles), then the lower GPU index
 // and offset.
-func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice) (float64, bool) {
+func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice, sc *scratch) (float64, bool) {
 	if n.model < 0 || len(r.MIG) > maxTouched {
 		return 0, false
 	}
@@ -287,7 +374,7 @@ func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice) (float64, 
 				if q.failed {
 					continue
 				}
-				c := migCand{gpu: i, start: s, static: -1, used: st.mig.compute, cost: n.delta(d, r, &q)}
+				c := migCand{gpu: i, start: s, static: -1, used: st.mig.compute, cost: n.delta(d, &q, sc)}
 				if best.gpu < 0 || c.better(&best) {
 					best = c
 				}
@@ -303,7 +390,7 @@ func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice) (float64, 
 			if q.failed {
 				continue
 			}
-			c := migCand{gpu: in.gpu, start: in.start, static: k, cost: n.delta(d, r, &q)}
+			c := migCand{gpu: in.gpu, start: in.start, static: k, cost: n.delta(d, &q, sc)}
 			if best.gpu < 0 || c.better(&best) {
 				best = c
 			}
