@@ -23,6 +23,11 @@ type Args struct {
 	// (thousandths of a GPU that the demand could not use) in a placement's
 	// cost. Default 1.
 	FragmentationWeight *float64 `json:"fragmentationWeight,omitempty"`
+	// BalanceWeight multiplies the growth of the GPU capacity the workload's
+	// average mix would strand on the node for want of CPU or memory (the
+	// node's free CPU and memory per free GPU against what the demand asks
+	// per GPU). Default 3.
+	BalanceWeight *float64 `json:"balanceWeight,omitempty"`
 	// OverkillWeight multiplies the pod's GPU request (in thousandths of a
 	// GPU) times how large the node's GPU is among the models the pod could
 	// use (0 smallest, 1 largest). It steers small work away from the
@@ -57,6 +62,7 @@ type Args struct {
 // Defaults.
 const (
 	DefaultFragmentationWeight = 1.0
+	DefaultBalanceWeight       = 3.0
 	DefaultOverkillWeight      = 0.05
 	DefaultDemandHalfLife      = 2000
 	DefaultDemandRefresh       = 16
@@ -69,6 +75,7 @@ const (
 // SetDefaults fills every unset field.
 func (a *Args) SetDefaults() {
 	setFloat(&a.FragmentationWeight, DefaultFragmentationWeight)
+	setFloat(&a.BalanceWeight, DefaultBalanceWeight)
 	setFloat(&a.OverkillWeight, DefaultOverkillWeight)
 	setInt(&a.DemandHalfLife, DefaultDemandHalfLife)
 	setInt(&a.DemandRefresh, DefaultDemandRefresh)
@@ -105,10 +112,11 @@ func (a *Args) Validate() error {
 		}
 	}
 	nonNegative("fragmentationWeight", *a.FragmentationWeight, "0 turns fragmentation scoring off")
+	nonNegative("balanceWeight", *a.BalanceWeight, "0 turns CPU and memory balance off")
 	nonNegative("overkillWeight", *a.OverkillWeight, "0 turns avoid-overkill off")
 	nonNegative("lookAheadWeight", *a.LookAheadWeight, "0 turns the look-ahead off")
-	if *a.FragmentationWeight == 0 && *a.OverkillWeight == 0 {
-		errs = append(errs, field.Invalid(field.NewPath("fragmentationWeight"), 0, "fragmentationWeight and overkillWeight are both 0, so every node would score the same; disable the plugin's score instead"))
+	if *a.FragmentationWeight == 0 && *a.BalanceWeight == 0 && *a.OverkillWeight == 0 {
+		errs = append(errs, field.Invalid(field.NewPath("fragmentationWeight"), 0, "fragmentationWeight, balanceWeight and overkillWeight are all 0, so every node would score the same; disable the plugin's score instead"))
 	}
 	if *a.DemandHalfLife < 0 {
 		errs = append(errs, field.Invalid(field.NewPath("demandHalfLife"), *a.DemandHalfLife, "must be 0 (never forget) or a positive number of arrivals, e.g. 2000"))
@@ -154,7 +162,7 @@ func DecodeArgs(obj runtime.Object) (*Args, error) {
 // callers that build the profile in code).
 func (a *Args) DeepCopyObject() runtime.Object {
 	c := *a
-	for _, p := range []**float64{&c.FragmentationWeight, &c.OverkillWeight, &c.LookAheadWeight, &c.ScoreScale} {
+	for _, p := range []**float64{&c.FragmentationWeight, &c.BalanceWeight, &c.OverkillWeight, &c.LookAheadWeight, &c.ScoreScale} {
 		if *p != nil {
 			v := **p
 			*p = &v

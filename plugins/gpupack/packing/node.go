@@ -55,6 +55,10 @@ type nodeCache struct {
 	// thousandth of a GPU is in those units.
 	waste int64
 	scale float64
+	// The demand's mix on this node's product, per unit of GPU capacity:
+	// CPU and memory the GPU shapes ask for (see balanceWaste).
+	cpuPerUnit, memPerUnit float64
+	balance                float64
 }
 
 // NewNode builds the scorer's node from its device view and free resources.
@@ -141,7 +145,49 @@ func (n *Node) Prepare(d *Demand) {
 	n.fillCopies(d, c.gpuCopies, c.shareCopies)
 	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeUnits)
 	c.scale = float64(d.iwSum * unitsPerMilli)
+	var cpu, mem, units float64
+	for s := range d.Shapes {
+		if d.kinds[s] == kindCPU || !d.Shapes[s].Accepts(n.product) {
+			continue
+		}
+		cpu += d.Weights[s] * float64(d.Shapes[s].MilliCPU)
+		mem += d.Weights[s] * float64(d.Shapes[s].Mem)
+		units += d.Weights[s] * float64(d.size[s])
+	}
+	c.cpuPerUnit, c.memPerUnit = 0, 0
+	if units > 0 {
+		c.cpuPerUnit, c.memPerUnit = cpu/units, mem/units
+	}
+	c.balance = n.balanceWaste(n.freeUnits, n.CPUFree, n.MemFree)
 	c.version = d.Version
+}
+
+// balanceWaste is the GPU capacity (units) that the demand's average mix
+// would leave unused for want of CPU or memory: filled with pods that ask
+// for CPU and memory per unit of GPU as the demand does on average, the
+// node runs out of whichever comes first. This sees what the per-shape
+// measure cannot: a node whose few CPUs one more heavy pod would take still
+// counts copies of light shapes, but its GPUs are only useful if light pods
+// come, and the rest of the cluster competes for those.
+func (n *Node) balanceWaste(freeUnits, cpuFree, memFree int64) float64 {
+	if freeUnits <= 0 {
+		return 0
+	}
+	u := float64(freeUnits)
+	if n.cache.cpuPerUnit > 0 {
+		u = min(u, float64(max(cpuFree, 0))/n.cache.cpuPerUnit)
+	}
+	if n.cache.memPerUnit > 0 {
+		u = min(u, float64(max(memFree, 0))/n.cache.memPerUnit)
+	}
+	return float64(freeUnits) - u
+}
+
+// balanceDelta is how much a placement that takes freed units and the
+// pod's CPU and memory grows balanceWaste, in thousandths of a GPU.
+func (n *Node) balanceDelta(r *Req, freed int64) float64 {
+	after := n.balanceWaste(n.freeUnits-freed, n.CPUFree-r.CPU, n.MemFree-r.Mem)
+	return (after - n.cache.balance) / unitsPerMilli
 }
 
 // Waste is the node's expected waste against d in thousandths of a GPU

@@ -351,3 +351,32 @@ func BenchmarkEvaluate(b *testing.B) {
 		n.Evaluate(c)
 	}
 }
+
+func TestBalanceKeepsCPUPoorNodesForLightPods(t *testing.T) {
+	// Half the pods need 11.3 cores per GPU, half 3.2. On a node with 2
+	// GPUs and 16 cores a heavy pod leaves one GPU that only light pods can
+	// use; on one with 8 GPUs and 96 cores it strands nothing. Counting
+	// copies shape by shape sees no difference (the CPU-poor node could
+	// only ever take one heavy pod); the demand's mix does.
+	heavy, light := whole(1, 11300), whole(1, 3152)
+	d := demandOf(t, []*Req{heavy, light}, []float64{0.5, 0.5})
+	poor := NewNode("p100", gpu.NewNodeDevices("Tesla-P100-PCIE-16GB", 2, false), 16000, 256*gib, 0)
+	rich := NewNode("g2", gpu.NewNodeDevices("Tesla-T4", 8, false), 96000, 256*gib, 0)
+	poor.Prepare(d)
+	rich.Prepare(d)
+	cost := func(n *Node, w Weights) float64 {
+		c, ok := n.Evaluate(&Cycle{Req: heavy, Demand: d, W: w})
+		if !ok {
+			t.Fatal("does not fit")
+		}
+		return c
+	}
+	frag := Weights{Fragmentation: 1}
+	if a, b := cost(poor, frag), cost(rich, frag); a != b {
+		t.Fatalf("without balance the heavy pod costs %v on the CPU-poor node and %v on the rich one; want equal", a, b)
+	}
+	bal := Weights{Fragmentation: 1, Balance: 1}
+	if a, b := cost(poor, bal), cost(rich, bal); !(a > b+300) {
+		t.Fatalf("with balance the heavy pod costs %v on the CPU-poor node and %v on the rich one; want the poor one dearer by ~350", a, b)
+	}
+}

@@ -15,6 +15,9 @@ type Weights struct {
 	// GPU model is among those the pod could use (0 for the smallest, 1 for
 	// the largest): small work goes to small GPUs when the waste is equal.
 	Overkill float64
+	// Balance multiplies the growth of the GPU capacity the demand's mix
+	// would strand for want of CPU or memory (see Node.balanceWaste).
+	Balance float64
 }
 
 // Cycle is what the cost of one pod shares across all nodes of a
@@ -334,6 +337,9 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 		frag = n.delta(d, p, &sc)
 	}
 	cost := c.W.Fragmentation * frag
+	if c.W.Balance > 0 {
+		cost += c.W.Balance * n.balanceDelta(r, p.freed)
+	}
 	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
 		rank := float64(n.GPUMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
 		cost += c.W.Overkill * float64(r.Milli()) * rank
