@@ -30,7 +30,9 @@ type Node struct {
 	// free capacity in units (see unitsPerGPU)
 	freeUnits int64
 
-	cache nodeCache
+	cache    nodeCache
+	memo     [4]memo
+	memoNext int
 }
 
 type staticInst struct {
@@ -42,7 +44,8 @@ type staticInst struct {
 
 // nodeCache holds what the measure needs of the node for one Demand.
 type nodeCache struct {
-	version uint64
+	// demand is the Demand the cache was computed against.
+	demand *Demand
 	// gpuCopies[s] is how many copies of shape s the node's GPUs could take
 	// (before CPU and memory are counted; 0 for a product the shape does not
 	// accept): for shares and MIG shapes the sum over GPUs, for whole-GPU
@@ -130,7 +133,7 @@ func (n *Node) Product() string { return n.product }
 // it before scoring against d; it allocates only the first time or when the
 // number of shapes grows.
 func (n *Node) Prepare(d *Demand) {
-	if n.cache.version == d.Version && n.cache.gpuCopies != nil {
+	if n.cache.demand == d {
 		return
 	}
 	c := &n.cache
@@ -159,7 +162,7 @@ func (n *Node) Prepare(d *Demand) {
 		c.cpuPerUnit, c.memPerUnit = cpu/units, mem/units
 	}
 	c.balance = n.balanceWaste(n.freeUnits, n.CPUFree, n.MemFree)
-	c.version = d.Version
+	c.demand = d
 }
 
 // balanceWaste is the GPU capacity (units) that the demand's average mix

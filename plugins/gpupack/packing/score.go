@@ -223,10 +223,51 @@ func (n *Node) delta(d *Demand, p *placement, sc *scratch) float64 {
 // packer knows, or ok false when its devices cannot take it. The node must
 // be prepared for c.Demand. It allocates nothing.
 func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
+	r := c.Req
+	memoize := len(r.MIG) == 0
+	if memoize {
+		for i := range n.memo {
+			if m := &n.memo[i]; m.demand == c.Demand && m.cpu == r.CPU && m.mem == r.Mem && m.gpus == r.GPU.GPUs && m.milli == r.GPU.Milli {
+				if !m.ok {
+					return 0, false
+				}
+				return n.compose(c, m.frag, m.bal), true
+			}
+		}
+	}
 	var p placement
 	var pick choice
-	cost, ok = n.best(c, &p, &pick)
-	return cost, ok
+	frag, bal, ok := n.best(c, &p, &pick)
+	if memoize {
+		n.memo[n.memoNext] = memo{demand: c.Demand, cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs, milli: r.GPU.Milli, frag: frag, bal: bal, ok: ok}
+		n.memoNext = (n.memoNext + 1) % len(n.memo)
+	}
+	if !ok {
+		return 0, false
+	}
+	return n.compose(c, frag, bal), true
+}
+
+// memo remembers what a placement of one request on the node costs against
+// one demand: pods of one shape (replicas, a job's workers) usually come
+// together, and a node that did not change need not be measured again for
+// each of them. Requests for MIG instances are not remembered (a map).
+type memo struct {
+	demand                *Demand
+	cpu, mem, gpus, milli int64
+	frag, bal             float64
+	ok                    bool
+}
+
+// compose weighs the parts of a placement's cost.
+func (n *Node) compose(c *Cycle, frag, bal float64) float64 {
+	cost := c.W.Fragmentation*frag + c.W.Balance*bal
+	r := c.Req
+	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
+		rank := float64(n.GPUMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
+		cost += c.W.Overkill * float64(r.Milli()) * rank
+	}
+	return cost
 }
 
 // Choose returns the devices for the pod on the node (what Evaluate scored)
@@ -234,11 +275,11 @@ func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
 func (n *Node) Choose(c *Cycle) (gpu.Assignment, float64, error) {
 	var p placement
 	var pick choice
-	cost, ok := n.best(c, &p, &pick)
+	frag, bal, ok := n.best(c, &p, &pick)
 	if !ok {
 		return nil, 0, fmt.Errorf("%s does not fit on the GPUs of node %s", c.Req.GPU.String(), n.Name)
 	}
-	return pick.assignment(n, c.Req), cost, nil
+	return pick.assignment(n, c.Req), n.compose(c, frag, bal), nil
 }
 
 // choice records the devices best picked.
@@ -270,18 +311,20 @@ func (ch *choice) assignment(n *Node, r *Req) gpu.Assignment {
 	return nil
 }
 
-func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
+// best finds the cheapest placement of the pod on the node and returns
+// its two node-local costs: the growth of the expected waste and of the
+// balance waste, in thousandths of a GPU.
+func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok bool) {
 	r, d := c.Req, c.Demand
 	if r.CPU > n.CPUFree || r.Mem > n.MemFree {
-		return 0, false
+		return 0, 0, false
 	}
 	var sc scratch
 	n.prepareEval(d, r, &sc)
-	var frag float64
 	switch {
 	case r.GPU.GPUs > 0:
 		if n.idle < r.GPU.GPUs {
-			return 0, false
+			return 0, 0, false
 		}
 		for i := range n.free {
 			if n.isIdle(i) {
@@ -298,12 +341,17 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 		best, bestFree := -1, int64(0)
 		p.freed = m * unitsPerMilli
 		p.nt = 1
+		// GPUs with the same free milli are in the same state (a node's GPUs
+		// are all MIG-capable or none): try each free value once.
+		var tried [maxTouched]int64
+		ntried := 0
 		for i, f := range n.free {
-			if f < m {
+			if f < m || containsInt64(tried[:ntried], f) {
 				continue
 			}
-			if best >= 0 && f == n.free[best] {
-				continue // same state as a GPU already tried: same cost
+			if ntried < len(tried) {
+				tried[ntried] = f
+				ntried++
 			}
 			p.t[0] = transition{gpu: i, before: gpuState{free: f, mig: n.mig[i]}, after: gpuState{free: f - m, mig: migGPU{blocked: true}}, times: 1}
 			p.idle = 0
@@ -316,11 +364,10 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 			}
 		}
 		if best < 0 {
-			return 0, false
+			return 0, 0, false
 		}
 		pick.share = best
 	case len(r.MIG) > 0:
-		var ok bool
 		frag, ok = n.bestMIG(d, r, p, pick, &sc)
 		if !ok {
 			// Placing each instance where it costs least can paint a
@@ -328,7 +375,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 			// Fits answers first-fit, so fall back to it.
 			*p, *pick = placement{}, choice{}
 			if n.fitsMIG(r, pick) != Fits {
-				return 0, false
+				return 0, 0, false
 			}
 			n.applyPicks(pick, p)
 			frag = n.delta(d, p, &sc)
@@ -336,15 +383,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (float64, bool) {
 	default:
 		frag = n.delta(d, p, &sc)
 	}
-	cost := c.W.Fragmentation * frag
-	if c.W.Balance > 0 {
-		cost += c.W.Balance * n.balanceDelta(r, p.freed)
-	}
-	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
-		rank := float64(n.GPUMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
-		cost += c.W.Overkill * float64(r.Milli()) * rank
-	}
-	return cost, true
+	return frag, n.balanceDelta(r, p.freed), true
 }
 
 func (n *Node) isIdle(i int) bool {
@@ -485,4 +524,13 @@ func (n *Node) applyPicks(pick *choice, p *placement) {
 			}
 		}
 	}
+}
+
+func containsInt64(s []int64, v int64) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
