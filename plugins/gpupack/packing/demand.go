@@ -157,8 +157,9 @@ func addToGroup(gs []group, per int64, shape int, share bool) []group {
 }
 
 // Learner learns the demand online from the pods the scheduler sees: every
-// arrival adds one to its shape's count and all counts decay with a
-// half-life counted in arrivals, so the demand follows a workload that
+// arrival adds one to its shape's count (a multi-GPU pod as many as it takes
+// GPUs, see gpuWeight) and all counts decay with a half-life counted in
+// arrivals, so the demand follows a workload that
 // changes while a burst of one kind does not erase the rest. Pods waiting
 // in the queue are known demand: they join the counts with a look-ahead
 // weight each, up to a look-ahead depth in total.
@@ -334,7 +335,7 @@ func (l *Learner) rebuild() {
 	cands := make([]cand, 0, len(l.shapes))
 	var total float64
 	for _, e := range l.shapes {
-		w := e.count/l.scale + look*float64(e.pending)
+		w := (e.count/l.scale + look*float64(e.pending)) * gpuWeight(&e.shape)
 		if w <= 0 {
 			continue
 		}
@@ -391,4 +392,16 @@ func (r *uidRing) add(uid string) bool {
 	r.next = (r.next + 1) % len(r.ring)
 	r.set[uid] = struct{}{}
 	return true
+}
+
+// gpuWeight is how much one pod of the shape counts in the demand: the
+// number of GPUs it takes. A pod that needs a whole 8-GPU node and cannot
+// find one loses eight GPUs' worth of work, so its shape weighs as much as
+// eight single-GPU pods; a share, a MIG instance and a CPU-only pod count
+// once.
+func gpuWeight(s *Shape) float64 {
+	if s.MilliPerGPU >= gpu.MilliPerGPU && s.GPUs > 1 {
+		return float64(s.GPUs)
+	}
+	return 1
 }

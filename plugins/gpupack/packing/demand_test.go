@@ -82,12 +82,12 @@ func TestLookAheadWeighsPendingPods(t *testing.T) {
 		t.Fatal("8-GPU shape has weight before any was seen")
 	}
 	// Four 8-GPU pods wait; the depth counts two of them, at 4 arrivals
-	// each: 8 against the 8 arrivals of small shares.
+	// each, and each takes 8 GPUs: 64 against the 8 arrivals of shares.
 	for i := 0; i < 4; i++ {
 		l.AddPending(fmt.Sprint("b", i), big)
 	}
-	if w := weightOf(l.Demand(), big); math.Abs(w-0.5) > 1e-12 {
-		t.Fatalf("waiting 8-GPU pods weigh %v, want 0.5", w)
+	if w := weightOf(l.Demand(), big); math.Abs(w-64.0/72) > 1e-12 {
+		t.Fatalf("waiting 8-GPU pods weigh %v, want 64/72", w)
 	}
 	for i := 0; i < 4; i++ {
 		l.RemovePending(fmt.Sprint("b", i))
@@ -107,5 +107,18 @@ func TestLearnerKeepsTheShapesThatCover(t *testing.T) {
 	}
 	if d := l.Demand(); len(d.Shapes) != 1 || d.Weights[0] != 1 {
 		t.Fatalf("coverage 0.9 should keep only the 90%% shape: %d shapes", len(d.Shapes))
+	}
+}
+
+func TestMultiGPUPodsWeighByTheirGPUs(t *testing.T) {
+	l := NewLearner(LearnerOptions{Refresh: 1})
+	one, eight := whole(1, 8000).Shape, whole(8, 64000).Shape
+	for i := 0; i < 8; i++ {
+		l.Observe(fmt.Sprint("1-", i), one)
+	}
+	l.Observe("8", eight)
+	// Eight single-GPU pods and one 8-GPU pod take as many GPUs each way.
+	if w := weightOf(l.Demand(), eight); math.Abs(w-0.5) > 1e-12 {
+		t.Fatalf("the 8-GPU shape weighs %v, want 0.5", w)
 	}
 }
