@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean
+.PHONY: all build demo test lint manifests tools clean bench-schedperf generate fuzz-short gpu-check
 
 all: build
 
@@ -18,21 +18,104 @@ demo:
 	$(GO) build -o $(BIN)/penny ./cmd/penny
 	$(BIN)/penny up --demo --exit-after-demo
 
-## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests,
+## the small scheduler_perf workloads (so CI catches a plugin that breaks under the harness)
+## and a short run of every fuzz target
 test: tools
 	$(GO) test -count=1 -timeout 25m ./...
+	$(MAKE) fuzz-short
+	mkdir -p $(SCHEDPERF_OUT)-test
+	cd benchmarks/schedperf && ARTIFACTS=$(SCHEDPERF_OUT)-test KUBE_CACHE_MUTATION_DETECTOR=false $(GO) test . -count=1 \
+		-run '^$$' -bench BenchmarkPerfScheduling -benchtime 1x -timeout 10m -short \
+		-perf-scheduling-label-filter=integration-test -data-items-dir $(SCHEDPERF_OUT)-test
+
+## bench-schedperf: kube-scheduler's scheduler_perf harness, Penny's profile against the default and the
+## in-tree gang plugin, both sides back to back, BENCH_COUNT runs; writes benchmarks/results/schedperf.{json,md}
+SCHEDPERF_OUT := $(CURDIR)/_output/schedperf
+BENCH_COUNT   ?= 5
+bench-schedperf: tools
+	rm -rf $(SCHEDPERF_OUT)
+	benchmarks/schedperf/bench.sh $(SCHEDPERF_OUT) $(BENCH_COUNT) bench
+	mkdir -p benchmarks/results
+	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
+		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"
 
 ## lint: gofmt and go vet
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# The openb trace sits in shared/ beside the main checkout (CI: ../shared).
+OPENB ?= $(abspath $(shell git rev-parse --path-format=absolute --git-common-dir 2>/dev/null)/../../shared/data/openb)
+SIM_POLICIES ?= random,dotprod,clustering,packing,bestfit,fgd
+SIM_RESULTS  ?= benchmarks/results
+
+.PHONY: bench-sim
+## bench-sim: the FGD paper's baselines on openb default (fill protocol, seeds 42..51) and a replay, into benchmarks/results
+bench-sim:
+	$(GO) build -o $(BIN)/penny ./cmd/penny
+	@mkdir -p $(SIM_RESULTS)
+	$(BIN)/penny sim fill --nodes $(OPENB)/openb_node_list_gpu_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
+		--policy $(SIM_POLICIES) --seeds 42-51 --parallel 2 \
+		--out $(SIM_RESULTS)/openb-default.json --plot $(SIM_RESULTS)/openb-default.png | tee $(SIM_RESULTS)/openb-default.txt
+	$(BIN)/penny sim fill --nodes $(OPENB)/openb_node_list_all_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
+		--policy $(SIM_POLICIES) --seeds 42-51 --parallel 2 \
+		--out $(SIM_RESULTS)/openb-default-all-nodes.json --plot $(SIM_RESULTS)/openb-default-all-nodes.png | tee $(SIM_RESULTS)/openb-default-all-nodes.txt
+	$(BIN)/penny sim replay --nodes $(OPENB)/openb_node_list_all_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
+		--policy fgd --out $(SIM_RESULTS)/openb-default-replay.json --plot $(SIM_RESULTS)/openb-default-replay.png | tee $(SIM_RESULTS)/openb-default-replay.txt
+
 ## manifests: regenerate deploy/**/*.yaml from their templates and configs
 manifests:
 	$(GO) run ./hack/manifests
 
 ## tools: binaries built from Go modules that tests need
-tools:
+tools: $(BIN)/etcd
+
+# etcd for the kube-apiservers scheduler_perf starts, built from the etcd
+# module go.mod pins, so no download is needed.
+$(BIN)/etcd: go.mod
+	$(GO) build -o $@ go.etcd.io/etcd/server/v3
 
 clean:
 	rm -rf $(BIN)
+
+# --- telemetry API (pkg/api/telemetry/v1) -------------------------------------
+# The generated Go is committed, so building and CI never need protoc. To
+# regenerate: apt-get install protobuf-compiler (Debian's protoc, which also
+# ships google/protobuf/*.proto), then `make generate`. protoc-gen-go is the
+# version go.mod pins for the protobuf runtime, so generator and runtime match;
+# protoc-gen-go-grpc is pinned here.
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+TOOLS := $(BIN)/tools
+TELEMETRY_API := pkg/api/telemetry/v1
+
+## generate: regenerate pkg/api/telemetry/v1 from telemetry.proto (needs protoc)
+generate:
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
+	$(GO) build -o $(TOOLS)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(TOOLS):$$PATH protoc -I $(TELEMETRY_API) -I /usr/include \
+		--go_out=$(TELEMETRY_API) --go_opt=paths=source_relative \
+		--go-grpc_out=$(TELEMETRY_API) --go-grpc_opt=paths=source_relative \
+		$(TELEMETRY_API)/telemetry.proto
+
+# Fuzz targets run their seed corpus in `go test`; fuzz-short also fuzzes each
+# one briefly (`go test -fuzz` takes one target per run). Add yours as
+# <package dir>:<FuzzName>.
+FUZZ_TIME ?= 5s
+FUZZ_TARGETS := \
+	./pkg/api/telemetry/v1:FuzzNodeReport \
+	./pkg/api/telemetry/v1:FuzzGPUFields \
+	./pkg/api/telemetry/v1:FuzzMIGProfile \
+	./pkg/api/telemetry/v1:FuzzNameChecks
+
+## fuzz-short: each fuzz target for FUZZ_TIME (5s)
+fuzz-short:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZ_TIME) $${t%%:*}; \
+	done
+
+## gpu-check: on a machine with an NVIDIA GPU, build penny-agent and print (and cross-check) its report from the real NVML; SAVE=1 writes benchmarks/results/agent-gpu-check.json
+gpu-check:
+	hack/gpu-check.sh $(if $(SAVE),--save)

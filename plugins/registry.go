@@ -8,6 +8,8 @@ import (
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/plugins/gang"
 	"github.com/pennysched/penny/plugins/gpupack"
 )
 
@@ -16,19 +18,30 @@ import (
 // means "not available"; plugins then fall back to what the cluster snapshot
 // tells them.
 type Deps struct {
-	// MIGLayouts reports the static MIG layout of each node's GPUs (from
-	// the node agents). Nil: gpupack derives layouts from the MIG resources
-	// nodes advertise.
-	MIGLayouts gpupack.LayoutSource
+	// Telemetry is what agents report about each node (GPUs, MIG instances,
+	// health, reclaim notices). Reads never block; a node without fresh data
+	// reads as unknown.
+	Telemetry telemetry.Reader
+	// GangReclaimRisk scores how likely a gang placed on a set of nodes is
+	// to lose a member to a capacity reclaim (the helper spotrisk builds in
+	// pkg/). Nil: the gang plugin takes the first domain that fits.
+	GangReclaimRisk gang.ReclaimRisk
 }
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
 func Registry(deps Deps) frameworkruntime.Registry {
 	return frameworkruntime.Registry{
+		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			var opts []gang.Option
+			if deps.GangReclaimRisk != nil {
+				opts = append(opts, gang.WithReclaimRisk(deps.GangReclaimRisk))
+			}
+			return gang.NewWith(ctx, obj, h, opts...)
+		},
 		gpupack.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 			var opts []gpupack.Option
-			if deps.MIGLayouts != nil {
-				opts = append(opts, gpupack.WithLayouts(deps.MIGLayouts))
+			if deps.Telemetry != nil {
+				opts = append(opts, gpupack.WithLayouts(gpupack.TelemetryLayouts(deps.Telemetry)))
 			}
 			return gpupack.NewWith(ctx, obj, h, opts...)
 		},

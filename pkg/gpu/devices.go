@@ -20,20 +20,19 @@ import (
 
 // Device is one GPU as the scheduler accounts for it.
 type Device struct {
+	// MIGMode says the GPU is partitioned: it takes MIG instances only.
+	// Otherwise it takes whole-GPU pods and shares only.
+	MIGMode bool
 	// UsedMilli is what whole-GPU pods (1000) and shares (1..999) hold.
 	UsedMilli int64
-	// MIG lists the GPU instances carved out of this GPU. A GPU holds either
-	// MIG instances or whole/share pods, never both.
+	// MIG lists the GPU instances pods hold on a MIG-mode GPU, at their
+	// memory-slice offsets.
 	MIG []Placement
-	// Layout, when set, is the GPU's fixed MIG partition (static
-	// partitioning, see static.go): MIG then lists the instances of Layout
-	// that pods hold, and no other instance can be created.
+	// Layout, when set, is the MIG-mode GPU's fixed partition as the node
+	// reports it (see static.go): instances come from it only. Never
+	// changed in place.
 	Layout []Placement
 }
-
-// idle reports whether nobody holds any part of the GPU and it may be handed
-// out whole: a statically partitioned GPU never is.
-func (d *Device) idle() bool { return d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 }
 
 // NodeDevices is one node's GPUs.
 type NodeDevices struct {
@@ -42,26 +41,36 @@ type NodeDevices struct {
 	// Model is the known model for Product, nil when pkg/gpu does not know it
 	// (such a node has no MIG geometry, so it takes no MIG requests).
 	Model *Model
-	// MIG says the node's GPUs are partitioned on demand into the instances
-	// pods ask for (device plugin MIG strategy "mixed").
-	MIG bool
 	// GPUs are the devices, indexed by device index.
 	GPUs []Device
+	// OnDemand says the node partitions its GPUs as pods ask (see
+	// static.go): a GPU nobody holds can take a MIG instance, which puts it
+	// in MIG mode until its last instance is released.
+	OnDemand bool
 }
 
-// NewNodeDevices returns count idle GPUs of the given product.
-func NewNodeDevices(product string, count int, mig bool) *NodeDevices {
+// NewNodeDevices returns idle GPUs of the given product: whole ones first,
+// then migGPUs in MIG mode (none when the model has no MIG geometry).
+func NewNodeDevices(product string, whole, migGPUs int) *NodeDevices {
 	m, _ := LookupModel(product)
-	return &NodeDevices{Product: product, Model: m, MIG: mig && m != nil && m.SupportsMIG(), GPUs: make([]Device, count)}
+	if m == nil || !m.SupportsMIG() {
+		whole, migGPUs = whole+migGPUs, 0
+	}
+	n := &NodeDevices{Product: product, Model: m, GPUs: make([]Device, whole+migGPUs)}
+	for i := whole; i < len(n.GPUs); i++ {
+		n.GPUs[i].MIGMode = true
+	}
+	return n
 }
 
 // NodeDevicesFor reads a node's GPUs from the labels GPU feature discovery
-// sets and from its allocatable resources: nvidia.com/gpu.count, else
-// allocatable nvidia.com/gpu, else allocatable penny.dev/gpu-milli / 1000.
-// A node labelled penny.dev/mig-partitioning=on-demand (with a model that
-// supports MIG) is partitioned on demand; a node labelled
-// nvidia.com/mig.strategy=mixed without it has static partitions, read from
-// its capacity (see static.go). All GPUs start idle; add the pods with AddPod.
+// sets and from its allocatable resources. The GPU count is
+// nvidia.com/gpu.count, else allocatable nvidia.com/gpu, else allocatable
+// penny.dev/gpu-milli / 1000. On a node with MIG strategy "mixed" the device
+// plugin advertises only the non-MIG GPUs as nvidia.com/gpu: those come
+// first, the rest are in MIG mode and take instances wherever the geometry
+// allows (the view does not hold a node to a fixed layout). All GPUs start
+// idle; add the pods with AddPod.
 func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 	count := 0
 	if s, ok := node.Labels[LabelCount]; ok {
@@ -69,21 +78,28 @@ func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 			count = n
 		}
 	}
+	whole := -1
+	if q, ok := node.Status.Allocatable[ResourceGPU]; ok {
+		whole = int(q.Value())
+	}
 	if count == 0 {
-		if q, ok := node.Status.Allocatable[ResourceGPU]; ok {
-			count = int(q.Value())
-		}
+		count = max(whole, 0)
 	}
 	if count == 0 {
 		if q, ok := node.Status.Allocatable[ResourceGPUMilli]; ok {
 			count = int(q.Value() / MilliPerGPU)
 		}
 	}
-	n := NewNodeDevices(node.Labels[LabelProduct], count, node.Labels[LabelMIGPartitioning] == MIGOnDemand)
-	if !n.MIG && node.Labels[LabelMIGStrategy] == "mixed" {
-		n.layoutFromCapacity(node)
+	if node.Labels[LabelMIGPartitioning] == MIGOnDemand {
+		n := NewNodeDevices(node.Labels[LabelProduct], count, 0)
+		n.OnDemand = n.Model != nil && n.Model.SupportsMIG()
+		return n
 	}
-	return n
+	if node.Labels[LabelMIGStrategy] != "mixed" {
+		return NewNodeDevices(node.Labels[LabelProduct], count, 0)
+	}
+	whole = min(max(whole, 0), count)
+	return NewNodeDevices(node.Labels[LabelProduct], whole, count-whole)
 }
 
 // Clone returns a deep copy that shares nothing with n.
@@ -100,10 +116,10 @@ func (n *NodeDevices) Clone() *NodeDevices {
 }
 
 // FreeMilli is what a share or whole-GPU pod could still get on GPU i: 0 on
-// a GPU that holds MIG instances.
+// a GPU in MIG mode.
 func (n *NodeDevices) FreeMilli(i int) int64 {
 	d := &n.GPUs[i]
-	if len(d.MIG) > 0 || len(d.Layout) > 0 {
+	if d.MIGMode {
 		return 0
 	}
 	return MilliPerGPU - d.UsedMilli
@@ -130,17 +146,18 @@ func (n *NodeDevices) TotalUsedMilli() int64 {
 
 func (n *NodeDevices) usedMilli(i int) int64 {
 	d := &n.GPUs[i]
-	if len(d.MIG) == 0 {
+	if !d.MIGMode {
 		return d.UsedMilli
 	}
 	return int64(n.migCompute(i)) * MilliPerGPU / ComputeSlices
 }
 
-// WholeFree counts GPUs nobody holds any part of.
+// WholeFree counts the GPUs a whole-GPU pod could take: not in MIG mode and
+// held by nobody.
 func (n *NodeDevices) WholeFree() int {
 	c := 0
 	for i := range n.GPUs {
-		if n.GPUs[i].idle() {
+		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 {
 			c++
 		}
 	}
@@ -245,7 +262,7 @@ func (n *NodeDevices) wholeGPUs(count int64) (Assignment, error) {
 		if int64(len(a)) == count {
 			break
 		}
-		if n.GPUs[i].idle() {
+		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 {
 			a = append(a, Slot{GPU: i, Milli: MilliPerGPU})
 		}
 	}
@@ -264,8 +281,8 @@ type migCandidate struct {
 // free (GPU, offset) pairs with pick. Largest first keeps small instances from
 // taking the only offsets a large one could use.
 func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assignment, error) {
-	if n.Model == nil || !n.MIG && !n.HasLayout() {
-		return nil, fmt.Errorf("node GPUs (%s) are not in MIG mode: cannot place %s", n.describe(), r)
+	if n.Model == nil || !n.hasMIGMode() && !n.OnDemand {
+		return nil, fmt.Errorf("no GPU of %s is in MIG mode: cannot place %s", n.describe(), r)
 	}
 	profiles, err := n.expandMIG(r)
 	if err != nil {
@@ -277,7 +294,7 @@ func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assign
 	for _, p := range profiles {
 		cands = cands[:0]
 		for g := range work.GPUs {
-			if work.GPUs[g].UsedMilli > 0 {
+			if !work.takesMIG(g) {
 				continue
 			}
 			starts, err := work.freeStarts(g, p)
@@ -338,6 +355,15 @@ func (n *NodeDevices) migCompute(i int) int {
 	return c
 }
 
+func (n *NodeDevices) hasMIGMode() bool {
+	for i := range n.GPUs {
+		if n.GPUs[i].MIGMode {
+			return true
+		}
+	}
+	return false
+}
+
 func (n *NodeDevices) describe() string {
 	if n.Product == "" {
 		return fmt.Sprintf("%d GPUs", len(n.GPUs))
@@ -349,21 +375,25 @@ func (n *NodeDevices) noFit(r Request) error {
 	return fmt.Errorf("%s does not fit on %s (%d whole GPUs idle, %d milli free in total)", r, n.describe(), n.WholeFree(), n.TotalFreeMilli())
 }
 
+func (n *NodeDevices) device(i int) (*Device, error) {
+	if i < 0 || i >= len(n.GPUs) {
+		return nil, fmt.Errorf("GPU %d does not exist on %s", i, n.describe())
+	}
+	return &n.GPUs[i], nil
+}
+
 // Apply records that a pod holds the assignment's devices. It checks every
 // slot first and changes nothing when one does not fit.
 func (n *NodeDevices) Apply(a Assignment) error {
 	work := n.Clone()
 	for _, s := range a {
-		if s.GPU < 0 || s.GPU >= len(work.GPUs) {
-			return fmt.Errorf("GPU %d does not exist on %s", s.GPU, n.describe())
+		d, err := work.device(s.GPU)
+		if err != nil {
+			return err
 		}
-		d := &work.GPUs[s.GPU]
 		if s.MIG.Profile != "" {
-			if work.Model == nil || !work.MIG && len(d.Layout) == 0 {
+			if work.Model == nil || !work.takesMIG(s.GPU) {
 				return fmt.Errorf("GPU %d of %s is not in MIG mode: cannot hold %s", s.GPU, n.describe(), s.MIG)
-			}
-			if d.UsedMilli > 0 {
-				return fmt.Errorf("GPU %d of %s is held by whole-GPU or share pods: cannot hold MIG instance %s", s.GPU, n.describe(), s.MIG)
 			}
 			starts, err := work.freeStarts(s.GPU, s.MIG.Profile)
 			if err != nil {
@@ -373,10 +403,14 @@ func (n *NodeDevices) Apply(a Assignment) error {
 				return fmt.Errorf("MIG instance %s does not fit on GPU %d of %s next to %v", s.MIG, s.GPU, n.describe(), d.MIG)
 			}
 			d.MIG = append(d.MIG, s.MIG)
+			d.MIGMode = true
 			continue
 		}
 		if s.Milli < 1 || s.Milli > MilliPerGPU {
 			return fmt.Errorf("slot on GPU %d holds %d milli: must be 1..%d", s.GPU, s.Milli, MilliPerGPU)
+		}
+		if d.MIGMode {
+			return fmt.Errorf("GPU %d of %s is in MIG mode: cannot hold %d milli of a whole-GPU or share pod", s.GPU, n.describe(), s.Milli)
 		}
 		if free := work.FreeMilli(s.GPU); free < s.Milli {
 			return fmt.Errorf("GPU %d of %s has %d milli free, cannot hold %d more", s.GPU, n.describe(), free, s.Milli)
@@ -392,10 +426,10 @@ func (n *NodeDevices) Apply(a Assignment) error {
 func (n *NodeDevices) Release(a Assignment) error {
 	work := n.Clone()
 	for _, s := range a {
-		if s.GPU < 0 || s.GPU >= len(work.GPUs) {
-			return fmt.Errorf("GPU %d does not exist on %s", s.GPU, n.describe())
+		d, err := work.device(s.GPU)
+		if err != nil {
+			return err
 		}
-		d := &work.GPUs[s.GPU]
 		if s.MIG.Profile != "" {
 			k := -1
 			for i, p := range d.MIG {
@@ -408,6 +442,9 @@ func (n *NodeDevices) Release(a Assignment) error {
 				return fmt.Errorf("MIG instance %s is not on GPU %d of %s", s.MIG, s.GPU, n.describe())
 			}
 			d.MIG = append(d.MIG[:k], d.MIG[k+1:]...)
+			if work.OnDemand && len(d.MIG) == 0 && len(d.Layout) == 0 {
+				d.MIGMode = false // the node side tears the last instance down
+			}
 			continue
 		}
 		if d.UsedMilli < s.Milli {

@@ -12,7 +12,7 @@ import (
 )
 
 func devicesWithUsed(used ...int64) *NodeDevices {
-	n := NewNodeDevices("Tesla-T4", len(used), false)
+	n := NewNodeDevices("Tesla-T4", len(used), 0)
 	for i, u := range used {
 		n.GPUs[i].UsedMilli = u
 	}
@@ -85,7 +85,7 @@ func TestApplyReleaseAtomic(t *testing.T) {
 }
 
 func TestCloneSharesNothing(t *testing.T) {
-	n := NewNodeDevices("A100-80GB", 1, true)
+	n := NewNodeDevices("A100-80GB", 0, 1)
 	if err := n.Apply(Assignment{{GPU: 0, MIG: Placement{"1g.10gb", 0}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestCloneSharesNothing(t *testing.T) {
 }
 
 func TestMIGPlacement(t *testing.T) {
-	n := NewNodeDevices("NVIDIA-A100-SXM4-80GB", 2, true)
+	n := NewNodeDevices("NVIDIA-A100-SXM4-80GB", 0, 2)
 	a, err := n.FirstFit(Request{MIG: map[string]int64{"1g.10gb": 1}})
 	if err != nil || a.String() != "0:1g.10gb@0" {
 		t.Fatalf("first 1g: %v %v", a, err)
@@ -124,14 +124,14 @@ func TestMIGPlacement(t *testing.T) {
 	if n.Fits(Request{MIG: map[string]int64{"7g.80gb": 2}}) {
 		t.Fatal("two 7g instances fit on a node whose GPU 0 holds a 1g")
 	}
-	if !n.Fits(Request{Milli: 500}) || n.Fits(Request{GPUs: 2}) {
-		t.Fatal("GPU 1 is idle: a share fits, two whole GPUs do not")
+	if n.Fits(Request{Milli: 500}) || n.Fits(Request{GPUs: 1}) {
+		t.Fatal("a share or a whole GPU fit on a node whose GPUs are all in MIG mode")
 	}
 	_, err = n.FirstFit(Request{MIG: map[string]int64{"1g.5gb": 1}})
 	if err == nil || !strings.Contains(err.Error(), "1g.10gb") {
 		t.Fatalf("unknown profile: want an error listing valid ones, got %v", err)
 	}
-	if NewNodeDevices("Tesla-T4", 1, true).Fits(Request{MIG: map[string]int64{"1g.10gb": 1}}) {
+	if NewNodeDevices("Tesla-T4", 0, 1).Fits(Request{MIG: map[string]int64{"1g.10gb": 1}}) {
 		t.Fatal("a T4 took a MIG instance")
 	}
 	if err := n.Apply(Assignment{{GPU: 0, Milli: 100}}); err == nil {
@@ -211,12 +211,20 @@ func TestNodeDevicesForAndAddPod(t *testing.T) {
 		}},
 	}
 	n := NodeDevicesFor(node)
-	if len(n.GPUs) != 2 || n.Product != "Tesla-T4" || n.Model == nil || n.MIG {
+	if len(n.GPUs) != 2 || n.Product != "Tesla-T4" || n.Model == nil || n.GPUs[0].MIGMode {
 		t.Fatalf("node view: %+v", n)
 	}
 	node.Labels[LabelCount] = "4"
 	if got := len(NodeDevicesFor(node).GPUs); got != 4 {
 		t.Fatalf("gpu.count label: %d GPUs, want 4", got)
+	}
+	// MIG strategy mixed: the device plugin advertises the 2 non-MIG GPUs as
+	// nvidia.com/gpu; the other 2 are in MIG mode (a T4 has no MIG geometry,
+	// so an A100 node is used).
+	mig := node.DeepCopy()
+	mig.Labels[LabelProduct], mig.Labels[LabelMIGStrategy] = "NVIDIA-A100-SXM4-80GB", "mixed"
+	if m := NodeDevicesFor(mig); m.WholeFree() != 2 || !m.GPUs[2].MIGMode || !m.GPUs[3].MIGMode || m.GPUs[1].MIGMode {
+		t.Fatalf("mixed node: %+v", m.GPUs)
 	}
 	share := corev1.ResourceList{ResourceGPUMilli: resource.MustParse("460")}
 	if _, err := n.AddPod(gpuPod("a", "1:460m", share)); err != nil || n.GPUs[1].UsedMilli != 460 {

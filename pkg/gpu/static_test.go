@@ -29,35 +29,24 @@ func migNode(labels map[string]string) *corev1.Node {
 	}
 }
 
-func TestStaticLayoutFromCapacity(t *testing.T) {
+func TestReportedLayout(t *testing.T) {
 	n := NodeDevicesFor(migNode(nil))
-	if n.MIG {
-		t.Fatal("a mixed-strategy node without the on-demand label is partitioned on demand")
+	if n.OnDemand || n.WholeFree() != 6 || !n.GPUs[6].MIGMode || !n.GPUs[7].MIGMode {
+		t.Fatalf("mixed node: on demand %v, %d whole free, MIG mode %v %v", n.OnDemand, n.WholeFree(), n.GPUs[6].MIGMode, n.GPUs[7].MIGMode)
 	}
-	for i := 0; i < 6; i++ {
-		if len(n.GPUs[i].Layout) != 0 {
-			t.Fatalf("GPU %d has layout %v; the first six are whole", i, n.GPUs[i].Layout)
+	// Without a report, a MIG-mode GPU takes any instance its geometry
+	// leaves room for.
+	if !n.Fits(Request{MIG: map[string]int64{"4g.40gb": 1}}) {
+		t.Fatal("a 4g does not fit on an empty MIG-mode GPU")
+	}
+	layout := []Placement{{"3g.40gb", 4}, {"2g.20gb", 0}, {"1g.10gb", 2}, {"1g.10gb", 3}}
+	for _, g := range []int{6, 7} {
+		if err := n.SetLayout(g, layout); err != nil {
+			t.Fatal(err)
 		}
 	}
-	for i := 6; i < 8; i++ {
-		got := map[string]int{}
-		for _, p := range n.GPUs[i].Layout {
-			got[p.Profile]++
-		}
-		if !reflect.DeepEqual(got, map[string]int{"3g.40gb": 1, "2g.20gb": 1, "1g.10gb": 2}) {
-			t.Fatalf("GPU %d layout %v, want 3g+2g+2x1g", i, n.GPUs[i].Layout)
-		}
-	}
-	if n.WholeFree() != 6 || n.FreeMilli(7) != 0 {
-		t.Fatalf("whole free %d, free milli of GPU 7 %d", n.WholeFree(), n.FreeMilli(7))
-	}
-	if got := n.FreeInstances(); !reflect.DeepEqual(got, map[string]int{"3g.40gb": 2, "2g.20gb": 2, "1g.10gb": 4}) {
-		t.Fatalf("free instances %v", got)
-	}
-	// Instances come from the layout only: there is no 4g, however idle the
-	// partitioned GPUs are.
 	if n.Fits(Request{MIG: map[string]int64{"4g.40gb": 1}}) {
-		t.Fatal("a 4g fits on a node whose layouts have none")
+		t.Fatal("a 4g fits on GPUs whose reported layouts have none")
 	}
 	for k := 0; k < 4; k++ {
 		a, err := n.FirstFit(Request{MIG: map[string]int64{"1g.10gb": 1}})
@@ -74,44 +63,53 @@ func TestStaticLayoutFromCapacity(t *testing.T) {
 	if err := n.Apply(Assignment{{GPU: 6, MIG: Placement{"1g.10gb", 0}}}); err == nil {
 		t.Fatal("applied an instance the layout does not have")
 	}
-	if err := n.Apply(Assignment{{GPU: 7, Milli: 500}}); err == nil {
-		t.Fatal("a share went onto a partitioned GPU")
+	if err := n.SetLayout(6, []Placement{{"7g.80gb", 0}}); err == nil || !strings.Contains(err.Error(), "holds MIG instance") {
+		t.Fatalf("a new layout under held instances: %v", err)
 	}
-}
-
-func TestOnDemandLabel(t *testing.T) {
-	n := NodeDevicesFor(migNode(map[string]string{LabelMIGPartitioning: MIGOnDemand}))
-	if !n.MIG || n.HasLayout() {
-		t.Fatalf("on-demand node: MIG %v, layout %v", n.MIG, n.HasLayout())
-	}
-	if !n.Fits(Request{MIG: map[string]int64{"7g.80gb": 8}}) {
-		t.Fatal("eight 7g instances do not fit on eight idle on-demand GPUs")
-	}
-}
-
-func TestSetLayout(t *testing.T) {
-	n := NewNodeDevices("A100-80GB", 2, false)
 	if err := n.SetLayout(0, []Placement{{"4g.40gb", 0}, {"4g.40gb", 4}}); err == nil || !strings.Contains(err.Error(), "not a valid MIG geometry") {
 		t.Fatalf("4g at offset 4: %v", err)
 	}
-	if err := n.SetLayout(1, []Placement{{"3g.40gb", 0}, {"3g.40gb", 4}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Apply(Assignment{{GPU: 1, MIG: Placement{"3g.40gb", 4}}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.SetLayout(1, []Placement{{"7g.80gb", 0}}); err == nil || !strings.Contains(err.Error(), "holds MIG instance") {
-		t.Fatalf("relayout under a held instance: %v", err)
-	}
-	if err := n.SetLayout(1, nil); err == nil {
-		t.Fatal("a GPU with a held instance became whole")
-	}
-	n.GPUs[0].UsedMilli = 300
-	if err := n.SetLayout(0, []Placement{{"7g.80gb", 0}}); err == nil {
+	n.GPUs[1].UsedMilli = 300
+	if err := n.SetLayout(1, layout); err == nil {
 		t.Fatal("a GPU holding a share was partitioned")
 	}
-	if err := NewNodeDevices("Tesla-T4", 1, false).SetLayout(0, []Placement{{"1g.5gb", 0}}); err == nil {
+	if err := NewNodeDevices("Tesla-T4", 1, 0).SetLayout(0, []Placement{{"1g.5gb", 0}}); err == nil {
 		t.Fatal("a T4 took a MIG layout")
+	}
+}
+
+func TestOnDemandPartitioning(t *testing.T) {
+	n := NodeDevicesFor(migNode(map[string]string{LabelMIGPartitioning: MIGOnDemand}))
+	if !n.OnDemand || n.WholeFree() != 8 {
+		t.Fatalf("on-demand node: on demand %v, %d whole free", n.OnDemand, n.WholeFree())
+	}
+	a := Assignment{{GPU: 0, MIG: Placement{"3g.40gb", 4}}}
+	if err := n.Apply(a); err != nil {
+		t.Fatal(err)
+	}
+	if !n.GPUs[0].MIGMode || n.WholeFree() != 7 || n.FreeMilli(0) != 0 {
+		t.Fatalf("after a 3g: MIG mode %v, %d whole free, GPU 0 free %d", n.GPUs[0].MIGMode, n.WholeFree(), n.FreeMilli(0))
+	}
+	if err := n.Apply(Assignment{{GPU: 0, Milli: 100}}); err == nil {
+		t.Fatal("a share went onto a partitioned GPU")
+	}
+	if err := n.Apply(Assignment{{GPU: 1, Milli: 500}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Apply(Assignment{{GPU: 1, MIG: Placement{"1g.10gb", 0}}}); err == nil {
+		t.Fatal("a MIG instance went onto a GPU holding a share")
+	}
+	if err := n.Release(a); err != nil {
+		t.Fatal(err)
+	}
+	if n.GPUs[0].MIGMode || n.WholeFree() != 7 || !n.Fits(Request{GPUs: 7}) {
+		t.Fatalf("after the last instance left: MIG mode %v, %d whole free", n.GPUs[0].MIGMode, n.WholeFree())
+	}
+	if !n.Fits(Request{MIG: map[string]int64{"7g.80gb": 7}}) {
+		t.Fatal("seven 7g instances do not fit on seven idle on-demand GPUs")
+	}
+	if NodeDevicesFor(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{LabelProduct: "Tesla-T4", LabelCount: "1", LabelMIGPartitioning: MIGOnDemand}}}).OnDemand {
+		t.Fatal("a T4 is partitioned on demand")
 	}
 }
 

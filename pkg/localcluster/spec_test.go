@@ -152,7 +152,7 @@ func TestOnDemandMIGNodes(t *testing.T) {
 			t.Errorf("%s = %v, want %d", name, q.String(), want)
 		}
 	}
-	if dev := gpu.NodeDevicesFor(n); !dev.MIG || len(dev.GPUs) != 8 || dev.HasLayout() {
-		t.Errorf("device view: MIG %v, %d GPUs, layout %v", dev.MIG, len(dev.GPUs), dev.HasLayout())
+	if dev := gpu.NodeDevicesFor(n); !dev.OnDemand || len(dev.GPUs) != 8 || dev.HasLayout() {
+		t.Errorf("device view: on demand %v, %d GPUs, layout %v", dev.OnDemand, len(dev.GPUs), dev.HasLayout())
 	}
 }

@@ -49,6 +49,9 @@ type FillOptions struct {
 	TieBreak TieBreak
 	// Parallelism bounds the engine's Filter/Score goroutines.
 	Parallelism int
+	// NoMemo runs every Filter plugin on every node for every pod, for
+	// checking that memoized filtering changes nothing.
+	NoMemo bool
 }
 
 // FillRecord is the result of one (policy, seed) fill.
@@ -73,9 +76,9 @@ type FillRecord struct {
 	WallSeconds    float64 `json:"wall_seconds"`
 }
 
-// FillWorkload is the protocol's arrival sequence: the trace pods in order,
-// then seeded draws, until the next pod would take the GPU asked for past
-// inflate x capacity (a small inflate cuts the trace short).
+// FillWorkload is the protocol's arrival sequence: the trace pods (cut short
+// once they ask for inflate x capacity), then seeded draws until the next
+// one would take the GPU asked for past inflate x capacity.
 // Each pod is a copy with its own name and UID.
 func FillWorkload(tr *Trace, capacityMilli int64, inflate float64, seed uint64, shuffle bool) []*v1.Pod {
 	rng := rand.New(rand.NewPCG(seed, 0xda3e39cb94b95bdb))
@@ -88,12 +91,11 @@ func FillWorkload(tr *Trace, capacityMilli int64, inflate float64, seed uint64, 
 		rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 	}
 	for _, tp := range order {
-		m := podGPUMilli(tp.Pod)
-		if asked+m > target {
+		if asked >= target {
 			return out
 		}
 		out = append(out, tp.Pod.DeepCopy())
-		asked += m
+		asked += podGPUMilli(tp.Pod)
 	}
 	for i := 0; ; i++ {
 		src := tr.Pods[rng.IntN(len(tr.Pods))].Pod
@@ -176,7 +178,7 @@ func Fill(ctx context.Context, o FillOptions) (*FillRecord, error) {
 	impossible := Impossible(o.Nodes, pods)
 
 	start := time.Now()
-	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Nodes: o.Nodes, Seed: o.Seed, Parallelism: o.Parallelism, TieBreak: o.TieBreak})
+	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Nodes: o.Nodes, Seed: o.Seed, Parallelism: o.Parallelism, TieBreak: o.TieBreak, MemoizeFilters: o.Policy.NodeLocalFilters() && !o.NoMemo})
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +187,9 @@ func Fill(ctx context.Context, o FillOptions) (*FillRecord, error) {
 	points := int(o.Inflate*100 + 1e-9)
 	rec := &FillRecord{Policy: o.Policy.Name, Seed: o.Seed, PodsTotal: len(pods), PodsImpossible: len(impossible),
 		AllocCurve: make([]float64, points+1), FragCurve: make([]float64, points/10+1)}
+	if rec.FragCurve[0], err = ClusterFragRate(e, workload); err != nil {
+		return nil, err
+	}
 	var arrived, allocated int64
 	next, nextFrag := 1, 1
 	for _, p := range pods {

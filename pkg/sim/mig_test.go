@@ -37,8 +37,8 @@ func TestMIGFleetAndTrace(t *testing.T) {
 	for i, want := range []string{"NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"} {
 		n := fleet[i+1]
 		dev := gpu.NodeDevicesFor(n)
-		if n.Labels[gpu.LabelProduct] != want || !dev.MIG || len(dev.GPUs) != 8 {
-			t.Errorf("node %d: product %q, on-demand %v, %d GPUs", i+1, n.Labels[gpu.LabelProduct], dev.MIG, len(dev.GPUs))
+		if n.Labels[gpu.LabelProduct] != want || !dev.OnDemand || len(dev.GPUs) != 8 {
+			t.Errorf("node %d: product %q, on-demand %v, %d GPUs", i+1, n.Labels[gpu.LabelProduct], dev.OnDemand, len(dev.GPUs))
 		}
 		if q := n.Status.Allocatable[gpu.MIGResourceName("1g.10gb")]; q.Value() != 56 {
 			t.Errorf("node %d advertises %v 1g.10gb, want 56", i+1, q.String())

@@ -12,7 +12,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/validation"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
-	deployscheduler "github.com/pennysched/penny/deploy/scheduler"
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/plugins"
 )
@@ -97,6 +97,13 @@ func ParsePolicies(list string) ([]*Policy, error) {
 	return out, nil
 }
 
+// NodeLocalFilters says every Filter plugin of the policy's profile judges a
+// node by the pod and that node alone, so the engine may memoize Filter
+// results (EngineOptions.MemoizeFilters). True for the profiles made of
+// in-tree and simulator plugins; false for penny, whose plugins may look at
+// more (a gang's members, telemetry).
+func (p *Policy) NodeLocalFilters() bool { return p.Name != "penny" }
+
 // Run is what a policy needs to build one run's profile.
 type Run struct {
 	// Seed drives the random choices of the random baseline.
@@ -115,9 +122,9 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	if p.Name == "penny" {
 		data := run.SchedulerConfig
 		if data == nil {
-			data = deployscheduler.Config
+			data = deploy.SchedulerConfig
 		}
-		prof, err = ProfileFromConfig(data, deployscheduler.ProfileName)
+		prof, err = ProfileFromConfig(data, PennyProfile)
 	} else {
 		prof, err = DefaultProfile()
 	}
@@ -179,6 +186,10 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	}
 	return prof, registry, nil
 }
+
+// PennyProfile is the profile of the deployed configuration that pods opt
+// into with schedulerName.
+const PennyProfile = "penny-scheduler"
 
 // DefaultProfile is kube-scheduler's default profile after defaulting.
 func DefaultProfile() (*config.KubeSchedulerProfile, error) {

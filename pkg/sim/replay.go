@@ -59,6 +59,7 @@ type ReplayOptions struct {
 	SampleEvery time.Duration
 	Parallelism int
 	TieBreak    TieBreak
+	NoMemo      bool
 	Fleet       Fleet
 	Pricer      Pricer
 }
@@ -200,7 +201,7 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		return nil, err
 	}
 	start := time.Now()
-	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Nodes: o.Nodes, Seed: o.Seed, Parallelism: o.Parallelism, TieBreak: o.TieBreak})
+	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Nodes: o.Nodes, Seed: o.Seed, Parallelism: o.Parallelism, TieBreak: o.TieBreak, MemoizeFilters: o.Policy.NodeLocalFilters() && !o.NoMemo})
 	if err != nil {
 		return nil, err
 	}
@@ -265,15 +266,11 @@ type replayer struct {
 	capacityMilliSeconds float64
 	cost                 float64
 	lastAdvance          time.Duration
-	arrivalsLeft         int
 }
 
 func (r *replayer) push(ev event) {
 	ev.seq = r.seq
 	r.seq++
-	if ev.kind == evArrival {
-		r.arrivalsLeft++
-	}
 	heap.Push(&r.q, ev)
 }
 
@@ -299,12 +296,15 @@ func (r *replayer) run(ctx context.Context) error {
 			return err
 		}
 		ev := heap.Pop(&r.q).(event)
+		if ev.kind == evSample && r.q.Len() == 0 {
+			// Nothing left to happen: the replay ends at the last event.
+			break
+		}
 		r.advance(ev.at)
 		r.now = ev.at
 		freedBefore := len(r.freed)
 		switch ev.kind {
 		case evArrival:
-			r.arrivalsLeft--
 			if err := r.try(ev.pod); err != nil {
 				return err
 			}
@@ -331,10 +331,7 @@ func (r *replayer) run(ctx context.Context) error {
 			}
 		case evSample:
 			r.sample()
-			// Keep sampling while anything can still change.
-			if r.arrivalsLeft > 0 || r.q.Len() > 0 {
-				r.push(event{at: ev.at + r.o.SampleEvery, kind: evSample})
-			}
+			r.push(event{at: ev.at + r.o.SampleEvery, kind: evSample})
 		}
 		// Once the instant's departures are done, retry the waiting pods.
 		if len(r.freed) > freedBefore && (r.q.Len() == 0 || r.q[0].at > r.now || r.q[0].kind > evFleet) {
@@ -478,6 +475,9 @@ func (r *replayer) sample() {
 
 func (r *replayer) finish() {
 	res := r.res
+	if n := len(res.Utilisation); n == 0 || res.Utilisation[n-1].Hours < r.now.Hours() {
+		r.sample()
+	}
 	rejected, _ := r.e.RejectWaiting("the replay ended before the pod's group was complete")
 	for _, s := range rejected {
 		r.enqueue(r.byUID[s.Pod.UID])
@@ -558,5 +558,10 @@ func (res *ReplayResult) Plot(path string) error {
 		l.X = append(l.X, s.Hours/24)
 		l.Y = append(l.Y, s.AllocatedPct)
 	}
-	return PlotLines(path, "GPU allocation during the replay", "trace time (days)", "allocated GPU (% of capacity)", []Line{l}, 0, 102)
+	top := 0.0
+	for _, y := range l.Y {
+		top = max(top, y)
+	}
+	// Scale to the data: a sparse trace would be a flat line on 0..100.
+	return PlotLines(path, "GPU allocation during the replay", "trace time (days)", "allocated GPU (% of capacity)", []Line{l}, Axes{YMax: min(100, 1.1*top+0.1)})
 }

@@ -39,6 +39,8 @@ type FillReport struct {
 	Nodes            string                  `json:"nodes"`
 	Pods             string                  `json:"pods"`
 	Inflate          float64                 `json:"inflate"`
+	Order            string                  `json:"order"`
+	TieBreak         string                  `json:"tie_break"`
 	GPUCapacityMilli int64                   `json:"gpu_capacity_milli"`
 	NodeCount        int                     `json:"node_count"`
 	TracePods        int                     `json:"trace_pods"`

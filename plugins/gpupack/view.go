@@ -135,16 +135,15 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
 		e.pool = node.Labels[gpu.LabelProduct]
 	}
 	dev := gpu.NodeDevicesFor(node)
-	e.staticMIG = !dev.MIG && dev.Model != nil && dev.Model.SupportsMIG()
+	e.staticMIG = !dev.OnDemand && dev.Model != nil && dev.Model.SupportsMIG()
 	if v.layouts != nil && e.staticMIG {
 		if layout, ver, ok := v.layouts.MIGLayout(node.Name); ok {
 			e.layoutVer = ver
 			for i := range dev.GPUs {
-				var l []gpu.Placement
-				if i < len(layout) {
-					l = layout[i]
+				if i >= len(layout) || len(layout[i]) == 0 {
+					continue
 				}
-				if err := dev.SetLayout(i, l); err != nil {
+				if err := dev.SetLayout(i, layout[i]); err != nil {
 					logger.Info("Ignoring reported MIG layout", "node", node.Name, "gpu", i, "err", err)
 				}
 			}

@@ -121,10 +121,15 @@ func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 // hasMIGCapacity reports whether the node has any GPU that can hold MIG
 // instances at all, free or not.
 func (n *Node) hasMIGCapacity() bool {
-	if n.Dev.MIG {
+	if n.Dev.OnDemand {
 		return len(n.free) > 0
 	}
-	return n.Dev.HasLayout()
+	for i := range n.Dev.GPUs {
+		if n.Dev.GPUs[i].MIGMode {
+			return true
+		}
+	}
+	return false
 }
 
 func contains(s []int, v int) bool {

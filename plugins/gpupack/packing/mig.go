@@ -46,7 +46,9 @@ func geomOf(m *gpu.Model, profile string) geom {
 type migGPU struct {
 	used    uint8 // memory slices held
 	compute int8  // compute slices held
-	static  bool
+	// mode: the GPU is in MIG mode (its free capacity is its free slices).
+	mode   bool
+	static bool
 	// blocked: whole-GPU or share pods hold the GPU, so no instance fits.
 	blocked bool
 }
@@ -82,6 +84,7 @@ func (s migGPU) fits(g geom, start int) bool {
 func (s migGPU) with(g geom, start int) migGPU {
 	s.used |= g.run(start)
 	s.compute += g.compute
+	s.mode = true
 	return s
 }
 

@@ -78,7 +78,7 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 		d := &dev.GPUs[i]
 		n.free[i] = dev.FreeMilli(i)
 		n.freeUnits += n.free[i] * unitsPerMilli
-		if d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 {
+		if !d.MIGMode && d.UsedMilli == 0 {
 			n.idle++
 		}
 		switch {
@@ -92,19 +92,20 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 				n.static = append(n.static, staticInst{gpu: i, start: p.Start, profile: p.Profile, compute: int64(prof.Compute)})
 				n.freeUnits += int64(prof.Compute) * unitsPerSlice
 			}
-		case !dev.MIG || d.UsedMilli > 0:
-			n.mig[i] = migGPU{blocked: true}
-		default:
-			var s migGPU
+		case d.MIGMode:
+			// Instances go wherever the geometry leaves room.
+			s := migGPU{mode: true}
 			for _, p := range d.MIG {
 				if prof, ok := dev.Model.Profile(p.Profile); ok {
 					s = s.with(geom{ok: true, compute: int8(prof.Compute), size: int8(prof.Size)}, p.Start)
 				}
 			}
 			n.mig[i] = s
-			if len(d.MIG) > 0 {
-				n.freeUnits += s.freeSlices() * unitsPerSlice
-			}
+			n.freeUnits += s.freeSlices() * unitsPerSlice
+		case dev.OnDemand && d.UsedMilli == 0:
+			n.mig[i] = migGPU{} // whole, and can become a MIG GPU
+		default:
+			n.mig[i] = migGPU{blocked: true}
 		}
 	}
 	return n

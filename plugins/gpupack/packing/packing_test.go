@@ -52,7 +52,7 @@ func demandOf(t *testing.T, reqs []*Req, weights []float64) *Demand {
 
 // t4 is a node of T4 GPUs with the given milli used on each.
 func t4(cpu int64, used ...int64) *Node {
-	dev := gpu.NewNodeDevices("Tesla-T4", len(used), false)
+	dev := gpu.NewNodeDevices("Tesla-T4", len(used), 0)
 	for i, u := range used {
 		dev.GPUs[i].UsedMilli = u
 	}
@@ -134,7 +134,9 @@ func TestWholeNodesStayWholeForMultiGPUDemand(t *testing.T) {
 }
 
 func a100(gpus int) *Node {
-	return NewNode("a100", gpu.NewNodeDevices("A100-80GB", gpus, true), 64000, 512*gib, 0)
+	dev := gpu.NewNodeDevices("A100-80GB", gpus, 0)
+	dev.OnDemand = true
+	return NewNode("a100", dev, 64000, 512*gib, 0)
 }
 
 func apply(t *testing.T, n *Node, a gpu.Assignment) *Node {
@@ -180,7 +182,7 @@ func TestMIGPrefersOffsetsThatLeaveBigRuns(t *testing.T) {
 }
 
 func TestStaticLayoutInstances(t *testing.T) {
-	dev := gpu.NewNodeDevices("A100-80GB", 2, false)
+	dev := gpu.NewNodeDevices("A100-80GB", 2, 0)
 	layout := []gpu.Placement{{Profile: "3g.40gb", Start: 4}, {Profile: "2g.20gb", Start: 0}, {Profile: "1g.10gb", Start: 2}, {Profile: "1g.10gb", Start: 3}}
 	if err := dev.SetLayout(1, layout); err != nil {
 		t.Fatal(err)
@@ -297,8 +299,8 @@ func TestEvaluateAllocatesNothing(t *testing.T) {
 
 func TestOverkillPrefersSmallerGPUs(t *testing.T) {
 	d := demandOf(t, []*Req{share(500, 1000)}, []float64{1})
-	small := NewNode("l4", gpu.NewNodeDevices("L4", 1, false), 64000, 64*gib, 0)
-	big := NewNode("h100", gpu.NewNodeDevices("H100-80GB", 1, false), 64000, 64*gib, 0)
+	small := NewNode("l4", gpu.NewNodeDevices("L4", 1, 0), 64000, 64*gib, 0)
+	big := NewNode("h100", gpu.NewNodeDevices("H100-80GB", 1, 0), 64000, 64*gib, 0)
 	small.Prepare(d)
 	big.Prepare(d)
 	c := &Cycle{Req: share(500, 1000), Demand: d, W: Weights{Fragmentation: 1, Overkill: 0.05}, MinGPUMemoryGB: 24, MaxGPUMemoryGB: 80}
@@ -339,7 +341,7 @@ func BenchmarkEvaluate(b *testing.B) {
 		}
 		return s
 	}(), ws, 1)
-	dev := gpu.NewNodeDevices("A100-80GB", 8, false)
+	dev := gpu.NewNodeDevices("A100-80GB", 8, 0)
 	for i, u := range []int64{1000, 0, 460, 810, 0, 230, 1000, 320} {
 		dev.GPUs[i].UsedMilli = u
 	}
@@ -365,8 +367,8 @@ func TestBalanceKeepsCPUPoorNodesForLightPods(t *testing.T) {
 	// only ever take one heavy pod); the demand's mix does.
 	heavy, light := whole(1, 11300), whole(1, 3152)
 	d := demandOf(t, []*Req{heavy, light}, []float64{0.5, 0.5})
-	poor := NewNode("p100", gpu.NewNodeDevices("Tesla-P100-PCIE-16GB", 2, false), 16000, 256*gib, 0)
-	rich := NewNode("g2", gpu.NewNodeDevices("Tesla-T4", 8, false), 96000, 256*gib, 0)
+	poor := NewNode("p100", gpu.NewNodeDevices("Tesla-P100-PCIE-16GB", 2, 0), 16000, 256*gib, 0)
+	rich := NewNode("g2", gpu.NewNodeDevices("Tesla-T4", 8, 0), 96000, 256*gib, 0)
 	poor.Prepare(d)
 	rich.Prepare(d)
 	cost := func(n *Node, w Weights) float64 {

@@ -387,7 +387,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok
 }
 
 func (n *Node) isIdle(i int) bool {
-	return n.free[i] == gpu.MilliPerGPU && !n.mig[i].static && n.mig[i].compute == 0
+	return n.free[i] == gpu.MilliPerGPU && !n.mig[i].mode && !n.mig[i].static
 }
 
 // bestMIG places the requested instances one by one, largest first, each
@@ -493,7 +493,7 @@ func (n *Node) placeInstance(p *placement, i int, g geom, start int) {
 
 // freeUnits is the GPU's part of the node's free capacity (see NewNode).
 func (s gpuState) freeUnits() int64 {
-	if s.mig.compute == 0 {
+	if !s.mig.mode {
 		return s.free * unitsPerMilli
 	}
 	return s.mig.freeSlices() * unitsPerSlice
