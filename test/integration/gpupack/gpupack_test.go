@@ -9,10 +9,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/component-base/metrics/legacyregistry"
 
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 	"github.com/pennysched/penny/plugins"
 	"github.com/pennysched/penny/test/harness"
 )
@@ -123,7 +127,15 @@ func waitUnschedulable(t *testing.T, c *localcluster.Cluster, pod *corev1.Pod, r
 // device twice.
 func TestPlacementAndRestart(t *testing.T) {
 	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
-	s := harness.StartScheduler(t, c, plugins.Deps{})
+	// The static node's agent reports its layouts: three 2g.20gb instances
+	// per GPU, and nothing else (the geometry alone would also leave room
+	// for a 1g.10gb on each).
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
+	if !store.Update(staticLayoutReport("static-0"), time.Now()) {
+		t.Fatal("the telemetry store refused the static node's report")
+	}
+	deps := plugins.Deps{Telemetry: store}
+	s := harness.StartScheduler(t, c, deps)
 
 	got := bind(t, c,
 		// Only the on-demand node can create a 4g; GPU 0 first.
@@ -157,7 +169,7 @@ func TestPlacementAndRestart(t *testing.T) {
 
 	// A new scheduler process starts from the pods alone.
 	s.Stop()
-	harness.StartScheduler(t, c, plugins.Deps{})
+	harness.StartScheduler(t, c, deps)
 
 	got = bind(t, c,
 		// The rest of on-demand GPU 1.
@@ -178,6 +190,25 @@ func TestPlacementAndRestart(t *testing.T) {
 	noDoubleBooking(t, c)
 
 	checkMetrics(t)
+}
+
+// staticLayoutReport is the node agent's report of a node whose two
+// A100-80GB are partitioned into three 2g.20gb instances each.
+func staticLayoutReport(node string) *telemetryv1.NodeReport {
+	r := telemetrytest.Report(node, 2, 1, time.Now())
+	r.PodDevices = nil
+	for i, g := range r.Gpus {
+		g.MigMode = telemetryv1.MIGMode_MIG_MODE_ENABLED
+		g.Pods, g.MigInstances = nil, nil
+		g.UtilizationPercent, g.MemoryUtilizationPercent, g.MemoryUsedBytes = nil, nil, nil
+		for k, start := range []uint32{0, 2, 4} {
+			g.MigInstances = append(g.MigInstances, &telemetryv1.MIGInstance{
+				Uuid: "MIG-" + telemetrytest.UUID(node, i, k), Profile: "2g.20gb", GpuInstanceId: uint32(3 + k),
+				PlacementStart: start, PlacementSize: 2, MemoryTotalBytes: 19 << 30, MemoryUsedBytes: proto.Uint64(0),
+			})
+		}
+	}
+	return r
 }
 
 // checkMetrics reads the plugin's fragmentation metrics from the registry
