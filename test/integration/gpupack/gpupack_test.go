@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"google.golang.org/protobuf/proto"
 	"k8s.io/component-base/metrics/legacyregistry"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
