@@ -25,6 +25,8 @@ import (
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
 
 // handle is the part of the framework handle the plugin uses outside the
@@ -394,5 +396,29 @@ func BenchmarkScore5000Nodes(b *testing.B) {
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(float64(scored)/float64(b.N), "nodes/op")
 		})
+	}
+}
+
+func TestTelemetryLayouts(t *testing.T) {
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
+	src := TelemetryLayouts(store)
+	if _, _, ok := src.MIGLayout("n"); ok {
+		t.Fatal("a node that never reported has a layout")
+	}
+	// Even GPUs whole, odd ones with seven 1g.10gb instances.
+	store.Update(telemetrytest.Report("n", 4, 1, time.Now()), time.Now())
+	layout, v1, ok := src.MIGLayout("n")
+	if !ok || len(layout) != 4 || layout[0] != nil || len(layout[1]) != 7 || layout[3][6] != (gpu.Placement{Profile: "1g.10gb", Start: 6}) {
+		t.Fatalf("layout %v (ok %v)", layout, ok)
+	}
+	store.Update(telemetrytest.Report("n", 4, 2, time.Now()), time.Now())
+	if _, v2, _ := src.MIGLayout("n"); v2 != v1 {
+		t.Fatal("the version changed with a report whose layout did not")
+	}
+	r := telemetrytest.Report("n", 4, 3, time.Now())
+	r.Gpus[1].MigInstances = r.Gpus[1].MigInstances[:3]
+	store.Update(r, time.Now())
+	if _, v3, _ := src.MIGLayout("n"); v3 == v1 {
+		t.Fatal("the version did not change with the layout")
 	}
 }
