@@ -16,8 +16,8 @@ type Demand struct {
 	// probabilities (summing to 1).
 	Shapes  []Shape
 	Weights []float64
-	// Version changes whenever Shapes or Weights do, so per-node caches
-	// computed against one Demand are recognised as stale.
+	// Version numbers the demands a Learner builds, for logs and tests;
+	// per-node caches recognise a new Demand by its identity.
 	Version uint64
 
 	// Per shape: what kind it is and, for MIG shapes, its geometry on each
