@@ -143,6 +143,3 @@ func (s *Shape) Milli() int64 {
 	}
 	return s.GPUs * s.MilliPerGPU
 }
-
-// ShapeForTest exposes shapeOf to tools outside the package.
-func ShapeForTest(r *Req) Shape { return shapeOf(r) }
