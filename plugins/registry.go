@@ -12,6 +12,7 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/plugins/gang"
+	"github.com/pennysched/penny/plugins/gpupack"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -53,6 +54,13 @@ func Registry(deps Deps) frameworkruntime.Registry {
 		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock})
+		},
+		gpupack.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			var opts []gpupack.Option
+			if deps.Telemetry != nil {
+				opts = append(opts, gpupack.WithLayouts(gpupack.TelemetryLayouts(deps.Telemetry)))
+			}
+			return gpupack.NewWith(ctx, obj, h, opts...)
 		},
 	}
 }

@@ -44,6 +44,7 @@ type traceFlags struct {
 	nodes, pods, format string
 	schedulerConfig     string
 	philly              sim.PhillyOptions
+	mig                 string
 }
 
 func (f *traceFlags) add(cmd *cobra.Command) {
@@ -51,6 +52,7 @@ func (f *traceFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.pods, "pods", "", "workload trace (see --format)")
 	cmd.Flags().StringVar(&f.format, "format", "openb", "workload format: openb (pod list) or philly (timestamp,duration,num_gpus,gpu_time,cluster)")
 	cmd.Flags().StringVar(&f.schedulerConfig, "scheduler-config", "", "KubeSchedulerConfiguration for --policy penny (default: the deployed deploy/scheduler/config.yaml)")
+	cmd.Flags().StringVar(&f.mig, "mig", "", "MIG experiment: turn every GPU node into an on-demand MIG node of these models, in turn (e.g. A100-80GB,H100-80GB), and ask each share as the smallest MIG profile that covers it")
 	def := sim.DefaultPhillyOptions()
 	cmd.Flags().Int64Var(&f.philly.MilliCPUPerGPU, "philly-cpu-per-gpu", def.MilliCPUPerGPU, "philly: CPU millicores requested per GPU")
 	cmd.Flags().Int64Var(&f.philly.MemMiBPerGPU, "philly-mem-per-gpu", def.MemMiBPerGPU, "philly: memory MiB requested per GPU")
@@ -67,7 +69,19 @@ func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
 		return nil, nil, nil, err
 	}
 	tr, cfg, err := f.loadPods()
-	return nodes, tr, cfg, err
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if f.mig != "" {
+		models := strings.Split(f.mig, ",")
+		if nodes, err = sim.MIGFleet(nodes, models); err != nil {
+			return nil, nil, nil, fmt.Errorf("--mig: %w", err)
+		}
+		if tr, err = sim.MIGTrace(tr, strings.TrimSpace(models[0])); err != nil {
+			return nil, nil, nil, fmt.Errorf("--mig: %w", err)
+		}
+	}
+	return nodes, tr, cfg, nil
 }
 
 // loadPods reads the workload and the scheduler configuration.

@@ -28,6 +28,10 @@ type Device struct {
 	// MIG lists the GPU instances pods hold on a MIG-mode GPU, at their
 	// memory-slice offsets.
 	MIG []Placement
+	// Layout, when set, is the MIG-mode GPU's fixed partition as the node
+	// reports it (see static.go): instances come from it only. Never
+	// changed in place.
+	Layout []Placement
 }
 
 // NodeDevices is one node's GPUs.
@@ -39,6 +43,10 @@ type NodeDevices struct {
 	Model *Model
 	// GPUs are the devices, indexed by device index.
 	GPUs []Device
+	// OnDemand says the node partitions its GPUs as pods ask (see
+	// static.go): a GPU nobody holds can take a MIG instance, which puts it
+	// in MIG mode until its last instance is released.
+	OnDemand bool
 }
 
 // NewNodeDevices returns idle GPUs of the given product: whole ones first,
@@ -81,6 +89,11 @@ func NodeDevicesFor(node *corev1.Node) *NodeDevices {
 		if q, ok := node.Status.Allocatable[ResourceGPUMilli]; ok {
 			count = int(q.Value() / MilliPerGPU)
 		}
+	}
+	if node.Labels[LabelMIGPartitioning] == MIGOnDemand {
+		n := NewNodeDevices(node.Labels[LabelProduct], count, 0)
+		n.OnDemand = n.Model != nil && n.Model.SupportsMIG()
+		return n
 	}
 	if node.Labels[LabelMIGStrategy] != "mixed" {
 		return NewNodeDevices(node.Labels[LabelProduct], count, 0)
@@ -268,7 +281,7 @@ type migCandidate struct {
 // free (GPU, offset) pairs with pick. Largest first keeps small instances from
 // taking the only offsets a large one could use.
 func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assignment, error) {
-	if n.Model == nil || !n.hasMIGMode() {
+	if n.Model == nil || !n.hasMIGMode() && !n.OnDemand {
 		return nil, fmt.Errorf("no GPU of %s is in MIG mode: cannot place %s", n.describe(), r)
 	}
 	profiles, err := n.expandMIG(r)
@@ -281,10 +294,10 @@ func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assign
 	for _, p := range profiles {
 		cands = cands[:0]
 		for g := range work.GPUs {
-			if !work.GPUs[g].MIGMode {
+			if !work.takesMIG(g) {
 				continue
 			}
-			starts, err := work.Model.FreeStarts(work.GPUs[g].MIG, p)
+			starts, err := work.freeStarts(g, p)
 			if err != nil {
 				return nil, err
 			}
@@ -379,10 +392,10 @@ func (n *NodeDevices) Apply(a Assignment) error {
 			return err
 		}
 		if s.MIG.Profile != "" {
-			if !d.MIGMode || work.Model == nil {
+			if work.Model == nil || !work.takesMIG(s.GPU) {
 				return fmt.Errorf("GPU %d of %s is not in MIG mode: cannot hold %s", s.GPU, n.describe(), s.MIG)
 			}
-			starts, err := work.Model.FreeStarts(d.MIG, s.MIG.Profile)
+			starts, err := work.freeStarts(s.GPU, s.MIG.Profile)
 			if err != nil {
 				return err
 			}
@@ -390,6 +403,7 @@ func (n *NodeDevices) Apply(a Assignment) error {
 				return fmt.Errorf("MIG instance %s does not fit on GPU %d of %s next to %v", s.MIG, s.GPU, n.describe(), d.MIG)
 			}
 			d.MIG = append(d.MIG, s.MIG)
+			d.MIGMode = true
 			continue
 		}
 		if s.Milli < 1 || s.Milli > MilliPerGPU {
@@ -428,6 +442,9 @@ func (n *NodeDevices) Release(a Assignment) error {
 				return fmt.Errorf("MIG instance %s is not on GPU %d of %s", s.MIG, s.GPU, n.describe())
 			}
 			d.MIG = append(d.MIG[:k], d.MIG[k+1:]...)
+			if work.OnDemand && len(d.MIG) == 0 && len(d.Layout) == 0 {
+				d.MIGMode = false // the node side tears the last instance down
+			}
 			continue
 		}
 		if d.UsedMilli < s.Milli {

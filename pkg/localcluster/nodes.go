@@ -70,11 +70,21 @@ func (p *Pool) node(region, name string) *corev1.Node {
 			if migGPUs == 0 {
 				migGPUs = p.GPUsPerNode
 			}
-			whole -= migGPUs
 			labels[gpu.LabelMIGStrategy] = "mixed"
 			perProfile := map[string]int64{}
-			for _, prof := range p.MIG.Layout {
-				perProfile[prof] += int64(migGPUs)
+			if p.MIG.OnDemand {
+				// The GPUs stay whole until pods ask for instances; each
+				// profile is advertised at the most the GPUs could hold, and
+				// the scheduler's device view decides what still fits.
+				labels[gpu.LabelMIGPartitioning] = gpu.MIGOnDemand
+				for _, prof := range model.MIG {
+					perProfile[prof.Name] = int64(prof.Max * migGPUs)
+				}
+			} else {
+				whole -= migGPUs
+				for _, prof := range p.MIG.Layout {
+					perProfile[prof] += int64(migGPUs)
+				}
 			}
 			for prof, n := range perProfile {
 				capacity[gpu.MIGResourceName(prof)] = *resource.NewQuantity(n, resource.DecimalSI)

@@ -60,6 +60,10 @@ type MIGSpec struct {
 	GPUs int `yaml:"gpus"`
 	// Layout is the profiles on each MIG GPU, e.g. [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb].
 	Layout []string `yaml:"layout"`
+	// OnDemand partitions all the node's GPUs when pods ask, instead of with
+	// a fixed layout (label penny.dev/mig-partitioning=on-demand): the
+	// scheduler picks each instance's placement. Layout must then be empty.
+	OnDemand bool `yaml:"onDemand"`
 }
 
 // LoadSpec reads and validates a cluster spec file.
@@ -214,10 +218,19 @@ func (p *Pool) validateGPUs(at string) []fieldError {
 	if p.MIG.GPUs < 0 || p.MIG.GPUs > p.GPUsPerNode {
 		add(at+".mig.gpus", "%d is out of range: expected 0..gpusPerNode (%d); 0 means all", p.MIG.GPUs, p.GPUsPerNode)
 	}
-	if len(p.MIG.Layout) == 0 {
-		add(at+".mig.layout", "at least one profile is required, e.g. [%s]", strings.Join(model.ProfileNames()[:2], ", "))
-	} else if _, err := model.Layout(p.MIG.Layout); err != nil {
-		add(at+".mig.layout", "%v", err)
+	if p.MIG.OnDemand && p.MIG.GPUs != 0 && p.MIG.GPUs != p.GPUsPerNode {
+		add(at+".mig.gpus", "onDemand partitions all GPUs of a node; leave gpus out")
+	}
+	switch {
+	case p.MIG.OnDemand && len(p.MIG.Layout) > 0:
+		add(at+".mig.layout", "must be empty with onDemand: true (instances are created as pods ask for them)")
+	case p.MIG.OnDemand:
+	case len(p.MIG.Layout) == 0:
+		add(at+".mig.layout", "at least one profile is required, e.g. [%s], or set onDemand: true", strings.Join(model.ProfileNames()[:2], ", "))
+	default:
+		if _, err := model.Layout(p.MIG.Layout); err != nil {
+			add(at+".mig.layout", "%v", err)
+		}
 	}
 	return errs
 }

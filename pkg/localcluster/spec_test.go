@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -58,6 +60,12 @@ func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
   cpu: "1"
   memory: 1Gi
 `, []string{"bad.yaml:8", "pools[0].mig.layout", "do not fit"}},
+		{"on-demand MIG with a layout", `pools:
+- {name: a, count: 1, instanceType: x, gpuModel: A100-80GB, gpusPerNode: 8, mig: {onDemand: true, layout: [7g.80gb]}, capacityType: spot, zone: z, cpu: "1", memory: 1Gi}
+`, []string{"bad.yaml:2", "pools[0].mig.layout", "onDemand"}},
+		{"on-demand MIG on some GPUs only", `pools:
+- {name: a, count: 1, instanceType: x, gpuModel: A100-80GB, gpusPerNode: 8, mig: {onDemand: true, gpus: 2}, capacityType: spot, zone: z, cpu: "1", memory: 1Gi}
+`, []string{"pools[0].mig.gpus", "all GPUs"}},
 		{"bad quantity and missing zone", `pools:
 - {name: a, count: 1, instanceType: x, capacityType: spot, cpu: lots, memory: 1Gi}
 `, []string{"pools[0].cpu", `"lots"`, "pools[0].zone", "required"}},
@@ -123,5 +131,28 @@ pools:
 	}
 	if !strings.HasPrefix(n.Spec.ProviderID, "aws:///us-east-1b/i-") {
 		t.Errorf("providerID %q is not an AWS one", n.Spec.ProviderID)
+	}
+}
+
+func TestOnDemandMIGNodes(t *testing.T) {
+	spec, err := ParseSpec("s.yaml", []byte(`pools:
+- {name: a100, count: 1, instanceType: x, gpuModel: A100-80GB, gpusPerNode: 8, mig: {onDemand: true}, capacityType: spot, zone: z, cpu: "96", memory: 1Ti}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := spec.Nodes()[0]
+	if n.Labels[gpu.LabelMIGPartitioning] != gpu.MIGOnDemand {
+		t.Errorf("label %s = %q", gpu.LabelMIGPartitioning, n.Labels[gpu.LabelMIGPartitioning])
+	}
+	alloc := n.Status.Allocatable
+	for name, want := range map[string]int64{string(gpu.ResourceGPU): 8, string(gpu.ResourceGPUMilli): 8000,
+		string(gpu.MIGResourceName("1g.10gb")): 56, string(gpu.MIGResourceName("7g.80gb")): 8} {
+		if q := alloc[corev1.ResourceName(name)]; q.Value() != want {
+			t.Errorf("%s = %v, want %d", name, q.String(), want)
+		}
+	}
+	if dev := gpu.NodeDevicesFor(n); !dev.OnDemand || len(dev.GPUs) != 8 || dev.HasLayout() {
+		t.Errorf("device view: on demand %v, %d GPUs, layout %v", dev.OnDemand, len(dev.GPUs), dev.HasLayout())
 	}
 }

@@ -258,20 +258,6 @@ func NewPod(namespace, name string, milliCPU, memMiB, numGPU, milliPerGPU int64,
 	return pod
 }
 
-// PodProducts reads the GPU products a pod accepts from its required node
-// affinity on nvidia.com/gpu.product (nil: any).
-func PodProducts(pod *v1.Pod) []string {
-	a := pod.Spec.Affinity
-	if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
-		return nil
-	}
-	var out []string
-	for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
-		for _, r := range term.MatchExpressions {
-			if r.Key == gpu.LabelProduct && r.Operator == v1.NodeSelectorOpIn {
-				out = append(out, r.Values...)
-			}
-		}
-	}
-	return out
-}
+// PodProducts reads the GPU products a pod accepts (nil: any), as
+// gpu.PodProducts does for every Penny component.
+func PodProducts(pod *v1.Pod) []string { return gpu.PodProducts(pod) }

@@ -54,6 +54,7 @@ var policies = []Policy{
 	{Name: "packing", Label: "GpuPacking", Published: 8.00, score: GpuPackingScoreName, chooser: "best"},
 	{Name: "bestfit", Label: "BestFit", Published: 6.92, score: BestFitScoreName, chooser: "best"},
 	{Name: "fgd", Label: "FGD", Published: 4.61, score: FGDScoreName, chooser: "fgd"},
+	{Name: "firstfit", Label: "FirstFit", score: FirstFitScoreName, chooser: "first"},
 	{Name: SpotFirstPolicy, Label: "Spot-first", chooser: "first"},
 }
 
@@ -176,6 +177,7 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 		GpuPackingScoreName:    baselineFactory(GpuPackingScoreName, v, false, gpuPackingScore),
 		BestFitScoreName:       baselineFactory(BestFitScoreName, v, true, bestFitScore),
 		FGDScoreName:           baselineFactory(FGDScoreName, v, false, f.score),
+		FirstFitScoreName:      baselineFactory(FirstFitScoreName, v, false, firstFitScore),
 		RandomScoreName:        randomFactory(rng),
 	} {
 		if name == p.score {

@@ -1,0 +1,111 @@
+package gpupack
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	schedutil "k8s.io/kubernetes/pkg/scheduler/util"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/plugins/gpupack/packing"
+)
+
+// PreFilter reads the pod's request once, counts the pod as an arrival for
+// the learned demand (a retry is not counted again) and brings the device
+// view up to date with the cycle's snapshot. Pods without GPUs skip Filter.
+func (p *GPUPack) PreFilter(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	req, err := packing.ReqFor(pod)
+	if err != nil {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
+	}
+	p.learner.Observe(string(pod.UID), req.Shape)
+	if p.pending != nil {
+		p.pending.serve(pod.Spec.SchedulerName)
+	}
+	p.view.sync(klog.FromContext(ctx), nodes)
+	state.Write(stateKey, &cycleState{req: req})
+	if !req.HasGPU() {
+		return nil, fwk.NewStatus(fwk.Skip)
+	}
+	return nil, nil
+}
+
+// PreFilterExtensions: the view is rebuilt from the NodeInfo that
+// preemption and nominated pods change, so nothing needs updating.
+func (p *GPUPack) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
+
+// Filter admits the node when the pod's GPUs fit on its devices as they are
+// now, counting the devices of pods still being bound.
+func (p *GPUPack) Filter(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) *fwk.Status {
+	s, err := getState(state)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	e := p.view.entryFor(klog.FromContext(ctx), ni)
+	switch e.node.Fits(s.req) {
+	case packing.Fits:
+		return nil
+	case packing.NoSuchGPU:
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, noSuchGPU(s.req))
+	}
+	return fwk.NewStatus(fwk.Unschedulable, noRoom(s.req))
+}
+
+// The reasons are the same for every node that fails the same way, so the
+// scheduler's event counts them ("3 node(s) had ...").
+func noSuchGPU(r *packing.Req) string {
+	switch {
+	case r.GPU.GPUs > 0:
+		return "node(s) had fewer GPUs than " + r.GPU.String()
+	case len(r.MIG) > 0:
+		return "node(s) had no GPU that can hold " + r.GPU.String()
+	}
+	return "node(s) had no GPUs"
+}
+
+func noRoom(r *packing.Req) string {
+	switch {
+	case r.GPU.GPUs > 0:
+		return "node(s) had fewer idle GPUs than " + r.GPU.String()
+	case r.GPU.Milli > 0:
+		return "node(s) had no GPU with " + r.GPU.String() + " free"
+	}
+	return "node(s) had no room on their GPUs' MIG geometry for " + r.GPU.String()
+}
+
+// EventsToRegister: a pod the devices could not take may fit once a pod
+// holding GPUs leaves, or a node gains GPUs (added, new allocatable, a new
+// MIG layout or partitioning label).
+func (p *GPUPack) EventsToRegister(context.Context) ([]fwk.ClusterEventWithHint, error) {
+	return []fwk.ClusterEventWithHint{
+		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete}, QueueingHintFn: isSchedulableAfterPodDelete},
+		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel}, QueueingHintFn: isSchedulableAfterNodeChange},
+	}, nil
+}
+
+func isSchedulableAfterPodDelete(logger klog.Logger, pod *corev1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
+	deleted, _, err := schedutil.As[*corev1.Pod](oldObj, newObj)
+	if err != nil {
+		return fwk.Queue, err
+	}
+	r, err := gpu.ParsePodRequest(deleted)
+	if err != nil || r.IsZero() || deleted.Spec.NodeName == "" {
+		logger.V(5).Info("deleted pod held no GPUs", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted))
+		return fwk.QueueSkip, nil
+	}
+	return fwk.Queue, nil
+}
+
+func isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
+	_, node, err := schedutil.As[*corev1.Node](oldObj, newObj)
+	if err != nil {
+		return fwk.Queue, err
+	}
+	if len(gpu.NodeDevicesFor(node).GPUs) == 0 {
+		logger.V(5).Info("node has no GPUs", "pod", klog.KObj(pod), "node", klog.KObj(node))
+		return fwk.QueueSkip, nil
+	}
+	return fwk.Queue, nil
+}

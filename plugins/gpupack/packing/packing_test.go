@@ -1,0 +1,389 @@
+package packing
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+const gib = int64(1) << 30
+
+// share, whole and mig build requests the way ReqFor reads pods.
+func share(milli, cpu int64) *Req {
+	r := &Req{GPU: gpu.Request{Milli: milli}, CPU: cpu}
+	r.Shape = shapeOf(r)
+	return r
+}
+
+func whole(n, cpu int64) *Req {
+	r := &Req{GPU: gpu.Request{GPUs: n}, CPU: cpu}
+	r.Shape = shapeOf(r)
+	return r
+}
+
+func cpuOnly(cpu int64) *Req {
+	r := &Req{CPU: cpu}
+	r.Shape = shapeOf(r)
+	return r
+}
+
+func mig(profiles ...string) *Req {
+	r := &Req{GPU: gpu.Request{MIG: map[string]int64{}}, CPU: 1000}
+	for _, p := range profiles {
+		r.GPU.MIG[p]++
+		r.MIG = append(r.MIG, p)
+	}
+	r.Shape = shapeOf(r)
+	return r
+}
+
+// demandOf weighs the requests' shapes.
+func demandOf(t *testing.T, reqs []*Req, weights []float64) *Demand {
+	t.Helper()
+	var shapes []Shape
+	for _, r := range reqs {
+		shapes = append(shapes, r.Shape)
+	}
+	return NewDemand(shapes, append([]float64(nil), weights...), 1)
+}
+
+// t4 is a node of T4 GPUs with the given milli used on each.
+func t4(cpu int64, used ...int64) *Node {
+	dev := gpu.NewNodeDevices("Tesla-T4", len(used), 0)
+	for i, u := range used {
+		dev.GPUs[i].UsedMilli = u
+	}
+	return NewNode("t4", dev, cpu, 64*gib, 0)
+}
+
+func TestWasteCountsCopiesEveryResourceAllows(t *testing.T) {
+	// Free 1000 and 300; 4 cores. Shapes: a 500 share needing 1 core (the
+	// 1000 GPU takes two copies: 1000 usable, waste 300), two whole GPUs
+	// (only one GPU idle: waste 1300), a CPU-only pod (waste 1300).
+	d := demandOf(t, []*Req{share(500, 1000), whole(2, 1000), cpuOnly(1000)}, []float64{0.5, 0.25, 0.25})
+	n := t4(4000, 0, 700)
+	n.Prepare(d)
+	want := 0.5*300 + 0.25*1300 + 0.25*1300
+	if math.Abs(n.Waste()-want) > 1e-9 {
+		t.Fatalf("waste %v, want %v", n.Waste(), want)
+	}
+	// With 1.5 cores the share fits once: 500 usable of 1300.
+	n = t4(1500, 0, 700)
+	n.Prepare(d)
+	want = 0.5*800 + 0.25*1300 + 0.25*1300
+	if math.Abs(n.Waste()-want) > 1e-9 {
+		t.Fatalf("waste with 1.5 cores %v, want %v", n.Waste(), want)
+	}
+}
+
+func cycleFor(r *Req, d *Demand) *Cycle {
+	return &Cycle{Req: r, Demand: d, W: Weights{Fragmentation: 1}}
+}
+
+func TestShareGoesWhereTheDemandStillFits(t *testing.T) {
+	// The demand is 600-milli shares. A 300 share on GPU 0 leaves 700 and
+	// 700 (two more 600s fit); on GPU 1 it leaves 1000 and 400 (one fits).
+	// Best fit would take GPU 1.
+	d := demandOf(t, []*Req{share(600, 1000)}, []float64{1})
+	n := t4(64000, 0, 300)
+	n.Prepare(d)
+	a, cost, err := n.Choose(cycleFor(share(300, 1000), d))
+	if err != nil || a.String() != "0:300m" {
+		t.Fatalf("chose %v (%v), want 0:300m", a, err)
+	}
+	// Waste before: 1700 free, two 600s usable: 500. After: 1400 - 1200.
+	if math.Abs(cost-(-300)) > 1e-9 {
+		t.Fatalf("cost %v, want -300 (waste 500 -> 200)", cost)
+	}
+}
+
+func TestCPUThatWouldStrandGPUsCosts(t *testing.T) {
+	// Whole-GPU pods need 8 cores each. A CPU-only pod of 8 cores on a node
+	// with 2 idle GPUs and 20 cores leaves room for one of them (1000
+	// stranded); on a node with 64 cores it strands nothing. FGD, which
+	// asks only whether one copy fits, sees no difference.
+	d := demandOf(t, []*Req{whole(1, 8000)}, []float64{1})
+	poor, rich := t4(20000, 0, 0), t4(64000, 0, 0)
+	poor.Prepare(d)
+	rich.Prepare(d)
+	c := cycleFor(cpuOnly(8000), d)
+	cp, _ := poor.Evaluate(c)
+	cr, _ := rich.Evaluate(c)
+	if cp != 1000 || cr != 0 {
+		t.Fatalf("cost on the CPU-poor node %v (want 1000), on the rich one %v (want 0)", cp, cr)
+	}
+}
+
+func TestWholeNodesStayWholeForMultiGPUDemand(t *testing.T) {
+	// Demand: mostly single GPUs, some 4-GPU pods. A single GPU on an idle
+	// 4-GPU node breaks the only place a 4-GPU pod fits; on the node that
+	// already runs one GPU it breaks nothing.
+	d := demandOf(t, []*Req{whole(1, 1000), whole(4, 1000)}, []float64{0.9, 0.1})
+	idle, used := t4(64000, 0, 0, 0, 0), t4(64000, 1000, 0, 0, 0)
+	idle.Prepare(d)
+	used.Prepare(d)
+	c := cycleFor(whole(1, 1000), d)
+	ci, _ := idle.Evaluate(c)
+	cu, _ := used.Evaluate(c)
+	if !(cu < ci) {
+		t.Fatalf("one GPU costs %v on the idle node and %v on the used one; the used one must be cheaper", ci, cu)
+	}
+}
+
+func a100(gpus int) *Node {
+	dev := gpu.NewNodeDevices("A100-80GB", gpus, 0)
+	dev.OnDemand = true
+	return NewNode("a100", dev, 64000, 512*gib, 0)
+}
+
+func apply(t *testing.T, n *Node, a gpu.Assignment) *Node {
+	t.Helper()
+	dev := n.Dev.Clone()
+	if err := dev.Apply(a); err != nil {
+		t.Fatalf("apply %v: %v", a, err)
+	}
+	return NewNode(n.Name, dev, n.CPUFree, n.MemFree, n.GPUMemoryGB)
+}
+
+func TestMIGKeepsLargestProfilesPlaceable(t *testing.T) {
+	d := demandOf(t, []*Req{mig("1g.10gb"), mig("3g.40gb"), mig("7g.80gb")}, []float64{0.6, 0.3, 0.1})
+	n := a100(2)
+	n = apply(t, n, gpu.Assignment{{GPU: 1, MIG: gpu.Placement{Profile: "3g.40gb", Start: 4}}})
+	n.Prepare(d)
+	// A 1g goes next to the 3g on GPU 1, keeping GPU 0 whole for a 7g.
+	a, _, err := n.Choose(cycleFor(mig("1g.10gb"), d))
+	if err != nil || a[0].GPU != 1 {
+		t.Fatalf("1g: %v %v, want GPU 1", a, err)
+	}
+	n = apply(t, n, a)
+	n.Prepare(d)
+	// A second 3g takes GPU 1's last 3g slot only if it is still free; it
+	// is not (the 1g sits in 0..3), so it must go to GPU 0, at an offset
+	// that leaves the other 3g slot free: 0 or 4 both do.
+	a, _, err = n.Choose(cycleFor(mig("3g.40gb"), d))
+	if err != nil || a[0].GPU != 0 {
+		t.Fatalf("3g: %v %v, want GPU 0", a, err)
+	}
+}
+
+func TestMIGPrefersOffsetsThatLeaveBigRuns(t *testing.T) {
+	// Only 4g.40gb (offset 0) and 1g.10gb arrive. A 1g on an empty GPU at
+	// offset 0 kills the 4g; anywhere in 4..6 it does not.
+	d := demandOf(t, []*Req{mig("1g.10gb"), mig("4g.40gb")}, []float64{0.5, 0.5})
+	n := a100(1)
+	n.Prepare(d)
+	a, _, err := n.Choose(cycleFor(mig("1g.10gb"), d))
+	if err != nil || a[0].MIG.Start < 4 {
+		t.Fatalf("1g placed at %v (%v); offsets 0..3 block the 4g", a, err)
+	}
+}
+
+func TestStaticLayoutInstances(t *testing.T) {
+	dev := gpu.NewNodeDevices("A100-80GB", 2, 0)
+	layout := []gpu.Placement{{Profile: "3g.40gb", Start: 4}, {Profile: "2g.20gb", Start: 0}, {Profile: "1g.10gb", Start: 2}, {Profile: "1g.10gb", Start: 3}}
+	if err := dev.SetLayout(1, layout); err != nil {
+		t.Fatal(err)
+	}
+	n := NewNode("static", dev, 64000, 512*gib, 0)
+	d := demandOf(t, []*Req{mig("1g.10gb"), whole(1, 1000)}, []float64{0.5, 0.5})
+	n.Prepare(d)
+	if f := n.Fits(mig("4g.40gb")); f != NoRoom {
+		t.Fatalf("4g on a static node without a 4g instance: %v, want NoRoom", f)
+	}
+	for i := 0; i < 2; i++ {
+		a, _, err := n.Choose(cycleFor(mig("1g.10gb"), d))
+		if err != nil || a[0].GPU != 1 {
+			t.Fatalf("1g #%d: %v %v", i, a, err)
+		}
+		n = apply(t, n, a)
+		n.Prepare(d)
+	}
+	if f := n.Fits(mig("1g.10gb")); f != NoRoom {
+		t.Fatalf("third 1g with both 1g instances held: %v, want NoRoom", f)
+	}
+	if f := n.Fits(whole(1, 1000)); f != Fits {
+		t.Fatalf("whole GPU 0 stays available: %v", f)
+	}
+	if f := n.Fits(whole(2, 1000)); f != NoRoom {
+		t.Fatalf("the partitioned GPU is not a whole GPU: %v", f)
+	}
+}
+
+// Fits and Choose agree, and Choose's devices always apply, on random
+// on-demand MIG states and requests.
+func TestFitsAgreesWithChoose(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	profiles := []string{"1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"}
+	d := demandOf(t, []*Req{mig("1g.10gb"), mig("3g.40gb"), whole(1, 1000)}, []float64{0.4, 0.4, 0.2})
+	for iter := 0; iter < 300; iter++ {
+		n := a100(1 + rng.IntN(3))
+		for k := rng.IntN(6); k > 0; k-- {
+			r := mig(profiles[rng.IntN(len(profiles))])
+			if n.Fits(r) == Fits {
+				n.Prepare(d)
+				a, _, err := n.Choose(cycleFor(r, d))
+				if err != nil {
+					t.Fatalf("setup: %v", err)
+				}
+				n = apply(t, n, a)
+			}
+		}
+		var ps []string
+		for k := 1 + rng.IntN(3); k > 0; k-- {
+			ps = append(ps, profiles[rng.IntN(len(profiles))])
+		}
+		r := mig(ps...)
+		r.MIG = sortedLargestFirst(r.MIG)
+		n.Prepare(d)
+		fit := n.Fits(r)
+		a, _, err := n.Choose(cycleFor(r, d))
+		if (fit == Fits) != (err == nil) {
+			t.Fatalf("request %v on %v: Fits says %v, Choose says %v (%v)", ps, describe(n), fit, a, err)
+		}
+		if err == nil {
+			apply(t, n, a)
+		}
+	}
+}
+
+func sortedLargestFirst(ps []string) []string {
+	out := append([]string(nil), ps...)
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && compareProfilesLargestFirst(out[j], out[j-1]) < 0; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+func describe(n *Node) string {
+	s := ""
+	for i, g := range n.Dev.GPUs {
+		s += fmt.Sprintf("[%d: %v used %d]", i, g.MIG, g.UsedMilli)
+	}
+	return s
+}
+
+func TestEvaluateAllocatesNothing(t *testing.T) {
+	d := demandOf(t, []*Req{share(460, 4000), whole(1, 8000), whole(8, 64000), cpuOnly(8000), mig("1g.10gb"), mig("3g.40gb")},
+		[]float64{0.3, 0.3, 0.1, 0.1, 0.1, 0.1})
+	sharing := t4(64000, 200, 0, 500, 1000)
+	partitioned := a100(4)
+	partitioned = apply(t, partitioned, gpu.Assignment{{GPU: 0, MIG: gpu.Placement{Profile: "3g.40gb", Start: 0}}})
+	for _, tc := range []struct {
+		name string
+		n    *Node
+		r    *Req
+	}{
+		{"share", sharing, share(300, 4000)},
+		{"whole", sharing, whole(1, 4000)},
+		{"cpu", sharing, cpuOnly(4000)},
+		{"mig", partitioned, mig("3g.40gb", "1g.10gb")},
+	} {
+		tc.n.Prepare(d)
+		c := cycleFor(tc.r, d)
+		if _, ok := tc.n.Evaluate(c); !ok {
+			t.Fatalf("%s: does not fit", tc.name)
+		}
+		if allocs := testing.AllocsPerRun(100, func() {
+			tc.n.Evaluate(c)
+			tc.n.Fits(tc.r)
+		}); allocs != 0 {
+			t.Errorf("%s: Evaluate and Fits allocate %v times", tc.name, allocs)
+		}
+	}
+}
+
+func TestOverkillPrefersSmallerGPUs(t *testing.T) {
+	d := demandOf(t, []*Req{share(500, 1000)}, []float64{1})
+	small := NewNode("l4", gpu.NewNodeDevices("L4", 1, 0), 64000, 64*gib, 0)
+	big := NewNode("h100", gpu.NewNodeDevices("H100-80GB", 1, 0), 64000, 64*gib, 0)
+	small.Prepare(d)
+	big.Prepare(d)
+	c := &Cycle{Req: share(500, 1000), Demand: d, W: Weights{Fragmentation: 1, Overkill: 0.05}, MinGPUMemoryGB: 24, MaxGPUMemoryGB: 80}
+	cs, _ := small.Evaluate(c)
+	cb, _ := big.Evaluate(c)
+	if cb-cs != 0.05*500 {
+		t.Fatalf("H100 costs %v more than L4, want %v", cb-cs, 0.05*500)
+	}
+}
+
+func TestMIGTiesGoToTheFullerGPU(t *testing.T) {
+	// With only 4g and 3g seen, a 3g next to a 4g and a 3g at offset 4 of an
+	// empty GPU cost the same (one 3g slot gone, the 4g slots kept); the
+	// fuller GPU wins, and the capacity arithmetic must not tip the balance
+	// by a rounding of sevenths.
+	d := demandOf(t, []*Req{mig("4g.40gb"), mig("3g.40gb")}, []float64{0.5, 0.5})
+	n := apply(t, a100(2), gpu.Assignment{{GPU: 0, MIG: gpu.Placement{Profile: "4g.40gb", Start: 0}}})
+	n.Prepare(d)
+	a, _, err := n.Choose(cycleFor(mig("3g.40gb"), d))
+	if err != nil || a.String() != "0:3g.40gb@4" {
+		t.Fatalf("3g: %v %v, want 0:3g.40gb@4", a, err)
+	}
+}
+
+// BenchmarkEvaluate is the measure's cost for one node and pod: a share on
+// a half-used 8-GPU node against a demand of 32 shapes.
+func BenchmarkEvaluate(b *testing.B) {
+	var reqs []*Req
+	var ws []float64
+	for i := 0; i < 16; i++ {
+		reqs = append(reqs, share(int64(50+60*i), int64(1000+500*i)), whole(int64(1+i%4), int64(4000+1000*i)))
+		ws = append(ws, 1, 1)
+	}
+	d := NewDemand(func() []Shape {
+		var s []Shape
+		for _, r := range reqs {
+			s = append(s, r.Shape)
+		}
+		return s
+	}(), ws, 1)
+	dev := gpu.NewNodeDevices("A100-80GB", 8, 0)
+	for i, u := range []int64{1000, 0, 460, 810, 0, 230, 1000, 320} {
+		dev.GPUs[i].UsedMilli = u
+	}
+	n := NewNode("n", dev, 48000, 256*gib, 0)
+	n.Prepare(d)
+	// Five requests in turn: more than the node remembers, so each is
+	// measured.
+	var cs []*Cycle
+	for _, m := range []int64{470, 460, 320, 230, 650} {
+		cs = append(cs, cycleFor(share(m, 4000), d))
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		n.Evaluate(cs[i%len(cs)])
+	}
+}
+
+func TestBalanceKeepsCPUPoorNodesForLightPods(t *testing.T) {
+	// Half the pods need 11.3 cores per GPU, half 3.2. On a node with 2
+	// GPUs and 16 cores a heavy pod leaves one GPU that only light pods can
+	// use; on one with 8 GPUs and 96 cores it strands nothing. Counting
+	// copies shape by shape sees no difference (the CPU-poor node could
+	// only ever take one heavy pod); the demand's mix does.
+	heavy, light := whole(1, 11300), whole(1, 3152)
+	d := demandOf(t, []*Req{heavy, light}, []float64{0.5, 0.5})
+	poor := NewNode("p100", gpu.NewNodeDevices("Tesla-P100-PCIE-16GB", 2, 0), 16000, 256*gib, 0)
+	rich := NewNode("g2", gpu.NewNodeDevices("Tesla-T4", 8, 0), 96000, 256*gib, 0)
+	poor.Prepare(d)
+	rich.Prepare(d)
+	cost := func(n *Node, w Weights) float64 {
+		c, ok := n.Evaluate(&Cycle{Req: heavy, Demand: d, W: w})
+		if !ok {
+			t.Fatal("does not fit")
+		}
+		return c
+	}
+	frag := Weights{Fragmentation: 1}
+	if a, b := cost(poor, frag), cost(rich, frag); a != b {
+		t.Fatalf("without balance the heavy pod costs %v on the CPU-poor node and %v on the rich one; want equal", a, b)
+	}
+	bal := Weights{Fragmentation: 1, Balance: 1}
+	if a, b := cost(poor, bal), cost(rich, bal); !(a > b+300) {
+		t.Fatalf("with balance the heavy pod costs %v on the CPU-poor node and %v on the rich one; want the poor one dearer by ~350", a, b)
+	}
+}

@@ -1,0 +1,536 @@
+package packing
+
+import (
+	"fmt"
+
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+// Weights combine the parts of a placement's cost, all in thousandths of a
+// GPU of expected waste so that they add up.
+type Weights struct {
+	// Fragmentation multiplies the growth of the node's expected waste.
+	Fragmentation float64
+	// Overkill multiplies the pod's GPU request times how large the node's
+	// GPU model is among those the pod could use (0 for the smallest, 1 for
+	// the largest): small work goes to small GPUs when the waste is equal.
+	Overkill float64
+	// Balance multiplies the growth of the GPU capacity the demand's mix
+	// would strand for want of CPU or memory (see Node.balanceWaste).
+	Balance float64
+}
+
+// Cycle is what the cost of one pod shares across all nodes of a
+// scheduling cycle.
+type Cycle struct {
+	Req    *Req
+	Demand *Demand
+	W      Weights
+	// MinGPUMemoryGB and MaxGPUMemoryGB span the GPU models of the feasible
+	// nodes with known memory, for Overkill.
+	MinGPUMemoryGB, MaxGPUMemoryGB int
+}
+
+// maxTouched bounds the GPUs one placement changes individually; a pod
+// asking for more MIG instances on more GPUs than this is not placed.
+const maxTouched = 16
+
+// gpuState is what the measure reads of one GPU.
+type gpuState struct {
+	free int64
+	mig  migGPU
+}
+
+// transition is one GPU changing state, repeated times (identical idle GPUs
+// taken by a whole-GPU pod are one transition).
+type transition struct {
+	gpu           int
+	before, after gpuState
+	times         int64
+}
+
+// placement is a hypothetical placement of the pod on a node: the GPUs it
+// changes, static instances it takes, its CPU and memory.
+type placement struct {
+	t       [maxTouched]transition
+	nt      int
+	idle    int64 // idle GPUs taken
+	static  [maxTouched]int
+	nstatic int
+	freed   int64 // capacity units taken from the node's free capacity
+	// failed: the pod does not fit.
+	failed bool
+}
+
+func (p *placement) touch(g int, before gpuState) *transition {
+	for i := 0; i < p.nt; i++ {
+		if p.t[i].gpu == g {
+			return &p.t[i]
+		}
+	}
+	if p.nt == maxTouched {
+		p.failed = true
+		return nil
+	}
+	p.t[p.nt] = transition{gpu: g, before: before, after: before, times: 1}
+	p.nt++
+	return &p.t[p.nt-1]
+}
+
+func (p *placement) stateOf(n *Node, g int) gpuState {
+	for i := 0; i < p.nt; i++ {
+		if p.t[i].gpu == g {
+			return p.t[i].after
+		}
+	}
+	return gpuState{free: n.free[g], mig: n.mig[g]}
+}
+
+func (p *placement) staticTaken(k int) bool {
+	for i := 0; i < p.nstatic; i++ {
+		if p.static[i] == k {
+			return true
+		}
+	}
+	return false
+}
+
+// scratch is what the measure of one pod on one node computes once and
+// every candidate placement reuses.
+type scratch struct {
+	// lim[s] is how many copies of shape s the node keeps room for once the
+	// pod is placed, as far as CPU and memory go, capped by the copies its
+	// GPUs could take before the placement (a placement never adds GPU room).
+	lim [maxShapes]int64
+	// shareMax[k] and wholeMax[k] are the largest lim of each group: a
+	// placement that leaves the group at least that many GPU copies changes
+	// none of its terms.
+	shareMax, wholeMax [maxShapes]int64
+	// base is what the shapes could use if the placement took no GPU room:
+	// sum of wsize[s] * lim[s].
+	base int64
+}
+
+// prepareEval fills the scratch for the pod on the node.
+func (n *Node) prepareEval(d *Demand, r *Req, sc *scratch) {
+	cpu, mem := n.CPUFree-r.CPU, n.MemFree-r.Mem
+	sc.base = 0
+	for s := range d.Shapes {
+		c := copies(d, s, n.cache.gpuCopies[s])
+		lim := int64(0)
+		if c > 0 {
+			sh := &d.Shapes[s]
+			if cpu >= c*sh.MilliCPU && mem >= c*sh.Mem {
+				lim = c // the common case: CPU and memory do not bind, no division
+			} else {
+				lim = min(c, resourceRoom(d, s, cpu, mem))
+			}
+		}
+		sc.lim[s] = lim
+		sc.base += d.wsize[s] * lim
+	}
+	for k := range d.shares {
+		sc.shareMax[k] = groupMax(&d.shares[k], sc)
+	}
+	for k := range d.wholes {
+		sc.wholeMax[k] = groupMax(&d.wholes[k], sc)
+	}
+}
+
+func groupMax(g *group, sc *scratch) int64 {
+	var m int64
+	for _, s := range g.shapes {
+		m = max(m, sc.lim[s])
+	}
+	return m
+}
+
+// delta is how much the placement grows the node's expected waste, in
+// thousandths of a GPU. Only the shapes whose GPU room the placement changes
+// are visited: whole-GPU shapes when it takes idle GPUs, shares when it
+// changes a GPU's free milli, MIG shapes when it changes MIG room; and of
+// those only groups left with fewer copies than CPU and memory allow.
+func (n *Node) delta(d *Demand, p *placement, sc *scratch) float64 {
+	free := n.freeUnits - p.freed
+	if free <= 0 {
+		return -n.Waste()
+	}
+	freeChanged, migChanged := false, p.nstatic > 0
+	for i := 0; i < p.nt; i++ {
+		t := &p.t[i]
+		freeChanged = freeChanged || t.before.free != t.after.free
+		migChanged = migChanged || t.before.mig != t.after.mig
+	}
+	usable := sc.base
+	if p.idle != 0 {
+		for k := range d.wholes {
+			g := &d.wholes[k]
+			c := (n.idle - p.idle) / g.per
+			if c >= sc.wholeMax[k] {
+				continue
+			}
+			for _, s := range g.shapes {
+				if lim := sc.lim[s]; c < lim {
+					usable += d.wsize[s] * (c - lim)
+				}
+			}
+		}
+	}
+	if freeChanged {
+		for k := range d.shares {
+			g := &d.shares[k]
+			c := n.cache.shareCopies[k]
+			for i := 0; i < p.nt; i++ {
+				t := &p.t[i]
+				c += t.times * int64(int(g.q[t.after.free])-int(g.q[t.before.free]))
+			}
+			if c >= sc.shareMax[k] {
+				continue
+			}
+			for _, s := range g.shapes {
+				if lim := sc.lim[s]; c < lim {
+					usable += d.wsize[s] * (c - lim)
+				}
+			}
+		}
+	}
+	if migChanged {
+		for _, s := range d.mig {
+			lim := sc.lim[s]
+			if lim <= 0 {
+				continue
+			}
+			g := d.geoms[s][n.model]
+			c := n.cache.gpuCopies[s]
+			for i := 0; i < p.nt; i++ {
+				t := &p.t[i]
+				c += t.times * (t.after.mig.placeable(g) - t.before.mig.placeable(g))
+			}
+			for i := 0; i < p.nstatic; i++ {
+				if n.static[p.static[i]].profile == d.Shapes[s].MIG {
+					c--
+				}
+			}
+			if c /= d.Shapes[s].MIGCount; c < lim {
+				usable += d.wsize[s] * (c - lim)
+			}
+		}
+	}
+	return float64(free*d.iwSum-usable-n.cache.waste) / n.cache.scale
+}
+
+// Evaluate is the cost of placing the pod on the node in the best way the
+// packer knows, or ok false when its devices cannot take it. The node must
+// be prepared for c.Demand. It allocates nothing.
+func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
+	r := c.Req
+	memoize := len(r.MIG) == 0
+	if memoize {
+		for i := range n.memo {
+			if m := &n.memo[i]; m.demand == c.Demand && m.cpu == r.CPU && m.mem == r.Mem && m.gpus == r.GPU.GPUs && m.milli == r.GPU.Milli {
+				if !m.ok {
+					return 0, false
+				}
+				return n.compose(c, m.frag, m.bal), true
+			}
+		}
+	}
+	var p placement
+	var pick choice
+	frag, bal, ok := n.best(c, &p, &pick)
+	if memoize {
+		n.memo[n.memoNext] = memo{demand: c.Demand, cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs, milli: r.GPU.Milli, frag: frag, bal: bal, ok: ok}
+		n.memoNext = (n.memoNext + 1) % len(n.memo)
+	}
+	if !ok {
+		return 0, false
+	}
+	return n.compose(c, frag, bal), true
+}
+
+// memo remembers what a placement of one request on the node costs against
+// one demand: pods of one shape (replicas, a job's workers) usually come
+// together, and a node that did not change need not be measured again for
+// each of them. Requests for MIG instances are not remembered (a map).
+type memo struct {
+	demand                *Demand
+	cpu, mem, gpus, milli int64
+	frag, bal             float64
+	ok                    bool
+}
+
+// compose weighs the parts of a placement's cost.
+func (n *Node) compose(c *Cycle, frag, bal float64) float64 {
+	cost := c.W.Fragmentation*frag + c.W.Balance*bal
+	r := c.Req
+	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
+		rank := float64(n.GPUMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
+		cost += c.W.Overkill * float64(r.Milli()) * rank
+	}
+	return cost
+}
+
+// Choose returns the devices for the pod on the node (what Evaluate scored)
+// and its cost. The node must be prepared for c.Demand.
+func (n *Node) Choose(c *Cycle) (gpu.Assignment, float64, error) {
+	var p placement
+	var pick choice
+	frag, bal, ok := n.best(c, &p, &pick)
+	if !ok {
+		return nil, 0, fmt.Errorf("%s does not fit on the GPUs of node %s", c.Req.GPU.String(), n.Name)
+	}
+	return pick.assignment(n, c.Req), n.compose(c, frag, bal), nil
+}
+
+// choice records the devices best picked.
+type choice struct {
+	share int
+	mig   [maxTouched]gpu.Slot
+	nmig  int
+}
+
+func (ch *choice) assignment(n *Node, r *Req) gpu.Assignment {
+	switch {
+	case r.GPU.GPUs > 0:
+		a := make(gpu.Assignment, 0, r.GPU.GPUs)
+		for i := range n.Dev.GPUs {
+			if int64(len(a)) == r.GPU.GPUs {
+				break
+			}
+			d := &n.Dev.GPUs[i]
+			if d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 {
+				a = append(a, gpu.Slot{GPU: i, Milli: gpu.MilliPerGPU})
+			}
+		}
+		return a
+	case r.GPU.Milli > 0:
+		return gpu.Assignment{{GPU: ch.share, Milli: r.GPU.Milli}}
+	case ch.nmig > 0:
+		return append(gpu.Assignment(nil), ch.mig[:ch.nmig]...)
+	}
+	return nil
+}
+
+// best finds the cheapest placement of the pod on the node and returns
+// its two node-local costs: the growth of the expected waste and of the
+// balance waste, in thousandths of a GPU.
+func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok bool) {
+	r, d := c.Req, c.Demand
+	if r.CPU > n.CPUFree || r.Mem > n.MemFree {
+		return 0, 0, false
+	}
+	var sc scratch
+	n.prepareEval(d, r, &sc)
+	switch {
+	case r.GPU.GPUs > 0:
+		if n.idle < r.GPU.GPUs {
+			return 0, 0, false
+		}
+		for i := range n.free {
+			if n.isIdle(i) {
+				p.t[0] = transition{gpu: i, before: gpuState{free: n.free[i], mig: n.mig[i]}, after: gpuState{mig: migGPU{blocked: true}}, times: r.GPU.GPUs}
+				p.nt = 1
+				break
+			}
+		}
+		p.idle = r.GPU.GPUs
+		p.freed = r.GPU.GPUs * unitsPerGPU
+		frag = n.delta(d, p, &sc)
+	case r.GPU.Milli > 0:
+		m := r.GPU.Milli
+		best, bestFree := -1, int64(0)
+		p.freed = m * unitsPerMilli
+		p.nt = 1
+		// GPUs with the same free milli are in the same state (a node's GPUs
+		// are all MIG-capable or none): try each free value once.
+		var tried [maxTouched]int64
+		ntried := 0
+		for i, f := range n.free {
+			if f < m || containsInt64(tried[:ntried], f) {
+				continue
+			}
+			if ntried < len(tried) {
+				tried[ntried] = f
+				ntried++
+			}
+			p.t[0] = transition{gpu: i, before: gpuState{free: f, mig: n.mig[i]}, after: gpuState{free: f - m, mig: migGPU{blocked: true}}, times: 1}
+			p.idle = 0
+			if n.isIdle(i) {
+				p.idle = 1
+			}
+			cost := n.delta(d, p, &sc)
+			if best < 0 || cost < frag || cost == frag && f < bestFree {
+				best, bestFree, frag = i, f, cost
+			}
+		}
+		if best < 0 {
+			return 0, 0, false
+		}
+		pick.share = best
+	case len(r.MIG) > 0:
+		frag, ok = n.bestMIG(d, r, p, pick, &sc)
+		if !ok {
+			// Placing each instance where it costs least can paint a
+			// multi-instance request into a corner that first-fit avoids;
+			// Fits answers first-fit, so fall back to it.
+			*p, *pick = placement{}, choice{}
+			if n.fitsMIG(r, pick) != Fits {
+				return 0, 0, false
+			}
+			n.applyPicks(pick, p)
+			frag = n.delta(d, p, &sc)
+		}
+	default:
+		frag = n.delta(d, p, &sc)
+	}
+	return frag, n.balanceDelta(r, p.freed), true
+}
+
+func (n *Node) isIdle(i int) bool {
+	return n.free[i] == gpu.MilliPerGPU && !n.mig[i].mode && !n.mig[i].static
+}
+
+// bestMIG places the requested instances one by one, largest first, each
+// where the node's expected waste grows least; ties go to the fuller GPU
+// (leaving empty GPUs for the largest profiles), then the lower GPU index
+// and offset.
+func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice, sc *scratch) (float64, bool) {
+	if n.model < 0 || len(r.MIG) > maxTouched {
+		return 0, false
+	}
+	var frag float64
+	for _, prof := range r.MIG {
+		g := geomOf(migModels[n.model], prof)
+		if !g.ok {
+			return 0, false
+		}
+		best := migCand{gpu: -1}
+		for i := range n.mig {
+			st := p.stateOf(n, i)
+			if st.mig.blocked || st.mig.static {
+				continue
+			}
+			for s := 0; s < gpu.MemorySlices; s++ {
+				if !st.mig.fits(g, s) {
+					continue
+				}
+				q := *p
+				n.placeInstance(&q, i, g, s)
+				if q.failed {
+					continue
+				}
+				c := migCand{gpu: i, start: s, static: -1, used: st.mig.compute, cost: n.delta(d, &q, sc)}
+				if best.gpu < 0 || c.better(&best) {
+					best = c
+				}
+			}
+		}
+		for k := range n.static {
+			in := &n.static[k]
+			if in.profile != prof || p.staticTaken(k) {
+				continue
+			}
+			q := *p
+			n.takeStatic(&q, k)
+			if q.failed {
+				continue
+			}
+			c := migCand{gpu: in.gpu, start: in.start, static: k, cost: n.delta(d, &q, sc)}
+			if best.gpu < 0 || c.better(&best) {
+				best = c
+			}
+		}
+		if best.gpu < 0 {
+			return 0, false
+		}
+		if best.static >= 0 {
+			n.takeStatic(p, best.static)
+		} else {
+			n.placeInstance(p, best.gpu, g, best.start)
+		}
+		pick.mig[pick.nmig] = gpu.Slot{GPU: best.gpu, MIG: gpu.Placement{Profile: prof, Start: best.start}}
+		pick.nmig++
+		frag = best.cost
+	}
+	return frag, true
+}
+
+// migCand is one place a MIG instance could go.
+type migCand struct {
+	gpu, start, static int
+	used               int8
+	cost               float64
+}
+
+func (c *migCand) better(o *migCand) bool {
+	switch {
+	case c.cost != o.cost:
+		return c.cost < o.cost
+	case c.used != o.used:
+		return c.used > o.used
+	case c.gpu != o.gpu:
+		return c.gpu < o.gpu
+	}
+	return c.start < o.start
+}
+
+// placeInstance adds an on-demand instance of g at start on GPU i.
+func (n *Node) placeInstance(p *placement, i int, g geom, start int) {
+	t := p.touch(i, gpuState{free: n.free[i], mig: n.mig[i]})
+	if t == nil {
+		return
+	}
+	before := t.after.freeUnits()
+	if t.after.free > 0 {
+		// A whole GPU becomes a MIG GPU: it is no longer idle, and its free
+		// capacity is counted in compute slices from now on.
+		p.idle++
+		t.after.free = 0
+	}
+	t.after.mig = t.after.mig.with(g, start)
+	p.freed += before - t.after.freeUnits()
+}
+
+// freeUnits is the GPU's part of the node's free capacity (see NewNode).
+func (s gpuState) freeUnits() int64 {
+	if !s.mig.mode {
+		return s.free * unitsPerMilli
+	}
+	return s.mig.freeSlices() * unitsPerSlice
+}
+
+// takeStatic takes the node's k-th free static instance.
+func (n *Node) takeStatic(p *placement, k int) {
+	if p.nstatic == maxTouched {
+		p.failed = true
+		return
+	}
+	p.static[p.nstatic] = k
+	p.nstatic++
+	p.freed += n.static[k].compute * unitsPerSlice
+}
+
+// applyPicks records MIG slots chosen elsewhere in the placement.
+func (n *Node) applyPicks(pick *choice, p *placement) {
+	for _, sl := range pick.mig[:pick.nmig] {
+		if !n.mig[sl.GPU].static {
+			n.placeInstance(p, sl.GPU, geomOf(migModels[n.model], sl.MIG.Profile), sl.MIG.Start)
+			continue
+		}
+		for k := range n.static {
+			if in := &n.static[k]; in.gpu == sl.GPU && in.start == sl.MIG.Start && !p.staticTaken(k) {
+				n.takeStatic(p, k)
+				break
+			}
+		}
+	}
+}
+
+func containsInt64(s []int64, v int64) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,146 @@
+// Package gpupack is Penny's GPU packing plugin. It decides the node and the
+// devices of every GPU pod — which GPUs, which share of a GPU, which MIG
+// placement — keeps its own device view exact while bindings are in flight,
+// writes the choice on the pod (penny.dev/gpu-assignment) so that the node
+// side can honour it and a restarted scheduler can rebuild its view, and
+// scores nodes so that the cluster stays able to place what is coming (see
+// docs/gpupack.md and package packing for the measure).
+package gpupack
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/plugins/gpupack/packing"
+)
+
+// Name is the plugin's name in the scheduler configuration.
+const Name = "PennyGPUPack"
+
+// GPUPack is the plugin.
+type GPUPack struct {
+	h       fwk.Handle
+	args    *Args
+	weights packing.Weights
+	view    *view
+	learner *packing.Learner
+	pending *pendingPods
+	// facts is PreScore's scratch (see factsBuffer).
+	facts []nodeFacts
+}
+
+var (
+	_ fwk.PreFilterPlugin   = &GPUPack{}
+	_ fwk.FilterPlugin      = &GPUPack{}
+	_ fwk.PreScorePlugin    = &GPUPack{}
+	_ fwk.ScorePlugin       = &GPUPack{}
+	_ fwk.ReservePlugin     = &GPUPack{}
+	_ fwk.PreBindPlugin     = &GPUPack{}
+	_ fwk.EnqueueExtensions = &GPUPack{}
+	_ fwk.SignPlugin        = &GPUPack{}
+)
+
+// Option changes how New builds the plugin.
+type Option func(*GPUPack)
+
+// WithLayouts hands the plugin the node-reported static MIG layouts.
+func WithLayouts(s LayoutSource) Option {
+	return func(p *GPUPack) { p.view.layouts = s }
+}
+
+// New is the plugin factory for the registry.
+func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+	return NewWith(ctx, obj, h)
+}
+
+// NewWith builds the plugin with options.
+func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Option) (*GPUPack, error) {
+	args, err := DecodeArgs(obj)
+	if err != nil {
+		return nil, err
+	}
+	p := &GPUPack{
+		h:       h,
+		args:    args,
+		weights: packing.Weights{Fragmentation: *args.FragmentationWeight, Balance: *args.BalanceWeight, Overkill: *args.OverkillWeight},
+		view:    newView(nil, args.PoolLabel),
+		learner: packing.NewLearner(packing.LearnerOptions{
+			HalfLife:        float64(*args.DemandHalfLife),
+			Refresh:         int(*args.DemandRefresh),
+			LookAheadDepth:  int(*args.LookAheadDepth),
+			LookAheadWeight: *args.LookAheadWeight,
+			Coverage:        demandCoverage,
+			MaxShapes:       maxShapes,
+		}),
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	if *args.LookAheadDepth > 0 && *args.LookAheadWeight > 0 && h.SharedInformerFactory() != nil {
+		p.pending = watchPending(klog.FromContext(ctx), h.SharedInformerFactory(), p.learner)
+	}
+	registerMetrics(p)
+	return p, nil
+}
+
+// The demand keeps the shapes that make up 99% of recent arrivals, at most
+// 48 of them: the rest is noise that only costs scoring time.
+const (
+	demandCoverage = 0.99
+	maxShapes      = 48
+)
+
+func (p *GPUPack) Name() string { return Name }
+
+// AssignsGPUDevices tells the simulator that this plugin chooses devices and
+// writes penny.dev/gpu-assignment itself.
+func (p *GPUPack) AssignsGPUDevices() {}
+
+// SignPod declines kube-scheduler's batching of look-alike pods: where a pod
+// fits and how it scores depend on each GPU's state and on the demand, which
+// the previous pod of the same shape changed.
+func (p *GPUPack) SignPod(context.Context, *corev1.Pod) ([]fwk.SignFragment, *fwk.Status) {
+	return nil, fwk.NewStatus(fwk.Unschedulable, "GPU placement depends on each GPU's state")
+}
+
+// stateKey is where the cycle's state lives in CycleState.
+const stateKey fwk.StateKey = "PreFilter" + Name
+
+// cycleState is what one scheduling cycle of one pod carries from
+// PreFilter to PreBind.
+type cycleState struct {
+	req *packing.Req
+	// cycle is filled at PreScore (or at Reserve when scoring was skipped
+	// because only one node was feasible).
+	cycle packing.Cycle
+	// cpuNodeFeasible: a node without GPUs can take this pod (which asks
+	// for none).
+	cpuNodeFeasible bool
+	// assigned are the devices reserved on node.
+	assigned gpu.Assignment
+	node     string
+}
+
+// Clone copies the state: preemption dry runs read it, Reserve writes it.
+func (s *cycleState) Clone() fwk.StateData {
+	c := *s
+	return &c
+}
+
+func getState(state fwk.CycleState) (*cycleState, error) {
+	d, err := state.Read(stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("reading %q from cycle state: %w", stateKey, err)
+	}
+	s, ok := d.(*cycleState)
+	if !ok {
+		return nil, fmt.Errorf("%q in cycle state is a %T", stateKey, d)
+	}
+	return s, nil
+}

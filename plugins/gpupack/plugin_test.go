@@ -1,0 +1,424 @@
+package gpupack
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/backend/cache"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/parallelize"
+	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+// handle is the part of the framework handle the plugin uses outside the
+// API calls of PreBind: a parallelizer and the cycle's snapshot.
+type handle struct {
+	fwk.Handle
+	par  parallelize.Parallelizer
+	snap *cache.Snapshot
+}
+
+func (h *handle) Parallelizer() fwk.Parallelizer                         { return h.par }
+func (h *handle) SharedInformerFactory() informers.SharedInformerFactory { return nil }
+func (h *handle) SnapshotSharedLister() fwk.SharedLister                 { return h.snap }
+
+// set makes a snapshot of the nodes and pods the handle's and returns its
+// node infos, in the nodes' order.
+func (h *handle) set(t testing.TB, nodes []*corev1.Node, pods ...*corev1.Pod) []fwk.NodeInfo {
+	t.Helper()
+	h.snap = cache.NewSnapshot(pods, nodes)
+	out := make([]fwk.NodeInfo, len(nodes))
+	for i, n := range nodes {
+		ni, err := h.snap.NodeInfos().Get(n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = ni
+	}
+	return out
+}
+
+// The parallelizer records scheduler metrics.
+var initMetrics sync.Once
+
+func newPlugin(t testing.TB, args *Args, parallelism int) (*GPUPack, *handle) {
+	t.Helper()
+	initMetrics.Do(schedmetrics.InitMetrics)
+	h := &handle{par: parallelize.NewParallelizer(parallelism)}
+	var obj k8sruntime.Object
+	if args != nil {
+		obj = args
+	}
+	p, err := NewWith(context.Background(), obj, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, h
+}
+
+func gpuNode(name, product string, gpus int, cpu string, labels ...string) *corev1.Node {
+	l := map[string]string{gpu.LabelProduct: product, gpu.LabelCount: strconv.Itoa(gpus)}
+	for i := 0; i+1 < len(labels); i += 2 {
+		l[labels[i]] = labels[i+1]
+	}
+	alloc := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse(cpu),
+		corev1.ResourceMemory: resource.MustParse("512Gi"),
+		gpu.ResourceGPU:       *resource.NewQuantity(int64(gpus), resource.DecimalSI),
+	}
+	if gpus == 0 {
+		delete(l, gpu.LabelProduct)
+		delete(l, gpu.LabelCount)
+		delete(alloc, gpu.ResourceGPU)
+	}
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}, Status: corev1.NodeStatus{Allocatable: alloc, Capacity: alloc}}
+}
+
+func podOf(name string, cpu string, kv ...string) *corev1.Pod {
+	l := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse("4Gi")}
+	for i := 0; i+1 < len(kv); i += 2 {
+		l[corev1.ResourceName(kv[i])] = resource.MustParse(kv[i+1])
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID(name), Annotations: map[string]string{}},
+		Spec: corev1.PodSpec{SchedulerName: "penny-scheduler", Containers: []corev1.Container{{
+			Name: "main", Resources: corev1.ResourceRequirements{Requests: l, Limits: l}}}},
+	}
+}
+
+func bound(p *corev1.Pod, node, assignment string) *corev1.Pod {
+	p.Spec.NodeName = node
+	if assignment != "" {
+		p.Annotations[gpu.AnnotationAssignment] = assignment
+	}
+	return p
+}
+
+// schedule runs one cycle the way the scheduler does and returns the best
+// node and the devices reserved there.
+func schedule(t testing.TB, p *GPUPack, nodes []fwk.NodeInfo, pod *corev1.Pod) (string, gpu.Assignment) {
+	t.Helper()
+	ctx := context.Background()
+	state := framework.NewCycleState()
+	if _, s := p.PreFilter(ctx, state, pod, nodes); !s.IsSuccess() && !s.IsSkip() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	var feasible []fwk.NodeInfo
+	for _, ni := range nodes {
+		if s := p.Filter(ctx, state, pod, ni); s.IsSuccess() {
+			feasible = append(feasible, ni)
+		}
+	}
+	if len(feasible) == 0 {
+		return "", nil
+	}
+	if s := p.PreScore(ctx, state, pod, feasible); !s.IsSuccess() {
+		t.Fatalf("PreScore: %v", s)
+	}
+	scores := make(fwk.NodeScoreList, len(feasible))
+	for i, ni := range feasible {
+		sc, s := p.Score(ctx, state, pod, ni)
+		if !s.IsSuccess() {
+			t.Fatalf("Score: %v", s)
+		}
+		scores[i] = fwk.NodeScore{Name: ni.Node().Name, Score: sc}
+	}
+	if s := p.NormalizeScore(ctx, state, pod, scores); !s.IsSuccess() {
+		t.Fatalf("NormalizeScore: %v", s)
+	}
+	best := scores[0]
+	for _, s := range scores {
+		if s.Score > best.Score || s.Score == best.Score && s.Name < best.Name {
+			best = s
+		}
+	}
+	if s := p.Reserve(ctx, state, pod, best.Name); !s.IsSuccess() {
+		t.Fatalf("Reserve: %v", s)
+	}
+	st, _ := getState(state)
+	return best.Name, st.assigned
+}
+
+func TestArgsDefaultsAndValidation(t *testing.T) {
+	a, err := DecodeArgs(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *a.FragmentationWeight != 1 || *a.DemandHalfLife != 2000 || *a.LookAheadDepth != 256 || !*a.KeepGPUNodesForGPUPods || a.PoolLabel != "penny.dev/pool" {
+		t.Fatalf("defaults: %+v", a)
+	}
+	for _, tc := range []struct{ raw, want string }{
+		{`{"demandHalfLife": -1}`, "demandHalfLife"},
+		{`{"scoreScale": 0}`, "scoreScale"},
+		{`{"fragmentationWeight": 0, "balanceWeight": 0, "overkillWeight": 0}`, "every node would score the same"},
+		{`{"balanceWeight": -1}`, "balanceWeight"},
+		{`{"lookAheadDepth": -3}`, "lookAheadDepth"},
+		{`{"demandRefresh": 0}`, "demandRefresh"},
+		{`{"demandHalfLfe": 10}`, `unknown field "demandHalfLfe"`},
+	} {
+		_, err := DecodeArgs(&k8sruntime.Unknown{Raw: []byte(tc.raw)})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), Name) {
+			t.Errorf("%s: error %v, want one naming %q and the plugin", tc.raw, err, tc.want)
+		}
+	}
+}
+
+func TestCPUPodsStayOffGPUNodes(t *testing.T) {
+	cluster := []*corev1.Node{gpuNode("a100", "NVIDIA-A100-SXM4-80GB", 8, "96"), gpuNode("cpu", "", 0, "16")}
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, cluster)
+	if node, _ := schedule(t, p, nodes, podOf("web", "2")); node != "cpu" {
+		t.Fatalf("CPU pod went to %s, want the CPU node", node)
+	}
+	off := false
+	p, h = newPlugin(t, &Args{KeepGPUNodesForGPUPods: &off}, 1)
+	nodes = h.set(t, cluster)
+	ctx := context.Background()
+	state := framework.NewCycleState()
+	pod := podOf("web2", "2")
+	p.PreFilter(ctx, state, pod, nodes)
+	p.PreScore(ctx, state, pod, nodes)
+	a, _ := p.Score(ctx, state, pod, nodes[0])
+	c, _ := p.Score(ctx, state, pod, nodes[1])
+	if a != c {
+		t.Fatalf("with keepGPUNodesForGPUPods off, a CPU pod that strands nothing scores %d on the GPU node and %d on the CPU node", a, c)
+	}
+}
+
+// The view counts devices held by reservations whose pods are still being
+// bound, and forgets them when the binding fails.
+func TestReservationsHoldDevicesUntilUnreserved(t *testing.T) {
+	n := []*corev1.Node{gpuNode("t4", "Tesla-T4", 2, "64")}
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, n)
+	pod := podOf("a", "1", string(gpu.ResourceGPU), "2")
+	node, a := schedule(t, p, nodes, pod)
+	if node != "t4" || a.String() != "0,1" {
+		t.Fatalf("first pod: %s %v", node, a)
+	}
+	// The scheduler cache now holds the assumed pod (no annotation yet).
+	assumed := pod.DeepCopy()
+	assumed.Spec.NodeName = "t4"
+	nodes = h.set(t, n, assumed)
+	if node, _ := schedule(t, p, nodes, podOf("b", "1", string(gpu.ResourceGPU), "1")); node != "" {
+		t.Fatalf("a second pod got GPUs held by a reservation on %s", node)
+	}
+	// Binding fails: Unreserve, and the cache forgets the pod.
+	p.Unreserve(context.Background(), framework.NewCycleState(), pod, "t4")
+	nodes = h.set(t, n)
+	if node, a := schedule(t, p, nodes, podOf("c", "1", string(gpu.ResourceGPU), "1")); node != "t4" || a.String() != "0" {
+		t.Fatalf("after Unreserve: %s %v", node, a)
+	}
+}
+
+// A restarted plugin rebuilds the view from the annotations alone and a
+// tenant cannot claim devices its request does not cover.
+func TestViewFromAnnotations(t *testing.T) {
+	n := []*corev1.Node{gpuNode("t4", "Tesla-T4", 4, "64")}
+	pods := []*corev1.Pod{
+		bound(podOf("a", "1", string(gpu.ResourceGPUMilli), "600"), "t4", "2:600m"),
+		bound(podOf("b", "1", string(gpu.ResourceGPU), "1"), "t4", "0"),
+		// Claims two GPUs on a one-GPU request: not believed; held first-fit.
+		bound(podOf("c", "1", string(gpu.ResourceGPU), "1"), "t4", "1,3"),
+	}
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, n, pods...)
+	node, a := schedule(t, p, nodes, podOf("d", "1", string(gpu.ResourceGPUMilli), "400"))
+	if node != "t4" || a.String() != "2:400m" {
+		t.Fatalf("a 400 share goes into the 400 left on GPU 2: got %s %v", node, a)
+	}
+	e := p.view.nodes[nodes[0].(*framework.NodeInfo)]
+	if e.guessed != 1 || e.node.Dev.WholeFree() != 1 {
+		t.Fatalf("guessed %d pods, %d GPUs whole free; want 1 and 1 (GPU 3)", e.guessed, e.node.Dev.WholeFree())
+	}
+}
+
+// Filter and Score read the view while binding goroutines reserve and
+// unreserve other pods; run with -race.
+func TestConcurrentBindingsAndScoring(t *testing.T) {
+	var cluster []*corev1.Node
+	for i := 0; i < 50; i++ {
+		cluster = append(cluster, gpuNode(fmt.Sprint("n", i), "Tesla-T4", 4, "64"))
+	}
+	p, h := newPlugin(t, nil, 4)
+	nodes := h.set(t, cluster)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				pod := podOf(fmt.Sprintf("bg-%d-%d", g, i), "1")
+				p.view.reserve(pod.UID, fmt.Sprint("n", i%50), gpu.Assignment{{GPU: i % 4, Milli: 100}})
+				p.Unreserve(ctx, framework.NewCycleState(), pod, "")
+				p.poolStats()
+			}
+		}()
+	}
+	for i := 0; i < 50; i++ {
+		schedule(t, p, nodes, podOf(fmt.Sprint("fg", i), "1", string(gpu.ResourceGPUMilli), "300"))
+	}
+	wg.Wait()
+}
+
+// cpuTime is the CPU time this process has used (all threads: the
+// benchmark runs with one goroutine, but the garbage collector's work
+// counts too).
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchCluster is 5,000 nodes: 8 x A100 (60%), 2 x T4 (30%) and CPU-only,
+// about half full of whole GPUs and shares.
+func benchCluster(rng *rand.Rand) ([]*corev1.Node, []*corev1.Pod) {
+	var nodes []*corev1.Node
+	var all []*corev1.Pod
+	shares := []int64{110, 230, 320, 460, 470, 650, 810}
+	for i := 0; i < 5000; i++ {
+		var n *corev1.Node
+		switch r := rng.IntN(10); {
+		case r < 6:
+			n = gpuNode(fmt.Sprint("a100-", i), "NVIDIA-A100-SXM4-80GB", 8, "96")
+		case r < 9:
+			n = gpuNode(fmt.Sprint("t4-", i), "Tesla-T4", 2, "104")
+		default:
+			n = gpuNode(fmt.Sprint("cpu-", i), "", 0, "32")
+		}
+		dev := gpu.NodeDevicesFor(n)
+		var pods []*corev1.Pod
+		for g := range dev.GPUs {
+			switch rng.IntN(4) {
+			case 0:
+				pods = append(pods, bound(podOf(fmt.Sprintf("%s-w%d", n.Name, g), "8", string(gpu.ResourceGPU), "1"), n.Name, strconv.Itoa(g)))
+			case 1:
+				m := shares[rng.IntN(len(shares))]
+				pods = append(pods, bound(podOf(fmt.Sprintf("%s-s%d", n.Name, g), "4", string(gpu.ResourceGPUMilli), strconv.FormatInt(m, 10)), n.Name, fmt.Sprintf("%d:%dm", g, m)))
+			}
+		}
+		nodes = append(nodes, n)
+		all = append(all, pods...)
+	}
+	return nodes, all
+}
+
+// BenchmarkScore5000Nodes measures the plugin's scoring cost per pod on
+// 5,000 nodes: PreScore (the demand and, when it has changed, each node's
+// measure), Score on every feasible node and NormalizeScore. Each iteration
+// is a new pod arriving (PreFilter and Filter run first, untimed), so the
+// learned demand changes as in a running scheduler: rebuilt every
+// DemandRefresh arrivals, or at once for a new shape. With -cpu 1 it runs
+// serially and cpu-ns/op is the CPU time one pod's scoring costs; with more
+// CPUs the parallelizer spreads PreScore and Score as kube-scheduler does
+// (its default parallelism is 16), and ns/op is the latency.
+func BenchmarkScore5000Nodes(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	cluster, pods := benchCluster(rng)
+	for _, kind := range []struct {
+		name string
+		pod  func(i int) *corev1.Pod
+	}{
+		{"share", func(i int) *corev1.Pod {
+			return podOf(fmt.Sprint("p", i), "4", string(gpu.ResourceGPUMilli), strconv.Itoa([]int{110, 230, 320, 460, 470, 650, 810}[i%7]))
+		}},
+		{"whole", func(i int) *corev1.Pod {
+			return podOf(fmt.Sprint("p", i), strconv.Itoa(4+i%8), string(gpu.ResourceGPU), "1")
+		}},
+	} {
+		b.Run(kind.name, func(b *testing.B) {
+			p, h := newPlugin(b, nil, runtime.GOMAXPROCS(0))
+			nodes := h.set(b, cluster, pods...)
+			ctx := context.Background()
+			feasible := func(state fwk.CycleState, pod *corev1.Pod) []fwk.NodeInfo {
+				p.PreFilter(ctx, state, pod, nodes)
+				var out []fwk.NodeInfo
+				for _, ni := range nodes {
+					if p.Filter(ctx, state, pod, ni).IsSuccess() {
+						out = append(out, ni)
+					}
+				}
+				return out
+			}
+			// Warm up: learn a demand and build the views.
+			for i := 0; i < 200; i++ {
+				state := framework.NewCycleState()
+				pod := kind.pod(1_000_000 + i)
+				p.PreScore(ctx, state, pod, feasible(state, pod))
+			}
+			scores := make(fwk.NodeScoreList, len(nodes))
+			var cpu time.Duration
+			var scored int
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				pod := kind.pod(i)
+				state := framework.NewCycleState()
+				fs := feasible(state, pod)
+				scored += len(fs)
+				start := cpuTime(b)
+				b.StartTimer()
+				p.PreScore(ctx, state, pod, fs)
+				h.par.Until(ctx, len(fs), func(j int) {
+					s, _ := p.Score(ctx, state, pod, fs[j])
+					scores[j] = fwk.NodeScore{Name: fs[j].Node().Name, Score: s}
+				}, "Score")
+				p.NormalizeScore(ctx, state, pod, scores[:len(fs)])
+				b.StopTimer()
+				cpu += cpuTime(b) - start
+				b.StartTimer()
+			}
+			// On a shared machine wall time includes waiting for a core;
+			// the CPU time the process spent is what scoring costs.
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64(scored)/float64(b.N), "nodes/op")
+		})
+	}
+}
+
+func TestTelemetryLayouts(t *testing.T) {
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
+	src := TelemetryLayouts(store)
+	if _, _, ok := src.MIGLayout("n"); ok {
+		t.Fatal("a node that never reported has a layout")
+	}
+	// Even GPUs whole, odd ones with seven 1g.10gb instances.
+	store.Update(telemetrytest.Report("n", 4, 1, time.Now()), time.Now())
+	layout, v1, ok := src.MIGLayout("n")
+	if !ok || len(layout) != 4 || layout[0] != nil || len(layout[1]) != 7 || layout[3][6] != (gpu.Placement{Profile: "1g.10gb", Start: 6}) {
+		t.Fatalf("layout %v (ok %v)", layout, ok)
+	}
+	store.Update(telemetrytest.Report("n", 4, 2, time.Now()), time.Now())
+	if _, v2, _ := src.MIGLayout("n"); v2 != v1 {
+		t.Fatal("the version changed with a report whose layout did not")
+	}
+	r := telemetrytest.Report("n", 4, 3, time.Now())
+	r.Gpus[1].MigInstances = r.Gpus[1].MigInstances[:3]
+	store.Update(r, time.Now())
+	if _, v3, _ := src.MIGLayout("n"); v3 == v1 {
+		t.Fatal("the version did not change with the layout")
+	}
+}

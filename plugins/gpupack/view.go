@@ -1,0 +1,229 @@
+package gpupack
+
+import (
+	"strconv"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/plugins/gpupack/packing"
+)
+
+// view is the plugin's per-node device view. The scheduler's snapshot says
+// which pods are on a node (bound, or assumed while their binding is in
+// flight) but not which devices they hold: that comes from the
+// penny.dev/gpu-assignment annotation of bound pods and, for pods this
+// scheduler placed whose annotation it has not seen back yet, from its own
+// reservations. A restarted scheduler has no reservations, but every pod it
+// bound carries its annotation (written before the binding), so the view is
+// rebuilt exactly from the pods.
+//
+// Concurrency: entries are rebuilt only in PreFilter, at the start of a
+// scheduling cycle, under mu; Filter, PreScore, Score and Reserve of the
+// same cycle read them without a lock (the cycle is the only writer's
+// goroutine, and the next cycle cannot start before they return). The
+// binding goroutines (Unreserve, PreBind) touch only reservations, under mu.
+type view struct {
+	layouts   LayoutSource
+	poolLabel string
+
+	mu sync.Mutex
+	// nodes are keyed by the snapshot's NodeInfo: the scheduler keeps one
+	// per node for its lifetime and updates it in place (its generation
+	// says when), so the key hashes a pointer rather than a name.
+	nodes    map[*framework.NodeInfo]*entry
+	reserved map[types.UID]reservation
+	dirty    map[string]struct{}
+	epoch    uint64
+}
+
+// entry is one node's view.
+type entry struct {
+	gen int64
+	// staticMIG: the node's GPUs can hold static MIG layouts, so a layout
+	// reported for it is read; layoutVer is the version read (0 for none).
+	staticMIG bool
+	layoutVer uint64
+	node      *packing.Node
+	pool      string
+	// guessed counts GPU pods whose devices the view could not read (no
+	// valid annotation and no reservation: placed by another scheduler) and
+	// accounted first-fit, so that their capacity is never handed out twice.
+	guessed int
+	epoch   uint64
+}
+
+type reservation struct {
+	node string
+	a    gpu.Assignment
+	s    string
+}
+
+func newView(layouts LayoutSource, poolLabel string) *view {
+	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[*framework.NodeInfo]*entry{},
+		reserved: map[types.UID]reservation{}, dirty: map[string]struct{}{}}
+}
+
+// sync brings every node's entry up to date with the cycle's snapshot.
+func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.epoch++
+	for _, ni := range nodes {
+		k, ok := ni.(*framework.NodeInfo)
+		if !ok {
+			continue // not the scheduler's own snapshot: entryFor builds it each time
+		}
+		e := v.nodes[k]
+		dirty := false
+		if len(v.dirty) > 0 {
+			_, dirty = v.dirty[ni.Node().Name]
+		}
+		if e == nil || dirty || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
+			e = v.build(logger, ni, true)
+			v.nodes[k] = e
+			delete(v.dirty, ni.Node().Name)
+		}
+		e.epoch = v.epoch
+	}
+	if len(v.nodes) > len(nodes) {
+		for ni, e := range v.nodes {
+			if e.epoch != v.epoch {
+				delete(v.nodes, ni)
+			}
+		}
+	}
+}
+
+func (v *view) layoutChanged(name string, e *entry) bool {
+	if v.layouts == nil || !e.staticMIG {
+		return false
+	}
+	_, ver, ok := v.layouts.MIGLayout(name)
+	if !ok {
+		ver = 0
+	}
+	return ver != e.layoutVer
+}
+
+// entryFor returns the node's entry for this cycle. A NodeInfo the snapshot
+// does not hold as is (preemption removing victims, nominated pods added)
+// gets a view of its own, built now and not kept.
+func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
+	if k, ok := ni.(*framework.NodeInfo); ok {
+		if e := v.nodes[k]; e != nil && e.gen == ni.GetGeneration() {
+			return e
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.build(logger, ni, false)
+}
+
+// build reads the node's devices from its pods. Reservations whose pods
+// have come back with the annotation, or have left the node, are dropped
+// when keep is set (a sync). Callers hold mu.
+func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
+	node := ni.Node()
+	e := &entry{gen: ni.GetGeneration(), pool: node.Labels[v.poolLabel]}
+	if e.pool == "" {
+		e.pool = node.Labels[gpu.LabelProduct]
+	}
+	dev := gpu.NodeDevicesFor(node)
+	e.staticMIG = !dev.OnDemand && dev.Model != nil && dev.Model.SupportsMIG()
+	if v.layouts != nil && e.staticMIG {
+		if layout, ver, ok := v.layouts.MIGLayout(node.Name); ok {
+			e.layoutVer = ver
+			for i := range dev.GPUs {
+				if i >= len(layout) || len(layout[i]) == 0 {
+					continue
+				}
+				if err := dev.SetLayout(i, layout[i]); err != nil {
+					logger.Info("Ignoring reported MIG layout", "node", node.Name, "gpu", i, "err", err)
+				}
+			}
+		}
+	}
+	present := map[types.UID]bool{}
+	for _, pi := range ni.GetPods() {
+		pod := pi.GetPod()
+		present[pod.UID] = true
+		if r, ok := v.reserved[pod.UID]; ok && r.node == node.Name {
+			if err := dev.Apply(r.a); err != nil {
+				logger.Error(err, "Reserved devices no longer fit", "pod", klog.KObj(pod), "node", node.Name)
+			}
+			if keep && pod.Annotations[gpu.AnnotationAssignment] == r.s {
+				delete(v.reserved, pod.UID)
+			}
+			continue
+		}
+		if _, err := dev.AddPod(pod); err != nil {
+			v.guess(logger, dev, pod, err)
+			e.guessed++
+		}
+	}
+	if keep {
+		for uid, r := range v.reserved {
+			if r.node == node.Name && !present[uid] {
+				delete(v.reserved, uid)
+			}
+		}
+	}
+	alloc, req := ni.GetAllocatable(), ni.GetRequested()
+	e.node = packing.NewNode(node.Name, dev,
+		alloc.GetMilliCPU()-req.GetMilliCPU(), alloc.GetMemory()-req.GetMemory(), gpuMemoryGB(node))
+	return e
+}
+
+// guess accounts a GPU pod whose devices are unknown on the first devices
+// that fit, so that the capacity it holds is not offered again.
+func (v *view) guess(logger klog.Logger, dev *gpu.NodeDevices, pod *corev1.Pod, why error) {
+	r, err := gpu.ParsePodRequest(pod)
+	if err != nil || r.IsZero() {
+		return
+	}
+	a, err := dev.FirstFit(r)
+	if err == nil {
+		err = dev.Apply(a)
+	}
+	logger.V(2).Info("GPU pod without a usable device assignment; holding devices for it first-fit", "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "reason", why, "assumed", a, "err", err)
+}
+
+func (v *view) reserve(uid types.UID, node string, a gpu.Assignment) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.reserved[uid] = reservation{node: node, a: a, s: a.String()}
+}
+
+func (v *view) unreserve(uid types.UID) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if r, ok := v.reserved[uid]; ok {
+		delete(v.reserved, uid)
+		v.dirty[r.node] = struct{}{}
+	}
+}
+
+// each calls fn for every node's entry, under the lock (for metrics).
+func (v *view) each(fn func(*entry)) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range v.nodes {
+		fn(e)
+	}
+}
+
+// gpuMemoryGB reads GPU feature discovery's nvidia.com/gpu.memory (MiB).
+func gpuMemoryGB(node *corev1.Node) int {
+	if s, ok := node.Labels[gpu.LabelMemory]; ok {
+		if mib, err := strconv.Atoi(s); err == nil && mib > 0 {
+			return mib / 1024
+		}
+	}
+	return 0
+}
