@@ -14,6 +14,8 @@ import (
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
+	"github.com/pennysched/penny/plugins/gang"
+	"github.com/pennysched/penny/plugins/gpupack"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -45,14 +47,18 @@ func TestShippedProfileBuilds(t *testing.T) {
 			t.Fatalf("profile %s: %v", p.SchedulerName, err)
 		}
 		if p.SchedulerName == "penny-scheduler" {
-			found := false
+			weights := map[string]int32{}
 			for _, s := range fw.ListPlugins().Score.Enabled {
-				if s.Name == spotrisk.Name && s.Weight == 2 {
-					found = true
+				weights[s.Name] = s.Weight
+			}
+			for _, name := range []string{gang.Name, spotrisk.Name, gpupack.Name} {
+				if weights[name] == 0 {
+					t.Errorf("%s is not a score plugin in %s: %+v", name, p.SchedulerName, fw.ListPlugins().Score)
 				}
 			}
-			if !found {
-				t.Errorf("SpotRisk is not a score plugin with weight 2 in %s: %+v", p.SchedulerName, fw.ListPlugins().Score)
+			// docs/spot.md: a clear price difference outweighs packing.
+			if weights[spotrisk.Name] <= weights[gpupack.Name] {
+				t.Errorf("SpotRisk weight %d is not above PennyGPUPack's %d", weights[spotrisk.Name], weights[gpupack.Name])
 			}
 		}
 	}
