@@ -1,0 +1,575 @@
+// Package nvml reads the node's GPUs through NVML (go-nvml): inventory, MIG
+// instances with their placement, utilisation, memory and health (XID errors,
+// ECC counts, clock throttling).
+//
+// A node without the NVIDIA driver is a normal case, not a failure: the
+// collector reports the UNAVAILABLE state with no GPUs and keeps trying to
+// load NVML on every collection, so a driver installed later (by the GPU
+// operator, say) is picked up without restarting the agent.
+package nvml
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/go-logr/logr"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// Options tune the collector.
+type Options struct {
+	// XIDWindow is how long a critical XID error keeps its GPU unhealthy.
+	XIDWindow time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// DefaultXIDWindow keeps a GPU unhealthy for an hour after a critical XID:
+// most need a GPU reset, and a GPU that threw one is likely to throw more.
+const DefaultXIDWindow = time.Hour
+
+// Result is what one collection found.
+type Result struct {
+	Status            *telemetryv1.CollectorStatus
+	DriverVersion     string
+	CUDADriverVersion int32
+	GPUs              []*telemetryv1.GPU
+}
+
+// Collector reads GPUs through one NVML library handle. It is safe for
+// concurrent use.
+type Collector struct {
+	lib  nvml.Interface
+	log  logr.Logger
+	opts Options
+
+	mu          sync.Mutex
+	initialized bool
+	// known holds what was last read of each GPU, by index, so that a GPU
+	// NVML can no longer read (fallen off the bus) is still reported, as
+	// unhealthy, instead of silently disappearing.
+	known map[int]*telemetryv1.GPU
+	xids  map[string]*xidRecord // by GPU UUID
+	// watching is set while the XID watcher runs.
+	watching bool
+}
+
+type xidRecord struct {
+	last     uint32
+	lastTime time.Time
+	count    uint64
+	// critical is the time of the last XID that is not an application error.
+	critical    time.Time
+	criticalXID uint32
+}
+
+// New returns a collector over lib: nvml.New() for the real library, or a
+// mock (see NewMock).
+func New(lib nvml.Interface, log logr.Logger, opts Options) *Collector {
+	if opts.XIDWindow == 0 {
+		opts.XIDWindow = DefaultXIDWindow
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, xids: map[string]*xidRecord{}}
+}
+
+// ErrNoDriver is the reason a node has no GPUs to report.
+var ErrNoDriver = errors.New("NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver on this node, or it is not mounted into the agent's container")
+
+// init loads NVML when it is not loaded yet. Callers hold c.mu.
+func (c *Collector) initLocked() error {
+	if c.initialized {
+		return nil
+	}
+	switch ret := c.lib.Init(); ret {
+	case nvml.SUCCESS:
+		c.initialized = true
+		return nil
+	case nvml.ERROR_LIBRARY_NOT_FOUND:
+		return ErrNoDriver
+	case nvml.ERROR_DRIVER_NOT_LOADED:
+		return fmt.Errorf("NVIDIA kernel driver not loaded (NVML: %v)", ret)
+	default:
+		return fmt.Errorf("NVML init: %v", ret)
+	}
+}
+
+// Shutdown releases NVML.
+func (c *Collector) Shutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.initialized {
+		c.lib.Shutdown()
+		c.initialized = false
+	}
+}
+
+// Collect reads every GPU. It never fails: problems end up in Result.Status.
+func (c *Collector) Collect(ctx context.Context) Result {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.initLocked(); err != nil {
+		state := telemetryv1.CollectorStatus_STATE_ERROR
+		if errors.Is(err, ErrNoDriver) {
+			state = telemetryv1.CollectorStatus_STATE_UNAVAILABLE
+		}
+		return Result{Status: &telemetryv1.CollectorStatus{State: state, Message: err.Error()}}
+	}
+	res := Result{Status: &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK}}
+	if v, ret := c.lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
+		res.DriverVersion = v
+	}
+	if v, ret := c.lib.SystemGetCudaDriverVersion(); ret == nvml.SUCCESS {
+		res.CUDADriverVersion = int32(v)
+	}
+	count, ret := c.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return Result{Status: errorStatus("DeviceGetCount: %v", ret)}
+	}
+	if count == 0 {
+		res.Status.Message = "NVML sees no GPUs"
+	}
+	for i := 0; i < count; i++ {
+		if err := ctx.Err(); err != nil {
+			return Result{Status: errorStatus("collection cancelled: %v", err)}
+		}
+		g, err := c.readGPU(i)
+		if err != nil {
+			return Result{Status: errorStatus("GPU %d: %v", i, err)}
+		}
+		res.GPUs = append(res.GPUs, g)
+	}
+	return res
+}
+
+func errorStatus(format string, args ...any) *telemetryv1.CollectorStatus {
+	return &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: fmt.Sprintf(format, args...)}
+}
+
+// readGPU reads one GPU. A GPU that NVML stopped answering for is reported
+// from what was read before, marked unhealthy; only a GPU never read at all
+// is an error.
+func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
+	dev, ret := c.lib.DeviceGetHandleByIndex(index)
+	var g *telemetryv1.GPU
+	var lost error
+	if ret != nvml.SUCCESS {
+		lost = fmt.Errorf("DeviceGetHandleByIndex: %v", ret)
+	} else if g, lost = readIdentity(dev, index); lost == nil {
+		c.known[index] = proto.Clone(g).(*telemetryv1.GPU)
+	}
+	if lost != nil {
+		prev, ok := c.known[index]
+		if !ok {
+			return nil, lost
+		}
+		g = proto.Clone(prev).(*telemetryv1.GPU)
+		g.MemoryUsedBytes, g.UtilizationPercent, g.MemoryUtilizationPercent = nil, nil, nil
+		g.Health = &telemetryv1.Health{}
+		c.fillXID(g)
+		g.Health.Reasons = append(g.Health.Reasons, "NVML cannot read this GPU any more: "+lost.Error())
+		g.Health.Healthy = false
+		return g, nil
+	}
+
+	if mem, ret := dev.GetMemoryInfo(); ret == nvml.SUCCESS && g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
+		g.MemoryUsedBytes = proto.Uint64(mem.Used)
+	}
+	if u, ret := dev.GetUtilizationRates(); ret == nvml.SUCCESS {
+		g.UtilizationPercent = proto.Uint32(min(u.Gpu, 100))
+		g.MemoryUtilizationPercent = proto.Uint32(min(u.Memory, 100))
+	}
+	if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED {
+		instances, err := readMIG(dev)
+		if err != nil {
+			return nil, fmt.Errorf("MIG instances: %w", err)
+		}
+		g.MigInstances = instances
+	}
+	g.Health = c.readHealth(dev, g)
+	return g, nil
+}
+
+// readIdentity reads what a GPU is: the fields without which it cannot be
+// reported at all.
+func readIdentity(dev nvml.Device, index int) (*telemetryv1.GPU, error) {
+	uuid, ret := dev.GetUUID()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetUUID: %v", ret)
+	}
+	name, ret := dev.GetName()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetName: %v", ret)
+	}
+	mem, ret := dev.GetMemoryInfo()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetMemoryInfo: %v", ret)
+	}
+	g := &telemetryv1.GPU{
+		Uuid:             uuid,
+		Index:            uint32(index),
+		Name:             name,
+		Product:          ProductLabel(name),
+		MemoryTotalBytes: mem.Total,
+		MigMode:          telemetryv1.MIGMode_MIG_MODE_UNSUPPORTED,
+	}
+	if pci, ret := dev.GetPciInfo(); ret == nvml.SUCCESS {
+		g.PciBusId = cString(pci.BusId[:])
+	}
+	current, pending, ret := dev.GetMigMode()
+	switch {
+	case ret == nvml.ERROR_NOT_SUPPORTED:
+	case ret != nvml.SUCCESS:
+		return nil, fmt.Errorf("GetMigMode: %v", ret)
+	case current == nvml.DEVICE_MIG_ENABLE && pending == nvml.DEVICE_MIG_DISABLE:
+		g.MigMode = telemetryv1.MIGMode_MIG_MODE_PENDING_DISABLE
+	case current == nvml.DEVICE_MIG_ENABLE:
+		g.MigMode = telemetryv1.MIGMode_MIG_MODE_ENABLED
+	case pending == nvml.DEVICE_MIG_ENABLE:
+		g.MigMode = telemetryv1.MIGMode_MIG_MODE_PENDING_ENABLE
+	default:
+		g.MigMode = telemetryv1.MIGMode_MIG_MODE_DISABLED
+	}
+	return g, nil
+}
+
+// readMIG lists the MIG devices of a GPU in MIG mode, the way the NVIDIA
+// device plugin enumerates them, so the UUIDs match the ids it hands to pods.
+func readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error) {
+	max, ret := dev.GetMaxMigDeviceCount()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetMaxMigDeviceCount: %v", ret)
+	}
+	total, ret := dev.GetMemoryInfo()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetMemoryInfo: %v", ret)
+	}
+	var out []*telemetryv1.MIGInstance
+	for i := 0; i < max; i++ {
+		mig, ret := dev.GetMigDeviceHandleByIndex(i)
+		if ret == nvml.ERROR_NOT_FOUND || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue // no MIG device at this index
+		}
+		if ret != nvml.SUCCESS {
+			return nil, fmt.Errorf("GetMigDeviceHandleByIndex(%d): %v", i, ret)
+		}
+		m, err := readMIGDevice(dev, mig, total.Total)
+		if err != nil {
+			return nil, fmt.Errorf("MIG device %d: %w", i, err)
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].PlacementStart != out[j].PlacementStart {
+			return out[i].PlacementStart < out[j].PlacementStart
+		}
+		return out[i].ComputeInstanceId < out[j].ComputeInstanceId
+	})
+	return out, nil
+}
+
+func readMIGDevice(parent, mig nvml.Device, parentMemory uint64) (*telemetryv1.MIGInstance, error) {
+	uuid, ret := mig.GetUUID()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetUUID: %v", ret)
+	}
+	giID, ret := mig.GetGpuInstanceId()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetGpuInstanceId: %v", ret)
+	}
+	ciID, ret := mig.GetComputeInstanceId()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetComputeInstanceId: %v", ret)
+	}
+	gi, ret := parent.GetGpuInstanceById(giID)
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetGpuInstanceById(%d): %v (the agent needs the MIG monitor capability: NVIDIA_MIG_MONITOR_DEVICES=all)", giID, ret)
+	}
+	info, ret := gi.GetInfo()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GPU instance %d GetInfo: %v", giID, ret)
+	}
+	prof, ret := parent.GetGpuInstanceProfileInfo(int(info.ProfileId))
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("GetGpuInstanceProfileInfo(%d): %v", info.ProfileId, ret)
+	}
+	m := &telemetryv1.MIGInstance{
+		Uuid:              uuid,
+		Profile:           ProfileName(int(info.ProfileId), prof, parentMemory),
+		GpuInstanceId:     uint32(giID),
+		ComputeInstanceId: uint32(ciID),
+		PlacementStart:    info.Placement.Start,
+		PlacementSize:     info.Placement.Size,
+		MemoryTotalBytes:  prof.MemorySizeMB << 20,
+	}
+	if mem, ret := mig.GetMemoryInfo(); ret == nvml.SUCCESS {
+		m.MemoryTotalBytes = mem.Total
+		m.MemoryUsedBytes = proto.Uint64(mem.Used)
+	}
+	return m, nil
+}
+
+// ProfileName names a GPU instance profile the way the NVIDIA device plugin
+// and mig-parted do: "<slices>g.<memory>gb", where memory is the profile's
+// share of the GPU rounded up to eighths of the GPU's memory in whole GB,
+// plus "+me" for the media-extension variants.
+func ProfileName(profileID int, info nvml.GpuInstanceProfileInfo, deviceMemoryBytes uint64) string {
+	const gib = 1 << 30
+	totalGB := (deviceMemoryBytes + gib - 1) / gib
+	frac := float64(info.MemorySizeMB<<20) / float64(deviceMemoryBytes)
+	eighths := uint64(frac * 8)
+	if float64(eighths) < frac*8 {
+		eighths++
+	}
+	memGB := (eighths*totalGB + 4) / 8 // rounded to the nearest GB
+	name := fmt.Sprintf("%dg.%dgb", info.SliceCount, memGB)
+	switch profileID {
+	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1:
+		name += "+me"
+	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_2_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_4_SLICE_GFX:
+		name += "+gfx"
+	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_NO_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE_NO_ME:
+		name += "-me"
+	}
+	return name
+}
+
+// ProductLabel turns an NVML device name into the value GPU feature discovery
+// puts in nvidia.com/gpu.product: words joined by dashes, limited to the
+// characters and length a label value allows.
+func ProductLabel(name string) string {
+	s := strings.Join(strings.Fields(name), "-")
+	b := []byte(s)
+	for i, ch := range b {
+		if !('a' <= ch && ch <= 'z' || 'A' <= ch && ch <= 'Z' || '0' <= ch && ch <= '9' || ch == '-' || ch == '_' || ch == '.') {
+			b[i] = '-'
+		}
+	}
+	s = strings.Trim(string(b), "-_.")
+	if len(s) > 63 {
+		s = strings.TrimRight(s[:63], "-_.")
+	}
+	return s
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
+
+// applicationXIDs are XIDs a user's program causes (a bad kernel, a page
+// fault); they say nothing about the GPU. The NVIDIA device plugin ignores
+// the same list.
+var applicationXIDs = map[uint32]bool{13: true, 31: true, 43: true, 45: true, 68: true, 109: true}
+
+var xidMeaning = map[uint32]string{
+	48:  "double-bit ECC error",
+	63:  "ECC page retirement or row remapping recorded",
+	64:  "ECC page retirement or row remapping failed",
+	74:  "NVLink error",
+	79:  "GPU has fallen off the bus",
+	92:  "high single-bit ECC error rate",
+	94:  "contained ECC error",
+	95:  "uncontained ECC error",
+	119: "GSP RPC timeout",
+	120: "GSP error",
+}
+
+func describeXID(x uint32) string {
+	if m, ok := xidMeaning[x]; ok {
+		return fmt.Sprintf("XID %d (%s)", x, m)
+	}
+	return fmt.Sprintf("XID %d", x)
+}
+
+// readHealth gathers the health signals of a GPU and the verdict on them.
+func (c *Collector) readHealth(dev nvml.Device, g *telemetryv1.GPU) *telemetryv1.Health {
+	h := &telemetryv1.Health{}
+	g.Health = h
+	c.fillXID(g)
+	if mode, _, ret := dev.GetEccMode(); ret == nvml.SUCCESS && mode == nvml.FEATURE_ENABLED {
+		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC); ret == nvml.SUCCESS {
+			h.EccUncorrected = proto.Uint64(n)
+			if n > 0 {
+				h.Reasons = append(h.Reasons, fmt.Sprintf("%d uncorrected ECC errors since the driver loaded", n))
+			}
+		}
+		if n, ret := dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC); ret == nvml.SUCCESS {
+			h.EccCorrected = proto.Uint64(n)
+		}
+	}
+	reasons, ret := dev.GetCurrentClocksEventReasons()
+	if ret == nvml.ERROR_FUNCTION_NOT_FOUND || ret == nvml.ERROR_NOT_SUPPORTED {
+		reasons, ret = dev.GetCurrentClocksThrottleReasons()
+	}
+	if ret == nvml.SUCCESS {
+		for _, t := range throttleReasons {
+			if reasons&t.bit != 0 {
+				h.ThrottleReasons = append(h.ThrottleReasons, t.reason)
+				if t.hardware {
+					h.Reasons = append(h.Reasons, "clocks held down by "+t.words)
+				}
+			}
+		}
+	}
+	if t, ret := dev.GetTemperature(nvml.TEMPERATURE_GPU); ret == nvml.SUCCESS {
+		h.TemperatureCelsius = proto.Uint32(t)
+	}
+	h.Healthy = len(h.Reasons) == 0
+	return h
+}
+
+// fillXID copies what the XID watcher saw into g.Health.
+func (c *Collector) fillXID(g *telemetryv1.GPU) {
+	rec, ok := c.xids[g.Uuid]
+	if !ok {
+		return
+	}
+	h := g.Health
+	h.LastXid = rec.last
+	h.LastXidTime = timestamppb.New(rec.lastTime)
+	h.XidCount = rec.count
+	if !rec.critical.IsZero() && c.opts.Now().Sub(rec.critical) < c.opts.XIDWindow {
+		h.Reasons = append(h.Reasons, fmt.Sprintf("%s at %s", describeXID(rec.criticalXID), rec.critical.UTC().Format(time.RFC3339)))
+	}
+	h.Healthy = len(h.Reasons) == 0
+}
+
+var throttleReasons = []struct {
+	bit      uint64
+	reason   telemetryv1.ThrottleReason
+	hardware bool // a sign of trouble rather than normal power management
+	words    string
+}{
+	{nvml.ClocksEventReasonGpuIdle, telemetryv1.ThrottleReason_THROTTLE_REASON_GPU_IDLE, false, ""},
+	{nvml.ClocksEventReasonApplicationsClocksSetting, telemetryv1.ThrottleReason_THROTTLE_REASON_APPLICATIONS_CLOCKS_SETTING, false, ""},
+	{nvml.ClocksEventReasonSwPowerCap, telemetryv1.ThrottleReason_THROTTLE_REASON_SW_POWER_CAP, false, ""},
+	{nvml.ClocksThrottleReasonHwSlowdown, telemetryv1.ThrottleReason_THROTTLE_REASON_HW_SLOWDOWN, true, "hardware slowdown (overheating or power brake)"},
+	{nvml.ClocksEventReasonSyncBoost, telemetryv1.ThrottleReason_THROTTLE_REASON_SYNC_BOOST, false, ""},
+	{nvml.ClocksEventReasonSwThermalSlowdown, telemetryv1.ThrottleReason_THROTTLE_REASON_SW_THERMAL_SLOWDOWN, false, ""},
+	{nvml.ClocksThrottleReasonHwThermalSlowdown, telemetryv1.ThrottleReason_THROTTLE_REASON_HW_THERMAL_SLOWDOWN, true, "hardware thermal slowdown"},
+	{nvml.ClocksThrottleReasonHwPowerBrakeSlowdown, telemetryv1.ThrottleReason_THROTTLE_REASON_HW_POWER_BRAKE_SLOWDOWN, true, "hardware power brake"},
+	{nvml.ClocksEventReasonDisplayClockSetting, telemetryv1.ThrottleReason_THROTTLE_REASON_DISPLAY_CLOCK_SETTING, false, ""},
+}
+
+// recordXID notes an XID error raised for the GPU with this UUID.
+func (c *Collector) recordXID(uuid string, xid uint32, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rec, ok := c.xids[uuid]
+	if !ok {
+		rec = &xidRecord{}
+		c.xids[uuid] = rec
+	}
+	rec.last, rec.lastTime = xid, at
+	rec.count++
+	if !applicationXIDs[xid] {
+		rec.critical, rec.criticalXID = at, xid
+	}
+}
+
+// WatchXIDs listens for XID errors until ctx ends. It waits for NVML to load
+// (a collection loads it) and returns early, logging why, when the driver
+// cannot deliver events. Run it in its own goroutine.
+func (c *Collector) WatchXIDs(ctx context.Context, onXID func()) {
+	var set nvml.EventSet
+	for set == nil {
+		var err error
+		set, err = c.registerEvents()
+		if err != nil {
+			c.log.Info("XID errors will not be watched", "reason", err.Error())
+			return
+		}
+		if set == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+	defer set.Free()
+	c.log.V(1).Info("watching XID errors")
+	for ctx.Err() == nil {
+		e, ret := set.Wait(1000)
+		switch {
+		case ret == nvml.ERROR_TIMEOUT:
+			continue
+		case ret != nvml.SUCCESS:
+			c.log.Info("waiting for NVML events failed; retrying", "error", ret.Error())
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if e.EventType&nvml.EventTypeXidCriticalError == 0 || e.Device == nil {
+			continue
+		}
+		uuid, ret := e.Device.GetUUID()
+		if ret != nvml.SUCCESS {
+			c.log.Info("XID event for a GPU whose UUID cannot be read", "xid", e.EventData, "error", ret.Error())
+			continue
+		}
+		c.log.Info("GPU raised an XID error", "gpu", uuid, "xid", e.EventData, "meaning", describeXID(uint32(e.EventData)))
+		c.recordXID(uuid, uint32(e.EventData), c.opts.Now())
+		if onXID != nil {
+			onXID()
+		}
+	}
+}
+
+// registerEvents creates an event set for XID errors on every GPU. It
+// returns nil, nil while NVML is not loaded yet.
+func (c *Collector) registerEvents() (nvml.EventSet, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.initialized {
+		return nil, nil
+	}
+	set, ret := c.lib.EventSetCreate()
+	if ret != nvml.SUCCESS {
+		return nil, fmt.Errorf("EventSetCreate: %v", ret)
+	}
+	count, ret := c.lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		set.Free()
+		return nil, fmt.Errorf("DeviceGetCount: %v", ret)
+	}
+	registered := 0
+	for i := 0; i < count; i++ {
+		dev, ret := c.lib.DeviceGetHandleByIndex(i)
+		if ret != nvml.SUCCESS {
+			continue
+		}
+		supported, ret := dev.GetSupportedEventTypes()
+		if ret != nvml.SUCCESS || supported&nvml.EventTypeXidCriticalError == 0 {
+			continue
+		}
+		if ret := dev.RegisterEvents(nvml.EventTypeXidCriticalError, set); ret == nvml.SUCCESS {
+			registered++
+		}
+	}
+	if registered == 0 && count > 0 {
+		set.Free()
+		return nil, errors.New("no GPU supports XID events")
+	}
+	return set, nil
+}

@@ -1,0 +1,358 @@
+package nvml
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+func collect(t *testing.T, c *Collector) Result {
+	t.Helper()
+	return c.Collect(context.Background())
+}
+
+// asReport wraps a collection in a report so that the scheduler's validation
+// can judge it.
+func asReport(r Result) *telemetryv1.NodeReport {
+	ok := &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_DISABLED}
+	return &telemetryv1.NodeReport{
+		NodeName: "gpu-node-1", AgentId: "test", Sequence: 1, CollectedAt: timestamppb.Now(),
+		Nvml: r.Status, DriverVersion: r.DriverVersion, CudaDriverVersion: r.CUDADriverVersion, Gpus: r.GPUs,
+		PodResources: ok, Profiling: ok, Reclaim: ok,
+	}
+}
+
+func TestCollectDGXA100WithMIG(t *testing.T) {
+	m, err := NewMockFromFlag("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(m, testr.New(t), Options{})
+	r := collect(t, c)
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
+		t.Fatalf("status %v: %s", r.Status.State, r.Status.Message)
+	}
+	if r.DriverVersion != "550.54.15" || r.CUDADriverVersion != 12040 {
+		t.Errorf("driver %q cuda %d", r.DriverVersion, r.CUDADriverVersion)
+	}
+	if len(r.GPUs) != 8 {
+		t.Fatalf("got %d GPUs, want 8", len(r.GPUs))
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatalf("collected report does not validate: %v", err)
+	}
+	model, ok := gpu.LookupModel(r.GPUs[0].Product)
+	if !ok || model.Name != "A100-40GB" {
+		t.Fatalf("product %q is not pkg/gpu's A100-40GB", r.GPUs[0].Product)
+	}
+	for i, g := range r.GPUs[:6] {
+		if g.MigMode != telemetryv1.MIGMode_MIG_MODE_DISABLED || len(g.MigInstances) != 0 {
+			t.Errorf("GPU %d: mig %v with %d instances, want disabled and none", i, g.MigMode, len(g.MigInstances))
+		}
+		if g.GetUtilizationPercent() != uint32(10*i) || g.UtilizationPercent == nil {
+			t.Errorf("GPU %d: utilisation %v, want %d", i, g.UtilizationPercent, 10*i)
+		}
+		if g.MemoryTotalBytes != 40960<<20 || g.MemoryUsedBytes == nil {
+			t.Errorf("GPU %d: memory total %d used %v", i, g.MemoryTotalBytes, g.MemoryUsedBytes)
+		}
+		if !g.Health.Healthy || len(g.Health.ThrottleReasons) != 1 || g.Health.ThrottleReasons[0] != telemetryv1.ThrottleReason_THROTTLE_REASON_GPU_IDLE {
+			t.Errorf("GPU %d: health %v", i, g.Health)
+		}
+		if g.Uuid != m.UUID(i) || g.Index != uint32(i) || g.PciBusId == "" {
+			t.Errorf("GPU %d: uuid %q index %d pci %q", i, g.Uuid, g.Index, g.PciBusId)
+		}
+	}
+
+	type inst struct {
+		profile     string
+		start, size uint32
+	}
+	want := map[int][]inst{
+		6: {{"3g.20gb", 0, 4}, {"2g.10gb", 4, 2}, {"1g.5gb", 6, 1}},
+		7: {{"1g.5gb", 0, 1}, {"1g.5gb", 1, 1}, {"1g.5gb", 2, 1}, {"1g.5gb", 3, 1}, {"1g.5gb", 4, 1}, {"1g.5gb", 5, 1}, {"1g.5gb", 6, 1}},
+	}
+	for idx, insts := range want {
+		g := r.GPUs[idx]
+		if g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
+			t.Fatalf("GPU %d: mig mode %v", idx, g.MigMode)
+		}
+		if g.UtilizationPercent != nil {
+			t.Errorf("GPU %d in MIG mode reports utilisation %d; NVML cannot measure it there", idx, *g.UtilizationPercent)
+		}
+		if len(g.MigInstances) != len(insts) {
+			t.Fatalf("GPU %d: %d MIG instances, want %d", idx, len(g.MigInstances), len(insts))
+		}
+		var placements []gpu.Placement
+		for j, w := range insts {
+			got := g.MigInstances[j]
+			if got.Profile != w.profile || got.PlacementStart != w.start || got.PlacementSize != w.size {
+				t.Errorf("GPU %d instance %d: %s@%d+%d, want %s@%d+%d", idx, j, got.Profile, got.PlacementStart, got.PlacementSize, w.profile, w.start, w.size)
+			}
+			if !telemetryv1.IsMIGUUID(got.Uuid) {
+				t.Errorf("GPU %d instance %d: uuid %q", idx, j, got.Uuid)
+			}
+			if _, ok := model.Profile(got.Profile); !ok {
+				t.Errorf("profile %q is unknown to pkg/gpu's %s", got.Profile, model.Name)
+			}
+			placements = append(placements, gpu.Placement{Profile: got.Profile, Start: int(got.PlacementStart)})
+		}
+		// pkg/gpu agrees with NVML on where the instances sit: nothing else
+		// of the smallest profile fits after a full 1g layout, and after the
+		// mixed layout no 1g instance fits either.
+		if starts, err := model.FreeStarts(placements, "1g.5gb"); err != nil || len(starts) != 0 {
+			t.Errorf("GPU %d: pkg/gpu finds room for 1g.5gb at %v (err %v) in a full layout", idx, starts, err)
+		}
+	}
+
+	// Collections are stable: the same machine gives the same UUIDs.
+	m2, _ := NewMockFromFlag("dgxa100")
+	r2 := collect(t, New(m2, testr.New(t), Options{}))
+	if r2.GPUs[7].MigInstances[3].Uuid != r.GPUs[7].MigInstances[3].Uuid || r2.GPUs[2].Uuid != r.GPUs[2].Uuid {
+		t.Error("mock UUIDs differ between two builds of the same machine")
+	}
+}
+
+// Every GPU instance profile go-nvml's mocks know gets the name the device
+// plugin uses; the base names are in pkg/gpu's tables (except A100-40GB's
+// 1g.10gb, which pkg/gpu does not list).
+func TestProfileNames(t *testing.T) {
+	cases := []struct {
+		machine string
+		want    map[int]string
+	}{
+		{"dgxa100", map[int]string{
+			nvml.GPU_INSTANCE_PROFILE_1_SLICE:      "1g.5gb",
+			nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1: "1g.5gb+me",
+			nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2: "1g.10gb",
+			nvml.GPU_INSTANCE_PROFILE_2_SLICE:      "2g.10gb",
+			nvml.GPU_INSTANCE_PROFILE_3_SLICE:      "3g.20gb",
+			nvml.GPU_INSTANCE_PROFILE_4_SLICE:      "4g.20gb",
+			nvml.GPU_INSTANCE_PROFILE_7_SLICE:      "7g.40gb",
+		}},
+		{"dgxh100", map[int]string{
+			nvml.GPU_INSTANCE_PROFILE_1_SLICE:      "1g.10gb",
+			nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1: "1g.10gb+me",
+			nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2: "1g.20gb",
+			nvml.GPU_INSTANCE_PROFILE_2_SLICE:      "2g.20gb",
+			nvml.GPU_INSTANCE_PROFILE_3_SLICE:      "3g.40gb",
+			nvml.GPU_INSTANCE_PROFILE_4_SLICE:      "4g.40gb",
+			nvml.GPU_INSTANCE_PROFILE_7_SLICE:      "7g.80gb",
+		}},
+	}
+	for _, tc := range cases {
+		m, err := NewMock(tc.machine)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := m.Devices[0].(*server.Device)
+		got := map[int]string{}
+		for id, info := range dev.Config.MIGProfiles.GpuInstanceProfiles {
+			got[id] = ProfileName(id, info, dev.MemoryInfo.Total)
+		}
+		for id, name := range tc.want {
+			if got[id] != name {
+				t.Errorf("%s profile %d: named %q, want %q", tc.machine, id, got[id], name)
+			}
+		}
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: mock has profiles %v, test expects %v", tc.machine, got, tc.want)
+		}
+	}
+}
+
+func TestNoDriver(t *testing.T) {
+	// A library path that exists nowhere: the same outcome as a node without
+	// the NVIDIA driver, on any machine.
+	lib := nvml.New(nvml.WithLibraryPath("/nonexistent/penny-test/libnvidia-ml.so.1"))
+	c := New(lib, testr.New(t), Options{})
+	r := collect(t, c)
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_UNAVAILABLE {
+		t.Fatalf("state %v, want UNAVAILABLE", r.Status.State)
+	}
+	if !strings.Contains(r.Status.Message, "no NVIDIA driver") || len(r.GPUs) != 0 {
+		t.Fatalf("message %q, %d GPUs", r.Status.Message, len(r.GPUs))
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatalf("a no-GPU report must validate: %v", err)
+	}
+	// Watching XIDs without a driver waits instead of failing or spinning.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	c.WatchXIDs(ctx, nil)
+}
+
+func TestDriverInstalledLater(t *testing.T) {
+	m, _ := NewMock("dgxa100")
+	var mu sync.Mutex
+	present := false
+	m.InitFunc = func() nvml.Return {
+		mu.Lock()
+		defer mu.Unlock()
+		if !present {
+			return nvml.ERROR_LIBRARY_NOT_FOUND
+		}
+		return nvml.SUCCESS
+	}
+	c := New(m, testr.New(t), Options{})
+	if r := collect(t, c); r.Status.State != telemetryv1.CollectorStatus_STATE_UNAVAILABLE {
+		t.Fatalf("before the driver: %v", r.Status.State)
+	}
+	mu.Lock()
+	present = true
+	mu.Unlock()
+	if r := collect(t, c); r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+		t.Fatalf("after the driver: %v with %d GPUs", r.Status.State, len(r.GPUs))
+	}
+}
+
+func TestInitFailureIsAnError(t *testing.T) {
+	m, _ := NewMock("dgxa100")
+	m.InitFunc = func() nvml.Return { return nvml.ERROR_DRIVER_NOT_LOADED }
+	r := collect(t, New(m, testr.New(t), Options{}))
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_ERROR || !strings.Contains(r.Status.Message, "driver not loaded") {
+		t.Fatalf("got %v %q", r.Status.State, r.Status.Message)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	m, _ := NewMock("dgxa100")
+	now := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	var clockMu sync.Mutex
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	c := New(m, testr.New(t), Options{XIDWindow: time.Hour, Now: clock})
+	if r := collect(t, c); !r.GPUs[1].Health.Healthy {
+		t.Fatalf("fresh GPU unhealthy: %v", r.GPUs[1].Health)
+	}
+
+	m.SetECCUncorrected(1, 2)
+	m.SetClockReasons(2, nvml.ClocksThrottleReasonHwThermalSlowdown|nvml.ClocksEventReasonSwPowerCap)
+	m.SetClockReasons(3, nvml.ClocksEventReasonSwPowerCap)
+	r := collect(t, c)
+	if h := r.GPUs[1].Health; h.Healthy || h.GetEccUncorrected() != 2 || !strings.Contains(h.Reasons[0], "2 uncorrected ECC") {
+		t.Errorf("ECC: %v", h)
+	}
+	if h := r.GPUs[2].Health; h.Healthy || !strings.Contains(strings.Join(h.Reasons, ";"), "thermal") {
+		t.Errorf("HW thermal slowdown: %v", h)
+	}
+	if h := r.GPUs[3].Health; !h.Healthy {
+		t.Errorf("a software power cap is normal, not unhealthy: %v", h)
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan struct{}, 4)
+	done := make(chan struct{})
+	go func() { c.WatchXIDs(ctx, func() { seen <- struct{}{} }); close(done) }()
+	m.InjectXID(4, 13) // an application error: recorded, GPU stays healthy
+	m.InjectXID(5, 79) // fallen off the bus
+	for i := 0; i < 2; i++ {
+		select {
+		case <-seen:
+		case <-time.After(5 * time.Second):
+			t.Fatal("XID not seen")
+		}
+	}
+	r = collect(t, c)
+	if h := r.GPUs[4].Health; !h.Healthy || h.LastXid != 13 || h.XidCount != 1 {
+		t.Errorf("after XID 13: %v", h)
+	}
+	if h := r.GPUs[5].Health; h.Healthy || h.LastXid != 79 || !strings.Contains(h.Reasons[0], "fallen off the bus") {
+		t.Errorf("after XID 79: %v", h)
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatal(err)
+	}
+
+	clockMu.Lock()
+	now = now.Add(61 * time.Minute)
+	clockMu.Unlock()
+	r = collect(t, c)
+	if h := r.GPUs[5].Health; !h.Healthy || h.LastXid != 79 {
+		t.Errorf("XID 79 an hour and a minute ago still counts: %v", h)
+	}
+	cancel()
+	<-done
+}
+
+func TestLostGPUStaysReported(t *testing.T) {
+	m, _ := NewMock("dgxa100")
+	c := New(m, testr.New(t), Options{})
+	before := collect(t, c)
+	dev := m.Devices[3].(*server.Device)
+	dev.GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
+	r := collect(t, c)
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+		t.Fatalf("%v, %d GPUs", r.Status, len(r.GPUs))
+	}
+	g := r.GPUs[3]
+	if g.Uuid != before.GPUs[3].Uuid || g.Health.Healthy || !strings.Contains(g.Health.Reasons[0], "ERROR_GPU_IS_LOST") {
+		t.Fatalf("lost GPU reported as %v", g)
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A GPU never read before cannot be reported: the whole collection is an
+	// error then, so the scheduler treats the node's GPUs as unknown.
+	m2, _ := NewMock("dgxa100")
+	m2.Devices[0].(*server.Device).GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
+	r = collect(t, New(m2, testr.New(t), Options{}))
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_ERROR || len(r.GPUs) != 0 || !strings.Contains(r.Status.Message, "GPU 0") {
+		t.Fatalf("got %v %q with %d GPUs", r.Status.State, r.Status.Message, len(r.GPUs))
+	}
+}
+
+func TestMIGLayoutChangeIsSeen(t *testing.T) {
+	m, _ := NewMock("dgxh100")
+	c := New(m, testr.New(t), Options{})
+	if err := m.EnableMIG(0, MockInstance{Profile: nvml.GPU_INSTANCE_PROFILE_4_SLICE, Start: 0}); err != nil {
+		t.Fatal(err)
+	}
+	r := collect(t, c)
+	if got := r.GPUs[0].MigInstances; len(got) != 1 || got[0].Profile != "4g.40gb" {
+		t.Fatalf("after 4g: %v", got)
+	}
+	if err := m.EnableMIG(0, MockInstance{Profile: nvml.GPU_INSTANCE_PROFILE_3_SLICE, Start: 4}); err != nil {
+		t.Fatal(err)
+	}
+	r = collect(t, c)
+	got := r.GPUs[0].MigInstances
+	if len(got) != 2 || got[1].Profile != "3g.40gb" || got[1].PlacementStart != 4 {
+		t.Fatalf("after adding 3g: %v", got)
+	}
+	if r.GPUs[0].Product != "NVIDIA-H100-80GB-HBM3" {
+		t.Errorf("product %q", r.GPUs[0].Product)
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.EnableMIG(0, MockInstance{Profile: nvml.GPU_INSTANCE_PROFILE_3_SLICE, Start: 2}); err == nil {
+		t.Fatal("a 3g instance at slice 2 is not a valid placement; the mock must refuse it")
+	}
+}
+
+func TestProductLabel(t *testing.T) {
+	for in, want := range map[string]string{
+		"NVIDIA A100-SXM4-40GB":        "NVIDIA-A100-SXM4-40GB",
+		"NVIDIA H100 80GB HBM3":        "NVIDIA-H100-80GB-HBM3",
+		"Tesla T4":                     "Tesla-T4",
+		"  NVIDIA  GeForce RTX(4090) ": "NVIDIA-GeForce-RTX-4090",
+	} {
+		if got := ProductLabel(in); got != want {
+			t.Errorf("ProductLabel(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,212 @@
+// Package podresources asks the kubelet which pod holds which device, through
+// its PodResources gRPC API on a unix socket, and attaches the answer to the
+// GPUs and MIG instances NVML found.
+package podresources
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// DefaultSocket is where the kubelet serves PodResources.
+const DefaultSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+// DefaultResourcePrefixes select the device plugin resources that are GPUs.
+var DefaultResourcePrefixes = []string{"nvidia.com/"}
+
+// maxResponseBytes bounds a List answer; a node with hundreds of pods stays
+// far below it.
+const maxResponseBytes = 16 << 20
+
+// Collector lists pod devices from the kubelet. It dials lazily and redials
+// after a failure, so a kubelet restart costs one failed collection.
+type Collector struct {
+	socket   string
+	prefixes []string
+	timeout  time.Duration
+
+	mu   sync.Mutex
+	conn *grpc.ClientConn
+}
+
+// Result is what one collection found.
+type Result struct {
+	Status  *telemetryv1.CollectorStatus
+	Devices []*telemetryv1.PodDevices
+}
+
+// New returns a collector for the kubelet socket at path. prefixes select
+// resources by name (DefaultResourcePrefixes when empty).
+func New(socket string, prefixes []string) *Collector {
+	if len(prefixes) == 0 {
+		prefixes = DefaultResourcePrefixes
+	}
+	return &Collector{socket: socket, prefixes: prefixes, timeout: 5 * time.Second}
+}
+
+// Collect lists the devices of every running pod. It never fails: problems
+// end up in Result.Status.
+func (c *Collector) Collect(ctx context.Context) Result {
+	if _, err := os.Stat(c.socket); errors.Is(err, fs.ErrNotExist) {
+		return Result{Status: &telemetryv1.CollectorStatus{
+			State:   telemetryv1.CollectorStatus_STATE_UNAVAILABLE,
+			Message: fmt.Sprintf("kubelet PodResources socket %s not found; mount the host's /var/lib/kubelet/pod-resources into the agent", c.socket),
+		}}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.list(ctx)
+	if err != nil {
+		// A restarted kubelet leaves the old connection broken: redial once.
+		c.reset()
+		resp, err = c.list(ctx)
+	}
+	if err != nil {
+		c.reset()
+		return Result{Status: errorStatus("kubelet PodResources List on %s: %v", c.socket, err)}
+	}
+	return Result{Status: &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK}, Devices: c.convert(resp)}
+}
+
+func (c *Collector) list(ctx context.Context) (*podresourcesv1.ListPodResourcesResponse, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	return podresourcesv1.NewPodResourcesListerClient(conn).List(ctx, &podresourcesv1.ListPodResourcesRequest{}, grpc.MaxCallRecvMsgSize(maxResponseBytes))
+}
+
+func errorStatus(format string, args ...any) *telemetryv1.CollectorStatus {
+	return &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: fmt.Sprintf(format, args...)}
+}
+
+func (c *Collector) dial() (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		return c.conn, nil
+	}
+	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	c.conn = conn
+	return conn, nil
+}
+
+func (c *Collector) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// Close releases the connection.
+func (c *Collector) Close() { c.reset() }
+
+func (c *Collector) wanted(resource string) bool {
+	for _, p := range c.prefixes {
+		if strings.HasPrefix(resource, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// convert keeps the GPU resources, in a stable order so that an unchanged
+// node gives an identical report.
+func (c *Collector) convert(resp *podresourcesv1.ListPodResourcesResponse) []*telemetryv1.PodDevices {
+	var out []*telemetryv1.PodDevices
+	for _, pod := range resp.GetPodResources() {
+		for _, ctr := range pod.GetContainers() {
+			for _, dev := range ctr.GetDevices() {
+				if !c.wanted(dev.GetResourceName()) || len(dev.GetDeviceIds()) == 0 {
+					continue
+				}
+				ids := append([]string(nil), dev.GetDeviceIds()...)
+				sort.Strings(ids)
+				out = append(out, &telemetryv1.PodDevices{
+					Pod:          &telemetryv1.PodRef{Namespace: pod.GetNamespace(), Name: pod.GetName()},
+					Container:    ctr.GetName(),
+					ResourceName: dev.GetResourceName(),
+					DeviceIds:    ids,
+				})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Pod.Namespace != b.Pod.Namespace {
+			return a.Pod.Namespace < b.Pod.Namespace
+		}
+		if a.Pod.Name != b.Pod.Name {
+			return a.Pod.Name < b.Pod.Name
+		}
+		if a.Container != b.Container {
+			return a.Container < b.Container
+		}
+		return a.ResourceName < b.ResourceName
+	})
+	return out
+}
+
+// Attach records on gpus which pod holds each device: GPU UUIDs (or indices,
+// for the device plugin's deviceIDStrategy=index) name whole GPUs, MIG UUIDs
+// name MIG instances, and a "::<n>" suffix marks a time-sliced replica of
+// the device before it. It returns the device ids that matched nothing NVML
+// reported, which usually means the two sources disagree on the node's GPUs.
+func Attach(gpus []*telemetryv1.GPU, devices []*telemetryv1.PodDevices) (unmatched []string) {
+	byID := map[string]*telemetryv1.GPU{}
+	migs := map[string]*telemetryv1.MIGInstance{}
+	for _, g := range gpus {
+		g.Pods = nil
+		byID[g.Uuid] = g
+		byID[strconv.Itoa(int(g.Index))] = g
+		for _, m := range g.MigInstances {
+			m.Pod = nil
+			migs[m.Uuid] = m
+		}
+	}
+	for _, d := range devices {
+		for _, id := range d.DeviceIds {
+			base, _, _ := strings.Cut(id, "::")
+			if g, ok := byID[base]; ok {
+				if !holds(g.Pods, d.Pod) {
+					g.Pods = append(g.Pods, d.Pod)
+				}
+				continue
+			}
+			if m, ok := migs[base]; ok {
+				m.Pod = d.Pod
+				continue
+			}
+			unmatched = append(unmatched, id)
+		}
+	}
+	return unmatched
+}
+
+func holds(pods []*telemetryv1.PodRef, p *telemetryv1.PodRef) bool {
+	for _, q := range pods {
+		if q.Namespace == p.Namespace && q.Name == p.Name {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,98 @@
+package report
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// Metrics are the agent's Prometheus metrics about collecting and reporting.
+type Metrics struct {
+	reportsBuilt    prometheus.Counter
+	collectDuration prometheus.Histogram
+	collectorState  *prometheus.GaugeVec
+	gpus            prometheus.Gauge
+	gpusUnhealthy   prometheus.Gauge
+	reclaimNotices  prometheus.Gauge
+
+	sent       *prometheus.CounterVec
+	rejected   *prometheus.CounterVec
+	connected  *prometheus.GaugeVec
+	reconnects *prometheus.CounterVec
+	commands   *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reportsBuilt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "penny_agent_reports_published_total", Help: "Node reports published to the scheduler streams."}),
+		collectDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "penny_agent_collect_duration_seconds", Help: "Time to collect one node report from all sources.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		collectorState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "penny_agent_collector_state", Help: "1 for each collector's current state (ok, disabled, unavailable, error)."},
+			[]string{"collector", "state"}),
+		gpus: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "penny_agent_gpus", Help: "GPUs NVML reports on this node."}),
+		gpusUnhealthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "penny_agent_gpus_unhealthy", Help: "GPUs the agent judges unhealthy (XID, ECC, hardware slowdown)."}),
+		reclaimNotices: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "penny_agent_reclaim_notices", Help: "Reclaim notices pending on this node."}),
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penny_agent_reports_sent_total", Help: "Reports sent, by scheduler endpoint."}, []string{"endpoint"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penny_agent_reports_rejected_total", Help: "Reports a scheduler refused, by endpoint."}, []string{"endpoint"}),
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "penny_agent_stream_connected", Help: "1 while the stream to a scheduler endpoint is open."}, []string{"endpoint"}),
+		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penny_agent_stream_failures_total", Help: "Streams to a scheduler endpoint that failed or ended, by endpoint."}, []string{"endpoint"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penny_agent_commands_received_total", Help: "Commands received from the scheduler, by kind."}, []string{"kind"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.reportsBuilt, m.collectDuration, m.collectorState, m.gpus, m.gpusUnhealthy, m.reclaimNotices,
+			m.sent, m.rejected, m.connected, m.reconnects, m.commands)
+	}
+	return m
+}
+
+var collectorStates = map[telemetryv1.CollectorStatus_State]string{
+	telemetryv1.CollectorStatus_STATE_OK:          "ok",
+	telemetryv1.CollectorStatus_STATE_DISABLED:    "disabled",
+	telemetryv1.CollectorStatus_STATE_UNAVAILABLE: "unavailable",
+	telemetryv1.CollectorStatus_STATE_ERROR:       "error",
+}
+
+func (m *Metrics) observeCollection(r *telemetryv1.NodeReport, took time.Duration) {
+	m.collectDuration.Observe(took.Seconds())
+	for name, st := range map[string]*telemetryv1.CollectorStatus{
+		"nvml": r.Nvml, "pod_resources": r.PodResources, "profiling": r.Profiling, "reclaim": r.Reclaim,
+	} {
+		for s, label := range collectorStates {
+			v := 0.0
+			if st.GetState() == s {
+				v = 1
+			}
+			m.collectorState.WithLabelValues(name, label).Set(v)
+		}
+	}
+	unhealthy := 0
+	for _, g := range r.Gpus {
+		if !g.GetHealth().GetHealthy() {
+			unhealthy++
+		}
+	}
+	m.gpus.Set(float64(len(r.Gpus)))
+	m.gpusUnhealthy.Set(float64(unhealthy))
+	m.reclaimNotices.Set(float64(len(r.ReclaimNotices)))
+}
+
+func (m *Metrics) forgetEndpoint(endpoint string) {
+	m.sent.DeleteLabelValues(endpoint)
+	m.rejected.DeleteLabelValues(endpoint)
+	m.connected.DeleteLabelValues(endpoint)
+	m.reconnects.DeleteLabelValues(endpoint)
+}

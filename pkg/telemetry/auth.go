@@ -1,0 +1,103 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+	"k8s.io/apiserver/pkg/authentication/token/cache"
+	"k8s.io/apiserver/plugin/pkg/authenticator/token/webhook"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+)
+
+// DefaultAudience is the audience agents request for their projected token,
+// so that the token is good for penny-scheduler and nothing else.
+const DefaultAudience = "penny-scheduler"
+
+// NewTokenReviewAuthenticator checks tokens with the API server's TokenReview
+// (the same authenticator kube-apiserver uses for webhook token auth),
+// caching answers briefly so a reconnect storm does not become a review
+// storm.
+func NewTokenReviewAuthenticator(client authenticationv1client.AuthenticationV1Interface, audiences []string) (authenticator.Token, error) {
+	backoff := wait.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 3}
+	wh, err := webhook.NewFromInterface(client, authenticator.Audiences(audiences), backoff, 10*time.Second, webhook.AuthenticatorMetrics{
+		RecordRequestTotal:   func(context.Context, string) {},
+		RecordRequestLatency: func(context.Context, string, float64) {},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cache.New(wh, false, 10*time.Second, 2*time.Second), nil
+}
+
+// agentIdentity is who an authenticated stream belongs to.
+type agentIdentity struct {
+	ServiceAccount string // namespace/name
+	Pod            string
+	Node           string
+	Expires        time.Time // zero when the token does not say
+}
+
+// authError carries a reason label for the metric along with the message
+// for the agent.
+type authError struct {
+	reason string
+	msg    string
+}
+
+func (e *authError) Error() string { return e.msg }
+
+// authenticate turns the token of a stream into an agent identity. The token
+// must be valid for one of the audiences, belong to one of the allowed
+// ServiceAccounts, and be bound to a pod on a node (a projected token, whose
+// claims the API server fills from the pod it mounts into).
+func authenticate(ctx context.Context, auth authenticator.Token, audiences []string, allowed map[string]bool, token string) (*agentIdentity, error) {
+	if token == "" {
+		return nil, &authError{"missing_token", "no token: send the agent's projected ServiceAccount token as \"authorization: Bearer <token>\""}
+	}
+	if len(audiences) > 0 {
+		ctx = authenticator.WithAudiences(ctx, audiences)
+	}
+	resp, ok, err := auth.AuthenticateToken(ctx, token)
+	if err != nil && !ok {
+		// Both an unreachable API server and a refused token land here; the
+		// webhook authenticator does not tell them apart by type.
+		return nil, &authError{"invalid_token", "token refused: " + err.Error()}
+	}
+	if !ok {
+		return nil, &authError{"invalid_token", "token refused"}
+	}
+	name := resp.User.GetName()
+	ns, sa, err := serviceaccount.SplitUsername(name)
+	if err != nil {
+		return nil, &authError{"not_agent", fmt.Sprintf("%q is not a ServiceAccount; agents authenticate as their ServiceAccount", name)}
+	}
+	if !allowed[ns+"/"+sa] {
+		return nil, &authError{"not_agent", fmt.Sprintf("ServiceAccount %s/%s is not an agent ServiceAccount (allowed: %s)", ns, sa, strings.Join(slices.Sorted(maps.Keys(allowed)), ", "))}
+	}
+	extra := resp.User.GetExtra()
+	nodes, pods := extra[serviceaccount.NodeNameKey], extra[serviceaccount.PodNameKey]
+	if len(nodes) != 1 || nodes[0] == "" || len(pods) != 1 {
+		return nil, &authError{"not_bound", "token is not bound to a pod on a node: mount a projected serviceAccountToken volume into the agent pod"}
+	}
+	id := &agentIdentity{ServiceAccount: ns + "/" + sa, Pod: ns + "/" + pods[0], Node: nodes[0]}
+	id.Expires = tokenExpiry(token)
+	return id, nil
+}
+
+// tokenExpiry reads the exp claim of a token the API server has just
+// verified, so the stream can end when the token does.
+func tokenExpiry(token string) time.Time {
+	claims := jwt.RegisteredClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err != nil || claims.ExpiresAt == nil {
+		return time.Time{}
+	}
+	return claims.ExpiresAt.Time
+}

@@ -1,0 +1,54 @@
+package telemetry
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// Metrics are registered in component-base's legacy registry, so they appear
+// on penny-scheduler's /metrics next to kube-scheduler's own.
+var (
+	reportsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_telemetry_reports_total",
+		Help:           "Node reports received from agents, by result: accepted, stale (older than what the store holds), invalid (failed validation), wrong_node (about a node other than the agent's own; the stream is closed).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	authFailures = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_telemetry_auth_failures_total",
+		Help:           "Agent streams refused or ended by authentication, by reason: missing_token, invalid_token, not_agent, not_bound, expired.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"reason"})
+	openStreams = metrics.NewGauge(&metrics.GaugeOpts{
+		Name:           "penny_telemetry_streams",
+		Help:           "Authenticated agent streams open now.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	reportDelay = metrics.NewHistogram(&metrics.HistogramOpts{
+		Name:           "penny_telemetry_report_delay_seconds",
+		Help:           "Time from an agent collecting a report to the scheduler storing it (includes clock skew between the two).",
+		Buckets:        metrics.ExponentialBuckets(0.001, 2, 16),
+		StabilityLevel: metrics.ALPHA,
+	})
+	nodesGauge = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Name:           "penny_telemetry_nodes",
+		Help:           "Nodes in the telemetry store, by freshness (fresh: reported within --telemetry-max-age).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"freshness"})
+	commandsSent = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_telemetry_commands_sent_total",
+		Help:           "Commands sent to agents, by kind.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"kind"})
+)
+
+var registerOnce sync.Once
+
+// RegisterMetrics registers the package's metrics; calling it again is a
+// no-op.
+func RegisterMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, reportDelay, nodesGauge, commandsSent)
+	})
+}

@@ -1,0 +1,315 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// ServerOptions configure the telemetry gRPC service.
+type ServerOptions struct {
+	Store *Store
+	// Authenticator checks agents' tokens; NewTokenReviewAuthenticator in
+	// production.
+	Authenticator authenticator.Token
+	// Audiences the token must be valid for (DefaultAudience).
+	Audiences []string
+	// AgentServiceAccounts lists "namespace/name" of the ServiceAccounts
+	// agents run as; a token of any other account is refused.
+	AgentServiceAccounts []string
+	// OnCheckpointStatus receives agents' checkpoint progress, with the node
+	// the reporting agent runs on. Optional.
+	OnCheckpointStatus func(node string, st *telemetryv1.CheckpointStatus)
+	Log                logr.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Server implements the Telemetry service.
+type Server struct {
+	telemetryv1.UnimplementedTelemetryServer
+	opts    ServerOptions
+	allowed map[string]bool
+
+	mu      sync.Mutex
+	streams map[string]map[*agentStream]struct{} // by node
+}
+
+type agentStream struct {
+	id  *agentIdentity
+	out chan *telemetryv1.SchedulerMessage
+}
+
+// NewServer returns the service; register it on a grpc.Server with
+// NewGRPCServer or telemetryv1.RegisterTelemetryServer.
+func NewServer(o ServerOptions) (*Server, error) {
+	if o.Store == nil || o.Authenticator == nil {
+		return nil, errors.New("telemetry server needs a store and an authenticator")
+	}
+	if len(o.AgentServiceAccounts) == 0 {
+		return nil, errors.New("telemetry server needs the agents' ServiceAccounts (namespace/name)")
+	}
+	allowed := map[string]bool{}
+	for _, sa := range o.AgentServiceAccounts {
+		ns, name, ok := strings.Cut(sa, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return nil, fmt.Errorf("agent ServiceAccount %q: want namespace/name, e.g. penny-system/penny-agent", sa)
+		}
+		allowed[sa] = true
+	}
+	if len(o.Audiences) == 0 {
+		o.Audiences = []string{DefaultAudience}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	RegisterMetrics()
+	return &Server{opts: o, allowed: allowed, streams: map[string]map[*agentStream]struct{}{}}, nil
+}
+
+// Store returns the store the server writes to.
+func (s *Server) Store() *Store { return s.opts.Store }
+
+// MaxMessageBytes bounds one message from an agent; a report of a full
+// 8-GPU node with MIG and a hundred pods is a few tens of KB.
+const MaxMessageBytes = 4 << 20
+
+// NewGRPCServer returns a gRPC server with the service registered, using
+// creds (TLS in production) and keepalive settings that match the agent's.
+func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Server {
+	g := grpc.NewServer(
+		grpc.Creds(creds),
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		// Agents ping every 30s to notice a dead scheduler; allow it.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
+	telemetryv1.RegisterTelemetryServer(g, s)
+	return g
+}
+
+func bearerToken(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+	}
+	return ""
+}
+
+// Connect implements the Telemetry service.
+func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]) error {
+	ctx := stream.Context()
+	id, err := authenticate(ctx, s.opts.Authenticator, s.opts.Audiences, s.allowed, bearerToken(ctx))
+	if err != nil {
+		var ae *authError
+		code, reason := codes.Unauthenticated, "invalid_token"
+		if errors.As(err, &ae) {
+			reason = ae.reason
+			if reason == "not_agent" || reason == "not_bound" {
+				code = codes.PermissionDenied
+			}
+		}
+		authFailures.WithLabelValues(reason).Inc()
+		s.opts.Log.V(2).Info("refused an agent stream", "reason", reason, "error", err.Error())
+		return status.Error(code, err.Error())
+	}
+	var expired <-chan time.Time
+	if !id.Expires.IsZero() {
+		t := time.NewTimer(id.Expires.Sub(s.opts.Now()))
+		defer t.Stop()
+		expired = t.C
+	}
+	log := s.opts.Log.WithValues("node", id.Node, "pod", id.Pod)
+	log.V(2).Info("agent stream open")
+	as := &agentStream{id: id, out: make(chan *telemetryv1.SchedulerMessage, 64)}
+	s.register(as)
+	defer s.unregister(as)
+	openStreams.Inc()
+	defer openStreams.Dec()
+
+	done := make(chan struct{})
+	defer close(done)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			ack, err := s.handle(id, msg, log)
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if ack == nil {
+				continue
+			}
+			select {
+			case as.out <- ack:
+			case <-done:
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case msg := <-as.out:
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case <-expired:
+			authFailures.WithLabelValues("expired").Inc()
+			return status.Error(codes.Unauthenticated, "token expired: reconnect with the current projected token")
+		}
+	}
+}
+
+// handle processes one agent message and returns the answer, if any. An
+// error ends the stream.
+func (s *Server) handle(id *agentIdentity, msg *telemetryv1.AgentMessage, log logr.Logger) (*telemetryv1.SchedulerMessage, error) {
+	switch m := msg.GetMessage().(type) {
+	case *telemetryv1.AgentMessage_Report:
+		r := m.Report
+		// The node check comes first: it is the security boundary, and a
+		// report about someone else's node is refused whatever its content.
+		if r.GetNodeName() != id.Node {
+			reportsTotal.WithLabelValues("wrong_node").Inc()
+			log.Info("refused a report about another node; closing the stream", "reportedNode", r.GetNodeName())
+			return nil, status.Errorf(codes.PermissionDenied, "this agent runs on node %q (token bound to pod %s) and may only report about that node, not %q", id.Node, id.Pod, r.GetNodeName())
+		}
+		if err := telemetryv1.ValidateNodeReport(r); err != nil {
+			reportsTotal.WithLabelValues("invalid").Inc()
+			log.V(1).Info("refused an invalid report", "sequence", r.GetSequence(), "error", err.Error())
+			return ack(r.GetSequence(), err), nil
+		}
+		now := s.opts.Now()
+		if s.opts.Store.Update(r, now) {
+			reportsTotal.WithLabelValues("accepted").Inc()
+			reportDelay.Observe(now.Sub(r.GetCollectedAt().AsTime()).Seconds())
+		} else {
+			reportsTotal.WithLabelValues("stale").Inc()
+		}
+		return ack(r.GetSequence(), nil), nil
+	case *telemetryv1.AgentMessage_CheckpointStatus:
+		st := m.CheckpointStatus
+		if err := telemetryv1.ValidateCheckpointStatus(st); err != nil {
+			log.V(1).Info("ignoring an invalid checkpoint status", "error", err.Error())
+			return nil, nil
+		}
+		if s.opts.OnCheckpointStatus != nil {
+			s.opts.OnCheckpointStatus(id.Node, st)
+		}
+		return nil, nil
+	default:
+		return nil, nil // a newer agent's message this scheduler does not know
+	}
+}
+
+func ack(seq uint64, err error) *telemetryv1.SchedulerMessage {
+	a := &telemetryv1.ReportAck{Sequence: seq, Accepted: err == nil}
+	if err != nil {
+		a.Error = err.Error()
+	}
+	return &telemetryv1.SchedulerMessage{Message: &telemetryv1.SchedulerMessage_Ack{Ack: a}}
+}
+
+func (s *Server) register(as *agentStream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.streams[as.id.Node]
+	if !ok {
+		m = map[*agentStream]struct{}{}
+		s.streams[as.id.Node] = m
+	}
+	m[as] = struct{}{}
+}
+
+func (s *Server) unregister(as *agentStream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.streams[as.id.Node], as)
+	if len(s.streams[as.id.Node]) == 0 {
+		delete(s.streams, as.id.Node)
+	}
+}
+
+// SendCheckpoint sends cmd to every open stream from node's agent and returns
+// how many took it. Zero with no error means the node's agent is not
+// connected to this replica.
+func (s *Server) SendCheckpoint(node string, cmd *telemetryv1.CheckpointCommand) (int, error) {
+	if err := telemetryv1.ValidateCheckpointCommand(cmd); err != nil {
+		return 0, err
+	}
+	msg := &telemetryv1.SchedulerMessage{Message: &telemetryv1.SchedulerMessage_Checkpoint{Checkpoint: cmd}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	var full error
+	for as := range s.streams[node] {
+		select {
+		case as.out <- msg:
+			n++
+		default:
+			full = fmt.Errorf("stream from %s is not keeping up", as.id.Pod)
+		}
+	}
+	if n > 0 {
+		commandsSent.WithLabelValues("checkpoint").Inc()
+	}
+	if n == 0 && full != nil {
+		return 0, full
+	}
+	return n, nil
+}
+
+// ConnectedNodes returns the nodes whose agents have a stream open to this
+// replica.
+func (s *Server) ConnectedNodes() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.streams))
+	for n := range s.streams {
+		out = append(out, n)
+	}
+	return out
+}
+
+// MaintainStore prunes nodes silent for longer than forgetAfter and updates
+// the node gauges, every interval, until ctx ends.
+func MaintainStore(ctx context.Context, store *Store, interval, forgetAfter time.Duration) {
+	RegisterMetrics()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		total, fresh := store.Prune(forgetAfter)
+		nodesGauge.WithLabelValues("fresh").Set(float64(fresh))
+		nodesGauge.WithLabelValues("stale").Set(float64(total - fresh))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

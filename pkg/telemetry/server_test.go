@@ -1,0 +1,333 @@
+package telemetry_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/component-base/metrics/testutil"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+type agentConn struct {
+	stream grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]
+}
+
+// connect opens a raw agent stream with token.
+func connect(t *testing.T, env *telemetrytest.Env, token string) *agentConn {
+	t.Helper()
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	st, err := telemetryv1.NewTelemetryClient(conn).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &agentConn{stream: st}
+}
+
+func (a *agentConn) report(t *testing.T, r *telemetryv1.NodeReport) (*telemetryv1.ReportAck, error) {
+	t.Helper()
+	if err := a.stream.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}); err != nil {
+		_, err := a.stream.Recv()
+		return nil, err
+	}
+	msg, err := a.stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return msg.GetAck(), nil
+}
+
+func counter(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	vals, err := testutil.GetCounterValuesFromGatherer(legacyGatherer(), name, map[string]string{}, label)
+	if err != nil {
+		return 0
+	}
+	return vals[value]
+}
+
+func TestReportFromOwnNodeIsStored(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	a := connect(t, env, "node:n1")
+	before := counter(t, "penny_telemetry_reports_total", "result", "accepted")
+	ack, err := a.report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
+	if err != nil || !ack.GetAccepted() || ack.GetSequence() != 1 {
+		t.Fatalf("ack %v err %v", ack, err)
+	}
+	st, ok := env.Store.Node("n1")
+	if !ok || len(st.GPUs) != 8 {
+		t.Fatalf("store: %v %v", ok, st)
+	}
+	if got := counter(t, "penny_telemetry_reports_total", "result", "accepted"); got != before+1 {
+		t.Errorf("accepted counter %v, want %v", got, before+1)
+	}
+	// A stale resend is acknowledged but not applied.
+	ack, err = a.report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
+	if err != nil || !ack.GetAccepted() {
+		t.Fatalf("resend: %v %v", ack, err)
+	}
+}
+
+func TestReportAboutAnotherNodeIsRefusedAndCounted(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	a := connect(t, env, "node:node-a")
+	before := counter(t, "penny_telemetry_reports_total", "result", "wrong_node")
+	_, err := a.report(t, telemetrytest.Report("node-b", 8, 1, time.Now()))
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `"node-a"`) || !strings.Contains(err.Error(), `"node-b"`) {
+		t.Fatalf("got %v, want PermissionDenied naming both nodes", err)
+	}
+	if _, ok := env.Store.Lookup("node-b"); ok {
+		t.Fatal("node-b was stored")
+	}
+	if st, _ := env.Store.Lookup("node-b"); st != nil {
+		t.Fatal("node-b was stored")
+	}
+	if got := counter(t, "penny_telemetry_reports_total", "result", "wrong_node"); got != before+1 {
+		t.Errorf("wrong_node counter %v, want %v", got, before+1)
+	}
+}
+
+func TestInvalidReportIsRefusedWithTheField(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	a := connect(t, env, "node:n1")
+	r := telemetrytest.Report("n1", 2, 1, time.Now())
+	r.Gpus[0].UtilizationPercent = new(uint32)
+	*r.Gpus[0].UtilizationPercent = 250
+	ack, err := a.report(t, r)
+	if err != nil || ack.GetAccepted() || !strings.Contains(ack.GetError(), "gpus[0].utilization_percent") {
+		t.Fatalf("ack %v err %v", ack, err)
+	}
+	if _, ok := env.Store.Node("n1"); ok {
+		t.Fatal("invalid report stored")
+	}
+	// The stream stays usable: the next good report goes through.
+	ack, err = a.report(t, telemetrytest.Report("n1", 2, 2, time.Now()))
+	if err != nil || !ack.GetAccepted() {
+		t.Fatalf("ack %v err %v", ack, err)
+	}
+}
+
+func TestAuthenticationFailures(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	cases := []struct {
+		token string
+		code  codes.Code
+		msg   string
+	}{
+		{"", codes.Unauthenticated, "no token"},
+		{"garbage", codes.Unauthenticated, "token refused"},
+		{"sa:default/default", codes.PermissionDenied, "not an agent ServiceAccount"},
+		{"unbound", codes.PermissionDenied, "projected serviceAccountToken"},
+	}
+	for _, c := range cases {
+		a := connect(t, env, c.token)
+		_, err := a.report(t, telemetrytest.Report("n1", 1, 1, time.Now()))
+		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("token %q: got %v, want %v %q", c.token, err, c.code, c.msg)
+		}
+	}
+	if _, ok := env.Store.Lookup("n1"); ok {
+		t.Fatal("an unauthenticated report was stored")
+	}
+}
+
+// A stream lives no longer than its token: the server ends it at the exp
+// claim and the agent reconnects with the rotated token.
+func TestStreamEndsWhenTokenExpires(t *testing.T) {
+	// exp claims have whole seconds: at least 1.5s from now.
+	nd := jwt.NewNumericDate(time.Now().Add(2500 * time.Millisecond))
+	exp := nd.Time
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{ExpiresAt: nd}).SignedString([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+		Store: telemetry.NewStore(telemetry.StoreOptions{}), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
+		Authenticator: jwtAsNode(tok, "n1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := connect(t, telemetrytest.StartWith(t, srv), tok)
+	if ack, err := a.report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatalf("before expiry: %v %v", ack, err)
+	}
+	_, err = a.stream.Recv()
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("got %v, want Unauthenticated token expired", err)
+	}
+	if d := time.Since(exp); d < 0 || d > 2*time.Second {
+		t.Fatalf("stream ended %v after the token expired", d)
+	}
+}
+
+// jwtAsNode accepts exactly token, as the agent bound to node; the server
+// reads the expiry from the token itself.
+func jwtAsNode(token, node string) authenticator.Token {
+	nodeTokens := telemetrytest.NodeTokens()
+	return authenticator.TokenFunc(func(ctx context.Context, tok string) (*authenticator.Response, bool, error) {
+		if tok != token {
+			return nil, false, nil
+		}
+		return nodeTokens.AuthenticateToken(ctx, "node:"+node)
+	})
+}
+
+func legacyGatherer() metrics.Gatherer { return legacyregistry.DefaultGatherer }
+
+func TestCheckpointCommandsAndStatus(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{
+		OnCheckpointStatus: func(node string, st *telemetryv1.CheckpointStatus) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, node+" "+st.GetCommandId()+" "+st.GetState().String())
+		},
+	}})
+	a := connect(t, env, "node:n1")
+	if ack, err := a.report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatal(ack, err)
+	}
+	cmd := &telemetryv1.CheckpointCommand{Id: "c1", Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p-0"}}, Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+	if n, err := env.Server.SendCheckpoint("n1", cmd); n != 1 || err != nil {
+		t.Fatalf("SendCheckpoint: %d %v", n, err)
+	}
+	if n, err := env.Server.SendCheckpoint("n2", cmd); n != 0 || err != nil {
+		t.Fatalf("to a node without agent: %d %v", n, err)
+	}
+	if _, err := env.Server.SendCheckpoint("n1", &telemetryv1.CheckpointCommand{Id: "bad"}); err == nil {
+		t.Fatal("an invalid command was sent")
+	}
+	msg, err := a.stream.Recv()
+	if err != nil || msg.GetCheckpoint().GetId() != "c1" {
+		t.Fatalf("agent got %v %v", msg, err)
+	}
+	st := &telemetryv1.CheckpointStatus{CommandId: "c1", Pod: cmd.Pods[0], State: telemetryv1.CheckpointStatus_STATE_DONE, UpdatedAt: timestamppb.Now()}
+	if err := a.stream.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: st}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] != "n1 c1 STATE_DONE" {
+		t.Fatalf("statuses %v", got)
+	}
+}
+
+// The production authenticator talks TokenReview to an API server over
+// HTTP. Here the API endpoint is a loopback HTTP server answering as
+// kube-apiserver does; the real API server is exercised in
+// test/integration/telemetry.
+func TestTokenReviewAuthenticator(t *testing.T) {
+	var mu sync.Mutex
+	var audiences []string
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/apis/authentication.k8s.io/v1/tokenreviews" {
+			http.NotFound(w, r)
+			return
+		}
+		var tr authenticationv1.TokenReview
+		if err := json.NewDecoder(r.Body).Decode(&tr); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		audiences = tr.Spec.Audiences
+		mu.Unlock()
+		tr.Status = authenticationv1.TokenReviewStatus{}
+		if tr.Spec.Token == "good" {
+			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: tr.Spec.Audiences, User: authenticationv1.UserInfo{
+				Username: "system:serviceaccount:penny-system:penny-agent",
+				Extra: map[string]authenticationv1.ExtraValue{
+					serviceaccount.PodNameKey:  {"penny-agent-x1"},
+					serviceaccount.NodeNameKey: {"gpu-7"},
+				},
+			}}
+		} else {
+			tr.Status.Error = "invalid bearer token"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(&tr)
+	}))
+	defer api.Close()
+	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: api.URL})
+	auth, err := telemetry.NewTokenReviewAuthenticator(client.AuthenticationV1(), []string{telemetry.DefaultAudience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+		Store: telemetry.NewStore(telemetry.StoreOptions{}), Authenticator: auth,
+		AgentServiceAccounts: []string{"penny-system/penny-agent"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := telemetrytest.StartWith(t, srv)
+	a := connect(t, env, "good")
+	if ack, err := a.report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatalf("own node: %v %v", ack, err)
+	}
+	mu.Lock()
+	if len(audiences) != 1 || audiences[0] != telemetry.DefaultAudience {
+		t.Errorf("TokenReview asked for audiences %v", audiences)
+	}
+	mu.Unlock()
+	if _, err := a.report(t, telemetrytest.Report("gpu-8", 2, 2, time.Now())); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("other node: %v", err)
+	}
+	b := connect(t, env, "bad")
+	if _, err := b.report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("bad token: %v", err)
+	}
+}
+
+func TestServerOptionsAreChecked(t *testing.T) {
+	store := telemetry.NewStore(telemetry.StoreOptions{})
+	for _, sas := range [][]string{nil, {"penny-agent"}, {"/x"}, {"a/b/c"}} {
+		_, err := telemetry.NewServer(telemetry.ServerOptions{Store: store, Authenticator: telemetrytest.NodeTokens(), AgentServiceAccounts: sas})
+		if err == nil {
+			t.Errorf("service accounts %q accepted", sas)
+		}
+	}
+}

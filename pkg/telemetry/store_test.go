@@ -1,0 +1,229 @@
+package telemetry_test
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+var t0 = time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+
+func TestStoreFreshness(t *testing.T) {
+	c := &clock{now: t0}
+	s := telemetry.NewStore(telemetry.StoreOptions{MaxAge: 20 * time.Second, Now: c.Now})
+	if _, ok := s.Node("n1"); ok {
+		t.Fatal("unknown node reads as known")
+	}
+	if !s.Update(telemetrytest.Report("n1", 8, 1, t0), c.Now()) {
+		t.Fatal("first report not applied")
+	}
+	st, ok := s.Node("n1")
+	if !ok || len(st.GPUs) != 8 || !st.GPUsKnown || !st.PodDevicesKnown {
+		t.Fatalf("fresh node: ok=%v state=%+v", ok, st)
+	}
+	c.Add(20 * time.Second)
+	if _, ok := s.Node("n1"); !ok {
+		t.Fatal("a report exactly max age old must still count")
+	}
+	c.Add(time.Millisecond)
+	if _, ok := s.Node("n1"); ok {
+		t.Fatal("a report older than max age must read as unknown")
+	}
+	if st, fresh := s.Lookup("n1"); st == nil || fresh {
+		t.Fatalf("Lookup of a stale node: %v %v", st, fresh)
+	}
+	// Flags are parsed after the store exists.
+	s.SetMaxAge(time.Minute)
+	if _, ok := s.Node("n1"); !ok {
+		t.Fatal("after raising max age the node is fresh again")
+	}
+}
+
+func TestStoreOrdering(t *testing.T) {
+	c := &clock{now: t0}
+	s := telemetry.NewStore(telemetry.StoreOptions{Now: c.Now})
+	s.Update(telemetrytest.Report("n1", 2, 5, t0), c.Now())
+	if s.Update(telemetrytest.Report("n1", 2, 5, t0), c.Now()) || s.Update(telemetrytest.Report("n1", 2, 4, t0), c.Now()) {
+		t.Fatal("a repeated or earlier sequence of the same agent was applied")
+	}
+	// A restarted agent starts again at 1 with a new id.
+	r := telemetrytest.Report("n1", 2, 1, t0.Add(time.Second))
+	r.AgentId = "restarted"
+	if !s.Update(r, c.Now()) {
+		t.Fatal("a restarted agent's first report was not applied")
+	}
+	// During a rolling update the old agent may still send a report it
+	// collected earlier; it must not replace the newer one.
+	old := telemetrytest.Report("n1", 2, 6, t0)
+	if s.Update(old, c.Now()) {
+		t.Fatal("an older report of another agent replaced a newer one")
+	}
+	if st, _ := s.Node("n1"); st.AgentID != "restarted" || st.Sequence != 1 {
+		t.Fatalf("holds %s/%d", st.AgentID, st.Sequence)
+	}
+}
+
+func TestNodeStateView(t *testing.T) {
+	s := telemetry.NewStore(telemetry.StoreOptions{})
+	r := telemetrytest.Report("n1", 4, 1, time.Now())
+	r.Gpus[3].MigInstances[6].Profile = "1g.10gb+me"
+	r.Gpus[2].Health = &telemetryv1.Health{Healthy: false, Reasons: []string{"XID 79 (GPU has fallen off the bus)"}}
+	r.ReclaimNotices = []*telemetryv1.ReclaimNotice{{Id: "x", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, DetectedAt: timestamppb.Now()}}
+	if err := telemetryv1.ValidateNodeReport(r); err != nil {
+		t.Fatal(err)
+	}
+	s.Update(r, time.Now())
+	st, _ := s.Node("n1")
+	g0, g1, g2 := st.GPUs[0], st.GPUs[1], st.GPUs[2]
+	if g0.MIGEnabled() || len(g0.Pods) != 1 || g0.Model == nil || g0.Model.Name != "A100-80GB" || g0.UtilizationPercent < 0 {
+		t.Errorf("GPU 0: %+v", g0)
+	}
+	if !g1.MIGEnabled() || g1.FreeMIG("1g.10gb") != 5 || g1.UtilizationPercent != -1 {
+		t.Errorf("GPU 1: free 1g.10gb %d, util %d", g1.FreeMIG("1g.10gb"), g1.UtilizationPercent)
+	}
+	if g2.Healthy || len(g2.UnhealthyReasons) != 1 {
+		t.Errorf("GPU 2: %+v", g2)
+	}
+	// pkg/gpu reads the layout: GPU 3 is full (7 x 1g, one with media
+	// extensions), so no 1g.10gb fits anywhere.
+	g3 := st.GPUs[3]
+	if starts, err := g3.Model.FreeStarts(g3.Placements(), "1g.10gb"); err != nil || len(starts) != 0 {
+		t.Errorf("GPU 3 placements %v: free starts %v err %v", g3.Placements(), starts, err)
+	}
+	if st.Reclaiming() || len(st.ReclaimNotices) != 1 || !st.ReclaimNotices[0].Deadline.IsZero() {
+		t.Errorf("rebalance advice is not a reclaim: %+v", st.ReclaimNotices)
+	}
+	r2 := telemetrytest.Report("n1", 4, 2, time.Now())
+	r2.ReclaimNotices = []*telemetryv1.ReclaimNotice{{Id: "y", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, DetectedAt: timestamppb.Now(), Deadline: timestamppb.Now()}}
+	s.Update(r2, time.Now())
+	if st, _ := s.Node("n1"); !st.Reclaiming() {
+		t.Error("spot interruption not seen")
+	}
+
+	noGPU := telemetrytest.Report("n2", 0, 1, time.Now())
+	noGPU.Nvml = &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_UNAVAILABLE, Message: "no driver"}
+	s.Update(noGPU, time.Now())
+	if st, _ := s.Node("n2"); st.GPUsKnown || !st.NoDriver {
+		t.Errorf("no-driver node: %+v", st)
+	}
+}
+
+func TestOnUpdateAndPrune(t *testing.T) {
+	c := &clock{now: t0}
+	var mu sync.Mutex
+	var seen []string
+	s := telemetry.NewStore(telemetry.StoreOptions{Now: c.Now, MaxAge: 10 * time.Second, OnUpdate: func(prev, next *telemetry.NodeState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if prev == nil {
+			seen = append(seen, "new "+next.Node)
+		} else {
+			seen = append(seen, "update "+next.Node)
+		}
+	}})
+	s.Update(telemetrytest.Report("a", 1, 1, t0), c.Now())
+	s.Update(telemetrytest.Report("a", 1, 2, t0), c.Now())
+	c.Add(time.Minute)
+	s.Update(telemetrytest.Report("b", 1, 1, c.Now()), c.Now())
+	if len(seen) != 3 || seen[0] != "new a" || seen[1] != "update a" || seen[2] != "new b" {
+		t.Fatalf("OnUpdate saw %v", seen)
+	}
+	if total, fresh := s.Prune(time.Hour); total != 2 || fresh != 1 {
+		t.Fatalf("before forgetting: total %d fresh %d", total, fresh)
+	}
+	if total, _ := s.Prune(30 * time.Second); total != 1 {
+		t.Fatalf("node silent for a minute not pruned: %d left", total)
+	}
+	if st, _ := s.Lookup("a"); st != nil {
+		t.Fatal("pruned node still readable")
+	}
+}
+
+// Reads must not wait for writers: Score runs for every node of every pod.
+// A writer is parked inside OnUpdate, holding the node's write lock, while
+// readers of that same node and of others must return at once.
+func TestReadsDoNotWaitForWriters(t *testing.T) {
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	s := telemetry.NewStore(telemetry.StoreOptions{OnUpdate: func(prev, next *telemetry.NodeState) {
+		if next.Sequence == 2 {
+			close(entered)
+			<-release
+		}
+	}})
+	s.Update(telemetrytest.Report("n1", 8, 1, time.Now()), time.Now())
+	s.Update(telemetrytest.Report("n2", 8, 1, time.Now()), time.Now())
+	go s.Update(telemetrytest.Report("n1", 8, 2, time.Now()), time.Now())
+	<-entered
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < 1000; i++ {
+			if _, ok := s.Node("n1"); !ok {
+				t.Error("n1 unreadable during its update")
+			}
+			s.Node("n2")
+			s.Node("unknown")
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("reads blocked behind a writer")
+	}
+	close(release)
+}
+
+func TestConcurrentUpdatesAndReads(t *testing.T) {
+	s := telemetry.NewStore(telemetry.StoreOptions{})
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for seq := uint64(1); seq <= 200; seq++ {
+				s.Update(telemetrytest.Report("n"+string(rune('a'+w%2)), 8, seq, time.Now()), time.Now())
+			}
+		}(w)
+	}
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var last uint64
+			for i := 0; i < 2000; i++ {
+				if st, ok := s.Node("na"); ok {
+					if st.Sequence < last {
+						t.Errorf("sequence went back from %d to %d", last, st.Sequence)
+						return
+					}
+					last = st.Sequence
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if st, _ := s.Node("na"); st.Sequence != 200 {
+		t.Fatalf("final sequence %d, want 200", st.Sequence)
+	}
+}

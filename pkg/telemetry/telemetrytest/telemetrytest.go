@@ -1,0 +1,203 @@
+// Package telemetrytest runs a real telemetry gRPC server (TLS on loopback)
+// for tests of the agent and of code that reads the store. Only the token
+// check is stood in for: tokens are "node:<name>" strings that an
+// authenticator accepts as the agent ServiceAccount bound to that node. The
+// real check, TokenReview on a real API server, has its own integration
+// test (test/integration/telemetry).
+package telemetrytest
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+	"k8s.io/apiserver/pkg/authentication/user"
+	certutil "k8s.io/client-go/util/cert"
+
+	"github.com/pennysched/penny/pkg/telemetry"
+)
+
+// ServerName is the DNS name in the test servers' certificates.
+const ServerName = "penny-telemetry.penny-system.svc"
+
+// AgentServiceAccount is the ServiceAccount the stand-in tokens belong to.
+const AgentServiceAccount = "penny-system/penny-agent"
+
+// Env is a running telemetry server.
+type Env struct {
+	// Addr is the server's host:port on loopback.
+	Addr string
+	// ClientTLS trusts the server's certificate.
+	ClientTLS *tls.Config
+	// Cert is the server's certificate.
+	Cert   Cert
+	stop   func()
+	Store  *telemetry.Store
+	Server *telemetry.Server
+	dir    string
+}
+
+// Options tune Start.
+type Options struct {
+	Store   telemetry.StoreOptions
+	Server  telemetry.ServerOptions // Store, Authenticator, AgentServiceAccounts and Log are filled in
+	Address string                  // "127.0.0.1:0" when empty
+	// Cert to serve; a new one when zero. Servers sharing a Cert are
+	// trusted by one client configuration (Cert.ClientTLS).
+	Cert Cert
+}
+
+// Cert is a serving certificate for ServerName and 127.0.0.1.
+type Cert struct {
+	CertPEM, KeyPEM []byte
+}
+
+// NewCert generates a self-signed serving certificate.
+func NewCert(t testing.TB) Cert {
+	t.Helper()
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey(ServerName, []net.IP{net.ParseIP("127.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Cert{CertPEM: certPEM, KeyPEM: keyPEM}
+}
+
+// ClientTLS returns a client configuration that trusts c.
+func (c Cert) ClientTLS() *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.CertPEM)
+	return &tls.Config{RootCAs: pool, ServerName: ServerName, MinVersion: tls.VersionTLS12}
+}
+
+// Start runs a server with the stand-in authenticator until the test ends.
+func Start(t testing.TB, o Options) *Env {
+	t.Helper()
+	so := o.Server
+	so.Store = telemetry.NewStore(o.Store)
+	so.Authenticator = NodeTokens()
+	if len(so.AgentServiceAccounts) == 0 {
+		so.AgentServiceAccounts = []string{AgentServiceAccount}
+	}
+	so.Log = testr.NewWithInterface(t, testr.Options{})
+	srv, err := telemetry.NewServer(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startServer(t, srv, o.Address, o.Cert)
+}
+
+// StartWith serves srv (with whatever authenticator it has) until the test
+// ends.
+func StartWith(t testing.TB, srv *telemetry.Server) *Env {
+	t.Helper()
+	return startServer(t, srv, "", Cert{})
+}
+
+func startServer(t testing.TB, srv *telemetry.Server, addr string, cert Cert) *Env {
+	t.Helper()
+	dir := t.TempDir()
+	if cert.CertPEM == nil {
+		cert = NewCert(t)
+	}
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, cert.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, cert.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	serverTLS, err := telemetry.ServingTLSConfig(ctx, certFile, keyFile)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := telemetry.Serve(ctx, lis, serverTLS, srv, testr.NewWithInterface(t, testr.Options{})); err != nil {
+			t.Errorf("telemetry server: %v", err)
+		}
+	}()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Error("telemetry server did not stop")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return &Env{
+		Addr:      lis.Addr().String(),
+		ClientTLS: cert.ClientTLS(),
+		Cert:      cert,
+		Store:     srv.Store(),
+		Server:    srv,
+		dir:       dir,
+		stop:      stop,
+	}
+}
+
+// Stop stops the server before the test ends (it stops by itself at the end).
+func (e *Env) Stop() { e.stop() }
+
+// TokenFile writes a stand-in token for an agent on node and returns its path.
+func (e *Env) TokenFile(t testing.TB, node string) string {
+	t.Helper()
+	p := filepath.Join(e.dir, "token-"+node)
+	if err := os.WriteFile(p, []byte("node:"+node+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// NodeTokens accepts "node:<name>" as the agent ServiceAccount's token bound
+// to a pod on that node, "sa:<namespace>/<name>" as another ServiceAccount
+// bound to node "n1", "unbound" as the agent ServiceAccount without pod or
+// node, and refuses everything else.
+func NodeTokens() authenticator.Token {
+	ns, name, _ := strings.Cut(AgentServiceAccount, "/")
+	return authenticator.TokenFunc(func(ctx context.Context, token string) (*authenticator.Response, bool, error) {
+		bound := func(ns, name, node string) *authenticator.Response {
+			return &authenticator.Response{User: &user.DefaultInfo{
+				Name: serviceaccount.MakeUsername(ns, name),
+				Extra: map[string][]string{
+					serviceaccount.PodNameKey:  {"penny-agent-" + node},
+					serviceaccount.NodeNameKey: {node},
+				},
+			}}
+		}
+		switch {
+		case strings.HasPrefix(token, "node:"):
+			return bound(ns, name, strings.TrimPrefix(token, "node:")), true, nil
+		case strings.HasPrefix(token, "sa:"):
+			ns2, n2, _ := strings.Cut(strings.TrimPrefix(token, "sa:"), "/")
+			return bound(ns2, n2, "n1"), true, nil
+		case token == "unbound":
+			return &authenticator.Response{User: &user.DefaultInfo{Name: serviceaccount.MakeUsername(ns, name)}}, true, nil
+		}
+		return nil, false, nil
+	})
+}
