@@ -64,7 +64,13 @@ FUZZ_TIME ?= 5s
 FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzNodeReport \
 	./pkg/api/telemetry/v1:FuzzGPUFields \
-	./pkg/api/telemetry/v1:FuzzMIGProfile
+	./pkg/api/telemetry/v1:FuzzMIGProfile \
+	./agent/notice/aws:FuzzInstanceAction \
+	./agent/notice/aws:FuzzRebalance \
+	./agent/notice/aws:FuzzScheduledEvents \
+	./agent/notice/gcp:FuzzPreempted \
+	./agent/notice/gcp:FuzzMaintenanceEvent \
+	./agent/notice/azure:FuzzScheduledEvents
 
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \
