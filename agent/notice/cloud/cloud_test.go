@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/pennysched/penny/agent/notice/cloud"
-	"github.com/pennysched/penny/pkg/localcluster"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/localcluster"
 )
 
 func TestChosenFromTheNodesProviderID(t *testing.T) {

@@ -143,7 +143,9 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 			f, src := start(t, gcp.Options{})
 			f.SetFault(metadatatest.GCPPreempted, c.fault)
 			r := watch(t, src)
-			_, err := r.waitFor(t, "an error", func(n []notice.Notice, err error) bool { return err != nil && !strings.Contains(err.Error(), "not read yet") })
+			_, err := r.waitFor(t, "an error", func(n []notice.Notice, err error) bool {
+				return err != nil && !strings.Contains(err.Error(), "not read yet")
+			})
 			if !strings.Contains(err.Error(), c.want) {
 				t.Errorf("error %q does not say %q", err, c.want)
 			}
