@@ -100,6 +100,7 @@ type Watcher struct {
 	mu       sync.Mutex
 	pending  map[string]Notice
 	status   *telemetryv1.CollectorStatus
+	settled  bool // the last check succeeded
 	handlers []func(Notice)
 }
 
@@ -159,7 +160,9 @@ func (w *Watcher) observe(notices []Notice, err error) {
 			}
 		}
 		w.status = &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK}
+		w.settled = true
 	} else {
+		w.settled = false
 		w.metrics.errors.WithLabelValues(provider).Inc()
 		msg := err.Error()
 		if len(msg) > 900 {
@@ -200,6 +203,15 @@ func (w *Watcher) Notices() []Notice {
 		return a.ID < b.ID
 	})
 	return out
+}
+
+// Settled returns the pending notices and whether the last check succeeded:
+// only then does the absence of a notice mean the cloud announced none.
+func (w *Watcher) Settled() ([]Notice, bool) {
+	notices := w.Notices()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return notices, w.settled
 }
 
 // Pending implements the report loop's ReclaimSource: the check's state and

@@ -161,12 +161,12 @@ func (t *Trainer) checkpoint(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want a JSON checkpoint request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	rec := Received{At: at, Request: req}
-	defer func() {
-		t.mu.Lock()
-		t.received = append(t.received, rec)
-		t.mu.Unlock()
-	}()
+	// Recorded on arrival, so a test sees a request that is still being
+	// written; Saved is filled in once the checkpoint is.
+	t.mu.Lock()
+	idx := len(t.received)
+	t.received = append(t.received, Received{At: at, Request: req})
+	t.mu.Unlock()
 	if req.Deadline.IsZero() {
 		http.Error(w, "the request carries no deadline", http.StatusBadRequest)
 		return
@@ -183,7 +183,10 @@ func (t *Trainer) checkpoint(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 		return
 	}
-	rec.Saved = t.store.Save(t.key, step)
+	saved := t.store.Save(t.key, step)
+	t.mu.Lock()
+	t.received[idx].Saved = saved
+	t.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(checkpoint.Answer{Step: step, Location: "memory://" + t.key})
 }
