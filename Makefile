@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean generate fuzz-short
+.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check
 
 all: build
 
@@ -18,7 +18,7 @@ demo:
 	$(GO) build -o $(BIN)/penny ./cmd/penny
 	$(BIN)/penny up --demo --exit-after-demo
 
-## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests, then a short fuzz run
 test: tools
 	$(GO) test -count=1 -timeout 25m ./...
 	$(MAKE) fuzz-short
@@ -48,6 +48,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS := $(BIN)/tools
 TELEMETRY_API := pkg/api/telemetry/v1
 
+## generate: regenerate pkg/api/telemetry/v1 from telemetry.proto (needs protoc)
 generate:
 	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
 	$(GO) build -o $(TOOLS)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
@@ -72,6 +73,7 @@ FUZZ_TARGETS := \
 	./agent/notice/gcp:FuzzMaintenanceEvent \
 	./agent/notice/azure:FuzzScheduledEvents
 
+## fuzz-short: each fuzz target for FUZZ_TIME (5s)
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \

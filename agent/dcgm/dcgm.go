@@ -69,6 +69,14 @@ func (s *Scraper) Collect(ctx context.Context) Result {
 	return Result{Status: &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK}, Values: values}
 }
 
+// Fill implements agent/report.Source: it scrapes and attaches the values
+// to the report's GPUs, which must already be there.
+func (s *Scraper) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
+	res := s.Collect(ctx)
+	r.Profiling = res.Status
+	Attach(r.Gpus, res.Values)
+}
+
 func (s *Scraper) scrape(ctx context.Context) (map[Key]*telemetryv1.Profiling, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {

@@ -153,6 +153,12 @@ func (c *Collector) Collect(ctx context.Context) Result {
 	return res
 }
 
+// Fill implements agent/report.Source.
+func (c *Collector) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
+	res := c.Collect(ctx)
+	r.Nvml, r.DriverVersion, r.CudaDriverVersion, r.Gpus = res.Status, res.DriverVersion, res.CUDADriverVersion, res.GPUs
+}
+
 func errorStatus(format string, args ...any) *telemetryv1.CollectorStatus {
 	return &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: fmt.Sprintf(format, args...)}
 }

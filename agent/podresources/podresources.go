@@ -90,6 +90,22 @@ func (c *Collector) list(ctx context.Context) (*podresourcesv1.ListPodResourcesR
 	return podresourcesv1.NewPodResourcesListerClient(conn).List(ctx, &podresourcesv1.ListPodResourcesRequest{}, grpc.MaxCallRecvMsgSize(maxResponseBytes))
 }
 
+// Fill implements agent/report.Source: it lists pod devices and attaches
+// them to the report's GPUs, which must already be there.
+func (c *Collector) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
+	res := c.Collect(ctx)
+	r.PodResources, r.PodDevices = res.Status, res.Devices
+	unmatched := Attach(r.Gpus, res.Devices)
+	if len(unmatched) > 0 && len(r.Gpus) > 0 && res.Status.GetState() == telemetryv1.CollectorStatus_STATE_OK {
+		// Devices the kubelet assigned that NVML does not show: the two
+		// views disagree, so say so next to the mapping.
+		r.PodResources = &telemetryv1.CollectorStatus{
+			State:   telemetryv1.CollectorStatus_STATE_OK,
+			Message: fmt.Sprintf("%d device ids match no GPU or MIG instance NVML reports (first: %s)", len(unmatched), unmatched[0]),
+		}
+	}
+}
+
 func errorStatus(format string, args ...any) *telemetryv1.CollectorStatus {
 	return &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: fmt.Sprintf(format, args...)}
 }

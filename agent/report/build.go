@@ -17,41 +17,33 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/pennysched/penny/agent/dcgm"
-	"github.com/pennysched/penny/agent/nvml"
-	"github.com/pennysched/penny/agent/podresources"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
-// GPUSource reads GPUs (agent/nvml.Collector).
-type GPUSource interface {
-	Collect(ctx context.Context) nvml.Result
-}
-
-// PodDeviceSource reads which pod holds which device (agent/podresources.Collector).
-type PodDeviceSource interface {
-	Collect(ctx context.Context) podresources.Result
-}
-
-// ProfilingSource reads DCGM profiling fields (agent/dcgm.Scraper).
-type ProfilingSource interface {
-	Collect(ctx context.Context) dcgm.Result
-}
-
-// ReclaimSource says which reclaim notices are pending on the node. The cloud
-// notice watchers implement it; a notice arriving should also call
-// Loop.Trigger so that the report goes out at once.
-type ReclaimSource interface {
-	Pending() (*telemetryv1.CollectorStatus, []*telemetryv1.ReclaimNotice)
+// Source fills its part of a report: its collector status and its data.
+// Sources run in a fixed order (GPUs, PodDevices, Profiling, Reclaim), so a
+// later one can attach its findings to the GPUs an earlier one put there.
+// The collectors in agent/nvml, agent/podresources and agent/dcgm are
+// Sources; the cloud notice watchers are the Reclaim source, and a notice
+// arriving should also call Loop.Trigger so that the report goes out at
+// once.
+//
+// This package depends on no collector, so that code running agents
+// in-process (tests, the simulator) need not link NVML: go-nvml's cgo
+// bindings leave NVML symbols unresolved until the library is loaded, and a
+// binary that also imports Go's plugin package binds every symbol at start
+// and fails to load.
+type Source interface {
+	Fill(ctx context.Context, r *telemetryv1.NodeReport)
 }
 
 // Sources are the collectors a report is built from. GPUs is required; a nil
 // optional source is reported as DISABLED.
 type Sources struct {
-	GPUs       GPUSource
-	PodDevices PodDeviceSource
-	Profiling  ProfilingSource
-	Reclaim    ReclaimSource
+	GPUs       Source
+	PodDevices Source
+	Profiling  Source
+	Reclaim    Source
 }
 
 // Builder assembles reports for one node.
@@ -82,38 +74,18 @@ func (b *Builder) Build(ctx context.Context) *telemetryv1.NodeReport {
 	if b.Now != nil {
 		now = b.Now
 	}
-	g := b.Sources.GPUs.Collect(ctx)
 	r := &telemetryv1.NodeReport{
-		NodeName:          b.Node,
-		AgentId:           b.AgentID,
-		AgentVersion:      b.Version,
-		Nvml:              g.Status,
-		DriverVersion:     g.DriverVersion,
-		CudaDriverVersion: g.CUDADriverVersion,
-		Gpus:              g.GPUs,
-		PodResources:      disabled,
-		Profiling:         disabled,
-		Reclaim:           disabled,
+		NodeName:     b.Node,
+		AgentId:      b.AgentID,
+		AgentVersion: b.Version,
+		PodResources: disabled,
+		Profiling:    disabled,
+		Reclaim:      disabled,
 	}
-	if b.Sources.PodDevices != nil {
-		p := b.Sources.PodDevices.Collect(ctx)
-		r.PodResources, r.PodDevices = p.Status, p.Devices
-		if unmatched := podresources.Attach(r.Gpus, p.Devices); len(unmatched) > 0 && len(r.Gpus) > 0 && p.Status.GetState() == telemetryv1.CollectorStatus_STATE_OK {
-			// Devices the kubelet assigned but NVML does not show: the two
-			// views disagree, so the mapping cannot be trusted as complete.
-			r.PodResources = &telemetryv1.CollectorStatus{
-				State:   telemetryv1.CollectorStatus_STATE_OK,
-				Message: fmt.Sprintf("%d device ids match no GPU or MIG instance NVML reports (first: %s)", len(unmatched), unmatched[0]),
-			}
+	for _, src := range []Source{b.Sources.GPUs, b.Sources.PodDevices, b.Sources.Profiling, b.Sources.Reclaim} {
+		if src != nil {
+			src.Fill(ctx, r)
 		}
-	}
-	if b.Sources.Profiling != nil {
-		p := b.Sources.Profiling.Collect(ctx)
-		r.Profiling = p.Status
-		dcgm.Attach(r.Gpus, p.Values)
-	}
-	if b.Sources.Reclaim != nil {
-		r.Reclaim, r.ReclaimNotices = b.Sources.Reclaim.Pending()
 	}
 	r.CollectedAt = timestamppb.New(now())
 	return r

@@ -9,10 +9,14 @@ import (
 	"k8s.io/component-base/cli"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 
+	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/plugins"
 )
 
 func main() {
-	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{})...)
+	// Telemetry (telemetry.go): the store agents feed and plugins read.
+	store := telemetry.NewStore(telemetry.StoreOptions{})
+	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store})...)
+	addTelemetry(command, store)
 	os.Exit(cli.Run(command))
 }

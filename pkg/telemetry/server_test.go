@@ -2,9 +2,6 @@ package telemetry_test
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -17,9 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
-	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/component-base/metrics"
@@ -260,37 +255,7 @@ func TestCheckpointCommandsAndStatus(t *testing.T) {
 // kube-apiserver does; the real API server is exercised in
 // test/integration/telemetry.
 func TestTokenReviewAuthenticator(t *testing.T) {
-	var mu sync.Mutex
-	var audiences []string
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/apis/authentication.k8s.io/v1/tokenreviews" {
-			http.NotFound(w, r)
-			return
-		}
-		var tr authenticationv1.TokenReview
-		if err := json.NewDecoder(r.Body).Decode(&tr); err != nil {
-			http.Error(w, err.Error(), 400)
-			return
-		}
-		mu.Lock()
-		audiences = tr.Spec.Audiences
-		mu.Unlock()
-		tr.Status = authenticationv1.TokenReviewStatus{}
-		if tr.Spec.Token == "good" {
-			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: tr.Spec.Audiences, User: authenticationv1.UserInfo{
-				Username: "system:serviceaccount:penny-system:penny-agent",
-				Extra: map[string]authenticationv1.ExtraValue{
-					serviceaccount.PodNameKey:  {"penny-agent-x1"},
-					serviceaccount.NodeNameKey: {"gpu-7"},
-				},
-			}}
-		} else {
-			tr.Status.Error = "invalid bearer token"
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(&tr)
-	}))
-	defer api.Close()
+	api := telemetrytest.StartTokenReviewAPI(t)
 	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: api.URL})
 	auth, err := telemetry.NewTokenReviewAuthenticator(client.AuthenticationV1(), []string{telemetry.DefaultAudience})
 	if err != nil {
@@ -298,21 +263,19 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 	}
 	srv, err := telemetry.NewServer(telemetry.ServerOptions{
 		Store: telemetry.NewStore(telemetry.StoreOptions{}), Authenticator: auth,
-		AgentServiceAccounts: []string{"penny-system/penny-agent"},
+		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := telemetrytest.StartWith(t, srv)
-	a := connect(t, env, "good")
+	a := connect(t, env, "node:gpu-7")
 	if ack, err := a.report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatalf("own node: %v %v", ack, err)
 	}
-	mu.Lock()
-	if len(audiences) != 1 || audiences[0] != telemetry.DefaultAudience {
-		t.Errorf("TokenReview asked for audiences %v", audiences)
+	if auds, n := api.LastAudiences(); n != 1 || len(auds) != 1 || auds[0] != telemetry.DefaultAudience {
+		t.Errorf("TokenReview asked %d times for audiences %v", n, auds)
 	}
-	mu.Unlock()
 	if _, err := a.report(t, telemetrytest.Report("gpu-8", 2, 2, time.Now())); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("other node: %v", err)
 	}

@@ -1,6 +1,7 @@
 package telemetrytest
 
 import (
+	"context"
 	"fmt"
 	"hash/fnv"
 	"time"
@@ -65,4 +66,14 @@ func UUID(node string, gpu, mig int) string {
 	fmt.Fprintf(h, "%s/%d/%d", node, gpu, mig)
 	b := h.Sum(nil)
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// GPUSource is an agent GPU source (agent/report.Source) that fills in the
+// GPUs Report describes, for agents run in-process without NVML.
+type GPUSource struct{ GPUs int }
+
+// Fill implements agent/report.Source.
+func (s GPUSource) Fill(_ context.Context, r *telemetryv1.NodeReport) {
+	rep := Report(r.NodeName, s.GPUs, 1, time.Now())
+	r.Nvml, r.DriverVersion, r.CudaDriverVersion, r.Gpus = rep.Nvml, rep.DriverVersion, rep.CudaDriverVersion, rep.Gpus
 }

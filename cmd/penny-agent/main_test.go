@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+func runAgent(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// The command the issue names: one report from go-nvml's mock DGX A100.
+func TestOnceMockDGXA100(t *testing.T) {
+	code, out, errOut := runAgent(t, "--once", "--nvml=mock:dgxa100", "--output", "json", "--node-name", "gpu-node-1", "--pod-resources-socket", "")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var r telemetryv1.NodeReport
+	if err := protojson.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("output is not a NodeReport in JSON: %v\n%s", err, out)
+	}
+	if err := telemetryv1.ValidateNodeReport(&r); err != nil {
+		t.Fatal(err)
+	}
+	mig := 0
+	for _, g := range r.Gpus {
+		if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED {
+			mig++
+		}
+	}
+	if r.NodeName != "gpu-node-1" || len(r.Gpus) != 8 || mig != 2 || r.PodResources.State != telemetryv1.CollectorStatus_STATE_DISABLED {
+		t.Fatalf("node %q, %d GPUs, %d in MIG mode, pod resources %v", r.NodeName, len(r.Gpus), mig, r.PodResources.State)
+	}
+	// Field names are the proto's, as docs/telemetry-api.md shows them.
+	if !strings.Contains(out, `"mig_instances"`) || !strings.Contains(out, `"placement_start"`) {
+		t.Error("JSON does not use the proto field names")
+	}
+}
+
+func TestOnceWithoutDriver(t *testing.T) {
+	code, out, errOut := runAgent(t, "--once", "--nvml-library", "/nonexistent/libnvidia-ml.so.1", "--node-name", "n1", "--pod-resources-socket", "")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var r telemetryv1.NodeReport
+	if err := protojson.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Nvml.State != telemetryv1.CollectorStatus_STATE_UNAVAILABLE || len(r.Gpus) != 0 || !strings.Contains(r.Nvml.Message, "no NVIDIA driver") {
+		t.Fatalf("no-driver report: %v", r.Nvml)
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--once", "--nvml=mock:dgx9"}, "unknown mock machine"},
+		{[]string{"--once", "--nvml=real"}, "--nvml"},
+		{[]string{"--once", "--output", "yaml"}, "only json"},
+		{[]string{"--collect-interval", "10s", "--resend-interval", "5s"}, "--collect-interval"},
+		{[]string{"--node-name", ""}, "--node-name"},
+		{[]string{"--log-format", "xml"}, "--log-format"},
+		{[]string{"--no-such-flag"}, "unknown flag"},
+	} {
+		code, _, errOut := runAgent(t, c.args...)
+		if code != 2 || !strings.Contains(errOut, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", c.args, code, errOut, c.want)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func get(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// The agent as the DaemonSet runs it: reporting to a scheduler over TLS with
+// its token, serving metrics and health, stopping cleanly.
+func TestAgentServes(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(ca, env.Cert.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	exit := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() {
+		exit <- run(ctx, []string{
+			"--node-name", "gpu-node-1", "--nvml", "mock:dgxa100", "--pod-resources-socket", "",
+			"--scheduler-address", env.Addr, "--ca-file", ca, "--token-file", env.TokenFile(t, "gpu-node-1"),
+			"--http-bind-address", httpAddr, "--collect-interval", "100ms", "--resend-interval", "500ms",
+		}, io.Discard, &stderr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, ok := env.Store.Node("gpu-node-1")
+		code, body := get("http://" + httpAddr + "/readyz")
+		if ok && len(st.GPUs) == 8 && code == 200 && strings.Contains(body, "1 of 1 scheduler streams open") {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("agent did not report and get ready: store ok=%v, readyz %d %q\n%s", ok, code, body, stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := get("http://" + httpAddr + "/healthz"); code != 200 {
+		t.Errorf("healthz %d", code)
+	}
+	code, body := get("http://" + httpAddr + "/metrics")
+	for _, m := range []string{
+		fmt.Sprintf("penny_agent_reports_sent_total{endpoint=%q}", env.Addr),
+		`penny_agent_collector_state{collector="nvml",state="ok"} 1`,
+		`penny_agent_gpus 8`,
+		fmt.Sprintf("penny_agent_stream_connected{endpoint=%q} 1", env.Addr),
+	} {
+		if code != 200 || !strings.Contains(body, m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+	cancel()
+	select {
+	case c := <-exit:
+		if c != 0 {
+			t.Fatalf("exit %d\n%s", c, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop within 10s of its signal")
+	}
+}

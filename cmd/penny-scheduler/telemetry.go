@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+
+	"github.com/pennysched/penny/pkg/telemetry"
+)
+
+// telemetryFlags are Penny's own flags, added to kube-scheduler's.
+type telemetryFlags struct {
+	bindAddress     string
+	certFile        string
+	keyFile         string
+	maxAge          time.Duration
+	audience        string
+	serviceAccounts []string
+}
+
+func (f *telemetryFlags) flagSet() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("penny telemetry", pflag.ContinueOnError)
+	fs.StringVar(&f.bindAddress, "telemetry-bind-address", "", "address for the agents' telemetry gRPC endpoint, e.g. :7443; empty: no endpoint (plugins see every node as unknown and use capacity counts)")
+	fs.StringVar(&f.certFile, "telemetry-tls-cert-file", "", "TLS certificate of the telemetry endpoint (reloaded when it changes); required with --telemetry-bind-address")
+	fs.StringVar(&f.keyFile, "telemetry-tls-key-file", "", "TLS key of the telemetry endpoint")
+	fs.DurationVar(&f.maxAge, "telemetry-max-age", telemetry.DefaultMaxAge, "how long a node's report counts as fresh; older data counts as unknown")
+	fs.StringVar(&f.audience, "telemetry-token-audience", telemetry.DefaultAudience, "audience agents' projected ServiceAccount tokens must carry")
+	fs.StringSliceVar(&f.serviceAccounts, "telemetry-agent-service-accounts", []string{"penny-system/penny-agent"}, "namespace/name of the ServiceAccounts agents run as")
+	return fs
+}
+
+// addTelemetry adds the telemetry flags to the scheduler command and starts
+// the endpoint, when configured, before the scheduler runs. The store is the
+// one the plugins read.
+func addTelemetry(cmd *cobra.Command, store *telemetry.Store) {
+	f := &telemetryFlags{}
+	fs := f.flagSet()
+	cmd.Flags().AddFlagSet(fs)
+	help := cmd.HelpFunc()
+	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
+		help(c, args)
+		fmt.Fprintf(c.OutOrStdout(), "\nPenny telemetry flags:\n\n%s", fs.FlagUsagesWrapped(100))
+	})
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if f.bindAddress == "" {
+			return run(c, args)
+		}
+		// kube-scheduler installs the process's signal handler itself; the
+		// endpoint stops when the scheduler returns.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		client, err := tokenReviewClient(c.Flags())
+		if err != nil {
+			return err
+		}
+		if err := startTelemetry(ctx, f, store, client); err != nil {
+			return err
+		}
+		return run(c, args)
+	}
+}
+
+// startTelemetry checks the configuration, listens and serves in the
+// background; errors that would only show up later (a bad certificate, a
+// taken port) are returned now.
+func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, client kubernetes.Interface) error {
+	if f.certFile == "" || f.keyFile == "" {
+		return errors.New("--telemetry-bind-address needs --telemetry-tls-cert-file and --telemetry-tls-key-file: agents send ServiceAccount tokens, which must not travel in clear (docs/agent.md shows how to make a certificate)")
+	}
+	if f.maxAge <= 0 {
+		return fmt.Errorf("--telemetry-max-age %v: must be positive", f.maxAge)
+	}
+	store.SetMaxAge(f.maxAge)
+	logger := klog.Background().WithName("telemetry")
+	tlsConfig, err := telemetry.ServingTLSConfig(ctx, f.certFile, f.keyFile)
+	if err != nil {
+		return err
+	}
+	auth, err := telemetry.NewTokenReviewAuthenticator(client.AuthenticationV1(), []string{f.audience})
+	if err != nil {
+		return err
+	}
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+		Store: store, Authenticator: auth, Audiences: []string{f.audience},
+		AgentServiceAccounts: f.serviceAccounts, Log: logger,
+	})
+	if err != nil {
+		return fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
+	}
+	lis, err := net.Listen("tcp", f.bindAddress)
+	if err != nil {
+		return fmt.Errorf("--telemetry-bind-address: %w", err)
+	}
+	go func() {
+		if err := telemetry.Serve(ctx, lis, tlsConfig, srv, logger); err != nil {
+			logger.Error(err, "telemetry endpoint stopped")
+		}
+	}()
+	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
+	return nil
+}
+
+// tokenReviewClient connects to the API server the way the scheduler does:
+// --kubeconfig, else the kubeconfig named in --config's clientConnection,
+// else the in-cluster configuration.
+func tokenReviewClient(fs *pflag.FlagSet) (kubernetes.Interface, error) {
+	var kubeconfig, master string
+	if fl := fs.Lookup("kubeconfig"); fl != nil {
+		kubeconfig = fl.Value.String()
+	}
+	if fl := fs.Lookup("master"); fl != nil {
+		master = fl.Value.String()
+	}
+	if fl := fs.Lookup("config"); kubeconfig == "" && fl != nil && fl.Value.String() != "" {
+		cfg, err := options.LoadConfigFromFile(klog.Background(), fl.Value.String())
+		if err != nil {
+			return nil, fmt.Errorf("--config: %w", err)
+		}
+		kubeconfig = cfg.ClientConnection.Kubeconfig
+	}
+	rc, err := clientcmd.BuildConfigFromFlags(master, kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: API server connection for TokenReview: %w", err)
+	}
+	return kubernetes.NewForConfig(rc)
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/spf13/pflag"
+
+	"github.com/pennysched/penny/agent/report"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+func writeFile(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func kubeconfig(server string) []byte {
+	return []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "` + server + `"}}]
+users: [{name: u, user: {}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// The flags start an endpoint that authenticates agents with TokenReview
+// against the API server the scheduler's --config names, and fills the
+// store the plugins read.
+func TestTelemetryFlagsStartTheEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	api := telemetrytest.StartTokenReviewAPI(t)
+	kc := writeFile(t, dir, "kubeconfig", kubeconfig(api.URL))
+	config := writeFile(t, dir, "config.yaml", []byte(`apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: `+kc+`
+`))
+	cert := telemetrytest.NewCert(t)
+	addr := freeAddr(t)
+
+	var f telemetryFlags
+	fs := f.flagSet()
+	fs.String("config", "", "")
+	fs.String("kubeconfig", "", "")
+	if err := fs.Parse([]string{
+		"--config", config,
+		"--telemetry-bind-address", addr,
+		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
+		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
+		"--telemetry-max-age", "7s",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	client, err := tokenReviewClient(fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := telemetry.NewStore(telemetry.StoreOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := startTelemetry(ctx, &f, store, client); err != nil {
+		t.Fatal(err)
+	}
+	if store.MaxAge() != 7*time.Second {
+		t.Errorf("max age %v", store.MaxAge())
+	}
+
+	// The agent's report loop and uplink connect and report. (GPUs from a
+	// stand-in: this binary cannot link NVML, see agent/report.Source.)
+	loop := report.NewLoop(&report.Builder{Node: "gpu-1", AgentID: "a", Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 8}}},
+		report.LoopOptions{CollectInterval: 50 * time.Millisecond, Log: testr.New(t)})
+	uplink, err := report.NewClient(loop, report.ClientOptions{
+		Address: addr, TLS: cert.ClientTLS(), TokenFile: writeFile(t, dir, "token", []byte("node:gpu-1")), Log: testr.New(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, acancel := context.WithCancel(ctx)
+	done := make(chan struct{}, 2)
+	go func() { loop.Run(actx); done <- struct{}{} }()
+	go func() { uplink.Run(actx); done <- struct{}{} }()
+	defer func() { acancel(); <-done; <-done }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if st, ok := store.Node("gpu-1"); ok && len(st.GPUs) == 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no report reached the store")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if auds, n := api.LastAudiences(); n == 0 || len(auds) != 1 || auds[0] != "penny-scheduler" {
+		t.Errorf("TokenReview: %d reviews, audiences %v", n, auds)
+	}
+}
+
+func TestTelemetryFlagErrors(t *testing.T) {
+	store := telemetry.NewStore(telemetry.StoreOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cases := []struct {
+		f    telemetryFlags
+		want string
+	}{
+		{telemetryFlags{bindAddress: ":0"}, "--telemetry-tls-cert-file"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second}, "--telemetry-max-age"},
+		{telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second}, "certificate"},
+	}
+	for _, c := range cases {
+		err := startTelemetry(ctx, &c.f, store, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
+		}
+	}
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	fs.String("config", "/nonexistent/config.yaml", "")
+	if _, err := tokenReviewClient(fs); err == nil || !strings.Contains(err.Error(), "--config") {
+		t.Errorf("unreadable --config: %v", err)
+	}
+}
