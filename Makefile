@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check
+.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check bench-schedperf
 
 all: build
 
@@ -18,10 +18,26 @@ demo:
 	$(GO) build -o $(BIN)/penny ./cmd/penny
 	$(BIN)/penny up --demo --exit-after-demo
 
-## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests, then a short fuzz run
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests, a short fuzz run,
+## and the small scheduler_perf workloads (so CI catches a plugin that breaks under the harness)
 test: tools
 	$(GO) test -count=1 -timeout 25m ./...
+	mkdir -p $(SCHEDPERF_OUT)-test
+	cd benchmarks/schedperf && ARTIFACTS=$(SCHEDPERF_OUT)-test KUBE_CACHE_MUTATION_DETECTOR=false $(GO) test . -count=1 \
+		-run '^$$' -bench BenchmarkPerfScheduling -benchtime 1x -timeout 10m -short \
+		-perf-scheduling-label-filter=integration-test -data-items-dir $(SCHEDPERF_OUT)-test
 	$(MAKE) fuzz-short
+
+## bench-schedperf: kube-scheduler's scheduler_perf harness, Penny's profile against the default and the
+## in-tree gang plugin, both sides back to back, BENCH_COUNT runs; writes benchmarks/results/schedperf.{json,md}
+SCHEDPERF_OUT := $(CURDIR)/_output/schedperf
+BENCH_COUNT   ?= 5
+bench-schedperf: tools
+	rm -rf $(SCHEDPERF_OUT)
+	benchmarks/schedperf/bench.sh $(SCHEDPERF_OUT) $(BENCH_COUNT) bench
+	mkdir -p benchmarks/results
+	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
+		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"
 
 ## lint: gofmt and go vet
 lint:
@@ -33,7 +49,12 @@ manifests:
 	$(GO) run ./hack/manifests
 
 ## tools: binaries built from Go modules that tests need
-tools:
+tools: $(BIN)/etcd
+
+# etcd for the kube-apiservers scheduler_perf starts, built from the etcd
+# module go.mod pins, so no download is needed.
+$(BIN)/etcd: go.mod
+	$(GO) build -o $@ go.etcd.io/etcd/server/v3
 
 clean:
 	rm -rf $(BIN)

@@ -1,10 +1,15 @@
 package plugins
 
 import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
 	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/plugins/gang"
 )
 
 // Deps are the shared, long-lived inputs plugins read through interfaces:
@@ -16,11 +21,23 @@ type Deps struct {
 	// health, reclaim notices). Reads never block; a node without fresh data
 	// reads as unknown.
 	Telemetry telemetry.Reader
+	// GangReclaimRisk scores how likely a gang placed on a set of nodes is
+	// to lose a member to a capacity reclaim (the helper spotrisk builds in
+	// pkg/). Nil: the gang plugin takes the first domain that fits.
+	GangReclaimRisk gang.ReclaimRisk
 }
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
-func Registry(_ Deps) frameworkruntime.Registry {
-	return frameworkruntime.Registry{}
+func Registry(deps Deps) frameworkruntime.Registry {
+	return frameworkruntime.Registry{
+		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			var opts []gang.Option
+			if deps.GangReclaimRisk != nil {
+				opts = append(opts, gang.WithReclaimRisk(deps.GangReclaimRisk))
+			}
+			return gang.NewWith(ctx, obj, h, opts...)
+		},
+	}
 }
 
 // Options turns the registry into kube-scheduler command options.

@@ -1,0 +1,45 @@
+package gang
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// Results counted by penny_gang_attempts_total.
+const (
+	// resultAdmitted: room for the whole gang was found and claimed.
+	resultAdmitted = "admitted"
+	// resultUnschedulable: the gang does not fit anywhere yet.
+	resultUnschedulable = "unschedulable"
+	// resultReleased: an admitted gang failed to complete and was released.
+	resultReleased = "released"
+	// resultScheduled: enough members were placed; they bind together.
+	resultScheduled = "scheduled"
+)
+
+var (
+	attempts = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_gang_attempts_total",
+		Help:           "Gang placement attempts by result: admitted (room claimed for the whole gang), unschedulable (no room), released (admitted but could not complete), scheduled (all members placed together).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+
+	waitSeconds = metrics.NewHistogram(&metrics.HistogramOpts{
+		Name:           "penny_gang_wait_seconds",
+		Help:           "Time from a gang's first scheduling attempt until all the members it needs were placed together.",
+		Buckets:        metrics.ExponentialBuckets(0.01, 2, 17),
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	registerOnce sync.Once
+)
+
+// registerMetrics registers the plugin's metrics with the registry the
+// scheduler serves on /metrics.
+func registerMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(attempts, waitSeconds)
+	})
+}

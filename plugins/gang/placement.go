@@ -1,0 +1,346 @@
+package gang
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/capacity"
+)
+
+// ReclaimRisk is the seam for gang-level reclaim risk. The helper that the
+// spotrisk work builds in pkg/ satisfies it; until it is wired in (through
+// plugins.Deps) the plugin runs without it and picks the first domain where
+// the whole gang fits. Lower is better.
+type ReclaimRisk interface {
+	// GangRisk is the risk that a gang placed on these nodes loses at least
+	// one member to a capacity reclaim, as a probability in [0, 1].
+	GangRisk(nodes []*corev1.Node) float64
+}
+
+// domain is the set of nodes a gang must stay within: one zone and/or one
+// capacity type. A zero field means the rule is off.
+type domain struct {
+	zone    string
+	capType capacity.Type
+}
+
+// rules are a gang's placement rules after applying its overrides.
+type rules struct {
+	sameZone, sameCapType bool
+	zoneLabel             string
+}
+
+func (r rules) domainOf(node *corev1.Node) domain {
+	var d domain
+	if r.sameZone {
+		d.zone = node.Labels[r.zoneLabel]
+	}
+	if r.sameCapType {
+		d.capType = capacity.TypeOf(node.Labels)
+	}
+	return d
+}
+
+// scope says in words where a gang must fit, for messages.
+func (r rules) scope() string {
+	switch {
+	case r.sameZone && r.sameCapType:
+		return "in one zone on one capacity type"
+	case r.sameZone:
+		return "in one zone"
+	case r.sameCapType:
+		return "on one capacity type"
+	}
+	return "in the cluster"
+}
+
+func (r rules) describe(d domain) string {
+	var parts []string
+	if r.sameZone {
+		z := d.zone
+		if z == "" {
+			z = "(no zone label)"
+		}
+		parts = append(parts, "zone "+z)
+	}
+	if r.sameCapType {
+		c := string(d.capType)
+		if c == "" {
+			c = "unknown"
+		}
+		parts = append(parts, "capacity type "+c)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// shape groups members that ask for the same resources under the same node
+// constraints: a plan reserves room per shape, and any member of a shape may
+// take any slot of that shape.
+type shape struct {
+	key         string
+	demand      demand
+	count       int64
+	affinity    nodeaffinity.RequiredNodeAffinity
+	tolerations []corev1.Toleration
+	vec         vec
+}
+
+// shapeKey is a member's shape: its requests plus what restricts its nodes.
+func shapeKey(pod *corev1.Pod, d demand) string {
+	var na *corev1.NodeAffinity
+	if pod.Spec.Affinity != nil {
+		na = pod.Spec.Affinity.NodeAffinity
+	}
+	constraints, _ := json.Marshal(struct {
+		S map[string]string
+		A *corev1.NodeAffinity
+		T []corev1.Toleration
+	}{pod.Spec.NodeSelector, na, pod.Spec.Tolerations})
+	return d.key() + "|" + string(constraints)
+}
+
+func shapesOf(members []*corev1.Pod) []*shape {
+	byKey := map[string]*shape{}
+	var out []*shape
+	for _, p := range members {
+		d := podDemand(p)
+		k := shapeKey(p, d)
+		if s, ok := byKey[k]; ok {
+			s.count++
+			continue
+		}
+		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations}
+		byKey[k] = s
+		out = append(out, s)
+	}
+	// Larger members first, so that they get whole nodes before smaller ones
+	// fragment them.
+	sort.SliceStable(out, func(i, j int) bool { return bigger(out[i].demand, out[j].demand) })
+	return out
+}
+
+func bigger(a, b demand) bool {
+	ag, bg := scalarSum(a), scalarSum(b)
+	if ag != bg {
+		return ag > bg
+	}
+	if a.milliCPU != b.milliCPU {
+		return a.milliCPU > b.milliCPU
+	}
+	return a.memory > b.memory
+}
+
+func scalarSum(d demand) int64 {
+	var s int64
+	for _, v := range d.scalar {
+		s += v
+	}
+	return s
+}
+
+func isUnschedulableOrNoExecute(t *corev1.Taint) bool {
+	return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
+}
+
+var unschedulableTaint = corev1.Taint{Key: corev1.TaintNodeUnschedulable, Effect: corev1.TaintEffectNoSchedule}
+
+// admits reports whether a node accepts members of shape s, by the rules the
+// in-tree NodeUnschedulable, TaintToleration and NodeAffinity filters apply.
+func (s *shape) admits(node *corev1.Node) bool {
+	logger := klog.Background()
+	if node.Spec.Unschedulable && !corev1helpers.TolerationsTolerateTaint(logger, s.tolerations, &unschedulableTaint, true) {
+		return false
+	}
+	if len(node.Spec.Taints) > 0 {
+		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(logger, node.Spec.Taints, s.tolerations, isUnschedulableOrNoExecute, true); untolerated {
+			return false
+		}
+	}
+	ok, err := s.affinity.Match(node)
+	return ok && err == nil
+}
+
+// slot is room reserved on one node for n members of one shape.
+type slot struct {
+	node  string
+	shape string
+	d     demand
+	n     int64
+}
+
+// plan is where a whole gang fits.
+type plan struct {
+	domain domain
+	slots  []slot
+}
+
+// shortfall explains why a gang fits nowhere: the best domain could place
+// `placeable` of `needed` members; the rest ask for `missing`.
+type shortfall struct {
+	placeable, needed int64
+	domain            domain
+	missing           demand
+}
+
+// placeGang looks for one domain where every shape fits at once, given what
+// nodes already hold (assumed pods included) and what other gangs claimed.
+// Nodes are visited in snapshot order, which the scheduler interleaves across
+// zones, and without a risk helper the first domain that completes wins, so
+// the common case touches a handful of nodes per domain.
+func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, claims map[string]*demand, risk ReclaimRisk) (*plan, shortfall) {
+	ds := make([]demand, len(shapes))
+	var needed int64
+	for i, s := range shapes {
+		ds[i] = s.demand
+		needed += s.count
+	}
+	dm := dimsOf(ds)
+	for _, s := range shapes {
+		s.vec = dm.vecOf(s.demand)
+	}
+
+	type progress struct {
+		rem    []int64
+		placed int64
+		slots  []slot
+		done   bool
+	}
+	byDomain := map[domain]*progress{}
+	var order []domain
+	var complete []domain
+	var free vec
+	for _, ni := range nodes {
+		node := ni.Node()
+		if node == nil {
+			continue
+		}
+		dom := r.domainOf(node)
+		if fixed != nil && dom != *fixed {
+			continue
+		}
+		p := byDomain[dom]
+		if p == nil {
+			p = &progress{rem: make([]int64, len(shapes))}
+			for i, s := range shapes {
+				p.rem[i] = s.count
+			}
+			byDomain[dom] = p
+			order = append(order, dom)
+		}
+		if p.done {
+			continue
+		}
+		free = dm.freeOf(ni, claims[node.Name], free)
+		left := int64(0)
+		for i, s := range shapes {
+			if p.rem[i] > 0 && s.admits(node) {
+				if k := min(p.rem[i], free.times(s.vec)); k > 0 {
+					free.take(s.vec, k)
+					p.rem[i] -= k
+					p.placed += k
+					p.slots = append(p.slots, slot{node: node.Name, shape: s.key, d: s.demand, n: k})
+				}
+			}
+			left += p.rem[i]
+		}
+		if left == 0 {
+			p.done = true
+			complete = append(complete, dom)
+			if risk == nil {
+				return &plan{domain: dom, slots: p.slots}, shortfall{}
+			}
+		}
+	}
+	if len(complete) > 0 {
+		best, bestRisk := complete[0], 2.0
+		for _, dom := range complete {
+			if rk := risk.GangRisk(slotNodes(nodes, byDomain[dom].slots)); rk < bestRisk {
+				best, bestRisk = dom, rk
+			}
+		}
+		return &plan{domain: best, slots: byDomain[best].slots}, shortfall{}
+	}
+
+	short := shortfall{needed: needed, placeable: -1}
+	for _, dom := range order {
+		if p := byDomain[dom]; p.placed > short.placeable {
+			short.placeable, short.domain = p.placed, dom
+			short.missing = demand{}
+			for i, s := range shapes {
+				short.missing.add(s.demand, p.rem[i])
+			}
+		}
+	}
+	if short.placeable < 0 {
+		// No node in any allowed domain: nothing is placeable.
+		short.placeable = 0
+		if fixed != nil {
+			short.domain = *fixed
+		}
+		for _, s := range shapes {
+			short.missing.add(s.demand, s.count)
+		}
+	}
+	return nil, short
+}
+
+func (d demand) isZero() bool {
+	return d.milliCPU == 0 && d.memory == 0 && d.ephemeral == 0 && len(d.scalar) == 0
+}
+
+func slotNodes(nodes []fwk.NodeInfo, slots []slot) []*corev1.Node {
+	want := map[string]bool{}
+	for _, s := range slots {
+		want[s.node] = true
+	}
+	var out []*corev1.Node
+	for _, ni := range nodes {
+		if n := ni.Node(); n != nil && want[n.Name] {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// message is the shortfall in words a user can act on, e.g.
+// "gang team/llm: 5/8 members placeable, the other 3 need 24 nvidia.com/gpu in one zone on one capacity type".
+func (s shortfall) message(ref fmt.Stringer, r rules, fixed bool) string {
+	where := r.scope()
+	if fixed {
+		where = "in " + r.describe(s.domain) + ", where its running members are"
+	}
+	return fmt.Sprintf("gang %s: %d/%d members placeable, the other %d need %s %s",
+		ref, s.placeable, s.needed, s.needed-s.placeable, s.missing.headline(), where)
+}
+
+// headline names the resource that matters most in a demand: the first
+// extended resource (GPUs, MIG slices), else CPU, else memory.
+func (d demand) headline() string {
+	if len(d.scalar) > 0 {
+		names := make([]string, 0, len(d.scalar))
+		for n := range d.scalar {
+			names = append(names, string(n))
+		}
+		sort.Strings(names)
+		var parts []string
+		for _, n := range names {
+			parts = append(parts, describe(corev1.ResourceName(n), d.scalar[corev1.ResourceName(n)]))
+		}
+		return strings.Join(parts, " and ")
+	}
+	if d.milliCPU > 0 {
+		return describe(corev1.ResourceCPU, d.milliCPU)
+	}
+	if d.memory > 0 {
+		return describe(corev1.ResourceMemory, d.memory)
+	}
+	return "pod slots"
+}

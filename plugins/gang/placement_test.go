@@ -1,0 +1,127 @@
+package gang
+
+import (
+	"fmt"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+func infos(nodes ...*corev1.Node) []fwk.NodeInfo {
+	out := make([]fwk.NodeInfo, len(nodes))
+	for i, n := range nodes {
+		ni := framework.NewNodeInfo()
+		ni.SetNode(n)
+		out[i] = ni
+	}
+	return out
+}
+
+var zoneRules = rules{sameZone: true, sameCapType: true, zoneLabel: corev1.LabelTopologyZone}
+
+func TestPlaceGangCountsOtherGangsClaims(t *testing.T) {
+	ns := infos(gpuNode("n-0"), gpuNode("n-1"))
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8)) }
+	if p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, nil); p == nil {
+		t.Fatal("2 whole-node members fit on 2 free nodes")
+	}
+	claims := map[string]*demand{"n-0": {scalar: map[corev1.ResourceName]int64{gpu.ResourceGPU: 1}}}
+	p, short := placeGang(ns, shapes(), zoneRules, nil, claims, nil)
+	if p != nil {
+		t.Fatalf("one GPU of n-0 is claimed by another gang, yet placed: %+v", p)
+	}
+	want := "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type"
+	if got := short.message(gang.Ref{Namespace: "team", Name: "llm"}, zoneRules, false); got != want {
+		t.Errorf("message\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestPlaceGangPlacesBigMembersFirst(t *testing.T) {
+	// One 8-GPU member and two 4-GPU members fit two 8-GPU nodes only if
+	// the big one takes a node before the small ones split both.
+	pods := append(gangPods("small", 2, 4), member("big", 3, 0, 8))
+	p, short := placeGang(infos(gpuNode("n-0"), gpuNode("n-1")), shapesOf(pods), zoneRules, nil, nil, nil)
+	if p == nil {
+		t.Fatalf("does not fit: %+v", short)
+	}
+	var n int64
+	for _, s := range p.slots {
+		n += s.n
+	}
+	if n != 3 {
+		t.Errorf("plan has %d slots, want 3: %+v", n, p.slots)
+	}
+}
+
+func TestPlaceGangKeepsToFixedDomain(t *testing.T) {
+	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")), gpuNode("b-1", inZone("b")))
+	fixed := zoneRules.domainOf(gpuNode("x", inZone("a")))
+	p, short := placeGang(ns, shapesOf(gangPods("llm", 2, 8)), zoneRules, &fixed, nil, nil)
+	if p != nil {
+		t.Fatalf("running members pin the gang to zone a, which has one node: %+v", p)
+	}
+	want := "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in zone a, capacity type on-demand, where its running members are"
+	if got := short.message(gang.Ref{Namespace: "team", Name: "llm"}, zoneRules, true); got != want {
+		t.Errorf("message\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestPlaceGangRespectsTaintsAndSelectors(t *testing.T) {
+	tainted := gpuNode("t-0")
+	tainted.Spec.Taints = []corev1.Taint{{Key: "nvidia.com/gpu", Effect: corev1.TaintEffectNoSchedule}}
+	cordoned := gpuNode("c-0")
+	cordoned.Spec.Unschedulable = true
+	ns := infos(tainted, cordoned, gpuNode("n-0"))
+	if p, _ := placeGang(ns, shapesOf(gangPods("llm", 2, 8)), zoneRules, nil, nil, nil); p != nil {
+		t.Fatalf("only one node accepts the members, yet placed: %+v", p.slots)
+	}
+	tolerant := gangPods("llm", 2, 8, func(p *corev1.Pod) {
+		p.Spec.Tolerations = []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists}}
+	})
+	if p, _ := placeGang(ns, shapesOf(tolerant), zoneRules, nil, nil, nil); p == nil {
+		t.Fatal("members tolerating the GPU taint fit on the tainted and the plain node")
+	}
+	picky := gangPods("llm", 1, 8, func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{"pool": "h100"} })
+	if p, _ := placeGang(ns, shapesOf(picky), zoneRules, nil, nil, nil); p != nil {
+		t.Fatalf("no node has pool=h100, yet placed: %+v", p.slots)
+	}
+}
+
+type riskByZone map[string]float64
+
+func (r riskByZone) GangRisk(nodes []*corev1.Node) float64 {
+	worst := 0.0
+	for _, n := range nodes {
+		worst = max(worst, r[n.Labels[corev1.LabelTopologyZone]])
+	}
+	return worst
+}
+
+func TestPlaceGangAsksTheRiskHelper(t *testing.T) {
+	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")))
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 1, 8)) }
+	if p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, nil); p == nil || p.domain.zone != "a" {
+		t.Fatalf("without a risk helper the first domain that fits wins: %+v", p)
+	}
+	p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, riskByZone{"a": 0.3, "b": 0.1})
+	if p == nil || p.domain.zone != "b" {
+		t.Fatalf("the risk helper prefers zone b: %+v", p)
+	}
+}
+
+func TestShapesGroupIdenticalMembers(t *testing.T) {
+	pods := append(gangPods("w", 6, 1), gangPods("m", 1, 0)...)
+	shapes := shapesOf(pods)
+	if len(shapes) != 2 || shapes[0].count != 6 || shapes[1].count != 1 {
+		got := ""
+		for _, s := range shapes {
+			got += fmt.Sprintf("%d×%s ", s.count, s.key)
+		}
+		t.Errorf("want 6 workers then 1 launcher, got %s", got)
+	}
+}

@@ -1,0 +1,251 @@
+// Package gang is Penny's gang scheduling plugin: a gang's members bind all
+// together or not at all, competing gangs never deadlock, and a gang stays in
+// one zone and on one capacity type unless told otherwise.
+//
+// How it avoids the failures of earlier gang plugins:
+//   - Members are held back (PreEnqueue) until the whole gang exists, so no
+//     capacity is held while members are still being created.
+//   - A gang is admitted (PreFilter) only when a simulation finds room for
+//     all of its remaining members in one domain, counting capacity already
+//     claimed by gangs admitted before it; the room it needs is then claimed
+//     and no other pod this scheduler places may take it (Filter). Two gangs
+//     can therefore never each hold half of what both need.
+//   - Placed members wait in Permit with one shared deadline. If any member
+//     fails (PostFilter), is deleted, or the deadline passes, every waiting
+//     member is released at once, the claims go, and the gang backs off as a
+//     unit before its members are retried together.
+//   - QueueSort keeps a gang's members next to each other, oldest gang first,
+//     and Permit pulls the remaining members out of backoff so a gang's
+//     members are tried back to back.
+//
+// With the GenericWorkload feature gate on, pods that name a native PodGroup
+// are gated and admitted by the in-tree GangScheduling plugin and the pod
+// group scheduling cycle; this plugin then only keeps such a group in one
+// domain. See docs/gang.md.
+package gang
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/features"
+	"k8s.io/utils/clock"
+
+	"github.com/pennysched/penny/pkg/gang"
+)
+
+// Name is the plugin's name in the registry and in scheduler configuration.
+const Name = "PennyGang"
+
+// Gang is the plugin. One instance serves one scheduler profile.
+type Gang struct {
+	handle fwk.Handle
+	args   *Args
+	clock  clock.WithDelayedExecution
+	pods   cache.Indexer
+	risk   ReclaimRisk
+	// nativeGangs is true when the GenericWorkload gate is on, so pods that
+	// name a PodGroup are gang-scheduled by the in-tree machinery.
+	nativeGangs bool
+
+	mu    sync.Mutex
+	gangs map[string]*gangState
+	// claimedSlots counts unconsumed claims across gangs, so pods can skip
+	// this plugin's Filter entirely while no gang is being placed.
+	claimedSlots atomic.Int64
+	// blocked are gangs whose last admission failed only because other
+	// gangs' claims held the room; they are retried when claims go away.
+	blocked map[string]bool
+	seq     uint64
+	// order remembers when each gang was first queued, for QueueSort. It is
+	// read on every queue comparison, so it avoids the mutex.
+	order sync.Map
+}
+
+var (
+	_ fwk.QueueSortPlugin   = &Gang{}
+	_ fwk.PreEnqueuePlugin  = &Gang{}
+	_ fwk.PreFilterPlugin   = &Gang{}
+	_ fwk.FilterPlugin      = &Gang{}
+	_ fwk.PostFilterPlugin  = &Gang{}
+	_ fwk.PreScorePlugin    = &Gang{}
+	_ fwk.ScorePlugin       = &Gang{}
+	_ fwk.ReservePlugin     = &Gang{}
+	_ fwk.PermitPlugin      = &Gang{}
+	_ fwk.EnqueueExtensions = &Gang{}
+)
+
+// Option adjusts a plugin built by NewWith.
+type Option func(*Gang)
+
+// WithClock replaces the wall clock (tests).
+func WithClock(c clock.WithDelayedExecution) Option { return func(g *Gang) { g.clock = c } }
+
+// WithReclaimRisk sets the gang-level reclaim risk helper.
+func WithReclaimRisk(r ReclaimRisk) Option { return func(g *Gang) { g.risk = r } }
+
+// New is the plugin factory for the scheduler framework.
+func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+	return NewWith(ctx, obj, h)
+}
+
+// NewWith builds the plugin with options; the registry uses it to hand in
+// Penny's shared dependencies.
+func NewWith(_ context.Context, obj runtime.Object, h fwk.Handle, opts ...Option) (*Gang, error) {
+	args, err := DecodeArgs(obj)
+	if err != nil {
+		return nil, err
+	}
+	registerMetrics()
+	informer := h.SharedInformerFactory().Core().V1().Pods().Informer()
+	if err := gang.AddIndex(informer); err != nil {
+		return nil, err
+	}
+	pl := &Gang{
+		handle:      h,
+		args:        args,
+		clock:       clock.RealClock{},
+		pods:        informer.GetIndexer(),
+		nativeGangs: utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload),
+		gangs:       map[string]*gangState{},
+		blocked:     map[string]bool{},
+	}
+	for _, o := range opts {
+		o(pl)
+	}
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    pl.onPodAdd,
+		UpdateFunc: pl.onPodUpdate,
+		DeleteFunc: pl.onPodDelete,
+	}); err != nil {
+		return nil, err
+	}
+	return pl, nil
+}
+
+// Name returns the plugin name.
+func (pl *Gang) Name() string { return Name }
+
+// Less orders the queue by priority, then by when the gang (or lone pod) was
+// first queued, keeping one gang's members together so they are tried back
+// to back and an older gang is tried before a younger one.
+func (pl *Gang) Less(a, b fwk.QueuedEntityInfo) bool {
+	pa, pb := a.GetPriority(), b.GetPriority()
+	if pa != pb {
+		return pa > pb
+	}
+	ka, ta := pl.sortKey(a)
+	kb, tb := pl.sortKey(b)
+	if !ta.Equal(tb) {
+		return ta.Before(tb)
+	}
+	if ka != kb {
+		return ka < kb
+	}
+	return a.GetTimestamp().Before(b.GetTimestamp())
+}
+
+type podInfoGetter interface{ GetPodInfo() fwk.PodInfo }
+
+func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
+	pi, ok := e.(podInfoGetter)
+	if !ok {
+		return "", e.GetTimestamp()
+	}
+	ref, ok := gang.RefOf(pi.GetPodInfo().GetPod())
+	if !ok {
+		return "", e.GetTimestamp()
+	}
+	t, _ := pl.order.LoadOrStore(ref.Key(), e.GetTimestamp())
+	return ref.Key(), t.(time.Time)
+}
+
+// PreEnqueue keeps a member out of the active queue until its gang has at
+// least gang-size members, so no member is placed (and holds capacity)
+// while the rest are still being created.
+func (pl *Gang) PreEnqueue(_ context.Context, pod *corev1.Pod) *fwk.Status {
+	spec, ok, err := gang.Of(pod)
+	if err != nil {
+		if ref, inGang := gang.RefOf(pod); !inGang || !pl.remember(pod, ref, err.Error()) {
+			pl.tell(pod, "GangInvalid", err.Error())
+		}
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
+	}
+	if !ok || spec.Source == gang.SourcePodGroup {
+		return nil
+	}
+	members, err := gang.Members(pl.pods, spec.Ref)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	if msg := sizeDisagreement(spec, members); msg != "" {
+		if !pl.remember(pod, spec.Ref, msg) {
+			pl.tell(pod, "GangInvalid", msg)
+		}
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
+	}
+	if int32(len(members)) < spec.MinMember && pl.gate(pod, spec) {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, membersMissing(spec, len(members)))
+	}
+	return nil
+}
+
+// EventsToRegister lists the cluster changes that can make a member this
+// plugin rejected placeable again.
+func (pl *Gang) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
+	return []fwk.ClusterEventWithHint{
+		// A member arriving may complete its gang (PreEnqueue, PreFilter).
+		// The scheduler only dispatches this event with GenericWorkload on;
+		// otherwise onPodAdd activates the gang's waiting members.
+		{Event: fwk.ClusterEvent{Resource: fwk.UnscheduledPod, ActionType: fwk.Add | fwk.UpdatePodLabel}, QueueingHintFn: isSchedulableAfterMemberAdded},
+		// Capacity freed by a pod leaving a node may let a gang fit.
+		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete}, QueueingHintFn: isSchedulableAfterPodDeleted},
+		// New or changed nodes may let a gang fit.
+		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}},
+	}, nil
+}
+
+func isSchedulableAfterMemberAdded(_ klog.Logger, pod *corev1.Pod, oldObj, newObj any) (fwk.QueueingHint, error) {
+	added, ok := newObj.(*corev1.Pod)
+	if !ok {
+		return fwk.Queue, nil
+	}
+	ref, inGang := gang.RefOf(pod)
+	if !inGang || !ref.IsMember(added) {
+		return fwk.QueueSkip, nil
+	}
+	if old, ok := oldObj.(*corev1.Pod); ok && ref.IsMember(old) {
+		// A label update that did not change membership.
+		return fwk.QueueSkip, nil
+	}
+	return fwk.Queue, nil
+}
+
+func isSchedulableAfterPodDeleted(_ klog.Logger, pod *corev1.Pod, oldObj, _ any) (fwk.QueueingHint, error) {
+	deleted, ok := oldObj.(*corev1.Pod)
+	if !ok {
+		return fwk.Queue, nil
+	}
+	want := podDemand(pod)
+	if len(want.scalar) == 0 {
+		return fwk.Queue, nil
+	}
+	// A gang short of GPUs only gains from a pod that held some of them.
+	freed := podDemand(deleted)
+	for name := range want.scalar {
+		if freed.scalar[name] > 0 {
+			return fwk.Queue, nil
+		}
+	}
+	return fwk.QueueSkip, nil
+}
+
+func podKey(pod *corev1.Pod) string { return pod.Namespace + "/" + pod.Name }

@@ -1,0 +1,339 @@
+package gang
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pennysched/penny/pkg/capacity"
+	"github.com/pennysched/penny/pkg/gang"
+)
+
+func nodes(prefix string, n int, opts ...nodeOpt) []*corev1.Node {
+	out := make([]*corev1.Node, n)
+	for i := range out {
+		out[i] = gpuNode(fmt.Sprintf("%s-%d", prefix, i), opts...)
+	}
+	return out
+}
+
+func TestGangOfEightBindsWhenItFits(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 8)...)
+	var pods []*corev1.Pod
+	for i := range 8 {
+		pods = append(pods, member("llm", 8, i, 8))
+	}
+	c.create(pods...)
+	got := c.waitBound(10*time.Second, names("llm", 8)...)
+	used := map[string]bool{}
+	for _, n := range got {
+		used[n] = true
+	}
+	if len(used) != 8 {
+		t.Errorf("8 whole-node members should use 8 nodes, used %d: %v", len(used), got)
+	}
+}
+
+func TestGangOfEightBindsNoneWhenOnlySevenFit(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 7)...)
+	var pods []*corev1.Pod
+	for i := range 8 {
+		pods = append(pods, member("llm", 8, i, 8))
+	}
+	c.create(pods...)
+	c.waitEvent("llm-0", "gang team/llm: 7/8 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type")
+	c.neverBound(2*time.Second, names("llm", 8)...)
+}
+
+func gangPods(name string, size int, gpus int64, opts ...podOpt) []*corev1.Pod {
+	var pods []*corev1.Pod
+	for i := range size {
+		pods = append(pods, member(name, size, i, gpus, opts...))
+	}
+	return pods
+}
+
+// completeGangs returns the gangs whose members are all bound, and fails the
+// test if any gang stays partly bound. Members of a gang are let through
+// Permit together, but each binds with its own API call, so a gang can be
+// seen half-bound for the moment those calls take.
+func (c *cluster) completeGangs(gangs []string, size int) []string {
+	c.t.Helper()
+	var complete []string
+	for _, g := range gangs {
+		var n int
+		settled := pollFor(2*time.Second, func() bool {
+			n = len(c.bound(names(g, size)...))
+			return n == 0 || n == size
+		})
+		if settled != nil {
+			c.t.Fatalf("gang %s stays partly bound: %d/%d members: %v", g, n, size, c.bound(names(g, size)...))
+		}
+		if n == size {
+			complete = append(complete, g)
+		}
+	}
+	return complete
+}
+
+func TestCompetingGangsOneCompletesThenTheOther(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 8)...)
+	// Two gangs of 8 whole-node members on 8 nodes, created interleaved so
+	// that neither gets its members in first.
+	a, b := gangPods("a", 8, 8), gangPods("b", 8, 8)
+	for i := range 8 {
+		c.create(a[i], b[i])
+	}
+	var first, second string
+	err := pollFor(10*time.Second, func() bool {
+		done := c.completeGangs([]string{"a", "b"}, 8)
+		if len(done) == 1 {
+			first = done[0]
+			return true
+		}
+		if len(done) > 1 {
+			t.Fatalf("both gangs bound on capacity for one")
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatal("neither gang bound: the gangs deadlocked")
+	}
+	second = map[string]string{"a": "b", "b": "a"}[first]
+	// The loser holds nothing and binds nothing while the winner runs.
+	c.neverBound(time.Second, names(second, 8)...)
+	if n := c.plugin.claimedSlots.Load(); n != 0 {
+		t.Errorf("gang %s still claims %d slots while it cannot fit", second, n)
+	}
+	// The winner finishes: the loser binds, whole.
+	c.delete(names(first, 8)...)
+	c.waitBound(10*time.Second, names(second, 8)...)
+}
+
+// TestInterleavedGangsNeverDeadlock is the scheduler-plugins #114/#117
+// scenario: many gangs whose members arrive interleaved, on capacity for
+// two at a time. Every round exactly two gangs complete and no gang is ever
+// partly bound, until every gang has run.
+func TestInterleavedGangsNeverDeadlock(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 2)...)
+	gangs := []string{"g0", "g1", "g2", "g3", "g4", "g5"}
+	pods := map[string][]*corev1.Pod{}
+	for _, g := range gangs {
+		pods[g] = gangPods(g, 4, 2) // 8 GPUs per gang; 16 GPUs in the cluster
+	}
+	for i := range 4 {
+		for _, g := range gangs {
+			c.create(pods[g][i])
+		}
+	}
+	ran := map[string]bool{}
+	for round := 0; len(ran) < len(gangs); round++ {
+		var done []string
+		err := pollFor(15*time.Second, func() bool {
+			done = nil
+			for _, g := range c.completeGangs(gangs, 4) {
+				if !ran[g] {
+					done = append(done, g)
+				}
+			}
+			return len(done) == min(2, len(gangs)-len(ran))
+		})
+		if err != nil {
+			t.Fatalf("round %d: %d gangs completed (%v), want %d; ran so far %v", round, len(done), done, min(2, len(gangs)-len(ran)), ran)
+		}
+		for _, g := range done {
+			ran[g] = true
+			c.delete(names(g, 4)...)
+		}
+	}
+}
+
+func pollFor(timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("condition not met within %s", timeout)
+}
+
+// TestMembersArrivingApartStillForm: members that arrive far apart (further
+// apart than the Permit timeout) still form a gang, and nothing is placed
+// or held while the gang is incomplete.
+func TestMembersArrivingApartStillForm(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 300 * time.Millisecond}
+	c := startCluster(t, args, nodes("n", 8)...)
+	pods := gangPods("llm", 8, 8)
+	for _, p := range pods[:7] {
+		c.create(p)
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.waitEvent("llm-0", "gang team/llm: 1/8 members exist, waiting for 7 more to be created")
+	// Longer than the Permit timeout: if members were placed and waiting,
+	// they would have been released by now.
+	c.neverBound(time.Second, names("llm", 8)...)
+	c.plugin.mu.Lock()
+	g := c.plugin.gangs[gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: "llm"}.Key()]
+	c.plugin.mu.Unlock()
+	if g != nil && (g.round != nil || len(g.placed) > 0) {
+		t.Fatalf("an incomplete gang holds capacity: round %v, placed %v", g.round, g.placed)
+	}
+	if n := c.plugin.claimedSlots.Load(); n != 0 {
+		t.Fatalf("an incomplete gang claims %d slots", n)
+	}
+	c.create(pods[7])
+	c.waitBound(10*time.Second, names("llm", 8)...)
+}
+
+// waitWaiting waits until n members of gang are placed and waiting in Permit.
+func (c *cluster) waitWaiting(gangName string, n int) {
+	c.t.Helper()
+	key := gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: gangName}.Key()
+	err := pollFor(10*time.Second, func() bool {
+		c.plugin.mu.Lock()
+		defer c.plugin.mu.Unlock()
+		g := c.plugin.gangs[key]
+		return g != nil && g.round != nil && len(g.round.members) == n
+	})
+	if err != nil {
+		c.t.Fatalf("gang %s never had %d members waiting", gangName, n)
+	}
+}
+
+// TestMemberDeletedWhileOthersWaitReleasesEverything: three members are
+// placed and wait for a fourth (held back by a scheduling gate). Deleting
+// the fourth releases the three at once, long before their Permit timeout,
+// and the capacity they held goes to another pod.
+func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8)
+	gated()(pods[3])
+	c.create(pods...)
+	c.waitWaiting("llm", 3)
+
+	// Every node is held: three by waiting members, one claimed for the
+	// fourth member. A pod wanting a whole node must wait.
+	other := plainPod("other", 8)
+	c.create(other)
+	c.neverBound(500*time.Millisecond, "other")
+
+	start := time.Now()
+	c.delete("llm-3")
+	c.waitBound(5*time.Second, "other")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("release took %s; it should not wait for the 30s Permit timeout", d)
+	}
+	c.waitEvent("llm-0", "member llm-3 was deleted and 3/4 members remain")
+	c.neverBound(500*time.Millisecond, names("llm", 3)...)
+}
+
+// TestPermitTimeoutReleasesTheGang: members that wait longer than the
+// gang's Permit timeout are all released together; when the missing member
+// can finally be placed, the whole gang binds.
+func TestPermitTimeoutReleasesTheGang(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 500 * time.Millisecond}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8)
+	gated()(pods[3])
+	c.create(pods...)
+	c.waitEvent("llm-0", "gang team/llm released: not all members were placed within 500ms; all 3 placed members were released")
+	c.neverBound(time.Second, names("llm", 4)...)
+	c.ungate("llm-3")
+	c.waitBound(10*time.Second, names("llm", 4)...)
+}
+
+// TestGangTimeoutAnnotationIsCapped: a gang's own timeout applies, but never
+// above the cluster's maximum.
+func TestGangTimeoutAnnotationIsCapped(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 200 * time.Millisecond}
+	args.MaxPermitTimeout = &metav1.Duration{Duration: 400 * time.Millisecond}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8, withLabel(gang.KeyTimeout, "3600"))
+	gated()(pods[3])
+	c.create(pods...)
+	c.waitEvent("llm-0", "not all members were placed within 400ms")
+}
+
+// TestMemberThatFitsNowhereReleasesTheGang: the admission simulation counts
+// resources only; a member that then fails another filter (here a host port
+// taken on the one node left for it) releases its placed siblings at once
+// (scheduler-plugins #713: they must not hold nodes until a timeout).
+func TestMemberThatFitsNowhereReleasesTheGang(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 4)...)
+	port := func(p *corev1.Pod) {
+		p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 8080}}
+	}
+	squatter := plainPod("squatter", 0, port)
+	squatter.Spec.NodeName = "n-3"
+	c.create(squatter)
+	c.create(gangPods("llm", 4, 8, port)...)
+	c.waitEvent("llm-0", "fits no node; all 3 placed members were released")
+	c.neverBound(time.Second, names("llm", 4)...)
+	c.delete("squatter")
+	c.waitBound(10*time.Second, names("llm", 4)...)
+}
+
+func TestGangStaysInOneZoneUnlessItSaysOtherwise(t *testing.T) {
+	c := startCluster(t, testArgs(), append(nodes("a", 4, inZone("zone-a")), nodes("b", 4, inZone("zone-b"))...)...)
+	c.create(gangPods("split", 6, 8)...)
+	c.waitEvent("split-0", "gang team/split: 4/6 members placeable, the other 2 need 16 nvidia.com/gpu in one zone on one capacity type")
+	c.neverBound(500*time.Millisecond, names("split", 6)...)
+
+	c.create(gangPods("anyzone", 6, 8, withLabel(gang.KeySameZone, "false"))...)
+	got := c.waitBound(10*time.Second, names("anyzone", 6)...)
+	zones := map[string]bool{}
+	for _, n := range got {
+		zones[n[:1]] = true
+	}
+	if len(zones) != 2 {
+		t.Errorf("6 whole-node members on 4+4 nodes must span both zones: %v", got)
+	}
+}
+
+func TestGangStaysOnOneCapacityType(t *testing.T) {
+	c := startCluster(t, testArgs(), append(nodes("s", 4, capType(capacity.Spot)), nodes("o", 2, capType(capacity.OnDemand))...)...)
+	c.create(gangPods("llm", 3, 8)...)
+	got := c.waitBound(10*time.Second, names("llm", 3)...)
+	for _, n := range got {
+		if n[0] != 's' {
+			t.Fatalf("3 members fit only on the 4 spot nodes, got %v", got)
+		}
+	}
+	c.create(gangPods("big", 2, 8)...)
+	got = c.waitBound(10*time.Second, names("big", 2)...)
+	for _, n := range got {
+		if n[0] != 'o' {
+			t.Fatalf("a 2-member gang fits only on the 2 on-demand nodes now (1 spot node left), got %v", got)
+		}
+	}
+}
+
+func TestPlainPodsIgnoreGangs(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 2)...)
+	c.create(plainPod("a", 4), plainPod("b", 8))
+	c.waitBound(5*time.Second, "a", "b")
+}
+
+func TestMalformedGangIsReported(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 1)...)
+	bad := plainPod("bad", 1, withLabel(gang.LabelName, "x"))
+	c.create(bad)
+	c.waitEvent("bad", "has no penny.dev/gang-size")
+	c.neverBound(300*time.Millisecond, "bad")
+
+	c.create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
+	c.waitEvent("mixed-1", "members disagree on penny.dev/gang-size")
+	c.neverBound(300*time.Millisecond, "mixed-0", "mixed-1")
+}

@@ -1,0 +1,384 @@
+package gang
+
+import (
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/utils/clock"
+
+	"github.com/pennysched/penny/pkg/gang"
+)
+
+// gangState is what the plugin remembers about one gang. Guarded by Gang.mu.
+type gangState struct {
+	ref gang.Ref
+	// firstAttempt is when the gang was first tried since it last completed;
+	// the wait-time metric runs from here.
+	firstAttempt time.Time
+	// failures counts consecutive released rounds; the backoff doubles with it.
+	failures     int
+	backoffUntil time.Time
+	backoffTimer clock.Timer
+	// round is the gang's current admission, nil when not admitted.
+	round *round
+	// placed are members reserved on a node (waiting in Permit or binding)
+	// that the informer does not yet show bound.
+	placed map[types.UID]string
+	// gated are members PreEnqueue holds back, with the reason each was
+	// told by an event (told once per reason).
+	gated map[types.UID]string
+}
+
+// round is one admission of a gang: room for its remaining members was found
+// and claimed; it ends when enough members are placed (complete) or when it
+// is released.
+type round struct {
+	id       uint64
+	timeout  time.Duration
+	deadline time.Time
+	rules    rules
+	domain   domain
+	// members reserved in this round.
+	members map[types.UID]bool
+	// slots still claimed for members not yet reserved.
+	slots []slot
+	// nodes are the domain's nodes, handed to the scheduler as the only
+	// nodes worth filtering for this round's members.
+	nodes     *fwk.PreFilterResult
+	activated bool
+	timer     clock.Timer
+}
+
+// effects are the calls into the framework that a state change asks for.
+// They are made after Gang.mu is released: the scheduling queue calls
+// QueueSort and PreEnqueue under its own lock, so calling the queue while
+// holding ours could deadlock.
+type effects struct {
+	allow    []types.UID
+	reject   []types.UID
+	message  string
+	activate map[string]*corev1.Pod
+	// released are members to tell why their gang was released.
+	released []*corev1.Pod
+}
+
+func (e *effects) activatePods(pods []*corev1.Pod) {
+	if e.activate == nil {
+		e.activate = map[string]*corev1.Pod{}
+	}
+	for _, p := range pods {
+		if p.Spec.NodeName == "" {
+			e.activate[podKey(p)] = p
+		}
+	}
+}
+
+func (pl *Gang) apply(logger klog.Logger, e *effects) {
+	for _, uid := range e.allow {
+		if wp := pl.handle.GetWaitingPod(uid); wp != nil {
+			wp.Allow(Name)
+		}
+	}
+	for _, uid := range e.reject {
+		if wp := pl.handle.GetWaitingPod(uid); wp != nil {
+			wp.Reject(Name, e.message)
+		}
+	}
+	for _, p := range e.released {
+		pl.handle.EventRecorder().Eventf(p, nil, corev1.EventTypeWarning, "GangReleased", "Scheduling", e.message)
+	}
+	if len(e.activate) > 0 {
+		pl.handle.Activate(logger, e.activate)
+	}
+}
+
+// stateOf returns the gang's state, creating it. Caller holds mu.
+func (pl *Gang) stateOf(ref gang.Ref) *gangState {
+	g := pl.gangs[ref.Key()]
+	if g == nil {
+		g = &gangState{ref: ref, placed: map[types.UID]string{}, gated: map[types.UID]string{}}
+		pl.gangs[ref.Key()] = g
+	}
+	return g
+}
+
+// claimsFor sums, per node, the room other gangs claimed that pod must not
+// take. A member may use its own gang's slots of its own shape; slots of its
+// gang's other shapes stay out of reach, so a big member cannot take the
+// room planned for a smaller sibling. Caller holds mu.
+func (pl *Gang) claimsFor(own string, ownShape string) map[string]*demand {
+	if pl.claimedSlots.Load() == 0 {
+		return nil
+	}
+	var out map[string]*demand
+	for key, g := range pl.gangs {
+		if g.round == nil {
+			continue
+		}
+		for _, s := range g.round.slots {
+			if key == own && s.shape == ownShape {
+				continue
+			}
+			if out == nil {
+				out = map[string]*demand{}
+			}
+			d := out[s.node]
+			if d == nil {
+				d = &demand{}
+				out[s.node] = d
+			}
+			d.add(s.d, s.n)
+		}
+	}
+	return out
+}
+
+// admit starts a round for g with the plan's claims. Caller holds mu.
+func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *round {
+	pl.seq++
+	rd := &round{
+		id:       pl.seq,
+		timeout:  timeout,
+		deadline: pl.clock.Now().Add(timeout),
+		rules:    r,
+		domain:   p.domain,
+		members:  map[types.UID]bool{},
+		slots:    p.slots,
+	}
+	var n int64
+	for _, s := range p.slots {
+		n += s.n
+	}
+	pl.claimedSlots.Add(n)
+	g.round = rd
+	id, key := rd.id, g.ref.Key()
+	// A backstop: if no member ever waits in Permit (so no Permit timeout
+	// fires), the round still ends at its deadline and its claims go.
+	rd.timer = pl.clock.AfterFunc(timeout, func() { pl.expire(key, id) })
+	return rd
+}
+
+// consume drops the claim a reserved member no longer needs: one slot of its
+// shape, on its node if the plan put one there. Caller holds mu.
+func (pl *Gang) consume(rd *round, shape, node string) {
+	pick := -1
+	for i, s := range rd.slots {
+		if s.shape != shape {
+			continue
+		}
+		if pick < 0 || s.node == node {
+			pick = i
+		}
+		if s.node == node {
+			break
+		}
+	}
+	if pick < 0 {
+		return
+	}
+	pl.claimedSlots.Add(-1)
+	rd.slots[pick].n--
+	if rd.slots[pick].n == 0 {
+		rd.slots = append(rd.slots[:pick], rd.slots[pick+1:]...)
+	}
+}
+
+// endRound drops a round's claims and timer and wakes gangs that waited for
+// claims to go. Caller holds mu.
+func (pl *Gang) endRound(g *gangState, e *effects) {
+	rd := g.round
+	if rd == nil {
+		return
+	}
+	g.round = nil
+	if rd.timer != nil {
+		rd.timer.Stop()
+	}
+	var n int64
+	for _, s := range rd.slots {
+		n += s.n
+	}
+	pl.claimedSlots.Add(-n)
+	for key := range pl.blocked {
+		delete(pl.blocked, key)
+		if other := pl.gangs[key]; other != nil && other.round == nil {
+			pl.activateMembers(other, e)
+		}
+	}
+}
+
+// release ends g's round because it cannot complete: every member waiting
+// in Permit is rejected at once, and the gang backs off as a unit. Caller
+// holds mu.
+func (pl *Gang) release(g *gangState, why string, e *effects) {
+	rd := g.round
+	if rd == nil {
+		return
+	}
+	pl.endRound(g, e)
+	for uid := range rd.members {
+		e.reject = append(e.reject, uid)
+		delete(g.placed, uid)
+	}
+	g.failures++
+	backoff := pl.args.Backoff.Duration << min(g.failures-1, 16)
+	if backoff > pl.args.MaxBackoff.Duration || backoff <= 0 {
+		backoff = pl.args.MaxBackoff.Duration
+	}
+	g.backoffUntil = pl.clock.Now().Add(backoff)
+	e.message = fmt.Sprintf("gang %s released: %s; all %d placed members were released and the gang retries in %s",
+		g.ref, why, len(rd.members), backoff.Round(time.Millisecond))
+	if members, err := gang.Members(pl.pods, g.ref); err == nil {
+		for _, p := range members {
+			if rd.members[p.UID] {
+				e.released = append(e.released, p)
+			}
+		}
+	}
+	if g.backoffTimer != nil {
+		g.backoffTimer.Stop()
+	}
+	key := g.ref.Key()
+	g.backoffTimer = pl.clock.AfterFunc(backoff, func() { pl.backoffDone(key) })
+	attempts.WithLabelValues(resultReleased).Inc()
+	klog.Background().V(4).Info("Gang released", "gang", g.ref, "round", rd.id, "reason", why, "backoff", backoff)
+}
+
+// activateMembers queues every unplaced member of g. Caller holds mu.
+func (pl *Gang) activateMembers(g *gangState, e *effects) {
+	members, err := gang.Members(pl.pods, g.ref)
+	if err != nil {
+		return
+	}
+	var pending []*corev1.Pod
+	for _, p := range members {
+		if _, placed := g.placed[p.UID]; !placed {
+			pending = append(pending, p)
+		}
+	}
+	e.activatePods(pending)
+}
+
+func (pl *Gang) backoffDone(key string) {
+	var e effects
+	pl.mu.Lock()
+	if g := pl.gangs[key]; g != nil && g.round == nil {
+		pl.activateMembers(g, &e)
+	}
+	pl.mu.Unlock()
+	pl.apply(klog.Background(), &e)
+}
+
+func (pl *Gang) expire(key string, id uint64) {
+	var e effects
+	pl.mu.Lock()
+	if g := pl.gangs[key]; g != nil && g.round != nil && g.round.id == id {
+		pl.release(g, fmt.Sprintf("not all members were placed within %s", g.round.timeout), &e)
+	}
+	pl.mu.Unlock()
+	pl.apply(klog.Background(), &e)
+}
+
+// onPodAdd lets a gang's gated members into the queue once the member that
+// completes the gang arrives. The scheduler itself only dispatches
+// "unscheduled pod added" events to plugins with GenericWorkload on.
+func (pl *Gang) onPodAdd(obj any) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || pod.Spec.NodeName != "" {
+		return
+	}
+	spec, ok, err := gang.Of(pod)
+	if !ok || err != nil || spec.Source != gang.SourceLabel {
+		return
+	}
+	members, err := gang.Members(pl.pods, spec.Ref)
+	if err != nil || int32(len(members)) < spec.MinMember {
+		return
+	}
+	var e effects
+	pl.mu.Lock()
+	if g := pl.gangs[spec.Ref.Key()]; g != nil && len(g.gated) > 0 {
+		var waiting []*corev1.Pod
+		for _, m := range members {
+			if _, ok := g.gated[m.UID]; ok {
+				waiting = append(waiting, m)
+			}
+		}
+		clear(g.gated)
+		e.activatePods(waiting)
+	}
+	pl.mu.Unlock()
+	pl.apply(klog.Background(), &e)
+}
+
+// onPodUpdate notices members the informer now shows bound, so they count
+// as running rather than placed.
+func (pl *Gang) onPodUpdate(_, newObj any) {
+	pod, ok := newObj.(*corev1.Pod)
+	if !ok || pod.Spec.NodeName == "" {
+		return
+	}
+	ref, ok := gang.RefOf(pod)
+	if !ok {
+		return
+	}
+	pl.mu.Lock()
+	if g := pl.gangs[ref.Key()]; g != nil {
+		delete(g.placed, pod.UID)
+	}
+	pl.mu.Unlock()
+}
+
+// onPodDelete releases a gang being placed when a member goes away and the
+// rest can no longer make the gang's size, instead of letting the others
+// hold capacity until their deadline.
+func (pl *Gang) onPodDelete(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	ref, ok := gang.RefOf(pod)
+	if !ok || ref.Source != gang.SourceLabel {
+		return
+	}
+	members, err := gang.Members(pl.pods, ref)
+	if err != nil {
+		return
+	}
+	var e effects
+	pl.mu.Lock()
+	g := pl.gangs[ref.Key()]
+	if g != nil {
+		delete(g.placed, pod.UID)
+		delete(g.gated, pod.UID)
+		if g.round != nil {
+			if spec, ok, err := gang.Of(pod); ok && err == nil && int32(len(members)) < spec.MinMember {
+				pl.release(g, fmt.Sprintf("member %s was deleted and %d/%d members remain", pod.Name, len(members), spec.MinMember), &e)
+			}
+		}
+		if len(members) == 0 {
+			pl.forget(g, &e)
+		}
+	}
+	pl.mu.Unlock()
+	pl.apply(klog.Background(), &e)
+}
+
+// forget drops a gang with no members left. Caller holds mu.
+func (pl *Gang) forget(g *gangState, e *effects) {
+	if g.backoffTimer != nil {
+		g.backoffTimer.Stop()
+	}
+	pl.endRound(g, e)
+	delete(pl.gangs, g.ref.Key())
+	delete(pl.blocked, g.ref.Key())
+	pl.order.Delete(g.ref.Key())
+}

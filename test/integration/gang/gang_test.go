@@ -1,0 +1,273 @@
+// Package gang tests Penny's gang scheduling on a real kube-apiserver and
+// etcd, with KWOK GPU nodes and penny-scheduler running the deployed profile:
+// all or nothing, competing gangs, members arriving apart, and a member
+// deleted while the others wait.
+package gang
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pennysched/penny/deploy"
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/test/harness"
+)
+
+// Eight 8-GPU nodes: room for exactly one gang of eight whole-node members.
+const fleet = `
+pools:
+- {name: h100, count: 8, instanceType: p5.48xlarge, gpuModel: H100-80GB, gpusPerNode: 8, capacityType: on-demand, zone: z1, cpu: "192", memory: 2048Gi}
+`
+
+// env is a local cluster with penny-scheduler running the deployed
+// configuration, with the gang plugin's Permit timeout set for the test.
+type env struct {
+	t *testing.T
+	c *localcluster.Cluster
+}
+
+func start(t *testing.T, permitTimeout string) *env {
+	t.Helper()
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
+	harness.StartScheduler(t, c, plugins.Deps{}, withGangArgs(t, map[string]any{"permitTimeout": permitTimeout, "backoff": "500ms", "maxBackoff": "2s"}))
+	return &env{t: t, c: c}
+}
+
+// withGangArgs is the deployed configuration with some PennyGang args
+// replaced, so the tests run the profile users get with test-sized timeouts.
+func withGangArgs(t *testing.T, args map[string]any) []byte {
+	t.Helper()
+	var cfg map[string]any
+	if err := yaml.Unmarshal(deploy.SchedulerConfig, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, p := range cfg["profiles"].([]any) {
+		for _, pc := range p.(map[string]any)["pluginConfig"].([]any) {
+			pc := pc.(map[string]any)
+			if pc["name"] != "PennyGang" {
+				continue
+			}
+			for k, v := range args {
+				pc["args"].(map[string]any)[k] = v
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("deploy/scheduler/config.yaml does not configure PennyGang")
+	}
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// member is pod i of gang name, asking for a whole 8-GPU node.
+func member(name string, size, i int) *corev1.Pod {
+	p := harness.Pod(fmt.Sprintf("%s-%d", name, i), corev1.ResourceList{
+		gpu.ResourceGPU:    resource.MustParse("8"),
+		corev1.ResourceCPU: resource.MustParse("8"),
+	})
+	p.Labels = map[string]string{gang.LabelName: name, gang.KeySize: fmt.Sprint(size)}
+	return p
+}
+
+func names(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+	return out
+}
+
+// bound counts the named pods that have a node.
+func (e *env) bound(pods ...string) int {
+	n := 0
+	for _, name := range pods {
+		p, err := e.c.Client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err == nil && p.Spec.NodeName != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// waitAllBound waits until every named pod is bound.
+func (e *env) waitAllBound(timeout time.Duration, pods ...string) {
+	e.t.Helper()
+	for _, p := range pods {
+		harness.WaitForPod(e.t, e.c, "default", p, timeout, "bound", harness.Bound)
+	}
+}
+
+// noneBound checks for d that no named pod binds.
+func (e *env) noneBound(d time.Duration, pods ...string) {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if n := e.bound(pods...); n > 0 {
+			e.t.Fatalf("%d of %v bound; want none", n, pods)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (e *env) delete(pods ...string) {
+	e.t.Helper()
+	for _, p := range pods {
+		err := e.c.Client.CoreV1().Pods("default").Delete(context.Background(), p, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+// waitGone waits until the named pods no longer exist, so the capacity they
+// held is free in the scheduler's view.
+func (e *env) waitGone(pods ...string) {
+	e.t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		for _, p := range pods {
+			if _, err := e.c.Client.CoreV1().Pods("default").Get(ctx, p, metav1.GetOptions{}); err == nil {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		e.t.Fatalf("pods %v still exist", pods)
+	}
+}
+
+// TestGangOfEightBindsAllOrNone: a gang that fits binds all eight members; a
+// second gang of eight, with room for seven, binds none and says why.
+func TestGangOfEightBindsAllOrNone(t *testing.T) {
+	e := start(t, "30s")
+	for i := range 8 {
+		harness.CreatePod(t, e.c, member("first", 8, i))
+	}
+	e.waitAllBound(60*time.Second, names("first", 8)...)
+
+	// Free seven of the eight nodes: the next gang of eight has room for seven.
+	e.delete(names("first", 8)[1:]...)
+	e.waitGone(names("first", 8)[1:]...)
+	for i := range 8 {
+		harness.CreatePod(t, e.c, member("second", 8, i))
+	}
+	msg := harness.WaitForEvent(t, e.c, "default", "second-0", "FailedScheduling", 60*time.Second)
+	if !strings.Contains(msg, "gang default/second: 7/8 members placeable, the other 1 need 8 nvidia.com/gpu") {
+		t.Errorf("FailedScheduling %q does not say the gang is one member short", msg)
+	}
+	e.noneBound(3*time.Second, names("second", 8)...)
+
+	// When the last node frees up, the whole gang binds.
+	e.delete("first-0")
+	e.waitAllBound(60*time.Second, names("second", 8)...)
+}
+
+// TestCompetingGangsOneBindsThenTheOther: two gangs of eight created
+// interleaved on room for one. Exactly one binds fully and the other not at
+// all; when the first finishes, the other binds fully.
+func TestCompetingGangsOneBindsThenTheOther(t *testing.T) {
+	e := start(t, "30s")
+	for i := range 8 {
+		harness.CreatePod(t, e.c, member("red", 8, i))
+		harness.CreatePod(t, e.c, member("blue", 8, i))
+	}
+	var winner, loser string
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
+		red, blue := e.bound(names("red", 8)...), e.bound(names("blue", 8)...)
+		if red > 0 && blue > 0 {
+			t.Fatalf("both gangs hold nodes: red %d/8, blue %d/8", red, blue)
+		}
+		switch {
+		case red == 8:
+			winner, loser = "red", "blue"
+		case blue == 8:
+			winner, loser = "blue", "red"
+		}
+		return winner != "", nil
+	})
+	if err != nil {
+		t.Fatalf("neither gang bound fully: red %d/8, blue %d/8", e.bound(names("red", 8)...), e.bound(names("blue", 8)...))
+	}
+	e.noneBound(3*time.Second, names(loser, 8)...)
+
+	e.delete(names(winner, 8)...)
+	e.waitAllBound(60*time.Second, names(loser, 8)...)
+}
+
+// TestMembersArrivingApartStillForm: members created seconds apart, with a
+// gap longer than the Permit timeout (the honest stand-in for minutes: a
+// member that had been placed and left waiting would have been released),
+// still form the gang, and nothing binds or is held before the last one.
+func TestMembersArrivingApartStillForm(t *testing.T) {
+	e := start(t, "1s")
+	for i := range 7 {
+		harness.CreatePod(t, e.c, member("late", 8, i))
+	}
+	msg := harness.WaitForEvent(t, e.c, "default", "late-0", "GangWaiting", 30*time.Second)
+	if !strings.Contains(msg, "members exist, waiting for") {
+		t.Errorf("GangWaiting %q does not say members are missing", msg)
+	}
+	// Longer than the Permit timeout; nothing binds, nothing is released
+	// (nothing was ever placed).
+	e.noneBound(4*time.Second, names("late", 7)...)
+	evs, err := e.c.Client.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{FieldSelector: "reason=GangReleased"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs.Items) > 0 {
+		t.Errorf("an incomplete gang held capacity and was released: %s", evs.Items[0].Message)
+	}
+	harness.CreatePod(t, e.c, member("late", 8, 7))
+	e.waitAllBound(60*time.Second, names("late", 8)...)
+}
+
+// TestMemberDeletedWhileOthersWaitReleasesEverything: seven members are
+// placed and wait for the eighth (held back by a scheduling gate). Deleting
+// the eighth releases all seven at once, far sooner than their 60s Permit
+// timeout, and the nodes they held go to another pod.
+func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
+	e := start(t, "60s")
+	for i := range 8 {
+		p := member("held", 8, i)
+		if i == 7 {
+			p.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: "example.com/not-yet"}}
+		}
+		harness.CreatePod(t, e.c, p)
+	}
+	// Seven members placed and waiting; the eighth node is claimed for the
+	// gated member, so a pod wanting a whole node has nowhere to go.
+	other := harness.Pod("other", corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("8"), corev1.ResourceCPU: resource.MustParse("8")})
+	time.Sleep(2 * time.Second)
+	harness.CreatePod(t, e.c, other)
+	e.noneBound(3*time.Second, append(names("held", 8), "other")...)
+
+	start := time.Now()
+	e.delete("held-7")
+	harness.WaitForPod(t, e.c, "default", "other", 30*time.Second, "bound", harness.Bound)
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the waiting members held their nodes for %s; the release must not wait for the 60s timeout", d)
+	}
+	msg := harness.WaitForEvent(t, e.c, "default", "held-0", "GangReleased", 30*time.Second)
+	if !strings.Contains(msg, "member held-7 was deleted and 7/8 members remain") {
+		t.Errorf("GangReleased %q does not say why", msg)
+	}
+	e.noneBound(2*time.Second, names("held", 7)...)
+}
