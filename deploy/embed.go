@@ -13,3 +13,8 @@ var SchedulerConfig []byte
 //
 //go:embed examples/cluster.yaml
 var ExampleCluster []byte
+
+// PriceCatalog is pricing/catalog.yaml, the price list SpotRisk reads.
+//
+//go:embed pricing/catalog.yaml
+var PriceCatalog []byte

@@ -10,6 +10,9 @@ import (
 //go:embed scheduler/templates/penny-scheduler.yaml
 var schedulerTemplate string
 
+//go:embed pricing/templates/penny-prices.yaml
+var pricesTemplate string
+
 // Manifest is a generated file under deploy/: a template filled with the
 // configuration files it carries.
 type Manifest struct {
@@ -23,6 +26,7 @@ type Manifest struct {
 func Manifests() []Manifest {
 	return []Manifest{
 		{Output: "deploy/scheduler/penny-scheduler.yaml", template: schedulerTemplate, config: SchedulerConfig},
+		{Output: "deploy/pricing/penny-prices.yaml", template: pricesTemplate, config: PriceCatalog},
 	}
 }
 

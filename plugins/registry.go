@@ -7,9 +7,12 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	"k8s.io/utils/clock"
 
+	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/plugins/gang"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // Deps are the shared, long-lived inputs plugins read through interfaces:
@@ -25,6 +28,14 @@ type Deps struct {
 	// to lose a member to a capacity reclaim (the helper spotrisk builds in
 	// pkg/). Nil: the gang plugin takes the first domain that fits.
 	GangReclaimRisk gang.ReclaimRisk
+	// Prices prices nodes (pkg/pricing). Nil: SpotRisk loads the catalog
+	// named in its args, if any.
+	Prices pricing.PriceBook
+	// Risk estimates pool reclaim rates. Nil: SpotRisk keeps its own model
+	// seeded from the catalog's interruption buckets.
+	Risk pricing.RiskSource
+	// Clock is the simulator's virtual clock; nil means the wall clock.
+	Clock clock.WithDelayedExecution
 }
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
@@ -36,6 +47,9 @@ func Registry(deps Deps) frameworkruntime.Registry {
 				opts = append(opts, gang.WithReclaimRisk(deps.GangReclaimRisk))
 			}
 			return gang.NewWith(ctx, obj, h, opts...)
+		},
+		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock})
 		},
 	}
 }

@@ -1,0 +1,442 @@
+package pricing
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	resourcehelper "k8s.io/component-helpers/resource"
+
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+// InstanceType is what a catalog knows about one machine shape.
+type InstanceType struct {
+	Name     string
+	Provider string
+	GPUs     int
+	// GPUModel is Penny's short GPU model name (pkg/gpu).
+	GPUModel  string
+	VCPUs     float64
+	MemoryGiB float64
+}
+
+// Entry is one price row of a catalog.
+type Entry struct {
+	InstanceType string
+	Capacity     CapacityType
+	Region       string
+	// Zone is empty for a price that holds in every zone of the region.
+	Zone string
+	// Hourly is the node's price in USD per hour. For reserved capacity it is
+	// the effective committed rate, which is paid whether the node is used
+	// or not.
+	Hourly float64
+	// Interruption is the Spot-Advisor-style bucket of the pool, when the
+	// source gives one (Spot only).
+	Interruption Bucket
+	Source       string
+	Date         string
+}
+
+// SplitRatios are the relative prices of one vCPU-hour, one GiB-hour of
+// memory and one GPU-hour. Only their ratios matter: they split a node price
+// the way OpenCost does when only the node's total price is known.
+type SplitRatios struct {
+	CPUCoreHour float64
+	RAMGiBHour  float64
+	GPUHour     float64
+}
+
+// OpenCostSplitRatios are OpenCost's default component prices (its
+// configs/default.json: CPU 0.031611 $/core-h, RAM 0.004237 $/GiB-h, GPU
+// 0.95 $/h), used for their ratios only.
+var OpenCostSplitRatios = SplitRatios{CPUCoreHour: 0.031611, RAMGiBHour: 0.004237, GPUHour: 0.95}
+
+// Price is what one node costs per hour and its split into components.
+type Price struct {
+	InstanceType string
+	Capacity     CapacityType
+	// NodeHourly is the price of the whole node.
+	NodeHourly float64
+	// GPUHourly, CPUCoreHourly and RAMGiBHourly split NodeHourly over the
+	// node's GPUs, vCPUs and memory; they add up to NodeHourly.
+	GPUHourly     float64
+	CPUCoreHourly float64
+	RAMGiBHourly  float64
+	Interruption  Bucket
+}
+
+// Marginal is what one more hour of a whole node adds to the bill. Reserved
+// capacity is already paid for, so it adds nothing and fills first.
+func (p Price) Marginal() float64 {
+	if p.Capacity == Reserved {
+		return 0
+	}
+	return p.NodeHourly
+}
+
+// MarginalFactor scales component prices to marginal ones: 0 for reserved
+// capacity, 1 otherwise.
+func (p Price) MarginalFactor() float64 {
+	if p.Capacity == Reserved {
+		return 0
+	}
+	return 1
+}
+
+// Usage is what a workload takes of a node, for pricing.
+type Usage struct {
+	// GPUMilli is thousandths of a GPU.
+	GPUMilli int64
+	// CPUMilli is thousandths of a vCPU.
+	CPUMilli int64
+	// MemoryBytes is memory in bytes.
+	MemoryBytes int64
+}
+
+// HourlyFor is the OpenCost-style cost of a usage on this node: each
+// resource taken times its component price. Callers pass requests, which is
+// what the node's owner pays for.
+func (p Price) HourlyFor(u Usage) float64 {
+	return float64(u.GPUMilli)/gpu.MilliPerGPU*p.GPUHourly +
+		float64(u.CPUMilli)/1000*p.CPUCoreHourly +
+		float64(u.MemoryBytes)/(1<<30)*p.RAMGiBHourly
+}
+
+type priceKey struct {
+	instanceType string
+	capacity     CapacityType
+	region       string
+	zone         string
+}
+
+// Catalog is an immutable, validated price list. Build one with Parse or
+// NewCatalog; a Store hands out the current one.
+type Catalog struct {
+	ratios  SplitRatios
+	types   map[string]InstanceType
+	prices  map[priceKey]Entry
+	entries int
+	// defaultInterruption is the bucket for Spot pools the catalog has no
+	// bucket for.
+	defaultInterruption Bucket
+}
+
+// NewCatalog validates instance types and entries and builds a catalog.
+// Errors name the offending row and say how to fix it; all of them are
+// reported at once.
+func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defaultInterruption Bucket) (*Catalog, error) {
+	c := &Catalog{
+		ratios:              ratios,
+		types:               map[string]InstanceType{},
+		prices:              map[priceKey]Entry{},
+		defaultInterruption: defaultInterruption,
+	}
+	var bad CatalogError
+	for i, t := range types {
+		if err := validateType(t); err != nil {
+			bad.add("instanceTypes", i, err.Error())
+			continue
+		}
+		if _, dup := c.types[t.Name]; dup {
+			bad.add("instanceTypes", i, fmt.Sprintf("%q is defined twice; keep one definition", t.Name))
+			continue
+		}
+		c.types[t.Name] = t
+	}
+	for i, e := range entries {
+		if err := c.validateEntry(e); err != nil {
+			bad.add("prices", i, err.Error())
+			continue
+		}
+		k := priceKey{e.InstanceType, e.Capacity, e.Region, e.Zone}
+		if _, dup := c.prices[k]; dup {
+			bad.add("prices", i, fmt.Sprintf("a %s price for %s in %s is listed twice; keep one", e.Capacity, e.InstanceType, where(e.Region, e.Zone)))
+			continue
+		}
+		c.prices[k] = e
+	}
+	if err := validateRatios(ratios); err != nil {
+		bad.add("splitRatios", -1, err.Error())
+	}
+	if len(bad.Problems) > 0 {
+		return nil, &bad
+	}
+	c.entries = len(c.prices)
+	return c, nil
+}
+
+func where(region, zone string) string {
+	if zone == "" {
+		return "region " + region
+	}
+	return "zone " + zone + " of region " + region
+}
+
+func validateRatios(r SplitRatios) error {
+	if r.CPUCoreHour < 0 || r.RAMGiBHour < 0 || r.GPUHour < 0 {
+		return fmt.Errorf("component prices must be >= 0, got cpuCoreHour=%g ramGiBHour=%g gpuHour=%g", r.CPUCoreHour, r.RAMGiBHour, r.GPUHour)
+	}
+	if r.CPUCoreHour+r.RAMGiBHour+r.GPUHour == 0 {
+		return fmt.Errorf("at least one component price must be > 0 (OpenCost's defaults are cpuCoreHour: 0.031611, ramGiBHour: 0.004237, gpuHour: 0.95)")
+	}
+	return nil
+}
+
+func validateType(t InstanceType) error {
+	switch {
+	case t.Name == "":
+		return fmt.Errorf("name is empty: give the cloud's instance type name, e.g. p4d.24xlarge")
+	case t.GPUs < 0:
+		return fmt.Errorf("%s: gpus is %d: must be >= 0", t.Name, t.GPUs)
+	case t.VCPUs < 0 || t.MemoryGiB < 0:
+		return fmt.Errorf("%s: vcpus and memoryGiB must be >= 0", t.Name)
+	case t.GPUs > 0 && t.GPUModel == "":
+		return fmt.Errorf("%s: has %d GPUs but no gpuModel; known models: %s", t.Name, t.GPUs, strings.Join(gpu.ModelNames(), ", "))
+	}
+	if t.GPUModel != "" {
+		if _, ok := gpu.LookupModel(t.GPUModel); !ok {
+			return fmt.Errorf("%s: gpuModel %q is unknown; known models: %s", t.Name, t.GPUModel, strings.Join(gpu.ModelNames(), ", "))
+		}
+	}
+	return nil
+}
+
+func (c *Catalog) validateEntry(e Entry) error {
+	if _, ok := c.types[e.InstanceType]; !ok {
+		hint := ""
+		if s := closest(e.InstanceType, c.typeNames()); s != "" {
+			hint = fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		return fmt.Errorf("instance type %q is not defined in instanceTypes%s; define it there with its gpus, gpuModel, vcpus and memoryGiB", e.InstanceType, hint)
+	}
+	if _, err := ParseCapacityType(string(e.Capacity)); err != nil {
+		return fmt.Errorf("%s: %v", e.InstanceType, err)
+	}
+	if e.Region == "" {
+		return fmt.Errorf("%s %s: region is empty; give the region the price holds in, e.g. us-east-1", e.InstanceType, e.Capacity)
+	}
+	if e.Hourly < 0 {
+		return fmt.Errorf("%s %s in %s: hourly is %g: a price must be >= 0 USD per hour", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly)
+	}
+	if e.Interruption != BucketUnknown && e.Capacity != Spot {
+		return fmt.Errorf("%s %s: interruption is only meaningful for spot prices", e.InstanceType, e.Capacity)
+	}
+	return nil
+}
+
+func (c *Catalog) typeNames() []string {
+	out := make([]string, 0, len(c.types))
+	for n := range c.types {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// closest returns the candidate with the smallest edit distance to s when it
+// is a plausible typo (distance <= 2).
+func closest(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := editDistance(s, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// Len is the number of price rows.
+func (c *Catalog) Len() int { return c.entries }
+
+// InstanceType returns what the catalog knows about a machine shape.
+func (c *Catalog) InstanceType(name string) (InstanceType, bool) {
+	t, ok := c.types[name]
+	return t, ok
+}
+
+// DefaultInterruption is the bucket assumed for Spot pools without one.
+func (c *Catalog) DefaultInterruption() Bucket { return c.defaultInterruption }
+
+// Lookup finds the price of an instance type bought as capacity in a zone:
+// the zone's own row if there is one, else the region's. Reserved capacity
+// without a row of its own is priced like on-demand, which is what a
+// reservation at list price costs.
+func (c *Catalog) Lookup(instanceType string, capacity CapacityType, region, zone string) (Price, bool) {
+	e, ok := c.find(instanceType, capacity, region, zone)
+	if !ok && capacity == Reserved {
+		e, ok = c.find(instanceType, OnDemand, region, zone)
+		e.Capacity = Reserved
+	}
+	if !ok {
+		return Price{}, false
+	}
+	t := c.types[instanceType]
+	p := Price{InstanceType: instanceType, Capacity: capacity, NodeHourly: e.Hourly, Interruption: e.Interruption}
+	if capacity == Spot && p.Interruption == BucketUnknown {
+		p.Interruption = c.defaultInterruption
+	}
+	// OpenCost: ramMultiple = gpus*gpu/ram + cpus*cpu/ram + ramGiB; the
+	// node price divided by it is the price of one GiB-hour.
+	r := c.ratios
+	weight := float64(t.GPUs)*r.GPUHour + t.VCPUs*r.CPUCoreHour + t.MemoryGiB*r.RAMGiBHour
+	if weight > 0 {
+		unit := e.Hourly / weight
+		if t.GPUs > 0 {
+			p.GPUHourly = unit * r.GPUHour
+		}
+		p.CPUCoreHourly = unit * r.CPUCoreHour
+		p.RAMGiBHourly = unit * r.RAMGiBHour
+	}
+	return p, true
+}
+
+func (c *Catalog) find(instanceType string, capacity CapacityType, region, zone string) (Entry, bool) {
+	if zone != "" {
+		if e, ok := c.prices[priceKey{instanceType, capacity, region, zone}]; ok {
+			return e, true
+		}
+	}
+	e, ok := c.prices[priceKey{instanceType, capacity, region, ""}]
+	return e, ok
+}
+
+// NodePrice prices a node from its instance-type, region, zone and
+// capacity-type labels.
+func (c *Catalog) NodePrice(node *corev1.Node) (Price, bool) {
+	if c == nil || node == nil {
+		return Price{}, false
+	}
+	l := node.Labels
+	it := l[corev1.LabelInstanceTypeStable]
+	if it == "" {
+		it = l[corev1.LabelInstanceType]
+	}
+	if it == "" {
+		return Price{}, false
+	}
+	return c.Lookup(it, NodeCapacity(node).Type, l[corev1.LabelTopologyRegion], l[corev1.LabelTopologyZone])
+}
+
+// Entries returns the price rows, sorted, for reports and metrics.
+func (c *Catalog) Entries() []Entry {
+	out := make([]Entry, 0, len(c.prices))
+	for _, e := range c.prices {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.InstanceType != b.InstanceType {
+			return a.InstanceType < b.InstanceType
+		}
+		if a.Capacity != b.Capacity {
+			return a.Capacity < b.Capacity
+		}
+		if a.Region != b.Region {
+			return a.Region < b.Region
+		}
+		return a.Zone < b.Zone
+	})
+	return out
+}
+
+// Problem is one thing wrong with a catalog, located by list and index and,
+// when the catalog came from a file, by file and line.
+type Problem struct {
+	File string
+	Line int
+	// List is "instanceTypes", "prices" or "splitRatios"; Index is the row
+	// in it, -1 for a single field.
+	List  string
+	Index int
+	Msg   string
+}
+
+func (p Problem) String() string {
+	loc := ""
+	if p.File != "" {
+		loc = p.File
+		if p.Line > 0 {
+			loc += fmt.Sprintf(":%d", p.Line)
+		}
+		loc += ": "
+	}
+	field := p.List
+	if p.Index >= 0 {
+		field = fmt.Sprintf("%s[%d]", p.List, p.Index)
+	}
+	return loc + field + ": " + p.Msg
+}
+
+// CatalogError lists every problem found in a catalog, so that one pass
+// fixes them all.
+type CatalogError struct {
+	Problems []Problem
+}
+
+func (e *CatalogError) add(list string, index int, msg string) {
+	e.Problems = append(e.Problems, Problem{List: list, Index: index, Msg: msg})
+}
+
+func (e *CatalogError) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// With returns a catalog with extra rows added; a row for the same instance
+// type, capacity type, region and zone replaces the catalog's. The simulator
+// uses it to price a scenario's pools.
+func (c *Catalog) With(extra ...Entry) (*Catalog, error) {
+	types := make([]InstanceType, 0, len(c.types))
+	for _, n := range c.typeNames() {
+		types = append(types, c.types[n])
+	}
+	replaced := map[priceKey]bool{}
+	for _, e := range extra {
+		replaced[priceKey{e.InstanceType, e.Capacity, e.Region, e.Zone}] = true
+	}
+	var entries []Entry
+	for _, e := range c.Entries() {
+		if !replaced[priceKey{e.InstanceType, e.Capacity, e.Region, e.Zone}] {
+			entries = append(entries, e)
+		}
+	}
+	return NewCatalog(c.ratios, types, append(entries, extra...), c.defaultInterruption)
+}
+
+// PodUsage is what a pod reserves of a node, the basis of its price: its
+// requests, as the kubelet counts them, and its GPU request in thousandths
+// (pkg/gpu's reading: whole GPUs, a share, or MIG slices as sevenths).
+func PodUsage(pod *corev1.Pod) Usage {
+	req := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
+	u := Usage{CPUMilli: req.Cpu().MilliValue(), MemoryBytes: req.Memory().Value()}
+	if r, err := gpu.ParsePodRequest(pod); err == nil {
+		u.GPUMilli = r.TotalMilli()
+	}
+	return u
+}

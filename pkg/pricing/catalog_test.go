@@ -1,0 +1,145 @@
+package pricing
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func testCatalog(t *testing.T) *Catalog {
+	t.Helper()
+	c, err := NewCatalog(OpenCostSplitRatios,
+		[]InstanceType{{Name: "p4d.24xlarge", GPUs: 8, GPUModel: "A100-40GB", VCPUs: 96, MemoryGiB: 1152},
+			{Name: "m5.large", VCPUs: 2, MemoryGiB: 8}},
+		[]Entry{
+			{InstanceType: "p4d.24xlarge", Capacity: OnDemand, Region: "us-east-1", Hourly: 32},
+			{InstanceType: "p4d.24xlarge", Capacity: Spot, Region: "us-east-1", Hourly: 8},
+			{InstanceType: "p4d.24xlarge", Capacity: Spot, Region: "us-east-1", Zone: "us-east-1b", Hourly: 6, Interruption: Bucket5To10},
+			{InstanceType: "m5.large", Capacity: OnDemand, Region: "us-east-1", Hourly: 0.096},
+		}, BucketOver20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestLookupSplitsLikeOpenCost(t *testing.T) {
+	c := testCatalog(t)
+	p, ok := c.Lookup("p4d.24xlarge", OnDemand, "us-east-1", "us-east-1a")
+	if !ok {
+		t.Fatal("no price")
+	}
+	sum := 8*p.GPUHourly + 96*p.CPUCoreHourly + 1152*p.RAMGiBHourly
+	if math.Abs(sum-32) > 1e-9 {
+		t.Fatalf("components add up to %g, want the node price 32", sum)
+	}
+	// OpenCost's ratios: gpu/ram = 0.95/0.004237 and cpu/ram = 0.031611/0.004237.
+	if r := p.GPUHourly / p.RAMGiBHourly; math.Abs(r-0.95/0.004237) > 1e-6 {
+		t.Fatalf("gpu/ram ratio %g", r)
+	}
+	// A pod with one GPU, 12 cores and 144 GiB is an eighth of the node.
+	u := Usage{GPUMilli: 1000, CPUMilli: 12000, MemoryBytes: 144 << 30}
+	if got := p.HourlyFor(u); math.Abs(got-4) > 1e-9 {
+		t.Fatalf("an eighth of the node costs %g, want 4", got)
+	}
+	// A CPU-only node puts its whole price on CPU and memory.
+	m, _ := c.Lookup("m5.large", OnDemand, "us-east-1", "")
+	if m.GPUHourly != 0 || math.Abs(2*m.CPUCoreHourly+8*m.RAMGiBHourly-0.096) > 1e-12 {
+		t.Fatalf("m5.large split %+v", m)
+	}
+}
+
+func TestLookupZoneRegionReserved(t *testing.T) {
+	c := testCatalog(t)
+	zoned, _ := c.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1b")
+	if zoned.NodeHourly != 6 || zoned.Interruption != Bucket5To10 {
+		t.Fatalf("zone row not used: %+v", zoned)
+	}
+	region, _ := c.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1c")
+	if region.NodeHourly != 8 || region.Interruption != BucketOver20 {
+		t.Fatalf("region row with default bucket expected: %+v", region)
+	}
+	res, ok := c.Lookup("p4d.24xlarge", Reserved, "us-east-1", "")
+	if !ok || res.NodeHourly != 32 || res.Capacity != Reserved || res.Marginal() != 0 {
+		t.Fatalf("reserved without a row: %+v ok=%v; want on-demand price, marginal 0", res, ok)
+	}
+	if od, _ := c.Lookup("p4d.24xlarge", OnDemand, "us-east-1", ""); od.Marginal() != 32 {
+		t.Fatalf("on-demand marginal %g", od.Marginal())
+	}
+	if _, ok := c.Lookup("p4d.24xlarge", OnDemand, "eu-west-1", ""); ok {
+		t.Fatal("a region without rows has no price")
+	}
+}
+
+func TestNodePrice(t *testing.T) {
+	c := testCatalog(t)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "p4d.24xlarge",
+		corev1.LabelTopologyRegion:     "us-east-1",
+		corev1.LabelTopologyZone:       "us-east-1b",
+		LabelKarpenterCapacityType:     "spot",
+	}}}
+	p, ok := c.NodePrice(node)
+	if !ok || p.NodeHourly != 6 || p.Capacity != Spot {
+		t.Fatalf("got %+v %v", p, ok)
+	}
+	delete(node.Labels, corev1.LabelInstanceTypeStable)
+	if _, ok := c.NodePrice(node); ok {
+		t.Fatal("a node without an instance type has no price")
+	}
+	var nilCatalog *Catalog
+	if _, ok := nilCatalog.NodePrice(node); ok {
+		t.Fatal("nil catalog prices nothing")
+	}
+}
+
+func TestNewCatalogReportsEveryProblem(t *testing.T) {
+	_, err := NewCatalog(OpenCostSplitRatios,
+		[]InstanceType{{Name: "g5.xlarge", GPUs: 1, GPUModel: "A10G", VCPUs: 4, MemoryGiB: 16},
+			{Name: "x.large", GPUs: 1, GPUModel: "Z9000"}},
+		[]Entry{
+			{InstanceType: "g5.xlarg", Capacity: OnDemand, Region: "us-east-1", Hourly: 1},
+			{InstanceType: "g5.xlarge", Capacity: OnDemand, Region: "us-east-1", Hourly: -1},
+			{InstanceType: "g5.xlarge", Capacity: "ondemand", Region: "us-east-1", Hourly: 1},
+		}, BucketUnknown)
+	if err == nil {
+		t.Fatal("want error")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`instanceTypes[1]: x.large: gpuModel "Z9000" is unknown`,
+		`prices[0]: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?)`,
+		`prices[1]: g5.xlarge on-demand in region us-east-1: hourly is -1: a price must be >= 0`,
+		`prices[2]: g5.xlarge: capacity type "ondemand"`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+}
+
+func TestWithReplacesAndAdds(t *testing.T) {
+	c := testCatalog(t)
+	d, err := c.With(
+		Entry{InstanceType: "p4d.24xlarge", Capacity: Spot, Region: "us-east-1", Zone: "us-east-1b", Hourly: 5},
+		Entry{InstanceType: "p4d.24xlarge", Capacity: Reserved, Region: "us-east-1", Hourly: 20},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := d.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1b"); p.NodeHourly != 5 {
+		t.Fatalf("zone row not replaced: %v", p.NodeHourly)
+	}
+	if p, _ := d.Lookup("p4d.24xlarge", Reserved, "us-east-1", ""); p.NodeHourly != 20 {
+		t.Fatalf("reserved row not added: %v", p.NodeHourly)
+	}
+	if p, _ := c.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1b"); p.NodeHourly != 6 {
+		t.Fatal("the original catalog changed")
+	}
+	if _, err := c.With(Entry{InstanceType: "nope", Capacity: Spot, Region: "r", Hourly: 1}); err == nil {
+		t.Fatal("an unknown instance type must be rejected")
+	}
+}

@@ -1,0 +1,159 @@
+package pricing
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// The catalog file format (see deploy/pricing/catalog.yaml):
+//
+//	apiVersion: penny.dev/v1alpha1
+//	kind: PriceCatalog
+//	splitRatios: {cpuCoreHour: 0.031611, ramGiBHour: 0.004237, gpuHour: 0.95}
+//	defaultInterruption: ">20%"
+//	instanceTypes:
+//	- {name: p4d.24xlarge, provider: aws, gpus: 8, gpuModel: A100-40GB, vcpus: 96, memoryGiB: 1152}
+//	prices:
+//	- {instanceType: p4d.24xlarge, capacityType: on-demand, region: us-east-1, hourly: 32.7726,
+//	   source: "...", date: "2026-11-28"}
+const (
+	FileAPIVersion = "penny.dev/v1alpha1"
+	FileKind       = "PriceCatalog"
+)
+
+type fileCatalog struct {
+	APIVersion          string         `yaml:"apiVersion"`
+	Kind                string         `yaml:"kind"`
+	SplitRatios         *fileRatios    `yaml:"splitRatios"`
+	DefaultInterruption string         `yaml:"defaultInterruption"`
+	InstanceTypes       []fileInstance `yaml:"instanceTypes"`
+	Prices              []filePrice    `yaml:"prices"`
+}
+
+type fileRatios struct {
+	CPUCoreHour float64 `yaml:"cpuCoreHour"`
+	RAMGiBHour  float64 `yaml:"ramGiBHour"`
+	GPUHour     float64 `yaml:"gpuHour"`
+}
+
+type fileInstance struct {
+	Name      string  `yaml:"name"`
+	Provider  string  `yaml:"provider"`
+	GPUs      int     `yaml:"gpus"`
+	GPUModel  string  `yaml:"gpuModel"`
+	VCPUs     float64 `yaml:"vcpus"`
+	MemoryGiB float64 `yaml:"memoryGiB"`
+}
+
+type filePrice struct {
+	InstanceType string   `yaml:"instanceType"`
+	CapacityType string   `yaml:"capacityType"`
+	Region       string   `yaml:"region"`
+	Zone         string   `yaml:"zone"`
+	Hourly       *float64 `yaml:"hourly"`
+	Interruption string   `yaml:"interruption"`
+	Source       string   `yaml:"source"`
+	Date         string   `yaml:"date"`
+}
+
+// lines records where each row of a list starts, for error messages.
+type lines struct {
+	InstanceTypes []yaml.Node `yaml:"instanceTypes"`
+	Prices        []yaml.Node `yaml:"prices"`
+}
+
+// LoadFile reads and validates a catalog file.
+func LoadFile(path string) (*Catalog, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(data, path)
+}
+
+// Parse reads and validates a catalog; name (a file or ConfigMap) prefixes
+// every error, with the line of the offending row.
+func Parse(data []byte, name string) (*Catalog, error) {
+	var f fileCatalog
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: the price catalog is empty; expected apiVersion: %s, kind: %s, instanceTypes and prices", name, FileAPIVersion, FileKind)
+		}
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	var at lines
+	_ = yaml.Unmarshal(data, &at) // the strict decode above already succeeded
+
+	bad := &CatalogError{}
+	top := func(msg string) {
+		bad.Problems = append(bad.Problems, Problem{File: name, Line: 1, List: "catalog", Index: -1, Msg: msg})
+	}
+	if f.APIVersion != FileAPIVersion || f.Kind != FileKind {
+		top(fmt.Sprintf("apiVersion %q, kind %q: want apiVersion: %s and kind: %s", f.APIVersion, f.Kind, FileAPIVersion, FileKind))
+	}
+	ratios := OpenCostSplitRatios
+	if f.SplitRatios != nil {
+		ratios = SplitRatios(*f.SplitRatios)
+	}
+	def := BucketUnknown
+	if f.DefaultInterruption != "" {
+		b, err := ParseBucket(f.DefaultInterruption)
+		if err != nil {
+			top("defaultInterruption: " + err.Error())
+		}
+		def = b
+	}
+	types := make([]InstanceType, len(f.InstanceTypes))
+	for i, t := range f.InstanceTypes {
+		types[i] = InstanceType(t)
+	}
+	entries := make([]Entry, len(f.Prices))
+	for i, p := range f.Prices {
+		e := Entry{InstanceType: p.InstanceType, Capacity: CapacityType(p.CapacityType), Region: p.Region, Zone: p.Zone, Source: p.Source, Date: p.Date}
+		line := 0
+		if i < len(at.Prices) {
+			line = at.Prices[i].Line
+		}
+		if p.Hourly == nil {
+			bad.Problems = append(bad.Problems, Problem{File: name, Line: line, List: "prices", Index: i, Msg: fmt.Sprintf("%s %s: hourly is missing; give the node's price in USD per hour", p.InstanceType, p.CapacityType)})
+			e.Hourly = 0
+		} else {
+			e.Hourly = *p.Hourly
+		}
+		if p.Interruption != "" {
+			b, err := ParseBucket(p.Interruption)
+			if err != nil {
+				bad.Problems = append(bad.Problems, Problem{File: name, Line: line, List: "prices", Index: i, Msg: err.Error()})
+			}
+			e.Interruption = b
+		}
+		entries[i] = e
+	}
+	c, err := NewCatalog(ratios, types, entries, def)
+	if err != nil {
+		var ce *CatalogError
+		if !errors.As(err, &ce) {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		for _, p := range ce.Problems {
+			p.File = name
+			switch {
+			case p.List == "prices" && p.Index < len(at.Prices):
+				p.Line = at.Prices[p.Index].Line
+			case p.List == "instanceTypes" && p.Index < len(at.InstanceTypes):
+				p.Line = at.InstanceTypes[p.Index].Line
+			}
+			bad.Problems = append(bad.Problems, p)
+		}
+	}
+	if len(bad.Problems) > 0 {
+		return nil, bad
+	}
+	return c, nil
+}

@@ -1,0 +1,95 @@
+package pricing
+
+import (
+	"strings"
+	"testing"
+)
+
+const goodYAML = `apiVersion: penny.dev/v1alpha1
+kind: PriceCatalog
+defaultInterruption: "10-15%"
+instanceTypes:
+- {name: g5.xlarge, provider: aws, gpus: 1, gpuModel: A10G, vcpus: 4, memoryGiB: 16}
+prices:
+- {instanceType: g5.xlarge, capacityType: on-demand, region: us-east-1, hourly: 1.006, source: test, date: "2026-11-28"}
+- {instanceType: g5.xlarge, capacityType: spot, region: us-east-1, hourly: 0.4, interruption: "<5%"}
+`
+
+func TestParseGood(t *testing.T) {
+	c, err := Parse([]byte(goodYAML), "good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Len() != 2 || c.DefaultInterruption() != Bucket10To15 {
+		t.Fatalf("len %d default %v", c.Len(), c.DefaultInterruption())
+	}
+	p, ok := c.Lookup("g5.xlarge", Spot, "us-east-1", "us-east-1a")
+	if !ok || p.NodeHourly != 0.4 || p.Interruption != BucketUnder5 {
+		t.Fatalf("%+v %v", p, ok)
+	}
+}
+
+// Every kind of bad input is reported with the file, the line of the row
+// and what to do about it.
+func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown instance type", strings.Replace(goodYAML, "{instanceType: g5.xlarge, capacityType: spot", "{instanceType: g5.xlarg, capacityType: spot", 1),
+			[]string{`cat.yaml:8: prices[1]: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?); define it there`}},
+		{"negative price", strings.Replace(goodYAML, "hourly: 1.006", "hourly: -1.006", 1),
+			[]string{`cat.yaml:7: prices[0]: g5.xlarge on-demand in region us-east-1: hourly is -1.006: a price must be >= 0 USD per hour`}},
+		{"missing price", strings.Replace(goodYAML, "hourly: 0.4, ", "", 1),
+			[]string{`cat.yaml:8: prices[1]: g5.xlarge spot: hourly is missing`}},
+		{"broken yaml", goodYAML + "- {instanceType: [\n",
+			[]string{`cat.yaml: yaml: line 9: did not find expected node content`}},
+		{"unknown field", strings.Replace(goodYAML, "hourly: 1.006", "hourly: 1.006, hourlyy: 2", 1),
+			[]string{`cat.yaml: yaml:`, `line 7: field hourlyy not found`}},
+		{"wrong type", strings.Replace(goodYAML, "hourly: 1.006", "hourly: cheap", 1),
+			[]string{`cat.yaml: yaml:`, "line 7: cannot unmarshal !!str `cheap`"}},
+		{"bad bucket", strings.Replace(goodYAML, `"<5%"`, `"low"`, 1),
+			[]string{`cat.yaml:8: prices[1]: interruption bucket "low": want one of <5%, 5-10%, 10-15%, 15-20%, >20%`}},
+		{"unknown gpu model", strings.Replace(goodYAML, "gpuModel: A10G", "gpuModel: A10X", 1),
+			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpuModel "A10X" is unknown; known models:`}},
+		{"wrong kind", strings.Replace(goodYAML, "kind: PriceCatalog", "kind: Prices", 1),
+			[]string{`cat.yaml:1: catalog: apiVersion "penny.dev/v1alpha1", kind "Prices": want apiVersion: penny.dev/v1alpha1 and kind: PriceCatalog`}},
+		{"empty", "", []string{`cat.yaml: the price catalog is empty`}},
+	}
+	for _, c := range cases {
+		_, err := Parse([]byte(c.yaml), "cat.yaml")
+		if err == nil {
+			t.Errorf("%s: want error", c.name)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error lacks %q:\n%v", c.name, w, err)
+			}
+		}
+	}
+}
+
+// The catalog Penny ships must always load.
+func TestShippedCatalogLoads(t *testing.T) {
+	c, err := LoadFile("../../deploy/pricing/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range c.Entries() {
+		if e.Source == "" || e.Date == "" {
+			t.Errorf("%s %s %s: every shipped price names its source and date", e.InstanceType, e.Capacity, e.Region)
+		}
+		if e.Capacity == Spot {
+			od, ok := c.Lookup(e.InstanceType, OnDemand, e.Region, e.Zone)
+			if !ok || od.NodeHourly <= e.Hourly {
+				t.Errorf("%s in %s: spot %g is not below on-demand %v", e.InstanceType, e.Region, e.Hourly, od.NodeHourly)
+			}
+		}
+	}
+	for _, name := range []string{"p4d.24xlarge", "p5.48xlarge", "Standard_ND96asr_v4"} {
+		if _, ok := c.InstanceType(name); !ok {
+			t.Errorf("%s missing from the shipped catalog", name)
+		}
+	}
+}

@@ -1,0 +1,53 @@
+package pricing
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// Metrics are registered with component-base's legacy registry, which is
+// what kube-scheduler's /metrics serves.
+var (
+	metricReclaimRate = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Namespace:      "penny",
+		Name:           "pool_reclaim_rate_per_hour",
+		Help:           "Estimated reclaims per node-hour of a Spot pool (posterior mean of the Gamma-Poisson risk model).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"instance_type", "zone", "capacity_type"})
+	metricReclaims = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "penny",
+		Name:           "pool_reclaims_total",
+		Help:           "Reclaims observed per pool.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"instance_type", "zone", "capacity_type"})
+	metricCatalogEntries = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      "penny",
+		Name:           "price_catalog_entries",
+		Help:           "Price rows in the catalog in force.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	metricCatalogLoads = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "penny",
+		Name:           "price_catalog_loads_total",
+		Help:           "Catalog loads by result (success, error). On error the last good catalog stays in force.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	metricCatalogLastSuccess = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      "penny",
+		Name:           "price_catalog_last_success_timestamp_seconds",
+		Help:           "When the catalog in force was loaded.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	registerOnce sync.Once
+)
+
+// RegisterMetrics registers the pricing metrics once. Until it is called
+// updates are dropped, which is what tests and the simulator want.
+func RegisterMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess)
+	})
+}

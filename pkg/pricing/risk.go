@@ -1,0 +1,295 @@
+package pricing
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Bucket is an interruption-frequency range in the style of the AWS Spot
+// Instance Advisor: the share of a pool's instances reclaimed in a month.
+type Bucket int
+
+const (
+	BucketUnknown Bucket = iota
+	BucketUnder5
+	Bucket5To10
+	Bucket10To15
+	Bucket15To20
+	BucketOver20
+)
+
+var bucketNames = []string{"", "<5%", "5-10%", "10-15%", "15-20%", ">20%"}
+
+// bucketMonthly is the monthly reclaim probability Penny assumes inside each
+// bucket: the middle of the range, and 25% for the open top range.
+var bucketMonthly = []float64{0, 0.025, 0.075, 0.125, 0.175, 0.25}
+
+func (b Bucket) String() string {
+	if b < 0 || int(b) >= len(bucketNames) {
+		return fmt.Sprintf("Bucket(%d)", int(b))
+	}
+	return bucketNames[b]
+}
+
+// ParseBucket reads a Spot Advisor bucket as the advisor writes it.
+func ParseBucket(s string) (Bucket, error) {
+	norm := strings.ReplaceAll(strings.TrimSpace(s), " ", "")
+	for i, n := range bucketNames {
+		if i > 0 && norm == n {
+			return Bucket(i), nil
+		}
+	}
+	return BucketUnknown, fmt.Errorf("interruption bucket %q: want one of %s (the AWS Spot Instance Advisor's monthly ranges)", s, strings.Join(bucketNames[1:], ", "))
+}
+
+// MonthlyProbability is the chance that a node of the bucket is reclaimed
+// within a month, as Penny assumes it.
+func (b Bucket) MonthlyProbability() float64 {
+	if b <= BucketUnknown || int(b) >= len(bucketMonthly) {
+		return 0
+	}
+	return bucketMonthly[b]
+}
+
+// HoursPerMonth is the month the Spot Advisor's frequencies refer to.
+const HoursPerMonth = 730.0
+
+// RateFromMonthly turns a monthly reclaim probability into a rate per
+// node-hour of a Poisson process with that probability.
+func RateFromMonthly(p float64) float64 {
+	if p <= 0 {
+		return 0
+	}
+	if p >= 1 {
+		p = 0.9999
+	}
+	return -math.Log(1-p) / HoursPerMonth
+}
+
+// MonthlyFromRate is the inverse of RateFromMonthly.
+func MonthlyFromRate(rate float64) float64 {
+	return ReclaimProbability(rate, HoursPerMonth*time.Hour)
+}
+
+// ReclaimProbability is the chance that a node reclaimed at rate (per hour)
+// is reclaimed within d.
+func ReclaimProbability(rate float64, d time.Duration) float64 {
+	if rate <= 0 || d <= 0 {
+		return 0
+	}
+	return 1 - math.Exp(-rate*d.Hours())
+}
+
+// GangReclaimProbability is the chance that at least one of a gang's nodes
+// is reclaimed within its expected runtime, given each node's reclaim rate.
+// Reclaims of different nodes are taken as independent, so the gang is
+// interrupted at the sum of the rates: one lost member stops every member.
+func GangReclaimProbability(rates []float64, runtime time.Duration) float64 {
+	sum := 0.0
+	for _, r := range rates {
+		if r > 0 {
+			sum += r
+		}
+	}
+	return ReclaimProbability(sum, runtime)
+}
+
+// Pool is a set of nodes that are reclaimed alike: one instance type in one
+// zone bought as one capacity type.
+type Pool struct {
+	InstanceType string
+	Zone         string
+	Capacity     CapacityType
+}
+
+func (p Pool) String() string {
+	return p.InstanceType + "/" + p.Zone + "/" + string(p.Capacity)
+}
+
+// ReclaimFeed is how observed reclaims reach the risk model. The simulator
+// calls it now; the node agent will call it for real reclaim notices.
+type ReclaimFeed interface {
+	// ObserveExposure records that a pool ran nodeHours of nodes up to at.
+	// Without exposure a reclaim count says nothing about a rate.
+	ObserveExposure(pool Pool, nodeHours float64, at time.Time)
+	// ObserveReclaim records that a node of the pool was reclaimed at at.
+	ObserveReclaim(pool Pool, node string, at time.Time)
+}
+
+// RiskSource answers how often a pool's nodes are reclaimed.
+type RiskSource interface {
+	// ReclaimRate is the expected number of reclaims per node-hour.
+	ReclaimRate(pool Pool) float64
+}
+
+// RiskConfig tunes the risk model.
+type RiskConfig struct {
+	// PriorNodeHours is how much evidence the prior is worth, in node-hours
+	// of observation. Default 730 (one node-month): a month of observing one
+	// node moves the estimate halfway from the prior to what was observed.
+	PriorNodeHours float64
+	// HalfLife is how fast old evidence is forgotten. Default 14 days:
+	// Spot markets shift within weeks.
+	HalfLife time.Duration
+	// DefaultBucket is the prior of a Spot pool nobody gave a bucket for.
+	// Default >20%: an unknown pool is assumed risky until observed.
+	DefaultBucket Bucket
+}
+
+func (c *RiskConfig) defaults() {
+	if c.PriorNodeHours <= 0 {
+		c.PriorNodeHours = HoursPerMonth
+	}
+	if c.HalfLife <= 0 {
+		c.HalfLife = 14 * 24 * time.Hour
+	}
+	if c.DefaultBucket == BucketUnknown {
+		c.DefaultBucket = BucketOver20
+	}
+}
+
+// RiskModel estimates each pool's reclaim rate with a Gamma-Poisson model:
+// reclaims arrive as a Poisson process whose rate has a Gamma prior set from
+// the pool's Spot-Advisor bucket; observed reclaims and exposure update it.
+// Evidence decays exponentially with the configured half-life, so the
+// estimate follows a market that changes. On-demand and reserved pools are
+// never reclaimed by the cloud and have rate 0.
+type RiskModel struct {
+	cfg RiskConfig
+
+	mu     sync.Mutex
+	priors map[Pool]Bucket
+	pools  map[Pool]*evidence
+}
+
+// evidence is the decayed sufficient statistic of the Gamma posterior:
+// reclaims and node-hours observed, both discounted to at.
+type evidence struct {
+	reclaims  float64
+	nodeHours float64
+	at        time.Time
+	total     int
+}
+
+var _ ReclaimFeed = &RiskModel{}
+var _ RiskSource = &RiskModel{}
+
+// NewRiskModel builds a model; zero fields of cfg take their defaults.
+func NewRiskModel(cfg RiskConfig) *RiskModel {
+	cfg.defaults()
+	return &RiskModel{cfg: cfg, priors: map[Pool]Bucket{}, pools: map[Pool]*evidence{}}
+}
+
+// SetPrior sets the bucket a pool's estimate starts from.
+func (m *RiskModel) SetPrior(pool Pool, b Bucket) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.priors[pool] = b
+	m.publish(pool)
+}
+
+func (m *RiskModel) prior(pool Pool) (alpha, beta float64) {
+	b, ok := m.priors[pool]
+	if !ok || b == BucketUnknown {
+		b = m.cfg.DefaultBucket
+	}
+	beta = m.cfg.PriorNodeHours
+	return RateFromMonthly(b.MonthlyProbability()) * beta, beta
+}
+
+func (m *RiskModel) decayTo(e *evidence, at time.Time) {
+	if e.at.IsZero() {
+		e.at = at
+		return
+	}
+	if dt := at.Sub(e.at); dt > 0 {
+		f := math.Exp(-math.Ln2 * dt.Hours() / m.cfg.HalfLife.Hours())
+		e.reclaims *= f
+		e.nodeHours *= f
+		e.at = at
+	}
+}
+
+func (m *RiskModel) ev(pool Pool) *evidence {
+	e := m.pools[pool]
+	if e == nil {
+		e = &evidence{}
+		m.pools[pool] = e
+	}
+	return e
+}
+
+// ObserveExposure implements ReclaimFeed.
+func (m *RiskModel) ObserveExposure(pool Pool, nodeHours float64, at time.Time) {
+	if pool.Capacity != Spot || nodeHours <= 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.ev(pool)
+	m.decayTo(e, at)
+	e.nodeHours += nodeHours
+	m.publish(pool)
+}
+
+// ObserveReclaim implements ReclaimFeed.
+func (m *RiskModel) ObserveReclaim(pool Pool, node string, at time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.ev(pool)
+	m.decayTo(e, at)
+	e.reclaims++
+	e.total++
+	metricReclaims.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Inc()
+	m.publish(pool)
+}
+
+// ReclaimRate implements RiskSource: the posterior mean rate per node-hour.
+func (m *RiskModel) ReclaimRate(pool Pool) float64 {
+	if pool.Capacity != Spot {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.rate(pool)
+}
+
+func (m *RiskModel) rate(pool Pool) float64 {
+	a, b := m.prior(pool)
+	if e := m.pools[pool]; e != nil {
+		a += e.reclaims
+		b += e.nodeHours
+	}
+	return a / b
+}
+
+// Reclaims is how many reclaims of the pool were ever observed.
+func (m *RiskModel) Reclaims(pool Pool) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.pools[pool]; e != nil {
+		return e.total
+	}
+	return 0
+}
+
+func (m *RiskModel) publish(pool Pool) {
+	if pool.Capacity != Spot {
+		return
+	}
+	metricReclaimRate.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Set(m.rate(pool))
+}
+
+// EnsurePrior sets a pool's prior unless it has one.
+func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.priors[pool]; ok {
+		return
+	}
+	m.priors[pool] = b
+	m.publish(pool)
+}

@@ -1,0 +1,201 @@
+package pricing
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// PriceBook prices nodes. A Store and a Catalog both implement it.
+type PriceBook interface {
+	NodePrice(node *corev1.Node) (Price, bool)
+}
+
+var _ PriceBook = &Catalog{}
+var _ PriceBook = &Store{}
+
+// Store holds the catalog in force and replaces it when its source changes.
+// A bad update is reported (log, metric, LastError) and the last good
+// catalog stays in force, so a typo in a ConfigMap never leaves the
+// scheduler without prices.
+type Store struct {
+	cur atomic.Pointer[Catalog]
+
+	mu      sync.Mutex
+	lastErr error
+	// onChange is called after every load attempt, for tests and callers
+	// that re-derive state (risk priors) from the catalog.
+	onChange []func(*Catalog, error)
+}
+
+// NewStore returns a store holding c (which may be nil: no prices yet).
+func NewStore(c *Catalog) *Store {
+	s := &Store{}
+	if c != nil {
+		s.cur.Store(c)
+		metricCatalogEntries.Set(float64(c.Len()))
+	}
+	return s
+}
+
+// Catalog is the catalog in force, nil when none was ever loaded.
+func (s *Store) Catalog() *Catalog { return s.cur.Load() }
+
+// NodePrice implements PriceBook with the catalog in force.
+func (s *Store) NodePrice(node *corev1.Node) (Price, bool) {
+	return s.cur.Load().NodePrice(node)
+}
+
+// LastError is the error of the last load, nil when it succeeded.
+func (s *Store) LastError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
+
+// OnChange registers f to run after every load attempt with the catalog in
+// force and the load's error.
+func (s *Store) OnChange(f func(*Catalog, error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onChange = append(s.onChange, f)
+}
+
+// Load parses data and, when it is valid, puts it in force.
+func (s *Store) Load(data []byte, name string) error {
+	c, err := Parse(data, name)
+	s.mu.Lock()
+	s.lastErr = err
+	hooks := append([]func(*Catalog, error){}, s.onChange...)
+	s.mu.Unlock()
+	if err != nil {
+		metricCatalogLoads.WithLabelValues("error").Inc()
+		if old := s.cur.Load(); old != nil {
+			klog.ErrorS(err, "Price catalog rejected; the last good catalog stays in force", "source", name, "entries", old.Len())
+		} else {
+			klog.ErrorS(err, "Price catalog rejected; no prices are known until it is fixed", "source", name)
+		}
+	} else {
+		s.cur.Store(c)
+		metricCatalogLoads.WithLabelValues("success").Inc()
+		metricCatalogEntries.Set(float64(c.Len()))
+		metricCatalogLastSuccess.SetToCurrentTime()
+		klog.InfoS("Price catalog loaded", "source", name, "entries", c.Len())
+	}
+	for _, h := range hooks {
+		h(s.cur.Load(), err)
+	}
+	return err
+}
+
+// LoadFile loads a catalog file into the store.
+func (s *Store) LoadFile(path string) error {
+	data, err := readFile(path)
+	if err != nil {
+		s.mu.Lock()
+		s.lastErr = err
+		s.mu.Unlock()
+		metricCatalogLoads.WithLabelValues("error").Inc()
+		klog.ErrorS(err, "Price catalog unreadable; the last good catalog stays in force", "path", path)
+		return err
+	}
+	return s.Load(data, path)
+}
+
+// WatchFile loads path now and again whenever it changes, until ctx ends.
+// It watches the directory, not the file, because a mounted ConfigMap is
+// updated by swapping a symlink.
+func (s *Store) WatchFile(ctx context.Context, path string) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("price catalog %s: watch: %w", path, err)
+	}
+	if err := w.Add(filepath.Dir(path)); err != nil {
+		_ = w.Close()
+		return fmt.Errorf("price catalog %s: watch: %w", path, err)
+	}
+	_ = s.LoadFile(path)
+	go func() {
+		defer func() { _ = w.Close() }()
+		// Editors and the kubelet write in several steps; settle first.
+		var settle <-chan time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename|fsnotify.Remove) != 0 {
+					settle = time.After(100 * time.Millisecond)
+				}
+			case err, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				klog.ErrorS(err, "Price catalog watch", "path", path)
+			case <-settle:
+				settle = nil
+				_ = s.LoadFile(path)
+			}
+		}
+	}()
+	return nil
+}
+
+// WatchConfigMap loads the catalog from key of a ConfigMap and again
+// whenever the ConfigMap changes, until ctx ends. A deleted ConfigMap leaves
+// the last good catalog in force.
+func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface, namespace, name, key string) {
+	src := fmt.Sprintf("configmap %s/%s key %s", namespace, name, key)
+	load := func(obj interface{}) {
+		cm, ok := obj.(*corev1.ConfigMap)
+		if !ok {
+			return
+		}
+		data, ok := cm.Data[key]
+		if !ok {
+			err := fmt.Errorf("%s: key %q is missing; put the catalog YAML under data.%s", src, key, key)
+			s.mu.Lock()
+			s.lastErr = err
+			s.mu.Unlock()
+			metricCatalogLoads.WithLabelValues("error").Inc()
+			klog.ErrorS(err, "Price catalog rejected; the last good catalog stays in force")
+			return
+		}
+		_ = s.Load([]byte(data), src)
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		}))
+	inf := factory.Core().V1().ConfigMaps().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    load,
+		UpdateFunc: func(_, obj interface{}) { load(obj) },
+	})
+	factory.Start(ctx.Done())
+}
+
+func readFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("price catalog: %w", err)
+	}
+	return data, nil
+}

@@ -1,0 +1,144 @@
+package pricing
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/component-base/metrics/testutil"
+)
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func spotPrice(s *Store) float64 {
+	c := s.Catalog()
+	if c == nil {
+		return -1
+	}
+	p, _ := c.Lookup("g5.xlarge", Spot, "us-east-1", "")
+	return p.NodeHourly
+}
+
+func TestStoreKeepsLastGoodCatalog(t *testing.T) {
+	s := NewStore(nil)
+	before, _ := testutil.GetCounterMetricValue(metricCatalogLoads.WithLabelValues("error"))
+	if err := s.Load([]byte("kind: ["), "bad.yaml"); err == nil {
+		t.Fatal("want error")
+	}
+	if s.Catalog() != nil || s.LastError() == nil {
+		t.Fatal("a bad first load leaves no catalog and an error")
+	}
+	if err := s.Load([]byte(goodYAML), "good.yaml"); err != nil || s.LastError() != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(goodYAML, "hourly: 0.4", "hourly: -0.4", 1)
+	if err := s.Load([]byte(bad), "bad.yaml"); err == nil {
+		t.Fatal("want error")
+	}
+	if spotPrice(s) != 0.4 {
+		t.Fatalf("last good catalog not in force: spot price %v", spotPrice(s))
+	}
+	if err := s.LastError(); err == nil || !strings.Contains(err.Error(), "bad.yaml:8") {
+		t.Fatalf("LastError %v", err)
+	}
+	after, _ := testutil.GetCounterMetricValue(metricCatalogLoads.WithLabelValues("error"))
+	if after-before != 2 {
+		t.Fatalf("error loads counted %v, want 2", after-before)
+	}
+}
+
+func TestWatchFileReloads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "catalog.yaml")
+	if err := os.WriteFile(path, []byte(goodYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewStore(nil)
+	if err := s.WatchFile(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	if spotPrice(s) != 0.4 {
+		t.Fatalf("initial load: %v", spotPrice(s))
+	}
+	write := func(content string) {
+		// Write then rename, as the kubelet and editors do.
+		tmp := filepath.Join(dir, ".tmp")
+		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1))
+	waitFor(t, "reload to 0.3", func() bool { return spotPrice(s) == 0.3 })
+
+	write(strings.Replace(goodYAML, "hourly: 0.4", "hourly: -5", 1))
+	waitFor(t, "the bad edit to be reported", func() bool { return s.LastError() != nil })
+	if spotPrice(s) != 0.3 {
+		t.Fatalf("bad edit replaced the catalog: %v", spotPrice(s))
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the missing file to be reported", func() bool {
+		err := s.LastError()
+		return err != nil && strings.Contains(err.Error(), "no such file")
+	})
+	if spotPrice(s) != 0.3 {
+		t.Fatalf("a removed file dropped the catalog: %v", spotPrice(s))
+	}
+}
+
+func TestWatchConfigMap(t *testing.T) {
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "prices"},
+		Data: map[string]string{"catalog.yaml": goodYAML}}
+	client := fake.NewClientset(cm)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewStore(nil)
+	s.WatchConfigMap(ctx, client, "penny-system", "prices", "catalog.yaml")
+	waitFor(t, "initial load", func() bool { return spotPrice(s) == 0.4 })
+
+	update := func(data map[string]string) {
+		cm = cm.DeepCopy()
+		cm.Data = data
+		if _, err := client.CoreV1().ConfigMaps("penny-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(map[string]string{"catalog.yaml": strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.35", 1)})
+	waitFor(t, "reload", func() bool { return spotPrice(s) == 0.35 })
+
+	update(map[string]string{"catalog.yaml": strings.Replace(goodYAML, "g5.xlarge, capacityType: spot", "g6.xlarge, capacityType: spot", 1)})
+	waitFor(t, "bad update reported", func() bool {
+		err := s.LastError()
+		return err != nil && strings.Contains(err.Error(), `configmap penny-system/prices key catalog.yaml:8: prices[1]: instance type "g6.xlarge"`)
+	})
+	update(map[string]string{"other": goodYAML})
+	waitFor(t, "missing key reported", func() bool {
+		err := s.LastError()
+		return err != nil && strings.Contains(err.Error(), `key "catalog.yaml" is missing`)
+	})
+	if spotPrice(s) != 0.35 {
+		t.Fatalf("last good catalog not in force: %v", spotPrice(s))
+	}
+}

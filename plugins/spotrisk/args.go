@@ -1,0 +1,174 @@
+package spotrisk
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// Args configure SpotRisk in the profile's pluginConfig. Zero fields take
+// the defaults documented on each; docs/spot.md explains every knob.
+type Args struct {
+	// FallbackAfter is how long a Spot-preferring pod waits for Spot
+	// capacity before it may run on on-demand capacity. Pods override it
+	// with penny.dev/fallback-after. Default 10m.
+	FallbackAfter metav1.Duration `json:"fallbackAfter,omitempty"`
+	// RestartOverhead is the time a reclaimed pod needs to be useful again
+	// (rescheduling, image pull, loading a model or checkpoint). Default 5m.
+	RestartOverhead metav1.Duration `json:"restartOverhead,omitempty"`
+	// UnknownRuntime stands in for the runtime of a pod that checkpoints
+	// nothing and declares no penny.dev/expected-runtime. Default 4h.
+	UnknownRuntime metav1.Duration `json:"unknownRuntime,omitempty"`
+	// ShortRuntime is the longest expected runtime at which training without
+	// checkpoints still goes to Spot freely. Default 2h.
+	ShortRuntime metav1.Duration `json:"shortRuntime,omitempty"`
+	// NeverSpotPriority: pods at or above this priority never run on Spot
+	// unless they say penny.dev/spot otherwise. Default 1000000.
+	NeverSpotPriority *int32 `json:"neverSpotPriority,omitempty"`
+	// ReclaimTaints are taint keys that mark a node about to be reclaimed;
+	// no pod is placed there. Default: the AWS node termination handler's,
+	// Karpenter's and Penny's agent's taints.
+	ReclaimTaints []string `json:"reclaimTaints,omitempty"`
+	// Catalog is where prices come from when the scheduler is not handed a
+	// price book: a file (reloaded on change) or a ConfigMap.
+	Catalog CatalogSource `json:"catalog,omitempty"`
+}
+
+// CatalogSource names a price catalog.
+type CatalogSource struct {
+	File      string        `json:"file,omitempty"`
+	ConfigMap *ConfigMapRef `json:"configMap,omitempty"`
+}
+
+// ConfigMapRef names a ConfigMap key holding a price catalog.
+type ConfigMapRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Key defaults to catalog.yaml.
+	Key string `json:"key,omitempty"`
+}
+
+// Defaults.
+const (
+	DefaultFallbackAfter     = 10 * time.Minute
+	DefaultRestartOverhead   = 5 * time.Minute
+	DefaultUnknownRuntime    = 4 * time.Hour
+	DefaultShortRuntime      = 2 * time.Hour
+	DefaultNeverSpotPriority = int32(1000000)
+	DefaultCatalogKey        = "catalog.yaml"
+)
+
+// SetDefaults fills zero fields.
+func (a *Args) SetDefaults() {
+	if a.FallbackAfter.Duration == 0 {
+		a.FallbackAfter.Duration = DefaultFallbackAfter
+	}
+	if a.RestartOverhead.Duration == 0 {
+		a.RestartOverhead.Duration = DefaultRestartOverhead
+	}
+	if a.UnknownRuntime.Duration == 0 {
+		a.UnknownRuntime.Duration = DefaultUnknownRuntime
+	}
+	if a.ShortRuntime.Duration == 0 {
+		a.ShortRuntime.Duration = DefaultShortRuntime
+	}
+	if a.NeverSpotPriority == nil {
+		p := DefaultNeverSpotPriority
+		a.NeverSpotPriority = &p
+	}
+	if a.ReclaimTaints == nil {
+		a.ReclaimTaints = append([]string(nil), pricing.ReclaimTaintKeys...)
+	}
+	if a.Catalog.ConfigMap != nil && a.Catalog.ConfigMap.Key == "" {
+		a.Catalog.ConfigMap.Key = DefaultCatalogKey
+	}
+}
+
+// Validate checks defaulted args the way in-tree plugin args are checked.
+func (a *Args) Validate() error {
+	var errs field.ErrorList
+	p := field.NewPath("args")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"fallbackAfter", a.FallbackAfter.Duration}, {"restartOverhead", a.RestartOverhead.Duration},
+		{"unknownRuntime", a.UnknownRuntime.Duration}, {"shortRuntime", a.ShortRuntime.Duration}} {
+		if d.v < 0 {
+			errs = append(errs, field.Invalid(p.Child(d.name), d.v.String(), "must not be negative"))
+		}
+	}
+	for i, k := range a.ReclaimTaints {
+		if k == "" {
+			errs = append(errs, field.Invalid(p.Child("reclaimTaints").Index(i), k, "must be a taint key"))
+		}
+	}
+	if a.Catalog.File != "" && a.Catalog.ConfigMap != nil {
+		errs = append(errs, field.Invalid(p.Child("catalog"), "file and configMap", "give one source: file or configMap"))
+	}
+	if cm := a.Catalog.ConfigMap; cm != nil && (cm.Namespace == "" || cm.Name == "") {
+		errs = append(errs, field.Required(p.Child("catalog", "configMap"), "namespace and name are required"))
+	}
+	return errs.ToAggregate()
+}
+
+// decodeArgs reads args strictly: a misspelled field is an error, not a
+// silently ignored setting.
+func decodeArgs(obj runtime.Object) (*Args, error) {
+	a := &Args{}
+	switch o := obj.(type) {
+	case nil:
+	case *Args:
+		*a = *o
+	case *runtime.Unknown:
+		if len(o.Raw) > 0 {
+			raw := o.Raw
+			if o.ContentType == runtime.ContentTypeYAML {
+				j, err := yaml.YAMLToJSON(raw)
+				if err != nil {
+					return nil, fmt.Errorf("%s args: %w", Name, err)
+				}
+				raw = j
+			}
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(a); err != nil {
+				return nil, fmt.Errorf("%s args: %w", Name, err)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%s args: want *runtime.Unknown or *spotrisk.Args, got %T", Name, obj)
+	}
+	a.SetDefaults()
+	if err := a.Validate(); err != nil {
+		return nil, fmt.Errorf("%s args: %w", Name, err)
+	}
+	return a, nil
+}
+
+// GetObjectKind and DeepCopyObject let Args be passed as a runtime.Object,
+// which is how the simulator and tests hand typed args to the factory.
+func (a *Args) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+// DeepCopyObject implements runtime.Object.
+func (a *Args) DeepCopyObject() runtime.Object {
+	c := *a
+	if a.NeverSpotPriority != nil {
+		p := *a.NeverSpotPriority
+		c.NeverSpotPriority = &p
+	}
+	c.ReclaimTaints = append([]string(nil), a.ReclaimTaints...)
+	if a.Catalog.ConfigMap != nil {
+		cm := *a.Catalog.ConfigMap
+		c.Catalog.ConfigMap = &cm
+	}
+	return &c
+}

@@ -1,0 +1,210 @@
+package spotrisk
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// Pod annotations that describe how a workload tolerates Spot. Tenants set
+// them; docs/spot.md explains why none of them lets a pod jump a queue or a
+// budget.
+const (
+	AnnotationWorkload           = "penny.dev/workload"
+	AnnotationSpot               = "penny.dev/spot"
+	AnnotationCheckpointInterval = "penny.dev/checkpoint-interval"
+	AnnotationMaxReclaimRisk     = "penny.dev/max-reclaim-risk"
+	AnnotationExpectedRuntime    = "penny.dev/expected-runtime"
+	AnnotationFallbackAfter      = "penny.dev/fallback-after"
+)
+
+// Annotations lists every annotation the plugin reads.
+var Annotations = []string{AnnotationWorkload, AnnotationSpot, AnnotationCheckpointInterval,
+	AnnotationMaxReclaimRisk, AnnotationExpectedRuntime, AnnotationFallbackAfter}
+
+// Workload is what a pod does, as far as Spot is concerned.
+type Workload string
+
+const (
+	Training  Workload = "training"
+	Inference Workload = "inference"
+	Batch     Workload = "batch"
+	Dev       Workload = "dev"
+)
+
+// Policy is where a pod may run.
+type Policy string
+
+const (
+	// Never: on-demand or reserved capacity only.
+	Never Policy = "never"
+	// Avoid: any capacity, but Spot scores last. Not an annotation value:
+	// it is the default for training that checkpoints nothing and is not
+	// short.
+	Avoid Policy = "avoid"
+	// Allow: any capacity, scored by expected cost of useful work.
+	Allow Policy = "allow"
+	// Prefer: Spot or reserved; on-demand only after waiting FallbackAfter
+	// for Spot capacity.
+	Prefer Policy = "prefer"
+	// Only: Spot only.
+	Only Policy = "only"
+)
+
+// Class is everything the plugin decides from a pod.
+type Class struct {
+	Workload Workload
+	Policy   Policy
+	// Why says where the policy came from, for status messages and events.
+	Why  string
+	Work pricing.Work
+	// MaxMonthlyRisk is the highest monthly reclaim probability of a Spot
+	// pool the pod accepts; 1 accepts any.
+	MaxMonthlyRisk float64
+	FallbackAfter  time.Duration
+}
+
+// AnnotationError is a malformed annotation: which one, what it held and
+// how to fix it.
+type AnnotationError struct {
+	Annotation, Value, Fix string
+}
+
+func (e *AnnotationError) Error() string {
+	return fmt.Sprintf("annotation %s=%q is not valid: %s", e.Annotation, e.Value, e.Fix)
+}
+
+// classify reads a pod's class from its annotations, priority and owner,
+// falling back to the defaults users expect: inference and high-priority
+// pods never on Spot, checkpointing training prefers Spot, training without
+// checkpoints avoids Spot unless it is short.
+func classify(pod *corev1.Pod, args *Args) (Class, error) {
+	ann := pod.Annotations
+	c := Class{MaxMonthlyRisk: 1, FallbackAfter: args.FallbackAfter.Duration}
+	c.Work.RestartOverhead = args.RestartOverhead.Duration
+
+	if v, ok := ann[AnnotationWorkload]; ok {
+		switch w := Workload(strings.TrimSpace(v)); w {
+		case Training, Inference, Batch, Dev:
+			c.Workload = w
+		default:
+			return c, &AnnotationError{AnnotationWorkload, v, "use one of training, inference, batch, dev"}
+		}
+	} else {
+		c.Workload = workloadFromOwner(pod)
+	}
+	var err error
+	if c.Work.CheckpointInterval, err = durationAnnotation(ann, AnnotationCheckpointInterval, "a Go duration such as 30m; remove it if the workload does not checkpoint"); err != nil {
+		return c, err
+	}
+	if c.Work.ExpectedRuntime, err = durationAnnotation(ann, AnnotationExpectedRuntime, "a Go duration such as 6h"); err != nil {
+		return c, err
+	}
+	if c.Work.ExpectedRuntime == 0 && pod.Spec.ActiveDeadlineSeconds != nil {
+		c.Work.ExpectedRuntime = time.Duration(*pod.Spec.ActiveDeadlineSeconds) * time.Second
+	}
+	if d, err := durationAnnotation(ann, AnnotationFallbackAfter, "a Go duration such as 15m (0s falls back at once)"); err != nil {
+		return c, err
+	} else if _, ok := ann[AnnotationFallbackAfter]; ok {
+		c.FallbackAfter = d
+	}
+	if v, ok := ann[AnnotationMaxReclaimRisk]; ok {
+		r, err := parseRisk(v)
+		if err != nil {
+			return c, &AnnotationError{AnnotationMaxReclaimRisk, v, "give the highest monthly reclaim frequency of a Spot pool the pod accepts, as a percentage (10%) or a fraction (0.1), between 0 and 100%"}
+		}
+		c.MaxMonthlyRisk = r
+	}
+	c.Work.Stateless = c.Workload == Inference || c.Workload == Dev
+
+	if v, ok := ann[AnnotationSpot]; ok {
+		switch p := Policy(strings.TrimSpace(v)); p {
+		case Never, Allow, Prefer, Only:
+			c.Policy, c.Why = p, fmt.Sprintf("%s=%s", AnnotationSpot, p)
+		default:
+			return c, &AnnotationError{AnnotationSpot, v, "use one of never, prefer, allow, only"}
+		}
+		return c, nil
+	}
+	prio := int32(0)
+	if pod.Spec.Priority != nil {
+		prio = *pod.Spec.Priority
+	}
+	switch {
+	case prio >= *args.NeverSpotPriority:
+		c.Policy, c.Why = Never, fmt.Sprintf("priority %d >= %d", prio, *args.NeverSpotPriority)
+	case c.Workload == Inference:
+		c.Policy, c.Why = Never, "inference workload"
+	case c.Workload == Training && c.Work.CheckpointInterval > 0:
+		c.Policy, c.Why = Prefer, "checkpointing training"
+	case c.Workload == Training && c.Work.ExpectedRuntime > 0 && c.Work.ExpectedRuntime <= args.ShortRuntime.Duration:
+		c.Policy, c.Why = Allow, "short training"
+	case c.Workload == Training:
+		c.Policy, c.Why = Avoid, "training without checkpoints"
+	default:
+		c.Policy, c.Why = Allow, string(c.Workload)+" workload"
+	}
+	return c, nil
+}
+
+// workloadFromOwner guesses the workload of a pod that does not say: pods of
+// Deployments and StatefulSets serve, pods of Jobs and bare pods run to
+// completion.
+func workloadFromOwner(pod *corev1.Pod) Workload {
+	for _, o := range pod.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		switch o.Kind {
+		case "ReplicaSet", "StatefulSet", "Deployment", "ReplicationController", "DaemonSet":
+			return Inference
+		}
+	}
+	return Batch
+}
+
+func durationAnnotation(ann map[string]string, key, fix string) (time.Duration, error) {
+	v, ok := ann[key]
+	if !ok {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil || d < 0 {
+		return 0, &AnnotationError{key, v, "use " + fix}
+	}
+	return d, nil
+}
+
+// parseRisk reads "10%" or "0.1".
+func parseRisk(v string) (float64, error) {
+	s := strings.TrimSpace(v)
+	scale := 1.0
+	if strings.HasSuffix(s, "%") {
+		s, scale = strings.TrimSpace(strings.TrimSuffix(s, "%")), 100
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0, err
+	}
+	f /= scale
+	if f < 0 || f > 1 {
+		return 0, fmt.Errorf("out of range")
+	}
+	return f, nil
+}
+
+// ClassOf is the class the plugin gives a pod under args (nil: defaults).
+// The simulator uses it to report where each class ran.
+func ClassOf(pod *corev1.Pod, args *Args) (Class, error) {
+	if args == nil {
+		args = &Args{}
+	}
+	a := *args
+	a.SetDefaults()
+	return classify(pod, &a)
+}

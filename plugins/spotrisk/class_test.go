@@ -1,0 +1,98 @@
+package spotrisk
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func defaults() *Args {
+	a := &Args{}
+	a.SetDefaults()
+	return a
+}
+
+func TestClassifyDefaults(t *testing.T) {
+	high := int32(2000000)
+	ctrl := true
+	cases := []struct {
+		name   string
+		ann    map[string]string
+		prio   *int32
+		owner  string
+		policy Policy
+		why    string
+	}{
+		{"inference never", map[string]string{AnnotationWorkload: "inference"}, nil, "", Never, "inference workload"},
+		{"high priority never", map[string]string{AnnotationWorkload: "batch"}, &high, "", Never, "priority 2000000 >= 1000000"},
+		{"checkpointing training prefers", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"}, nil, "", Prefer, "checkpointing training"},
+		{"training without checkpoints avoids", map[string]string{AnnotationWorkload: "training"}, nil, "", Avoid, "training without checkpoints"},
+		{"short training allowed", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "90m"}, nil, "", Allow, "short training"},
+		{"long training avoids", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "30h"}, nil, "", Avoid, "training without checkpoints"},
+		{"batch allowed", map[string]string{AnnotationWorkload: "batch"}, nil, "", Allow, "batch workload"},
+		{"dev allowed", map[string]string{AnnotationWorkload: "dev"}, nil, "", Allow, "dev workload"},
+		{"deployment pods serve", nil, nil, "ReplicaSet", Never, "inference workload"},
+		{"job pods are batch", nil, nil, "Job", Allow, "batch workload"},
+		{"explicit spot wins over class", map[string]string{AnnotationWorkload: "inference", AnnotationSpot: "prefer"}, nil, "", Prefer, "penny.dev/spot=prefer"},
+		{"explicit spot wins over priority", map[string]string{AnnotationSpot: "only"}, &high, "", Only, "penny.dev/spot=only"},
+		{"explicit never", map[string]string{AnnotationWorkload: "batch", AnnotationSpot: "never"}, nil, "", Never, "penny.dev/spot=never"},
+	}
+	for _, c := range cases {
+		p := pod("p", c.ann)
+		p.Spec.Priority = c.prio
+		if c.owner != "" {
+			p.OwnerReferences = []metav1.OwnerReference{{Kind: c.owner, Name: "o", Controller: &ctrl}}
+		}
+		got, err := classify(p, defaults())
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if got.Policy != c.policy || got.Why != c.why {
+			t.Errorf("%s: got %s (%s), want %s (%s)", c.name, got.Policy, got.Why, c.policy, c.why)
+		}
+	}
+}
+
+func TestClassifyWork(t *testing.T) {
+	deadline := int64(3600)
+	p := pod("p", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "20m",
+		AnnotationMaxReclaimRisk: "12.5%", AnnotationFallbackAfter: "0s"})
+	p.Spec.ActiveDeadlineSeconds = &deadline
+	c, err := classify(p, defaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Work.CheckpointInterval != 20*time.Minute || c.Work.ExpectedRuntime != time.Hour || c.Work.Stateless ||
+		c.MaxMonthlyRisk != 0.125 || c.FallbackAfter != 0 || c.Work.RestartOverhead != DefaultRestartOverhead {
+		t.Fatalf("%+v", c)
+	}
+	inf, _ := classify(pod("p", map[string]string{AnnotationWorkload: "inference", AnnotationMaxReclaimRisk: "0.05"}), defaults())
+	if !inf.Work.Stateless || inf.MaxMonthlyRisk != 0.05 || inf.FallbackAfter != DefaultFallbackAfter {
+		t.Fatalf("%+v", inf)
+	}
+}
+
+func TestClassifyMalformedAnnotationsNameTheFix(t *testing.T) {
+	cases := map[string]string{
+		AnnotationSpot:               "sometimes",
+		AnnotationWorkload:           "serving",
+		AnnotationCheckpointInterval: "hourly",
+		AnnotationExpectedRuntime:    "-1h",
+		AnnotationFallbackAfter:      "soon",
+		AnnotationMaxReclaimRisk:     "150%",
+	}
+	for key, value := range cases {
+		_, err := classify(pod("p", map[string]string{key: value}), defaults())
+		if err == nil {
+			t.Errorf("%s=%s: want error", key, value)
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "annotation "+key+"=\""+value+"\" is not valid: use") && !strings.Contains(msg, "annotation "+key+"=\""+value+"\" is not valid: give") {
+			t.Errorf("%s=%s: message does not name the annotation and the fix: %s", key, value, msg)
+		}
+	}
+}

@@ -1,0 +1,153 @@
+package spotrisk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+const stateKey fwk.StateKey = Name
+
+// ReasonReclaimPending is the Filter reason for nodes about to be reclaimed.
+const ReasonReclaimPending = "node(s) have a pending reclaim notice"
+
+// Event reasons.
+const (
+	EventInvalidAnnotation = "InvalidSpotAnnotation"
+	EventFallback          = "SpotFallback"
+)
+
+// podState is what PreFilter learns about a pod for the rest of the cycle.
+type podState struct {
+	class Class
+	// deadline ends a Spot-preferring pod's wait for Spot capacity.
+	deadline time.Time
+	// waiting is true while the pod may not use on-demand capacity yet.
+	waiting bool
+	usage   pricing.Usage
+}
+
+// Clone is not needed: the state is read-only after PreFilter.
+func (s *podState) Clone() fwk.StateData { return s }
+
+func getState(cs fwk.CycleState) (*podState, error) {
+	d, err := cs.Read(stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("%s: reading cycle state: %w", Name, err)
+	}
+	s, ok := d.(*podState)
+	if !ok {
+		return nil, fmt.Errorf("%s: cycle state holds %T", Name, d)
+	}
+	return s, nil
+}
+
+// PreFilter reads the pod's class. A malformed annotation rejects the pod
+// with an event that names the annotation and the fix.
+func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	class, err := classify(pod, pl.args)
+	if err != nil {
+		var ae *AnnotationError
+		if errors.As(err, &ae) {
+			if h := pl.handle; h != nil && h.EventRecorder() != nil {
+				h.EventRecorder().Eventf(pod, nil, corev1.EventTypeWarning, EventInvalidAnnotation, "Scheduling", "%s; the pod is not scheduled until it is fixed", ae.Error())
+			}
+		}
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
+	}
+	s := pl.stateFor(pod, class)
+	s.usage = pricing.PodUsage(pod)
+	cs.Write(stateKey, s)
+	return nil, nil
+}
+
+// stateFor places a pod's class in time: a Spot-preferring pod waits for
+// Spot capacity from its creation until FallbackAfter has passed.
+func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
+	s := &podState{class: class}
+	if class.Policy == Prefer {
+		start := pod.CreationTimestamp.Time
+		if start.IsZero() {
+			start = pl.clock.Now()
+		}
+		s.deadline = start.Add(class.FallbackAfter)
+		s.waiting = pl.clock.Now().Before(s.deadline)
+	}
+	return s
+}
+
+// PreFilterExtensions implements fwk.PreFilterPlugin: the plugin's state
+// does not depend on other pods.
+func (pl *SpotRisk) PreFilterExtensions() fwk.PreFilterExtensions { return nil }
+
+// Filter applies the Spot rules to one node. Each rule has its own reason so
+// that the scheduler's status says how many nodes each rule excluded.
+func (pl *SpotRisk) Filter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) *fwk.Status {
+	s, err := getState(cs)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	node := ni.Node()
+	if reason := pl.exclude(s, node); reason != "" {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reason)
+	}
+	return nil
+}
+
+// exclude is the reason a node is not for the pod, or "".
+func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
+	if pl.reclaimPending(node) {
+		return ReasonReclaimPending
+	}
+	c := s.class
+	capacity := pricing.NodeCapacity(node)
+	switch {
+	case c.Policy == Never && capacity.IsSpot():
+		return fmt.Sprintf("node(s) are Spot and the pod stays off Spot (%s)", c.Why)
+	case c.Policy == Only && !capacity.IsSpot():
+		return fmt.Sprintf("node(s) are not Spot and the pod runs only on Spot (%s)", c.Why)
+	case c.Policy == Prefer && s.waiting && capacity.Type == pricing.OnDemand:
+		return fmt.Sprintf("node(s) are on-demand and the pod waits for Spot capacity until %s (%s; fallback after %s)",
+			s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
+	}
+	if capacity.IsSpot() && c.MaxMonthlyRisk < 1 {
+		price, priced := pl.prices.NodePrice(node)
+		rate := pl.reclaimRate(node, capacity, price, priced)
+		if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
+			return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g%% a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+		}
+	}
+	return ""
+}
+
+// PostFilter runs when no node fits. A Spot-preferring pod still in its
+// wait gets a timer that retries it when the wait ends, so that falling
+// back to on-demand does not have to wait for an unrelated cluster event.
+func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
+	s, err := getState(cs)
+	if err != nil || !s.waiting || pl.handle == nil {
+		return nil, fwk.NewStatus(fwk.Unschedulable)
+	}
+	pl.mu.Lock()
+	armed := pl.wakeups[pod.UID]
+	pl.wakeups[pod.UID] = true
+	pl.mu.Unlock()
+	if !armed {
+		logger := klog.FromContext(ctx)
+		wait := s.deadline.Sub(pl.clock.Now())
+		pl.clock.AfterFunc(wait, func() {
+			pl.mu.Lock()
+			delete(pl.wakeups, pod.UID)
+			pl.mu.Unlock()
+			pl.handle.Activate(logger, map[string]*corev1.Pod{pod.Namespace + "/" + pod.Name: pod})
+		})
+	}
+	return nil, fwk.NewStatus(fwk.Unschedulable)
+}

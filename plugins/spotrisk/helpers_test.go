@@ -1,0 +1,236 @@
+package spotrisk
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/backend/cache"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/defaultbinder"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/queuesort"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
+	tf "k8s.io/kubernetes/pkg/scheduler/testing/framework"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+func init() {
+	// The framework instruments plugins with the scheduler's metrics.
+	schedmetrics.Register()
+}
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+const testCatalog = `apiVersion: penny.dev/v1alpha1
+kind: PriceCatalog
+instanceTypes:
+- {name: p4d.24xlarge, gpus: 8, gpuModel: A100-40GB, vcpus: 96, memoryGiB: 1152}
+prices:
+- {instanceType: p4d.24xlarge, capacityType: on-demand, region: us-east-1, hourly: 32}
+- {instanceType: p4d.24xlarge, capacityType: spot, region: us-east-1, hourly: 8, interruption: "5-10%"}
+- {instanceType: p4d.24xlarge, capacityType: spot, region: us-east-1, zone: us-east-1c, hourly: 7, interruption: ">20%"}
+`
+
+func catalog(t *testing.T) *pricing.Catalog {
+	t.Helper()
+	c, err := pricing.Parse([]byte(testCatalog), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// node builds a p4d node of a capacity type (karpenter label) in a zone.
+func node(name string, capacity pricing.CapacityType, zone string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		corev1.LabelInstanceTypeStable:     "p4d.24xlarge",
+		corev1.LabelTopologyRegion:         "us-east-1",
+		corev1.LabelTopologyZone:           zone,
+		pricing.LabelKarpenterCapacityType: string(capacity),
+	}}}
+	capa := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("96"),
+		corev1.ResourceMemory: resource.MustParse("1152Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
+		gpu.ResourceGPU:       resource.MustParse("8"),
+	}
+	n.Status.Capacity, n.Status.Allocatable = capa, capa
+	return n
+}
+
+// pod builds a one-GPU pod with annotations.
+func pod(name string, ann map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID(name), Annotations: ann,
+			CreationTimestamp: metav1.NewTime(t0)},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("12"), corev1.ResourceMemory: resource.MustParse("144Gi")},
+			Limits:   corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("1")},
+		}}}},
+	}
+}
+
+type activator struct {
+	mu        sync.Mutex
+	activated []string
+}
+
+func (a *activator) Activate(_ klog.Logger, pods map[string]*corev1.Pod) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k := range pods {
+		a.activated = append(a.activated, k)
+	}
+}
+
+func (a *activator) list() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.activated...)
+}
+
+// env is a real scheduler framework running only SpotRisk (plus the
+// mandatory sort and bind plugins) over a fixed set of nodes.
+type env struct {
+	fw       framework.Framework
+	nodes    []fwk.NodeInfo
+	clock    *clocktesting.FakeClock
+	recorder *events.FakeRecorder
+	act      *activator
+	plugin   *SpotRisk
+}
+
+func newEnv(t *testing.T, args *Args, deps Deps, nodes ...*corev1.Node) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e := &env{clock: clocktesting.NewFakeClock(t0), recorder: events.NewFakeRecorder(100), act: &activator{}}
+	if deps.Clock == nil {
+		deps.Clock = e.clock
+	}
+	factory := func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+		var o runtime.Object
+		if args != nil {
+			o = args
+		}
+		p, err := New(ctx, o, h, deps)
+		if err == nil {
+			e.plugin = p.(*SpotRisk)
+		}
+		return p, err
+	}
+	snapshot := cache.NewSnapshot(nil, nodes)
+	fw, err := tf.NewFramework(ctx, []tf.RegisterPluginFunc{
+		tf.RegisterQueueSortPlugin(queuesort.Name, queuesort.New),
+		tf.RegisterBindPlugin(defaultbinder.Name, defaultbinder.New),
+		tf.RegisterPluginAsExtensions(Name, factory, "PreFilter", "Filter", "PostFilter", "PreScore", "Score", "Reserve", "PostBind"),
+	}, "penny-scheduler",
+		frameworkruntime.WithSnapshotSharedLister(snapshot),
+		frameworkruntime.WithEventRecorder(e.recorder),
+		frameworkruntime.WithPodActivator(e.act),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.fw = fw
+	e.nodes, _ = snapshot.NodeInfos().List()
+	return e
+}
+
+// result is one scheduling attempt: the aggregate FitError message the
+// scheduler would print, the feasible nodes and their scores.
+type result struct {
+	preFilter *fwk.Status
+	fitError  string
+	feasible  []string
+	scores    map[string]int64
+	state     fwk.CycleState
+}
+
+func (e *env) schedule(t *testing.T, p *corev1.Pod) result {
+	t.Helper()
+	ctx := context.Background()
+	state := framework.NewCycleState()
+	r := result{scores: map[string]int64{}, state: state}
+	if _, s, _ := e.fw.RunPreFilterPlugins(ctx, state, p); !s.IsSuccess() {
+		r.preFilter = s
+		return r
+	}
+	diag := framework.Diagnosis{NodeToStatus: framework.NewDefaultNodeToStatus()}
+	var feasible []fwk.NodeInfo
+	for _, ni := range e.nodes {
+		if s := e.fw.RunFilterPlugins(ctx, state, p, ni); s.IsSuccess() {
+			feasible = append(feasible, ni)
+			r.feasible = append(r.feasible, ni.Node().Name)
+		} else {
+			diag.NodeToStatus.Set(ni.Node().Name, s)
+		}
+	}
+	sort.Strings(r.feasible)
+	if len(feasible) == 0 {
+		fe := &framework.FitError{Pod: p, NumAllNodes: len(e.nodes), Diagnosis: diag}
+		r.fitError = fe.Error()
+		e.fw.RunPostFilterPlugins(ctx, state, p, diag.NodeToStatus)
+		return r
+	}
+	if s := e.fw.RunPreScorePlugins(ctx, state, p, feasible); !s.IsSuccess() {
+		t.Fatalf("prescore: %v", s)
+	}
+	scores, s := e.fw.RunScorePlugins(ctx, state, p, feasible)
+	if !s.IsSuccess() {
+		t.Fatalf("score: %v", s)
+	}
+	for _, ns := range scores {
+		r.scores[ns.Name] = ns.TotalScore
+	}
+	return r
+}
+
+// best is the highest-scoring feasible node, ties by name.
+func (r result) best() string {
+	best, bs := "", int64(-1)
+	for _, n := range r.feasible {
+		if s := r.scores[n]; s > bs || (s == bs && n < best) {
+			best, bs = n, s
+		}
+	}
+	return best
+}
+
+func (e *env) events() []string {
+	var out []string
+	for {
+		select {
+		case ev := <-e.recorder.Events:
+			out = append(out, ev)
+		default:
+			return out
+		}
+	}
+}
+
+func expectContains(t *testing.T, what, got string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(got, w) {
+			t.Errorf("%s lacks %q:\n%s", what, w, got)
+		}
+	}
+}
+
+func klogLogger() klog.Logger { return klog.Background() }

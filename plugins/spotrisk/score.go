@@ -1,0 +1,92 @@
+package spotrisk
+
+import (
+	"context"
+	"math"
+
+	corev1 "k8s.io/api/core/v1"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// Raw scores are expected micro-dollars per hour of useful work; these
+// sentinels mark nodes the cost ordering does not apply to.
+const (
+	// unpriced nodes have no catalog price: they score last.
+	unpriced int64 = -1
+	// avoided are Spot nodes for a pod that avoids Spot: they score last.
+	avoided int64 = -2
+)
+
+// PreScore implements fwk.PreScorePlugin. State comes from PreFilter.
+func (pl *SpotRisk) PreScore(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodes []fwk.NodeInfo) *fwk.Status {
+	if _, err := getState(cs); err != nil {
+		return fwk.AsStatus(err)
+	}
+	return nil
+}
+
+// Cost is the expected price of one hour of the pod's useful work on a node:
+// the pod's share of the node's marginal price (OpenCost split; reserved
+// capacity is already paid, so 0) times 1 + reclaim rate x (work lost per
+// reclaim + restart overhead). ok is false when the node has no price.
+func (pl *SpotRisk) Cost(pod *corev1.Pod, class Class, usage pricing.Usage, node *corev1.Node) (float64, bool) {
+	price, ok := pl.prices.NodePrice(node)
+	if !ok {
+		return 0, false
+	}
+	return pl.expected(price.HourlyFor(usage)*price.MarginalFactor(), class, node, price), true
+}
+
+// expected turns an hourly price on a node into the expected price of an
+// hour of useful work there.
+func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, price pricing.Price) float64 {
+	rate := pl.reclaimRate(node, pricing.NodeCapacity(node), price, true)
+	return pricing.CostPerUsefulHour(hourly, rate, class.Work, pl.args.UnknownRuntime.Duration)
+}
+
+// Score implements fwk.ScorePlugin.
+func (pl *SpotRisk) Score(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) (int64, *fwk.Status) {
+	s, err := getState(cs)
+	if err != nil {
+		return 0, fwk.AsStatus(err)
+	}
+	node := ni.Node()
+	if s.class.Policy == Avoid && pricing.NodeCapacity(node).IsSpot() {
+		return avoided, nil
+	}
+	cost, ok := pl.Cost(pod, s.class, s.usage, node)
+	if !ok {
+		return unpriced, nil
+	}
+	return int64(math.Round(cost * 1e6)), nil
+}
+
+// ScoreExtensions implements fwk.ScorePlugin.
+func (pl *SpotRisk) ScoreExtensions() fwk.ScoreExtensions { return pl }
+
+// NormalizeScore maps the cheapest node to MaxNodeScore and the dearest to
+// 0, linearly; unpriced and avoided nodes get 0. When every priced node
+// costs the same, they all get MaxNodeScore.
+func (pl *SpotRisk) NormalizeScore(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, scores fwk.NodeScoreList) *fwk.Status {
+	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
+	for _, s := range scores {
+		if s.Score < 0 {
+			continue
+		}
+		lo, hi = min(lo, s.Score), max(hi, s.Score)
+	}
+	for i := range scores {
+		c := scores[i].Score
+		switch {
+		case c < 0:
+			scores[i].Score = 0
+		case hi == lo:
+			scores[i].Score = fwk.MaxNodeScore
+		default:
+			scores[i].Score = fwk.MaxNodeScore * (hi - c) / (hi - lo)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,137 @@
+// Package spotrisk is Penny's Spot tolerance and cost/risk plugin. It reads
+// each pod's workload class, keeps work that must not be interrupted off
+// Spot (Filter), places the rest where its expected cost of useful work is
+// lowest (Score), and lets a Spot-preferring pod fall back to on-demand
+// capacity when Spot does not come (PostFilter, Reserve, PostBind).
+package spotrisk
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/utils/clock"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// Name is the plugin's name in profiles.
+const Name = "SpotRisk"
+
+// Deps are the long-lived inputs the plugin reads. Nil fields are built from
+// the args (prices) or take defaults (risk model, wall clock).
+type Deps struct {
+	// Prices prices nodes; nil means the catalog named in the args, or no
+	// prices at all (every node scores the same).
+	Prices pricing.PriceBook
+	// Risk estimates reclaim rates; nil means a model seeded from the
+	// catalog's interruption buckets.
+	Risk pricing.RiskSource
+	// Clock is the simulator's virtual clock in replays.
+	Clock clock.WithDelayedExecution
+}
+
+// SpotRisk is the plugin.
+type SpotRisk struct {
+	handle fwk.Handle
+	args   *Args
+	prices pricing.PriceBook
+	risk   pricing.RiskSource
+	// priors is set when the plugin owns its risk model, so that it can
+	// seed each pool's prior from the catalog the first time it sees it.
+	priors *pricing.RiskModel
+	clock  clock.WithDelayedExecution
+
+	mu sync.Mutex
+	// wakeups holds the pods with a timer to retry them when their
+	// fallback window ends.
+	wakeups map[types.UID]bool
+}
+
+var (
+	_ fwk.PreFilterPlugin   = &SpotRisk{}
+	_ fwk.FilterPlugin      = &SpotRisk{}
+	_ fwk.PostFilterPlugin  = &SpotRisk{}
+	_ fwk.PreScorePlugin    = &SpotRisk{}
+	_ fwk.ScorePlugin       = &SpotRisk{}
+	_ fwk.ReservePlugin     = &SpotRisk{}
+	_ fwk.PostBindPlugin    = &SpotRisk{}
+	_ fwk.EnqueueExtensions = &SpotRisk{}
+)
+
+// Name implements fwk.Plugin.
+func (pl *SpotRisk) Name() string { return Name }
+
+// New builds the plugin from its args and deps.
+func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.Plugin, error) {
+	args, err := decodeArgs(obj)
+	if err != nil {
+		return nil, err
+	}
+	pricing.RegisterMetrics()
+	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, clock: deps.Clock, wakeups: map[types.UID]bool{}}
+	if pl.clock == nil {
+		pl.clock = clock.RealClock{}
+	}
+	if pl.prices == nil {
+		store := pricing.NewStore(nil)
+		switch {
+		case args.Catalog.File != "":
+			if err := store.WatchFile(ctx, args.Catalog.File); err != nil {
+				return nil, fmt.Errorf("%s: %w", Name, err)
+			}
+		case args.Catalog.ConfigMap != nil:
+			if h == nil || h.ClientSet() == nil {
+				return nil, fmt.Errorf("%s: catalog.configMap needs an API client", Name)
+			}
+			cm := args.Catalog.ConfigMap
+			store.WatchConfigMap(ctx, h.ClientSet(), cm.Namespace, cm.Name, cm.Key)
+		default:
+			klog.FromContext(ctx).Info("No price catalog configured: SpotRisk keeps its Spot rules but scores every node alike", "plugin", Name)
+		}
+		pl.prices = store
+	}
+	if pl.risk == nil {
+		m := pricing.NewRiskModel(pricing.RiskConfig{})
+		pl.risk, pl.priors = m, m
+	}
+	return pl, nil
+}
+
+// reclaimPending reports whether a node is about to be reclaimed.
+func (pl *SpotRisk) reclaimPending(node *corev1.Node) bool {
+	for _, t := range node.Spec.Taints {
+		for _, k := range pl.args.ReclaimTaints {
+			if t.Key == k {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// poolOf is the risk pool a node belongs to.
+func poolOf(node *corev1.Node, c pricing.Capacity) pricing.Pool {
+	return pricing.Pool{
+		InstanceType: node.Labels[corev1.LabelInstanceTypeStable],
+		Zone:         node.Labels[corev1.LabelTopologyZone],
+		Capacity:     c.Type,
+	}
+}
+
+// reclaimRate is a node's expected reclaims per hour.
+func (pl *SpotRisk) reclaimRate(node *corev1.Node, c pricing.Capacity, price pricing.Price, priced bool) float64 {
+	if !c.IsSpot() {
+		return 0
+	}
+	pool := poolOf(node, c)
+	if pl.priors != nil && priced && price.Interruption != pricing.BucketUnknown {
+		pl.priors.EnsurePrior(pool, price.Interruption)
+	}
+	return pl.risk.ReclaimRate(pool)
+}

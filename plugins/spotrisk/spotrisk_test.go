@@ -1,0 +1,272 @@
+package spotrisk
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// fleet: one node of each capacity type, a riskier Spot pool in zone c, and
+// a Spot node about to be reclaimed.
+func fleet() []*corev1.Node {
+	doomed := node("spot-doomed", pricing.Spot, "us-east-1a")
+	doomed.Spec.Taints = []corev1.Taint{{Key: "aws-node-termination-handler/spot-itn", Effect: corev1.TaintEffectNoSchedule}}
+	return []*corev1.Node{
+		node("od", pricing.OnDemand, "us-east-1a"),
+		node("reserved", pricing.Reserved, "us-east-1a"),
+		node("spot-a", pricing.Spot, "us-east-1a"),
+		node("spot-c", pricing.Spot, "us-east-1c"),
+		doomed,
+	}
+}
+
+func TestFilterRulesAndCounts(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	cases := []struct {
+		name     string
+		ann      map[string]string
+		feasible []string
+		fitError []string
+	}{
+		{"inference stays off spot", map[string]string{AnnotationWorkload: "inference"}, []string{"od", "reserved"}, nil},
+		{"batch may go anywhere but the doomed node", map[string]string{AnnotationWorkload: "batch"}, []string{"od", "reserved", "spot-a", "spot-c"}, nil},
+		{"only spot", map[string]string{AnnotationSpot: "only"}, []string{"spot-a", "spot-c"}, nil},
+		// 5-10% a month passes a 10% limit; >20% does not.
+		{"risk limit", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"}, []string{"spot-a"}, nil},
+		{"checkpointing training waits for spot, reserved is fine", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "1h"}, []string{"reserved", "spot-a", "spot-c"}, nil},
+	}
+	for _, c := range cases {
+		r := e.schedule(t, pod("p", c.ann))
+		if strings.Join(r.feasible, ",") != strings.Join(c.feasible, ",") {
+			t.Errorf("%s: feasible %v, want %v (%s)", c.name, r.feasible, c.feasible, r.fitError)
+		}
+	}
+
+	// With no fitting node the message counts nodes per rule.
+	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[2:]...)
+	r := e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "inference"}))
+	expectContains(t, "FitError", r.fitError,
+		"0/3 nodes are available:",
+		"1 node(s) have a pending reclaim notice",
+		"2 node(s) are Spot and the pod stays off Spot (inference workload)")
+	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "1%"}))
+	expectContains(t, "FitError", r.fitError,
+		"2 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=1% a month allows")
+	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
+	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only"}))
+	expectContains(t, "FitError", r.fitError, "1 node(s) are not Spot and the pod runs only on Spot (penny.dev/spot=only)")
+}
+
+func TestScoreExpectedCostOfUsefulWork(t *testing.T) {
+	nodes := fleet()[:4]
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, nodes...)
+
+	// Reserved capacity is already paid: it fills first.
+	r := e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "batch"}))
+	if r.best() != "reserved" || r.scores["reserved"] != fwk.MaxNodeScore || r.scores["od"] != 0 {
+		t.Fatalf("batch: best %s, scores %v", r.best(), r.scores)
+	}
+	// Without reserved capacity, checkpointing training takes the cheapest
+	// Spot pool; the expected cost includes the reclaim risk.
+	e = newEnv(t, nil, Deps{Prices: catalog(t)}, nodes[0], nodes[2], nodes[3])
+	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "allow", AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"}))
+	if r.best() != "spot-c" {
+		t.Fatalf("checkpointing: best %s, scores %v", r.best(), r.scores)
+	}
+	// Training without checkpoints avoids Spot while on-demand exists.
+	r = e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "training"}))
+	if r.best() != "od" || r.scores["spot-a"] != 0 || r.scores["spot-c"] != 0 {
+		t.Fatalf("no checkpoints: best %s, scores %v", r.best(), r.scores)
+	}
+	// A week-long job without checkpoints, allowed on Spot, pays for its
+	// lost work: with a reclaim rate high enough the riskier pool loses
+	// even though it is cheaper per hour.
+	risk := pricing.NewRiskModel(pricing.RiskConfig{})
+	risk.SetPrior(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, pricing.BucketOver20)
+	risk.ObserveExposure(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, 100, t0)
+	for i := 0; i < 50; i++ {
+		risk.ObserveReclaim(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, "n", t0)
+	}
+	e = newEnv(t, nil, Deps{Prices: catalog(t), Risk: risk}, nodes[0], nodes[2], nodes[3])
+	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "allow", AnnotationExpectedRuntime: "168h"}))
+	if r.best() != "spot-a" || r.scores["spot-c"] >= r.scores["spot-a"] {
+		t.Fatalf("risky pool: best %s, scores %v", r.best(), r.scores)
+	}
+	// The cost is price x (1 + rate x (lost + restart)), on the pod's share.
+	p := pod("p", map[string]string{AnnotationSpot: "allow", AnnotationExpectedRuntime: "168h"})
+	class, _ := classify(p, e.plugin.args)
+	cost, ok := e.plugin.Cost(p, class, pricing.PodUsage(p), nodes[3])
+	rate := risk.ReclaimRate(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot})
+	want := 7.0 / 8 * (1 + rate*(84+5.0/60))
+	if !ok || cost < want*0.999999 || cost > want*1.000001 {
+		t.Fatalf("cost %g, want %g", cost, want)
+	}
+}
+
+func TestUnpricedNodesScoreLast(t *testing.T) {
+	other := node("other", pricing.OnDemand, "us-east-1a")
+	other.Labels[corev1.LabelInstanceTypeStable] = "unknown.type"
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"), other)
+	r := e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "batch"}))
+	if r.scores["od"] != fwk.MaxNodeScore || r.scores["other"] != 0 {
+		t.Fatalf("scores %v", r.scores)
+	}
+	// Without any catalog, the rules still hold and every node scores alike.
+	e = newEnv(t, nil, Deps{}, fleet()...)
+	r = e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "inference"}))
+	if strings.Join(r.feasible, ",") != "od,reserved" || r.scores["od"] != r.scores["reserved"] {
+		t.Fatalf("no catalog: feasible %v scores %v", r.feasible, r.scores)
+	}
+}
+
+func TestMalformedAnnotationIsRejectedWithEvent(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	r := e.schedule(t, pod("p", map[string]string{AnnotationSpot: "maybe"}))
+	if r.preFilter == nil || r.preFilter.Code() != fwk.UnschedulableAndUnresolvable {
+		t.Fatalf("prefilter status %v", r.preFilter)
+	}
+	expectContains(t, "status", r.preFilter.Message(), `annotation penny.dev/spot="maybe" is not valid: use one of never, prefer, allow, only`)
+	evs := e.events()
+	if len(evs) != 1 {
+		t.Fatalf("events %v", evs)
+	}
+	expectContains(t, "event", evs[0], "Warning", EventInvalidAnnotation, `penny.dev/spot="maybe"`, "use one of never, prefer, allow, only")
+}
+
+func TestFallbackAfterWaiting(t *testing.T) {
+	full := node("spot-full", pricing.Spot, "us-east-1a")
+	full.Spec.Taints = []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}
+	args := &Args{}
+	args.FallbackAfter.Duration = 2 * time.Minute
+	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"), full)
+	p := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+
+	r := e.schedule(t, p)
+	if len(r.feasible) != 0 {
+		t.Fatalf("within the window the pod waits for Spot; feasible %v", r.feasible)
+	}
+	expectContains(t, "FitError", r.fitError, "1 node(s) are on-demand and the pod waits for Spot capacity until 2026-11-28T12:02:00Z (checkpointing training; fallback after 2m0s)")
+	// PostFilter armed one timer that retries the pod when the wait ends.
+	e.schedule(t, p)
+	e.clock.Step(119 * time.Second)
+	if got := e.act.list(); len(got) != 0 {
+		t.Fatalf("activated early: %v", got)
+	}
+	e.clock.Step(time.Second)
+	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
+	if got := e.act.list(); got[0] != "default/trainer" {
+		t.Fatalf("activated %v", got)
+	}
+
+	r = e.schedule(t, p)
+	if strings.Join(r.feasible, ",") != "od" {
+		t.Fatalf("after the window on-demand is allowed; feasible %v (%s)", r.feasible, r.fitError)
+	}
+	if s := e.fw.RunReservePluginsReserve(context.Background(), r.state, p, "od"); !s.IsSuccess() {
+		t.Fatal(s)
+	}
+	e.fw.RunPostBindPlugins(context.Background(), r.state, p, "od")
+	evs := e.events()
+	if len(evs) != 1 {
+		t.Fatalf("events %v", evs)
+	}
+	expectContains(t, "event", evs[0], "Normal", EventFallback, "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
+
+	// A per-pod override shortens the wait.
+	q := pod("impatient", map[string]string{AnnotationSpot: "prefer", AnnotationFallbackAfter: "30s"})
+	if r := e.schedule(t, q); strings.Join(r.feasible, ",") != "od" {
+		t.Fatalf("30s after creation+2m the override has long passed; feasible %v", r.feasible)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestQueueingHints(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	inference := pod("p", map[string]string{AnnotationWorkload: "inference"})
+	hint := func(oldN, newN *corev1.Node) fwk.QueueingHint {
+		var o interface{}
+		if oldN != nil {
+			o = oldN
+		}
+		h, err := e.plugin.isSchedulableAfterNodeChange(klogLogger(), inference, o, newN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	if hint(nil, node("n", pricing.Spot, "us-east-1a")) != fwk.QueueSkip {
+		t.Error("a new Spot node cannot help an inference pod")
+	}
+	if hint(nil, node("n", pricing.OnDemand, "us-east-1a")) != fwk.Queue {
+		t.Error("a new on-demand node can help an inference pod")
+	}
+	relabelled := node("n", pricing.OnDemand, "us-east-1a")
+	if hint(node("n", pricing.Spot, "us-east-1a"), relabelled) != fwk.Queue {
+		t.Error("a node relabelled on-demand can help")
+	}
+	tainted := node("n", pricing.OnDemand, "us-east-1a")
+	tainted.Spec.Taints = []corev1.Taint{{Key: "karpenter.sh/disrupted", Effect: corev1.TaintEffectNoSchedule}}
+	if hint(tainted, node("n", pricing.OnDemand, "us-east-1a")) != fwk.Queue {
+		t.Error("a cleared reclaim taint can help")
+	}
+	fixed := inference.DeepCopy()
+	fixed.Annotations[AnnotationSpot] = "never"
+	if h, _ := e.plugin.isSchedulableAfterPodChange(klogLogger(), inference, inference, fixed); h != fwk.Queue {
+		t.Error("an annotation change requeues")
+	}
+	relabel := inference.DeepCopy()
+	relabel.Labels = map[string]string{"a": "b"}
+	if h, _ := e.plugin.isSchedulableAfterPodChange(klogLogger(), inference, inference, relabel); h != fwk.QueueSkip {
+		t.Error("other changes do not")
+	}
+}
+
+func TestArgs(t *testing.T) {
+	a, err := decodeArgs(nil)
+	if err != nil || a.FallbackAfter.Duration != DefaultFallbackAfter || *a.NeverSpotPriority != DefaultNeverSpotPriority || len(a.ReclaimTaints) == 0 {
+		t.Fatalf("defaults %+v %v", a, err)
+	}
+	a, err = decodeArgs(&runtime.Unknown{Raw: []byte(`{"fallbackAfter":"90s","catalog":{"configMap":{"namespace":"penny-system","name":"prices"}}}`), ContentType: runtime.ContentTypeJSON})
+	if err != nil || a.FallbackAfter.Duration != 90*time.Second || a.Catalog.ConfigMap.Key != DefaultCatalogKey {
+		t.Fatalf("%+v %v", a, err)
+	}
+	for raw, want := range map[string]string{
+		`{"fallbackAftr":"90s"}`:                  `unknown field "fallbackAftr"`,
+		`{"fallbackAfter":"-1m"}`:                 `args.fallbackAfter: Invalid value: "-1m0s": must not be negative`,
+		`{"catalog":{"file":"x","configMap":{}}}`: "give one source: file or configMap",
+		`{"catalog":{"configMap":{"name":"x"}}}`:  "args.catalog.configMap: Required value",
+	} {
+		_, err := decodeArgs(&runtime.Unknown{Raw: []byte(raw)})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", raw, err, want)
+		}
+	}
+}
+
+func TestCatalogFromArgsFile(t *testing.T) {
+	args := &Args{Catalog: CatalogSource{File: "../../deploy/pricing/catalog.yaml"}}
+	od := node("od", pricing.OnDemand, "us-east-1a")
+	od.Labels[corev1.LabelInstanceTypeStable] = "p4d.24xlarge"
+	e := newEnv(t, args, Deps{}, od)
+	p, ok := e.plugin.prices.NodePrice(od)
+	if !ok || p.NodeHourly != 32.7726 {
+		t.Fatalf("shipped catalog not loaded: %+v %v", p, ok)
+	}
+}
