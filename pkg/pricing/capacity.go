@@ -132,5 +132,5 @@ var ReclaimTaintKeys = []string{
 }
 
 // TaintReclaimNotice is the taint the Penny agent puts on its node when the
-// cloud has announced a reclaim.
-const TaintReclaimNotice = "penny.dev/reclaim-notice"
+// cloud has announced a reclaim (value: the kind of notice; see pkg/reclaim).
+const TaintReclaimNotice = "penny.dev/reclaim"

@@ -12,12 +12,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/pricing"
 )
 
 // TaintKey is the taint penny-agent puts on its node when the cloud announces
 // a reclaim; the value is the notice's kind (TaintValue). Penny's SpotRisk
-// filter and the default TaintToleration plugin keep new pods off the node.
-const TaintKey = "penny.dev/reclaim"
+// filter (which lists it among pricing.ReclaimTaintKeys) and the default
+// TaintToleration plugin keep new pods off the node.
+const TaintKey = pricing.TaintReclaimNotice
 
 // TaintValue is the taint value for a kind of notice: "spot-interruption",
 // "rebalance-recommendation", "maintenance" or "termination".

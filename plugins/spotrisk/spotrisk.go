@@ -99,6 +99,10 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	if pl.risk == nil {
 		m := pricing.NewRiskModel(pricing.RiskConfig{})
 		pl.risk, pl.priors = m, m
+	} else if m, ok := pl.risk.(*pricing.RiskModel); ok {
+		// A model shared with the reclaim coordinator (which feeds it
+		// observed reclaims) still starts each pool from its catalog bucket.
+		pl.priors = m
 	}
 	return pl, nil
 }
@@ -115,21 +119,12 @@ func (pl *SpotRisk) reclaimPending(node *corev1.Node) bool {
 	return false
 }
 
-// poolOf is the risk pool a node belongs to.
-func poolOf(node *corev1.Node, c pricing.Capacity) pricing.Pool {
-	return pricing.Pool{
-		InstanceType: node.Labels[corev1.LabelInstanceTypeStable],
-		Zone:         node.Labels[corev1.LabelTopologyZone],
-		Capacity:     c.Type,
-	}
-}
-
 // reclaimRate is a node's expected reclaims per hour.
 func (pl *SpotRisk) reclaimRate(node *corev1.Node, c pricing.Capacity, price pricing.Price, priced bool) float64 {
 	if !c.IsSpot() {
 		return 0
 	}
-	pool := poolOf(node, c)
+	pool := pricing.PoolOf(node, c)
 	if pl.priors != nil && priced && price.Interruption != pricing.BucketUnknown {
 		pl.priors.EnsurePrior(pool, price.Interruption)
 	}
