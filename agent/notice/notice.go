@@ -1,11 +1,11 @@
 // Package notice watches the cloud's instance metadata service for reclaim
 // notices: AWS IMDSv2 (agent/notice/aws), the GCE metadata server
 // (agent/notice/gcp) and Azure Scheduled Events (agent/notice/azure). The
-// node's providerID chooses the cloud (ForProviderID).
+// node's providerID chooses the cloud (agent/notice/cloud).
 //
 // A Watcher turns one cloud's checks into the set of notices pending on the
-// node, which the agent reports to the scheduler (it implements the report
-// loop's ReclaimSource) and hands to the reclaim flow (agent/reclaim) once per
+// node, which the agent reports to the scheduler (it is the report loop's
+// Reclaim source) and hands to the reclaim flow (agent/reclaim) once per
 // notice.
 //
 // Two rules hold whatever the metadata service answers. A notice is only ever
@@ -214,8 +214,14 @@ func (w *Watcher) Settled() ([]Notice, bool) {
 	return notices, w.settled
 }
 
-// Pending implements the report loop's ReclaimSource: the check's state and
-// the pending notices (at most telemetryv1.MaxReclaimNotices, the most urgent).
+// Fill implements the report loop's Source: the report's reclaim status and
+// notices are Pending's.
+func (w *Watcher) Fill(_ context.Context, r *telemetryv1.NodeReport) {
+	r.Reclaim, r.ReclaimNotices = w.Pending()
+}
+
+// Pending returns the check's state and the pending notices (at most
+// telemetryv1.MaxReclaimNotices, the most urgent).
 func (w *Watcher) Pending() (*telemetryv1.CollectorStatus, []*telemetryv1.ReclaimNotice) {
 	notices := w.Notices()
 	if len(notices) > telemetryv1.MaxReclaimNotices {
