@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check bench-schedperf
+.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check bench-schedperf e2e-reclaim
 
 all: build
 
@@ -38,6 +38,14 @@ bench-schedperf: tools
 	mkdir -p benchmarks/results
 	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
 		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"
+
+## e2e-reclaim: the reclaim end-to-end test (notice -> gang checkpoint -> eviction -> placement -> resume)
+## RUNS times per cloud (AWS, GCP, Azure); writes benchmarks/results/reclaim.json with p50/p99 latencies
+RUNS ?= 20
+e2e-reclaim:
+	mkdir -p benchmarks/results
+	PENNY_RECLAIM_RUNS=$(RUNS) PENNY_RECLAIM_RESULTS=$(CURDIR)/benchmarks/results/reclaim.json \
+		$(GO) test -count=1 -timeout 60m -run TestGangCheckpointsOnReclaimNotice ./test/e2e/reclaim/
 
 ## lint: gofmt and go vet
 lint:
