@@ -3,6 +3,7 @@ package gang
 import (
 	"context"
 	"fmt"
+	frameworkplugins "k8s.io/kubernetes/pkg/scheduler/framework/plugins"
 	"os"
 	"strings"
 	"sync"
@@ -71,6 +72,25 @@ func loadProfile(t *testing.T, args *Args) config.KubeSchedulerProfile {
 				}
 			}
 		}
+		// The profile also enables Penny's other plugins, which this
+		// package cannot import (plugins never import each other); the
+		// gang tests run the deployed profile without them.
+		known := frameworkplugins.NewInTreeRegistry()
+		keep := func(name string) bool { _, inTree := known[name]; return inTree || name == Name }
+		var enabled []config.Plugin
+		for _, pl := range p.Plugins.MultiPoint.Enabled {
+			if keep(pl.Name) {
+				enabled = append(enabled, pl)
+			}
+		}
+		p.Plugins.MultiPoint.Enabled = enabled
+		var cfgs []config.PluginConfig
+		for _, pc := range p.PluginConfig {
+			if keep(pc.Name) {
+				cfgs = append(cfgs, pc)
+			}
+		}
+		p.PluginConfig = cfgs
 		return p
 	}
 	t.Fatalf("deploy/scheduler/config.yaml has no %s profile", testSchedulerName)
