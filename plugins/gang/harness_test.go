@@ -3,7 +3,6 @@ package gang
 import (
 	"context"
 	"fmt"
-	frameworkplugins "k8s.io/kubernetes/pkg/scheduler/framework/plugins"
 	"os"
 	"strings"
 	"sync"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler"
 	config "k8s.io/kubernetes/pkg/scheduler/apis/config"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
+	frameworkplugins "k8s.io/kubernetes/pkg/scheduler/framework/plugins"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/kubernetes/pkg/scheduler/profile"
 
