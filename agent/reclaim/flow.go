@@ -364,18 +364,26 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) {
 	kind := reclaim.TaintValue(n.Kind)
 	js.save()
 
+	// The taint, the report and the checkpoint requests go out together:
+	// none waits for another's round trip.
+	var tainting sync.WaitGroup
 	if act.Taint && !j.Tainted {
-		if err := f.taint(ctx, n.Kind); err != nil {
-			log.Error(err, "cannot taint the node; new pods may still land on it")
-			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimTaintFailed", "could not taint the node %s=%s:NoSchedule: %v", reclaim.TaintKey, kind, err)
-		} else {
+		tainting.Add(1)
+		go func() {
+			defer tainting.Done()
+			if err := f.taint(ctx, n.Kind); err != nil {
+				log.Error(err, "cannot taint the node; new pods may still land on it")
+				f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimTaintFailed", "could not taint the node %s=%s:NoSchedule: %v", reclaim.TaintKey, kind, err)
+				return
+			}
 			f.metrics.step("taint", n.Detected)
 			js.mu.Lock()
 			j.Tainted = true
 			js.saveLocked()
 			js.mu.Unlock()
-		}
+		}()
 	}
+	defer tainting.Wait()
 	f.report()
 	var what []string
 	if act.Checkpoint {

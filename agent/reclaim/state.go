@@ -97,8 +97,10 @@ func fileName(id string) string {
 	return b.String() + ".json"
 }
 
-// save writes a job atomically: a crash leaves the old file or the new one,
-// never half of one.
+// save writes a job atomically: an agent that dies leaves the old file or
+// the new one, never half of one. There is no fsync: the file has to
+// outlive the agent process, not the machine, which is the one going away,
+// and on a busy node an fsync in the path of a notice can take seconds.
 func (s *stateStore) save(j *Job) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -114,10 +116,6 @@ func (s *stateStore) save(j *Job) error {
 	}
 	defer os.Remove(f.Name())
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
-	}
-	if err := f.Sync(); err != nil {
 		f.Close()
 		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
 	}

@@ -2,16 +2,318 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/sim"
 )
 
 func newSimCommand() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "sim",
 		Short: "Replay cluster traces through the real scheduler code",
-		RunE: func(*cobra.Command, []string) error {
-			return fmt.Errorf("not built yet")
+		PersistentPreRun: func(*cobra.Command, []string) {
+			// A simulation allocates briefly-lived scheduling state for every
+			// node of every pod; collecting less often trades some memory
+			// (a few hundred MB per experiment) for a quarter of the time.
+			if os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(400)
+			}
+		},
+		Long: `penny sim runs kube-scheduler's framework in-process, with the real in-tree
+plugins and Penny's, against a recorded cluster and workload: no API server,
+a virtual clock, seconds per experiment. See docs/sim.md.
+
+Policies: ` + strings.Join(sim.PolicyNames(), ", "),
+	}
+	cmd.AddCommand(newSimFillCommand(), newSimReplayCommand())
+	return cmd
+}
+
+// traceFlags are the inputs both subcommands read.
+type traceFlags struct {
+	nodes, pods, format string
+	schedulerConfig     string
+	philly              sim.PhillyOptions
+}
+
+func (f *traceFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.nodes, "nodes", "", "node list (openb CSV: sn,cpu_milli,memory_mib,gpu,model)")
+	cmd.Flags().StringVar(&f.pods, "pods", "", "workload trace (see --format)")
+	cmd.Flags().StringVar(&f.format, "format", "openb", "workload format: openb (pod list) or philly (timestamp,duration,num_gpus,gpu_time,cluster)")
+	cmd.Flags().StringVar(&f.schedulerConfig, "scheduler-config", "", "KubeSchedulerConfiguration for --policy penny (default: the deployed deploy/scheduler/config.yaml)")
+	def := sim.DefaultPhillyOptions()
+	cmd.Flags().Int64Var(&f.philly.MilliCPUPerGPU, "philly-cpu-per-gpu", def.MilliCPUPerGPU, "philly: CPU millicores requested per GPU")
+	cmd.Flags().Int64Var(&f.philly.MemMiBPerGPU, "philly-mem-per-gpu", def.MemMiBPerGPU, "philly: memory MiB requested per GPU")
+	cmd.Flags().Int64Var(&f.philly.GPUsPerGangPod, "philly-gang-pod-gpus", def.GPUsPerGangPod, "philly: GPUs per pod of a job split into a gang")
+	_ = cmd.MarkFlagRequired("nodes")
+	_ = cmd.MarkFlagRequired("pods")
+}
+
+func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
+	nodes, err := sim.LoadOpenbNodes(f.nodes)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var tr *sim.Trace
+	switch f.format {
+	case "openb":
+		tr, err = sim.LoadOpenbPods(f.pods)
+	case "philly":
+		tr, err = sim.LoadPhilly(f.pods, f.philly)
+	default:
+		err = fmt.Errorf("unknown --format %q; valid formats: openb, philly", f.format)
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var cfg []byte
+	if f.schedulerConfig != "" {
+		if cfg, err = os.ReadFile(f.schedulerConfig); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return nodes, tr, cfg, nil
+}
+
+func newSimFillCommand() *cobra.Command {
+	var (
+		tf              traceFlags
+		policies, seeds string
+		out, plot       string
+		inflate         float64
+		order, tieBreak string
+		parallel        int
+		cpuProfile      string
+	)
+	cmd := &cobra.Command{
+		Use:   "fill",
+		Short: "Fill the cluster until saturation (the FGD paper's protocol) and record GPU allocation",
+		Example: `  penny sim fill --nodes openb_node_list_all_node.csv --pods openb_pod_list_default.csv \
+    --policy random,dotprod,clustering,packing,bestfit,fgd --seeds 42-51 --out R.json --plot P.png --parallel 2`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			pols, err := sim.ParsePolicies(policies)
+			if err != nil {
+				return err
+			}
+			seedList, err := parseSeeds(seeds)
+			if err != nil {
+				return err
+			}
+			tb, err := sim.ParseTieBreak(tieBreak)
+			if err != nil {
+				return err
+			}
+			if order != "shuffled" && order != "creation" {
+				return fmt.Errorf("unknown --order %q; valid: shuffled, creation", order)
+			}
+			if inflate <= 0 {
+				return fmt.Errorf("--inflate must be positive, got %v", inflate)
+			}
+			nodes, tr, cfg, err := tf.load()
+			if err != nil {
+				return err
+			}
+			var jobs []sim.FillJob
+			for _, p := range pols {
+				for _, s := range seedList {
+					jobs = append(jobs, sim.FillJob{Policy: p, Seed: s})
+				}
+			}
+			capacity := sim.GPUCapacityMilli(nodes)
+			rep := &sim.FillReport{
+				Kind: "fill", Command: commandLine(), Nodes: tf.nodes, Pods: tf.pods, Inflate: inflate, Order: order, TieBreak: tieBreak,
+				GPUCapacityMilli: capacity, NodeCount: len(nodes), TracePods: len(tr.Pods), Machine: sim.ThisMachine(),
+			}
+			for _, p := range pols {
+				rep.Policies = append(rep.Policies, p.Name)
+			}
+			var trPods []*v1.Pod
+			for _, tp := range tr.Pods {
+				trPods = append(trPods, tp.Pod)
+			}
+			rep.Impossible = sim.Impossible(nodes, trPods)
+			reportImpossible(cmd, rep.Impossible)
+			start := time.Now()
+			recs, err := sim.FillAll(cmd.Context(), sim.FillOptions{Nodes: nodes, Trace: tr, Inflate: inflate, Creation: order == "creation", TieBreak: tb, SchedulerConfig: cfg}, jobs, parallel,
+				func(r *sim.FillRecord) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%-10s seed %-4d unallocated %6.2f%%  failed %5d pods  %5.1fs\n", r.Policy, r.Seed, r.UnallocatedGPUPct, r.PodsFailed, r.WallSeconds)
+				})
+			if err != nil {
+				return err
+			}
+			rep.Records = recs
+			rep.Summarize()
+			fmt.Fprintf(cmd.OutOrStdout(), "%d runs in %.1fs\n\n%s", len(recs), time.Since(start).Seconds(), rep.Table())
+			if out != "" {
+				if err := sim.WriteJSON(out, rep); err != nil {
+					return err
+				}
+			}
+			if plot != "" {
+				return rep.Plot(plot)
+			}
+			return nil
 		},
 	}
+	tf.add(cmd)
+	cmd.Flags().StringVar(&policies, "policy", "default", "comma-separated policies: "+strings.Join(sim.PolicyNames(), ", "))
+	cmd.Flags().StringVar(&seeds, "seeds", "42", "seeds: a list (42,43), a range (42-51) or both")
+	cmd.Flags().Float64Var(&inflate, "inflate", 1.3, "arrivals target as a multiple of the cluster's GPU capacity")
+	cmd.Flags().StringVar(&order, "order", "shuffled", "order of the trace's pods: shuffled (seeded, as the FGD paper's artifact) or creation")
+	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order (first in a seeded node order, as the artifact) or random")
+	cmd.Flags().StringVar(&out, "out", "", "write the results (R.json) here")
+	cmd.Flags().StringVar(&plot, "plot", "", "draw allocation against arrivals here (.png, .svg or .pdf)")
+	cmd.Flags().IntVar(&parallel, "parallel", 1, "experiments to run at once")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile here (for developers)")
+	_ = cmd.Flags().MarkHidden("cpuprofile")
+	return cmd
+}
+
+func newSimReplayCommand() *cobra.Command {
+	var (
+		tf        traceFlags
+		policy    string
+		seed      uint64
+		out, plot string
+		step      time.Duration
+		tieBreak  string
+	)
+	cmd := &cobra.Command{
+		Use:   "replay",
+		Short: "Replay a trace's arrivals and departures in trace time",
+		Example: `  penny sim replay --nodes openb_node_list_all_node.csv --pods openb_pod_list_default.csv \
+    --policy fgd --out replay.json --plot replay.png`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := sim.LookupPolicy(policy)
+			if err != nil {
+				return err
+			}
+			tb, err := sim.ParseTieBreak(tieBreak)
+			if err != nil {
+				return err
+			}
+			if step <= 0 {
+				return fmt.Errorf("--step must be positive, got %v", step)
+			}
+			nodes, tr, cfg, err := tf.load()
+			if err != nil {
+				return err
+			}
+			res, err := sim.Replay(cmd.Context(), sim.ReplayOptions{
+				Nodes: nodes, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg, SampleEvery: step, TieBreak: tb,
+			})
+			if err != nil {
+				return err
+			}
+			res.Command, res.Nodes, res.Pods, res.Machine = commandLine(), tf.nodes, tf.pods, sim.ThisMachine()
+			reportImpossible(cmd, res.Impossible)
+			fmt.Fprint(cmd.OutOrStdout(), res.Summary())
+			if out != "" {
+				if err := sim.WriteJSON(out, res); err != nil {
+					return err
+				}
+			}
+			if plot != "" {
+				return res.Plot(plot)
+			}
+			return nil
+		},
+	}
+	tf.add(cmd)
+	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", "))
+	cmd.Flags().Uint64Var(&seed, "seed", 42, "seed for tie-breaking and random choices")
+	cmd.Flags().DurationVar(&step, "step", time.Hour, "sample utilisation every this much trace time")
+	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order or random")
+	cmd.Flags().StringVar(&out, "out", "", "write the results (JSON) here")
+	cmd.Flags().StringVar(&plot, "plot", "", "draw utilisation over time here (.png, .svg or .pdf)")
+	return cmd
+}
+
+func reportImpossible(cmd *cobra.Command, imp []sim.ImpossiblePod) {
+	if len(imp) == 0 {
+		return
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "warning: %d pod(s) ask for resources no node has; they are submitted and fail:\n", len(imp))
+	for i, p := range imp {
+		if i == 5 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "  ... and %d more (see impossible_pods in the results)\n", len(imp)-5)
+			break
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "  %s: %s\n", p.Pod, p.Reason)
+	}
+}
+
+// parseSeeds reads "42", "42,43" or "42-51" (and mixes of them).
+func parseSeeds(s string) ([]uint64, error) {
+	var out []uint64
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.ParseUint(strings.TrimSpace(lo), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("--seeds %q: %q is not a seed; use e.g. 42, 42,43 or 42-51", s, part)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.ParseUint(strings.TrimSpace(hi), 10, 64); err != nil || b < a {
+				return nil, fmt.Errorf("--seeds %q: %q is not a range low-high; use e.g. 42-51", s, part)
+			}
+		}
+		if b-a > 10000 {
+			return nil, fmt.Errorf("--seeds %q: range %q is too long", s, part)
+		}
+		for v := a; v <= b; v++ {
+			out = append(out, v)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--seeds is empty; use e.g. 42-51")
+	}
+	return out, nil
+}
+
+func commandLine() string {
+	args := make([]string, len(os.Args))
+	for i, a := range os.Args {
+		if strings.ContainsAny(a, " \t\"'") {
+			a = strconv.Quote(a)
+		}
+		args[i] = a
+	}
+	if len(args) > 0 {
+		args[0] = "penny"
+	}
+	return strings.Join(args, " ")
+}
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

@@ -215,16 +215,15 @@ func (c *Coordinator) handle(ctx context.Context, nn nodeNotice) {
 	o := c.opts
 	n := nn.notice
 	log := o.Log.WithValues("node", nn.node, "notice", n.ID, "kind", n.Kind.String())
-	if n.Kind == telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION && o.Risk != nil {
-		node, err := o.Client.CoreV1().Nodes().Get(ctx, nn.node, metav1.GetOptions{})
-		if err != nil {
-			log.Error(err, "cannot read the reclaimed node; its pool's reclaim risk is not updated")
-		} else {
-			pool := pricing.PoolOf(node, pricing.NodeCapacity(node))
-			o.Risk.ObserveReclaim(pool, nn.node, n.Detected)
-			log.Info("observed a Spot reclaim", "pool", pool.String())
-		}
-	}
+	// The risk model is updated alongside: the gang's checkpoints must not
+	// wait for its API call.
+	var observed sync.WaitGroup
+	observed.Add(1)
+	go func() {
+		defer observed.Done()
+		c.observe(ctx, nn, log)
+	}()
+	defer observed.Wait()
 	act := o.Policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline)
 	if !act.Checkpoint {
 		return
@@ -256,6 +255,22 @@ func (c *Coordinator) handle(ctx context.Context, nn nodeNotice) {
 		}()
 	}
 	wg.Wait()
+}
+
+// observe feeds a Spot interruption to the risk model.
+func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logger) {
+	o, n := c.opts, nn.notice
+	if n.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || o.Risk == nil {
+		return
+	}
+	node, err := o.Client.CoreV1().Nodes().Get(ctx, nn.node, metav1.GetOptions{})
+	if err != nil {
+		log.Error(err, "cannot read the reclaimed node; its pool's reclaim risk is not updated")
+		return
+	}
+	pool := pricing.PoolOf(node, pricing.NodeCapacity(node))
+	o.Risk.ObserveReclaim(pool, nn.node, n.Detected)
+	log.Info("observed a Spot reclaim", "pool", pool.String())
 }
 
 // fanout is the checkpoint command to one node for the members of affected

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"image/png"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseSeeds(t *testing.T) {
+	for in, want := range map[string][]uint64{
+		"42":       {42},
+		"42-45":    {42, 43, 44, 45},
+		"1,3-4, 9": {1, 3, 4, 9},
+	} {
+		got, err := parseSeeds(in)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%q: %v %v, want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "5-3", "1-x", "0-20000"} {
+		if _, err := parseSeeds(bad); err == nil || !strings.Contains(err.Error(), "--seeds") {
+			t.Errorf("%q: want a --seeds error, got %v", bad, err)
+		}
+	}
+}
+
+func runPenny(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newSimCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func writeCSV(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestSimFillCommand(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\n"+
+		"a,64000,262144,4,T4\nb,64000,262144,2,V100M32\nc,32000,65536,0,\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"+
+		"p1,4000,8192,1,500,,LS,Running,0,10,0\n"+
+		"p2,8000,8192,1,1000,,LS,Running,1,10,1\n"+
+		"p3,2000,4096,0,0,,BE,Running,2,10,2\n"+
+		"p4,4000,8192,2,1000,V100M32,LS,Running,3,10,3\n"+
+		"p5,4000,8192,1,300,,LS,Running,4,10,4\n"+
+		"p6,4000,8192,8,1000,,LS,Pending,5,10,\n")
+	out := filepath.Join(dir, "R.json")
+	plot := filepath.Join(dir, "P.png")
+	stdout, err := runPenny(t, "fill", "--nodes", nodes, "--pods", pods, "--policy", "fgd,bestfit", "--seeds", "1-2", "--order", "creation",
+		"--out", out, "--plot", plot, "--parallel", "2")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	if !strings.Contains(stdout, "| FGD | 2 |") || !strings.Contains(stdout, "asks for 8 nvidia.com/gpu but any node has at most 4 GPUs") {
+		t.Fatalf("output lacks the table or the impossible pod:\n%s", stdout)
+	}
+	var rep struct {
+		Records []struct {
+			Policy            string    `json:"policy"`
+			Seed              uint64    `json:"seed"`
+			UnallocatedGPUPct *float64  `json:"unallocated_gpu_pct"`
+			AllocCurve        []float64 `json:"alloc_curve"`
+			FragRateAt80      *float64  `json:"frag_rate_at_80"`
+			PodsFailed        *int      `json:"pods_failed"`
+			WallSeconds       float64   `json:"wall_seconds"`
+		} `json:"records"`
+		Summary map[string]struct {
+			Mean *float64 `json:"unallocated_gpu_pct_mean"`
+			Wall *float64 `json:"wall_seconds_mean"`
+		} `json:"summary"`
+		Impossible []struct{ Pod string } `json:"impossible_pods"`
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Records) != 4 || len(rep.Summary) != 2 || len(rep.Impossible) != 1 {
+		t.Fatalf("records %d, summary %d, impossible %d", len(rep.Records), len(rep.Summary), len(rep.Impossible))
+	}
+	for _, r := range rep.Records {
+		if len(r.AllocCurve) != 131 || r.UnallocatedGPUPct == nil || r.FragRateAt80 == nil || r.PodsFailed == nil || *r.PodsFailed < 1 || r.WallSeconds <= 0 {
+			t.Fatalf("record %+v", r)
+		}
+	}
+	for name, s := range rep.Summary {
+		if s.Mean == nil || s.Wall == nil {
+			t.Fatalf("summary %s lacks fields", name)
+		}
+	}
+	f, err := os.Open(plot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil || img.Bounds().Dx() < 600 {
+		t.Fatalf("plot: %v %v", img.Bounds(), err)
+	}
+}
+
+func TestSimCommandErrors(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1,1,1,2000,,LS,Running,0,1,0\n")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--policy", "tetris"}, "valid policies: default, penny, random"},
+		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--policy", "fgd"}, "pods.csv:2: column 5 (gpu_milli)"},
+		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--order", "lifo"}, "valid: shuffled, creation"},
+		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--format", "yaml"}, "valid formats: openb, philly"},
+		{[]string{"replay", "--nodes", filepath.Join(dir, "none.csv"), "--pods", pods}, "none.csv"},
+	}
+	for _, c := range cases {
+		_, err := runPenny(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: want an error mentioning %q, got %v", c.args, c.want, err)
+		}
+	}
+}

@@ -1,0 +1,156 @@
+package sim
+
+import (
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// table reads a CSV file with a header row and names the file, line and
+// column of anything it cannot read, so a user can find and fix the row.
+type table struct {
+	file   string
+	r      *csv.Reader
+	cols   map[string]int
+	header []string
+	row    []string
+	err    error
+}
+
+func openTable(path string, required ...string) (*table, func() error, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := newTable(path, f, required...)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return t, f.Close, nil
+}
+
+func newTable(name string, r io.Reader, required ...string) (*table, error) {
+	cr := csv.NewReader(r)
+	cr.TrimLeadingSpace = true
+	cr.ReuseRecord = false
+	header, err := cr.Read()
+	if err == io.EOF {
+		return nil, fmt.Errorf("%s: empty file: expected a header row with columns %s", name, strings.Join(required, ","))
+	}
+	if err != nil {
+		return nil, csvError(name, err)
+	}
+	t := &table{file: name, r: cr, cols: map[string]int{}, header: header}
+	for i, h := range header {
+		t.cols[strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))] = i
+	}
+	var missing []string
+	for _, c := range required {
+		if _, ok := t.cols[c]; !ok {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%s:1: header lacks column(s) %s; expected columns %s", name, strings.Join(missing, ", "), strings.Join(required, ","))
+	}
+	return t, nil
+}
+
+func csvError(name string, err error) error {
+	var pe *csv.ParseError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s:%d:%d: %v", name, pe.Line, pe.Column, pe.Err)
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// next advances to the next row; false at the end or on an error (see err).
+func (t *table) next() bool {
+	if t.err != nil {
+		return false
+	}
+	row, err := t.r.Read()
+	if err == io.EOF {
+		return false
+	}
+	if err != nil {
+		t.err = csvError(t.file, err)
+		return false
+	}
+	t.row = row
+	return true
+}
+
+// line is the current row's line in the file.
+func (t *table) line() int {
+	l, _ := t.r.FieldPos(0)
+	return l
+}
+
+// fail records an error about a column of the current row; only the first
+// error is kept.
+func (t *table) fail(col, format string, args ...any) {
+	if t.err != nil {
+		return
+	}
+	line, c := t.line(), 0
+	if i, ok := t.cols[col]; ok {
+		_, c = t.r.FieldPos(i)
+		c = i + 1
+	}
+	t.err = fmt.Errorf("%s:%d: column %d (%s): %s", t.file, line, c, col, fmt.Sprintf(format, args...))
+}
+
+func (t *table) str(col string) string {
+	i, ok := t.cols[col]
+	if !ok || i >= len(t.row) {
+		return ""
+	}
+	return strings.TrimSpace(t.row[i])
+}
+
+// int64 reads an integer in [lo, hi]; empty reads as def.
+func (t *table) int64(col string, lo, hi, def int64) int64 {
+	s := t.str(col)
+	if s == "" {
+		return def
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		// Traces written by pandas sometimes carry integral floats ("12.0").
+		f, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || f != float64(int64(f)) {
+			t.fail(col, "%q is not an integer", s)
+			return def
+		}
+		v = int64(f)
+	}
+	if v < lo || v > hi {
+		t.fail(col, "%d is out of range %d..%d", v, lo, hi)
+		return def
+	}
+	return v
+}
+
+// float reads a number >= lo; empty reads as def.
+func (t *table) float(col string, lo, def float64) float64 {
+	s := t.str(col)
+	if s == "" {
+		return def
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		t.fail(col, "%q is not a number", s)
+		return def
+	}
+	if v < lo {
+		t.fail(col, "%v is below %v", v, lo)
+		return def
+	}
+	return v
+}

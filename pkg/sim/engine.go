@@ -1,0 +1,605 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/client-go/informers"
+	clientset "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/events"
+	resourceslicetracker "k8s.io/dynamic-resource-allocation/resourceslice/tracker"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/features"
+	"k8s.io/kubernetes/pkg/scheduler/apis/config"
+	internalcache "k8s.io/kubernetes/pkg/scheduler/backend/cache"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/dynamicresources"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/nodevolumelimits"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	"k8s.io/kubernetes/pkg/scheduler/metrics"
+	"k8s.io/kubernetes/pkg/scheduler/util/assumecache"
+
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+)
+
+// Engine runs one kube-scheduler profile in-process: the framework runtime
+// with the real in-tree plugins and the given out-of-tree ones, fed from the
+// scheduler's own cache and snapshot, with no API server and no scheduling
+// queue. The caller decides which pod is tried when (fill order, trace time),
+// and the engine runs one scheduling cycle per call the way kube-scheduler's
+// schedulePod does, with two deliberate differences:
+//
+//   - every node is filtered and every feasible node scored, as with
+//     percentageOfNodesToScore=100, so results do not depend on where the
+//     round-robin search happened to start;
+//   - ties between nodes with the same total score are broken in a seeded
+//     way (see TieBreak), so a run is reproducible; kube-scheduler 1.37 takes
+//     the first best node in filter completion order, which is not.
+//
+// Binding is done by the engine (there is no API server to POST a Binding
+// to), after Reserve, Permit and PreBind have run. Plugins that write to pods
+// at PreBind do so through Handle.ClientSet(), an in-process API that holds
+// the pods the engine is scheduling; the bound pod, as read back from it,
+// goes into the cache. PostFilter (preemption) is not run: all simulated pods
+// share one priority, so preemption could not help them.
+//
+// An Engine is not safe for concurrent use: run one per goroutine.
+type Engine struct {
+	fw       framework.Framework
+	cache    internalcache.Cache
+	snapshot *internalcache.Snapshot
+	api      clientset.Interface
+	rng      *rand.Rand
+	logger   klog.Logger
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	nodes   map[string]*v1.Node
+	bound   map[types.UID]*v1.Pod
+	waiting map[types.UID]*waitingPod
+	permits *permitLog
+
+	tieBreak TieBreak
+	// rank orders the nodes for TieNodeOrder.
+	rank map[string]int
+	memo *filterMemo
+
+	// Counters for reports.
+	cycles int64
+}
+
+// EngineOptions configures an Engine.
+type EngineOptions struct {
+	// Profile is the scheduler profile to run, as kube-scheduler would after
+	// defaulting (see Policy.Profile).
+	Profile *config.KubeSchedulerProfile
+	// Registry holds the out-of-tree plugins the profile may name; it is
+	// merged with the in-tree registry.
+	Registry frameworkruntime.Registry
+	// Nodes start the cluster.
+	Nodes []*v1.Node
+	// Seed drives tie-breaking between equally scored nodes.
+	Seed uint64
+	// Parallelism bounds the goroutines Filter and Score use (default 16,
+	// kube-scheduler's default).
+	Parallelism int
+	// TieBreak says how to choose between nodes with the same best score.
+	TieBreak TieBreak
+	// MemoizeFilters reuses a node's Filter result for a pod identical to an
+	// earlier one while the node has not changed (see filterMemo). Only for
+	// profiles whose Filter plugins all judge a node by the pod and that
+	// node alone: the in-tree ones and the simulator's.
+	MemoizeFilters bool
+}
+
+// TieBreak is how the engine chooses between equally scored nodes.
+type TieBreak int
+
+const (
+	// TieNodeOrder takes the first of the best nodes in one fixed order of
+	// the nodes, shuffled with the run's seed. The FGD paper's artifact
+	// breaks ties this way, and kube-scheduler 1.37 takes the first best
+	// node of its feasible list too. It packs: the same nodes win every tie.
+	TieNodeOrder TieBreak = iota
+	// TieRandom draws uniformly among the best nodes, with the run's seed,
+	// as kube-scheduler did before 1.27.
+	TieRandom
+)
+
+// ParseTieBreak reads "node-order" or "random".
+func ParseTieBreak(s string) (TieBreak, error) {
+	switch s {
+	case "node-order", "":
+		return TieNodeOrder, nil
+	case "random":
+		return TieRandom, nil
+	}
+	return 0, fmt.Errorf("unknown tie-break %q; valid: node-order, random", s)
+}
+
+// NewEngine builds the framework for the profile and loads the nodes.
+func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
+	if opts.Profile == nil {
+		return nil, errors.New("engine needs a scheduler profile")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	e := &Engine{
+		api:     fake.NewSimpleClientset(),
+		rng:     rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15)),
+		logger:  klog.FromContext(ctx),
+		ctx:     ctx,
+		cancel:  cancel,
+		nodes:   map[string]*v1.Node{},
+		bound:   map[types.UID]*v1.Pod{},
+		waiting: map[types.UID]*waitingPod{},
+		permits: &permitLog{},
+	}
+	fw, err := e.newFramework(opts)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	e.fw = fw
+	e.cache = internalcache.New(ctx, nil, utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload), utilfeature.DefaultFeatureGate.Enabled(features.CompositePodGroup))
+	for _, n := range opts.Nodes {
+		if err := e.AddNode(n); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	e.tieBreak = opts.TieBreak
+	if opts.MemoizeFilters {
+		e.memo = &filterMemo{bySignature: map[string]map[string]memoized{}}
+	}
+	e.rank = map[string]int{}
+	for i, j := range rand.New(rand.NewPCG(opts.Seed, 0x2545f4914f6cdd1d)).Perm(len(opts.Nodes)) {
+		e.rank[opts.Nodes[j].Name] = i
+	}
+	return e, nil
+}
+
+// newFramework wires the framework the way kube-scheduler's scheduler.New
+// does. The informers plugins ask for (volumes, DRA, namespaces, ...) come
+// from a second in-process API that stays empty: the simulated pods use no
+// volumes or claims, and keeping them off that API spares every plugin's
+// informer the churn of each pod going by.
+func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
+	// The framework caches metric streams per plugin; the metrics are created
+	// but not registered, so recording them costs nothing.
+	initMetrics.Do(metrics.InitMetrics)
+	registry := inTreeRegistry()
+	if err := registry.Merge(e.wrapRegistry(opts.Registry)); err != nil {
+		return nil, fmt.Errorf("merging plugin registries: %w", err)
+	}
+	empty := fake.NewSimpleClientset()
+	informerFactory := informers.NewSharedInformerFactory(empty, 0)
+	e.snapshot = internalcache.NewEmptySnapshot()
+	parallelism := opts.Parallelism
+	if parallelism <= 0 {
+		parallelism = 16
+	}
+	fopts := []frameworkruntime.Option{
+		frameworkruntime.WithClientSet(e.api),
+		frameworkruntime.WithInformerFactory(informerFactory),
+		frameworkruntime.WithSnapshotSharedLister(e.snapshot),
+		frameworkruntime.WithMutableSnapshotLister(e.snapshot),
+		frameworkruntime.WithParallelism(parallelism),
+		frameworkruntime.WithEventRecorder(events.NewFakeRecorder(0)),
+		frameworkruntime.WithWaitingPods(frameworkruntime.NewWaitingPodsMap()),
+		frameworkruntime.WithPodsInPreBind(frameworkruntime.NewPodsInPreBindMap()),
+		frameworkruntime.WithSharedCSIManager(nodevolumelimits.NewCSIManager(informerFactory.Storage().V1().CSINodes().Lister())),
+		frameworkruntime.WithLogger(e.logger),
+	}
+	if utilfeature.DefaultFeatureGate.Enabled(features.DynamicResourceAllocation) {
+		claims := assumecache.NewAssumeCache(e.logger, informerFactory.Resource().V1().ResourceClaims().Informer(), "ResourceClaim", "", nil)
+		slices, err := resourceslicetracker.StartTracker(e.ctx, resourceslicetracker.Options{
+			SliceInformer: informerFactory.Resource().V1().ResourceSlices(),
+			KubeClient:    empty,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("starting the resource slice tracker: %w", err)
+		}
+		fopts = append(fopts, frameworkruntime.WithSharedDRAManager(dynamicresources.NewDRAManager(e.ctx, claims, slices, informerFactory)))
+	}
+	fw, err := frameworkruntime.NewFramework(e.ctx, registry, opts.Profile, fopts...)
+	if err != nil {
+		return nil, fmt.Errorf("building scheduler profile %q: %w", opts.Profile.SchedulerName, err)
+	}
+	informerFactory.Start(e.ctx.Done())
+	informerFactory.WaitForCacheSync(e.ctx.Done())
+	return fw, nil
+}
+
+var initMetrics sync.Once
+
+// Close stops the framework's background goroutines.
+func (e *Engine) Close() {
+	e.cancel()
+	_ = e.fw.Close()
+	frameworkruntime.WaitForShutdown(e.fw)
+}
+
+// Framework is the framework the engine drives, for tests and tools that
+// want to inspect the configured plugins.
+func (e *Engine) Framework() framework.Framework { return e.fw }
+
+// AddNode adds a node to the cluster.
+func (e *Engine) AddNode(n *v1.Node) error {
+	if _, ok := e.nodes[n.Name]; ok {
+		return fmt.Errorf("node %q is added twice", n.Name)
+	}
+	e.nodes[n.Name] = n
+	e.cache.AddNode(e.logger, n)
+	return nil
+}
+
+// RemoveNode takes a node away (a Spot reclaim, a scale-down) and returns the
+// pods that ran on it, already removed from the cluster.
+func (e *Engine) RemoveNode(name string) ([]*v1.Pod, error) {
+	n, ok := e.nodes[name]
+	if !ok {
+		return nil, fmt.Errorf("node %q is not in the cluster", name)
+	}
+	var evicted []*v1.Pod
+	for _, p := range e.bound {
+		if p.Spec.NodeName == name {
+			evicted = append(evicted, p)
+		}
+	}
+	for _, p := range evicted {
+		if err := e.Remove(p); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.cache.RemoveNode(e.logger, n); err != nil {
+		return nil, err
+	}
+	delete(e.nodes, name)
+	return evicted, nil
+}
+
+// Nodes is the number of nodes in the cluster.
+func (e *Engine) Nodes() int { return len(e.nodes) }
+
+// Bound returns the pods placed on nodes, keyed by UID. Callers must not
+// change it.
+func (e *Engine) Bound() map[types.UID]*v1.Pod { return e.bound }
+
+// NodeInfos returns the scheduler's current view of every node.
+func (e *Engine) NodeInfos() ([]fwk.NodeInfo, error) {
+	if err := e.cache.UpdateSnapshot(e.logger, e.snapshot); err != nil {
+		return nil, err
+	}
+	return e.snapshot.NodeInfos().List()
+}
+
+// Outcome is what one scheduling attempt did.
+type Outcome struct {
+	// Pod is the bound pod (NodeName set, annotations written at PreBind)
+	// when Node is set.
+	Pod *v1.Pod
+	// Node is where the pod was bound; empty when it was not.
+	Node string
+	// Waiting is set when a Permit plugin holds the pod (a gang waiting for
+	// its members); it binds or fails in a later Schedule call, reported by
+	// Settled.
+	Waiting bool
+	// Reason says why the pod was not placed, in kube-scheduler's words.
+	Reason string
+	// Feasible is how many nodes passed Filter.
+	Feasible int
+}
+
+// Schedule runs one scheduling cycle for the pod and, when it succeeds and no
+// Permit plugin holds it, its binding cycle. The pod must have a UID.
+func (e *Engine) Schedule(pod *v1.Pod) (Outcome, error) {
+	if pod.UID == "" {
+		return Outcome{}, fmt.Errorf("pod %s/%s has no UID", pod.Namespace, pod.Name)
+	}
+	e.cycles++
+	pod = pod.DeepCopy()
+	pod.Spec.NodeName = ""
+	if _, err := e.api.CoreV1().Pods(pod.Namespace).Create(e.ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return Outcome{}, fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if err := e.cache.UpdateSnapshot(e.logger, e.snapshot); err != nil {
+		return Outcome{}, err
+	}
+	state := framework.NewCycleState()
+	host, feasible, reason, err := e.schedulePod(state, pod)
+	if err != nil || host == "" {
+		e.dropFromAPI(pod)
+		return Outcome{Reason: reason, Feasible: feasible}, err
+	}
+	out, err := e.reserveAndBind(state, pod, host)
+	out.Feasible = feasible
+	return out, err
+}
+
+// FitsOn runs PreFilter and Filter for the pod on the named nodes only and
+// says whether one passes. A replay uses it to skip retrying a waiting pod
+// until a node that gained capacity could take it, the way kube-scheduler's
+// queueing hints skip pods an event cannot help.
+func (e *Engine) FitsOn(pod *v1.Pod, names []string) (bool, error) {
+	if err := e.cache.UpdateSnapshot(e.logger, e.snapshot); err != nil {
+		return false, err
+	}
+	state := framework.NewCycleState()
+	_, s, _ := e.fw.RunPreFilterPlugins(e.ctx, state, pod)
+	if !s.IsSuccess() {
+		if s.IsRejected() {
+			return false, nil
+		}
+		return false, s.AsError()
+	}
+	seen := map[string]bool{}
+	var nodes []fwk.NodeInfo
+	for _, name := range names {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		if ni, err := e.snapshot.NodeInfos().Get(name); err == nil { // else: the node has left
+			nodes = append(nodes, ni)
+		}
+	}
+	statuses, err := e.filter(state, pod, nodes)
+	if err != nil {
+		return false, err
+	}
+	for _, st := range statuses {
+		if st.IsSuccess() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// schedulePod is kube-scheduler's schedulePod: PreFilter, Filter on every
+// node, PreScore and Score on the feasible ones, and the best node.
+func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host string, feasible int, reason string, err error) {
+	all, err := e.snapshot.NodeInfos().List()
+	if err != nil {
+		return "", 0, "", err
+	}
+	if len(all) == 0 {
+		return "", 0, "no nodes available to schedule pods", nil
+	}
+	diagnosis := framework.Diagnosis{NodeToStatus: framework.NewDefaultNodeToStatus()}
+	fitErr := func() string {
+		return (&framework.FitError{Pod: pod, NumAllNodes: len(all), Diagnosis: diagnosis}).Error()
+	}
+	preRes, s, unschedulable := e.fw.RunPreFilterPlugins(e.ctx, state, pod)
+	if !s.IsSuccess() {
+		if !s.IsRejected() {
+			return "", 0, "", s.AsError()
+		}
+		diagnosis.NodeToStatus.SetAbsentNodesStatus(s)
+		diagnosis.PreFilterMsg = s.Message()
+		return "", 0, fitErr(), nil
+	}
+	nodes := all
+	if !preRes.AllNodes() {
+		nodes = make([]fwk.NodeInfo, 0, len(preRes.NodeNames))
+		for _, n := range all {
+			if preRes.NodeNames.Has(n.Node().Name) {
+				nodes = append(nodes, n)
+			}
+		}
+		diagnosis.NodeToStatus.SetAbsentNodesStatus(fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("node(s) didn't satisfy plugin(s) %v", sets.List(unschedulable))))
+	}
+
+	statuses, err := e.filter(state, pod, nodes)
+	if err != nil {
+		return "", 0, "", err
+	}
+	feasibleNodes := make([]fwk.NodeInfo, 0, len(nodes))
+	for i, st := range statuses {
+		switch {
+		case st.IsSuccess():
+			feasibleNodes = append(feasibleNodes, nodes[i])
+		default:
+			diagnosis.NodeToStatus.Set(nodes[i].Node().Name, st)
+		}
+	}
+	switch len(feasibleNodes) {
+	case 0:
+		return "", 0, fitErr(), nil
+	case 1:
+		return feasibleNodes[0].Node().Name, 1, "", nil
+	}
+
+	if s := e.fw.RunPreScorePlugins(e.ctx, state, pod, feasibleNodes); !s.IsSuccess() {
+		return "", len(feasibleNodes), "", s.AsError()
+	}
+	scores, s := e.fw.RunScorePlugins(e.ctx, state, pod, feasibleNodes)
+	if !s.IsSuccess() {
+		return "", len(feasibleNodes), "", s.AsError()
+	}
+	for i := range scores {
+		if e.tieBreak == TieNodeOrder {
+			scores[i].Randomizer = -e.rank[scores[i].Name]
+		} else {
+			scores[i].Randomizer = e.rng.Int()
+		}
+	}
+	best := framework.NewSortedScoredNodes(scores).Pop()
+	return best.Name, len(feasibleNodes), "", nil
+}
+
+// filter runs the Filter plugins on the nodes, in parallel, reusing
+// memoized results where they still hold.
+func (e *Engine) filter(state *framework.CycleState, pod *v1.Pod, nodes []fwk.NodeInfo) ([]*fwk.Status, error) {
+	statuses := make([]*fwk.Status, len(nodes))
+	todo := make([]int, 0, len(nodes))
+	var memo map[string]memoized
+	if e.memo != nil {
+		memo = e.memo.forPod(pod, e.snapshot)
+	}
+	for i, ni := range nodes {
+		if m, ok := memo[ni.Node().Name]; ok && m.generation == ni.GetGeneration() {
+			statuses[i] = m.status
+			continue
+		}
+		todo = append(todo, i)
+	}
+	e.fw.Parallelizer().Until(e.ctx, len(todo), func(k int) {
+		i := todo[k]
+		statuses[i] = e.fw.RunFilterPlugins(e.ctx, state, pod, nodes[i])
+	}, "Filter")
+	for _, i := range todo {
+		if statuses[i].Code() == fwk.Error {
+			return nil, fmt.Errorf("filtering node %s for pod %s/%s: %w", nodes[i].Node().Name, pod.Namespace, pod.Name, statuses[i].AsError())
+		}
+		if memo != nil {
+			memo[nodes[i].Node().Name] = memoized{generation: nodes[i].GetGeneration(), status: statuses[i]}
+		}
+	}
+	return statuses, nil
+}
+
+// reserveAndBind is kube-scheduler's assume, Reserve and Permit, then the
+// binding cycle: PreBind, the binding itself and PostBind.
+func (e *Engine) reserveAndBind(state *framework.CycleState, pod *v1.Pod, host string) (Outcome, error) {
+	assumed := pod.DeepCopy()
+	assumed.Spec.NodeName = host
+	if err := e.cache.AssumePod(e.logger, assumed); err != nil {
+		return Outcome{}, err
+	}
+	if s := e.fw.RunReservePluginsReserve(e.ctx, state, assumed, host); !s.IsSuccess() {
+		return e.unreserve(state, assumed, host, s)
+	}
+	waits, s := e.fw.RunPermitPlugins(e.ctx, state, assumed, host)
+	switch {
+	case s.IsWait():
+		e.fw.AddWaitingPod(assumed, waits)
+		e.waiting[assumed.UID] = &waitingPod{pod: assumed, state: state, node: host}
+		return Outcome{Waiting: true, Node: host}, nil
+	case !s.IsSuccess():
+		return e.unreserve(state, assumed, host, s)
+	}
+	return e.bind(state, assumed, host)
+}
+
+func (e *Engine) unreserve(state *framework.CycleState, assumed *v1.Pod, host string, s *fwk.Status) (Outcome, error) {
+	e.fw.RunReservePluginsUnreserve(e.ctx, state, assumed, host)
+	if err := e.cache.ForgetPod(e.logger, assumed); err != nil {
+		return Outcome{}, err
+	}
+	e.dropFromAPI(assumed)
+	if s.IsRejected() {
+		return Outcome{Reason: fmt.Sprintf("node %s: %s", host, s.Message())}, nil
+	}
+	return Outcome{}, s.AsError()
+}
+
+func (e *Engine) bind(state *framework.CycleState, assumed *v1.Pod, host string) (Outcome, error) {
+	if s := e.fw.RunPreBindPlugins(e.ctx, state, assumed, host); !s.IsSuccess() {
+		return e.unreserve(state, assumed, host, s)
+	}
+	boundPod, err := e.api.CoreV1().Pods(assumed.Namespace).Get(e.ctx, assumed.Name, metav1.GetOptions{})
+	if err != nil {
+		return Outcome{}, fmt.Errorf("reading back pod %s/%s after PreBind: %w", assumed.Namespace, assumed.Name, err)
+	}
+	boundPod.Spec.NodeName = host
+	if err := e.cache.AddPod(e.logger, boundPod); err != nil {
+		return Outcome{}, err
+	}
+	e.bound[boundPod.UID] = boundPod
+	e.fw.RunPostBindPlugins(e.ctx, state, boundPod, host)
+	return Outcome{Pod: boundPod, Node: host}, nil
+}
+
+// Remove takes a bound pod off its node (it finished, or was evicted).
+func (e *Engine) Remove(pod *v1.Pod) error {
+	p, ok := e.bound[pod.UID]
+	if !ok {
+		return fmt.Errorf("pod %s/%s is not bound", pod.Namespace, pod.Name)
+	}
+	if err := e.cache.RemovePod(e.logger, p); err != nil {
+		return err
+	}
+	delete(e.bound, pod.UID)
+	e.dropFromAPI(p)
+	return nil
+}
+
+func (e *Engine) dropFromAPI(pod *v1.Pod) {
+	err := e.api.CoreV1().Pods(pod.Namespace).Delete(e.ctx, pod.Name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		e.logger.Error(err, "Removing pod from the in-process API", "pod", klog.KObj(pod))
+	}
+}
+
+// waitingPod is a pod a Permit plugin holds.
+type waitingPod struct {
+	pod      *v1.Pod
+	state    *framework.CycleState
+	node     string
+	deadline time.Duration
+}
+
+// Settled is a waiting pod that was allowed (and bound) or rejected.
+type Settled struct {
+	Pod    *v1.Pod
+	Node   string
+	Reason string
+}
+
+// SettleWaiting binds the waiting pods every Permit plugin has allowed and
+// releases the ones a plugin rejected, as kube-scheduler's binding cycles
+// would after WaitOnPermit returns. Call it after each Schedule.
+func (e *Engine) SettleWaiting() ([]Settled, error) {
+	if len(e.waiting) == 0 {
+		return nil, nil
+	}
+	var out []Settled
+	for _, uid := range e.permits.take() {
+		w, ok := e.waiting[uid]
+		if !ok {
+			continue
+		}
+		// Allowed by every plugin, or rejected: WaitOnPermit returns at once.
+		delete(e.waiting, uid)
+		if s := e.fw.WaitOnPermit(e.ctx, w.pod); !s.IsSuccess() {
+			o, err := e.unreserve(w.state, w.pod, w.node, s)
+			if err != nil {
+				return out, err
+			}
+			out = append(out, Settled{Pod: w.pod, Reason: o.Reason})
+			continue
+		}
+		o, err := e.bind(w.state, w.pod, w.node)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, Settled{Pod: o.Pod, Node: o.Node, Reason: o.Reason})
+	}
+	return out, nil
+}
+
+// RejectWaiting rejects every pod still held at Permit (the run is over, or
+// their wait timed out in trace time) and returns them.
+func (e *Engine) RejectWaiting(reason string) ([]Settled, error) {
+	for uid := range e.waiting {
+		if wp := e.fw.GetWaitingPod(uid); wp != nil {
+			wp.Reject("penny-sim", reason)
+			e.permits.record(uid)
+		}
+	}
+	return e.SettleWaiting()
+}
+
+// Waiting is how many pods Permit plugins hold.
+func (e *Engine) Waiting() int { return len(e.waiting) }

@@ -1,0 +1,232 @@
+package sim
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/gpu"
+)
+
+// openbDir is the shared openb trace. CI checks it out as ../shared beside
+// the clone; in a git worktree it sits beside the main checkout instead.
+func openbDir(t testing.TB) string {
+	t.Helper()
+	repo, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	candidates := []string{filepath.Join(repo, "..", "shared", "data", "openb")}
+	// A worktree's .git is a file: "gitdir: <main>/.git/worktrees/<name>".
+	if b, err := os.ReadFile(filepath.Join(repo, ".git")); err == nil {
+		if gitdir, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "gitdir: "); ok {
+			main := filepath.Dir(filepath.Dir(filepath.Dir(gitdir)))
+			candidates = append(candidates, filepath.Join(main, "..", "shared", "data", "openb"))
+		}
+	}
+	for _, dir := range candidates {
+		if _, err := os.Stat(filepath.Join(dir, "openb_pod_list_default.csv")); err == nil {
+			return dir
+		}
+	}
+	t.Fatalf("the openb trace is missing: looked in %s (CI checks it out as <repo>/../shared/data/openb)", strings.Join(candidates, ", "))
+	return ""
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadOpenbTrace(t *testing.T) {
+	dir := openbDir(t)
+	nodes, err := LoadOpenbNodes(filepath.Join(dir, "openb_node_list_all_node.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 1523 {
+		t.Fatalf("%d nodes, want 1523", len(nodes))
+	}
+	if got := GPUCapacityMilli(nodes); got != 6212*1000 {
+		t.Fatalf("GPU capacity %d milli, want 6212 GPUs", got)
+	}
+	tr, err := LoadOpenbPods(filepath.Join(dir, "openb_pod_list_default.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.Pods) != 8152 {
+		t.Fatalf("%d pods, want 8152", len(tr.Pods))
+	}
+	var shares, whole, cpu int
+	for i, tp := range tr.Pods {
+		if i > 0 && tp.Arrival < tr.Pods[i-1].Arrival {
+			t.Fatalf("pod %d arrives before pod %d", i, i-1)
+		}
+		r, err := gpu.ParsePodRequest(tp.Pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case r.Milli > 0:
+			shares++
+		case r.GPUs > 0:
+			whole++
+		default:
+			cpu++
+		}
+	}
+	// Counted from the CSV: gpu_milli < 1000 rows, num_gpu >= 1 with 1000, num_gpu 0.
+	if shares != 3078 || whole != 3986 || cpu != 1088 {
+		t.Fatalf("shares %d, whole %d, CPU-only %d; want 3078, 3986, 1088", shares, whole, cpu)
+	}
+}
+
+func TestOpenbRowConversion(t *testing.T) {
+	nodes := writeFile(t, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\nn1,96000,393216,8,T4\nn2,32000,262144,0,\n")
+	pods := writeFile(t, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"+
+		"share,6000,12288,1,460,T4|V100M32,LS,Running,10,100,20\n"+
+		"whole,12000,16384,2,1000,,BE,Running,5,50,5\n"+
+		"pending,1000,1024,0,0,,BE,Pending,7,9,\n")
+	ns, err := LoadOpenbNodes(nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := ns[0]
+	if n.Labels[gpu.LabelProduct] != "Tesla-T4" || n.Labels[gpu.LabelCount] != "8" {
+		t.Fatalf("node labels %v", n.Labels)
+	}
+	if q := n.Status.Allocatable[gpu.ResourceGPUMilli]; q.Value() != 8000 {
+		t.Fatalf("gpu-milli allocatable %v", q.String())
+	}
+	if _, ok := ns[1].Status.Allocatable[gpu.ResourceGPU]; ok {
+		t.Fatal("a CPU node advertises GPUs")
+	}
+	tr, err := LoadOpenbPods(pods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Creation order: whole (5), pending (7), share (10).
+	if tr.Pods[0].Pod.Name != "whole" || tr.Pods[2].Pod.Name != "share" {
+		t.Fatalf("order %s %s %s", tr.Pods[0].Pod.Name, tr.Pods[1].Pod.Name, tr.Pods[2].Pod.Name)
+	}
+	share := tr.Pods[2]
+	r, _ := gpu.ParsePodRequest(share.Pod)
+	if r.Milli != 460 || r.GPUs != 0 {
+		t.Fatalf("share request %s", r)
+	}
+	if got := PodProducts(share.Pod); strings.Join(got, ",") != "Tesla-T4,Tesla-V100-SXM2-32GB" {
+		t.Fatalf("share products %v", got)
+	}
+	if share.Arrival != 10*time.Second || share.Duration != 80*time.Second || share.Withdraw != 0 {
+		t.Fatalf("share times %+v", share)
+	}
+	if r, _ := gpu.ParsePodRequest(tr.Pods[0].Pod); r.GPUs != 2 {
+		t.Fatalf("whole request %s", r)
+	}
+	if c := tr.Pods[0].Pod.Spec.Containers[0].Resources.Requests; c.Cpu().MilliValue() != 12000 || c.Memory().Value() != 16384<<20 {
+		t.Fatalf("whole CPU/memory %v", c)
+	}
+	p := tr.Pods[1]
+	if p.Withdraw != 9*time.Second || p.Duration != 2*time.Second {
+		t.Fatalf("never-started pod: withdraw %v duration %v, want 9s and 2s", p.Withdraw, p.Duration)
+	}
+}
+
+func TestOpenbBadRowsNameFileLineColumn(t *testing.T) {
+	header := "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
+	cases := map[string]struct{ body, want string }{
+		"not a number":  {"a,6000,100,1,abc,,LS,Running,0,1,0\n", ":2: column 5 (gpu_milli): \"abc\" is not an integer"},
+		"share on many": {"a,1,1,1,500,,LS,Running,0,1,0\nb,1,1,2,500,,LS,Running,0,1,0\n", ":3: column 5 (gpu_milli): 500 milli on each of 2 GPUs"},
+		"milli range":   {"a,1,1,1,1500,,LS,Running,0,1,0\n", ":2: column 5 (gpu_milli): 1500 is out of range 0..1000"},
+		"time order":    {"a,1,1,1,500,,LS,Running,10,5,10\n", ":2: column 10 (deletion_time): 5 is before creation_time 10"},
+		"duplicate":     {"a,1,1,0,0,,LS,Running,0,1,0\na,1,1,0,0,,LS,Running,0,1,0\n", ":3: column 1 (name): pod \"a\" already appears on line 2"},
+		"bad quotes":    {"a,1,1,0,0,\"x,LS\n", "pods.csv:2:"},
+		"short row":     {"a,1,1\n", "pods.csv:2:"},
+	}
+	for name, c := range cases {
+		p := writeFile(t, "pods.csv", header+c.body)
+		_, err := LoadOpenbPods(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "pods.csv") {
+			t.Errorf("%s: want an error naming pods.csv and %q, got %v", name, c.want, err)
+		}
+	}
+	p := writeFile(t, "pods.csv", "name,cpu\n")
+	if _, err := LoadOpenbPods(p); err == nil || !strings.Contains(err.Error(), "header lacks column(s) cpu_milli, memory_mib") {
+		t.Errorf("missing columns: %v", err)
+	}
+	n := writeFile(t, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\nn1,1000,1000,2,\n")
+	if _, err := LoadOpenbNodes(n); err == nil || !strings.Contains(err.Error(), "nodes.csv:2: column 5 (model): node has 2 GPUs but no model") {
+		t.Errorf("GPU node without model: %v", err)
+	}
+}
+
+func TestLoadPhilly(t *testing.T) {
+	p := writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n"+
+		"100,3600,4,14400,vc1\n"+
+		"40,60,20,1200,VC2\n"+
+		"120,10,0,0,\n")
+	tr, err := LoadPhilly(p, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The 20-GPU job (arriving first, at 0 after rebasing) becomes a gang of 8+8+4.
+	if len(tr.Pods) != 5 {
+		t.Fatalf("%d pods, want 5", len(tr.Pods))
+	}
+	var sizes []int64
+	for _, tp := range tr.Pods[:3] {
+		if tp.Arrival != 0 || tp.Pod.Labels[LabelGang] != "job-000002" || tp.Pod.Labels[LabelGangSize] != "3" || tp.Pod.Namespace != "vc2" {
+			t.Fatalf("gang pod %s: arrival %v labels %v ns %s", tp.Pod.Name, tp.Arrival, tp.Pod.Labels, tp.Pod.Namespace)
+		}
+		r, _ := gpu.ParsePodRequest(tp.Pod)
+		sizes = append(sizes, r.GPUs)
+	}
+	if sizes[0] != 8 || sizes[1] != 8 || sizes[2] != 4 {
+		t.Fatalf("gang pod GPUs %v, want 8 8 4", sizes)
+	}
+	single := tr.Pods[3]
+	if single.Arrival != 60*time.Second || single.Duration != time.Hour || single.Pod.Labels[LabelGang] != "" {
+		t.Fatalf("single job %+v", single)
+	}
+	if cpu := single.Pod.Spec.Containers[0].Resources.Requests.Cpu().MilliValue(); cpu != 4*4000 {
+		t.Fatalf("single job CPU %d, want 4 GPUs x 4000m", cpu)
+	}
+	if tr.Pods[4].Pod.Namespace != SimNamespace {
+		t.Fatalf("job without cluster in namespace %q", tr.Pods[4].Pod.Namespace)
+	}
+	bad := writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n1,2,x,3,vc\n")
+	if _, err := LoadPhilly(bad, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "jobs.csv:2: column 3 (num_gpus)") {
+		t.Fatalf("bad num_gpus: %v", err)
+	}
+	bad = writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n1,2,1,3,vc_1!\n")
+	if _, err := LoadPhilly(bad, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "column 5 (cluster)") {
+		t.Fatalf("bad cluster: %v", err)
+	}
+}
+
+func TestImpossiblePodsAreReported(t *testing.T) {
+	nodes := []*v1.Node{NewNode("t4", 64000, 262144, 2, "Tesla-T4"), NewNode("cpu", 32000, 131072, 0, "")}
+	pods := []*v1.Pod{
+		NewPod("ns", "fits", 1000, 1024, 2, 1000, nil),
+		NewPod("ns", "eight", 1000, 1024, 8, 1000, nil),
+		NewPod("ns", "model", 1000, 1024, 1, 500, []string{"NVIDIA-A10"}),
+		NewPod("ns", "cpu", 100000, 1024, 0, 0, nil),
+	}
+	got := Impossible(nodes, pods)
+	if len(got) != 3 {
+		t.Fatalf("impossible %+v, want eight, model and cpu", got)
+	}
+	for i, want := range []string{"at most 2 GPUs", "no node has that GPU model", "more than any node has (at most 64000m CPU"} {
+		if !strings.Contains(got[i].Reason, want) {
+			t.Errorf("%s: reason %q, want %q", got[i].Pod, got[i].Reason, want)
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package sim
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// The Philly-derived job format used by several GPU scheduling papers:
+// timestamp,duration,num_gpus,gpu_time,cluster — one row per job, times in
+// seconds. A job is one pod asking for num_gpus whole GPUs; a job over
+// GPUsPerGangPod GPUs becomes a gang of pods of GPUsPerGangPod GPUs each (the
+// last takes the remainder), labelled with Penny's gang convention so the
+// gang plugin places them all or none. The cluster column (the virtual
+// cluster that submitted the job) becomes the pod's namespace.
+
+// Penny's gang convention (label name and size).
+// TODO(gang): use the constants of pkg/gang once it is on main.
+const (
+	LabelGang     = "penny.dev/gang"
+	LabelGangSize = "penny.dev/gang-size"
+)
+
+// PhillyOptions sizes the pods of a Philly-derived trace, which records GPUs
+// only.
+type PhillyOptions struct {
+	// MilliCPUPerGPU and MemMiBPerGPU are requested per GPU.
+	MilliCPUPerGPU int64
+	MemMiBPerGPU   int64
+	// GPUsPerGangPod is the size of each pod of a large job (default 8).
+	GPUsPerGangPod int64
+}
+
+// DefaultPhillyOptions: 4 cores and 32 GiB per GPU, 8-GPU gang pods.
+func DefaultPhillyOptions() PhillyOptions {
+	return PhillyOptions{MilliCPUPerGPU: 4000, MemMiBPerGPU: 32 * 1024, GPUsPerGangPod: 8}
+}
+
+// LoadPhilly reads a Philly-derived job trace.
+func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
+	if opts.GPUsPerGangPod <= 0 {
+		opts.GPUsPerGangPod = 8
+	}
+	t, closeFn, err := openTable(path, "timestamp", "duration", "num_gpus", "gpu_time", "cluster")
+	if err != nil {
+		return nil, err
+	}
+	defer closeFn()
+	tr := &Trace{Source: path}
+	first := math.Inf(1)
+	var stamps []float64
+	for t.next() {
+		ts := t.float("timestamp", 0, 0)
+		dur := t.float("duration", 0, 0)
+		n := t.int64("num_gpus", 0, 4096, 0)
+		t.float("gpu_time", 0, 0)
+		ns := namespaceFor(t.str("cluster"))
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			t.fail("cluster", "%q cannot name a namespace: %s", t.str("cluster"), strings.Join(errs, "; "))
+		}
+		if t.err != nil {
+			break
+		}
+		job := fmt.Sprintf("job-%06d", t.line()-1)
+		source := fmt.Sprintf("%s:%d", path, t.line())
+		sizes := []int64{n}
+		if n > opts.GPUsPerGangPod {
+			sizes = nil
+			for left := n; left > 0; left -= opts.GPUsPerGangPod {
+				sizes = append(sizes, min(left, opts.GPUsPerGangPod))
+			}
+		}
+		for i, g := range sizes {
+			name := job
+			if len(sizes) > 1 {
+				name = fmt.Sprintf("%s-%d", job, i)
+			}
+			cpu, mem := opts.MilliCPUPerGPU*max(g, 1), opts.MemMiBPerGPU*max(g, 1)
+			pod := NewPod(ns, name, cpu, mem, g, 1000, nil)
+			if len(sizes) > 1 {
+				pod.Labels[LabelGang] = job
+				pod.Labels[LabelGangSize] = strconv.Itoa(len(sizes))
+			}
+			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
+			stamps = append(stamps, ts)
+		}
+		first = math.Min(first, ts)
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
+	if len(tr.Pods) == 0 {
+		return nil, fmt.Errorf("%s: no jobs", path)
+	}
+	for i := range tr.Pods {
+		tr.Pods[i].Arrival = seconds(stamps[i] - first)
+	}
+	sortByArrival(tr.Pods)
+	return tr, nil
+}
+
+func namespaceFor(cluster string) string {
+	if cluster == "" {
+		return SimNamespace
+	}
+	return strings.ToLower(cluster)
+}
+
+// sortByArrival orders pods by arrival, keeping file order on ties (so a
+// gang's pods stay together).
+func sortByArrival(pods []TracePod) {
+	sort.SliceStable(pods, func(i, j int) bool { return pods[i].Arrival < pods[j].Arrival })
+}

@@ -1,0 +1,111 @@
+package sim
+
+import (
+	"fmt"
+	"image/color"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// A palette that stays apart in print and for common colour blindness
+// (Okabe-Ito).
+var palette = []color.RGBA{
+	{0, 114, 178, 255},   // blue
+	{213, 94, 0, 255},    // vermillion
+	{0, 158, 115, 255},   // green
+	{204, 121, 167, 255}, // purple
+	{230, 159, 0, 255},   // orange
+	{86, 180, 233, 255},  // sky
+	{0, 0, 0, 255},       // black
+	{240, 228, 66, 255},  // yellow
+}
+
+// Line is one named series.
+type Line struct {
+	Name   string
+	X, Y   []float64
+	Dashed bool
+}
+
+// PlotLines draws the series on one chart and saves it; the format follows
+// the file's extension (.png, .svg, .pdf).
+func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax float64) error {
+	p := plot.New()
+	p.Title.Text = title
+	p.Title.TextStyle.Font.Size = vg.Points(14)
+	p.X.Label.Text = xLabel
+	p.Y.Label.Text = yLabel
+	p.X.Label.TextStyle.Font.Size = vg.Points(12)
+	p.Y.Label.TextStyle.Font.Size = vg.Points(12)
+	p.X.Tick.Label.Font.Size = vg.Points(11)
+	p.Y.Tick.Label.Font.Size = vg.Points(11)
+	p.Legend.TextStyle.Font.Size = vg.Points(11)
+	p.Legend.Top = false
+	p.Legend.Left = false
+	p.Legend.XOffs = -vg.Points(8)
+	p.Legend.YOffs = vg.Points(8)
+	p.Add(plotter.NewGrid())
+	if yMax > yMin {
+		p.Y.Min, p.Y.Max = yMin, yMax
+	}
+	for i, l := range lines {
+		pts := make(plotter.XYs, len(l.X))
+		for j := range l.X {
+			pts[j].X, pts[j].Y = l.X[j], l.Y[j]
+		}
+		ln, err := plotter.NewLine(pts)
+		if err != nil {
+			return fmt.Errorf("plotting %s: %w", l.Name, err)
+		}
+		ln.LineStyle.Width = vg.Points(2)
+		ln.LineStyle.Color = palette[i%len(palette)]
+		if l.Dashed {
+			ln.LineStyle.Color = color.RGBA{120, 120, 120, 255}
+			ln.LineStyle.Width = vg.Points(1)
+			ln.LineStyle.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		}
+		p.Add(ln)
+		p.Legend.Add(l.Name, ln)
+	}
+	p.Legend.ThumbnailWidth = vg.Points(24)
+	p.Legend.Padding = vg.Points(2)
+	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
+}
+
+// Plot draws the mean allocation ratio against arrivals for each policy of
+// the fill, with the ideal (everything that arrives fits) as a dashed line.
+func (r *FillReport) Plot(path string) error {
+	var lines []Line
+	n := 0
+	for _, name := range r.Policies {
+		if s, ok := r.Summary[name]; ok {
+			n = max(n, len(s.AllocCurveMean))
+		}
+	}
+	ideal := Line{Name: "ideal", Dashed: true}
+	for k := 0; k < n; k++ {
+		ideal.X = append(ideal.X, float64(k))
+		ideal.Y = append(ideal.Y, min(float64(k), 100))
+	}
+	lines = append(lines, ideal)
+	for _, name := range r.Policies {
+		s, ok := r.Summary[name]
+		if !ok {
+			continue
+		}
+		l := Line{Name: fmt.Sprintf("%s (%.2f%% unallocated)", s.Label, s.UnallocatedGPUPctMean)}
+		for k, v := range s.AllocCurveMean {
+			l.X = append(l.X, float64(k))
+			l.Y = append(l.Y, v)
+		}
+		lines = append(lines, l)
+	}
+	seeds := 0
+	for _, s := range r.Summary {
+		seeds = max(seeds, s.Runs)
+	}
+	title := fmt.Sprintf("GPU allocation as pods arrive (fill protocol, mean of %d seeds)", seeds)
+	return PlotLines(path, title, "arrived GPU requests (% of cluster GPU capacity)", "GPU allocation ratio (%)", lines, 0, 102)
+}

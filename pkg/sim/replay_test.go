@@ -1,0 +1,97 @@
+package sim
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+type fleet []FleetChange
+
+func (f fleet) Changes() []FleetChange { return f }
+
+type flatPrice float64
+
+func (p flatPrice) HourlyPrice(*v1.Node, time.Duration) float64 { return float64(p) }
+
+func tracePod(name string, gpus, arrival, duration int64) TracePod {
+	return TracePod{Pod: NewPod("ns", name, 1000, 1024, gpus, 1000, nil), Arrival: time.Duration(arrival) * time.Second, Duration: time.Duration(duration) * time.Second}
+}
+
+func TestReplayQueueingAndAccounting(t *testing.T) {
+	withdrawn := tracePod("withdrawn", 1, 6, 100)
+	withdrawn.Withdraw = 8 * time.Second
+	tr := &Trace{Pods: []TracePod{
+		tracePod("a", 1, 0, 10),
+		tracePod("b", 1, 5, 10), // waits for a: starts at 10, delay 5
+		withdrawn,               // still waiting at 8: withdrawn
+		tracePod("c", 2, 9, 5),  // never fits a 1-GPU node
+	}}
+	p, _ := LookupPolicy("bestfit")
+	res, err := Replay(context.Background(), ReplayOptions{
+		Nodes: []*v1.Node{NewNode("n", 8000, 8192, 1, "Tesla-T4")}, Trace: tr, Policy: p, Seed: 1,
+		SampleEvery: time.Second, Pricer: flatPrice(3.6),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]PodOutcome{}
+	for _, o := range res.PodOutcomes {
+		byName[o.Pod] = o
+	}
+	if o := byName["ns/b"]; o.Start != 10 || o.Delay != 5 || o.State != "completed" {
+		t.Fatalf("b: %+v, want start 10, delay 5", o)
+	}
+	if o := byName["ns/withdrawn"]; o.State != "withdrawn" || o.Start != -1 {
+		t.Fatalf("withdrawn: %+v", o)
+	}
+	if len(res.NeverScheduled) != 1 || res.NeverScheduled[0] != "ns/c" || res.Withdrawn != 1 {
+		t.Fatalf("never scheduled %v, withdrawn %d", res.NeverScheduled, res.Withdrawn)
+	}
+	if len(res.Impossible) != 1 || res.Impossible[0].Pod != "ns/c" {
+		t.Fatalf("impossible %+v: c asks for 2 GPUs of a 1-GPU cluster", res.Impossible)
+	}
+	// a and b each held the GPU 10 s over a 20 s horizon.
+	if math.Abs(res.AllocatedGPUHours*3600-20) > 1e-6 || math.Abs(res.HorizonHours*3600-20) > 1e-6 || math.Abs(res.MeanUtilisationPct-100) > 1e-6 {
+		t.Fatalf("GPU-hours %v over %v h, utilisation %v", res.AllocatedGPUHours, res.HorizonHours, res.MeanUtilisationPct)
+	}
+	if res.QueueDelay.Delayed != 1 || res.QueueDelay.Max != 5 {
+		t.Fatalf("delays %+v", res.QueueDelay)
+	}
+	// 3.6 an hour for 20 s.
+	if res.Cost == nil || math.Abs(res.Cost.Fleet-0.02) > 1e-9 {
+		t.Fatalf("cost %+v", res.Cost)
+	}
+	if s := res.Utilisation[7]; s.Running != 1 || s.Pending != 2 || s.AllocatedPct != 100 {
+		t.Fatalf("sample at 7 s %+v", s)
+	}
+}
+
+func TestReplayFleetChangesEvictAndRequeue(t *testing.T) {
+	tr := &Trace{Pods: []TracePod{tracePod("a", 1, 0, 10)}}
+	p, _ := LookupPolicy("default")
+	spare := NewNode("spare", 8000, 8192, 1, "Tesla-T4")
+	res, err := Replay(context.Background(), ReplayOptions{
+		Nodes: []*v1.Node{NewNode("spot", 8000, 8192, 1, "Tesla-T4")}, Trace: tr, Policy: p, Seed: 1,
+		Fleet: fleet{{At: 4 * time.Second, Remove: "spot", Reason: "spot-reclaim"}, {At: 6 * time.Second, Add: spare}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := res.PodOutcomes[0]
+	// Placed at 0, evicted at 4, placed again on the new node at 6, runs 10 s.
+	if res.Evictions != 1 || o.Evicted != 1 || o.Start != 6 || o.State != "completed" || o.Delay != 6 {
+		t.Fatalf("outcome %+v, evictions %d", o, res.Evictions)
+	}
+	if math.Abs(res.AllocatedGPUHours*3600-14) > 1e-6 || math.Abs(res.HorizonHours*3600-16) > 1e-6 {
+		t.Fatalf("GPU-hours %v (want 4 s + 10 s), horizon %v h", res.AllocatedGPUHours, res.HorizonHours)
+	}
+	if _, err := Replay(context.Background(), ReplayOptions{
+		Nodes: []*v1.Node{spare}, Trace: tr, Policy: p, Fleet: fleet{{At: time.Second, Remove: "ghost"}},
+	}); err == nil {
+		t.Fatal("removing a node that is not in the cluster was accepted")
+	}
+}
