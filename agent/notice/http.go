@@ -116,6 +116,21 @@ func Excerpt(b []byte) string {
 	return fmt.Sprintf("%q", s)
 }
 
+// Poll runs check every interval until ctx ends, observing each result: the
+// Watch of the sources that poll (AWS, Azure).
+func Poll(ctx context.Context, interval time.Duration, check func(context.Context) ([]Notice, error), observe func([]Notice, error)) {
+	for {
+		notices, err := check(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		observe(notices, err)
+		if !Sleep(ctx, interval) {
+			return
+		}
+	}
+}
+
 // Sleep waits for d or until ctx ends; it reports whether ctx is still live.
 func Sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

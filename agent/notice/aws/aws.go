@@ -94,16 +94,7 @@ func (s *Source) Provider() telemetryv1.CloudProvider {
 
 // Watch implements notice.Source: it checks every interval.
 func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
-	for {
-		notices, err := s.Check(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		observe(notices, err)
-		if !notice.Sleep(ctx, s.opts.Interval) {
-			return
-		}
-	}
+	notice.Poll(ctx, s.opts.Interval, s.Check, observe)
 }
 
 // Check reads the three documents once. A document that cannot be read or
@@ -112,37 +103,37 @@ func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	var notices []notice.Notice
 	var errs []error
 	now := s.opts.Now()
-	if body, ok, err := s.get(ctx, PathInstanceAction); err != nil {
-		errs = append(errs, err)
-	} else if ok {
-		n, err := ParseInstanceAction(body, now)
-		if err != nil {
-			errs = append(errs, err)
-		} else {
-			notices = append(notices, n)
+	for _, doc := range []struct {
+		path  string
+		parse func([]byte, time.Time) ([]notice.Notice, error)
+	}{
+		{PathInstanceAction, one(ParseInstanceAction)},
+		{PathRebalance, one(ParseRebalance)},
+		{PathScheduled, ParseScheduledEvents},
+	} {
+		body, ok, err := s.get(ctx, doc.path)
+		if err == nil && ok {
+			var found []notice.Notice
+			if found, err = doc.parse(body, now); err == nil {
+				notices = append(notices, found...)
+			}
 		}
-	}
-	if body, ok, err := s.get(ctx, PathRebalance); err != nil {
-		errs = append(errs, err)
-	} else if ok {
-		n, err := ParseRebalance(body, now)
 		if err != nil {
 			errs = append(errs, err)
-		} else {
-			notices = append(notices, n)
-		}
-	}
-	if body, ok, err := s.get(ctx, PathScheduled); err != nil {
-		errs = append(errs, err)
-	} else if ok {
-		ns, err := ParseScheduledEvents(body, now)
-		if err != nil {
-			errs = append(errs, err)
-		} else {
-			notices = append(notices, ns...)
 		}
 	}
 	return notices, errors.Join(errs...)
+}
+
+// one adapts a parser of a single notice to a list.
+func one(parse func([]byte, time.Time) (notice.Notice, error)) func([]byte, time.Time) ([]notice.Notice, error) {
+	return func(body []byte, now time.Time) ([]notice.Notice, error) {
+		n, err := parse(body, now)
+		if err != nil {
+			return nil, err
+		}
+		return []notice.Notice{n}, nil
+	}
 }
 
 // get reads one metadata path with the session token, getting a new token

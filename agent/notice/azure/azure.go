@@ -105,16 +105,7 @@ func (s *Source) eventsURL() string {
 
 // Watch implements notice.Source.
 func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
-	for {
-		notices, err := s.Check(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		observe(notices, err)
-		if !notice.Sleep(ctx, s.opts.Interval) {
-			return
-		}
-	}
+	notice.Poll(ctx, s.opts.Interval, s.Check, observe)
 }
 
 // Check reads the document once and returns this VM's events.

@@ -145,8 +145,6 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 				}
 				if err == nil {
 					k.notice, k.known = n, true
-				} else if n != nil {
-					k.notice = n
 				}
 				k.err = err
 				publish()
@@ -179,16 +177,12 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 		if err == nil {
 			err = checkResponse(u, resp)
 		}
-		if err != nil {
-			update(nil, err)
-			etag = ""
-			if !notice.Sleep(ctx, s.opts.RetryInterval) {
-				return
-			}
-			continue
+		var n *notice.Notice
+		newETag := ""
+		if err == nil {
+			newETag = resp.Header.Get("ETag")
+			n, err = k.parse(resp.Body, newETag, s.opts.Now(), k.period)
 		}
-		newETag := resp.Header.Get("ETag")
-		n, err := k.parse(resp.Body, newETag, s.opts.Now(), k.period)
 		if err != nil {
 			update(nil, err)
 			etag = ""

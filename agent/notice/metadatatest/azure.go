@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"time"
+
+	"github.com/pennysched/penny/agent/notice/azure"
 )
 
 // Azure is a fake Azure instance metadata service with Scheduled Events: it
@@ -19,17 +21,7 @@ type Azure struct {
 }
 
 // AzureEvent is one scheduled event as the document carries it.
-type AzureEvent struct {
-	EventID           string `json:"EventId"`
-	EventType         string
-	ResourceType      string
-	Resources         []string
-	EventStatus       string
-	NotBefore         string
-	Description       string
-	EventSource       string
-	DurationInSeconds int64
-}
+type AzureEvent = azure.Event
 
 // Paths the fake serves.
 const (
