@@ -332,6 +332,9 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 	}
 	gangs := map[gang.Ref]bool{}
 	for i := range onNode.Items {
+		if onNode.Items[i].Spec.NodeName != nn.node {
+			continue // the field selector already says so; a cache may not
+		}
 		if ref, ok := gang.RefOf(&onNode.Items[i]); ok && live(&onNode.Items[i]) {
 			gangs[ref] = true
 		}
