@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean generate fuzz-short gpu-check bench-schedperf e2e-reclaim
+.PHONY: all build demo test lint manifests tools clean bench-schedperf generate fuzz-short gpu-check e2e-reclaim
 
 all: build
 
@@ -18,15 +18,16 @@ demo:
 	$(GO) build -o $(BIN)/penny ./cmd/penny
 	$(BIN)/penny up --demo --exit-after-demo
 
-## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests, a short fuzz run,
-## and the small scheduler_perf workloads (so CI catches a plugin that breaks under the harness)
+## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests,
+## the small scheduler_perf workloads (so CI catches a plugin that breaks under the harness)
+## and a short run of every fuzz target
 test: tools
 	$(GO) test -count=1 -timeout 25m ./...
+	$(MAKE) fuzz-short
 	mkdir -p $(SCHEDPERF_OUT)-test
 	cd benchmarks/schedperf && ARTIFACTS=$(SCHEDPERF_OUT)-test KUBE_CACHE_MUTATION_DETECTOR=false $(GO) test . -count=1 \
 		-run '^$$' -bench BenchmarkPerfScheduling -benchtime 1x -timeout 10m -short \
 		-perf-scheduling-label-filter=integration-test -data-items-dir $(SCHEDPERF_OUT)-test
-	$(MAKE) fuzz-short
 
 ## bench-schedperf: kube-scheduler's scheduler_perf harness, Penny's profile against the default and the
 ## in-tree gang plugin, both sides back to back, BENCH_COUNT runs; writes benchmarks/results/schedperf.{json,md}
@@ -114,6 +115,7 @@ FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzNodeReport \
 	./pkg/api/telemetry/v1:FuzzGPUFields \
 	./pkg/api/telemetry/v1:FuzzMIGProfile \
+	./pkg/api/telemetry/v1:FuzzNameChecks \
 	./agent/notice/aws:FuzzInstanceAction \
 	./agent/notice/aws:FuzzRebalance \
 	./agent/notice/aws:FuzzScheduledEvents \
@@ -127,3 +129,7 @@ fuzz-short:
 		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
 		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZ_TIME) $${t%%:*}; \
 	done
+
+## gpu-check: on a machine with an NVIDIA GPU, build penny-agent and print (and cross-check) its report from the real NVML; SAVE=1 writes benchmarks/results/agent-gpu-check.json
+gpu-check:
+	hack/gpu-check.sh $(if $(SAVE),--save)

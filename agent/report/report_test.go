@@ -262,22 +262,11 @@ func TestReportReachesStoreWithinOneSecond(t *testing.T) {
 	}
 }
 
-func reserveAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 // With no scheduler the agent keeps collecting; when one appears it gets the
 // current report within the backoff, and after a scheduler restart the agent
 // reconnects by itself.
 func TestSchedulerDownThenUpThenRestarted(t *testing.T) {
-	addr := reserveAddr(t)
+	addr := telemetrytest.FreeAddr(t)
 	cert := telemetrytest.NewCert(t)
 	loop, _ := newMockLoop(t, "n1", 20*time.Millisecond, 100*time.Millisecond)
 	token := filepath.Join(t.TempDir(), "token")
@@ -340,7 +329,7 @@ func (r *fixedResolver) set(hosts ...string) {
 // set as replicas come and go.
 func TestStreamsToEveryReplica(t *testing.T) {
 	cert := telemetrytest.NewCert(t)
-	port := reserveAddr(t)
+	port := telemetrytest.FreeAddr(t)
 	_, p, _ := net.SplitHostPort(port)
 	// 127.0.0.2 is loopback too on Linux; both replicas use the same port,
 	// as the pods of a headless Service do.

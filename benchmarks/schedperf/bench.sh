@@ -28,6 +28,9 @@ for run in $(seq 1 "$runs"); do
 		if ((run % 2 == 1)); then sides=("$baseline" penny); fi
 		for side in "${sides[@]}"; do
 			echo "run $run: ${name}_$side"
+			# The machine's load before this side: the report shows how busy
+			# the machine was (others' builds share it).
+			cut -d' ' -f1 /proc/loadavg >"$dir/${name}_$side.load"
 			ARTIFACTS="$dir" KUBE_CACHE_MUTATION_DETECTOR=false "$out/schedperf.test" \
 				-test.run '^$' -test.bench "^BenchmarkPerfScheduling\$/^${name}_${side}\$/" -test.benchtime 1x \
 				-test.timeout 30m -perf-scheduling-label-filter "$label" -data-items-dir "$dir" \

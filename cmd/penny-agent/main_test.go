@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	appsv1 "k8s.io/api/apps/v1"
+	"sigs.k8s.io/yaml"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
@@ -88,16 +89,6 @@ func TestBadFlags(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func get(url string) (int, string) {
 	resp, err := http.Get(url)
 	if err != nil {
@@ -117,7 +108,7 @@ func TestAgentServes(t *testing.T) {
 	if err := os.WriteFile(ca, env.Cert.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	httpAddr := freeAddr(t)
+	httpAddr := telemetrytest.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	exit := make(chan int, 1)
 	var stderr bytes.Buffer
@@ -163,5 +154,37 @@ func TestAgentServes(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("agent did not stop within 10s of its signal")
+	}
+}
+
+// The DaemonSet's arguments are flags this binary knows.
+func TestDaemonSetArgs(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/agent/penny-agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var ds appsv1.DaemonSet
+		if err := yaml.Unmarshal([]byte(doc), &ds); err != nil {
+			t.Fatal(err)
+		}
+		if ds.Kind == "DaemonSet" {
+			args = ds.Spec.Template.Spec.Containers[0].Args
+		}
+	}
+	if len(args) == 0 {
+		t.Fatal("no DaemonSet with arguments in deploy/agent/penny-agent.yaml")
+	}
+	var o options
+	fs := flags(&o)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("DaemonSet args %v: %v", args, err)
+	}
+	if err := validate(o); err != nil {
+		t.Fatal(err)
+	}
+	if o.scheduler == "" || o.caFile == "" || o.tokenFile == "" {
+		t.Errorf("DaemonSet does not configure reporting: %+v", o)
 	}
 }

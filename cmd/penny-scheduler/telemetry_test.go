@@ -2,17 +2,16 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/testr"
 	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
 
-	"github.com/pennysched/penny/agent/report"
+	"github.com/pennysched/penny/agent/agenttest"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
@@ -36,16 +35,6 @@ current-context: x
 `)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // The flags start an endpoint that authenticates agents with TokenReview
 // against the API server the scheduler's --config names, and fills the
 // store the plugins read.
@@ -59,7 +48,7 @@ clientConnection:
   kubeconfig: `+kc+`
 `))
 	cert := telemetrytest.NewCert(t)
-	addr := freeAddr(t)
+	addr := telemetrytest.FreeAddr(t)
 
 	var f telemetryFlags
 	fs := f.flagSet()
@@ -90,29 +79,11 @@ clientConnection:
 
 	// The agent's report loop and uplink connect and report. (GPUs from a
 	// stand-in: this binary cannot link NVML, see agent/report.Source.)
-	loop := report.NewLoop(&report.Builder{Node: "gpu-1", AgentID: "a", Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 8}}},
-		report.LoopOptions{CollectInterval: 50 * time.Millisecond, Log: testr.New(t)})
-	uplink, err := report.NewClient(loop, report.ClientOptions{
-		Address: addr, TLS: cert.ClientTLS(), TokenFile: writeFile(t, dir, "token", []byte("node:gpu-1")), Log: testr.New(t),
+	agenttest.Start(t, agenttest.Options{
+		Node: "gpu-1", Address: addr, TLS: cert.ClientTLS(), GPUs: telemetrytest.GPUSource{GPUs: 8},
+		TokenFile: writeFile(t, dir, "token", []byte("node:gpu-1")),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, acancel := context.WithCancel(ctx)
-	done := make(chan struct{}, 2)
-	go func() { loop.Run(actx); done <- struct{}{} }()
-	go func() { uplink.Run(actx); done <- struct{}{} }()
-	defer func() { acancel(); <-done; <-done }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if st, ok := store.Node("gpu-1"); ok && len(st.GPUs) == 8 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no report reached the store")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	agenttest.WaitForNode(t, store, "gpu-1", 8, 10*time.Second)
 	if auds, n := api.LastAudiences(); n == 0 || len(auds) != 1 || auds[0] != "penny-scheduler" {
 		t.Errorf("TokenReview: %d reviews, audiences %v", n, auds)
 	}
@@ -140,5 +111,34 @@ func TestTelemetryFlagErrors(t *testing.T) {
 	fs.String("config", "/nonexistent/config.yaml", "")
 	if _, err := tokenReviewClient(fs); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("unreadable --config: %v", err)
+	}
+}
+
+// The patch deploy/agent applies to the scheduler's Deployment uses flags
+// this command knows.
+func TestTelemetryPatchFlags(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/agent/scheduler-telemetry-patch.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []struct {
+		Path  string `json:"path"`
+		Value any    `json:"value"`
+	}
+	if err := yaml.Unmarshal(data, &ops); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, op := range ops {
+		if strings.HasSuffix(op.Path, "/args/-") {
+			args = append(args, op.Value.(string))
+		}
+	}
+	var f telemetryFlags
+	if err := f.flagSet().Parse(args); err != nil {
+		t.Fatalf("patch args %v: %v", args, err)
+	}
+	if f.bindAddress == "" || f.certFile == "" || f.keyFile == "" {
+		t.Errorf("patch does not turn the endpoint on: %+v", f)
 	}
 }

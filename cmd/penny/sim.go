@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -21,10 +22,11 @@ func newSimCommand() *cobra.Command {
 		Short: "Replay cluster traces through the real scheduler code",
 		PersistentPreRun: func(*cobra.Command, []string) {
 			// A simulation allocates briefly-lived scheduling state for every
-			// node of every pod; collecting less often trades some memory
-			// (a few hundred MB per experiment) for a quarter of the time.
+			// node of every pod; collecting half as often takes about a
+			// quarter off a fill (measured: 13.8 s against 18.8 s) for about
+			// 250 MB more per experiment. GOGC still overrides.
 			if os.Getenv("GOGC") == "" {
-				debug.SetGCPercent(400)
+				debug.SetGCPercent(200)
 			}
 		},
 		Long: `penny sim runs kube-scheduler's framework in-process, with the real in-tree
@@ -33,7 +35,7 @@ a virtual clock, seconds per experiment. See docs/sim.md.
 
 Policies: ` + strings.Join(sim.PolicyNames(), ", "),
 	}
-	cmd.AddCommand(newSimFillCommand(), newSimReplayCommand())
+	cmd.AddCommand(newSimFillCommand(), newSimReplayCommand(), newSimPlotCommand())
 	return cmd
 }
 
@@ -243,6 +245,46 @@ func newSimReplayCommand() *cobra.Command {
 	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order or random")
 	cmd.Flags().StringVar(&out, "out", "", "write the results (JSON) here")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw utilisation over time here (.png, .svg or .pdf)")
+	return cmd
+}
+
+func newSimPlotCommand() *cobra.Command {
+	var in, plot string
+	cmd := &cobra.Command{
+		Use:     "plot",
+		Short:   "Draw the chart of a saved fill or replay result again",
+		Example: "  penny sim plot --in R.json --plot P.png",
+		Args:    cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			b, err := os.ReadFile(in)
+			if err != nil {
+				return err
+			}
+			var kind struct{ Kind string }
+			if err := json.Unmarshal(b, &kind); err != nil {
+				return fmt.Errorf("%s: %w", in, err)
+			}
+			switch kind.Kind {
+			case "fill":
+				var rep sim.FillReport
+				if err := json.Unmarshal(b, &rep); err != nil {
+					return fmt.Errorf("%s: %w", in, err)
+				}
+				return rep.Plot(plot)
+			case "replay":
+				var res sim.ReplayResult
+				if err := json.Unmarshal(b, &res); err != nil {
+					return fmt.Errorf("%s: %w", in, err)
+				}
+				return res.Plot(plot)
+			}
+			return fmt.Errorf("%s: kind %q is not a result of penny sim fill or replay", in, kind.Kind)
+		},
+	}
+	cmd.Flags().StringVar(&in, "in", "", "a result written by penny sim fill --out or replay --out")
+	cmd.Flags().StringVar(&plot, "plot", "", "where to draw (.png, .svg or .pdf)")
+	_ = cmd.MarkFlagRequired("in")
+	_ = cmd.MarkFlagRequired("plot")
 	return cmd
 }
 

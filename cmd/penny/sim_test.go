@@ -115,6 +115,16 @@ func TestSimFillCommand(t *testing.T) {
 	if err != nil || img.Bounds().Dx() < 600 {
 		t.Fatalf("plot: %v %v", img.Bounds(), err)
 	}
+	again := filepath.Join(dir, "again.svg")
+	if _, err := runPenny(t, "plot", "--in", out, "--plot", again); err != nil {
+		t.Fatal(err)
+	}
+	if svg, err := os.ReadFile(again); err != nil || !strings.Contains(string(svg), "FGD") {
+		t.Fatalf("re-plot: %v", err)
+	}
+	if _, err := runPenny(t, "plot", "--in", nodes, "--plot", again); err == nil {
+		t.Fatal("plotting a CSV was accepted")
+	}
 }
 
 func TestSimCommandErrors(t *testing.T) {

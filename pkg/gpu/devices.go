@@ -362,15 +362,22 @@ func (n *NodeDevices) noFit(r Request) error {
 	return fmt.Errorf("%s does not fit on %s (%d whole GPUs idle, %d milli free in total)", r, n.describe(), n.WholeFree(), n.TotalFreeMilli())
 }
 
+func (n *NodeDevices) device(i int) (*Device, error) {
+	if i < 0 || i >= len(n.GPUs) {
+		return nil, fmt.Errorf("GPU %d does not exist on %s", i, n.describe())
+	}
+	return &n.GPUs[i], nil
+}
+
 // Apply records that a pod holds the assignment's devices. It checks every
 // slot first and changes nothing when one does not fit.
 func (n *NodeDevices) Apply(a Assignment) error {
 	work := n.Clone()
 	for _, s := range a {
-		if s.GPU < 0 || s.GPU >= len(work.GPUs) {
-			return fmt.Errorf("GPU %d does not exist on %s", s.GPU, n.describe())
+		d, err := work.device(s.GPU)
+		if err != nil {
+			return err
 		}
-		d := &work.GPUs[s.GPU]
 		if s.MIG.Profile != "" {
 			if !d.MIGMode || work.Model == nil {
 				return fmt.Errorf("GPU %d of %s is not in MIG mode: cannot hold %s", s.GPU, n.describe(), s.MIG)
@@ -405,10 +412,10 @@ func (n *NodeDevices) Apply(a Assignment) error {
 func (n *NodeDevices) Release(a Assignment) error {
 	work := n.Clone()
 	for _, s := range a {
-		if s.GPU < 0 || s.GPU >= len(work.GPUs) {
-			return fmt.Errorf("GPU %d does not exist on %s", s.GPU, n.describe())
+		d, err := work.device(s.GPU)
+		if err != nil {
+			return err
 		}
-		d := &work.GPUs[s.GPU]
 		if s.MIG.Profile != "" {
 			k := -1
 			for i, p := range d.MIG {

@@ -114,6 +114,22 @@ func (t *table) str(col string) string {
 	return strings.TrimSpace(t.row[i])
 }
 
+// name reads a non-empty name that no earlier row used; seen maps names to
+// their lines.
+func (t *table) name(col, what string, seen map[string]int) (string, bool) {
+	name := t.str(col)
+	if name == "" {
+		t.fail(col, "%s name is empty", what)
+		return "", false
+	}
+	if prev, ok := seen[name]; ok {
+		t.fail(col, "%s %q already appears on line %d", what, name, prev)
+		return "", false
+	}
+	seen[name] = t.line()
+	return name, true
+}
+
 // int64 reads an integer in [lo, hi]; empty reads as def.
 func (t *table) int64(col string, lo, hi, def int64) int64 {
 	s := t.str(col)

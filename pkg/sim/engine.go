@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/informers"
 	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
@@ -30,7 +31,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/metrics"
 	"k8s.io/kubernetes/pkg/scheduler/util/assumecache"
 
-	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"github.com/pennysched/penny/pkg/gpu"
 )
 
 // Engine runs one kube-scheduler profile in-process: the framework runtime
@@ -299,6 +300,9 @@ type Outcome struct {
 	Reason string
 	// Feasible is how many nodes passed Filter.
 	Feasible int
+	// Best lists the nodes that shared the best score; Node was chosen among
+	// them by the tie-break.
+	Best []string
 }
 
 // Schedule runs one scheduling cycle for the pod and, when it succeeds and no
@@ -317,13 +321,13 @@ func (e *Engine) Schedule(pod *v1.Pod) (Outcome, error) {
 		return Outcome{}, err
 	}
 	state := framework.NewCycleState()
-	host, feasible, reason, err := e.schedulePod(state, pod)
-	if err != nil || host == "" {
+	best, feasible, reason, err := e.schedulePod(state, pod)
+	if err != nil || len(best) == 0 {
 		e.dropFromAPI(pod)
 		return Outcome{Reason: reason, Feasible: feasible}, err
 	}
-	out, err := e.reserveAndBind(state, pod, host)
-	out.Feasible = feasible
+	out, err := e.reserveAndBind(state, pod, best[0])
+	out.Feasible, out.Best = feasible, best
 	return out, err
 }
 
@@ -367,14 +371,15 @@ func (e *Engine) FitsOn(pod *v1.Pod, names []string) (bool, error) {
 }
 
 // schedulePod is kube-scheduler's schedulePod: PreFilter, Filter on every
-// node, PreScore and Score on the feasible ones, and the best node.
-func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host string, feasible int, reason string, err error) {
+// node, PreScore and Score on the feasible ones, and the best node. It
+// returns the nodes with the best score, the chosen one first.
+func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (best []string, feasible int, reason string, err error) {
 	all, err := e.snapshot.NodeInfos().List()
 	if err != nil {
-		return "", 0, "", err
+		return nil, 0, "", err
 	}
 	if len(all) == 0 {
-		return "", 0, "no nodes available to schedule pods", nil
+		return nil, 0, "no nodes available to schedule pods", nil
 	}
 	diagnosis := framework.Diagnosis{NodeToStatus: framework.NewDefaultNodeToStatus()}
 	fitErr := func() string {
@@ -383,11 +388,11 @@ func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host str
 	preRes, s, unschedulable := e.fw.RunPreFilterPlugins(e.ctx, state, pod)
 	if !s.IsSuccess() {
 		if !s.IsRejected() {
-			return "", 0, "", s.AsError()
+			return nil, 0, "", s.AsError()
 		}
 		diagnosis.NodeToStatus.SetAbsentNodesStatus(s)
 		diagnosis.PreFilterMsg = s.Message()
-		return "", 0, fitErr(), nil
+		return nil, 0, fitErr(), nil
 	}
 	nodes := all
 	if !preRes.AllNodes() {
@@ -402,7 +407,7 @@ func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host str
 
 	statuses, err := e.filter(state, pod, nodes)
 	if err != nil {
-		return "", 0, "", err
+		return nil, 0, "", err
 	}
 	feasibleNodes := make([]fwk.NodeInfo, 0, len(nodes))
 	for i, st := range statuses {
@@ -415,17 +420,17 @@ func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host str
 	}
 	switch len(feasibleNodes) {
 	case 0:
-		return "", 0, fitErr(), nil
+		return nil, 0, fitErr(), nil
 	case 1:
-		return feasibleNodes[0].Node().Name, 1, "", nil
+		return []string{feasibleNodes[0].Node().Name}, 1, "", nil
 	}
 
 	if s := e.fw.RunPreScorePlugins(e.ctx, state, pod, feasibleNodes); !s.IsSuccess() {
-		return "", len(feasibleNodes), "", s.AsError()
+		return nil, len(feasibleNodes), "", s.AsError()
 	}
 	scores, s := e.fw.RunScorePlugins(e.ctx, state, pod, feasibleNodes)
 	if !s.IsSuccess() {
-		return "", len(feasibleNodes), "", s.AsError()
+		return nil, len(feasibleNodes), "", s.AsError()
 	}
 	for i := range scores {
 		if e.tieBreak == TieNodeOrder {
@@ -434,8 +439,17 @@ func (e *Engine) schedulePod(state *framework.CycleState, pod *v1.Pod) (host str
 			scores[i].Randomizer = e.rng.Int()
 		}
 	}
-	best := framework.NewSortedScoredNodes(scores).Pop()
-	return best.Name, len(feasibleNodes), "", nil
+	sorted := framework.NewSortedScoredNodes(scores)
+	first := sorted.Pop()
+	best = []string{first.Name}
+	for sorted.Len() > 0 {
+		n := sorted.Pop()
+		if n.TotalScore != first.TotalScore {
+			break
+		}
+		best = append(best, n.Name)
+	}
+	return best, len(feasibleNodes), "", nil
 }
 
 // filter runs the Filter plugins on the nodes, in parallel, reusing
@@ -519,6 +533,26 @@ func (e *Engine) bind(state *framework.CycleState, assumed *v1.Pod, host string)
 	e.bound[boundPod.UID] = boundPod
 	e.fw.RunPostBindPlugins(e.ctx, state, boundPod, host)
 	return Outcome{Pod: boundPod, Node: host}, nil
+}
+
+// AddBoundPod puts a pod that is already on a node (placed by someone else)
+// into the cluster. A GPU pod must carry penny.dev/gpu-assignment, or the
+// device view cannot know which devices it holds.
+func (e *Engine) AddBoundPod(pod *v1.Pod) error {
+	if pod.Spec.NodeName == "" || pod.UID == "" {
+		return fmt.Errorf("pod %s/%s needs a node and a UID", pod.Namespace, pod.Name)
+	}
+	if _, ok := e.nodes[pod.Spec.NodeName]; !ok {
+		return fmt.Errorf("pod %s/%s is on node %q, which is not in the cluster", pod.Namespace, pod.Name, pod.Spec.NodeName)
+	}
+	if _, err := gpu.PodAssignment(pod); err != nil {
+		return err
+	}
+	if err := e.cache.AddPod(e.logger, pod); err != nil {
+		return err
+	}
+	e.bound[pod.UID] = pod
+	return nil
 }
 
 // Remove takes a bound pod off its node (it finished, or was evicted).

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config"
@@ -307,4 +308,36 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 	if len(e.Bound()) != 2 {
 		t.Fatalf("a rejected pod stayed bound")
 	}
+}
+
+// A MIG request lands on a GPU in MIG mode, at an offset its geometry
+// allows, and the assignment is recorded on the pod.
+func TestMIGPodGetsAnInstance(t *testing.T) {
+	node := NewNode("mig", 64000, 262144, 2, "NVIDIA-A100-SXM4-80GB")
+	node.Labels[gpu.LabelMIGStrategy] = "mixed"
+	// The device plugin advertises the one non-MIG GPU as nvidia.com/gpu and
+	// instances on the other.
+	node.Status.Allocatable[gpu.ResourceGPU] = *resource.NewQuantity(1, resource.DecimalSI)
+	node.Status.Allocatable[gpu.MIGResourceName("3g.40gb")] = *resource.NewQuantity(2, resource.DecimalSI)
+	e := newTestEngine(t, "default", []*v1.Node{node}, nil)
+	mig := func(name string) *v1.Pod {
+		p := NewPod("ns", name, 1000, 1024, 0, 0, nil)
+		l := v1.ResourceList{gpu.MIGResourceName("3g.40gb"): *resource.NewQuantity(1, resource.DecimalSI)}
+		p.Spec.Containers[0].Resources.Limits, p.Spec.Containers[0].Resources.Requests = l, l
+		return p
+	}
+	for i, want := range []string{"1:3g.40gb@0", "1:3g.40gb@4"} {
+		out, err := e.Schedule(mig(fmt.Sprint("m", i)))
+		if err != nil || out.Node != "mig" {
+			t.Fatalf("instance %d: %+v %v", i, out, err)
+		}
+		if got := out.Pod.Annotations[gpu.AnnotationAssignment]; got != want {
+			t.Fatalf("instance %d: assignment %q, want %q", i, got, want)
+		}
+	}
+	// GPU 0 is not in MIG mode and still takes a whole-GPU pod.
+	if out, err := e.Schedule(NewPod("ns", "whole", 1000, 1024, 1, 1000, nil)); err != nil || out.Pod.Annotations[gpu.AnnotationAssignment] != "0" {
+		t.Fatalf("whole GPU: %+v %v", out, err)
+	}
+	checkPlacementsValid(t, e)
 }

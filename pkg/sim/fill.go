@@ -187,6 +187,9 @@ func Fill(ctx context.Context, o FillOptions) (*FillRecord, error) {
 	points := int(o.Inflate*100 + 1e-9)
 	rec := &FillRecord{Policy: o.Policy.Name, Seed: o.Seed, PodsTotal: len(pods), PodsImpossible: len(impossible),
 		AllocCurve: make([]float64, points+1), FragCurve: make([]float64, points/10+1)}
+	if rec.FragCurve[0], err = ClusterFragRate(e, workload); err != nil {
+		return nil, err
+	}
 	var arrived, allocated int64
 	next, nextFrag := 1, 1
 	for _, p := range pods {

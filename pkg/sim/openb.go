@@ -63,16 +63,10 @@ func LoadOpenbNodes(path string) ([]*v1.Node, error) {
 	var nodes []*v1.Node
 	seen := map[string]int{}
 	for t.next() {
-		name := t.str("sn")
-		if name == "" {
-			t.fail("sn", "node name is empty")
+		name, ok := t.name("sn", "node", seen)
+		if !ok {
 			break
 		}
-		if prev, ok := seen[name]; ok {
-			t.fail("sn", "node %q already appears on line %d", name, prev)
-			break
-		}
-		seen[name] = t.line()
 		cpu := t.int64("cpu_milli", 1, math.MaxInt32, 0)
 		mem := t.int64("memory_mib", 1, math.MaxInt32, 0)
 		gpus := t.int64("gpu", 0, 64, 0)
@@ -158,16 +152,10 @@ func LoadOpenbPods(path string) (*Trace, error) {
 	tr := &Trace{Source: path}
 	seen := map[string]int{}
 	for t.next() {
-		name := t.str("name")
-		if name == "" {
-			t.fail("name", "pod name is empty")
+		name, ok := t.name("name", "pod", seen)
+		if !ok {
 			break
 		}
-		if prev, ok := seen[name]; ok {
-			t.fail("name", "pod %q already appears on line %d", name, prev)
-			break
-		}
-		seen[name] = t.line()
 		cpu := t.int64("cpu_milli", 0, math.MaxInt32, 0)
 		mem := t.int64("memory_mib", 0, math.MaxInt32, 0)
 		numGPU := t.int64("num_gpu", 0, 64, 0)

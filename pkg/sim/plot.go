@@ -29,9 +29,14 @@ type Line struct {
 	Dashed bool
 }
 
+// Axes bounds a chart; a zero Max leaves that axis to the data.
+type Axes struct {
+	XMin, XMax, YMin, YMax float64
+}
+
 // PlotLines draws the series on one chart and saves it; the format follows
 // the file's extension (.png, .svg, .pdf).
-func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax float64) error {
+func PlotLines(path, title, xLabel, yLabel string, lines []Line, ax Axes) error {
 	p := plot.New()
 	p.Title.Text = title
 	p.Title.TextStyle.Font.Size = vg.Points(14)
@@ -47,9 +52,6 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax floa
 	p.Legend.XOffs = -vg.Points(8)
 	p.Legend.YOffs = vg.Points(8)
 	p.Add(plotter.NewGrid())
-	if yMax > yMin {
-		p.Y.Min, p.Y.Max = yMin, yMax
-	}
 	for i, l := range lines {
 		pts := make(plotter.XYs, len(l.X))
 		for j := range l.X {
@@ -61,6 +63,10 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax floa
 		}
 		ln.LineStyle.Width = vg.Points(2)
 		ln.LineStyle.Color = palette[i%len(palette)]
+		// Every other series dashed, so lines that run together stay apart.
+		if i > 0 && i%2 == 0 {
+			ln.LineStyle.Dashes = []vg.Length{vg.Points(7), vg.Points(3)}
+		}
 		if l.Dashed {
 			ln.LineStyle.Color = color.RGBA{120, 120, 120, 255}
 			ln.LineStyle.Width = vg.Points(1)
@@ -69,6 +75,14 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax floa
 		p.Add(ln)
 		p.Legend.Add(l.Name, ln)
 	}
+	// Adding lines widens the axes to their data: bound them afterwards.
+	p.X.Min, p.Y.Min = ax.XMin, ax.YMin
+	if ax.XMax > ax.XMin {
+		p.X.Max = ax.XMax
+	}
+	if ax.YMax > ax.YMin {
+		p.Y.Max = ax.YMax
+	}
 	p.Legend.ThumbnailWidth = vg.Points(24)
 	p.Legend.Padding = vg.Points(2)
 	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
@@ -76,6 +90,8 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, yMin, yMax floa
 
 // Plot draws the mean allocation ratio against arrivals for each policy of
 // the fill, with the ideal (everything that arrives fits) as a dashed line.
+// It shows arrivals from 60%: below that every policy places every pod and
+// the lines coincide with the ideal.
 func (r *FillReport) Plot(path string) error {
 	var lines []Line
 	n := 0
@@ -107,5 +123,12 @@ func (r *FillReport) Plot(path string) error {
 		seeds = max(seeds, s.Runs)
 	}
 	title := fmt.Sprintf("GPU allocation as pods arrive (fill protocol, mean of %d seeds)", seeds)
-	return PlotLines(path, title, "arrived GPU requests (% of cluster GPU capacity)", "GPU allocation ratio (%)", lines, 0, 102)
+	floor := 60.0
+	for _, l := range lines[1:] {
+		if len(l.Y) > 0 {
+			floor = min(floor, l.Y[len(l.Y)-1]-10)
+		}
+	}
+	return PlotLines(path, title, "arrived GPU requests (% of cluster GPU capacity)", "GPU allocation ratio (%)", lines,
+		Axes{XMin: 60, XMax: float64(n - 1), YMin: max(0, floor), YMax: 100.5})
 }

@@ -573,5 +573,10 @@ func (res *ReplayResult) Plot(path string) error {
 		l.X = append(l.X, s.Hours/24)
 		l.Y = append(l.Y, s.AllocatedPct)
 	}
-	return PlotLines(path, "GPU allocation during the replay", "trace time (days)", "allocated GPU (% of capacity)", []Line{l}, 0, 102)
+	top := 0.0
+	for _, y := range l.Y {
+		top = max(top, y)
+	}
+	// Scale to the data: a sparse trace would be a flat line on 0..100.
+	return PlotLines(path, "GPU allocation during the replay", "trace time (days)", "allocated GPU (% of capacity)", []Line{l}, Axes{YMax: min(100, 1.1*top+0.1)})
 }

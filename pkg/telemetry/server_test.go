@@ -8,10 +8,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
@@ -26,41 +23,9 @@ import (
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
 
-type agentConn struct {
-	stream grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]
-}
-
-// connect opens a raw agent stream with token.
-func connect(t *testing.T, env *telemetrytest.Env, token string) *agentConn {
+func connect(t *testing.T, env *telemetrytest.Env, token string) *telemetrytest.Agent {
 	t.Helper()
-	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-	st, err := telemetryv1.NewTelemetryClient(conn).Connect(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &agentConn{stream: st}
-}
-
-func (a *agentConn) report(t *testing.T, r *telemetryv1.NodeReport) (*telemetryv1.ReportAck, error) {
-	t.Helper()
-	if err := a.stream.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}); err != nil {
-		_, err := a.stream.Recv()
-		return nil, err
-	}
-	msg, err := a.stream.Recv()
-	if err != nil {
-		return nil, err
-	}
-	return msg.GetAck(), nil
+	return telemetrytest.Dial(t, env, token)
 }
 
 func counter(t *testing.T, name, label, value string) float64 {
@@ -76,7 +41,7 @@ func TestReportFromOwnNodeIsStored(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{})
 	a := connect(t, env, "node:n1")
 	before := counter(t, "penny_telemetry_reports_total", "result", "accepted")
-	ack, err := a.report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
+	ack, err := a.Report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
 	if err != nil || !ack.GetAccepted() || ack.GetSequence() != 1 {
 		t.Fatalf("ack %v err %v", ack, err)
 	}
@@ -88,7 +53,7 @@ func TestReportFromOwnNodeIsStored(t *testing.T) {
 		t.Errorf("accepted counter %v, want %v", got, before+1)
 	}
 	// A stale resend is acknowledged but not applied.
-	ack, err = a.report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
+	ack, err = a.Report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
 	if err != nil || !ack.GetAccepted() {
 		t.Fatalf("resend: %v %v", ack, err)
 	}
@@ -98,7 +63,7 @@ func TestReportAboutAnotherNodeIsRefusedAndCounted(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{})
 	a := connect(t, env, "node:node-a")
 	before := counter(t, "penny_telemetry_reports_total", "result", "wrong_node")
-	_, err := a.report(t, telemetrytest.Report("node-b", 8, 1, time.Now()))
+	_, err := a.Report(t, telemetrytest.Report("node-b", 8, 1, time.Now()))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `"node-a"`) || !strings.Contains(err.Error(), `"node-b"`) {
 		t.Fatalf("got %v, want PermissionDenied naming both nodes", err)
 	}
@@ -119,7 +84,7 @@ func TestInvalidReportIsRefusedWithTheField(t *testing.T) {
 	r := telemetrytest.Report("n1", 2, 1, time.Now())
 	r.Gpus[0].UtilizationPercent = new(uint32)
 	*r.Gpus[0].UtilizationPercent = 250
-	ack, err := a.report(t, r)
+	ack, err := a.Report(t, r)
 	if err != nil || ack.GetAccepted() || !strings.Contains(ack.GetError(), "gpus[0].utilization_percent") {
 		t.Fatalf("ack %v err %v", ack, err)
 	}
@@ -127,7 +92,7 @@ func TestInvalidReportIsRefusedWithTheField(t *testing.T) {
 		t.Fatal("invalid report stored")
 	}
 	// The stream stays usable: the next good report goes through.
-	ack, err = a.report(t, telemetrytest.Report("n1", 2, 2, time.Now()))
+	ack, err = a.Report(t, telemetrytest.Report("n1", 2, 2, time.Now()))
 	if err != nil || !ack.GetAccepted() {
 		t.Fatalf("ack %v err %v", ack, err)
 	}
@@ -147,7 +112,7 @@ func TestAuthenticationFailures(t *testing.T) {
 	}
 	for _, c := range cases {
 		a := connect(t, env, c.token)
-		_, err := a.report(t, telemetrytest.Report("n1", 1, 1, time.Now()))
+		_, err := a.Report(t, telemetrytest.Report("n1", 1, 1, time.Now()))
 		if status.Code(err) != c.code || !strings.Contains(err.Error(), c.msg) {
 			t.Errorf("token %q: got %v, want %v %q", c.token, err, c.code, c.msg)
 		}
@@ -157,12 +122,11 @@ func TestAuthenticationFailures(t *testing.T) {
 	}
 }
 
-// A stream lives no longer than its token: the server ends it at the exp
-// claim and the agent reconnects with the rotated token.
+// A stream lives no longer than its token: the first message after the exp
+// claim ends it, and the agent reconnects with the rotated token.
 func TestStreamEndsWhenTokenExpires(t *testing.T) {
 	// exp claims have whole seconds: at least 1.5s from now.
 	nd := jwt.NewNumericDate(time.Now().Add(2500 * time.Millisecond))
-	exp := nd.Time
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{ExpiresAt: nd}).SignedString([]byte("k"))
 	if err != nil {
 		t.Fatal(err)
@@ -175,15 +139,16 @@ func TestStreamEndsWhenTokenExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := connect(t, telemetrytest.StartWith(t, srv), tok)
-	if ack, err := a.report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+	if ack, err := a.Report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatalf("before expiry: %v %v", ack, err)
 	}
-	_, err = a.stream.Recv()
+	time.Sleep(time.Until(nd.Time) + 10*time.Millisecond)
+	_, err = a.Report(t, telemetrytest.Report("n1", 1, 2, time.Now()))
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
-		t.Fatalf("got %v, want Unauthenticated token expired", err)
+		t.Fatalf("after expiry: got %v, want Unauthenticated token expired", err)
 	}
-	if d := time.Since(exp); d < 0 || d > 2*time.Second {
-		t.Fatalf("stream ended %v after the token expired", d)
+	if st, _ := srv.Store().Node("n1"); st.Sequence != 1 {
+		t.Fatalf("a report sent after the token expired was stored (sequence %d)", st.Sequence)
 	}
 }
 
@@ -212,7 +177,7 @@ func TestCheckpointCommandsAndStatus(t *testing.T) {
 		},
 	}})
 	a := connect(t, env, "node:n1")
-	if ack, err := a.report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+	if ack, err := a.Report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatal(ack, err)
 	}
 	cmd := &telemetryv1.CheckpointCommand{Id: "c1", Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p-0"}}, Deadline: timestamppb.New(time.Now().Add(time.Minute))}
@@ -225,12 +190,12 @@ func TestCheckpointCommandsAndStatus(t *testing.T) {
 	if _, err := env.Server.SendCheckpoint("n1", &telemetryv1.CheckpointCommand{Id: "bad"}); err == nil {
 		t.Fatal("an invalid command was sent")
 	}
-	msg, err := a.stream.Recv()
+	msg, err := a.Next(t)
 	if err != nil || msg.GetCheckpoint().GetId() != "c1" {
 		t.Fatalf("agent got %v %v", msg, err)
 	}
 	st := &telemetryv1.CheckpointStatus{CommandId: "c1", Pod: cmd.Pods[0], State: telemetryv1.CheckpointStatus_STATE_DONE, UpdatedAt: timestamppb.Now()}
-	if err := a.stream.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: st}}); err != nil {
+	if err := a.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: st}}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -270,17 +235,17 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 	}
 	env := telemetrytest.StartWith(t, srv)
 	a := connect(t, env, "node:gpu-7")
-	if ack, err := a.report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); err != nil || !ack.GetAccepted() {
+	if ack, err := a.Report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatalf("own node: %v %v", ack, err)
 	}
 	if auds, n := api.LastAudiences(); n != 1 || len(auds) != 1 || auds[0] != telemetry.DefaultAudience {
 		t.Errorf("TokenReview asked %d times for audiences %v", n, auds)
 	}
-	if _, err := a.report(t, telemetrytest.Report("gpu-8", 2, 2, time.Now())); status.Code(err) != codes.PermissionDenied {
+	if _, err := a.Report(t, telemetrytest.Report("gpu-8", 2, 2, time.Now())); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("other node: %v", err)
 	}
 	b := connect(t, env, "bad")
-	if _, err := b.report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); status.Code(err) != codes.Unauthenticated {
+	if _, err := b.Report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("bad token: %v", err)
 	}
 }

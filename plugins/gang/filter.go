@@ -119,7 +119,11 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return nodesIn(nodes, r, fixed), nil
 	}
 	if len(pending) < need {
-		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, membersMissing(spec, len(running)+len(pending)))
+		// A member went away after this one was let into the queue: wait,
+		// like PreEnqueue does, for onPodAdd to bring it back.
+		msg := membersMissing(spec, len(running)+len(pending))
+		g.gated[pod.UID] = msg
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
 
 	claims := pl.claimsFor("", "")

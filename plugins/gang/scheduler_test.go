@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/component-base/metrics/testutil"
 
 	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
@@ -21,6 +22,9 @@ func nodes(prefix string, n int, opts ...nodeOpt) []*corev1.Node {
 }
 
 func TestGangOfEightBindsWhenItFits(t *testing.T) {
+	registerMetrics()
+	scheduledBefore, _ := testutil.GetCounterMetricValue(attempts.WithLabelValues(resultScheduled))
+	waitsBefore, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
 	c := startCluster(t, testArgs(), nodes("n", 8)...)
 	var pods []*corev1.Pod
 	for i := range 8 {
@@ -34,6 +38,12 @@ func TestGangOfEightBindsWhenItFits(t *testing.T) {
 	}
 	if len(used) != 8 {
 		t.Errorf("8 whole-node members should use 8 nodes, used %d: %v", len(used), got)
+	}
+	if n, _ := testutil.GetCounterMetricValue(attempts.WithLabelValues(resultScheduled)); n != scheduledBefore+1 {
+		t.Errorf("penny_gang_attempts_total{result=scheduled} went from %v to %v, want one more", scheduledBefore, n)
+	}
+	if n, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric); n != waitsBefore+1 {
+		t.Errorf("penny_gang_wait_seconds observed %d gangs, want %d", n, waitsBefore+1)
 	}
 }
 

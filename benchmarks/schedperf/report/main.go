@@ -64,11 +64,14 @@ type Machine struct {
 
 // Report is benchmarks/results/schedperf.json.
 type Report struct {
-	Command   string     `json:"command"`
-	Date      string     `json:"date"`
-	Sources   []string   `json:"sources"`
-	Machine   Machine    `json:"machine"`
-	Workloads []Workload `json:"workloads"`
+	// LoadAverage is the range of the machine's 1-minute load average seen
+	// before each side ran: other work on the machine skews single runs.
+	LoadAverage [2]float64 `json:"load_average_min_max"`
+	Command     string     `json:"command"`
+	Date        string     `json:"date"`
+	Sources     []string   `json:"sources"`
+	Machine     Machine    `json:"machine"`
+	Workloads   []Workload `json:"workloads"`
 }
 
 // baselines names, per comparison, the test case suffix of the baseline.
@@ -128,11 +131,12 @@ func run(in, jsonOut, mdOut, command string) error {
 	sort.Slice(workloads, func(i, j int) bool { return workloads[i].Name < workloads[j].Name })
 
 	rep := Report{
-		Command:   command,
-		Date:      time.Now().UTC().Format(time.RFC3339),
-		Sources:   sources,
-		Machine:   machine(),
-		Workloads: workloads,
+		LoadAverage: loadRange(runs),
+		Command:     command,
+		Date:        time.Now().UTC().Format(time.RFC3339),
+		Sources:     sources,
+		Machine:     machine(),
+		Workloads:   workloads,
 	}
 	out, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
@@ -198,15 +202,18 @@ func readPairs(name string, files []string) ([]Workload, error) {
 		}
 		items.DataItems = append(items.DataItems, one.DataItems...)
 	}
-	// Name is "<test case>/<workload>/<collector name>"; the test case is
-	// "<comparison>_<side>".
+	// The test case is "<comparison>_<side>".
 	type key struct{ comparison, workload string }
 	sides := map[key]map[string]map[string]float64{}
 	for _, it := range items.DataItems {
 		if it.Labels["Metric"] != "SchedulingThroughput" {
 			continue
 		}
+		// Name is "BenchmarkPerfScheduling/<test case>/<workload>/<collector>".
 		parts := strings.Split(it.Labels["Name"], "/")
+		if len(parts) > 0 && strings.HasPrefix(parts[0], "Benchmark") {
+			parts = parts[1:]
+		}
 		if len(parts) < 2 {
 			continue
 		}
@@ -249,6 +256,33 @@ func readPairs(name string, files []string) ([]Workload, error) {
 	return out, nil
 }
 
+// loadRange reads the load averages bench.sh recorded (*.load beside the
+// data items).
+func loadRange(runs []runFiles) [2]float64 {
+	out := [2]float64{-1, 0}
+	for _, r := range runs {
+		loads, _ := filepath.Glob(filepath.Join(filepath.Dir(r.files[0]), "*.load"))
+		for _, f := range loads {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			var v float64
+			if _, err := fmt.Sscan(string(raw), &v); err != nil {
+				continue
+			}
+			if out[0] < 0 || v < out[0] {
+				out[0] = v
+			}
+			out[1] = max(out[1], v)
+		}
+	}
+	if out[0] < 0 {
+		out[0] = 0
+	}
+	return out
+}
+
 func median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
@@ -268,7 +302,11 @@ func markdown(r Report) string {
 	fmt.Fprintf(&b, "both sides of every row in the same run, each workload on a fresh etcd and kube-apiserver.\n\n")
 	fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
 	fmt.Fprintf(&b, "- date: %s; runs: %d\n", r.Date, len(r.Sources))
-	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %d GiB memory, %s, %s\n\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.MemoryGiB, r.Machine.OS, r.Machine.GoVersion)
+	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %d GiB memory, %s, %s\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.MemoryGiB, r.Machine.OS, r.Machine.GoVersion)
+	if r.LoadAverage[1] > 0 {
+		fmt.Fprintf(&b, "- 1-minute load average before each side: %.1f to %.1f (other work shared the machine; single runs swing with it, hence several runs and medians)\n", r.LoadAverage[0], r.LoadAverage[1])
+	}
+	fmt.Fprintln(&b)
 	fmt.Fprintf(&b, "| workload | baseline | baseline pods/s | Penny pods/s | ratio | per-run ratios |\n|---|---|---:|---:|---:|---|\n")
 	for _, w := range r.Workloads {
 		var ratios []string

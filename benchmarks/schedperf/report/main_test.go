@@ -17,7 +17,7 @@ func writeRun(t *testing.T, dir, name string, throughput map[string]float64) {
 	}
 	var items []item
 	for n, v := range throughput {
-		items = append(items, item{Data: map[string]float64{"Average": v}, Unit: "pods/s", Labels: map[string]string{"Metric": "SchedulingThroughput", "Name": n}})
+		items = append(items, item{Data: map[string]float64{"Average": v}, Unit: "pods/s", Labels: map[string]string{"Metric": "SchedulingThroughput", "Name": "BenchmarkPerfScheduling/" + n}})
 	}
 	// Other metrics share the file and must be ignored.
 	items = append(items, item{Data: map[string]float64{"Average": 1}, Unit: "ms", Labels: map[string]string{"Metric": "scheduler_scheduling_attempt_duration_seconds", "Name": "Gangs_penny/10Nodes/gangs"}})

@@ -201,3 +201,15 @@ func NodeTokens() authenticator.Token {
 		return nil, false, nil
 	})
 }
+
+// FreeAddr returns a loopback address with a port that was free a moment
+// ago, for a server a test starts later.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

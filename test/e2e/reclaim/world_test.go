@@ -1,7 +1,6 @@
 package reclaim
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -18,15 +17,10 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 
@@ -76,22 +70,19 @@ func newWorld(t *testing.T, fleet string) *world {
 	w.c = harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet), Log: io.Discard})
 	ctx := context.Background()
 
-	// The agent's ServiceAccount, RBAC and the admission policy holding it
-	// to its own node, exactly as deploy/ ships them.
-	applyManifest(t, w.c, filepath.Join(harness.RepoRoot(), "deploy/agent/reclaim.yaml"))
-	// Agent pods belong to a DaemonSet, as on a real cluster: the reclaim
-	// flow leaves DaemonSet pods alone. (No DaemonSet controller runs; the
-	// object is there so the pods' owner exists.)
-	ds, err := w.c.Client.AppsV1().DaemonSets(agentNamespace).Create(ctx, &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "penny-agent"},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "penny-agent"}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "penny-agent"}},
-				Spec:       corev1.PodSpec{ServiceAccountName: agentSA, Containers: []corev1.Container{{Name: "agent", Image: "registry.example/penny-agent"}}},
-			},
-		},
-	}, metav1.CreateOptions{})
+	// The agent as deploy/ ships it: ServiceAccount and DaemonSet, RBAC and
+	// the admission policy holding it to its own node. (No DaemonSet
+	// controller runs: the test makes the agent pods itself, owned by the
+	// DaemonSet, which the reclaim flow leaves alone as it would on a real
+	// node.)
+	for _, f := range []string{"deploy/agent/penny-agent.yaml", "deploy/agent/reclaim.yaml"} {
+		data, err := os.ReadFile(filepath.Join(harness.RepoRoot(), f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		harness.ApplyYAML(t, w.c, f, data, false)
+	}
+	ds, err := w.c.Client.AppsV1().DaemonSets(agentNamespace).Get(ctx, "penny-agent", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,45 +117,6 @@ func newWorld(t *testing.T, fleet string) *world {
 
 	w.trainers = startTrainerFleet(t, w.c.Client)
 	return w
-}
-
-// applyManifest creates every object of a manifest file.
-func applyManifest(t *testing.T, c *localcluster.Cluster, path string) {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(c.RESTConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(c.Client.Discovery()))
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-	for {
-		var obj unstructured.Unstructured
-		if err := dec.Decode(&obj.Object); err == io.EOF {
-			break
-		} else if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		if len(obj.Object) == 0 {
-			continue
-		}
-		gvk := obj.GroupVersionKind()
-		mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			t.Fatalf("%s: %s: %v", path, gvk, err)
-		}
-		body, _ := obj.MarshalJSON()
-		var ri dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-		if ns := obj.GetNamespace(); ns != "" {
-			ri = dyn.Resource(mapping.Resource).Namespace(ns)
-		}
-		if _, err := ri.Patch(context.Background(), obj.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: "penny-e2e"}); err != nil {
-			t.Fatalf("%s: %s %s: %v", path, gvk.Kind, obj.GetName(), err)
-		}
-	}
 }
 
 // trainerFleet runs a trainer for every pod of the test's Jobs once the pod
@@ -321,7 +273,7 @@ func (w *world) agentPod(node string) *corev1.Pod {
 	}
 	return harness.CreatePod(w.t, w.c, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: name, Namespace: agentNamespace, Labels: map[string]string{"app": "penny-agent"},
+			Name: name, Namespace: agentNamespace, Labels: map[string]string{"app.kubernetes.io/name": "penny-agent"},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "DaemonSet", Name: w.ds.Name, UID: w.ds.UID, Controller: ptr.To(true)}},
 		},
 		Spec: corev1.PodSpec{

@@ -2,19 +2,10 @@ package deploy
 
 import (
 	"bytes"
-	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/validation"
@@ -67,47 +58,13 @@ func TestSchedulerConfigIsValid(t *testing.T) {
 // admit every object users apply, without persisting them.
 func TestManifestsPassServerSideDryRun(t *testing.T) {
 	c := harness.StartCluster(t, localcluster.Options{})
-	dyn, err := dynamic.NewForConfig(c.RESTConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(c.Client.Discovery()))
 	applied := 0
 	for _, m := range deploy.Manifests() {
 		data, err := os.ReadFile(filepath.Join(harness.RepoRoot(), m.Output))
 		if err != nil {
 			t.Fatal(err)
 		}
-		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-		for {
-			var obj unstructured.Unstructured
-			if err := dec.Decode(&obj.Object); err == io.EOF {
-				break
-			} else if err != nil {
-				t.Fatalf("%s: %v", m.Output, err)
-			}
-			if len(obj.Object) == 0 {
-				continue
-			}
-			gvk := obj.GroupVersionKind()
-			mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-			if err != nil {
-				t.Fatalf("%s: %s %s: %v", m.Output, gvk, obj.GetName(), err)
-			}
-			body, _ := obj.MarshalJSON()
-			ri := dyn.Resource(mapping.Resource)
-			var target dynamic.ResourceInterface = ri
-			if ns := obj.GetNamespace(); ns != "" {
-				target = ri.Namespace(ns)
-			}
-			_, err = target.Patch(context.Background(), obj.GetName(), types.ApplyPatchType, body, metav1.PatchOptions{
-				DryRun: []string{metav1.DryRunAll}, FieldManager: "penny-manifest-test",
-			})
-			if err != nil {
-				t.Errorf("%s: %s %s/%s rejected by the API server: %v", m.Output, gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
-			}
-			applied++
-		}
+		applied += harness.ApplyYAML(t, c, m.Output, data, true)
 	}
 	if applied < 10 {
 		t.Errorf("only %d objects applied; the manifests lost objects", applied)

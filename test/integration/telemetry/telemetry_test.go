@@ -14,10 +14,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"github.com/golang-jwt/jwt/v5"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -27,7 +24,7 @@ import (
 	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/utils/ptr"
 
-	"github.com/pennysched/penny/agent/report"
+	"github.com/pennysched/penny/agent/agenttest"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -105,30 +102,10 @@ func resigned(t *testing.T, c *localcluster.Cluster, token string, exp time.Time
 	return s
 }
 
-// stream opens an agent stream with token and sends one report.
+// sendReport opens an agent stream with token and sends one report.
 func sendReport(t *testing.T, env *telemetrytest.Env, token string, r *telemetryv1.NodeReport) (*telemetryv1.ReportAck, error) {
 	t.Helper()
-	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	st, err := telemetryv1.NewTelemetryClient(conn).Connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}); err != nil {
-		_, err = st.Recv()
-		return nil, err
-	}
-	msg, err := st.Recv()
-	if err != nil {
-		return nil, err
-	}
-	return msg.GetAck(), nil
+	return telemetrytest.Dial(t, env, token).Report(t, r)
 }
 
 func wrongNodeCount(t *testing.T) float64 {
@@ -176,27 +153,8 @@ func TestAgentTokensOnRealAPIServer(t *testing.T) {
 		if err := os.WriteFile(tokenFile, []byte(tokenA), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		loop := report.NewLoop(&report.Builder{Node: nodeA, AgentID: report.NewAgentID(), Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 8}}},
-			report.LoopOptions{CollectInterval: 100 * time.Millisecond, Log: testr.New(t)})
-		client, err := report.NewClient(loop, report.ClientOptions{Address: env.Addr, TLS: env.ClientTLS, TokenFile: tokenFile, Log: testr.New(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		actx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{}, 2)
-		go func() { loop.Run(actx); done <- struct{}{} }()
-		go func() { client.Run(actx); done <- struct{}{} }()
-		defer func() { cancel(); <-done; <-done }()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if st, ok := env.Store.Node(nodeA); ok && len(st.GPUs) == 8 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the agent on %s did not get its report into the store", nodeA)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		agenttest.Start(t, agenttest.Options{Node: nodeA, Address: env.Addr, TLS: env.ClientTLS, TokenFile: tokenFile, GPUs: telemetrytest.GPUSource{GPUs: 8}})
+		agenttest.WaitForNode(t, env.Store, nodeA, 8, 20*time.Second)
 	})
 
 	t.Run("wrong node refused and counted", func(t *testing.T) {

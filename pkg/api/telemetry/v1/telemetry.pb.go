@@ -1479,7 +1479,8 @@ func (x *ReclaimNotice) GetDeadline() *timestamppb.Timestamp {
 	return nil
 }
 
-// ReportAck answers one NodeReport.
+// ReportAck answers a refused NodeReport (accepted is then false). A
+// scheduler may also acknowledge accepted reports; v1 schedulers do not.
 type ReportAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The report's sequence.

@@ -47,8 +47,10 @@ const (
 // Telemetry is served by penny-scheduler.
 type TelemetryClient interface {
 	// Connect carries one agent's reports for as long as the agent runs. The
-	// scheduler answers each report with a ReportAck and may send commands at
-	// any time. The stream ends with PERMISSION_DENIED when the agent reports
+	// scheduler answers a report it refuses with a ReportAck naming the
+	// problem; accepted reports get no answer, so that a fleet's steady
+	// reporting costs the scheduler no writes. The scheduler may send
+	// commands at any time. The stream ends with PERMISSION_DENIED when the agent reports
 	// about a node other than its own, and with UNAUTHENTICATED when its token
 	// is invalid or expires (the agent reconnects with a fresh token).
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, SchedulerMessage], error)
@@ -82,8 +84,10 @@ type Telemetry_ConnectClient = grpc.BidiStreamingClient[AgentMessage, SchedulerM
 // Telemetry is served by penny-scheduler.
 type TelemetryServer interface {
 	// Connect carries one agent's reports for as long as the agent runs. The
-	// scheduler answers each report with a ReportAck and may send commands at
-	// any time. The stream ends with PERMISSION_DENIED when the agent reports
+	// scheduler answers a report it refuses with a ReportAck naming the
+	// problem; accepted reports get no answer, so that a fleet's steady
+	// reporting costs the scheduler no writes. The scheduler may send
+	// commands at any time. The stream ends with PERMISSION_DENIED when the agent reports
 	// about a node other than its own, and with UNAUTHENTICATED when its token
 	// is invalid or expires (the agent reconnects with a fresh token).
 	Connect(grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]) error

@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
-	"k8s.io/apimachinery/pkg/api/validate/content"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/pennysched/penny/pkg/gpu"
@@ -31,37 +30,80 @@ const (
 	maxTextLen                   = 1024
 )
 
+// at names a field for error messages without allocating. Validation runs
+// on every report (a thousand a second at 5,000 nodes), and a field's path
+// is only needed when something is wrong with it.
+type at struct {
+	n   int
+	seg [6]segment
+}
+
+type segment struct {
+	name  string
+	index int // -1: not a list element
+}
+
+var root at
+
+// Child names field name under a.
+func (a at) Child(name string) at {
+	a.seg[a.n] = segment{name: name, index: -1}
+	a.n++
+	return a
+}
+
+// Index names element i of the list a names.
+func (a at) Index(i int) at {
+	a.seg[a.n-1].index = i
+	return a
+}
+
+func (a at) path() *field.Path {
+	var p *field.Path
+	for _, s := range a.seg[:a.n] {
+		if p == nil {
+			p = field.NewPath(s.name)
+		} else {
+			p = p.Child(s.name)
+		}
+		if s.index >= 0 {
+			p = p.Index(s.index)
+		}
+	}
+	return p
+}
+
 // ValidateNodeReport checks every field of a report. The error lists every
 // problem found, each naming its field ("gpus[2].mig_instances[0].profile").
 func ValidateNodeReport(r *NodeReport) error {
-	return validateNodeReport(r, nil).ToAggregate()
+	return validateNodeReport(r, root).ToAggregate()
 }
 
-func validateNodeReport(r *NodeReport, p *field.Path) field.ErrorList {
+func validateNodeReport(r *NodeReport, p at) field.ErrorList {
 	var errs field.ErrorList
 	if r == nil {
-		return append(errs, field.Required(p, "report is empty"))
+		return append(errs, field.Required(p.path(), "report is empty"))
 	}
 	errs = append(errs, validateNodeName(r.GetNodeName(), p.Child("node_name"))...)
 	errs = append(errs, validateID(r.GetAgentId(), p.Child("agent_id"))...)
 	if r.GetSequence() == 0 {
-		errs = append(errs, field.Required(p.Child("sequence"), "starts at 1 and grows by 1 per report"))
+		errs = append(errs, field.Required(p.Child("sequence").path(), "starts at 1 and grows by 1 per report"))
 	}
 	errs = append(errs, validateTimestamp(r.GetCollectedAt(), true, p.Child("collected_at"))...)
 	errs = append(errs, validateText(r.GetAgentVersion(), maxNameLen, p.Child("agent_version"))...)
 	errs = append(errs, validateText(r.GetDriverVersion(), maxNameLen, p.Child("driver_version"))...)
 	if r.GetCudaDriverVersion() < 0 {
-		errs = append(errs, field.Invalid(p.Child("cuda_driver_version"), r.GetCudaDriverVersion(), "must not be negative"))
+		errs = append(errs, field.Invalid(p.Child("cuda_driver_version").path(), r.GetCudaDriverVersion(), "must not be negative"))
 	}
 
 	errs = append(errs, validateCollectorStatus(r.GetNvml(), p.Child("nvml"))...)
 	if r.GetNvml().GetState() != CollectorStatus_STATE_OK && len(r.GetGpus()) > 0 {
-		errs = append(errs, field.Invalid(p.Child("gpus"), len(r.GetGpus()), "must be empty unless nvml.state is STATE_OK"))
+		errs = append(errs, field.Invalid(p.Child("gpus").path(), len(r.GetGpus()), "must be empty unless nvml.state is STATE_OK"))
 	}
 	if n := len(r.GetGpus()); n > MaxGPUs {
-		errs = append(errs, field.TooMany(p.Child("gpus"), n, MaxGPUs))
+		errs = append(errs, field.TooMany(p.Child("gpus").path(), n, MaxGPUs))
 	} else {
-		seen := newUniqueness()
+		seen := newUniqueness(r.GetGpus())
 		for i, g := range r.GetGpus() {
 			errs = append(errs, validateGPU(g, seen, p.Child("gpus").Index(i))...)
 		}
@@ -69,7 +111,7 @@ func validateNodeReport(r *NodeReport, p *field.Path) field.ErrorList {
 
 	errs = append(errs, validateCollectorStatus(r.GetPodResources(), p.Child("pod_resources"))...)
 	if n := len(r.GetPodDevices()); n > MaxPodDevices {
-		errs = append(errs, field.TooMany(p.Child("pod_devices"), n, MaxPodDevices))
+		errs = append(errs, field.TooMany(p.Child("pod_devices").path(), n, MaxPodDevices))
 	} else {
 		for i, d := range r.GetPodDevices() {
 			errs = append(errs, validatePodDevices(d, p.Child("pod_devices").Index(i))...)
@@ -80,14 +122,14 @@ func validateNodeReport(r *NodeReport, p *field.Path) field.ErrorList {
 
 	errs = append(errs, validateCollectorStatus(r.GetReclaim(), p.Child("reclaim"))...)
 	if n := len(r.GetReclaimNotices()); n > MaxReclaimNotices {
-		errs = append(errs, field.TooMany(p.Child("reclaim_notices"), n, MaxReclaimNotices))
+		errs = append(errs, field.TooMany(p.Child("reclaim_notices").path(), n, MaxReclaimNotices))
 	} else {
 		ids := map[string]bool{}
 		for i, n := range r.GetReclaimNotices() {
 			fp := p.Child("reclaim_notices").Index(i)
 			errs = append(errs, validateReclaimNotice(n, fp)...)
 			if ids[n.GetId()] {
-				errs = append(errs, field.Duplicate(fp.Child("id"), n.GetId()))
+				errs = append(errs, field.Duplicate(fp.Child("id").path(), n.GetId()))
 			}
 			ids[n.GetId()] = true
 		}
@@ -98,61 +140,68 @@ func validateNodeReport(r *NodeReport, p *field.Path) field.ErrorList {
 // uniqueness tracks ids that must be unique across one report.
 type uniqueness struct {
 	uuids   map[string]bool
-	indices map[uint32]bool
+	indices [MaxGPUs]bool
 }
 
-func newUniqueness() *uniqueness {
-	return &uniqueness{uuids: map[string]bool{}, indices: map[uint32]bool{}}
+// newUniqueness sizes the UUID set for the report's GPUs and MIG instances
+// up front: growing it would cost more than the lookups.
+func newUniqueness(gpus []*GPU) *uniqueness {
+	n := len(gpus)
+	for _, g := range gpus {
+		n += len(g.GetMigInstances())
+	}
+	return &uniqueness{uuids: make(map[string]bool, n)}
 }
 
-func validateGPU(g *GPU, seen *uniqueness, p *field.Path) field.ErrorList {
+func validateGPU(g *GPU, seen *uniqueness, p at) field.ErrorList {
 	var errs field.ErrorList
 	if g == nil {
-		return append(errs, field.Required(p, "GPU entry is empty"))
+		return append(errs, field.Required(p.path(), "GPU entry is empty"))
 	}
 	if !IsGPUUUID(g.GetUuid()) {
-		errs = append(errs, field.Invalid(p.Child("uuid"), g.GetUuid(), "must look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits), as NVML reports it"))
+		errs = append(errs, field.Invalid(p.Child("uuid").path(), g.GetUuid(), "must look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits), as NVML reports it"))
 	} else if seen.uuids[g.GetUuid()] {
-		errs = append(errs, field.Duplicate(p.Child("uuid"), g.GetUuid()))
+		errs = append(errs, field.Duplicate(p.Child("uuid").path(), g.GetUuid()))
 	}
 	seen.uuids[g.GetUuid()] = true
 	if g.GetIndex() >= MaxGPUs {
-		errs = append(errs, field.Invalid(p.Child("index"), g.GetIndex(), fmt.Sprintf("must be below %d", MaxGPUs)))
+		errs = append(errs, field.Invalid(p.Child("index").path(), g.GetIndex(), fmt.Sprintf("must be below %d", MaxGPUs)))
 	} else if seen.indices[g.GetIndex()] {
-		errs = append(errs, field.Duplicate(p.Child("index"), g.GetIndex()))
+		errs = append(errs, field.Duplicate(p.Child("index").path(), g.GetIndex()))
+	} else {
+		seen.indices[g.GetIndex()] = true
 	}
-	seen.indices[g.GetIndex()] = true
 	if g.GetName() == "" {
-		errs = append(errs, field.Required(p.Child("name"), "NVML device name, e.g. \"NVIDIA A100-SXM4-40GB\""))
+		errs = append(errs, field.Required(p.Child("name").path(), "NVML device name, e.g. \"NVIDIA A100-SXM4-40GB\""))
 	}
 	errs = append(errs, validateText(g.GetName(), maxNameLen, p.Child("name"))...)
 	if g.GetProduct() == "" {
-		errs = append(errs, field.Required(p.Child("product"), "the name with spaces as dashes, e.g. \"NVIDIA-A100-SXM4-40GB\""))
-	} else if msgs := content.IsLabelValue(g.GetProduct()); len(msgs) > 0 {
-		errs = append(errs, field.Invalid(p.Child("product"), g.GetProduct(), "must be usable as the nvidia.com/gpu.product label value: "+strings.Join(msgs, "; ")))
+		errs = append(errs, field.Required(p.Child("product").path(), "the name with spaces as dashes, e.g. \"NVIDIA-A100-SXM4-40GB\""))
+	} else if msgs := labelValueErrors(g.GetProduct()); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(p.Child("product").path(), g.GetProduct(), "must be usable as the nvidia.com/gpu.product label value: "+strings.Join(msgs, "; ")))
 	}
 	errs = append(errs, validateText(g.GetPciBusId(), 64, p.Child("pci_bus_id"))...)
 	total := g.GetMemoryTotalBytes()
 	if total == 0 || total > MaxGPUMemoryBytes {
-		errs = append(errs, field.Invalid(p.Child("memory_total_bytes"), total, fmt.Sprintf("must be 1..%d", MaxGPUMemoryBytes)))
+		errs = append(errs, field.Invalid(p.Child("memory_total_bytes").path(), total, fmt.Sprintf("must be 1..%d", MaxGPUMemoryBytes)))
 	}
 	if g.MemoryUsedBytes != nil && g.GetMemoryUsedBytes() > total {
-		errs = append(errs, field.Invalid(p.Child("memory_used_bytes"), g.GetMemoryUsedBytes(), fmt.Sprintf("must not exceed memory_total_bytes (%d)", total)))
+		errs = append(errs, field.Invalid(p.Child("memory_used_bytes").path(), g.GetMemoryUsedBytes(), fmt.Sprintf("must not exceed memory_total_bytes (%d)", total)))
 	}
 	errs = append(errs, validatePercent(g.UtilizationPercent, p.Child("utilization_percent"))...)
 	errs = append(errs, validatePercent(g.MemoryUtilizationPercent, p.Child("memory_utilization_percent"))...)
 	if _, ok := MIGMode_name[int32(g.GetMigMode())]; !ok || g.GetMigMode() == MIGMode_MIG_MODE_UNSPECIFIED {
-		errs = append(errs, field.Invalid(p.Child("mig_mode"), g.GetMigMode().String(), "must be one of UNSUPPORTED, DISABLED, ENABLED, PENDING_ENABLE, PENDING_DISABLE"))
+		errs = append(errs, field.Invalid(p.Child("mig_mode").path(), g.GetMigMode().String(), "must be one of UNSUPPORTED, DISABLED, ENABLED, PENDING_ENABLE, PENDING_DISABLE"))
 	}
 	if n := len(g.GetMigInstances()); n > 0 && g.GetMigMode() != MIGMode_MIG_MODE_ENABLED {
-		errs = append(errs, field.Forbidden(p.Child("mig_instances"), fmt.Sprintf("%d instances on a GPU whose mig_mode is %s", n, g.GetMigMode())))
+		errs = append(errs, field.Forbidden(p.Child("mig_instances").path(), fmt.Sprintf("%d instances on a GPU whose mig_mode is %s", n, g.GetMigMode())))
 	} else if n > MaxMIGInstancesPerGPU {
-		errs = append(errs, field.TooMany(p.Child("mig_instances"), n, MaxMIGInstancesPerGPU))
+		errs = append(errs, field.TooMany(p.Child("mig_instances").path(), n, MaxMIGInstancesPerGPU))
 	} else {
 		errs = append(errs, validateMIGInstances(g, seen, p)...)
 	}
 	if n := len(g.GetPods()); n > MaxPodsPerGPU {
-		errs = append(errs, field.TooMany(p.Child("pods"), n, MaxPodsPerGPU))
+		errs = append(errs, field.TooMany(p.Child("pods").path(), n, MaxPodsPerGPU))
 	} else {
 		for i, pod := range g.GetPods() {
 			errs = append(errs, validatePodRef(pod, true, p.Child("pods").Index(i))...)
@@ -169,7 +218,7 @@ func validateGPU(g *GPU, seen *uniqueness, p *field.Path) field.ErrorList {
 // to pkg/gpu's per-model tables: NVML is the authority on where an instance
 // sits, and refusing a whole report over a table that lags a driver would
 // blind the scheduler to the node.
-func validateMIGInstances(g *GPU, seen *uniqueness, gp *field.Path) field.ErrorList {
+func validateMIGInstances(g *GPU, seen *uniqueness, gp at) field.ErrorList {
 	var errs field.ErrorList
 	type gi struct {
 		start, size uint32
@@ -181,29 +230,29 @@ func validateMIGInstances(g *GPU, seen *uniqueness, gp *field.Path) field.ErrorL
 	for i, m := range g.GetMigInstances() {
 		p := gp.Child("mig_instances").Index(i)
 		if m == nil {
-			errs = append(errs, field.Required(p, "MIG instance entry is empty"))
+			errs = append(errs, field.Required(p.path(), "MIG instance entry is empty"))
 			continue
 		}
 		if !IsMIGUUID(m.GetUuid()) {
-			errs = append(errs, field.Invalid(p.Child("uuid"), m.GetUuid(), "must look like MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx or MIG-GPU-<uuid>/<gi>/<ci>"))
+			errs = append(errs, field.Invalid(p.Child("uuid").path(), m.GetUuid(), "must look like MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx or MIG-GPU-<uuid>/<gi>/<ci>"))
 		} else if seen.uuids[m.GetUuid()] {
-			errs = append(errs, field.Duplicate(p.Child("uuid"), m.GetUuid()))
+			errs = append(errs, field.Duplicate(p.Child("uuid").path(), m.GetUuid()))
 		}
 		seen.uuids[m.GetUuid()] = true
 		prof, err := ParseMIGProfile(m.GetProfile())
 		if err != nil {
-			errs = append(errs, field.Invalid(p.Child("profile"), m.GetProfile(), err.Error()))
+			errs = append(errs, field.Invalid(p.Child("profile").path(), m.GetProfile(), err.Error()))
 		}
 		start, size := m.GetPlacementStart(), m.GetPlacementSize()
 		if size == 0 || start >= gpu.MemorySlices || size > gpu.MemorySlices || start+size > gpu.MemorySlices {
-			errs = append(errs, field.Invalid(p.Child("placement_start"), fmt.Sprintf("start %d size %d", start, size), fmt.Sprintf("placement must lie within the GPU's %d memory slices", gpu.MemorySlices)))
+			errs = append(errs, field.Invalid(p.Child("placement_start").path(), fmt.Sprintf("start %d size %d", start, size), fmt.Sprintf("placement must lie within the GPU's %d memory slices", gpu.MemorySlices)))
 			continue
 		}
 		if m.MemoryUsedBytes != nil && m.GetMemoryUsedBytes() > m.GetMemoryTotalBytes() {
-			errs = append(errs, field.Invalid(p.Child("memory_used_bytes"), m.GetMemoryUsedBytes(), fmt.Sprintf("must not exceed memory_total_bytes (%d)", m.GetMemoryTotalBytes())))
+			errs = append(errs, field.Invalid(p.Child("memory_used_bytes").path(), m.GetMemoryUsedBytes(), fmt.Sprintf("must not exceed memory_total_bytes (%d)", m.GetMemoryTotalBytes())))
 		}
 		if m.GetMemoryTotalBytes() > g.GetMemoryTotalBytes() {
-			errs = append(errs, field.Invalid(p.Child("memory_total_bytes"), m.GetMemoryTotalBytes(), "must not exceed the GPU's memory_total_bytes"))
+			errs = append(errs, field.Invalid(p.Child("memory_total_bytes").path(), m.GetMemoryTotalBytes(), "must not exceed the GPU's memory_total_bytes"))
 		}
 		if m.GetPod() != nil {
 			errs = append(errs, validatePodRef(m.GetPod(), true, p.Child("pod"))...)
@@ -214,13 +263,13 @@ func validateMIGInstances(g *GPU, seen *uniqueness, gp *field.Path) field.ErrorL
 		// GPU instances must not overlap.
 		if prev, ok := gis[m.GetGpuInstanceId()]; ok {
 			if prev.start != start || prev.size != size {
-				errs = append(errs, field.Invalid(p.Child("placement_start"), start, fmt.Sprintf("GPU instance %d is reported with two placements", m.GetGpuInstanceId())))
+				errs = append(errs, field.Invalid(p.Child("placement_start").path(), start, fmt.Sprintf("GPU instance %d is reported with two placements", m.GetGpuInstanceId())))
 			}
 			continue
 		}
 		for s := start; s < start+size; s++ {
 			if used[s] {
-				errs = append(errs, field.Invalid(p.Child("placement_start"), start, fmt.Sprintf("memory slice %d is already taken by another GPU instance", s)))
+				errs = append(errs, field.Invalid(p.Child("placement_start").path(), start, fmt.Sprintf("memory slice %d is already taken by another GPU instance", s)))
 				break
 			}
 			used[s] = true
@@ -229,7 +278,7 @@ func validateMIGInstances(g *GPU, seen *uniqueness, gp *field.Path) field.ErrorL
 		compute += prof.Compute
 	}
 	if compute > gpu.ComputeSlices {
-		errs = append(errs, field.Invalid(gp.Child("mig_instances"), compute, fmt.Sprintf("GPU instances use %d compute slices, a GPU has %d", compute, gpu.ComputeSlices)))
+		errs = append(errs, field.Invalid(gp.Child("mig_instances").path(), compute, fmt.Sprintf("GPU instances use %d compute slices, a GPU has %d", compute, gpu.ComputeSlices)))
 	}
 	return errs
 }
@@ -250,7 +299,7 @@ func ParseMIGProfile(name string) (gpu.Profile, error) {
 		}
 	}
 	p, err := gpu.ParseProfileName(base)
-	if err == nil && base != fmt.Sprintf("%dg.%dgb", p.Compute, p.MemoryGB) {
+	if g, mem, _ := strings.Cut(base, "g."); err == nil && !(isPlainNumber(g) && isPlainNumber(strings.TrimSuffix(mem, "gb"))) {
 		err = fmt.Errorf("MIG profile %q: write numbers without signs or leading zeros", name)
 	}
 	if err != nil {
@@ -259,60 +308,60 @@ func ParseMIGProfile(name string) (gpu.Profile, error) {
 	return p, nil
 }
 
-func validateHealth(h *Health, p *field.Path) field.ErrorList {
+func validateHealth(h *Health, p at) field.ErrorList {
 	var errs field.ErrorList
 	if h == nil {
-		return append(errs, field.Required(p, "every GPU carries a health verdict"))
+		return append(errs, field.Required(p.path(), "every GPU carries a health verdict"))
 	}
 	if n := len(h.GetReasons()); n > MaxHealthReasons {
-		errs = append(errs, field.TooMany(p.Child("reasons"), n, MaxHealthReasons))
+		errs = append(errs, field.TooMany(p.Child("reasons").path(), n, MaxHealthReasons))
 	}
 	for i, r := range h.GetReasons() {
 		if r == "" {
-			errs = append(errs, field.Required(p.Child("reasons").Index(i), "a reason in words"))
+			errs = append(errs, field.Required(p.Child("reasons").Index(i).path(), "a reason in words"))
 		}
 		errs = append(errs, validateText(r, maxTextLen, p.Child("reasons").Index(i))...)
 	}
 	if h.GetHealthy() && len(h.GetReasons()) > 0 {
-		errs = append(errs, field.Invalid(p.Child("healthy"), true, "a healthy GPU has no reasons"))
+		errs = append(errs, field.Invalid(p.Child("healthy").path(), true, "a healthy GPU has no reasons"))
 	}
 	if !h.GetHealthy() && len(h.GetReasons()) == 0 {
-		errs = append(errs, field.Required(p.Child("reasons"), "an unhealthy GPU says why"))
+		errs = append(errs, field.Required(p.Child("reasons").path(), "an unhealthy GPU says why"))
 	}
 	if h.GetLastXid() != 0 {
 		errs = append(errs, validateTimestamp(h.GetLastXidTime(), true, p.Child("last_xid_time"))...)
 		if h.GetXidCount() == 0 {
-			errs = append(errs, field.Invalid(p.Child("xid_count"), 0, "must be at least 1 when last_xid is set"))
+			errs = append(errs, field.Invalid(p.Child("xid_count").path(), 0, "must be at least 1 when last_xid is set"))
 		}
 	}
 	seen := map[ThrottleReason]bool{}
 	if n := len(h.GetThrottleReasons()); n > len(ThrottleReason_name)-1 {
-		errs = append(errs, field.TooMany(p.Child("throttle_reasons"), n, len(ThrottleReason_name)-1))
+		errs = append(errs, field.TooMany(p.Child("throttle_reasons").path(), n, len(ThrottleReason_name)-1))
 	} else {
 		for i, t := range h.GetThrottleReasons() {
 			fp := p.Child("throttle_reasons").Index(i)
 			if _, ok := ThrottleReason_name[int32(t)]; !ok || t == ThrottleReason_THROTTLE_REASON_UNSPECIFIED {
-				errs = append(errs, field.Invalid(fp, int32(t), "not a known throttle reason"))
+				errs = append(errs, field.Invalid(fp.path(), int32(t), "not a known throttle reason"))
 			} else if seen[t] {
-				errs = append(errs, field.Duplicate(fp, t.String()))
+				errs = append(errs, field.Duplicate(fp.path(), t.String()))
 			}
 			seen[t] = true
 		}
 	}
 	if h.TemperatureCelsius != nil && h.GetTemperatureCelsius() > MaxTemperatureCelsius {
-		errs = append(errs, field.Invalid(p.Child("temperature_celsius"), h.GetTemperatureCelsius(), fmt.Sprintf("must be 0..%d", MaxTemperatureCelsius)))
+		errs = append(errs, field.Invalid(p.Child("temperature_celsius").path(), h.GetTemperatureCelsius(), fmt.Sprintf("must be 0..%d", MaxTemperatureCelsius)))
 	}
 	return errs
 }
 
-func validateProfiling(pr *Profiling, p *field.Path) field.ErrorList {
+func validateProfiling(pr *Profiling, p at) field.ErrorList {
 	var errs field.ErrorList
 	if pr == nil {
 		return nil
 	}
 	ratio := func(v *float64, name string) {
 		if v != nil && (math.IsNaN(*v) || *v < 0 || *v > 1) {
-			errs = append(errs, field.Invalid(p.Child(name), *v, "must be a ratio 0..1"))
+			errs = append(errs, field.Invalid(p.Child(name).path(), *v, "must be a ratio 0..1"))
 		}
 	}
 	ratio(pr.GraphicsEngineActive, "graphics_engine_active")
@@ -321,61 +370,61 @@ func validateProfiling(pr *Profiling, p *field.Path) field.ErrorList {
 	return errs
 }
 
-func validatePodDevices(d *PodDevices, p *field.Path) field.ErrorList {
+func validatePodDevices(d *PodDevices, p at) field.ErrorList {
 	var errs field.ErrorList
 	if d == nil {
-		return append(errs, field.Required(p, "entry is empty"))
+		return append(errs, field.Required(p.path(), "entry is empty"))
 	}
 	errs = append(errs, validatePodRef(d.GetPod(), true, p.Child("pod"))...)
-	if msgs := content.IsDNS1123Label(d.GetContainer()); len(msgs) > 0 {
-		errs = append(errs, field.Invalid(p.Child("container"), d.GetContainer(), strings.Join(msgs, "; ")))
+	if msgs := dns1123LabelErrors(d.GetContainer()); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(p.Child("container").path(), d.GetContainer(), strings.Join(msgs, "; ")))
 	}
-	if msgs := content.IsLabelKey(d.GetResourceName()); len(msgs) > 0 {
-		errs = append(errs, field.Invalid(p.Child("resource_name"), d.GetResourceName(), "must be an extended resource name like nvidia.com/gpu: "+strings.Join(msgs, "; ")))
+	if msgs := labelKeyErrors(d.GetResourceName()); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(p.Child("resource_name").path(), d.GetResourceName(), "must be an extended resource name like nvidia.com/gpu: "+strings.Join(msgs, "; ")))
 	}
 	if n := len(d.GetDeviceIds()); n > MaxDeviceIDsPerEntry {
-		errs = append(errs, field.TooMany(p.Child("device_ids"), n, MaxDeviceIDsPerEntry))
+		errs = append(errs, field.TooMany(p.Child("device_ids").path(), n, MaxDeviceIDsPerEntry))
 	} else {
 		for i, id := range d.GetDeviceIds() {
 			if !isDeviceID(id) {
-				errs = append(errs, field.Invalid(p.Child("device_ids").Index(i), id, fmt.Sprintf("must be 1..%d printable characters without spaces", maxIDLen)))
+				errs = append(errs, field.Invalid(p.Child("device_ids").Index(i).path(), id, fmt.Sprintf("must be 1..%d printable characters without spaces", maxIDLen)))
 			}
 		}
 	}
 	return errs
 }
 
-func validatePodRef(r *PodRef, required bool, p *field.Path) field.ErrorList {
+func validatePodRef(r *PodRef, required bool, p at) field.ErrorList {
 	var errs field.ErrorList
 	if r == nil {
 		if required {
-			errs = append(errs, field.Required(p, "namespace and name of the pod"))
+			errs = append(errs, field.Required(p.path(), "namespace and name of the pod"))
 		}
 		return errs
 	}
-	if msgs := content.IsDNS1123Label(r.GetNamespace()); len(msgs) > 0 {
-		errs = append(errs, field.Invalid(p.Child("namespace"), r.GetNamespace(), strings.Join(msgs, "; ")))
+	if msgs := dns1123LabelErrors(r.GetNamespace()); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(p.Child("namespace").path(), r.GetNamespace(), strings.Join(msgs, "; ")))
 	}
-	if msgs := content.IsDNS1123Subdomain(r.GetName()); len(msgs) > 0 {
-		errs = append(errs, field.Invalid(p.Child("name"), r.GetName(), strings.Join(msgs, "; ")))
+	if msgs := dns1123SubdomainErrors(r.GetName()); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(p.Child("name").path(), r.GetName(), strings.Join(msgs, "; ")))
 	}
 	return errs
 }
 
-func validateReclaimNotice(n *ReclaimNotice, p *field.Path) field.ErrorList {
+func validateReclaimNotice(n *ReclaimNotice, p at) field.ErrorList {
 	var errs field.ErrorList
 	if n == nil {
-		return append(errs, field.Required(p, "notice is empty"))
+		return append(errs, field.Required(p.path(), "notice is empty"))
 	}
 	if n.GetId() == "" {
-		errs = append(errs, field.Required(p.Child("id"), "the provider's event id"))
+		errs = append(errs, field.Required(p.Child("id").path(), "the provider's event id"))
 	}
 	errs = append(errs, validateText(n.GetId(), maxIDLen, p.Child("id"))...)
 	if _, ok := ReclaimKind_name[int32(n.GetKind())]; !ok || n.GetKind() == ReclaimKind_RECLAIM_KIND_UNSPECIFIED {
-		errs = append(errs, field.Invalid(p.Child("kind"), int32(n.GetKind()), "must be SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION"))
+		errs = append(errs, field.Invalid(p.Child("kind").path(), int32(n.GetKind()), "must be SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION"))
 	}
 	if _, ok := CloudProvider_name[int32(n.GetProvider())]; !ok || n.GetProvider() == CloudProvider_CLOUD_PROVIDER_UNSPECIFIED {
-		errs = append(errs, field.Invalid(p.Child("provider"), int32(n.GetProvider()), "must be AWS, GCP or AZURE"))
+		errs = append(errs, field.Invalid(p.Child("provider").path(), int32(n.GetProvider()), "must be AWS, GCP or AZURE"))
 	}
 	errs = append(errs, validateText(n.GetAction(), 64, p.Child("action"))...)
 	errs = append(errs, validateTimestamp(n.GetDetectedAt(), true, p.Child("detected_at"))...)
@@ -384,14 +433,14 @@ func validateReclaimNotice(n *ReclaimNotice, p *field.Path) field.ErrorList {
 	return errs
 }
 
-func validateCollectorStatus(s *CollectorStatus, p *field.Path) field.ErrorList {
+func validateCollectorStatus(s *CollectorStatus, p at) field.ErrorList {
 	var errs field.ErrorList
 	if _, ok := CollectorStatus_State_name[int32(s.GetState())]; !ok || s.GetState() == CollectorStatus_STATE_UNSPECIFIED {
-		errs = append(errs, field.Invalid(p.Child("state"), int32(s.GetState()), "must be OK, DISABLED, UNAVAILABLE or ERROR"))
+		errs = append(errs, field.Invalid(p.Child("state").path(), int32(s.GetState()), "must be OK, DISABLED, UNAVAILABLE or ERROR"))
 	}
 	errs = append(errs, validateText(s.GetMessage(), maxTextLen, p.Child("message"))...)
 	if s.GetState() == CollectorStatus_STATE_ERROR && s.GetMessage() == "" {
-		errs = append(errs, field.Required(p.Child("message"), "an error says what failed"))
+		errs = append(errs, field.Required(p.Child("message").path(), "an error says what failed"))
 	}
 	return errs
 }
@@ -402,13 +451,13 @@ func ValidateCheckpointStatus(s *CheckpointStatus) error {
 	if s == nil {
 		return field.ErrorList{field.Required(nil, "status is empty")}.ToAggregate()
 	}
-	errs = append(errs, validateID(s.GetCommandId(), field.NewPath("command_id"))...)
-	errs = append(errs, validatePodRef(s.GetPod(), true, field.NewPath("pod"))...)
+	errs = append(errs, validateID(s.GetCommandId(), root.Child("command_id"))...)
+	errs = append(errs, validatePodRef(s.GetPod(), true, root.Child("pod"))...)
 	if _, ok := CheckpointStatus_State_name[int32(s.GetState())]; !ok || s.GetState() == CheckpointStatus_STATE_UNSPECIFIED {
-		errs = append(errs, field.Invalid(field.NewPath("state"), int32(s.GetState()), "must be REQUESTED, DONE, FAILED, NO_HOOK or UNSUPPORTED"))
+		errs = append(errs, field.Invalid(root.Child("state").path(), int32(s.GetState()), "must be REQUESTED, DONE, FAILED, NO_HOOK or UNSUPPORTED"))
 	}
-	errs = append(errs, validateText(s.GetMessage(), maxTextLen, field.NewPath("message"))...)
-	errs = append(errs, validateTimestamp(s.GetUpdatedAt(), true, field.NewPath("updated_at"))...)
+	errs = append(errs, validateText(s.GetMessage(), maxTextLen, root.Child("message"))...)
+	errs = append(errs, validateTimestamp(s.GetUpdatedAt(), true, root.Child("updated_at"))...)
 	return errs.ToAggregate()
 }
 
@@ -419,75 +468,75 @@ func ValidateCheckpointCommand(c *CheckpointCommand) error {
 	if c == nil {
 		return field.ErrorList{field.Required(nil, "command is empty")}.ToAggregate()
 	}
-	errs = append(errs, validateID(c.GetId(), field.NewPath("id"))...)
+	errs = append(errs, validateID(c.GetId(), root.Child("id"))...)
 	if n := len(c.GetPods()); n == 0 || n > MaxCheckpointPods {
-		errs = append(errs, field.Invalid(field.NewPath("pods"), n, fmt.Sprintf("must name 1..%d pods", MaxCheckpointPods)))
+		errs = append(errs, field.Invalid(root.Child("pods").path(), n, fmt.Sprintf("must name 1..%d pods", MaxCheckpointPods)))
 	}
 	for i, pod := range c.GetPods() {
-		errs = append(errs, validatePodRef(pod, true, field.NewPath("pods").Index(i))...)
+		errs = append(errs, validatePodRef(pod, true, root.Child("pods").Index(i))...)
 	}
-	errs = append(errs, validateTimestamp(c.GetDeadline(), true, field.NewPath("deadline"))...)
-	errs = append(errs, validateText(c.GetReason(), maxTextLen, field.NewPath("reason"))...)
+	errs = append(errs, validateTimestamp(c.GetDeadline(), true, root.Child("deadline"))...)
+	errs = append(errs, validateText(c.GetReason(), maxTextLen, root.Child("reason"))...)
 	if c.GetOriginNode() != "" {
-		errs = append(errs, validateNodeName(c.GetOriginNode(), field.NewPath("origin_node"))...)
+		errs = append(errs, validateNodeName(c.GetOriginNode(), root.Child("origin_node"))...)
 	}
-	errs = append(errs, validateText(c.GetOriginNoticeId(), maxIDLen, field.NewPath("origin_notice_id"))...)
+	errs = append(errs, validateText(c.GetOriginNoticeId(), maxIDLen, root.Child("origin_notice_id"))...)
 	return errs.ToAggregate()
 }
 
-func validateNodeName(name string, p *field.Path) field.ErrorList {
+func validateNodeName(name string, p at) field.ErrorList {
 	if name == "" {
-		return field.ErrorList{field.Required(p, "the Kubernetes node name")}
+		return field.ErrorList{field.Required(p.path(), "the Kubernetes node name")}
 	}
-	if msgs := content.IsDNS1123Subdomain(name); len(msgs) > 0 {
-		return field.ErrorList{field.Invalid(p, name, strings.Join(msgs, "; "))}
+	if msgs := dns1123SubdomainErrors(name); len(msgs) > 0 {
+		return field.ErrorList{field.Invalid(p.path(), name, strings.Join(msgs, "; "))}
 	}
 	return nil
 }
 
 // validateID accepts the characters ids are made of in practice (uuids,
 // cloud event ids) and nothing that could garble a log line.
-func validateID(id string, p *field.Path) field.ErrorList {
+func validateID(id string, p at) field.ErrorList {
 	if id == "" {
-		return field.ErrorList{field.Required(p, "")}
+		return field.ErrorList{field.Required(p.path(), "")}
 	}
 	if !isDeviceID(id) {
-		return field.ErrorList{field.Invalid(p, id, fmt.Sprintf("must be 1..%d printable characters without spaces", maxIDLen))}
+		return field.ErrorList{field.Invalid(p.path(), id, fmt.Sprintf("must be 1..%d printable characters without spaces", maxIDLen))}
 	}
 	return nil
 }
 
-func validateText(s string, max int, p *field.Path) field.ErrorList {
+func validateText(s string, max int, p at) field.ErrorList {
 	if len(s) > max {
-		return field.ErrorList{field.TooLong(p, s, max)}
+		return field.ErrorList{field.TooLong(p.path(), s, max)}
 	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f {
-			return field.ErrorList{field.Invalid(p, s, "must not contain control characters")}
+			return field.ErrorList{field.Invalid(p.path(), s, "must not contain control characters")}
 		}
 	}
 	return nil
 }
 
-func validatePercent(v *uint32, p *field.Path) field.ErrorList {
+func validatePercent(v *uint32, p at) field.ErrorList {
 	if v != nil && *v > 100 {
-		return field.ErrorList{field.Invalid(p, *v, "must be a percentage 0..100")}
+		return field.ErrorList{field.Invalid(p.path(), *v, "must be a percentage 0..100")}
 	}
 	return nil
 }
 
-func validateTimestamp(ts *timestamppb.Timestamp, required bool, p *field.Path) field.ErrorList {
+func validateTimestamp(ts *timestamppb.Timestamp, required bool, p at) field.ErrorList {
 	if ts == nil {
 		if required {
-			return field.ErrorList{field.Required(p, "a timestamp")}
+			return field.ErrorList{field.Required(p.path(), "a timestamp")}
 		}
 		return nil
 	}
 	if err := ts.CheckValid(); err != nil {
-		return field.ErrorList{field.Invalid(p, ts.String(), err.Error())}
+		return field.ErrorList{field.Invalid(p.path(), ts.String(), err.Error())}
 	}
 	if ts.GetSeconds() <= 0 {
-		return field.ErrorList{field.Invalid(p, ts.AsTime().String(), "must be after 1970")}
+		return field.ErrorList{field.Invalid(p.path(), ts.AsTime().String(), "must be after 1970")}
 	}
 	return nil
 }
@@ -526,6 +575,19 @@ func isUUID(s string) bool {
 			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
 				return false
 			}
+		}
+	}
+	return true
+}
+
+// isPlainNumber reports whether s is digits without a sign or leading zero.
+func isPlainNumber(s string) bool {
+	if s == "" || s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
 		}
 	}
 	return true
