@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean bench-schedperf generate fuzz-short gpu-check
+.PHONY: all build demo test lint manifests tools clean bench-schedperf generate fuzz-short gpu-check e2e-reclaim
 
 all: build
 
@@ -39,6 +39,14 @@ bench-schedperf: tools
 	mkdir -p benchmarks/results
 	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
 		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"
+
+## e2e-reclaim: the reclaim end-to-end test (notice -> gang checkpoint -> eviction -> placement -> resume)
+## RUNS times per cloud (AWS, GCP, Azure); writes benchmarks/results/reclaim.json with p50/p99 latencies
+RUNS ?= 20
+e2e-reclaim:
+	mkdir -p benchmarks/results
+	PENNY_RECLAIM_RUNS=$(RUNS) PENNY_RECLAIM_RESULTS=$(CURDIR)/benchmarks/results/reclaim.json \
+		$(GO) test -count=1 -timeout 60m -run TestGangCheckpointsOnReclaimNotice ./test/e2e/reclaim/
 
 ## lint: gofmt and go vet
 lint:
@@ -119,7 +127,13 @@ FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzNodeReport \
 	./pkg/api/telemetry/v1:FuzzGPUFields \
 	./pkg/api/telemetry/v1:FuzzMIGProfile \
-	./pkg/api/telemetry/v1:FuzzNameChecks
+	./pkg/api/telemetry/v1:FuzzNameChecks \
+	./agent/notice/aws:FuzzInstanceAction \
+	./agent/notice/aws:FuzzRebalance \
+	./agent/notice/aws:FuzzScheduledEvents \
+	./agent/notice/gcp:FuzzPreempted \
+	./agent/notice/gcp:FuzzMaintenanceEvent \
+	./agent/notice/azure:FuzzScheduledEvents
 
 ## fuzz-short: each fuzz target for FUZZ_TIME (5s)
 fuzz-short:

@@ -13,6 +13,9 @@ var schedulerTemplate string
 //go:embed pricing/templates/penny-prices.yaml
 var pricesTemplate string
 
+//go:embed agent/templates/reclaim.yaml
+var agentReclaimTemplate string
+
 // Manifest is a generated file under deploy/: a template filled with the
 // configuration files it carries.
 type Manifest struct {
@@ -27,6 +30,7 @@ func Manifests() []Manifest {
 	return []Manifest{
 		{Output: "deploy/scheduler/penny-scheduler.yaml", template: schedulerTemplate, config: SchedulerConfig},
 		{Output: "deploy/pricing/penny-prices.yaml", template: pricesTemplate, config: PriceCatalog},
+		{Output: "deploy/agent/reclaim.yaml", template: agentReclaimTemplate},
 	}
 }
 

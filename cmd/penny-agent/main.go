@@ -68,6 +68,7 @@ type options struct {
 	output          string
 	verbosity       int
 	logFormat       string
+	reclaim         reclaimOptions
 }
 
 func flags(o *options) *pflag.FlagSet {
@@ -93,6 +94,7 @@ func flags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.output, "output", "json", "format of --once output: json")
 	fs.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0: normal, 1: changes and connections, 2: debug)")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
+	o.reclaim.addFlags(fs)
 	return fs
 }
 
@@ -109,6 +111,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {
+		fmt.Fprintln(stderr, "penny-agent:", err)
+		return 2
+	}
+	if err := o.reclaim.validate(); err != nil {
 		fmt.Fprintln(stderr, "penny-agent:", err)
 		return 2
 	}
@@ -147,6 +153,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	loop := report.NewLoop(builder, report.LoopOptions{CollectInterval: o.collectInterval, ResendInterval: o.resendInterval, Log: log.WithName("report"), Metrics: metrics})
 
 	var client *report.Client
+	// Reclaim notices (reclaim.go): the watcher's notices go into every
+	// report and to the flow, which also carries out the scheduler's
+	// checkpoint commands and reports their progress.
+	sendStatus := func(st *telemetryv1.CheckpointStatus) {
+		if client != nil {
+			client.SendCheckpointStatus(st)
+		}
+	}
+	rp, err := setupReclaim(ctx, o.reclaim, o.nodeName, log.WithName("reclaim"), reg, loop.Trigger, sendStatus)
+	if err != nil {
+		fmt.Fprintln(stderr, "penny-agent:", err)
+		return 2
+	}
+	var commands report.CommandHandler
+	if rp != nil {
+		builder.Sources.Reclaim = rp.watcher
+		commands = rp.flow
+	}
 	if o.scheduler != "" {
 		tlsCfg, err := clientTLS(o.caFile)
 		if err != nil {
@@ -155,6 +179,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		client, err = report.NewClient(loop, report.ClientOptions{
 			Address: o.scheduler, TLS: tlsCfg, TokenFile: o.tokenFile, Log: log.WithName("uplink"), Metrics: metrics,
+			Commands: commands,
 		})
 		if err != nil {
 			fmt.Fprintln(stderr, "penny-agent:", err)
@@ -172,6 +197,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		go func() { f(); done <- struct{}{} }()
 	}
 	start(func() { gpus.WatchXIDs(ctx, loop.Trigger) })
+	if rp != nil {
+		start(func() { rp.watcher.Run(ctx) })
+		start(func() { rp.flow.Run(ctx) })
+	}
 	start(func() { loop.Run(ctx) })
 	if client != nil {
 		start(func() { client.Run(ctx) })

@@ -9,14 +9,20 @@ import (
 	"k8s.io/component-base/cli"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/plugins"
 )
 
 func main() {
-	// Telemetry (telemetry.go): the store agents feed and plugins read.
-	store := telemetry.NewStore(telemetry.StoreOptions{})
-	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store})...)
-	addTelemetry(command, store)
+	// Telemetry (telemetry.go): the store agents feed and plugins read. The
+	// reclaim coordinator (reclaim.go) sees every report's new notices and
+	// feeds observed reclaims into the risk model SpotRisk reads.
+	coordinator := reclaim.NewCoordinator()
+	risk := pricing.NewRiskModel(pricing.RiskConfig{})
+	store := telemetry.NewStore(telemetry.StoreOptions{OnUpdate: coordinator.OnNodeUpdate})
+	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk})...)
+	addTelemetry(command, store, &reclaimFlags{coordinator: coordinator, risk: risk})
 	os.Exit(cli.Run(command))
 }

@@ -25,6 +25,9 @@ type telemetryFlags struct {
 	maxAge          time.Duration
 	audience        string
 	serviceAccounts []string
+	// reclaim is the reclaim coordinator to run next to the endpoint
+	// (reclaim.go); nil: none.
+	reclaim *reclaimFlags
 }
 
 func (f *telemetryFlags) flagSet() *pflag.FlagSet {
@@ -41,9 +44,12 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 // addTelemetry adds the telemetry flags to the scheduler command and starts
 // the endpoint, when configured, before the scheduler runs. The store is the
 // one the plugins read.
-func addTelemetry(cmd *cobra.Command, store *telemetry.Store) {
-	f := &telemetryFlags{}
+func addTelemetry(cmd *cobra.Command, store *telemetry.Store, rf *reclaimFlags) {
+	f := &telemetryFlags{reclaim: rf}
 	fs := f.flagSet()
+	if rf != nil {
+		fs.AddFlagSet(rf.flagSet())
+	}
 	cmd.Flags().AddFlagSet(fs)
 	help := cmd.HelpFunc()
 	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
@@ -90,10 +96,17 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	if err != nil {
 		return err
 	}
-	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+	so := telemetry.ServerOptions{
 		Store: store, Authenticator: auth, Audiences: []string{f.audience},
 		AgentServiceAccounts: f.serviceAccounts, Log: logger,
-	})
+	}
+	if f.reclaim != nil {
+		if err := f.reclaim.validate(); err != nil {
+			return err
+		}
+		so.OnCheckpointStatus = f.reclaim.coordinator.OnCheckpointStatus
+	}
+	srv, err := telemetry.NewServer(so)
 	if err != nil {
 		return fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
 	}
@@ -107,6 +120,9 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 		}
 	}()
 	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
+	if f.reclaim != nil {
+		go f.reclaim.run(ctx, srv, client)
+	}
 	return nil
 }
 

@@ -50,12 +50,67 @@ func kwokStages() (map[internalversion.StageResourceRef][]*internalversion.Stage
 	complete.Spec.Delay = &internalversion.StageDelay{
 		DurationFrom: &internalversion.ExpressionFrom{JQ: &internalversion.ExpressionJQ{Expression: annotation}},
 	}
+	// A kubelet stops a deleted pod's containers and records the terminal
+	// phase before the pod object goes; KWOK's fast stages delete it at
+	// once. Controllers that wait for the terminal phase (the Job
+	// controller with a podFailurePolicy, which then replaces the pod) need
+	// the kubelet's order: terminate first, then delete.
+	terminate, err := config.UnmarshalWithType[*internalversion.Stage](podTerminateStage)
+	if err != nil {
+		return nil, fmt.Errorf("KWOK stage: %w", err)
+	}
+	for _, s := range stages {
+		if s.Name == "pod-delete" {
+			s.Spec.Selector.MatchExpressions = append(s.Spec.Selector.MatchExpressions, internalversion.MatchExpression{
+				JQ: &internalversion.SelectorJQ{Key: ".status.phase", Operator: internalversion.SelectorOpNotIn, Values: []string{"Running", "Pending"}},
+			})
+		}
+	}
+	stages = append(stages, terminate)
 	grouped := map[internalversion.StageResourceRef][]*internalversion.Stage{}
 	for _, s := range stages {
 		grouped[s.Spec.ResourceRef] = append(grouped[s.Spec.ResourceRef], s)
 	}
 	return grouped, nil
 }
+
+// podTerminateStage is what a kubelet does to a pod being deleted: its
+// containers get SIGTERM and exit, and the pod's phase becomes Failed.
+const podTerminateStage = `
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-terminate
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running', 'Pending']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range $index, $item := .spec.containers }}
+      - image: {{ $item.image | Quote }}
+        name: {{ $item.name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 143
+            finishedAt: {{ $now | Quote }}
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+`
 
 // startKWOK runs KWOK's controller in-process: it keeps the simulated nodes
 // Ready and moves pods bound to them through their lifecycle.

@@ -70,7 +70,6 @@ var ReclaimTaintKeys = []string{
 	TaintReclaimNotice,
 }
 
-// TaintReclaimNotice is the taint for a node whose cloud has announced a
-// reclaim, for reclaim flows that taint (the agent reports notices to the
-// scheduler directly; SpotRisk reads both).
-const TaintReclaimNotice = "penny.dev/reclaim-notice"
+// TaintReclaimNotice is the taint the Penny agent puts on its node when the
+// cloud has announced a reclaim (value: the kind of notice; see pkg/reclaim).
+const TaintReclaimNotice = "penny.dev/reclaim"

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Bucket is an interruption-frequency range in the style of the AWS Spot
@@ -103,6 +105,16 @@ type Pool struct {
 	InstanceType string
 	Zone         string
 	Capacity     CapacityType
+}
+
+// PoolOf is the pool a node belongs to, given its capacity type
+// (NodeCapacity).
+func PoolOf(node *corev1.Node, c Capacity) Pool {
+	return Pool{
+		InstanceType: node.Labels[corev1.LabelInstanceTypeStable],
+		Zone:         node.Labels[corev1.LabelTopologyZone],
+		Capacity:     c.Type,
+	}
 }
 
 func (p Pool) String() string {

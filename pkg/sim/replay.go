@@ -62,6 +62,9 @@ type ReplayOptions struct {
 	NoMemo      bool
 	Fleet       Fleet
 	Pricer      Pricer
+	// Reclaim decides what the pods of a reclaimed node keep of their work
+	// (reclaim.go); nil: they start over, and gangs are not stopped.
+	Reclaim *ReclaimRule
 }
 
 // ReplayResult is the JSON output of `penny sim replay`.
@@ -89,9 +92,11 @@ type ReplayResult struct {
 	Evictions          int             `json:"evictions"`
 	Impossible         []ImpossiblePod `json:"impossible_pods"`
 	// Cost is set when the replay had a Pricer.
-	Cost        *Cost        `json:"cost,omitempty"`
-	PodOutcomes []PodOutcome `json:"pods"`
-	WallSeconds float64      `json:"wall_seconds"`
+	Cost *Cost `json:"cost,omitempty"`
+	// Reclaim is set when the replay had a ReclaimRule.
+	Reclaim     *ReclaimOutcome `json:"reclaim,omitempty"`
+	PodOutcomes []PodOutcome    `json:"pods"`
+	WallSeconds float64         `json:"wall_seconds"`
 }
 
 // Sample is the cluster at one point of trace time.
@@ -186,6 +191,9 @@ type replayPod struct {
 	gen     int
 	state   string
 	evicted int
+	// kept is the work an earlier placement left (a checkpoint); the pod
+	// runs for the rest of its duration.
+	kept time.Duration
 	// freedSeen is how many capacity-freeing events the pod has seen since
 	// it last failed; it only needs another try after one on a new node.
 	freedSeen int
@@ -207,6 +215,9 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 	}
 	defer e.Close()
 	r := &replayer{e: e, o: o, res: &ReplayResult{Kind: "replay", Policy: o.Policy.Name, Seed: o.Seed}}
+	if o.Reclaim != nil {
+		r.res.Reclaim = &ReclaimOutcome{NoticeCheckpoints: o.Reclaim.NoticeCheckpoints, Kept: map[string]int{}}
+	}
 	r.capacity = GPUCapacityMilli(o.Nodes)
 	r.nodeObjs = map[string]*v1.Node{}
 	for _, n := range o.Nodes {
@@ -397,7 +408,7 @@ func (r *replayer) placed(i int, bound *v1.Pod) {
 	p.bound, p.state, p.start = bound, "running", r.now
 	p.gen++
 	r.alloc += p.milli
-	r.push(event{at: r.now + p.tp.Duration, kind: evDeparture, pod: i, gen: p.gen})
+	r.push(event{at: r.now + p.tp.Duration - p.kept, kind: evDeparture, pod: i, gen: p.gen})
 }
 
 // retryPending tries the waiting pods in arrival order, each only if a node
@@ -444,6 +455,9 @@ func (r *replayer) fleet(fc *FleetChange) error {
 	}
 	delete(r.nodeObjs, fc.Remove)
 	r.capacity -= GPUCapacityMilli([]*v1.Node{n})
+	if r.o.Reclaim != nil {
+		return r.reclaimed(fc, n, evicted)
+	}
 	for _, bp := range evicted {
 		i := r.byUID[bp.UID]
 		p := r.pods[i]
@@ -545,6 +559,7 @@ func (res *ReplayResult) Summary() string {
 	fmt.Fprintf(&b, "queueing delay: %d of %d scheduled pods waited; mean %.0fs, p95 %.0fs, p99 %.0fs, max %.0fs\n",
 		res.QueueDelay.Delayed, res.PodsScheduled, res.QueueDelay.Mean, res.QueueDelay.P95, res.QueueDelay.P99, res.QueueDelay.Max)
 	fmt.Fprintf(&b, "never scheduled: %d; withdrawn while pending: %d; evictions: %d\n", len(res.NeverScheduled), res.Withdrawn, res.Evictions)
+	b.WriteString(res.Reclaim.summary())
 	if res.Cost != nil {
 		fmt.Fprintf(&b, "fleet cost %.2f (%.3f per allocated GPU-hour)\n", res.Cost.Fleet, res.Cost.PerAllocatedGPUHour)
 	}

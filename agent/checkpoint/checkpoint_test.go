@@ -1,0 +1,169 @@
+package checkpoint_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pennysched/penny/agent/checkpoint"
+	"github.com/pennysched/penny/agent/checkpoint/trainer"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+func TestParseHook(t *testing.T) {
+	good := map[string]checkpoint.Hook{
+		"http://:8080/checkpoint":     {Port: "8080", Path: "/checkpoint"},
+		" http://:9000/ckpt?now=1 ":   {Port: "9000", Path: "/ckpt?now=1"},
+		"http://:8080":                {Port: "8080", Path: "/"},
+		"http:///checkpoint":          {Port: "80", Path: "/checkpoint"},
+		"http://:8080/a%20b/../check": {Port: "8080", Path: "/a%20b/../check"},
+	}
+	for v, want := range good {
+		got, err := checkpoint.ParseHook(v)
+		if err != nil || got != want {
+			t.Errorf("ParseHook(%q) = %+v, %v; want %+v", v, got, err, want)
+		}
+	}
+	bad := map[string]string{
+		"http://169.254.169.254/latest/meta-data": "names a host",
+		"http://kubernetes.default:443/api":       "names a host",
+		"http://10.0.0.1:8080/checkpoint":         "names a host",
+		"http://user@:8080/checkpoint":            "names a host",
+		"https://:8443/checkpoint":                "scheme must be http",
+		":8080/checkpoint":                        "not a URL",
+		"/checkpoint":                             "scheme must be http",
+		"http://:0/c":                             "1..65535",
+		"http://:99999/c":                         "1..65535",
+	}
+	for v, want := range bad {
+		_, err := checkpoint.ParseHook(v)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseHook(%q) error %v, want one saying %q", v, err, want)
+		}
+	}
+}
+
+func pod(annotation string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "trainer-0"}}
+	if annotation != "" {
+		p.Annotations = map[string]string{checkpoint.Annotation: annotation}
+	}
+	return p
+}
+
+// to reaches every pod at addr, as tests' simulated pods have no IP.
+func to(addr string) checkpoint.Resolver {
+	return func(*corev1.Pod, string) (string, error) { return addr, nil }
+}
+
+func TestCheckpointWithATrainer(t *testing.T) {
+	store := trainer.NewStore()
+	tr, err := trainer.Start("job/0", store, trainer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // a few steps
+	c := checkpoint.NewClient(to(tr.Addr()))
+	deadline := time.Now().Add(5 * time.Second)
+	res := c.Checkpoint(context.Background(), pod("http://:8080/checkpoint"), checkpoint.Request{Deadline: deadline, Reason: "test", Notice: "n1", Node: "a"})
+	if !res.Done() {
+		t.Fatalf("result %+v, want DONE", res)
+	}
+	saved, ok := store.Load("job/0")
+	if !ok || saved.Step != res.Answer.Step || saved.Step == 0 {
+		t.Fatalf("store has %+v (ok=%v), answer %+v: the checkpoint must hold the step reached", saved, ok, res.Answer)
+	}
+	got := tr.Received()
+	if len(got) != 1 || !got[0].Request.Deadline.Equal(deadline) || got[0].Request.Notice != "n1" {
+		t.Fatalf("the trainer received %+v, want the deadline and the notice", got)
+	}
+	if !strings.Contains(res.Message, "at step") {
+		t.Errorf("message %q does not say the step", res.Message)
+	}
+	tr.Stop()
+
+	// A new trainer with the same key resumes from the checkpoint.
+	tr2, err := trainer.Start("job/0", store, trainer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr2.Stop()
+	if tr2.ResumedFrom() != saved.Step {
+		t.Fatalf("resumed from %d, want the checkpoint's step %d", tr2.ResumedFrom(), saved.Step)
+	}
+}
+
+func TestCheckpointStopsWaitingAtTheDeadline(t *testing.T) {
+	store := trainer.NewStore()
+	tr, err := trainer.Start("slow", store, trainer.Options{CheckpointTakes: 250 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Stop()
+	c := checkpoint.NewClient(to(tr.Addr()))
+	start := time.Now()
+	res := c.Checkpoint(context.Background(), pod("http://:1/checkpoint"), checkpoint.Request{Deadline: start.Add(300 * time.Millisecond)})
+	// The trainer needs 250ms of a 300ms window: it finishes.
+	if !res.Done() {
+		t.Fatalf("%+v, want DONE", res)
+	}
+	start = time.Now()
+	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // the server notices the client leave only once the body is read
+		<-r.Context().Done()
+	}))
+	defer hanging.Close()
+	c = checkpoint.NewClient(to(strings.TrimPrefix(hanging.URL, "http://")))
+	res = c.Checkpoint(context.Background(), pod("http://:1/checkpoint"), checkpoint.Request{Deadline: start.Add(200 * time.Millisecond)})
+	took := time.Since(start)
+	if res.State != telemetryv1.CheckpointStatus_STATE_FAILED || !strings.Contains(res.Message, "did not answer") {
+		t.Fatalf("%+v, want FAILED for no answer by the deadline", res)
+	}
+	if took < 190*time.Millisecond || took > time.Second {
+		t.Errorf("gave up after %v, want at the deadline (200ms)", took)
+	}
+}
+
+func TestCheckpointFailures(t *testing.T) {
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "disk full", http.StatusInternalServerError)
+	}))
+	defer refusing.Close()
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://169.254.169.254/latest/meta-data/", http.StatusFound)
+	}))
+	defer redirecting.Close()
+	addr := func(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }
+	soon := time.Now().Add(5 * time.Second)
+	cases := []struct {
+		name    string
+		pod     *corev1.Pod
+		resolve checkpoint.Resolver
+		req     checkpoint.Request
+		state   telemetryv1.CheckpointStatus_State
+		want    string
+	}{
+		{"no hook", pod(""), to("x"), checkpoint.Request{Deadline: soon}, telemetryv1.CheckpointStatus_STATE_NO_HOOK, "declares no"},
+		{"bad hook", pod("http://evil.example/x"), to("x"), checkpoint.Request{Deadline: soon}, telemetryv1.CheckpointStatus_STATE_FAILED, "names a host"},
+		{"no IP", pod("http://:8080/c"), nil, checkpoint.Request{Deadline: soon}, telemetryv1.CheckpointStatus_STATE_FAILED, "has no IP"},
+		{"deadline passed", pod("http://:8080/c"), to("x"), checkpoint.Request{Deadline: time.Now().Add(-time.Second)}, telemetryv1.CheckpointStatus_STATE_FAILED, "has passed"},
+		{"hook fails", pod("http://:8080/c"), to(addr(refusing)), checkpoint.Request{Deadline: soon}, telemetryv1.CheckpointStatus_STATE_FAILED, "answered 500: \"disk full\""},
+		{"redirect", pod("http://:8080/c"), to(addr(redirecting)), checkpoint.Request{Deadline: soon}, telemetryv1.CheckpointStatus_STATE_FAILED, "redirects are not followed"},
+		{"nothing listening", pod("http://:8080/c"), to("127.0.0.1:1"), checkpoint.Request{Deadline: soon}, telemetryv1.CheckpointStatus_STATE_FAILED, "connection refused"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res := checkpoint.NewClient(c.resolve).Checkpoint(context.Background(), c.pod, c.req)
+			if res.State != c.state || !strings.Contains(res.Message, c.want) {
+				t.Errorf("%+v, want %v saying %q", res, c.state, c.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,203 @@
+package aws_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pennysched/penny/agent/notice"
+	"github.com/pennysched/penny/agent/notice/aws"
+	"github.com/pennysched/penny/agent/notice/metadatatest"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+func start(t *testing.T) (*metadatatest.AWS, *aws.Source) {
+	t.Helper()
+	f := metadatatest.NewAWS()
+	t.Cleanup(f.Close)
+	return f, aws.New(aws.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
+}
+
+func TestNoNoticeWhenIMDSHasNone(t *testing.T) {
+	_, src := start(t)
+	notices, err := src.Check(context.Background())
+	if err != nil || len(notices) != 0 {
+		t.Fatalf("Check = %v, %v; want no notices and no error", notices, err)
+	}
+}
+
+func TestSpotInterruptionRebalanceAndMaintenance(t *testing.T) {
+	f, src := start(t)
+	at := time.Now().Add(2 * time.Minute).Truncate(time.Second).UTC()
+	f.SetSpotInterruption("terminate", at)
+	f.SetRebalance(at.Add(-time.Minute))
+	f.SetScheduled(`[
+	  {"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","Description":"scheduled reboot","EventId":"instance-event-0d59937288b749b32","NotAfter":"21 Jan 2030 09:17:23 GMT","State":"active"},
+	  {"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","Description":"done","EventId":"instance-event-old","NotAfter":"21 Jan 2019 09:17:23 GMT","State":"completed"}
+	]`)
+	notices, err := src.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 3 {
+		t.Fatalf("got %d notices, want 3 (instance-action, rebalance, the active event): %v", len(notices), notices)
+	}
+	spot, reb, maint := notices[0], notices[1], notices[2]
+	if spot.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || spot.Action != "terminate" || !spot.Deadline.Equal(at) {
+		t.Errorf("instance-action notice = %v, want a terminate spot interruption at %v", spot, at)
+	}
+	if reb.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION || !reb.Deadline.IsZero() {
+		t.Errorf("rebalance notice = %v, want a recommendation without deadline", reb)
+	}
+	wantMaint := time.Date(2030, 1, 21, 9, 0, 43, 0, time.UTC)
+	if maint.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE || maint.Action != "system-reboot" || !maint.Deadline.Equal(wantMaint) || maint.ID != "aws-instance-event-0d59937288b749b32" {
+		t.Errorf("maintenance notice = %v, want system-reboot at %v", maint, wantMaint)
+	}
+	// The id is stable: a second check (or a restarted agent) sees the same.
+	again, _ := src.Check(context.Background())
+	if again[0].ID != spot.ID {
+		t.Errorf("id changed between checks: %q then %q", spot.ID, again[0].ID)
+	}
+}
+
+func TestSessionTokenReusedAndRefreshedOn401(t *testing.T) {
+	f, src := start(t)
+	for i := 0; i < 3; i++ {
+		if _, err := src.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.Tokens() != 1 {
+		t.Fatalf("%d tokens for 3 checks, want 1 (the session token is reused)", f.Tokens())
+	}
+	f.RevokeTokens()
+	f.SetSpotInterruption("stop", time.Now().Add(2*time.Minute))
+	notices, err := src.Check(context.Background())
+	if err != nil {
+		t.Fatalf("check after the token was revoked: %v (a 401 must get a fresh token)", err)
+	}
+	if len(notices) != 1 || notices[0].Action != "stop" {
+		t.Fatalf("after the token refresh: %v, want the stop notice", notices)
+	}
+	if f.Tokens() != 2 {
+		t.Errorf("%d tokens, want 2", f.Tokens())
+	}
+}
+
+func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
+	valid := `{"action":"terminate","time":"2030-01-01T00:00:00Z"}`
+	cases := []struct {
+		name  string
+		fault metadatatest.Fault
+		want  string // in the error
+	}{
+		{"garbage", metadatatest.Garbage("<html>captive portal</html>"), "want a JSON object"},
+		{"truncated JSON", metadatatest.Garbage(valid[:30]), "not a JSON document"},
+		{"truncated connection", metadatatest.Truncated(valid[:30]), "truncated"},
+		{"wrong type", metadatatest.Garbage(`{"action":1,"time":"2030-01-01T00:00:00Z"}`), `"action" is a JSON number, want a string`},
+		{"wrong time type", metadatatest.Garbage(`{"action":"terminate","time":1893456000}`), `"time" is a JSON number, want a string`},
+		{"null", metadatatest.Garbage(`null`), "want a JSON object"},
+		{"list", metadatatest.Garbage(`[` + valid + `]`), "want a JSON object"},
+		{"empty object", metadatatest.Garbage(`{}`), `"action" is missing`},
+		{"unknown action", metadatatest.Garbage(`{"action":"explode","time":"2030-01-01T00:00:00Z"}`), `action "explode"`},
+		{"bad time", metadatatest.Garbage(`{"action":"terminate","time":"soon"}`), `"soon" is not a time`},
+		{"trailing data", metadatatest.Garbage(valid + `{"action":"stop"}`), "data after the JSON document"},
+		{"huge body", metadatatest.Huge(10<<20, false), "over the"},
+		{"huge chunked body", metadatatest.Huge(10<<20, true), "over the"},
+		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within"},
+		{"dripping body", metadatatest.Drip(valid, 100*time.Millisecond), "no complete answer within"},
+		{"connection reset", metadatatest.Reset(), "GET http://127.0.0.1"},
+		{"server error", metadatatest.Status(500, "internal"), "answered 500"},
+		{"forbidden", metadatatest.Status(403, "no"), "answered 403"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, src := start(t)
+			f.SetFault(metadatatest.AWSInstanceAction, c.fault)
+			notices, err := src.Check(context.Background())
+			if err == nil {
+				t.Fatalf("no error for a %s answer", c.name)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if !strings.Contains(err.Error(), "instance-action") {
+				t.Errorf("error %q does not name the document", err)
+			}
+			if len(notices) != 0 {
+				t.Errorf("false notice from a %s answer: %v", c.name, notices)
+			}
+		})
+	}
+}
+
+func TestTokenEndpointFailuresAreClear(t *testing.T) {
+	f, src := start(t)
+	f.SetFault("/latest/api/token", metadatatest.Hang(5*time.Second))
+	_, err := src.Check(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "IMDSv2 session token") || !strings.Contains(err.Error(), "hop limit") {
+		t.Fatalf("error %v does not explain the token failure", err)
+	}
+	f.SetFault("/latest/api/token", metadatatest.Garbage("a token\nwith lines"))
+	if _, err := src.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "malformed token") {
+		t.Fatalf("error %v does not refuse a malformed token", err)
+	}
+}
+
+func TestMalformedScheduledEventsAndRebalance(t *testing.T) {
+	for name, c := range map[string]struct{ path, body, want string }{
+		"scheduled not a list":   {metadatatest.AWSScheduled, `{"NotBefore":"x"}`, "want a JSON list"},
+		"scheduled missing code": {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43 GMT","EventId":"e","State":"active"}]`, `"Code" is missing`},
+		"scheduled bad state":    {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"e","State":"maybe"}]`, `State "maybe"`},
+		"scheduled bad time":     {metadatatest.AWSScheduled, `[{"NotBefore":"tomorrow","Code":"system-reboot","EventId":"e","State":"active"}]`, "NotBefore"},
+		"scheduled bad id":       {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"a b","State":"active"}]`, "not an event id"},
+		"rebalance wrong type":   {metadatatest.AWSRebalance, `{"noticeTime":true}`, `"noticeTime" is a JSON bool, want a string`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, src := start(t)
+			f.SetFault(c.path, metadatatest.Garbage(c.body))
+			notices, err := src.Check(context.Background())
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one saying %q", err, c.want)
+			}
+			if len(notices) != 0 {
+				t.Errorf("false notice: %v", notices)
+			}
+		})
+	}
+}
+
+func TestOneBrokenDocumentDoesNotHideAnother(t *testing.T) {
+	f, src := start(t)
+	f.SetFault(metadatatest.AWSScheduled, metadatatest.Garbage("garbage"))
+	f.SetSpotInterruption("terminate", time.Now().Add(2*time.Minute))
+	notices, err := src.Check(context.Background())
+	if err == nil {
+		t.Fatal("no error for the broken scheduled-events document")
+	}
+	if len(notices) != 1 || notices[0].Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION {
+		t.Fatalf("notices %v: the spot interruption must still be reported", notices)
+	}
+}
+
+func TestWatchDetectsWithinAnInterval(t *testing.T) {
+	f, src := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan notice.Notice, 1)
+	w := notice.NewWatcher(src, testLogger(t), nil)
+	w.OnNotice(func(n notice.Notice) { got <- n })
+	go w.Run(ctx)
+	time.Sleep(50 * time.Millisecond)
+	published := f.SetSpotInterruption("terminate", time.Now().Add(2*time.Minute))
+	select {
+	case n := <-got:
+		// Interval 20ms; allow for a loaded machine.
+		if lag := n.Detected.Sub(published); lag < 0 || lag > time.Second {
+			t.Errorf("detected %v after the notice, want within the poll interval", lag)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("notice not detected within 5s")
+	}
+}

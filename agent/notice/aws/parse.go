@@ -1,0 +1,158 @@
+package aws
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pennysched/penny/agent/notice"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// ParseInstanceAction reads spot/instance-action:
+// {"action":"terminate|stop|hibernate","time":"2017-09-18T08:22:00Z"}. The
+// time is when the action happens: the notice's deadline.
+func ParseInstanceAction(body []byte, detected time.Time) (notice.Notice, error) {
+	o, err := notice.ParseObject("spot/instance-action", body)
+	if err != nil {
+		return notice.Notice{}, err
+	}
+	action, _, err := o.String("action", true)
+	if err != nil {
+		return notice.Notice{}, err
+	}
+	when, _, err := o.String("time", true)
+	if err != nil {
+		return notice.Notice{}, err
+	}
+	if !instanceActions[action] {
+		return notice.Notice{}, fmt.Errorf("spot/instance-action: action %s is not terminate, stop or hibernate", notice.Excerpt([]byte(action)))
+	}
+	at, err := parseTime(when)
+	if err != nil {
+		return notice.Notice{}, fmt.Errorf("spot/instance-action: time: %w", err)
+	}
+	return notice.Notice{
+		ID:   "aws-spot-" + action + "-" + at.Format("20060102T150405Z"),
+		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+		Action: action, Detected: detected, Deadline: at,
+	}, nil
+}
+
+// Spot instance actions (spot/instance-action "action").
+var instanceActions = map[string]bool{"terminate": true, "stop": true, "hibernate": true}
+
+// ParseRebalance reads events/recommendations/rebalance:
+// {"noticeTime":"2020-11-05T08:22:00Z"}. A recommendation has no deadline.
+func ParseRebalance(body []byte, detected time.Time) (notice.Notice, error) {
+	o, err := notice.ParseObject("events/recommendations/rebalance", body)
+	if err != nil {
+		return notice.Notice{}, err
+	}
+	when, _, err := o.String("noticeTime", true)
+	if err != nil {
+		return notice.Notice{}, err
+	}
+	at, err := parseTime(when)
+	if err != nil {
+		return notice.Notice{}, fmt.Errorf("events/recommendations/rebalance: noticeTime: %w", err)
+	}
+	return notice.Notice{
+		ID:   "aws-rebalance-" + at.Format("20060102T150405Z"),
+		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+		Action: "rebalance", Detected: detected,
+	}, nil
+}
+
+// Scheduled event codes.
+var eventCodes = map[string]bool{
+	"instance-reboot": true, "system-reboot": true, "system-maintenance": true,
+	"instance-retirement": true, "instance-stop": true,
+}
+
+// MaxScheduledEvents bounds the list; an instance has a handful at most.
+const MaxScheduledEvents = 64
+
+// ParseScheduledEvents reads events/maintenance/scheduled, a list of
+// {"NotBefore","Code","Description","EventId","NotAfter","State"}. Only
+// active events are notices; completed and canceled ones stay listed for a
+// while and are skipped.
+func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, error) {
+	const what = "events/maintenance/scheduled"
+	items, err := notice.ParseList(what, body)
+	if err != nil {
+		return nil, err
+	}
+	if len(items) > MaxScheduledEvents {
+		return nil, fmt.Errorf("%s: %d events; more than %d is not a plausible answer", what, len(items), MaxScheduledEvents)
+	}
+	var out []notice.Notice
+	for i, raw := range items {
+		e, err := notice.ParseObject(fmt.Sprintf("%s[%d]", what, i), raw)
+		if err != nil {
+			return nil, err
+		}
+		var id, code, state, notBefore string
+		for _, f := range []struct {
+			key string
+			v   *string
+		}{{"EventId", &id}, {"Code", &code}, {"State", &state}, {"NotBefore", &notBefore}} {
+			if *f.v, _, err = e.String(f.key, true); err != nil {
+				return nil, err
+			}
+		}
+		if !validID(id) {
+			return nil, fmt.Errorf("%s[%d]: EventId %s is not an event id", what, i, notice.Excerpt([]byte(id)))
+		}
+		switch state {
+		case "active":
+		case "completed", "canceled":
+			continue
+		default:
+			return nil, fmt.Errorf("%s[%d]: State %s is not active, completed or canceled", what, i, notice.Excerpt([]byte(state)))
+		}
+		if !eventCodes[code] {
+			return nil, fmt.Errorf("%s[%d]: Code %s is not a known event code", what, i, notice.Excerpt([]byte(code)))
+		}
+		at, err := parseTime(notBefore)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: NotBefore: %w", what, i, err)
+		}
+		out = append(out, notice.Notice{
+			ID:   "aws-" + id,
+			Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+			Action: code, Detected: detected, Deadline: at,
+		})
+	}
+	return out, nil
+}
+
+// validID accepts what AWS event ids look like: short, printable, no spaces.
+func validID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, c := range s {
+		if c <= ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// IMDS writes instance-action and rebalance times as RFC 3339, and scheduled
+// events as "21 Jan 2019 09:00:43 GMT".
+var timeLayouts = []string{time.RFC3339, "2 Jan 2006 15:04:05 GMT", "2 Jan 2006 15:04:05 MST"}
+
+func parseTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	for _, l := range timeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			if t.Year() < 2000 || t.Year() > 9999 {
+				return time.Time{}, fmt.Errorf("%q is not a plausible time", s)
+			}
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%s is not a time (want RFC 3339, e.g. 2026-05-01T10:00:00Z)", notice.Excerpt([]byte(s)))
+}

@@ -1,0 +1,192 @@
+// Package azure watches Azure's Scheduled Events for Spot evictions
+// (Preempt), deletions (Terminate) and maintenance (Reboot, Redeploy,
+// Freeze), and acknowledges an event (StartRequests) once the node is ready,
+// so that Azure need not wait out the notice.
+package azure
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pennysched/penny/agent/notice"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// Defaults.
+const (
+	DefaultEndpoint   = "http://169.254.169.254"
+	DefaultAPIVersion = "2020-07-01"
+	DefaultInterval   = time.Second
+	// DefaultPreemptNotice is the deadline of an event without NotBefore:
+	// Azure gives a Spot VM at least 30 seconds.
+	DefaultPreemptNotice = 30 * time.Second
+	// DefaultRequestTimeout: the first request after boot turns Scheduled
+	// Events on and may take long; later ones answer at once.
+	DefaultRequestTimeout = 10 * time.Second
+)
+
+// Paths.
+const (
+	PathScheduledEvents = "/metadata/scheduledevents"
+	PathComputeName     = "/metadata/instance/compute/name"
+)
+
+// Options configure the watcher.
+type Options struct {
+	// Endpoint is the instance metadata service's base URL (DefaultEndpoint).
+	Endpoint   string
+	APIVersion string
+	// Interval between checks (DefaultInterval).
+	Interval       time.Duration
+	RequestTimeout time.Duration
+	// VMName is this VM's name as Scheduled Events lists it in Resources;
+	// empty: read from the instance metadata (compute/name) at start.
+	VMName string
+	// PreemptNotice is the deadline of an event without NotBefore.
+	PreemptNotice time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Source polls Scheduled Events.
+type Source struct {
+	opts Options
+	http *notice.HTTPClient
+
+	mu          sync.Mutex
+	vmName      string
+	incarnation int64
+}
+
+var (
+	_ notice.Source       = &Source{}
+	_ notice.Acknowledger = &Source{}
+)
+
+// New returns a source with opts' zero fields defaulted.
+func New(opts Options) *Source {
+	if opts.Endpoint == "" {
+		opts.Endpoint = DefaultEndpoint
+	}
+	opts.Endpoint = strings.TrimRight(opts.Endpoint, "/")
+	if opts.APIVersion == "" {
+		opts.APIVersion = DefaultAPIVersion
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = DefaultInterval
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = DefaultRequestTimeout
+	}
+	if opts.PreemptNotice <= 0 {
+		opts.PreemptNotice = DefaultPreemptNotice
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Source{opts: opts, http: notice.NewHTTPClient(), vmName: opts.VMName, incarnation: -1}
+}
+
+// Provider implements notice.Source.
+func (s *Source) Provider() telemetryv1.CloudProvider {
+	return telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE
+}
+
+var metadataHeader = http.Header{"Metadata": {"true"}}
+
+func (s *Source) eventsURL() string {
+	return s.opts.Endpoint + PathScheduledEvents + "?api-version=" + s.opts.APIVersion
+}
+
+// Watch implements notice.Source.
+func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
+	notice.Poll(ctx, s.opts.Interval, s.Check, observe)
+}
+
+// Check reads the document once and returns this VM's events.
+func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
+	vm, err := s.name(ctx)
+	if err != nil {
+		return nil, err
+	}
+	u := s.eventsURL()
+	resp, err := s.http.Do(ctx, http.MethodGet, u, metadataHeader, nil, s.opts.RequestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Status != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: answered %d %s", u, resp.Status, notice.Excerpt(resp.Body))
+	}
+	doc, err := ParseDocument(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.incarnation = doc.DocumentIncarnation
+	s.mu.Unlock()
+	return doc.Notices(vm, s.opts.Now(), s.opts.PreemptNotice), nil
+}
+
+// Incarnation is the DocumentIncarnation of the last document read, -1
+// before the first.
+func (s *Source) Incarnation() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.incarnation
+}
+
+// name returns the VM's name, reading it from the instance metadata the
+// first time.
+func (s *Source) name(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	name := s.vmName
+	s.mu.Unlock()
+	if name != "" {
+		return name, nil
+	}
+	u := s.opts.Endpoint + PathComputeName + "?api-version=2021-02-01&format=text"
+	resp, err := s.http.Do(ctx, http.MethodGet, u, metadataHeader, nil, s.opts.RequestTimeout)
+	if err != nil {
+		return "", fmt.Errorf("this VM's name (to tell its scheduled events from its neighbours'): %w", err)
+	}
+	name = strings.TrimSpace(string(resp.Body))
+	if resp.Status != http.StatusOK || name == "" || len(name) > 128 || strings.ContainsAny(name, " \t\r\n\"") {
+		return "", fmt.Errorf("this VM's name: GET %s answered %d %s", u, resp.Status, notice.Excerpt(resp.Body))
+	}
+	s.mu.Lock()
+	s.vmName = name
+	s.mu.Unlock()
+	return name, nil
+}
+
+// Acknowledge implements notice.Acknowledger: it tells Azure the VM is ready
+// for the event (POST {"StartRequests":[{"EventId":...}]}), so that it starts
+// without waiting out the notice.
+func (s *Source) Acknowledge(ctx context.Context, noticeID string) error {
+	id, ok := EventID(noticeID)
+	if !ok || !validID(id) {
+		return fmt.Errorf("notice %q is not an Azure scheduled event", noticeID)
+	}
+	type start struct {
+		EventID string `json:"EventId"`
+	}
+	body, _ := json.Marshal(struct {
+		StartRequests []start `json:"StartRequests"`
+	}{[]start{{id}}})
+	u := s.eventsURL()
+	h := metadataHeader.Clone()
+	h.Set("Content-Type", "application/json")
+	resp, err := s.http.Do(ctx, http.MethodPost, u, h, body, s.opts.RequestTimeout)
+	if err != nil {
+		return fmt.Errorf("acknowledge scheduled event %s: %w", id, err)
+	}
+	if resp.Status != http.StatusOK {
+		return fmt.Errorf("acknowledge scheduled event %s: POST %s answered %d %s", id, u, resp.Status, notice.Excerpt(resp.Body))
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+package azure_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pennysched/penny/agent/notice/azure"
+	"github.com/pennysched/penny/agent/notice/metadatatest"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+const vm = "aks-spot-12345678-vmss_3"
+
+func start(t *testing.T) (*metadatatest.Azure, *azure.Source) {
+	t.Helper()
+	f := metadatatest.NewAzure(vm)
+	t.Cleanup(f.Close)
+	return f, azure.New(azure.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
+}
+
+func TestPreemptOfThisVMIsANotice(t *testing.T) {
+	f, src := start(t)
+	notBefore := time.Now().Add(30 * time.Second).Truncate(time.Second).UTC()
+	f.Preempt("A123BC45-1234-5678-AB90-ABCDEF123456", notBefore)
+	notices, err := src.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 1 {
+		t.Fatalf("got %v, want one notice", notices)
+	}
+	n := notices[0]
+	if n.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || n.Action != "Preempt" || !n.Deadline.Equal(notBefore) || n.ID != "azure-A123BC45-1234-5678-AB90-ABCDEF123456" {
+		t.Errorf("notice %v, want a Preempt at %v", n, notBefore)
+	}
+	if f.Requests(metadatatest.AzureComputeName) != 1 {
+		t.Errorf("the VM name was read %d times, want once", f.Requests(metadatatest.AzureComputeName))
+	}
+	if src.Incarnation() < 2 {
+		t.Errorf("DocumentIncarnation %d not tracked", src.Incarnation())
+	}
+}
+
+func TestOnlyThisVMsKnownEventsCount(t *testing.T) {
+	f, src := start(t)
+	soon := time.Now().Add(5 * time.Minute).UTC().Format(http.TimeFormat)
+	f.AddEvent(metadatatest.AzureEvent{EventID: "neighbour", EventType: "Preempt", Resources: []string{"aks-spot-12345678-vmss_4"}, NotBefore: soon})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "future-type", EventType: "LiveMigrate", NotBefore: soon})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "freeze", EventType: "Freeze", NotBefore: soon})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "reboot", EventType: "Reboot", NotBefore: soon})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "term", EventType: "Terminate", Resources: []string{strings.ToUpper(vm)}, NotBefore: soon})
+	notices, err := src.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]telemetryv1.ReclaimKind{}
+	for _, n := range notices {
+		got[n.ID] = n.Kind
+	}
+	want := map[string]telemetryv1.ReclaimKind{
+		"azure-freeze": telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		"azure-reboot": telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		"azure-term":   telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("notices %v, want %v (a neighbour's event and an unknown type are not this node's)", got, want)
+	}
+	for id, k := range want {
+		if got[id] != k {
+			t.Errorf("%s: kind %v, want %v", id, got[id], k)
+		}
+	}
+}
+
+func TestAcknowledgeStartsTheEvent(t *testing.T) {
+	f, src := start(t)
+	f.Preempt("ev-1", time.Now().Add(30*time.Second))
+	before, _ := src.Check(context.Background())
+	if err := src.Acknowledge(context.Background(), before[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.Acked("ev-1"); !ok {
+		t.Fatal("the fake did not receive the StartRequests")
+	}
+	after, err := src.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != 1 || !after[0].Deadline.Before(before[0].Deadline) {
+		t.Errorf("after the acknowledgement: %v; the started event's deadline must be now", after)
+	}
+	if err := src.Acknowledge(context.Background(), "aws-spot-x"); err == nil {
+		t.Error("acknowledging a notice that is not Azure's did not fail")
+	}
+}
+
+func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
+	ev := func(fields string) string {
+		return `{"DocumentIncarnation":2,"Events":[{` + fields + `}]}`
+	}
+	good := `"EventId":"e1","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":"Mon, 19 Sep 2016 18:29:47 GMT"`
+	cases := []struct {
+		name  string
+		fault metadatatest.Fault
+		want  string
+	}{
+		{"garbage", metadatatest.Garbage("<html/>"), "want a JSON object"},
+		{"truncated JSON", metadatatest.Garbage(ev(good)[:60]), "not a JSON document"},
+		{"truncated connection", metadatatest.Truncated(ev(good)[:60]), "truncated"},
+		{"incarnation as string", metadatatest.Garbage(`{"DocumentIncarnation":"2","Events":[]}`), `"DocumentIncarnation" is a JSON string, want an integer`},
+		{"incarnation fractional", metadatatest.Garbage(`{"DocumentIncarnation":2.5,"Events":[]}`), `"DocumentIncarnation" is a JSON number, want an integer`},
+		{"no incarnation", metadatatest.Garbage(`{"Events":[]}`), `"DocumentIncarnation" is missing`},
+		{"events not a list", metadatatest.Garbage(`{"DocumentIncarnation":1,"Events":{}}`), `"Events" is a JSON object, want a list`},
+		{"events missing", metadatatest.Garbage(`{"DocumentIncarnation":1}`), `"Events" is missing`},
+		{"event not an object", metadatatest.Garbage(`{"DocumentIncarnation":1,"Events":["Preempt"]}`), "Events[0]: want a JSON object"},
+		{"resources not strings", metadatatest.Garbage(ev(strings.Replace(good, `["`+vm+`"]`, `[3]`, 1))), `"Resources[0]" is a JSON number`},
+		{"wrong-case key", metadatatest.Garbage(ev(strings.Replace(good, `"EventType"`, `"eventtype"`, 1))), `"EventType" is missing`},
+		{"bad status", metadatatest.Garbage(ev(strings.Replace(good, "Scheduled", "Soon", 1))), "EventStatus"},
+		{"bad NotBefore", metadatatest.Garbage(ev(strings.Replace(good, "Mon, 19 Sep 2016 18:29:47 GMT", "tomorrow", 1))), "NotBefore"},
+		{"bad event id", metadatatest.Garbage(ev(strings.Replace(good, `"e1"`, `"a b"`, 1))), "not an event id"},
+		{"trailing data", metadatatest.Garbage(ev(good) + "{}"), "data after"},
+		{"huge body", metadatatest.Huge(10<<20, false), "over the"},
+		{"huge chunked body", metadatatest.Huge(10<<20, true), "over the"},
+		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within"},
+		{"dripping body", metadatatest.Drip(ev(good), 100*time.Millisecond), "no complete answer within"},
+		{"connection reset", metadatatest.Reset(), "scheduledevents"},
+		{"server error", metadatatest.Status(500, "x"), "answered 500"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, src := start(t)
+			f.SetFault(metadatatest.AzureScheduledEvents, c.fault)
+			notices, err := src.Check(context.Background())
+			if err == nil {
+				t.Fatalf("no error for a %s answer", c.name)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			if len(notices) != 0 {
+				t.Errorf("false notice: %v", notices)
+			}
+		})
+	}
+}
+
+func TestVMNameFailuresAreClear(t *testing.T) {
+	f, src := start(t)
+	f.SetFault(metadatatest.AzureComputeName, metadatatest.Status(404, "nope"))
+	f.Preempt("e", time.Now().Add(time.Minute))
+	notices, err := src.Check(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "this VM's name") || len(notices) != 0 {
+		t.Fatalf("Check = %v, %v; want a clear error about the VM name and no notice", notices, err)
+	}
+}

@@ -1,0 +1,188 @@
+package gcp_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+
+	"github.com/pennysched/penny/agent/notice"
+	"github.com/pennysched/penny/agent/notice/gcp"
+	"github.com/pennysched/penny/agent/notice/metadatatest"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+func start(t *testing.T, opts gcp.Options) (*metadatatest.GCP, *gcp.Source) {
+	t.Helper()
+	f := metadatatest.NewGCP()
+	t.Cleanup(f.Close)
+	opts.Endpoint = f.URL()
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 300 * time.Millisecond
+	}
+	if opts.RetryInterval == 0 {
+		opts.RetryInterval = 20 * time.Millisecond
+	}
+	return f, gcp.New(opts)
+}
+
+// recorder collects what a source observes.
+type recorder struct {
+	mu   sync.Mutex
+	last []notice.Notice
+	err  error
+	n    int
+	ch   chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{ch: make(chan struct{}, 100)} }
+
+func (r *recorder) observe(n []notice.Notice, err error) {
+	r.mu.Lock()
+	r.last, r.err = n, err
+	r.n++
+	r.mu.Unlock()
+	select {
+	case r.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) waitFor(t *testing.T, what string, cond func([]notice.Notice, error) bool) ([]notice.Notice, error) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		r.mu.Lock()
+		n, err := r.last, r.err
+		r.mu.Unlock()
+		if cond(n, err) {
+			return n, err
+		}
+		select {
+		case <-r.ch:
+		case <-timeout:
+			t.Fatalf("%s: not within 5s (last: %v, %v)", what, n, err)
+		}
+	}
+}
+
+func watch(t *testing.T, src *gcp.Source) *recorder {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := newRecorder()
+	done := make(chan struct{})
+	go func() { src.Watch(ctx, r.observe); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func TestPreemptionSeenAtOnceThroughWaitForChange(t *testing.T) {
+	f, src := start(t, gcp.Options{WaitTimeout: 30 * time.Second})
+	r := watch(t, src)
+	r.waitFor(t, "first read of both values", func(n []notice.Notice, err error) bool { return err == nil })
+	// Quiet: the watcher hangs in wait_for_change instead of polling.
+	time.Sleep(300 * time.Millisecond)
+	if n := f.Requests(metadatatest.GCPPreempted); n > 2 {
+		t.Errorf("%d requests for instance/preempted in 300ms without a change: it polls instead of waiting for a change", n)
+	}
+	published := f.SetPreempted(true)
+	notices, _ := r.waitFor(t, "preemption notice", func(n []notice.Notice, err error) bool { return len(n) == 1 })
+	got := notices[0]
+	if got.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || got.Provider != telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP {
+		t.Errorf("notice %v, want a GCP spot interruption", got)
+	}
+	if lag := got.Detected.Sub(published); lag > 500*time.Millisecond {
+		t.Errorf("preemption seen %v after it was set; wait_for_change should see it at once", lag)
+	}
+	if d := got.Deadline.Sub(got.Detected); d != gcp.DefaultPreemptionNotice {
+		t.Errorf("deadline %v after detection, want %v", d, gcp.DefaultPreemptionNotice)
+	}
+	if !strings.HasPrefix(got.ID, "gcp-preempted-") {
+		t.Errorf("id %q does not carry the ETag", got.ID)
+	}
+}
+
+func TestMaintenanceEvents(t *testing.T) {
+	f, src := start(t, gcp.Options{})
+	r := watch(t, src)
+	r.waitFor(t, "first read", func(n []notice.Notice, err error) bool { return err == nil })
+	f.SetMaintenance(gcp.MaintenanceTerminate)
+	n, _ := r.waitFor(t, "maintenance notice", func(n []notice.Notice, err error) bool { return len(n) == 1 })
+	if n[0].Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE || n[0].Action != gcp.MaintenanceTerminate {
+		t.Errorf("notice %v, want TERMINATE_ON_HOST_MAINTENANCE", n[0])
+	}
+	f.SetMaintenance(gcp.MaintenanceNone)
+	r.waitFor(t, "maintenance over", func(n []notice.Notice, err error) bool { return err == nil && len(n) == 0 })
+}
+
+func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
+	noFlavor := func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("TRUE")) }
+	cases := []struct {
+		name  string
+		fault metadatatest.Fault
+		want  string
+	}{
+		{"garbage", metadatatest.Garbage("MAYBE"), "want TRUE or FALSE"},
+		{"lowercase", metadatatest.Garbage("true"), "want TRUE or FALSE"},
+		{"json", metadatatest.Garbage(`{"preempted":true}`), "want TRUE or FALSE"},
+		{"TRUE with junk", metadatatest.Garbage("TRUE\x00FALSE"), "want TRUE or FALSE"},
+		{"not the metadata server", noFlavor, "Metadata-Flavor"},
+		{"truncated", metadatatest.Truncated("TR"), "truncated"},
+		{"huge body", metadatatest.Huge(10<<20, false), "over the"},
+		{"huge chunked body", metadatatest.Huge(10<<20, true), "over the"},
+		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within"},
+		{"dripping body", metadatatest.Drip("TRUE", 200*time.Millisecond), "no complete answer within"},
+		{"connection reset", metadatatest.Reset(), "instance/preempted"},
+		{"server error", metadatatest.Status(503, "busy"), "answered 503"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, src := start(t, gcp.Options{})
+			f.SetFault(metadatatest.GCPPreempted, c.fault)
+			r := watch(t, src)
+			_, err := r.waitFor(t, "an error", func(n []notice.Notice, err error) bool {
+				return err != nil && !strings.Contains(err.Error(), "not read yet")
+			})
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+			// Let it retry a few times: still no notice.
+			time.Sleep(100 * time.Millisecond)
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if len(r.last) != 0 {
+				t.Errorf("false notice: %v", r.last)
+			}
+		})
+	}
+}
+
+func TestNoticeSurvivesALaterError(t *testing.T) {
+	f, src := start(t, gcp.Options{WaitTimeout: time.Second})
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	f.SetPreempted(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(w.Notices()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.SetFault(metadatatest.GCPPreempted, metadatatest.Status(500, "down"))
+	f.SetFault(metadatatest.GCPMaintenance, metadatatest.Status(500, "down"))
+	for time.Now().Before(deadline) {
+		st, notices := w.Pending()
+		if st.GetState() == telemetryv1.CollectorStatus_STATE_ERROR {
+			if len(notices) != 1 {
+				t.Fatalf("the preemption notice was dropped on an error: %v", notices)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the watcher never reported the server's errors")
+}

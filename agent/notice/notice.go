@@ -1,0 +1,238 @@
+// Package notice watches the cloud's instance metadata service for reclaim
+// notices: AWS IMDSv2 (agent/notice/aws), the GCE metadata server
+// (agent/notice/gcp) and Azure Scheduled Events (agent/notice/azure). The
+// node's providerID chooses the cloud (agent/notice/cloud).
+//
+// A Watcher turns one cloud's checks into the set of notices pending on the
+// node, which the agent reports to the scheduler (it is the report loop's
+// Reclaim source) and hands to the reclaim flow (agent/reclaim) once per
+// notice.
+//
+// Two rules hold whatever the metadata service answers. A notice is only ever
+// produced from a well-formed answer that says so: garbage, a truncated body,
+// a wrong type, a body over MaxBodyBytes or a server that does not answer in
+// time is an error, never a notice. And a failed check never drops a notice
+// already seen: the set only shrinks when the service answers and no longer
+// lists it.
+//
+// The clients are written here rather than taken from the clouds' SDKs: the
+// three protocols are a few plain HTTP requests, and the SDK clients neither
+// bound what they read nor take an endpoint per client (the GCE one reads it
+// from the process environment), both of which the agent needs.
+package notice
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/reclaim"
+)
+
+// Notice is one pending reclaim of the node.
+type Notice struct {
+	// ID is stable for one event: the provider's event id, or one derived
+	// from what the provider says (AWS's notice time, GCE's ETag), so that an
+	// agent that restarts recognises a notice it already acted on.
+	ID       string
+	Kind     telemetryv1.ReclaimKind
+	Provider telemetryv1.CloudProvider
+	// Action is the provider's own word ("terminate", "TRUE", "Preempt").
+	Action string
+	// Detected is when this agent first saw the notice.
+	Detected time.Time
+	// Deadline is when the node goes away (or the maintenance starts); zero
+	// when the provider promises none (a rebalance recommendation).
+	Deadline time.Time
+}
+
+// Proto is the notice as the telemetry API carries it.
+func (n Notice) Proto() *telemetryv1.ReclaimNotice {
+	p := &telemetryv1.ReclaimNotice{
+		Id: n.ID, Kind: n.Kind, Provider: n.Provider, Action: n.Action,
+		DetectedAt: timestamppb.New(n.Detected),
+	}
+	if !n.Deadline.IsZero() {
+		p.Deadline = timestamppb.New(n.Deadline)
+	}
+	return p
+}
+
+func (n Notice) String() string {
+	d := "no deadline"
+	if !n.Deadline.IsZero() {
+		d = "deadline " + n.Deadline.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("%s %s (%s %q, %s)", n.Kind, n.ID, n.Provider, n.Action, d)
+}
+
+// Source is one cloud's metadata service.
+type Source interface {
+	// Provider names the cloud.
+	Provider() telemetryv1.CloudProvider
+	// Watch checks for notices until ctx ends. After every check it calls
+	// observe with every notice pending now, and with the error that made
+	// part of the check fail; with an error the list holds what the parts
+	// that worked found. Detected is the time of the check that found a
+	// notice. Watch must not call observe concurrently.
+	Watch(ctx context.Context, observe func(notices []Notice, err error))
+}
+
+// Acknowledger is a Source whose cloud can be told that the node is ready to
+// go (Azure's StartRequests), so that the cloud need not wait out the notice.
+type Acknowledger interface {
+	Acknowledge(ctx context.Context, noticeID string) error
+}
+
+// Watcher keeps the set of pending notices from a Source.
+type Watcher struct {
+	src     Source
+	log     logr.Logger
+	metrics *Metrics
+
+	mu       sync.Mutex
+	pending  map[string]Notice
+	status   *telemetryv1.CollectorStatus
+	settled  bool // the last check succeeded
+	handlers []func(Notice)
+}
+
+// NewWatcher returns a watcher of src; Run starts it. metrics may be nil.
+func NewWatcher(src Source, log logr.Logger, metrics *Metrics) *Watcher {
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	return &Watcher{
+		src: src, log: log, metrics: metrics,
+		pending: map[string]Notice{},
+		status:  &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK, Message: "no check finished yet"},
+	}
+}
+
+// Source returns the watched source.
+func (w *Watcher) Source() Source { return w.src }
+
+// OnNotice registers f to be called once for each notice the first time it is
+// seen. f runs on the watcher's goroutine and must return quickly.
+func (w *Watcher) OnNotice(f func(Notice)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.handlers = append(w.handlers, f)
+}
+
+// Run watches until ctx ends.
+func (w *Watcher) Run(ctx context.Context) {
+	w.src.Watch(ctx, w.observe)
+}
+
+func (w *Watcher) observe(notices []Notice, err error) {
+	provider := w.src.Provider().String()
+	w.mu.Lock()
+	var fresh []Notice
+	seen := make(map[string]bool, len(notices))
+	for _, n := range notices {
+		seen[n.ID] = true
+		if old, ok := w.pending[n.ID]; ok {
+			// Keep the first detection time and deadline: a later check
+			// must not push the deadline back.
+			n.Detected = old.Detected
+			if !old.Deadline.IsZero() && (n.Deadline.IsZero() || old.Deadline.Before(n.Deadline)) {
+				n.Deadline = old.Deadline
+			}
+			w.pending[n.ID] = n
+			continue
+		}
+		w.pending[n.ID] = n
+		fresh = append(fresh, n)
+	}
+	if err == nil {
+		for id := range w.pending {
+			if !seen[id] {
+				w.log.Info("reclaim notice withdrawn by the cloud", "notice", id)
+				delete(w.pending, id)
+			}
+		}
+		w.status = &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK}
+		w.settled = true
+	} else {
+		w.settled = false
+		w.metrics.errors.WithLabelValues(provider).Inc()
+		msg := err.Error()
+		if len(msg) > 900 {
+			msg = msg[:900] + "..."
+		}
+		w.status = &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: msg}
+		w.log.V(1).Info("reclaim notice check failed", "error", msg)
+	}
+	w.metrics.pending.WithLabelValues(provider).Set(float64(len(w.pending)))
+	handlers := slices.Clone(w.handlers)
+	w.mu.Unlock()
+
+	for _, n := range fresh {
+		w.metrics.notices.WithLabelValues(provider, reclaim.TaintValue(n.Kind)).Inc()
+		w.log.Info("reclaim notice", "notice", n.ID, "kind", n.Kind.String(), "action", n.Action, "deadline", n.Deadline, "detected", n.Detected)
+		for _, h := range handlers {
+			h(n)
+		}
+	}
+}
+
+// Notices returns the pending notices, earliest deadline first.
+func (w *Watcher) Notices() []Notice {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]Notice, 0, len(w.pending))
+	for _, n := range w.pending {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Deadline.IsZero() != b.Deadline.IsZero() {
+			return b.Deadline.IsZero()
+		}
+		if !a.Deadline.Equal(b.Deadline) {
+			return a.Deadline.Before(b.Deadline)
+		}
+		return a.ID < b.ID
+	})
+	return out
+}
+
+// Settled returns the pending notices and whether the last check succeeded:
+// only then does the absence of a notice mean the cloud announced none.
+func (w *Watcher) Settled() ([]Notice, bool) {
+	notices := w.Notices()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return notices, w.settled
+}
+
+// Fill implements the report loop's Source: the report's reclaim status and
+// notices are Pending's.
+func (w *Watcher) Fill(_ context.Context, r *telemetryv1.NodeReport) {
+	r.Reclaim, r.ReclaimNotices = w.Pending()
+}
+
+// Pending returns the check's state and the pending notices (at most
+// telemetryv1.MaxReclaimNotices, the most urgent).
+func (w *Watcher) Pending() (*telemetryv1.CollectorStatus, []*telemetryv1.ReclaimNotice) {
+	notices := w.Notices()
+	if len(notices) > telemetryv1.MaxReclaimNotices {
+		notices = notices[:telemetryv1.MaxReclaimNotices]
+	}
+	out := make([]*telemetryv1.ReclaimNotice, len(notices))
+	for i, n := range notices {
+		out[i] = n.Proto()
+	}
+	w.mu.Lock()
+	st := w.status
+	w.mu.Unlock()
+	return st, out
+}

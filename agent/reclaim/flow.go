@@ -1,0 +1,715 @@
+// Package reclaim is the node side of a reclaim: when the cloud announces
+// that the node is going away, within a second the agent taints the node
+// (penny.dev/reclaim=<kind>:NoSchedule), reports the notice to the scheduler,
+// and asks each pod with a checkpoint hook to checkpoint; it waits for the
+// answers until the deadline minus a safety margin, then evicts the pods
+// through the Eviction API, those with a checkpoint written first, each with
+// its grace period cut to the time that remains. The scheduler, told of the
+// notice, commands the agents of the other members of affected gangs to
+// checkpoint theirs (HandleCheckpoint) by the same deadline.
+//
+// Every step is an event on the pod and the node and a metric, and the state
+// of each piece of work is kept in a file on the node, so an agent that
+// restarts in the middle of a notice finishes the job.
+package reclaim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/pennysched/penny/agent/checkpoint"
+	"github.com/pennysched/penny/agent/notice"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/reclaim"
+)
+
+// DefaultSafetyMargin is how long before the deadline the agent stops
+// waiting for checkpoints and evicts: time for the pods to stop.
+const DefaultSafetyMargin = 5 * time.Second
+
+// Options configure the flow.
+type Options struct {
+	// Node is this node's name; the flow acts on nothing else.
+	Node   string
+	Client kubernetes.Interface
+	// Checkpoints calls pods' hooks; a client that reaches pods at their IP
+	// when nil.
+	Checkpoints *checkpoint.Client
+	// StateDir holds the work in progress (a hostPath directory).
+	StateDir string
+	Policy   reclaim.Policy
+	// SafetyMargin is taken off the deadline to get the time checkpoints
+	// must be written by (DefaultSafetyMargin).
+	SafetyMargin time.Duration
+	// Report asks for a report to the scheduler at once (the report loop's
+	// Trigger). Optional.
+	Report func()
+	// Status sends checkpoint progress to the scheduler (the report
+	// client's SendCheckpointStatus). Optional.
+	Status func(*telemetryv1.CheckpointStatus)
+	// Acknowledger tells the cloud the node is ready (Azure). Optional.
+	Acknowledger notice.Acknowledger
+	// Notices returns the notices pending now and whether the last check
+	// of the metadata service succeeded (notice.Watcher.Settled). With it
+	// the flow drops maintenance the cloud called off before acting on it,
+	// and removes the taint when the cloud withdraws every notice. Optional.
+	Notices func() ([]notice.Notice, bool)
+	// ReconcileInterval is how often the taint is checked against Notices
+	// (10s).
+	ReconcileInterval time.Duration
+	// Recorder records events; one writing to the API server when nil.
+	Recorder record.EventRecorder
+	Log      logr.Logger
+	Metrics  *Metrics
+	// Retention is how long a finished job's file is kept, so that the
+	// same notice seen again is known as handled (24h).
+	Retention time.Duration
+}
+
+// Flow runs reclaim work on one node.
+type Flow struct {
+	node        string
+	client      kubernetes.Interface
+	checkpoints *checkpoint.Client
+	state       *stateStore
+	policy      reclaim.Policy
+	margin      time.Duration
+	report      func()
+	status      func(*telemetryv1.CheckpointStatus)
+	ack         notice.Acknowledger
+	notices     func() ([]notice.Notice, bool)
+	reconcile   time.Duration
+	recorder    record.EventRecorder
+	broadcaster record.EventBroadcaster
+	log         logr.Logger
+	metrics     *Metrics
+	retention   time.Duration
+
+	factory informers.SharedInformerFactory
+	pods    corelisters.PodLister
+	synced  cache.InformerSynced
+
+	mu      sync.Mutex
+	queue   []*Job
+	running map[string]bool
+	wake    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// New returns a flow; Run starts it.
+func New(o Options) (*Flow, error) {
+	if o.Node == "" || o.Client == nil {
+		return nil, errors.New("reclaim flow needs the node name and a Kubernetes client")
+	}
+	st, err := newStateStore(o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.Checkpoints == nil {
+		o.Checkpoints = checkpoint.NewClient(nil)
+	}
+	if o.SafetyMargin <= 0 {
+		o.SafetyMargin = DefaultSafetyMargin
+	}
+	if o.Report == nil {
+		o.Report = func() {}
+	}
+	if o.Status == nil {
+		o.Status = func(*telemetryv1.CheckpointStatus) {}
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	if o.Retention <= 0 {
+		o.Retention = 24 * time.Hour
+	}
+	if o.ReconcileInterval <= 0 {
+		o.ReconcileInterval = 10 * time.Second
+	}
+	f := &Flow{
+		node: o.Node, client: o.Client, checkpoints: o.Checkpoints, state: st, policy: o.Policy,
+		margin: o.SafetyMargin, report: o.Report, status: o.Status, ack: o.Acknowledger,
+		notices: o.Notices, reconcile: o.ReconcileInterval,
+		recorder: o.Recorder, log: o.Log, metrics: o.Metrics, retention: o.Retention,
+		running: map[string]bool{}, wake: make(chan struct{}, 1),
+	}
+	if f.recorder == nil {
+		f.broadcaster = record.NewBroadcaster()
+		f.recorder = f.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "penny-agent", Host: o.Node})
+	}
+	// Only this node's pods, as the kubelet watches them.
+	f.factory = informers.NewSharedInformerFactoryWithOptions(o.Client, 0, informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+		lo.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", o.Node).String()
+	}))
+	inf := f.factory.Core().V1().Pods()
+	f.pods, f.synced = inf.Lister(), inf.Informer().HasSynced
+	return f, nil
+}
+
+// nodeRef is the node as events refer to it (the kubelet's convention: the
+// UID is the name).
+func (f *Flow) nodeRef() *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Node", Name: f.node, UID: types.UID(f.node)}
+}
+
+// OnNotice starts the work for a notice (notice.Watcher.OnNotice). It never
+// blocks.
+func (f *Flow) OnNotice(n notice.Notice) {
+	f.metrics.notices.Inc()
+	j := &Job{
+		ID: "notice-" + n.ID,
+		Notice: &NoticeRecord{
+			ID: n.ID, Kind: n.Kind, Provider: n.Provider, Action: n.Action,
+			Detected: n.Detected, Deadline: n.Deadline,
+		},
+		Deadline: reclaim.Deadline(n.Kind, n.Detected, n.Deadline),
+	}
+	f.enqueue(j)
+}
+
+// HandleCheckpoint implements the report client's CommandHandler: the
+// scheduler asks this node's pods to checkpoint (another member of their
+// gang is on a node being reclaimed). It never blocks; replicas sending the
+// same command are deduplicated by its id.
+func (f *Flow) HandleCheckpoint(_ context.Context, cmd *telemetryv1.CheckpointCommand) {
+	rec := &CommandRecord{
+		ID: cmd.GetId(), Reason: cmd.GetReason(), OriginNode: cmd.GetOriginNode(),
+		OriginNotice: cmd.GetOriginNoticeId(), Received: time.Now(),
+	}
+	for _, p := range cmd.GetPods() {
+		rec.Pods = append(rec.Pods, p.GetNamespace()+"/"+p.GetName())
+	}
+	f.enqueue(&Job{ID: "command-" + cmd.GetId(), Command: rec, Deadline: cmd.GetDeadline().AsTime()})
+}
+
+func (f *Flow) enqueue(j *Job) {
+	f.mu.Lock()
+	f.queue = append(f.queue, j)
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run watches the node's pods, resumes work a previous agent left unfinished
+// and runs new work until ctx ends.
+func (f *Flow) Run(ctx context.Context) {
+	if f.broadcaster != nil {
+		f.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: f.client.CoreV1().Events("")})
+		defer f.broadcaster.Shutdown()
+	}
+	f.factory.Start(ctx.Done())
+	defer f.factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), f.synced) {
+		return
+	}
+	jobs, errs := f.state.all()
+	for _, err := range errs {
+		f.log.Error(err, "unreadable reclaim state; left in place")
+	}
+	for _, j := range jobs {
+		switch {
+		case !j.Done:
+			f.log.Info("resuming reclaim work an earlier agent left unfinished", "job", j.ID, "deadline", j.Deadline)
+			f.metrics.resumed.Inc()
+			f.start(ctx, j, true)
+		case time.Since(j.Updated) > f.retention:
+			if err := f.state.remove(j.ID); err != nil {
+				f.log.Error(err, "cannot remove old reclaim state", "job", j.ID)
+			}
+		}
+	}
+	var reconcile <-chan time.Time
+	if f.notices != nil {
+		t := time.NewTicker(f.reconcile)
+		defer t.Stop()
+		reconcile = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			f.wg.Wait()
+			return
+		case <-reconcile:
+			if pending, ok := f.notices(); ok {
+				f.withdrawn(ctx, pending)
+			}
+			continue
+		case <-f.wake:
+		}
+		f.mu.Lock()
+		queue := f.queue
+		f.queue = nil
+		f.mu.Unlock()
+		for _, j := range queue {
+			f.start(ctx, j, false)
+		}
+	}
+}
+
+// start runs a job unless it already runs; a new job that the state
+// directory knows continues from what is recorded there.
+func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.running[j.ID] {
+		return
+	}
+	if !resumed {
+		old, ok, err := f.state.load(j.ID)
+		if err != nil {
+			f.log.Error(err, "cannot read the reclaim state; starting over", "job", j.ID)
+		}
+		if ok {
+			if old.Done {
+				return // handled before (the same notice seen again, or a replica's copy)
+			}
+			j = old
+		}
+	}
+	f.running[j.ID] = true
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer func() {
+			f.mu.Lock()
+			delete(f.running, j.ID)
+			f.mu.Unlock()
+		}()
+		if j.Notice != nil {
+			f.runNotice(ctx, j)
+		} else {
+			f.runCommand(ctx, j)
+		}
+	}()
+}
+
+// Running reports whether a job is in progress (for tests and /readyz).
+func (f *Flow) Running() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.running)
+}
+
+// jobState guards a running job's record.
+type jobState struct {
+	f  *Flow
+	mu sync.Mutex
+	j  *Job
+}
+
+func (s *jobState) save() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.saveLocked()
+}
+
+func (s *jobState) saveLocked() {
+	s.j.Updated = time.Now()
+	if err := s.f.state.save(s.j); err != nil {
+		s.f.log.Error(err, "cannot save reclaim state; a restart now would redo this step", "job", s.j.ID)
+	}
+}
+
+func (s *jobState) pod(pod *corev1.Pod) *PodRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.j.Pods == nil {
+		s.j.Pods = map[string]*PodRecord{}
+	}
+	key := pod.Namespace + "/" + pod.Name
+	r := s.j.Pods[key]
+	if r == nil || r.UID != string(pod.UID) {
+		r = &PodRecord{UID: string(pod.UID)}
+		s.j.Pods[key] = r
+	}
+	return r
+}
+
+// checkpointBy is when checkpoints must be written: the deadline less the
+// safety margin, or half the time left when less than the margin remains.
+func (f *Flow) checkpointBy(deadline time.Time) time.Time {
+	by := deadline.Add(-f.margin)
+	if now := time.Now(); !by.After(now) {
+		by = now.Add(deadline.Sub(now) / 2)
+	}
+	return by
+}
+
+func (f *Flow) runNotice(ctx context.Context, j *Job) {
+	js := &jobState{f: f, j: j}
+	n := j.Notice
+	log := f.log.WithValues("notice", n.ID, "kind", n.Kind.String())
+	act := f.policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline)
+	kind := reclaim.TaintValue(n.Kind)
+	js.save()
+
+	// The taint, the report and the checkpoint requests go out together:
+	// none waits for another's round trip.
+	var tainting sync.WaitGroup
+	if act.Taint && !j.Tainted {
+		tainting.Add(1)
+		go func() {
+			defer tainting.Done()
+			if err := f.taint(ctx, n.Kind); err != nil {
+				log.Error(err, "cannot taint the node; new pods may still land on it")
+				f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimTaintFailed", "could not taint the node %s=%s:NoSchedule: %v", reclaim.TaintKey, kind, err)
+				return
+			}
+			f.metrics.step("taint", n.Detected)
+			js.mu.Lock()
+			j.Tainted = true
+			js.saveLocked()
+			js.mu.Unlock()
+		}()
+	}
+	defer tainting.Wait()
+	f.report()
+	var what []string
+	if act.Checkpoint {
+		what = append(what, "checkpointing its pods")
+	}
+	if act.Evict {
+		what = append(what, "evicting them")
+	}
+	if len(what) == 0 {
+		what = []string{"no action needed (the pods keep running)"}
+	}
+	deadline := "no deadline"
+	if !n.Deadline.IsZero() {
+		deadline = fmt.Sprintf("deadline %s (%v after detection)", n.Deadline.UTC().Format(time.RFC3339), n.Deadline.Sub(n.Detected).Round(time.Second))
+	}
+	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimNotice", "%s notice %s (%s %s), %s; %s",
+		providerName(n.Provider), n.ID, kind, n.Action, deadline, strings.Join(what, ", "))
+
+	if !act.At.IsZero() && time.Now().Before(act.At) {
+		log.Info("waiting to act until shortly before the maintenance", "at", act.At)
+		t := time.NewTimer(time.Until(act.At))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if !f.stillPending(n.ID) {
+			log.Info("the cloud called the maintenance off before it was time to act")
+			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimWithdrawn", "%s notice %s was called off; the pods stay", providerName(n.Provider), n.ID)
+			js.mu.Lock()
+			j.Done = true
+			js.saveLocked()
+			js.mu.Unlock()
+			return
+		}
+	}
+	statusID := j.ID
+	var pods []*corev1.Pod
+	if act.Checkpoint {
+		var err error
+		if pods, err = f.podsOnNode(); err != nil {
+			log.Error(err, "cannot list the node's pods")
+		}
+		f.checkpointAll(ctx, js, pods, checkpoint.Request{
+			Deadline: f.checkpointBy(j.Deadline),
+			Reason:   fmt.Sprintf("node %s is being reclaimed (%s, %s)", f.node, kind, deadline),
+			Notice:   n.ID, Node: f.node,
+		}, statusID, n.Detected, "notice")
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if act.Evict {
+		f.evictAll(ctx, js, n.Detected)
+		if ctx.Err() != nil {
+			return
+		}
+		f.acknowledge(ctx, js)
+	}
+	js.mu.Lock()
+	j.Done = true
+	js.saveLocked()
+	js.mu.Unlock()
+	log.Info("reclaim work done")
+}
+
+func providerName(p telemetryv1.CloudProvider) string {
+	return strings.ToUpper(strings.TrimPrefix(p.String(), "CLOUD_PROVIDER_"))
+}
+
+func (f *Flow) runCommand(ctx context.Context, j *Job) {
+	js := &jobState{f: f, j: j}
+	c := j.Command
+	js.save()
+	var pods []*corev1.Pod
+	for _, key := range c.Pods {
+		ns, name, _ := strings.Cut(key, "/")
+		pod, err := f.pods.Pods(ns).Get(name)
+		if err != nil || pod.Spec.NodeName != f.node {
+			// The agent acts for its own node only.
+			f.status(&telemetryv1.CheckpointStatus{
+				CommandId: c.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
+				State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.Now(),
+				Message: fmt.Sprintf("pod %s is not on node %s", key, f.node),
+			})
+			continue
+		}
+		pods = append(pods, pod)
+	}
+	reason := c.Reason
+	if reason == "" {
+		reason = "the scheduler asked for a checkpoint"
+	}
+	f.checkpointAll(ctx, js, pods, checkpoint.Request{
+		Deadline: f.checkpointBy(j.Deadline), Reason: reason, Notice: c.OriginNotice, Node: c.OriginNode,
+	}, c.ID, c.Received, "command")
+	if ctx.Err() != nil {
+		return
+	}
+	js.mu.Lock()
+	j.Done = true
+	js.saveLocked()
+	js.mu.Unlock()
+}
+
+// checkpointAll asks every pod at once and waits for every answer (each
+// bounded by req.Deadline). Pods whose checkpoint this job already has are
+// not asked again.
+func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.Pod, req checkpoint.Request, statusID string, since time.Time, origin string) {
+	var wg sync.WaitGroup
+	sendStatus := func(pod *corev1.Pod, state telemetryv1.CheckpointStatus_State, msg string) {
+		if len(msg) > 1000 {
+			msg = msg[:1000]
+		}
+		f.status(&telemetryv1.CheckpointStatus{
+			CommandId: statusID, Pod: &telemetryv1.PodRef{Namespace: pod.Namespace, Name: pod.Name},
+			State: state, Message: msg, UpdatedAt: timestamppb.Now(),
+		})
+	}
+	for _, pod := range pods {
+		rec := js.pod(pod)
+		js.mu.Lock()
+		already := rec.Checkpoint == telemetryv1.CheckpointStatus_STATE_DONE.String()
+		js.mu.Unlock()
+		if already {
+			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_DONE, rec.Message)
+			continue
+		}
+		if _, ok := pod.Annotations[checkpoint.Annotation]; !ok {
+			js.mu.Lock()
+			rec.Checkpoint, rec.Message = telemetryv1.CheckpointStatus_STATE_NO_HOOK.String(), "no checkpoint hook"
+			js.saveLocked()
+			js.mu.Unlock()
+			f.metrics.checkpoints.WithLabelValues(origin, "no_hook").Inc()
+			f.recorder.Eventf(pod, corev1.EventTypeWarning, "NoCheckpointHook", "%s; the pod declares no %s hook, so its work since its last checkpoint will be lost", req.Reason, checkpoint.Annotation)
+			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_NO_HOOK, "no checkpoint hook")
+			continue
+		}
+		js.mu.Lock()
+		rec.Checkpoint = telemetryv1.CheckpointStatus_STATE_REQUESTED.String()
+		js.saveLocked()
+		js.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.metrics.step("checkpoint_request", since)
+			f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointRequested", "%s: asked the pod to checkpoint by %s", req.Reason, req.Deadline.UTC().Format(time.RFC3339))
+			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_REQUESTED, "")
+			res := f.checkpoints.Checkpoint(ctx, pod, req)
+			if ctx.Err() != nil {
+				return // the agent is stopping; the state says to ask again
+			}
+			f.metrics.checkpointSeconds.Observe(res.Finished.Sub(res.Requested).Seconds())
+			js.mu.Lock()
+			rec.Checkpoint, rec.Message = res.State.String(), res.Message
+			js.saveLocked()
+			js.mu.Unlock()
+			if res.Done() {
+				f.metrics.checkpoints.WithLabelValues(origin, "done").Inc()
+				f.metrics.step("checkpoint_done", since)
+				f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointWritten", "%s", res.Message)
+			} else {
+				f.metrics.checkpoints.WithLabelValues(origin, "failed").Inc()
+				f.recorder.Eventf(pod, corev1.EventTypeWarning, "CheckpointFailed", "%s", res.Message)
+			}
+			sendStatus(pod, res.State, res.Message)
+		}()
+	}
+	wg.Wait()
+}
+
+// evictAll evicts the node's movable pods, checkpointed ones first, each with
+// its grace period cut to the time left before the deadline.
+func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
+	pods, err := f.podsOnNode()
+	if err != nil {
+		f.log.Error(err, "cannot list the node's pods to evict them")
+		return
+	}
+	done := func(p *corev1.Pod) bool {
+		js.mu.Lock()
+		defer js.mu.Unlock()
+		r := js.j.Pods[p.Namespace+"/"+p.Name]
+		return r != nil && r.UID == string(p.UID) && r.Checkpoint == telemetryv1.CheckpointStatus_STATE_DONE.String()
+	}
+	// Checkpointed pods lose nothing by going now, and their gangs can be
+	// placed again sooner; the others get whatever time remains.
+	sort.SliceStable(pods, func(a, b int) bool { return done(pods[a]) && !done(pods[b]) })
+	deadline := js.j.Deadline
+	var nEvicted, nCheckpointed int
+	for _, pod := range pods {
+		rec := js.pod(pod)
+		js.mu.Lock()
+		skip := rec.Evicted
+		js.mu.Unlock()
+		if skip {
+			continue
+		}
+		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+		if pod.Spec.TerminationGracePeriodSeconds != nil {
+			grace = *pod.Spec.TerminationGracePeriodSeconds
+		}
+		if left := int64(time.Until(deadline) / time.Second); left < grace {
+			grace = max(left, 0)
+		}
+		result, err := f.evict(ctx, pod, grace, deadline)
+		f.metrics.evictions.WithLabelValues(string(result)).Inc()
+		checkpointed := done(pod)
+		switch result {
+		case evicted, gone:
+			nEvicted++
+			if checkpointed {
+				nCheckpointed++
+			}
+			js.mu.Lock()
+			rec.Evicted = true
+			js.saveLocked()
+			js.mu.Unlock()
+			if result == evicted {
+				what := "its checkpoint is written"
+				if !checkpointed {
+					what = "without a checkpoint"
+				}
+				f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvicted", "evicted because node %s is being reclaimed (%s); %s; grace period %ds", f.node, reclaim.TaintValue(kindOf(js.j)), what, grace)
+			}
+		default:
+			f.log.Error(err, "eviction failed", "pod", pod.Namespace+"/"+pod.Name)
+			f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvictionFailed", "could not evict the pod before node %s is reclaimed: %v", f.node, err)
+		}
+	}
+	f.metrics.step("evicted", detected)
+	slack := time.Until(deadline)
+	f.metrics.slack.Observe(slack.Seconds())
+	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimDrained", "evicted %d of %d pods (%d with a checkpoint written), %v before the deadline", nEvicted, len(pods), nCheckpointed, slack.Round(time.Millisecond))
+}
+
+func kindOf(j *Job) telemetryv1.ReclaimKind {
+	if j.Notice != nil {
+		return j.Notice.Kind
+	}
+	return telemetryv1.ReclaimKind_RECLAIM_KIND_UNSPECIFIED
+}
+
+// acknowledge tells the cloud the node is ready once every movable pod has
+// either written its checkpoint or left the node: then nothing is lost by
+// the VM going now rather than at the deadline.
+func (f *Flow) acknowledge(ctx context.Context, js *jobState) {
+	if f.ack == nil || js.j.Acknowledged {
+		return
+	}
+	ready := func() bool {
+		pods, err := f.podsOnNode()
+		if err != nil {
+			return false
+		}
+		for _, p := range pods {
+			js.mu.Lock()
+			r := js.j.Pods[p.Namespace+"/"+p.Name]
+			ok := r != nil && r.UID == string(p.UID) && r.Checkpoint == telemetryv1.CheckpointStatus_STATE_DONE.String()
+			js.mu.Unlock()
+			if !ok {
+				return false
+			}
+		}
+		return true
+	}
+	for !ready() {
+		if !time.Now().Add(time.Second).Before(js.j.Deadline) {
+			f.log.Info("not acknowledging the notice early: some pods have neither a checkpoint nor left the node", "notice", js.j.Notice.ID)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err := f.ack.Acknowledge(ctx, js.j.Notice.ID); err != nil {
+		f.log.Error(err, "cannot acknowledge the notice; the cloud will wait out its deadline")
+		return
+	}
+	f.metrics.step("acknowledged", js.j.Notice.Detected)
+	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimAcknowledged", "told the cloud the node is ready: every pod's checkpoint is written or the pod has left (%v before the deadline)", time.Until(js.j.Deadline).Round(time.Millisecond))
+	js.mu.Lock()
+	js.j.Acknowledged = true
+	js.saveLocked()
+	js.mu.Unlock()
+}
+
+// stillPending reports whether the cloud still announces a notice; true when
+// that cannot be known.
+func (f *Flow) stillPending(id string) bool {
+	if f.notices == nil {
+		return true
+	}
+	pending, ok := f.notices()
+	if !ok {
+		return true
+	}
+	for _, n := range pending {
+		if n.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// withdrawn removes the reclaim taint when no notice that calls for one is
+// pending and no work is running: the cloud took the notice back (an Azure
+// event canceled, a rebalance recommendation gone) and the node stays.
+func (f *Flow) withdrawn(ctx context.Context, pending []notice.Notice) {
+	for _, n := range pending {
+		if f.policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline).Taint {
+			return
+		}
+	}
+	if f.Running() > 0 {
+		return
+	}
+	removed, err := f.untaint(ctx)
+	if err != nil {
+		f.log.Error(err, "cannot remove the reclaim taint")
+		return
+	}
+	if removed {
+		f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimWithdrawn", "no reclaim notice is pending any more; removed the %s taint", reclaim.TaintKey)
+	}
+}

@@ -1,0 +1,498 @@
+package reclaim_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/pennysched/penny/agent/checkpoint"
+	"github.com/pennysched/penny/agent/checkpoint/trainer"
+	"github.com/pennysched/penny/agent/notice"
+	"github.com/pennysched/penny/agent/notice/azure"
+	"github.com/pennysched/penny/agent/notice/metadatatest"
+	"github.com/pennysched/penny/agent/reclaim"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/localcluster"
+	pennyreclaim "github.com/pennysched/penny/pkg/reclaim"
+)
+
+// One real control plane with KWOK nodes for the package's tests; each test
+// uses its own namespace and node.
+var cluster *localcluster.Cluster
+
+func TestMain(m *testing.M) {
+	spec, err := localcluster.ParseSpec("reclaim-test.yaml", []byte(`
+pools:
+- {name: spot, count: 7, instanceType: p4d.24xlarge, cloud: aws, capacityType: spot, zone: us-east-1a, cpu: "96", memory: 1152Gi, gpuModel: A100-40GB, gpusPerNode: 8}
+`))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cluster, err = localcluster.Start(context.Background(), localcluster.Options{Spec: spec, Log: os.Stderr})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "local cluster:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	cluster.Stop()
+	os.Exit(code)
+}
+
+// env is one test's node, namespace, trainers and flow.
+type env struct {
+	t        *testing.T
+	node     string
+	ns       string
+	store    *trainer.Store
+	mu       sync.Mutex
+	trainers map[string]*trainer.Trainer // by pod name
+	statuses []*telemetryv1.CheckpointStatus
+	stateDir string
+}
+
+func newEnv(t *testing.T, node string) *env {
+	t.Helper()
+	e := &env{t: t, node: node, ns: fmt.Sprintf("t-%d", time.Now().UnixNano()%1e9), store: trainer.NewStore(),
+		trainers: map[string]*trainer.Trainer{}, stateDir: t.TempDir()}
+	ctx := context.Background()
+	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, tr := range e.trainers {
+			tr.Stop()
+		}
+		cluster.Client.CoreV1().Namespaces().Delete(context.Background(), e.ns, metav1.DeleteOptions{})
+		untaint(t, node)
+	})
+	return e
+}
+
+func untaint(t *testing.T, node string) {
+	n, err := cluster.Client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	var kept []corev1.Taint
+	for _, tt := range n.Spec.Taints {
+		if tt.Key != pennyreclaim.TaintKey {
+			kept = append(kept, tt)
+		}
+	}
+	n.Spec.Taints = kept
+	cluster.Client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{})
+}
+
+// resolve reaches a pod's trainer on loopback: simulated pods have no IP.
+func (e *env) resolve(pod *corev1.Pod, _ string) (string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	tr, ok := e.trainers[pod.Name]
+	if !ok {
+		return "", fmt.Errorf("no trainer runs for pod %s", pod.Name)
+	}
+	return tr.Addr(), nil
+}
+
+// pod creates a pod bound to node, with a trainer behind its hook when
+// takes > 0.
+func (e *env) pod(name, node string, takes time.Duration, mutate ...func(*corev1.Pod)) *corev1.Pod {
+	e.t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.ns},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			TerminationGracePeriodSeconds: ptr.To[int64](60),
+			Containers:                    []corev1.Container{{Name: "main", Image: "trainer"}},
+		},
+	}
+	if takes > 0 {
+		p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
+		tr, err := trainer.Start(e.ns+"/"+name, e.store, trainer.Options{CheckpointTakes: takes})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		e.mu.Lock()
+		e.trainers[name] = tr
+		e.mu.Unlock()
+	}
+	for _, m := range mutate {
+		m(p)
+	}
+	var created *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		var err error
+		created, err = cluster.Client.CoreV1().Pods(e.ns).Create(ctx, p, metav1.CreateOptions{})
+		return err == nil, nil // the namespace's ServiceAccount appears shortly after it
+	})
+	if err != nil {
+		e.t.Fatalf("create pod %s: %v", name, err)
+	}
+	return created
+}
+
+func (e *env) flow(ctx context.Context, o reclaim.Options) (*reclaim.Flow, func()) {
+	e.t.Helper()
+	o.Node, o.Client, o.StateDir = e.node, cluster.Client, e.stateDir
+	o.Checkpoints = checkpoint.NewClient(e.resolve)
+	o.Log = testr.NewWithOptions(e.t, testr.Options{Verbosity: 1})
+	o.Status = func(st *telemetryv1.CheckpointStatus) {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.statuses = append(e.statuses, st)
+	}
+	f, err := reclaim.New(o)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	stop := func() { cancel(); <-done }
+	e.t.Cleanup(stop)
+	return f, stop
+}
+
+func spotNotice(id string, in time.Duration) notice.Notice {
+	now := time.Now()
+	return notice.Notice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(in)}
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, timeout, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("%s: not within %v", what, timeout)
+	}
+}
+
+func taintOf(t *testing.T, node string) *corev1.Taint {
+	n, err := cluster.Client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range n.Spec.Taints {
+		if tt.Key == pennyreclaim.TaintKey {
+			return &tt
+		}
+	}
+	return nil
+}
+
+func gone(t *testing.T, ns, name string) bool {
+	p, err := cluster.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	return err == nil && p.DeletionTimestamp != nil
+}
+
+func events(t *testing.T, ns, object string) map[string]string {
+	list, err := cluster.Client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("involvedObject.name", object).String(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, ev := range list.Items {
+		out[ev.Reason] = ev.Message
+	}
+	return out
+}
+
+func TestSpotNoticeTaintsCheckpointsThenEvictsCheckpointedFirst(t *testing.T) {
+	e := newEnv(t, "spot-0")
+	ctx := context.Background()
+	e.pod("fast", e.node, 20*time.Millisecond)
+	e.pod("no-hook", e.node, 0)
+	e.pod("elsewhere", "spot-6", 20*time.Millisecond) // another node's: not this agent's
+	ds, err := cluster.Client.AppsV1().DaemonSets(e.ns).Create(ctx, &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-exporter"},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "x"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "x"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.pod("node-exporter-abc", e.node, 0, func(p *corev1.Pod) {
+		p.Labels = map[string]string{"app": "x"}
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "DaemonSet", Name: ds.Name, UID: ds.UID, Controller: ptr.To(true)}}
+	})
+
+	f, _ := e.flow(ctx, reclaim.Options{SafetyMargin: 2 * time.Second})
+	n := spotNotice("aws-spot-terminate-1", 6*time.Second)
+	f.OnNotice(n)
+
+	waitFor(t, "taint", time.Second, func() bool { return taintOf(t, e.node) != nil })
+	if tt := taintOf(t, e.node); tt.Value != "spot-interruption" || tt.Effect != corev1.TaintEffectNoSchedule {
+		t.Errorf("taint %v, want penny.dev/reclaim=spot-interruption:NoSchedule", tt)
+	}
+	waitFor(t, "checkpoint request", time.Second, func() bool { return len(e.trainers["fast"].Received()) == 1 })
+	got := e.trainers["fast"].Received()[0]
+	if lag := got.At.Sub(n.Detected); lag > time.Second {
+		t.Errorf("checkpoint requested %v after detection, want within 1s", lag)
+	}
+	if want := n.Deadline.Add(-2 * time.Second); !got.Request.Deadline.Equal(want) {
+		t.Errorf("the request's deadline is %v, want the notice's less the safety margin, %v", got.Request.Deadline, want)
+	}
+	waitFor(t, "evictions", 10*time.Second, func() bool { return gone(t, e.ns, "fast") && gone(t, e.ns, "no-hook") })
+	if gone(t, e.ns, "elsewhere") || gone(t, e.ns, "node-exporter-abc") {
+		t.Error("evicted a pod of another node or a DaemonSet's")
+	}
+	if len(e.trainers["elsewhere"].Received()) != 0 {
+		t.Error("asked another node's pod to checkpoint")
+	}
+	waitFor(t, "the job to finish", 5*time.Second, func() bool { return f.Running() == 0 })
+
+	waitFor(t, "events", 5*time.Second, func() bool {
+		return events(t, e.ns, "fast")["ReclaimEvicted"] != "" && events(t, e.ns, "no-hook")["NoCheckpointHook"] != "" && events(t, "default", e.node)["ReclaimDrained"] != ""
+	})
+	fastEvents := events(t, e.ns, "fast")
+	for _, r := range []string{"CheckpointRequested", "CheckpointWritten", "ReclaimEvicted"} {
+		if fastEvents[r] == "" {
+			t.Errorf("no %s event on the checkpointed pod (events: %v)", r, fastEvents)
+		}
+	}
+	t.Logf("node events: %v", events(t, "default", e.node))
+	t.Logf("pod events: %v", fastEvents)
+
+	// The checkpointed pod went first: its eviction event says its
+	// checkpoint is written and its grace period was cut to the time left.
+	if msg := fastEvents["ReclaimEvicted"]; !strings.Contains(msg, "checkpoint is written") {
+		t.Errorf("eviction event %q", msg)
+	}
+	e.mu.Lock()
+	states := map[string][]telemetryv1.CheckpointStatus_State{}
+	for _, st := range e.statuses {
+		states[st.GetPod().GetName()] = append(states[st.GetPod().GetName()], st.GetState())
+	}
+	e.mu.Unlock()
+	if s := states["fast"]; len(s) != 2 || s[1] != telemetryv1.CheckpointStatus_STATE_DONE {
+		t.Errorf("statuses sent for the checkpointed pod: %v, want REQUESTED then DONE", s)
+	}
+	if s := states["no-hook"]; len(s) != 1 || s[0] != telemetryv1.CheckpointStatus_STATE_NO_HOOK {
+		t.Errorf("statuses sent for the pod without hook: %v, want NO_HOOK", s)
+	}
+
+	// The state file says the job is done, so the same notice seen again
+	// (a restarted agent) does nothing.
+	data, err := os.ReadFile(filepath.Join(e.stateDir, "notice-aws-spot-terminate-1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j reclaim.Job
+	if err := json.Unmarshal(data, &j); err != nil || !j.Done || !j.Tainted || !j.Pods[e.ns+"/fast"].Evicted {
+		t.Fatalf("state %s: want done, tainted, the pod evicted", data)
+	}
+}
+
+func TestAgentRestartMidNoticeFinishesTheJob(t *testing.T) {
+	e := newEnv(t, "spot-1")
+	ctx := context.Background()
+	e.pod("slow", e.node, 1500*time.Millisecond) // still writing when the agent dies
+	e.pod("quick", e.node, 10*time.Millisecond)
+
+	f1, stop1 := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
+	n := spotNotice("aws-spot-terminate-restart", 8*time.Second)
+	f1.OnNotice(n)
+	waitFor(t, "both checkpoint requests", 2*time.Second, func() bool {
+		return len(e.trainers["slow"].Received()) == 1 && len(e.trainers["quick"].Received()) == 1
+	})
+	waitFor(t, "the quick checkpoint recorded", 2*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(e.stateDir, "notice-aws-spot-terminate-restart.json"))
+		return strings.Contains(string(data), "STATE_DONE")
+	})
+	stop1() // the agent dies while "slow" is still writing its checkpoint
+	if gone(t, e.ns, "slow") || gone(t, e.ns, "quick") {
+		t.Fatal("pods evicted before the checkpoints were in: the test did not stop the agent mid-notice")
+	}
+
+	// A new agent process: same node, same state directory, and no notice
+	// (the metadata service has not been read yet).
+	f2, _ := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
+	waitFor(t, "evictions by the restarted agent", 10*time.Second, func() bool { return gone(t, e.ns, "slow") && gone(t, e.ns, "quick") })
+	waitFor(t, "the job to finish", 5*time.Second, func() bool { return f2.Running() == 0 })
+	if got := len(e.trainers["quick"].Received()); got != 1 {
+		t.Errorf("the pod whose checkpoint was written was asked %d times, want once", got)
+	}
+	slow := e.trainers["slow"].Received()
+	if len(slow) != 2 || slow[1].Saved.Step == 0 {
+		t.Errorf("the interrupted checkpoint: %d requests (last saved %+v), want it asked again and written", len(slow), slow[len(slow)-1].Saved)
+	}
+	if !slow[len(slow)-1].Request.Deadline.Equal(n.Deadline.Add(-time.Second)) {
+		t.Errorf("the resumed request's deadline %v, want the original notice's %v less the margin", slow[len(slow)-1].Request.Deadline, n.Deadline)
+	}
+	var j reclaim.Job
+	data, _ := os.ReadFile(filepath.Join(e.stateDir, "notice-aws-spot-terminate-restart.json"))
+	if err := json.Unmarshal(data, &j); err != nil || !j.Done {
+		t.Fatalf("state after the restart: %s", data)
+	}
+	// The same notice, seen again by the restarted agent's watcher, is
+	// known as handled.
+	f2.OnNotice(n)
+	time.Sleep(200 * time.Millisecond)
+	if len(e.trainers["slow"].Received()) != 2 || f2.Running() != 0 {
+		t.Error("a handled notice was acted on again")
+	}
+}
+
+func TestSchedulerCommandChecksOnlyThisNodesPodsAndEvictsNothing(t *testing.T) {
+	e := newEnv(t, "spot-2")
+	ctx := context.Background()
+	e.pod("member-2", e.node, 10*time.Millisecond)
+	e.pod("member-3", e.node, 10*time.Millisecond)
+	e.pod("member-0", "spot-6", 10*time.Millisecond) // on the reclaimed node, not this one
+	f, _ := e.flow(ctx, reclaim.Options{})
+	deadline := time.Now().Add(30 * time.Second)
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
+		Id: "gang-cmd-1", Deadline: timestamppb.New(deadline), Reason: "gang ml/job is on node spot-6, which is being reclaimed",
+		OriginNode: "spot-6", OriginNoticeId: "aws-spot-terminate-x",
+		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-2"}, {Namespace: e.ns, Name: "member-3"}, {Namespace: e.ns, Name: "member-0"}},
+	})
+	// A second replica sends the same command.
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{Id: "gang-cmd-1", Deadline: timestamppb.New(deadline), Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-2"}}})
+	waitFor(t, "both members' checkpoints", 2*time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		done := 0
+		for _, st := range e.statuses {
+			if st.GetState() == telemetryv1.CheckpointStatus_STATE_DONE {
+				done++
+			}
+		}
+		return done == 2
+	})
+	waitFor(t, "the job to finish", 2*time.Second, func() bool { return f.Running() == 0 })
+	if n := len(e.trainers["member-2"].Received()); n != 1 {
+		t.Errorf("member-2 asked %d times for one command sent twice", n)
+	}
+	if len(e.trainers["member-0"].Received()) != 0 {
+		t.Error("the agent checkpointed a pod on another node")
+	}
+	e.mu.Lock()
+	var refused *telemetryv1.CheckpointStatus
+	for _, st := range e.statuses {
+		if st.GetPod().GetName() == "member-0" {
+			refused = st
+		}
+		if st.GetCommandId() != "gang-cmd-1" {
+			t.Errorf("status for command %q", st.GetCommandId())
+		}
+	}
+	e.mu.Unlock()
+	if refused == nil || refused.GetState() != telemetryv1.CheckpointStatus_STATE_FAILED || !strings.Contains(refused.GetMessage(), "not on node spot-2") {
+		t.Errorf("status for the other node's pod: %v, want FAILED saying it is not on this node", refused)
+	}
+	if req := e.trainers["member-2"].Received()[0].Request; req.Node != "spot-6" || req.Notice != "aws-spot-terminate-x" {
+		t.Errorf("request %+v does not name the reclaimed node and notice", req)
+	}
+	if gone(t, e.ns, "member-2") || taintOf(t, e.node) != nil {
+		t.Error("a checkpoint command evicted pods or tainted the node; the scheduler decides that")
+	}
+}
+
+func TestRebalanceCheckpointsEarlyWithoutEviction(t *testing.T) {
+	e := newEnv(t, "spot-4")
+	ctx := context.Background()
+	e.pod("job", e.node, 10*time.Millisecond)
+	f, _ := e.flow(ctx, reclaim.Options{})
+	now := time.Now()
+	f.OnNotice(notice.Notice{ID: "aws-rebalance-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "rebalance", Detected: now})
+	waitFor(t, "checkpoint", 2*time.Second, func() bool { return len(e.trainers["job"].Received()) == 1 })
+	waitFor(t, "the job to finish", 2*time.Second, func() bool { return f.Running() == 0 })
+	if tt := taintOf(t, e.node); tt == nil || tt.Value != "rebalance-recommendation" {
+		t.Errorf("taint %v, want rebalance-recommendation", tt)
+	}
+	if gone(t, e.ns, "job") {
+		t.Error("a rebalance recommendation evicted a pod")
+	}
+	if dl := e.trainers["job"].Received()[0].Request.Deadline; dl.Sub(now) < time.Minute {
+		t.Errorf("early checkpoint deadline %v after the recommendation; it promises none, so the pod gets %v", dl.Sub(now), pennyreclaim.RebalanceCheckpointTimeout)
+	}
+	// A spot interruption after the recommendation raises the taint.
+	f.OnNotice(spotNotice("aws-spot-terminate-after-rebalance", 10*time.Second))
+	waitFor(t, "stronger taint", 2*time.Second, func() bool { tt := taintOf(t, e.node); return tt != nil && tt.Value == "spot-interruption" })
+}
+
+func TestMaintenanceWaitsForItsLeadAndIsCalledOff(t *testing.T) {
+	e := newEnv(t, "spot-5")
+	ctx := context.Background()
+	e.pod("job", e.node, 10*time.Millisecond)
+	var mu sync.Mutex
+	now := time.Now()
+	maint := notice.Notice{ID: "aws-instance-event-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(10*time.Minute + 700*time.Millisecond)}
+	pending := []notice.Notice{maint}
+	f, _ := e.flow(ctx, reclaim.Options{
+		Policy:            pennyreclaim.Policy{MaintenanceLead: 10 * time.Minute},
+		ReconcileInterval: 100 * time.Millisecond,
+		Notices: func() ([]notice.Notice, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]notice.Notice(nil), pending...), true
+		},
+	})
+	f.OnNotice(maint)
+	waitFor(t, "taint", time.Second, func() bool { return taintOf(t, e.node) != nil })
+	if len(e.trainers["job"].Received()) != 0 {
+		t.Fatal("checkpointed ten minutes before maintenance; it should wait until its lead time")
+	}
+	// The cloud calls the maintenance off before the lead time is reached.
+	mu.Lock()
+	pending = nil
+	mu.Unlock()
+	waitFor(t, "the job to end", 3*time.Second, func() bool { return f.Running() == 0 })
+	waitFor(t, "taint removed", 3*time.Second, func() bool { return taintOf(t, e.node) == nil })
+	if len(e.trainers["job"].Received()) != 0 || gone(t, e.ns, "job") {
+		t.Error("acted on maintenance that was called off")
+	}
+}
+
+func TestAzurePreemptIsAcknowledgedOnceCheckpointsAreWritten(t *testing.T) {
+	e := newEnv(t, "spot-3")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.pod("job", e.node, 10*time.Millisecond)
+	fake := metadatatest.NewAzure(e.node)
+	defer fake.Close()
+	src := azure.New(azure.Options{Endpoint: fake.URL(), Interval: 50 * time.Millisecond})
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	f, _ := e.flow(ctx, reclaim.Options{Acknowledger: src, Notices: w.Settled, SafetyMargin: time.Second})
+	w.OnNotice(f.OnNotice)
+	go w.Run(ctx)
+
+	published := fake.Preempt("0a1b2c3d-preempt", time.Now().Add(30*time.Second))
+	waitFor(t, "the acknowledgement", 10*time.Second, func() bool { _, ok := fake.Acked("0a1b2c3d-preempt"); return ok })
+	acked, _ := fake.Acked("0a1b2c3d-preempt")
+	ck := e.trainers["job"].Received()
+	if len(ck) != 1 || ck[0].Saved.Step == 0 || !ck[0].Saved.At.Before(acked) {
+		t.Fatalf("acknowledged at %v; the checkpoint %+v must be written before", acked, ck)
+	}
+	if !gone(t, e.ns, "job") {
+		t.Error("acknowledged before the pod was evicted")
+	}
+	t.Logf("notice published -> acknowledged: %v (Azure would have waited %v)", acked.Sub(published), 30*time.Second)
+}

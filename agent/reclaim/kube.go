@@ -1,0 +1,157 @@
+package reclaim
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/util/retry"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/reclaim"
+)
+
+// severity orders taint values: a node marked for a Spot interruption keeps
+// that mark when a later, milder notice arrives.
+var severity = map[string]int{
+	reclaim.TaintValue(telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION): 1,
+	reclaim.TaintValue(telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE):              2,
+	reclaim.TaintValue(telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION):              3,
+	reclaim.TaintValue(telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION):        4,
+}
+
+// taint puts penny.dev/reclaim=<kind>:NoSchedule on the node, keeping a more
+// severe value already there.
+func (f *Flow) taint(ctx context.Context, kind telemetryv1.ReclaimKind) error {
+	want := reclaim.Taint(kind)
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		node, err := f.client.CoreV1().Nodes().Get(ctx, f.node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for i, t := range node.Spec.Taints {
+			if t.Key != reclaim.TaintKey {
+				continue
+			}
+			if t.Effect == want.Effect && severity[t.Value] >= severity[want.Value] {
+				return nil
+			}
+			node.Spec.Taints = append(node.Spec.Taints[:i:i], node.Spec.Taints[i+1:]...)
+			break
+		}
+		now := metav1.Now()
+		want.TimeAdded = &now
+		node.Spec.Taints = append(node.Spec.Taints, want)
+		_, err = f.client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
+		return err
+	})
+}
+
+// untaint removes penny.dev/reclaim (the notice was withdrawn and the node
+// stays).
+func (f *Flow) untaint(ctx context.Context) (bool, error) {
+	removed := false
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		node, err := f.client.CoreV1().Nodes().Get(ctx, f.node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		kept := node.Spec.Taints[:0:0]
+		for _, t := range node.Spec.Taints {
+			if t.Key != reclaim.TaintKey {
+				kept = append(kept, t)
+			}
+		}
+		if len(kept) == len(node.Spec.Taints) {
+			return nil
+		}
+		node.Spec.Taints = kept
+		_, err = f.client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
+		removed = err == nil
+		return err
+	})
+	return removed, err
+}
+
+// movable reports whether a pod is the reclaim flow's to checkpoint and
+// evict: not a DaemonSet's (it belongs to the node and goes with it), not a
+// static pod, not finished, not already being deleted.
+func movable(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return false
+	}
+	if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
+		return false
+	}
+	for _, o := range pod.OwnerReferences {
+		if o.Controller != nil && *o.Controller && o.Kind == "DaemonSet" {
+			return false
+		}
+	}
+	return true
+}
+
+// podsOnNode lists the node's movable pods from the informer.
+func (f *Flow) podsOnNode() ([]*corev1.Pod, error) {
+	all, err := f.pods.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	var out []*corev1.Pod
+	for _, p := range all {
+		if p.Spec.NodeName == f.node && movable(p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// evictResult is how one eviction ended.
+type evictResult string
+
+const (
+	evicted evictResult = "evicted"
+	gone    evictResult = "gone"
+	blocked evictResult = "blocked"
+	failed  evictResult = "failed"
+)
+
+// evict asks the Eviction API to evict pod with grace seconds, retrying
+// while a PodDisruptionBudget refuses until the deadline: past it the node is
+// gone and the pod with it.
+func (f *Flow) evict(ctx context.Context, pod *corev1.Pod, grace int64, deadline time.Time) (evictResult, error) {
+	ev := &policyv1.Eviction{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
+		DeleteOptions: &metav1.DeleteOptions{
+			GracePeriodSeconds: &grace,
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+		},
+	}
+	for {
+		err := f.client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, ev)
+		switch {
+		case err == nil:
+			return evicted, nil
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			// Gone, or replaced by a pod of the same name (the UID
+			// precondition failed): nothing of this pod is left to move.
+			return gone, nil
+		case apierrors.IsTooManyRequests(err):
+			if !time.Now().Add(time.Second).Before(deadline) {
+				return blocked, fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
+			}
+			select {
+			case <-ctx.Done():
+				return failed, ctx.Err()
+			case <-time.After(time.Second):
+			}
+		default:
+			return failed, err
+		}
+	}
+}

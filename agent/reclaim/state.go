@@ -1,0 +1,189 @@
+package reclaim
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// Job is one piece of reclaim work the agent persists until it is finished:
+// a notice on this node, or a scheduler command to checkpoint some of its
+// pods. It is written to the state directory (a hostPath) after every step,
+// so an agent that restarts in the middle finishes it.
+type Job struct {
+	Version int `json:"version"`
+	// ID is "notice-<notice id>" or "command-<command id>".
+	ID string `json:"id"`
+
+	Notice  *NoticeRecord  `json:"notice,omitempty"`
+	Command *CommandRecord `json:"command,omitempty"`
+
+	// Deadline is when the checkpoints must be written (before the safety
+	// margin is taken off).
+	Deadline time.Time `json:"deadline"`
+	Tainted  bool      `json:"tainted,omitempty"`
+	// Pods by namespace/name.
+	Pods         map[string]*PodRecord `json:"pods,omitempty"`
+	Acknowledged bool                  `json:"acknowledged,omitempty"`
+	Done         bool                  `json:"done,omitempty"`
+	Updated      time.Time             `json:"updated"`
+}
+
+// NoticeRecord is the notice a job acts on.
+type NoticeRecord struct {
+	ID       string                    `json:"id"`
+	Kind     telemetryv1.ReclaimKind   `json:"kind"`
+	Provider telemetryv1.CloudProvider `json:"provider"`
+	Action   string                    `json:"action"`
+	Detected time.Time                 `json:"detected"`
+	Deadline time.Time                 `json:"deadline,omitzero"`
+}
+
+// CommandRecord is the scheduler command a job carries out.
+type CommandRecord struct {
+	ID           string    `json:"id"`
+	Pods         []string  `json:"pods"` // namespace/name
+	Reason       string    `json:"reason"`
+	OriginNode   string    `json:"originNode,omitempty"`
+	OriginNotice string    `json:"originNotice,omitempty"`
+	Received     time.Time `json:"received"`
+}
+
+// PodRecord is what happened to one pod.
+type PodRecord struct {
+	UID string `json:"uid"`
+	// Checkpoint is the CheckpointStatus state name ("STATE_DONE").
+	Checkpoint string `json:"checkpoint,omitempty"`
+	Message    string `json:"message,omitempty"`
+	Evicted    bool   `json:"evicted,omitempty"`
+}
+
+const stateVersion = 1
+
+// stateStore keeps jobs as one JSON file each.
+type stateStore struct {
+	dir string
+	mu  sync.Mutex
+}
+
+func newStateStore(dir string) (*stateStore, error) {
+	if dir == "" {
+		return nil, errors.New("reclaim state directory is empty: set --state-dir to a hostPath directory, so a restarted agent finishes what it started")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("reclaim state directory: %w", err)
+	}
+	return &stateStore{dir: dir}, nil
+}
+
+// fileName makes a job id safe as a file name.
+func fileName(id string) string {
+	var b strings.Builder
+	for _, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+			b.WriteRune(c)
+		default:
+			fmt.Fprintf(&b, "%%%02x", c)
+		}
+	}
+	return b.String() + ".json"
+}
+
+// save writes a job atomically: an agent that dies leaves the old file or
+// the new one, never half of one. There is no fsync: the file has to
+// outlive the agent process, not the machine, which is the one going away,
+// and on a busy node an fsync in the path of a notice can take seconds.
+func (s *stateStore) save(j *Job) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j.Version = stateVersion
+	data, err := json.MarshalIndent(j, "", "  ")
+	if err != nil {
+		return err
+	}
+	final := filepath.Join(s.dir, fileName(j.ID))
+	f, err := os.CreateTemp(s.dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
+	}
+	if err := os.Rename(f.Name(), final); err != nil {
+		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
+	}
+	return nil
+}
+
+// load reads one job; ok is false when there is none.
+func (s *stateStore) load(id string) (*Job, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.read(filepath.Join(s.dir, fileName(id)))
+}
+
+func (s *stateStore) read(path string) (*Job, bool, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var j Job
+	if err := json.Unmarshal(data, &j); err != nil {
+		return nil, false, fmt.Errorf("reclaim state %s is not valid JSON (%v): delete it if the notice is over", path, err)
+	}
+	if j.Version != stateVersion || j.ID == "" {
+		return nil, false, fmt.Errorf("reclaim state %s: version %d, id %q: this agent reads version %d", path, j.Version, j.ID, stateVersion)
+	}
+	return &j, true, nil
+}
+
+// all reads every job; files it cannot read are returned as errors and
+// left in place for a human to look at.
+func (s *stateStore) all() ([]*Job, []error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	paths, err := filepath.Glob(filepath.Join(s.dir, "*.json"))
+	if err != nil {
+		return nil, []error{err}
+	}
+	var jobs []*Job
+	var errs []error
+	for _, p := range paths {
+		j, ok, err := s.read(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ok {
+			jobs = append(jobs, j)
+		}
+	}
+	return jobs, errs
+}
+
+// remove deletes a finished job's file.
+func (s *stateStore) remove(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := os.Remove(filepath.Join(s.dir, fileName(id)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,514 @@
+package reclaim
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry"
+)
+
+// Commander sends checkpoint commands to the agent of a node
+// (telemetry.Server).
+type Commander interface {
+	// SendCheckpoint returns how many of the node's agent streams took the
+	// command; 0 means the agent is not connected to this replica.
+	SendCheckpoint(node string, cmd *telemetryv1.CheckpointCommand) (int, error)
+}
+
+// CoordinatorOptions configure the coordinator.
+type CoordinatorOptions struct {
+	Client   kubernetes.Interface
+	Commands Commander
+	// Risk receives every Spot interruption observed, so the reclaim-risk
+	// model SpotRisk reads accounts for it when the gang is placed again.
+	// Optional.
+	Risk   pricing.ReclaimFeed
+	Policy Policy
+	// KeepGangsRunning turns off evicting the members of an affected gang on
+	// the nodes that are not reclaimed (they are still asked to checkpoint).
+	KeepGangsRunning bool
+	// SafetyMargin is the agents' (DefaultSafetyMargin): members on other
+	// nodes are evicted when their checkpoints are in, or at the deadline
+	// less this margin.
+	SafetyMargin time.Duration
+	// Recorder records events on pods; one writing to the API server when
+	// nil.
+	Recorder record.EventRecorder
+	Log      logr.Logger
+}
+
+// DefaultSafetyMargin matches the agent's default.
+const DefaultSafetyMargin = 5 * time.Second
+
+// Coordinator is the scheduler's side of a reclaim. When an agent reports a
+// notice, it finds the gangs with a member on that node, commands the agents
+// of every other member's node to checkpoint those members by the notice's
+// deadline, evicts those members once their checkpoints are in so the gang
+// leaves together (the reclaimed node's agent evicts its own), and feeds the
+// observed reclaim to the risk model.
+//
+// It acts on what authenticated agents report about their own node and on
+// the API server's view of pods; a notice never makes it touch a pod that is
+// not in a gang with a pod on the reporting node.
+type Coordinator struct {
+	mu       sync.Mutex
+	queue    []nodeNotice
+	seen     map[string]time.Time // node/notice id -> deadline
+	fanouts  map[string]*fanout   // by command id
+	wake     chan struct{}
+	started  bool
+	opts     CoordinatorOptions
+	recorder record.EventRecorder
+}
+
+type nodeNotice struct {
+	node   string
+	notice telemetry.ReclaimNotice
+}
+
+// NewCoordinator returns a coordinator that collects notices until Run
+// starts acting on them; hand OnNodeUpdate to the telemetry store and
+// OnCheckpointStatus to the telemetry server.
+func NewCoordinator() *Coordinator {
+	registerMetrics()
+	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, wake: make(chan struct{}, 1)}
+}
+
+// OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
+// notices next has that prev had not. It never blocks.
+func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
+	known := map[string]bool{}
+	if prev != nil {
+		for _, n := range prev.ReclaimNotices {
+			known[n.ID] = true
+		}
+	}
+	var fresh []nodeNotice
+	for _, n := range next.ReclaimNotices {
+		if !known[n.ID] {
+			fresh = append(fresh, nodeNotice{node: next.Node, notice: n})
+		}
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.queue = append(c.queue, fresh...)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// OnCheckpointStatus is the telemetry server's hook for agents' checkpoint
+// progress; node is the node the reporting agent is authenticated for.
+func (c *Coordinator) OnCheckpointStatus(node string, st *telemetryv1.CheckpointStatus) {
+	c.mu.Lock()
+	f := c.fanouts[st.GetCommandId()]
+	c.mu.Unlock()
+	if f == nil || f.node != node {
+		return // not ours, or an agent speaking about another node's command
+	}
+	f.update(st)
+}
+
+// Run acts on notices until ctx ends.
+func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
+	if o.Client == nil || o.Commands == nil {
+		return fmt.Errorf("reclaim coordinator needs an API client and the telemetry server")
+	}
+	if o.SafetyMargin <= 0 {
+		o.SafetyMargin = DefaultSafetyMargin
+	}
+	c.mu.Lock()
+	if c.started {
+		c.mu.Unlock()
+		return fmt.Errorf("reclaim coordinator already runs")
+	}
+	c.started, c.opts = true, o
+	c.recorder = o.Recorder
+	c.mu.Unlock()
+	if c.recorder == nil {
+		b := record.NewBroadcaster(record.WithContext(ctx))
+		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: o.Client.CoreV1().Events("")})
+		defer b.Shutdown()
+		c.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "penny-scheduler"})
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			c.forgetOld()
+			continue
+		case <-c.wake:
+		}
+		c.mu.Lock()
+		queue := c.queue
+		c.queue = nil
+		c.mu.Unlock()
+		for _, nn := range queue {
+			key := nn.node + "/" + nn.notice.ID
+			c.mu.Lock()
+			_, dup := c.seen[key]
+			if !dup {
+				c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
+			}
+			c.mu.Unlock()
+			if dup {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.handle(ctx, nn)
+			}()
+		}
+	}
+}
+
+// forgetOld drops notices and fan-outs an hour past their deadline.
+func (c *Coordinator) forgetOld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cutoff := time.Now().Add(-time.Hour)
+	for k, d := range c.seen {
+		if d.Before(cutoff) {
+			delete(c.seen, k)
+		}
+	}
+	for id, f := range c.fanouts {
+		if f.deadline.Before(cutoff) {
+			delete(c.fanouts, id)
+		}
+	}
+}
+
+func (c *Coordinator) handle(ctx context.Context, nn nodeNotice) {
+	o := c.opts
+	n := nn.notice
+	log := o.Log.WithValues("node", nn.node, "notice", n.ID, "kind", n.Kind.String())
+	// The risk model is updated alongside: the gang's checkpoints must not
+	// wait for its API call.
+	var observed sync.WaitGroup
+	observed.Add(1)
+	go func() {
+		defer observed.Done()
+		c.observe(ctx, nn, log)
+	}()
+	defer observed.Wait()
+	act := o.Policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline)
+	if !act.Checkpoint {
+		return
+	}
+	if !act.At.IsZero() && time.Now().Before(act.At) {
+		t := time.NewTimer(time.Until(act.At))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	deadline := Deadline(n.Kind, n.Detected, n.Deadline)
+	fanouts, err := c.plan(ctx, nn, deadline)
+	if err != nil {
+		log.Error(err, "cannot find the gangs with a member on the reclaimed node")
+		return
+	}
+	if len(fanouts) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, f := range fanouts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.run(ctx, f, n, act.Evict && !o.KeepGangsRunning, log)
+		}()
+	}
+	wg.Wait()
+}
+
+// observe feeds a Spot interruption to the risk model.
+func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logger) {
+	o, n := c.opts, nn.notice
+	if n.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || o.Risk == nil {
+		return
+	}
+	node, err := o.Client.CoreV1().Nodes().Get(ctx, nn.node, metav1.GetOptions{})
+	if err != nil {
+		log.Error(err, "cannot read the reclaimed node; its pool's reclaim risk is not updated")
+		return
+	}
+	pool := pricing.PoolOf(node, pricing.NodeCapacity(node))
+	o.Risk.ObserveReclaim(pool, nn.node, n.Detected)
+	log.Info("observed a Spot reclaim", "pool", pool.String())
+}
+
+// fanout is the checkpoint command to one node for the members of affected
+// gangs on it.
+type fanout struct {
+	id       string
+	node     string
+	origin   string
+	notice   string
+	gangs    []string
+	pods     []*corev1.Pod
+	deadline time.Time
+
+	mu     sync.Mutex
+	states map[string]telemetryv1.CheckpointStatus_State // by namespace/name
+	done   chan struct{}
+	closed bool
+}
+
+func final(s telemetryv1.CheckpointStatus_State) bool {
+	return s != telemetryv1.CheckpointStatus_STATE_UNSPECIFIED && s != telemetryv1.CheckpointStatus_STATE_REQUESTED
+}
+
+func (f *fanout) update(st *telemetryv1.CheckpointStatus) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := st.GetPod().GetNamespace() + "/" + st.GetPod().GetName()
+	if _, ok := f.states[key]; !ok {
+		return
+	}
+	f.states[key] = st.GetState()
+	for _, s := range f.states {
+		if !final(s) {
+			return
+		}
+	}
+	if !f.closed {
+		f.closed = true
+		close(f.done)
+	}
+}
+
+// commandID is the same on every replica for the same notice and node, so
+// the agent runs a command once however many replicas send it.
+func commandID(origin, notice, node string) string {
+	h := sha256.Sum256([]byte(origin + "\x00" + notice + "\x00" + node))
+	return "gang-" + hex.EncodeToString(h[:12])
+}
+
+// plan finds the gangs with a member on the reclaimed node and groups their
+// other members by node.
+func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Time) ([]*fanout, error) {
+	client := c.opts.Client
+	onNode, err := client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", nn.node).String(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	gangs := map[gang.Ref]bool{}
+	for i := range onNode.Items {
+		if onNode.Items[i].Spec.NodeName != nn.node {
+			continue // the field selector already says so; a cache may not
+		}
+		if ref, ok := gang.RefOf(&onNode.Items[i]); ok && live(&onNode.Items[i]) {
+			gangs[ref] = true
+		}
+	}
+	byNode := map[string]*fanout{}
+	for ref := range gangs {
+		members, err := c.members(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range members {
+			if p.Spec.NodeName == "" || p.Spec.NodeName == nn.node {
+				continue
+			}
+			f := byNode[p.Spec.NodeName]
+			if f == nil {
+				f = &fanout{
+					id: commandID(nn.node, nn.notice.ID, p.Spec.NodeName), node: p.Spec.NodeName,
+					origin: nn.node, notice: nn.notice.ID, deadline: deadline,
+					states: map[string]telemetryv1.CheckpointStatus_State{}, done: make(chan struct{}),
+				}
+				byNode[p.Spec.NodeName] = f
+			}
+			if !containsString(f.gangs, ref.String()) {
+				f.gangs = append(f.gangs, ref.String())
+			}
+			f.pods = append(f.pods, p)
+			f.states[p.Namespace+"/"+p.Name] = telemetryv1.CheckpointStatus_STATE_UNSPECIFIED
+		}
+	}
+	out := make([]*fanout, 0, len(byNode))
+	for _, f := range byNode {
+		sort.Strings(f.gangs)
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].node < out[j].node })
+	return out, nil
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func live(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+}
+
+// members lists a gang's live pods.
+func (c *Coordinator) members(ctx context.Context, ref gang.Ref) ([]*corev1.Pod, error) {
+	opts := metav1.ListOptions{}
+	if ref.Source == gang.SourceLabel {
+		opts.LabelSelector = labels.SelectorFromSet(labels.Set{gang.LabelName: ref.Name}).String()
+	}
+	list, err := c.opts.Client.CoreV1().Pods(ref.Namespace).List(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("listing members of gang %s: %w", ref, err)
+	}
+	var out []*corev1.Pod
+	for i := range list.Items {
+		p := &list.Items[i]
+		if ref.IsMember(p) && live(p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// run sends one node's command, waits for its checkpoints and evicts the
+// members when evict is set.
+func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNotice, evict bool, log logr.Logger) {
+	log = log.WithValues("target", f.node, "command", f.id)
+	c.mu.Lock()
+	c.fanouts[f.id] = f
+	c.mu.Unlock()
+	refs := make([]*telemetryv1.PodRef, len(f.pods))
+	for i, p := range f.pods {
+		refs[i] = &telemetryv1.PodRef{Namespace: p.Namespace, Name: p.Name}
+	}
+	reason := fmt.Sprintf("gang %s has a member on node %s, which is being reclaimed (%s, deadline %s)",
+		strings.Join(f.gangs, ", "), f.origin, TaintValue(n.Kind), f.deadline.UTC().Format(time.RFC3339))
+	cmd := &telemetryv1.CheckpointCommand{
+		Id: f.id, Pods: refs, Deadline: timestamppb.New(f.deadline), Reason: reason,
+		OriginNode: f.origin, OriginNoticeId: f.notice,
+	}
+	// The agent may be reconnecting; keep trying while there is time.
+	for {
+		sent, err := c.opts.Commands.SendCheckpoint(f.node, cmd)
+		if err == nil && sent > 0 {
+			fanoutSeconds.Observe(time.Since(n.Detected).Seconds())
+			commandsTotal.WithLabelValues("sent").Inc()
+			log.Info("asked a gang member's node to checkpoint", "pods", len(refs), "gangs", f.gangs, "sinceDetection", time.Since(n.Detected))
+			for _, p := range f.pods {
+				c.recorder.Eventf(p, corev1.EventTypeNormal, "GangCheckpoint", "asked node %s's agent to checkpoint this pod: %s", f.node, reason)
+			}
+			break
+		}
+		if !time.Now().Add(500 * time.Millisecond).Before(f.deadline) {
+			commandsTotal.WithLabelValues("undelivered").Inc()
+			why := "its agent is not connected"
+			if err != nil {
+				why = err.Error()
+			}
+			for _, p := range f.pods {
+				c.recorder.Eventf(p, corev1.EventTypeWarning, "GangCheckpointUndelivered", "could not ask node %s to checkpoint this pod before the deadline (%s): %s", f.node, why, reason)
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if !evict {
+		return
+	}
+	evictBy := f.deadline.Add(-c.opts.SafetyMargin)
+	if now := time.Now(); !evictBy.After(now) {
+		evictBy = now.Add(f.deadline.Sub(now) / 2)
+	}
+	t := time.NewTimer(time.Until(evictBy))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return
+	case <-f.done:
+		t.Stop()
+	case <-t.C:
+	}
+	c.evictMembers(ctx, f, log)
+}
+
+// evictMembers evicts the members on f's node so the gang leaves together
+// and is placed again as a whole.
+func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logger) {
+	f.mu.Lock()
+	states := make(map[string]telemetryv1.CheckpointStatus_State, len(f.states))
+	for k, v := range f.states {
+		states[k] = v
+	}
+	f.mu.Unlock()
+	for _, p := range f.pods {
+		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+		if p.Spec.TerminationGracePeriodSeconds != nil {
+			grace = *p.Spec.TerminationGracePeriodSeconds
+		}
+		if left := int64(time.Until(f.deadline) / time.Second); left < grace {
+			grace = max(left, 0)
+		}
+		uid := p.UID
+		err := c.opts.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
+			ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
+			DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: &metav1.Preconditions{UID: &uid}},
+		})
+		switch {
+		case err == nil:
+			evictionsTotal.WithLabelValues("evicted").Inc()
+			what := "its checkpoint is written"
+			if s := states[p.Namespace+"/"+p.Name]; s != telemetryv1.CheckpointStatus_STATE_DONE {
+				what = "without a checkpoint (" + strings.TrimPrefix(s.String(), "STATE_") + ")"
+			}
+			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvicted", "evicted with its gang, which lost a member to the reclaim of node %s; %s; grace period %ds", f.origin, what, grace)
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			evictionsTotal.WithLabelValues("gone").Inc()
+		default:
+			evictionsTotal.WithLabelValues("failed").Inc()
+			log.Error(err, "cannot evict a gang member", "pod", p.Namespace+"/"+p.Name)
+			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvictionFailed", "could not evict this member of a gang that lost a member to the reclaim of node %s: %v", f.origin, err)
+		}
+	}
+	log.Info("evicted the gang's members on the node", "pods", len(f.pods))
+}

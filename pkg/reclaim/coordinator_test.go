@@ -1,0 +1,208 @@
+package reclaim
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/ptr"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry"
+)
+
+// commander records the commands the coordinator sends; nodes in offline
+// have no agent connected.
+type commander struct {
+	mu      sync.Mutex
+	sent    map[string]*telemetryv1.CheckpointCommand // by node
+	offline map[string]bool
+}
+
+func (c *commander) SendCheckpoint(node string, cmd *telemetryv1.CheckpointCommand) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.offline[node] {
+		return 0, nil
+	}
+	c.sent[node] = cmd
+	return 1, nil
+}
+
+func (c *commander) get(node string) *telemetryv1.CheckpointCommand {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sent[node]
+}
+
+type feed struct {
+	mu    sync.Mutex
+	pools []pricing.Pool
+}
+
+func (f *feed) ObserveExposure(pricing.Pool, float64, time.Time) {}
+func (f *feed) ObserveReclaim(p pricing.Pool, _ string, _ time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pools = append(f.pools, p)
+}
+
+func member(name, node, gangName string) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ml", UID: types.UID("uid-" + name)},
+		Spec:       corev1.PodSpec{NodeName: node, TerminationGracePeriodSeconds: ptr.To[int64](600)},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	if gangName != "" {
+		p.Labels = map[string]string{gang.LabelName: gangName, gang.KeySize: "4"}
+	}
+	return p
+}
+
+func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing.T) {
+	nodeA := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "p4d.24xlarge", corev1.LabelTopologyZone: "us-east-1a", "karpenter.sh/capacity-type": "spot",
+	}}}
+	native := member("pg-0", "a", "")
+	native.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pg")}
+	nativePeer := member("pg-1", "c", "")
+	nativePeer.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pg")}
+	done := member("old", "b", "g")
+	done.Status.Phase = corev1.PodSucceeded
+	objs := []runtime.Object{nodeA,
+		member("g-0", "a", "g"), member("g-1", "a", "g"), member("g-2", "b", "g"), member("g-3", "c", "g"),
+		member("h-0", "b", "h"), member("h-1", "c", "h"), // a gang with no member on a
+		member("solo", "a", ""), // no gang
+		done,                    // a finished member is not asked
+		native, nativePeer,
+	}
+	client := fake.NewClientset(objs...)
+	var mu sync.Mutex
+	var evicted []string
+	var graces []int64
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		ev := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction)
+		mu.Lock()
+		defer mu.Unlock()
+		evicted = append(evicted, ev.Name)
+		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
+		return true, nil, nil
+	})
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	risk := &feed{}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Risk: risk, Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+
+	detected := time.Now()
+	deadline := detected.Add(2 * time.Minute)
+	n := telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: deadline}
+	state := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}}
+	c.OnNodeUpdate(nil, state)
+	c.OnNodeUpdate(state, state) // the same notice in the next report: nothing new
+
+	waitFor(t, "commands to b and c", func() bool { return cmds.get("b") != nil && cmds.get("c") != nil })
+	pods := func(cmd *telemetryv1.CheckpointCommand) []string {
+		var out []string
+		for _, p := range cmd.GetPods() {
+			out = append(out, p.GetNamespace()+"/"+p.GetName())
+		}
+		sort.Strings(out)
+		return out
+	}
+	if got := pods(cmds.get("b")); len(got) != 1 || got[0] != "ml/g-2" {
+		t.Errorf("command to b names %v, want ml/g-2 only (not gang h, not finished pods)", got)
+	}
+	if got := pods(cmds.get("c")); len(got) != 2 || got[0] != "ml/g-3" || got[1] != "ml/pg-1" {
+		t.Errorf("command to c names %v, want ml/g-3 and the native PodGroup's ml/pg-1", got)
+	}
+	b := cmds.get("b")
+	if !b.GetDeadline().AsTime().Equal(deadline) || b.GetOriginNode() != "a" || b.GetOriginNoticeId() != "aws-spot-1" || b.GetId() != commandID("a", "aws-spot-1", "b") {
+		t.Errorf("command %v: want the notice's deadline, origin and a deterministic id", b)
+	}
+	waitFor(t, "the reclaim fed to the risk model", func() bool {
+		risk.mu.Lock()
+		defer risk.mu.Unlock()
+		return len(risk.pools) == 1
+	})
+	if p := risk.pools[0]; p.InstanceType != "p4d.24xlarge" || p.Zone != "us-east-1a" || p.Capacity != pricing.Spot {
+		t.Errorf("observed pool %v", p)
+	}
+
+	status := func(node, cmd, pod string, s telemetryv1.CheckpointStatus_State) {
+		c.OnCheckpointStatus(node, &telemetryv1.CheckpointStatus{CommandId: cmd, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod}, State: s})
+	}
+	// An agent speaks only for its node: c's agent cannot finish b's command.
+	status("c", b.GetId(), "g-2", telemetryv1.CheckpointStatus_STATE_DONE)
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	if len(evicted) != 0 {
+		t.Fatalf("evicted %v on a status from another node's agent", evicted)
+	}
+	mu.Unlock()
+	status("b", b.GetId(), "g-2", telemetryv1.CheckpointStatus_STATE_DONE)
+	waitFor(t, "b's member evicted", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(evicted) == 1
+	})
+	mu.Lock()
+	if evicted[0] != "g-2" || graces[0] > 120 || graces[0] < 110 {
+		t.Errorf("evicted %v with grace %v: want g-2 with its grace cut to the ~120s left", evicted, graces)
+	}
+	mu.Unlock()
+	cc := cmds.get("c")
+	status("c", cc.GetId(), "g-3", telemetryv1.CheckpointStatus_STATE_DONE)
+	status("c", cc.GetId(), "pg-1", telemetryv1.CheckpointStatus_STATE_FAILED)
+	waitFor(t, "c's members evicted", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(evicted) == 3
+	})
+}
+
+func TestCoordinatorRetriesAnAgentThatIsNotConnected(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}, offline: map[string]bool{"b": true}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := record.NewFakeRecorder(100)
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t), KeepGangsRunning: true})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "gcp-preempted-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Detected: now, Deadline: now.Add(30 * time.Second),
+	}}})
+	time.Sleep(700 * time.Millisecond)
+	cmds.mu.Lock()
+	cmds.offline["b"] = false // the agent reconnects
+	cmds.mu.Unlock()
+	waitFor(t, "the command once b's agent is back", func() bool { return cmds.get("b") != nil })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("%s: not within 5s", what)
+	}
+}

@@ -1,0 +1,35 @@
+package reclaim
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// The coordinator's metrics, on penny-scheduler's /metrics.
+var (
+	fanoutSeconds = metrics.NewHistogram(&metrics.HistogramOpts{
+		Name:           "penny_reclaim_gang_fanout_seconds",
+		Help:           "Time from an agent detecting a reclaim notice to the scheduler commanding the agent of another gang member's node to checkpoint (includes clock skew between the two).",
+		Buckets:        []float64{.01, .025, .05, .1, .25, .5, 1, 2, 5, 10},
+		StabilityLevel: metrics.ALPHA,
+	})
+	commandsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_reclaim_gang_commands_total",
+		Help:           "Checkpoint commands to gang members' nodes, by result: sent, undelivered (the node's agent was not connected before the deadline).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	evictionsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_reclaim_gang_evictions_total",
+		Help:           "Evictions of gang members on nodes that are not reclaimed, so the gang is placed again together, by result: evicted, gone, failed.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	registerOnce sync.Once
+)
+
+func registerMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(fanoutSeconds, commandsTotal, evictionsTotal)
+	})
+}

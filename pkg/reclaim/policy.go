@@ -1,0 +1,125 @@
+// Package reclaim holds what the node agent and penny-scheduler must agree on
+// about reclaim notices — the taint that marks a node being reclaimed, which
+// notices call for checkpoints and evictions and when — and the scheduler's
+// side of the flow: the coordinator that fans a notice out to every member of
+// an affected gang (see Coordinator).
+package reclaim
+
+import (
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// TaintKey is the taint penny-agent puts on its node when the cloud announces
+// a reclaim; the value is the notice's kind (TaintValue). Penny's SpotRisk
+// filter (which lists it among pricing.ReclaimTaintKeys) and the default
+// TaintToleration plugin keep new pods off the node.
+const TaintKey = pricing.TaintReclaimNotice
+
+// TaintValue is the taint value for a kind of notice: "spot-interruption",
+// "rebalance-recommendation", "maintenance" or "termination".
+func TaintValue(kind telemetryv1.ReclaimKind) string {
+	s := strings.TrimPrefix(kind.String(), "RECLAIM_KIND_")
+	return strings.ReplaceAll(strings.ToLower(s), "_", "-")
+}
+
+// Taint is the NoSchedule taint for a kind of notice.
+func Taint(kind telemetryv1.ReclaimKind) corev1.Taint {
+	return corev1.Taint{Key: TaintKey, Value: TaintValue(kind), Effect: corev1.TaintEffectNoSchedule}
+}
+
+// Action is what a notice calls for.
+type Action struct {
+	// Taint: keep new pods off the node.
+	Taint bool
+	// Checkpoint: ask the pods (and their gangs) to checkpoint.
+	Checkpoint bool
+	// Evict: move the pods off the node (and their gangs off theirs).
+	Evict bool
+	// At is when to start checkpointing and evicting: now for a reclaim,
+	// shortly before the window for scheduled maintenance announced days
+	// ahead. Zero means at once.
+	At time.Time
+}
+
+// Policy tunes how notices become actions.
+type Policy struct {
+	// MaintenanceLead is how long before scheduled maintenance the pods are
+	// checkpointed and moved (maintenance is often announced days ahead;
+	// moving at once would waste the time in between). Default 10 minutes.
+	MaintenanceLead time.Duration
+	// RebalanceCheckpoint asks pods to checkpoint on an AWS rebalance
+	// recommendation (an early sign of a reclaim that may never come). They
+	// keep running: a recommendation never evicts. Default true.
+	RebalanceCheckpoint *bool
+	// RebalanceTaint keeps new pods off a node that got a rebalance
+	// recommendation. Default true, as aws-node-termination-handler does.
+	RebalanceTaint *bool
+}
+
+// DefaultMaintenanceLead is Policy.MaintenanceLead's default.
+const DefaultMaintenanceLead = 10 * time.Minute
+
+// RebalanceCheckpointTimeout bounds how long a checkpoint asked for on a
+// rebalance recommendation (which has no deadline) may take.
+const RebalanceCheckpointTimeout = 2 * time.Minute
+
+func boolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}
+
+// Decide returns what a notice calls for.
+func (p Policy) Decide(kind telemetryv1.ReclaimKind, provider telemetryv1.CloudProvider, action string, deadline time.Time) Action {
+	switch kind {
+	case telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION:
+		return Action{Taint: true, Checkpoint: true, Evict: true}
+	case telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION:
+		return Action{Taint: boolOr(p.RebalanceTaint, true), Checkpoint: boolOr(p.RebalanceCheckpoint, true)}
+	case telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE:
+		if !Disruptive(provider, action) {
+			return Action{}
+		}
+		lead := p.MaintenanceLead
+		if lead <= 0 {
+			lead = DefaultMaintenanceLead
+		}
+		a := Action{Taint: true, Checkpoint: true, Evict: true}
+		if !deadline.IsZero() {
+			a.At = deadline.Add(-lead)
+		}
+		return a
+	}
+	return Action{}
+}
+
+// Disruptive reports whether a maintenance event loses what runs on the
+// node. Live migration (GCP MIGRATE_ON_HOST_MAINTENANCE) and Azure's Freeze
+// (a pause of a few seconds, memory kept) do not: the pods keep running and
+// nothing needs to move.
+func Disruptive(provider telemetryv1.CloudProvider, action string) bool {
+	switch provider {
+	case telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP:
+		return action != "MIGRATE_ON_HOST_MAINTENANCE"
+	case telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE:
+		return action != "Freeze"
+	}
+	return true
+}
+
+// Deadline is when checkpoints asked for because of a notice must be done: the
+// notice's deadline, or, for a rebalance recommendation (which promises
+// none), RebalanceCheckpointTimeout after it was detected.
+func Deadline(kind telemetryv1.ReclaimKind, detected, deadline time.Time) time.Time {
+	if deadline.IsZero() || kind == telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION {
+		return detected.Add(RebalanceCheckpointTimeout)
+	}
+	return deadline
+}

@@ -1,0 +1,62 @@
+package reclaim
+
+import (
+	"testing"
+	"time"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+func TestTaintValues(t *testing.T) {
+	want := map[telemetryv1.ReclaimKind]string{
+		telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION:        "spot-interruption",
+		telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION: "rebalance-recommendation",
+		telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE:              "maintenance",
+		telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION:              "termination",
+	}
+	for k, v := range want {
+		if got := TaintValue(k); got != v {
+			t.Errorf("TaintValue(%v) = %q, want %q", k, got, v)
+		}
+		if tt := Taint(k); tt.Key != "penny.dev/reclaim" || tt.Value != v || tt.Effect != "NoSchedule" {
+			t.Errorf("Taint(%v) = %v", k, tt)
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	deadline := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	off := false
+	aws, gcp, azure := telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE
+	cases := []struct {
+		name     string
+		policy   Policy
+		kind     telemetryv1.ReclaimKind
+		provider telemetryv1.CloudProvider
+		action   string
+		want     Action
+	}{
+		{"spot interruption", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, aws, "terminate", Action{Taint: true, Checkpoint: true, Evict: true}},
+		{"termination", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION, azure, "Terminate", Action{Taint: true, Checkpoint: true, Evict: true}},
+		{"rebalance: checkpoint and taint, never evict", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, aws, "rebalance", Action{Taint: true, Checkpoint: true}},
+		{"rebalance with both off", Policy{RebalanceCheckpoint: &off, RebalanceTaint: &off}, telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, aws, "rebalance", Action{}},
+		{"reboot: act 10 minutes before", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, aws, "system-reboot", Action{Taint: true, Checkpoint: true, Evict: true, At: deadline.Add(-10 * time.Minute)}},
+		{"reboot with a 1h lead", Policy{MaintenanceLead: time.Hour}, telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, aws, "system-reboot", Action{Taint: true, Checkpoint: true, Evict: true, At: deadline.Add(-time.Hour)}},
+		{"GCP live migration keeps the pods", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, gcp, "MIGRATE_ON_HOST_MAINTENANCE", Action{}},
+		{"GCP terminate on maintenance", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, gcp, "TERMINATE_ON_HOST_MAINTENANCE", Action{Taint: true, Checkpoint: true, Evict: true, At: deadline.Add(-10 * time.Minute)}},
+		{"Azure Freeze keeps the pods", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, azure, "Freeze", Action{}},
+		{"unknown kind does nothing", Policy{}, telemetryv1.ReclaimKind_RECLAIM_KIND_UNSPECIFIED, aws, "", Action{}},
+	}
+	for _, c := range cases {
+		if got := c.policy.Decide(c.kind, c.provider, c.action, deadline); got != c.want {
+			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
+		}
+	}
+	detected := deadline.Add(-time.Hour)
+	if got := Deadline(telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, detected, time.Time{}); !got.Equal(detected.Add(RebalanceCheckpointTimeout)) {
+		t.Errorf("rebalance deadline %v", got)
+	}
+	if got := Deadline(telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, detected, deadline); !got.Equal(deadline) {
+		t.Errorf("spot deadline %v", got)
+	}
+}
