@@ -84,16 +84,9 @@ func TestSimPlacesLikePennyScheduler(t *testing.T) {
 		pod("infer-a", "4", "16Gi", 1, 0),
 		pod("infer-b", "12", "48Gi", 1, 0),
 		pod("finetune", "16", "128Gi", 2, 0),
-		// Not 1 CPU: with the profile's packing (MostAllocated),
-		// penny-scheduler would put this share on l4-0, whose GPUs train
-		// holds whole, for the same reason as infer-c below.
-		pod("share-b", "41", "2Gi", 0, 250),
+		pod("share-b", "1", "2Gi", 0, 250),
 		pod("batch", "10", "40Gi", 0, 0),
-		// Not 2 CPUs: on t4-0, whose one GPU holds share-b, penny-scheduler
-		// (no device-aware plugin yet) would double-book the GPU; the sim's
-		// device filter does not. That is a gap of today's profile, not of
-		// the shared code path this test is about.
-		pod("infer-c", "10", "8Gi", 1, 0),
+		pod("infer-c", "2", "8Gi", 1, 0),
 		pod("too-big", "4", "16Gi", 16, 0),
 	}
 	for _, want := range pods {
