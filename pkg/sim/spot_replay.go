@@ -53,6 +53,9 @@ type ElasticResult struct {
 	AllocatedGPUHours float64 `json:"allocated_gpu_hours"`
 	Reclaims          int     `json:"reclaims"`
 	PodsReclaimed     int     `json:"pods_reclaimed"`
+	// NoticeCheckpoints counts reclaimed pods whose work up to the notice
+	// survived in a notice-triggered checkpoint (ReclaimRule).
+	NoticeCheckpoints int `json:"notice_checkpoints"`
 	// NeverOnSpot counts pods of a never-on-Spot class (Penny's reading of
 	// the pod) that ran on a Spot node at any time.
 	NeverOnSpot          int        `json:"never_on_spot"`
@@ -193,12 +196,14 @@ type elPool struct {
 }
 
 type elastic struct {
-	o       ElasticOptions
-	sc      *SpotScenario
-	e       *Engine
-	clock   *clocktesting.FakeClock
-	epoch   time.Time
-	risk    *pricing.RiskModel
+	o     ElasticOptions
+	sc    *SpotScenario
+	e     *Engine
+	clock *clocktesting.FakeClock
+	epoch time.Time
+	risk  *pricing.RiskModel
+	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
+	rule    ReclaimRule
 	rank    func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
 	q       elQueue
 	seq     int
@@ -235,7 +240,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	start := time.Now()
 	sc := o.Scenario
 	r := &elastic{o: o, sc: sc, clock: clocktesting.NewFakeClock(simEpoch), epoch: simEpoch,
-		risk:  pricing.NewRiskModel(pricing.RiskConfig{}),
+		risk: pricing.NewRiskModel(pricing.RiskConfig{}), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, nodes: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock}
@@ -527,8 +532,9 @@ func (r *elastic) placed(i int, node string) {
 	r.push(elEvent{at: r.now + p.overhead + (p.work - p.saved), kind: elDeparture, pod: i, gen: p.gen})
 }
 
-// stop ends a pod's run at now; a reclaim keeps only the saved progress.
-func (r *elastic) stop(i int, reclaimed bool) {
+// stop ends a pod's run at now; a reclaim keeps only kept of this run's
+// progress.
+func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	p := r.pods[i]
 	n := r.nodes[p.node]
 	ran := r.now - p.runStart
@@ -549,20 +555,46 @@ func (r *elastic) stop(i int, reclaimed bool) {
 		p.state = podDone
 		return
 	}
-	progress := max(0, ran-p.overhead)
-	kept := time.Duration(0)
-	switch {
-	case p.class.Work.Stateless:
-		kept = progress
-	case p.class.Work.CheckpointInterval > 0:
-		kept = progress / p.class.Work.CheckpointInterval * p.class.Work.CheckpointInterval
-	}
+	kept = min(max(kept, 0), max(0, ran-p.overhead))
 	p.saved += kept
 	r.res.UsefulGPUHours += p.gpus * kept.Hours()
 	r.res.LostGPUHours += p.gpus * (ran - kept).Hours()
 	p.overhead = r.sc.RestartOverhead.Duration
 	p.reclaimed++
 	p.gen++
+}
+
+// keptOnReclaim is how much of this run's progress each victim of a reclaim
+// keeps, by the rules of Penny's reclaim pipeline (ReclaimRule): services
+// keep all of it, checkpointing pods what their last checkpoint holds, and
+// a gang goes back to the least any of its members kept.
+func (r *elastic) keptOnReclaim(victims []int, notice time.Duration) map[int]time.Duration {
+	kept := make(map[int]time.Duration, len(victims))
+	least := map[string]time.Duration{}
+	for _, i := range victims {
+		p := r.pods[i]
+		progress := max(0, r.now-p.runStart-p.overhead)
+		if p.class.Work.Stateless {
+			kept[i] = progress
+			continue
+		}
+		k, how := r.rule.Kept(p.pod, progress, notice)
+		if how == KeptNoticeCheckpoint {
+			r.res.NoticeCheckpoints++
+		}
+		kept[i] = k
+		if g := p.pod.Labels[gang.LabelName]; g != "" {
+			if cur, ok := least[g]; !ok || k < cur {
+				least[g] = k
+			}
+		}
+	}
+	for _, i := range victims {
+		if g := r.pods[i].pod.Labels[gang.LabelName]; g != "" && !r.pods[i].class.Work.Stateless {
+			kept[i] = least[g]
+		}
+	}
+	return kept
 }
 
 func (r *elastic) departure(ev elEvent) error {
@@ -574,7 +606,7 @@ func (r *elastic) departure(ev elEvent) error {
 	if err := r.e.Remove(p.pod); err != nil {
 		return err
 	}
-	r.stop(ev.pod, false)
+	r.stop(ev.pod, false, 0)
 	r.res.PodsCompleted++
 	r.progress = r.now
 	r.freed = append(r.freed, node)
@@ -912,12 +944,13 @@ func (r *elastic) reclaim(name string) error {
 		order = append(order, i)
 	}
 	sort.Ints(order)
+	kept := r.keptOnReclaim(order, r.rule.notice(n.node))
 	for _, i := range order {
 		p := r.pods[i]
 		if p.reclaimed == 0 {
 			r.res.PodsReclaimed++
 		}
-		r.stop(i, true)
+		r.stop(i, true, kept[i])
 		if p.class.Work.Stateless {
 			r.res.InterruptedServices++
 			p.downSince = r.now
@@ -958,7 +991,7 @@ func (r *elastic) finish() {
 	res.HorizonHours = r.now.Hours()
 	for i, p := range r.pods {
 		if p.state == podRunning {
-			r.stop(i, false)
+			r.stop(i, false, 0)
 			p.state = podRunning
 		}
 	}

@@ -129,6 +129,33 @@ func TestElasticReclaimLosesWorkSinceCheckpoint(t *testing.T) {
 	}
 }
 
+// With the Penny agent (noticeCheckpoints) a trainer with a checkpoint hook
+// saves its work when the notice comes: each reclaim loses at most the
+// notice (2m on AWS) and the restart, not the half hour since the periodic
+// checkpoint; without the agent the same seed loses more.
+func TestElasticNoticeCheckpoints(t *testing.T) {
+	s := spotScenario(t, "4", "1h")
+	s.Classes[1].Annotations["penny.dev/checkpoint"] = "http://:8080/checkpoint"
+	run := func(agent bool) *ElasticResult {
+		s.Policies[1].NoticeCheckpoints = agent
+		return spotReplay(t, s, "penny", 7, spotTracePod("train", "BE", 1, 0, 10*time.Hour))
+	}
+	with, without := run(true), run(false)
+	if with.Reclaims == 0 || with.NoticeCheckpoints != with.Reclaims {
+		t.Fatalf("reclaims %d, notice checkpoints %d: want every reclaim to checkpoint", with.Reclaims, with.NoticeCheckpoints)
+	}
+	if perReclaim := with.LostGPUHours / float64(with.Reclaims); perReclaim > (7*time.Minute).Hours()+1e-9 {
+		t.Fatalf("lost %v GPU-h per reclaim with notice checkpoints, want at most the 2m notice + 5m restart", perReclaim)
+	}
+	if without.NoticeCheckpoints != 0 || without.LostGPUHours <= with.LostGPUHours {
+		t.Fatalf("without the agent: %d notice checkpoints, lost %v GPU-h (with: %v); want none and more lost",
+			without.NoticeCheckpoints, without.LostGPUHours, with.LostGPUHours)
+	}
+	if with.PodsCompleted != 1 || !nearly(with.UsefulGPUHours, 10) {
+		t.Fatalf("completed %d, useful %v GPU-h, want 1 and 10", with.PodsCompleted, with.UsefulGPUHours)
+	}
+}
+
 // A Spot-preferring pod whose Spot pool is full falls back to on-demand
 // once its fallbackAfter (10m, the deployed profile) has passed.
 func TestElasticFallback(t *testing.T) {

@@ -96,12 +96,14 @@ type ClassRule struct {
 	line        int
 }
 
-// PolicyTweaks says how a policy's pods and provisioning differ: whether its
-// pods tolerate the Spot taint.
+// PolicyTweaks says how a policy's pods and nodes differ: whether its pods
+// tolerate the Spot taint, and whether the Penny agent on its nodes turns a
+// reclaim notice into checkpoints (ReclaimRule.NoticeCheckpoints).
 type PolicyTweaks struct {
-	Policy       string `yaml:"policy"`
-	TolerateSpot bool   `yaml:"tolerateSpot"`
-	line         int
+	Policy            string `yaml:"policy"`
+	TolerateSpot      bool   `yaml:"tolerateSpot"`
+	NoticeCheckpoints bool   `yaml:"noticeCheckpoints"`
+	line              int
 }
 
 // Duration reads Go durations ("90s", "4h") in YAML.
@@ -315,6 +317,16 @@ func (s *SpotScenario) tolerates(policy string) bool {
 		}
 	}
 	return false
+}
+
+// reclaimRule is what a reclaim costs the policy's pods.
+func (s *SpotScenario) reclaimRule(policy string) ReclaimRule {
+	for _, p := range s.Policies {
+		if strings.EqualFold(p.Policy, policy) {
+			return ReclaimRule{NoticeCheckpoints: p.NoticeCheckpoints}
+		}
+	}
+	return ReclaimRule{}
 }
 
 // node builds a node of pool p.
