@@ -70,6 +70,19 @@ bench-spot:
 		--policy default,spot-first,penny --seed $(SPOT_SEED) \
 		--out $(SIM_RESULTS)/spot.json --markdown $(SIM_RESULTS)/spot.md
 
+.PHONY: bench-gpupack
+## bench-gpupack: Penny's packing against FGD and BestFit on openb (fill protocol, seeds 42..51), and on a
+## MIG fleet against first-fit and best-fit (seeds 42..46), into benchmarks/results/gpupack-*
+bench-gpupack:
+	$(GO) build -o $(BIN)/penny ./cmd/penny
+	@mkdir -p $(SIM_RESULTS)
+	$(BIN)/penny sim fill --nodes $(OPENB)/openb_node_list_all_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
+		--policy penny,fgd,bestfit --seeds 42-51 --parallel 2 \
+		--out $(SIM_RESULTS)/gpupack-openb.json --plot $(SIM_RESULTS)/gpupack-openb.png
+	$(BIN)/penny sim fill --nodes $(OPENB)/openb_node_list_all_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
+		--mig A100-80GB,H100-80GB --policy penny,firstfit,bestfit --seeds 42-46 --parallel 2 \
+		--out $(SIM_RESULTS)/gpupack-mig.json --plot $(SIM_RESULTS)/gpupack-mig.png
+
 .PHONY: bench-sim
 ## bench-sim: the FGD paper's baselines on openb default (fill protocol, seeds 42..51) and a replay, into benchmarks/results
 bench-sim:
