@@ -87,6 +87,18 @@ func (b *Builder) Build(ctx context.Context) *telemetryv1.NodeReport {
 			src.Fill(ctx, r)
 		}
 	}
+	// Sources may share their status objects between reports: replace, do
+	// not edit.
+	for _, st := range []**telemetryv1.CollectorStatus{&r.Nvml, &r.PodResources, &r.Profiling, &r.Reclaim} {
+		if *st == nil {
+			continue
+		}
+		if msg := telemetryv1.StatusText((*st).GetMessage()); msg != (*st).GetMessage() {
+			c := proto.Clone(*st).(*telemetryv1.CollectorStatus)
+			c.Message = msg
+			*st = c
+		}
+	}
 	r.CollectedAt = timestamppb.New(now())
 	return r
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/pennysched/penny/agent/checkpoint"
 	"github.com/pennysched/penny/agent/notice/metadatatest"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -511,7 +512,7 @@ func (w *world) agentHeldToItsNode(t *testing.T) {
 	if err := try("gcp-1", addTaint); err == nil || !strings.Contains(err.Error(), "only change the node its token is bound to") {
 		t.Errorf("tainting another node: %v", err)
 	}
-	if err := try("gcp-2", func(n *corev1.Node) { n.Labels[pricing.LabelCapacityType] = "on-demand" }); err == nil {
+	if err := try("gcp-2", func(n *corev1.Node) { n.Labels[capacity.LabelKarpenter] = "on-demand" }); err == nil {
 		t.Error("the agent relabelled its Spot node as on-demand")
 	}
 	if err := try("gcp-2", func(n *corev1.Node) { n.Spec.Unschedulable = !n.Spec.Unschedulable }); err == nil {

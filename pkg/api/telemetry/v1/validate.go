@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -615,4 +616,32 @@ func isDeviceID(s string) bool {
 		}
 	}
 	return true
+}
+
+// StatusText makes free text, typically an error's message, fit a
+// CollectorStatus message: control characters (errors.Join puts newlines
+// between errors) become "; " and the text is cut to the limit on a rune
+// boundary. Agents pass collector messages through it so that one odd error
+// does not get their whole report refused.
+func StatusText(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			if !strings.HasSuffix(b.String(), "; ") && b.Len() > 0 {
+				b.WriteString("; ")
+			}
+			continue
+		}
+		b.WriteRune(r)
+	}
+	out := strings.TrimSuffix(b.String(), "; ")
+	if len(out) <= maxTextLen {
+		return out
+	}
+	const ellipsis = "..."
+	cut := maxTextLen - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(out[cut]) {
+		cut--
+	}
+	return out[:cut] + ellipsis
 }

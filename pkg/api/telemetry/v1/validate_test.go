@@ -223,3 +223,17 @@ func TestUUIDForms(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusTextValidates(t *testing.T) {
+	joined := "GET http://a: connection refused\nGET http://b: connection refused\n"
+	if got, want := StatusText(joined), "GET http://a: connection refused; GET http://b: connection refused"; got != want {
+		t.Errorf("StatusText(%q) = %q, want %q", joined, got, want)
+	}
+	long := strings.Repeat("é", maxTextLen)
+	for _, in := range []string{joined, long, "\x00\x7f", ""} {
+		out := StatusText(in)
+		if errs := validateText(out, maxTextLen, at{}); len(errs) > 0 {
+			t.Errorf("StatusText(%.20q...) = %.20q... does not validate: %v", in, out, errs)
+		}
+	}
+}
