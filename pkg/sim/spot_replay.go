@@ -203,19 +203,22 @@ type elastic struct {
 	epoch time.Time
 	risk  *pricing.RiskModel
 	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
-	rule    ReclaimRule
-	rank    func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
-	q       elQueue
-	seq     int
-	now     time.Duration
-	pods    []*elPod
-	byUID   map[string]int
-	pending []int
-	nodes   map[string]*elNode
-	pools   []*elPool
-	freed   []string
-	scanOn  bool
-	arrived int
+	rule ReclaimRule
+	rank func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
+	// rankOptions, when set, ranks knowing each pool's peers (Penny's
+	// expander).
+	rankOptions func(pod *v1.Pod, options []spotrisk.Option) ([]int, error)
+	q           elQueue
+	seq         int
+	now         time.Duration
+	pods        []*elPod
+	byUID       map[string]int
+	pending     []int
+	nodes       map[string]*elNode
+	pools       []*elPool
+	freed       []string
+	scanOn      bool
+	arrived     int
 	// progress is when a pod last started or finished.
 	progress time.Duration
 	// lastLaunched is the node launch created last.
@@ -343,6 +346,7 @@ func (r *elastic) setRanker(ctx context.Context, deps plugins.Deps) error {
 			return err
 		}
 		r.rank = x.Rank
+		r.rankOptions = x.RankOptions
 	case SpotFirstPolicy:
 		r.rank = cheapest(true)
 	default:
@@ -767,9 +771,20 @@ func (r *elastic) autoscale(i int) error {
 	if len(fit) == 0 {
 		return nil
 	}
-	order, err := r.rank(p.pod, fitT)
-	if err != nil {
-		return err
+	var order []int
+	if r.rankOptions != nil && len(members) == 1 {
+		opts, err := r.options(i, fitT)
+		if err != nil {
+			return err
+		}
+		if order, err = r.rankOptions(p.pod, opts); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if order, err = r.rank(p.pod, fitT); err != nil {
+			return err
+		}
 	}
 	pool := fit[order[0]]
 	for _, m := range members {
@@ -779,6 +794,50 @@ func (r *elastic) autoscale(i int) error {
 		r.nominate(r.pods[m], r.nodes[r.lastLaunched])
 	}
 	return nil
+}
+
+// maxPeers bounds how many peers the autoscaler weighs per decision.
+const maxPeers = 64
+
+// options pairs each template with the pod's peers there: the other pods,
+// waiting or running, of the pod's Spot policy that pass their filters on
+// the template (waiting ones first, then the most recently started), i.e.
+// the workload that could fill a new node of that pool.
+func (r *elastic) options(i int, tpls []*v1.Node) ([]spotrisk.Option, error) {
+	opts := make([]spotrisk.Option, len(tpls))
+	for k, t := range tpls {
+		opts[k] = spotrisk.Option{Node: t, Peers: []*v1.Pod{}}
+	}
+	self := r.pods[i]
+	var cand []int
+	for _, j := range r.pending {
+		if q := r.pods[j]; j != i && q.state == podWaiting && q.class.Policy == self.class.Policy {
+			cand = append(cand, j)
+		}
+	}
+	var running []int
+	for j, q := range r.pods {
+		if q.state == podRunning && q.class.Policy == self.class.Policy {
+			running = append(running, j)
+		}
+	}
+	sort.SliceStable(running, func(a, b int) bool { return r.pods[running[a]].runStart > r.pods[running[b]].runStart })
+	cand = append(cand, running...)
+	if len(cand) > maxPeers {
+		cand = cand[:maxPeers]
+	}
+	for _, j := range cand {
+		ok, err := r.e.FitsTemplates(asAlone(r.pods[j].pod), tpls)
+		if err != nil {
+			return nil, err
+		}
+		for k := range tpls {
+			if ok[k] {
+				opts[k].Peers = append(opts[k].Peers, r.pods[j].pod)
+			}
+		}
+	}
+	return opts, nil
 }
 
 // gangWaiting is the pod and, when it is in a gang, the gang's other

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -189,5 +190,39 @@ func TestSpotScenarioErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
+	}
+}
+
+// Penny's autoscaler sizes a new node by the work that could fill it: a
+// lone service gets a 1-GPU node (a 4-GPU one is cheaper per slot only when
+// filled), while a burst of services fills 4-GPU nodes.
+func TestElasticExpanderCountsPeers(t *testing.T) {
+	s, err := ParseSpotScenario("../../benchmarks/scenarios/shapes.yaml", []byte(`
+name: shapes
+region: us-east-1
+catalog: ../../deploy/pricing/catalog.yaml
+gpuSharing: [penny]
+policies:
+- {policy: penny, tolerateSpot: true}
+classes:
+- {qos: [LS], annotations: {penny.dev/workload: inference}}
+pools:
+- {name: one, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
+- {name: four, instanceType: g5.12xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lone := spotReplay(t, s, "penny", 42, spotTracePod("serve", "LS", 1, 0, 2*time.Hour))
+	if lone.NodeHoursByPool["four"] != 0 || lone.NodeHoursByPool["one"] == 0 {
+		t.Errorf("a lone service: node-hours %v, want only the 1-GPU pool", lone.NodeHoursByPool)
+	}
+	var burst []TracePod
+	for i := 0; i < 8; i++ {
+		burst = append(burst, spotTracePod(fmt.Sprintf("serve-%d", i), "LS", 1, 0, 2*time.Hour))
+	}
+	many := spotReplay(t, s, "penny", 42, burst...)
+	if many.NodeHoursByPool["four"] <= many.NodeHoursByPool["one"] {
+		t.Errorf("a burst of services: node-hours %v, want mostly 4-GPU nodes", many.NodeHoursByPool)
 	}
 }

@@ -18,7 +18,8 @@ import (
 // the node holds, times 1 + reclaim rate x (work lost per reclaim + restart
 // overhead). Dividing by slots is how the plugin's share-of-node cost looks
 // from a node that does not exist yet: the packing score fills the rest of
-// the node with the pods that follow. It is what a Cluster Autoscaler gRPC expander or a
+// the node with the pods that follow, but never with more pods than could
+// use it (RankOptions). It is what a Cluster Autoscaler gRPC expander or a
 // Karpenter-style provisioner would ask Penny; the simulator's elastic fleet
 // asks it now.
 type Expander struct {
@@ -37,9 +38,38 @@ func NewExpander(ctx context.Context, args runtime.Object, deps Deps) (*Expander
 
 // Rank orders node templates (one per pool, each already passing the pod's
 // filters) best first: Spot last for pods that avoid it, then by expected
-// cost of the pod's work on the whole node, then by node price; unpriced
-// templates come last. It fails only on a malformed pod annotation.
+// cost of the pod's work per slot, then by node price; unpriced templates
+// come last. It fails only on a malformed pod annotation. Rank assumes every
+// slot fills; RankOptions knows better when told the pod's peers.
 func (x *Expander) Rank(pod *corev1.Pod, templates []*corev1.Node) ([]int, error) {
+	opts := make([]Option, len(templates))
+	for i, n := range templates {
+		opts[i] = Option{Node: n}
+	}
+	return x.RankOptions(pod, opts)
+}
+
+// Option is one way to grow the fleet for a pending pod: a template node
+// of a pool and the other pods that could share a node of it.
+type Option struct {
+	Node *corev1.Node
+	// Peers are the other pods, pending or running, that could share a new
+	// node of this pool with the pod (they pass their filters on the
+	// template and have the pod's Spot policy). Nil means unknown: the node
+	// is assumed to fill with pods like this one.
+	Peers []*corev1.Pod
+}
+
+// RankOptions is Rank knowing which pods could share each new node. A node
+// is never counted as holding more pods than exist to fill it: the slots of
+// a template are capped by how many of the pod and its peers fit on it
+// together (packed first-fit). A node eight times the size of the
+// workload that can use it is dearer per pod than one that it fills.
+func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error) {
+	templates := make([]*corev1.Node, len(options))
+	for i, o := range options {
+		templates[i] = o.Node
+	}
 	class, err := classify(pod, x.pl.args)
 	if err != nil {
 		return nil, err
@@ -58,6 +88,9 @@ func (x *Expander) Rank(pod *corev1.Pod, templates []*corev1.Node) ([]int, error
 		}
 		spot := pricing.NodeCapacity(n).IsSpot()
 		slots := float64(Slots(pricing.PodUsage(pod), n))
+		if options[i].Peers != nil && slots > 0 {
+			slots = min(slots, float64(Fill(n, append([]*corev1.Pod{pod}, options[i].Peers...))))
+		}
 		if slots == 0 {
 			keys[i] = key{cost: math.Inf(1), price: math.Inf(1)}
 			continue
@@ -108,6 +141,54 @@ func Slots(u pricing.Usage, node *corev1.Node) int64 {
 	}
 	if n == math.MaxInt64 {
 		n = 1
+	}
+	return n
+}
+
+// Fill is how many of the pods, taken in order, an empty node holds: each
+// pod goes on if its CPU, memory and GPUs still fit (whole GPUs on free
+// GPUs, a share on the first GPU with room for it), else it is skipped.
+func Fill(node *corev1.Node, pods []*corev1.Pod) int {
+	alloc := node.Status.Allocatable
+	cpu, mem := alloc.Cpu().MilliValue(), alloc.Memory().Value()
+	g := alloc[gpu.ResourceGPU]
+	free := make([]int64, g.Value())
+	for k := range free {
+		free[k] = gpu.MilliPerGPU
+	}
+	n := 0
+	for _, p := range pods {
+		u := pricing.PodUsage(p)
+		if u.CPUMilli > cpu || u.MemoryBytes > mem {
+			continue
+		}
+		switch {
+		case u.GPUMilli >= gpu.MilliPerGPU:
+			need := u.GPUMilli / gpu.MilliPerGPU
+			var take []int
+			for k := range free {
+				if int64(len(take)) < need && free[k] == gpu.MilliPerGPU {
+					take = append(take, k)
+				}
+			}
+			if int64(len(take)) < need {
+				continue
+			}
+			for _, k := range take {
+				free[k] = 0
+			}
+		case u.GPUMilli > 0:
+			k := 0
+			for k < len(free) && free[k] < u.GPUMilli {
+				k++
+			}
+			if k == len(free) {
+				continue
+			}
+			free[k] -= u.GPUMilli
+		}
+		cpu, mem = cpu-u.CPUMilli, mem-u.MemoryBytes
+		n++
 	}
 	return n
 }

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -100,5 +101,100 @@ prices:
 	// quad holds four such pods: 1.418 $/slot against 2.448.
 	if order[0] != 1 {
 		t.Fatalf("order %v, want the 4-GPU node first", order)
+	}
+}
+
+// A node is never counted as holding more pods than exist to fill it: with
+// few peers the smaller node is cheaper per pod; with many, the bigger one.
+func TestExpanderCapsSlotsByPeers(t *testing.T) {
+	cat, err := pricing.Parse([]byte(`apiVersion: penny.dev/v1alpha1
+kind: PriceCatalog
+instanceTypes:
+- {name: quad, gpus: 4, gpuModel: A10G, vcpus: 48, memoryGiB: 192}
+- {name: octo, gpus: 8, gpuModel: A10G, vcpus: 192, memoryGiB: 768}
+prices:
+- {instanceType: quad, capacityType: on-demand, region: us-east-1, hourly: 5.672}
+- {instanceType: octo, capacityType: on-demand, region: us-east-1, hourly: 8}
+`), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := NewExpander(context.Background(), nil, Deps{Prices: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	quad, octo := node("quad", pricing.OnDemand, "us-east-1a"), node("octo", pricing.OnDemand, "us-east-1a")
+	quad.Labels[corev1.LabelInstanceTypeStable], octo.Labels[corev1.LabelInstanceTypeStable] = "quad", "octo"
+	quad.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"), gpu.ResourceGPU: resource.MustParse("4")}
+	octo.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("192"), corev1.ResourceMemory: resource.MustParse("768Gi"), gpu.ResourceGPU: resource.MustParse("8")}
+	small := func(name string) *corev1.Pod {
+		p := pod(name, map[string]string{AnnotationWorkload: "inference"}) // 1 GPU, 12 CPU
+		p.Spec.Containers[0].Resources.Requests[corev1.ResourceMemory] = resource.MustParse("40Gi")
+		return p
+	}
+	peers := func(n int) []*corev1.Pod {
+		out := []*corev1.Pod{}
+		for i := 0; i < n; i++ {
+			out = append(out, small(fmt.Sprintf("peer-%d", i)))
+		}
+		return out
+	}
+	first := func(ps []*corev1.Pod) string {
+		order, err := x.RankOptions(small("p"), []Option{{Node: quad, Peers: ps}, {Node: octo, Peers: ps}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []string{"quad", "octo"}[order[0]]
+	}
+	// Unknown peers: every slot fills, octo is $1.00 a slot against $1.42.
+	if got := first(nil); got != "octo" {
+		t.Errorf("peers unknown: %s first, want octo", got)
+	}
+	// Three pods in all: $1.89 a pod on quad against $2.67 on octo.
+	if got := first(peers(2)); got != "quad" {
+		t.Errorf("two peers: %s first, want quad", got)
+	}
+	// Enough pods to fill octo.
+	if got := first(peers(10)); got != "octo" {
+		t.Errorf("ten peers: %s first, want octo", got)
+	}
+	// Rank is RankOptions with peers unknown.
+	if order, _ := x.Rank(small("p"), []*corev1.Node{quad, octo}); order[0] != 1 {
+		t.Errorf("Rank: %v, want octo first", order)
+	}
+}
+
+func TestFill(t *testing.T) {
+	n := &corev1.Node{Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("32"), corev1.ResourceMemory: resource.MustParse("128Gi"), gpu.ResourceGPU: resource.MustParse("2"),
+	}}}
+	mk := func(cpu string, gpus string, milli string) *corev1.Pod {
+		c := corev1.Container{Name: "c", Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu)}, Limits: corev1.ResourceList{}}}
+		if gpus != "" {
+			c.Resources.Limits[gpu.ResourceGPU] = resource.MustParse(gpus)
+		}
+		if milli != "" {
+			c.Resources.Requests[gpu.ResourceGPUMilli] = resource.MustParse(milli)
+			c.Resources.Limits[gpu.ResourceGPUMilli] = resource.MustParse(milli)
+		}
+		return &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{c}}}
+	}
+	cases := []struct {
+		name string
+		pods []*corev1.Pod
+		want int
+	}{
+		{"none", nil, 0},
+		{"whole GPUs", []*corev1.Pod{mk("1", "1", ""), mk("1", "1", ""), mk("1", "1", "")}, 2},
+		// a whole GPU, then 600 milli on the other; the second 600 has no
+		// GPU with room; 300 fits beside the first 600.
+		{"shares cannot span GPUs", []*corev1.Pod{mk("1", "1", ""), mk("1", "", "600"), mk("1", "", "600"), mk("1", "", "300")}, 3},
+		{"CPU binds", []*corev1.Pod{mk("20", "", ""), mk("20", "", ""), mk("10", "", "")}, 2},
+		{"two GPUs need two free ones", []*corev1.Pod{mk("1", "", "500"), mk("1", "2", "")}, 1},
+	}
+	for _, c := range cases {
+		if got := Fill(n, c.pods); got != c.want {
+			t.Errorf("%s: Fill = %d, want %d", c.name, got, c.want)
+		}
 	}
 }
