@@ -73,6 +73,8 @@ func (g *GCP) serve(w http.ResponseWriter, r *http.Request) {
 		case <-time.After(time.Until(deadline)):
 		case <-r.Context().Done():
 			return
+		case <-g.stopped:
+			return
 		}
 	}
 }

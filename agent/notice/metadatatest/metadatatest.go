@@ -128,6 +128,9 @@ func Reset() Fault {
 // faults and request counts.
 type server struct {
 	srv *httptest.Server
+	// stopped ends requests a fake holds open (GCP's wait_for_change), so
+	// that Close does not wait for them to time out.
+	stopped chan struct{}
 
 	mu        sync.Mutex
 	faults    map[string]Fault
@@ -136,7 +139,7 @@ type server struct {
 }
 
 func newServer(h func(w http.ResponseWriter, r *http.Request)) *server {
-	s := &server{faults: map[string]Fault{}, requests: map[string]int{}}
+	s := &server{faults: map[string]Fault{}, requests: map[string]int{}, stopped: make(chan struct{})}
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.requests[r.URL.Path]++
@@ -156,6 +159,11 @@ func (s *server) URL() string { return s.srv.URL }
 
 // Close stops the server.
 func (s *server) Close() {
+	select {
+	case <-s.stopped:
+	default:
+		close(s.stopped)
+	}
 	s.srv.CloseClientConnections()
 	s.srv.Close()
 }

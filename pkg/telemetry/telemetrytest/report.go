@@ -70,10 +70,21 @@ func UUID(node string, gpu, mig int) string {
 
 // GPUSource is an agent GPU source (agent/report.Source) that fills in the
 // GPUs Report describes, for agents run in-process without NVML.
-type GPUSource struct{ GPUs int }
+type GPUSource struct {
+	GPUs int
+	// Whole reports every GPU whole and idle, as on a node that advertises
+	// only nvidia.com/gpu: a node whose reported layout put some GPUs in
+	// MIG mode would have fewer whole GPUs for the scheduler's GPU packing.
+	Whole bool
+}
 
 // Fill implements agent/report.Source.
 func (s GPUSource) Fill(_ context.Context, r *telemetryv1.NodeReport) {
 	rep := Report(r.NodeName, s.GPUs, 1, time.Now())
+	if s.Whole {
+		for _, g := range rep.Gpus {
+			g.MigMode, g.MigInstances, g.Pods = telemetryv1.MIGMode_MIG_MODE_DISABLED, nil, nil
+		}
+	}
 	r.Nvml, r.DriverVersion, r.CudaDriverVersion, r.Gpus = rep.Nvml, rep.DriverVersion, rep.CudaDriverVersion, rep.Gpus
 }

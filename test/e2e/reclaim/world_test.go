@@ -332,7 +332,7 @@ func (w *world) startAgent(node string, md metadataURL, stateDir string) *agent 
 	a.watcher = notice.NewWatcher(src, log.WithName("notice"), nil)
 	loop := report.NewLoop(&report.Builder{
 		Node: node, AgentID: report.NewAgentID(), Version: "e2e",
-		Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 2}, Reclaim: a.watcher},
+		Sources: report.Sources{GPUs: telemetrytest.GPUSource{GPUs: 2, Whole: true}, Reclaim: a.watcher},
 	}, report.LoopOptions{Log: log.WithName("report")})
 	var rc *report.Client
 	var rcMu sync.Mutex
