@@ -8,7 +8,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
+
+	"github.com/pennysched/penny/pkg/pluginargs"
 )
 
 // Args configure the gang plugin through the profile's pluginConfig:
@@ -102,29 +103,10 @@ func (a *Args) Validate() error {
 	return errs.ToAggregate()
 }
 
-// DecodeArgs reads the plugin's args from the scheduler configuration,
-// rejecting unknown fields (a misspelt key would otherwise be ignored
-// silently), then defaults and validates them.
+// DecodeArgs reads the plugin's args from the scheduler configuration:
+// strictly, then defaulted and validated (pkg/pluginargs).
 func DecodeArgs(obj runtime.Object) (*Args, error) {
-	args := &Args{}
-	switch o := obj.(type) {
-	case nil:
-	case *Args:
-		*args = *o
-	case *runtime.Unknown:
-		if len(o.Raw) > 0 {
-			if err := yaml.UnmarshalStrict(o.Raw, args); err != nil {
-				return nil, fmt.Errorf("%s plugin args: %w", Name, err)
-			}
-		}
-	default:
-		return nil, fmt.Errorf("%s plugin args: want runtime.Unknown or *gang.Args, got %T", Name, obj)
-	}
-	args.SetDefaults()
-	if err := args.Validate(); err != nil {
-		return nil, fmt.Errorf("%s plugin args: %w", Name, err)
-	}
-	return args, nil
+	return pluginargs.Decode[Args](Name, obj)
 }
 
 // DeepCopyObject lets Args travel as a runtime.Object (for tests and for

@@ -1,17 +1,14 @@
 package spotrisk
 
 import (
-	"bytes"
-	"encoding/json"
-	"fmt"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
 
+	"github.com/pennysched/penny/pkg/pluginargs"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -120,38 +117,10 @@ func (a *Args) Validate() error {
 	return errs.ToAggregate()
 }
 
-// decodeArgs reads args strictly: a misspelled field is an error, not a
-// silently ignored setting.
+// decodeArgs reads the plugin's args from the scheduler configuration:
+// strictly, then defaulted and validated (pkg/pluginargs).
 func decodeArgs(obj runtime.Object) (*Args, error) {
-	a := &Args{}
-	switch o := obj.(type) {
-	case nil:
-	case *Args:
-		*a = *o
-	case *runtime.Unknown:
-		if len(o.Raw) > 0 {
-			raw := o.Raw
-			if o.ContentType == runtime.ContentTypeYAML {
-				j, err := yaml.YAMLToJSON(raw)
-				if err != nil {
-					return nil, fmt.Errorf("%s args: %w", Name, err)
-				}
-				raw = j
-			}
-			dec := json.NewDecoder(bytes.NewReader(raw))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(a); err != nil {
-				return nil, fmt.Errorf("%s args: %w", Name, err)
-			}
-		}
-	default:
-		return nil, fmt.Errorf("%s args: want *runtime.Unknown or *spotrisk.Args, got %T", Name, obj)
-	}
-	a.SetDefaults()
-	if err := a.Validate(); err != nil {
-		return nil, fmt.Errorf("%s args: %w", Name, err)
-	}
-	return a, nil
+	return pluginargs.Decode[Args](Name, obj)
 }
 
 // GetObjectKind and DeepCopyObject let Args be passed as a runtime.Object,

@@ -1,0 +1,47 @@
+// Package pluginargs decodes the args of Penny's scheduler plugins from a
+// KubeSchedulerConfiguration the way users expect of kube-scheduler's own
+// plugins: strictly (a misspelt key is an error, not a silently ignored
+// field), then defaulted and validated, with errors that name the plugin.
+package pluginargs
+
+import (
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+)
+
+// Args is what a plugin's typed args provide.
+type Args interface {
+	runtime.Object
+	SetDefaults()
+	Validate() error
+}
+
+// Decode turns obj (nil, the typed args, or the configuration's raw
+// runtime.Unknown in YAML or JSON) into defaulted, validated args of type
+// PT for the plugin named plugin. Typed args are copied, never modified.
+func Decode[T any, PT interface {
+	*T
+	Args
+}](plugin string, obj runtime.Object) (PT, error) {
+	args := PT(new(T))
+	switch o := obj.(type) {
+	case nil:
+	case PT:
+		args = o.DeepCopyObject().(PT)
+	case *runtime.Unknown:
+		if len(o.Raw) > 0 {
+			if err := yaml.UnmarshalStrict(o.Raw, args); err != nil {
+				return nil, fmt.Errorf("%s plugin args: %w", plugin, err)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%s plugin args: want runtime.Unknown or %T, got %T", plugin, args, obj)
+	}
+	args.SetDefaults()
+	if err := args.Validate(); err != nil {
+		return nil, fmt.Errorf("%s plugin args: %w", plugin, err)
+	}
+	return args, nil
+}
