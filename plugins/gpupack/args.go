@@ -27,6 +27,10 @@ type Args struct {
 	// node's free CPU and memory per free GPU against what the demand asks
 	// per GPU). Default 3.
 	BalanceWeight *float64 `json:"balanceWeight,omitempty"`
+	// DeadPieceWeight multiplies the growth of the dead capacity a share
+	// leaves: free pieces of a GPU so small that almost none of the demand
+	// fits in them (see packing.Weights.Dead). Default 3.
+	DeadPieceWeight *float64 `json:"deadPieceWeight,omitempty"`
 	// OverkillWeight multiplies the pod's GPU request (in thousandths of a
 	// GPU) times how large the node's GPU is among the models the pod could
 	// use (0 smallest, 1 largest). It steers small work away from the
@@ -62,6 +66,7 @@ type Args struct {
 const (
 	DefaultFragmentationWeight = 1.0
 	DefaultBalanceWeight       = 3.0
+	DefaultDeadPieceWeight     = 3.0
 	DefaultOverkillWeight      = 0.05
 	DefaultDemandHalfLife      = 2000
 	DefaultDemandRefresh       = 16
@@ -75,6 +80,7 @@ const (
 func (a *Args) SetDefaults() {
 	setFloat(&a.FragmentationWeight, DefaultFragmentationWeight)
 	setFloat(&a.BalanceWeight, DefaultBalanceWeight)
+	setFloat(&a.DeadPieceWeight, DefaultDeadPieceWeight)
 	setFloat(&a.OverkillWeight, DefaultOverkillWeight)
 	setInt(&a.DemandHalfLife, DefaultDemandHalfLife)
 	setInt(&a.DemandRefresh, DefaultDemandRefresh)
@@ -112,10 +118,11 @@ func (a *Args) Validate() error {
 	}
 	nonNegative("fragmentationWeight", *a.FragmentationWeight, "0 turns fragmentation scoring off")
 	nonNegative("balanceWeight", *a.BalanceWeight, "0 turns CPU and memory balance off")
+	nonNegative("deadPieceWeight", *a.DeadPieceWeight, "0 turns the dead-piece cost off")
 	nonNegative("overkillWeight", *a.OverkillWeight, "0 turns avoid-overkill off")
 	nonNegative("lookAheadWeight", *a.LookAheadWeight, "0 turns the look-ahead off")
-	if *a.FragmentationWeight == 0 && *a.BalanceWeight == 0 && *a.OverkillWeight == 0 {
-		errs = append(errs, field.Invalid(field.NewPath("fragmentationWeight"), 0, "fragmentationWeight, balanceWeight and overkillWeight are all 0, so every node would score the same; disable the plugin's score instead"))
+	if *a.FragmentationWeight == 0 && *a.BalanceWeight == 0 && *a.DeadPieceWeight == 0 && *a.OverkillWeight == 0 {
+		errs = append(errs, field.Invalid(field.NewPath("fragmentationWeight"), 0, "fragmentationWeight, balanceWeight, deadPieceWeight and overkillWeight are all 0, so every node would score the same; disable the plugin's score instead"))
 	}
 	if *a.DemandHalfLife < 0 {
 		errs = append(errs, field.Invalid(field.NewPath("demandHalfLife"), *a.DemandHalfLife, "must be 0 (never forget) or a positive number of arrivals, e.g. 2000"))
@@ -142,7 +149,7 @@ func DecodeArgs(obj runtime.Object) (*Args, error) {
 // callers that build the profile in code).
 func (a *Args) DeepCopyObject() runtime.Object {
 	c := *a
-	for _, p := range []**float64{&c.FragmentationWeight, &c.BalanceWeight, &c.OverkillWeight, &c.LookAheadWeight, &c.ScoreScale} {
+	for _, p := range []**float64{&c.FragmentationWeight, &c.BalanceWeight, &c.DeadPieceWeight, &c.OverkillWeight, &c.LookAheadWeight, &c.ScoreScale} {
 		if *p != nil {
 			v := **p
 			*p = &v

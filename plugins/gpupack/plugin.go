@@ -68,7 +68,7 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 	p := &GPUPack{
 		h:       h,
 		args:    args,
-		weights: packing.Weights{Fragmentation: *args.FragmentationWeight, Balance: *args.BalanceWeight, Overkill: *args.OverkillWeight},
+		weights: packing.Weights{Fragmentation: *args.FragmentationWeight, Balance: *args.BalanceWeight, Dead: *args.DeadPieceWeight, Overkill: *args.OverkillWeight},
 		view:    newView(nil, args.PoolLabel),
 		learner: packing.NewLearner(packing.LearnerOptions{
 			HalfLife:        float64(*args.DemandHalfLife),

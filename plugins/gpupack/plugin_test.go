@@ -169,8 +169,9 @@ func TestArgsDefaultsAndValidation(t *testing.T) {
 	for _, tc := range []struct{ raw, want string }{
 		{`{"demandHalfLife": -1}`, "demandHalfLife"},
 		{`{"scoreScale": 0}`, "scoreScale"},
-		{`{"fragmentationWeight": 0, "balanceWeight": 0, "overkillWeight": 0}`, "every node would score the same"},
+		{`{"fragmentationWeight": 0, "balanceWeight": 0, "deadPieceWeight": 0, "overkillWeight": 0}`, "every node would score the same"},
 		{`{"balanceWeight": -1}`, "balanceWeight"},
+		{`{"deadPieceWeight": -1}`, "deadPieceWeight"},
 		{`{"lookAheadDepth": -3}`, "lookAheadDepth"},
 		{`{"demandRefresh": 0}`, "demandRefresh"},
 		{`{"demandHalfLfe": 10}`, `unknown field "demandHalfLfe"`},

@@ -40,7 +40,16 @@ type Demand struct {
 	shares, wholes []group
 	// mig lists the MIG shapes.
 	mig []int
+	// dead[f] is how much of a GPU piece of f thousandths counts as dead:
+	// f * (1 - q(f))^deadSharpness, where q(f) is the share of the demand's
+	// GPU pods (shares and whole GPUs) that fit in f. Nil without GPU shapes.
+	dead []float64
 }
+
+// deadSharpness makes the dead-piece measure a soft threshold: a piece
+// counts in full when nothing fits in it, about half when 1% of the demand
+// does, under a third at 2%, and almost not at all from 5% on.
+const deadSharpness = 60
 
 // group is the shapes that need the same GPU room.
 type group struct {
@@ -136,7 +145,36 @@ func NewDemand(shapes []Shape, weights []float64, version uint64) *Demand {
 		d.iwSum += d.iw[i]
 		d.wsize[i] = d.iw[i] * d.size[i]
 	}
+	d.dead = deadTable(d)
 	return d
+}
+
+// deadTable builds Demand.dead. The expected waste weighs a piece by the
+// demand that cannot use it, linearly; but pods keep arriving, so a piece
+// that a tenth of them fit in is usually filled in the end, while one that
+// only a rare shape fits in (what an 810 leaves of a GPU) stays idle.
+func deadTable(d *Demand) []float64 {
+	var fit [gpu.MilliPerGPU + 1]float64
+	var total float64
+	for s := range d.Shapes {
+		if d.kinds[s] != kindShare && d.kinds[s] != kindWhole {
+			continue
+		}
+		fit[min(d.Shapes[s].MilliPerGPU, gpu.MilliPerGPU)] += d.Weights[s]
+		total += d.Weights[s]
+	}
+	if total == 0 {
+		return nil
+	}
+	t := make([]float64, gpu.MilliPerGPU+1)
+	var cum float64
+	for f := range t {
+		cum += fit[f]
+		if rest := 1 - cum/total; rest > 1e-9 {
+			t[f] = float64(f) * math.Pow(rest, deadSharpness)
+		}
+	}
+	return t
 }
 
 func addToGroup(gs []group, per int64, shape int, share bool) []group {

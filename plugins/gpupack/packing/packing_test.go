@@ -387,3 +387,47 @@ func TestBalanceKeepsCPUPoorNodesForLightPods(t *testing.T) {
 		t.Fatalf("with balance the heavy pod costs %v on the CPU-poor node and %v on the rich one; want the poor one dearer by ~350", a, b)
 	}
 }
+
+func TestDeadPiecesCost(t *testing.T) {
+	// Whole GPUs and 470s are nearly all of the demand; a 160 share is 1%.
+	// An 810 leaves 190 of an idle GPU, which only the 160s fit in: dead
+	// capacity. A 470 leaves 530, which most of the demand fits in.
+	d := demandOf(t, []*Req{whole(1, 8000), share(470, 8000), share(160, 2000)}, []float64{0.6, 0.39, 0.01})
+	if got, want := d.dead[190], 190*math.Pow(0.99, deadSharpness); math.Abs(got-want) > 1e-9 {
+		t.Fatalf("dead[190] = %v, want %v", got, want)
+	}
+	if d.dead[100] != 100 || d.dead[1000] != 0 || d.dead[530] > 1e-6 {
+		t.Fatalf("dead[100], dead[530], dead[1000] = %v %v %v; want 100, about 0, 0", d.dead[100], d.dead[530], d.dead[1000])
+	}
+	cost := func(r *Req, w Weights) float64 {
+		n := t4(64000, 0)
+		n.Prepare(d)
+		c, ok := n.Evaluate(&Cycle{Req: r, Demand: d, W: w})
+		if !ok {
+			t.Fatal("does not fit")
+		}
+		return c
+	}
+	frag, dead := Weights{Fragmentation: 1}, Weights{Fragmentation: 1, Dead: 2}
+	if a, b := cost(share(810, 3000), dead), cost(share(810, 3000), frag); math.Abs(a-b-2*d.dead[190]) > 1e-9 {
+		t.Fatalf("an 810 on an idle GPU costs %v with the dead-piece weight and %v without; want %v more", a, b, 2*d.dead[190])
+	}
+	for _, r := range []*Req{share(470, 8000), whole(1, 8000)} {
+		if a, b := cost(r, dead), cost(r, frag); math.Abs(a-b) > 1e-6 {
+			t.Fatalf("%v leaves no dead piece but costs %v with the dead-piece weight and %v without", r.GPU.String(), a, b)
+		}
+	}
+}
+
+func TestShareAvoidsLeavingADeadPiece(t *testing.T) {
+	// GPU 0 has 560 free, GPU 1 has 700. A 470 on GPU 0 leaves 90, which
+	// nothing but the rare 50s fit in; on GPU 1 it leaves 230 that the
+	// 230s (a tenth of the demand) fit in.
+	d := demandOf(t, []*Req{whole(1, 8000), share(470, 8000), share(230, 2000), share(50, 1000)}, []float64{0.5, 0.395, 0.1, 0.005})
+	n := t4(64000, 440, 300)
+	n.Prepare(d)
+	a, _, err := n.Choose(&Cycle{Req: share(470, 8000), Demand: d, W: Weights{Fragmentation: 1, Dead: 3}})
+	if err != nil || a.String() != "1:470m" {
+		t.Fatalf("chose %v (%v), want 1:470m", a, err)
+	}
+}

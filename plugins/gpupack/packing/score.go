@@ -18,6 +18,10 @@ type Weights struct {
 	// Balance multiplies the growth of the GPU capacity the demand's mix
 	// would strand for want of CPU or memory (see Node.balanceWaste).
 	Balance float64
+	// Dead multiplies the growth of the dead capacity a share leaves on the
+	// GPU it takes (see Demand.dead): pieces almost no pod of the demand fits
+	// in, which the expected waste weighs too lightly.
+	Dead float64
 }
 
 // Cycle is what the cost of one pod shares across all nodes of a
@@ -231,21 +235,21 @@ func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
 				if !m.ok {
 					return 0, false
 				}
-				return n.compose(c, m.frag, m.bal), true
+				return n.compose(c, m.frag, m.bal, m.dead), true
 			}
 		}
 	}
 	var p placement
 	var pick choice
-	frag, bal, ok := n.best(c, &p, &pick)
+	frag, bal, dead, ok := n.best(c, &p, &pick)
 	if memoize {
-		n.memo[n.memoNext] = memo{demand: c.Demand, cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs, milli: r.GPU.Milli, frag: frag, bal: bal, ok: ok}
+		n.memo[n.memoNext] = memo{demand: c.Demand, cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs, milli: r.GPU.Milli, frag: frag, bal: bal, dead: dead, ok: ok}
 		n.memoNext = (n.memoNext + 1) % len(n.memo)
 	}
 	if !ok {
 		return 0, false
 	}
-	return n.compose(c, frag, bal), true
+	return n.compose(c, frag, bal, dead), true
 }
 
 // memo remembers what a placement of one request on the node costs against
@@ -255,13 +259,13 @@ func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
 type memo struct {
 	demand                *Demand
 	cpu, mem, gpus, milli int64
-	frag, bal             float64
+	frag, bal, dead       float64
 	ok                    bool
 }
 
 // compose weighs the parts of a placement's cost.
-func (n *Node) compose(c *Cycle, frag, bal float64) float64 {
-	cost := c.W.Fragmentation*frag + c.W.Balance*bal
+func (n *Node) compose(c *Cycle, frag, bal, dead float64) float64 {
+	cost := c.W.Fragmentation*frag + c.W.Balance*bal + c.W.Dead*dead
 	r := c.Req
 	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
 		rank := float64(n.GPUMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
@@ -275,11 +279,11 @@ func (n *Node) compose(c *Cycle, frag, bal float64) float64 {
 func (n *Node) Choose(c *Cycle) (gpu.Assignment, float64, error) {
 	var p placement
 	var pick choice
-	frag, bal, ok := n.best(c, &p, &pick)
+	frag, bal, dead, ok := n.best(c, &p, &pick)
 	if !ok {
 		return nil, 0, fmt.Errorf("%s does not fit on the GPUs of node %s", c.Req.GPU.String(), n.Name)
 	}
-	return pick.assignment(n, c.Req), n.compose(c, frag, bal), nil
+	return pick.assignment(n, c.Req), n.compose(c, frag, bal, dead), nil
 }
 
 // choice records the devices best picked.
@@ -312,19 +316,19 @@ func (ch *choice) assignment(n *Node, r *Req) gpu.Assignment {
 }
 
 // best finds the cheapest placement of the pod on the node and returns
-// its two node-local costs: the growth of the expected waste and of the
-// balance waste, in thousandths of a GPU.
-func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok bool) {
+// its three node-local costs: the growth of the expected waste, of the
+// balance waste and of the dead capacity, in thousandths of a GPU.
+func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal, dead float64, ok bool) {
 	r, d := c.Req, c.Demand
 	if r.CPU > n.CPUFree || r.Mem > n.MemFree {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	var sc scratch
 	n.prepareEval(d, r, &sc)
 	switch {
 	case r.GPU.GPUs > 0:
 		if n.idle < r.GPU.GPUs {
-			return 0, 0, false
+			return 0, 0, 0, false
 		}
 		for i := range n.free {
 			if n.isIdle(i) {
@@ -338,7 +342,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok
 		frag = n.delta(d, p, &sc)
 	case r.GPU.Milli > 0:
 		m := r.GPU.Milli
-		best, bestFree := -1, int64(0)
+		best, bestFree, bestCost := -1, int64(0), 0.0
 		p.freed = m * unitsPerMilli
 		p.nt = 1
 		// GPUs with the same free milli are in the same state (a node's GPUs
@@ -358,13 +362,18 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok
 			if n.isIdle(i) {
 				p.idle = 1
 			}
-			cost := n.delta(d, p, &sc)
-			if best < 0 || cost < frag || cost == frag && f < bestFree {
-				best, bestFree, frag = i, f, cost
+			fr := n.delta(d, p, &sc)
+			var dd float64
+			if d.dead != nil {
+				dd = d.dead[f-m] - d.dead[f]
+			}
+			cost := c.W.Fragmentation*fr + c.W.Dead*dd
+			if best < 0 || cost < bestCost || cost == bestCost && f < bestFree {
+				best, bestFree, bestCost, frag, dead = i, f, cost, fr, dd
 			}
 		}
 		if best < 0 {
-			return 0, 0, false
+			return 0, 0, 0, false
 		}
 		pick.share = best
 	case len(r.MIG) > 0:
@@ -375,7 +384,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok
 			// Fits answers first-fit, so fall back to it.
 			*p, *pick = placement{}, choice{}
 			if n.fitsMIG(r, pick) != Fits {
-				return 0, 0, false
+				return 0, 0, 0, false
 			}
 			n.applyPicks(pick, p)
 			frag = n.delta(d, p, &sc)
@@ -383,7 +392,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal float64, ok
 	default:
 		frag = n.delta(d, p, &sc)
 	}
-	return frag, n.balanceDelta(r, p.freed), true
+	return frag, n.balanceDelta(r, p.freed), dead, true
 }
 
 func (n *Node) isIdle(i int) bool {
