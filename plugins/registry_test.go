@@ -56,6 +56,11 @@ func TestShippedProfileBuilds(t *testing.T) {
 					t.Errorf("%s is not a score plugin in %s: %+v", name, p.SchedulerName, fw.ListPlugins().Score)
 				}
 			}
+			// PennyGPUPack binds GPU pods with their devices; it must come
+			// before DefaultBinder, which would otherwise bind them without.
+			if bind := fw.ListPlugins().Bind.Enabled; len(bind) < 2 || bind[0].Name != gpupack.Name {
+				t.Errorf("bind plugins %+v: want %s first", bind, gpupack.Name)
+			}
 			// docs/spot.md: a clear price difference outweighs packing.
 			if weights[spotrisk.Name] <= weights[gpupack.Name] {
 				t.Errorf("SpotRisk weight %d is not above PennyGPUPack's %d", weights[spotrisk.Name], weights[gpupack.Name])

@@ -313,9 +313,11 @@ func (d *GPUDevices) PreBind(ctx context.Context, state fwk.CycleState, pod *v1.
 	if p.node != nodeName {
 		return fwk.AsStatus(fmt.Errorf("devices were reserved on %s, binding to %s", p.node, nodeName))
 	}
-	// A production plugin earlier in PreBind (gpupack) may have written its
-	// own choice: keep it. Only a value written during this binding cycle
+	// A production plugin earlier in PreBind may have written its own
+	// choice: keep it. Only a value written during this binding cycle
 	// counts; one the pod arrived with was set by its owner and is replaced.
+	// (PennyGPUPack records its choice in the Binding, after this: the
+	// bound pod then carries its choice, which the views read.)
 	cur, err := d.h.ClientSet().CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("reading pod %s/%s: %w", pod.Namespace, pod.Name, err))

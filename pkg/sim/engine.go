@@ -11,12 +11,14 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/informers"
 	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/events"
 	resourceslicetracker "k8s.io/dynamic-resource-allocation/resourceslice/tracker"
 	"k8s.io/klog/v2"
@@ -48,11 +50,11 @@ import (
 //     way (see TieBreak), so a run is reproducible; kube-scheduler 1.37 takes
 //     the first best node in filter completion order, which is not.
 //
-// Binding is done by the engine (there is no API server to POST a Binding
-// to), after Reserve, Permit and PreBind have run. Plugins that write to pods
-// at PreBind do so through Handle.ClientSet(), an in-process API that holds
-// the pods the engine is scheduling; the bound pod, as read back from it,
-// goes into the cache. PostFilter (preemption) is not run: all simulated pods
+// Binding runs the profile's Bind plugins after Reserve, Permit and PreBind,
+// through Handle.ClientSet(): an in-process API that holds the pods the
+// engine is scheduling and applies pods/binding requests as the API server
+// does (bindReactor). The bound pod, as read back from it, goes into the
+// cache. PostFilter (preemption) is not run: all simulated pods
 // share one priority, so preemption could not help them.
 //
 // An Engine is not safe for concurrent use: run one per goroutine.
@@ -135,8 +137,10 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 		return nil, errors.New("engine needs a scheduler profile")
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	api := fake.NewSimpleClientset()
+	api.PrependReactor("create", "pods", bindReactor(api.Tracker()))
 	e := &Engine{
-		api:     fake.NewSimpleClientset(),
+		api:     api,
 		rng:     rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15)),
 		logger:  klog.FromContext(ctx),
 		ctx:     ctx,
@@ -289,7 +293,7 @@ func (e *Engine) NodeInfos() ([]fwk.NodeInfo, error) {
 
 // Outcome is what one scheduling attempt did.
 type Outcome struct {
-	// Pod is the bound pod (NodeName set, annotations written at PreBind)
+	// Pod is the bound pod (NodeName set, annotations written at PreBind or in its Binding)
 	// when Node is set.
 	Pod *v1.Pod
 	// Node is where the pod was bound; empty when it was not.
@@ -524,11 +528,16 @@ func (e *Engine) bind(state *framework.CycleState, assumed *v1.Pod, host string)
 	if s := e.fw.RunPreBindPlugins(e.ctx, state, assumed, host); !s.IsSuccess() {
 		return e.unreserve(state, assumed, host, s)
 	}
+	if s := e.fw.RunBindPlugins(e.ctx, state, assumed, host); !s.IsSuccess() {
+		return e.unreserve(state, assumed, host, s)
+	}
 	boundPod, err := e.api.CoreV1().Pods(assumed.Namespace).Get(e.ctx, assumed.Name, metav1.GetOptions{})
 	if err != nil {
-		return Outcome{}, fmt.Errorf("reading back pod %s/%s after PreBind: %w", assumed.Namespace, assumed.Name, err)
+		return Outcome{}, fmt.Errorf("reading back pod %s/%s after binding: %w", assumed.Namespace, assumed.Name, err)
 	}
-	boundPod.Spec.NodeName = host
+	if boundPod.Spec.NodeName != host {
+		return Outcome{}, fmt.Errorf("pod %s/%s: the bind plugins bound it to %q, not %s", assumed.Namespace, assumed.Name, boundPod.Spec.NodeName, host)
+	}
 	if err := e.cache.AddPod(e.logger, boundPod); err != nil {
 		return Outcome{}, err
 	}
@@ -639,3 +648,36 @@ func (e *Engine) RejectWaiting(reason string) ([]Settled, error) {
 
 // Waiting is how many pods Permit plugins hold.
 func (e *Engine) Waiting() int { return len(e.waiting) }
+
+// bindReactor does for the in-process API what the API server does for a
+// pods/binding request (the fake clientset alone ignores it): set the pod's
+// node and copy the Binding's annotations onto the pod, which is how
+// PennyGPUPack records the devices it chose.
+func bindReactor(tracker clienttesting.ObjectTracker) clienttesting.ReactionFunc {
+	return func(action clienttesting.Action) (bool, k8sruntime.Object, error) {
+		if action.GetSubresource() != "binding" {
+			return false, nil, nil
+		}
+		b, ok := action.(clienttesting.CreateAction).GetObject().(*v1.Binding)
+		if !ok {
+			return true, nil, fmt.Errorf("pods/binding: want a Binding, got %T", action.(clienttesting.CreateAction).GetObject())
+		}
+		gvr := v1.SchemeGroupVersion.WithResource("pods")
+		obj, err := tracker.Get(gvr, b.Namespace, b.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		pod := obj.(*v1.Pod).DeepCopy()
+		if pod.Spec.NodeName != "" {
+			return true, nil, fmt.Errorf("pod %s/%s is already bound to %s", pod.Namespace, pod.Name, pod.Spec.NodeName)
+		}
+		pod.Spec.NodeName = b.Target.Name
+		if len(b.Annotations) > 0 && pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		for k, v := range b.Annotations {
+			pod.Annotations[k] = v
+		}
+		return true, b, tracker.Update(gvr, pod, pod.Namespace)
+	}
+}

@@ -84,13 +84,17 @@ func loadProfile(t *testing.T, args *Args) config.KubeSchedulerProfile {
 func withoutOtherPennyPlugins(p config.KubeSchedulerProfile) config.KubeSchedulerProfile {
 	inTree := plugins.NewInTreeRegistry()
 	keep := func(name string) bool { _, ok := inTree[name]; return ok || name == Name }
-	var enabled []config.Plugin
-	for _, pl := range p.Plugins.MultiPoint.Enabled {
-		if keep(pl.Name) {
-			enabled = append(enabled, pl)
+	pl := p.Plugins
+	for _, set := range []*config.PluginSet{&pl.PreEnqueue, &pl.QueueSort, &pl.PreFilter, &pl.Filter, &pl.PostFilter,
+		&pl.PreScore, &pl.Score, &pl.Reserve, &pl.Permit, &pl.PreBind, &pl.Bind, &pl.PostBind, &pl.MultiPoint} {
+		var enabled []config.Plugin
+		for _, e := range set.Enabled {
+			if keep(e.Name) {
+				enabled = append(enabled, e)
+			}
 		}
+		set.Enabled = enabled
 	}
-	p.Plugins.MultiPoint.Enabled = enabled
 	var args []config.PluginConfig
 	for _, pc := range p.PluginConfig {
 		if keep(pc.Name) {

@@ -41,7 +41,7 @@ var (
 	_ fwk.PreScorePlugin    = &GPUPack{}
 	_ fwk.ScorePlugin       = &GPUPack{}
 	_ fwk.ReservePlugin     = &GPUPack{}
-	_ fwk.PreBindPlugin     = &GPUPack{}
+	_ fwk.BindPlugin        = &GPUPack{}
 	_ fwk.EnqueueExtensions = &GPUPack{}
 	_ fwk.SignPlugin        = &GPUPack{}
 )
@@ -113,7 +113,7 @@ func (p *GPUPack) SignPod(context.Context, *corev1.Pod) ([]fwk.SignFragment, *fw
 const stateKey fwk.StateKey = "PreFilter" + Name
 
 // cycleState is what one scheduling cycle of one pod carries from
-// PreFilter to PreBind.
+// PreFilter to Bind.
 type cycleState struct {
 	req *packing.Req
 	// cycle is filled at PreScore (or at Reserve when scoring was skipped

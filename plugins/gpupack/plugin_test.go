@@ -30,7 +30,7 @@ import (
 )
 
 // handle is the part of the framework handle the plugin uses outside the
-// API calls of PreBind: a parallelizer and the cycle's snapshot.
+// API calls of Bind: a parallelizer and the cycle's snapshot.
 type handle struct {
 	fwk.Handle
 	par  parallelize.Parallelizer

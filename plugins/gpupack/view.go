@@ -27,7 +27,7 @@ import (
 // scheduling cycle, under mu; Filter, PreScore, Score and Reserve of the
 // same cycle read them without a lock (the cycle is the only writer's
 // goroutine, and the next cycle cannot start before they return). The
-// binding goroutines (Unreserve, PreBind) touch only reservations, under mu.
+// binding goroutines (Unreserve, Bind) touch only reservations, under mu.
 type view struct {
 	layouts   LayoutSource
 	poolLabel string
