@@ -2,6 +2,7 @@ package packing
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -414,10 +415,22 @@ func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice, sc *scratc
 			return 0, false
 		}
 		best := migCand{gpu: -1}
+		// GPUs in the same state cost the same at every offset (the cost
+		// reads states, not indices), and the lowest index wins a tie, so
+		// only the first GPU of each state is tried.
+		var seen [maxSeenStates]gpuState
+		nseen := 0
 		for i := range n.mig {
 			st := p.stateOf(n, i)
 			if st.mig.blocked || st.mig.static {
 				continue
+			}
+			if slices.Contains(seen[:nseen], st) {
+				continue
+			}
+			if nseen < len(seen) {
+				seen[nseen] = st
+				nseen++
 			}
 			for s := 0; s < gpu.MemorySlices; s++ {
 				if !st.mig.fits(g, s) {
@@ -463,6 +476,10 @@ func (n *Node) bestMIG(d *Demand, r *Req, p *placement, pick *choice, sc *scratc
 	}
 	return frag, true
 }
+
+// maxSeenStates bounds the distinct GPU states bestMIG remembers; beyond it
+// GPUs are tried without the shortcut.
+const maxSeenStates = 16
 
 // migCand is one place a MIG instance could go.
 type migCand struct {
