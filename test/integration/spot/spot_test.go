@@ -5,6 +5,7 @@ package spot
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
@@ -123,9 +125,10 @@ func TestSpotRiskOnRealAPIServer(t *testing.T) {
 		if p.Spec.NodeName != "" {
 			t.Fatalf("pod with a malformed annotation was bound to %s", p.Spec.NodeName)
 		}
-		// Fixing the annotation requeues the pod at once.
-		p.Annotations[spotrisk.AnnotationSpot] = "never"
-		if _, err := c.Client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		// Fixing the annotation requeues the pod at once. A patch, not an
+		// update: the scheduler writes the pod's status meanwhile.
+		fix := fmt.Sprintf(`{"metadata":{"annotations":{%q:"never"}}}`, spotrisk.AnnotationSpot)
+		if _, err := c.Client.CoreV1().Pods("default").Patch(ctx, "typo", types.MergePatchType, []byte(fix), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		p = harness.WaitForPod(t, c, "default", "typo", 20*time.Second, "bound after the fix", harness.Bound)
