@@ -22,6 +22,7 @@ import (
 
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 const (
@@ -40,8 +41,10 @@ type placedPod struct {
 }
 
 // demoWorkload is a small, realistic mix: distributed training that takes
-// whole nodes, a single-node fine-tune, inference on MIG slices and on
-// shares of a GPU, and a CPU-only data job.
+// whole nodes, a single-node fine-tune that checkpoints (so SpotRisk sends it
+// to Spot), inference on MIG slices and on shares of a GPU (never on Spot),
+// and a CPU-only data job. The workload class is an annotation, as SpotRisk
+// reads it (docs/spot.md).
 func demoWorkload() (jobs []*batchv1.Job, deployments []*appsv1.Deployment, pods []*corev1.Pod) {
 	res := func(cpu, mem string, extra corev1.ResourceList) corev1.ResourceRequirements {
 		l := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(mem)}
@@ -57,7 +60,7 @@ func demoWorkload() (jobs []*batchv1.Job, deployments []*appsv1.Deployment, pods
 			Containers:    []corev1.Container{{Name: "main", Image: image, Resources: r}},
 		}
 	}
-	job := func(name string, workers int32, r corev1.ResourceRequirements, labels map[string]string) *batchv1.Job {
+	job := func(name string, workers int32, r corev1.ResourceRequirements, annotations map[string]string) *batchv1.Job {
 		return &batchv1.Job{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: demoNamespace},
 			Spec: batchv1.JobSpec{
@@ -65,21 +68,21 @@ func demoWorkload() (jobs []*batchv1.Job, deployments []*appsv1.Deployment, pods
 				Completions:  ptr.To(workers),
 				BackoffLimit: ptr.To[int32](3),
 				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels},
+					ObjectMeta: metav1.ObjectMeta{Annotations: annotations},
 					Spec:       spec("ghcr.io/example/trainer:latest", r, corev1.RestartPolicyNever),
 				},
 			},
 		}
 	}
 	deployment := func(name string, replicas int32, r corev1.ResourceRequirements) *appsv1.Deployment {
-		labels := map[string]string{"app": name, "penny.dev/workload": "inference"}
+		labels := map[string]string{"app": name}
 		return &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: demoNamespace},
 			Spec: appsv1.DeploymentSpec{
 				Replicas: ptr.To(replicas),
 				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
 				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels},
+					ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{spotrisk.AnnotationWorkload: "inference"}},
 					Spec:       spec("ghcr.io/example/server:latest", r, corev1.RestartPolicyAlways),
 				},
 			},
@@ -88,17 +91,17 @@ func demoWorkload() (jobs []*batchv1.Job, deployments []*appsv1.Deployment, pods
 	gpus := func(n int64) corev1.ResourceList {
 		return corev1.ResourceList{gpu.ResourceGPU: *resource.NewQuantity(n, resource.DecimalSI)}
 	}
-	training := map[string]string{"penny.dev/workload": "training"}
 	jobs = []*batchv1.Job{
-		job("llm-pretrain", 2, res("90", "1000Gi", gpus(8)), training),
-		job("llm-finetune", 1, res("40", "400Gi", gpus(4)), training),
+		job("llm-pretrain", 2, res("90", "1000Gi", gpus(8)), map[string]string{spotrisk.AnnotationWorkload: "training"}),
+		job("llm-finetune", 1, res("40", "400Gi", gpus(4)), map[string]string{
+			spotrisk.AnnotationWorkload: "training", spotrisk.AnnotationCheckpointInterval: "30m"}),
 	}
 	deployments = []*appsv1.Deployment{
 		deployment("chat-inference", 2, res("8", "64Gi", corev1.ResourceList{gpu.MIGResourceName("3g.40gb"): resource.MustParse("1")})),
 		deployment("embedder", 3, res("4", "16Gi", corev1.ResourceList{gpu.ResourceGPUMilli: resource.MustParse("250")})),
 	}
 	pods = []*corev1.Pod{{
-		ObjectMeta: metav1.ObjectMeta{Name: "data-prep", Namespace: demoNamespace, Labels: map[string]string{"penny.dev/workload": "batch"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "data-prep", Namespace: demoNamespace, Annotations: map[string]string{spotrisk.AnnotationWorkload: "batch"}},
 		Spec:       spec("ghcr.io/example/etl:latest", res("8", "32Gi", nil), corev1.RestartPolicyNever),
 	}}
 	return jobs, deployments, pods
