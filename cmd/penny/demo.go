@@ -120,6 +120,22 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 		if _, err := client.BatchV1().Jobs(demoNamespace).Create(ctx, j, metav1.CreateOptions{}); err != nil {
 			return nil, fmt.Errorf("create job %s: %w", j.Name, err)
 		}
+		// One job at a time, so that the table reads the same on every run:
+		// pods that arrive together are placed in whatever order the Job
+		// controller creates them, and the first takes the reserved node.
+		// A job that does not place in time is reported with the rest.
+		_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+			l, err := client.CoreV1().Pods(demoNamespace).List(ctx, metav1.ListOptions{LabelSelector: batchv1.JobNameLabel + "=" + j.Name})
+			if err != nil || len(l.Items) < int(*j.Spec.Parallelism) {
+				return false, nil
+			}
+			for i := range l.Items {
+				if l.Items[i].Spec.NodeName == "" {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
 	}
 	for _, d := range deployments {
 		want += int(*d.Spec.Replicas)
