@@ -41,7 +41,9 @@ const testCatalog = `apiVersion: penny.dev/v1alpha1
 kind: PriceCatalog
 instanceTypes:
 - {name: p4d.24xlarge, gpus: 8, gpuModel: A100-40GB, vcpus: 96, memoryGiB: 1152}
+- {name: m7i.8xlarge, vcpus: 32, memoryGiB: 128}
 prices:
+- {instanceType: m7i.8xlarge, capacityType: on-demand, region: us-east-1, hourly: 1.6}
 - {instanceType: p4d.24xlarge, capacityType: on-demand, region: us-east-1, hourly: 32}
 - {instanceType: p4d.24xlarge, capacityType: spot, region: us-east-1, hourly: 8, interruption: "5-10%"}
 - {instanceType: p4d.24xlarge, capacityType: spot, region: us-east-1, zone: us-east-1c, hourly: 7, interruption: ">20%"}

@@ -36,7 +36,29 @@ func (pl *SpotRisk) Cost(pod *corev1.Pod, class Class, usage pricing.Usage, node
 	if !ok {
 		return 0, false
 	}
-	return pl.expected(price.HourlyFor(usage)*price.MarginalFactor(), class, node, price), true
+	hourly := price.HourlyFor(usage)
+	if usage.GPUMilli == 0 && price.GPUHourly > 0 {
+		// A pod without GPUs on a GPU node takes CPU and memory the node
+		// was bought to give its GPUs. The OpenCost split puts nearly all of
+		// a GPU node's price on its GPUs, which would make GPU nodes look
+		// like the cheapest place for CPU work; price the pod by the share
+		// of the node it takes instead (its larger share of CPU or memory).
+		hourly = price.NodeHourly * nodeShare(usage, node)
+	}
+	return pl.expected(hourly*price.MarginalFactor(), class, node, price), true
+}
+
+// nodeShare is the larger of the pod's shares of the node's allocatable CPU
+// and memory.
+func nodeShare(u pricing.Usage, node *corev1.Node) float64 {
+	share := 0.0
+	if c := node.Status.Allocatable.Cpu().MilliValue(); c > 0 {
+		share = float64(u.CPUMilli) / float64(c)
+	}
+	if m := node.Status.Allocatable.Memory().Value(); m > 0 {
+		share = max(share, float64(u.MemoryBytes)/float64(m))
+	}
+	return min(share, 1)
 }
 
 // expected turns an hourly price on a node into the expected price of an

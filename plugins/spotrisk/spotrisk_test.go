@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
 
@@ -65,6 +66,30 @@ func TestFilterRulesAndCounts(t *testing.T) {
 	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
 	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only"}))
 	expectContains(t, "FitError", r.fitError, "1 node(s) are not Spot and the pod runs only on Spot (penny.dev/spot=only)")
+}
+
+// A pod without GPUs pays for the share of a GPU node it takes, not the
+// OpenCost split (which puts nearly all of the node's price on its GPUs):
+// a CPU node is the cheaper place for it, even against a Spot GPU node.
+func TestCPUPodPrefersCPUNodeOverSpotGPUNode(t *testing.T) {
+	cpuNode := node("cpu", pricing.OnDemand, "us-east-1a")
+	cpuNode.Labels[corev1.LabelInstanceTypeStable] = "m7i.8xlarge"
+	capa := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("32"), corev1.ResourceMemory: resource.MustParse("128Gi"), corev1.ResourcePods: resource.MustParse("110")}
+	cpuNode.Status.Capacity, cpuNode.Status.Allocatable = capa, capa
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, node("spot-a", pricing.Spot, "us-east-1a"), cpuNode)
+	p := pod("etl", map[string]string{AnnotationWorkload: "batch"})
+	p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("4"), corev1.ResourceMemory: resource.MustParse("16Gi")}}
+	if r := e.schedule(t, p); r.best() != "cpu" {
+		t.Fatalf("CPU pod: best %s, scores %v", r.best(), r.scores)
+	}
+	class, _ := classify(p, e.plugin.args)
+	cost, ok := e.plugin.Cost(p, class, pricing.PodUsage(p), node("spot-a", pricing.Spot, "us-east-1a"))
+	// 4 of 96 vCPUs is the larger share: 1/24 of the $8 node, times the
+	// reclaim-risk factor (a batch pod of unknown runtime), so at least $8/24.
+	if !ok || cost < 8.0/24 {
+		t.Fatalf("CPU pod on the Spot GPU node costs %v (%v), want at least %v", cost, ok, 8.0/24)
+	}
 }
 
 func TestScoreExpectedCostOfUsefulWork(t *testing.T) {
