@@ -124,18 +124,7 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 		// pods that arrive together are placed in whatever order the Job
 		// controller creates them, and the first takes the reserved node.
 		// A job that does not place in time is reported with the rest.
-		_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
-			l, err := client.CoreV1().Pods(demoNamespace).List(ctx, metav1.ListOptions{LabelSelector: batchv1.JobNameLabel + "=" + j.Name})
-			if err != nil || len(l.Items) < int(*j.Spec.Parallelism) {
-				return false, nil
-			}
-			for i := range l.Items {
-				if l.Items[i].Spec.NodeName == "" {
-					return false, nil
-				}
-			}
-			return true, nil
-		})
+		waitBound(ctx, client, batchv1.JobNameLabel+"="+j.Name, int(*j.Spec.Parallelism), 20*time.Second)
 	}
 	for _, d := range deployments {
 		want += int(*d.Spec.Replicas)
@@ -155,23 +144,7 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 		}
 	}
 
-	var list *corev1.PodList
-	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		l, err := client.CoreV1().Pods(demoNamespace).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		list = l
-		if len(l.Items) < want {
-			return false, nil
-		}
-		for i := range l.Items {
-			if l.Items[i].Spec.NodeName == "" {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
+	list := waitBound(ctx, client, "", want, timeout)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -203,6 +176,30 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// waitBound waits up to timeout for at least n demo pods matching selector
+// to exist and every one of them to be bound, and returns the last listing
+// (nil if none succeeded); on timeout the caller reports what is pending.
+func waitBound(ctx context.Context, client kubernetes.Interface, selector string, n int, timeout time.Duration) *corev1.PodList {
+	var list *corev1.PodList
+	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		l, err := client.CoreV1().Pods(demoNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, nil
+		}
+		list = l
+		if len(l.Items) < n {
+			return false, nil
+		}
+		for i := range l.Items {
+			if l.Items[i].Spec.NodeName == "" {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return list
 }
 
 func gpuColumn(p *corev1.Pod) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -658,16 +659,17 @@ func bindReactor(tracker clienttesting.ObjectTracker) clienttesting.ReactionFunc
 		if action.GetSubresource() != "binding" {
 			return false, nil, nil
 		}
-		b, ok := action.(clienttesting.CreateAction).GetObject().(*v1.Binding)
+		obj := action.(clienttesting.CreateAction).GetObject()
+		b, ok := obj.(*v1.Binding)
 		if !ok {
-			return true, nil, fmt.Errorf("pods/binding: want a Binding, got %T", action.(clienttesting.CreateAction).GetObject())
+			return true, nil, fmt.Errorf("pods/binding: want a Binding, got %T", obj)
 		}
 		gvr := v1.SchemeGroupVersion.WithResource("pods")
-		obj, err := tracker.Get(gvr, b.Namespace, b.Name)
+		cur, err := tracker.Get(gvr, b.Namespace, b.Name)
 		if err != nil {
 			return true, nil, err
 		}
-		pod := obj.(*v1.Pod).DeepCopy()
+		pod := cur.(*v1.Pod).DeepCopy()
 		if pod.Spec.NodeName != "" {
 			return true, nil, fmt.Errorf("pod %s/%s is already bound to %s", pod.Namespace, pod.Name, pod.Spec.NodeName)
 		}
@@ -675,9 +677,7 @@ func bindReactor(tracker clienttesting.ObjectTracker) clienttesting.ReactionFunc
 		if len(b.Annotations) > 0 && pod.Annotations == nil {
 			pod.Annotations = map[string]string{}
 		}
-		for k, v := range b.Annotations {
-			pod.Annotations[k] = v
-		}
+		maps.Copy(pod.Annotations, b.Annotations)
 		return true, b, tracker.Update(gvr, pod, pod.Namespace)
 	}
 }

@@ -84,6 +84,15 @@ func (r *ReclaimRule) isReclaim(reason string) bool {
 	return false
 }
 
+// gangKey names the pod's gang as pkg/gang reads it (penny.dev/gang labels
+// or a native PodGroup, per namespace); "" when the pod has none.
+func gangKey(pod *v1.Pod) string {
+	if ref, ok := gang.RefOf(pod); ok {
+		return ref.Key()
+	}
+	return ""
+}
+
 // How a pod's work survived a reclaim.
 const (
 	KeptNoticeCheckpoint   = "notice-checkpoint"
@@ -165,9 +174,9 @@ func (r *replayer) reclaimed(fc *FleetChange, n *v1.Node, evicted []*v1.Pod) err
 		}
 		hits = append(hits, hit{i: i, kept: kept, how: how})
 		hitIdx[i] = true
-		if ref, ok := gang.RefOf(p.tp.Pod); ok {
-			if g := gangs[ref.Key()]; g == nil || kept < g.kept {
-				gangs[ref.Key()] = &gangState{kept: kept, how: how}
+		if k := gangKey(p.tp.Pod); k != "" {
+			if g := gangs[k]; g == nil || kept < g.kept {
+				gangs[k] = &gangState{kept: kept, how: how}
 			}
 		}
 	}
@@ -179,7 +188,7 @@ func (r *replayer) reclaimed(fc *FleetChange, n *v1.Node, evicted []*v1.Pod) err
 			if p.bound == nil || hitIdx[i] {
 				continue
 			}
-			if ref, ok := gang.RefOf(p.tp.Pod); ok && gangs[ref.Key()] != nil {
+			if k := gangKey(p.tp.Pod); k != "" && gangs[k] != nil {
 				if err := r.e.Remove(p.bound); err != nil {
 					return err
 				}
@@ -188,8 +197,7 @@ func (r *replayer) reclaimed(fc *FleetChange, n *v1.Node, evicted []*v1.Pod) err
 			}
 		}
 		for k := range hits {
-			if ref, ok := gang.RefOf(r.pods[hits[k].i].tp.Pod); ok {
-				g := gangs[ref.Key()]
+			if g := gangs[gangKey(r.pods[hits[k].i].tp.Pod)]; g != nil {
 				hits[k].kept, hits[k].how = g.kept, g.how
 			}
 		}

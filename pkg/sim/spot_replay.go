@@ -587,14 +587,14 @@ func (r *elastic) keptOnReclaim(victims []int, notice time.Duration) map[int]tim
 			r.res.NoticeCheckpoints++
 		}
 		kept[i] = k
-		if g := p.pod.Labels[gang.LabelName]; g != "" {
+		if g := gangKey(p.pod); g != "" {
 			if cur, ok := least[g]; !ok || k < cur {
 				least[g] = k
 			}
 		}
 	}
 	for _, i := range victims {
-		if g := r.pods[i].pod.Labels[gang.LabelName]; g != "" && !r.pods[i].class.Work.Stateless {
+		if g := gangKey(r.pods[i].pod); g != "" && !r.pods[i].class.Work.Stateless {
 			kept[i] = least[g]
 		}
 	}
@@ -984,9 +984,9 @@ func (r *elastic) reclaim(name string) error {
 		victims[r.byUID[string(bp.UID)]] = true
 	}
 	for i := range victims {
-		if name := r.pods[i].pod.Labels[gang.LabelName]; name != "" {
+		if g := gangKey(r.pods[i].pod); g != "" {
 			for j, q := range r.pods {
-				if q.state == podRunning && q.pod.Labels[gang.LabelName] == name && !victims[j] {
+				if q.state == podRunning && gangKey(q.pod) == g && !victims[j] {
 					if err := r.e.Remove(q.pod); err != nil {
 						return err
 					}

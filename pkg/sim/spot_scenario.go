@@ -309,24 +309,22 @@ func (s *SpotScenario) validate() error {
 // PriceCatalog is the catalog with the pools' own prices.
 func (s *SpotScenario) PriceCatalog() *pricing.Catalog { return s.catalog }
 
-// tolerates reports whether a policy's pods tolerate the Spot taint.
-func (s *SpotScenario) tolerates(policy string) bool {
+// tweaks are the scenario's settings for a policy (none when not listed).
+func (s *SpotScenario) tweaks(policy string) PolicyTweaks {
 	for _, p := range s.Policies {
 		if strings.EqualFold(p.Policy, policy) {
-			return p.TolerateSpot
+			return p
 		}
 	}
-	return false
+	return PolicyTweaks{}
 }
+
+// tolerates reports whether a policy's pods tolerate the Spot taint.
+func (s *SpotScenario) tolerates(policy string) bool { return s.tweaks(policy).TolerateSpot }
 
 // reclaimRule is what a reclaim costs the policy's pods.
 func (s *SpotScenario) reclaimRule(policy string) ReclaimRule {
-	for _, p := range s.Policies {
-		if strings.EqualFold(p.Policy, policy) {
-			return ReclaimRule{NoticeCheckpoints: p.NoticeCheckpoints}
-		}
-	}
-	return ReclaimRule{}
+	return ReclaimRule{NoticeCheckpoints: s.tweaks(policy).NoticeCheckpoints}
 }
 
 // node builds a node of pool p.

@@ -88,10 +88,8 @@ prices:
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, quad := node("small", pricing.OnDemand, "us-east-1a"), node("quad", pricing.OnDemand, "us-east-1a")
-	small.Labels[corev1.LabelInstanceTypeStable], quad.Labels[corev1.LabelInstanceTypeStable] = "small", "quad"
-	small.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("32"), corev1.ResourceMemory: resource.MustParse("128Gi"), gpu.ResourceGPU: resource.MustParse("1")}
-	quad.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"), gpu.ResourceGPU: resource.MustParse("4")}
+	small := sized(node("small", pricing.OnDemand, "us-east-1a"), "small", "32", "128Gi", "1")
+	quad := sized(node("quad", pricing.OnDemand, "us-east-1a"), "quad", "48", "192Gi", "4")
 	p := pod("p", map[string]string{AnnotationWorkload: "inference"}) // 1 GPU, 12 CPU, 144Gi
 	p.Spec.Containers[0].Resources.Requests[corev1.ResourceMemory] = resource.MustParse("40Gi")
 	order, err := x.Rank(p, []*corev1.Node{small, quad})
@@ -123,10 +121,8 @@ prices:
 	if err != nil {
 		t.Fatal(err)
 	}
-	quad, octo := node("quad", pricing.OnDemand, "us-east-1a"), node("octo", pricing.OnDemand, "us-east-1a")
-	quad.Labels[corev1.LabelInstanceTypeStable], octo.Labels[corev1.LabelInstanceTypeStable] = "quad", "octo"
-	quad.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"), gpu.ResourceGPU: resource.MustParse("4")}
-	octo.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("192"), corev1.ResourceMemory: resource.MustParse("768Gi"), gpu.ResourceGPU: resource.MustParse("8")}
+	quad := sized(node("quad", pricing.OnDemand, "us-east-1a"), "quad", "48", "192Gi", "4")
+	octo := sized(node("octo", pricing.OnDemand, "us-east-1a"), "octo", "192", "768Gi", "8")
 	small := func(name string) *corev1.Pod {
 		p := pod(name, map[string]string{AnnotationWorkload: "inference"}) // 1 GPU, 12 CPU
 		p.Spec.Containers[0].Resources.Requests[corev1.ResourceMemory] = resource.MustParse("40Gi")

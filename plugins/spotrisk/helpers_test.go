@@ -76,6 +76,18 @@ func node(name string, capacity pricing.CapacityType, zone string) *corev1.Node 
 	return n
 }
 
+// sized makes n a node of instance type it with the given allocatable CPU,
+// memory and GPUs ("" for a node without GPUs).
+func sized(n *corev1.Node, it, cpu, mem, gpus string) *corev1.Node {
+	n.Labels[corev1.LabelInstanceTypeStable] = it
+	a := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(mem), corev1.ResourcePods: resource.MustParse("110")}
+	if gpus != "" {
+		a[gpu.ResourceGPU] = resource.MustParse(gpus)
+	}
+	n.Status.Capacity, n.Status.Allocatable = a, a
+	return n
+}
+
 // pod builds a one-GPU pod with annotations.
 func pod(name string, ann map[string]string) *corev1.Pod {
 	return &corev1.Pod{

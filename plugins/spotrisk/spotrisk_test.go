@@ -72,10 +72,7 @@ func TestFilterRulesAndCounts(t *testing.T) {
 // OpenCost split (which puts nearly all of the node's price on its GPUs):
 // a CPU node is the cheaper place for it, even against a Spot GPU node.
 func TestCPUPodPrefersCPUNodeOverSpotGPUNode(t *testing.T) {
-	cpuNode := node("cpu", pricing.OnDemand, "us-east-1a")
-	cpuNode.Labels[corev1.LabelInstanceTypeStable] = "m7i.8xlarge"
-	capa := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("32"), corev1.ResourceMemory: resource.MustParse("128Gi"), corev1.ResourcePods: resource.MustParse("110")}
-	cpuNode.Status.Capacity, cpuNode.Status.Allocatable = capa, capa
+	cpuNode := sized(node("cpu", pricing.OnDemand, "us-east-1a"), "m7i.8xlarge", "32", "128Gi", "")
 	e := newEnv(t, nil, Deps{Prices: catalog(t)}, node("spot-a", pricing.Spot, "us-east-1a"), cpuNode)
 	p := pod("etl", map[string]string{AnnotationWorkload: "batch"})
 	p.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{

@@ -512,12 +512,15 @@ func validateText(s string, max int, p at) field.ErrorList {
 		return field.ErrorList{field.TooLong(p.path(), s, max)}
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if isControl(r) {
 			return field.ErrorList{field.Invalid(p.path(), s, "must not contain control characters")}
 		}
 	}
 	return nil
 }
+
+// isControl is what free text in a report must not contain.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 func validatePercent(v *uint32, p at) field.ErrorList {
 	if v != nil && *v > 100 {
@@ -624,17 +627,7 @@ func isDeviceID(s string) bool {
 // boundary. Agents pass collector messages through it so that one odd error
 // does not get their whole report refused.
 func StatusText(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			if !strings.HasSuffix(b.String(), "; ") && b.Len() > 0 {
-				b.WriteString("; ")
-			}
-			continue
-		}
-		b.WriteRune(r)
-	}
-	out := strings.TrimSuffix(b.String(), "; ")
+	out := strings.Join(strings.FieldsFunc(s, isControl), "; ")
 	if len(out) <= maxTextLen {
 		return out
 	}
