@@ -83,6 +83,12 @@ bench-gpupack:
 		--mig A100-80GB,H100-80GB --policy penny,firstfit,bestfit --seeds 42-46 --parallel 2 \
 		--out $(SIM_RESULTS)/gpupack-mig.json --plot $(SIM_RESULTS)/gpupack-mig.png
 
+.PHONY: bench-gpupack-score
+## bench-gpupack-score: PennyGPUPack's PreScore+Score+NormalizeScore cost per pod at 5,000 nodes, on one and two
+## cores (benchmarks/results/gpupack-score.md has the last numbers and the machine)
+bench-gpupack-score:
+	$(GO) test ./plugins/gpupack/ -run XXX -bench Score5000Nodes -benchtime 300x -cpu 1,2 -count $(BENCH_COUNT)
+
 .PHONY: bench-sim
 ## bench-sim: the FGD paper's baselines on openb default (fill protocol, seeds 42..51) and a replay, into benchmarks/results
 bench-sim:

@@ -10,6 +10,7 @@ package gpupack
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -33,6 +34,8 @@ type GPUPack struct {
 	pending *pendingPods
 	// facts is PreScore's scratch (see factsBuffer).
 	facts []nodeFacts
+	// scoring caches the state Score reads (see scoreState).
+	scoring atomic.Pointer[scoringState]
 }
 
 var (

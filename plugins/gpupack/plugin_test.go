@@ -328,10 +328,14 @@ func benchCluster(rng *rand.Rand) ([]*corev1.Node, []*corev1.Pod) {
 
 // BenchmarkScore5000Nodes measures the plugin's scoring cost per pod on
 // 5,000 nodes: PreScore (the demand and, when it has changed, each node's
-// measure), Score on every feasible node and NormalizeScore. Each iteration
-// is a new pod arriving (PreFilter and Filter run first, untimed), so the
-// learned demand changes as in a running scheduler: rebuilt every
-// DemandRefresh arrivals, or at once for a new shape. With -cpu 1 it runs
+// measure; the pod's placement on each node), Score on every feasible node
+// and NormalizeScore. Each iteration is a new pod arriving (PreFilter and
+// Filter run first, untimed), so the learned demand changes as in a running
+// scheduler: rebuilt every DemandRefresh arrivals, or at once for a new
+// shape. share and whole cycle through seven and eight requests, so a node
+// measures each of them once per demand and answers the rest from its memo;
+// share-unseen gives every pod a request no node has measured (the memo
+// never answers). With -cpu 1 it runs
 // serially and cpu-ns/op is the CPU time one pod's scoring costs; with more
 // CPUs the parallelizer spreads PreScore and Score as kube-scheduler does
 // (its default parallelism is 16), and ns/op is the latency.
@@ -347,6 +351,12 @@ func BenchmarkScore5000Nodes(b *testing.B) {
 		}},
 		{"whole", func(i int) *corev1.Pod {
 			return podOf(fmt.Sprint("p", i), strconv.Itoa(4+i%8), string(gpu.ResourceGPU), "1")
+		}},
+		// The share pods again, each asking for a little more memory than
+		// any before it: a request no node has measured, every time.
+		{"share-unseen", func(i int) *corev1.Pod {
+			return podOf(fmt.Sprint("p", i), "4", string(gpu.ResourceGPUMilli), strconv.Itoa([]int{110, 230, 320, 460, 470, 650, 810}[i%7]),
+				string(corev1.ResourceMemory), strconv.Itoa(4<<30+i<<20))
 		}},
 	} {
 		b.Run(kind.name, func(b *testing.B) {

@@ -7,6 +7,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/pennysched/penny/plugins/gpupack/packing"
 )
 
 // Scores. Score returns minus the placement's cost in millionths of a GPU
@@ -38,12 +40,19 @@ func (p *GPUPack) PreScore(ctx context.Context, state fwk.CycleState, pod *corev
 	p.startCycle(s)
 	d := s.cycle.Demand
 	// One parallel pass: bring each node's measure up to date with the
-	// demand and note what the cycle needs of it.
+	// demand, measure the pod's placement on it, and note what the cycle
+	// needs of it.
 	facts := p.factsBuffer(len(nodes))
-	p.h.Parallelizer().Until(ctx, len(nodes), func(i int) {
-		n := p.view.entryFor(logger, nodes[i]).node
-		n.Prepare(d)
-		facts[i] = nodeFacts{hasGPU: n.HasGPU(), memGB: n.GPUMemoryGB}
+	chunks := (len(nodes) + measureChunk - 1) / measureChunk
+	p.h.Parallelizer().Until(ctx, chunks, func(k int) {
+		var w packing.Scratch
+		for i := k * measureChunk; i < min(len(nodes), (k+1)*measureChunk); i++ {
+			e := p.view.entryFor(logger, nodes[i])
+			e.node.Prepare(d)
+			e.parts, e.fits = e.node.Measure(&s.cycle, &w)
+			e.scoredFor = s
+			facts[i] = nodeFacts{hasGPU: e.hasGPU, memGB: e.gpuMemoryGB}
+		}
 	}, Name)
 	for _, f := range facts {
 		if !f.hasGPU {
@@ -60,6 +69,10 @@ func (p *GPUPack) PreScore(ctx context.Context, state fwk.CycleState, pod *corev
 	return nil
 }
 
+// measureChunk is how many nodes one piece of PreScore's parallel pass
+// measures with one packing.Scratch.
+const measureChunk = 64
+
 // nodeFacts is what PreScore gathers of each node.
 type nodeFacts struct {
 	hasGPU bool
@@ -75,26 +88,57 @@ func (p *GPUPack) factsBuffer(n int) []nodeFacts {
 	return p.facts[:n]
 }
 
+// scoreState is getState for Score, which runs once per feasible node:
+// CycleState's map is read once per cycle, not once per node.
+func (p *GPUPack) scoreState(state fwk.CycleState) (*cycleState, error) {
+	if c := p.scoring.Load(); c != nil && c.state == state {
+		return c.s, nil
+	}
+	s, err := getState(state)
+	if err != nil {
+		return nil, err
+	}
+	p.scoring.Store(&scoringState{state: state, s: s})
+	return s, nil
+}
+
+// scoringState is the cycle whose state Score last read.
+type scoringState struct {
+	state fwk.CycleState
+	s     *cycleState
+}
+
 // startCycle fixes the demand and weights for the pod's cycle.
 func (p *GPUPack) startCycle(s *cycleState) {
 	s.cycle.Req = s.req
 	s.cycle.Demand = p.learner.Demand()
+	s.cycle.Slot = s.cycle.Demand.Slot(&s.req.Shape)
 	s.cycle.W = p.weights
 }
 
 // Score is minus the cost of the best placement of the pod on the node.
+// PreScore has measured it unless the node is not the snapshot's own (see
+// entryFor).
 func (p *GPUPack) Score(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) (int64, *fwk.Status) {
-	s, err := getState(state)
+	s, err := p.scoreState(state)
 	if err != nil {
 		return 0, fwk.AsStatus(err)
 	}
-	n := p.view.entryFor(klog.FromContext(ctx), ni).node
-	n.Prepare(s.cycle.Demand)
-	cost, ok := n.Evaluate(&s.cycle)
+	e := p.view.scored(ni, s)
+	if e == nil {
+		e = p.view.entryFor(klog.FromContext(ctx), ni)
+	}
+	parts, ok := e.parts, e.fits
+	if e.scoredFor != s {
+		var w packing.Scratch
+		e.node.Prepare(s.cycle.Demand)
+		parts, ok = e.node.Measure(&s.cycle, &w)
+	}
 	if !ok {
 		return infeasible, nil
 	}
-	if s.cpuNodeFeasible && !s.req.HasGPU() && n.HasGPU() && *p.args.KeepGPUNodesForGPUPods {
+	cost := s.cycle.Compose(parts, e.gpuMemoryGB)
+	if s.cpuNodeFeasible && !s.req.HasGPU() && e.hasGPU && *p.args.KeepGPUNodesForGPUPods {
 		cost += gpuNodeCost
 	}
 	return -int64(math.Round(cost * costUnit)), nil

@@ -56,6 +56,17 @@ type entry struct {
 	// accounted first-fit, so that their capacity is never handed out twice.
 	guessed int
 	epoch   uint64
+
+	// What PreScore measured on the node for the cycle scoredFor, so that
+	// Score, called once per node right after, only composes: measuring
+	// in PreScore's pass reads the node while that pass has it in cache.
+	scoredFor *cycleState
+	parts     packing.Parts
+	fits      bool
+	// The node's GPU facts Score needs, copied so that it reads no more
+	// than the entry.
+	hasGPU      bool
+	gpuMemoryGB int
 }
 
 type reservation struct {
@@ -116,13 +127,27 @@ func (v *view) layoutChanged(name string, e *entry) bool {
 // gets a view of its own, built now and not kept.
 func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 	if k, ok := ni.(*framework.NodeInfo); ok {
-		if e := v.nodes[k]; e != nil && e.gen == ni.GetGeneration() {
+		// Synced this cycle: the snapshot does not change within a cycle,
+		// so the generation need not be read again.
+		if e := v.nodes[k]; e != nil && (e.epoch == v.epoch || e.gen == ni.GetGeneration()) {
 			return e
 		}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.build(logger, ni, false)
+}
+
+// scored returns the node's entry if PreScore measured it for the cycle s,
+// without entryFor's generation check: the snapshot does not change within
+// a cycle, and reading the NodeInfo would cost Score a cache miss per node.
+func (v *view) scored(ni fwk.NodeInfo, s *cycleState) *entry {
+	if k, ok := ni.(*framework.NodeInfo); ok {
+		if e := v.nodes[k]; e != nil && e.scoredFor == s {
+			return e
+		}
+	}
+	return nil
 }
 
 // build reads the node's devices from its pods. Reservations whose pods
@@ -177,6 +202,7 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
 	alloc, req := ni.GetAllocatable(), ni.GetRequested()
 	e.node = packing.NewNode(node.Name, dev,
 		alloc.GetMilliCPU()-req.GetMilliCPU(), alloc.GetMemory()-req.GetMemory(), gpuMemoryGB(node))
+	e.hasGPU, e.gpuMemoryGB = e.node.HasGPU(), e.node.GPUMemoryGB
 	return e
 }
 

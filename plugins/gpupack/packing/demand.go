@@ -40,6 +40,8 @@ type Demand struct {
 	shares, wholes []group
 	// mig lists the MIG shapes.
 	mig []int
+	// slots indexes Shapes by Key.
+	slots map[string]int
 	// dead[f] is how much of a GPU piece of f thousandths counts as dead:
 	// f * (1 - q(f))^deadSharpness, where q(f) is the share of the demand's
 	// GPU pods (shares and whole GPUs) that fit in f. Nil without GPU shapes.
@@ -92,6 +94,14 @@ func modelIndex(m *gpu.Model) int {
 	return -1
 }
 
+// Slot is the index of shape s among the demand's shapes, or -1.
+func (d *Demand) Slot(s *Shape) int {
+	if i, ok := d.slots[s.Key()]; ok {
+		return i
+	}
+	return -1
+}
+
 // maxShapes bounds the shapes of a Demand, so that the measure's per-shape
 // scratch fits on the stack.
 const maxShapes = 64
@@ -111,6 +121,12 @@ func NewDemand(shapes []Shape, weights []float64, version uint64) *Demand {
 	if sum > 0 {
 		for i := range d.Weights {
 			d.Weights[i] /= sum
+		}
+	}
+	d.slots = make(map[string]int, len(shapes))
+	for i := range shapes {
+		if _, dup := d.slots[shapes[i].Key()]; !dup {
+			d.slots[shapes[i].Key()] = i
 		}
 	}
 	d.kinds = make([]shapeKind, len(shapes))

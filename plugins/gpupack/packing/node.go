@@ -8,32 +8,41 @@ import (
 
 // Node is one node as the scorer sees it: its devices with the pods on them,
 // and its free CPU and memory. It is built once per change of the node and
-// then only read, except for the per-Demand cache that Prepare fills (one
-// goroutine per node at a time, before the node is scored).
+// then only read, except for the per-Demand cache that Prepare fills and the
+// memo Measure keeps (one goroutine per node at a time).
+//
+// Scoring reads thousands of nodes per pod, so what it reads of one node is
+// kept together: the fields Measure reads come first, and the per-GPU state
+// of nodes of up to inlineGPUs GPUs lives in the struct itself.
 type Node struct {
-	Name string
-	// Dev is the device view with every pod applied. It must not be changed.
-	Dev *gpu.NodeDevices
+	cache nodeCache
+	// memo has a slot per shape of cache.demand (see Measure).
+	memo []memoEntry
 	// CPUFree (millicores) and MemFree (bytes) are allocatable minus
 	// requested, counting pods still being bound.
 	CPUFree, MemFree int64
-	// GPUMemoryGB is the memory of one GPU, for avoid-overkill; 0 unknown.
-	GPUMemoryGB int
-
-	product string
-	model   int // index into migModels, -1 unknown
-	free    []int64
-	mig     []migGPU
-	// static lists the free instances of static MIG layouts.
-	static []staticInst
-	idle   int64
+	idle             int64
 	// free capacity in units (see unitsPerGPU)
 	freeUnits int64
+	free      []int64
+	mig       []migGPU
+	model     int // index into migModels, -1 unknown
+	product   string
+	freeBuf   [inlineGPUs]int64
+	migBuf    [inlineGPUs]migGPU
 
-	cache    nodeCache
-	memo     [4]memo
-	memoNext int
+	// static lists the free instances of static MIG layouts.
+	static []staticInst
+	Name   string
+	// Dev is the device view with every pod applied. It must not be changed.
+	Dev *gpu.NodeDevices
+	// GPUMemoryGB is the memory of one GPU, for avoid-overkill; 0 unknown.
+	GPUMemoryGB int
 }
+
+// inlineGPUs is how many GPUs a Node holds without allocating per-GPU state
+// apart: eight, as in most GPU servers.
+const inlineGPUs = 8
 
 type staticInst struct {
 	gpu     int
@@ -52,8 +61,10 @@ type nodeCache struct {
 	// shapes idle / GPUs.
 	gpuCopies []int64
 	// shareCopies[k] is the copies of share group k the GPUs could take,
-	// whatever the product.
+	// whatever the product. Both slice copies, so that they are read from
+	// one allocation.
 	shareCopies []int64
+	copies      []int64
 	// waste in weighted capacity units (see Demand.iw), and what one
 	// thousandth of a GPU is in those units.
 	waste int64
@@ -72,8 +83,11 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 		n.GPUMemoryGB = dev.Model.MemoryGB
 	}
 	g := len(dev.GPUs)
-	n.free = make([]int64, g)
-	n.mig = make([]migGPU, g)
+	if g <= inlineGPUs {
+		n.free, n.mig = n.freeBuf[:g], n.migBuf[:g]
+	} else {
+		n.free, n.mig = make([]int64, g), make([]migGPU, g)
+	}
 	for i := range dev.GPUs {
 		d := &dev.GPUs[i]
 		n.free[i] = dev.FreeMilli(i)
@@ -138,14 +152,15 @@ func (n *Node) Prepare(d *Demand) {
 		return
 	}
 	c := &n.cache
-	if cap(c.gpuCopies) < len(d.Shapes) {
-		c.gpuCopies = make([]int64, len(d.Shapes))
+	if ns := len(d.Shapes) + len(d.shares); cap(c.copies) < ns {
+		c.copies = make([]int64, ns)
 	}
-	if cap(c.shareCopies) < len(d.shares) {
-		c.shareCopies = make([]int64, len(d.shares))
+	c.gpuCopies = c.copies[:len(d.Shapes):len(d.Shapes)]
+	c.shareCopies = c.copies[len(d.Shapes) : len(d.Shapes)+len(d.shares)]
+	if cap(n.memo) < len(d.Shapes) {
+		n.memo = make([]memoEntry, len(d.Shapes))
 	}
-	c.gpuCopies = c.gpuCopies[:len(d.Shapes)]
-	c.shareCopies = c.shareCopies[:len(d.shares)]
+	n.memo = n.memo[:len(d.Shapes)]
 	n.fillCopies(d, c.gpuCopies, c.shareCopies)
 	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeUnits)
 	c.scale = float64(d.iwSum * unitsPerMilli)

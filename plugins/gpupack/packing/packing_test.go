@@ -431,3 +431,42 @@ func TestShareAvoidsLeavingADeadPiece(t *testing.T) {
 		t.Fatalf("chose %v (%v), want 1:470m", a, err)
 	}
 }
+
+func TestMeasureMemoAnswersAsAFreshMeasure(t *testing.T) {
+	// The same shape (shapes average memory) in two requests: after the
+	// heavy one, the node's memory leaves room for fewer 8 GiB pods.
+	light, heavy := share(300, 1000), share(300, 1000)
+	light.Mem, heavy.Mem = 8*gib, 48*gib
+	light.Shape, heavy.Shape = shapeOf(light), shapeOf(light)
+	d1 := demandOf(t, []*Req{share(600, 1000), light, whole(1, 8000)}, []float64{0.5, 0.3, 0.2})
+	d2 := demandOf(t, []*Req{share(600, 1000), light, whole(1, 8000)}, []float64{0.1, 0.1, 0.8})
+	fresh := func(d *Demand, r *Req) (Parts, bool) {
+		n := t4(4000, 0, 300, 700)
+		n.Prepare(d)
+		var w Scratch
+		return n.Measure(&Cycle{Req: r, Demand: d, W: Weights{Fragmentation: 1}, Slot: -1}, &w)
+	}
+	n := t4(4000, 0, 300, 700)
+	var w Scratch
+	for i, step := range []struct {
+		d *Demand
+		r *Req
+	}{{d1, light}, {d1, light}, {d1, heavy}, {d1, light}, {d2, light}, {d2, heavy}} {
+		n.Prepare(step.d)
+		c := &Cycle{Req: step.r, Demand: step.d, W: Weights{Fragmentation: 1}, Slot: step.d.Slot(&step.r.Shape)}
+		if c.Slot != 1 {
+			t.Fatalf("step %d: slot %d, want 1", i, c.Slot)
+		}
+		got, gotOK := n.Measure(c, &w)
+		want, wantOK := fresh(step.d, step.r)
+		if got != want || gotOK != wantOK {
+			t.Fatalf("step %d: memo says %+v (%v), a fresh measure %+v (%v)", i, got, gotOK, want, wantOK)
+		}
+	}
+	if fl, _ := fresh(d1, light); fl == func() Parts { p, _ := fresh(d1, heavy); return p }() {
+		t.Fatal("the light and heavy requests cost the same; the test cannot tell the memo's key")
+	}
+	if d1.Slot(&whole(2, 8000).Shape) != -1 {
+		t.Fatal("a shape the demand does not hold has a slot")
+	}
+}

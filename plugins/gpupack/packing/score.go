@@ -34,6 +34,10 @@ type Cycle struct {
 	// MinGPUMemoryGB and MaxGPUMemoryGB span the GPU models of the feasible
 	// nodes with known memory, for Overkill.
 	MinGPUMemoryGB, MaxGPUMemoryGB int
+	// Slot is the index of the pod's shape among Demand's (Demand.Slot),
+	// where Measure remembers the cost on each node; -1 for none. A wrong
+	// slot costs only a miss: the memo checks the request.
+	Slot int
 }
 
 // maxTouched bounds the GPUs one placement changes individually; a pod
@@ -65,6 +69,12 @@ type placement struct {
 	freed   int64 // capacity units taken from the node's free capacity
 	// failed: the pod does not fit.
 	failed bool
+}
+
+// reset empties the placement without clearing its arrays: only the first
+// nt transitions and nstatic instances are ever read.
+func (p *placement) reset() {
+	p.nt, p.idle, p.nstatic, p.freed, p.failed = 0, 0, 0, 0, false
 }
 
 func (p *placement) touch(g int, before gpuState) *transition {
@@ -224,52 +234,83 @@ func (n *Node) delta(d *Demand, p *placement, sc *scratch) float64 {
 	return float64(free*d.iwSum-usable-n.cache.waste) / n.cache.scale
 }
 
+// Parts are the node-local parts of a placement's cost, in thousandths of a
+// GPU: the growth of the node's expected waste, of its balance waste and of
+// its dead capacity. They do not depend on the other nodes of the cycle;
+// Compose adds what does (avoid-overkill).
+type Parts struct {
+	Frag, Bal, Dead float64
+}
+
 // Evaluate is the cost of placing the pod on the node in the best way the
 // packer knows, or ok false when its devices cannot take it. The node must
 // be prepared for c.Demand. It allocates nothing.
 func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
-	r := c.Req
-	memoize := len(r.MIG) == 0
-	if memoize {
-		for i := range n.memo {
-			if m := &n.memo[i]; m.demand == c.Demand && m.cpu == r.CPU && m.mem == r.Mem && m.gpus == r.GPU.GPUs && m.milli == r.GPU.Milli {
-				if !m.ok {
-					return 0, false
-				}
-				return n.compose(c, m.frag, m.bal, m.dead), true
-			}
-		}
-	}
-	var p placement
-	var pick choice
-	frag, bal, dead, ok := n.best(c, &p, &pick)
-	if memoize {
-		n.memo[n.memoNext] = memo{demand: c.Demand, cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs, milli: r.GPU.Milli, frag: frag, bal: bal, dead: dead, ok: ok}
-		n.memoNext = (n.memoNext + 1) % len(n.memo)
-	}
+	var w Scratch
+	parts, ok := n.Measure(c, &w)
 	if !ok {
 		return 0, false
 	}
-	return n.compose(c, frag, bal, dead), true
+	return c.Compose(parts, n.GPUMemoryGB), true
 }
 
-// memo remembers what a placement of one request on the node costs against
-// one demand: pods of one shape (replicas, a job's workers) usually come
-// together, and a node that did not change need not be measured again for
-// each of them. Requests for MIG instances are not remembered (a map).
-type memo struct {
-	demand                *Demand
-	cpu, mem, gpus, milli int64
-	frag, bal, dead       float64
-	ok                    bool
+// Scratch is Measure's working memory. Measuring a node takes a few
+// nanoseconds more when it has to clear kilobytes of it first, so a caller
+// that measures many nodes keeps one Scratch per goroutine.
+type Scratch struct {
+	sc   scratch
+	p    placement
+	pick choice
 }
 
-// compose weighs the parts of a placement's cost.
-func (n *Node) compose(c *Cycle, frag, bal, dead float64) float64 {
-	cost := c.W.Fragmentation*frag + c.W.Balance*bal + c.W.Dead*dead
+// Measure is Evaluate without Compose: the parts of the best placement's
+// cost, or ok false when the node's devices cannot take the pod. w is
+// working memory, not read before it is written.
+func (n *Node) Measure(c *Cycle, w *Scratch) (parts Parts, ok bool) {
 	r := c.Req
-	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && n.GPUMemoryGB > 0 {
-		rank := float64(n.GPUMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
+	var m *memoEntry
+	key := memoKey{cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs<<32 | r.GPU.Milli}
+	if len(r.MIG) == 0 && n.cache.demand == c.Demand && c.Slot >= 0 && c.Slot < len(n.memo) {
+		m = &n.memo[c.Slot]
+		if m.demand == c.Demand && m.key == key {
+			return m.parts, m.ok
+		}
+	}
+	w.p.reset()
+	w.pick.share, w.pick.nmig = 0, 0
+	parts, ok = n.best(c, &w.p, &w.pick, &w.sc)
+	if m != nil {
+		*m = memoEntry{demand: c.Demand, key: key, parts: parts, ok: ok}
+	}
+	return parts, ok
+}
+
+// memoEntry remembers what placing a request costs on the node against a
+// demand. A node keeps one per shape of its current demand: between two
+// refreshes of the demand most nodes do not change, and pods of the
+// demand's shapes keep arriving, so most of them are measured once per
+// node and shape. The entry holds the exact request (a shape averages
+// memory); requests for MIG instances are not remembered (a map).
+type memoEntry struct {
+	demand *Demand
+	key    memoKey
+	parts  Parts
+	ok     bool
+}
+
+type memoKey struct {
+	cpu, mem int64
+	// gpus holds the GPU count in its high half and the milli in its low.
+	gpus int64
+}
+
+// Compose weighs the parts of a placement's cost on a node whose GPUs have
+// gpuMemoryGB of memory (0 unknown).
+func (c *Cycle) Compose(parts Parts, gpuMemoryGB int) float64 {
+	cost := c.W.Fragmentation*parts.Frag + c.W.Balance*parts.Bal + c.W.Dead*parts.Dead
+	r := c.Req
+	if c.W.Overkill > 0 && r.HasGPU() && c.MaxGPUMemoryGB > c.MinGPUMemoryGB && gpuMemoryGB > 0 {
+		rank := float64(gpuMemoryGB-c.MinGPUMemoryGB) / float64(c.MaxGPUMemoryGB-c.MinGPUMemoryGB)
 		cost += c.W.Overkill * float64(r.Milli()) * rank
 	}
 	return cost
@@ -278,13 +319,12 @@ func (n *Node) compose(c *Cycle, frag, bal, dead float64) float64 {
 // Choose returns the devices for the pod on the node (what Evaluate scored)
 // and its cost. The node must be prepared for c.Demand.
 func (n *Node) Choose(c *Cycle) (gpu.Assignment, float64, error) {
-	var p placement
-	var pick choice
-	frag, bal, dead, ok := n.best(c, &p, &pick)
+	var w Scratch
+	parts, ok := n.best(c, &w.p, &w.pick, &w.sc)
 	if !ok {
 		return nil, 0, fmt.Errorf("%s does not fit on the GPUs of node %s", c.Req.GPU.String(), n.Name)
 	}
-	return pick.assignment(n, c.Req), n.compose(c, frag, bal, dead), nil
+	return w.pick.assignment(n, c.Req), c.Compose(parts, n.GPUMemoryGB), nil
 }
 
 // choice records the devices best picked.
@@ -316,20 +356,20 @@ func (ch *choice) assignment(n *Node, r *Req) gpu.Assignment {
 	return nil
 }
 
-// best finds the cheapest placement of the pod on the node and returns
-// its three node-local costs: the growth of the expected waste, of the
-// balance waste and of the dead capacity, in thousandths of a GPU.
-func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal, dead float64, ok bool) {
+// best finds the cheapest placement of the pod on the node and returns its
+// node-local costs.
+// p and pick must be empty; sc is filled here.
+func (n *Node) best(c *Cycle, p *placement, pick *choice, sc *scratch) (Parts, bool) {
 	r, d := c.Req, c.Demand
+	var frag, dead float64
 	if r.CPU > n.CPUFree || r.Mem > n.MemFree {
-		return 0, 0, 0, false
+		return Parts{}, false
 	}
-	var sc scratch
-	n.prepareEval(d, r, &sc)
+	n.prepareEval(d, r, sc)
 	switch {
 	case r.GPU.GPUs > 0:
 		if n.idle < r.GPU.GPUs {
-			return 0, 0, 0, false
+			return Parts{}, false
 		}
 		for i := range n.free {
 			if n.isIdle(i) {
@@ -340,7 +380,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal, dead float
 		}
 		p.idle = r.GPU.GPUs
 		p.freed = r.GPU.GPUs * unitsPerGPU
-		frag = n.delta(d, p, &sc)
+		frag = n.delta(d, p, sc)
 	case r.GPU.Milli > 0:
 		m := r.GPU.Milli
 		best, bestFree, bestCost := -1, int64(0), 0.0
@@ -363,7 +403,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal, dead float
 			if n.isIdle(i) {
 				p.idle = 1
 			}
-			fr := n.delta(d, p, &sc)
+			fr := n.delta(d, p, sc)
 			var dd float64
 			if d.dead != nil {
 				dd = d.dead[f-m] - d.dead[f]
@@ -374,26 +414,27 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice) (frag, bal, dead float
 			}
 		}
 		if best < 0 {
-			return 0, 0, 0, false
+			return Parts{}, false
 		}
 		pick.share = best
 	case len(r.MIG) > 0:
-		frag, ok = n.bestMIG(d, r, p, pick, &sc)
+		var ok bool
+		frag, ok = n.bestMIG(d, r, p, pick, sc)
 		if !ok {
 			// Placing each instance where it costs least can paint a
 			// multi-instance request into a corner that first-fit avoids;
 			// Fits answers first-fit, so fall back to it.
 			*p, *pick = placement{}, choice{}
 			if n.fitsMIG(r, pick) != Fits {
-				return 0, 0, 0, false
+				return Parts{}, false
 			}
 			n.applyPicks(pick, p)
-			frag = n.delta(d, p, &sc)
+			frag = n.delta(d, p, sc)
 		}
 	default:
-		frag = n.delta(d, p, &sc)
+		frag = n.delta(d, p, sc)
 	}
-	return frag, n.balanceDelta(r, p.freed), dead, true
+	return Parts{Frag: frag, Bal: n.balanceDelta(r, p.freed), Dead: dead}, true
 }
 
 func (n *Node) isIdle(i int) bool {
