@@ -59,8 +59,9 @@ SIM_POLICIES ?= random,dotprod,clustering,packing,bestfit,fgd
 SIM_RESULTS  ?= benchmarks/results
 
 .PHONY: bench-spot
-## bench-spot: the Spot cost/risk benchmark (default, spot-first, penny on openb default, elastic mixed fleet),
-## into benchmarks/results/spot.{json,md}
+## bench-spot: the Spot cost/risk benchmark (default, spot-first, penny on an elastic mixed fleet): openb default
+## into benchmarks/results/spot.{json,md}, and a synthetic Philly-style training trace (600 jobs, 1-32 GPUs,
+## generated with a fixed seed by benchmarks/spot/trainingtrace) into benchmarks/results/spot-training.{json,md}
 SPOT_SCENARIO ?= benchmarks/scenarios/spot-openb.yaml
 SPOT_SEED     ?= 42
 bench-spot:
@@ -69,6 +70,10 @@ bench-spot:
 	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods $(OPENB)/openb_pod_list_default.csv \
 		--policy default,spot-first,penny --seed $(SPOT_SEED) \
 		--out $(SIM_RESULTS)/spot.json --markdown $(SIM_RESULTS)/spot.md
+	$(GO) run ./benchmarks/spot/trainingtrace --jobs 600 --days 14 --seed 1 --out $(BIN)/training-600.csv
+	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods $(BIN)/training-600.csv --format philly \
+		--policy default,spot-first,penny --seed $(SPOT_SEED) \
+		--out $(SIM_RESULTS)/spot-training.json --markdown $(SIM_RESULTS)/spot-training.md
 
 .PHONY: bench-gpupack
 ## bench-gpupack: Penny's packing against FGD and BestFit on openb (fill protocol, seeds 42..51), and on a

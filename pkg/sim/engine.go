@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	resourceslicetracker "k8s.io/dynamic-resource-allocation/resourceslice/tracker"
 	"k8s.io/klog/v2"
@@ -64,17 +66,20 @@ type Engine struct {
 	cache    internalcache.Cache
 	snapshot *internalcache.Snapshot
 	api      clientset.Interface
-	rng      *rand.Rand
-	logger   klog.Logger
-	ctx      context.Context
-	cancel   context.CancelFunc
+	// pods is the plugins' pod informer, fed by mirror.
+	pods   *podInformer
+	rng    *rand.Rand
+	logger klog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	nodes   map[string]*v1.Node
 	bound   map[types.UID]*v1.Pod
 	waiting map[types.UID]*waitingPod
 	permits *permitLog
 
-	tieBreak TieBreak
+	tieBreak          TieBreak
+	keepUnschedulable bool
 	// rank orders the nodes for TieNodeOrder.
 	rank map[string]int
 	memo *filterMemo
@@ -105,6 +110,12 @@ type EngineOptions struct {
 	// profiles whose Filter plugins all judge a node by the pod and that
 	// node alone: the in-tree ones and the simulator's.
 	MemoizeFilters bool
+	// KeepUnschedulable leaves a pod that found no node in the API, pending
+	// and marked PodScheduled=False as kube-scheduler marks it, until the
+	// caller places it or calls Withdraw: plugins see the pods still waiting
+	// (a gang's members, gpupack's look-ahead), as they do in a cluster.
+	// Without it the pod is dropped (the fill protocol discards such pods).
+	KeepUnschedulable bool
 }
 
 // TieBreak is how the engine chooses between equally scored nodes.
@@ -165,6 +176,7 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 		}
 	}
 	e.tieBreak = opts.TieBreak
+	e.keepUnschedulable = opts.KeepUnschedulable
 	if opts.MemoizeFilters {
 		e.memo = &filterMemo{bySignature: map[string]map[string]memoized{}}
 	}
@@ -176,10 +188,9 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 }
 
 // newFramework wires the framework the way kube-scheduler's scheduler.New
-// does. The informers plugins ask for (volumes, DRA, namespaces, ...) come
-// from a second in-process API that stays empty: the simulated pods use no
-// volumes or claims, and keeping them off that API spares every plugin's
-// informer the churn of each pod going by.
+// does. Plugins' informers watch the engine's in-process API, which holds
+// the pods being scheduled, bound or still waiting, and nothing else: the
+// simulated pods use no volumes or claims.
 func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
 	// The framework caches metric streams per plugin; the metrics are created
 	// but not registered, so recording them costs nothing.
@@ -188,8 +199,9 @@ func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
 	if err := registry.Merge(e.wrapRegistry(opts.Registry)); err != nil {
 		return nil, fmt.Errorf("merging plugin registries: %w", err)
 	}
-	empty := fake.NewSimpleClientset()
-	informerFactory := informers.NewSharedInformerFactory(empty, 0)
+	informerFactory := informers.NewSharedInformerFactory(e.api, 0)
+	e.pods = newPodInformer()
+	informerFactory.InformerFor(&v1.Pod{}, func(clientset.Interface, time.Duration) cache.SharedIndexInformer { return e.pods })
 	e.snapshot = internalcache.NewEmptySnapshot()
 	parallelism := opts.Parallelism
 	if parallelism <= 0 {
@@ -205,6 +217,7 @@ func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
 		// with an unbuffered channel would block the first plugin that records one).
 		frameworkruntime.WithEventRecorder(&events.FakeRecorder{}),
 		frameworkruntime.WithWaitingPods(frameworkruntime.NewWaitingPodsMap()),
+		frameworkruntime.WithPodActivator(activator{}),
 		frameworkruntime.WithPodsInPreBind(frameworkruntime.NewPodsInPreBindMap()),
 		frameworkruntime.WithSharedCSIManager(nodevolumelimits.NewCSIManager(informerFactory.Storage().V1().CSINodes().Lister())),
 		frameworkruntime.WithLogger(e.logger),
@@ -213,7 +226,7 @@ func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
 		claims := assumecache.NewAssumeCache(e.logger, informerFactory.Resource().V1().ResourceClaims().Informer(), "ResourceClaim", "", nil)
 		slices, err := resourceslicetracker.StartTracker(e.ctx, resourceslicetracker.Options{
 			SliceInformer: informerFactory.Resource().V1().ResourceSlices(),
-			KubeClient:    empty,
+			KubeClient:    e.api,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("starting the resource slice tracker: %w", err)
@@ -321,21 +334,78 @@ func (e *Engine) Schedule(pod *v1.Pod) (Outcome, error) {
 	e.cycles++
 	pod = pod.DeepCopy()
 	pod.Spec.NodeName = ""
-	if _, err := e.api.CoreV1().Pods(pod.Namespace).Create(e.ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return Outcome{}, fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	if err := e.submit(pod); err != nil {
+		return Outcome{}, err
 	}
 	if err := e.cache.UpdateSnapshot(e.logger, e.snapshot); err != nil {
 		return Outcome{}, err
 	}
 	state := framework.NewCycleState()
 	best, feasible, reason, err := e.schedulePod(state, pod)
-	if err != nil || len(best) == 0 {
-		e.dropFromAPI(pod)
+	if err != nil {
 		return Outcome{Reason: reason, Feasible: feasible}, err
+	}
+	if len(best) == 0 {
+		return Outcome{Reason: reason, Feasible: feasible}, e.unschedulable(pod, reason)
 	}
 	out, err := e.reserveAndBind(state, pod, best[0])
 	out.Feasible, out.Best = feasible, best
 	return out, err
+}
+
+// submit puts the pod into the API, if it is not there yet (a retry), and
+// shows it to the plugins' pod informer.
+func (e *Engine) submit(pod *v1.Pod) error {
+	created, err := e.api.CoreV1().Pods(pod.Namespace).Create(e.ctx, pod, metav1.CreateOptions{})
+	switch {
+	case apierrors.IsAlreadyExists(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("creating pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return e.mirror(created.Namespace, created.Name, created)
+}
+
+// unschedulable records that the pod found no node: kube-scheduler sets its
+// PodScheduled condition to False (reason Unschedulable) and leaves it
+// pending; without KeepUnschedulable the engine drops it instead.
+func (e *Engine) unschedulable(pod *v1.Pod, reason string) error {
+	if !e.keepUnschedulable {
+		return e.dropFromAPI(pod)
+	}
+	cur, err := e.api.CoreV1().Pods(pod.Namespace).Get(e.ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	cond := v1.PodCondition{Type: v1.PodScheduled, Status: v1.ConditionFalse, Reason: v1.PodReasonUnschedulable, Message: reason}
+	for _, c := range cur.Status.Conditions {
+		if c.Type == cond.Type && c.Status == cond.Status && c.Reason == cond.Reason && c.Message == cond.Message {
+			return nil
+		}
+	}
+	cur = cur.DeepCopy()
+	cur.Status.Conditions = slices.DeleteFunc(cur.Status.Conditions, func(c v1.PodCondition) bool { return c.Type == v1.PodScheduled })
+	cur.Status.Conditions = append(cur.Status.Conditions, cond)
+	updated, err := e.api.CoreV1().Pods(pod.Namespace).UpdateStatus(e.ctx, cur, metav1.UpdateOptions{})
+	if err != nil {
+		return fmt.Errorf("marking pod %s/%s unschedulable: %w", pod.Namespace, pod.Name, err)
+	}
+	return e.mirror(updated.Namespace, updated.Name, updated)
+}
+
+// Withdraw deletes a pod that is waiting (not bound): its owner gave up on
+// it, or the run is over.
+func (e *Engine) Withdraw(pod *v1.Pod) error {
+	if _, ok := e.bound[pod.UID]; ok {
+		return fmt.Errorf("pod %s/%s is bound; Remove it", pod.Namespace, pod.Name)
+	}
+	return e.dropFromAPI(pod)
+}
+
+// mirror tells the plugins' pod informer what the API now holds for the
+// pod (gone when want is nil).
+func (e *Engine) mirror(ns, name string, want *v1.Pod) error {
+	return e.pods.set(ns+"/"+name, want)
 }
 
 // FitsOn runs PreFilter and Filter for the pod on the named nodes only and
@@ -518,9 +588,12 @@ func (e *Engine) unreserve(state *framework.CycleState, assumed *v1.Pod, host st
 	if err := e.cache.ForgetPod(e.logger, assumed); err != nil {
 		return Outcome{}, err
 	}
-	e.dropFromAPI(assumed)
 	if s.IsRejected() {
-		return Outcome{Reason: fmt.Sprintf("node %s: %s", host, s.Message())}, nil
+		reason := fmt.Sprintf("node %s: %s", host, s.Message())
+		return Outcome{Reason: reason}, e.unschedulable(assumed, reason)
+	}
+	if err := e.dropFromAPI(assumed); err != nil {
+		return Outcome{}, err
 	}
 	return Outcome{}, s.AsError()
 }
@@ -538,6 +611,9 @@ func (e *Engine) bind(state *framework.CycleState, assumed *v1.Pod, host string)
 	}
 	if boundPod.Spec.NodeName != host {
 		return Outcome{}, fmt.Errorf("pod %s/%s: the bind plugins bound it to %q, not %s", assumed.Namespace, assumed.Name, boundPod.Spec.NodeName, host)
+	}
+	if err := e.mirror(boundPod.Namespace, boundPod.Name, boundPod); err != nil {
+		return Outcome{}, err
 	}
 	if err := e.cache.AddPod(e.logger, boundPod); err != nil {
 		return Outcome{}, err
@@ -560,6 +636,9 @@ func (e *Engine) AddBoundPod(pod *v1.Pod) error {
 	if _, err := gpu.PodAssignment(pod); err != nil {
 		return err
 	}
+	if err := e.submit(pod); err != nil {
+		return err
+	}
 	if err := e.cache.AddPod(e.logger, pod); err != nil {
 		return err
 	}
@@ -577,15 +656,18 @@ func (e *Engine) Remove(pod *v1.Pod) error {
 		return err
 	}
 	delete(e.bound, pod.UID)
-	e.dropFromAPI(p)
-	return nil
+	return e.dropFromAPI(p)
 }
 
-func (e *Engine) dropFromAPI(pod *v1.Pod) {
+func (e *Engine) dropFromAPI(pod *v1.Pod) error {
 	err := e.api.CoreV1().Pods(pod.Namespace).Delete(e.ctx, pod.Name, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		e.logger.Error(err, "Removing pod from the in-process API", "pod", klog.KObj(pod))
+	if apierrors.IsNotFound(err) {
+		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("removing pod %s/%s from the in-process API: %w", pod.Namespace, pod.Name, err)
+	}
+	return e.mirror(pod.Namespace, pod.Name, nil)
 }
 
 // waitingPod is a pod a Permit plugin holds.

@@ -152,15 +152,18 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 	if err := registry.Register(GPUDevicesName, newGPUDevices(v, chooser)); err != nil {
 		return nil, nil, err
 	}
-	// It runs first at PreFilter and Filter, so a node without room on its
-	// devices fails before NodeResourcesFit's costlier checks (which nodes
-	// pass does not depend on the order), and last at Reserve and PreBind,
-	// after any Penny plugin that assigns devices itself.
-	pl := prof.Plugins
-	pl.PreFilter.Enabled = append([]config.Plugin{{Name: GPUDevicesName}}, pl.PreFilter.Enabled...)
-	pl.Filter.Enabled = append([]config.Plugin{{Name: GPUDevicesName}}, pl.Filter.Enabled...)
-	pl.Reserve.Enabled = append(pl.Reserve.Enabled, config.Plugin{Name: GPUDevicesName})
-	pl.PreBind.Enabled = append(pl.PreBind.Enabled, config.Plugin{Name: GPUDevicesName})
+	// Penny's profile chooses devices itself (PennyGPUPack), as it does in
+	// penny-scheduler; the other profiles get GPUDevices. It runs first at
+	// PreFilter and Filter, so a node without room on its devices fails
+	// before NodeResourcesFit's costlier checks (which nodes pass does not
+	// depend on the order), and last at Reserve and PreBind.
+	if p.Name != "penny" {
+		pl := prof.Plugins
+		pl.PreFilter.Enabled = append([]config.Plugin{{Name: GPUDevicesName}}, pl.PreFilter.Enabled...)
+		pl.Filter.Enabled = append([]config.Plugin{{Name: GPUDevicesName}}, pl.Filter.Enabled...)
+		pl.Reserve.Enabled = append(pl.Reserve.Enabled, config.Plugin{Name: GPUDevicesName})
+		pl.PreBind.Enabled = append(pl.PreBind.Enabled, config.Plugin{Name: GPUDevicesName})
+	}
 
 	if p.Name == SpotFirstPolicy {
 		if err := addSpotFirst(prof, registry); err != nil {

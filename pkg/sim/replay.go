@@ -209,7 +209,8 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		return nil, err
 	}
 	start := time.Now()
-	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Nodes: o.Nodes, Seed: o.Seed, Parallelism: o.Parallelism, TieBreak: o.TieBreak, MemoizeFilters: o.Policy.NodeLocalFilters() && !o.NoMemo})
+	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Nodes: o.Nodes, Seed: o.Seed, Parallelism: o.Parallelism, TieBreak: o.TieBreak,
+		MemoizeFilters: o.Policy.NodeLocalFilters() && !o.NoMemo, KeepUnschedulable: true})
 	if err != nil {
 		return nil, err
 	}
@@ -335,6 +336,9 @@ func (r *replayer) run(ctx context.Context) error {
 			if p.state == "pending" {
 				p.state = "withdrawn"
 				r.dropPending(ev.pod)
+				if err := r.e.Withdraw(p.tp.Pod); err != nil {
+					return err
+				}
 			}
 		case evFleet:
 			if err := r.fleet(ev.fc); err != nil {

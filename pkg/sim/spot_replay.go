@@ -268,7 +268,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			r.risk.SetPrior(poolKey(p), price.Interruption)
 		}
 	}
-	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Seed: o.Seed, Parallelism: o.Parallelism})
+	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Seed: o.Seed, Parallelism: o.Parallelism, KeepUnschedulable: true})
 	if err != nil {
 		return nil, err
 	}
@@ -401,6 +401,7 @@ func (r *elastic) run(ctx context.Context) error {
 				p.state = podWithdrawn
 				r.dropPending(ev.pod)
 				r.res.Withdrawn++
+				err = r.e.Withdraw(p.pod)
 			}
 		case elScan:
 			r.scanOn = false

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -224,5 +225,23 @@ pools:
 	many := spotReplay(t, s, "penny", 42, burst...)
 	if many.NodeHoursByPool["four"] <= many.NodeHoursByPool["one"] {
 		t.Errorf("a burst of services: node-hours %v, want mostly 4-GPU nodes", many.NodeHoursByPool)
+	}
+}
+
+// A gang under the penny policy: its first member finds the gang incomplete
+// and waits, pending in the API as in a cluster, so the gang plugin counts
+// it when the second arrives; the autoscaler brings a node per member and
+// both run. (Before pending pods were kept, no gang ever started.)
+func TestElasticPennyGangRuns(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	var pods []TracePod
+	for i := range 2 {
+		p := spotTracePod(fmt.Sprint("job-", i), "BE", 1, 0, time.Hour)
+		p.Pod.Labels[gang.LabelName], p.Pod.Labels[gang.KeySize] = "job", "2"
+		pods = append(pods, p)
+	}
+	res := spotReplay(t, s, "penny", 42, pods...)
+	if res.PodsCompleted != 2 || res.NeverScheduled != 0 || res.UsefulGPUHours != 2 {
+		t.Fatalf("gang: completed %d, never scheduled %d, useful %v GPU-h; want 2, 0, 2", res.PodsCompleted, res.NeverScheduled, res.UsefulGPUHours)
 	}
 }

@@ -14,7 +14,8 @@ import (
 )
 
 // pendingPods feeds the learner's look-ahead: the pods waiting for this
-// scheduler are demand that is certain to come, so the measure weighs them
+// scheduler (it found no node for them, see unschedulable) are demand that
+// is certain to come, so the measure weighs them
 // above the distribution learned from past arrivals. Waiting multi-GPU and
 // gang members, in particular, make breaking up idle nodes costly while they
 // wait. A pod is "for this scheduler" when its schedulerName is one the
@@ -76,7 +77,7 @@ func (pp *pendingPods) update(obj interface{}) {
 		return
 	}
 	if pod.Spec.NodeName != "" || pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded ||
-		pod.Status.Phase == corev1.PodFailed || !pp.serves(pod.Spec.SchedulerName) {
+		pod.Status.Phase == corev1.PodFailed || !pp.serves(pod.Spec.SchedulerName) || !unschedulable(pod) {
 		pp.learner.RemovePending(string(pod.UID))
 		return
 	}
@@ -85,6 +86,20 @@ func (pp *pendingPods) update(obj interface{}) {
 		return
 	}
 	pp.learner.AddPending(string(pod.UID), req.Shape)
+}
+
+// unschedulable reports whether the scheduler found no node for the pod at
+// its last attempt (PodScheduled False, reason Unschedulable). Only such pods
+// are waiting: one just created is tried within milliseconds, and counting
+// it, or the pod of the cycle itself, would change the demand at every
+// arrival and make every node's measure stale each cycle.
+func unschedulable(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodScheduled {
+			return c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable
+		}
+	}
+	return false
 }
 
 func (pp *pendingPods) delete(obj interface{}) {

@@ -27,6 +27,7 @@ import (
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+	"github.com/pennysched/penny/plugins/gpupack/packing"
 )
 
 // handle is the part of the framework handle the plugin uses outside the
@@ -431,5 +432,28 @@ func TestTelemetryLayouts(t *testing.T) {
 	store.Update(r, time.Now())
 	if _, v3, _ := src.MIGLayout("n"); v3 == v1 {
 		t.Fatal("the version did not change with the layout")
+	}
+}
+
+func TestLookAheadCountsOnlyPodsFoundUnschedulable(t *testing.T) {
+	l := packing.NewLearner(packing.LearnerOptions{})
+	pp := &pendingPods{learner: l, names: map[string]bool{"penny-scheduler": true}}
+	fresh := podOf("fresh", "4", string(gpu.ResourceGPU), "1")
+	waiting := podOf("waiting", "4", string(gpu.ResourceGPU), "2")
+	waiting.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: corev1.PodReasonUnschedulable}}
+	other := podOf("other", "4", string(gpu.ResourceGPU), "1")
+	other.Spec.SchedulerName = "default-scheduler"
+	other.Status.Conditions = waiting.Status.Conditions
+	for _, p := range []*corev1.Pod{fresh, waiting, other} {
+		pp.update(p)
+	}
+	if n := l.Pending(); n != 1 {
+		t.Fatalf("look-ahead counts %d pods, want 1 (only the one this scheduler found no node for)", n)
+	}
+	placed := waiting.DeepCopy()
+	placed.Spec.NodeName = "n"
+	pp.update(placed)
+	if n := l.Pending(); n != 0 {
+		t.Fatalf("a placed pod still counts: %d pending", n)
 	}
 }
