@@ -245,3 +245,31 @@ func TestElasticPennyGangRuns(t *testing.T) {
 		t.Fatalf("gang: completed %d, never scheduled %d, useful %v GPU-h; want 2, 0, 2", res.PodsCompleted, res.NeverScheduled, res.UsefulGPUHours)
 	}
 }
+
+// A class share is drawn per job: the members of a gang get one class.
+func TestSpotScenarioShareIsPerGang(t *testing.T) {
+	s, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(strings.Replace(
+		strings.NewReplacer("SPOTMAX", "4", "MTTR", "0s").Replace(tinyScenario),
+		"- {qos: [BE], annotations: {penny.dev/workload: training, penny.dev/checkpoint-interval: 30m}}",
+		"- {qos: [BE], share: 0.5, annotations: {penny.dev/workload: training, penny.dev/checkpoint-interval: 30m}}\n- {qos: [BE], annotations: {penny.dev/workload: training}}", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	classes := map[string]int{}
+	for g := range 40 {
+		var seen []string
+		for m := range 2 {
+			p := spotTracePod(fmt.Sprintf("job-%d-%d", g, m), "BE", 1, 0, 2*time.Hour)
+			p.Pod.Labels[gang.LabelName] = fmt.Sprint("job-", g)
+			s.annotate(p.Pod, p.Duration, 42)
+			seen = append(seen, p.Pod.Annotations["penny.dev/checkpoint-interval"])
+		}
+		if seen[0] != seen[1] {
+			t.Fatalf("gang %d: members got checkpoint intervals %q and %q", g, seen[0], seen[1])
+		}
+		classes[seen[0]]++
+	}
+	if len(classes) != 2 {
+		t.Fatalf("classes drawn %v: want both rules to take some gangs", classes)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -360,9 +361,14 @@ func (s *SpotScenario) admit(pod *corev1.Pod, policy string) {
 
 // annotate gives a trace pod the annotations of the first class rule that
 // takes it; the seeded share uses a hash of the pod's name, so every policy
-// sees the same classes.
+// sees the same classes, or of its gang's name: a job checkpoints, or does
+// not, as a whole.
 func (s *SpotScenario) annotate(pod *corev1.Pod, runtime time.Duration, seed uint64) {
 	qos := pod.Labels[LabelQoS]
+	key := pod.Namespace + "/" + pod.Name
+	if g := pod.Labels[gang.LabelName]; g != "" {
+		key = pod.Namespace + "/" + gang.LabelName + "=" + g
+	}
 	for i, r := range s.Classes {
 		if len(r.QoS) > 0 && !contains(r.QoS, qos) {
 			continue
@@ -370,7 +376,7 @@ func (s *SpotScenario) annotate(pod *corev1.Pod, runtime time.Duration, seed uin
 		if runtime < r.MinRuntime.Duration {
 			continue
 		}
-		if r.Share != nil && shareDraw(pod.Namespace+"/"+pod.Name, seed, i) >= *r.Share {
+		if r.Share != nil && shareDraw(key, seed, i) >= *r.Share {
 			continue
 		}
 		if pod.Annotations == nil {
