@@ -709,6 +709,9 @@ func (r *elastic) autoscale(i int) error {
 		}
 		p.nominated = ""
 	}
+	if r.gangIncomplete(i) {
+		return nil
+	}
 	members := r.gangWaiting(i)
 	alone := asAlone(p.pod)
 	if len(members) == 1 {
@@ -738,12 +741,24 @@ func (r *elastic) autoscale(i int) error {
 			}
 		}
 	}
+	// A gang's members may also go on nodes already up in the pool: only
+	// the rest need new ones.
+	var room map[*elPool]int
+	if _, inGang := p.pod.Labels[gang.LabelName]; inGang {
+		var err error
+		if room, err = r.roomByPool(p); err != nil {
+			return err
+		}
+	}
 	var cands []*elPool
 	var tpls []*v1.Node
+	var needs []int
 	for _, pool := range r.pools {
-		if pool.spec.Max-pool.live >= len(members) {
+		need := len(members) - min(len(members), room[pool])
+		if pool.spec.Max-pool.live >= need {
 			cands = append(cands, pool)
 			tpls = append(tpls, pool.template)
+			needs = append(needs, need)
 		}
 	}
 	if len(cands) == 0 {
@@ -764,9 +779,10 @@ func (r *elastic) autoscale(i int) error {
 	}
 	var fit []*elPool
 	var fitT []*v1.Node
+	var fitNeed []int
 	for k := range cands {
 		if fits[k] {
-			fit, fitT = append(fit, cands[k]), append(fitT, tpls[k])
+			fit, fitT, fitNeed = append(fit, cands[k]), append(fitT, tpls[k]), append(fitNeed, needs[k])
 		}
 	}
 	if len(fit) == 0 {
@@ -788,7 +804,7 @@ func (r *elastic) autoscale(i int) error {
 		}
 	}
 	pool := fit[order[0]]
-	for _, m := range members {
+	for _, m := range members[:fitNeed[order[0]]] {
 		if err := r.launch(pool, false); err != nil {
 			return err
 		}
@@ -839,6 +855,70 @@ func (r *elastic) options(i int, tpls []*v1.Node) ([]spotrisk.Option, error) {
 		}
 	}
 	return opts, nil
+}
+
+// roomByPool counts, per pool, how many pods shaped like p the pool's ready
+// nodes have room for now (GPUs, CPU and memory), for a gang whose members
+// the gang plugin may spread over nodes already up and new ones.
+func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
+	cpu, mem, gpuMilli := requests(p)
+	out := map[*elPool]int{}
+	if gpuMilli%gpu.MilliPerGPU != 0 {
+		// Shares of a GPU: the node's counts do not say which GPU has room.
+		return out, nil
+	}
+	nis, err := r.e.NodeInfos()
+	if err != nil {
+		return nil, err
+	}
+	for _, ni := range nis {
+		n := r.nodes[ni.Node().Name]
+		if n == nil || !n.ready || n.removed {
+			continue
+		}
+		alloc, req := ni.GetAllocatable(), ni.GetRequested()
+		k := int64(math.MaxInt64)
+		if cpu > 0 {
+			k = (alloc.GetMilliCPU() - req.GetMilliCPU()) / cpu
+		}
+		if mem > 0 {
+			k = min(k, (alloc.GetMemory()-req.GetMemory())/mem)
+		}
+		if gpuMilli > 0 {
+			k = min(k, (alloc.GetScalarResources()[gpu.ResourceGPU]-req.GetScalarResources()[gpu.ResourceGPU])*gpu.MilliPerGPU/gpuMilli)
+		}
+		if k > 0 && k < math.MaxInt64 {
+			out[n.pool] += int(k)
+		}
+	}
+	return out, nil
+}
+
+// gangIncomplete reports whether the pod is in a gang some of whose members
+// have not arrived yet. The autoscaler waits for them: a job's controller
+// creates its pods together and Cluster Autoscaler sizes for all the pods it
+// sees pending, whereas launching a node per member as each arrives would
+// scatter the gang over pools it cannot span.
+func (r *elastic) gangIncomplete(i int) bool {
+	spec, ok, err := gang.Of(r.pods[i].pod)
+	if err != nil || !ok {
+		return false
+	}
+	same := func(q *elPod) bool {
+		return q.pod.Namespace == r.pods[i].pod.Namespace && q.pod.Labels[gang.LabelName] == r.pods[i].pod.Labels[gang.LabelName]
+	}
+	n := 0
+	for _, j := range r.pending {
+		if q := r.pods[j]; q.state == podWaiting && same(q) {
+			n++
+		}
+	}
+	for _, q := range r.pods {
+		if (q.state == podRunning || q.state == podHeld) && same(q) {
+			n++
+		}
+	}
+	return n < int(spec.MinMember)
 }
 
 // gangWaiting is the pod and, when it is in a gang, the gang's other

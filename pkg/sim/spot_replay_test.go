@@ -273,3 +273,23 @@ func TestSpotScenarioShareIsPerGang(t *testing.T) {
 		t.Fatalf("classes drawn %v: want both rules to take some gangs", classes)
 	}
 }
+
+// A gang's members may go on a node already up with room: the autoscaler
+// launches nodes only for the rest, and only once the whole gang has
+// arrived, all in one pool.
+func TestElasticGangUsesNodesAlreadyUp(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	first := spotTracePod("first", "BE", 1, 0, time.Hour)
+	pods := []TracePod{first}
+	for i := range 2 {
+		p := spotTracePod(fmt.Sprint("job-", i), "BE", 1, time.Hour+5*time.Minute, time.Hour)
+		p.Pod.Labels[gang.LabelName], p.Pod.Labels[gang.KeySize] = "job", "2"
+		pods = append(pods, p)
+	}
+	res := spotReplay(t, s, "penny", 42, pods...)
+	// first's node (up from 0:03 to 1:03, then empty) takes one member; one
+	// more node is launched for the other.
+	if res.PodsCompleted != 3 || res.ScaleUps != 2 {
+		t.Fatalf("completed %d pods with %d scale-ups; want 3 pods, 2 scale-ups (one node reused)", res.PodsCompleted, res.ScaleUps)
+	}
+}
