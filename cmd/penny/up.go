@@ -69,18 +69,18 @@ a CPU pod) to penny-scheduler and prints where each pod landed and what it costs
 
 // upSummary is what --summary-json writes.
 type upSummary struct {
-	PodsTotal      int          `json:"pods_total"`
-	PodsScheduled  int          `json:"pods_scheduled"`
-	PodsPending    int          `json:"pods_pending"`
-	StartupSeconds float64      `json:"startup_seconds"`
-	ScheduleSecs   float64      `json:"schedule_seconds"`
-	Nodes          int          `json:"nodes"`
-	HourlyUSD      float64      `json:"hourly_usd"`
-	Pods           []placedPod  `json:"pods"`
-	Pools          []poolSumary `json:"pools"`
+	PodsTotal      int           `json:"pods_total"`
+	PodsScheduled  int           `json:"pods_scheduled"`
+	PodsPending    int           `json:"pods_pending"`
+	StartupSeconds float64       `json:"startup_seconds"`
+	ScheduleSecs   float64       `json:"schedule_seconds"`
+	Nodes          int           `json:"nodes"`
+	HourlyUSD      float64       `json:"hourly_usd"`
+	Pods           []placedPod   `json:"pods"`
+	Pools          []poolSummary `json:"pools"`
 }
 
-type poolSumary struct {
+type poolSummary struct {
 	Name         string `json:"name"`
 	Nodes        int    `json:"nodes"`
 	CapacityType string `json:"capacity_type"`
@@ -147,7 +147,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 
 	summary := upSummary{StartupSeconds: startup.Seconds(), Nodes: len(spec.Nodes())}
 	for _, p := range spec.Pools {
-		summary.Pools = append(summary.Pools, poolSumary{Name: p.Name, Nodes: p.Count, CapacityType: p.CapacityType, GPUModel: p.GPUModel})
+		summary.Pools = append(summary.Pools, poolSummary{Name: p.Name, Nodes: p.Count, CapacityType: p.CapacityType, GPUModel: p.GPUModel})
 	}
 	if o.demo {
 		fmt.Fprintf(out, "\nSubmitting the demo workload to penny-scheduler...\n")

@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -399,7 +400,7 @@ func (n *NodeDevices) Apply(a Assignment) error {
 			if err != nil {
 				return err
 			}
-			if !containsInt(starts, s.MIG.Start) {
+			if !slices.Contains(starts, s.MIG.Start) {
 				return fmt.Errorf("MIG instance %s does not fit on GPU %d of %s next to %v", s.MIG, s.GPU, n.describe(), d.MIG)
 			}
 			d.MIG = append(d.MIG, s.MIG)
@@ -532,13 +533,4 @@ func (a Assignment) Matches(r Request) error {
 		return fmt.Errorf("assignment %q does not match the request for %s", a, r)
 	}
 	return nil
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

@@ -1,6 +1,10 @@
 package gpu
 
-import corev1 "k8s.io/api/core/v1"
+import (
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+)
 
 // PodProducts reads the GPU products a pod accepts from its node selector and
 // its required node affinity on nvidia.com/gpu.product (operator In), the
@@ -14,20 +18,11 @@ func PodProducts(pod *corev1.Pod) []string {
 	switch {
 	case !ok:
 		return out
-	case out == nil || containsString(out, sel):
+	case out == nil || slices.Contains(out, sel):
 		return []string{sel}
 	}
 	// Selector and affinity disagree: no product is accepted.
 	return []string{}
-}
-
-func containsString(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func affinityProducts(pod *corev1.Pod) []string {

@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -76,13 +77,13 @@ func (n *NodeDevices) SetLayout(i int, layout []Placement) error {
 		if err != nil {
 			return fmt.Errorf("GPU %d of %s: %w", i, n.describe(), err)
 		}
-		if !containsInt(starts, p.Start) {
+		if !slices.Contains(starts, p.Start) {
 			return fmt.Errorf("GPU %d of %s: layout %v is not a valid MIG geometry (%s does not fit next to %v)", i, n.describe(), layout, p, placed)
 		}
 		placed = append(placed, p)
 	}
 	for _, h := range d.MIG {
-		if !containsPlacement(layout, h) {
+		if !slices.Contains(layout, h) {
 			return fmt.Errorf("GPU %d of %s: a pod holds MIG instance %s, which layout %v does not have", i, n.describe(), h, layout)
 		}
 	}
@@ -105,18 +106,9 @@ func (n *NodeDevices) freeStarts(g int, profile string) ([]int, error) {
 	}
 	var starts []int
 	for _, p := range d.Layout {
-		if p.Profile == profile && !containsPlacement(d.MIG, p) {
+		if p.Profile == profile && !slices.Contains(d.MIG, p) {
 			starts = append(starts, p.Start)
 		}
 	}
 	return starts, nil
-}
-
-func containsPlacement(s []Placement, p Placement) bool {
-	for _, x := range s {
-		if x == p {
-			return true
-		}
-	}
-	return false
 }

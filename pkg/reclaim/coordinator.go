@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -358,7 +359,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 				}
 				byNode[p.Spec.NodeName] = f
 			}
-			if !containsString(f.gangs, ref.String()) {
+			if !slices.Contains(f.gangs, ref.String()) {
 				f.gangs = append(f.gangs, ref.String())
 			}
 			f.pods = append(f.pods, p)
@@ -372,15 +373,6 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].node < out[j].node })
 	return out, nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 func live(p *corev1.Pod) bool {

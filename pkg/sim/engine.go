@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	resourceslicetracker "k8s.io/dynamic-resource-allocation/resourceslice/tracker"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+	podutil "k8s.io/kubernetes/pkg/api/v1/pod"
 	"k8s.io/kubernetes/pkg/features"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 	internalcache "k8s.io/kubernetes/pkg/scheduler/backend/cache"
@@ -377,15 +377,11 @@ func (e *Engine) unschedulable(pod *v1.Pod, reason string) error {
 	if err != nil {
 		return fmt.Errorf("reading pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	cond := v1.PodCondition{Type: v1.PodScheduled, Status: v1.ConditionFalse, Reason: v1.PodReasonUnschedulable, Message: reason}
-	for _, c := range cur.Status.Conditions {
-		if c.Type == cond.Type && c.Status == cond.Status && c.Reason == cond.Reason && c.Message == cond.Message {
-			return nil
-		}
-	}
 	cur = cur.DeepCopy()
-	cur.Status.Conditions = slices.DeleteFunc(cur.Status.Conditions, func(c v1.PodCondition) bool { return c.Type == v1.PodScheduled })
-	cur.Status.Conditions = append(cur.Status.Conditions, cond)
+	cond := v1.PodCondition{Type: v1.PodScheduled, Status: v1.ConditionFalse, Reason: v1.PodReasonUnschedulable, Message: reason}
+	if !podutil.UpdatePodCondition(&cur.Status, &cond) {
+		return nil
+	}
 	updated, err := e.api.CoreV1().Pods(pod.Namespace).UpdateStatus(e.ctx, cur, metav1.UpdateOptions{})
 	if err != nil {
 		return fmt.Errorf("marking pod %s/%s unschedulable: %w", pod.Namespace, pod.Name, err)

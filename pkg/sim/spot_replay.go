@@ -861,9 +861,8 @@ func (r *elastic) options(i int, tpls []*v1.Node) ([]spotrisk.Option, error) {
 // nodes have room for now (GPUs, CPU and memory), for a gang whose members
 // the gang plugin may spread over nodes already up and new ones.
 func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
-	cpu, mem, gpuMilli := requests(p)
 	out := map[*elPool]int{}
-	if gpuMilli%gpu.MilliPerGPU != 0 {
+	if p.usage.GPUMilli%gpu.MilliPerGPU != 0 {
 		// Shares of a GPU: the node's counts do not say which GPU has room.
 		return out, nil
 	}
@@ -877,17 +876,8 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 			continue
 		}
 		alloc, req := ni.GetAllocatable(), ni.GetRequested()
-		k := int64(math.MaxInt64)
-		if cpu > 0 {
-			k = (alloc.GetMilliCPU() - req.GetMilliCPU()) / cpu
-		}
-		if mem > 0 {
-			k = min(k, (alloc.GetMemory()-req.GetMemory())/mem)
-		}
-		if gpuMilli > 0 {
-			k = min(k, (alloc.GetScalarResources()[gpu.ResourceGPU]-req.GetScalarResources()[gpu.ResourceGPU])*gpu.MilliPerGPU/gpuMilli)
-		}
-		if k > 0 && k < math.MaxInt64 {
+		free := alloc.GetScalarResources()[gpu.ResourceGPU] - req.GetScalarResources()[gpu.ResourceGPU]
+		if k := spotrisk.SlotsIn(p.usage, alloc.GetMilliCPU()-req.GetMilliCPU(), alloc.GetMemory()-req.GetMemory(), free); k > 0 {
 			out[n.pool] += int(k)
 		}
 	}
@@ -904,17 +894,15 @@ func (r *elastic) gangIncomplete(i int) bool {
 	if err != nil || !ok {
 		return false
 	}
-	same := func(q *elPod) bool {
-		return q.pod.Namespace == r.pods[i].pod.Namespace && q.pod.Labels[gang.LabelName] == r.pods[i].pod.Labels[gang.LabelName]
-	}
+	key := gangKey(r.pods[i].pod)
 	n := 0
 	for _, j := range r.pending {
-		if q := r.pods[j]; q.state == podWaiting && same(q) {
+		if q := r.pods[j]; q.state == podWaiting && gangKey(q.pod) == key {
 			n++
 		}
 	}
 	for _, q := range r.pods {
-		if (q.state == podRunning || q.state == podHeld) && same(q) {
+		if (q.state == podRunning || q.state == podHeld) && gangKey(q.pod) == key {
 			n++
 		}
 	}
@@ -924,14 +912,14 @@ func (r *elastic) gangIncomplete(i int) bool {
 // gangWaiting is the pod and, when it is in a gang, the gang's other
 // waiting members that no node is coming for yet.
 func (r *elastic) gangWaiting(i int) []int {
-	name := r.pods[i].pod.Labels[gang.LabelName]
-	if name == "" {
-		return []int{i}
-	}
+	key := gangKey(r.pods[i].pod)
 	out := []int{i}
+	if key == "" {
+		return out
+	}
 	for _, j := range r.pending {
 		q := r.pods[j]
-		if j != i && q.state == podWaiting && q.nominated == "" && q.pod.Namespace == r.pods[i].pod.Namespace && q.pod.Labels[gang.LabelName] == name {
+		if j != i && q.state == podWaiting && q.nominated == "" && gangKey(q.pod) == key {
 			out = append(out, j)
 		}
 	}

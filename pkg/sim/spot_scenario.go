@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -346,7 +347,7 @@ var gpuTaint = corev1.Taint{Key: string(gpu.ResourceGPU), Value: "present", Effe
 // when it asks for GPUs, and of the Spot taint when the policy's pods
 // tolerate Spot.
 func (s *SpotScenario) admit(pod *corev1.Pod, policy string) {
-	if !containsFold(s.GPUSharing, policy) {
+	if !slices.ContainsFunc(s.GPUSharing, func(v string) bool { return strings.EqualFold(v, policy) }) {
 		wholeGPUs(pod)
 	}
 	if s.GPUTaint && podGPUs(pod) > 0 {
@@ -370,7 +371,7 @@ func (s *SpotScenario) annotate(pod *corev1.Pod, runtime time.Duration, seed uin
 		key = pod.Namespace + "/" + gang.LabelName + "=" + g
 	}
 	for i, r := range s.Classes {
-		if len(r.QoS) > 0 && !contains(r.QoS, qos) {
+		if len(r.QoS) > 0 && !slices.Contains(r.QoS, qos) {
 			continue
 		}
 		if runtime < r.MinRuntime.Duration {
@@ -400,24 +401,6 @@ func wholeGPUs(pod *corev1.Pod) {
 			}
 		}
 	}
-}
-
-func containsFold(list []string, s string) bool {
-	for _, v := range list {
-		if strings.EqualFold(v, s) {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // shareDraw is a deterministic uniform draw in [0,1) per pod and rule.

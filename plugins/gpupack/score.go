@@ -124,10 +124,7 @@ func (p *GPUPack) Score(ctx context.Context, state fwk.CycleState, pod *corev1.P
 	if err != nil {
 		return 0, fwk.AsStatus(err)
 	}
-	e := p.view.scored(ni, s)
-	if e == nil {
-		e = p.view.entryFor(klog.FromContext(ctx), ni)
-	}
+	e := p.view.entryFor(klog.FromContext(ctx), ni)
 	parts, ok := e.parts, e.fits
 	if e.scoredFor != s {
 		var w packing.Scratch

@@ -138,18 +138,6 @@ func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 	return v.build(logger, ni, false)
 }
 
-// scored returns the node's entry if PreScore measured it for the cycle s,
-// without entryFor's generation check: the snapshot does not change within
-// a cycle, and reading the NodeInfo would cost Score a cache miss per node.
-func (v *view) scored(ni fwk.NodeInfo, s *cycleState) *entry {
-	if k, ok := ni.(*framework.NodeInfo); ok {
-		if e := v.nodes[k]; e != nil && e.scoredFor == s {
-			return e
-		}
-	}
-	return nil
-}
-
 // build reads the node's devices from its pods. Reservations whose pods
 // have come back with the annotation, or have left the node, are dropped
 // when keep is set (a sync). Callers hold mu.

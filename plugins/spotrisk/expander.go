@@ -123,16 +123,21 @@ func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error)
 // share cannot span two).
 func Slots(u pricing.Usage, node *corev1.Node) int64 {
 	alloc := node.Status.Allocatable
+	g := alloc[gpu.ResourceGPU]
+	return SlotsIn(u, alloc.Cpu().MilliValue(), alloc.Memory().Value(), g.Value())
+}
+
+// SlotsIn is Slots for the given millicores, bytes of memory and whole GPUs
+// (a node's free room, say); 1 for a pod that asks for nothing.
+func SlotsIn(u pricing.Usage, milliCPU, memBytes, gpus int64) int64 {
 	n := int64(math.MaxInt64)
 	if u.CPUMilli > 0 {
-		n = min(n, alloc.Cpu().MilliValue()/u.CPUMilli)
+		n = min(n, milliCPU/u.CPUMilli)
 	}
 	if u.MemoryBytes > 0 {
-		n = min(n, alloc.Memory().Value()/u.MemoryBytes)
+		n = min(n, memBytes/u.MemoryBytes)
 	}
 	if u.GPUMilli > 0 {
-		g := alloc[gpu.ResourceGPU]
-		gpus := g.Value()
 		if u.GPUMilli < gpu.MilliPerGPU {
 			n = min(n, gpus*(gpu.MilliPerGPU/u.GPUMilli))
 		} else {

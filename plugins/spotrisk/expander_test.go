@@ -72,7 +72,7 @@ func TestSlots(t *testing.T) {
 
 // Per pod slot, a bigger node can be the cheaper one to grow.
 func TestExpanderPrefersCheaperPerSlot(t *testing.T) {
-	cat, err := pricing.Parse([]byte(`apiVersion: penny.dev/v1alpha1
+	x, err := NewExpander(context.Background(), nil, Deps{Prices: catalogOf(t, `apiVersion: penny.dev/v1alpha1
 kind: PriceCatalog
 instanceTypes:
 - {name: small, gpus: 1, gpuModel: A10G, vcpus: 32, memoryGiB: 128}
@@ -80,11 +80,7 @@ instanceTypes:
 prices:
 - {instanceType: small, capacityType: on-demand, region: us-east-1, hourly: 2.448}
 - {instanceType: quad, capacityType: on-demand, region: us-east-1, hourly: 5.672}
-`), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := NewExpander(context.Background(), nil, Deps{Prices: cat})
+`)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +101,7 @@ prices:
 // A node is never counted as holding more pods than exist to fill it: with
 // few peers the smaller node is cheaper per pod; with many, the bigger one.
 func TestExpanderCapsSlotsByPeers(t *testing.T) {
-	cat, err := pricing.Parse([]byte(`apiVersion: penny.dev/v1alpha1
+	x, err := NewExpander(context.Background(), nil, Deps{Prices: catalogOf(t, `apiVersion: penny.dev/v1alpha1
 kind: PriceCatalog
 instanceTypes:
 - {name: quad, gpus: 4, gpuModel: A10G, vcpus: 48, memoryGiB: 192}
@@ -113,11 +109,7 @@ instanceTypes:
 prices:
 - {instanceType: quad, capacityType: on-demand, region: us-east-1, hourly: 5.672}
 - {instanceType: octo, capacityType: on-demand, region: us-east-1, hourly: 8}
-`), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := NewExpander(context.Background(), nil, Deps{Prices: cat})
+`)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,13 @@ prices:
 
 func catalog(t *testing.T) *pricing.Catalog {
 	t.Helper()
-	c, err := pricing.Parse([]byte(testCatalog), "test")
+	return catalogOf(t, testCatalog)
+}
+
+// catalogOf parses a catalog a test writes out.
+func catalogOf(t *testing.T, yaml string) *pricing.Catalog {
+	t.Helper()
+	c, err := pricing.Parse([]byte(yaml), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

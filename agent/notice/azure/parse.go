@@ -2,6 +2,7 @@ package azure
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,7 +121,7 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 	var out []notice.Notice
 	for _, e := range d.Events {
 		kind, known := eventKinds[e.EventType]
-		if !known || !containsFold(e.Resources, vmName) {
+		if !known || !slices.ContainsFunc(e.Resources, func(v string) bool { return strings.EqualFold(v, vmName) }) {
 			continue
 		}
 		deadline := detected.Add(minNotice)
@@ -142,15 +143,6 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 // EventID returns the Azure event id of a notice id made by Notices.
 func EventID(noticeID string) (string, bool) {
 	return strings.CutPrefix(noticeID, "azure-")
-}
-
-func containsFold(list []string, s string) bool {
-	for _, v := range list {
-		if strings.EqualFold(v, s) {
-			return true
-		}
-	}
-	return false
 }
 
 func validID(s string) bool {

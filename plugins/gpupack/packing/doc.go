@@ -2,7 +2,7 @@
 // framework so that it can be tested and benchmarked on its own: the
 // workload's demand learned from arrivals (Learner, Demand), one node's
 // devices and free resources as the scorer reads them (Node), and the
-// measure that scores and chooses a placement (Evaluate, Choose).
+// measure that scores and chooses a placement (Measure, Choose).
 //
 // The measure is the expected waste of a node against the demand: for each
 // typical pod shape s (weight w_s), the free GPU capacity of the node that

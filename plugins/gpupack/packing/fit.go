@@ -2,6 +2,7 @@ package packing
 
 import (
 	"github.com/pennysched/penny/pkg/gpu"
+	"slices"
 )
 
 // Fit is whether a pod's GPUs fit on a node's devices now.
@@ -97,7 +98,7 @@ func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 		for k := 0; k < len(n.static) && !placed; k++ {
 			in := &n.static[k]
 			any = true
-			if in.profile != prof || contains(taken[:ntaken], k) {
+			if in.profile != prof || slices.Contains(taken[:ntaken], k) {
 				continue
 			}
 			taken[ntaken] = k
@@ -126,15 +127,6 @@ func (n *Node) hasMIGCapacity() bool {
 	}
 	for i := range n.Dev.GPUs {
 		if n.Dev.GPUs[i].MIGMode {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
 			return true
 		}
 	}

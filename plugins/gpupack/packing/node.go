@@ -2,6 +2,7 @@ package packing
 
 import (
 	"math"
+	"slices"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -99,7 +100,7 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 		case len(d.Layout) > 0:
 			n.mig[i] = migGPU{static: true}
 			for _, p := range d.Layout {
-				if containsPlacement(d.MIG, p) {
+				if slices.Contains(d.MIG, p) {
 					continue
 				}
 				prof, _ := dev.Model.Profile(p.Profile)
@@ -123,15 +124,6 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 		}
 	}
 	return n
-}
-
-func containsPlacement(s []gpu.Placement, p gpu.Placement) bool {
-	for _, x := range s {
-		if x == p {
-			return true
-		}
-	}
-	return false
 }
 
 // HasGPU reports whether the node has any GPU.

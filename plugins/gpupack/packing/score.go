@@ -242,18 +242,6 @@ type Parts struct {
 	Frag, Bal, Dead float64
 }
 
-// Evaluate is the cost of placing the pod on the node in the best way the
-// packer knows, or ok false when its devices cannot take it. The node must
-// be prepared for c.Demand. It allocates nothing.
-func (n *Node) Evaluate(c *Cycle) (cost float64, ok bool) {
-	var w Scratch
-	parts, ok := n.Measure(c, &w)
-	if !ok {
-		return 0, false
-	}
-	return c.Compose(parts, n.GPUMemoryGB), true
-}
-
 // Scratch is Measure's working memory. Measuring a node takes a few
 // nanoseconds more when it has to clear kilobytes of it first, so a caller
 // that measures many nodes keeps one Scratch per goroutine.
@@ -263,9 +251,10 @@ type Scratch struct {
 	pick choice
 }
 
-// Measure is Evaluate without Compose: the parts of the best placement's
-// cost, or ok false when the node's devices cannot take the pod. w is
-// working memory, not read before it is written.
+// Measure finds the best placement of the pod on the node and returns the
+// parts of its cost (Cycle.Compose weighs them), or ok false when the node's
+// devices cannot take the pod. The node must be prepared for c.Demand. w is
+// working memory, not read before it is written; Measure allocates nothing.
 func (n *Node) Measure(c *Cycle, w *Scratch) (parts Parts, ok bool) {
 	r := c.Req
 	var m *memoEntry
@@ -316,7 +305,7 @@ func (c *Cycle) Compose(parts Parts, gpuMemoryGB int) float64 {
 	return cost
 }
 
-// Choose returns the devices for the pod on the node (what Evaluate scored)
+// Choose returns the devices for the pod on the node (what Measure scored)
 // and its cost. The node must be prepared for c.Demand.
 func (n *Node) Choose(c *Cycle) (gpu.Assignment, float64, error) {
 	var w Scratch
@@ -391,7 +380,7 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice, sc *scratch) (Parts, b
 		var tried [maxTouched]int64
 		ntried := 0
 		for i, f := range n.free {
-			if f < m || containsInt64(tried[:ntried], f) {
+			if f < m || slices.Contains(tried[:ntried], f) {
 				continue
 			}
 			if ntried < len(tried) {
@@ -591,13 +580,4 @@ func (n *Node) applyPicks(pick *choice, p *placement) {
 			}
 		}
 	}
-}
-
-func containsInt64(s []int64, v int64) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
