@@ -45,6 +45,14 @@ type ElasticResult struct {
 	IdleUSD         float64            `json:"idle_usd"`
 	BillByCapacity  map[string]float64 `json:"bill_by_capacity_usd"`
 	NodeHoursByPool map[string]float64 `json:"node_hours_by_pool"`
+	// BillByPool and AllocatedByPool split the bill and its allocated
+	// part by pool: the difference is each pool's idle cost.
+	BillByPool      map[string]float64 `json:"bill_by_pool_usd"`
+	AllocatedByPool map[string]float64 `json:"allocated_by_pool_usd"`
+	// GPUHoursByClass is the GPU time pods ran, by their Spot policy
+	// (Penny's reading of the pod, the same for every policy) and the
+	// capacity type of the node: where each class of work went.
+	GPUHoursByClass map[string]map[string]float64 `json:"gpu_hours_by_class"`
 	// UsefulGPUHours is GPU time that advanced work; LostGPUHours is GPU
 	// time thrown away by reclaims: progress since the last checkpoint and
 	// the restart that follows.
@@ -142,8 +150,10 @@ const (
 )
 
 type elPod struct {
-	tp    *TracePod
-	pod   *v1.Pod
+	tp  *TracePod
+	pod *v1.Pod
+	// gang is the pod's gang key (gangKey), "" outside a gang.
+	gang  string
 	class spotrisk.Class
 	gpus  float64
 	usage pricing.Usage
@@ -151,8 +161,10 @@ type elPod struct {
 	// survives a reclaim (checkpointed, or all of it for a service).
 	work, saved time.Duration
 	// overhead is the restart time the next run spends before progress.
-	overhead  time.Duration
-	state     elPodState
+	overhead time.Duration
+	state    elPodState
+	// queued: the pod has arrived and waits in r.pending.
+	queued    bool
 	node      string
 	gen       int
 	runStart  time.Duration
@@ -169,6 +181,11 @@ type elPod struct {
 	downSince  time.Duration
 	deadline   time.Duration
 	retriedDue bool
+	// fits remembers which pools' templates pass the pod's filters
+	// (poolFits), for the deadline in fitsFor and whether it had passed.
+	fits       []bool
+	fitsFor    time.Duration
+	fitsWaited bool
 }
 
 type elNode struct {
@@ -184,9 +201,13 @@ type elNode struct {
 	fedUntil time.Duration
 	// room is what nominated pods leave of an in-flight node.
 	roomCPU, roomMem, roomGPU int64
+	// nominees are the pods nominated to the node while it is in flight.
+	nominees []*elPod
 }
 
 type elPool struct {
+	// index is the pool's place in elastic.pools.
+	index    int
 	spec     *ElasticPool
 	template *v1.Node
 	live     int
@@ -213,12 +234,19 @@ type elastic struct {
 	now         time.Duration
 	pods        []*elPod
 	byUID       map[string]int
-	pending     []int
-	nodes       map[string]*elNode
-	pools       []*elPool
-	freed       []string
-	scanOn      bool
-	arrived     int
+	// gangs lists each gang's pods by gang key.
+	gangs   map[string][]int
+	pending []int
+	nodes   map[string]*elNode
+	// inflight are the nodes launched and not ready yet.
+	inflight map[string]*elNode
+	// scanning is set during a scan, which keeps scanRoom (readyRoom).
+	scanning bool
+	scanRoom nodeRoom
+	pools    []*elPool
+	freed    []string
+	scanOn   bool
+	arrived  int
 	// progress is when a pod last started or finished.
 	progress time.Duration
 	// lastLaunched is the node launch created last.
@@ -244,8 +272,9 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	sc := o.Scenario
 	r := &elastic{o: o, sc: sc, clock: clocktesting.NewFakeClock(simEpoch), epoch: simEpoch,
 		risk: pricing.NewRiskModel(pricing.RiskConfig{}), rule: sc.reclaimRule(o.Policy.Name),
-		byUID: map[string]int{}, nodes: map[string]*elNode{},
-		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{}}}
+		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{},
+		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
+			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
@@ -261,7 +290,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		if !ok {
 			return nil, fmt.Errorf("pool %s: no price for %s %s in %s", p.Name, p.CapacityType, p.InstanceType, sc.Region)
 		}
-		pool := &elPool{spec: p, template: tpl, price: price,
+		pool := &elPool{index: len(r.pools), spec: p, template: tpl, price: price,
 			rng: rand.New(rand.NewPCG(o.Seed, uint64(i)+0x51ed))}
 		r.pools = append(r.pools, pool)
 		if p.capacity == pricing.Spot {
@@ -294,8 +323,11 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
-		ep := &elPod{tp: tp, pod: p, class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
+		ep := &elPod{tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
 		r.pods = append(r.pods, ep)
+		if ep.gang != "" {
+			r.gangs[ep.gang] = append(r.gangs[ep.gang], i)
+		}
 		r.byUID[string(p.UID)] = i
 		r.push(elEvent{at: tp.Arrival, kind: elArrival, pod: i})
 		if tp.Withdraw > 0 {
@@ -362,14 +394,30 @@ func (r *elastic) push(ev elEvent) {
 }
 
 // StallLimit ends a replay in which nothing has started or finished for
-// this long after the last arrival: waiting pods that no pool can take (a
-// gang wider than any pool) would otherwise keep the autoscaler scanning
-// forever.
+// this long after the last arrival and no running pod is left to finish:
+// waiting pods that no pool can take (a gang wider than any pool) would
+// otherwise keep the autoscaler scanning forever.
 const StallLimit = 72 * time.Hour
+
+// stalled: nothing started or finished for StallLimit, all pods have
+// arrived, and no running pod will finish.
+func (r *elastic) stalled() bool {
+	if r.arrived < len(r.pods) || r.q[0].at-r.progress <= StallLimit {
+		return false
+	}
+	for _, ev := range r.q {
+		if ev.kind == elDeparture {
+			if p := r.pods[ev.pod]; p.state == podRunning && p.gen == ev.gen {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 func (r *elastic) run(ctx context.Context) error {
 	for r.q.Len() > 0 && !r.over() {
-		if r.arrived == len(r.pods) && r.q[0].at-r.progress > StallLimit {
+		if r.stalled() {
 			r.res.Stalled = true
 			break
 		}
@@ -491,17 +539,20 @@ func (r *elastic) try(i int) error {
 func (r *elastic) enqueue(i int) {
 	p := r.pods[i]
 	p.state = podWaiting
-	for _, j := range r.pending {
-		if j == i {
-			return
-		}
+	if p.queued {
+		return
 	}
+	p.queued = true
 	r.pending = append(r.pending, i)
 	sort.SliceStable(r.pending, func(a, b int) bool { return r.pods[r.pending[a]].waitStart < r.pods[r.pending[b]].waitStart })
 	r.armScan()
 }
 
 func (r *elastic) dropPending(i int) {
+	if !r.pods[i].queued {
+		return
+	}
+	r.pods[i].queued = false
 	for k, j := range r.pending {
 		if j == i {
 			r.pending = append(r.pending[:k], r.pending[k+1:]...)
@@ -545,6 +596,14 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	ran := r.now - p.runStart
 	r.res.AllocatedGPUHours += p.gpus * ran.Hours()
 	r.res.AllocatedUSD += p.hourly * ran.Hours()
+	if n != nil {
+		r.res.AllocatedByPool[n.pool.spec.Name] += p.hourly * ran.Hours()
+		class := string(p.class.Policy)
+		if r.res.GPUHoursByClass[class] == nil {
+			r.res.GPUHoursByClass[class] = map[string]float64{}
+		}
+		r.res.GPUHoursByClass[class][string(n.pool.spec.capacity)] += p.gpus * ran.Hours()
+	}
 	if p.everSpot && p.class.Policy == spotrisk.Never && n != nil && pricing.NodeCapacity(n.node).IsSpot() {
 		r.res.NeverOnSpotGPUHours += p.gpus * ran.Hours()
 	}
@@ -588,14 +647,14 @@ func (r *elastic) keptOnReclaim(victims []int, notice time.Duration) map[int]tim
 			r.res.NoticeCheckpoints++
 		}
 		kept[i] = k
-		if g := gangKey(p.pod); g != "" {
+		if g := p.gang; g != "" {
 			if cur, ok := least[g]; !ok || k < cur {
 				least[g] = k
 			}
 		}
 	}
 	for _, i := range victims {
-		if g := gangKey(r.pods[i].pod); g != "" && !r.pods[i].class.Work.Stateless {
+		if g := r.pods[i].gang; g != "" && !r.pods[i].class.Work.Stateless {
 			kept[i] = least[g]
 		}
 	}
@@ -624,14 +683,29 @@ func (r *elastic) departure(ev elEvent) error {
 func (r *elastic) retryPending() error {
 	freed := r.freed
 	r.freed = nil
+	room, err := r.roomOn(freed)
+	if err != nil {
+		return err
+	}
+	// Members of one gang with the same requests are the same pod to the
+	// filters: once one does not fit, the others do not (placing other pods
+	// only takes room).
+	type member struct {
+		gang string
+		u    pricing.Usage
+	}
+	unfit := map[member]bool{}
 	for _, i := range append([]int(nil), r.pending...) {
 		p := r.pods[i]
-		if p.state != podWaiting {
+		if p.state != podWaiting || !room.mayTake(p.usage) || unfit[member{p.gang, p.usage}] {
 			continue
 		}
 		fits, err := r.e.FitsOn(p.pod, freed)
 		if err != nil {
 			return err
+		}
+		if !fits && p.gang != "" {
+			unfit[member{p.gang, p.usage}] = true
 		}
 		if fits {
 			if err := r.try(i); err != nil {
@@ -642,9 +716,87 @@ func (r *elastic) retryPending() error {
 	return nil
 }
 
+// freeRoom is the CPU, memory and whole GPUs a ready node has free.
+type freeRoom struct {
+	node           *elNode
+	cpu, mem, gpus int64
+}
+
+// nodeRoom is the free room of some nodes.
+type nodeRoom []freeRoom
+
+// readyRoom is what every ready node has free now. A scan reuses it until
+// it places a pod: launching nodes and nominating pods change no ready
+// node.
+func (r *elastic) readyRoom() (nodeRoom, error) {
+	if r.scanRoom != nil {
+		return r.scanRoom, nil
+	}
+	nis, err := r.e.NodeInfos()
+	if err != nil {
+		return nil, err
+	}
+	out := nodeRoom{}
+	for _, ni := range nis {
+		n := r.nodes[ni.Node().Name]
+		if n == nil || !n.ready || n.removed {
+			continue
+		}
+		alloc, req := ni.GetAllocatable(), ni.GetRequested()
+		out = append(out, freeRoom{node: n, cpu: alloc.GetMilliCPU() - req.GetMilliCPU(), mem: alloc.GetMemory() - req.GetMemory(),
+			gpus: alloc.GetScalarResources()[gpu.ResourceGPU] - req.GetScalarResources()[gpu.ResourceGPU]})
+	}
+	if r.scanning {
+		r.scanRoom = out
+	}
+	return out, nil
+}
+
+// roomOn is what the named nodes have free now. Pods placed afterwards make
+// it an overestimate, which is all mayTake needs.
+func (r *elastic) roomOn(names []string) (nodeRoom, error) {
+	all, err := r.readyRoom()
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	var out nodeRoom
+	for _, f := range all {
+		if want[f.node.name] {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// mayTake is false when no node has the CPU, memory or whole GPUs a pod
+// asks for: NodeResourcesFit, a Filter of every profile, would reject it
+// everywhere, so the filters need not run. Shares of a GPU are not counted
+// in whole GPUs and are left to the filters.
+func (room nodeRoom) mayTake(u pricing.Usage) bool {
+	whole := int64(0)
+	if u.GPUMilli%gpu.MilliPerGPU == 0 {
+		whole = u.GPUMilli / gpu.MilliPerGPU
+	}
+	for _, n := range room {
+		if n.cpu >= u.CPUMilli && n.mem >= u.MemoryBytes && n.gpus >= whole {
+			return true
+		}
+	}
+	return false
+}
+
 // scan is the autoscaler's periodic loop: it retries pods whose wait for
 // Spot has ended and asks for nodes for pods nothing is coming for.
 func (r *elastic) scan() error {
+	// autoscale acts for a whole gang: once per gang and scan is enough,
+	// and a large gang that waits for room does not cost a scan per member.
+	gangsDone := map[string]bool{}
+	r.scanning, r.scanRoom = true, nil
+	defer func() { r.scanning, r.scanRoom = false, nil }()
 	for _, i := range append([]int(nil), r.pending...) {
 		p := r.pods[i]
 		if p.state != podWaiting {
@@ -652,12 +804,17 @@ func (r *elastic) scan() error {
 		}
 		if p.deadline > 0 && r.now >= p.deadline && !p.retriedDue {
 			p.retriedDue = true
+			r.scanRoom = nil
 			if err := r.try(i); err != nil {
 				return err
 			}
+			r.scanRoom = nil
 			continue
 		}
-		if p.nominated == "" {
+		if p.nominated == "" && !gangsDone[p.gang] {
+			if p.gang != "" {
+				gangsDone[p.gang] = true
+			}
 			if err := r.autoscale(i); err != nil {
 				return err
 			}
@@ -697,6 +854,32 @@ func (r *elastic) armScan() {
 	}
 }
 
+// poolFits says which pools' template nodes pass the pod's PreFilter and
+// Filter plugins, indexed by pool. A template is a fresh node, so the answer
+// depends on the pod alone and on time only through SpotRisk's wait of a
+// Spot-preferring pod and its reclaim-risk limit: it is remembered until the
+// pod's wait ends or starts again, and not at all for a pod with a risk
+// limit, whose answer follows the risk model.
+func (r *elastic) poolFits(i int) ([]bool, error) {
+	p := r.pods[i]
+	waited := p.deadline > 0 && r.now >= p.deadline
+	if p.fits != nil && p.fitsFor == p.deadline && p.fitsWaited == waited {
+		return p.fits, nil
+	}
+	tpls := make([]*v1.Node, len(r.pools))
+	for k, pool := range r.pools {
+		tpls[k] = pool.template
+	}
+	fits, err := r.e.FitsTemplates(asAlone(p.pod), tpls)
+	if err != nil {
+		return nil, err
+	}
+	if p.class.MaxMonthlyRisk >= 1 {
+		p.fits, p.fitsFor, p.fitsWaited = fits, p.deadline, waited
+	}
+	return fits, nil
+}
+
 // autoscale finds or launches a node for a waiting pod. A gang member
 // brings its whole gang: the gang's waiting members get one node each, all
 // in one pool (one zone and capacity type, as the gang plugin keeps a gang),
@@ -713,28 +896,23 @@ func (r *elastic) autoscale(i int) error {
 		return nil
 	}
 	members := r.gangWaiting(i)
-	alone := asAlone(p.pod)
 	if len(members) == 1 {
 		// A node already on its way may take it.
 		cpu, mem, gpuMilli := requests(p)
 		var inflight []*elNode
-		for _, n := range r.nodes {
-			if !n.ready && !n.removed && n.roomCPU >= cpu && n.roomMem >= mem && n.roomGPU >= gpuMilli {
+		for _, n := range r.inflight {
+			if n.roomCPU >= cpu && n.roomMem >= mem && n.roomGPU >= gpuMilli {
 				inflight = append(inflight, n)
 			}
 		}
 		sort.Slice(inflight, func(a, b int) bool { return inflight[a].name < inflight[b].name })
 		if len(inflight) > 0 {
-			tpls := make([]*v1.Node, len(inflight))
-			for k, n := range inflight {
-				tpls[k] = n.pool.template
-			}
-			ok, err := r.e.FitsTemplates(alone, tpls)
+			ok, err := r.poolFits(i)
 			if err != nil {
 				return err
 			}
-			for k, n := range inflight {
-				if ok[k] {
+			for _, n := range inflight {
+				if ok[n.pool.index] {
 					r.nominate(p, n)
 					return nil
 				}
@@ -750,39 +928,27 @@ func (r *elastic) autoscale(i int) error {
 			return err
 		}
 	}
-	var cands []*elPool
-	var tpls []*v1.Node
-	var needs []int
-	for _, pool := range r.pools {
-		need := len(members) - min(len(members), room[pool])
-		if pool.spec.Max-pool.live >= need {
-			cands = append(cands, pool)
-			tpls = append(tpls, pool.template)
-			needs = append(needs, need)
-		}
-	}
-	if len(cands) == 0 {
-		return nil
-	}
-	fits := make([]bool, len(cands))
-	for k := range fits {
-		fits[k] = true
-	}
-	for _, m := range members {
-		ok, err := r.e.FitsTemplates(asAlone(r.pods[m].pod), tpls)
-		if err != nil {
-			return err
-		}
-		for k := range fits {
-			fits[k] = fits[k] && ok[k]
-		}
-	}
 	var fit []*elPool
 	var fitT []*v1.Node
 	var fitNeed []int
-	for k := range cands {
-		if fits[k] {
-			fit, fitT, fitNeed = append(fit, cands[k]), append(fitT, tpls[k]), append(fitNeed, needs[k])
+	for _, pool := range r.pools {
+		need := len(members) - min(len(members), room[pool])
+		if pool.spec.Max-pool.live < need {
+			continue
+		}
+		all := true
+		for _, m := range members {
+			ok, err := r.poolFits(m)
+			if err != nil {
+				return err
+			}
+			if !ok[pool.index] {
+				all = false
+				break
+			}
+		}
+		if all {
+			fit, fitT, fitNeed = append(fit, pool), append(fitT, pool.template), append(fitNeed, need)
 		}
 	}
 	if len(fit) == 0 {
@@ -790,7 +956,7 @@ func (r *elastic) autoscale(i int) error {
 	}
 	var order []int
 	if r.rankOptions != nil && len(members) == 1 {
-		opts, err := r.options(i, fitT)
+		opts, err := r.options(i, fit)
 		if err != nil {
 			return err
 		}
@@ -820,10 +986,10 @@ const maxPeers = 64
 // waiting or running, of the pod's Spot policy that pass their filters on
 // the template (waiting ones first, then the most recently started), i.e.
 // the workload that could fill a new node of that pool.
-func (r *elastic) options(i int, tpls []*v1.Node) ([]spotrisk.Option, error) {
-	opts := make([]spotrisk.Option, len(tpls))
-	for k, t := range tpls {
-		opts[k] = spotrisk.Option{Node: t, Peers: []*v1.Pod{}}
+func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
+	opts := make([]spotrisk.Option, len(pools))
+	for k, pool := range pools {
+		opts[k] = spotrisk.Option{Node: pool.template, Peers: []*v1.Pod{}}
 	}
 	self := r.pods[i]
 	var cand []int
@@ -844,12 +1010,12 @@ func (r *elastic) options(i int, tpls []*v1.Node) ([]spotrisk.Option, error) {
 		cand = cand[:maxPeers]
 	}
 	for _, j := range cand {
-		ok, err := r.e.FitsTemplates(asAlone(r.pods[j].pod), tpls)
+		ok, err := r.poolFits(j)
 		if err != nil {
 			return nil, err
 		}
-		for k := range tpls {
-			if ok[k] {
+		for k, pool := range pools {
+			if ok[pool.index] {
 				opts[k].Peers = append(opts[k].Peers, r.pods[j].pod)
 			}
 		}
@@ -866,19 +1032,13 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 		// Shares of a GPU: the node's counts do not say which GPU has room.
 		return out, nil
 	}
-	nis, err := r.e.NodeInfos()
+	room, err := r.readyRoom()
 	if err != nil {
 		return nil, err
 	}
-	for _, ni := range nis {
-		n := r.nodes[ni.Node().Name]
-		if n == nil || !n.ready || n.removed {
-			continue
-		}
-		alloc, req := ni.GetAllocatable(), ni.GetRequested()
-		free := alloc.GetScalarResources()[gpu.ResourceGPU] - req.GetScalarResources()[gpu.ResourceGPU]
-		if k := spotrisk.SlotsIn(p.usage, alloc.GetMilliCPU()-req.GetMilliCPU(), alloc.GetMemory()-req.GetMemory(), free); k > 0 {
-			out[n.pool] += int(k)
+	for _, f := range room {
+		if k := spotrisk.SlotsIn(p.usage, f.cpu, f.mem, f.gpus); k > 0 {
+			out[f.node.pool] += int(k)
 		}
 	}
 	return out, nil
@@ -894,15 +1054,9 @@ func (r *elastic) gangIncomplete(i int) bool {
 	if err != nil || !ok {
 		return false
 	}
-	key := gangKey(r.pods[i].pod)
 	n := 0
-	for _, j := range r.pending {
-		if q := r.pods[j]; q.state == podWaiting && gangKey(q.pod) == key {
-			n++
-		}
-	}
-	for _, q := range r.pods {
-		if (q.state == podRunning || q.state == podHeld) && gangKey(q.pod) == key {
+	for _, j := range r.gangs[r.pods[i].gang] {
+		if q := r.pods[j]; q.state == podRunning || q.state == podHeld || (q.state == podWaiting && q.queued) {
 			n++
 		}
 	}
@@ -912,18 +1066,19 @@ func (r *elastic) gangIncomplete(i int) bool {
 // gangWaiting is the pod and, when it is in a gang, the gang's other
 // waiting members that no node is coming for yet.
 func (r *elastic) gangWaiting(i int) []int {
-	key := gangKey(r.pods[i].pod)
 	out := []int{i}
-	if key == "" {
+	if r.pods[i].gang == "" {
 		return out
 	}
-	for _, j := range r.pending {
-		q := r.pods[j]
-		if j != i && q.state == podWaiting && q.nominated == "" && gangKey(q.pod) == key {
-			out = append(out, j)
+	var rest []int
+	for _, j := range r.gangs[r.pods[i].gang] {
+		if q := r.pods[j]; j != i && q.queued && q.state == podWaiting && q.nominated == "" {
+			rest = append(rest, j)
 		}
 	}
-	return out
+	// In the order they wait in (r.pending's).
+	sort.SliceStable(rest, func(a, b int) bool { return r.pods[rest[a]].waitStart < r.pods[rest[b]].waitStart })
+	return append(out, rest...)
 }
 
 // asAlone is the pod as the autoscaler weighs it: a gang member without its
@@ -943,6 +1098,7 @@ func asAlone(pod *v1.Pod) *v1.Pod {
 func (r *elastic) nominate(p *elPod, n *elNode) {
 	cpu, mem, gpuMilli := requests(p)
 	p.nominated = n.name
+	n.nominees = append(n.nominees, p)
 	n.roomCPU -= cpu
 	n.roomMem -= mem
 	n.roomGPU -= gpuMilli
@@ -971,6 +1127,7 @@ func (r *elastic) launch(pool *elPool, now bool) error {
 		return r.nodeReady(name)
 	}
 	r.res.ScaleUps++
+	r.inflight[name] = n
 	r.push(elEvent{at: r.now + pool.spec.ProvisioningDelay.Duration, kind: elNodeReady, node: name})
 	return nil
 }
@@ -984,11 +1141,13 @@ func (r *elastic) nodeReady(name string) error {
 		return err
 	}
 	n.ready, n.fedUntil = true, r.now
-	for _, p := range r.pods {
+	delete(r.inflight, name)
+	for _, p := range n.nominees {
 		if p.nominated == name {
 			p.nominated = ""
 		}
 	}
+	n.nominees = nil
 	if mttr := n.pool.spec.MeanTimeToReclaim.Duration; mttr > 0 {
 		life := time.Duration(n.pool.rng.ExpFloat64() * float64(mttr))
 		r.push(elEvent{at: r.now + life, kind: elReclaim, node: name})
@@ -1030,7 +1189,9 @@ func (r *elastic) retire(n *elNode) {
 	r.res.BillUSD += hours * n.price.NodeHourly
 	r.res.BillByCapacity[string(n.pool.spec.capacity)] += hours * n.price.NodeHourly
 	r.res.NodeHoursByPool[n.pool.spec.Name] += hours
+	r.res.BillByPool[n.pool.spec.Name] += hours * n.price.NodeHourly
 	n.removed = true
+	delete(r.inflight, n.name)
 	n.pool.live--
 	r.live--
 }
@@ -1053,9 +1214,9 @@ func (r *elastic) reclaim(name string) error {
 		victims[r.byUID[string(bp.UID)]] = true
 	}
 	for i := range victims {
-		if g := gangKey(r.pods[i].pod); g != "" {
-			for j, q := range r.pods {
-				if q.state == podRunning && gangKey(q.pod) == g && !victims[j] {
+		if g := r.pods[i].gang; g != "" {
+			for _, j := range r.gangs[g] {
+				if q := r.pods[j]; q.state == podRunning && !victims[j] {
 					if err := r.e.Remove(q.pod); err != nil {
 						return err
 					}

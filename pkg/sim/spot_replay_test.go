@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -291,5 +292,47 @@ func TestElasticGangUsesNodesAlreadyUp(t *testing.T) {
 	// more node is launched for the other.
 	if res.PodsCompleted != 3 || res.ScaleUps != 2 {
 		t.Fatalf("completed %d pods with %d scale-ups; want 3 pods, 2 scale-ups (one node reused)", res.PodsCompleted, res.ScaleUps)
+	}
+}
+
+// A gang wider than any pool waits for ever, but a pod that runs longer than
+// StallLimit still finishes: the replay ends when nothing can happen any
+// more, not while a running pod has yet to finish.
+func TestElasticLongRunBesideAnImpossibleGang(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	pods := []TracePod{spotTracePod("long", "BE", 1, 0, 100*time.Hour)}
+	for i := range 10 {
+		p := spotTracePod(fmt.Sprint("wide-", i), "BE", 1, time.Minute, time.Hour)
+		p.Pod.Labels[gang.LabelName], p.Pod.Labels[gang.KeySize] = "wide", "10"
+		pods = append(pods, p)
+	}
+	res := spotReplay(t, s, "penny", 42, pods...)
+	if res.Stalled || res.PodsCompleted != 1 || res.NeverScheduled != 10 || !nearly(res.UsefulGPUHours, 100) {
+		t.Fatalf("stalled %v, completed %d, never scheduled %d, useful %v GPU-h; want false, 1, 10, 100",
+			res.Stalled, res.PodsCompleted, res.NeverScheduled, res.UsefulGPUHours)
+	}
+}
+
+// mayTake only rules out a pod that no node has the CPU, memory or whole GPUs
+// for; shares of a GPU are left to the filters.
+func TestNodeRoomMayTake(t *testing.T) {
+	room := nodeRoom{{cpu: 4000, mem: 8 << 30, gpus: 0}, {cpu: 2000, mem: 32 << 30, gpus: 2}}
+	for _, c := range []struct {
+		u    pricing.Usage
+		want bool
+	}{
+		{pricing.Usage{CPUMilli: 4000, MemoryBytes: 8 << 30}, true},
+		{pricing.Usage{CPUMilli: 4000, MemoryBytes: 16 << 30}, false}, // CPU on one node, memory on the other
+		{pricing.Usage{CPUMilli: 1000, MemoryBytes: 1 << 30, GPUMilli: 2000}, true},
+		{pricing.Usage{CPUMilli: 1000, MemoryBytes: 1 << 30, GPUMilli: 3000}, false},
+		{pricing.Usage{CPUMilli: 3000, MemoryBytes: 1 << 30, GPUMilli: 1000}, false}, // GPUs only where CPU is short
+		{pricing.Usage{CPUMilli: 3000, MemoryBytes: 1 << 30, GPUMilli: 500}, true},   // a share: the filters decide
+	} {
+		if got := room.mayTake(c.u); got != c.want {
+			t.Errorf("mayTake(%+v) = %v, want %v", c.u, got, c.want)
+		}
+	}
+	if (nodeRoom{}).mayTake(pricing.Usage{}) {
+		t.Error("no node: mayTake = true")
 	}
 }

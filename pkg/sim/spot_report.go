@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"github.com/pennysched/penny/plugins/spotrisk"
 	"strings"
 )
 
@@ -94,6 +95,20 @@ func (rep *SpotReport) Markdown() string {
 	b.WriteString("\nBill by capacity type (USD):\n\n| policy | on-demand | reserved | spot |\n|---|---:|---:|---:|\n")
 	for _, r := range rep.Runs {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", r.Policy, r.BillByCapacity["on-demand"], r.BillByCapacity["reserved"], r.BillByCapacity["spot"])
+	}
+	b.WriteString("\nGPU-hours by the pod's Spot policy (Penny's reading, the same pods in every run), on on-demand / reserved / Spot nodes:\n\n| policy |")
+	classes := []spotrisk.Policy{spotrisk.Never, spotrisk.Avoid, spotrisk.Allow, spotrisk.Prefer, spotrisk.Only}
+	for _, c := range classes {
+		fmt.Fprintf(&b, " %s |", c)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---:|", len(classes)) + "\n")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(&b, "| %s |", r.Policy)
+		for _, c := range classes {
+			h := r.GPUHoursByClass[string(c)]
+			fmt.Fprintf(&b, " %.0f / %.0f / %.0f |", h["on-demand"], h["reserved"], h["spot"])
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }
