@@ -8,6 +8,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -206,9 +207,26 @@ func TestLoadPhilly(t *testing.T) {
 	if _, err := LoadPhilly(bad, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "jobs.csv:2: column 3 (num_gpus)") {
 		t.Fatalf("bad num_gpus: %v", err)
 	}
-	bad = writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n1,2,1,3,vc_1!\n")
-	if _, err := LoadPhilly(bad, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "column 5 (cluster)") {
-		t.Fatalf("bad cluster: %v", err)
+}
+
+// Any cluster name gives a valid namespace of its own.
+func TestPhillyClusterNamespaces(t *testing.T) {
+	seen := map[string]string{}
+	for _, c := range []string{"vc1", "VC1", "6214e9", "vc_1!", "vc-1", "VC 1", "___", strings.Repeat("Team_", 20), strings.Repeat("team_", 20)} {
+		ns := namespaceFor(c)
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			t.Errorf("cluster %q: namespace %q is not valid: %v", c, ns, errs)
+		}
+		if prev, ok := seen[ns]; ok && !strings.EqualFold(prev, c) {
+			t.Errorf("clusters %q and %q share namespace %q", prev, c, ns)
+		}
+		seen[ns] = c
+	}
+	if ns := namespaceFor("VC1"); ns != "vc1" {
+		t.Errorf("VC1 -> %q, want vc1 (a valid name lowercased, nothing added)", ns)
+	}
+	if ns := namespaceFor(""); ns != SimNamespace {
+		t.Errorf("no cluster -> %q, want %q", ns, SimNamespace)
 	}
 }
 

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math"
 	"sort"
 	"strconv"
@@ -16,7 +17,7 @@ import (
 // GPUsPerGangPod GPUs becomes a gang of pods of GPUsPerGangPod GPUs each (the
 // last takes the remainder), labelled with Penny's gang convention so the
 // gang plugin places them all or none. The cluster column (the virtual
-// cluster that submitted the job) becomes the pod's namespace.
+// cluster that submitted the job) becomes the pod's namespace (namespaceFor).
 
 // Penny's gang convention (label name and size).
 // TODO(gang): use the constants of pkg/gang once it is on main.
@@ -59,9 +60,6 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 		n := t.int64("num_gpus", 0, 4096, 0)
 		t.float("gpu_time", 0, 0)
 		ns := namespaceFor(t.str("cluster"))
-		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-			t.fail("cluster", "%q cannot name a namespace: %s", t.str("cluster"), strings.Join(errs, "; "))
-		}
 		if t.err != nil {
 			break
 		}
@@ -107,7 +105,29 @@ func namespaceFor(cluster string) string {
 	if cluster == "" {
 		return SimNamespace
 	}
-	return strings.ToLower(cluster)
+	ns := strings.ToLower(cluster)
+	if len(validation.IsDNS1123Label(ns)) == 0 {
+		return ns
+	}
+	// Any other name (VC_1, "team a", a long id) still names its own
+	// namespace: the characters a namespace cannot hold become '-', and a
+	// hash of the original keeps two such names apart.
+	clean := strings.Trim(strings.Map(func(r rune) rune {
+		if ('a' <= r && r <= 'z') || ('0' <= r && r <= '9') {
+			return r
+		}
+		return '-'
+	}, ns), "-")
+	sum := fnv.New32a()
+	sum.Write([]byte(cluster))
+	suffix := fmt.Sprintf("%08x", sum.Sum32())
+	if max := validation.DNS1123LabelMaxLength - len(suffix) - 1; len(clean) > max {
+		clean = strings.TrimRight(clean[:max], "-")
+	}
+	if clean == "" {
+		return "vc-" + suffix
+	}
+	return clean + "-" + suffix
 }
 
 // sortByArrival orders pods by arrival, keeping file order on ties (so a
