@@ -16,6 +16,10 @@ type Work struct {
 	// RestartOverhead is the time a reclaimed workload needs to be useful
 	// again: rescheduling, image pull, loading a model or a checkpoint.
 	RestartOverhead time.Duration
+	// Nodes is how many nodes' reclaims interrupt the workload: a gang of k
+	// members stops when any member's node goes, so it counts k (as if each
+	// member had a node of its own); 0 or 1 for a pod alone.
+	Nodes int
 }
 
 // LostPerReclaim is the work a reclaim destroys, on average: half a
@@ -38,13 +42,15 @@ func (w Work) LostPerReclaim(unknownRuntime time.Duration) time.Duration {
 }
 
 // CostPerUsefulHour is the expected price of one hour of useful work on
-// capacity that costs hourly and is reclaimed at rate (per hour): every
-// reclaim wastes the lost work and the restart, so an hour of useful work
-// takes 1 + rate*(lost + restart) hours of capacity on average.
+// capacity that costs hourly and is reclaimed at rate (per node-hour):
+// every reclaim wastes the lost work and the restart, so an hour of useful
+// work takes 1 + rate*nodes*(lost + restart) hours of capacity on average,
+// where a gang on nodes of the pool is interrupted nodes times as often as
+// one pod (GangReclaimProbability).
 func CostPerUsefulHour(hourly, rate float64, w Work, unknownRuntime time.Duration) float64 {
 	if rate <= 0 {
 		return hourly
 	}
 	waste := (w.LostPerReclaim(unknownRuntime) + w.RestartOverhead).Hours()
-	return hourly * (1 + rate*waste)
+	return hourly * (1 + rate*float64(max(1, w.Nodes))*waste)
 }

@@ -28,4 +28,10 @@ func TestCostPerUsefulHour(t *testing.T) {
 	if got := CostPerUsefulHour(2, 0, noCkpt, 4*h); got != 2 {
 		t.Fatalf("no risk, no overhead: %g", got)
 	}
+	// A gang of 4 stops when any of its 4 nodes goes: 2 x (1 + 4 x 0.1 x 0.6).
+	gang := ckpt
+	gang.Nodes = 4
+	if got := CostPerUsefulHour(2, 0.1, gang, 4*h); !near(got, 2.48, 1e-12) {
+		t.Fatalf("gang cost %g, want 2.48", got)
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -107,6 +108,10 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 	}
 	if c.Work.ExpectedRuntime == 0 && pod.Spec.ActiveDeadlineSeconds != nil {
 		c.Work.ExpectedRuntime = time.Duration(*pod.Spec.ActiveDeadlineSeconds) * time.Second
+	}
+	// A malformed gang is PennyGang's to report; priced alone here.
+	if spec, ok, err := gang.Of(pod); err == nil && ok {
+		c.Work.Nodes = int(spec.MinMember)
 	}
 	if d, err := durationAnnotation(ann, AnnotationFallbackAfter, "a Go duration such as 15m (0s falls back at once)"); err != nil {
 		return c, err

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pennysched/penny/pkg/gang"
 )
 
 func defaults() *Args {
@@ -72,6 +74,15 @@ func TestClassifyWork(t *testing.T) {
 	inf, _ := classify(pod("p", map[string]string{AnnotationWorkload: "inference", AnnotationMaxReclaimRisk: "0.05"}), defaults())
 	if !inf.Work.Stateless || inf.MaxMonthlyRisk != 0.05 || inf.FallbackAfter != DefaultFallbackAfter {
 		t.Fatalf("%+v", inf)
+	}
+	if c.Work.Nodes != 0 {
+		t.Fatalf("a pod alone counts %d nodes, want 0", c.Work.Nodes)
+	}
+	// A gang member is interrupted when any member's node goes.
+	member := pod("m", map[string]string{AnnotationWorkload: "training"})
+	member.Labels = map[string]string{gang.LabelName: "llm", gang.KeySize: "4"}
+	if c, err := classify(member, defaults()); err != nil || c.Work.Nodes != 4 {
+		t.Fatalf("gang of 4: nodes %d, err %v", c.Work.Nodes, err)
 	}
 }
 
