@@ -145,8 +145,11 @@ generate:
 
 # Fuzz targets run their seed corpus in `go test`; fuzz-short also fuzzes each
 # one briefly (`go test -fuzz` takes one target per run). Add yours as
-# <package dir>:<FuzzName>.
-FUZZ_TIME ?= 5s
+# <package dir>:<FuzzName>. The budget is a count of inputs, not a duration:
+# in Go 1.26 a duration can end while a worker is mid-input and fail the
+# target with a bare "context deadline exceeded" on a loaded machine
+# (golang/go#75804, fixed in Go 1.27); a count has no deadline to race.
+FUZZ_TIME ?= 20000x
 FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzNodeReport \
 	./pkg/api/telemetry/v1:FuzzGPUFields \
@@ -159,7 +162,7 @@ FUZZ_TARGETS := \
 	./agent/notice/gcp:FuzzMaintenanceEvent \
 	./agent/notice/azure:FuzzScheduledEvents
 
-## fuzz-short: each fuzz target for FUZZ_TIME (5s)
+## fuzz-short: each fuzz target for FUZZ_TIME (20000x: inputs, a few seconds each)
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} ($(FUZZ_TIME))"; \
