@@ -804,6 +804,8 @@ func (r *elastic) scan() error {
 		}
 		if p.deadline > 0 && r.now >= p.deadline && !p.retriedDue {
 			p.retriedDue = true
+			// try may place pods, and then ask the autoscaler: the room
+			// is counted afresh for it and for the rest of the scan.
 			r.scanRoom = nil
 			if err := r.try(i); err != nil {
 				return err
@@ -922,33 +924,43 @@ func (r *elastic) autoscale(i int) error {
 	// A gang's members may also go on nodes already up in the pool: only
 	// the rest need new ones.
 	var room map[*elPool]int
-	if _, inGang := p.pod.Labels[gang.LabelName]; inGang {
+	if p.gang != "" {
 		var err error
 		if room, err = r.roomByPool(p); err != nil {
 			return err
 		}
 	}
+	var open []*elPool
+	var needs []int
+	for _, pool := range r.pools {
+		need := len(members) - min(len(members), room[pool])
+		if pool.spec.Max-pool.live >= need {
+			open, needs = append(open, pool), append(needs, need)
+		}
+	}
+	if len(open) == 0 {
+		return nil
+	}
+	// Every member must pass the pool's filters.
+	passes := make([]bool, len(r.pools))
+	for k := range passes {
+		passes[k] = true
+	}
+	for _, m := range members {
+		ok, err := r.poolFits(m)
+		if err != nil {
+			return err
+		}
+		for k := range passes {
+			passes[k] = passes[k] && ok[k]
+		}
+	}
 	var fit []*elPool
 	var fitT []*v1.Node
 	var fitNeed []int
-	for _, pool := range r.pools {
-		need := len(members) - min(len(members), room[pool])
-		if pool.spec.Max-pool.live < need {
-			continue
-		}
-		all := true
-		for _, m := range members {
-			ok, err := r.poolFits(m)
-			if err != nil {
-				return err
-			}
-			if !ok[pool.index] {
-				all = false
-				break
-			}
-		}
-		if all {
-			fit, fitT, fitNeed = append(fit, pool), append(fitT, pool.template), append(fitNeed, need)
+	for k, pool := range open {
+		if passes[pool.index] {
+			fit, fitT, fitNeed = append(fit, pool), append(fitT, pool.template), append(fitNeed, needs[k])
 		}
 	}
 	if len(fit) == 0 {

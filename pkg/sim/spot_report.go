@@ -3,8 +3,9 @@ package sim
 import (
 	"context"
 	"fmt"
-	"github.com/pennysched/penny/plugins/spotrisk"
 	"strings"
+
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // SpotReport is the output of `penny sim replay --scenario`: one elastic
