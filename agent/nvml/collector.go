@@ -54,6 +54,10 @@ type Collector struct {
 
 	mu          sync.Mutex
 	initialized bool
+	// memoryV2 says the driver has nvmlDeviceGetMemoryInfo_v2 (R510 and
+	// later); go-nvml links NVML lazily, so calling a symbol the driver
+	// lacks would crash the agent.
+	memoryV2 bool
 	// known holds what was last read of each GPU, by index, so that a GPU
 	// NVML can no longer read (fallen off the bus) is still reported, as
 	// unhealthy, instead of silently disappearing.
@@ -95,6 +99,7 @@ func (c *Collector) initLocked() error {
 	switch ret := c.lib.Init(); ret {
 	case nvml.SUCCESS:
 		c.initialized = true
+		c.memoryV2 = c.lib.Extensions().LookupSymbol("nvmlDeviceGetMemoryInfo_v2") == nil
 		return nil
 	case nvml.ERROR_LIBRARY_NOT_FOUND:
 		return ErrNoDriver
@@ -189,15 +194,15 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 		return g, nil
 	}
 
-	if mem, ret := dev.GetMemoryInfo(); ret == nvml.SUCCESS && g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
-		g.MemoryUsedBytes = proto.Uint64(mem.Used)
+	if used, ok := c.memoryUsed(dev); ok && g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
+		g.MemoryUsedBytes = proto.Uint64(used)
 	}
 	if u, ret := dev.GetUtilizationRates(); ret == nvml.SUCCESS {
 		g.UtilizationPercent = proto.Uint32(min(u.Gpu, 100))
 		g.MemoryUtilizationPercent = proto.Uint32(min(u.Memory, 100))
 	}
 	if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED {
-		instances, err := readMIG(dev)
+		instances, err := c.readMIG(dev)
 		if err != nil {
 			return nil, fmt.Errorf("MIG instances: %w", err)
 		}
@@ -252,7 +257,7 @@ func readIdentity(dev nvml.Device, index int) (*telemetryv1.GPU, error) {
 
 // readMIG lists the MIG devices of a GPU in MIG mode, the way the NVIDIA
 // device plugin enumerates them, so the UUIDs match the ids it hands to pods.
-func readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error) {
+func (c *Collector) readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error) {
 	max, ret := dev.GetMaxMigDeviceCount()
 	if ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("GetMaxMigDeviceCount: %v", ret)
@@ -270,7 +275,7 @@ func readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error) {
 		if ret != nvml.SUCCESS {
 			return nil, fmt.Errorf("GetMigDeviceHandleByIndex(%d): %v", i, ret)
 		}
-		m, err := readMIGDevice(dev, mig, total.Total)
+		m, err := c.readMIGDevice(dev, mig, total.Total)
 		if err != nil {
 			return nil, fmt.Errorf("MIG device %d: %w", i, err)
 		}
@@ -285,7 +290,7 @@ func readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error) {
 	return out, nil
 }
 
-func readMIGDevice(parent, mig nvml.Device, parentMemory uint64) (*telemetryv1.MIGInstance, error) {
+func (c *Collector) readMIGDevice(parent, mig nvml.Device, parentMemory uint64) (*telemetryv1.MIGInstance, error) {
 	uuid, ret := mig.GetUUID()
 	if ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("GetUUID: %v", ret)
@@ -321,9 +326,28 @@ func readMIGDevice(parent, mig nvml.Device, parentMemory uint64) (*telemetryv1.M
 	}
 	if mem, ret := mig.GetMemoryInfo(); ret == nvml.SUCCESS {
 		m.MemoryTotalBytes = mem.Total
-		m.MemoryUsedBytes = proto.Uint64(mem.Used)
+	}
+	if used, ok := c.memoryUsed(mig); ok {
+		m.MemoryUsedBytes = proto.Uint64(used)
 	}
 	return m, nil
+}
+
+// memoryUsed is the memory that processes hold on a GPU or MIG device.
+// NVML's first memory call counts the driver's own reservation as used (615
+// MiB of an idle H200 with driver 580), so an idle GPU would look busy and
+// disagree with nvidia-smi; the v2 call reports that reservation apart.
+// Drivers before R510 have only the first.
+func (c *Collector) memoryUsed(dev nvml.Device) (uint64, bool) {
+	if c.memoryV2 {
+		if mem, ret := dev.GetMemoryInfo_v2(); ret == nvml.SUCCESS {
+			return mem.Used, true
+		}
+	}
+	if mem, ret := dev.GetMemoryInfo(); ret == nvml.SUCCESS {
+		return mem.Used, true
+	}
+	return 0, false
 }
 
 // ProfileName names a GPU instance profile the way the NVIDIA device plugin

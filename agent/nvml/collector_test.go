@@ -2,6 +2,7 @@ package nvml
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -348,11 +349,55 @@ func TestProductLabel(t *testing.T) {
 	for in, want := range map[string]string{
 		"NVIDIA A100-SXM4-40GB":        "NVIDIA-A100-SXM4-40GB",
 		"NVIDIA H100 80GB HBM3":        "NVIDIA-H100-80GB-HBM3",
+		"NVIDIA H200":                  "NVIDIA-H200", // as a real H200 names itself (benchmarks/results/agent-gpu-check.json)
 		"Tesla T4":                     "Tesla-T4",
 		"  NVIDIA  GeForce RTX(4090) ": "NVIDIA-GeForce-RTX-4090",
 	} {
 		if got := ProductLabel(in); got != want {
 			t.Errorf("ProductLabel(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if m, ok := gpu.LookupModel(ProductLabel("NVIDIA H200")); !ok || m.Name != "H200-141GB" {
+		t.Errorf("a real H200's product label is not pkg/gpu's H200-141GB (got %v, %v)", m, ok)
+	}
+}
+
+// Memory used is what processes hold: an idle GPU reports none, although
+// NVML's first memory call counts the driver's reservation as used. A driver
+// without the v2 call (before R510) is not asked for it: calling a symbol the
+// library lacks would crash the agent.
+func TestMemoryUsedLeavesOutDriverReservation(t *testing.T) {
+	m, err := NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetMemoryUsed(1, 3<<30)
+	r := collect(t, New(m, testr.New(t), Options{}))
+	if got := r.GPUs[0].GetMemoryUsedBytes(); got != 0 {
+		t.Errorf("idle GPU 0 reports %d bytes used, want 0 (the driver's %d reserved bytes are not used)", got, MockReservedBytes)
+	}
+	if got := r.GPUs[1].GetMemoryUsedBytes(); got != 3<<30 {
+		t.Errorf("GPU 1 reports %d bytes used, want %d", got, 3<<30)
+	}
+
+	old, _ := NewMock("dgxa100")
+	old.SetMemoryUsed(1, 3<<30)
+	old.LookupSymbolFunc = func(symbol string) error {
+		if symbol == "nvmlDeviceGetMemoryInfo_v2" {
+			return errors.New("undefined symbol")
+		}
+		return nil
+	}
+	r = collect(t, New(old, testr.New(t), Options{}))
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
+		t.Fatalf("status %v: %s", r.Status.State, r.Status.Message)
+	}
+	if got := r.GPUs[1].GetMemoryUsedBytes(); got != MockReservedBytes+3<<30 {
+		t.Errorf("old driver: GPU 1 reports %d bytes used, want %d (all the first call gives)", got, MockReservedBytes+3<<30)
+	}
+	for i, d := range old.Devices {
+		if n := len(d.(*server.Device).GetMemoryInfo_v2Calls()); n != 0 {
+			t.Errorf("old driver: GPU %d was asked GetMemoryInfo_v2 %d times", i, n)
 		}
 	}
 }

@@ -35,6 +35,7 @@ type Mock struct {
 
 type mockGPU struct {
 	util, memUtil uint32
+	memUsed       uint64
 	eccUncorr     uint64
 	clockReasons  uint64
 	temperature   uint32
@@ -42,6 +43,11 @@ type mockGPU struct {
 
 // MockMachines lists the machine names NewMock accepts.
 var MockMachines = []string{"dgxa100", "dgxh100"}
+
+// MockReservedBytes is what the driver keeps of each mock GPU's memory for
+// itself, as an idle H200 showed with driver 580: NVML's first memory call
+// counts it as used, the v2 call reports it apart.
+const MockReservedBytes = 615 << 20
 
 var mockNamespace = uuid.MustParse("6f1f9c8e-3b1a-4c55-9a43-7e2b1d0c5a10")
 
@@ -65,7 +71,6 @@ func NewMock(machine string) (*Mock, error) {
 		dev := d.(*server.Device)
 		dev.Config.Name = name
 		dev.UUID = "GPU-" + uuid.NewSHA1(mockNamespace, fmt.Appendf(nil, "%s/gpu/%d", machine, i)).String()
-		dev.MemoryInfo.Free = dev.MemoryInfo.Total
 		dev.PciBusID = fmt.Sprintf("00000000:%02X:00.0", 0x07+i*0x08)
 		g := &mockGPU{clockReasons: nvml.ClocksEventReasonGpuIdle, temperature: 30 + uint32(i)}
 		m.gpus = append(m.gpus, g)
@@ -178,6 +183,13 @@ func (m *Mock) SetUtilization(index int, gpu, memory uint32) {
 	m.gpus[index].util, m.gpus[index].memUtil = gpu, memory
 }
 
+// SetMemoryUsed sets the memory processes hold on GPU index.
+func (m *Mock) SetMemoryUsed(index int, bytes uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gpus[index].memUsed = bytes
+}
+
 // SetECCUncorrected sets GPU index's volatile uncorrected ECC error count.
 func (m *Mock) SetECCUncorrected(index int, n uint64) {
 	m.mu.Lock()
@@ -207,6 +219,18 @@ func (m *Mock) completeDevice(dev *server.Device, g *mockGPU) {
 			p.BusId[i] = int8(dev.PciBusID[i])
 		}
 		return p, nvml.SUCCESS
+	}
+	dev.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		used := MockReservedBytes + g.memUsed
+		return nvml.Memory{Total: dev.MemoryInfo.Total, Used: used, Free: dev.MemoryInfo.Total - used}, nvml.SUCCESS
+	}
+	dev.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		total := dev.MemoryInfo.Total
+		return nvml.Memory_v2{Total: total, Reserved: MockReservedBytes, Used: g.memUsed, Free: total - MockReservedBytes - g.memUsed}, nvml.SUCCESS
 	}
 	dev.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
 		if mode, _, _ := dev.GetMigMode(); mode == nvml.DEVICE_MIG_ENABLE {
@@ -290,6 +314,9 @@ func migDevices(dev *server.Device) []nvml.Device {
 				GetComputeInstanceIdFunc: func() (int, nvml.Return) { return ciID, nvml.SUCCESS },
 				GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
 					return nvml.Memory{Total: memory, Free: memory}, nvml.SUCCESS
+				},
+				GetMemoryInfo_v2Func: func() (nvml.Memory_v2, nvml.Return) {
+					return nvml.Memory_v2{Total: memory, Free: memory}, nvml.SUCCESS
 				},
 				IsMigDeviceHandleFunc:                  func() (bool, nvml.Return) { return true, nvml.SUCCESS },
 				GetDeviceHandleFromMigDeviceHandleFunc: func() (nvml.Device, nvml.Return) { return dev, nvml.SUCCESS },
