@@ -3,8 +3,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -17,7 +20,12 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newUpCommand(), newSimCommand())
-	if err := root.Execute(); err != nil {
+	// Ctrl-C cancels the command's context, so a long replay stops between
+	// events and still writes what it must (a CPU profile, say).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "penny: %v\n", err)
 		os.Exit(1)
 	}

@@ -220,6 +220,7 @@ func newSimReplayCommand() *cobra.Command {
 		tieBreak  string
 		scenario  string
 		markdown  string
+		cpuProf   string
 	)
 	cmd := &cobra.Command{
 		Use:   "replay",
@@ -230,6 +231,13 @@ func newSimReplayCommand() *cobra.Command {
     --policy default,spot-first,penny --out spot.json --markdown spot.md`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cpuProf != "" {
+				stop, err := startCPUProfile(cpuProf)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			if scenario != "" {
 				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown)
 			}
@@ -277,6 +285,8 @@ func newSimReplayCommand() *cobra.Command {
 	cmd.Flags().StringVar(&markdown, "markdown", "", "with --scenario: write the results table (Markdown) here")
 	cmd.Flags().StringVar(&out, "out", "", "write the results (JSON) here")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw utilisation over time here (.png, .svg or .pdf)")
+	cmd.Flags().StringVar(&cpuProf, "cpuprofile", "", "write a Go CPU profile here (for developers)")
+	_ = cmd.Flags().MarkHidden("cpuprofile")
 	return cmd
 }
 

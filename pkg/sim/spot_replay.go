@@ -74,7 +74,10 @@ type ElasticResult struct {
 	PodsTotal            int        `json:"pods_total"`
 	PodsCompleted        int        `json:"pods_completed"`
 	NeverScheduled       int        `json:"never_scheduled"`
-	Withdrawn            int        `json:"withdrawn"`
+	// Unfinished counts pods that ran but had not finished when the replay
+	// ended: only a stalled replay (Stalled) leaves any.
+	Unfinished int `json:"unfinished"`
+	Withdrawn  int `json:"withdrawn"`
 	// InterruptedServices counts reclaims that hit a running service
 	// (inference, dev); ServiceDowntimeHours is how long those services
 	// were down: waiting for a node and restarting.
@@ -86,9 +89,11 @@ type ElasticResult struct {
 	ScaleDowns   int     `json:"scale_downs"`
 	PeakNodes    int     `json:"peak_nodes"`
 	HorizonHours float64 `json:"horizon_hours"`
-	// Stalled is set when the replay ended because nothing started or
-	// finished for StallLimit after the last arrival; the pods still
-	// waiting then count as never scheduled.
+	// Stalled is set when the replay ended early after the last arrival:
+	// nothing started or finished for StallLimit and nothing running would
+	// finish, or no pod finished for LivelockRuns times the trace's longest
+	// run. The pods still waiting then count as never scheduled, those
+	// still running or waiting to run again as unfinished.
 	Stalled     bool    `json:"stalled,omitempty"`
 	WallSeconds float64 `json:"wall_seconds"`
 }
@@ -238,6 +243,9 @@ type elastic struct {
 	gangs   map[string][]int
 	pending []int
 	nodes   map[string]*elNode
+	// up are the nodes launched and not removed yet; nodes keeps every node
+	// ever launched, which reclaim churn makes many.
+	up map[string]*elNode
 	// inflight are the nodes launched and not ready yet.
 	inflight map[string]*elNode
 	// scanning is set during a scan, which keeps scanRoom (readyRoom).
@@ -249,6 +257,9 @@ type elastic struct {
 	arrived  int
 	// progress is when a pod last started or finished.
 	progress time.Duration
+	// done is when a pod last finished or arrived; livelock is how long
+	// after it the replay gives up on the pods still running (stalled).
+	done, livelock time.Duration
 	// lastLaunched is the node launch created last.
 	lastLaunched string
 	res          *ElasticResult
@@ -272,7 +283,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	sc := o.Scenario
 	r := &elastic{o: o, sc: sc, clock: clocktesting.NewFakeClock(simEpoch), epoch: simEpoch,
 		risk: pricing.NewRiskModel(pricing.RiskConfig{}), rule: sc.reclaimRule(o.Policy.Name),
-		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{},
+		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
 			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock}
@@ -335,6 +346,10 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		}
 	}
 	r.res.PodsTotal = len(r.pods)
+	r.livelock = StallLimit
+	for _, p := range r.pods {
+		r.livelock = max(r.livelock, LivelockRuns*p.work)
+	}
 	r.push(elEvent{at: time.Hour, kind: elSample})
 	if err := r.run(ctx); err != nil {
 		return nil, err
@@ -399,10 +414,25 @@ func (r *elastic) push(ev elEvent) {
 // otherwise keep the autoscaler scanning forever.
 const StallLimit = 72 * time.Hour
 
-// stalled: nothing started or finished for StallLimit, all pods have
-// arrived, and no running pod will finish.
+// LivelockRuns ends a replay in which no pod has finished for this many
+// times the trace's longest run (StallLimit at least) after the last
+// arrival, whatever is running: a job without checkpoints that its pool
+// reclaims more often than it can finish (a long, wide gang on Spot under
+// spot-first) restarts forever. A healthy pod finishes within its run time
+// of starting, and a pod that waits, waits behind pods that finish.
+const LivelockRuns = 3
+
+// stalled: all pods have arrived, and either nothing started or finished
+// for StallLimit and no running pod will finish, or no pod finished for
+// r.livelock.
 func (r *elastic) stalled() bool {
-	if r.arrived < len(r.pods) || r.q[0].at-r.progress <= StallLimit {
+	if r.arrived < len(r.pods) {
+		return false
+	}
+	if r.q[0].at-r.done > r.livelock {
+		return true
+	}
+	if r.q[0].at-r.progress <= StallLimit {
 		return false
 	}
 	for _, ev := range r.q {
@@ -431,6 +461,7 @@ func (r *elastic) run(ctx context.Context) error {
 		switch ev.kind {
 		case elArrival:
 			r.arrived++
+			r.done = r.now
 			p := r.pods[ev.pod]
 			p.waitStart = r.now
 			r.setDeadline(p)
@@ -672,7 +703,7 @@ func (r *elastic) departure(ev elEvent) error {
 	}
 	r.stop(ev.pod, false, 0)
 	r.res.PodsCompleted++
-	r.progress = r.now
+	r.progress, r.done = r.now, r.now
 	r.freed = append(r.freed, node)
 	r.maybeIdle(r.nodes[node])
 	return nil
@@ -1132,6 +1163,7 @@ func (r *elastic) launch(pool *elPool, now bool) error {
 	g := alloc[gpu.ResourceGPU]
 	n.roomGPU = g.Value() * 1000
 	r.nodes[name] = n
+	r.up[name] = n
 	r.lastLaunched = name
 	r.live++
 	r.res.PeakNodes = max(r.res.PeakNodes, r.live)
@@ -1203,6 +1235,7 @@ func (r *elastic) retire(n *elNode) {
 	r.res.NodeHoursByPool[n.pool.spec.Name] += hours
 	r.res.BillByPool[n.pool.spec.Name] += hours * n.price.NodeHourly
 	n.removed = true
+	delete(r.up, n.name)
 	delete(r.inflight, n.name)
 	n.pool.live--
 	r.live--
@@ -1272,10 +1305,8 @@ func (r *elastic) reclaim(name string) error {
 
 // feedExposure tells the risk model how long each Spot node has run.
 func (r *elastic) feedExposure() {
-	for _, n := range r.nodes {
-		if n.ready && !n.removed {
-			r.feedNode(n)
-		}
+	for _, n := range r.up {
+		r.feedNode(n)
 	}
 }
 
@@ -1306,6 +1337,9 @@ func (r *elastic) finish() {
 	for _, p := range r.pods {
 		if p.started {
 			delays = append(delays, p.delay.Seconds())
+			if p.state != podDone {
+				res.Unfinished++
+			}
 		} else if p.state == podWaiting {
 			res.NeverScheduled++
 		}

@@ -336,3 +336,33 @@ func TestNodeRoomMayTake(t *testing.T) {
 		t.Error("no node: mayTake = true")
 	}
 }
+
+// A job without checkpoints that its Spot pool reclaims far more often than
+// it can finish restarts forever under spot-first; the replay gives up on it
+// LivelockRuns runs (StallLimit at least) after the last arrival, reports it
+// unfinished and bills the nodes up to then.
+func TestElasticEndsAJobThatCannotFinish(t *testing.T) {
+	s := spotScenario(t, "4", "1h")
+	pol, err := LookupPolicy("spot-first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No class rule takes QoS "none": no checkpoints, not a service.
+	pods := []TracePod{spotTracePod("no-checkpoint", "none", 1, 0, 10*time.Hour)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := ElasticReplay(ctx, ElasticOptions{Scenario: s, Trace: &Trace{Pods: pods}, Policy: pol, Seed: 42})
+	if err != nil {
+		t.Fatalf("the replay did not end: %v", err)
+	}
+	if !res.Stalled || res.PodsCompleted != 0 || res.Unfinished != 1 || res.NeverScheduled != 0 || res.Reclaims < 10 {
+		t.Fatalf("stalled %v, completed %d, unfinished %d, never scheduled %d, reclaims %d; want true, 0, 1, 0, >= 10",
+			res.Stalled, res.PodsCompleted, res.Unfinished, res.NeverScheduled, res.Reclaims)
+	}
+	if h := res.HorizonHours; h < StallLimit.Hours() || h > StallLimit.Hours()+10 {
+		t.Errorf("replay ended at %.1f h, want within a run of %v", h, StallLimit)
+	}
+	if res.LostGPUHours < 50 || res.BillUSD <= 0 {
+		t.Errorf("lost %.1f GPU-h, bill %.2f: the restarts cost nothing", res.LostGPUHours, res.BillUSD)
+	}
+}

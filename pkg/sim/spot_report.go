@@ -37,6 +37,9 @@ type SpotSummary struct {
 	QueueDelayP50S   float64 `json:"queue_delay_p50_s"`
 	QueueDelayP95S   float64 `json:"queue_delay_p95_s"`
 	NeverScheduled   int     `json:"never_scheduled"`
+	// Unfinished counts pods that ran but had not finished when a stalled
+	// replay ended (ElasticResult.Stalled).
+	Unfinished int `json:"unfinished"`
 }
 
 // RunSpotReplays replays the trace once per policy on the scenario's fleet.
@@ -59,7 +62,7 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 		s := SpotSummary{BillUSD: r.BillUSD, AllocatedUSD: r.AllocatedUSD, IdleUSD: r.IdleUSD,
 			UsefulGPUHours: round2(r.UsefulGPUHours), LostGPUHours: round2(r.LostGPUHours), NeverOnSpot: r.NeverOnSpot,
 			Reclaims: r.Reclaims, ServiceDowntimeH: round2(r.ServiceDowntimeHours),
-			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled}
+			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled, Unfinished: r.Unfinished}
 		if r.UsefulGPUHours > 0 {
 			s.LostPctOfUseful = round2(100 * r.LostGPUHours / r.UsefulGPUHours)
 		}
@@ -92,6 +95,13 @@ func (rep *SpotReport) Markdown() string {
 		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.0f | %.0f | %.1f | %.2f | %d | %d | %.1f | %.0f | %.0f | %d | %.1f |\n",
 			r.Policy, s.BillUSD, vs, s.AllocatedUSD, s.IdleUSD, s.UsefulGPUHours, s.LostGPUHours, s.LostPctOfUseful,
 			s.NeverOnSpot, s.Reclaims, s.ServiceDowntimeH, s.QueueDelayP50S, s.QueueDelayP95S, s.NeverScheduled, r.WallSeconds)
+	}
+	for _, r := range rep.Runs {
+		if r.Stalled {
+			fmt.Fprintf(&b, "\n%s: the replay ended early, at %.0f h of trace time, with %d pods that had run and not finished and %d never scheduled: "+
+				"nothing could make progress (a job that restarts forever, or pods no pool can take; docs/spot.md).\n",
+				r.Policy, r.HorizonHours, r.Unfinished, r.NeverScheduled)
+		}
 	}
 	b.WriteString("\nBill by capacity type (USD):\n\n| policy | on-demand | reserved | spot |\n|---|---:|---:|---:|\n")
 	for _, r := range rep.Runs {
