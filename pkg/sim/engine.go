@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"time"
 
@@ -689,7 +690,17 @@ func (e *Engine) SettleWaiting() ([]Settled, error) {
 		return nil, nil
 	}
 	var out []Settled
-	for _, uid := range e.permits.take() {
+	// A gang plugin allows its members in map order; bind them in pod order
+	// so that a run repeats exactly.
+	uids := e.permits.take()
+	sort.SliceStable(uids, func(a, b int) bool {
+		wa, wb := e.waiting[uids[a]], e.waiting[uids[b]]
+		if wa == nil || wb == nil {
+			return wa != nil
+		}
+		return wa.pod.Namespace+"/"+wa.pod.Name < wb.pod.Namespace+"/"+wb.pod.Name
+	})
+	for _, uid := range uids {
 		w, ok := e.waiting[uid]
 		if !ok {
 			continue

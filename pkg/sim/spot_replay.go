@@ -255,7 +255,7 @@ type elastic struct {
 	freed    []string
 	scanOn   bool
 	arrived  int
-	// progress is when a pod last started or finished.
+	// progress is when a pod last started, finished or was reclaimed.
 	progress time.Duration
 	// done is when a pod last finished or arrived; livelock is how long
 	// after it the replay gives up on the pods still running (stalled).
@@ -408,8 +408,9 @@ func (r *elastic) push(ev elEvent) {
 	heap.Push(&r.q, ev)
 }
 
-// StallLimit ends a replay in which nothing has started or finished for
-// this long after the last arrival and no running pod is left to finish:
+// StallLimit ends a replay in which nothing has started, finished or been
+// reclaimed for this long after the last arrival, no node is on its way and
+// no running pod is left to finish:
 // waiting pods that no pool can take (a gang wider than any pool) would
 // otherwise keep the autoscaler scanning forever.
 const StallLimit = 72 * time.Hour
@@ -422,9 +423,9 @@ const StallLimit = 72 * time.Hour
 // of starting, and a pod that waits, waits behind pods that finish.
 const LivelockRuns = 3
 
-// stalled: all pods have arrived, and either nothing started or finished
-// for StallLimit and no running pod will finish, or no pod finished for
-// r.livelock.
+// stalled: all pods have arrived, and either nothing started, finished or
+// was reclaimed for StallLimit, no node is on its way and no running pod
+// will finish, or no pod finished for r.livelock.
 func (r *elastic) stalled() bool {
 	if r.arrived < len(r.pods) {
 		return false
@@ -432,7 +433,7 @@ func (r *elastic) stalled() bool {
 	if r.q[0].at-r.done > r.livelock {
 		return true
 	}
-	if r.q[0].at-r.progress <= StallLimit {
+	if r.q[0].at-r.progress <= StallLimit || len(r.inflight) > 0 {
 		return false
 	}
 	for _, ev := range r.q {
@@ -1032,7 +1033,7 @@ const maxPeers = 64
 func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	opts := make([]spotrisk.Option, len(pools))
 	for k, pool := range pools {
-		opts[k] = spotrisk.Option{Node: pool.template, Peers: []*v1.Pod{}}
+		opts[k] = spotrisk.Option{Node: pool.template, Peers: []pricing.Usage{}}
 	}
 	self := r.pods[i]
 	var cand []int
@@ -1059,7 +1060,7 @@ func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 		}
 		for k, pool := range pools {
 			if ok[pool.index] {
-				opts[k].Peers = append(opts[k].Peers, r.pods[j].pod)
+				opts[k].Peers = append(opts[k].Peers, r.pods[j].usage)
 			}
 		}
 	}
@@ -1254,11 +1255,15 @@ func (r *elastic) reclaim(name string) error {
 	if err != nil {
 		return err
 	}
+	// In pod order, so that a replay repeats exactly.
 	victims := map[int]bool{}
+	var order []int
 	for _, bp := range evicted {
 		victims[r.byUID[string(bp.UID)]] = true
+		order = append(order, r.byUID[string(bp.UID)])
 	}
-	for i := range victims {
+	sort.Ints(order)
+	for _, i := range order {
 		if g := r.pods[i].gang; g != "" {
 			for _, j := range r.gangs[g] {
 				if q := r.pods[j]; q.state == podRunning && !victims[j] {
@@ -1272,8 +1277,11 @@ func (r *elastic) reclaim(name string) error {
 		}
 	}
 	r.res.Reclaims++
+	// The victims wait again from now: a quiet spell before the reclaim
+	// says nothing about whether they can run.
+	r.progress = r.now
 	r.retire(n)
-	order := make([]int, 0, len(victims))
+	order = order[:0]
 	for i := range victims {
 		order = append(order, i)
 	}
@@ -1305,8 +1313,15 @@ func (r *elastic) reclaim(name string) error {
 
 // feedExposure tells the risk model how long each Spot node has run.
 func (r *elastic) feedExposure() {
-	for _, n := range r.up {
-		r.feedNode(n)
+	// In name order: the risk model sums floating-point hours, and a replay
+	// must repeat exactly.
+	names := make([]string, 0, len(r.up))
+	for name := range r.up {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		r.feedNode(r.up[name])
 	}
 }
 

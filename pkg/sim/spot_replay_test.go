@@ -366,3 +366,24 @@ func TestElasticEndsAJobThatCannotFinish(t *testing.T) {
 		t.Errorf("lost %.1f GPU-h, bill %.2f: the restarts cost nothing", res.LostGPUHours, res.BillUSD)
 	}
 }
+
+// A long job whose node is reclaimed after the cluster has been quiet for
+// days starts again on a new node and finishes: the replay does not take
+// the quiet before the reclaim for a stall.
+func TestElasticLongGangRecoversFromAReclaim(t *testing.T) {
+	s := spotScenario(t, "4", "100h")
+	var pods []TracePod
+	for i := range 3 {
+		p := spotTracePod(fmt.Sprint("gang-", i), "BE", 1, 0, 200*time.Hour)
+		p.Pod.Labels[gang.LabelName], p.Pod.Labels[gang.KeySize] = "long", "3"
+		pods = append(pods, p)
+	}
+	res := spotReplay(t, s, "penny", 42, pods...)
+	if res.Reclaims == 0 {
+		t.Fatal("no reclaim: the test needs one")
+	}
+	if res.Stalled || res.PodsCompleted != 3 || res.Unfinished != 0 || res.HorizonHours < 200 {
+		t.Fatalf("stalled %v, completed %d, unfinished %d, ended at %.1f h after %d reclaims; want false, 3, 0, >= 200 h",
+			res.Stalled, res.PodsCompleted, res.Unfinished, res.HorizonHours, res.Reclaims)
+	}
+}

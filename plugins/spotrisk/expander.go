@@ -53,11 +53,12 @@ func (x *Expander) Rank(pod *corev1.Pod, templates []*corev1.Node) ([]int, error
 // of a pool and the other pods that could share a node of it.
 type Option struct {
 	Node *corev1.Node
-	// Peers are the other pods, pending or running, that could share a new
-	// node of this pool with the pod (they pass their filters on the
-	// template and have the pod's Spot policy). Nil means unknown: the node
-	// is assumed to fill with pods like this one.
-	Peers []*corev1.Pod
+	// Peers are the requests (pricing.PodUsage) of the other pods, pending
+	// or running, that could share a new node of this pool with the pod
+	// (they pass their filters on the template and have the pod's Spot
+	// policy). Nil means unknown: the node is assumed to fill with pods like
+	// this one.
+	Peers []pricing.Usage
 }
 
 // RankOptions is Rank knowing which pods could share each new node. A node
@@ -80,6 +81,7 @@ func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error)
 		price   float64
 	}
 	keys := make([]key, len(templates))
+	usage := pricing.PodUsage(pod)
 	for i, n := range templates {
 		price, ok := x.pl.prices.NodePrice(n)
 		if !ok {
@@ -87,9 +89,9 @@ func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error)
 			continue
 		}
 		spot := pricing.NodeCapacity(n).IsSpot()
-		slots := float64(Slots(pricing.PodUsage(pod), n))
+		slots := float64(Slots(usage, n))
 		if options[i].Peers != nil && slots > 0 {
-			slots = min(slots, float64(Fill(n, append([]*corev1.Pod{pod}, options[i].Peers...))))
+			slots = min(slots, float64(Fill(n, append([]pricing.Usage{usage}, options[i].Peers...))))
 		}
 		if slots == 0 {
 			keys[i] = key{cost: math.Inf(1), price: math.Inf(1)}
@@ -150,10 +152,11 @@ func SlotsIn(u pricing.Usage, milliCPU, memBytes, gpus int64) int64 {
 	return n
 }
 
-// Fill is how many of the pods, taken in order, an empty node holds: each
-// pod goes on if its CPU, memory and GPUs still fit (whole GPUs on free
-// GPUs, a share on the first GPU with room for it), else it is skipped.
-func Fill(node *corev1.Node, pods []*corev1.Pod) int {
+// Fill is how many of the pods (their requests), taken in order, an empty
+// node holds: each pod goes on if its CPU, memory and GPUs still fit (whole
+// GPUs on free GPUs, a share on the first GPU with room for it), else it is
+// skipped.
+func Fill(node *corev1.Node, pods []pricing.Usage) int {
 	alloc := node.Status.Allocatable
 	cpu, mem := alloc.Cpu().MilliValue(), alloc.Memory().Value()
 	g := alloc[gpu.ResourceGPU]
@@ -162,8 +165,7 @@ func Fill(node *corev1.Node, pods []*corev1.Pod) int {
 		free[k] = gpu.MilliPerGPU
 	}
 	n := 0
-	for _, p := range pods {
-		u := pricing.PodUsage(p)
+	for _, u := range pods {
 		if u.CPUMilli > cpu || u.MemoryBytes > mem {
 			continue
 		}

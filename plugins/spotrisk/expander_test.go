@@ -120,14 +120,14 @@ prices:
 		p.Spec.Containers[0].Resources.Requests[corev1.ResourceMemory] = resource.MustParse("40Gi")
 		return p
 	}
-	peers := func(n int) []*corev1.Pod {
-		out := []*corev1.Pod{}
+	peers := func(n int) []pricing.Usage {
+		out := []pricing.Usage{}
 		for i := 0; i < n; i++ {
-			out = append(out, small(fmt.Sprintf("peer-%d", i)))
+			out = append(out, pricing.PodUsage(small(fmt.Sprintf("peer-%d", i))))
 		}
 		return out
 	}
-	first := func(ps []*corev1.Pod) string {
+	first := func(ps []pricing.Usage) string {
 		order, err := x.RankOptions(small("p"), []Option{{Node: quad, Peers: ps}, {Node: octo, Peers: ps}})
 		if err != nil {
 			t.Fatal(err)
@@ -181,7 +181,11 @@ func TestFill(t *testing.T) {
 		{"two GPUs need two free ones", []*corev1.Pod{mk("1", "", "500"), mk("1", "2", "")}, 1},
 	}
 	for _, c := range cases {
-		if got := Fill(n, c.pods); got != c.want {
+		var usages []pricing.Usage
+		for _, p := range c.pods {
+			usages = append(usages, pricing.PodUsage(p))
+		}
+		if got := Fill(n, usages); got != c.want {
 			t.Errorf("%s: Fill = %d, want %d", c.name, got, c.want)
 		}
 	}
