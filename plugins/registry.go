@@ -50,7 +50,11 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			return gang.NewWith(ctx, obj, h, gang.WithReclaimRisk(deps.GangReclaimRisk))
+			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk)}
+			if deps.Clock != nil {
+				opts = append(opts, gang.WithClock(deps.Clock))
+			}
+			return gang.NewWith(ctx, obj, h, opts...)
 		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock})

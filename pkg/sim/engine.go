@@ -724,6 +724,16 @@ func (e *Engine) SettleWaiting() ([]Settled, error) {
 	return out, nil
 }
 
+// Activated returns, in pod order, the pods plugins asked to retry since the
+// last call (Handle.Activate).
+func (e *Engine) Activated() []*v1.Pod {
+	pods := e.permits.takeActivated()
+	sort.SliceStable(pods, func(a, b int) bool {
+		return pods[a].Namespace+"/"+pods[a].Name < pods[b].Namespace+"/"+pods[b].Name
+	})
+	return pods
+}
+
 // RejectWaiting rejects every pod still held at Permit (the run is over, or
 // their wait timed out in trace time) and returns them.
 func (e *Engine) RejectWaiting(reason string) ([]Settled, error) {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"sync"
 
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -23,6 +26,25 @@ func inTreeRegistry() frameworkruntime.Registry { return frameworkplugins.NewInT
 type permitLog struct {
 	mu   sync.Mutex
 	uids []types.UID
+	// activated are the pods plugins asked to retry (Handle.Activate): a
+	// gang whose backoff ended, a pod whose wait for Spot did.
+	activated []*v1.Pod
+}
+
+func (l *permitLog) activate(pods map[string]*v1.Pod) {
+	l.mu.Lock()
+	for _, p := range pods {
+		l.activated = append(l.activated, p)
+	}
+	l.mu.Unlock()
+}
+
+func (l *permitLog) takeActivated() []*v1.Pod {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.activated
+	l.activated = nil
+	return out
 }
 
 func (l *permitLog) record(uid types.UID) {
@@ -52,6 +74,13 @@ func (e *Engine) wrapRegistry(r frameworkruntime.Registry) frameworkruntime.Regi
 type permitHandle struct {
 	fwk.Handle
 	log *permitLog
+}
+
+// Activate is kube-scheduler moving pods back to its active queue; the
+// simulator, which has no queue, retries them (Engine.Activated).
+func (h *permitHandle) Activate(logger klog.Logger, pods map[string]*v1.Pod) {
+	h.log.activate(pods)
+	h.Handle.Activate(logger, pods)
 }
 
 func (h *permitHandle) IterateOverWaitingPods(callback func(fwk.WaitingPod)) {

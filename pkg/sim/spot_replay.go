@@ -11,7 +11,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -109,6 +108,7 @@ const (
 	elReclaim
 	elScaleDown
 	elWithdraw
+	elTimer
 	elArrival
 	elScan
 	elSample
@@ -186,6 +186,8 @@ type elPod struct {
 	downSince  time.Duration
 	deadline   time.Duration
 	retriedDue bool
+	// heldOn is the node a pod held at Permit has reserved.
+	heldOn string
 	// fits remembers which pools' templates pass the pod's filters
 	// (poolFits), for the deadline in fitsFor and whether it had passed.
 	fits       []bool
@@ -225,7 +227,7 @@ type elastic struct {
 	o     ElasticOptions
 	sc    *SpotScenario
 	e     *Engine
-	clock *clocktesting.FakeClock
+	clock *simClock
 	epoch time.Time
 	risk  *pricing.RiskModel
 	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
@@ -255,6 +257,9 @@ type elastic struct {
 	freed    []string
 	scanOn   bool
 	arrived  int
+	// timerAt is when the earliest elTimer event in the queue is due; -1
+	// when there is none.
+	timerAt time.Duration
 	// progress is when a pod last started, finished or was reclaimed.
 	progress time.Duration
 	// done is when a pod last finished or arrived; livelock is how long
@@ -281,7 +286,7 @@ var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error) {
 	start := time.Now()
 	sc := o.Scenario
-	r := &elastic{o: o, sc: sc, clock: clocktesting.NewFakeClock(simEpoch), epoch: simEpoch,
+	r := &elastic{o: o, sc: sc, clock: newSimClock(simEpoch), timerAt: -1, epoch: simEpoch,
 		risk: pricing.NewRiskModel(pricing.RiskConfig{}), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
@@ -446,6 +451,38 @@ func (r *elastic) stalled() bool {
 	return true
 }
 
+// timers runs the plugins' timers due by now: a gang's permit wait that runs
+// out releases its members held at Permit, and a gang's backoff that ends
+// (or a pod's wait for Spot) asks for its pods to be retried, which they are.
+// An elTimer event is queued for the next timer still armed.
+func (r *elastic) timers() error {
+	if r.clock.advance(r.epoch.Add(r.now)) > 0 {
+		settled, err := r.e.SettleWaiting()
+		if err != nil {
+			return err
+		}
+		r.settle(settled)
+		for _, pod := range r.e.Activated() {
+			i, ok := r.byUID[string(pod.UID)]
+			if !ok {
+				continue
+			}
+			if p := r.pods[i]; p.state == podWaiting && p.queued {
+				if err := r.try(i); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if at, ok := r.clock.next(); ok {
+		if d := at.Sub(r.epoch); r.timerAt < 0 || d < r.timerAt {
+			r.timerAt = max(d, r.now)
+			r.push(elEvent{at: r.timerAt, kind: elTimer})
+		}
+	}
+	return nil
+}
+
 func (r *elastic) run(ctx context.Context) error {
 	for r.q.Len() > 0 && !r.over() {
 		if r.stalled() {
@@ -457,7 +494,12 @@ func (r *elastic) run(ctx context.Context) error {
 		}
 		ev := heap.Pop(&r.q).(elEvent)
 		r.now = ev.at
-		r.clock.SetTime(r.epoch.Add(r.now))
+		if ev.kind == elTimer && ev.at == r.timerAt {
+			r.timerAt = -1
+		}
+		if err := r.timers(); err != nil {
+			return err
+		}
 		var err error
 		switch ev.kind {
 		case elArrival:
@@ -475,6 +517,8 @@ func (r *elastic) run(ctx context.Context) error {
 			err = r.reclaim(ev.node)
 		case elScaleDown:
 			err = r.scaleDown(ev)
+		case elTimer:
+			// The plugins' timers ran above.
 		case elWithdraw:
 			p := r.pods[ev.pod]
 			if p.state == podWaiting && !p.started {
@@ -513,6 +557,10 @@ func (r *elastic) over() bool {
 	if r.arrived < len(r.pods) {
 		return false
 	}
+	// A plugin's timer may yet let a waiting pod in (a gang's backoff).
+	if _, ok := r.clock.next(); ok && len(r.pending) > 0 {
+		return false
+	}
 	for _, p := range r.pods {
 		if p.state == podRunning || p.state == podHeld {
 			return false
@@ -542,7 +590,7 @@ func (r *elastic) try(i int) error {
 	}
 	switch {
 	case out.Waiting:
-		p.state = podHeld
+		p.state, p.heldOn = podHeld, out.Node
 		r.dropPending(i)
 	case out.Node != "":
 		r.placed(i, out.Node)
@@ -556,6 +604,13 @@ func (r *elastic) try(i int) error {
 	if err != nil {
 		return err
 	}
+	r.settle(settled)
+	return nil
+}
+
+// settle records what became of pods held at Permit: bound, or back to
+// waiting.
+func (r *elastic) settle(settled []Settled) {
 	for _, s := range settled {
 		j := r.byUID[string(s.Pod.UID)]
 		if s.Node != "" {
@@ -565,7 +620,6 @@ func (r *elastic) try(i int) error {
 			r.enqueue(j)
 		}
 	}
-	return nil
 }
 
 func (r *elastic) enqueue(i int) {
@@ -962,9 +1016,13 @@ func (r *elastic) autoscale(i int) error {
 			return err
 		}
 	}
+	capacity, zone := r.gangPlacement(p)
 	var open []*elPool
 	var needs []int
 	for _, pool := range r.pools {
+		if capacity != "" && pool.spec.capacity != capacity || zone != "" && pool.spec.Zone != zone {
+			continue
+		}
 		need := len(members) - min(len(members), room[pool])
 		if pool.spec.Max-pool.live >= need {
 			open, needs = append(open, pool), append(needs, need)
@@ -1105,6 +1163,42 @@ func (r *elastic) gangIncomplete(i int) bool {
 		}
 	}
 	return n < int(spec.MinMember)
+}
+
+// gangPlacement is the capacity type and zone that the gang's members
+// already held at Permit or running fix for the rest, as PennyGang keeps a
+// gang on one of each unless the gang says otherwise; "" where nothing is
+// fixed. A node of another kind could never take the members still waiting.
+func (r *elastic) gangPlacement(p *elPod) (pricing.CapacityType, string) {
+	if p.gang == "" {
+		return "", ""
+	}
+	spec, ok, err := gang.Of(p.pod)
+	if err != nil || !ok {
+		return "", ""
+	}
+	for _, j := range r.gangs[p.gang] {
+		q := r.pods[j]
+		node := ""
+		switch q.state {
+		case podRunning:
+			node = q.node
+		case podHeld:
+			node = q.heldOn
+		}
+		if n := r.nodes[node]; n != nil {
+			var capacity pricing.CapacityType
+			var zone string
+			if spec.SameCapacityType == nil || *spec.SameCapacityType {
+				capacity = n.pool.spec.capacity
+			}
+			if spec.SameZone == nil || *spec.SameZone {
+				zone = n.pool.spec.Zone
+			}
+			return capacity, zone
+		}
+	}
+	return "", ""
 }
 
 // gangWaiting is the pod and, when it is in a gang, the gang's other

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -385,5 +386,38 @@ func TestElasticLongGangRecoversFromAReclaim(t *testing.T) {
 	if res.Stalled || res.PodsCompleted != 3 || res.Unfinished != 0 || res.HorizonHours < 200 {
 		t.Fatalf("stalled %v, completed %d, unfinished %d, ended at %.1f h after %d reclaims; want false, 3, 0, >= 200 h",
 			res.Stalled, res.PodsCompleted, res.Unfinished, res.HorizonHours, res.Reclaims)
+	}
+}
+
+// A 12-GPU Philly job becomes an 8-GPU and a 4-GPU pod. Arriving just after
+// a 128-GPU job, the 4-GPU member is held at Permit on a node the 8-GPU one
+// cannot share; once PennyGang's permit wait runs out in trace time the gang
+// is released, backs off and is placed whole. Before the plugins' timers ran
+// on trace time, the held member kept its node for good: the job never ran
+// and the autoscaler launched and drained nodes for it hundreds of times.
+func TestElasticMixedGangIsPlacedAfterItsPermitWait(t *testing.T) {
+	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/jobs.csv"
+	if err := os.WriteFile(path, []byte("timestamp,duration,num_gpus,gpu_time,cluster\n3720,59,128,7552,a\n4320,60,12,720,b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := LoadPhilly(path, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Trace: tr, Policy: pol, Seed: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.PodsCompleted != res.PodsTotal || res.NeverScheduled != 0 || res.Stalled || res.ScaleUps > 40 {
+		t.Fatalf("completed %d of %d, never scheduled %d, stalled %v, %d scale-ups; want all, 0, false, <= 40",
+			res.PodsCompleted, res.PodsTotal, res.NeverScheduled, res.Stalled, res.ScaleUps)
 	}
 }

@@ -1,0 +1,135 @@
+package sim
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// simClock is trace time for the plugins of an elastic replay. Its
+// AfterFunc timers (the gang plugin's permit wait and backoff, SpotRisk's
+// wake-up at the end of a Spot wait) run when the replay moves the time past
+// them, in the order they are due, and outside any lock: a callback may read
+// the time or arm another timer, which FakeClock, running callbacks under
+// its own lock, would deadlock on. On the wall clock a replay that takes
+// minutes would expire a gang's permit wait at a point of trace time that
+// depends on the machine, and never in one that takes less.
+type simClock struct {
+	*clocktesting.FakeClock
+
+	mu     sync.Mutex
+	seq    int
+	timers []*simTimer
+}
+
+var _ clock.WithDelayedExecution = &simClock{}
+
+func newSimClock(t time.Time) *simClock {
+	return &simClock{FakeClock: clocktesting.NewFakeClock(t)}
+}
+
+type simTimer struct {
+	c   *simClock
+	at  time.Time
+	seq int
+	f   func()
+	ch  chan time.Time
+	// armed: the timer is in c.timers.
+	armed bool
+}
+
+// AfterFunc runs f once the replay's time reaches now + d.
+func (c *simClock) AfterFunc(d time.Duration, f func()) clock.Timer {
+	t := &simTimer{c: c, f: f, ch: make(chan time.Time, 1)}
+	c.arm(t, d)
+	return t
+}
+
+func (c *simClock) arm(t *simTimer, d time.Duration) {
+	at := c.Now().Add(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t.at, t.seq = at, c.seq
+	c.seq++
+	if !t.armed {
+		t.armed = true
+		c.timers = append(c.timers, t)
+	}
+}
+
+// next is when the earliest armed timer is due.
+func (c *simClock) next() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var at time.Time
+	for _, t := range c.timers {
+		if at.IsZero() || t.at.Before(at) {
+			at = t.at
+		}
+	}
+	return at, !at.IsZero()
+}
+
+// advance moves the time to now, running the timers due by then each at
+// its own time; it returns how many ran.
+func (c *simClock) advance(now time.Time) int {
+	defer c.SetTime(now)
+	ran := 0
+	for {
+		c.mu.Lock()
+		sort.Slice(c.timers, func(a, b int) bool {
+			if !c.timers[a].at.Equal(c.timers[b].at) {
+				return c.timers[a].at.Before(c.timers[b].at)
+			}
+			return c.timers[a].seq < c.timers[b].seq
+		})
+		if len(c.timers) == 0 || c.timers[0].at.After(now) {
+			c.mu.Unlock()
+			return ran
+		}
+		t := c.timers[0]
+		c.timers = c.timers[1:]
+		t.armed = false
+		c.mu.Unlock()
+		if t.at.After(c.Now()) {
+			c.SetTime(t.at)
+		}
+		select {
+		case t.ch <- now:
+		default:
+		}
+		t.f()
+		ran++
+	}
+}
+
+func (t *simTimer) C() <-chan time.Time { return t.ch }
+
+// Stop keeps the timer from running; it reports whether it was armed.
+func (t *simTimer) Stop() bool {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	if !t.armed {
+		return false
+	}
+	t.armed = false
+	for i, x := range t.c.timers {
+		if x == t {
+			t.c.timers = append(t.c.timers[:i], t.c.timers[i+1:]...)
+			break
+		}
+	}
+	return true
+}
+
+// Reset arms the timer again for now + d; it reports whether it was armed.
+func (t *simTimer) Reset(d time.Duration) bool {
+	t.c.mu.Lock()
+	was := t.armed
+	t.c.mu.Unlock()
+	t.c.arm(t, d)
+	return was
+}
