@@ -169,6 +169,6 @@ fuzz-short:
 		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZ_TIME) $${t%%:*}; \
 	done
 
-## gpu-check: on a machine with an NVIDIA GPU, build penny-agent and print (and cross-check) its report from the real NVML; SAVE=1 writes benchmarks/results/agent-gpu-check.json
+## gpu-check: on a machine with an NVIDIA GPU, build penny-agent and print (and cross-check) its report from the real NVML; SAVE=1 writes benchmarks/results/agent-gpu-check.json, LOAD=1 also checks a GPU under a PyTorch load
 gpu-check:
-	hack/gpu-check.sh $(if $(SAVE),--save)
+	hack/gpu-check.sh $(if $(SAVE),--save) $(if $(LOAD),--load)
