@@ -698,7 +698,7 @@ func (e *Engine) SettleWaiting() ([]Settled, error) {
 		if wa == nil || wb == nil {
 			return wa != nil
 		}
-		return wa.pod.Namespace+"/"+wa.pod.Name < wb.pod.Namespace+"/"+wb.pod.Name
+		return podBefore(wa.pod, wb.pod)
 	})
 	for _, uid := range uids {
 		w, ok := e.waiting[uid]
@@ -728,10 +728,16 @@ func (e *Engine) SettleWaiting() ([]Settled, error) {
 // last call (Handle.Activate).
 func (e *Engine) Activated() []*v1.Pod {
 	pods := e.permits.takeActivated()
-	sort.SliceStable(pods, func(a, b int) bool {
-		return pods[a].Namespace+"/"+pods[a].Name < pods[b].Namespace+"/"+pods[b].Name
-	})
+	sort.SliceStable(pods, func(a, b int) bool { return podBefore(pods[a], pods[b]) })
 	return pods
+}
+
+// podBefore orders pods by namespace, then name.
+func podBefore(a, b *v1.Pod) bool {
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
 }
 
 // RejectWaiting rejects every pod still held at Permit (the run is over, or

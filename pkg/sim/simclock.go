@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"sort"
 	"sync"
 	"time"
 
@@ -60,17 +59,26 @@ func (c *simClock) arm(t *simTimer, d time.Duration) {
 	}
 }
 
+// earliest is the index of the timer due first (armed first among those
+// due together); -1 when none is armed. Callers hold c.mu.
+func (c *simClock) earliest() int {
+	k := -1
+	for i, t := range c.timers {
+		if k < 0 || t.at.Before(c.timers[k].at) || t.at.Equal(c.timers[k].at) && t.seq < c.timers[k].seq {
+			k = i
+		}
+	}
+	return k
+}
+
 // next is when the earliest armed timer is due.
 func (c *simClock) next() (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var at time.Time
-	for _, t := range c.timers {
-		if at.IsZero() || t.at.Before(at) {
-			at = t.at
-		}
+	if k := c.earliest(); k >= 0 {
+		return c.timers[k].at, true
 	}
-	return at, !at.IsZero()
+	return time.Time{}, false
 }
 
 // advance moves the time to now, running the timers due by then each at
@@ -80,18 +88,13 @@ func (c *simClock) advance(now time.Time) int {
 	ran := 0
 	for {
 		c.mu.Lock()
-		sort.Slice(c.timers, func(a, b int) bool {
-			if !c.timers[a].at.Equal(c.timers[b].at) {
-				return c.timers[a].at.Before(c.timers[b].at)
-			}
-			return c.timers[a].seq < c.timers[b].seq
-		})
-		if len(c.timers) == 0 || c.timers[0].at.After(now) {
+		k := c.earliest()
+		if k < 0 || c.timers[k].at.After(now) {
 			c.mu.Unlock()
 			return ran
 		}
-		t := c.timers[0]
-		c.timers = c.timers[1:]
+		t := c.timers[k]
+		c.timers = append(c.timers[:k], c.timers[k+1:]...)
 		t.armed = false
 		c.mu.Unlock()
 		if t.at.After(c.Now()) {

@@ -1357,7 +1357,7 @@ func (r *elastic) reclaim(name string) error {
 		order = append(order, r.byUID[string(bp.UID)])
 	}
 	sort.Ints(order)
-	for _, i := range order {
+	for _, i := range order { // the evicted pods; their gang peers join order below
 		if g := r.pods[i].gang; g != "" {
 			for _, j := range r.gangs[g] {
 				if q := r.pods[j]; q.state == podRunning && !victims[j] {
@@ -1365,6 +1365,7 @@ func (r *elastic) reclaim(name string) error {
 						return err
 					}
 					victims[j] = true
+					order = append(order, j)
 					r.freed = append(r.freed, q.node)
 				}
 			}
@@ -1375,10 +1376,6 @@ func (r *elastic) reclaim(name string) error {
 	// says nothing about whether they can run.
 	r.progress = r.now
 	r.retire(n)
-	order = order[:0]
-	for i := range victims {
-		order = append(order, i)
-	}
 	sort.Ints(order)
 	kept := r.keptOnReclaim(order, r.rule.notice(n.node))
 	for _, i := range order {
