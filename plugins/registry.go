@@ -38,6 +38,10 @@ type Deps struct {
 	Risk pricing.RiskSource
 	// Clock is the simulator's virtual clock; nil means the wall clock.
 	Clock clock.WithDelayedExecution
+	// Interrupted is what reclaims have cut short per workload, recorded by
+	// the reclaim coordinator (or the simulator) and read by SpotRisk. Nil:
+	// nothing is recorded.
+	Interrupted *pricing.Interrupted
 }
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
@@ -57,7 +61,7 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			return gang.NewWith(ctx, obj, h, opts...)
 		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock})
+			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock, Interrupted: deps.Interrupted})
 		},
 		gpupack.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 			var opts []gpupack.Option

@@ -18,11 +18,13 @@ import (
 func main() {
 	// Telemetry (telemetry.go): the store agents feed and plugins read. The
 	// reclaim coordinator (reclaim.go) sees every report's new notices and
-	// feeds observed reclaims into the risk model SpotRisk reads.
+	// feeds observed reclaims into the risk model SpotRisk reads, and the
+	// runs they cut short into what SpotRisk knows of each workload.
 	coordinator := reclaim.NewCoordinator()
 	risk := pricing.NewRiskModel(pricing.RiskConfig{})
+	interrupted := pricing.NewInterrupted(0)
 	store := telemetry.NewStore(telemetry.StoreOptions{OnUpdate: coordinator.OnNodeUpdate})
-	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk})...)
-	addTelemetry(command, store, &reclaimFlags{coordinator: coordinator, risk: risk})
+	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, Interrupted: interrupted})...)
+	addTelemetry(command, store, &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted})
 	os.Exit(cli.Run(command))
 }

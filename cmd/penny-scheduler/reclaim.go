@@ -19,6 +19,7 @@ import (
 type reclaimFlags struct {
 	coordinator *reclaim.Coordinator
 	risk        pricing.ReclaimFeed
+	interrupted *pricing.Interrupted
 
 	keepGangsRunning bool
 	safetyMargin     time.Duration
@@ -45,7 +46,7 @@ func (f *reclaimFlags) validate() error {
 
 func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client kubernetes.Interface) {
 	err := f.coordinator.Run(ctx, reclaim.CoordinatorOptions{
-		Client: client, Commands: srv, Risk: f.risk,
+		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted,
 		Policy:           reclaim.Policy{MaintenanceLead: f.maintenanceLead},
 		KeepGangsRunning: f.keepGangsRunning, SafetyMargin: f.safetyMargin,
 		Log: klog.Background().WithName("reclaim"),

@@ -45,8 +45,12 @@ type CoordinatorOptions struct {
 	// Risk receives every Spot interruption observed, so the reclaim-risk
 	// model SpotRisk reads accounts for it when the gang is placed again.
 	// Optional.
-	Risk   pricing.ReclaimFeed
-	Policy Policy
+	Risk pricing.ReclaimFeed
+	// Interrupted receives, for every pod on a node with a Spot
+	// interruption notice, how long it had run: SpotRisk keeps training
+	// without checkpoints that a reclaim interrupted off Spot. Optional.
+	Interrupted *pricing.Interrupted
+	Policy      Policy
 	// KeepGangsRunning turns off evicting the members of an affected gang on
 	// the nodes that are not reclaimed (they are still asked to checkpoint).
 	KeepGangsRunning bool
@@ -258,10 +262,17 @@ func (c *Coordinator) handle(ctx context.Context, nn nodeNotice) {
 	wg.Wait()
 }
 
-// observe feeds a Spot interruption to the risk model.
+// observe feeds a Spot interruption to the risk model, and the runs it is
+// about to cut short to what SpotRisk knows of each workload.
 func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logger) {
 	o, n := c.opts, nn.notice
-	if n.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || o.Risk == nil {
+	if n.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION {
+		return
+	}
+	if o.Interrupted != nil {
+		c.observeRuns(ctx, nn, log)
+	}
+	if o.Risk == nil {
 		return
 	}
 	node, err := o.Client.CoreV1().Nodes().Get(ctx, nn.node, metav1.GetOptions{})
@@ -272,6 +283,25 @@ func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logge
 	pool := pricing.PoolOf(node, pricing.NodeCapacity(node))
 	o.Risk.ObserveReclaim(pool, nn.node, n.Detected)
 	log.Info("observed a Spot reclaim", "pool", pool.String())
+}
+
+// observeRuns records how long each running pod on a reclaimed node had run
+// when the notice came.
+func (c *Coordinator) observeRuns(ctx context.Context, nn nodeNotice, log logr.Logger) {
+	onNode, err := c.opts.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", nn.node).String(),
+	})
+	if err != nil {
+		log.Error(err, "cannot list the reclaimed node's pods; the runs it cuts short are not recorded")
+		return
+	}
+	for i := range onNode.Items {
+		p := &onNode.Items[i]
+		if p.Spec.NodeName != nn.node || !live(p) || p.Status.StartTime == nil {
+			continue
+		}
+		c.opts.Interrupted.Observe(p, nn.notice.Detected.Sub(p.Status.StartTime.Time))
+	}
 }
 
 // fanout is the checkpoint command to one node for the members of affected

@@ -206,3 +206,51 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		t.Fatalf("%s: not within 5s", what)
 	}
 }
+
+// A Spot interruption records how long each pod on the node had run, so that
+// SpotRisk keeps training without checkpoints off Spot when it comes back.
+func TestCoordinatorRecordsTheRunsAReclaimCutsShort(t *testing.T) {
+	detected := time.Now()
+	started := func(p *corev1.Pod, ago time.Duration) *corev1.Pod {
+		p.Status.StartTime = &metav1.Time{Time: detected.Add(-ago)}
+		return p
+	}
+	pending := member("pending", "a", "")
+	objs := []runtime.Object{
+		started(member("g-0", "a", "g"), 30*time.Hour),
+		started(member("solo", "a", ""), 2*time.Hour),
+		started(member("elsewhere", "b", ""), 9*time.Hour),
+		pending, // bound, not started: nothing to lose
+	}
+	interrupted := pricing.NewInterrupted(0)
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: fake.NewClientset(objs...), Commands: &commander{sent: map[string]*telemetryv1.CheckpointCommand{}},
+		Interrupted: interrupted, Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+
+	maintenance := telemetry.ReclaimNotice{ID: "gce-maint", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Detected: detected, Deadline: detected.Add(time.Hour)}
+	// Maintenance on b is not a reclaim: the node comes back.
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "b", ReclaimNotices: []telemetry.ReclaimNotice{maintenance}})
+	spot := telemetry.ReclaimNotice{ID: "aws-spot-2", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{spot}})
+
+	waitFor(t, "the runs on a recorded", func() bool { return interrupted.Longest(member("g-1", "c", "g")) > 0 })
+	time.Sleep(100 * time.Millisecond) // b's notice came first; give it time to (wrongly) record
+	cases := []struct {
+		pod  *corev1.Pod
+		want time.Duration
+	}{
+		{member("g-1", "c", "g"), 30 * time.Hour}, // any member of the gang
+		{member("solo", "a", ""), 2 * time.Hour},
+		{member("elsewhere", "b", ""), 0},
+		{pending, 0},
+	}
+	for _, tc := range cases {
+		if got := interrupted.Longest(tc.pod); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.pod.Name, got, tc.want)
+		}
+	}
+}

@@ -230,6 +230,9 @@ type elastic struct {
 	clock *simClock
 	epoch time.Time
 	risk  *pricing.RiskModel
+	// interrupted is what reclaims cut short, per workload (SpotRisk reads
+	// it).
+	interrupted *pricing.Interrupted
 	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
 	rule ReclaimRule
 	rank func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
@@ -287,11 +290,11 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	start := time.Now()
 	sc := o.Scenario
 	r := &elastic{o: o, sc: sc, clock: newSimClock(simEpoch), timerAt: -1, epoch: simEpoch,
-		risk: pricing.NewRiskModel(pricing.RiskConfig{}), rule: sc.reclaimRule(o.Policy.Name),
+		risk: pricing.NewRiskModel(pricing.RiskConfig{}), interrupted: pricing.NewInterrupted(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
 			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}}}
-	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock}
+	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
 		return nil, err
@@ -1357,6 +1360,7 @@ func (r *elastic) reclaim(name string) error {
 		order = append(order, r.byUID[string(bp.UID)])
 	}
 	sort.Ints(order)
+	var peerNodes []string
 	for _, i := range order { // the evicted pods; their gang peers join order below
 		if g := r.pods[i].gang; g != "" {
 			for _, j := range r.gangs[g] {
@@ -1367,6 +1371,7 @@ func (r *elastic) reclaim(name string) error {
 					victims[j] = true
 					order = append(order, j)
 					r.freed = append(r.freed, q.node)
+					peerNodes = append(peerNodes, q.node)
 				}
 			}
 		}
@@ -1383,6 +1388,14 @@ func (r *elastic) reclaim(name string) error {
 		if p.reclaimed == 0 {
 			r.res.PodsReclaimed++
 		}
+		// As the reclaim coordinator does on a notice. The autoscaler asks
+		// about a gang member as a pod alone (asAlone), so that pod's
+		// workload learns it too, and its template verdicts may change.
+		r.interrupted.Observe(p.pod, r.now-p.runStart)
+		if alone := asAlone(p.pod); alone != p.pod {
+			r.interrupted.Observe(alone, r.now-p.runStart)
+		}
+		p.fits = nil
 		r.stop(i, true, kept[i])
 		if p.class.Work.Stateless {
 			r.res.InterruptedServices++
@@ -1391,6 +1404,11 @@ func (r *elastic) reclaim(name string) error {
 		p.waitStart = r.now
 		r.setDeadline(p)
 		r.enqueue(i)
+	}
+	// The gang peers' nodes may now be empty: they scale down like any
+	// other (they stayed up until their own reclaim before).
+	for _, name := range peerNodes {
+		r.maybeIdle(r.nodes[name])
 	}
 	for _, i := range order {
 		if r.pods[i].state == podWaiting {

@@ -31,7 +31,10 @@ type podState struct {
 	deadline time.Time
 	// waiting is true while the pod may not use on-demand capacity yet.
 	waiting bool
-	usage   pricing.Usage
+	// interrupted is the longest run of an avoiding pod's workload that a
+	// reclaim cut short; such a pod stays off Spot.
+	interrupted time.Duration
+	usage       pricing.Usage
 }
 
 // Clone is not needed: the state is read-only after PreFilter.
@@ -69,9 +72,13 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 }
 
 // stateFor places a pod's class in time: a Spot-preferring pod waits for
-// Spot capacity from its creation until FallbackAfter has passed.
+// Spot capacity from its creation until FallbackAfter has passed, and an
+// avoiding pod whose workload already lost a run to a reclaim stays off Spot.
 func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 	s := &podState{class: class}
+	if class.Policy == Avoid {
+		s.interrupted = pl.interrupted.Longest(pod)
+	}
 	if class.Policy == Prefer {
 		start := pod.CreationTimestamp.Time
 		if start.IsZero() {
@@ -113,6 +120,9 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		return fmt.Sprintf("node(s) are Spot and the pod stays off Spot (%s)", c.Why)
 	case c.Policy == Only && !capacity.IsSpot():
 		return fmt.Sprintf("node(s) are not Spot and the pod runs only on Spot (%s)", c.Why)
+	case c.Policy == Avoid && s.interrupted > 0 && capacity.IsSpot():
+		return fmt.Sprintf("node(s) are Spot and a reclaim already cut a run of this workload short after %s (%s)",
+			s.interrupted.Round(time.Minute), c.Why)
 	case c.Policy == Prefer && s.waiting && capacity.Type == pricing.OnDemand:
 		return fmt.Sprintf("node(s) are on-demand and the pod waits for Spot capacity until %s (%s; fallback after %s)",
 			s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)

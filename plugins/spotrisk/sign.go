@@ -15,17 +15,20 @@ var _ fwk.SignPlugin = &SpotRisk{}
 // pod (opportunistic batching): pods with the same class and requests get the
 // same filtering and scores. A pod still waiting for Spot is not signed, since
 // its feasible nodes change when its wait ends; nor is a pod with a malformed
-// annotation.
+// annotation. What reclaims cut short of the pod's workload is part of the
+// signature: it keeps an avoiding pod off Spot.
 func (pl *SpotRisk) SignPod(_ context.Context, pod *corev1.Pod) ([]fwk.SignFragment, *fwk.Status) {
 	class, err := classify(pod, pl.args)
 	if err != nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable, err.Error())
 	}
-	if pl.stateFor(pod, class).waiting {
+	s := pl.stateFor(pod, class)
+	if s.waiting {
 		return nil, fwk.NewStatus(fwk.Unschedulable, "the pod is waiting for Spot capacity")
 	}
 	return []fwk.SignFragment{
 		{Key: "penny.dev/SpotRisk.Class()", Value: class},
 		{Key: "penny.dev/SpotRisk.Usage()", Value: pricing.PodUsage(pod)},
+		{Key: "penny.dev/SpotRisk.Interrupted()", Value: s.interrupted},
 	}, nil
 }

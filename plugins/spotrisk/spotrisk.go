@@ -38,6 +38,10 @@ type Deps struct {
 	Telemetry telemetry.Reader
 	// Clock is the simulator's virtual clock in replays.
 	Clock clock.WithDelayedExecution
+	// Interrupted is what reclaims have cut short, per workload: training
+	// without checkpoints that lost a run to a reclaim stays off Spot. Nil:
+	// nothing is known (no reclaim recorded).
+	Interrupted *pricing.Interrupted
 }
 
 // SpotRisk is the plugin.
@@ -49,9 +53,10 @@ type SpotRisk struct {
 	// priors is set when the risk source is Penny's model, so that the
 	// plugin can seed each pool's prior from the catalog the first time it
 	// sees the pool (a prior already set stays).
-	priors    *pricing.RiskModel
-	telemetry telemetry.Reader
-	clock     clock.WithDelayedExecution
+	priors      *pricing.RiskModel
+	telemetry   telemetry.Reader
+	clock       clock.WithDelayedExecution
+	interrupted *pricing.Interrupted
 
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
@@ -80,7 +85,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		return nil, err
 	}
 	pricing.RegisterMetrics()
-	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, wakeups: map[types.UID]bool{}}
+	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, wakeups: map[types.UID]bool{}}
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}
 	}

@@ -335,3 +335,37 @@ func TestAgentReclaimNoticeExcludesNode(t *testing.T) {
 		t.Fatalf("feasible %v, want only the Spot node without a notice", r.feasible)
 	}
 }
+
+// Training without checkpoints whose workload already lost a run to a
+// reclaim stays off Spot; other classes, and other workloads, do not.
+func TestAvoidingWorkloadInterruptedByAReclaimStaysOffSpot(t *testing.T) {
+	interrupted := pricing.NewInterrupted(0)
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Interrupted: interrupted}, fleet()[:4]...)
+	avoid := map[string]string{AnnotationWorkload: "training"}
+	if r := e.schedule(t, pod("train", avoid)); strings.Join(r.feasible, ",") != "od,reserved,spot-a,spot-c" {
+		t.Fatalf("before any reclaim: feasible %v", r.feasible)
+	}
+	interrupted.Observe(pod("train", avoid), 14*time.Hour+50*time.Minute)
+	interrupted.Observe(pod("batch", map[string]string{AnnotationWorkload: "batch"}), time.Hour)
+
+	r := e.schedule(t, pod("train", avoid))
+	if strings.Join(r.feasible, ",") != "od,reserved" {
+		t.Fatalf("after a reclaim cut its run short: feasible %v, want only on-demand and reserved", r.feasible)
+	}
+	if r := e.schedule(t, pod("other", avoid)); len(r.feasible) != 4 {
+		t.Fatalf("another workload: feasible %v", r.feasible)
+	}
+	if r := e.schedule(t, pod("batch", map[string]string{AnnotationWorkload: "batch"})); len(r.feasible) != 4 {
+		t.Fatalf("a batch pod (allow) keeps Spot: feasible %v", r.feasible)
+	}
+
+	e = newEnv(t, nil, Deps{Prices: catalog(t), Interrupted: interrupted}, fleet()[2:4]...)
+	r = e.schedule(t, pod("train", avoid))
+	expectContains(t, "FitError", r.fitError,
+		"2 node(s) are Spot and a reclaim already cut a run of this workload short after 14h50m0s (training without checkpoints)")
+	a, _ := e.plugin.SignPod(context.Background(), pod("train", avoid))
+	b, _ := e.plugin.SignPod(context.Background(), pod("other", avoid))
+	if reflect.DeepEqual(a, b) {
+		t.Fatal("a pod kept off Spot by a reclaim must not share a signature with one that is not")
+	}
+}

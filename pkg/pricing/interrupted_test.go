@@ -1,0 +1,72 @@
+package pricing
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/pennysched/penny/pkg/gang"
+)
+
+func TestInterruptedKeysRunsByWorkload(t *testing.T) {
+	yes := true
+	pod := func(ns, name string, labels map[string]string, job types.UID) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels}}
+		if job != "" {
+			p.OwnerReferences = []metav1.OwnerReference{{Kind: "Job", Name: "j", UID: job, Controller: &yes}}
+		}
+		return p
+	}
+	member := func(ns, name string) *corev1.Pod {
+		return pod(ns, name, map[string]string{gang.LabelName: "llm", gang.KeySize: "2"}, "")
+	}
+	m := NewInterrupted(0)
+	m.Observe(member("team-a", "llm-0"), 3*time.Hour)
+	m.Observe(member("team-a", "llm-1"), 2*time.Hour)
+	m.Observe(pod("team-a", "train-x1", nil, "job-1"), 5*time.Hour)
+	m.Observe(pod("team-a", "bare", nil, ""), time.Hour)
+
+	cases := []struct {
+		name string
+		pod  *corev1.Pod
+		want time.Duration
+	}{
+		{"a gang member replaced after the reclaim: the gang's longest", member("team-a", "llm-1"), 3 * time.Hour},
+		{"the same gang name in another namespace is another workload", member("team-b", "llm-0"), 0},
+		{"the Job's next pod", pod("team-a", "train-x2", nil, "job-1"), 5 * time.Hour},
+		{"another Job", pod("team-a", "train-y", nil, "job-2"), 0},
+		{"a bare pod by name", pod("team-a", "bare", nil, ""), time.Hour},
+		{"a bare pod of the same name elsewhere", pod("team-b", "bare", nil, ""), 0},
+	}
+	for _, c := range cases {
+		if got := m.Longest(c.pod); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+
+	var none *Interrupted
+	none.Observe(member("team-a", "llm-0"), time.Hour)
+	if got := none.Longest(member("team-a", "llm-0")); got != 0 {
+		t.Fatalf("a nil Interrupted knows %v", got)
+	}
+}
+
+func TestInterruptedForgetsTheOldestPastItsLimit(t *testing.T) {
+	m := NewInterrupted(3)
+	bare := func(i int) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprint("p", i)}}
+	}
+	for i := range 5 {
+		m.Observe(bare(i), time.Duration(i+1)*time.Hour)
+	}
+	m.Observe(bare(3), time.Minute) // a shorter run does not lower the longest
+	for i, want := range []time.Duration{0, 0, 3 * time.Hour, 4 * time.Hour, 5 * time.Hour} {
+		if got := m.Longest(bare(i)); got != want {
+			t.Errorf("p%d: %v, want %v", i, got, want)
+		}
+	}
+}
