@@ -2,6 +2,9 @@ package plugins
 
 import (
 	"context"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -52,16 +55,21 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	if deps.GangReclaimRisk == nil {
 		deps.GangReclaimRisk = pricing.GangRisk{Risk: deps.Risk}
 	}
+	spot := &spotRules{byProfile: map[string]*spotrisk.SpotRisk{}}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk)}
+			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk), gang.WithNodeCheck(spot.check(profileOf(h)))}
 			if deps.Clock != nil {
 				opts = append(opts, gang.WithClock(deps.Clock))
 			}
 			return gang.NewWith(ctx, obj, h, opts...)
 		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			return spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock, Interrupted: deps.Interrupted})
+			pl, err := spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock, Interrupted: deps.Interrupted})
+			if err == nil {
+				spot.set(profileOf(h), pl.(*spotrisk.SpotRisk))
+			}
+			return pl, err
 		},
 		gpupack.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 			var opts []gpupack.Option
@@ -71,6 +79,39 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			return gpupack.NewWith(ctx, obj, h, opts...)
 		},
 	}
+}
+
+// spotRules hands each profile's PennyGang that profile's SpotRisk, so that
+// a gang is admitted only to nodes SpotRisk lets its members use (a gang of
+// inference pods is not admitted to Spot room, nor one waiting for Spot to
+// on-demand room). A profile without SpotRisk checks nothing.
+type spotRules struct {
+	mu        sync.Mutex
+	byProfile map[string]*spotrisk.SpotRisk
+}
+
+func (s *spotRules) set(profile string, pl *spotrisk.SpotRisk) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.byProfile[profile] = pl
+}
+
+func (s *spotRules) check(profile string) gang.NodeCheck {
+	return func(pod *corev1.Pod, node *corev1.Node) bool {
+		s.mu.Lock()
+		pl := s.byProfile[profile]
+		s.mu.Unlock()
+		return pl == nil || pl.Admits(pod, node)
+	}
+}
+
+// profileOf is the name of the profile a plugin is built for; "" when the
+// handle does not say.
+func profileOf(h fwk.Handle) string {
+	if p, ok := h.(interface{ ProfileName() string }); ok {
+		return p.ProfileName()
+	}
+	return ""
 }
 
 // Options turns the registry into kube-scheduler command options.

@@ -2,14 +2,25 @@ package plugins
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/validation"
 	"k8s.io/kubernetes/pkg/scheduler/backend/cache"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework/plugins"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
@@ -66,5 +77,89 @@ func TestShippedProfileBuilds(t *testing.T) {
 				t.Errorf("SpotRisk weight %d is not above PennyGPUPack's %d", weights[spotrisk.Name], weights[gpupack.Name])
 			}
 		}
+	}
+}
+
+// PennyGang admits a gang only to nodes SpotRisk lets its members use: a
+// gang of inference pods is not admitted to Spot room (it would hold the
+// room, fail SpotRisk's Filter, back off and try the same nodes again), and
+// with on-demand room it is admitted there.
+func TestGangIsAdmittedOnlyWhereSpotRiskLetsItsMembersRun(t *testing.T) {
+	schedmetrics.Register()
+	cfg, err := options.LoadConfigFromFile(klog.Background(), "../deploy/scheduler/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var profile *config.KubeSchedulerProfile
+	for i := range cfg.Profiles {
+		if cfg.Profiles[i].SchedulerName == "penny-scheduler" {
+			profile = &cfg.Profiles[i]
+		}
+	}
+	node := func(name, ct string) *corev1.Node {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+			corev1.LabelHostname: name, corev1.LabelTopologyZone: "us-east-1a", corev1.LabelInstanceTypeStable: "g5.12xlarge",
+			"karpenter.sh/capacity-type": ct}},
+			Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
+				corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"),
+				corev1.ResourcePods: resource.MustParse("110"), "nvidia.com/gpu": resource.MustParse("4")}}}
+		n.Status.Capacity = n.Status.Allocatable
+		return n
+	}
+	member := func(i int) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("serve-", i), Namespace: "ml", UID: types.UID(fmt.Sprint("serve-", i)),
+				Labels:      map[string]string{"penny.dev/gang": "serve", "penny.dev/gang-size": "2"},
+				Annotations: map[string]string{spotrisk.AnnotationWorkload: "inference"}},
+			Spec: corev1.PodSpec{SchedulerName: "penny-scheduler", Containers: []corev1.Container{{Name: "c",
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("4")}}}}},
+		}
+	}
+	preFilter := func(nodes ...*corev1.Node) (*fwk.PreFilterResult, *fwk.Status) {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		client := fake.NewClientset(member(0), member(1))
+		factory := informers.NewSharedInformerFactory(client, 0)
+		// The whole profile is built (SpotRisk included); PennyGang's
+		// PreFilter is called alone, since the in-tree DRA plugin needs a
+		// running scheduler.
+		ours := Registry(Deps{})
+		var pennyGang fwk.PreFilterPlugin
+		newGang := ours[gang.Name]
+		ours[gang.Name] = func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			p, err := newGang(ctx, obj, h)
+			if err == nil {
+				pennyGang = p.(fwk.PreFilterPlugin)
+			}
+			return p, err
+		}
+		registry := plugins.NewInTreeRegistry()
+		if err := registry.Merge(ours); err != nil {
+			t.Fatal(err)
+		}
+		snapshot := cache.NewSnapshot(nil, nodes)
+		if _, err := frameworkruntime.NewFramework(ctx, registry, profile,
+			frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
+			frameworkruntime.WithSnapshotSharedLister(snapshot)); err != nil {
+			t.Fatal(err)
+		}
+		factory.Start(ctx.Done())
+		factory.WaitForCacheSync(ctx.Done())
+		infos, err := snapshot.NodeInfos().List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pennyGang.PreFilter(ctx, framework.NewCycleState(), member(0), infos)
+	}
+
+	if _, s := preFilter(node("spot-0", "spot"), node("spot-1", "spot")); s.IsSuccess() || !strings.Contains(s.Message(), "gang ml/serve") {
+		t.Fatalf("with room on Spot nodes only: %v; want the gang not admitted", s)
+	}
+	res, s := preFilter(node("spot-0", "spot"), node("spot-1", "spot"), node("od-0", "on-demand"), node("od-1", "on-demand"))
+	if !s.IsSuccess() {
+		t.Fatalf("with on-demand room: %v", s)
+	}
+	if got := sets.List(res.NodeNames); strings.Join(got, ",") != "od-0,od-1" {
+		t.Fatalf("admitted to %v, want the on-demand nodes", got)
 	}
 }

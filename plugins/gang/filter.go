@@ -127,13 +127,13 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 	}
 
 	claims := pl.claimsFor("", "")
-	p, short := placeGang(nodes, shapesOf(pending[:need]), r, fixed, claims, pl.risk)
+	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), r, fixed, claims, pl.risk)
 	if p == nil {
 		klog.FromContext(ctx).V(4).Info("Gang does not fit", "gang", spec.Ref, "pod", klog.KObj(pod), "placeable", short.placeable, "needed", short.needed)
 		attempts.WithLabelValues(resultUnschedulable).Inc()
 		msg := short.message(spec.Ref, r, fixed != nil)
 		if len(claims) > 0 {
-			if q, _ := placeGang(nodes, shapesOf(pending[:need]), r, fixed, nil, nil); q != nil {
+			if q, _ := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), r, fixed, nil, nil); q != nil {
 				// Only other gangs' claims stand in the way: retry when they go.
 				pl.blocked[spec.Ref.Key()] = true
 				msg += "; room is held for other gangs being placed"

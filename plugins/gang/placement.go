@@ -91,6 +91,9 @@ type shape struct {
 	affinity    nodeaffinity.RequiredNodeAffinity
 	tolerations []corev1.Toleration
 	vec         vec
+	// pod is the shape's first member, for check.
+	pod   *corev1.Pod
+	check NodeCheck
 }
 
 // shapeKey is a member's shape: its requests plus what restricts its nodes.
@@ -107,7 +110,7 @@ func shapeKey(pod *corev1.Pod, d demand) string {
 	return d.key() + "|" + string(constraints)
 }
 
-func shapesOf(members []*corev1.Pod) []*shape {
+func shapesOf(members []*corev1.Pod, check NodeCheck) []*shape {
 	byKey := map[string]*shape{}
 	var out []*shape
 	for _, p := range members {
@@ -117,7 +120,7 @@ func shapesOf(members []*corev1.Pod) []*shape {
 			s.count++
 			continue
 		}
-		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations}
+		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations, pod: p, check: check}
 		byKey[k] = s
 		out = append(out, s)
 	}
@@ -153,8 +156,12 @@ func isUnschedulableOrNoExecute(t *corev1.Taint) bool {
 var unschedulableTaint = corev1.Taint{Key: corev1.TaintNodeUnschedulable, Effect: corev1.TaintEffectNoSchedule}
 
 // admits reports whether a node accepts members of shape s, by the rules the
-// in-tree NodeUnschedulable, TaintToleration and NodeAffinity filters apply.
+// in-tree NodeUnschedulable, TaintToleration and NodeAffinity filters apply
+// and the profile's node check.
 func (s *shape) admits(node *corev1.Node) bool {
+	if s.check != nil && !s.check(s.pod, node) {
+		return false
+	}
 	logger := klog.Background()
 	if node.Spec.Unschedulable && !corev1helpers.TolerationsTolerateTaint(logger, s.tolerations, &unschedulableTaint, true) {
 		return false

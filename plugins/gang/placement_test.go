@@ -26,7 +26,7 @@ var zoneRules = rules{sameZone: true, sameCapType: true, zoneLabel: corev1.Label
 
 func TestPlaceGangCountsOtherGangsClaims(t *testing.T) {
 	ns := infos(gpuNode("n-0"), gpuNode("n-1"))
-	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8)) }
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8), nil) }
 	if p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, nil); p == nil {
 		t.Fatal("2 whole-node members fit on 2 free nodes")
 	}
@@ -45,7 +45,7 @@ func TestPlaceGangPlacesBigMembersFirst(t *testing.T) {
 	// One 8-GPU member and two 4-GPU members fit two 8-GPU nodes only if
 	// the big one takes a node before the small ones split both.
 	pods := append(gangPods("small", 2, 4), member("big", 3, 0, 8))
-	p, short := placeGang(infos(gpuNode("n-0"), gpuNode("n-1")), shapesOf(pods), zoneRules, nil, nil, nil)
+	p, short := placeGang(infos(gpuNode("n-0"), gpuNode("n-1")), shapesOf(pods, nil), zoneRules, nil, nil, nil)
 	if p == nil {
 		t.Fatalf("does not fit: %+v", short)
 	}
@@ -61,7 +61,7 @@ func TestPlaceGangPlacesBigMembersFirst(t *testing.T) {
 func TestPlaceGangKeepsToFixedDomain(t *testing.T) {
 	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")), gpuNode("b-1", inZone("b")))
 	fixed := zoneRules.domainOf(gpuNode("x", inZone("a")))
-	p, short := placeGang(ns, shapesOf(gangPods("llm", 2, 8)), zoneRules, &fixed, nil, nil)
+	p, short := placeGang(ns, shapesOf(gangPods("llm", 2, 8), nil), zoneRules, &fixed, nil, nil)
 	if p != nil {
 		t.Fatalf("running members pin the gang to zone a, which has one node: %+v", p)
 	}
@@ -77,17 +77,17 @@ func TestPlaceGangRespectsTaintsAndSelectors(t *testing.T) {
 	cordoned := gpuNode("c-0")
 	cordoned.Spec.Unschedulable = true
 	ns := infos(tainted, cordoned, gpuNode("n-0"))
-	if p, _ := placeGang(ns, shapesOf(gangPods("llm", 2, 8)), zoneRules, nil, nil, nil); p != nil {
+	if p, _ := placeGang(ns, shapesOf(gangPods("llm", 2, 8), nil), zoneRules, nil, nil, nil); p != nil {
 		t.Fatalf("only one node accepts the members, yet placed: %+v", p.slots)
 	}
 	tolerant := gangPods("llm", 2, 8, func(p *corev1.Pod) {
 		p.Spec.Tolerations = []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists}}
 	})
-	if p, _ := placeGang(ns, shapesOf(tolerant), zoneRules, nil, nil, nil); p == nil {
+	if p, _ := placeGang(ns, shapesOf(tolerant, nil), zoneRules, nil, nil, nil); p == nil {
 		t.Fatal("members tolerating the GPU taint fit on the tainted and the plain node")
 	}
 	picky := gangPods("llm", 1, 8, func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{"pool": "h100"} })
-	if p, _ := placeGang(ns, shapesOf(picky), zoneRules, nil, nil, nil); p != nil {
+	if p, _ := placeGang(ns, shapesOf(picky, nil), zoneRules, nil, nil, nil); p != nil {
 		t.Fatalf("no node has pool=h100, yet placed: %+v", p.slots)
 	}
 }
@@ -104,7 +104,7 @@ func (r riskByZone) GangRisk(nodes []*corev1.Node) float64 {
 
 func TestPlaceGangAsksTheRiskHelper(t *testing.T) {
 	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")))
-	shapes := func() []*shape { return shapesOf(gangPods("llm", 1, 8)) }
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 1, 8), nil) }
 	if p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, nil); p == nil || p.domain.zone != "a" {
 		t.Fatalf("without a risk helper the first domain that fits wins: %+v", p)
 	}
@@ -116,7 +116,7 @@ func TestPlaceGangAsksTheRiskHelper(t *testing.T) {
 
 func TestShapesGroupIdenticalMembers(t *testing.T) {
 	pods := append(gangPods("w", 6, 1), gangPods("m", 1, 0)...)
-	shapes := shapesOf(pods)
+	shapes := shapesOf(pods, nil)
 	if len(shapes) != 2 || shapes[0].count != 6 || shapes[1].count != 1 {
 		got := ""
 		for _, s := range shapes {

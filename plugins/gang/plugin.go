@@ -52,6 +52,9 @@ type Gang struct {
 	clock  clock.WithDelayedExecution
 	pods   cache.Indexer
 	risk   ReclaimRisk
+	// nodeCheck, when set, is asked whether a member may use a node at all
+	// beyond its requests, taints and affinity (SpotRisk's capacity rules).
+	nodeCheck NodeCheck
 	// nativeGangs is true when the GenericWorkload gate is on, so pods that
 	// name a PodGroup are gang-scheduled by the in-tree machinery.
 	nativeGangs bool
@@ -91,6 +94,16 @@ func WithClock(c clock.WithDelayedExecution) Option { return func(g *Gang) { g.c
 
 // WithReclaimRisk sets the gang-level reclaim risk helper.
 func WithReclaimRisk(r ReclaimRisk) Option { return func(g *Gang) { g.risk = r } }
+
+// NodeCheck says whether another plugin of the profile lets a pod use a
+// node whatever room it has. A gang is admitted only where its members pass
+// it: admitted to nodes a member's filters reject, a gang holds that room,
+// fails, backs off and tries the same nodes again, for as long as the room
+// it may use is taken.
+type NodeCheck func(pod *corev1.Pod, node *corev1.Node) bool
+
+// WithNodeCheck sets the check placement asks for each member shape.
+func WithNodeCheck(c NodeCheck) Option { return func(g *Gang) { g.nodeCheck = c } }
 
 // New is the plugin factory for the scheduler framework.
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
