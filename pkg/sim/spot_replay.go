@@ -1406,7 +1406,7 @@ func (r *elastic) reclaim(name string) error {
 		r.enqueue(i)
 	}
 	// The gang peers' nodes may now be empty: they scale down like any
-	// other (they stayed up until their own reclaim before).
+	// other empty node.
 	for _, name := range peerNodes {
 		r.maybeIdle(r.nodes[name])
 	}

@@ -151,9 +151,19 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 // PostFilter runs when no node fits. A Spot-preferring pod still in its
 // wait gets a timer that retries it when the wait ends, so that falling
 // back to on-demand does not have to wait for an unrelated cluster event.
+// That holds too when an earlier PreFilter turned the pod away before this
+// plugin's ran (PennyGang, which asks Admits, finding no room for the gang
+// on Spot).
 func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	s, err := getState(cs)
-	if err != nil || !s.waiting || pl.handle == nil {
+	if err != nil {
+		class, err := classify(pod, pl.args)
+		if err != nil {
+			return nil, fwk.NewStatus(fwk.Unschedulable)
+		}
+		s = pl.stateFor(pod, class)
+	}
+	if !s.waiting || pl.handle == nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
 	pl.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -367,5 +368,26 @@ func TestAvoidingWorkloadInterruptedByAReclaimStaysOffSpot(t *testing.T) {
 	b, _ := e.plugin.SignPod(context.Background(), pod("other", avoid))
 	if reflect.DeepEqual(a, b) {
 		t.Fatal("a pod kept off Spot by a reclaim must not share a signature with one that is not")
+	}
+}
+
+// A Spot-preferring gang member that PennyGang turned away before SpotRisk's
+// PreFilter ran (no room for the gang on Spot, on-demand not admitted while
+// it waits) still gets the timer that retries it when its wait ends.
+func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
+	args := &Args{}
+	args.FallbackAfter.Duration = 2 * time.Minute
+	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
+	p := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	if e.plugin.Admits(p, e.nodes[0].Node()) {
+		t.Fatal("a pod waiting for Spot must not be admitted to an on-demand node")
+	}
+	if _, s := e.plugin.PostFilter(context.Background(), framework.NewCycleState(), p, nil); s.IsSuccess() {
+		t.Fatalf("PostFilter: %v", s)
+	}
+	e.clock.Step(2 * time.Minute)
+	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
+	if !e.plugin.Admits(p, e.nodes[0].Node()) {
+		t.Fatal("after its wait the pod may use on-demand nodes")
 	}
 }
