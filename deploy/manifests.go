@@ -3,8 +3,12 @@ package deploy
 import (
 	"bytes"
 	_ "embed"
+	"fmt"
 	"strings"
 	"text/template"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 //go:embed scheduler/templates/penny-scheduler.yaml
@@ -29,9 +33,27 @@ type Manifest struct {
 func Manifests() []Manifest {
 	return []Manifest{
 		{Output: "deploy/scheduler/penny-scheduler.yaml", template: schedulerTemplate, config: SchedulerConfig},
-		{Output: "deploy/pricing/penny-prices.yaml", template: pricesTemplate, config: PriceCatalog},
+		pricesManifest(),
 		{Output: "deploy/agent/reclaim.yaml", template: agentReclaimTemplate},
 	}
+}
+
+func pricesManifest() Manifest {
+	return Manifest{Output: "deploy/pricing/penny-prices.yaml", template: pricesTemplate, config: PriceCatalog}
+}
+
+// PricesConfigMap is the ConfigMap deploy/pricing/penny-prices.yaml creates:
+// the shipped catalog under the name the shipped scheduler config reads.
+func PricesConfigMap() (*corev1.ConfigMap, error) {
+	b, err := pricesManifest().Render()
+	if err != nil {
+		return nil, err
+	}
+	cm := &corev1.ConfigMap{}
+	if err := yaml.UnmarshalStrict(b, cm); err != nil {
+		return nil, fmt.Errorf("deploy/pricing/penny-prices.yaml: %w", err)
+	}
+	return cm, nil
 }
 
 // Render fills the template; the configuration is indented to sit under a

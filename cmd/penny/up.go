@@ -13,14 +13,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/plugins"
-	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 type upOptions struct {
@@ -126,9 +124,9 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	defer cluster.Stop()
 	// SpotRisk prices nodes from the penny-prices ConfigMap, as on a real
 	// cluster after `kubectl apply -f deploy/pricing/penny-prices.yaml`.
-	prices := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Namespace: localcluster.SystemNamespace, Name: "penny-prices"},
-		Data:       map[string]string{spotrisk.DefaultCatalogKey: string(deploy.PriceCatalog)},
+	prices, err := deploy.PricesConfigMap()
+	if err != nil {
+		return err
 	}
 	if _, err := cluster.Client.CoreV1().ConfigMaps(prices.Namespace).Create(ctx, prices, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating the price catalog ConfigMap: %w", err)
