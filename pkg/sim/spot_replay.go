@@ -983,6 +983,15 @@ func (r *elastic) autoscale(i int) error {
 		}
 		p.nominated = ""
 	}
+	if p.gang == "" && len(r.inflight) == 0 {
+		// No node on its way to take the pod and no pool it may use that
+		// may grow: with a fleet at its limits this is most pods of most
+		// scans.
+		full, err := r.poolsFullFor(i)
+		if err != nil || full {
+			return err
+		}
+	}
 	if r.gangIncomplete(i) {
 		return nil
 	}
@@ -1126,6 +1135,21 @@ func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 		}
 	}
 	return opts, nil
+}
+
+// poolsFullFor reports whether every pool whose template the pod passes is
+// at its max.
+func (r *elastic) poolsFullFor(i int) (bool, error) {
+	ok, err := r.poolFits(i)
+	if err != nil {
+		return false, err
+	}
+	for _, pool := range r.pools {
+		if ok[pool.index] && pool.live < pool.spec.Max {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // roomByPool counts, per pool, how many pods shaped like p the pool's ready
