@@ -800,6 +800,11 @@ func (r *elastic) retryPending() error {
 			if err := r.try(i); err != nil {
 				return err
 			}
+			// What the pod took is gone: the pods after it need what is
+			// left (with a long queue, most of them no longer pass).
+			if room, err = r.roomOn(freed); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
