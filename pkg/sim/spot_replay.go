@@ -988,10 +988,11 @@ func (r *elastic) autoscale(i int) error {
 		}
 		p.nominated = ""
 	}
-	if p.gang == "" && len(r.inflight) == 0 {
+	if len(r.inflight) == 0 {
 		// No node on its way to take the pod and no pool it may use that
 		// may grow: with a fleet at its limits this is most pods of most
-		// scans.
+		// scans. (A gang's members that fit on nodes already up are placed
+		// when they are retried, not here.)
 		full, err := r.poolsFullFor(i)
 		if err != nil || full {
 			return err
