@@ -97,11 +97,14 @@ func (s *spotRules) set(profile string, pl *spotrisk.SpotRisk) {
 }
 
 func (s *spotRules) check(profile string) gang.NodeCheck {
-	return func(pod *corev1.Pod, node *corev1.Node) bool {
+	return func(pod *corev1.Pod) func(node *corev1.Node) bool {
 		s.mu.Lock()
 		pl := s.byProfile[profile]
 		s.mu.Unlock()
-		return pl == nil || pl.Admits(pod, node)
+		if pl == nil {
+			return nil
+		}
+		return pl.Admits(pod)
 	}
 }
 

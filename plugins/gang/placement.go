@@ -91,9 +91,8 @@ type shape struct {
 	affinity    nodeaffinity.RequiredNodeAffinity
 	tolerations []corev1.Toleration
 	vec         vec
-	// pod is the shape's first member, for check.
-	pod   *corev1.Pod
-	check NodeCheck
+	// check is the profile's node check for the shape's first member.
+	check func(node *corev1.Node) bool
 }
 
 // shapeKey is a member's shape: its requests plus what restricts its nodes.
@@ -120,7 +119,10 @@ func shapesOf(members []*corev1.Pod, check NodeCheck) []*shape {
 			s.count++
 			continue
 		}
-		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations, pod: p, check: check}
+		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations}
+		if check != nil {
+			s.check = check(p)
+		}
 		byKey[k] = s
 		out = append(out, s)
 	}
@@ -159,7 +161,7 @@ var unschedulableTaint = corev1.Taint{Key: corev1.TaintNodeUnschedulable, Effect
 // in-tree NodeUnschedulable, TaintToleration and NodeAffinity filters apply
 // and the profile's node check.
 func (s *shape) admits(node *corev1.Node) bool {
-	if s.check != nil && !s.check(s.pod, node) {
+	if s.check != nil && !s.check(node) {
 		return false
 	}
 	logger := klog.Background()

@@ -95,12 +95,12 @@ func WithClock(c clock.WithDelayedExecution) Option { return func(g *Gang) { g.c
 // WithReclaimRisk sets the gang-level reclaim risk helper.
 func WithReclaimRisk(r ReclaimRisk) Option { return func(g *Gang) { g.risk = r } }
 
-// NodeCheck says whether another plugin of the profile lets a pod use a
-// node whatever room it has. A gang is admitted only where its members pass
-// it: admitted to nodes a member's filters reject, a gang holds that room,
-// fails, backs off and tries the same nodes again, for as long as the room
-// it may use is taken.
-type NodeCheck func(pod *corev1.Pod, node *corev1.Node) bool
+// NodeCheck says, for a pod, which nodes another plugin of the profile lets
+// it use whatever room they have (nil: all). A gang is admitted only where
+// its members pass it: admitted to nodes a member's filters reject, a gang
+// holds that room, fails, backs off and tries the same nodes again, for as
+// long as the room it may use is taken.
+type NodeCheck func(pod *corev1.Pod) func(node *corev1.Node) bool
 
 // WithNodeCheck sets the check placement asks for each member shape.
 func WithNodeCheck(c NodeCheck) Option { return func(g *Gang) { g.nodeCheck = c } }

@@ -108,15 +108,17 @@ func (pl *SpotRisk) Filter(ctx context.Context, cs fwk.CycleState, pod *corev1.P
 	return nil
 }
 
-// Admits reports whether the plugin's rules let the pod use the node,
-// whatever room the node has: PennyGang asks it before it admits a gang to
-// a set of nodes.
-func (pl *SpotRisk) Admits(pod *corev1.Pod, node *corev1.Node) bool {
+// Admits says which nodes the plugin's rules let the pod use, whatever room
+// they have: PennyGang asks it before it admits a gang to a set of nodes.
+// Nil when the pod's annotations are malformed: PreFilter rejects the pod,
+// naming the annotation.
+func (pl *SpotRisk) Admits(pod *corev1.Pod) func(node *corev1.Node) bool {
 	class, err := classify(pod, pl.args)
 	if err != nil {
-		return true // PreFilter rejects the pod, naming the annotation
+		return nil
 	}
-	return pl.exclude(pl.stateFor(pod, class), node) == ""
+	s := pl.stateFor(pod, class)
+	return func(node *corev1.Node) bool { return pl.exclude(s, node) == "" }
 }
 
 // exclude is the reason a node is not for the pod, or "".

@@ -379,7 +379,7 @@ func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 	args.FallbackAfter.Duration = 2 * time.Minute
 	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
 	p := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
-	if e.plugin.Admits(p, e.nodes[0].Node()) {
+	if e.plugin.Admits(p)(e.nodes[0].Node()) {
 		t.Fatal("a pod waiting for Spot must not be admitted to an on-demand node")
 	}
 	if _, s := e.plugin.PostFilter(context.Background(), framework.NewCycleState(), p, nil); s.IsSuccess() {
@@ -387,7 +387,7 @@ func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 	}
 	e.clock.Step(2 * time.Minute)
 	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
-	if !e.plugin.Admits(p, e.nodes[0].Node()) {
+	if !e.plugin.Admits(p)(e.nodes[0].Node()) {
 		t.Fatal("after its wait the pod may use on-demand nodes")
 	}
 }
