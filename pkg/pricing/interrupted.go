@@ -73,6 +73,8 @@ func (m *Interrupted) Observe(pod *corev1.Pod, ran time.Duration) {
 		}
 	}
 	m.runs[key] = max(cur, ran)
+	metricInterruptedRuns.Inc()
+	metricInterruptedWorkloads.Set(float64(len(m.runs)))
 }
 
 // Longest is the longest run of the pod's workload that a reclaim cut

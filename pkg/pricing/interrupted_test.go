@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/component-base/metrics/testutil"
 
 	"github.com/pennysched/penny/pkg/gang"
 )
@@ -68,5 +69,19 @@ func TestInterruptedForgetsTheOldestPastItsLimit(t *testing.T) {
 		if got := m.Longest(bare(i)); got != want {
 			t.Errorf("p%d: %v, want %v", i, got, want)
 		}
+	}
+}
+
+func TestInterruptedMetrics(t *testing.T) {
+	RegisterMetrics()
+	before, _ := testutil.GetCounterMetricValue(metricInterruptedRuns)
+	m := NewInterrupted(0)
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p"}}
+	m.Observe(p, time.Hour)
+	m.Observe(p, 2*time.Hour)
+	after, _ := testutil.GetCounterMetricValue(metricInterruptedRuns)
+	workloads, _ := testutil.GetGaugeMetricValue(metricInterruptedWorkloads)
+	if after-before != 2 || workloads != 1 {
+		t.Fatalf("runs +%v, workloads %v; want +2 and 1", after-before, workloads)
 	}
 }

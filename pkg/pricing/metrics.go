@@ -40,6 +40,18 @@ var (
 		Help:           "When the catalog in force was loaded.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	metricInterruptedRuns = metrics.NewCounter(&metrics.CounterOpts{
+		Namespace:      "penny",
+		Name:           "interrupted_runs_total",
+		Help:           "Pod runs a Spot reclaim cut short, as recorded for SpotRisk (Interrupted).",
+		StabilityLevel: metrics.ALPHA,
+	})
+	metricInterruptedWorkloads = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      "penny",
+		Name:           "interrupted_workloads",
+		Help:           "Workloads (gangs, controllers, pods) with a run a reclaim cut short that SpotRisk remembers; training without checkpoints among them stays off Spot.",
+		StabilityLevel: metrics.ALPHA,
+	})
 
 	registerOnce sync.Once
 )
@@ -48,6 +60,7 @@ var (
 // updates are dropped, which is what tests and the simulator want.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess)
+		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess,
+			metricInterruptedRuns, metricInterruptedWorkloads)
 	})
 }
