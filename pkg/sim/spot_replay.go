@@ -1481,10 +1481,17 @@ func (r *elastic) finish() {
 			p.state = podRunning
 		}
 	}
-	for _, n := range r.nodes {
+	// In name order: the bill's sums are floating-point, and a replay must
+	// repeat exactly.
+	names := make([]string, 0, len(r.nodes))
+	for name, n := range r.nodes {
 		if !n.removed {
-			r.retire(n)
+			names = append(names, name)
 		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		r.retire(r.nodes[name])
 	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
 	var delays []float64
