@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins"
+	gangplugin "github.com/pennysched/penny/plugins/gang"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -233,6 +235,9 @@ type elastic struct {
 	// interrupted is what reclaims cut short, per workload (SpotRisk reads
 	// it).
 	interrupted *pricing.Interrupted
+	// gangPlugin: the policy's profile runs PennyGang, so a gang's members
+	// are placed all together or not at all.
+	gangPlugin bool
 	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
 	rule ReclaimRule
 	rank func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
@@ -322,6 +327,9 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	}
 	defer e.Close()
 	r.e = e
+	for _, pl := range e.Framework().ListPlugins().PreFilter.Enabled {
+		r.gangPlugin = r.gangPlugin || pl.Name == gangplugin.Name
+	}
 	for _, pool := range r.pools {
 		for n := 0; n < pool.spec.Min; n++ {
 			if err := r.launch(pool, true); err != nil {
@@ -784,10 +792,25 @@ func (r *elastic) retryPending() error {
 		u    pricing.Usage
 	}
 	unfit := map[member]bool{}
+	freeGPUs := int64(-1) // whole GPUs free on ready nodes; -1: to count
 	for _, i := range append([]int(nil), r.pending...) {
 		p := r.pods[i]
 		if p.state != podWaiting || !room.mayTake(p.usage) || unfit[member{p.gang, p.usage}] {
 			continue
+		}
+		if p.gang != "" && r.gangPlugin {
+			// The gang plugin plans the whole gang over every node to
+			// answer; a gang that needs more whole GPUs than are free
+			// anywhere cannot be placed.
+			if freeGPUs < 0 {
+				if freeGPUs, err = r.freeWholeGPUs(); err != nil {
+					return err
+				}
+			}
+			if r.gangNeedsMoreGPUs(i, freeGPUs) {
+				unfit[member{p.gang, p.usage}] = true
+				continue
+			}
 		}
 		fits, err := r.e.FitsOn(p.pod, freed)
 		if err != nil {
@@ -805,6 +828,7 @@ func (r *elastic) retryPending() error {
 			if room, err = r.roomOn(freed); err != nil {
 				return err
 			}
+			freeGPUs = -1
 		}
 	}
 	return nil
@@ -1177,6 +1201,53 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// freeWholeGPUs counts the whole GPUs free on ready nodes.
+func (r *elastic) freeWholeGPUs() (int64, error) {
+	all, err := r.readyRoom()
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, f := range all {
+		n += max(0, f.gpus)
+	}
+	return n, nil
+}
+
+// gangNeedsMoreGPUs reports whether pod i's gang needs more whole GPUs to
+// reach its minimum than free are: the members it still needs, the
+// smallest first, against the free whole GPUs of every ready node. Members
+// asking for part of a GPU make it answer false (the gang plugin decides).
+func (r *elastic) gangNeedsMoreGPUs(i int, free int64) bool {
+	spec, ok, err := gang.Of(r.pods[i].pod)
+	if err != nil || !ok {
+		return false
+	}
+	placed := 0
+	var wants []int64
+	for _, j := range r.gangs[r.pods[i].gang] {
+		switch q := r.pods[j]; q.state {
+		case podRunning, podHeld:
+			placed++
+		case podWaiting:
+			if q.usage.GPUMilli%gpu.MilliPerGPU != 0 {
+				return false
+			}
+			wants = append(wants, q.usage.GPUMilli/gpu.MilliPerGPU)
+		}
+	}
+	need := int(spec.MinMember) - placed
+	if need <= 0 || need > len(wants) {
+		return false
+	}
+	slices.Sort(wants)
+	var sum int64
+	for _, w := range wants[:need] {
+		sum += w
+	}
+	return sum > free
 }
 
 // gangIncomplete reports whether the pod is in a gang some of whose members
