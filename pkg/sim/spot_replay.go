@@ -978,8 +978,8 @@ func (r *elastic) armScan() {
 // Filter plugins, indexed by pool. A template is a fresh node, so the answer
 // depends on the pod alone and on time only through SpotRisk's wait of a
 // Spot-preferring pod and its reclaim-risk limit: it is remembered until the
-// pod's wait ends or starts again, and not at all for a pod with a risk
-// limit, whose answer follows the risk model.
+// pod's wait ends or starts again, and not at all for a pod whose answer
+// follows the risk model (a risk limit, or a long run without checkpoints).
 func (r *elastic) poolFits(i int) ([]bool, error) {
 	p := r.pods[i]
 	waited := p.deadline > 0 && r.now >= p.deadline
@@ -994,7 +994,7 @@ func (r *elastic) poolFits(i int) ([]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.class.MaxMonthlyRisk >= 1 {
+	if followsRisk := p.class.MaxMonthlyRisk < 1 || (p.class.Policy == spotrisk.Avoid && p.class.Work.ExpectedRuntime > 0); !followsRisk {
 		p.fits, p.fitsFor, p.fitsWaited = fits, p.deadline, waited
 	}
 	return fits, nil

@@ -140,15 +140,31 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		return fmt.Sprintf("node(s) are on-demand and the pod waits for Spot capacity until %s (%s; fallback after %s)",
 			s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
 	}
-	if capacity.IsSpot() && c.MaxMonthlyRisk < 1 {
-		price, priced := pl.prices.NodePrice(node)
-		rate := pl.reclaimRate(node, capacity, price, priced)
-		if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
-			return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g%% a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
-		}
+	// A long run without checkpoints (its runtime declared) restarts from
+	// nothing after a reclaim: on a pool where it would more likely than
+	// not be reclaimed before it ends, it would most likely never end.
+	longRun := c.Policy == Avoid && c.Work.ExpectedRuntime > 0
+	if !capacity.IsSpot() || (c.MaxMonthlyRisk >= 1 && !longRun) {
+		return ""
+	}
+	price, priced := pl.prices.NodePrice(node)
+	rate := pl.reclaimRate(node, capacity, price, priced)
+	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
+		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g%% a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+	}
+	nodes := max(1, c.Work.Nodes)
+	if longRun && pricing.ReclaimProbability(float64(nodes)*rate, c.Work.ExpectedRuntime) > MaxRunLossChance {
+		return fmt.Sprintf("node(s) are in Spot pools where a run of %s on %d node(s) without checkpoints is more likely than not to be reclaimed before it ends (%s)",
+			c.Work.ExpectedRuntime, nodes, c.Why)
 	}
 	return ""
 }
+
+// MaxRunLossChance is the highest chance of being reclaimed before it ends
+// that SpotRisk accepts for a run without checkpoints whose runtime it
+// knows: above it the run, restarted from nothing each time, would most
+// likely never end on that pool.
+const MaxRunLossChance = 0.5
 
 // PostFilter runs when no node fits. A Spot-preferring pod still in its
 // wait gets a timer that retries it when the wait ends, so that falling

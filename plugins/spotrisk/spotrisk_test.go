@@ -391,3 +391,25 @@ func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 		t.Fatal("after its wait the pod may use on-demand nodes")
 	}
 }
+
+// Training without checkpoints that declares a long runtime stays off Spot
+// pools where it would more likely than not be reclaimed before it ends:
+// a gang of 8 for 20 days on a >20% pool (78%), not on a 5-10% pool (34%),
+// nor a pod alone on either.
+func TestLongRunWithoutCheckpointsStaysOffPoolsItCannotOutlive(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:4]...)
+	long := map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "480h"}
+	member := pod("member", long)
+	member.Labels = map[string]string{"penny.dev/gang": "llm", "penny.dev/gang-size": "8"}
+	r := e.schedule(t, member)
+	if strings.Join(r.feasible, ",") != "od,reserved,spot-a" {
+		t.Fatalf("gang of 8 for 480h: feasible %v (%s)", r.feasible, r.fitError)
+	}
+	if r := e.schedule(t, pod("alone", long)); len(r.feasible) != 4 {
+		t.Fatalf("one pod for 480h: feasible %v", r.feasible)
+	}
+	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[3:4]...)
+	r = e.schedule(t, member)
+	expectContains(t, "FitError", r.fitError,
+		"1 node(s) are in Spot pools where a run of 480h0m0s on 8 node(s) without checkpoints is more likely than not to be reclaimed before it ends (training without checkpoints)")
+}
