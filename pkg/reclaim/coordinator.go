@@ -288,20 +288,35 @@ func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logge
 // observeRuns records how long each running pod on a reclaimed node had run
 // when the notice came.
 func (c *Coordinator) observeRuns(ctx context.Context, nn nodeNotice, log logr.Logger) {
-	onNode, err := c.opts.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", nn.node).String(),
-	})
+	onNode, err := c.livePodsOn(ctx, nn.node)
 	if err != nil {
 		log.Error(err, "cannot list the reclaimed node's pods; the runs it cuts short are not recorded")
 		return
 	}
-	for i := range onNode.Items {
-		p := &onNode.Items[i]
-		if p.Spec.NodeName != nn.node || !live(p) || p.Status.StartTime == nil {
-			continue
+	for _, p := range onNode {
+		if p.Status.StartTime != nil {
+			c.opts.Interrupted.Observe(p, nn.notice.Detected.Sub(p.Status.StartTime.Time))
 		}
-		c.opts.Interrupted.Observe(p, nn.notice.Detected.Sub(p.Status.StartTime.Time))
 	}
+}
+
+// livePodsOn lists the pods on a node that have not finished or started to
+// go.
+func (c *Coordinator) livePodsOn(ctx context.Context, node string) ([]*corev1.Pod, error) {
+	list, err := c.opts.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []*corev1.Pod
+	for i := range list.Items {
+		// The field selector already says so; a cache may not.
+		if p := &list.Items[i]; p.Spec.NodeName == node && live(p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // fanout is the checkpoint command to one node for the members of affected
@@ -354,19 +369,13 @@ func commandID(origin, notice, node string) string {
 // plan finds the gangs with a member on the reclaimed node and groups their
 // other members by node.
 func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Time) ([]*fanout, error) {
-	client := c.opts.Client
-	onNode, err := client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", nn.node).String(),
-	})
+	onNode, err := c.livePodsOn(ctx, nn.node)
 	if err != nil {
 		return nil, err
 	}
 	gangs := map[gang.Ref]bool{}
-	for i := range onNode.Items {
-		if onNode.Items[i].Spec.NodeName != nn.node {
-			continue // the field selector already says so; a cache may not
-		}
-		if ref, ok := gang.RefOf(&onNode.Items[i]); ok && live(&onNode.Items[i]) {
+	for _, p := range onNode {
+		if ref, ok := gang.RefOf(p); ok {
 			gangs[ref] = true
 		}
 	}

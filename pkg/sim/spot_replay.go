@@ -994,7 +994,7 @@ func (r *elastic) poolFits(i int) ([]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	if followsRisk := p.class.MaxMonthlyRisk < 1 || (p.class.Policy == spotrisk.Avoid && p.class.Work.ExpectedRuntime > 0); !followsRisk {
+	if !p.class.FollowsRisk() {
 		p.fits, p.fitsFor, p.fitsWaited = fits, p.deadline, waited
 	}
 	return fits, nil
@@ -1523,16 +1523,24 @@ func (r *elastic) reclaim(name string) error {
 
 // feedExposure tells the risk model how long each Spot node has run.
 func (r *elastic) feedExposure() {
-	// In name order: the risk model sums floating-point hours, and a replay
-	// must repeat exactly.
+	for _, n := range r.upInOrder() {
+		r.feedNode(n)
+	}
+}
+
+// upInOrder is the nodes launched and not removed, in name order: what is
+// summed over them is floating-point, and a replay must repeat exactly.
+func (r *elastic) upInOrder() []*elNode {
 	names := make([]string, 0, len(r.up))
 	for name := range r.up {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	for _, name := range names {
-		r.feedNode(r.up[name])
+	nodes := make([]*elNode, len(names))
+	for k, name := range names {
+		nodes[k] = r.up[name]
 	}
+	return nodes
 }
 
 func (r *elastic) feedNode(n *elNode) {
@@ -1552,17 +1560,8 @@ func (r *elastic) finish() {
 			p.state = podRunning
 		}
 	}
-	// In name order: the bill's sums are floating-point, and a replay must
-	// repeat exactly.
-	names := make([]string, 0, len(r.nodes))
-	for name, n := range r.nodes {
-		if !n.removed {
-			names = append(names, name)
-		}
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		r.retire(r.nodes[name])
+	for _, n := range r.upInOrder() {
+		r.retire(n)
 	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
 	var delays []float64

@@ -140,11 +140,7 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		return fmt.Sprintf("node(s) are on-demand and the pod waits for Spot capacity until %s (%s; fallback after %s)",
 			s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
 	}
-	// A long run without checkpoints (its runtime declared) restarts from
-	// nothing after a reclaim: on a pool where it would more likely than
-	// not be reclaimed before it ends, it would most likely never end.
-	longRun := c.Policy == Avoid && c.Work.ExpectedRuntime > 0
-	if !capacity.IsSpot() || (c.MaxMonthlyRisk >= 1 && !longRun) {
+	if !capacity.IsSpot() || !c.FollowsRisk() {
 		return ""
 	}
 	price, priced := pl.prices.NodePrice(node)
@@ -152,8 +148,11 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
 		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g%% a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
 	}
+	// A long run restarts from nothing after a reclaim: on a pool where it
+	// would more likely than not be reclaimed before it ends, it would most
+	// likely never end.
 	nodes := max(1, c.Work.Nodes)
-	if longRun && pricing.ReclaimProbability(float64(nodes)*rate, c.Work.ExpectedRuntime) > MaxRunLossChance {
+	if c.longRun() && pricing.ReclaimProbability(float64(nodes)*rate, c.Work.ExpectedRuntime) > MaxRunLossChance {
 		return fmt.Sprintf("node(s) are in Spot pools where a run of %s on %d node(s) without checkpoints is more likely than not to be reclaimed before it ends (%s)",
 			c.Work.ExpectedRuntime, nodes, c.Why)
 	}
