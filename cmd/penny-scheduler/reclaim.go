@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -24,6 +25,10 @@ type reclaimFlags struct {
 	keepGangsRunning bool
 	safetyMargin     time.Duration
 	maintenanceLead  time.Duration
+	// interruptedConfigMap is namespace/name of the ConfigMap that keeps
+	// the interrupted runs across restarts; "" keeps them in memory only.
+	interruptedConfigMap string
+	persist              *pricing.PersistOptions
 }
 
 func (f *reclaimFlags) flagSet() *pflag.FlagSet {
@@ -31,10 +36,17 @@ func (f *reclaimFlags) flagSet() *pflag.FlagSet {
 	fs.BoolVar(&f.keepGangsRunning, "reclaim-keep-gangs-running", false, "on a reclaim notice, only ask the other members of affected gangs to checkpoint; do not evict them (the gang then runs short a member until it restarts itself)")
 	fs.DurationVar(&f.safetyMargin, "reclaim-safety-margin", reclaim.DefaultSafetyMargin, "how long before a notice's deadline the other members of an affected gang are evicted if their checkpoints are not in yet; match the agents' --reclaim-safety-margin")
 	fs.DurationVar(&f.maintenanceLead, "reclaim-maintenance-lead", reclaim.DefaultMaintenanceLead, "how long before scheduled maintenance gangs are checkpointed and moved; match the agents' --reclaim-maintenance-lead")
+	fs.StringVar(&f.interruptedConfigMap, "reclaim-interrupted-configmap", "penny-system/penny-interrupted-runs", "namespace/name of the ConfigMap where the runs Spot reclaims cut short are kept, so that a restarted scheduler still keeps those workloads' training without checkpoints off Spot (docs/spot.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
 	return fs
 }
 
 func (f *reclaimFlags) validate() error {
+	if f.interruptedConfigMap != "" {
+		ns, name, ok := strings.Cut(f.interruptedConfigMap, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("--reclaim-interrupted-configmap %q: want namespace/name, e.g. penny-system/penny-interrupted-runs (empty keeps the runs in memory only)", f.interruptedConfigMap)
+		}
+	}
 	if f.safetyMargin <= 0 {
 		return fmt.Errorf("--reclaim-safety-margin %v: must be positive", f.safetyMargin)
 	}
@@ -44,7 +56,38 @@ func (f *reclaimFlags) validate() error {
 	return nil
 }
 
+// loadInterrupted merges the saved interrupted runs before the scheduler
+// starts; a failure is logged and the scheduler starts without them.
+func (f *reclaimFlags) loadInterrupted(ctx context.Context, client kubernetes.Interface) {
+	if f.interruptedConfigMap == "" {
+		return
+	}
+	ns, name, _ := strings.Cut(f.interruptedConfigMap, "/")
+	f.persist = &pricing.PersistOptions{Client: client, Namespace: ns, Name: name, Log: klog.Background().WithName("interrupted")}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := f.interrupted.Load(ctx, *f.persist); err != nil {
+		f.persist.Log.Error(err, "Loading the interrupted runs")
+	}
+}
+
+// saveInterrupted writes the runs recorded since the last save, on the way
+// out.
+func (f *reclaimFlags) saveInterrupted() {
+	if f.persist == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.interrupted.Save(ctx, *f.persist); err != nil {
+		f.persist.Log.Error(err, "Saving the interrupted runs on exit")
+	}
+}
+
 func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client kubernetes.Interface) {
+	if f.persist != nil {
+		go f.interrupted.Persist(ctx, *f.persist)
+	}
 	err := f.coordinator.Run(ctx, reclaim.CoordinatorOptions{
 		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted,
 		Policy:           reclaim.Policy{MaintenanceLead: f.maintenanceLead},

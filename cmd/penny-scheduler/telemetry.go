@@ -72,7 +72,11 @@ func addTelemetry(cmd *cobra.Command, store *telemetry.Store, rf *reclaimFlags) 
 		if err := startTelemetry(ctx, f, store, client); err != nil {
 			return err
 		}
-		return run(c, args)
+		err = run(c, args)
+		if f.reclaim != nil {
+			f.reclaim.saveInterrupted()
+		}
+		return err
 	}
 }
 
@@ -121,6 +125,7 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	}()
 	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
 	if f.reclaim != nil {
+		f.reclaim.loadInterrupted(ctx, client)
 		go f.reclaim.run(ctx, srv, client)
 	}
 	return nil

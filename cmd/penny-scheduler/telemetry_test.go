@@ -142,3 +142,21 @@ func TestTelemetryPatchFlags(t *testing.T) {
 		t.Errorf("patch does not turn the endpoint on: %+v", f)
 	}
 }
+
+func TestReclaimFlagErrors(t *testing.T) {
+	ok := reclaimFlags{safetyMargin: time.Second, maintenanceLead: time.Second}
+	for _, v := range []string{"", "penny-system/penny-interrupted-runs"} {
+		f := ok
+		f.interruptedConfigMap = v
+		if err := f.validate(); err != nil {
+			t.Errorf("--reclaim-interrupted-configmap %q: %v", v, err)
+		}
+	}
+	for _, v := range []string{"penny-interrupted-runs", "/x", "ns/", "a/b/c"} {
+		f := ok
+		f.interruptedConfigMap = v
+		if err := f.validate(); err == nil || !strings.Contains(err.Error(), "--reclaim-interrupted-configmap") || !strings.Contains(err.Error(), "namespace/name") {
+			t.Errorf("--reclaim-interrupted-configmap %q: %v", v, err)
+		}
+	}
+}

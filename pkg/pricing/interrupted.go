@@ -23,15 +23,17 @@ const DefaultInterruptedLimit = 10000
 // A workload is a gang (all its members and the pods that replace them),
 // else the pod's controller (a Job's replacement pods), else the pod itself.
 // Keys carry the namespace, so a tenant can only mark its own workloads. The
-// oldest workloads are forgotten first past the limit. Nothing is persisted:
-// a restarted scheduler forgets, and a workload may then lose one more run
-// before it is kept off Spot again.
+// oldest workloads are forgotten first past the limit. Persist keeps them in
+// a ConfigMap, so that a restarted scheduler does not forget (a workload
+// would otherwise lose one more run before it is kept off Spot again).
 type Interrupted struct {
 	mu    sync.Mutex
 	limit int
 	runs  map[string]time.Duration
 	// order is the keys in the order they were first seen, for forgetting.
 	order []string
+	// changed is signalled, without blocking, whenever a run is recorded.
+	changed chan struct{}
 }
 
 // NewInterrupted remembers at most limit workloads (DefaultInterruptedLimit
@@ -40,7 +42,7 @@ func NewInterrupted(limit int) *Interrupted {
 	if limit <= 0 {
 		limit = DefaultInterruptedLimit
 	}
-	return &Interrupted{limit: limit, runs: map[string]time.Duration{}}
+	return &Interrupted{limit: limit, runs: map[string]time.Duration{}, changed: make(chan struct{}, 1)}
 }
 
 // WorkloadKey is the workload a pod belongs to, for Interrupted.
@@ -61,9 +63,19 @@ func (m *Interrupted) Observe(pod *corev1.Pod, ran time.Duration) {
 	if m == nil || ran <= 0 {
 		return
 	}
-	key := WorkloadKey(pod)
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.record(WorkloadKey(pod), ran)
+	m.mu.Unlock()
+	metricInterruptedRuns.Inc()
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+// record keeps the longer of the run and what is known of the workload.
+// m.mu is held.
+func (m *Interrupted) record(key string, ran time.Duration) {
 	cur, seen := m.runs[key]
 	if !seen {
 		m.order = append(m.order, key)
@@ -73,7 +85,6 @@ func (m *Interrupted) Observe(pod *corev1.Pod, ran time.Duration) {
 		}
 	}
 	m.runs[key] = max(cur, ran)
-	metricInterruptedRuns.Inc()
 	metricInterruptedWorkloads.Set(float64(len(m.runs)))
 }
 
@@ -87,4 +98,34 @@ func (m *Interrupted) Longest(pod *corev1.Pod) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.runs[key]
+}
+
+// InterruptedRun is one workload's longest run a reclaim cut short.
+type InterruptedRun struct {
+	Key string
+	Ran time.Duration
+}
+
+// Runs lists what is remembered, oldest workload first.
+func (m *Interrupted) Runs() []InterruptedRun {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]InterruptedRun, len(m.order))
+	for i, k := range m.order {
+		out[i] = InterruptedRun{Key: k, Ran: m.runs[k]}
+	}
+	return out
+}
+
+// Merge adds runs recorded elsewhere (a saved copy, another replica): per
+// workload the longer run is kept, and workloads new here count as the
+// newest, in the order given.
+func (m *Interrupted) Merge(runs []InterruptedRun) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range runs {
+		if r.Ran > 0 {
+			m.record(r.Key, r.Ran)
+		}
+	}
 }

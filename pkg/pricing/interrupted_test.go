@@ -2,6 +2,7 @@ package pricing
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,56 @@ func TestInterruptedMetrics(t *testing.T) {
 	workloads, _ := testutil.GetGaugeMetricValue(metricInterruptedWorkloads)
 	if after-before != 2 || workloads != 1 {
 		t.Fatalf("runs +%v, workloads %v; want +2 and 1", after-before, workloads)
+	}
+}
+
+func TestInterruptedRunsRoundTripAndMerge(t *testing.T) {
+	m := NewInterrupted(0)
+	m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "a"}}, 3*time.Hour)
+	m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "b", Labels: map[string]string{gang.LabelName: "llm", gang.KeySize: "2"}}}, 90*time.Minute)
+	data := FormatInterruptedRuns(m.Runs())
+	if want := "pod:ml/a 3h0m0s\ngang:label:ml/llm 1h30m0s\n"; data != want {
+		t.Fatalf("saved %q, want %q", data, want)
+	}
+	runs, err := ParseInterruptedRuns(data, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := NewInterrupted(0)
+	other.Merge([]InterruptedRun{{Key: "pod:ml/a", Ran: 5 * time.Hour}, {Key: "pod:ml/c", Ran: time.Hour}})
+	other.Merge(runs)
+	got := FormatInterruptedRuns(other.Runs())
+	if want := "pod:ml/a 5h0m0s\npod:ml/c 1h0m0s\ngang:label:ml/llm 1h30m0s\n"; got != want {
+		t.Fatalf("merged %q, want %q (the longer run per workload, new workloads newest)", got, want)
+	}
+}
+
+func TestInterruptedRunsKeepTheNewestUnderTheSizeLimit(t *testing.T) {
+	var runs []InterruptedRun
+	for i := range 20000 {
+		runs = append(runs, InterruptedRun{Key: fmt.Sprintf("owner:team-%05d/0e6c2b5c-7d3a-4d5e-9f00-%012d", i, i), Ran: time.Duration(i+1) * time.Minute})
+	}
+	data := FormatInterruptedRuns(runs)
+	if len(data) > maxPersistedBytes {
+		t.Fatalf("%d bytes saved, limit %d", len(data), maxPersistedBytes)
+	}
+	back, err := ParseInterruptedRuns(data, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back) == 0 || len(back) == len(runs) || back[len(back)-1] != runs[len(runs)-1] || back[0] != runs[len(runs)-len(back)] {
+		t.Fatalf("kept %d of %d runs, first %v last %v: want the newest, in order", len(back), len(runs), back[0], back[len(back)-1])
+	}
+}
+
+func TestDamagedInterruptedRunsNameTheLineAndTheFix(t *testing.T) {
+	runs, err := ParseInterruptedRuns("pod:ml/a 1h\n\nbogus 2h\npod:ml/b\npod:ml/c soon\npod:ml/d 0s\n", "configmap x/y key runs")
+	if len(runs) != 1 || runs[0].Key != "pod:ml/a" {
+		t.Fatalf("kept %v, want the one good line", runs)
+	}
+	for _, want := range []string{`line 3 "bogus 2h": workload "bogus"`, `line 4 "pod:ml/b": want`, `line 5 "pod:ml/c soon": run "soon" is not a positive Go duration`, `line 6`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
 	}
 }

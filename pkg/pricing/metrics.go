@@ -52,6 +52,12 @@ var (
 		Help:           "Workloads (gangs, controllers, pods) with a run a reclaim cut short that SpotRisk remembers; training without checkpoints among them stays off Spot.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	metricInterruptedSaves = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "penny",
+		Name:           "interrupted_saves_total",
+		Help:           "Writes of the interrupted runs to their ConfigMap, by result (success, error); nothing is written when the copy is up to date.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
 
 	registerOnce sync.Once
 )
@@ -61,6 +67,6 @@ var (
 func RegisterMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess,
-			metricInterruptedRuns, metricInterruptedWorkloads)
+			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves)
 	})
 }

@@ -1,0 +1,211 @@
+package pricing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// InterruptedKey is the ConfigMap key that holds the saved runs: one line
+// per workload, oldest first, "<workload> <longest run>", e.g.
+// "gang:label:ml/llm 14h50m0s".
+const InterruptedKey = "runs"
+
+// maxPersistedBytes keeps the saved runs under the API server's 1 MiB limit
+// on an object: past it the oldest workloads are left out of the copy.
+const maxPersistedBytes = 900 << 10
+
+// PersistOptions say where Interrupted keeps its copy. The ConfigMap
+// belongs in Penny's own namespace: tenants must not be able to write it
+// (clearing it would let a workload back onto Spot; filling it would keep
+// others' workloads off).
+type PersistOptions struct {
+	Client          kubernetes.Interface
+	Namespace, Name string
+	// MinInterval is the least time between two writes (default 5s): runs
+	// recorded meanwhile go in the next one.
+	MinInterval time.Duration
+	// Resync is how often the copy is read and merged even when nothing
+	// was recorded here (default 1m), for replicas that share it.
+	Resync time.Duration
+	Log    logr.Logger
+}
+
+func (o *PersistOptions) defaults() {
+	if o.MinInterval <= 0 {
+		o.MinInterval = 5 * time.Second
+	}
+	if o.Resync <= 0 {
+		o.Resync = time.Minute
+	}
+}
+
+func (o *PersistOptions) source() string {
+	return fmt.Sprintf("configmap %s/%s key %s", o.Namespace, o.Name, InterruptedKey)
+}
+
+// Load merges the saved copy into m. A missing ConfigMap is an empty copy;
+// malformed lines are skipped and reported together in the error, the rest
+// are merged.
+func (m *Interrupted) Load(ctx context.Context, o PersistOptions) error {
+	cm, err := o.Client.CoreV1().ConfigMaps(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.source(), err)
+	}
+	runs, err := ParseInterruptedRuns(cm.Data[InterruptedKey], o.source())
+	m.Merge(runs)
+	return err
+}
+
+// Save merges the saved copy into m and writes m back when the copy lacks
+// something m knows. Writes are conditional on the copy read, so replicas
+// that save at once do not erase each other's runs: the loser reads again.
+func (m *Interrupted) Save(ctx context.Context, o PersistOptions) error {
+	cms := o.Client.CoreV1().ConfigMaps(o.Namespace)
+	var err error
+	for range 3 {
+		var cm *corev1.ConfigMap
+		cm, err = cms.Get(ctx, o.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name,
+				Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
+		case err != nil:
+			return m.saved(fmt.Errorf("%s: %w", o.source(), err))
+		default:
+			runs, perr := ParseInterruptedRuns(cm.Data[InterruptedKey], o.source())
+			if perr != nil {
+				o.Log.Error(perr, "Saved interrupted runs: lines skipped")
+			}
+			m.Merge(runs)
+		}
+		data := FormatInterruptedRuns(m.Runs())
+		if cm.Data[InterruptedKey] == data {
+			return nil
+		}
+		cm = cm.DeepCopy()
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[InterruptedKey] = data
+		if cm.ResourceVersion == "" {
+			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		} else {
+			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		}
+		if err == nil {
+			return m.saved(nil)
+		}
+		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+			break
+		}
+	}
+	return m.saved(fmt.Errorf("%s: %w", o.source(), err))
+}
+
+func (m *Interrupted) saved(err error) error {
+	result := "success"
+	if err != nil {
+		result = "error"
+	}
+	metricInterruptedSaves.WithLabelValues(result).Inc()
+	return err
+}
+
+// Persist keeps the saved copy up to date until ctx ends: it writes soon
+// after each recorded run and merges the copy every Resync. It does not
+// load first (Load) nor write on the way out: the caller does both, so that
+// scheduling starts with the copy merged and the last runs are not lost to
+// a shutdown.
+func (m *Interrupted) Persist(ctx context.Context, o PersistOptions) {
+	o.defaults()
+	resync := time.NewTicker(o.Resync)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.changed:
+		case <-resync.C:
+		}
+		if err := m.Save(ctx, o); err != nil && ctx.Err() == nil {
+			o.Log.Error(err, "Saving interrupted runs failed; retrying at the next run or resync")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(o.MinInterval):
+		}
+	}
+}
+
+// FormatInterruptedRuns writes runs as saved, oldest first, leaving out the
+// oldest past the size limit.
+func FormatInterruptedRuns(runs []InterruptedRun) string {
+	lines := make([]string, 0, len(runs))
+	size := 0
+	for i := len(runs) - 1; i >= 0; i-- {
+		l := runs[i].Key + " " + runs[i].Ran.String()
+		if size+len(l)+1 > maxPersistedBytes {
+			break
+		}
+		size += len(l) + 1
+		lines = append(lines, l)
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for i := len(lines) - 1; i >= 0; i-- {
+		b.WriteString(lines[i])
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// ParseInterruptedRuns reads saved runs. Lines that do not parse are
+// skipped; the error names each with the fix, and the runs returned are the
+// good ones.
+func ParseInterruptedRuns(data, source string) ([]InterruptedRun, error) {
+	var runs []InterruptedRun
+	var errs []error
+	for i, line := range strings.Split(data, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		key, ran, err := parseInterruptedLine(line)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s line %d %q: %w", source, i+1, line, err))
+			continue
+		}
+		runs = append(runs, InterruptedRun{Key: key, Ran: ran})
+	}
+	return runs, errors.Join(errs...)
+}
+
+func parseInterruptedLine(line string) (string, time.Duration, error) {
+	const want = `want "<workload> <run>", the workload as gang:<label|podgroup>:<namespace>/<name>, owner:<namespace>/<uid> or pod:<namespace>/<name>, e.g. "gang:label:ml/llm 14h50m0s"`
+	key, run, ok := strings.Cut(line, " ")
+	if !ok {
+		return "", 0, errors.New(want)
+	}
+	kind, ref, _ := strings.Cut(key, ":")
+	if kind != "gang" && kind != "owner" && kind != "pod" || !strings.Contains(ref, "/") {
+		return "", 0, fmt.Errorf("workload %q: %s", key, want)
+	}
+	ran, err := time.ParseDuration(strings.TrimSpace(run))
+	if err != nil || ran <= 0 {
+		return "", 0, fmt.Errorf("run %q is not a positive Go duration: %s", run, want)
+	}
+	return key, ran, nil
+}
