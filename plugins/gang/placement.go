@@ -91,8 +91,32 @@ type shape struct {
 	affinity    nodeaffinity.RequiredNodeAffinity
 	tolerations []corev1.Toleration
 	vec         vec
-	// check is the profile's node check for the shape's first member.
-	check func(node *corev1.Node) bool
+	// checks are the profile's node checks for the shape's members, one per
+	// distinct annotations and priority (what another plugin may read).
+	checks []func(node *corev1.Node) bool
+	seen   map[string]bool
+}
+
+// addCheck adds the node check of a member unless a member with the same
+// annotations and priority gave one already.
+func (s *shape) addCheck(pod *corev1.Pod, check NodeCheck) {
+	if check == nil {
+		return
+	}
+	k, _ := json.Marshal(struct {
+		A map[string]string
+		P *int32
+	}{pod.Annotations, pod.Spec.Priority})
+	if s.seen[string(k)] {
+		return
+	}
+	if s.seen == nil {
+		s.seen = map[string]bool{}
+	}
+	s.seen[string(k)] = true
+	if c := check(pod); c != nil {
+		s.checks = append(s.checks, c)
+	}
 }
 
 // shapeKey is a member's shape: its requests plus what restricts its nodes.
@@ -117,12 +141,11 @@ func shapesOf(members []*corev1.Pod, check NodeCheck) []*shape {
 		k := shapeKey(p, d)
 		if s, ok := byKey[k]; ok {
 			s.count++
+			s.addCheck(p, check)
 			continue
 		}
 		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations}
-		if check != nil {
-			s.check = check(p)
-		}
+		s.addCheck(p, check)
 		byKey[k] = s
 		out = append(out, s)
 	}
@@ -161,8 +184,10 @@ var unschedulableTaint = corev1.Taint{Key: corev1.TaintNodeUnschedulable, Effect
 // in-tree NodeUnschedulable, TaintToleration and NodeAffinity filters apply
 // and the profile's node check.
 func (s *shape) admits(node *corev1.Node) bool {
-	if s.check != nil && !s.check(node) {
-		return false
+	for _, check := range s.checks {
+		if !check(node) {
+			return false
+		}
 	}
 	logger := klog.Background()
 	if node.Spec.Unschedulable && !corev1helpers.TolerationsTolerateTaint(logger, s.tolerations, &unschedulableTaint, true) {

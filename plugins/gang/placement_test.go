@@ -125,3 +125,35 @@ func TestShapesGroupIdenticalMembers(t *testing.T) {
 		t.Errorf("want 6 workers then 1 launcher, got %s", got)
 	}
 }
+
+// Members of one shape whose annotations differ are each asked about: a
+// member another plugin keeps off a node keeps its whole shape off it.
+func TestShapeAsksTheNodeCheckOfEveryDistinctMember(t *testing.T) {
+	member := func(name, spot string) *corev1.Pod {
+		p := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}}
+		p.Name, p.Annotations = name, map[string]string{"penny.dev/spot": spot}
+		return p
+	}
+	asked := 0
+	check := func(pod *corev1.Pod) func(*corev1.Node) bool {
+		asked++
+		never := pod.Annotations["penny.dev/spot"] == "never"
+		return func(n *corev1.Node) bool { return !never || n.Labels["capacity"] != "spot" }
+	}
+	spot := &corev1.Node{}
+	spot.Labels = map[string]string{"capacity": "spot"}
+	onDemand := &corev1.Node{}
+	shapes := shapesOf([]*corev1.Pod{member("a", "allow"), member("b", "allow"), member("c", "never"), member("d", "allow")}, check)
+	if len(shapes) != 1 || shapes[0].count != 4 {
+		t.Fatalf("%d shapes, want the 4 members in one", len(shapes))
+	}
+	if shapes[0].admits(spot) {
+		t.Error("a shape with a member kept off Spot admits a Spot node")
+	}
+	if !shapes[0].admits(onDemand) {
+		t.Error("the shape does not admit an on-demand node")
+	}
+	if asked != 2 {
+		t.Errorf("the check was built %d times for 2 distinct members", asked)
+	}
+}
