@@ -44,6 +44,11 @@ type Deps struct {
 	// the reclaim coordinator (or the simulator) and read by SpotRisk. Nil:
 	// nothing is recorded.
 	Interrupted *pricing.Interrupted
+	// RunLengths is how long training runs last, which SpotRisk assumes for
+	// training without checkpoints that declares no runtime. Nil: one fed by
+	// the training pods that succeed in the cluster (SpotRisk.WatchRuns).
+	// The simulator hands its own and feeds it.
+	RunLengths *pricing.RunLengths
 }
 
 // Registry returns Penny's out-of-tree plugins keyed by name.
@@ -54,6 +59,11 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	if deps.GangReclaimRisk == nil {
 		deps.GangReclaimRisk = pricing.GangRisk{Risk: deps.Risk}
 	}
+	watchRuns := deps.RunLengths == nil
+	if watchRuns {
+		deps.RunLengths = pricing.NewRunLengths(0)
+	}
+	var watchOnce sync.Once
 	spot := &spotRules{byProfile: map[string]*spotrisk.SpotRisk{}}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
@@ -64,9 +74,21 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			return gang.NewWith(ctx, obj, h, opts...)
 		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			pl, err := spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock, Interrupted: deps.Interrupted})
-			if err == nil {
-				spot.set(profileOf(h), pl.(*spotrisk.SpotRisk))
+			pl, err := spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock,
+				Interrupted: deps.Interrupted, RunLengths: deps.RunLengths})
+			if err != nil {
+				return nil, err
+			}
+			sr := pl.(*spotrisk.SpotRisk)
+			spot.set(profileOf(h), sr)
+			// One watch feeds every profile's SpotRisk.
+			if watchRuns && h != nil && h.ClientSet() != nil {
+				watchOnce.Do(func() {
+					factory, inf := spotrisk.SucceededPods(h.ClientSet())
+					if err = sr.WatchRuns(inf, deps.RunLengths); err == nil {
+						factory.Start(ctx.Done())
+					}
+				})
 			}
 			return pl, err
 		},

@@ -58,6 +58,12 @@ var (
 		Help:           "Writes of the interrupted runs to their ConfigMap, by result (success, error); nothing is written when the copy is up to date.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
+	metricTypicalRunHours = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      "penny",
+		Name:           "training_run_typical_hours",
+		Help:           "How long the training run a typical GPU-hour belongs to lasts (GPU-weighted, size-biased mean of observed runs; RunLengths). SpotRisk keeps training without checkpoints off Spot pools where it would expect to lose more than maxExpectedLoss of its work.",
+		StabilityLevel: metrics.ALPHA,
+	})
 
 	registerOnce sync.Once
 )
@@ -67,6 +73,6 @@ var (
 func RegisterMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess,
-			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves)
+			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves, metricTypicalRunHours)
 	})
 }

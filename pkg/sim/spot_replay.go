@@ -195,6 +195,7 @@ type elPod struct {
 	fits       []bool
 	fitsFor    time.Duration
 	fitsWaited bool
+	fitsGen    int
 }
 
 type elNode struct {
@@ -235,6 +236,10 @@ type elastic struct {
 	// interrupted is what reclaims cut short, per workload (SpotRisk reads
 	// it).
 	interrupted *pricing.Interrupted
+	runLengths  *pricing.RunLengths
+	// riskGen counts changes of the risk model that may change a
+	// risk-following pod's pool verdicts (hourly exposure, reclaims).
+	riskGen int
 	// gangPlugin: the policy's profile runs PennyGang, so a gang's members
 	// are placed all together or not at all.
 	gangPlugin bool
@@ -295,11 +300,11 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	start := time.Now()
 	sc := o.Scenario
 	r := &elastic{o: o, sc: sc, clock: newSimClock(simEpoch), timerAt: -1, epoch: simEpoch,
-		risk: pricing.NewRiskModel(pricing.RiskConfig{}), interrupted: pricing.NewInterrupted(0), rule: sc.reclaimRule(o.Policy.Name),
+		risk: pricing.NewRiskModel(pricing.RiskConfig{}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
 			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}}}
-	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted}
+	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted, RunLengths: r.runLengths}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
 		return nil, err
@@ -543,6 +548,7 @@ func (r *elastic) run(ctx context.Context) error {
 			err = r.scan()
 		case elSample:
 			r.feedExposure()
+			r.riskGen++
 			if r.q.Len() > 0 {
 				r.push(elEvent{at: r.now + time.Hour, kind: elSample})
 			}
@@ -709,6 +715,11 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	}
 	p.node = ""
 	if !reclaimed {
+		// What penny-scheduler learns from the training pods that succeed
+		// (spotrisk.WatchRuns).
+		if p.class.Workload == spotrisk.Training {
+			r.runLengths.Observe(p.gpus, ran)
+		}
 		// The restart a reclaim forced is lost work too.
 		restart := min(ran, p.overhead)
 		r.res.UsefulGPUHours += p.gpus * (ran - restart).Hours()
@@ -977,13 +988,15 @@ func (r *elastic) armScan() {
 // poolFits says which pools' template nodes pass the pod's PreFilter and
 // Filter plugins, indexed by pool. A template is a fresh node, so the answer
 // depends on the pod alone and on time only through SpotRisk's wait of a
-// Spot-preferring pod and its reclaim-risk limit: it is remembered until the
-// pod's wait ends or starts again, and not at all for a pod whose answer
-// follows the risk model (a risk limit, or a long run without checkpoints).
+// Spot-preferring pod and, for a pod whose answer follows the risk model (a
+// risk limit, or training without checkpoints), the reclaim rates and run
+// lengths SpotRisk has learned: it is remembered until the pod's wait ends
+// or starts again, and for such a pod until the next reclaim or hourly
+// exposure sample (an autoscaler's template checks are as old as its loop).
 func (r *elastic) poolFits(i int) ([]bool, error) {
 	p := r.pods[i]
 	waited := p.deadline > 0 && r.now >= p.deadline
-	if p.fits != nil && p.fitsFor == p.deadline && p.fitsWaited == waited {
+	if p.fits != nil && p.fitsFor == p.deadline && p.fitsWaited == waited && (!p.class.FollowsRisk() || p.fitsGen == r.riskGen) {
 		return p.fits, nil
 	}
 	tpls := make([]*v1.Node, len(r.pools))
@@ -994,9 +1007,7 @@ func (r *elastic) poolFits(i int) ([]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !p.class.FollowsRisk() {
-		p.fits, p.fitsFor, p.fitsWaited = fits, p.deadline, waited
-	}
+	p.fits, p.fitsFor, p.fitsWaited, p.fitsGen = fits, p.deadline, waited, r.riskGen
 	return fits, nil
 }
 
@@ -1392,8 +1403,11 @@ func (r *elastic) nodeReady(name string) error {
 	}
 	n.nominees = nil
 	if mttr := n.pool.spec.MeanTimeToReclaim.Duration; mttr > 0 {
-		life := time.Duration(n.pool.rng.ExpFloat64() * float64(mttr))
-		r.push(elEvent{at: r.now + life, kind: elReclaim, node: name})
+		// A life past what a Duration holds (a mean of a million hours
+		// draws some) is no reclaim in any replay.
+		if life := n.pool.rng.ExpFloat64() * float64(mttr); life < float64(math.MaxInt64-r.now) {
+			r.push(elEvent{at: r.now + time.Duration(life), kind: elReclaim, node: name})
+		}
 	}
 	r.freed = append(r.freed, name)
 	r.maybeIdle(n)
@@ -1449,6 +1463,7 @@ func (r *elastic) reclaim(name string) error {
 	}
 	r.feedNode(n)
 	r.risk.ObserveReclaim(poolKey(n.pool.spec), name, r.epoch.Add(r.now))
+	r.riskGen++
 	evicted, err := r.e.RemoveNode(name)
 	if err != nil {
 		return err

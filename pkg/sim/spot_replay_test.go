@@ -465,3 +465,47 @@ func TestElasticInterruptedTrainingWaitsForOnDemand(t *testing.T) {
 		t.Fatalf("%.1f Spot node-hours for %.1f GPU-hours of work on 1-GPU nodes: idle nodes stayed up", spot, avoid[string(pricing.Spot)])
 	}
 }
+
+// Training without checkpoints that declares no runtime is taken to run as
+// long as the training runs that succeeded before it: after runs of 2,000
+// hours, a gang of three stays off a Spot pool that would cost it more than
+// 5% of such a run and waits for on-demand capacity; without that history
+// it takes the Spot room.
+func TestElasticTrainingWithoutCheckpointsLearnsHowLongRunsLast(t *testing.T) {
+	// A pool advertised at >20% a month that reclaims nothing here: ten
+	// nodes observed for 2,000 h bring its estimate down to ~5e-5 per hour.
+	y := strings.NewReplacer("SPOTMAX", "16", "MTTR", "1000000h", `"5-10%"`, `">20%"`,
+		"pools:\n", "- {qos: [Burstable], annotations: {penny.dev/workload: training}}\npools:\n").Replace(tinyScenario)
+	s, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay := func(history bool) *ElasticResult {
+		var pods []TracePod
+		for i := range 4 { // services fill the on-demand pool until 2,600 h
+			pods = append(pods, spotTracePod(fmt.Sprint("svc-", i), "LS", 1, 0, 2600*time.Hour))
+		}
+		if history {
+			for i := range 10 { // checkpointing training, on Spot
+				pods = append(pods, spotTracePod(fmt.Sprint("past-", i), "BE", 1, 0, 2000*time.Hour))
+			}
+		}
+		for i := range 3 {
+			p := spotTracePod(fmt.Sprint("train-", i), "Burstable", 1, 2100*time.Hour, 100*time.Hour)
+			p.Pod.Labels[gang.LabelName], p.Pod.Labels[gang.KeySize] = "train", "3"
+			pods = append(pods, p)
+		}
+		res := spotReplay(t, s, "penny", 42, pods...)
+		if res.PodsCompleted != res.PodsTotal {
+			t.Fatalf("completed %d of %d", res.PodsCompleted, res.PodsTotal)
+		}
+		return res
+	}
+	if avoid := replay(false).GPUHoursByClass[string(spotrisk.Avoid)]; avoid[string(pricing.Spot)] != 300 {
+		t.Fatalf("without history the gang ran %v GPU-h on Spot, want all 300 (on-demand is full)", avoid)
+	}
+	res := replay(true)
+	if avoid := res.GPUHoursByClass[string(spotrisk.Avoid)]; avoid[string(pricing.Spot)] != 0 || avoid[string(pricing.OnDemand)] != 300 {
+		t.Fatalf("after 2,000-hour runs the gang ran %v GPU-h by capacity, want all 300 on on-demand", avoid)
+	}
+}

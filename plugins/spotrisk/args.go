@@ -28,6 +28,13 @@ type Args struct {
 	// ShortRuntime is the longest expected runtime at which training without
 	// checkpoints still goes to Spot freely. Default 2h.
 	ShortRuntime metav1.Duration `json:"shortRuntime,omitempty"`
+	// MaxExpectedLoss is the largest share of its work that training
+	// without checkpoints may expect to lose to reclaims on a Spot pool:
+	// reclaim rate x nodes x runtime / 2, the runtime being what training
+	// runs in the cluster typically last (pricing.RunLengths) when the pod
+	// declares none. Pools above it are filtered out for such pods. A
+	// fraction in (0, 1]. Default 0.05.
+	MaxExpectedLoss float64 `json:"maxExpectedLoss,omitempty"`
 	// NeverSpotPriority: pods at or above this priority never run on Spot
 	// unless they say penny.dev/spot otherwise. Default 1000000.
 	NeverSpotPriority *int32 `json:"neverSpotPriority,omitempty"`
@@ -60,6 +67,7 @@ const (
 	DefaultRestartOverhead   = 5 * time.Minute
 	DefaultUnknownRuntime    = 4 * time.Hour
 	DefaultShortRuntime      = 2 * time.Hour
+	DefaultMaxExpectedLoss   = 0.05
 	DefaultNeverSpotPriority = int32(1000000)
 	DefaultCatalogKey        = "catalog.yaml"
 )
@@ -77,6 +85,9 @@ func (a *Args) SetDefaults() {
 	}
 	if a.ShortRuntime.Duration == 0 {
 		a.ShortRuntime.Duration = DefaultShortRuntime
+	}
+	if a.MaxExpectedLoss == 0 {
+		a.MaxExpectedLoss = DefaultMaxExpectedLoss
 	}
 	if a.NeverSpotPriority == nil {
 		p := DefaultNeverSpotPriority
@@ -102,6 +113,9 @@ func (a *Args) Validate() error {
 		if d.v < 0 {
 			errs = append(errs, field.Invalid(p.Child(d.name), d.v.String(), "must not be negative"))
 		}
+	}
+	if a.MaxExpectedLoss < 0 || a.MaxExpectedLoss > 1 {
+		errs = append(errs, field.Invalid(p.Child("maxExpectedLoss"), a.MaxExpectedLoss, "must be a fraction in (0, 1], e.g. 0.05 for 5%"))
 	}
 	for i, k := range a.ReclaimTaints {
 		if k == "" {

@@ -78,10 +78,10 @@ func (c Class) longRun() bool {
 }
 
 // FollowsRisk reports whether which Spot pools the class accepts depends on
-// their estimated reclaim rates (a risk limit, or a long run without
+// their estimated reclaim rates (a risk limit, or training without
 // checkpoints), so that a verdict on a pool cannot be kept.
 func (c Class) FollowsRisk() bool {
-	return c.MaxMonthlyRisk < 1 || c.longRun()
+	return c.MaxMonthlyRisk < 1 || c.Policy == Avoid
 }
 
 // AnnotationError is a malformed annotation: which one, what it held and

@@ -146,7 +146,9 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	price, priced := pl.prices.NodePrice(node)
 	rate := pl.reclaimRate(node, capacity, price, priced)
 	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
-		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g%% a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+		// No percent sign: the scheduler's event recorder takes the
+		// message as a format.
+		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
 	}
 	// A long run restarts from nothing after a reclaim: on a pool where it
 	// would more likely than not be reclaimed before it ends, it would most
@@ -156,7 +158,27 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		return fmt.Sprintf("node(s) are in Spot pools where a run of %s on %d node(s) without checkpoints is more likely than not to be reclaimed before it ends (%s)",
 			c.Work.ExpectedRuntime, nodes, c.Why)
 	}
+	// Without a declared runtime, training without checkpoints is taken to
+	// run as long as the run a typical GPU-hour of training here belongs
+	// to: a reclaim costs it, on average, half of that.
+	if c.Policy == Avoid && c.Work.ExpectedRuntime == 0 {
+		runtime, learned := pl.runLengths.Typical()
+		if !learned {
+			runtime = pl.args.UnknownRuntime.Duration
+		}
+		if float64(nodes)*rate*runtime.Hours()/2 > pl.args.MaxExpectedLoss {
+			return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %g percent of its work to reclaims",
+				nodes, runtime.Round(time.Minute), runtimeSource(learned), 100*pl.args.MaxExpectedLoss)
+		}
+	}
 	return ""
+}
+
+func runtimeSource(learned bool) string {
+	if learned {
+		return "how long training runs here typically last"
+	}
+	return "unknownRuntime"
 }
 
 // MaxRunLossChance is the highest chance of being reclaimed before it ends

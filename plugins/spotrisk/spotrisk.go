@@ -42,6 +42,10 @@ type Deps struct {
 	// without checkpoints that lost a run to a reclaim stays off Spot. Nil:
 	// nothing is known (no reclaim recorded).
 	Interrupted *pricing.Interrupted
+	// RunLengths is how long training runs in the cluster last (WatchRuns
+	// feeds it): training without checkpoints that declares no runtime is
+	// taken to run that long. Nil: UnknownRuntime.
+	RunLengths *pricing.RunLengths
 }
 
 // SpotRisk is the plugin.
@@ -57,6 +61,7 @@ type SpotRisk struct {
 	telemetry   telemetry.Reader
 	clock       clock.WithDelayedExecution
 	interrupted *pricing.Interrupted
+	runLengths  *pricing.RunLengths
 
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
@@ -85,7 +90,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		return nil, err
 	}
 	pricing.RegisterMetrics()
-	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, wakeups: map[types.UID]bool{}}
+	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths, wakeups: map[types.UID]bool{}}
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}
 	}

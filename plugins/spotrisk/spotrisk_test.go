@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -9,11 +10,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
 )
@@ -63,7 +68,7 @@ func TestFilterRulesAndCounts(t *testing.T) {
 		"2 node(s) are Spot and the pod stays off Spot (inference workload)")
 	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "1%"}))
 	expectContains(t, "FitError", r.fitError,
-		"2 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=1% a month allows")
+		"2 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=1 percent a month allows")
 	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
 	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only"}))
 	expectContains(t, "FitError", r.fitError, "1 node(s) are not Spot and the pod runs only on Spot (penny.dev/spot=only)")
@@ -266,7 +271,7 @@ func TestQueueingHints(t *testing.T) {
 
 func TestArgs(t *testing.T) {
 	a, err := decodeArgs(nil)
-	if err != nil || a.FallbackAfter.Duration != DefaultFallbackAfter || *a.NeverSpotPriority != DefaultNeverSpotPriority || len(a.ReclaimTaints) == 0 {
+	if err != nil || a.FallbackAfter.Duration != DefaultFallbackAfter || *a.NeverSpotPriority != DefaultNeverSpotPriority || len(a.ReclaimTaints) == 0 || a.MaxExpectedLoss != DefaultMaxExpectedLoss {
 		t.Fatalf("defaults %+v %v", a, err)
 	}
 	a, err = decodeArgs(&runtime.Unknown{Raw: []byte(`{"fallbackAfter":"90s","catalog":{"configMap":{"namespace":"penny-system","name":"prices"}}}`), ContentType: runtime.ContentTypeJSON})
@@ -278,6 +283,8 @@ func TestArgs(t *testing.T) {
 		`{"fallbackAfter":"-1m"}`:                 `args.fallbackAfter: Invalid value: "-1m0s": must not be negative`,
 		`{"catalog":{"file":"x","configMap":{}}}`: "give one source: file or configMap",
 		`{"catalog":{"configMap":{"name":"x"}}}`:  "args.catalog.configMap: Required value",
+		`{"maxExpectedLoss":5}`:                   "args.maxExpectedLoss: Invalid value: 5: must be a fraction in (0, 1], e.g. 0.05 for 5%",
+		`{"maxExpectedLoss":-0.1}`:                "args.maxExpectedLoss: Invalid value: -0.1",
 	} {
 		_, err := decodeArgs(&runtime.Unknown{Raw: []byte(raw)})
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -412,4 +419,111 @@ func TestLongRunWithoutCheckpointsStaysOffPoolsItCannotOutlive(t *testing.T) {
 	r = e.schedule(t, member)
 	expectContains(t, "FitError", r.fitError,
 		"1 node(s) are in Spot pools where a run of 480h0m0s on 8 node(s) without checkpoints is more likely than not to be reclaimed before it ends (training without checkpoints)")
+}
+
+// Training without checkpoints that declares no runtime is taken to run as
+// long as training here typically does, and stays off Spot pools where it
+// would expect to lose more than maxExpectedLoss (5%) of its work.
+func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testing.T) {
+	noCheckpoints := map[string]string{AnnotationWorkload: "training"}
+	runs := func(n int, each time.Duration) *pricing.RunLengths {
+		r := pricing.NewRunLengths(0)
+		for range n {
+			r.Observe(8, each)
+		}
+		return r
+	}
+	cases := []struct {
+		name     string
+		runs     *pricing.RunLengths
+		gang     bool
+		feasible string
+	}{
+		// Until ten runs are seen, unknownRuntime (4h) stands in.
+		{"nothing learned yet", runs(9, 1000*time.Hour), false, "od,reserved,spot-a,spot-c"},
+		// 5-10% a month is 0.53% of a 100 h run, >20% is 2.0%.
+		{"100 h runs", runs(10, 100*time.Hour), false, "od,reserved,spot-a,spot-c"},
+		// ... of a 400 h run 2.1% and 7.9%.
+		{"400 h runs", runs(10, 400*time.Hour), false, "od,reserved,spot-a"},
+		{"1000 h runs", runs(10, 1000*time.Hour), false, "od,reserved"},
+		// A gang of 8 is stopped by any member's reclaim: 4.3% and 15.8%.
+		{"a gang of 8, 100 h runs", runs(10, 100*time.Hour), true, "od,reserved,spot-a"},
+	}
+	gangPod := func(name string) *corev1.Pod {
+		p := pod(name, noCheckpoints)
+		p.Labels = map[string]string{"penny.dev/gang": "llm", "penny.dev/gang-size": "8"}
+		return p
+	}
+	for _, c := range cases {
+		e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: c.runs}, fleet()[:4]...)
+		p := pod("p", noCheckpoints)
+		if c.gang {
+			p = gangPod("p")
+		}
+		r := e.schedule(t, p)
+		if strings.Join(r.feasible, ",") != c.feasible {
+			t.Errorf("%s: feasible %v, want %s (%s)", c.name, r.feasible, c.feasible, r.fitError)
+		}
+	}
+	e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runs(10, 400*time.Hour)}, fleet()[3:4]...)
+	expectContains(t, "FitError", e.schedule(t, pod("p", noCheckpoints)).fitError,
+		"1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 400h0m0s (how long training runs here typically last), would expect to lose more than 5 percent of its work to reclaims")
+	e = newEnv(t, &Args{UnknownRuntime: metav1.Duration{Duration: 2000 * time.Hour}}, Deps{Prices: catalog(t)}, fleet()[3:4]...)
+	expectContains(t, "FitError", e.schedule(t, gangPod("p")).fitError,
+		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 2000h0m0s (unknownRuntime), would expect to lose more than 5 percent of its work to reclaims")
+	// Training that checkpoints is not held to it.
+	e = newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runs(10, 1000*time.Hour)}, fleet()[:4]...)
+	if r := e.schedule(t, pod("ckpt", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"})); strings.Join(r.feasible, ",") != "reserved,spot-a,spot-c" {
+		t.Errorf("checkpointing training: feasible %v", r.feasible)
+	}
+}
+
+// The training pods that succeed teach the plugin how long training runs
+// last, each once.
+func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
+	runs := pricing.NewRunLengths(0)
+	inf := &fakeInformer{}
+	if err := e.plugin.WatchRuns(inf, runs); err != nil {
+		t.Fatal(err)
+	}
+	start := metav1.NewTime(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	finished := func(name string, ann map[string]string, ran time.Duration, phase corev1.PodPhase) *corev1.Pod {
+		p := pod(name, ann)
+		p.UID = types.UID(name)
+		p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("2")}
+		p.Status = corev1.PodStatus{Phase: phase, StartTime: &start, ContainerStatuses: []corev1.ContainerStatus{{
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{FinishedAt: metav1.NewTime(start.Add(ran))}}}}}
+		return p
+	}
+	training := map[string]string{AnnotationWorkload: "training"}
+	for i := range 9 {
+		p := finished(fmt.Sprint("t", i), training, 10*time.Hour, corev1.PodSucceeded)
+		inf.handler.OnAdd(p, true)
+		inf.handler.OnUpdate(p, p)
+	}
+	inf.handler.OnAdd(finished("t9", training, 10*time.Hour, corev1.PodSucceeded), false)
+	// Not training, not a success, or no end: not counted.
+	inf.handler.OnAdd(finished("batch", map[string]string{AnnotationWorkload: "batch"}, 1000*time.Hour, corev1.PodSucceeded), false)
+	inf.handler.OnAdd(finished("failed", training, 1000*time.Hour, corev1.PodFailed), false)
+	running := finished("running", training, 1000*time.Hour, corev1.PodSucceeded)
+	running.Status.ContainerStatuses = nil
+	inf.handler.OnAdd(running, false)
+	if got, ok := runs.Typical(); !ok || got != 10*time.Hour {
+		t.Fatalf("learned %v (%v), want 10h from the ten training pods that succeeded", got, ok)
+	}
+	inf.handler.OnAdd(finished("t10", training, 100*time.Hour, corev1.PodSucceeded), false)
+	if got, _ := runs.Typical(); got < 40*time.Hour || got > 60*time.Hour {
+		t.Fatalf("one 100h run among ten of 10h: %v, want ~53h (size-biased)", got)
+	}
+}
+
+type fakeInformer struct {
+	cache.SharedInformer
+	handler cache.ResourceEventHandler
+}
+
+func (f *fakeInformer) AddEventHandler(h cache.ResourceEventHandler) (cache.ResourceEventHandlerRegistration, error) {
+	f.handler = h
+	return nil, nil
 }

@@ -1,0 +1,103 @@
+package spotrisk
+
+import (
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// maxRecorded bounds the pods WatchRuns remembers having recorded.
+const maxRecorded = 10000
+
+// WatchRuns feeds runs with every training pod (by the plugin's reading of
+// its class) the informer shows succeeded: how long it ran and on how many
+// GPUs, each pod once. The informer should watch succeeded pods only
+// (SucceededPods): the scheduler's own pod informer drops finished pods, and
+// the delete it sees then carries the pod's state before it finished.
+func (pl *SpotRisk) WatchRuns(informer cache.SharedInformer, runs *pricing.RunLengths) error {
+	w := &runWatch{pl: pl, runs: runs, recorded: map[types.UID]bool{}}
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj interface{}) { w.observe(obj) },
+		UpdateFunc: func(_, obj interface{}) { w.observe(obj) },
+	})
+	return err
+}
+
+// SucceededPods is an informer on the pods that succeeded, for WatchRuns:
+// its first list is the successes the cluster still keeps (so a restarted
+// scheduler learns again from them), then each new one as it happens.
+func SucceededPods(client kubernetes.Interface) (informers.SharedInformerFactory, cache.SharedIndexInformer) {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("status.phase", string(corev1.PodSucceeded)).String()
+		}),
+		informers.WithTransform(func(obj interface{}) (interface{}, error) {
+			if m, ok := obj.(metav1.Object); ok {
+				m.SetManagedFields(nil)
+			}
+			return obj, nil
+		}))
+	return factory, factory.Core().V1().Pods().Informer()
+}
+
+type runWatch struct {
+	pl   *SpotRisk
+	runs *pricing.RunLengths
+
+	mu       sync.Mutex
+	recorded map[types.UID]bool
+}
+
+func (w *runWatch) observe(obj interface{}) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || pod.Status.Phase != corev1.PodSucceeded {
+		return
+	}
+	ran, ok := runTime(pod)
+	if !ok {
+		return
+	}
+	if class, err := classify(pod, w.pl.args); err != nil || class.Workload != Training {
+		return
+	}
+	gpus := float64(pricing.PodUsage(pod).GPUMilli) / gpu.MilliPerGPU
+	w.mu.Lock()
+	if w.recorded[pod.UID] {
+		w.mu.Unlock()
+		return
+	}
+	if len(w.recorded) >= maxRecorded {
+		// A pod's add and its updates come close together; forgetting
+		// older pods only risks counting one twice.
+		clear(w.recorded)
+	}
+	w.recorded[pod.UID] = true
+	w.mu.Unlock()
+	w.runs.Observe(gpus, ran)
+}
+
+// runTime is how long a finished pod ran: from its start to its last
+// container's end.
+func runTime(pod *corev1.Pod) (time.Duration, bool) {
+	if pod.Status.StartTime == nil {
+		return 0, false
+	}
+	var end time.Time
+	for _, cs := range pod.Status.ContainerStatuses {
+		if t := cs.State.Terminated; t != nil && t.FinishedAt.After(end) {
+			end = t.FinishedAt.Time
+		}
+	}
+	ran := end.Sub(pod.Status.StartTime.Time)
+	return ran, !end.IsZero() && ran > 0
+}
