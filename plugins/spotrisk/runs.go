@@ -42,12 +42,39 @@ func SucceededPods(client kubernetes.Interface) (informers.SharedInformerFactory
 			o.FieldSelector = fields.OneTermEqualSelector("status.phase", string(corev1.PodSucceeded)).String()
 		}),
 		informers.WithTransform(func(obj interface{}) (interface{}, error) {
-			if m, ok := obj.(metav1.Object); ok {
-				m.SetManagedFields(nil)
+			if pod, ok := obj.(*corev1.Pod); ok {
+				return runOf(pod), nil
 			}
 			return obj, nil
 		}))
 	return factory, factory.Core().V1().Pods().Informer()
+}
+
+// runOf keeps of a succeeded pod what WatchRuns reads (its class, requests
+// and run times): the cluster may keep thousands of them, and the informer
+// holds each.
+func runOf(pod *corev1.Pod) *corev1.Pod {
+	out := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			Labels: pod.Labels, Annotations: pod.Annotations, OwnerReferences: pod.OwnerReferences},
+		Spec:   corev1.PodSpec{Priority: pod.Spec.Priority, Overhead: pod.Spec.Overhead, Resources: pod.Spec.Resources},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase, StartTime: pod.Status.StartTime},
+	}
+	strip := func(cs []corev1.Container) []corev1.Container {
+		out := make([]corev1.Container, len(cs))
+		for i, c := range cs {
+			out[i] = corev1.Container{Name: c.Name, Resources: c.Resources, RestartPolicy: c.RestartPolicy}
+		}
+		return out
+	}
+	out.Spec.Containers, out.Spec.InitContainers = strip(pod.Spec.Containers), strip(pod.Spec.InitContainers)
+	for _, cs := range pod.Status.ContainerStatuses {
+		if t := cs.State.Terminated; t != nil {
+			out.Status.ContainerStatuses = append(out.Status.ContainerStatuses, corev1.ContainerStatus{Name: cs.Name,
+				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{FinishedAt: t.FinishedAt}}})
+		}
+	}
+	return out
 }
 
 type runWatch struct {

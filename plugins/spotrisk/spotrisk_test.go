@@ -509,6 +509,19 @@ func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
 	running := finished("running", training, 1000*time.Hour, corev1.PodSucceeded)
 	running.Status.ContainerStatuses = nil
 	inf.handler.OnAdd(running, false)
+	// What the succeeded-pods informer keeps of a pod reads the same.
+	full := finished("full", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "1h"}, 7*time.Hour, corev1.PodSucceeded)
+	full.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "x", Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("40")}}}}
+	full.Spec.NodeName, full.Spec.Containers[0].Image = "gpu-1", "registry.example/train"
+	kept := runOf(full)
+	c1, _ := classify(full, e.plugin.args)
+	c2, _ := classify(kept, e.plugin.args)
+	r1, _ := runTime(full)
+	r2, _ := runTime(kept)
+	if !reflect.DeepEqual(c1, c2) || pricing.PodUsage(full) != pricing.PodUsage(kept) || r1 != r2 || kept.Spec.NodeName != "" || kept.Spec.Containers[0].Image != "" {
+		t.Errorf("runOf changed what WatchRuns reads or kept more: class %+v / %+v, usage %+v / %+v, ran %v / %v",
+			c1, c2, pricing.PodUsage(full), pricing.PodUsage(kept), r1, r2)
+	}
 	if got, ok := runs.Typical(); !ok || got != 10*time.Hour {
 		t.Fatalf("learned %v (%v), want 10h from the ten training pods that succeeded", got, ok)
 	}
