@@ -30,10 +30,10 @@ type Args struct {
 	ShortRuntime metav1.Duration `json:"shortRuntime,omitempty"`
 	// MaxExpectedLoss is the largest share of its work that training
 	// without checkpoints may expect to lose to reclaims on a Spot pool:
-	// reclaim rate x nodes x runtime / 2, the runtime being what training
-	// runs in the cluster typically last (pricing.RunLengths) when the pod
-	// declares none. Pools above it are filtered out for such pods. A
-	// fraction in (0, 1]. Default 0.05.
+	// reclaim rate x nodes x runtime / 2, the runtime being the one the pod
+	// declares, else what training runs in the cluster typically last
+	// (pricing.RunLengths), else UnknownRuntime. Pools above it are
+	// filtered out for such pods. A fraction in (0, 1]. Default 0.05.
 	MaxExpectedLoss float64 `json:"maxExpectedLoss,omitempty"`
 	// NeverSpotPriority: pods at or above this priority never run on Spot
 	// unless they say penny.dev/spot otherwise. Default 1000000.

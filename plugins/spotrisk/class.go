@@ -70,13 +70,6 @@ type Class struct {
 	FallbackAfter  time.Duration
 }
 
-// longRun is training without checkpoints whose runtime is declared: a
-// reclaim restarts it from nothing, so the pools it accepts depend on how
-// likely it is to be reclaimed before it ends.
-func (c Class) longRun() bool {
-	return c.Policy == Avoid && c.Work.ExpectedRuntime > 0
-}
-
 // FollowsRisk reports whether which Spot pools the class accepts depends on
 // their estimated reclaim rates (a risk limit, or training without
 // checkpoints), so that a verdict on a pool cannot be kept.

@@ -150,42 +150,27 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		// message as a format.
 		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
 	}
-	// A long run restarts from nothing after a reclaim: on a pool where it
-	// would more likely than not be reclaimed before it ends, it would most
-	// likely never end.
-	nodes := max(1, c.Work.Nodes)
-	if c.longRun() && pricing.ReclaimProbability(float64(nodes)*rate, c.Work.ExpectedRuntime) > MaxRunLossChance {
-		return fmt.Sprintf("node(s) are in Spot pools where a run of %s on %d node(s) without checkpoints is more likely than not to be reclaimed before it ends (%s)",
-			c.Work.ExpectedRuntime, nodes, c.Why)
-	}
-	// Without a declared runtime, training without checkpoints is taken to
-	// run as long as the run a typical GPU-hour of training here belongs
-	// to: a reclaim costs it, on average, half of that.
-	if c.Policy == Avoid && c.Work.ExpectedRuntime == 0 {
-		runtime, learned := pl.runLengths.Typical()
-		if !learned {
-			runtime = pl.args.UnknownRuntime.Duration
+	// Training without checkpoints restarts from nothing after a reclaim,
+	// which costs it on average half its run: its declared runtime, else
+	// the run a typical GPU-hour of training here belongs to.
+	if c.Policy == Avoid {
+		nodes := max(1, c.Work.Nodes)
+		runtime, source := c.Work.ExpectedRuntime, "declared"
+		if runtime == 0 {
+			var learned bool
+			if runtime, learned = pl.runLengths.Typical(); learned {
+				source = "how long training runs here typically last"
+			} else {
+				runtime, source = pl.args.UnknownRuntime.Duration, "unknownRuntime"
+			}
 		}
 		if float64(nodes)*rate*runtime.Hours()/2 > pl.args.MaxExpectedLoss {
 			return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %g percent of its work to reclaims",
-				nodes, runtime.Round(time.Minute), runtimeSource(learned), 100*pl.args.MaxExpectedLoss)
+				nodes, runtime.Round(time.Minute), source, 100*pl.args.MaxExpectedLoss)
 		}
 	}
 	return ""
 }
-
-func runtimeSource(learned bool) string {
-	if learned {
-		return "how long training runs here typically last"
-	}
-	return "unknownRuntime"
-}
-
-// MaxRunLossChance is the highest chance of being reclaimed before it ends
-// that SpotRisk accepts for a run without checkpoints whose runtime it
-// knows: above it the run, restarted from nothing each time, would most
-// likely never end on that pool.
-const MaxRunLossChance = 0.5
 
 // PostFilter runs when no node fits. A Spot-preferring pod still in its
 // wait gets a timer that retries it when the wait ends, so that falling

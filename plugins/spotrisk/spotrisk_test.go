@@ -399,26 +399,34 @@ func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 	}
 }
 
-// Training without checkpoints that declares a long runtime stays off Spot
-// pools where it would more likely than not be reclaimed before it ends:
-// a gang of 8 for 20 days on a >20% pool (78%), not on a 5-10% pool (34%),
-// nor a pod alone on either.
-func TestLongRunWithoutCheckpointsStaysOffPoolsItCannotOutlive(t *testing.T) {
+// Training without checkpoints that declares its runtime is held to the same
+// expected-loss rule, with the runtime it declares.
+func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testing.T) {
 	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:4]...)
-	long := map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "480h"}
-	member := pod("member", long)
-	member.Labels = map[string]string{"penny.dev/gang": "llm", "penny.dev/gang-size": "8"}
-	r := e.schedule(t, member)
-	if strings.Join(r.feasible, ",") != "od,reserved,spot-a" {
-		t.Fatalf("gang of 8 for 480h: feasible %v (%s)", r.feasible, r.fitError)
+	gangOf8 := func(runtime string) *corev1.Pod {
+		p := pod("member", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: runtime})
+		p.Labels = map[string]string{"penny.dev/gang": "llm", "penny.dev/gang-size": "8"}
+		return p
 	}
-	if r := e.schedule(t, pod("alone", long)); len(r.feasible) != 4 {
-		t.Fatalf("one pod for 480h: feasible %v", r.feasible)
+	// Expected loss nodes x rate x runtime / 2 on the 5-10% and >20% pools:
+	// a gang of 8 for 480 h 20% and 76%, for 100 h 4.3% and 16%; one pod
+	// for 480 h 2.6% and 9.5%.
+	for _, c := range []struct {
+		name     string
+		pod      *corev1.Pod
+		feasible string
+	}{
+		{"gang of 8 for 480h", gangOf8("480h"), "od,reserved"},
+		{"gang of 8 for 100h", gangOf8("100h"), "od,reserved,spot-a"},
+		{"one pod for 480h", pod("alone", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "480h"}), "od,reserved,spot-a"},
+	} {
+		if r := e.schedule(t, c.pod); strings.Join(r.feasible, ",") != c.feasible {
+			t.Errorf("%s: feasible %v, want %s (%s)", c.name, r.feasible, c.feasible, r.fitError)
+		}
 	}
-	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[3:4]...)
-	r = e.schedule(t, member)
-	expectContains(t, "FitError", r.fitError,
-		"1 node(s) are in Spot pools where a run of 480h0m0s on 8 node(s) without checkpoints is more likely than not to be reclaimed before it ends (training without checkpoints)")
+	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[2:3]...)
+	expectContains(t, "FitError", e.schedule(t, gangOf8("480h")).fitError,
+		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 480h0m0s (declared), would expect to lose more than 5 percent of its work to reclaims")
 }
 
 // Training without checkpoints that declares no runtime is taken to run as
