@@ -8,9 +8,9 @@ import (
 
 // Defaults of RunLengths.
 const (
-	// DefaultRunLengthsHalfLife is how many runs it takes for an observed
-	// run's weight to halve.
-	DefaultRunLengthsHalfLife = 500
+	// DefaultRunLengthsHalfLife is how long it takes for an observed run's
+	// weight to halve.
+	DefaultRunLengthsHalfLife = 30 * 24 * time.Hour
 	// MinRunLengths is how many runs must be seen before Typical speaks.
 	MinRunLengths = 10
 )
@@ -21,39 +21,57 @@ const (
 // work is not the typical job but the job a typical GPU-hour belongs to:
 // the GPU-weighted, size-biased mean sum(g t^2) / sum(g t). Long jobs
 // dominate it, as they dominate the loss (a 20-day job among a hundred
-// 1-hour ones makes it ~16 days). Old runs count less as new ones come, so
-// the estimate follows the workload.
+// 1-hour ones makes it ~16 days). Runs count less as they age, so the
+// estimate follows the workload; by time, not by count, since a busy
+// cluster ends thousands of short runs between two long ones.
 type RunLengths struct {
-	mu     sync.Mutex
-	decay  float64
-	n      int
-	s1, s2 float64
+	mu       sync.Mutex
+	halfLife time.Duration
+	n        int
+	s1, s2   float64
+	// at is the time s1 and s2 are discounted to.
+	at time.Time
 }
 
-// NewRunLengths forgets half an observation's weight every halfLife runs
+// NewRunLengths halves an observation's weight every halfLife
 // (DefaultRunLengthsHalfLife when halfLife <= 0).
-func NewRunLengths(halfLife int) *RunLengths {
+func NewRunLengths(halfLife time.Duration) *RunLengths {
 	if halfLife <= 0 {
 		halfLife = DefaultRunLengthsHalfLife
 	}
-	return &RunLengths{decay: math.Pow(0.5, 1/float64(halfLife))}
+	return &RunLengths{halfLife: halfLife}
 }
 
-// Observe records a run of a pod holding gpus GPUs that lasted ran, ended
-// by completion or cut short (then it is a lower bound, which errs towards
-// Spot).
-func (r *RunLengths) Observe(gpus float64, ran time.Duration) {
+// Observe records a run of a pod holding gpus GPUs that lasted ran and
+// ended at end.
+func (r *RunLengths) Observe(gpus float64, ran time.Duration, end time.Time) {
 	if r == nil || gpus <= 0 || ran <= 0 {
 		return
 	}
 	h := ran.Hours()
 	r.mu.Lock()
-	r.s1 = r.s1*r.decay + gpus*h
-	r.s2 = r.s2*r.decay + gpus*h*h
+	w := 1.0
+	switch {
+	case r.at.IsZero() || end.After(r.at):
+		if !r.at.IsZero() {
+			f := r.weight(end.Sub(r.at))
+			r.s1, r.s2 = r.s1*f, r.s2*f
+		}
+		r.at = end
+	default:
+		// An older run, told late, counts as old.
+		w = r.weight(r.at.Sub(end))
+	}
+	r.s1 += w * gpus * h
+	r.s2 += w * gpus * h * h
 	r.n++
 	typical := r.s2 / r.s1
 	r.mu.Unlock()
 	metricTypicalRunHours.Set(typical)
+}
+
+func (r *RunLengths) weight(age time.Duration) float64 {
+	return math.Exp(-math.Ln2 * age.Hours() / r.halfLife.Hours())
 }
 
 // Typical is the size-biased mean run length, once MinRunLengths runs were
@@ -64,7 +82,7 @@ func (r *RunLengths) Typical() (time.Duration, bool) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.n < MinRunLengths {
+	if r.n < MinRunLengths || r.s1 == 0 {
 		return 0, false
 	}
 	return time.Duration(r.s2 / r.s1 * float64(time.Hour)), true

@@ -5,55 +5,78 @@ import (
 	"time"
 )
 
+var runsEnd = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+
 func TestRunLengthsIsTheRunATypicalGPUHourBelongsTo(t *testing.T) {
-	r := NewRunLengths(1 << 30) // no forgetting within the test
+	r := NewRunLengths(0)
 	for range MinRunLengths - 1 {
-		r.Observe(1, time.Hour)
+		r.Observe(1, time.Hour, runsEnd)
 	}
 	if _, ok := r.Typical(); ok {
 		t.Fatalf("Typical speaks after %d runs, want %d first", MinRunLengths-1, MinRunLengths)
 	}
-	r.Observe(1, time.Hour)
+	r.Observe(1, time.Hour, runsEnd)
 	if got, ok := r.Typical(); !ok || got.Round(time.Second) != time.Hour {
 		t.Fatalf("ten 1h runs: %v %v", got, ok)
 	}
 	// One 20-day run among a hundred 1-hour ones holds most GPU-hours: the
 	// size-biased mean is (480^2 + 100) / (480 + 100) h.
 	for range 90 {
-		r.Observe(1, time.Hour)
+		r.Observe(1, time.Hour, runsEnd)
 	}
-	r.Observe(1, 480*time.Hour)
+	r.Observe(1, 480*time.Hour, runsEnd)
 	if got, _ := r.Typical(); got.Round(time.Minute) != 397*time.Hour+25*time.Minute {
 		t.Fatalf("got %v, want 397h25m", got)
 	}
 	// GPUs weigh: an 8-GPU hour-long run counts as eight.
-	w := NewRunLengths(1 << 30)
+	w := NewRunLengths(0)
 	for range MinRunLengths {
-		w.Observe(8, time.Hour)
+		w.Observe(8, time.Hour, runsEnd)
 	}
-	w.Observe(1, 9*time.Hour)
+	w.Observe(1, 9*time.Hour, runsEnd)
 	if got, _ := w.Typical(); got.Round(time.Minute) != time.Hour+49*time.Minute {
 		t.Fatalf("got %v, want (80 + 81) / (80 + 9) h = 1h49m", got)
 	}
 	// Runs without GPUs or time are not counted; nil is safe.
-	w.Observe(0, 100*time.Hour)
-	w.Observe(4, 0)
+	w.Observe(0, 100*time.Hour, runsEnd)
+	w.Observe(4, 0, runsEnd)
+	if got, _ := w.Typical(); got.Round(time.Minute) != time.Hour+49*time.Minute {
+		t.Fatalf("empty runs moved it to %v", got)
+	}
 	var none *RunLengths
-	none.Observe(1, time.Hour)
+	none.Observe(1, time.Hour, runsEnd)
 	if _, ok := none.Typical(); ok {
 		t.Fatal("a nil RunLengths knows a runtime")
 	}
 }
 
-func TestRunLengthsForgetsOldRuns(t *testing.T) {
-	r := NewRunLengths(10)
+func TestRunLengthsForgetsOldRunsByTime(t *testing.T) {
+	r := NewRunLengths(24 * time.Hour)
 	for range MinRunLengths {
-		r.Observe(1, 1000*time.Hour)
+		r.Observe(1, 1000*time.Hour, runsEnd)
 	}
-	for range 200 {
-		r.Observe(1, time.Hour)
+	// A month later, ten 1-hour runs: the old runs weigh 2^-30 as much
+	// (at 2^-10 they would still make it ~490h: long runs dominate).
+	later := runsEnd.Add(30 * 24 * time.Hour)
+	for range 10 {
+		r.Observe(1, time.Hour, later)
 	}
 	if got, _ := r.Typical(); got > 2*time.Hour {
-		t.Fatalf("after 200 runs of 1h with a half-life of 10 runs, still %v", got)
+		t.Fatalf("a month after, with a half-life of a day, still %v", got)
+	}
+	// A run that ended long ago, told now, counts as old.
+	r.Observe(1, 1000*time.Hour, runsEnd)
+	if got, _ := r.Typical(); got > 2*time.Hour {
+		t.Fatalf("a run told late counted as new: %v", got)
+	}
+	// Many short runs at once do not wash out a recent long one.
+	busy := NewRunLengths(0)
+	busy.Observe(8, 480*time.Hour, runsEnd)
+	for range 5000 {
+		busy.Observe(1, 10*time.Minute, runsEnd.Add(time.Hour))
+	}
+	// (8 x 480^2 + 5000 x (1/6)^2) / (8 x 480 + 5000 / 6) h
+	if got, _ := busy.Typical(); got.Round(time.Hour) != 394*time.Hour {
+		t.Fatalf("5,000 short runs in an hour after a 20-day 8-GPU one: %v, want 394h", got)
 	}
 }

@@ -718,7 +718,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 		// What penny-scheduler learns from the training pods that succeed
 		// (spotrisk.WatchRuns).
 		if p.class.Workload == spotrisk.Training {
-			r.runLengths.Observe(p.gpus, ran)
+			r.runLengths.Observe(p.gpus, ran, r.epoch.Add(r.now))
 		}
 		// The restart a reclaim forced is lost work too.
 		restart := min(ran, p.overhead)

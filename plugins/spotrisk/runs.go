@@ -90,7 +90,7 @@ func (w *runWatch) observe(obj interface{}) {
 	if !ok || pod.Status.Phase != corev1.PodSucceeded {
 		return
 	}
-	ran, ok := runTime(pod)
+	ran, end, ok := runTime(pod)
 	if !ok {
 		return
 	}
@@ -110,14 +110,14 @@ func (w *runWatch) observe(obj interface{}) {
 	}
 	w.recorded[pod.UID] = true
 	w.mu.Unlock()
-	w.runs.Observe(gpus, ran)
+	w.runs.Observe(gpus, ran, end)
 }
 
-// runTime is how long a finished pod ran: from its start to its last
-// container's end.
-func runTime(pod *corev1.Pod) (time.Duration, bool) {
+// runTime is how long a finished pod ran, from its start to its last
+// container's end, and when that was.
+func runTime(pod *corev1.Pod) (time.Duration, time.Time, bool) {
 	if pod.Status.StartTime == nil {
-		return 0, false
+		return 0, time.Time{}, false
 	}
 	var end time.Time
 	for _, cs := range pod.Status.ContainerStatuses {
@@ -126,5 +126,5 @@ func runTime(pod *corev1.Pod) (time.Duration, bool) {
 		}
 	}
 	ran := end.Sub(pod.Status.StartTime.Time)
-	return ran, !end.IsZero() && ran > 0
+	return ran, end, !end.IsZero() && ran > 0
 }

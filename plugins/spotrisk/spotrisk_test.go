@@ -437,7 +437,7 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 	runs := func(n int, each time.Duration) *pricing.RunLengths {
 		r := pricing.NewRunLengths(0)
 		for range n {
-			r.Observe(8, each)
+			r.Observe(8, each, t0)
 		}
 		return r
 	}
@@ -524,8 +524,8 @@ func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
 	kept := runOf(full)
 	c1, _ := classify(full, e.plugin.args)
 	c2, _ := classify(kept, e.plugin.args)
-	r1, _ := runTime(full)
-	r2, _ := runTime(kept)
+	r1, _, _ := runTime(full)
+	r2, _, _ := runTime(kept)
 	if !reflect.DeepEqual(c1, c2) || pricing.PodUsage(full) != pricing.PodUsage(kept) || r1 != r2 || kept.Spec.NodeName != "" || kept.Spec.Containers[0].Image != "" {
 		t.Errorf("runOf changed what WatchRuns reads or kept more: class %+v / %+v, usage %+v / %+v, ran %v / %v",
 			c1, c2, pricing.PodUsage(full), pricing.PodUsage(kept), r1, r2)
