@@ -1,13 +1,11 @@
 package spotrisk
 
 import (
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -16,19 +14,16 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
-// maxRecorded bounds the pods WatchRuns remembers having recorded.
-const maxRecorded = 10000
-
 // WatchRuns feeds runs with every training pod (by the plugin's reading of
-// its class) the informer shows succeeded: how long it ran and on how many
-// GPUs, each pod once. The informer should watch succeeded pods only
-// (SucceededPods): the scheduler's own pod informer drops finished pods, and
-// the delete it sees then carries the pod's state before it finished.
+// its class) that an informer of succeeded pods (SucceededPods) adds: how
+// long it ran and on how many GPUs. A pod enters such an informer once, when
+// it succeeds or at its first list; a relist shows the pods it holds as
+// updates, which are not counted again. (The scheduler's own pod informer
+// drops finished pods, and the delete it sees then carries the pod's state
+// before it finished.)
 func (pl *SpotRisk) WatchRuns(informer cache.SharedInformer, runs *pricing.RunLengths) error {
-	w := &runWatch{pl: pl, runs: runs, recorded: map[types.UID]bool{}}
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj interface{}) { w.observe(obj) },
-		UpdateFunc: func(_, obj interface{}) { w.observe(obj) },
+		AddFunc: func(obj interface{}) { pl.observeRun(obj, runs) },
 	})
 	return err
 }
@@ -77,15 +72,7 @@ func runOf(pod *corev1.Pod) *corev1.Pod {
 	return out
 }
 
-type runWatch struct {
-	pl   *SpotRisk
-	runs *pricing.RunLengths
-
-	mu       sync.Mutex
-	recorded map[types.UID]bool
-}
-
-func (w *runWatch) observe(obj interface{}) {
+func (pl *SpotRisk) observeRun(obj interface{}, runs *pricing.RunLengths) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok || pod.Status.Phase != corev1.PodSucceeded {
 		return
@@ -94,23 +81,10 @@ func (w *runWatch) observe(obj interface{}) {
 	if !ok {
 		return
 	}
-	if class, err := classify(pod, w.pl.args); err != nil || class.Workload != Training {
+	if class, err := classify(pod, pl.args); err != nil || class.Workload != Training {
 		return
 	}
-	gpus := float64(pricing.PodUsage(pod).GPUMilli) / gpu.MilliPerGPU
-	w.mu.Lock()
-	if w.recorded[pod.UID] {
-		w.mu.Unlock()
-		return
-	}
-	if len(w.recorded) >= maxRecorded {
-		// A pod's add and its updates come close together; forgetting
-		// older pods only risks counting one twice.
-		clear(w.recorded)
-	}
-	w.recorded[pod.UID] = true
-	w.mu.Unlock()
-	w.runs.Observe(gpus, ran, end)
+	runs.Observe(float64(pricing.PodUsage(pod).GPUMilli)/gpu.MilliPerGPU, ran, end)
 }
 
 // runTime is how long a finished pod ran, from its start to its last

@@ -487,7 +487,7 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 }
 
 // The training pods that succeed teach the plugin how long training runs
-// last, each once.
+// last, each once: a relist shows the pods the informer holds as updates.
 func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
 	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
 	runs := pricing.NewRunLengths(0)
@@ -509,6 +509,9 @@ func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
 		p := finished(fmt.Sprint("t", i), training, 10*time.Hour, corev1.PodSucceeded)
 		inf.handler.OnAdd(p, true)
 		inf.handler.OnUpdate(p, p)
+	}
+	if _, ok := runs.Typical(); ok {
+		t.Fatal("nine pods, each added and updated, counted as ten runs or more")
 	}
 	inf.handler.OnAdd(finished("t9", training, 10*time.Hour, corev1.PodSucceeded), false)
 	// Not training, not a success, or no end: not counted.
