@@ -54,6 +54,9 @@ type ElasticResult struct {
 	// (Penny's reading of the pod, the same for every policy) and the
 	// capacity type of the node: where each class of work went.
 	GPUHoursByClass map[string]map[string]float64 `json:"gpu_hours_by_class"`
+	// LostGPUHoursByClass is LostGPUHours by the pods' Spot policy and the
+	// pool of the node the work was lost on: which rule to tune.
+	LostGPUHoursByClass map[string]map[string]float64 `json:"lost_gpu_hours_by_class"`
 	// UsefulGPUHours is GPU time that advanced work; LostGPUHours is GPU
 	// time thrown away by reclaims: progress since the last checkpoint and
 	// the restart that follows.
@@ -303,7 +306,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		risk: pricing.NewRiskModel(pricing.RiskConfig{}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
-			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}}}
+			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted, RunLengths: r.runLengths}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
@@ -723,17 +726,33 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 		// The restart a reclaim forced is lost work too.
 		restart := min(ran, p.overhead)
 		r.res.UsefulGPUHours += p.gpus * (ran - restart).Hours()
-		r.res.LostGPUHours += p.gpus * restart.Hours()
+		r.lose(p, n, p.gpus*restart.Hours())
 		p.state = podDone
 		return
 	}
 	kept = min(max(kept, 0), max(0, ran-p.overhead))
 	p.saved += kept
 	r.res.UsefulGPUHours += p.gpus * kept.Hours()
-	r.res.LostGPUHours += p.gpus * (ran - kept).Hours()
+	r.lose(p, n, p.gpus*(ran-kept).Hours())
 	p.overhead = r.sc.RestartOverhead.Duration
 	p.reclaimed++
 	p.gen++
+}
+
+// lose counts GPU-hours of a pod's work thrown away on node n.
+func (r *elastic) lose(p *elPod, n *elNode, gpuHours float64) {
+	r.res.LostGPUHours += gpuHours
+	if gpuHours <= 0 {
+		return
+	}
+	class, pool := string(p.class.Policy), "-"
+	if n != nil {
+		pool = n.pool.spec.Name
+	}
+	if r.res.LostGPUHoursByClass[class] == nil {
+		r.res.LostGPUHoursByClass[class] = map[string]float64{}
+	}
+	r.res.LostGPUHoursByClass[class][pool] += gpuHours
 }
 
 // keptOnReclaim is how much of this run's progress each victim of a reclaim

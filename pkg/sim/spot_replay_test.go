@@ -458,6 +458,13 @@ func TestElasticInterruptedTrainingWaitsForOnDemand(t *testing.T) {
 		t.Fatalf("lost %.1f GPU-h, %.1f GPU-h on on-demand; want less than one whole run lost and all 600 GPU-h on on-demand",
 			res.LostGPUHours, avoid[string(pricing.OnDemand)])
 	}
+	// All of it lost by the gang (avoid): the run on the Spot pool, and the
+	// restart (5 min on three GPUs) on the on-demand one.
+	if lost := res.LostGPUHoursByClass; len(lost) != 1 || len(lost[string(spotrisk.Avoid)]) != 2 ||
+		math.Abs(lost[string(spotrisk.Avoid)]["od"]-0.25) > 1e-9 ||
+		math.Abs(lost[string(spotrisk.Avoid)]["spot"]+0.25-res.LostGPUHours) > 0.01 {
+		t.Fatalf("lost by class and pool %v, want %.1f GPU-h under avoid: 0.25 on od, the rest on spot", lost, res.LostGPUHours)
+	}
 	// The gang's three Spot nodes leave within their scale-down delay of
 	// the reclaim (the members' nodes stayed up, idle, until their own
 	// reclaim before).

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/pennysched/penny/plugins/spotrisk"
@@ -121,5 +122,42 @@ func (rep *SpotReport) Markdown() string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString("\nLost GPU-hours by the pod's Spot policy, by the pool they were lost on (largest first):\n\n| policy |")
+	for _, c := range classes {
+		fmt.Fprintf(&b, " %s |", c)
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(classes)) + "\n")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(&b, "| %s |", r.Policy)
+		for _, c := range classes {
+			fmt.Fprintf(&b, " %s |", lostByPool(r.LostGPUHoursByClass[string(c)]))
+		}
+		b.WriteString("\n")
+	}
 	return b.String()
+}
+
+// lostByPool lists pools by the GPU-hours lost there, largest first; "0"
+// when none were.
+func lostByPool(byPool map[string]float64) string {
+	pools := make([]string, 0, len(byPool))
+	for p, h := range byPool {
+		if h >= 0.05 {
+			pools = append(pools, p)
+		}
+	}
+	if len(pools) == 0 {
+		return "0"
+	}
+	sort.Slice(pools, func(i, j int) bool {
+		if byPool[pools[i]] != byPool[pools[j]] {
+			return byPool[pools[i]] > byPool[pools[j]]
+		}
+		return pools[i] < pools[j]
+	})
+	parts := make([]string, len(pools))
+	for i, p := range pools {
+		parts[i] = fmt.Sprintf("%s %.1f", p, byPool[p])
+	}
+	return strings.Join(parts, ", ")
 }
