@@ -108,33 +108,32 @@ func (rep *SpotReport) Markdown() string {
 	for _, r := range rep.Runs {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", r.Policy, r.BillByCapacity["on-demand"], r.BillByCapacity["reserved"], r.BillByCapacity["spot"])
 	}
-	b.WriteString("\nGPU-hours by the pod's Spot policy (Penny's reading, the same pods in every run), on on-demand / reserved / Spot nodes:\n\n| policy |")
-	classes := []spotrisk.Policy{spotrisk.Never, spotrisk.Avoid, spotrisk.Allow, spotrisk.Prefer, spotrisk.Only}
-	for _, c := range classes {
-		fmt.Fprintf(&b, " %s |", c)
-	}
-	b.WriteString("\n|---|" + strings.Repeat("---:|", len(classes)) + "\n")
-	for _, r := range rep.Runs {
-		fmt.Fprintf(&b, "| %s |", r.Policy)
-		for _, c := range classes {
-			h := r.GPUHoursByClass[string(c)]
-			fmt.Fprintf(&b, " %.0f / %.0f / %.0f |", h["on-demand"], h["reserved"], h["spot"])
-		}
-		b.WriteString("\n")
-	}
-	b.WriteString("\nLost GPU-hours by the pod's Spot policy, by the pool they were lost on (largest first):\n\n| policy |")
-	for _, c := range classes {
-		fmt.Fprintf(&b, " %s |", c)
-	}
-	b.WriteString("\n|---|" + strings.Repeat("---|", len(classes)) + "\n")
-	for _, r := range rep.Runs {
-		fmt.Fprintf(&b, "| %s |", r.Policy)
-		for _, c := range classes {
-			fmt.Fprintf(&b, " %s |", lostByPool(r.LostGPUHoursByClass[string(c)]))
-		}
-		b.WriteString("\n")
-	}
+	rep.classTable(&b, "GPU-hours by the pod's Spot policy (Penny's reading, the same pods in every run), on on-demand / reserved / Spot nodes", "---:",
+		func(r *ElasticResult, c string) string {
+			h := r.GPUHoursByClass[c]
+			return fmt.Sprintf("%.0f / %.0f / %.0f", h["on-demand"], h["reserved"], h["spot"])
+		})
+	rep.classTable(&b, "Lost GPU-hours by the pod's Spot policy, by the pool they were lost on (largest first)", "---",
+		func(r *ElasticResult, c string) string { return lostByPool(r.LostGPUHoursByClass[c]) })
 	return b.String()
+}
+
+// classTable writes a table with a row per run and a column per Spot
+// policy.
+func (rep *SpotReport) classTable(b *strings.Builder, title, align string, cell func(r *ElasticResult, class string) string) {
+	classes := []spotrisk.Policy{spotrisk.Never, spotrisk.Avoid, spotrisk.Allow, spotrisk.Prefer, spotrisk.Only}
+	fmt.Fprintf(b, "\n%s:\n\n| policy |", title)
+	for _, c := range classes {
+		fmt.Fprintf(b, " %s |", c)
+	}
+	b.WriteString("\n|---|" + strings.Repeat(align+"|", len(classes)) + "\n")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(b, "| %s |", r.Policy)
+		for _, c := range classes {
+			fmt.Fprintf(b, " %s |", cell(r, string(c)))
+		}
+		b.WriteString("\n")
+	}
 }
 
 // lostByPool lists pools by the GPU-hours lost there, largest first; "0"
