@@ -704,11 +704,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	r.res.AllocatedUSD += p.hourly * ran.Hours()
 	if n != nil {
 		r.res.AllocatedByPool[n.pool.spec.Name] += p.hourly * ran.Hours()
-		class := string(p.class.Policy)
-		if r.res.GPUHoursByClass[class] == nil {
-			r.res.GPUHoursByClass[class] = map[string]float64{}
-		}
-		r.res.GPUHoursByClass[class][string(n.pool.spec.capacity)] += p.gpus * ran.Hours()
+		addTo(r.res.GPUHoursByClass, string(p.class.Policy), string(n.pool.spec.capacity), p.gpus*ran.Hours())
 	}
 	if p.everSpot && p.class.Policy == spotrisk.Never && n != nil && pricing.NodeCapacity(n.node).IsSpot() {
 		r.res.NeverOnSpotGPUHours += p.gpus * ran.Hours()
@@ -745,14 +741,19 @@ func (r *elastic) lose(p *elPod, n *elNode, gpuHours float64) {
 	if gpuHours <= 0 {
 		return
 	}
-	class, pool := string(p.class.Policy), "-"
+	pool := "-"
 	if n != nil {
 		pool = n.pool.spec.Name
 	}
-	if r.res.LostGPUHoursByClass[class] == nil {
-		r.res.LostGPUHoursByClass[class] = map[string]float64{}
+	addTo(r.res.LostGPUHoursByClass, string(p.class.Policy), pool, gpuHours)
+}
+
+// addTo adds v to m[a][b].
+func addTo(m map[string]map[string]float64, a, b string, v float64) {
+	if m[a] == nil {
+		m[a] = map[string]float64{}
 	}
-	r.res.LostGPUHoursByClass[class][pool] += gpuHours
+	m[a][b] += v
 }
 
 // keptOnReclaim is how much of this run's progress each victim of a reclaim
@@ -1525,12 +1526,12 @@ func (r *elastic) reclaim(name string) error {
 		}
 		// As the reclaim coordinator does on a notice. The autoscaler asks
 		// about a gang member as a pod alone (asAlone), so that pod's
-		// workload learns it too, and its template verdicts may change.
+		// workload learns it too. (Template verdicts it changes are those
+		// of avoiding pods, which follow the risk model: riskGen.)
 		r.interrupted.Observe(p.pod, r.now-p.runStart)
 		if alone := asAlone(p.pod); alone != p.pod {
 			r.interrupted.Observe(alone, r.now-p.runStart)
 		}
-		p.fits = nil
 		r.stop(i, true, kept[i])
 		if p.class.Work.Stateless {
 			r.res.InterruptedServices++

@@ -34,7 +34,11 @@ type podState struct {
 	// interrupted is the longest run of an avoiding pod's workload that a
 	// reclaim cut short; such a pod stays off Spot.
 	interrupted time.Duration
-	usage       pricing.Usage
+	// runtime is how long an avoiding pod is taken to run, and where that
+	// comes from, for what a reclaim would cost it.
+	runtime       time.Duration
+	runtimeSource string
+	usage         pricing.Usage
 }
 
 // Clone is not needed: the state is read-only after PreFilter.
@@ -72,12 +76,23 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 }
 
 // stateFor places a pod's class in time: a Spot-preferring pod waits for
-// Spot capacity from its creation until FallbackAfter has passed, and an
-// avoiding pod whose workload already lost a run to a reclaim stays off Spot.
+// Spot capacity from its creation until FallbackAfter has passed; an
+// avoiding pod whose workload already lost a run to a reclaim stays off
+// Spot, and an avoiding pod is taken to run as long as it declares, else as
+// training here typically does (read once per pod, not per node).
 func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 	s := &podState{class: class}
 	if class.Policy == Avoid {
 		s.interrupted = pl.interrupted.Longest(pod)
+		s.runtime, s.runtimeSource = class.Work.ExpectedRuntime, "declared"
+		if s.runtime == 0 {
+			var learned bool
+			if s.runtime, learned = pl.runLengths.Typical(); learned {
+				s.runtimeSource = "how long training runs here typically last"
+			} else {
+				s.runtime, s.runtimeSource = pl.args.UnknownRuntime.Duration, "unknownRuntime"
+			}
+		}
 	}
 	if class.Policy == Prefer {
 		start := pod.CreationTimestamp.Time
@@ -151,23 +166,10 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
 	}
 	// Training without checkpoints restarts from nothing after a reclaim,
-	// which costs it on average half its run: its declared runtime, else
-	// the run a typical GPU-hour of training here belongs to.
-	if c.Policy == Avoid {
-		nodes := max(1, c.Work.Nodes)
-		runtime, source := c.Work.ExpectedRuntime, "declared"
-		if runtime == 0 {
-			var learned bool
-			if runtime, learned = pl.runLengths.Typical(); learned {
-				source = "how long training runs here typically last"
-			} else {
-				runtime, source = pl.args.UnknownRuntime.Duration, "unknownRuntime"
-			}
-		}
-		if float64(nodes)*rate*runtime.Hours()/2 > pl.args.MaxExpectedLoss {
-			return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %g percent of its work to reclaims",
-				nodes, runtime.Round(time.Minute), source, 100*pl.args.MaxExpectedLoss)
-		}
+	// which costs it on average half its run (its runtime: stateFor).
+	if nodes := max(1, c.Work.Nodes); c.Policy == Avoid && float64(nodes)*rate*s.runtime.Hours()/2 > pl.args.MaxExpectedLoss {
+		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %g percent of its work to reclaims",
+			nodes, s.runtime.Round(time.Minute), s.runtimeSource, 100*pl.args.MaxExpectedLoss)
 	}
 	return ""
 }
