@@ -87,7 +87,9 @@ type ElasticResult struct {
 	// were down: waiting for a node and restarting.
 	InterruptedServices  int     `json:"interrupted_services"`
 	ServiceDowntimeHours float64 `json:"service_downtime_hours"`
-	// Fallbacks counts Spot-preferring pods that ran on on-demand capacity.
+	// Fallbacks counts pods that ran on the capacity they fall back to
+	// (spotrisk.Class.FallbackFrom): Spot-preferring pods on on-demand,
+	// training without checkpoints on Spot.
 	Fallbacks    int     `json:"fallbacks"`
 	ScaleUps     int     `json:"scale_ups"`
 	ScaleDowns   int     `json:"scale_downs"`
@@ -185,7 +187,7 @@ type elPod struct {
 	nominated string
 	hourly    float64
 	everSpot  bool
-	onDemand  bool
+	fellBack  bool
 	reclaimed int
 	// downSince is when a reclaimed service went down; -1 when it is up.
 	downSince  time.Duration
@@ -595,7 +597,7 @@ func (r *elastic) over() bool {
 func (r *elastic) setDeadline(p *elPod) {
 	p.pod.CreationTimestamp = metav1.NewTime(r.epoch.Add(r.now))
 	p.deadline, p.retriedDue = 0, false
-	if p.class.Policy == spotrisk.Prefer {
+	if p.class.Waits() {
 		p.deadline = r.now + p.class.FallbackAfter
 	}
 }
@@ -683,8 +685,8 @@ func (r *elastic) placed(i int, node string) {
 	if pricing.NodeCapacity(n.node).IsSpot() {
 		p.everSpot = true
 	}
-	if p.class.Policy == spotrisk.Prefer && pricing.NodeCapacity(n.node).Type == pricing.OnDemand && !p.onDemand {
-		p.onDemand = true
+	if p.class.FallbackFrom(pricing.NodeCapacity(n.node)) && !p.fellBack {
+		p.fellBack = true
 		r.res.Fallbacks++
 	}
 	if len(n.pods) == 0 {

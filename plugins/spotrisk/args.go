@@ -16,8 +16,9 @@ import (
 // the defaults documented on each; docs/spot.md explains every knob.
 type Args struct {
 	// FallbackAfter is how long a Spot-preferring pod waits for Spot
-	// capacity before it may run on on-demand capacity. Pods override it
-	// with penny.dev/fallback-after. Default 10m.
+	// capacity before it may run on on-demand capacity, and training without
+	// checkpoints (avoid) for capacity that is not Spot before it may run on
+	// Spot. Pods override it with penny.dev/fallback-after. Default 10m.
 	FallbackAfter metav1.Duration `json:"fallbackAfter,omitempty"`
 	// RestartOverhead is the time a reclaimed pod needs to be useful again
 	// (rescheduling, image pull, loading a model or checkpoint). Default 5m.

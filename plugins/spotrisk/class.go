@@ -70,6 +70,37 @@ type Class struct {
 	FallbackAfter  time.Duration
 }
 
+// Waits reports whether the pod first waits FallbackAfter for the capacity
+// its policy prefers: Spot for prefer, capacity that is not Spot for avoid.
+// Scoring alone would not hold the preference in an elastic cluster: the
+// scheduler binds to any node with room now rather than wait minutes for the
+// autoscaler to bring the preferred kind.
+func (c Class) Waits() bool {
+	return c.Policy == Prefer || c.Policy == Avoid
+}
+
+// FallbackFrom is true for capacity that a pod takes only once its wait is
+// over: on-demand for prefer, Spot for avoid. Reserved capacity is paid for
+// and never waited out.
+func (c Class) FallbackFrom(capacity pricing.Capacity) bool {
+	switch c.Policy {
+	case Prefer:
+		return capacity.Type == pricing.OnDemand
+	case Avoid:
+		return capacity.IsSpot()
+	}
+	return false
+}
+
+// wait names the capacity a waiting pod waits for and the one it falls
+// back to, for messages.
+func (c Class) wait() (want, fallback string) {
+	if c.Policy == Avoid {
+		return "on-demand or reserved", "Spot"
+	}
+	return "Spot", "on-demand"
+}
+
 // FollowsRisk reports whether which Spot pools the class accepts depends on
 // their estimated reclaim rates (a risk limit, or training without
 // checkpoints), so that a verdict on a pool cannot be kept.

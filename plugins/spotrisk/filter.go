@@ -27,9 +27,11 @@ const (
 // podState is what PreFilter learns about a pod for the rest of the cycle.
 type podState struct {
 	class Class
-	// deadline ends a Spot-preferring pod's wait for Spot capacity.
+	// deadline ends a waiting pod's wait for the capacity its policy
+	// prefers (Class.Waits).
 	deadline time.Time
-	// waiting is true while the pod may not use on-demand capacity yet.
+	// waiting is true while the pod may not use the capacity it falls back
+	// to (Class.FallbackFrom) yet.
 	waiting bool
 	// interrupted is the longest run of an avoiding pod's workload that a
 	// reclaim cut short; such a pod stays off Spot.
@@ -76,8 +78,8 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 }
 
 // stateFor places a pod's class in time: a Spot-preferring pod waits for
-// Spot capacity from its creation until FallbackAfter has passed; an
-// avoiding pod whose workload already lost a run to a reclaim stays off
+// Spot capacity, and an avoiding pod for capacity that is not Spot, from its
+// creation until FallbackAfter has passed; an avoiding pod whose workload already lost a run to a reclaim stays off
 // Spot, and an avoiding pod is taken to run as long as it declares, else as
 // training here typically does (read once per pod, not per node).
 func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
@@ -94,7 +96,7 @@ func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 			}
 		}
 	}
-	if class.Policy == Prefer {
+	if class.Waits() {
 		start := pod.CreationTimestamp.Time
 		if start.IsZero() {
 			start = pl.clock.Now()
@@ -151,10 +153,22 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	case c.Policy == Avoid && s.interrupted > 0 && capacity.IsSpot():
 		return fmt.Sprintf("node(s) are Spot and a reclaim already cut a run of this workload short after %s (%s)",
 			s.interrupted.Round(time.Minute), c.Why)
-	case c.Policy == Prefer && s.waiting && capacity.Type == pricing.OnDemand:
-		return fmt.Sprintf("node(s) are on-demand and the pod waits for Spot capacity until %s (%s; fallback after %s)",
-			s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
 	}
+	if reason := pl.excludeByRisk(s, node, capacity); reason != "" {
+		return reason
+	}
+	// Last: a rule above excludes the node for good, the wait only for now.
+	if s.waiting && c.FallbackFrom(capacity) {
+		want, fallback := c.wait()
+		return fmt.Sprintf("node(s) are %s and the pod waits for %s capacity until %s (%s; fallback after %s)",
+			fallback, want, s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
+	}
+	return ""
+}
+
+// excludeByRisk applies the rules that weigh a Spot pool's reclaim rate.
+func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity pricing.Capacity) string {
+	c := s.class
 	if !capacity.IsSpot() || !c.FollowsRisk() {
 		return ""
 	}
@@ -174,12 +188,12 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	return ""
 }
 
-// PostFilter runs when no node fits. A Spot-preferring pod still in its
-// wait gets a timer that retries it when the wait ends, so that falling
-// back to on-demand does not have to wait for an unrelated cluster event.
-// That holds too when an earlier PreFilter turned the pod away before this
-// plugin's ran (PennyGang, which asks Admits, finding no room for the gang
-// on Spot).
+// PostFilter runs when no node fits. A pod still in its wait (Class.Waits)
+// gets a timer that retries it when the wait ends, so that falling back
+// does not have to wait for an unrelated cluster event. That holds too when
+// an earlier PreFilter turned the pod away before this plugin's ran
+// (PennyGang, which asks Admits, finding no room for the gang on the
+// capacity it waits for).
 func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	s, err := getState(cs)
 	if err != nil {

@@ -106,6 +106,13 @@ func pod(name string, ann map[string]string) *corev1.Pod {
 	}
 }
 
+// waited makes p a pod created an hour before t0, so that its wait for the
+// capacity its policy prefers (Class.Waits) is over.
+func waited(p *corev1.Pod) *corev1.Pod {
+	p.CreationTimestamp = metav1.NewTime(t0.Add(-time.Hour))
+	return p
+}
+
 type activator struct {
 	mu        sync.Mutex
 	activated []string
@@ -231,6 +238,25 @@ func (r result) best() string {
 		}
 	}
 	return best
+}
+
+// expectFallback schedules p after its wait, expects node to be the only
+// feasible one, binds it there and expects one SpotFallback event saying msg.
+func (e *env) expectFallback(t *testing.T, p *corev1.Pod, node, msg string) {
+	t.Helper()
+	r := e.schedule(t, p)
+	if strings.Join(r.feasible, ",") != node {
+		t.Fatalf("after the wait only %s is feasible; feasible %v (%s)", node, r.feasible, r.fitError)
+	}
+	if s := e.fw.RunReservePluginsReserve(context.Background(), r.state, p, node); !s.IsSuccess() {
+		t.Fatal(s)
+	}
+	e.fw.RunPostBindPlugins(context.Background(), r.state, p, node)
+	evs := e.events()
+	if len(evs) != 1 {
+		t.Fatalf("events %v", evs)
+	}
+	expectContains(t, "event", evs[0], "Normal", EventFallback, msg)
 }
 
 func (e *env) events() []string {

@@ -13,27 +13,31 @@ import (
 const fallbackKey fwk.StateKey = Name + "/fallback"
 
 type fallback struct {
-	node     string
-	capacity pricing.CapacityType
-	class    Class
+	node  string
+	class Class
+}
+
+func (f *fallback) message() string {
+	want, to := f.class.wait()
+	return fmt.Sprintf("No %s capacity within %s (%s): placed on %s node %s", want, f.class.FallbackAfter, f.class.Why, to, f.node)
 }
 
 func (f *fallback) Clone() fwk.StateData { return f }
 
-// Reserve records when a Spot-preferring pod is about to run on capacity
-// that is not Spot, so that PostBind can say so in an event. The snapshot
-// is read here because it is not safe to read in the binding cycle.
+// Reserve records when a waiting pod (Class.Waits) is about to run on the
+// capacity it falls back to, so that PostBind can say so in an event. The
+// snapshot is read here because it is not safe to read in the binding cycle.
 func (pl *SpotRisk) Reserve(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) *fwk.Status {
 	s, err := getState(cs)
-	if err != nil || s.class.Policy != Prefer || pl.handle == nil {
+	if err != nil || !s.class.Waits() || pl.handle == nil {
 		return nil
 	}
 	ni, err := pl.handle.SnapshotSharedLister().NodeInfos().Get(nodeName)
 	if err != nil {
 		return nil
 	}
-	if c := pricing.NodeCapacity(ni.Node()); c.Type == pricing.OnDemand {
-		cs.Write(fallbackKey, &fallback{node: nodeName, capacity: c.Type, class: s.class})
+	if c := pricing.NodeCapacity(ni.Node()); s.class.FallbackFrom(c) {
+		cs.Write(fallbackKey, &fallback{node: nodeName, class: s.class})
 	}
 	return nil
 }
@@ -42,7 +46,7 @@ func (pl *SpotRisk) Reserve(ctx context.Context, cs fwk.CycleState, pod *corev1.
 func (pl *SpotRisk) Unreserve(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
 }
 
-// PostBind records a fallback to on-demand capacity as an event on the pod.
+// PostBind records a fallback as an event on the pod.
 func (pl *SpotRisk) PostBind(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
 	d, err := cs.Read(fallbackKey)
 	if err != nil || pl.handle == nil || pl.handle.EventRecorder() == nil {
@@ -52,6 +56,5 @@ func (pl *SpotRisk) PostBind(ctx context.Context, cs fwk.CycleState, pod *corev1
 	if !ok {
 		return
 	}
-	msg := fmt.Sprintf("No Spot capacity within %s (%s): placed on %s node %s", f.class.FallbackAfter, f.class.Why, f.capacity, f.node)
-	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", msg)
+	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", f.message())
 }

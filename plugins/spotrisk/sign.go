@@ -13,7 +13,8 @@ var _ fwk.SignPlugin = &SpotRisk{}
 
 // SignPod lets the scheduler reuse one pod's results for the next identical
 // pod (opportunistic batching): pods with the same class and requests get the
-// same filtering and scores. A pod still waiting for Spot is not signed, since
+// same filtering and scores. A pod still waiting for the capacity it prefers
+// (Class.Waits) is not signed, since
 // its feasible nodes change when its wait ends; nor is a pod with a malformed
 // annotation. What reclaims cut short of the pod's workload is part of the
 // signature: it keeps an avoiding pod off Spot.
@@ -24,7 +25,7 @@ func (pl *SpotRisk) SignPod(_ context.Context, pod *corev1.Pod) ([]fwk.SignFragm
 	}
 	s := pl.stateFor(pod, class)
 	if s.waiting {
-		return nil, fwk.NewStatus(fwk.Unschedulable, "the pod is waiting for Spot capacity")
+		return nil, fwk.NewStatus(fwk.Unschedulable, "the pod is waiting for the capacity it prefers")
 	}
 	return []fwk.SignFragment{
 		{Key: "penny.dev/SpotRisk.Class()", Value: class},

@@ -196,24 +196,52 @@ func TestFallbackAfterWaiting(t *testing.T) {
 		t.Fatalf("activated %v", got)
 	}
 
-	r = e.schedule(t, p)
-	if strings.Join(r.feasible, ",") != "od" {
-		t.Fatalf("after the window on-demand is allowed; feasible %v (%s)", r.feasible, r.fitError)
-	}
-	if s := e.fw.RunReservePluginsReserve(context.Background(), r.state, p, "od"); !s.IsSuccess() {
-		t.Fatal(s)
-	}
-	e.fw.RunPostBindPlugins(context.Background(), r.state, p, "od")
-	evs := e.events()
-	if len(evs) != 1 {
-		t.Fatalf("events %v", evs)
-	}
-	expectContains(t, "event", evs[0], "Normal", EventFallback, "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
+	e.expectFallback(t, p, "od", "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
 
 	// A per-pod override shortens the wait.
 	q := pod("impatient", map[string]string{AnnotationSpot: "prefer", AnnotationFallbackAfter: "30s"})
 	if r := e.schedule(t, q); strings.Join(r.feasible, ",") != "od" {
 		t.Fatalf("30s after creation+2m the override has long passed; feasible %v", r.feasible)
+	}
+}
+
+// Training without checkpoints prefers capacity that is not Spot, and in an
+// elastic cluster a score alone would not hold that: a Spot node with room
+// now beats an on-demand node the autoscaler brings in minutes. So it waits
+// fallbackAfter for on-demand or reserved capacity, the mirror of a
+// Spot-preferring pod, then may use Spot pools that its rules let it.
+func TestTrainingWithoutCheckpointsWaitsForCapacityThatIsNotSpot(t *testing.T) {
+	args := &Args{}
+	args.FallbackAfter.Duration = 2 * time.Minute
+	full := node("od-full", pricing.OnDemand, "us-east-1a")
+	full.Spec.Taints = []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}
+	e := newEnv(t, args, Deps{Prices: catalog(t)}, full, node("spot-a", pricing.Spot, "us-east-1a"))
+	p := pod("trainer", map[string]string{AnnotationWorkload: "training"})
+
+	r := e.schedule(t, p)
+	if len(r.feasible) != 0 {
+		t.Fatalf("within the window the pod waits for on-demand or reserved capacity; feasible %v", r.feasible)
+	}
+	expectContains(t, "FitError", r.fitError, "1 node(s) are Spot and the pod waits for on-demand or reserved capacity until 2026-11-28T12:02:00Z (training without checkpoints; fallback after 2m0s)")
+	e.clock.Step(2 * time.Minute)
+	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
+
+	e.expectFallback(t, p, "spot-a", "No on-demand or reserved capacity within 2m0s (training without checkpoints): placed on Spot node spot-a")
+
+	// A rule that excludes a pool for good is reported ahead of the wait.
+	e = newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runsOf(10, 1000*time.Hour)}, fleet()[3:4]...)
+	expectContains(t, "FitError", e.schedule(t, pod("long", map[string]string{AnnotationWorkload: "training"})).fitError,
+		"would expect to lose more than 5 percent of its work to reclaims")
+	// Short training and checkpointing training do not wait for on-demand.
+	e = newEnv(t, nil, Deps{Prices: catalog(t)}, node("spot-a", pricing.Spot, "us-east-1a"))
+	for _, ann := range []map[string]string{
+		{AnnotationWorkload: "training", AnnotationExpectedRuntime: "1h"},
+		{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"},
+		{AnnotationWorkload: "training", AnnotationFallbackAfter: "0s"},
+	} {
+		if r := e.schedule(t, pod("p", ann)); strings.Join(r.feasible, ",") != "spot-a" {
+			t.Errorf("%v: feasible %v (%s)", ann, r.feasible, r.fitError)
+		}
 	}
 }
 
@@ -321,6 +349,9 @@ func TestSignPod(t *testing.T) {
 	if _, s := sign(pod("w", map[string]string{AnnotationSpot: "prefer"})); s.IsSuccess() {
 		t.Fatal("a pod waiting for Spot must not be signed")
 	}
+	if _, s := sign(pod("v", map[string]string{AnnotationWorkload: "training"})); s.IsSuccess() {
+		t.Fatal("training without checkpoints waiting for on-demand capacity must not be signed")
+	}
 	if _, s := sign(pod("x", map[string]string{AnnotationSpot: "x"})); s.IsSuccess() {
 		t.Fatal("a malformed pod must not be signed")
 	}
@@ -350,17 +381,17 @@ func TestAvoidingWorkloadInterruptedByAReclaimStaysOffSpot(t *testing.T) {
 	interrupted := pricing.NewInterrupted(0)
 	e := newEnv(t, nil, Deps{Prices: catalog(t), Interrupted: interrupted}, fleet()[:4]...)
 	avoid := map[string]string{AnnotationWorkload: "training"}
-	if r := e.schedule(t, pod("train", avoid)); strings.Join(r.feasible, ",") != "od,reserved,spot-a,spot-c" {
+	if r := e.schedule(t, waited(pod("train", avoid))); strings.Join(r.feasible, ",") != "od,reserved,spot-a,spot-c" {
 		t.Fatalf("before any reclaim: feasible %v", r.feasible)
 	}
 	interrupted.Observe(pod("train", avoid), 14*time.Hour+50*time.Minute)
 	interrupted.Observe(pod("batch", map[string]string{AnnotationWorkload: "batch"}), time.Hour)
 
-	r := e.schedule(t, pod("train", avoid))
+	r := e.schedule(t, waited(pod("train", avoid)))
 	if strings.Join(r.feasible, ",") != "od,reserved" {
 		t.Fatalf("after a reclaim cut its run short: feasible %v, want only on-demand and reserved", r.feasible)
 	}
-	if r := e.schedule(t, pod("other", avoid)); len(r.feasible) != 4 {
+	if r := e.schedule(t, waited(pod("other", avoid))); len(r.feasible) != 4 {
 		t.Fatalf("another workload: feasible %v", r.feasible)
 	}
 	if r := e.schedule(t, pod("batch", map[string]string{AnnotationWorkload: "batch"})); len(r.feasible) != 4 {
@@ -368,11 +399,11 @@ func TestAvoidingWorkloadInterruptedByAReclaimStaysOffSpot(t *testing.T) {
 	}
 
 	e = newEnv(t, nil, Deps{Prices: catalog(t), Interrupted: interrupted}, fleet()[2:4]...)
-	r = e.schedule(t, pod("train", avoid))
+	r = e.schedule(t, waited(pod("train", avoid)))
 	expectContains(t, "FitError", r.fitError,
 		"2 node(s) are Spot and a reclaim already cut a run of this workload short after 14h50m0s (training without checkpoints)")
-	a, _ := e.plugin.SignPod(context.Background(), pod("train", avoid))
-	b, _ := e.plugin.SignPod(context.Background(), pod("other", avoid))
+	a, _ := e.plugin.SignPod(context.Background(), waited(pod("train", avoid)))
+	b, _ := e.plugin.SignPod(context.Background(), waited(pod("other", avoid)))
 	if reflect.DeepEqual(a, b) {
 		t.Fatal("a pod kept off Spot by a reclaim must not share a signature with one that is not")
 	}
@@ -404,7 +435,7 @@ func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testing.T) {
 	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:4]...)
 	gangOf8 := func(runtime string) *corev1.Pod {
-		p := pod("member", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: runtime})
+		p := waited(pod("member", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: runtime}))
 		p.Labels = map[string]string{"penny.dev/gang": "llm", "penny.dev/gang-size": "8"}
 		return p
 	}
@@ -418,7 +449,7 @@ func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *tes
 	}{
 		{"gang of 8 for 480h", gangOf8("480h"), "od,reserved"},
 		{"gang of 8 for 100h", gangOf8("100h"), "od,reserved,spot-a"},
-		{"one pod for 480h", pod("alone", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "480h"}), "od,reserved,spot-a"},
+		{"one pod for 480h", waited(pod("alone", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "480h"})), "od,reserved,spot-a"},
 	} {
 		if r := e.schedule(t, c.pod); strings.Join(r.feasible, ",") != c.feasible {
 			t.Errorf("%s: feasible %v, want %s (%s)", c.name, r.feasible, c.feasible, r.fitError)
@@ -432,15 +463,18 @@ func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *tes
 // Training without checkpoints that declares no runtime is taken to run as
 // long as training here typically does, and stays off Spot pools where it
 // would expect to lose more than maxExpectedLoss (5%) of its work.
+// runsOf is what n training runs of the given length, 8 GPUs each, teach.
+func runsOf(n int, each time.Duration) *pricing.RunLengths {
+	r := pricing.NewRunLengths(0)
+	for range n {
+		r.Observe(8, each, t0)
+	}
+	return r
+}
+
 func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testing.T) {
 	noCheckpoints := map[string]string{AnnotationWorkload: "training"}
-	runs := func(n int, each time.Duration) *pricing.RunLengths {
-		r := pricing.NewRunLengths(0)
-		for range n {
-			r.Observe(8, each, t0)
-		}
-		return r
-	}
+	runs := runsOf
 	cases := []struct {
 		name     string
 		runs     *pricing.RunLengths
@@ -458,13 +492,13 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 		{"a gang of 8, 100 h runs", runs(10, 100*time.Hour), true, "od,reserved,spot-a"},
 	}
 	gangPod := func(name string) *corev1.Pod {
-		p := pod(name, noCheckpoints)
+		p := waited(pod(name, noCheckpoints))
 		p.Labels = map[string]string{"penny.dev/gang": "llm", "penny.dev/gang-size": "8"}
 		return p
 	}
 	for _, c := range cases {
 		e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: c.runs}, fleet()[:4]...)
-		p := pod("p", noCheckpoints)
+		p := waited(pod("p", noCheckpoints))
 		if c.gang {
 			p = gangPod("p")
 		}
@@ -474,7 +508,7 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 		}
 	}
 	e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runs(10, 400*time.Hour)}, fleet()[3:4]...)
-	expectContains(t, "FitError", e.schedule(t, pod("p", noCheckpoints)).fitError,
+	expectContains(t, "FitError", e.schedule(t, waited(pod("p", noCheckpoints))).fitError,
 		"1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 400h0m0s (how long training runs here typically last), would expect to lose more than 5 percent of its work to reclaims")
 	e = newEnv(t, &Args{UnknownRuntime: metav1.Duration{Duration: 2000 * time.Hour}}, Deps{Prices: catalog(t)}, fleet()[3:4]...)
 	expectContains(t, "FitError", e.schedule(t, gangPod("p")).fitError,

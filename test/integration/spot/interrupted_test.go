@@ -98,11 +98,12 @@ func TestInterruptedRunsOutliveARestart(t *testing.T) {
 			t.Fatalf("after the restart the workload's run is %v, want 3h", got)
 		}
 		harness.StartScheduler(t, c, plugins.Deps{Prices: catalog, Interrupted: after})
-		// On-demand is full, so training without checkpoints may take Spot,
-		// unless a reclaim already cut one of its runs short.
+		// On-demand is full and no autoscaler adds any, so training without
+		// checkpoints that does not wait for it may take Spot, unless a
+		// reclaim already cut one of its runs short.
 		harness.CreatePod(t, c, gpuPod("service", "8", map[string]string{"penny.dev/workload": "inference"}))
 		harness.WaitForPod(t, c, "default", "service", 20*time.Second, "bound", harness.Bound)
-		training := map[string]string{"penny.dev/workload": "training"}
+		training := map[string]string{"penny.dev/workload": "training", "penny.dev/fallback-after": "0s"}
 		harness.CreatePod(t, c, gpuPod("train-b", "1", training))
 		if p := harness.WaitForPod(t, c, "default", "train-b", 20*time.Second, "bound", harness.Bound); !strings.Contains(p.Spec.NodeName, "spot") {
 			t.Fatalf("a workload no reclaim interrupted went to %s, want the Spot node (on-demand is full)", p.Spec.NodeName)

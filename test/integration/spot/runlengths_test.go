@@ -14,6 +14,7 @@ import (
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
 	"github.com/pennysched/penny/test/harness"
 )
 
@@ -34,10 +35,20 @@ func TestTrainingRunLengthsLearnedFromTheCluster(t *testing.T) {
 	harness.CreatePod(t, c, gpuPod("service", "8", map[string]string{"penny.dev/workload": "inference"}))
 	harness.WaitForPod(t, c, "default", "service", 20*time.Second, "bound", harness.Bound)
 	// With nothing learned, a run is taken to last unknownRuntime (4h):
-	// Spot is fine.
-	harness.CreatePod(t, c, gpuPod("early", "1", training))
+	// Spot is fine, once the pod has waited its fallbackAfter for capacity
+	// that is not Spot.
+	early := map[string]string{"penny.dev/workload": "training", spotrisk.AnnotationFallbackAfter: "3s"}
+	harness.CreatePod(t, c, gpuPod("early", "1", early))
+	msg := harness.WaitForEvent(t, c, "default", "early", "FailedScheduling", 20*time.Second)
+	if want := "1 node(s) are Spot and the pod waits for on-demand or reserved capacity until"; !strings.Contains(msg, want) {
+		t.Fatalf("FailedScheduling %q lacks %q", msg, want)
+	}
 	if p := harness.WaitForPod(t, c, "default", "early", 20*time.Second, "bound", harness.Bound); !strings.Contains(p.Spec.NodeName, "spot") {
 		t.Fatalf("training without checkpoints went to %s before any run was seen, want Spot", p.Spec.NodeName)
+	}
+	ev := harness.WaitForEvent(t, c, "default", "early", spotrisk.EventFallback, 10*time.Second)
+	if want := "No on-demand or reserved capacity within 3s (training without checkpoints): placed on Spot node spot-"; !strings.Contains(ev, want) {
+		t.Errorf("fallback event %q lacks %q", ev, want)
 	}
 
 	// Ten training pods that ran 1,000 hours each succeed (another
@@ -59,7 +70,7 @@ func TestTrainingRunLengthsLearnedFromTheCluster(t *testing.T) {
 	// The Spot pool (>20% a month until reclaims say otherwise) would cost
 	// a 1,000-hour run ~20% of its work.
 	harness.CreatePod(t, c, gpuPod("late", "1", training))
-	msg := harness.WaitForEvent(t, c, "default", "late", "FailedScheduling", 20*time.Second)
+	msg = harness.WaitForEvent(t, c, "default", "late", "FailedScheduling", 20*time.Second)
 	if want := "1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 1000h0m0s (how long training runs here typically last), would expect to lose more than 5 percent of its work to reclaims"; !strings.Contains(msg, want) {
 		t.Fatalf("FailedScheduling %q lacks %q", msg, want)
 	}
