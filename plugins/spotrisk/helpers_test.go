@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/backend/cache"
@@ -241,9 +242,11 @@ func (r result) best() string {
 }
 
 // expectFallback schedules p after its wait, expects node to be the only
-// feasible one, binds it there and expects one SpotFallback event saying msg.
-func (e *env) expectFallback(t *testing.T, p *corev1.Pod, node, msg string) {
+// feasible one, binds it there and expects one SpotFallback event saying msg
+// and penny_spot_fallbacks_total{policy} one higher.
+func (e *env) expectFallback(t *testing.T, p *corev1.Pod, policy Policy, node, msg string) {
 	t.Helper()
+	before, _ := testutil.GetCounterMetricValue(fallbacks.WithLabelValues(string(policy)))
 	r := e.schedule(t, p)
 	if strings.Join(r.feasible, ",") != node {
 		t.Fatalf("after the wait only %s is feasible; feasible %v (%s)", node, r.feasible, r.fitError)
@@ -257,6 +260,9 @@ func (e *env) expectFallback(t *testing.T, p *corev1.Pod, node, msg string) {
 		t.Fatalf("events %v", evs)
 	}
 	expectContains(t, "event", evs[0], "Normal", EventFallback, msg)
+	if n, _ := testutil.GetCounterMetricValue(fallbacks.WithLabelValues(string(policy))); n != before+1 {
+		t.Errorf("penny_spot_fallbacks_total{policy=%q} = %v, want %v", policy, n, before+1)
+	}
 }
 
 func (e *env) events() []string {

@@ -46,14 +46,19 @@ func (pl *SpotRisk) Reserve(ctx context.Context, cs fwk.CycleState, pod *corev1.
 func (pl *SpotRisk) Unreserve(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
 }
 
-// PostBind records a fallback as an event on the pod.
+// PostBind records a fallback as an event on the pod and in
+// penny_spot_fallbacks_total.
 func (pl *SpotRisk) PostBind(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
 	d, err := cs.Read(fallbackKey)
-	if err != nil || pl.handle == nil || pl.handle.EventRecorder() == nil {
+	if err != nil {
 		return
 	}
 	f, ok := d.(*fallback)
 	if !ok {
+		return
+	}
+	fallbacks.WithLabelValues(string(f.class.Policy)).Inc()
+	if pl.handle == nil || pl.handle.EventRecorder() == nil {
 		return
 	}
 	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", f.message())

@@ -90,6 +90,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		return nil, err
 	}
 	pricing.RegisterMetrics()
+	registerMetrics()
 	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths, wakeups: map[types.UID]bool{}}
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}

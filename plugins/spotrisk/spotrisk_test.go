@@ -196,7 +196,7 @@ func TestFallbackAfterWaiting(t *testing.T) {
 		t.Fatalf("activated %v", got)
 	}
 
-	e.expectFallback(t, p, "od", "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
+	e.expectFallback(t, p, Prefer, "od", "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
 
 	// A per-pod override shortens the wait.
 	q := pod("impatient", map[string]string{AnnotationSpot: "prefer", AnnotationFallbackAfter: "30s"})
@@ -226,7 +226,7 @@ func TestTrainingWithoutCheckpointsWaitsForCapacityThatIsNotSpot(t *testing.T) {
 	e.clock.Step(2 * time.Minute)
 	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
 
-	e.expectFallback(t, p, "spot-a", "No on-demand or reserved capacity within 2m0s (training without checkpoints): placed on Spot node spot-a")
+	e.expectFallback(t, p, Avoid, "spot-a", "No on-demand or reserved capacity within 2m0s (training without checkpoints): placed on Spot node spot-a")
 
 	// A rule that excludes a pool for good is reported ahead of the wait.
 	e = newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runsOf(10, 1000*time.Hour)}, fleet()[3:4]...)
