@@ -3,8 +3,10 @@ package plugins
 import (
 	"context"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
@@ -35,9 +37,15 @@ type Deps struct {
 	// named in its args, if any.
 	Prices pricing.PriceBook
 	// Risk estimates pool reclaim rates. Nil: one model shared by SpotRisk
-	// and the gang plugin, seeded from the catalog's interruption buckets
-	// and fed by the agents' reclaim notices.
+	// and the gang plugin, seeded from the catalog's interruption buckets.
+	// penny-scheduler hands one that its reclaim coordinator feeds.
 	Risk pricing.RiskSource
+	// ExposureEvery, when positive, has the plugins count the cluster's Spot
+	// nodes that often (from the scheduler's own node informer) and feed the
+	// node-hours each pool ran into Risk, which must then also be a
+	// pricing.ReclaimFeed: penny-scheduler sets it. Zero: whoever feeds Risk
+	// its reclaims feeds the exposure too (the simulator, from its replay).
+	ExposureEvery time.Duration
 	// Clock is the simulator's virtual clock; nil means the wall clock.
 	Clock clock.WithDelayedExecution
 	// Interrupted is what reclaims have cut short per workload, recorded by
@@ -63,7 +71,7 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	if watchRuns {
 		deps.RunLengths = pricing.NewRunLengths(0)
 	}
-	var watchOnce sync.Once
+	var watchOnce, exposureOnce sync.Once
 	spot := &spotRules{byProfile: map[string]*spotrisk.SpotRisk{}}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
@@ -81,6 +89,16 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			}
 			sr := pl.(*spotrisk.SpotRisk)
 			spot.set(profileOf(h), sr)
+			if feed, ok := deps.Risk.(pricing.ReclaimFeed); ok && deps.ExposureEvery > 0 && h != nil && h.SharedInformerFactory() != nil {
+				exposureOnce.Do(func() {
+					nodes := h.SharedInformerFactory().Core().V1().Nodes().Lister()
+					clk, ok := deps.Clock.(clock.WithTicker)
+					if !ok {
+						clk = clock.RealClock{}
+					}
+					go pricing.FeedExposure(ctx, feed, func() ([]*corev1.Node, error) { return nodes.List(labels.Everything()) }, clk, deps.ExposureEvery)
+				})
+			}
 			// One watch feeds every profile's SpotRisk.
 			if watchRuns && h != nil && h.ClientSet() != nil {
 				watchOnce.Do(func() {

@@ -19,12 +19,13 @@ func main() {
 	// Telemetry (telemetry.go): the store agents feed and plugins read. The
 	// reclaim coordinator (reclaim.go) sees every report's new notices and
 	// feeds observed reclaims into the risk model SpotRisk reads, and the
-	// runs they cut short into what SpotRisk knows of each workload.
+	// runs they cut short into what SpotRisk knows of each workload; the
+	// plugins feed it the node-hours each Spot pool runs (ExposureEvery).
 	coordinator := reclaim.NewCoordinator()
 	risk := pricing.NewRiskModel(pricing.RiskConfig{})
 	interrupted := pricing.NewInterrupted(0)
 	store := telemetry.NewStore(telemetry.StoreOptions{OnUpdate: coordinator.OnNodeUpdate})
-	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, Interrupted: interrupted})...)
+	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, ExposureEvery: pricing.DefaultExposureEvery, Interrupted: interrupted})...)
 	addTelemetry(command, store, &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted})
 	os.Exit(cli.Run(command))
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins"
 )
 
@@ -131,7 +132,8 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	if _, err := cluster.Client.CoreV1().ConfigMaps(prices.Namespace).Create(ctx, prices, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating the price catalog ConfigMap: %w", err)
 	}
-	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig})
+	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig,
+		Deps: plugins.Deps{ExposureEvery: pricing.DefaultExposureEvery}})
 	if err != nil {
 		return err
 	}

@@ -121,8 +121,9 @@ func (p Pool) String() string {
 	return p.InstanceType + "/" + p.Zone + "/" + string(p.Capacity)
 }
 
-// ReclaimFeed is how observed reclaims reach the risk model. The simulator
-// calls it now; the node agent will call it for real reclaim notices.
+// ReclaimFeed is how observed reclaims reach the risk model: in
+// penny-scheduler the reclaim coordinator (reclaims) and FeedExposure
+// (node-hours); in replays, the simulator.
 type ReclaimFeed interface {
 	// ObserveExposure records that a pool ran nodeHours of nodes up to at.
 	// Without exposure a reclaim count says nothing about a rate.
@@ -304,4 +305,17 @@ func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
 	}
 	m.priors[pool] = b
 	m.publish(pool)
+}
+
+// Evidence is what the model holds of a pool: the reclaims and node-hours
+// observed, discounted to now by the half-life.
+func (m *RiskModel) Evidence(pool Pool, now time.Time) (reclaims, nodeHours float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.pools[pool]
+	if e == nil {
+		return 0, 0
+	}
+	m.decayTo(e, now)
+	return e.reclaims, e.nodeHours
 }

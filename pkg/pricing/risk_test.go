@@ -84,10 +84,11 @@ func TestRiskMetrics(t *testing.T) {
 	RegisterMetrics()
 	m := NewRiskModel(RiskConfig{})
 	pool := Pool{InstanceType: "metric-test", Zone: "z", Capacity: Spot}
+	before, _ := testutil.GetCounterMetricValue(metricReclaims.WithLabelValues("metric-test", "z", "spot"))
 	m.ObserveReclaim(pool, "n1", time.Now())
 	m.ObserveReclaim(pool, "n2", time.Now())
 	got, err := testutil.GetCounterMetricValue(metricReclaims.WithLabelValues("metric-test", "z", "spot"))
-	if err != nil || got != 2 {
+	if err != nil || got != before+2 {
 		t.Fatalf("penny_pool_reclaims_total %v %v", got, err)
 	}
 	rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("metric-test", "z", "spot"))

@@ -46,10 +46,7 @@ func bare(namespace, name string) *corev1.Pod {
 // the deployed RBAC, by replicas that do not erase each other's runs, and
 // tenants cannot write them.
 func TestInterruptedRunsOutliveARestart(t *testing.T) {
-	catalog, err := pricing.LoadFile(filepath.Join(harness.RepoRoot(), "deploy", "pricing", "catalog.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	catalog := shippedCatalog(t)
 	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
 	manifest, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "scheduler", "penny-scheduler.yaml"))
 	if err != nil {

@@ -3,7 +3,6 @@ package spot
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pennysched/penny/pkg/localcluster"
-	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins"
 	"github.com/pennysched/penny/plugins/spotrisk"
 	"github.com/pennysched/penny/test/harness"
@@ -22,10 +20,7 @@ import (
 // that succeed in the cluster, and keeps training without checkpoints off a
 // Spot pool that would cost it more than 5% of such a run.
 func TestTrainingRunLengthsLearnedFromTheCluster(t *testing.T) {
-	catalog, err := pricing.LoadFile(filepath.Join(harness.RepoRoot(), "deploy", "pricing", "catalog.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	catalog := shippedCatalog(t)
 	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
 	harness.StartScheduler(t, c, plugins.Deps{Prices: catalog})
 	ctx := context.Background()

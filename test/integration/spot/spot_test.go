@@ -34,6 +34,16 @@ pools:
 - {name: spot, count: 1, cloud: aws, instanceType: p4d.24xlarge, gpuModel: A100-40GB, gpusPerNode: 8, capacityType: spot, zone: us-east-1a, cpu: "96", memory: 1152Gi}
 `
 
+// shippedCatalog is deploy/pricing/catalog.yaml, the catalog Penny ships.
+func shippedCatalog(t *testing.T) *pricing.Catalog {
+	t.Helper()
+	catalog, err := pricing.LoadFile(filepath.Join(harness.RepoRoot(), "deploy", "pricing", "catalog.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return catalog
+}
+
 func gpuPod(name string, gpus string, ann map[string]string) *corev1.Pod {
 	p := harness.Pod(name, corev1.ResourceList{gpu.ResourceGPU: resource.MustParse(gpus), corev1.ResourceCPU: resource.MustParse("4")})
 	p.Annotations = ann
@@ -41,10 +51,7 @@ func gpuPod(name string, gpus string, ann map[string]string) *corev1.Pod {
 }
 
 func TestSpotRiskOnRealAPIServer(t *testing.T) {
-	catalog, err := pricing.LoadFile(filepath.Join(harness.RepoRoot(), "deploy", "pricing", "catalog.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	catalog := shippedCatalog(t)
 	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
 	harness.StartScheduler(t, c, plugins.Deps{Prices: catalog})
 	ctx := context.Background()
