@@ -123,7 +123,7 @@ $(BIN)/etcd: go.mod
 clean:
 	rm -rf $(BIN)
 
-# --- telemetry API (pkg/api/telemetry/v1) -------------------------------------
+# --- gRPC APIs: telemetry (pkg/api/telemetry/v1), Cluster Autoscaler's expander (pkg/api/expander)
 # The generated Go is committed, so building and CI never need protoc. To
 # regenerate: apt-get install protobuf-compiler (Debian's protoc, which also
 # ships google/protobuf/*.proto), then `make generate`. protoc-gen-go is the
@@ -132,8 +132,9 @@ clean:
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 TOOLS := $(BIN)/tools
 TELEMETRY_API := pkg/api/telemetry/v1
+EXPANDER_API := pkg/api/expander
 
-## generate: regenerate pkg/api/telemetry/v1 from telemetry.proto (needs protoc)
+## generate: regenerate pkg/api/telemetry/v1 and pkg/api/expander from their .proto files (needs protoc)
 generate:
 	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
 	$(GO) build -o $(TOOLS)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
@@ -142,6 +143,10 @@ generate:
 		--go_out=$(TELEMETRY_API) --go_opt=paths=source_relative \
 		--go-grpc_out=$(TELEMETRY_API) --go-grpc_opt=paths=source_relative \
 		$(TELEMETRY_API)/telemetry.proto
+	PATH=$(TOOLS):$$PATH protoc -I $(EXPANDER_API) \
+		--go_out=$(EXPANDER_API) --go_opt=paths=source_relative \
+		--go-grpc_out=$(EXPANDER_API) --go-grpc_opt=paths=source_relative \
+		$(EXPANDER_API)/expander.proto
 
 # Fuzz targets run their seed corpus in `go test`; fuzz-short also fuzzes each
 # one briefly (`go test -fuzz` takes one target per run). Add yours as

@@ -46,6 +46,9 @@ type Deps struct {
 	// pricing.ReclaimFeed: penny-scheduler sets it. Zero: whoever feeds Risk
 	// its reclaims feeds the exposure too (the simulator, from its replay).
 	ExposureEvery time.Duration
+	// Expander, when set, answers Cluster Autoscaler's gRPC expander with
+	// the first SpotRisk built (penny-scheduler --expander-bind-address).
+	Expander *spotrisk.ExpanderServer
 	// Clock is the simulator's virtual clock; nil means the wall clock.
 	Clock clock.WithDelayedExecution
 	// Interrupted is what reclaims have cut short per workload, recorded by
@@ -89,6 +92,9 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			}
 			sr := pl.(*spotrisk.SpotRisk)
 			spot.set(profileOf(h), sr)
+			if deps.Expander != nil {
+				deps.Expander.Use(sr)
+			}
 			if feed, ok := deps.Risk.(pricing.ReclaimFeed); ok && deps.ExposureEvery > 0 && h != nil && h.SharedInformerFactory() != nil {
 				exposureOnce.Do(func() {
 					nodes := h.SharedInformerFactory().Core().V1().Nodes().Lister()

@@ -13,6 +13,7 @@ import (
 	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 func main() {
@@ -25,7 +26,12 @@ func main() {
 	risk := pricing.NewRiskModel(pricing.RiskConfig{})
 	interrupted := pricing.NewInterrupted(0)
 	store := telemetry.NewStore(telemetry.StoreOptions{OnUpdate: coordinator.OnNodeUpdate})
-	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, ExposureEvery: pricing.DefaultExposureEvery, Interrupted: interrupted})...)
+	// The Cluster Autoscaler expander (expander.go) ranks node groups with
+	// the SpotRisk the profile builds.
+	exp := spotrisk.NewExpanderServer()
+	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, ExposureEvery: pricing.DefaultExposureEvery,
+		Interrupted: interrupted, Expander: exp})...)
 	addTelemetry(command, store, &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted})
+	addExpander(command, exp)
 	os.Exit(cli.Run(command))
 }

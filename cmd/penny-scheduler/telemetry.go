@@ -50,12 +50,7 @@ func addTelemetry(cmd *cobra.Command, store *telemetry.Store, rf *reclaimFlags) 
 	if rf != nil {
 		fs.AddFlagSet(rf.flagSet())
 	}
-	cmd.Flags().AddFlagSet(fs)
-	help := cmd.HelpFunc()
-	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
-		help(c, args)
-		fmt.Fprintf(c.OutOrStdout(), "\nPenny telemetry flags:\n\n%s", fs.FlagUsagesWrapped(100))
-	})
+	addFlags(cmd, "Penny telemetry flags", fs)
 	run := cmd.RunE
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		if f.bindAddress == "" {
@@ -78,6 +73,17 @@ func addTelemetry(cmd *cobra.Command, store *telemetry.Store, rf *reclaimFlags) 
 		}
 		return err
 	}
+}
+
+// addFlags adds Penny's flags to the scheduler command and lists them,
+// under title, after kube-scheduler's in --help.
+func addFlags(cmd *cobra.Command, title string, fs *pflag.FlagSet) {
+	cmd.Flags().AddFlagSet(fs)
+	help := cmd.HelpFunc()
+	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
+		help(c, args)
+		fmt.Fprintf(c.OutOrStdout(), "\n%s:\n\n%s", title, fs.FlagUsagesWrapped(100))
+	})
 }
 
 // startTelemetry checks the configuration, listens and serves in the

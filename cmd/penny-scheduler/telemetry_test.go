@@ -117,7 +117,20 @@ func TestTelemetryFlagErrors(t *testing.T) {
 // The patch deploy/agent applies to the scheduler's Deployment uses flags
 // this command knows.
 func TestTelemetryPatchFlags(t *testing.T) {
-	data, err := os.ReadFile("../../deploy/agent/scheduler-telemetry-patch.yaml")
+	var f telemetryFlags
+	if err := f.flagSet().Parse(patchArgs(t, "../../deploy/agent/scheduler-telemetry-patch.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if f.bindAddress == "" || f.certFile == "" || f.keyFile == "" {
+		t.Errorf("patch does not turn the endpoint on: %+v", f)
+	}
+}
+
+// patchArgs are the arguments a JSON patch of deploy/ appends to the
+// scheduler's container.
+func patchArgs(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,13 +147,7 @@ func TestTelemetryPatchFlags(t *testing.T) {
 			args = append(args, op.Value.(string))
 		}
 	}
-	var f telemetryFlags
-	if err := f.flagSet().Parse(args); err != nil {
-		t.Fatalf("patch args %v: %v", args, err)
-	}
-	if f.bindAddress == "" || f.certFile == "" || f.keyFile == "" {
-		t.Errorf("patch does not turn the endpoint on: %+v", f)
-	}
+	return args
 }
 
 func TestReclaimFlagErrors(t *testing.T) {

@@ -17,10 +17,12 @@ import (
 // ServingTLSConfig serves the certificate and key in certFile and keyFile,
 // reloading them when the files change (cert-manager or a Secret update
 // rotates them without a scheduler restart). The watch stops with ctx.
+// penny-scheduler's other gRPC endpoint, the Cluster Autoscaler expander,
+// serves its certificate the same way.
 func ServingTLSConfig(ctx context.Context, certFile, keyFile string) (*tls.Config, error) {
-	content, err := dynamiccertificates.NewDynamicServingContentFromFiles("penny-telemetry-serving", certFile, keyFile)
+	content, err := dynamiccertificates.NewDynamicServingContentFromFiles("penny-serving", certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry TLS certificate: %w", err)
+		return nil, fmt.Errorf("TLS certificate: %w", err)
 	}
 	go content.Run(ctx, 1)
 	var (

@@ -19,9 +19,8 @@ import (
 // overhead). Dividing by slots is how the plugin's share-of-node cost looks
 // from a node that does not exist yet: the packing score fills the rest of
 // the node with the pods that follow, but never with more pods than could
-// use it (RankOptions). It is what a Cluster Autoscaler gRPC expander or a
-// Karpenter-style provisioner would ask Penny; the simulator's elastic fleet
-// asks it now.
+// use it (RankOptions). The simulator's elastic fleet asks it, and
+// ExpanderServer serves it to Cluster Autoscaler's gRPC expander.
 type Expander struct {
 	pl *SpotRisk
 }
@@ -67,57 +66,61 @@ type Option struct {
 // together (packed first-fit). A node eight times the size of the
 // workload that can use it is dearer per pod than one that it fills.
 func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error) {
-	templates := make([]*corev1.Node, len(options))
-	for i, o := range options {
-		templates[i] = o.Node
-	}
 	class, err := classify(pod, x.pl.args)
 	if err != nil {
 		return nil, err
 	}
-	type key struct {
-		avoided bool
-		cost    float64
-		price   float64
-	}
-	keys := make([]key, len(templates))
+	keys := make([]optionKey, len(options))
 	usage := pricing.PodUsage(pod)
-	for i, n := range templates {
-		price, ok := x.pl.prices.NodePrice(n)
-		if !ok {
-			keys[i] = key{cost: math.Inf(1), price: math.Inf(1)}
-			continue
-		}
-		spot := pricing.NodeCapacity(n).IsSpot()
-		slots := float64(Slots(usage, n))
-		if options[i].Peers != nil && slots > 0 {
-			slots = min(slots, float64(Fill(n, append([]pricing.Usage{usage}, options[i].Peers...))))
-		}
-		if slots == 0 {
-			keys[i] = key{cost: math.Inf(1), price: math.Inf(1)}
-			continue
-		}
-		keys[i] = key{
-			avoided: class.Policy == Avoid && spot,
-			cost:    x.pl.expected(price.Marginal()/slots, class, n, price),
-			price:   price.Marginal(),
-		}
+	for i, o := range options {
+		keys[i] = x.key(class, usage, o)
 	}
-	order := make([]int, len(templates))
+	order := make([]int, len(options))
 	for i := range order {
 		order[i] = i
 	}
-	sort.SliceStable(order, func(a, b int) bool {
-		ka, kb := keys[order[a]], keys[order[b]]
-		if ka.avoided != kb.avoided {
-			return !ka.avoided
-		}
-		if ka.cost != kb.cost {
-			return ka.cost < kb.cost
-		}
-		return ka.price < kb.price
-	})
+	sort.SliceStable(order, func(a, b int) bool { return keys[order[a]].less(keys[order[b]]) })
 	return order, nil
+}
+
+// optionKey is how one option ranks for a pod: Spot last for a pod that
+// avoids it, then by the expected cost of the pod's work per slot, then by
+// the node's price. Unpriced and useless options cost +Inf.
+type optionKey struct {
+	avoided bool
+	cost    float64
+	price   float64
+}
+
+func (k optionKey) less(o optionKey) bool {
+	if k.avoided != o.avoided {
+		return !k.avoided
+	}
+	if k.cost != o.cost {
+		return k.cost < o.cost
+	}
+	return k.price < o.price
+}
+
+// key prices option o for a pod of the class with the given usage.
+func (x *Expander) key(class Class, usage pricing.Usage, o Option) optionKey {
+	n := o.Node
+	price, ok := x.pl.prices.NodePrice(n)
+	if !ok {
+		return optionKey{cost: math.Inf(1), price: math.Inf(1)}
+	}
+	slots := float64(Slots(usage, n))
+	if o.Peers != nil && slots > 0 {
+		slots = min(slots, float64(Fill(n, append([]pricing.Usage{usage}, o.Peers...))))
+	}
+	if slots == 0 {
+		return optionKey{cost: math.Inf(1), price: math.Inf(1)}
+	}
+	return optionKey{
+		avoided: class.Policy == Avoid && pricing.NodeCapacity(n).IsSpot(),
+		cost:    x.pl.expected(price.Marginal()/slots, class, n, price),
+		price:   price.Marginal(),
+	}
 }
 
 // Slots is how many pods with this usage an empty node holds: the fewest

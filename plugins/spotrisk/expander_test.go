@@ -98,10 +98,8 @@ prices:
 	}
 }
 
-// A node is never counted as holding more pods than exist to fill it: with
-// few peers the smaller node is cheaper per pod; with many, the bigger one.
-func TestExpanderCapsSlotsByPeers(t *testing.T) {
-	x, err := NewExpander(context.Background(), nil, Deps{Prices: catalogOf(t, `apiVersion: penny.dev/v1alpha1
+// quadOctoCatalog prices a 4-GPU node at $1.42 a GPU and an 8-GPU one at $1.
+const quadOctoCatalog = `apiVersion: penny.dev/v1alpha1
 kind: PriceCatalog
 instanceTypes:
 - {name: quad, gpus: 4, gpuModel: A10G, vcpus: 48, memoryGiB: 192}
@@ -109,7 +107,12 @@ instanceTypes:
 prices:
 - {instanceType: quad, capacityType: on-demand, region: us-east-1, hourly: 5.672}
 - {instanceType: octo, capacityType: on-demand, region: us-east-1, hourly: 8}
-`)})
+`
+
+// A node is never counted as holding more pods than exist to fill it: with
+// few peers the smaller node is cheaper per pod; with many, the bigger one.
+func TestExpanderCapsSlotsByPeers(t *testing.T) {
+	x, err := NewExpander(context.Background(), nil, Deps{Prices: catalogOf(t, quadOctoCatalog)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,9 +6,13 @@ import (
 	"path/filepath"
 	"testing"
 
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/validation"
+	"sigs.k8s.io/yaml"
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/localcluster"
@@ -68,5 +72,55 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 	}
 	if applied < 10 {
 		t.Errorf("only %d objects applied; the manifests lost objects", applied)
+	}
+
+	// The opt-in endpoints are JSON patches of the scheduler's Deployment
+	// (and a Service): they must apply to it, and what they make must be
+	// admitted.
+	sched, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "scheduler", "penny-scheduler.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deployment []byte
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(sched), 4096)
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err != nil {
+			break
+		}
+		if obj.GetKind() == "Deployment" {
+			if deployment, err = obj.MarshalJSON(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if deployment == nil {
+		t.Fatal("deploy/scheduler/penny-scheduler.yaml has no Deployment")
+	}
+	for _, name := range []string{"deploy/agent/scheduler-telemetry-patch.yaml", "deploy/autoscaler/scheduler-expander-patch.yaml"} {
+		data, err := os.ReadFile(filepath.Join(harness.RepoRoot(), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops, err := yaml.YAMLToJSON(data)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		patch, err := jsonpatch.DecodePatch(ops)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		patched, err := patch.Apply(deployment)
+		if err != nil {
+			t.Fatalf("%s does not apply to the scheduler's Deployment: %v", name, err)
+		}
+		harness.ApplyYAML(t, c, name, patched, true)
+	}
+	svc, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "autoscaler", "penny-expander.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := harness.ApplyYAML(t, c, "deploy/autoscaler/penny-expander.yaml", svc, true); n != 1 {
+		t.Errorf("deploy/autoscaler/penny-expander.yaml: %d objects, want the Service", n)
 	}
 }

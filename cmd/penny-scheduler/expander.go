@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"k8s.io/klog/v2"
+
+	"github.com/pennysched/penny/pkg/api/expander"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/plugins/spotrisk"
+)
+
+// expanderFlags configure the endpoint that answers Cluster Autoscaler's
+// gRPC expander (docs/spot.md).
+type expanderFlags struct {
+	bindAddress string
+	certFile    string
+	keyFile     string
+}
+
+func (f *expanderFlags) flagSet() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("penny expander", pflag.ContinueOnError)
+	fs.StringVar(&f.bindAddress, "expander-bind-address", "", "address for Cluster Autoscaler's gRPC expander (--expander=grpc --grpc-expander-url), e.g. :7444; empty: no endpoint")
+	fs.StringVar(&f.certFile, "expander-tls-cert-file", "", "TLS certificate of the expander endpoint (reloaded when it changes); required with --expander-bind-address, since Cluster Autoscaler only connects over TLS (its --grpc-expander-cert names the CA that signed it)")
+	fs.StringVar(&f.keyFile, "expander-tls-key-file", "", "TLS key of the expander endpoint")
+	return fs
+}
+
+// addExpander adds the expander flags to the scheduler command and starts
+// the endpoint, when configured, before the scheduler runs.
+func addExpander(cmd *cobra.Command, srv *spotrisk.ExpanderServer) {
+	f := &expanderFlags{}
+	addFlags(cmd, "Penny Cluster Autoscaler expander flags", f.flagSet())
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if f.bindAddress == "" {
+			return run(c, args)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if err := startExpander(ctx, f, srv); err != nil {
+			return err
+		}
+		return run(c, args)
+	}
+}
+
+// startExpander checks the configuration, listens and serves in the
+// background until ctx ends.
+func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.ExpanderServer) error {
+	if f.certFile == "" || f.keyFile == "" {
+		return errors.New("--expander-bind-address needs --expander-tls-cert-file and --expander-tls-key-file: Cluster Autoscaler's gRPC expander only connects over TLS")
+	}
+	tlsConfig, err := telemetry.ServingTLSConfig(ctx, f.certFile, f.keyFile)
+	if err != nil {
+		return fmt.Errorf("--expander-tls-cert-file, --expander-tls-key-file: %w", err)
+	}
+	lis, err := net.Listen("tcp", f.bindAddress)
+	if err != nil {
+		return fmt.Errorf("--expander-bind-address: %w", err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
+	expander.RegisterExpanderServer(g, srv)
+	logger := klog.Background().WithName("expander")
+	go func() {
+		<-ctx.Done()
+		g.GracefulStop()
+	}()
+	go func() {
+		logger.Info("Cluster Autoscaler expander listening", "address", lis.Addr().String())
+		if err := g.Serve(lis); err != nil {
+			logger.Error(err, "expander endpoint stopped")
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pennysched/penny/pkg/api/expander"
+	"github.com/pennysched/penny/pkg/capacity"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+	"github.com/pennysched/penny/plugins/spotrisk"
+)
+
+// g5Template is a template node of a g5.12xlarge node group, as Cluster
+// Autoscaler builds one.
+func g5Template(name, capacityType string) []byte {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "g5.12xlarge", corev1.LabelTopologyRegion: "us-east-1",
+		corev1.LabelTopologyZone: "us-east-1a", capacity.LabelKarpenter: capacityType}}}
+	n.Status.Allocatable = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"),
+		corev1.ResourcePods: resource.MustParse("110"), gpu.ResourceGPU: resource.MustParse("4")}
+	n.Status.Capacity = n.Status.Allocatable
+	b, err := n.Marshal()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// The flags start a TLS endpoint that answers Cluster Autoscaler's gRPC
+// expander with SpotRisk's ranking (the shipped catalog's prices).
+func TestExpanderFlagsStartTheEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	f := expanderFlags{
+		bindAddress: telemetrytest.FreeAddr(t),
+		certFile:    writeFile(t, dir, "tls.crt", cert.CertPEM),
+		keyFile:     writeFile(t, dir, "tls.key", cert.KeyPEM),
+	}
+	catalog, err := pricing.LoadFile("../../deploy/pricing/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := spotrisk.New(context.Background(), nil, nil, spotrisk.Deps{Prices: catalog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := spotrisk.NewExpanderServer()
+	srv.Use(pl.(*spotrisk.SpotRisk))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := startExpander(ctx, &f, srv); err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := grpc.NewClient(f.bindAddress, grpc.WithTransportCredentials(credentials.NewTLS(cert.ClientTLS())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := expander.NewExpanderClient(conn)
+	ask := func(workload string) string {
+		t.Helper()
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "default", Annotations: map[string]string{spotrisk.AnnotationWorkload: workload},
+			CreationTimestamp: metav1.NewTime(time.Now().Add(-time.Hour))},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("8")},
+				Limits:   corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("1")}}}}}}
+		pb, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &expander.BestOptionsRequest{
+			Options: []*expander.Option{
+				{NodeGroupId: "g5-spot", NodeCount: 1, PodBytes: [][]byte{pb}},
+				{NodeGroupId: "g5-od", NodeCount: 1, PodBytes: [][]byte{pb}},
+			},
+			NodeBytesMap: map[string][]byte{"g5-spot": g5Template("g5-spot", "spot"), "g5-od": g5Template("g5-od", "on-demand")},
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		defer ccancel()
+		resp, err := client.BestOptions(cctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetOptions()) != 1 {
+			t.Fatalf("%s: %d options, want one", workload, len(resp.GetOptions()))
+		}
+		return resp.GetOptions()[0].GetNodeGroupId()
+	}
+	if got := ask("inference"); got != "g5-od" {
+		t.Errorf("inference: Cluster Autoscaler told to grow %s, want g5-od", got)
+	}
+	if got := ask("batch"); got != "g5-spot" {
+		t.Errorf("batch: Cluster Autoscaler told to grow %s, want g5-spot", got)
+	}
+}
+
+// The patch deploy/autoscaler applies to the scheduler's Deployment uses
+// flags this command knows, and the Service it documents points at the
+// port it opens.
+func TestExpanderPatchFlags(t *testing.T) {
+	var f expanderFlags
+	if err := f.flagSet().Parse(patchArgs(t, "../../deploy/autoscaler/scheduler-expander-patch.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if f.bindAddress != ":7444" || f.certFile == "" || f.keyFile == "" {
+		t.Errorf("patch does not turn the endpoint on at :7444: %+v", f)
+	}
+	svc, err := os.ReadFile("../../deploy/autoscaler/penny-expander.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"port: 7444", "targetPort: expander", "--grpc-expander-url=penny-expander.penny-system.svc:7444"} {
+		if !strings.Contains(string(svc), want) {
+			t.Errorf("deploy/autoscaler/penny-expander.yaml lacks %q", want)
+		}
+	}
+}
+
+func TestExpanderFlagErrors(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, c := range []struct {
+		f    expanderFlags
+		want string
+	}{
+		{expanderFlags{bindAddress: ":0"}, "--expander-tls-cert-file"},
+		{expanderFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k"}, "--expander-tls-cert-file, --expander-tls-key-file: TLS certificate"},
+	} {
+		if err := startExpander(ctx, &c.f, spotrisk.NewExpanderServer()); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
+		}
+	}
+}

@@ -1,0 +1,160 @@
+package spotrisk
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/pennysched/penny/pkg/api/expander"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// ExpanderServer answers Cluster Autoscaler's gRPC expander (started with
+// --expander=grpc) with SpotRisk's ranking, so that the node groups a real
+// cluster grows are the ones Penny would place the pending pods on: the
+// expected price of their useful work per pod slot of a new node, with
+// Penny's rules (never-on-Spot classes, waiting for Spot or on-demand,
+// reclaim-risk limits) applied first. It ranks with the first SpotRisk the
+// scheduler builds (Use), and so with its price catalog and risk model.
+type ExpanderServer struct {
+	expander.UnimplementedExpanderServer
+	x atomic.Pointer[Expander]
+}
+
+var _ expander.ExpanderServer = &ExpanderServer{}
+
+// NewExpanderServer returns a server that answers Unavailable until Use.
+func NewExpanderServer() *ExpanderServer { return &ExpanderServer{} }
+
+// Use ranks with pl from now on, unless another SpotRisk came first.
+func (s *ExpanderServer) Use(pl *SpotRisk) {
+	s.x.CompareAndSwap(nil, &Expander{pl: pl})
+}
+
+// BestOptions keeps the options whose new nodes Penny's rules let at least
+// one of the option's pods use, ranks them by the mean over those pods of
+// the expected price of each pod's useful work per slot (the new nodes
+// filled with the option's pods, Expander.RankOptions) and returns the best,
+// or those equally good. An option whose template node is missing cannot be
+// judged and is returned only when nothing could be; an empty answer lets
+// Cluster Autoscaler choose among all its options.
+func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
+	x := s.x.Load()
+	if x == nil {
+		return nil, status.Error(codes.Unavailable, "SpotRisk is not running yet: penny-scheduler builds it when its profile starts")
+	}
+	nodes, err := templateNodes(req)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	type ranked struct {
+		opt *expander.Option
+		key optionKey
+	}
+	var judged []ranked
+	var unjudged []*expander.Option
+	for i, o := range req.GetOptions() {
+		pods, err := optionPods(i, o)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		node := nodes[o.GetNodeGroupId()]
+		if node == nil {
+			unjudged = append(unjudged, o)
+			continue
+		}
+		if k, ok := x.optionKey(pods, node); ok {
+			judged = append(judged, ranked{o, k})
+		}
+	}
+	log := klog.FromContext(ctx)
+	if len(judged) == 0 {
+		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods", "options", len(req.GetOptions()), "withoutTemplate", len(unjudged))
+		return &expander.BestOptionsResponse{Options: unjudged}, nil
+	}
+	sort.SliceStable(judged, func(a, b int) bool { return judged[a].key.less(judged[b].key) })
+	best := []*expander.Option{judged[0].opt}
+	for _, r := range judged[1:] {
+		if r.key != judged[0].key {
+			break
+		}
+		best = append(best, r.opt)
+	}
+	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "cost", judged[0].key.cost)
+	return &expander.BestOptionsResponse{Options: best}, nil
+}
+
+// optionKey ranks an option by the pods of it that Penny's rules let on
+// node: avoided if any of them avoids Spot there, and the mean of their
+// costs per slot, each pod's slots capped by the option's other pods. ok is
+// false when none of the pods may use node.
+func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node) (optionKey, bool) {
+	var admitted []*corev1.Pod
+	var classes []Class
+	var usages []pricing.Usage
+	for _, p := range pods {
+		admits := x.pl.Admits(p)
+		if admits == nil || !admits(node) {
+			continue
+		}
+		class, err := classify(p, x.pl.args)
+		if err != nil {
+			continue
+		}
+		admitted, classes, usages = append(admitted, p), append(classes, class), append(usages, pricing.PodUsage(p))
+	}
+	if len(admitted) == 0 {
+		return optionKey{}, false
+	}
+	var sum optionKey
+	for i := range admitted {
+		peers := append(append([]pricing.Usage{}, usages[:i]...), usages[i+1:]...)
+		k := x.key(classes[i], usages[i], Option{Node: node, Peers: peers})
+		sum.avoided = sum.avoided || k.avoided
+		sum.cost += k.cost
+		sum.price = k.price
+	}
+	sum.cost /= float64(len(admitted))
+	return sum, true
+}
+
+// templateNodes decodes the request's template nodes, preferring
+// node_bytes_map (Kubernetes 1.35 and later) to node_map.
+func templateNodes(req *expander.BestOptionsRequest) (map[string]*corev1.Node, error) {
+	field, raw := "nodeBytesMap", req.GetNodeBytesMap()
+	if len(raw) == 0 {
+		field, raw = "nodeMap", req.GetNodeMap()
+	}
+	nodes := make(map[string]*corev1.Node, len(raw))
+	for id, b := range raw {
+		n := &corev1.Node{}
+		if err := n.Unmarshal(b); err != nil {
+			return nil, fmt.Errorf("%s[%q] is not a protobuf-serialized v1.Node: %v (Cluster Autoscaler's gRPC expander sends the template node of each node group)", field, id, err)
+		}
+		nodes[id] = n
+	}
+	return nodes, nil
+}
+
+// optionPods decodes option i's pods, preferring podBytes to pod.
+func optionPods(i int, o *expander.Option) ([]*corev1.Pod, error) {
+	field, raw := "podBytes", o.GetPodBytes()
+	if len(raw) == 0 {
+		field, raw = "pod", o.GetPod()
+	}
+	pods := make([]*corev1.Pod, len(raw))
+	for j, b := range raw {
+		p := &corev1.Pod{}
+		if err := p.Unmarshal(b); err != nil {
+			return nil, fmt.Errorf("options[%d].%s[%d] (node group %q) is not a protobuf-serialized v1.Pod: %v", i, field, j, o.GetNodeGroupId(), err)
+		}
+		pods[j] = p
+	}
+	return pods, nil
+}

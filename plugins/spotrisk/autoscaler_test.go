@@ -1,0 +1,185 @@
+package spotrisk
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/pennysched/penny/pkg/api/expander"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+func marshal(t *testing.T, obj interface{ Marshal() ([]byte, error) }) []byte {
+	t.Helper()
+	b, err := obj.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// caRequest is what Cluster Autoscaler sends: every option offers the same
+// pods, each node group's template node by its ID.
+func caRequest(t *testing.T, pods []*corev1.Pod, templates ...*corev1.Node) *expander.BestOptionsRequest {
+	t.Helper()
+	req := &expander.BestOptionsRequest{NodeBytesMap: map[string][]byte{}}
+	for _, n := range templates {
+		o := &expander.Option{NodeGroupId: n.Name, NodeCount: 1}
+		for _, p := range pods {
+			o.PodBytes = append(o.PodBytes, marshal(t, p))
+		}
+		req.Options = append(req.Options, o)
+		req.NodeBytesMap[n.Name] = marshal(t, n)
+	}
+	return req
+}
+
+func best(t *testing.T, s *ExpanderServer, req *expander.BestOptionsRequest) []string {
+	t.Helper()
+	resp, err := s.BestOptions(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, o := range resp.GetOptions() {
+		ids = append(ids, o.GetNodeGroupId())
+	}
+	return ids
+}
+
+// Cluster Autoscaler's gRPC expander gets SpotRisk's answer: the rules
+// first (a never-on-Spot pod's Spot group is not an option, a pod waiting
+// for Spot does not get on-demand), then the expected price of the pods'
+// useful work per slot.
+func TestExpanderServerRanksClusterAutoscalerOptions(t *testing.T) {
+	s := NewExpanderServer()
+	od, spotA, spotC := node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), node("spot-c", pricing.Spot, "us-east-1c")
+	inference := pod("serve", map[string]string{AnnotationWorkload: "inference"})
+	if _, err := s.BestOptions(context.Background(), caRequest(t, []*corev1.Pod{inference}, od)); status.Code(err) != codes.Unavailable {
+		t.Fatalf("before SpotRisk runs: %v, want Unavailable", err)
+	}
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s.Use(e.plugin)
+
+	cases := []struct {
+		name string
+		ann  map[string]string
+		want string
+	}{
+		{"inference never on Spot", map[string]string{AnnotationWorkload: "inference"}, "od"},
+		{"batch: the cheapest Spot pool", map[string]string{AnnotationWorkload: "batch"}, "spot-c"},
+		// Waiting for Spot: on-demand is not an option; the safer pool's
+		// expected cost is lower once a reclaim's lost half-hour counts.
+		{"checkpointing training waits for Spot", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"}, "spot-"},
+		{"training without checkpoints waits for on-demand", map[string]string{AnnotationWorkload: "training"}, "od"},
+	}
+	for _, c := range cases {
+		got := best(t, s, caRequest(t, []*corev1.Pod{pod("p", c.ann)}, od, spotA, spotC))
+		if len(got) != 1 || !strings.HasPrefix(got[0], c.want) {
+			t.Errorf("%s: best %v, want %s", c.name, got, c.want)
+		}
+	}
+	// Nothing Penny's rules allow: an empty answer, which Cluster Autoscaler
+	// reads as "choose among all".
+	for _, c := range []struct {
+		name   string
+		pod    *corev1.Pod
+		groups []*corev1.Node
+	}{
+		{"inference with only Spot groups", inference, []*corev1.Node{spotA, spotC}},
+		{"checkpointing training in its wait, only on-demand", pod("p", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"}), []*corev1.Node{od}},
+		{"training without checkpoints in its wait, only Spot", pod("p", map[string]string{AnnotationWorkload: "training"}), []*corev1.Node{spotA, spotC}},
+	} {
+		if got := best(t, s, caRequest(t, []*corev1.Pod{c.pod}, c.groups...)); len(got) != 0 {
+			t.Errorf("%s: %v, want no option", c.name, got)
+		}
+	}
+	// An option whose template is missing is kept only when nothing else
+	// can be judged.
+	req := caRequest(t, []*corev1.Pod{inference}, od)
+	req.Options = append(req.Options, &expander.Option{NodeGroupId: "unknown", PodBytes: req.Options[0].PodBytes})
+	if got := best(t, s, req); len(got) != 1 || got[0] != "od" {
+		t.Errorf("with an unknown group: %v, want od", got)
+	}
+	delete(req.NodeBytesMap, "od")
+	if got := best(t, s, req); len(got) != 2 {
+		t.Errorf("with no template at all: %v, want both options back", got)
+	}
+}
+
+// Cluster Autoscaler before Kubernetes 1.35 sends nodes and pods as
+// embedded messages (fields nodeMap and pod); on the wire they are the same
+// bytes.
+func TestExpanderServerReadsTheDeprecatedFields(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	req := caRequest(t, []*corev1.Pod{pod("serve", map[string]string{AnnotationWorkload: "inference"})},
+		node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"))
+	req.NodeMap, req.NodeBytesMap = req.NodeBytesMap, nil
+	for _, o := range req.Options {
+		o.Pod, o.PodBytes = o.PodBytes, nil
+	}
+	if got := best(t, s, req); len(got) != 1 || got[0] != "od" {
+		t.Fatalf("best %v, want od", got)
+	}
+}
+
+// The option's pods fill its new node: four 1-GPU pods make a 4-GPU node
+// cheaper per pod than an 8-GPU one that would run half empty, eight the
+// other way round (TestExpanderCapsSlotsByPeers, through the API).
+func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalogOf(t, quadOctoCatalog)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	quad := sized(node("quad", pricing.OnDemand, "us-east-1a"), "quad", "48", "192Gi", "4")
+	octo := sized(node("octo", pricing.OnDemand, "us-east-1a"), "octo", "192", "768Gi", "8")
+	pods := func(n int) []*corev1.Pod {
+		var out []*corev1.Pod
+		for range n {
+			p := pod("serve", map[string]string{AnnotationWorkload: "inference"}) // 1 GPU, 12 CPU
+			p.Spec.Containers[0].Resources.Requests[corev1.ResourceMemory] = resource.MustParse("40Gi")
+			out = append(out, p)
+		}
+		return out
+	}
+	if got := best(t, s, caRequest(t, pods(4), quad, octo)); len(got) != 1 || got[0] != "quad" {
+		t.Errorf("four pods: %v, want quad", got)
+	}
+	if got := best(t, s, caRequest(t, pods(8), quad, octo)); len(got) != 1 || got[0] != "octo" {
+		t.Errorf("eight pods: %v, want octo", got)
+	}
+}
+
+// Bytes that are not what Cluster Autoscaler sends are refused with
+// InvalidArgument naming the field.
+func TestExpanderServerRejectsMalformedRequests(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	ok := caRequest(t, []*corev1.Pod{pod("p", nil)}, node("od", pricing.OnDemand, "us-east-1a"))
+	badNode := caRequest(t, []*corev1.Pod{pod("p", nil)}, node("od", pricing.OnDemand, "us-east-1a"))
+	badNode.NodeBytesMap["od"] = []byte{0xff, 0xff}
+	badPod := caRequest(t, []*corev1.Pod{pod("p", nil)}, node("od", pricing.OnDemand, "us-east-1a"))
+	badPod.Options[0].PodBytes = append(badPod.Options[0].PodBytes, []byte("not a pod"))
+	for _, c := range []struct {
+		req  *expander.BestOptionsRequest
+		want string
+	}{
+		{badNode, `nodeBytesMap["od"] is not a protobuf-serialized v1.Node`},
+		{badPod, `options[0].podBytes[1] (node group "od") is not a protobuf-serialized v1.Pod`},
+	} {
+		_, err := s.BestOptions(context.Background(), c.req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("got %v, want InvalidArgument naming %q", err, c.want)
+		}
+	}
+	if _, err := s.BestOptions(context.Background(), ok); err != nil {
+		t.Fatal(err)
+	}
+}
