@@ -1156,13 +1156,11 @@ func (r *elastic) autoscale(i int) error {
 	return nil
 }
 
-// maxPeers bounds how many peers the autoscaler weighs per decision.
-const maxPeers = 64
-
 // options pairs each template with the pod's peers there: the other pods,
 // waiting or running, of the pod's Spot policy that pass their filters on
 // the template (waiting ones first, then the most recently started), i.e.
-// the workload that could fill a new node of that pool.
+// the workload that could fill a new node of that pool. Running pods count
+// for services only (spotrisk.Class.LongLived).
 func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	opts := make([]spotrisk.Option, len(pools))
 	for k, pool := range pools {
@@ -1177,14 +1175,14 @@ func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	}
 	var running []int
 	for j, q := range r.pods {
-		if q.state == podRunning && q.class.Policy == self.class.Policy {
+		if self.class.LongLived() && q.state == podRunning && q.class.Policy == self.class.Policy {
 			running = append(running, j)
 		}
 	}
 	sort.SliceStable(running, func(a, b int) bool { return r.pods[running[a]].runStart > r.pods[running[b]].runStart })
 	cand = append(cand, running...)
-	if len(cand) > maxPeers {
-		cand = cand[:maxPeers]
+	if len(cand) > spotrisk.MaxPeers {
+		cand = cand[:spotrisk.MaxPeers]
 	}
 	for _, j := range cand {
 		ok, err := r.poolFits(j)

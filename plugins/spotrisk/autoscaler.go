@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/pkg/api/expander"
@@ -24,7 +25,14 @@ import (
 // scheduler builds (Use), and so with its price catalog and risk model.
 type ExpanderServer struct {
 	expander.UnimplementedExpanderServer
-	x atomic.Pointer[Expander]
+	r atomic.Pointer[ranker]
+}
+
+// ranker is what BestOptions ranks with: the expander and the pods the
+// cluster runs now (nil: none known).
+type ranker struct {
+	x       *Expander
+	running func() ([]*corev1.Pod, error)
 }
 
 var _ expander.ExpanderServer = &ExpanderServer{}
@@ -32,22 +40,38 @@ var _ expander.ExpanderServer = &ExpanderServer{}
 // NewExpanderServer returns a server that answers Unavailable until Use.
 func NewExpanderServer() *ExpanderServer { return &ExpanderServer{} }
 
-// Use ranks with pl from now on, unless another SpotRisk came first.
+// Use ranks with pl from now on, unless another SpotRisk came first; the
+// running pods come from the scheduler's pod informer.
 func (s *ExpanderServer) Use(pl *SpotRisk) {
-	s.x.CompareAndSwap(nil, &Expander{pl: pl})
+	r := &ranker{x: &Expander{pl: pl}}
+	if h := pl.handle; h != nil && h.SharedInformerFactory() != nil {
+		pods := h.SharedInformerFactory().Core().V1().Pods().Lister()
+		r.running = func() ([]*corev1.Pod, error) { return pods.List(labels.Everything()) }
+	}
+	s.r.CompareAndSwap(nil, r)
 }
 
 // BestOptions keeps the options whose new nodes Penny's rules let at least
 // one of the option's pods use, ranks them by the mean over those pods of
-// the expected price of each pod's useful work per slot (the new nodes
-// filled with the option's pods, Expander.RankOptions) and returns the best,
-// or those equally good. An option whose template node is missing cannot be
+// the expected price of each pod's useful work per slot and returns the
+// best, or those equally good. A pod's slots on a new node are capped by the
+// pods that could fill it (Expander.RankOptions): the option's other pods,
+// then, for a service (Class.LongLived), the running pods of its Spot policy
+// that could use the node, most recently started first, MaxPeers in all.
+// Cluster Autoscaler lists only pending pods; running replicas say what work
+// keeps arriving, as the simulator's autoscaler counts them. An option whose template node is missing cannot be
 // judged and is returned only when nothing could be; an empty answer lets
 // Cluster Autoscaler choose among all its options.
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
-	x := s.x.Load()
-	if x == nil {
+	r := s.r.Load()
+	if r == nil {
 		return nil, status.Error(codes.Unavailable, "SpotRisk is not running yet: penny-scheduler builds it when its profile starts")
+	}
+	x := r.x
+	log := klog.FromContext(ctx)
+	running, err := x.runningPods(r.running)
+	if err != nil {
+		log.Error(err, "Listing running pods; ranking without them")
 	}
 	nodes, err := templateNodes(req)
 	if err != nil {
@@ -69,11 +93,10 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 			unjudged = append(unjudged, o)
 			continue
 		}
-		if k, ok := x.optionKey(pods, node); ok {
+		if k, ok := x.optionKey(pods, node, running); ok {
 			judged = append(judged, ranked{o, k})
 		}
 	}
-	log := klog.FromContext(ctx)
 	if len(judged) == 0 {
 		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods", "options", len(req.GetOptions()), "withoutTemplate", len(unjudged))
 		return &expander.BestOptionsResponse{Options: unjudged}, nil
@@ -90,11 +113,56 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	return &expander.BestOptionsResponse{Options: best}, nil
 }
 
+// MaxPeers bounds how many peers an autoscaler weighs per decision.
+const MaxPeers = 64
+
+// runningPod is a running pod as a peer: its class, requests and rules.
+type runningPod struct {
+	class  Class
+	usage  pricing.Usage
+	admits func(*corev1.Node) bool
+}
+
+// runningPods are the pods bound to nodes and running, most recently
+// started first, each read once per request.
+func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod, error) {
+	if list == nil {
+		return nil, nil
+	}
+	pods, err := list()
+	if err != nil {
+		return nil, err
+	}
+	var live []*corev1.Pod
+	for _, p := range pods {
+		if p.Spec.NodeName != "" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			live = append(live, p)
+		}
+	}
+	started := func(p *corev1.Pod) int64 {
+		if p.Status.StartTime == nil {
+			return 0
+		}
+		return p.Status.StartTime.UnixNano()
+	}
+	sort.SliceStable(live, func(a, b int) bool { return started(live[a]) > started(live[b]) })
+	out := make([]runningPod, 0, len(live))
+	for _, p := range live {
+		class, err := classify(p, x.pl.args)
+		admits := x.pl.Admits(p)
+		if err != nil || admits == nil {
+			continue
+		}
+		out = append(out, runningPod{class: class, usage: pricing.PodUsage(p), admits: admits})
+	}
+	return out, nil
+}
+
 // optionKey ranks an option by the pods of it that Penny's rules let on
 // node: avoided if any of them avoids Spot there, and the mean of their
-// costs per slot, each pod's slots capped by the option's other pods. ok is
+// costs per slot, each pod's slots capped by its peers (BestOptions). ok is
 // false when none of the pods may use node.
-func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node) (optionKey, bool) {
+func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running []runningPod) (optionKey, bool) {
 	var admitted []*corev1.Pod
 	var classes []Class
 	var usages []pricing.Usage
@@ -115,6 +183,15 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node) (optionKey, 
 	var sum optionKey
 	for i := range admitted {
 		peers := append(append([]pricing.Usage{}, usages[:i]...), usages[i+1:]...)
+		for _, q := range running {
+			if len(peers) >= MaxPeers || !classes[i].LongLived() {
+				break
+			}
+			if q.class.Policy == classes[i].Policy && Slots(q.usage, node) > 0 && q.admits(node) {
+				peers = append(peers, q.usage)
+			}
+		}
+		peers = peers[:min(len(peers), MaxPeers)]
 		k := x.key(classes[i], usages[i], Option{Node: node, Peers: peers})
 		sum.avoided = sum.avoided || k.avoided
 		sum.cost += k.cost

@@ -4,11 +4,13 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pennysched/penny/pkg/api/expander"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -153,6 +155,43 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 	}
 	if got := best(t, s, caRequest(t, pods(8), quad, octo)); len(got) != 1 || got[0] != "octo" {
 		t.Errorf("eight pods: %v, want octo", got)
+	}
+
+	// Cluster Autoscaler lists only pending pods; for a service the running
+	// replicas of its Spot policy count too, as the simulator counts them:
+	// one pending replica among seven running fills an 8-GPU node.
+	running := func(n int, workload string) func() ([]*corev1.Pod, error) {
+		return func() ([]*corev1.Pod, error) {
+			var out []*corev1.Pod
+			for i, p := range pods(n) {
+				p.Annotations[AnnotationWorkload] = workload
+				p.Spec.NodeName = "elsewhere"
+				p.Status.Phase = corev1.PodRunning
+				p.Status.StartTime = &metav1.Time{Time: t0.Add(time.Duration(i) * time.Minute)}
+				out = append(out, p)
+			}
+			return out, nil
+		}
+	}
+	// Running jobs end and say little about what comes next: they do not
+	// count for a pending job.
+	job := pods(1)
+	job[0].Annotations[AnnotationWorkload] = "batch"
+	for _, c := range []struct {
+		name    string
+		pending []*corev1.Pod
+		running func() ([]*corev1.Pod, error)
+		want    string
+	}{
+		{"a service alone", pods(1), nil, "quad"},
+		{"a service, seven replicas running", pods(1), running(7, "inference"), "octo"},
+		{"a service, seven batch pods running (another policy)", pods(1), running(7, "batch"), "quad"},
+		{"a batch pod, seven batch pods running", job, running(7, "batch"), "quad"},
+	} {
+		s.r.Load().running = c.running
+		if got := best(t, s, caRequest(t, c.pending, quad, octo)); len(got) != 1 || got[0] != c.want {
+			t.Errorf("%s: %v, want %s", c.name, got, c.want)
+		}
 	}
 }
 
