@@ -65,6 +65,7 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
 	r := s.r.Load()
 	if r == nil {
+		expanderRequests.WithLabelValues("unavailable").Inc()
 		return nil, status.Error(codes.Unavailable, "SpotRisk is not running yet: penny-scheduler builds it when its profile starts")
 	}
 	x := r.x
@@ -75,6 +76,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	}
 	nodes, err := templateNodes(req)
 	if err != nil {
+		expanderRequests.WithLabelValues("invalid").Inc()
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	type ranked struct {
@@ -86,6 +88,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	for i, o := range req.GetOptions() {
 		pods, err := optionPods(i, o)
 		if err != nil {
+			expanderRequests.WithLabelValues("invalid").Inc()
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 		node := nodes[o.GetNodeGroupId()]
@@ -98,6 +101,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		}
 	}
 	if len(judged) == 0 {
+		expanderRequests.WithLabelValues("none").Inc()
 		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods", "options", len(req.GetOptions()), "withoutTemplate", len(unjudged))
 		return &expander.BestOptionsResponse{Options: unjudged}, nil
 	}
@@ -109,6 +113,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		}
 		best = append(best, r.opt)
 	}
+	expanderRequests.WithLabelValues("ranked").Inc()
 	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "cost", judged[0].key.cost)
 	return &expander.BestOptionsResponse{Options: best}, nil
 }

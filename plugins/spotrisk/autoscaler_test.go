@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/component-base/metrics/testutil"
 
 	"github.com/pennysched/penny/pkg/api/expander"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -59,6 +60,11 @@ func best(t *testing.T, s *ExpanderServer, req *expander.BestOptionsRequest) []s
 // for Spot does not get on-demand), then the expected price of the pods'
 // useful work per slot.
 func TestExpanderServerRanksClusterAutoscalerOptions(t *testing.T) {
+	registerMetrics()
+	counted := map[string]float64{}
+	for _, r := range []string{"unavailable", "ranked", "none"} {
+		counted[r], _ = testutil.GetCounterMetricValue(expanderRequests.WithLabelValues(r))
+	}
 	s := NewExpanderServer()
 	od, spotA, spotC := node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), node("spot-c", pricing.Spot, "us-east-1c")
 	inference := pod("serve", map[string]string{AnnotationWorkload: "inference"})
@@ -111,6 +117,13 @@ func TestExpanderServerRanksClusterAutoscalerOptions(t *testing.T) {
 	delete(req.NodeBytesMap, "od")
 	if got := best(t, s, req); len(got) != 2 {
 		t.Errorf("with no template at all: %v, want both options back", got)
+	}
+	// penny_expander_requests_total: 1 unavailable, 4 + 1 ranked, 3 + 1
+	// with nothing Penny's rules allow.
+	for r, want := range map[string]float64{"unavailable": 1, "ranked": 5, "none": 4} {
+		if n, _ := testutil.GetCounterMetricValue(expanderRequests.WithLabelValues(r)); n != counted[r]+want {
+			t.Errorf("penny_expander_requests_total{result=%q} = %v, want %v", r, n, counted[r]+want)
+		}
 	}
 }
 

@@ -17,6 +17,14 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"policy"})
 
+	// expanderRequests says whether Cluster Autoscaler asks, and whether
+	// Penny's rules leave it anything to grow.
+	expanderRequests = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_expander_requests_total",
+		Help:           "Cluster Autoscaler gRPC expander requests by result: ranked (the best option returned), none (no option passes SpotRisk's rules for its pods; Cluster Autoscaler chooses), invalid (malformed request), unavailable (SpotRisk not built yet).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+
 	registerOnce sync.Once
 )
 
@@ -24,6 +32,6 @@ var (
 // scheduler serves on /metrics.
 func registerMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(fallbacks)
+		legacyregistry.MustRegister(fallbacks, expanderRequests)
 	})
 }
