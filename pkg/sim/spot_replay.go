@@ -1160,7 +1160,7 @@ func (r *elastic) autoscale(i int) error {
 // waiting or running, of the pod's Spot policy that pass their filters on
 // the template (waiting ones first, then the most recently started), i.e.
 // the workload that could fill a new node of that pool. Running pods count
-// for services only (spotrisk.Class.LongLived).
+// for services only, and only running services (spotrisk.Class.LongLived).
 func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	opts := make([]spotrisk.Option, len(pools))
 	for k, pool := range pools {
@@ -1175,7 +1175,7 @@ func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	}
 	var running []int
 	for j, q := range r.pods {
-		if self.class.LongLived() && q.state == podRunning && q.class.Policy == self.class.Policy {
+		if self.class.LongLived() && q.class.LongLived() && q.state == podRunning && q.class.Policy == self.class.Policy {
 			running = append(running, j)
 		}
 	}

@@ -56,8 +56,9 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 // the expected price of each pod's useful work per slot and returns the
 // best, or those equally good. A pod's slots on a new node are capped by the
 // pods that could fill it (Expander.RankOptions): the option's other pods,
-// then, for a service (Class.LongLived), the running pods of its Spot policy
-// that could use the node, most recently started first, MaxPeers in all.
+// then, for a service (Class.LongLived), the running services of its Spot
+// policy that could use the node, most recently started first, MaxPeers in
+// all.
 // Cluster Autoscaler lists only pending pods; running replicas say what work
 // keeps arriving, as the simulator's autoscaler counts them. An option whose template node is missing cannot be
 // judged and is returned only when nothing could be; an empty answer lets
@@ -128,8 +129,9 @@ type runningPod struct {
 	admits func(*corev1.Node) bool
 }
 
-// runningPods are the pods bound to nodes and running, most recently
-// started first, each read once per request.
+// runningPods are the services (Class.LongLived) bound to nodes and
+// running, most recently started first, each read once per request: the
+// only running pods that say more like them will come.
 func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod, error) {
 	if list == nil {
 		return nil, nil
@@ -154,8 +156,11 @@ func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod
 	out := make([]runningPod, 0, len(live))
 	for _, p := range live {
 		class, err := classify(p, x.pl.args)
+		if err != nil || !class.LongLived() {
+			continue
+		}
 		admits := x.pl.Admits(p)
-		if err != nil || admits == nil {
+		if admits == nil {
 			continue
 		}
 		out = append(out, runningPod{class: class, usage: pricing.PodUsage(p), admits: admits})

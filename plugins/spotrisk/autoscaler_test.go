@@ -188,8 +188,9 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 	}
 	// Running jobs end and say little about what comes next: they do not
 	// count for a pending job.
-	job := pods(1)
+	job, dev := pods(1), pods(1)
 	job[0].Annotations[AnnotationWorkload] = "batch"
+	dev[0].Annotations[AnnotationWorkload] = "dev"
 	for _, c := range []struct {
 		name    string
 		pending []*corev1.Pod
@@ -200,6 +201,8 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 		{"a service, seven replicas running", pods(1), running(7, "inference"), "octo"},
 		{"a service, seven batch pods running (another policy)", pods(1), running(7, "batch"), "quad"},
 		{"a batch pod, seven batch pods running", job, running(7, "batch"), "quad"},
+		{"a dev session, seven batch pods running (the same policy, but jobs)", dev, running(7, "batch"), "quad"},
+		{"a dev session, seven dev sessions running", dev, running(7, "dev"), "octo"},
 	} {
 		s.r.Load().running = c.running
 		if got := best(t, s, caRequest(t, c.pending, quad, octo)); len(got) != 1 || got[0] != c.want {
