@@ -58,11 +58,12 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 // pods that could fill it (Expander.RankOptions): the option's other pods,
 // then, for a service (Class.LongLived), the running services of its Spot
 // policy that could use the node, most recently started first, MaxPeers in
-// all.
-// Cluster Autoscaler lists only pending pods; running replicas say what work
-// keeps arriving, as the simulator's autoscaler counts them. An option whose template node is missing cannot be
-// judged and is returned only when nothing could be; an empty answer lets
-// Cluster Autoscaler choose among all its options.
+// all. Cluster Autoscaler lists only pending pods; running replicas say what
+// work keeps arriving, as the simulator's autoscaler counts them.
+//
+// An option whose template node is missing cannot be judged and is returned
+// only when nothing could be; an empty answer lets Cluster Autoscaler choose
+// among all its options.
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
 	r := s.r.Load()
 	if r == nil {

@@ -97,9 +97,9 @@ func (c Class) FallbackFrom(capacity pricing.Capacity) bool {
 // rollouts, so an autoscaler counts the running services among the pods
 // that could fill a new node for a service. Running jobs end within hours
 // and say little about what comes next: they never count, and for a job
-// only the waiting pods do. On the openb replay counting
-// running jobs too cost Penny 3% (0.585x default's bill against 0.602x),
-// and 0.3-6% on ten of twelve training traces of the generator.
+// only the waiting pods do. On the openb replay counting running jobs too
+// cost Penny 3% (0.585x default's bill against 0.602x), and 0.3-6% on ten
+// of twelve training traces of the generator.
 func (c Class) LongLived() bool {
 	return c.Workload == Inference || c.Workload == Dev
 }
