@@ -50,7 +50,7 @@ type traceFlags struct {
 func (f *traceFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.nodes, "nodes", "", "node list (openb CSV: sn,cpu_milli,memory_mib,gpu,model)")
 	cmd.Flags().StringVar(&f.pods, "pods", "", "workload trace (see --format)")
-	cmd.Flags().StringVar(&f.format, "format", "openb", "workload format: openb (pod list) or philly (timestamp,duration,num_gpus,gpu_time,cluster)")
+	cmd.Flags().StringVar(&f.format, "format", sim.FormatAuto, "workload format: openb (pod list), philly (timestamp,duration,num_gpus[,gpu_time,cluster], header optional) or auto (told from the file's first row)")
 	cmd.Flags().StringVar(&f.schedulerConfig, "scheduler-config", "", "KubeSchedulerConfiguration for --policy penny (default: the deployed deploy/scheduler/config.yaml)")
 	cmd.Flags().StringVar(&f.mig, "mig", "", "MIG experiment: turn every GPU node into an on-demand MIG node of these models, in turn (e.g. A100-80GB,H100-80GB), and ask each share as the smallest MIG profile that covers it")
 	def := sim.DefaultPhillyOptions()
@@ -86,16 +86,7 @@ func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
 
 // loadPods reads the workload and the scheduler configuration.
 func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
-	var tr *sim.Trace
-	var err error
-	switch f.format {
-	case "openb":
-		tr, err = sim.LoadOpenbPods(f.pods)
-	case "philly":
-		tr, err = sim.LoadPhilly(f.pods, f.philly)
-	default:
-		err = fmt.Errorf("unknown --format %q; valid formats: openb, philly", f.format)
-	}
+	tr, err := sim.LoadTrace(f.pods, f.format, f.philly)
 	if err != nil {
 		return nil, nil, err
 	}

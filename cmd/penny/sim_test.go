@@ -138,7 +138,8 @@ func TestSimCommandErrors(t *testing.T) {
 		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--policy", "tetris"}, "valid policies: default, penny, random"},
 		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--policy", "fgd"}, "pods.csv:2: column 5 (gpu_milli)"},
 		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--order", "lifo"}, "valid: shuffled, creation"},
-		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--format", "yaml"}, "valid formats: openb, philly"},
+		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--format", "yaml"}, "valid formats: auto, openb, philly"},
+		{[]string{"replay", "--nodes", nodes, "--pods", nodes}, "nodes.csv:1: cannot tell the trace's format from its first row"},
 		{[]string{"replay", "--nodes", filepath.Join(dir, "none.csv"), "--pods", pods}, "none.csv"},
 	}
 	for _, c := range cases {

@@ -18,15 +18,24 @@ type table struct {
 	cols   map[string]int
 	header []string
 	row    []string
-	err    error
+	// pending is a first row that held data, not a header (positional).
+	pending []string
+	err     error
 }
 
 func openTable(path string, required ...string) (*table, func() error, error) {
+	return openPositionalTable(path, nil, required...)
+}
+
+// openPositionalTable is openTable for formats whose files may also come
+// without a header: a first row whose required columns (the first of
+// positional) hold numbers is data, its columns named by position.
+func openPositionalTable(path string, positional []string, required ...string) (*table, func() error, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, err := newTable(path, f, required...)
+	t, err := newTable(path, f, positional, required...)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
@@ -34,7 +43,7 @@ func openTable(path string, required ...string) (*table, func() error, error) {
 	return t, f.Close, nil
 }
 
-func newTable(name string, r io.Reader, required ...string) (*table, error) {
+func newTable(name string, r io.Reader, positional []string, required ...string) (*table, error) {
 	cr := csv.NewReader(r)
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = false
@@ -46,7 +55,13 @@ func newTable(name string, r io.Reader, required ...string) (*table, error) {
 		return nil, csvError(name, err)
 	}
 	t := &table{file: name, r: cr, cols: map[string]int{}, header: header}
-	for i, h := range header {
+	if positional != nil && numericPrefix(header, len(required)) {
+		if len(header) > len(positional) {
+			return nil, fmt.Errorf("%s:1: a row without a header has %d columns, more than the %d this format has (%s); add a header row naming them", name, len(header), len(positional), strings.Join(positional, ","))
+		}
+		t.pending, t.header = header, positional[:len(header)]
+	}
+	for i, h := range t.header {
 		t.cols[strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))] = i
 	}
 	var missing []string
@@ -73,6 +88,10 @@ func csvError(name string, err error) error {
 func (t *table) next() bool {
 	if t.err != nil {
 		return false
+	}
+	if t.pending != nil {
+		t.row, t.pending = t.pending, nil
+		return true
 	}
 	row, err := t.r.Read()
 	if err == io.EOF {
@@ -169,4 +188,18 @@ func (t *table) float(col string, lo, def float64) float64 {
 		return def
 	}
 	return v
+}
+
+// numericPrefix says whether row's first n fields are numbers (a data row,
+// not a header).
+func numericPrefix(row []string, n int) bool {
+	if len(row) < n {
+		return false
+	}
+	for _, f := range row[:n] {
+		if _, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(f, "\ufeff")), 64); err != nil {
+			return false
+		}
+	}
+	return true
 }

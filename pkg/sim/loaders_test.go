@@ -248,3 +248,61 @@ func TestImpossiblePodsAreReported(t *testing.T) {
 		}
 	}
 }
+
+// A Philly-derived file may come without its header, and without the columns
+// the replay does not need; a header that is neither format's is named.
+func TestPhillyWithoutHeaderAndFormatDetection(t *testing.T) {
+	withHeader := writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n100,3600,4,14400,vc1\n40,60,20,1200,VC2\n")
+	bare := writeFile(t, "bare.csv", "100,3600,4,14400,vc1\n40,60,20,1200,VC2\n")
+	short := writeFile(t, "short.csv", "timestamp,duration,num_gpus\n100,3600,4\n40,60,20\n")
+	bareShort := writeFile(t, "bare-short.csv", "100,3600,4\n40,60,20\n")
+	want, err := LoadPhilly(withHeader, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{bare, short, bareShort} {
+		if f, err := DetectFormat(p); err != nil || f != FormatPhilly {
+			t.Errorf("%s: format %q, %v; want philly", p, f, err)
+		}
+		tr, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions())
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if len(tr.Pods) != len(want.Pods) {
+			t.Fatalf("%s: %d pods, want %d", p, len(tr.Pods), len(want.Pods))
+		}
+		for i, tp := range tr.Pods {
+			w := want.Pods[i]
+			r, _ := gpu.ParsePodRequest(tp.Pod)
+			wr, _ := gpu.ParsePodRequest(w.Pod)
+			if tp.Arrival != w.Arrival || tp.Duration != w.Duration || r.GPUs != wr.GPUs || (tp.Pod.Labels[LabelGang] == "") != (w.Pod.Labels[LabelGang] == "") {
+				t.Errorf("%s: pod %d %+v, want %+v", p, i, tp, w)
+			}
+		}
+		// Without a header the first row is a job (line 1), not a header.
+		if p == bare && tr.Pods[len(tr.Pods)-1].Source != bare+":1" {
+			t.Errorf("%s: the last job to arrive comes from %s, want line 1", p, tr.Pods[len(tr.Pods)-1].Source)
+		}
+	}
+	openb := writeFile(t, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,creation_time\np,1000,1024,1,1000,0\n")
+	if f, err := DetectFormat(openb); err != nil || f != FormatOpenb {
+		t.Errorf("openb pod list: %q, %v", f, err)
+	}
+	for name, content := range map[string]string{
+		"neither.csv": "job,start,gpus\na,1,2\n",
+		"empty.csv":   "",
+	} {
+		p := writeFile(t, name, content)
+		if _, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "Philly-derived") {
+			t.Errorf("%s: %v, want an error naming the file and both formats", name, err)
+		}
+	}
+	wide := writeFile(t, "wide.csv", "1,2,3,4,vc,6\n")
+	if _, err := LoadPhilly(wide, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "wide.csv:1: a row without a header has 6 columns") {
+		t.Errorf("six columns without a header: %v", err)
+	}
+	badRow := writeFile(t, "bad.csv", "1,2,3\n4,5,x\n")
+	if _, err := LoadPhilly(badRow, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "bad.csv:2: column 3 (num_gpus)") {
+		t.Errorf("bad num_gpus without a header: %v", err)
+	}
+}

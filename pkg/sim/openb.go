@@ -144,7 +144,7 @@ const SimNamespace = "default"
 // LoadOpenbPods reads an openb pod list, in creation order (ties by file
 // order). The scheduler name is set by the run.
 func LoadOpenbPods(path string) (*Trace, error) {
-	t, closeFn, err := openTable(path, "name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "creation_time")
+	t, closeFn, err := openTable(path, openbPodColumns...)
 	if err != nil {
 		return nil, err
 	}

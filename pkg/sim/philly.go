@@ -26,6 +26,10 @@ const (
 	LabelGangSize = "penny.dev/gang-size"
 )
 
+// PhillyColumns are the format's columns in the order a file without a header
+// row holds them. gpu_time and cluster may be left out.
+var PhillyColumns = []string{"timestamp", "duration", "num_gpus", "gpu_time", "cluster"}
+
 // PhillyOptions sizes the pods of a Philly-derived trace, which records GPUs
 // only.
 type PhillyOptions struct {
@@ -46,7 +50,7 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 	if opts.GPUsPerGangPod <= 0 {
 		opts.GPUsPerGangPod = 8
 	}
-	t, closeFn, err := openTable(path, "timestamp", "duration", "num_gpus", "gpu_time", "cluster")
+	t, closeFn, err := openPositionalTable(path, PhillyColumns, PhillyColumns[:3]...)
 	if err != nil {
 		return nil, err
 	}

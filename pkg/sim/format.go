@@ -1,0 +1,79 @@
+package sim
+
+import (
+	"encoding/csv"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Trace formats LoadTrace reads.
+const (
+	// FormatAuto tells the format from the file's first row.
+	FormatAuto   = "auto"
+	FormatOpenb  = "openb"
+	FormatPhilly = "philly"
+)
+
+// openbPodColumns are the columns LoadOpenbPods needs.
+var openbPodColumns = []string{"name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "creation_time"}
+
+// LoadTrace reads a workload trace of the given format (FormatAuto: told
+// from the file).
+func LoadTrace(path, format string, philly PhillyOptions) (*Trace, error) {
+	if format == FormatAuto {
+		var err error
+		if format, err = DetectFormat(path); err != nil {
+			return nil, err
+		}
+	}
+	switch format {
+	case FormatOpenb:
+		return LoadOpenbPods(path)
+	case FormatPhilly:
+		return LoadPhilly(path, philly)
+	}
+	return nil, fmt.Errorf("unknown --format %q; valid formats: %s, %s, %s", format, FormatAuto, FormatOpenb, FormatPhilly)
+}
+
+// DetectFormat tells a trace's format from its first row: the header of an
+// openb pod list, the header of a Philly-derived job list, or a Philly row
+// without a header (numbers where timestamp, duration and num_gpus go).
+func DetectFormat(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.TrimLeadingSpace = true
+	r.FieldsPerRecord = -1
+	row, err := r.Read()
+	if err == io.EOF {
+		return "", fmt.Errorf("%s: empty file: expected an openb pod list or a Philly-derived job list", path)
+	}
+	if err != nil {
+		return "", csvError(path, err)
+	}
+	cols := map[string]bool{}
+	for _, h := range row {
+		cols[strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))] = true
+	}
+	has := func(names ...string) bool {
+		for _, n := range names {
+			if !cols[n] {
+				return false
+			}
+		}
+		return true
+	}
+	switch {
+	case has("num_gpu", "creation_time"):
+		return FormatOpenb, nil
+	case has(PhillyColumns[:3]...), numericPrefix(row, 3):
+		return FormatPhilly, nil
+	}
+	return "", fmt.Errorf("%s:1: cannot tell the trace's format from its first row %q: an openb pod list has a header with the columns %s, a Philly-derived job list the columns %s (its header may be left out); fix the header or name the format with --format",
+		path, strings.Join(row, ","), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","))
+}
