@@ -248,6 +248,11 @@ type elastic struct {
 	// gangPlugin: the policy's profile runs PennyGang, so a gang's members
 	// are placed all together or not at all.
 	gangPlugin bool
+	// busy is the pod that kept over false last (a hint).
+	busy int
+	// riskFilter: the policy's profile filters with SpotRisk, whose verdicts
+	// on a risk-following pod change with riskGen (no other filter's do).
+	riskFilter bool
 	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
 	rule ReclaimRule
 	rank func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
@@ -339,6 +344,9 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	r.e = e
 	for _, pl := range e.Framework().ListPlugins().PreFilter.Enabled {
 		r.gangPlugin = r.gangPlugin || pl.Name == gangplugin.Name
+	}
+	for _, pl := range e.Framework().ListPlugins().Filter.Enabled {
+		r.riskFilter = r.riskFilter || pl.Name == spotrisk.Name
 	}
 	for _, pool := range r.pools {
 		for n := 0; n < pool.spec.Min; n++ {
@@ -583,15 +591,29 @@ func (r *elastic) over() bool {
 	if _, ok := r.clock.next(); ok && len(r.pending) > 0 {
 		return false
 	}
-	for _, p := range r.pods {
-		if p.state == podRunning || p.state == podHeld {
-			return false
-		}
-		if p.state == podWaiting && (p.nominated != "" || (p.deadline > 0 && !p.retriedDue)) {
+	// The pod that kept the replay going last time usually still does.
+	if r.busy < len(r.pods) && r.pods[r.busy].keepsReplayGoing() {
+		return false
+	}
+	for i, p := range r.pods {
+		if p.keepsReplayGoing() {
+			r.busy = i
 			return false
 		}
 	}
 	return true
+}
+
+// keepsReplayGoing: the pod runs, is held, or waits for a node on its way or
+// for its wait for Spot (or on-demand) to end.
+func (p *elPod) keepsReplayGoing() bool {
+	switch p.state {
+	case podRunning, podHeld:
+		return true
+	case podWaiting:
+		return p.nominated != "" || (p.deadline > 0 && !p.retriedDue)
+	}
+	return false
 }
 
 func (r *elastic) setDeadline(p *elPod) {
@@ -825,7 +847,7 @@ func (r *elastic) retryPending() error {
 		u    pricing.Usage
 	}
 	unfit := map[member]bool{}
-	freeGPUs := int64(-1) // whole GPUs free on ready nodes; -1: to count
+	var ready nodeRoom // every ready node's free room; nil: to count
 	for _, i := range append([]int(nil), r.pending...) {
 		p := r.pods[i]
 		if p.state != podWaiting || !room.mayTake(p.usage) || unfit[member{p.gang, p.usage}] {
@@ -833,14 +855,14 @@ func (r *elastic) retryPending() error {
 		}
 		if p.gang != "" && r.gangPlugin {
 			// The gang plugin plans the whole gang over every node to
-			// answer; a gang that needs more whole GPUs than are free
-			// anywhere cannot be placed.
-			if freeGPUs < 0 {
-				if freeGPUs, err = r.freeWholeGPUs(); err != nil {
+			// answer; a gang whose members cannot all find room on the
+			// nodes up now cannot be placed.
+			if ready == nil {
+				if ready, err = r.readyRoom(); err != nil {
 					return err
 				}
 			}
-			if r.gangNeedsMoreGPUs(i, freeGPUs) {
+			if r.gangLacksRoom(i, ready) {
 				unfit[member{p.gang, p.usage}] = true
 				continue
 			}
@@ -861,7 +883,7 @@ func (r *elastic) retryPending() error {
 			if room, err = r.roomOn(freed); err != nil {
 				return err
 			}
-			freeGPUs = -1
+			ready = nil
 		}
 	}
 	return nil
@@ -1018,7 +1040,7 @@ func (r *elastic) armScan() {
 func (r *elastic) poolFits(i int) ([]bool, error) {
 	p := r.pods[i]
 	waited := p.deadline > 0 && r.now >= p.deadline
-	if p.fits != nil && p.fitsFor == p.deadline && p.fitsWaited == waited && (!p.class.FollowsRisk() || p.fitsGen == r.riskGen) {
+	if p.fits != nil && p.fitsFor == p.deadline && p.fitsWaited == waited && (!r.riskFilter || !p.class.FollowsRisk() || p.fitsGen == r.riskGen) {
 		return p.fits, nil
 	}
 	tpls := make([]*v1.Node, len(r.pools))
@@ -1234,39 +1256,35 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 	return out, nil
 }
 
-// freeWholeGPUs counts the whole GPUs free on ready nodes.
-func (r *elastic) freeWholeGPUs() (int64, error) {
-	all, err := r.readyRoom()
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	for _, f := range all {
-		n += max(0, f.gpus)
-	}
-	return n, nil
-}
-
-// gangNeedsMoreGPUs reports whether pod i's gang needs more whole GPUs to
-// reach its minimum than free are: the members it still needs, the
-// smallest first, against the free whole GPUs of every ready node. Members
-// asking for part of a GPU make it answer false (the gang plugin decides).
-func (r *elastic) gangNeedsMoreGPUs(i int, free int64) bool {
+// gangLacksRoom reports whether pod i's gang needs more members placed than
+// the ready nodes have room for: the whole GPUs free on them against the
+// members it still needs, the smallest first, and the members that fit on
+// them one node at a time, each member taking at least the CPU, memory and
+// GPUs of the least any waiting member asks. Both are necessary for the
+// gang plugin to place the gang, and cheap next to its plan. Members asking
+// for part of a GPU make it answer false (the gang plugin decides).
+func (r *elastic) gangLacksRoom(i int, ready nodeRoom) bool {
 	spec, ok, err := gang.Of(r.pods[i].pod)
 	if err != nil || !ok {
 		return false
 	}
 	placed := 0
 	var wants []int64
+	var least pricing.Usage
 	for _, j := range r.gangs[r.pods[i].gang] {
 		switch q := r.pods[j]; q.state {
 		case podRunning, podHeld:
 			placed++
 		case podWaiting:
-			if q.usage.GPUMilli%gpu.MilliPerGPU != 0 {
+			u := q.usage
+			if u.GPUMilli%gpu.MilliPerGPU != 0 {
 				return false
 			}
-			wants = append(wants, q.usage.GPUMilli/gpu.MilliPerGPU)
+			if len(wants) == 0 {
+				least = u
+			}
+			least.CPUMilli, least.MemoryBytes, least.GPUMilli = min(least.CPUMilli, u.CPUMilli), min(least.MemoryBytes, u.MemoryBytes), min(least.GPUMilli, u.GPUMilli)
+			wants = append(wants, u.GPUMilli/gpu.MilliPerGPU)
 		}
 	}
 	need := int(spec.MinMember) - placed
@@ -1274,11 +1292,15 @@ func (r *elastic) gangNeedsMoreGPUs(i int, free int64) bool {
 		return false
 	}
 	slices.Sort(wants)
-	var sum int64
+	var sum, free, slots int64
 	for _, w := range wants[:need] {
 		sum += w
 	}
-	return sum > free
+	for _, f := range ready {
+		free += max(0, f.gpus)
+		slots += max(0, spotrisk.SlotsIn(least, f.cpu, f.mem, f.gpus))
+	}
+	return sum > free || slots < int64(need)
 }
 
 // gangIncomplete reports whether the pod is in a gang some of whose members

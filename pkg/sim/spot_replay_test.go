@@ -338,6 +338,41 @@ func TestNodeRoomMayTake(t *testing.T) {
 	}
 }
 
+// A gang lacks room when its waiting members need more whole GPUs than are
+// free, or more nodes with room for a member than there are, though the
+// free GPUs add up.
+func TestGangLacksRoom(t *testing.T) {
+	member := func(name string, state elPodState, gpus int64) *elPod {
+		pod := NewPod(SimNamespace, name, 4000, 1024, gpus, 1000, nil)
+		pod.Labels[LabelGang], pod.Labels[LabelGangSize] = "g", "3"
+		return &elPod{pod: pod, gang: "g", state: state, usage: pricing.Usage{CPUMilli: 4000, MemoryBytes: 1 << 30, GPUMilli: gpus * 1000}}
+	}
+	r := &elastic{
+		pods:  []*elPod{member("a", podRunning, 8), member("b", podWaiting, 8), member("c", podWaiting, 4)},
+		gangs: map[string][]int{"g": {0, 1, 2}},
+	}
+	node := func(cpu, gpus int64) freeRoom { return freeRoom{cpu: cpu, mem: 64 << 30, gpus: gpus} }
+	for _, c := range []struct {
+		name  string
+		ready nodeRoom
+		want  bool
+	}{
+		{"room for both", nodeRoom{node(32000, 8), node(32000, 4)}, false},
+		{"11 GPUs free, 12 needed", nodeRoom{node(32000, 8), node(32000, 3)}, true},
+		{"12 GPUs free on one node", nodeRoom{node(32000, 12)}, false},
+		{"12 GPUs free, in threes", nodeRoom{node(32000, 3), node(32000, 3), node(32000, 3), node(32000, 3)}, true},
+		{"GPUs free where CPU is short", nodeRoom{node(32000, 6), node(3000, 6)}, true},
+	} {
+		if got := r.gangLacksRoom(1, c.ready); got != c.want {
+			t.Errorf("%s: gangLacksRoom = %v, want %v", c.name, got, c.want)
+		}
+	}
+	r.pods[2].usage.GPUMilli = 500 // a share: the gang plugin decides
+	if r.gangLacksRoom(1, nodeRoom{}) {
+		t.Error("a member asking for a share: gangLacksRoom = true")
+	}
+}
+
 // A job without checkpoints that its Spot pool reclaims far more often than
 // it can finish restarts forever under spot-first; the replay gives up on it
 // LivelockRuns runs (StallLimit at least) after the last arrival, reports it
