@@ -59,6 +59,7 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 		if len(header) > len(positional) {
 			return nil, fmt.Errorf("%s:1: a row without a header has %d columns, more than the %d this format has (%s); add a header row naming them", name, len(header), len(positional), strings.Join(positional, ","))
 		}
+		header[0] = strings.TrimPrefix(header[0], "\ufeff")
 		t.pending, t.header = header, positional[:len(header)]
 	}
 	for i, h := range t.header {

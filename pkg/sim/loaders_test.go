@@ -255,7 +255,7 @@ func TestPhillyWithoutHeaderAndFormatDetection(t *testing.T) {
 	withHeader := writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n100,3600,4,14400,vc1\n40,60,20,1200,VC2\n")
 	bare := writeFile(t, "bare.csv", "100,3600,4,14400,vc1\n40,60,20,1200,VC2\n")
 	short := writeFile(t, "short.csv", "timestamp,duration,num_gpus\n100,3600,4\n40,60,20\n")
-	bareShort := writeFile(t, "bare-short.csv", "100,3600,4\n40,60,20\n")
+	bareShort := writeFile(t, "bare-short.csv", "\ufeff100,3600,4\r\n40,60,20\r\n") // as spreadsheets save it
 	want, err := LoadPhilly(withHeader, DefaultPhillyOptions())
 	if err != nil {
 		t.Fatal(err)
