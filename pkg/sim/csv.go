@@ -54,16 +54,16 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 	if err != nil {
 		return nil, csvError(name, err)
 	}
+	trimBOM(header)
 	t := &table{file: name, r: cr, cols: map[string]int{}, header: header}
 	if positional != nil && numericPrefix(header, len(required)) {
 		if len(header) > len(positional) {
 			return nil, fmt.Errorf("%s:1: a row without a header has %d columns, more than the %d this format has (%s); add a header row naming them", name, len(header), len(positional), strings.Join(positional, ","))
 		}
-		header[0] = strings.TrimPrefix(header[0], "\ufeff")
 		t.pending, t.header = header, positional[:len(header)]
 	}
 	for i, h := range t.header {
-		t.cols[strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))] = i
+		t.cols[strings.TrimSpace(h)] = i
 	}
 	var missing []string
 	for _, c := range required {
@@ -198,9 +198,17 @@ func numericPrefix(row []string, n int) bool {
 		return false
 	}
 	for _, f := range row[:n] {
-		if _, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(f, "\ufeff")), 64); err != nil {
+		if _, err := strconv.ParseFloat(strings.TrimSpace(f), 64); err != nil {
 			return false
 		}
 	}
 	return true
+}
+
+// trimBOM drops the byte-order mark that files saved by spreadsheets start
+// with, from a file's first row.
+func trimBOM(first []string) {
+	if len(first) > 0 {
+		first[0] = strings.TrimPrefix(first[0], "\ufeff")
+	}
 }

@@ -56,9 +56,10 @@ func DetectFormat(path string) (string, error) {
 	if err != nil {
 		return "", csvError(path, err)
 	}
+	trimBOM(row)
 	cols := map[string]bool{}
 	for _, h := range row {
-		cols[strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))] = true
+		cols[strings.TrimSpace(h)] = true
 	}
 	has := func(names ...string) bool {
 		for _, n := range names {

@@ -72,9 +72,19 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	}
 	x := r.x
 	log := klog.FromContext(ctx)
-	running, err := x.runningPods(r.running)
-	if err != nil {
-		log.Error(err, "Listing running pods; ranking without them")
+	// Running pods count only for services: list and classify them once, and
+	// only when an option holds a service.
+	var running []runningPod
+	listed := false
+	runningNow := func() []runningPod {
+		if !listed {
+			listed = true
+			var err error
+			if running, err = x.runningPods(r.running); err != nil {
+				log.Error(err, "Listing running pods; ranking without them")
+			}
+		}
+		return running
 	}
 	nodes, err := templateNodes(req)
 	if err != nil {
@@ -98,7 +108,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 			unjudged = append(unjudged, o)
 			continue
 		}
-		if k, ok := x.optionKey(pods, node, running); ok {
+		if k, ok := x.optionKey(pods, node, runningNow); ok {
 			judged = append(judged, ranked{o, k})
 		}
 	}
@@ -173,7 +183,7 @@ func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod
 // node: avoided if any of them avoids Spot there, and the mean of their
 // costs per slot, each pod's slots capped by its peers (BestOptions). ok is
 // false when none of the pods may use node.
-func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running []runningPod) (optionKey, bool) {
+func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func() []runningPod) (optionKey, bool) {
 	var admitted []*corev1.Pod
 	var classes []Class
 	var usages []pricing.Usage
@@ -194,12 +204,14 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running []ru
 	var sum optionKey
 	for i := range admitted {
 		peers := append(append([]pricing.Usage{}, usages[:i]...), usages[i+1:]...)
-		for _, q := range running {
-			if len(peers) >= MaxPeers || !classes[i].LongLived() {
-				break
-			}
-			if q.class.Policy == classes[i].Policy && Slots(q.usage, node) > 0 && q.admits(node) {
-				peers = append(peers, q.usage)
+		if classes[i].LongLived() {
+			for _, q := range running() {
+				if len(peers) >= MaxPeers {
+					break
+				}
+				if q.class.Policy == classes[i].Policy && Slots(q.usage, node) > 0 && q.admits(node) {
+					peers = append(peers, q.usage)
+				}
 			}
 		}
 		peers = peers[:min(len(peers), MaxPeers)]

@@ -79,9 +79,10 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 
 // stateFor places a pod's class in time: a Spot-preferring pod waits for
 // Spot capacity, and an avoiding pod for capacity that is not Spot, from its
-// creation until FallbackAfter has passed; an avoiding pod whose workload already lost a run to a reclaim stays off
-// Spot, and an avoiding pod is taken to run as long as it declares, else as
-// training here typically does (read once per pod, not per node).
+// creation until FallbackAfter has passed; an avoiding pod whose workload
+// already lost a run to a reclaim stays off Spot, and an avoiding pod is
+// taken to run as long as it declares, else as training here typically does
+// (read once per pod, not per node).
 func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 	s := &podState{class: class}
 	if class.Policy == Avoid {
