@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // table reads a CSV file with a header row and names the file, line and
@@ -191,15 +192,49 @@ func (t *table) float(col string, lo, def float64) float64 {
 	return v
 }
 
-// numericPrefix says whether row's first n fields are numbers (a data row,
-// not a header).
+// instantLayouts are the date-times a time column may hold instead of
+// seconds, as traces cut from raw cluster logs keep them (Philly's job log
+// writes "2017-10-03 03:03:46"). Fractional seconds may follow the seconds.
+var instantLayouts = []string{time.RFC3339, "2006-01-02 15:04:05Z07:00", "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006/01/02 15:04:05"}
+
+// parseInstant reads a date-time of instantLayouts. One without a zone reads
+// as UTC: a trace only needs the times between its rows.
+func parseInstant(s string) (time.Time, bool) {
+	for _, l := range instantLayouts {
+		if at, err := time.Parse(l, s); err == nil {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// instant reads a point in time as seconds: a number >= 0, or a date-time
+// (dated then says so, and the seconds count from the Unix epoch). Empty
+// reads as 0.
+func (t *table) instant(col string) (seconds float64, dated bool) {
+	s := t.str(col)
+	if at, ok := parseInstant(s); ok {
+		return float64(at.UnixNano()) / 1e9, true
+	}
+	if _, err := strconv.ParseFloat(s, 64); s != "" && err != nil {
+		t.fail(col, "%q is neither seconds nor a date-time such as 2017-10-03 03:03:46 or 2017-10-03T03:03:46Z", s)
+		return 0, false
+	}
+	return t.float(col, 0, 0), false
+}
+
+// numericPrefix says whether row's first n fields are numbers or date-times
+// (a data row, not a header).
 func numericPrefix(row []string, n int) bool {
 	if len(row) < n {
 		return false
 	}
 	for _, f := range row[:n] {
-		if _, err := strconv.ParseFloat(strings.TrimSpace(f), 64); err != nil {
-			return false
+		f = strings.TrimSpace(f)
+		if _, err := strconv.ParseFloat(f, 64); err != nil {
+			if _, ok := parseInstant(f); !ok {
+				return false
+			}
 		}
 	}
 	return true

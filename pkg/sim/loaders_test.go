@@ -306,3 +306,39 @@ func TestPhillyWithoutHeaderAndFormatDetection(t *testing.T) {
 		t.Errorf("bad num_gpus without a header: %v", err)
 	}
 }
+
+// Timestamps cut from a raw job log are date-times; only the times between
+// rows count, and a file that mixes them with seconds, or writes a date
+// another way, is refused with the line.
+func TestPhillyDateTimes(t *testing.T) {
+	want, err := LoadPhilly(writeFile(t, "jobs.csv", "timestamp,duration,num_gpus\n100,3600,4\n40.5,60,20\n"), DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{
+		"dated.csv":      "timestamp,duration,num_gpus\n2017-10-03 03:01:40,3600,4\n2017-10-03 03:00:40.5,60,20\n",
+		"bare-dated.csv": "2017-10-03T03:01:40Z,3600,4\n2017-10-03T04:00:40.5+01:00,60,20\n",
+	} {
+		p := writeFile(t, name, content)
+		tr, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(tr.Pods) != len(want.Pods) {
+			t.Fatalf("%s: %d pods, want %d", name, len(tr.Pods), len(want.Pods))
+		}
+		for i, tp := range tr.Pods {
+			if w := want.Pods[i]; tp.Arrival != w.Arrival || tp.Duration != w.Duration {
+				t.Errorf("%s: pod %d arrives at %v for %v, want %v for %v", name, i, tp.Arrival, tp.Duration, w.Arrival, w.Duration)
+			}
+		}
+	}
+	for name, c := range map[string]struct{ content, want string }{
+		"mixed.csv": {"timestamp,duration,num_gpus\n2017-10-03 03:01:40,3600,4\n100,60,20\n", "mixed.csv:3: column 1 (timestamp): line 3 holds seconds and line 2 a date-time"},
+		"us.csv":    {"timestamp,duration,num_gpus\n10/03/2017,3600,4\n", `us.csv:2: column 1 (timestamp): "10/03/2017" is neither seconds nor a date-time`},
+	} {
+		if _, err := LoadPhilly(writeFile(t, name, c.content), DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}

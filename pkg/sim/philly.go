@@ -13,7 +13,7 @@ import (
 
 // The Philly-derived job format used by several GPU scheduling papers:
 // timestamp,duration,num_gpus,gpu_time,cluster — one row per job, times in
-// seconds. A job is one pod asking for num_gpus whole GPUs; a job over
+// seconds (timestamp may instead hold date-times, as the raw job log does). A job is one pod asking for num_gpus whole GPUs; a job over
 // GPUsPerGangPod GPUs becomes a gang of pods of GPUsPerGangPod GPUs each (the
 // last takes the remainder), labelled with Penny's gang convention so the
 // gang plugin places them all or none. The cluster column (the virtual
@@ -58,8 +58,18 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 	tr := &Trace{Source: path}
 	first := math.Inf(1)
 	var stamps []float64
+	// A file writes its timestamps one way: seconds, or date-times.
+	firstSeconds, firstDated := 0, 0
 	for t.next() {
-		ts := t.float("timestamp", 0, 0)
+		ts, dated := t.instant("timestamp")
+		if dated && firstDated == 0 {
+			firstDated = t.line()
+		} else if !dated && firstSeconds == 0 {
+			firstSeconds = t.line()
+		}
+		if firstSeconds > 0 && firstDated > 0 {
+			t.fail("timestamp", "line %d holds seconds and line %d a date-time; write every timestamp one way", firstSeconds, firstDated)
+		}
 		dur := t.float("duration", 0, 0)
 		n := t.int64("num_gpus", 0, 4096, 0)
 		t.float("gpu_time", 0, 0)
