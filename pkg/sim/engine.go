@@ -66,7 +66,7 @@ type Engine struct {
 	fw       framework.Framework
 	cache    internalcache.Cache
 	snapshot *internalcache.Snapshot
-	api      clientset.Interface
+	api      *fake.Clientset
 	// pods is the plugins' pod informer, fed by mirror.
 	pods   *podInformer
 	rng    *rand.Rand
@@ -333,6 +333,10 @@ func (e *Engine) Schedule(pod *v1.Pod) (Outcome, error) {
 		return Outcome{}, fmt.Errorf("pod %s/%s has no UID", pod.Namespace, pod.Name)
 	}
 	e.cycles++
+	// The fake clientset keeps a copy of every request it serves, for tests
+	// to inspect; nothing here reads them, and a replay of 100,000 jobs kept
+	// gigabytes of them.
+	e.api.ClearActions()
 	pod = pod.DeepCopy()
 	pod.Spec.NodeName = ""
 	if err := e.submit(pod); err != nil {
