@@ -66,9 +66,14 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 	if err != nil {
 		return fmt.Errorf("--expander-bind-address: %w", err)
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
-	expander.RegisterExpanderServer(g, srv)
 	logger := klog.Background().WithName("expander")
+	g := grpc.NewServer(append(telemetry.Recovery(logger),
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		// Cluster Autoscaler sends every option's pending pods and each node
+		// group's template node in one request; gRPC's default 4 MiB would
+		// refuse a large scale-up before Penny sees it.
+		grpc.MaxRecvMsgSize(spotrisk.MaxExpanderRequestBytes))...)
+	expander.RegisterExpanderServer(g, srv)
 	go func() {
 		<-ctx.Done()
 		g.GracefulStop()

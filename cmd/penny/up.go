@@ -18,7 +18,6 @@ import (
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/localcluster"
-	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins"
 )
 
@@ -132,8 +131,10 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	if _, err := cluster.Client.CoreV1().ConfigMaps(prices.Namespace).Create(ctx, prices, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating the price catalog ConfigMap: %w", err)
 	}
-	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig,
-		Deps: plugins.Deps{ExposureEvery: pricing.DefaultExposureEvery}})
+	// No reclaim reaches the risk model here (no agents, no cloud), so it
+	// is not fed exposure either: node-hours alone would only ever lower the
+	// Spot pools' rates below their catalog priors.
+	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig})
 	if err != nil {
 		return err
 	}

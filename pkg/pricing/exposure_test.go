@@ -25,7 +25,7 @@ func poolNode(name, instanceType, zone, capacityType string) *corev1.Node {
 func TestFeedExposureCountsSpotNodeHoursPerPool(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	clk := clocktesting.NewFakeClock(t0)
-	m := NewRiskModel(RiskConfig{})
+	m := NewRiskModel(RiskConfig{Clock: clk})
 	a := Pool{InstanceType: "g5.48xlarge", Zone: "us-east-1a", Capacity: Spot}
 	b := Pool{InstanceType: "g5.48xlarge", Zone: "us-east-1b", Capacity: Spot}
 	od := Pool{InstanceType: "g5.48xlarge", Zone: "us-east-1a", Capacity: OnDemand}
@@ -111,7 +111,7 @@ func TestFeedExposureCountsSpotNodeHoursPerPool(t *testing.T) {
 // month are a safe pool.
 func TestExposureLowersTheRateAReclaimRaised(t *testing.T) {
 	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	m := NewRiskModel(RiskConfig{HalfLife: 1e6 * time.Hour})
+	m := NewRiskModel(RiskConfig{HalfLife: 1e6 * time.Hour, Clock: clocktesting.NewFakePassiveClock(t0.Add(HoursPerMonth * time.Hour))})
 	pool := Pool{InstanceType: "g5.48xlarge", Zone: "us-east-1a", Capacity: Spot}
 	m.SetPrior(pool, Bucket10To15)
 	prior := m.ReclaimRate(pool)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
 )
 
 // Bucket is an interruption-frequency range in the style of the AWS Spot
@@ -150,6 +151,11 @@ type RiskConfig struct {
 	// DefaultBucket is the prior of a Spot pool nobody gave a bucket for.
 	// Default >20%: an unknown pool is assumed risky until observed.
 	DefaultBucket Bucket
+	// Clock is what "now" is when a rate is read: evidence is discounted to
+	// it, so a pool that has no nodes left (scaled to zero, or reclaimed
+	// whole) drifts back to its prior instead of keeping its last reclaims
+	// at full weight. Default the wall clock; the simulator hands its own.
+	Clock clock.PassiveClock
 }
 
 func (c *RiskConfig) defaults() {
@@ -161,6 +167,9 @@ func (c *RiskConfig) defaults() {
 	}
 	if c.DefaultBucket == BucketUnknown {
 		c.DefaultBucket = BucketOver20
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
 	}
 }
 
@@ -273,6 +282,7 @@ func (m *RiskModel) ReclaimRate(pool Pool) float64 {
 func (m *RiskModel) rate(pool Pool) float64 {
 	a, b := m.prior(pool)
 	if e := m.pools[pool]; e != nil {
+		m.decayTo(e, m.cfg.Clock.Now())
 		a += e.reclaims
 		b += e.nodeHours
 	}
@@ -296,15 +306,25 @@ func (m *RiskModel) publish(pool Pool) {
 	metricReclaimRate.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Set(m.rate(pool))
 }
 
-// EnsurePrior sets a pool's prior unless it has one.
-func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
+// RateFrom is ReclaimRate for a pool whose prior is bucket b unless one was
+// set. A pool the model holds evidence of (its nodes ran, so it is real)
+// keeps b as its prior, for its published rate; any other, such as the
+// template node of a group Cluster Autoscaler could grow, is priced without
+// being remembered, so that requests cannot grow the model or its metrics.
+func (m *RiskModel) RateFrom(pool Pool, b Bucket) float64 {
+	if pool.Capacity != Spot {
+		return 0
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.priors[pool]; ok {
-		return
+	if _, ok := m.priors[pool]; !ok && b != BucketUnknown {
+		if m.pools[pool] == nil {
+			return RateFromMonthly(b.MonthlyProbability())
+		}
+		m.priors[pool] = b
+		m.publish(pool)
 	}
-	m.priors[pool] = b
-	m.publish(pool)
+	return m.rate(pool)
 }
 
 // Evidence is what the model holds of a pool: the reclaims and node-hours

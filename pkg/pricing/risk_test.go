@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func near(a, b, tol float64) bool { return math.Abs(a-b) <= tol*math.Max(math.Abs(b), 1e-12) }
@@ -26,7 +28,9 @@ func TestBucketRates(t *testing.T) {
 }
 
 func TestRiskModelPriorUpdateForget(t *testing.T) {
-	m := NewRiskModel(RiskConfig{PriorNodeHours: 100, HalfLife: 24 * time.Hour})
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	m := NewRiskModel(RiskConfig{PriorNodeHours: 100, HalfLife: 24 * time.Hour, Clock: clk})
 	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: Spot}
 	m.SetPrior(pool, Bucket5To10)
 	prior := RateFromMonthly(0.075)
@@ -35,7 +39,6 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	}
 	// 100 node-hours with 10 reclaims: the posterior mean is
 	// (prior*100 + 10) / (100 + 100).
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	m.ObserveExposure(pool, 100, t0)
 	for i := 0; i < 10; i++ {
 		m.ObserveReclaim(pool, "n", t0)
@@ -44,18 +47,26 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-9) {
 		t.Fatalf("posterior %g, want %g", got, want)
 	}
-	// One half-life later the evidence weighs half: a quiet hour decays it.
-	m.ObserveExposure(pool, 1e-9, t0.Add(24*time.Hour))
+	// One half-life later the evidence weighs half, though nothing new was
+	// observed: the pool may have no nodes left to observe.
+	clk.SetTime(t0.Add(24 * time.Hour))
 	want = (prior*100 + 5) / (100 + 50)
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("after one half-life %g, want %g", got, want)
 	}
+	// Evidence that arrives late (a reclaim detected before the last read)
+	// counts at full weight rather than being decayed backwards.
+	m.ObserveReclaim(pool, "n", t0)
+	want = (prior*100 + 6) / (100 + 50)
+	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
+		t.Fatalf("late reclaim %g, want %g", got, want)
+	}
 	// Months later only the prior is left.
-	m.ObserveExposure(pool, 1e-9, t0.Add(90*24*time.Hour))
+	clk.SetTime(t0.Add(90 * 24 * time.Hour))
 	if got := m.ReclaimRate(pool); !near(got, prior, 1e-6) {
 		t.Fatalf("old evidence not forgotten: %g, want %g", got, prior)
 	}
-	if m.Reclaims(pool) != 10 {
+	if m.Reclaims(pool) != 11 {
 		t.Fatalf("reclaims %d", m.Reclaims(pool))
 	}
 	if m.ReclaimRate(Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: OnDemand}) != 0 {
@@ -67,11 +78,58 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	}
 }
 
+// RateFrom prices a pool the model knows nothing of from the bucket it is
+// given without remembering it (a template node in an autoscaler's request
+// could name any zone), and keeps the bucket as the prior of a pool whose
+// nodes it has observed.
+func TestRiskModelRateFrom(t *testing.T) {
+	RegisterMetrics()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m := NewRiskModel(RiskConfig{Clock: clocktesting.NewFakePassiveClock(t0)})
+	template := Pool{InstanceType: "rate-from-test", Zone: "made-up-zone", Capacity: Spot}
+	if got, want := m.RateFrom(template, Bucket5To10), RateFromMonthly(Bucket5To10.MonthlyProbability()); !near(got, want, 1e-12) {
+		t.Fatalf("template pool %g, want its bucket's rate %g", got, want)
+	}
+	if len(m.priors) != 0 || len(m.pools) != 0 {
+		t.Fatalf("a pool with no nodes was remembered: priors %v, evidence %v", m.priors, m.pools)
+	}
+	families, err := legacyregistry.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, mt := range f.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetValue() == "made-up-zone" {
+					t.Fatalf("a pool with no nodes was published: %s %v", f.GetName(), mt.GetLabel())
+				}
+			}
+		}
+	}
+	real := Pool{InstanceType: "rate-from-test", Zone: "z", Capacity: Spot}
+	m.ObserveExposure(real, 10, t0)
+	got := m.RateFrom(real, Bucket5To10)
+	if m.priors[real] != Bucket5To10 {
+		t.Fatalf("an observed pool's prior %v, want %v", m.priors[real], Bucket5To10)
+	}
+	if rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("rate-from-test", "z", "spot")); err != nil || !near(rate, got, 1e-12) {
+		t.Fatalf("published rate %g (%v), want %g", rate, err, got)
+	}
+	// A prior that was set is not replaced by the catalog's bucket.
+	m.SetPrior(real, BucketOver20)
+	if m.RateFrom(real, Bucket5To10); m.priors[real] != BucketOver20 {
+		t.Fatalf("set prior replaced: %v", m.priors[real])
+	}
+	if m.RateFrom(Pool{InstanceType: "x", Capacity: OnDemand}, Bucket5To10) != 0 {
+		t.Fatal("on-demand pools are not reclaimed")
+	}
+}
+
 func TestRiskModelQuietPoolGetsSafer(t *testing.T) {
-	m := NewRiskModel(RiskConfig{})
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m := NewRiskModel(RiskConfig{Clock: clocktesting.NewFakePassiveClock(t0.Add(14 * 24 * time.Hour))})
 	pool := Pool{InstanceType: "g5.xlarge", Zone: "b", Capacity: Spot}
 	start := m.ReclaimRate(pool)
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for d := 0; d < 14; d++ {
 		m.ObserveExposure(pool, 24*10, t0.Add(time.Duration(d)*24*time.Hour)) // 10 nodes, no reclaims
 	}

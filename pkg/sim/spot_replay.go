@@ -309,8 +309,9 @@ var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error) {
 	start := time.Now()
 	sc := o.Scenario
-	r := &elastic{o: o, sc: sc, clock: newSimClock(simEpoch), timerAt: -1, epoch: simEpoch,
-		risk: pricing.NewRiskModel(pricing.RiskConfig{}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
+	clk := newSimClock(simEpoch)
+	r := &elastic{o: o, sc: sc, clock: clk, timerAt: -1, epoch: simEpoch,
+		risk: pricing.NewRiskModel(pricing.RiskConfig{Clock: clk}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
 			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}

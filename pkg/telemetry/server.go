@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -98,10 +100,25 @@ func (s *Server) Store() *Store { return s.opts.Store }
 // 8-GPU node with MIG and a hundred pods is a few tens of KB.
 const MaxMessageBytes = 4 << 20
 
+// Recovery has a gRPC server answer a call whose handler panics with
+// Internal, and log the panic with its stack, instead of ending the
+// process: penny-scheduler serves agents and Cluster Autoscaler from the
+// process that schedules, so no request may take it down.
+func Recovery(log logr.Logger) []grpc.ServerOption {
+	handler := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.Error(fmt.Errorf("panic: %v", p), "A gRPC handler panicked; the call fails with Internal", "stack", string(debug.Stack()))
+		return status.Errorf(codes.Internal, "internal error serving the call: %v", p)
+	})
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(handler)),
+		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(handler)),
+	}
+}
+
 // NewGRPCServer returns a gRPC server with the service registered, using
 // creds (TLS in production) and keepalive settings that match the agent's.
 func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Server {
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(Recovery(s.opts.Log),
 		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		// Agents ping every 30s to notice a dead scheduler; allow it.
@@ -112,7 +129,7 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		// (extra ping frames on every connection) is off.
 		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(4<<20),
-	)
+	)...)
 	telemetryv1.RegisterTelemetryServer(g, s)
 	return g
 }

@@ -9,10 +9,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/pkg/api/expander"
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -98,6 +100,11 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	var judged []ranked
 	var unjudged []*expander.Option
 	for i, o := range req.GetOptions() {
+		if err := ctx.Err(); err != nil {
+			// Cluster Autoscaler gave up waiting; nobody reads the answer.
+			expanderRequests.WithLabelValues("cancelled").Inc()
+			return nil, status.FromContextError(err).Err()
+		}
 		pods, err := optionPods(i, o)
 		if err != nil {
 			expanderRequests.WithLabelValues("invalid").Inc()
@@ -132,6 +139,15 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 
 // MaxPeers bounds how many peers an autoscaler weighs per decision.
 const MaxPeers = 64
+
+// MaxExpanderRequestBytes bounds one request from Cluster Autoscaler: every
+// option's pending pods and every node group's template node, serialized.
+const MaxExpanderRequestBytes = 128 << 20
+
+// MaxTemplateGPUs bounds the GPUs a template node may declare: more than any
+// machine holds even with MIG or time-slicing replicas, and small enough
+// that pricing its room stays cheap.
+const MaxTemplateGPUs = 1024
 
 // runningPod is a running pod as a peer: its class, requests and rules.
 type runningPod struct {
@@ -201,20 +217,37 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 	if len(admitted) == 0 {
 		return optionKey{}, false
 	}
-	var sum optionKey
-	for i := range admitted {
-		peers := append(append([]pricing.Usage{}, usages[:i]...), usages[i+1:]...)
-		if classes[i].LongLived() {
+	// The running services of each Spot policy that could use node, read
+	// once per option: MaxPeers of them at most are ever weighed.
+	runningPeers := map[Policy][]pricing.Usage{}
+	runningOf := func(p Policy) []pricing.Usage {
+		peers, ok := runningPeers[p]
+		if !ok {
 			for _, q := range running() {
-				if len(peers) >= MaxPeers {
+				if len(peers) == MaxPeers {
 					break
 				}
-				if q.class.Policy == classes[i].Policy && Slots(q.usage, node) > 0 && q.admits(node) {
+				if q.class.Policy == p && Slots(q.usage, node) > 0 && q.admits(node) {
 					peers = append(peers, q.usage)
 				}
 			}
+			runningPeers[p] = peers
 		}
-		peers = peers[:min(len(peers), MaxPeers)]
+		return peers
+	}
+	var sum optionKey
+	peers := make([]pricing.Usage, 0, MaxPeers)
+	for i := range admitted {
+		peers = peers[:0]
+		for j := 0; j < len(usages) && len(peers) < MaxPeers; j++ {
+			if j != i {
+				peers = append(peers, usages[j])
+			}
+		}
+		if classes[i].LongLived() {
+			more := runningOf(classes[i].Policy)
+			peers = append(peers, more[:min(len(more), MaxPeers-len(peers))]...)
+		}
 		k := x.key(classes[i], usages[i], Option{Node: node, Peers: peers})
 		sum.avoided = sum.avoided || k.avoided
 		sum.cost += k.cost
@@ -236,6 +269,14 @@ func templateNodes(req *expander.BestOptionsRequest) (map[string]*corev1.Node, e
 		n := &corev1.Node{}
 		if err := n.Unmarshal(b); err != nil {
 			return nil, fmt.Errorf("%s[%q] is not a protobuf-serialized v1.Node: %v (Cluster Autoscaler's gRPC expander sends the template node of each node group)", field, id, err)
+		}
+		alloc := n.Status.Allocatable
+		g := alloc[gpu.ResourceGPU]
+		switch {
+		case g.Sign() < 0 || g.Cmp(*resource.NewQuantity(MaxTemplateGPUs, resource.DecimalSI)) > 0:
+			return nil, fmt.Errorf("%s[%q].status.allocatable[%s] is %s; a node holds 0 to %d GPUs", field, id, gpu.ResourceGPU, g.String(), MaxTemplateGPUs)
+		case alloc.Cpu().Sign() < 0, alloc.Memory().Sign() < 0:
+			return nil, fmt.Errorf("%s[%q].status.allocatable holds a negative cpu (%s) or memory (%s)", field, id, alloc.Cpu(), alloc.Memory())
 		}
 		nodes[id] = n
 	}

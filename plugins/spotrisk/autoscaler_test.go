@@ -14,6 +14,7 @@ import (
 	"k8s.io/component-base/metrics/testutil"
 
 	"github.com/pennysched/penny/pkg/api/expander"
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -222,12 +223,24 @@ func TestExpanderServerRejectsMalformedRequests(t *testing.T) {
 	badNode.NodeBytesMap["od"] = []byte{0xff, 0xff}
 	badPod := caRequest(t, []*corev1.Pod{pod("p", nil)}, node("od", pricing.OnDemand, "us-east-1a"))
 	badPod.Options[0].PodBytes = append(badPod.Options[0].PodBytes, []byte("not a pod"))
+	// Room for a quadrillion GPUs (or minus one) would have the ranking
+	// allocate without bound, or rank the node best.
+	gpus := func(q string) *expander.BestOptionsRequest {
+		n := node("od", pricing.OnDemand, "us-east-1a")
+		n.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse(q)
+		return caRequest(t, []*corev1.Pod{pod("p", nil)}, n)
+	}
+	negCPU := node("od", pricing.OnDemand, "us-east-1a")
+	negCPU.Status.Allocatable[corev1.ResourceCPU] = resource.MustParse("-2")
 	for _, c := range []struct {
 		req  *expander.BestOptionsRequest
 		want string
 	}{
 		{badNode, `nodeBytesMap["od"] is not a protobuf-serialized v1.Node`},
 		{badPod, `options[0].podBytes[1] (node group "od") is not a protobuf-serialized v1.Pod`},
+		{gpus("1e15"), `nodeBytesMap["od"].status.allocatable[nvidia.com/gpu] is 1e15; a node holds 0 to 1024 GPUs`},
+		{gpus("-1"), `nodeBytesMap["od"].status.allocatable[nvidia.com/gpu] is -1; a node holds 0 to 1024 GPUs`},
+		{caRequest(t, []*corev1.Pod{pod("p", nil)}, negCPU), `nodeBytesMap["od"].status.allocatable holds a negative cpu (-2)`},
 	} {
 		_, err := s.BestOptions(context.Background(), c.req)
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), c.want) {
@@ -236,5 +249,11 @@ func TestExpanderServerRejectsMalformedRequests(t *testing.T) {
 	}
 	if _, err := s.BestOptions(context.Background(), ok); err != nil {
 		t.Fatal(err)
+	}
+	// A caller that gave up gets no ranking worked out for it.
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.BestOptions(gone, ok); status.Code(err) != codes.Canceled {
+		t.Fatalf("cancelled request: %v, want Canceled", err)
 	}
 }

@@ -105,19 +105,21 @@ func (k optionKey) less(o optionKey) bool {
 // key prices option o for a pod of the class with the given usage.
 func (x *Expander) key(class Class, usage pricing.Usage, o Option) optionKey {
 	n := o.Node
+	// Spot a pod avoids ranks after every other option, priced or not.
+	avoided := class.Policy == Avoid && pricing.NodeCapacity(n).IsSpot()
 	price, ok := x.pl.prices.NodePrice(n)
 	if !ok {
-		return optionKey{cost: math.Inf(1), price: math.Inf(1)}
+		return optionKey{avoided: avoided, cost: math.Inf(1), price: math.Inf(1)}
 	}
 	slots := float64(Slots(usage, n))
 	if o.Peers != nil && slots > 0 {
 		slots = min(slots, float64(Fill(n, append([]pricing.Usage{usage}, o.Peers...))))
 	}
-	if slots == 0 {
-		return optionKey{cost: math.Inf(1), price: math.Inf(1)}
+	if slots <= 0 {
+		return optionKey{avoided: avoided, cost: math.Inf(1), price: math.Inf(1)}
 	}
 	return optionKey{
-		avoided: class.Policy == Avoid && pricing.NodeCapacity(n).IsSpot(),
+		avoided: avoided,
 		cost:    x.pl.expected(price.Marginal()/slots, class, n, price),
 		price:   price.Marginal(),
 	}

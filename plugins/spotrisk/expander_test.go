@@ -47,6 +47,14 @@ func TestExpanderRanksWholeNodes(t *testing.T) {
 	if _, err := x.Rank(pod("p", map[string]string{AnnotationSpot: "x"}), templates); err == nil {
 		t.Error("a malformed annotation is an error")
 	}
+	// Spot that a pod avoids ranks last whether it is priced or not, and
+	// an unpriced pool after a priced one.
+	unpriced := node("spot-unpriced", pricing.Spot, "us-east-1a")
+	unpriced.Labels[corev1.LabelInstanceTypeStable] = "no-such-type"
+	templates = append([]*corev1.Node{unpriced}, templates...)
+	if got := rank(map[string]string{AnnotationWorkload: "training"}); got[0] != "od" || got[3] != "spot-unpriced" {
+		t.Errorf("training without checkpoints with an unpriced Spot pool: %v, want on-demand first and the unpriced pool last", got)
+	}
 }
 
 func TestSlots(t *testing.T) {

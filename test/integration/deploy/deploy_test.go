@@ -120,7 +120,7 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := harness.ApplyYAML(t, c, "deploy/autoscaler/penny-expander.yaml", svc, true); n != 1 {
-		t.Errorf("deploy/autoscaler/penny-expander.yaml: %d objects, want the Service", n)
+	if n := harness.ApplyYAML(t, c, "deploy/autoscaler/penny-expander.yaml", svc, true); n != 2 {
+		t.Errorf("deploy/autoscaler/penny-expander.yaml: %d objects, want the Service and its NetworkPolicy", n)
 	}
 }
