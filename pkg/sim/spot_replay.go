@@ -1327,8 +1327,10 @@ func (r *elastic) gangIncomplete(i int) bool {
 // already held at Permit or running fix for the rest, as PennyGang keeps a
 // gang on one of each unless the gang says otherwise; "" where nothing is
 // fixed. A node of another kind could never take the members still waiting.
+// Without PennyGang in the profile nothing keeps a gang together, so nothing
+// is fixed: default's members place one by one.
 func (r *elastic) gangPlacement(p *elPod) (pricing.CapacityType, string) {
-	if p.gang == "" {
+	if p.gang == "" || !r.gangPlugin {
 		return "", ""
 	}
 	spec, ok, err := gang.Of(p.pod)

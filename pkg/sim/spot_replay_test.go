@@ -457,6 +457,38 @@ func TestElasticMixedGangIsPlacedAfterItsPermitWait(t *testing.T) {
 	}
 }
 
+// Without PennyGang nothing keeps a gang together, so under default and
+// spot-first a member on the reserved 4-GPU node does not tie the rest to
+// that pool: a 12-GPU job's 8-GPU member gets its own 8-GPU node. (It
+// waited forever, never scheduled, before.)
+func TestElasticGangWithoutTheGangPluginPlacesMembersAlone(t *testing.T) {
+	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/jobs.csv"
+	if err := os.WriteFile(path, []byte("timestamp,duration,num_gpus\n0,3600,12\n7200,3600,129\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := LoadPhilly(path, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, policy := range []string{"default", "spot-first", "penny"} {
+		pol, err := LookupPolicy(policy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Trace: tr, Policy: pol, Seed: 42})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.PodsTotal != 19 || res.PodsCompleted != res.PodsTotal || res.NeverScheduled != 0 {
+			t.Errorf("%s: completed %d of %d pods, never scheduled %d; want all 19, 0", policy, res.PodsCompleted, res.PodsTotal, res.NeverScheduled)
+		}
+	}
+}
+
 // Training without checkpoints goes to Spot only while on-demand capacity is
 // full, and once a reclaim has cut its run short it waits for on-demand
 // capacity instead of going back: a 3-node gang that needs 200 h on nodes
