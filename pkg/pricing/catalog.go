@@ -2,6 +2,7 @@ package pricing
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -175,9 +176,13 @@ func where(region, zone string) string {
 	return "zone " + zone + " of region " + region
 }
 
+// ValidPrice reports whether x can be a price: a finite number >= 0 (YAML
+// reads .nan and .inf as numbers, and NaN compares false with everything).
+func ValidPrice(x float64) bool { return x >= 0 && !math.IsInf(x, 1) }
+
 func validateRatios(r SplitRatios) error {
-	if r.CPUCoreHour < 0 || r.RAMGiBHour < 0 || r.GPUHour < 0 {
-		return fmt.Errorf("component prices must be >= 0, got cpuCoreHour=%g ramGiBHour=%g gpuHour=%g", r.CPUCoreHour, r.RAMGiBHour, r.GPUHour)
+	if !ValidPrice(r.CPUCoreHour) || !ValidPrice(r.RAMGiBHour) || !ValidPrice(r.GPUHour) {
+		return fmt.Errorf("component prices must be finite numbers >= 0, got cpuCoreHour=%g ramGiBHour=%g gpuHour=%g", r.CPUCoreHour, r.RAMGiBHour, r.GPUHour)
 	}
 	if r.CPUCoreHour+r.RAMGiBHour+r.GPUHour == 0 {
 		return fmt.Errorf("at least one component price must be > 0 (OpenCost's defaults are cpuCoreHour: 0.031611, ramGiBHour: 0.004237, gpuHour: 0.95)")
@@ -218,8 +223,8 @@ func (c *Catalog) validateEntry(e Entry) error {
 	if e.Region == "" {
 		return fmt.Errorf("%s %s: region is empty; give the region the price holds in, e.g. us-east-1", e.InstanceType, e.Capacity)
 	}
-	if e.Hourly < 0 {
-		return fmt.Errorf("%s %s in %s: hourly is %g: a price must be >= 0 USD per hour", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly)
+	if !ValidPrice(e.Hourly) {
+		return fmt.Errorf("%s %s in %s: hourly is %g: a price must be a finite number >= 0 USD per hour", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly)
 	}
 	if e.Interruption != BucketUnknown && e.Capacity != Spot {
 		return fmt.Errorf("%s %s: interruption is only meaningful for spot prices", e.InstanceType, e.Capacity)

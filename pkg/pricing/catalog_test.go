@@ -114,7 +114,7 @@ func TestNewCatalogReportsEveryProblem(t *testing.T) {
 	for _, want := range []string{
 		`instanceTypes[1]: x.large: gpuModel "Z9000" is unknown`,
 		`prices[0]: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?)`,
-		`prices[1]: g5.xlarge on-demand in region us-east-1: hourly is -1: a price must be >= 0`,
+		`prices[1]: g5.xlarge on-demand in region us-east-1: hourly is -1: a price must be a finite number >= 0`,
 		`prices[2]: g5.xlarge: capacity type "ondemand"`,
 	} {
 		if !strings.Contains(msg, want) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -63,8 +64,10 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 		}
 		t.pending, t.header = header, positional[:len(header)]
 	}
+	// Both formats name their columns in lower case; a spreadsheet's
+	// "Timestamp" means the same column.
 	for i, h := range t.header {
-		t.cols[strings.TrimSpace(h)] = i
+		t.cols[strings.ToLower(strings.TrimSpace(h))] = i
 	}
 	var missing []string
 	for _, c := range required {
@@ -73,7 +76,7 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%s:1: header lacks column(s) %s; expected columns %s", name, strings.Join(missing, ", "), strings.Join(required, ","))
+		return nil, fmt.Errorf("%s:1: header lacks column(s) %s; expected columns %s%s", name, strings.Join(missing, ", "), strings.Join(required, ","), separatorHint(header))
 	}
 	return t, nil
 }
@@ -81,9 +84,30 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 func csvError(name string, err error) error {
 	var pe *csv.ParseError
 	if errors.As(err, &pe) {
-		return fmt.Errorf("%s:%d:%d: %v", name, pe.Line, pe.Column, pe.Err)
+		fix := ""
+		switch {
+		case errors.Is(pe.Err, csv.ErrFieldCount):
+			fix = ": every row needs as many comma-separated columns as the first"
+		case errors.Is(pe.Err, csv.ErrQuote), errors.Is(pe.Err, csv.ErrBareQuote):
+			fix = `: quote a whole field ("a,b") and double a quote inside one ("")`
+		}
+		return fmt.Errorf("%s:%d:%d: %v%s", name, pe.Line, pe.Column, pe.Err, fix)
 	}
 	return fmt.Errorf("%s: %w", name, err)
+}
+
+// separatorHint names the separator a first row seems to use instead of
+// commas, for errors about a file whose columns could not be found.
+func separatorHint(first []string) string {
+	if len(first) != 1 {
+		return ""
+	}
+	for _, sep := range []string{"\t", ";", "|"} {
+		if strings.Contains(first[0], sep) {
+			return fmt.Sprintf(" (the file seems to separate its columns with %q; use commas)", sep)
+		}
+	}
+	return ""
 }
 
 // next advances to the next row; false at the end or on an error (see err).
@@ -174,15 +198,19 @@ func (t *table) int64(col string, lo, hi, def int64) int64 {
 	return v
 }
 
-// float reads a number >= lo; empty reads as def.
+// float reads a finite number >= lo; empty reads as def.
 func (t *table) float(col string, lo, def float64) float64 {
 	s := t.str(col)
 	if s == "" {
 		return def
 	}
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		t.fail(col, "%q is not a number", s)
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		t.fail(col, "%q is out of range", s)
+		return def
+	case err != nil, math.IsNaN(v), math.IsInf(v, 0):
+		t.fail(col, "%q is not a finite number", s)
 		return def
 	}
 	if v < lo {
@@ -190,6 +218,31 @@ func (t *table) float(col string, lo, def float64) float64 {
 		return def
 	}
 	return v
+}
+
+// MaxTraceSeconds bounds a trace's times and durations: a hundred years,
+// well within what a time.Duration holds (292 years), so that a typo such as
+// 9999999999999 is reported instead of wrapping round to a negative bill.
+const MaxTraceSeconds = 100 * 365 * 24 * 3600
+
+// seconds reads a time or duration in seconds, 0 to MaxTraceSeconds; empty
+// reads as def.
+func (t *table) seconds(col string, def float64) float64 {
+	v := t.float(col, 0, def)
+	if v > MaxTraceSeconds {
+		t.fail(col, "%v s is more than a hundred years; times are in seconds", v)
+		return def
+	}
+	return v
+}
+
+// required fails on an empty column.
+func (t *table) required(cols ...string) {
+	for _, c := range cols {
+		if t.str(c) == "" {
+			t.fail(c, "is empty; every row needs it")
+		}
+	}
 }
 
 // instantLayouts are the date-times a time column may hold instead of

@@ -59,7 +59,7 @@ func DetectFormat(path string) (string, error) {
 	trimBOM(row)
 	cols := map[string]bool{}
 	for _, h := range row {
-		cols[strings.TrimSpace(h)] = true
+		cols[strings.ToLower(strings.TrimSpace(h))] = true
 	}
 	has := func(names ...string) bool {
 		for _, n := range names {
@@ -75,6 +75,6 @@ func DetectFormat(path string) (string, error) {
 	case has(PhillyColumns[:3]...), numericPrefix(row, 3):
 		return FormatPhilly, nil
 	}
-	return "", fmt.Errorf("%s:1: cannot tell the trace's format from its first row %q: an openb pod list has a header with the columns %s, a Philly-derived job list the columns %s (its header may be left out); fix the header or name the format with --format",
-		path, strings.Join(row, ","), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","))
+	return "", fmt.Errorf("%s:1: cannot tell the trace's format from its first row %q%s: an openb pod list has a header with the columns %s, a Philly-derived job list the columns %s (its header may be left out); fix the header or name the format with --format",
+		path, strings.Join(row, ","), separatorHint(row), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","))
 }

@@ -254,8 +254,8 @@ func TestImpossiblePodsAreReported(t *testing.T) {
 func TestPhillyWithoutHeaderAndFormatDetection(t *testing.T) {
 	withHeader := writeFile(t, "jobs.csv", "timestamp,duration,num_gpus,gpu_time,cluster\n100,3600,4,14400,vc1\n40,60,20,1200,VC2\n")
 	bare := writeFile(t, "bare.csv", "100,3600,4,14400,vc1\n40,60,20,1200,VC2\n")
-	short := writeFile(t, "short.csv", "timestamp,duration,num_gpus\n100,3600,4\n40,60,20\n")
-	bareShort := writeFile(t, "bare-short.csv", "\ufeff100,3600,4\r\n40,60,20\r\n") // as spreadsheets save it
+	short := writeFile(t, "short.csv", "Timestamp,Duration,NUM_GPUS\n100,3600,4\n40,60,20\n") // as a spreadsheet may title them
+	bareShort := writeFile(t, "bare-short.csv", "\ufeff100,3600,4\r\n40,60,20\r\n")           // as spreadsheets save it
 	want, err := LoadPhilly(withHeader, DefaultPhillyOptions())
 	if err != nil {
 		t.Fatal(err)
@@ -290,12 +290,19 @@ func TestPhillyWithoutHeaderAndFormatDetection(t *testing.T) {
 	}
 	for name, content := range map[string]string{
 		"neither.csv": "job,start,gpus\na,1,2\n",
+		"semi.csv":    "timestamp;duration;num_gpus\n0;60;1\n",
 		"empty.csv":   "",
 	} {
 		p := writeFile(t, name, content)
 		if _, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "Philly-derived") {
 			t.Errorf("%s: %v, want an error naming the file and both formats", name, err)
 		}
+	}
+	if _, err := LoadTrace(writeFile(t, "semi.csv", "timestamp;duration;num_gpus\n0;60;1\n"), FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), `separate its columns with ";"; use commas`) {
+		t.Errorf("semicolons: %v, want the separator named", err)
+	}
+	if _, err := LoadTrace(writeFile(t, "ragged.csv", "timestamp,duration,num_gpus\n0,60,1,5\n"), FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "ragged.csv:2:1: wrong number of fields: every row needs as many comma-separated columns as the first") {
+		t.Errorf("a row longer than the header: %v", err)
 	}
 	wide := writeFile(t, "wide.csv", "1,2,3,4,vc,6\n")
 	if _, err := LoadPhilly(wide, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "wide.csv:1: a row without a header has 6 columns") {
@@ -338,6 +345,31 @@ func TestPhillyDateTimes(t *testing.T) {
 		"us.csv":    {"timestamp,duration,num_gpus\n10/03/2017,3600,4\n", `us.csv:2: column 1 (timestamp): "10/03/2017" is neither seconds nor a date-time`},
 	} {
 		if _, err := LoadPhilly(writeFile(t, name, c.content), DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}
+
+// Times that are not finite, would overflow a duration, or are missing are
+// refused with the line and column, not read as 0 or wrapped round to
+// negative bills.
+func TestTraceTimesMustBeFiniteAndPresent(t *testing.T) {
+	openbHeader := "name,cpu_milli,memory_mib,num_gpu,gpu_milli,creation_time,deletion_time,scheduled_time\n"
+	for name, c := range map[string]struct{ content, want string }{
+		"nan.csv":       {"timestamp,duration,num_gpus\n0,NaN,1\n", `nan.csv:2: column 2 (duration): "NaN" is not a finite number`},
+		"inf.csv":       {"timestamp,duration,num_gpus\nInf,60,1\n", `inf.csv:2: column 1 (timestamp): "Inf" is not a finite number`},
+		"range.csv":     {"timestamp,duration,num_gpus\n0,1e309,1\n", `range.csv:2: column 2 (duration): "1e309" is out of range`},
+		"huge.csv":      {"timestamp,duration,num_gpus\n0,9999999999999,1\n", `huge.csv:2: column 2 (duration): 9.999999999999e+12 s is more than a hundred years`},
+		"gap.csv":       {"timestamp,duration,num_gpus\n0,60,1\n1e10,60,1\n", `gap.csv:3: column 1 (timestamp): the job arrives 10000000000 s after the first`},
+		"no-ts.csv":     {"timestamp,duration,num_gpus\n,60,1\n", `no-ts.csv:2: column 1 (timestamp): is empty`},
+		"no-dur.csv":    {"timestamp,duration,num_gpus\n0,,1\n", `no-dur.csv:2: column 2 (duration): is empty`},
+		"no-gpus.csv":   {"timestamp,duration,num_gpus\n0,60,\n", `no-gpus.csv:2: column 3 (num_gpus): is empty`},
+		"pods.csv":      {openbHeader + "p,1000,1024,1,1000,,10,0\n", `pods.csv:2: column 6 (creation_time): is empty`},
+		"pods-huge.csv": {openbHeader + "p,1000,1024,1,1000,0,1e12,0\n", `pods-huge.csv:2: column 7 (deletion_time): 1e+12 s is more than a hundred years`},
+		"pods-nan.csv":  {openbHeader + "p,1000,1024,1,1000,NaN,10,0\n", `pods-nan.csv:2: column 6 (creation_time): "NaN" is not a finite number`},
+		"pods-name.csv": {openbHeader + "Bad Name!!,1000,1024,1,1000,0,10,0\n", `pods-name.csv:2: column 1 (name): "Bad Name!!" cannot name a Kubernetes pod`},
+	} {
+		if _, err := LoadTrace(writeFile(t, name, c.content), FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -156,6 +157,10 @@ func LoadOpenbPods(path string) (*Trace, error) {
 		if !ok {
 			break
 		}
+		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+			t.fail("name", "%q cannot name a Kubernetes pod: %s", name, strings.Join(errs, "; "))
+			break
+		}
 		cpu := t.int64("cpu_milli", 0, math.MaxInt32, 0)
 		mem := t.int64("memory_mib", 0, math.MaxInt32, 0)
 		numGPU := t.int64("num_gpu", 0, 64, 0)
@@ -168,9 +173,10 @@ func LoadOpenbPods(path string) (*Trace, error) {
 		case numGPU > 1 && milli < gpu.MilliPerGPU:
 			t.fail("gpu_milli", "%d milli on each of %d GPUs: a share is a part of one GPU; use num_gpu 1, or gpu_milli 1000 for whole GPUs", milli, numGPU)
 		}
-		created := t.float("creation_time", 0, 0)
-		deleted := t.float("deletion_time", 0, -1)
-		started := t.float("scheduled_time", 0, -1)
+		t.required("creation_time")
+		created := t.seconds("creation_time", 0)
+		deleted := t.seconds("deletion_time", -1)
+		started := t.seconds("scheduled_time", -1)
 		if deleted >= 0 && deleted < created {
 			t.fail("deletion_time", "%v is before creation_time %v", deleted, created)
 		}

@@ -61,6 +61,7 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 	// A file writes its timestamps one way: seconds, or date-times.
 	firstSeconds, firstDated := 0, 0
 	for t.next() {
+		t.required(PhillyColumns[:3]...)
 		ts, dated := t.instant("timestamp")
 		if dated && firstDated == 0 {
 			firstDated = t.line()
@@ -70,7 +71,7 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 		if firstSeconds > 0 && firstDated > 0 {
 			t.fail("timestamp", "line %d holds seconds and line %d a date-time; write every timestamp one way", firstSeconds, firstDated)
 		}
-		dur := t.float("duration", 0, 0)
+		dur := t.seconds("duration", 0)
 		n := t.int64("num_gpus", 0, 4096, 0)
 		t.float("gpu_time", 0, 0)
 		ns := namespaceFor(t.str("cluster"))
@@ -109,6 +110,9 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 		return nil, fmt.Errorf("%s: no jobs", path)
 	}
 	for i := range tr.Pods {
+		if at := stamps[i] - first; at > MaxTraceSeconds {
+			return nil, fmt.Errorf("%s: column 1 (timestamp): the job arrives %.0f s after the first, more than a hundred years; timestamps are in seconds", tr.Pods[i].Source, at)
+		}
 		tr.Pods[i].Arrival = seconds(stamps[i] - first)
 	}
 	sortByArrival(tr.Pods)

@@ -194,6 +194,17 @@ func TestSpotScenarioErrors(t *testing.T) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
 	}
+	for name, c := range map[string]struct{ yaml, want string }{
+		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region, catalog and pools"},
+		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml: line 15: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
+		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `line 15: "-3m" is negative`},
+		"nan price":     {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: .nan, max: 4,", 1), "tiny.yaml:15: pools[0].hourlyPrice: NaN: a price must be a finite number >= 0"},
+	} {
+		y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(c.yaml)
+		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
 }
 
 // Penny's autoscaler sizes a new node by the work that could fill it: a

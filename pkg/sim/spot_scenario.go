@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -108,14 +111,55 @@ type PolicyTweaks struct {
 	line              int
 }
 
+// scenarioSections name the scenario's parts by the Go types that decode
+// them, for errors about a field one of them does not have.
+var scenarioSections = map[string]reflect.Type{
+	"sim.SpotScenario": reflect.TypeOf(SpotScenario{}),
+	"sim.ElasticPool":  reflect.TypeOf(ElasticPool{}),
+	"sim.ClassRule":    reflect.TypeOf(ClassRule{}),
+	"sim.PolicyTweaks": reflect.TypeOf(PolicyTweaks{}),
+}
+
+var unknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
+
+// scenarioYAMLError rewrites YAML's "field maxx not found in type
+// sim.ElasticPool" as the fields that section takes.
+func scenarioYAMLError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	msgs := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		msgs[i] = unknownField.ReplaceAllStringFunc(m, func(match string) string {
+			sub := unknownField.FindStringSubmatch(match)
+			t, ok := scenarioSections[sub[2]]
+			if !ok {
+				return match
+			}
+			var fields []string
+			for f := range t.Fields() {
+				if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+					fields = append(fields, tag)
+				}
+			}
+			return fmt.Sprintf("unknown field %q; this part of a scenario takes %s", sub[1], strings.Join(fields, ", "))
+		})
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
 // Duration reads Go durations ("90s", "4h") in YAML.
 type Duration struct{ time.Duration }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
-	if err != nil || v < 0 {
+	if err != nil {
 		return fmt.Errorf("line %d: %q is not a duration: use a Go duration such as 90s, 10m or 4h", n.Line, n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: %q is negative: a delay or interval must be 0 or more", n.Line, n.Value)
 	}
 	d.Duration = v
 	return nil
@@ -146,7 +190,10 @@ func ParseSpotScenario(file string, data []byte) (*SpotScenario, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil {
-		return nil, fmt.Errorf("%s: %v", file, err)
+		if err == io.EOF {
+			return nil, fmt.Errorf("%s: empty file: a scenario needs at least region, catalog and pools (docs/spot.md, Scenario file)", file)
+		}
+		return nil, fmt.Errorf("%s: %v", file, scenarioYAMLError(err))
 	}
 	var lines struct {
 		Pools    []yaml.Node `yaml:"pools"`
@@ -231,8 +278,8 @@ func (s *SpotScenario) validate() error {
 		if p.ScaleDownAfter.Duration == 0 {
 			p.ScaleDownAfter.Duration = DefaultScaleDownAfter
 		}
-		if p.HourlyPrice < 0 {
-			add(p.line, at+".hourlyPrice", "%g: a price must be >= 0 USD per hour", p.HourlyPrice)
+		if !pricing.ValidPrice(p.HourlyPrice) {
+			add(p.line, at+".hourlyPrice", "%g: a price must be a finite number >= 0 USD per hour", p.HourlyPrice)
 		}
 		if p.AdvertisedInterruption != "" {
 			b, err := pricing.ParseBucket(p.AdvertisedInterruption)
