@@ -204,6 +204,13 @@ func ParseSpotScenario(file string, data []byte) (*SpotScenario, error) {
 	for i := range s.Pools {
 		if i < len(lines.Pools) {
 			s.Pools[i].line = lines.Pools[i].Line
+			// YAML decodes 1.5 into an int as 1: a node count must be whole.
+			n := &lines.Pools[i]
+			for k := 0; n.Kind == yaml.MappingNode && k+1 < len(n.Content); k += 2 {
+				if key, v := n.Content[k].Value, n.Content[k+1]; (key == "min" || key == "max") && v.Tag != "!!int" {
+					return nil, fmt.Errorf("%s:%d: pools[%d].%s: %q is not a whole number of nodes", file, v.Line, i, key, v.Value)
+				}
+			}
 		}
 	}
 	for i := range s.Classes {
