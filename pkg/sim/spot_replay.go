@@ -387,6 +387,11 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	}
 	r.push(elEvent{at: time.Hour, kind: elSample})
 	if err := r.run(ctx); err != nil {
+		if ctx.Err() != nil {
+			// The plugins' informers stop with the context, so whatever the
+			// event was doing failed for that reason, not its own.
+			return nil, fmt.Errorf("replay stopped at %v of trace time: %w", r.now, context.Cause(ctx))
+		}
 		return nil, err
 	}
 	r.finish()

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -593,5 +594,21 @@ func TestElasticTrainingWithoutCheckpointsLearnsHowLongRunsLast(t *testing.T) {
 	res := replay(true)
 	if avoid := res.GPUHoursByClass[string(spotrisk.Avoid)]; avoid[string(pricing.Spot)] != 0 || avoid[string(pricing.OnDemand)] != 300 {
 		t.Fatalf("after 2,000-hour runs the gang ran %v GPU-h by capacity, want all 300 on on-demand", avoid)
+	}
+}
+
+// A replay stopped by its caller (Ctrl-C, a timeout) says so, rather than
+// reporting whatever the event under way tripped over.
+func TestElasticReplaySaysWhenItWasStopped(t *testing.T) {
+	s := spotScenario(t, "4", "1h")
+	pol, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("interrupt signal received"))
+	_, err = ElasticReplay(ctx, ElasticOptions{Scenario: s, Trace: &Trace{Pods: []TracePod{spotTracePod("a", "BE", 1, 0, time.Hour)}}, Policy: pol, Seed: 1})
+	if err == nil || !strings.Contains(err.Error(), "replay stopped at 0s of trace time: interrupt signal received") {
+		t.Fatalf("got %v, want the replay stopped by its caller", err)
 	}
 }
