@@ -29,6 +29,12 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		return err
 	}
 	rep.Command, rep.Scenario, rep.Pods, rep.Machine = commandLine(), scenario, tf.pods, sim.ThisMachine()
+	for _, r := range rep.Runs {
+		if r.FitsNoPool > 0 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: %d pod(s) fit no pool of the scenario and were never scheduled (first: %s): no pool's node passes their filters (GPU model or size, Spot rules); add a pool that can run them or drop them from the trace\n",
+				r.Policy, r.FitsNoPool, r.FitsNoPoolExample)
+		}
+	}
 	md := rep.Markdown()
 	fmt.Fprint(cmd.OutOrStdout(), md)
 	if out != "" {

@@ -78,6 +78,12 @@ type ElasticResult struct {
 	PodsTotal            int        `json:"pods_total"`
 	PodsCompleted        int        `json:"pods_completed"`
 	NeverScheduled       int        `json:"never_scheduled"`
+	// FitsNoPool counts the never-scheduled pods that no pool's template
+	// node passes the filters of (a GPU model or size the fleet lacks, a
+	// Spot rule no pool meets): the scenario, not the load, kept them out.
+	// FitsNoPoolExample names the first, with its trace line.
+	FitsNoPool        int    `json:"never_scheduled_fits_no_pool"`
+	FitsNoPoolExample string `json:"fits_no_pool_example,omitempty"`
 	// Unfinished counts pods that ran but had not finished when the replay
 	// ended: only a stalled replay (Stalled) leaves any.
 	Unfinished int `json:"unfinished"`
@@ -1630,7 +1636,7 @@ func (r *elastic) finish() {
 	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
 	var delays []float64
-	for _, p := range r.pods {
+	for i, p := range r.pods {
 		if p.started {
 			delays = append(delays, p.delay.Seconds())
 			if p.state != podDone {
@@ -1638,6 +1644,11 @@ func (r *elastic) finish() {
 			}
 		} else if p.state == podWaiting {
 			res.NeverScheduled++
+			if fits, err := r.poolFits(i); err == nil && !slices.Contains(fits, true) {
+				if res.FitsNoPool++; res.FitsNoPoolExample == "" {
+					res.FitsNoPoolExample = fmt.Sprintf("%s (%s)", p.pod.Name, p.tp.Source)
+				}
+			}
 		}
 		if p.everSpot && p.class.Policy == spotrisk.Never {
 			res.NeverOnSpot++

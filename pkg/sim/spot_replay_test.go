@@ -612,3 +612,18 @@ func TestElasticReplaySaysWhenItWasStopped(t *testing.T) {
 		t.Fatalf("got %v, want the replay stopped by its caller", err)
 	}
 }
+
+// A pod that no pool's node could ever take (a GPU model the fleet lacks)
+// is told apart from one that waited for room: the scenario kept it out.
+func TestElasticCountsPodsThatFitNoPool(t *testing.T) {
+	s := spotScenario(t, "4", "1h")
+	v100 := spotTracePod("v100", "BE", 1, 0, time.Hour)
+	v100.Pod = NewPod(SimNamespace, "v100", 1000, 1024, 1, 1000, []string{openbProduct("V100M32")})
+	v100.Pod.Labels[LabelQoS] = "BE"
+	v100.Source = "trace.csv:2"
+	res := spotReplay(t, s, "default", 1, v100, spotTracePod("any", "BE", 1, 0, time.Hour))
+	if res.NeverScheduled != 1 || res.FitsNoPool != 1 || res.FitsNoPoolExample != "v100 (trace.csv:2)" || res.PodsCompleted != 1 {
+		t.Fatalf("never scheduled %d, fit no pool %d (%q), completed %d; want 1, 1 (v100 (trace.csv:2)), 1",
+			res.NeverScheduled, res.FitsNoPool, res.FitsNoPoolExample, res.PodsCompleted)
+	}
+}
