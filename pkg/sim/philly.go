@@ -13,7 +13,8 @@ import (
 
 // The Philly-derived job format used by several GPU scheduling papers:
 // timestamp,duration,num_gpus,gpu_time,cluster — one row per job, times in
-// seconds (timestamp may instead hold date-times, as the raw job log does). A job is one pod asking for num_gpus whole GPUs; a job over
+// seconds (timestamp may instead hold date-times, as the raw job log does).
+// A job is one pod asking for num_gpus whole GPUs; a job over
 // GPUsPerGangPod GPUs becomes a gang of pods of GPUsPerGangPod GPUs each (the
 // last takes the remainder), labelled with Penny's gang convention so the
 // gang plugin places them all or none. The cluster column (the virtual
