@@ -213,13 +213,13 @@ func (m *RiskModel) SetPrior(pool Pool, b Bucket) {
 	m.publish(pool)
 }
 
-func (m *RiskModel) prior(pool Pool) (alpha, beta float64) {
+// prior is the bucket a pool's estimate starts from.
+func (m *RiskModel) prior(pool Pool) Bucket {
 	b, ok := m.priors[pool]
 	if !ok || b == BucketUnknown {
 		b = m.cfg.DefaultBucket
 	}
-	beta = m.cfg.PriorNodeHours
-	return RateFromMonthly(b.MonthlyProbability()) * beta, beta
+	return b
 }
 
 func (m *RiskModel) decayTo(e *evidence, at time.Time) {
@@ -280,13 +280,20 @@ func (m *RiskModel) ReclaimRate(pool Pool) float64 {
 }
 
 func (m *RiskModel) rate(pool Pool) float64 {
-	a, b := m.prior(pool)
+	return m.posterior(pool, m.prior(pool))
+}
+
+// posterior is the pool's mean rate from prior b and the evidence,
+// discounted to now.
+func (m *RiskModel) posterior(pool Pool, b Bucket) float64 {
+	beta := m.cfg.PriorNodeHours
+	alpha := RateFromMonthly(b.MonthlyProbability()) * beta
 	if e := m.pools[pool]; e != nil {
 		m.decayTo(e, m.cfg.Clock.Now())
-		a += e.reclaims
-		b += e.nodeHours
+		alpha += e.reclaims
+		beta += e.nodeHours
 	}
-	return a / b
+	return alpha / beta
 }
 
 // Reclaims is how many reclaims of the pool were ever observed.
@@ -306,25 +313,33 @@ func (m *RiskModel) publish(pool Pool) {
 	metricReclaimRate.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Set(m.rate(pool))
 }
 
+// EnsurePrior sets a pool's prior unless it has one. The scheduler calls it
+// for pools whose nodes exist; for a node that may not (Cluster
+// Autoscaler's template of a group it could grow) RateFrom prices the pool
+// without remembering it.
+func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.priors[pool]; ok {
+		return
+	}
+	m.priors[pool] = b
+	m.publish(pool)
+}
+
 // RateFrom is ReclaimRate for a pool whose prior is bucket b unless one was
-// set. A pool the model holds evidence of (its nodes ran, so it is real)
-// keeps b as its prior, for its published rate; any other, such as the
-// template node of a group Cluster Autoscaler could grow, is priced without
-// being remembered, so that requests cannot grow the model or its metrics.
+// set, and leaves the model as it was: a request that names made-up zones
+// cannot grow the model or its metrics.
 func (m *RiskModel) RateFrom(pool Pool, b Bucket) float64 {
 	if pool.Capacity != Spot {
 		return 0
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.priors[pool]; !ok && b != BucketUnknown {
-		if m.pools[pool] == nil {
-			return RateFromMonthly(b.MonthlyProbability())
-		}
-		m.priors[pool] = b
-		m.publish(pool)
+	if _, ok := m.priors[pool]; ok || b == BucketUnknown {
+		return m.rate(pool)
 	}
-	return m.rate(pool)
+	return m.posterior(pool, b)
 }
 
 // Evidence is what the model holds of a pool: the reclaims and node-hours

@@ -78,10 +78,10 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	}
 }
 
-// RateFrom prices a pool the model knows nothing of from the bucket it is
-// given without remembering it (a template node in an autoscaler's request
-// could name any zone), and keeps the bucket as the prior of a pool whose
-// nodes it has observed.
+// RateFrom prices a pool from the bucket it is given, with the evidence the
+// model holds, without remembering anything (a template node in an
+// autoscaler's request could name any zone); EnsurePrior, for pools whose
+// nodes exist, keeps the bucket and publishes the rate.
 func TestRiskModelRateFrom(t *testing.T) {
 	RegisterMetrics()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -106,19 +106,22 @@ func TestRiskModelRateFrom(t *testing.T) {
 			}
 		}
 	}
+	// Evidence counts in RateFrom too, under the bucket given.
 	real := Pool{InstanceType: "rate-from-test", Zone: "z", Capacity: Spot}
-	m.ObserveExposure(real, 10, t0)
-	got := m.RateFrom(real, Bucket5To10)
-	if m.priors[real] != Bucket5To10 {
-		t.Fatalf("an observed pool's prior %v, want %v", m.priors[real], Bucket5To10)
+	m.ObserveExposure(real, HoursPerMonth, t0)
+	prior := RateFromMonthly(Bucket5To10.MonthlyProbability())
+	if got, want := m.RateFrom(real, Bucket5To10), prior*HoursPerMonth/(2*HoursPerMonth); !near(got, want, 1e-9) {
+		t.Fatalf("observed pool %g, want %g", got, want)
 	}
-	if rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("rate-from-test", "z", "spot")); err != nil || !near(rate, got, 1e-12) {
-		t.Fatalf("published rate %g (%v), want %g", rate, err, got)
+	m.EnsurePrior(real, Bucket5To10)
+	if rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("rate-from-test", "z", "spot")); err != nil || !near(rate, m.ReclaimRate(real), 1e-12) {
+		t.Fatalf("published rate %g (%v), want %g", rate, err, m.ReclaimRate(real))
 	}
-	// A prior that was set is not replaced by the catalog's bucket.
+	// A prior that was set is what RateFrom uses, and is not replaced.
 	m.SetPrior(real, BucketOver20)
-	if m.RateFrom(real, Bucket5To10); m.priors[real] != BucketOver20 {
-		t.Fatalf("set prior replaced: %v", m.priors[real])
+	m.EnsurePrior(real, Bucket5To10)
+	if got := m.RateFrom(real, Bucket5To10); m.priors[real] != BucketOver20 || !near(got, m.ReclaimRate(real), 1e-12) {
+		t.Fatalf("set prior: %v, rate %g, want %v and %g", m.priors[real], got, BucketOver20, m.ReclaimRate(real))
 	}
 	if m.RateFrom(Pool{InstanceType: "x", Capacity: OnDemand}, Bucket5To10) != 0 {
 		t.Fatal("on-demand pools are not reclaimed")

@@ -267,7 +267,8 @@ func parseInstant(s string) (time.Time, bool) {
 func (t *table) instant(col string) (seconds float64, dated bool) {
 	s := t.str(col)
 	if at, ok := parseInstant(s); ok {
-		return float64(at.UnixNano()) / 1e9, true
+		// UnixNano would overflow past 2262.
+		return float64(at.Unix()) + float64(at.Nanosecond())/1e9, true
 	}
 	if _, err := strconv.ParseFloat(s, 64); s != "" && err != nil && !errors.Is(err, strconv.ErrRange) {
 		t.fail(col, "%q is neither seconds nor a date-time such as 2017-10-03 03:03:46 or 2017-10-03T03:03:46Z", s)

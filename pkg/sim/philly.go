@@ -112,7 +112,7 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 	}
 	for i := range tr.Pods {
 		if at := stamps[i] - first; at > MaxTraceSeconds {
-			return nil, fmt.Errorf("%s: column 1 (timestamp): the job arrives %.0f s after the first, more than a hundred years; timestamps are in seconds", tr.Pods[i].Source, at)
+			return nil, fmt.Errorf("%s: column %d (timestamp): the job arrives %.0f s after the first, more than a hundred years; timestamps are in seconds", tr.Pods[i].Source, t.cols["timestamp"]+1, at)
 		}
 		tr.Pods[i].Arrival = seconds(stamps[i] - first)
 	}

@@ -144,6 +144,11 @@ const MaxPeers = 64
 // option's pending pods and every node group's template node, serialized.
 const MaxExpanderRequestBytes = 128 << 20
 
+// annotationTemplateNode marks, on the copy decoded from a request, a node
+// that Cluster Autoscaler could add: its pool is priced without the risk
+// model remembering it (RiskModel.RateFrom). It is never written to the API.
+const annotationTemplateNode = "penny.dev/autoscaler-template-of"
+
 // MaxTemplateGPUs bounds the GPUs a template node may declare: more than any
 // machine holds even with MIG or time-slicing replicas, and small enough
 // that pricing its room stays cheap.
@@ -278,6 +283,10 @@ func templateNodes(req *expander.BestOptionsRequest) (map[string]*corev1.Node, e
 		case alloc.Cpu().Sign() < 0, alloc.Memory().Sign() < 0:
 			return nil, fmt.Errorf("%s[%q].status.allocatable holds a negative cpu (%s) or memory (%s)", field, id, alloc.Cpu(), alloc.Memory())
 		}
+		if n.Annotations == nil {
+			n.Annotations = map[string]string{}
+		}
+		n.Annotations[annotationTemplateNode] = id
 		nodes[id] = n
 	}
 	return nodes, nil

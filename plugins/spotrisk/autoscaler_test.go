@@ -257,3 +257,23 @@ func TestExpanderServerRejectsMalformedRequests(t *testing.T) {
 		t.Fatalf("cancelled request: %v, want Canceled", err)
 	}
 }
+
+// Pricing Cluster Autoscaler's template nodes leaves the risk model as it
+// was (a request could name any zone), while a node the scheduler places
+// pods on seeds its pool's prior from the catalog.
+func TestExpanderServerDoesNotGrowTheRiskModel(t *testing.T) {
+	risk := pricing.NewRiskModel(pricing.RiskConfig{})
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Risk: risk}, node("spot-a", pricing.Spot, "us-east-1a"))
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	unknown := risk.ReclaimRate(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1z", Capacity: pricing.Spot})
+	best(t, s, caRequest(t, []*corev1.Pod{pod("p", map[string]string{AnnotationWorkload: "batch"})}, node("spot-z", pricing.Spot, "us-east-1z")))
+	if got := risk.ReclaimRate(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1z", Capacity: pricing.Spot}); got != unknown {
+		t.Errorf("a template node's pool was remembered: rate %g, want the default prior's %g", got, unknown)
+	}
+	e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "batch"}))
+	catalogRate := pricing.RateFromMonthly(pricing.Bucket5To10.MonthlyProbability()) // spot-a in the test catalog
+	if got := risk.ReclaimRate(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: pricing.Spot}); got != catalogRate {
+		t.Errorf("a real node's pool: rate %g, want the catalog bucket's %g", got, catalogRate)
+	}
+}

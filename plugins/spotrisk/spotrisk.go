@@ -54,9 +54,9 @@ type SpotRisk struct {
 	args   *Args
 	prices pricing.PriceBook
 	risk   pricing.RiskSource
-	// priors is set when the risk source is Penny's model, so that a pool's
-	// rate starts from the catalog's bucket for it (RateFrom) unless a prior
-	// was set.
+	// priors is set when the risk source is Penny's model, so that the
+	// plugin can seed each pool's prior from the catalog the first time it
+	// sees a node of the pool (a prior already set stays).
 	priors      *pricing.RiskModel
 	telemetry   telemetry.Reader
 	clock       clock.WithDelayedExecution
@@ -144,8 +144,11 @@ func (pl *SpotRisk) reclaimRate(node *corev1.Node, c pricing.Capacity, price pri
 		return 0
 	}
 	pool := pricing.NodePool(node)
-	if pl.priors != nil && priced {
-		return pl.priors.RateFrom(pool, price.Interruption)
+	if pl.priors != nil && priced && price.Interruption != pricing.BucketUnknown {
+		if _, template := node.Annotations[annotationTemplateNode]; template {
+			return pl.priors.RateFrom(pool, price.Interruption)
+		}
+		pl.priors.EnsurePrior(pool, price.Interruption)
 	}
 	return pl.risk.ReclaimRate(pool)
 }
