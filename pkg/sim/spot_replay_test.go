@@ -200,6 +200,7 @@ func TestSpotScenarioErrors(t *testing.T) {
 		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml: line 15: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
 		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `line 15: "-3m" is negative`},
 		"half a node":   {strings.Replace(tinyScenario, "max: 4,", "max: 1.5,", 1), `tiny.yaml:15: pools[0].max: "1.5" is not a whole number of nodes`},
+		"other region":  {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: eu-west-1a, max: 4,", 1), `tiny.yaml:15: pools[0].zone: "eu-west-1a" is not a zone of region us-east-1`},
 		"nan price":     {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: .nan, max: 4,", 1), "tiny.yaml:15: pools[0].hourlyPrice: NaN: a price must be a finite number >= 0"},
 	} {
 		y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(c.yaml)

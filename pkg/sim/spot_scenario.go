@@ -270,8 +270,13 @@ func (s *SpotScenario) validate() error {
 			add(p.line, at+".capacityType", "%v", err)
 		}
 		p.capacity = ct
-		if p.Zone == "" {
+		switch {
+		case p.Zone == "":
 			add(p.line, at+".zone", "required, e.g. us-east-1a")
+		case s.Region != "" && !strings.HasPrefix(p.Zone, s.Region) && p.Zone != "0":
+			// Every cloud names a zone after its region: us-east-1a (AWS),
+			// us-central1-a (GCP), eastus-1 (Azure; "0" outside zones).
+			add(p.line, at+".zone", "%q is not a zone of region %s: zones are named after their region, e.g. %sa", p.Zone, s.Region, s.Region)
 		}
 		if p.Min < 0 || p.Max < p.Min || p.Max == 0 {
 			add(p.line, at+".max", "min %d, max %d: want 0 <= min <= max and max >= 1", p.Min, p.Max)
