@@ -337,7 +337,7 @@ func (m *RiskModel) RateFrom(pool Pool, b Bucket) float64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.priors[pool]; ok || b == BucketUnknown {
-		return m.rate(pool)
+		b = m.prior(pool)
 	}
 	return m.posterior(pool, b)
 }

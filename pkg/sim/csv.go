@@ -266,15 +266,16 @@ func parseInstant(s string) (time.Time, bool) {
 // reads as 0.
 func (t *table) instant(col string) (seconds float64, dated bool) {
 	s := t.str(col)
+	// Seconds first: most traces hold them, on every row.
+	if _, err := strconv.ParseFloat(s, 64); s == "" || err == nil || errors.Is(err, strconv.ErrRange) {
+		return t.float(col, 0, 0), false
+	}
 	if at, ok := parseInstant(s); ok {
 		// UnixNano would overflow past 2262.
 		return float64(at.Unix()) + float64(at.Nanosecond())/1e9, true
 	}
-	if _, err := strconv.ParseFloat(s, 64); s != "" && err != nil && !errors.Is(err, strconv.ErrRange) {
-		t.fail(col, "%q is neither seconds nor a date-time such as 2017-10-03 03:03:46 or 2017-10-03T03:03:46Z", s)
-		return 0, false
-	}
-	return t.float(col, 0, 0), false
+	t.fail(col, "%q is neither seconds nor a date-time such as 2017-10-03 03:03:46 or 2017-10-03T03:03:46Z", s)
+	return 0, false
 }
 
 // numericPrefix says whether row's first n fields are numbers or date-times

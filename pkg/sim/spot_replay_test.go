@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -438,6 +437,21 @@ func TestElasticLongGangRecoversFromAReclaim(t *testing.T) {
 	}
 }
 
+// referencePhilly is the reference scenario and a Philly-derived trace of
+// the given lines.
+func referencePhilly(t *testing.T, jobs string) (*SpotScenario, *Trace) {
+	t.Helper()
+	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := LoadPhilly(writeFile(t, "jobs.csv", jobs), DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, tr
+}
+
 // A 12-GPU Philly job becomes an 8-GPU and a 4-GPU pod. Arriving just after
 // a 128-GPU job, the 4-GPU member is held at Permit on a node the 8-GPU one
 // cannot share; once PennyGang's permit wait runs out in trace time the gang
@@ -445,18 +459,7 @@ func TestElasticLongGangRecoversFromAReclaim(t *testing.T) {
 // on trace time, the held member kept its node for good: the job never ran
 // and the autoscaler launched and drained nodes for it hundreds of times.
 func TestElasticMixedGangIsPlacedAfterItsPermitWait(t *testing.T) {
-	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := t.TempDir() + "/jobs.csv"
-	if err := os.WriteFile(path, []byte("timestamp,duration,num_gpus,gpu_time,cluster\n3720,59,128,7552,a\n4320,60,12,720,b\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := LoadPhilly(path, DefaultPhillyOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, tr := referencePhilly(t, "timestamp,duration,num_gpus,gpu_time,cluster\n3720,59,128,7552,a\n4320,60,12,720,b\n")
 	pol, err := LookupPolicy("penny")
 	if err != nil {
 		t.Fatal(err)
@@ -473,21 +476,10 @@ func TestElasticMixedGangIsPlacedAfterItsPermitWait(t *testing.T) {
 
 // Without PennyGang nothing keeps a gang together, so under default and
 // spot-first a member on the reserved 4-GPU node does not tie the rest to
-// that pool: a 12-GPU job's 8-GPU member gets its own 8-GPU node. (It
+// that pool: a 12-GPU job's 8-GPU member gets its own 8-GPU node. (Members
 // waited forever, never scheduled, before.)
 func TestElasticGangWithoutTheGangPluginPlacesMembersAlone(t *testing.T) {
-	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := t.TempDir() + "/jobs.csv"
-	if err := os.WriteFile(path, []byte("timestamp,duration,num_gpus\n0,3600,12\n7200,3600,129\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tr, err := LoadPhilly(path, DefaultPhillyOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, tr := referencePhilly(t, "timestamp,duration,num_gpus\n0,3600,12\n7200,3600,129\n")
 	for _, policy := range []string{"default", "spot-first", "penny"} {
 		pol, err := LookupPolicy(policy)
 		if err != nil {
