@@ -222,17 +222,27 @@ func (m *RiskModel) prior(pool Pool) Bucket {
 	return b
 }
 
+// decayTo discounts the evidence to at before something is added to it.
 func (m *RiskModel) decayTo(e *evidence, at time.Time) {
 	if e.at.IsZero() {
 		e.at = at
 		return
 	}
-	if dt := at.Sub(e.at); dt > 0 {
-		f := math.Exp(-math.Ln2 * dt.Hours() / m.cfg.HalfLife.Hours())
-		e.reclaims *= f
-		e.nodeHours *= f
+	if at.After(e.at) {
+		e.reclaims, e.nodeHours = m.decayed(e, at)
 		e.at = at
 	}
+}
+
+// decayed is the evidence discounted to at, leaving it as it is: a rate
+// must not depend on how often it was read (each read rounding the stored
+// evidence once more moved a replay's bill by cents).
+func (m *RiskModel) decayed(e *evidence, at time.Time) (reclaims, nodeHours float64) {
+	if e.at.IsZero() || !at.After(e.at) {
+		return e.reclaims, e.nodeHours
+	}
+	f := math.Exp(-math.Ln2 * at.Sub(e.at).Hours() / m.cfg.HalfLife.Hours())
+	return e.reclaims * f, e.nodeHours * f
 }
 
 func (m *RiskModel) ev(pool Pool) *evidence {
@@ -289,9 +299,9 @@ func (m *RiskModel) posterior(pool Pool, b Bucket) float64 {
 	beta := m.cfg.PriorNodeHours
 	alpha := RateFromMonthly(b.MonthlyProbability()) * beta
 	if e := m.pools[pool]; e != nil {
-		m.decayTo(e, m.cfg.Clock.Now())
-		alpha += e.reclaims
-		beta += e.nodeHours
+		reclaims, nodeHours := m.decayed(e, m.cfg.Clock.Now())
+		alpha += reclaims
+		beta += nodeHours
 	}
 	return alpha / beta
 }
@@ -351,6 +361,5 @@ func (m *RiskModel) Evidence(pool Pool, now time.Time) (reclaims, nodeHours floa
 	if e == nil {
 		return 0, 0
 	}
-	m.decayTo(e, now)
-	return e.reclaims, e.nodeHours
+	return m.decayed(e, now)
 }

@@ -54,19 +54,27 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("after one half-life %g, want %g", got, want)
 	}
-	// Evidence that arrives late (a reclaim detected before the last read)
-	// counts at full weight rather than being decayed backwards.
+	// Reading does not change the evidence: a reclaim reported late, with
+	// the time it happened, weighs as old as it is.
 	m.ObserveReclaim(pool, "n", t0)
-	want = (prior*100 + 6) / (100 + 50)
+	want = (prior*100 + 5.5) / (100 + 50)
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("late reclaim %g, want %g", got, want)
+	}
+	// Once newer evidence has been added, older evidence that arrives late
+	// counts at full weight rather than being decayed backwards.
+	m.ObserveExposure(pool, 50, t0.Add(24*time.Hour))
+	m.ObserveReclaim(pool, "n", t0)
+	want = (prior*100 + 6.5) / (100 + 100)
+	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
+		t.Fatalf("late reclaim after newer evidence %g, want %g", got, want)
 	}
 	// Months later only the prior is left.
 	clk.SetTime(t0.Add(90 * 24 * time.Hour))
 	if got := m.ReclaimRate(pool); !near(got, prior, 1e-6) {
 		t.Fatalf("old evidence not forgotten: %g, want %g", got, prior)
 	}
-	if m.Reclaims(pool) != 11 {
+	if m.Reclaims(pool) != 12 {
 		t.Fatalf("reclaims %d", m.Reclaims(pool))
 	}
 	if m.ReclaimRate(Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: OnDemand}) != 0 {
@@ -170,5 +178,38 @@ func TestGangReclaimProbability(t *testing.T) {
 	}
 	if GangReclaimProbability([]float64{0, 0}, time.Hour) != 0 {
 		t.Fatal("on-demand gang is never reclaimed")
+	}
+}
+
+// A replay must not depend on how often the scheduler asked: two models fed
+// the same evidence give bit-identical rates whether one was read every
+// minute for a week and the other once.
+func TestRiskModelReadsLeaveItAsItWas(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	pool := Pool{InstanceType: "g5.48xlarge", Zone: "a", Capacity: Spot}
+	clkA, clkB := clocktesting.NewFakePassiveClock(t0), clocktesting.NewFakePassiveClock(t0)
+	a := NewRiskModel(RiskConfig{Clock: clkA})
+	b := NewRiskModel(RiskConfig{Clock: clkB})
+	for _, m := range []*RiskModel{a, b} {
+		m.SetPrior(pool, Bucket10To15)
+		m.ObserveExposure(pool, 40, t0)
+		m.ObserveReclaim(pool, "n1", t0)
+	}
+	for at := t0; at.Before(t0.Add(7 * 24 * time.Hour)); at = at.Add(time.Minute) {
+		clkA.SetTime(at)
+		a.ReclaimRate(pool)
+		a.RateFrom(pool, Bucket10To15)
+		a.Evidence(pool, at)
+	}
+	end := t0.Add(7 * 24 * time.Hour)
+	clkA.SetTime(end)
+	clkB.SetTime(end)
+	if ra, rb := a.ReclaimRate(pool), b.ReclaimRate(pool); ra != rb {
+		t.Fatalf("read every minute: rate %v; read once: %v", ra, rb)
+	}
+	ra, na := a.Evidence(pool, end)
+	rb, nb := b.Evidence(pool, end)
+	if ra != rb || na != nb {
+		t.Fatalf("evidence read every minute (%v, %v) against once (%v, %v)", ra, na, rb, nb)
 	}
 }
