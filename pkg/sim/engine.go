@@ -84,6 +84,8 @@ type Engine struct {
 	// rank orders the nodes for TieNodeOrder.
 	rank map[string]int
 	memo *filterMemo
+	// templateInfos are FitsTemplates' node infos, by template.
+	templateInfos map[*v1.Node]*framework.NodeInfo
 
 	// Counters for reports.
 	cycles int64

@@ -170,11 +170,17 @@ const (
 type elPod struct {
 	tp  *TracePod
 	pod *v1.Pod
-	// gang is the pod's gang key (gangKey), "" outside a gang.
+	// gang is the pod's gang key (gangKey), "" outside a gang, and mates
+	// the gang (nil outside one).
 	gang  string
-	class spotrisk.Class
-	gpus  float64
-	usage pricing.Usage
+	mates *elGang
+	// gangSpec is what the pod's labels say of its gang, read once;
+	// inGang is false outside a gang or when they say it wrongly.
+	gangSpec gang.Spec
+	inGang   bool
+	class    spotrisk.Class
+	gpus     float64
+	usage    pricing.Usage
 	// work is the run time the pod needs; saved is the part of it that
 	// survives a reclaim (checkpointed, or all of it for a service).
 	work, saved time.Duration
@@ -209,6 +215,13 @@ type elPod struct {
 	fitsGen    int
 }
 
+// elGang is a gang's pods, in the order they were read.
+type elGang struct {
+	members []int
+	// scanned is the scan that last asked the autoscaler for the gang.
+	scanned int
+}
+
 type elNode struct {
 	name     string
 	pool     *elPool
@@ -235,6 +248,16 @@ type elPool struct {
 	seq      int
 	rng      *rand.Rand
 	price    pricing.Price
+	// size is what a node of the pool can give a pod: CPU, memory and GPUs
+	// (in thousandths).
+	size pricing.Usage
+}
+
+// mayHold is false when a node of the pool, empty, lacks the pod's CPU,
+// memory or GPUs: NodeResourcesFit would reject it there, so the filters
+// need not run. (A share of a GPU needs one GPU.)
+func (pool *elPool) mayHold(u pricing.Usage) bool {
+	return u.CPUMilli <= pool.size.CPUMilli && u.MemoryBytes <= pool.size.MemoryBytes && u.GPUMilli <= pool.size.GPUMilli
 }
 
 type elastic struct {
@@ -270,8 +293,10 @@ type elastic struct {
 	now         time.Duration
 	pods        []*elPod
 	byUID       map[string]int
-	// gangs lists each gang's pods by gang key.
-	gangs   map[string][]int
+	// gangs are the gangs by gang key.
+	gangs map[string]*elGang
+	// scans counts the autoscaler's scans.
+	scans   int
 	pending []int
 	nodes   map[string]*elNode
 	// up are the nodes launched and not removed yet; nodes keeps every node
@@ -282,10 +307,12 @@ type elastic struct {
 	// scanning is set during a scan, which keeps scanRoom (readyRoom).
 	scanning bool
 	scanRoom nodeRoom
-	pools    []*elPool
-	freed    []string
-	scanOn   bool
-	arrived  int
+	// scanSlots is roomByPool's answer per pod shape, for scanRoom.
+	scanSlots map[pricing.Usage]map[*elPool]int
+	pools     []*elPool
+	freed     []string
+	scanOn    bool
+	arrived   int
 	// timerAt is when the earliest elTimer event in the queue is due; -1
 	// when there is none.
 	timerAt time.Duration
@@ -318,7 +345,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	clk := newSimClock(simEpoch)
 	r := &elastic{o: o, sc: sc, clock: clk, timerAt: -1, epoch: simEpoch,
 		risk: pricing.NewRiskModel(pricing.RiskConfig{Clock: clk}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
-		byUID: map[string]int{}, gangs: map[string][]int{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
+		byUID: map[string]int{}, gangs: map[string]*elGang{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
 			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted, RunLengths: r.runLengths}
@@ -336,8 +363,11 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		if !ok {
 			return nil, fmt.Errorf("pool %s: no price for %s %s in %s", p.Name, p.CapacityType, p.InstanceType, sc.Region)
 		}
+		alloc := tpl.Status.Allocatable
+		g := alloc[gpu.ResourceGPU]
 		pool := &elPool{index: len(r.pools), spec: p, template: tpl, price: price,
-			rng: rand.New(rand.NewPCG(o.Seed, uint64(i)+0x51ed))}
+			rng:  rand.New(rand.NewPCG(o.Seed, uint64(i)+0x51ed)),
+			size: pricing.Usage{CPUMilli: alloc.Cpu().MilliValue(), MemoryBytes: alloc.Memory().Value(), GPUMilli: g.Value() * gpu.MilliPerGPU}}
 		r.pools = append(r.pools, pool)
 		if p.capacity == pricing.Spot {
 			r.risk.SetPrior(poolKey(p), price.Interruption)
@@ -376,9 +406,18 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
 		ep := &elPod{tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
+		if spec, ok, err := gang.Of(p); ok && err == nil {
+			ep.gangSpec, ep.inGang = spec, true
+		}
 		r.pods = append(r.pods, ep)
 		if ep.gang != "" {
-			r.gangs[ep.gang] = append(r.gangs[ep.gang], i)
+			g := r.gangs[ep.gang]
+			if g == nil {
+				g = &elGang{}
+				r.gangs[ep.gang] = g
+			}
+			g.members = append(g.members, i)
+			ep.mates = g
 		}
 		r.byUID[string(p.UID)] = i
 		r.push(elEvent{at: tp.Arrival, kind: elArrival, pod: i})
@@ -932,7 +971,7 @@ func (r *elastic) readyRoom() (nodeRoom, error) {
 			gpus: alloc.GetScalarResources()[gpu.ResourceGPU] - req.GetScalarResources()[gpu.ResourceGPU]})
 	}
 	if r.scanning {
-		r.scanRoom = out
+		r.scanRoom, r.scanSlots = out, map[pricing.Usage]map[*elPool]int{}
 	}
 	return out, nil
 }
@@ -979,9 +1018,9 @@ func (room nodeRoom) mayTake(u pricing.Usage) bool {
 func (r *elastic) scan() error {
 	// autoscale acts for a whole gang: once per gang and scan is enough,
 	// and a large gang that waits for room does not cost a scan per member.
-	gangsDone := map[string]bool{}
+	r.scans++
 	r.scanning, r.scanRoom = true, nil
-	defer func() { r.scanning, r.scanRoom = false, nil }()
+	defer func() { r.scanning, r.scanRoom, r.scanSlots = false, nil, nil }()
 	for _, i := range append([]int(nil), r.pending...) {
 		p := r.pods[i]
 		if p.state != podWaiting {
@@ -998,9 +1037,9 @@ func (r *elastic) scan() error {
 			r.scanRoom = nil
 			continue
 		}
-		if p.nominated == "" && !gangsDone[p.gang] {
-			if p.gang != "" {
-				gangsDone[p.gang] = true
+		if p.nominated == "" && (p.mates == nil || p.mates.scanned != r.scans) {
+			if p.mates != nil {
+				p.mates.scanned = r.scans
 			}
 			if err := r.autoscale(i); err != nil {
 				return err
@@ -1132,6 +1171,9 @@ func (r *elastic) autoscale(i int) error {
 		if capacity != "" && pool.spec.capacity != capacity || zone != "" && pool.spec.Zone != zone {
 			continue
 		}
+		if !r.mayHoldAll(pool, members) {
+			continue
+		}
 		need := len(members) - min(len(members), room[pool])
 		if pool.spec.Max-pool.live >= need {
 			open, needs = append(open, pool), append(needs, need)
@@ -1190,6 +1232,17 @@ func (r *elastic) autoscale(i int) error {
 	return nil
 }
 
+// mayHoldAll is false when a node of the pool lacks the CPU, memory or
+// GPUs of one of the pods (elPool.mayHold).
+func (r *elastic) mayHoldAll(pool *elPool, pods []int) bool {
+	for _, m := range pods {
+		if !pool.mayHold(r.pods[m].usage) {
+			return false
+		}
+	}
+	return true
+}
+
 // options pairs each template with the pod's peers there: the other pods,
 // waiting or running, of the pod's Spot policy that pass their filters on
 // the template (waiting ones first, then the most recently started), i.e.
@@ -1235,6 +1288,18 @@ func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 // poolsFullFor reports whether every pool whose template the pod passes is
 // at its max.
 func (r *elastic) poolsFullFor(i int) (bool, error) {
+	// With the fleet at its limits most pools are full and the rest too
+	// small for the pod: no need to ask the filters.
+	open := false
+	for _, pool := range r.pools {
+		if pool.live < pool.spec.Max && pool.mayHold(r.pods[i].usage) {
+			open = true
+			break
+		}
+	}
+	if !open {
+		return true, nil
+	}
 	ok, err := r.poolFits(i)
 	if err != nil {
 		return false, err
@@ -1260,10 +1325,18 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	if known, ok := r.scanSlots[p.usage]; ok && r.scanning {
+		// A scan asks once per gang, and the gangs of a trace come in few
+		// shapes.
+		return known, nil
+	}
 	for _, f := range room {
 		if k := spotrisk.SlotsIn(p.usage, f.cpu, f.mem, f.gpus); k > 0 {
 			out[f.node.pool] += int(k)
 		}
+	}
+	if r.scanning && r.scanSlots != nil {
+		r.scanSlots[p.usage] = out
 	}
 	return out, nil
 }
@@ -1276,14 +1349,14 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 // gang plugin to place the gang, and cheap next to its plan. Members asking
 // for part of a GPU make it answer false (the gang plugin decides).
 func (r *elastic) gangLacksRoom(i int, ready nodeRoom) bool {
-	spec, ok, err := gang.Of(r.pods[i].pod)
-	if err != nil || !ok {
+	spec := r.pods[i].gangSpec
+	if !r.pods[i].inGang {
 		return false
 	}
 	placed := 0
 	var wants []int64
 	var least pricing.Usage
-	for _, j := range r.gangs[r.pods[i].gang] {
+	for _, j := range r.pods[i].mates.members {
 		switch q := r.pods[j]; q.state {
 		case podRunning, podHeld:
 			placed++
@@ -1321,12 +1394,12 @@ func (r *elastic) gangLacksRoom(i int, ready nodeRoom) bool {
 // sees pending, whereas launching a node per member as each arrives would
 // scatter the gang over pools it cannot span.
 func (r *elastic) gangIncomplete(i int) bool {
-	spec, ok, err := gang.Of(r.pods[i].pod)
-	if err != nil || !ok {
+	spec := r.pods[i].gangSpec
+	if !r.pods[i].inGang {
 		return false
 	}
 	n := 0
-	for _, j := range r.gangs[r.pods[i].gang] {
+	for _, j := range r.pods[i].mates.members {
 		if q := r.pods[j]; q.state == podRunning || q.state == podHeld || (q.state == podWaiting && q.queued) {
 			n++
 		}
@@ -1344,11 +1417,11 @@ func (r *elastic) gangPlacement(p *elPod) (pricing.CapacityType, string) {
 	if p.gang == "" || !r.gangPlugin {
 		return "", ""
 	}
-	spec, ok, err := gang.Of(p.pod)
-	if err != nil || !ok {
+	spec := p.gangSpec
+	if !p.inGang {
 		return "", ""
 	}
-	for _, j := range r.gangs[p.gang] {
+	for _, j := range p.mates.members {
 		q := r.pods[j]
 		node := ""
 		switch q.state {
@@ -1380,7 +1453,7 @@ func (r *elastic) gangWaiting(i int) []int {
 		return out
 	}
 	var rest []int
-	for _, j := range r.gangs[r.pods[i].gang] {
+	for _, j := range r.pods[i].mates.members {
 		if q := r.pods[j]; j != i && q.queued && q.state == podWaiting && q.nominated == "" {
 			rest = append(rest, j)
 		}
@@ -1534,8 +1607,8 @@ func (r *elastic) reclaim(name string) error {
 	sort.Ints(order)
 	var peerNodes []string
 	for _, i := range order { // the evicted pods; their gang peers join order below
-		if g := r.pods[i].gang; g != "" {
-			for _, j := range r.gangs[g] {
+		if g := r.pods[i].mates; g != nil {
+			for _, j := range g.members {
 				if q := r.pods[j]; q.state == podRunning && !victims[j] {
 					if err := r.e.Remove(q.pod); err != nil {
 						return err

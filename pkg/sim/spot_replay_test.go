@@ -355,14 +355,19 @@ func TestNodeRoomMayTake(t *testing.T) {
 // free, or more nodes with room for a member than there are, though the
 // free GPUs add up.
 func TestGangLacksRoom(t *testing.T) {
+	g := &elGang{members: []int{0, 1, 2}}
 	member := func(name string, state elPodState, gpus int64) *elPod {
 		pod := NewPod(SimNamespace, name, 4000, 1024, gpus, 1000, nil)
 		pod.Labels[LabelGang], pod.Labels[LabelGangSize] = "g", "3"
-		return &elPod{pod: pod, gang: "g", state: state, usage: pricing.Usage{CPUMilli: 4000, MemoryBytes: 1 << 30, GPUMilli: gpus * 1000}}
+		spec, ok, err := gang.Of(pod)
+		if !ok || err != nil {
+			t.Fatalf("gang.Of: %v, %v", ok, err)
+		}
+		return &elPod{pod: pod, gang: "g", mates: g, gangSpec: spec, inGang: true, state: state, usage: pricing.Usage{CPUMilli: 4000, MemoryBytes: 1 << 30, GPUMilli: gpus * 1000}}
 	}
 	r := &elastic{
 		pods:  []*elPod{member("a", podRunning, 8), member("b", podWaiting, 8), member("c", podWaiting, 4)},
-		gangs: map[string][]int{"g": {0, 1, 2}},
+		gangs: map[string]*elGang{"g": g},
 	}
 	node := func(cpu, gpus int64) freeRoom { return freeRoom{cpu: cpu, mem: 64 << 30, gpus: gpus} }
 	for _, c := range []struct {
@@ -618,5 +623,28 @@ func TestElasticCountsPodsThatFitNoPool(t *testing.T) {
 	if res.NeverScheduled != 1 || res.FitsNoPool != 1 || res.FitsNoPoolExample != "v100 (trace.csv:2)" || res.PodsCompleted != 1 {
 		t.Fatalf("never scheduled %d, fit no pool %d (%q), completed %d; want 1, 1 (v100 (trace.csv:2)), 1",
 			res.NeverScheduled, res.FitsNoPool, res.FitsNoPoolExample, res.PodsCompleted)
+	}
+}
+
+// A pool whose empty node lacks a pod's CPU, memory or GPUs is never asked
+// about the pod (the filters would reject it there).
+func TestPoolMayHold(t *testing.T) {
+	gpuPool := &elPool{size: pricing.Usage{CPUMilli: 48000, MemoryBytes: 192 << 30, GPUMilli: 4000}}
+	cpuPool := &elPool{size: pricing.Usage{CPUMilli: 32000, MemoryBytes: 128 << 30}}
+	for _, c := range []struct {
+		pool *elPool
+		u    pricing.Usage
+		want bool
+	}{
+		{gpuPool, pricing.Usage{CPUMilli: 16000, MemoryBytes: 64 << 30, GPUMilli: 4000}, true},
+		{gpuPool, pricing.Usage{CPUMilli: 16000, MemoryBytes: 64 << 30, GPUMilli: 8000}, false},
+		{gpuPool, pricing.Usage{CPUMilli: 64000, MemoryBytes: 64 << 30, GPUMilli: 1000}, false},
+		{gpuPool, pricing.Usage{CPUMilli: 1000, MemoryBytes: 256 << 30}, false},
+		{cpuPool, pricing.Usage{CPUMilli: 1000, MemoryBytes: 1 << 30, GPUMilli: 470}, false}, // a share needs a GPU
+		{cpuPool, pricing.Usage{CPUMilli: 32000, MemoryBytes: 128 << 30}, true},
+	} {
+		if got := c.pool.mayHold(c.u); got != c.want {
+			t.Errorf("pool %+v, pod %+v: mayHold = %v, want %v", c.pool.size, c.u, got, c.want)
+		}
 	}
 }

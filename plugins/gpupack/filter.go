@@ -13,14 +13,17 @@ import (
 )
 
 // PreFilter reads the pod's request once, counts the pod as an arrival for
-// the learned demand (a retry is not counted again) and brings the device
-// view up to date with the cycle's snapshot. Pods without GPUs skip Filter.
+// the learned demand (a retry is not counted again, nor a what-if) and
+// brings the device view up to date with the cycle's snapshot. Pods without
+// GPUs skip Filter.
 func (p *GPUPack) PreFilter(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
 	req, err := packing.ReqFor(pod)
 	if err != nil {
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
 	}
-	p.learner.Observe(string(pod.UID), req.Shape)
+	if !isWhatIf(ctx) {
+		p.learner.Observe(string(pod.UID), req.Shape)
+	}
 	if p.pending != nil {
 		p.pending.serve(pod.Spec.SchedulerName)
 	}
@@ -108,4 +111,20 @@ func isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1.Pod, oldObj, n
 		return fwk.QueueSkip, nil
 	}
 	return fwk.Queue, nil
+}
+
+type whatIfKey struct{}
+
+// WhatIf marks a context in which the filters are asked whether a pod would
+// fit (an autoscaler trying its template nodes) rather than to schedule it:
+// the pod is not counted as an arrival then. Cluster Autoscaler asks its own
+// copy of the filters, so such questions never teach the scheduler's demand
+// anything; a simulator that asks the scheduler's own plugins must say so.
+func WhatIf(ctx context.Context) context.Context {
+	return context.WithValue(ctx, whatIfKey{}, true)
+}
+
+func isWhatIf(ctx context.Context) bool {
+	v, _ := ctx.Value(whatIfKey{}).(bool)
+	return v
 }

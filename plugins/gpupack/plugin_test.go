@@ -457,3 +457,35 @@ func TestLookAheadCountsOnlyPodsFoundUnschedulable(t *testing.T) {
 		t.Fatalf("a placed pod still counts: %d pending", n)
 	}
 }
+
+// An autoscaler's what-if (does the pod fit this template node?) is not an
+// arrival: only the scheduling cycle teaches the demand a shape.
+func TestWhatIfIsNotAnArrival(t *testing.T) {
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A10G", 8, "192")})
+	pod := podOf("three", "4", string(gpu.ResourceGPU), "3")
+	req, err := packing.ReqFor(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func() bool {
+		for _, s := range p.learner.Demand().Shapes {
+			if s.Key() == req.Shape.Key() {
+				return true
+			}
+		}
+		return false
+	}
+	if _, s := p.PreFilter(WhatIf(context.Background()), framework.NewCycleState(), pod, nodes); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	if has() {
+		t.Fatal("a what-if taught the demand a 3-GPU shape")
+	}
+	if _, s := p.PreFilter(context.Background(), framework.NewCycleState(), pod, nodes); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	if !has() {
+		t.Fatal("the scheduling cycle did not count the pod's 3-GPU shape")
+	}
+}
