@@ -1,0 +1,662 @@
+package sim
+
+// The elastic fleet's autoscaler: free room, the periodic scan, scale-up
+// for pods and gangs, node readiness and scale-down.
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/plugins/spotrisk"
+)
+
+// freeRoom is the CPU, memory and whole GPUs a ready node has free.
+type freeRoom struct {
+	node           *elNode
+	cpu, mem, gpus int64
+}
+
+// nodeRoom is the free room of some nodes.
+type nodeRoom []freeRoom
+
+// readyRoom is what every ready node has free now. A scan reuses it until
+// it places a pod: launching nodes and nominating pods change no ready
+// node.
+func (r *elastic) readyRoom() (nodeRoom, error) {
+	if r.scanRoom != nil {
+		return r.scanRoom, nil
+	}
+	nis, err := r.e.NodeInfos()
+	if err != nil {
+		return nil, err
+	}
+	out := nodeRoom{}
+	for _, ni := range nis {
+		n := r.nodes[ni.Node().Name]
+		if n == nil || !n.ready || n.removed {
+			continue
+		}
+		alloc, req := ni.GetAllocatable(), ni.GetRequested()
+		out = append(out, freeRoom{node: n, cpu: alloc.GetMilliCPU() - req.GetMilliCPU(), mem: alloc.GetMemory() - req.GetMemory(),
+			gpus: alloc.GetScalarResources()[gpu.ResourceGPU] - req.GetScalarResources()[gpu.ResourceGPU]})
+	}
+	if r.scanning {
+		r.scanRoom, r.scanSlots = out, map[pricing.Usage]map[*elPool]int{}
+	}
+	return out, nil
+}
+
+// roomOn is what the named nodes have free now. Pods placed afterwards make
+// it an overestimate, which is all mayTake needs.
+func (r *elastic) roomOn(names []string) (nodeRoom, error) {
+	all, err := r.readyRoom()
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	var out nodeRoom
+	for _, f := range all {
+		if want[f.node.name] {
+			out = append(out, f)
+		}
+	}
+	return out, nil
+}
+
+// mayTake is false when no node has the CPU, memory or whole GPUs a pod
+// asks for: NodeResourcesFit, a Filter of every profile, would reject it
+// everywhere, so the filters need not run. Shares of a GPU are not counted
+// in whole GPUs and are left to the filters.
+func (room nodeRoom) mayTake(u pricing.Usage) bool {
+	whole := int64(0)
+	if u.GPUMilli%gpu.MilliPerGPU == 0 {
+		whole = u.GPUMilli / gpu.MilliPerGPU
+	}
+	for _, n := range room {
+		if n.cpu >= u.CPUMilli && n.mem >= u.MemoryBytes && n.gpus >= whole {
+			return true
+		}
+	}
+	return false
+}
+
+// scan is the autoscaler's periodic loop: it retries pods whose wait for
+// Spot has ended and asks for nodes for pods nothing is coming for.
+func (r *elastic) scan() error {
+	// autoscale acts for a whole gang: once per gang and scan is enough,
+	// and a large gang that waits for room does not cost a scan per member.
+	r.scans++
+	r.scanning, r.scanRoom = true, nil
+	defer func() { r.scanning, r.scanRoom, r.scanSlots = false, nil, nil }()
+	for _, i := range append([]int(nil), r.pending...) {
+		p := r.pods[i]
+		if p.state != podWaiting {
+			continue
+		}
+		if p.deadline > 0 && r.now >= p.deadline && !p.retriedDue {
+			p.retriedDue = true
+			// try may place pods, and then ask the autoscaler: the room
+			// is counted afresh for it and for the rest of the scan.
+			r.scanRoom = nil
+			if err := r.try(i); err != nil {
+				return err
+			}
+			r.scanRoom = nil
+			continue
+		}
+		if p.nominated == "" && (p.mates == nil || p.mates.scanned != r.scans) {
+			if p.mates != nil {
+				p.mates.scanned = r.scans
+			}
+			if err := r.autoscale(i); err != nil {
+				return err
+			}
+		}
+	}
+	r.armScan()
+	return nil
+}
+
+const scanEvery = 30 * time.Second
+
+// armScan keeps the autoscaler scanning while a waiting pod could still be
+// helped: something else will happen, or a pod's wait for Spot has not
+// ended yet.
+func (r *elastic) armScan() {
+	if r.scanOn || len(r.pending) == 0 {
+		return
+	}
+	others := false
+	for _, ev := range r.q {
+		if ev.kind != elScan && ev.kind != elSample {
+			others = true
+			break
+		}
+	}
+	if !others {
+		for _, i := range r.pending {
+			if p := r.pods[i]; p.deadline > 0 && !p.retriedDue {
+				others = true
+				break
+			}
+		}
+	}
+	if others {
+		r.scanOn = true
+		r.push(elEvent{at: r.now + scanEvery, kind: elScan})
+	}
+}
+
+// poolFits says which pools' template nodes pass the pod's PreFilter and
+// Filter plugins, indexed by pool. A template is a fresh node, so the answer
+// depends on the pod alone and on time only through SpotRisk's wait of a
+// Spot-preferring pod and, for a pod whose answer follows the risk model (a
+// risk limit, or training without checkpoints), the reclaim rates and run
+// lengths SpotRisk has learned: it is remembered until the pod's wait ends
+// or starts again, and for such a pod until the next reclaim or hourly
+// exposure sample (an autoscaler's template checks are as old as its loop).
+func (r *elastic) poolFits(i int) ([]bool, error) {
+	p := r.pods[i]
+	waited := p.deadline > 0 && r.now >= p.deadline
+	if p.fits != nil && p.fitsFor == p.deadline && p.fitsWaited == waited && (!r.riskFilter || !p.class.FollowsRisk() || p.fitsGen == r.riskGen) {
+		return p.fits, nil
+	}
+	tpls := make([]*v1.Node, len(r.pools))
+	for k, pool := range r.pools {
+		tpls[k] = pool.template
+	}
+	fits, err := r.e.FitsTemplates(asAlone(p.pod), tpls)
+	if err != nil {
+		return nil, err
+	}
+	p.fits, p.fitsFor, p.fitsWaited, p.fitsGen = fits, p.deadline, waited, r.riskGen
+	return fits, nil
+}
+
+// autoscale finds or launches a node for a waiting pod. A gang member
+// brings its whole gang: the gang's waiting members get one node each, all
+// in one pool (one zone and capacity type, as the gang plugin keeps a gang),
+// or none do.
+func (r *elastic) autoscale(i int) error {
+	p := r.pods[i]
+	if p.nominated != "" {
+		if n := r.nodes[p.nominated]; n != nil && !n.ready && !n.removed {
+			return nil
+		}
+		p.nominated = ""
+	}
+	if len(r.inflight) == 0 {
+		// No node on its way to take the pod and no pool it may use that
+		// may grow: with a fleet at its limits this is most pods of most
+		// scans. (A gang's members that fit on nodes already up are placed
+		// when they are retried, not here.)
+		full, err := r.poolsFullFor(i)
+		if err != nil || full {
+			return err
+		}
+	}
+	if r.gangIncomplete(i) {
+		return nil
+	}
+	members := r.gangWaiting(i)
+	if len(members) == 1 {
+		// A node already on its way may take it.
+		cpu, mem, gpuMilli := requests(p)
+		var inflight []*elNode
+		for _, n := range r.inflight {
+			if n.roomCPU >= cpu && n.roomMem >= mem && n.roomGPU >= gpuMilli {
+				inflight = append(inflight, n)
+			}
+		}
+		sort.Slice(inflight, func(a, b int) bool { return inflight[a].name < inflight[b].name })
+		if len(inflight) > 0 {
+			ok, err := r.poolFits(i)
+			if err != nil {
+				return err
+			}
+			for _, n := range inflight {
+				if ok[n.pool.index] {
+					r.nominate(p, n)
+					return nil
+				}
+			}
+		}
+	}
+	// A gang's members may also go on nodes already up in the pool: only
+	// the rest need new ones.
+	var room map[*elPool]int
+	if p.gang != "" {
+		var err error
+		if room, err = r.roomByPool(p); err != nil {
+			return err
+		}
+	}
+	capacity, zone := r.gangPlacement(p)
+	var open []*elPool
+	var needs []int
+	for _, pool := range r.pools {
+		if capacity != "" && pool.spec.capacity != capacity || zone != "" && pool.spec.Zone != zone {
+			continue
+		}
+		if !r.mayHoldAll(pool, members) {
+			continue
+		}
+		need := len(members) - min(len(members), room[pool])
+		if pool.spec.Max-pool.live >= need {
+			open, needs = append(open, pool), append(needs, need)
+		}
+	}
+	if len(open) == 0 {
+		return nil
+	}
+	// Every member must pass the pool's filters.
+	passes := make([]bool, len(r.pools))
+	for k := range passes {
+		passes[k] = true
+	}
+	for _, m := range members {
+		ok, err := r.poolFits(m)
+		if err != nil {
+			return err
+		}
+		for k := range passes {
+			passes[k] = passes[k] && ok[k]
+		}
+	}
+	var fit []*elPool
+	var fitT []*v1.Node
+	var fitNeed []int
+	for k, pool := range open {
+		if passes[pool.index] {
+			fit, fitT, fitNeed = append(fit, pool), append(fitT, pool.template), append(fitNeed, needs[k])
+		}
+	}
+	if len(fit) == 0 {
+		return nil
+	}
+	var order []int
+	if r.rankOptions != nil && len(members) == 1 {
+		opts, err := r.options(i, fit)
+		if err != nil {
+			return err
+		}
+		if order, err = r.rankOptions(p.pod, opts); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if order, err = r.rank(p.pod, fitT); err != nil {
+			return err
+		}
+	}
+	pool := fit[order[0]]
+	for _, m := range members[:fitNeed[order[0]]] {
+		if err := r.launch(pool, false); err != nil {
+			return err
+		}
+		r.nominate(r.pods[m], r.nodes[r.lastLaunched])
+	}
+	return nil
+}
+
+// mayHoldAll is false when a node of the pool lacks the CPU, memory or
+// GPUs of one of the pods (elPool.mayHold).
+func (r *elastic) mayHoldAll(pool *elPool, pods []int) bool {
+	for _, m := range pods {
+		if !pool.mayHold(r.pods[m].usage) {
+			return false
+		}
+	}
+	return true
+}
+
+// options pairs each template with the pod's peers there: the other pods,
+// waiting or running, of the pod's Spot policy that pass their filters on
+// the template (waiting ones first, then the most recently started), i.e.
+// the workload that could fill a new node of that pool. Running pods count
+// for services only, and only running services (spotrisk.Class.LongLived).
+func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
+	opts := make([]spotrisk.Option, len(pools))
+	for k, pool := range pools {
+		opts[k] = spotrisk.Option{Node: pool.template, Peers: []pricing.Usage{}}
+	}
+	self := r.pods[i]
+	var cand []int
+	for _, j := range r.pending {
+		if q := r.pods[j]; j != i && q.state == podWaiting && q.class.Policy == self.class.Policy {
+			cand = append(cand, j)
+		}
+	}
+	var running []int
+	for j, q := range r.pods {
+		if self.class.LongLived() && q.class.LongLived() && q.state == podRunning && q.class.Policy == self.class.Policy {
+			running = append(running, j)
+		}
+	}
+	sort.SliceStable(running, func(a, b int) bool { return r.pods[running[a]].runStart > r.pods[running[b]].runStart })
+	cand = append(cand, running...)
+	if len(cand) > spotrisk.MaxPeers {
+		cand = cand[:spotrisk.MaxPeers]
+	}
+	for _, j := range cand {
+		ok, err := r.poolFits(j)
+		if err != nil {
+			return nil, err
+		}
+		for k, pool := range pools {
+			if ok[pool.index] {
+				opts[k].Peers = append(opts[k].Peers, r.pods[j].usage)
+			}
+		}
+	}
+	return opts, nil
+}
+
+// poolsFullFor reports whether every pool whose template the pod passes is
+// at its max.
+func (r *elastic) poolsFullFor(i int) (bool, error) {
+	// With the fleet at its limits most pools are full and the rest too
+	// small for the pod: no need to ask the filters.
+	open := false
+	for _, pool := range r.pools {
+		if pool.live < pool.spec.Max && pool.mayHold(r.pods[i].usage) {
+			open = true
+			break
+		}
+	}
+	if !open {
+		return true, nil
+	}
+	ok, err := r.poolFits(i)
+	if err != nil {
+		return false, err
+	}
+	for _, pool := range r.pools {
+		if ok[pool.index] && pool.live < pool.spec.Max {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// roomByPool counts, per pool, how many pods shaped like p the pool's ready
+// nodes have room for now (GPUs, CPU and memory), for a gang whose members
+// the gang plugin may spread over nodes already up and new ones.
+func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
+	out := map[*elPool]int{}
+	if p.usage.GPUMilli%gpu.MilliPerGPU != 0 {
+		// Shares of a GPU: the node's counts do not say which GPU has room.
+		return out, nil
+	}
+	room, err := r.readyRoom()
+	if err != nil {
+		return nil, err
+	}
+	if known, ok := r.scanSlots[p.usage]; ok && r.scanning {
+		// A scan asks once per gang, and the gangs of a trace come in few
+		// shapes.
+		return known, nil
+	}
+	for _, f := range room {
+		if k := spotrisk.SlotsIn(p.usage, f.cpu, f.mem, f.gpus); k > 0 {
+			out[f.node.pool] += int(k)
+		}
+	}
+	if r.scanning && r.scanSlots != nil {
+		r.scanSlots[p.usage] = out
+	}
+	return out, nil
+}
+
+// gangLacksRoom reports whether pod i's gang needs more members placed than
+// the ready nodes have room for: the whole GPUs free on them against the
+// members it still needs, the smallest first, and the members that fit on
+// them one node at a time, each member taking at least the CPU, memory and
+// GPUs of the least any waiting member asks. Both are necessary for the
+// gang plugin to place the gang, and cheap next to its plan. Members asking
+// for part of a GPU make it answer false (the gang plugin decides).
+func (r *elastic) gangLacksRoom(i int, ready nodeRoom) bool {
+	spec := r.pods[i].gangSpec
+	if !r.pods[i].inGang {
+		return false
+	}
+	placed := 0
+	var wants []int64
+	var least pricing.Usage
+	for _, j := range r.pods[i].mates.members {
+		switch q := r.pods[j]; q.state {
+		case podRunning, podHeld:
+			placed++
+		case podWaiting:
+			u := q.usage
+			if u.GPUMilli%gpu.MilliPerGPU != 0 {
+				return false
+			}
+			if len(wants) == 0 {
+				least = u
+			}
+			least.CPUMilli, least.MemoryBytes, least.GPUMilli = min(least.CPUMilli, u.CPUMilli), min(least.MemoryBytes, u.MemoryBytes), min(least.GPUMilli, u.GPUMilli)
+			wants = append(wants, u.GPUMilli/gpu.MilliPerGPU)
+		}
+	}
+	need := int(spec.MinMember) - placed
+	if need <= 0 || need > len(wants) {
+		return false
+	}
+	slices.Sort(wants)
+	var sum, free, slots int64
+	for _, w := range wants[:need] {
+		sum += w
+	}
+	for _, f := range ready {
+		free += max(0, f.gpus)
+		slots += max(0, spotrisk.SlotsIn(least, f.cpu, f.mem, f.gpus))
+	}
+	return sum > free || slots < int64(need)
+}
+
+// gangIncomplete reports whether the pod is in a gang some of whose members
+// have not arrived yet. The autoscaler waits for them: a job's controller
+// creates its pods together and Cluster Autoscaler sizes for all the pods it
+// sees pending, whereas launching a node per member as each arrives would
+// scatter the gang over pools it cannot span.
+func (r *elastic) gangIncomplete(i int) bool {
+	spec := r.pods[i].gangSpec
+	if !r.pods[i].inGang {
+		return false
+	}
+	n := 0
+	for _, j := range r.pods[i].mates.members {
+		if q := r.pods[j]; q.state == podRunning || q.state == podHeld || (q.state == podWaiting && q.queued) {
+			n++
+		}
+	}
+	return n < int(spec.MinMember)
+}
+
+// gangPlacement is the capacity type and zone that the gang's members
+// already held at Permit or running fix for the rest, as PennyGang keeps a
+// gang on one of each unless the gang says otherwise; "" where nothing is
+// fixed. A node of another kind could never take the members still waiting.
+// Without PennyGang in the profile nothing keeps a gang together, so nothing
+// is fixed: default's members place one by one.
+func (r *elastic) gangPlacement(p *elPod) (pricing.CapacityType, string) {
+	if p.gang == "" || !r.gangPlugin {
+		return "", ""
+	}
+	spec := p.gangSpec
+	if !p.inGang {
+		return "", ""
+	}
+	for _, j := range p.mates.members {
+		q := r.pods[j]
+		node := ""
+		switch q.state {
+		case podRunning:
+			node = q.node
+		case podHeld:
+			node = q.heldOn
+		}
+		if n := r.nodes[node]; n != nil {
+			var capacity pricing.CapacityType
+			var zone string
+			if spec.SameCapacityType == nil || *spec.SameCapacityType {
+				capacity = n.pool.spec.capacity
+			}
+			if spec.SameZone == nil || *spec.SameZone {
+				zone = n.pool.spec.Zone
+			}
+			return capacity, zone
+		}
+	}
+	return "", ""
+}
+
+// gangWaiting is the pod and, when it is in a gang, the gang's other
+// waiting members that no node is coming for yet.
+func (r *elastic) gangWaiting(i int) []int {
+	out := []int{i}
+	if r.pods[i].gang == "" {
+		return out
+	}
+	var rest []int
+	for _, j := range r.pods[i].mates.members {
+		if q := r.pods[j]; j != i && q.queued && q.state == podWaiting && q.nominated == "" {
+			rest = append(rest, j)
+		}
+	}
+	// In the order they wait in (r.pending's).
+	sort.SliceStable(rest, func(a, b int) bool { return r.pods[rest[a]].waitStart < r.pods[rest[b]].waitStart })
+	return append(out, rest...)
+}
+
+// asAlone is the pod as the autoscaler weighs it: a gang member without its
+// gang, since the gang plugin admits a gang only once room for every member
+// exists, which is what the autoscaler is asked to create. Each member gets
+// its node; the gang plugin places them together when the nodes are up.
+func asAlone(pod *v1.Pod) *v1.Pod {
+	if _, ok := pod.Labels[gang.LabelName]; !ok {
+		return pod
+	}
+	p := pod.DeepCopy()
+	delete(p.Labels, gang.LabelName)
+	delete(p.Labels, gang.KeySize)
+	return p
+}
+
+func (r *elastic) nominate(p *elPod, n *elNode) {
+	cpu, mem, gpuMilli := requests(p)
+	p.nominated = n.name
+	n.nominees = append(n.nominees, p)
+	n.roomCPU -= cpu
+	n.roomMem -= mem
+	n.roomGPU -= gpuMilli
+}
+
+func requests(p *elPod) (cpu, mem, gpuMilli int64) {
+	return p.usage.CPUMilli, p.usage.MemoryBytes, p.usage.GPUMilli
+}
+
+// launch starts a node of the pool: at once for the pools' minimum at the
+// start, after the provisioning delay otherwise.
+func (r *elastic) launch(pool *elPool, now bool) error {
+	name := fmt.Sprintf("%s-%d", pool.spec.Name, pool.seq)
+	pool.seq++
+	pool.live++
+	n := &elNode{name: name, pool: pool, node: r.sc.node(pool.spec, name), price: pool.price, launched: r.now, pods: map[int]bool{}}
+	alloc := n.node.Status.Allocatable
+	n.roomCPU, n.roomMem = alloc.Cpu().MilliValue(), alloc.Memory().Value()
+	g := alloc[gpu.ResourceGPU]
+	n.roomGPU = g.Value() * 1000
+	r.nodes[name] = n
+	r.up[name] = n
+	r.lastLaunched = name
+	r.live++
+	r.res.PeakNodes = max(r.res.PeakNodes, r.live)
+	if now {
+		return r.nodeReady(name)
+	}
+	r.res.ScaleUps++
+	r.inflight[name] = n
+	r.push(elEvent{at: r.now + pool.spec.ProvisioningDelay.Duration, kind: elNodeReady, node: name})
+	return nil
+}
+
+func (r *elastic) nodeReady(name string) error {
+	n := r.nodes[name]
+	if n == nil || n.removed {
+		return nil
+	}
+	if err := r.e.AddNode(n.node); err != nil {
+		return err
+	}
+	n.ready, n.fedUntil = true, r.now
+	delete(r.inflight, name)
+	for _, p := range n.nominees {
+		if p.nominated == name {
+			p.nominated = ""
+		}
+	}
+	n.nominees = nil
+	if mttr := n.pool.spec.MeanTimeToReclaim.Duration; mttr > 0 {
+		// A life past what a Duration holds (a mean of a million hours
+		// draws some) is no reclaim in any replay.
+		if life := n.pool.rng.ExpFloat64() * float64(mttr); life < float64(math.MaxInt64-r.now) {
+			r.push(elEvent{at: r.now + time.Duration(life), kind: elReclaim, node: name})
+		}
+	}
+	r.freed = append(r.freed, name)
+	r.maybeIdle(n)
+	return nil
+}
+
+// maybeIdle starts a node's scale-down countdown when it is empty.
+func (r *elastic) maybeIdle(n *elNode) {
+	if n == nil || n.removed || !n.ready || len(n.pods) > 0 {
+		return
+	}
+	if n.pool.live <= n.pool.spec.Min {
+		return
+	}
+	n.emptyGen++
+	r.push(elEvent{at: r.now + n.pool.spec.ScaleDownAfter.Duration, kind: elScaleDown, node: n.name, gen: n.emptyGen})
+}
+
+func (r *elastic) scaleDown(ev elEvent) error {
+	n := r.nodes[ev.node]
+	if n == nil || n.removed || len(n.pods) > 0 || n.emptyGen != ev.gen || n.pool.live <= n.pool.spec.Min {
+		return nil
+	}
+	if _, err := r.e.RemoveNode(n.name); err != nil {
+		return err
+	}
+	r.retire(n)
+	r.res.ScaleDowns++
+	return nil
+}
+
+// retire bills a node up to now and takes it out of the fleet.
+func (r *elastic) retire(n *elNode) {
+	r.feedNode(n)
+	hours := (r.now - n.launched).Hours()
+	r.res.BillUSD += hours * n.price.NodeHourly
+	r.res.BillByCapacity[string(n.pool.spec.capacity)] += hours * n.price.NodeHourly
+	r.res.NodeHoursByPool[n.pool.spec.Name] += hours
+	r.res.BillByPool[n.pool.spec.Name] += hours * n.price.NodeHourly
+	n.removed = true
+	delete(r.up, n.name)
+	delete(r.inflight, n.name)
+	n.pool.live--
+	r.live--
+}
