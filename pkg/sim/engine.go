@@ -38,6 +38,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/util/assumecache"
 
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/plugins/gpupack"
 )
 
 // Engine runs one kube-scheduler profile in-process: the framework runtime
@@ -420,7 +421,8 @@ func (e *Engine) FitsOn(pod *v1.Pod, names []string) (bool, error) {
 		return false, err
 	}
 	state := framework.NewCycleState()
-	_, s, _ := e.fw.RunPreFilterPlugins(e.ctx, state, pod)
+	// A queueing hint, not a scheduling cycle: it teaches nothing.
+	_, s, _ := e.fw.RunPreFilterPlugins(gpupack.WhatIf(e.ctx), state, pod)
 	if !s.IsSuccess() {
 		if s.IsRejected() {
 			return false, nil
