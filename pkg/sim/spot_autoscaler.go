@@ -180,8 +180,28 @@ func (r *elastic) poolFits(i int) ([]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.fits, p.fitsFor, p.fitsWaited, p.fitsGen = fits, p.deadline, waited, r.riskGen
+	p.fits, p.fitsFor, p.fitsWaited, p.fitsGen = r.internFits(fits), p.deadline, waited, r.riskGen
 	return fits, nil
+}
+
+// internFits returns the one copy of a pool verdict that every pod with the
+// same verdict shares: a scan reads the verdicts of thousands of waiting
+// pods, and a few shared slices stay in cache where one per pod did not.
+func (r *elastic) internFits(fits []bool) []bool {
+	key := make([]byte, len(fits))
+	for k, ok := range fits {
+		if ok {
+			key[k] = 1
+		}
+	}
+	if known, ok := r.verdicts[string(key)]; ok {
+		return known
+	}
+	if r.verdicts == nil {
+		r.verdicts = map[string][]bool{}
+	}
+	r.verdicts[string(key)] = fits
+	return fits
 }
 
 // autoscale finds or launches a node for a waiting pod. A gang member

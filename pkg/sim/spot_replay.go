@@ -307,6 +307,8 @@ type elastic struct {
 	// scanning is set during a scan, which keeps scanRoom (readyRoom).
 	scanning bool
 	scanRoom nodeRoom
+	// verdicts holds the distinct pool verdicts (internFits).
+	verdicts map[string][]bool
 	// scanSlots is roomByPool's answer per pod shape, for scanRoom.
 	scanSlots map[pricing.Usage]map[*elPool]int
 	pools     []*elPool

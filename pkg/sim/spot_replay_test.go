@@ -648,3 +648,17 @@ func TestPoolMayHold(t *testing.T) {
 		}
 	}
 }
+
+// Pods with the same pool verdict share one copy of it.
+func TestInternFits(t *testing.T) {
+	r := &elastic{}
+	a := r.internFits([]bool{true, false, true})
+	b := r.internFits([]bool{true, false, true})
+	c := r.internFits([]bool{true, true, true})
+	if &a[0] != &b[0] {
+		t.Error("equal verdicts are two copies")
+	}
+	if &a[0] == &c[0] || !c[1] {
+		t.Errorf("different verdicts share a copy: %v, %v", a, c)
+	}
+}
