@@ -1,17 +1,44 @@
 package localcluster
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// startEtcd runs an embedded etcd on loopback with its data under dir.
+// startEtcd runs an embedded etcd on loopback with its data under dir. A
+// port freePort picks is free when picked, not when etcd binds it: another
+// process (a test package running beside this one) may take it in between,
+// so a start that finds its port taken is tried again on new ones.
 func startEtcd(dir string, clientPort int) (*embed.Etcd, string, error) {
+	var err error
+	for attempt := 1; attempt <= etcdStartAttempts; attempt++ {
+		var e *embed.Etcd
+		var url string
+		if e, url, err = startEtcdOnce(dir, clientPort); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			return e, url, err
+		}
+		// The listeners come before the data directory; clear it anyway
+		// so that the next try starts a fresh member.
+		if rmErr := os.RemoveAll(filepath.Join(dir, "etcd")); rmErr != nil {
+			return nil, "", rmErr
+		}
+	}
+	return nil, "", fmt.Errorf("%w (%d tries)", err, etcdStartAttempts)
+}
+
+// etcdStartAttempts bounds startEtcd's tries.
+const etcdStartAttempts = 5
+
+// startEtcdOnce is one try of startEtcd.
+var startEtcdOnce = func(dir string, clientPort int) (*embed.Etcd, string, error) {
 	if clientPort == 0 {
 		p, err := freePort()
 		if err != nil {
