@@ -64,10 +64,8 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 		}
 		t.pending, t.header = header, positional[:len(header)]
 	}
-	// Both formats name their columns in lower case; a spreadsheet's
-	// "Timestamp" means the same column.
 	for i, h := range t.header {
-		t.cols[strings.ToLower(strings.TrimSpace(h))] = i
+		t.cols[columnName(h)] = i
 	}
 	var missing []string
 	for _, c := range required {
@@ -80,6 +78,10 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 	}
 	return t, nil
 }
+
+// columnName is the column a header cell names. Both formats name their
+// columns in lower case; a spreadsheet's " Timestamp" means the same column.
+func columnName(h string) string { return strings.ToLower(strings.TrimSpace(h)) }
 
 func csvError(name string, err error) error {
 	var pe *csv.ParseError

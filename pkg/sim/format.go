@@ -59,7 +59,7 @@ func DetectFormat(path string) (string, error) {
 	trimBOM(row)
 	cols := map[string]bool{}
 	for _, h := range row {
-		cols[strings.ToLower(strings.TrimSpace(h))] = true
+		cols[columnName(h)] = true
 	}
 	has := func(names ...string) bool {
 		for _, n := range names {

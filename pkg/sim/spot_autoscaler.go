@@ -595,10 +595,7 @@ func (r *elastic) launch(pool *elPool, now bool) error {
 	pool.seq++
 	pool.live++
 	n := &elNode{name: name, pool: pool, node: r.sc.node(pool.spec, name), price: pool.price, launched: r.now, pods: map[int]bool{}}
-	alloc := n.node.Status.Allocatable
-	n.roomCPU, n.roomMem = alloc.Cpu().MilliValue(), alloc.Memory().Value()
-	g := alloc[gpu.ResourceGPU]
-	n.roomGPU = g.Value() * 1000
+	n.roomCPU, n.roomMem, n.roomGPU = pool.size.CPUMilli, pool.size.MemoryBytes, pool.size.GPUMilli
 	r.nodes[name] = n
 	r.up[name] = n
 	r.lastLaunched = name

@@ -248,16 +248,16 @@ type elPool struct {
 	seq      int
 	rng      *rand.Rand
 	price    pricing.Price
-	// size is what a node of the pool can give a pod: CPU, memory and GPUs
-	// (in thousandths).
+	// size is what a node of the pool, empty, can give pods: CPU, memory
+	// and GPUs (in thousandths), read once from the template.
 	size pricing.Usage
 }
 
-// mayHold is false when a node of the pool, empty, lacks the pod's CPU,
-// memory or GPUs: NodeResourcesFit would reject it there, so the filters
-// need not run. (A share of a GPU needs one GPU.)
+// mayHold is false when a node of the pool, empty, has no slot for the pod
+// (spotrisk.SlotsIn: CPU, memory, whole GPUs or a GPU for a share):
+// NodeResourcesFit would reject it there, so the filters need not run.
 func (pool *elPool) mayHold(u pricing.Usage) bool {
-	return u.CPUMilli <= pool.size.CPUMilli && u.MemoryBytes <= pool.size.MemoryBytes && u.GPUMilli <= pool.size.GPUMilli
+	return spotrisk.SlotsIn(u, pool.size.CPUMilli, pool.size.MemoryBytes, pool.size.GPUMilli/gpu.MilliPerGPU) > 0
 }
 
 type elastic struct {
