@@ -360,16 +360,12 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	}
 	for i := range sc.Pools {
 		p := &sc.Pools[i]
-		tpl := sc.node(p, p.Name+"-template")
-		price, ok := sc.catalog.NodePrice(tpl)
-		if !ok {
-			return nil, fmt.Errorf("pool %s: no price for %s %s in %s", p.Name, p.CapacityType, p.InstanceType, sc.Region)
+		tpl, price, size, err := sc.poolShape(p)
+		if err != nil {
+			return nil, err
 		}
-		alloc := tpl.Status.Allocatable
-		g := alloc[gpu.ResourceGPU]
-		pool := &elPool{index: len(r.pools), spec: p, template: tpl, price: price,
-			rng:  rand.New(rand.NewPCG(o.Seed, uint64(i)+0x51ed)),
-			size: pricing.Usage{CPUMilli: alloc.Cpu().MilliValue(), MemoryBytes: alloc.Memory().Value(), GPUMilli: g.Value() * gpu.MilliPerGPU}}
+		pool := &elPool{index: len(r.pools), spec: p, template: tpl, price: price, size: size,
+			rng: rand.New(rand.NewPCG(o.Seed, uint64(i)+0x51ed))}
 		r.pools = append(r.pools, pool)
 		if p.capacity == pricing.Spot {
 			r.risk.SetPrior(poolKey(p), price.Interruption)

@@ -20,6 +20,8 @@ type SpotReport struct {
 	Machine  Machine                `json:"machine"`
 	Runs     []*ElasticResult       `json:"runs"`
 	Summary  map[string]SpotSummary `json:"summary"`
+	// Bound is the least any policy could pay (BillLowerBound).
+	Bound *BillBound `json:"bound"`
 }
 
 // SpotSummary is one policy's headline numbers; the ratios compare with the
@@ -27,6 +29,7 @@ type SpotReport struct {
 type SpotSummary struct {
 	BillUSD          float64 `json:"bill_usd"`
 	BillVsDefault    float64 `json:"bill_vs_default,omitempty"`
+	BillVsBound      float64 `json:"bill_vs_bound,omitempty"`
 	AllocatedUSD     float64 `json:"allocated_usd"`
 	IdleUSD          float64 `json:"idle_usd"`
 	UsefulGPUHours   float64 `json:"useful_gpu_hours"`
@@ -46,6 +49,11 @@ type SpotSummary struct {
 // RunSpotReplays replays the trace once per policy on the scenario's fleet.
 func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte) (*SpotReport, error) {
 	rep := &SpotReport{Kind: "spot-replay", Seed: seed, Summary: map[string]SpotSummary{}}
+	bound, err := BillLowerBound(sc, tr, seed)
+	if err != nil {
+		return nil, err
+	}
+	rep.Bound = bound
 	for _, p := range policies {
 		res, err := ElasticReplay(ctx, ElasticOptions{Scenario: sc, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg})
 		if err != nil {
@@ -70,6 +78,9 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 		if def != nil && def.BillUSD > 0 {
 			s.BillVsDefault = round3(r.BillUSD / def.BillUSD)
 		}
+		if bound.BillUSD > 0 {
+			s.BillVsBound = round3(r.BillUSD / bound.BillUSD)
+		}
 		rep.Summary[r.Policy] = s
 	}
 	return rep, nil
@@ -85,17 +96,29 @@ func (rep *SpotReport) Markdown() string {
 	if rep.Command != "" {
 		fmt.Fprintf(&b, "Command: `%s` (`make bench-spot` for the reference scenario).\n\n", rep.Command)
 	}
-	b.WriteString("| policy | bill (USD) | vs default | allocated | idle | useful GPU-h | lost GPU-h | lost % | never-class pods on Spot | reclaims | service downtime (h) | queue p50 (s) | queue p95 (s) | never scheduled | wall (s) |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| policy | bill (USD) | vs default | vs bound | allocated | idle | useful GPU-h | lost GPU-h | lost % | never-class pods on Spot | reclaims | service downtime (h) | queue p50 (s) | queue p95 (s) | never scheduled | wall (s) |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Runs {
 		s := rep.Summary[r.Policy]
 		vs := "-"
 		if s.BillVsDefault > 0 {
 			vs = fmt.Sprintf("%.3f", s.BillVsDefault)
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %.0f | %.0f | %.1f | %.2f | %d | %d | %.1f | %.0f | %.0f | %d | %.1f |\n",
-			r.Policy, s.BillUSD, vs, s.AllocatedUSD, s.IdleUSD, s.UsefulGPUHours, s.LostGPUHours, s.LostPctOfUseful,
+		vb := "-"
+		if s.BillVsBound > 0 {
+			vb = fmt.Sprintf("%.2f", s.BillVsBound)
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %.0f | %.0f | %.0f | %.1f | %.2f | %d | %d | %.1f | %.0f | %.0f | %d | %.1f |\n",
+			r.Policy, s.BillUSD, vs, vb, s.AllocatedUSD, s.IdleUSD, s.UsefulGPUHours, s.LostGPUHours, s.LostPctOfUseful,
 			s.NeverOnSpot, s.Reclaims, s.ServiceDowntimeH, s.QueueDelayP50S, s.QueueDelayP95S, s.NeverScheduled, r.WallSeconds)
+	}
+	if bd := rep.Bound; bd != nil {
+		fmt.Fprintf(&b, "\nLower bound on any policy's bill (docs/spot.md#lower-bound): $%.0f = the pools' min nodes $%.0f + never-class pods on "+
+			"the cheapest whole non-Spot nodes at every moment $%.0f + the other pods at the lowest price per GPU, vCPU or GiB $%.0f, over %.0f h", bd.BillUSD, bd.FixedUSD, bd.NeverUSD, bd.RestUSD, bd.HorizonHours)
+		if bd.LeftOut > 0 {
+			fmt.Fprintf(&b, " (%d pods left out: withdrawn by the trace, or too large for every pool they may use)", bd.LeftOut)
+		}
+		b.WriteString(".\n")
 	}
 	for _, r := range rep.Runs {
 		if r.Stalled {

@@ -400,6 +400,19 @@ func (s *SpotScenario) node(p *ElasticPool, name string) *corev1.Node {
 	return n
 }
 
+// poolShape is a pool's template node, its price, and what an empty node of
+// the pool gives pods: CPU, memory and GPUs (in thousandths).
+func (s *SpotScenario) poolShape(p *ElasticPool) (*corev1.Node, pricing.Price, pricing.Usage, error) {
+	tpl := s.node(p, p.Name+"-template")
+	price, ok := s.catalog.NodePrice(tpl)
+	if !ok {
+		return nil, pricing.Price{}, pricing.Usage{}, fmt.Errorf("pool %s: no price for %s %s in %s", p.Name, p.CapacityType, p.InstanceType, s.Region)
+	}
+	alloc := tpl.Status.Allocatable
+	g := alloc[gpu.ResourceGPU]
+	return tpl, price, pricing.Usage{CPUMilli: alloc.Cpu().MilliValue(), MemoryBytes: alloc.Memory().Value(), GPUMilli: g.Value() * gpu.MilliPerGPU}, nil
+}
+
 var gpuTaint = corev1.Taint{Key: string(gpu.ResourceGPU), Value: "present", Effect: corev1.TaintEffectNoSchedule}
 
 // admit gives a pod what admission would: a toleration of the GPU taint

@@ -1,0 +1,114 @@
+package sim
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// By hand on the tiny fleet (g5.8xlarge, 1 GPU: on-demand 2.448, Spot
+// 0.9686 $/h): the service needs an on-demand node for its 2 hours; the
+// trainer's GPU for its hour costs at least the Spot price of a GPU.
+func TestBillBoundByHand(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	tr := &Trace{Pods: []TracePod{
+		spotTracePod("serve", "LS", 1, 0, 2*time.Hour),
+		spotTracePod("train", "BE", 1, 0, time.Hour),
+	}}
+	b, err := BillLowerBound(s, tr, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !nearly(b.NeverUSD, 2*2.448) || !nearly(b.RestUSD, 0.9686) || b.FixedUSD != 0 || !nearly(b.BillUSD, 2*2.448+0.9686) || b.HorizonHours != 2 || b.LeftOut != 0 {
+		t.Fatalf("bound %+v; want never 4.896, rest 0.9686, fixed 0, bill 5.8646 over 2 h, none left out", *b)
+	}
+}
+
+// Two shares of over half a GPU cannot share one, two of under half can:
+// the first pair of services needs two on-demand nodes, the second one.
+func TestBillBoundSharesOverHalfTakeAGPUEach(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	share := func(name string, milli int64) TracePod {
+		p := NewPod(SimNamespace, name, 1000, 1024, 1, milli, nil)
+		p.Labels[LabelQoS] = "LS"
+		return TracePod{Pod: p, Duration: time.Hour, Source: "test:" + name}
+	}
+	for _, c := range []struct {
+		milli int64
+		nodes float64
+	}{{600, 2}, {400, 1}, {500, 1}} {
+		b, err := BillLowerBound(s, &Trace{Pods: []TracePod{share("a", c.milli), share("b", c.milli)}}, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !nearly(b.NeverUSD, c.nodes*2.448) {
+			t.Errorf("two services of %d thousandths of a GPU: never-class part %.4f; want %.0f on-demand node(s), %.4f", c.milli, b.NeverUSD, c.nodes, c.nodes*2.448)
+		}
+	}
+}
+
+// Pods the trace withdrew, and services no non-Spot pool can hold, are left
+// out: no policy runs them.
+func TestBillBoundLeavesOutWhatNoPolicyRuns(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	withdrawn := spotTracePod("never-started", "BE", 1, 0, time.Hour)
+	withdrawn.Withdraw = time.Hour
+	b, err := BillLowerBound(s, &Trace{Pods: []TracePod{withdrawn, spotTracePod("too-big", "LS", 2, 0, time.Hour)}}, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.LeftOut != 2 || b.BillUSD != 0 {
+		t.Fatalf("bound %+v; want both pods left out and nothing to pay", *b)
+	}
+}
+
+// The bound is below what every policy that keeps never-class pods off Spot
+// pays, on a slice of openb (services on shares, a reserved node, four kinds
+// of nodes) and on a training trace with gangs: a bound above such a
+// replay's bill is wrong. spot-first runs services on Spot, which the bound
+// does not allow, and pays less.
+func TestBillBoundIsBelowEveryPolicysBill(t *testing.T) {
+	sc, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := LoadOpenbPods(filepath.Join(openbDir(t), "openb_pod_list_default.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob.Pods = ob.Pods[:1500]
+	_, philly := referencePhilly(t, "timestamp,duration,num_gpus,gpu_time,cluster\n"+
+		"0,36000,16,576000,a\n600,7200,1,7200,a\n1200,90000,4,360000,b\n1800,3600,2,7200,a\n5000,40000,8,320000,c\n9000,600,1,600,a\n")
+	var policies []*Policy
+	for _, name := range []string{"default", SpotFirstPolicy, "penny"} {
+		p, err := LookupPolicy(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		policies = append(policies, p)
+	}
+	for name, tr := range map[string]*Trace{"openb[:1500]": ob, "philly": philly} {
+		rep, err := RunSpotReplays(context.Background(), sc, tr, policies, 42, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Bound.BillUSD <= rep.Bound.FixedUSD {
+			t.Errorf("%s: bound %+v pays nothing beyond the min nodes", name, *rep.Bound)
+		}
+		for _, r := range rep.Runs {
+			if r.NeverOnSpot > 0 {
+				continue
+			}
+			if r.BillUSD < rep.Bound.BillUSD {
+				t.Errorf("%s: %s paid %.2f, under the bound %+v", name, r.Policy, r.BillUSD, *rep.Bound)
+			}
+			if got := rep.Summary[r.Policy].BillVsBound; got < 1 {
+				t.Errorf("%s: %s bill_vs_bound %.3f; want >= 1", name, r.Policy, got)
+			}
+		}
+		if name == "openb[:1500]" && rep.Summary[SpotFirstPolicy].NeverOnSpot == 0 {
+			t.Errorf("%s: spot-first ran no service on Spot; the check above then proves less than it should", name)
+		}
+	}
+}
