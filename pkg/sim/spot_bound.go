@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -13,19 +14,20 @@ import (
 
 // BillBound is a lower bound on the bill of any policy that keeps
 // never-class pods off Spot and starts each trace pod when it arrives, for
-// its trace duration, on the scenario's fleet: what a scheduler that knew the future and could move
-// running pods for free would still pay. It relaxes everything a real one
-// cannot: pools have no max, nodes join and leave at once, pods split across
-// nodes by resource totals, nothing is reclaimed, and a GPU holds shares up
-// to a whole GPU whatever their sizes, except that two shares over half a
-// GPU never fit one GPU. docs/spot.md#lower-bound says how it is computed.
+// its trace duration, on the scenario's fleet: what a scheduler that knew
+// the future and could move running pods for free would still pay. It
+// relaxes everything a real one cannot: pools have no max, nodes join and
+// leave at once, pods split across nodes by resource totals, nothing is
+// reclaimed, and a GPU holds shares up to a whole GPU whatever their sizes,
+// except that two shares over half a GPU never fit one GPU.
+// docs/spot.md#lower-bound says how it is computed.
 type BillBound struct {
 	BillUSD float64 `json:"bill_usd"`
 	// FixedUSD is the pools' min nodes for the trace's span: every policy
 	// pays it.
 	FixedUSD float64 `json:"fixed_usd"`
-	// NeverUSD is the whole non-Spot nodes beyond those that never-class
-	// pods need, at every moment the cheapest such set.
+	// NeverUSD is the whole non-Spot nodes beyond the min ones that
+	// never-class pods need, at every moment the cheapest such set.
 	NeverUSD float64 `json:"never_usd"`
 	// RestUSD is the other pods' GPUs, CPU or memory beyond what those
 	// nodes leave, at the lowest price per GPU, vCPU or byte any pool
@@ -77,13 +79,28 @@ type boundPool struct {
 	hourly float64
 }
 
-// BillLowerBound computes the bound for the trace on the scenario's fleet,
-// with the classes the seed draws.
-func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error) {
-	var nonSpot, all []boundPool
-	var fixed [3]int64
-	var fixedNonSpot [3]int64
-	var fixedHourly float64
+// boundFleet is what the bound knows of the scenario's pools.
+type boundFleet struct {
+	// gpuPools and cpuPools are the non-Spot pools with and without GPUs,
+	// alike ones once; gpuPools largest first.
+	gpuPools, cpuPools []boundPool
+	// all is every pool, for what may run anywhere.
+	all []boundPool
+	// fixed is the room of every pool's min nodes; fixedGPU and fixedCPU
+	// that of the non-Spot ones with and without GPUs.
+	fixed, fixedGPU, fixedCPU [3]int64
+	fixedHourly               float64
+	// unit is the lowest price per unit of each resource of any pool.
+	unit [3]float64
+	// gpuLeast[i] and cpuLeast[i] are the lowest unit prices among
+	// gpuPools[i:] and cpuPools[i:].
+	gpuLeast, cpuLeast [][3]float64
+	// tainted: GPU nodes are tainted, so pods without GPUs stay off them.
+	tainted bool
+}
+
+func newFleet(sc *SpotScenario) (*boundFleet, error) {
+	f := &boundFleet{tainted: sc.GPUTaint}
 	seen := map[boundPool]bool{}
 	for i := range sc.Pools {
 		p := &sc.Pools[i]
@@ -92,34 +109,81 @@ func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error
 			return nil, err
 		}
 		bp := boundPool{size: [3]int64{size.GPUMilli / gpu.MilliPerGPU, size.CPUMilli, size.MemoryBytes}, hourly: price.NodeHourly}
-		fixedHourly += float64(p.Min) * bp.hourly
-		for r := range fixed {
-			fixed[r] += int64(p.Min) * bp.size[r]
-			if !(p.capacity == pricing.Spot) {
-				fixedNonSpot[r] += int64(p.Min) * bp.size[r]
+		f.all = append(f.all, bp)
+		f.fixedHourly += float64(p.Min) * bp.hourly
+		onDemand := p.capacity != pricing.Spot
+		for r := range f.fixed {
+			f.fixed[r] += int64(p.Min) * bp.size[r]
+			switch {
+			case onDemand && bp.size[0] > 0:
+				f.fixedGPU[r] += int64(p.Min) * bp.size[r]
+			case onDemand:
+				f.fixedCPU[r] += int64(p.Min) * bp.size[r]
 			}
 		}
-		all = append(all, bp)
 		// Pools alike but for zone or name are one choice.
-		if !(p.capacity == pricing.Spot) && !seen[bp] {
-			nonSpot = append(nonSpot, bp)
-			seen[bp] = true
+		if !onDemand || seen[bp] {
+			continue
+		}
+		seen[bp] = true
+		if bp.size[0] > 0 {
+			f.gpuPools = append(f.gpuPools, bp)
+		} else {
+			f.cpuPools = append(f.cpuPools, bp)
 		}
 	}
-	// Largest nodes first: their counts range least, and the last pool's
-	// count is worked out rather than tried.
-	sort.SliceStable(nonSpot, func(i, j int) bool { return nonSpot[i].size[0] > nonSpot[j].size[0] })
-	// The lowest price per unit of each resource any pool charges.
-	var unit [3]float64
-	for r := range unit {
-		unit[r] = math.Inf(1)
-		for _, p := range all {
+	// Largest nodes first: their counts range least.
+	sort.SliceStable(f.gpuPools, func(i, j int) bool { return f.gpuPools[i].size[0] > f.gpuPools[j].size[0] })
+	f.unit = leastUnitPrices(f.all)
+	f.gpuLeast, f.cpuLeast = suffixLeast(f.gpuPools), suffixLeast(f.cpuPools)
+	return f, nil
+}
+
+// leastUnitPrices is the lowest price per GPU, vCPU thousandth and byte
+// among the pools; +Inf for a resource none has.
+func leastUnitPrices(pools []boundPool) [3]float64 {
+	unit := [3]float64{math.Inf(1), math.Inf(1), math.Inf(1)}
+	for _, p := range pools {
+		for r := range unit {
 			if p.size[r] > 0 {
 				unit[r] = min(unit[r], p.hourly/float64(p.size[r]))
 			}
 		}
 	}
+	return unit
+}
 
+// suffixLeast is leastUnitPrices of pools[i:] for every i.
+func suffixLeast(pools []boundPool) [][3]float64 {
+	out := make([][3]float64, len(pools)+1)
+	for i := range out {
+		out[i] = leastUnitPrices(pools[i:])
+	}
+	return out
+}
+
+// holds says whether an empty node of one of the pools has room for the
+// pod; a pod without GPUs does not count GPU nodes the boundFleet taints.
+func (f *boundFleet) holds(pools []boundPool, u pricing.Usage) bool {
+	for _, p := range pools {
+		if f.tainted && u.GPUMilli == 0 && p.size[0] > 0 {
+			continue
+		}
+		if spotrisk.SlotsIn(u, p.size[1], p.size[2], p.size[0]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// BillLowerBound computes the bound for the trace on the scenario's boundFleet,
+// with the classes the seed draws.
+func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error) {
+	f, err := newFleet(sc)
+	if err != nil {
+		return nil, err
+	}
+	nonSpot := append(slices.Clip(f.gpuPools), f.cpuPools...)
 	type change struct {
 		at    time.Duration
 		never bool
@@ -148,11 +212,11 @@ func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error
 		}
 		u := pricing.PodUsage(p)
 		never := class.Policy == spotrisk.Never
-		pools := all
+		pools := f.all
 		if never {
 			pools = nonSpot
 		}
-		if !anyHolds(pools, u) {
+		if !f.holds(pools, u) {
 			b.LeftOut++
 			continue
 		}
@@ -168,29 +232,32 @@ func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error
 		return changes[i].sign < changes[j].sign
 	})
 
-	type key struct{ never, all demand }
+	// The never-class pods with GPUs and without, and every pod.
+	type key struct{ gpuPods, cpuPods, all demand }
 	memo := map[key][2]float64{}
-	var never, every demand
+	var k key
 	var last time.Duration
 	for _, c := range changes {
 		if dt := (c.at - last).Hours(); dt > 0 {
-			k := key{never, every}
 			cost, ok := memo[k]
 			if !ok {
-				cost = cheapestCover(nonSpot, sub(never.need(), fixedNonSpot), sub(every.need(), fixed), unit)
+				cost = f.cheapest(k.gpuPods.need(), k.cpuPods.need(), k.all.need())
 				memo[k] = cost
 			}
 			b.NeverUSD += dt * cost[0]
 			b.RestUSD += dt * cost[1]
 			last = c.at
 		}
-		if c.never {
-			never.add(c.r, c.u, c.sign)
+		switch {
+		case c.never && c.u.GPUMilli > 0:
+			k.gpuPods.add(c.r, c.u, c.sign)
+		case c.never:
+			k.cpuPods.add(c.r, c.u, c.sign)
 		}
-		every.add(c.r, c.u, c.sign)
+		k.all.add(c.r, c.u, c.sign)
 	}
 	b.HorizonHours = horizon.Hours()
-	b.FixedUSD = fixedHourly * b.HorizonHours
+	b.FixedUSD = f.fixedHourly * b.HorizonHours
 	b.BillUSD = b.FixedUSD + b.NeverUSD + b.RestUSD
 	return b, nil
 }
@@ -199,51 +266,36 @@ func sub(a, b [3]int64) [3]int64 {
 	return [3]int64{max(0, a[0]-b[0]), max(0, a[1]-b[1]), max(0, a[2]-b[2])}
 }
 
-// anyHolds says whether an empty node of one of the pools has room for the
-// pod.
-func anyHolds(pools []boundPool, u pricing.Usage) bool {
-	for _, p := range pools {
-		if spotrisk.SlotsIn(u, p.size[1], p.size[2], p.size[0]) > 0 {
-			return true
-		}
-	}
-	return false
-}
+func plus(a, b [3]int64) [3]int64 { return [3]int64{a[0] + b[0], a[1] + b[1], a[2] + b[2]} }
 
-// cheapestCover is the least a moment costs: whole non-Spot nodes that
-// cover the never-class pods' need, and what all pods need beyond every
-// node's room at the unit prices. It returns the two parts.
+// cheapest is the least a moment costs, in two parts: whole non-Spot nodes
+// beyond the min ones for the never-class pods, and what all pods need
+// beyond every node's room at the unit prices.
 //
-// Trying each non-Spot pool's count up to what covers the need alone is
-// enough: a node past that count covers nothing the others lack, and its
-// room takes at most its own price off the rest (unit prices are each the
-// lowest any pool charges).
-func cheapestCover(pools []boundPool, neverNeed, allNeed [3]int64, unit [3]float64) [2]float64 {
+// Never-class pods with GPUs need GPU nodes that hold their GPUs, CPU and
+// memory; those without need CPU nodes, or (on a boundFleet that does not taint
+// GPU nodes) any room left. Trying each pool's count up to what covers the
+// need it serves alone is enough: a node past that count covers nothing
+// the others lack, and its room takes at most its own price off the rest
+// (unit prices are each the lowest any pool charges).
+func (f *boundFleet) cheapest(gpuPods, cpuPods, all [3]int64) [2]float64 {
 	best := [2]float64{math.Inf(1), math.Inf(1)}
-	rest := func(cap [3]int64) float64 {
+	rest := func(room [3]int64) float64 {
 		var worst float64
-		for r, n := range sub(allNeed, cap) {
+		for r, n := range sub(sub(all, f.fixed), room) {
 			if n > 0 {
-				worst = max(worst, float64(n)*unit[r])
+				worst = max(worst, float64(n)*f.unit[r])
 			}
 		}
 		return worst
 	}
-	// least[i] is the lowest price per unit of each resource among
-	// pools[i:]: what is left to cover costs at least that, so a branch that
-	// cannot beat the best found is not followed.
-	least := make([][3]float64, len(pools)+1)
-	least[len(pools)] = [3]float64{math.Inf(1), math.Inf(1), math.Inf(1)}
-	for i := len(pools) - 1; i >= 0; i-- {
-		for r := range least[i] {
-			least[i][r] = least[i+1][r]
-			if pools[i].size[r] > 0 {
-				least[i][r] = min(least[i][r], pools[i].hourly/float64(pools[i].size[r]))
-			}
-		}
-	}
-	var try func(i int, left [3]int64, cost float64, cap [3]int64)
-	try = func(i int, left [3]int64, cost float64, cap [3]int64) {
+	// search tries counts of pools[i:] for what is left (each up to what
+	// covers most alone), with room the chosen nodes' and cost their price,
+	// and calls done with each set that covers it.
+	var search func(pools []boundPool, least [][3]float64, i int, left, most [3]int64, room [3]int64, cost float64, done func(room [3]int64, cost float64))
+	search = func(pools []boundPool, least [][3]float64, i int, left, most [3]int64, room [3]int64, cost float64, done func(room [3]int64, cost float64)) {
+		// What is left costs at least its dearest resource at the lowest
+		// unit price: a branch that cannot beat the best is not followed.
 		floor := cost
 		for r, n := range left {
 			if n > 0 {
@@ -253,39 +305,51 @@ func cheapestCover(pools []boundPool, neverNeed, allNeed [3]int64, unit [3]float
 		if floor >= best[0]+best[1] {
 			return
 		}
-		if left == ([3]int64{}) {
-			if r := rest(cap); cost+r < best[0]+best[1] {
-				best = [2]float64{cost, r}
-			}
-			return
-		}
 		if i == len(pools) {
+			if left == ([3]int64{}) {
+				done(room, cost)
+			}
 			return
 		}
 		p := pools[i]
-		var most int64
-		for r, n := range left {
+		var upTo int64
+		for r, n := range most {
 			if n > 0 && p.size[r] > 0 {
-				most = max(most, (n+p.size[r]-1)/p.size[r])
+				upTo = max(upTo, (n+p.size[r]-1)/p.size[r])
 			}
 		}
-		from := int64(0)
-		if i == len(pools)-1 {
-			from = most // the last pool must cover what is left
-		}
-		for n := from; n <= most; n++ {
-			var l, c [3]int64
+		for n := int64(0); n <= upTo; n++ {
+			var l, m, rm [3]int64
 			for r := range left {
 				l[r] = max(0, left[r]-n*p.size[r])
-				c[r] = cap[r] + n*p.size[r]
+				m[r] = max(0, most[r]-n*p.size[r])
+				rm[r] = room[r] + n*p.size[r]
 			}
-			try(i+1, l, cost+float64(n)*p.hourly, c)
+			search(pools, least, i+1, l, m, rm, cost+float64(n)*p.hourly, done)
 		}
 	}
-	try(0, neverNeed, 0, [3]int64{})
+	gpuNeed := sub(gpuPods, f.fixedGPU)
+	// Without the taint, pods without GPUs may use GPU nodes' spare room,
+	// so GPU nodes may be worth adding up to what covers every service.
+	most := gpuNeed
+	if !f.tainted {
+		most = sub(plus(gpuPods, cpuPods), plus(f.fixedGPU, f.fixedCPU))
+	}
+	search(f.gpuPools, f.gpuLeast, 0, gpuNeed, most, [3]int64{}, 0, func(room [3]int64, cost float64) {
+		cpuNeed := sub(cpuPods, f.fixedCPU)
+		if !f.tainted {
+			spare := sub(plus(room, f.fixedGPU), gpuPods)
+			cpuNeed = sub(cpuNeed, spare)
+		}
+		search(f.cpuPools, f.cpuLeast, 0, cpuNeed, cpuNeed, room, cost, func(room [3]int64, cost float64) {
+			if r := rest(room); cost+r < best[0]+best[1] {
+				best = [2]float64{cost, r}
+			}
+		})
+	})
 	if math.IsInf(best[0], 1) {
 		// Not reached: pods no non-Spot pool can hold are left out, and
-		// pools have no max here, so what the others need can be covered.
+		// pools have no max here, so what they need can be covered.
 		return [2]float64{0, rest([3]int64{})}
 	}
 	return best

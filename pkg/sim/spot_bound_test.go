@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,6 +45,36 @@ func TestBillBoundSharesOverHalfTakeAGPUEach(t *testing.T) {
 		}
 		if !nearly(b.NeverUSD, c.nodes*2.448) {
 			t.Errorf("two services of %d thousandths of a GPU: never-class part %.4f; want %.0f on-demand node(s), %.4f", c.milli, b.NeverUSD, c.nodes, c.nodes*2.448)
+		}
+	}
+}
+
+// A service without GPUs shares a GPU node's spare CPU only where GPU
+// nodes are not tainted; where they are (gpuTaint), it needs a CPU node.
+func TestBillBoundKeepsCPUPodsOffTaintedGPUNodes(t *testing.T) {
+	const fleet = `
+name: cpu-and-gpu
+region: us-east-1
+catalog: ../../deploy/pricing/catalog.yaml
+gpuTaint: TAINT
+policies: [{policy: penny}]
+classes: [{qos: [LS], annotations: {penny.dev/workload: inference}}]
+pools:
+- {name: gpu, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 4}
+- {name: cpu, instanceType: m7i.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 4}
+`
+	tr := &Trace{Pods: []TracePod{spotTracePod("gpu-service", "LS", 1, 0, time.Hour), spotTracePod("cpu-service", "LS", 0, 0, time.Hour)}}
+	for taint, want := range map[string]float64{"true": 2.448 + 1.6128, "false": 2.448} {
+		s, err := ParseSpotScenario("../../benchmarks/scenarios/cpu-and-gpu.yaml", []byte(strings.ReplaceAll(fleet, "TAINT", taint)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := BillLowerBound(s, tr, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !nearly(b.NeverUSD, want) {
+			t.Errorf("gpuTaint %s: never-class part %.4f; want %.4f", taint, b.NeverUSD, want)
 		}
 	}
 }
