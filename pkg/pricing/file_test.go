@@ -1,8 +1,12 @@
 package pricing
 
 import (
+	"math"
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 const goodYAML = `apiVersion: penny.dev/v1alpha1
@@ -91,9 +95,32 @@ func TestShippedCatalogLoads(t *testing.T) {
 			}
 		}
 	}
-	for _, name := range []string{"p4d.24xlarge", "p5.48xlarge", "Standard_ND96asr_v4"} {
+	for _, name := range []string{"p4d.24xlarge", "p5.48xlarge", "Standard_ND96asr_v4", "g2-standard-4", "a2-highgpu-8g"} {
 		if _, ok := c.InstanceType(name); !ok {
 			t.Errorf("%s missing from the shipped catalog", name)
 		}
+	}
+	// Each of the three clouds has GPU types priced both ways.
+	priced := map[string]map[CapacityType]bool{}
+	for _, e := range c.Entries() {
+		it, _ := c.InstanceType(e.InstanceType)
+		if it.GPUs > 0 {
+			if priced[it.Provider] == nil {
+				priced[it.Provider] = map[CapacityType]bool{}
+			}
+			priced[it.Provider][e.Capacity] = true
+		}
+	}
+	for _, provider := range []string{"aws", "gcp", "azure"} {
+		if !priced[provider][OnDemand] || !priced[provider][Spot] {
+			t.Errorf("provider %s: GPU types priced %v; want on-demand and spot", provider, priced[provider])
+		}
+	}
+	// A GKE Spot node is priced from GKE's own labels: host plus GPU.
+	gke := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gke-l4", Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "g2-standard-4", corev1.LabelTopologyRegion: "us-central1",
+		corev1.LabelTopologyZone: "us-central1-a", "cloud.google.com/gke-spot": "true"}}}
+	if p, ok := c.NodePrice(gke); !ok || math.Abs(p.NodeHourly-(0.05874+0.2231)) > 1e-9 {
+		t.Errorf("GKE Spot g2-standard-4 in us-central1: price %+v, %v; want host 0.05874 + L4 0.2231 = 0.28184", p, ok)
 	}
 }
