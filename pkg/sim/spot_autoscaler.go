@@ -334,7 +334,7 @@ func (r *elastic) autoscale(i int) error {
 // GPUs of one of the pods (elPool.mayHold).
 func (r *elastic) mayHoldAll(pool *elPool, pods []int) bool {
 	for _, m := range pods {
-		if !pool.mayHold(r.pods[m].usage) {
+		if !r.pods[m].holds[pool.index] {
 			return false
 		}
 	}
@@ -390,7 +390,7 @@ func (r *elastic) poolsFullFor(i int) (bool, error) {
 	// small for the pod: no need to ask the filters.
 	open := false
 	for _, pool := range r.pools {
-		if pool.live < pool.spec.Max && pool.mayHold(r.pods[i].usage) {
+		if pool.live < pool.spec.Max && r.pods[i].holds[pool.index] {
 			open = true
 			break
 		}

@@ -181,6 +181,10 @@ type elPod struct {
 	class    spotrisk.Class
 	gpus     float64
 	usage    pricing.Usage
+	// holds says, per pool, whether an empty node of it has room for the
+	// pod (elPool.mayHold), worked out once: scans ask it of every waiting
+	// pod.
+	holds []bool
 	// work is the run time the pod needs; saved is the part of it that
 	// survives a reclaim (checkpointed, or all of it for a service).
 	work, saved time.Duration
@@ -253,6 +257,23 @@ type elPool struct {
 	size pricing.Usage
 }
 
+// holdsFor is elPool.mayHold of every pool for a pod's usage; pods alike
+// share one slice.
+func (r *elastic) holdsFor(u pricing.Usage) []bool {
+	if h, ok := r.holdsByUsage[u]; ok {
+		return h
+	}
+	h := make([]bool, len(r.pools))
+	for _, pool := range r.pools {
+		h[pool.index] = pool.mayHold(u)
+	}
+	if r.holdsByUsage == nil {
+		r.holdsByUsage = map[pricing.Usage][]bool{}
+	}
+	r.holdsByUsage[u] = h
+	return h
+}
+
 // mayHold is false when a node of the pool, empty, has no slot for the pod
 // (spotrisk.SlotsIn: CPU, memory, whole GPUs or a GPU for a share):
 // NodeResourcesFit would reject it there, so the filters need not run.
@@ -309,6 +330,8 @@ type elastic struct {
 	scanRoom nodeRoom
 	// verdicts holds the distinct pool verdicts (internFits).
 	verdicts map[string][]bool
+	// holdsByUsage shares elPod.holds between pods alike.
+	holdsByUsage map[pricing.Usage][]bool
 	// scanSlots is roomByPool's answer per pod shape, for scanRoom.
 	scanSlots map[pricing.Usage]map[*elPool]int
 	pools     []*elPool
@@ -404,6 +427,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
 		ep := &elPod{tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
+		ep.holds = r.holdsFor(ep.usage)
 		if spec, ok, err := gang.Of(p); ok && err == nil {
 			ep.gangSpec, ep.inGang = spec, true
 		}
