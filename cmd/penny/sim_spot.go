@@ -24,7 +24,7 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 	if err != nil {
 		return err
 	}
-	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg)
+	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg, cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -30,7 +31,13 @@ type ElasticOptions struct {
 	Seed            uint64
 	SchedulerConfig []byte
 	Parallelism     int
+	// Progress, when set, gets a line about every ProgressEvery of wall
+	// time: a replay of a long, overloaded trace runs for minutes.
+	Progress io.Writer
 }
+
+// ProgressEvery is how often a replay with ElasticOptions.Progress reports.
+var ProgressEvery = 10 * time.Second
 
 // ElasticResult is what one policy's replay cost and what it lost. Money is
 // USD; GPU-hours count a share of a GPU as that fraction of a GPU.
@@ -586,7 +593,17 @@ func (r *elastic) timers() error {
 }
 
 func (r *elastic) run(ctx context.Context) error {
-	for r.q.Len() > 0 && !r.over() {
+	start, reported := time.Now(), time.Now()
+	var last time.Duration
+	for _, tp := range r.o.Trace.Pods {
+		last = max(last, tp.Arrival)
+	}
+	for n := 0; r.q.Len() > 0 && !r.over(); n++ {
+		if r.o.Progress != nil && n%1024 == 0 && time.Since(reported) >= ProgressEvery {
+			reported = time.Now()
+			fmt.Fprintf(r.o.Progress, "policy %s: %.0f h of trace time (last arrival at %.0f h), %d of %d pods finished, %d waiting, %d nodes up, %.0f s\n",
+				r.o.Policy.Name, r.now.Hours(), last.Hours(), r.res.PodsCompleted, len(r.pods), len(r.pending), r.live, time.Since(start).Seconds())
+		}
 		if r.stalled() {
 			r.res.Stalled = true
 			break

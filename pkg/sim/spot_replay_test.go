@@ -662,3 +662,22 @@ func TestInternFits(t *testing.T) {
 		t.Errorf("different verdicts share a copy: %v, %v", a, c)
 	}
 }
+
+// A replay reports its progress when asked: a long trace replays for
+// minutes.
+func TestElasticReplayReportsProgress(t *testing.T) {
+	defer func(every time.Duration) { ProgressEvery = every }(ProgressEvery)
+	ProgressEvery = 0
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	pods := []TracePod{spotTracePod("serve", "LS", 1, 0, 2*time.Hour), spotTracePod("train", "BE", 1, time.Hour, time.Hour)}
+	if _, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: spotScenario(t, "4", "0s"), Trace: &Trace{Pods: pods}, Policy: p, Seed: 42, Progress: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "policy penny: 0 h of trace time (last arrival at 1 h), 0 of 2 pods finished, 0 waiting, 0 nodes up"; !strings.Contains(out.String(), want) {
+		t.Fatalf("progress:\n%s\nwant a line with %q", out.String(), want)
+	}
+}

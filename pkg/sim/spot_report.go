@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 
@@ -46,8 +47,9 @@ type SpotSummary struct {
 	Unfinished int `json:"unfinished"`
 }
 
-// RunSpotReplays replays the trace once per policy on the scenario's fleet.
-func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte) (*SpotReport, error) {
+// RunSpotReplays replays the trace once per policy on the scenario's fleet;
+// progress, when not nil, gets a line every ProgressEvery of a replay.
+func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte, progress io.Writer) (*SpotReport, error) {
 	rep := &SpotReport{Kind: "spot-replay", Seed: seed, Summary: map[string]SpotSummary{}}
 	bound, err := BillLowerBound(sc, tr, seed)
 	if err != nil {
@@ -55,7 +57,7 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 	}
 	rep.Bound = bound
 	for _, p := range policies {
-		res, err := ElasticReplay(ctx, ElasticOptions{Scenario: sc, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg})
+		res, err := ElasticReplay(ctx, ElasticOptions{Scenario: sc, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg, Progress: progress})
 		if err != nil {
 			return nil, fmt.Errorf("policy %s: %w", p.Name, err)
 		}
