@@ -99,7 +99,7 @@ type boundFleet struct {
 	tainted bool
 }
 
-func newFleet(sc *SpotScenario) (*boundFleet, error) {
+func newBoundFleet(sc *SpotScenario) (*boundFleet, error) {
 	f := &boundFleet{tainted: sc.GPUTaint}
 	seen := map[boundPool]bool{}
 	for i := range sc.Pools {
@@ -111,18 +111,18 @@ func newFleet(sc *SpotScenario) (*boundFleet, error) {
 		bp := boundPool{size: [3]int64{size.GPUMilli / gpu.MilliPerGPU, size.CPUMilli, size.MemoryBytes}, hourly: price.NodeHourly}
 		f.all = append(f.all, bp)
 		f.fixedHourly += float64(p.Min) * bp.hourly
-		onDemand := p.capacity != pricing.Spot
+		offSpot := p.capacity != pricing.Spot
 		for r := range f.fixed {
 			f.fixed[r] += int64(p.Min) * bp.size[r]
 			switch {
-			case onDemand && bp.size[0] > 0:
+			case offSpot && bp.size[0] > 0:
 				f.fixedGPU[r] += int64(p.Min) * bp.size[r]
-			case onDemand:
+			case offSpot:
 				f.fixedCPU[r] += int64(p.Min) * bp.size[r]
 			}
 		}
 		// Pools alike but for zone or name are one choice.
-		if !onDemand || seen[bp] {
+		if !offSpot || seen[bp] {
 			continue
 		}
 		seen[bp] = true
@@ -163,7 +163,7 @@ func suffixLeast(pools []boundPool) [][3]float64 {
 }
 
 // holds says whether an empty node of one of the pools has room for the
-// pod; a pod without GPUs does not count GPU nodes the boundFleet taints.
+// pod; a pod without GPUs does not count GPU nodes the fleet taints.
 func (f *boundFleet) holds(pools []boundPool, u pricing.Usage) bool {
 	for _, p := range pools {
 		if f.tainted && u.GPUMilli == 0 && p.size[0] > 0 {
@@ -176,10 +176,10 @@ func (f *boundFleet) holds(pools []boundPool, u pricing.Usage) bool {
 	return false
 }
 
-// BillLowerBound computes the bound for the trace on the scenario's boundFleet,
+// BillLowerBound computes the bound for the trace on the scenario's fleet,
 // with the classes the seed draws.
 func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error) {
-	f, err := newFleet(sc)
+	f, err := newBoundFleet(sc)
 	if err != nil {
 		return nil, err
 	}
