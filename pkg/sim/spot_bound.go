@@ -273,7 +273,7 @@ func plus(a, b [3]int64) [3]int64 { return [3]int64{a[0] + b[0], a[1] + b[1], a[
 // beyond every node's room at the unit prices.
 //
 // Never-class pods with GPUs need GPU nodes that hold their GPUs, CPU and
-// memory; those without need CPU nodes, or (on a boundFleet that does not taint
+// memory; those without need CPU nodes, or (on a fleet that does not taint
 // GPU nodes) any room left. Trying each pool's count up to what covers the
 // need it serves alone is enough: a node past that count covers nothing
 // the others lack, and its room takes at most its own price off the rest
