@@ -99,13 +99,63 @@ func (r *elastic) scan() error {
 	r.scans++
 	r.scanning, r.scanRoom = true, nil
 	defer func() { r.scanning, r.scanRoom, r.scanSlots = false, nil, nil }()
+	// The autoscaler turns a pod away at once when every pool that may
+	// still grow is too small for its shape or fails its verdict (still
+	// good) from the filters, and no node in flight has room for it (for a
+	// gang's member: no node is in flight at all, and the member counts as
+	// the gang's look this scan). Unless it is due, the scan need not load
+	// such a pod. (Pools only fill during a scan.)
+	growing := func(pools []bool) bool {
+		for _, pool := range r.pools {
+			if pools[pool.index] && pool.live < pool.spec.Max {
+				return true
+			}
+		}
+		return false
+	}
+	shapeOpen := make([]bool, len(r.shapeHolds))
+	for s, holds := range r.shapeHolds {
+		shapeOpen[s] = growing(holds)
+	}
+	verdictOpen := make([]bool, len(r.verdictList))
+	for v, fits := range r.verdictList {
+		verdictOpen[v] = growing(fits)
+	}
+	turnedAway := func(h *podHot) bool {
+		if h.due > 0 && r.now >= h.due {
+			return false
+		}
+		if shapeOpen[h.shape] && (h.verdict < 0 || r.now >= h.verdictUntil || h.verdictRisk && h.verdictGen != r.riskGen || verdictOpen[h.verdict]) {
+			return false
+		}
+		if h.mates != nil {
+			if len(r.inflight) > 0 {
+				return false
+			}
+			if !h.nominated {
+				h.mates.scanned = r.scans
+			}
+			return true
+		}
+		u := r.shapeUsage[h.shape]
+		for _, n := range r.inflight {
+			if n.roomCPU >= u.CPUMilli && n.roomMem >= u.MemoryBytes && n.roomGPU >= u.GPUMilli {
+				return false
+			}
+		}
+		return true
+	}
 	for _, i := range append([]int(nil), r.pending...) {
+		if fastScan && turnedAway(&r.hot[i]) {
+			continue
+		}
 		p := r.pods[i]
 		if p.state != podWaiting {
 			continue
 		}
 		if p.deadline > 0 && r.now >= p.deadline && !p.retriedDue {
 			p.retriedDue = true
+			r.setDue(i)
 			// try may place pods, and then ask the autoscaler: the room
 			// is counted afresh for it and for the rest of the scan.
 			r.scanRoom = nil
@@ -130,6 +180,10 @@ func (r *elastic) scan() error {
 
 const scanEvery = 30 * time.Second
 
+// fastScan lets a scan pass over pods it would turn away at once (scan);
+// tests turn it off to check that it changes nothing.
+var fastScan = true
+
 // armScan keeps the autoscaler scanning while a waiting pod could still be
 // helped: something else will happen, or a pod's wait for Spot has not
 // ended yet.
@@ -146,7 +200,7 @@ func (r *elastic) armScan() {
 	}
 	if !others {
 		for _, i := range r.pending {
-			if p := r.pods[i]; p.deadline > 0 && !p.retriedDue {
+			if r.hot[i].due > 0 {
 				others = true
 				break
 			}
@@ -180,28 +234,42 @@ func (r *elastic) poolFits(i int) ([]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.fits, p.fitsFor, p.fitsWaited, p.fitsGen = r.internFits(fits), p.deadline, waited, r.riskGen
+	var id int32
+	p.fits, id = r.internFits(fits)
+	p.fitsFor, p.fitsWaited, p.fitsGen = p.deadline, waited, r.riskGen
+	// The same, for a scan's look at the pod (podHot): the verdict holds
+	// until the pod's wait ends, if it had not, and for a pod that follows
+	// the risk model, until the risk model learns more.
+	h := &r.hot[i]
+	h.verdict, h.verdictUntil, h.verdictGen = id, time.Duration(math.MaxInt64), r.riskGen
+	if p.deadline > 0 && !waited {
+		h.verdictUntil = p.deadline
+	}
+	h.verdictRisk = r.riskFilter && p.class.FollowsRisk()
 	return fits, nil
 }
 
 // internFits returns the one copy of a pool verdict that every pod with the
 // same verdict shares: a scan reads the verdicts of thousands of waiting
 // pods, and a few shared slices stay in cache where one per pod did not.
-func (r *elastic) internFits(fits []bool) []bool {
+// The copy's number indexes r.verdictList.
+func (r *elastic) internFits(fits []bool) ([]bool, int32) {
 	key := make([]byte, len(fits))
 	for k, ok := range fits {
 		if ok {
 			key[k] = 1
 		}
 	}
-	if known, ok := r.verdicts[string(key)]; ok {
-		return known
+	if id, ok := r.verdicts[string(key)]; ok {
+		return r.verdictList[id], id
 	}
 	if r.verdicts == nil {
-		r.verdicts = map[string][]bool{}
+		r.verdicts = map[string]int32{}
 	}
-	r.verdicts[string(key)] = fits
-	return fits
+	id := int32(len(r.verdictList))
+	r.verdicts[string(key)] = id
+	r.verdictList = append(r.verdictList, fits)
+	return fits, id
 }
 
 // autoscale finds or launches a node for a waiting pod. A gang member
@@ -214,7 +282,7 @@ func (r *elastic) autoscale(i int) error {
 		if n := r.nodes[p.nominated]; n != nil && !n.ready && !n.removed {
 			return nil
 		}
-		p.nominated = ""
+		r.nominateOn(p, "")
 	}
 	if len(r.inflight) == 0 {
 		// No node on its way to take the pod and no pool it may use that
@@ -577,11 +645,18 @@ func asAlone(pod *v1.Pod) *v1.Pod {
 
 func (r *elastic) nominate(p *elPod, n *elNode) {
 	cpu, mem, gpuMilli := requests(p)
-	p.nominated = n.name
+	r.nominateOn(p, n.name)
 	n.nominees = append(n.nominees, p)
 	n.roomCPU -= cpu
 	n.roomMem -= mem
 	n.roomGPU -= gpuMilli
+}
+
+// nominateOn sets the node a pod is nominated to ("" for none), here and in
+// podHot.
+func (r *elastic) nominateOn(p *elPod, node string) {
+	p.nominated = node
+	r.hot[p.idx].nominated = node != ""
 }
 
 func requests(p *elPod) (cpu, mem, gpuMilli int64) {
@@ -622,7 +697,7 @@ func (r *elastic) nodeReady(name string) error {
 	delete(r.inflight, name)
 	for _, p := range n.nominees {
 		if p.nominated == name {
-			p.nominated = ""
+			r.nominateOn(p, "")
 		}
 	}
 	n.nominees = nil

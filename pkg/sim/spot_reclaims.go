@@ -120,7 +120,7 @@ func (r *elastic) reclaim(name string) error {
 			p.downSince = r.now
 		}
 		p.waitStart = r.now
-		r.setDeadline(p)
+		r.setDeadline(i)
 		r.enqueue(i)
 	}
 	// The gang peers' nodes may now be empty: they scale down like any

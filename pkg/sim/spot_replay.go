@@ -175,6 +175,8 @@ const (
 )
 
 type elPod struct {
+	// idx is the pod's place in elastic.pods.
+	idx int
 	tp  *TracePod
 	pod *v1.Pod
 	// gang is the pod's gang key (gangKey), "" outside a gang, and mates
@@ -189,8 +191,7 @@ type elPod struct {
 	gpus     float64
 	usage    pricing.Usage
 	// holds says, per pool, whether an empty node of it has room for the
-	// pod (elPool.mayHold), worked out once: scans ask it of every waiting
-	// pod.
+	// pod (elPool.mayHold), worked out once per shape (shapeOf).
 	holds []bool
 	// work is the run time the pod needs; saved is the part of it that
 	// survives a reclaim (checkpointed, or all of it for a service).
@@ -264,21 +265,53 @@ type elPool struct {
 	size pricing.Usage
 }
 
-// holdsFor is elPool.mayHold of every pool for a pod's usage; pods alike
-// share one slice.
-func (r *elastic) holdsFor(u pricing.Usage) []bool {
-	if h, ok := r.holdsByUsage[u]; ok {
-		return h
+// shapeOf numbers a pod's usage among the replay's pod shapes, working out
+// elPool.mayHold of every pool for it the first time.
+func (r *elastic) shapeOf(u pricing.Usage) int32 {
+	if s, ok := r.shapes[u]; ok {
+		return s
 	}
 	h := make([]bool, len(r.pools))
 	for _, pool := range r.pools {
 		h[pool.index] = pool.mayHold(u)
 	}
-	if r.holdsByUsage == nil {
-		r.holdsByUsage = map[pricing.Usage][]bool{}
+	if r.shapes == nil {
+		r.shapes = map[pricing.Usage]int32{}
 	}
-	r.holdsByUsage[u] = h
-	return h
+	s := int32(len(r.shapeUsage))
+	r.shapes[u] = s
+	r.shapeUsage, r.shapeHolds = append(r.shapeUsage, u), append(r.shapeHolds, h)
+	return s
+}
+
+// podHot is what scans and retries read of every waiting pod, kept apart
+// from elPod in one dense slice: with a queue of thousands they are bound
+// by loading it, and most pods need no more than this.
+type podHot struct {
+	// due is when a scan must retry the pod because its wait for its
+	// preferred capacity ends (its deadline, until retried); 0: never.
+	due   time.Duration
+	shape int32
+	// mates is the pod's gang (elPod.mates); nominated, whether the pod is
+	// nominated to a node (elPod.nominated).
+	mates     *elGang
+	nominated bool
+	// verdict numbers the pod's pool verdict (poolFits, internFits), -1
+	// before it has one; it is good until verdictUntil and, when
+	// verdictRisk, while the risk model's generation is verdictGen.
+	verdict      int32
+	verdictRisk  bool
+	verdictUntil time.Duration
+	verdictGen   int
+}
+
+// setDue keeps podHot.due in step with the pod's deadline.
+func (r *elastic) setDue(i int) {
+	p := r.pods[i]
+	r.hot[i].due = 0
+	if p.deadline > 0 && !p.retriedDue {
+		r.hot[i].due = p.deadline
+	}
 }
 
 // mayHold is false when a node of the pool, empty, has no slot for the pod
@@ -335,10 +368,17 @@ type elastic struct {
 	// scanning is set during a scan, which keeps scanRoom (readyRoom).
 	scanning bool
 	scanRoom nodeRoom
-	// verdicts holds the distinct pool verdicts (internFits).
-	verdicts map[string][]bool
-	// holdsByUsage shares elPod.holds between pods alike.
-	holdsByUsage map[pricing.Usage][]bool
+	// verdicts numbers the distinct pool verdicts, verdictList holds them
+	// (internFits).
+	verdicts    map[string]int32
+	verdictList [][]bool
+	// shapes numbers the distinct pod usages (shapeOf); shapeUsage and
+	// shapeHolds are each shape's usage and elPool.mayHold per pool.
+	shapes     map[pricing.Usage]int32
+	shapeUsage []pricing.Usage
+	shapeHolds [][]bool
+	// hot is podHot per pod, indexed like pods.
+	hot []podHot
 	// scanSlots is roomByPool's answer per pod shape, for scanRoom.
 	scanSlots map[pricing.Usage]map[*elPool]int
 	pools     []*elPool
@@ -433,8 +473,10 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
-		ep := &elPod{tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
-		ep.holds = r.holdsFor(ep.usage)
+		ep := &elPod{idx: i, tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
+		shape := r.shapeOf(ep.usage)
+		ep.holds = r.shapeHolds[shape]
+		r.hot = append(r.hot, podHot{shape: shape, verdict: -1})
 		if spec, ok, err := gang.Of(p); ok && err == nil {
 			ep.gangSpec, ep.inGang = spec, true
 		}
@@ -447,6 +489,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			}
 			g.members = append(g.members, i)
 			ep.mates = g
+			r.hot[i].mates = g
 		}
 		r.byUID[string(p.UID)] = i
 		r.push(elEvent{at: tp.Arrival, kind: elArrival, pod: i})
@@ -626,7 +669,7 @@ func (r *elastic) run(ctx context.Context) error {
 			r.done = r.now
 			p := r.pods[ev.pod]
 			p.waitStart = r.now
-			r.setDeadline(p)
+			r.setDeadline(ev.pod)
 			err = r.try(ev.pod)
 		case elDeparture:
 			err = r.departure(ev)
@@ -706,12 +749,16 @@ func (p *elPod) keepsReplayGoing() bool {
 	return false
 }
 
-func (r *elastic) setDeadline(p *elPod) {
+func (r *elastic) setDeadline(i int) {
+	p := r.pods[i]
 	p.pod.CreationTimestamp = metav1.NewTime(r.epoch.Add(r.now))
 	p.deadline, p.retriedDue = 0, false
 	if p.class.Waits() {
 		p.deadline = r.now + p.class.FallbackAfter
 	}
+	r.setDue(i)
+	// poolFits checks its verdict against the new deadline.
+	r.hot[i].verdict = -1
 }
 
 // try schedules a pod now; one that does not fit waits and asks the
@@ -791,7 +838,8 @@ func (r *elastic) placed(i int, node string) {
 		r.res.ServiceDowntimeHours += (r.now - p.downSince + p.overhead).Hours()
 		p.downSince = -1
 	}
-	p.state, p.node, p.runStart, p.started, p.nominated = podRunning, node, r.now, true, ""
+	p.state, p.node, p.runStart, p.started = podRunning, node, r.now, true
+	r.nominateOn(p, "")
 	p.gen++
 	p.hourly = n.price.HourlyFor(p.usage)
 	if pricing.NodeCapacity(n.node).IsSpot() {
@@ -892,9 +940,22 @@ func (r *elastic) retryPending() error {
 	}
 	unfit := map[member]bool{}
 	var ready nodeRoom // every ready node's free room; nil: to count
+	// Whether the room may take a pod depends on its shape alone: asked once
+	// per shape (0: not yet, 1: yes, 2: no) until the room changes.
+	takes := make([]uint8, len(r.shapeUsage))
 	for _, i := range append([]int(nil), r.pending...) {
+		shape := r.hot[i].shape
+		if takes[shape] == 0 {
+			takes[shape] = 2
+			if room.mayTake(r.shapeUsage[shape]) {
+				takes[shape] = 1
+			}
+		}
+		if takes[shape] == 2 {
+			continue
+		}
 		p := r.pods[i]
-		if p.state != podWaiting || !room.mayTake(p.usage) || unfit[member{p.gang, p.usage}] {
+		if p.state != podWaiting || unfit[member{p.gang, p.usage}] {
 			continue
 		}
 		if p.gang != "" && r.gangPlugin {
@@ -927,6 +988,7 @@ func (r *elastic) retryPending() error {
 			if room, err = r.roomOn(freed); err != nil {
 				return err
 			}
+			clear(takes)
 			ready = nil
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -652,14 +653,17 @@ func TestPoolMayHold(t *testing.T) {
 // Pods with the same pool verdict share one copy of it.
 func TestInternFits(t *testing.T) {
 	r := &elastic{}
-	a := r.internFits([]bool{true, false, true})
-	b := r.internFits([]bool{true, false, true})
-	c := r.internFits([]bool{true, true, true})
-	if &a[0] != &b[0] {
-		t.Error("equal verdicts are two copies")
+	a, ida := r.internFits([]bool{true, false, true})
+	b, idb := r.internFits([]bool{true, false, true})
+	c, idc := r.internFits([]bool{true, true, true})
+	if &a[0] != &b[0] || ida != idb {
+		t.Errorf("equal verdicts are two copies (numbers %d, %d)", ida, idb)
 	}
-	if &a[0] == &c[0] || !c[1] {
-		t.Errorf("different verdicts share a copy: %v, %v", a, c)
+	if &a[0] == &c[0] || !c[1] || ida == idc {
+		t.Errorf("different verdicts share a copy: %v, %v (numbers %d, %d)", a, c, ida, idc)
+	}
+	if &r.verdictList[idc][0] != &c[0] {
+		t.Error("a verdict's number does not index it")
 	}
 }
 
@@ -679,5 +683,45 @@ func TestElasticReplayReportsProgress(t *testing.T) {
 	}
 	if want := "policy penny: 0 h of trace time (last arrival at 1 h), 0 of 2 pods finished, 0 waiting, 0 nodes up"; !strings.Contains(out.String(), want) {
 		t.Fatalf("progress:\n%s\nwant a line with %q", out.String(), want)
+	}
+}
+
+// A scan that passes over the pods it would turn away at once (podHot)
+// changes nothing: on a small fleet that a burst of jobs, gangs among them,
+// keeps at its limits for days, with reclaims and waits for Spot, every
+// policy's replay is the same with and without it.
+func TestFastScanChangesNothing(t *testing.T) {
+	var jobs strings.Builder
+	jobs.WriteString("timestamp,duration,num_gpus,gpu_time,cluster\n")
+	for k := 0; k < 120; k++ {
+		gpus := []int{1, 1, 2, 4, 8, 12, 16, 1, 3}[k%9]
+		fmt.Fprintf(&jobs, "%d,%d,%d,%d,c%d\n", k*400, 3600+(k*7919)%90000, gpus, gpus*3600, k%3)
+	}
+	s, tr := referencePhilly(t, jobs.String())
+	for k := range s.Pools {
+		s.Pools[k].Max = min(s.Pools[k].Max, 2)
+	}
+	for _, name := range []string{"default", SpotFirstPolicy, "penny"} {
+		p, err := LookupPolicy(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := func(fast bool) *ElasticResult {
+			defer func(was bool) { fastScan = was }(fastScan)
+			fastScan = fast
+			res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Trace: tr, Policy: p, Seed: 7})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.WallSeconds = 0
+			return res
+		}
+		fast, slow := run(true), run(false)
+		if !reflect.DeepEqual(fast, slow) {
+			t.Errorf("%s: the fast scan changed the replay:\nfast %+v\nslow %+v", name, *fast, *slow)
+		}
+		if slow.QueueDelayP95Seconds < 3600 || slow.Reclaims == 0 && name != "default" {
+			t.Errorf("%s: p95 queue %.0f s, %d reclaims: the fleet was not kept at its limits, or nothing was reclaimed", name, slow.QueueDelayP95Seconds, slow.Reclaims)
+		}
 	}
 }
