@@ -402,7 +402,7 @@ func (r *elastic) autoscale(i int) error {
 // GPUs of one of the pods (elPool.mayHold).
 func (r *elastic) mayHoldAll(pool *elPool, pods []int) bool {
 	for _, m := range pods {
-		if !r.pods[m].holds[pool.index] {
+		if !r.shapeHolds[r.hot[m].shape][pool.index] {
 			return false
 		}
 	}
@@ -458,7 +458,7 @@ func (r *elastic) poolsFullFor(i int) (bool, error) {
 	// small for the pod: no need to ask the filters.
 	open := false
 	for _, pool := range r.pools {
-		if pool.live < pool.spec.Max && r.pods[i].holds[pool.index] {
+		if pool.live < pool.spec.Max && r.shapeHolds[r.hot[i].shape][pool.index] {
 			open = true
 			break
 		}

@@ -280,9 +280,10 @@ func plus(a, b [3]int64) [3]int64 { return [3]int64{a[0] + b[0], a[1] + b[1], a[
 // (unit prices are each the lowest any pool charges).
 func (f *boundFleet) cheapest(gpuPods, cpuPods, all [3]int64) [2]float64 {
 	best := [2]float64{math.Inf(1), math.Inf(1)}
+	allLeft := sub(all, f.fixed)
 	rest := func(room [3]int64) float64 {
 		var worst float64
-		for r, n := range sub(sub(all, f.fixed), room) {
+		for r, n := range sub(allLeft, room) {
 			if n > 0 {
 				worst = max(worst, float64(n)*f.unit[r])
 			}

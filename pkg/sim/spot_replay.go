@@ -190,9 +190,6 @@ type elPod struct {
 	class    spotrisk.Class
 	gpus     float64
 	usage    pricing.Usage
-	// holds says, per pool, whether an empty node of it has room for the
-	// pod (elPool.mayHold), worked out once per shape (shapeOf).
-	holds []bool
 	// work is the run time the pod needs; saved is the part of it that
 	// survives a reclaim (checkpointed, or all of it for a service).
 	work, saved time.Duration
@@ -474,9 +471,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
 		ep := &elPod{idx: i, tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
-		shape := r.shapeOf(ep.usage)
-		ep.holds = r.shapeHolds[shape]
-		r.hot = append(r.hot, podHot{shape: shape, verdict: -1})
+		r.hot = append(r.hot, podHot{shape: r.shapeOf(ep.usage), verdict: -1})
 		if spec, ok, err := gang.Of(p); ok && err == nil {
 			ep.gangSpec, ep.inGang = spec, true
 		}
