@@ -16,6 +16,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
+	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 )
 
@@ -238,17 +239,17 @@ type gangPermit struct{ h fwk.Handle }
 func (g *gangPermit) Name() string { return "TestGang" }
 
 func (g *gangPermit) Permit(_ context.Context, _ fwk.CycleState, p *v1.Pod, _ string) (*fwk.Status, time.Duration) {
-	name := p.Labels[LabelGang]
+	name := p.Labels[gang.LabelName]
 	if name == "" {
 		return nil, 0
 	}
 	var members []fwk.WaitingPod
 	g.h.IterateOverWaitingPods(func(wp fwk.WaitingPod) {
-		if wp.GetPod().Labels[LabelGang] == name {
+		if wp.GetPod().Labels[gang.LabelName] == name {
 			members = append(members, wp)
 		}
 	})
-	if fmt.Sprint(len(members)+1) != p.Labels[LabelGangSize] {
+	if fmt.Sprint(len(members)+1) != p.Labels[gang.KeySize] {
 		return fwk.NewStatus(fwk.Wait), time.Hour
 	}
 	for _, wp := range members {
@@ -274,7 +275,7 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 	defer e.Close()
 	member := func(i int) *v1.Pod {
 		p := NewPod("ns", fmt.Sprintf("g-%d", i), 1000, 1024, 8, 1000, nil)
-		p.Labels[LabelGang], p.Labels[LabelGangSize] = "g", "2"
+		p.Labels[gang.LabelName], p.Labels[gang.KeySize] = "g", "2"
 		return p
 	}
 	out, err := e.Schedule(member(0))
@@ -297,7 +298,7 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 	}
 	// A gang that never completes is rejected at the end and frees its node.
 	lone := member(2)
-	lone.Labels[LabelGang] = "h"
+	lone.Labels[gang.LabelName] = "h"
 	if out, _ := e.Schedule(lone); !out.Waiting {
 		t.Fatalf("lone member: %+v", out)
 	}

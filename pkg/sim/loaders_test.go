@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 )
 
@@ -184,7 +185,7 @@ func TestLoadPhilly(t *testing.T) {
 	}
 	var sizes []int64
 	for _, tp := range tr.Pods[:3] {
-		if tp.Arrival != 0 || tp.Pod.Labels[LabelGang] != "job-000002" || tp.Pod.Labels[LabelGangSize] != "3" || tp.Pod.Namespace != "vc2" {
+		if tp.Arrival != 0 || tp.Pod.Labels[gang.LabelName] != "job-000002" || tp.Pod.Labels[gang.KeySize] != "3" || tp.Pod.Namespace != "vc2" {
 			t.Fatalf("gang pod %s: arrival %v labels %v ns %s", tp.Pod.Name, tp.Arrival, tp.Pod.Labels, tp.Pod.Namespace)
 		}
 		r, _ := gpu.ParsePodRequest(tp.Pod)
@@ -194,7 +195,7 @@ func TestLoadPhilly(t *testing.T) {
 		t.Fatalf("gang pod GPUs %v, want 8 8 4", sizes)
 	}
 	single := tr.Pods[3]
-	if single.Arrival != 60*time.Second || single.Duration != time.Hour || single.Pod.Labels[LabelGang] != "" {
+	if single.Arrival != 60*time.Second || single.Duration != time.Hour || single.Pod.Labels[gang.LabelName] != "" {
 		t.Fatalf("single job %+v", single)
 	}
 	if cpu := single.Pod.Spec.Containers[0].Resources.Requests.Cpu().MilliValue(); cpu != 4*4000 {
@@ -275,7 +276,7 @@ func TestPhillyWithoutHeaderAndFormatDetection(t *testing.T) {
 			w := want.Pods[i]
 			r, _ := gpu.ParsePodRequest(tp.Pod)
 			wr, _ := gpu.ParsePodRequest(w.Pod)
-			if tp.Arrival != w.Arrival || tp.Duration != w.Duration || r.GPUs != wr.GPUs || (tp.Pod.Labels[LabelGang] == "") != (w.Pod.Labels[LabelGang] == "") {
+			if tp.Arrival != w.Arrival || tp.Duration != w.Duration || r.GPUs != wr.GPUs || (tp.Pod.Labels[gang.LabelName] == "") != (w.Pod.Labels[gang.LabelName] == "") {
 				t.Errorf("%s: pod %d %+v, want %+v", p, i, tp, w)
 			}
 		}

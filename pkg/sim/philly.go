@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/pennysched/penny/pkg/gang"
 )
 
 // The Philly-derived job format used by several GPU scheduling papers:
@@ -19,13 +21,6 @@ import (
 // last takes the remainder), labelled with Penny's gang convention so the
 // gang plugin places them all or none. The cluster column (the virtual
 // cluster that submitted the job) becomes the pod's namespace (namespaceFor).
-
-// Penny's gang convention (label name and size).
-// TODO(gang): use the constants of pkg/gang once it is on main.
-const (
-	LabelGang     = "penny.dev/gang"
-	LabelGangSize = "penny.dev/gang-size"
-)
 
 // PhillyColumns are the format's columns in the order a file without a header
 // row holds them. gpu_time and cluster may be left out.
@@ -96,8 +91,8 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 			cpu, mem := opts.MilliCPUPerGPU*max(g, 1), opts.MemMiBPerGPU*max(g, 1)
 			pod := NewPod(ns, name, cpu, mem, g, 1000, nil)
 			if len(sizes) > 1 {
-				pod.Labels[LabelGang] = job
-				pod.Labels[LabelGangSize] = strconv.Itoa(len(sizes))
+				pod.Labels[gang.LabelName] = job
+				pod.Labels[gang.KeySize] = strconv.Itoa(len(sizes))
 			}
 			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
 			stamps = append(stamps, ts)

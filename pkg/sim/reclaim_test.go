@@ -7,6 +7,8 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/gang"
 )
 
 func checkpointing(p *v1.Pod, hook bool, every string) *v1.Pod {
@@ -66,7 +68,7 @@ func gangReplay(t *testing.T, rule *ReclaimRule, providerID string) *ReplayResul
 	var pods []TracePod
 	for _, name := range []string{"member-0", "member-1"} {
 		tp := tracePod(name, 1, 0, 3600)
-		tp.Pod.Labels = map[string]string{LabelGang: "job", LabelGangSize: "2"}
+		tp.Pod.Labels = map[string]string{gang.LabelName: "job", gang.KeySize: "2"}
 		checkpointing(tp.Pod, true, "30m")
 		pods = append(pods, tp)
 	}

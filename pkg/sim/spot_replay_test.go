@@ -359,7 +359,7 @@ func TestGangLacksRoom(t *testing.T) {
 	g := &elGang{members: []int{0, 1, 2}}
 	member := func(name string, state elPodState, gpus int64) *elPod {
 		pod := NewPod(SimNamespace, name, 4000, 1024, gpus, 1000, nil)
-		pod.Labels[LabelGang], pod.Labels[LabelGangSize] = "g", "3"
+		pod.Labels[gang.LabelName], pod.Labels[gang.KeySize] = "g", "3"
 		spec, ok, err := gang.Of(pod)
 		if !ok || err != nil {
 			t.Fatalf("gang.Of: %v, %v", ok, err)
