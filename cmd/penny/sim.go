@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/pennysched/penny/benchmarks/scenarios"
 	"github.com/pennysched/penny/pkg/sim"
 )
 
@@ -216,10 +217,18 @@ func newSimReplayCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replay",
 		Short: "Replay a trace's arrivals and departures in trace time",
+		Long: `Replay a trace's arrivals and departures in trace time.
+
+With --nodes: on that fixed fleet, one policy, recording GPU allocation over
+time (docs/sim.md). With --scenario: on that elastic, priced fleet, comparing
+policies (default: ` + spotPolicies + `) by bill, lost work and queueing
+(docs/spot.md). With neither: on the reference scenario built into penny
+(` + scenarios.SpotOpenbPath + `).`,
 		Example: `  penny sim replay --nodes openb_node_list_all_node.csv --pods openb_pod_list_default.csv \
     --policy fgd --out replay.json --plot replay.png
   penny sim replay --scenario benchmarks/scenarios/spot-openb.yaml --pods openb_pod_list_default.csv \
-    --policy default,spot-first,penny --out spot.json --markdown spot.md`,
+    --policy default,spot-first,penny --out spot.json --markdown spot.md
+  penny sim replay --pods philly_jobs.csv --out spot.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cpuProf != "" {
@@ -229,8 +238,14 @@ func newSimReplayCommand() *cobra.Command {
 				}
 				defer stop()
 			}
-			if scenario != "" {
+			if scenario != "" || tf.nodes == "" {
+				if !cmd.Flags().Changed("policy") {
+					policy = spotPolicies
+				}
 				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown)
+			}
+			if strings.Contains(policy, ",") {
+				return fmt.Errorf("--policy %s: with --nodes a replay runs one policy; to compare policies on a priced, elastic fleet give --scenario, or leave out --nodes for the reference scenario built into penny (docs/spot.md)", policy)
 			}
 			p, err := sim.LookupPolicy(policy)
 			if err != nil {
@@ -268,12 +283,12 @@ func newSimReplayCommand() *cobra.Command {
 		},
 	}
 	tf.add(cmd)
-	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", ")+" (with --scenario, a comma-separated list)")
+	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", ")+" (on a priced fleet, a comma-separated list of default, spot-first, penny; there the default is all three)")
 	cmd.Flags().Uint64Var(&seed, "seed", 42, "seed for tie-breaking and random choices")
 	cmd.Flags().DurationVar(&step, "step", time.Hour, "sample utilisation every this much trace time")
 	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order or random")
-	cmd.Flags().StringVar(&scenario, "scenario", "", "replay on this elastic, priced fleet (docs/spot.md) instead of --nodes")
-	cmd.Flags().StringVar(&markdown, "markdown", "", "with --scenario: write the results table (Markdown) here")
+	cmd.Flags().StringVar(&scenario, "scenario", "", "replay on this elastic, priced fleet (docs/spot.md) instead of --nodes (neither: the reference scenario built into penny)")
+	cmd.Flags().StringVar(&markdown, "markdown", "", "on a priced fleet: write the results table (Markdown) here")
 	cmd.Flags().StringVar(&out, "out", "", "write the results (JSON) here")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw utilisation over time here (.png, .svg or .pdf)")
 	cmd.Flags().StringVar(&cpuProf, "cpuprofile", "", "write a Go CPU profile here (for developers)")

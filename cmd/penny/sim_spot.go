@@ -3,16 +3,32 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pennysched/penny/benchmarks/scenarios"
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/sim"
 )
 
+// spotPolicies is what `penny sim replay` compares on a priced fleet when
+// --policy is not given.
+const spotPolicies = "default,spot-first,penny"
+
 // runSpotReplay is `penny sim replay --scenario`: the trace on the
-// scenario's elastic, priced fleet, once per policy (docs/spot.md).
+// scenario's elastic, priced fleet, once per policy (docs/spot.md). Without
+// a scenario it is the reference one built into penny.
 func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string, seed uint64, out, markdown string) error {
-	sc, err := sim.LoadSpotScenario(scenario)
+	var sc *sim.SpotScenario
+	var err error
+	if scenario == "" {
+		scenario = scenarios.SpotOpenbPath + " (built in)"
+		fmt.Fprintf(cmd.ErrOrStderr(), "no --scenario or --nodes: replaying on the reference scenario built into penny, %s (docs/spot.md)\n", scenarios.SpotOpenbPath)
+		sc, err = sim.ParseSpotScenarioFrom(scenario, scenarios.SpotOpenb, builtInFile)
+	} else {
+		sc, err = sim.LoadSpotScenario(scenario)
+	}
 	if err != nil {
 		return err
 	}
@@ -46,4 +62,13 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		return os.WriteFile(markdown, []byte(md), 0o644)
 	}
 	return nil
+}
+
+// builtInFile reads the files the built-in scenario names: its catalog is
+// the one deploy/ ships.
+func builtInFile(path string) ([]byte, error) {
+	if filepath.ToSlash(path) == "deploy/pricing/catalog.yaml" {
+		return deploy.PriceCatalog, nil
+	}
+	return nil, fmt.Errorf("%s is not built into penny", path)
 }

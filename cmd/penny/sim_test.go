@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/pennysched/penny/benchmarks/scenarios"
 )
 
 func TestParseSeeds(t *testing.T) {
@@ -141,11 +144,72 @@ func TestSimCommandErrors(t *testing.T) {
 		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--format", "yaml"}, "valid formats: auto, openb, philly"},
 		{[]string{"replay", "--nodes", nodes, "--pods", nodes}, "nodes.csv:1: cannot tell the trace's format from its first row"},
 		{[]string{"replay", "--nodes", filepath.Join(dir, "none.csv"), "--pods", pods}, "none.csv"},
+		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--policy", "default,penny"}, "with --nodes a replay runs one policy"},
 	}
 	for _, c := range cases {
 		_, err := runPenny(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: want an error mentioning %q, got %v", c.args, c.want, err)
+		}
+	}
+}
+
+// Without --scenario or --nodes a replay runs on the reference scenario
+// built into penny: the same fleet and prices as the file make bench-spot
+// reads, all three policies.
+func TestSimReplayBuiltInScenario(t *testing.T) {
+	dir := t.TempDir()
+	var jobs strings.Builder
+	jobs.WriteString("timestamp,duration,num_gpus\n")
+	for i := range 12 {
+		fmt.Fprintf(&jobs, "%d,%d,%d\n", i*600, 3600*(1+i%5), []int{1, 1, 2, 4, 8, 16}[i%6])
+	}
+	pods := writeCSV(t, dir, "jobs.csv", jobs.String())
+	builtIn, onDisk := filepath.Join(dir, "built-in.json"), filepath.Join(dir, "on-disk.json")
+	stdout, err := runPenny(t, "replay", "--pods", pods, "--out", builtIn)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	if !strings.Contains(stdout, "replaying on the reference scenario built into penny") {
+		t.Errorf("the replay does not say which fleet it took:\n%s", stdout)
+	}
+	if _, err := runPenny(t, "replay", "--scenario", "../../"+scenarios.SpotOpenbPath, "--pods", pods,
+		"--policy", "default,spot-first,penny", "--out", onDisk); err != nil {
+		t.Fatal(err)
+	}
+	type report struct {
+		Scenario string
+		Summary  map[string]struct {
+			BillUSD        float64 `json:"bill_usd"`
+			UsefulGPUHours float64 `json:"useful_gpu_hours"`
+			NeverOnSpot    int     `json:"never_on_spot"`
+		}
+	}
+	read := func(path string) report {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r report
+		if err := json.Unmarshal(data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	got, want := read(builtIn), read(onDisk)
+	if got.Scenario != scenarios.SpotOpenbPath+" (built in)" {
+		t.Errorf("scenario = %q, want the reference scenario, built in", got.Scenario)
+	}
+	if len(got.Summary) != 3 {
+		t.Errorf("policies = %v, want default, spot-first and penny", got.Summary)
+	}
+	for _, p := range []string{"default", "spot-first", "penny"} {
+		g, w := got.Summary[p], want.Summary[p]
+		if g.BillUSD <= 0 || g.UsefulGPUHours <= 0 {
+			t.Errorf("%s: bill %v, useful GPU-hours %v: the jobs did not run", p, g.BillUSD, g.UsefulGPUHours)
+		}
+		if g != w {
+			t.Errorf("%s: built-in scenario gives %+v, the file %+v", p, g, w)
 		}
 	}
 }

@@ -54,6 +54,7 @@ type SpotScenario struct {
 	Policies   []PolicyTweaks `yaml:"policies"`
 
 	file    string
+	read    func(path string) ([]byte, error)
 	catalog *pricing.Catalog
 }
 
@@ -186,7 +187,14 @@ func LoadSpotScenario(path string) (*SpotScenario, error) {
 // ParseSpotScenario decodes and validates a scenario; errors name the file,
 // the line, the field and the fix.
 func ParseSpotScenario(file string, data []byte) (*SpotScenario, error) {
-	s := &SpotScenario{file: file}
+	return ParseSpotScenarioFrom(file, data, os.ReadFile)
+}
+
+// ParseSpotScenarioFrom is ParseSpotScenario for a scenario that is not on
+// disk (one built into a binary): read returns the files it names, its
+// catalog, by their path joined to file's folder.
+func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]byte, error)) (*SpotScenario, error) {
+	s := &SpotScenario{file: file, read: read}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil {
@@ -247,7 +255,11 @@ func (s *SpotScenario) validate() error {
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(filepath.Dir(s.file), path)
 		}
-		c, err := pricing.LoadFile(path)
+		data, err := s.read(path)
+		if err != nil {
+			return fmt.Errorf("%s: catalog: %w", s.file, err)
+		}
+		c, err := pricing.Parse(data, path)
 		if err != nil {
 			return fmt.Errorf("%s: catalog: %w", s.file, err)
 		}
