@@ -213,6 +213,7 @@ func newSimReplayCommand() *cobra.Command {
 		scenario  string
 		markdown  string
 		cpuProf   string
+		parallel  int
 	)
 	cmd := &cobra.Command{
 		Use:   "replay",
@@ -242,7 +243,7 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 				if !cmd.Flags().Changed("policy") {
 					policy = spotPolicies
 				}
-				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown)
+				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown, parallel)
 			}
 			if strings.Contains(policy, ",") {
 				return fmt.Errorf("--policy %s: with --nodes a replay runs one policy; to compare policies on a priced, elastic fleet give --scenario, or leave out --nodes for the reference scenario built into penny (docs/spot.md)", policy)
@@ -289,6 +290,7 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order or random")
 	cmd.Flags().StringVar(&scenario, "scenario", "", "replay on this elastic, priced fleet (docs/spot.md) instead of --nodes (neither: the reference scenario built into penny)")
 	cmd.Flags().StringVar(&markdown, "markdown", "", "on a priced fleet: write the results table (Markdown) here")
+	cmd.Flags().IntVar(&parallel, "parallel", 1, "on a priced fleet: policies to replay at once (each holds its own copy of the fleet and the trace's pods in memory)")
 	cmd.Flags().StringVar(&out, "out", "", "write the results (JSON) here")
 	cmd.Flags().StringVar(&plot, "plot", "", "draw utilisation over time here (.png, .svg or .pdf)")
 	cmd.Flags().StringVar(&cpuProf, "cpuprofile", "", "write a Go CPU profile here (for developers)")

@@ -19,7 +19,7 @@ const spotPolicies = "default,spot-first,penny"
 // runSpotReplay is `penny sim replay --scenario`: the trace on the
 // scenario's elastic, priced fleet, once per policy (docs/spot.md). Without
 // a scenario it is the reference one built into penny.
-func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string, seed uint64, out, markdown string) error {
+func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string, seed uint64, out, markdown string, parallel int) error {
 	var sc *sim.SpotScenario
 	var err error
 	if scenario == "" {
@@ -40,7 +40,7 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 	if err != nil {
 		return err
 	}
-	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg, cmd.ErrOrStderr())
+	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg, cmd.ErrOrStderr(), parallel)
 	if err != nil {
 		return err
 	}

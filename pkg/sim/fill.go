@@ -2,7 +2,6 @@ package sim
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -385,52 +384,20 @@ type FillJob struct {
 // FillAll runs the jobs, parallel at a time, and returns their records in
 // job order. Each job builds its own engine, so jobs share nothing.
 func FillAll(ctx context.Context, base FillOptions, jobs []FillJob, parallel int, progress func(*FillRecord)) ([]*FillRecord, error) {
-	if parallel < 1 {
-		parallel = 1
-	}
+	parallel = max(parallel, 1)
 	if base.Parallelism == 0 {
 		base.Parallelism = max(1, runtime.GOMAXPROCS(0)/parallel)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	recs := make([]*FillRecord, len(jobs))
-	errs := make([]error, len(jobs))
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for i, j := range jobs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			o := base
-			o.Policy, o.Seed = j.Policy, j.Seed
-			rec, err := Fill(ctx, o)
-			if err != nil {
-				errs[i] = err
-				cancel()
-				return
-			}
-			recs[i] = rec
-			if progress != nil {
-				mu.Lock()
-				progress(rec)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	// The first failure cancelled the others: report it, not their
-	// cancellations.
-	for _, err := range errs {
-		if err != nil && !errors.Is(err, context.Canceled) {
-			return nil, err
+	return runAll(ctx, len(jobs), parallel, func(ctx context.Context, i int) (*FillRecord, error) {
+		o := base
+		o.Policy, o.Seed = jobs[i].Policy, jobs[i].Seed
+		rec, err := Fill(ctx, o)
+		if err == nil && progress != nil {
+			mu.Lock()
+			progress(rec)
+			mu.Unlock()
 		}
-	}
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	return recs, nil
+		return rec, err
+	})
 }

@@ -120,7 +120,7 @@ func TestBillBoundIsBelowEveryPolicysBill(t *testing.T) {
 		policies = append(policies, p)
 	}
 	for name, tr := range map[string]*Trace{"openb[:1500]": ob, "philly": philly} {
-		rep, err := RunSpotReplays(context.Background(), sc, tr, policies, 42, nil, nil)
+		rep, err := RunSpotReplays(context.Background(), sc, tr, policies, 42, nil, nil, 1)
 		if err != nil {
 			t.Fatal(err)
 		}

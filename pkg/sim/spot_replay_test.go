@@ -725,3 +725,49 @@ func TestFastScanChangesNothing(t *testing.T) {
 		}
 	}
 }
+
+// Replaying the policies at once (penny sim replay --parallel) gives the
+// report one at a time gives: the replays share the scenario and the trace
+// and must only read them.
+func TestSpotReplaysAtOnceMatchOneAtATime(t *testing.T) {
+	var jobs strings.Builder
+	jobs.WriteString("timestamp,duration,num_gpus,gpu_time,cluster\n")
+	for k := 0; k < 60; k++ {
+		gpus := []int{1, 2, 4, 8, 16, 1}[k%6]
+		fmt.Fprintf(&jobs, "%d,%d,%d,%d,c%d\n", k*600, 1800+(k*7919)%200000, gpus, gpus*3600, k%3)
+	}
+	s, tr := referencePhilly(t, jobs.String())
+	for k := range s.Pools {
+		s.Pools[k].Max = min(s.Pools[k].Max, 3)
+	}
+	policies, err := ParsePolicies("default,spot-first,penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(parallel int) *SpotReport {
+		var progress strings.Builder
+		rep, err := RunSpotReplays(context.Background(), s, tr, policies, 9, nil, &progress, parallel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rep.Runs {
+			r.WallSeconds = 0
+		}
+		return rep
+	}
+	one, all := run(1), run(3)
+	if !reflect.DeepEqual(one, all) {
+		for i := range one.Runs {
+			if !reflect.DeepEqual(one.Runs[i], all.Runs[i]) {
+				t.Errorf("%s: one at a time %+v\nall at once %+v", one.Runs[i].Policy, *one.Runs[i], *all.Runs[i])
+			}
+		}
+		t.Fatalf("summaries: one at a time %+v, all at once %+v", one.Summary, all.Summary)
+	}
+	if got := []string{all.Runs[0].Policy, all.Runs[1].Policy, all.Runs[2].Policy}; !reflect.DeepEqual(got, []string{"default", "spot-first", "penny"}) {
+		t.Errorf("runs in order %v, want the policies' order", got)
+	}
+	if all.Summary["spot-first"].Reclaims == 0 {
+		t.Errorf("spot-first saw no reclaim: the trace does not exercise the reclaim draws")
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
@@ -47,21 +49,36 @@ type SpotSummary struct {
 	Unfinished int `json:"unfinished"`
 }
 
-// RunSpotReplays replays the trace once per policy on the scenario's fleet;
-// progress, when not nil, gets a line every ProgressEvery of a replay.
-func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte, progress io.Writer) (*SpotReport, error) {
+// RunSpotReplays replays the trace once per policy on the scenario's fleet,
+// parallel policies at a time; progress, when not nil, gets a line every
+// ProgressEvery of a replay.
+func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte, progress io.Writer, parallel int) (*SpotReport, error) {
 	rep := &SpotReport{Kind: "spot-replay", Seed: seed, Summary: map[string]SpotSummary{}}
 	bound, err := BillLowerBound(sc, tr, seed)
 	if err != nil {
 		return nil, err
 	}
 	rep.Bound = bound
-	for _, p := range policies {
-		res, err := ElasticReplay(ctx, ElasticOptions{Scenario: sc, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg, Progress: progress})
+	parallel = min(max(parallel, 1), max(len(policies), 1))
+	if progress != nil && parallel > 1 {
+		progress = &lockedWriter{w: progress}
+	}
+	// Replays at once share the CPUs their Filter and Score goroutines use.
+	engineParallelism := 0
+	if parallel > 1 {
+		engineParallelism = max(1, runtime.GOMAXPROCS(0)/parallel)
+	}
+	rep.Runs, err = runAll(ctx, len(policies), parallel, func(ctx context.Context, i int) (*ElasticResult, error) {
+		p := policies[i]
+		res, err := ElasticReplay(ctx, ElasticOptions{Scenario: sc, Trace: tr, Policy: p, Seed: seed, SchedulerConfig: cfg, Progress: progress,
+			Parallelism: engineParallelism})
 		if err != nil {
 			return nil, fmt.Errorf("policy %s: %w", p.Name, err)
 		}
-		rep.Runs = append(rep.Runs, res)
+		return res, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	var def *ElasticResult
 	for _, r := range rep.Runs {
@@ -184,4 +201,17 @@ func lostByPool(byPool map[string]float64) string {
 		parts[i] = fmt.Sprintf("%s %.1f", p, byPool[p])
 	}
 	return strings.Join(parts, ", ")
+}
+
+// lockedWriter lets replays that run at once report to one writer a line at
+// a time.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
