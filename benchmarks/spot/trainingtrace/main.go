@@ -3,7 +3,8 @@
 // shaped after what the Philly study (Jeon et al., ATC'19) reports of a
 // multi-tenant training cluster: most jobs ask for one GPU, a tail asks for
 // 2-32; run times are heavy-tailed, from minutes to days, and larger jobs run
-// longer; jobs arrive in a daily rhythm. It stands in for the training
+// longer; jobs arrive in a daily rhythm. --sizes, --median, --sigma and
+// --max-runtime change that mix. It stands in for the training
 // traces Penny's Spot scoring is checked on, which the repository does not
 // hold. Deterministic for a seed.
 //
@@ -19,30 +20,68 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
+	"time"
 )
 
 func main() {
-	jobs := flag.Int("jobs", 600, "number of jobs")
-	days := flag.Float64("days", 14, "span of submissions, in days")
-	seed := flag.Uint64("seed", 1, "random seed")
-	out := flag.String("out", "", "output CSV")
+	var o options
+	flag.IntVar(&o.jobs, "jobs", 600, "number of jobs")
+	flag.Float64Var(&o.days, "days", 14, "span of submissions, in days")
+	flag.Uint64Var(&o.seed, "seed", 1, "random seed")
+	flag.StringVar(&o.out, "out", "", "output CSV")
+	flag.StringVar(&o.sizes, "sizes", defaultSizes, "the mix of job sizes, GPUs:weight,...")
+	flag.DurationVar(&o.median, "median", 40*time.Minute, "median run time of a one-GPU job; a job of g GPUs runs g^0.4 times longer")
+	flag.Float64Var(&o.sigma, "sigma", 1.6, "spread of run times: the standard deviation of their logarithm")
+	flag.DurationVar(&o.maxRuntime, "max-runtime", 7*24*time.Hour, "the longest run time")
 	flag.Parse()
-	if err := run(*jobs, *days, *seed, *out); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "trainingtrace:", err)
 		os.Exit(1)
 	}
 }
 
-// gpuCounts and their weights: the Philly study's mix of job sizes
-// (about 70% single-GPU, a few percent over 8).
-var (
-	gpuCounts  = []int{1, 2, 4, 8, 16, 32}
-	gpuWeights = []float64{0.70, 0.07, 0.10, 0.09, 0.03, 0.01}
-)
+type options struct {
+	jobs               int
+	days, sigma        float64
+	seed               uint64
+	out, sizes         string
+	median, maxRuntime time.Duration
+}
 
-func run(jobs int, days float64, seed uint64, out string) error {
+// defaultSizes is the Philly study's mix of job sizes (about 70%
+// single-GPU, a few percent over 8).
+const defaultSizes = "1:0.70,2:0.07,4:0.10,8:0.09,16:0.03,32:0.01"
+
+// parseSizes reads --sizes into GPU counts and weights that add up to 1.
+func parseSizes(v string) (counts []int, weights []float64, err error) {
+	total := 0.0
+	for _, part := range strings.Split(v, ",") {
+		g, w, ok := strings.Cut(strings.TrimSpace(part), ":")
+		n, errN := strconv.Atoi(g)
+		x, errW := strconv.ParseFloat(w, 64)
+		if !ok || errN != nil || errW != nil || n < 1 || x <= 0 {
+			return nil, nil, fmt.Errorf("--sizes: %q is not GPUs:weight (a whole number of GPUs >= 1 and a positive weight, e.g. 8:0.09)", part)
+		}
+		counts, weights, total = append(counts, n), append(weights, x), total+x
+	}
+	for i := range weights {
+		weights[i] /= total
+	}
+	return counts, weights, nil
+}
+
+func run(o options) error {
+	jobs, days, seed, out := o.jobs, o.days, o.seed, o.out
 	if jobs <= 0 || days <= 0 || out == "" {
 		return fmt.Errorf("--jobs and --days must be positive and --out set")
+	}
+	if o.median <= 0 || o.sigma < 0 || o.maxRuntime < 2*time.Minute {
+		return fmt.Errorf("--median must be positive, --sigma at least 0 and --max-runtime at least 2m")
+	}
+	gpuCounts, gpuWeights, err := parseSizes(o.sizes)
+	if err != nil {
+		return err
 	}
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	type job struct {
@@ -60,11 +99,12 @@ func run(jobs int, days float64, seed uint64, out string) error {
 			continue
 		}
 		g := pick(rng, gpuWeights)
-		// Log-normal run time, median 40 minutes for one GPU and growing
-		// with the job's size; at least two minutes, at most a week.
-		median := 40 * 60 * math.Pow(float64(gpuCounts[g]), 0.4)
-		dur := median * math.Exp(1.6*rng.NormFloat64())
-		dur = math.Min(math.Max(dur, 120), 7*86400)
+		// Log-normal run time, by default a median of 40 minutes for one
+		// GPU, growing with the job's size; at least two minutes, by
+		// default at most a week.
+		median := o.median.Seconds() * math.Pow(float64(gpuCounts[g]), 0.4)
+		dur := median * math.Exp(o.sigma*rng.NormFloat64())
+		dur = math.Min(math.Max(dur, 120), o.maxRuntime.Seconds())
 		js = append(js, job{ts: ts, dur: math.Round(dur), gpus: gpuCounts[g], vc: rng.IntN(10)})
 	}
 	sort.Slice(js, func(a, b int) bool { return js[a].ts < js[b].ts })
