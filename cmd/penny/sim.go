@@ -243,6 +243,11 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 				if !cmd.Flags().Changed("policy") {
 					policy = spotPolicies
 				}
+				for _, f := range []string{"plot", "step", "tie-break"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("--%s applies to a replay on a fixed fleet (--nodes); on a priced fleet the report is --out and --markdown", f)
+					}
+				}
 				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown, parallel)
 			}
 			if strings.Contains(policy, ",") {

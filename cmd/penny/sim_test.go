@@ -145,6 +145,7 @@ func TestSimCommandErrors(t *testing.T) {
 		{[]string{"replay", "--nodes", nodes, "--pods", nodes}, "nodes.csv:1: cannot tell the trace's format from its first row"},
 		{[]string{"replay", "--nodes", filepath.Join(dir, "none.csv"), "--pods", pods}, "none.csv"},
 		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--policy", "default,penny"}, "with --nodes a replay runs one policy"},
+		{[]string{"replay", "--pods", pods, "--plot", filepath.Join(dir, "p.png")}, "--plot applies to a replay on a fixed fleet (--nodes)"},
 	}
 	for _, c := range cases {
 		_, err := runPenny(t, c.args...)
