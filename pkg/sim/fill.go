@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -386,7 +385,7 @@ type FillJob struct {
 func FillAll(ctx context.Context, base FillOptions, jobs []FillJob, parallel int, progress func(*FillRecord)) ([]*FillRecord, error) {
 	parallel = max(parallel, 1)
 	if base.Parallelism == 0 {
-		base.Parallelism = max(1, runtime.GOMAXPROCS(0)/parallel)
+		base.Parallelism = cpusEach(parallel)
 	}
 	var mu sync.Mutex
 	return runAll(ctx, len(jobs), parallel, func(ctx context.Context, i int) (*FillRecord, error) {

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 )
 
@@ -45,4 +46,10 @@ func runAll[T any](ctx context.Context, n, parallel int, do func(ctx context.Con
 		}
 	}
 	return out, nil
+}
+
+// cpusEach is how many goroutines each of parallel experiments running at
+// once gives its Filter and Score, so that together they use the CPUs once.
+func cpusEach(parallel int) int {
+	return max(1, runtime.GOMAXPROCS(0)/max(parallel, 1))
 }

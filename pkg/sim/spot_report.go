@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -63,10 +62,10 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 	if progress != nil && parallel > 1 {
 		progress = &lockedWriter{w: progress}
 	}
-	// Replays at once share the CPUs their Filter and Score goroutines use.
+	// One replay keeps the engine's own default.
 	engineParallelism := 0
 	if parallel > 1 {
-		engineParallelism = max(1, runtime.GOMAXPROCS(0)/parallel)
+		engineParallelism = cpusEach(parallel)
 	}
 	rep.Runs, err = runAll(ctx, len(policies), parallel, func(ctx context.Context, i int) (*ElasticResult, error) {
 		p := policies[i]

@@ -72,8 +72,7 @@ func parseSizes(v string) (counts []int, weights []float64, err error) {
 }
 
 func run(o options) error {
-	jobs, days, seed, out := o.jobs, o.days, o.seed, o.out
-	if jobs <= 0 || days <= 0 || out == "" {
+	if o.jobs <= 0 || o.days <= 0 || o.out == "" {
 		return fmt.Errorf("--jobs and --days must be positive and --out set")
 	}
 	if o.median <= 0 || o.sigma < 0 || o.maxRuntime < 2*time.Minute {
@@ -83,15 +82,15 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng := rand.New(rand.NewPCG(o.seed, o.seed^0x9e3779b97f4a7c15))
 	type job struct {
 		ts, dur float64
 		gpus    int
 		vc      int
 	}
-	span := days * 86400
+	span := o.days * 86400
 	var js []job
-	for len(js) < jobs {
+	for len(js) < o.jobs {
 		// Daily rhythm: submissions twice as likely at the day's peak as at
 		// its trough (thinning of a uniform draw).
 		ts := rng.Float64() * span
@@ -108,7 +107,7 @@ func run(o options) error {
 		js = append(js, job{ts: ts, dur: math.Round(dur), gpus: gpuCounts[g], vc: rng.IntN(10)})
 	}
 	sort.Slice(js, func(a, b int) bool { return js[a].ts < js[b].ts })
-	f, err := os.Create(out)
+	f, err := os.Create(o.out)
 	if err != nil {
 		return err
 	}
