@@ -745,6 +745,7 @@ func (r *elastic) retire(n *elNode) {
 	r.res.BillUSD += hours * n.price.NodeHourly
 	r.res.BillByCapacity[string(n.pool.spec.capacity)] += hours * n.price.NodeHourly
 	r.res.NodeHoursByPool[n.pool.spec.Name] += hours
+	r.res.GPUHoursByPool[n.pool.spec.Name] += hours * float64(n.pool.size.GPUMilli) / gpu.MilliPerGPU
 	r.res.BillByPool[n.pool.spec.Name] += hours * n.price.NodeHourly
 	n.removed = true
 	delete(r.up, n.name)

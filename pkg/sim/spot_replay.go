@@ -57,6 +57,13 @@ type ElasticResult struct {
 	// part by pool: the difference is each pool's idle cost.
 	BillByPool      map[string]float64 `json:"bill_by_pool_usd"`
 	AllocatedByPool map[string]float64 `json:"allocated_by_pool_usd"`
+	// GPUHoursByPool is what each pool's nodes offered (node-hours x the
+	// node's GPUs); HeldGPUHoursByPool is what running pods held of it: a
+	// whole GPU for a share where the policy cannot share one. Their ratio
+	// says whether a pool's idle cost is idle GPUs or the CPU and memory
+	// that come with GPU nodes, which the OpenCost split also prices.
+	GPUHoursByPool     map[string]float64 `json:"gpu_hours_by_pool"`
+	HeldGPUHoursByPool map[string]float64 `json:"held_gpu_hours_by_pool"`
 	// GPUHoursByClass is the GPU time pods ran, by their Spot policy
 	// (Penny's reading of the pod, the same for every policy) and the
 	// capacity type of the node: where each class of work went.
@@ -416,7 +423,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		risk: pricing.NewRiskModel(pricing.RiskConfig{Clock: clk}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string]*elGang{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
-			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
+			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByPool: map[string]float64{}, HeldGPUHoursByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted, RunLengths: r.runLengths}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
@@ -861,6 +868,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	r.res.AllocatedUSD += p.hourly * ran.Hours()
 	if n != nil {
 		r.res.AllocatedByPool[n.pool.spec.Name] += p.hourly * ran.Hours()
+		r.res.HeldGPUHoursByPool[n.pool.spec.Name] += float64(p.usage.GPUMilli) / gpu.MilliPerGPU * ran.Hours()
 		addTo(r.res.GPUHoursByClass, string(p.class.Policy), string(n.pool.spec.capacity), p.gpus*ran.Hours())
 	}
 	if p.everSpot && p.class.Policy == spotrisk.Never && n != nil && pricing.NodeCapacity(n.node).IsSpot() {

@@ -90,6 +90,11 @@ func TestElasticPlacementAndBill(t *testing.T) {
 	if !nearly(penny.BillUSD, math.Round(life*(2.448+0.9686)*100)/100) {
 		t.Fatalf("bill %v", penny.BillUSD)
 	}
+	// A g5.8xlarge has one GPU: it offers life GPU-hours, of which the pod
+	// held the two hours it ran.
+	if !nearly(penny.GPUHoursByPool["od"], life) || !nearly(penny.HeldGPUHoursByPool["od"], 2) || !nearly(penny.HeldGPUHoursByPool["spot"], 2) {
+		t.Fatalf("GPU-hours offered %v, held %v", penny.GPUHoursByPool, penny.HeldGPUHoursByPool)
+	}
 	if penny.QueueDelayP95Seconds != 180 || penny.UsefulGPUHours != 4 || penny.LostGPUHours != 0 {
 		t.Fatalf("delay %v useful %v lost %v", penny.QueueDelayP95Seconds, penny.UsefulGPUHours, penny.LostGPUHours)
 	}
@@ -100,6 +105,32 @@ func TestElasticPlacementAndBill(t *testing.T) {
 	def := spotReplay(t, s, "default", 42, pods...)
 	if def.NodeHoursByPool["spot"] != 0 || def.BillByCapacity["spot"] != 0 {
 		t.Fatalf("default must stay off tainted Spot: %v", def.NodeHoursByPool)
+	}
+}
+
+// A half-GPU service holds half a GPU where Penny shares GPUs and a whole one
+// where the policy cannot (the scenario's gpuSharing), and the report's
+// pool table says so.
+func TestElasticHeldGPUHours(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	p := NewPod(SimNamespace, "half", 4000, 16*1024, 1, 500, nil)
+	p.Labels[LabelQoS] = "LS"
+	pods := []TracePod{{Pod: p, Arrival: 0, Duration: 2 * time.Hour, Source: "test:half"}}
+	penny := spotReplay(t, s, "penny", 42, pods...)
+	def := spotReplay(t, s, "default", 42, pods...)
+	if !nearly(penny.HeldGPUHoursByPool["od"], 1) || !nearly(def.HeldGPUHoursByPool["od"], 2) {
+		t.Fatalf("held GPU-hours: penny %v, default %v; want 1 and 2", penny.HeldGPUHoursByPool, def.HeldGPUHoursByPool)
+	}
+	life := (3*time.Minute + 2*time.Hour).Hours()
+	rep := &SpotReport{Runs: []*ElasticResult{def, penny}, Summary: map[string]SpotSummary{}}
+	md := rep.Markdown()
+	for _, row := range []string{
+		fmt.Sprintf("| default | od | %.0f | %.0f | %.0f | %.0f%% |", life, def.BillByPool["od"], def.BillByPool["od"]-def.AllocatedByPool["od"], 100*2/life),
+		fmt.Sprintf("| penny | od | %.0f | %.0f | %.0f | %.0f%% |", life, penny.BillByPool["od"], penny.BillByPool["od"]-penny.AllocatedByPool["od"], 100*1/life),
+	} {
+		if !strings.Contains(md, row) {
+			t.Errorf("report lacks %q:\n%s", row, md)
+		}
 	}
 }
 

@@ -149,6 +149,7 @@ func (rep *SpotReport) Markdown() string {
 	for _, r := range rep.Runs {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", r.Policy, r.BillByCapacity["on-demand"], r.BillByCapacity["reserved"], r.BillByCapacity["spot"])
 	}
+	rep.poolTable(&b)
 	rep.classTable(&b, "GPU-hours by the pod's Spot policy (Penny's reading, the same pods in every run), on on-demand / reserved / Spot nodes", "---:",
 		func(r *ElasticResult, c string) string {
 			h := r.GPUHoursByClass[c]
@@ -157,6 +158,36 @@ func (rep *SpotReport) Markdown() string {
 	rep.classTable(&b, "Lost GPU-hours by the pod's Spot policy, by the pool they were lost on (largest first)", "---",
 		func(r *ElasticResult, c string) string { return lostByPool(r.LostGPUHoursByClass[c]) })
 	return b.String()
+}
+
+// poolTable writes a row per policy and pool it used, dearest first: what
+// the pool cost, how much of that was idle, and how much of its GPU time
+// pods held, which tells idle GPUs from the CPU and memory of busy GPU nodes.
+func (rep *SpotReport) poolTable(b *strings.Builder) {
+	b.WriteString("\nBy pool (idle: the bill less what pods' requests cost; GPUs held: the share of the nodes' GPU-hours that running pods held):\n\n" +
+		"| policy | pool | node-hours | bill (USD) | idle (USD) | GPUs held |\n|---|---|---:|---:|---:|---:|\n")
+	for _, r := range rep.Runs {
+		pools := make([]string, 0, len(r.BillByPool))
+		for name, bill := range r.BillByPool {
+			if bill > 0 {
+				pools = append(pools, name)
+			}
+		}
+		sort.Slice(pools, func(i, j int) bool {
+			if r.BillByPool[pools[i]] != r.BillByPool[pools[j]] {
+				return r.BillByPool[pools[i]] > r.BillByPool[pools[j]]
+			}
+			return pools[i] < pools[j]
+		})
+		for _, name := range pools {
+			held := "-"
+			if offered := r.GPUHoursByPool[name]; offered > 0 {
+				held = fmt.Sprintf("%.0f%%", 100*r.HeldGPUHoursByPool[name]/offered)
+			}
+			fmt.Fprintf(b, "| %s | %s | %.0f | %.0f | %.0f | %s |\n", r.Policy, name, r.NodeHoursByPool[name], r.BillByPool[name],
+				r.BillByPool[name]-r.AllocatedByPool[name], held)
+		}
+	}
 }
 
 // classTable writes a table with a row per run and a column per Spot
