@@ -26,7 +26,10 @@ const spotFirstWeight = 20
 
 type spotFirst struct{}
 
-var _ fwk.ScorePlugin = spotFirst{}
+var (
+	_ fwk.ScorePlugin = spotFirst{}
+	_ fwk.SignPlugin  = spotFirst{}
+)
 
 func (spotFirst) Name() string { return SpotFirstName }
 
@@ -39,6 +42,11 @@ func (spotFirst) Score(_ context.Context, _ fwk.CycleState, _ *v1.Pod, ni fwk.No
 }
 
 func (spotFirst) ScoreExtensions() fwk.ScoreExtensions { return nil }
+
+// SignPod adds nothing to a pod's signature: the score depends on the node
+// alone. Without it the framework turns opportunistic batching off for the
+// whole profile, and the baseline would not schedule as kube-scheduler does.
+func (spotFirst) SignPod(context.Context, *v1.Pod) ([]fwk.SignFragment, *fwk.Status) { return nil, nil }
 
 func addSpotFirst(prof *config.KubeSchedulerProfile, registry frameworkruntime.Registry) error {
 	err := registry.Register(SpotFirstName, func(context.Context, runtime.Object, fwk.Handle) (fwk.Plugin, error) {
