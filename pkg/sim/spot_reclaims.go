@@ -13,6 +13,7 @@ import (
 // lose counts GPU-hours of a pod's work thrown away on node n.
 func (r *elastic) lose(p *elPod, n *elNode, gpuHours float64) {
 	r.res.LostGPUHours += gpuHours
+	r.namespace(p).LostGPUHours += gpuHours
 	if gpuHours <= 0 {
 		return
 	}

@@ -39,6 +39,13 @@ type ElasticOptions struct {
 // ProgressEvery is how often a replay with ElasticOptions.Progress reports.
 var ProgressEvery = 10 * time.Second
 
+// NamespaceCost is one namespace's share of an elastic replay.
+type NamespaceCost struct {
+	AllocatedUSD   float64 `json:"allocated_usd"`
+	UsefulGPUHours float64 `json:"useful_gpu_hours"`
+	LostGPUHours   float64 `json:"lost_gpu_hours"`
+}
+
 // ElasticResult is what one policy's replay cost and what it lost. Money is
 // USD; GPU-hours count a share of a GPU as that fraction of a GPU.
 type ElasticResult struct {
@@ -64,6 +71,10 @@ type ElasticResult struct {
 	// that come with GPU nodes, which the OpenCost split also prices.
 	GPUHoursByPool     map[string]float64 `json:"gpu_hours_by_pool"`
 	HeldGPUHoursByPool map[string]float64 `json:"held_gpu_hours_by_pool"`
+	// ByNamespace is who spent what: the allocated cost, useful and lost
+	// GPU-hours of each namespace's pods (a Philly trace's virtual cluster).
+	// The bill's idle part is no namespace's, as OpenCost reports it.
+	ByNamespace map[string]*NamespaceCost `json:"by_namespace"`
 	// GPUHoursByClass is the GPU time pods ran, by their Spot policy
 	// (Penny's reading of the pod, the same for every policy) and the
 	// capacity type of the node: where each class of work went.
@@ -423,7 +434,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		risk: pricing.NewRiskModel(pricing.RiskConfig{Clock: clk}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string]*elGang{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
-			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByPool: map[string]float64{}, HeldGPUHoursByPool: map[string]float64{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
+			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByPool: map[string]float64{}, HeldGPUHoursByPool: map[string]float64{}, ByNamespace: map[string]*NamespaceCost{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted, RunLengths: r.runLengths}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
@@ -866,6 +877,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	ran := r.now - p.runStart
 	r.res.AllocatedGPUHours += p.gpus * ran.Hours()
 	r.res.AllocatedUSD += p.hourly * ran.Hours()
+	r.namespace(p).AllocatedUSD += p.hourly * ran.Hours()
 	if n != nil {
 		r.res.AllocatedByPool[n.pool.spec.Name] += p.hourly * ran.Hours()
 		r.res.HeldGPUHoursByPool[n.pool.spec.Name] += float64(p.usage.GPUMilli) / gpu.MilliPerGPU * ran.Hours()
@@ -887,6 +899,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 		// The restart a reclaim forced is lost work too.
 		restart := min(ran, p.overhead)
 		r.res.UsefulGPUHours += p.gpus * (ran - restart).Hours()
+		r.namespace(p).UsefulGPUHours += p.gpus * (ran - restart).Hours()
 		r.lose(p, n, p.gpus*restart.Hours())
 		p.state = podDone
 		return
@@ -894,6 +907,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	kept = min(max(kept, 0), max(0, ran-p.overhead))
 	p.saved += kept
 	r.res.UsefulGPUHours += p.gpus * kept.Hours()
+	r.namespace(p).UsefulGPUHours += p.gpus * kept.Hours()
 	r.lose(p, n, p.gpus*(ran-kept).Hours())
 	p.overhead = r.sc.RestartOverhead.Duration
 	p.reclaimed++
@@ -901,6 +915,16 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 }
 
 // addTo adds v to m[a][b].
+// namespace is the pod's namespace's share of the result.
+func (r *elastic) namespace(p *elPod) *NamespaceCost {
+	c := r.res.ByNamespace[p.pod.Namespace]
+	if c == nil {
+		c = &NamespaceCost{}
+		r.res.ByNamespace[p.pod.Namespace] = c
+	}
+	return c
+}
+
 func addTo(m map[string]map[string]float64, a, b string, v float64) {
 	if m[a] == nil {
 		m[a] = map[string]float64{}
@@ -1034,6 +1058,9 @@ func (r *elastic) finish() {
 	res.QueueDelayP50Seconds, res.QueueDelayP95Seconds = res.QueueDelay.P50, res.QueueDelay.P95
 	res.BillUSD = round2(res.BillUSD)
 	res.AllocatedUSD, res.IdleUSD = round2(res.AllocatedUSD), round2(res.IdleUSD)
+	for _, c := range res.ByNamespace {
+		c.AllocatedUSD, c.UsefulGPUHours, c.LostGPUHours = round2(c.AllocatedUSD), round2(c.UsefulGPUHours), round2(c.LostGPUHours)
+	}
 }
 
 func round2(v float64) float64 { return math.Round(v*100) / 100 }

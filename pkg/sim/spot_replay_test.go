@@ -134,6 +134,40 @@ func TestElasticHeldGPUHours(t *testing.T) {
 	}
 }
 
+// Each namespace is charged what its own pods' requests cost, and the
+// report names who spent what when the trace has more than one.
+func TestElasticCostByNamespace(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	a := spotTracePod("a", "LS", 1, 0, 2*time.Hour)
+	a.Pod.Namespace = "team-a"
+	b := spotTracePod("b", "LS", 1, 0, time.Hour)
+	b.Pod.Namespace = "team-b"
+	res := spotReplay(t, s, "default", 42, a, b)
+	ta, tb := res.ByNamespace["team-a"], res.ByNamespace["team-b"]
+	if ta == nil || tb == nil || len(res.ByNamespace) != 2 {
+		t.Fatalf("by namespace %+v, want team-a and team-b", res.ByNamespace)
+	}
+	// The same shape of pod on the same instance type: team-a ran twice as
+	// long, so it is charged twice as much.
+	if ta.UsefulGPUHours != 2 || tb.UsefulGPUHours != 1 || math.Abs(ta.AllocatedUSD-2*tb.AllocatedUSD) > 0.01 ||
+		math.Abs(ta.AllocatedUSD+tb.AllocatedUSD-res.AllocatedUSD) > 0.01 {
+		t.Fatalf("team-a %+v, team-b %+v, allocated %v", *ta, *tb, res.AllocatedUSD)
+	}
+	rep := &SpotReport{Runs: []*ElasticResult{res}, Summary: map[string]SpotSummary{}}
+	md := rep.Markdown()
+	for _, row := range []string{
+		fmt.Sprintf("| team-a | 2 | %.0f / 0.0 |", ta.AllocatedUSD),
+		fmt.Sprintf("| team-b | 1 | %.0f / 0.0 |", tb.AllocatedUSD),
+	} {
+		if !strings.Contains(md, row) {
+			t.Errorf("report lacks %q:\n%s", row, md)
+		}
+	}
+	if strings.Index(md, "| team-a |") > strings.Index(md, "| team-b |") {
+		t.Errorf("team-a spent more and comes first:\n%s", md)
+	}
+}
+
 // A trainer on Spot nodes that live about an hour: every reclaim loses at
 // most the half hour since the last checkpoint plus the restart, and the
 // work still completes.
@@ -152,6 +186,10 @@ func TestElasticReclaimLosesWorkSinceCheckpoint(t *testing.T) {
 	}
 	if !nearly(res.AllocatedGPUHours, res.UsefulGPUHours+res.LostGPUHours) {
 		t.Fatalf("allocated %v != useful %v + lost %v", res.AllocatedGPUHours, res.UsefulGPUHours, res.LostGPUHours)
+	}
+	if ns := res.ByNamespace[SimNamespace]; len(res.ByNamespace) != 1 || ns == nil || math.Abs(ns.LostGPUHours-res.LostGPUHours) > 0.01 ||
+		math.Abs(ns.UsefulGPUHours-res.UsefulGPUHours) > 0.01 {
+		t.Fatalf("by namespace %+v, want all of lost %v and useful %v in %s", res.ByNamespace, res.LostGPUHours, res.UsefulGPUHours, SimNamespace)
 	}
 	// The same trainer without checkpoints loses everything at each reclaim.
 	s.Classes[1].Annotations = map[string]string{spotrisk.AnnotationWorkload: "training", spotrisk.AnnotationSpot: "only"}

@@ -150,6 +150,7 @@ func (rep *SpotReport) Markdown() string {
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", r.Policy, r.BillByCapacity["on-demand"], r.BillByCapacity["reserved"], r.BillByCapacity["spot"])
 	}
 	rep.poolTable(&b)
+	rep.namespaceTable(&b)
 	rep.classTable(&b, "GPU-hours by the pod's Spot policy (Penny's reading, the same pods in every run), on on-demand / reserved / Spot nodes", "---:",
 		func(r *ElasticResult, c string) string {
 			h := r.GPUHoursByClass[c]
@@ -187,6 +188,52 @@ func (rep *SpotReport) poolTable(b *strings.Builder) {
 			fmt.Fprintf(b, "| %s | %s | %.0f | %.0f | %.0f | %s |\n", r.Policy, name, r.NodeHoursByPool[name], r.BillByPool[name],
 				r.BillByPool[name]-r.AllocatedByPool[name], held)
 		}
+	}
+}
+
+// namespaceTable writes who spent what, a row per namespace (a Philly
+// trace's virtual cluster), dearest first, when the trace has more than one.
+func (rep *SpotReport) namespaceTable(b *strings.Builder) {
+	names := map[string]float64{}
+	for _, r := range rep.Runs {
+		for ns, c := range r.ByNamespace {
+			names[ns] = max(names[ns], c.AllocatedUSD)
+		}
+	}
+	if len(names) < 2 {
+		return
+	}
+	order := make([]string, 0, len(names))
+	for ns := range names {
+		order = append(order, ns)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		if names[order[i]] != names[order[j]] {
+			return names[order[i]] > names[order[j]]
+		}
+		return order[i] < order[j]
+	})
+	b.WriteString("\nBy namespace (allocated USD / lost GPU-hours; the bill's idle part is no namespace's):\n\n| namespace | useful GPU-h |")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(b, " %s |", r.Policy)
+	}
+	b.WriteString("\n|---|---:|" + strings.Repeat("---:|", len(rep.Runs)) + "\n")
+	for _, ns := range order {
+		var useful float64
+		for _, r := range rep.Runs {
+			if c := r.ByNamespace[ns]; c != nil {
+				useful = max(useful, c.UsefulGPUHours)
+			}
+		}
+		fmt.Fprintf(b, "| %s | %.0f |", ns, useful)
+		for _, r := range rep.Runs {
+			c := r.ByNamespace[ns]
+			if c == nil {
+				c = &NamespaceCost{}
+			}
+			fmt.Fprintf(b, " %.0f / %.1f |", c.AllocatedUSD, c.LostGPUHours)
+		}
+		b.WriteString("\n")
 	}
 }
 
