@@ -102,7 +102,6 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	var notices []notice.Notice
 	var errs []error
-	now := s.opts.Now()
 	for _, doc := range []struct {
 		path  string
 		parse func([]byte, time.Time) ([]notice.Notice, error)
@@ -113,8 +112,11 @@ func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	} {
 		body, ok, err := s.get(ctx, doc.path)
 		if err == nil && ok {
+			// Detected is when the document was read, as on GCP and Azure:
+			// a check may start before a notice is published and still
+			// read it.
 			var found []notice.Notice
-			if found, err = doc.parse(body, now); err == nil {
+			if found, err = doc.parse(body, s.opts.Now()); err == nil {
 				notices = append(notices, found...)
 			}
 		}
