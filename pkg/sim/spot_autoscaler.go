@@ -668,7 +668,7 @@ func requests(p *elPod) (cpu, mem, gpuMilli int64) {
 func (r *elastic) launch(pool *elPool, now bool) error {
 	name := fmt.Sprintf("%s-%d", pool.spec.Name, pool.seq)
 	pool.seq++
-	pool.live++
+	r.setLive(pool, pool.live+1)
 	n := &elNode{name: name, pool: pool, node: r.sc.node(pool.spec, name), price: pool.price, launched: r.now, pods: map[int]bool{}}
 	n.roomCPU, n.roomMem, n.roomGPU = pool.size.CPUMilli, pool.size.MemoryBytes, pool.size.GPUMilli
 	r.nodes[name] = n
@@ -739,6 +739,18 @@ func (r *elastic) scaleDown(ev elEvent) error {
 }
 
 // retire bills a node up to now and takes it out of the fleet.
+// setLive changes how many nodes of the pool are up or on their way, and
+// counts the time the pool spends at its max.
+func (r *elastic) setLive(pool *elPool, live int) {
+	switch limit := pool.spec.Max; {
+	case pool.live < limit && live >= limit:
+		pool.atMaxSince = r.now
+	case pool.live >= limit && live < limit:
+		r.res.HoursAtMaxByPool[pool.spec.Name] += (r.now - pool.atMaxSince).Hours()
+	}
+	pool.live = live
+}
+
 func (r *elastic) retire(n *elNode) {
 	r.feedNode(n)
 	hours := (r.now - n.launched).Hours()
@@ -750,6 +762,6 @@ func (r *elastic) retire(n *elNode) {
 	n.removed = true
 	delete(r.up, n.name)
 	delete(r.inflight, n.name)
-	n.pool.live--
+	r.setLive(n.pool, n.pool.live-1)
 	r.live--
 }

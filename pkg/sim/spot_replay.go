@@ -71,6 +71,11 @@ type ElasticResult struct {
 	// that come with GPU nodes, which the OpenCost split also prices.
 	GPUHoursByPool     map[string]float64 `json:"gpu_hours_by_pool"`
 	HeldGPUHoursByPool map[string]float64 `json:"held_gpu_hours_by_pool"`
+	// HoursAtMaxByPool is how long each pool had its max nodes up or on
+	// their way: while it did, the scenario's limit, not the policy, decided
+	// what waited for that pool (Cluster Autoscaler's "max node group size
+	// reached").
+	HoursAtMaxByPool map[string]float64 `json:"hours_at_max_by_pool"`
 	// ByNamespace is who spent what: the allocated cost, useful and lost
 	// GPU-hours of each namespace's pods (a Philly trace's virtual cluster).
 	// The bill's idle part is no namespace's, as OpenCost reports it.
@@ -273,8 +278,10 @@ type elPool struct {
 	template *v1.Node
 	live     int
 	seq      int
-	rng      *rand.Rand
-	price    pricing.Price
+	// atMaxSince is when live last reached the pool's max.
+	atMaxSince time.Duration
+	rng        *rand.Rand
+	price      pricing.Price
 	// size is what a node of the pool, empty, can give pods: CPU, memory
 	// and GPUs (in thousandths), read once from the template.
 	size pricing.Usage
@@ -434,7 +441,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		risk: pricing.NewRiskModel(pricing.RiskConfig{Clock: clk}), interrupted: pricing.NewInterrupted(0), runLengths: pricing.NewRunLengths(0), rule: sc.reclaimRule(o.Policy.Name),
 		byUID: map[string]int{}, gangs: map[string]*elGang{}, nodes: map[string]*elNode{}, inflight: map[string]*elNode{}, up: map[string]*elNode{},
 		res: &ElasticResult{Policy: o.Policy.Name, Seed: o.Seed, BillByCapacity: map[string]float64{}, NodeHoursByPool: map[string]float64{},
-			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByPool: map[string]float64{}, HeldGPUHoursByPool: map[string]float64{}, ByNamespace: map[string]*NamespaceCost{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
+			BillByPool: map[string]float64{}, AllocatedByPool: map[string]float64{}, GPUHoursByPool: map[string]float64{}, HeldGPUHoursByPool: map[string]float64{}, HoursAtMaxByPool: map[string]float64{}, ByNamespace: map[string]*NamespaceCost{}, GPUHoursByClass: map[string]map[string]float64{}, LostGPUHoursByClass: map[string]map[string]float64{}}}
 	deps := plugins.Deps{Prices: sc.catalog, Risk: r.risk, Clock: r.clock, Interrupted: r.interrupted, RunLengths: r.runLengths}
 	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
@@ -1033,6 +1040,13 @@ func (r *elastic) finish() {
 	}
 	for _, n := range r.upInOrder() {
 		r.retire(n)
+	}
+	// Nodes still on their way when a stalled replay ends keep a pool at
+	// its max to the end.
+	for _, pool := range r.pools {
+		if pool.live >= pool.spec.Max {
+			res.HoursAtMaxByPool[pool.spec.Name] += (r.now - pool.atMaxSince).Hours()
+		}
 	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
 	var delays []float64

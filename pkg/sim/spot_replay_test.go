@@ -125,8 +125,8 @@ func TestElasticHeldGPUHours(t *testing.T) {
 	rep := &SpotReport{Runs: []*ElasticResult{def, penny}, Summary: map[string]SpotSummary{}}
 	md := rep.Markdown()
 	for _, row := range []string{
-		fmt.Sprintf("| default | od | %.0f | %.0f | %.0f | %.0f%% |", life, def.BillByPool["od"], def.BillByPool["od"]-def.AllocatedByPool["od"], 100*2/life),
-		fmt.Sprintf("| penny | od | %.0f | %.0f | %.0f | %.0f%% |", life, penny.BillByPool["od"], penny.BillByPool["od"]-penny.AllocatedByPool["od"], 100*1/life),
+		fmt.Sprintf("| default | od | %.0f | %.0f | %.0f | %.0f%% | 0 |", life, def.BillByPool["od"], def.BillByPool["od"]-def.AllocatedByPool["od"], 100*2/life),
+		fmt.Sprintf("| penny | od | %.0f | %.0f | %.0f | %.0f%% | 0 |", life, penny.BillByPool["od"], penny.BillByPool["od"]-penny.AllocatedByPool["od"], 100*1/life),
 	} {
 		if !strings.Contains(md, row) {
 			t.Errorf("report lacks %q:\n%s", row, md)
@@ -243,6 +243,12 @@ func TestElasticFallback(t *testing.T) {
 	// second waits from 1m to 11m (its fallback), then 3m for the node.
 	if res.QueueDelay.Max != (13 * time.Minute).Seconds() {
 		t.Fatalf("max delay %v, want 780s", res.QueueDelay.Max)
+	}
+	// The Spot pool's one node is launched at once and removed 10m after
+	// first ends (3m + 5h): the pool is at its max all that time, the
+	// on-demand pool (max 4) never.
+	if at := res.HoursAtMaxByPool; !nearly(at["spot"], (5*time.Hour+13*time.Minute).Hours()) || at["od"] != 0 {
+		t.Fatalf("hours at max %v, want spot %v and od 0", at, (5*time.Hour + 13*time.Minute).Hours())
 	}
 }
 

@@ -165,8 +165,9 @@ func (rep *SpotReport) Markdown() string {
 // the pool cost, how much of that was idle, and how much of its GPU time
 // pods held, which tells idle GPUs from the CPU and memory of busy GPU nodes.
 func (rep *SpotReport) poolTable(b *strings.Builder) {
-	b.WriteString("\nBy pool (idle: the bill less what pods' requests cost; GPUs held: the share of the nodes' GPU-hours that running pods held):\n\n" +
-		"| policy | pool | node-hours | bill (USD) | idle (USD) | GPUs held |\n|---|---|---:|---:|---:|---:|\n")
+	b.WriteString("\nBy pool (idle: the bill less what pods' requests cost; GPUs held: the share of the nodes' GPU-hours that running pods held; " +
+		"at max: hours with the pool's max nodes up or on their way, when the scenario's limit, not the policy, decided what waited):\n\n" +
+		"| policy | pool | node-hours | bill (USD) | idle (USD) | GPUs held | at max (h) |\n|---|---|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Runs {
 		pools := make([]string, 0, len(r.BillByPool))
 		for name, bill := range r.BillByPool {
@@ -185,8 +186,8 @@ func (rep *SpotReport) poolTable(b *strings.Builder) {
 			if offered := r.GPUHoursByPool[name]; offered > 0 {
 				held = fmt.Sprintf("%.0f%%", 100*r.HeldGPUHoursByPool[name]/offered)
 			}
-			fmt.Fprintf(b, "| %s | %s | %.0f | %.0f | %.0f | %s |\n", r.Policy, name, r.NodeHoursByPool[name], r.BillByPool[name],
-				r.BillByPool[name]-r.AllocatedByPool[name], held)
+			fmt.Fprintf(b, "| %s | %s | %.0f | %.0f | %.0f | %s | %.0f |\n", r.Policy, name, r.NodeHoursByPool[name], r.BillByPool[name],
+				r.BillByPool[name]-r.AllocatedByPool[name], held, r.HoursAtMaxByPool[name])
 		}
 	}
 }
