@@ -271,7 +271,7 @@ func TestSpotScenarioErrors(t *testing.T) {
 		}
 	}
 	for name, c := range map[string]struct{ yaml, want string }{
-		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region, catalog and pools"},
+		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region and pools"},
 		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml: line 15: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
 		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `line 15: "-3m" is negative`},
 		"half a node":   {strings.Replace(tinyScenario, "max: 4,", "max: 1.5,", 1), `tiny.yaml:15: pools[0].max: "1.5" is not a whole number of nodes`},
@@ -282,6 +282,38 @@ func TestSpotScenarioErrors(t *testing.T) {
 		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+// A scenario that names no catalog is priced by the one Penny ships, and a
+// Spot pool that gives no meanTimeToReclaim is reclaimed as it advertises
+// (0s still means never).
+func TestSpotScenarioDefaults(t *testing.T) {
+	s, err := ParseSpotScenarioFrom("mine.yaml", []byte(`
+region: us-east-1
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 2}
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 2, advertisedInterruption: "5-10%"}
+- {name: quiet, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1b, max: 2, advertisedInterruption: "5-10%", meanTimeToReclaim: 0s}
+- {name: unrated, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1c, max: 2}
+`), func(path string) ([]byte, error) { return nil, fmt.Errorf("read %s: no files here", path) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Catalog != BuiltInCatalog {
+		t.Errorf("catalog %q, want %q", s.Catalog, BuiltInCatalog)
+	}
+	if p, ok := s.PriceCatalog().Lookup("g5.8xlarge", pricing.OnDemand, "us-east-1", "us-east-1a"); !ok || p.NodeHourly != 2.448 {
+		t.Errorf("g5.8xlarge on-demand: %+v %v, want the shipped 2.448 USD/h", p, ok)
+	}
+	// 5-10% a month is taken as 7.5%: a Poisson rate of -ln(0.925)/730 h.
+	want := time.Duration(float64(time.Hour) * pricing.HoursPerMonth / -math.Log(1-0.075))
+	if got := s.Pools[1].MeanTimeToReclaim.Duration; got < want-time.Second || got > want+time.Second {
+		t.Errorf("advertised 5-10%%: mean time to reclaim %v, want %v", got, want)
+	}
+	if s.Pools[2].MeanTimeToReclaim.Duration != 0 || s.Pools[3].MeanTimeToReclaim.Duration != 0 || s.Pools[0].MeanTimeToReclaim.Duration != 0 {
+		t.Errorf("0s, no bucket and on-demand must stay unreclaimed: %v, %v, %v",
+			s.Pools[2].MeanTimeToReclaim, s.Pools[3].MeanTimeToReclaim, s.Pools[0].MeanTimeToReclaim)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
@@ -78,13 +79,16 @@ type ElasticPool struct {
 	// risk model's prior.
 	AdvertisedInterruption string `yaml:"advertisedInterruption"`
 	// MeanTimeToReclaim is the pool's true reclaim behaviour: each Spot node
-	// lives an exponential time with this mean. Empty: never reclaimed.
+	// lives an exponential time with this mean; 0s: never reclaimed. Left
+	// out, the pool is reclaimed as its advertised bucket says.
 	MeanTimeToReclaim Duration `yaml:"meanTimeToReclaim"`
 
-	capacity pricing.CapacityType
-	bucket   pricing.Bucket
-	template localcluster.Pool
-	line     int
+	// mttrGiven is whether the file sets meanTimeToReclaim.
+	mttrGiven bool
+	capacity  pricing.CapacityType
+	bucket    pricing.Bucket
+	template  localcluster.Pool
+	line      int
 }
 
 // ClassRule maps trace pods to annotations. The first rule that matches a
@@ -166,6 +170,10 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// BuiltInCatalog names the price catalog of a scenario that gives none:
+// deploy/pricing/catalog.yaml, built into Penny.
+const BuiltInCatalog = "deploy/pricing/catalog.yaml (built in)"
+
 // Scenario defaults.
 const (
 	DefaultProvisioningDelay = 3 * time.Minute
@@ -199,7 +207,7 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 	dec.KnownFields(true)
 	if err := dec.Decode(s); err != nil {
 		if err == io.EOF {
-			return nil, fmt.Errorf("%s: empty file: a scenario needs at least region, catalog and pools (docs/spot.md, Scenario file)", file)
+			return nil, fmt.Errorf("%s: empty file: a scenario needs at least region and pools (docs/spot.md, Scenario file)", file)
 		}
 		return nil, fmt.Errorf("%s: %v", file, scenarioYAMLError(err))
 	}
@@ -215,9 +223,11 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 			// YAML decodes 1.5 into an int as 1: a node count must be whole.
 			n := &lines.Pools[i]
 			for k := 0; n.Kind == yaml.MappingNode && k+1 < len(n.Content); k += 2 {
-				if key, v := n.Content[k].Value, n.Content[k+1]; (key == "min" || key == "max") && v.Tag != "!!int" {
+				key, v := n.Content[k].Value, n.Content[k+1]
+				if (key == "min" || key == "max") && v.Tag != "!!int" {
 					return nil, fmt.Errorf("%s:%d: pools[%d].%s: %q is not a whole number of nodes", file, v.Line, i, key, v.Value)
 				}
+				s.Pools[i].mttrGiven = s.Pools[i].mttrGiven || key == "meanTimeToReclaim"
 			}
 		}
 	}
@@ -248,23 +258,26 @@ func (s *SpotScenario) validate() error {
 	if s.RestartOverhead.Duration == 0 {
 		s.RestartOverhead.Duration = DefaultRestartOverhead
 	}
-	if s.Catalog == "" {
-		add(1, "catalog", "required: the price catalog file, relative to the scenario, e.g. ../../deploy/pricing/catalog.yaml")
-	} else {
-		path := s.Catalog
+	// Without a catalog of its own the scenario is priced by the one Penny
+	// ships, built into it.
+	path, data := BuiltInCatalog, deploy.PriceCatalog
+	if s.Catalog != "" {
+		path = s.Catalog
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(filepath.Dir(s.file), path)
 		}
-		data, err := s.read(path)
-		if err != nil {
+		var err error
+		if data, err = s.read(path); err != nil {
 			return fmt.Errorf("%s: catalog: %w", s.file, err)
 		}
-		c, err := pricing.Parse(data, path)
-		if err != nil {
-			return fmt.Errorf("%s: catalog: %w", s.file, err)
-		}
-		s.catalog = c
+	} else {
+		s.Catalog = BuiltInCatalog
 	}
+	c, err := pricing.Parse(data, path)
+	if err != nil {
+		return fmt.Errorf("%s: catalog: %w", s.file, err)
+	}
+	s.catalog = c
 	if len(s.Pools) == 0 {
 		add(1, "pools", "at least one pool is required")
 	}
@@ -314,6 +327,12 @@ func (s *SpotScenario) validate() error {
 		}
 		if ct != pricing.Spot && (p.MeanTimeToReclaim.Duration > 0 || p.AdvertisedInterruption != "") {
 			add(p.line, at+".meanTimeToReclaim", "only Spot pools are reclaimed; remove it or set capacityType: spot")
+		}
+		if ct == pricing.Spot && !p.mttrGiven {
+			// A pool that behaves as it advertises: the bucket's rate.
+			if rate := pricing.RateFromMonthly(p.bucket.MonthlyProbability()); rate > 0 {
+				p.MeanTimeToReclaim.Duration = time.Duration(float64(time.Hour) / rate)
+			}
 		}
 		if s.catalog == nil {
 			continue
