@@ -315,6 +315,27 @@ pools:
 		t.Errorf("0s, no bucket and on-demand must stay unreclaimed: %v, %v, %v",
 			s.Pools[2].MeanTimeToReclaim, s.Pools[3].MeanTimeToReclaim, s.Pools[0].MeanTimeToReclaim)
 	}
+	// Policies it does not list run as they mean to.
+	for policy, want := range map[string]PolicyTweaks{
+		"default":    {Policy: "default"},
+		"spot-first": {Policy: "spot-first", TolerateSpot: true},
+		"penny":      {Policy: "penny", TolerateSpot: true, NoticeCheckpoints: true},
+	} {
+		if got := s.tweaks(policy); got != want {
+			t.Errorf("%s: %+v, want %+v", policy, got, want)
+		}
+	}
+	// With the Spot taint and no policies listed, Penny still runs a
+	// checkpointing trainer on Spot and default keeps it off.
+	s.SpotTaint = true
+	s.Classes = []ClassRule{{QoS: []string{"BE"}, Annotations: map[string]string{"penny.dev/workload": "training", "penny.dev/checkpoint-interval": "30m"}}}
+	pod := spotTracePod("train", "BE", 1, 0, time.Hour)
+	if penny := spotReplay(t, s, "penny", 42, pod); penny.BillByCapacity["spot"] == 0 {
+		t.Errorf("penny kept the trainer off Spot: %v", penny.BillByCapacity)
+	}
+	if def := spotReplay(t, s, "default", 42, pod); def.BillByCapacity["spot"] != 0 {
+		t.Errorf("default ran the trainer on Spot: %v", def.BillByCapacity)
+	}
 }
 
 // Penny's autoscaler sizes a new node by the work that could fill it: a

@@ -401,14 +401,24 @@ func (s *SpotScenario) validate() error {
 // PriceCatalog is the catalog with the pools' own prices.
 func (s *SpotScenario) PriceCatalog() *pricing.Catalog { return s.catalog }
 
-// tweaks are the scenario's settings for a policy (none when not listed).
+// tweaks are the scenario's settings for a policy. A policy it does not
+// list runs as the policy means to: spot-first's pods tolerate the Spot
+// taint (Spot whenever it fits), Penny's too (SpotRisk decides per class)
+// with Penny's agent on its nodes; the others' do not, as workloads without
+// a Spot-aware scheduler do not.
 func (s *SpotScenario) tweaks(policy string) PolicyTweaks {
 	for _, p := range s.Policies {
 		if strings.EqualFold(p.Policy, policy) {
 			return p
 		}
 	}
-	return PolicyTweaks{}
+	switch strings.ToLower(policy) {
+	case SpotFirstPolicy:
+		return PolicyTweaks{Policy: policy, TolerateSpot: true}
+	case "penny":
+		return PolicyTweaks{Policy: policy, TolerateSpot: true, NoticeCheckpoints: true}
+	}
+	return PolicyTweaks{Policy: policy}
 }
 
 // tolerates reports whether a policy's pods tolerate the Spot taint.
