@@ -1041,13 +1041,6 @@ func (r *elastic) finish() {
 	for _, n := range r.upInOrder() {
 		r.retire(n)
 	}
-	// Nodes still on their way when a stalled replay ends keep a pool at
-	// its max to the end.
-	for _, pool := range r.pools {
-		if pool.live >= pool.spec.Max {
-			res.HoursAtMaxByPool[pool.spec.Name] += (r.now - pool.atMaxSince).Hours()
-		}
-	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
 	var delays []float64
 	for i, p := range r.pods {
