@@ -738,7 +738,6 @@ func (r *elastic) scaleDown(ev elEvent) error {
 	return nil
 }
 
-// retire bills a node up to now and takes it out of the fleet.
 // setLive changes how many nodes of the pool are up or on their way, and
 // counts the time the pool spends at its max.
 func (r *elastic) setLive(pool *elPool, live int) {
@@ -751,6 +750,7 @@ func (r *elastic) setLive(pool *elPool, live int) {
 	pool.live = live
 }
 
+// retire bills a node up to now and takes it out of the fleet.
 func (r *elastic) retire(n *elNode) {
 	r.feedNode(n)
 	hours := (r.now - n.launched).Hours()
