@@ -206,13 +206,19 @@ func redirectLogs(verbose bool) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	return f, routeKlog(f, "FATAL")
+}
+
+// routeKlog sends every klog line to w and copies those at stderrThreshold
+// (INFO, WARNING, ERROR, FATAL) or worse to standard error.
+func routeKlog(w io.Writer, stderrThreshold string) error {
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)
-	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL"} {
+	for k, v := range map[string]string{"logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": stderrThreshold} {
 		if err := fs.Set(k, v); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	klog.SetOutput(f)
-	return f, nil
+	klog.SetOutput(w)
+	return nil
 }
