@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -45,6 +46,7 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		return err
 	}
 	rep.Command, rep.Scenario, rep.Pods, rep.Machine = commandLine(), scenario, tf.pods, sim.ThisMachine()
+	warnAtMax(cmd.ErrOrStderr(), sc, rep)
 	for _, r := range rep.Runs {
 		if r.FitsNoPool > 0 {
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: %d pod(s) fit no pool of the scenario and were never scheduled (first: %s): no pool's node passes their filters (GPU model or size, Spot rules); add a pool that can run them or drop them from the trace\n",
@@ -62,6 +64,26 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		return os.WriteFile(markdown, []byte(md), 0o644)
 	}
 	return nil
+}
+
+// atMaxShare is the share of a replay a pool may spend at its max before
+// the replay warns that the scenario's limits, not the policy, shaped it.
+const atMaxShare = 0.1
+
+// warnAtMax says which pools that may grow spent more than atMaxShare of a
+// replay at their max: what waited for them then waited for the scenario's
+// limit, and a comparison of policies there compares fleet sizes too.
+func warnAtMax(w io.Writer, sc *sim.SpotScenario, rep *sim.SpotReport) {
+	for _, r := range rep.Runs {
+		for _, pool := range sc.Pools {
+			h := r.HoursAtMaxByPool[pool.Name]
+			if pool.Min == pool.Max || r.HorizonHours <= 0 || h <= atMaxShare*r.HorizonHours {
+				continue
+			}
+			fmt.Fprintf(w, "warning: policy %s: pool %s was at its max of %d nodes for %.0f of %.0f h (%.0f%%): pods that needed it waited for the scenario's limit, not the policy; raise pools[].max to compare placement alone\n",
+				r.Policy, pool.Name, pool.Max, h, r.HorizonHours, 100*h/r.HorizonHours)
+		}
+	}
 }
 
 // builtInFile reads the files the built-in scenario names: its catalog is

@@ -214,3 +214,26 @@ func TestSimReplayBuiltInScenario(t *testing.T) {
 		}
 	}
 }
+
+// A replay whose fleet hits its limits says which pool held pods back; one
+// with room to grow says nothing.
+func TestSimReplayWarnsWhenPoolsAtMax(t *testing.T) {
+	dir := t.TempDir()
+	pods := writeCSV(t, dir, "jobs.csv", "timestamp,duration,num_gpus\n0,3600,1\n0,3600,1\n0,3600,1\n")
+	for limit, want := range map[int]bool{1: true, 10: false} {
+		scenario := writeCSV(t, dir, fmt.Sprintf("fleet-%d.yaml", limit), fmt.Sprintf(`region: us-east-1
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: %d}
+`, limit))
+		stdout, err := runPenny(t, "replay", "--scenario", scenario, "--pods", pods, "--policy", "default", "--out", filepath.Join(dir, "r.json"))
+		if err != nil {
+			t.Fatalf("max %d: %v\n%s", limit, err, stdout)
+		}
+		// Three 1-hour jobs on one 1-GPU node: it is up, and the pool at
+		// its max, from launch to the end.
+		warned := strings.Contains(stdout, "warning: policy default: pool od was at its max of 1 nodes for 3 of 3 h (100%)")
+		if warned != want || (!want && strings.Contains(stdout, "at its max")) {
+			t.Errorf("max %d: warned %v, want %v:\n%s", limit, warned, want, stdout)
+		}
+	}
+}
