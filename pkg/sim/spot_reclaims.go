@@ -10,6 +10,12 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
+// useful counts GPU-hours that advanced a pod's work.
+func (r *elastic) useful(p *elPod, gpuHours float64) {
+	r.res.UsefulGPUHours += gpuHours
+	r.namespace(p).UsefulGPUHours += gpuHours
+}
+
 // lose counts GPU-hours of a pod's work thrown away on node n.
 func (r *elastic) lose(p *elPod, n *elNode, gpuHours float64) {
 	r.res.LostGPUHours += gpuHours

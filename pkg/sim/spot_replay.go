@@ -882,11 +882,12 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	p := r.pods[i]
 	n := r.nodes[p.node]
 	ran := r.now - p.runStart
+	cost := p.hourly * ran.Hours()
 	r.res.AllocatedGPUHours += p.gpus * ran.Hours()
-	r.res.AllocatedUSD += p.hourly * ran.Hours()
-	r.namespace(p).AllocatedUSD += p.hourly * ran.Hours()
+	r.res.AllocatedUSD += cost
+	r.namespace(p).AllocatedUSD += cost
 	if n != nil {
-		r.res.AllocatedByPool[n.pool.spec.Name] += p.hourly * ran.Hours()
+		r.res.AllocatedByPool[n.pool.spec.Name] += cost
 		r.res.HeldGPUHoursByPool[n.pool.spec.Name] += float64(p.usage.GPUMilli) / gpu.MilliPerGPU * ran.Hours()
 		addTo(r.res.GPUHoursByClass, string(p.class.Policy), string(n.pool.spec.capacity), p.gpus*ran.Hours())
 	}
@@ -905,23 +906,20 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 		}
 		// The restart a reclaim forced is lost work too.
 		restart := min(ran, p.overhead)
-		r.res.UsefulGPUHours += p.gpus * (ran - restart).Hours()
-		r.namespace(p).UsefulGPUHours += p.gpus * (ran - restart).Hours()
+		r.useful(p, p.gpus*(ran-restart).Hours())
 		r.lose(p, n, p.gpus*restart.Hours())
 		p.state = podDone
 		return
 	}
 	kept = min(max(kept, 0), max(0, ran-p.overhead))
 	p.saved += kept
-	r.res.UsefulGPUHours += p.gpus * kept.Hours()
-	r.namespace(p).UsefulGPUHours += p.gpus * kept.Hours()
+	r.useful(p, p.gpus*kept.Hours())
 	r.lose(p, n, p.gpus*(ran-kept).Hours())
 	p.overhead = r.sc.RestartOverhead.Duration
 	p.reclaimed++
 	p.gen++
 }
 
-// addTo adds v to m[a][b].
 // namespace is the pod's namespace's share of the result.
 func (r *elastic) namespace(p *elPod) *NamespaceCost {
 	c := r.res.ByNamespace[p.pod.Namespace]
@@ -932,6 +930,7 @@ func (r *elastic) namespace(p *elPod) *NamespaceCost {
 	return c
 }
 
+// addTo adds v to m[a][b].
 func addTo(m map[string]map[string]float64, a, b string, v float64) {
 	if m[a] == nil {
 		m[a] = map[string]float64{}
