@@ -52,6 +52,10 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: %d pod(s) fit no pool of the scenario and were never scheduled (first: %s): no pool's node passes their filters (GPU model or size, Spot rules); add a pool that can run them or drop them from the trace\n",
 				r.Policy, r.FitsNoPool, r.FitsNoPoolExample)
 		}
+		if r.GangTooLarge > 0 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: %d pod(s) of gangs larger than any pool were never scheduled (first: %s): the gang plugin places a gang in one pool, all of it or none; raise that pool's max or drop the job from the trace\n",
+				r.Policy, r.GangTooLarge, r.GangTooLargeExample)
+		}
 	}
 	md := rep.Markdown()
 	fmt.Fprint(cmd.OutOrStdout(), md)

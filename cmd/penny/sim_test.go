@@ -237,3 +237,20 @@ pools:
 		}
 	}
 }
+
+// A gang wider than any pool is named on stderr: the scenario kept it out.
+func TestSimReplayWarnsAboutGangsLargerThanAnyPool(t *testing.T) {
+	dir := t.TempDir()
+	pods := writeCSV(t, dir, "jobs.csv", "timestamp,duration,num_gpus\n0,3600,16\n0,3600,1\n")
+	scenario := writeCSV(t, dir, "fleet.yaml", `region: us-east-1
+pools:
+- {name: od, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 1}
+`)
+	stdout, err := runPenny(t, "replay", "--scenario", scenario, "--pods", pods, "--policy", "penny", "--out", filepath.Join(dir, "r.json"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	if want := "warning: policy penny: 2 pod(s) of gangs larger than any pool were never scheduled (first: job-000001 (" + pods + ":2): 2 pods at once; the pools that run its members hold at most 1)"; !strings.Contains(stdout, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stdout)
+	}
+}

@@ -105,27 +105,16 @@ func (r *elastic) scan() error {
 	// gang's member: no node is in flight at all, and the member counts as
 	// the gang's look this scan). Unless it is due, the scan need not load
 	// such a pod. (Pools only fill during a scan.)
-	growing := func(pools []bool) bool {
-		for _, pool := range r.pools {
-			if pools[pool.index] && pool.live < pool.spec.Max {
-				return true
-			}
-		}
-		return false
-	}
 	shapeOpen := make([]bool, len(r.shapeHolds))
 	for s, holds := range r.shapeHolds {
-		shapeOpen[s] = growing(holds)
+		shapeOpen[s] = r.mayGrow(holds)
 	}
-	verdictOpen := make([]bool, len(r.verdictList))
-	for v, fits := range r.verdictList {
-		verdictOpen[v] = growing(fits)
-	}
+	verdictOpen := r.openVerdicts()
 	turnedAway := func(h *podHot) bool {
 		if h.due > 0 && r.now >= h.due {
 			return false
 		}
-		if shapeOpen[h.shape] && (h.verdict < 0 || r.now >= h.verdictUntil || h.verdictRisk && h.verdictGen != r.riskGen || verdictOpen[h.verdict]) {
+		if shapeOpen[h.shape] && (h.verdict < 0 || r.now >= h.verdictUntil || h.verdictRisk && h.verdictGen != r.riskGen || verdictOpen.open(h.verdict)) {
 			return false
 		}
 		if h.mates != nil {
@@ -176,6 +165,41 @@ func (r *elastic) scan() error {
 	}
 	r.armScan()
 	return nil
+}
+
+// mayGrow says whether a pool marked in pools is below its max.
+func (r *elastic) mayGrow(pools []bool) bool {
+	for _, pool := range r.pools {
+		if pools[pool.index] && pool.live < pool.spec.Max {
+			return true
+		}
+	}
+	return false
+}
+
+// openVerdicts says, for a scan, which pool verdicts leave a pool that may
+// grow. Verdicts are read as the scan began, except those first seen during
+// it: the first member of a gang that a scan asks the autoscaler for gets
+// its mates' verdicts too (autoscale), and a risk model that learned since
+// they were last worked out may give one no pod had before.
+type openVerdicts struct {
+	r    *elastic
+	seen []bool
+}
+
+func (r *elastic) openVerdicts() *openVerdicts {
+	o := &openVerdicts{r: r, seen: make([]bool, 0, len(r.verdictList))}
+	for _, fits := range r.verdictList {
+		o.seen = append(o.seen, r.mayGrow(fits))
+	}
+	return o
+}
+
+func (o *openVerdicts) open(v int32) bool {
+	for int(v) >= len(o.seen) {
+		o.seen = append(o.seen, o.r.mayGrow(o.r.verdictList[len(o.seen)]))
+	}
+	return o.seen[v]
 }
 
 const scanEvery = 30 * time.Second

@@ -114,6 +114,13 @@ type ElasticResult struct {
 	// FitsNoPoolExample names the first, with its trace line.
 	FitsNoPool        int    `json:"never_scheduled_fits_no_pool"`
 	FitsNoPoolExample string `json:"fits_no_pool_example,omitempty"`
+	// GangTooLarge counts the never-scheduled pods of gangs that need more
+	// nodes at once than any pool that runs their members may have: the
+	// gang plugin places a gang in one pool, all of it or none, so the
+	// pools' max, not the load, kept them out. GangTooLargeExample names
+	// the first gang, with its trace line and what it lacked.
+	GangTooLarge        int    `json:"never_scheduled_gang_too_large"`
+	GangTooLargeExample string `json:"gang_too_large_example,omitempty"`
 	// Unfinished counts pods that ran but had not finished when the replay
 	// ended: only a stalled replay (Stalled) leaves any.
 	Unfinished int `json:"unfinished"`
@@ -1050,9 +1057,18 @@ func (r *elastic) finish() {
 			}
 		} else if p.state == podWaiting {
 			res.NeverScheduled++
-			if fits, err := r.poolFits(i); err == nil && !slices.Contains(fits, true) {
+			fits, err := r.poolFits(i)
+			switch {
+			case err != nil:
+			case !slices.Contains(fits, true):
 				if res.FitsNoPool++; res.FitsNoPoolExample == "" {
 					res.FitsNoPoolExample = fmt.Sprintf("%s (%s)", p.pod.Name, p.tp.Source)
+				}
+			case p.inGang:
+				if most, ok := r.gangFitsNoPool(i, fits); ok {
+					if res.GangTooLarge++; res.GangTooLargeExample == "" {
+						res.GangTooLargeExample = fmt.Sprintf("%s (%s): %d pods at once; the pools that run its members hold at most %d", p.gangSpec.Ref.Name, p.tp.Source, p.gangSpec.MinMember, most)
+					}
 				}
 			}
 		}
@@ -1067,6 +1083,30 @@ func (r *elastic) finish() {
 	for _, c := range res.ByNamespace {
 		c.AllocatedUSD, c.UsefulGPUHours, c.LostGPUHours = round2(c.AllocatedUSD), round2(c.UsefulGPUHours), round2(c.LostGPUHours)
 	}
+}
+
+// gangFitsNoPool says whether pod i's gang needs more members placed at
+// once than any pool its members pass the filters of (fits) could hold
+// with all its max nodes up, and the most such a pool holds. Each node is
+// counted with room for as many members as fit the least of their
+// requests, so a gang it turns away is too large for certain.
+func (r *elastic) gangFitsNoPool(i int, fits []bool) (int64, bool) {
+	p := r.pods[i]
+	var least pricing.Usage
+	for k, j := range p.mates.members {
+		u := r.pods[j].usage
+		if k == 0 {
+			least = u
+		}
+		least.CPUMilli, least.MemoryBytes, least.GPUMilli = min(least.CPUMilli, u.CPUMilli), min(least.MemoryBytes, u.MemoryBytes), min(least.GPUMilli, u.GPUMilli)
+	}
+	most := int64(0)
+	for _, pool := range r.pools {
+		if fits[pool.index] {
+			most = max(most, int64(pool.spec.Max)*spotrisk.SlotsIn(least, pool.size.CPUMilli, pool.size.MemoryBytes, pool.size.GPUMilli/gpu.MilliPerGPU))
+		}
+	}
+	return most, most < int64(p.gangSpec.MinMember)
 }
 
 func round2(v float64) float64 { return math.Round(v*100) / 100 }

@@ -755,6 +755,26 @@ func TestElasticCountsPodsThatFitNoPool(t *testing.T) {
 	}
 }
 
+// A gang that needs more nodes at once than any pool that runs its members
+// may have is told apart from one that waited for room: the gang plugin
+// places a gang in one pool or not at all, and the pools' max kept it out.
+// A 128-GPU job (16 nodes) fits the 24-node pool and is not counted.
+func TestElasticCountsGangsLargerThanAnyPool(t *testing.T) {
+	s, tr := referencePhilly(t, "timestamp,duration,num_gpus,gpu_time,cluster\n0,7200,512,0,a\n60,7200,128,0,a\n120,600,1,600,b\n")
+	res := spotReplay(t, s, "penny", 42, tr.Pods...)
+	if res.NeverScheduled != 64 || res.GangTooLarge != 64 || res.FitsNoPool != 0 || res.PodsCompleted != 17 {
+		t.Fatalf("never scheduled %d, in gangs too large %d, fit no pool %d, completed %d; want 64, 64, 0, 17",
+			res.NeverScheduled, res.GangTooLarge, res.FitsNoPool, res.PodsCompleted)
+	}
+	if want := "job-000001 (" + tr.Pods[0].Source + "): 64 pods at once; the pools that run its members hold at most 24"; res.GangTooLargeExample != want {
+		t.Fatalf("example %q, want %q", res.GangTooLargeExample, want)
+	}
+	rep := &SpotReport{Runs: []*ElasticResult{res}, Summary: map[string]SpotSummary{}}
+	if md, want := rep.Markdown(), "penny: 64 pods were never scheduled (0 fit no pool, 64 belong to gangs larger than any pool that runs their members)"; !strings.Contains(md, want) {
+		t.Fatalf("the report lacks %q:\n%s", want, md)
+	}
+}
+
 // A pool whose empty node lacks a pod's CPU, memory or GPUs is never asked
 // about the pod (the filters would reject it there).
 func TestPoolMayHold(t *testing.T) {
@@ -897,5 +917,23 @@ func TestSpotReplaysAtOnceMatchOneAtATime(t *testing.T) {
 	}
 	if all.Summary["spot-first"].Reclaims == 0 {
 		t.Errorf("spot-first saw no reclaim: the trace does not exercise the reclaim draws")
+	}
+}
+
+// A scan reads the verdicts it began with, and also one first worked out
+// during it: the first member of a gang that a scan asks the autoscaler for
+// gets its mates' verdicts too, and a risk model that learned since may give
+// one no pod had before. Such a verdict used to be read past the end of the
+// scan's table (a replay of a Philly trace with 64-GPU gangs without
+// checkpoints panicked).
+func TestScanReadsVerdictsFirstSeenDuringIt(t *testing.T) {
+	full := &elPool{index: 0, spec: &ElasticPool{Max: 2}, live: 2}
+	open := &elPool{index: 1, spec: &ElasticPool{Max: 2}, live: 1}
+	r := &elastic{pools: []*elPool{full, open}}
+	_, onFull := r.internFits([]bool{true, false})
+	o := r.openVerdicts()
+	_, onOpen := r.internFits([]bool{true, true})
+	if o.open(onFull) || !o.open(onOpen) {
+		t.Fatalf("verdict on the full pool open %v, on both pools open %v; want false, true", o.open(onFull), o.open(onOpen))
 	}
 }

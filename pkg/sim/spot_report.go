@@ -139,6 +139,10 @@ func (rep *SpotReport) Markdown() string {
 		b.WriteString(".\n")
 	}
 	for _, r := range rep.Runs {
+		if !r.Stalled && r.NeverScheduled > 0 {
+			fmt.Fprintf(&b, "\n%s: %d pods were never scheduled (%d fit no pool, %d belong to gangs larger than any pool that runs their members): its bill pays for less work than a run that placed them (useful GPU-h).\n",
+				r.Policy, r.NeverScheduled, r.FitsNoPool, r.GangTooLarge)
+		}
 		if r.Stalled {
 			fmt.Fprintf(&b, "\n%s: the replay ended early, at %.0f h of trace time, with %d pods that had run and not finished and %d never scheduled: "+
 				"nothing could make progress (a job that restarts forever, or pods no pool can take; docs/spot.md).\n",
