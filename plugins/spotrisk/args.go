@@ -34,7 +34,8 @@ type Args struct {
 	// reclaim rate x nodes x runtime / 2, the runtime being the one the pod
 	// declares, else what training runs in the cluster typically last
 	// (pricing.RunLengths), else UnknownRuntime. Pools above it are
-	// filtered out for such pods. A fraction in (0, 1]. Default 0.05.
+	// filtered out for such pods. A fraction in (0, 1]. Default 0.02, the
+	// share of useful work a replay may lose (docs/spot.md).
 	MaxExpectedLoss float64 `json:"maxExpectedLoss,omitempty"`
 	// NeverSpotPriority: pods at or above this priority never run on Spot
 	// unless they say penny.dev/spot otherwise. Default 1000000.
@@ -68,7 +69,7 @@ const (
 	DefaultRestartOverhead   = 5 * time.Minute
 	DefaultUnknownRuntime    = 4 * time.Hour
 	DefaultShortRuntime      = 2 * time.Hour
-	DefaultMaxExpectedLoss   = 0.05
+	DefaultMaxExpectedLoss   = 0.02
 	DefaultNeverSpotPriority = int32(1000000)
 	DefaultCatalogKey        = "catalog.yaml"
 )

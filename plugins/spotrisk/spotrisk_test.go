@@ -231,7 +231,7 @@ func TestTrainingWithoutCheckpointsWaitsForCapacityThatIsNotSpot(t *testing.T) {
 	// A rule that excludes a pool for good is reported ahead of the wait.
 	e = newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runsOf(10, 1000*time.Hour)}, fleet()[3:4]...)
 	expectContains(t, "FitError", e.schedule(t, pod("long", map[string]string{AnnotationWorkload: "training"})).fitError,
-		"would expect to lose more than 5 percent of its work to reclaims")
+		"would expect to lose more than 2 percent of its work to reclaims")
 	// Short training and checkpointing training do not wait for on-demand.
 	e = newEnv(t, nil, Deps{Prices: catalog(t)}, node("spot-a", pricing.Spot, "us-east-1a"))
 	for _, ann := range []map[string]string{
@@ -440,16 +440,16 @@ func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *tes
 		return p
 	}
 	// Expected loss nodes x rate x runtime / 2 on the 5-10% and >20% pools:
-	// a gang of 8 for 480 h 20% and 76%, for 100 h 4.3% and 16%; one pod
-	// for 480 h 2.6% and 9.5%.
+	// a gang of 8 for 480 h 20% and 76%, for 40 h 1.7% and 6.3%; one pod
+	// for 300 h 1.6% and 5.9%.
 	for _, c := range []struct {
 		name     string
 		pod      *corev1.Pod
 		feasible string
 	}{
 		{"gang of 8 for 480h", gangOf8("480h"), "od,reserved"},
-		{"gang of 8 for 100h", gangOf8("100h"), "od,reserved,spot-a"},
-		{"one pod for 480h", waited(pod("alone", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "480h"})), "od,reserved,spot-a"},
+		{"gang of 8 for 40h", gangOf8("40h"), "od,reserved,spot-a"},
+		{"one pod for 300h", waited(pod("alone", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "300h"})), "od,reserved,spot-a"},
 	} {
 		if r := e.schedule(t, c.pod); strings.Join(r.feasible, ",") != c.feasible {
 			t.Errorf("%s: feasible %v, want %s (%s)", c.name, r.feasible, c.feasible, r.fitError)
@@ -457,12 +457,12 @@ func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *tes
 	}
 	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[2:3]...)
 	expectContains(t, "FitError", e.schedule(t, gangOf8("480h")).fitError,
-		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 480h0m0s (declared), would expect to lose more than 5 percent of its work to reclaims")
+		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 480h0m0s (declared), would expect to lose more than 2 percent of its work to reclaims")
 }
 
 // Training without checkpoints that declares no runtime is taken to run as
 // long as training here typically does, and stays off Spot pools where it
-// would expect to lose more than maxExpectedLoss (5%) of its work.
+// would expect to lose more than maxExpectedLoss (2%) of its work.
 // runsOf is what n training runs of the given length, 8 GPUs each, teach.
 func runsOf(n int, each time.Duration) *pricing.RunLengths {
 	r := pricing.NewRunLengths(0)
@@ -483,13 +483,15 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 	}{
 		// Until ten runs are seen, unknownRuntime (4h) stands in.
 		{"nothing learned yet", runs(9, 1000*time.Hour), false, "od,reserved,spot-a,spot-c"},
-		// 5-10% a month is 0.53% of a 100 h run, >20% is 2.0%.
-		{"100 h runs", runs(10, 100*time.Hour), false, "od,reserved,spot-a,spot-c"},
-		// ... of a 400 h run 2.1% and 7.9%.
-		{"400 h runs", runs(10, 400*time.Hour), false, "od,reserved,spot-a"},
+		// 5-10% a month is 0.43% of an 80 h run, >20% is 1.6%.
+		{"80 h runs", runs(10, 80*time.Hour), false, "od,reserved,spot-a,spot-c"},
+		// ... of a 300 h run 1.6% and 5.9%.
+		{"300 h runs", runs(10, 300*time.Hour), false, "od,reserved,spot-a"},
 		{"1000 h runs", runs(10, 1000*time.Hour), false, "od,reserved"},
-		// A gang of 8 is stopped by any member's reclaim: 4.3% and 15.8%.
-		{"a gang of 8, 100 h runs", runs(10, 100*time.Hour), true, "od,reserved,spot-a"},
+		// A gang of 8 is stopped by any member's reclaim: of 40 h runs
+		// 1.7% and 6.3%; of 100 h runs 4.3% on the 5-10% pool.
+		{"a gang of 8, 40 h runs", runs(10, 40*time.Hour), true, "od,reserved,spot-a"},
+		{"a gang of 8, 100 h runs", runs(10, 100*time.Hour), true, "od,reserved"},
 	}
 	gangPod := func(name string) *corev1.Pod {
 		p := waited(pod(name, noCheckpoints))
@@ -509,10 +511,10 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 	}
 	e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runs(10, 400*time.Hour)}, fleet()[3:4]...)
 	expectContains(t, "FitError", e.schedule(t, waited(pod("p", noCheckpoints))).fitError,
-		"1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 400h0m0s (how long training runs here typically last), would expect to lose more than 5 percent of its work to reclaims")
+		"1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 400h0m0s (how long training runs here typically last), would expect to lose more than 2 percent of its work to reclaims")
 	e = newEnv(t, &Args{UnknownRuntime: metav1.Duration{Duration: 2000 * time.Hour}}, Deps{Prices: catalog(t)}, fleet()[3:4]...)
 	expectContains(t, "FitError", e.schedule(t, gangPod("p")).fitError,
-		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 2000h0m0s (unknownRuntime), would expect to lose more than 5 percent of its work to reclaims")
+		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 2000h0m0s (unknownRuntime), would expect to lose more than 2 percent of its work to reclaims")
 	// Training that checkpoints is not held to it.
 	e = newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runs(10, 1000*time.Hour)}, fleet()[:4]...)
 	if r := e.schedule(t, pod("ckpt", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"})); strings.Join(r.feasible, ",") != "reserved,spot-a,spot-c" {

@@ -66,7 +66,7 @@ func TestTrainingRunLengthsLearnedFromTheCluster(t *testing.T) {
 	// a 1,000-hour run ~20% of its work.
 	harness.CreatePod(t, c, gpuPod("late", "1", training))
 	msg = harness.WaitForEvent(t, c, "default", "late", "FailedScheduling", 20*time.Second)
-	if want := "1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 1000h0m0s (how long training runs here typically last), would expect to lose more than 5 percent of its work to reclaims"; !strings.Contains(msg, want) {
+	if want := "1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 1000h0m0s (how long training runs here typically last), would expect to lose more than 2 percent of its work to reclaims"; !strings.Contains(msg, want) {
 		t.Fatalf("FailedScheduling %q lacks %q", msg, want)
 	}
 	// Checkpointing training still goes to Spot.
