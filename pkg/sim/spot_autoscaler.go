@@ -97,6 +97,7 @@ func (r *elastic) scan() error {
 	// autoscale acts for a whole gang: once per gang and scan is enough,
 	// and a large gang that waits for room does not cost a scan per member.
 	r.scans++
+	r.scannedChanges = r.roomChanges
 	r.scanning, r.scanRoom = true, nil
 	defer func() { r.scanning, r.scanRoom, r.scanSlots = false, nil, nil }()
 	// The autoscaler turns a pod away at once when every pool that may
@@ -770,6 +771,9 @@ func (r *elastic) setLive(pool *elPool, live int) {
 		pool.atMaxSince = r.now
 	case pool.live >= limit && live < limit:
 		r.res.HoursAtMaxByPool[pool.spec.Name] += (r.now - pool.atMaxSince).Hours()
+	}
+	if live < pool.live {
+		r.roomChanges++
 	}
 	pool.live = live
 }

@@ -413,7 +413,11 @@ type elastic struct {
 	pools     []*elPool
 	freed     []string
 	scanOn    bool
-	arrived   int
+	// roomChanges counts the runs that ended and the nodes that left a
+	// pool (so that it may grow again); scannedChanges is roomChanges when
+	// the last scan began.
+	roomChanges, scannedChanges int
+	arrived                     int
 	// timerAt is when the earliest elTimer event in the queue is due; -1
 	// when there is none.
 	timerAt time.Duration
@@ -747,6 +751,13 @@ func (r *elastic) over() bool {
 	if r.arrived < len(r.pods) {
 		return false
 	}
+	// Runs ended or nodes left since the autoscaler last looked at the pods
+	// still waiting: its next scan (queued) may launch what they need. A
+	// gang held back by a pool at its max for the last job running would
+	// otherwise never run.
+	if len(r.pending) > 0 && r.scanOn && r.scannedChanges < r.roomChanges {
+		return false
+	}
 	// A plugin's timer may yet let a waiting pod in (a gang's backoff).
 	if _, ok := r.clock.next(); ok && len(r.pending) > 0 {
 		return false
@@ -957,6 +968,7 @@ func (r *elastic) departure(ev elEvent) error {
 	r.stop(ev.pod, false, 0)
 	r.res.PodsCompleted++
 	r.progress, r.done = r.now, r.now
+	r.roomChanges++
 	r.freed = append(r.freed, node)
 	r.maybeIdle(r.nodes[node])
 	return nil

@@ -937,3 +937,27 @@ func TestScanReadsVerdictsFirstSeenDuringIt(t *testing.T) {
 		t.Fatalf("verdict on the full pool open %v, on both pools open %v; want false, true", o.open(onFull), o.open(onOpen))
 	}
 }
+
+// A gang that waits while the pool is at its max for a job already running
+// gets its nodes when that job ends, even when that job was the last one
+// running: the replay does not end before the autoscaler has looked again.
+// Before, the 24-GPU job never ran (a 128-GPU job of a random 300-job trace
+// was left unscheduled behind a 7-day, 96-GPU one the same way).
+func TestElasticWaitingGangRunsAfterTheLastJobEnds(t *testing.T) {
+	s, err := ParseSpotScenarioFrom("mine.yaml", []byte(`
+region: us-east-1
+pools:
+- {name: od, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 3}
+`), func(path string) ([]byte, error) { return nil, fmt.Errorf("read %s: no files here", path) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := LoadPhilly(writeFile(t, "jobs.csv", "timestamp,duration,num_gpus\n0,7200,16\n600,3600,24\n"), DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := spotReplay(t, s, "penny", 42, tr.Pods...)
+	if res.NeverScheduled != 0 || res.PodsCompleted != 5 {
+		t.Fatalf("never scheduled %d, completed %d; want 0 and all 5", res.NeverScheduled, res.PodsCompleted)
+	}
+}
