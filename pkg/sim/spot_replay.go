@@ -413,11 +413,13 @@ type elastic struct {
 	pools     []*elPool
 	freed     []string
 	scanOn    bool
+	arrived   int
+
 	// roomChanges counts the runs that ended and the nodes that left a
 	// pool (so that it may grow again); scannedChanges is roomChanges when
 	// the last scan began.
 	roomChanges, scannedChanges int
-	arrived                     int
+
 	// timerAt is when the earliest elTimer event in the queue is due; -1
 	// when there is none.
 	timerAt time.Duration
