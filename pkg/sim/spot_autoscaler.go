@@ -532,6 +532,12 @@ func (r *elastic) roomByPool(p *elPod) (map[*elPool]int, error) {
 	return out, nil
 }
 
+// leastOf is the least of two usages, resource by resource: a member shaped
+// like it fits wherever any member of the gang does.
+func leastOf(a, b pricing.Usage) pricing.Usage {
+	return pricing.Usage{CPUMilli: min(a.CPUMilli, b.CPUMilli), MemoryBytes: min(a.MemoryBytes, b.MemoryBytes), GPUMilli: min(a.GPUMilli, b.GPUMilli)}
+}
+
 // gangLacksRoom reports whether pod i's gang needs more members placed than
 // the ready nodes have room for: the whole GPUs free on them against the
 // members it still needs, the smallest first, and the members that fit on
@@ -559,7 +565,7 @@ func (r *elastic) gangLacksRoom(i int, ready nodeRoom) bool {
 			if len(wants) == 0 {
 				least = u
 			}
-			least.CPUMilli, least.MemoryBytes, least.GPUMilli = min(least.CPUMilli, u.CPUMilli), min(least.MemoryBytes, u.MemoryBytes), min(least.GPUMilli, u.GPUMilli)
+			least = leastOf(least, u)
 			wants = append(wants, u.GPUMilli/gpu.MilliPerGPU)
 		}
 	}

@@ -1106,13 +1106,9 @@ func (r *elastic) finish() {
 // requests, so a gang it turns away is too large for certain.
 func (r *elastic) gangFitsNoPool(i int, fits []bool) (int64, bool) {
 	p := r.pods[i]
-	var least pricing.Usage
-	for k, j := range p.mates.members {
-		u := r.pods[j].usage
-		if k == 0 {
-			least = u
-		}
-		least.CPUMilli, least.MemoryBytes, least.GPUMilli = min(least.CPUMilli, u.CPUMilli), min(least.MemoryBytes, u.MemoryBytes), min(least.GPUMilli, u.GPUMilli)
+	least := r.pods[p.mates.members[0]].usage
+	for _, j := range p.mates.members[1:] {
+		least = leastOf(least, r.pods[j].usage)
 	}
 	most := int64(0)
 	for _, pool := range r.pools {

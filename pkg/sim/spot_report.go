@@ -173,19 +173,7 @@ func (rep *SpotReport) poolTable(b *strings.Builder) {
 		"at max: hours with the pool's max nodes up or on their way, when the scenario's limit, not the policy, decided what waited):\n\n" +
 		"| policy | pool | node-hours | bill (USD) | idle (USD) | GPUs held | at max (h) |\n|---|---|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Runs {
-		pools := make([]string, 0, len(r.BillByPool))
-		for name, bill := range r.BillByPool {
-			if bill > 0 {
-				pools = append(pools, name)
-			}
-		}
-		sort.Slice(pools, func(i, j int) bool {
-			if r.BillByPool[pools[i]] != r.BillByPool[pools[j]] {
-				return r.BillByPool[pools[i]] > r.BillByPool[pools[j]]
-			}
-			return pools[i] < pools[j]
-		})
-		for _, name := range pools {
+		for _, name := range largestFirst(r.BillByPool, func(bill float64) bool { return bill > 0 }) {
 			held := "-"
 			if offered := r.GPUHoursByPool[name]; offered > 0 {
 				held = fmt.Sprintf("%.0f%%", 100*r.HeldGPUHoursByPool[name]/offered)
@@ -208,16 +196,7 @@ func (rep *SpotReport) namespaceTable(b *strings.Builder) {
 	if len(names) < 2 {
 		return
 	}
-	order := make([]string, 0, len(names))
-	for ns := range names {
-		order = append(order, ns)
-	}
-	sort.Slice(order, func(i, j int) bool {
-		if names[order[i]] != names[order[j]] {
-			return names[order[i]] > names[order[j]]
-		}
-		return order[i] < order[j]
-	})
+	order := largestFirst(names, func(float64) bool { return true })
 	b.WriteString("\nBy namespace (allocated USD / lost GPU-hours; the bill's idle part is no namespace's):\n\n| namespace | useful GPU-h |")
 	for _, r := range rep.Runs {
 		fmt.Fprintf(b, " %s |", r.Policy)
@@ -263,26 +242,33 @@ func (rep *SpotReport) classTable(b *strings.Builder, title, align string, cell 
 // lostByPool lists pools by the GPU-hours lost there, largest first; "0"
 // when none were.
 func lostByPool(byPool map[string]float64) string {
-	pools := make([]string, 0, len(byPool))
-	for p, h := range byPool {
-		if h >= 0.05 {
-			pools = append(pools, p)
-		}
-	}
+	pools := largestFirst(byPool, func(h float64) bool { return h >= 0.05 })
 	if len(pools) == 0 {
 		return "0"
 	}
-	sort.Slice(pools, func(i, j int) bool {
-		if byPool[pools[i]] != byPool[pools[j]] {
-			return byPool[pools[i]] > byPool[pools[j]]
-		}
-		return pools[i] < pools[j]
-	})
 	parts := make([]string, len(pools))
 	for i, p := range pools {
 		parts[i] = fmt.Sprintf("%s %.1f", p, byPool[p])
 	}
 	return strings.Join(parts, ", ")
+}
+
+// largestFirst lists the keys whose values keep accepts, largest value
+// first and by name on ties, so that a report reads the same every run.
+func largestFirst(values map[string]float64, keep func(float64) bool) []string {
+	keys := make([]string, 0, len(values))
+	for k, v := range values {
+		if keep(v) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if values[keys[i]] != values[keys[j]] {
+			return values[keys[i]] > values[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	return keys
 }
 
 // lockedWriter lets replays that run at once report to one writer a line at
