@@ -39,7 +39,7 @@ func (r *elastic) keptOnReclaim(victims []int, notice time.Duration) map[int]tim
 	least := map[string]time.Duration{}
 	for _, i := range victims {
 		p := r.pods[i]
-		progress := max(0, r.now-p.runStart-p.overhead)
+		progress := max(0, r.progressOf(p)-p.overhead)
 		if p.class.Work.Stateless {
 			kept[i] = progress
 			continue

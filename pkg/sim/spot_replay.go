@@ -98,6 +98,11 @@ type ElasticResult struct {
 	// NoticeCheckpoints counts reclaimed pods whose work up to the notice
 	// survived in a notice-triggered checkpoint (ReclaimRule).
 	NoticeCheckpoints int `json:"notice_checkpoints"`
+	// GangWaitGPUHours is GPU time gang members held while waiting for the
+	// rest of their gang to run (elastic.rendezvous): neither useful nor
+	// lost, but billed. Only a policy that places a gang's members one by
+	// one has any.
+	GangWaitGPUHours float64 `json:"gang_wait_gpu_hours"`
 	// NeverOnSpot counts pods of a never-on-Spot class (Penny's reading of
 	// the pod) that ran on a Spot node at any time.
 	NeverOnSpot          int        `json:"never_on_spot"`
@@ -227,10 +232,14 @@ type elPod struct {
 	overhead time.Duration
 	state    elPodState
 	// queued: the pod has arrived and waits in r.pending.
-	queued    bool
-	node      string
-	gen       int
-	runStart  time.Duration
+	queued   bool
+	node     string
+	gen      int
+	runStart time.Duration
+	// workFrom is when this run's progress began: when the pod started,
+	// or for a gang's member when its gang's rendezvous did; -1 while it
+	// waits for it, or does not run.
+	workFrom  time.Duration
 	waitStart time.Duration
 	delay     time.Duration
 	started   bool
@@ -259,6 +268,11 @@ type elGang struct {
 	members []int
 	// scanned is the scan that last asked the autoscaler for the gang.
 	scanned int
+	// running counts the members running; working is set once enough of
+	// them have run together for the job's work to start (rendezvous), and
+	// cleared when none runs.
+	running int
+	working bool
 }
 
 type elNode struct {
@@ -508,7 +522,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
-		ep := &elPod{idx: i, tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1}
+		ep := &elPod{idx: i, tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1, workFrom: -1}
 		r.hot = append(r.hot, podHot{shape: r.shapeOf(ep.usage), verdict: -1})
 		if spec, ok, err := gang.Of(p); ok && err == nil {
 			ep.gangSpec, ep.inGang = spec, true
@@ -721,6 +735,10 @@ func (r *elastic) run(ctx context.Context) error {
 				r.dropPending(ev.pod)
 				r.res.Withdrawn++
 				err = r.e.Withdraw(p.pod)
+				// Its gang no longer waits for it.
+				if g := p.mates; g != nil && g.running > 0 {
+					r.rendezvous(g)
+				}
 			}
 		case elScan:
 			r.scanOn = false
@@ -893,7 +911,65 @@ func (r *elastic) placed(i int, node string) {
 		n.emptyGen++
 	}
 	n.pods[i] = true
+	if g := p.mates; g != nil {
+		g.running++
+		r.rendezvous(g)
+		return
+	}
+	r.work(i)
+}
+
+// rendezvous starts a gang's work once enough of its members run (its
+// quorum): a distributed job's workers make no progress until all of them
+// are up, so a member that starts early holds its node and waits, and that
+// wait is queueing delay. Under PennyGang the members start together; under
+// a scheduler that places them one by one (default, spot-first) the first
+// hold their GPUs while the last wait for room.
+func (r *elastic) rendezvous(g *elGang) {
+	if !g.working {
+		if g.running < r.quorum(g) {
+			return
+		}
+		g.working = true
+	}
+	for _, j := range g.members {
+		if q := r.pods[j]; q.state == podRunning && q.workFrom < 0 {
+			q.delay += r.now - q.runStart
+			r.work(j)
+		}
+	}
+}
+
+// quorum is how many of a gang's members must run for its work to start:
+// its min member count (gang.Spec) where its labels give one, else all of
+// them, less those withdrawn before they ran.
+func (r *elastic) quorum(g *elGang) int {
+	n := 0
+	for _, j := range g.members {
+		if r.pods[j].state != podWithdrawn {
+			n++
+		}
+	}
+	if p := r.pods[g.members[0]]; p.inGang && p.gangSpec.MinMember > 0 {
+		n = min(n, int(p.gangSpec.MinMember))
+	}
+	return n
+}
+
+// work starts a pod's progress now; it departs when its work is done.
+func (r *elastic) work(i int) {
+	p := r.pods[i]
+	p.workFrom = r.now
 	r.push(elEvent{at: r.now + p.overhead + (p.work - p.saved), kind: elDeparture, pod: i, gen: p.gen})
+}
+
+// progressOf is how long the pod's work has advanced in this run, restart
+// included: 0 while it waits for its gang.
+func (r *elastic) progressOf(p *elPod) time.Duration {
+	if p.workFrom < 0 {
+		return 0
+	}
+	return r.now - p.workFrom
 }
 
 // stop ends a pod's run at now; a reclaim keeps only kept of this run's
@@ -918,6 +994,14 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 		delete(n.pods, i)
 	}
 	p.node = ""
+	worked := r.progressOf(p)
+	r.res.GangWaitGPUHours += p.gpus * (ran - worked).Hours()
+	p.workFrom = -1
+	if g := p.mates; g != nil {
+		if g.running--; g.running == 0 {
+			g.working = false
+		}
+	}
 	if !reclaimed {
 		// What penny-scheduler learns from the training pods that succeed
 		// (spotrisk.WatchRuns).
@@ -925,16 +1009,16 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 			r.runLengths.Observe(p.gpus, ran, r.epoch.Add(r.now))
 		}
 		// The restart a reclaim forced is lost work too.
-		restart := min(ran, p.overhead)
-		r.useful(p, p.gpus*(ran-restart).Hours())
+		restart := min(worked, p.overhead)
+		r.useful(p, p.gpus*(worked-restart).Hours())
 		r.lose(p, n, p.gpus*restart.Hours())
 		p.state = podDone
 		return
 	}
-	kept = min(max(kept, 0), max(0, ran-p.overhead))
+	kept = min(max(kept, 0), max(0, worked-p.overhead))
 	p.saved += kept
 	r.useful(p, p.gpus*kept.Hours())
-	r.lose(p, n, p.gpus*(ran-kept).Hours())
+	r.lose(p, n, p.gpus*(worked-kept).Hours())
 	p.overhead = r.sc.RestartOverhead.Duration
 	p.reclaimed++
 	p.gen++
@@ -1054,6 +1138,10 @@ func (r *elastic) finish() {
 	res.HorizonHours = r.now.Hours()
 	for i, p := range r.pods {
 		if p.state == podRunning {
+			if p.workFrom < 0 {
+				// Still waiting for its gang: its queueing goes on.
+				p.delay += r.now - p.runStart
+			}
 			r.stop(i, false, 0)
 			p.state = podRunning
 		}

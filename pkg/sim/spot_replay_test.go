@@ -65,6 +65,26 @@ func spotReplay(t *testing.T, s *SpotScenario, policy string, seed uint64, pods 
 	return res
 }
 
+// scenarioOf parses a scenario the test writes; it reads no files.
+func scenarioOf(t *testing.T, y string) *SpotScenario {
+	t.Helper()
+	s, err := ParseSpotScenarioFrom("mine.yaml", []byte(y), func(path string) ([]byte, error) { return nil, fmt.Errorf("read %s: no files here", path) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// phillyTrace loads a Philly-format trace the test writes.
+func phillyTrace(t *testing.T, csv string) *Trace {
+	t.Helper()
+	tr, err := LoadPhilly(writeFile(t, "jobs.csv", csv), DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
 func nearly(a, b float64) bool { return math.Abs(a-b) < 1e-6*math.Max(1, math.Abs(b)) }
 
 // One inference pod and one checkpointing trainer, no reclaims: Penny puts
@@ -289,17 +309,14 @@ func TestSpotScenarioErrors(t *testing.T) {
 // Spot pool that gives no meanTimeToReclaim is reclaimed as it advertises
 // (0s still means never).
 func TestSpotScenarioDefaults(t *testing.T) {
-	s, err := ParseSpotScenarioFrom("mine.yaml", []byte(`
+	s := scenarioOf(t, `
 region: us-east-1
 pools:
 - {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 2}
 - {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 2, advertisedInterruption: "5-10%"}
 - {name: quiet, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1b, max: 2, advertisedInterruption: "5-10%", meanTimeToReclaim: 0s}
 - {name: unrated, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1c, max: 2}
-`), func(path string) ([]byte, error) { return nil, fmt.Errorf("read %s: no files here", path) })
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	if s.Catalog != BuiltInCatalog {
 		t.Errorf("catalog %q, want %q", s.Catalog, BuiltInCatalog)
 	}
@@ -579,11 +596,7 @@ func referencePhilly(t *testing.T, jobs string) (*SpotScenario, *Trace) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := LoadPhilly(writeFile(t, "jobs.csv", jobs), DefaultPhillyOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, tr
+	return s, phillyTrace(t, jobs)
 }
 
 // A 12-GPU Philly job becomes an 8-GPU and a 4-GPU pod. Arriving just after
@@ -944,20 +957,72 @@ func TestScanReadsVerdictsFirstSeenDuringIt(t *testing.T) {
 // Before, the 24-GPU job never ran (a 128-GPU job of a random 300-job trace
 // was left unscheduled behind a 7-day, 96-GPU one the same way).
 func TestElasticWaitingGangRunsAfterTheLastJobEnds(t *testing.T) {
-	s, err := ParseSpotScenarioFrom("mine.yaml", []byte(`
+	s := scenarioOf(t, `
 region: us-east-1
 pools:
 - {name: od, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 3}
-`), func(path string) ([]byte, error) { return nil, fmt.Errorf("read %s: no files here", path) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := LoadPhilly(writeFile(t, "jobs.csv", "timestamp,duration,num_gpus\n0,7200,16\n600,3600,24\n"), DefaultPhillyOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	tr := phillyTrace(t, "timestamp,duration,num_gpus\n0,7200,16\n600,3600,24\n")
 	res := spotReplay(t, s, "penny", 42, tr.Pods...)
 	if res.NeverScheduled != 0 || res.PodsCompleted != 5 {
 		t.Fatalf("never scheduled %d, completed %d; want 0 and all 5", res.NeverScheduled, res.PodsCompleted)
+	}
+}
+
+// A distributed job's work starts when all its workers run. On a pool of 3
+// eight-GPU nodes, two 8-GPU jobs (0 s; 1 h and 2 h) hold two nodes when a
+// 24-GPU job (60 s, 1 h, three members) arrives; the autoscaler launches a
+// gang's nodes only all at once, which the pool's max does not allow.
+// default places a member on the node the first job frees (1h3m) and one on
+// the second job's (2h3m), and the autoscaler then launches the third's
+// node: the work starts when it joins (2h6m). The first two waited on
+// their GPUs (63 and 3 min), and all three queued until 2h6m. PennyGang
+// admits the gang only when all of it has room, so nothing waits on a GPU.
+func TestElasticGangWorkStartsWhenAllItsMembersRun(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+pools:
+- {name: od, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 3, provisioningDelay: 3m, scaleDownAfter: 10m}
+`)
+	tr := phillyTrace(t, "timestamp,duration,num_gpus\n0,3600,8\n0,7200,8\n60,3600,24\n")
+	gangQueued := (2*time.Hour + 5*time.Minute).Seconds()
+	var policies []*Policy
+	for _, name := range []string{"default", "penny"} {
+		p, err := LookupPolicy(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		policies = append(policies, p)
+	}
+	rep, err := RunSpotReplays(context.Background(), s, tr, policies, 42, nil, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := map[string]float64{"default": 8 * (66 * time.Minute).Hours(), "penny": 0}
+	for _, res := range rep.Runs {
+		if res.PodsCompleted != 5 {
+			t.Fatalf("%s: completed %d pods; want 5", res.Policy, res.PodsCompleted)
+		}
+		if w := wait[res.Policy]; !nearly(res.GangWaitGPUHours, w) || rep.Summary[res.Policy].GangWaitGPUHours != round2(w) {
+			t.Errorf("%s: gang wait %.4f GPU-h (summary %.2f); want %.4f", res.Policy, res.GangWaitGPUHours, rep.Summary[res.Policy].GangWaitGPUHours, w)
+		}
+		if !nearly(res.UsefulGPUHours, 48) || res.LostGPUHours != 0 {
+			t.Errorf("%s: useful %.4f, lost %.4f GPU-h; want 48 and 0", res.Policy, res.UsefulGPUHours, res.LostGPUHours)
+		}
+		// The two short jobs queued for their nodes (3 min each), every
+		// member of the gang until the last could run.
+		if want := (2*180 + 3*gangQueued) / 5; res.QueueDelay.Max != gangQueued || !nearly(res.QueueDelay.Mean, want) {
+			t.Errorf("%s: queue delay mean %.0f s, max %.0f s; want %.0f and %.0f", res.Policy, res.QueueDelay.Mean, res.QueueDelay.Max, want, gangQueued)
+		}
+		if h := time.Duration(res.HorizonHours * float64(time.Hour)).Round(time.Second); h != 3*time.Hour+6*time.Minute {
+			t.Errorf("%s: replay ran %v; want 3h6m0s", res.Policy, h)
+		}
+	}
+	md := rep.Markdown()
+	if want := "default: gang members held 8.8 GPU-hours waiting for the rest of their gang"; !strings.Contains(md, want) {
+		t.Errorf("the report lacks %q:\n%s", want, md)
+	}
+	if strings.Contains(md, "penny: gang members held") {
+		t.Errorf("the report says Penny's gang members waited:\n%s", md)
 	}
 }

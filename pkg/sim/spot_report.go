@@ -46,6 +46,9 @@ type SpotSummary struct {
 	// Unfinished counts pods that ran but had not finished when a stalled
 	// replay ended (ElasticResult.Stalled).
 	Unfinished int `json:"unfinished"`
+	// GangWaitGPUHours is what gang members held waiting for the rest of
+	// their gang (ElasticResult.GangWaitGPUHours).
+	GangWaitGPUHours float64 `json:"gang_wait_gpu_hours"`
 }
 
 // RunSpotReplays replays the trace once per policy on the scenario's fleet,
@@ -89,7 +92,8 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 		s := SpotSummary{BillUSD: r.BillUSD, AllocatedUSD: r.AllocatedUSD, IdleUSD: r.IdleUSD,
 			UsefulGPUHours: round2(r.UsefulGPUHours), LostGPUHours: round2(r.LostGPUHours), NeverOnSpot: r.NeverOnSpot,
 			Reclaims: r.Reclaims, ServiceDowntimeH: round2(r.ServiceDowntimeHours),
-			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled, Unfinished: r.Unfinished}
+			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled, Unfinished: r.Unfinished,
+			GangWaitGPUHours: round2(r.GangWaitGPUHours)}
 		if r.UsefulGPUHours > 0 {
 			s.LostPctOfUseful = round2(100 * r.LostGPUHours / r.UsefulGPUHours)
 		}
@@ -142,6 +146,11 @@ func (rep *SpotReport) Markdown() string {
 		if !r.Stalled && r.NeverScheduled > 0 {
 			fmt.Fprintf(&b, "\n%s: %d pods were never scheduled (%d fit no pool, %d belong to gangs larger than any pool that runs their members): its bill pays for less work than a run that placed them (useful GPU-h).\n",
 				r.Policy, r.NeverScheduled, r.FitsNoPool, r.GangTooLarge)
+		}
+		if r.GangWaitGPUHours >= 0.05 {
+			fmt.Fprintf(&b, "\n%s: gang members held %.1f GPU-hours waiting for the rest of their gang: placed one by one, a job's first workers "+
+				"wait on their GPUs until its last one runs (billed, neither useful nor lost; %.2f%% of its allocated GPU-hours).\n",
+				r.Policy, r.GangWaitGPUHours, 100*r.GangWaitGPUHours/max(r.AllocatedGPUHours, 1e-9))
 		}
 		if r.Stalled {
 			fmt.Fprintf(&b, "\n%s: the replay ended early, at %.0f h of trace time, with %d pods that had run and not finished and %d never scheduled: "+
