@@ -154,7 +154,7 @@ func (rep *SpotReport) Markdown() string {
 		}
 		if r.Stalled {
 			fmt.Fprintf(&b, "\n%s: the replay ended early, at %.0f h of trace time, with %d pods that had run and not finished and %d never scheduled: "+
-				"nothing could make progress (a job that restarts forever, or pods no pool can take; docs/spot.md).\n",
+				"nothing could make progress (a job that restarts forever, gangs placed in part that wait for the room each other holds, or pods no pool can take; docs/spot.md).\n",
 				r.Policy, r.HorizonHours, r.Unfinished, r.NeverScheduled)
 		}
 	}
