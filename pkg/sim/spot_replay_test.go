@@ -1026,3 +1026,41 @@ pools:
 		t.Errorf("the report says Penny's gang members waited:\n%s", md)
 	}
 }
+
+// Every GPU-hour a pod held is useful, lost to a reclaim, or spent waiting
+// for the rest of its gang, under every policy, on a trace dense in big
+// gangs where spot-first's gangs are reclaimed while members wait and
+// default's members wait on their GPUs. Each pod does its whole run once.
+func TestElasticAccountsForEveryHeldGPUHour(t *testing.T) {
+	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := LoadPhilly("../../benchmarks/spot/traces/gangs-philly.csv", DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := 0.0
+	for _, tp := range tr.Pods {
+		work += podGPUs(tp.Pod) * tp.Duration.Hours()
+	}
+	for _, policy := range []string{"default", "spot-first", "penny"} {
+		res := spotReplay(t, s, policy, 42, tr.Pods...)
+		if res.PodsCompleted != res.PodsTotal {
+			t.Fatalf("%s: completed %d of %d pods", policy, res.PodsCompleted, res.PodsTotal)
+		}
+		if sum := res.UsefulGPUHours + res.LostGPUHours + res.GangWaitGPUHours; !nearly(sum, res.AllocatedGPUHours) {
+			t.Errorf("%s: useful %.2f + lost %.2f + gang wait %.2f = %.2f GPU-h; held %.2f", policy,
+				res.UsefulGPUHours, res.LostGPUHours, res.GangWaitGPUHours, sum, res.AllocatedGPUHours)
+		}
+		if !nearly(res.UsefulGPUHours, work) {
+			t.Errorf("%s: useful %.2f GPU-h; the trace's work is %.2f", policy, res.UsefulGPUHours, work)
+		}
+		if waited := res.GangWaitGPUHours > 0; waited != (policy != "penny") {
+			t.Errorf("%s: gang wait %.2f GPU-h; want some only without the gang plugin", policy, res.GangWaitGPUHours)
+		}
+		if policy == "spot-first" && res.Reclaims == 0 {
+			t.Errorf("spot-first: no reclaims; the test needs some")
+		}
+	}
+}
