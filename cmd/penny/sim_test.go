@@ -240,17 +240,37 @@ pools:
 
 // A gang wider than any pool is named on stderr: the scenario kept it out.
 func TestSimReplayWarnsAboutGangsLargerThanAnyPool(t *testing.T) {
-	dir := t.TempDir()
-	pods := writeCSV(t, dir, "jobs.csv", "timestamp,duration,num_gpus\n0,3600,16\n0,3600,1\n")
-	scenario := writeCSV(t, dir, "fleet.yaml", `region: us-east-1
-pools:
-- {name: od, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 1}
-`)
-	stdout, err := runPenny(t, "replay", "--scenario", scenario, "--pods", pods, "--policy", "penny", "--out", filepath.Join(dir, "r.json"))
-	if err != nil {
-		t.Fatalf("%v\n%s", err, stdout)
-	}
+	pods, stdout := replayOnOnePool(t, "timestamp,duration,num_gpus\n0,3600,16\n0,3600,1\n", "g5.48xlarge", 1, "penny")
 	if want := "warning: policy penny: 2 pod(s) of gangs larger than any pool were never scheduled (first: job-000001 (" + pods + ":2): 2 pods at once; the pools that run its members hold at most 1)"; !strings.Contains(stdout, want) {
 		t.Errorf("stderr lacks %q:\n%s", want, stdout)
 	}
+}
+
+// A replay that stalls says so on stderr: default places the 4-GPU member of
+// a 12-GPU job whose 8-GPU member fits no pool, and it waits on its node.
+func TestSimReplayWarnsWhenAReplayStalls(t *testing.T) {
+	_, stdout := replayOnOnePool(t, "timestamp,duration,num_gpus\n0,3600,12\n0,3600,1\n", "g5.12xlarge", 2, "default,penny")
+	if want := "with 1 pod(s) that ran and did not finish and 1 never scheduled: nothing could make progress"; !strings.Contains(stdout, "warning: policy default: the replay stalled at ") || !strings.Contains(stdout, want) {
+		t.Errorf("stderr lacks default's stall (%q):\n%s", want, stdout)
+	}
+	if strings.Contains(stdout, "policy penny: the replay stalled") {
+		t.Errorf("penny's replay, which holds nothing, is said to have stalled:\n%s", stdout)
+	}
+}
+
+// replayOnOnePool replays a Philly trace on one on-demand pool of at most
+// nodes nodes of instanceType, and returns the trace's path and what penny printed.
+func replayOnOnePool(t *testing.T, jobs, instanceType string, nodes int, policies string) (string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	pods := writeCSV(t, dir, "jobs.csv", jobs)
+	scenario := writeCSV(t, dir, "fleet.yaml", fmt.Sprintf(`region: us-east-1
+pools:
+- {name: od, instanceType: %s, capacityType: on-demand, zone: us-east-1a, max: %d}
+`, instanceType, nodes))
+	stdout, err := runPenny(t, "replay", "--scenario", scenario, "--pods", pods, "--policy", policies, "--out", filepath.Join(dir, "r.json"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stdout)
+	}
+	return pods, stdout
 }

@@ -746,7 +746,10 @@ func (r *elastic) run(ctx context.Context) error {
 		case elSample:
 			r.feedExposure()
 			r.riskGen++
-			if r.q.Len() > 0 {
+			// Samples go on while anything else may happen, and while
+			// gang members hold nodes waiting for the rest of their gang,
+			// which nothing may ever bring: stalled ends that replay.
+			if r.q.Len() > 0 || !r.over() {
 				r.push(elEvent{at: r.now + time.Hour, kind: elSample})
 			}
 		}

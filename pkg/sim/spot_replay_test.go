@@ -1064,3 +1064,36 @@ func TestElasticAccountsForEveryHeldGPUHour(t *testing.T) {
 		}
 	}
 }
+
+// A 12-GPU job is an 8-GPU and a 4-GPU pod; on a fleet of 4-GPU nodes only
+// the 4-GPU one fits. default places it, and it holds its node waiting for a
+// peer that can never come, until the replay gives up StallLimit after the
+// last run ended: unfinished, its wait billed and counted. PennyGang never
+// admits the gang, so nothing is held and the replay ends with the last run.
+func TestElasticGangThatCannotCompleteHoldsItsNodeUntilTheReplayStalls(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+pools:
+- {name: od, instanceType: g5.12xlarge, capacityType: on-demand, zone: us-east-1a, max: 2, provisioningDelay: 3m}
+`)
+	tr := phillyTrace(t, "timestamp,duration,num_gpus\n0,3600,12\n0,3600,1\n")
+	res := spotReplay(t, s, "default", 42, tr.Pods...)
+	if !res.Stalled || res.Unfinished != 1 || res.NeverScheduled != 1 || res.FitsNoPool != 1 || res.PodsCompleted != 1 {
+		t.Fatalf("default: stalled %v, unfinished %d, never scheduled %d (fit no pool %d), completed %d; want true, 1, 1 (1), 1",
+			res.Stalled, res.Unfinished, res.NeverScheduled, res.FitsNoPool, res.PodsCompleted)
+	}
+	end := time.Duration(res.HorizonHours * float64(time.Hour))
+	// It looks an hourly sample ahead: the replay ends within an hour of it.
+	if lastRun := time.Hour + 3*time.Minute; (end - lastRun - StallLimit).Abs() > time.Hour {
+		t.Errorf("default: the replay ended at %v; want within an hour of %v", end, lastRun+StallLimit)
+	}
+	// The 4-GPU member held its node from 3m, when the node joined.
+	if held := 4 * (end - 3*time.Minute).Hours(); !nearly(res.GangWaitGPUHours, held) || res.UsefulGPUHours != 1 {
+		t.Errorf("default: gang wait %.2f, useful %.2f GPU-h; want %.2f and 1", res.GangWaitGPUHours, res.UsefulGPUHours, held)
+	}
+	res = spotReplay(t, s, "penny", 42, tr.Pods...)
+	if res.Stalled || res.Unfinished != 0 || res.NeverScheduled != 2 || res.GangWaitGPUHours != 0 || res.HorizonHours > 2 {
+		t.Errorf("penny: stalled %v, unfinished %d, never scheduled %d, gang wait %.2f GPU-h, ended at %.1f h; want false, 0, 2, 0, by 2 h",
+			res.Stalled, res.Unfinished, res.NeverScheduled, res.GangWaitGPUHours, res.HorizonHours)
+	}
+}
