@@ -258,8 +258,9 @@ func TestSimReplayWarnsWhenAReplayStalls(t *testing.T) {
 	}
 }
 
-// replayOnOnePool replays a Philly trace on one on-demand pool of at most
-// nodes nodes of instanceType, and returns the trace's path and what penny printed.
+// replayOnOnePool replays a Philly trace on one on-demand pool of
+// instanceType that may grow to the given number of nodes, and returns the
+// trace's path and what penny printed.
 func replayOnOnePool(t *testing.T, jobs, instanceType string, nodes int, policies string) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
