@@ -53,8 +53,8 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 				r.Policy, r.FitsNoPool, r.FitsNoPoolExample)
 		}
 		if r.Stalled {
-			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: the replay stalled at %.0f h of trace time with %d pod(s) that ran and did not finish and %d never scheduled: nothing could make progress (a job that restarts forever, gangs placed in part that wait for the room each other holds, or pods no pool can take); its bill pays for the fleet until then (docs/spot.md)\n",
-				r.Policy, r.HorizonHours, r.Unfinished, r.NeverScheduled)
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: the replay stalled at %.0f h of trace time with %d pod(s) that ran and did not finish and %d never scheduled: nothing could make progress (%s); its bill pays for the fleet until then (docs/spot.md)\n",
+				r.Policy, r.HorizonHours, r.Unfinished, r.NeverScheduled, sim.StallCauses)
 		}
 		if r.GangTooLarge > 0 {
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: policy %s: %d pod(s) of gangs larger than any pool were never scheduled (first: %s): the gang plugin places a gang in one pool, all of it or none; raise that pool's max or drop the job from the trace\n",

@@ -108,6 +108,10 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 	return rep, nil
 }
 
+// StallCauses is what makes a replay stall (ElasticResult.Stalled), for the
+// report and penny's warning.
+const StallCauses = "a job that restarts forever, gangs placed in part that wait for the room each other holds, or pods no pool can take"
+
 func round3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
 
 // Markdown is the report as a table, with the command that made it.
@@ -154,8 +158,8 @@ func (rep *SpotReport) Markdown() string {
 		}
 		if r.Stalled {
 			fmt.Fprintf(&b, "\n%s: the replay ended early, at %.0f h of trace time, with %d pods that had run and not finished and %d never scheduled: "+
-				"nothing could make progress (a job that restarts forever, gangs placed in part that wait for the room each other holds, or pods no pool can take; docs/spot.md).\n",
-				r.Policy, r.HorizonHours, r.Unfinished, r.NeverScheduled)
+				"nothing could make progress (%s; docs/spot.md).\n",
+				r.Policy, r.HorizonHours, r.Unfinished, r.NeverScheduled, StallCauses)
 		}
 	}
 	b.WriteString("\nBill by capacity type (USD):\n\n| policy | on-demand | reserved | spot |\n|---|---:|---:|---:|\n")
