@@ -1091,6 +1091,10 @@ pools:
 	if held := 4 * (end - 3*time.Minute).Hours(); !nearly(res.GangWaitGPUHours, held) || res.UsefulGPUHours != 1 {
 		t.Errorf("default: gang wait %.2f, useful %.2f GPU-h; want %.2f and 1", res.GangWaitGPUHours, res.UsefulGPUHours, held)
 	}
+	rep := &SpotReport{Runs: []*ElasticResult{res}, Summary: map[string]SpotSummary{}}
+	if md, want := rep.Markdown(), "default: the replay ended early, at 73 h of trace time, with 1 pods that had run and not finished and 1 never scheduled: nothing could make progress ("+StallCauses; !strings.Contains(md, want) {
+		t.Errorf("the report lacks %q:\n%s", want, md)
+	}
 	res = spotReplay(t, s, "penny", 42, tr.Pods...)
 	if res.Stalled || res.Unfinished != 0 || res.NeverScheduled != 2 || res.GangWaitGPUHours != 0 || res.HorizonHours > 2 {
 		t.Errorf("penny: stalled %v, unfinished %d, never scheduled %d, gang wait %.2f GPU-h, ended at %.1f h; want false, 0, 2, 0, by 2 h",
