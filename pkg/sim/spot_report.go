@@ -168,7 +168,7 @@ func (rep *SpotReport) Markdown() string {
 	}
 	rep.poolTable(&b)
 	rep.namespaceTable(&b)
-	rep.classTable(&b, "GPU-hours by the pod's Spot policy (Penny's reading, the same pods in every run), on on-demand / reserved / Spot nodes", "---:",
+	rep.classTable(&b, "GPU-hours pods held by their Spot policy (Penny's reading, the same pods in every run; a gang member's wait for its gang included), on on-demand / reserved / Spot nodes", "---:",
 		func(r *ElasticResult, c string) string {
 			h := r.GPUHoursByClass[c]
 			return fmt.Sprintf("%.0f / %.0f / %.0f", h["on-demand"], h["reserved"], h["spot"])
