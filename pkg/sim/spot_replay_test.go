@@ -986,13 +986,9 @@ pools:
 `)
 	tr := phillyTrace(t, "timestamp,duration,num_gpus\n0,3600,8\n0,7200,8\n60,3600,24\n")
 	gangQueued := (2*time.Hour + 5*time.Minute).Seconds()
-	var policies []*Policy
-	for _, name := range []string{"default", "penny"} {
-		p, err := LookupPolicy(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		policies = append(policies, p)
+	policies, err := ParsePolicies("default,penny")
+	if err != nil {
+		t.Fatal(err)
 	}
 	rep, err := RunSpotReplays(context.Background(), s, tr, policies, 42, nil, nil, 1)
 	if err != nil {
