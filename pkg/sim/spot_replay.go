@@ -110,9 +110,14 @@ type ElasticResult struct {
 	QueueDelay           DelayStats `json:"queue_delay_seconds"`
 	QueueDelayP50Seconds float64    `json:"queue_delay_p50_s"`
 	QueueDelayP95Seconds float64    `json:"queue_delay_p95_s"`
-	PodsTotal            int        `json:"pods_total"`
-	PodsCompleted        int        `json:"pods_completed"`
-	NeverScheduled       int        `json:"never_scheduled"`
+	// QueueDelayByClass is QueueDelay by the pods' Spot policy: a policy
+	// that saves by making one class wait (prefer pods for Spot, avoid
+	// pods for on-demand) shows it here even where the few pods of that
+	// class leave the overall percentiles where they were.
+	QueueDelayByClass map[string]DelayStats `json:"queue_delay_by_class_seconds"`
+	PodsTotal         int                   `json:"pods_total"`
+	PodsCompleted     int                   `json:"pods_completed"`
+	NeverScheduled    int                   `json:"never_scheduled"`
 	// FitsNoPool counts the never-scheduled pods that no pool's template
 	// node passes the filters of (a GPU model or size the fleet lacks, a
 	// Spot rule no pool meets): the scenario, not the load, kept them out.
@@ -1154,9 +1159,12 @@ func (r *elastic) finish() {
 	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
 	var delays []float64
+	byClass := map[string][]float64{}
 	for i, p := range r.pods {
 		if p.started {
 			delays = append(delays, p.delay.Seconds())
+			c := string(p.class.Policy)
+			byClass[c] = append(byClass[c], p.delay.Seconds())
 			if p.state != podDone {
 				res.Unfinished++
 			}
@@ -1183,6 +1191,10 @@ func (r *elastic) finish() {
 	}
 	res.QueueDelay = delayStats(delays)
 	res.QueueDelayP50Seconds, res.QueueDelayP95Seconds = res.QueueDelay.P50, res.QueueDelay.P95
+	res.QueueDelayByClass = map[string]DelayStats{}
+	for c, d := range byClass {
+		res.QueueDelayByClass[c] = delayStats(d)
+	}
 	res.BillUSD = round2(res.BillUSD)
 	res.AllocatedUSD, res.IdleUSD = round2(res.AllocatedUSD), round2(res.IdleUSD)
 	for _, c := range res.ByNamespace {

@@ -272,6 +272,27 @@ func TestElasticFallback(t *testing.T) {
 	}
 }
 
+// The delay a prefer pod spends waiting out its fallback is its class's,
+// not the service's beside it: the Spot pool's one node goes to "first",
+// "second" waits 10m for Spot and 3m for an on-demand node, and the
+// service waits only for the on-demand node launched at its arrival.
+func TestElasticQueueDelayByClass(t *testing.T) {
+	s := spotScenario(t, "1", "0s")
+	res := spotReplay(t, s, "penny", 42,
+		spotTracePod("first", "BE", 1, 0, 5*time.Hour),
+		spotTracePod("second", "BE", 1, time.Minute, 5*time.Hour),
+		spotTracePod("service", "LS", 1, 2*time.Minute, 5*time.Hour))
+	provisioning, fellBack := (3 * time.Minute).Seconds(), (13 * time.Minute).Seconds()
+	by := res.QueueDelayByClass
+	if len(by) != 2 || by["never"].Max != provisioning || by["never"].Delayed != 1 || by["prefer"].Max != fellBack || by["prefer"].Delayed != 2 {
+		t.Fatalf("queue delay by class %+v, want never at most %vs (1 pod) and prefer at most %vs (2 pods)", by, provisioning, fellBack)
+	}
+	rep := &SpotReport{Runs: []*ElasticResult{res}}
+	if md := rep.Markdown(); !strings.Contains(md, "| penny | 180 / 180 / 180 | - | - | 780 / 780 / 780 | - |") {
+		t.Fatalf("Markdown lacks the class delay row:\n%s", md)
+	}
+}
+
 func TestSpotScenarioErrors(t *testing.T) {
 	bad := strings.NewReplacer("SPOTMAX", "4", "MTTR", "soon").Replace(tinyScenario)
 	_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(bad))

@@ -42,7 +42,10 @@ type SpotSummary struct {
 	ServiceDowntimeH float64 `json:"service_downtime_hours"`
 	QueueDelayP50S   float64 `json:"queue_delay_p50_s"`
 	QueueDelayP95S   float64 `json:"queue_delay_p95_s"`
-	NeverScheduled   int     `json:"never_scheduled"`
+	// QueueDelayP95ByClassS is the p95 per Spot policy
+	// (ElasticResult.QueueDelayByClass).
+	QueueDelayP95ByClassS map[string]float64 `json:"queue_delay_p95_by_class_s"`
+	NeverScheduled        int                `json:"never_scheduled"`
 	// Unfinished counts pods that ran but had not finished when a stalled
 	// replay ended (ElasticResult.Stalled).
 	Unfinished int `json:"unfinished"`
@@ -93,7 +96,10 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 			UsefulGPUHours: round2(r.UsefulGPUHours), LostGPUHours: round2(r.LostGPUHours), NeverOnSpot: r.NeverOnSpot,
 			Reclaims: r.Reclaims, ServiceDowntimeH: round2(r.ServiceDowntimeHours),
 			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled, Unfinished: r.Unfinished,
-			GangWaitGPUHours: round2(r.GangWaitGPUHours)}
+			GangWaitGPUHours: round2(r.GangWaitGPUHours), QueueDelayP95ByClassS: map[string]float64{}}
+		for c, d := range r.QueueDelayByClass {
+			s.QueueDelayP95ByClassS[c] = d.P95
+		}
 		if r.UsefulGPUHours > 0 {
 			s.LostPctOfUseful = round2(100 * r.LostGPUHours / r.UsefulGPUHours)
 		}
@@ -175,6 +181,14 @@ func (rep *SpotReport) Markdown() string {
 		})
 	rep.classTable(&b, "Lost GPU-hours by the pod's Spot policy, by the pool they were lost on (largest first)", "---",
 		func(r *ElasticResult, c string) string { return lostByPool(r.LostGPUHoursByClass[c]) })
+	rep.classTable(&b, "Queueing delay by the pod's Spot policy, p50 / p95 / max (s; pods that ran; - where the trace has none)", "---:",
+		func(r *ElasticResult, c string) string {
+			d, ok := r.QueueDelayByClass[c]
+			if !ok {
+				return "-"
+			}
+			return fmt.Sprintf("%.0f / %.0f / %.0f", d.P50, d.P95, d.Max)
+		})
 	return b.String()
 }
 
