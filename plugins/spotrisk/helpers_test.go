@@ -242,8 +242,9 @@ func (r result) best() string {
 }
 
 // expectFallback schedules p after its wait, expects node to be the only
-// feasible one, binds it there and expects one SpotFallback event saying msg
-// and penny_spot_fallbacks_total{policy} one higher.
+// feasible one, binds it there and expects one SpotFallback event saying msg,
+// penny_spot_fallbacks_total{policy} one higher and the wait counted under
+// the capacity type it fell back to.
 func (e *env) expectFallback(t *testing.T, p *corev1.Pod, policy Policy, node, msg string) {
 	t.Helper()
 	before, _ := testutil.GetCounterMetricValue(fallbacks.WithLabelValues(string(policy)))
@@ -251,10 +252,11 @@ func (e *env) expectFallback(t *testing.T, p *corev1.Pod, policy Policy, node, m
 	if strings.Join(r.feasible, ",") != node {
 		t.Fatalf("after the wait only %s is feasible; feasible %v (%s)", node, r.feasible, r.fitError)
 	}
-	if s := e.fw.RunReservePluginsReserve(context.Background(), r.state, p, node); !s.IsSuccess() {
-		t.Fatal(s)
+	to := pricing.OnDemand
+	if policy == Avoid {
+		to = pricing.Spot
 	}
-	e.fw.RunPostBindPlugins(context.Background(), r.state, p, node)
+	e.expectBindCountsWait(t, r, p, node, to)
 	evs := e.events()
 	if len(evs) != 1 {
 		t.Fatalf("events %v", evs)
@@ -262,6 +264,29 @@ func (e *env) expectFallback(t *testing.T, p *corev1.Pod, policy Policy, node, m
 	expectContains(t, "event", evs[0], "Normal", EventFallback, msg)
 	if n, _ := testutil.GetCounterMetricValue(fallbacks.WithLabelValues(string(policy))); n != before+1 {
 		t.Errorf("penny_spot_fallbacks_total{policy=%q} = %v, want %v", policy, n, before+1)
+	}
+}
+
+// expectBindCountsWait reserves and binds p on node and expects its wait
+// since creation in penny_spot_wait_seconds under its Spot policy and the
+// node's capacity type.
+func (e *env) expectBindCountsWait(t *testing.T, r result, p *corev1.Pod, node string, capacity pricing.CapacityType) {
+	t.Helper()
+	c, err := classify(p, e.plugin.args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := waits.WithLabelValues(string(c.Policy), string(capacity))
+	n0, _ := testutil.GetHistogramMetricCount(m)
+	sum0, _ := testutil.GetHistogramMetricValue(m)
+	if s := e.fw.RunReservePluginsReserve(context.Background(), r.state, p, node); !s.IsSuccess() {
+		t.Fatal(s)
+	}
+	e.fw.RunPostBindPlugins(context.Background(), r.state, p, node)
+	n, _ := testutil.GetHistogramMetricCount(m)
+	sum, _ := testutil.GetHistogramMetricValue(m)
+	if wait := e.clock.Since(p.CreationTimestamp.Time).Seconds(); n != n0+1 || sum-sum0 != wait {
+		t.Errorf("penny_spot_wait_seconds{policy=%q,capacity_type=%q}: %d observations adding %vs, want 1 adding %vs", c.Policy, capacity, n-n0, sum-sum0, wait)
 	}
 }
 

@@ -17,6 +17,17 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"policy"})
 
+	// waits is how long pods waited to be placed and where they went, per
+	// Spot policy: the cluster's view of the trade fallbackAfter makes
+	// between the bill and how long prefer and avoid pods wait
+	// (docs/spot.md, How long to wait).
+	waits = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Name:           "penny_spot_wait_seconds",
+		Help:           "Seconds from a pod's creation to its binding, by the pod's Spot policy (never, avoid, allow, prefer, only) and the capacity type of the node it was bound to (spot, on-demand, reserved). A prefer pod bound to on-demand capacity waited out fallbackAfter.",
+		Buckets:        metrics.ExponentialBuckets(15, 2, 14),
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"policy", "capacity_type"})
+
 	// expanderRequests says whether Cluster Autoscaler asks, and whether
 	// Penny's rules leave it anything to grow.
 	expanderRequests = metrics.NewCounterVec(&metrics.CounterOpts{
@@ -32,6 +43,6 @@ var (
 // scheduler serves on /metrics.
 func registerMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(fallbacks, expanderRequests)
+		legacyregistry.MustRegister(fallbacks, waits, expanderRequests)
 	})
 }

@@ -10,35 +10,38 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
-const fallbackKey fwk.StateKey = Name + "/fallback"
+const bindingKey fwk.StateKey = Name + "/binding"
 
-type fallback struct {
-	node  string
-	class Class
+// binding is what Reserve saw of the node a pod is about to be bound to.
+type binding struct {
+	node     string
+	class    Class
+	capacity pricing.Capacity
 }
 
-func (f *fallback) message() string {
-	want, to := f.class.wait()
-	return fmt.Sprintf("No %s capacity within %s (%s): placed on %s node %s", want, f.class.FallbackAfter, f.class.Why, to, f.node)
+func (b *binding) fallback() bool { return b.class.Waits() && b.class.FallbackFrom(b.capacity) }
+
+func (b *binding) message() string {
+	want, to := b.class.wait()
+	return fmt.Sprintf("No %s capacity within %s (%s): placed on %s node %s", want, b.class.FallbackAfter, b.class.Why, to, b.node)
 }
 
-func (f *fallback) Clone() fwk.StateData { return f }
+func (b *binding) Clone() fwk.StateData { return b }
 
-// Reserve records when a waiting pod (Class.Waits) is about to run on the
-// capacity it falls back to, so that PostBind can say so in an event. The
-// snapshot is read here because it is not safe to read in the binding cycle.
+// Reserve records the capacity type of the node the pod is about to run on,
+// so that PostBind can count the pod's wait by where it went and say in an
+// event when a waiting pod (Class.Waits) falls back. The snapshot is read
+// here because it is not safe to read in the binding cycle.
 func (pl *SpotRisk) Reserve(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) *fwk.Status {
 	s, err := getState(cs)
-	if err != nil || !s.class.Waits() || pl.handle == nil {
+	if err != nil || pl.handle == nil {
 		return nil
 	}
 	ni, err := pl.handle.SnapshotSharedLister().NodeInfos().Get(nodeName)
 	if err != nil {
 		return nil
 	}
-	if c := pricing.NodeCapacity(ni.Node()); s.class.FallbackFrom(c) {
-		cs.Write(fallbackKey, &fallback{node: nodeName, class: s.class})
-	}
+	cs.Write(bindingKey, &binding{node: nodeName, class: s.class, capacity: pricing.NodeCapacity(ni.Node())})
 	return nil
 }
 
@@ -46,20 +49,24 @@ func (pl *SpotRisk) Reserve(ctx context.Context, cs fwk.CycleState, pod *corev1.
 func (pl *SpotRisk) Unreserve(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
 }
 
-// PostBind records a fallback as an event on the pod and in
-// penny_spot_fallbacks_total.
+// PostBind observes the pod's wait in penny_spot_wait_seconds and records a
+// fallback as an event on the pod and in penny_spot_fallbacks_total.
 func (pl *SpotRisk) PostBind(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
-	d, err := cs.Read(fallbackKey)
+	d, err := cs.Read(bindingKey)
 	if err != nil {
 		return
 	}
-	f, ok := d.(*fallback)
+	b, ok := d.(*binding)
 	if !ok {
 		return
 	}
-	fallbacks.WithLabelValues(string(f.class.Policy)).Inc()
+	waits.WithLabelValues(string(b.class.Policy), string(b.capacity.Type)).Observe(max(pl.clock.Since(pod.CreationTimestamp.Time).Seconds(), 0))
+	if !b.fallback() {
+		return
+	}
+	fallbacks.WithLabelValues(string(b.class.Policy)).Inc()
 	if pl.handle == nil || pl.handle.EventRecorder() == nil {
 		return
 	}
-	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", f.message())
+	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", b.message())
 }

@@ -205,6 +205,30 @@ func TestFallbackAfterWaiting(t *testing.T) {
 	}
 }
 
+// Every pod Penny binds counts its wait, where it went and under which
+// policy, not only those that fall back: a service placed at once on
+// on-demand, and a checkpointing trainer that found Spot room.
+func TestBindingCountsTheWaitByPolicyAndCapacity(t *testing.T) {
+	e := newEnv(t, &Args{}, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"))
+	e.clock.Step(30 * time.Second)
+	svc := pod("svc", map[string]string{AnnotationWorkload: "inference"})
+	r := e.schedule(t, svc)
+	if strings.Join(r.feasible, ",") != "od" {
+		t.Fatalf("a service runs off Spot; feasible %v", r.feasible)
+	}
+	e.expectBindCountsWait(t, r, svc, "od", pricing.OnDemand)
+	e.clock.Step(time.Minute)
+	trainer := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	r = e.schedule(t, trainer)
+	if strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("within its wait a checkpointing trainer takes Spot only; feasible %v", r.feasible)
+	}
+	e.expectBindCountsWait(t, r, trainer, "spot-a", pricing.Spot)
+	if evs := e.events(); len(evs) != 0 {
+		t.Fatalf("no fallback, no event; got %v", evs)
+	}
+}
+
 // Training without checkpoints prefers capacity that is not Spot, and in an
 // elastic cluster a score alone would not hold that: a Spot node with room
 // now beats an on-demand node the autoscaler brings in minutes. So it waits
