@@ -14,6 +14,9 @@ const (
 	FormatAuto   = "auto"
 	FormatOpenb  = "openb"
 	FormatPhilly = "philly"
+	// FormatSpotGPU is the job list of Alibaba's trace of AI jobs on Spot
+	// GPUs (LoadSpotGPU).
+	FormatSpotGPU = "alibaba-spot-gpu"
 )
 
 // openbPodColumns are the columns LoadOpenbPods needs.
@@ -33,13 +36,16 @@ func LoadTrace(path, format string, philly PhillyOptions) (*Trace, error) {
 		return LoadOpenbPods(path)
 	case FormatPhilly:
 		return LoadPhilly(path, philly)
+	case FormatSpotGPU:
+		return LoadSpotGPU(path, philly)
 	}
-	return nil, fmt.Errorf("unknown --format %q; valid formats: %s, %s, %s", format, FormatAuto, FormatOpenb, FormatPhilly)
+	return nil, fmt.Errorf("unknown --format %q; valid formats: %s, %s, %s, %s", format, FormatAuto, FormatOpenb, FormatPhilly, FormatSpotGPU)
 }
 
 // DetectFormat tells a trace's format from its first row: the header of an
-// openb pod list, the header of a Philly-derived job list, or a Philly row
-// without a header (numbers where timestamp, duration and num_gpus go).
+// openb pod list, of an Alibaba Spot GPU job list or of a Philly-derived job
+// list, or a Philly row without a header (numbers where timestamp, duration
+// and num_gpus go).
 func DetectFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -51,7 +57,7 @@ func DetectFormat(path string) (string, error) {
 	r.FieldsPerRecord = -1
 	row, err := r.Read()
 	if err == io.EOF {
-		return "", fmt.Errorf("%s: empty file: expected an openb pod list or a Philly-derived job list", path)
+		return "", fmt.Errorf("%s: empty file: expected an openb pod list, a Philly-derived job list or an Alibaba Spot GPU job list", path)
 	}
 	if err != nil {
 		return "", csvError(path, err)
@@ -72,9 +78,11 @@ func DetectFormat(path string) (string, error) {
 	switch {
 	case has("num_gpu", "creation_time"):
 		return FormatOpenb, nil
+	case has(SpotGPUColumns[:4]...):
+		return FormatSpotGPU, nil
 	case has(PhillyColumns[:3]...), numericPrefix(row, 3):
 		return FormatPhilly, nil
 	}
-	return "", fmt.Errorf("%s:1: cannot tell the trace's format from its first row %q%s: an openb pod list has a header with the columns %s, a Philly-derived job list the columns %s (its header may be left out); fix the header or name the format with --format",
-		path, strings.Join(row, ","), separatorHint(row), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","))
+	return "", fmt.Errorf("%s:1: cannot tell the trace's format from its first row %q%s: an openb pod list has a header with the columns %s, a Philly-derived job list the columns %s (its header may be left out), an Alibaba Spot GPU job list (cluster-trace-v2026-spot-gpu) at least the columns %s; fix the header or name the format with --format",
+		path, strings.Join(row, ","), separatorHint(row), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","), strings.Join(SpotGPUColumns[:4], ","))
 }

@@ -375,3 +375,68 @@ func TestTraceTimesMustBeFiniteAndPresent(t *testing.T) {
 		}
 	}
 }
+
+// The job list of Alibaba's Spot GPU trace: a job is worker_num pods of the
+// worker's requests, a gang when there are several; its type and cost
+// organization come along, and a share of a GPU stays a share.
+func TestLoadSpotGPU(t *testing.T) {
+	p := writeFile(t, "job_info_df.csv", "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n"+
+		"239255,13,A10,20,1,1,100,2764799,HP\n"+
+		"437260,57,A100-SXM4-80GB,15,1,16,9589763,41060,Spot\n"+
+		"500001,Team B,GPU-series-1,4,0.5,1,200,7200,Spot\n"+
+		"500002,22,,,8,1,300,3600,\n")
+	if f, err := DetectFormat(p); err != nil || f != FormatSpotGPU {
+		t.Fatalf("format %q, %v; want %s", f, err, FormatSpotGPU)
+	}
+	tr, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.Pods) != 19 {
+		t.Fatalf("%d pods, want 1 + 16 + 1 + 1", len(tr.Pods))
+	}
+	requests := func(tp TracePod) (cpu, memGiB int64, r gpu.Request) {
+		res := tp.Pod.Spec.Containers[0].Resources.Requests
+		r, err := gpu.ParsePodRequest(tp.Pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Cpu().MilliValue(), res.Memory().Value() >> 30, r
+	}
+	hp := tr.Pods[0]
+	if cpu, mem, r := requests(hp); hp.Arrival != 0 || hp.Duration != 2764799*time.Second || hp.Pod.Labels[LabelQoS] != "HP" || hp.Pod.Namespace != "13" ||
+		cpu != 20000 || mem != 80 || r.GPUs != 1 || hp.Pod.Annotations[AnnotationTraceGPUModel] != "A10" || hp.Pod.Labels[gang.LabelName] != "" {
+		t.Errorf("HP job: %+v (cpu %d, %d GiB, %+v)", hp, cpu, mem, r)
+	}
+	share := tr.Pods[1]
+	if cpu, mem, r := requests(share); share.Arrival != 100*time.Second || cpu != 4000 || mem != 16 || r.GPUs != 0 || r.TotalMilli() != 500 || share.Pod.Namespace != namespaceFor("Team B") {
+		t.Errorf("half-GPU job: %+v (cpu %d, %d GiB, %+v)", share, cpu, mem, r)
+	}
+	// No cpu_request: 4 cores per GPU, as --philly-cpu-per-gpu says; memory
+	// then follows the GPUs (32 GiB each) or the cores (4 GiB each),
+	// whichever is more.
+	eight := tr.Pods[2]
+	if cpu, mem, r := requests(eight); cpu != 32000 || mem != 256 || r.GPUs != 8 || eight.Pod.Labels[LabelQoS] != "" || eight.Pod.Namespace != "22" {
+		t.Errorf("8-GPU job without cpu_request: %+v (cpu %d, %d GiB, %+v)", eight, cpu, mem, r)
+	}
+	for _, tp := range tr.Pods[3:] {
+		if tp.Arrival != 9589663*time.Second || tp.Pod.Labels[gang.LabelName] != "job-000002" || tp.Pod.Labels[gang.KeySize] != "16" || tp.Pod.Labels[LabelQoS] != "Spot" || tp.Source != p+":3" {
+			t.Fatalf("worker %s: arrival %v labels %v source %s", tp.Pod.Name, tp.Arrival, tp.Pod.Labels, tp.Source)
+		}
+	}
+	for name, tc := range map[string]struct{ row, want string }{
+		"fraction.csv": {"1,o,A10,4,1.5,1,0,60,Spot", "fraction.csv:2: column 5 (gpu_request): 1.5 GPUs: a request over one GPU must be whole"},
+		"workers.csv":  {"1,o,A10,4,1,0,0,60,Spot", "workers.csv:2: column 6 (worker_num): 0 is out of range 1..4096"},
+		"cpu.csv":      {"1,o,A10,-4,1,1,0,60,Spot", "cpu.csv:2: column 4 (cpu_request): -4 is below 0"},
+		"empty.csv":    {"1,o,A10,4,,1,0,60,Spot", "empty.csv:2: column 5 (gpu_request): is empty; every row needs it"},
+	} {
+		f := writeFile(t, name, "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n"+tc.row+"\n")
+		if _, err := LoadTrace(f, FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %q", name, err, tc.want)
+		}
+	}
+	noWorkers := writeFile(t, "short.csv", "job_name,gpu_request,submit_time,duration\n1,1,0,60\n")
+	if _, err := LoadTrace(noWorkers, FormatSpotGPU, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "header lacks column(s) worker_num") {
+		t.Errorf("without worker_num: %v", err)
+	}
+}

@@ -3,7 +3,7 @@ package sim
 import (
 	"fmt"
 	"hash/fnv"
-	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,7 +52,6 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 	}
 	defer closeFn()
 	tr := &Trace{Source: path}
-	first := math.Inf(1)
 	var stamps []float64
 	// A file writes its timestamps one way: seconds, or date-times.
 	firstSeconds, firstDated := 0, 0
@@ -97,22 +96,32 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
 			stamps = append(stamps, ts)
 		}
-		first = math.Min(first, ts)
 	}
 	if t.err != nil {
 		return nil, t.err
 	}
-	if len(tr.Pods) == 0 {
-		return nil, fmt.Errorf("%s: no jobs", path)
+	if err := setArrivals(tr, stamps, "timestamp", t.cols["timestamp"]+1); err != nil {
+		return nil, err
 	}
+	return tr, nil
+}
+
+// setArrivals gives a job list's pods their arrivals, stamps (each pod's
+// row's time in seconds) counted from the earliest, and orders the pods by
+// them; col names the time column and colNum its place, for errors.
+func setArrivals(tr *Trace, stamps []float64, col string, colNum int) error {
+	if len(tr.Pods) == 0 {
+		return fmt.Errorf("%s: no jobs", tr.Source)
+	}
+	first := slices.Min(stamps)
 	for i := range tr.Pods {
 		if at := stamps[i] - first; at > MaxTraceSeconds {
-			return nil, fmt.Errorf("%s: column %d (timestamp): the job arrives %.0f s after the first, more than a hundred years; timestamps are in seconds", tr.Pods[i].Source, t.cols["timestamp"]+1, at)
+			return fmt.Errorf("%s: column %d (%s): the job arrives %.0f s after the first, more than a hundred years; times are in seconds", tr.Pods[i].Source, colNum, col, at)
 		}
 		tr.Pods[i].Arrival = seconds(stamps[i] - first)
 	}
 	sortByArrival(tr.Pods)
-	return tr, nil
+	return nil
 }
 
 func namespaceFor(cluster string) string {

@@ -1118,3 +1118,34 @@ pools:
 			res.Stalled, res.Unfinished, res.NeverScheduled, res.GangWaitGPUHours, res.HorizonHours)
 	}
 }
+
+// On the reference scenario an Alibaba Spot GPU trace's high-priority jobs
+// (job_type HP) are never-class: Penny keeps them off Spot, where
+// spot-first puts those the reserved node has no room for, and its jobs of
+// type Spot are best-effort work that Penny sends to Spot.
+func TestSpotGPUTraceClassesOnTheReferenceScenario(t *testing.T) {
+	s, err := LoadSpotScenario("../../benchmarks/scenarios/spot-openb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n"
+	for i := range 6 {
+		rows += fmt.Sprintf("%d,13,A10,8,1,1,%d,36000,HP\n", i, 60*i)
+	}
+	rows += "100,57,A100-SXM4-80GB,8,1,4,600,7200,Spot\n"
+	tr, err := LoadSpotGPU(writeFile(t, "job_info_df.csv", rows), DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	penny := spotReplay(t, s, "penny", 42, tr.Pods...)
+	never := penny.GPUHoursByClass["never"]
+	if penny.NeverOnSpot != 0 || never["spot"] != 0 || !nearly(never["on-demand"]+never["reserved"], 60) {
+		t.Errorf("penny: %d HP pods on Spot; HP GPU-hours by capacity %v, want 60 off Spot", penny.NeverOnSpot, never)
+	}
+	if h := penny.GPUHoursByClass; h["prefer"]["spot"]+h["avoid"]["on-demand"]+h["avoid"]["reserved"] == 0 {
+		t.Errorf("penny: the Spot-type job ran as neither checkpointing training on Spot nor training without checkpoints off it: %v", h)
+	}
+	if first := spotReplay(t, s, "spot-first", 42, tr.Pods...); first.NeverOnSpot == 0 {
+		t.Errorf("spot-first kept every HP pod off Spot (%v); the test no longer shows the class", first.GPUHoursByClass)
+	}
+}
