@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -365,9 +366,14 @@ func (r *replayer) try(i int) error {
 	if err != nil {
 		return fmt.Errorf("pod %s (%s): %w", p.tp.Pod.Name, p.tp.Source, err)
 	}
-	if out.Node != "" && !out.Waiting {
+	switch {
+	case out.Waiting:
+		// Held at Permit (a gang waiting for its members): the framework
+		// has it now, and another attempt would find it assumed already.
+		r.dropPending(i)
+	case out.Node != "":
 		r.placed(i, out.Pod)
-	} else if !out.Waiting {
+	default:
 		r.enqueue(i)
 	}
 	settled, err := r.e.SettleWaiting()
@@ -380,6 +386,17 @@ func (r *replayer) try(i int) error {
 			r.placed(j, s.Pod)
 		} else {
 			r.enqueue(j)
+		}
+	}
+	// Pods a plugin asked to retry (Handle.Activate: the gang plugin lets
+	// a gang's members in once the last has arrived) are retried now, as
+	// kube-scheduler moves them to its active queue; waiting for capacity
+	// to free would hold a complete gang on an idle fleet.
+	for _, pod := range r.e.Activated() {
+		if j, ok := r.byUID[pod.UID]; ok && slices.Contains(r.pending, j) {
+			if err := r.try(j); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -95,3 +95,33 @@ func TestReplayFleetChangesEvictAndRequeue(t *testing.T) {
 		t.Fatal("removing a node that is not in the cluster was accepted")
 	}
 }
+
+// On a fixed fleet with room, a gang runs when its last member arrives
+// under Penny's profile: the gang plugin turns the first members away until
+// then and asks for them again (Handle.Activate), and a member held at
+// Permit is not tried a second time. Before, the replay failed ("is in the
+// cache, so can't be assumed") or left the first members waiting for
+// capacity to free on an idle fleet.
+func TestReplayRunsAGangWhenItsLastMemberArrives(t *testing.T) {
+	tr := phillyTrace(t, "timestamp,duration,num_gpus\n0,3600,24\n60,600,1\n")
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []*v1.Node
+	for _, name := range []string{"a", "b", "c", "d"} {
+		nodes = append(nodes, NewNode(name, 96000, 786432, 8, "NVIDIA-A10G"))
+	}
+	res, err := Replay(context.Background(), ReplayOptions{Nodes: nodes, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.PodOutcomes) != 4 {
+		t.Fatalf("%d pods, want 3 gang members and one more", len(res.PodOutcomes))
+	}
+	for _, o := range res.PodOutcomes {
+		if o.State != "completed" || o.Delay != 0 {
+			t.Errorf("%s: %+v, want completed without waiting", o.Pod, o)
+		}
+	}
+}
