@@ -340,8 +340,10 @@ func newSimPlotCommand() *cobra.Command {
 					return fmt.Errorf("%s: %w", in, err)
 				}
 				return res.Plot(plot)
+			case "spot-replay":
+				return fmt.Errorf("%s: a replay on a priced fleet (--scenario) has no plot: its tables are in the Markdown report, penny sim replay ... --markdown R.md", in)
 			}
-			return fmt.Errorf("%s: kind %q is not a result of penny sim fill or replay", in, kind.Kind)
+			return fmt.Errorf("%s: kind %q is not a result of penny sim fill --out or replay --out", in, kind.Kind)
 		},
 	}
 	cmd.Flags().StringVar(&in, "in", "", "a result written by penny sim fill --out or replay --out")

@@ -128,6 +128,10 @@ func TestSimFillCommand(t *testing.T) {
 	if _, err := runPenny(t, "plot", "--in", nodes, "--plot", again); err == nil {
 		t.Fatal("plotting a CSV was accepted")
 	}
+	spot := writeCSV(t, dir, "spot.json", `{"kind":"spot-replay","runs":[]}`)
+	if _, err := runPenny(t, "plot", "--in", spot, "--plot", again); err == nil || !strings.Contains(err.Error(), "--markdown R.md") {
+		t.Fatalf("plotting a priced replay's report: %v, want a pointer to its Markdown", err)
+	}
 }
 
 func TestSimCommandErrors(t *testing.T) {
