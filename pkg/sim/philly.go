@@ -8,9 +8,11 @@ import (
 	"strconv"
 	"strings"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
 )
 
 // The Philly-derived job format used by several GPU scheduling papers:
@@ -83,16 +85,7 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 			}
 		}
 		for i, g := range sizes {
-			name := job
-			if len(sizes) > 1 {
-				name = fmt.Sprintf("%s-%d", job, i)
-			}
-			cpu, mem := opts.MilliCPUPerGPU*max(g, 1), opts.MemMiBPerGPU*max(g, 1)
-			pod := NewPod(ns, name, cpu, mem, g, 1000, nil)
-			if len(sizes) > 1 {
-				pod.Labels[gang.LabelName] = job
-				pod.Labels[gang.KeySize] = strconv.Itoa(len(sizes))
-			}
+			pod := newJobPod(ns, job, i, len(sizes), opts.MilliCPUPerGPU*max(g, 1), opts.MemMiBPerGPU*max(g, 1), g, gpu.MilliPerGPU)
 			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
 			stamps = append(stamps, ts)
 		}
@@ -104,6 +97,20 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 		return nil, err
 	}
 	return tr, nil
+}
+
+// newJobPod is pod i of a job's n (NewPod's requests): named after the job
+// alone, or with its index and labelled with Penny's gang convention when
+// the job has more than one pod, so that the gang plugin places them all or
+// none.
+func newJobPod(ns, job string, i, n int, milliCPU, memMiB, numGPU, milliPerGPU int64) *v1.Pod {
+	if n == 1 {
+		return NewPod(ns, job, milliCPU, memMiB, numGPU, milliPerGPU, nil)
+	}
+	pod := NewPod(ns, fmt.Sprintf("%s-%d", job, i), milliCPU, memMiB, numGPU, milliPerGPU, nil)
+	pod.Labels[gang.LabelName] = job
+	pod.Labels[gang.KeySize] = strconv.Itoa(n)
+	return pod
 }
 
 // setArrivals gives a job list's pods their arrivals, stamps (each pod's

@@ -3,9 +3,7 @@ package sim
 import (
 	"fmt"
 	"math"
-	"strconv"
 
-	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 )
 
@@ -84,21 +82,13 @@ func LoadSpotGPU(path string, opts PhillyOptions) (*Trace, error) {
 		mem := max(milliCPU*memMiBPerCPU/1000, int64(math.Ceil(gpus*float64(opts.MemMiBPerGPU))))
 		job := fmt.Sprintf("job-%06d", t.line()-1)
 		source := fmt.Sprintf("%s:%d", path, t.line())
-		for i := range workers {
-			name := job
-			if workers > 1 {
-				name = fmt.Sprintf("%s-%d", job, i)
-			}
-			pod := NewPod(ns, name, milliCPU, mem, numGPU, milliPerGPU, nil)
+		for i := range int(workers) {
+			pod := newJobPod(ns, job, i, int(workers), milliCPU, mem, numGPU, milliPerGPU)
 			if qos != "" {
 				pod.Labels[LabelQoS] = qos
 			}
 			if model != "" {
 				pod.Annotations = map[string]string{AnnotationTraceGPUModel: model}
-			}
-			if workers > 1 {
-				pod.Labels[gang.LabelName] = job
-				pod.Labels[gang.KeySize] = strconv.FormatInt(workers, 10)
 			}
 			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
 			stamps = append(stamps, ts)
