@@ -48,10 +48,13 @@ e2e-reclaim:
 	PENNY_RECLAIM_RUNS=$(RUNS) PENNY_RECLAIM_RESULTS=$(CURDIR)/benchmarks/results/reclaim.json \
 		$(GO) test -count=1 -timeout 60m -run TestGangCheckpointsOnReclaimNotice ./test/e2e/reclaim/
 
-## lint: gofmt and go vet
+## lint: gofmt, go vet and staticcheck (its default checks: bugs, dead code, deprecated APIs, style)
+STATICCHECK_VERSION := v0.8.2
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOBIN=$(BIN)/tools $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(BIN)/tools/staticcheck ./...
 
 # The openb trace sits in shared/ beside the main checkout (CI: ../shared).
 OPENB ?= $(abspath $(shell git rev-parse --path-format=absolute --git-common-dir 2>/dev/null)/../../shared/data/openb)

@@ -63,8 +63,6 @@ type Collector struct {
 	// unhealthy, instead of silently disappearing.
 	known map[int]*telemetryv1.GPU
 	xids  map[string]*xidRecord // by GPU UUID
-	// watching is set while the XID watcher runs.
-	watching bool
 }
 
 type xidRecord struct {

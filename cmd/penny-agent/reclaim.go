@@ -86,7 +86,7 @@ func setupReclaim(ctx context.Context, o reclaimOptions, node string, log logr.L
 			log.Info("reclaim notices off: no Kubernetes API access (not in a pod, no --kubeconfig)", "error", err.Error())
 			return nil, nil
 		}
-		return nil, fmt.Errorf("Kubernetes client for the reclaim flow: %w (set --kubeconfig, or --cloud=none to turn reclaim handling off)", err)
+		return nil, fmt.Errorf("no Kubernetes client for the reclaim flow: %w (set --kubeconfig, or --cloud=none to turn reclaim handling off)", err)
 	}
 	rc.UserAgent = "penny-agent/" + version
 	client, err := kubernetes.NewForConfig(rc)

@@ -94,9 +94,9 @@ func (b *baseline) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *v1.Pod
 	}
 	for i := range scores {
 		if hi == lo {
-			scores[i].Score = fwk.MinNodeScore
+			scores[i].Score = fwk.MinScore
 		} else {
-			scores[i].Score = (scores[i].Score-lo)*(fwk.MaxNodeScore-fwk.MinNodeScore)/(hi-lo) + fwk.MinNodeScore
+			scores[i].Score = (scores[i].Score-lo)*(fwk.MaxScore-fwk.MinScore)/(hi-lo) + fwk.MinScore
 		}
 	}
 	return nil
@@ -113,11 +113,11 @@ func baselineFactory(name string, v *views, norm bool, score func(p *podRequest,
 // smaller dot product higher.
 func dotProductScore(p *podRequest, n *nodeView) int64 {
 	if n.cpuFree < p.milliCPU {
-		return fwk.MinNodeScore
+		return fwk.MinScore
 	}
 	dot := float64(n.cpuFree)/maxSpecMilliCPU*float64(p.milliCPU)/maxSpecMilliCPU +
 		float64(n.freeSum)/maxSpecGPUMilli*float64(p.gpuMilli)/maxSpecGPUMilli
-	return int64(float64(fwk.MaxNodeScore) * (1 - dot/2))
+	return int64(float64(fwk.MaxScore) * (1 - dot/2))
 }
 
 // gpuClusteringScore puts pods of one GPU kind together: nodes holding only
@@ -126,16 +126,16 @@ func dotProductScore(p *podRequest, n *nodeView) int64 {
 // band. Pods without GPUs score 0 everywhere.
 func gpuClusteringScore(p *podRequest, n *nodeView) int64 {
 	if p.tag == "" {
-		return fwk.MinNodeScore
+		return fwk.MinScore
 	}
-	fill := fwk.MaxNodeScore / 4 * (maxSpecGPUMilli - n.freeSum) / maxSpecGPUMilli
+	fill := fwk.MaxScore / 4 * (maxSpecGPUMilli - n.freeSum) / maxSpecGPUMilli
 	switch {
 	case n.tags[p.tag] > 0 && len(n.tags) == 1:
-		return fill + fwk.MaxNodeScore*3/4
+		return fill + fwk.MaxScore*3/4
 	case n.tags[p.tag] > 0:
-		return fill + fwk.MaxNodeScore*2/4
+		return fill + fwk.MaxScore*2/4
 	case len(n.tags) == 0:
-		return fill + fwk.MaxNodeScore/4
+		return fill + fwk.MaxScore/4
 	}
 	return fill
 }
@@ -145,7 +145,7 @@ func gpuClusteringScore(p *podRequest, n *nodeView) int64 {
 // idle node below 33. Pods without GPUs score 0 everywhere.
 func gpuPackingScore(p *podRequest, n *nodeView) int64 {
 	if p.numGPU == 0 {
-		return fwk.MinNodeScore
+		return fwk.MinScore
 	}
 	idle := int64(0)
 	for _, f := range n.free {
@@ -154,7 +154,7 @@ func gpuPackingScore(p *podRequest, n *nodeView) int64 {
 		}
 	}
 	if idle == int64(len(n.free)) {
-		return max(fwk.MaxNodeScore/3-idle, idle)
+		return max(fwk.MaxScore/3-idle, idle)
 	}
 	// Take GPUs least free first, as the device choice would.
 	order := ascendingFree(n.free)
@@ -172,12 +172,12 @@ func gpuPackingScore(p *podRequest, n *nodeView) int64 {
 		}
 	}
 	if need > 0 {
-		return fwk.MinNodeScore
+		return fwk.MinScore
 	}
 	if idleUsed > 0 {
-		return max(fwk.MaxNodeScore/2-idleUsed, fwk.MaxNodeScore/3)
+		return max(fwk.MaxScore/2-idleUsed, fwk.MaxScore/3)
 	}
-	return max(fwk.MaxNodeScore-freeRatio/10, fwk.MaxNodeScore/2)
+	return max(fwk.MaxScore-freeRatio/10, fwk.MaxScore/2)
 }
 
 func ascendingFree(free []int64) []int {
@@ -194,10 +194,10 @@ func ascendingFree(free []int64) []int {
 func bestFitScore(p *podRequest, n *nodeView) int64 {
 	cpuLeft, gpuLeft := n.cpuFree-p.milliCPU, n.freeSum-p.gpuMilli
 	if cpuLeft < 0 || gpuLeft < 0 {
-		return fwk.MinNodeScore
+		return fwk.MinScore
 	}
 	left := 0.5*float64(cpuLeft)/maxSpecMilliCPU + 0.5*float64(gpuLeft)/maxSpecGPUMilli
-	return int64((1 - left) * float64(fwk.MaxNodeScore))
+	return int64((1 - left) * float64(fwk.MaxScore))
 }
 
 // fgd scores and places with Fragmentation Gradient Descent: the node, and
@@ -223,10 +223,10 @@ func (f *fgd) nodeFrag(n *nodeView) float64 {
 // a sigmoid onto 0..100, as the artifact does.
 func (f *fgd) best(p *podRequest, n *nodeView) (int64, int) {
 	if p.req.IsZero() && p.milliCPU == 0 {
-		return fwk.MaxNodeScore, -1
+		return fwk.MaxScore, -1
 	}
 	if p.numGPU > 0 && !(gpu.Shape{Products: p.products}).Accepts(n.dev.Product) {
-		return fwk.MinNodeScore, -1
+		return fwk.MinScore, -1
 	}
 	before := f.nodeFrag(n)
 	var buf [16]int64
@@ -234,7 +234,7 @@ func (f *fgd) best(p *podRequest, n *nodeView) (int64, int) {
 	cpu := n.cpuFree - p.milliCPU
 	score := func() int64 {
 		after := f.workload.FragMilli(cpu, free, n.dev.Product)
-		return int64(sigmoid((before-after)/1000) * float64(fwk.MaxNodeScore))
+		return int64(sigmoid((before-after)/1000) * float64(fwk.MaxScore))
 	}
 	if p.numGPU == 1 && p.perGPU < gpu.MilliPerGPU {
 		bestScore, bestGPU := int64(0), -1
@@ -316,9 +316,9 @@ func (r *randomScore) Score(_ context.Context, state fwk.CycleState, _ *v1.Pod, 
 		return 0, fwk.AsStatus(fmt.Errorf("reading %s: %w", randomPickKey, err))
 	}
 	if string(d.(randomPick)) == ni.Node().Name {
-		return fwk.MaxNodeScore, nil
+		return fwk.MaxScore, nil
 	}
-	return fwk.MinNodeScore, nil
+	return fwk.MinScore, nil
 }
 
 func (r *randomScore) ScoreExtensions() fwk.ScoreExtensions { return nil }

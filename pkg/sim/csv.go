@@ -147,7 +147,6 @@ func (t *table) fail(col, format string, args ...any) {
 	}
 	line, c := t.line(), 0
 	if i, ok := t.cols[col]; ok {
-		_, c = t.r.FieldPos(i)
 		c = i + 1
 	}
 	t.err = fmt.Errorf("%s:%d: column %d (%s): %s", t.file, line, c, col, fmt.Sprintf(format, args...))

@@ -38,11 +38,6 @@ var choosers = map[string]Chooser{
 	"best":  func(p *podRequest, n *nodeView) (gpu.Assignment, error) { return n.dev.BestFit(p.req) },
 }
 
-// deviceAssigner is implemented by production plugins that choose devices and
-// write penny.dev/gpu-assignment themselves (gpupack); a profile that has one
-// needs no GPUDevices.
-type deviceAssigner interface{ AssignsGPUDevices() }
-
 // views holds each node's device view, rebuilt when the node's NodeInfo
 // generation changes. PreFilter brings every entry up to date once per cycle
 // (it runs alone); Filter and Score, which run in parallel over nodes, only

@@ -677,10 +677,9 @@ func (e *Engine) dropFromAPI(pod *v1.Pod) error {
 
 // waitingPod is a pod a Permit plugin holds.
 type waitingPod struct {
-	pod      *v1.Pod
-	state    *framework.CycleState
-	node     string
-	deadline time.Duration
+	pod   *v1.Pod
+	state *framework.CycleState
+	node  string
 }
 
 // Settled is a waiting pod that was allowed (and bound) or rejected.

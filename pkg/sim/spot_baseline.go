@@ -33,10 +33,10 @@ var (
 
 func (spotFirst) Name() string { return SpotFirstName }
 
-// Score is MaxNodeScore on Spot nodes and 0 elsewhere.
+// Score is MaxScore on Spot nodes and 0 elsewhere.
 func (spotFirst) Score(_ context.Context, _ fwk.CycleState, _ *v1.Pod, ni fwk.NodeInfo) (int64, *fwk.Status) {
 	if pricing.NodeCapacity(ni.Node()).IsSpot() {
-		return fwk.MaxNodeScore, nil
+		return fwk.MaxScore, nil
 	}
 	return 0, nil
 }

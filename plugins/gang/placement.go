@@ -326,10 +326,6 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 	return nil, short
 }
 
-func (d demand) isZero() bool {
-	return d.milliCPU == 0 && d.memory == 0 && d.ephemeral == 0 && len(d.scalar) == 0
-}
-
 func slotNodes(nodes []fwk.NodeInfo, slots []slot) []*corev1.Node {
 	want := map[string]bool{}
 	for _, s := range slots {

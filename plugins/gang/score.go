@@ -48,8 +48,8 @@ func (pl *Gang) PreScore(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, 
 	return nil
 }
 
-// Score is MaxNodeScore times the share of the node's CPU left free for a
-// member that takes all of a node's GPUs, MaxNodeScore for a node that holds
+// Score is MaxScore times the share of the node's CPU left free for a
+// member that takes all of a node's GPUs, MaxScore for a node that holds
 // a sibling, and 0 otherwise.
 func (pl *Gang) Score(_ context.Context, cs fwk.CycleState, _ *corev1.Pod, ni fwk.NodeInfo) (int64, *fwk.Status) {
 	data, err := cs.Read(scoreStateKey)
@@ -60,15 +60,15 @@ func (pl *Gang) Score(_ context.Context, cs fwk.CycleState, _ *corev1.Pod, ni fw
 	alloc := ni.GetAllocatable()
 	if ss.wholeGPUs > 0 && alloc.GetScalarResources()[gpu.ResourceGPU] == ss.wholeGPUs {
 		if cpu := alloc.GetMilliCPU(); cpu > 0 {
-			return fwk.MaxNodeScore * max(cpu-ni.GetRequested().GetMilliCPU(), 0) / cpu, nil
+			return fwk.MaxScore * max(cpu-ni.GetRequested().GetMilliCPU(), 0) / cpu, nil
 		}
-		return fwk.MaxNodeScore, nil
+		return fwk.MaxScore, nil
 	}
 	if ss.siblings[ni.Node().Name] {
-		return fwk.MaxNodeScore, nil
+		return fwk.MaxScore, nil
 	}
 	return 0, nil
 }
 
-// ScoreExtensions is nil: scores are already in [0, MaxNodeScore].
+// ScoreExtensions is nil: scores are already in [0, MaxScore].
 func (pl *Gang) ScoreExtensions() fwk.ScoreExtensions { return nil }

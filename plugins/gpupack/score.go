@@ -156,11 +156,11 @@ func (p *GPUPack) NormalizeScore(_ context.Context, _ fwk.CycleState, _ *corev1.
 	scale := *p.args.ScoreScale
 	for i := range scores {
 		if scores[i].Score <= infeasible {
-			scores[i].Score = fwk.MinNodeScore
+			scores[i].Score = fwk.MinScore
 			continue
 		}
 		worse := float64(best-scores[i].Score) / costUnit
-		scores[i].Score = int64(math.Round(float64(fwk.MaxNodeScore) * scale / (scale + worse)))
+		scores[i].Score = int64(math.Round(float64(fwk.MaxScore) * scale / (scale + worse)))
 	}
 	return nil
 }

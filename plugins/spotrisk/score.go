@@ -88,9 +88,9 @@ func (pl *SpotRisk) Score(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 // ScoreExtensions implements fwk.ScorePlugin.
 func (pl *SpotRisk) ScoreExtensions() fwk.ScoreExtensions { return pl }
 
-// NormalizeScore maps the cheapest node to MaxNodeScore and the dearest to
+// NormalizeScore maps the cheapest node to MaxScore and the dearest to
 // 0, linearly; unpriced and avoided nodes get 0. When every priced node
-// costs the same, they all get MaxNodeScore.
+// costs the same, they all get MaxScore.
 func (pl *SpotRisk) NormalizeScore(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, scores fwk.NodeScoreList) *fwk.Status {
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, s := range scores {
@@ -105,9 +105,9 @@ func (pl *SpotRisk) NormalizeScore(ctx context.Context, cs fwk.CycleState, pod *
 		case c < 0:
 			scores[i].Score = 0
 		case hi == lo:
-			scores[i].Score = fwk.MaxNodeScore
+			scores[i].Score = fwk.MaxScore
 		default:
-			scores[i].Score = fwk.MaxNodeScore * (hi - c) / (hi - lo)
+			scores[i].Score = fwk.MaxScore * (hi - c) / (hi - lo)
 		}
 	}
 	return nil

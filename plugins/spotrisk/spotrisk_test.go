@@ -101,7 +101,7 @@ func TestScoreExpectedCostOfUsefulWork(t *testing.T) {
 
 	// Reserved capacity is already paid: it fills first.
 	r := e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "batch"}))
-	if r.best() != "reserved" || r.scores["reserved"] != fwk.MaxNodeScore || r.scores["od"] != 0 {
+	if r.best() != "reserved" || r.scores["reserved"] != fwk.MaxScore || r.scores["od"] != 0 {
 		t.Fatalf("batch: best %s, scores %v", r.best(), r.scores)
 	}
 	// Without reserved capacity, checkpointing training takes the cheapest
@@ -146,7 +146,7 @@ func TestUnpricedNodesScoreLast(t *testing.T) {
 	other.Labels[corev1.LabelInstanceTypeStable] = "unknown.type"
 	e := newEnv(t, nil, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"), other)
 	r := e.schedule(t, pod("p", map[string]string{AnnotationWorkload: "batch"}))
-	if r.scores["od"] != fwk.MaxNodeScore || r.scores["other"] != 0 {
+	if r.scores["od"] != fwk.MaxScore || r.scores["other"] != 0 {
 		t.Fatalf("scores %v", r.scores)
 	}
 	// Without any catalog, the rules still hold and every node scores alike.
