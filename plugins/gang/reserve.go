@@ -132,5 +132,14 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 		rd.activated = true
 		pl.activateMembers(g, e)
 	}
-	return fwk.NewStatus(fwk.Wait, fmt.Sprintf("gang %s: %d/%d members placed, waiting for %d more", st.spec.Ref, placed, st.spec.MinMember, int(st.spec.MinMember)-placed)), wait
+	return fwk.NewStatus(fwk.Wait, fmt.Sprintf("gang %s: %d/%d members placed, waiting for %d more", st.spec.Ref, placed, st.spec.MinMember, int(st.spec.MinMember)-placed)), wait + permitTimerGrace
 }
+
+// permitTimerGrace puts the framework's timer on a waiting member a moment
+// after the round's own deadline (admit), so that the round's timer rejects
+// the members and stops theirs. Were both to fire at once, two goroutines
+// would reject one waiting pod together, and the framework's waitingPod
+// writes its done flag under a read lock (k8s.io/kubernetes v1.37
+// waiting_pods_map.go): a data race. The framework's timer stays as a
+// backstop, with the message kube-scheduler gives for it.
+const permitTimerGrace = time.Second

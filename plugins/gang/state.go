@@ -157,8 +157,9 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 	pl.claimedSlots.Add(n)
 	g.round = rd
 	id, key := rd.id, g.ref.Key()
-	// A backstop: if no member ever waits in Permit (so no Permit timeout
-	// fires), the round still ends at its deadline and its claims go.
+	// The round ends here, at its deadline, whether or not any member waits
+	// in Permit: its claims go and every waiting member is rejected from
+	// this one goroutine (Permit sets the framework's own timers later).
 	rd.timer = pl.clock.AfterFunc(timeout, func() { pl.expire(key, id) })
 	return rd
 }
