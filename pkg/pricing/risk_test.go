@@ -151,11 +151,14 @@ func TestRiskModelQuietPoolGetsSafer(t *testing.T) {
 
 func TestRiskMetrics(t *testing.T) {
 	RegisterMetrics()
-	m := NewRiskModel(RiskConfig{})
+	// A fixed "now": the rate forgets evidence as time passes, so on the
+	// wall clock the published rate and a later read of it differ.
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m := NewRiskModel(RiskConfig{Clock: clocktesting.NewFakePassiveClock(now)})
 	pool := Pool{InstanceType: "metric-test", Zone: "z", Capacity: Spot}
 	before, _ := testutil.GetCounterMetricValue(metricReclaims.WithLabelValues("metric-test", "z", "spot"))
-	m.ObserveReclaim(pool, "n1", time.Now())
-	m.ObserveReclaim(pool, "n2", time.Now())
+	m.ObserveReclaim(pool, "n1", now)
+	m.ObserveReclaim(pool, "n2", now)
 	got, err := testutil.GetCounterMetricValue(metricReclaims.WithLabelValues("metric-test", "z", "spot"))
 	if err != nil || got != before+2 {
 		t.Fatalf("penny_pool_reclaims_total %v %v", got, err)
