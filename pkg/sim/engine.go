@@ -197,8 +197,15 @@ func NewEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 // simulated pods use no volumes or claims.
 func (e *Engine) newFramework(opts EngineOptions) (framework.Framework, error) {
 	// The framework caches metric streams per plugin; the metrics are created
-	// but not registered, so recording them costs nothing.
-	initMetrics.Do(metrics.InitMetrics)
+	// but not registered, so recording them costs nothing. A process that
+	// also runs kube-scheduler (an integration test) has them already, from
+	// metrics.Register, and its scheduler's goroutines record into them:
+	// making them anew would swap them under those goroutines.
+	initMetrics.Do(func() {
+		if metrics.CacheSize == nil {
+			metrics.InitMetrics()
+		}
+	})
 	registry := inTreeRegistry()
 	if err := registry.Merge(e.wrapRegistry(opts.Registry)); err != nil {
 		return nil, fmt.Errorf("merging plugin registries: %w", err)
