@@ -59,13 +59,13 @@ type traceFlags struct {
 func (f *traceFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.nodes, "nodes", "", "node list (openb CSV: sn,cpu_milli,memory_mib,gpu,model)")
 	cmd.Flags().StringVar(&f.pods, "pods", "", "workload trace (see --format)")
-	cmd.Flags().StringVar(&f.format, "format", sim.FormatAuto, "workload format: openb (pod list), philly (timestamp,duration,num_gpus[,gpu_time,cluster], header optional), alibaba-spot-gpu (job_info_df.csv of Alibaba's cluster-trace-v2026-spot-gpu) or auto (told from the file's first row)")
+	cmd.Flags().StringVar(&f.format, "format", sim.FormatAuto, "workload format: openb (pod list), philly (timestamp,duration,num_gpus[,gpu_time,cluster], header optional), alibaba-spot-gpu (job_info_df.csv of Alibaba's cluster-trace-v2026-spot-gpu), helios (cluster_log.csv of SenseTime's Helios traces) or auto (told from the file's first row)")
 	cmd.Flags().StringVar(&f.schedulerConfig, "scheduler-config", "", "KubeSchedulerConfiguration for --policy penny (default: the deployed deploy/scheduler/config.yaml)")
 	cmd.Flags().StringVar(&f.mig, "mig", "", "MIG experiment: turn every GPU node into an on-demand MIG node of these models, in turn (e.g. A100-80GB,H100-80GB), and ask each share as the smallest MIG profile that covers it")
 	def := sim.DefaultPhillyOptions()
-	cmd.Flags().Int64Var(&f.philly.MilliCPUPerGPU, "philly-cpu-per-gpu", def.MilliCPUPerGPU, "philly: CPU millicores requested per GPU (alibaba-spot-gpu: for a job without cpu_request)")
-	cmd.Flags().Int64Var(&f.philly.MemMiBPerGPU, "philly-mem-per-gpu", def.MemMiBPerGPU, "philly: memory MiB requested per GPU (alibaba-spot-gpu: at least this per GPU, else 4 GiB per vCPU)")
-	cmd.Flags().Int64Var(&f.philly.GPUsPerGangPod, "philly-gang-pod-gpus", def.GPUsPerGangPod, "philly: GPUs per pod of a job split into a gang")
+	cmd.Flags().Int64Var(&f.philly.MilliCPUPerGPU, "philly-cpu-per-gpu", def.MilliCPUPerGPU, "philly: CPU millicores requested per GPU (alibaba-spot-gpu, helios: for a job that records no CPUs)")
+	cmd.Flags().Int64Var(&f.philly.MemMiBPerGPU, "philly-mem-per-gpu", def.MemMiBPerGPU, "philly: memory MiB requested per GPU (alibaba-spot-gpu, helios: at least this per GPU, else 4 GiB per vCPU)")
+	cmd.Flags().Int64Var(&f.philly.GPUsPerGangPod, "philly-gang-pod-gpus", def.GPUsPerGangPod, "philly: GPUs per pod of a job split into a gang (helios: the most a pod of a job takes)")
 	_ = cmd.MarkFlagRequired("pods")
 }
 

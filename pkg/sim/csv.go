@@ -279,6 +279,22 @@ func (t *table) instant(col string) (seconds float64, dated bool) {
 	return 0, false
 }
 
+// instantKinds holds where a file first wrote a time column in seconds and
+// where as a date-time: a file writes its times one way.
+type instantKinds struct{ firstSeconds, firstDated int }
+
+// check fails the row if it writes col the other way from an earlier row.
+func (k *instantKinds) check(t *table, col string, dated bool) {
+	if dated && k.firstDated == 0 {
+		k.firstDated = t.line()
+	} else if !dated && k.firstSeconds == 0 {
+		k.firstSeconds = t.line()
+	}
+	if k.firstSeconds > 0 && k.firstDated > 0 {
+		t.fail(col, "line %d holds seconds and line %d a date-time; write every timestamp one way", k.firstSeconds, k.firstDated)
+	}
+}
+
 // numericPrefix says whether row's first n fields are numbers or date-times
 // (a data row, not a header).
 func numericPrefix(row []string, n int) bool {

@@ -25,6 +25,9 @@ func FuzzLoadTrace(f *testing.F) {
 		"2017-10-03 03:03:46,60,1\n2017-10-03 04:03:46,3600,16\n",
 		"job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n" +
 			"1,13,A10,20,1,1,0,2764799,HP\n2,57,A100-SXM4-80GB,15,0.5,16,9589663,41060,Spot\n",
+		"job_id,user,vc,gpu_num,cpu_num,node_num,state,submit_time,start_time,end_time,duration,queue\n" +
+			"1,uX,vcJkd,1,1,1,COMPLETED,2020-06-09 18:41:01,2020-06-09 18:41:01,2020-06-10 04:55:09,36848,0\n" +
+			"2,uY,vcpDC,17,,2,FAILED,2020-06-09 18:42:01,,,3600,0\n",
 	} {
 		f.Add([]byte(seed))
 	}

@@ -440,3 +440,75 @@ func TestLoadSpotGPU(t *testing.T) {
 		t.Errorf("without worker_num: %v", err)
 	}
 }
+
+func TestLoadHelios(t *testing.T) {
+	const header = "job_id,user,vc,gpu_num,cpu_num,node_num,state,submit_time,start_time,end_time,duration,queue\n"
+	p := writeFile(t, "cluster_log.csv", header+
+		"1425511,uXBbc,vcJkd,1,1,1,COMPLETED,2020-06-09 18:41:01,2020-06-09 18:41:01,2020-06-10 04:55:09,36848,0\n"+
+		"1425512,uVMrF,vchbv,4,16,1,FAILED,2020-06-09 18:41:27,2020-06-09 18:41:27,2020-06-09 18:45:36,249,0\n"+
+		"1425513,uzqls,vcpDC,0,2,1,CANCELLED,2020-06-09 18:41:28,2020-06-09 18:41:28,2020-06-17 14:15:21,675233,0\n"+
+		"1425514,uzqls,vcpDC,17,,2,COMPLETED,2020-06-09 18:42:01,2020-06-09 18:50:01,2020-06-09 19:50:01,3600,480\n")
+	if f, err := DetectFormat(p); err != nil || f != FormatHelios {
+		t.Fatalf("format %q, %v; want %s", f, err, FormatHelios)
+	}
+	tr, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1 + 1 + 1, and the 17-GPU job on two nodes as three pods: no pod
+	// takes more than 8 GPUs.
+	if len(tr.Pods) != 6 {
+		t.Fatalf("%d pods, want 6", len(tr.Pods))
+	}
+	requests := func(tp TracePod) (cpu, memGiB, gpus int64) {
+		res := tp.Pod.Spec.Containers[0].Resources.Requests
+		r, err := gpu.ParsePodRequest(tp.Pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Cpu().MilliValue(), res.Memory().Value() >> 30, r.GPUs
+	}
+	want := []struct {
+		name, ns       string
+		arrival, run   time.Duration
+		cpu, mem, gpus int64
+		gang           string
+	}{
+		{"job-000001", "vcjkd", 0, 36848 * time.Second, 1000, 32, 1, ""},
+		{"job-000002", "vchbv", 26 * time.Second, 249 * time.Second, 16000, 128, 4, ""},
+		{"job-000003", "vcpdc", 27 * time.Second, 675233 * time.Second, 2000, 8, 0, ""},
+		// No cpu_num: --philly-cpu-per-gpu per GPU (4 cores) of each pod;
+		// the GPUs split evenly, the first pods taking the remainder.
+		{"job-000004-0", "vcpdc", 60 * time.Second, time.Hour, 24000, 192, 6, "job-000004"},
+		{"job-000004-1", "vcpdc", 60 * time.Second, time.Hour, 24000, 192, 6, "job-000004"},
+		{"job-000004-2", "vcpdc", 60 * time.Second, time.Hour, 20000, 160, 5, "job-000004"},
+	}
+	for i, w := range want {
+		tp := tr.Pods[i]
+		cpu, mem, gpus := requests(tp)
+		if tp.Pod.Name != w.name || tp.Pod.Namespace != w.ns || tp.Arrival != w.arrival || tp.Duration != w.run ||
+			cpu != w.cpu || mem != w.mem || gpus != w.gpus || tp.Pod.Labels[gang.LabelName] != w.gang {
+			t.Errorf("pod %d: %s/%s arrival %v run %v cpu %d mem %d GiB gpus %d gang %q; want %+v",
+				i, tp.Pod.Namespace, tp.Pod.Name, tp.Arrival, tp.Duration, cpu, mem, gpus, tp.Pod.Labels[gang.LabelName], w)
+		}
+	}
+	if tr.Pods[5].Pod.Labels[gang.KeySize] != "3" || tr.Pods[5].Source != p+":5" {
+		t.Errorf("gang member: labels %v, source %s", tr.Pods[5].Pod.Labels, tr.Pods[5].Source)
+	}
+	for name, tc := range map[string]struct{ row, want string }{
+		"gpus.csv":  {"1,u,vc,1.5,1,1,COMPLETED,2020-06-09 18:41:01,,,60,0", "gpus.csv:2: column 4 (gpu_num): \"1.5\" is not an integer"},
+		"nodes.csv": {"1,u,vc,1,1,-1,COMPLETED,2020-06-09 18:41:01,,,60,0", "nodes.csv:2: column 6 (node_num): -1 is out of range 0..4096"},
+		"when.csv":  {"1,u,vc,1,1,1,COMPLETED,June 9,,,60,0", "when.csv:2: column 8 (submit_time): \"June 9\" is neither seconds nor a date-time"},
+		"dur.csv":   {"1,u,vc,1,1,1,COMPLETED,2020-06-09 18:41:01,,,,0", "dur.csv:2: column 11 (duration): is empty; every row needs it"},
+		"mixed.csv": {"1,u,vc,1,1,1,COMPLETED,2020-06-09 18:41:01,,,60,0\n2,u,vc,1,1,1,COMPLETED,100,,,60,0", "mixed.csv:3: column 8 (submit_time): line 3 holds seconds and line 2 a date-time"},
+	} {
+		f := writeFile(t, name, header+tc.row+"\n")
+		if _, err := LoadTrace(f, FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %q", name, err, tc.want)
+		}
+	}
+	noGPUs := writeFile(t, "short.csv", "job_id,vc,node_num,submit_time,duration\n1,vc,1,2020-06-09 18:41:01,60\n")
+	if _, err := LoadTrace(noGPUs, FormatHelios, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "header lacks column(s) gpu_num") {
+		t.Errorf("without gpu_num: %v", err)
+	}
+}

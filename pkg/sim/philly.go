@@ -53,21 +53,12 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 		return nil, err
 	}
 	defer closeFn()
-	tr := &Trace{Source: path}
-	var stamps []float64
-	// A file writes its timestamps one way: seconds, or date-times.
-	firstSeconds, firstDated := 0, 0
+	jobs := newJobList(path)
+	var kinds instantKinds
 	for t.next() {
 		t.required(PhillyColumns[:3]...)
 		ts, dated := t.instant("timestamp")
-		if dated && firstDated == 0 {
-			firstDated = t.line()
-		} else if !dated && firstSeconds == 0 {
-			firstSeconds = t.line()
-		}
-		if firstSeconds > 0 && firstDated > 0 {
-			t.fail("timestamp", "line %d holds seconds and line %d a date-time; write every timestamp one way", firstSeconds, firstDated)
-		}
+		kinds.check(t, "timestamp", dated)
 		dur := t.seconds("duration", 0)
 		n := t.int64("num_gpus", 0, 4096, 0)
 		t.float("gpu_time", 0, 0)
@@ -85,18 +76,38 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 			}
 		}
 		for i, g := range sizes {
-			pod := newJobPod(ns, job, i, len(sizes), opts.MilliCPUPerGPU*max(g, 1), opts.MemMiBPerGPU*max(g, 1), g, gpu.MilliPerGPU)
-			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
-			stamps = append(stamps, ts)
+			jobs.add(newJobPod(ns, job, i, len(sizes), opts.MilliCPUPerGPU*max(g, 1), opts.MemMiBPerGPU*max(g, 1), g, gpu.MilliPerGPU), dur, source, ts)
 		}
 	}
+	return jobs.trace(t, "timestamp")
+}
+
+// jobList collects a job list's pods as its rows are read, with each row's
+// time, for setArrivals.
+type jobList struct {
+	tr     *Trace
+	stamps []float64
+}
+
+func newJobList(path string) *jobList { return &jobList{tr: &Trace{Source: path}} }
+
+// add is a pod of the job on line source, submitted at stamp (seconds) to
+// run dur seconds.
+func (l *jobList) add(pod *v1.Pod, dur float64, source string, stamp float64) {
+	l.tr.Pods = append(l.tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
+	l.stamps = append(l.stamps, stamp)
+}
+
+// trace ends the read: t's error, if any, else the pods in order of arrival,
+// counted from the first row's time in column col.
+func (l *jobList) trace(t *table, col string) (*Trace, error) {
 	if t.err != nil {
 		return nil, t.err
 	}
-	if err := setArrivals(tr, stamps, "timestamp", t.cols["timestamp"]+1); err != nil {
+	if err := setArrivals(l.tr, l.stamps, col, t.cols[col]+1); err != nil {
 		return nil, err
 	}
-	return tr, nil
+	return l.tr, nil
 }
 
 // newJobPod is pod i of a job's n (NewPod's requests): named after the job

@@ -50,8 +50,7 @@ func LoadSpotGPU(path string, opts PhillyOptions) (*Trace, error) {
 		return nil, err
 	}
 	defer closeFn()
-	tr := &Trace{Source: path}
-	var stamps []float64
+	jobs := newJobList(path)
 	for t.next() {
 		t.required(required...)
 		ts, _ := t.instant("submit_time")
@@ -90,15 +89,8 @@ func LoadSpotGPU(path string, opts PhillyOptions) (*Trace, error) {
 			if model != "" {
 				pod.Annotations = map[string]string{AnnotationTraceGPUModel: model}
 			}
-			tr.Pods = append(tr.Pods, TracePod{Pod: pod, Duration: seconds(dur), Source: source})
-			stamps = append(stamps, ts)
+			jobs.add(pod, dur, source, ts)
 		}
 	}
-	if t.err != nil {
-		return nil, t.err
-	}
-	if err := setArrivals(tr, stamps, "submit_time", t.cols["submit_time"]+1); err != nil {
-		return nil, err
-	}
-	return tr, nil
+	return jobs.trace(t, "submit_time")
 }
