@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"sync"
@@ -586,6 +587,13 @@ func (e *Engine) reserveAndBind(state *framework.CycleState, pod *v1.Pod, host s
 	waits, s := e.fw.RunPermitPlugins(e.ctx, state, assumed, host)
 	switch {
 	case s.IsWait():
+		// The framework's timers run on the wall clock and would end a wait
+		// at a point of trace time that depends on the machine. A plugin's
+		// own timers run on trace time (PennyGang ends a round so), so the
+		// pod waits for the same plugins with timers that never fire.
+		for p := range waits {
+			waits[p] = time.Duration(math.MaxInt64)
+		}
 		e.fw.AddWaitingPod(assumed, waits)
 		e.waiting[assumed.UID] = &waitingPod{pod: assumed, state: state, node: host}
 		return Outcome{Waiting: true, Node: host}, nil
