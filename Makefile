@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test lint manifests tools clean bench-schedperf generate fuzz-short gpu-check e2e-reclaim
+.PHONY: all build demo test test-race lint manifests tools clean bench-schedperf generate fuzz-short gpu-check e2e-reclaim
 
 all: build
 
@@ -28,6 +28,11 @@ test: tools
 	cd benchmarks/schedperf && ARTIFACTS=$(SCHEDPERF_OUT)-test KUBE_CACHE_MUTATION_DETECTOR=false $(GO) test . -count=1 \
 		-run '^$$' -bench BenchmarkPerfScheduling -benchtime 1x -timeout 10m -short \
 		-perf-scheduling-label-filter=integration-test -data-items-dir $(SCHEDPERF_OUT)-test
+
+## test-race: every test under the race detector; not part of make test, since building the scheduler and the
+## API server with -race takes about 15 minutes on 2 cores when nothing is cached
+test-race: tools
+	$(GO) test -race -count=1 -timeout 60m ./...
 
 ## bench-schedperf: kube-scheduler's scheduler_perf harness, Penny's profile against the default and the
 ## in-tree gang plugin, both sides back to back, BENCH_COUNT runs; writes benchmarks/results/schedperf.{json,md}
