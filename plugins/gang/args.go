@@ -55,6 +55,12 @@ const (
 	DefaultMaxBackoff       = time.Minute
 )
 
+// MaxFrameworkPermitWait is the longest wait at Permit the scheduler
+// framework allows (maxTimeout in k8s.io/kubernetes
+// pkg/scheduler/framework/runtime/framework.go): a longer gang timeout would
+// be cut short by the framework, with another message.
+const MaxFrameworkPermitWait = 15 * time.Minute
+
 // SetDefaults fills every unset field.
 func (a *Args) SetDefaults() {
 	setDuration(&a.PermitTimeout, DefaultPermitTimeout)
@@ -92,6 +98,10 @@ func (a *Args) Validate() error {
 	positive("maxPermitTimeout", a.MaxPermitTimeout)
 	positive("backoff", a.Backoff)
 	positive("maxBackoff", a.MaxBackoff)
+	if a.MaxPermitTimeout.Duration > MaxFrameworkPermitWait {
+		errs = append(errs, field.Invalid(field.NewPath("maxPermitTimeout"), a.MaxPermitTimeout.Duration.String(),
+			fmt.Sprintf("must be at most %s: kube-scheduler ends every wait at Permit after %s, whatever a plugin asks", MaxFrameworkPermitWait, MaxFrameworkPermitWait)))
+	}
 	if a.PermitTimeout.Duration > a.MaxPermitTimeout.Duration {
 		errs = append(errs, field.Invalid(field.NewPath("permitTimeout"), a.PermitTimeout.Duration.String(),
 			fmt.Sprintf("must not exceed maxPermitTimeout (%s)", a.MaxPermitTimeout.Duration)))

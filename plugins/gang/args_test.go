@@ -38,6 +38,7 @@ func TestDecodeArgs(t *testing.T) {
 		{name: "not a duration", raw: "permitTimeout: soon\n", wantErr: "PennyGang plugin args"},
 		{name: "zero timeout", raw: "permitTimeout: 0s\n", wantErr: "permitTimeout: Invalid value: \"0s\": must be a positive duration"},
 		{name: "timeout above max", raw: "permitTimeout: 20m\n", wantErr: "must not exceed maxPermitTimeout (10m0s)"},
+		{name: "max above the framework's", raw: "maxPermitTimeout: 20m\n", wantErr: "maxPermitTimeout: Invalid value: \"20m0s\": must be at most 15m0s: kube-scheduler ends every wait at Permit after 15m0s"},
 		{name: "backoff above max", raw: "backoff: 5m\n", wantErr: "backoff: Invalid value: \"5m0s\": must not exceed maxBackoff (1m0s)"},
 	}
 	for _, tt := range tests {

@@ -132,7 +132,7 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 		rd.activated = true
 		pl.activateMembers(g, e)
 	}
-	return fwk.NewStatus(fwk.Wait, fmt.Sprintf("gang %s: %d/%d members placed, waiting for %d more", st.spec.Ref, placed, st.spec.MinMember, int(st.spec.MinMember)-placed)), wait + permitTimerGrace
+	return fwk.NewStatus(fwk.Wait, fmt.Sprintf("gang %s: %d/%d members placed, waiting for %d more", st.spec.Ref, placed, st.spec.MinMember, int(st.spec.MinMember)-placed)), min(wait+permitTimerGrace, MaxFrameworkPermitWait)
 }
 
 // permitTimerGrace puts the framework's timer on a waiting member a moment
@@ -141,5 +141,7 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 // would reject one waiting pod together, and the framework's waitingPod
 // writes its done flag under a read lock (k8s.io/kubernetes v1.37
 // waiting_pods_map.go): a data race. The framework's timer stays as a
-// backstop, with the message kube-scheduler gives for it.
+// backstop, with the message kube-scheduler gives for it. (A round of the
+// longest timeout the args allow, MaxFrameworkPermitWait, ends with the
+// framework's timer, which the framework caps there.)
 const permitTimerGrace = time.Second
