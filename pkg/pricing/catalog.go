@@ -293,7 +293,6 @@ func (c *Catalog) Lookup(instanceType string, capacity CapacityType, region, zon
 	e, ok := c.find(instanceType, capacity, region, zone)
 	if !ok && capacity == Reserved {
 		e, ok = c.find(instanceType, OnDemand, region, zone)
-		e.Capacity = Reserved
 	}
 	if !ok {
 		return Price{}, false
