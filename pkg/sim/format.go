@@ -49,8 +49,8 @@ func LoadTrace(path, format string, philly PhillyOptions) (*Trace, error) {
 
 // DetectFormat tells a trace's format from its first row: the header of an
 // openb pod list, of an Alibaba Spot GPU job list, of a Helios job log or of
-// a Philly-derived job list, or a Philly row without a header (numbers where timestamp, duration
-// and num_gpus go).
+// a Philly-derived job list, or a Philly row without a header (numbers where
+// timestamp, duration and num_gpus go).
 func DetectFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -85,11 +85,11 @@ func DetectFormat(path string) (string, error) {
 		return FormatOpenb, nil
 	case has(SpotGPUColumns[:4]...):
 		return FormatSpotGPU, nil
-	case has(HeliosColumns[:3]...) && has(heliosMarks...):
+	case has(heliosHeader...):
 		return FormatHelios, nil
 	case has(PhillyColumns[:3]...), numericPrefix(row, 3):
 		return FormatPhilly, nil
 	}
 	return "", fmt.Errorf("%s:1: cannot tell the trace's format from its first row %q%s: an openb pod list has a header with the columns %s, a Philly-derived job list the columns %s (its header may be left out), an Alibaba Spot GPU job list (cluster-trace-v2026-spot-gpu) at least the columns %s, a Helios job log (cluster_log.csv) at least the columns %s; fix the header or name the format with --format",
-		path, strings.Join(row, ","), separatorHint(row), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","), strings.Join(SpotGPUColumns[:4], ","), strings.Join(append(HeliosColumns[:3:3], heliosMarks...), ","))
+		path, strings.Join(row, ","), separatorHint(row), strings.Join(openbPodColumns, ","), strings.Join(PhillyColumns, ","), strings.Join(SpotGPUColumns[:4], ","), strings.Join(heliosHeader, ","))
 }

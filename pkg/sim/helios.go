@@ -30,16 +30,14 @@ import (
 // required.
 var HeliosColumns = []string{"submit_time", "duration", "gpu_num", "cpu_num", "node_num", "vc"}
 
-// heliosMarks are the columns, besides the required ones, that DetectFormat
-// takes for a Helios job log.
-var heliosMarks = []string{"node_num", "vc"}
+// heliosHeader are the columns by which DetectFormat tells a Helios job
+// log: the required ones, node_num and vc.
+var heliosHeader = []string{"submit_time", "duration", "gpu_num", "node_num", "vc"}
 
 // LoadHelios reads a Helios job log. Of opts it uses MilliCPUPerGPU (for a
 // row without cpu_num), MemMiBPerGPU and GPUsPerGangPod.
 func LoadHelios(path string, opts PhillyOptions) (*Trace, error) {
-	if opts.GPUsPerGangPod <= 0 {
-		opts.GPUsPerGangPod = 8
-	}
+	podGPUs := opts.gangPodGPUs()
 	required := HeliosColumns[:3]
 	t, closeFn, err := openTable(path, required...)
 	if err != nil {
@@ -61,7 +59,7 @@ func LoadHelios(path string, opts PhillyOptions) (*Trace, error) {
 		if t.err != nil {
 			break
 		}
-		n := max(nodes, (gpus+opts.GPUsPerGangPod-1)/opts.GPUsPerGangPod)
+		n := max(nodes, (gpus+podGPUs-1)/podGPUs)
 		job := fmt.Sprintf("job-%06d", t.line()-1)
 		source := fmt.Sprintf("%s:%d", path, t.line())
 		for i := range n {

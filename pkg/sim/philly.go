@@ -43,11 +43,17 @@ func DefaultPhillyOptions() PhillyOptions {
 	return PhillyOptions{MilliCPUPerGPU: 4000, MemMiBPerGPU: 32 * 1024, GPUsPerGangPod: 8}
 }
 
+// gangPodGPUs is GPUsPerGangPod, or the default where it is unset.
+func (o PhillyOptions) gangPodGPUs() int64 {
+	if o.GPUsPerGangPod > 0 {
+		return o.GPUsPerGangPod
+	}
+	return DefaultPhillyOptions().GPUsPerGangPod
+}
+
 // LoadPhilly reads a Philly-derived job trace.
 func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
-	if opts.GPUsPerGangPod <= 0 {
-		opts.GPUsPerGangPod = 8
-	}
+	podGPUs := opts.gangPodGPUs()
 	t, closeFn, err := openPositionalTable(path, PhillyColumns, PhillyColumns[:3]...)
 	if err != nil {
 		return nil, err
@@ -69,10 +75,10 @@ func LoadPhilly(path string, opts PhillyOptions) (*Trace, error) {
 		job := fmt.Sprintf("job-%06d", t.line()-1)
 		source := fmt.Sprintf("%s:%d", path, t.line())
 		sizes := []int64{n}
-		if n > opts.GPUsPerGangPod {
+		if n > podGPUs {
 			sizes = nil
-			for left := n; left > 0; left -= opts.GPUsPerGangPod {
-				sizes = append(sizes, min(left, opts.GPUsPerGangPod))
+			for left := n; left > 0; left -= podGPUs {
+				sizes = append(sizes, min(left, podGPUs))
 			}
 		}
 		for i, g := range sizes {
