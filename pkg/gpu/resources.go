@@ -184,6 +184,13 @@ func maxOf(a, b Request) Request {
 	return a
 }
 
+// IsGPUResource reports whether name is one of the resources a pod asks for
+// GPUs with, and a node advertises them with: whole GPUs, shares of one, MIG
+// instances.
+func IsGPUResource(name corev1.ResourceName) bool {
+	return name == ResourceGPU || name == ResourceGPUMilli || strings.HasPrefix(string(name), MIGResourcePrefix)
+}
+
 // MIGResourceName is the extended resource for a MIG profile.
 func MIGResourceName(profile string) corev1.ResourceName {
 	return corev1.ResourceName(MIGResourcePrefix + profile)

@@ -101,8 +101,14 @@ func isSchedulableAfterPodDelete(logger klog.Logger, pod *corev1.Pod, oldObj, ne
 	return fwk.Queue, nil
 }
 
+// isSchedulableAfterNodeChange: a new node with GPUs may take the pod; an
+// updated one only if what it says of its GPUs changed: the GPU labels or
+// the GPU, share and MIG resources it advertises (the device plugin
+// advertises MIG resources anew when a GPU's geometry changes, and the
+// retry reads the agent's report of the new layout). A node's CPU, memory
+// and other labels are other plugins' to watch.
 func isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
-	_, node, err := schedutil.As[*corev1.Node](oldObj, newObj)
+	old, node, err := schedutil.As[*corev1.Node](oldObj, newObj)
 	if err != nil {
 		return fwk.Queue, err
 	}
@@ -110,7 +116,34 @@ func isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1.Pod, oldObj, n
 		logger.V(5).Info("node has no GPUs", "pod", klog.KObj(pod), "node", klog.KObj(node))
 		return fwk.QueueSkip, nil
 	}
+	if old != nil && !gpusChanged(old, node) {
+		logger.V(5).Info("node's GPUs did not change", "pod", klog.KObj(pod), "node", klog.KObj(node))
+		return fwk.QueueSkip, nil
+	}
 	return fwk.Queue, nil
+}
+
+// gpuLabels are the node labels the plugin reads its devices from.
+var gpuLabels = []string{gpu.LabelProduct, gpu.LabelCount, gpu.LabelMemory, gpu.LabelMIGStrategy, gpu.LabelMIGPartitioning}
+
+func gpusChanged(old, node *corev1.Node) bool {
+	for _, l := range gpuLabels {
+		if old.Labels[l] != node.Labels[l] {
+			return true
+		}
+	}
+	a, b := old.Status.Allocatable, node.Status.Allocatable
+	for _, pair := range [][2]corev1.ResourceList{{a, b}, {b, a}} {
+		for name, q := range pair[0] {
+			if !gpu.IsGPUResource(name) {
+				continue
+			}
+			if other, ok := pair[1][name]; !ok || !q.Equal(other) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type whatIfKey struct{}
