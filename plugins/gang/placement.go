@@ -217,11 +217,15 @@ type plan struct {
 }
 
 // shortfall explains why a gang fits nowhere: the best domain could place
-// `placeable` of `needed` members; the rest ask for `missing`.
+// `placeable` of `needed` members; the rest ask for `missing`. lacking are
+// the resources that a node a member may use ran out of before every member
+// of its shape had a place: only a pod that gives one of them back can let
+// the gang fit.
 type shortfall struct {
 	placeable, needed int64
 	domain            domain
 	missing           demand
+	lacking           []corev1.ResourceName
 }
 
 // placeGang looks for one domain where every shape fits at once, given what
@@ -251,6 +255,7 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 	var order []domain
 	var complete []domain
 	var free vec
+	lack := make([]bool, fixedDims+len(dm.scalars))
 	for _, ni := range nodes {
 		node := ni.Node()
 		if node == nil {
@@ -282,6 +287,9 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 					p.placed += k
 					p.slots = append(p.slots, slot{node: node.Name, shape: s.key, d: s.demand, n: k})
 				}
+				if p.rem[i] > 0 {
+					free.short(s.vec, lack)
+				}
 			}
 			left += p.rem[i]
 		}
@@ -303,7 +311,7 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		return &plan{domain: best, slots: byDomain[best].slots}, shortfall{}
 	}
 
-	short := shortfall{needed: needed, placeable: -1}
+	short := shortfall{needed: needed, placeable: -1, lacking: dm.names(lack)}
 	for _, dom := range order {
 		if p := byDomain[dom]; p.placed > short.placeable {
 			short.placeable, short.domain = p.placed, dom

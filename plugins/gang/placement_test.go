@@ -2,12 +2,16 @@ package gang
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/klog/v2/ktesting"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 
+	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -155,5 +159,68 @@ func TestShapeAsksTheNodeCheckOfEveryDistinctMember(t *testing.T) {
 	}
 	if asked != 2 {
 		t.Errorf("the check was built %d times for 2 distinct members", asked)
+	}
+}
+
+// A gang that does not fit says which resources the nodes it may use ran
+// out of, so that only a pod giving one of them back retries it.
+func TestPlaceGangNamesWhatTheNodesLack(t *testing.T) {
+	busy := func(node *corev1.Node, pods ...*corev1.Pod) fwk.NodeInfo {
+		ni := framework.NewNodeInfo(pods...)
+		ni.SetNode(node)
+		return ni
+	}
+	cpu := func(q string) podOpt {
+		return func(p *corev1.Pod) {
+			p.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse(q)
+		}
+	}
+	members := gangPods("llm", 2, 8)
+	for _, m := range members {
+		cpu("8")(m)
+	}
+	// n-0 has its GPUs but only 4 CPUs free; n-1 has its CPUs but 4 GPUs.
+	nodes := []fwk.NodeInfo{busy(gpuNode("n-0"), plainPod("web", 0, cpu("60"))), busy(gpuNode("n-1"), plainPod("train", 4))}
+	p, short := placeGang(nodes, shapesOf(members, nil), zoneRules, nil, nil, nil)
+	if p != nil {
+		t.Fatalf("placed on nodes without room: %+v", p)
+	}
+	want := []corev1.ResourceName{corev1.ResourceCPU, gpu.ResourceGPU}
+	if !slices.Equal(short.lacking, want) {
+		t.Errorf("lacking %v, want %v", short.lacking, want)
+	}
+	// Where no node may take a member, nothing given back helps.
+	other := domain{zone: "zone-b", capType: capacity.OnDemand}
+	if _, short := placeGang(nodes, shapesOf(members, nil), zoneRules, &other, nil, nil); short.lacking == nil || len(short.lacking) != 0 {
+		t.Errorf("no node in the gang's zone: lacking %#v, want none (and known)", short.lacking)
+	}
+}
+
+func TestPodDeletionRequeuesAGangOnlyForWhatItLacked(t *testing.T) {
+	logger, _ := ktesting.NewTestContext(t)
+	pl := &Gang{gangs: map[string]*gangState{}}
+	waiting := member("llm", 2, 0, 8)
+	ref, _ := gang.RefOf(waiting)
+	web, train := plainPod("web", 0), plainPod("train", 4)
+	for _, c := range []struct {
+		name    string
+		lacking []corev1.ResourceName
+		deleted *corev1.Pod
+		want    fwk.QueueingHint
+	}{
+		{"nothing known yet", nil, web, fwk.Queue},
+		{"short of GPUs, a CPU pod left", []corev1.ResourceName{gpu.ResourceGPU}, web, fwk.QueueSkip},
+		{"short of GPUs, a GPU pod left", []corev1.ResourceName{gpu.ResourceGPU}, train, fwk.Queue},
+		{"short of CPU, a CPU pod left", []corev1.ResourceName{corev1.ResourceCPU}, web, fwk.Queue},
+		{"short of pod slots", []corev1.ResourceName{corev1.ResourcePods}, web, fwk.Queue},
+		{"no node it may use", []corev1.ResourceName{}, train, fwk.QueueSkip},
+	} {
+		pl.gangs[ref.Key()] = &gangState{ref: ref, lacking: c.lacking}
+		if got, err := pl.isSchedulableAfterPodDeleted(logger, waiting, c.deleted, nil); err != nil || got != c.want {
+			t.Errorf("%s: %v, %v; want %v", c.name, got, err, c.want)
+		}
+	}
+	if got, _ := pl.isSchedulableAfterPodDeleted(logger, plainPod("solo", 8), web, nil); got != fwk.Queue {
+		t.Errorf("a pod in no gang (held back by claims): %v, want Queue", got)
 	}
 }

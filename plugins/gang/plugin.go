@@ -220,7 +220,7 @@ func (pl *Gang) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint,
 		// otherwise onPodAdd activates the gang's waiting members.
 		{Event: fwk.ClusterEvent{Resource: fwk.UnscheduledPod, ActionType: fwk.Add | fwk.UpdatePodLabel}, QueueingHintFn: isSchedulableAfterMemberAdded},
 		// Capacity freed by a pod leaving a node may let a gang fit.
-		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete}, QueueingHintFn: isSchedulableAfterPodDeleted},
+		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete}, QueueingHintFn: pl.isSchedulableAfterPodDeleted},
 		// New or changed nodes may let a gang fit.
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}},
 	}, nil
@@ -242,22 +242,30 @@ func isSchedulableAfterMemberAdded(_ klog.Logger, pod *corev1.Pod, oldObj, newOb
 	return fwk.Queue, nil
 }
 
-func isSchedulableAfterPodDeleted(_ klog.Logger, pod *corev1.Pod, oldObj, _ any) (fwk.QueueingHint, error) {
+// isSchedulableAfterPodDeleted: a pod leaving its node gives back its
+// requests and a pod slot, which lets the gang fit only if it gives back
+// something the nodes lacked when the gang last did not fit. While that is
+// not known (a native gang, or a pod held back by other gangs' claims), any
+// deletion may help.
+func (pl *Gang) isSchedulableAfterPodDeleted(logger klog.Logger, pod *corev1.Pod, oldObj, _ any) (fwk.QueueingHint, error) {
 	deleted, ok := oldObj.(*corev1.Pod)
 	if !ok {
 		return fwk.Queue, nil
 	}
-	want := podDemand(pod)
-	if len(want.scalar) == 0 {
+	ref, inGang := gang.RefOf(pod)
+	if !inGang {
 		return fwk.Queue, nil
 	}
-	// A gang short of GPUs only gains from a pod that held some of them.
-	freed := podDemand(deleted)
-	for name := range want.scalar {
-		if freed.scalar[name] > 0 {
-			return fwk.Queue, nil
-		}
+	pl.mu.Lock()
+	var lacking []corev1.ResourceName
+	if g := pl.gangs[ref.Key()]; g != nil {
+		lacking = g.lacking
 	}
+	pl.mu.Unlock()
+	if lacking == nil || podDemand(deleted).frees(lacking) {
+		return fwk.Queue, nil
+	}
+	logger.V(5).Info("Deleted pod gave back nothing the gang lacked", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted), "lacking", lacking)
 	return fwk.QueueSkip, nil
 }
 

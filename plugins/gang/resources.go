@@ -184,6 +184,67 @@ func (free vec) times(d vec) int64 {
 	return best
 }
 
+// short marks, in lack, the dimensions in which free holds less than d.
+func (free vec) short(d vec, lack []bool) {
+	for i, need := range d {
+		if need > 0 && free[i] < need {
+			lack[i] = true
+		}
+	}
+}
+
+// names lists the resources of the marked dimensions (empty, not nil, when
+// none is marked).
+func (dm dims) names(marked []bool) []corev1.ResourceName {
+	out := []corev1.ResourceName{}
+	for i, m := range marked {
+		if !m {
+			continue
+		}
+		switch i {
+		case 0:
+			out = append(out, corev1.ResourcePods)
+		case 1:
+			out = append(out, corev1.ResourceCPU)
+		case 2:
+			out = append(out, corev1.ResourceMemory)
+		case 3:
+			out = append(out, corev1.ResourceEphemeralStorage)
+		default:
+			out = append(out, dm.scalars[i-fixedDims])
+		}
+	}
+	return out
+}
+
+// frees reports whether a pod with demand d gives back any of the resources
+// (a pod slot always).
+func (d demand) frees(names []corev1.ResourceName) bool {
+	for _, n := range names {
+		switch n {
+		case corev1.ResourcePods:
+			return true
+		case corev1.ResourceCPU:
+			if d.milliCPU > 0 {
+				return true
+			}
+		case corev1.ResourceMemory:
+			if d.memory > 0 {
+				return true
+			}
+		case corev1.ResourceEphemeralStorage:
+			if d.ephemeral > 0 {
+				return true
+			}
+		default:
+			if d.scalar[n] > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (free vec) take(d vec, n int64) {
 	for i := range d {
 		free[i] -= d[i] * n

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/component-base/metrics/testutil"
 
@@ -293,6 +294,27 @@ func TestMemberThatFitsNowhereReleasesTheGang(t *testing.T) {
 	c.neverBound(time.Second, names("llm", 4)...)
 	c.delete("squatter")
 	c.waitBound(10*time.Second, names("llm", 4)...)
+}
+
+// A gang that lacks CPU, not GPUs, is retried as soon as a pod that held
+// CPU leaves, not at the scheduler's periodic flush of unschedulable pods
+// (five minutes).
+func TestGangShortOfCPURetriesWhenACPUPodLeaves(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 2)...)
+	for i := range 2 {
+		hog := plainPod(fmt.Sprint("hog-", i), 0)
+		hog.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("60")
+		hog.Spec.NodeName = fmt.Sprint("n-", i)
+		c.create(hog)
+	}
+	cpu8 := func(p *corev1.Pod) {
+		p.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("8")
+	}
+	c.create(gangPods("llm", 2, 8, cpu8)...)
+	c.waitEvent("llm-0", "gang team/llm: 0/2 members placeable")
+	c.neverBound(time.Second, names("llm", 2)...)
+	c.delete("hog-0", "hog-1")
+	c.waitBound(10*time.Second, names("llm", 2)...)
 }
 
 func TestGangStaysInOneZoneUnlessItSaysOtherwise(t *testing.T) {

@@ -32,6 +32,10 @@ type gangState struct {
 	// gated are members PreEnqueue holds back, with the reason each was
 	// told by an event (told once per reason).
 	gated map[types.UID]string
+	// lacking is what the nodes lacked when the gang last did not fit
+	// (shortfall.lacking), for the queueing hint on a pod's deletion; nil
+	// while unknown or once the gang was admitted.
+	lacking []corev1.ResourceName
 }
 
 // round is one admission of a gang: room for its remaining members was found
@@ -155,7 +159,7 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 		n += s.n
 	}
 	pl.claimedSlots.Add(n)
-	g.round = rd
+	g.round, g.lacking = rd, nil
 	id, key := rd.id, g.ref.Key()
 	// The round ends here, at its deadline, whether or not any member waits
 	// in Permit: its claims go and every waiting member is rejected from
