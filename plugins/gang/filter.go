@@ -131,7 +131,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 	if p == nil {
 		klog.FromContext(ctx).V(4).Info("Gang does not fit", "gang", spec.Ref, "pod", klog.KObj(pod), "placeable", short.placeable, "needed", short.needed)
 		attempts.WithLabelValues(resultUnschedulable).Inc()
-		g.lacking = short.lacking
+		pl.lacking.Store(spec.Ref.Key(), short.lacking)
 		msg := short.message(spec.Ref, r, fixed != nil)
 		if len(claims) > 0 {
 			if q, _ := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), r, fixed, nil, nil); q != nil {

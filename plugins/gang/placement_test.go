@@ -198,7 +198,7 @@ func TestPlaceGangNamesWhatTheNodesLack(t *testing.T) {
 
 func TestPodDeletionRequeuesAGangOnlyForWhatItLacked(t *testing.T) {
 	logger, _ := ktesting.NewTestContext(t)
-	pl := &Gang{gangs: map[string]*gangState{}}
+	pl := &Gang{}
 	waiting := member("llm", 2, 0, 8)
 	ref, _ := gang.RefOf(waiting)
 	web, train := plainPod("web", 0), plainPod("train", 4)
@@ -215,7 +215,10 @@ func TestPodDeletionRequeuesAGangOnlyForWhatItLacked(t *testing.T) {
 		{"short of pod slots", []corev1.ResourceName{corev1.ResourcePods}, web, fwk.Queue},
 		{"no node it may use", []corev1.ResourceName{}, train, fwk.QueueSkip},
 	} {
-		pl.gangs[ref.Key()] = &gangState{ref: ref, lacking: c.lacking}
+		pl.lacking.Delete(ref.Key())
+		if c.lacking != nil {
+			pl.lacking.Store(ref.Key(), c.lacking)
+		}
 		if got, err := pl.isSchedulableAfterPodDeleted(logger, waiting, c.deleted, nil); err != nil || got != c.want {
 			t.Errorf("%s: %v, %v; want %v", c.name, got, err, c.want)
 		}

@@ -71,6 +71,11 @@ type Gang struct {
 	// order remembers when each gang was first queued, for QueueSort. It is
 	// read on every queue comparison, so it avoids the mutex.
 	order sync.Map
+	// lacking remembers, per gang, what the nodes lacked when it last did
+	// not fit (shortfall.lacking), until it is admitted. The queueing hint
+	// on a pod's deletion reads it under the scheduling queue's lock, so it
+	// too avoids the mutex, which PreFilter holds while it plans a gang.
+	lacking sync.Map
 }
 
 var (
@@ -256,13 +261,12 @@ func (pl *Gang) isSchedulableAfterPodDeleted(logger klog.Logger, pod *corev1.Pod
 	if !inGang {
 		return fwk.Queue, nil
 	}
-	pl.mu.Lock()
-	var lacking []corev1.ResourceName
-	if g := pl.gangs[ref.Key()]; g != nil {
-		lacking = g.lacking
+	v, known := pl.lacking.Load(ref.Key())
+	if !known {
+		return fwk.Queue, nil
 	}
-	pl.mu.Unlock()
-	if lacking == nil || podDemand(deleted).frees(lacking) {
+	lacking := v.([]corev1.ResourceName)
+	if podDemand(deleted).frees(lacking) {
 		return fwk.Queue, nil
 	}
 	logger.V(5).Info("Deleted pod gave back nothing the gang lacked", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted), "lacking", lacking)

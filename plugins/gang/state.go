@@ -32,10 +32,6 @@ type gangState struct {
 	// gated are members PreEnqueue holds back, with the reason each was
 	// told by an event (told once per reason).
 	gated map[types.UID]string
-	// lacking is what the nodes lacked when the gang last did not fit
-	// (shortfall.lacking), for the queueing hint on a pod's deletion; nil
-	// while unknown or once the gang was admitted.
-	lacking []corev1.ResourceName
 }
 
 // round is one admission of a gang: room for its remaining members was found
@@ -159,7 +155,8 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 		n += s.n
 	}
 	pl.claimedSlots.Add(n)
-	g.round, g.lacking = rd, nil
+	g.round = rd
+	pl.lacking.Delete(g.ref.Key())
 	id, key := rd.id, g.ref.Key()
 	// The round ends here, at its deadline, whether or not any member waits
 	// in Permit: its claims go and every waiting member is rejected from
@@ -386,4 +383,5 @@ func (pl *Gang) forget(g *gangState, e *effects) {
 	delete(pl.gangs, g.ref.Key())
 	delete(pl.blocked, g.ref.Key())
 	pl.order.Delete(g.ref.Key())
+	pl.lacking.Delete(g.ref.Key())
 }
