@@ -196,8 +196,10 @@ func validateType(t InstanceType) error {
 		return fmt.Errorf("name is empty: give the cloud's instance type name, e.g. p4d.24xlarge")
 	case t.GPUs < 0:
 		return fmt.Errorf("%s: gpus is %d: must be >= 0", t.Name, t.GPUs)
-	case t.VCPUs < 0 || t.MemoryGiB < 0:
-		return fmt.Errorf("%s: vcpus and memoryGiB must be >= 0", t.Name)
+	case !(t.VCPUs > 0) || !(t.MemoryGiB > 0) || math.IsInf(t.VCPUs, 1) || math.IsInf(t.MemoryGiB, 1):
+		// Without its shape a node's price cannot be split into CPU and
+		// memory prices, and its pods would be priced at 0.
+		return fmt.Errorf("%s: vcpus is %g and memoryGiB %g: give both as the instance's finite size > 0 (e.g. vcpus: 32, memoryGiB: 128); its price is split over them", t.Name, t.VCPUs, t.MemoryGiB)
 	case t.GPUs > 0 && t.GPUModel == "":
 		return fmt.Errorf("%s: has %d GPUs but no gpuModel; known models: %s", t.Name, t.GPUs, strings.Join(gpu.ModelNames(), ", "))
 	}

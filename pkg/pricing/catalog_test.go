@@ -101,7 +101,10 @@ func TestNodePrice(t *testing.T) {
 func TestNewCatalogReportsEveryProblem(t *testing.T) {
 	_, err := NewCatalog(OpenCostSplitRatios,
 		[]InstanceType{{Name: "g5.xlarge", GPUs: 1, GPUModel: "A10G", VCPUs: 4, MemoryGiB: 16},
-			{Name: "x.large", GPUs: 1, GPUModel: "Z9000"}},
+			{Name: "x.large", GPUs: 1, GPUModel: "Z9000", VCPUs: 4, MemoryGiB: 16},
+			{Name: "m7i.8xlarge"},
+			{Name: "g5.2xlarge", GPUs: 1, GPUModel: "A10G", VCPUs: math.NaN(), MemoryGiB: 32},
+			{Name: "c7i.large", VCPUs: 2, MemoryGiB: math.Inf(1)}},
 		[]Entry{
 			{InstanceType: "g5.xlarg", Capacity: OnDemand, Region: "us-east-1", Hourly: 1},
 			{InstanceType: "g5.xlarge", Capacity: OnDemand, Region: "us-east-1", Hourly: -1},
@@ -113,6 +116,11 @@ func TestNewCatalogReportsEveryProblem(t *testing.T) {
 	msg := err.Error()
 	for _, want := range []string{
 		`instanceTypes[1]: x.large: gpuModel "Z9000" is unknown`,
+		// Without its shape a node's price cannot be split, and its pods
+		// would cost nothing.
+		`instanceTypes[2]: m7i.8xlarge: vcpus is 0 and memoryGiB 0: give both as the instance's finite size > 0`,
+		`instanceTypes[3]: g5.2xlarge: vcpus is NaN`,
+		`instanceTypes[4]: c7i.large: vcpus is 2 and memoryGiB +Inf`,
 		`prices[0]: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?)`,
 		`prices[1]: g5.xlarge on-demand in region us-east-1: hourly is -1: a price must be a finite number >= 0`,
 		`prices[2]: g5.xlarge: capacity type "ondemand"`,

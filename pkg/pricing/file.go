@@ -97,6 +97,11 @@ func Parse(data []byte, name string) (*Catalog, error) {
 	if f.APIVersion != FileAPIVersion || f.Kind != FileKind {
 		top(fmt.Sprintf("apiVersion %q, kind %q: want apiVersion: %s and kind: %s", f.APIVersion, f.Kind, FileAPIVersion, FileKind))
 	}
+	if len(f.Prices) == 0 {
+		// Loaded, it would leave every node unpriced; the last good
+		// catalog stays in force instead.
+		top("prices is empty: list at least one {instanceType, capacityType, region, hourly}")
+	}
 	ratios := OpenCostSplitRatios
 	if f.SplitRatios != nil {
 		ratios = SplitRatios(*f.SplitRatios)

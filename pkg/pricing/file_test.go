@@ -63,6 +63,10 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 		{"wrong kind", strings.Replace(goodYAML, "kind: PriceCatalog", "kind: Prices", 1),
 			[]string{`cat.yaml:1: catalog: apiVersion "penny.dev/v1alpha1", kind "Prices": want apiVersion: penny.dev/v1alpha1 and kind: PriceCatalog`}},
 		{"empty", "", []string{`cat.yaml: the price catalog is empty`}},
+		{"no prices", goodYAML[:strings.Index(goodYAML, "prices:")] + "prices: []\n",
+			[]string{`cat.yaml:1: catalog: prices is empty: list at least one {instanceType, capacityType, region, hourly}`}},
+		{"instance type without its shape", strings.Replace(goodYAML, "vcpus: 4, memoryGiB: 16", "memoryGiB: 16", 1),
+			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: vcpus is 0 and memoryGiB 16: give both as the instance's finite size > 0`}},
 	}
 	for _, c := range cases {
 		_, err := Parse([]byte(c.yaml), "cat.yaml")

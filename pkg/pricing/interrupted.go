@@ -1,6 +1,8 @@
 package pricing
 
 import (
+	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -22,15 +24,17 @@ const DefaultInterruptedLimit = 10000
 //
 // A workload is a gang (all its members and the pods that replace them),
 // else the pod's controller (a Job's replacement pods), else the pod itself.
-// Keys carry the namespace, so a tenant can only mark its own workloads. The
-// oldest workloads are forgotten first past the limit. Persist keeps them in
+// Keys carry the namespace, so a tenant can only mark its own workloads.
+// Past the limit, the workloads a reclaim hit longest ago are forgotten
+// first. Persist keeps them in
 // a ConfigMap, so that a restarted scheduler does not forget (a workload
 // would otherwise lose one more run before it is kept off Spot again).
 type Interrupted struct {
 	mu    sync.Mutex
 	limit int
-	runs  map[string]time.Duration
-	// order is the keys in the order they were first seen, for forgetting.
+	runs  map[string]InterruptedRun
+	// order is the keys, the workload a reclaim hit longest ago first: the
+	// first to forget past the limit.
 	order []string
 	// changed is signalled, without blocking, whenever a run is recorded.
 	changed chan struct{}
@@ -42,7 +46,7 @@ func NewInterrupted(limit int) *Interrupted {
 	if limit <= 0 {
 		limit = DefaultInterruptedLimit
 	}
-	return &Interrupted{limit: limit, runs: map[string]time.Duration{}, changed: make(chan struct{}, 1)}
+	return &Interrupted{limit: limit, runs: map[string]InterruptedRun{}, changed: make(chan struct{}, 1)}
 }
 
 // WorkloadKey is the workload a pod belongs to, for Interrupted.
@@ -58,13 +62,14 @@ func WorkloadKey(pod *corev1.Pod) string {
 	return "pod:" + pod.Namespace + "/" + pod.Name
 }
 
-// Observe records that a reclaim ended a run of the pod that had lasted ran.
-func (m *Interrupted) Observe(pod *corev1.Pod, ran time.Duration) {
+// Observe records that a reclaim at the given time ended a run of the pod
+// that had lasted ran.
+func (m *Interrupted) Observe(pod *corev1.Pod, ran time.Duration, at time.Time) {
 	if m == nil || ran <= 0 {
 		return
 	}
 	m.mu.Lock()
-	m.record(WorkloadKey(pod), ran)
+	m.record(InterruptedRun{Key: WorkloadKey(pod), Ran: ran, At: at})
 	m.mu.Unlock()
 	metricInterruptedRuns.Inc()
 	select {
@@ -73,18 +78,31 @@ func (m *Interrupted) Observe(pod *corev1.Pod, ran time.Duration) {
 	}
 }
 
-// record keeps the longer of the run and what is known of the workload.
-// m.mu is held.
-func (m *Interrupted) record(key string, ran time.Duration) {
-	cur, seen := m.runs[key]
-	if !seen {
-		m.order = append(m.order, key)
-		for len(m.order) > m.limit {
-			delete(m.runs, m.order[0])
-			m.order = m.order[1:]
-		}
+// record keeps the longer run and the later reclaim of r and what is known
+// of its workload, then forgets the workloads reclaimed longest ago past the
+// limit. Order follows the reclaim times, not the order of the calls: a
+// merged copy that still holds a workload forgotten here puts it back where
+// it was, among the first to go, not among the newest. m.mu is held.
+func (m *Interrupted) record(r InterruptedRun) {
+	cur, seen := m.runs[r.Key]
+	next := InterruptedRun{Key: r.Key, Ran: max(cur.Ran, r.Ran), At: cur.At}
+	if r.At.After(cur.At) {
+		next.At = r.At
 	}
-	m.runs[key] = max(cur, ran)
+	m.runs[r.Key] = next
+	if !seen || !next.At.Equal(cur.At) {
+		if seen {
+			m.order = slices.DeleteFunc(m.order, func(k string) bool { return k == r.Key })
+		}
+		// After every workload reclaimed at the same time or earlier: ties
+		// keep the order they were recorded in.
+		i := sort.Search(len(m.order), func(i int) bool { return m.runs[m.order[i]].At.After(next.At) })
+		m.order = slices.Insert(m.order, i, r.Key)
+	}
+	for len(m.order) > m.limit {
+		delete(m.runs, m.order[0])
+		m.order = m.order[1:]
+	}
 	metricInterruptedWorkloads.Set(float64(len(m.runs)))
 }
 
@@ -97,35 +115,37 @@ func (m *Interrupted) Longest(pod *corev1.Pod) time.Duration {
 	key := WorkloadKey(pod)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.runs[key]
+	return m.runs[key].Ran
 }
 
 // InterruptedRun is one workload's longest run a reclaim cut short.
 type InterruptedRun struct {
 	Key string
 	Ran time.Duration
+	// At is when a reclaim last cut one of the workload's runs short (zero
+	// in a copy saved before Penny recorded it: the oldest).
+	At time.Time
 }
 
-// Runs lists what is remembered, oldest workload first.
+// Runs lists what is remembered, the workload reclaimed longest ago first.
 func (m *Interrupted) Runs() []InterruptedRun {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]InterruptedRun, len(m.order))
 	for i, k := range m.order {
-		out[i] = InterruptedRun{Key: k, Ran: m.runs[k]}
+		out[i] = m.runs[k]
 	}
 	return out
 }
 
 // Merge adds runs recorded elsewhere (a saved copy, another replica): per
-// workload the longer run is kept, and workloads new here count as the
-// newest, in the order given.
+// workload the longer run and the later reclaim are kept.
 func (m *Interrupted) Merge(runs []InterruptedRun) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, r := range runs {
 		if r.Ran > 0 {
-			m.record(r.Key, r.Ran)
+			m.record(r)
 		}
 	}
 }

@@ -15,8 +15,10 @@ import (
 )
 
 // InterruptedKey is the ConfigMap key that holds the saved runs: one line
-// per workload, oldest first, "<workload> <longest run>", e.g.
-// "gang:label:ml/llm 14h50m0s".
+// per workload, the one a reclaim hit longest ago first, "<workload>
+// <longest run> <last reclaim>", e.g.
+// "gang:label:ml/llm 14h50m0s 2026-11-30T08:00:00Z" (lines without the
+// time, as saved before Penny recorded it, count as the oldest).
 const InterruptedKey = "runs"
 
 // maxPersistedBytes keeps the saved runs under the API server's 1 MiB limit
@@ -157,6 +159,9 @@ func FormatInterruptedRuns(runs []InterruptedRun) string {
 	size := 0
 	for i := len(runs) - 1; i >= 0; i-- {
 		l := runs[i].Key + " " + runs[i].Ran.String()
+		if !runs[i].At.IsZero() {
+			l += " " + runs[i].At.UTC().Format(time.RFC3339)
+		}
 		if size+len(l)+1 > maxPersistedBytes {
 			break
 		}
@@ -183,29 +188,35 @@ func ParseInterruptedRuns(data, source string) ([]InterruptedRun, error) {
 		if line == "" {
 			continue
 		}
-		key, ran, err := parseInterruptedLine(line)
+		r, err := parseInterruptedLine(line)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s line %d %q: %w", source, i+1, line, err))
 			continue
 		}
-		runs = append(runs, InterruptedRun{Key: key, Ran: ran})
+		runs = append(runs, r)
 	}
 	return runs, errors.Join(errs...)
 }
 
-func parseInterruptedLine(line string) (string, time.Duration, error) {
-	const want = `want "<workload> <run>", the workload as gang:<label|podgroup>:<namespace>/<name>, owner:<namespace>/<uid> or pod:<namespace>/<name>, e.g. "gang:label:ml/llm 14h50m0s"`
-	key, run, ok := strings.Cut(line, " ")
-	if !ok {
-		return "", 0, errors.New(want)
+func parseInterruptedLine(line string) (InterruptedRun, error) {
+	const want = `want "<workload> <run> <last reclaim>", the workload as gang:<label|podgroup>:<namespace>/<name>, owner:<namespace>/<uid> or pod:<namespace>/<name>, the run as a Go duration, the time in RFC 3339 (may be left out), e.g. "gang:label:ml/llm 14h50m0s 2026-11-30T08:00:00Z"`
+	f := strings.Fields(line)
+	if len(f) < 2 || len(f) > 3 {
+		return InterruptedRun{}, errors.New(want)
 	}
-	kind, ref, _ := strings.Cut(key, ":")
+	kind, ref, _ := strings.Cut(f[0], ":")
 	if kind != "gang" && kind != "owner" && kind != "pod" || !strings.Contains(ref, "/") {
-		return "", 0, fmt.Errorf("workload %q: %s", key, want)
+		return InterruptedRun{}, fmt.Errorf("workload %q: %s", f[0], want)
 	}
-	ran, err := time.ParseDuration(strings.TrimSpace(run))
-	if err != nil || ran <= 0 {
-		return "", 0, fmt.Errorf("run %q is not a positive Go duration: %s", run, want)
+	r := InterruptedRun{Key: f[0]}
+	var err error
+	if r.Ran, err = time.ParseDuration(f[1]); err != nil || r.Ran <= 0 {
+		return InterruptedRun{}, fmt.Errorf("run %q is not a positive Go duration: %s", f[1], want)
 	}
-	return key, ran, nil
+	if len(f) == 3 {
+		if r.At, err = time.Parse(time.RFC3339, f[2]); err != nil {
+			return InterruptedRun{}, fmt.Errorf("last reclaim %q is not an RFC 3339 time: %s", f[2], want)
+		}
+	}
+	return r, nil
 }

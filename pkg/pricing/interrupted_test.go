@@ -27,10 +27,10 @@ func TestInterruptedKeysRunsByWorkload(t *testing.T) {
 		return pod(ns, name, map[string]string{gang.LabelName: "llm", gang.KeySize: "2"}, "")
 	}
 	m := NewInterrupted(0)
-	m.Observe(member("team-a", "llm-0"), 3*time.Hour)
-	m.Observe(member("team-a", "llm-1"), 2*time.Hour)
-	m.Observe(pod("team-a", "train-x1", nil, "job-1"), 5*time.Hour)
-	m.Observe(pod("team-a", "bare", nil, ""), time.Hour)
+	m.Observe(member("team-a", "llm-0"), 3*time.Hour, firstReclaim)
+	m.Observe(member("team-a", "llm-1"), 2*time.Hour, firstReclaim)
+	m.Observe(pod("team-a", "train-x1", nil, "job-1"), 5*time.Hour, firstReclaim)
+	m.Observe(pod("team-a", "bare", nil, ""), time.Hour, firstReclaim)
 
 	cases := []struct {
 		name string
@@ -51,25 +51,60 @@ func TestInterruptedKeysRunsByWorkload(t *testing.T) {
 	}
 
 	var none *Interrupted
-	none.Observe(member("team-a", "llm-0"), time.Hour)
+	none.Observe(member("team-a", "llm-0"), time.Hour, firstReclaim)
 	if got := none.Longest(member("team-a", "llm-0")); got != 0 {
 		t.Fatalf("a nil Interrupted knows %v", got)
 	}
 }
 
+// firstReclaim is when the tests' first reclaim happens.
+var firstReclaim = time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+
+func bare(i int) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprint("p", i)}}
+}
+
 func TestInterruptedForgetsTheOldestPastItsLimit(t *testing.T) {
 	m := NewInterrupted(3)
-	bare := func(i int) *corev1.Pod {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprint("p", i)}}
-	}
 	for i := range 5 {
-		m.Observe(bare(i), time.Duration(i+1)*time.Hour)
+		m.Observe(bare(i), time.Duration(i+1)*time.Hour, firstReclaim.Add(time.Duration(i)*time.Minute))
 	}
-	m.Observe(bare(3), time.Minute) // a shorter run does not lower the longest
-	for i, want := range []time.Duration{0, 0, 3 * time.Hour, 4 * time.Hour, 5 * time.Hour} {
+	// A shorter run does not lower the longest; a later reclaim makes p2
+	// the newest, so p3 is the next to go.
+	m.Observe(bare(2), time.Minute, firstReclaim.Add(time.Hour))
+	m.Observe(bare(5), time.Hour, firstReclaim.Add(2*time.Hour))
+	for i, want := range []time.Duration{0, 0, 3 * time.Hour, 0, 5 * time.Hour, time.Hour} {
 		if got := m.Longest(bare(i)); got != want {
 			t.Errorf("p%d: %v, want %v", i, got, want)
 		}
+	}
+}
+
+// A full Interrupted that merges a saved copy still holding a workload it
+// forgot keeps its newest workload: the forgotten one goes back among the
+// oldest, and goes again. (It used to come back as the newest and push the
+// new workload out, so past the limit no new workload was kept off Spot.)
+func TestMergingASavedCopyKeepsTheNewestPastTheLimit(t *testing.T) {
+	m := NewInterrupted(3)
+	for i := range 3 {
+		m.Observe(bare(i), time.Hour, firstReclaim.Add(time.Duration(i)*time.Minute))
+	}
+	saved := FormatInterruptedRuns(m.Runs())
+	m.Observe(bare(3), 30*time.Hour, firstReclaim.Add(time.Hour))
+	copyRuns, err := ParseInterruptedRuns(saved, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Merge(copyRuns)
+	if got := m.Longest(bare(3)); got != 30*time.Hour {
+		t.Fatalf("the newest workload was forgotten when the saved copy was merged (%v left)", m.Runs())
+	}
+	if got := m.Longest(bare(0)); got != 0 {
+		t.Fatalf("the oldest workload came back from the saved copy: %v", got)
+	}
+	want := "pod:ns/p1 1h0m0s 2026-11-30T08:01:00Z\npod:ns/p2 1h0m0s 2026-11-30T08:02:00Z\npod:ns/p3 30h0m0s 2026-11-30T09:00:00Z\n"
+	if got := FormatInterruptedRuns(m.Runs()); got != want {
+		t.Fatalf("to save %q, want %q", got, want)
 	}
 }
 
@@ -78,8 +113,8 @@ func TestInterruptedMetrics(t *testing.T) {
 	before, _ := testutil.GetCounterMetricValue(metricInterruptedRuns)
 	m := NewInterrupted(0)
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p"}}
-	m.Observe(p, time.Hour)
-	m.Observe(p, 2*time.Hour)
+	m.Observe(p, time.Hour, firstReclaim)
+	m.Observe(p, 2*time.Hour, firstReclaim.Add(time.Hour))
 	after, _ := testutil.GetCounterMetricValue(metricInterruptedRuns)
 	workloads, _ := testutil.GetGaugeMetricValue(metricInterruptedWorkloads)
 	if after-before != 2 || workloads != 1 {
@@ -89,10 +124,10 @@ func TestInterruptedMetrics(t *testing.T) {
 
 func TestInterruptedRunsRoundTripAndMerge(t *testing.T) {
 	m := NewInterrupted(0)
-	m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "a"}}, 3*time.Hour)
-	m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "b", Labels: map[string]string{gang.LabelName: "llm", gang.KeySize: "2"}}}, 90*time.Minute)
+	m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "a"}}, 3*time.Hour, firstReclaim)
+	m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "b", Labels: map[string]string{gang.LabelName: "llm", gang.KeySize: "2"}}}, 90*time.Minute, firstReclaim.Add(time.Hour))
 	data := FormatInterruptedRuns(m.Runs())
-	if want := "pod:ml/a 3h0m0s\ngang:label:ml/llm 1h30m0s\n"; data != want {
+	if want := "pod:ml/a 3h0m0s 2026-11-30T08:00:00Z\ngang:label:ml/llm 1h30m0s 2026-11-30T09:00:00Z\n"; data != want {
 		t.Fatalf("saved %q, want %q", data, want)
 	}
 	runs, err := ParseInterruptedRuns(data, "test")
@@ -100,18 +135,25 @@ func TestInterruptedRunsRoundTripAndMerge(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := NewInterrupted(0)
-	other.Merge([]InterruptedRun{{Key: "pod:ml/a", Ran: 5 * time.Hour}, {Key: "pod:ml/c", Ran: time.Hour}})
+	other.Merge([]InterruptedRun{{Key: "pod:ml/a", Ran: 5 * time.Hour, At: firstReclaim.Add(-time.Hour)}, {Key: "pod:ml/c", Ran: time.Hour, At: firstReclaim.Add(30 * time.Minute)}})
 	other.Merge(runs)
+	// A copy saved before the time was recorded: its workloads are the oldest.
+	old, err := ParseInterruptedRuns("pod:ml/d 2h0m0s\n", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Merge(old)
 	got := FormatInterruptedRuns(other.Runs())
-	if want := "pod:ml/a 5h0m0s\npod:ml/c 1h0m0s\ngang:label:ml/llm 1h30m0s\n"; got != want {
-		t.Fatalf("merged %q, want %q (the longer run per workload, new workloads newest)", got, want)
+	want := "pod:ml/d 2h0m0s\npod:ml/a 5h0m0s 2026-11-30T08:00:00Z\npod:ml/c 1h0m0s 2026-11-30T08:30:00Z\ngang:label:ml/llm 1h30m0s 2026-11-30T09:00:00Z\n"
+	if got != want {
+		t.Fatalf("merged %q, want %q (the longer run and the later reclaim per workload, in reclaim order)", got, want)
 	}
 }
 
 func TestInterruptedRunsKeepTheNewestUnderTheSizeLimit(t *testing.T) {
 	var runs []InterruptedRun
 	for i := range 20000 {
-		runs = append(runs, InterruptedRun{Key: fmt.Sprintf("owner:team-%05d/0e6c2b5c-7d3a-4d5e-9f00-%012d", i, i), Ran: time.Duration(i+1) * time.Minute})
+		runs = append(runs, InterruptedRun{Key: fmt.Sprintf("owner:team-%05d/0e6c2b5c-7d3a-4d5e-9f00-%012d", i, i), Ran: time.Duration(i+1) * time.Minute, At: firstReclaim.Add(time.Duration(i) * time.Second)})
 	}
 	data := FormatInterruptedRuns(runs)
 	if len(data) > maxPersistedBytes {
@@ -127,11 +169,12 @@ func TestInterruptedRunsKeepTheNewestUnderTheSizeLimit(t *testing.T) {
 }
 
 func TestDamagedInterruptedRunsNameTheLineAndTheFix(t *testing.T) {
-	runs, err := ParseInterruptedRuns("pod:ml/a 1h\n\nbogus 2h\npod:ml/b\npod:ml/c soon\npod:ml/d 0s\n", "configmap x/y key runs")
-	if len(runs) != 1 || runs[0].Key != "pod:ml/a" {
-		t.Fatalf("kept %v, want the one good line", runs)
+	runs, err := ParseInterruptedRuns("pod:ml/a 1h\n\nbogus 2h\npod:ml/b\npod:ml/c soon\npod:ml/d 0s\npod:ml/e 1h yesterday\npod:ml/f 1h 2026-11-30T08:00:00Z extra\npod:ml/g 2h 2026-11-30T08:00:00Z\n", "configmap x/y key runs")
+	if len(runs) != 2 || runs[0].Key != "pod:ml/a" || runs[1] != (InterruptedRun{Key: "pod:ml/g", Ran: 2 * time.Hour, At: firstReclaim}) {
+		t.Fatalf("kept %v, want the two good lines", runs)
 	}
-	for _, want := range []string{`line 3 "bogus 2h": workload "bogus"`, `line 4 "pod:ml/b": want`, `line 5 "pod:ml/c soon": run "soon" is not a positive Go duration`, `line 6`} {
+	for _, want := range []string{`line 3 "bogus 2h": workload "bogus"`, `line 4 "pod:ml/b": want`, `line 5 "pod:ml/c soon": run "soon" is not a positive Go duration`, `line 6`,
+		`line 7 "pod:ml/e 1h yesterday": last reclaim "yesterday" is not an RFC 3339 time`, `line 8 "pod:ml/f 1h 2026-11-30T08:00:00Z extra": want`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v lacks %q", err, want)
 		}

@@ -184,6 +184,9 @@ type RiskModel struct {
 
 	mu     sync.Mutex
 	priors map[Pool]Bucket
+	// pinned is the pools whose prior SetPrior set: a catalog's bucket
+	// (EnsurePrior) does not replace it.
+	pinned map[Pool]bool
 	pools  map[Pool]*evidence
 }
 
@@ -202,14 +205,16 @@ var _ RiskSource = &RiskModel{}
 // NewRiskModel builds a model; zero fields of cfg take their defaults.
 func NewRiskModel(cfg RiskConfig) *RiskModel {
 	cfg.defaults()
-	return &RiskModel{cfg: cfg, priors: map[Pool]Bucket{}, pools: map[Pool]*evidence{}}
+	return &RiskModel{cfg: cfg, priors: map[Pool]Bucket{}, pinned: map[Pool]bool{}, pools: map[Pool]*evidence{}}
 }
 
-// SetPrior sets the bucket a pool's estimate starts from.
+// SetPrior sets the bucket a pool's estimate starts from, for good: the
+// catalog's bucket (EnsurePrior) does not replace it.
 func (m *RiskModel) SetPrior(pool Pool, b Bucket) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.priors[pool] = b
+	m.pinned[pool] = true
 	m.publish(pool)
 }
 
@@ -323,14 +328,16 @@ func (m *RiskModel) publish(pool Pool) {
 	metricReclaimRate.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Set(m.rate(pool))
 }
 
-// EnsurePrior sets a pool's prior unless it has one. The scheduler calls it
-// for pools whose nodes exist; for a node that may not (Cluster
-// Autoscaler's template of a group it could grow) RateFrom prices the pool
-// without remembering it.
+// EnsurePrior makes b, the catalog's bucket for the pool, its prior unless
+// SetPrior set one: a catalog that moves a pool to another bucket moves its
+// prior at the next read, the evidence kept. The scheduler calls it for
+// pools whose nodes exist; for a node that may not (Cluster Autoscaler's
+// template of a group it could grow) RateFrom prices the pool without
+// remembering it.
 func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.priors[pool]; ok {
+	if cur, ok := m.priors[pool]; m.pinned[pool] || ok && cur == b {
 		return
 	}
 	m.priors[pool] = b

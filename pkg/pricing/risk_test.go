@@ -125,7 +125,17 @@ func TestRiskModelRateFrom(t *testing.T) {
 	if rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("rate-from-test", "z", "spot")); err != nil || !near(rate, m.ReclaimRate(real), 1e-12) {
 		t.Fatalf("published rate %g (%v), want %g", rate, err, m.ReclaimRate(real))
 	}
-	// A prior that was set is what RateFrom uses, and is not replaced.
+	// The catalog's bucket moves the prior when the catalog changes, the
+	// evidence kept.
+	m.EnsurePrior(real, BucketUnder5)
+	if got, want := m.ReclaimRate(real), RateFromMonthly(BucketUnder5.MonthlyProbability())/2; !near(got, want, 1e-9) {
+		t.Fatalf("after the catalog moved the pool to <5%%: rate %g, want %g", got, want)
+	}
+	if rate, _ := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("rate-from-test", "z", "spot")); !near(rate, m.ReclaimRate(real), 1e-12) {
+		t.Fatalf("published rate %g after the catalog changed, want %g", rate, m.ReclaimRate(real))
+	}
+	// A prior that was set is what RateFrom uses, and the catalog does not
+	// replace it.
 	m.SetPrior(real, BucketOver20)
 	m.EnsurePrior(real, Bucket5To10)
 	if got := m.RateFrom(real, Bucket5To10); m.priors[real] != BucketOver20 || !near(got, m.ReclaimRate(real), 1e-12) {

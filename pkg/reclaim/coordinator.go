@@ -295,7 +295,7 @@ func (c *Coordinator) observeRuns(ctx context.Context, nn nodeNotice, log logr.L
 	}
 	for _, p := range onNode {
 		if p.Status.StartTime != nil {
-			c.opts.Interrupted.Observe(p, nn.notice.Detected.Sub(p.Status.StartTime.Time))
+			c.opts.Interrupted.Observe(p, nn.notice.Detected.Sub(p.Status.StartTime.Time), nn.notice.Detected)
 		}
 	}
 }

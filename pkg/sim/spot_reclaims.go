@@ -117,9 +117,9 @@ func (r *elastic) reclaim(name string) error {
 		// about a gang member as a pod alone (asAlone), so that pod's
 		// workload learns it too. (Template verdicts it changes are those
 		// of avoiding pods, which follow the risk model: riskGen.)
-		r.interrupted.Observe(p.pod, r.now-p.runStart)
+		r.interrupted.Observe(p.pod, r.now-p.runStart, r.clock.Now())
 		if alone := asAlone(p.pod); alone != p.pod {
-			r.interrupted.Observe(alone, r.now-p.runStart)
+			r.interrupted.Observe(alone, r.now-p.runStart, r.clock.Now())
 		}
 		r.stop(i, true, kept[i])
 		if p.class.Work.Stateless {

@@ -12,14 +12,18 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
-// Args configure SpotRisk in the profile's pluginConfig. Zero fields take
-// the defaults documented on each; docs/spot.md explains every knob.
+// Args configure SpotRisk in the profile's pluginConfig. Fields left out
+// take the defaults documented on each; docs/spot.md explains every knob.
+// Where 0 means something of its own (fallbackAfter: 0s falls back at
+// once, maxExpectedLoss: 0 is refused), the field is a pointer, as in-tree
+// plugin args do, so that a 0 written in the config is not read as unset.
 type Args struct {
 	// FallbackAfter is how long a Spot-preferring pod waits for Spot
 	// capacity before it may run on on-demand capacity, and training without
 	// checkpoints (avoid) for capacity that is not Spot before it may run on
-	// Spot. Pods override it with penny.dev/fallback-after. Default 10m.
-	FallbackAfter metav1.Duration `json:"fallbackAfter,omitempty"`
+	// Spot. Pods override it with penny.dev/fallback-after. Default 10m;
+	// 0s falls back at once, as the annotation's 0s does.
+	FallbackAfter *metav1.Duration `json:"fallbackAfter,omitempty"`
 	// RestartOverhead is the time a reclaimed pod needs to be useful again
 	// (rescheduling, image pull, loading a model or checkpoint). Default 5m.
 	RestartOverhead metav1.Duration `json:"restartOverhead,omitempty"`
@@ -36,7 +40,7 @@ type Args struct {
 	// (pricing.RunLengths), else UnknownRuntime. Pools above it are
 	// filtered out for such pods. A fraction in (0, 1]. Default 0.02, the
 	// share of useful work a replay may lose (docs/spot.md).
-	MaxExpectedLoss float64 `json:"maxExpectedLoss,omitempty"`
+	MaxExpectedLoss *float64 `json:"maxExpectedLoss,omitempty"`
 	// NeverSpotPriority: pods at or above this priority never run on Spot
 	// unless they say penny.dev/spot otherwise. Default 1000000.
 	NeverSpotPriority *int32 `json:"neverSpotPriority,omitempty"`
@@ -76,8 +80,8 @@ const (
 
 // SetDefaults fills zero fields.
 func (a *Args) SetDefaults() {
-	if a.FallbackAfter.Duration == 0 {
-		a.FallbackAfter.Duration = DefaultFallbackAfter
+	if a.FallbackAfter == nil {
+		a.FallbackAfter = &metav1.Duration{Duration: DefaultFallbackAfter}
 	}
 	if a.RestartOverhead.Duration == 0 {
 		a.RestartOverhead.Duration = DefaultRestartOverhead
@@ -88,8 +92,9 @@ func (a *Args) SetDefaults() {
 	if a.ShortRuntime.Duration == 0 {
 		a.ShortRuntime.Duration = DefaultShortRuntime
 	}
-	if a.MaxExpectedLoss == 0 {
-		a.MaxExpectedLoss = DefaultMaxExpectedLoss
+	if a.MaxExpectedLoss == nil {
+		l := DefaultMaxExpectedLoss
+		a.MaxExpectedLoss = &l
 	}
 	if a.NeverSpotPriority == nil {
 		p := DefaultNeverSpotPriority
@@ -116,8 +121,8 @@ func (a *Args) Validate() error {
 			errs = append(errs, field.Invalid(p.Child(d.name), d.v.String(), "must not be negative"))
 		}
 	}
-	if a.MaxExpectedLoss < 0 || a.MaxExpectedLoss > 1 {
-		errs = append(errs, field.Invalid(p.Child("maxExpectedLoss"), a.MaxExpectedLoss, "must be a fraction in (0, 1], e.g. 0.05 for 5%"))
+	if l := *a.MaxExpectedLoss; !(l > 0 && l <= 1) {
+		errs = append(errs, field.Invalid(p.Child("maxExpectedLoss"), l, "must be a fraction in (0, 1], e.g. 0.05 for 5%; leave it out for the default 0.02"))
 	}
 	for i, k := range a.ReclaimTaints {
 		if k == "" {
@@ -146,6 +151,14 @@ func (a *Args) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind
 // DeepCopyObject implements runtime.Object.
 func (a *Args) DeepCopyObject() runtime.Object {
 	c := *a
+	if a.FallbackAfter != nil {
+		d := *a.FallbackAfter
+		c.FallbackAfter = &d
+	}
+	if a.MaxExpectedLoss != nil {
+		l := *a.MaxExpectedLoss
+		c.MaxExpectedLoss = &l
+	}
 	if a.NeverSpotPriority != nil {
 		p := *a.NeverSpotPriority
 		c.NeverSpotPriority = &p

@@ -187,7 +187,7 @@ func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod
 	sort.SliceStable(live, func(a, b int) bool { return started(live[a]) > started(live[b]) })
 	out := make([]runningPod, 0, len(live))
 	for _, p := range live {
-		class, err := classify(p, x.pl.args)
+		class, err := x.pl.classify(p)
 		if err != nil || !class.LongLived() {
 			continue
 		}
@@ -213,7 +213,7 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 		if admits == nil || !admits(node) {
 			continue
 		}
-		class, err := classify(p, x.pl.args)
+		class, err := x.pl.classify(p)
 		if err != nil {
 			continue
 		}

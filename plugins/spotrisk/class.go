@@ -171,7 +171,9 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 	if v, ok := ann[AnnotationMaxReclaimRisk]; ok {
 		r, err := parseRisk(v)
 		if err != nil {
-			return c, &AnnotationError{AnnotationMaxReclaimRisk, v, "give the highest monthly reclaim frequency of a Spot pool the pod accepts, as a percentage (10%) or a fraction (0.1), between 0 and 100%"}
+			// No percent sign in the fix: kube-scheduler's FailedScheduling
+			// event takes the status message as a format string.
+			return c, &AnnotationError{AnnotationMaxReclaimRisk, v, "give the highest monthly reclaim frequency of a Spot pool the pod accepts, as a fraction between 0 and 1 (0.1) or as a percentage with its percent sign (10 and the sign)"}
 		}
 		c.MaxMonthlyRisk = r
 	}
@@ -203,6 +205,26 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 		c.Policy, c.Why = Avoid, "training without checkpoints"
 	default:
 		c.Policy, c.Why = Allow, string(c.Workload)+" workload"
+	}
+	return c, nil
+}
+
+// classify is the package's classify with a native PodGroup's size, which
+// lives on the PodGroup, not on its members: a gang of k nodes risks k
+// nodes' reclaims (the expected-loss rule, Score).
+func (pl *SpotRisk) classify(pod *corev1.Pod) (Class, error) {
+	c, err := classify(pod, pl.args)
+	if err != nil || c.Work.Nodes > 0 || pl.handle == nil {
+		return c, err
+	}
+	ref, ok := gang.RefOf(pod)
+	if !ok || ref.Source != gang.SourcePodGroup {
+		return c, nil
+	}
+	if pgm := pl.handle.PodGroupManager(); pgm != nil {
+		if pg, err := pgm.PodGroups().Get(ref.Namespace, ref.Name); err == nil && pg.Spec.SchedulingPolicy.Gang != nil {
+			c.Work.Nodes = int(pg.Spec.SchedulingPolicy.Gang.MinCount)
+		}
 	}
 	return c, nil
 }
@@ -247,7 +269,8 @@ func parseRisk(v string) (float64, error) {
 		return 0, err
 	}
 	f /= scale
-	if f < 0 || f > 1 {
+	// NaN passes no comparison: it would switch the limit off.
+	if !(f >= 0 && f <= 1) {
 		return 0, fmt.Errorf("out of range")
 	}
 	return f, nil

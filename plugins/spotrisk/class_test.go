@@ -1,6 +1,7 @@
 package spotrisk
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,23 @@ func TestClassifyMalformedAnnotationsNameTheFix(t *testing.T) {
 		msg := err.Error()
 		if !strings.Contains(msg, "annotation "+key+"=\""+value+"\" is not valid: use") && !strings.Contains(msg, "annotation "+key+"=\""+value+"\" is not valid: give") {
 			t.Errorf("%s=%s: message does not name the annotation and the fix: %s", key, value, msg)
+		}
+	}
+}
+
+// A risk limit that is not a number is refused (NaN passed the range check
+// and switched the limit off), and the fix carries no percent sign: the
+// FailedScheduling event reads the status message as a format string.
+func TestMalformedRiskLimitIsRefusedWithAPrintableFix(t *testing.T) {
+	for _, v := range []string{"NaN", "nan%", "ten"} {
+		_, err := classify(pod("p", map[string]string{AnnotationMaxReclaimRisk: v}), defaults())
+		if err == nil {
+			t.Errorf("%s=%s: want error", AnnotationMaxReclaimRisk, v)
+			continue
+		}
+		fix := strings.TrimPrefix(err.Error(), fmt.Sprintf("annotation %s=%q is not valid: ", AnnotationMaxReclaimRisk, v))
+		if fix == err.Error() || strings.Contains(fix, "%") {
+			t.Errorf("%s=%s: %q: want the annotation named and a fix without a percent sign", AnnotationMaxReclaimRisk, v, err)
 		}
 	}
 }

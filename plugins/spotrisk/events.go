@@ -27,7 +27,7 @@ func (pl *SpotRisk) isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1
 	if err != nil {
 		return fwk.Queue, err
 	}
-	class, err := classify(pod, pl.args)
+	class, err := pl.classify(pod)
 	if err != nil {
 		// Only a change of the pod's annotations can help.
 		return fwk.QueueSkip, nil

@@ -66,7 +66,7 @@ type Option struct {
 // together (packed first-fit). A node eight times the size of the
 // workload that can use it is dearer per pod than one that it fills.
 func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error) {
-	class, err := classify(pod, x.pl.args)
+	class, err := x.pl.classify(pod)
 	if err != nil {
 		return nil, err
 	}

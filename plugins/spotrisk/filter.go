@@ -61,7 +61,7 @@ func getState(cs fwk.CycleState) (*podState, error) {
 // PreFilter reads the pod's class. A malformed annotation rejects the pod
 // with an event that names the annotation and the fix.
 func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
-	class, err := classify(pod, pl.args)
+	class, err := pl.classify(pod)
 	if err != nil {
 		var ae *AnnotationError
 		if errors.As(err, &ae) {
@@ -131,7 +131,7 @@ func (pl *SpotRisk) Filter(ctx context.Context, cs fwk.CycleState, pod *corev1.P
 // Nil when the pod's annotations are malformed: PreFilter rejects the pod,
 // naming the annotation.
 func (pl *SpotRisk) Admits(pod *corev1.Pod) func(node *corev1.Node) bool {
-	class, err := classify(pod, pl.args)
+	class, err := pl.classify(pod)
 	if err != nil {
 		return nil
 	}
@@ -182,9 +182,9 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 	}
 	// Training without checkpoints restarts from nothing after a reclaim,
 	// which costs it on average half its run (its runtime: stateFor).
-	if nodes := max(1, c.Work.Nodes); c.Policy == Avoid && float64(nodes)*rate*s.runtime.Hours()/2 > pl.args.MaxExpectedLoss {
+	if nodes := max(1, c.Work.Nodes); c.Policy == Avoid && float64(nodes)*rate*s.runtime.Hours()/2 > *pl.args.MaxExpectedLoss {
 		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %g percent of its work to reclaims",
-			nodes, s.runtime.Round(time.Minute), s.runtimeSource, 100*pl.args.MaxExpectedLoss)
+			nodes, s.runtime.Round(time.Minute), s.runtimeSource, 100**pl.args.MaxExpectedLoss)
 	}
 	return ""
 }
@@ -198,7 +198,7 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	s, err := getState(cs)
 	if err != nil {
-		class, err := classify(pod, pl.args)
+		class, err := pl.classify(pod)
 		if err != nil {
 			return nil, fwk.NewStatus(fwk.Unschedulable)
 		}

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	schedulingapi "k8s.io/api/scheduling/v1beta1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -146,6 +148,12 @@ type env struct {
 
 func newEnv(t *testing.T, args *Args, deps Deps, nodes ...*corev1.Node) *env {
 	t.Helper()
+	return newEnvWith(t, args, deps, nil, nodes...)
+}
+
+// newEnvWith is newEnv with more framework options (a PodGroup manager).
+func newEnvWith(t *testing.T, args *Args, deps Deps, opts []frameworkruntime.Option, nodes ...*corev1.Node) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	e := &env{clock: clocktesting.NewFakeClock(t0), recorder: events.NewFakeRecorder(100), act: &activator{}}
@@ -164,15 +172,16 @@ func newEnv(t *testing.T, args *Args, deps Deps, nodes ...*corev1.Node) *env {
 		return p, err
 	}
 	snapshot := cache.NewSnapshot(nil, nodes)
+	opts = append([]frameworkruntime.Option{
+		frameworkruntime.WithSnapshotSharedLister(snapshot),
+		frameworkruntime.WithEventRecorder(e.recorder),
+		frameworkruntime.WithPodActivator(e.act),
+	}, opts...)
 	fw, err := tf.NewFramework(ctx, []tf.RegisterPluginFunc{
 		tf.RegisterQueueSortPlugin(queuesort.Name, queuesort.New),
 		tf.RegisterBindPlugin(defaultbinder.Name, defaultbinder.New),
 		tf.RegisterPluginAsExtensions(Name, factory, "PreFilter", "Filter", "PostFilter", "PreScore", "Score", "Reserve", "PostBind"),
-	}, "penny-scheduler",
-		frameworkruntime.WithSnapshotSharedLister(snapshot),
-		frameworkruntime.WithEventRecorder(e.recorder),
-		frameworkruntime.WithPodActivator(e.act),
-	)
+	}, "penny-scheduler", opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,3 +321,19 @@ func expectContains(t *testing.T, what, got string, wants ...string) {
 }
 
 func klogLogger() klog.Logger { return klog.Background() }
+
+// podGroups is the scheduler's PodGroup manager as far as SpotRisk reads it:
+// the PodGroups by namespace/name.
+type podGroups struct {
+	fwk.PodGroupManager
+	groups map[string]*schedulingapi.PodGroup
+}
+
+func (p podGroups) PodGroups() fwk.PodGroupLister { return p }
+
+func (p podGroups) Get(namespace, name string) (*schedulingapi.PodGroup, error) {
+	if g, ok := p.groups[namespace+"/"+name]; ok {
+		return g, nil
+	}
+	return nil, fmt.Errorf("podgroup %s/%s not found", namespace, name)
+}

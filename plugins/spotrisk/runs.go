@@ -81,7 +81,7 @@ func (pl *SpotRisk) observeRun(obj interface{}, runs *pricing.RunLengths) {
 	if !ok {
 		return
 	}
-	if class, err := classify(pod, pl.args); err != nil || class.Workload != Training {
+	if class, err := pl.classify(pod); err != nil || class.Workload != Training {
 		return
 	}
 	runs.Observe(float64(pricing.PodUsage(pod).GPUMilli)/gpu.MilliPerGPU, ran, end)

@@ -19,7 +19,7 @@ var _ fwk.SignPlugin = &SpotRisk{}
 // annotation. What reclaims cut short of the pod's workload is part of the
 // signature: it keeps an avoiding pod off Spot.
 func (pl *SpotRisk) SignPod(_ context.Context, pod *corev1.Pod) ([]fwk.SignFragment, *fwk.Status) {
-	class, err := classify(pod, pl.args)
+	class, err := pl.classify(pod)
 	if err != nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable, err.Error())
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	schedulingapi "k8s.io/api/scheduling/v1beta1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -16,6 +17,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	"k8s.io/utils/ptr"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -72,6 +75,24 @@ func TestFilterRulesAndCounts(t *testing.T) {
 	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
 	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only"}))
 	expectContains(t, "FitError", r.fitError, "1 node(s) are not Spot and the pod runs only on Spot (penny.dev/spot=only)")
+}
+
+// A catalog reload that moves a pool to another interruption bucket moves
+// the risk filter with it: the pool's prior follows the catalog (it used to
+// keep the first bucket it saw until the scheduler restarted).
+func TestCatalogReloadMovesThePoolsRisk(t *testing.T) {
+	store := pricing.NewStore(catalog(t))
+	e := newEnv(t, nil, Deps{Prices: store}, fleet()...)
+	limited := map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"}
+	if r := e.schedule(t, pod("p", limited)); strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("before the reload: feasible %v, want spot-a (%s)", r.feasible, r.fitError)
+	}
+	if err := store.Load([]byte(strings.Replace(testCatalog, `interruption: ">20%"`, `interruption: "<5%"`, 1)), "reloaded"); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.schedule(t, pod("p", limited)); strings.Join(r.feasible, ",") != "spot-a,spot-c" {
+		t.Fatalf("after the catalog moved us-east-1c to <5%%: feasible %v, want spot-a,spot-c (%s)", r.feasible, r.fitError)
+	}
 }
 
 // A pod without GPUs pays for the share of a GPU node it takes, not the
@@ -175,7 +196,7 @@ func TestFallbackAfterWaiting(t *testing.T) {
 	full := node("spot-full", pricing.Spot, "us-east-1a")
 	full.Spec.Taints = []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}
 	args := &Args{}
-	args.FallbackAfter.Duration = 2 * time.Minute
+	args.FallbackAfter = &metav1.Duration{Duration: 2 * time.Minute}
 	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"), full)
 	p := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
 
@@ -236,7 +257,7 @@ func TestBindingCountsTheWaitByPolicyAndCapacity(t *testing.T) {
 // Spot-preferring pod, then may use Spot pools that its rules let it.
 func TestTrainingWithoutCheckpointsWaitsForCapacityThatIsNotSpot(t *testing.T) {
 	args := &Args{}
-	args.FallbackAfter.Duration = 2 * time.Minute
+	args.FallbackAfter = &metav1.Duration{Duration: 2 * time.Minute}
 	full := node("od-full", pricing.OnDemand, "us-east-1a")
 	full.Spec.Taints = []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}
 	e := newEnv(t, args, Deps{Prices: catalog(t)}, full, node("spot-a", pricing.Spot, "us-east-1a"))
@@ -323,14 +344,21 @@ func TestQueueingHints(t *testing.T) {
 
 func TestArgs(t *testing.T) {
 	a, err := decodeArgs(nil)
-	if err != nil || a.FallbackAfter.Duration != DefaultFallbackAfter || *a.NeverSpotPriority != DefaultNeverSpotPriority || len(a.ReclaimTaints) == 0 || a.MaxExpectedLoss != DefaultMaxExpectedLoss {
+	if err != nil || a.FallbackAfter.Duration != DefaultFallbackAfter || *a.NeverSpotPriority != DefaultNeverSpotPriority || len(a.ReclaimTaints) == 0 || *a.MaxExpectedLoss != DefaultMaxExpectedLoss {
 		t.Fatalf("defaults %+v %v", a, err)
 	}
 	a, err = decodeArgs(&runtime.Unknown{Raw: []byte(`{"fallbackAfter":"90s","catalog":{"configMap":{"namespace":"penny-system","name":"prices"}}}`), ContentType: runtime.ContentTypeJSON})
 	if err != nil || a.FallbackAfter.Duration != 90*time.Second || a.Catalog.ConfigMap.Key != DefaultCatalogKey {
 		t.Fatalf("%+v %v", a, err)
 	}
+	// A 0 written in the config is not "unset": fallbackAfter: 0s falls back
+	// at once, as the pod annotation's 0s does.
+	a, err = decodeArgs(&runtime.Unknown{Raw: []byte(`{"fallbackAfter":"0s"}`), ContentType: runtime.ContentTypeJSON})
+	if err != nil || a.FallbackAfter.Duration != 0 {
+		t.Fatalf("fallbackAfter: 0s gave %v (%v), want 0s", a.FallbackAfter, err)
+	}
 	for raw, want := range map[string]string{
+		`{"maxExpectedLoss":0}`:                   "args.maxExpectedLoss: Invalid value: 0: must be a fraction in (0, 1]",
 		`{"fallbackAftr":"90s"}`:                  `unknown field "fallbackAftr"`,
 		`{"fallbackAfter":"-1m"}`:                 `args.fallbackAfter: Invalid value: "-1m0s": must not be negative`,
 		`{"catalog":{"file":"x","configMap":{}}}`: "give one source: file or configMap",
@@ -408,8 +436,8 @@ func TestAvoidingWorkloadInterruptedByAReclaimStaysOffSpot(t *testing.T) {
 	if r := e.schedule(t, waited(pod("train", avoid))); strings.Join(r.feasible, ",") != "od,reserved,spot-a,spot-c" {
 		t.Fatalf("before any reclaim: feasible %v", r.feasible)
 	}
-	interrupted.Observe(pod("train", avoid), 14*time.Hour+50*time.Minute)
-	interrupted.Observe(pod("batch", map[string]string{AnnotationWorkload: "batch"}), time.Hour)
+	interrupted.Observe(pod("train", avoid), 14*time.Hour+50*time.Minute, time.Now())
+	interrupted.Observe(pod("batch", map[string]string{AnnotationWorkload: "batch"}), time.Hour, time.Now())
 
 	r := e.schedule(t, waited(pod("train", avoid)))
 	if strings.Join(r.feasible, ",") != "od,reserved" {
@@ -438,7 +466,7 @@ func TestAvoidingWorkloadInterruptedByAReclaimStaysOffSpot(t *testing.T) {
 // it waits) still gets the timer that retries it when its wait ends.
 func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 	args := &Args{}
-	args.FallbackAfter.Duration = 2 * time.Minute
+	args.FallbackAfter = &metav1.Duration{Duration: 2 * time.Minute}
 	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
 	p := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
 	if e.plugin.Admits(p)(e.nodes[0].Node()) {
@@ -482,6 +510,29 @@ func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *tes
 	e = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[2:3]...)
 	expectContains(t, "FitError", e.schedule(t, gangOf8("480h")).fitError,
 		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 480h0m0s (declared), would expect to lose more than 2 percent of its work to reclaims")
+}
+
+// A native PodGroup's members do not carry the gang's size; the PodGroup
+// does, and the expected-loss rule counts its nodes as for penny.dev/gang.
+func TestNativePodGroupRisksAllItsNodes(t *testing.T) {
+	groups := podGroups{groups: map[string]*schedulingapi.PodGroup{"default/llm": {
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "llm"},
+		Spec:       schedulingapi.PodGroupSpec{SchedulingPolicy: schedulingapi.PodGroupSchedulingPolicy{Gang: &schedulingapi.GangSchedulingPolicy{MinCount: 8}}},
+	}}}
+	e := newEnvWith(t, nil, Deps{Prices: catalog(t)}, []frameworkruntime.Option{frameworkruntime.WithPodGroupManager(groups)}, fleet()[:4]...)
+	member := waited(pod("member", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "100h"}))
+	member.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("llm")}
+	r := e.schedule(t, member)
+	if strings.Join(r.feasible, ",") != "od,reserved" {
+		t.Fatalf("a member of a PodGroup of 8 for 100h: feasible %v, want od,reserved (%s)", r.feasible, r.fitError)
+	}
+	// Without the PodGroup (not yet in the scheduler's cache) it is priced
+	// as one pod, as before.
+	alone := member.DeepCopy()
+	alone.Spec.SchedulingGroup.PodGroupName = ptr.To("unknown")
+	if r := e.schedule(t, alone); strings.Join(r.feasible, ",") != "od,reserved,spot-a,spot-c" {
+		t.Fatalf("a member of an unknown PodGroup: feasible %v, want od,reserved,spot-a,spot-c (%s)", r.feasible, r.fitError)
+	}
 }
 
 // Training without checkpoints that declares no runtime is taken to run as

@@ -69,7 +69,7 @@ func TestInterruptedRunsOutliveARestart(t *testing.T) {
 
 	// Before the restart: a reclaim cut a 3-hour run of default/train-a short.
 	before := pricing.NewInterrupted(0)
-	before.Observe(bare("default", "train-a"), 3*time.Hour)
+	before.Observe(bare("default", "train-a"), 3*time.Hour, time.Now())
 	if err := before.Save(ctx, opts); err != nil {
 		t.Fatalf("penny-scheduler's ServiceAccount cannot save the runs: %v", err)
 	}
@@ -117,10 +117,10 @@ func TestInterruptedRunsOutliveARestart(t *testing.T) {
 
 	t.Run("replicas saving at once keep each other's runs", func(t *testing.T) {
 		r1, r2 := pricing.NewInterrupted(0), pricing.NewInterrupted(0)
-		r1.Observe(bare("ml", "one"), time.Hour)
-		r1.Observe(bare("ml", "both"), 2*time.Hour)
-		r2.Observe(bare("ml", "two"), 4*time.Hour)
-		r2.Observe(bare("ml", "both"), 5*time.Hour)
+		r1.Observe(bare("ml", "one"), time.Hour, time.Now())
+		r1.Observe(bare("ml", "both"), 2*time.Hour, time.Now())
+		r2.Observe(bare("ml", "two"), 4*time.Hour, time.Now())
+		r2.Observe(bare("ml", "both"), 5*time.Hour, time.Now())
 		var wg sync.WaitGroup
 		for _, r := range []*pricing.Interrupted{r1, r2} {
 			wg.Go(func() {
@@ -149,9 +149,9 @@ func TestInterruptedRunsOutliveARestart(t *testing.T) {
 		pctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		go live.Persist(pctx, opts)
-		live.Observe(bare("ml", "late"), 90*time.Minute)
+		live.Observe(bare("ml", "late"), 90*time.Minute, time.Now())
 		err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-			return strings.Contains(saved(), "pod:ml/late 1h30m0s\n"), nil
+			return strings.Contains(saved(), "pod:ml/late 1h30m0s "), nil
 		})
 		if err != nil {
 			t.Fatalf("the run was not saved within 10s; saved copy:\n%s", saved())
@@ -172,7 +172,7 @@ func TestInterruptedRunsOutliveARestart(t *testing.T) {
 		if err == nil {
 			t.Fatal("a damaged copy loaded without an error")
 		}
-		for _, want := range []string{"configmap penny-system/penny-interrupted-runs key runs line 2 \"nonsense\"", "line 3", "e.g. \"gang:label:ml/llm 14h50m0s\""} {
+		for _, want := range []string{"configmap penny-system/penny-interrupted-runs key runs line 2 \"nonsense\"", "line 3", "e.g. \"gang:label:ml/llm 14h50m0s 2026-11-30T08:00:00Z\""} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q lacks %q", err, want)
 			}
