@@ -32,7 +32,8 @@ func ObserveNodes(feed ReclaimFeed, nodes []*corev1.Node, hours float64, at time
 // interval makes exact enough for rates of reclaims per hundreds of
 // node-hours). Without exposure a reclaim count says nothing about a rate:
 // a pool of a hundred nodes that lost one in a month would look as risky as
-// one node lost in its first hour.
+// one node lost in its first hour. A RiskModel also republishes every
+// pool's rate at each count (Refresh).
 func FeedExposure(ctx context.Context, feed ReclaimFeed, list func() ([]*corev1.Node, error), clk clock.WithTicker, every time.Duration) {
 	if every <= 0 {
 		every = DefaultExposureEvery
@@ -54,6 +55,9 @@ func FeedExposure(ctx context.Context, feed ReclaimFeed, list func() ([]*corev1.
 			}
 			ObserveNodes(feed, nodes, now.Sub(last).Hours(), now)
 			last = now
+			if m, ok := feed.(*RiskModel); ok {
+				m.Refresh()
+			}
 		}
 	}
 }

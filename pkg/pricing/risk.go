@@ -321,6 +321,22 @@ func (m *RiskModel) Reclaims(pool Pool) int {
 	return 0
 }
 
+// Refresh publishes every Spot pool's rate as of now. Rates drift back to
+// their priors as evidence ages, and a pool with no nodes left gets no new
+// evidence to publish on: FeedExposure calls this at each count.
+func (m *RiskModel) Refresh() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for pool := range m.priors {
+		m.publish(pool)
+	}
+	for pool := range m.pools {
+		if _, ok := m.priors[pool]; !ok {
+			m.publish(pool)
+		}
+	}
+}
+
 func (m *RiskModel) publish(pool Pool) {
 	if pool.Capacity != Spot {
 		return

@@ -1,10 +1,13 @@
 package pricing
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -176,6 +179,48 @@ func TestRiskMetrics(t *testing.T) {
 	rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("metric-test", "z", "spot"))
 	if err != nil || !near(rate, m.ReclaimRate(pool), 1e-12) {
 		t.Fatalf("penny_pool_reclaim_rate_per_hour %v, model %v (%v)", rate, m.ReclaimRate(pool), err)
+	}
+}
+
+// The published rate follows the model as evidence ages, also for a pool
+// that gets no new evidence (no nodes left): it used to keep showing the
+// rate of its last reclaims.
+func TestRiskMetricsFollowAgeingEvidence(t *testing.T) {
+	RegisterMetrics()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakeClock(now)
+	m := NewRiskModel(RiskConfig{Clock: clk})
+	pool := Pool{InstanceType: "refresh-test", Zone: "z", Capacity: Spot}
+	m.SetPrior(pool, Bucket5To10)
+	for i := range 5 {
+		m.ObserveReclaim(pool, fmt.Sprint("n", i), now)
+	}
+	published := func() float64 {
+		rate, err := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("refresh-test", "z", "spot"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rate
+	}
+	hot := published()
+	clk.Step(60 * 24 * time.Hour)
+	if cooled := m.ReclaimRate(pool); cooled > hot/5 {
+		t.Fatalf("sixty quiet days: rate %g, was %g; want it well down", cooled, hot)
+	}
+	// FeedExposure refreshes at each count, though the pool has no nodes.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go FeedExposure(ctx, m, func() ([]*corev1.Node, error) { return nil, nil }, clk, time.Minute)
+	for !clk.HasWaiters() {
+		time.Sleep(time.Millisecond)
+	}
+	clk.Step(time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for !near(published(), m.ReclaimRate(pool), 1e-12) {
+		if time.Now().After(deadline) {
+			t.Fatalf("published %g after a count, model %g", published(), m.ReclaimRate(pool))
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

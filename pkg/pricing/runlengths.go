@@ -65,9 +65,12 @@ func (r *RunLengths) Observe(gpus float64, ran time.Duration, end time.Time) {
 	r.s1 += w * gpus * h
 	r.s2 += w * gpus * h * h
 	r.n++
-	typical := r.s2 / r.s1
+	typical, inForce := r.s2/r.s1, r.n >= MinRunLengths
 	r.mu.Unlock()
-	metricTypicalRunHours.Set(typical)
+	// Until Typical answers, unknownRuntime is in force, not this.
+	if inForce {
+		metricTypicalRunHours.Set(typical)
+	}
 }
 
 func (r *RunLengths) weight(age time.Duration) float64 {

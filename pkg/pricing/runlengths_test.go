@@ -3,6 +3,8 @@ package pricing
 import (
 	"testing"
 	"time"
+
+	"k8s.io/component-base/metrics/testutil"
 )
 
 var runsEnd = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
@@ -78,5 +80,23 @@ func TestRunLengthsForgetsOldRunsByTime(t *testing.T) {
 	// (8 x 480^2 + 5000 x (1/6)^2) / (8 x 480 + 5000 / 6) h
 	if got, _ := busy.Typical(); got.Round(time.Hour) != 394*time.Hour {
 		t.Fatalf("5,000 short runs in an hour after a 20-day 8-GPU one: %v, want 394h", got)
+	}
+}
+
+// The metric shows the typical run only once SpotRisk uses it: before
+// MinRunLengths runs, unknownRuntime is in force.
+func TestTypicalRunMetricWaitsUntilItIsInForce(t *testing.T) {
+	RegisterMetrics()
+	metricTypicalRunHours.Set(-1)
+	r := NewRunLengths(0)
+	for range MinRunLengths - 1 {
+		r.Observe(1, 5*time.Hour, runsEnd)
+	}
+	if got, _ := testutil.GetGaugeMetricValue(metricTypicalRunHours); got != -1 {
+		t.Fatalf("published %g after %d runs, before it is in force", got, MinRunLengths-1)
+	}
+	r.Observe(1, 5*time.Hour, runsEnd)
+	if got, _ := testutil.GetGaugeMetricValue(metricTypicalRunHours); !near(got, 5, 1e-9) {
+		t.Fatalf("published %g after %d runs of 5h, want 5", got, MinRunLengths)
 	}
 }
