@@ -177,13 +177,14 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 	rate := pl.reclaimRate(node, capacity, price, priced)
 	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
 		// No percent sign: the scheduler's event recorder takes the
-		// message as a format.
-		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+		// message as a format. Six significant digits: 0.07 is 7, not
+		// 7.000000000000001.
+		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%.6g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
 	}
 	// Training without checkpoints restarts from nothing after a reclaim,
 	// which costs it on average half its run (its runtime: stateFor).
 	if nodes := max(1, c.Work.Nodes); c.Policy == Avoid && float64(nodes)*rate*s.runtime.Hours()/2 > *pl.args.MaxExpectedLoss {
-		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %g percent of its work to reclaims",
+		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %.6g percent of its work to reclaims",
 			nodes, s.runtime.Round(time.Minute), s.runtimeSource, 100**pl.args.MaxExpectedLoss)
 	}
 	return ""

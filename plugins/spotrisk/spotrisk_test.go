@@ -69,6 +69,10 @@ func TestFilterRulesAndCounts(t *testing.T) {
 		"0/3 nodes are available:",
 		"1 node(s) have a pending reclaim notice",
 		"2 node(s) are Spot and the pod stays off Spot (inference workload)")
+	// 100 x 0.14 is 14.000000000000002 in floating point; the message says 14.
+	r = newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[3:]...).schedule(t, pod("p", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "0.14"}))
+	expectContains(t, "FitError", r.fitError,
+		"1 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=14 percent a month allows")
 	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "1%"}))
 	expectContains(t, "FitError", r.fitError,
 		"2 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=1 percent a month allows")
