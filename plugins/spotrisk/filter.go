@@ -208,16 +208,24 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 	if !s.waiting || pl.handle == nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
+	// One timer per pod, unless its wait got shorter (a lowered
+	// penny.dev/fallback-after): then an earlier one, and the later one
+	// retries it once more for nothing.
+	deadline := s.deadline
 	pl.mu.Lock()
-	armed := pl.wakeups[pod.UID]
-	pl.wakeups[pod.UID] = true
+	armed, ok := pl.wakeups[pod.UID]
+	arm := !ok || deadline.Before(armed)
+	if arm {
+		pl.wakeups[pod.UID] = deadline
+	}
 	pl.mu.Unlock()
-	if !armed {
+	if arm {
 		logger := klog.FromContext(ctx)
-		wait := s.deadline.Sub(pl.clock.Now())
-		pl.clock.AfterFunc(wait, func() {
+		pl.clock.AfterFunc(deadline.Sub(pl.clock.Now()), func() {
 			pl.mu.Lock()
-			delete(pl.wakeups, pod.UID)
+			if pl.wakeups[pod.UID].Equal(deadline) {
+				delete(pl.wakeups, pod.UID)
+			}
 			pl.mu.Unlock()
 			pl.handle.Activate(logger, map[string]*corev1.Pod{pod.Namespace + "/" + pod.Name: pod})
 		})

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -66,7 +67,7 @@ type SpotRisk struct {
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
 	// fallback window ends.
-	wakeups map[types.UID]bool
+	wakeups map[types.UID]time.Time
 }
 
 var (
@@ -91,7 +92,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	}
 	pricing.RegisterMetrics()
 	registerMetrics()
-	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths, wakeups: map[types.UID]bool{}}
+	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths, wakeups: map[types.UID]time.Time{}}
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}
 	}

@@ -223,6 +223,19 @@ func TestFallbackAfterWaiting(t *testing.T) {
 
 	e.expectFallback(t, p, Prefer, "od", "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
 
+	// A wait shortened while the pod waits (its annotation lowered) gets
+	// an earlier timer: the first one would retry it too late.
+	w := pod("lowered", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	w.CreationTimestamp = metav1.NewTime(e.clock.Now())
+	e.schedule(t, w)
+	w.Annotations[AnnotationFallbackAfter] = "1m"
+	e.schedule(t, w)
+	e.clock.Step(time.Minute)
+	waitUntil(t, func() bool { return len(e.act.list()) == 2 })
+	if got := e.act.list(); got[1] != "default/lowered" {
+		t.Fatalf("activated %v", got)
+	}
+
 	// A per-pod override shortens the wait.
 	q := pod("impatient", map[string]string{AnnotationSpot: "prefer", AnnotationFallbackAfter: "30s"})
 	if r := e.schedule(t, q); strings.Join(r.feasible, ",") != "od" {
