@@ -318,6 +318,10 @@ func TestSpotScenarioErrors(t *testing.T) {
 		"half a node":   {strings.Replace(tinyScenario, "max: 4,", "max: 1.5,", 1), `tiny.yaml:15: pools[0].max: "1.5" is not a whole number of nodes`},
 		"other region":  {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: eu-west-1a, max: 4,", 1), `tiny.yaml:15: pools[0].zone: "eu-west-1a" is not a zone of region us-east-1`},
 		"nan price":     {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: .nan, max: 4,", 1), "tiny.yaml:15: pools[0].hourlyPrice: NaN: a price must be a finite number >= 0"},
+		// A misspelt class annotation is the scenario's error, named there,
+		// even if no trace row ever matches the rule.
+		"class annotation": {strings.Replace(tinyScenario, "- {qos: [BE], annotations: {penny.dev/workload: training,", "- {qos: [none-such], annotations: {penny.dev/workload: trainig,", 1),
+			`tiny.yaml:13: classes[1].annotations: annotation penny.dev/workload="trainig" is not valid: use one of training, inference, batch, dev`},
 	} {
 		y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(c.yaml)
 		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y)); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -352,6 +356,19 @@ pools:
 	if s.Pools[2].MeanTimeToReclaim.Duration != 0 || s.Pools[3].MeanTimeToReclaim.Duration != 0 || s.Pools[0].MeanTimeToReclaim.Duration != 0 {
 		t.Errorf("0s, no bucket and on-demand must stay unreclaimed: %v, %v, %v",
 			s.Pools[2].MeanTimeToReclaim, s.Pools[3].MeanTimeToReclaim, s.Pools[0].MeanTimeToReclaim)
+	}
+	// Delays left out take their defaults; 0s written is no delay.
+	if p := s.Pools[0]; p.ProvisioningDelay.Duration != DefaultProvisioningDelay || p.ScaleDownAfter.Duration != DefaultScaleDownAfter || s.RestartOverhead.Duration != DefaultRestartOverhead {
+		t.Errorf("defaults: provisioning %v, scale-down %v, restart %v", p.ProvisioningDelay, p.ScaleDownAfter, s.RestartOverhead)
+	}
+	zero := scenarioOf(t, `
+region: us-east-1
+restartOverhead: 0s
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 2, provisioningDelay: 0s, scaleDownAfter: 0s}
+`)
+	if p := zero.Pools[0]; p.ProvisioningDelay.Duration != 0 || p.ScaleDownAfter.Duration != 0 || zero.RestartOverhead.Duration != 0 {
+		t.Errorf("0s written: provisioning %v, scale-down %v, restart %v; want none", p.ProvisioningDelay, p.ScaleDownAfter, zero.RestartOverhead)
 	}
 	// Policies it does not list run as they mean to.
 	for policy, want := range map[string]PolicyTweaks{

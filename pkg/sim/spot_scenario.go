@@ -17,12 +17,14 @@ import (
 	"go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // SpotScenario is an elastic, priced fleet for `penny sim replay`: pools of
@@ -83,12 +85,10 @@ type ElasticPool struct {
 	// out, the pool is reclaimed as its advertised bucket says.
 	MeanTimeToReclaim Duration `yaml:"meanTimeToReclaim"`
 
-	// mttrGiven is whether the file sets meanTimeToReclaim.
-	mttrGiven bool
-	capacity  pricing.CapacityType
-	bucket    pricing.Bucket
-	template  localcluster.Pool
-	line      int
+	capacity pricing.CapacityType
+	bucket   pricing.Bucket
+	template localcluster.Pool
+	line     int
 }
 
 // ClassRule maps trace pods to annotations. The first rule that matches a
@@ -155,7 +155,12 @@ func scenarioYAMLError(err error) error {
 }
 
 // Duration reads Go durations ("90s", "4h") in YAML.
-type Duration struct{ time.Duration }
+type Duration struct {
+	time.Duration
+	// given is whether the file set it: a 0s written there means no delay,
+	// not the default.
+	given bool
+}
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
@@ -166,7 +171,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if v < 0 {
 		return fmt.Errorf("line %d: %q is negative: a delay or interval must be 0 or more", n.Line, n.Value)
 	}
-	d.Duration = v
+	d.Duration, d.given = v, true
 	return nil
 }
 
@@ -227,7 +232,6 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 				if (key == "min" || key == "max") && v.Tag != "!!int" {
 					return nil, fmt.Errorf("%s:%d: pools[%d].%s: %q is not a whole number of nodes", file, v.Line, i, key, v.Value)
 				}
-				s.Pools[i].mttrGiven = s.Pools[i].mttrGiven || key == "meanTimeToReclaim"
 			}
 		}
 	}
@@ -255,7 +259,7 @@ func (s *SpotScenario) validate() error {
 	if s.Region == "" {
 		add(1, "region", "required: the region whose prices the catalog lists, e.g. us-east-1")
 	}
-	if s.RestartOverhead.Duration == 0 {
+	if !s.RestartOverhead.given {
 		s.RestartOverhead.Duration = DefaultRestartOverhead
 	}
 	// Without a catalog of its own the scenario is priced by the one Penny
@@ -309,10 +313,10 @@ func (s *SpotScenario) validate() error {
 		if ct == pricing.Reserved && p.Min != p.Max {
 			add(p.line, at+".min", "reserved capacity is bought up front: set min = max (%d, %d)", p.Min, p.Max)
 		}
-		if p.ProvisioningDelay.Duration == 0 {
+		if !p.ProvisioningDelay.given {
 			p.ProvisioningDelay.Duration = DefaultProvisioningDelay
 		}
-		if p.ScaleDownAfter.Duration == 0 {
+		if !p.ScaleDownAfter.given {
 			p.ScaleDownAfter.Duration = DefaultScaleDownAfter
 		}
 		if !pricing.ValidPrice(p.HourlyPrice) {
@@ -328,7 +332,7 @@ func (s *SpotScenario) validate() error {
 		if ct != pricing.Spot && (p.MeanTimeToReclaim.Duration > 0 || p.AdvertisedInterruption != "") {
 			add(p.line, at+".meanTimeToReclaim", "only Spot pools are reclaimed; remove it or set capacityType: spot")
 		}
-		if ct == pricing.Spot && !p.mttrGiven {
+		if ct == pricing.Spot && !p.MeanTimeToReclaim.given {
 			// A pool that behaves as it advertises: the bucket's rate.
 			if rate := pricing.RateFromMonthly(p.bucket.MonthlyProbability()); rate > 0 {
 				p.MeanTimeToReclaim.Duration = time.Duration(float64(time.Hour) / rate)
@@ -373,6 +377,11 @@ func (s *SpotScenario) validate() error {
 		}
 		if len(c.Annotations) == 0 {
 			add(c.line, at+".annotations", "a rule must set at least one annotation, e.g. penny.dev/workload: training")
+		}
+		// Checked here, where the rule is written, not at the first trace
+		// row it takes (which may be none).
+		if _, err := spotrisk.ClassOf(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: c.Annotations}}, nil); err != nil {
+			add(c.line, at+".annotations", "%v", err)
 		}
 	}
 	for i, name := range s.GPUSharing {
