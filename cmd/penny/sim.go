@@ -95,6 +95,15 @@ func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
 
 // loadPods reads the workload and the scheduler configuration.
 func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
+	// NewPod leaves out a request that is not positive: a negative one would
+	// silently ask for nothing.
+	def := sim.DefaultPhillyOptions()
+	if f.philly.MilliCPUPerGPU < 0 {
+		return nil, nil, fmt.Errorf("--philly-cpu-per-gpu %d must not be negative: it is the millicores each GPU's pod asks for (default %d)", f.philly.MilliCPUPerGPU, def.MilliCPUPerGPU)
+	}
+	if f.philly.MemMiBPerGPU < 0 {
+		return nil, nil, fmt.Errorf("--philly-mem-per-gpu %d must not be negative: it is the MiB each GPU's pod asks for (default %d)", f.philly.MemMiBPerGPU, def.MemMiBPerGPU)
+	}
 	tr, err := sim.LoadTrace(f.pods, f.format, f.philly)
 	if err != nil {
 		return nil, nil, err
@@ -147,8 +156,11 @@ func newSimFillCommand() *cobra.Command {
 			if order != "shuffled" && order != "creation" {
 				return fmt.Errorf("unknown --order %q; valid: shuffled, creation", order)
 			}
-			if inflate <= 0 {
-				return fmt.Errorf("--inflate must be positive, got %v", inflate)
+			if err := sim.CheckInflate(inflate); err != nil {
+				return err
+			}
+			if err := checkPlot(plot); err != nil {
+				return err
 			}
 			nodes, tr, cfg, err := tf.load()
 			if err != nil {
@@ -272,6 +284,9 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 			if step <= 0 {
 				return fmt.Errorf("--step must be positive, got %v", step)
 			}
+			if err := checkPlot(plot); err != nil {
+				return err
+			}
 			nodes, tr, cfg, err := tf.load()
 			if err != nil {
 				return err
@@ -319,6 +334,9 @@ func newSimPlotCommand() *cobra.Command {
 		Example: "  penny sim plot --in R.json --plot P.png",
 		Args:    cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
+			if err := checkPlot(plot); err != nil {
+				return err
+			}
 			b, err := os.ReadFile(in)
 			if err != nil {
 				return err
@@ -351,6 +369,18 @@ func newSimPlotCommand() *cobra.Command {
 	_ = cmd.MarkFlagRequired("in")
 	_ = cmd.MarkFlagRequired("plot")
 	return cmd
+}
+
+// checkPlot refuses a --plot the chart cannot be drawn to before the run,
+// not after it.
+func checkPlot(path string) error {
+	if path == "" {
+		return nil
+	}
+	if err := sim.CheckPlotPath(path); err != nil {
+		return fmt.Errorf("--plot %w", err)
+	}
+	return nil
 }
 
 func reportImpossible(cmd *cobra.Command, imp []sim.ImpossiblePod) {
@@ -389,8 +419,12 @@ func parseSeeds(s string) ([]uint64, error) {
 		if b-a > 10000 {
 			return nil, fmt.Errorf("--seeds %q: range %q is too long", s, part)
 		}
-		for v := a; v <= b; v++ {
+		// Counting up to b, not past it: past the largest seed v wraps to 0.
+		for v := a; ; v++ {
 			out = append(out, v)
+			if v == b {
+				break
+			}
 		}
 	}
 	if len(out) == 0 {

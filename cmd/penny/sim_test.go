@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pennysched/penny/benchmarks/scenarios"
 )
@@ -19,6 +20,9 @@ func TestParseSeeds(t *testing.T) {
 		"42":       {42},
 		"42-45":    {42, 43, 44, 45},
 		"1,3-4, 9": {1, 3, 4, 9},
+		// The largest seeds: counting past them would wrap round to 0.
+		"18446744073709551615":                      {18446744073709551615},
+		"18446744073709551614-18446744073709551615": {18446744073709551614, 18446744073709551615},
 	} {
 		got, err := parseSeeds(in)
 		if err != nil || !reflect.DeepEqual(got, want) {
@@ -151,10 +155,77 @@ func TestSimCommandErrors(t *testing.T) {
 		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--policy", "default,penny"}, "with --nodes a replay runs one policy"},
 		{[]string{"replay", "--pods", pods, "--plot", filepath.Join(dir, "p.png")}, "--plot applies to a replay on a fixed fleet (--nodes)"},
 	}
+	// Refused before the trace is read: a fill of a target that is not a
+	// number panicked, one of 1e12 x the cluster's GPUs filled memory.
+	for _, inflate := range []string{"NaN", "Inf", "1e12", "11", "0.001", "0", "-1"} {
+		cases = append(cases, struct {
+			args []string
+			want string
+		}{[]string{"fill", "--nodes", nodes, "--pods", pods, "--inflate", inflate}, "the fill's target must be a number from 0.01 to 10 times"})
+	}
+	// Negative requests per GPU would leave the pods asking for none.
+	for _, f := range []string{"--philly-cpu-per-gpu", "--philly-mem-per-gpu"} {
+		cases = append(cases, struct {
+			args []string
+			want string
+		}{[]string{"replay", "--nodes", nodes, "--pods", pods, f, "-1"}, f + " -1 must not be negative"})
+	}
 	for _, c := range cases {
 		_, err := runPenny(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: want an error mentioning %q, got %v", c.args, c.want, err)
+		}
+	}
+}
+
+// A fill of pods that ask for no GPU never reaches its target: it is
+// refused, not run without end.
+func TestSimFillRefusesCPUOnlyTrace(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1000,1024,0,0,,LS,Running,0,1,0\n")
+	done := make(chan error, 1)
+	go func() {
+		_, err := runPenny(t, "fill", "--nodes", nodes, "--pods", pods, "--policy", "bestfit")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), pods+": no pod asks for a GPU") {
+			t.Errorf("%v; want a refusal naming the trace", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("penny sim fill did not return")
+	}
+}
+
+// A --plot the chart cannot be drawn to is refused before the run, and no
+// empty file is left behind.
+func TestSimPlotExtensionCheckedFirst(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1000,1024,1,1000,,LS,Running,0,10,0\n")
+	result := filepath.Join(dir, "R.json")
+	if out, err := runPenny(t, "fill", "--nodes", nodes, "--pods", pods, "--policy", "bestfit", "--out", result); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, args := range [][]string{
+		{"fill", "--nodes", nodes, "--pods", pods, "--policy", "bestfit", "--out", filepath.Join(dir, "fill.json")},
+		{"replay", "--nodes", nodes, "--pods", pods, "--out", filepath.Join(dir, "replay.json")},
+		{"plot", "--in", result},
+	} {
+		plot := filepath.Join(dir, args[0]+".txt")
+		out, err := runPenny(t, append(args, "--plot", plot)...)
+		if err == nil || !strings.Contains(err.Error(), "--plot "+plot+": the chart's format follows the file's extension; use .png, .svg or .pdf") {
+			t.Errorf("%s: %v; want the --plot refused", args[0], err)
+		}
+		if strings.Contains(out, "runs in") || strings.Contains(out, "GPU-hours") {
+			t.Errorf("%s ran before refusing --plot:\n%s", args[0], out)
+		}
+		for _, f := range []string{plot, filepath.Join(dir, args[0]+".json")} {
+			if _, err := os.Stat(f); !os.IsNotExist(err) {
+				t.Errorf("%s: %s was written: %v", args[0], f, err)
+			}
 		}
 	}
 }

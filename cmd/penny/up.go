@@ -55,7 +55,7 @@ a CPU pod) to penny-scheduler and prints where each pod landed and what it costs
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.clusterFile, "cluster", "", "cluster spec (YAML); default: the mixed fleet of deploy/examples/cluster.yaml")
-	f.StringVar(&o.dir, "dir", o.dir, "state directory (etcd data, certificates, kubeconfig); removed on exit")
+	f.StringVar(&o.dir, "dir", o.dir, "state directory (etcd data, certificates, kubeconfig): new, empty or an earlier penny up's; removed on exit (emptied if it was an empty one)")
 	f.IntVar(&o.port, "port", o.port, "kube-apiserver port on 127.0.0.1")
 	f.BoolVar(&o.demo, "demo", false, "submit the demo workload and print where it landed")
 	f.BoolVar(&o.exitAfterDemo, "exit-after-demo", false, "with --demo: tear down and exit once the demo pods are placed")

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,8 +32,9 @@ import (
 // nodes in a fresh temporary directory on free ports.
 type Options struct {
 	// Dir holds the cluster's state (etcd data, certificates, kubeconfig).
-	// Empty means a new temporary directory. Either way Stop removes it, and
-	// only one cluster at a time may use a directory.
+	// Empty means a new temporary directory. It must be new, empty, or an
+	// earlier cluster's; Stop removes it, or empties a directory that was
+	// there empty. Only one cluster at a time may use a directory.
 	Dir string
 	// APIServerPort is the kube-apiserver's port on 127.0.0.1; 0 picks a free one.
 	APIServerPort int
@@ -63,13 +65,17 @@ type Cluster struct {
 	etcd      *embed.Etcd
 	apiserver *apiServer
 	lock      *os.File
+	// ownDir: the cluster made Dir (or an earlier cluster did), and Stop
+	// removes it; else Stop empties it.
+	ownDir bool
 }
 
 // SystemNamespace is where Penny's own components and leases live.
 const SystemNamespace = "penny-system"
 
 // Start brings a cluster up and returns once its nodes are Ready. On error
-// everything started so far is stopped and the directory removed.
+// everything started so far is stopped and the directory removed (or
+// emptied, as Stop does).
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	began := time.Now()
 	c := &Cluster{}
@@ -78,12 +84,18 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Stop()
 		}
 	}()
+	if opts.APIServerPort < 0 || opts.APIServerPort > 65535 {
+		return nil, fmt.Errorf("kube-apiserver port %d is not a TCP port: choose one of 1..65535 (0 picks a free one)", opts.APIServerPort)
+	}
 	if err := c.claimDir(opts.Dir); err != nil {
 		return nil, err
 	}
 	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", opts.APIServerPort))
-	if err != nil {
+	if errors.Is(err, syscall.EADDRINUSE) {
 		return nil, fmt.Errorf("kube-apiserver port %d on 127.0.0.1 is in use (%v): stop whatever holds it, or choose another port", opts.APIServerPort, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kube-apiserver port %d on 127.0.0.1: %w", opts.APIServerPort, err)
 	}
 	if len(opts.FeatureGates) > 0 {
 		if err := utilfeature.DefaultMutableFeatureGate.SetFromMap(opts.FeatureGates); err != nil {
@@ -182,7 +194,16 @@ func (c *Cluster) Stop() {
 		c.etcd = nil
 	}
 	if c.lock != nil {
-		os.RemoveAll(c.Dir)
+		if c.ownDir {
+			os.RemoveAll(c.Dir)
+		} else {
+			// The directory was empty when the cluster claimed it: what is
+			// in it now is the cluster's.
+			entries, _ := os.ReadDir(c.Dir)
+			for _, e := range entries {
+				os.RemoveAll(filepath.Join(c.Dir, e.Name()))
+			}
+		}
 		c.lock.Close()
 		c.lock = nil
 	}
@@ -190,19 +211,33 @@ func (c *Cluster) Stop() {
 
 // claimDir creates the state directory and takes an exclusive lock in it,
 // so that a second cluster on the same directory fails at once with the pid
-// of the first instead of corrupting its etcd.
+// of the first instead of corrupting its etcd. Since the cluster empties the
+// directory when it starts and stops, it claims only a new or empty one, or
+// the state directory of an earlier cluster (its lock file holds a pid).
 func (c *Cluster) claimDir(dir string) error {
+	own := false
 	if dir == "" {
 		d, err := os.MkdirTemp("", "penny-local-")
 		if err != nil {
 			return err
 		}
-		dir = d
+		dir, own = d, true
+	} else if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("state directory %s: %w", dir, err)
+		}
+		own = true
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
 		return fmt.Errorf("state directory %s: %w", dir, err)
 	}
 	lockPath := filepath.Join(dir, "lock")
+	_, statErr := os.Stat(lockPath)
+	earlier := statErr == nil
+	if len(entries) > 0 && !earlier {
+		return fmt.Errorf("state directory %s is not empty and holds no local cluster's lock file: a cluster deletes what is in its state directory, so give a new or empty directory", dir)
+	}
 	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("state directory %s: %w", dir, err)
@@ -215,15 +250,25 @@ func (c *Cluster) claimDir(dir string) error {
 		}
 		return fmt.Errorf("lock %s: %w", lockPath, err)
 	}
-	// A previous run that was killed leaves its data behind; start clean.
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if e.Name() != "lock" {
-			os.RemoveAll(filepath.Join(dir, e.Name()))
+	if earlier {
+		// Read under the lock: a cluster writes its pid once it holds it.
+		holder, _ := os.ReadFile(lockPath)
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(holder))); err != nil || pid <= 0 {
+			f.Close()
+			return fmt.Errorf("state directory %s is not empty and its lock file holds no local cluster's pid: a cluster deletes what is in its state directory, so give a new or empty directory", dir)
 		}
+		// A previous run that was killed leaves its data behind; start
+		// clean. The directory was that cluster's, so it goes too.
+		entries, _ = os.ReadDir(dir)
+		for _, e := range entries {
+			if e.Name() != "lock" {
+				os.RemoveAll(filepath.Join(dir, e.Name()))
+			}
+		}
+		own = true
 	}
 	f.Truncate(0)
 	f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
-	c.Dir, c.lock = dir, f
+	c.Dir, c.lock, c.ownDir = dir, f, own
 	return nil
 }

@@ -132,7 +132,10 @@ func TestShortFillInvariants(t *testing.T) {
 		t.Fatal(err)
 	}
 	capacity := GPUCapacityMilli(nodes)
-	pods := FillWorkload(tr, capacity, 1.3, 7, true)
+	pods, err := FillWorkload(context.Background(), tr, capacity, 1.3, 7, true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var asked, biggest int64
 	for _, p := range pods {
 		asked += podGPUMilli(p)

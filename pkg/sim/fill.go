@@ -78,7 +78,18 @@ type FillRecord struct {
 // once they ask for inflate x capacity), then seeded draws until the next
 // one would take the GPU asked for past inflate x capacity.
 // Each pod is a copy with its own name and UID.
-func FillWorkload(tr *Trace, capacityMilli int64, inflate float64, seed uint64, shuffle bool) []*v1.Pod {
+func FillWorkload(ctx context.Context, tr *Trace, capacityMilli int64, inflate float64, seed uint64, shuffle bool) ([]*v1.Pod, error) {
+	if err := CheckInflate(inflate); err != nil {
+		return nil, err
+	}
+	// Draws of pods that ask for no GPU never reach the target.
+	var demand int64
+	for _, tp := range tr.Pods {
+		demand += podGPUMilli(tp.Pod)
+	}
+	if demand == 0 {
+		return nil, fmt.Errorf("%s: no pod asks for a GPU, so a fill, which adds pods until they ask for %v x the cluster's GPUs, would never end; fill a trace with GPU pods, or replay this one (penny sim replay)", tr.Source, inflate)
+	}
 	rng := rand.New(rand.NewPCG(seed, 0xda3e39cb94b95bdb))
 	target := int64(inflate * float64(capacityMilli))
 	var out []*v1.Pod
@@ -90,12 +101,19 @@ func FillWorkload(tr *Trace, capacityMilli int64, inflate float64, seed uint64, 
 	}
 	for _, tp := range order {
 		if asked >= target {
-			return out
+			return out, nil
 		}
 		out = append(out, tp.Pod.DeepCopy())
 		asked += podGPUMilli(tp.Pod)
 	}
 	for i := 0; ; i++ {
+		// Pods of a thousandth of a GPU take millions of draws to fill a
+		// large cluster.
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+		}
 		src := tr.Pods[rng.IntN(len(tr.Pods))].Pod
 		m := podGPUMilli(src)
 		if asked+m > target {
@@ -107,7 +125,23 @@ func FillWorkload(tr *Trace, capacityMilli int64, inflate float64, seed uint64, 
 		p.UID = types.UID(p.Namespace + "/" + p.Name)
 		out = append(out, p)
 	}
-	return out
+	return out, nil
+}
+
+// MaxInflate bounds the fill's target, as a multiple of the cluster's GPU
+// capacity. The protocol fills to 1.3x; every arrival is held in memory and
+// the curve has a point per 1% of capacity, and well before 10x every
+// policy has long been saturated, so that a larger target only adds pods
+// that fail.
+const MaxInflate = 10
+
+// CheckInflate refuses a fill target that is not a number from 0.01 (the
+// curve's first point, 1% of capacity) to MaxInflate.
+func CheckInflate(inflate float64) error {
+	if !(inflate >= 0.01 && inflate <= MaxInflate) {
+		return fmt.Errorf("--inflate %v: the fill's target must be a number from 0.01 to %d times the cluster's GPU capacity (the FGD protocol uses 1.3; every arriving pod is held in memory, and well before %dx every policy is saturated, so a larger target only adds pods that fail)", inflate, MaxInflate, MaxInflate)
+	}
+	return nil
 }
 
 // podGPUMilli is the GPU a pod asks for, in milli.
@@ -157,8 +191,11 @@ func TypicalWorkload(tr *Trace) gpu.Workload {
 
 // Fill runs one fill experiment.
 func Fill(ctx context.Context, o FillOptions) (*FillRecord, error) {
-	if o.Inflate <= 0 {
+	if o.Inflate == 0 {
 		o.Inflate = 1.3
+	}
+	if err := CheckInflate(o.Inflate); err != nil {
+		return nil, err
 	}
 	capacity := GPUCapacityMilli(o.Nodes)
 	if capacity == 0 {
@@ -169,7 +206,10 @@ func Fill(ctx context.Context, o FillOptions) (*FillRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	pods := FillWorkload(o.Trace, capacity, o.Inflate, o.Seed, !o.Creation)
+	pods, err := FillWorkload(ctx, o.Trace, capacity, o.Inflate, o.Seed, !o.Creation)
+	if err != nil {
+		return nil, err
+	}
 	for _, p := range pods {
 		p.Spec.SchedulerName = prof.SchedulerName
 	}

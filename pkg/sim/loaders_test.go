@@ -149,6 +149,8 @@ func TestOpenbBadRowsNameFileLineColumn(t *testing.T) {
 		"share on many": {"a,1,1,1,500,,LS,Running,0,1,0\nb,1,1,2,500,,LS,Running,0,1,0\n", ":3: column 5 (gpu_milli): 500 milli on each of 2 GPUs"},
 		"milli range":   {"a,1,1,1,1500,,LS,Running,0,1,0\n", ":2: column 5 (gpu_milli): 1500 is out of range 0..1000"},
 		"time order":    {"a,1,1,1,500,,LS,Running,10,5,10\n", ":2: column 10 (deletion_time): 5 is before creation_time 10"},
+		"no deletion":   {"a,1,1,1,500,,LS,Running,0,1,0\nb,1,1,1,500,,LS,Running,10,,20\n", ":3: column 10 (deletion_time): is empty, but scheduled_time is 20"},
+		"run backwards": {"a,1,1,1,500,,LS,Running,10,15,20\n", ":2: column 10 (deletion_time): 15 is before scheduled_time 20"},
 		"duplicate":     {"a,1,1,0,0,,LS,Running,0,1,0\na,1,1,0,0,,LS,Running,0,1,0\n", ":3: column 1 (name): pod \"a\" already appears on line 2"},
 		"bad quotes":    {"a,1,1,0,0,\"x,LS\n", "pods.csv:2:"},
 		"short row":     {"a,1,1\n", "pods.csv:2:"},
@@ -438,6 +440,28 @@ func TestLoadSpotGPU(t *testing.T) {
 	noWorkers := writeFile(t, "short.csv", "job_name,gpu_request,submit_time,duration\n1,1,0,60\n")
 	if _, err := LoadTrace(noWorkers, FormatSpotGPU, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "header lacks column(s) worker_num") {
 		t.Errorf("without worker_num: %v", err)
+	}
+}
+
+// A Spot GPU job list writes its submit times one way, as Philly's and
+// Helios's do: read together, seconds and date-times (seconds from 1970)
+// would put a job decades after the others.
+func TestSpotGPUTimesOneWay(t *testing.T) {
+	const header = "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n"
+	for name, c := range map[string]struct{ rows, want string }{
+		"seconds-first.csv": {"1,o,A10,4,1,1,100,60,Spot\n2,o,A10,4,1,1,2017-10-03 03:01:40,60,Spot\n", "seconds-first.csv:3: column 7 (submit_time): line 2 holds seconds and line 3 a date-time; write every timestamp one way"},
+		"dated-first.csv":   {"1,o,A10,4,1,1,2017-10-03 03:01:40,60,Spot\n2,o,A10,4,1,1,100,60,Spot\n", "dated-first.csv:3: column 7 (submit_time): line 3 holds seconds and line 2 a date-time"},
+	} {
+		if _, err := LoadTrace(writeFile(t, name, header+c.rows), FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", name, err, c.want)
+		}
+	}
+	tr, err := LoadTrace(writeFile(t, "dated.csv", header+"1,o,A10,4,1,1,2017-10-03 03:01:40,60,Spot\n2,o,A10,4,1,1,2017-10-03 03:00:40,60,Spot\n"), FormatAuto, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Pods[1].Arrival; got != time.Minute {
+		t.Errorf("second job arrives at %v, want 1m0s", got)
 	}
 }
 

@@ -183,6 +183,15 @@ func LoadOpenbPods(path string) (*Trace, error) {
 		if started >= 0 && started < created {
 			t.fail("scheduled_time", "%v is before creation_time %v", started, created)
 		}
+		// A started pod's run time is deletion_time - scheduled_time; without
+		// a deletion after the start it would run for no time at all, or be
+		// read as never started. The published trace has neither shape.
+		switch {
+		case started >= 0 && deleted < 0:
+			t.fail("deletion_time", "is empty, but scheduled_time is %v: a pod the trace started needs the time it was deleted (its run time is deletion_time - scheduled_time); leave scheduled_time empty for a pod that never ran", started)
+		case started >= 0 && deleted < started:
+			t.fail("deletion_time", "%v is before scheduled_time %v", deleted, started)
+		}
 		var products []string
 		if spec := t.str("gpu_spec"); spec != "" {
 			for _, m := range strings.Split(spec, "|") {

@@ -3,10 +3,14 @@ package sim
 import (
 	"fmt"
 	"image/color"
+	"path/filepath"
+	"slices"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
 )
 
 // A palette that stays apart in print and for common colour blindness
@@ -37,6 +41,9 @@ type Axes struct {
 // PlotLines draws the series on one chart and saves it; the format follows
 // the file's extension (.png, .svg, .pdf).
 func PlotLines(path, title, xLabel, yLabel string, lines []Line, ax Axes) error {
+	if err := CheckPlotPath(path); err != nil {
+		return err
+	}
 	p := plot.New()
 	p.Title.Text = title
 	p.Title.TextStyle.Font.Size = vg.Points(14)
@@ -86,6 +93,17 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, ax Axes) error 
 	p.Legend.ThumbnailWidth = vg.Points(24)
 	p.Legend.Padding = vg.Points(2)
 	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
+}
+
+// CheckPlotPath refuses a path whose extension names no format PlotLines
+// can draw, so that a command can say so before it runs; the chart's own
+// save would leave an empty file behind.
+func CheckPlotPath(path string) error {
+	ext := strings.ToLower(strings.TrimPrefix(filepath.Ext(path), "."))
+	if !slices.Contains(draw.Formats(), ext) {
+		return fmt.Errorf("%s: the chart's format follows the file's extension; use .png, .svg or .pdf", path)
+	}
+	return nil
 }
 
 // Plot draws the mean allocation ratio against arrivals for each policy of

@@ -51,9 +51,11 @@ func LoadSpotGPU(path string, opts PhillyOptions) (*Trace, error) {
 	}
 	defer closeFn()
 	jobs := newJobList(path)
+	var kinds instantKinds
 	for t.next() {
 		t.required(required...)
-		ts, _ := t.instant("submit_time")
+		ts, dated := t.instant("submit_time")
+		kinds.check(t, "submit_time", dated)
 		dur := t.seconds("duration", 0)
 		workers := t.int64("worker_num", 1, 4096, 1)
 		gpus := t.float("gpu_request", 0, 0)
