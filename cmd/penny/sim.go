@@ -263,12 +263,20 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 				if !cmd.Flags().Changed("policy") {
 					policy = spotPolicies
 				}
-				for _, f := range []string{"plot", "step", "tie-break"} {
+				for _, f := range []string{"plot", "step", "tie-break", "mig"} {
 					if cmd.Flags().Changed(f) {
 						return fmt.Errorf("--%s applies to a replay on a fixed fleet (--nodes); on a priced fleet the report is --out and --markdown", f)
 					}
 				}
+				if tf.nodes != "" {
+					return fmt.Errorf("--nodes %s and --scenario %s: give one fleet, a fixed node list or a priced, elastic scenario (its pools say what nodes it runs)", tf.nodes, scenario)
+				}
 				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown, parallel)
+			}
+			for _, f := range []string{"markdown", "parallel"} {
+				if cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s applies to a replay on a priced fleet (--scenario, or neither --scenario nor --nodes); on a fixed fleet the report is --out and --plot", f)
+				}
 			}
 			if strings.Contains(policy, ",") {
 				return fmt.Errorf("--policy %s: with --nodes a replay runs one policy; to compare policies on a priced, elastic fleet give --scenario, or leave out --nodes for the reference scenario built into penny (docs/spot.md)", policy)
