@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -222,9 +223,16 @@ func (c *Client) Checkpoint(ctx context.Context, pod *corev1.Pod, req Request) R
 		msg += fmt.Sprintf(" at step %d", res.Answer.Step)
 	}
 	if res.Answer.Location != "" {
-		loc := res.Answer.Location
+		// The location is the tenant's text and goes into the status sent to
+		// the scheduler: control characters there get the status refused, and
+		// a cut inside a character fails the whole stream's encoding.
+		loc := telemetryv1.StatusText(res.Answer.Location)
 		if len(loc) > 200 {
-			loc = loc[:200] + "..."
+			cut := 200
+			for cut > 0 && !utf8.RuneStart(loc[cut]) {
+				cut--
+			}
+			loc = loc[:cut] + "..."
 		}
 		msg += " to " + loc
 	}

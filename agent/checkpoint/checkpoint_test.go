@@ -2,13 +2,17 @@ package checkpoint_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -165,5 +169,34 @@ func TestCheckpointFailures(t *testing.T) {
 				t.Errorf("%+v, want %v saying %q", res, c.state, c.want)
 			}
 		})
+	}
+}
+
+// What a hook answers is the tenant's text and goes into the status the agent
+// sends the scheduler: it must validate there and encode on the wire whatever
+// the hook put in it.
+func TestCheckpointAnswerBecomesAValidStatus(t *testing.T) {
+	// 190 ASCII bytes, then two-byte characters: a cut at byte 200 lands
+	// inside one.
+	location := "s3://bucket/run\n\x1b[31mred\x07/" + strings.Repeat("a", 190-len("s3://bucket/run\n\x1b[31mred\x07/")+1) + strings.Repeat("é", 50)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(map[string]any{"step": 7, "location": location})
+	}))
+	defer hook.Close()
+	c := checkpoint.NewClient(to(strings.TrimPrefix(hook.URL, "http://")))
+	res := c.Checkpoint(context.Background(), pod("http://:8080/checkpoint"), checkpoint.Request{Deadline: time.Now().Add(5 * time.Second)})
+	if !res.Done() || !strings.Contains(res.Message, "s3://bucket/run") {
+		t.Fatalf("result %+v, want DONE naming the location", res)
+	}
+	st := &telemetryv1.CheckpointStatus{CommandId: "notice-1", Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "trainer-0"},
+		State: res.State, Message: res.Message, UpdatedAt: timestamppb.Now()}
+	if err := telemetryv1.ValidateCheckpointStatus(st); err != nil {
+		t.Errorf("the status the scheduler gets is refused: %v", err)
+	}
+	if !utf8.ValidString(res.Message) {
+		t.Errorf("message %q is not UTF-8", res.Message)
+	}
+	if _, err := proto.Marshal(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: st}}); err != nil {
+		t.Errorf("the status does not encode: %v", err)
 	}
 }

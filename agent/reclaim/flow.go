@@ -112,6 +112,9 @@ type Flow struct {
 	queue   []*Job
 	running map[string]bool
 	wake    chan struct{}
+	// recheck asks Run to check the taint against the pending notices now:
+	// a job for a notice the cloud withdrew has ended.
+	recheck chan struct{}
 	wg      sync.WaitGroup
 }
 
@@ -150,7 +153,7 @@ func New(o Options) (*Flow, error) {
 		margin: o.SafetyMargin, report: o.Report, status: o.Status, ack: o.Acknowledger,
 		notices: o.Notices, reconcile: o.ReconcileInterval,
 		recorder: o.Recorder, log: o.Log, metrics: o.Metrics, retention: o.Retention,
-		running: map[string]bool{}, wake: make(chan struct{}, 1),
+		running: map[string]bool{}, wake: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
 	}
 	if f.recorder == nil {
 		f.broadcaster = record.NewBroadcaster()
@@ -255,6 +258,14 @@ func (f *Flow) Run(ctx context.Context) {
 				f.withdrawn(ctx, pending)
 			}
 			continue
+		case <-f.recheck:
+			if f.notices == nil {
+				continue
+			}
+			if pending, ok := f.notices(); ok {
+				f.withdrawn(ctx, pending)
+			}
+			continue
 		case <-f.wake:
 		}
 		f.mu.Lock()
@@ -291,13 +302,22 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
+		withdrawn := false
 		defer func() {
 			f.mu.Lock()
 			delete(f.running, j.ID)
 			f.mu.Unlock()
+			// Only now does withdrawn() see no work running and lift the
+			// taint; the reconcile tick would, too, but later.
+			if withdrawn {
+				select {
+				case f.recheck <- struct{}{}:
+				default:
+				}
+			}
 		}()
 		if j.Notice != nil {
-			f.runNotice(ctx, j)
+			withdrawn = f.runNotice(ctx, j)
 		} else {
 			f.runCommand(ctx, j)
 		}
@@ -356,7 +376,9 @@ func (f *Flow) checkpointBy(deadline time.Time) time.Time {
 	return by
 }
 
-func (f *Flow) runNotice(ctx context.Context, j *Job) {
+// runNotice does a notice's work; it reports whether the cloud withdrew the
+// notice before it was time to act.
+func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 	js := &jobState{f: f, j: j}
 	n := j.Notice
 	log := f.log.WithValues("notice", n.ID, "kind", n.Kind.String())
@@ -405,11 +427,27 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) {
 	if !act.At.IsZero() && time.Now().Before(act.At) {
 		log.Info("waiting to act until shortly before the maintenance", "at", act.At)
 		t := time.NewTimer(time.Until(act.At))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+		defer t.Stop()
+		// Maintenance announced weeks ahead may be called off any day in
+		// between; the taint must not stay until the day it was due.
+		var check <-chan time.Time
+		if f.notices != nil {
+			tick := time.NewTicker(f.reconcile)
+			defer tick.Stop()
+			check = tick.C
+		}
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-check:
+				if !f.stillPending(n.ID) {
+					break wait
+				}
+			case <-t.C:
+				break wait
+			}
 		}
 		if !f.stillPending(n.ID) {
 			log.Info("the cloud called the maintenance off before it was time to act")
@@ -418,7 +456,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) {
 			j.Done = true
 			js.saveLocked()
 			js.mu.Unlock()
-			return
+			return true
 		}
 	}
 	statusID := j.ID
@@ -435,12 +473,12 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) {
 		}, statusID, n.Detected, "notice")
 	}
 	if ctx.Err() != nil {
-		return
+		return false
 	}
 	if act.Evict {
 		f.evictAll(ctx, js, n.Detected)
 		if ctx.Err() != nil {
-			return
+			return false
 		}
 		f.acknowledge(ctx, js)
 	}
@@ -449,6 +487,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) {
 	js.saveLocked()
 	js.mu.Unlock()
 	log.Info("reclaim work done")
+	return false
 }
 
 func providerName(p telemetryv1.CloudProvider) string {
@@ -496,12 +535,11 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.Pod, req checkpoint.Request, statusID string, since time.Time, origin string) {
 	var wg sync.WaitGroup
 	sendStatus := func(pod *corev1.Pod, state telemetryv1.CheckpointStatus_State, msg string) {
-		if len(msg) > 1000 {
-			msg = msg[:1000]
-		}
+		// Hooks answer what they like: a status the scheduler refuses is
+		// lost, and one that does not encode ends the agent's stream.
 		f.status(&telemetryv1.CheckpointStatus{
 			CommandId: statusID, Pod: &telemetryv1.PodRef{Namespace: pod.Namespace, Name: pod.Name},
-			State: state, Message: msg, UpdatedAt: timestamppb.Now(),
+			State: state, Message: telemetryv1.StatusText(msg), UpdatedAt: timestamppb.Now(),
 		})
 	}
 	for _, pod := range pods {
@@ -575,45 +613,71 @@ func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
 	sort.SliceStable(pods, func(a, b int) bool { return done(pods[a]) && !done(pods[b]) })
 	deadline := js.j.Deadline
 	var nEvicted, nCheckpointed int
-	for _, pod := range pods {
-		rec := js.pod(pod)
-		js.mu.Lock()
-		skip := rec.Evicted
-		js.mu.Unlock()
-		if skip {
-			continue
-		}
-		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
-		if pod.Spec.TerminationGracePeriodSeconds != nil {
-			grace = *pod.Spec.TerminationGracePeriodSeconds
-		}
-		if left := int64(time.Until(deadline) / time.Second); left < grace {
-			grace = max(left, 0)
-		}
-		result, err := f.evict(ctx, pod, grace, deadline)
-		f.metrics.evictions.WithLabelValues(string(result)).Inc()
-		checkpointed := done(pod)
-		switch result {
-		case evicted, gone:
-			nEvicted++
-			if checkpointed {
-				nCheckpointed++
-			}
+	// Every pod is asked once before any is asked again: a pod whose
+	// PodDisruptionBudget refuses waits for the next pass, a second later,
+	// and never holds back the others, which go now with their grace period
+	// rather than at the deadline with none.
+	for todo := pods; len(todo) > 0; {
+		var refused []*corev1.Pod
+		for _, pod := range todo {
+			rec := js.pod(pod)
 			js.mu.Lock()
-			rec.Evicted = true
-			js.saveLocked()
+			skip := rec.Evicted
 			js.mu.Unlock()
-			if result == evicted {
-				what := "its checkpoint is written"
-				if !checkpointed {
-					what = "without a checkpoint"
-				}
-				f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvicted", "evicted because node %s is being reclaimed (%s); %s; grace period %ds", f.node, reclaim.TaintValue(kindOf(js.j)), what, grace)
+			if skip {
+				continue
 			}
-		default:
-			f.log.Error(err, "eviction failed", "pod", pod.Namespace+"/"+pod.Name)
-			f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvictionFailed", "could not evict the pod before node %s is reclaimed: %v", f.node, err)
+			grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+			if pod.Spec.TerminationGracePeriodSeconds != nil {
+				grace = *pod.Spec.TerminationGracePeriodSeconds
+			}
+			if left := int64(time.Until(deadline) / time.Second); left < grace {
+				grace = max(left, 0)
+			}
+			result, err := f.evict(ctx, pod, grace)
+			if ctx.Err() != nil {
+				return // the agent is stopping; the state says what is left to evict
+			}
+			if result == blocked {
+				if time.Now().Add(time.Second).Before(deadline) {
+					refused = append(refused, pod)
+					continue
+				}
+				err = fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
+			}
+			f.metrics.evictions.WithLabelValues(string(result)).Inc()
+			checkpointed := done(pod)
+			switch result {
+			case evicted, gone:
+				nEvicted++
+				if checkpointed {
+					nCheckpointed++
+				}
+				js.mu.Lock()
+				rec.Evicted = true
+				js.saveLocked()
+				js.mu.Unlock()
+				if result == evicted {
+					what := "its checkpoint is written"
+					if !checkpointed {
+						what = "without a checkpoint"
+					}
+					f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvicted", "evicted because node %s is being reclaimed (%s); %s; grace period %ds", f.node, reclaim.TaintValue(kindOf(js.j)), what, grace)
+				}
+			default:
+				f.log.Error(err, "eviction failed", "pod", pod.Namespace+"/"+pod.Name)
+				f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvictionFailed", "could not evict the pod before node %s is reclaimed: %v", f.node, err)
+			}
 		}
+		if len(refused) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		todo = refused
 	}
 	f.metrics.step("evicted", detected)
 	slack := time.Until(deadline)

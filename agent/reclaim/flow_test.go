@@ -437,14 +437,15 @@ func TestRebalanceCheckpointsEarlyWithoutEviction(t *testing.T) {
 	waitFor(t, "stronger taint", 2*time.Second, func() bool { tt := taintOf(t, e.node); return tt != nil && tt.Value == "spot-interruption" })
 }
 
-func TestMaintenanceWaitsForItsLeadAndIsCalledOff(t *testing.T) {
-	e := newEnv(t, "spot-5")
-	ctx := context.Background()
+// maintenance starts a flow (10-minute lead, 100 ms reconciles) on a node
+// running one pod with a hook, and announces AWS maintenance due in; the
+// function it returns calls the maintenance off.
+func (e *env) maintenance(ctx context.Context, id string, in time.Duration) (*reclaim.Flow, func()) {
 	e.pod("job", e.node, 10*time.Millisecond)
 	var mu sync.Mutex
 	now := time.Now()
-	maint := notice.Notice{ID: "aws-instance-event-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
-		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(10*time.Minute + 700*time.Millisecond)}
+	maint := notice.Notice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(in)}
 	pending := []notice.Notice{maint}
 	f, _ := e.flow(ctx, reclaim.Options{
 		Policy:            pennyreclaim.Policy{MaintenanceLead: 10 * time.Minute},
@@ -456,14 +457,23 @@ func TestMaintenanceWaitsForItsLeadAndIsCalledOff(t *testing.T) {
 		},
 	})
 	f.OnNotice(maint)
+	return f, func() {
+		mu.Lock()
+		pending = nil
+		mu.Unlock()
+	}
+}
+
+func TestMaintenanceWaitsForItsLeadAndIsCalledOff(t *testing.T) {
+	e := newEnv(t, "spot-5")
+	ctx := context.Background()
+	f, callOff := e.maintenance(ctx, "aws-instance-event-1", 10*time.Minute+700*time.Millisecond)
 	waitFor(t, "taint", time.Second, func() bool { return taintOf(t, e.node) != nil })
 	if len(e.trainers["job"].Received()) != 0 {
 		t.Fatal("checkpointed ten minutes before maintenance; it should wait until its lead time")
 	}
 	// The cloud calls the maintenance off before the lead time is reached.
-	mu.Lock()
-	pending = nil
-	mu.Unlock()
+	callOff()
 	waitFor(t, "the job to end", 3*time.Second, func() bool { return f.Running() == 0 })
 	waitFor(t, "taint removed", 3*time.Second, func() bool { return taintOf(t, e.node) == nil })
 	if len(e.trainers["job"].Received()) != 0 || gone(t, e.ns, "job") {
@@ -495,4 +505,31 @@ func TestAzurePreemptIsAcknowledgedOnceCheckpointsAreWritten(t *testing.T) {
 		t.Error("acknowledged before the pod was evicted")
 	}
 	t.Logf("notice published -> acknowledged: %v (Azure would have waited %v)", acked.Sub(published), 30*time.Second)
+}
+
+// Maintenance announced two weeks ahead and called off the next day must not
+// keep the node tainted for the rest of the two weeks.
+func TestMaintenanceCalledOffLongBeforeItsLeadLiftsTheTaint(t *testing.T) {
+	e := newEnv(t, "spot-5")
+	ctx := context.Background()
+	f, callOff := e.maintenance(ctx, "aws-instance-event-far", 14*24*time.Hour)
+	waitFor(t, "taint", 5*time.Second, func() bool { return taintOf(t, e.node) != nil })
+	time.Sleep(300 * time.Millisecond) // a few reconciles: the notice is pending, the taint stays
+	if taintOf(t, e.node) == nil || f.Running() != 1 {
+		t.Fatalf("taint %v, %d jobs running: want the node tainted while the notice is pending", taintOf(t, e.node), f.Running())
+	}
+	callOff()
+	waitFor(t, "the waiting job to end", 10*time.Second, func() bool { return f.Running() == 0 })
+	waitFor(t, "taint removed", 10*time.Second, func() bool { return taintOf(t, e.node) == nil })
+	if len(e.trainers["job"].Received()) != 0 || gone(t, e.ns, "job") {
+		t.Error("acted on maintenance that was called off")
+	}
+	data, err := os.ReadFile(filepath.Join(e.stateDir, "notice-aws-instance-event-far.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j reclaim.Job
+	if err := json.Unmarshal(data, &j); err != nil || !j.Done {
+		t.Fatalf("state %s: want the withdrawn notice's job done, so a restart does not wait for it again", data)
+	}
 }

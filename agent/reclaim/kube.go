@@ -2,8 +2,6 @@ package reclaim
 
 import (
 	"context"
-	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -121,10 +119,10 @@ const (
 	failed  evictResult = "failed"
 )
 
-// evict asks the Eviction API to evict pod with grace seconds, retrying
-// while a PodDisruptionBudget refuses until the deadline: past it the node is
-// gone and the pod with it.
-func (f *Flow) evict(ctx context.Context, pod *corev1.Pod, grace int64, deadline time.Time) (evictResult, error) {
+// evict asks the Eviction API once to evict pod with grace seconds. A
+// PodDisruptionBudget's refusal is blocked: evictAll asks again, after the
+// node's other pods have gone, until the deadline.
+func (f *Flow) evict(ctx context.Context, pod *corev1.Pod, grace int64) (evictResult, error) {
 	ev := &policyv1.Eviction{
 		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
 		DeleteOptions: &metav1.DeleteOptions{
@@ -132,26 +130,17 @@ func (f *Flow) evict(ctx context.Context, pod *corev1.Pod, grace int64, deadline
 			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
 		},
 	}
-	for {
-		err := f.client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, ev)
-		switch {
-		case err == nil:
-			return evicted, nil
-		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-			// Gone, or replaced by a pod of the same name (the UID
-			// precondition failed): nothing of this pod is left to move.
-			return gone, nil
-		case apierrors.IsTooManyRequests(err):
-			if !time.Now().Add(time.Second).Before(deadline) {
-				return blocked, fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
-			}
-			select {
-			case <-ctx.Done():
-				return failed, ctx.Err()
-			case <-time.After(time.Second):
-			}
-		default:
-			return failed, err
-		}
+	err := f.client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, ev)
+	switch {
+	case err == nil:
+		return evicted, nil
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		// Gone, or replaced by a pod of the same name (the UID
+		// precondition failed): nothing of this pod is left to move.
+		return gone, nil
+	case apierrors.IsTooManyRequests(err):
+		return blocked, err
+	default:
+		return failed, err
 	}
 }

@@ -78,10 +78,14 @@ const DefaultSafetyMargin = 5 * time.Second
 // the API server's view of pods; a notice never makes it touch a pod that is
 // not in a gang with a pod on the reporting node.
 type Coordinator struct {
-	mu       sync.Mutex
-	queue    []nodeNotice
-	seen     map[string]time.Time // node/notice id -> deadline
-	fanouts  map[string]*fanout   // by command id
+	mu      sync.Mutex
+	queue   []nodeNotice
+	seen    map[string]time.Time // node/notice id -> deadline
+	fanouts map[string]*fanout   // by command id
+	// waiting holds the notices whose handling has not started to act
+	// (scheduled maintenance waits for its lead time), by node/notice id:
+	// the agent dropping the notice calls their handling off.
+	waiting  map[string]*callOff
 	wake     chan struct{}
 	started  bool
 	opts     CoordinatorOptions
@@ -93,35 +97,68 @@ type nodeNotice struct {
 	notice telemetry.ReclaimNotice
 }
 
+func (nn nodeNotice) key() string { return nn.node + "/" + nn.notice.ID }
+
+// callOff cancels the handling of a notice the agent no longer reports.
+type callOff struct {
+	cancel context.CancelFunc
+}
+
 // NewCoordinator returns a coordinator that collects notices until Run
 // starts acting on them; hand OnNodeUpdate to the telemetry store and
 // OnCheckpointStatus to the telemetry server.
 func NewCoordinator() *Coordinator {
 	registerMetrics()
-	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, wake: make(chan struct{}, 1)}
+	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, wake: make(chan struct{}, 1)}
 }
 
 // OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
-// notices next has that prev had not. It never blocks.
+// notices next has that prev had not, and those prev had that next has not:
+// the cloud withdrew them (maintenance called off), and the agent, which
+// then leaves its pods in place, drops them. It never blocks.
 func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
+	if len(next.ReclaimNotices) == 0 && (prev == nil || len(prev.ReclaimNotices) == 0) {
+		return
+	}
 	known := map[string]bool{}
 	if prev != nil {
 		for _, n := range prev.ReclaimNotices {
 			known[n.ID] = true
 		}
 	}
+	reported := map[string]bool{}
 	var fresh []nodeNotice
 	for _, n := range next.ReclaimNotices {
+		reported[n.ID] = true
 		if !known[n.ID] {
 			fresh = append(fresh, nodeNotice{node: next.Node, notice: n})
 		}
 	}
-	if len(fresh) == 0 {
+	var withdrawn []string
+	for id := range known {
+		if !reported[id] {
+			withdrawn = append(withdrawn, next.Node+"/"+id)
+		}
+	}
+	if len(fresh) == 0 && len(withdrawn) == 0 {
 		return
 	}
 	c.mu.Lock()
+	for _, key := range withdrawn {
+		c.queue = slices.DeleteFunc(c.queue, func(nn nodeNotice) bool { return nn.key() == key })
+		// Gang members on other nodes are evicted only together with the
+		// member on this node, which now stays.
+		if w := c.waiting[key]; w != nil {
+			w.cancel()
+			delete(c.waiting, key)
+			delete(c.seen, key) // announced again, it is handled again
+		}
+	}
 	c.queue = append(c.queue, fresh...)
 	c.mu.Unlock()
+	if len(fresh) == 0 {
+		return
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -175,25 +212,34 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 			continue
 		case <-c.wake:
 		}
+		// A notice leaves the queue and becomes cancellable in one step, so
+		// a withdrawal in between cannot be missed.
+		type start struct {
+			nn   nodeNotice
+			w    *callOff
+			wctx context.Context
+		}
+		var starts []start
 		c.mu.Lock()
-		queue := c.queue
-		c.queue = nil
-		c.mu.Unlock()
-		for _, nn := range queue {
-			key := nn.node + "/" + nn.notice.ID
-			c.mu.Lock()
-			_, dup := c.seen[key]
-			if !dup {
-				c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
-			}
-			c.mu.Unlock()
-			if dup {
+		for _, nn := range c.queue {
+			key := nn.key()
+			if _, dup := c.seen[key]; dup {
 				continue
 			}
+			c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
+			wctx, cancel := context.WithCancel(ctx)
+			w := &callOff{cancel: cancel}
+			c.waiting[key] = w
+			starts = append(starts, start{nn, w, wctx})
+		}
+		c.queue = nil
+		c.mu.Unlock()
+		for _, s := range starts {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c.handle(ctx, nn)
+				defer s.w.cancel()
+				c.handle(ctx, s.wctx, s.nn, s.w)
 			}()
 		}
 	}
@@ -216,10 +262,25 @@ func (c *Coordinator) forgetOld() {
 	}
 }
 
-func (c *Coordinator) handle(ctx context.Context, nn nodeNotice) {
+// acting takes a notice's handling out of waiting, past which a withdrawal
+// no longer calls it off; false when it was called off already.
+func (c *Coordinator) acting(key string, w *callOff) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.waiting[key] != w {
+		return false
+	}
+	delete(c.waiting, key)
+	return true
+}
+
+// handle acts on one notice. wctx ends when the agent stops reporting the
+// notice before handle has started to act on it.
+func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOff) {
 	o := c.opts
 	n := nn.notice
 	log := o.Log.WithValues("node", nn.node, "notice", n.ID, "kind", n.Kind.String())
+	defer c.acting(nn.key(), w)
 	// The risk model is updated alongside: the gang's checkpoints must not
 	// wait for its API call.
 	var observed sync.WaitGroup
@@ -236,11 +297,17 @@ func (c *Coordinator) handle(ctx context.Context, nn nodeNotice) {
 	if !act.At.IsZero() && time.Now().Before(act.At) {
 		t := time.NewTimer(time.Until(act.At))
 		select {
-		case <-ctx.Done():
+		case <-wctx.Done():
 			t.Stop()
-			return
 		case <-t.C:
 		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if !c.acting(nn.key(), w) {
+		log.Info("the node's agent no longer reports the notice; its gangs' other members stay")
+		return
 	}
 	deadline := Deadline(n.Kind, n.Detected, n.Deadline)
 	fanouts, err := c.plan(ctx, nn, deadline)
@@ -438,6 +505,31 @@ func (c *Coordinator) members(ctx context.Context, ref gang.Ref) ([]*corev1.Pod,
 	return out, nil
 }
 
+// maxReason is what a command's reason may hold (the agent refuses longer).
+const maxReason = 1024
+
+// commandReason says why a node is asked to checkpoint. It names as many of
+// the gangs as fit: a node may hold members of many gangs with long names,
+// and a reason over maxReason would make every command to it invalid, so its
+// members would be evicted without a checkpoint.
+func commandReason(gangs []string, origin, kind string, deadline time.Time) string {
+	tail := fmt.Sprintf(" a member on node %s, which is being reclaimed (%s, deadline %s)", origin, kind, deadline.UTC().Format(time.RFC3339))
+	what, verb := "gang ", " has"
+	if len(gangs) > 1 {
+		what, verb = "gangs ", " have"
+	}
+	for k := len(gangs); k > 0; k-- {
+		names := strings.Join(gangs[:k], ", ")
+		if k < len(gangs) {
+			names += fmt.Sprintf(" and %d more", len(gangs)-k)
+		}
+		if r := what + names + verb + tail; len(r) <= maxReason {
+			return r
+		}
+	}
+	return fmt.Sprintf("%d gangs%s%s", len(gangs), verb, tail)
+}
+
 // run sends one node's command, waits for its checkpoints and evicts the
 // members when evict is set.
 func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNotice, evict bool, log logr.Logger) {
@@ -449,8 +541,7 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 	for i, p := range f.pods {
 		refs[i] = &telemetryv1.PodRef{Namespace: p.Namespace, Name: p.Name}
 	}
-	reason := fmt.Sprintf("gang %s has a member on node %s, which is being reclaimed (%s, deadline %s)",
-		strings.Join(f.gangs, ", "), f.origin, TaintValue(n.Kind), f.deadline.UTC().Format(time.RFC3339))
+	reason := commandReason(f.gangs, f.origin, TaintValue(n.Kind), f.deadline)
 	cmd := &telemetryv1.CheckpointCommand{
 		Id: f.id, Pods: refs, Deadline: timestamppb.New(f.deadline), Reason: reason,
 		OriginNode: f.origin, OriginNoticeId: f.notice,

@@ -2,7 +2,9 @@ package reclaim
 
 import (
 	"context"
+	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +32,7 @@ import (
 type commander struct {
 	mu      sync.Mutex
 	sent    map[string]*telemetryv1.CheckpointCommand // by node
+	all     []*telemetryv1.CheckpointCommand
 	offline map[string]bool
 }
 
@@ -39,7 +42,12 @@ func (c *commander) SendCheckpoint(node string, cmd *telemetryv1.CheckpointComma
 	if c.offline[node] {
 		return 0, nil
 	}
+	// As the telemetry server does: an agent would refuse it.
+	if err := telemetryv1.ValidateCheckpointCommand(cmd); err != nil {
+		return 0, err
+	}
 	c.sent[node] = cmd
+	c.all = append(c.all, cmd)
 	return 1, nil
 }
 
@@ -251,6 +259,110 @@ func TestCoordinatorRecordsTheRunsAReclaimCutsShort(t *testing.T) {
 	for _, tc := range cases {
 		if got := interrupted.Longest(tc.pod); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.pod.Name, got, tc.want)
+		}
+	}
+}
+
+// Maintenance the cloud calls off before its lead time: the agent drops the
+// notice and its pods stay, so the gang's members on other nodes must stay
+// too. Maintenance still announced is acted on at its lead time.
+func TestCoordinatorDropsMaintenanceTheAgentNoLongerReports(t *testing.T) {
+	var mu sync.Mutex
+	var evicted []string
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		evicted = append(evicted, action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name)
+		return true, nil, nil
+	})
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100), Log: testr.New(t),
+		Policy: Policy{MaintenanceLead: time.Minute}})
+
+	now := time.Now()
+	maint := func(id string) telemetry.ReclaimNotice {
+		// Time to act in a second.
+		return telemetry.ReclaimNotice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(time.Minute + time.Second)}
+	}
+	off, on := maint("aws-maint-off"), maint("aws-maint-on")
+	both := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{off, on}}
+	c.OnNodeUpdate(nil, both)
+	// The next report no longer carries the maintenance the cloud called off.
+	c.OnNodeUpdate(both, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{on}})
+
+	waitFor(t, "the command for the maintenance still announced", func() bool { return cmds.get("b") != nil })
+	time.Sleep(time.Second) // both notices were due at the same time
+	cmds.mu.Lock()
+	defer cmds.mu.Unlock()
+	for _, cmd := range cmds.all {
+		if cmd.GetOriginNoticeId() != "aws-maint-on" {
+			t.Errorf("sent %v for maintenance the agent no longer reports", cmd)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(evicted) != 0 {
+		t.Errorf("evicted %v before the maintenance still announced is due", evicted)
+	}
+}
+
+// A node may hold members of many gangs with long names; the reason that
+// lists them must stay within what an agent accepts, or the members are
+// evicted without a checkpoint.
+func TestCoordinatorCommandReasonFitsManyGangs(t *testing.T) {
+	var objs []runtime.Object
+	long := strings.Repeat("x", 60)
+	for i := range 30 {
+		name := fmt.Sprintf("%s-%02d", long, i)
+		objs = append(objs, member(name+"-0", "a", name), member(name+"-1", "b", name))
+	}
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	rec := record.NewFakeRecorder(1000)
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: fake.NewClientset(objs...), Commands: cmds, Recorder: rec, Log: testr.New(t), KeepGangsRunning: true})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-many", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now, Deadline: now.Add(2 * time.Minute),
+	}}})
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	cmd := cmds.get("b")
+	if len(cmd.GetPods()) != 30 {
+		t.Errorf("command names %d pods, want 30", len(cmd.GetPods()))
+	}
+	reason := cmd.GetReason()
+	if !strings.HasPrefix(reason, "gangs ml/"+long+"-00, ") || !strings.Contains(reason, " more have a member on node a, which is being reclaimed (spot-interruption") {
+		t.Errorf("reason %q: want the first gangs, how many more, and the node", reason)
+	}
+	t.Logf("reason (%d bytes): %s", len(reason), reason)
+}
+
+func TestCommandReason(t *testing.T) {
+	dl := time.Date(2026, 5, 1, 10, 2, 0, 0, time.UTC)
+	if got, want := commandReason([]string{"ml/g"}, "n1", "maintenance", dl), "gang ml/g has a member on node n1, which is being reclaimed (maintenance, deadline 2026-05-01T10:02:00Z)"; got != want {
+		t.Errorf("one gang: %q, want %q", got, want)
+	}
+	if got, want := commandReason([]string{"ml/g", "ml/h"}, "n1", "maintenance", dl), "gangs ml/g, ml/h have a member on node n1, which is being reclaimed (maintenance, deadline 2026-05-01T10:02:00Z)"; got != want {
+		t.Errorf("two gangs: %q, want %q", got, want)
+	}
+	for _, n := range []int{1, 14, 15, 16, 17, 100, 1000} {
+		var gangs []string
+		for i := range n {
+			gangs = append(gangs, fmt.Sprintf("%s/%s-%d", strings.Repeat("n", 63), strings.Repeat("g", 55), i))
+		}
+		r := commandReason(gangs, strings.Repeat("a", 253), "spot-interruption", dl)
+		if len(r) > maxReason || !strings.Contains(r, "which is being reclaimed") {
+			t.Errorf("%d gangs: %d bytes, %q", n, len(r), r)
 		}
 	}
 }

@@ -622,12 +622,14 @@ func isDeviceID(s string) bool {
 }
 
 // StatusText makes free text, typically an error's message, fit a
-// CollectorStatus message: control characters (errors.Join puts newlines
-// between errors) become "; " and the text is cut to the limit on a rune
-// boundary. Agents pass collector messages through it so that one odd error
-// does not get their whole report refused.
+// CollectorStatus or CheckpointStatus message: control characters
+// (errors.Join puts newlines between errors) become "; ", bytes that are not
+// UTF-8 (which proto.Marshal refuses) become U+FFFD, and the text is cut to
+// the limit on a rune boundary. Agents pass collector messages and what pods
+// answer through it so that one odd error does not get their whole report
+// refused.
 func StatusText(s string) string {
-	out := strings.Join(strings.FieldsFunc(s, isControl), "; ")
+	out := strings.Join(strings.FieldsFunc(strings.ToValidUTF8(s, "\uFFFD"), isControl), "; ")
 	if len(out) <= maxTextLen {
 		return out
 	}

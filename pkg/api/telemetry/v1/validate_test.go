@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -230,10 +231,14 @@ func TestStatusTextValidates(t *testing.T) {
 		t.Errorf("StatusText(%q) = %q, want %q", joined, got, want)
 	}
 	long := strings.Repeat("é", maxTextLen)
-	for _, in := range []string{joined, long, "\x00\x7f", ""} {
+	for _, in := range []string{joined, long, "\x00\x7f", "", "cut mid-character \xc3", "\xff\xfe\n\xc3\xa9"} {
 		out := StatusText(in)
 		if errs := validateText(out, maxTextLen, at{}); len(errs) > 0 {
 			t.Errorf("StatusText(%.20q...) = %.20q... does not validate: %v", in, out, errs)
+		}
+		// proto.Marshal refuses a string field that is not UTF-8.
+		if !utf8.ValidString(out) {
+			t.Errorf("StatusText(%.20q...) = %.20q... is not UTF-8", in, out)
 		}
 	}
 }
