@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strconv"
@@ -86,6 +87,9 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 	dec.KnownFields(true)
 	var spec Spec
 	if err := dec.Decode(&spec); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: the cluster spec is empty; give at least pools:, e.g. deploy/examples/cluster.yaml", file)
+		}
 		return nil, describeDecodeError(file, err)
 	}
 	if errs := spec.validate(); len(errs) > 0 {

@@ -31,6 +31,7 @@ func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
 		name, yaml string
 		want       []string
 	}{
+		{"empty", "", []string{"bad.yaml: the cluster spec is empty; give at least pools:"}},
 		{"unknown field", "pools:\n- name: a\n  gpuz: 8\n", []string{"bad.yaml:3", `unknown field "gpuz"`}},
 		{"wrong type", "pools:\n- name: a\n  count: many\n", []string{"bad.yaml:3", "many"}},
 		{"bad capacity type", `pools:

@@ -65,6 +65,11 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 		t.pending, t.header = header, positional[:len(header)]
 	}
 	for i, h := range t.header {
+		// Which of two equal columns is read would be a guess (unnamed
+		// ones, as a pandas index, are never read).
+		if j, dup := t.cols[columnName(h)]; dup && columnName(h) != "" {
+			return nil, fmt.Errorf("%s:1: columns %d and %d are both %s; keep one", name, j+1, i+1, columnName(h))
+		}
 		t.cols[columnName(h)] = i
 	}
 	var missing []string

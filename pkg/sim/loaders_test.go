@@ -142,6 +142,14 @@ func TestOpenbRowConversion(t *testing.T) {
 	}
 }
 
+// Two columns of one name: which one is read would be a guess.
+func TestDuplicateHeaderColumnsAreRefused(t *testing.T) {
+	p := writeFile(t, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time,creation_time\na,1,1,1,500,,LS,Running,0,1,0,99999\n")
+	if _, err := LoadOpenbPods(p); err == nil || !strings.Contains(err.Error(), "pods.csv:1: columns 9 and 12 are both creation_time; keep one") {
+		t.Fatalf("want the duplicate column named, got %v", err)
+	}
+}
+
 func TestOpenbBadRowsNameFileLineColumn(t *testing.T) {
 	header := "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
 	cases := map[string]struct{ body, want string }{
