@@ -12,6 +12,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -364,5 +365,39 @@ func TestCommandReason(t *testing.T) {
 		if len(r) > maxReason || !strings.Contains(r, "which is being reclaimed") {
 			t.Errorf("%d gangs: %d bytes, %q", n, len(r), r)
 		}
+	}
+}
+
+// A gang member that a PodDisruptionBudget refuses is asked again until the
+// deadline, and holds back none of the others (it was asked once and left).
+func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
+	client := fake.NewClientset()
+	var mu sync.Mutex
+	var asked []string
+	refusals := 2
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		name := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name
+		mu.Lock()
+		defer mu.Unlock()
+		asked = append(asked, name)
+		if name == "guarded" && refusals > 0 {
+			refusals--
+			return true, nil, apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+		}
+		return true, nil, nil
+	})
+	c := NewCoordinator()
+	c.opts = CoordinatorOptions{Client: client}
+	c.recorder = record.NewFakeRecorder(100)
+	f := &fanout{origin: "a", pods: []*corev1.Pod{member("guarded", "b", "g"), member("other", "b", "g")},
+		deadline: time.Now().Add(time.Minute), states: map[string]telemetryv1.CheckpointStatus_State{}}
+	c.evictMembers(context.Background(), f, testr.New(t))
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(asked, ","); got != "guarded,other,guarded,guarded" {
+		t.Fatalf("evictions asked %s: want guarded refused twice, other evicted at once", got)
 	}
 }
