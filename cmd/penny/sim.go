@@ -104,6 +104,9 @@ func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	if f.philly.MemMiBPerGPU < 0 {
 		return nil, nil, fmt.Errorf("--philly-mem-per-gpu %d must not be negative: it is the MiB each GPU's pod asks for (default %d)", f.philly.MemMiBPerGPU, def.MemMiBPerGPU)
 	}
+	if f.philly.GPUsPerGangPod < 1 {
+		return nil, nil, fmt.Errorf("--philly-gang-pod-gpus %d must be at least 1: it is how many GPUs each pod of a job split into a gang takes (default %d)", f.philly.GPUsPerGangPod, def.GPUsPerGangPod)
+	}
 	tr, err := sim.LoadTrace(f.pods, f.format, f.philly)
 	if err != nil {
 		return nil, nil, err

@@ -175,6 +175,13 @@ func TestSimCommandErrors(t *testing.T) {
 			want string
 		}{[]string{"replay", "--nodes", nodes, "--pods", pods, f, "-1"}, f + " -1 must not be negative"})
 	}
+	// A gang's pods of no GPUs fell back to 8 GPUs without a word.
+	for _, v := range []string{"0", "-2"} {
+		cases = append(cases, struct {
+			args []string
+			want string
+		}{[]string{"replay", "--nodes", nodes, "--pods", pods, "--philly-gang-pod-gpus", v}, "--philly-gang-pod-gpus " + v + " must be at least 1"})
+	}
 	for _, c := range cases {
 		_, err := runPenny(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -439,6 +439,7 @@ func TestLoadSpotGPU(t *testing.T) {
 		"workers.csv":  {"1,o,A10,4,1,0,0,60,Spot", "workers.csv:2: column 6 (worker_num): 0 is out of range 1..4096"},
 		"cpu.csv":      {"1,o,A10,-4,1,1,0,60,Spot", "cpu.csv:2: column 4 (cpu_request): -4 is below 0"},
 		"empty.csv":    {"1,o,A10,4,,1,0,60,Spot", "empty.csv:2: column 5 (gpu_request): is empty; every row needs it"},
+		"tiny.csv":     {"1,o,A10,4,0.0004,1,0,60,Spot", "tiny.csv:2: column 5 (gpu_request): 0.0004 GPUs is under the thousandth of a GPU"},
 	} {
 		f := writeFile(t, name, "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n"+tc.row+"\n")
 		if _, err := LoadTrace(f, FormatAuto, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -65,6 +65,10 @@ func LoadSpotGPU(path string, opts PhillyOptions) (*Trace, error) {
 		if gpus > 4096 {
 			t.fail("gpu_request", "%v GPUs per worker is more than any node holds", gpus)
 		}
+		if gpus > 0 && math.Round(gpus*gpu.MilliPerGPU) == 0 {
+			// It would ask for no GPU at all.
+			t.fail("gpu_request", "%v GPUs is under the thousandth of a GPU a share is counted in; give 0 for a job without GPUs", gpus)
+		}
 		cpus := t.float("cpu_request", 0, -1)
 		qos := t.str("job_type")
 		ns := namespaceFor(t.str("organization"))
