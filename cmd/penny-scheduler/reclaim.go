@@ -29,6 +29,9 @@ type reclaimFlags struct {
 	// the interrupted runs across restarts; "" keeps them in memory only.
 	interruptedConfigMap string
 	persist              *pricing.PersistOptions
+	// noticesConfigMap is namespace/name of the ConfigMap that keeps the
+	// notices being handled across restarts; "" keeps them in memory only.
+	noticesConfigMap string
 }
 
 func (f *reclaimFlags) flagSet() *pflag.FlagSet {
@@ -37,15 +40,28 @@ func (f *reclaimFlags) flagSet() *pflag.FlagSet {
 	fs.DurationVar(&f.safetyMargin, "reclaim-safety-margin", reclaim.DefaultSafetyMargin, "how long before a notice's deadline the other members of an affected gang are evicted if their checkpoints are not in yet; match the agents' --reclaim-safety-margin")
 	fs.DurationVar(&f.maintenanceLead, "reclaim-maintenance-lead", reclaim.DefaultMaintenanceLead, "how long before scheduled maintenance gangs are checkpointed and moved; match the agents' --reclaim-maintenance-lead")
 	fs.StringVar(&f.interruptedConfigMap, "reclaim-interrupted-configmap", "penny-system/penny-interrupted-runs", "namespace/name of the ConfigMap where the runs Spot reclaims cut short are kept, so that a restarted scheduler still keeps those workloads' training without checkpoints off Spot (docs/spot.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
+	fs.StringVar(&f.noticesConfigMap, "reclaim-notices-configmap", "penny-system/penny-reclaim-notices", "namespace/name of the ConfigMap where the reclaim notices being handled and their gangs are kept, so that a scheduler restarted mid-notice still checkpoints and evicts the gangs' members on other nodes (docs/reclaim.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
 	return fs
 }
 
+// configMapFlag checks a namespace/name flag; "" is memory only.
+func configMapFlag(flag, v, example, empty string) error {
+	if v == "" {
+		return nil
+	}
+	ns, name, ok := strings.Cut(v, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return fmt.Errorf("--%s %q: want namespace/name, e.g. %s (empty keeps %s in memory only)", flag, v, example, empty)
+	}
+	return nil
+}
+
 func (f *reclaimFlags) validate() error {
-	if f.interruptedConfigMap != "" {
-		ns, name, ok := strings.Cut(f.interruptedConfigMap, "/")
-		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-			return fmt.Errorf("--reclaim-interrupted-configmap %q: want namespace/name, e.g. penny-system/penny-interrupted-runs (empty keeps the runs in memory only)", f.interruptedConfigMap)
-		}
+	if err := configMapFlag("reclaim-interrupted-configmap", f.interruptedConfigMap, "penny-system/penny-interrupted-runs", "the runs"); err != nil {
+		return err
+	}
+	if err := configMapFlag("reclaim-notices-configmap", f.noticesConfigMap, "penny-system/penny-reclaim-notices", "the notices"); err != nil {
+		return err
 	}
 	if f.safetyMargin <= 0 {
 		return fmt.Errorf("--reclaim-safety-margin %v: must be positive", f.safetyMargin)
@@ -88,8 +104,13 @@ func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client ku
 	if f.persist != nil {
 		go f.interrupted.Persist(ctx, *f.persist)
 	}
+	var notices *reclaim.NoticeStore
+	if f.noticesConfigMap != "" {
+		ns, name, _ := strings.Cut(f.noticesConfigMap, "/")
+		notices = &reclaim.NoticeStore{Client: client, Namespace: ns, Name: name}
+	}
 	err := f.coordinator.Run(ctx, reclaim.CoordinatorOptions{
-		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted,
+		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted, Notices: notices,
 		Policy:           reclaim.Policy{MaintenanceLead: f.maintenanceLead},
 		KeepGangsRunning: f.keepGangsRunning, SafetyMargin: f.safetyMargin,
 		Log: klog.Background().WithName("reclaim"),

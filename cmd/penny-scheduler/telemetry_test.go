@@ -166,4 +166,16 @@ func TestReclaimFlagErrors(t *testing.T) {
 			t.Errorf("--reclaim-interrupted-configmap %q: %v", v, err)
 		}
 	}
+	for _, v := range []string{"penny-reclaim-notices", "/x", "ns/", "a/b/c"} {
+		f := ok
+		f.noticesConfigMap = v
+		if err := f.validate(); err == nil || !strings.Contains(err.Error(), "--reclaim-notices-configmap") || !strings.Contains(err.Error(), "namespace/name") {
+			t.Errorf("--reclaim-notices-configmap %q: %v", v, err)
+		}
+	}
+	f := ok
+	f.noticesConfigMap = "penny-system/penny-reclaim-notices"
+	if err := f.validate(); err != nil {
+		t.Errorf("--reclaim-notices-configmap %q: %v", f.noticesConfigMap, err)
+	}
 }

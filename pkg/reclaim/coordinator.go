@@ -58,6 +58,9 @@ type CoordinatorOptions struct {
 	// nodes are evicted when their checkpoints are in, or at the deadline
 	// less this margin.
 	SafetyMargin time.Duration
+	// Notices keeps the notices being handled and their gangs across
+	// restarts; nil keeps them in memory only.
+	Notices *NoticeStore
 	// Recorder records events on pods; one writing to the API server when
 	// nil.
 	Recorder record.EventRecorder
@@ -85,7 +88,11 @@ type Coordinator struct {
 	// waiting holds the notices whose handling has not started to act
 	// (scheduled maintenance waits for its lead time), by node/notice id:
 	// the agent dropping the notice calls their handling off.
-	waiting  map[string]*callOff
+	waiting map[string]*callOff
+	// recorded holds the gangs in a notice's record, by node/notice id: a
+	// restarted coordinator no longer finds them on the reclaimed node,
+	// whose agent has usually evicted its pods already.
+	recorded map[string][]gang.Ref
 	wake     chan struct{}
 	started  bool
 	opts     CoordinatorOptions
@@ -109,7 +116,7 @@ type callOff struct {
 // OnCheckpointStatus to the telemetry server.
 func NewCoordinator() *Coordinator {
 	registerMetrics()
-	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, wake: make(chan struct{}, 1)}
+	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, recorded: map[string][]gang.Ref{}, wake: make(chan struct{}, 1)}
 }
 
 // OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
@@ -199,6 +206,7 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		defer b.Shutdown()
 		c.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "penny-scheduler"})
 	}
+	c.resume(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	tick := time.NewTicker(time.Minute)
@@ -253,12 +261,78 @@ func (c *Coordinator) forgetOld() {
 	for k, d := range c.seen {
 		if d.Before(cutoff) {
 			delete(c.seen, k)
+			delete(c.recorded, k)
 		}
 	}
 	for id, f := range c.fanouts {
 		if f.deadline.Before(cutoff) {
 			delete(c.fanouts, id)
 		}
+	}
+}
+
+// resume queues the notices a previous run recorded and did not finish,
+// before any is acted on, so their gangs' members are still checkpointed
+// and evicted; the agent reporting the same notice again is deduplicated.
+func (c *Coordinator) resume(ctx context.Context) {
+	s := c.opts.Notices
+	if s == nil {
+		return
+	}
+	recs, err := s.load(ctx)
+	if err != nil {
+		c.opts.Log.Error(err, "Loading the reclaim notices being handled")
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		if !r.deadline().After(now) {
+			continue // dropped at the next write
+		}
+		c.recorded[r.key()] = r.gangs
+		c.queue = append(c.queue, r.nodeNotice)
+		c.opts.Log.Info("resuming a reclaim notice from its record", "node", r.node, "notice", r.notice.ID,
+			"kind", r.notice.Kind.String(), "deadline", r.deadline(), "gangs", len(r.gangs))
+	}
+	if len(c.queue) > 0 {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// remember records a notice and its gangs before any command is sent.
+func (c *Coordinator) remember(ctx context.Context, nn nodeNotice, gangs []gang.Ref, log logr.Logger) {
+	if c.opts.Notices == nil {
+		return
+	}
+	c.mu.Lock()
+	c.recorded[nn.key()] = gangs
+	c.mu.Unlock()
+	// The commands wait for this write: bound it so a slow API server does
+	// not eat the notice's deadline.
+	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
+	defer cancel()
+	if err := c.opts.Notices.put(ctx, noticeRecord{nn, gangs}, log); err != nil {
+		log.Error(err, "cannot record the notice; a restart before its gangs are evicted would leave them running short a member")
+	}
+}
+
+// forget removes a notice's record once its handling has ended.
+func (c *Coordinator) forget(ctx context.Context, nn nodeNotice, log logr.Logger) {
+	c.mu.Lock()
+	_, ok := c.recorded[nn.key()]
+	delete(c.recorded, nn.key())
+	c.mu.Unlock()
+	if !ok || c.opts.Notices == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
+	defer cancel()
+	if err := c.opts.Notices.remove(ctx, nn.key(), log); err != nil {
+		log.Error(err, "cannot remove the notice's record; it is dropped after its deadline")
 	}
 }
 
@@ -283,15 +357,22 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 	defer c.acting(nn.key(), w)
 	// The risk model is updated alongside: the gang's checkpoints must not
 	// wait for its API call.
+	// A notice resumed from its record was observed before it was recorded.
+	c.mu.Lock()
+	_, resumed := c.recorded[nn.key()]
+	c.mu.Unlock()
 	var observed sync.WaitGroup
-	observed.Add(1)
-	go func() {
-		defer observed.Done()
-		c.observe(ctx, nn, log)
-	}()
+	if !resumed {
+		observed.Add(1)
+		go func() {
+			defer observed.Done()
+			c.observe(ctx, nn, log)
+		}()
+	}
 	defer observed.Wait()
 	act := o.Policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline)
 	if !act.Checkpoint {
+		c.forget(ctx, nn, log)
 		return
 	}
 	if !act.At.IsZero() && time.Now().Before(act.At) {
@@ -310,14 +391,16 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		return
 	}
 	deadline := Deadline(n.Kind, n.Detected, n.Deadline)
-	fanouts, err := c.plan(ctx, nn, deadline)
+	fanouts, gangs, err := c.plan(ctx, nn, deadline)
 	if err != nil {
 		log.Error(err, "cannot find the gangs with a member on the reclaimed node")
 		return
 	}
 	if len(fanouts) == 0 {
+		c.forget(ctx, nn, log)
 		return
 	}
+	c.remember(ctx, nn, gangs, log)
 	var wg sync.WaitGroup
 	for _, f := range fanouts {
 		wg.Add(1)
@@ -327,6 +410,9 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		}()
 	}
 	wg.Wait()
+	if ctx.Err() == nil { // stopped midway, the next run takes it up
+		c.forget(ctx, nn, log)
+	}
 }
 
 // observe feeds a Spot interruption to the risk model, and the runs it is
@@ -433,24 +519,27 @@ func commandID(origin, notice, node string) string {
 	return "gang-" + hex.EncodeToString(h[:12])
 }
 
-// plan finds the gangs with a member on the reclaimed node and groups their
-// other members by node.
-func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Time) ([]*fanout, error) {
+// plan finds the gangs with a member on the reclaimed node, adds those
+// recorded for the notice, and groups their other members by node.
+func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Time) ([]*fanout, []gang.Ref, error) {
 	onNode, err := c.livePodsOn(ctx, nn.node)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	gangs := map[gang.Ref]bool{}
+	var found []gang.Ref
 	for _, p := range onNode {
 		if ref, ok := gang.RefOf(p); ok {
-			gangs[ref] = true
+			found = append(found, ref)
 		}
 	}
+	c.mu.Lock()
+	gangs := unionGangs(c.recorded[nn.key()], found)
+	c.mu.Unlock()
 	byNode := map[string]*fanout{}
-	for ref := range gangs {
+	for _, ref := range gangs {
 		members, err := c.members(ctx, ref)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, p := range members {
 			if p.Spec.NodeName == "" || p.Spec.NodeName == nn.node {
@@ -478,7 +567,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 		out = append(out, f)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].node < out[j].node })
-	return out, nil
+	return out, gangs, nil
 }
 
 func live(p *corev1.Pod) bool {

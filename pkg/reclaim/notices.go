@@ -1,0 +1,266 @@
+package reclaim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gang"
+)
+
+// NoticesKey is the ConfigMap key that holds the notices being handled: one
+// line per notice, "<node> <notice id> <kind> <provider> <action> <detected>
+// <deadline> <gangs>", e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate
+// 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm,podgroup:ml/pg"
+// (an empty action or deadline is "-").
+const NoticesKey = "notices"
+
+// noticesStaleAfter is how long past its deadline a record is kept: nothing
+// is left to do for it, but a replica whose clock lags may still be at it.
+const noticesStaleAfter = 10 * time.Minute
+
+// noticeWriteTimeout bounds writing a record.
+const noticeWriteTimeout = 5 * time.Second
+
+// NoticeStore is where the coordinator keeps the notices it is handling, so
+// that a restarted scheduler still evicts the gang members it planned to
+// after the reclaimed node's own pods are gone (and with them the gangs'
+// trace). It belongs in Penny's own namespace: a tenant who could write it
+// could have the scheduler evict other tenants' pods.
+type NoticeStore struct {
+	Client          kubernetes.Interface
+	Namespace, Name string
+
+	// mu keeps this replica's handlers from conflicting with each other.
+	mu sync.Mutex
+}
+
+// noticeRecord is a notice being handled and the gangs found for it.
+type noticeRecord struct {
+	nodeNotice
+	gangs []gang.Ref
+}
+
+func (s *NoticeStore) source() string {
+	return fmt.Sprintf("configmap %s/%s key %s", s.Namespace, s.Name, NoticesKey)
+}
+
+// load reads the records. A missing ConfigMap holds none; malformed lines
+// are skipped and reported together in the error, the rest are returned.
+func (s *NoticeStore) load(ctx context.Context) ([]noticeRecord, error) {
+	cm, err := s.Client.CoreV1().ConfigMaps(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.source(), err)
+	}
+	return parseNotices(cm.Data[NoticesKey], s.source())
+}
+
+// put records a notice and its gangs, adding to the gangs another replica
+// recorded for it.
+func (s *NoticeStore) put(ctx context.Context, r noticeRecord, log logr.Logger) error {
+	return s.update(ctx, log, func(recs map[string]noticeRecord) {
+		if old, ok := recs[r.key()]; ok {
+			r.gangs = unionGangs(old.gangs, r.gangs)
+		}
+		recs[r.key()] = r
+	})
+}
+
+// remove drops a notice's record once its handling has ended.
+func (s *NoticeStore) remove(ctx context.Context, key string, log logr.Logger) error {
+	return s.update(ctx, log, func(recs map[string]noticeRecord) { delete(recs, key) })
+}
+
+// update applies change to the records read and writes them back, dropping
+// those long past their deadline. Writes are conditional on the copy read,
+// so replicas that write at once do not erase each other's records: the
+// loser reads again.
+func (s *NoticeStore) update(ctx context.Context, log logr.Logger, change func(map[string]noticeRecord)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cms := s.Client.CoreV1().ConfigMaps(s.Namespace)
+	var err error
+	for range 3 {
+		var cm *corev1.ConfigMap
+		recs := map[string]noticeRecord{}
+		cm, err = cms.Get(ctx, s.Name, metav1.GetOptions{})
+		exists := err == nil
+		switch {
+		case apierrors.IsNotFound(err):
+			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name,
+				Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
+		case err != nil:
+			return fmt.Errorf("%s: %w", s.source(), err)
+		default:
+			list, perr := parseNotices(cm.Data[NoticesKey], s.source())
+			if perr != nil {
+				log.Error(perr, "Saved reclaim notices: lines skipped")
+			}
+			for _, r := range list {
+				recs[r.key()] = r
+			}
+		}
+		change(recs)
+		cutoff := time.Now().Add(-noticesStaleAfter)
+		list := make([]noticeRecord, 0, len(recs))
+		for _, r := range recs {
+			if r.deadline().After(cutoff) {
+				list = append(list, r)
+			}
+		}
+		data := formatNotices(list)
+		if cm.Data[NoticesKey] == data {
+			return nil
+		}
+		cm = cm.DeepCopy()
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[NoticesKey] = data
+		if !exists {
+			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		} else {
+			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		}
+		if err == nil || !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.source(), err)
+	}
+	return nil
+}
+
+func (r noticeRecord) deadline() time.Time {
+	return Deadline(r.notice.Kind, r.notice.Detected, r.notice.Deadline)
+}
+
+func unionGangs(a, b []gang.Ref) []gang.Ref {
+	out := slices.Clone(a)
+	for _, g := range b {
+		if !slices.Contains(out, g) {
+			out = append(out, g)
+		}
+	}
+	slices.SortFunc(out, func(x, y gang.Ref) int { return strings.Compare(x.Key(), y.Key()) })
+	return out
+}
+
+// field writes a free-form value as one space-free word; "-" stands for
+// empty.
+func field(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return strings.ReplaceAll(url.PathEscape(s), "-", "%2D")
+}
+
+func unfield(s string) (string, error) {
+	if s == "-" {
+		return "", nil
+	}
+	return url.PathUnescape(s)
+}
+
+// formatNotices writes the records as saved, ordered by node and notice.
+func formatNotices(recs []noticeRecord) string {
+	recs = slices.Clone(recs)
+	slices.SortFunc(recs, func(a, b noticeRecord) int { return strings.Compare(a.key(), b.key()) })
+	var b strings.Builder
+	for _, r := range recs {
+		n := r.notice
+		deadline := "-"
+		if !n.Deadline.IsZero() {
+			deadline = n.Deadline.UTC().Format(time.RFC3339Nano)
+		}
+		gangs := make([]string, len(r.gangs))
+		for i, g := range r.gangs {
+			gangs[i] = g.Key()
+		}
+		fmt.Fprintf(&b, "%s %s %s %s %s %s %s %s\n", r.node, field(n.ID),
+			strings.TrimPrefix(n.Kind.String(), "RECLAIM_KIND_"), strings.TrimPrefix(n.Provider.String(), "CLOUD_PROVIDER_"),
+			field(n.Action), n.Detected.UTC().Format(time.RFC3339Nano), deadline, strings.Join(gangs, ","))
+	}
+	return b.String()
+}
+
+// parseNotices reads saved records. Lines that do not parse are skipped;
+// the error names each with the fix, and the records returned are the good
+// ones.
+func parseNotices(data, source string) ([]noticeRecord, error) {
+	var recs []noticeRecord
+	var errs []error
+	for i, line := range strings.Split(data, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		r, err := parseNoticeLine(line)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s line %d %q: %w", source, i+1, line, err))
+			continue
+		}
+		recs = append(recs, r)
+	}
+	return recs, errors.Join(errs...)
+}
+
+func parseNoticeLine(line string) (noticeRecord, error) {
+	const want = `want "<node> <notice id> <kind> <provider> <action> <detected> <deadline> <gangs>", the kind as SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION, the provider as AWS, GCP or AZURE, the times in RFC 3339, "-" for an empty action or deadline, the gangs as <label|podgroup>:<namespace>/<name> separated by commas, e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm"`
+	f := strings.Fields(line)
+	if len(f) != 8 {
+		return noticeRecord{}, errors.New(want)
+	}
+	r := noticeRecord{nodeNotice: nodeNotice{node: f[0]}}
+	n := &r.notice
+	var err error
+	if n.ID, err = unfield(f[1]); err != nil || n.ID == "" {
+		return noticeRecord{}, fmt.Errorf("notice id %q: %s", f[1], want)
+	}
+	kind, ok := telemetryv1.ReclaimKind_value["RECLAIM_KIND_"+f[2]]
+	if !ok || kind == 0 {
+		return noticeRecord{}, fmt.Errorf("kind %q: %s", f[2], want)
+	}
+	n.Kind = telemetryv1.ReclaimKind(kind)
+	provider, ok := telemetryv1.CloudProvider_value["CLOUD_PROVIDER_"+f[3]]
+	if !ok || provider == 0 {
+		return noticeRecord{}, fmt.Errorf("provider %q: %s", f[3], want)
+	}
+	n.Provider = telemetryv1.CloudProvider(provider)
+	if n.Action, err = unfield(f[4]); err != nil {
+		return noticeRecord{}, fmt.Errorf("action %q: %s", f[4], want)
+	}
+	if n.Detected, err = time.Parse(time.RFC3339Nano, f[5]); err != nil {
+		return noticeRecord{}, fmt.Errorf("detected %q is not an RFC 3339 time: %s", f[5], want)
+	}
+	if f[6] != "-" {
+		if n.Deadline, err = time.Parse(time.RFC3339Nano, f[6]); err != nil {
+			return noticeRecord{}, fmt.Errorf("deadline %q is not an RFC 3339 time: %s", f[6], want)
+		}
+	}
+	for _, g := range strings.Split(f[7], ",") {
+		src, rest, _ := strings.Cut(g, ":")
+		ns, name, _ := strings.Cut(rest, "/")
+		if src != string(gang.SourceLabel) && src != string(gang.SourcePodGroup) || ns == "" || name == "" || strings.Contains(name, "/") {
+			return noticeRecord{}, fmt.Errorf("gang %q: %s", g, want)
+		}
+		r.gangs = append(r.gangs, gang.Ref{Source: gang.Source(src), Namespace: ns, Name: name})
+	}
+	return r, nil
+}
