@@ -8,10 +8,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/pennysched/penny/pkg/configmaplines"
 )
 
 // InterruptedKey is the ConfigMap key that holds the saved runs: one line
@@ -50,22 +49,19 @@ func (o *PersistOptions) defaults() {
 	}
 }
 
-func (o *PersistOptions) source() string {
-	return fmt.Sprintf("configmap %s/%s key %s", o.Namespace, o.Name, InterruptedKey)
+func (o *PersistOptions) key() configmaplines.Key {
+	return configmaplines.Key{Client: o.Client, Namespace: o.Namespace, Name: o.Name, Key: InterruptedKey}
 }
 
 // Load merges the saved copy into m. A missing ConfigMap is an empty copy;
 // malformed lines are skipped and reported together in the error, the rest
 // are merged.
 func (m *Interrupted) Load(ctx context.Context, o PersistOptions) error {
-	cm, err := o.Client.CoreV1().ConfigMaps(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
+	text, err := o.key().Read(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: %w", o.source(), err)
+		return err
 	}
-	runs, err := ParseInterruptedRuns(cm.Data[InterruptedKey], o.source())
+	runs, err := ParseInterruptedRuns(text, o.key().String())
 	m.Merge(runs)
 	return err
 }
@@ -74,46 +70,15 @@ func (m *Interrupted) Load(ctx context.Context, o PersistOptions) error {
 // something m knows. Writes are conditional on the copy read, so replicas
 // that save at once do not erase each other's runs: the loser reads again.
 func (m *Interrupted) Save(ctx context.Context, o PersistOptions) error {
-	cms := o.Client.CoreV1().ConfigMaps(o.Namespace)
-	var err error
-	for range 3 {
-		var cm *corev1.ConfigMap
-		cm, err = cms.Get(ctx, o.Name, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name,
-				Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
-		case err != nil:
-			return m.saved(fmt.Errorf("%s: %w", o.source(), err))
-		default:
-			runs, perr := ParseInterruptedRuns(cm.Data[InterruptedKey], o.source())
-			if perr != nil {
-				o.Log.Error(perr, "Saved interrupted runs: lines skipped")
-			}
-			m.Merge(runs)
+	k := o.key()
+	return m.saved(k.Update(ctx, func(text string) string {
+		runs, err := ParseInterruptedRuns(text, k.String())
+		if err != nil {
+			o.Log.Error(err, "Saved interrupted runs: lines skipped")
 		}
-		data := FormatInterruptedRuns(m.Runs())
-		if cm.Data[InterruptedKey] == data {
-			return nil
-		}
-		cm = cm.DeepCopy()
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data[InterruptedKey] = data
-		if cm.ResourceVersion == "" {
-			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-		} else {
-			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-		}
-		if err == nil {
-			return m.saved(nil)
-		}
-		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
-			break
-		}
-	}
-	return m.saved(fmt.Errorf("%s: %w", o.source(), err))
+		m.Merge(runs)
+		return FormatInterruptedRuns(m.Runs())
+	}))
 }
 
 func (m *Interrupted) saved(err error) error {
@@ -181,21 +146,7 @@ func FormatInterruptedRuns(runs []InterruptedRun) string {
 // skipped; the error names each with the fix, and the runs returned are the
 // good ones.
 func ParseInterruptedRuns(data, source string) ([]InterruptedRun, error) {
-	var runs []InterruptedRun
-	var errs []error
-	for i, line := range strings.Split(data, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		r, err := parseInterruptedLine(line)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s line %d %q: %w", source, i+1, line, err))
-			continue
-		}
-		runs = append(runs, r)
-	}
-	return runs, errors.Join(errs...)
+	return configmaplines.Parse(data, source, parseInterruptedLine)
 }
 
 func parseInterruptedLine(line string) (InterruptedRun, error) {

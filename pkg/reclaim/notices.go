@@ -11,12 +11,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/gang"
 )
 
@@ -53,21 +51,18 @@ type noticeRecord struct {
 	gangs []gang.Ref
 }
 
-func (s *NoticeStore) source() string {
-	return fmt.Sprintf("configmap %s/%s key %s", s.Namespace, s.Name, NoticesKey)
+func (s *NoticeStore) key() configmaplines.Key {
+	return configmaplines.Key{Client: s.Client, Namespace: s.Namespace, Name: s.Name, Key: NoticesKey}
 }
 
 // load reads the records. A missing ConfigMap holds none; malformed lines
 // are skipped and reported together in the error, the rest are returned.
 func (s *NoticeStore) load(ctx context.Context) ([]noticeRecord, error) {
-	cm, err := s.Client.CoreV1().ConfigMaps(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
+	text, err := s.key().Read(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.source(), err)
+		return nil, err
 	}
-	return parseNotices(cm.Data[NoticesKey], s.source())
+	return parseNotices(text, s.key().String())
 }
 
 // put records a notice and its gangs, adding to the gangs another replica
@@ -87,64 +82,30 @@ func (s *NoticeStore) remove(ctx context.Context, key string, log logr.Logger) e
 }
 
 // update applies change to the records read and writes them back, dropping
-// those long past their deadline. Writes are conditional on the copy read,
-// so replicas that write at once do not erase each other's records: the
-// loser reads again.
+// those long past their deadline.
 func (s *NoticeStore) update(ctx context.Context, log logr.Logger, change func(map[string]noticeRecord)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cms := s.Client.CoreV1().ConfigMaps(s.Namespace)
-	var err error
-	for range 3 {
-		var cm *corev1.ConfigMap
-		recs := map[string]noticeRecord{}
-		cm, err = cms.Get(ctx, s.Name, metav1.GetOptions{})
-		exists := err == nil
-		switch {
-		case apierrors.IsNotFound(err):
-			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name,
-				Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
-		case err != nil:
-			return fmt.Errorf("%s: %w", s.source(), err)
-		default:
-			list, perr := parseNotices(cm.Data[NoticesKey], s.source())
-			if perr != nil {
-				log.Error(perr, "Saved reclaim notices: lines skipped")
-			}
-			for _, r := range list {
-				recs[r.key()] = r
-			}
+	k := s.key()
+	return k.Update(ctx, func(text string) string {
+		list, err := parseNotices(text, k.String())
+		if err != nil {
+			log.Error(err, "Saved reclaim notices: lines skipped")
+		}
+		recs := make(map[string]noticeRecord, len(list))
+		for _, r := range list {
+			recs[r.key()] = r
 		}
 		change(recs)
 		cutoff := time.Now().Add(-noticesStaleAfter)
-		list := make([]noticeRecord, 0, len(recs))
+		kept := make([]noticeRecord, 0, len(recs))
 		for _, r := range recs {
 			if r.deadline().After(cutoff) {
-				list = append(list, r)
+				kept = append(kept, r)
 			}
 		}
-		data := formatNotices(list)
-		if cm.Data[NoticesKey] == data {
-			return nil
-		}
-		cm = cm.DeepCopy()
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data[NoticesKey] = data
-		if !exists {
-			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-		} else {
-			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-		}
-		if err == nil || !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", s.source(), err)
-	}
-	return nil
+		return formatNotices(kept)
+	})
 }
 
 func (r noticeRecord) deadline() time.Time {
@@ -204,21 +165,7 @@ func formatNotices(recs []noticeRecord) string {
 // the error names each with the fix, and the records returned are the good
 // ones.
 func parseNotices(data, source string) ([]noticeRecord, error) {
-	var recs []noticeRecord
-	var errs []error
-	for i, line := range strings.Split(data, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		r, err := parseNoticeLine(line)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s line %d %q: %w", source, i+1, line, err))
-			continue
-		}
-		recs = append(recs, r)
-	}
-	return recs, errors.Join(errs...)
+	return configmaplines.Parse(data, source, parseNoticeLine)
 }
 
 func parseNoticeLine(line string) (noticeRecord, error) {

@@ -1,0 +1,106 @@
+// Package configmaplines keeps a small list as lines of text under one key
+// of a ConfigMap, as penny-scheduler keeps state that must outlive a
+// restart (the runs Spot reclaims cut short, the reclaim notices being
+// handled). Lines that do not parse are reported by number and the rest
+// kept; writes are conditional on the copy read, so replicas that write at
+// once do not erase each other's lines.
+package configmaplines
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Key names one key of one ConfigMap.
+type Key struct {
+	Client          kubernetes.Interface
+	Namespace, Name string
+	Key             string
+}
+
+// String names the key in errors, e.g. "configmap penny-system/x key runs".
+func (k Key) String() string {
+	return fmt.Sprintf("configmap %s/%s key %s", k.Namespace, k.Name, k.Key)
+}
+
+// Read returns the key's text; "" when the ConfigMap does not exist.
+func (k Key) Read(ctx context.Context) (string, error) {
+	cm, err := k.Client.CoreV1().ConfigMaps(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", k, err)
+	}
+	return cm.Data[k.Key], nil
+}
+
+// Update hands the key's text to change and writes back what change
+// returns, unless it is the same. The write is conditional on the copy
+// read: when another writer came first, the text is read and changed again
+// (three tries in all). A missing ConfigMap is created.
+func (k Key) Update(ctx context.Context, change func(text string) string) error {
+	cms := k.Client.CoreV1().ConfigMaps(k.Namespace)
+	var err error
+	for range 3 {
+		var cm *corev1.ConfigMap
+		cm, err = cms.Get(ctx, k.Name, metav1.GetOptions{})
+		exists := err == nil
+		switch {
+		case apierrors.IsNotFound(err):
+			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name,
+				Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
+		case err != nil:
+			return fmt.Errorf("%s: %w", k, err)
+		}
+		text := change(cm.Data[k.Key])
+		if cm.Data[k.Key] == text {
+			return nil // nor is an empty ConfigMap created
+		}
+		cm = cm.DeepCopy()
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[k.Key] = text
+		if exists {
+			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		} else {
+			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		}
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+			break
+		}
+	}
+	return fmt.Errorf("%s: %w", k, err)
+}
+
+// Parse reads text line by line with parse, skipping blank lines. Lines
+// parse refuses are left out; the error names each by its number, its text
+// and parse's reason, and the values returned are the good lines'.
+func Parse[T any](text, source string, parse func(line string) (T, error)) ([]T, error) {
+	var out []T
+	var errs []error
+	for i, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		v, err := parse(line)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s line %d %q: %w", source, i+1, line, err))
+			continue
+		}
+		out = append(out, v)
+	}
+	return out, errors.Join(errs...)
+}
