@@ -613,71 +613,59 @@ func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
 	sort.SliceStable(pods, func(a, b int) bool { return done(pods[a]) && !done(pods[b]) })
 	deadline := js.j.Deadline
 	var nEvicted, nCheckpointed int
-	// Every pod is asked once before any is asked again: a pod whose
-	// PodDisruptionBudget refuses waits for the next pass, a second later,
-	// and never holds back the others, which go now with their grace period
-	// rather than at the deadline with none.
-	for todo := pods; len(todo) > 0; {
-		var refused []*corev1.Pod
-		for _, pod := range todo {
-			rec := js.pod(pod)
+	// Every pod is asked once before any is asked again
+	// (reclaim.EvictInPasses).
+	if !reclaim.EvictInPasses(ctx, pods, func(pod *corev1.Pod) bool {
+		rec := js.pod(pod)
+		js.mu.Lock()
+		skip := rec.Evicted
+		js.mu.Unlock()
+		if skip {
+			return false
+		}
+		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+		if pod.Spec.TerminationGracePeriodSeconds != nil {
+			grace = *pod.Spec.TerminationGracePeriodSeconds
+		}
+		if left := int64(time.Until(deadline) / time.Second); left < grace {
+			grace = max(left, 0)
+		}
+		result, err := f.evict(ctx, pod, grace)
+		if ctx.Err() != nil {
+			return false
+		}
+		if result == blocked {
+			if time.Now().Add(time.Second).Before(deadline) {
+				return true
+			}
+			err = fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
+		}
+		f.metrics.evictions.WithLabelValues(string(result)).Inc()
+		checkpointed := done(pod)
+		switch result {
+		case evicted, gone:
+			nEvicted++
+			if checkpointed {
+				nCheckpointed++
+			}
 			js.mu.Lock()
-			skip := rec.Evicted
+			rec.Evicted = true
+			js.saveLocked()
 			js.mu.Unlock()
-			if skip {
-				continue
-			}
-			grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
-			if pod.Spec.TerminationGracePeriodSeconds != nil {
-				grace = *pod.Spec.TerminationGracePeriodSeconds
-			}
-			if left := int64(time.Until(deadline) / time.Second); left < grace {
-				grace = max(left, 0)
-			}
-			result, err := f.evict(ctx, pod, grace)
-			if ctx.Err() != nil {
-				return // the agent is stopping; the state says what is left to evict
-			}
-			if result == blocked {
-				if time.Now().Add(time.Second).Before(deadline) {
-					refused = append(refused, pod)
-					continue
+			if result == evicted {
+				what := "its checkpoint is written"
+				if !checkpointed {
+					what = "without a checkpoint"
 				}
-				err = fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
+				f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvicted", "evicted because node %s is being reclaimed (%s); %s; grace period %ds", f.node, reclaim.TaintValue(kindOf(js.j)), what, grace)
 			}
-			f.metrics.evictions.WithLabelValues(string(result)).Inc()
-			checkpointed := done(pod)
-			switch result {
-			case evicted, gone:
-				nEvicted++
-				if checkpointed {
-					nCheckpointed++
-				}
-				js.mu.Lock()
-				rec.Evicted = true
-				js.saveLocked()
-				js.mu.Unlock()
-				if result == evicted {
-					what := "its checkpoint is written"
-					if !checkpointed {
-						what = "without a checkpoint"
-					}
-					f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvicted", "evicted because node %s is being reclaimed (%s); %s; grace period %ds", f.node, reclaim.TaintValue(kindOf(js.j)), what, grace)
-				}
-			default:
-				f.log.Error(err, "eviction failed", "pod", pod.Namespace+"/"+pod.Name)
-				f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvictionFailed", "could not evict the pod before node %s is reclaimed: %v", f.node, err)
-			}
+		default:
+			f.log.Error(err, "eviction failed", "pod", pod.Namespace+"/"+pod.Name)
+			f.recorder.Eventf(pod, corev1.EventTypeWarning, "ReclaimEvictionFailed", "could not evict the pod before node %s is reclaimed: %v", f.node, err)
 		}
-		if len(refused) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-		todo = refused
+		return false
+	}) {
+		return // the agent is stopping; the state says what is left to evict
 	}
 	f.metrics.step("evicted", detected)
 	slack := time.Until(deadline)

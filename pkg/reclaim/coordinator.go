@@ -693,55 +693,44 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 	}
 	f.mu.Unlock()
 	// As the agent does on the reclaimed node: every member is asked once
-	// before any is asked again, and one that a PodDisruptionBudget refuses
-	// is asked again each second until the deadline, holding back no other.
-	for todo := f.pods; len(todo) > 0; {
-		var refused []*corev1.Pod
-		for _, p := range todo {
-			grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
-			if p.Spec.TerminationGracePeriodSeconds != nil {
-				grace = *p.Spec.TerminationGracePeriodSeconds
-			}
-			if left := int64(time.Until(f.deadline) / time.Second); left < grace {
-				grace = max(left, 0)
-			}
-			uid := p.UID
-			err := c.opts.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
-				ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
-				DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: &metav1.Preconditions{UID: &uid}},
-			})
-			if ctx.Err() != nil {
-				return
-			}
-			if apierrors.IsTooManyRequests(err) && time.Now().Add(time.Second).Before(f.deadline) {
-				refused = append(refused, p)
-				continue
-			}
-			switch {
-			case err == nil:
-				evictionsTotal.WithLabelValues("evicted").Inc()
-				what := "its checkpoint is written"
-				if s := states[p.Namespace+"/"+p.Name]; s != telemetryv1.CheckpointStatus_STATE_DONE {
-					what = "without a checkpoint (" + strings.TrimPrefix(s.String(), "STATE_") + ")"
-				}
-				c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvicted", "evicted with its gang, which lost a member to the reclaim of node %s; %s; grace period %ds", f.origin, what, grace)
-			case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-				evictionsTotal.WithLabelValues("gone").Inc()
-			default:
-				evictionsTotal.WithLabelValues("failed").Inc()
-				log.Error(err, "cannot evict a gang member", "pod", p.Namespace+"/"+p.Name)
-				c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvictionFailed", "could not evict this member of a gang that lost a member to the reclaim of node %s: %v", f.origin, err)
-			}
+	// before any is asked again (EvictInPasses).
+	if !EvictInPasses(ctx, f.pods, func(p *corev1.Pod) bool {
+		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+		if p.Spec.TerminationGracePeriodSeconds != nil {
+			grace = *p.Spec.TerminationGracePeriodSeconds
 		}
-		if len(refused) == 0 {
-			break
+		if left := int64(time.Until(f.deadline) / time.Second); left < grace {
+			grace = max(left, 0)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
+		uid := p.UID
+		err := c.opts.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
+			ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
+			DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: &metav1.Preconditions{UID: &uid}},
+		})
+		if ctx.Err() != nil {
+			return false
 		}
-		todo = refused
+		if apierrors.IsTooManyRequests(err) && time.Now().Add(time.Second).Before(f.deadline) {
+			return true
+		}
+		switch {
+		case err == nil:
+			evictionsTotal.WithLabelValues("evicted").Inc()
+			what := "its checkpoint is written"
+			if s := states[p.Namespace+"/"+p.Name]; s != telemetryv1.CheckpointStatus_STATE_DONE {
+				what = "without a checkpoint (" + strings.TrimPrefix(s.String(), "STATE_") + ")"
+			}
+			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvicted", "evicted with its gang, which lost a member to the reclaim of node %s; %s; grace period %ds", f.origin, what, grace)
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			evictionsTotal.WithLabelValues("gone").Inc()
+		default:
+			evictionsTotal.WithLabelValues("failed").Inc()
+			log.Error(err, "cannot evict a gang member", "pod", p.Namespace+"/"+p.Name)
+			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvictionFailed", "could not evict this member of a gang that lost a member to the reclaim of node %s: %v", f.origin, err)
+		}
+		return false
+	}) {
+		return
 	}
 	log.Info("evicted the gang's members on the node", "pods", len(f.pods))
 }

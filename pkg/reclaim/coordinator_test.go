@@ -268,18 +268,8 @@ func TestCoordinatorRecordsTheRunsAReclaimCutsShort(t *testing.T) {
 // notice and its pods stay, so the gang's members on other nodes must stay
 // too. Maintenance still announced is acted on at its lead time.
 func TestCoordinatorDropsMaintenanceTheAgentNoLongerReports(t *testing.T) {
-	var mu sync.Mutex
-	var evicted []string
 	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
-		if action.GetSubresource() != "eviction" {
-			return false, nil, nil
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		evicted = append(evicted, action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name)
-		return true, nil, nil
-	})
+	evicted := recordEvictions(client)
 	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c := NewCoordinator()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -308,10 +298,8 @@ func TestCoordinatorDropsMaintenanceTheAgentNoLongerReports(t *testing.T) {
 			t.Errorf("sent %v for maintenance the agent no longer reports", cmd)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(evicted) != 0 {
-		t.Errorf("evicted %v before the maintenance still announced is due", evicted)
+	if got := evicted(); len(got) != 0 {
+		t.Errorf("evicted %v before the maintenance still announced is due", got)
 	}
 }
 
@@ -399,5 +387,26 @@ func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
 	defer mu.Unlock()
 	if got := strings.Join(asked, ","); got != "guarded,other,guarded,guarded" {
 		t.Fatalf("evictions asked %s: want guarded refused twice, other evicted at once", got)
+	}
+}
+
+// recordEvictions makes client accept every eviction and returns what it
+// evicted so far, in order.
+func recordEvictions(client *fake.Clientset) func() []string {
+	var mu sync.Mutex
+	var evicted []string
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		evicted = append(evicted, action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name)
+		return true, nil, nil
+	})
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), evicted...)
 	}
 }

@@ -4,17 +4,13 @@ import (
 	"context"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -26,17 +22,7 @@ import (
 // its own pods, still checkpoints and evicts the gang's members elsewhere.
 func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	var mu sync.Mutex
-	var evicted []string
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
-		if action.GetSubresource() != "eviction" {
-			return false, nil, nil
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		evicted = append(evicted, action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name)
-		return true, nil, nil
-	})
+	evicted := recordEvictions(client)
 	store := func() *NoticeStore {
 		return &NoticeStore{Client: client, Namespace: "penny-system", Name: "penny-reclaim-notices"}
 	}
@@ -83,9 +69,8 @@ func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 	c2.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmds2.get("b").GetId(),
 		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
 	waitFor(t, "b's member evicted", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(evicted) == 1 && evicted[0] == "g-1"
+		got := evicted()
+		return len(got) == 1 && got[0] == "g-1"
 	})
 	waitFor(t, "the record removed", func() bool {
 		cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})

@@ -6,6 +6,7 @@
 package reclaim
 
 import (
+	"context"
 	"strings"
 	"time"
 
@@ -122,4 +123,35 @@ func Deadline(kind telemetryv1.ReclaimKind, detected, deadline time.Time) time.T
 		return detected.Add(RebalanceCheckpointTimeout)
 	}
 	return deadline
+}
+
+// EvictInPasses asks evict for every pod once, then, a second later, again
+// for those it says to ask again (a PodDisruptionBudget refused them and
+// the deadline is not yet a second away), until none is left: one refused
+// pod holds back no other, which go at once with their grace period rather
+// than at the deadline with none. The agent and the coordinator evict so.
+// It returns false when ctx ended first.
+func EvictInPasses(ctx context.Context, pods []*corev1.Pod, evict func(*corev1.Pod) (again bool)) bool {
+	for todo := pods; len(todo) > 0; {
+		var again []*corev1.Pod
+		for _, p := range todo {
+			retry := evict(p)
+			if ctx.Err() != nil {
+				return false
+			}
+			if retry {
+				again = append(again, p)
+			}
+		}
+		if len(again) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+		todo = again
+	}
+	return true
 }
