@@ -291,10 +291,14 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 		if err != nil {
 			f.log.Error(err, "cannot read the reclaim state; starting over", "job", j.ID)
 		}
-		if ok {
-			if old.Done {
-				return // handled before (the same notice seen again, or a replica's copy)
-			}
+		switch {
+		case ok && old.Done && old.Withdrawn:
+			// The cloud announces again what it called off earlier; the
+			// pods were left alone then, so this is work to do now.
+			f.log.Info("a notice called off earlier is announced again", "job", j.ID)
+		case ok && old.Done:
+			return // handled before (the same notice seen again, or a replica's copy)
+		case ok:
 			j = old
 		}
 	}
@@ -453,7 +457,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 			log.Info("the cloud called the maintenance off before it was time to act")
 			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimWithdrawn", "%s notice %s was called off; the pods stay", providerName(n.Provider), n.ID)
 			js.mu.Lock()
-			j.Done = true
+			j.Done, j.Withdrawn = true, true
 			js.saveLocked()
 			js.mu.Unlock()
 			return true

@@ -442,11 +442,19 @@ func TestRebalanceCheckpointsEarlyWithoutEviction(t *testing.T) {
 // function it returns calls the maintenance off.
 func (e *env) maintenance(ctx context.Context, id string, in time.Duration) (*reclaim.Flow, func()) {
 	e.pod("job", e.node, 10*time.Millisecond)
-	var mu sync.Mutex
 	now := time.Now()
 	maint := notice.Notice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(in)}
-	pending := []notice.Notice{maint}
+	f, set := e.maintenanceFlow(ctx)
+	announce(f, maint, set)
+	return f, func() { set(nil) }
+}
+
+// maintenanceFlow is a flow acting ten minutes before maintenance whose
+// pending notices the test sets.
+func (e *env) maintenanceFlow(ctx context.Context) (*reclaim.Flow, func([]notice.Notice)) {
+	var mu sync.Mutex
+	var pending []notice.Notice
 	f, _ := e.flow(ctx, reclaim.Options{
 		Policy:            pennyreclaim.Policy{MaintenanceLead: 10 * time.Minute},
 		ReconcileInterval: 100 * time.Millisecond,
@@ -456,12 +464,18 @@ func (e *env) maintenance(ctx context.Context, id string, in time.Duration) (*re
 			return append([]notice.Notice(nil), pending...), true
 		},
 	})
-	f.OnNotice(maint)
-	return f, func() {
+	return f, func(ns []notice.Notice) {
 		mu.Lock()
-		pending = nil
-		mu.Unlock()
+		defer mu.Unlock()
+		pending = ns
 	}
+}
+
+// announce makes the notice pending and hands it to the flow, as the
+// watcher does the first time it sees an id (again after a withdrawal).
+func announce(f *reclaim.Flow, n notice.Notice, set func([]notice.Notice)) {
+	set([]notice.Notice{n})
+	f.OnNotice(n)
 }
 
 func TestMaintenanceWaitsForItsLeadAndIsCalledOff(t *testing.T) {
@@ -532,4 +546,29 @@ func TestMaintenanceCalledOffLongBeforeItsLeadLiftsTheTaint(t *testing.T) {
 	if err := json.Unmarshal(data, &j); err != nil || !j.Done {
 		t.Fatalf("state %s: want the withdrawn notice's job done, so a restart does not wait for it again", data)
 	}
+}
+
+func TestANoticeCalledOffAndAnnouncedAgainIsActedOn(t *testing.T) {
+	e := newEnv(t, "spot-5")
+	ctx := context.Background()
+	e.pod("job", e.node, 10*time.Millisecond)
+	f, set := e.maintenanceFlow(ctx)
+	now := time.Now()
+	far := notice.Notice{ID: "azure-event-7", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE, Action: "Reboot", Detected: now, Deadline: now.Add(14 * 24 * time.Hour)}
+	announce(f, far, set)
+	waitFor(t, "taint", 5*time.Second, func() bool { return taintOf(t, e.node) != nil })
+	set(nil)
+	waitFor(t, "the called-off job to end", 10*time.Second, func() bool { return f.Running() == 0 })
+	waitFor(t, "taint removed", 10*time.Second, func() bool { return taintOf(t, e.node) == nil })
+
+	// The cloud brings the same event back, due in a few seconds now.
+	again := far
+	again.Detected = time.Now()
+	again.Deadline = again.Detected.Add(3 * time.Second)
+	announce(f, again, set)
+	waitFor(t, "taint again", 5*time.Second, func() bool { return taintOf(t, e.node) != nil })
+	waitFor(t, "checkpoint and eviction", 15*time.Second, func() bool {
+		return len(e.trainers["job"].Received()) > 0 && gone(t, e.ns, "job")
+	})
 }

@@ -33,7 +33,10 @@ type Job struct {
 	Pods         map[string]*PodRecord `json:"pods,omitempty"`
 	Acknowledged bool                  `json:"acknowledged,omitempty"`
 	Done         bool                  `json:"done,omitempty"`
-	Updated      time.Time             `json:"updated"`
+	// Withdrawn marks a notice the cloud called off before it was time to
+	// act: nothing was done, so the same notice announced again is new work.
+	Withdrawn bool      `json:"withdrawn,omitempty"`
+	Updated   time.Time `json:"updated"`
 }
 
 // NoticeRecord is the notice a job acts on.
