@@ -96,7 +96,8 @@ func TestOpenbRowConversion(t *testing.T) {
 	pods := writeFile(t, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"+
 		"share,6000,12288,1,460,T4|V100M32,LS,Running,10,100,20\n"+
 		"whole,12000,16384,2,1000,,BE,Running,5,50,5\n"+
-		"pending,1000,1024,0,0,,BE,Pending,7,9,\n")
+		"pending,1000,1024,0,0,,BE,Pending,7,9,\n"+
+		"waiting,1000,1024,0,0,,BE,Pending,30,,\n")
 	ns, err := LoadOpenbNodes(nodes)
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +140,12 @@ func TestOpenbRowConversion(t *testing.T) {
 	p := tr.Pods[1]
 	if p.Withdraw != 9*time.Second || p.Duration != 2*time.Second {
 		t.Fatalf("never-started pod: withdraw %v duration %v, want 9s and 2s", p.Withdraw, p.Duration)
+	}
+	// Still waiting when the trace was taken: it waits, or runs, until the
+	// last time the trace records (share's deletion at 100).
+	w := tr.Pods[3]
+	if w.Pod.Name != "waiting" || w.Withdraw != 100*time.Second || w.Duration != 70*time.Second {
+		t.Fatalf("pod %s waiting at the trace's end: withdraw %v duration %v, want 100s and 70s", w.Pod.Name, w.Withdraw, w.Duration)
 	}
 }
 

@@ -152,6 +152,10 @@ func LoadOpenbPods(path string) (*Trace, error) {
 	defer closeFn()
 	tr := &Trace{Source: path}
 	seen := map[string]int{}
+	// Pods still waiting when the trace was taken (neither started nor
+	// deleted) wait, or run, until the last time the trace records.
+	var open []int
+	var end float64
 	for t.next() {
 		name, ok := t.name("name", "pod", seen)
 		if !ok {
@@ -183,6 +187,7 @@ func LoadOpenbPods(path string) (*Trace, error) {
 		if started >= 0 && started < created {
 			t.fail("scheduled_time", "%v is before creation_time %v", started, created)
 		}
+		end = max(end, created, deleted, started)
 		// A started pod's run time is deletion_time - scheduled_time; without
 		// a deletion after the start it would run for no time at all, or be
 		// read as never started. The published trace has neither shape.
@@ -216,11 +221,18 @@ func LoadOpenbPods(path string) (*Trace, error) {
 			// until the user deleted it; if not, it is withdrawn then.
 			tp.Duration = seconds(deleted - created)
 			tp.Withdraw = seconds(deleted)
+		default:
+			open = append(open, len(tr.Pods))
 		}
 		tr.Pods = append(tr.Pods, tp)
 	}
 	if t.err != nil {
 		return nil, t.err
+	}
+	for _, i := range open {
+		tp := &tr.Pods[i]
+		tp.Duration = seconds(end) - tp.Arrival
+		tp.Withdraw = seconds(end)
 	}
 	if len(tr.Pods) == 0 {
 		return nil, fmt.Errorf("%s: no pods", path)
