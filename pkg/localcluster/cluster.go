@@ -253,7 +253,10 @@ func (c *Cluster) claimDir(dir string) error {
 	if earlier {
 		// Read under the lock: a cluster writes its pid once it holds it.
 		holder, _ := os.ReadFile(lockPath)
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(holder))); err != nil || pid <= 0 {
+		// A cluster killed between creating its lock file and writing its
+		// pid leaves an empty lock file alone: nothing to keep.
+		killedEarly := len(entries) == 1 && len(holder) == 0
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(holder))); (err != nil || pid <= 0) && !killedEarly {
 			f.Close()
 			return fmt.Errorf("state directory %s is not empty and its lock file holds no local cluster's pid: a cluster deletes what is in its state directory, so give a new or empty directory", dir)
 		}

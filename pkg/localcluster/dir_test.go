@@ -70,6 +70,15 @@ func TestStateDirectoryIsOnlyEverPennys(t *testing.T) {
 			t.Errorf("the empty directory given holds %v, %v after the cluster stopped; want it there and empty", entries, err)
 		}
 	})
+	t.Run("killed before writing its pid", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "state")
+		write(t, filepath.Join(dir, "lock"), "")
+		c := &Cluster{}
+		if err := c.claimDir(dir); err != nil {
+			t.Fatalf("a directory holding only an empty lock file: %v; want it claimed", err)
+		}
+		c.Stop()
+	})
 	t.Run("a killed cluster's", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "state")
 		write(t, filepath.Join(dir, "lock"), "12345\n")
