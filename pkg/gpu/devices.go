@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -64,6 +65,11 @@ func NewNodeDevices(product string, whole, migGPUs int) *NodeDevices {
 	return n
 }
 
+// MaxGPUsPerNode bounds the GPUs the view believes a node has: far more
+// than any server holds, so that a label or resource no node could have
+// sizes no memory.
+const MaxGPUsPerNode = 1 << 10
+
 // NodeDevicesFor reads a node's GPUs from the labels GPU feature discovery
 // sets and from its allocatable resources. The GPU count is
 // nvidia.com/gpu.count, else allocatable nvidia.com/gpu, else allocatable
@@ -71,36 +77,59 @@ func NewNodeDevices(product string, whole, migGPUs int) *NodeDevices {
 // plugin advertises only the non-MIG GPUs as nvidia.com/gpu: those come
 // first, the rest are in MIG mode and take instances wherever the geometry
 // allows (the view does not hold a node to a fixed layout). All GPUs start
-// idle; add the pods with AddPod.
+// idle; add the pods with AddPod. A source that is not a GPU count is
+// skipped (ReadNodeDevices says which).
 func NodeDevicesFor(node *corev1.Node) *NodeDevices {
+	n, _ := ReadNodeDevices(node)
+	return n
+}
+
+// ReadNodeDevices is NodeDevicesFor, and an error naming each label or
+// resource it skipped because it is not a GPU count in 0..MaxGPUsPerNode.
+func ReadNodeDevices(node *corev1.Node) (*NodeDevices, error) {
+	var errs []error
+	bad := func(what string, v any) {
+		errs = append(errs, fmt.Errorf("node %s: %s %v is not a GPU count in 0..%d; it is ignored, so correct or remove it", node.Name, what, v, MaxGPUsPerNode))
+	}
 	count := 0
 	if s, ok := node.Labels[LabelCount]; ok {
-		if n, err := strconv.Atoi(s); err == nil && n > 0 {
+		if n, err := strconv.Atoi(s); err != nil || n < 0 || n > MaxGPUsPerNode {
+			bad("label "+LabelCount, strconv.Quote(s))
+		} else {
 			count = n
 		}
 	}
 	whole := -1
 	if q, ok := node.Status.Allocatable[ResourceGPU]; ok {
-		whole = int(q.Value())
+		if v := q.Value(); v < 0 || v > MaxGPUsPerNode {
+			bad("allocatable "+string(ResourceGPU), q.String())
+		} else {
+			whole = int(v)
+		}
 	}
 	if count == 0 {
 		count = max(whole, 0)
 	}
 	if count == 0 {
 		if q, ok := node.Status.Allocatable[ResourceGPUMilli]; ok {
-			count = int(q.Value() / MilliPerGPU)
+			if v := q.Value() / MilliPerGPU; v < 0 || v > MaxGPUsPerNode {
+				bad("allocatable "+string(ResourceGPUMilli)+" / 1000 =", v)
+			} else {
+				count = int(v)
+			}
 		}
 	}
+	err := errors.Join(errs...)
 	if node.Labels[LabelMIGPartitioning] == MIGOnDemand {
 		n := NewNodeDevices(node.Labels[LabelProduct], count, 0)
 		n.OnDemand = n.Model != nil && n.Model.SupportsMIG()
-		return n
+		return n, err
 	}
 	if node.Labels[LabelMIGStrategy] != "mixed" {
-		return NewNodeDevices(node.Labels[LabelProduct], count, 0)
+		return NewNodeDevices(node.Labels[LabelProduct], count, 0), err
 	}
 	whole = min(max(whole, 0), count)
-	return NewNodeDevices(node.Labels[LabelProduct], whole, count-whole)
+	return NewNodeDevices(node.Labels[LabelProduct], whole, count-whole), err
 }
 
 // Clone returns a deep copy that shares nothing with n.

@@ -242,6 +242,36 @@ func TestNodeDevicesForAndAddPod(t *testing.T) {
 	}
 }
 
+// A node's kubelet (or an administrator's typo) can put any count in the
+// gpu.count label or the allocatable resources; one no server has made the
+// view allocate a device per unit of it (a panic here). Such a source is
+// skipped, and said so.
+func TestNodeDevicesSkipsCountsNoNodeHas(t *testing.T) {
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{LabelProduct: "Tesla-T4", LabelCount: "10000000000000"}},
+		Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
+			ResourceGPU: resource.MustParse("2"),
+		}},
+	}
+	n, err := ReadNodeDevices(node)
+	if len(n.GPUs) != 2 || err == nil || !strings.Contains(err.Error(), LabelCount) || !strings.Contains(err.Error(), "10000000000000") {
+		t.Fatalf("huge gpu.count label: %d GPUs, %v; want the 2 allocatable and an error naming the label", len(n.GPUs), err)
+	}
+	node.Labels[LabelCount] = "eight"
+	if n, err := ReadNodeDevices(node); len(n.GPUs) != 2 || err == nil || !strings.Contains(err.Error(), `"eight"`) {
+		t.Fatalf("gpu.count \"eight\": %d GPUs, %v", len(n.GPUs), err)
+	}
+	delete(node.Labels, LabelCount)
+	node.Status.Allocatable[ResourceGPU] = resource.MustParse("1e15")
+	if n, err := ReadNodeDevices(node); len(n.GPUs) != 0 || err == nil || !strings.Contains(err.Error(), string(ResourceGPU)) {
+		t.Fatalf("allocatable 1e15 GPUs: %d GPUs, %v; want none and an error naming the resource", len(n.GPUs), err)
+	}
+	node.Status.Allocatable[ResourceGPU] = resource.MustParse("4")
+	if n, err := ReadNodeDevices(node); len(n.GPUs) != 4 || err != nil {
+		t.Fatalf("a sane node: %d GPUs, %v", len(n.GPUs), err)
+	}
+}
+
 func TestFragMilli(t *testing.T) {
 	w := Workload{
 		{MilliCPU: 1000, GPUs: 1, MilliPerGPU: 500, Weight: 0.5},

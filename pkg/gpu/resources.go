@@ -22,6 +22,12 @@ const (
 
 	// MilliPerGPU is how many ResourceGPUMilli make one whole GPU.
 	MilliPerGPU = 1000
+
+	// MaxDevicesPerPod bounds the whole GPUs, and the MIG instances, one
+	// pod may ask for: far more than any node has, so no pod that could run
+	// is refused, while a request no node could take is refused before
+	// anything sizes memory or loops by it.
+	MaxDevicesPerPod = 1 << 12
 )
 
 // Node labels set by GPU feature discovery and by the clouds.
@@ -90,33 +96,44 @@ func (r Request) String() string {
 
 // ParsePodRequest reads a pod's GPU request from its containers' limits
 // (extended resources must have request == limit, so limits are enough) the
-// way the kubelet counts them: the sum over app containers, or the largest
-// init container if that is more.
+// way the kubelet and NodeResourcesFit count them: the sum over app
+// containers and sidecars (restartable init containers, which keep their
+// devices while the app runs), or, per resource, what an init container
+// needs next to the sidecars started before it if that is more. A pod that
+// asks for two kinds of GPU, in one container or across them, is rejected:
+// the devices it would hold cannot be recorded as one assignment.
 func ParsePodRequest(pod *corev1.Pod) (Request, error) {
-	var sum Request
+	// kinds collects every kind any container asks for.
+	var app, sidecars, init, kinds Request
 	for i := range pod.Spec.Containers {
 		c, err := containerRequest(&pod.Spec.Containers[i])
 		if err != nil {
-			return Request{}, err
+			return Request{}, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-		sum = add(sum, c)
+		app = add(app, c)
+		kinds = maxOf(kinds, c)
 	}
 	for i := range pod.Spec.InitContainers {
-		c, err := containerRequest(&pod.Spec.InitContainers[i])
+		ic := &pod.Spec.InitContainers[i]
+		c, err := containerRequest(ic)
 		if err != nil {
-			return Request{}, err
+			return Request{}, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-		sum = maxOf(sum, c)
-	}
-	kinds := 0
-	for _, set := range []bool{sum.GPUs > 0, sum.Milli > 0, len(sum.MIG) > 0} {
-		if set {
-			kinds++
+		kinds = maxOf(kinds, c)
+		if ic.RestartPolicy != nil && *ic.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			sidecars = add(sidecars, c)
+			init = maxOf(init, sidecars)
+			continue
 		}
+		init = maxOf(init, add(sidecars, c))
 	}
-	if kinds > 1 {
+	if k := requestKinds(kinds); len(k) > 1 {
 		return Request{}, fmt.Errorf("pod %s/%s asks for %s together: ask for one of whole GPUs (%s), a share of one GPU (%s) or MIG instances (%s*)",
-			pod.Namespace, pod.Name, strings.Join(requestKinds(sum), " and "), ResourceGPU, ResourceGPUMilli, MIGResourcePrefix)
+			pod.Namespace, pod.Name, strings.Join(k, " and "), ResourceGPU, ResourceGPUMilli, MIGResourcePrefix)
+	}
+	sum := maxOf(add(app, sidecars), init)
+	if n := sum.GPUs + countMIG(sum); n > MaxDevicesPerPod {
+		return Request{}, fmt.Errorf("pod %s/%s asks for %s: no node has that many; ask for at most %d devices", pod.Namespace, pod.Name, sum, MaxDevicesPerPod)
 	}
 	if sum.Milli >= MilliPerGPU {
 		return Request{}, fmt.Errorf("pod %s/%s asks for %d %s: a share must be 1..%d; ask for whole GPUs with %s instead",
@@ -146,12 +163,31 @@ func containerRequest(c *corev1.Container) (Request, error) {
 		list = c.Resources.Requests
 	}
 	for name, q := range list {
+		if !IsGPUResource(name) {
+			continue
+		}
+		v := q.Value()
+		if v < 0 {
+			return Request{}, fmt.Errorf("container %q asks for %s of %s: must not be negative", c.Name, q.String(), name)
+		}
+		// A zero limit asks for nothing; counting it would make a pod that
+		// writes "nvidia.com/mig-1g.10gb: 0" next to its GPUs ask for two
+		// kinds.
+		if v == 0 {
+			continue
+		}
+		if name != ResourceGPUMilli && v > MaxDevicesPerPod {
+			return Request{}, fmt.Errorf("container %q asks for %s of %s: no node has that many; ask for at most %d", c.Name, q.String(), name, MaxDevicesPerPod)
+		}
+		if name == ResourceGPUMilli && v >= MilliPerGPU {
+			return Request{}, fmt.Errorf("container %q asks for %s of %s: a share must be 1..%d; ask for whole GPUs with %s instead", c.Name, q.String(), name, MilliPerGPU-1, ResourceGPU)
+		}
 		switch {
 		case name == ResourceGPU:
-			r.GPUs = q.Value()
+			r.GPUs = v
 		case name == ResourceGPUMilli:
-			r.Milli = q.Value()
-		case strings.HasPrefix(string(name), MIGResourcePrefix):
+			r.Milli = v
+		default:
 			p, err := ParseMIGResource(name)
 			if err != nil {
 				return Request{}, fmt.Errorf("container %q: %w", c.Name, err)
@@ -159,7 +195,7 @@ func containerRequest(c *corev1.Container) (Request, error) {
 			if r.MIG == nil {
 				r.MIG = map[string]int64{}
 			}
-			r.MIG[p.Name] += q.Value()
+			r.MIG[p.Name] += v
 		}
 	}
 	return r, nil
@@ -168,20 +204,33 @@ func containerRequest(c *corev1.Container) (Request, error) {
 func add(a, b Request) Request {
 	a.GPUs += b.GPUs
 	a.Milli += b.Milli
-	for n, v := range b.MIG {
-		if a.MIG == nil {
-			a.MIG = map[string]int64{}
+	if len(b.MIG) > 0 {
+		m := make(map[string]int64, len(a.MIG)+len(b.MIG))
+		for n, v := range a.MIG {
+			m[n] = v
 		}
-		a.MIG[n] += v
+		for n, v := range b.MIG {
+			m[n] += v
+		}
+		a.MIG = m
 	}
 	return a
 }
 
+// maxOf is the larger of each resource, as the kubelet sizes a pod by its
+// init containers: each device resource is allocated on its own.
 func maxOf(a, b Request) Request {
-	if b.TotalMilli() > a.TotalMilli() {
-		return b
+	out := Request{GPUs: max(a.GPUs, b.GPUs), Milli: max(a.Milli, b.Milli)}
+	if len(a.MIG)+len(b.MIG) > 0 {
+		out.MIG = make(map[string]int64, len(a.MIG)+len(b.MIG))
+		for n, v := range a.MIG {
+			out.MIG[n] = v
+		}
+		for n, v := range b.MIG {
+			out.MIG[n] = max(out.MIG[n], v)
+		}
 	}
-	return a
+	return out
 }
 
 // IsGPUResource reports whether name is one of the resources a pod asks for

@@ -53,3 +53,89 @@ func TestParsePodRequestRejectsMixedKinds(t *testing.T) {
 		t.Fatalf("want share-too-large error, got %v", err)
 	}
 }
+
+// Sidecars (restartable init containers) keep their devices while the app
+// runs, so the kubelet and NodeResourcesFit add them to the app's; an init
+// container that runs to completion only needs its own next to the sidecars
+// started before it. Counting sidecars like ordinary init containers left
+// their devices out of the view, to be handed out twice.
+func TestParsePodRequestCountsSidecarsAndInitContainers(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	initC := func(name string, sidecar bool, l corev1.ResourceList) corev1.Container {
+		c := corev1.Container{Name: name, Resources: corev1.ResourceRequirements{Limits: l}}
+		if sidecar {
+			c.RestartPolicy = &always
+		}
+		return c
+	}
+	one := corev1.ResourceList{ResourceGPU: resource.MustParse("1")}
+	pod := podWith(one)
+	pod.Spec.InitContainers = []corev1.Container{initC("proxy", true, one)}
+	if r, err := ParsePodRequest(pod); err != nil || r.GPUs != 2 {
+		t.Fatalf("app and sidecar with one GPU each: %+v %v, want 2 GPUs", r, err)
+	}
+	// init (2) + the sidecar before it (1) = 3 > app (1) + sidecar (1).
+	pod.Spec.InitContainers = append(pod.Spec.InitContainers, initC("warm", false, corev1.ResourceList{ResourceGPU: resource.MustParse("2")}))
+	if r, err := ParsePodRequest(pod); err != nil || r.GPUs != 3 {
+		t.Fatalf("init container after a sidecar: %+v %v, want 3 GPUs", r, err)
+	}
+	// MIG profiles are separate resources: the pod needs the most of each.
+	mig := podWith(corev1.ResourceList{MIGResourceName("3g.40gb"): resource.MustParse("1")})
+	mig.Spec.InitContainers = []corev1.Container{initC("prep", false, corev1.ResourceList{MIGResourceName("1g.10gb"): resource.MustParse("2")})}
+	if r, err := ParsePodRequest(mig); err != nil || r.MIG["3g.40gb"] != 1 || r.MIG["1g.10gb"] != 2 || len(r.MIG) != 2 {
+		t.Fatalf("init container with other MIG profiles: %+v %v, want 1 3g.40gb and 2 1g.10gb", r, err)
+	}
+	// Kinds mixed across containers cannot be one assignment either.
+	mixed := podWith(corev1.ResourceList{ResourceGPUMilli: resource.MustParse("300")})
+	mixed.Spec.InitContainers = []corev1.Container{initC("prep", false, one)}
+	if _, err := ParsePodRequest(mixed); err == nil || !strings.Contains(err.Error(), "ask for one of") {
+		t.Fatalf("share in the app, whole GPU in an init container: %v, want the mixed-kind error", err)
+	}
+}
+
+// A zero limit asks for nothing: a pod templated with every profile at 0
+// but one is not a pod asking for two kinds of GPU.
+func TestParsePodRequestIgnoresZeroAndRejectsNegative(t *testing.T) {
+	r, err := ParsePodRequest(podWith(corev1.ResourceList{
+		ResourceGPU:                resource.MustParse("1"),
+		MIGResourceName("1g.10gb"): resource.MustParse("0"),
+		ResourceGPUMilli:           resource.MustParse("0"),
+	}))
+	if err != nil || r.GPUs != 1 || len(r.MIG) != 0 || r.Milli != 0 {
+		t.Fatalf("1 GPU with zero MIG and share limits: %+v %v", r, err)
+	}
+	if r, err := ParsePodRequest(podWith(corev1.ResourceList{MIGResourceName("1g.10gb"): resource.MustParse("0")})); err != nil || !r.IsZero() {
+		t.Fatalf("only a zero MIG limit: %+v %v, want no GPU", r, err)
+	}
+	_, err = ParsePodRequest(podWith(corev1.ResourceList{ResourceGPU: resource.MustParse("-1")}))
+	if err == nil || !strings.Contains(err.Error(), "must not be negative") || !strings.Contains(err.Error(), string(ResourceGPU)) {
+		t.Fatalf("negative GPUs: %v", err)
+	}
+}
+
+// Counts no node could hold are refused with the limit, before anything
+// sizes memory or loops by them: a pod with nvidia.com/gpu: 2^63-1 bound
+// straight to a node (spec.nodeName) made the device view allocate a slice
+// of that capacity, and a MIG count of 10^12 had the packer list each
+// instance.
+func TestParsePodRequestRefusesCountsNoNodeHas(t *testing.T) {
+	for _, l := range []corev1.ResourceList{
+		{ResourceGPU: resource.MustParse("9223372036854775807")},
+		{MIGResourceName("1g.10gb"): resource.MustParse("1000000000000")},
+	} {
+		_, err := ParsePodRequest(podWith(l))
+		if err == nil || !strings.Contains(err.Error(), "at most 4096") {
+			t.Errorf("%v: %v, want an error naming the limit", l, err)
+		}
+	}
+	// Shares that each pass alone but wrap around when summed.
+	huge := corev1.ResourceList{ResourceGPUMilli: resource.MustParse("5000000000000000000")}
+	if r, err := ParsePodRequest(podWith(huge, huge)); err == nil {
+		t.Errorf("two shares of 5e18: %+v, want an error", r)
+	}
+	// Across containers too.
+	many := corev1.ResourceList{ResourceGPU: resource.MustParse("4000")}
+	if _, err := ParsePodRequest(podWith(many, many)); err == nil || !strings.Contains(err.Error(), "at most 4096") {
+		t.Errorf("8000 GPUs in two containers: %v", err)
+	}
+}

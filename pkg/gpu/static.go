@@ -92,6 +92,27 @@ func (n *NodeDevices) SetLayout(i int, layout []Placement) error {
 	return nil
 }
 
+// SetMIGMode records whether GPU i is in MIG mode as the node reports it,
+// with no layout to hold it to: a GPU outside MIG mode takes whole-GPU and
+// share pods only, one in MIG mode takes instances only. It fails when pods
+// the view already holds on the GPU could not be there in that mode.
+func (n *NodeDevices) SetMIGMode(i int, on bool) error {
+	d, err := n.device(i)
+	if err != nil {
+		return err
+	}
+	switch {
+	case on && (n.Model == nil || !n.Model.SupportsMIG()):
+		return fmt.Errorf("GPU %d of %s: the model does not support MIG", i, n.describe())
+	case on && d.UsedMilli > 0:
+		return fmt.Errorf("GPU %d of %s is held by whole-GPU or share pods: it cannot be in MIG mode", i, n.describe())
+	case !on && len(d.MIG) > 0:
+		return fmt.Errorf("GPU %d of %s: pods hold MIG instances %v on it, so it is in MIG mode", i, n.describe(), d.MIG)
+	}
+	d.MIGMode, d.Layout = on, nil
+	return nil
+}
+
 // freeStarts returns the offsets where an instance of profile can be given
 // to a pod on GPU g: on a GPU with a reported layout the offsets of the
 // layout's free instances of that profile, otherwise where the geometry

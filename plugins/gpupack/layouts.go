@@ -18,10 +18,12 @@ import (
 // is enough to place pods but may number the instances differently from the
 // node.
 type LayoutSource interface {
-	// MIGLayout returns each GPU's MIG instances by device index (nil for a
-	// GPU that is not partitioned) and a version that changes whenever the
-	// layout does; ok is false when the node is unknown or its report stale.
-	// The returned slices must not be modified by either side.
+	// MIGLayout returns each GPU's MIG instances by device index: nil for a
+	// GPU that is not partitioned, empty (not nil) for one in MIG mode
+	// without instances; GPUs past the end are not reported. The version
+	// changes whenever the layout does; ok is false when the node is
+	// unknown or its report stale. The returned slices must not be
+	// modified by either side.
 	MIGLayout(node string) (layout [][]gpu.Placement, version uint64, ok bool)
 }
 
@@ -41,13 +43,15 @@ func (t telemetryLayouts) MIGLayout(node string) ([][]gpu.Placement, uint64, boo
 	var out [][]gpu.Placement
 	for i := range st.GPUs {
 		g := &st.GPUs[i]
-		if !g.MIGEnabled() || g.Index < 0 {
+		if g.Index < 0 {
 			continue
 		}
 		for len(out) <= g.Index {
 			out = append(out, nil)
 		}
-		out[g.Index] = g.Placements()
+		if g.MIGEnabled() {
+			out[g.Index] = g.Placements()
+		}
 	}
 	return out, layoutVersion(out), true
 }
@@ -58,6 +62,12 @@ func layoutVersion(layout [][]gpu.Placement) uint64 {
 	h := fnv.New64a()
 	var b [8]byte
 	for i, l := range layout {
+		// Which GPUs are in MIG mode is part of the layout, instances or not.
+		binary.LittleEndian.PutUint64(b[:], uint64(i)<<1)
+		if l != nil {
+			b[0] |= 1
+		}
+		h.Write(b[:])
 		for _, p := range l {
 			binary.LittleEndian.PutUint64(b[:], uint64(i)<<32|uint64(p.Start))
 			h.Write(b[:])

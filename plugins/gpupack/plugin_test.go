@@ -254,6 +254,51 @@ func TestViewFromAnnotations(t *testing.T) {
 	}
 }
 
+// A restarted scheduler meets pods whose devices it knows (their
+// annotation) next to GPU pods whose devices it does not (bound by another
+// scheduler). The known ones are the node's truth; a guess for an unknown
+// pod must not push a known one off its GPU, or the view offers what the
+// known pod holds.
+func TestRebuiltViewKeepsKnownDevicesBeforeGuesses(t *testing.T) {
+	n := []*corev1.Node{gpuNode("t4", "Tesla-T4", 2, "64")}
+	pods := []*corev1.Pod{
+		// Listed first, as the cache lists pods in the order it learned them.
+		bound(podOf("a-foreign", "1", string(gpu.ResourceGPUMilli), "500"), "t4", ""),
+		bound(podOf("b-known", "1", string(gpu.ResourceGPUMilli), "600"), "t4", "0:600m"),
+	}
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, n, pods...)
+	node, a := schedule(t, p, nodes, podOf("c", "1", string(gpu.ResourceGPUMilli), "500"))
+	if node != "t4" {
+		t.Fatalf("c was not placed: %q", node)
+	}
+	dev := gpu.NodeDevicesFor(n[0])
+	if _, err := dev.AddPod(pods[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Apply(a); err != nil {
+		t.Fatalf("c got %v, which b-known's 0:600m already holds: %v", a, err)
+	}
+	e := p.view.nodes[nodes[0].(*framework.NodeInfo)]
+	if e.guessed != 1 || e.node.Dev.GPUs[0].UsedMilli != 600 {
+		t.Fatalf("view: %d pods guessed, GPU 0 holds %d milli; want 1 and b-known's 600", e.guessed, e.node.Dev.GPUs[0].UsedMilli)
+	}
+}
+
+// Anyone who may create a pod can bind it straight to a node (spec.nodeName)
+// with a request no node could hold; the kubelet refuses it, but the
+// scheduler sees it on the node first. Rebuilding the node's view must not
+// size memory by that request (it panicked), and holds nothing for it.
+func TestViewSurvivesAnImpossibleBoundPod(t *testing.T) {
+	n := []*corev1.Node{gpuNode("t4", "Tesla-T4", 2, "64")}
+	rogue := bound(podOf("rogue", "1", string(gpu.ResourceGPU), "9223372036854775807"), "t4", "")
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, n, rogue)
+	if node, a := schedule(t, p, nodes, podOf("a", "1", string(gpu.ResourceGPU), "2")); node != "t4" || a.String() != "0,1" {
+		t.Fatalf("got %q %v; want both GPUs of t4", node, a)
+	}
+}
+
 // Filter and Score read the view while binding goroutines reserve and
 // unreserve other pods; run with -race.
 func TestConcurrentBindingsAndScoring(t *testing.T) {
@@ -432,6 +477,46 @@ func TestTelemetryLayouts(t *testing.T) {
 	store.Update(r, time.Now())
 	if _, v3, _ := src.MIGLayout("n"); v3 == v1 {
 		t.Fatal("the version did not change with the layout")
+	}
+}
+
+// layoutsOf is a LayoutSource with one node's report.
+type layoutsOf struct {
+	node   string
+	layout [][]gpu.Placement
+}
+
+func (l layoutsOf) MIGLayout(node string) ([][]gpu.Placement, uint64, bool) {
+	if node != l.node {
+		return nil, 0, false
+	}
+	return l.layout, layoutVersion(l.layout), true
+}
+
+// The device plugin advertises how many GPUs are whole, not which: the view
+// guesses the last ones are partitioned. When the agent reports which GPUs
+// are, the report decides: an instance is never given on a GPU the node
+// runs whole, and that GPU serves whole-GPU pods.
+func TestReportedLayoutSaysWhichGPUsAreWhole(t *testing.T) {
+	n := gpuNode("mixed", "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
+	n.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("1")
+	n.Status.Allocatable[gpu.MIGResourceName("3g.40gb")] = resource.MustParse("2")
+	src := layoutsOf{node: "mixed", layout: [][]gpu.Placement{{{Profile: "3g.40gb", Start: 0}, {Profile: "3g.40gb", Start: 4}}, nil}}
+	initMetrics.Do(schedmetrics.InitMetrics)
+	h := &handle{par: parallelize.NewParallelizer(1)}
+	p, err := NewWith(context.Background(), nil, h, WithLayouts(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := h.set(t, []*corev1.Node{n})
+	if node, a := schedule(t, p, nodes, podOf("small", "1", "nvidia.com/mig-1g.10gb", "1")); node != "" {
+		t.Fatalf("a 1g.10gb went to %s as %v; the node has only 3g.40gb instances, on GPU 0", node, a)
+	}
+	if node, a := schedule(t, p, nodes, podOf("whole", "1", string(gpu.ResourceGPU), "1")); node != "mixed" || a.String() != "1" {
+		t.Fatalf("a whole-GPU pod got %q %v; want GPU 1, the one the node reports whole", node, a)
+	}
+	if node, a := schedule(t, p, nodes, podOf("big", "1", "nvidia.com/mig-3g.40gb", "1")); node != "mixed" || a.String() != "0:3g.40gb@0" {
+		t.Fatalf("a 3g.40gb got %q %v; want the instance at 0 on GPU 0", node, a)
 	}
 }
 

@@ -147,22 +147,36 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
 	if e.pool == "" {
 		e.pool = node.Labels[gpu.LabelProduct]
 	}
-	dev := gpu.NodeDevicesFor(node)
+	dev, err := gpu.ReadNodeDevices(node)
+	if err != nil {
+		logger.Info("Node advertises GPUs the scheduler cannot use", "node", node.Name, "err", err)
+	}
 	e.staticMIG = !dev.OnDemand && dev.Model != nil && dev.Model.SupportsMIG()
 	if v.layouts != nil && e.staticMIG {
 		if layout, ver, ok := v.layouts.MIGLayout(node.Name); ok {
 			e.layoutVer = ver
-			for i := range dev.GPUs {
-				if i >= len(layout) || len(layout[i]) == 0 {
-					continue
+			// The report says which GPUs are partitioned; the advertised
+			// resources only say how many, and NodeDevicesFor guessed the
+			// last ones.
+			for i := range min(len(dev.GPUs), len(layout)) {
+				var err error
+				if len(layout[i]) > 0 {
+					err = dev.SetLayout(i, layout[i])
+				} else {
+					err = dev.SetMIGMode(i, layout[i] != nil)
 				}
-				if err := dev.SetLayout(i, layout[i]); err != nil {
+				if err != nil {
 					logger.Info("Ignoring reported MIG layout", "node", node.Name, "gpu", i, "err", err)
 				}
 			}
 		}
 	}
 	present := map[types.UID]bool{}
+	// Pods whose devices are unknown are held only once every known
+	// assignment is in: a guess taken first could push a pod whose devices
+	// are known off them, and the view would offer what it really holds.
+	var unknown []*corev1.Pod
+	var why []error
 	for _, pi := range ni.GetPods() {
 		pod := pi.GetPod()
 		present[pod.UID] = true
@@ -176,9 +190,13 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
 			continue
 		}
 		if _, err := dev.AddPod(pod); err != nil {
-			v.guess(logger, dev, pod, err)
-			e.guessed++
+			unknown = append(unknown, pod)
+			why = append(why, err)
 		}
+	}
+	for i, pod := range unknown {
+		v.guess(logger, dev, pod, why[i])
+		e.guessed++
 	}
 	if keep {
 		for uid, r := range v.reserved {

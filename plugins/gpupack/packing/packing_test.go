@@ -79,6 +79,25 @@ func TestWasteCountsCopiesEveryResourceAllows(t *testing.T) {
 	}
 }
 
+// Before the scheduler has seen a GPU pod (just started) or while only CPU
+// pods come, nothing says any free GPU is too small for the work: the
+// stranded metric must not report every idle GPU as stranded then.
+func TestStrandedWithoutGPUDemand(t *testing.T) {
+	for _, d := range []*Demand{NewDemand(nil, nil, 0), demandOf(t, []*Req{cpuOnly(1000)}, []float64{1})} {
+		if got := t4(4000, 0, 700).Stranded(d); got != 0 {
+			t.Errorf("demand of %d CPU shapes: %d milli stranded on a node with CPU and memory free, want 0", len(d.Shapes), got)
+		}
+		if got := t4(0, 0, 700).Stranded(d); got != 1300 {
+			t.Errorf("demand of %d CPU shapes: %d milli stranded on a node without free CPU, want all 1300", len(d.Shapes), got)
+		}
+	}
+	// With GPU demand the measure stands: a 500 share uses 1000 of the
+	// 1300 free (two copies on GPU 0, none in the 300 of GPU 1).
+	if got := t4(4000, 0, 700).Stranded(demandOf(t, []*Req{share(500, 1000)}, []float64{1})); got != 300 {
+		t.Errorf("500 shares: %d milli stranded, want 300", got)
+	}
+}
+
 // evaluate is the node's cost for the cycle's pod as the plugin's Score
 // composes it.
 func evaluate(n *Node, c *Cycle) (float64, bool) {
@@ -220,6 +239,30 @@ func TestStaticLayoutInstances(t *testing.T) {
 	}
 	if f := n.Fits(whole(2, 1000)); f != NoRoom {
 		t.Fatalf("the partitioned GPU is not a whole GPU: %v", f)
+	}
+}
+
+// A node whose pods ask for more CPU or memory than it has (its allocatable
+// shrank, or static pods) still takes a pod that asks for none, as
+// NodeResourcesFit lets it: Fits says so, and Choose must not then refuse
+// the devices, which failed the pod at Reserve with "does not fit on the
+// GPUs" although they were free.
+func TestChooseAgreesWithFitsOnAnOvercommittedNode(t *testing.T) {
+	dev := gpu.NewNodeDevices("Tesla-T4", 2, 0)
+	n := NewNode("t4", dev, -500, -gib, 0)
+	for _, r := range []*Req{whole(1, 0), share(300, 0)} {
+		r.Shape.MilliCPU = 0
+		d := demandOf(t, []*Req{r}, []float64{1})
+		n.Prepare(d)
+		if f := n.Fits(r); f != Fits {
+			t.Fatalf("%s: Fits %v", r.GPU, f)
+		}
+		if _, _, err := n.Choose(cycleFor(r, d)); err != nil {
+			t.Errorf("%s without CPU or memory: %v", r.GPU, err)
+		}
+	}
+	if _, _, err := n.Choose(cycleFor(whole(1, 100), NewDemand(nil, nil, 1))); err == nil {
+		t.Error("a pod asking for CPU got a node with none free")
 	}
 }
 

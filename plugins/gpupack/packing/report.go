@@ -12,6 +12,14 @@ func (n *Node) Stranded(d *Demand) int64 {
 	if n.freeUnits <= 0 {
 		return 0
 	}
+	if !d.hasGPUShapes() {
+		// No GPU pod has been seen (a scheduler just started) or only
+		// CPU pods come: nothing says a piece is too small for the work.
+		if n.CPUFree > 0 && n.MemFree > 0 {
+			return 0
+		}
+		return n.freeUnits / unitsPerMilli
+	}
 	gpuCopies, shareCopies := make([]int64, len(d.Shapes)), make([]int64, len(d.shares))
 	n.fillCopies(d, gpuCopies, shareCopies)
 	var best int64
@@ -19,6 +27,15 @@ func (n *Node) Stranded(d *Demand) int64 {
 		best = max(best, usable(d, s, gpuCopies[s], n.CPUFree, n.MemFree))
 	}
 	return max(0, n.freeUnits-best) / unitsPerMilli
+}
+
+func (d *Demand) hasGPUShapes() bool {
+	for _, k := range d.kinds {
+		if k != kindCPU {
+			return true
+		}
+	}
+	return false
 }
 
 // Largest describes the largest pods the node could still take, one kind at

@@ -351,7 +351,9 @@ func (ch *choice) assignment(n *Node, r *Req) gpu.Assignment {
 func (n *Node) best(c *Cycle, p *placement, pick *choice, sc *scratch) (Parts, bool) {
 	r, d := c.Req, c.Demand
 	var frag, dead float64
-	if r.CPU > n.CPUFree || r.Mem > n.MemFree {
+	// As NodeResourcesFit: a pod that asks for no CPU (or memory) fits a
+	// node whose pods already ask for more than it has.
+	if r.CPU > 0 && r.CPU > n.CPUFree || r.Mem > 0 && r.Mem > n.MemFree {
 		return Parts{}, false
 	}
 	n.prepareEval(d, r, sc)
