@@ -58,6 +58,11 @@ type Collector struct {
 	// later); go-nvml links NVML lazily, so calling a symbol the driver
 	// lacks would crash the agent.
 	memoryV2 bool
+	// clockEvents says the driver has nvmlDeviceGetCurrentClocksEventReasons
+	// (R535 and later); older drivers have only the throttle-reasons call
+	// it replaced, and asking them for the new one would crash the agent
+	// the same way.
+	clockEvents bool
 	// known holds what was last read of each GPU, by index, so that a GPU
 	// NVML can no longer read (fallen off the bus) is still reported, as
 	// unhealthy, instead of silently disappearing.
@@ -98,6 +103,7 @@ func (c *Collector) initLocked() error {
 	case nvml.SUCCESS:
 		c.initialized = true
 		c.memoryV2 = c.lib.Extensions().LookupSymbol("nvmlDeviceGetMemoryInfo_v2") == nil
+		c.clockEvents = c.lib.Extensions().LookupSymbol("nvmlDeviceGetCurrentClocksEventReasons") == nil
 		return nil
 	case nvml.ERROR_LIBRARY_NOT_FOUND:
 		return ErrNoDriver
@@ -443,7 +449,10 @@ func (c *Collector) readHealth(dev nvml.Device, g *telemetryv1.GPU) *telemetryv1
 			h.EccCorrected = proto.Uint64(n)
 		}
 	}
-	reasons, ret := dev.GetCurrentClocksEventReasons()
+	reasons, ret := uint64(0), nvml.ERROR_FUNCTION_NOT_FOUND
+	if c.clockEvents {
+		reasons, ret = dev.GetCurrentClocksEventReasons()
+	}
 	if ret == nvml.ERROR_FUNCTION_NOT_FOUND || ret == nvml.ERROR_NOT_SUPPORTED {
 		reasons, ret = dev.GetCurrentClocksThrottleReasons()
 	}

@@ -401,3 +401,48 @@ func TestMemoryUsedLeavesOutDriverReservation(t *testing.T) {
 		}
 	}
 }
+
+// Drivers before R535 have no nvmlDeviceGetCurrentClocksEventReasons, only
+// the throttle-reasons call it replaced. go-nvml binds NVML lazily, so
+// calling the missing symbol would end the agent ("symbol lookup error")
+// on every such node; the collector must use the old call there and still
+// judge the clocks.
+func TestClockReasonsOnDriversBeforeR535(t *testing.T) {
+	old, err := NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.LookupSymbolFunc = func(symbol string) error {
+		if symbol == "nvmlDeviceGetCurrentClocksEventReasons" {
+			return errors.New("undefined symbol")
+		}
+		return nil
+	}
+	old.SetClockReasons(2, nvml.ClocksThrottleReasonHwThermalSlowdown)
+	r := collect(t, New(old, testr.New(t), Options{}))
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
+		t.Fatalf("status %v: %s", r.Status.State, r.Status.Message)
+	}
+	for i, d := range old.Devices {
+		if n := len(d.(*server.Device).GetCurrentClocksEventReasonsCalls()); n != 0 {
+			t.Errorf("driver without the symbol: GPU %d was asked GetCurrentClocksEventReasons %d times", i, n)
+		}
+	}
+	if h := r.GPUs[2].Health; h.Healthy || !strings.Contains(strings.Join(h.Reasons, ";"), "thermal") {
+		t.Errorf("HW thermal slowdown through the old call: %v", h)
+	}
+	if got := r.GPUs[0].Health.ThrottleReasons; len(got) != 1 || got[0] != telemetryv1.ThrottleReason_THROTTLE_REASON_GPU_IDLE {
+		t.Errorf("idle GPU's clock reasons through the old call: %v", got)
+	}
+
+	// A current driver is asked the current call, not the deprecated one.
+	cur, _ := NewMock("dgxa100")
+	collect(t, New(cur, testr.New(t), Options{}))
+	for i, d := range cur.Devices {
+		dev := d.(*server.Device)
+		if len(dev.GetCurrentClocksEventReasonsCalls()) != 1 || len(dev.GetCurrentClocksThrottleReasonsCalls()) != 0 {
+			t.Errorf("current driver: GPU %d asked %d times for clock events, %d for throttle reasons", i,
+				len(dev.GetCurrentClocksEventReasonsCalls()), len(dev.GetCurrentClocksThrottleReasonsCalls()))
+		}
+	}
+}

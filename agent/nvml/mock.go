@@ -256,6 +256,8 @@ func (m *Mock) completeDevice(dev *server.Device, g *mockGPU) {
 		defer m.mu.Unlock()
 		return g.clockReasons, nvml.SUCCESS
 	}
+	// The call R535 renamed: the same bits, and all that older drivers have.
+	dev.GetCurrentClocksThrottleReasonsFunc = dev.GetCurrentClocksEventReasonsFunc
 	dev.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
 		m.mu.Lock()
 		defer m.mu.Unlock()

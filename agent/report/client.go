@@ -36,7 +36,8 @@ type CommandHandler interface {
 type ClientOptions struct {
 	// Address is host:port of the scheduler's telemetry endpoint. A DNS name
 	// is resolved to all its addresses (a headless Service has one per
-	// scheduler replica) and the agent keeps a stream to each.
+	// scheduler replica) and the agent keeps a stream to each. It is
+	// resolved again every ResolveInterval and whenever a stream ends.
 	Address string
 	// TLS verifies the scheduler. ServerName defaults to Address's host, so a
 	// certificate for the Service name is valid on every replica's address.
@@ -75,6 +76,9 @@ type Client struct {
 	mu        sync.Mutex
 	endpoints map[string]*endpoint
 	wg        sync.WaitGroup
+	// resolveNow asks Run to look the address up again before its
+	// interval: a stream ended, and the replica may be back elsewhere.
+	resolveNow chan struct{}
 }
 
 type endpoint struct {
@@ -109,7 +113,7 @@ func NewClient(loop *Loop, opts ClientOptions) (*Client, error) {
 	if opts.TLS.ServerName == "" {
 		opts.TLS.ServerName = host
 	}
-	return &Client{loop: loop, opts: opts, host: host, endpoints: map[string]*endpoint{}}, nil
+	return &Client{loop: loop, opts: opts, host: host, endpoints: map[string]*endpoint{}, resolveNow: make(chan struct{}, 1)}, nil
 }
 
 // Connected returns how many scheduler streams are open now.
@@ -174,6 +178,7 @@ func (c *Client) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(c.opts.ResolveInterval):
+		case <-c.resolveNow:
 		}
 	}
 }
@@ -211,7 +216,6 @@ func (c *Client) setEndpoints(ctx context.Context, addrs []string) {
 			c.opts.Log.Info("scheduler endpoint gone", "endpoint", addr)
 			e.cancel()
 			delete(c.endpoints, addr)
-			c.opts.Metrics.forgetEndpoint(addr)
 		}
 	}
 	for addr := range want {
@@ -225,6 +229,13 @@ func (c *Client) setEndpoints(ctx context.Context, addrs []string) {
 		go func() {
 			defer c.wg.Done()
 			c.runEndpoint(ectx, e)
+			// The endpoint's series go once its goroutine has written its
+			// last value, unless the address is back with a new endpoint.
+			c.mu.Lock()
+			if c.endpoints[e.addr] == nil {
+				c.opts.Metrics.forgetEndpoint(e.addr)
+			}
+			c.mu.Unlock()
 		}()
 	}
 }
@@ -251,6 +262,13 @@ func (c *Client) runEndpoint(ctx context.Context, e *endpoint) {
 			return
 		}
 		c.opts.Metrics.reconnects.WithLabelValues(e.addr).Inc()
+		// A replica that restarted comes back at a new address; the new
+		// leader of a rollout must not wait for the periodic lookup to
+		// get this node's state. (Lookups stay paced by the backoff.)
+		select {
+		case c.resolveNow <- struct{}{}:
+		default:
+		}
 		if time.Since(started) > time.Minute {
 			backoff = c.opts.Backoff // it worked for a while: start over
 		}

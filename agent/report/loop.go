@@ -111,6 +111,11 @@ func (l *Loop) Run(ctx context.Context) {
 	for {
 		start := time.Now()
 		r := l.builder.Build(ctx)
+		if ctx.Err() != nil {
+			// The agent is stopping and the collection was cut short: what
+			// it says (collectors cancelled) is not the node's state.
+			return
+		}
 		l.collected.Store(time.Now().UnixNano())
 		l.metrics.observeCollection(r, time.Since(start))
 		prev := l.latest.Load()

@@ -326,6 +326,7 @@ func newLogger(o options, stderr io.Writer) (logr.Logger, error) {
 	}
 	// logr's V(n) is zap level -n.
 	level := zap.NewAtomicLevelAt(zapcore.Level(-o.verbosity))
-	core := zapcore.NewCore(encoder, zapcore.AddSync(stderr), level)
+	// Many goroutines log; zap leaves serialising writes to the writer.
+	core := zapcore.NewCore(encoder, zapcore.Lock(zapcore.AddSync(stderr)), level)
 	return zapr.NewLogger(zap.New(core)), nil
 }

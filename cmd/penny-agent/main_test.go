@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,5 +188,45 @@ func TestDaemonSetArgs(t *testing.T) {
 	}
 	if o.scheduler == "" || o.caFile == "" || o.tokenFile == "" {
 		t.Errorf("DaemonSet does not configure reporting: %+v", o)
+	}
+}
+
+// overlapWriter counts Write calls that start while another is running.
+type overlapWriter struct {
+	inFlight, overlaps atomic.Int32
+}
+
+func (w *overlapWriter) Write(p []byte) (int, error) {
+	if w.inFlight.Add(1) > 1 {
+		w.overlaps.Add(1)
+	}
+	time.Sleep(time.Millisecond)
+	w.inFlight.Add(-1)
+	return len(p), nil
+}
+
+// The agent logs from many goroutines (collection, every scheduler stream,
+// the XID watcher) into the one writer run is given, which need not be
+// safe for concurrent use (the tests give it a bytes.Buffer, and go test
+// -race flagged TestAgentServes): lines are written one at a time.
+func TestLogLinesAreWrittenOneAtATime(t *testing.T) {
+	w := &overlapWriter{}
+	log, err := newLogger(options{logFormat: "json"}, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				log.Info("line", "goroutine", g, "i", i)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := w.overlaps.Load(); n > 0 {
+		t.Fatalf("%d log lines were written while another was being written", n)
 	}
 }

@@ -262,3 +262,24 @@ func TestServerOptionsAreChecked(t *testing.T) {
 		}
 	}
 }
+
+// The refusal of a report reaches the agent however bad the report: an
+// error quoting a megabyte of control characters in full was larger than
+// an agent may receive (4 MiB), so the agent lost its stream instead of
+// learning what to fix, and sent the same report again on reconnecting.
+func TestRefusalOfAHugeBadReportReachesTheAgent(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	a := connect(t, env, "node:n1")
+	r := telemetrytest.Report("n1", 2, 1, time.Now())
+	r.Gpus[0].Uuid = strings.Repeat("\x01", 1<<20)
+	ack, err := a.Report(t, r)
+	if err != nil {
+		t.Fatalf("the stream ended instead of answering: %v", err)
+	}
+	if ack.GetAccepted() || !strings.Contains(ack.GetError(), "gpus[0].uuid") || len(ack.GetError()) > 64<<10 {
+		t.Fatalf("ack accepted=%v, %d bytes of error: %.300s", ack.GetAccepted(), len(ack.GetError()), ack.GetError())
+	}
+	if ack, err := a.Report(t, telemetrytest.Report("n1", 2, 2, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatalf("the next good report: %v %v", ack, err)
+	}
+}

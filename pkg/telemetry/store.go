@@ -295,7 +295,8 @@ func (s *Store) Lookup(name string) (*NodeState, bool) {
 // Update stores a validated report received at received. It returns false
 // when the report is older than what the store holds: an earlier sequence
 // of the same agent, or another agent's report collected before the current
-// one (two agents overlap briefly during a rolling update).
+// one while the current one is fresh (two agents overlap briefly during a
+// rolling update).
 func (s *Store) Update(r *telemetryv1.NodeReport, received time.Time) bool {
 	e := s.join(r.GetNodeName())
 	e.mu.Lock()
@@ -305,7 +306,10 @@ func (s *Store) Update(r *telemetryv1.NodeReport, received time.Time) bool {
 		if prev.AgentID == r.GetAgentId() && r.GetSequence() <= prev.Sequence {
 			return false
 		}
-		if prev.AgentID != r.GetAgentId() && r.GetCollectedAt().AsTime().Before(prev.CollectedAt) {
+		// Agent clocks settle only an overlap of two live agents: once the
+		// held report is stale its agent is gone, and whatever the next
+		// one's clock says, it is the node's only voice.
+		if prev.AgentID != r.GetAgentId() && r.GetCollectedAt().AsTime().Before(prev.CollectedAt) && received.Sub(prev.ReceivedAt) <= s.MaxAge() {
 			return false
 		}
 	}

@@ -227,3 +227,35 @@ func TestConcurrentUpdatesAndReads(t *testing.T) {
 		t.Fatalf("final sequence %d, want 200", st.Sequence)
 	}
 }
+
+// The collected-at comparison between two agents only settles a brief
+// overlap (a rolling update). Once the held report is stale its agent has
+// gone, and a new agent whose clock reads earlier (the node's clock was
+// stepped back, or the old agent's ran ahead) must still be heard; the
+// node would otherwise read as unknown until the store drops it an hour
+// later.
+func TestNewAgentIsHeardAfterTheOldOneWentStale(t *testing.T) {
+	c := &clock{now: t0}
+	s := telemetry.NewStore(telemetry.StoreOptions{MaxAge: 20 * time.Second, Now: c.Now})
+	ahead := telemetrytest.Report("n1", 2, 7, t0.Add(10*time.Minute))
+	ahead.AgentId = "old"
+	if !s.Update(ahead, c.Now()) {
+		t.Fatal("first report not applied")
+	}
+	c.Add(30 * time.Second)
+	next := telemetrytest.Report("n1", 2, 1, c.Now())
+	next.AgentId = "new"
+	if !s.Update(next, c.Now()) {
+		t.Fatal("the only agent still reporting was ignored because the stale report's clock read later")
+	}
+	if st, ok := s.Node("n1"); !ok || st.AgentID != "new" {
+		t.Fatalf("node reads %v (fresh %v), want the new agent's report", st, ok)
+	}
+	// While it is fresh, the new report still wins over an overlapping
+	// older agent that collected earlier.
+	late := telemetrytest.Report("n1", 2, 8, c.Now().Add(-time.Second))
+	late.AgentId = "old"
+	if s.Update(late, c.Now()) {
+		t.Fatal("an earlier-collected report of another agent replaced a fresh one")
+	}
+}

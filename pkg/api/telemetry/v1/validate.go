@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/pennysched/penny/pkg/gpu"
@@ -29,6 +30,13 @@ const (
 	maxIDLen                     = 256
 	maxNameLen                   = 256
 	maxTextLen                   = 1024
+	// MaxErrors is how many problems a validation error lists; it counts
+	// the rest. A report within the message limit can have a hundred
+	// thousand, and the answer to an agent must stay far below its own
+	// message limit.
+	MaxErrors = 32
+	// maxShownValue bounds how much of a bad value an error quotes.
+	maxShownValue = 128
 )
 
 // at names a field for error messages without allocating. Validation runs
@@ -74,10 +82,33 @@ func (a at) path() *field.Path {
 	return p
 }
 
-// ValidateNodeReport checks every field of a report. The error lists every
-// problem found, each naming its field ("gpus[2].mig_instances[0].profile").
+// ValidateNodeReport checks every field of a report. The error lists the
+// problems found, each naming its field ("gpus[2].mig_instances[0].profile"),
+// up to MaxErrors of them.
 func ValidateNodeReport(r *NodeReport) error {
-	return validateNodeReport(r, root).ToAggregate()
+	return aggregate(validateNodeReport(r, root))
+}
+
+// aggregate makes the error of a validation: the first MaxErrors problems,
+// each quoting at most maxShownValue bytes of its bad value, and how many
+// more there are. (Joining a whole list costs time quadratic in its length.)
+func aggregate(errs field.ErrorList) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	more := 0
+	if len(errs) > MaxErrors {
+		errs, more = errs[:MaxErrors], len(errs)-MaxErrors
+	}
+	for _, e := range errs {
+		if v, ok := e.BadValue.(string); ok {
+			e.BadValue = cutText(v, maxShownValue)
+		}
+	}
+	if more == 0 {
+		return errs.ToAggregate()
+	}
+	return utilerrors.NewAggregate(append(errs.ToAggregate().Errors(), fmt.Errorf("and %d more problems", more)))
 }
 
 func validateNodeReport(r *NodeReport, p at) field.ErrorList {
@@ -450,7 +481,7 @@ func validateCollectorStatus(s *CollectorStatus, p at) field.ErrorList {
 func ValidateCheckpointStatus(s *CheckpointStatus) error {
 	var errs field.ErrorList
 	if s == nil {
-		return field.ErrorList{field.Required(nil, "status is empty")}.ToAggregate()
+		return aggregate(field.ErrorList{field.Required(nil, "status is empty")})
 	}
 	errs = append(errs, validateID(s.GetCommandId(), root.Child("command_id"))...)
 	errs = append(errs, validatePodRef(s.GetPod(), true, root.Child("pod"))...)
@@ -459,7 +490,7 @@ func ValidateCheckpointStatus(s *CheckpointStatus) error {
 	}
 	errs = append(errs, validateText(s.GetMessage(), maxTextLen, root.Child("message"))...)
 	errs = append(errs, validateTimestamp(s.GetUpdatedAt(), true, root.Child("updated_at"))...)
-	return errs.ToAggregate()
+	return aggregate(errs)
 }
 
 // ValidateCheckpointCommand checks a CheckpointCommand before an agent acts
@@ -467,7 +498,7 @@ func ValidateCheckpointStatus(s *CheckpointStatus) error {
 func ValidateCheckpointCommand(c *CheckpointCommand) error {
 	var errs field.ErrorList
 	if c == nil {
-		return field.ErrorList{field.Required(nil, "command is empty")}.ToAggregate()
+		return aggregate(field.ErrorList{field.Required(nil, "command is empty")})
 	}
 	errs = append(errs, validateID(c.GetId(), root.Child("id"))...)
 	if n := len(c.GetPods()); n == 0 || n > MaxCheckpointPods {
@@ -482,7 +513,7 @@ func ValidateCheckpointCommand(c *CheckpointCommand) error {
 		errs = append(errs, validateNodeName(c.GetOriginNode(), root.Child("origin_node"))...)
 	}
 	errs = append(errs, validateText(c.GetOriginNoticeId(), maxIDLen, root.Child("origin_notice_id"))...)
-	return errs.ToAggregate()
+	return aggregate(errs)
 }
 
 func validateNodeName(name string, p at) field.ErrorList {
@@ -510,6 +541,9 @@ func validateID(id string, p at) field.ErrorList {
 func validateText(s string, max int, p at) field.ErrorList {
 	if len(s) > max {
 		return field.ErrorList{field.TooLong(p.path(), s, max)}
+	}
+	if !utf8.ValidString(s) {
+		return field.ErrorList{field.Invalid(p.path(), s, "must be UTF-8 (protobuf strings are)")}
 	}
 	for _, r := range s {
 		if isControl(r) {
@@ -629,14 +663,18 @@ func isDeviceID(s string) bool {
 // answer through it so that one odd error does not get their whole report
 // refused.
 func StatusText(s string) string {
-	out := strings.Join(strings.FieldsFunc(strings.ToValidUTF8(s, "\uFFFD"), isControl), "; ")
-	if len(out) <= maxTextLen {
-		return out
+	return cutText(strings.Join(strings.FieldsFunc(strings.ToValidUTF8(s, "\uFFFD"), isControl), "; "), maxTextLen)
+}
+
+// cutText cuts s to at most max bytes, on a rune boundary, marking the cut.
+func cutText(s string, max int) string {
+	if len(s) <= max {
+		return s
 	}
 	const ellipsis = "..."
-	cut := maxTextLen - len(ellipsis)
-	for cut > 0 && !utf8.RuneStart(out[cut]) {
+	cut := max - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return out[:cut] + ellipsis
+	return s[:cut] + ellipsis
 }

@@ -1,6 +1,7 @@
 package telemetryv1
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -138,6 +139,11 @@ func TestValidationNamesTheField(t *testing.T) {
 		{"notice id", func(r *NodeReport) { r.ReclaimNotices[0].Id = "" }, "reclaim_notices[0].id"},
 		{"notice deadline", func(r *NodeReport) { r.ReclaimNotices[0].Deadline = nil }, "reclaim_notices[0].deadline"},
 		{"notice twice", func(r *NodeReport) { r.ReclaimNotices = append(r.ReclaimNotices, r.ReclaimNotices[0]) }, "reclaim_notices[1].id: Duplicate"},
+		// Protobuf cannot carry such a string at all: without a check the
+		// agent's report fails to marshal, and nothing says which field.
+		{"name not UTF-8", func(r *NodeReport) { r.Gpus[0].Name = "NVIDIA \xff100" }, "gpus[0].name"},
+		{"driver not UTF-8", func(r *NodeReport) { r.DriverVersion = "550\xc3" }, "driver_version"},
+		{"reason not UTF-8", func(r *NodeReport) { r.Gpus[1].Health.Reasons[0] = "XID \x80" }, "gpus[1].health.reasons[0]"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -240,5 +246,49 @@ func TestStatusTextValidates(t *testing.T) {
 		if !utf8.ValidString(out) {
 			t.Errorf("StatusText(%.20q...) = %.20q... is not UTF-8", in, out)
 		}
+	}
+}
+
+// A report can hold a hundred thousand bad device ids within the 4 MiB
+// message limit. Listing every one made the error megabytes long, and
+// joining the messages took time quadratic in their number (half an hour
+// of a scheduler core for one such report); the error names the first
+// problems, bounds what it quotes, and counts the rest.
+func TestManyProblemsGiveAShortErrorQuickly(t *testing.T) {
+	r := sampleReport()
+	r.PodDevices = nil
+	for i := 0; i < MaxPodDevices; i++ {
+		d := &PodDevices{Pod: &PodRef{Namespace: "a", Name: "p"}, Container: "c", ResourceName: "nvidia.com/gpu"}
+		for j := 0; j < MaxDeviceIDsPerEntry; j++ {
+			d.DeviceIds = append(d.DeviceIds, "bad id")
+		}
+		r.PodDevices = append(r.PodDevices, d)
+	}
+	r.Gpus[0].Uuid = strings.Repeat("\x01", 1<<20)
+	if n := proto.Size(r); n > 4<<20 {
+		t.Fatalf("the report is %d bytes, more than a message may be", n)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ValidateNodeReport(r) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("validating one report took more than 30s")
+	}
+	// The scheduler sends the error back in a ReportAck, which must fit in
+	// the agent's 4 MiB receive limit with room to spare.
+	msg := err.Error()
+	if len(msg) > 64<<10 {
+		t.Errorf("error is %d bytes, want at most 64 KiB", len(msg))
+	}
+	for _, want := range []string{"gpus[0].uuid", "pod_devices[0].device_ids[0]", "more problems"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not mention %q: %.500s", want, msg)
+		}
+	}
+	total := MaxPodDevices*MaxDeviceIDsPerEntry + 1
+	if want := fmt.Sprintf("and %d more problems", total-MaxErrors); !strings.Contains(msg, want) {
+		t.Errorf("error does not say %q: ...%s", want, msg[max(0, len(msg)-200):])
 	}
 }
