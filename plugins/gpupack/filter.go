@@ -47,19 +47,27 @@ func (p *GPUPack) Filter(ctx context.Context, state fwk.CycleState, pod *corev1.
 		return fwk.AsStatus(err)
 	}
 	e := p.view.entryFor(klog.FromContext(ctx), ni)
-	switch e.node.Fits(s.req) {
+	switch f := e.node.Fits(s.req); f {
 	case packing.Fits:
 		return nil
-	case packing.NoSuchGPU:
-		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, noSuchGPU(s.req))
+	case packing.NoRoom:
+		return fwk.NewStatus(fwk.Unschedulable, noRoom(s.req))
+	default:
+		// Preemption skips the node: no pod it could evict makes room.
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, unresolvable(s.req, f))
 	}
-	return fwk.NewStatus(fwk.Unschedulable, noRoom(s.req))
 }
 
 // The reasons are the same for every node that fails the same way, so the
 // scheduler's event counts them ("3 node(s) had ...").
-func noSuchGPU(r *packing.Req) string {
+func unresolvable(r *packing.Req, f packing.Fit) string {
 	switch {
+	case f == packing.Partitioned && r.GPU.GPUs > 0:
+		return "node(s) had fewer GPUs outside static MIG partitions (which take MIG instances only) than " + r.GPU.String()
+	case f == packing.Partitioned:
+		return "node(s) had only GPUs in static MIG partitions (which take MIG instances only), none for " + r.GPU.String()
+	case f == packing.TooManyInstances:
+		return "node(s) could never hold " + r.GPU.String() + ": more instances or slices than their GPUs' MIG geometry and layouts have with every GPU free"
 	case r.GPU.GPUs > 0:
 		return "node(s) had fewer GPUs than " + r.GPU.String()
 	case len(r.MIG) > 0:

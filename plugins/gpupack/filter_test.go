@@ -2,12 +2,16 @@ package gpupack
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2/ktesting"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/parallelize"
+	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -87,5 +91,93 @@ func TestQueueingHints(t *testing.T) {
 		if err != nil || got != c.want {
 			t.Errorf("%s: %v, %v; want %v", c.name, got, err, c.want)
 		}
+	}
+}
+
+// Filter says UnschedulableAndUnresolvable where no pod the node could lose
+// would make room, so that preemption does not try (and evict for nothing),
+// and says why in words the scheduler's event can count; NoRoom stays
+// Unschedulable.
+func TestFilterSaysWhenPreemptionCannotHelp(t *testing.T) {
+	mixed := func(name string, whole int, mig ...string) *corev1.Node {
+		n := gpuNode(name, "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
+		n.Status.Allocatable[gpu.ResourceGPU] = *resource.NewQuantity(int64(whole), resource.DecimalSI)
+		for i := 0; i+1 < len(mig); i += 2 {
+			n.Status.Allocatable[gpu.MIGResourceName(mig[i])] = resource.MustParse(mig[i+1])
+		}
+		return n
+	}
+	// All GPUs partitioned; half of them; three 2g.20gb per GPU as the
+	// node reports them; one on-demand GPU holding a 3g.40gb.
+	allMIG := mixed("all-mig", 0, "3g.40gb", "4")
+	halfMIG := mixed("half-mig", 1, "3g.40gb", "2")
+	layout := mixed("layout", 0, "2g.20gb", "6")
+	onDemand := gpuNode("on-demand", "NVIDIA-A100-SXM4-80GB", 1, "64", gpu.LabelMIGPartitioning, gpu.MIGOnDemand)
+	threeG := bound(podOf("three-g", "1", "nvidia.com/mig-3g.40gb", "1"), "on-demand", "0:3g.40gb@4")
+	wholeHeld := bound(podOf("whole-held", "1", string(gpu.ResourceGPU), "1"), "half-mig", "0")
+	twoG := []gpu.Placement{{Profile: "2g.20gb", Start: 0}, {Profile: "2g.20gb", Start: 2}, {Profile: "2g.20gb", Start: 4}}
+	initMetrics.Do(schedmetrics.InitMetrics)
+	h := &handle{par: parallelize.NewParallelizer(1)}
+	p, err := NewWith(context.Background(), nil, h, WithLayouts(layoutsOf{node: "layout", layout: [][]gpu.Placement{twoG, twoG}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := h.set(t, []*corev1.Node{allMIG, halfMIG, layout, onDemand}, threeG, wholeHeld)
+	byName := map[string]fwk.NodeInfo{}
+	for _, ni := range nodes {
+		byName[ni.Node().Name] = ni
+	}
+	const never, noRoom = fwk.UnschedulableAndUnresolvable, fwk.Unschedulable
+	for _, c := range []struct {
+		pod  *corev1.Pod
+		node string
+		code fwk.Code
+		msg  string
+	}{
+		{podOf("share", "1", string(gpu.ResourceGPUMilli), "460"), "all-mig", never,
+			"node(s) had only GPUs in static MIG partitions (which take MIG instances only), none for 460 penny.dev/gpu-milli"},
+		{podOf("whole", "1", string(gpu.ResourceGPU), "1"), "all-mig", never,
+			"node(s) had fewer GPUs outside static MIG partitions (which take MIG instances only) than 1 nvidia.com/gpu"},
+		{podOf("whole-2", "1", string(gpu.ResourceGPU), "2"), "half-mig", never,
+			"node(s) had fewer GPUs outside static MIG partitions (which take MIG instances only) than 2 nvidia.com/gpu"},
+		// Its one whole GPU is held: evicting that pod would help.
+		{podOf("whole-1", "1", string(gpu.ResourceGPU), "1"), "half-mig", noRoom,
+			"node(s) had fewer idle GPUs than 1 nvidia.com/gpu"},
+		{podOf("seven-2g", "1", "nvidia.com/mig-2g.20gb", "7"), "layout", never,
+			"node(s) could never hold 7 nvidia.com/mig-2g.20gb: more instances or slices than their GPUs' MIG geometry and layouts have with every GPU free"},
+		{podOf("one-1g", "1", "nvidia.com/mig-1g.10gb", "1"), "layout", never,
+			"node(s) could never hold 1 nvidia.com/mig-1g.10gb: more instances or slices than their GPUs' MIG geometry and layouts have with every GPU free"},
+		{podOf("two-7g", "1", "nvidia.com/mig-7g.80gb", "2"), "on-demand", never,
+			"node(s) could never hold 2 nvidia.com/mig-7g.80gb: more instances or slices than their GPUs' MIG geometry and layouts have with every GPU free"},
+		// The 3g.40gb's pod could be evicted, and the GPU taken whole.
+		{podOf("one-7g", "1", "nvidia.com/mig-7g.80gb", "1"), "on-demand", noRoom,
+			"node(s) had no room on their GPUs' MIG geometry for 1 nvidia.com/mig-7g.80gb"},
+		{podOf("share-od", "1", string(gpu.ResourceGPUMilli), "460"), "on-demand", noRoom,
+			"node(s) had no GPU with 460 penny.dev/gpu-milli free"},
+	} {
+		state := framework.NewCycleState()
+		if _, s := p.PreFilter(context.Background(), state, c.pod, nodes); !s.IsSuccess() {
+			t.Fatalf("%s: PreFilter: %v", c.pod.Name, s)
+		}
+		s := p.Filter(context.Background(), state, c.pod, byName[c.node])
+		if s.Code() != c.code || s.Message() != c.msg {
+			t.Errorf("%s on %s: %v %q; want %v %q", c.pod.Name, c.node, s.Code(), s.Message(), c.code, c.msg)
+		}
+	}
+}
+
+// The packer places at most 16 MIG instances in one pod (the devices one
+// placement may change); a pod asking for more hears so once, at PreFilter,
+// rather than that no node's GPU can hold it.
+func TestPreFilterRefusesMoreMIGInstancesThanThePackerPlaces(t *testing.T) {
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A100-SXM4-80GB", 8, "64", gpu.LabelMIGPartitioning, gpu.MIGOnDemand)})
+	pod := podOf("many", "1", "nvidia.com/mig-1g.10gb", "17")
+	_, s := p.PreFilter(context.Background(), framework.NewCycleState(), pod, nodes)
+	if s.Code() != fwk.UnschedulableAndUnresolvable || !strings.Contains(s.Message(), "asks for 17 MIG instances (17 nvidia.com/mig-1g.10gb): the GPU packer places at most 16 in one pod") {
+		t.Fatalf("PreFilter: %v %q", s.Code(), s.Message())
+	}
+	if node, a := schedule(t, p, nodes, podOf("sixteen", "1", "nvidia.com/mig-1g.10gb", "16")); node != "n" || len(a) != 16 {
+		t.Fatalf("16 instances: %q %v", node, a)
 	}
 }

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -28,6 +29,13 @@ type pendingPods struct {
 
 	mu    sync.Mutex
 	names map[string]bool
+	// While serve lists the informer's pods (listing > 0), the handlers
+	// note each pod they are told about in heard. The list is a snapshot:
+	// a pod deleted or bound after it was taken has had its event handled
+	// by the time serve counts it, and counting it then would put back a
+	// pod that is gone, for good. A pod in heard is the handlers' to count.
+	listing int
+	heard   map[types.UID]struct{}
 }
 
 func watchPending(logger klog.Logger, f informers.SharedInformerFactory, l *packing.Learner) *pendingPods {
@@ -46,7 +54,9 @@ func watchPending(logger klog.Logger, f informers.SharedInformerFactory, l *pack
 }
 
 // serve records a scheduler name this profile answers to; the first time,
-// the pods already waiting for it are counted.
+// the pods already waiting for it are counted. The informer's handlers run
+// meanwhile; a pod they hear of while the list is taken and counted is left
+// to them, so that the count ends where the event stream does.
 func (pp *pendingPods) serve(name string) {
 	pp.mu.Lock()
 	if pp.names[name] {
@@ -54,21 +64,26 @@ func (pp *pendingPods) serve(name string) {
 		return
 	}
 	pp.names[name] = true
+	if pp.listing == 0 {
+		pp.heard = map[types.UID]struct{}{}
+	}
+	pp.listing++
 	pp.mu.Unlock()
 	pods, err := pp.lister.List(labels.Everything())
-	if err != nil {
-		pp.logger.Error(err, "Listing pending pods for the look-ahead")
-		return
-	}
-	for _, p := range pods {
-		pp.update(p)
-	}
-}
-
-func (pp *pendingPods) serves(name string) bool {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	return pp.names[name]
+	if err != nil {
+		pp.logger.Error(err, "Listing pending pods for the look-ahead")
+	}
+	for _, p := range pods {
+		if _, ok := pp.heard[p.UID]; !ok {
+			pp.count(p)
+		}
+	}
+	pp.listing--
+	if pp.listing == 0 {
+		pp.heard = nil
+	}
 }
 
 func (pp *pendingPods) update(obj interface{}) {
@@ -76,8 +91,24 @@ func (pp *pendingPods) update(obj interface{}) {
 	if !ok {
 		return
 	}
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.hear(pod)
+	pp.count(pod)
+}
+
+// hear notes a pod the informer reported while serve lists. Callers hold mu.
+func (pp *pendingPods) hear(pod *corev1.Pod) {
+	if pp.listing > 0 {
+		pp.heard[pod.UID] = struct{}{}
+	}
+}
+
+// count adds the pod to the look-ahead while it waits for this scheduler and
+// removes it otherwise. Callers hold mu.
+func (pp *pendingPods) count(pod *corev1.Pod) {
 	if pod.Spec.NodeName != "" || pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded ||
-		pod.Status.Phase == corev1.PodFailed || !pp.serves(pod.Spec.SchedulerName) || !unschedulable(pod) {
+		pod.Status.Phase == corev1.PodFailed || !pp.names[pod.Spec.SchedulerName] || !unschedulable(pod) {
 		pp.learner.RemovePending(string(pod.UID))
 		return
 	}
@@ -107,6 +138,9 @@ func (pp *pendingPods) delete(obj interface{}) {
 		obj = t.Obj
 	}
 	if pod, ok := obj.(*corev1.Pod); ok {
+		pp.mu.Lock()
+		defer pp.mu.Unlock()
+		pp.hear(pod)
 		pp.learner.RemovePending(string(pod.UID))
 	}
 }

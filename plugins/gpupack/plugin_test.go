@@ -232,6 +232,45 @@ func TestReservationsHoldDevicesUntilUnreserved(t *testing.T) {
 	}
 }
 
+// A node deleted while pods were being bound to it is never rebuilt, which
+// is where its reservations were dropped, and a binding that fails once the
+// node is gone marks a node no cycle will rebuild. Over weeks of autoscaled
+// nodes both leak. What the view holds for live nodes stays.
+func TestViewForgetsDeletedNodes(t *testing.T) {
+	gone, stays := gpuNode("gone", "Tesla-T4", 4, "64"), gpuNode("stays", "Tesla-T4", 3, "64")
+	held := bound(podOf("held", "1", string(gpu.ResourceGPU), "2"), "stays", "0,1")
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, []*corev1.Node{gone, stays}, held)
+	inflight, failed := podOf("inflight", "1", string(gpu.ResourceGPU), "2"), podOf("failed", "1", string(gpu.ResourceGPU), "2")
+	if node, _ := schedule(t, p, nodes, inflight); node != "gone" {
+		t.Fatalf("inflight went to %q; only gone has two idle GPUs", node)
+	}
+	assumed := bound(inflight.DeepCopy(), "gone", "")
+	nodes = h.set(t, []*corev1.Node{gone, stays}, held, assumed)
+	if node, _ := schedule(t, p, nodes, failed); node != "gone" {
+		t.Fatalf("failed went to %q; only gone has two idle GPUs", node)
+	}
+	// gone is deleted; failed's binding fails for it, inflight's is still
+	// in flight.
+	p.Unreserve(context.Background(), framework.NewCycleState(), failed, "gone")
+	nodes = h.set(t, []*corev1.Node{stays}, held)
+	live := podOf("live", "1", string(gpu.ResourceGPU), "1")
+	if node, a := schedule(t, p, nodes, live); node != "stays" || a.String() != "2" {
+		t.Fatalf("live got %q %v; want GPU 2 of stays", node, a)
+	}
+	if len(p.view.nodes) != 1 || len(p.view.dirty) != 0 {
+		t.Errorf("the view keeps %d node entries and marks %v; want stays alone, no marks", len(p.view.nodes), p.view.dirty)
+	}
+	if _, ok := p.view.reserved[live.UID]; !ok || len(p.view.reserved) != 1 {
+		t.Errorf("reservations %v; want live's alone (inflight's node is gone)", p.view.reserved)
+	}
+	// The next cycle sees live assumed on stays: its devices stay held.
+	nodes = h.set(t, []*corev1.Node{stays}, held, bound(live.DeepCopy(), "stays", ""))
+	if node, a := schedule(t, p, nodes, podOf("more", "1", string(gpu.ResourceGPU), "1")); node != "" {
+		t.Fatalf("more got %q %v: live's reserved GPU was handed out again", node, a)
+	}
+}
+
 // A restarted plugin rebuilds the view from the annotations alone and a
 // tenant cannot claim devices its request does not cover.
 func TestViewFromAnnotations(t *testing.T) {

@@ -80,11 +80,13 @@ func newView(layouts LayoutSource, poolLabel string) *view {
 		reserved: map[types.UID]reservation{}, dirty: map[string]struct{}{}}
 }
 
-// sync brings every node's entry up to date with the cycle's snapshot.
+// sync brings every node's entry up to date with the cycle's snapshot, and
+// forgets what it holds for nodes the snapshot no longer has.
 func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.epoch++
+	synced := 0
 	for _, ni := range nodes {
 		k, ok := ni.(*framework.NodeInfo)
 		if !ok {
@@ -100,13 +102,43 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 			v.nodes[k] = e
 			delete(v.dirty, ni.Node().Name)
 		}
+		if e.epoch != v.epoch {
+			synced++
+		}
 		e.epoch = v.epoch
 	}
-	if len(v.nodes) > len(nodes) {
-		for ni, e := range v.nodes {
-			if e.epoch != v.epoch {
-				delete(v.nodes, ni)
-			}
+	// Every node of the snapshot was rebuilt above if it was marked, so a
+	// mark left is for a node that is gone (a binding to it failed after
+	// it left): it would never be read, or dropped.
+	clear(v.dirty)
+	if synced < len(v.nodes) {
+		v.forgetGone()
+	}
+}
+
+// forgetGone drops the entries of nodes the cycle's snapshot does not have,
+// and the reservations on them: a node deleted while a pod was being bound
+// to it is never rebuilt, which is where a reservation is otherwise
+// dropped. A node that comes back is built afresh from its pods. Callers
+// hold mu.
+func (v *view) forgetGone() {
+	gone := map[string]bool{}
+	for ni, e := range v.nodes {
+		if e.epoch != v.epoch {
+			gone[e.node.Name] = true
+			delete(v.nodes, ni)
+		}
+	}
+	if len(v.reserved) == 0 {
+		return
+	}
+	// A node deleted and created again under its name has a new NodeInfo.
+	for _, e := range v.nodes {
+		delete(gone, e.node.Name)
+	}
+	for uid, r := range v.reserved {
+		if gone[r.node] {
+			delete(v.reserved, uid)
 		}
 	}
 }

@@ -388,7 +388,11 @@ func (l *Learner) rebuild() {
 	}
 	cands := make([]cand, 0, len(l.shapes))
 	var total float64
-	for _, e := range l.shapes {
+	for k, e := range l.shapes {
+		if e.pending == 0 && e.count < l.scale*forgotten {
+			delete(l.shapes, k)
+			continue
+		}
 		w := (e.count/l.scale + look*float64(e.pending)) * gpuWeight(&e.shape)
 		if w <= 0 {
 			continue
@@ -422,6 +426,17 @@ func (l *Learner) rebuild() {
 	l.since = 0
 	l.stale = false
 }
+
+// forgotten is the weight, relative to the latest arrival's, below which a
+// shape no pod waits for is dropped from the counts. Without it every shape
+// ever seen would be kept for the scheduler's lifetime, and CPU and memory
+// requests make many. A shape this light is below float64's precision next
+// to that arrival in the total: with Coverage under 1 it can never be among
+// the demand's shapes (those above it would have to leave more than the
+// rest uncovered), and with Coverage 1 its weight rounds to 0 in the
+// measure. With the default half-life a shape goes some 100,000 arrivals
+// after its last pod; with no half-life nothing decays and every shape stays.
+const forgotten = 0x1p-53
 
 // uidRing remembers the last n pods seen.
 type uidRing struct {

@@ -122,3 +122,35 @@ func TestMultiGPUPodsWeighByTheirGPUs(t *testing.T) {
 		t.Fatalf("the 8-GPU shape weighs %v, want 0.5", w)
 	}
 }
+
+// Every distinct shape ever seen was kept for the scheduler's lifetime,
+// decayed to nothing: with CPU and memory requests making many shapes, a
+// scheduler running for weeks grew without bound. A shape is dropped once
+// its weight is past float64's precision next to the latest arrival's,
+// unless a pod of it still waits.
+func TestLearnerForgetsShapesLongGone(t *testing.T) {
+	l := NewLearner(LearnerOptions{HalfLife: 2, Refresh: 1, Coverage: 0.99, LookAheadDepth: 10, LookAheadWeight: 1})
+	waiting := whole(2, 3000).Shape
+	l.Observe("waiting", waiting)
+	l.AddPending("waiting", waiting)
+	const n = 1000
+	for i := 0; i < n; i++ {
+		l.Observe(fmt.Sprint(i), share(500, int64(1000+i)).Shape)
+		l.Demand()
+	}
+	// A shape weighs 2^-53 of the latest arrival 53 half-lives after its
+	// last pod: 106 arrivals here (the scale was also renormalised once).
+	got := len(l.shapes)
+	if got < 106+1 || got > 107+1 {
+		t.Fatalf("the learner keeps %d shapes, want the 106 seen in the last 53 half-lives and the waiting one", got)
+	}
+	if weightOf(l.Demand(), waiting) == 0 {
+		t.Fatal("the shape a pod still waits for was dropped from the demand")
+	}
+	l.RemovePending("waiting")
+	l.Observe("last", share(500, 1000+n).Shape)
+	l.Demand()
+	if _, ok := l.shapes[waiting.Key()]; ok {
+		t.Fatal("the waiting pod's shape, decayed, is kept after the pod left")
+	}
+}

@@ -1,8 +1,9 @@
 package packing
 
 import (
-	"github.com/pennysched/penny/pkg/gpu"
 	"slices"
+
+	"github.com/pennysched/penny/pkg/gpu"
 )
 
 // Fit is whether a pod's GPUs fit on a node's devices now.
@@ -15,8 +16,18 @@ const (
 	// freeing devices (preemption, pods ending) could help.
 	NoRoom
 	// NoSuchGPU: the node has no GPU of the kind the pod asks for (no GPUs,
-	// no MIG, a model without the profile); nothing but a new node helps.
+	// too few, no MIG, a model without the profile); nothing but a new node
+	// helps.
 	NoSuchGPU
+	// Partitioned: the node has GPUs enough, but too few outside static MIG
+	// partitions, which take MIG instances only, for a whole-GPU or share
+	// pod; freeing devices does not help, repartitioning the node would.
+	Partitioned
+	// TooManyInstances: the node's GPUs could not hold the MIG instances
+	// even with every pod gone: more of a profile than their geometry or
+	// static layouts have room for, or more compute or memory slices than
+	// they have in all.
+	TooManyInstances
 )
 
 // maxFitGPUs bounds the GPUs a node may have for the allocation-free MIG
@@ -26,12 +37,15 @@ const maxFitGPUs = 32
 // Fits reports whether the pod's GPUs fit on the node's devices. CPU and
 // memory are left to NodeResourcesFit. It allocates nothing for nodes of up
 // to 32 GPUs, and agrees with Choose: when it says Fits, Choose succeeds.
+// It says NoRoom only where freeing devices could make the pod fit.
 func (n *Node) Fits(r *Req) Fit {
 	switch {
 	case r.GPU.GPUs > 0:
 		switch {
 		case int64(len(n.free)) < r.GPU.GPUs:
 			return NoSuchGPU
+		case n.unpartitioned < r.GPU.GPUs:
+			return Partitioned
 		case n.idle < r.GPU.GPUs:
 			return NoRoom
 		}
@@ -45,9 +59,16 @@ func (n *Node) Fits(r *Req) Fit {
 				return Fits
 			}
 		}
+		if n.unpartitioned == 0 {
+			return Partitioned
+		}
 		return NoRoom
 	case len(r.MIG) > 0:
-		return n.fitsMIG(r, nil)
+		f := n.fitsMIG(r, nil)
+		if f == NoRoom && n.neverHolds(r) {
+			return TooManyInstances
+		}
+		return f
 	}
 	return Fits
 }
@@ -58,6 +79,11 @@ func (n *Node) Fits(r *Req) Fit {
 func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 	if n.model < 0 || len(r.MIG) > maxTouched {
 		return NoSuchGPU
+	}
+	for _, prof := range r.MIG {
+		if !geomOf(migModels[n.model], prof).ok {
+			return NoSuchGPU
+		}
 	}
 	var buf [maxFitGPUs]migGPU
 	var mig []migGPU
@@ -72,9 +98,6 @@ func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 	any := false
 	for _, prof := range r.MIG {
 		g := geomOf(migModels[n.model], prof)
-		if !g.ok {
-			return NoSuchGPU
-		}
 		placed := false
 		for i := range mig {
 			if mig[i].blocked || mig[i].static {
@@ -131,4 +154,59 @@ func (n *Node) hasMIGCapacity() bool {
 		}
 	}
 	return false
+}
+
+// neverHolds reports whether the node could not hold the MIG instances even
+// if every pod left it: a bound no placement can beat, per profile (the
+// instances its geometry or reported layouts have room for) and in all
+// (compute and memory slices). It does not place the instances, so a
+// request it lets through may still find no room on an empty node.
+func (n *Node) neverHolds(r *Req) bool {
+	m := migModels[n.model]
+	var free, compute, memory int64 // on an empty node: GPUs placed by geometry, slices in all
+	for i := range n.Dev.GPUs {
+		d := &n.Dev.GPUs[i]
+		switch {
+		case len(d.Layout) > 0:
+			for _, p := range d.Layout {
+				prof, _ := m.Profile(p.Profile)
+				compute += int64(prof.Compute)
+				memory += int64(prof.Size)
+			}
+		case d.MIGMode || n.Dev.OnDemand:
+			free++
+		}
+	}
+	compute += free * gpu.ComputeSlices
+	memory += free * gpu.MemorySlices
+	var needCompute, needMemory int64
+	for i, name := range r.MIG {
+		prof, ok := m.Profile(name)
+		if !ok {
+			return true
+		}
+		needCompute += int64(prof.Compute)
+		needMemory += int64(prof.Size)
+		if slices.Contains(r.MIG[:i], name) {
+			continue
+		}
+		want := int64(0)
+		for _, x := range r.MIG {
+			if x == name {
+				want++
+			}
+		}
+		room := free * int64(prof.Max)
+		for g := range n.Dev.GPUs {
+			for _, p := range n.Dev.GPUs[g].Layout {
+				if p.Profile == name {
+					room++
+				}
+			}
+		}
+		if want > room {
+			return true
+		}
+	}
+	return needCompute > compute || needMemory > memory
 }

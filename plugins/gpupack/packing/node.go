@@ -39,6 +39,9 @@ type Node struct {
 	Dev *gpu.NodeDevices
 	// GPUMemoryGB is the memory of one GPU, for avoid-overkill; 0 unknown.
 	GPUMemoryGB int
+	// unpartitioned counts the GPUs that take whole-GPU and share pods once
+	// idle: all of an on-demand node's, the others outside MIG mode.
+	unpartitioned int64
 }
 
 // inlineGPUs is how many GPUs a Node holds without allocating per-GPU state
@@ -95,6 +98,9 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 		n.freeUnits += n.free[i] * unitsPerMilli
 		if !d.MIGMode && d.UsedMilli == 0 {
 			n.idle++
+		}
+		if !d.MIGMode || dev.OnDemand {
+			n.unpartitioned++
 		}
 		switch {
 		case len(d.Layout) > 0:

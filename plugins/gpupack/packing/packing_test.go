@@ -220,8 +220,10 @@ func TestStaticLayoutInstances(t *testing.T) {
 	n := NewNode("static", dev, 64000, 512*gib, 0)
 	d := demandOf(t, []*Req{mig("1g.10gb"), whole(1, 1000)}, []float64{0.5, 0.5})
 	n.Prepare(d)
-	if f := n.Fits(mig("4g.40gb")); f != NoRoom {
-		t.Fatalf("4g on a static node without a 4g instance: %v, want NoRoom", f)
+	// The layout has no 4g instance, and GPU 0 takes no instances: freeing
+	// devices cannot help, so preemption must not be tried.
+	if f := n.Fits(mig("4g.40gb")); f != TooManyInstances {
+		t.Fatalf("4g on a static node without a 4g instance: %v, want TooManyInstances", f)
 	}
 	for i := 0; i < 2; i++ {
 		a, _, err := n.Choose(cycleFor(mig("1g.10gb"), d))
@@ -237,8 +239,8 @@ func TestStaticLayoutInstances(t *testing.T) {
 	if f := n.Fits(whole(1, 1000)); f != Fits {
 		t.Fatalf("whole GPU 0 stays available: %v", f)
 	}
-	if f := n.Fits(whole(2, 1000)); f != NoRoom {
-		t.Fatalf("the partitioned GPU is not a whole GPU: %v", f)
+	if f := n.Fits(whole(2, 1000)); f != Partitioned {
+		t.Fatalf("the partitioned GPU is not a whole GPU, held or not: %v, want Partitioned", f)
 	}
 }
 

@@ -1,11 +1,13 @@
 package packing
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	resourcehelper "k8s.io/component-helpers/resource"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -40,6 +42,14 @@ func ReqFor(pod *corev1.Pod) (*Req, error) {
 	r := &Req{GPU: g, Products: gpu.PodProducts(pod)}
 	r.CPU, r.Mem = podRequests(pod)
 	if len(g.MIG) > 0 {
+		var total int64
+		for _, n := range g.MIG {
+			total += n
+		}
+		if total > maxTouched {
+			return nil, fmt.Errorf("pod %s/%s asks for %d MIG instances (%s): the GPU packer places at most %d in one pod; ask for fewer, larger instances, or split the work across pods",
+				pod.Namespace, pod.Name, total, g, maxTouched)
+		}
 		for name, n := range g.MIG {
 			for i := int64(0); i < n; i++ {
 				r.MIG = append(r.MIG, name)
@@ -67,21 +77,15 @@ func compareProfilesLargestFirst(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-// podRequests sums the pod's CPU and memory requests the way the scheduler
-// does for fit: app containers, or the largest init container if more.
-// Pod overhead is ignored; it is small and equal on every node.
+// podRequests is the pod's CPU and memory request as NodeResourcesFit and
+// the kubelet count it: app containers and sidecars (restartable init
+// containers, which run alongside them) add up, an init container needs its
+// own next to the sidecars started before it, the pod the larger of the two;
+// pod-level requests, where set, replace them. Pod overhead is left out; it
+// is small and equal on every node.
 func podRequests(pod *corev1.Pod) (cpu, mem int64) {
-	for i := range pod.Spec.Containers {
-		rl := pod.Spec.Containers[i].Resources.Requests
-		cpu += rl.Cpu().MilliValue()
-		mem += rl.Memory().Value()
-	}
-	for i := range pod.Spec.InitContainers {
-		rl := pod.Spec.InitContainers[i].Resources.Requests
-		cpu = max(cpu, rl.Cpu().MilliValue())
-		mem = max(mem, rl.Memory().Value())
-	}
-	return cpu, mem
+	rl := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{ExcludeOverhead: true})
+	return rl.Cpu().MilliValue(), rl.Memory().Value()
 }
 
 // Shape is a kind of pod, as the demand counts them: what it needs of one
