@@ -17,11 +17,13 @@ package gang
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 )
 
 // Penny's gang convention. The name must be a label (so members can be
@@ -150,6 +152,27 @@ func RefOf(pod *corev1.Pod) (Ref, bool) {
 	return Ref{}, false
 }
 
+// SameKeys reports whether two versions of a pod say the same about their
+// gang: the native group and every penny.dev/gang key, as label or
+// annotation. An update that changes none of them cannot change what Of
+// reads.
+func SameKeys(a, b *corev1.Pod) bool {
+	ga, gb := a.Spec.SchedulingGroup, b.Spec.SchedulingGroup
+	if (ga == nil) != (gb == nil) || ga != nil && !ptr.Equal(ga.PodGroupName, gb.PodGroupName) {
+		return false
+	}
+	for _, key := range []string{LabelName, KeySize, KeyTimeout, KeySameZone, KeySameCapacityType} {
+		la, lok := a.Labels[key]
+		lb, lbok := b.Labels[key]
+		aa, aok := a.Annotations[key]
+		ab, abok := b.Annotations[key]
+		if la != lb || lok != lbok || aa != ab || aok != abok {
+			return false
+		}
+	}
+	return true
+}
+
 func lookup(pod *corev1.Pod, key string) (string, bool) {
 	if v, ok := pod.Labels[key]; ok {
 		return v, true
@@ -177,6 +200,9 @@ func parseTimeout(text string) (time.Duration, error) {
 	if secs, err := strconv.ParseInt(text, 10, 64); err == nil {
 		if secs <= 0 {
 			return 0, fmt.Errorf("must be positive: use a duration such as \"90s\" or whole seconds")
+		}
+		if secs > int64(math.MaxInt64/time.Second) {
+			return 0, fmt.Errorf("too long: use a duration such as \"90s\" or whole seconds (the scheduler caps it with its maxPermitTimeout)")
 		}
 		return time.Duration(secs) * time.Second, nil
 	}

@@ -60,6 +60,9 @@ func TestOf(t *testing.T) {
 		{name: "zero size", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "0"}, nil), wantErr: "is not a whole number >= 1"},
 		{name: "bad timeout", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "2", KeyTimeout: "soon"}, nil), wantErr: `penny.dev/gang-timeout="soon": not a positive duration`},
 		{name: "negative timeout", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "2", KeyTimeout: "-5"}, nil), wantErr: "must be positive"},
+		// 18446744074 seconds wraps a time.Duration to about 0.29s: the gang
+		// would be released before its members could be placed, with no word why.
+		{name: "timeout in seconds too large for a duration", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "2", KeyTimeout: "18446744074"}, nil), wantErr: `penny.dev/gang-timeout="18446744074": too long`},
 		{name: "bad override", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "2", KeySameZone: "maybe"}, nil), wantErr: `penny.dev/gang-same-zone="maybe" is not a boolean`},
 		{name: "name as annotation", pod: pod("p", nil, map[string]string{LabelName: "llm"}), wantErr: "set it as a label"},
 		{name: "empty name", pod: pod("p", map[string]string{LabelName: ""}, nil), wantErr: "empty penny.dev/gang label"},
@@ -144,4 +147,31 @@ func sorted(s []string) []string {
 		}
 	}
 	return s
+}
+
+func TestSameKeys(t *testing.T) {
+	base := func() *corev1.Pod {
+		return pod("p", map[string]string{LabelName: "llm", KeySize: "2", "app": "x"}, map[string]string{KeyTimeout: "90s", "note": "a"})
+	}
+	for _, c := range []struct {
+		name   string
+		change func(*corev1.Pod)
+		same   bool
+	}{
+		{"unrelated label and annotation", func(p *corev1.Pod) { p.Labels["app"] = "y"; p.Annotations["note"] = "b" }, true},
+		{"size label", func(p *corev1.Pod) { p.Labels[KeySize] = "3" }, false},
+		{"size moved to an annotation", func(p *corev1.Pod) { delete(p.Labels, KeySize); p.Annotations[KeySize] = "2" }, false},
+		{"timeout annotation", func(p *corev1.Pod) { p.Annotations[KeyTimeout] = "60s" }, false},
+		{"override added", func(p *corev1.Pod) { p.Annotations[KeySameZone] = "false" }, false},
+		{"gang renamed", func(p *corev1.Pod) { p.Labels[LabelName] = "other" }, false},
+		{"native group named", func(p *corev1.Pod) {
+			p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pg")}
+		}, false},
+	} {
+		changed := base()
+		c.change(changed)
+		if got := SameKeys(base(), changed); got != c.same {
+			t.Errorf("%s: SameKeys %v, want %v", c.name, got, c.same)
+		}
+	}
 }

@@ -104,19 +104,20 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		klog.FromContext(ctx).V(5).Info("Gang backing off", "gang", spec.Ref, "pod", klog.KObj(pod), "until", g.backoffUntil)
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("gang %s is backing off after a failed attempt; it retries in %s", spec.Ref, g.backoffUntil.Sub(now).Round(1e6)))
 	}
-	if g.firstAttempt.IsZero() {
-		g.firstAttempt = now
-	}
-
 	running, pending := pl.split(g, members, pod)
 	need := int(spec.MinMember) - len(running)
 	fixed := pl.domainOfRunning(r, running)
 	st.domain = fixed
 	if need <= 0 {
 		// Enough members already run: this one joins them, in their domain.
+		// It needs no admission, so it starts no wait (penny_gang_wait_seconds):
+		// nothing would end one until the gang's next admission.
 		st.claims = pl.claimsFor("", "")
 		cs.Write(stateKey, st)
 		return nodesIn(nodes, r, fixed), nil
+	}
+	if g.firstAttempt.IsZero() {
+		g.firstAttempt = now
 	}
 	if len(pending) < need {
 		// A member went away after this one was let into the queue: wait,
@@ -126,9 +127,21 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
 
+	if msg := pl.memberProblem(spec, members); msg != "" {
+		// A member turned malformed, or changed its size, after this one
+		// passed PreEnqueue: claim nothing for a gang that cannot complete.
+		// The member's own update retries it, and its admission activates
+		// this one again.
+		g.gated[pod.UID] = msg
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
+	}
 	claims := pl.claimsFor("", "")
 	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), r, fixed, claims, pl.risk)
 	if p == nil {
+		// Count the whole gang, as the other gang messages do: members
+		// running or placed are placeable too.
+		short.placeable += int64(len(running))
+		short.needed += int64(len(running))
 		klog.FromContext(ctx).V(4).Info("Gang does not fit", "gang", spec.Ref, "pod", klog.KObj(pod), "placeable", short.placeable, "needed", short.needed)
 		attempts.WithLabelValues(resultUnschedulable).Inc()
 		pl.lacking.Store(spec.Ref.Key(), short.lacking)

@@ -2,6 +2,7 @@ package gang
 
 import (
 	"context"
+	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -17,12 +18,29 @@ type nativeDomain struct{ domain domain }
 
 func (d *nativeDomain) Clone() fwk.StateData { return d }
 
+// nativeUnsupported says why a pod that names a PodGroup cannot be
+// scheduled here, or "" when it can. The API server keeps
+// spec.schedulingGroup whenever its own GenericWorkload gate is on; a
+// scheduler without the gate runs neither GangScheduling nor the pod group
+// cycle, so the group's pods would bind one by one, a partial gang.
+func (pl *Gang) nativeUnsupported(pod *corev1.Pod, spec gang.Spec) string {
+	if pl.nativeGangs {
+		return ""
+	}
+	return fmt.Sprintf("pod %s/%s names PodGroup %q in spec.schedulingGroup but penny-scheduler runs without the GenericWorkload feature gate, "+
+		"so nothing would keep the group's pods together: start penny-scheduler with --feature-gates=GenericWorkload=true, "+
+		"or drop spec.schedulingGroup and set the %s and %s labels", pod.Namespace, pod.Name, spec.Name, gang.LabelName, gang.KeySize)
+}
+
 // preFilterNative handles a pod that names a native PodGroup. The in-tree
 // GangScheduling plugin and the pod group scheduling cycle already gate and
 // admit the group as a whole, so this plugin does not gate it a second time:
 // it only keeps the group in one domain (zone, capacity type) and keeps its
 // pods off room claimed by label gangs.
 func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, spec gang.Spec, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	if msg := pl.nativeUnsupported(pod, spec); msg != "" {
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
+	}
 	st := &cycleState{spec: spec, inGang: true, demand: podDemand(pod), rules: pl.rulesOf(spec)}
 	pl.mu.Lock()
 	st.claims = pl.claimsFor("", "")

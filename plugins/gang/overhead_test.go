@@ -52,7 +52,7 @@ func BenchmarkPodInNoGang(b *testing.B) {
 	}
 }
 
-func mustPodInfo(b *testing.B, p *corev1.Pod) *framework.PodInfo {
+func mustPodInfo(b testing.TB, p *corev1.Pod) *framework.PodInfo {
 	pi, err := framework.NewPodInfo(p)
 	if err != nil {
 		b.Fatal(err)

@@ -56,7 +56,8 @@ type Gang struct {
 	// beyond its requests, taints and affinity (SpotRisk's capacity rules).
 	nodeCheck NodeCheck
 	// nativeGangs is true when the GenericWorkload gate is on, so pods that
-	// name a PodGroup are gang-scheduled by the in-tree machinery.
+	// name a PodGroup are gang-scheduled by the in-tree machinery. Without
+	// it such pods are held (nativeUnsupported): nothing would gate them.
 	nativeGangs bool
 
 	mu    sync.Mutex
@@ -197,14 +198,23 @@ func (pl *Gang) PreEnqueue(_ context.Context, pod *corev1.Pod) *fwk.Status {
 		}
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
 	}
-	if !ok || spec.Source == gang.SourcePodGroup {
+	if !ok {
+		return nil
+	}
+	if spec.Source == gang.SourcePodGroup {
+		if msg := pl.nativeUnsupported(pod, spec); msg != "" {
+			if !pl.remember(pod, spec.Ref, msg) {
+				pl.tell(pod, "GangInvalid", msg)
+			}
+			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
+		}
 		return nil
 	}
 	members, err := gang.Members(pl.pods, spec.Ref)
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
-	if msg := sizeDisagreement(spec, members); msg != "" {
+	if msg := pl.memberProblem(spec, members); msg != "" {
 		if !pl.remember(pod, spec.Ref, msg) {
 			pl.tell(pod, "GangInvalid", msg)
 		}
@@ -224,6 +234,10 @@ func (pl *Gang) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint,
 		// The scheduler only dispatches this event with GenericWorkload on;
 		// otherwise onPodAdd activates the gang's waiting members.
 		{Event: fwk.ClusterEvent{Resource: fwk.UnscheduledPod, ActionType: fwk.Add | fwk.UpdatePodLabel}, QueueingHintFn: isSchedulableAfterMemberAdded},
+		// A member held for a malformed or disagreeing gang key is retried
+		// when its own keys change; they may be annotations, whose change
+		// is a plain Update.
+		{Event: fwk.ClusterEvent{Resource: fwk.TargetPod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterOwnKeysChanged},
 		// Capacity freed by a pod leaving a node may let a gang fit.
 		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete}, QueueingHintFn: pl.isSchedulableAfterPodDeleted},
 		// New or changed nodes may let a gang fit.
@@ -242,6 +256,18 @@ func isSchedulableAfterMemberAdded(_ klog.Logger, pod *corev1.Pod, oldObj, newOb
 	}
 	if old, ok := oldObj.(*corev1.Pod); ok && ref.IsMember(old) {
 		// A label update that did not change membership.
+		return fwk.QueueSkip, nil
+	}
+	return fwk.Queue, nil
+}
+
+func isSchedulableAfterOwnKeysChanged(_ klog.Logger, _ *corev1.Pod, oldObj, newObj any) (fwk.QueueingHint, error) {
+	oldPod, okOld := oldObj.(*corev1.Pod)
+	newPod, okNew := newObj.(*corev1.Pod)
+	if !okOld || !okNew {
+		return fwk.Queue, nil
+	}
+	if gang.SameKeys(oldPod, newPod) {
 		return fwk.QueueSkip, nil
 	}
 	return fwk.Queue, nil

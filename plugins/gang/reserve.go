@@ -41,7 +41,9 @@ func (pl *Gang) Reserve(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, n
 			return fwk.NewStatus(fwk.Unschedulable, fmt.Sprintf("gang %s was released while this member was being placed", st.spec.Ref))
 		}
 		g.round.members[pod.UID] = true
-		pl.consume(g.round, st.shape, nodeName)
+		if pl.consume(g.round, st.shape, nodeName) {
+			g.round.consumed[pod.UID] = true
+		}
 	}
 	g.placed[pod.UID] = nodeName
 	return nil
@@ -49,8 +51,10 @@ func (pl *Gang) Reserve(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, n
 
 // Unreserve runs when a placed member will not bind after all (its Permit
 // wait timed out or was rejected, or binding failed). If its gang was still
-// being placed, the whole gang is released: half a gang is useless.
-func (pl *Gang) Unreserve(ctx context.Context, _ fwk.CycleState, pod *corev1.Pod, _ string) {
+// being placed, the whole gang is released: half a gang is useless. A member
+// that was deleted is the exception while enough members remain: the gang
+// carries on without it, as onPodDelete decided.
+func (pl *Gang) Unreserve(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodeName string) {
 	ref, ok := gang.RefOf(pod)
 	if !ok || ref.Source != gang.SourceLabel {
 		return
@@ -59,7 +63,7 @@ func (pl *Gang) Unreserve(ctx context.Context, _ fwk.CycleState, pod *corev1.Pod
 	pl.mu.Lock()
 	if g := pl.gangs[ref.Key()]; g != nil {
 		delete(g.placed, pod.UID)
-		if rd := g.round; rd != nil && rd.members[pod.UID] {
+		if rd := g.round; rd != nil && rd.members[pod.UID] && !pl.leave(rd, memberState(cs), pod, nodeName) {
 			why := fmt.Sprintf("member %s lost its place", pod.Name)
 			if !pl.clock.Now().Before(rd.deadline) {
 				why = fmt.Sprintf("not all members were placed within %s", rd.timeout)

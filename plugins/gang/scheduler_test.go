@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/component-base/metrics/testutil"
+	"k8s.io/utils/ptr"
 
 	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
@@ -368,4 +369,199 @@ func TestMalformedGangIsReported(t *testing.T) {
 	c.create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
 	c.waitEvent("mixed-1", "members disagree on penny.dev/gang-size")
 	c.neverBound(300*time.Millisecond, "mixed-0", "mixed-1")
+}
+
+// Where the API server keeps spec.schedulingGroup but penny-scheduler runs
+// without the GenericWorkload gate, neither GangScheduling nor the pod group
+// cycle runs, so nothing else holds the group together: three of its four
+// members bound, one by one, on three free nodes.
+func TestNativeGroupWithoutTheFeatureGateIsHeldAndTold(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 3)...)
+	for i := range 4 {
+		c.create(plainPod(fmt.Sprint("pg-", i), 8, func(p *corev1.Pod) {
+			p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pg")}
+		}))
+	}
+	c.waitEvent("pg-0", `names PodGroup "pg" in spec.schedulingGroup but penny-scheduler runs without the GenericWorkload feature gate`)
+	c.neverBound(time.Second, names("pg", 4)...)
+
+	// What the plugin remembered of the held group goes with its pods.
+	c.delete(names("pg", 4)...)
+	key := gang.Ref{Source: gang.SourcePodGroup, Namespace: "team", Name: "pg"}.Key()
+	err := pollFor(5*time.Second, func() bool {
+		c.plugin.mu.Lock()
+		defer c.plugin.mu.Unlock()
+		_, kept := c.plugin.gangs[key]
+		return !kept
+	})
+	if err != nil {
+		t.Error("the plugin still holds state for a PodGroup whose pods are all gone")
+	}
+}
+
+// hasRound reports whether gang name has a round (room claimed, members
+// possibly waiting in Permit).
+func (c *cluster) hasRound(gangName string) bool {
+	c.plugin.mu.Lock()
+	defer c.plugin.mu.Unlock()
+	g := c.plugin.gangs[gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: gangName}.Key()]
+	return g != nil && g.round != nil
+}
+
+// A member whose gang keys are malformed is held by PreEnqueue, yet it
+// counts as a member, so its siblings were admitted for it: they claimed
+// room and waited in Permit for a member that could never come, were
+// released at the timeout and did it again after every backoff, told only
+// that not all members were placed in time. The gang must claim nothing
+// until the member is fixed, and its siblings must be told which member to
+// fix.
+func TestMalformedMemberHoldsItsGangWithoutClaimingRoom(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 2)...)
+	malformed := member("llm", 2, 1, 8)
+	malformed.Labels[gang.KeySize] = "two"
+	c.create(malformed)
+	c.waitEvent("llm-1", `penny.dev/gang-size="two" is not a whole number >= 1`)
+	c.create(member("llm", 2, 0, 8))
+	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
+		t.Fatal("the gang claimed room for a member that cannot be scheduled")
+	}
+	c.waitEvent("llm-0", `member llm-1 must be fixed first: pod team/llm-1: penny.dev/gang-size="two" is not a whole number >= 1`)
+	c.neverBound(300*time.Millisecond, names("llm", 2)...)
+
+	c.update("llm-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.waitBound(10*time.Second, names("llm", 2)...)
+}
+
+// update applies change to pod name as a user's edit would.
+func (c *cluster) update(name string, change func(*corev1.Pod)) {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.client.CoreV1().Pods("team").Get(c.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	change(p)
+	c.bumpVersion(p)
+	if _, err := c.client.CoreV1().Pods("team").Update(c.ctx, p, metav1.UpdateOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// A pod held for a malformed gang key is retried as soon as the user fixes
+// the key, whether a label or an annotation, not at the scheduler's
+// five-minute flush of unschedulable pods.
+func TestFixingAMalformedKeyRetriesThePod(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 1)...)
+	bad := plainPod("bad", 1, withLabel(gang.LabelName, "x"))
+	bad.Annotations = map[string]string{gang.KeySize: "one"}
+	c.create(bad)
+	c.waitEvent("bad", `penny.dev/gang-size="one" is not a whole number >= 1`)
+	c.update("bad", func(p *corev1.Pod) { p.Annotations[gang.KeySize] = "1" })
+	c.waitBound(5*time.Second, "bad")
+
+	c.create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
+	c.waitEvent("mixed-1", "members disagree on penny.dev/gang-size")
+	c.update("mixed-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.waitBound(5*time.Second, "mixed-0", "mixed-1")
+}
+
+// penny_gang_wait_seconds runs from a gang's first attempt until its members
+// are placed together. A member placed next to enough running ones (here
+// the third of a gang of two) started that clock although it needed no
+// admission, and nothing stopped it: the gang's next admission, after its
+// running members went away, was measured from then, not from its own
+// first attempt.
+func TestGangWaitIsMeasuredFromTheAdmissionsOwnFirstAttempt(t *testing.T) {
+	registerMetrics()
+	c := startCluster(t, testArgs(), nodes("n", 3)...)
+	c.create(member("llm", 2, 0, 8), member("llm", 2, 1, 8), member("llm", 2, 2, 8))
+	c.waitBound(10*time.Second, names("llm", 3)...)
+
+	const idle = 2 * time.Second
+	time.Sleep(idle)
+	countBefore, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
+	sumBefore, _ := testutil.GetHistogramMetricValue(waitSeconds.ObserverMetric)
+	c.delete("llm-0", "llm-1")
+	c.create(member("llm", 2, 3, 8))
+	c.waitBound(10*time.Second, "llm-3")
+	count, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
+	sum, _ := testutil.GetHistogramMetricValue(waitSeconds.ObserverMetric)
+	if count != countBefore+1 {
+		t.Fatalf("penny_gang_wait_seconds observed %d gangs, want 1", count-countBefore)
+	}
+	if waited := time.Duration((sum - sumBefore) * float64(time.Second)); waited >= idle {
+		t.Errorf("penny_gang_wait_seconds observed %s for an admission that took moments; it counted the %s the gang ran", waited, idle)
+	}
+}
+
+// The shortfall counts a gang's members, as every other gang message does
+// ("k/n members exist", "k/n members placed"): with two of four members
+// running and room for one more, 3/4 are placeable, not "1/2".
+func TestShortfallCountsRunningMembers(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 3)...)
+	pods := gangPods("llm", 4, 8)
+	pods[0].Spec.NodeName, pods[1].Spec.NodeName = "n-0", "n-1"
+	c.create(pods...)
+	c.waitEvent("llm-2", "gang team/llm: 3/4 members placeable, the other 1 need 8 nvidia.com/gpu in zone zone-a, capacity type on-demand, where its running members are")
+	c.neverBound(300*time.Millisecond, "llm-2", "llm-3")
+}
+
+// A gang with a spare member loses one of its waiting members: enough
+// remain, so the gang keeps its round (onPodDelete says so), and the room
+// the deleted member held stays claimed for the others. The scheduler's
+// own rejection of the deleted pod reached Unreserve, which released the
+// whole gang anyway and sent it into backoff.
+func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 3)...)
+	pods := gangPods("llm", 4, 8)
+	for _, p := range pods {
+		p.Labels[gang.KeySize] = "3"
+	}
+	gated()(pods[2])
+	gated()(pods[3])
+	c.create(pods...)
+	c.waitWaiting("llm", 2)
+
+	c.delete("llm-0")
+	err := pollFor(time.Second, func() bool {
+		c.plugin.mu.Lock()
+		defer c.plugin.mu.Unlock()
+		g := c.plugin.gangs[gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: "llm"}.Key()]
+		return g == nil || g.round == nil
+	})
+	if err == nil {
+		t.Fatal("the gang was released although three members remain for a size of three")
+	}
+	// The deleted member's node stays claimed for the members to come.
+	c.create(plainPod("other", 8))
+	c.neverBound(500*time.Millisecond, "other")
+	c.ungate("llm-2")
+	c.ungate("llm-3")
+	c.waitBound(10*time.Second, "llm-1", "llm-2", "llm-3")
+}
+
+// The gang's placement rules came from whichever member was tried first,
+// so members that disagree on penny.dev/gang-same-zone were placed in one
+// zone or across two depending on queue order, and nobody was told. They
+// are held and told, as for gang-size; a member that leaves a key unset
+// agrees with one that sets the scheduler's default.
+func TestMembersDisagreeingOnPlacementRulesAreHeld(t *testing.T) {
+	c := startCluster(t, testArgs(), append(nodes("a", 1, inZone("zone-a")), nodes("b", 1, inZone("zone-b"))...)...)
+	pods := gangPods("split", 2, 8)
+	pods[1].Labels[gang.KeySameZone] = "false"
+	c.create(pods...)
+	c.waitEvent("split-0", "members disagree on penny.dev/gang-same-zone")
+	c.neverBound(300*time.Millisecond, names("split", 2)...)
+	c.update("split-0", func(p *corev1.Pod) { p.Labels[gang.KeySameZone] = "false" })
+	c.waitBound(5*time.Second, names("split", 2)...)
+
+	agreeing := gangPods("same", 2, 0)
+	agreeing[0].Labels[gang.KeySameCapacityType] = "true"
+	c.create(agreeing...)
+	c.waitBound(5*time.Second, names("same", 2)...)
 }

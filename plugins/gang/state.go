@@ -45,6 +45,10 @@ type round struct {
 	domain   domain
 	// members reserved in this round.
 	members map[types.UID]bool
+	// consumed are the members whose reservation used up one of the
+	// round's slots (consume), so a member deleted while it waits can give
+	// its slot back.
+	consumed map[types.UID]bool
 	// slots still claimed for members not yet reserved.
 	slots []slot
 	// nodes are the domain's nodes, handed to the scheduler as the only
@@ -148,6 +152,7 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 		rules:    r,
 		domain:   p.domain,
 		members:  map[types.UID]bool{},
+		consumed: map[types.UID]bool{},
 		slots:    p.slots,
 	}
 	var n int64
@@ -166,8 +171,9 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 }
 
 // consume drops the claim a reserved member no longer needs: one slot of its
-// shape, on its node if the plan put one there. Caller holds mu.
-func (pl *Gang) consume(rd *round, shape, node string) {
+// shape, on its node if the plan put one there. It reports whether there was
+// one. Caller holds mu.
+func (pl *Gang) consume(rd *round, shape, node string) bool {
 	pick := -1
 	for i, s := range rd.slots {
 		if s.shape != shape {
@@ -181,13 +187,49 @@ func (pl *Gang) consume(rd *round, shape, node string) {
 		}
 	}
 	if pick < 0 {
-		return
+		return false
 	}
 	pl.claimedSlots.Add(-1)
 	rd.slots[pick].n--
 	if rd.slots[pick].n == 0 {
 		rd.slots = append(rd.slots[:pick], rd.slots[pick+1:]...)
 	}
+	return true
+}
+
+// leave takes a deleted member out of its round without releasing the gang,
+// when enough members remain to make the gang's size, and claims the room it
+// held again for them: the scheduler forgets the member's reservation right
+// after. It reports false when the gang must be released instead. Caller
+// holds mu.
+func (pl *Gang) leave(rd *round, st *cycleState, pod *corev1.Pod, node string) bool {
+	if st == nil || !pl.deleted(pod) {
+		return false
+	}
+	members, err := gang.Members(pl.pods, st.spec.Ref)
+	if err != nil || int32(len(members)) < st.spec.MinMember {
+		return false
+	}
+	delete(rd.members, pod.UID)
+	if rd.consumed[pod.UID] {
+		delete(rd.consumed, pod.UID)
+		rd.slots = append(rd.slots, slot{node: node, shape: st.shape, d: st.demand, n: 1})
+		pl.claimedSlots.Add(1)
+	}
+	return true
+}
+
+// deleted reports whether the informer shows pod gone or going.
+func (pl *Gang) deleted(pod *corev1.Pod) bool {
+	obj, exists, err := pl.pods.GetByKey(podKey(pod))
+	if err != nil {
+		return false
+	}
+	if !exists {
+		return true
+	}
+	cur, ok := obj.(*corev1.Pod)
+	return ok && (cur.UID != pod.UID || cur.DeletionTimestamp != nil)
 }
 
 // endRound drops a round's claims and timer and wakes gangs that waited for
@@ -294,17 +336,22 @@ func (pl *Gang) onPodAdd(obj any) {
 	if !ok || pod.Spec.NodeName != "" {
 		return
 	}
-	spec, ok, err := gang.Of(pod)
-	if !ok || err != nil || spec.Source != gang.SourceLabel {
+	ref, ok := gang.RefOf(pod)
+	if !ok || ref.Source != gang.SourceLabel {
 		return
 	}
-	members, err := gang.Members(pl.pods, spec.Ref)
-	if err != nil || int32(len(members)) < spec.MinMember {
+	members, err := gang.Members(pl.pods, ref)
+	if err != nil {
+		return
+	}
+	// A malformed arrival wakes the gated members too: they are waiting for
+	// it, and PreEnqueue now tells them which member to fix.
+	if spec, _, err := gang.Of(pod); err == nil && int32(len(members)) < spec.MinMember {
 		return
 	}
 	var e effects
 	pl.mu.Lock()
-	if g := pl.gangs[spec.Ref.Key()]; g != nil && len(g.gated) > 0 {
+	if g := pl.gangs[ref.Key()]; g != nil && len(g.gated) > 0 {
 		var waiting []*corev1.Pod
 		for _, m := range members {
 			if _, ok := g.gated[m.UID]; ok {
@@ -348,13 +395,22 @@ func (pl *Gang) onPodDelete(obj any) {
 		return
 	}
 	ref, ok := gang.RefOf(pod)
-	if !ok || ref.Source != gang.SourceLabel {
+	if !ok {
 		return
 	}
 	members, err := gang.Members(pl.pods, ref)
 	if err != nil {
 		return
 	}
+	if len(members) == 0 {
+		// The first profile's QueueSort orders every profile's pods, so this
+		// instance may hold the order of a gang whose state another profile's
+		// instance keeps (or of a native gang): it goes with the last member,
+		// or a gang created again under the name would sort by the old time.
+		pl.order.Delete(ref.Key())
+	}
+	// Native gangs have state here only while held (nativeUnsupported); they
+	// never have a round, so this only forgets them.
 	var e effects
 	pl.mu.Lock()
 	g := pl.gangs[ref.Key()]

@@ -2,6 +2,7 @@ package gang
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -16,26 +17,68 @@ func membersMissing(spec gang.Spec, have int) string {
 	return fmt.Sprintf("gang %s: %d/%d members exist, waiting for %d more to be created", spec.Ref, have, spec.MinMember, int(spec.MinMember)-have)
 }
 
-// sizeDisagreement reports members that disagree on the gang's size: the
-// plugin will not guess which one is right.
-func sizeDisagreement(spec gang.Spec, members []*corev1.Pod) string {
-	sizes := map[int32][]string{}
+// memberProblem reports members that keep the gang from being placed: a
+// member whose gang keys are malformed (PreEnqueue holds it, yet it counts
+// as a member, so the others would claim room and wait for it in vain), or
+// members that disagree on the gang's size or placement rules (the plugin
+// will not guess which one is right; the rules would otherwise be those of
+// whichever member the queue tried first).
+func (pl *Gang) memberProblem(spec gang.Spec, members []*corev1.Pod) string {
+	own := pl.rulesOf(spec)
+	type disagreement struct {
+		key  string
+		mine string
+		// theirs lists member names by the value they say.
+		theirs map[string][]string
+	}
+	disagreements := []*disagreement{
+		{key: gang.KeySize, mine: fmt.Sprint(spec.MinMember), theirs: map[string][]string{}},
+		{key: gang.KeySameZone, mine: fmt.Sprint(own.sameZone), theirs: map[string][]string{}},
+		{key: gang.KeySameCapacityType, mine: fmt.Sprint(own.sameCapType), theirs: map[string][]string{}},
+	}
+	var malformed []string
+	var firstErr error // of the malformed member first by name, for a stable message
 	for _, p := range members {
-		if s, ok, err := gang.Of(p); ok && err == nil && s.MinMember != spec.MinMember {
-			sizes[s.MinMember] = append(sizes[s.MinMember], p.Name)
+		s, _, err := gang.Of(p)
+		if err != nil {
+			if firstErr == nil || p.Name < slices.Min(malformed) {
+				firstErr = err
+			}
+			malformed = append(malformed, p.Name)
+			continue
+		}
+		r := pl.rulesOf(s)
+		for i, v := range []string{fmt.Sprint(s.MinMember), fmt.Sprint(r.sameZone), fmt.Sprint(r.sameCapType)} {
+			if d := disagreements[i]; v != d.mine {
+				d.theirs[v] = append(d.theirs[v], p.Name)
+			}
 		}
 	}
-	if len(sizes) == 0 {
-		return ""
+	if len(malformed) > 0 {
+		sort.Strings(malformed)
+		if len(malformed) == 1 {
+			return fmt.Sprintf("gang %s: member %s must be fixed first: %v", spec.Ref, malformed[0], firstErr)
+		}
+		return fmt.Sprintf("gang %s: %d members must be fixed first (%s): %v", spec.Ref, len(malformed), strings.Join(malformed, ", "), firstErr)
 	}
-	var parts []string
-	for size, names := range sizes {
-		sort.Strings(names)
-		parts = append(parts, fmt.Sprintf("%s say %d", strings.Join(names, ", "), size))
+	for _, d := range disagreements {
+		if len(d.theirs) == 0 {
+			continue
+		}
+		var parts []string
+		for value, names := range d.theirs {
+			sort.Strings(names)
+			parts = append(parts, fmt.Sprintf("%s say %s", strings.Join(names, ", "), value))
+		}
+		sort.Strings(parts)
+		hint := ""
+		if d.key != gang.KeySize {
+			hint = " (a member without it says the scheduler's default)"
+		}
+		return fmt.Sprintf("gang %s: members disagree on %s: this pod says %s but %s%s; give every member the same value",
+			spec.Ref, d.key, d.mine, strings.Join(parts, "; "), hint)
 	}
-	sort.Strings(parts)
-	return fmt.Sprintf("gang %s: members disagree on %s: this pod says %d but %s; give every member the same value",
-		spec.Ref, gang.KeySize, spec.MinMember, strings.Join(parts, "; "))
+	return ""
 }
 
 // gate records that pod waits for the rest of its gang to be created and

@@ -1,0 +1,73 @@
+package gang
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+)
+
+// The first profile's QueueSort orders the pods of every profile, so it
+// records a gang's first-queued time even when another profile's PennyGang
+// schedules the gang and holds its state. That time must go with the gang's
+// last member: a gang later created under the same name (a Job deleted and
+// applied again) sorted by the old time, ahead of every gang of its priority
+// queued since.
+func TestQueueOrderOfAGangEndsWithItsLastMember(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	instance := func() *Gang {
+		h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
+			frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl, err := NewWith(ctx, nil, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pl
+	}
+	sorter := instance() // the first profile's
+	_ = instance()       // the profile that schedules the gang
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+
+	queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
+		return &framework.QueuedPodInfo{PodInfo: mustPodInfo(t, p), QueueingParams: framework.QueueingParams{Timestamp: at}}
+	}
+	start := time.Now()
+	first := member("x", 1, 0, 1)
+	if _, err := client.CoreV1().Pods("team").Create(ctx, first, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The fake clientset drops events sent before its watch starts.
+	if err := pollFor(5*time.Second, func() bool {
+		_, exists, _ := sorter.pods.GetByKey(podKey(first))
+		return exists
+	}); err != nil {
+		t.Fatal("the informer never saw the gang's member")
+	}
+	sorter.Less(queued(first, start), queued(plainPod("lone", 1), start.Add(time.Second)))
+	if err := client.CoreV1().Pods("team").Delete(ctx, first.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	younger := member("y", 1, 0, 1)
+	again := member("x", 1, 1, 1)
+	err := pollFor(2*time.Second, func() bool {
+		return !sorter.Less(queued(again, start.Add(2*time.Minute)), queued(younger, start.Add(time.Minute)))
+	})
+	if err != nil {
+		t.Error("gang x, created again after its last member went, sorts before gang y, queued a minute earlier")
+	}
+}
