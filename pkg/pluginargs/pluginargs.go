@@ -5,9 +5,12 @@
 package pluginargs
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -32,7 +35,7 @@ func Decode[T any, PT interface {
 		args = o.DeepCopyObject().(PT)
 	case *runtime.Unknown:
 		if len(o.Raw) > 0 {
-			if err := yaml.UnmarshalStrict(o.Raw, args); err != nil {
+			if err := unmarshalStrict(o.Raw, args); err != nil {
 				return nil, fmt.Errorf("%s plugin args: %w", plugin, err)
 			}
 		}
@@ -44,4 +47,28 @@ func Decode[T any, PT interface {
 		return nil, fmt.Errorf("%s plugin args: %w", plugin, err)
 	}
 	return args, nil
+}
+
+// unmarshalStrict decodes YAML or JSON as kube-scheduler's strict decoder
+// does its own plugins' args: keys match field names case-sensitively (Go's
+// encoding/json, under sigs.k8s.io/yaml, would read `Timeout` or `timeOut`
+// as `timeout`, and of two spellings keep the one that sorts last), and unknown
+// or repeated keys are errors.
+func unmarshalStrict(data []byte, into any) error {
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(js, into, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return err
+	}
+	if len(strict) > 0 {
+		msgs := make([]string, len(strict))
+		for i, e := range strict {
+			msgs[i] = e.Error()
+		}
+		return errors.New("strict decoding error: " + strings.Join(msgs, ", "))
+	}
+	return nil
 }

@@ -1,0 +1,145 @@
+package deploy
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+
+	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/test/harness"
+)
+
+const agentFleet = `
+region: us-east-1
+pools:
+- {name: spot, count: 2, cloud: aws, instanceType: p4d.24xlarge, gpuModel: A100-40GB, gpusPerNode: 8, capacityType: spot, zone: us-east-1a, cpu: "96", memory: 1152Gi}
+`
+
+// agentClient is what penny-agent on node talks to the API server as: its
+// ServiceAccount, with a token bound to its pod on that node.
+func agentClient(t *testing.T, c *localcluster.Cluster, node string) kubernetes.Interface {
+	t.Helper()
+	ctx := context.Background()
+	pod := harness.CreatePod(t, c, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "penny-agent-" + node, Namespace: localcluster.SystemNamespace},
+		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: "penny-agent",
+			Containers: []corev1.Container{{Name: "agent", Image: "registry.example/penny-agent"}}},
+	})
+	tr, err := c.Client.CoreV1().ServiceAccounts(localcluster.SystemNamespace).CreateToken(ctx, "penny-agent", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptr.To[int64](3600),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(c.RESTConfig)
+	cfg.BearerToken = tr.Status.Token
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+// With deploy/agent's RBAC and admission policy, an agent may put and lift
+// its penny.dev/reclaim NoSchedule taint on its own node and change nothing
+// else there: not the annotations Penny and autoscalers read (a Spot node
+// passed off as an autoscaler's template gets the catalog's prior risk
+// instead of the one learned from its reclaims; karpenter.sh/do-not-disrupt
+// or Cluster Autoscaler's scale-down-disabled keep an idle GPU node billed
+// forever), not finalizers or owners (an owner that does not exist has the
+// garbage collector delete the Node), not a NoExecute taint that would
+// evict every pod past its PodDisruptionBudget.
+func TestAgentChangesOnlyItsReclaimTaint(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, agentFleet)})
+	for _, f := range []string{"deploy/agent/penny-agent.yaml", "deploy/agent/reclaim.yaml"} {
+		harness.ApplyYAML(t, c, f, readRepoFile(t, f), false)
+	}
+	ctx := context.Background()
+	own, other := "spot-0", "spot-1"
+	agent := agentClient(t, c, own)
+
+	try := func(node string, mutate func(*corev1.Node)) error {
+		n, err := agent.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		mutate(n)
+		_, err = agent.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		return err
+	}
+	annotate := func(k, v string) func(*corev1.Node) {
+		return func(n *corev1.Node) {
+			if n.Annotations == nil {
+				n.Annotations = map[string]string{}
+			}
+			n.Annotations[k] = v
+		}
+	}
+	reclaim := corev1.Taint{Key: "penny.dev/reclaim", Value: "spot-interruption", Effect: corev1.TaintEffectNoSchedule}
+	addTaint := func(taint corev1.Taint) func(*corev1.Node) {
+		return func(n *corev1.Node) { n.Spec.Taints = append(n.Spec.Taints, taint) }
+	}
+	// The API server starts enforcing a new policy within a few seconds
+	// (until then RBAC alone decides, and lets the agent update any node).
+	var last error
+	probe := 0
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		probe++
+		last = try(other, annotate("example.com/probe", strconv.Itoa(probe)))
+		return last != nil && strings.Contains(last.Error(), "penny-agent may only change the node its token is bound to"), nil
+	}); err != nil {
+		t.Fatalf("changing another node was not refused by Penny's policy: %v", last)
+	}
+	if err := try(other, func(n *corev1.Node) { n.Spec.Taints = append(n.Spec.Taints[:0:0], reclaim) }); err == nil {
+		t.Error("the agent tainted another node")
+	}
+
+	refused := map[string]func(*corev1.Node){
+		"relabel as on-demand":           func(n *corev1.Node) { n.Labels["karpenter.sh/capacity-type"] = "on-demand" },
+		"cordon":                         func(n *corev1.Node) { n.Spec.Unschedulable = true },
+		"mark as an autoscaler template": annotate("penny.dev/autoscaler-template-of", "spot"),
+		"keep from scale-down":           annotate("karpenter.sh/do-not-disrupt", "true"),
+		"add a finalizer":                func(n *corev1.Node) { n.Finalizers = append(n.Finalizers, "example.com/hold") },
+		"give it an owner": func(n *corev1.Node) {
+			n.OwnerReferences = append(n.OwnerReferences, metav1.OwnerReference{APIVersion: "v1", Kind: "ConfigMap", Name: "gone", UID: "0b7c5a36-5ef0-4bd1-9d5a-3c9a1d8a0f7e"})
+		},
+		"taint penny.dev/reclaim NoExecute": addTaint(corev1.Taint{Key: "penny.dev/reclaim", Value: "spot-interruption", Effect: corev1.TaintEffectNoExecute}),
+		"add another taint":                 addTaint(corev1.Taint{Key: "example.com/other", Effect: corev1.TaintEffectNoSchedule}),
+	}
+	for what, mutate := range refused {
+		err := try(own, mutate)
+		if err == nil {
+			t.Errorf("the agent could %s on its own node", what)
+		} else if !strings.Contains(err.Error(), "penny-agent") {
+			t.Errorf("%s on its own node: refused, but not by Penny's policy: %v", what, err)
+		}
+	}
+	if err := try(own, addTaint(reclaim)); err != nil {
+		t.Fatalf("the agent may not taint its own node: %v", err)
+	}
+	if err := try(own, func(n *corev1.Node) { n.Spec.Taints = nil }); err != nil {
+		t.Fatalf("the agent may not lift its own taint: %v", err)
+	}
+	n, err := c.Client.CoreV1().Nodes().Get(ctx, own, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, template := n.Annotations["penny.dev/autoscaler-template-of"]
+	_, pinned := n.Annotations["karpenter.sh/do-not-disrupt"]
+	if template || pinned || len(n.Finalizers) > 0 || len(n.OwnerReferences) > 0 || len(n.Spec.Taints) > 0 {
+		t.Errorf("the agent changed its node: annotations %v, finalizers %v, owners %v, taints %v", n.Annotations, n.Finalizers, n.OwnerReferences, n.Spec.Taints)
+	}
+}

@@ -1,0 +1,266 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/pennysched/penny/deploy"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/test/harness"
+)
+
+const (
+	schedulerSA   = "system:serviceaccount:penny-system:penny-scheduler"
+	schedulerFile = "deploy/scheduler/penny-scheduler.yaml"
+)
+
+const fleet = `
+region: us-east-1
+pools:
+- {name: cpu, count: 1, cloud: aws, instanceType: m7i.8xlarge, capacityType: on-demand, zone: us-east-1a, cpu: "32", memory: 128Gi}
+- {name: a100, count: 1, cloud: aws, instanceType: p4d.24xlarge, gpuModel: A100-40GB, gpusPerNode: 8, capacityType: on-demand, zone: us-east-1a, cpu: "96", memory: 1152Gi}
+`
+
+func readRepoFile(t *testing.T, name string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(harness.RepoRoot(), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func schedulerDeployment(t *testing.T) *appsv1.Deployment {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(readRepoFile(t, schedulerFile)), 4096)
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("%s: %v", schedulerFile, err)
+		}
+		if obj.GetKind() != "Deployment" {
+			continue
+		}
+		d := &appsv1.Deployment{}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	t.Fatalf("%s has no Deployment", schedulerFile)
+	return nil
+}
+
+// can asks the API server's authorizer whether user may do verb on a
+// resource; name and namespace may be empty (any, cluster-wide).
+func can(t *testing.T, c *localcluster.Cluster, user, verb, group, res, sub, namespace, name string) bool {
+	t.Helper()
+	sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   user,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:penny-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: verb, Group: group, Resource: res, Subresource: sub, Namespace: namespace, Name: name,
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sar.Status.Allowed
+}
+
+// penny-scheduler may do what kube-scheduler does, except take part in the
+// default scheduler's leader election: with system:kube-scheduler bound, its
+// ServiceAccount could update the kube-scheduler Lease in kube-system, so a
+// compromised or misconfigured penny-scheduler could hold the default
+// scheduler's lock and stop scheduling for the whole cluster. Nor may it
+// write tenants' pods or read their ConfigMaps, which Penny never does.
+func TestSchedulerRBACIsLeastPrivilege(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{})
+	harness.ApplyYAML(t, c, schedulerFile, readRepoFile(t, schedulerFile), false)
+	ctx := context.Background()
+
+	// Every permission of the API server's own system:kube-scheduler role
+	// (as its feature gates make it) but the default scheduler's lease.
+	role, err := c.Client.RbacV1().ClusterRoles().Get(ctx, "system:kube-scheduler", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range role.Rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				if g == "coordination.k8s.io" {
+					continue // leader election, below
+				}
+				resource, sub, _ := strings.Cut(res, "/")
+				for _, v := range r.Verbs {
+					if !can(t, c, schedulerSA, v, g, resource, sub, "", "") {
+						t.Errorf("penny-scheduler may not %s %s %q, which kube-scheduler may", v, g, res)
+					}
+				}
+			}
+		}
+	}
+
+	type check struct {
+		verb, group, res, sub, ns, name string
+	}
+	allowed := []check{
+		// Its own leader election (config.yaml: penny-system/penny-scheduler).
+		{"create", "coordination.k8s.io", "leases", "", "penny-system", ""},
+		{"get", "coordination.k8s.io", "leases", "", "penny-system", "penny-scheduler"},
+		{"update", "coordination.k8s.io", "leases", "", "penny-system", "penny-scheduler"},
+		// SpotRisk's catalog and the reclaim coordinator's ConfigMaps.
+		{"list", "", "configmaps", "", "penny-system", ""},
+		{"watch", "", "configmaps", "", "penny-system", ""},
+		{"get", "", "configmaps", "", "penny-system", "penny-prices"},
+		{"create", "", "configmaps", "", "penny-system", ""},
+		{"update", "", "configmaps", "", "penny-system", "penny-interrupted-runs"},
+		{"update", "", "configmaps", "", "penny-system", "penny-reclaim-notices"},
+		// Evicting the rest of a gang that lost a member to a reclaim.
+		{"create", "", "pods", "eviction", "ml", ""},
+		// The native gang API.
+		{"list", "scheduling.k8s.io", "podgroups", "", "", ""},
+		{"watch", "scheduling.k8s.io", "workloads", "", "", ""},
+		// Authenticating agents.
+		{"create", "authentication.k8s.io", "tokenreviews", "", "", ""},
+	}
+	for _, a := range allowed {
+		if !can(t, c, schedulerSA, a.verb, a.group, a.res, a.sub, a.ns, a.name) {
+			t.Errorf("penny-scheduler may not %s %s %s/%s in %q (%s): Penny needs it", a.verb, a.group, a.res, a.sub, a.ns, a.name)
+		}
+	}
+	denied := []check{
+		{"update", "coordination.k8s.io", "leases", "", "kube-system", "kube-scheduler"},
+		{"get", "coordination.k8s.io", "leases", "", "kube-system", "kube-scheduler"},
+		{"create", "coordination.k8s.io", "leases", "", "kube-system", ""},
+		{"patch", "", "pods", "", "ml", ""},
+		{"update", "", "pods", "", "ml", ""},
+		{"get", "", "configmaps", "", "ml", ""},
+		{"list", "", "configmaps", "", "", ""},
+		{"get", "", "secrets", "", "penny-system", ""},
+		{"update", "", "configmaps", "", "penny-system", "penny-prices"},
+	}
+	for _, d := range denied {
+		if can(t, c, schedulerSA, d.verb, d.group, d.res, d.sub, d.ns, d.name) {
+			t.Errorf("penny-scheduler may %s %s %s/%s in %q (%s): more than it needs", d.verb, d.group, d.res, d.sub, d.ns, d.name)
+		}
+	}
+}
+
+// The shipped scheduler, with the shipped RBAC as its only permissions,
+// starts, reads its price catalog and binds pods: the RBAC above is not
+// tighter than the code needs.
+func TestSchedulerRunsWithItsRBAC(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
+	harness.ApplyYAML(t, c, schedulerFile, readRepoFile(t, schedulerFile), false)
+	harness.ApplyYAML(t, c, "deploy/pricing/penny-prices.yaml", readRepoFile(t, "deploy/pricing/penny-prices.yaml"), false)
+
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["penny"] = &clientcmdapi.Cluster{Server: c.RESTConfig.Host, CertificateAuthorityData: c.RESTConfig.CAData}
+	kc.AuthInfos["sa"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.RESTConfig.CertData, ClientKeyData: c.RESTConfig.KeyData,
+		Impersonate: schedulerSA, ImpersonateGroups: []string{"system:serviceaccounts", "system:serviceaccounts:penny-system", "system:authenticated"}}
+	kc.Contexts["sa"] = &clientcmdapi.Context{Cluster: "penny", AuthInfo: "sa"}
+	kc.CurrentContext = "sa"
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	s, err := plugins.StartScheduler(context.Background(), plugins.SchedulerOptions{Kubeconfig: kubeconfig, Config: deploy.SchedulerConfig})
+	if err != nil {
+		t.Fatalf("penny-scheduler as its ServiceAccount: %v", err)
+	}
+	t.Cleanup(s.Stop)
+
+	gpuPod := harness.Pod("gpu", corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("2"), corev1.ResourceCPU: resource.MustParse("4")})
+	gpuPod.Annotations = map[string]string{"penny.dev/workload": "inference"}
+	harness.CreatePod(t, c, gpuPod)
+	harness.CreatePod(t, c, harness.Pod("cpu", corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}))
+	p := harness.WaitForPod(t, c, "default", "gpu", 60*time.Second, "bound", harness.Bound)
+	if p.Annotations[gpu.AnnotationAssignment] == "" {
+		t.Errorf("the GPU pod was bound without %s", gpu.AnnotationAssignment)
+	}
+	harness.WaitForPod(t, c, "default", "cpu", 30*time.Second, "bound", harness.Bound)
+}
+
+// Tenants' pods must not preempt the scheduler (a pod with any positive
+// priority could, on a full cluster, and Penny's pods would then wait for
+// the default scheduler to find the scheduler a node), and a drain must not
+// take both replicas at once (their anti-affinity is only preferred, so
+// both may share a node).
+func TestSchedulerSurvivesPreemptionAndDrains(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{})
+	harness.ApplyYAML(t, c, schedulerFile, readRepoFile(t, schedulerFile), false)
+	ctx := context.Background()
+	d := schedulerDeployment(t)
+
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "penny-scheduler-x", Namespace: d.Namespace, Labels: d.Spec.Template.Labels},
+		Spec: d.Spec.Template.Spec}
+	admitted, err := c.Client.CoreV1().Pods(d.Namespace).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// User-defined priority classes go up to one billion.
+	if admitted.Spec.Priority == nil || *admitted.Spec.Priority <= 1_000_000_000 {
+		t.Errorf("penny-scheduler's pods get priority %v (class %q): tenants' pods can preempt them", admitted.Spec.Priority, admitted.Spec.PriorityClassName)
+	}
+
+	var pdbs []policyv1.PodDisruptionBudget
+	list, err := c.Client.PolicyV1().PodDisruptionBudgets(d.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list.Items {
+		sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+			pdbs = append(pdbs, p)
+		}
+	}
+	if len(pdbs) != 1 {
+		t.Fatalf("%d PodDisruptionBudgets cover penny-scheduler's pods, want 1", len(pdbs))
+	}
+	replicas := int32(1)
+	if d.Spec.Replicas != nil {
+		replicas = *d.Spec.Replicas
+	}
+	pdb := pdbs[0].Spec
+	switch {
+	case pdb.MaxUnavailable != nil:
+		if pdb.MaxUnavailable.IntValue() < 1 || pdb.MaxUnavailable.IntValue() >= int(replicas) {
+			t.Errorf("maxUnavailable %s of %d replicas: a drain either blocks forever or takes every replica", pdb.MaxUnavailable, replicas)
+		}
+	case pdb.MinAvailable != nil:
+		if pdb.MinAvailable.IntValue() < 1 || pdb.MinAvailable.IntValue() >= int(replicas) {
+			t.Errorf("minAvailable %s of %d replicas: a drain either blocks forever or takes every replica", pdb.MinAvailable, replicas)
+		}
+	default:
+		t.Error("the PodDisruptionBudget sets neither minAvailable nor maxUnavailable")
+	}
+}
