@@ -14,14 +14,19 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -262,5 +267,96 @@ func TestSchedulerSurvivesPreemptionAndDrains(t *testing.T) {
 		}
 	default:
 		t.Error("the PodDisruptionBudget sets neither minAvailable nor maxUnavailable")
+	}
+}
+
+// penny-scheduler rebuilds which GPUs are taken from penny.dev/gpu-assignment
+// after a restart, so a tenant who could write it would have the GPUs their
+// pod holds handed to another tenant's pod. With the shipped policy only the
+// Binding sets it; a tenant can neither create a pod with it nor change it.
+func TestTenantsCannotWriteTheGPUAssignment(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
+	harness.ApplyYAML(t, c, schedulerFile, readRepoFile(t, schedulerFile), false)
+	ctx := context.Background()
+	const tenant = "alice"
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "default"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"create", "get", "update", "patch", "delete"}}}}
+	if _, err := c.Client.RbacV1().Roles("default").Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "default"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pods"},
+		Subjects: []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: tenant}}}
+	if _, err := c.Client.RbacV1().RoleBindings("default").Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	as := func(user string, groups ...string) kubernetes.Interface {
+		cfg := rest.CopyConfig(c.RESTConfig)
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: append(groups, "system:authenticated")}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return client
+	}
+	alice := as(tenant)
+	scheduler := as(schedulerSA, "system:serviceaccounts", "system:serviceaccounts:penny-system")
+	gpuPod := func(name string) *corev1.Pod {
+		return harness.Pod(name, corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("2")})
+	}
+
+	// The policy and the tenant's role take effect once the API server has
+	// loaded them.
+	forged := gpuPod("forged")
+	forged.Annotations = map[string]string{gpu.AnnotationAssignment: "0,1"}
+	const refusal = "metadata.annotations[penny.dev/gpu-assignment] is set by penny-scheduler"
+	var err error
+	if werr := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		if _, err = alice.CoreV1().Pods("default").Create(ctx, forged, metav1.CreateOptions{}); err == nil {
+			return false, c.Client.CoreV1().Pods("default").Delete(ctx, forged.Name, metav1.DeleteOptions{})
+		}
+		return strings.Contains(err.Error(), refusal), nil
+	}); werr != nil {
+		t.Fatalf("a tenant's pod created with %s: %v after 30s; want a refusal naming the annotation", gpu.AnnotationAssignment, err)
+	}
+
+	if _, err := alice.CoreV1().Pods("default").Create(ctx, gpuPod("train"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: "train", Namespace: "default", Annotations: map[string]string{gpu.AnnotationAssignment: "2,3"}},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: "a100-0"},
+	}
+	if err := scheduler.CoreV1().Pods("default").Bind(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("penny-scheduler binding with the assignment: %v", err)
+	}
+	// The simulated kubelet updates the pod's status meanwhile.
+	update := func(client kubernetes.Interface, mutate func(*corev1.Pod)) error {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			p, err := client.CoreV1().Pods("default").Get(ctx, "train", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Annotations[gpu.AnnotationAssignment] != "2,3" {
+				t.Fatalf("the pod's assignment is %q, want the Binding's 2,3", p.Annotations[gpu.AnnotationAssignment])
+			}
+			mutate(p)
+			_, err = client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{})
+			return err
+		})
+	}
+	for name, mutate := range map[string]func(*corev1.Pod){
+		"changed": func(p *corev1.Pod) { p.Annotations[gpu.AnnotationAssignment] = "0,1" },
+		"removed": func(p *corev1.Pod) { delete(p.Annotations, gpu.AnnotationAssignment) },
+	} {
+		if err := update(alice, mutate); err == nil || !strings.Contains(err.Error(), "cannot be changed or removed") {
+			t.Errorf("a tenant's update with the assignment %s: %v; want it refused", name, err)
+		}
+	}
+	if err := update(alice, func(p *corev1.Pod) { p.Labels = map[string]string{"team": "llm"} }); err != nil {
+		t.Errorf("a tenant's label update that keeps the assignment: %v; want it accepted", err)
+	}
+	if err := update(c.Client, func(p *corev1.Pod) { p.Annotations["note"] = "checked" }); err != nil {
+		t.Errorf("a cluster admin's update: %v", err)
 	}
 }
