@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/telemetry"
 )
 
 // CommandHandler acts on commands from the scheduler. HandleCheckpoint must
@@ -79,13 +80,20 @@ type Client struct {
 	// resolveNow asks Run to look the address up again before its
 	// interval: a stream ended, and the replica may be back elsewhere.
 	resolveNow chan struct{}
+	// statusSeq numbers the checkpoint statuses (under mu).
+	statusSeq uint64
+	// orphans hold statuses while there is no endpoint to queue them for.
+	orphans *statusQueue
 }
 
 type endpoint struct {
 	addr      string
 	cancel    context.CancelFunc
 	connected atomic.Bool
-	statuses  chan *telemetryv1.CheckpointStatus
+	statuses  *statusQueue
+	// joinedAfter is statusSeq when the endpoint was added: it was given
+	// every status after that one, and none before.
+	joinedAfter uint64
 }
 
 // NewClient returns a client for loop's reports.
@@ -113,7 +121,7 @@ func NewClient(loop *Loop, opts ClientOptions) (*Client, error) {
 	if opts.TLS.ServerName == "" {
 		opts.TLS.ServerName = host
 	}
-	return &Client{loop: loop, opts: opts, host: host, endpoints: map[string]*endpoint{}, resolveNow: make(chan struct{}, 1)}, nil
+	return &Client{loop: loop, opts: opts, host: host, endpoints: map[string]*endpoint{}, resolveNow: make(chan struct{}, 1), orphans: newStatusQueue()}, nil
 }
 
 // Connected returns how many scheduler streams are open now.
@@ -142,18 +150,55 @@ func (c *Client) Endpoints() []string {
 }
 
 // SendCheckpointStatus sends st to every scheduler endpoint (the one that
-// leads may change at any time). Statuses wait, up to a bound, for an
-// endpoint that is reconnecting.
+// leads may change at any time); the scheduler's reclaim coordinator waits
+// for these before it evicts a gang's other members. Statuses wait, up to
+// MaxQueuedStatuses per endpoint, for an endpoint that is reconnecting; one
+// whose send fails is sent again on the endpoint's next stream; those an
+// endpoint still holds when it leaves the Service go to the endpoints that
+// joined since, which never had them (a replica back at a new address).
 func (c *Client) SendCheckpointStatus(st *telemetryv1.CheckpointStatus) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, e := range c.endpoints {
-		select {
-		case e.statuses <- st:
-		default:
-			c.opts.Log.Info("checkpoint status dropped: too many queued for a scheduler that is not reading", "endpoint", e.addr, "command", st.GetCommandId())
-		}
+	c.statusSeq++
+	s := queuedStatus{seq: c.statusSeq, st: st}
+	if len(c.endpoints) == 0 {
+		c.statusesDropped("", c.orphans.push(s))
+		return
 	}
+	for _, e := range c.endpoints {
+		c.statusesDropped(e.addr, e.statuses.push(s))
+	}
+}
+
+// handOff gives statuses that a gone endpoint did not deliver to the
+// endpoints that never had them: those that joined after the status was
+// produced. The others were given their own copy. With no endpoint left
+// the statuses wait for the next one. c.mu is held.
+func (c *Client) handOff(items []queuedStatus) {
+	if len(items) == 0 {
+		return
+	}
+	if len(c.endpoints) == 0 {
+		c.statusesDropped("", c.orphans.merge(items))
+		return
+	}
+	for _, e := range c.endpoints {
+		var missing []queuedStatus
+		for _, s := range items {
+			if s.seq <= e.joinedAfter {
+				missing = append(missing, s)
+			}
+		}
+		c.statusesDropped(e.addr, e.statuses.merge(missing))
+	}
+}
+
+func (c *Client) statusesDropped(endpoint string, n int) {
+	if n == 0 {
+		return
+	}
+	c.opts.Metrics.statusesDropped.Add(float64(n))
+	c.opts.Log.Info("checkpoint statuses dropped, the oldest first: too many queued for a scheduler that is not reading", "endpoint", endpoint, "dropped", n, "limit", MaxQueuedStatuses)
 }
 
 // Run keeps streams open until ctx ends, then closes them and returns.
@@ -223,21 +268,29 @@ func (c *Client) setEndpoints(ctx context.Context, addrs []string) {
 			continue
 		}
 		ectx, cancel := context.WithCancel(ctx)
-		e := &endpoint{addr: addr, cancel: cancel, statuses: make(chan *telemetryv1.CheckpointStatus, 256)}
+		e := &endpoint{addr: addr, cancel: cancel, statuses: newStatusQueue(), joinedAfter: c.statusSeq}
 		c.endpoints[addr] = e
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
 			c.runEndpoint(ectx, e)
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.endpoints[e.addr] == e {
+				return
+			}
+			// Handed off only now: a status the last stream took and
+			// failed to send is back in the queue once that stream is
+			// done.
+			c.handOff(e.statuses.take())
 			// The endpoint's series go once its goroutine has written its
 			// last value, unless the address is back with a new endpoint.
-			c.mu.Lock()
 			if c.endpoints[e.addr] == nil {
 				c.opts.Metrics.forgetEndpoint(e.addr)
 			}
-			c.mu.Unlock()
 		}()
 	}
+	c.handOff(c.orphans.take())
 }
 
 // runEndpoint keeps one stream open, reconnecting with backoff.
@@ -303,12 +356,30 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn, e *endpoint,
 	if err != nil {
 		return err
 	}
-	e.connected.Store(true)
-	c.opts.Metrics.connected.WithLabelValues(e.addr).Set(1)
-	log.Info("stream to the scheduler open")
+	return c.serve(ctx, cancel, st, e, log)
+}
 
+// serve sends reports and checkpoint statuses over st and hands what the
+// scheduler sends to handle, until the stream or ctx ends; cancel ends st.
+func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage], e *endpoint, log logr.Logger) error {
+	// Opening a stream only sends its request; the scheduler checks the
+	// token when the stream arrives, and answers with the response headers
+	// (telemetry.AcceptedHeader) once it has accepted it. A refused stream
+	// ends without headers. Before that the stream counts as open nowhere,
+	// and statuses wait: one sent on a stream that is then refused is lost
+	// without a failed Send to say so. (A scheduler older than the header
+	// sends headers with its first message, which also follows acceptance.)
+	accepted := make(chan struct{})
 	recvErr := make(chan error, 1)
+	recvDone := make(chan struct{})
 	go func() {
+		defer close(recvDone)
+		if md, _ := st.Header(); md != nil {
+			e.connected.Store(true)
+			c.opts.Metrics.connected.WithLabelValues(e.addr).Set(1)
+			log.Info("stream to the scheduler open", "node", strings.Join(md.Get(telemetry.AcceptedHeader), ","))
+			close(accepted)
+		}
 		for {
 			msg, err := st.Recv()
 			if err != nil {
@@ -317,6 +388,11 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn, e *endpoint,
 			}
 			c.handle(ctx, e, msg, log)
 		}
+	}()
+	// The receiver is done before the caller marks the endpoint closed.
+	defer func() {
+		cancel()
+		<-recvDone
 	}()
 	// A failed Send only says the stream broke; Recv has the reason.
 	sendFailed := func() error {
@@ -331,6 +407,7 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn, e *endpoint,
 	updates, unsubscribe := c.loop.Subscribe()
 	defer unsubscribe()
 	var sent uint64
+	var statusesReady <-chan struct{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -338,6 +415,15 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn, e *endpoint,
 			return ctx.Err()
 		case err := <-recvErr:
 			return err
+		case <-accepted:
+			accepted, statusesReady = nil, e.statuses.ready
+			if err := c.sendStatuses(st, e); err != nil {
+				return sendFailed()
+			}
+		case <-statusesReady:
+			if err := c.sendStatuses(st, e); err != nil {
+				return sendFailed()
+			}
 		case <-updates:
 			r := c.loop.Latest()
 			if r == nil || r.Sequence <= sent {
@@ -348,10 +434,21 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn, e *endpoint,
 			}
 			sent = r.Sequence
 			c.opts.Metrics.sent.WithLabelValues(e.addr).Inc()
-		case s := <-e.statuses:
-			if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: s}}); err != nil {
-				return sendFailed()
-			}
+		}
+	}
+}
+
+// sendStatuses sends the endpoint's queued statuses, oldest first. One whose
+// send fails goes back to the front of the queue for the next stream.
+func (c *Client) sendStatuses(st grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage], e *endpoint) error {
+	for {
+		s, ok := e.statuses.pop()
+		if !ok {
+			return nil
+		}
+		if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: s.st}}); err != nil {
+			c.statusesDropped(e.addr, e.statuses.putBack(s))
+			return err
 		}
 	}
 }

@@ -53,16 +53,7 @@ func TestGoneEndpointLeavesNoMetrics(t *testing.T) {
 
 	reg := prometheus.NewRegistry()
 	metrics := NewMetrics(reg)
-	loop, _ := newMockLoop(t, "n1", 20*time.Millisecond, 100*time.Millisecond)
-	token := filepath.Join(t.TempDir(), "token")
-	writeToken(t, token, "n1")
-	client, err := NewClient(loop, ClientOptions{
-		Address: telemetrytest.ServerName + ":" + p, TLS: cert.ClientTLS(), TokenFile: token,
-		Backoff: testBackoff(), ResolveInterval: 50 * time.Millisecond, Resolver: res, Log: testr.New(t), Metrics: metrics,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	loop, client := clientOf(t, p, cert, res, metrics)
 	run(t, loop.Run)
 	stopClient := run(t, client.Run)
 	for _, env := range []*telemetrytest.Env{a, b} {

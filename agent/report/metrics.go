@@ -22,6 +22,8 @@ type Metrics struct {
 	connected  *prometheus.GaugeVec
 	reconnects *prometheus.CounterVec
 	commands   *prometheus.CounterVec
+
+	statusesDropped prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -46,15 +48,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_agent_reports_rejected_total", Help: "Reports a scheduler refused, by endpoint."}, []string{"endpoint"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "penny_agent_stream_connected", Help: "1 while the stream to a scheduler endpoint is open."}, []string{"endpoint"}),
+			Name: "penny_agent_stream_connected", Help: "1 while a stream the scheduler endpoint has accepted is open."}, []string{"endpoint"}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_agent_stream_failures_total", Help: "Streams to a scheduler endpoint that failed or ended, by endpoint."}, []string{"endpoint"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_agent_commands_received_total", Help: "Commands received from the scheduler, by kind."}, []string{"kind"}),
+		statusesDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "penny_agent_checkpoint_statuses_dropped_total", Help: "Checkpoint statuses dropped, the oldest first, because more than the bound waited for a scheduler endpoint."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reportsBuilt, m.collectDuration, m.collectorState, m.gpus, m.gpusUnhealthy, m.reclaimNotices,
-			m.sent, m.rejected, m.connected, m.reconnects, m.commands)
+			m.sent, m.rejected, m.connected, m.reconnects, m.commands, m.statusesDropped)
 	}
 	return m
 }

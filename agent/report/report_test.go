@@ -337,16 +337,7 @@ func TestStreamsToEveryReplica(t *testing.T) {
 	b := telemetrytest.Start(t, telemetrytest.Options{Address: "127.0.0.2:" + p, Cert: cert})
 	res := &fixedResolver{hosts: []string{"127.0.0.1", "127.0.0.2"}}
 
-	loop, _ := newMockLoop(t, "n1", 20*time.Millisecond, 100*time.Millisecond)
-	token := filepath.Join(t.TempDir(), "token")
-	writeToken(t, token, "n1")
-	client, err := NewClient(loop, ClientOptions{
-		Address: telemetrytest.ServerName + ":" + p, TLS: cert.ClientTLS(), TokenFile: token,
-		Backoff: testBackoff(), ResolveInterval: 50 * time.Millisecond, Resolver: res, Log: testr.New(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	loop, client := clientOf(t, p, cert, res, nil)
 	run(t, loop.Run)
 	run(t, client.Run)
 	for _, env := range []*telemetrytest.Env{a, b} {
@@ -389,4 +380,21 @@ func TestCheckpointCommandAnsweredUnsupported(t *testing.T) {
 			t.Errorf("status %v", st)
 		}
 	}
+}
+
+// clientOf is n1's agent reporting to every replica res resolves, at port
+// p, with metrics (nil: its own).
+func clientOf(t *testing.T, p string, cert telemetrytest.Cert, res *fixedResolver, metrics *Metrics) (*Loop, *Client) {
+	t.Helper()
+	loop, _ := newMockLoop(t, "n1", 20*time.Millisecond, 100*time.Millisecond)
+	token := filepath.Join(t.TempDir(), "token")
+	writeToken(t, token, "n1")
+	client, err := NewClient(loop, ClientOptions{
+		Address: telemetrytest.ServerName + ":" + p, TLS: cert.ClientTLS(), TokenFile: token,
+		Backoff: testBackoff(), ResolveInterval: 50 * time.Millisecond, Resolver: res, Log: testr.New(t), Metrics: metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loop, client
 }

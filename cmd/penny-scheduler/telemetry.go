@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
@@ -25,6 +26,7 @@ type telemetryFlags struct {
 	maxAge          time.Duration
 	audience        string
 	serviceAccounts []string
+	maxStreams      int
 	// reclaim is the reclaim coordinator to run next to the endpoint
 	// (reclaim.go); nil: none.
 	reclaim *reclaimFlags
@@ -38,6 +40,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.DurationVar(&f.maxAge, "telemetry-max-age", telemetry.DefaultMaxAge, "how long a node's report counts as fresh; older data counts as unknown")
 	fs.StringVar(&f.audience, "telemetry-token-audience", telemetry.DefaultAudience, "audience agents' projected ServiceAccount tokens must carry")
 	fs.StringSliceVar(&f.serviceAccounts, "telemetry-agent-service-accounts", []string{"penny-system/penny-agent"}, "namespace/name of the ServiceAccounts agents run as")
+	fs.IntVar(&f.maxStreams, "telemetry-max-streams-per-node", telemetry.DefaultMaxStreamsPerNode, "how many streams the agents of one node may hold open to this replica at once; more are refused (an agent keeps one per scheduler address)")
 	return fs
 }
 
@@ -60,11 +63,11 @@ func addTelemetry(cmd *cobra.Command, store *telemetry.Store, rf *reclaimFlags) 
 		// endpoint stops when the scheduler returns.
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		client, err := tokenReviewClient(c.Flags())
+		client, nodes, err := apiClients(c.Flags())
 		if err != nil {
 			return err
 		}
-		if err := startTelemetry(ctx, f, store, client); err != nil {
+		if err := startTelemetry(ctx, f, store, client, nodes); err != nil {
 			return err
 		}
 		err = run(c, args)
@@ -88,13 +91,18 @@ func addFlags(cmd *cobra.Command, title string, fs *pflag.FlagSet) {
 
 // startTelemetry checks the configuration, listens and serves in the
 // background; errors that would only show up later (a bad certificate, a
-// taken port) are returned now.
-func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, client kubernetes.Interface) error {
+// taken port) are returned now. client sends TokenReviews (and serves the
+// reclaim coordinator); nodes is the metadata client that tells the store
+// which nodes were deleted.
+func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, client kubernetes.Interface, nodes metadata.Interface) error {
 	if f.certFile == "" || f.keyFile == "" {
 		return errors.New("--telemetry-bind-address needs --telemetry-tls-cert-file and --telemetry-tls-key-file: agents send ServiceAccount tokens, which must not travel in clear (docs/agent.md shows how to make a certificate)")
 	}
 	if f.maxAge <= 0 {
 		return fmt.Errorf("--telemetry-max-age %v: must be positive", f.maxAge)
+	}
+	if f.maxStreams <= 0 {
+		return fmt.Errorf("--telemetry-max-streams-per-node %d: must be positive (default %d)", f.maxStreams, telemetry.DefaultMaxStreamsPerNode)
 	}
 	store.SetMaxAge(f.maxAge)
 	logger := klog.Background().WithName("telemetry")
@@ -108,7 +116,7 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	}
 	so := telemetry.ServerOptions{
 		Store: store, Authenticator: auth, Audiences: []string{f.audience},
-		AgentServiceAccounts: f.serviceAccounts, Log: logger,
+		AgentServiceAccounts: f.serviceAccounts, MaxStreamsPerNode: f.maxStreams, Log: logger,
 	}
 	if f.reclaim != nil {
 		if err := f.reclaim.validate(); err != nil {
@@ -130,6 +138,7 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 		}
 	}()
 	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
+	telemetry.ForgetDeletedNodes(ctx, nodes, store, time.Minute, logger)
 	if f.reclaim != nil {
 		f.reclaim.loadInterrupted(ctx, client)
 		go f.reclaim.run(ctx, srv, client)
@@ -137,10 +146,11 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	return nil
 }
 
-// tokenReviewClient connects to the API server the way the scheduler does:
+// apiClients connect to the API server the way the scheduler does:
 // --kubeconfig, else the kubeconfig named in --config's clientConnection,
-// else the in-cluster configuration.
-func tokenReviewClient(fs *pflag.FlagSet) (kubernetes.Interface, error) {
+// else the in-cluster configuration. The metadata client watches Nodes
+// without a second full copy of each next to the scheduler's.
+func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, error) {
 	var kubeconfig, master string
 	if fl := fs.Lookup("kubeconfig"); fl != nil {
 		kubeconfig = fl.Value.String()
@@ -151,13 +161,21 @@ func tokenReviewClient(fs *pflag.FlagSet) (kubernetes.Interface, error) {
 	if fl := fs.Lookup("config"); kubeconfig == "" && fl != nil && fl.Value.String() != "" {
 		cfg, err := options.LoadConfigFromFile(klog.Background(), fl.Value.String())
 		if err != nil {
-			return nil, fmt.Errorf("--config: %w", err)
+			return nil, nil, fmt.Errorf("--config: %w", err)
 		}
 		kubeconfig = cfg.ClientConnection.Kubeconfig
 	}
 	rc, err := clientcmd.BuildConfigFromFlags(master, kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: API server connection for TokenReview: %w", err)
+		return nil, nil, fmt.Errorf("telemetry: API server connection for TokenReview: %w", err)
 	}
-	return kubernetes.NewForConfig(rc)
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	nodes, err := metadata.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, nodes, nil
 }

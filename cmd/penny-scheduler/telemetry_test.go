@@ -4,11 +4,17 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	clienttesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pennysched/penny/agent/agenttest"
@@ -63,14 +69,16 @@ clientConnection:
 	}); err != nil {
 		t.Fatal(err)
 	}
-	client, err := tokenReviewClient(fs)
-	if err != nil {
-		t.Fatal(err)
+	client, nodes, err := apiClients(fs)
+	if err != nil || nodes == nil {
+		t.Fatal(nodes, err)
 	}
 	store := telemetry.NewStore(telemetry.StoreOptions{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := startTelemetry(ctx, &f, store, client); err != nil {
+	// The stand-in API server answers TokenReviews only; the Nodes come
+	// from a stand-in too.
+	if err := startTelemetry(ctx, &f, store, client, telemetrytest.NodeMetadata("gpu-1")); err != nil {
 		t.Fatal(err)
 	}
 	if store.MaxAge() != 7*time.Second {
@@ -98,19 +106,68 @@ func TestTelemetryFlagErrors(t *testing.T) {
 		want string
 	}{
 		{telemetryFlags{bindAddress: ":0"}, "--telemetry-tls-cert-file"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second}, "--telemetry-max-age"},
-		{telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second}, "certificate"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second, maxStreams: 4}, "--telemetry-max-age"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second}, "--telemetry-max-streams-per-node"},
+		{telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4}, "certificate"},
 	}
 	for _, c := range cases {
-		err := startTelemetry(ctx, &c.f, store, nil)
+		err := startTelemetry(ctx, &c.f, store, nil, nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
 		}
 	}
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	fs.String("config", "/nonexistent/config.yaml", "")
-	if _, err := tokenReviewClient(fs); err == nil || !strings.Contains(err.Error(), "--config") {
+	if _, _, err := apiClients(fs); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("unreadable --config: %v", err)
+	}
+}
+
+// A node deleted from the cluster leaves the store the plugins read at once,
+// rather than an hour later, and stops counting as a stale node.
+func TestTelemetryForgetsDeletedNodes(t *testing.T) {
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	var f telemetryFlags
+	if err := f.flagSet().Parse([]string{
+		"--telemetry-bind-address", telemetrytest.FreeAddr(t),
+		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
+		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	api := telemetrytest.StartTokenReviewAPI(t)
+	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: api.URL})
+	nodes := telemetrytest.NodeMetadata("gpu-1", "gpu-2")
+	store := telemetrytest.StoreWith("gpu-1", "gpu-2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := startTelemetry(ctx, &f, store, client, nodes); err != nil {
+		t.Fatal(err)
+	}
+	nodesGVR := corev1.SchemeGroupVersion.WithResource("nodes")
+	// A deletion before the watch has listed would go unseen by it (the
+	// sweep drops such a node only once it is stale): wait for the watch.
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.ContainsFunc(nodes.Actions(), func(a clienttesting.Action) bool {
+		return a.GetVerb() == "watch" && a.GetResource() == nodesGVR
+	}) {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing watches the Nodes")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := nodes.Resource(nodesGVR).Delete(ctx, "gpu-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for st, _ := store.Lookup("gpu-1"); st != nil; st, _ = store.Lookup("gpu-1") {
+		if time.Now().After(deadline) {
+			t.Fatal("the deleted node gpu-1 is still in the store")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, fresh := store.Lookup("gpu-2"); !fresh {
+		t.Fatal("gpu-2, still in the cluster, left the store")
 	}
 }
 

@@ -25,6 +25,11 @@ var (
 		Help:           "Authenticated agent streams open now.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	streamsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
+		Name:           "penny_telemetry_streams_over_limit_total",
+		Help:           "Agent streams refused because their node already held --telemetry-max-streams-per-node streams open to this replica.",
+		StabilityLevel: metrics.ALPHA,
+	})
 	reportDelay = metrics.NewHistogram(&metrics.HistogramOpts{
 		Name:           "penny_telemetry_report_delay_seconds",
 		Help:           "Time from an agent collecting a report to the scheduler storing it (includes clock skew between the two).",
@@ -49,6 +54,6 @@ var registerOnce sync.Once
 // no-op.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, reportDelay, nodesGauge, commandsSent)
+		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, reportDelay, nodesGauge, commandsSent)
 	})
 }

@@ -37,7 +37,11 @@ type ServerOptions struct {
 	// OnCheckpointStatus receives agents' checkpoint progress, with the node
 	// the reporting agent runs on. Optional.
 	OnCheckpointStatus func(node string, st *telemetryv1.CheckpointStatus)
-	Log                logr.Logger
+	// MaxStreamsPerNode caps the streams one node's agents may hold open to
+	// this server at once (DefaultMaxStreamsPerNode when 0); a stream beyond
+	// it is refused with ResourceExhausted.
+	MaxStreamsPerNode int
+	Log               logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -89,12 +93,39 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MaxStreamsPerNode < 0 {
+		return nil, fmt.Errorf("MaxStreamsPerNode %d: must be positive", o.MaxStreamsPerNode)
+	}
+	if o.MaxStreamsPerNode == 0 {
+		o.MaxStreamsPerNode = DefaultMaxStreamsPerNode
+	}
 	RegisterMetrics()
 	return &Server{opts: o, allowed: allowed, streams: map[string]map[*agentStream]struct{}{}}, nil
 }
 
 // Store returns the store the server writes to.
 func (s *Server) Store() *Store { return s.opts.Store }
+
+// DefaultMaxStreamsPerNode is how many streams one node may hold open to a
+// replica: an agent keeps one per address the Service gives the replica
+// (two on a dual-stack cluster), and during a rolling update of the agent
+// the old and the new pod overlap briefly.
+const DefaultMaxStreamsPerNode = 4
+
+// AcceptedHeader is the response header the server sends, with the node the
+// token is bound to, as soon as it has accepted a stream; a refused stream
+// ends without headers. Accepted reports are not answered, so this is how
+// an agent learns that its stream counts.
+const AcceptedHeader = "penny-telemetry-node"
+
+// Keepalive: the server pings a connection it has heard nothing from for
+// KeepaliveTime and closes it when the ping is not answered within
+// KeepaliveTimeout, so the stream of an agent that vanished without closing
+// it (its node lost power or network) ends within the sum of the two.
+const (
+	KeepaliveTime    = time.Minute
+	KeepaliveTimeout = 20 * time.Second
+)
 
 // MaxMessageBytes bounds one message from an agent; a report of a full
 // 8-GPU node with MIG and a hundred pods is a few tens of KB.
@@ -123,7 +154,7 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		// Agents ping every 30s to notice a dead scheduler; allow it.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 		// Fixed, generous flow-control windows: reports are small and
 		// steady, so window updates become rare and gRPC's bandwidth probing
 		// (extra ping frames on every connection) is off.
@@ -162,10 +193,30 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 		return status.Error(code, err.Error())
 	}
 	log := s.opts.Log.WithValues("node", id.Node, "pod", id.Pod)
-	log.V(2).Info("agent stream open")
 	as := &agentStream{id: id, stream: stream}
-	s.register(as)
+	// Beyond the cap the newest stream is refused rather than the oldest
+	// closed: a live agent whose stream is refused gets in at its next
+	// attempt after a slot frees, whereas closing the oldest would have
+	// agents that legitimately exceed the cap take turns evicting one
+	// another; and the server could not close a stream without a second
+	// goroutine per stream (its handler sits in Recv). Streams of agents
+	// that are gone end by keepalive, so they keep no agent out for longer
+	// than KeepaliveTime+KeepaliveTimeout.
+	if n := s.register(as); n > 0 {
+		streamsOverLimit.Inc()
+		log.Info("refused an agent stream: its node has too many open", "open", n, "limit", s.opts.MaxStreamsPerNode)
+		return status.Errorf(codes.ResourceExhausted,
+			"node %q already has %d telemetry streams open to this scheduler replica, the limit (--telemetry-max-streams-per-node=%d). "+
+				"A penny-agent keeps one stream per scheduler address, so either more than one agent runs on the node (keep only the penny-agent DaemonSet's pod there) "+
+				"or the streams of an agent that vanished are not closed yet (keepalive closes them within %v, and this agent then gets in); "+
+				"if the node needs more streams, raise --telemetry-max-streams-per-node",
+			id.Node, n, s.opts.MaxStreamsPerNode, KeepaliveTime+KeepaliveTimeout)
+	}
 	defer s.unregister(as)
+	if err := stream.SendHeader(metadata.Pairs(AcceptedHeader, id.Node)); err != nil {
+		return err
+	}
+	log.V(2).Info("agent stream open")
 	openStreams.Inc()
 	defer openStreams.Dec()
 
@@ -244,7 +295,10 @@ func refusal(seq uint64, err error) *telemetryv1.SchedulerMessage {
 	return &telemetryv1.SchedulerMessage{Message: &telemetryv1.SchedulerMessage_Ack{Ack: &telemetryv1.ReportAck{Sequence: seq, Error: err.Error()}}}
 }
 
-func (s *Server) register(as *agentStream) {
+// register adds as to its node's streams and returns 0, or, when the node
+// already holds the most streams it may, leaves it out and returns how many
+// the node holds.
+func (s *Server) register(as *agentStream) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, ok := s.streams[as.id.Node]
@@ -252,7 +306,11 @@ func (s *Server) register(as *agentStream) {
 		m = map[*agentStream]struct{}{}
 		s.streams[as.id.Node] = m
 	}
+	if len(m) >= s.opts.MaxStreamsPerNode {
+		return len(m)
+	}
 	m[as] = struct{}{}
+	return 0
 }
 
 func (s *Server) unregister(as *agentStream) {

@@ -283,3 +283,74 @@ func TestRefusalOfAHugeBadReportReachesTheAgent(t *testing.T) {
 		t.Fatalf("the next good report: %v %v", ack, err)
 	}
 }
+
+// One node's credentials cannot open any number of streams (a goroutine and
+// buffers each): beyond the cap the newest is refused, naming the node, the
+// limit and the fix. The streams of other nodes are not affected, a stream
+// next to an old one (an agent reconnecting before the server has noticed
+// that its old stream is dead) is accepted, and a slot that frees is
+// available again.
+func TestStreamsPerNodeAreCapped(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	var seq uint64
+	report := func(a *telemetrytest.Agent, node string) error {
+		t.Helper()
+		seq++
+		ack, err := a.Report(t, telemetrytest.Report(node, 1, seq, time.Now()))
+		if err == nil && !ack.GetAccepted() {
+			t.Fatalf("report %d refused: %s", seq, ack.GetError())
+		}
+		return err
+	}
+	var open []*telemetrytest.Agent
+	for i := 0; i < telemetry.DefaultMaxStreamsPerNode; i++ {
+		a := connect(t, env, "node:n1")
+		if err := report(a, "n1"); err != nil {
+			t.Fatalf("stream %d of n1: %v", i+1, err)
+		}
+		open = append(open, a)
+	}
+	before := overLimit(t)
+	err := report(connect(t, env, "node:n1"), "n1")
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream %d of n1: got %v, want ResourceExhausted", telemetry.DefaultMaxStreamsPerNode+1, err)
+	}
+	for _, want := range []string{`"n1"`, "--telemetry-max-streams-per-node=4", "DaemonSet's pod", "raise --telemetry-max-streams-per-node"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not say %q", err.Error(), want)
+		}
+	}
+	if got := overLimit(t); got != before+1 {
+		t.Errorf("penny_telemetry_streams_over_limit_total %v, want %v", got, before+1)
+	}
+	if err := report(connect(t, env, "node:n2"), "n2"); err != nil {
+		t.Fatalf("another node's stream: %v", err)
+	}
+
+	open[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := report(connect(t, env, "node:n1"), "n1")
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("a stream of n1 after one of its streams closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func overLimit(t *testing.T) float64 {
+	t.Helper()
+	families, err := legacyGatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() == "penny_telemetry_streams_over_limit_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}

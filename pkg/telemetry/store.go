@@ -347,6 +347,15 @@ func (s *Store) Forget(name string) {
 	s.drop(func(n string, _ *NodeState) bool { return n == name })
 }
 
+// ForgetStaleIf drops the nodes whose last report is stale and for which
+// gone says so.
+func (s *Store) ForgetStaleIf(gone func(name string) bool) {
+	now := s.now()
+	s.drop(func(n string, st *NodeState) bool {
+		return st != nil && now.Sub(st.ReceivedAt) > s.MaxAge() && gone(n)
+	})
+}
+
 // drop removes the nodes for which gone says so.
 func (s *Store) drop(gone func(name string, st *NodeState) bool) {
 	s.membership.Lock()

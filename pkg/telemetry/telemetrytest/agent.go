@@ -18,6 +18,7 @@ type Agent struct {
 	env    *Env
 	stream grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]
 	msgs   chan received
+	cancel context.CancelFunc
 }
 
 type received struct {
@@ -42,7 +43,7 @@ func Dial(t testing.TB, env *Env, token string) *Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &Agent{env: env, stream: st, msgs: make(chan received, 16)}
+	a := &Agent{env: env, stream: st, msgs: make(chan received, 16), cancel: cancel}
 	go func() {
 		for {
 			msg, err := st.Recv()
@@ -103,3 +104,6 @@ func (a *Agent) Next(t testing.TB) (*telemetryv1.SchedulerMessage, error) {
 
 // Send sends a message as is.
 func (a *Agent) Send(msg *telemetryv1.AgentMessage) error { return a.stream.Send(msg) }
+
+// Close ends the stream, as an agent that goes away does.
+func (a *Agent) Close() { a.cancel() }

@@ -19,6 +19,8 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/keyutil"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
@@ -229,4 +231,36 @@ func TestAgentTokensOnRealAPIServer(t *testing.T) {
 			t.Fatalf("API-server token: got %v, want Unauthenticated", err)
 		}
 	})
+}
+
+// A Node deleted from a real API server leaves the telemetry store at once,
+// seen through the Nodes' metadata (what penny-scheduler watches, with the
+// permissions kube-scheduler's role gives it); the other node stays.
+func TestDeletedNodeLeavesTheStore(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nodes, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil || len(nodes.Items) != 2 {
+		t.Fatalf("nodes: %v (%v)", nodes, err)
+	}
+	gone, kept := nodes.Items[0].Name, nodes.Items[1].Name
+	store := telemetrytest.StoreWith(gone, kept)
+	synced := telemetry.ForgetDeletedNodes(ctx, metadata.NewForConfigOrDie(c.RESTConfig), store, time.Hour, testr.New(t))
+	if !cache.WaitForCacheSync(ctx.Done(), synced) {
+		t.Fatal("the Nodes' metadata did not sync")
+	}
+	if err := c.Client.CoreV1().Nodes().Delete(ctx, gone, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for st, _ := store.Lookup(gone); st != nil; st, _ = store.Lookup(gone) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s was deleted and is still in the store", gone)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, fresh := store.Lookup(kept); !fresh {
+		t.Fatalf("node %s, still in the cluster, left the store", kept)
+	}
 }
