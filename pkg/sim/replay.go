@@ -4,7 +4,6 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -567,8 +566,10 @@ func delayStats(d []float64) DelayStats {
 			s.Delayed++
 		}
 	}
-	q := func(p float64) float64 { return d[int(math.Min(float64(len(d)-1), math.Floor(p*float64(len(d)))))] }
-	s.P50, s.P95, s.P99, s.Max = q(0.5), q(0.95), q(0.99), d[len(d)-1]
+	// Nearest rank: the smallest delay that at least pct percent of the
+	// pods did not exceed (rank ceil(pct x n / 100), in integers).
+	q := func(pct int) float64 { return d[max(1, (pct*len(d)+99)/100)-1] }
+	s.P50, s.P95, s.P99, s.Max = q(50), q(95), q(99), d[len(d)-1]
 	return s
 }
 

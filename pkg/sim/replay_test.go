@@ -125,3 +125,29 @@ func TestReplayRunsAGangWhenItsLastMemberArrives(t *testing.T) {
 		}
 	}
 }
+
+// Percentiles are nearest-rank: the smallest delay that at least p of the
+// pods did not exceed. The median of two is the shorter, and the p95 of
+// twenty is the nineteenth, not the longest.
+func TestDelayStatsNearestRank(t *testing.T) {
+	if s := delayStats([]float64{780, 180}); s.P50 != 180 || s.P95 != 780 || s.Max != 780 || s.Mean != 480 || s.Delayed != 2 {
+		t.Errorf("two delays: %+v; want p50 180, p95 780, max 780, mean 480, 2 delayed", s)
+	}
+	var d []float64
+	for i := 20; i >= 1; i-- {
+		d = append(d, float64(i))
+	}
+	if s := delayStats(d); s.P50 != 10 || s.P95 != 19 || s.P99 != 20 || s.Max != 20 {
+		t.Errorf("delays 1..20: %+v; want p50 10, p95 19, p99 20, max 20", s)
+	}
+	var h []float64
+	for i := 1; i <= 1000; i++ {
+		h = append(h, float64(i))
+	}
+	if s := delayStats(h); s.P50 != 500 || s.P95 != 950 || s.P99 != 990 {
+		t.Errorf("delays 1..1000: %+v; want p50 500, p95 950, p99 990", s)
+	}
+	if s := delayStats([]float64{7}); s.P50 != 7 || s.P95 != 7 || s.P99 != 7 {
+		t.Errorf("one delay: %+v; want 7 throughout", s)
+	}
+}

@@ -690,6 +690,21 @@ func (r *elastic) nominateOn(p *elPod, node string) {
 	r.hot[p.idx].nominated = node != ""
 }
 
+// unnominate takes back a pod's nomination: the pod runs elsewhere, or its
+// owner deleted it. A node still on its way has the room again for the next
+// pod, as Cluster Autoscaler counts an upcoming node without the pods the
+// scheduler placed elsewhere.
+func (r *elastic) unnominate(p *elPod) {
+	if n := r.nodes[p.nominated]; n != nil && !n.ready && !n.removed {
+		cpu, mem, gpuMilli := requests(p)
+		n.roomCPU += cpu
+		n.roomMem += mem
+		n.roomGPU += gpuMilli
+		n.nominees = slices.DeleteFunc(n.nominees, func(q *elPod) bool { return q == p })
+	}
+	r.nominateOn(p, "")
+}
+
 func requests(p *elPod) (cpu, mem, gpuMilli int64) {
 	return p.usage.CPUMilli, p.usage.MemoryBytes, p.usage.GPUMilli
 }

@@ -143,3 +143,38 @@ func TestBillBoundIsBelowEveryPolicysBill(t *testing.T) {
 		}
 	}
 }
+
+// A Spot pool's min node that is reclaimed is replaced at once, as an Auto
+// Scaling group keeps its minimum: the pool is billed for the whole replay,
+// and the bound, which counts the min nodes for the trace's span, stays
+// under the bill. Before, the pool lost its node at the first reclaim and
+// the bill fell under the bound.
+func TestElasticSpotMinNodeIsReplacedAfterAReclaim(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+spotTaint: true
+classes:
+- {qos: [LS], annotations: {penny.dev/workload: inference}}
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 4}
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, min: 1, max: 2, meanTimeToReclaim: 1h}
+`)
+	pods := []TracePod{spotTracePod("serve", "LS", 1, 0, 10*time.Hour)}
+	res := spotReplay(t, s, "default", 42, pods...)
+	if res.Reclaims == 0 {
+		t.Fatal("no reclaim in 10 h of nodes that live 1 h: the test needs some")
+	}
+	// The service's on-demand node joins at 3m; the replay ends 10 h later.
+	end := (10*time.Hour + 3*time.Minute).Hours()
+	if !nearly(res.HorizonHours, end) || !nearly(res.NodeHoursByPool["spot"], end) || !nearly(res.BillUSD, round2(end*(2.448+0.9686))) {
+		t.Fatalf("ended at %.4f h; Spot pool up %.4f h, bill %.2f; want %.4f h, %.4f h and %.2f",
+			res.HorizonHours, res.NodeHoursByPool["spot"], res.BillUSD, end, end, round2(end*(2.448+0.9686)))
+	}
+	b, err := BillLowerBound(s, &Trace{Pods: pods}, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.BillUSD < b.BillUSD {
+		t.Fatalf("bill %.2f under the bound %+v", res.BillUSD, *b)
+	}
+}

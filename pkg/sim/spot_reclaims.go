@@ -103,9 +103,19 @@ func (r *elastic) reclaim(name string) error {
 	}
 	r.res.Reclaims++
 	// The victims wait again from now: a quiet spell before the reclaim
-	// says nothing about whether they can run.
-	r.progress = r.now
+	// says nothing about whether they can run. (A reclaimed idle node, a
+	// pool's min one, changes nothing for the pods.)
+	if len(order) > 0 {
+		r.progress = r.now
+	}
 	r.retire(n)
+	// An Auto Scaling group keeps its minimum: a reclaim that takes the
+	// pool under it launches a replacement at once.
+	if n.pool.live < n.pool.spec.Min {
+		if err := r.launch(n.pool, false); err != nil {
+			return err
+		}
+	}
 	sort.Ints(order)
 	kept := r.keptOnReclaim(order, r.rule.notice(n.node))
 	for _, i := range order {

@@ -720,6 +720,11 @@ func (r *elastic) run(ctx context.Context) error {
 			r.arrived++
 			r.done = r.now
 			p := r.pods[ev.pod]
+			if p.state == podWithdrawn {
+				// Deleted as it was created: its withdrawal came first at
+				// this instant, and it never runs.
+				break
+			}
 			p.waitStart = r.now
 			r.setDeadline(ev.pod)
 			err = r.try(ev.pod)
@@ -738,6 +743,7 @@ func (r *elastic) run(ctx context.Context) error {
 			if p.state == podWaiting && !p.started {
 				p.state = podWithdrawn
 				r.dropPending(ev.pod)
+				r.unnominate(p)
 				r.res.Withdrawn++
 				err = r.e.Withdraw(p.pod)
 				// Its gang no longer waits for it.
@@ -905,7 +911,7 @@ func (r *elastic) placed(i int, node string) {
 		p.downSince = -1
 	}
 	p.state, p.node, p.runStart, p.started = podRunning, node, r.now, true
-	r.nominateOn(p, "")
+	r.unnominate(p)
 	p.gen++
 	p.hourly = n.price.HourlyFor(p.usage)
 	if pricing.NodeCapacity(n.node).IsSpot() {
@@ -1145,6 +1151,10 @@ func (r *elastic) finish() {
 	res := r.res
 	res.HorizonHours = r.now.Hours()
 	for i, p := range r.pods {
+		if p.started && (p.state == podWaiting || p.state == podHeld) {
+			// Waiting again since a reclaim: its queueing goes on too.
+			p.delay += r.now - p.waitStart
+		}
 		if p.state == podRunning {
 			if p.workFrom < 0 {
 				// Still waiting for its gang: its queueing goes on.
