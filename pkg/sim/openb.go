@@ -132,6 +132,17 @@ type TracePod struct {
 	Source string
 }
 
+// DepartsBy is when a pod placed at now leaves: after its run time, but no
+// later than when the trace deleted a pod it never started (its user deleted
+// it then, whenever it got to run).
+func (tp *TracePod) DepartsBy(now, runFor time.Duration) time.Duration {
+	at := now + runFor
+	if tp.Withdraw > 0 {
+		at = min(at, max(tp.Withdraw, now))
+	}
+	return at
+}
+
 // Trace is a workload in arrival order.
 type Trace struct {
 	Pods []TracePod

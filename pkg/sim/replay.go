@@ -428,7 +428,7 @@ func (r *replayer) placed(i int, bound *v1.Pod) {
 	p.bound, p.state, p.start = bound, "running", r.now
 	p.gen++
 	r.alloc += p.milli
-	r.push(event{at: r.now + p.tp.Duration - p.kept, kind: evDeparture, pod: i, gen: p.gen})
+	r.push(event{at: p.tp.DepartsBy(r.now, p.tp.Duration-p.kept), kind: evDeparture, pod: i, gen: p.gen})
 }
 
 // retryPending tries the waiting pods in arrival order, each only if a node

@@ -151,3 +151,23 @@ func TestDelayStatsNearestRank(t *testing.T) {
 		t.Errorf("one delay: %+v; want 7 throughout", s)
 	}
 }
+
+// A pod the trace never started was deleted by its user at its
+// deletion_time: placed late, it still leaves then, not its run time later.
+func TestReplayNeverStartedPodLeavesWhenTheTraceDeletedIt(t *testing.T) {
+	late := tracePod("late", 1, 2, 28)
+	late.Withdraw = 30 * time.Second
+	tr := &Trace{Pods: []TracePod{tracePod("a", 1, 0, 10), late}}
+	p, _ := LookupPolicy("bestfit")
+	res, err := Replay(context.Background(), ReplayOptions{
+		Nodes: []*v1.Node{NewNode("n", 8000, 8192, 1, "Tesla-T4")}, Trace: tr, Policy: p, Seed: 1,
+		SampleEvery: time.Second, Pricer: flatPrice(3.6),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a holds the GPU 0..10 s, late 10..30 s.
+	if got := res.AllocatedGPUHours * 3600; math.Abs(got-30) > 1e-6 || math.Abs(res.HorizonHours*3600-30) > 1e-6 {
+		t.Fatalf("%v GPU-seconds over %v s; want 30 over 30: late leaves at its deletion_time", got, res.HorizonHours*3600)
+	}
+}

@@ -974,7 +974,7 @@ func (r *elastic) quorum(g *elGang) int {
 func (r *elastic) work(i int) {
 	p := r.pods[i]
 	p.workFrom = r.now
-	r.push(elEvent{at: r.now + p.overhead + (p.work - p.saved), kind: elDeparture, pod: i, gen: p.gen})
+	r.push(elEvent{at: p.tp.DepartsBy(r.now, p.overhead+(p.work-p.saved)), kind: elDeparture, pod: i, gen: p.gen})
 }
 
 // progressOf is how long the pod's work has advanced in this run, restart
