@@ -228,7 +228,15 @@ func (m *RiskModel) prior(pool Pool) Bucket {
 }
 
 // decayTo discounts the evidence to at before something is added to it.
+// Evidence is never dated after now: a reclaim time comes from the node's
+// agent, whose clock may run ahead, and evidence dated in the future would
+// not decay until that time came (a year ahead, a pool's reclaims would
+// weigh in full for a year) while everything reported meanwhile was added
+// undiscounted.
 func (m *RiskModel) decayTo(e *evidence, at time.Time) {
+	if now := m.cfg.Clock.Now(); at.After(now) {
+		at = now
+	}
 	if e.at.IsZero() {
 		e.at = at
 		return
@@ -261,7 +269,9 @@ func (m *RiskModel) ev(pool Pool) *evidence {
 
 // ObserveExposure implements ReclaimFeed.
 func (m *RiskModel) ObserveExposure(pool Pool, nodeHours float64, at time.Time) {
-	if pool.Capacity != Spot || nodeHours <= 0 {
+	// NaN and +Inf would stay in the evidence for good: NaN switches off
+	// every rule that compares the rate, +Inf makes the pool look safe.
+	if pool.Capacity != Spot || !(nodeHours > 0) || math.IsInf(nodeHours, 1) {
 		return
 	}
 	m.mu.Lock()

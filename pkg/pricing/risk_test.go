@@ -89,6 +89,46 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	}
 }
 
+// A reclaim dated in the future (an agent whose clock runs ahead) is
+// evidence of now: it decays from now on, and so does what is reported
+// after it. Dated a year ahead, it weighed in full for that year. Exposure
+// of NaN or +Inf node-hours is no evidence at all.
+func TestRiskModelWeighsOnlyEvidenceItCan(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	m := NewRiskModel(RiskConfig{PriorNodeHours: 100, HalfLife: 24 * time.Hour, Clock: clk})
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: Spot}
+	m.SetPrior(pool, Bucket5To10)
+	prior := RateFromMonthly(0.075)
+	for i := 0; i < 10; i++ {
+		m.ObserveReclaim(pool, "n", t0.Add(365*24*time.Hour))
+	}
+	if got, want := m.ReclaimRate(pool), (prior*100+10)/100; !near(got, want, 1e-9) {
+		t.Fatalf("rate %g, want %g", got, want)
+	}
+	// An hour of exposure reported now is not added undiscounted to
+	// evidence dated later: one half-life on, both weigh half.
+	m.ObserveExposure(pool, 100, t0)
+	clk.SetTime(t0.Add(24 * time.Hour))
+	if got, want := m.ReclaimRate(pool), (prior*100+5)/(100+50); !near(got, want, 1e-6) {
+		t.Fatalf("one half-life on: %g, want %g", got, want)
+	}
+	clk.SetTime(t0.Add(90 * 24 * time.Hour))
+	if got := m.ReclaimRate(pool); !near(got, prior, 1e-6) {
+		t.Fatalf("90 days on the evidence is still in force: %g, want the prior %g", got, prior)
+	}
+	if r, h := m.Evidence(pool, clk.Now()); r > 1e-9 || h > 1e-9 {
+		t.Fatalf("evidence %g reclaims over %g node-hours, want next to none", r, h)
+	}
+	// Exposure that is not a number of hours is not evidence.
+	for _, h := range []float64{math.NaN(), math.Inf(1)} {
+		m.ObserveExposure(pool, h, clk.Now())
+		if got := m.ReclaimRate(pool); !near(got, prior, 1e-6) {
+			t.Fatalf("after %g node-hours: rate %g, want the prior %g", h, got, prior)
+		}
+	}
+}
+
 // RateFrom prices a pool from the bucket it is given, with the evidence the
 // model holds, without remembering anything (a template node in an
 // autoscaler's request could name any zone); EnsurePrior, for pools whose

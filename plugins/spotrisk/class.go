@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -156,8 +157,11 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 	if c.Work.ExpectedRuntime, err = durationAnnotation(ann, AnnotationExpectedRuntime, "a Go duration such as 6h"); err != nil {
 		return c, err
 	}
-	if c.Work.ExpectedRuntime == 0 && pod.Spec.ActiveDeadlineSeconds != nil {
-		c.Work.ExpectedRuntime = time.Duration(*pod.Spec.ActiveDeadlineSeconds) * time.Second
+	if c.Work.ExpectedRuntime == 0 && pod.Spec.ActiveDeadlineSeconds != nil && *pod.Spec.ActiveDeadlineSeconds > 0 {
+		// A deadline of "forever" (9999999999 s) overflows a Duration:
+		// wrapped, it read as a negative runtime (let onto any Spot pool)
+		// or a tiny one ("short training").
+		c.Work.ExpectedRuntime = time.Duration(min(*pod.Spec.ActiveDeadlineSeconds, int64(math.MaxInt64/time.Second))) * time.Second
 	}
 	// A malformed gang is PennyGang's to report; priced alone here.
 	if spec, ok, err := gang.Of(pod); err == nil && ok {

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/pricing"
 )
 
 func defaults() *Args {
@@ -85,6 +87,33 @@ func TestClassifyWork(t *testing.T) {
 	if c, err := classify(member, defaults()); err != nil || c.Work.Nodes != 4 {
 		t.Fatalf("gang of 4: nodes %d, err %v", c.Work.Nodes, err)
 	}
+}
+
+// A deadline that stands for "forever" is a long run, not a negative or a
+// tiny one: in nanoseconds it overflowed a Duration and wrapped.
+func TestHugeActiveDeadlineIsALongRun(t *testing.T) {
+	for _, secs := range []int64{9999999999, 18446744074, math.MaxInt64} {
+		p := pod("p", map[string]string{AnnotationWorkload: "training"})
+		p.Spec.ActiveDeadlineSeconds = &secs
+		c, err := classify(p, defaults())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Policy != Avoid || c.Work.ExpectedRuntime < 100*365*24*time.Hour {
+			t.Errorf("activeDeadlineSeconds %d: %s (%s), runtime %v; want avoid and a runtime of centuries", secs, c.Policy, c.Why, c.Work.ExpectedRuntime)
+		}
+	}
+	// And the expected-loss rule keeps it off Spot pools, which a negative
+	// runtime passed.
+	secs := int64(9999999999)
+	p := waited(pod("forever", map[string]string{AnnotationWorkload: "training"}))
+	p.Spec.ActiveDeadlineSeconds = &secs
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, node("spot-a", pricing.Spot, "us-east-1a"))
+	r := e.schedule(t, p)
+	if len(r.feasible) != 0 {
+		t.Fatalf("feasible %v, want none", r.feasible)
+	}
+	expectContains(t, "FitError", r.fitError, "would expect to lose more than 2 percent of its work to reclaims")
 }
 
 func TestClassifyMalformedAnnotationsNameTheFix(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
@@ -210,25 +211,42 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 	}
 	// One timer per pod, unless its wait got shorter (a lowered
 	// penny.dev/fallback-after): then an earlier one, and the later one
-	// retries it once more for nothing.
-	deadline := s.deadline
+	// retries it once more for nothing. The wait is the pod's to set, and a
+	// timer outlives the pod if it is deleted: none is armed more than
+	// maxWakeupDelay ahead (a pod still waiting then is retried and arms the
+	// next), and it holds only the pod's name, not the pod with its
+	// annotations. A tenant churning pods that wait for years kept each of
+	// them in the scheduler's memory for as long.
+	now := pl.clock.Now()
+	wake := s.deadline
+	if limit := now.Add(maxWakeupDelay); wake.After(limit) {
+		wake = limit
+	}
 	pl.mu.Lock()
 	armed, ok := pl.wakeups[pod.UID]
-	arm := !ok || deadline.Before(armed)
+	arm := !ok || wake.Before(armed)
 	if arm {
-		pl.wakeups[pod.UID] = deadline
+		pl.wakeups[pod.UID] = wake
 	}
 	pl.mu.Unlock()
 	if arm {
 		logger := klog.FromContext(ctx)
-		pl.clock.AfterFunc(deadline.Sub(pl.clock.Now()), func() {
+		uid, key := pod.UID, pod.Namespace+"/"+pod.Name
+		// What the scheduling queue looks a pod up by: its name, UID and
+		// native pod group.
+		ref := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+			Spec: corev1.PodSpec{SchedulingGroup: pod.Spec.SchedulingGroup.DeepCopy()}}
+		pl.clock.AfterFunc(wake.Sub(now), func() {
 			pl.mu.Lock()
-			if pl.wakeups[pod.UID].Equal(deadline) {
-				delete(pl.wakeups, pod.UID)
+			if pl.wakeups[uid].Equal(wake) {
+				delete(pl.wakeups, uid)
 			}
 			pl.mu.Unlock()
-			pl.handle.Activate(logger, map[string]*corev1.Pod{pod.Namespace + "/" + pod.Name: pod})
+			pl.handle.Activate(logger, map[string]*corev1.Pod{key: ref})
 		})
 	}
 	return nil, fwk.NewStatus(fwk.Unschedulable)
 }
+
+// maxWakeupDelay bounds how far ahead PostFilter arms a pod's retry.
+const maxWakeupDelay = time.Hour

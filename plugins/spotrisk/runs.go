@@ -81,6 +81,13 @@ func (pl *SpotRisk) observeRun(obj interface{}, runs *pricing.RunLengths) {
 	if !ok {
 		return
 	}
+	// The end is the kubelet's clock. One that runs ahead would date the
+	// run in the future, and every run that ends before that date would
+	// count as that much older: a node a year ahead left the learned run
+	// length to its one run for a year.
+	if now := pl.clock.Now(); end.After(now) {
+		end = now
+	}
 	if class, err := pl.classify(pod); err != nil || class.Workload != Training {
 		return
 	}

@@ -10,13 +10,19 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
-// Raw scores are expected micro-dollars per hour of useful work; these
-// sentinels mark nodes the cost ordering does not apply to.
+// Raw scores are expected micro-dollars per hour of useful work. Negative
+// ones mark nodes that rank after every other: unpriced nodes, and Spot
+// nodes for a pod that avoids Spot, which carry their cost below avoided
+// (avoided - cost) so that, when nothing but Spot is feasible, the pod still
+// takes the Spot pool where its work costs least, as the Expander ranks
+// Spot options for it.
 const (
 	// unpriced nodes have no catalog price: they score last.
 	unpriced int64 = -1
-	// avoided are Spot nodes for a pod that avoids Spot: they score last.
-	avoided int64 = -2
+	// unpricedAvoided are unpriced Spot nodes for a pod that avoids Spot.
+	unpricedAvoided int64 = -2
+	// avoided and below are priced Spot nodes for a pod that avoids Spot.
+	avoided int64 = -3
 )
 
 // PreScore implements fwk.PreScorePlugin. State comes from PreFilter.
@@ -75,34 +81,76 @@ func (pl *SpotRisk) Score(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return 0, fwk.AsStatus(err)
 	}
 	node := ni.Node()
-	if s.class.Policy == Avoid && pricing.NodeCapacity(node).IsSpot() {
-		return avoided, nil
-	}
+	avoids := s.class.Policy == Avoid && pricing.NodeCapacity(node).IsSpot()
 	cost, ok := pl.Cost(pod, s.class, s.usage, node)
-	if !ok {
+	switch {
+	case !ok && avoids:
+		return unpricedAvoided, nil
+	case !ok:
 		return unpriced, nil
+	case avoids:
+		return avoided - microDollars(cost), nil
 	}
-	return int64(math.Round(cost * 1e6)), nil
+	return microDollars(cost), nil
+}
+
+// maxMicroDollars caps a raw score so that NormalizeScore's arithmetic
+// (MaxScore x a difference of two of them) cannot overflow: $7.2e10 an hour,
+// beyond any real price.
+const maxMicroDollars = int64(1) << 56
+
+// microDollars is a cost in micro-dollars, saturated at maxMicroDollars (NaN
+// included). Unbounded, one absurd catalog price or risk factor among the
+// feasible nodes overflowed NormalizeScore: the other nodes' scores wrapped
+// (an on-demand node and a Spot node a quarter of its price both scored 13),
+// or fell outside 0..MaxScore, which fails the pod's scheduling cycle.
+func microDollars(cost float64) int64 {
+	m := math.Round(cost * 1e6)
+	if !(m < float64(maxMicroDollars)) {
+		return maxMicroDollars
+	}
+	return int64(m)
 }
 
 // ScoreExtensions implements fwk.ScorePlugin.
 func (pl *SpotRisk) ScoreExtensions() fwk.ScoreExtensions { return pl }
 
 // NormalizeScore maps the cheapest node to MaxScore and the dearest to
-// 0, linearly; unpriced and avoided nodes get 0. When every priced node
-// costs the same, they all get MaxScore.
+// 0, linearly; unpriced nodes get 0, and so do Spot nodes for a pod that
+// avoids Spot while any node that is not Spot is feasible. When every feasible
+// priced node is such a Spot node, they are ranked among themselves by
+// cost: an avoiding pod that fell back to Spot goes where its work costs
+// least, not wherever packing puts it. When every node ranked costs the
+// same, they all get MaxScore.
 func (pl *SpotRisk) NormalizeScore(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, scores fwk.NodeScoreList) *fwk.Status {
+	spotOnly := true
+	for _, s := range scores {
+		if s.Score > unpricedAvoided {
+			spotOnly = false
+			break
+		}
+	}
+	// cost is a node's cost in the ranking in force; ok false for a node
+	// left out of it (score 0).
+	cost := func(s int64) (int64, bool) {
+		switch {
+		case s >= 0:
+			return s, true
+		case s <= avoided && spotOnly:
+			return avoided - s, true
+		}
+		return 0, false
+	}
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, s := range scores {
-		if s.Score < 0 {
-			continue
+		if c, ok := cost(s.Score); ok {
+			lo, hi = min(lo, c), max(hi, c)
 		}
-		lo, hi = min(lo, s.Score), max(hi, s.Score)
 	}
 	for i := range scores {
-		c := scores[i].Score
+		c, ok := cost(scores[i].Score)
 		switch {
-		case c < 0:
+		case !ok:
 			scores[i].Score = 0
 		case hi == lo:
 			scores[i].Score = fwk.MaxScore

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	goruntime "runtime"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -307,6 +309,86 @@ func TestTrainingWithoutCheckpointsWaitsForCapacityThatIsNotSpot(t *testing.T) {
 	}
 }
 
+// A price or risk factor however absurd (a catalog typo, a tenant's own
+// gang size of two billion) ranks that node last and leaves the others
+// ranked: it overflowed NormalizeScore, which wrapped the other nodes'
+// scores (on-demand and a Spot node a quarter of its price both 13) or put
+// them outside 0..MaxScore, on which the framework fails the pod's cycle.
+func TestAbsurdCostsKeepScoresInRange(t *testing.T) {
+	c := catalogOf(t, testCatalog+`- {instanceType: m7i.8xlarge, capacityType: spot, region: us-east-1, hourly: 1e12}
+`)
+	absurd := sized(node("absurd", pricing.Spot, "us-east-1a"), "m7i.8xlarge", "96", "1152Gi", "8")
+	e := newEnv(t, nil, Deps{Prices: c}, node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), absurd)
+	for _, c := range []struct {
+		ann      map[string]string
+		cheapest string
+	}{
+		{map[string]string{AnnotationWorkload: "batch"}, "spot-a"},
+		// Reclaims of two billion nodes make Spot dear for the pod.
+		{map[string]string{AnnotationSpot: "allow", AnnotationExpectedRuntime: "1000h", gang.KeySize: "2147483647"}, "od"},
+	} {
+		p := pod("p", c.ann)
+		if n, ok := c.ann[gang.KeySize]; ok {
+			p.Labels = map[string]string{gang.LabelName: "g", gang.KeySize: n}
+		}
+		r := e.schedule(t, p)
+		for n, sc := range r.scores {
+			// SpotRisk is the only scoring plugin here, at weight 1.
+			if sc < 0 || sc > fwk.MaxScore {
+				t.Errorf("%v: %s scores %d", c.ann, n, sc)
+			}
+		}
+		if r.scores[c.cheapest] != fwk.MaxScore || r.scores["absurd"] != 0 {
+			t.Errorf("%v: scores %v, want %s %d and the absurd node 0", c.ann, r.scores, c.cheapest, fwk.MaxScore)
+		}
+	}
+	// Training without checkpoints that fell back to Spot: the absurd pool
+	// ranks last among the Spot pools, not first.
+	e = newEnv(t, nil, Deps{Prices: c}, node("spot-a", pricing.Spot, "us-east-1a"), absurd)
+	r := e.schedule(t, waited(pod("trainer", map[string]string{AnnotationWorkload: "training"})))
+	if r.scores["spot-a"] != fwk.MaxScore || r.scores["absurd"] != 0 {
+		t.Errorf("avoiding pod on Spot: scores %v", r.scores)
+	}
+}
+
+// Training without checkpoints that fell back to Spot, with nothing else
+// feasible, still goes where its work costs least: scoring every Spot node 0
+// left the choice to packing, while the Expander, growing the fleet for the
+// same pod, ranks the Spot pools by expected cost. Where a node that is not
+// Spot is feasible, Spot stays last, priced or not.
+func TestAvoidingPodOnSpotTakesTheCheaperPool(t *testing.T) {
+	spotA, spotC := node("spot-a", pricing.Spot, "us-east-1a"), node("spot-c", pricing.Spot, "us-east-1c")
+	trainer := waited(pod("trainer", map[string]string{AnnotationWorkload: "training"}))
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, spotA, spotC)
+	r := e.schedule(t, trainer)
+	if strings.Join(r.feasible, ",") != "spot-a,spot-c" {
+		t.Fatalf("after its wait both Spot pools are feasible; feasible %v (%s)", r.feasible, r.fitError)
+	}
+	class, _ := classify(trainer, e.plugin.args)
+	costA, _ := e.plugin.Cost(trainer, class, pricing.PodUsage(trainer), spotA)
+	costC, _ := e.plugin.Cost(trainer, class, pricing.PodUsage(trainer), spotC)
+	if !(costC < costA) {
+		t.Fatalf("test premise: spot-c (%v) should cost less than spot-a (%v)", costC, costA)
+	}
+	if r.scores["spot-c"] != fwk.MaxScore || r.scores["spot-a"] != 0 {
+		t.Errorf("only Spot feasible: scores %v, want spot-c %d and spot-a 0", r.scores, fwk.MaxScore)
+	}
+	x := &Expander{pl: e.plugin}
+	if order, err := x.Rank(trainer, []*corev1.Node{spotA, spotC}); err != nil || order[0] != 1 {
+		t.Errorf("the Expander ranks %v (%v); the scheduler and it should agree on spot-c", order, err)
+	}
+
+	unpricedOD := node("od-unpriced", pricing.OnDemand, "us-east-1a")
+	unpricedOD.Labels[corev1.LabelInstanceTypeStable] = "unknown.type"
+	for _, other := range []*corev1.Node{node("od", pricing.OnDemand, "us-east-1a"), unpricedOD} {
+		e = newEnv(t, nil, Deps{Prices: catalog(t)}, spotA, spotC, other)
+		r = e.schedule(t, trainer)
+		if r.scores["spot-a"] != 0 || r.scores["spot-c"] != 0 {
+			t.Errorf("with %s feasible: scores %v, want both Spot nodes 0", other.Name, r.scores)
+		}
+	}
+}
+
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -499,6 +581,45 @@ func TestFallbackTimerWithoutThisPluginsPreFilter(t *testing.T) {
 	}
 }
 
+// The wait is the pod's to set (penny.dev/fallback-after), and the timer
+// that retries it outlives the pod if it is deleted. A pod that waits for a
+// year, deleted at once, was kept in memory, annotations and all, for that
+// year by its timer: a tenant churning such pods could grow the scheduler
+// without bound. The timer holds the pod's name only, and is armed at most
+// an hour ahead; a pod still waiting then is retried and waits on.
+func TestFallbackTimerDoesNotHoldALongWaitingPod(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
+	p := pod("patient", map[string]string{AnnotationSpot: "prefer", AnnotationFallbackAfter: "8760h", "bulk": strings.Repeat("x", 1<<20)})
+	collected := make(chan struct{})
+	goruntime.SetFinalizer(p, func(*corev1.Pod) { close(collected) })
+	if r := e.schedule(t, p); len(r.feasible) != 0 {
+		t.Fatalf("feasible %v, want none while the pod waits", r.feasible)
+	}
+	p = nil
+	deadline := time.Now().Add(5 * time.Second)
+	for done := false; !done; {
+		goruntime.GC()
+		select {
+		case <-collected:
+			done = true
+		case <-time.After(10 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("the deleted pod is still held (by its retry timer)")
+			}
+		}
+	}
+	e.clock.Step(time.Hour)
+	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
+	if e.clock.HasWaiters() {
+		t.Error("a timer is still armed an hour on")
+	}
+	e.plugin.mu.Lock()
+	defer e.plugin.mu.Unlock()
+	if len(e.plugin.wakeups) != 0 {
+		t.Errorf("wakeups %v, want none an hour on", e.plugin.wakeups)
+	}
+}
+
 // Training without checkpoints that declares its runtime is held to the same
 // expected-loss rule, with the runtime it declares.
 func TestDeclaredRunWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testing.T) {
@@ -667,6 +788,34 @@ func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
 	inf.handler.OnAdd(finished("t10", training, 100*time.Hour, corev1.PodSucceeded), false)
 	if got, _ := runs.Typical(); got < 40*time.Hour || got > 60*time.Hour {
 		t.Fatalf("one 100h run among ten of 10h: %v, want ~53h (size-biased)", got)
+	}
+}
+
+// A run whose end the kubelet dated a year ahead ends now as far as the
+// learned run length goes: dated ahead, it made every run that ended before
+// that date count as a year old (weighing a 2^-12th), so the one run set
+// the typical length.
+func TestWatchRunsDatesNoRunAfterNow(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:1]...)
+	runs := pricing.NewRunLengths(0)
+	inf := &fakeInformer{}
+	if err := e.plugin.WatchRuns(inf, runs); err != nil {
+		t.Fatal(err)
+	}
+	finished := func(name string, start time.Time, ran time.Duration) *corev1.Pod {
+		p := pod(name, map[string]string{AnnotationWorkload: "training"})
+		p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("2")}
+		p.Status = corev1.PodStatus{Phase: corev1.PodSucceeded, StartTime: ptr.To(metav1.NewTime(start)), ContainerStatuses: []corev1.ContainerStatus{{
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{FinishedAt: metav1.NewTime(start.Add(ran))}}}}}
+		return p
+	}
+	ahead := t0.Add(365 * 24 * time.Hour)
+	inf.handler.OnAdd(finished("clock-ahead", ahead.Add(-time.Hour), time.Hour), false)
+	for i := range 20 {
+		inf.handler.OnAdd(finished(fmt.Sprint("t", i), t0.Add(-200*time.Hour), 100*time.Hour), false)
+	}
+	if got, ok := runs.Typical(); !ok || got < 99*time.Hour {
+		t.Fatalf("twenty 100h runs and one 1h run: learned %v (%v), want ~100h", got, ok)
 	}
 }
 
