@@ -3,7 +3,10 @@
 // classifies nodes the same way.
 package capacity
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Type is a node's capacity type.
 type Type string
@@ -58,6 +61,19 @@ func TypeOf(labels map[string]string) Type {
 		return OnDemand
 	}
 	return Unknown
+}
+
+// Unreadable names a capacity label whose value Penny does not know (say
+// penny.dev/capacity-type: preemptible), or "" when there is none. TypeOf
+// skips such a value, so the node may read as on-demand although whoever set
+// the label meant otherwise; callers that must not guess say so.
+func Unreadable(labels map[string]string) string {
+	for _, key := range []string{LabelOverride, LabelKarpenter} {
+		if v, ok := labels[key]; ok && parse(v) == Unknown {
+			return fmt.Sprintf("%s=%q", key, v)
+		}
+	}
+	return ""
 }
 
 func parse(v string) Type {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	capacitylabels "github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -147,7 +148,13 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	}
 	c := s.class
 	capacity := pricing.NodeCapacity(node)
+	unreadable := capacitylabels.Unreadable(node.Labels)
 	switch {
+	case c.Policy == Never && unreadable != "":
+		// The label's author may have meant Spot (preemptible, spot-instance):
+		// work that must not be interrupted does not bet on a guess.
+		return fmt.Sprintf("node(s) have a capacity label Penny cannot read (%s; want spot, on-demand or reserved) and the pod stays off Spot (%s)",
+			unreadable, c.Why)
 	case c.Policy == Never && capacity.IsSpot():
 		return fmt.Sprintf("node(s) are Spot and the pod stays off Spot (%s)", c.Why)
 	case c.Policy == Only && !capacity.IsSpot():

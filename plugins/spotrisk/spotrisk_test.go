@@ -22,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	capacitylabels "github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -827,4 +828,24 @@ type fakeInformer struct {
 func (f *fakeInformer) AddEventHandler(h cache.ResourceEventHandler) (cache.ResourceEventHandlerRegistration, error) {
 	f.handler = h
 	return nil, nil
+}
+
+// A capacity label Penny cannot read may mean Spot to whoever wrote it: work
+// that must not be interrupted stays off the node, the rest may use it, and
+// the message names the label and the values it takes.
+func TestUnreadableCapacityLabelKeepsNeverSpotWorkOff(t *testing.T) {
+	od := node("od", pricing.OnDemand, "us-east-1a")
+	odd := node("odd", pricing.OnDemand, "us-east-1a")
+	delete(odd.Labels, capacitylabels.LabelKarpenter)
+	odd.Labels[capacitylabels.LabelOverride] = "preemptible"
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, od, odd)
+	if r := e.schedule(t, pod("svc", map[string]string{AnnotationWorkload: "inference"})); strings.Join(r.feasible, ",") != "od" {
+		t.Errorf("inference: feasible %v, want od only", r.feasible)
+	}
+	if r := e.schedule(t, pod("job", map[string]string{AnnotationWorkload: "batch"})); strings.Join(r.feasible, ",") != "od,odd" {
+		t.Errorf("batch: feasible %v, want both nodes", r.feasible)
+	}
+	r := newEnv(t, nil, Deps{Prices: catalog(t)}, odd).schedule(t, pod("svc", map[string]string{AnnotationWorkload: "inference"}))
+	expectContains(t, "FitError", r.fitError,
+		`1 node(s) have a capacity label Penny cannot read (penny.dev/capacity-type="preemptible"; want spot, on-demand or reserved) and the pod stays off Spot (inference workload)`)
 }
