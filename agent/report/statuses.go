@@ -114,10 +114,3 @@ func (q *statusQueue) take() []queuedStatus {
 	q.items = nil
 	return out
 }
-
-// len returns how many statuses wait.
-func (q *statusQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.items)
-}
