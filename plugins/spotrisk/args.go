@@ -15,7 +15,9 @@ import (
 // Args configure SpotRisk in the profile's pluginConfig. Fields left out
 // take the defaults documented on each; docs/spot.md explains every knob.
 // Where 0 means something of its own (fallbackAfter: 0s falls back at
-// once, maxExpectedLoss: 0 is refused), the field is a pointer, as in-tree
+// once, restartOverhead: 0s is none, shortRuntime: 0s lets no training
+// without checkpoints onto Spot freely, unknownRuntime: 0s and
+// maxExpectedLoss: 0 are refused), the field is a pointer, as in-tree
 // plugin args do, so that a 0 written in the config is not read as unset.
 type Args struct {
 	// FallbackAfter is how long a Spot-preferring pod waits for Spot
@@ -25,14 +27,16 @@ type Args struct {
 	// 0s falls back at once, as the annotation's 0s does.
 	FallbackAfter *metav1.Duration `json:"fallbackAfter,omitempty"`
 	// RestartOverhead is the time a reclaimed pod needs to be useful again
-	// (rescheduling, image pull, loading a model or checkpoint). Default 5m.
-	RestartOverhead metav1.Duration `json:"restartOverhead,omitempty"`
+	// (rescheduling, image pull, loading a model or checkpoint). Default 5m;
+	// 0s is none.
+	RestartOverhead *metav1.Duration `json:"restartOverhead,omitempty"`
 	// UnknownRuntime stands in for the runtime of a pod that checkpoints
-	// nothing and declares no penny.dev/expected-runtime. Default 4h.
-	UnknownRuntime metav1.Duration `json:"unknownRuntime,omitempty"`
+	// nothing and declares no penny.dev/expected-runtime. Default 4h; must
+	// be positive (a runtime of 0 would expect no loss on any pool).
+	UnknownRuntime *metav1.Duration `json:"unknownRuntime,omitempty"`
 	// ShortRuntime is the longest expected runtime at which training without
-	// checkpoints still goes to Spot freely. Default 2h.
-	ShortRuntime metav1.Duration `json:"shortRuntime,omitempty"`
+	// checkpoints still goes to Spot freely. Default 2h; 0s: none does.
+	ShortRuntime *metav1.Duration `json:"shortRuntime,omitempty"`
 	// MaxExpectedLoss is the largest share of its work that training
 	// without checkpoints may expect to lose to reclaims on a Spot pool:
 	// reclaim rate x nodes x runtime / 2, the runtime being the one the pod
@@ -83,14 +87,14 @@ func (a *Args) SetDefaults() {
 	if a.FallbackAfter == nil {
 		a.FallbackAfter = &metav1.Duration{Duration: DefaultFallbackAfter}
 	}
-	if a.RestartOverhead.Duration == 0 {
-		a.RestartOverhead.Duration = DefaultRestartOverhead
+	if a.RestartOverhead == nil {
+		a.RestartOverhead = &metav1.Duration{Duration: DefaultRestartOverhead}
 	}
-	if a.UnknownRuntime.Duration == 0 {
-		a.UnknownRuntime.Duration = DefaultUnknownRuntime
+	if a.UnknownRuntime == nil {
+		a.UnknownRuntime = &metav1.Duration{Duration: DefaultUnknownRuntime}
 	}
-	if a.ShortRuntime.Duration == 0 {
-		a.ShortRuntime.Duration = DefaultShortRuntime
+	if a.ShortRuntime == nil {
+		a.ShortRuntime = &metav1.Duration{Duration: DefaultShortRuntime}
 	}
 	if a.MaxExpectedLoss == nil {
 		l := DefaultMaxExpectedLoss
@@ -120,6 +124,9 @@ func (a *Args) Validate() error {
 		if d.v < 0 {
 			errs = append(errs, field.Invalid(p.Child(d.name), d.v.String(), "must not be negative"))
 		}
+	}
+	if a.UnknownRuntime.Duration == 0 {
+		errs = append(errs, field.Invalid(p.Child("unknownRuntime"), "0s", "must be positive: it stands in for a runtime no pod declared; leave it out for the default 4h"))
 	}
 	if l := *a.MaxExpectedLoss; !(l > 0 && l <= 1) {
 		errs = append(errs, field.Invalid(p.Child("maxExpectedLoss"), l, "must be a fraction in (0, 1], e.g. 0.05 for 5%; leave it out for the default 0.02"))
@@ -151,9 +158,11 @@ func (a *Args) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind
 // DeepCopyObject implements runtime.Object.
 func (a *Args) DeepCopyObject() runtime.Object {
 	c := *a
-	if a.FallbackAfter != nil {
-		d := *a.FallbackAfter
-		c.FallbackAfter = &d
+	for _, d := range []**metav1.Duration{&c.FallbackAfter, &c.RestartOverhead, &c.UnknownRuntime, &c.ShortRuntime} {
+		if *d != nil {
+			v := **d
+			*d = &v
+		}
 	}
 	if a.MaxExpectedLoss != nil {
 		l := *a.MaxExpectedLoss

@@ -457,6 +457,15 @@ func TestArgs(t *testing.T) {
 	if err != nil || a.FallbackAfter.Duration != 0 {
 		t.Fatalf("fallbackAfter: 0s gave %v (%v), want 0s", a.FallbackAfter, err)
 	}
+	// restartOverhead: 0s is a restart that costs nothing, shortRuntime: 0s
+	// lets no training without checkpoints onto Spot freely.
+	a, err = decodeArgs(&runtime.Unknown{Raw: []byte(`{"restartOverhead":"0s","shortRuntime":"0s"}`), ContentType: runtime.ContentTypeJSON})
+	if err != nil || a.RestartOverhead.Duration != 0 || a.ShortRuntime.Duration != 0 || a.UnknownRuntime.Duration != DefaultUnknownRuntime {
+		t.Fatalf("restartOverhead, shortRuntime 0s gave %v, %v (%v), want 0s and 0s", a.RestartOverhead, a.ShortRuntime, err)
+	}
+	if c := a.DeepCopyObject().(*Args); c.ShortRuntime == a.ShortRuntime || *c.ShortRuntime != *a.ShortRuntime {
+		t.Fatalf("DeepCopyObject shares or changes shortRuntime: %v %v", c.ShortRuntime, a.ShortRuntime)
+	}
 	for raw, want := range map[string]string{
 		`{"maxExpectedLoss":0}`:                   "args.maxExpectedLoss: Invalid value: 0: must be a fraction in (0, 1]",
 		`{"fallbackAftr":"90s"}`:                  `unknown field "fallbackAftr"`,
@@ -465,6 +474,7 @@ func TestArgs(t *testing.T) {
 		`{"catalog":{"configMap":{"name":"x"}}}`:  "args.catalog.configMap: Required value",
 		`{"maxExpectedLoss":5}`:                   "args.maxExpectedLoss: Invalid value: 5: must be a fraction in (0, 1], e.g. 0.05 for 5%",
 		`{"maxExpectedLoss":-0.1}`:                "args.maxExpectedLoss: Invalid value: -0.1",
+		`{"unknownRuntime":"0s"}`:                 `args.unknownRuntime: Invalid value: "0s": must be positive`,
 	} {
 		_, err := decodeArgs(&runtime.Unknown{Raw: []byte(raw)})
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -726,7 +736,7 @@ func TestTrainingWithoutCheckpointsStaysOffPoolsThatWouldCostItItsWork(t *testin
 	e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runs(10, 400*time.Hour)}, fleet()[3:4]...)
 	expectContains(t, "FitError", e.schedule(t, waited(pod("p", noCheckpoints))).fitError,
 		"1 node(s) are in Spot pools where training without checkpoints, on 1 node(s) for 400h0m0s (how long training runs here typically last), would expect to lose more than 2 percent of its work to reclaims")
-	e = newEnv(t, &Args{UnknownRuntime: metav1.Duration{Duration: 2000 * time.Hour}}, Deps{Prices: catalog(t)}, fleet()[3:4]...)
+	e = newEnv(t, &Args{UnknownRuntime: &metav1.Duration{Duration: 2000 * time.Hour}}, Deps{Prices: catalog(t)}, fleet()[3:4]...)
 	expectContains(t, "FitError", e.schedule(t, gangPod("p")).fitError,
 		"1 node(s) are in Spot pools where training without checkpoints, on 8 node(s) for 2000h0m0s (unknownRuntime), would expect to lose more than 2 percent of its work to reclaims")
 	// Training that checkpoints is not held to it.
