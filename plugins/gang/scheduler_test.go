@@ -565,3 +565,17 @@ func TestMembersDisagreeingOnPlacementRulesAreHeld(t *testing.T) {
 	c.create(agreeing...)
 	c.waitBound(5*time.Second, names("same", 2)...)
 }
+
+// Any member may set the gang's timeout; two that set different ones would
+// leave the wait to whichever the informer lists first.
+func TestMembersDisagreeingOnTheTimeoutAreHeld(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("a", 3)...)
+	pods := gangPods("slow", 3, 8)
+	pods[0].Annotations = map[string]string{gang.KeyTimeout: "90s"}
+	pods[1].Annotations = map[string]string{gang.KeyTimeout: "2m"}
+	c.create(pods...)
+	c.waitEvent("slow-2", "members disagree on penny.dev/gang-timeout: slow-0 say 1m30s; slow-1 say 2m0s")
+	c.neverBound(300*time.Millisecond, names("slow", 3)...)
+	c.update("slow-1", func(p *corev1.Pod) { p.Annotations[gang.KeyTimeout] = "90" })
+	c.waitBound(5*time.Second, names("slow", 3)...)
+}

@@ -38,6 +38,9 @@ func (pl *Gang) memberProblem(spec gang.Spec, members []*corev1.Pod) string {
 	}
 	var malformed []string
 	var firstErr error // of the malformed member first by name, for a stable message
+	// Any member may set the gang's timeout (timeoutFor); members that set
+	// different ones would leave the wait to whichever is read first.
+	timeouts := map[string][]string{}
 	for _, p := range members {
 		s, _, err := gang.Of(p)
 		if err != nil {
@@ -46,6 +49,9 @@ func (pl *Gang) memberProblem(spec gang.Spec, members []*corev1.Pod) string {
 			}
 			malformed = append(malformed, p.Name)
 			continue
+		}
+		if s.Timeout > 0 {
+			timeouts[s.Timeout.String()] = append(timeouts[s.Timeout.String()], p.Name)
 		}
 		r := pl.rulesOf(s)
 		for i, v := range []string{fmt.Sprint(s.MinMember), fmt.Sprint(r.sameZone), fmt.Sprint(r.sameCapType)} {
@@ -65,20 +71,30 @@ func (pl *Gang) memberProblem(spec gang.Spec, members []*corev1.Pod) string {
 		if len(d.theirs) == 0 {
 			continue
 		}
-		var parts []string
-		for value, names := range d.theirs {
-			sort.Strings(names)
-			parts = append(parts, fmt.Sprintf("%s say %s", strings.Join(names, ", "), value))
-		}
-		sort.Strings(parts)
 		hint := ""
 		if d.key != gang.KeySize {
 			hint = " (a member without it says the scheduler's default)"
 		}
 		return fmt.Sprintf("gang %s: members disagree on %s: this pod says %s but %s%s; give every member the same value",
-			spec.Ref, d.key, d.mine, strings.Join(parts, "; "), hint)
+			spec.Ref, d.key, d.mine, whoSays(d.theirs), hint)
+	}
+	if len(timeouts) > 1 {
+		return fmt.Sprintf("gang %s: members disagree on %s: %s; give every member that sets it the same value",
+			spec.Ref, gang.KeyTimeout, whoSays(timeouts))
 	}
 	return ""
+}
+
+// whoSays lists members by the value they give, in a stable order:
+// "a, b say 90s; c say 2m0s".
+func whoSays(byValue map[string][]string) string {
+	var parts []string
+	for value, names := range byValue {
+		sort.Strings(names)
+		parts = append(parts, fmt.Sprintf("%s say %s", strings.Join(names, ", "), value))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "; ")
 }
 
 // gate records that pod waits for the rest of its gang to be created and
