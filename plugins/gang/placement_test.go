@@ -1,6 +1,7 @@
 package gang
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"testing"
@@ -219,11 +220,33 @@ func TestPodDeletionRequeuesAGangOnlyForWhatItLacked(t *testing.T) {
 		if c.lacking != nil {
 			pl.lacking.Store(ref.Key(), c.lacking)
 		}
-		if got, err := pl.isSchedulableAfterPodDeleted(logger, waiting, c.deleted, nil); err != nil || got != c.want {
+		if got, err := pl.isSchedulableAfterPodGaveBack(logger, waiting, c.deleted, nil); err != nil || got != c.want {
 			t.Errorf("%s: %v, %v; want %v", c.name, got, err, c.want)
 		}
 	}
-	if got, _ := pl.isSchedulableAfterPodDeleted(logger, plainPod("solo", 8), web, nil); got != fwk.Queue {
+	if got, _ := pl.isSchedulableAfterPodGaveBack(logger, plainPod("solo", 8), web, nil); got != fwk.Queue {
 		t.Errorf("a pod in no gang (held back by claims): %v, want Queue", got)
+	}
+	// Resized down in place: only what it no longer requests counts.
+	pl.lacking.Store(ref.Key(), []corev1.ResourceName{corev1.ResourceCPU})
+	smaller := web.DeepCopy()
+	smaller.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("100m")
+	if got, _ := pl.isSchedulableAfterPodGaveBack(logger, waiting, web, smaller); got != fwk.Queue {
+		t.Errorf("short of CPU, a pod resized down its CPU: %v, want Queue", got)
+	}
+	pl.lacking.Store(ref.Key(), []corev1.ResourceName{gpu.ResourceGPU})
+	if got, _ := pl.isSchedulableAfterPodGaveBack(logger, waiting, train, train.DeepCopy()); got != fwk.QueueSkip {
+		t.Errorf("short of GPUs, a GPU pod resized without giving any back: %v, want QueueSkip", got)
+	}
+	events, err := pl.EventsToRegister(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scaleDown bool
+	for _, e := range events {
+		scaleDown = scaleDown || (e.Event.Resource == fwk.AssignedPod && e.Event.ActionType&fwk.UpdatePodScaleDown != 0)
+	}
+	if !scaleDown {
+		t.Error("no AssignedPod/UpdatePodScaleDown event registered: a pod resized down in place would not requeue the gang")
 	}
 }

@@ -239,7 +239,8 @@ func (pl *Gang) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint,
 		// is a plain Update.
 		{Event: fwk.ClusterEvent{Resource: fwk.TargetPod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterOwnKeysChanged},
 		// Capacity freed by a pod leaving a node may let a gang fit.
-		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete}, QueueingHintFn: pl.isSchedulableAfterPodDeleted},
+		// So is a running pod resized down in place (CPU, memory).
+		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete | fwk.UpdatePodScaleDown}, QueueingHintFn: pl.isSchedulableAfterPodGaveBack},
 		// New or changed nodes may let a gang fit.
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeAllocatable | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}},
 	}, nil
@@ -273,15 +274,20 @@ func isSchedulableAfterOwnKeysChanged(_ klog.Logger, _ *corev1.Pod, oldObj, newO
 	return fwk.Queue, nil
 }
 
-// isSchedulableAfterPodDeleted: a pod leaving its node gives back its
-// requests and a pod slot, which lets the gang fit only if it gives back
-// something the nodes lacked when the gang last did not fit. While that is
-// not known (a native gang, or a pod held back by other gangs' claims), any
-// deletion may help.
-func (pl *Gang) isSchedulableAfterPodDeleted(logger klog.Logger, pod *corev1.Pod, oldObj, _ any) (fwk.QueueingHint, error) {
-	deleted, ok := oldObj.(*corev1.Pod)
+// isSchedulableAfterPodGaveBack: a pod leaving its node gives back its
+// requests and a pod slot, a pod resized down in place what it no longer
+// requests; that lets the gang fit only if it gives back something the
+// nodes lacked when the gang last did not fit. While that is not known (a
+// native gang, or a pod held back by other gangs' claims), any of them may
+// help.
+func (pl *Gang) isSchedulableAfterPodGaveBack(logger klog.Logger, pod *corev1.Pod, oldObj, newObj any) (fwk.QueueingHint, error) {
+	old, ok := oldObj.(*corev1.Pod)
 	if !ok {
 		return fwk.Queue, nil
+	}
+	freed := podDemand(old)
+	if resized, ok := newObj.(*corev1.Pod); ok {
+		freed.add(podDemand(resized), -1)
 	}
 	ref, inGang := gang.RefOf(pod)
 	if !inGang {
@@ -292,10 +298,10 @@ func (pl *Gang) isSchedulableAfterPodDeleted(logger klog.Logger, pod *corev1.Pod
 		return fwk.Queue, nil
 	}
 	lacking := v.([]corev1.ResourceName)
-	if podDemand(deleted).frees(lacking) {
+	if freed.frees(lacking) {
 		return fwk.Queue, nil
 	}
-	logger.V(5).Info("Deleted pod gave back nothing the gang lacked", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted), "lacking", lacking)
+	logger.V(5).Info("Pod gave back nothing the gang lacked", "pod", klog.KObj(pod), "otherPod", klog.KObj(old), "lacking", lacking)
 	return fwk.QueueSkip, nil
 }
 
