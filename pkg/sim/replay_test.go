@@ -21,6 +21,21 @@ func tracePod(name string, gpus, arrival, duration int64) TracePod {
 	return TracePod{Pod: NewPod("ns", name, 1000, 1024, gpus, 1000, nil), Arrival: time.Duration(arrival) * time.Second, Duration: time.Duration(duration) * time.Second}
 }
 
+// replayOnOneT4 replays tr with bestfit on one 1-GPU node at $3.60 an hour,
+// sampling every second.
+func replayOnOneT4(t *testing.T, tr *Trace) *ReplayResult {
+	t.Helper()
+	p, _ := LookupPolicy("bestfit")
+	res, err := Replay(context.Background(), ReplayOptions{
+		Nodes: []*v1.Node{NewNode("n", 8000, 8192, 1, "Tesla-T4")}, Trace: tr, Policy: p, Seed: 1,
+		SampleEvery: time.Second, Pricer: flatPrice(3.6),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 func TestReplayQueueingAndAccounting(t *testing.T) {
 	withdrawn := tracePod("withdrawn", 1, 6, 100)
 	withdrawn.Withdraw = 8 * time.Second
@@ -30,14 +45,7 @@ func TestReplayQueueingAndAccounting(t *testing.T) {
 		withdrawn,               // still waiting at 8: withdrawn
 		tracePod("c", 2, 9, 5),  // never fits a 1-GPU node
 	}}
-	p, _ := LookupPolicy("bestfit")
-	res, err := Replay(context.Background(), ReplayOptions{
-		Nodes: []*v1.Node{NewNode("n", 8000, 8192, 1, "Tesla-T4")}, Trace: tr, Policy: p, Seed: 1,
-		SampleEvery: time.Second, Pricer: flatPrice(3.6),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := replayOnOneT4(t, tr)
 	byName := map[string]PodOutcome{}
 	for _, o := range res.PodOutcomes {
 		byName[o.Pod] = o
@@ -158,14 +166,7 @@ func TestReplayNeverStartedPodLeavesWhenTheTraceDeletedIt(t *testing.T) {
 	late := tracePod("late", 1, 2, 28)
 	late.Withdraw = 30 * time.Second
 	tr := &Trace{Pods: []TracePod{tracePod("a", 1, 0, 10), late}}
-	p, _ := LookupPolicy("bestfit")
-	res, err := Replay(context.Background(), ReplayOptions{
-		Nodes: []*v1.Node{NewNode("n", 8000, 8192, 1, "Tesla-T4")}, Trace: tr, Policy: p, Seed: 1,
-		SampleEvery: time.Second, Pricer: flatPrice(3.6),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := replayOnOneT4(t, tr)
 	// a holds the GPU 0..10 s, late 10..30 s.
 	if got := res.AllocatedGPUHours * 3600; math.Abs(got-30) > 1e-6 || math.Abs(res.HorizonHours*3600-30) > 1e-6 {
 		t.Fatalf("%v GPU-seconds over %v s; want 30 over 30: late leaves at its deletion_time", got, res.HorizonHours*3600)

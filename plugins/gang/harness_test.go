@@ -280,13 +280,19 @@ func (c *cluster) bumpVersion(p *corev1.Pod) {
 
 func (c *cluster) ungate(name string) {
 	c.t.Helper()
+	c.update(name, func(p *corev1.Pod) { p.Spec.SchedulingGates = nil })
+}
+
+// update applies change to pod name as a user's edit would.
+func (c *cluster) update(name string, change func(*corev1.Pod)) {
+	c.t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p, err := c.client.CoreV1().Pods("team").Get(c.ctx, name, metav1.GetOptions{})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	p.Spec.SchedulingGates = nil
+	change(p)
 	c.bumpVersion(p)
 	if _, err := c.client.CoreV1().Pods("team").Update(c.ctx, p, metav1.UpdateOptions{}); err != nil {
 		c.t.Fatal(err)

@@ -434,22 +434,6 @@ func TestMalformedMemberHoldsItsGangWithoutClaimingRoom(t *testing.T) {
 	c.waitBound(10*time.Second, names("llm", 2)...)
 }
 
-// update applies change to pod name as a user's edit would.
-func (c *cluster) update(name string, change func(*corev1.Pod)) {
-	c.t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p, err := c.client.CoreV1().Pods("team").Get(c.ctx, name, metav1.GetOptions{})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	change(p)
-	c.bumpVersion(p)
-	if _, err := c.client.CoreV1().Pods("team").Update(c.ctx, p, metav1.UpdateOptions{}); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
 // A pod held for a malformed gang key is retried as soon as the user fixes
 // the key, whether a label or an annotation, not at the scheduler's
 // five-minute flush of unschedulable pods.

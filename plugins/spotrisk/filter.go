@@ -147,14 +147,16 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 		return ReasonReclaimPending
 	}
 	c := s.class
-	capacity := pricing.NodeCapacity(node)
-	unreadable := capacitylabels.Unreadable(node.Labels)
-	switch {
-	case c.Policy == Never && unreadable != "":
+	if c.Policy == Never {
 		// The label's author may have meant Spot (preemptible, spot-instance):
 		// work that must not be interrupted does not bet on a guess.
-		return fmt.Sprintf("node(s) have a capacity label Penny cannot read (%s; want spot, on-demand or reserved) and the pod stays off Spot (%s)",
-			unreadable, c.Why)
+		if unreadable := capacitylabels.Unreadable(node.Labels); unreadable != "" {
+			return fmt.Sprintf("node(s) have a capacity label Penny cannot read (%s; want spot, on-demand or reserved) and the pod stays off Spot (%s)",
+				unreadable, c.Why)
+		}
+	}
+	capacity := pricing.NodeCapacity(node)
+	switch {
 	case c.Policy == Never && capacity.IsSpot():
 		return fmt.Sprintf("node(s) are Spot and the pod stays off Spot (%s)", c.Why)
 	case c.Policy == Only && !capacity.IsSpot():
