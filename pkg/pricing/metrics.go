@@ -61,7 +61,7 @@ var (
 	metricTypicalRunHours = metrics.NewGauge(&metrics.GaugeOpts{
 		Namespace:      "penny",
 		Name:           "training_run_typical_hours",
-		Help:           "How long the training run a typical GPU-hour belongs to lasts (GPU-weighted, size-biased mean of observed runs; RunLengths). SpotRisk keeps training without checkpoints off Spot pools where it would expect to lose more than maxExpectedLoss of its work.",
+		Help:           "How long the training run a typical GPU-hour belongs to lasts (GPU-weighted, size-biased mean of observed runs; RunLengths). SpotRisk keeps training without checkpoints off Spot pools where it would expect to lose more than maxExpectedLoss of its work. 0 while the runs seen, weighed by age, are fewer than 10 and unknownRuntime stands in.",
 		StabilityLevel: metrics.ALPHA,
 	})
 

@@ -11,7 +11,11 @@ const (
 	// DefaultRunLengthsHalfLife is how long it takes for an observed run's
 	// weight to halve.
 	DefaultRunLengthsHalfLife = 30 * 24 * time.Hour
-	// MinRunLengths is how many runs must be seen before Typical speaks.
+	// MinRunLengths is how many runs' worth of evidence Typical needs to
+	// speak: the runs' total weight, each run counting less as it ages, to
+	// the nearest run, so that ten runs seen long ago and forgotten since
+	// do not keep it speaking for the one seen last, while ten runs that
+	// ended seconds apart (9.99999 runs' worth) count as ten.
 	MinRunLengths = 10
 )
 
@@ -27,10 +31,13 @@ const (
 type RunLengths struct {
 	mu       sync.Mutex
 	halfLife time.Duration
-	n        int
-	s1, s2   float64
-	// at is the time s1 and s2 are discounted to.
+	// n is the runs' total weight, decayed as s1 and s2 are.
+	n      float64
+	s1, s2 float64
+	// at is the time n, s1 and s2 are discounted to.
 	at time.Time
+	// inForce: Typical spoke at the last Observe, and the metric says so.
+	inForce bool
 }
 
 // NewRunLengths halves an observation's weight every halfLife
@@ -55,7 +62,7 @@ func (r *RunLengths) Observe(gpus float64, ran time.Duration, end time.Time) {
 	case r.at.IsZero() || end.After(r.at):
 		if !r.at.IsZero() {
 			f := r.weight(end.Sub(r.at))
-			r.s1, r.s2 = r.s1*f, r.s2*f
+			r.n, r.s1, r.s2 = r.n*f, r.s1*f, r.s2*f
 		}
 		r.at = end
 	default:
@@ -64,28 +71,37 @@ func (r *RunLengths) Observe(gpus float64, ran time.Duration, end time.Time) {
 	}
 	r.s1 += w * gpus * h
 	r.s2 += w * gpus * h * h
-	r.n++
-	typical, inForce := r.s2/r.s1, r.n >= MinRunLengths
+	r.n += w
+	typical, inForce, was := r.s2/r.s1, r.enough(), r.inForce
+	r.inForce = inForce
 	r.mu.Unlock()
-	// Until Typical answers, unknownRuntime is in force, not this.
-	if inForce {
+	// Until Typical answers, unknownRuntime is in force, not this: 0, as
+	// before the first run, once the runs it knew have aged out.
+	switch {
+	case inForce:
 		metricTypicalRunHours.Set(typical)
+	case was:
+		metricTypicalRunHours.Set(0)
 	}
 }
+
+// enough: the runs weigh MinRunLengths runs, to the nearest run. Caller
+// holds mu.
+func (r *RunLengths) enough() bool { return r.n >= MinRunLengths-0.5 }
 
 func (r *RunLengths) weight(age time.Duration) float64 {
 	return math.Exp(-math.Ln2 * age.Hours() / r.halfLife.Hours())
 }
 
-// Typical is the size-biased mean run length, once MinRunLengths runs were
-// seen.
+// Typical is the size-biased mean run length, once the runs seen weigh
+// MinRunLengths runs (weighed at the last run's end, to the nearest run).
 func (r *RunLengths) Typical() (time.Duration, bool) {
 	if r == nil {
 		return 0, false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.n < MinRunLengths || r.s1 == 0 {
+	if !r.enough() || r.s1 == 0 {
 		return 0, false
 	}
 	return time.Duration(r.s2 / r.s1 * float64(time.Hour)), true

@@ -100,3 +100,57 @@ func TestTypicalRunMetricWaitsUntilItIsInForce(t *testing.T) {
 		t.Fatalf("published %g after %d runs of 5h, want 5", got, MinRunLengths)
 	}
 }
+
+// The runs Typical needs are counted as the runs' weight: ten runs seen
+// long ago and forgotten since do not leave the model speaking for the one
+// run seen after them, which would then decide alone whether training
+// without checkpoints may take Spot room.
+func TestRunLengthsForgetsHowManyRunsItSaw(t *testing.T) {
+	RegisterMetrics()
+	r := NewRunLengths(24 * time.Hour)
+	for range MinRunLengths {
+		r.Observe(1, 10*time.Hour, runsEnd)
+	}
+	if got, ok := r.Typical(); !ok || got.Round(time.Second) != 10*time.Hour {
+		t.Fatalf("ten 10h runs: %v %v", got, ok)
+	}
+	// Thirty half-lives later the ten weigh 10 x 2^-30 runs: one new run
+	// is all the model knows.
+	r.Observe(1, 1000*time.Hour, runsEnd.Add(30*24*time.Hour))
+	if got, ok := r.Typical(); ok {
+		t.Fatalf("after the ten runs aged out, one 1000h run still speaks: %v", got)
+	}
+	if got, _ := testutil.GetGaugeMetricValue(metricTypicalRunHours); got != 0 {
+		t.Fatalf("penny_training_run_typical_hours = %g once the model fell back to unknownRuntime, want 0", got)
+	}
+	// Ten fresh runs bring it back.
+	for range MinRunLengths - 1 {
+		r.Observe(1, 1000*time.Hour, runsEnd.Add(30*24*time.Hour))
+	}
+	if got, ok := r.Typical(); !ok || got.Round(time.Hour) != 1000*time.Hour {
+		t.Fatalf("ten fresh 1000h runs: %v %v", got, ok)
+	}
+	// Runs a half-life old count half: sixteen of them and one new run are
+	// nine runs' worth, one more new run ten.
+	h := NewRunLengths(24 * time.Hour)
+	for range 16 {
+		h.Observe(1, time.Hour, runsEnd)
+	}
+	h.Observe(1, time.Hour, runsEnd.Add(24*time.Hour))
+	if _, ok := h.Typical(); ok {
+		t.Fatal("16 runs a half-life old and one new, nine runs' worth, speak")
+	}
+	h.Observe(1, time.Hour, runsEnd.Add(24*time.Hour))
+	if _, ok := h.Typical(); !ok {
+		t.Fatal("16 runs a half-life old and two new, ten runs' worth, do not speak")
+	}
+	// Ten runs that ended a second apart, as a cluster's succeeded pods
+	// often do, are ten runs, not 9.99999.
+	s := NewRunLengths(0)
+	for i := range MinRunLengths {
+		s.Observe(1, time.Hour, runsEnd.Add(time.Duration(i)*time.Second))
+	}
+	if _, ok := s.Typical(); !ok {
+		t.Fatal("ten runs a second apart do not speak")
+	}
+}

@@ -759,9 +759,10 @@ func (r *elastic) nodeReady(name string) error {
 	return nil
 }
 
-// maybeIdle starts a node's scale-down countdown when it is empty.
+// maybeIdle starts a node's scale-down countdown when it is empty: no pod
+// runs on it and none is held at Permit there.
 func (r *elastic) maybeIdle(n *elNode) {
-	if n == nil || n.removed || !n.ready || len(n.pods) > 0 {
+	if n == nil || n.removed || !n.ready || len(n.pods) > 0 || n.held > 0 {
 		return
 	}
 	if n.pool.live <= n.pool.spec.Min {
@@ -773,7 +774,7 @@ func (r *elastic) maybeIdle(n *elNode) {
 
 func (r *elastic) scaleDown(ev elEvent) error {
 	n := r.nodes[ev.node]
-	if n == nil || n.removed || len(n.pods) > 0 || n.emptyGen != ev.gen || n.pool.live <= n.pool.spec.Min {
+	if n == nil || n.removed || len(n.pods) > 0 || n.held > 0 || n.emptyGen != ev.gen || n.pool.live <= n.pool.spec.Min {
 		return nil
 	}
 	if _, err := r.e.RemoveNode(n.name); err != nil {

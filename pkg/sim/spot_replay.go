@@ -137,12 +137,15 @@ type ElasticResult struct {
 	Withdrawn  int `json:"withdrawn"`
 	// InterruptedServices counts reclaims that hit a running service
 	// (inference, dev); ServiceDowntimeHours is how long those services
-	// were down: waiting for a node and restarting.
+	// were down: waiting for a node and restarting, and for one still down
+	// when the replay ends, until then.
 	InterruptedServices  int     `json:"interrupted_services"`
 	ServiceDowntimeHours float64 `json:"service_downtime_hours"`
 	// Fallbacks counts pods that ran on the capacity they fall back to
-	// (spotrisk.Class.FallbackFrom): Spot-preferring pods on on-demand,
-	// training without checkpoints on Spot.
+	// after waiting for the other (spotrisk.Class.FellBack): Spot-preferring
+	// pods on on-demand, training without checkpoints on Spot; not those
+	// whose fallbackAfter is 0s, nor any under a policy without SpotRisk,
+	// which never waited.
 	Fallbacks    int     `json:"fallbacks"`
 	ScaleUps     int     `json:"scale_ups"`
 	ScaleDowns   int     `json:"scale_downs"`
@@ -295,6 +298,11 @@ type elNode struct {
 	roomCPU, roomMem, roomGPU int64
 	// nominees are the pods nominated to the node while it is in flight.
 	nominees []*elPod
+	// held counts the pods held at Permit on the node: they have reserved
+	// room there, so the node is not empty. Cluster Autoscaler and
+	// Karpenter count pods nominated or reserved on a node as using it;
+	// removing it would leave a gang being placed without a member's node.
+	held int
 }
 
 type elPool struct {
@@ -844,6 +852,7 @@ func (r *elastic) try(i int) error {
 	switch {
 	case out.Waiting:
 		p.state, p.heldOn = podHeld, out.Node
+		r.nodes[out.Node].held++
 		r.dropPending(i)
 	case out.Node != "":
 		r.placed(i, out.Node)
@@ -866,11 +875,17 @@ func (r *elastic) try(i int) error {
 func (r *elastic) settle(settled []Settled) {
 	for _, s := range settled {
 		j := r.byUID[string(s.Pod.UID)]
+		var heldOn *elNode
+		if p := r.pods[j]; p.state == podHeld {
+			heldOn = r.nodes[p.heldOn]
+			heldOn.held--
+		}
 		if s.Node != "" {
 			r.placed(j, s.Node)
 		} else {
 			r.pods[j].state = podWaiting
 			r.enqueue(j)
+			r.maybeIdle(heldOn)
 		}
 	}
 }
@@ -917,7 +932,9 @@ func (r *elastic) placed(i int, node string) {
 	if pricing.NodeCapacity(n.node).IsSpot() {
 		p.everSpot = true
 	}
-	if p.class.FallbackFrom(pricing.NodeCapacity(n.node)) && !p.fellBack {
+	// Only SpotRisk makes a pod wait: under a policy without it nothing
+	// falls back.
+	if r.riskFilter && p.class.FellBack(pricing.NodeCapacity(n.node)) && !p.fellBack {
 		p.fellBack = true
 		r.res.Fallbacks++
 	}
@@ -1154,6 +1171,13 @@ func (r *elastic) finish() {
 		if p.started && (p.state == podWaiting || p.state == podHeld) {
 			// Waiting again since a reclaim: its queueing goes on too.
 			p.delay += r.now - p.waitStart
+			if p.downSince >= 0 && p.class.Work.Stateless {
+				// A service still down is down until the replay ends:
+				// left out, a pool that never takes it back would cost
+				// it no downtime at all.
+				r.res.ServiceDowntimeHours += (r.now - p.downSince).Hours()
+				p.downSince = -1
+			}
 		}
 		if p.state == podRunning {
 			if p.workFrom < 0 {

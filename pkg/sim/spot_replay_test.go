@@ -260,6 +260,13 @@ func TestElasticFallback(t *testing.T) {
 	if res.Fallbacks != 1 || res.NodeHoursByPool["od"] == 0 {
 		t.Fatalf("fallbacks %d pools %v", res.Fallbacks, res.NodeHoursByPool)
 	}
+	// spot-first puts the second pod on on-demand too, once the Spot pool is
+	// full, but nothing made it wait: no fallback.
+	if naive := spotReplay(t, s, "spot-first", 42,
+		spotTracePod("first", "BE", 1, 0, 5*time.Hour),
+		spotTracePod("second", "BE", 1, time.Minute, 5*time.Hour)); naive.Fallbacks != 0 || naive.NodeHoursByPool["od"] == 0 {
+		t.Fatalf("spot-first: fallbacks %d pools %v; want 0 and an on-demand node", naive.Fallbacks, naive.NodeHoursByPool)
+	}
 	// second waits from 1m to 11m (its fallback), then 3m for the node.
 	if res.QueueDelay.Max != (13 * time.Minute).Seconds() {
 		t.Fatalf("max delay %v, want 780s", res.QueueDelay.Max)
@@ -269,6 +276,17 @@ func TestElasticFallback(t *testing.T) {
 	// on-demand pool (max 4) never.
 	if at := res.HoursAtMaxByPool; !nearly(at["spot"], (5*time.Hour+13*time.Minute).Hours()) || at["od"] != 0 {
 		t.Fatalf("hours at max %v, want spot %v and od 0", at, (5*time.Hour + 13*time.Minute).Hours())
+	}
+	// With fallback-after 0s the second pod never waits for Spot: it takes
+	// the on-demand node at once, as an allow pod would, and that is no
+	// fallback (spotrisk.Class.FellBack).
+	s.Classes[1].Annotations[spotrisk.AnnotationFallbackAfter] = "0s"
+	res = spotReplay(t, s, "penny", 42,
+		spotTracePod("first", "BE", 1, 0, 5*time.Hour),
+		spotTracePod("second", "BE", 1, time.Minute, 5*time.Hour))
+	if res.Fallbacks != 0 || res.NodeHoursByPool["od"] == 0 || res.QueueDelay.Max != (3*time.Minute).Seconds() {
+		t.Fatalf("fallback-after 0s: fallbacks %d, pools %v, max delay %vs; want 0, an on-demand node and 180s",
+			res.Fallbacks, res.NodeHoursByPool, res.QueueDelay.Max)
 	}
 }
 
@@ -658,6 +676,23 @@ func TestElasticMixedGangIsPlacedAfterItsPermitWait(t *testing.T) {
 	if res.PodsCompleted != res.PodsTotal || res.NeverScheduled != 0 || res.Stalled || res.ScaleUps > 40 {
 		t.Fatalf("completed %d of %d, never scheduled %d, stalled %v, %d scale-ups; want all, 0, false, <= 40",
 			res.PodsCompleted, res.PodsTotal, res.NeverScheduled, res.Stalled, res.ScaleUps)
+	}
+}
+
+// A gang member held at Permit has reserved room on its node: the node is
+// not empty, and the autoscaler does not remove it, as Cluster Autoscaler
+// and Karpenter count pods reserved on a node as using it. The 128-GPU job's
+// sixteen 8-GPU Spot nodes are empty from 4m59s and due to scale down at
+// 14m59s; the 12-GPU job's 4-GPU member is held on one of them from 14m30s
+// until its permit wait ends at 15m30s. Removed under it, that node took the
+// gang's reservation with it and the job never ran; kept, it is the one of
+// the sixteen that does not scale down, and the job runs on it and a new node.
+func TestElasticNodeWithAMemberHeldAtPermitIsNotScaledDown(t *testing.T) {
+	s, tr := referencePhilly(t, "timestamp,duration,num_gpus,gpu_time,cluster\n3720,59,128,7552,a\n4590,60,12,720,b\n")
+	res := spotReplay(t, s, "penny", 42, tr.Pods...)
+	if res.PodsCompleted != res.PodsTotal || res.NeverScheduled != 0 || res.ScaleDowns != 15 {
+		t.Fatalf("completed %d of %d, never scheduled %d, %d scale-downs; want all, 0 and 15 (the node the member was held on stays)",
+			res.PodsCompleted, res.PodsTotal, res.NeverScheduled, res.ScaleDowns)
 	}
 }
 
@@ -1230,6 +1265,29 @@ pools:
 	}
 	if want := (res.HorizonHours - res.LostGPUHours) * 3600; math.Abs(res.QueueDelay.Max-want) > 1e-3 {
 		t.Fatalf("queue delay %.1f s over a %.4f h replay with a %.4f h run; want %.1f s", res.QueueDelay.Max, res.HorizonHours, res.LostGPUHours, want)
+	}
+}
+
+// A service reclaimed and not back when the replay ends was down from the
+// reclaim to the end. A service that may use only Spot pools reclaimed less
+// than 5% a month loses its node within the hour, after which the pool's
+// estimated rate keeps it off: it waits from then to the end, the queue
+// delay past its first 3 min, and is down all that time.
+func TestElasticServiceStillDownAtTheEndCountsItsDowntime(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+classes:
+- {qos: [LS], annotations: {penny.dev/workload: inference, penny.dev/spot: only, penny.dev/max-reclaim-risk: "5%"}}
+pools:
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 2, advertisedInterruption: "<5%", meanTimeToReclaim: 1h}
+`)
+	res := spotReplay(t, s, "penny", 42, spotTracePod("serve", "LS", 1, 0, 10*time.Hour))
+	if res.InterruptedServices != 1 || res.Unfinished != 1 || res.PodsCompleted != 0 {
+		t.Fatalf("interrupted services %d, unfinished %d, completed %d; want the service reclaimed once and not back", res.InterruptedServices, res.Unfinished, res.PodsCompleted)
+	}
+	down := (res.QueueDelay.Max - (3 * time.Minute).Seconds()) / 3600
+	if down <= 0 || math.Abs(res.ServiceDowntimeHours-down) > 1e-9 {
+		t.Fatalf("service downtime %v h; want %v h, from the reclaim to the end of the replay", res.ServiceDowntimeHours, down)
 	}
 }
 

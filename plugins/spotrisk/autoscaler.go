@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/pkg/api/expander"
@@ -54,10 +55,11 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 }
 
 // BestOptions keeps the options whose new nodes Penny's rules let at least
-// one of the option's pods use, ranks them by the mean over those pods of
-// the expected price of each pod's useful work per slot and returns the
-// best, or those equally good. A pod's slots on a new node are capped by the
-// pods that could fill it (Expander.RankOptions): the option's other pods,
+// one of the option's pods use, ranks them by what they cost those pods
+// beyond each pod's cheapest option (regret, below), then by the mean over
+// those pods of the expected price of each pod's useful work per slot, and
+// returns the best, or those equally good. A pod's slots on a new node are
+// capped by the pods that could fill it (Expander.RankOptions): the option's other pods,
 // then, for a service (Class.LongLived), the running services of its Spot
 // policy that could use the node, most recently started first, MaxPeers in
 // all. Cluster Autoscaler lists only pending pods; running replicas say what
@@ -94,8 +96,9 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	type ranked struct {
-		opt *expander.Option
-		key optionKey
+		opt   *expander.Option
+		key   optionKey
+		costs []podCost
 	}
 	var judged []ranked
 	var unjudged []*expander.Option
@@ -115,8 +118,32 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 			unjudged = append(unjudged, o)
 			continue
 		}
-		if k, ok := x.optionKey(pods, node, runningNow); ok {
-			judged = append(judged, ranked{o, k})
+		if k, costs, ok := x.optionKey(pods, node, runningNow); ok {
+			judged = append(judged, ranked{o, k, costs})
+		}
+	}
+	// Options list different pods: a Spot group's leaves out the pods that
+	// stay off Spot. A mean over each option's own pods would compare
+	// unlike sets, and pods that have no other option would pull the mean
+	// of theirs down: eight never-Spot services, cheap per slot, made an
+	// on-demand group beat a Spot one for the Spot-preferring job beside
+	// them, at four times its price. Regret compares like with like: what
+	// each option costs its pods beyond the cheapest option each has, the
+	// rest of the pods going to their best options in later scale-ups.
+	cheapest := map[types.NamespacedName]float64{}
+	for _, r := range judged {
+		for _, c := range r.costs {
+			if b, ok := cheapest[c.pod]; !ok || c.cost < b {
+				cheapest[c.pod] = c.cost
+			}
+		}
+	}
+	for k := range judged {
+		for _, c := range judged[k].costs {
+			// Equal costs regret nothing, unpriced ones (+Inf) included.
+			if b := cheapest[c.pod]; c.cost != b {
+				judged[k].key.regret += c.cost - b
+			}
 		}
 	}
 	if len(judged) == 0 {
@@ -133,7 +160,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		best = append(best, r.opt)
 	}
 	expanderRequests.WithLabelValues("ranked").Inc()
-	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "cost", judged[0].key.cost)
+	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "regret", judged[0].key.regret, "cost", judged[0].key.cost)
 	return &expander.BestOptionsResponse{Options: best}, nil
 }
 
@@ -200,11 +227,19 @@ func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod
 	return out, nil
 }
 
+// podCost is one pod's expected cost per slot on an option's node. The
+// options of a request carry copies of a pod: its name says which.
+type podCost struct {
+	pod  types.NamespacedName
+	cost float64
+}
+
 // optionKey ranks an option by the pods of it that Penny's rules let on
 // node: avoided if any of them avoids Spot there, and the mean of their
-// costs per slot, each pod's slots capped by its peers (BestOptions). ok is
-// false when none of the pods may use node.
-func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func() []runningPod) (optionKey, bool) {
+// costs per slot, each pod's slots capped by its peers (BestOptions), with
+// each pod's cost for BestOptions to work out the regret. ok is false when
+// none of the pods may use node.
+func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func() []runningPod) (optionKey, []podCost, bool) {
 	var admitted []*corev1.Pod
 	var classes []Class
 	var usages []pricing.Usage
@@ -220,7 +255,7 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 		admitted, classes, usages = append(admitted, p), append(classes, class), append(usages, pricing.PodUsage(p))
 	}
 	if len(admitted) == 0 {
-		return optionKey{}, false
+		return optionKey{}, nil, false
 	}
 	// The running services of each Spot policy that could use node, read
 	// once per option: MaxPeers of them at most are ever weighed.
@@ -241,6 +276,7 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 		return peers
 	}
 	var sum optionKey
+	costs := make([]podCost, 0, len(admitted))
 	peers := make([]pricing.Usage, 0, MaxPeers)
 	for i := range admitted {
 		peers = peers[:0]
@@ -257,9 +293,10 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 		sum.avoided = sum.avoided || k.avoided
 		sum.cost += k.cost
 		sum.price = k.price
+		costs = append(costs, podCost{pod: types.NamespacedName{Namespace: admitted[i].Namespace, Name: admitted[i].Name}, cost: k.cost})
 	}
 	sum.cost /= float64(len(admitted))
-	return sum, true
+	return sum, costs, true
 }
 
 // templateNodes decodes the request's template nodes, preferring

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +210,37 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 		if got := best(t, s, caRequest(t, c.pending, quad, octo)); len(got) != 1 || got[0] != c.want {
 			t.Errorf("%s: %v, want %s", c.name, got, c.want)
 		}
+	}
+}
+
+// Options list different pods once Penny's rules apply: a Spot group's
+// leaves out the never-Spot pods. Eight 1-GPU services fill an on-demand
+// p4d at $4 a slot; beside them, a checkpointing job that has waited out
+// its fallback and needs a whole p4d costs $32 there and about $8 on Spot.
+// The mean over each option's own pods made on-demand look cheaper ($64 /
+// 9 against $8) and put the job on a node at four times the price, for
+// services that had no other option anyway. Compared by what each option
+// costs its pods beyond their cheapest option each, Spot costs nothing more
+// and on-demand $24 more: the job gets Spot, the services on-demand next.
+func TestExpanderServerDoesNotLetPodsWithoutChoiceDecideForTheOthers(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	od, spotA := node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a")
+	var pods []*corev1.Pod
+	for i := range 8 {
+		pods = append(pods, pod(fmt.Sprint("serve-", i), map[string]string{AnnotationWorkload: "inference"}))
+	}
+	job := waited(pod("train", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"}))
+	job.Spec.Containers[0].Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("96"), corev1.ResourceMemory: resource.MustParse("1152Gi")}
+	job.Spec.Containers[0].Resources.Limits = corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("8")}
+	if got := best(t, s, caRequest(t, append(pods, job), od, spotA)); len(got) != 1 || got[0] != "spot-a" {
+		t.Errorf("eight services and a job that may use Spot: %v, want spot-a", got)
+	}
+	// The services alone still get on-demand, and the same pods in every
+	// option still rank by their mean cost.
+	if got := best(t, s, caRequest(t, pods, od, spotA)); len(got) != 1 || got[0] != "od" {
+		t.Errorf("eight services: %v, want od", got)
 	}
 }
 

@@ -93,6 +93,15 @@ func (c Class) FallbackFrom(capacity pricing.Capacity) bool {
 	return false
 }
 
+// FellBack reports whether a pod of the class placed on capacity fell back
+// to it: it waited FallbackAfter for the capacity its policy prefers and then
+// took the other. With FallbackAfter 0s it never waited and took what it
+// found, as an allow pod does: that says nothing about whether the capacity
+// it prefers was there, and is not counted as a fallback.
+func (c Class) FellBack(capacity pricing.Capacity) bool {
+	return c.Waits() && c.FallbackAfter > 0 && c.FallbackFrom(capacity)
+}
+
 // LongLived is true of services (inference and dev pods serve until
 // stopped): pods like the ones running now keep coming, as replicas and
 // rollouts, so an autoscaler counts the running services among the pods

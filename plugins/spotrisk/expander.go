@@ -85,16 +85,23 @@ func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error)
 
 // optionKey is how one option ranks for a pod: Spot last for a pod that
 // avoids it, then by the expected cost of the pod's work per slot, then by
-// the node's price. Unpriced and useless options cost +Inf.
+// the node's price. Unpriced and useless options cost +Inf. An option for
+// several pods (ExpanderServer.BestOptions) ranks by its regret first.
 type optionKey struct {
 	avoided bool
-	cost    float64
-	price   float64
+	// regret is what the option's pods pay on it beyond their cheapest
+	// option each, summed; 0 where one pod is ranked.
+	regret float64
+	cost   float64
+	price  float64
 }
 
 func (k optionKey) less(o optionKey) bool {
 	if k.avoided != o.avoided {
 		return !k.avoided
+	}
+	if k.regret != o.regret {
+		return k.regret < o.regret
 	}
 	if k.cost != o.cost {
 		return k.cost < o.cost

@@ -19,7 +19,7 @@ type binding struct {
 	capacity pricing.Capacity
 }
 
-func (b *binding) fallback() bool { return b.class.Waits() && b.class.FallbackFrom(b.capacity) }
+func (b *binding) fallback() bool { return b.class.FellBack(b.capacity) }
 
 func (b *binding) message() string {
 	want, to := b.class.wait()

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/component-base/metrics/testutil"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
@@ -243,6 +244,35 @@ func TestFallbackAfterWaiting(t *testing.T) {
 	q := pod("impatient", map[string]string{AnnotationSpot: "prefer", AnnotationFallbackAfter: "30s"})
 	if r := e.schedule(t, q); strings.Join(r.feasible, ",") != "od" {
 		t.Fatalf("30s after creation+2m the override has long passed; feasible %v", r.feasible)
+	}
+}
+
+// A pod whose fallbackAfter is 0s never waited for Spot: bound to on-demand
+// at once, it behaves as an allow pod and says nothing about whether Spot
+// capacity was there. penny_spot_fallbacks_total, read as "a Spot pool's
+// max is too small", does not count it and it gets no SpotFallback event;
+// its wait is counted as every pod's is.
+func TestFallbackAfterZeroIsNoFallback(t *testing.T) {
+	registerMetrics()
+	e := newEnv(t, &Args{}, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
+	before, _ := testutil.GetCounterMetricValue(fallbacks.WithLabelValues(string(Prefer)))
+	for _, ann := range []map[string]string{
+		{AnnotationSpot: "prefer", AnnotationFallbackAfter: "0s"},
+		{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m", AnnotationFallbackAfter: "0s"},
+	} {
+		p := pod("eager", ann)
+		p.CreationTimestamp = metav1.NewTime(e.clock.Now())
+		r := e.schedule(t, p)
+		if strings.Join(r.feasible, ",") != "od" {
+			t.Fatalf("%v: with no wait on-demand is feasible at once; feasible %v (%s)", ann, r.feasible, r.fitError)
+		}
+		e.expectBindCountsWait(t, r, p, "od", pricing.OnDemand)
+	}
+	if evs := e.events(); len(evs) != 0 {
+		t.Errorf("pods that never waited got events %v", evs)
+	}
+	if n, _ := testutil.GetCounterMetricValue(fallbacks.WithLabelValues(string(Prefer))); n != before {
+		t.Errorf("penny_spot_fallbacks_total{policy=\"prefer\"} = %v, want %v: pods that never waited are not fallbacks", n, before)
 	}
 }
 
