@@ -64,8 +64,10 @@ type Options struct {
 	// Trigger). Optional.
 	Report func()
 	// Status sends checkpoint progress to the scheduler (the report
-	// client's SendCheckpointStatus). Optional.
-	Status func(*telemetryv1.CheckpointStatus)
+	// client's SendCheckpointStatus), with the job's deadline: until then
+	// the scheduler may still wait for it, so the client sends it again on
+	// a stream that replaces one it may have been lost with. Optional.
+	Status func(st *telemetryv1.CheckpointStatus, until time.Time)
 	// Acknowledger tells the cloud the node is ready (Azure). Optional.
 	Acknowledger notice.Acknowledger
 	// Notices returns the notices pending now and whether the last check
@@ -94,7 +96,7 @@ type Flow struct {
 	policy      reclaim.Policy
 	margin      time.Duration
 	report      func()
-	status      func(*telemetryv1.CheckpointStatus)
+	status      func(*telemetryv1.CheckpointStatus, time.Time)
 	ack         notice.Acknowledger
 	notices     func() ([]notice.Notice, bool)
 	reconcile   time.Duration
@@ -137,7 +139,7 @@ func New(o Options) (*Flow, error) {
 		o.Report = func() {}
 	}
 	if o.Status == nil {
-		o.Status = func(*telemetryv1.CheckpointStatus) {}
+		o.Status = func(*telemetryv1.CheckpointStatus, time.Time) {}
 	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
@@ -236,6 +238,8 @@ func (f *Flow) Run(ctx context.Context) {
 			f.log.Info("resuming reclaim work an earlier agent left unfinished", "job", j.ID, "deadline", j.Deadline)
 			f.metrics.resumed.Inc()
 			f.start(ctx, j, true)
+		case j.Command != nil && time.Now().Before(j.Deadline):
+			f.resendStatuses(j)
 		case time.Since(j.Updated) > f.retention:
 			if err := f.state.remove(j.ID); err != nil {
 				f.log.Error(err, "cannot remove old reclaim state", "job", j.ID)
@@ -326,6 +330,31 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 			f.runCommand(ctx, j)
 		}
 	}()
+}
+
+// resendStatuses sends again the statuses of a scheduler command an
+// earlier agent finished before its deadline: they may have been lost with
+// its streams (a status sent just before the agent stopped sat in a buffer),
+// and the scheduler waits for them to evict the gang's other members before
+// the deadline. The scheduler takes a repeated status as where the pod
+// stands, so one it has already changes nothing.
+func (f *Flow) resendStatuses(j *Job) {
+	for _, key := range j.Command.Pods {
+		ns, name, _ := strings.Cut(key, "/")
+		st := &telemetryv1.CheckpointStatus{
+			CommandId: j.Command.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
+			State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.New(j.Updated),
+			Message: fmt.Sprintf("pod %s is not on node %s", key, f.node),
+		}
+		if r := j.Pods[key]; r != nil {
+			state, ok := telemetryv1.CheckpointStatus_State_value[r.Checkpoint]
+			if !ok {
+				continue // not asked: nothing was said about it
+			}
+			st.State, st.Message = telemetryv1.CheckpointStatus_State(state), telemetryv1.StatusText(r.Message)
+		}
+		f.status(st, j.Deadline)
+	}
 }
 
 // Running reports whether a job is in progress (for tests and /readyz).
@@ -512,7 +541,7 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 				CommandId: c.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
 				State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.Now(),
 				Message: fmt.Sprintf("pod %s is not on node %s", key, f.node),
-			})
+			}, j.Deadline)
 			continue
 		}
 		pods = append(pods, pod)
@@ -544,7 +573,7 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 		f.status(&telemetryv1.CheckpointStatus{
 			CommandId: statusID, Pod: &telemetryv1.PodRef{Namespace: pod.Namespace, Name: pod.Name},
 			State: state, Message: telemetryv1.StatusText(msg), UpdatedAt: timestamppb.Now(),
-		})
+		}, js.j.Deadline)
 	}
 	for _, pod := range pods {
 		rec := js.pod(pod)

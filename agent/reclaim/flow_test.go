@@ -64,6 +64,7 @@ type env struct {
 	mu       sync.Mutex
 	trainers map[string]*trainer.Trainer // by pod name
 	statuses []*telemetryv1.CheckpointStatus
+	until    []time.Time // each status's
 	stateDir string
 }
 
@@ -154,10 +155,11 @@ func (e *env) flow(ctx context.Context, o reclaim.Options) (*reclaim.Flow, func(
 	o.Node, o.Client, o.StateDir = e.node, cluster.Client, e.stateDir
 	o.Checkpoints = checkpoint.NewClient(e.resolve)
 	o.Log = testr.NewWithOptions(e.t, testr.Options{Verbosity: 1})
-	o.Status = func(st *telemetryv1.CheckpointStatus) {
+	o.Status = func(st *telemetryv1.CheckpointStatus, until time.Time) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		e.statuses = append(e.statuses, st)
+		e.until = append(e.until, until)
 	}
 	f, err := reclaim.New(o)
 	if err != nil {
@@ -410,6 +412,70 @@ func TestSchedulerCommandChecksOnlyThisNodesPodsAndEvictsNothing(t *testing.T) {
 	}
 	if gone(t, e.ns, "member-2") || taintOf(t, e.node) != nil {
 		t.Error("a checkpoint command evicted pods or tainted the node; the scheduler decides that")
+	}
+}
+
+// An agent that stops just after finishing a scheduler command may have
+// lost its last statuses with its streams (sent, but still in a buffer).
+// The restarted agent sends the command's statuses again, from its state,
+// while the deadline is ahead, without asking the pods again; the scheduler
+// waits for them to evict the gang's other members before the deadline.
+func TestRestartedAgentSendsAFinishedCommandsStatusesAgain(t *testing.T) {
+	e := newEnv(t, "spot-6")
+	ctx := context.Background()
+	e.pod("member-1", e.node, 10*time.Millisecond)
+	e.pod("member-2", e.node, 0) // no hook
+	f, stop := e.flow(ctx, reclaim.Options{})
+	deadline := time.Now().Add(30 * time.Second).Truncate(time.Second)
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
+		Id: "gang-cmd-7", Deadline: timestamppb.New(deadline), OriginNode: "spot-8",
+		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-1"}, {Namespace: e.ns, Name: "member-2"}, {Namespace: e.ns, Name: "elsewhere"}},
+	})
+	// A finished command whose deadline has passed: nobody waits for it.
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
+		Id: "gang-cmd-old", Deadline: timestamppb.New(time.Now().Add(1500 * time.Millisecond)), OriginNode: "spot-8",
+		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-2"}},
+	})
+	waitFor(t, "the jobs to finish", 5*time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.statuses) >= 5 && f.Running() == 0
+	})
+	time.Sleep(1600 * time.Millisecond) // gang-cmd-old's deadline passes
+	stop()
+	e.mu.Lock()
+	e.statuses, e.until = nil, nil
+	e.mu.Unlock()
+
+	e.flow(ctx, reclaim.Options{})
+	waitFor(t, "the statuses sent again", 5*time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.statuses) >= 3
+	})
+	time.Sleep(200 * time.Millisecond)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	got := map[string]string{}
+	for i, st := range e.statuses {
+		if st.GetCommandId() != "gang-cmd-7" {
+			t.Errorf("status of command %q sent again after its deadline", st.GetCommandId())
+			continue
+		}
+		if !e.until[i].Equal(deadline) {
+			t.Errorf("status of %s sent until %v, want the command's deadline %v", st.GetPod().GetName(), e.until[i], deadline)
+		}
+		if err := telemetryv1.ValidateCheckpointStatus(st); err != nil {
+			t.Errorf("status %v: %v", st, err)
+		}
+		got[st.GetPod().GetName()] = st.GetState().String()
+	}
+	want := map[string]string{"member-1": "STATE_DONE", "member-2": "STATE_NO_HOOK", "elsewhere": "STATE_FAILED"}
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(e.statuses) != 3 {
+		t.Errorf("sent again %v (%d statuses), want %v once each", got, len(e.statuses), want)
+	}
+	if n := len(e.trainers["member-1"].Received()); n != 1 {
+		t.Errorf("member-1 asked %d times; a finished command's pods are not asked again", n)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -28,7 +30,10 @@ import (
 // CommandHandler acts on commands from the scheduler. HandleCheckpoint must
 // return quickly (start the work elsewhere) and report progress through
 // Client.SendCheckpointStatus. Several scheduler replicas may send the same
-// command; the handler deduplicates by command id.
+// command; the handler deduplicates by command id. The client answers a
+// command it holds statuses for with those statuses (a restarted replica
+// sends its commands again), so the handler need say nothing about a
+// command it has run before.
 type CommandHandler interface {
 	HandleCheckpoint(ctx context.Context, cmd *telemetryv1.CheckpointCommand)
 }
@@ -73,6 +78,12 @@ type Client struct {
 	loop *Loop
 	opts ClientOptions
 	host string
+	// dialOptions are checked by NewClient, which builds a connection with
+	// them once, so that a bad option fails the agent's start.
+	dialOptions []grpc.DialOption
+	// newConn makes an endpoint's connection (grpc.NewClient; tests fail
+	// it).
+	newConn func(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error)
 
 	mu        sync.Mutex
 	endpoints map[string]*endpoint
@@ -80,27 +91,57 @@ type Client struct {
 	// resolveNow asks Run to look the address up again before its
 	// interval: a stream ended, and the replica may be back elsewhere.
 	resolveNow chan struct{}
-	// statusSeq numbers the checkpoint statuses (under mu).
-	statusSeq uint64
-	// orphans hold statuses while there is no endpoint to queue them for.
-	orphans *statusQueue
+	// statuses are the checkpoint statuses every new stream is sent.
+	statuses *statusBook
 }
 
 type endpoint struct {
 	addr      string
 	cancel    context.CancelFunc
 	connected atomic.Bool
-	statuses  *statusQueue
-	// joinedAfter is statusSeq when the endpoint was added: it was given
-	// every status after that one, and none before.
-	joinedAfter uint64
+	// statusesChanged holds a token when the stream open now may have
+	// statuses to send: one was added or updated, or a command came again.
+	statusesChanged chan struct{}
+
+	mu sync.Mutex
+	// sent records the version of each status the stream open now was
+	// given; a stream the scheduler accepts starts with an empty record.
+	sent map[statusKey]uint64
 }
 
-// NewClient returns a client for loop's reports.
+// again has the stream open now send keys' statuses once more.
+func (e *endpoint) again(keys []statusKey) {
+	if len(keys) == 0 {
+		return
+	}
+	e.mu.Lock()
+	for _, k := range keys {
+		delete(e.sent, k)
+	}
+	e.mu.Unlock()
+	e.statusesMayHaveChanged()
+}
+
+func (e *endpoint) statusesMayHaveChanged() {
+	select {
+	case e.statusesChanged <- struct{}{}:
+	default:
+	}
+}
+
+// NewClient returns a client for loop. It checks Address and the options
+// it builds connections with, so that a mistake fails the agent's start
+// rather than leaving it running without ever reporting.
 func NewClient(loop *Loop, opts ClientOptions) (*Client, error) {
-	host, _, err := net.SplitHostPort(opts.Address)
+	host, port, err := net.SplitHostPort(opts.Address)
 	if err != nil {
 		return nil, fmt.Errorf("scheduler address %q: want host:port (%v)", opts.Address, err)
+	}
+	if host == "" {
+		return nil, fmt.Errorf("scheduler address %q: the host is empty; want host:port, e.g. penny-telemetry.penny-system.svc:7443", opts.Address)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return nil, fmt.Errorf("scheduler address %q: the port %q is not a number from 1 to 65535", opts.Address, port)
 	}
 	if opts.TLS == nil {
 		return nil, errors.New("scheduler TLS configuration is required: the stream carries a ServiceAccount token")
@@ -121,7 +162,38 @@ func NewClient(loop *Loop, opts ClientOptions) (*Client, error) {
 	if opts.TLS.ServerName == "" {
 		opts.TLS.ServerName = host
 	}
-	return &Client{loop: loop, opts: opts, host: host, endpoints: map[string]*endpoint{}, resolveNow: make(chan struct{}, 1), orphans: newStatusQueue()}, nil
+	c := &Client{
+		loop: loop, opts: opts, host: host, newConn: grpc.NewClient,
+		endpoints: map[string]*endpoint{}, resolveNow: make(chan struct{}, 1), statuses: newStatusBook(nil),
+	}
+	c.dialOptions = []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(opts.TLS)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// gRPC reconnects a failed connection by itself, with its own
+		// backoff (up to 2 minutes apart by default); while it waits, the
+		// streams the agent opens fail at once. Pace it as the streams
+		// are, so a replica that comes back is reached within the cap.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: grpcbackoff.Config{
+				BaseDelay: opts.Backoff.Duration, Multiplier: max(opts.Backoff.Factor, 1),
+				Jitter: min(opts.Backoff.Jitter, 1), MaxDelay: max(opts.Backoff.Cap, opts.Backoff.Duration),
+			},
+			MinConnectTimeout: 20 * time.Second,
+		}),
+	}
+	// Every endpoint's connection is built from these options and an
+	// address of this form; building one here (it does not connect) finds
+	// what would otherwise only fail in the endpoint's goroutine.
+	probe := opts.Address
+	if net.ParseIP(host) == nil {
+		probe = net.JoinHostPort("127.0.0.1", port)
+	}
+	conn, err := grpc.NewClient(probe, c.dialOptions...)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler address %q: %w", opts.Address, err)
+	}
+	conn.Close()
+	return c, nil
 }
 
 // Connected returns how many scheduler streams are open now.
@@ -151,54 +223,24 @@ func (c *Client) Endpoints() []string {
 
 // SendCheckpointStatus sends st to every scheduler endpoint (the one that
 // leads may change at any time); the scheduler's reclaim coordinator waits
-// for these before it evicts a gang's other members. Statuses wait, up to
-// MaxQueuedStatuses per endpoint, for an endpoint that is reconnecting; one
-// whose send fails is sent again on the endpoint's next stream; those an
-// endpoint still holds when it leaves the Service go to the endpoints that
-// joined since, which never had them (a replica back at a new address).
-func (c *Client) SendCheckpointStatus(st *telemetryv1.CheckpointStatus) {
+// for these before it evicts a gang's other members. Until until (the
+// command's deadline; DefaultStatusRetention from now when zero) the pod's
+// latest status is sent again on every stream a scheduler accepts, and on
+// the stream a command arrives on again: the protocol acknowledges no
+// status, and one that sat in gRPC's buffer when its stream broke is lost.
+// A status produced while no scheduler is connected waits for one.
+func (c *Client) SendCheckpointStatus(st *telemetryv1.CheckpointStatus, until time.Time) {
+	if dropped := c.statuses.put(st, until); dropped != nil {
+		c.opts.Metrics.statusesDropped.Inc()
+		c.opts.Log.Info("checkpoint status dropped: too many statuses of commands whose deadline is ahead; the one updated longest ago goes",
+			"command", dropped.key.command, "pod", dropped.key.namespace+"/"+dropped.key.name,
+			"state", dropped.st.GetState().String(), "limit", MaxLiveStatuses)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.statusSeq++
-	s := queuedStatus{seq: c.statusSeq, st: st}
-	if len(c.endpoints) == 0 {
-		c.statusesDropped("", c.orphans.push(s))
-		return
-	}
 	for _, e := range c.endpoints {
-		c.statusesDropped(e.addr, e.statuses.push(s))
+		e.statusesMayHaveChanged()
 	}
-}
-
-// handOff gives statuses that a gone endpoint did not deliver to the
-// endpoints that never had them: those that joined after the status was
-// produced. The others were given their own copy. With no endpoint left
-// the statuses wait for the next one. c.mu is held.
-func (c *Client) handOff(items []queuedStatus) {
-	if len(items) == 0 {
-		return
-	}
-	if len(c.endpoints) == 0 {
-		c.statusesDropped("", c.orphans.merge(items))
-		return
-	}
-	for _, e := range c.endpoints {
-		var missing []queuedStatus
-		for _, s := range items {
-			if s.seq <= e.joinedAfter {
-				missing = append(missing, s)
-			}
-		}
-		c.statusesDropped(e.addr, e.statuses.merge(missing))
-	}
-}
-
-func (c *Client) statusesDropped(endpoint string, n int) {
-	if n == 0 {
-		return
-	}
-	c.opts.Metrics.statusesDropped.Add(float64(n))
-	c.opts.Log.Info("checkpoint statuses dropped, the oldest first: too many queued for a scheduler that is not reading", "endpoint", endpoint, "dropped", n, "limit", MaxQueuedStatuses)
 }
 
 // Run keeps streams open until ctx ends, then closes them and returns.
@@ -268,49 +310,72 @@ func (c *Client) setEndpoints(ctx context.Context, addrs []string) {
 			continue
 		}
 		ectx, cancel := context.WithCancel(ctx)
-		e := &endpoint{addr: addr, cancel: cancel, statuses: newStatusQueue(), joinedAfter: c.statusSeq}
+		e := &endpoint{addr: addr, cancel: cancel, statusesChanged: make(chan struct{}, 1), sent: map[statusKey]uint64{}}
 		c.endpoints[addr] = e
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
 			c.runEndpoint(ectx, e)
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			if c.endpoints[e.addr] == e {
-				return
-			}
-			// Handed off only now: a status the last stream took and
-			// failed to send is back in the queue once that stream is
-			// done.
-			c.handOff(e.statuses.take())
 			// The endpoint's series go once its goroutine has written its
 			// last value, unless the address is back with a new endpoint.
+			// (Its statuses need no hand-off: every stream, to whatever
+			// endpoint, is sent every live status.)
+			c.mu.Lock()
+			defer c.mu.Unlock()
 			if c.endpoints[e.addr] == nil {
 				c.opts.Metrics.forgetEndpoint(e.addr)
 			}
 		}()
 	}
-	c.handOff(c.orphans.take())
 }
 
-// runEndpoint keeps one stream open, reconnecting with backoff.
-func (c *Client) runEndpoint(ctx context.Context, e *endpoint) {
-	log := c.opts.Log.WithValues("endpoint", e.addr)
-	conn, err := grpc.NewClient(e.addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(c.opts.TLS)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
-	if err != nil {
-		log.Error(err, "cannot create a gRPC client for the scheduler endpoint")
+// setConnected records whether e has a stream the scheduler accepted. The
+// gauge is left to a newer endpoint for the same address, if there is one
+// (the address left the Service and came back): the old endpoint's last
+// word must not overwrite the new one's.
+func (c *Client) setConnected(e *endpoint, connected bool) {
+	e.connected.Store(connected)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur := c.endpoints[e.addr]; cur != nil && cur != e {
 		return
 	}
-	defer conn.Close()
+	v := 0.0
+	if connected {
+		v = 1
+	}
+	c.opts.Metrics.connected.WithLabelValues(e.addr).Set(v)
+}
+
+// runEndpoint keeps one stream open, reconnecting with backoff, until ctx
+// ends.
+func (c *Client) runEndpoint(ctx context.Context, e *endpoint) {
+	log := c.opts.Log.WithValues("endpoint", e.addr)
 	backoff := c.opts.Backoff
+	c.setConnected(e, false)
+	var conn *grpc.ClientConn
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
 	for {
 		started := time.Now()
-		err := c.stream(ctx, conn, e, log)
-		e.connected.Store(false)
-		c.opts.Metrics.connected.WithLabelValues(e.addr).Set(0)
+		var err error
+		if conn == nil {
+			// NewClient checked the address and the options, so this
+			// should not fail; if it does, the endpoint keeps trying (and
+			// says so in its failures) rather than going quiet for good
+			// while the agent looks healthy.
+			if conn, err = c.newConn(e.addr, c.dialOptions...); err != nil {
+				conn = nil
+				err = fmt.Errorf("cannot create a gRPC client for the scheduler endpoint: %w", err)
+			}
+		}
+		if conn != nil {
+			err = c.stream(ctx, conn, e, log)
+		}
+		c.setConnected(e, false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -375,8 +440,7 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 	go func() {
 		defer close(recvDone)
 		if md, _ := st.Header(); md != nil {
-			e.connected.Store(true)
-			c.opts.Metrics.connected.WithLabelValues(e.addr).Set(1)
+			c.setConnected(e, true)
 			log.Info("stream to the scheduler open", "node", strings.Join(md.Get(telemetry.AcceptedHeader), ","))
 			close(accepted)
 		}
@@ -407,7 +471,7 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 	updates, unsubscribe := c.loop.Subscribe()
 	defer unsubscribe()
 	var sent uint64
-	var statusesReady <-chan struct{}
+	var statusesChanged <-chan struct{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -416,11 +480,16 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 		case err := <-recvErr:
 			return err
 		case <-accepted:
-			accepted, statusesReady = nil, e.statuses.ready
+			// A new stream: whatever the last one sent may have been lost
+			// with it, so every live status goes out again.
+			accepted, statusesChanged = nil, e.statusesChanged
+			e.mu.Lock()
+			e.sent = map[statusKey]uint64{}
+			e.mu.Unlock()
 			if err := c.sendStatuses(st, e); err != nil {
 				return sendFailed()
 			}
-		case <-statusesReady:
+		case <-statusesChanged:
 			if err := c.sendStatuses(st, e); err != nil {
 				return sendFailed()
 			}
@@ -438,17 +507,22 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 	}
 }
 
-// sendStatuses sends the endpoint's queued statuses, oldest first. One whose
-// send fails goes back to the front of the queue for the next stream.
+// sendStatuses sends the live statuses this stream does not have in their
+// latest version, in the order they were produced. A stream whose send fails
+// is done; the next one sends them all again.
 func (c *Client) sendStatuses(st grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage], e *endpoint) error {
 	for {
-		s, ok := e.statuses.pop()
-		if !ok {
+		e.mu.Lock()
+		batch := c.statuses.pending(e.sent)
+		e.mu.Unlock()
+		if len(batch) == 0 {
 			return nil
 		}
-		if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: s.st}}); err != nil {
-			c.statusesDropped(e.addr, e.statuses.putBack(s))
-			return err
+		for _, s := range batch {
+			if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: s.st}}); err != nil {
+				return err
+			}
+			c.opts.Metrics.statusesSent.WithLabelValues(e.addr).Inc()
 		}
 	}
 }
@@ -468,6 +542,11 @@ func (c *Client) handle(ctx context.Context, e *endpoint, msg *telemetryv1.Sched
 			return
 		}
 		log.Info("checkpoint command", "command", cmd.GetId(), "pods", len(cmd.GetPods()), "deadline", cmd.GetDeadline().AsTime(), "reason", cmd.GetReason())
+		// A command this agent has statuses for already comes again from a
+		// replica that lost them (it restarted, or its statuses arrived
+		// before it knew the command): the handler runs a command once, so
+		// the answer is the statuses it has, on this stream.
+		e.again(c.statuses.commandKeys(cmd.GetId()))
 		if c.opts.Commands != nil {
 			c.opts.Commands.HandleCheckpoint(ctx, cmd)
 			return
@@ -476,7 +555,7 @@ func (c *Client) handle(ctx context.Context, e *endpoint, msg *telemetryv1.Sched
 			c.SendCheckpointStatus(&telemetryv1.CheckpointStatus{
 				CommandId: cmd.GetId(), Pod: p, State: telemetryv1.CheckpointStatus_STATE_UNSUPPORTED,
 				Message: "this penny-agent does not run checkpoints", UpdatedAt: timestamppb.Now(),
-			})
+			}, cmd.GetDeadline().AsTime())
 		}
 	default:
 		log.V(1).Info("ignoring a scheduler message this agent does not know")

@@ -94,7 +94,13 @@ func (l *Loop) Subscribe() (<-chan struct{}, func()) {
 	l.subscribers[ch] = struct{}{}
 	l.mu.Unlock()
 	if l.latest.Load() != nil {
-		ch <- struct{}{}
+		// A report published since the channel was added may have
+		// signalled it already; one signal is all it holds, and nobody
+		// reads it before this returns.
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 	return ch, func() {
 		l.mu.Lock()
@@ -146,6 +152,11 @@ func (l *Loop) publish(r *telemetryv1.NodeReport) {
 	}
 	l.latest.Store(r)
 	l.metrics.reportsBuilt.Inc()
+	l.notify()
+}
+
+// notify wakes every subscriber.
+func (l *Loop) notify() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for ch := range l.subscribers {

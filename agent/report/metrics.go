@@ -23,6 +23,7 @@ type Metrics struct {
 	reconnects *prometheus.CounterVec
 	commands   *prometheus.CounterVec
 
+	statusesSent    *prometheus.CounterVec
 	statusesDropped prometheus.Counter
 }
 
@@ -53,12 +54,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "penny_agent_stream_failures_total", Help: "Streams to a scheduler endpoint that failed or ended, by endpoint."}, []string{"endpoint"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_agent_commands_received_total", Help: "Commands received from the scheduler, by kind."}, []string{"kind"}),
+		statusesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penny_agent_checkpoint_statuses_sent_total", Help: "Checkpoint statuses sent, by scheduler endpoint; every stream the scheduler accepts is sent the latest status of each pod of every command whose deadline is ahead, so repeats count."}, []string{"endpoint"}),
 		statusesDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "penny_agent_checkpoint_statuses_dropped_total", Help: "Checkpoint statuses dropped, the oldest first, because more than the bound waited for a scheduler endpoint."}),
+			Name: "penny_agent_checkpoint_statuses_dropped_total", Help: "Checkpoint statuses dropped before their command's deadline because more than the bound (1024) were kept to send again, the one updated longest ago first."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.reportsBuilt, m.collectDuration, m.collectorState, m.gpus, m.gpusUnhealthy, m.reclaimNotices,
-			m.sent, m.rejected, m.connected, m.reconnects, m.commands, m.statusesDropped)
+			m.sent, m.rejected, m.connected, m.reconnects, m.commands, m.statusesSent, m.statusesDropped)
 	}
 	return m
 }
@@ -99,4 +102,5 @@ func (m *Metrics) forgetEndpoint(endpoint string) {
 	m.rejected.DeleteLabelValues(endpoint)
 	m.connected.DeleteLabelValues(endpoint)
 	m.reconnects.DeleteLabelValues(endpoint)
+	m.statusesSent.DeleteLabelValues(endpoint)
 }

@@ -3,114 +3,153 @@ package report
 import (
 	"sort"
 	"sync"
+	"time"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
-// MaxQueuedStatuses bounds the checkpoint statuses waiting for one scheduler
-// endpoint; beyond it the oldest are dropped (and counted). A checkpoint
-// command yields a status or two per pod, so this holds the statuses of
-// every pod on a node several times over.
-const MaxQueuedStatuses = 256
+// MaxLiveStatuses bounds the checkpoint statuses the agent keeps to send
+// again: one per pod of each command whose deadline is still ahead. A node
+// holds a few hundred pods at most and a command names at most
+// telemetryv1.MaxCheckpointPods, so this holds every pod of several commands
+// at once; beyond it the status updated longest ago is dropped (counted and
+// logged).
+const MaxLiveStatuses = 1024
 
-// queuedStatus is a checkpoint status on its way to a scheduler endpoint.
-type queuedStatus struct {
-	// seq orders the statuses the agent produced (client-wide, from 1), so
-	// that statuses handed from one endpoint to another keep their order
-	// and an endpoint is handed only those it never had.
-	seq uint64
+// DefaultStatusRetention is how long a status is sent again when its sender
+// does not say until when (a zero until).
+const DefaultStatusRetention = 10 * time.Minute
+
+// minStatusLife is how long a status is kept however close its command's
+// deadline: one produced at the deadline (a checkpoint that ran out of time)
+// still reaches the streams open then, and the scheduler's clock may be a
+// little behind the agent's.
+const minStatusLife = 10 * time.Second
+
+// statusKey is one pod of one command: a later status for it replaces the
+// earlier one.
+type statusKey struct {
+	command, namespace, name string
+}
+
+func keyOf(st *telemetryv1.CheckpointStatus) statusKey {
+	return statusKey{st.GetCommandId(), st.GetPod().GetNamespace(), st.GetPod().GetName()}
+}
+
+// liveStatus is the latest status of one pod of a command.
+type liveStatus struct {
+	key statusKey
 	st  *telemetryv1.CheckpointStatus
+	// seq orders the updates the agent made (client-wide, from 1): a stream
+	// that sent an older version of this status sends this one.
+	seq uint64
+	// until is the command's deadline: after it nobody waits for the status.
+	until time.Time
 }
 
-// statusQueue holds an endpoint's statuses, oldest first, across its
-// streams: one taken off and not sent goes back to the front.
-type statusQueue struct {
-	mu    sync.Mutex
-	items []queuedStatus
-	// ready holds a token when statuses were queued since it was last
-	// drained.
-	ready chan struct{}
+// statusBook holds the latest status of each pod of every command that is
+// still live. The protocol does not acknowledge statuses, and a Send that
+// returned nil only put the message in gRPC's buffer, which a stream that
+// breaks then loses; so every stream a scheduler accepts is sent every live
+// status, and a command that arrives again (a restarted replica sending it
+// anew) is answered with the statuses the agent has for it. The scheduler
+// takes a status as where the pod's checkpoint stands, so a repeat changes
+// nothing there.
+type statusBook struct {
+	mu   sync.Mutex
+	seq  uint64
+	live map[statusKey]*liveStatus
+	now  func() time.Time
 }
 
-func newStatusQueue() *statusQueue {
-	return &statusQueue{ready: make(chan struct{}, 1)}
-}
-
-// push adds q at the back and returns how many of the oldest statuses were
-// dropped to make room.
-func (q *statusQueue) push(s queuedStatus) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.items = append(q.items, s)
-	return q.settle()
-}
-
-// putBack returns a status that was taken and could not be sent to the
-// front, where it was.
-func (q *statusQueue) putBack(s queuedStatus) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.items = append([]queuedStatus{s}, q.items...)
-	return q.settle()
-}
-
-// merge adds statuses of another queue in the order the agent produced
-// them, skipping any the queue holds already.
-func (q *statusQueue) merge(in []queuedStatus) int {
-	if len(in) == 0 {
-		return 0
+func newStatusBook(now func() time.Time) *statusBook {
+	if now == nil {
+		now = time.Now
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	have := make(map[uint64]bool, len(q.items))
-	for _, s := range q.items {
-		have[s.seq] = true
+	return &statusBook{live: map[statusKey]*liveStatus{}, now: now}
+}
+
+// put makes st its pod's latest status until until, and returns the status
+// it dropped to stay within MaxLiveStatuses, if any.
+func (b *statusBook) put(st *telemetryv1.CheckpointStatus, until time.Time) *liveStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if until.IsZero() {
+		until = now.Add(DefaultStatusRetention)
 	}
-	for _, s := range in {
-		if !have[s.seq] {
-			have[s.seq] = true
-			q.items = append(q.items, s)
+	if least := now.Add(minStatusLife); until.Before(least) {
+		until = least
+	}
+	b.seq++
+	k := keyOf(st)
+	if s, ok := b.live[k]; ok {
+		s.st, s.seq, s.until = st, b.seq, until
+		return nil
+	}
+	b.live[k] = &liveStatus{key: k, st: st, seq: b.seq, until: until}
+	if len(b.live) <= MaxLiveStatuses {
+		return nil
+	}
+	b.pruneLocked(now)
+	if len(b.live) <= MaxLiveStatuses {
+		return nil
+	}
+	var oldest *liveStatus
+	for _, s := range b.live {
+		if oldest == nil || s.seq < oldest.seq {
+			oldest = s
 		}
 	}
-	sort.SliceStable(q.items, func(i, j int) bool { return q.items[i].seq < q.items[j].seq })
-	return q.settle()
+	delete(b.live, oldest.key)
+	return oldest
 }
 
-// settle drops the oldest statuses beyond the bound, signals ready when
-// something is queued, and returns how many it dropped. q.mu is held.
-func (q *statusQueue) settle() int {
-	dropped := 0
-	if n := len(q.items) - MaxQueuedStatuses; n > 0 {
-		dropped = n
-		q.items = append([]queuedStatus(nil), q.items[n:]...)
-	}
-	if len(q.items) > 0 {
-		select {
-		case q.ready <- struct{}{}:
-		default:
+// pruneLocked forgets the statuses whose command's deadline has passed.
+func (b *statusBook) pruneLocked(now time.Time) {
+	for k, s := range b.live {
+		if now.After(s.until) {
+			delete(b.live, k)
 		}
 	}
-	return dropped
 }
 
-// pop takes the oldest status.
-func (q *statusQueue) pop() (queuedStatus, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.items) == 0 {
-		return queuedStatus{}, false
+// pending returns the live statuses sent does not have in their current
+// version, in the order they were last updated, and records them in sent.
+// sent is one stream's record: the caller sends what is returned and, if a
+// send fails, drops the stream (the next stream starts with an empty one).
+func (b *statusBook) pending(sent map[statusKey]uint64) []*liveStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.pruneLocked(b.now())
+	var out []*liveStatus
+	for k, s := range b.live {
+		if sent[k] < s.seq {
+			out = append(out, &liveStatus{key: k, st: s.st, seq: s.seq, until: s.until})
+			sent[k] = s.seq
+		}
 	}
-	s := q.items[0]
-	q.items[0] = queuedStatus{}
-	q.items = q.items[1:]
-	return s, true
-}
-
-// take empties the queue and returns what it held.
-func (q *statusQueue) take() []queuedStatus {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	out := q.items
-	q.items = nil
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out
+}
+
+// commandKeys returns the pods of command the book holds a status for.
+func (b *statusBook) commandKeys(command string) []statusKey {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []statusKey
+	for k := range b.live {
+		if k.command == command {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// size returns how many statuses are live.
+func (b *statusBook) size() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.pruneLocked(b.now())
+	return len(b.live)
 }

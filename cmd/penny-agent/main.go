@@ -156,9 +156,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// Reclaim notices (reclaim.go): the watcher's notices go into every
 	// report and to the flow, which also carries out the scheduler's
 	// checkpoint commands and reports their progress.
-	sendStatus := func(st *telemetryv1.CheckpointStatus) {
+	sendStatus := func(st *telemetryv1.CheckpointStatus, until time.Time) {
 		if client != nil {
-			client.SendCheckpointStatus(st)
+			client.SendCheckpointStatus(st, until)
 		}
 	}
 	rp, err := setupReclaim(ctx, o.reclaim, o.nodeName, log.WithName("reclaim"), reg, loop.Trigger, sendStatus)
@@ -182,7 +182,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			Commands: commands,
 		})
 		if err != nil {
-			fmt.Fprintln(stderr, "penny-agent:", err)
+			fmt.Fprintln(stderr, "penny-agent: --scheduler-address:", err)
 			return 2
 		}
 	} else {

@@ -83,6 +83,10 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--node-name", ""}, "--node-name"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--no-such-flag"}, "unknown flag"},
+		// An address the agent could never reach stops its start, rather
+		// than leaving it running without ever reporting.
+		{[]string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address=", "--scheduler-address", "penny-telemetry.penny-system.svc"}, "--scheduler-address: scheduler address \"penny-telemetry.penny-system.svc\": want host:port"},
+		{[]string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address=", "--scheduler-address", "penny-telemetry:"}, "--scheduler-address"},
 	} {
 		code, _, errOut := runAgent(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) {

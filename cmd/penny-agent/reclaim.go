@@ -73,7 +73,7 @@ type reclaimParts struct {
 
 // setupReclaim builds the watcher for the node's cloud and the flow. It
 // returns nil parts when watching is off or the cloud has no notices.
-func setupReclaim(ctx context.Context, o reclaimOptions, node string, log logr.Logger, reg prometheus.Registerer, trigger func(), status func(*telemetryv1.CheckpointStatus)) (*reclaimParts, error) {
+func setupReclaim(ctx context.Context, o reclaimOptions, node string, log logr.Logger, reg prometheus.Registerer, trigger func(), status func(*telemetryv1.CheckpointStatus, time.Time)) (*reclaimParts, error) {
 	if o.cloud == "none" {
 		log.Info("reclaim notices off (--cloud=none)")
 		return nil, nil

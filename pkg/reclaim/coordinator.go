@@ -485,14 +485,21 @@ type fanout struct {
 
 	mu     sync.Mutex
 	states map[string]telemetryv1.CheckpointStatus_State // by namespace/name
-	done   chan struct{}
-	closed bool
+	// updated is when the agent produced the status states holds.
+	updated map[string]time.Time
+	done    chan struct{}
+	closed  bool
 }
 
 func final(s telemetryv1.CheckpointStatus_State) bool {
 	return s != telemetryv1.CheckpointStatus_STATE_UNSPECIFIED && s != telemetryv1.CheckpointStatus_STATE_REQUESTED
 }
 
+// update takes st as where its pod's checkpoint stands. Agents send a
+// pod's latest status again on every new stream (the protocol acknowledges
+// none), so a status may come more than once, and one an old stream still
+// carried may come after a newer one: a status older than the one held is
+// ignored, and a repeat changes nothing.
 func (f *fanout) update(st *telemetryv1.CheckpointStatus) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -500,7 +507,14 @@ func (f *fanout) update(st *telemetryv1.CheckpointStatus) {
 	if _, ok := f.states[key]; !ok {
 		return
 	}
-	f.states[key] = st.GetState()
+	at := st.GetUpdatedAt().AsTime()
+	if held, ok := f.updated[key]; ok && at.Before(held) {
+		return
+	}
+	if f.updated == nil {
+		f.updated = map[string]time.Time{}
+	}
+	f.states[key], f.updated[key] = st.GetState(), at
 	for _, s := range f.states {
 		if !final(s) {
 			return

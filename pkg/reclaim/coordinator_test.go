@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,6 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/utils/ptr"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -409,4 +412,80 @@ func recordEvictions(client *fake.Clientset) func() []string {
 		defer mu.Unlock()
 		return append([]string(nil), evicted...)
 	}
+}
+
+// Agents send a pod's latest checkpoint status again on every new stream and
+// whenever a command comes again (the protocol acknowledges none), so the
+// coordinator sees repeats, and may see a status an old stream still carried
+// after a newer one. A repeat changes nothing: the members are evicted once,
+// as soon as every checkpoint is in, each with one event that says its
+// checkpoint is written; a stale REQUESTED does not undo a DONE.
+func TestRepeatedAndStaleStatusesChangeNothing(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"), member("g-2", "b", "g"))
+	evicted := recordEvictions(client)
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	rec := record.NewFakeRecorder(100)
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t)})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-2", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now, Deadline: now.Add(2 * time.Minute),
+	}}})
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	id := cmds.get("b").GetId()
+	evictedBefore := counterValue(t, evictionsTotal.WithLabelValues("evicted"))
+
+	at := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
+	status := func(pod string, s telemetryv1.CheckpointStatus_State, updated *timestamppb.Timestamp) {
+		c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: id, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod}, State: s, UpdatedAt: updated})
+	}
+	requested, done := at(100*time.Millisecond), at(300*time.Millisecond)
+	status("g-1", telemetryv1.CheckpointStatus_STATE_REQUESTED, requested)
+	status("g-2", telemetryv1.CheckpointStatus_STATE_REQUESTED, requested)
+	status("g-1", telemetryv1.CheckpointStatus_STATE_DONE, done)
+	status("g-1", telemetryv1.CheckpointStatus_STATE_DONE, done) // a new stream's copy
+	status("g-1", telemetryv1.CheckpointStatus_STATE_REQUESTED, requested)
+	time.Sleep(100 * time.Millisecond)
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v before g-2's checkpoint is in", got)
+	}
+	status("g-2", telemetryv1.CheckpointStatus_STATE_DONE, done)
+	waitFor(t, "both members evicted", func() bool { return len(evicted()) == 2 })
+	for i := 0; i < 3; i++ {
+		status("g-1", telemetryv1.CheckpointStatus_STATE_DONE, done)
+		status("g-2", telemetryv1.CheckpointStatus_STATE_DONE, done)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := evicted(); len(got) != 2 {
+		t.Errorf("evictions %v, want g-1 and g-2 once each", got)
+	}
+	if d := counterValue(t, evictionsTotal.WithLabelValues("evicted")) - evictedBefore; d != 2 {
+		t.Errorf("penny_reclaim_gang_evictions_total{result=evicted} rose by %v, want 2", d)
+	}
+	var evictions []string
+	for len(rec.Events) > 0 {
+		if e := <-rec.Events; strings.Contains(e, "GangEvicted") {
+			evictions = append(evictions, e)
+		}
+	}
+	if len(evictions) != 2 {
+		t.Fatalf("GangEvicted events %q, want one per member", evictions)
+	}
+	for _, e := range evictions {
+		if !strings.Contains(e, "its checkpoint is written") {
+			t.Errorf("event %q: want it to say the checkpoint is written (a stale REQUESTED must not undo a DONE)", e)
+		}
+	}
+}
+
+func counterValue(t *testing.T, c metrics.CounterMetric) float64 {
+	t.Helper()
+	v, err := testutil.GetCounterMetricValue(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -340,11 +340,11 @@ func (w *world) startAgent(node string, md metadataURL, stateDir string) *agent 
 		Node: node, Client: client, StateDir: stateDir,
 		Checkpoints: checkpoint.NewClient(w.trainers.resolve),
 		Report:      loop.Trigger,
-		Status: func(st *telemetryv1.CheckpointStatus) {
+		Status: func(st *telemetryv1.CheckpointStatus, until time.Time) {
 			rcMu.Lock()
 			defer rcMu.Unlock()
 			if rc != nil {
-				rc.SendCheckpointStatus(st)
+				rc.SendCheckpointStatus(st, until)
 			}
 		},
 		Notices: a.watcher.Settled, ReconcileInterval: 300 * time.Millisecond,
