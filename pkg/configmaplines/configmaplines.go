@@ -3,14 +3,17 @@
 // restart (the runs Spot reclaims cut short, the reclaim notices being
 // handled). Lines that do not parse are reported by number and the rest
 // kept; writes are conditional on the copy read, so replicas that write at
-// once do not erase each other's lines.
+// once do not erase each other's lines, and the one that came second tries
+// again.
 package configmaplines
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,46 +45,64 @@ func (k Key) Read(ctx context.Context) (string, error) {
 	return cm.Data[k.Key], nil
 }
 
+// maxTries bounds the tries of one Update.
+const maxTries = 30
+
 // Update hands the key's text to change and writes back what change
 // returns, unless it is the same. The write is conditional on the copy
-// read: when another writer came first, the text is read and changed again
-// (three tries in all). A missing ConfigMap is created.
+// read: when another writer came first (another replica, writing at once),
+// the text is read and changed again after a pause that grows with each
+// try and is drawn at random, so that writers that collided once do not
+// collide again in step, until the write goes through, ctx ends or
+// maxTries tries. A missing ConfigMap is created.
 func (k Key) Update(ctx context.Context, change func(text string) string) error {
-	cms := k.Client.CoreV1().ConfigMaps(k.Namespace)
-	var err error
-	for range 3 {
-		var cm *corev1.ConfigMap
-		cm, err = cms.Get(ctx, k.Name, metav1.GetOptions{})
-		exists := err == nil
-		switch {
-		case apierrors.IsNotFound(err):
-			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name,
-				Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
-		case err != nil:
-			return fmt.Errorf("%s: %w", k, err)
-		}
-		text := change(cm.Data[k.Key])
-		if cm.Data[k.Key] == text {
-			return nil // nor is an empty ConfigMap created
-		}
-		cm = cm.DeepCopy()
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data[k.Key] = text
-		if exists {
-			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-		} else {
-			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-		}
+	pause := 10 * time.Millisecond
+	for try := 1; ; try++ {
+		err := k.update(ctx, change)
 		if err == nil {
 			return nil
 		}
-		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
-			break
+		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) || try == maxTries {
+			return fmt.Errorf("%s: %w", k, err)
 		}
+		t := time.NewTimer(pause/2 + rand.N(pause))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%s: %w (%d tries, each time another writer came first)", k, ctx.Err(), try)
+		case <-t.C:
+		}
+		pause = min(2*pause, 200*time.Millisecond)
 	}
-	return fmt.Errorf("%s: %w", k, err)
+}
+
+// update is one try of Update.
+func (k Key) update(ctx context.Context, change func(text string) string) error {
+	cms := k.Client.CoreV1().ConfigMaps(k.Namespace)
+	cm, err := cms.Get(ctx, k.Name, metav1.GetOptions{})
+	exists := err == nil
+	switch {
+	case apierrors.IsNotFound(err):
+		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name,
+			Labels: map[string]string{"app.kubernetes.io/part-of": "penny"}}}
+	case err != nil:
+		return err
+	}
+	text := change(cm.Data[k.Key])
+	if cm.Data[k.Key] == text {
+		return nil // nor is an empty ConfigMap created
+	}
+	cm = cm.DeepCopy()
+	if cm.Data == nil {
+		cm.Data = map[string]string{}
+	}
+	cm.Data[k.Key] = text
+	if exists {
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	} else {
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+	}
+	return err
 }
 
 // Parse reads text line by line with parse, skipping blank lines. Lines

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,6 +47,26 @@ func TestUpdateCreatesWritesOnlyChangesAndRetriesConflicts(t *testing.T) {
 	}
 	if got, err := (Key{Client: client, Namespace: "penny-system", Name: "none", Key: "lines"}).Read(ctx); err != nil || got != "" {
 		t.Fatalf("a missing ConfigMap reads %q, %v; want empty", got, err)
+	}
+}
+
+// A writer that keeps losing to others tries until its context ends, and
+// says so.
+func TestUpdateRetriesConflictsUntilTheContextEnds(t *testing.T) {
+	client := fake.NewClientset()
+	client.PrependReactor("update", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewConflict(schema.GroupResource{Resource: "configmaps"}, "state", errors.New("changed"))
+	})
+	k := Key{Client: client, Namespace: "penny-system", Name: "state", Key: "lines"}
+	if err := k.Update(context.Background(), func(string) string { return "a\n" }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	calls := 0
+	err := k.Update(ctx, func(text string) string { calls++; return text + "b\n" })
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "another writer came first") || calls < 3 {
+		t.Fatalf("after %d tries: %v; want several tries, then the context's end named", calls, err)
 	}
 }
 
