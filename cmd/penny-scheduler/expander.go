@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/pkg/api/expander"
@@ -23,6 +24,10 @@ type expanderFlags struct {
 	bindAddress string
 	certFile    string
 	keyFile     string
+
+	// srv answers the requests.
+	srv *spotrisk.ExpanderServer
+	fs  *pflag.FlagSet
 }
 
 func (f *expanderFlags) flagSet() *pflag.FlagSet {
@@ -33,23 +38,18 @@ func (f *expanderFlags) flagSet() *pflag.FlagSet {
 	return fs
 }
 
-// addExpander adds the expander flags to the scheduler command and starts
-// the endpoint, when configured, before the scheduler runs.
-func addExpander(cmd *cobra.Command, srv *spotrisk.ExpanderServer) {
-	f := &expanderFlags{}
-	addFlags(cmd, "Penny Cluster Autoscaler expander flags", f.flagSet())
-	run := cmd.RunE
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		if f.bindAddress == "" {
-			return run(c, args)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		if err := startExpander(ctx, f, srv); err != nil {
-			return err
-		}
-		return run(c, args)
+func (f *expanderFlags) addFlags(nfs *cliflag.NamedFlagSets) {
+	f.fs = f.flagSet()
+	nfs.FlagSet("Penny Cluster Autoscaler expander").AddFlagSet(f.fs)
+}
+
+// start starts the endpoint, when configured; the TLS flags are refused
+// without --expander-bind-address.
+func (f *expanderFlags) start(ctx context.Context, _ *cobra.Command) (func(), error) {
+	if f.bindAddress == "" {
+		return nil, needs("expander-bind-address", "without it there is no expander endpoint; docs/spot.md, \"Growing the fleet\"", f.fs)
 	}
+	return nil, startExpander(ctx, f, f.srv)
 }
 
 // startExpander checks the configuration, listens and serves in the

@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"k8s.io/component-base/cli"
-	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/reclaim"
@@ -29,9 +28,13 @@ func main() {
 	// The Cluster Autoscaler expander (expander.go) ranks node groups with
 	// the SpotRisk the profile builds.
 	exp := spotrisk.NewExpanderServer()
-	command := app.NewSchedulerCommand(plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, ExposureEvery: pricing.DefaultExposureEvery,
+	// Both run on every replica, the leader and those waiting for the lease
+	// alike (command.go): agents report to every replica, and Cluster
+	// Autoscaler may ask any.
+	command := newSchedulerCommand([]part{
+		&telemetryFlags{store: store, reclaim: &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted}},
+		&expanderFlags{srv: exp},
+	}, plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, ExposureEvery: pricing.DefaultExposureEvery,
 		Interrupted: interrupted, Expander: exp})...)
-	addTelemetry(command, store, &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted})
-	addExpander(command, exp)
 	os.Exit(cli.Run(command))
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
@@ -32,6 +34,8 @@ type reclaimFlags struct {
 	// noticesConfigMap is namespace/name of the ConfigMap that keeps the
 	// notices being handled across restarts; "" keeps them in memory only.
 	noticesConfigMap string
+
+	fs *pflag.FlagSet
 }
 
 func (f *reclaimFlags) flagSet() *pflag.FlagSet {
@@ -44,7 +48,9 @@ func (f *reclaimFlags) flagSet() *pflag.FlagSet {
 	return fs
 }
 
-// configMapFlag checks a namespace/name flag; "" is memory only.
+// configMapFlag checks a namespace/name flag; "" is memory only. The names
+// are checked as the API server would, so that a typo fails the start
+// rather than every write.
 func configMapFlag(flag, v, example, empty string) error {
 	if v == "" {
 		return nil
@@ -52,6 +58,12 @@ func configMapFlag(flag, v, example, empty string) error {
 	ns, name, ok := strings.Cut(v, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		return fmt.Errorf("--%s %q: want namespace/name, e.g. %s (empty keeps %s in memory only)", flag, v, example, empty)
+	}
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return fmt.Errorf("--%s %q: namespace %q: %s; want namespace/name, e.g. %s", flag, v, ns, strings.Join(errs, "; "), example)
+	}
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		return fmt.Errorf("--%s %q: ConfigMap name %q: %s; want namespace/name, e.g. %s", flag, v, name, strings.Join(errs, "; "), example)
 	}
 	return nil
 }
@@ -64,10 +76,10 @@ func (f *reclaimFlags) validate() error {
 		return err
 	}
 	if f.safetyMargin <= 0 {
-		return fmt.Errorf("--reclaim-safety-margin %v: must be positive", f.safetyMargin)
+		return fmt.Errorf("--reclaim-safety-margin %v: must be positive (default %v); match the agents' --reclaim-safety-margin", f.safetyMargin, reclaim.DefaultSafetyMargin)
 	}
 	if f.maintenanceLead <= 0 {
-		return fmt.Errorf("--reclaim-maintenance-lead %v: must be positive", f.maintenanceLead)
+		return fmt.Errorf("--reclaim-maintenance-lead %v: must be positive (default %v); match the agents' --reclaim-maintenance-lead", f.maintenanceLead, reclaim.DefaultMaintenanceLead)
 	}
 	return nil
 }
@@ -100,9 +112,13 @@ func (f *reclaimFlags) saveInterrupted() {
 	}
 }
 
+// run runs the coordinator, and keeps the interrupted runs saved, until ctx
+// ends; it returns once both have stopped.
 func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client kubernetes.Interface) {
 	if f.persist != nil {
-		go f.interrupted.Persist(ctx, *f.persist)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wg.Go(func() { f.interrupted.Persist(ctx, *f.persist) })
 	}
 	var notices *reclaim.NoticeStore
 	if f.noticesConfigMap != "" {

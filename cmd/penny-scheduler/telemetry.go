@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/clientcmd"
+	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 
@@ -30,6 +33,9 @@ type telemetryFlags struct {
 	// reclaim is the reclaim coordinator to run next to the endpoint
 	// (reclaim.go); nil: none.
 	reclaim *reclaimFlags
+	// store is the one the plugins read.
+	store *telemetry.Store
+	fs    *pflag.FlagSet
 }
 
 func (f *telemetryFlags) flagSet() *pflag.FlagSet {
@@ -44,106 +50,132 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	return fs
 }
 
-// addTelemetry adds the telemetry flags to the scheduler command and starts
-// the endpoint, when configured, before the scheduler runs. The store is the
-// one the plugins read.
-func addTelemetry(cmd *cobra.Command, store *telemetry.Store, rf *reclaimFlags) {
-	f := &telemetryFlags{reclaim: rf}
-	fs := f.flagSet()
-	if rf != nil {
-		fs.AddFlagSet(rf.flagSet())
+func (f *telemetryFlags) addFlags(nfs *cliflag.NamedFlagSets) {
+	f.fs = f.flagSet()
+	nfs.FlagSet("Penny telemetry").AddFlagSet(f.fs)
+	if f.reclaim != nil {
+		f.reclaim.fs = f.reclaim.flagSet()
+		nfs.FlagSet("Penny reclaim").AddFlagSet(f.reclaim.fs)
 	}
-	addFlags(cmd, "Penny telemetry flags", fs)
-	run := cmd.RunE
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		if f.bindAddress == "" {
-			return run(c, args)
-		}
-		// kube-scheduler installs the process's signal handler itself; the
-		// endpoint stops when the scheduler returns.
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		client, nodes, err := apiClients(c.Flags())
-		if err != nil {
-			return err
-		}
-		if err := startTelemetry(ctx, f, store, client, nodes); err != nil {
-			return err
-		}
-		err = run(c, args)
+}
+
+// start starts the endpoint, when configured, and the reclaim coordinator
+// beside it. The flags that only take effect with --telemetry-bind-address
+// are refused without it.
+func (f *telemetryFlags) start(ctx context.Context, cmd *cobra.Command) (func(), error) {
+	if f.bindAddress == "" {
+		sets := []*pflag.FlagSet{f.fs}
 		if f.reclaim != nil {
-			f.reclaim.saveInterrupted()
+			sets = append(sets, f.reclaim.fs)
 		}
-		return err
+		return nil, needs("telemetry-bind-address", "without it the agents' telemetry endpoint and the reclaim coordinator are off; docs/agent.md turns them on", sets...)
 	}
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	client, nodes, err := apiClients(cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
+	return startTelemetry(ctx, f, f.store, client, nodes)
 }
 
-// addFlags adds Penny's flags to the scheduler command and lists them,
-// under title, after kube-scheduler's in --help.
-func addFlags(cmd *cobra.Command, title string, fs *pflag.FlagSet) {
-	cmd.Flags().AddFlagSet(fs)
-	help := cmd.HelpFunc()
-	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
-		help(c, args)
-		fmt.Fprintf(c.OutOrStdout(), "\n%s:\n\n%s", title, fs.FlagUsagesWrapped(100))
-	})
-}
-
-// startTelemetry checks the configuration, listens and serves in the
-// background; errors that would only show up later (a bad certificate, a
-// taken port) are returned now. client sends TokenReviews (and serves the
-// reclaim coordinator); nodes is the metadata client that tells the store
-// which nodes were deleted.
-func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, client kubernetes.Interface, nodes metadata.Interface) error {
+// validate checks the flags, with --telemetry-bind-address set.
+func (f *telemetryFlags) validate() error {
 	if f.certFile == "" || f.keyFile == "" {
 		return errors.New("--telemetry-bind-address needs --telemetry-tls-cert-file and --telemetry-tls-key-file: agents send ServiceAccount tokens, which must not travel in clear (docs/agent.md shows how to make a certificate)")
 	}
 	if f.maxAge <= 0 {
-		return fmt.Errorf("--telemetry-max-age %v: must be positive", f.maxAge)
+		return fmt.Errorf("--telemetry-max-age %v: must be positive (default %v)", f.maxAge, telemetry.DefaultMaxAge)
 	}
 	if f.maxStreams <= 0 {
 		return fmt.Errorf("--telemetry-max-streams-per-node %d: must be positive (default %d)", f.maxStreams, telemetry.DefaultMaxStreamsPerNode)
 	}
+	if f.audience == "" {
+		return fmt.Errorf("--telemetry-token-audience is empty: give the audience of the agents' projected ServiceAccount tokens (deploy/agent/penny-agent.yaml; default %s)", telemetry.DefaultAudience)
+	}
+	if f.reclaim != nil {
+		return f.reclaim.validate()
+	}
+	return nil
+}
+
+// needs refuses the flags of sets (nil ones have none) that were given
+// although the flag they take effect with was not.
+func needs(flag, without string, sets ...*pflag.FlagSet) error {
+	var given []string
+	for _, fs := range sets {
+		if fs == nil {
+			continue
+		}
+		fs.VisitAll(func(fl *pflag.Flag) {
+			if fl.Changed && fl.Name != flag {
+				given = append(given, "--"+fl.Name)
+			}
+		})
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	verb := "takes"
+	if len(given) > 1 {
+		verb = "take"
+	}
+	list := strings.Join(given, ", ")
+	return fmt.Errorf("%s %s effect only with --%s, which is not set (%s): set --%s or leave out %s", list, verb, flag, without, flag, list)
+}
+
+// startTelemetry listens and serves in the background until ctx ends, with
+// flags that validate; errors that would only show up later (a bad
+// certificate, a taken port) are returned now. client sends TokenReviews
+// (and serves the reclaim coordinator); nodes is the metadata client that
+// tells the store which nodes were deleted. stopped returns once the
+// endpoint and the reclaim coordinator have stopped and the interrupted runs
+// are saved.
+func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, client kubernetes.Interface, nodes metadata.Interface) (stopped func(), err error) {
 	store.SetMaxAge(f.maxAge)
 	logger := klog.Background().WithName("telemetry")
 	tlsConfig, err := telemetry.ServingTLSConfig(ctx, f.certFile, f.keyFile)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("--telemetry-tls-cert-file, --telemetry-tls-key-file: %w", err)
 	}
 	auth, err := telemetry.NewTokenReviewAuthenticator(client.AuthenticationV1(), []string{f.audience})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	so := telemetry.ServerOptions{
 		Store: store, Authenticator: auth, Audiences: []string{f.audience},
 		AgentServiceAccounts: f.serviceAccounts, MaxStreamsPerNode: f.maxStreams, Log: logger,
 	}
 	if f.reclaim != nil {
-		if err := f.reclaim.validate(); err != nil {
-			return err
-		}
 		so.OnCheckpointStatus = f.reclaim.coordinator.OnCheckpointStatus
 	}
 	srv, err := telemetry.NewServer(so)
 	if err != nil {
-		return fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
+		return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
 	}
 	lis, err := net.Listen("tcp", f.bindAddress)
 	if err != nil {
-		return fmt.Errorf("--telemetry-bind-address: %w", err)
+		return nil, fmt.Errorf("--telemetry-bind-address: %w", err)
 	}
-	go func() {
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		if err := telemetry.Serve(ctx, lis, tlsConfig, srv, logger); err != nil {
 			logger.Error(err, "telemetry endpoint stopped")
 		}
-	}()
+	})
 	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
 	telemetry.ForgetDeletedNodes(ctx, nodes, store, time.Minute, logger)
-	if f.reclaim != nil {
-		f.reclaim.loadInterrupted(ctx, client)
-		go f.reclaim.run(ctx, srv, client)
+	if f.reclaim == nil {
+		return wg.Wait, nil
 	}
-	return nil
+	f.reclaim.loadInterrupted(ctx, client)
+	wg.Go(func() { f.reclaim.run(ctx, srv, client) })
+	return func() {
+		wg.Wait()
+		// Once the coordinator has stopped, nothing records runs any more.
+		f.reclaim.saveInterrupted()
+	}, nil
 }
 
 // apiClients connect to the API server the way the scheduler does:

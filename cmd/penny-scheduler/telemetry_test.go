@@ -78,7 +78,7 @@ clientConnection:
 	defer cancel()
 	// The stand-in API server answers TokenReviews only; the Nodes come
 	// from a stand-in too.
-	if err := startTelemetry(ctx, &f, store, client, telemetrytest.NodeMetadata("gpu-1")); err != nil {
+	if _, err := startTelemetry(ctx, &f, store, client, telemetrytest.NodeMetadata("gpu-1")); err != nil {
 		t.Fatal(err)
 	}
 	if store.MaxAge() != 7*time.Second {
@@ -106,15 +106,25 @@ func TestTelemetryFlagErrors(t *testing.T) {
 		want string
 	}{
 		{telemetryFlags{bindAddress: ":0"}, "--telemetry-tls-cert-file"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second, maxStreams: 4}, "--telemetry-max-age"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second}, "--telemetry-max-streams-per-node"},
-		{telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4}, "certificate"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second, maxStreams: 4, audience: "a"}, "--telemetry-max-age"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, audience: "a"}, "--telemetry-max-streams-per-node"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4}, "--telemetry-token-audience"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, audience: "a",
+			reclaim: &reclaimFlags{safetyMargin: -time.Second, maintenanceLead: time.Minute}}, "--reclaim-safety-margin"},
 	}
 	for _, c := range cases {
-		err := startTelemetry(ctx, &c.f, store, nil, nil)
+		err := c.f.validate()
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
 		}
+	}
+	// Files that cannot be read fail the start, naming the flags.
+	f := telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4, audience: "a"}
+	if err := f.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := startTelemetry(ctx, &f, store, nil, nil); err == nil || !strings.Contains(err.Error(), "--telemetry-tls-cert-file") || !strings.Contains(err.Error(), "/nonexistent/c") {
+		t.Errorf("unreadable certificate: %v", err)
 	}
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	fs.String("config", "/nonexistent/config.yaml", "")
@@ -142,7 +152,7 @@ func TestTelemetryForgetsDeletedNodes(t *testing.T) {
 	store := telemetrytest.StoreWith("gpu-1", "gpu-2")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := startTelemetry(ctx, &f, store, client, nodes); err != nil {
+	if _, err := startTelemetry(ctx, &f, store, client, nodes); err != nil {
 		t.Fatal(err)
 	}
 	nodesGVR := corev1.SchemeGroupVersion.WithResource("nodes")
@@ -223,7 +233,7 @@ func TestReclaimFlagErrors(t *testing.T) {
 			t.Errorf("--reclaim-interrupted-configmap %q: %v", v, err)
 		}
 	}
-	for _, v := range []string{"penny-reclaim-notices", "/x", "ns/", "a/b/c"} {
+	for _, v := range []string{"penny-reclaim-notices", "/x", "ns/", "a/b/c", "Penny-System/penny-reclaim-notices", "penny-system/penny_reclaim_notices", " penny-system/x"} {
 		f := ok
 		f.noticesConfigMap = v
 		if err := f.validate(); err == nil || !strings.Contains(err.Error(), "--reclaim-notices-configmap") || !strings.Contains(err.Error(), "namespace/name") {
