@@ -32,7 +32,9 @@ func Decode[T any, PT interface {
 	switch o := obj.(type) {
 	case nil:
 	case PT:
-		args = o.DeepCopyObject().(PT)
+		if o != nil { // a nil *T is no args, as nil is
+			args = o.DeepCopyObject().(PT)
+		}
 	case *runtime.Unknown:
 		if len(o.Raw) > 0 {
 			if err := unmarshalStrict(o.Raw, args); err != nil {

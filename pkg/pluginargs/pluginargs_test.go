@@ -100,6 +100,10 @@ func TestDecodeCopiesTypedArgs(t *testing.T) {
 	if in.Timeout != nil || a.Timeout == nil {
 		t.Errorf("typed args were modified (%v) or not defaulted (%v)", in.Timeout, a.Timeout)
 	}
+	var none *testArgs
+	if a, err := Decode[testArgs]("Test", none); err != nil || a == nil || a.Timeout.Duration != time.Minute {
+		t.Errorf("nil typed args: %+v, %v; want the defaults, as for no args", a, err)
+	}
 	if _, err := Decode[testArgs]("Test", &metav1.Status{}); err == nil {
 		t.Error("args of another type were accepted")
 	}
