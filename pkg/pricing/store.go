@@ -117,7 +117,9 @@ func (s *Store) LoadFile(path string) error {
 
 // WatchFile loads path now and again whenever it changes, until ctx ends.
 // It watches the directory, not the file, because a mounted ConfigMap is
-// updated by swapping a symlink.
+// updated by swapping a symlink. A catalog that cannot be read or does not
+// validate now is an error: there is no last good one to keep yet, and
+// without one every node would be priced alike.
 func (s *Store) WatchFile(ctx context.Context, path string) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -127,7 +129,10 @@ func (s *Store) WatchFile(ctx context.Context, path string) error {
 		_ = w.Close()
 		return fmt.Errorf("price catalog %s: watch: %w", path, err)
 	}
-	_ = s.LoadFile(path)
+	if err := s.LoadFile(path); err != nil {
+		_ = w.Close()
+		return err
+	}
 	go func() {
 		defer func() { _ = w.Close() }()
 		// Editors and the kubelet write in several steps; settle first.

@@ -62,6 +62,24 @@ func TestStoreKeepsLastGoodCatalog(t *testing.T) {
 	}
 }
 
+// A catalog file that cannot be read, or does not validate, when the
+// scheduler starts is an error then: there is no last good catalog to keep,
+// and without one every node would be priced alike.
+func TestWatchFileRefusesABadCatalogAtStart(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte(strings.Replace(goodYAML, "hourly: 0.4", "hourly: -5", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, path := range []string{filepath.Join(dir, "missing.yaml"), bad} {
+		if err := NewStore(nil).WatchFile(ctx, path); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %v; want an error naming the file", path, err)
+		}
+	}
+}
+
 func TestWatchFileReloads(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "catalog.yaml")

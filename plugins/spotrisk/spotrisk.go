@@ -101,7 +101,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		switch {
 		case args.Catalog.File != "":
 			if err := store.WatchFile(ctx, args.Catalog.File); err != nil {
-				return nil, fmt.Errorf("%s: %w", Name, err)
+				return nil, fmt.Errorf("%s: args.catalog.file: %w", Name, err)
 			}
 		case args.Catalog.ConfigMap != nil:
 			if h == nil || h.ClientSet() == nil {

@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	goruntime "runtime"
 	"strings"
@@ -510,6 +511,16 @@ func TestArgs(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want %q", raw, err, want)
 		}
+	}
+}
+
+// A catalog file that is not there fails the scheduler's start, naming the
+// arg; it did not, and every node was priced alike.
+func TestCatalogFileMissingFailsTheStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "catalogg.yaml")
+	_, err := New(context.Background(), &Args{Catalog: CatalogSource{File: path}}, nil, Deps{})
+	if err == nil || !strings.Contains(err.Error(), "args.catalog.file") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("missing catalog file: %v", err)
 	}
 }
 
