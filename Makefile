@@ -116,7 +116,8 @@ bench-sim:
 	$(BIN)/penny sim replay --nodes $(OPENB)/openb_node_list_all_node.csv --pods $(OPENB)/openb_pod_list_default.csv \
 		--policy fgd --out $(SIM_RESULTS)/openb-default-replay.json --plot $(SIM_RESULTS)/openb-default-replay.png | tee $(SIM_RESULTS)/openb-default-replay.txt
 
-## manifests: regenerate deploy/**/*.yaml from their templates and configs
+## manifests: regenerate deploy/scheduler/penny-scheduler.yaml, deploy/pricing/penny-prices.yaml and
+## deploy/agent/reclaim.yaml from their templates, the scheduler config and the price catalog
 manifests:
 	$(GO) run ./hack/manifests
 

@@ -23,8 +23,9 @@ import (
 //     configuration runs it, plus SimGPUDevices so placements are physically
 //     valid (devices chosen first-fit, as a device plugin would).
 //   - penny: the penny-scheduler profile of deploy/scheduler/config.yaml (or
-//     --scheduler-config) with Penny's plugins, plus SimGPUDevices, which
-//     keeps the assignment a Penny plugin (gpupack) already wrote.
+//     --scheduler-config) with Penny's plugins and no SimGPUDevices:
+//     PennyGPUPack chooses the devices and binds with them, as in
+//     penny-scheduler.
 //   - spot-first: the default profile plus a score that puts a pod on Spot
 //     whenever a Spot node fits, the naive baseline of the Spot benchmark
 //     (spot_baseline.go, docs/spot.md).
