@@ -164,7 +164,9 @@ func (s *Store) WatchFile(ctx context.Context, path string) error {
 
 // WatchConfigMap loads the catalog from key of a ConfigMap and again
 // whenever the ConfigMap changes, until ctx ends. A deleted ConfigMap leaves
-// the last good catalog in force.
+// the last good catalog in force; one that does not exist when the watch
+// has listed is reported (LastError, the error count, the log), since until
+// it is created there is no catalog at all.
 func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface, namespace, name, key string) {
 	src := fmt.Sprintf("configmap %s/%s key %s", namespace, name, key)
 	load := func(obj interface{}) {
@@ -195,6 +197,22 @@ func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface,
 		UpdateFunc: func(_, obj interface{}) { load(obj) },
 	})
 	factory.Start(ctx.Done())
+	go func() {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return
+		}
+		if _, exists, _ := inf.GetStore().GetByKey(namespace + "/" + name); exists {
+			return
+		}
+		err := fmt.Errorf("%s: the ConfigMap does not exist; create it (deploy/pricing/penny-prices.yaml) or fix the name: until then there is no price catalog and every node is priced alike", src)
+		s.mu.Lock()
+		if s.cur.Load() == nil { // a catalog the ConfigMap's add loaded meanwhile stands
+			s.lastErr = err
+		}
+		s.mu.Unlock()
+		metricCatalogLoads.WithLabelValues("error").Inc()
+		klog.ErrorS(err, "Price catalog missing")
+	}()
 }
 
 func readFile(path string) ([]byte, error) {

@@ -126,6 +126,26 @@ func TestWatchFileReloads(t *testing.T) {
 	}
 }
 
+// A catalog ConfigMap that is not there is reported once the watch has
+// listed (SpotRisk then prices every node alike), and read when it comes.
+func TestWatchConfigMapReportsAMissingConfigMap(t *testing.T) {
+	client := fake.NewClientset()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewStore(nil)
+	s.WatchConfigMap(ctx, client, "penny-system", "prices", "catalog.yaml")
+	waitFor(t, "the missing ConfigMap to be reported", func() bool {
+		err := s.LastError()
+		return err != nil && strings.Contains(err.Error(), "configmap penny-system/prices key catalog.yaml: the ConfigMap does not exist")
+	})
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "prices"},
+		Data: map[string]string{"catalog.yaml": goodYAML}}
+	if _, err := client.CoreV1().ConfigMaps("penny-system").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the load once it exists", func() bool { return spotPrice(s) == 0.4 && s.LastError() == nil })
+}
+
 func TestWatchConfigMap(t *testing.T) {
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "prices"},
 		Data: map[string]string{"catalog.yaml": goodYAML}}
