@@ -17,10 +17,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 
+	"github.com/pennysched/penny/deploy"
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
@@ -72,10 +76,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// world is a local cluster with deploy/scheduler applied and what a
-// replica needs: a kubeconfig that acts as the penny-scheduler
-// ServiceAccount, a configuration with leader election, and the telemetry
-// endpoint's certificate.
+// world is a local cluster with deploy/scheduler and deploy/pricing applied
+// and what a replica needs: a kubeconfig that acts as the penny-scheduler
+// ServiceAccount, the deployed configuration, and the telemetry endpoint's
+// certificate.
 type world struct {
 	c                 *localcluster.Cluster
 	dir, config       string
@@ -84,12 +88,21 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{c: harness.StartCluster(t, localcluster.Options{}), dir: t.TempDir()}
+	w := &world{c: harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, `
+region: us-east-1
+pools:
+- {name: ondemand, count: 1, cloud: aws, instanceType: p4d.24xlarge, gpuModel: A100-40GB, gpusPerNode: 8, capacityType: on-demand, zone: us-east-1a, cpu: "96", memory: 1152Gi}
+`)}), dir: t.TempDir()}
 	manifest, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "scheduler", "penny-scheduler.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	harness.ApplyYAML(t, w.c, "deploy/scheduler/penny-scheduler.yaml", manifest, false)
+	prices, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "pricing", "penny-prices.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.ApplyYAML(t, w.c, "deploy/pricing/penny-prices.yaml", prices, false)
 
 	kc, err := clientcmd.LoadFromFile(w.c.KubeconfigPath)
 	if err != nil {
@@ -102,21 +115,21 @@ func newWorld(t *testing.T) *world {
 	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
+	// The deployed configuration (Penny's profile, its leader election),
+	// with this cluster's kubeconfig and leases quick to pass on.
+	var cfg map[string]any
+	if err := yaml.Unmarshal(deploy.SchedulerConfig, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["clientConnection"] = map[string]any{"kubeconfig": kubeconfig}
+	le := cfg["leaderElection"].(map[string]any)
+	le["leaseDuration"], le["renewDeadline"], le["retryPeriod"] = "4s", "3s", "500ms"
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	w.config = filepath.Join(w.dir, "config.yaml")
-	if err := os.WriteFile(w.config, []byte(`apiVersion: kubescheduler.config.k8s.io/v1
-kind: KubeSchedulerConfiguration
-clientConnection:
-  kubeconfig: `+kubeconfig+`
-leaderElection:
-  leaderElect: true
-  resourceNamespace: penny-system
-  resourceName: penny-scheduler
-  leaseDuration: 4s
-  renewDeadline: 3s
-  retryPeriod: 500ms
-profiles:
-- schedulerName: penny-scheduler
-`), 0o600); err != nil {
+	if err := os.WriteFile(w.config, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cert := telemetrytest.NewCert(t)
@@ -220,12 +233,27 @@ func (w *world) setRuns(t *testing.T, text string) {
 	}
 }
 
+// placed creates a one-GPU pod for penny-scheduler and waits until the
+// leading replica has placed it with Penny's profile.
+func (w *world) placed(t *testing.T, name string) {
+	t.Helper()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: corev1.PodSpec{SchedulerName: "penny-scheduler", Containers: []corev1.Container{{Name: "c", Image: "busybox",
+			Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")}}}}}}
+	harness.CreatePod(t, w.c, pod)
+	p := harness.WaitForPod(t, w.c, "default", name, 30*time.Second, "placed", harness.Bound)
+	if p.Annotations[gpu.AnnotationAssignment] == "" {
+		t.Errorf("pod %s was placed without Penny's GPU assignment: the profile's plugins are not registered", name)
+	}
+}
+
 // Every replica, the leader as well as one waiting for the lease, saves the
 // runs Spot reclaims cut short once more on its way out (docs/spot.md): a
 // run it knows and the saved copy lacks is in the copy after SIGTERM, and
 // the process exits 0. (kube-scheduler's own command ends the process from
 // its leader election as soon as the signal arrives, before anything else
-// can save.) The lease then passes to a replica still running.
+// can save.) The lease then passes to a replica still running, which places
+// pods as the first leader did.
 func TestReplicasSaveWhatTheyKnowOnSIGTERM(t *testing.T) {
 	w := newWorld(t)
 	const run = "pod:ml/train-a 3h0m0s 2026-11-30T08:00:00Z\n"
@@ -236,6 +264,7 @@ func TestReplicasSaveWhatTheyKnowOnSIGTERM(t *testing.T) {
 	if !strings.Contains(a.out.String(), "Successfully acquired lease") {
 		t.Fatalf("replica a does not lead (holder %s)", first)
 	}
+	w.placed(t, "first")
 	b, c := w.start(t, "replica b"), w.start(t, "replica c")
 	// A replica is up, with the runs loaded, once it waits for the lease.
 	for _, r := range []*replica{b, c} {
@@ -261,5 +290,6 @@ func TestReplicasSaveWhatTheyKnowOnSIGTERM(t *testing.T) {
 	if second := w.waitForLeader(t, first); !strings.Contains(b.out.String(), "Successfully acquired lease") {
 		t.Errorf("the lease went to %s, not to replica b", second)
 	}
+	w.placed(t, "second")
 	stop(b, "the new leader")
 }
