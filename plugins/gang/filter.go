@@ -120,14 +120,15 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		g.firstAttempt = now
 	}
 	if len(pending) < need {
-		// A member went away after this one was let into the queue: wait,
-		// like PreEnqueue does, for onPodAdd to bring it back.
-		msg := membersMissing(spec, len(running)+len(pending))
+		// A member went away after this one was let into the queue (or a
+		// gated one came in its place): wait, like PreEnqueue does, for
+		// onPodAdd or onPodUpdate to bring it back.
+		msg := waitingFor(spec, members)
 		g.gated[pod.UID] = msg
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
 
-	if msg := pl.memberProblem(spec, members); msg != "" {
+	if msg := pl.memberProblem(pod, spec, members); msg != "" {
 		// A member turned malformed, or changed its size, after this one
 		// passed PreEnqueue: claim nothing for a gang that cannot complete.
 		// The member's own update retries it, and its admission activates
@@ -217,7 +218,7 @@ func (pl *Gang) timeoutFor(spec gang.Spec, members []*corev1.Pod) time.Duration 
 }
 
 // split sorts members into those running or placed, and those still to be
-// placed with pod first. Caller holds mu.
+// placed with pod first; gated members are in neither. Caller holds mu.
 func (pl *Gang) split(g *gangState, members []*corev1.Pod, pod *corev1.Pod) (running, pending []*corev1.Pod) {
 	pending = append(pending, pod)
 	for _, m := range members {
@@ -225,6 +226,8 @@ func (pl *Gang) split(g *gangState, members []*corev1.Pod, pod *corev1.Pod) (run
 		case m.UID == pod.UID:
 		case m.Spec.NodeName != "":
 			running = append(running, m)
+		case len(m.Spec.SchedulingGates) > 0:
+			// Not to be planned for: it cannot come until ungated.
 		default:
 			if node, ok := g.placed[m.UID]; ok {
 				c := m.DeepCopy()

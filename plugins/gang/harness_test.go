@@ -145,9 +145,12 @@ func startCluster(t *testing.T, args *Args, nodes ...*corev1.Node) *cluster {
 			}
 			return pl, err
 		},
+		holderName: func(context.Context, runtime.Object, fwk.Handle) (fwk.Plugin, error) { return holder{}, nil },
 	}
+	prof := loadProfile(t, args)
+	prof.Plugins.PreEnqueue.Enabled = append(prof.Plugins.PreEnqueue.Enabled, config.Plugin{Name: holderName})
 	sched, err := scheduler.New(ctx, client, informerFactory, nil, profile.NewRecorderFactory(broadcaster),
-		scheduler.WithProfiles(loadProfile(t, args)),
+		scheduler.WithProfiles(prof),
 		scheduler.WithFrameworkOutOfTreeRegistry(registry),
 		scheduler.WithPodInitialBackoffSeconds(1),
 		scheduler.WithPodMaxBackoffSeconds(1),
@@ -167,6 +170,36 @@ func startCluster(t *testing.T, args *Args, nodes ...*corev1.Node) *cluster {
 		informerFactory.Shutdown()
 	})
 	return c
+}
+
+// holdLabel keeps a pod out of the queue (holder's PreEnqueue) while set,
+// without spec.schedulingGates: it stands for a member counted by its gang
+// that the scheduler has not reached yet, so tests can have members wait in
+// Permit for it. A gated member does not count, so it cannot serve.
+const holdLabel = "test.penny.dev/hold"
+
+const holderName = "TestHolder"
+
+type holder struct{}
+
+func (holder) Name() string { return holderName }
+
+func (holder) PreEnqueue(_ context.Context, p *corev1.Pod) *fwk.Status {
+	if _, ok := p.Labels[holdLabel]; ok {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "held by the test")
+	}
+	return nil
+}
+
+func (holder) EventsToRegister(context.Context) ([]fwk.ClusterEventWithHint, error) {
+	return []fwk.ClusterEventWithHint{{Event: fwk.ClusterEvent{Resource: fwk.TargetPod, ActionType: fwk.UpdatePodLabel}}}, nil
+}
+
+func held() podOpt { return withLabel(holdLabel, "") }
+
+func (c *cluster) unhold(name string) {
+	c.t.Helper()
+	c.update(name, func(p *corev1.Pod) { delete(p.Labels, holdLabel) })
 }
 
 // testArgs are short timeouts so tests finish in seconds.

@@ -214,14 +214,16 @@ func (pl *Gang) PreEnqueue(_ context.Context, pod *corev1.Pod) *fwk.Status {
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
-	if msg := pl.memberProblem(spec, members); msg != "" {
+	if msg := pl.memberProblem(pod, spec, members); msg != "" {
 		if !pl.remember(pod, spec.Ref, msg) {
 			pl.tell(pod, "GangInvalid", msg)
 		}
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
-	if int32(len(members)) < spec.MinMember && pl.gate(pod, spec) {
-		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, membersMissing(spec, len(members)))
+	if n, _ := ungated(members); int32(n) < spec.MinMember {
+		if msg := pl.gate(pod, spec); msg != "" {
+			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
+		}
 	}
 	return nil
 }
@@ -236,7 +238,9 @@ func (pl *Gang) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint,
 		{Event: fwk.ClusterEvent{Resource: fwk.UnscheduledPod, ActionType: fwk.Add | fwk.UpdatePodLabel}, QueueingHintFn: isSchedulableAfterMemberAdded},
 		// A member held for a malformed or disagreeing gang key is retried
 		// when its own keys change; they may be annotations, whose change
-		// is a plain Update.
+		// is a plain Update. (Members held for a sibling's scheduling gate
+		// are woken by onPodUpdate: the scheduler dispatches no other
+		// pod's update to plugins.)
 		{Event: fwk.ClusterEvent{Resource: fwk.TargetPod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterOwnKeysChanged},
 		// Capacity freed by a pod leaving a node may let a gang fit.
 		// So is a running pod resized down in place (CPU, memory).

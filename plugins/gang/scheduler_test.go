@@ -219,7 +219,7 @@ func (c *cluster) waitWaiting(gangName string, n int) {
 }
 
 // TestMemberDeletedWhileOthersWaitReleasesEverything: three members are
-// placed and wait for a fourth (held back by a scheduling gate). Deleting
+// placed and wait for a fourth (held back before the queue). Deleting
 // the fourth releases the three at once, long before their Permit timeout,
 // and the capacity they held goes to another pod.
 func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
@@ -227,7 +227,7 @@ func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
 	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8)
-	gated()(pods[3])
+	held()(pods[3])
 	c.create(pods...)
 	c.waitWaiting("llm", 3)
 
@@ -255,11 +255,11 @@ func TestPermitTimeoutReleasesTheGang(t *testing.T) {
 	args.PermitTimeout = &metav1.Duration{Duration: 500 * time.Millisecond}
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8)
-	gated()(pods[3])
+	held()(pods[3])
 	c.create(pods...)
 	c.waitEvent("llm-0", "gang team/llm released: not all members were placed within 500ms; all 3 placed members were released")
 	c.neverBound(time.Second, names("llm", 4)...)
-	c.ungate("llm-3")
+	c.unhold("llm-3")
 	c.waitBound(10*time.Second, names("llm", 4)...)
 }
 
@@ -271,7 +271,7 @@ func TestGangTimeoutAnnotationIsCapped(t *testing.T) {
 	args.MaxPermitTimeout = &metav1.Duration{Duration: 400 * time.Millisecond}
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8, withLabel(gang.KeyTimeout, "3600"))
-	gated()(pods[3])
+	held()(pods[3])
 	c.create(pods...)
 	c.waitEvent("llm-0", "not all members were placed within 400ms")
 }
@@ -506,8 +506,8 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 	for _, p := range pods {
 		p.Labels[gang.KeySize] = "3"
 	}
-	gated()(pods[2])
-	gated()(pods[3])
+	held()(pods[2])
+	held()(pods[3])
 	c.create(pods...)
 	c.waitWaiting("llm", 2)
 
@@ -524,8 +524,8 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 	// The deleted member's node stays claimed for the members to come.
 	c.create(plainPod("other", 8))
 	c.neverBound(500*time.Millisecond, "other")
-	c.ungate("llm-2")
-	c.ungate("llm-3")
+	c.unhold("llm-2")
+	c.unhold("llm-3")
 	c.waitBound(10*time.Second, "llm-1", "llm-2", "llm-3")
 }
 
@@ -562,4 +562,71 @@ func TestMembersDisagreeingOnTheTimeoutAreHeld(t *testing.T) {
 	c.neverBound(300*time.Millisecond, names("slow", 3)...)
 	c.update("slow-1", func(p *corev1.Pod) { p.Annotations[gang.KeyTimeout] = "90" })
 	c.waitBound(5*time.Second, names("slow", 3)...)
+}
+
+// A member carrying spec.schedulingGates (a user's, or Kueue's while it
+// holds the workload) counted as an existing member: its siblings were
+// admitted, claimed the whole gang's room and waited in Permit for a member
+// that could not come until its gate was lifted, released at the timeout
+// and did it again after every backoff, holding the nodes the whole time.
+// The gang must claim nothing while too few members are free of gates, say
+// which members are gated, and start as soon as the gate is lifted.
+func TestGatedMemberHoldsItsGangWithoutClaimingRoom(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8)
+	gated()(pods[3])
+	c.create(pods...)
+	c.waitEvent("llm-0", "gang team/llm: 3/4 members may be scheduled; 1 has scheduling gates (llm-3: test.penny.dev/hold); waiting for 1 to be ungated")
+	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
+		t.Fatal("the gang claimed room while one of its members carries a scheduling gate")
+	}
+	c.neverBound(300*time.Millisecond, names("llm", 4)...)
+
+	// Lifting the gate starts the gang at once, not at the scheduler's
+	// five-minute flush of unschedulable pods.
+	c.ungate("llm-3")
+	c.waitBound(5*time.Second, names("llm", 4)...)
+}
+
+// Lifting a member's gate retries the members held for it at once, whether
+// or not the gang then fits: the scheduler dispatches no other pod's update
+// to plugins, and nothing else would retry them before its five-minute
+// flush of unschedulable pods. Here the gang does not fit, and every member
+// must say so, not only the one ungated.
+func TestUngatingAMemberRetriesTheMembersHeldForIt(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 1)...)
+	pods := gangPods("llm", 2, 8)
+	gated()(pods[1])
+	c.create(pods...)
+	c.waitEvent("llm-0", "gang team/llm: 1/2 members may be scheduled; 1 has scheduling gates (llm-1: test.penny.dev/hold); waiting for 1 to be ungated")
+	c.ungate("llm-1")
+	c.waitEvent("llm-0", "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu")
+}
+
+// Each profile of a scheduler has its own PennyGang, with its own claims and
+// its own count of placed members, and a pod is only ever tried by the
+// profile its schedulerName names. Members that name different schedulers
+// (another Penny profile, or another scheduler) were each counted as
+// members by every profile: this profile's members claimed room for the
+// whole gang and waited in Permit for members it would never place, until
+// their timeout, again after every backoff. They are held and told which
+// members name which scheduler, as for the other gang keys.
+func TestMembersNamingDifferentSchedulersAreHeld(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 2)...)
+	pods := gangPods("llm", 2, 8)
+	pods[1].Spec.SchedulerName = "penny-batch"
+	c.create(pods...)
+	c.waitEvent("llm-0", "gang team/llm: members disagree on spec.schedulerName: this pod says penny-scheduler but llm-1 say penny-batch; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)")
+	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
+		t.Fatal("the gang claimed room for a member another scheduler places")
+	}
+	c.neverBound(300*time.Millisecond, "llm-0")
+
+	c.delete("llm-1")
+	c.create(member("llm", 2, 1, 8))
+	c.waitBound(5*time.Second, names("llm", 2)...)
 }

@@ -207,7 +207,7 @@ func (pl *Gang) leave(rd *round, st *cycleState, pod *corev1.Pod, node string) b
 		return false
 	}
 	members, err := gang.Members(pl.pods, st.spec.Ref)
-	if err != nil || int32(len(members)) < st.spec.MinMember {
+	if n, _ := ungated(members); err != nil || int32(n) < st.spec.MinMember {
 		return false
 	}
 	delete(rd.members, pod.UID)
@@ -332,8 +332,43 @@ func (pl *Gang) expire(key string, id uint64) {
 // completes the gang arrives. The scheduler itself only dispatches
 // "unscheduled pod added" events to plugins with GenericWorkload on.
 func (pl *Gang) onPodAdd(obj any) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok || pod.Spec.NodeName != "" {
+	if pod, ok := obj.(*corev1.Pod); ok {
+		pl.wake(pod)
+	}
+}
+
+// onPodUpdate notices members the informer now shows bound, so they count
+// as running rather than placed, and members whose scheduling gates were
+// lifted, which may complete their gang: the scheduler dispatches no other
+// pod's update to plugins, so the waiting siblings are activated here.
+func (pl *Gang) onPodUpdate(oldObj, newObj any) {
+	pod, ok := newObj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	if pod.Spec.NodeName == "" {
+		if old, ok := oldObj.(*corev1.Pod); ok && len(old.Spec.SchedulingGates) > 0 && len(pod.Spec.SchedulingGates) == 0 {
+			pl.wake(pod)
+		}
+		return
+	}
+	ref, ok := gang.RefOf(pod)
+	if !ok {
+		return
+	}
+	pl.mu.Lock()
+	if g := pl.gangs[ref.Key()]; g != nil {
+		delete(g.placed, pod.UID)
+	}
+	pl.mu.Unlock()
+}
+
+// wake activates the members PreEnqueue (or PreFilter) held for pod's gang
+// once pod, arrived or ungated, gives the gang enough members to try, or
+// completes it with members still gated: those held are then told they wait
+// for the gates, not for members to be created.
+func (pl *Gang) wake(pod *corev1.Pod) {
+	if pod.Spec.NodeName != "" {
 		return
 	}
 	ref, ok := gang.RefOf(pod)
@@ -344,7 +379,7 @@ func (pl *Gang) onPodAdd(obj any) {
 	if err != nil {
 		return
 	}
-	// A malformed arrival wakes the gated members too: they are waiting for
+	// A malformed arrival wakes the held members too: they are waiting for
 	// it, and PreEnqueue now tells them which member to fix.
 	if spec, _, err := gang.Of(pod); err == nil && int32(len(members)) < spec.MinMember {
 		return
@@ -363,24 +398,6 @@ func (pl *Gang) onPodAdd(obj any) {
 	}
 	pl.mu.Unlock()
 	pl.apply(klog.Background(), &e)
-}
-
-// onPodUpdate notices members the informer now shows bound, so they count
-// as running rather than placed.
-func (pl *Gang) onPodUpdate(_, newObj any) {
-	pod, ok := newObj.(*corev1.Pod)
-	if !ok || pod.Spec.NodeName == "" {
-		return
-	}
-	ref, ok := gang.RefOf(pod)
-	if !ok {
-		return
-	}
-	pl.mu.Lock()
-	if g := pl.gangs[ref.Key()]; g != nil {
-		delete(g.placed, pod.UID)
-	}
-	pl.mu.Unlock()
 }
 
 // onPodDelete releases a gang being placed when a member goes away and the
@@ -418,8 +435,16 @@ func (pl *Gang) onPodDelete(obj any) {
 		delete(g.placed, pod.UID)
 		delete(g.gated, pod.UID)
 		if g.round != nil {
-			if spec, ok, err := gang.Of(pod); ok && err == nil && int32(len(members)) < spec.MinMember {
-				pl.release(g, fmt.Sprintf("member %s was deleted and %d/%d members remain", pod.Name, len(members), spec.MinMember), &e)
+			// Gated members remain but cannot be placed before the timeout
+			// unless someone lifts their gates: release now, as if gone.
+			if spec, ok, err := gang.Of(pod); ok && err == nil {
+				if n, gated := ungated(members); int32(n) < spec.MinMember {
+					why := fmt.Sprintf("member %s was deleted and %d/%d members remain", pod.Name, len(members), spec.MinMember)
+					if len(gated) > 0 {
+						why = fmt.Sprintf("member %s was deleted and %d/%d members remain that may be scheduled (%d more have scheduling gates)", pod.Name, n, spec.MinMember, len(gated))
+					}
+					pl.release(g, why, &e)
+				}
 			}
 		}
 		if len(members) == 0 {
