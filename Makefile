@@ -14,9 +14,10 @@ build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 ## demo: a local cluster with simulated GPU nodes, the demo workload, and what Penny did
+## (on a free port in a new temporary directory, so that it runs beside a `penny up` left running)
 demo:
 	$(GO) build -o $(BIN)/penny ./cmd/penny
-	$(BIN)/penny up --demo --exit-after-demo
+	$(BIN)/penny up --demo --exit-after-demo --port 0 --dir ''
 
 ## test: unit, integration (real kube-apiserver + etcd + KWOK) and end-to-end tests,
 ## the small scheduler_perf workloads (so CI catches a plugin that breaks under the harness)

@@ -108,8 +108,10 @@ func demoWorkload() (jobs []*batchv1.Job, deployments []*appsv1.Deployment, pods
 }
 
 // runDemo submits the workload and waits until every pod it creates is
-// bound, or timeout; it returns the pods in a stable order.
+// bound, or timeout (from submission to the last pod placed); it returns
+// the pods in a stable order.
 func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Duration) ([]placedPod, error) {
+	deadline := time.Now().Add(timeout)
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: demoNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
@@ -124,7 +126,7 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 		// pods that arrive together are placed in whatever order the Job
 		// controller creates them, and the first takes the reserved node.
 		// A job that does not place in time is reported with the rest.
-		waitBound(ctx, client, batchv1.JobNameLabel+"="+j.Name, int(*j.Spec.Parallelism), 20*time.Second)
+		waitBound(ctx, client, batchv1.JobNameLabel+"="+j.Name, int(*j.Spec.Parallelism), min(20*time.Second, time.Until(deadline)))
 	}
 	for _, d := range deployments {
 		want += int(*d.Spec.Replicas)
@@ -144,12 +146,15 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 		}
 	}
 
-	list := waitBound(ctx, client, "", want, timeout)
+	waitBound(ctx, client, "", want, time.Until(deadline))
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if list == nil {
-		return nil, fmt.Errorf("could not list demo pods")
+	// Listed again, not the poll's last listing: with the deadline passed
+	// the poll lists nothing.
+	list, err := client.CoreV1().Pods(demoNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list demo pods: %w", err)
 	}
 	nodes := map[string]*corev1.Node{}
 	var out []placedPod
@@ -179,16 +184,17 @@ func runDemo(ctx context.Context, client kubernetes.Interface, timeout time.Dura
 }
 
 // waitBound waits up to timeout for at least n demo pods matching selector
-// to exist and every one of them to be bound, and returns the last listing
-// (nil if none succeeded); on timeout the caller reports what is pending.
-func waitBound(ctx context.Context, client kubernetes.Interface, selector string, n int, timeout time.Duration) *corev1.PodList {
-	var list *corev1.PodList
+// to exist and every one of them to be bound; on timeout the caller reports
+// what is pending.
+func waitBound(ctx context.Context, client kubernetes.Interface, selector string, n int, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
 	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		l, err := client.CoreV1().Pods(demoNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
 		if err != nil {
 			return false, nil
 		}
-		list = l
 		if len(l.Items) < n {
 			return false, nil
 		}
@@ -199,7 +205,6 @@ func waitBound(ctx context.Context, client kubernetes.Interface, selector string
 		}
 		return true, nil
 	})
-	return list
 }
 
 func gpuColumn(p *corev1.Pod) string {

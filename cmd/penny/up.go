@@ -30,6 +30,8 @@ type upOptions struct {
 	summaryJSON   string
 	demoTimeout   time.Duration
 	verbose       bool
+	// demoTimeoutSet: --demo-timeout was given (it needs --demo).
+	demoTimeoutSet bool
 }
 
 func newUpCommand() *cobra.Command {
@@ -50,17 +52,18 @@ With --demo it submits a small GPU workload (training Jobs, an inference Deploym
 a CPU pod) to penny-scheduler and prints where each pod landed and what it costs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.demoTimeoutSet = cmd.Flags().Changed("demo-timeout")
 			return runUp(cmd.Context(), o, cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.clusterFile, "cluster", "", "cluster spec (YAML); default: the mixed fleet of deploy/examples/cluster.yaml")
-	f.StringVar(&o.dir, "dir", o.dir, "state directory (etcd data, certificates, kubeconfig): new, empty or an earlier penny up's; removed on exit (emptied if it was an empty one)")
-	f.IntVar(&o.port, "port", o.port, "kube-apiserver port on 127.0.0.1")
+	f.StringVar(&o.dir, "dir", o.dir, "state directory (etcd data, certificates, kubeconfig): new, empty or an earlier penny up's, yours; removed on exit (emptied if it was an empty one); \"\" for a new temporary one")
+	f.IntVar(&o.port, "port", o.port, "kube-apiserver port on 127.0.0.1 (0 picks a free one)")
 	f.BoolVar(&o.demo, "demo", false, "submit the demo workload and print where it landed")
 	f.BoolVar(&o.exitAfterDemo, "exit-after-demo", false, "with --demo: tear down and exit once the demo pods are placed")
 	f.StringVar(&o.summaryJSON, "summary-json", "", "write a JSON summary of the run to this file")
-	f.DurationVar(&o.demoTimeout, "demo-timeout", o.demoTimeout, "how long to wait for the demo pods to be scheduled")
+	f.DurationVar(&o.demoTimeout, "demo-timeout", o.demoTimeout, "with --demo: how long to wait for the demo pods to be scheduled")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "show control-plane and scheduler logs on stderr")
 	return cmd
 }
@@ -85,15 +88,52 @@ type poolSummary struct {
 	GPUModel     string `json:"gpu_model,omitempty"`
 }
 
-func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
-	began := time.Now()
+// check refuses flags that cannot work, before anything starts.
+func (o upOptions) check() error {
 	if o.exitAfterDemo && !o.demo {
 		return fmt.Errorf("--exit-after-demo needs --demo")
+	}
+	if o.demoTimeoutSet && !o.demo {
+		return fmt.Errorf("--demo-timeout needs --demo")
+	}
+	if o.demo && o.demoTimeout <= 0 {
+		return fmt.Errorf("--demo-timeout %v: give how long the demo may take to place its pods, e.g. 2m", o.demoTimeout)
+	}
+	if o.summaryJSON != "" {
+		// Checked now, not after the demo ran: a summary that cannot be
+		// written fails the run.
+		if info, err := os.Stat(o.summaryJSON); err == nil && info.IsDir() {
+			return fmt.Errorf("--summary-json %s is a directory: give a file to write, e.g. %s", o.summaryJSON, filepath.Join(o.summaryJSON, "summary.json"))
+		}
+		parent := filepath.Dir(o.summaryJSON)
+		if info, err := os.Stat(parent); err != nil {
+			return fmt.Errorf("--summary-json %s: %w", o.summaryJSON, err)
+		} else if !info.IsDir() {
+			return fmt.Errorf("--summary-json %s: %s is not a directory", o.summaryJSON, parent)
+		}
+	}
+	return nil
+}
+
+func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
+	began := time.Now()
+	if err := o.check(); err != nil {
+		return err
 	}
 	spec, err := loadClusterSpec(o.clusterFile)
 	if err != nil {
 		return err
 	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// What was being done, for an interrupt's message.
+	doing := "starting"
+	defer func() {
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("interrupted while %s; stopped, and removed what penny up made", doing)
+		}
+	}()
+
 	logFile, err := redirectLogs(o.verbose)
 	if err != nil {
 		return err
@@ -103,21 +143,21 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 			return
 		}
 		logFile.Close()
-		if err != nil {
+		// The log is worth a look only when something failed after the
+		// control plane logged something; an interrupt is no failure.
+		if info, statErr := os.Stat(logFile.Name()); err != nil && ctx.Err() == nil && statErr == nil && info.Size() > 0 {
 			err = fmt.Errorf("%w\n(control-plane and scheduler logs: %s)", err, logFile.Name())
 			return
 		}
 		os.Remove(logFile.Name())
 	}()
 
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
 	var logs io.Writer = os.Stderr
 	if logFile != nil {
 		logs = logFile
 	}
-	cluster, err := localcluster.Start(ctx, localcluster.Options{Dir: o.dir, APIServerPort: o.port, Spec: spec, Log: logs})
+	cluster, err := localcluster.Start(ctx, localcluster.Options{
+		Dir: o.dir, APIServerPort: o.port, Spec: spec, Log: logs, DirFlag: "--dir", PortFlag: "--port"})
 	if err != nil {
 		return err
 	}
@@ -141,16 +181,22 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	defer sched.Stop()
 	startup := time.Since(began)
 
-	fmt.Fprintf(out, "Penny is up in %.1fs: %d nodes in %d pools, penny-scheduler running.\n", startup.Seconds(), len(spec.Nodes()), len(spec.Pools))
+	nodes := len(spec.Nodes())
+	fleet := ""
+	if spec.Name != "" {
+		fleet = " of " + spec.Name
+	}
+	fmt.Fprintf(out, "Penny is up in %.1fs: %s in %s%s, penny-scheduler running.\n", startup.Seconds(), plural(nodes, "node"), plural(len(spec.Pools), "pool"), fleet)
 	fmt.Fprintf(out, "  kubeconfig: %s\n", cluster.KubeconfigPath)
 	fmt.Fprintf(out, "  try:        KUBECONFIG=%s kubectl get nodes -L %s,%s\n", cluster.KubeconfigPath, localcluster.LabelPool, localcluster.LabelCapacityType)
 	fmt.Fprintf(out, "  pods opt in with `schedulerName: penny-scheduler`.\n")
 
-	summary := upSummary{StartupSeconds: startup.Seconds(), Nodes: len(spec.Nodes())}
+	summary := upSummary{StartupSeconds: startup.Seconds(), Nodes: nodes}
 	for _, p := range spec.Pools {
 		summary.Pools = append(summary.Pools, poolSummary{Name: p.Name, Nodes: p.Count, CapacityType: p.CapacityType, GPUModel: p.GPUModel})
 	}
 	if o.demo {
+		doing = "running the demo"
 		fmt.Fprintf(out, "\nSubmitting the demo workload to penny-scheduler...\n")
 		submitted := time.Now()
 		res, err := runDemo(ctx, cluster.Client, o.demoTimeout)
@@ -189,11 +235,23 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	return nil
 }
 
+// plural is "1 node", "2 nodes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
 func loadClusterSpec(path string) (*localcluster.Spec, error) {
 	if path == "" {
 		return localcluster.ParseSpec("deploy/examples/cluster.yaml", deploy.ExampleCluster)
 	}
-	return localcluster.LoadSpec(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cluster: %w", err)
+	}
+	return localcluster.ParseSpec(path, data)
 }
 
 // redirectLogs sends klog (control plane and scheduler) to a temporary file

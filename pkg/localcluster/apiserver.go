@@ -27,11 +27,16 @@ import (
 type apiServer struct {
 	host     string
 	serverCA []byte
-	done     chan error
+	// done is closed when the server has stopped, err then says why.
+	done chan struct{}
+	err  error
 }
 
 // startAPIServer runs kube-apiserver in-process on a listener it already
-// holds, so a port clash is reported before anything else starts.
+// holds, so a port clash is reported before anything else starts. It waits
+// for the server to be ready even when the caller is interrupted: stopped
+// before its post-start hooks are done, the server exits the process
+// (klog.Fatal in k8s.io/apiserver's runPostStartHook).
 func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcdURL string, p *pki, runtimeConfig map[string]string) (*apiServer, error) {
 	certDir := filepath.Join(dir, "apiserver")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {
@@ -114,15 +119,20 @@ func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcd
 	}
 	a := &apiServer{
 		host: fmt.Sprintf("https://127.0.0.1:%d", s.SecureServing.BindPort),
-		done: make(chan error, 1),
+		done: make(chan struct{}),
 	}
-	go func() { a.done <- prepared.Run(ctx) }()
+	go func() {
+		a.err = prepared.Run(ctx)
+		close(a.done)
+	}()
 
+	// From here on a is returned with an error too, so that the caller's
+	// Stop waits for the server to let go of its port.
 	if a.serverCA, err = os.ReadFile(filepath.Join(certDir, "apiserver.crt")); err != nil {
-		return nil, fmt.Errorf("kube-apiserver serving certificate: %w", err)
+		return a, fmt.Errorf("kube-apiserver serving certificate: %w", err)
 	}
 	if err := a.waitHealthy(ctx, p.adminConfig(a.host, a.serverCA)); err != nil {
-		return nil, err
+		return a, err
 	}
 	return a, nil
 }
@@ -135,8 +145,8 @@ func (a *apiServer) waitHealthy(ctx context.Context, cfg *rest.Config) error {
 	var lastErr error
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		select {
-		case err := <-a.done:
-			return false, fmt.Errorf("kube-apiserver stopped: %w", err)
+		case <-a.done:
+			return false, fmt.Errorf("kube-apiserver stopped: %w", a.err)
 		default:
 		}
 		res := client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx)

@@ -28,6 +28,10 @@ import (
 	"k8s.io/client-go/rest"
 )
 
+// getuid is os.Getuid; a test stands in another user for it, which needs
+// no root to give a directory away.
+var getuid = os.Getuid
+
 // Options configure a local cluster. The zero value is a cluster without
 // nodes in a fresh temporary directory on free ports.
 type Options struct {
@@ -48,6 +52,10 @@ type Options struct {
 	RuntimeConfig map[string]string
 	// Log receives the simulated kubelets' warnings; nil means stderr.
 	Log io.Writer
+	// DirFlag and PortFlag are what errors call Dir and APIServerPort: the
+	// flags a command takes them from, e.g. "--dir" and "--port". Empty
+	// means "state directory" and "kube-apiserver port".
+	DirFlag, PortFlag string
 }
 
 // Cluster is a running local control plane.
@@ -68,6 +76,8 @@ type Cluster struct {
 	// ownDir: the cluster made Dir (or an earlier cluster did), and Stop
 	// removes it; else Stop empties it.
 	ownDir bool
+	// dirFlag is Options.DirFlag.
+	dirFlag string
 }
 
 // SystemNamespace is where Penny's own components and leases live.
@@ -78,24 +88,28 @@ const SystemNamespace = "penny-system"
 // emptied, as Stop does).
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	began := time.Now()
-	c := &Cluster{}
+	c := &Cluster{dirFlag: opts.DirFlag}
 	defer func() {
 		if err != nil {
 			c.Stop()
 		}
 	}()
+	port := "kube-apiserver port"
+	if opts.PortFlag != "" {
+		port = opts.PortFlag
+	}
 	if opts.APIServerPort < 0 || opts.APIServerPort > 65535 {
-		return nil, fmt.Errorf("kube-apiserver port %d is not a TCP port: choose one of 1..65535 (0 picks a free one)", opts.APIServerPort)
+		return nil, fmt.Errorf("%s %d is not a TCP port: choose one of 1..65535 (0 picks a free one)", port, opts.APIServerPort)
 	}
 	if err := c.claimDir(opts.Dir); err != nil {
 		return nil, err
 	}
 	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", opts.APIServerPort))
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return nil, fmt.Errorf("kube-apiserver port %d on 127.0.0.1 is in use (%v): stop whatever holds it, or choose another port", opts.APIServerPort, err)
+		return nil, fmt.Errorf("%s %d on 127.0.0.1 is in use (%v): stop whatever holds it, or choose another port", port, opts.APIServerPort, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("kube-apiserver port %d on 127.0.0.1: %w", opts.APIServerPort, err)
+		return nil, fmt.Errorf("%s %d on 127.0.0.1: %w", port, opts.APIServerPort, err)
 	}
 	if len(opts.FeatureGates) > 0 {
 		if err := utilfeature.DefaultMutableFeatureGate.SetFromMap(opts.FeatureGates); err != nil {
@@ -111,8 +125,18 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		listener.Close()
 		return nil, fmt.Errorf("certificates: %w", err)
 	}
+	// An interrupt (ctx done) stops the start between steps; etcd's own
+	// start is quick.
+	if err := ctx.Err(); err != nil {
+		listener.Close()
+		return nil, err
+	}
 	var etcdURL string
 	if c.etcd, etcdURL, err = startEtcd(c.Dir, 0); err != nil {
+		listener.Close()
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
 		listener.Close()
 		return nil, err
 	}
@@ -213,8 +237,14 @@ func (c *Cluster) Stop() {
 // so that a second cluster on the same directory fails at once with the pid
 // of the first instead of corrupting its etcd. Since the cluster empties the
 // directory when it starts and stops, it claims only a new or empty one, or
-// the state directory of an earlier cluster (its lock file holds a pid).
+// the state directory of an earlier cluster (its lock file holds a pid); and
+// only one of its own user's, since the default is in the shared temporary
+// directory, where anyone may have made it first.
 func (c *Cluster) claimDir(dir string) error {
+	name := "state directory"
+	if c.dirFlag != "" {
+		name = c.dirFlag
+	}
 	own := false
 	if dir == "" {
 		d, err := os.MkdirTemp("", "penny-local-")
@@ -224,29 +254,44 @@ func (c *Cluster) claimDir(dir string) error {
 		dir, own = d, true
 	} else if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("state directory %s: %w", dir, err)
+			return fmt.Errorf("%s %s: %w", name, dir, err)
 		}
 		own = true
 	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", name, dir, err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("%s %s is a file, not a directory: give a new or empty directory", name, dir)
+	}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok && int(st.Uid) != getuid() {
+		return fmt.Errorf("%s %s belongs to user %d, not to you (user %d): give a directory of your own", name, dir, st.Uid, getuid())
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("state directory %s: %w", dir, err)
+		return fmt.Errorf("%s %s: %w", name, dir, err)
 	}
 	lockPath := filepath.Join(dir, "lock")
-	_, statErr := os.Stat(lockPath)
+	lockInfo, statErr := os.Lstat(lockPath)
 	earlier := statErr == nil
 	if len(entries) > 0 && !earlier {
-		return fmt.Errorf("state directory %s is not empty and holds no local cluster's lock file: a cluster deletes what is in its state directory, so give a new or empty directory", dir)
+		return fmt.Errorf("%s %s is not empty and holds no local cluster's lock file: a cluster deletes what is in the directory it runs in, so give a new or empty one", name, dir)
 	}
-	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if earlier && !lockInfo.Mode().IsRegular() {
+		return fmt.Errorf("%s %s: its lock is not a file (a link, say), so it is no local cluster's: give a new or empty directory", name, dir)
+	}
+	// O_NOFOLLOW: a link made between the check above and here is refused
+	// too, not written through.
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fmt.Errorf("state directory %s: %w", dir, err)
+		return fmt.Errorf("%s %s: %w", name, dir, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder, _ := os.ReadFile(lockPath)
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return fmt.Errorf("state directory %s is in use by another local cluster (pid %s): stop it first (Ctrl-C), or use another directory", dir, strings.TrimSpace(string(holder)))
+			return fmt.Errorf("%s %s is in use by another local cluster (pid %s): stop it first (Ctrl-C), or use another directory", name, dir, strings.TrimSpace(string(holder)))
 		}
 		return fmt.Errorf("lock %s: %w", lockPath, err)
 	}
@@ -258,7 +303,7 @@ func (c *Cluster) claimDir(dir string) error {
 		killedEarly := len(entries) == 1 && len(holder) == 0
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(holder))); (err != nil || pid <= 0) && !killedEarly {
 			f.Close()
-			return fmt.Errorf("state directory %s is not empty and its lock file holds no local cluster's pid: a cluster deletes what is in its state directory, so give a new or empty directory", dir)
+			return fmt.Errorf("%s %s is not empty and its lock file holds no local cluster's pid: a cluster deletes what is in the directory it runs in, so give a new or empty one", name, dir)
 		}
 		// A previous run that was killed leaves its data behind; start
 		// clean. The directory was that cluster's, so it goes too.
@@ -272,6 +317,10 @@ func (c *Cluster) claimDir(dir string) error {
 	}
 	f.Truncate(0)
 	f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	// Absolute, so that the kubeconfig path printed works from anywhere.
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
 	c.Dir, c.lock, c.ownDir = dir, f, own
 	return nil
 }

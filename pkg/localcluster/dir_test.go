@@ -35,7 +35,7 @@ func TestStateDirectoryIsOnlyEverPennys(t *testing.T) {
 			c := &Cluster{}
 			err := c.claimDir(dir)
 			c.Stop()
-			if err == nil || !strings.Contains(err.Error(), "state directory "+dir+" is not empty") || !strings.Contains(err.Error(), "give a new or empty directory") {
+			if err == nil || !strings.Contains(err.Error(), "state directory "+dir+" is not empty") || !strings.Contains(err.Error(), "give a new or empty one") {
 				t.Errorf("%s: %v; want a refusal naming the directory", name, err)
 			}
 			for f, content := range files {
@@ -123,4 +123,101 @@ func TestStartSaysWhatIsWrongWithThePort(t *testing.T) {
 	if _, err := Start(context.Background(), Options{Dir: dir, APIServerPort: port}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("port %d on 127.0.0.1 is in use", port)) {
 		t.Errorf("port %d held: %v; want in use", port, err)
 	}
+}
+
+// Errors about the state directory and the port name the flags a command
+// gave them as (penny up's --dir and --port), and say what is wrong with a
+// --dir that is a file.
+func TestDirAndPortErrorsNameTheFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "notes.txt")
+	if err := os.WriteFile(file, []byte("keep me\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Start(context.Background(), Options{Dir: file, DirFlag: "--dir", PortFlag: "--port"})
+	if err == nil || !strings.HasPrefix(err.Error(), "--dir "+file+" is a file, not a directory") || strings.Contains(err.Error(), "state directory") {
+		t.Errorf("--dir a file: %v; want it named as --dir and said to be a file", err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "keep me\n" {
+		t.Errorf("the file given as --dir now holds %q", b)
+	}
+
+	dir := filepath.Join(t.TempDir(), "state")
+	first := &Cluster{dirFlag: "--dir"}
+	if err := first.claimDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Stop()
+	second := &Cluster{dirFlag: "--dir"}
+	err = second.claimDir(dir)
+	if err == nil || !strings.HasPrefix(err.Error(), "--dir "+dir+" is in use by another local cluster") || strings.Contains(err.Error(), "state directory") {
+		t.Errorf("--dir in use: %v; want it named as --dir", err)
+	}
+	other := t.TempDir()
+	os.WriteFile(filepath.Join(other, "go.mod"), []byte("module x\n"), 0o644)
+	err = (&Cluster{dirFlag: "--dir"}).claimDir(other)
+	if err == nil || !strings.HasPrefix(err.Error(), "--dir "+other+" is not empty") || strings.Contains(err.Error(), "state directory") {
+		t.Errorf("--dir not empty: %v; want it named as --dir", err)
+	}
+
+	for _, port := range []int{-1, 70000} {
+		_, err := Start(context.Background(), Options{Dir: filepath.Join(t.TempDir(), "s"), APIServerPort: port, DirFlag: "--dir", PortFlag: "--port"})
+		if err == nil || !strings.HasPrefix(err.Error(), fmt.Sprintf("--port %d is not a TCP port", port)) {
+			t.Errorf("--port %d: %v; want it named as --port", port, err)
+		}
+	}
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	port := held.Addr().(*net.TCPAddr).Port
+	_, err = Start(context.Background(), Options{Dir: filepath.Join(t.TempDir(), "s"), APIServerPort: port, DirFlag: "--dir", PortFlag: "--port"})
+	if err == nil || !strings.HasPrefix(err.Error(), fmt.Sprintf("--port %d on 127.0.0.1 is in use", port)) {
+		t.Errorf("--port %d held: %v; want it named as --port", port, err)
+	}
+}
+
+// The default state directory is in the shared temporary directory, where
+// anyone can make it first. A cluster claims only a directory of its own
+// user's, and never follows a lock that is a link: it would write its pid
+// over the file the link points to.
+func TestStateDirectoryMustBeTheUsersOwn(t *testing.T) {
+	t.Run("lock is a link", func(t *testing.T) {
+		dir := t.TempDir()
+		victim := filepath.Join(t.TempDir(), "victim")
+		if err := os.WriteFile(victim, []byte("4242\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(victim, filepath.Join(dir, "lock")); err != nil {
+			t.Fatal(err)
+		}
+		c := &Cluster{}
+		err := c.claimDir(dir)
+		c.Stop()
+		if err == nil || !strings.Contains(err.Error(), "lock") {
+			t.Errorf("a lock that is a link: %v; want a refusal", err)
+		}
+		if b, _ := os.ReadFile(victim); string(b) != "4242\n" {
+			t.Errorf("the file the lock links to now holds %q", b)
+		}
+	})
+	t.Run("someone else's directory", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "state")
+		if err := os.Mkdir(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		// The directory is ours; to claimDir we are now another user.
+		me := os.Getuid()
+		getuid = func() int { return me + 1 }
+		t.Cleanup(func() { getuid = os.Getuid })
+		c := &Cluster{dirFlag: "--dir"}
+		err := c.claimDir(dir)
+		c.Stop()
+		if want := fmt.Sprintf("--dir %s belongs to user %d", dir, me); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("another user's empty directory: %v; want a refusal", err)
+		}
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("the directory went: %v", err)
+		}
+	})
 }

@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -92,6 +96,14 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 		}
 		return nil, describeDecodeError(file, err)
 	}
+	// Documents after the first would be dropped without a word (an empty
+	// one, as a trailing "---" makes, is nothing to drop).
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil && len(next.Content) > 0 && next.Content[0].Tag != "!!null" {
+		return nil, fmt.Errorf("%s:%d: a second YAML document: a cluster spec is one YAML document; put every pool in the first one's list of pools", file, next.Content[0].Line)
+	} else if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: not valid YAML: %v", file, err)
+	}
 	if errs := spec.validate(); len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
@@ -133,6 +145,31 @@ var (
 	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 )
 
+// derivedLabels are the node labels Penny sets from a pool's fields; an
+// extra label may not contradict them (the demo's CAPACITY column, SpotRisk
+// and the GPU packer read them), so the spec names the field to set instead.
+var derivedLabels = map[string]string{
+	corev1.LabelHostname:           "the node's name, <name>-<index>",
+	corev1.LabelInstanceTypeStable: "instanceType",
+	corev1.LabelTopologyZone:       "zone",
+	corev1.LabelTopologyRegion:     "region (at the top of the spec)",
+	LabelCapacityType:              "capacityType",
+	LabelPool:                      "name",
+	gpu.LabelProduct:               "gpuModel",
+	gpu.LabelCount:                 "gpusPerNode",
+	gpu.LabelMemory:                "gpuModel",
+	gpu.LabelMIGStrategy:           "mig",
+	gpu.LabelMIGPartitioning:       "mig.onDemand",
+}
+
+// labelValueProblem says why v cannot be a label value, or "".
+func labelValueProblem(v string) string {
+	if len(validation.IsValidLabelValue(v)) > 0 {
+		return "expected at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"
+	}
+	return ""
+}
+
 func (s *Spec) validate() []fieldError {
 	var errs []fieldError
 	add := func(path, format string, args ...any) {
@@ -140,6 +177,9 @@ func (s *Spec) validate() []fieldError {
 	}
 	if len(s.Pools) == 0 {
 		add("pools", "at least one pool is required")
+	}
+	if why := labelValueProblem(s.Region); why != "" {
+		add("region", "%q cannot be the label topology.kubernetes.io/region: %s", s.Region, why)
 	}
 	seen := map[string]bool{}
 	for i := range s.Pools {
@@ -159,6 +199,8 @@ func (s *Spec) validate() []fieldError {
 		}
 		if p.InstanceType == "" {
 			add(at+".instanceType", "required, e.g. p4d.24xlarge")
+		} else if why := labelValueProblem(p.InstanceType); why != "" {
+			add(at+".instanceType", "%q cannot be the label %s: %s", p.InstanceType, corev1.LabelInstanceTypeStable, why)
 		}
 		switch p.Cloud {
 		case "", "aws", "gcp", "azure":
@@ -172,9 +214,28 @@ func (s *Spec) validate() []fieldError {
 		}
 		if p.Zone == "" {
 			add(at+".zone", "required, e.g. us-east-1a")
+		} else if why := labelValueProblem(p.Zone); why != "" {
+			add(at+".zone", "%q cannot be the label %s: %s", p.Zone, corev1.LabelTopologyZone, why)
 		}
-		if p.HourlyPrice < 0 {
+		switch {
+		case math.IsNaN(p.HourlyPrice) || math.IsInf(p.HourlyPrice, 0):
+			add(at+".hourlyPrice", "%v is not a price: expected the node's price in USD per hour, e.g. 40.97", p.HourlyPrice)
+		case p.HourlyPrice < 0:
 			add(at+".hourlyPrice", "%v is negative: expected the node's price in USD per hour", p.HourlyPrice)
+		}
+		keys := make([]string, 0, len(p.Labels))
+		for k := range p.Labels {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if len(validation.IsQualifiedName(k)) > 0 {
+				add(at+".labels", "%q is not a label key: expected a name such as team, or prefix/name such as example.com/team (names as label values, the prefix a DNS subdomain)", k)
+			} else if field, ok := derivedLabels[k]; ok {
+				add(at+".labels", "%s is set from %s; set that instead of the label", k, field)
+			} else if why := labelValueProblem(p.Labels[k]); why != "" {
+				add(at+".labels", "%s: %q is not a label value: %s", k, p.Labels[k], why)
+			}
 		}
 		for _, f := range []struct{ name, val, example string }{{"cpu", p.CPU, "96"}, {"memory", p.Memory, "1152Gi"}} {
 			if f.val == "" {

@@ -71,6 +71,9 @@ func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
 - {name: a, count: 1, instanceType: x, capacityType: spot, cpu: lots, memory: 1Gi}
 `, []string{"pools[0].cpu", `"lots"`, "pools[0].zone", "required"}},
 		{"no pools", "name: empty\n", []string{"bad.yaml:1", "pools", "at least one pool"}},
+		// A second document was dropped without a word: its pools never came up.
+		{"two documents", "pools:\n- {name: a, count: 1, instanceType: x, capacityType: spot, zone: z, cpu: \"1\", memory: 1Gi}\n---\npools:\n- {name: b, count: 1, instanceType: x, capacityType: spot, zone: z, cpu: \"1\", memory: 1Gi}\n",
+			[]string{"bad.yaml:4", "one YAML document"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -155,5 +158,57 @@ func TestOnDemandMIGNodes(t *testing.T) {
 	}
 	if dev := gpu.NodeDevicesFor(n); !dev.OnDemand || len(dev.GPUs) != 8 || dev.HasLayout() {
 		t.Errorf("device view: on demand %v, %d GPUs, layout %v", dev.OnDemand, len(dev.GPUs), dev.HasLayout())
+	}
+}
+
+// What the spec puts in a node's labels must be a valid label there, and
+// extra labels may not contradict the fields Penny derives labels from: a
+// spec the API server would reject, or one whose capacityType says
+// on-demand while its nodes say spot, is refused at the file's line, before
+// anything starts.
+func TestSpecLabelsAndPricesAreCheckedUpFront(t *testing.T) {
+	pool := func(extra string) string {
+		return "pools:\n- {name: a, count: 1, instanceType: x, capacityType: on-demand, zone: z, cpu: \"1\", memory: 1Gi" + extra + "}\n"
+	}
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"zone not a label value", "pools:\n- {name: a, count: 1, instanceType: x, capacityType: spot, zone: \"us east 1a\", cpu: \"1\", memory: 1Gi}\n",
+			[]string{"bad.yaml:2", "pools[0].zone", `"us east 1a"`}},
+		{"instance type not a label value", "pools:\n- {name: a, count: 1, instanceType: \"p5 48xlarge\", capacityType: spot, zone: z, cpu: \"1\", memory: 1Gi}\n",
+			[]string{"bad.yaml:2", "pools[0].instanceType", `"p5 48xlarge"`}},
+		{"region not a label value", "region: us east\n" + pool(""),
+			[]string{"bad.yaml:1", "region", `"us east"`}},
+		{"label key", pool(`, labels: {"bad key!": x}`),
+			[]string{"bad.yaml:2", "pools[0].labels", `"bad key!"`}},
+		{"label value", pool(`, labels: {team: "r&d"}`),
+			[]string{"bad.yaml:2", "pools[0].labels", `"r&d"`}},
+		{"label that contradicts capacityType", pool(`, labels: {karpenter.sh/capacity-type: spot}`),
+			[]string{"pools[0].labels", "karpenter.sh/capacity-type", "capacityType"}},
+		{"label that contradicts the pool", pool(`, labels: {penny.dev/pool: b}`),
+			[]string{"pools[0].labels", "penny.dev/pool", "name"}},
+		{"label that contradicts the GPU model", pool(`, labels: {nvidia.com/gpu.product: NVIDIA-H100}`),
+			[]string{"pools[0].labels", "nvidia.com/gpu.product", "gpuModel"}},
+		{"price NaN", pool(`, hourlyPrice: .nan`), []string{"pools[0].hourlyPrice", "NaN"}},
+		{"price infinite", pool(`, hourlyPrice: .inf`), []string{"pools[0].hourlyPrice", "+Inf"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseSpec("bad.yaml", []byte(c.yaml))
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	// Extra labels that add to what Penny sets stay allowed, including
+	// overriding the architecture (an arm64 Grace Hopper pool, say).
+	if _, err := ParseSpec("ok.yaml", []byte(pool(`, labels: {team: research, kubernetes.io/arch: arm64, example.com/tier: "1"}`))); err != nil {
+		t.Errorf("extra labels: %v", err)
 	}
 }

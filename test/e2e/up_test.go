@@ -137,17 +137,20 @@ func TestSecondUpFailsClearlyAndCtrlCCleansUp(t *testing.T) {
 		t.Fatalf("first penny up did not come up: %s", firstErr.String())
 	}
 
-	for name, args := range map[string][]string{
-		"same dir":  {"up", "--dir", dir, "--port", fmt.Sprint(freePort(t))},
-		"same port": {"up", "--dir", filepath.Join(t.TempDir(), "other"), "--port", fmt.Sprint(port)},
+	for name, c := range map[string]struct {
+		args []string
+		want string // the flag, and that it is in use
+	}{
+		"same dir":  {[]string{"up", "--dir", dir, "--port", fmt.Sprint(freePort(t))}, "--dir " + dir + " is in use"},
+		"same port": {[]string{"up", "--dir", filepath.Join(t.TempDir(), "other"), "--port", fmt.Sprint(port)}, fmt.Sprintf("--port %d on 127.0.0.1 is in use", port)},
 	} {
 		start := time.Now()
-		out, err := penny(ctx, args...).CombinedOutput()
+		out, err := penny(ctx, c.args...).CombinedOutput()
 		if err == nil {
 			t.Errorf("%s: second penny up succeeded:\n%s", name, out)
 		}
-		if !strings.Contains(string(out), "in use") {
-			t.Errorf("%s: error does not say what is in use:\n%s", name, out)
+		if !strings.Contains(string(out), c.want) {
+			t.Errorf("%s: error does not say %q:\n%s", name, c.want, out)
 		}
 		if time.Since(start) > 15*time.Second {
 			t.Errorf("%s: took %v to fail; want a prompt error, not a hang", name, time.Since(start))
