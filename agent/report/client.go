@@ -527,6 +527,29 @@ func (c *Client) sendStatuses(st grpc.BidiStreamingClient[telemetryv1.AgentMessa
 	}
 }
 
+// refuse answers FAILED, saying why, for each pod an invalid command names
+// in a status the scheduler takes: its reclaim coordinator waits for every
+// pod of the command until the deadline less its safety margin, before it
+// evicts the gang's other members. A pod the status could not name (or a
+// command id it could not carry) gets no answer; the coordinator waits for
+// that one.
+func (c *Client) refuse(cmd *telemetryv1.CheckpointCommand, why error) {
+	var until time.Time
+	if d := cmd.GetDeadline(); d.IsValid() {
+		until = d.AsTime()
+	}
+	msg := telemetryv1.StatusText("penny-agent refused the checkpoint command as invalid: " + why.Error())
+	for _, p := range cmd.GetPods()[:min(len(cmd.GetPods()), telemetryv1.MaxCheckpointPods)] {
+		st := &telemetryv1.CheckpointStatus{
+			CommandId: cmd.GetId(), Pod: p, State: telemetryv1.CheckpointStatus_STATE_FAILED,
+			Message: msg, UpdatedAt: timestamppb.Now(),
+		}
+		if telemetryv1.ValidateCheckpointStatus(st) == nil {
+			c.SendCheckpointStatus(st, until)
+		}
+	}
+}
+
 func (c *Client) handle(ctx context.Context, e *endpoint, msg *telemetryv1.SchedulerMessage, log logr.Logger) {
 	switch m := msg.Message.(type) {
 	case *telemetryv1.SchedulerMessage_Ack:
@@ -538,7 +561,8 @@ func (c *Client) handle(ctx context.Context, e *endpoint, msg *telemetryv1.Sched
 		c.opts.Metrics.commands.WithLabelValues("checkpoint").Inc()
 		cmd := m.Checkpoint
 		if err := telemetryv1.ValidateCheckpointCommand(cmd); err != nil {
-			log.Error(err, "ignoring an invalid checkpoint command", "command", cmd.GetId())
+			log.Error(err, "refusing an invalid checkpoint command", "command", cmd.GetId())
+			c.refuse(cmd, err)
 			return
 		}
 		log.Info("checkpoint command", "command", cmd.GetId(), "pods", len(cmd.GetPods()), "deadline", cmd.GetDeadline().AsTime(), "reason", cmd.GetReason())

@@ -357,10 +357,11 @@ func TestStreamsToEveryReplica(t *testing.T) {
 func TestCheckpointCommandAnsweredUnsupported(t *testing.T) {
 	var mu sync.Mutex
 	var statuses []*telemetryv1.CheckpointStatus
-	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{OnCheckpointStatus: func(node string, st *telemetryv1.CheckpointStatus) {
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{OnCheckpointStatus: func(node string, st *telemetryv1.CheckpointStatus) telemetry.StatusResult {
 		mu.Lock()
 		defer mu.Unlock()
 		statuses = append(statuses, st)
+		return telemetry.StatusAccepted
 	}}})
 	loop, _ := newMockLoop(t, "n1", 50*time.Millisecond, time.Second)
 	client := newClient(t, loop, env.Addr, env.ClientTLS, env.TokenFile(t, "n1"))

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -49,11 +51,12 @@ type statusLog struct {
 	states []string
 }
 
-func (l *statusLog) record(_ string, st *telemetryv1.CheckpointStatus) {
+func (l *statusLog) record(_ string, st *telemetryv1.CheckpointStatus) telemetry.StatusResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.got = append(l.got, st.GetCommandId()+" "+st.GetPod().GetName())
 	l.states = append(l.states, st.GetCommandId()+" "+st.GetPod().GetName()+" "+st.GetState().String())
+	return telemetry.StatusAccepted
 }
 
 func (l *statusLog) all() []string {
@@ -272,7 +275,7 @@ func (s *lossyStream) Recv() (*telemetryv1.AgentMessage, error) {
 	return m, err
 }
 
-func startLossy(t *testing.T, lose int32, onStatus func(string, *telemetryv1.CheckpointStatus)) (*lossyServer, *telemetrytest.Env) {
+func startLossy(t *testing.T, lose int32, onStatus func(string, *telemetryv1.CheckpointStatus) telemetry.StatusResult) (*lossyServer, *telemetrytest.Env) {
 	t.Helper()
 	cert := telemetrytest.NewCert(t)
 	srv, err := telemetry.NewServer(telemetry.ServerOptions{
@@ -573,5 +576,43 @@ func TestStreamCountsAsOpenOnlyOnceAccepted(t *testing.T) {
 	eventually(t, 5*time.Second, "the accepted stream to count as open", connected)
 	if n := client.Connected(); n != 1 {
 		t.Fatalf("%d streams open", n)
+	}
+}
+
+// An invalid command was logged and left unanswered, and the scheduler's
+// reclaim coordinator waited for its pods until the deadline less its
+// safety margin before evicting their gang. Each pod the agent can name in
+// a status is answered FAILED, saying what was invalid; the handler never
+// sees the command.
+func TestInvalidCommandIsAnsweredFailedForEachPodItNames(t *testing.T) {
+	loop, _ := newMockLoop(t, "n1", time.Hour, time.Hour)
+	handler := &recordingHandler{}
+	c, err := NewClient(loop, ClientOptions{Address: "127.0.0.1:1", TLS: &tls.Config{}, Commands: handler, Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := testEndpoint(c)
+	cmd := &telemetryv1.CheckpointCommand{Id: "c1", Deadline: timestamppb.New(inAMinute()), Reason: "bad\x00reason",
+		Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p-0"}, {Namespace: "a", Name: "Not_A_Name"}, {Namespace: "a", Name: "p-2"}}}
+	c.handle(context.Background(), e, &telemetryv1.SchedulerMessage{Message: &telemetryv1.SchedulerMessage_Checkpoint{Checkpoint: cmd}}, testr.New(t))
+
+	if n := handler.count(); n != 0 {
+		t.Errorf("the handler ran the invalid command %d times", n)
+	}
+	var got []string
+	for _, s := range c.statuses.pending(map[statusKey]uint64{}) {
+		st := s.st
+		got = append(got, st.GetCommandId()+" "+st.GetPod().GetName()+" "+st.GetState().String())
+		for _, want := range []string{"refused the checkpoint command as invalid", "pods[1].name", "reason"} {
+			if !strings.Contains(st.GetMessage(), want) {
+				t.Errorf("status of %s says %q; want it to mention %q", st.GetPod().GetName(), st.GetMessage(), want)
+			}
+		}
+		if err := telemetryv1.ValidateCheckpointStatus(st); err != nil {
+			t.Errorf("status of %s would be refused by the scheduler: %v", st.GetPod().GetName(), err)
+		}
+	}
+	if want := []string{"c1 p-0 STATE_FAILED", "c1 p-2 STATE_FAILED"}; !slices.Equal(got, want) {
+		t.Fatalf("statuses %q; want %q (Not_A_Name cannot be named in a status)", got, want)
 	}
 }

@@ -174,14 +174,18 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 
 // OnCheckpointStatus is the telemetry server's hook for agents' checkpoint
 // progress; node is the node the reporting agent is authenticated for.
-func (c *Coordinator) OnCheckpointStatus(node string, st *telemetryv1.CheckpointStatus) {
+func (c *Coordinator) OnCheckpointStatus(node string, st *telemetryv1.CheckpointStatus) telemetry.StatusResult {
 	c.mu.Lock()
 	f := c.fanouts[st.GetCommandId()]
 	c.mu.Unlock()
-	if f == nil || f.node != node {
-		return // not ours, or an agent speaking about another node's command
+	switch {
+	case f == nil:
+		return telemetry.StatusUnknownCommand
+	case f.node != node:
+		return telemetry.StatusWrongNode
 	}
 	f.update(st)
+	return telemetry.StatusAccepted
 }
 
 // Run acts on notices until ctx ends.

@@ -160,11 +160,20 @@ func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing
 		t.Errorf("observed pool %v", p)
 	}
 
-	status := func(node, cmd, pod string, s telemetryv1.CheckpointStatus_State) {
-		c.OnCheckpointStatus(node, &telemetryv1.CheckpointStatus{CommandId: cmd, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod}, State: s})
+	// The result labels penny_telemetry_checkpoint_statuses_total.
+	statusIs := func(want telemetry.StatusResult, node, cmd, pod string, s telemetryv1.CheckpointStatus_State) {
+		t.Helper()
+		if got := c.OnCheckpointStatus(node, &telemetryv1.CheckpointStatus{CommandId: cmd, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod}, State: s}); got != want {
+			t.Errorf("status of %s for command %s from node %s: %s, want %s", pod, cmd, node, got, want)
+		}
 	}
+	status := func(node, cmd, pod string, s telemetryv1.CheckpointStatus_State) {
+		t.Helper()
+		statusIs(telemetry.StatusAccepted, node, cmd, pod, s)
+	}
+	statusIs(telemetry.StatusUnknownCommand, "b", "another-replicas-command", "g-2", telemetryv1.CheckpointStatus_STATE_DONE)
 	// An agent speaks only for its node: c's agent cannot finish b's command.
-	status("c", b.GetId(), "g-2", telemetryv1.CheckpointStatus_STATE_DONE)
+	statusIs(telemetry.StatusWrongNode, "c", b.GetId(), "g-2", telemetryv1.CheckpointStatus_STATE_DONE)
 	time.Sleep(200 * time.Millisecond)
 	mu.Lock()
 	if len(evicted) != 0 {

@@ -278,11 +278,24 @@ func (e *Engine) AddNode(n *v1.Node) error {
 }
 
 // RemoveNode takes a node away (a Spot reclaim, a scale-down) and returns the
-// pods that ran on it, already removed from the cluster.
+// pods that ran on it, already removed from the cluster. Pods held at Permit
+// on it are rejected; the next SettleWaiting returns them. (kube-scheduler
+// would bind such a pod to the node that is gone, and the pod garbage
+// collector would delete it for its owner to create again: either way it
+// waits again, and allowed here it would run on a node nothing bills.)
 func (e *Engine) RemoveNode(name string) ([]*v1.Pod, error) {
 	n, ok := e.nodes[name]
 	if !ok {
 		return nil, fmt.Errorf("node %q is not in the cluster", name)
+	}
+	for uid, w := range e.waiting {
+		if w.node != name {
+			continue
+		}
+		if wp := e.fw.GetWaitingPod(uid); wp != nil {
+			wp.Reject("penny-sim", fmt.Sprintf("node %s was removed", name))
+			e.permits.record(uid)
+		}
 	}
 	var evicted []*v1.Pod
 	for _, p := range e.bound {

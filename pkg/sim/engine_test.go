@@ -314,6 +314,54 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 	}
 }
 
+// A node removed (a Spot reclaim) under a pod held at Permit took nothing
+// with it: the pod stayed held and bound there once its gang completed, on a
+// node no replay bills or reclaims again. It is rejected and waits again.
+func TestRemovingANodeRejectsThePodsHeldAtPermitThere(t *testing.T) {
+	prof, err := DefaultProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof.Plugins.Permit.Enabled = append(prof.Plugins.Permit.Enabled, config.Plugin{Name: "TestGang"})
+	reg := frameworkruntime.Registry{"TestGang": func(_ context.Context, _ runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+		return &gangPermit{h: h}, nil
+	}}
+	e, err := NewEngine(context.Background(), EngineOptions{Profile: prof, Registry: reg, Seed: 1,
+		Nodes: []*v1.Node{NewNode("a", 8000, 8192, 8, "Tesla-T4"), NewNode("b", 8000, 8192, 8, "Tesla-T4")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	member := func(i int) *v1.Pod {
+		p := NewPod("ns", fmt.Sprintf("g-%d", i), 1000, 1024, 8, 1000, nil)
+		p.Labels[gang.LabelName], p.Labels[gang.KeySize] = "g", "2"
+		return p
+	}
+	held, err := e.Schedule(member(0))
+	if err != nil || !held.Waiting {
+		t.Fatalf("first member: %+v %v", held, err)
+	}
+	if _, err := e.RemoveNode(held.Node); err != nil {
+		t.Fatal(err)
+	}
+	settled, err := e.SettleWaiting()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("node %s was removed", held.Node)
+	if len(settled) != 1 || settled[0].Node != "" || !strings.Contains(settled[0].Reason, want) || e.Waiting() != 0 {
+		t.Fatalf("settled %+v, %d still waiting; want g-0 rejected with %q and none waiting", settled, e.Waiting(), want)
+	}
+	// The gang forms again on the node that is left, without binding to the
+	// one removed.
+	if out, err := e.Schedule(member(1)); err != nil || !out.Waiting {
+		t.Fatalf("second member: %+v %v; want it held for g-0", out, err)
+	}
+	if s, err := e.SettleWaiting(); err != nil || len(s) != 0 || len(e.Bound()) != 0 {
+		t.Fatalf("settled %+v %v, %d bound; want g-1 held and nothing bound", s, err, len(e.Bound()))
+	}
+}
+
 // A MIG request lands on a GPU in MIG mode, at an offset its geometry
 // allows, and the assignment is recorded on the pod.
 func TestMIGPodGetsAnInstance(t *testing.T) {

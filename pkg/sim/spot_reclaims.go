@@ -109,6 +109,11 @@ func (r *elastic) reclaim(name string) error {
 		r.progress = r.now
 	}
 	r.retire(n)
+	// Members held at Permit on the node were rejected with it (RemoveNode):
+	// they, and the gang mates their release rejects in turn, wait again.
+	if err := r.settleAll(); err != nil {
+		return err
+	}
 	// An Auto Scaling group keeps its minimum: a reclaim that takes the
 	// pool under it launches a replacement at once.
 	if n.pool.live < n.pool.spec.Min {

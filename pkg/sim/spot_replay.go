@@ -870,6 +870,18 @@ func (r *elastic) try(i int) error {
 	return nil
 }
 
+// settleAll settles held pods until none is left to settle: a member
+// rejected releases its gang, which rejects the other members held.
+func (r *elastic) settleAll() error {
+	for {
+		settled, err := r.e.SettleWaiting()
+		if err != nil || len(settled) == 0 {
+			return err
+		}
+		r.settle(settled)
+	}
+}
+
 // settle records what became of pods held at Permit: bound, or back to
 // waiting.
 func (r *elastic) settle(settled []Settled) {

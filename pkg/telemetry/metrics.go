@@ -41,6 +41,11 @@ var (
 		Help:           "Nodes in the telemetry store, by freshness (fresh: reported within --telemetry-max-age).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"freshness"})
+	checkpointStatuses = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_telemetry_checkpoint_statuses_total",
+		Help:           "Checkpoint statuses received from agents, by result: accepted, invalid (failed validation), wrong_node (about a command sent to another node), unknown_command (a command this replica did not send or no longer waits on; agents send every status to every replica).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
 	commandsSent = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_telemetry_commands_sent_total",
 		Help:           "Commands sent to agents, by kind.",
@@ -54,6 +59,6 @@ var registerOnce sync.Once
 // no-op.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, reportDelay, nodesGauge, commandsSent)
+		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
 	})
 }

@@ -35,8 +35,9 @@ type ServerOptions struct {
 	// agents run as; a token of any other account is refused.
 	AgentServiceAccounts []string
 	// OnCheckpointStatus receives agents' checkpoint progress, with the node
-	// the reporting agent runs on. Optional.
-	OnCheckpointStatus func(node string, st *telemetryv1.CheckpointStatus)
+	// the reporting agent runs on, and says what it made of it
+	// (penny_telemetry_checkpoint_statuses_total). Optional.
+	OnCheckpointStatus func(node string, st *telemetryv1.CheckpointStatus) StatusResult
 	// MaxStreamsPerNode caps the streams one node's agents may hold open to
 	// this server at once (DefaultMaxStreamsPerNode when 0); a stream beyond
 	// it is refused with ResourceExhausted.
@@ -56,9 +57,30 @@ type Server struct {
 	streams map[string]map[*agentStream]struct{} // by node
 }
 
+// StatusResult is what the receiver of a checkpoint status made of it: the
+// result label of penny_telemetry_checkpoint_statuses_total.
+type StatusResult string
+
+const (
+	// StatusAccepted: a command the receiver waits on, from the node it
+	// was sent to.
+	StatusAccepted StatusResult = "accepted"
+	// StatusWrongNode: a command sent to another node's agent.
+	StatusWrongNode StatusResult = "wrong_node"
+	// StatusUnknownCommand: a command the receiver did not send or no
+	// longer waits on. Agents send every status to every replica, so the
+	// replicas that sent nothing count every status so.
+	StatusUnknownCommand StatusResult = "unknown_command"
+)
+
 type agentStream struct {
 	id     *agentIdentity
 	stream grpc.BidiStreamingServer[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]
+	// toldInvalidStatus is set once an invalid checkpoint status from the
+	// stream was logged at the default level; the rest go to -v=1, so an
+	// agent that keeps resending one does not flood the log. Only the
+	// stream's own goroutine reads it.
+	toldInvalidStatus bool
 	// mu serialises sends: acks from the stream's goroutine, commands from
 	// whoever calls SendCheckpoint (gRPC allows one sender at a time).
 	mu sync.Mutex
@@ -238,7 +260,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			authFailures.WithLabelValues("expired").Inc()
 			return status.Error(codes.Unauthenticated, "token expired: reconnect with the current projected token")
 		}
-		reply, err := s.handle(id, msg, log)
+		reply, err := s.handle(as, msg, log)
 		if err != nil {
 			return err
 		}
@@ -252,7 +274,8 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 
 // handle processes one agent message and returns the answer, if any. An
 // error ends the stream.
-func (s *Server) handle(id *agentIdentity, msg *telemetryv1.AgentMessage, log logr.Logger) (*telemetryv1.SchedulerMessage, error) {
+func (s *Server) handle(as *agentStream, msg *telemetryv1.AgentMessage, log logr.Logger) (*telemetryv1.SchedulerMessage, error) {
+	id := as.id
 	switch m := msg.GetMessage().(type) {
 	case *telemetryv1.AgentMessage_Report:
 		r := m.Report
@@ -279,12 +302,22 @@ func (s *Server) handle(id *agentIdentity, msg *telemetryv1.AgentMessage, log lo
 	case *telemetryv1.AgentMessage_CheckpointStatus:
 		st := m.CheckpointStatus
 		if err := telemetryv1.ValidateCheckpointStatus(st); err != nil {
-			log.V(1).Info("ignoring an invalid checkpoint status", "error", err.Error())
+			checkpointStatuses.WithLabelValues("invalid").Inc()
+			// The coordinator waits for the pod's status until the deadline
+			// less its safety margin: an operator should learn why.
+			l := log.V(1)
+			if !as.toldInvalidStatus {
+				as.toldInvalidStatus, l = true, log
+			}
+			l.Info("ignoring an invalid checkpoint status (further ones on this stream are logged at -v=1)",
+				"command", st.GetCommandId(), "checkpointPod", st.GetPod().GetNamespace()+"/"+st.GetPod().GetName(), "error", err.Error())
 			return nil, nil
 		}
+		result := StatusUnknownCommand
 		if s.opts.OnCheckpointStatus != nil {
-			s.opts.OnCheckpointStatus(id.Node, st)
+			result = s.opts.OnCheckpointStatus(id.Node, st)
 		}
+		checkpointStatuses.WithLabelValues(string(result)).Inc()
 		return nil, nil
 	default:
 		return nil, nil // a newer agent's message this scheduler does not know

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -170,10 +171,11 @@ func TestCheckpointCommandsAndStatus(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{
-		OnCheckpointStatus: func(node string, st *telemetryv1.CheckpointStatus) {
+		OnCheckpointStatus: func(node string, st *telemetryv1.CheckpointStatus) telemetry.StatusResult {
 			mu.Lock()
 			defer mu.Unlock()
 			got = append(got, node+" "+st.GetCommandId()+" "+st.GetState().String())
+			return telemetry.StatusAccepted
 		},
 	}})
 	a := connect(t, env, "node:n1")
@@ -212,6 +214,66 @@ func TestCheckpointCommandsAndStatus(t *testing.T) {
 	defer mu.Unlock()
 	if len(got) != 1 || got[0] != "n1 c1 STATE_DONE" {
 		t.Fatalf("statuses %v", got)
+	}
+}
+
+// Checkpoint statuses had no metric, and an invalid one was logged only at
+// -v=1 while the reclaim coordinator waited for the pod until the deadline
+// less its safety margin. Each is counted by what became of it, and the
+// first invalid one of a stream is logged at the default level.
+func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
+	var mu sync.Mutex
+	var logged []string
+	log := funcr.New(func(prefix, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, args)
+	}, funcr.Options{})
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{
+		Log: log,
+		OnCheckpointStatus: func(_ string, st *telemetryv1.CheckpointStatus) telemetry.StatusResult {
+			return telemetry.StatusResult(st.GetMessage())
+		},
+	}})
+	results := []string{"accepted", "invalid", "wrong_node", "unknown_command"}
+	before := map[string]float64{}
+	for _, r := range results {
+		before[r] = counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r)
+	}
+	a := connect(t, env, "node:n1")
+	send := func(pod, result string) {
+		t.Helper()
+		st := &telemetryv1.CheckpointStatus{CommandId: "c1", Pod: &telemetryv1.PodRef{Namespace: "a", Name: pod},
+			State: telemetryv1.CheckpointStatus_STATE_DONE, Message: result, UpdatedAt: timestamppb.Now()}
+		if err := a.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: st}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("p-0", "accepted")
+	send("Not_A_Pod", "")
+	send("Not_A_Pod_Either", "")
+	send("p-1", "wrong_node")
+	send("p-2", "unknown_command")
+	want := map[string]float64{"accepted": 1, "invalid": 2, "wrong_node": 1, "unknown_command": 1}
+	deadline := time.Now().Add(5 * time.Second)
+	for counter(t, "penny_telemetry_checkpoint_statuses_total", "result", "unknown_command") < before["unknown_command"]+1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, r := range results {
+		if got := counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r) - before[r]; got != want[r] {
+			t.Errorf("penny_telemetry_checkpoint_statuses_total{result=%q} went up by %v, want %v", r, got, want[r])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var invalid []string
+	for _, l := range logged {
+		if strings.Contains(l, "invalid checkpoint status") {
+			invalid = append(invalid, l)
+		}
+	}
+	if len(invalid) != 1 || !strings.Contains(invalid[0], "a/Not_A_Pod") || !strings.Contains(invalid[0], "pod.name") {
+		t.Errorf("logged at the default level %q; want the first of the 2 invalid statuses, naming pod a/Not_A_Pod and the field pod.name", invalid)
 	}
 }
 

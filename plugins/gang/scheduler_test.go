@@ -630,3 +630,38 @@ func TestMembersNamingDifferentSchedulersAreHeld(t *testing.T) {
 	c.create(member("llm", 2, 1, 8))
 	c.waitBound(5*time.Second, names("llm", 2)...)
 }
+
+// Deleting the member that holds its gang (a malformed key, or a
+// disagreeing timeout or schedulerName) leaves members that agree and are
+// enough. Nothing retried them: the scheduler dispatches no unscheduled
+// pod's deletion to plugins, so they waited for the next member to arrive
+// or the scheduler's five-minute flush of unschedulable pods.
+func TestDeletingTheMemberThatHeldTheGangRetriesTheRest(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 1)...)
+	malformed := gangPods("bad", 3, 1)
+	for _, p := range malformed {
+		p.Labels[gang.KeySize] = "2"
+	}
+	malformed[2].Labels[gang.KeySize] = "two"
+	timeouts := gangPods("slow", 3, 1)
+	for _, p := range timeouts {
+		p.Labels[gang.KeySize] = "2"
+	}
+	timeouts[0].Annotations = map[string]string{gang.KeyTimeout: "90s"}
+	timeouts[2].Annotations = map[string]string{gang.KeyTimeout: "2m"}
+	schedulers := gangPods("other", 3, 1)
+	for _, p := range schedulers {
+		p.Labels[gang.KeySize] = "2"
+	}
+	schedulers[2].Spec.SchedulerName = "penny-batch"
+	// The odd member first, or the others would form the gang before it came.
+	for _, pods := range [][]*corev1.Pod{malformed, timeouts, schedulers} {
+		c.create(pods[2], pods[0], pods[1])
+	}
+	c.waitEvent("bad-0", "member bad-2 must be fixed first")
+	c.waitEvent("slow-0", "members disagree on penny.dev/gang-timeout")
+	c.waitEvent("other-0", "members disagree on spec.schedulerName")
+
+	c.delete("bad-2", "slow-2", "other-2")
+	c.waitBound(5*time.Second, "bad-0", "bad-1", "slow-0", "slow-1", "other-0", "other-1")
+}

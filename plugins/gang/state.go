@@ -402,7 +402,8 @@ func (pl *Gang) wake(pod *corev1.Pod) {
 
 // onPodDelete releases a gang being placed when a member goes away and the
 // rest can no longer make the gang's size, instead of letting the others
-// hold capacity until their deadline.
+// hold capacity until their deadline, and retries the members held for the
+// one that went away when the rest now make a gang.
 func (pl *Gang) onPodDelete(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
@@ -449,10 +450,40 @@ func (pl *Gang) onPodDelete(obj any) {
 		}
 		if len(members) == 0 {
 			pl.forget(g, &e)
+		} else if len(g.gated) > 0 && pl.formed(members) {
+			// The deleted member may have been the one holding the rest (a
+			// malformed key, a disagreeing timeout or schedulerName). The
+			// scheduler dispatches no unscheduled pod's deletion to plugins,
+			// so without this they would wait for its five-minute flush.
+			var waiting []*corev1.Pod
+			for _, m := range members {
+				if _, ok := g.gated[m.UID]; ok {
+					waiting = append(waiting, m)
+				}
+			}
+			clear(g.gated)
+			e.activatePods(waiting)
 		}
 	}
 	pl.mu.Unlock()
 	pl.apply(klog.Background(), &e)
+}
+
+// formed reports whether members make a gang PreEnqueue lets in: enough of
+// them free of gates, and none malformed or disagreeing (memberProblem).
+func (pl *Gang) formed(members []*corev1.Pod) bool {
+	for _, p := range members {
+		if p.Spec.NodeName != "" || len(p.Spec.SchedulingGates) > 0 {
+			continue
+		}
+		spec, ok, err := gang.Of(p)
+		if !ok || err != nil || spec.Source != gang.SourceLabel {
+			return false
+		}
+		n, _ := ungated(members)
+		return int32(n) >= spec.MinMember && pl.memberProblem(p, spec, members) == ""
+	}
+	return false
 }
 
 // forget drops a gang with no members left. Caller holds mu.

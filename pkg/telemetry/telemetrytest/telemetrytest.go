@@ -50,7 +50,7 @@ type Env struct {
 // Options tune Start.
 type Options struct {
 	Store   telemetry.StoreOptions
-	Server  telemetry.ServerOptions // Store, Authenticator, AgentServiceAccounts and Log are filled in
+	Server  telemetry.ServerOptions // Store, Authenticator, AgentServiceAccounts and Log (unless set) are filled in
 	Address string                  // "127.0.0.1:0" when empty
 	// Cert to serve; a new one when zero. Servers sharing a Cert are
 	// trusted by one client configuration (Cert.ClientTLS).
@@ -88,7 +88,9 @@ func Start(t testing.TB, o Options) *Env {
 	if len(so.AgentServiceAccounts) == 0 {
 		so.AgentServiceAccounts = []string{AgentServiceAccount}
 	}
-	so.Log = testr.NewWithInterface(t, testr.Options{})
+	if so.Log.GetSink() == nil {
+		so.Log = testr.NewWithInterface(t, testr.Options{})
+	}
 	srv, err := telemetry.NewServer(so)
 	if err != nil {
 		t.Fatal(err)
