@@ -413,3 +413,20 @@ func (c *cluster) waitEvent(pod, text string) string {
 	}
 	return ""
 }
+
+// addNode creates a node, as a cloud provider bringing one up would.
+func (c *cluster) addNode(n *corev1.Node) {
+	c.t.Helper()
+	if _, err := c.client.CoreV1().Nodes().Create(c.ctx, n, metav1.CreateOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// deleteNode deletes a node, as a cloud provider reclaiming a Spot node
+// would.
+func (c *cluster) deleteNode(name string) {
+	c.t.Helper()
+	if err := c.client.CoreV1().Nodes().Delete(c.ctx, name, metav1.DeleteOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+}

@@ -147,6 +147,11 @@ func NewWith(_ context.Context, obj runtime.Object, h fwk.Handle, opts ...Option
 	}); err != nil {
 		return nil, err
 	}
+	if _, err := h.SharedInformerFactory().Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: pl.onNodeDelete,
+	}); err != nil {
+		return nil, err
+	}
 	return pl, nil
 }
 

@@ -41,6 +41,9 @@ func (pl *Gang) Reserve(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, n
 			return fwk.NewStatus(fwk.Unschedulable, fmt.Sprintf("gang %s was released while this member was being placed", st.spec.Ref))
 		}
 		g.round.members[pod.UID] = true
+		if ni, err := pl.handle.SnapshotSharedLister().NodeInfos().Get(nodeName); err == nil && ni.Node() != nil {
+			g.round.nodeUIDs[pod.UID] = ni.Node().UID
+		}
 		if pl.consume(g.round, st.shape, nodeName) {
 			g.round.consumed[pod.UID] = true
 		}
@@ -101,6 +104,12 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 	if st.roundID != 0 && (rd == nil || rd.id != st.roundID) {
 		klog.Background().V(4).Info("Gang released before Permit", "gang", st.spec.Ref, "pod", klog.KObj(pod), "round", st.roundID)
 		return fwk.NewStatus(fwk.Unschedulable, fmt.Sprintf("gang %s was released while this member was being placed", st.spec.Ref)), 0
+	}
+	// A sibling whose node went before onNodeDelete heard of it would
+	// otherwise be allowed below and bound to a node that no longer exists.
+	if why := pl.lostNode(g, pl.goneFromSnapshot); why != "" {
+		pl.release(g, why, e)
+		return fwk.NewStatus(fwk.Unschedulable, e.message), 0
 	}
 	placed := 0
 	for _, m := range members {

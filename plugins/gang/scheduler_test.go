@@ -529,6 +529,41 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 	c.waitBound(10*time.Second, "llm-1", "llm-2", "llm-3")
 }
 
+// TestNodeDeletedUnderAWaitingMemberReleasesTheGang: a member waits in
+// Permit on a node that is then deleted (a Spot node reclaimed while the
+// gang is being placed). The scheduler does not reject waiting pods when
+// their node goes, so the member used to be allowed with its siblings and
+// bound to a node that no longer exists, leaving the gang a member short
+// once the pod garbage collector removed it. The gang is released at once,
+// told which node went, and binds whole on the nodes that remain.
+func TestNodeDeletedUnderAWaitingMemberReleasesTheGang(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8)
+	held()(pods[3])
+	c.create(pods...)
+	c.waitWaiting("llm", 3)
+
+	c.plugin.mu.Lock()
+	gone := c.plugin.gangs[gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: "llm"}.Key()].placed[pods[0].UID]
+	c.plugin.mu.Unlock()
+	if gone == "" {
+		t.Fatal("llm-0 waits in Permit but the plugin does not know its node")
+	}
+	c.deleteNode(gone)
+	c.waitEvent("llm-0", fmt.Sprintf("gang team/llm released: node %s, where member llm-0 was placed, was deleted", gone))
+
+	c.addNode(gpuNode("n-4"))
+	c.unhold("llm-3")
+	got := c.waitBound(10*time.Second, names("llm", 4)...)
+	for pod, node := range got {
+		if node == gone {
+			t.Errorf("%s was bound to deleted node %s: %v", pod, gone, got)
+		}
+	}
+}
+
 // The gang's placement rules came from whichever member was tried first,
 // so members that disagree on penny.dev/gang-same-zone were placed in one
 // zone or across two depending on queue order, and nobody was told. They

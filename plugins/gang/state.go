@@ -45,6 +45,10 @@ type round struct {
 	domain   domain
 	// members reserved in this round.
 	members map[types.UID]bool
+	// nodeUIDs are the UIDs of the nodes members were reserved on, so a
+	// node deleted and created again under the same name releases only the
+	// members placed on the node that went.
+	nodeUIDs map[types.UID]types.UID
 	// consumed are the members whose reservation used up one of the
 	// round's slots (consume), so a member deleted while it waits can give
 	// its slot back.
@@ -152,6 +156,7 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 		rules:    r,
 		domain:   p.domain,
 		members:  map[types.UID]bool{},
+		nodeUIDs: map[types.UID]types.UID{},
 		consumed: map[types.UID]bool{},
 		slots:    p.slots,
 	}
@@ -211,6 +216,7 @@ func (pl *Gang) leave(rd *round, st *cycleState, pod *corev1.Pod, node string) b
 		return false
 	}
 	delete(rd.members, pod.UID)
+	delete(rd.nodeUIDs, pod.UID)
 	if rd.consumed[pod.UID] {
 		delete(rd.consumed, pod.UID)
 		rd.slots = append(rd.slots, slot{node: node, shape: st.shape, d: st.demand, n: 1})
@@ -496,4 +502,77 @@ func (pl *Gang) forget(g *gangState, e *effects) {
 	delete(pl.blocked, g.ref.Key())
 	pl.order.Delete(g.ref.Key())
 	pl.lacking.Delete(g.ref.Key())
+}
+
+// onNodeDelete releases every gang with a member reserved on a node that was
+// deleted (a Spot node reclaimed while the gang is being placed). The
+// scheduler rejects no waiting pod when its node goes, so the member would be
+// allowed with its siblings and bound to a node that no longer exists, and
+// the gang would run a member short. Members already bound are left to the
+// reclaim flow.
+func (pl *Gang) onNodeDelete(obj any) {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		tomb, isTomb := obj.(cache.DeletedFinalStateUnknown)
+		if !isTomb {
+			return
+		}
+		if node, ok = tomb.Obj.(*corev1.Node); !ok {
+			return
+		}
+	}
+	// A node of the same name created since holds members of its own.
+	gone := func(name string, uid types.UID) bool {
+		return name == node.Name && (uid == "" || uid == node.UID)
+	}
+	// One effects per gang: each gang's members are told its own message.
+	var released []*effects
+	pl.mu.Lock()
+	for _, g := range pl.gangs {
+		if why := pl.lostNode(g, gone); why != "" {
+			e := &effects{}
+			pl.release(g, why, e)
+			released = append(released, e)
+		}
+	}
+	pl.mu.Unlock()
+	for _, e := range released {
+		pl.apply(klog.Background(), e)
+	}
+}
+
+// goneFromSnapshot says whether a node is missing from this scheduling
+// cycle's snapshot, or is there under another UID: the check a Permit makes
+// for a deletion whose event has not reached onNodeDelete yet. The
+// simulator, which has no node informer, keeps its nodes in the snapshot
+// too.
+func (pl *Gang) goneFromSnapshot(name string, uid types.UID) bool {
+	ni, err := pl.handle.SnapshotSharedLister().NodeInfos().Get(name)
+	return err != nil || ni.Node() == nil || (uid != "" && ni.Node().UID != uid)
+}
+
+// lostNode says which member of g's round was reserved on a node gone says
+// is gone (deleted, or deleted and created again under its name: a new
+// machine, maybe in another zone or of another capacity type), or "" if
+// none was. Caller holds mu.
+func (pl *Gang) lostNode(g *gangState, gone func(name string, uid types.UID) bool) string {
+	if g.round == nil {
+		return ""
+	}
+	for uid := range g.round.members {
+		name, ok := g.placed[uid]
+		if !ok || !gone(name, g.round.nodeUIDs[uid]) {
+			continue
+		}
+		member := string(uid)
+		if members, err := gang.Members(pl.pods, g.ref); err == nil {
+			for _, p := range members {
+				if p.UID == uid {
+					member = p.Name
+				}
+			}
+		}
+		return fmt.Sprintf("node %s, where member %s was placed, was deleted", name, member)
+	}
+	return ""
 }
