@@ -19,8 +19,8 @@ import (
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
 
-// endpointSeries returns the endpoint label values of the per-endpoint
-// metric name in reg.
+// endpointSeries returns the values of the per-endpoint gauge or counter
+// name in reg, by endpoint.
 func endpointSeries(t *testing.T, reg *prometheus.Registry, name string) map[string]float64 {
 	t.Helper()
 	families, err := reg.Gather()
@@ -33,33 +33,13 @@ func endpointSeries(t *testing.T, reg *prometheus.Registry, name string) map[str
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "endpoint" {
-					out[l.GetValue()] = m.GetGauge().GetValue()
-				}
+			v := m.GetGauge().GetValue()
+			if m.GetCounter() != nil {
+				v = m.GetCounter().GetValue()
 			}
-		}
-	}
-	return out
-}
-
-// endpointCounter returns the values of the per-endpoint counter name in
-// reg, by endpoint.
-func endpointCounter(t *testing.T, reg *prometheus.Registry, name string) map[string]float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range families {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "endpoint" {
-					out[l.GetValue()] = m.GetCounter().GetValue()
+					out[l.GetValue()] = v
 				}
 			}
 		}
@@ -224,7 +204,7 @@ func TestEndpointWhoseClientCannotBeMadeKeepsTrying(t *testing.T) {
 	run(t, loop.Run)
 	run(t, client.Run)
 	eventually(t, 5*time.Second, "failures counted", func() bool {
-		return endpointCounter(t, reg, "penny_agent_stream_failures_total")[env.Addr] >= 2
+		return endpointSeries(t, reg, "penny_agent_stream_failures_total")[env.Addr] >= 2
 	})
 	if v, ok := endpointSeries(t, reg, "penny_agent_stream_connected")[env.Addr]; !ok || v != 0 {
 		t.Errorf("penny_agent_stream_connected{endpoint=%q} = %v (present %v) while the endpoint fails, want 0", env.Addr, v, ok)

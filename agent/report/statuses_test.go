@@ -240,7 +240,7 @@ func TestStatusSentJustBeforeTheStreamBrokeGoesOutOnTheNextStream(t *testing.T) 
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("the next stream sent %v, want %v (the latest of each pod, in the order produced)", got, want)
 	}
-	if v := endpointCounter(t, reg, "penny_agent_checkpoint_statuses_sent_total")[e.addr]; v != float64(len(first.statuses())+3) {
+	if v := endpointSeries(t, reg, "penny_agent_checkpoint_statuses_sent_total")[e.addr]; v != float64(len(first.statuses())+3) {
 		t.Errorf("penny_agent_checkpoint_statuses_sent_total %v, want %d", v, len(first.statuses())+3)
 	}
 }
