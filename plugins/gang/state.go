@@ -392,15 +392,8 @@ func (pl *Gang) wake(pod *corev1.Pod) {
 	}
 	var e effects
 	pl.mu.Lock()
-	if g := pl.gangs[ref.Key()]; g != nil && len(g.gated) > 0 {
-		var waiting []*corev1.Pod
-		for _, m := range members {
-			if _, ok := g.gated[m.UID]; ok {
-				waiting = append(waiting, m)
-			}
-		}
-		clear(g.gated)
-		e.activatePods(waiting)
+	if g := pl.gangs[ref.Key()]; g != nil {
+		g.wakeHeld(members, &e)
 	}
 	pl.mu.Unlock()
 	pl.apply(klog.Background(), &e)
@@ -461,18 +454,27 @@ func (pl *Gang) onPodDelete(obj any) {
 			// malformed key, a disagreeing timeout or schedulerName). The
 			// scheduler dispatches no unscheduled pod's deletion to plugins,
 			// so without this they would wait for its five-minute flush.
-			var waiting []*corev1.Pod
-			for _, m := range members {
-				if _, ok := g.gated[m.UID]; ok {
-					waiting = append(waiting, m)
-				}
-			}
-			clear(g.gated)
-			e.activatePods(waiting)
+			g.wakeHeld(members, &e)
 		}
 	}
 	pl.mu.Unlock()
 	pl.apply(klog.Background(), &e)
+}
+
+// wakeHeld queues again the members PreEnqueue held back, and forgets why
+// it held them. Caller holds mu.
+func (g *gangState) wakeHeld(members []*corev1.Pod, e *effects) {
+	if len(g.gated) == 0 {
+		return
+	}
+	var waiting []*corev1.Pod
+	for _, m := range members {
+		if _, ok := g.gated[m.UID]; ok {
+			waiting = append(waiting, m)
+		}
+	}
+	clear(g.gated)
+	e.activatePods(waiting)
 }
 
 // formed reports whether members make a gang PreEnqueue lets in: enough of
