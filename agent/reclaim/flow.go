@@ -667,11 +667,15 @@ func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
 		if ctx.Err() != nil {
 			return false
 		}
-		if result == blocked {
+		if result == blocked || result == unavailable {
 			if time.Now().Add(time.Second).Before(deadline) {
 				return true
 			}
-			err = fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
+			if result == blocked {
+				err = fmt.Errorf("a PodDisruptionBudget still refuses the eviction at the deadline: %v", err)
+			} else {
+				err = fmt.Errorf("the API server still cannot decide the eviction at the deadline: %v", err)
+			}
 		}
 		f.metrics.evictions.WithLabelValues(string(result)).Inc()
 		checkpointed := done(pod)

@@ -8,6 +8,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/util/retry"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -116,12 +117,18 @@ const (
 	evicted evictResult = "evicted"
 	gone    evictResult = "gone"
 	blocked evictResult = "blocked"
-	failed  evictResult = "failed"
+	// unavailable: the API server, or the agent evictions webhook it asks
+	// (deploy/agent/reclaim.yaml; it fails closed while no penny-scheduler
+	// replica answers), could not decide now. Asked again, as blocked.
+	unavailable evictResult = "unavailable"
+	failed      evictResult = "failed"
 )
 
 // evict asks the Eviction API once to evict pod with grace seconds. A
-// PodDisruptionBudget's refusal is blocked: evictAll asks again, after the
-// node's other pods have gone, until the deadline.
+// PodDisruptionBudget's refusal is blocked, and a server that could not
+// decide is unavailable: evictAll asks again, after the node's other pods
+// have gone, until the deadline. A refusal (Forbidden: RBAC, or the webhook
+// holding the agent to its node) is failed: asking again would not change it.
 func (f *Flow) evict(ctx context.Context, pod *corev1.Pod, grace int64) (evictResult, error) {
 	ev := &policyv1.Eviction{
 		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
@@ -140,6 +147,9 @@ func (f *Flow) evict(ctx context.Context, pod *corev1.Pod, grace int64) (evictRe
 		return gone, nil
 	case apierrors.IsTooManyRequests(err):
 		return blocked, err
+	case apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsServerTimeout(err) ||
+		apierrors.IsTimeout(err) || utilnet.IsConnectionRefused(err) || utilnet.IsConnectionReset(err) || utilnet.IsProbableEOF(err):
+		return unavailable, err
 	default:
 		return failed, err
 	}

@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_reclaim_evictions_total",
-			Help: "Evictions of pods off nodes being reclaimed, by result (evicted, gone, blocked by a PodDisruptionBudget, failed).",
+			Help: "Evictions of pods off nodes being reclaimed, by result (evicted, gone, blocked by a PodDisruptionBudget until the deadline, unavailable: the API server or the agent evictions webhook could not decide until the deadline, failed).",
 		}, []string{"result"}),
 		slack: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "penny_reclaim_deadline_slack_seconds",

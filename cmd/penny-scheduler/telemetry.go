@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 
+	"github.com/pennysched/penny/pkg/agentadmission"
 	"github.com/pennysched/penny/pkg/telemetry"
 )
 
@@ -30,6 +31,9 @@ type telemetryFlags struct {
 	audience        string
 	serviceAccounts []string
 	maxStreams      int
+	// evictionWebhookAddress serves the webhook that holds agents'
+	// evictions to their own node; "": not served.
+	evictionWebhookAddress string
 	// reclaim is the reclaim coordinator to run next to the endpoint
 	// (reclaim.go); nil: none.
 	reclaim *reclaimFlags
@@ -47,6 +51,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.StringVar(&f.audience, "telemetry-token-audience", telemetry.DefaultAudience, "audience agents' projected ServiceAccount tokens must carry")
 	fs.StringSliceVar(&f.serviceAccounts, "telemetry-agent-service-accounts", []string{"penny-system/penny-agent"}, "namespace/name of the ServiceAccounts agents run as")
 	fs.IntVar(&f.maxStreams, "telemetry-max-streams-per-node", telemetry.DefaultMaxStreamsPerNode, "how many streams the agents of one node may hold open to this replica at once; more are refused (an agent keeps one per scheduler address)")
+	fs.StringVar(&f.evictionWebhookAddress, "telemetry-eviction-webhook-bind-address", "", "address for the admission webhook that lets agents evict only the pods of their own node, e.g. :9443, served with the telemetry endpoint's certificate; deploy/agent/reclaim.yaml registers it (docs/reclaim.md#security). Empty: not served, and with reclaim.yaml applied the agents' evictions are refused")
 	return fs
 }
 
@@ -154,9 +159,25 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	if err != nil {
 		return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
 	}
+	var webhook *agentadmission.Evictions
+	if f.evictionWebhookAddress != "" {
+		webhook, err = agentadmission.NewEvictions(agentadmission.Options{
+			Pods: client.CoreV1(), AgentServiceAccounts: f.serviceAccounts, Log: klog.Background().WithName("agent-evictions"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
+		}
+	}
 	lis, err := net.Listen("tcp", f.bindAddress)
 	if err != nil {
 		return nil, fmt.Errorf("--telemetry-bind-address: %w", err)
+	}
+	var webhookLis net.Listener
+	if webhook != nil {
+		if webhookLis, err = net.Listen("tcp", f.evictionWebhookAddress); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("--telemetry-eviction-webhook-bind-address: %w", err)
+		}
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -164,6 +185,14 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 			logger.Error(err, "telemetry endpoint stopped")
 		}
 	})
+	if webhook != nil {
+		wg.Go(func() {
+			log := klog.Background().WithName("agent-evictions")
+			if err := agentadmission.Serve(ctx, webhookLis, tlsConfig, webhook, log); err != nil {
+				log.Error(err, "agent evictions webhook stopped")
+			}
+		})
+	}
 	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
 	telemetry.ForgetDeletedNodes(ctx, nodes, store, time.Minute, logger)
 	if f.reclaim == nil {

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,11 +16,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	fakeclient "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 	clienttesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pennysched/penny/agent/agenttest"
+	"github.com/pennysched/penny/pkg/agentadmission"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
@@ -54,7 +59,7 @@ clientConnection:
   kubeconfig: `+kc+`
 `))
 	cert := telemetrytest.NewCert(t)
-	addr := telemetrytest.FreeAddr(t)
+	addr, webhookAddr := telemetrytest.FreeAddr(t), telemetrytest.FreeAddr(t)
 
 	var f telemetryFlags
 	fs := f.flagSet()
@@ -66,6 +71,7 @@ clientConnection:
 		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
 		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
 		"--telemetry-max-age", "7s",
+		"--telemetry-eviction-webhook-bind-address", webhookAddr,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +100,24 @@ clientConnection:
 	agenttest.WaitForNode(t, store, "gpu-1", 8, 10*time.Second)
 	if auds, n := api.LastAudiences(); n == 0 || len(auds) != 1 || auds[0] != "penny-scheduler" {
 		t.Errorf("TokenReview: %d reviews, audiences %v", n, auds)
+	}
+
+	// The agent evictions webhook answers the API server with the same
+	// certificate; an agent's eviction without a UID precondition is refused
+	// before any pod is read (the stand-in API server has none).
+	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"r1",
+		"resource":{"group":"","version":"v1","resource":"pods"},"subResource":"eviction","operation":"CREATE",
+		"namespace":"team-a","name":"p","userInfo":{"username":"system:serviceaccount:penny-system:penny-agent",
+		"extra":{"authentication.kubernetes.io/node-name":["gpu-1"]}},"object":{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p"}}}}`
+	https := &http.Client{Transport: &http.Transport{TLSClientConfig: cert.ClientTLS()}, Timeout: 10 * time.Second}
+	resp, err := https.Post("https://"+webhookAddr+agentadmission.Path, "application/json", strings.NewReader(review))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"allowed":false`) || !strings.Contains(string(body), "deleteOptions.preconditions.uid") {
+		t.Errorf("agent evictions webhook: %s %s", resp.Status, body)
 	}
 }
 
@@ -125,6 +149,20 @@ func TestTelemetryFlagErrors(t *testing.T) {
 	}
 	if _, err := startTelemetry(ctx, &f, store, nil, nil); err == nil || !strings.Contains(err.Error(), "--telemetry-tls-cert-file") || !strings.Contains(err.Error(), "/nonexistent/c") {
 		t.Errorf("unreadable certificate: %v", err)
+	}
+	// A webhook address that cannot be listened on fails the start, naming
+	// its flag.
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	f = telemetryFlags{bindAddress: "127.0.0.1:0", certFile: writeFile(t, dir, "tls.crt", cert.CertPEM), keyFile: writeFile(t, dir, "tls.key", cert.KeyPEM),
+		maxAge: time.Second, maxStreams: 4, audience: "a", serviceAccounts: []string{"penny-system/penny-agent"}, evictionWebhookAddress: taken.Addr().String()}
+	if _, err := startTelemetry(ctx, &f, store, fakeclient.NewClientset(), nil); err == nil || !strings.Contains(err.Error(), "--telemetry-eviction-webhook-bind-address") {
+		t.Errorf("webhook address taken: %v", err)
 	}
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	fs.String("config", "/nonexistent/config.yaml", "")
@@ -188,8 +226,8 @@ func TestTelemetryPatchFlags(t *testing.T) {
 	if err := f.flagSet().Parse(patchArgs(t, "../../deploy/agent/scheduler-telemetry-patch.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	if f.bindAddress == "" || f.certFile == "" || f.keyFile == "" {
-		t.Errorf("patch does not turn the endpoint on: %+v", f)
+	if f.bindAddress == "" || f.certFile == "" || f.keyFile == "" || f.evictionWebhookAddress == "" {
+		t.Errorf("patch does not turn the endpoint and the agent evictions webhook on: %+v", f)
 	}
 }
 

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -35,6 +36,24 @@ func NewTokenReviewAuthenticator(client authenticationv1client.AuthenticationV1I
 		return nil, err
 	}
 	return cache.New(wh, false, 10*time.Second, 2*time.Second), nil
+}
+
+// AgentServiceAccounts checks a list of "namespace/name" ServiceAccounts
+// agents run as (--telemetry-agent-service-accounts) and returns it as a
+// set.
+func AgentServiceAccounts(list []string) (map[string]bool, error) {
+	if len(list) == 0 {
+		return nil, errors.New("no agent ServiceAccounts: give the agents' as namespace/name, e.g. penny-system/penny-agent")
+	}
+	set := map[string]bool{}
+	for _, sa := range list {
+		ns, name, ok := strings.Cut(sa, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return nil, fmt.Errorf("agent ServiceAccount %q: want namespace/name, e.g. penny-system/penny-agent", sa)
+		}
+		set[sa] = true
+	}
+	return set, nil
 }
 
 // agentIdentity is who an authenticated stream belongs to.

@@ -101,13 +101,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if len(o.AgentServiceAccounts) == 0 {
 		return nil, errors.New("telemetry server needs the agents' ServiceAccounts (namespace/name)")
 	}
-	allowed := map[string]bool{}
-	for _, sa := range o.AgentServiceAccounts {
-		ns, name, ok := strings.Cut(sa, "/")
-		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-			return nil, fmt.Errorf("agent ServiceAccount %q: want namespace/name, e.g. penny-system/penny-agent", sa)
-		}
-		allowed[sa] = true
+	allowed, err := AgentServiceAccounts(o.AgentServiceAccounts)
+	if err != nil {
+		return nil, err
 	}
 	if len(o.Audiences) == 0 {
 		o.Audiences = []string{DefaultAudience}

@@ -72,6 +72,27 @@ func NewCert(t testing.TB) Cert {
 	return Cert{CertPEM: certPEM, KeyPEM: keyPEM}
 }
 
+// ServingTLS serves c as penny-scheduler serves its certificate files
+// (telemetry.ServingTLSConfig), until the test ends.
+func (c Cert) ServingTLS(t testing.TB) *tls.Config {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, c.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, c.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	tlsConfig, err := telemetry.ServingTLSConfig(ctx, certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tlsConfig
+}
+
 // ClientTLS returns a client configuration that trusts c.
 func (c Cert) ClientTLS() *tls.Config {
 	pool := x509.NewCertPool()
@@ -107,31 +128,18 @@ func StartWith(t testing.TB, srv *telemetry.Server) *Env {
 
 func startServer(t testing.TB, srv *telemetry.Server, addr string, cert Cert) *Env {
 	t.Helper()
-	dir := t.TempDir()
 	if cert.CertPEM == nil {
 		cert = NewCert(t)
 	}
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, cert.CertPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, cert.KeyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	serverTLS, err := telemetry.ServingTLSConfig(ctx, certFile, keyFile)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
+	serverTLS := cert.ServingTLS(t)
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		cancel()
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -157,7 +165,7 @@ func startServer(t testing.TB, srv *telemetry.Server, addr string, cert Cert) *E
 		Cert:      cert,
 		Store:     srv.Store(),
 		Server:    srv,
-		dir:       dir,
+		dir:       t.TempDir(),
 		stop:      stop,
 	}
 }

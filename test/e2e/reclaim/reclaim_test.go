@@ -28,11 +28,14 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/utils/ptr"
 
 	"github.com/pennysched/penny/agent/checkpoint"
@@ -523,6 +526,22 @@ func (w *world) agentHeldToItsNode(t *testing.T) {
 	}
 	if err := try("gcp-2", func(n *corev1.Node) { n.Spec.Taints = nil }); err != nil {
 		t.Errorf("the agent may not lift its own taint: %v", err)
+	}
+	// The agents' evictions of the runs above went through the agent
+	// evictions webhook, which let them by.
+	vals, err := testutil.GetCounterValuesFromGatherer(legacyregistry.DefaultGatherer, "penny_agent_eviction_reviews_total", map[string]string{}, "result")
+	if err != nil || vals["allowed"] == 0 {
+		t.Errorf("the agent evictions webhook allowed no eviction: %v %v", vals, err)
+	}
+	// Nor evict another node's pods (a dry run: nothing is evicted if the
+	// webhook lets it through).
+	theirs := w.agentPod("gcp-1")
+	err = a.client.PolicyV1().Evictions(theirs.Namespace).Evict(ctx, &policyv1.Eviction{
+		ObjectMeta:    metav1.ObjectMeta{Name: theirs.Name, Namespace: theirs.Namespace},
+		DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &theirs.UID}, DryRun: []string{metav1.DryRunAll}},
+	})
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "may evict only pods bound to node gcp-2") {
+		t.Errorf("evicting a pod on another node: %v, want refused by the agent evictions webhook", err)
 	}
 }
 

@@ -70,8 +70,8 @@ func newWorld(t *testing.T, fleet string) *world {
 	w.c = harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet), Log: io.Discard})
 	ctx := context.Background()
 
-	// The agent as deploy/ ships it: ServiceAccount and DaemonSet, RBAC and
-	// the admission policy holding it to its own node. (No DaemonSet
+	// The agent as deploy/ ships it: ServiceAccount and DaemonSet, RBAC, and
+	// the admission policy and webhook holding it to its own node. (No DaemonSet
 	// controller runs: the test makes the agent pods itself, owned by the
 	// DaemonSet, which the reclaim flow leaves alone as it would on a real
 	// node.)
@@ -82,6 +82,10 @@ func newWorld(t *testing.T, fleet string) *world {
 		}
 		harness.ApplyYAML(t, w.c, f, data, false)
 	}
+	// The webhook that holds the agents' evictions to their own node, as
+	// penny-scheduler serves it: every eviction the agents make below
+	// passes through it.
+	harness.ServeAgentEvictions(t, w.c)
 	ds, err := w.c.Client.AppsV1().DaemonSets(agentNamespace).Get(ctx, "penny-agent", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +252,7 @@ func (f *trainerFleet) inNamespace(ns string) []*podTrainer {
 // fake metadata service, the reclaim flow, and the report stream to the
 // scheduler, authenticated with a real projected token bound to the
 // agent's pod on that node. Its Kubernetes client uses the same
-// ServiceAccount (RBAC and admission policy from deploy/agent/reclaim.yaml).
+// ServiceAccount (RBAC, admission policy and webhook from deploy/agent/reclaim.yaml).
 type agent struct {
 	node     string
 	stateDir string

@@ -9,6 +9,8 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -53,6 +55,17 @@ func agentClient(t *testing.T, c *localcluster.Cluster, node string) kubernetes.
 	return client
 }
 
+// startWithAgentManifests starts a cluster of agentFleet with deploy/agent's
+// manifests applied.
+func startWithAgentManifests(t *testing.T) *localcluster.Cluster {
+	t.Helper()
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, agentFleet)})
+	for _, f := range []string{"deploy/agent/penny-agent.yaml", "deploy/agent/reclaim.yaml"} {
+		harness.ApplyYAML(t, c, f, readRepoFile(t, f), false)
+	}
+	return c
+}
+
 // With deploy/agent's RBAC and admission policy, an agent may put and lift
 // its penny.dev/reclaim NoSchedule taint on its own node and change nothing
 // else there: not the annotations Penny and autoscalers read (a Spot node
@@ -63,10 +76,7 @@ func agentClient(t *testing.T, c *localcluster.Cluster, node string) kubernetes.
 // garbage collector delete the Node), not a NoExecute taint that would
 // evict every pod past its PodDisruptionBudget.
 func TestAgentChangesOnlyItsReclaimTaint(t *testing.T) {
-	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, agentFleet)})
-	for _, f := range []string{"deploy/agent/penny-agent.yaml", "deploy/agent/reclaim.yaml"} {
-		harness.ApplyYAML(t, c, f, readRepoFile(t, f), false)
-	}
+	c := startWithAgentManifests(t)
 	ctx := context.Background()
 	own, other := "spot-0", "spot-1"
 	agent := agentClient(t, c, own)
@@ -141,5 +151,77 @@ func TestAgentChangesOnlyItsReclaimTaint(t *testing.T) {
 	_, pinned := n.Annotations["karpenter.sh/do-not-disrupt"]
 	if template || pinned || len(n.Finalizers) > 0 || len(n.OwnerReferences) > 0 || len(n.Spec.Taints) > 0 {
 		t.Errorf("the agent changed its node: annotations %v, finalizers %v, owners %v, taints %v", n.Annotations, n.Finalizers, n.OwnerReferences, n.Spec.Taints)
+	}
+}
+
+// With deploy/agent's RBAC and webhook, an agent may evict the pods of its
+// own node and no others: the Eviction API's object names only the pod, so
+// RBAC alone would let it evict any pod in the cluster. The webhook fails
+// closed (no scheduler answering: the agent evicts nothing), asks for the
+// pod's UID, and leaves everyone else's evictions to RBAC.
+func TestAgentEvictsOnlyItsNodesPods(t *testing.T) {
+	c := startWithAgentManifests(t)
+	ctx := context.Background()
+	own, other := "spot-0", "spot-1"
+	agent := agentClient(t, c, own)
+	onNode := func(name, node string) *corev1.Pod {
+		return harness.CreatePod(t, c, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "registry.example/app"}}},
+		})
+	}
+	mine, theirs := onNode("mine", own), onNode("theirs", other)
+	evict := func(client kubernetes.Interface, p *corev1.Pod, withUID, dryRun bool) error {
+		opts := &metav1.DeleteOptions{}
+		if withUID {
+			opts.Preconditions = &metav1.Preconditions{UID: &p.UID}
+		}
+		if dryRun {
+			opts.DryRun = []string{metav1.DryRunAll}
+		}
+		return client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
+			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace}, DeleteOptions: opts,
+		})
+	}
+	// refusedBy polls dry-run evictions (the API server loads a new webhook
+	// configuration within a few seconds; until then RBAC alone decides)
+	// until one is refused with want in the message.
+	refusedBy := func(what string, p *corev1.Pod, want string) error {
+		t.Helper()
+		var last error
+		if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			last = evict(agent, p, true, true)
+			return last != nil && strings.Contains(last.Error(), want), nil
+		}); err != nil {
+			t.Fatalf("%s: %v, want an error containing %q", what, last, want)
+		}
+		return last
+	}
+
+	// No scheduler answers the shipped Service: refused, as an error the
+	// agent asks again after (agent/reclaim).
+	if err := refusedBy("own pod, no webhook server", mine, `failed calling webhook "agent-evictions.penny.dev"`); !apierrors.IsInternalError(err) {
+		t.Errorf("webhook unreachable: %v, want an internal error", err)
+	}
+	if err := evict(c.Client, theirs, false, true); err != nil {
+		t.Errorf("an administrator's eviction waited on the agents' webhook: %v", err)
+	}
+
+	harness.ServeAgentEvictions(t, c)
+	refusedBy("another node's pod", theirs, "penny-agent on node spot-0 may evict only pods bound to node spot-0; pod default/theirs is bound to node spot-1")
+	if err := evict(agent, theirs, true, true); !apierrors.IsForbidden(err) {
+		t.Errorf("another node's pod: %v, want Forbidden", err)
+	}
+	if err := evict(agent, mine, false, true); err == nil || !strings.Contains(err.Error(), "deleteOptions.preconditions.uid") {
+		t.Errorf("own pod without its UID: %v, want refused for want of the UID precondition", err)
+	}
+	if err := evict(agent, mine, true, false); err != nil {
+		t.Fatalf("the agent may not evict its own node's pod: %v", err)
+	}
+	if p, err := c.Client.CoreV1().Pods("default").Get(ctx, "mine", metav1.GetOptions{}); err == nil && p.DeletionTimestamp == nil {
+		t.Error("the evicted pod is not being deleted")
+	}
+	if p, err := c.Client.CoreV1().Pods("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
+		t.Errorf("the other node's pod: %v, deleting since %v", err, p.DeletionTimestamp)
 	}
 }

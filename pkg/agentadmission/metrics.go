@@ -1,0 +1,24 @@
+package agentadmission
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+// reviews is registered in component-base's legacy registry, so it appears
+// on penny-scheduler's /metrics next to kube-scheduler's own.
+var reviews = metrics.NewCounterVec(&metrics.CounterOpts{
+	Name: "penny_agent_eviction_reviews_total",
+	Help: "Evictions the agent evictions webhook judged, by result: allowed; other_node (an agent asked to evict a pod not on its node); " +
+		"unbound_token (its token names no node); no_uid (no UID precondition); invalid (undecodable Eviction); " +
+		"error (the pod could not be read; refused); not_agent and not_eviction (not the webhook's to judge; allowed).",
+	StabilityLevel: metrics.ALPHA,
+}, []string{"result"})
+
+var registerOnce sync.Once
+
+func registerMetrics() {
+	registerOnce.Do(func() { legacyregistry.MustRegister(reviews) })
+}
