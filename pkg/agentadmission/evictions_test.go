@@ -149,7 +149,7 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 			}
 			after, _ := testutil.GetCounterMetricValue(reviews.WithLabelValues(tc.result))
 			if after-before != 1 {
-				t.Errorf("penny_agent_eviction_reviews_total{result=%q} went up by %v, want 1", tc.result, after-before)
+				t.Errorf("penny_admission_agent_evictions_total{result=%q} went up by %v, want 1", tc.result, after-before)
 			}
 		})
 	}

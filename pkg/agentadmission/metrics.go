@@ -10,7 +10,7 @@ import (
 // reviews is registered in component-base's legacy registry, so it appears
 // on penny-scheduler's /metrics next to kube-scheduler's own.
 var reviews = metrics.NewCounterVec(&metrics.CounterOpts{
-	Name: "penny_agent_eviction_reviews_total",
+	Name: "penny_admission_agent_evictions_total",
 	Help: "Evictions the agent evictions webhook judged, by result: allowed; other_node (an agent asked to evict a pod not on its node); " +
 		"unbound_token (its token names no node); no_uid (no UID precondition); invalid (undecodable Eviction); " +
 		"error (the pod could not be read; refused); not_agent and not_eviction (not the webhook's to judge; allowed).",

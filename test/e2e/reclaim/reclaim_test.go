@@ -529,7 +529,7 @@ func (w *world) agentHeldToItsNode(t *testing.T) {
 	}
 	// The agents' evictions of the runs above went through the agent
 	// evictions webhook, which let them by.
-	vals, err := testutil.GetCounterValuesFromGatherer(legacyregistry.DefaultGatherer, "penny_agent_eviction_reviews_total", map[string]string{}, "result")
+	vals, err := testutil.GetCounterValuesFromGatherer(legacyregistry.DefaultGatherer, "penny_admission_agent_evictions_total", map[string]string{}, "result")
 	if err != nil || vals["allowed"] == 0 {
 		t.Errorf("the agent evictions webhook allowed no eviction: %v %v", vals, err)
 	}
