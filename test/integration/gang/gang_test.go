@@ -1,7 +1,8 @@
 // Package gang tests Penny's gang scheduling on a real kube-apiserver and
 // etcd, with KWOK GPU nodes and penny-scheduler running the deployed profile:
-// all or nothing, competing gangs, members arriving apart, and a member
-// held by a scheduling gate.
+// all or nothing, competing gangs, members arriving apart, a member held by a
+// scheduling gate, a node deleted under a placed member, and the deletion of
+// a member that held its gang.
 package gang
 
 import (
@@ -41,7 +42,13 @@ type env struct {
 
 func start(t *testing.T, permitTimeout string) *env {
 	t.Helper()
-	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
+	return startWith(t, fleet, permitTimeout)
+}
+
+// startWith is start with the nodes of another cluster spec.
+func startWith(t *testing.T, nodes, permitTimeout string) *env {
+	t.Helper()
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, nodes)})
 	harness.StartScheduler(t, c, plugins.Deps{}, withGangArgs(t, map[string]any{"permitTimeout": permitTimeout, "backoff": "500ms", "maxBackoff": "2s"}))
 	return &env{t: t, c: c}
 }
@@ -283,4 +290,132 @@ func TestGatedMemberClaimsNothingUntilUngated(t *testing.T) {
 	if len(evs.Items) > 0 {
 		t.Errorf("the gang held nodes for its gated member and was released: %s", evs.Items[0].Message)
 	}
+}
+
+// Three 8-GPU nodes: room for one gang of three whole-node members, and for
+// none once a node goes.
+const threeNodes = `
+pools:
+- {name: h100, count: 3, instanceType: p5.48xlarge, gpuModel: H100-80GB, gpusPerNode: 8, capacityType: on-demand, zone: z1, cpu: "192", memory: 2048Gi}
+`
+
+// TestNodeDeletedUnderAWaitingMemberReleasesTheGang: two members of a gang
+// of three are placed and wait in Permit for the third, when the node one of
+// them is reserved on is deleted (a Spot node reclaimed mid-placement).
+// kube-scheduler rejects no waiting pod when its node goes: without the gang
+// plugin the member would be allowed with its siblings and bound to a node
+// that no longer exists. The gang is released at once, every placed member
+// told which node went, and once there is room again the whole gang binds on
+// nodes that exist.
+func TestNodeDeletedUnderAWaitingMemberReleasesTheGang(t *testing.T) {
+	// Long enough that only the node's deletion can release the gang.
+	e := startWith(t, threeNodes, "5m")
+	for i := range 3 {
+		p := member("spot", 3, i)
+		if i == 2 {
+			// Its volume claim does not exist, so VolumeBinding rejects it
+			// before PennyGang sees it: it counts as a member, is planned
+			// for, and is never placed. The others wait in Permit for it.
+			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "not-yet"},
+			}}}
+		}
+		harness.CreatePod(t, e.c, p)
+	}
+	// The scheduler nominates a pod's node when the pod is about to wait in
+	// Permit (NominatedNodeNameForExpectation): the only sign, on the API,
+	// that a member is reserved and waiting.
+	waiting := func(p *corev1.Pod) bool { return p.Status.NominatedNodeName != "" && !harness.Bound(p) }
+	spot0 := harness.WaitForPod(t, e.c, "default", "spot-0", 60*time.Second, "waiting in Permit", waiting)
+	harness.WaitForPod(t, e.c, "default", "spot-1", 60*time.Second, "waiting in Permit", waiting)
+	gone := spot0.Status.NominatedNodeName
+	if err := e.c.Client.CoreV1().Nodes().Delete(context.Background(), gone, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	want := fmt.Sprintf("gang default/spot released: node %s, where member spot-0 was placed, was deleted; all 2 placed members were released and the gang retries in 500ms", gone)
+	for _, name := range names("spot", 2) {
+		if msg := harness.WaitForEvent(t, e.c, "default", name, "GangReleased", 30*time.Second); msg != want {
+			t.Errorf("GangReleased on %s: %q, want %q", name, msg, want)
+		}
+	}
+	// Two nodes cannot hold three whole-node members: the gang binds nothing,
+	// on the nodes left or on the one that went.
+	e.noneBound(3*time.Second, names("spot", 3)...)
+
+	// The member that never came is replaced by one that can be placed while
+	// the gang has no room (so no round is released for it), and a node is
+	// added: now the gang fits, and binds whole.
+	e.delete("spot-2")
+	e.waitGone("spot-2")
+	harness.CreatePod(t, e.c, member("spot", 3, 2))
+	spec := harness.ParseSpec(t, threeNodes)
+	if err := e.c.AddNodes(context.Background(), spec.Pools[0].Node(spec.Region, "h100-3")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAllBound(60*time.Second, names("spot", 3)...)
+	nodes := map[string]string{}
+	for _, name := range names("spot", 3) {
+		p, err := e.c.Client.CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[name] = p.Spec.NodeName
+	}
+	for name, node := range nodes {
+		if node == gone {
+			t.Errorf("%s was bound to deleted node %s: %v", name, gone, nodes)
+		}
+	}
+}
+
+// TestDeletingTheMemberThatHeldTheGangRetriesTheRest: a gang of size two has
+// a third member that holds it (a malformed size, a disagreeing timeout,
+// another schedulerName), so PreEnqueue keeps the other two out of the
+// queue. Deleting the odd member leaves two that agree and make the gang.
+// The scheduler dispatches no unscheduled pod's deletion to plugins, so
+// unless the gang plugin retries them, they wait for the scheduler's
+// five-minute flush of unschedulable pods; they must bind well before it.
+func TestDeletingTheMemberThatHeldTheGangRetriesTheRest(t *testing.T) {
+	e := start(t, "30s")
+	odd := map[string]func(*corev1.Pod){
+		"bad": func(p *corev1.Pod) { p.Labels[gang.KeySize] = "two" },
+		"slow": func(p *corev1.Pod) {
+			p.Annotations = map[string]string{gang.KeyTimeout: "2m"}
+		},
+		"other": func(p *corev1.Pod) { p.Spec.SchedulerName = "penny-batch" },
+	}
+	for name, spoil := range odd {
+		pods := []*corev1.Pod{member(name, 2, 2), member(name, 2, 0), member(name, 2, 1)}
+		spoil(pods[0])
+		if name == "slow" {
+			pods[1].Annotations = map[string]string{gang.KeyTimeout: "90s"}
+		}
+		// The odd member first, or the others would form the gang before it
+		// came.
+		for _, p := range pods {
+			harness.CreatePod(t, e.c, p)
+		}
+	}
+	told := map[string]string{
+		"bad":   "gang default/bad: member bad-2 must be fixed first: ",
+		"slow":  "gang default/slow: members disagree on penny.dev/gang-timeout: slow-0 say 1m30s; slow-2 say 2m0s; give every member that sets it the same value",
+		"other": "gang default/other: members disagree on spec.schedulerName: this pod says penny-scheduler but other-2 say penny-batch; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)",
+	}
+	var rest []string
+	for name, want := range told {
+		for _, p := range names(name, 2) {
+			if msg := harness.WaitForEvent(t, e.c, "default", p, "GangInvalid", 30*time.Second); !strings.HasPrefix(msg, want) {
+				t.Errorf("GangInvalid on %s: %q, want %q", p, msg, want)
+			}
+			rest = append(rest, p)
+		}
+	}
+	e.noneBound(2*time.Second, rest...)
+
+	began := time.Now()
+	e.delete("bad-2", "slow-2", "other-2")
+	// Far below the five-minute flush, generous for a loaded machine.
+	e.waitAllBound(30*time.Second, rest...)
+	t.Logf("the held members bound %v after the odd members were deleted", time.Since(began).Round(time.Millisecond))
 }
