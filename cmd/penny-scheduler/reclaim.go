@@ -10,8 +10,10 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
+	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -80,6 +82,42 @@ func (f *reclaimFlags) validate() error {
 	}
 	if f.maintenanceLead <= 0 {
 		return fmt.Errorf("--reclaim-maintenance-lead %v: must be positive (default %v); match the agents' --reclaim-maintenance-lead", f.maintenanceLead, reclaim.DefaultMaintenanceLead)
+	}
+	return nil
+}
+
+// accessTimeout bounds the reviews of checkAccess, so that an API server
+// that does not answer delays the start only so long.
+const accessTimeout = 10 * time.Second
+
+// checkAccess fails the start when the API server says penny-scheduler may
+// not keep its state in a configured ConfigMap: with a name the shipped
+// RBAC does not cover, every write would fail, one error each, for as long
+// as the scheduler runs. A review that cannot be made is only a warning, as
+// the writes may still go through.
+func (f *reclaimFlags) checkAccess(ctx context.Context, client authorizationv1client.SelfSubjectAccessReviewsGetter) error {
+	for _, cm := range []struct{ flag, value, def string }{
+		{"reclaim-interrupted-configmap", f.interruptedConfigMap, "penny-system/penny-interrupted-runs"},
+		{"reclaim-notices-configmap", f.noticesConfigMap, "penny-system/penny-reclaim-notices"},
+	} {
+		if cm.value == "" {
+			continue
+		}
+		ns, name, _ := strings.Cut(cm.value, "/")
+		rctx, cancel := context.WithTimeout(ctx, accessTimeout)
+		denied, err := configmaplines.Access(rctx, client, ns, name)
+		cancel()
+		if len(denied) > 0 {
+			return fmt.Errorf("--%s %s: penny-scheduler may not %s ConfigMap %s in namespace %s, so every write to it would fail: "+
+				"give the scheduler's ServiceAccount get and update on it and create on configmaps in %s (the Role penny-scheduler-interrupted-runs "+
+				"in deploy/scheduler/penny-scheduler.yaml grants these only for the default names in penny-system: extend it, or add a Role and "+
+				"RoleBinding like it in %s), or use the default %s (empty keeps the state in memory only)",
+				cm.flag, cm.value, strings.Join(denied, ", "), name, ns, ns, ns, cm.def)
+		}
+		if err != nil {
+			klog.Background().Info("Warning: cannot check that penny-scheduler may write its ConfigMap; starting anyway, and a missing permission shows as an error on every write",
+				"flag", "--"+cm.flag, "configMap", cm.value, "err", err)
+		}
 	}
 	return nil
 }

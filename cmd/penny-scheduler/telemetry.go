@@ -168,6 +168,11 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 			return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
 		}
 	}
+	if f.reclaim != nil {
+		if err := f.reclaim.checkAccess(ctx, client.AuthorizationV1()); err != nil {
+			return nil, err
+		}
+	}
 	lis, err := net.Listen("tcp", f.bindAddress)
 	if err != nil {
 		return nil, fmt.Errorf("--telemetry-bind-address: %w", err)

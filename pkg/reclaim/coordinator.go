@@ -720,18 +720,18 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 		if left := int64(time.Until(f.deadline) / time.Second); left < grace {
 			grace = max(left, 0)
 		}
-		uid := p.UID
-		err := c.opts.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
-			ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
-			DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: &metav1.Preconditions{UID: &uid}},
-		})
+		gone, err := c.evictMember(ctx, p, grace, log)
 		if ctx.Err() != nil {
 			return false
 		}
-		if apierrors.IsTooManyRequests(err) && time.Now().Add(time.Second).Before(f.deadline) {
+		// A conflict left over is a member that kept changing under every
+		// try: like a budget's refusal, it is no reason to give up on it.
+		if (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err)) && time.Now().Add(time.Second).Before(f.deadline) {
 			return true
 		}
 		switch {
+		case gone:
+			evictionsTotal.WithLabelValues("gone").Inc()
 		case err == nil:
 			evictionsTotal.WithLabelValues("evicted").Inc()
 			what := "its checkpoint is written"
@@ -739,7 +739,7 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 				what = "without a checkpoint (" + strings.TrimPrefix(s.String(), "STATE_") + ")"
 			}
 			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvicted", "evicted with its gang, which lost a member to the reclaim of node %s; %s; grace period %ds", f.origin, what, grace)
-		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		case apierrors.IsNotFound(err):
 			evictionsTotal.WithLabelValues("gone").Inc()
 		default:
 			evictionsTotal.WithLabelValues("failed").Inc()
@@ -751,4 +751,46 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 		return
 	}
 	log.Info("evicted the gang's members on the node", "pods", len(f.pods))
+}
+
+// evictTries bounds the evictions of one member, in one pass, that find it
+// changed since it was read.
+const evictTries = 3
+
+// evictMember evicts p unless, read live from the API server, it is gone,
+// finished or already being deleted: every replica runs a coordinator and
+// evicts the same members, and the Eviction API answers success for a pod
+// already being deleted, so without the read each replica would record the
+// member evicted (a GangEvicted event and an "evicted" count apiece). The
+// resourceVersion read is a precondition of the eviction, so that of two
+// replicas that read the member at once only one evicts it; the other's
+// conflict reads it again and finds it being deleted. gone says the member
+// was left alone. fanout.pods is a snapshot taken at notice time, hence the
+// read; the UID precondition keeps a pod recreated under the same name (a
+// Job's replacement) from being evicted in its place.
+func (c *Coordinator) evictMember(ctx context.Context, p *corev1.Pod, grace int64, log logr.Logger) (gone bool, err error) {
+	uid := p.UID
+	for try := 1; ; try++ {
+		pre := &metav1.Preconditions{UID: &uid}
+		cur, err := c.opts.Client.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return true, nil
+		case err == nil && (cur.UID != uid || !live(cur)):
+			return true, nil
+		case err == nil && cur.ResourceVersion != "":
+			rv := cur.ResourceVersion
+			pre.ResourceVersion = &rv
+		case err != nil:
+			// Evicting the member matters more than a doubled event.
+			log.Error(err, "cannot read a gang member before evicting it; evicting it all the same", "pod", p.Namespace+"/"+p.Name)
+		}
+		err = c.opts.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
+			ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
+			DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: pre},
+		})
+		if !apierrors.IsConflict(err) || try == evictTries || ctx.Err() != nil {
+			return false, err
+		}
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/component-base/metrics"
@@ -371,7 +372,8 @@ func TestCommandReason(t *testing.T) {
 // A gang member that a PodDisruptionBudget refuses is asked again until the
 // deadline, and holds back none of the others (it was asked once and left).
 func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
-	client := fake.NewClientset()
+	guarded, other := member("guarded", "b", "g"), member("other", "b", "g")
+	client := fake.NewClientset(guarded, other)
 	var mu sync.Mutex
 	var asked []string
 	refusals := 2
@@ -392,7 +394,7 @@ func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
 	c := NewCoordinator()
 	c.opts = CoordinatorOptions{Client: client}
 	c.recorder = record.NewFakeRecorder(100)
-	f := &fanout{origin: "a", pods: []*corev1.Pod{member("guarded", "b", "g"), member("other", "b", "g")},
+	f := &fanout{origin: "a", pods: []*corev1.Pod{guarded, other},
 		deadline: time.Now().Add(time.Minute), states: map[string]telemetryv1.CheckpointStatus_State{}}
 	c.evictMembers(context.Background(), f, testr.New(t))
 	mu.Lock()
@@ -497,4 +499,220 @@ func counterValue(t *testing.T, c metrics.CounterMetric) float64 {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// apiServerEvictions makes client's evictions act as the API server's: the
+// pod must match the UID and resourceVersion preconditions (a conflict
+// otherwise); one not yet being deleted gets a deletionTimestamp and a new
+// resourceVersion, and one already being deleted is answered success too.
+// It returns how many evictions started a deletion.
+func apiServerEvictions(client *fake.Clientset) (deleted func() int) {
+	var mu sync.Mutex
+	n := 0
+	podsGVR := corev1.SchemeGroupVersion.WithResource("pods")
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		ev := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction)
+		mu.Lock()
+		defer mu.Unlock()
+		obj, err := client.Tracker().Get(podsGVR, ev.Namespace, ev.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		p := obj.(*corev1.Pod).DeepCopy()
+		if pre := ev.DeleteOptions.Preconditions; pre != nil {
+			if pre.UID != nil && *pre.UID != p.UID || pre.ResourceVersion != nil && *pre.ResourceVersion != p.ResourceVersion {
+				return true, nil, apierrors.NewConflict(podsGVR.GroupResource(), p.Name, fmt.Errorf("precondition failed"))
+			}
+		}
+		if p.DeletionTimestamp != nil {
+			return true, nil, nil
+		}
+		var rv int
+		fmt.Sscan(p.ResourceVersion, &rv)
+		p.ResourceVersion = fmt.Sprint(rv + 1)
+		p.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+		n++
+		return true, nil, client.Tracker().Update(podsGVR, p, p.Namespace)
+	})
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
+}
+
+// readTogether is a client whose first reads of each pod return only once
+// replicas of them have come, so that every replica reads a member before
+// any evicts it: the replicas race for it. (A reactor cannot hold them: the
+// fake clientset runs one reactor at a time.)
+type readTogether struct {
+	*fake.Clientset
+	t        *testing.T
+	replicas int
+
+	mu    sync.Mutex
+	reads map[string]int
+	gates map[string]chan struct{}
+}
+
+func (c *readTogether) CoreV1() typedcorev1.CoreV1Interface {
+	return togetherCoreV1{c.Clientset.CoreV1(), c}
+}
+
+type togetherCoreV1 struct {
+	typedcorev1.CoreV1Interface
+	c *readTogether
+}
+
+func (v togetherCoreV1) Pods(ns string) typedcorev1.PodInterface {
+	return togetherPods{v.CoreV1Interface.Pods(ns), v.c}
+}
+
+type togetherPods struct {
+	typedcorev1.PodInterface
+	c *readTogether
+}
+
+func (p togetherPods) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Pod, error) {
+	pod, err := p.PodInterface.Get(ctx, name, opts)
+	c := p.c
+	c.mu.Lock()
+	if c.gates[name] == nil {
+		c.gates[name] = make(chan struct{})
+	}
+	gate := c.gates[name]
+	c.reads[name]++
+	n := c.reads[name]
+	if n == c.replicas {
+		close(gate)
+	}
+	c.mu.Unlock()
+	if n < c.replicas {
+		select {
+		case <-gate:
+		case <-time.After(5 * time.Second):
+			c.t.Errorf("only %d of %d replicas read %s", n, c.replicas, name)
+		}
+	}
+	return pod, err
+}
+
+// gangEvictedEvents drains recs and returns their GangEvicted events.
+func gangEvictedEvents(recs ...*record.FakeRecorder) []string {
+	var out []string
+	for _, rec := range recs {
+		for len(rec.Events) > 0 {
+			if e := <-rec.Events; strings.Contains(e, "GangEvicted ") {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// A member the other replica (or the Job controller) is already deleting is
+// left alone: the Eviction API would answer success, and it would be
+// recorded evicted twice.
+func TestGangEvictionLeavesAMemberBeingDeleted(t *testing.T) {
+	pods := []*corev1.Pod{member("g-1", "b", "g"), member("g-2", "b", "g")}
+	for _, p := range pods {
+		p.ResourceVersion = "1"
+	}
+	client := fake.NewClientset(pods[0], pods[1])
+	deleted := apiServerEvictions(client)
+	evictedBefore, goneBefore := counterValue(t, evictionsTotal.WithLabelValues("evicted")), counterValue(t, evictionsTotal.WithLabelValues("gone"))
+	var recs []*record.FakeRecorder
+	for range 2 { // one replica after the other, on the same snapshot of the members
+		c := NewCoordinator()
+		c.opts = CoordinatorOptions{Client: client}
+		rec := record.NewFakeRecorder(100)
+		c.recorder, recs = rec, append(recs, rec)
+		f := &fanout{origin: "a", pods: pods, deadline: time.Now().Add(time.Minute), states: map[string]telemetryv1.CheckpointStatus_State{}}
+		c.evictMembers(context.Background(), f, testr.New(t))
+	}
+	if got := deleted(); got != 2 {
+		t.Errorf("%d evictions deleted a member, want 2", got)
+	}
+	if d := counterValue(t, evictionsTotal.WithLabelValues("evicted")) - evictedBefore; d != 2 {
+		t.Errorf("penny_reclaim_gang_evictions_total{result=evicted} rose by %v, want 2 (one per member)", d)
+	}
+	if d := counterValue(t, evictionsTotal.WithLabelValues("gone")) - goneBefore; d != 2 {
+		t.Errorf("penny_reclaim_gang_evictions_total{result=gone} rose by %v, want 2 (the second replica's)", d)
+	}
+	if got := gangEvictedEvents(recs...); len(got) != 2 || len(gangEvictedEvents(recs[1])) != 0 {
+		t.Errorf("GangEvicted events %q, want one per member, from the first replica only", got)
+	}
+}
+
+// Every replica runs a coordinator, hears every agent and evicts the same
+// members, at about the same time: each member is still evicted once, with
+// one GangEvicted event, even when both replicas read it before either
+// evicts it.
+func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
+	pods := []*corev1.Pod{member("g-0", "a", "g"), member("g-1", "b", "g"), member("g-2", "b", "g")}
+	var objs []runtime.Object
+	for _, p := range pods {
+		p.ResourceVersion = "1"
+		objs = append(objs, p)
+	}
+	fc := fake.NewClientset(objs...)
+	deleted := apiServerEvictions(fc)
+	client := &readTogether{Clientset: fc, t: t, replicas: 2, reads: map[string]int{}, gates: map[string]chan struct{}{}}
+	counts := func() (evicted, gone float64) {
+		return counterValue(t, evictionsTotal.WithLabelValues("evicted")), counterValue(t, evictionsTotal.WithLabelValues("gone"))
+	}
+	evictedBefore, goneBefore := counts()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // before wg.Wait
+	now := time.Now()
+	notice := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-3", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now, Deadline: now.Add(2 * time.Minute),
+	}}}
+	var replicas []*Coordinator
+	var recs []*record.FakeRecorder
+	for range 2 {
+		c := NewCoordinator()
+		cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+		rec := record.NewFakeRecorder(100)
+		wg.Go(func() {
+			c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t)})
+		})
+		c.OnNodeUpdate(nil, notice) // the agent reports to every replica
+		waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+		replicas, recs = append(replicas, c), append(recs, rec)
+	}
+	id := commandID("a", "aws-spot-3", "b")
+	for _, c := range replicas {
+		for _, pod := range []string{"g-1", "g-2"} {
+			c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: id, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod},
+				State: telemetryv1.CheckpointStatus_STATE_DONE, UpdatedAt: timestamppb.Now()})
+		}
+	}
+	// Each replica settles each of b's two members once, evicted or gone.
+	waitFor(t, "both replicas done with both members", func() bool {
+		evicted, gone := counts()
+		return evicted-evictedBefore+gone-goneBefore == 4
+	})
+	if got := deleted(); got != 2 {
+		t.Errorf("%d evictions deleted a member, want 2", got)
+	}
+	evicted, gone := counts()
+	if d := evicted - evictedBefore; d != 2 {
+		t.Errorf("penny_reclaim_gang_evictions_total{result=evicted} rose by %v over both replicas, want 2 (one per member)", d)
+	}
+	if d := gone - goneBefore; d != 2 {
+		t.Errorf("penny_reclaim_gang_evictions_total{result=gone} rose by %v over both replicas, want 2", d)
+	}
+	got := gangEvictedEvents(recs...)
+	sort.Strings(got)
+	if len(got) != 2 || !strings.Contains(got[0], "its checkpoint is written") {
+		t.Errorf("GangEvicted events %q over both replicas, want one per member", got)
+	}
 }

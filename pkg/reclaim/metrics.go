@@ -22,7 +22,7 @@ var (
 	}, []string{"result"})
 	evictionsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_reclaim_gang_evictions_total",
-		Help:           "Evictions of gang members on nodes that are not reclaimed, so the gang is placed again together, by result: evicted, gone, failed.",
+		Help:           "Evictions of gang members on nodes that are not reclaimed, so the gang is placed again together, by result: evicted, gone (gone, finished or already being deleted, e.g. by another replica), failed.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 	registerOnce sync.Once
