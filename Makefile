@@ -5,7 +5,7 @@ BIN   := $(CURDIR)/bin
 # Tests that start servers put their tools (etcd for scheduler_perf) on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build demo test test-race lint manifests tools clean bench-schedperf generate fuzz-short gpu-check e2e-reclaim
+.PHONY: all build demo test test-race lint manifests tools clean bench-schedperf bench-memory generate fuzz-short gpu-check e2e-reclaim
 
 all: build
 
@@ -45,6 +45,18 @@ bench-schedperf: tools
 	mkdir -p benchmarks/results
 	$(GO) run ./benchmarks/schedperf/report -in $(SCHEDPERF_OUT) -json benchmarks/results/schedperf.json \
 		-md benchmarks/results/schedperf.md -command "make bench-schedperf BENCH_COUNT=$(BENCH_COUNT)"
+
+## bench-memory: penny-scheduler's peak RSS against kube-scheduler's (default profile), each as its own process on a
+## fresh control plane with MEMORY_NODES GPU nodes and the same pods; writes benchmarks/results/memory.{json,md}
+MEMORY_NODES         ?= 1000,5000
+MEMORY_PODS_PER_NODE ?= 1
+bench-memory:
+	$(GO) build -o $(BIN)/penny-scheduler ./cmd/penny-scheduler
+	$(GO) build -o $(BIN)/kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+	$(GO) build -o $(BIN)/bench-memory ./benchmarks/memory
+	$(BIN)/bench-memory -nodes $(MEMORY_NODES) -pods-per-node $(MEMORY_PODS_PER_NODE) \
+		-json benchmarks/results/memory.json -md benchmarks/results/memory.md \
+		-command "make bench-memory MEMORY_NODES=$(MEMORY_NODES) MEMORY_PODS_PER_NODE=$(MEMORY_PODS_PER_NODE)"
 
 ## e2e-reclaim: the reclaim end-to-end test (notice -> gang checkpoint -> eviction -> placement -> resume)
 ## RUNS times per cloud (AWS, GCP, Azure); writes benchmarks/results/reclaim.json with p50/p99 latencies

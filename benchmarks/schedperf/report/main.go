@@ -9,17 +9,17 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pennysched/penny/benchmarks/machine"
 )
 
 // dataItems is scheduler_perf's output format (perfdash's).
@@ -53,25 +53,16 @@ type Run struct {
 	Ratio            float64 `json:"ratio"`
 }
 
-// Machine says where the numbers were measured.
-type Machine struct {
-	CPUs      int    `json:"cpus"`
-	CPUModel  string `json:"cpu_model"`
-	MemoryGiB int    `json:"memory_gib"`
-	GoVersion string `json:"go_version"`
-	OS        string `json:"os"`
-}
-
 // Report is benchmarks/results/schedperf.json.
 type Report struct {
 	// LoadAverage is the range of the machine's 1-minute load average seen
 	// before each side ran: other work on the machine skews single runs.
-	LoadAverage [2]float64 `json:"load_average_min_max"`
-	Command     string     `json:"command"`
-	Date        string     `json:"date"`
-	Sources     []string   `json:"sources"`
-	Machine     Machine    `json:"machine"`
-	Workloads   []Workload `json:"workloads"`
+	LoadAverage [2]float64      `json:"load_average_min_max"`
+	Command     string          `json:"command"`
+	Date        string          `json:"date"`
+	Sources     []string        `json:"sources"`
+	Machine     machine.Machine `json:"machine"`
+	Workloads   []Workload      `json:"workloads"`
 }
 
 // baselines names, per comparison, the test case suffix of the baseline.
@@ -135,7 +126,7 @@ func run(in, jsonOut, mdOut, command string) error {
 		Command:     command,
 		Date:        time.Now().UTC().Format(time.RFC3339),
 		Sources:     sources,
-		Machine:     machine(),
+		Machine:     machine.Describe(),
 		Workloads:   workloads,
 	}
 	out, err := json.MarshalIndent(rep, "", "  ")
@@ -302,7 +293,7 @@ func markdown(r Report) string {
 	fmt.Fprintf(&b, "both sides of every row in the same run, each workload on a fresh etcd and kube-apiserver.\n\n")
 	fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
 	fmt.Fprintf(&b, "- date: %s; runs: %d\n", r.Date, len(r.Sources))
-	fmt.Fprintf(&b, "- machine: %d CPUs (%s), %d GiB memory, %s, %s\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.MemoryGiB, r.Machine.OS, r.Machine.GoVersion)
+	fmt.Fprintf(&b, "- machine: %s\n", r.Machine)
 	if r.LoadAverage[1] > 0 {
 		fmt.Fprintf(&b, "- 1-minute load average before each side: %.1f to %.1f (other work shared the machine; single runs swing with it, hence several runs and medians)\n", r.LoadAverage[0], r.LoadAverage[1])
 	}
@@ -330,32 +321,6 @@ func describeBaseline(s string) string {
 		return "in-tree GangScheduling"
 	}
 	return s
-}
-
-func machine() Machine {
-	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPUModel = strings.TrimSpace(v)
-				break
-			}
-		}
-		f.Close()
-	}
-	if f, err := os.Open("/proc/meminfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			var kb int
-			if n, _ := fmt.Sscanf(sc.Text(), "MemTotal: %d kB", &kb); n == 1 {
-				m.MemoryGiB = (kb + 1<<19) >> 20
-				break
-			}
-		}
-		f.Close()
-	}
-	return m
 }
 
 func keys(m map[string]map[string]float64) []string {
