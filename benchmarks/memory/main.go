@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -664,7 +663,7 @@ type process struct {
 }
 
 func startScheduler(s scheduler, configPath, logPath string, verbosity int) (*process, error) {
-	port, err := freePort()
+	port, err := localcluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -837,15 +836,6 @@ func waitLeader(ctx context.Context, client kubernetes.Interface, s scheduler, p
 		return fmt.Errorf("%s scheduler did not take lease %s/%s: %w%s", s.name, s.leaseNamespace, s.leaseName, err, p.logTail())
 	}
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }

@@ -40,13 +40,13 @@ const etcdStartAttempts = 5
 // startEtcdOnce is one try of startEtcd.
 var startEtcdOnce = func(dir string, clientPort int) (*embed.Etcd, string, error) {
 	if clientPort == 0 {
-		p, err := freePort()
+		p, err := FreePort()
 		if err != nil {
 			return nil, "", err
 		}
 		clientPort = p
 	}
-	peerPort, err := freePort()
+	peerPort, err := FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -78,7 +78,9 @@ var startEtcdOnce = func(dir string, clientPort int) (*embed.Etcd, string, error
 	return e, clientURL.String(), nil
 }
 
-func freePort() (int, error) {
+// FreePort is a loopback TCP port free now (another process may take it
+// before the caller listens on it).
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
