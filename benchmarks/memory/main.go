@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -489,34 +490,17 @@ func createNamespace(ctx context.Context, client kubernetes.Interface) error {
 // parallel runs f(0..n-1) on a few workers: one at a time, creating 5,000
 // objects would take minutes of round trips.
 func parallel(n int, f func(i int) error) error {
-	const workers = 16
-	var next atomic.Int64
-	var firstErr error
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				if err := f(i); err != nil && !apierrors.IsAlreadyExists(err) {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					next.Store(int64(n))
-					return
-				}
+	var g errgroup.Group
+	g.SetLimit(16)
+	for i := range n {
+		g.Go(func() error {
+			if err := f(i); err != nil && !apierrors.IsAlreadyExists(err) {
+				return err
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	return firstErr
+	return g.Wait()
 }
 
 const nodeMixDescription = "AWS us-east-1 shapes in 3 zones, half on-demand and half Spot: p4d.24xlarge (8x A100-40GB), " +
