@@ -26,11 +26,34 @@ func TestExampleSpecIsValid(t *testing.T) {
 	}
 }
 
+// refusedSpec is a spec ParseSpec must refuse, with the strings its error
+// must contain.
+type refusedSpec struct {
+	name, yaml string
+	want       []string
+}
+
+// refusedSpecs parses each case as bad.yaml and checks it is refused with
+// every string it wants.
+func refusedSpecs(t *testing.T, cases []refusedSpec) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseSpec("bad.yaml", []byte(c.yaml))
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
 func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
-	cases := []struct {
-		name, yaml string
-		want       []string
-	}{
+	cases := []refusedSpec{
 		{"empty", "", []string{"bad.yaml: the cluster spec is empty; give at least pools:"}},
 		{"unknown field", "pools:\n- name: a\n  gpuz: 8\n", []string{"bad.yaml:3", `unknown field "gpuz"`}},
 		{"wrong type", "pools:\n- name: a\n  count: many\n", []string{"bad.yaml:3", "many"}},
@@ -75,19 +98,7 @@ func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
 		{"two documents", "pools:\n- {name: a, count: 1, instanceType: x, capacityType: spot, zone: z, cpu: \"1\", memory: 1Gi}\n---\npools:\n- {name: b, count: 1, instanceType: x, capacityType: spot, zone: z, cpu: \"1\", memory: 1Gi}\n",
 			[]string{"bad.yaml:4", "one YAML document"}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			_, err := ParseSpec("bad.yaml", []byte(c.yaml))
-			if err == nil {
-				t.Fatal("want an error")
-			}
-			for _, w := range c.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
-	}
+	refusedSpecs(t, cases)
 }
 
 func TestNodesCarryRealClusterLabelsAndCapacity(t *testing.T) {
@@ -170,10 +181,7 @@ func TestSpecLabelsAndPricesAreCheckedUpFront(t *testing.T) {
 	pool := func(extra string) string {
 		return "pools:\n- {name: a, count: 1, instanceType: x, capacityType: on-demand, zone: z, cpu: \"1\", memory: 1Gi" + extra + "}\n"
 	}
-	cases := []struct {
-		name, yaml string
-		want       []string
-	}{
+	cases := []refusedSpec{
 		{"zone not a label value", "pools:\n- {name: a, count: 1, instanceType: x, capacityType: spot, zone: \"us east 1a\", cpu: \"1\", memory: 1Gi}\n",
 			[]string{"bad.yaml:2", "pools[0].zone", `"us east 1a"`}},
 		{"instance type not a label value", "pools:\n- {name: a, count: 1, instanceType: \"p5 48xlarge\", capacityType: spot, zone: z, cpu: \"1\", memory: 1Gi}\n",
@@ -193,19 +201,7 @@ func TestSpecLabelsAndPricesAreCheckedUpFront(t *testing.T) {
 		{"price NaN", pool(`, hourlyPrice: .nan`), []string{"pools[0].hourlyPrice", "NaN"}},
 		{"price infinite", pool(`, hourlyPrice: .inf`), []string{"pools[0].hourlyPrice", "+Inf"}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			_, err := ParseSpec("bad.yaml", []byte(c.yaml))
-			if err == nil {
-				t.Fatal("want an error")
-			}
-			for _, w := range c.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
-		})
-	}
+	refusedSpecs(t, cases)
 	// Extra labels that add to what Penny sets stay allowed, including
 	// overriding the architecture (an arm64 Grace Hopper pool, say).
 	if _, err := ParseSpec("ok.yaml", []byte(pool(`, labels: {team: research, kubernetes.io/arch: arm64, example.com/tier: "1"}`))); err != nil {

@@ -107,16 +107,12 @@ func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing
 	var mu sync.Mutex
 	var evicted []string
 	var graces []int64
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
-		if action.GetSubresource() != "eviction" {
-			return false, nil, nil
-		}
-		ev := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction)
+	onEvictions(client, func(ev *policyv1.Eviction) error {
 		mu.Lock()
 		defer mu.Unlock()
 		evicted = append(evicted, ev.Name)
 		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
-		return true, nil, nil
+		return nil
 	})
 	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	risk := &feed{}
@@ -377,19 +373,15 @@ func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
 	var mu sync.Mutex
 	var asked []string
 	refusals := 2
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
-		if action.GetSubresource() != "eviction" {
-			return false, nil, nil
-		}
-		name := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name
+	onEvictions(client, func(ev *policyv1.Eviction) error {
 		mu.Lock()
 		defer mu.Unlock()
-		asked = append(asked, name)
-		if name == "guarded" && refusals > 0 {
+		asked = append(asked, ev.Name)
+		if ev.Name == "guarded" && refusals > 0 {
 			refusals--
-			return true, nil, apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+			return apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
 		}
-		return true, nil, nil
+		return nil
 	})
 	c := NewCoordinator()
 	c.opts = CoordinatorOptions{Client: client}
@@ -404,19 +396,27 @@ func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
 	}
 }
 
+// onEvictions answers client's evictions with answer; the clientset handles
+// every other create of pods.
+func onEvictions(client *fake.Clientset, answer func(*policyv1.Eviction) error) {
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		return true, nil, answer(action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction))
+	})
+}
+
 // recordEvictions makes client accept every eviction and returns what it
 // evicted so far, in order.
 func recordEvictions(client *fake.Clientset) func() []string {
 	var mu sync.Mutex
 	var evicted []string
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
-		if action.GetSubresource() != "eviction" {
-			return false, nil, nil
-		}
+	onEvictions(client, func(ev *policyv1.Eviction) error {
 		mu.Lock()
 		defer mu.Unlock()
-		evicted = append(evicted, action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction).Name)
-		return true, nil, nil
+		evicted = append(evicted, ev.Name)
+		return nil
 	})
 	return func() []string {
 		mu.Lock()
@@ -510,32 +510,28 @@ func apiServerEvictions(client *fake.Clientset) (deleted func() int) {
 	var mu sync.Mutex
 	n := 0
 	podsGVR := corev1.SchemeGroupVersion.WithResource("pods")
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
-		if action.GetSubresource() != "eviction" {
-			return false, nil, nil
-		}
-		ev := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction)
+	onEvictions(client, func(ev *policyv1.Eviction) error {
 		mu.Lock()
 		defer mu.Unlock()
 		obj, err := client.Tracker().Get(podsGVR, ev.Namespace, ev.Name)
 		if err != nil {
-			return true, nil, err
+			return err
 		}
 		p := obj.(*corev1.Pod).DeepCopy()
 		if pre := ev.DeleteOptions.Preconditions; pre != nil {
 			if pre.UID != nil && *pre.UID != p.UID || pre.ResourceVersion != nil && *pre.ResourceVersion != p.ResourceVersion {
-				return true, nil, apierrors.NewConflict(podsGVR.GroupResource(), p.Name, fmt.Errorf("precondition failed"))
+				return apierrors.NewConflict(podsGVR.GroupResource(), p.Name, fmt.Errorf("precondition failed"))
 			}
 		}
 		if p.DeletionTimestamp != nil {
-			return true, nil, nil
+			return nil
 		}
 		var rv int
 		fmt.Sscan(p.ResourceVersion, &rv)
 		p.ResourceVersion = fmt.Sprint(rv + 1)
 		p.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 		n++
-		return true, nil, client.Tracker().Update(podsGVR, p, p.Namespace)
+		return client.Tracker().Update(podsGVR, p, p.Namespace)
 	})
 	return func() int {
 		mu.Lock()

@@ -261,7 +261,10 @@ func (g *gangPermit) Permit(_ context.Context, _ fwk.CycleState, p *v1.Pod, _ st
 	return nil, 0
 }
 
-func TestPermitWaitingPodsSettle(t *testing.T) {
+// gangPermitEngine is the default profile with gangPermit, on 8-GPU nodes
+// of the given names; it is closed when the test ends.
+func gangPermitEngine(t *testing.T, nodes ...string) *Engine {
+	t.Helper()
 	prof, err := DefaultProfile()
 	if err != nil {
 		t.Fatal(err)
@@ -270,25 +273,35 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 	reg := frameworkruntime.Registry{"TestGang": func(_ context.Context, _ runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 		return &gangPermit{h: h}, nil
 	}}
-	e, err := NewEngine(context.Background(), EngineOptions{Profile: prof, Registry: reg, Seed: 1,
-		Nodes: []*v1.Node{NewNode("a", 8000, 8192, 8, "Tesla-T4"), NewNode("b", 8000, 8192, 8, "Tesla-T4"), NewNode("c", 8000, 8192, 8, "Tesla-T4")}})
+	var ns []*v1.Node
+	for _, n := range nodes {
+		ns = append(ns, NewNode(n, 8000, 8192, 8, "Tesla-T4"))
+	}
+	e, err := NewEngine(context.Background(), EngineOptions{Profile: prof, Registry: reg, Seed: 1, Nodes: ns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
-	member := func(i int) *v1.Pod {
-		p := NewPod("ns", fmt.Sprintf("g-%d", i), 1000, 1024, 8, 1000, nil)
-		p.Labels[gang.LabelName], p.Labels[gang.KeySize] = "g", "2"
-		return p
-	}
-	out, err := e.Schedule(member(0))
+	t.Cleanup(e.Close)
+	return e
+}
+
+// gangMember is member i of gang g of two, on a whole 8-GPU node.
+func gangMember(i int) *v1.Pod {
+	p := NewPod("ns", fmt.Sprintf("g-%d", i), 1000, 1024, 8, 1000, nil)
+	p.Labels[gang.LabelName], p.Labels[gang.KeySize] = "g", "2"
+	return p
+}
+
+func TestPermitWaitingPodsSettle(t *testing.T) {
+	e := gangPermitEngine(t, "a", "b", "c")
+	out, err := e.Schedule(gangMember(0))
 	if err != nil || !out.Waiting || e.Waiting() != 1 {
 		t.Fatalf("first member: %+v %v, waiting %d", out, err, e.Waiting())
 	}
 	if s, _ := e.SettleWaiting(); len(s) != 0 {
 		t.Fatalf("settled before the gang was complete: %+v", s)
 	}
-	out, err = e.Schedule(member(1))
+	out, err = e.Schedule(gangMember(1))
 	if err != nil || out.Node == "" || out.Waiting {
 		t.Fatalf("last member: %+v %v", out, err)
 	}
@@ -300,7 +313,7 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 		t.Fatalf("bound %d, waiting %d", len(e.Bound()), e.Waiting())
 	}
 	// A gang that never completes is rejected at the end and frees its node.
-	lone := member(2)
+	lone := gangMember(2)
 	lone.Labels[gang.LabelName] = "h"
 	if out, _ := e.Schedule(lone); !out.Waiting {
 		t.Fatalf("lone member: %+v", out)
@@ -318,26 +331,8 @@ func TestPermitWaitingPodsSettle(t *testing.T) {
 // with it: the pod stayed held and bound there once its gang completed, on a
 // node no replay bills or reclaims again. It is rejected and waits again.
 func TestRemovingANodeRejectsThePodsHeldAtPermitThere(t *testing.T) {
-	prof, err := DefaultProfile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	prof.Plugins.Permit.Enabled = append(prof.Plugins.Permit.Enabled, config.Plugin{Name: "TestGang"})
-	reg := frameworkruntime.Registry{"TestGang": func(_ context.Context, _ runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-		return &gangPermit{h: h}, nil
-	}}
-	e, err := NewEngine(context.Background(), EngineOptions{Profile: prof, Registry: reg, Seed: 1,
-		Nodes: []*v1.Node{NewNode("a", 8000, 8192, 8, "Tesla-T4"), NewNode("b", 8000, 8192, 8, "Tesla-T4")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	member := func(i int) *v1.Pod {
-		p := NewPod("ns", fmt.Sprintf("g-%d", i), 1000, 1024, 8, 1000, nil)
-		p.Labels[gang.LabelName], p.Labels[gang.KeySize] = "g", "2"
-		return p
-	}
-	held, err := e.Schedule(member(0))
+	e := gangPermitEngine(t, "a", "b")
+	held, err := e.Schedule(gangMember(0))
 	if err != nil || !held.Waiting {
 		t.Fatalf("first member: %+v %v", held, err)
 	}
@@ -354,7 +349,7 @@ func TestRemovingANodeRejectsThePodsHeldAtPermitThere(t *testing.T) {
 	}
 	// The gang forms again on the node that is left, without binding to the
 	// one removed.
-	if out, err := e.Schedule(member(1)); err != nil || !out.Waiting {
+	if out, err := e.Schedule(gangMember(1)); err != nil || !out.Waiting {
 		t.Fatalf("second member: %+v %v; want it held for g-0", out, err)
 	}
 	if s, err := e.SettleWaiting(); err != nil || len(s) != 0 || len(e.Bound()) != 0 {

@@ -98,9 +98,6 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if o.Store == nil || o.Authenticator == nil {
 		return nil, errors.New("telemetry server needs a store and an authenticator")
 	}
-	if len(o.AgentServiceAccounts) == 0 {
-		return nil, errors.New("telemetry server needs the agents' ServiceAccounts (namespace/name)")
-	}
 	allowed, err := AgentServiceAccounts(o.AgentServiceAccounts)
 	if err != nil {
 		return nil, err

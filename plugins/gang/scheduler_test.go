@@ -218,11 +218,11 @@ func (c *cluster) waitWaiting(gangName string, n int) {
 	}
 }
 
-// TestMemberDeletedWhileOthersWaitReleasesEverything: three members are
-// placed and wait for a fourth (held back before the queue). Deleting
-// the fourth releases the three at once, long before their Permit timeout,
-// and the capacity they held goes to another pod.
-func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
+// threeOfFourWaiting starts four 8-GPU nodes and gang team/llm of four
+// whole-node members, the fourth held back before the queue, and returns
+// once the other three wait in Permit (for up to 30 s).
+func threeOfFourWaiting(t *testing.T) (*cluster, []*corev1.Pod) {
+	t.Helper()
 	args := testArgs()
 	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
 	c := startCluster(t, args, nodes("n", 4)...)
@@ -230,6 +230,15 @@ func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
 	held()(pods[3])
 	c.create(pods...)
 	c.waitWaiting("llm", 3)
+	return c, pods
+}
+
+// TestMemberDeletedWhileOthersWaitReleasesEverything: three members are
+// placed and wait for a fourth (held back before the queue). Deleting
+// the fourth releases the three at once, long before their Permit timeout,
+// and the capacity they held goes to another pod.
+func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
+	c, _ := threeOfFourWaiting(t)
 
 	// Every node is held: three by waiting members, one claimed for the
 	// fourth member. A pod wanting a whole node must wait.
@@ -537,13 +546,7 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 // once the pod garbage collector removed it. The gang is released at once,
 // told which node went, and binds whole on the nodes that remain.
 func TestNodeDeletedUnderAWaitingMemberReleasesTheGang(t *testing.T) {
-	args := testArgs()
-	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
-	c := startCluster(t, args, nodes("n", 4)...)
-	pods := gangPods("llm", 4, 8)
-	held()(pods[3])
-	c.create(pods...)
-	c.waitWaiting("llm", 3)
+	c, pods := threeOfFourWaiting(t)
 
 	c.plugin.mu.Lock()
 	gone := c.plugin.gangs[gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: "llm"}.Key()].placed[pods[0].UID]

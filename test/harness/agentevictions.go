@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"testing"
-	"time"
 
 	"github.com/go-logr/logr/testr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,21 +40,8 @@ func ServeAgentEvictions(t testing.TB, c *localcluster.Cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := agentadmission.Serve(ctx, lis, tlsConfig, h, testr.NewWithInterface(t, testr.Options{})); err != nil {
-			t.Errorf("agent evictions webhook: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("agent evictions webhook did not stop")
-		}
+	telemetrytest.ServeInBackground(t, "agent evictions webhook", func(ctx context.Context) error {
+		return agentadmission.Serve(ctx, lis, tlsConfig, h, testr.NewWithInterface(t, testr.Options{}))
 	})
 
 	webhooks := c.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations()

@@ -139,26 +139,9 @@ func startServer(t testing.TB, srv *telemetry.Server, addr string, cert Cert) *E
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := telemetry.Serve(ctx, lis, serverTLS, srv, testr.NewWithInterface(t, testr.Options{})); err != nil {
-			t.Errorf("telemetry server: %v", err)
-		}
-	}()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				t.Error("telemetry server did not stop")
-			}
-		})
-	}
-	t.Cleanup(stop)
+	stop := ServeInBackground(t, "telemetry server", func(ctx context.Context) error {
+		return telemetry.Serve(ctx, lis, serverTLS, srv, testr.NewWithInterface(t, testr.Options{}))
+	})
 	return &Env{
 		Addr:      lis.Addr().String(),
 		ClientTLS: cert.ClientTLS(),
@@ -168,6 +151,33 @@ func startServer(t testing.TB, srv *telemetry.Server, addr string, cert Cert) *E
 		dir:       t.TempDir(),
 		stop:      stop,
 	}
+}
+
+// ServeInBackground runs serve until the returned stop is called or the test
+// ends, whichever comes first: serve must return once its context ends, and
+// the test fails if it returns an error or takes over 10 s to stop.
+func ServeInBackground(t testing.TB, what string, serve func(context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := serve(ctx); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Errorf("%s did not stop", what)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // Stop stops the server before the test ends (it stops by itself at the end).
