@@ -413,6 +413,33 @@ func TestSchedulerCommandChecksOnlyThisNodesPodsAndEvictsNothing(t *testing.T) {
 	if gone(t, e.ns, "member-2") || taintOf(t, e.node) != nil {
 		t.Error("a checkpoint command evicted pods or tainted the node; the scheduler decides that")
 	}
+	// The agent's event is the one record on the pod that its gang asked
+	// for a checkpoint (the scheduler's replicas record none), so it says
+	// why, and says it once for the command sent twice.
+	waitFor(t, "CheckpointRequested events", 5*time.Second, func() bool {
+		return events(t, e.ns, "member-2")["CheckpointRequested"] != "" && events(t, e.ns, "member-3")["CheckpointRequested"] != ""
+	})
+	for _, member := range []string{"member-2", "member-3"} {
+		list, err := cluster.Client.CoreV1().Events(e.ns).List(ctx, metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("involvedObject.name", member).String(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := int32(0)
+		for _, ev := range list.Items {
+			if ev.Reason != "CheckpointRequested" {
+				continue
+			}
+			n += max(ev.Count, 1)
+			if !strings.Contains(ev.Message, "gang ml/job is on node spot-6, which is being reclaimed") {
+				t.Errorf("%s's CheckpointRequested event %q does not give the command's reason", member, ev.Message)
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s: %d CheckpointRequested events for one command, want 1", member, n)
+		}
+	}
 }
 
 // An agent that stops just after finishing a scheduler command may have

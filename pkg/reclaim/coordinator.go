@@ -659,10 +659,10 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		if err == nil && sent > 0 {
 			fanoutSeconds.Observe(time.Since(n.Detected).Seconds())
 			commandsTotal.WithLabelValues("sent").Inc()
+			// No event here: every replica sends the command, the agent runs
+			// it once and records CheckpointRequested, with this reason, on
+			// each pod. An event per replica would say it twice.
 			log.Info("asked a gang member's node to checkpoint", "pods", len(refs), "gangs", f.gangs, "sinceDetection", time.Since(n.Detected))
-			for _, p := range f.pods {
-				c.recorder.Eventf(p, corev1.EventTypeNormal, "GangCheckpoint", "asked node %s's agent to checkpoint this pod: %s", f.node, reason)
-			}
 			break
 		}
 		if !time.Now().Add(500 * time.Millisecond).Before(f.deadline) {
