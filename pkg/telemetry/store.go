@@ -12,6 +12,8 @@
 package telemetry
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,6 +114,8 @@ func (g *GPU) Placements() []gpu.Placement {
 	return out
 }
 
+func byStart(a, b MIGInstance) int { return cmp.Compare(a.Start, b.Start) }
+
 // MIGInstance is one MIG device.
 type MIGInstance struct {
 	UUID          string
@@ -188,6 +192,15 @@ func newNodeState(r *telemetryv1.NodeReport, received time.Time) *NodeState {
 					if p := m.GetPod(); p != nil {
 						out.MIG[j].Pod = &PodRef{Namespace: p.GetNamespace(), Name: p.GetName()}
 					}
+				}
+				// The view lists instances by placement, whatever order the
+				// report has them in (validation does not require one): the
+				// compute instances of a GPU instance share its placement, so
+				// they end up adjacent, which Placements relies on. Distinct
+				// GPU instances never share a start; the sort is stable, so
+				// a GPU instance's compute instances keep the report's order.
+				if !slices.IsSortedFunc(out.MIG, byStart) {
+					slices.SortStableFunc(out.MIG, byStart)
 				}
 			}
 		}

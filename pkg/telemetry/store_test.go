@@ -1,6 +1,9 @@
 package telemetry_test
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -8,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
@@ -257,5 +261,47 @@ func TestNewAgentIsHeardAfterTheOldOneWentStale(t *testing.T) {
 	late.AgentId = "old"
 	if s.Update(late, c.Now()) {
 		t.Fatal("an earlier-collected report of another agent replaced a fresh one")
+	}
+}
+
+// The view lists a GPU's MIG instances by placement whatever order the
+// report has them in, which validation leaves free: Placements takes
+// adjacent entries of one GPU instance (its compute instances) as one, and
+// a GPU instance whose compute instances were listed apart came out twice,
+// so gpupack saw an instance that does not exist.
+func TestMIGInstancesAreListedByPlacement(t *testing.T) {
+	s := telemetry.NewStore(telemetry.StoreOptions{})
+	r := telemetrytest.Report("n1", 2, 1, time.Now())
+	mig := func(n, gi, ci, start uint32) *telemetryv1.MIGInstance {
+		return &telemetryv1.MIGInstance{
+			Uuid: "MIG-" + telemetrytest.UUID("n1", 1, int(n)), Profile: "3g.40gb", GpuInstanceId: gi, ComputeInstanceId: ci,
+			PlacementStart: start, PlacementSize: 4, MemoryTotalBytes: 40 << 30,
+		}
+	}
+	// GPU instance 1 (slices 0-3) has two compute instances, listed apart;
+	// GPU instance 2 holds slices 4-7.
+	r.Gpus[1].MigInstances = []*telemetryv1.MIGInstance{mig(0, 2, 0, 4), mig(1, 1, 0, 0), mig(2, 2, 1, 4), mig(3, 1, 1, 0)}
+	r.PodDevices = nil
+	r.Gpus[0].Pods = nil
+	if err := telemetryv1.ValidateNodeReport(r); err != nil {
+		t.Fatal(err)
+	}
+	s.Update(r, time.Now())
+	st, _ := s.Node("n1")
+	g := st.GPUs[1]
+	want := []gpu.Placement{{Profile: "3g.40gb", Start: 0}, {Profile: "3g.40gb", Start: 4}}
+	if got := g.Placements(); !slices.Equal(got, want) {
+		t.Errorf("placements %v, want %v", got, want)
+	}
+	var order []string
+	for _, m := range g.MIG {
+		order = append(order, fmt.Sprintf("%d@%d", m.GPUInstanceID, m.Start))
+	}
+	if got, want := strings.Join(order, " "), "1@0 1@0 2@4 2@4"; got != want {
+		t.Errorf("MIG instances in the order %s, want %s", got, want)
+	}
+	// The report the store was given is not reordered.
+	if r.Gpus[1].MigInstances[0].GetGpuInstanceId() != 2 {
+		t.Error("the report was modified")
 	}
 }

@@ -292,3 +292,27 @@ func TestManyProblemsGiveAShortErrorQuickly(t *testing.T) {
 		t.Errorf("error does not say %q: ...%s", want, msg[max(0, len(msg)-200):])
 	}
 }
+
+// A list over its limit is refused as too many without each element being
+// checked, as every list of a report is: health reasons were checked one by
+// one past their limit, so a report of a million one-byte reasons (within
+// the 4 MiB message limit) cost seconds of a scheduler core to validate,
+// ten times the worst case of any other list.
+func TestTooManyHealthReasonsAreNotEachChecked(t *testing.T) {
+	r := sampleReport()
+	h := r.Gpus[1].Health
+	for len(h.Reasons) < 100000 {
+		h.Reasons = append(h.Reasons, "\x01")
+	}
+	err := ValidateNodeReport(r)
+	if err == nil {
+		t.Fatal("a GPU with 100000 health reasons was accepted")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "gpus[1].health.reasons: Too many: 100000") {
+		t.Errorf("the error does not say there are too many reasons: %.300s", msg)
+	}
+	if strings.Contains(msg, "health.reasons[") || strings.Contains(msg, "more problems") {
+		t.Errorf("the reasons past the limit were checked one by one: %.300s", msg)
+	}
+}
