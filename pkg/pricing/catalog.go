@@ -136,9 +136,15 @@ func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defau
 		defaultInterruption: defaultInterruption,
 	}
 	var bad CatalogError
+	// invalid is the row of each instance type whose definition was
+	// refused: its price rows point there, not to a missing definition.
+	invalid := map[string]int{}
 	for i, t := range types {
 		if err := validateType(t); err != nil {
 			bad.add("instanceTypes", i, err.Error())
+			if _, seen := invalid[t.Name]; t.Name != "" && !seen {
+				invalid[t.Name] = i
+			}
 			continue
 		}
 		if _, dup := c.types[t.Name]; dup {
@@ -148,6 +154,12 @@ func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defau
 		c.types[t.Name] = t
 	}
 	for i, e := range entries {
+		if j, ok := invalid[e.InstanceType]; ok {
+			if _, defined := c.types[e.InstanceType]; !defined {
+				bad.add("prices", i, fmt.Sprintf("instance type %q is defined in instanceTypes[%d], which is not valid; fix it there", e.InstanceType, j))
+				continue
+			}
+		}
 		if err := c.validateEntry(e); err != nil {
 			bad.add("prices", i, err.Error())
 			continue

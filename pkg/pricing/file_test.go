@@ -82,6 +82,46 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 	}
 }
 
+// A price row of an instance type whose definition is refused points to
+// that definition: it used to say the type was not defined ("define it
+// there"), and suggest another type of a similar name to price it as.
+func TestPriceOfAnInvalidInstanceTypePointsToItsDefinition(t *testing.T) {
+	y := strings.Replace(goodYAML, "gpuModel: A10G", "gpuModel: A10X", 1)
+	y = strings.Replace(y, "prices:\n", "- {name: g5.2xlarge, provider: aws, gpus: 1, gpuModel: A10G, vcpus: 8, memoryGiB: 32}\nprices:\n", 1)
+	_, err := Parse([]byte(y), "cat.yaml")
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{
+		`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpuModel "A10X" is unknown`,
+		`cat.yaml:8: prices[0]: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid; fix it there`,
+		`cat.yaml:9: prices[1]: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid; fix it there`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "not defined") || strings.Contains(err.Error(), "did you mean") {
+		t.Errorf("error sends the user to define a type that is defined:\n%v", err)
+	}
+}
+
+// A catalog is one YAML document: a second one, say an updated copy
+// appended after "---", was ignored with its rows, and the first loaded as
+// if nothing were wrong. A "---" that opens or ends the file starts no rows.
+func TestParseRefusesASecondDocument(t *testing.T) {
+	updated := strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1)
+	_, err := Parse([]byte(goodYAML+"---\n"+updated), "cat.yaml")
+	if want := "cat.yaml:10: catalog: a second YAML document starts at line 10: a price catalog is one document; merge its instanceTypes and prices into the first or remove it"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want %q", err, want)
+	}
+	for _, y := range []string{"---\n" + goodYAML + "---\n", goodYAML + "---\n# nothing more\n---\n", goodYAML + "...\n"} {
+		if _, err := Parse([]byte(y), "cat.yaml"); err != nil {
+			t.Errorf("%q: %v", y, err)
+		}
+	}
+}
+
 // The catalog Penny ships must always load.
 func TestShippedCatalogLoads(t *testing.T) {
 	c, err := LoadFile("../../deploy/pricing/catalog.yaml")

@@ -185,7 +185,11 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 	}
 	price, priced := pl.prices.NodePrice(node)
 	rate := pl.reclaimRate(node, capacity, price, priced)
-	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk {
+	// A limit equal to the pool's estimate admits it. The estimate goes
+	// through a rate and back, which is off by a few units in the last
+	// place: 2.5% came back as 0.025000000000000022, above a 2.5% limit,
+	// and kept every <5% pool from a pod that accepts 2.5%.
+	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk*(1+1e-9) {
 		// No percent sign: the scheduler's event recorder takes the
 		// message as a format. Six significant digits: 0.07 is 7, not
 		// 7.000000000000001.

@@ -900,3 +900,29 @@ func TestUnreadableCapacityLabelKeepsNeverSpotWorkOff(t *testing.T) {
 	expectContains(t, "FitError", r.fitError,
 		`1 node(s) have a capacity label Penny cannot read (penny.dev/capacity-type="preemptible"; want spot, on-demand or reserved) and the pod stays off Spot (inference workload)`)
 }
+
+// A risk limit equal to a pool's estimate admits the pool: a pod that
+// accepts 2.5% a month accepts a <5% pool, which Penny puts at 2.5% (the
+// middle of its bucket) until reclaims say otherwise. The estimate goes
+// through a rate and back, and in floating point 2.5% came back as
+// 0.025000000000000022, which kept every <5% pool from such a pod (and
+// every 15-20% one from a pod that accepts 17.5%).
+func TestRiskLimitAtAPoolsEstimateAdmitsThePool(t *testing.T) {
+	buckets := []struct{ bucket, limit string }{{"<5%", "2.5%"}, {"5-10%", "7.5%"}, {"10-15%", "0.125"}, {"15-20%", "17.5%"}, {">20%", "25%"}}
+	yaml := testCatalog
+	var nodes []*corev1.Node
+	for i, b := range buckets {
+		zone := fmt.Sprintf("us-east-1-z%d", i)
+		yaml += fmt.Sprintf("- {instanceType: p4d.24xlarge, capacityType: spot, region: us-east-1, zone: %s, hourly: 8, interruption: %q}\n", zone, b.bucket)
+		nodes = append(nodes, node(zone, pricing.Spot, zone))
+	}
+	e := newEnv(t, nil, Deps{Prices: catalogOf(t, yaml)}, nodes...)
+	for i, b := range buckets {
+		p := pod("p", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: b.limit})
+		r := e.schedule(t, p)
+		// The limit admits its own bucket's pool and every safer one.
+		if want := i + 1; len(r.feasible) != want {
+			t.Errorf("%s=%s: feasible %v, want the %d pools up to %s (%s)", AnnotationMaxReclaimRisk, b.limit, r.feasible, want, b.bucket, r.fitError)
+		}
+	}
+}
