@@ -450,9 +450,16 @@ func (c *Coordinator) observeRuns(ctx context.Context, nn nodeNotice, log logr.L
 		log.Error(err, "cannot list the reclaimed node's pods; the runs it cuts short are not recorded")
 		return
 	}
+	// The agent's clock dates the notice. One dated ahead would lengthen
+	// every run it cut short and keep its workloads the newest, never
+	// forgotten, until that date.
+	at := nn.notice.Detected
+	if now := time.Now(); at.After(now) {
+		at = now
+	}
 	for _, p := range onNode {
 		if p.Status.StartTime != nil {
-			c.opts.Interrupted.Observe(p, nn.notice.Detected.Sub(p.Status.StartTime.Time), nn.notice.Detected)
+			c.opts.Interrupted.Observe(p, at.Sub(p.Status.StartTime.Time), at)
 		}
 	}
 }

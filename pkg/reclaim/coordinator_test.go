@@ -273,6 +273,34 @@ func TestCoordinatorRecordsTheRunsAReclaimCutsShort(t *testing.T) {
 	}
 }
 
+// A notice the agent's clock dates ahead of the scheduler's counts from now:
+// the run it cut short is as long as the pod ran, and the workload's reclaim
+// is not made the newest until that date.
+func TestCoordinatorDoesNotTakeRunsFromAFutureNotice(t *testing.T) {
+	now := time.Now()
+	solo := member("solo", "a", "")
+	solo.Status.StartTime = &metav1.Time{Time: now.Add(-2 * time.Hour)}
+	interrupted := pricing.NewInterrupted(0)
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: fake.NewClientset(solo), Commands: &commander{sent: map[string]*telemetryv1.CheckpointCommand{}},
+		Interrupted: interrupted, Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	ahead := now.Add(365 * 24 * time.Hour)
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{ID: "aws-spot-ahead",
+		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+		Action: "terminate", Detected: ahead, Deadline: ahead.Add(2 * time.Minute)}}})
+	waitFor(t, "the run on a recorded", func() bool { return interrupted.Longest(solo) > 0 })
+	if got := interrupted.Longest(solo); got < 2*time.Hour || got > 2*time.Hour+time.Minute {
+		t.Errorf("run cut short: %v, want the 2h the pod ran", got)
+	}
+	for _, r := range interrupted.Runs() {
+		if r.At.After(time.Now()) {
+			t.Errorf("%s recorded as reclaimed at %v, in the future", r.Key, r.At)
+		}
+	}
+}
+
 // Maintenance the cloud calls off before its lead time: the agent drops the
 // notice and its pods stay, so the gang's members on other nodes must stay
 // too. Maintenance still announced is acted on at its lead time.
