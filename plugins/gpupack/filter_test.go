@@ -181,3 +181,26 @@ func TestPreFilterRefusesMoreMIGInstancesThanThePackerPlaces(t *testing.T) {
 		t.Fatalf("16 instances: %q %v", node, a)
 	}
 }
+
+// A pod asking for a 3g.40gb and two 2g.20gb fits one idle A100 (the 3g at
+// offset 4, the 2g at 0 and 2). Filter turned it away from every such node:
+// first-fit put the 3g at 0, where the second 2g has no offset left.
+func TestFilterAdmitsMIGRequestsFirstFitCornersItself(t *testing.T) {
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A100-SXM4-80GB", 1, "64", gpu.LabelMIGPartitioning, gpu.MIGOnDemand)})
+	pod := podOf("balanced", "1", "nvidia.com/mig-3g.40gb", "1")
+	pod.Spec.Containers[0].Resources.Limits["nvidia.com/mig-2g.20gb"] = resource.MustParse("2")
+	pod.Spec.Containers[0].Resources.Requests["nvidia.com/mig-2g.20gb"] = resource.MustParse("2")
+	state := framework.NewCycleState()
+	if _, s := p.PreFilter(context.Background(), state, pod, nodes); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	if s := p.Filter(context.Background(), state, pod, nodes[0]); !s.IsSuccess() {
+		t.Fatalf("Filter on an idle A100: %v %q", s.Code(), s.Message())
+	}
+	node, a := schedule(t, p, nodes, pod)
+	dev := gpu.NodeDevicesFor(nodes[0].Node())
+	if node != "n" || dev.Apply(a) != nil || a.Matches(gpu.Request{MIG: map[string]int64{"3g.40gb": 1, "2g.20gb": 2}}) != nil {
+		t.Fatalf("got %q %v", node, a)
+	}
+}

@@ -540,14 +540,7 @@ func TestReportedLayoutSaysWhichGPUsAreWhole(t *testing.T) {
 	n := gpuNode("mixed", "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
 	n.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("1")
 	n.Status.Allocatable[gpu.MIGResourceName("3g.40gb")] = resource.MustParse("2")
-	src := layoutsOf{node: "mixed", layout: [][]gpu.Placement{{{Profile: "3g.40gb", Start: 0}, {Profile: "3g.40gb", Start: 4}}, nil}}
-	initMetrics.Do(schedmetrics.InitMetrics)
-	h := &handle{par: parallelize.NewParallelizer(1)}
-	p, err := NewWith(context.Background(), nil, h, WithLayouts(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes := h.set(t, []*corev1.Node{n})
+	p, nodes := withReportedLayout(t, n, [][]gpu.Placement{{{Profile: "3g.40gb", Start: 0}, {Profile: "3g.40gb", Start: 4}}, nil})
 	if node, a := schedule(t, p, nodes, podOf("small", "1", "nvidia.com/mig-1g.10gb", "1")); node != "" {
 		t.Fatalf("a 1g.10gb went to %s as %v; the node has only 3g.40gb instances, on GPU 0", node, a)
 	}
@@ -612,4 +605,29 @@ func TestWhatIfIsNotAnArrival(t *testing.T) {
 	if !has() {
 		t.Fatal("the scheduling cycle did not count the pod's 3-GPU shape")
 	}
+}
+
+// A GPU the node reports in MIG mode with no instances yet (MIG enabled,
+// nothing created) takes instances only: a whole-GPU pod must get the GPU
+// the node runs whole, not the first GPU nobody holds.
+func TestWholeGPUPodSkipsAnEmptyMIGModeGPU(t *testing.T) {
+	n := gpuNode("mixed", "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
+	n.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("1")
+	p, nodes := withReportedLayout(t, n, [][]gpu.Placement{{}, nil})
+	if node, a := schedule(t, p, nodes, podOf("whole", "1", string(gpu.ResourceGPU), "1")); node != "mixed" || a.String() != "1" {
+		t.Fatalf("a whole-GPU pod got %q %v; want GPU 1, the one the node reports whole (GPU 0 is in MIG mode)", node, a)
+	}
+}
+
+// withReportedLayout makes a plugin whose telemetry reports layout for n
+// (nil: a GPU the node runs whole).
+func withReportedLayout(t *testing.T, n *corev1.Node, layout [][]gpu.Placement) (*GPUPack, []fwk.NodeInfo) {
+	t.Helper()
+	initMetrics.Do(schedmetrics.InitMetrics)
+	h := &handle{par: parallelize.NewParallelizer(1)}
+	p, err := NewWith(context.Background(), nil, h, WithLayouts(layoutsOf{node: n.Name, layout: layout}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, h.set(t, []*corev1.Node{n})
 }

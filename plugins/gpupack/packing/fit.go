@@ -75,7 +75,10 @@ func (n *Node) Fits(r *Req) Fit {
 
 // fitsMIG places the instances first-fit (lowest GPU, lowest offset,
 // largest instance first; static instances after on-demand GPUs), recording
-// the slots in pick when it is not nil.
+// the slots in pick when it is not nil. Where first-fit finds no room it
+// searches every placement (see migSearch): one greedy order can paint a
+// request into a corner that another placement avoids (a 3g.40gb at offset
+// 0 leaves no room for two 2g.20gb, at 4 it does).
 func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 	if n.model < 0 || len(r.MIG) > maxTouched {
 		return NoSuchGPU
@@ -96,7 +99,7 @@ func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 	var taken [maxTouched]int
 	ntaken := 0
 	any := false
-	for _, prof := range r.MIG {
+	for j, prof := range r.MIG {
 		g := geomOf(migModels[n.model], prof)
 		placed := false
 		for i := range mig {
@@ -136,10 +139,197 @@ func (n *Node) fitsMIG(r *Req, pick *choice) Fit {
 			if !any && !n.hasMIGCapacity() {
 				return NoSuchGPU
 			}
+			if j == 0 {
+				// First-fit tried every place for the first instance
+				// with nothing else placed: no search can do better.
+				return NoRoom
+			}
+			copy(mig, n.mig)
+			if pick != nil {
+				pick.nmig = 0
+			}
+			s := migSearch{n: n, r: r, mig: mig, pick: pick}
+			if s.run() {
+				return Fits
+			}
 			return NoRoom
 		}
 	}
 	return Fits
+}
+
+// maxSearchSteps bounds the partial placements migSearch tries for one
+// request, so that no request makes a Filter call slow: a placement that
+// exists is found in far fewer, and a request that does not fit is
+// mostly cut at once by the room left. Past it the request does not fit,
+// as first-fit said.
+const maxSearchSteps = 1 << 11
+
+// migSearch looks for a placement of a request's MIG instances on the
+// node's devices, trying every GPU, offset and free static instance for
+// each instance in turn (largest first) and backtracking. It allocates
+// nothing. It cuts a branch when the compute slices left, or the free
+// aligned runs of memory slices, cannot hold the instances left (every
+// profile's offsets are aligned to its size, so an instance of 2, 4 or 8
+// slices covers whole aligned runs of each size up to its own). Two more
+// cuts lose no placement: identical instances next to each other in the
+// request take positions in increasing order (any placement can be
+// reordered so), and of GPUs in the same state only the first is tried
+// (any placement on another can be swapped onto it).
+type migSearch struct {
+	n    *Node
+	r    *Req
+	mig  []migGPU
+	pick *choice
+	// pos[j] is where instance j went: GPU*MemorySlices+offset on a GPU
+	// that partitions as pods ask, len(mig)*MemorySlices+k for the k-th
+	// static instance.
+	pos [maxTouched]int
+	// taken lists the static instances placed so far.
+	taken  [maxTouched]int
+	ntaken int
+	geoms  [maxTouched]geom
+	// needCompute[j] is the compute slices instances j.. need, freeCompute
+	// what the node has left; needRuns[c][j] the aligned runs of 1<<c
+	// memory slices instances j.. cover.
+	needCompute [maxTouched + 1]int64
+	freeCompute int64
+	needRuns    [4][maxTouched + 1]int64
+	steps       int
+}
+
+func (s *migSearch) run() bool {
+	n, m := s.n, migModels[s.n.model]
+	for j := len(s.r.MIG) - 1; j >= 0; j-- {
+		s.geoms[j] = geomOf(m, s.r.MIG[j])
+		s.needCompute[j] = s.needCompute[j+1] + int64(s.geoms[j].compute)
+		for c := range s.needRuns {
+			s.needRuns[c][j] = s.needRuns[c][j+1] + int64(s.geoms[j].size)>>c
+		}
+	}
+	for i := range s.mig {
+		if g := s.mig[i]; !g.blocked && !g.static {
+			s.freeCompute += int64(gpu.ComputeSlices - int(g.compute))
+		}
+	}
+	for k := range n.static {
+		s.freeCompute += n.static[k].compute
+	}
+	if !s.place(0) {
+		return false
+	}
+	if s.pick != nil {
+		s.pick.nmig = len(s.r.MIG)
+	}
+	return true
+}
+
+// place places instances j.. and reports whether they all found room.
+func (s *migSearch) place(j int) bool {
+	if j == len(s.r.MIG) {
+		return true
+	}
+	s.steps++
+	if s.steps > maxSearchSteps || s.needCompute[j] > s.freeCompute || !s.runsLeft(j) {
+		return false
+	}
+	prof, g := s.r.MIG[j], s.geoms[j]
+	lb := 0
+	if j > 0 && s.r.MIG[j-1] == prof {
+		lb = s.pos[j-1] + 1
+	}
+	for i := range s.mig {
+		st := s.mig[i]
+		if st.blocked || st.static || (i+1)*gpu.MemorySlices <= lb || s.sameAsEarlier(i, lb) {
+			continue
+		}
+		for off := 0; off < gpu.MemorySlices; off++ {
+			p := i*gpu.MemorySlices + off
+			if p < lb || !st.fits(g, off) {
+				continue
+			}
+			s.mig[i] = st.with(g, off)
+			s.freeCompute -= int64(g.compute)
+			s.pos[j] = p
+			if s.pick != nil {
+				s.pick.mig[j] = gpu.Slot{GPU: i, MIG: gpu.Placement{Profile: prof, Start: off}}
+			}
+			if s.place(j + 1) {
+				return true
+			}
+			s.mig[i] = st
+			s.freeCompute += int64(g.compute)
+		}
+	}
+	base := len(s.mig) * gpu.MemorySlices
+	for k := range s.n.static {
+		in := &s.n.static[k]
+		if base+k < lb || in.profile != prof || slices.Contains(s.taken[:s.ntaken], k) {
+			continue
+		}
+		s.taken[s.ntaken] = k
+		s.ntaken++
+		s.freeCompute -= in.compute
+		s.pos[j] = base + k
+		if s.pick != nil {
+			s.pick.mig[j] = gpu.Slot{GPU: in.gpu, MIG: gpu.Placement{Profile: prof, Start: in.start}}
+		}
+		if s.place(j + 1) {
+			return true
+		}
+		s.ntaken--
+		s.freeCompute += in.compute
+	}
+	return false
+}
+
+// runsLeft reports whether the free aligned runs of 1, 2, 4 and 8 memory
+// slices, on GPUs with compute left and in the free static instances,
+// could hold instances j.. .
+func (s *migSearch) runsLeft(j int) bool {
+	var free [4]int64
+	for i := range s.mig {
+		g := s.mig[i]
+		if g.blocked || g.static || g.compute >= gpu.ComputeSlices {
+			continue
+		}
+		for c := range free {
+			size := 1 << c
+			run := uint8(1<<size - 1)
+			for off := 0; off < gpu.MemorySlices; off += size {
+				if g.used&(run<<off) == 0 {
+					free[c]++
+				}
+			}
+		}
+	}
+	m := migModels[s.n.model]
+	for k := range s.n.static {
+		if slices.Contains(s.taken[:s.ntaken], k) {
+			continue
+		}
+		p, _ := m.Profile(s.n.static[k].profile)
+		for c := range free {
+			free[c] += int64(p.Size) >> c
+		}
+	}
+	for c := range free {
+		if s.needRuns[c][j] > free[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// sameAsEarlier reports whether an earlier GPU, wholly past lb, is in the
+// state GPU i is in: placing the instance there instead loses nothing.
+func (s *migSearch) sameAsEarlier(i, lb int) bool {
+	for k := i - 1; k >= 0 && k*gpu.MemorySlices >= lb; k-- {
+		if s.mig[k] == s.mig[i] {
+			return true
+		}
+	}
+	return false
 }
 
 // hasMIGCapacity reports whether the node has any GPU that can hold MIG

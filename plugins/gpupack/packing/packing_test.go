@@ -526,3 +526,55 @@ func TestMeasureMemoAnswersAsAFreshMeasure(t *testing.T) {
 		t.Fatal("a shape the demand does not hold has a slot")
 	}
 }
+
+// Every set of instances the model's geometry lets one GPU hold fits an
+// empty GPU: Fits must not answer from one greedy placement. First-fit puts
+// a 3g.40gb at offset 0, where two 2g.20gb no longer fit beside it (a 2g
+// cannot start at 6), and refused 3g.40gb + 2 x 2g.20gb on an idle A100,
+// which holds them at 4, 0 and 2.
+func TestFitsFindsEveryLayoutOfOneGPU(t *testing.T) {
+	for _, model := range []string{"A100-40GB", "A100-80GB", "H100-80GB", "H100-NVL", "H200-141GB"} {
+		m, _ := gpu.LookupModel(model)
+		names := m.ProfileNames()
+		var combos [][]string
+		var rec func(from int, cur []string)
+		rec = func(from int, cur []string) {
+			if len(cur) > 0 {
+				if _, err := m.Layout(cur); err != nil {
+					return // more than one GPU holds; no superset fits either
+				}
+				combos = append(combos, cur)
+			}
+			for i := from; i < len(names); i++ {
+				rec(i, append(append([]string(nil), cur...), names[i]))
+			}
+		}
+		rec(0, nil)
+		for _, ps := range combos {
+			r := mig(ps...)
+			r.MIG = sortedLargestFirst(r.MIG)
+			for _, gpus := range []int{1, 2} {
+				dev := gpu.NewNodeDevices(model, gpus, 0)
+				dev.OnDemand = true
+				n := NewNode("n", dev, 64000, 512*gib, 0)
+				if f := n.Fits(r); f != Fits {
+					t.Errorf("%s x %d: %v fit one GPU, but Fits says %v", model, gpus, r.MIG, f)
+					continue
+				}
+				d := demandOf(t, []*Req{r}, []float64{1})
+				n.Prepare(d)
+				a, _, err := n.Choose(cycleFor(r, d))
+				if err != nil {
+					t.Errorf("%s x %d: %v: Choose: %v", model, gpus, r.MIG, err)
+					continue
+				}
+				apply(t, n, a)
+			}
+			// On a static GPU in MIG mode with no layout, likewise.
+			dev := gpu.NewNodeDevices(model, 0, 1)
+			if f := NewNode("n", dev, 64000, 512*gib, 0).Fits(r); f != Fits {
+				t.Errorf("%s static: %v fit one GPU, but Fits says %v", model, r.MIG, f)
+			}
+		}
+	}
+}

@@ -331,8 +331,9 @@ func (ch *choice) assignment(n *Node, r *Req) gpu.Assignment {
 			if int64(len(a)) == r.GPU.GPUs {
 				break
 			}
-			d := &n.Dev.GPUs[i]
-			if d.UsedMilli == 0 && len(d.MIG) == 0 && len(d.Layout) == 0 {
+			// Idle as Fits counts it: a GPU in MIG mode takes instances
+			// only, even one that holds none (MIG enabled, nothing created).
+			if n.isIdle(i) {
 				a = append(a, gpu.Slot{GPU: i, Milli: gpu.MilliPerGPU})
 			}
 		}
@@ -413,8 +414,8 @@ func (n *Node) best(c *Cycle, p *placement, pick *choice, sc *scratch) (Parts, b
 		frag, ok = n.bestMIG(d, r, p, pick, sc)
 		if !ok {
 			// Placing each instance where it costs least can paint a
-			// multi-instance request into a corner that first-fit avoids;
-			// Fits answers first-fit, so fall back to it.
+			// multi-instance request into a corner; Fits searches for a
+			// placement that works, so fall back to the one it finds.
 			*p, *pick = placement{}, choice{}
 			if n.fitsMIG(r, pick) != Fits {
 				return Parts{}, false
