@@ -179,7 +179,6 @@ func (f *Flow) nodeRef() *corev1.ObjectReference {
 // OnNotice starts the work for a notice (notice.Watcher.OnNotice). It never
 // blocks.
 func (f *Flow) OnNotice(n notice.Notice) {
-	f.metrics.notices.Inc()
 	j := &Job{
 		ID: "notice-" + n.ID,
 		Notice: &NoticeRecord{
@@ -305,6 +304,11 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 		case ok:
 			j = old
 		}
+	}
+	if j.Notice != nil && !resumed {
+		// Counted here, not in OnNotice: a notice already running or
+		// known as handled (seen again after a restart) is not acted on.
+		f.metrics.notices.Inc()
 	}
 	f.running[j.ID] = true
 	f.wg.Add(1)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -664,4 +665,62 @@ func TestANoticeCalledOffAndAnnouncedAgainIsActedOn(t *testing.T) {
 	waitFor(t, "checkpoint and eviction", 15*time.Second, func() bool {
 		return len(e.trainers["job"].Received()) > 0 && gone(t, e.ns, "job")
 	})
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// penny_reclaim_flows_started_total counts the notices the agent started
+// acting on: not a notice seen again while its work runs, nor one a
+// restarted agent's watcher sees again and knows as handled.
+func TestFlowsStartedCountsEachNoticeOnce(t *testing.T) {
+	e := newEnv(t, "spot-6")
+	ctx := context.Background()
+	e.pod("job", e.node, 10*time.Millisecond)
+	reg1 := prometheus.NewRegistry()
+	f1, stop1 := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second, Metrics: reclaim.NewMetrics(reg1)})
+	n := spotNotice("aws-spot-terminate-counted", 4*time.Second)
+	f1.OnNotice(n)
+	waitFor(t, "the work to start", 5*time.Second, func() bool { return len(e.trainers["job"].Received()) > 0 })
+	f1.OnNotice(n) // withdrawn and announced again while it runs
+	waitFor(t, "the job to finish", 10*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(e.stateDir, "notice-aws-spot-terminate-counted.json"))
+		var j reclaim.Job
+		return json.Unmarshal(data, &j) == nil && j.Done && f1.Running() == 0
+	})
+	if got := counterValue(t, reg1, "penny_reclaim_flows_started_total"); got != 1 {
+		t.Errorf("penny_reclaim_flows_started_total = %v for one notice seen twice, want 1", got)
+	}
+	stop1()
+
+	// A restarted agent's watcher sees the handled notice again, then a
+	// new one (no action: live migration); jobs start in the order seen,
+	// so once the second is recorded the first was looked at.
+	reg2 := prometheus.NewRegistry()
+	f2, _ := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second, Metrics: reclaim.NewMetrics(reg2)})
+	f2.OnNotice(n)
+	now := time.Now()
+	f2.OnNotice(notice.Notice{ID: "gcp-maintenance-migrate-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Action: "MIGRATE_ON_HOST_MAINTENANCE", Detected: now, Deadline: now.Add(time.Minute)})
+	waitFor(t, "the second notice's job", 10*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(e.stateDir, "notice-gcp-maintenance-migrate-1.json"))
+		return err == nil
+	})
+	if got := counterValue(t, reg2, "penny_reclaim_flows_started_total"); got != 1 {
+		t.Errorf("penny_reclaim_flows_started_total = %v after a restart saw a handled notice and a new one, want 1", got)
+	}
 }

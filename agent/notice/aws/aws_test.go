@@ -168,6 +168,38 @@ func TestMalformedScheduledEventsAndRebalance(t *testing.T) {
 	}
 }
 
+// IMDS writes scheduled events' times in GMT. Go's parser takes an unknown
+// zone abbreviation as UTC, or as the agent's local zone has it: "09:00:43
+// PST" would have been 8 hours off, silently.
+func TestScheduledEventTimesOutsideGMTAreRefused(t *testing.T) {
+	ev := func(notBefore string) []byte {
+		return []byte(`[{"NotBefore":"` + notBefore + `","Code":"system-reboot","EventId":"instance-event-1","NotAfter":"21 Jan 2030 11:00:43 GMT","State":"active"}]`)
+	}
+	want := time.Date(2030, 1, 21, 9, 0, 43, 0, time.UTC)
+	for _, zone := range []string{"GMT", "UTC"} {
+		notices, err := aws.ParseScheduledEvents(ev("21 Jan 2030 09:00:43 "+zone), time.Now())
+		if err != nil || len(notices) != 1 || !notices[0].Deadline.Equal(want) {
+			t.Errorf("NotBefore in %s: %v, %v; want one notice at %v", zone, notices, err, want)
+		}
+	}
+	for _, zone := range []string{"PST", "EST", "CET", "XYZ"} {
+		notices, err := aws.ParseScheduledEvents(ev("21 Jan 2030 09:00:43 "+zone), time.Now())
+		if err == nil {
+			t.Errorf("NotBefore in %s accepted as %v; want an error", zone, notices)
+			continue
+		}
+		for _, w := range []string{"[0]: NotBefore", zone, "GMT"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("NotBefore in %s: error %q does not say %q", zone, err, w)
+			}
+		}
+	}
+	// The same holds for the RFC 3339 documents, which take any layout.
+	if n, err := aws.ParseInstanceAction([]byte(`{"action":"terminate","time":"21 Jan 2030 09:00:43 PST"}`), time.Now()); err == nil {
+		t.Errorf("instance-action time in PST accepted as %v", n)
+	}
+}
+
 func TestOneBrokenDocumentDoesNotHideAnother(t *testing.T) {
 	f, src := start(t)
 	f.SetFault(metadatatest.AWSScheduled, metadatatest.Garbage("garbage"))

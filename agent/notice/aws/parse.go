@@ -141,8 +141,11 @@ func validID(s string) bool {
 }
 
 // IMDS writes instance-action and rebalance times as RFC 3339, and scheduled
-// events as "21 Jan 2019 09:00:43 GMT".
-var timeLayouts = []string{time.RFC3339, "2 Jan 2006 15:04:05 GMT", "2 Jan 2006 15:04:05 MST"}
+// events as "21 Jan 2019 09:00:43 GMT". The zone of the latter is always GMT
+// (UTC is taken as the same): Go's parser would take any other abbreviation
+// ("PST", "EST") as UTC, or as whatever offset the agent's local zone gives
+// it, and move the deadline by hours without a word, so it is refused.
+var timeLayouts = []string{time.RFC3339, "2 Jan 2006 15:04:05 GMT", "2 Jan 2006 15:04:05 UTC"}
 
 func parseTime(s string) (time.Time, error) {
 	s = strings.TrimSpace(s)
@@ -154,5 +157,9 @@ func parseTime(s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("%s is not a time (want RFC 3339, e.g. 2026-05-01T10:00:00Z)", notice.Excerpt([]byte(s)))
+	if t, err := time.Parse("2 Jan 2006 15:04:05 MST", s); err == nil {
+		zone, _ := t.Zone()
+		return time.Time{}, fmt.Errorf("%s is in time zone %q, which IMDS never writes: want GMT (e.g. 21 Jan 2019 09:00:43 GMT) or RFC 3339 (e.g. 2026-05-01T10:00:00Z)", notice.Excerpt([]byte(s)), zone)
+	}
+	return time.Time{}, fmt.Errorf("%s is not a time (want RFC 3339, e.g. 2026-05-01T10:00:00Z, or 21 Jan 2019 09:00:43 GMT)", notice.Excerpt([]byte(s)))
 }

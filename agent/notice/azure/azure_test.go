@@ -147,6 +147,38 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 	}
 }
 
+// Scheduled Events writes NotBefore in GMT. Go's RFC 1123 parser takes an
+// unknown zone abbreviation as UTC, or as the agent's local zone has it:
+// "18:29:47 PST" would have been 8 hours off, silently.
+func TestNotBeforeOutsideGMTIsRefused(t *testing.T) {
+	doc := func(notBefore string) []byte {
+		return []byte(`{"DocumentIncarnation":2,"Events":[{"EventId":"e1","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":"` + notBefore + `"}]}`)
+	}
+	want := time.Date(2030, 9, 19, 18, 29, 47, 0, time.UTC)
+	for _, zone := range []string{"GMT", "UTC"} {
+		d, err := azure.ParseDocument(doc("Thu, 19 Sep 2030 18:29:47 " + zone))
+		if err != nil {
+			t.Errorf("NotBefore in %s: %v", zone, err)
+			continue
+		}
+		if n := d.Notices(vm, time.Now(), time.Minute); len(n) != 1 || !n[0].Deadline.Equal(want) {
+			t.Errorf("NotBefore in %s: notices %v, want one with deadline %v", zone, n, want)
+		}
+	}
+	for _, zone := range []string{"PST", "EST", "CET", "XYZ"} {
+		_, err := azure.ParseDocument(doc("Thu, 19 Sep 2030 18:29:47 " + zone))
+		if err == nil {
+			t.Errorf("NotBefore in %s accepted; want an error", zone)
+			continue
+		}
+		for _, w := range []string{"Events[0]: NotBefore", zone, "GMT"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("NotBefore in %s: error %q does not say %q", zone, err, w)
+			}
+		}
+	}
+}
+
 func TestVMNameFailuresAreClear(t *testing.T) {
 	f, src := start(t)
 	f.SetFault(metadatatest.AzureComputeName, metadatatest.Status(404, "nope"))

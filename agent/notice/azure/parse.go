@@ -157,14 +157,27 @@ func validID(s string) bool {
 	return true
 }
 
-// Azure writes NotBefore as RFC 1123 ("Mon, 19 Sep 2016 18:29:47 GMT").
+// Azure writes NotBefore as RFC 1123 in GMT ("Mon, 19 Sep 2016 18:29:47
+// GMT"; UTC is taken as the same). Any other zone abbreviation is refused:
+// Go's parser would take "PST" or "EST" as UTC, or as whatever offset the
+// agent's local zone gives it, and move the deadline by hours without a word.
+var notBeforeLayouts = []string{"Mon, 02 Jan 2006 15:04:05 GMT", "Mon, 02 Jan 2006 15:04:05 UTC"}
+
 func parseNotBefore(s string) (time.Time, error) {
-	t, err := time.Parse(time.RFC1123, strings.TrimSpace(s))
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%s is not a time like \"Mon, 19 Sep 2016 18:29:47 GMT\"", notice.Excerpt([]byte(s)))
+	s = strings.TrimSpace(s)
+	for _, l := range notBeforeLayouts {
+		t, err := time.Parse(l, s)
+		if err != nil {
+			continue
+		}
+		if t.Year() < 2000 || t.Year() > 9999 {
+			return time.Time{}, fmt.Errorf("%s is not a plausible time", notice.Excerpt([]byte(s)))
+		}
+		return t.UTC(), nil
 	}
-	if t.Year() < 2000 || t.Year() > 9999 {
-		return time.Time{}, fmt.Errorf("%s is not a plausible time", notice.Excerpt([]byte(s)))
+	if t, err := time.Parse(time.RFC1123, s); err == nil {
+		zone, _ := t.Zone()
+		return time.Time{}, fmt.Errorf("%s is in time zone %q, which Scheduled Events never writes: want GMT, like \"Mon, 19 Sep 2016 18:29:47 GMT\"", notice.Excerpt([]byte(s)), zone)
 	}
-	return t.UTC(), nil
+	return time.Time{}, fmt.Errorf("%s is not a time like \"Mon, 19 Sep 2016 18:29:47 GMT\"", notice.Excerpt([]byte(s)))
 }

@@ -119,7 +119,7 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 	var mu sync.Mutex
 	publish := func() {
 		var notices []notice.Notice
-		var errs []error
+		var errs, unread []error
 		for _, k := range keys {
 			if k.notice != nil {
 				notices = append(notices, *k.notice)
@@ -127,10 +127,19 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 			if k.err != nil {
 				errs = append(errs, k.err)
 			} else if !k.known {
-				errs = append(errs, fmt.Errorf("%s: not read yet", k.path))
+				unread = append(unread, fmt.Errorf("%s: not read yet", k.path))
 			}
 		}
-		observe(notices, errors.Join(errs...))
+		if len(unread) > 0 && len(errs) == 0 && len(notices) == 0 {
+			// The first answer at start, the other value's still on its
+			// way: nothing to say yet. Observed with an error, it would
+			// count as a failed check and report the collector failing
+			// on every start with a healthy metadata server.
+			return
+		}
+		// A notice goes out at once; the value not read yet keeps the
+		// check unsettled, so that nothing is taken as withdrawn.
+		observe(notices, errors.Join(append(errs, unread...)...))
 	}
 	var wg sync.WaitGroup
 	for _, k := range keys {

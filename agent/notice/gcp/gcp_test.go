@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pennysched/penny/agent/notice"
 	"github.com/pennysched/penny/agent/notice/gcp"
@@ -185,4 +186,57 @@ func TestNoticeSurvivesALaterError(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("the watcher never reported the server's errors")
+}
+
+// At start the two values are read at once and one answers first. A healthy
+// metadata server must not count a failed check (nor report the collector
+// failing, "maintenance-event: not read yet") on every agent start.
+func TestStartIsNoFailedCheck(t *testing.T) {
+	f, src := start(t, gcp.Options{})
+	// maintenance-event answers NONE, as the server does, a moment after
+	// preempted: the two answers arrive one after the other.
+	f.SetFault(metadatatest.GCPMaintenance, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		if r.URL.Query().Get("wait_for_change") == "true" {
+			<-r.Context().Done() // no change
+			return
+		}
+		w.Header().Set("Metadata-Flavor", "Google")
+		w.Header().Set("ETag", "00000000000000aa")
+		w.Write([]byte(gcp.MaintenanceNone))
+	})
+	reg := prometheus.NewRegistry()
+	w := notice.NewWatcher(src, testr.New(t), notice.NewMetrics(reg))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, settled := w.Settled(); settled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher never finished a check against a healthy server")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "penny_reclaim_notice_check_errors_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if v := m.GetCounter().GetValue(); v != 0 {
+				t.Errorf("penny_reclaim_notice_check_errors_total = %v after a start against a healthy server, want 0", v)
+			}
+		}
+	}
 }
