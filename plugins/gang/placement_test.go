@@ -250,3 +250,33 @@ func TestPodDeletionRequeuesAGangOnlyForWhatItLacked(t *testing.T) {
 		t.Error("no AssignedPod/UpdatePodScaleDown event registered: a pod resized down in place would not requeue the gang")
 	}
 }
+
+// A claim holds the pod slots its members need, not only their CPU, memory
+// and GPUs: on a node with two pod slots left, claimed for a gang of two,
+// neither another gang nor a lone pod may take one.
+func TestClaimsHoldPodSlots(t *testing.T) {
+	twoSlots := gpuNode("n-0")
+	twoSlots.Status.Allocatable[corev1.ResourcePods] = resource.MustParse("2")
+	ns := infos(twoSlots)
+	p, short := placeGang(ns, shapesOf(gangPods("a", 2, 0), nil), zoneRules, nil, nil, nil)
+	if p == nil {
+		t.Fatalf("2 one-CPU members fit a node with 2 pod slots: %+v", short)
+	}
+	pl := &Gang{gangs: map[string]*gangState{}}
+	ref := gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: "a"}
+	g := pl.stateOf(ref)
+	pl.args = &Args{}
+	pl.args.SetDefaults()
+	g.round = &round{slots: p.slots}
+	pl.claimedSlots.Add(2)
+	claims := pl.claimsFor("", "")
+
+	if q, _ := placeGang(ns, shapesOf(gangPods("b", 1, 0), nil), zoneRules, nil, claims, nil); q != nil {
+		t.Errorf("gang b was planned onto the pod slots gang a claimed: %+v", q.slots)
+	}
+	if fits, short := podDemand(plainPod("lone", 0)).fitsOn(ns[0], claims["n-0"]); fits {
+		t.Error("a lone pod fits in the pod slots gang a claimed")
+	} else if short != corev1.ResourcePods {
+		t.Errorf("a lone pod is kept off for %s, want pods", short)
+	}
+}

@@ -14,6 +14,9 @@ import (
 // demand is what one pod takes from a node: CPU, memory, ephemeral storage,
 // one pod slot, and any extended resources (GPUs, MIG slices, shares).
 type demand struct {
+	// pods is the pod slots taken: 1 for a pod, n for a claim of n
+	// members, so that a claim holds the slots its members need.
+	pods      int64
 	milliCPU  int64
 	memory    int64
 	ephemeral int64
@@ -22,7 +25,7 @@ type demand struct {
 
 func podDemand(pod *corev1.Pod) demand {
 	reqs := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
-	d := demand{}
+	d := demand{pods: 1}
 	for name, q := range reqs {
 		switch name {
 		case corev1.ResourceCPU:
@@ -45,6 +48,7 @@ func podDemand(pod *corev1.Pod) demand {
 }
 
 func (d *demand) add(o demand, times int64) {
+	d.pods += o.pods * times
 	d.milliCPU += o.milliCPU * times
 	d.memory += o.memory * times
 	d.ephemeral += o.ephemeral * times
@@ -79,7 +83,7 @@ func (d demand) fitsOn(info fwk.NodeInfo, claimed *demand) (bool, corev1.Resourc
 	if claimed != nil {
 		c = *claimed
 	}
-	if len(info.GetPods())+1 > alloc.GetAllowedPodNumber() {
+	if int64(len(info.GetPods()))+c.pods+1 > int64(alloc.GetAllowedPodNumber()) {
 		return false, corev1.ResourcePods
 	}
 	if d.milliCPU > 0 && req.GetMilliCPU()+c.milliCPU+d.milliCPU > alloc.GetMilliCPU() {
@@ -151,6 +155,7 @@ func (dm dims) freeOf(info fwk.NodeInfo, claimed *demand, into vec) vec {
 		into[fixedDims+i] = as[n] - rs[n]
 	}
 	if claimed != nil {
+		into[0] -= claimed.pods
 		into[1] -= claimed.milliCPU
 		into[2] -= claimed.memory
 		into[3] -= claimed.ephemeral

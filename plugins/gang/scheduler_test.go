@@ -703,3 +703,20 @@ func TestDeletingTheMemberThatHeldTheGangRetriesTheRest(t *testing.T) {
 	c.delete("bad-2", "slow-2", "other-2")
 	c.waitBound(5*time.Second, "bad-0", "bad-1", "slow-0", "slow-1", "other-0", "other-1")
 }
+
+// A running member can be the one that holds the rest: its gang key is
+// fixed with a label edit, an update the scheduler dispatches to no plugin
+// that held the others, so without the plugin's own wake-up they would wait
+// for the queue's five-minute flush.
+func TestFixingARunningMemberRetriesTheMembersHeldForIt(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 2)...)
+	running := member("fix", 2, 0, 8)
+	running.Labels[gang.KeySize] = "3"
+	running.Spec.NodeName = "n-0"
+	c.create(running)
+	c.create(member("fix", 2, 1, 8))
+	c.waitEvent("fix-1", "members disagree on penny.dev/gang-size")
+
+	c.update("fix-0", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.waitBound(5*time.Second, "fix-1")
+}

@@ -345,11 +345,19 @@ func (pl *Gang) onPodAdd(obj any) {
 
 // onPodUpdate notices members the informer now shows bound, so they count
 // as running rather than placed, and members whose scheduling gates were
-// lifted, which may complete their gang: the scheduler dispatches no other
-// pod's update to plugins, so the waiting siblings are activated here.
+// lifted, which may complete their gang, and running members whose gang
+// keys were fixed: the scheduler dispatches no other pod's update to
+// plugins, so the waiting siblings are activated here.
 func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	pod, ok := newObj.(*corev1.Pod)
 	if !ok {
+		return
+	}
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		// A finished member leaves its gang as a deleted one does (Members
+		// leaves it out); a Job keeps its pods once done, so their
+		// deletion may never come.
+		pl.onPodDelete(pod)
 		return
 	}
 	if pod.Spec.NodeName == "" {
@@ -362,11 +370,21 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	if !ok {
 		return
 	}
+	var e effects
 	pl.mu.Lock()
 	if g := pl.gangs[ref.Key()]; g != nil {
 		delete(g.placed, pod.UID)
+		// A running member's gang key fixed (it disagreed with the members
+		// held for it): the scheduler dispatches no assigned pod's label or
+		// annotation change to this plugin, so they are retried here.
+		if old, ok := oldObj.(*corev1.Pod); ok && len(g.gated) > 0 && !gang.SameKeys(old, pod) {
+			if members, err := gang.Members(pl.pods, ref); err == nil && pl.formed(members) {
+				g.wakeHeld(members, &e)
+			}
+		}
 	}
 	pl.mu.Unlock()
+	pl.apply(klog.Background(), &e)
 }
 
 // wake activates the members PreEnqueue (or PreFilter) held for pod's gang
