@@ -72,56 +72,61 @@ func TestQueueOrderOfAGangEndsWithItsLastMember(t *testing.T) {
 	}
 }
 
-// A gang whose members all finished (Succeeded or Failed, as a Job leaves
-// them) is over as much as one whose members were deleted: a gang created
-// later under the same name (the Job run again) must not sort by the old
-// gang's time, ahead of every gang of its priority queued since.
-func TestQueueOrderOfAGangEndsWhenItsMembersFinish(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	client := fake.NewClientset()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
-		frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := NewWith(ctx, nil, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
+// A gang's time goes once its members run, as it goes once they finish
+// (Succeeded or Failed, as a Job leaves them): a pod created later under the
+// same name (the Job run again, or a tenant's new pod that names a gang
+// whose member still runs) must not sort by the old gang's time, ahead of
+// every gang of its priority queued since.
+func TestQueueOrderOfAGangEndsWhenItsMembersRunOrFinish(t *testing.T) {
+	for _, phase := range []corev1.PodPhase{corev1.PodRunning, corev1.PodSucceeded} {
+		t.Run(string(phase), func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			client := fake.NewClientset()
+			factory := informers.NewSharedInformerFactory(client, 0)
+			h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
+				frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pl, err := NewWith(ctx, nil, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			factory.Start(ctx.Done())
+			factory.WaitForCacheSync(ctx.Done())
 
-	queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
-		return &framework.QueuedPodInfo{PodInfo: mustPodInfo(t, p), QueueingParams: framework.QueueingParams{Timestamp: at}}
-	}
-	start := time.Now()
-	first := member("x", 1, 0, 1)
-	if _, err := client.CoreV1().Pods("team").Create(ctx, first, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := pollFor(5*time.Second, func() bool {
-		_, exists, _ := pl.pods.GetByKey(podKey(first))
-		return exists
-	}); err != nil {
-		t.Fatal("the informer never saw the gang's member")
-	}
-	pl.Less(queued(first, start), queued(plainPod("lone", 1), start.Add(time.Second)))
-	done := first.DeepCopy()
-	done.Spec.NodeName = "n-0"
-	done.Status.Phase = corev1.PodSucceeded
-	done.ResourceVersion = "2"
-	if _, err := client.CoreV1().Pods("team").Update(ctx, done, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+			queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
+				return &framework.QueuedPodInfo{PodInfo: mustPodInfo(t, p), QueueingParams: framework.QueueingParams{Timestamp: at}}
+			}
+			start := time.Now()
+			first := member("x", 1, 0, 1)
+			if _, err := client.CoreV1().Pods("team").Create(ctx, first, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := pollFor(5*time.Second, func() bool {
+				_, exists, _ := pl.pods.GetByKey(podKey(first))
+				return exists
+			}); err != nil {
+				t.Fatal("the informer never saw the gang's member")
+			}
+			pl.Less(queued(first, start), queued(plainPod("lone", 1), start.Add(time.Second)))
+			bound := first.DeepCopy()
+			bound.Spec.NodeName = "n-0"
+			bound.Status.Phase = phase
+			bound.ResourceVersion = "2"
+			if _, err := client.CoreV1().Pods("team").Update(ctx, bound, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
 
-	younger := member("y", 1, 0, 1)
-	again := member("x", 1, 1, 1)
-	err = pollFor(2*time.Second, func() bool {
-		return !pl.Less(queued(again, start.Add(2*time.Minute)), queued(younger, start.Add(time.Minute)))
-	})
-	if err != nil {
-		t.Error("gang x, created again after its only member succeeded, sorts before gang y, queued a minute earlier")
+			younger := member("y", 1, 0, 1)
+			again := member("x", 1, 1, 1)
+			err = pollFor(2*time.Second, func() bool {
+				return !pl.Less(queued(again, start.Add(2*time.Minute)), queued(younger, start.Add(time.Minute)))
+			})
+			if err != nil {
+				t.Errorf("a pod of gang x, created after its only member went to %s, sorts before gang y, queued a minute earlier", phase)
+			}
+		})
 	}
 }

@@ -370,6 +370,13 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	if !ok {
 		return
 	}
+	if old, ok := oldObj.(*corev1.Pod); ok && old.Spec.NodeName == "" {
+		// The gang's members bind together: its place in the queue was
+		// for getting them placed. A pod that names the gang later queues
+		// by its own time, or a tenant could keep one member running and
+		// put every new pod ahead of all queued since by naming its gang.
+		pl.order.Delete(ref.Key())
+	}
 	var e effects
 	pl.mu.Lock()
 	if g := pl.gangs[ref.Key()]; g != nil {
