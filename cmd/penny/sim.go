@@ -7,11 +7,13 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/pennysched/penny/benchmarks/scenarios"
@@ -54,6 +56,8 @@ type traceFlags struct {
 	schedulerConfig     string
 	philly              sim.PhillyOptions
 	mig                 string
+	// flags says which of them were given.
+	flags *pflag.FlagSet
 }
 
 func (f *traceFlags) add(cmd *cobra.Command) {
@@ -67,6 +71,88 @@ func (f *traceFlags) add(cmd *cobra.Command) {
 	cmd.Flags().Int64Var(&f.philly.MemMiBPerGPU, "philly-mem-per-gpu", def.MemMiBPerGPU, "philly: memory MiB requested per GPU (alibaba-spot-gpu, helios: at least this per GPU, else 4 GiB per vCPU)")
 	cmd.Flags().Int64Var(&f.philly.GPUsPerGangPod, "philly-gang-pod-gpus", def.GPUsPerGangPod, "philly: GPUs per pod of a job split into a gang (helios: the most a pod of a job takes)")
 	_ = cmd.MarkFlagRequired("pods")
+	f.flags = cmd.Flags()
+}
+
+// Upper bounds of the --philly-* flags: far above any node's, and low enough
+// that a pod's requests (up to 4096 GPUs of them) stay within an int64
+// rather than overflowing into a pod that asks for nothing.
+const (
+	maxMilliCPUPerGPU = 1 << 20 // 1,048 cores
+	maxMemMiBPerGPU   = 1 << 30 // 1 PiB
+)
+
+// phillyFlagsUsed are the --philly-* flags each trace format reads; the
+// others would be ignored.
+var phillyFlagsUsed = map[string][]string{
+	sim.FormatOpenb:   nil,
+	sim.FormatPhilly:  {"philly-cpu-per-gpu", "philly-mem-per-gpu", "philly-gang-pod-gpus"},
+	sim.FormatSpotGPU: {"philly-cpu-per-gpu", "philly-mem-per-gpu"},
+	sim.FormatHelios:  {"philly-cpu-per-gpu", "philly-mem-per-gpu", "philly-gang-pod-gpus"},
+}
+
+// checkPhillyFlags refuses a --philly-* flag the trace's format does not
+// read (an openb pod list records every pod's CPU and memory).
+func (f *traceFlags) checkPhillyFlags() error {
+	if f.flags == nil {
+		return nil
+	}
+	format := f.format
+	if format == sim.FormatAuto {
+		var err error
+		if format, err = sim.DetectFormat(f.pods); err != nil {
+			return err
+		}
+	}
+	used, ok := phillyFlagsUsed[format]
+	if !ok {
+		return nil // LoadTrace names the valid formats.
+	}
+	for _, name := range []string{"philly-cpu-per-gpu", "philly-mem-per-gpu", "philly-gang-pod-gpus"} {
+		if f.flags.Changed(name) && !slices.Contains(used, name) {
+			how, fix := "--format "+format, "leave it out"
+			if f.format == sim.FormatAuto {
+				how, fix = "told from its first row", "leave it out, or name the trace's format with --format"
+			}
+			return fmt.Errorf("--%s: the trace %s is in the %s format (%s), which does not read it: it applies to %s traces; %s", name, f.pods, format, how, strings.Join(formatsReading(name), ", "), fix)
+		}
+	}
+	return nil
+}
+
+// formatsReading are the trace formats that read a --philly-* flag.
+func formatsReading(flag string) []string {
+	var out []string
+	for _, format := range []string{sim.FormatPhilly, sim.FormatSpotGPU, sim.FormatHelios} {
+		if slices.Contains(phillyFlagsUsed[format], flag) {
+			out = append(out, format)
+		}
+	}
+	return out
+}
+
+// checkSchedulerConfig refuses --scheduler-config where no policy reads it:
+// only penny's profile comes from a KubeSchedulerConfiguration.
+func checkSchedulerConfig(path string, policies []*sim.Policy) error {
+	if path == "" {
+		return nil
+	}
+	var names []string
+	for _, p := range policies {
+		if p.Name == "penny" {
+			return nil
+		}
+		names = append(names, p.Name)
+	}
+	return fmt.Errorf("--scheduler-config %s: only --policy penny reads a scheduler configuration, and the policies run are %s; add penny to --policy or leave the flag out", path, strings.Join(names, ","))
+}
+
+// checkParallel refuses a --parallel that runs nothing at a time.
+func checkParallel(n int) error {
+	if n < 1 {
+		return fmt.Errorf("--parallel %d: give how many runs to do at once, 1 or more", n)
+	}
+	return nil
 }
 
 func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
@@ -107,6 +193,15 @@ func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	if f.philly.GPUsPerGangPod < 1 {
 		return nil, nil, fmt.Errorf("--philly-gang-pod-gpus %d must be at least 1: it is how many GPUs each pod of a job split into a gang takes (default %d)", f.philly.GPUsPerGangPod, def.GPUsPerGangPod)
 	}
+	if f.philly.MilliCPUPerGPU > maxMilliCPUPerGPU {
+		return nil, nil, fmt.Errorf("--philly-cpu-per-gpu %d is more than any node holds: it is in millicores per GPU, at most %d (default %d)", f.philly.MilliCPUPerGPU, maxMilliCPUPerGPU, def.MilliCPUPerGPU)
+	}
+	if f.philly.MemMiBPerGPU > maxMemMiBPerGPU {
+		return nil, nil, fmt.Errorf("--philly-mem-per-gpu %d is more than any node holds: it is in MiB per GPU, at most %d (default %d)", f.philly.MemMiBPerGPU, maxMemMiBPerGPU, def.MemMiBPerGPU)
+	}
+	if err := f.checkPhillyFlags(); err != nil {
+		return nil, nil, err
+	}
 	tr, err := sim.LoadTrace(f.pods, f.format, f.philly)
 	if err != nil {
 		return nil, nil, err
@@ -146,6 +241,12 @@ func newSimFillCommand() *cobra.Command {
 			}
 			pols, err := sim.ParsePolicies(policies)
 			if err != nil {
+				return err
+			}
+			if err := checkSchedulerConfig(tf.schedulerConfig, pols); err != nil {
+				return err
+			}
+			if err := checkParallel(parallel); err != nil {
 				return err
 			}
 			seedList, err := parseSeeds(seeds)
@@ -286,6 +387,9 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 			}
 			p, err := sim.LookupPolicy(policy)
 			if err != nil {
+				return err
+			}
+			if err := checkSchedulerConfig(tf.schedulerConfig, []*sim.Policy{p}); err != nil {
 				return err
 			}
 			tb, err := sim.ParseTieBreak(tieBreak)

@@ -37,6 +37,12 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 	if err != nil {
 		return err
 	}
+	if err := checkSchedulerConfig(tf.schedulerConfig, ps); err != nil {
+		return err
+	}
+	if err := checkParallel(parallel); err != nil {
+		return err
+	}
 	tr, cfg, err := tf.loadPods()
 	if err != nil {
 		return err

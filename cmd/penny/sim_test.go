@@ -190,6 +190,55 @@ func TestSimCommandErrors(t *testing.T) {
 	}
 }
 
+// A flag that no part of the run would read, or whose value would run
+// nothing or overflow, is refused before the run, naming the flag.
+func TestSimRefusesFlagsTheRunWouldIgnore(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,creation_time\np,1000,1024,1,1000,0\n")
+	jobs := writeCSV(t, dir, "jobs.csv", "timestamp,duration,num_gpus\n0,60,1\n")
+	spot := writeCSV(t, dir, "job_info_df.csv", "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\nj,o,A10,4,1,1,0,60,Spot\n")
+	cfg := writeCSV(t, dir, "config.yaml", "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		// Only penny's profile is read from a scheduler configuration.
+		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--policy", "bestfit,fgd", "--scheduler-config", cfg}, "--scheduler-config " + cfg + ": only --policy penny reads a scheduler configuration, and the policies run are bestfit,fgd"},
+		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--policy", "fgd", "--scheduler-config", cfg}, "only --policy penny reads a scheduler configuration"},
+		{[]string{"replay", "--pods", pods, "--policy", "default,spot-first", "--scheduler-config", cfg}, "only --policy penny reads a scheduler configuration"},
+		// An openb pod list records each pod's CPU and memory; Alibaba's
+		// Spot GPU trace each worker's GPUs.
+		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--philly-cpu-per-gpu", "8000"}, "--philly-cpu-per-gpu: the trace " + pods + " is in the openb format (told from its first row), which does not read it"},
+		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--format", "openb", "--philly-mem-per-gpu", "8000"}, "--philly-mem-per-gpu: the trace " + pods + " is in the openb format (--format openb), which does not read it"},
+		{[]string{"replay", "--nodes", nodes, "--pods", spot, "--philly-gang-pod-gpus", "4"}, "--philly-gang-pod-gpus: the trace " + spot + " is in the alibaba-spot-gpu format (told from its first row), which does not read it: it applies to philly, helios traces"},
+		// Requests so large they overflowed into pods that asked for none.
+		{[]string{"replay", "--nodes", nodes, "--pods", jobs, "--philly-mem-per-gpu", "9223372036854775807"}, "--philly-mem-per-gpu 9223372036854775807 is more than any node holds"},
+		{[]string{"replay", "--nodes", nodes, "--pods", jobs, "--philly-cpu-per-gpu", "9223372036854775807"}, "--philly-cpu-per-gpu 9223372036854775807 is more than any node holds"},
+		// Runs none at a time.
+		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--parallel", "0"}, "--parallel 0: give how many runs to do at once, 1 or more"},
+		{[]string{"replay", "--pods", pods, "--parallel", "-2"}, "--parallel -2: give how many runs to do at once, 1 or more"},
+	}
+	for _, c := range cases {
+		out, err := runPenny(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: want an error mentioning %q, got %v", c.args, c.want, err)
+		}
+		if strings.Contains(out, "runs in") || strings.Contains(out, "GPU-hours") || strings.Contains(out, "| policy |") {
+			t.Errorf("%v ran before refusing:\n%s", c.args, out)
+		}
+	}
+	// The flags a format reads are still taken.
+	for _, args := range [][]string{
+		{"replay", "--nodes", nodes, "--pods", spot, "--philly-cpu-per-gpu", "8000", "--policy", "bestfit"},
+		{"replay", "--nodes", nodes, "--pods", jobs, "--philly-gang-pod-gpus", "4", "--philly-mem-per-gpu", "1024", "--policy", "bestfit"},
+	} {
+		if out, err := runPenny(t, args...); err != nil {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
+}
+
 // A fill of pods that ask for no GPU never reaches its target: it is
 // refused, not run without end.
 func TestSimFillRefusesCPUOnlyTrace(t *testing.T) {

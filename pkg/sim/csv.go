@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bufio"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -46,7 +47,7 @@ func openPositionalTable(path string, positional []string, required ...string) (
 }
 
 func newTable(name string, r io.Reader, positional []string, required ...string) (*table, error) {
-	cr := csv.NewReader(r)
+	cr := csv.NewReader(skipBOM(r))
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = false
 	header, err := cr.Read()
@@ -56,7 +57,6 @@ func newTable(name string, r io.Reader, positional []string, required ...string)
 	if err != nil {
 		return nil, csvError(name, err)
 	}
-	trimBOM(header)
 	t := &table{file: name, r: cr, cols: map[string]int{}, header: header}
 	if positional != nil && numericPrefix(header, len(required)) {
 		if len(header) > len(positional) {
@@ -317,10 +317,14 @@ func numericPrefix(row []string, n int) bool {
 	return true
 }
 
-// trimBOM drops the byte-order mark that files saved by spreadsheets start
-// with, from a file's first row.
-func trimBOM(first []string) {
-	if len(first) > 0 {
-		first[0] = strings.TrimPrefix(first[0], "\ufeff")
+// skipBOM drops the byte-order mark that files saved by spreadsheets start
+// with. It goes before the CSV reader sees the file: after a mark, a quoted
+// first field ("\ufeff\"name\",...", as pandas writes with utf-8-sig and
+// QUOTE_ALL) would read as a bare quote.
+func skipBOM(r io.Reader) io.Reader {
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(3); err == nil && string(b) == "\ufeff" {
+		_, _ = br.Discard(3)
 	}
+	return br
 }

@@ -57,7 +57,7 @@ func DetectFormat(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	r := csv.NewReader(f)
+	r := csv.NewReader(skipBOM(f))
 	r.TrimLeadingSpace = true
 	r.FieldsPerRecord = -1
 	row, err := r.Read()
@@ -67,7 +67,6 @@ func DetectFormat(path string) (string, error) {
 	if err != nil {
 		return "", csvError(path, err)
 	}
-	trimBOM(row)
 	cols := map[string]bool{}
 	for _, h := range row {
 		cols[columnName(h)] = true

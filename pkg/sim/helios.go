@@ -52,7 +52,7 @@ func LoadHelios(path string, opts PhillyOptions) (*Trace, error) {
 		kinds.check(t, "submit_time", dated)
 		dur := t.seconds("duration", 0)
 		gpus := t.int64("gpu_num", 0, 4096, 0)
-		cpus := t.int64("cpu_num", 0, 1<<20, -1)
+		cpus := t.int64("cpu_num", 0, maxJobCPUs, -1)
 		// A job that never got nodes (cancelled while queued) may record 0.
 		nodes := max(t.int64("node_num", 0, 4096, 1), 1)
 		ns := namespaceFor(t.str("vc"))
@@ -74,6 +74,10 @@ func LoadHelios(path string, opts PhillyOptions) (*Trace, error) {
 	}
 	return jobs.trace(t, "submit_time")
 }
+
+// maxJobCPUs bounds a trace's CPU counts, far above any node's, so that
+// their millicores and memory (4 GiB each) stay well within an int64.
+const maxJobCPUs = 1 << 20
 
 // minPodMilliCPU is what a pod of a job that records no CPUs for it asks:
 // Slurm gives every job step at least one CPU; a tenth of a core keeps such

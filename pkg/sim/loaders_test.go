@@ -552,3 +552,49 @@ func TestLoadHelios(t *testing.T) {
 		t.Errorf("without gpu_num: %v", err)
 	}
 }
+
+// A spreadsheet or pandas (utf-8-sig with every field quoted) may start the
+// file with a byte-order mark right before a quoted header: the mark is not
+// part of the first field, so the quote opens it.
+func TestQuotedHeaderAfterByteOrderMark(t *testing.T) {
+	for name, tc := range map[string]struct{ format, content string }{
+		"openb.csv":  {FormatOpenb, "\ufeff\"name\",\"cpu_milli\",\"memory_mib\",\"num_gpu\",\"gpu_milli\",\"creation_time\"\r\n\"p\",\"1000\",\"1024\",\"1\",\"1000\",\"0\"\r\n"},
+		"philly.csv": {FormatPhilly, "\ufeff\"timestamp\",\"duration\",\"num_gpus\"\r\n\"0\",\"60\",\"1\"\r\n"},
+		"bare.csv":   {FormatPhilly, "\ufeff\"0\",\"60\",\"1\"\r\n"},
+	} {
+		p := writeFile(t, name, tc.content)
+		if f, err := DetectFormat(p); err != nil || f != tc.format {
+			t.Errorf("%s: format %q, %v; want %s", name, f, err, tc.format)
+		}
+		tr, err := LoadTrace(p, tc.format, DefaultPhillyOptions())
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if r, _ := gpu.ParsePodRequest(tr.Pods[0].Pod); len(tr.Pods) != 1 || r.GPUs != 1 {
+			t.Errorf("%s: %d pods asking %d GPUs, want one asking 1", name, len(tr.Pods), r.GPUs)
+		}
+	}
+}
+
+// A cpu_request too large for its millicores and memory to be counted is
+// refused: it overflowed into a worker that asked for no CPU at all.
+func TestSpotGPUHugeCPURequestIsRefused(t *testing.T) {
+	const header = "job_name,organization,gpu_model,cpu_request,gpu_request,worker_num,submit_time,duration,job_type\n"
+	for _, cpus := range []string{"1e300", "1e13", "2000000"} {
+		p := writeFile(t, "job_info_df.csv", header+"j1,org,A10,"+cpus+",1,1,0,60,Spot\n")
+		want := "job_info_df.csv:2: column 4 (cpu_request): " + cpus
+		if _, err := LoadSpotGPU(p, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "more than any node holds") {
+			t.Errorf("cpu_request %s: %v; want an error starting %q", cpus, err, want)
+		}
+	}
+	// The most a worker may ask still reads as what it asks.
+	p := writeFile(t, "job_info_df.csv", header+"j1,org,A10,1048576,1,1,0,60,Spot\n")
+	tr, err := LoadSpotGPU(p, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Pods[0].Pod.Spec.Containers[0].Resources.Requests.Cpu().MilliValue(); got != 1048576000 {
+		t.Errorf("1048576 vCPUs read as %dm", got)
+	}
+}

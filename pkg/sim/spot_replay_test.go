@@ -334,7 +334,7 @@ func TestSpotScenarioErrors(t *testing.T) {
 	for name, c := range map[string]struct{ yaml, want string }{
 		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region and pools"},
 		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml: line 15: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
-		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `line 15: "-3m" is negative`},
+		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `tiny.yaml:15: pools[0].provisioningDelay: "-3m" is negative`},
 		"half a node":   {strings.Replace(tinyScenario, "max: 4,", "max: 1.5,", 1), `tiny.yaml:15: pools[0].max: "1.5" is not a whole number of nodes`},
 		"other region":  {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: eu-west-1a, max: 4,", 1), `tiny.yaml:15: pools[0].zone: "eu-west-1a" is not a zone of region us-east-1`},
 		"nan price":     {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: .nan, max: 4,", 1), "tiny.yaml:15: pools[0].hourlyPrice: NaN: a price must be a finite number >= 0"},
@@ -347,6 +347,51 @@ func TestSpotScenarioErrors(t *testing.T) {
 		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
+	}
+}
+
+// A duration the scenario cannot read is reported with the field that holds
+// it, as every other error is (docs/spot.md, Scenario file): a pool's line
+// holds a dozen fields.
+func TestSpotScenarioDurationErrorsNameTheField(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ yaml, want string }{
+		"top level": {strings.Replace(y, "restartOverhead: 5m", "restartOverhead: 5", 1),
+			`tiny.yaml:5: restartOverhead: "5" is not a duration: use a Go duration such as 90s, 10m or 4h`},
+		"pool": {strings.Replace(y, "scaleDownAfter: 10m,\n", "scaleDownAfter: -10m,\n", 1),
+			`tiny.yaml:16: pools[1].scaleDownAfter: "-10m" is negative: a delay or interval must be 0 or more`},
+		"pool, next line": {strings.Replace(y, "meanTimeToReclaim: 1h", "meanTimeToReclaim: soon", 1),
+			`tiny.yaml:17: pools[1].meanTimeToReclaim: "soon" is not a duration`},
+		"class": {strings.Replace(y, "- {qos: [LS], annotations:", "- {qos: [LS], minRuntime: 1 hour, annotations:", 1),
+			`tiny.yaml:12: classes[0].minRuntime: "1 hour" is not a duration`},
+	} {
+		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(c.yaml)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}
+
+// A scenario is refused where a part of it would be silently ignored: a
+// second policies entry for a policy (only the first is read), a share that
+// is not a number (NaN takes every pod), a second YAML document.
+func TestSpotScenarioRefusesWhatItWouldIgnore(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ yaml, want string }{
+		"policy twice": {strings.Replace(y, "- {policy: penny, tolerateSpot: true}", "- {policy: penny, tolerateSpot: true}\n- {policy: Penny, tolerateSpot: false}", 1),
+			"tiny.yaml:11: policies[2].policy: Penny is already listed as policies[1] (line 10): give each policy one entry"},
+		"nan share": {strings.Replace(y, "- {qos: [LS], annotations:", "- {qos: [LS], share: .nan, annotations:", 1),
+			"tiny.yaml:12: classes[0].share: NaN: want a fraction in (0, 1]"},
+		"second document": {y + "---\npools:\n- {name: big, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 9}\n",
+			`tiny.yaml:18: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the "---"`},
+	} {
+		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(c.yaml)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// An empty document after the scenario, as some tools end a file, loses
+	// nothing.
+	if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y+"---\n")); err != nil {
+		t.Errorf("trailing empty document: %v", err)
 	}
 }
 

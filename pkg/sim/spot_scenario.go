@@ -166,13 +166,58 @@ type Duration struct {
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration: use a Go duration such as 90s, 10m or 4h", n.Line, n.Value)
+		return &valueError{n, fmt.Sprintf("%q is not a duration: use a Go duration such as 90s, 10m or 4h", n.Value)}
 	}
 	if v < 0 {
-		return fmt.Errorf("line %d: %q is negative: a delay or interval must be 0 or more", n.Line, n.Value)
+		return &valueError{n, fmt.Sprintf("%q is negative: a delay or interval must be 0 or more", n.Value)}
 	}
 	d.Duration, d.given = v, true
 	return nil
+}
+
+// valueError is a value a field's decoder refused; ParseSpotScenarioFrom
+// names the field (the decoder sees the value alone).
+type valueError struct {
+	at  *yaml.Node
+	msg string
+}
+
+func (e *valueError) Error() string { return fmt.Sprintf("line %d: %s", e.at.Line, e.msg) }
+
+// fieldAt is the path (pools[1].scaleDownAfter) of the field whose value
+// starts at line and column of the document root; "" if none does.
+func fieldAt(root *yaml.Node, line, column int) string {
+	var walk func(n *yaml.Node, path string) string
+	walk = func(n *yaml.Node, path string) string {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if p := walk(c, path); p != "" {
+					return p
+				}
+			}
+		case yaml.MappingNode:
+			for k := 0; k+1 < len(n.Content); k += 2 {
+				p := n.Content[k].Value
+				if path != "" {
+					p = path + "." + p
+				}
+				if v := n.Content[k+1]; v.Line == line && v.Column == column {
+					return p
+				} else if found := walk(v, p); found != "" {
+					return found
+				}
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				if found := walk(c, fmt.Sprintf("%s[%d]", path, i)); found != "" {
+					return found
+				}
+			}
+		}
+		return ""
+	}
+	return walk(root, "")
 }
 
 // BuiltInCatalog names the price catalog of a scenario that gives none:
@@ -214,7 +259,31 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		if err == io.EOF {
 			return nil, fmt.Errorf("%s: empty file: a scenario needs at least region and pools (docs/spot.md, Scenario file)", file)
 		}
+		var ve *valueError
+		if errors.As(err, &ve) {
+			var root yaml.Node
+			if yaml.Unmarshal(data, &root) == nil {
+				if field := fieldAt(&root, ve.at.Line, ve.at.Column); field != "" {
+					return nil, fmt.Errorf("%s:%d: %s: %s", file, ve.at.Line, field, ve.msg)
+				}
+			}
+		}
 		return nil, fmt.Errorf("%s: %v", file, scenarioYAMLError(err))
+	}
+	// Only the first document would be read: what follows a "---" would
+	// silently change nothing. (An empty one, as some tools end a file
+	// with, holds nothing to lose.)
+	for {
+		var next yaml.Node
+		if err := dec.Decode(&next); err == io.EOF {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("%s: %v", file, err)
+		}
+		if len(next.Content) == 1 && next.Content[0].Tag == "!!null" {
+			continue
+		}
+		return nil, fmt.Errorf("%s:%d: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the \"---\"", file, next.Line)
 	}
 	var lines struct {
 		Pools    []yaml.Node `yaml:"pools"`
@@ -372,7 +441,7 @@ func (s *SpotScenario) validate() error {
 	}
 	for i, c := range s.Classes {
 		at := fmt.Sprintf("classes[%d]", i)
-		if c.Share != nil && (*c.Share <= 0 || *c.Share > 1) {
+		if c.Share != nil && !(*c.Share > 0 && *c.Share <= 1) { // NaN too
 			add(c.line, at+".share", "%g: want a fraction in (0, 1]", *c.Share)
 		}
 		if len(c.Annotations) == 0 {
@@ -389,10 +458,19 @@ func (s *SpotScenario) validate() error {
 			add(1, fmt.Sprintf("gpuSharing[%d]", i), "%v", err)
 		}
 	}
+	listed := map[string]int{}
 	for i, p := range s.Policies {
-		if _, err := LookupPolicy(p.Policy); err != nil {
+		pol, err := LookupPolicy(p.Policy)
+		if err != nil {
 			add(p.line, fmt.Sprintf("policies[%d].policy", i), "%v", err)
+			continue
 		}
+		// Only the first entry of a policy would be read.
+		if j, dup := listed[pol.Name]; dup {
+			add(p.line, fmt.Sprintf("policies[%d].policy", i), "%s is already listed as policies[%d] (line %d): give each policy one entry", p.Policy, j, s.Policies[j].line)
+			continue
+		}
+		listed[pol.Name] = i
 	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "\n"))

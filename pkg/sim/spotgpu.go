@@ -70,6 +70,11 @@ func LoadSpotGPU(path string, opts PhillyOptions) (*Trace, error) {
 			t.fail("gpu_request", "%v GPUs is under the thousandth of a GPU a share is counted in; give 0 for a job without GPUs", gpus)
 		}
 		cpus := t.float("cpu_request", 0, -1)
+		if cpus > maxJobCPUs {
+			// Its millicores and memory would overflow, to a pod that asks
+			// for none.
+			t.fail("cpu_request", "%s vCPUs per worker is more than any node holds (at most %d)", t.str("cpu_request"), maxJobCPUs)
+		}
 		qos := t.str("job_type")
 		ns := namespaceFor(t.str("organization"))
 		model := t.str("gpu_model")
