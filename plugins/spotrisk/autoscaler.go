@@ -66,8 +66,9 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 // work keeps arriving, as the simulator's autoscaler counts them.
 //
 // An option whose template node is missing cannot be judged and is returned
-// only when nothing could be; an empty answer lets Cluster Autoscaler choose
-// among all its options.
+// only when nothing could be. With none of those either the answer is
+// empty: Penny would place none of the pods on any node the options add.
+// Options come back without their pods.
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
 	r := s.r.Load()
 	if r == nil {
@@ -149,7 +150,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	if len(judged) == 0 {
 		expanderRequests.WithLabelValues("none").Inc()
 		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods", "options", len(req.GetOptions()), "withoutTemplate", len(unjudged))
-		return &expander.BestOptionsResponse{Options: unjudged}, nil
+		return &expander.BestOptionsResponse{Options: withoutPods(unjudged)}, nil
 	}
 	sort.SliceStable(judged, func(a, b int) bool { return judged[a].key.less(judged[b].key) })
 	best := []*expander.Option{judged[0].opt}
@@ -161,7 +162,21 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	}
 	expanderRequests.WithLabelValues("ranked").Inc()
 	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "regret", judged[0].key.regret, "cost", judged[0].key.cost)
-	return &expander.BestOptionsResponse{Options: best}, nil
+	return &expander.BestOptionsResponse{Options: withoutPods(best)}, nil
+}
+
+// withoutPods copies the options to answer without their pods: Cluster
+// Autoscaler reads only which node groups come back, and echoing every pod
+// of every equally good option made the answer as large as the request (up
+// to MaxExpanderRequestBytes, both encodings). Fields Penny does not know
+// are kept.
+func withoutPods(opts []*expander.Option) []*expander.Option {
+	out := make([]*expander.Option, len(opts))
+	for i, o := range opts {
+		out[i] = &expander.Option{NodeGroupId: o.GetNodeGroupId(), NodeCount: o.GetNodeCount(), Debug: o.GetDebug()}
+		out[i].ProtoReflect().SetUnknown(o.ProtoReflect().GetUnknown())
+	}
+	return out
 }
 
 // MaxPeers bounds how many peers an autoscaler weighs per decision.

@@ -1,6 +1,7 @@
 package spotrisk
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -9,6 +10,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -94,8 +97,8 @@ func TestExpanderServerRanksClusterAutoscalerOptions(t *testing.T) {
 			t.Errorf("%s: best %v, want %s", c.name, got, c.want)
 		}
 	}
-	// Nothing Penny's rules allow: an empty answer, which Cluster Autoscaler
-	// reads as "choose among all".
+	// Nothing Penny's rules allow: an empty answer. Penny would place none
+	// of the pods on what any option adds.
 	for _, c := range []struct {
 		name   string
 		pod    *corev1.Pod
@@ -307,5 +310,53 @@ func TestExpanderServerDoesNotGrowTheRiskModel(t *testing.T) {
 	catalogRate := pricing.RateFromMonthly(pricing.Bucket5To10.MonthlyProbability()) // spot-a in the test catalog
 	if got := risk.ReclaimRate(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: pricing.Spot}); got != catalogRate {
 		t.Errorf("a real node's pool: rate %g, want the catalog bucket's %g", got, catalogRate)
+	}
+}
+
+// The answer names the node groups, as Cluster Autoscaler reads it, without
+// echoing the pods of every option it returns (with equally good options,
+// an answer as large as the request); fields Penny's copy of the API does
+// not know are kept.
+func TestExpanderServerAnswersWithoutPods(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	var pods []*corev1.Pod
+	for i := range 50 {
+		pods = append(pods, pod(fmt.Sprint("job-", i), map[string]string{AnnotationWorkload: "batch"}))
+	}
+	// Two equally good Spot groups (the same template in the same zone).
+	a, b := node("spot-a", pricing.Spot, "us-east-1a"), node("spot-b", pricing.Spot, "us-east-1a")
+	req := caRequest(t, pods, a, b)
+	for _, o := range req.Options {
+		o.Pod = o.PodBytes // Cluster Autoscaler sends both encodings
+		// A field this copy of the API lacks (number 15, a string).
+		unknown := protowire.AppendTag(nil, 15, protowire.BytesType)
+		o.ProtoReflect().SetUnknown(protowire.AppendString(unknown, o.GetNodeGroupId()+"-similar"))
+	}
+	resp, err := s.BestOptions(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetOptions()) != 2 {
+		t.Fatalf("%d options back, want the two equally good ones", len(resp.GetOptions()))
+	}
+	for _, o := range resp.GetOptions() {
+		if len(o.GetPod()) != 0 || len(o.GetPodBytes()) != 0 {
+			t.Errorf("%s comes back with %d+%d pods, want none", o.GetNodeGroupId(), len(o.GetPod()), len(o.GetPodBytes()))
+		}
+		if o.GetNodeCount() != 1 {
+			t.Errorf("%s: nodeCount %d, want 1", o.GetNodeGroupId(), o.GetNodeCount())
+		}
+		if u := o.ProtoReflect().GetUnknown(); !bytes.Contains(u, []byte(o.GetNodeGroupId()+"-similar")) {
+			t.Errorf("%s: unknown fields %q lost", o.GetNodeGroupId(), u)
+		}
+	}
+	if n, limit := proto.Size(resp), proto.Size(req)/10; n > limit {
+		t.Errorf("answer of %d bytes to a request of %d", n, proto.Size(req))
+	}
+	// The request is left as it came.
+	if len(req.Options[0].GetPodBytes()) != 50 {
+		t.Errorf("the request's options lost their pods")
 	}
 }
