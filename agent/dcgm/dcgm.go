@@ -92,11 +92,29 @@ func (s *Scraper) scrape(ctx context.Context) (map[Key]*telemetryv1.Profiling, e
 		return nil, fmt.Errorf("HTTP %s", resp.Status)
 	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(io.LimitReader(resp.Body, maxBody))
+	// Read one byte past the limit to tell an answer that ends there from
+	// one that goes on: cut at a line boundary, the part that fits parses,
+	// and the GPUs whose lines came later would silently have no values.
+	body := &countingReader{r: io.LimitReader(resp.Body, maxBody+1)}
+	families, err := parser.TextToMetricFamilies(body)
+	if body.n > maxBody {
+		return nil, fmt.Errorf("answer larger than %d MiB", maxBody>>20)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("parse metrics: %w", err)
 	}
 	return Extract(families), nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Extract picks Penny's fields out of parsed metric families.

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
@@ -90,5 +91,43 @@ func TestDisabledAndErrors(t *testing.T) {
 	srv.Close()
 	if r := New("http://" + addr + "/metrics").Collect(context.Background()); r.Status.State != telemetryv1.CollectorStatus_STATE_ERROR {
 		t.Errorf("exporter down: %v", r.Status.State)
+	}
+}
+
+// An answer larger than the scraper reads is an error saying so, not the
+// values that happened to fit: cut at a line boundary it parses, and GPUs
+// whose lines came later would silently have no values.
+func TestAnswerTooLarge(t *testing.T) {
+	line := "# " + strings.Repeat("x", 61) + "\n" // 64 bytes: maxBody ends on a line boundary
+	padding := strings.Repeat(line, maxBody/len(line))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/midline" {
+			fmt.Fprint(w, "#") // the limit falls inside a line
+		}
+		fmt.Fprint(w, padding)
+		fmt.Fprint(w, exporterOutput)
+	}))
+	defer srv.Close()
+	// Reading 8 MiB can take longer than a scrape may on a busy test
+	// machine (the race detector): that is not what this test is about.
+	scraper := func(url string) *Scraper {
+		s := New(url)
+		s.client.Timeout = time.Minute
+		return s
+	}
+	for _, path := range []string{"/metrics", "/midline"} {
+		r := scraper(srv.URL + path).Collect(context.Background())
+		if r.Status.State != telemetryv1.CollectorStatus_STATE_ERROR || !strings.Contains(r.Status.Message, "larger than 8 MiB") || r.Values != nil {
+			t.Errorf("%s: %v %q with %d values", path, r.Status.State, r.Status.Message, len(r.Values))
+		}
+	}
+	// Exactly the limit is fine.
+	srv2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, exporterOutput)
+		fmt.Fprint(w, "# "+strings.Repeat("x", maxBody-len(exporterOutput)-3)+"\n")
+	}))
+	defer srv2.Close()
+	if r := scraper(srv2.URL).Collect(context.Background()); r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.Values) == 0 {
+		t.Errorf("answer of exactly %d bytes: %v %q", maxBody, r.Status.State, r.Status.Message)
 	}
 }

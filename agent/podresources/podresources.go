@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,14 +97,43 @@ func (c *Collector) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
 	res := c.Collect(ctx)
 	r.PodResources, r.PodDevices = res.Status, res.Devices
 	unmatched := Attach(r.Gpus, res.Devices)
-	if len(unmatched) > 0 && len(r.Gpus) > 0 && res.Status.GetState() == telemetryv1.CollectorStatus_STATE_OK {
+	var notes []string
+	if len(unmatched) > 0 && len(r.Gpus) > 0 {
 		// Devices the kubelet assigned that NVML does not show: the two
 		// views disagree, so say so next to the mapping.
+		notes = append(notes, fmt.Sprintf("%d device ids match no GPU or MIG instance NVML reports (first: %s)", len(unmatched), unmatched[0]))
+	}
+	if note := clipHolders(r.Gpus); note != "" {
+		notes = append(notes, note)
+	}
+	if len(notes) > 0 && res.Status.GetState() == telemetryv1.CollectorStatus_STATE_OK {
 		r.PodResources = &telemetryv1.CollectorStatus{
 			State:   telemetryv1.CollectorStatus_STATE_OK,
-			Message: fmt.Sprintf("%d device ids match no GPU or MIG instance NVML reports (first: %s)", len(unmatched), unmatched[0]),
+			Message: strings.Join(notes, "; "),
 		}
 	}
+}
+
+// clipHolders keeps the first telemetryv1.MaxPodsPerGPU holders of each GPU:
+// the scheduler refuses a whole report whose GPU lists more, and a GPU
+// time-sliced into more replicas than that can have more pods. It returns
+// what it left out, in words, or "".
+func clipHolders(gpus []*telemetryv1.GPU) string {
+	clipped, first, firstPods := 0, "", 0
+	for _, g := range gpus {
+		if n := len(g.Pods); n > telemetryv1.MaxPodsPerGPU {
+			if clipped == 0 {
+				first, firstPods = g.Uuid, n
+			}
+			clipped++
+			g.Pods = g.Pods[:telemetryv1.MaxPodsPerGPU]
+		}
+	}
+	if clipped == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d GPUs are held by more than %d pods, the most a report lists: only the first %d of each are listed (first: %s, held by %d pods)",
+		clipped, telemetryv1.MaxPodsPerGPU, telemetryv1.MaxPodsPerGPU, first, firstPods)
 }
 
 func errorStatus(format string, args ...any) *telemetryv1.CollectorStatus {
@@ -145,40 +175,64 @@ func (c *Collector) wanted(resource string) bool {
 	return false
 }
 
-// convert keeps the GPU resources, in a stable order so that an unchanged
-// node gives an identical report.
+// convert keeps the GPU resources, one entry per container and resource
+// (split when it would hold more ids than an entry may), in a stable order
+// so that an unchanged node gives an identical report. The kubelet lists a
+// container's devices one id at a time, once per NUMA node of the device,
+// in Go map order: merged, sorted and deduplicated, the same devices read
+// the same whatever order the kubelet answered in, and a node's pods
+// holding thousands of time-sliced replicas stay within the entries a
+// report may have.
 func (c *Collector) convert(resp *podresourcesv1.ListPodResourcesResponse) []*telemetryv1.PodDevices {
-	var out []*telemetryv1.PodDevices
+	type key struct{ namespace, name, container, resource string }
+	byKey := map[key][]string{}
 	for _, pod := range resp.GetPodResources() {
 		for _, ctr := range pod.GetContainers() {
 			for _, dev := range ctr.GetDevices() {
 				if !c.wanted(dev.GetResourceName()) || len(dev.GetDeviceIds()) == 0 {
 					continue
 				}
-				ids := append([]string(nil), dev.GetDeviceIds()...)
-				sort.Strings(ids)
-				out = append(out, &telemetryv1.PodDevices{
-					Pod:          &telemetryv1.PodRef{Namespace: pod.GetNamespace(), Name: pod.GetName()},
-					Container:    ctr.GetName(),
-					ResourceName: dev.GetResourceName(),
-					DeviceIds:    ids,
-				})
+				k := key{pod.GetNamespace(), pod.GetName(), ctr.GetName(), dev.GetResourceName()}
+				byKey[k] = append(byKey[k], dev.GetDeviceIds()...)
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		if a.Pod.Namespace != b.Pod.Namespace {
-			return a.Pod.Namespace < b.Pod.Namespace
+	keys := make([]key, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.namespace != b.namespace {
+			return a.namespace < b.namespace
 		}
-		if a.Pod.Name != b.Pod.Name {
-			return a.Pod.Name < b.Pod.Name
+		if a.name != b.name {
+			return a.name < b.name
 		}
-		if a.Container != b.Container {
-			return a.Container < b.Container
+		if a.container != b.container {
+			return a.container < b.container
 		}
-		return a.ResourceName < b.ResourceName
+		return a.resource < b.resource
 	})
+	var out []*telemetryv1.PodDevices
+	for _, k := range keys {
+		ids := byKey[k]
+		sort.Strings(ids)
+		ids = slices.Compact(ids)
+		// An entry holds at most telemetryv1.MaxDeviceIDsPerEntry ids (the
+		// scheduler refuses the whole report otherwise): a container with
+		// more (many time-sliced replicas) gets several.
+		for len(ids) > 0 {
+			n := min(len(ids), telemetryv1.MaxDeviceIDsPerEntry)
+			out = append(out, &telemetryv1.PodDevices{
+				Pod:          &telemetryv1.PodRef{Namespace: k.namespace, Name: k.name},
+				Container:    k.container,
+				ResourceName: k.resource,
+				DeviceIds:    ids[:n:n],
+			})
+			ids = ids[n:]
+		}
+	}
 	return out
 }
 

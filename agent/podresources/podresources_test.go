@@ -2,13 +2,17 @@ package podresources
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -160,5 +164,154 @@ func TestKubeletRestart(t *testing.T) {
 	startKubelet(t, socket, k)
 	if r := c.Collect(context.Background()); r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.Devices) != 1 {
 		t.Fatalf("after the kubelet came back: %v", r.Status)
+	}
+}
+
+// validReport wraps a GPU and the kubelet's answer in a report the
+// scheduler's validation can judge.
+func validReport(gpus []*telemetryv1.GPU) *telemetryv1.NodeReport {
+	off := &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_DISABLED}
+	return &telemetryv1.NodeReport{
+		NodeName: "gpu-node-1", AgentId: "test", Sequence: 1, CollectedAt: timestamppb.Now(),
+		Nvml: &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK}, Gpus: gpus,
+		PodResources: off, Profiling: off, Reclaim: off,
+	}
+}
+
+func healthyGPU(uuid string, index uint32) *telemetryv1.GPU {
+	return &telemetryv1.GPU{Uuid: uuid, Index: index, Name: "NVIDIA H200", Product: "NVIDIA-H200",
+		MemoryTotalBytes: 141 << 30, MigMode: telemetryv1.MIGMode_MIG_MODE_DISABLED,
+		Health: &telemetryv1.Health{Healthy: true}}
+}
+
+// A GPU time-sliced into more replicas than the report may list holders for
+// (telemetryv1.MaxPodsPerGPU), with a pod on each, must not cost the node its
+// whole report: the scheduler refuses a GPU with more holders than that.
+func TestManyTimeSlicedHoldersKeepTheReportValid(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	k := &fakeKubelet{}
+	n := telemetryv1.MaxPodsPerGPU + 6
+	for i := 0; i < n; i++ {
+		k.pods = append(k.pods, pod("infer", fmt.Sprintf("server-%03d", i), ctr("main", dev("nvidia.com/gpu", fmt.Sprintf("%s::%d", gpu0, i)))))
+	}
+	k.pods = append(k.pods, pod("train", "job", ctr("main", dev("nvidia.com/gpu", gpu1))))
+	startKubelet(t, socket, k)
+	c := New(socket, nil)
+	defer c.Close()
+
+	r := validReport([]*telemetryv1.GPU{healthyGPU(gpu0, 0), healthyGPU(gpu1, 1)})
+	c.Fill(context.Background(), r)
+	if err := telemetryv1.ValidateNodeReport(r); err != nil {
+		t.Fatalf("report with %d pods on one GPU does not validate: %v", n, err)
+	}
+	if got := len(r.Gpus[0].Pods); got != telemetryv1.MaxPodsPerGPU {
+		t.Errorf("GPU 0 lists %d holders, want the first %d", got, telemetryv1.MaxPodsPerGPU)
+	} else if r.Gpus[0].Pods[0].Name != "server-000" || r.Gpus[0].Pods[telemetryv1.MaxPodsPerGPU-1].Name != fmt.Sprintf("server-%03d", telemetryv1.MaxPodsPerGPU-1) {
+		t.Errorf("GPU 0 holders are not the first ones in order: %v ... %v", r.Gpus[0].Pods[0], r.Gpus[0].Pods[telemetryv1.MaxPodsPerGPU-1])
+	}
+	if len(r.Gpus[1].Pods) != 1 {
+		t.Errorf("GPU 1 holders %v", r.Gpus[1].Pods)
+	}
+	if st := r.PodResources; st.GetState() != telemetryv1.CollectorStatus_STATE_OK || !strings.Contains(st.GetMessage(), gpu0) || !strings.Contains(st.GetMessage(), fmt.Sprint(n)) {
+		t.Errorf("status %v %q: want OK, naming the GPU and its %d holders", st.GetState(), st.GetMessage(), n)
+	}
+	if len(r.PodDevices) != n+1 {
+		t.Errorf("pod_devices has %d entries, want all %d", len(r.PodDevices), n+1)
+	}
+}
+
+// kubeletDevices is how the kubelet lists a container's devices: one entry
+// per device id and NUMA node, in the order of a Go map.
+func kubeletDevices(resource string, ids ...string) []*podresourcesv1.ContainerDevices {
+	var out []*podresourcesv1.ContainerDevices
+	for _, id := range ids {
+		out = append(out, dev(resource, id))
+	}
+	return out
+}
+
+// The kubelet lists a container's devices one id at a time in map order, so
+// two answers about an unchanged node differ in order. The report must not:
+// the agent sends a report at once whenever it changes, and an unstable
+// order would send one every collection instead of every resend interval.
+func TestPodDevicesIgnoreTheKubeletsOrder(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	devs := kubeletDevices("nvidia.com/gpu", gpu0, gpu1, gpu2, mig0)
+	// A device on two NUMA nodes is listed once per node.
+	devs = append(devs, dev("nvidia.com/gpu", gpu1))
+	k := &fakeKubelet{pods: []*podresourcesv1.PodResources{pod("train", "job", ctr("main", devs...))}}
+	startKubelet(t, socket, k)
+	c := New(socket, nil)
+	defer c.Close()
+
+	first := c.Collect(context.Background())
+	k.mu.Lock()
+	slices.Reverse(devs)
+	k.mu.Unlock()
+	second := c.Collect(context.Background())
+	if len(first.Devices) != 1 || strings.Join(first.Devices[0].DeviceIds, ",") != strings.Join([]string{gpu0, gpu1, gpu2, mig0}, ",") {
+		t.Errorf("want one entry with the container's ids sorted, once each; got %v", first.Devices)
+	}
+	a := &telemetryv1.NodeReport{PodDevices: first.Devices}
+	b := &telemetryv1.NodeReport{PodDevices: second.Devices}
+	if !proto.Equal(a, b) {
+		t.Errorf("the same devices in another order give another report:\n%v\n%v", first.Devices, second.Devices)
+	}
+}
+
+// However many devices a node's pods hold, pod_devices stays within what the
+// scheduler accepts (telemetryv1.MaxPodDevices entries of at most
+// telemetryv1.MaxDeviceIDsPerEntry ids): the kubelet's one entry per id
+// would pass the limit on a node whose pods hold a few thousand time-sliced
+// replicas, and the scheduler would refuse the node's whole report.
+func TestManyDeviceIDsKeepTheReportValid(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	k := &fakeKubelet{}
+	pods, replicas := 40, 60 // 2,400 ids, more than MaxPodDevices
+	for p := 0; p < pods; p++ {
+		var ids []string
+		for r := 0; r < replicas; r++ {
+			ids = append(ids, fmt.Sprintf("%s::%03d", gpu0, p*replicas+r))
+		}
+		k.pods = append(k.pods, pod("infer", fmt.Sprintf("server-%02d", p), ctr("main", kubeletDevices("nvidia.com/gpu", ids...)...)))
+	}
+	// One container with more ids than an entry may carry.
+	var big []string
+	n := 2*telemetryv1.MaxDeviceIDsPerEntry + 5
+	for i := 0; i < n; i++ {
+		g := gpu1
+		if i == n-1 {
+			g = gpu2 // sorts last: only the last entry names GPU 2
+		}
+		big = append(big, fmt.Sprintf("%s::%03d", g, i))
+	}
+	k.pods = append(k.pods, pod("train", "big", ctr("main", kubeletDevices("nvidia.com/gpu", big...)...)))
+	startKubelet(t, socket, k)
+	c := New(socket, nil)
+	defer c.Close()
+
+	r := validReport([]*telemetryv1.GPU{healthyGPU(gpu0, 0), healthyGPU(gpu1, 1), healthyGPU(gpu2, 2)})
+	c.Fill(context.Background(), r)
+	if err := telemetryv1.ValidateNodeReport(r); err != nil {
+		t.Fatalf("report does not validate: %v", err)
+	}
+	if len(r.PodDevices) != pods+3 {
+		t.Fatalf("%d pod_devices entries, want one per container and %d for the big one", len(r.PodDevices), 3)
+	}
+	var got []string
+	for _, d := range r.PodDevices[pods:] {
+		if d.Pod.GetName() != "big" || d.Container != "main" || d.ResourceName != "nvidia.com/gpu" {
+			t.Errorf("entry %v", d)
+		}
+		got = append(got, d.DeviceIds...)
+	}
+	if strings.Join(got, ",") != strings.Join(big, ",") {
+		t.Errorf("the big container's entries hold %d ids, want all %d in order", len(got), n)
+	}
+	if len(r.Gpus[0].Pods) != pods || len(r.Gpus[1].Pods) != 1 || len(r.Gpus[2].Pods) != 1 {
+		t.Errorf("holders: %d %v %v", len(r.Gpus[0].Pods), r.Gpus[1].Pods, r.Gpus[2].Pods)
+	}
+	if r.PodResources.GetMessage() != "" {
+		t.Errorf("message %q", r.PodResources.GetMessage())
 	}
 }
