@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/clientcmd"
@@ -99,8 +100,34 @@ func (f *telemetryFlags) validate() error {
 	if f.audience == "" {
 		return fmt.Errorf("--telemetry-token-audience is empty: give the audience of the agents' projected ServiceAccount tokens (deploy/agent/penny-agent.yaml; default %s)", telemetry.DefaultAudience)
 	}
+	if err := agentServiceAccountsFlag(f.serviceAccounts); err != nil {
+		return err
+	}
 	if f.reclaim != nil {
 		return f.reclaim.validate()
+	}
+	return nil
+}
+
+// agentServiceAccountsFlag checks the names in
+// --telemetry-agent-service-accounts as the API server names ServiceAccounts:
+// a name no ServiceAccount can have (" penny-system/penny-agent" after a
+// comma and a space, an upper-case letter) would match no agent's token, so
+// the agents would be refused, and the evictions webhook would judge their
+// evictions as no agent's.
+func agentServiceAccountsFlag(list []string) error {
+	const want = "want namespace/name of each ServiceAccount agents run as, separated by commas without spaces, e.g. penny-system/penny-agent"
+	for _, sa := range list {
+		ns, name, ok := strings.Cut(sa, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("--telemetry-agent-service-accounts %q: %s", sa, want)
+		}
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return fmt.Errorf("--telemetry-agent-service-accounts %q: namespace %q: %s; %s", sa, ns, strings.Join(errs, "; "), want)
+		}
+		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+			return fmt.Errorf("--telemetry-agent-service-accounts %q: ServiceAccount name %q: %s; %s", sa, name, strings.Join(errs, "; "), want)
+		}
 	}
 	return nil
 }
@@ -212,24 +239,25 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	}, nil
 }
 
-// apiClients connect to the API server the way the scheduler does:
-// --kubeconfig, else the kubeconfig named in --config's clientConnection,
-// else the in-cluster configuration. The metadata client watches Nodes
-// without a second full copy of each next to the scheduler's.
+// apiClients connect to the API server the way the scheduler does: with
+// --config, the kubeconfig named in its clientConnection (kube-scheduler
+// ignores --kubeconfig then, and so does this); without it, --kubeconfig;
+// else the in-cluster configuration; --master overrides the server. The
+// metadata client watches Nodes without a second full copy of each next to
+// the scheduler's.
 func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, error) {
 	var kubeconfig, master string
-	if fl := fs.Lookup("kubeconfig"); fl != nil {
-		kubeconfig = fl.Value.String()
-	}
 	if fl := fs.Lookup("master"); fl != nil {
 		master = fl.Value.String()
 	}
-	if fl := fs.Lookup("config"); kubeconfig == "" && fl != nil && fl.Value.String() != "" {
+	if fl := fs.Lookup("config"); fl != nil && fl.Value.String() != "" {
 		cfg, err := options.LoadConfigFromFile(klog.Background(), fl.Value.String())
 		if err != nil {
 			return nil, nil, fmt.Errorf("--config: %w", err)
 		}
 		kubeconfig = cfg.ClientConnection.Kubeconfig
+	} else if fl := fs.Lookup("kubeconfig"); fl != nil {
+		kubeconfig = fl.Value.String()
 	}
 	rc, err := clientcmd.BuildConfigFromFlags(master, kubeconfig)
 	if err != nil {

@@ -284,3 +284,76 @@ func TestReclaimFlagErrors(t *testing.T) {
 		t.Errorf("--reclaim-notices-configmap %q: %v", f.noticesConfigMap, err)
 	}
 }
+
+// TokenReviews and the reclaim coordinator's writes go to the API server the
+// scheduler uses. With --config, kube-scheduler takes its kubeconfig from the
+// file's clientConnection and ignores --kubeconfig (its help says so); without
+// --config, --kubeconfig.
+func TestAPIClientsConnectAsTheSchedulerDoes(t *testing.T) {
+	dir := t.TempDir()
+	fromConfig := writeFile(t, dir, "config-kubeconfig", kubeconfig("https://from-config.example:6443"))
+	fromFlag := writeFile(t, dir, "flag-kubeconfig", kubeconfig("https://from-flag.example:6443"))
+	config := writeFile(t, dir, "config.yaml", []byte(`apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: `+fromConfig+`
+`))
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", config, "--kubeconfig", fromFlag}, "from-config.example:6443"},
+		{[]string{"--config", config}, "from-config.example:6443"},
+		{[]string{"--kubeconfig", fromFlag}, "from-flag.example:6443"},
+		{[]string{"--kubeconfig", fromFlag, "--master", "https://master.example:6443"}, "master.example:6443"},
+	} {
+		_, _, parts := testParts()
+		cmd := newSchedulerCommand(parts)
+		if usage := cmd.Flags().Lookup("kubeconfig").Usage; !strings.Contains(usage, "ignored if a config file is specified in --config") {
+			t.Fatalf("kube-scheduler's --kubeconfig no longer says it is ignored with --config: %q", usage)
+		}
+		if err := cmd.ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		client, _, err := apiClients(cmd.Flags())
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if got := client.(*kubernetes.Clientset).CoreV1().RESTClient().Get().URL().Host; got != c.want {
+			t.Errorf("%v: connects to %s, want %s, as the scheduler", c.args, got, c.want)
+		}
+	}
+}
+
+// A ServiceAccount name no ServiceAccount can have matches no agent's token:
+// the start fails, naming the flag and the form, rather than the agents
+// being refused (and their evictions judged as no agent's) later.
+func TestTelemetryAgentServiceAccountsAreChecked(t *testing.T) {
+	base := []string{"--telemetry-bind-address=:0", "--telemetry-tls-cert-file=c", "--telemetry-tls-key-file=k"}
+	for _, c := range []struct {
+		value string
+		bad   string // "": accepted
+	}{
+		{"penny-system/penny-agent", ""},
+		{"penny-system/penny-agent,team-b/gpu-agent", ""},
+		// pflag keeps the space after the comma.
+		{"penny-system/penny-agent, team-b/gpu-agent", `" team-b/gpu-agent"`},
+		{"Penny-System/penny-agent", `"Penny-System/penny-agent"`},
+		{"penny-system/penny_agent", `"penny-system/penny_agent"`},
+		{"penny-agent", `"penny-agent"`},
+	} {
+		f := telemetryFlags{reclaim: &reclaimFlags{}}
+		fs := f.flagSet()
+		fs.AddFlagSet(f.reclaim.flagSet())
+		if err := fs.Parse(append(base, "--telemetry-agent-service-accounts="+c.value)); err != nil {
+			t.Fatal(err)
+		}
+		err := f.validate()
+		switch {
+		case c.bad == "" && err != nil:
+			t.Errorf("%q: %v", c.value, err)
+		case c.bad != "" && (err == nil || !strings.Contains(err.Error(), "--telemetry-agent-service-accounts "+c.bad) || !strings.Contains(err.Error(), "e.g. penny-system/penny-agent")):
+			t.Errorf("%q: got %v, want an error naming the flag, %s and the form", c.value, err, c.bad)
+		}
+	}
+}

@@ -66,12 +66,20 @@ func TypeOf(labels map[string]string) Type {
 // Unreadable names a capacity label whose value Penny does not know (say
 // penny.dev/capacity-type: preemptible), or "" when there is none. TypeOf
 // skips such a value, so the node may read as on-demand although whoever set
-// the label meant otherwise; callers that must not guess say so.
+// the label meant otherwise; callers that must not guess say so. A label
+// TypeOf never reads is no guess: a valid penny.dev/capacity-type decides the
+// type (it is how an administrator corrects a cloud's label), so Karpenter's
+// label past it is not named.
 func Unreadable(labels map[string]string) string {
 	for _, key := range []string{LabelOverride, LabelKarpenter} {
-		if v, ok := labels[key]; ok && parse(v) == Unknown {
-			return fmt.Sprintf("%s=%q", key, v)
+		v, ok := labels[key]
+		if !ok {
+			continue
 		}
+		if parse(v) != Unknown {
+			return "" // TypeOf stops here
+		}
+		return fmt.Sprintf("%s=%q", key, v)
 	}
 	return ""
 }

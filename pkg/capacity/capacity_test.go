@@ -29,3 +29,29 @@ func TestTypeOf(t *testing.T) {
 		}
 	}
 }
+
+// Unreadable names a label TypeOf skipped, whose author may have meant
+// Spot. A valid penny.dev/capacity-type decides the type before any cloud
+// label is read (it is how an administrator corrects one), so a cloud label
+// past it is not a guess.
+func TestUnreadable(t *testing.T) {
+	tests := []struct {
+		labels map[string]string
+		want   string
+	}{
+		{nil, ""},
+		{map[string]string{LabelKarpenter: "spot"}, ""},
+		{map[string]string{LabelOverride: "preemptible"}, `penny.dev/capacity-type="preemptible"`},
+		{map[string]string{LabelKarpenter: "preemptible"}, `karpenter.sh/capacity-type="preemptible"`},
+		// An unreadable override, whatever Karpenter says.
+		{map[string]string{LabelOverride: "cheap", LabelKarpenter: "on-demand"}, `penny.dev/capacity-type="cheap"`},
+		// A valid override decides: Karpenter's label is never read.
+		{map[string]string{LabelOverride: "on-demand", LabelKarpenter: "preemptible"}, ""},
+		{map[string]string{LabelOverride: "spot", LabelKarpenter: "preemptible"}, ""},
+	}
+	for _, tt := range tests {
+		if got := Unreadable(tt.labels); got != tt.want {
+			t.Errorf("Unreadable(%v) = %q, want %q (TypeOf %q)", tt.labels, got, tt.want, TypeOf(tt.labels))
+		}
+	}
+}
