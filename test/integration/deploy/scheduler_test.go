@@ -150,7 +150,7 @@ func TestSchedulerRBACIsLeastPrivilege(t *testing.T) {
 		{"create", "", "pods", "eviction", "ml", ""},
 		// The native gang API.
 		{"list", "scheduling.k8s.io", "podgroups", "", "", ""},
-		{"watch", "scheduling.k8s.io", "workloads", "", "", ""},
+		{"watch", "scheduling.k8s.io", "podgroups", "", "", ""},
 		// Authenticating agents.
 		{"create", "authentication.k8s.io", "tokenreviews", "", "", ""},
 	}
@@ -169,6 +169,9 @@ func TestSchedulerRBACIsLeastPrivilege(t *testing.T) {
 		{"list", "", "configmaps", "", "", ""},
 		{"get", "", "secrets", "", "penny-system", ""},
 		{"update", "", "configmaps", "", "penny-system", "penny-prices"},
+		// Neither kube-scheduler nor Penny reads Workloads.
+		{"list", "scheduling.k8s.io", "workloads", "", "", ""},
+		{"watch", "scheduling.k8s.io", "workloads", "", "", ""},
 	}
 	for _, d := range denied {
 		if can(t, c, schedulerSA, d.verb, d.group, d.res, d.sub, d.ns, d.name) {
