@@ -660,7 +660,20 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		Id: f.id, Pods: refs, Deadline: timestamppb.New(f.deadline), Reason: reason,
 		OriginNode: f.origin, OriginNoticeId: f.notice,
 	}
-	// The agent may be reconnecting; keep trying while there is time.
+	// When the members must go: once their checkpoints are in, or at the
+	// deadline less the margin (half the time left if less is left).
+	evictBy := f.deadline.Add(-c.opts.SafetyMargin)
+	if now := time.Now(); !evictBy.After(now) {
+		evictBy = now.Add(f.deadline.Sub(now) / 2)
+	}
+	// The agent may be reconnecting; keep trying while there is time: until
+	// the members must go, past which a command is no use (they are evicted
+	// then whether it came or not, and trying on would only evict them later,
+	// with less of a grace period).
+	giveUp := f.deadline.Add(-500 * time.Millisecond)
+	if evict && evictBy.Before(giveUp) {
+		giveUp = evictBy
+	}
 	for {
 		sent, err := c.opts.Commands.SendCheckpoint(f.node, cmd)
 		if err == nil && sent > 0 {
@@ -672,29 +685,26 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 			log.Info("asked a gang member's node to checkpoint", "pods", len(refs), "gangs", f.gangs, "sinceDetection", time.Since(n.Detected))
 			break
 		}
-		if !time.Now().Add(500 * time.Millisecond).Before(f.deadline) {
+		left := time.Until(giveUp)
+		if left <= 0 {
 			commandsTotal.WithLabelValues("undelivered").Inc()
 			why := "its agent is not connected"
 			if err != nil {
 				why = err.Error()
 			}
 			for _, p := range f.pods {
-				c.recorder.Eventf(p, corev1.EventTypeWarning, "GangCheckpointUndelivered", "could not ask node %s to checkpoint this pod before the deadline (%s): %s", f.node, why, reason)
+				c.recorder.Eventf(p, corev1.EventTypeWarning, "GangCheckpointUndelivered", "could not ask node %s to checkpoint this pod in time (%s): %s", f.node, why, reason)
 			}
 			break
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(min(500*time.Millisecond, left)):
 		}
 	}
 	if !evict {
 		return
-	}
-	evictBy := f.deadline.Add(-c.opts.SafetyMargin)
-	if now := time.Now(); !evictBy.After(now) {
-		evictBy = now.Add(f.deadline.Sub(now) / 2)
 	}
 	t := time.NewTimer(time.Until(evictBy))
 	select {

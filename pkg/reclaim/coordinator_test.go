@@ -756,3 +756,62 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 		t.Errorf("the replicas recorded %q; the agent records the request", asked)
 	}
 }
+
+// The members on a node whose agent cannot be reached are evicted at the
+// deadline less the safety margin, as documented, with the margin as their
+// grace period: not after trying to reach the agent until just before the
+// deadline, and then with no grace period at all.
+func TestCoordinatorEvictsMembersOfAnUnreachableNodeAtTheMargin(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	var mu sync.Mutex
+	var graces []int64
+	onEvictions(client, func(ev *policyv1.Eviction) error {
+		mu.Lock()
+		defer mu.Unlock()
+		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
+		return nil
+	})
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}, offline: map[string]bool{"b": true}}
+	rec := record.NewFakeRecorder(100)
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const margin = 4 * time.Second
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t), SafetyMargin: margin})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "gcp-preempted-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Detected: now, Deadline: now.Add(margin + 2*time.Second),
+	}}})
+	// Until past the deadline: evicted later than the margin is a failure
+	// too, told by the grace period below.
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, margin+5*time.Second, true, func(context.Context) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(graces) == 1, nil
+	}); err != nil {
+		t.Fatal("b's member not evicted by the deadline")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Evicted at the deadline less the margin, with about the margin left
+	// (whole seconds, less what the test's machine took to get there).
+	if graces[0] < int64(margin/time.Second)-2 {
+		t.Errorf("evicted with a grace period of %ds: want about %v, the time left at the deadline less the margin", graces[0], margin)
+	}
+	if got := drainEvents(rec); !strings.Contains(got, "GangCheckpointUndelivered") {
+		t.Errorf("events %q: want GangCheckpointUndelivered", got)
+	}
+}
+
+func drainEvents(rec *record.FakeRecorder) string {
+	var out []string
+	for {
+		select {
+		case e := <-rec.Events:
+			out = append(out, e)
+		default:
+			return strings.Join(out, "\n")
+		}
+	}
+}

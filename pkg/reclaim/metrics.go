@@ -17,7 +17,7 @@ var (
 	})
 	commandsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_reclaim_gang_commands_total",
-		Help:           "Checkpoint commands to gang members' nodes, by result: sent, undelivered (the node's agent was not connected before the deadline).",
+		Help:           "Checkpoint commands to gang members' nodes, by result: sent, undelivered (the node's agent was not connected before the members were due to be evicted, at the deadline less the safety margin, or before the deadline when they are not evicted).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 	evictionsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
