@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -57,13 +58,28 @@ func (s *NoticeStore) key() configmaplines.Key {
 
 // load reads the records. A missing ConfigMap holds none; malformed lines
 // are skipped and reported together in the error, the rest are returned.
+// A read the API server could not answer is tried again for a few seconds
+// (loadRetry): given up, it leaves every recorded notice unresumed, and
+// nothing it would hold back could be done while the API server is away.
 func (s *NoticeStore) load(ctx context.Context) ([]noticeRecord, error) {
-	text, err := s.key().Read(ctx)
+	var text string
+	var readErr error
+	err := wait.ExponentialBackoffWithContext(ctx, loadRetry, func(ctx context.Context) (bool, error) {
+		text, readErr = s.key().Read(ctx)
+		return readErr == nil, nil
+	})
+	if readErr != nil {
+		return nil, readErr
+	}
 	if err != nil {
 		return nil, err
 	}
 	return parseNotices(text, s.key().String())
 }
+
+// loadRetry spaces the reads of the records at start: about 7.5 s in all,
+// well inside a Spot notice's two minutes.
+var loadRetry = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Steps: 5}
 
 // put records a notice and its gangs, adding to the gangs another replica
 // recorded for it.

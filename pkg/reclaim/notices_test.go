@@ -4,13 +4,17 @@ import (
 	"context"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -76,6 +80,40 @@ func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 		cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
 		return err == nil && cm.Data[NoticesKey] == ""
 	})
+}
+
+// A scheduler that starts while the API server cannot answer for a moment
+// still resumes what it recorded: one failed read left every recorded
+// notice's gangs running short a member.
+func TestCoordinatorResumesAfterAFailedFirstRead(t *testing.T) {
+	client := fake.NewClientset(member("g-1", "b", "g"))
+	detected := time.Now()
+	rec := noticeRecord{nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}},
+		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}}
+	saved := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "penny-reclaim-notices"},
+		Data: map[string]string{NoticesKey: formatNotices([]noticeRecord{rec})}}
+	if _, err := client.CoreV1().ConfigMaps("penny-system").Create(context.Background(), saved, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	failures := 2
+	client.PrependReactor("get", "configmaps", func(k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failures == 0 {
+			return false, nil, nil
+		}
+		failures--
+		return true, nil, apierrors.NewServiceUnavailable("etcd is restarting")
+	})
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: &NoticeStore{Client: client, Namespace: "penny-system", Name: "penny-reclaim-notices"},
+		Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	waitFor(t, "the recorded notice's command to b", func() bool { return cmds.get("b") != nil })
 }
 
 func TestNoticeRecordLines(t *testing.T) {
