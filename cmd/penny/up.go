@@ -124,8 +124,17 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a terminal closed under penny up is as much a "stop" as Ctrl-C.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	// Output to a reader that has gone (`penny up | head`, a pager quit
+	// early, a tee that a Ctrl-C ended first) must not kill the process
+	// before it stops the cluster: Go's default for a write to a broken
+	// standard output or error is to exit at once on SIGPIPE, leaving the
+	// state directory, the scheduler's temporary directory and the log
+	// file behind. Ignored, the write fails and penny up goes on to finish
+	// (or wait for Ctrl-C) and clean up.
+	signal.Ignore(syscall.SIGPIPE)
 	// What was being done, for an interrupt's message.
 	doing := "starting"
 	defer func() {

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -121,5 +125,88 @@ pools:
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// Output to a reader that has gone (`penny up | head -3`, a pager quit
+// early, a tee that the same Ctrl-C ended first) must not cost the cleanup:
+// after Ctrl-C, or SIGHUP from a terminal closed under it, penny up still
+// stops the cluster and removes its state directory, the scheduler's
+// temporary directory and its log file, instead of dying of SIGPIPE on its
+// next line of output (or of the SIGHUP).
+func TestUpCleansUpWhenItsOutputIsGone(t *testing.T) {
+	if state := os.Getenv("PENNY_UP_TEST_STATE"); state != "" {
+		// The child: penny up as the binary runs it, its standard output
+		// the parent's pipe.
+		cmd := newUpCommand()
+		cmd.SetArgs([]string{"--dir", state, "--port", "0"})
+		if err := cmd.ExecuteContext(context.Background()); err != nil {
+			fmt.Fprintf(os.Stderr, "penny: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	for _, sig := range []os.Signal{os.Interrupt, syscall.SIGHUP} {
+		t.Run(sig.String(), func(t *testing.T) {
+			state := filepath.Join(t.TempDir(), "state")
+			tmp := t.TempDir()
+			child := exec.Command(os.Args[0], "-test.run=^TestUpCleansUpWhenItsOutputIsGone$")
+			child.Env = append(os.Environ(), "PENNY_UP_TEST_STATE="+state, "TMPDIR="+tmp)
+			stdout, err := child.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stderr bytes.Buffer
+			child.Stderr = &stderr
+			if err := child.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- child.Wait() }()
+			waited := false
+			defer func() {
+				if !waited {
+					child.Process.Kill()
+					<-exited
+				}
+			}()
+			lines := bufio.NewScanner(stdout)
+			var out strings.Builder
+			for lines.Scan() {
+				out.WriteString(lines.Text() + "\n")
+				if strings.HasPrefix(lines.Text(), "Running.") {
+					break
+				}
+			}
+			if !strings.Contains(out.String(), "Running.") {
+				t.Fatalf("penny up did not come up:\n%s%s", out.String(), stderr.String())
+			}
+			// The reader goes, then the user presses Ctrl-C (or closes the
+			// terminal, which takes the reader with it).
+			stdout.Close()
+			if err := child.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-exited:
+				waited = true
+				if err != nil {
+					t.Errorf("penny up exited with %v after %v; want 0\n%s", err, sig, stderr.String())
+				}
+			case <-time.After(90 * time.Second):
+				t.Fatalf("penny up still running 90s after %v\n%s", sig, stderr.String())
+			}
+			if _, err := os.Stat(state); !os.IsNotExist(err) {
+				t.Errorf("the state directory is still there: %v", err)
+			}
+			var left []string
+			entries, _ := os.ReadDir(tmp)
+			for _, e := range entries {
+				left = append(left, e.Name())
+			}
+			if len(left) > 0 {
+				t.Errorf("left %v in TMPDIR", left)
+			}
+		})
 	}
 }

@@ -36,8 +36,16 @@ type apiServer struct {
 // holds, so a port clash is reported before anything else starts. It waits
 // for the server to be ready even when the caller is interrupted: stopped
 // before its post-start hooks are done, the server exits the process
-// (klog.Fatal in k8s.io/apiserver's runPostStartHook).
-func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcdURL string, p *pki, runtimeConfig map[string]string) (*apiServer, error) {
+// (klog.Fatal in k8s.io/apiserver's runPostStartHook). It owns the
+// listener: one that fails before the server runs closes it, since no
+// server is left to let go of the port.
+func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcdURL string, p *pki, runtimeConfig map[string]string) (_ *apiServer, err error) {
+	running := false
+	defer func() {
+		if err != nil && !running {
+			listener.Close()
+		}
+	}()
 	certDir := filepath.Join(dir, "apiserver")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {
 		return nil, err
@@ -121,6 +129,7 @@ func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcd
 		host: fmt.Sprintf("https://127.0.0.1:%d", s.SecureServing.BindPort),
 		done: make(chan struct{}),
 	}
+	running = true
 	go func() {
 		a.err = prepared.Run(ctx)
 		close(a.done)

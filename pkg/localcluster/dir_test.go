@@ -125,6 +125,32 @@ func TestStartSaysWhatIsWrongWithThePort(t *testing.T) {
 	}
 }
 
+// A start that fails after it took its port, before the kube-apiserver
+// runs (here: an API group it does not know), lets go of the port and the
+// state directory, as it does everything else it started: a caller that
+// retries, or a test process that starts clusters one after another, finds
+// the port free.
+func TestFailedStartLetsGoOfItsPort(t *testing.T) {
+	port, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "state")
+	_, err = Start(context.Background(), Options{Dir: dir, APIServerPort: port,
+		RuntimeConfig: map[string]string{"bogus.example.com/v9": "true"}})
+	if err == nil || !strings.Contains(err.Error(), "bogus.example.com/v9") {
+		t.Fatalf("%v; want the unknown API group refused", err)
+	}
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatalf("port %d after the failed start: %v; want it free", port, err)
+	}
+	l.Close()
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the state directory is still there: %v", err)
+	}
+}
+
 // Errors about the state directory and the port name the flags a command
 // gave them as (penny up's --dir and --port), and say what is wrong with a
 // --dir that is a file.
