@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pennysched/penny/pkg/yamldoc"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -96,13 +98,10 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 		}
 		return nil, describeDecodeError(file, err)
 	}
-	// Documents after the first would be dropped without a word (an empty
-	// one, as a trailing "---" makes, is nothing to drop).
-	var next yaml.Node
-	if err := dec.Decode(&next); err == nil && len(next.Content) > 0 && next.Content[0].Tag != "!!null" {
-		return nil, fmt.Errorf("%s:%d: a second YAML document: a cluster spec is one YAML document; put every pool in the first one's list of pools", file, next.Content[0].Line)
-	} else if err != nil && !errors.Is(err, io.EOF) {
+	if line, err := yamldoc.Extra(dec); err != nil {
 		return nil, fmt.Errorf("%s: not valid YAML: %v", file, err)
+	} else if line > 0 {
+		return nil, fmt.Errorf("%s:%d: a second YAML document: a cluster spec is one YAML document; put every pool in the first one's list of pools", file, line)
 	}
 	if errs := spec.validate(); len(errs) > 0 {
 		msgs := make([]string, len(errs))

@@ -7,6 +7,8 @@ import (
 	"io"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pennysched/penny/pkg/yamldoc"
 )
 
 // The catalog file format (see deploy/pricing/catalog.yaml):
@@ -96,22 +98,12 @@ func Parse(data []byte, name string) (*Catalog, error) {
 	}
 	// A document after the first would be ignored, its rows with it (a
 	// catalog with an updated copy appended after "---" loaded the old
-	// one, silently). Empty documents, as "---" at the end leaves, are no
-	// rows.
-	for {
-		var more yaml.Node
-		if err := dec.Decode(&more); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("%s: %v", name, err)
-		}
-		if len(more.Content) == 0 || more.Content[0].Kind == yaml.ScalarNode && more.Content[0].Tag == "!!null" && more.Content[0].Value == "" {
-			continue
-		}
-		line := more.Content[0].Line
+	// one, silently).
+	if line, err := yamldoc.Extra(dec); err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	} else if line > 0 {
 		bad.Problems = append(bad.Problems, Problem{File: name, Line: line, List: "catalog", Index: -1,
 			Msg: fmt.Sprintf("a second YAML document starts at line %d: a price catalog is one document; merge its instanceTypes and prices into the first or remove it", line)})
-		break
 	}
 	if f.APIVersion != FileAPIVersion || f.Kind != FileKind {
 		top(fmt.Sprintf("apiVersion %q, kind %q: want apiVersion: %s and kind: %s", f.APIVersion, f.Kind, FileAPIVersion, FileKind))

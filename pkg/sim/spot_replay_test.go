@@ -382,7 +382,7 @@ func TestSpotScenarioRefusesWhatItWouldIgnore(t *testing.T) {
 		"nan share": {strings.Replace(y, "- {qos: [LS], annotations:", "- {qos: [LS], share: .nan, annotations:", 1),
 			"tiny.yaml:12: classes[0].share: NaN: want a fraction in (0, 1]"},
 		"second document": {y + "---\npools:\n- {name: big, instanceType: g5.48xlarge, capacityType: on-demand, zone: us-east-1a, max: 9}\n",
-			`tiny.yaml:18: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the "---"`},
+			`tiny.yaml:19: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the "---"`},
 	} {
 		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(c.yaml)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)

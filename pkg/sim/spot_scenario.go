@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pennysched/penny/pkg/yamldoc"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -270,20 +272,10 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		}
 		return nil, fmt.Errorf("%s: %v", file, scenarioYAMLError(err))
 	}
-	// Only the first document would be read: what follows a "---" would
-	// silently change nothing. (An empty one, as some tools end a file
-	// with, holds nothing to lose.)
-	for {
-		var next yaml.Node
-		if err := dec.Decode(&next); err == io.EOF {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("%s: %v", file, err)
-		}
-		if len(next.Content) == 1 && next.Content[0].Tag == "!!null" {
-			continue
-		}
-		return nil, fmt.Errorf("%s:%d: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the \"---\"", file, next.Line)
+	if line, err := yamldoc.Extra(dec); err != nil {
+		return nil, fmt.Errorf("%s: %v", file, err)
+	} else if line > 0 {
+		return nil, fmt.Errorf("%s:%d: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the \"---\"", file, line)
 	}
 	var lines struct {
 		Pools    []yaml.Node `yaml:"pools"`
