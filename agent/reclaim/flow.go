@@ -190,6 +190,11 @@ func (f *Flow) OnNotice(n notice.Notice) {
 	f.enqueue(j)
 }
 
+// staleAfter is how long past its deadline unfinished work is still resumed
+// by a restarted agent: long enough for an agent that crashed to come back
+// before a Spot node goes, far shorter than a reboot for maintenance.
+const staleAfter = 10 * time.Minute
+
 // HandleCheckpoint implements the report client's CommandHandler: the
 // scheduler asks this node's pods to checkpoint (another member of their
 // gang is on a node being reclaimed). It never blocks; replicas sending the
@@ -233,6 +238,17 @@ func (f *Flow) Run(ctx context.Context) {
 	}
 	for _, j := range jobs {
 		switch {
+		case !j.Done && !j.Deadline.IsZero() && time.Since(j.Deadline) > staleAfter:
+			// The node outlived the deadline by far (maintenance rebooted
+			// it mid-job, or it was stopped and started): what runs here
+			// now came after, and evicting it, with no time left for a
+			// grace period, would only stop it.
+			f.log.Info("reclaim work an earlier agent left unfinished is long past its deadline; the node outlived it, so its pods are left alone",
+				"job", j.ID, "deadline", j.Deadline)
+			j.Done = true
+			if err := f.state.save(j); err != nil {
+				f.log.Error(err, "cannot record the reclaim work as done", "job", j.ID)
+			}
 		case !j.Done:
 			f.log.Info("resuming reclaim work an earlier agent left unfinished", "job", j.ID, "deadline", j.Deadline)
 			f.metrics.resumed.Inc()

@@ -311,6 +311,50 @@ func TestSpotNoticeTaintsCheckpointsThenEvictsCheckpointedFirst(t *testing.T) {
 	}
 }
 
+// Work left unfinished long past its deadline means the node outlived it (a
+// maintenance reboot mid-job, a stop and start): a restarted agent leaves
+// the pods running now alone instead of evicting them with no grace.
+func TestRestartedAgentLeavesWorkLongPastItsDeadline(t *testing.T) {
+	e := newEnv(t, "spot-4")
+	ctx := context.Background()
+	e.pod("slow", e.node, 1500*time.Millisecond) // still writing when the agent dies
+
+	f1, stop1 := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
+	f1.OnNotice(spotNotice("aws-spot-terminate-stale", 8*time.Second))
+	waitFor(t, "the checkpoint request", 2*time.Second, func() bool { return len(e.trainers["slow"].Received()) == 1 })
+	stop1()
+	// The node comes back an hour after the deadline.
+	path := filepath.Join(e.stateDir, "notice-aws-spot-terminate-stale.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j reclaim.Job
+	if err := json.Unmarshal(data, &j); err != nil || j.Done {
+		t.Fatalf("state before the restart: %s (%v), want unfinished", data, err)
+	}
+	j.Deadline = time.Now().Add(-time.Hour)
+	if data, err = json.Marshal(&j); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
+	waitFor(t, "the stale job recorded as done", 5*time.Second, func() bool {
+		data, _ := os.ReadFile(path)
+		var j reclaim.Job
+		return json.Unmarshal(data, &j) == nil && j.Done
+	})
+	if gone(t, e.ns, "slow") {
+		t.Error("the restarted agent evicted a pod for work an hour past its deadline")
+	}
+	if got := len(e.trainers["slow"].Received()); got != 1 {
+		t.Errorf("the pod was asked %d times to checkpoint, want once (before the restart)", got)
+	}
+}
+
 func TestAgentRestartMidNoticeFinishesTheJob(t *testing.T) {
 	e := newEnv(t, "spot-1")
 	ctx := context.Background()
