@@ -34,6 +34,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/utils/ptr"
@@ -497,14 +498,19 @@ func (w *world) agentHeldToItsNode(t *testing.T) {
 	ctx := context.Background()
 	a := w.startAgent("gcp-2", metadatatest.NewGCP(), t.TempDir())
 	taint := pkgreclaim.Taint(telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION)
+	// KWOK's heartbeats and the agent's own taint upkeep change the node
+	// between the read and the write: a conflict is read again, as any
+	// client does, and only the admission's answer counts.
 	try := func(node string, mutate func(*corev1.Node)) error {
-		n, err := a.client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n, err := a.client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			mutate(n)
+			_, err = a.client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
 			return err
-		}
-		mutate(n)
-		_, err = a.client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
-		return err
+		})
 	}
 	addTaint := func(n *corev1.Node) { n.Spec.Taints = append(n.Spec.Taints, taint) }
 	// The policy takes a moment to be loaded by the API server.
