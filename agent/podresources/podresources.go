@@ -4,6 +4,7 @@
 package podresources
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -201,18 +202,9 @@ func (c *Collector) convert(resp *podresourcesv1.ListPodResourcesResponse) []*te
 	for k := range byKey {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := keys[i], keys[j]
-		if a.namespace != b.namespace {
-			return a.namespace < b.namespace
-		}
-		if a.name != b.name {
-			return a.name < b.name
-		}
-		if a.container != b.container {
-			return a.container < b.container
-		}
-		return a.resource < b.resource
+	slices.SortFunc(keys, func(a, b key) int {
+		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name),
+			cmp.Compare(a.container, b.container), cmp.Compare(a.resource, b.resource))
 	})
 	var out []*telemetryv1.PodDevices
 	for _, k := range keys {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/clientcmd"
@@ -100,34 +99,13 @@ func (f *telemetryFlags) validate() error {
 	if f.audience == "" {
 		return fmt.Errorf("--telemetry-token-audience is empty: give the audience of the agents' projected ServiceAccount tokens (deploy/agent/penny-agent.yaml; default %s)", telemetry.DefaultAudience)
 	}
-	if err := agentServiceAccountsFlag(f.serviceAccounts); err != nil {
-		return err
+	for _, sa := range f.serviceAccounts {
+		if err := telemetry.CheckAgentServiceAccount(sa); err != nil {
+			return fmt.Errorf("--telemetry-agent-service-accounts %q: %v (entries are separated by commas, without spaces)", sa, err)
+		}
 	}
 	if f.reclaim != nil {
 		return f.reclaim.validate()
-	}
-	return nil
-}
-
-// agentServiceAccountsFlag checks the names in
-// --telemetry-agent-service-accounts as the API server names ServiceAccounts:
-// a name no ServiceAccount can have (" penny-system/penny-agent" after a
-// comma and a space, an upper-case letter) would match no agent's token, so
-// the agents would be refused, and the evictions webhook would judge their
-// evictions as no agent's.
-func agentServiceAccountsFlag(list []string) error {
-	const want = "want namespace/name of each ServiceAccount agents run as, separated by commas without spaces, e.g. penny-system/penny-agent"
-	for _, sa := range list {
-		ns, name, ok := strings.Cut(sa, "/")
-		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-			return fmt.Errorf("--telemetry-agent-service-accounts %q: %s", sa, want)
-		}
-		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-			return fmt.Errorf("--telemetry-agent-service-accounts %q: namespace %q: %s; %s", sa, ns, strings.Join(errs, "; "), want)
-		}
-		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-			return fmt.Errorf("--telemetry-agent-service-accounts %q: ServiceAccount name %q: %s; %s", sa, name, strings.Join(errs, "; "), want)
-		}
 	}
 	return nil
 }

@@ -91,18 +91,12 @@ var phillyFlagsUsed = map[string][]string{
 	sim.FormatHelios:  {"philly-cpu-per-gpu", "philly-mem-per-gpu", "philly-gang-pod-gpus"},
 }
 
-// checkPhillyFlags refuses a --philly-* flag the trace's format does not
-// read (an openb pod list records every pod's CPU and memory).
-func (f *traceFlags) checkPhillyFlags() error {
+// checkPhillyFlags refuses a --philly-* flag the trace's format (as
+// given, or told from the trace) does not read (an openb pod list records
+// every pod's CPU and memory).
+func (f *traceFlags) checkPhillyFlags(format string) error {
 	if f.flags == nil {
 		return nil
-	}
-	format := f.format
-	if format == sim.FormatAuto {
-		var err error
-		if format, err = sim.DetectFormat(f.pods); err != nil {
-			return err
-		}
 	}
 	used, ok := phillyFlagsUsed[format]
 	if !ok {
@@ -199,10 +193,17 @@ func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	if f.philly.MemMiBPerGPU > maxMemMiBPerGPU {
 		return nil, nil, fmt.Errorf("--philly-mem-per-gpu %d is more than any node holds: it is in MiB per GPU, at most %d (default %d)", f.philly.MemMiBPerGPU, maxMemMiBPerGPU, def.MemMiBPerGPU)
 	}
-	if err := f.checkPhillyFlags(); err != nil {
+	format := f.format
+	if format == sim.FormatAuto {
+		var err error
+		if format, err = sim.DetectFormat(f.pods); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := f.checkPhillyFlags(format); err != nil {
 		return nil, nil, err
 	}
-	tr, err := sim.LoadTrace(f.pods, f.format, f.philly)
+	tr, err := sim.LoadTrace(f.pods, format, f.philly)
 	if err != nil {
 		return nil, nil, err
 	}

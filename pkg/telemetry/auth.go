@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
@@ -47,13 +48,33 @@ func AgentServiceAccounts(list []string) (map[string]bool, error) {
 	}
 	set := map[string]bool{}
 	for _, sa := range list {
-		ns, name, ok := strings.Cut(sa, "/")
-		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-			return nil, fmt.Errorf("agent ServiceAccount %q: want namespace/name, e.g. penny-system/penny-agent", sa)
+		if err := CheckAgentServiceAccount(sa); err != nil {
+			return nil, fmt.Errorf("agent ServiceAccount %q: %v", sa, err)
 		}
 		set[sa] = true
 	}
 	return set, nil
+}
+
+// CheckAgentServiceAccount says what is wrong with one "namespace/name" of
+// such a list, or nil. Names are checked as the API server names
+// ServiceAccounts: one no ServiceAccount can have (" team-b/gpu-agent"
+// after a comma and a space, an upper-case letter) would match no agent's
+// token, so that agent would be refused, and the evictions webhook would
+// judge its evictions as no agent's.
+func CheckAgentServiceAccount(sa string) error {
+	const want = "want namespace/name of a ServiceAccount the agents run as, e.g. penny-system/penny-agent"
+	ns, name, ok := strings.Cut(sa, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return errors.New(want)
+	}
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return fmt.Errorf("namespace %q: %s; %s", ns, strings.Join(errs, "; "), want)
+	}
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		return fmt.Errorf("ServiceAccount name %q: %s; %s", name, strings.Join(errs, "; "), want)
+	}
+	return nil
 }
 
 // agentIdentity is who an authenticated stream belongs to.

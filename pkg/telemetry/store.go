@@ -114,8 +114,6 @@ func (g *GPU) Placements() []gpu.Placement {
 	return out
 }
 
-func byStart(a, b MIGInstance) int { return cmp.Compare(a.Start, b.Start) }
-
 // MIGInstance is one MIG device.
 type MIGInstance struct {
 	UUID          string
@@ -199,9 +197,7 @@ func newNodeState(r *telemetryv1.NodeReport, received time.Time) *NodeState {
 				// they end up adjacent, which Placements relies on. Distinct
 				// GPU instances never share a start; the sort is stable, so
 				// a GPU instance's compute instances keep the report's order.
-				if !slices.IsSortedFunc(out.MIG, byStart) {
-					slices.SortStableFunc(out.MIG, byStart)
-				}
+				slices.SortStableFunc(out.MIG, func(a, b MIGInstance) int { return cmp.Compare(a.Start, b.Start) })
 			}
 		}
 	}
