@@ -232,6 +232,9 @@ type entry struct {
 	state atomic.Pointer[NodeState]
 	// mu orders writers of one node; readers never take it.
 	mu sync.Mutex
+	// dropped is set, under mu, once drop has taken the entry out of the
+	// map: a writer that found the entry just before must not store into it.
+	dropped bool
 }
 
 // StoreOptions configure a Store.
@@ -309,6 +312,14 @@ func (s *Store) Lookup(name string) (*NodeState, bool) {
 func (s *Store) Update(r *telemetryv1.NodeReport, received time.Time) bool {
 	e := s.join(r.GetNodeName())
 	e.mu.Lock()
+	for e.dropped {
+		// Pruned between join and the lock: a report stored here would be
+		// lost until the agent's next one. joinLocked waits for the drop
+		// to publish its map.
+		e.mu.Unlock()
+		e = s.joinLocked(r.GetNodeName())
+		e.mu.Lock()
+	}
 	defer e.mu.Unlock()
 	prev := e.state.Load()
 	if prev != nil {
@@ -335,6 +346,11 @@ func (s *Store) join(name string) *entry {
 	if e := (*s.nodes.Load())[name]; e != nil {
 		return e
 	}
+	return s.joinLocked(name)
+}
+
+// joinLocked is join under the membership lock.
+func (s *Store) joinLocked(name string) *entry {
 	s.membership.Lock()
 	defer s.membership.Unlock()
 	old := *s.nodes.Load()
@@ -365,16 +381,27 @@ func (s *Store) ForgetStaleIf(gone func(name string) bool) {
 	})
 }
 
-// drop removes the nodes for which gone says so.
+// drop removes the nodes for which gone says so. gone runs without the
+// node's lock (it may be slow, e.g. a lister lookup); a report stored while
+// it ran keeps the node.
 func (s *Store) drop(gone func(name string, st *NodeState) bool) {
 	s.membership.Lock()
 	defer s.membership.Unlock()
 	old := *s.nodes.Load()
 	m := make(map[string]*entry, len(old))
 	for k, e := range old {
-		if !gone(k, e.state.Load()) {
+		st := e.state.Load()
+		if !gone(k, st) {
+			m[k] = e
+			continue
+		}
+		e.mu.Lock()
+		if e.state.Load() == st {
+			e.dropped = true
+		} else {
 			m[k] = e
 		}
+		e.mu.Unlock()
 	}
 	if len(m) != len(old) {
 		s.nodes.Store(&m)

@@ -305,3 +305,34 @@ func TestMIGInstancesAreListedByPlacement(t *testing.T) {
 		t.Error("the report was modified")
 	}
 }
+
+// A report that arrives while the pruner decides a node is gone keeps the
+// node: the pruner saw the old, stale report, and dropping the node then
+// would lose the new one until the agent's next report.
+func TestReportDuringDropKeepsTheNode(t *testing.T) {
+	c := &clock{now: t0}
+	s := telemetry.NewStore(telemetry.StoreOptions{Now: c.Now, MaxAge: 10 * time.Second})
+	s.Update(telemetrytest.Report("a", 1, 1, t0), c.Now())
+	c.Add(time.Minute)
+	s.ForgetStaleIf(func(name string) bool {
+		if !s.Update(telemetrytest.Report(name, 1, 2, c.Now()), c.Now()) {
+			t.Fatal("the new report was refused")
+		}
+		return true
+	})
+	st, fresh := s.Lookup("a")
+	if st == nil || !fresh || st.Sequence != 2 {
+		t.Fatalf("node after a report during its drop: %+v fresh=%v, want sequence 2, fresh", st, fresh)
+	}
+	// A node still silent is dropped as before.
+	c.Add(time.Minute)
+	s.ForgetStaleIf(func(string) bool { return true })
+	if st, _ := s.Lookup("a"); st != nil {
+		t.Fatal("silent node not dropped")
+	}
+	// A report after the drop adds the node again.
+	s.Update(telemetrytest.Report("a", 1, 3, c.Now()), c.Now())
+	if st, fresh := s.Lookup("a"); st == nil || !fresh {
+		t.Fatal("report after a drop not stored")
+	}
+}
