@@ -24,6 +24,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/pennysched/penny/pkg/statustext"
 )
 
 // Penny's gang convention. The name must be a label (so members can be
@@ -107,18 +109,18 @@ func Of(pod *corev1.Pod) (spec Spec, ok bool, err error) {
 
 	sizeText, found := lookup(pod, KeySize)
 	if !found {
-		return Spec{}, false, fmt.Errorf("pod %s/%s is in gang %q but has no %s: set it (label or annotation) to the number of members that must run together", pod.Namespace, pod.Name, ref.Name, KeySize)
+		return Spec{}, false, fmt.Errorf("pod %s/%s is in gang %s but has no %s: set it (label or annotation) to the number of members that must run together", pod.Namespace, pod.Name, statustext.Quote(ref.Name), KeySize)
 	}
 	size, err := strconv.ParseInt(strings.TrimSpace(sizeText), 10, 32)
 	if err != nil || size < 1 {
-		return Spec{}, false, fmt.Errorf("pod %s/%s: %s=%q is not a whole number >= 1: set it to the number of members that must run together", pod.Namespace, pod.Name, KeySize, sizeText)
+		return Spec{}, false, fmt.Errorf("pod %s/%s: %s=%s is not a whole number >= 1: set it to the number of members that must run together", pod.Namespace, pod.Name, KeySize, statustext.Quote(sizeText))
 	}
 	spec.MinMember = int32(size)
 
 	if text, found := lookup(pod, KeyTimeout); found {
 		d, err := parseTimeout(text)
 		if err != nil {
-			return Spec{}, false, fmt.Errorf("pod %s/%s: %s=%q: %v", pod.Namespace, pod.Name, KeyTimeout, text, err)
+			return Spec{}, false, fmt.Errorf("pod %s/%s: %s=%s: %v", pod.Namespace, pod.Name, KeyTimeout, statustext.Quote(text), err)
 		}
 		spec.Timeout = d
 	}
@@ -188,7 +190,7 @@ func lookupBool(pod *corev1.Pod, key string) (*bool, error) {
 	}
 	v, err := strconv.ParseBool(strings.TrimSpace(text))
 	if err != nil {
-		return nil, fmt.Errorf("pod %s/%s: %s=%q is not a boolean: use \"true\" or \"false\"", pod.Namespace, pod.Name, key, text)
+		return nil, fmt.Errorf("pod %s/%s: %s=%s is not a boolean: use \"true\" or \"false\"", pod.Namespace, pod.Name, key, statustext.Quote(text))
 	}
 	return &v, nil
 }

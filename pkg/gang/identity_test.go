@@ -1,6 +1,7 @@
 package gang
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,32 @@ func TestOf(t *testing.T) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// The errors become scheduler status messages, which kube-scheduler records
+// in the FailedScheduling event as a format and in the PodScheduled
+// condition verbatim: a percent sign in a value must read the same in both.
+func TestOfErrorsReadTheSameAsAFormat(t *testing.T) {
+	var noArgs []any // a format with no arguments, as kube-scheduler passes it
+	for key, c := range map[string]struct{ value, shown string }{
+		KeySize:             {"5%", `penny.dev/gang-size="5\x25"`},
+		KeyTimeout:          {"90s%", `penny.dev/gang-timeout="90s\x25"`},
+		KeySameZone:         {"yes%", `penny.dev/gang-same-zone="yes\x25"`},
+		KeySameCapacityType: {"%v", `penny.dev/gang-same-capacity-type="\x25v"`},
+	} {
+		annotations := map[string]string{KeySize: "2", key: c.value}
+		_, _, err := Of(pod("p", map[string]string{LabelName: "llm"}, annotations))
+		if err == nil {
+			t.Fatalf("%s=%s: want an error", key, c.value)
+		}
+		msg := err.Error()
+		if event := fmt.Sprintf(msg, noArgs...); event != msg {
+			t.Errorf("%s=%s: as a format the message reads\n%s\nnot\n%s", key, c.value, event, msg)
+		}
+		if !strings.Contains(msg, c.shown) {
+			t.Errorf("%s=%s: %q does not show the value as %s", key, c.value, msg, c.shown)
+		}
 	}
 }
 

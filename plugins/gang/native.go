@@ -8,6 +8,7 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/statustext"
 )
 
 const nativeDomainKey fwk.StateKey = "penny.dev/" + Name + "-domain"
@@ -27,9 +28,9 @@ func (pl *Gang) nativeUnsupported(pod *corev1.Pod, spec gang.Spec) string {
 	if pl.nativeGangs {
 		return ""
 	}
-	return fmt.Sprintf("pod %s/%s names PodGroup %q in spec.schedulingGroup but penny-scheduler runs without the GenericWorkload feature gate, "+
+	return fmt.Sprintf("pod %s/%s names PodGroup %s in spec.schedulingGroup but penny-scheduler runs without the GenericWorkload feature gate, "+
 		"so nothing would keep the group's pods together: start penny-scheduler with --feature-gates=GenericWorkload=true, "+
-		"or drop spec.schedulingGroup and set the %s and %s labels", pod.Namespace, pod.Name, spec.Name, gang.LabelName, gang.KeySize)
+		"or drop spec.schedulingGroup and set the %s and %s labels", pod.Namespace, pod.Name, statustext.Quote(spec.Name), gang.LabelName, gang.KeySize)
 }
 
 // preFilterNative handles a pod that names a native PodGroup. The in-tree

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/statustext"
 )
 
 // Pod annotations that describe how a workload tolerates Spot. Tenants set
@@ -137,7 +138,7 @@ type AnnotationError struct {
 }
 
 func (e *AnnotationError) Error() string {
-	return fmt.Sprintf("annotation %s=%q is not valid: %s", e.Annotation, e.Value, e.Fix)
+	return fmt.Sprintf("annotation %s=%s is not valid: %s", e.Annotation, statustext.Quote(e.Value), e.Fix)
 }
 
 // classify reads a pod's class from its annotations, priority and owner,

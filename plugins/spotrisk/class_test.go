@@ -11,6 +11,7 @@ import (
 
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/statustext"
 )
 
 func defaults() *Args {
@@ -132,7 +133,7 @@ func TestClassifyMalformedAnnotationsNameTheFix(t *testing.T) {
 			continue
 		}
 		msg := err.Error()
-		if !strings.Contains(msg, "annotation "+key+"=\""+value+"\" is not valid: use") && !strings.Contains(msg, "annotation "+key+"=\""+value+"\" is not valid: give") {
+		if named := "annotation " + key + "=" + statustext.Quote(value) + " is not valid: "; !strings.Contains(msg, named+"use") && !strings.Contains(msg, named+"give") {
 			t.Errorf("%s=%s: message does not name the annotation and the fix: %s", key, value, msg)
 		}
 	}
@@ -148,7 +149,7 @@ func TestMalformedRiskLimitIsRefusedWithAPrintableFix(t *testing.T) {
 			t.Errorf("%s=%s: want error", AnnotationMaxReclaimRisk, v)
 			continue
 		}
-		fix := strings.TrimPrefix(err.Error(), fmt.Sprintf("annotation %s=%q is not valid: ", AnnotationMaxReclaimRisk, v))
+		fix := strings.TrimPrefix(err.Error(), fmt.Sprintf("annotation %s=%s is not valid: ", AnnotationMaxReclaimRisk, statustext.Quote(v)))
 		if fix == err.Error() || strings.Contains(fix, "%") {
 			t.Errorf("%s=%s: %q: want the annotation named and a fix without a percent sign", AnnotationMaxReclaimRisk, v, err)
 		}

@@ -201,6 +201,43 @@ func TestMalformedAnnotationIsRejectedWithEvent(t *testing.T) {
 	expectContains(t, "event", evs[0], "Warning", EventInvalidAnnotation, `penny.dev/spot="maybe"`, "use one of never, prefer, allow, only")
 }
 
+// noArgs passes a message as a format with no arguments, as kube-scheduler
+// does, without vet objecting to the non-constant format.
+var noArgs []any
+
+// kube-scheduler records FailedScheduling with the status message as the
+// format and puts the same message in the pod's PodScheduled condition. A
+// percent sign in a malformed annotation's value turned into %!"(MISSING)
+// and the like in the event that should tell the user what is wrong.
+func TestMalformedAnnotationWithPercentReadsTheSameInEventAndCondition(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	cases := []struct{ key, value, shown string }{
+		{AnnotationWorkload, "training%", `penny.dev/workload="training\x25"`},
+		{AnnotationSpot, "50%", `penny.dev/spot="50\x25"`},
+		{AnnotationCheckpointInterval, "30m%", `penny.dev/checkpoint-interval="30m\x25"`},
+		{AnnotationExpectedRuntime, "6h%", `penny.dev/expected-runtime="6h\x25"`},
+		{AnnotationFallbackAfter, "15%", `penny.dev/fallback-after="15\x25"`},
+		{AnnotationMaxReclaimRisk, "150%", `penny.dev/max-reclaim-risk="150\x25"`},
+		{AnnotationMaxReclaimRisk, "5%d %s", `penny.dev/max-reclaim-risk="5\x25d \x25s"`},
+	}
+	for _, tc := range cases {
+		r := e.schedule(t, pod("p", map[string]string{tc.key: tc.value}))
+		if r.preFilter == nil || r.preFilter.Code() != fwk.UnschedulableAndUnresolvable {
+			t.Fatalf("%s=%s: prefilter status %v", tc.key, tc.value, r.preFilter)
+		}
+		msg := r.preFilter.Message()
+		if event := fmt.Sprintf(msg, noArgs...); event != msg {
+			t.Errorf("%s=%s: the FailedScheduling event reads\n%s\nwhere the condition reads\n%s", tc.key, tc.value, event, msg)
+		}
+		expectContains(t, "status", msg, "annotation "+tc.shown+" is not valid")
+		evs := e.events()
+		if len(evs) != 1 {
+			t.Fatalf("%s=%s: events %v", tc.key, tc.value, evs)
+		}
+		expectContains(t, "event", evs[0], EventInvalidAnnotation+" "+msg+"; the pod is not scheduled until it is fixed")
+	}
+}
+
 func TestFallbackAfterWaiting(t *testing.T) {
 	full := node("spot-full", pricing.Spot, "us-east-1a")
 	full.Spec.Taints = []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}

@@ -1,0 +1,93 @@
+package gang
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/events"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+
+	"github.com/pennysched/penny/pkg/gang"
+)
+
+// kube-scheduler records FailedScheduling with the status message as the
+// format and puts the same message in the pod's PodScheduled condition; the
+// plugin's own GangInvalid event takes it as the format too. A percent sign
+// in a malformed gang key's value turned into %!"(MISSING) and the like in
+// the events that should tell the user what to fix.
+func TestMalformedKeyWithPercentReadsTheSameInEventsAndCondition(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset()
+	recorder := events.NewFakeRecorder(10)
+	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
+		frameworkruntime.WithClientSet(client),
+		frameworkruntime.WithInformerFactory(informers.NewSharedInformerFactory(client, 0)),
+		frameworkruntime.WithEventRecorder(recorder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := NewWith(ctx, nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := member("llm", 2, 1, 1)
+	delete(bad.Labels, gang.KeySize)
+	bad.Annotations = map[string]string{gang.KeySize: "2%"}
+	good := member("llm", 2, 0, 1)
+	for _, p := range []*corev1.Pod{bad, good} {
+		if err := pl.pods.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const shown = `penny.dev/gang-size="2\x25" is not a whole number >= 1`
+	var noArgs []any // a format with no arguments, as kube-scheduler passes it
+
+	preEnqueue := func(p *corev1.Pod) *fwk.Status { return pl.PreEnqueue(ctx, p) }
+	preFilter := func(p *corev1.Pod) *fwk.Status {
+		_, s := pl.PreFilter(ctx, framework.NewCycleState(), p, nil)
+		return s
+	}
+	own := "pod team/llm-1: " + shown
+	sibling := "gang team/llm: member llm-1 must be fixed first: " + own
+	for _, tc := range []struct {
+		what  string
+		pod   *corev1.Pod
+		check func(*corev1.Pod) *fwk.Status
+		want  string
+	}{
+		{"PreEnqueue of the malformed member", bad, preEnqueue, own},
+		{"PreFilter of the malformed member", bad, preFilter, own},
+		{"PreEnqueue of its sibling", good, preEnqueue, sibling},
+		{"PreFilter of its sibling", good, preFilter, sibling},
+	} {
+		s := tc.check(tc.pod)
+		if s.Code() != fwk.UnschedulableAndUnresolvable {
+			t.Fatalf("%s: status %v", tc.what, s)
+		}
+		msg := s.Message()
+		if event := fmt.Sprintf(msg, noArgs...); event != msg {
+			t.Errorf("%s: the FailedScheduling event reads\n%s\nwhere the condition reads\n%s", tc.what, event, msg)
+		}
+		if !strings.HasPrefix(msg, tc.want) {
+			t.Errorf("%s: %q, want it to start %q", tc.what, msg, tc.want)
+		}
+	}
+	// Each PreEnqueue told its pod once; the note reads as the status does.
+	for _, want := range []string{own, sibling} {
+		select {
+		case ev := <-recorder.Events:
+			if !strings.HasPrefix(ev, "Warning GangInvalid "+want) {
+				t.Errorf("event %q, want it to start %q", ev, "Warning GangInvalid "+want)
+			}
+		default:
+			t.Errorf("no GangInvalid event saying %q", want)
+		}
+	}
+}
