@@ -658,7 +658,7 @@ func TestMembersNamingDifferentSchedulersAreHeld(t *testing.T) {
 	pods := gangPods("llm", 2, 8)
 	pods[1].Spec.SchedulerName = "penny-batch"
 	c.create(pods...)
-	c.waitEvent("llm-0", "gang team/llm: members disagree on spec.schedulerName: this pod says penny-scheduler but llm-1 say penny-batch; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)")
+	c.waitEvent("llm-0", "gang team/llm: members disagree on spec.schedulerName: this pod says \"penny-scheduler\" but llm-1 say \"penny-batch\"; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)")
 	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
 		t.Fatal("the gang claimed room for a member another scheduler places")
 	}

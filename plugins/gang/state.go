@@ -98,7 +98,7 @@ func (pl *Gang) apply(logger klog.Logger, e *effects) {
 		}
 	}
 	for _, p := range e.released {
-		pl.handle.EventRecorder().Eventf(p, nil, corev1.EventTypeWarning, "GangReleased", "Scheduling", e.message)
+		pl.handle.EventRecorder().Eventf(p, nil, corev1.EventTypeWarning, "GangReleased", "Scheduling", "%s", e.message)
 	}
 	if len(e.activate) > 0 {
 		pl.handle.Activate(logger, e.activate)

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/statustext"
 )
 
 // membersMissing is the message for a gang that does not yet have all its
@@ -98,7 +99,10 @@ func (pl *Gang) memberProblem(pod *corev1.Pod, spec gang.Spec, members []*corev1
 	for _, p := range members {
 		// A bound member runs, whoever placed it.
 		if p.Spec.NodeName == "" && p.Spec.SchedulerName != pod.Spec.SchedulerName {
-			schedulers[p.Spec.SchedulerName] = append(schedulers[p.Spec.SchedulerName], p.Name)
+			// The API server does not validate schedulerName: quoted, a
+			// percent sign in it cannot garble the event.
+			name := statustext.Quote(p.Spec.SchedulerName)
+			schedulers[name] = append(schedulers[name], p.Name)
 		}
 		s, _, err := gang.Of(p)
 		if err != nil {
@@ -127,7 +131,7 @@ func (pl *Gang) memberProblem(pod *corev1.Pod, spec gang.Spec, members []*corev1
 	}
 	if len(schedulers) > 0 {
 		return fmt.Sprintf("gang %s: members disagree on spec.schedulerName: this pod says %s but %s; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)",
-			spec.Ref, pod.Spec.SchedulerName, whoSays(schedulers))
+			spec.Ref, statustext.Quote(pod.Spec.SchedulerName), whoSays(schedulers))
 	}
 	for _, d := range disagreements {
 		if len(d.theirs) == 0 {
@@ -222,5 +226,5 @@ func (pl *Gang) tell(pod *corev1.Pod, reason, msg string) {
 	if reason != "GangWaiting" && reason != "GangGated" {
 		eventType = corev1.EventTypeWarning
 	}
-	pl.handle.EventRecorder().Eventf(pod, nil, eventType, reason, "Scheduling", msg)
+	pl.handle.EventRecorder().Eventf(pod, nil, eventType, reason, "Scheduling", "%s", msg)
 }

@@ -24,19 +24,7 @@ import (
 // the events that should tell the user what to fix.
 func TestMalformedKeyWithPercentReadsTheSameInEventsAndCondition(t *testing.T) {
 	ctx := context.Background()
-	client := fake.NewClientset()
-	recorder := events.NewFakeRecorder(10)
-	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
-		frameworkruntime.WithClientSet(client),
-		frameworkruntime.WithInformerFactory(informers.NewSharedInformerFactory(client, 0)),
-		frameworkruntime.WithEventRecorder(recorder))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := NewWith(ctx, nil, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pl, recorder := eventPlugin(t)
 	bad := member("llm", 2, 1, 1)
 	delete(bad.Labels, gang.KeySize)
 	bad.Annotations = map[string]string{gang.KeySize: "2%"}
@@ -89,5 +77,52 @@ func TestMalformedKeyWithPercentReadsTheSameInEventsAndCondition(t *testing.T) {
 		default:
 			t.Errorf("no GangInvalid event saying %q", want)
 		}
+	}
+}
+
+// eventPlugin is the plugin on a framework that records its events.
+func eventPlugin(t *testing.T) (*Gang, *events.FakeRecorder) {
+	t.Helper()
+	ctx := context.Background()
+	client := fake.NewClientset()
+	recorder := events.NewFakeRecorder(10)
+	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
+		frameworkruntime.WithClientSet(client),
+		frameworkruntime.WithInformerFactory(informers.NewSharedInformerFactory(client, 0)),
+		frameworkruntime.WithEventRecorder(recorder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := NewWith(ctx, nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pl, recorder
+}
+
+// The API server does not validate spec.schedulerName, so a member's may
+// hold a percent sign; the message naming it must read the same as a format.
+func TestSchedulerNameWithPercentReadsTheSameInTheEvent(t *testing.T) {
+	ctx := context.Background()
+	pl, _ := eventPlugin(t)
+	odd := member("llm", 2, 1, 1)
+	odd.Spec.SchedulerName = "batch%d"
+	mine := member("llm", 2, 0, 1)
+	for _, p := range []*corev1.Pod{odd, mine} {
+		if err := pl.pods.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := pl.PreEnqueue(ctx, mine)
+	if s.Code() != fwk.UnschedulableAndUnresolvable {
+		t.Fatalf("status %v", s)
+	}
+	msg := s.Message()
+	var noArgs []any // a format with no arguments, as kube-scheduler passes it
+	if event := fmt.Sprintf(msg, noArgs...); event != msg {
+		t.Errorf("the FailedScheduling event reads\n%s\nwhere the condition reads\n%s", event, msg)
+	}
+	if want := `this pod says "` + testSchedulerName + `" but llm-1 say "batch\x25d"`; !strings.Contains(msg, want) {
+		t.Errorf("%q does not contain %q", msg, want)
 	}
 }

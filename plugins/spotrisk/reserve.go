@@ -68,5 +68,5 @@ func (pl *SpotRisk) PostBind(ctx context.Context, cs fwk.CycleState, pod *corev1
 	if pl.handle == nil || pl.handle.EventRecorder() == nil {
 		return
 	}
-	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", b.message())
+	pl.handle.EventRecorder().Eventf(pod, nil, corev1.EventTypeNormal, EventFallback, "Scheduling", "%s", b.message())
 }

@@ -400,7 +400,7 @@ func TestDeletingTheMemberThatHeldTheGangRetriesTheRest(t *testing.T) {
 	told := map[string]string{
 		"bad":   "gang default/bad: member bad-2 must be fixed first: ",
 		"slow":  "gang default/slow: members disagree on penny.dev/gang-timeout: slow-0 say 1m30s; slow-2 say 2m0s; give every member that sets it the same value",
-		"other": "gang default/other: members disagree on spec.schedulerName: this pod says penny-scheduler but other-2 say penny-batch; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)",
+		"other": "gang default/other: members disagree on spec.schedulerName: this pod says \"penny-scheduler\" but other-2 say \"penny-batch\"; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)",
 	}
 	var rest []string
 	for name, want := range told {
