@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -89,10 +90,11 @@ type Coordinator struct {
 	// (scheduled maintenance waits for its lead time), by node/notice id:
 	// the agent dropping the notice calls their handling off.
 	waiting map[string]*callOff
-	// recorded holds the gangs in a notice's record, by node/notice id: a
-	// restarted coordinator no longer finds them on the reclaimed node,
-	// whose agent has usually evicted its pods already.
-	recorded map[string][]gang.Ref
+	// recorded holds a notice's record, by node/notice id: a restarted
+	// coordinator no longer finds its gangs on the reclaimed node, whose
+	// agent has usually evicted its pods already, and must act only on the
+	// members the record names.
+	recorded map[string]noticeRecord
 	wake     chan struct{}
 	started  bool
 	opts     CoordinatorOptions
@@ -116,7 +118,7 @@ type callOff struct {
 // OnCheckpointStatus to the telemetry server.
 func NewCoordinator() *Coordinator {
 	registerMetrics()
-	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, recorded: map[string][]gang.Ref{}, wake: make(chan struct{}, 1)}
+	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, recorded: map[string]noticeRecord{}, wake: make(chan struct{}, 1)}
 }
 
 // OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
@@ -294,10 +296,11 @@ func (c *Coordinator) resume(ctx context.Context) {
 		if !r.deadline().After(now) {
 			continue // dropped at the next write
 		}
-		c.recorded[r.key()] = r.gangs
+		c.recorded[r.key()] = r
 		c.queue = append(c.queue, r.nodeNotice)
+		// 0 members: a record without UIDs, which acts on every live member.
 		c.opts.Log.Info("resuming a reclaim notice from its record", "node", r.node, "notice", r.notice.ID,
-			"kind", r.notice.Kind.String(), "deadline", r.deadline(), "gangs", len(r.gangs))
+			"kind", r.notice.Kind.String(), "deadline", r.deadline(), "gangs", len(r.gangs), "members", len(r.members))
 	}
 	if len(c.queue) > 0 {
 		select {
@@ -307,19 +310,27 @@ func (c *Coordinator) resume(ctx context.Context) {
 	}
 }
 
-// remember records a notice and its gangs before any command is sent.
-func (c *Coordinator) remember(ctx context.Context, nn nodeNotice, gangs []gang.Ref, log logr.Logger) {
+// remember records a notice, its gangs and the members its fan-outs act on
+// before any command is sent.
+func (c *Coordinator) remember(ctx context.Context, nn nodeNotice, gangs []gang.Ref, fanouts []*fanout, log logr.Logger) {
 	if c.opts.Notices == nil {
 		return
 	}
+	rec := noticeRecord{nodeNotice: nn, gangs: gangs}
+	for _, f := range fanouts {
+		for _, p := range f.pods {
+			rec.members = append(rec.members, p.UID)
+		}
+	}
+	slices.Sort(rec.members)
 	c.mu.Lock()
-	c.recorded[nn.key()] = gangs
+	c.recorded[nn.key()] = rec
 	c.mu.Unlock()
 	// The commands wait for this write: bound it so a slow API server does
 	// not eat the notice's deadline.
 	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
 	defer cancel()
-	if err := c.opts.Notices.put(ctx, noticeRecord{nn, gangs}, log); err != nil {
+	if err := c.opts.Notices.put(ctx, rec, log); err != nil {
 		log.Error(err, "cannot record the notice; a restart before its gangs are evicted would leave them running short a member")
 	}
 }
@@ -404,7 +415,7 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		c.forget(ctx, nn, log)
 		return
 	}
-	c.remember(ctx, nn, gangs, log)
+	c.remember(ctx, nn, gangs, fanouts, log)
 	var wg sync.WaitGroup
 	for _, f := range fanouts {
 		wg.Add(1)
@@ -545,7 +556,8 @@ func commandID(origin, notice, node string) string {
 }
 
 // plan finds the gangs with a member on the reclaimed node, adds those
-// recorded for the notice, and groups their other members by node.
+// recorded for the notice, and groups their other members by node: of a
+// resumed notice, only the members its record names.
 func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Time) ([]*fanout, []gang.Ref, error) {
 	onNode, err := c.livePodsOn(ctx, nn.node)
 	if err != nil {
@@ -558,8 +570,21 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 		}
 	}
 	c.mu.Lock()
-	gangs := unionGangs(c.recorded[nn.key()], found)
+	rec := c.recorded[nn.key()]
 	c.mu.Unlock()
+	gangs := unionGangs(rec.gangs, found)
+	// Between the first plan's evictions and a restart, the gangs' owners
+	// have usually created replacements, running elsewhere: evicting them
+	// would cost the gang a second restart. A record without UIDs (saved
+	// before Penny kept them, or too large to keep them) leaves chosen nil:
+	// every live member, as before.
+	var chosen map[types.UID]bool
+	if len(rec.members) > 0 {
+		chosen = make(map[types.UID]bool, len(rec.members))
+		for _, uid := range rec.members {
+			chosen[uid] = true
+		}
+	}
 	byNode := map[string]*fanout{}
 	for _, ref := range gangs {
 		members, err := c.members(ctx, ref)
@@ -567,7 +592,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 			return nil, nil, err
 		}
 		for _, p := range members {
-			if p.Spec.NodeName == "" || p.Spec.NodeName == nn.node {
+			if p.Spec.NodeName == "" || p.Spec.NodeName == nn.node || chosen != nil && !chosen[p.UID] {
 				continue
 			}
 			f := byNode[p.Spec.NodeName]

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
@@ -21,10 +22,18 @@ import (
 
 // NoticesKey is the ConfigMap key that holds the notices being handled: one
 // line per notice, "<node> <notice id> <kind> <provider> <action> <detected>
-// <deadline> <gangs>", e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate
-// 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm,podgroup:ml/pg"
-// (an empty action or deadline is "-").
+// <deadline> <gangs> <members>", e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS
+// terminate 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z
+// label:ml/llm,podgroup:ml/pg
+// 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11,9a1e0d2c-7b3f-4e5a-8c6d-1f2e3a4b5c6d"
+// (an empty action or deadline is "-"; the members are pod UIDs, and a line
+// without them, as saved before Penny kept them, stands for every live
+// member of the gangs).
 const NoticesKey = "notices"
+
+// maxNoticesBytes keeps the records under the API server's 1 MiB limit on
+// an object, with room for the ConfigMap's other fields.
+const maxNoticesBytes = 900 << 10
 
 // noticesStaleAfter is how long past its deadline a record is kept: nothing
 // is left to do for it, but a replica whose clock lags may still be at it.
@@ -50,7 +59,17 @@ type NoticeStore struct {
 type noticeRecord struct {
 	nodeNotice
 	gangs []gang.Ref
+	// members are the UIDs of the gangs' members on other nodes that the
+	// notice's plan chose: by the time a restarted scheduler resumes
+	// the notice, the gangs' owners have usually replaced those already
+	// evicted, and the replacements must be left running. Empty stands for
+	// every live member of the gangs (a record saved before Penny kept the
+	// UIDs, or one too large to keep them).
+	members []types.UID
 }
+
+// errTooLarge says the records would not fit under maxNoticesBytes.
+var errTooLarge = errors.New("the records would not fit")
 
 func (s *NoticeStore) key() configmaplines.Key {
 	return configmaplines.Key{Client: s.Client, Namespace: s.Namespace, Name: s.Name, Key: NoticesKey}
@@ -81,15 +100,29 @@ func (s *NoticeStore) load(ctx context.Context) ([]noticeRecord, error) {
 // well inside a Spot notice's two minutes.
 var loadRetry = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Steps: 5}
 
-// put records a notice and its gangs, adding to the gangs another replica
-// recorded for it.
+// put records a notice, its gangs and its members, adding to those another
+// replica recorded for it. Records that would not fit with the members'
+// UIDs are saved without them rather than with some: a member left out
+// would be left running when the notice is resumed, while a record without
+// UIDs resumes, as records did before Penny kept them, on every live member.
 func (s *NoticeStore) put(ctx context.Context, r noticeRecord, log logr.Logger) error {
-	return s.update(ctx, log, func(recs map[string]noticeRecord) {
-		if old, ok := recs[r.key()]; ok {
-			r.gangs = unionGangs(old.gangs, r.gangs)
+	merge := func(r noticeRecord) func(map[string]noticeRecord) {
+		return func(recs map[string]noticeRecord) {
+			if old, ok := recs[r.key()]; ok {
+				r.gangs = unionGangs(old.gangs, r.gangs)
+				r.members = unionMembers(old.members, r.members)
+			}
+			recs[r.key()] = r
 		}
-		recs[r.key()] = r
-	})
+	}
+	err := s.update(ctx, log, merge(r))
+	if !errors.Is(err, errTooLarge) || len(r.members) == 0 {
+		return err
+	}
+	log.Error(err, "recording the notice without its members' UIDs: a scheduler that restarts before its handling ends acts on every live member of its gangs, replacements of members already evicted included",
+		"members", len(r.members))
+	r.members = nil
+	return s.update(ctx, log, merge(r))
 }
 
 // remove drops a notice's record once its handling has ended.
@@ -98,12 +131,15 @@ func (s *NoticeStore) remove(ctx context.Context, key string, log logr.Logger) e
 }
 
 // update applies change to the records read and writes them back, dropping
-// those long past their deadline.
+// those long past their deadline. Records that would grow past
+// maxNoticesBytes are not written: the error wraps errTooLarge.
 func (s *NoticeStore) update(ctx context.Context, log logr.Logger, change func(map[string]noticeRecord)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := s.key()
-	return k.Update(ctx, func(text string) string {
+	var tooLarge error
+	err := k.Update(ctx, func(text string) string {
+		tooLarge = nil
 		list, err := parseNotices(text, k.String())
 		if err != nil {
 			log.Error(err, "Saved reclaim notices: lines skipped")
@@ -120,8 +156,20 @@ func (s *NoticeStore) update(ctx context.Context, log logr.Logger, change func(m
 				kept = append(kept, r)
 			}
 		}
-		return formatNotices(kept)
+		out := formatNotices(kept)
+		// Shrinking is always written, so that a record can be removed
+		// whatever the size.
+		if len(out) > maxNoticesBytes && len(out) > len(text) {
+			tooLarge = fmt.Errorf("%s: %w: %d notices would take %d bytes, more than the %d kept under the API server's 1 MiB limit on an object",
+				k, errTooLarge, len(kept), len(out), maxNoticesBytes)
+			return text
+		}
+		return out
 	})
+	if err != nil {
+		return err
+	}
+	return tooLarge
 }
 
 func (r noticeRecord) deadline() time.Time {
@@ -137,6 +185,16 @@ func unionGangs(a, b []gang.Ref) []gang.Ref {
 	}
 	slices.SortFunc(out, func(x, y gang.Ref) int { return strings.Compare(x.Key(), y.Key()) })
 	return out
+}
+
+// unionMembers is empty, every live member, when either is.
+func unionMembers(a, b []types.UID) []types.UID {
+	if len(a) == 0 || len(b) == 0 {
+		return nil
+	}
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // field writes a free-form value as one space-free word; "-" stands for
@@ -170,9 +228,19 @@ func formatNotices(recs []noticeRecord) string {
 		for i, g := range r.gangs {
 			gangs[i] = g.Key()
 		}
-		fmt.Fprintf(&b, "%s %s %s %s %s %s %s %s\n", r.node, field(n.ID),
+		fmt.Fprintf(&b, "%s %s %s %s %s %s %s %s", r.node, field(n.ID),
 			strings.TrimPrefix(n.Kind.String(), "RECLAIM_KIND_"), strings.TrimPrefix(n.Provider.String(), "CLOUD_PROVIDER_"),
 			field(n.Action), n.Detected.UTC().Format(time.RFC3339Nano), deadline, strings.Join(gangs, ","))
+		// Without members the line is as saved before Penny kept them, so
+		// that a scheduler of that version still reads it.
+		for i, uid := range r.members {
+			sep := ","
+			if i == 0 {
+				sep = " "
+			}
+			b.WriteString(sep + url.PathEscape(string(uid)))
+		}
+		b.WriteByte('\n')
 	}
 	return b.String()
 }
@@ -185,9 +253,9 @@ func parseNotices(data, source string) ([]noticeRecord, error) {
 }
 
 func parseNoticeLine(line string) (noticeRecord, error) {
-	const want = `want "<node> <notice id> <kind> <provider> <action> <detected> <deadline> <gangs>", the kind as SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION, the provider as AWS, GCP or AZURE, the times in RFC 3339, "-" for an empty action or deadline, the gangs as <label|podgroup>:<namespace>/<name> separated by commas, e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm"`
+	const want = `want "<node> <notice id> <kind> <provider> <action> <detected> <deadline> <gangs> <members>", the kind as SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION, the provider as AWS, GCP or AZURE, the times in RFC 3339, "-" for an empty action or deadline, the gangs as <label|podgroup>:<namespace>/<name> separated by commas, the members as pod UIDs separated by commas (or left out for every live member of the gangs), e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11"`
 	f := strings.Fields(line)
-	if len(f) != 8 {
+	if len(f) != 8 && len(f) != 9 {
 		return noticeRecord{}, errors.New(want)
 	}
 	r := noticeRecord{nodeNotice: nodeNotice{node: f[0]}}
@@ -224,6 +292,15 @@ func parseNoticeLine(line string) (noticeRecord, error) {
 			return noticeRecord{}, fmt.Errorf("gang %q: %s", g, want)
 		}
 		r.gangs = append(r.gangs, gang.Ref{Source: gang.Source(src), Namespace: ns, Name: name})
+	}
+	if len(f) == 9 {
+		for _, m := range strings.Split(f[8], ",") {
+			uid, err := url.PathUnescape(m)
+			if err != nil || uid == "" {
+				return noticeRecord{}, fmt.Errorf("member %q: %s", m, want)
+			}
+			r.members = append(r.members, types.UID(uid))
+		}
 	}
 	return r, nil
 }

@@ -2,17 +2,22 @@ package reclaim
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
@@ -22,35 +27,50 @@ import (
 	"github.com/pennysched/penny/pkg/telemetry"
 )
 
+func noticeStore(client *fake.Clientset) *NoticeStore {
+	return &NoticeStore{Client: client, Namespace: "penny-system", Name: "penny-reclaim-notices"}
+}
+
+// stoppedMidNotice has a coordinator handle a Spot notice on node a until it
+// has sent its commands to targets, and stops it before any checkpoint is
+// in, as a scheduler that restarts mid-notice. It returns the notice's node
+// state, for the agent to report again, and the commands sent.
+func stoppedMidNotice(t *testing.T, client *fake.Clientset, targets ...string) (*telemetry.NodeState, *commander) {
+	t.Helper()
+	detected := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}
+	state := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}}
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	}()
+	c.OnNodeUpdate(nil, state)
+	waitFor(t, fmt.Sprintf("the commands to %v", targets), func() bool {
+		for _, node := range targets {
+			if cmds.get(node) == nil {
+				return false
+			}
+		}
+		return true
+	})
+	stop()
+	<-ran
+	return state, cmds
+}
+
 // A scheduler restarted mid-notice, after the reclaimed node's agent evicted
 // its own pods, still checkpoints and evicts the gang's members elsewhere.
 func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
 	evicted := recordEvictions(client)
-	store := func() *NoticeStore {
-		return &NoticeStore{Client: client, Namespace: "penny-system", Name: "penny-reclaim-notices"}
-	}
-	detected := time.Now()
-	n := telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
-		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}
-	state := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}}
-
-	// The first coordinator sends b its command and stops before b's
-	// checkpoint is in.
-	cmds1 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c1 := NewCoordinator()
-	ctx1, stop1 := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		c1.Run(ctx1, CoordinatorOptions{Client: client, Commands: cmds1, Notices: store(), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
-	}()
-	c1.OnNodeUpdate(nil, state)
-	waitFor(t, "the command to b", func() bool { return cmds1.get("b") != nil })
-	stop1()
-	<-ran
+	state, cmds1 := stoppedMidNotice(t, client, "b")
 	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
-	if err != nil || !strings.Contains(cm.Data[NoticesKey], "a aws%2Dspot%2D1 SPOT_INTERRUPTION AWS terminate ") || !strings.HasSuffix(cm.Data[NoticesKey], " label:ml/g\n") {
+	if err != nil || !strings.Contains(cm.Data[NoticesKey], "a aws%2Dspot%2D1 SPOT_INTERRUPTION AWS terminate ") || !strings.HasSuffix(cm.Data[NoticesKey], " label:ml/g uid-g-1\n") {
 		t.Fatalf("record of the notice being handled: %v %q", err, cm.Data[NoticesKey])
 	}
 	// a's agent evicts its own member meanwhile.
@@ -65,7 +85,7 @@ func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 	c2.OnNodeUpdate(nil, state)
 	ctx2, stop2 := context.WithCancel(context.Background())
 	defer stop2()
-	go c2.Run(ctx2, CoordinatorOptions{Client: client, Commands: cmds2, Notices: store(), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	go c2.Run(ctx2, CoordinatorOptions{Client: client, Commands: cmds2, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
 	waitFor(t, "the command to b again", func() bool { return cmds2.get("b") != nil })
 	if got, want := cmds2.get("b").GetId(), cmds1.get("b").GetId(); got != want {
 		t.Errorf("command id %s after the restart, want %s: the agent would run it twice", got, want)
@@ -82,6 +102,67 @@ func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 	})
 }
 
+// By the time a restarted scheduler resumes a notice, the gang's owner has
+// usually replaced the members evicted before the restart. The resumed
+// notice acts only on the members its record names: the replacements, on
+// the node of an evicted member or another, are neither asked to
+// checkpoint nor evicted, while a recorded member still running is.
+func TestCoordinatorResumedNoticeLeavesReplacementsAlone(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"), member("g-2", "c", "g"), member("g-3", "d", "g"))
+	evicted := recordEvictions(client)
+	stoppedMidNotice(t, client, "b", "c", "d")
+	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
+	if err != nil || !strings.HasSuffix(cm.Data[NoticesKey], " label:ml/g uid-g-1,uid-g-2,uid-g-3\n") {
+		t.Fatalf("record of the notice being handled: %v %q; want the members on b, c and d", err, cm.Data[NoticesKey])
+	}
+	// a's agent evicted its member, the first scheduler b's and c's; the
+	// gang's owner replaced those two, one on b, one under a reused name.
+	for _, name := range []string{"g-0", "g-1", "g-2"} {
+		if err := client.CoreV1().Pods("ml").Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sameName := member("g-2", "e", "g")
+	sameName.UID = "uid-g-2-again"
+	for _, p := range []*corev1.Pod{member("g-1b", "b", "g"), sameName} {
+		if _, err := client.CoreV1().Pods("ml").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cmds2 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c2 := NewCoordinator()
+	ctx2, stop2 := context.WithCancel(context.Background())
+	defer stop2()
+	go c2.Run(ctx2, CoordinatorOptions{Client: client, Commands: cmds2, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	waitFor(t, "the command to d again", func() bool { return cmds2.get("d") != nil })
+	c2.OnCheckpointStatus("d", &telemetryv1.CheckpointStatus{CommandId: cmds2.get("d").GetId(),
+		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-3"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	// The handling ends, and the record goes, once every command's members
+	// are evicted: a command to a replacement would hold it to D - margin.
+	ended := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
+		return err == nil && cm.Data[NoticesKey] == "", nil
+	})
+	cmds2.mu.Lock()
+	var asked []string
+	for _, cmd := range cmds2.all {
+		for _, p := range cmd.GetPods() {
+			asked = append(asked, p.GetName())
+		}
+	}
+	cmds2.mu.Unlock()
+	if !reflect.DeepEqual(asked, []string{"g-3"}) {
+		t.Errorf("the resumed notice asked to checkpoint %v; want only g-3, the recorded member still running", asked)
+	}
+	if got := evicted(); !reflect.DeepEqual(got, []string{"g-3"}) {
+		t.Errorf("the resumed notice evicted %v; want only g-3", got)
+	}
+	if ended != nil {
+		t.Errorf("the resumed notice's handling did not end within 5s of g-3's checkpoint: %v", ended)
+	}
+}
+
 // A scheduler that starts while the API server cannot answer for a moment
 // still resumes what it recorded: one failed read left every recorded
 // notice's gangs running short a member.
@@ -90,7 +171,7 @@ func TestCoordinatorResumesAfterAFailedFirstRead(t *testing.T) {
 	detected := time.Now()
 	rec := noticeRecord{nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}},
-		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}}
+		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil}
 	saved := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "penny-reclaim-notices"},
 		Data: map[string]string{NoticesKey: formatNotices([]noticeRecord{rec})}}
 	if _, err := client.CoreV1().ConfigMaps("penny-system").Create(context.Background(), saved, metav1.CreateOptions{}); err != nil {
@@ -111,23 +192,26 @@ func TestCoordinatorResumesAfterAFailedFirstRead(t *testing.T) {
 	c := NewCoordinator()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: &NoticeStore{Client: client, Namespace: "penny-system", Name: "penny-reclaim-notices"},
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client),
 		Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
 	waitFor(t, "the recorded notice's command to b", func() bool { return cmds.get("b") != nil })
 }
 
+// A record with its members' UIDs adds them as a ninth field; one without
+// them is written, and read, as before Penny kept them.
 func TestNoticeRecordLines(t *testing.T) {
 	detected := time.Date(2026, 11, 30, 8, 0, 0, 123, time.UTC)
 	recs := []noticeRecord{
 		{nodeNotice{"b", telemetry.ReclaimNotice{ID: "gce maint/1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION,
 			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Detected: detected}},
-			[]gang.Ref{{Source: gang.SourcePodGroup, Namespace: "ml", Name: "pg"}, {Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}},
+			[]gang.Ref{{Source: gang.SourcePodGroup, Namespace: "ml", Name: "pg"}, {Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}, nil},
 		{nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "-", Detected: detected, Deadline: detected.Add(2 * time.Minute)}},
-			[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}},
+			[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}},
+			[]types.UID{"3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11", "odd,uid with spaces"}},
 	}
 	data := formatNotices(recs)
-	want := "a aws%2Dspot%2D1 SPOT_INTERRUPTION AWS %2D 2026-11-30T08:00:00.000000123Z 2026-11-30T08:02:00.000000123Z label:ml/llm\n" +
+	want := "a aws%2Dspot%2D1 SPOT_INTERRUPTION AWS %2D 2026-11-30T08:00:00.000000123Z 2026-11-30T08:02:00.000000123Z label:ml/llm 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11,odd%2Cuid%20with%20spaces\n" +
 		"b gce%20maint%2F1 REBALANCE_RECOMMENDATION GCP - 2026-11-30T08:00:00.000000123Z - podgroup:ml/pg,label:ml/llm\n"
 	if data != want {
 		t.Fatalf("formatted:\n%s\nwant:\n%s", data, want)
@@ -140,7 +224,10 @@ func TestNoticeRecordLines(t *testing.T) {
 	damaged := "nonsense\n" + strings.SplitAfter(data, "\n")[0] +
 		"a x SOMETHING AWS - 2026-11-30T08:00:00Z - label:ml/g\n" +
 		"a x MAINTENANCE AWS - yesterday - label:ml/g\n" +
-		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - job:ml/g\n"
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - job:ml/g\n" +
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,,uid-2\n" +
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,uid-%zz\n" +
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1 uid-2\n"
 	got, err = parseNotices(damaged, "configmap penny-system/penny-reclaim-notices key notices")
 	if len(got) != 1 || got[0].notice.ID != "aws-spot-1" {
 		t.Errorf("kept %+v, want the one good line", got)
@@ -150,7 +237,11 @@ func TestNoticeRecordLines(t *testing.T) {
 	}
 	for _, w := range []string{`configmap penny-system/penny-reclaim-notices key notices line 1 "nonsense": want "<node> <notice id>`,
 		`line 3 "a x SOMETHING`, `kind "SOMETHING"`, `line 4`, `detected "yesterday" is not an RFC 3339 time`,
-		`line 5`, `gang "job:ml/g"`, `e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate`} {
+		`line 5`, `gang "job:ml/g"`, `e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate`,
+		`line 6 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,,uid-2": member "": want`,
+		`line 7 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,uid-%zz": member "uid-%zz": want`,
+		`line 8 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1 uid-2": want "<node> <notice id>`,
+		`the members as pod UIDs separated by commas`} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error %q: want %q", err, w)
 		}
@@ -166,10 +257,10 @@ func TestNoticeStoreDropsRecordsLongPastTheirDeadline(t *testing.T) {
 	now := time.Now()
 	old := noticeRecord{nodeNotice{"a", telemetry.ReclaimNotice{ID: "old", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now.Add(-time.Hour), Deadline: now.Add(-time.Hour + 2*time.Minute)}},
-		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}}
+		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil}
 	fresh := old
 	fresh.notice.ID, fresh.notice.Deadline = "fresh", now.Add(time.Minute)
-	s := &NoticeStore{Client: fake.NewClientset(), Namespace: "penny-system", Name: "penny-reclaim-notices"}
+	s := noticeStore(fake.NewClientset())
 	ctx := context.Background()
 	saved := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "penny-reclaim-notices"},
 		Data: map[string]string{NoticesKey: formatNotices([]noticeRecord{old})}}
@@ -182,5 +273,95 @@ func TestNoticeStoreDropsRecordsLongPastTheirDeadline(t *testing.T) {
 	got, err := s.load(ctx)
 	if err != nil || len(got) != 1 || got[0].notice.ID != "fresh" {
 		t.Errorf("loaded %+v, %v: want only the fresh record", got, err)
+	}
+}
+
+// The records stay under the API server's 1 MiB limit on an object. A
+// record whose members' UIDs would take them past it is kept without any
+// UIDs, so that a resumed notice still acts on every member, never on some,
+// and says so; one that would not fit even so is not written, and put says
+// why.
+func TestNoticeStoreKeepsRecordsUnderTheSizeLimit(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	rec := func(id string, gangs int) noticeRecord {
+		r := noticeRecord{nodeNotice: nodeNotice{"a", telemetry.ReclaimNotice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now, Deadline: now.Add(2 * time.Minute)}}}
+		for i := range gangs {
+			r.gangs = append(r.gangs, gang.Ref{Source: gang.SourceLabel, Namespace: "ml", Name: fmt.Sprintf("g-%06d", i)})
+		}
+		return r
+	}
+	var logged []string
+	log := funcr.New(func(_, args string) { logged = append(logged, args) }, funcr.Options{})
+	s := noticeStore(fake.NewClientset())
+
+	// 30,000 UUIDs take 1.1 MB.
+	many := rec("many", 1)
+	for i := range 30000 {
+		many.members = append(many.members, types.UID(fmt.Sprintf("00000000-0000-0000-0000-%012d", i)))
+	}
+	if err := s.put(ctx, many, log); err != nil {
+		t.Fatalf("put without the UIDs: %v", err)
+	}
+	got, err := s.load(ctx)
+	if err != nil || len(got) != 1 || got[0].notice.ID != "many" || len(got[0].gangs) != 1 || got[0].members != nil {
+		t.Fatalf("loaded %d records (%v); want the record with its gang and without UIDs", len(got), err)
+	}
+	if len(logged) != 1 || !strings.Contains(logged[0], `"msg"="recording the notice without its members' UIDs`) ||
+		!strings.Contains(logged[0], `"members"=30000`) || !strings.Contains(logged[0], "more than the 921600 kept under the API server's 1 MiB limit") {
+		t.Errorf("logged %q; want why the UIDs were left out", logged)
+	}
+
+	// 50,000 gangs fill 900 kB; 1,500 more do not fit.
+	if err := s.put(ctx, rec("full", 50000), log); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.key().Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.put(ctx, rec("over", 1500), log)
+	if !errors.Is(err, errTooLarge) || !strings.Contains(err.Error(), "configmap penny-system/penny-reclaim-notices key notices: the records would not fit: 3 notices would take ") {
+		t.Errorf("put past the limit: %v; want an error that names the ConfigMap and the size", err)
+	}
+	if after, err := s.key().Read(ctx); err != nil || after != before {
+		t.Errorf("put past the limit changed the records (%v)", err)
+	}
+	// Removing shrinks the records, and is written whatever their size.
+	if err := s.remove(ctx, rec("full", 0).key(), log); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.load(ctx); err != nil || len(got) != 1 || got[0].notice.ID != "many" {
+		t.Errorf("loaded %d records (%v) after removing one; want the other", len(got), err)
+	}
+}
+
+// Every replica records the notice it handles: the record holds the members
+// any of them planned to act on, and every live member once one of them
+// recorded the notice without UIDs.
+func TestNoticeStoreUnitesTheReplicasMembers(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	r := noticeRecord{nodeNotice: nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now, Deadline: now.Add(2 * time.Minute)}},
+		gangs: []gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}}
+	s := noticeStore(fake.NewClientset())
+	for _, step := range []struct {
+		members, want []types.UID
+	}{
+		{[]types.UID{"uid-2", "uid-3"}, []types.UID{"uid-2", "uid-3"}},
+		{[]types.UID{"uid-1", "uid-2"}, []types.UID{"uid-1", "uid-2", "uid-3"}},
+		{nil, nil},
+		{[]types.UID{"uid-4"}, nil},
+	} {
+		r.members = step.members
+		if err := s.put(ctx, r, testr.New(t)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.load(ctx)
+		if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0].members, step.want) {
+			t.Fatalf("after a put of %q: loaded %+v (%v); want members %q", step.members, got, err, step.want)
+		}
 	}
 }
