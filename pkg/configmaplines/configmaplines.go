@@ -45,6 +45,10 @@ func (k Key) Read(ctx context.Context) (string, error) {
 	return cm.Data[k.Key], nil
 }
 
+// MaxBytes is how much text a key may hold: the API server holds an object
+// to 1 MiB, and the ConfigMap's other fields need some of it.
+const MaxBytes = 900 << 10
+
 // maxTries bounds the tries of one Update.
 const maxTries = 30
 

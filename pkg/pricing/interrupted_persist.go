@@ -20,10 +20,6 @@ import (
 // time, as saved before Penny recorded it, count as the oldest).
 const InterruptedKey = "runs"
 
-// maxPersistedBytes keeps the saved runs under the API server's 1 MiB limit
-// on an object: past it the oldest workloads are left out of the copy.
-const maxPersistedBytes = 900 << 10
-
 // PersistOptions say where Interrupted keeps its copy. The ConfigMap
 // belongs in Penny's own namespace: tenants must not be able to write it
 // (clearing it would let a workload back onto Spot; filling it would keep
@@ -131,7 +127,8 @@ func FormatInterruptedRuns(runs []InterruptedRun) string {
 		if !runs[i].At.IsZero() {
 			l += " " + runs[i].At.UTC().Format(time.RFC3339)
 		}
-		if size+len(l)+1 > maxPersistedBytes {
+		// Past the limit the oldest workloads are left out of the copy.
+		if size+len(l)+1 > configmaplines.MaxBytes {
 			break
 		}
 		size += len(l) + 1

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/component-base/metrics/testutil"
 
+	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/gang"
 )
 
@@ -156,8 +157,8 @@ func TestInterruptedRunsKeepTheNewestUnderTheSizeLimit(t *testing.T) {
 		runs = append(runs, InterruptedRun{Key: fmt.Sprintf("owner:team-%05d/0e6c2b5c-7d3a-4d5e-9f00-%012d", i, i), Ran: time.Duration(i+1) * time.Minute, At: firstReclaim.Add(time.Duration(i) * time.Second)})
 	}
 	data := FormatInterruptedRuns(runs)
-	if len(data) > maxPersistedBytes {
-		t.Fatalf("%d bytes saved, limit %d", len(data), maxPersistedBytes)
+	if len(data) > configmaplines.MaxBytes {
+		t.Fatalf("%d bytes saved, limit %d", len(data), configmaplines.MaxBytes)
 	}
 	back, err := ParseInterruptedRuns(data, "test")
 	if err != nil {

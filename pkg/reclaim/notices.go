@@ -31,10 +31,6 @@ import (
 // member of the gangs).
 const NoticesKey = "notices"
 
-// maxNoticesBytes keeps the records under the API server's 1 MiB limit on
-// an object, with room for the ConfigMap's other fields.
-const maxNoticesBytes = 900 << 10
-
 // noticesStaleAfter is how long past its deadline a record is kept: nothing
 // is left to do for it, but a replica whose clock lags may still be at it.
 const noticesStaleAfter = 10 * time.Minute
@@ -68,7 +64,7 @@ type noticeRecord struct {
 	members []types.UID
 }
 
-// errTooLarge says the records would not fit under maxNoticesBytes.
+// errTooLarge says the records would not fit under configmaplines.MaxBytes.
 var errTooLarge = errors.New("the records would not fit")
 
 func (s *NoticeStore) key() configmaplines.Key {
@@ -132,7 +128,7 @@ func (s *NoticeStore) remove(ctx context.Context, key string, log logr.Logger) e
 
 // update applies change to the records read and writes them back, dropping
 // those long past their deadline. Records that would grow past
-// maxNoticesBytes are not written: the error wraps errTooLarge.
+// configmaplines.MaxBytes are not written: the error wraps errTooLarge.
 func (s *NoticeStore) update(ctx context.Context, log logr.Logger, change func(map[string]noticeRecord)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -159,9 +155,9 @@ func (s *NoticeStore) update(ctx context.Context, log logr.Logger, change func(m
 		out := formatNotices(kept)
 		// Shrinking is always written, so that a record can be removed
 		// whatever the size.
-		if len(out) > maxNoticesBytes && len(out) > len(text) {
-			tooLarge = fmt.Errorf("%s: %w: %d notices would take %d bytes, more than the %d kept under the API server's 1 MiB limit on an object",
-				k, errTooLarge, len(kept), len(out), maxNoticesBytes)
+		if len(out) > configmaplines.MaxBytes && len(out) > len(text) {
+			tooLarge = fmt.Errorf("%s: %w: %d notices would take %d bytes, more than the %d a ConfigMap key may hold (the API server holds an object to 1 MiB)",
+				k, errTooLarge, len(kept), len(out), configmaplines.MaxBytes)
 			return text
 		}
 		return out

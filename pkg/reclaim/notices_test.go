@@ -309,7 +309,7 @@ func TestNoticeStoreKeepsRecordsUnderTheSizeLimit(t *testing.T) {
 		t.Fatalf("loaded %d records (%v); want the record with its gang and without UIDs", len(got), err)
 	}
 	if len(logged) != 1 || !strings.Contains(logged[0], `"msg"="recording the notice without its members' UIDs`) ||
-		!strings.Contains(logged[0], `"members"=30000`) || !strings.Contains(logged[0], "more than the 921600 kept under the API server's 1 MiB limit") {
+		!strings.Contains(logged[0], `"members"=30000`) || !strings.Contains(logged[0], "more than the 921600 a ConfigMap key may hold") {
 		t.Errorf("logged %q; want why the UIDs were left out", logged)
 	}
 
