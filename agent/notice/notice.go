@@ -38,9 +38,11 @@ import (
 
 // Notice is one pending reclaim of the node.
 type Notice struct {
-	// ID is stable for one event: the provider's event id, or one derived
-	// from what the provider says (AWS's notice time, GCE's ETag), so that an
-	// agent that restarts recognises a notice it already acted on.
+	// ID is stable for one event and differs between events: the
+	// provider's event id, or one derived from what the provider says (AWS's
+	// notice time; on GCE the ETag, the boot and how many events with that
+	// ETag ended before), so that an agent that restarts recognises a notice
+	// it already acted on and a later event is not taken for it.
 	ID       string
 	Kind     telemetryv1.ReclaimKind
 	Provider telemetryv1.CloudProvider
@@ -51,6 +53,23 @@ type Notice struct {
 	// Deadline is when the node goes away (or the maintenance starts); zero
 	// when the provider promises none (a rebalance recommendation).
 	Deadline time.Time
+	// Estimated is set when the provider names no time and Deadline is the
+	// detection plus the usual notice (GCE, an Azure event without
+	// NotBefore): a later check's estimate, made from its own detection, is
+	// not the cloud moving the event.
+	Estimated bool
+}
+
+// NextDeadline is the deadline of a notice seen again, whose deadline was
+// prev. The cloud's own time replaces it, later or earlier: clouds move
+// maintenance they announced (Azure updates an event's NotBefore and keeps
+// its EventId; an AWS scheduled event keeps its EventId when its start is
+// rescheduled). An estimate only ever brings it earlier.
+func NextDeadline(prev time.Time, n Notice) time.Time {
+	if n.Deadline.IsZero() || (n.Estimated && !prev.IsZero() && prev.Before(n.Deadline)) {
+		return prev
+	}
+	return n.Deadline
 }
 
 // Proto is the notice as the telemetry API carries it.
@@ -140,11 +159,12 @@ func (w *Watcher) observe(notices []Notice, err error) {
 	for _, n := range notices {
 		seen[n.ID] = true
 		if old, ok := w.pending[n.ID]; ok {
-			// Keep the first detection time and deadline: a later check
-			// must not push the deadline back.
 			n.Detected = old.Detected
-			if !old.Deadline.IsZero() && (n.Deadline.IsZero() || old.Deadline.Before(n.Deadline)) {
-				n.Deadline = old.Deadline
+			if d := NextDeadline(old.Deadline, n); !d.Equal(n.Deadline) {
+				n.Deadline, n.Estimated = d, old.Estimated
+			}
+			if !n.Deadline.Equal(old.Deadline) {
+				w.log.Info("reclaim notice's deadline moved", "notice", n.ID, "deadline", n.Deadline, "was", old.Deadline)
 			}
 			w.pending[n.ID] = n
 			continue

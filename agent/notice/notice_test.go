@@ -3,12 +3,17 @@ package notice_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
 
 	"github.com/pennysched/penny/agent/notice"
+	"github.com/pennysched/penny/agent/notice/aws"
+	"github.com/pennysched/penny/agent/notice/azure"
+	"github.com/pennysched/penny/agent/notice/metadatatest"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
@@ -42,12 +47,12 @@ func spot(id string, detected, deadline time.Time) notice.Notice {
 func TestWatcherKeepsNoticesThroughErrorsAndCallsOncePerNotice(t *testing.T) {
 	t0 := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
 	a := spot("a", t0, t0.Add(2*time.Minute))
-	aLater := spot("a", t0.Add(time.Second), t0.Add(3*time.Minute)) // the same notice seen again
+	aLater := spot("a", t0.Add(time.Second), t0.Add(3*time.Minute)) // the same notice, moved by the cloud
 	b := spot("b", t0.Add(2*time.Second), t0.Add(time.Minute))
 	src := &scripted{done: make(chan struct{}), steps: []step{
 		{notices: []notice.Notice{a}},
 		{err: errors.New("IMDS hiccup")},                                      // a failed check drops nothing
-		{notices: []notice.Notice{aLater}},                                    // first detection and the earlier deadline stay
+		{notices: []notice.Notice{aLater}},                                    // first detection stays, the cloud's new deadline is taken
 		{notices: []notice.Notice{b}, err: errors.New("one document failed")}, // b is added, a stays
 		{notices: nil}, // a successful empty check withdraws both
 	}}
@@ -73,8 +78,8 @@ func TestWatcherKeepsNoticesThroughErrorsAndCallsOncePerNotice(t *testing.T) {
 			t.Errorf("after step %d: %d notices pending, want %d: %v", i, len(s), wantCounts[i], s)
 		}
 	}
-	if got := snapshots[2][0]; !got.Detected.Equal(t0) || !got.Deadline.Equal(t0.Add(2*time.Minute)) {
-		t.Errorf("re-seen notice: detected %v deadline %v, want the first detection %v and the earlier deadline %v", got.Detected, got.Deadline, t0, t0.Add(2*time.Minute))
+	if got := snapshots[2][0]; !got.Detected.Equal(t0) || !got.Deadline.Equal(t0.Add(3*time.Minute)) {
+		t.Errorf("re-seen notice: detected %v deadline %v, want the first detection %v and the cloud's new deadline %v", got.Detected, got.Deadline, t0, t0.Add(3*time.Minute))
 	}
 	if got := snapshots[3]; got[0].ID != "b" {
 		t.Errorf("notices not ordered by deadline: %v", got)
@@ -130,4 +135,93 @@ func TestPendingValidatesAsTelemetry(t *testing.T) {
 	if notices[1].Deadline != nil {
 		t.Errorf("rebalance recommendation has a deadline %v; it promises none", notices[1].Deadline)
 	}
+}
+
+// A deadline the agent estimated from its own detection (the cloud named no
+// time) is not moved later by the estimate of a later check.
+func TestWatcherKeepsItsFirstEstimate(t *testing.T) {
+	t0 := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	first := spot("gcp", t0, t0.Add(30*time.Second))
+	first.Estimated = true
+	again := spot("gcp", t0.Add(time.Minute), t0.Add(time.Minute+30*time.Second))
+	again.Estimated = true
+	started := spot("gcp", t0.Add(2*time.Second), t0.Add(2*time.Second)) // the event started: sooner
+	started.Estimated = true
+	var deadlines []time.Time
+	var w *notice.Watcher
+	src := &scripted{done: make(chan struct{}), steps: []step{{notices: []notice.Notice{first}}, {notices: []notice.Notice{again}}, {notices: []notice.Notice{started}}}}
+	w = notice.NewWatcher(&observing{scripted: src, after: func() { deadlines = append(deadlines, w.Notices()[0].Deadline) }}, testr.New(t), nil)
+	w.Run(context.Background())
+	want := []time.Time{t0.Add(30 * time.Second), t0.Add(30 * time.Second), t0.Add(2 * time.Second)}
+	for i := range want {
+		if !deadlines[i].Equal(want[i]) {
+			t.Errorf("after check %d: deadline %v, want %v", i, deadlines[i], want[i])
+		}
+	}
+}
+
+// waitDeadline waits until the watcher's only notice is id with the deadline
+// want.
+func waitDeadline(t *testing.T, w *notice.Watcher, id string, want time.Time) {
+	t.Helper()
+	timeout := time.Now().Add(10 * time.Second)
+	for {
+		n := w.Notices()
+		if len(n) == 1 && n[0].ID == id && n[0].Deadline.Equal(want) {
+			return
+		}
+		if time.Now().After(timeout) {
+			t.Fatalf("pending notices %v; want %s with deadline %v", n, id, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Clouds move maintenance they announced and keep the event's id (Azure
+// changes an event's NotBefore, AWS a scheduled event's): the pending notice
+// takes the new time, later or earlier, and is still the one notice.
+func TestRescheduledEventMovesTheDeadline(t *testing.T) {
+	base := time.Now().Add(48 * time.Hour).Truncate(time.Second).UTC()
+	later, earlier := base.Add(24*time.Hour), base.Add(-36*time.Hour)
+	run := func(t *testing.T, src notice.Source, id string, announce func(time.Time), move func(time.Time)) {
+		w := notice.NewWatcher(src, testr.New(t), nil)
+		var calls []string
+		w.OnNotice(func(n notice.Notice) { calls = append(calls, n.ID) })
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { w.Run(ctx); close(done) }()
+		announce(base)
+		waitDeadline(t, w, id, base)
+		move(later)
+		waitDeadline(t, w, id, later)
+		move(earlier)
+		waitDeadline(t, w, id, earlier)
+		cancel()
+		<-done
+		if len(calls) != 1 {
+			t.Errorf("OnNotice calls %v, want one: a moved event is the same notice", calls)
+		}
+	}
+	t.Run("azure", func(t *testing.T) {
+		f := metadatatest.NewAzure("vm0")
+		defer f.Close()
+		src := azure.New(azure.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, VMName: "vm0"})
+		run(t, src, "azure-ev-1", func(at time.Time) {
+			f.AddEvent(metadatatest.AzureEvent{EventID: "ev-1", EventType: "Reboot", NotBefore: at.Format(http.TimeFormat)})
+		}, func(at time.Time) {
+			if !f.Reschedule("ev-1", at) {
+				t.Fatal("the fake lost the event")
+			}
+		})
+	})
+	t.Run("aws", func(t *testing.T) {
+		f := metadatatest.NewAWS()
+		defer f.Close()
+		src := aws.New(aws.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond})
+		set := func(at time.Time) {
+			f.SetScheduled(fmt.Sprintf(`[{"NotBefore":%q,"Code":"system-reboot","Description":"scheduled reboot","EventId":"instance-event-0d59937288b749b32","NotAfter":%q,"State":"active"}]`,
+				at.Format("2 Jan 2006 15:04:05 GMT"), at.Add(2*time.Hour).Format("2 Jan 2006 15:04:05 GMT")))
+		}
+		run(t, src, "aws-instance-event-0d59937288b749b32", set, set)
+	})
 }

@@ -470,63 +470,43 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 	if len(what) == 0 {
 		what = []string{"no action needed (the pods keep running)"}
 	}
-	deadline := "no deadline"
-	if !n.Deadline.IsZero() {
-		deadline = fmt.Sprintf("deadline %s (%v after detection)", n.Deadline.UTC().Format(time.RFC3339), n.Deadline.Sub(n.Detected).Round(time.Second))
+	deadline := func() string {
+		if n.Deadline.IsZero() {
+			return "no deadline"
+		}
+		return fmt.Sprintf("deadline %s (%v after detection)", n.Deadline.UTC().Format(time.RFC3339), n.Deadline.Sub(n.Detected).Round(time.Second))
 	}
 	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimNotice", "%s notice %s (%s %s), %s; %s",
-		providerName(n.Provider), n.ID, kind, n.Action, deadline, strings.Join(what, ", "))
+		providerName(n.Provider), n.ID, kind, n.Action, deadline(), strings.Join(what, ", "))
 
-	if !act.At.IsZero() && time.Now().Before(act.At) {
-		log.Info("waiting to act until shortly before the maintenance", "at", act.At)
-		t := time.NewTimer(time.Until(act.At))
-		defer t.Stop()
-		// Maintenance announced weeks ahead may be called off any day in
-		// between; the taint must not stay until the day it was due.
-		var check <-chan time.Time
-		if f.notices != nil {
-			tick := time.NewTicker(f.reconcile)
-			defer tick.Stop()
-			check = tick.C
-		}
-	wait:
-		for {
-			select {
-			case <-ctx.Done():
-				return false
-			case <-check:
-				if !f.stillPending(n.ID) {
-					break wait
-				}
-			case <-t.C:
-				break wait
-			}
-		}
-		if !f.stillPending(n.ID) {
-			log.Info("the cloud called the maintenance off before it was time to act")
-			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimWithdrawn", "%s notice %s was called off; the pods stay", providerName(n.Provider), n.ID)
-			js.mu.Lock()
-			j.Done, j.Withdrawn = true, true
-			js.saveLocked()
-			js.mu.Unlock()
-			return true
-		}
-	}
 	statusID := j.ID
-	var pods []*corev1.Pod
-	if act.Checkpoint {
-		var err error
-		if pods, err = f.podsOnNode(); err != nil {
-			log.Error(err, "cannot list the node's pods")
+	for {
+		if proceed, withdrawn := f.waitToAct(ctx, js, log); !proceed {
+			return withdrawn
 		}
-		f.checkpointAll(ctx, js, pods, checkpoint.Request{
-			Deadline: f.checkpointBy(j.Deadline),
-			Reason:   fmt.Sprintf("node %s is being reclaimed (%s, %s)", f.node, kind, deadline),
-			Notice:   n.ID, Node: f.node,
-		}, statusID, n.Detected, "notice")
-	}
-	if ctx.Err() != nil {
-		return false
+		if act.Checkpoint {
+			pods, err := f.podsOnNode()
+			if err != nil {
+				log.Error(err, "cannot list the node's pods")
+			}
+			f.checkpointAll(ctx, js, pods, checkpoint.Request{
+				Deadline: f.checkpointBy(j.Deadline),
+				Reason:   fmt.Sprintf("node %s is being reclaimed (%s, %s)", f.node, kind, deadline()),
+				Notice:   n.ID, Node: f.node,
+			}, statusID, n.Detected, "notice")
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		// The cloud may have postponed the maintenance while the pods
+		// checkpointed: the pods stay until the new time to act, and the
+		// checkpoints written are kept (those pods are not asked again).
+		if cur, found, _ := f.pendingNotice(n.ID); found {
+			f.follow(js, cur, log)
+		}
+		if at := f.policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline).At; !time.Now().Before(at) {
+			break
+		}
 	}
 	if act.Evict {
 		f.evictAll(ctx, js, n.Detected)
@@ -783,22 +763,91 @@ func (f *Flow) acknowledge(ctx context.Context, js *jobState) {
 	js.mu.Unlock()
 }
 
-// stillPending reports whether the cloud still announces a notice; true when
-// that cannot be known.
-func (f *Flow) stillPending(id string) bool {
+// waitToAct waits until the policy's time to act on the job's notice (at
+// once for a reclaim, shortly before scheduled maintenance), following the
+// cloud's moves of the deadline: later, the wait goes on; earlier, it ends
+// sooner. It returns proceed false when ctx ended or when the cloud called
+// the notice off during the wait (withdrawn true; the job is done).
+func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger) (proceed, withdrawn bool) {
+	n := js.j.Notice
+	// Maintenance announced weeks ahead may be called off or moved any
+	// day in between; the taint must not stay until the day it was due.
+	var check <-chan time.Time
+	if f.notices != nil {
+		tick := time.NewTicker(f.reconcile)
+		defer tick.Stop()
+		check = tick.C
+	}
+	for waited := false; ; waited = true {
+		cur, found, known := f.pendingNotice(n.ID)
+		if found {
+			f.follow(js, cur, log)
+		}
+		at := f.policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline).At
+		if waited && known && !found {
+			log.Info("the cloud called the maintenance off before it was time to act")
+			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimWithdrawn", "%s notice %s was called off; the pods stay", providerName(n.Provider), n.ID)
+			js.mu.Lock()
+			js.j.Done, js.j.Withdrawn = true, true
+			js.saveLocked()
+			js.mu.Unlock()
+			return false, true
+		}
+		if !time.Now().Before(at) {
+			return true, false
+		}
+		if !waited {
+			log.Info("waiting to act until shortly before the maintenance", "at", at)
+		}
+		t := time.NewTimer(time.Until(at))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, false
+		case <-check:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// follow takes the deadline of the notice as the cloud announces it now
+// (notice.NextDeadline) into the job, and records a move.
+func (f *Flow) follow(js *jobState, cur notice.Notice, log logr.Logger) {
+	js.mu.Lock()
+	n := js.j.Notice
+	was := n.Deadline
+	d := notice.NextDeadline(was, cur)
+	if d.Equal(was) {
+		js.mu.Unlock()
+		return
+	}
+	n.Deadline = d
+	js.j.Deadline = reclaim.Deadline(n.Kind, n.Detected, d)
+	js.saveLocked()
+	js.mu.Unlock()
+	log.Info("the cloud moved the notice's deadline", "deadline", d, "was", was)
+	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimRescheduled", "%s notice %s moved from %s to %s",
+		providerName(n.Provider), n.ID, was.UTC().Format(time.RFC3339), d.UTC().Format(time.RFC3339))
+}
+
+// pendingNotice returns the notice as the cloud announces it now; known is
+// false when that cannot be known (no watcher, or its last check failed),
+// and found is false when it is not announced.
+func (f *Flow) pendingNotice(id string) (n notice.Notice, found, known bool) {
 	if f.notices == nil {
-		return true
+		return notice.Notice{}, false, false
 	}
 	pending, ok := f.notices()
 	if !ok {
-		return true
+		return notice.Notice{}, false, false
 	}
-	for _, n := range pending {
-		if n.ID == id {
-			return true
+	for _, p := range pending {
+		if p.ID == id {
+			return p, true, true
 		}
 	}
-	return false
+	return notice.Notice{}, false, true
 }
 
 // withdrawn removes the reclaim taint when no notice that calls for one is

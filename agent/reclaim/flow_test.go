@@ -26,6 +26,7 @@ import (
 	"github.com/pennysched/penny/agent/checkpoint/trainer"
 	"github.com/pennysched/penny/agent/notice"
 	"github.com/pennysched/penny/agent/notice/azure"
+	"github.com/pennysched/penny/agent/notice/gcp"
 	"github.com/pennysched/penny/agent/notice/metadatatest"
 	"github.com/pennysched/penny/agent/reclaim"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -766,5 +767,91 @@ func TestFlowsStartedCountsEachNoticeOnce(t *testing.T) {
 	})
 	if got := counterValue(t, reg2, "penny_reclaim_flows_started_total"); got != 1 {
 		t.Errorf("penny_reclaim_flows_started_total = %v after a restart saw a handled notice and a new one, want 1", got)
+	}
+}
+
+// jobOf reads a job's state file.
+func (e *env) jobOf(id string) (*reclaim.Job, bool) {
+	data, err := os.ReadFile(filepath.Join(e.stateDir, id+".json"))
+	if err != nil {
+		return nil, false
+	}
+	var j reclaim.Job
+	if err := json.Unmarshal(data, &j); err != nil {
+		e.t.Fatalf("state of %s: %v", id, err)
+	}
+	return &j, true
+}
+
+// Azure keeps an event's EventId when it moves its NotBefore. Postponed, the
+// pods stay past the first time to act; brought forward, they move sooner.
+func TestMaintenanceFollowsTheCloudsNewTime(t *testing.T) {
+	e := newEnv(t, "spot-4")
+	ctx := context.Background()
+	e.pod("job", e.node, 10*time.Millisecond)
+	f, set := e.maintenanceFlow(ctx)
+	now := time.Now()
+	due := notice.Notice{ID: "azure-moved", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE, Action: "Reboot", Detected: now, Deadline: now.Add(10*time.Minute + 500*time.Millisecond)}
+	postponed := due
+	postponed.Deadline = now.Add(14 * 24 * time.Hour).Truncate(time.Second)
+	// The cloud has moved the event by the time the flow looks again.
+	set([]notice.Notice{postponed})
+	f.OnNotice(due)
+	waitFor(t, "the job to take the new deadline", 5*time.Second, func() bool {
+		j, ok := e.jobOf("notice-azure-moved")
+		return ok && j.Deadline.Equal(postponed.Deadline) && j.Notice.Deadline.Equal(postponed.Deadline)
+	})
+	time.Sleep(time.Until(due.Deadline.Add(-10*time.Minute)) + time.Second) // past the first time to act
+	if len(e.trainers["job"].Received()) != 0 || gone(t, e.ns, "job") || f.Running() != 1 {
+		t.Fatalf("acted at the first time (checkpoints %v, evicted %v, %d jobs running); the event was postponed by two weeks",
+			e.trainers["job"].Received(), gone(t, e.ns, "job"), f.Running())
+	}
+	sooner := due
+	sooner.Deadline = time.Now().Add(10*time.Minute - time.Second)
+	set([]notice.Notice{sooner})
+	waitFor(t, "checkpoint and eviction once the event is brought forward", 15*time.Second, func() bool {
+		return len(e.trainers["job"].Received()) > 0 && gone(t, e.ns, "job")
+	})
+}
+
+// GCE gives every preemption the same ETag. A VM's second preemption (after
+// the first ended) is new work, not the first one seen again.
+func TestASecondGCPPreemptionIsActedOn(t *testing.T) {
+	e := newEnv(t, "spot-2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fake := metadatatest.NewGCP()
+	defer fake.Close()
+	src := gcp.New(gcp.Options{Endpoint: fake.URL(), RequestTimeout: time.Second, RetryInterval: 20 * time.Millisecond, WaitTimeout: time.Second, BootID: "boot-1"})
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	f, _ := e.flow(ctx, reclaim.Options{Notices: w.Settled, ReconcileInterval: 100 * time.Millisecond, SafetyMargin: time.Second})
+	var mu sync.Mutex
+	var ids []string
+	w.OnNotice(func(n notice.Notice) {
+		mu.Lock()
+		ids = append(ids, n.ID)
+		mu.Unlock()
+		f.OnNotice(n)
+	})
+	go w.Run(ctx)
+
+	e.pod("first", e.node, 10*time.Millisecond)
+	fake.SetPreempted(true)
+	waitFor(t, "the first preemption handled", 15*time.Second, func() bool {
+		return len(e.trainers["first"].Received()) > 0 && gone(t, e.ns, "first") && f.Running() == 0
+	})
+	fake.SetPreempted(false)
+	waitFor(t, "the first preemption over", 5*time.Second, func() bool { n, ok := w.Settled(); return ok && len(n) == 0 })
+
+	e.pod("second", e.node, 10*time.Millisecond)
+	fake.SetPreempted(true)
+	waitFor(t, "the second preemption handled", 15*time.Second, func() bool {
+		return len(e.trainers["second"].Received()) > 0 && gone(t, e.ns, "second")
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ids) != 2 || ids[0] == ids[1] {
+		t.Errorf("notice ids %v, want two different ones", ids)
 	}
 }

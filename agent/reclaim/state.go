@@ -34,7 +34,8 @@ type Job struct {
 	Acknowledged bool                  `json:"acknowledged,omitempty"`
 	Done         bool                  `json:"done,omitempty"`
 	// Withdrawn marks a notice the cloud called off before it was time to
-	// act: nothing was done, so the same notice announced again is new work.
+	// evict: the pods were left in place, so the same notice announced
+	// again is new work.
 	Withdrawn bool      `json:"withdrawn,omitempty"`
 	Updated   time.Time `json:"updated"`
 }

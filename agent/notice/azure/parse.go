@@ -124,17 +124,18 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 		if !known || !slices.ContainsFunc(e.Resources, func(v string) bool { return strings.EqualFold(v, vmName) }) {
 			continue
 		}
-		deadline := detected.Add(minNotice)
+		deadline, estimated := detected.Add(minNotice), true
 		switch {
 		case e.EventStatus == "Started":
 			deadline = detected
 		case e.NotBefore != "":
 			deadline, _ = parseNotBefore(e.NotBefore)
+			estimated = false
 		}
 		out = append(out, notice.Notice{
 			ID:   "azure-" + e.EventID,
 			Kind: kind, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE,
-			Action: e.EventType, Detected: detected, Deadline: deadline,
+			Action: e.EventType, Detected: detected, Deadline: deadline, Estimated: estimated,
 		})
 	}
 	return out

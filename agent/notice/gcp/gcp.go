@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,7 +54,15 @@ type Options struct {
 	RetryInterval time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// BootID names this boot of the VM, to tell a notice from one in an
+	// earlier boot with the same ETag (BootIDPath when empty; without one,
+	// only the events this agent saw end are told apart).
+	BootID string
 }
+
+// BootIDPath is the kernel's random id of the running boot; a container
+// reads the host's.
+const BootIDPath = "/proc/sys/kernel/random/boot_id"
 
 // Source watches the metadata server.
 type Source struct {
@@ -86,6 +95,11 @@ func New(opts Options) *Source {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.BootID == "" {
+		if b, err := os.ReadFile(BootIDPath); err == nil {
+			opts.BootID = strings.TrimSpace(string(b))
+		}
 	}
 	return &Source{opts: opts, http: notice.NewHTTPClient()}
 }
@@ -168,6 +182,10 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 // error it starts over with a plain read.
 func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notice, error)) {
 	etag := ""
+	// ended counts, by ETag, the events seen to end; current is the ETag
+	// of the event being announced, if any.
+	ended := map[string]int{}
+	current, inEvent := "", false
 	for ctx.Err() == nil {
 		var (
 			resp *notice.Response
@@ -190,7 +208,7 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 		newETag := ""
 		if err == nil {
 			newETag = resp.Header.Get("ETag")
-			n, err = k.parse(resp.Body, newETag, s.opts.Now(), k.period)
+			n, err = k.parse(resp.Body, eventTag(newETag, s.opts.BootID, ended[newETag]), s.opts.Now(), k.period)
 		}
 		if err != nil {
 			update(nil, err)
@@ -200,6 +218,11 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 			}
 			continue
 		}
+		// An event ends when the value goes quiet or turns to another one.
+		if inEvent && (n == nil || newETag != current) {
+			ended[current]++
+		}
+		current, inEvent = newETag, n != nil
 		update(n, nil)
 		if newETag == "" {
 			// Without an ETag the server cannot wait for a change from a

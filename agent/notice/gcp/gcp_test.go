@@ -240,3 +240,55 @@ func TestStartIsNoFailedCheck(t *testing.T) {
 		}
 	}
 }
+
+// GCE's ETag comes from the value, so every preemption has the same one. The
+// id must still tell two events apart, or the second is taken for the first
+// (the agent's state file and the scheduler remember notices they handled),
+// and still be the same for one event after an agent restart.
+func TestRepeatedEventsGetTheirOwnIDs(t *testing.T) {
+	f := metadatatest.NewGCP()
+	t.Cleanup(f.Close)
+	source := func(boot string) *gcp.Source {
+		return gcp.New(gcp.Options{Endpoint: f.URL(), RequestTimeout: 300 * time.Millisecond, RetryInterval: 20 * time.Millisecond, WaitTimeout: time.Second, BootID: boot})
+	}
+	// run watches until the first notice and returns its id, stopping the
+	// watch (an agent that stops) when stop is set.
+	run := func(src *gcp.Source, stop bool) (string, *recorder, func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		r := newRecorder()
+		done := make(chan struct{})
+		go func() { src.Watch(ctx, r.observe); close(done) }()
+		end := func() { cancel(); <-done }
+		n, _ := r.waitFor(t, "the preemption notice", func(n []notice.Notice, err error) bool { return len(n) == 1 })
+		if stop {
+			end()
+		}
+		return n[0].ID, r, end
+	}
+	f.SetPreempted(true)
+	first, _, _ := run(source("boot-a"), true)
+	afterRestart, r, end := run(source("boot-a"), false)
+	if afterRestart != first {
+		t.Fatalf("the same preemption after an agent restart has id %q, was %q", afterRestart, first)
+	}
+	f.SetPreempted(false)
+	r.waitFor(t, "the preemption over", func(n []notice.Notice, err error) bool { return err == nil && len(n) == 0 })
+	f.SetPreempted(true)
+	n, _ := r.waitFor(t, "a second preemption", func(n []notice.Notice, err error) bool { return len(n) == 1 })
+	second := n[0].ID
+	end()
+	if second == first {
+		t.Errorf("a second preemption after the first ended has the first one's id %q", first)
+	}
+	// A preemption stops the VM: the next one is in another boot, which the
+	// agent starts after (and may never see FALSE in between).
+	rebooted, _, _ := run(source("boot-b"), true)
+	if rebooted == first || rebooted == second {
+		t.Errorf("a preemption in a later boot has an earlier one's id %q (earlier: %q, %q)", rebooted, first, second)
+	}
+	for _, id := range []string{first, second, rebooted} {
+		if !strings.HasPrefix(id, "gcp-preempted-") {
+			t.Errorf("id %q", id)
+		}
+	}
+}

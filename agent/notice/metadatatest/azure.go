@@ -118,6 +118,22 @@ func (a *Azure) Preempt(eventID string, notBefore time.Time) time.Time {
 	})
 }
 
+// Reschedule moves an event to notBefore, keeping its EventId, as Azure does
+// when it postpones or brings forward an event; false when there is none.
+func (a *Azure) Reschedule(eventID string, notBefore time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range a.events {
+		if a.events[i].EventID == eventID {
+			a.events[i].NotBefore = notBefore.UTC().Format(http.TimeFormat)
+			a.incarnation++
+			a.published = time.Now()
+			return true
+		}
+	}
+	return false
+}
+
 // Clear removes every event.
 func (a *Azure) Clear() {
 	a.mu.Lock()

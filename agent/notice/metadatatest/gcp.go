@@ -2,6 +2,7 @@ package metadatatest
 
 import (
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"strconv"
 	"time"
@@ -9,11 +10,12 @@ import (
 
 // GCP is a fake GCE metadata server: it needs "Metadata-Flavor: Google",
 // answers with it and an ETag, and holds wait_for_change requests until the
-// value's ETag differs from last_etag or timeout_sec passes.
+// value's ETag differs from last_etag or timeout_sec passes. Like GCE's, the
+// ETag is a hash of the value: the same value has the same ETag whenever it
+// comes back.
 type GCP struct {
 	*server
 	values  map[string]string
-	etags   map[string]int
 	changed chan struct{}
 }
 
@@ -27,14 +29,17 @@ const (
 func NewGCP() *GCP {
 	g := &GCP{
 		values:  map[string]string{GCPPreempted: "FALSE", GCPMaintenance: "NONE"},
-		etags:   map[string]int{GCPPreempted: 1, GCPMaintenance: 1},
 		changed: make(chan struct{}),
 	}
 	g.server = newServer(g.serve)
 	return g
 }
 
-func etagOf(n int) string { return fmt.Sprintf("%016x", 0x5eed0000+n) }
+func etagOf(value string) string {
+	h := fnv.New64a()
+	h.Write([]byte(value))
+	return fmt.Sprintf("%016x", h.Sum64())
+}
 
 func (g *GCP) serve(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Metadata-Flavor") != "Google" {
@@ -52,7 +57,7 @@ func (g *GCP) serve(w http.ResponseWriter, r *http.Request) {
 	for {
 		g.mu.Lock()
 		v, ok := g.values[path]
-		etag := etagOf(g.etags[path])
+		etag := etagOf(v)
 		changed := g.changed
 		g.mu.Unlock()
 		if !ok {
@@ -85,7 +90,6 @@ func (g *GCP) set(path, value string) time.Time {
 	now := time.Now()
 	if g.values[path] != value {
 		g.values[path] = value
-		g.etags[path]++
 		g.published = now
 		close(g.changed)
 		g.changed = make(chan struct{})
