@@ -3,12 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -53,7 +57,7 @@ a CPU pod) to penny-scheduler and prints where each pod landed and what it costs
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.demoTimeoutSet = cmd.Flags().Changed("demo-timeout")
-			return runUp(cmd.Context(), o, cmd.OutOrStdout())
+			return runUp(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -70,6 +74,11 @@ a CPU pod) to penny-scheduler and prints where each pod landed and what it costs
 
 // upSummary is what --summary-json writes.
 type upSummary struct {
+	// Status is summaryOK, or summaryFailed with Error saying why: the
+	// counts alone cannot tell a run that failed before the demo from one
+	// without it.
+	Status         string        `json:"status"`
+	Error          string        `json:"error,omitempty"`
 	PodsTotal      int           `json:"pods_total"`
 	PodsScheduled  int           `json:"pods_scheduled"`
 	PodsPending    int           `json:"pods_pending"`
@@ -80,6 +89,11 @@ type upSummary struct {
 	Pods           []placedPod   `json:"pods"`
 	Pools          []poolSummary `json:"pools"`
 }
+
+const (
+	summaryOK     = "ok"
+	summaryFailed = "failed"
+)
 
 type poolSummary struct {
 	Name         string `json:"name"`
@@ -115,17 +129,41 @@ func (o upOptions) check() error {
 	return nil
 }
 
-func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
+func runUp(ctx context.Context, o upOptions, out, errOut io.Writer) (err error) {
 	began := time.Now()
 	if err := o.check(); err != nil {
 		return err
+	}
+	summary := upSummary{Status: summaryOK}
+	summaryWritten := false
+	if o.summaryJSON != "" {
+		// An earlier run's summary must not pass for this one's: a run that
+		// fails replaces it below, and one that cannot (killed, or its
+		// shutdown cut short by a second Ctrl-C) leaves none.
+		if err := os.Remove(o.summaryJSON); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("--summary-json %s: %w", o.summaryJSON, err)
+		}
+		// Deferred first, so it runs last and records the error as the
+		// user reads it.
+		defer func() {
+			if err == nil || summaryWritten {
+				return
+			}
+			summary.Status, summary.Error = summaryFailed, err.Error()
+			if werr := writeSummary(o.summaryJSON, summary); werr != nil {
+				err = fmt.Errorf("%w\n(--summary-json: %v)", err, werr)
+			}
+		}()
 	}
 	spec, err := loadClusterSpec(o.clusterFile)
 	if err != nil {
 		return err
 	}
-	// SIGHUP too: a terminal closed under penny up is as much a "stop" as Ctrl-C.
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	left := &leftBehind{stateDir: o.dir, dirGiven: o.dir != ""}
+	if abs, err := filepath.Abs(o.dir); err == nil && o.dir != "" {
+		left.stateDir = abs
+	}
+	ctx, stop := stopOnSignals(ctx, errOut, left)
 	defer stop()
 	// Output to a reader that has gone (`penny up | head`, a pager quit
 	// early, a tee that a Ctrl-C ended first) must not kill the process
@@ -146,6 +184,9 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	logFile, err := redirectLogs(o.verbose)
 	if err != nil {
 		return err
+	}
+	if logFile != nil {
+		left.set(func(l *leftBehind) { l.logFile = logFile.Name() })
 	}
 	defer func() {
 		if logFile == nil {
@@ -170,6 +211,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	left.set(func(l *leftBehind) { l.stateDir = cluster.Dir })
 	defer cluster.Stop()
 	// SpotRisk prices nodes from the penny-prices ConfigMap, as on a real
 	// cluster after `kubectl apply -f deploy/pricing/penny-prices.yaml`.
@@ -183,6 +225,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	// No reclaim reaches the risk model here (no agents, no cloud), so it
 	// is not fed exposure either: node-hours alone would only ever lower the
 	// Spot pools' rates below their catalog priors.
+	left.set(func(l *leftBehind) { l.scheduler = true })
 	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig})
 	if err != nil {
 		return err
@@ -200,7 +243,7 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	fmt.Fprintf(out, "  try:        KUBECONFIG=%s kubectl get nodes -L %s,%s\n", cluster.KubeconfigPath, localcluster.LabelPool, localcluster.LabelCapacityType)
 	fmt.Fprintf(out, "  pods opt in with `schedulerName: penny-scheduler`.\n")
 
-	summary := upSummary{StartupSeconds: startup.Seconds(), Nodes: nodes}
+	summary.StartupSeconds, summary.Nodes = startup.Seconds(), nodes
 	for _, p := range spec.Pools {
 		summary.Pools = append(summary.Pools, poolSummary{Name: p.Name, Nodes: p.Count, CapacityType: p.CapacityType, GPUModel: p.GPUModel})
 	}
@@ -225,14 +268,14 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 		fmt.Fprintln(out)
 		printPlacements(out, res)
 	}
-	if o.summaryJSON != "" {
-		data, _ := json.MarshalIndent(summary, "", "  ")
-		if err := os.WriteFile(o.summaryJSON, append(data, '\n'), 0o644); err != nil {
-			return fmt.Errorf("--summary-json: %w", err)
-		}
-	}
 	if o.demo && summary.PodsPending > 0 {
 		return fmt.Errorf("%d of %d demo pods were not scheduled within %v", summary.PodsPending, summary.PodsTotal, o.demoTimeout)
+	}
+	if o.summaryJSON != "" {
+		summaryWritten = true
+		if err := writeSummary(o.summaryJSON, summary); err != nil {
+			return fmt.Errorf("--summary-json: %w", err)
+		}
 	}
 	if o.exitAfterDemo {
 		fmt.Fprintf(out, "\nDemo done; tearing down.\n")
@@ -240,8 +283,119 @@ func runUp(ctx context.Context, o upOptions, out io.Writer) (err error) {
 	}
 	fmt.Fprintf(out, "\nRunning. Press Ctrl-C to stop and remove everything.\n")
 	<-ctx.Done()
-	fmt.Fprintf(out, "Stopping...\n")
+	fmt.Fprintf(out, "Stopping... (Ctrl-C again exits at once, without cleaning up)\n")
 	return nil
+}
+
+// writeSummary replaces path atomically: a reader, or a run killed while
+// writing, finds the whole old file or the whole new one, never half of one.
+func writeSummary(path string, s upSummary) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	// In path's directory, so that the rename does not cross filesystems.
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		// CreateTemp's 0600 would hide the summary from the user's other
+		// tools; os.WriteFile made it 0644.
+		err = f.Chmod(0o644)
+	}
+	if closeErr := f.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// exitNow ends the process when a second Ctrl-C cuts the shutdown short; a
+// test stands in for it.
+var exitNow = os.Exit
+
+// stopOnSignals returns a context that the first Ctrl-C, SIGTERM or SIGHUP
+// ends (a terminal closed under penny up is as much a "stop" as Ctrl-C), so
+// that penny up stops the cluster and removes what it made. A Ctrl-C after
+// that exits at once, as kubectl, docker compose and kind do, for a user who
+// will not wait for the shutdown, after saying what it leaves behind. A
+// later SIGTERM or SIGHUP does not: closing the terminal after a Ctrl-C must
+// not cut short the cleanup it started.
+func stopOnSignals(ctx context.Context, errOut io.Writer, left *leftBehind) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		stopping := false
+		for {
+			select {
+			case <-done:
+				return
+			case sig := <-sigs:
+				switch {
+				case !stopping:
+					stopping = true
+					cancel()
+				case sig == os.Interrupt:
+					fmt.Fprintf(errOut, "penny: interrupted again: exiting before the shutdown finished. Nothing keeps running (the control plane and penny-scheduler ran in this process), but this may be left behind: %s\n", left.describe())
+					exitNow(130)
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+}
+
+// leftBehind is what penny up has made so far and removes when it stops:
+// what a shutdown cut short leaves. The signal handler reads it while
+// runUp fills it in.
+type leftBehind struct {
+	mu sync.Mutex
+	// stateDir is --dir until the cluster has started ("" for a new
+	// temporary one), then the cluster's directory; dirGiven: --dir was
+	// not "", so a next penny up may use the same directory.
+	stateDir  string
+	dirGiven  bool
+	logFile   string
+	scheduler bool
+}
+
+func (l *leftBehind) set(f func(*leftBehind)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f(l)
+}
+
+func (l *leftBehind) describe() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var parts []string
+	switch {
+	case l.stateDir == "":
+		parts = append(parts, fmt.Sprintf("a penny-local-* state directory in %s (remove it)", os.TempDir()))
+	case !l.dirGiven:
+		parts = append(parts, fmt.Sprintf("the state directory %s (remove it)", l.stateDir))
+	default:
+		parts = append(parts, fmt.Sprintf("the state directory %s (the next `penny up --dir %s` clears it)", l.stateDir, l.stateDir))
+	}
+	if l.logFile != "" {
+		parts = append(parts, "the log file "+l.logFile)
+	}
+	if l.scheduler {
+		parts = append(parts, fmt.Sprintf("a penny-scheduler-* directory in %s", os.TempDir()))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // plural is "1 node", "2 nodes".

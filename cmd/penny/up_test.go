@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -111,9 +114,10 @@ pools:
 - {name: cpu, count: 1, instanceType: m7i.8xlarge, capacityType: on-demand, zone: z, hourlyPrice: 1.6, cpu: "32", memory: 128Gi}
 `), 0o644)
 	t.Chdir(dir)
+	summaryFile := filepath.Join(dir, "summary.json")
 	began := time.Now()
 	out, _, err := runUpCommand(t, context.Background(), "--cluster", spec, "--dir", "state", "--port", "0",
-		"--demo", "--exit-after-demo", "--demo-timeout", "5s")
+		"--demo", "--exit-after-demo", "--demo-timeout", "5s", "--summary-json", summaryFile)
 	took := time.Since(began)
 	if err == nil || !strings.Contains(err.Error(), "demo pods were not scheduled within 5s") {
 		t.Fatalf("%v; want the pending pods reported\n%s", err, out)
@@ -126,6 +130,212 @@ pools:
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+	// A script reading the summary learns the run failed, and still sees
+	// what placed and what did not.
+	s := readSummary(t, summaryFile)
+	if s.Status != summaryFailed || !strings.Contains(s.Error, "demo pods were not scheduled within 5s") || s.PodsPending == 0 || len(s.Pods) != s.PodsTotal {
+		t.Errorf("summary: status %q, error %q, %d pending of %d, %d pods listed; want failed, saying why, with the pods listed and counted", s.Status, s.Error, s.PodsPending, s.PodsTotal, len(s.Pods))
+	}
+}
+
+// readSummary reads what --summary-json wrote.
+func readSummary(t *testing.T, path string) upSummary {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading the summary: %v", err)
+	}
+	var s upSummary
+	if err := json.Unmarshal(data, &s); err != nil {
+		t.Fatalf("the summary is not JSON: %v\n%s", err, data)
+	}
+	return s
+}
+
+// A run that fails writes a summary that says so and why, in place of an
+// earlier good run's: a script reading the file must not see that run's
+// success as this one's.
+func TestUpSummarySaysTheRunFailed(t *testing.T) {
+	const earlier = `{"pods_total": 9, "pods_scheduled": 9, "pods_pending": 0}`
+	interrupted, cancel := context.WithCancel(context.Background())
+	cancel()
+	cases := []struct {
+		name  string
+		ctx   context.Context
+		args  []string
+		error string
+	}{
+		{"cluster spec missing", context.Background(), []string{"--cluster", filepath.Join(t.TempDir(), "fleet.yaml")}, "--cluster"},
+		{"interrupted while starting", interrupted, nil, "interrupted while starting"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "summary.json")
+			if err := os.WriteFile(file, []byte(earlier), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args := append([]string{"--dir", filepath.Join(t.TempDir(), "state"), "--port", "0", "--summary-json", file}, c.args...)
+			_, _, err := runUpCommand(t, c.ctx, args...)
+			if err == nil {
+				t.Fatal("penny up succeeded; want it to fail")
+			}
+			s := readSummary(t, file)
+			if s.Status != summaryFailed || s.Error != err.Error() || !strings.Contains(s.Error, c.error) {
+				t.Errorf("summary: status %q, error %q; want %q and the error penny up returned (%v)", s.Status, s.Error, summaryFailed, err)
+			}
+		})
+	}
+}
+
+// The summary is replaced, not written over: a reader (or a run killed
+// mid-write) finds the old file whole or the new one whole, and nothing
+// else is left beside it.
+func TestWriteSummaryReplacesTheFileWhole(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "summary.json")
+	if err := os.WriteFile(file, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A second name for the old file: written over in place, it would
+	// change too.
+	reader := filepath.Join(dir, "reader")
+	if err := os.Link(file, reader); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSummary(file, upSummary{Status: summaryOK, PodsTotal: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(reader); string(b) != "old\n" {
+		t.Errorf("the old file was written over in place: it now holds %q", b)
+	}
+	if s := readSummary(t, file); s.Status != summaryOK || s.PodsTotal != 3 {
+		t.Errorf("summary %+v; want the one written", s)
+	}
+	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o644 {
+		t.Errorf("summary mode %v, %v; want 0644, readable by the user's other tools", info.Mode(), err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("the directory holds %v; want only the summary and the test's link", names)
+	}
+}
+
+// heldOutput is penny up's output in a test: it tells the test what was
+// written so far, and holds a write that starts with hold until the test
+// lets it go, so that the test acts while penny up is at that line.
+type heldOutput struct {
+	mu      sync.Mutex
+	text    strings.Builder
+	written chan struct{}
+	hold    string
+	release chan struct{}
+}
+
+func newHeldOutput(hold string) *heldOutput {
+	return &heldOutput{written: make(chan struct{}, 1), hold: hold, release: make(chan struct{})}
+}
+
+func (h *heldOutput) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	h.text.Write(p)
+	h.mu.Unlock()
+	select {
+	case h.written <- struct{}{}:
+	default:
+	}
+	if h.hold != "" && strings.HasPrefix(string(p), h.hold) {
+		<-h.release
+	}
+	return len(p), nil
+}
+
+func (h *heldOutput) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.text.String()
+}
+
+// waitFor waits until the output holds want; the bound only keeps a broken
+// penny up from hanging the test.
+func (h *heldOutput) waitFor(t *testing.T, want string) {
+	t.Helper()
+	bound := time.After(3 * time.Minute)
+	for !strings.Contains(h.String(), want) {
+		select {
+		case <-h.written:
+		case <-bound:
+			t.Fatalf("penny up never wrote %q:\n%s", want, h.String())
+		}
+	}
+}
+
+// A second Ctrl-C while penny up shuts down exits at once, as kubectl,
+// docker compose and kind do, and says what it leaves behind. The shutdown
+// is held at its first line, so that the second Ctrl-C surely comes while
+// penny up is stopping.
+func TestUpSecondCtrlCExitsAtOnce(t *testing.T) {
+	// Ctrl-C is sent to this process: until penny up listens for it, and
+	// after, it must not end the test binary.
+	guard := make(chan os.Signal, 4)
+	signal.Notify(guard, os.Interrupt)
+	defer signal.Stop(guard)
+	exited := make(chan int, 1)
+	exitNow = func(code int) { exited <- code }
+	t.Cleanup(func() { exitNow = os.Exit })
+	t.Setenv("TMPDIR", t.TempDir())
+
+	state := filepath.Join(t.TempDir(), "state")
+	summaryFile := filepath.Join(t.TempDir(), "summary.json")
+	out, errOut := newHeldOutput("Stopping"), newHeldOutput("")
+	cmd := newUpCommand()
+	cmd.SetOut(out)
+	cmd.SetErr(errOut)
+	cmd.SetArgs([]string{"--dir", state, "--port", "0", "--summary-json", summaryFile})
+	returned := make(chan error, 1)
+	go func() { returned <- cmd.ExecuteContext(context.Background()) }()
+	released := false
+	defer func() {
+		if !released {
+			close(out.release)
+		}
+		<-returned
+	}()
+
+	out.waitFor(t, "Running.")
+	if s := readSummary(t, summaryFile); s.Status != summaryOK {
+		t.Errorf("summary of a run that is up: status %q, error %q; want %q", s.Status, s.Error, summaryOK)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "Stopping")
+	if !strings.Contains(out.String(), "Ctrl-C again") {
+		t.Errorf("the shutdown does not say that Ctrl-C again exits at once:\n%s", out.String())
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-exited:
+		if code != 130 {
+			t.Errorf("exit status %d after the second Ctrl-C; want 130, as for an interrupted command", code)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("penny up did not exit after a second Ctrl-C while stopping\n%s%s", out.String(), errOut.String())
+	}
+	msg := errOut.String()
+	for _, want := range []string{"interrupted again", "the state directory " + state, "penny up --dir " + state, "the log file ", "penny-scheduler-"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the message on the second Ctrl-C lacks %q:\n%s", want, msg)
+		}
+	}
+	// The stand-in for exit returned: penny up goes on to clean up.
+	close(out.release)
+	released = true
 }
 
 // Output to a reader that has gone (`penny up | head -3`, a pager quit

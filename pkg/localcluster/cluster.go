@@ -291,7 +291,12 @@ func (c *Cluster) claimDir(dir string) error {
 		holder, _ := os.ReadFile(lockPath)
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return fmt.Errorf("%s %s is in use by another local cluster (pid %s): stop it first (Ctrl-C), or use another directory", name, dir, strings.TrimSpace(string(holder)))
+			holderPid := ""
+			if pid, _ := parseLock(holder); pid > 0 {
+				// Empty while the other cluster is between locking and writing.
+				holderPid = fmt.Sprintf(" (pid %d)", pid)
+			}
+			return fmt.Errorf("%s %s is in use by another local cluster%s: stop it first (Ctrl-C), or use another directory", name, dir, holderPid)
 		}
 		return fmt.Errorf("lock %s: %w", lockPath, err)
 	}
@@ -301,26 +306,52 @@ func (c *Cluster) claimDir(dir string) error {
 		// A cluster killed between creating its lock file and writing its
 		// pid leaves an empty lock file alone: nothing to keep.
 		killedEarly := len(entries) == 1 && len(holder) == 0
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(holder))); (err != nil || pid <= 0) && !killedEarly {
+		pid, made := parseLock(holder)
+		if pid <= 0 && !killedEarly {
 			f.Close()
 			return fmt.Errorf("%s %s is not empty and its lock file holds no local cluster's pid: a cluster deletes what is in the directory it runs in, so give a new or empty one", name, dir)
 		}
 		// A previous run that was killed leaves its data behind; start
-		// clean. The directory was that cluster's, so it goes too.
+		// clean. The directory goes too only if that cluster made it: one
+		// the user gave empty stays theirs however many runs were killed
+		// in it (and one whose lock does not say, killed early, is kept).
 		entries, _ = os.ReadDir(dir)
 		for _, e := range entries {
 			if e.Name() != "lock" {
 				os.RemoveAll(filepath.Join(dir, e.Name()))
 			}
 		}
-		own = true
+		own = made
 	}
 	f.Truncate(0)
-	f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	content := strconv.Itoa(os.Getpid()) + "\n"
+	if own {
+		content += lockMadeDir + "\n"
+	}
+	f.WriteString(content)
 	// Absolute, so that the kubeconfig path printed works from anywhere.
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
 	c.Dir, c.lock, c.ownDir = dir, f, own
 	return nil
+}
+
+// lockMadeDir, on the line after the pid in a lock file, says the cluster
+// made the directory, so that a later cluster clearing up after a killed one
+// knows whether to remove the directory or only empty it.
+const lockMadeDir = "made"
+
+// parseLock reads a lock file's pid and whether the cluster that wrote it
+// made the directory; pid is 0 if the file is not a cluster's lock.
+func parseLock(content []byte) (pid int, made bool) {
+	lines := strings.Split(strings.TrimSpace(string(content)), "\n")
+	if len(lines) > 2 || len(lines) == 2 && lines[1] != lockMadeDir {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(lines[0])
+	if err != nil || pid < 0 {
+		return 0, false
+	}
+	return pid, len(lines) == 2
 }

@@ -70,6 +70,47 @@ func TestStateDirectoryIsOnlyEverPennys(t *testing.T) {
 			t.Errorf("the empty directory given holds %v, %v after the cluster stopped; want it there and empty", entries, err)
 		}
 	})
+	// A cluster killed on an empty directory the user gave leaves its lock
+	// (with its pid) and its data there; the next cluster on it clears
+	// that, and still only empties the directory: it is the user's.
+	t.Run("empty, after a killed cluster", func(t *testing.T) {
+		dir := t.TempDir()
+		killed := &Cluster{}
+		if err := killed.claimDir(dir); err != nil {
+			t.Fatal(err)
+		}
+		write(t, filepath.Join(dir, "etcd", "member"), "x")
+		// Killed: the lock is let go with the process, nothing is removed.
+		killed.lock.Close()
+		c := &Cluster{}
+		if err := c.claimDir(dir); err != nil {
+			t.Fatalf("the empty directory given, after a killed cluster: %v; want it claimed", err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "etcd")); !os.IsNotExist(err) {
+			t.Errorf("the killed cluster's data is still there: %v", err)
+		}
+		c.Stop()
+		entries, err := os.ReadDir(dir)
+		if err != nil || len(entries) != 0 {
+			t.Errorf("the empty directory given holds %v, %v after the next cluster stopped; want it there and empty", entries, err)
+		}
+	})
+	t.Run("new, after a killed cluster", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "state")
+		killed := &Cluster{}
+		if err := killed.claimDir(dir); err != nil {
+			t.Fatal(err)
+		}
+		killed.lock.Close()
+		c := &Cluster{}
+		if err := c.claimDir(dir); err != nil {
+			t.Fatal(err)
+		}
+		c.Stop()
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("the directory a killed cluster made is still there: %v", err)
+		}
+	})
 	t.Run("killed before writing its pid", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "state")
 		write(t, filepath.Join(dir, "lock"), "")
@@ -81,7 +122,8 @@ func TestStateDirectoryIsOnlyEverPennys(t *testing.T) {
 	})
 	t.Run("a killed cluster's", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "state")
-		write(t, filepath.Join(dir, "lock"), "12345\n")
+		// The pid, and that the killed cluster made the directory.
+		write(t, filepath.Join(dir, "lock"), "12345\nmade\n")
 		write(t, filepath.Join(dir, "etcd", "member"), "stale")
 		c := &Cluster{}
 		if err := c.claimDir(dir); err != nil {
