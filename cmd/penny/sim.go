@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -267,6 +270,9 @@ func newSimFillCommand() *cobra.Command {
 			if err := checkPlot(plot); err != nil {
 				return err
 			}
+			if err := checkOutputFile("out", out, "R.json"); err != nil {
+				return err
+			}
 			nodes, tr, cfg, err := tf.load()
 			if err != nil {
 				return err
@@ -304,7 +310,7 @@ func newSimFillCommand() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "%d runs in %.1fs\n\n%s", len(recs), time.Since(start).Seconds(), rep.Table())
 			if out != "" {
 				if err := sim.WriteJSON(out, rep); err != nil {
-					return err
+					return fmt.Errorf("--out: %w", err)
 				}
 			}
 			if plot != "" {
@@ -403,6 +409,9 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 			if err := checkPlot(plot); err != nil {
 				return err
 			}
+			if err := checkOutputFile("out", out, "replay.json"); err != nil {
+				return err
+			}
 			nodes, tr, cfg, err := tf.load()
 			if err != nil {
 				return err
@@ -418,7 +427,7 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 			fmt.Fprint(cmd.OutOrStdout(), res.Summary())
 			if out != "" {
 				if err := sim.WriteJSON(out, res); err != nil {
-					return err
+					return fmt.Errorf("--out: %w", err)
 				}
 			}
 			if plot != "" {
@@ -496,7 +505,61 @@ func checkPlot(path string) error {
 	if err := sim.CheckPlotPath(path); err != nil {
 		return fmt.Errorf("--plot %w", err)
 	}
-	return nil
+	return checkOutputFile("plot", path, "P.png")
+}
+
+// checkOutputFile refuses a file the flag names that could not be written
+// once the run is over: a run takes minutes, and its results would be lost.
+// It neither creates nor truncates the file, so a run that fails leaves an
+// older result there as it was. example names a file to suggest in a
+// directory given instead of one.
+func checkOutputFile(flag, path, example string) error {
+	if path == "" {
+		return nil
+	}
+	info, err := os.Stat(path)
+	if err == nil {
+		if info.IsDir() {
+			return fmt.Errorf("--%s %s is a directory: give a file to write, e.g. %s", flag, path, filepath.Join(path, example))
+		}
+		if !info.Mode().IsRegular() {
+			return nil // a device such as /dev/stdout, written as it is
+		}
+		// Opened to write without O_TRUNC: asks whether it may be replaced
+		// and changes nothing in it.
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("--%s %s cannot be written (%v): give a file you may write", flag, path, pathErrReason(err))
+		}
+		return f.Close()
+	}
+	dir := filepath.Dir(path)
+	if info, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("--%s %s: the folder %s does not exist: create it first, or give a file in a folder that does", flag, path, dir)
+	} else if err != nil {
+		return fmt.Errorf("--%s %s: %w", flag, path, err)
+	} else if !info.IsDir() {
+		return fmt.Errorf("--%s %s: %s is a file, not a folder: give a file in a folder", flag, path, dir)
+	}
+	// Only making a file there tells whether one can be made (permissions,
+	// a read-only or special file system); the output file itself is not
+	// made before there is something to write to it.
+	probe, err := os.CreateTemp(dir, ".penny-write-check-*")
+	if err != nil {
+		return fmt.Errorf("--%s %s: cannot create a file in %s (%v): give a file in a folder you may write", flag, path, dir, pathErrReason(err))
+	}
+	probe.Close()
+	return os.Remove(probe.Name())
+}
+
+// pathErrReason is why an operation on a file failed, without the file's
+// name (the error names the file already).
+func pathErrReason(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func reportImpossible(cmd *cobra.Command, imp []sim.ImpossiblePod) {

@@ -21,6 +21,12 @@ const spotPolicies = "default,spot-first,penny"
 // scenario's elastic, priced fleet, once per policy (docs/spot.md). Without
 // a scenario it is the reference one built into penny.
 func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string, seed uint64, out, markdown string, parallel int) error {
+	if err := checkOutputFile("out", out, "spot.json"); err != nil {
+		return err
+	}
+	if err := checkOutputFile("markdown", markdown, "spot.md"); err != nil {
+		return err
+	}
 	var sc *sim.SpotScenario
 	var err error
 	if scenario == "" {
@@ -71,11 +77,13 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 	fmt.Fprint(cmd.OutOrStdout(), md)
 	if out != "" {
 		if err := sim.WriteJSON(out, rep); err != nil {
-			return err
+			return fmt.Errorf("--out: %w", err)
 		}
 	}
 	if markdown != "" {
-		return os.WriteFile(markdown, []byte(md), 0o644)
+		if err := os.WriteFile(markdown, []byte(md), 0o644); err != nil {
+			return fmt.Errorf("--markdown: %w", err)
+		}
 	}
 	return nil
 }

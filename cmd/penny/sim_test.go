@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -288,6 +289,82 @@ func TestSimPlotExtensionCheckedFirst(t *testing.T) {
 				t.Errorf("%s: %s was written: %v", args[0], f, err)
 			}
 		}
+	}
+}
+
+// An --out, --markdown or --plot that could not be written is refused before
+// the run, naming the flag, not found once the run is over; a refusal, and a
+// run that fails, leave the file (and its folder) as they were.
+func TestSimRefusesOutputsItCouldNotWrite(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1000,1024,1,1000,,LS,Running,0,10,0\n")
+	jobs := writeCSV(t, dir, "jobs.csv", "timestamp,duration,num_gpus\n0,600,1\n")
+	missing := filepath.Join(dir, "no", "such", "folder", "R.json")
+	underFile := filepath.Join(nodes, "R.json")
+	runs := map[string][]string{
+		"fill":          {"fill", "--nodes", nodes, "--pods", pods, "--policy", "bestfit"},
+		"replay":        {"replay", "--nodes", nodes, "--pods", pods},
+		"priced replay": {"replay", "--pods", jobs, "--policy", "default"},
+	}
+	type refusal struct {
+		run  string
+		args []string
+		want string
+	}
+	var cases []refusal
+	for run := range runs {
+		cases = append(cases,
+			refusal{run, []string{"--out", missing}, "--out " + missing + ": the folder " + filepath.Dir(missing) + " does not exist: create it first"},
+			refusal{run, []string{"--out", dir}, "--out " + dir + " is a directory: give a file to write, e.g. " + dir + string(filepath.Separator)},
+			refusal{run, []string{"--out", underFile}, "--out " + underFile + ": "},
+			// /proc exists and is a folder, but no file can be made in it,
+			// even by root: a check of the folder alone would pass.
+			refusal{run, []string{"--out", "/proc/penny-sim.json"}, "--out /proc/penny-sim.json: "},
+		)
+	}
+	cases = append(cases,
+		refusal{"priced replay", []string{"--markdown", missing}, "--markdown " + missing + ": the folder " + filepath.Dir(missing) + " does not exist"},
+		refusal{"priced replay", []string{"--markdown", dir}, "--markdown " + dir + " is a directory: give a file to write, e.g. " + filepath.Join(dir, "spot.md")},
+		refusal{"fill", []string{"--plot", filepath.Join(dir, "no", "P.png")}, "--plot " + filepath.Join(dir, "no", "P.png") + ": the folder " + filepath.Join(dir, "no") + " does not exist"},
+		refusal{"replay", []string{"--plot", "/proc/penny-sim.png"}, "--plot /proc/penny-sim.png: "},
+	)
+	for _, c := range cases {
+		out, err := runPenny(t, append(slices.Clone(runs[c.run]), c.args...)...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %v: %v; want an error mentioning %q", c.run, c.args, err, c.want)
+		}
+		if strings.Contains(out, "runs in") || strings.Contains(out, "GPU-hours") || strings.Contains(out, "| policy |") {
+			t.Errorf("%s %v ran before refusing:\n%s", c.run, c.args, out)
+		}
+	}
+	// Nothing was made on the way: no output, no folder, no probe.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{"jobs.csv", "nodes.csv", "pods.csv"}; !reflect.DeepEqual(names, want) {
+		t.Errorf("the refused runs left %v in the folder; want only %v", names, want)
+	}
+
+	// An older result stays as it was when a run fails, and is replaced
+	// when one succeeds.
+	old := writeCSV(t, dir, "R.json", "an older result\n")
+	if _, err := runPenny(t, "fill", "--nodes", nodes, "--pods", jobs, "--format", "openb", "--out", old); err == nil {
+		t.Fatal("a fill of a trace in another format ran")
+	}
+	if b, err := os.ReadFile(old); err != nil || string(b) != "an older result\n" {
+		t.Errorf("a failed run left %q (%v) where the older result was", b, err)
+	}
+	if out, err := runPenny(t, append(slices.Clone(runs["fill"]), "--out", old)...); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(old); err != nil || !bytes.Contains(b, []byte(`"kind": "fill"`)) {
+		t.Errorf("the run did not replace the older result: %q (%v)", b, err)
 	}
 }
 

@@ -333,7 +333,7 @@ func TestSpotScenarioErrors(t *testing.T) {
 	}
 	for name, c := range map[string]struct{ yaml, want string }{
 		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region and pools"},
-		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml: line 15: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
+		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml:15: pools[0].maxx: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
 		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `tiny.yaml:15: pools[0].provisioningDelay: "-3m" is negative`},
 		"half a node":   {strings.Replace(tinyScenario, "max: 4,", "max: 1.5,", 1), `tiny.yaml:15: pools[0].max: "1.5" is not a whole number of nodes`},
 		"other region":  {strings.Replace(tinyScenario, "zone: us-east-1a, max: 4,", "zone: eu-west-1a, max: 4,", 1), `tiny.yaml:15: pools[0].zone: "eu-west-1a" is not a zone of region us-east-1`},
@@ -367,6 +367,83 @@ func TestSpotScenarioDurationErrorsNameTheField(t *testing.T) {
 	} {
 		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(c.yaml)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}
+
+// A value of the wrong kind is reported at its field, not by the line alone
+// and the Go type the decoder wanted: a pool's line holds a dozen fields.
+func TestSpotScenarioTypeErrorsNameTheField(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ old, new, want string }{
+		"text for a count": {"max: 4,", "max: lots,",
+			`tiny.yaml:15: pools[0].max: want a whole number, not "lots"`},
+		"text for a price": {"zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: cheap, max: 4,",
+			`tiny.yaml:15: pools[0].hourlyPrice: want a number, not "cheap"`},
+		"text for a list": {"gpuSharing: [penny]", "gpuSharing: penny",
+			`tiny.yaml:7: gpuSharing: want a list, not "penny"`},
+		"a map for a list": {"gpuSharing: [penny]", "gpuSharing: {penny: true}",
+			`tiny.yaml:7: gpuSharing: want a list, not a map`},
+		// qos, on the same line, is a list too: the field is told by the
+		// type it decodes into.
+		"a list for a map": {"annotations: {penny.dev/workload: inference}", "annotations: [penny.dev/workload]",
+			`tiny.yaml:12: classes[0].annotations: want a map of key: value, not a list`},
+		"text for a flag": {"spotTaint: true", "spotTaint: maybe",
+			`tiny.yaml:6: spotTaint: want true or false, not "maybe"`},
+		"text for a share": {"- {qos: [LS], annotations:", "- {qos: [LS], share: half, annotations:",
+			`tiny.yaml:12: classes[0].share: want a number, not "half"`},
+		"a list for a duration": {"restartOverhead: 5m", "restartOverhead: [5m]",
+			`tiny.yaml:5: restartOverhead: want a Go duration such as 90s, 10m or 4h, not a list`},
+	} {
+		_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(strings.Replace(y, c.old, c.new, 1)))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// Two bad values on one line are each placed at their own field.
+	_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(strings.Replace(y, "max: 4,", "max: lots, min: few,", 1)))
+	for _, want := range []string{`tiny.yaml:15: pools[0].max: want a whole number, not "lots"`, `tiny.yaml:15: pools[0].min: want a whole number, not "few"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("two on a line: %v, want %q", err, want)
+		}
+	}
+}
+
+// A class rule's penny.dev/ annotation that Penny does not read (a misspelt
+// one) is refused where it is written: the rule would still match and its
+// pods would run as if it said nothing.
+func TestSpotScenarioRefusesUnknownPennyAnnotations(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ old, new, want string }{
+		"flow style": {"penny.dev/workload: inference", "penny.dev/workoad: inference",
+			"tiny.yaml:12: classes[0].annotations.penny.dev/workoad: Penny reads no such annotation, so the rule would not change how its pods run: use one of penny.dev/workload, penny.dev/spot, "},
+		"block style, on the key's line": {"- {qos: [BE], annotations: {penny.dev/workload: training, penny.dev/checkpoint-interval: 30m}}",
+			"- qos: [BE]\n  annotations:\n    penny.dev/workload: training\n    penny.dev/checkpoint-intervall: 30m",
+			"tiny.yaml:16: classes[1].annotations.penny.dev/checkpoint-intervall: Penny reads no such annotation"},
+		// A gang's name must be a label, which a class rule cannot set.
+		"gang name": {"penny.dev/workload: inference", "penny.dev/workload: inference, penny.dev/gang: g",
+			"tiny.yaml:12: classes[0].annotations.penny.dev/gang: Penny reads no such annotation"},
+	} {
+		_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(strings.Replace(y, c.old, c.new, 1)))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// Every key the plugins and the agent read is taken, as are keys
+	// outside penny.dev/ (a team's own).
+	for _, k := range classAnnotations {
+		v := map[string]string{spotrisk.AnnotationSpot: "allow", spotrisk.AnnotationCheckpointInterval: "30m", spotrisk.AnnotationMaxReclaimRisk: "0.1",
+			spotrisk.AnnotationExpectedRuntime: "2h", spotrisk.AnnotationFallbackAfter: "10m", gang.KeySize: "2", gang.KeyTimeout: "90s",
+			gang.KeySameZone: "true", gang.KeySameCapacityType: "true"}[k]
+		if v == "" {
+			v = "x"
+		}
+		rule := fmt.Sprintf("penny.dev/workload: training, %q: %q, example.com/team: ml", k, v)
+		if k == spotrisk.AnnotationWorkload {
+			rule = "penny.dev/workload: training, example.com/team: ml"
+		}
+		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(strings.Replace(y, "penny.dev/workload: inference", rule, 1))); err != nil {
+			t.Errorf("%s: %v", k, err)
 		}
 	}
 }

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -106,7 +106,17 @@ type ClassRule struct {
 	Share       *float64          `yaml:"share"`
 	Annotations map[string]string `yaml:"annotations"`
 	line        int
+	// keyLines are the lines of the annotations' keys, for errors about one.
+	keyLines map[string]int
 }
+
+// classAnnotations are the penny.dev/ annotations a class rule may set: what
+// SpotRisk reads, the checkpoint hook Penny's agent calls on a reclaim
+// notice (ReclaimRule), and the gang keys the gang plugin reads from
+// annotations. Any other penny.dev/ key, a misspelt one above all, would
+// reach the pods and change nothing.
+var classAnnotations = slices.Concat(spotrisk.Annotations,
+	[]string{annotationCheckpointHook, gang.KeySize, gang.KeyTimeout, gang.KeySameZone, gang.KeySameCapacityType})
 
 // PolicyTweaks says how a policy's pods and nodes differ: whether its pods
 // tolerate the Spot taint, and whether the Penny agent on its nodes turns a
@@ -127,33 +137,29 @@ var scenarioSections = map[string]reflect.Type{
 	"sim.PolicyTweaks": reflect.TypeOf(PolicyTweaks{}),
 }
 
-var unknownField = regexp.MustCompile(`field (\S+) not found in type (\S+)`)
-
-// scenarioYAMLError rewrites YAML's "field maxx not found in type
-// sim.ElasticPool" as the fields that section takes.
-func scenarioYAMLError(err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return err
+// scenarioYAMLError places the decoder's errors at their fields, and
+// rewrites "field maxx not found in type sim.ElasticPool" as the fields that
+// section takes.
+func scenarioYAMLError(file string, root *yaml.Node, err error) error {
+	problems, ok := yamldoc.Problems(root, &SpotScenario{}, err)
+	if !ok {
+		return fmt.Errorf("%s: %v", file, err)
 	}
-	msgs := make([]string, len(te.Errors))
-	for i, m := range te.Errors {
-		msgs[i] = unknownField.ReplaceAllStringFunc(m, func(match string) string {
-			sub := unknownField.FindStringSubmatch(match)
-			t, ok := scenarioSections[sub[2]]
-			if !ok {
-				return match
-			}
+	msgs := make([]string, len(problems))
+	for i, p := range problems {
+		msg := p.Msg
+		if t, known := scenarioSections[p.In]; known && p.Unknown != "" {
 			var fields []string
 			for f := range t.Fields() {
 				if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag != "" && tag != "-" {
 					fields = append(fields, tag)
 				}
 			}
-			return fmt.Sprintf("unknown field %q; this part of a scenario takes %s", sub[1], strings.Join(fields, ", "))
-		})
+			msg = fmt.Sprintf("unknown field %q; this part of a scenario takes %s", p.Unknown, strings.Join(fields, ", "))
+		}
+		msgs[i] = p.Where(file) + ": " + msg
 	}
-	return errors.New(strings.Join(msgs, "; "))
+	return errors.New(strings.Join(msgs, "\n"))
 }
 
 // Duration reads Go durations ("90s", "4h") in YAML.
@@ -166,6 +172,9 @@ type Duration struct {
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return &valueError{n, fmt.Sprintf("want a Go duration such as 90s, 10m or 4h, not %s", yamldoc.Describe(n))}
+	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
 		return &valueError{n, fmt.Sprintf("%q is not a duration: use a Go duration such as 90s, 10m or 4h", n.Value)}
@@ -185,42 +194,6 @@ type valueError struct {
 }
 
 func (e *valueError) Error() string { return fmt.Sprintf("line %d: %s", e.at.Line, e.msg) }
-
-// fieldAt is the path (pools[1].scaleDownAfter) of the field whose value
-// starts at line and column of the document root; "" if none does.
-func fieldAt(root *yaml.Node, line, column int) string {
-	var walk func(n *yaml.Node, path string) string
-	walk = func(n *yaml.Node, path string) string {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				if p := walk(c, path); p != "" {
-					return p
-				}
-			}
-		case yaml.MappingNode:
-			for k := 0; k+1 < len(n.Content); k += 2 {
-				p := n.Content[k].Value
-				if path != "" {
-					p = path + "." + p
-				}
-				if v := n.Content[k+1]; v.Line == line && v.Column == column {
-					return p
-				} else if found := walk(v, p); found != "" {
-					return found
-				}
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				if found := walk(c, fmt.Sprintf("%s[%d]", path, i)); found != "" {
-					return found
-				}
-			}
-		}
-		return ""
-	}
-	return walk(root, "")
-}
 
 // BuiltInCatalog names the price catalog of a scenario that gives none:
 // deploy/pricing/catalog.yaml, built into Penny.
@@ -261,16 +234,17 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		if err == io.EOF {
 			return nil, fmt.Errorf("%s: empty file: a scenario needs at least region and pools (docs/spot.md, Scenario file)", file)
 		}
+		var root yaml.Node
+		if yaml.Unmarshal(data, &root) != nil {
+			return nil, fmt.Errorf("%s: %v", file, err)
+		}
 		var ve *valueError
 		if errors.As(err, &ve) {
-			var root yaml.Node
-			if yaml.Unmarshal(data, &root) == nil {
-				if field := fieldAt(&root, ve.at.Line, ve.at.Column); field != "" {
-					return nil, fmt.Errorf("%s:%d: %s: %s", file, ve.at.Line, field, ve.msg)
-				}
+			if field := yamldoc.PathAt(&root, ve.at.Line, ve.at.Column); field != "" {
+				return nil, fmt.Errorf("%s:%d: %s: %s", file, ve.at.Line, field, ve.msg)
 			}
 		}
-		return nil, fmt.Errorf("%s: %v", file, scenarioYAMLError(err))
+		return nil, scenarioYAMLError(file, &root, err)
 	}
 	if line, err := yamldoc.Extra(dec); err != nil {
 		return nil, fmt.Errorf("%s: %v", file, err)
@@ -298,7 +272,16 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 	}
 	for i := range s.Classes {
 		if i < len(lines.Classes) {
-			s.Classes[i].line = lines.Classes[i].Line
+			n := &lines.Classes[i]
+			s.Classes[i].line = n.Line
+			for k := 0; n.Kind == yaml.MappingNode && k+1 < len(n.Content); k += 2 {
+				if a := n.Content[k+1]; n.Content[k].Value == "annotations" && a.Kind == yaml.MappingNode {
+					s.Classes[i].keyLines = map[string]int{}
+					for j := 0; j+1 < len(a.Content); j += 2 {
+						s.Classes[i].keyLines[a.Content[j].Value] = a.Content[j].Line
+					}
+				}
+			}
 		}
 	}
 	for i := range s.Policies {
@@ -438,6 +421,15 @@ func (s *SpotScenario) validate() error {
 		}
 		if len(c.Annotations) == 0 {
 			add(c.line, at+".annotations", "a rule must set at least one annotation, e.g. penny.dev/workload: training")
+		}
+		for _, k := range slices.Sorted(maps.Keys(c.Annotations)) {
+			if strings.HasPrefix(k, "penny.dev/") && !slices.Contains(classAnnotations, k) {
+				line := c.line
+				if l, ok := c.keyLines[k]; ok {
+					line = l
+				}
+				add(line, at+".annotations."+k, "Penny reads no such annotation, so the rule would not change how its pods run: use one of %s", strings.Join(classAnnotations, ", "))
+			}
 		}
 		// Checked here, where the rule is written, not at the first trace
 		// row it takes (which may be none).

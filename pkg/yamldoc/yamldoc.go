@@ -1,7 +1,8 @@
 // Package yamldoc holds what Penny's YAML inputs (cluster specs, simulator
 // scenarios, price catalogs) share about documents: each is one document,
 // and a decoder reads only the first, so anything after a "---" would be
-// dropped without a word unless it is looked for.
+// dropped without a word unless it is looked for; and a value the decoder
+// refuses is reported by the line alone, so errors place it at its field.
 package yamldoc
 
 import (
