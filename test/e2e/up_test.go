@@ -79,6 +79,7 @@ func TestUpDemoSchedulesEveryPodAndLeavesNothingBehind(t *testing.T) {
 		}
 	}
 	var s struct {
+		Status         string  `json:"status"`
 		PodsTotal      int     `json:"pods_total"`
 		PodsScheduled  int     `json:"pods_scheduled"`
 		PodsPending    int     `json:"pods_pending"`
@@ -91,7 +92,7 @@ func TestUpDemoSchedulesEveryPodAndLeavesNothingBehind(t *testing.T) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		t.Fatalf("summary: %v\n%s", err, data)
 	}
-	if s.PodsTotal < 9 || s.PodsScheduled != s.PodsTotal || s.PodsPending != 0 {
+	if s.Status != "ok" || s.PodsTotal < 9 || s.PodsScheduled != s.PodsTotal || s.PodsPending != 0 {
 		t.Errorf("summary %+v: want every demo pod (at least 9) scheduled", s)
 	}
 	if s.StartupSeconds <= 0 || s.StartupSeconds > 30 {
