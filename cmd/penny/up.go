@@ -113,20 +113,9 @@ func (o upOptions) check() error {
 	if o.demo && o.demoTimeout <= 0 {
 		return fmt.Errorf("--demo-timeout %v: give how long the demo may take to place its pods, e.g. 2m", o.demoTimeout)
 	}
-	if o.summaryJSON != "" {
-		// Checked now, not after the demo ran: a summary that cannot be
-		// written fails the run.
-		if info, err := os.Stat(o.summaryJSON); err == nil && info.IsDir() {
-			return fmt.Errorf("--summary-json %s is a directory: give a file to write, e.g. %s", o.summaryJSON, filepath.Join(o.summaryJSON, "summary.json"))
-		}
-		parent := filepath.Dir(o.summaryJSON)
-		if info, err := os.Stat(parent); err != nil {
-			return fmt.Errorf("--summary-json %s: %w", o.summaryJSON, err)
-		} else if !info.IsDir() {
-			return fmt.Errorf("--summary-json %s: %s is not a directory", o.summaryJSON, parent)
-		}
-	}
-	return nil
+	// Checked now, not after the demo ran: a summary that cannot be
+	// written fails the run.
+	return checkOutputFile("summary-json", o.summaryJSON, "summary.json")
 }
 
 func runUp(ctx context.Context, o upOptions, out, errOut io.Writer) (err error) {

@@ -55,6 +55,7 @@ func TestUpRefusesBadFlagsAtOnce(t *testing.T) {
 		{[]string{"--demo-timeout", "1m"}, "--demo-timeout needs --demo"},
 		{[]string{"--exit-after-demo"}, "--exit-after-demo needs --demo"},
 		{[]string{"--summary-json", filepath.Join(dir, "no", "such", "dir", "s.json")}, "--summary-json"},
+		{[]string{"--summary-json", "/proc/penny-summary.json"}, "--summary-json /proc/penny-summary.json: cannot create a file in /proc"},
 		{[]string{"--summary-json", dir}, "--summary-json " + dir + " is a directory"},
 		{[]string{"--cluster", filepath.Join(dir, "fleet.yaml")}, "--cluster"},
 		{[]string{"--dir", file}, "--dir " + file + " is a file"},
