@@ -96,7 +96,7 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: the cluster spec is empty; give at least pools:, e.g. deploy/examples/cluster.yaml", file)
 		}
-		return nil, describeDecodeError(file, err)
+		return nil, describeDecodeError(file, &root, err)
 	}
 	if line, err := yamldoc.Extra(dec); err != nil {
 		return nil, fmt.Errorf("%s: not valid YAML: %v", file, err)
@@ -113,29 +113,13 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 	return &spec, nil
 }
 
-// describeDecodeError rewrites yaml's "line N: ..." messages as "file:N: ..."
-// and names unknown fields in words a user can act on.
-func describeDecodeError(file string, err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("%s: %v", file, err)
-	}
-	msgs := make([]string, len(te.Errors))
-	for i, e := range te.Errors {
-		if rest, ok := strings.CutPrefix(e, "line "); ok {
-			if n, msg, ok := strings.Cut(rest, ": "); ok {
-				if field, ok := strings.CutPrefix(msg, "field "); ok {
-					if name, typ, ok := strings.Cut(field, " not found in type "); ok {
-						msg = fmt.Sprintf("unknown field %q in %s (check its spelling; fields are listed in docs/local-cluster.md)", name, strings.TrimPrefix(typ, "localcluster."))
-					}
-				}
-				msgs[i] = fmt.Sprintf("%s:%s: %s", file, n, msg)
-				continue
-			}
-		}
-		msgs[i] = fmt.Sprintf("%s: %s", file, e)
-	}
-	return errors.New(strings.Join(msgs, "\n"))
+// describeDecodeError places yaml's errors at their fields ("file:N:
+// pools[0].count: want a whole number, not "many"") and names unknown fields
+// in words a user can act on.
+func describeDecodeError(file string, root *yaml.Node, err error) error {
+	return yamldoc.DecodeError(file, root, &Spec{}, err, func(p yamldoc.Problem) string {
+		return fmt.Sprintf("unknown field %q in %s (check its spelling; fields are listed in docs/local-cluster.md)", p.Unknown, strings.TrimPrefix(p.In, "localcluster."))
+	})
 }
 
 type fieldError struct{ path, msg string }

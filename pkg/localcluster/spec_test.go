@@ -55,8 +55,9 @@ func refusedSpecs(t *testing.T, cases []refusedSpec) {
 func TestMalformedSpecNamesFileLineAndField(t *testing.T) {
 	cases := []refusedSpec{
 		{"empty", "", []string{"bad.yaml: the cluster spec is empty; give at least pools:"}},
-		{"unknown field", "pools:\n- name: a\n  gpuz: 8\n", []string{"bad.yaml:3", `unknown field "gpuz"`}},
-		{"wrong type", "pools:\n- name: a\n  count: many\n", []string{"bad.yaml:3", "many"}},
+		{"unknown field", "pools:\n- name: a\n  gpuz: 8\n", []string{`bad.yaml:3: pools[0].gpuz: unknown field "gpuz" in Pool`}},
+		{"wrong type", "pools:\n- name: a\n  count: many\n", []string{`bad.yaml:3: pools[0].count: want a whole number, not "many"`}},
+		{"a list for a number", "pools:\n- name: a\n  count: [1, 2]\n", []string{"bad.yaml:3: pools[0].count: want a whole number, not a list"}},
 		{"bad capacity type", `pools:
 - name: a
   count: 1

@@ -87,7 +87,13 @@ func Parse(data []byte, name string) (*Catalog, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: the price catalog is empty; expected apiVersion: %s, kind: %s, instanceTypes and prices", name, FileAPIVersion, FileKind)
 		}
-		return nil, fmt.Errorf("%s: %v", name, err)
+		var root yaml.Node
+		if yaml.Unmarshal(data, &root) != nil {
+			return nil, fmt.Errorf("%s: %v", name, err)
+		}
+		return nil, yamldoc.DecodeError(name, &root, &f, err, func(p yamldoc.Problem) string {
+			return fmt.Sprintf("unknown field %q (check its spelling; docs/spot.md lists a catalog's fields)", p.Unknown)
+		})
 	}
 	var at lines
 	_ = yaml.Unmarshal(data, &at) // the strict decode above already succeeded

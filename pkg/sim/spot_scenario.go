@@ -141,25 +141,19 @@ var scenarioSections = map[string]reflect.Type{
 // rewrites "field maxx not found in type sim.ElasticPool" as the fields that
 // section takes.
 func scenarioYAMLError(file string, root *yaml.Node, err error) error {
-	problems, ok := yamldoc.Problems(root, &SpotScenario{}, err)
-	if !ok {
-		return fmt.Errorf("%s: %v", file, err)
-	}
-	msgs := make([]string, len(problems))
-	for i, p := range problems {
-		msg := p.Msg
-		if t, known := scenarioSections[p.In]; known && p.Unknown != "" {
-			var fields []string
-			for f := range t.Fields() {
-				if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag != "" && tag != "-" {
-					fields = append(fields, tag)
-				}
-			}
-			msg = fmt.Sprintf("unknown field %q; this part of a scenario takes %s", p.Unknown, strings.Join(fields, ", "))
+	return yamldoc.DecodeError(file, root, &SpotScenario{}, err, func(p yamldoc.Problem) string {
+		t, known := scenarioSections[p.In]
+		if !known {
+			return p.Msg
 		}
-		msgs[i] = p.Where(file) + ": " + msg
-	}
-	return errors.New(strings.Join(msgs, "\n"))
+		var fields []string
+		for f := range t.Fields() {
+			if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+				fields = append(fields, tag)
+			}
+		}
+		return fmt.Sprintf("unknown field %q; this part of a scenario takes %s", p.Unknown, strings.Join(fields, ", "))
+	})
 }
 
 // Duration reads Go durations ("90s", "4h") in YAML.

@@ -88,6 +88,31 @@ func Problems(root *yaml.Node, v any, err error) (problems []Problem, ok bool) {
 	return problems, true
 }
 
+// DecodeError is err, from decoding root's document from file into v, as
+// one line per problem: "file:line: path: what is wrong". unknown, when not
+// nil, words the message for a field v's type does not have (the
+// decoder's says "field x not found in type pkg.T"). An error that is not a
+// type error (a syntax error) is "file: err".
+func DecodeError(file string, root *yaml.Node, v any, err error, unknown func(Problem) string) error {
+	problems, ok := Problems(root, v, err)
+	if !ok {
+		return fmt.Errorf("%s: %v", file, err)
+	}
+	msgs := make([]string, len(problems))
+	for i, p := range problems {
+		msg := p.Msg
+		if p.Unknown != "" && unknown != nil {
+			msg = unknown(p)
+		}
+		if p.Line == 0 {
+			msgs[i] = file + ": " + msg
+			continue
+		}
+		msgs[i] = p.Where(file) + ": " + msg
+	}
+	return errors.New(strings.Join(msgs, "\n"))
+}
+
 // PathAt is the path (pools[1].scaleDownAfter) of the field whose value
 // starts at line and column of the document root; "" if none does. A
 // decoder's own error, such as a yaml.Unmarshaler's, sees the value alone.
