@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -81,7 +80,7 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		}
 	}
 	if markdown != "" {
-		if err := os.WriteFile(markdown, []byte(md), 0o644); err != nil {
+		if err := sim.WriteFile(markdown, []byte(md)); err != nil {
 			return fmt.Errorf("--markdown: %w", err)
 		}
 	}

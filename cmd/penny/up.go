@@ -22,6 +22,7 @@ import (
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/localcluster"
+	"github.com/pennysched/penny/pkg/sim"
 	"github.com/pennysched/penny/plugins"
 )
 
@@ -276,32 +277,14 @@ func runUp(ctx context.Context, o upOptions, out, errOut io.Writer) (err error) 
 	return nil
 }
 
-// writeSummary replaces path atomically: a reader, or a run killed while
-// writing, finds the whole old file or the whole new one, never half of one.
+// writeSummary replaces path whole (sim.WriteFile): a reader, or a run
+// killed while writing, finds the whole old file or the whole new one.
 func writeSummary(path string, s upSummary) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	// In path's directory, so that the rename does not cross filesystems.
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		// CreateTemp's 0600 would hide the summary from the user's other
-		// tools; os.WriteFile made it 0644.
-		err = f.Chmod(0o644)
-	}
-	if closeErr := f.Close(); err == nil {
-		err = closeErr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return sim.WriteFile(path, append(data, '\n'))
 }
 
 // exitNow ends the process when a second Ctrl-C cuts the shutdown short; a

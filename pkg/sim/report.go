@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 	"strings"
+
+	"github.com/google/renameio/v2"
 )
 
 // Machine describes where a run was measured, so timings can be compared.
@@ -146,5 +148,17 @@ func WriteJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return WriteFile(path, append(b, '\n'))
+}
+
+// WriteFile writes a result file whole: it is written beside path and
+// renamed into place, so a reader, or a run that fails while writing (a
+// full disk), finds the older result or the new one, never half of one. A
+// path that exists and is not a regular file (/dev/stdout) is written as it
+// is.
+func WriteFile(path string, data []byte) error {
+	if info, err := os.Stat(path); err == nil && !info.Mode().IsRegular() {
+		return os.WriteFile(path, data, 0o644)
+	}
+	return renameio.WriteFile(path, data, 0o644)
 }
