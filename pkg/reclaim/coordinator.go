@@ -90,6 +90,9 @@ type Coordinator struct {
 	// (scheduled maintenance waits for its lead time), by node/notice id:
 	// the agent dropping the notice calls their handling off.
 	waiting map[string]*callOff
+	// moves carries to each notice being handled, by node/notice id, the
+	// latest deadline its agent reported when the cloud moved it.
+	moves map[string]chan time.Time
 	// recorded holds a notice's record, by node/notice id: a restarted
 	// coordinator no longer finds its gangs on the reclaimed node, whose
 	// agent has usually evicted its pods already, and must act only on the
@@ -118,29 +121,35 @@ type callOff struct {
 // OnCheckpointStatus to the telemetry server.
 func NewCoordinator() *Coordinator {
 	registerMetrics()
-	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, recorded: map[string]noticeRecord{}, wake: make(chan struct{}, 1)}
+	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, moves: map[string]chan time.Time{},
+		recorded: map[string]noticeRecord{}, wake: make(chan struct{}, 1)}
 }
 
 // OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
-// notices next has that prev had not, and those prev had that next has not:
-// the cloud withdrew them (maintenance called off), and the agent, which
-// then leaves its pods in place, drops them. It never blocks.
+// notices next has that prev had not; those prev had that next has not: the
+// cloud withdrew them (maintenance called off), and the agent, which then
+// leaves its pods in place, drops them; and those whose deadline the cloud
+// moved (it keeps a maintenance event's id), which the agent follows. It
+// never blocks.
 func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 	if len(next.ReclaimNotices) == 0 && (prev == nil || len(prev.ReclaimNotices) == 0) {
 		return
 	}
-	known := map[string]bool{}
+	known := map[string]time.Time{} // id -> deadline
 	if prev != nil {
 		for _, n := range prev.ReclaimNotices {
-			known[n.ID] = true
+			known[n.ID] = n.Deadline
 		}
 	}
 	reported := map[string]bool{}
-	var fresh []nodeNotice
+	var fresh, moved []nodeNotice
 	for _, n := range next.ReclaimNotices {
 		reported[n.ID] = true
-		if !known[n.ID] {
+		switch deadline, ok := known[n.ID]; {
+		case !ok:
 			fresh = append(fresh, nodeNotice{node: next.Node, notice: n})
+		case !n.Deadline.Equal(deadline):
+			moved = append(moved, nodeNotice{node: next.Node, notice: n})
 		}
 	}
 	var withdrawn []string
@@ -149,7 +158,7 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 			withdrawn = append(withdrawn, next.Node+"/"+id)
 		}
 	}
-	if len(fresh) == 0 && len(withdrawn) == 0 {
+	if len(fresh) == 0 && len(withdrawn) == 0 && len(moved) == 0 {
 		return
 	}
 	c.mu.Lock()
@@ -161,6 +170,25 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 			w.cancel()
 			delete(c.waiting, key)
 			delete(c.seen, key) // announced again, it is handled again
+		}
+	}
+	for _, nn := range moved {
+		key := nn.key()
+		// Not started yet: it starts with the deadline last reported.
+		for i := range c.queue {
+			if c.queue[i].key() == key {
+				c.queue[i].notice = nn.notice
+			}
+		}
+		if ch := c.moves[key]; ch != nil {
+			// Forgotten an hour past the deadline last reported.
+			c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
+			// Only the latest deadline matters; this is the only sender.
+			select {
+			case <-ch:
+			default:
+			}
+			ch <- nn.notice.Deadline
 		}
 	}
 	c.queue = append(c.queue, fresh...)
@@ -229,9 +257,10 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		// A notice leaves the queue and becomes cancellable in one step, so
 		// a withdrawal in between cannot be missed.
 		type start struct {
-			nn   nodeNotice
-			w    *callOff
-			wctx context.Context
+			nn    nodeNotice
+			w     *callOff
+			wctx  context.Context
+			moved chan time.Time
 		}
 		var starts []start
 		c.mu.Lock()
@@ -244,7 +273,9 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 			wctx, cancel := context.WithCancel(ctx)
 			w := &callOff{cancel: cancel}
 			c.waiting[key] = w
-			starts = append(starts, start{nn, w, wctx})
+			moved := make(chan time.Time, 1)
+			c.moves[key] = moved
+			starts = append(starts, start{nn, w, wctx, moved})
 		}
 		c.queue = nil
 		c.mu.Unlock()
@@ -253,7 +284,15 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 			go func() {
 				defer wg.Done()
 				defer s.w.cancel()
-				c.handle(ctx, s.wctx, s.nn, s.w)
+				defer func() {
+					c.mu.Lock()
+					defer c.mu.Unlock()
+					// Not the handling of the notice announced again.
+					if c.moves[s.nn.key()] == s.moved {
+						delete(c.moves, s.nn.key())
+					}
+				}()
+				c.handle(ctx, s.wctx, s.nn, s.w, s.moved)
 			}()
 		}
 	}
@@ -271,7 +310,7 @@ func (c *Coordinator) forgetOld() {
 		}
 	}
 	for id, f := range c.fanouts {
-		if f.deadline.Before(cutoff) {
+		if f.due().Before(cutoff) {
 			delete(c.fanouts, id)
 		}
 	}
@@ -364,8 +403,9 @@ func (c *Coordinator) acting(key string, w *callOff) bool {
 }
 
 // handle acts on one notice. wctx ends when the agent stops reporting the
-// notice before handle has started to act on it.
-func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOff) {
+// notice before handle has started to act on it; moved brings the deadlines
+// the cloud moved it to.
+func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOff, moved <-chan time.Time) {
 	o := c.opts
 	n := nn.notice
 	log := o.Log.WithValues("node", nn.node, "notice", n.ID, "kind", n.Kind.String())
@@ -379,10 +419,10 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 	var observed sync.WaitGroup
 	if !resumed {
 		observed.Add(1)
-		go func() {
+		go func(nn nodeNotice) { // a copy: handle moves nn's deadline
 			defer observed.Done()
 			c.observe(ctx, nn, log)
-		}()
+		}(nn)
 	}
 	defer observed.Wait()
 	act := o.Policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline)
@@ -390,14 +430,8 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		c.forget(ctx, nn, log)
 		return
 	}
-	if !act.At.IsZero() && time.Now().Before(act.At) {
-		t := time.NewTimer(time.Until(act.At))
-		select {
-		case <-wctx.Done():
-			t.Stop()
-		case <-t.C:
-		}
-	}
+	nn = c.waitToAct(ctx, wctx, nn, moved, log)
+	n = nn.notice
 	if ctx.Err() != nil {
 		return
 	}
@@ -424,10 +458,92 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 			c.run(ctx, f, n, act.Evict && !o.KeepGangsRunning, log)
 		}()
 	}
-	wg.Wait()
+	ran := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(ran)
+	}()
+	for running := true; running; {
+		select {
+		case <-ran:
+			running = false
+		case d := <-moved:
+			nn = c.bringForward(ctx, nn, d, fanouts, log)
+		}
+	}
 	if ctx.Err() == nil { // stopped midway, the next run takes it up
 		c.forget(ctx, nn, log)
 	}
+}
+
+// waitToAct waits until it is time to act on a notice (scheduled maintenance
+// waits for its lead time), or until wctx ends. A deadline the cloud moves
+// meanwhile moves the wait, as it does the agent's: postponed, the gang's
+// members keep running until the new lead time; brought forward, they are
+// asked sooner. It returns the notice with the deadline it is handled by.
+func (c *Coordinator) waitToAct(ctx, wctx context.Context, nn nodeNotice, moved <-chan time.Time, log logr.Logger) nodeNotice {
+	for {
+		n := nn.notice
+		at := c.opts.Policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline).At
+		if at.IsZero() || !time.Now().Before(at) {
+			return nn
+		}
+		t := time.NewTimer(time.Until(at))
+		select {
+		case <-wctx.Done():
+			t.Stop()
+			return nn
+		case <-t.C:
+			return nn
+		case d := <-moved:
+			t.Stop()
+			nn = c.move(ctx, nn, d, log)
+		}
+	}
+}
+
+// bringForward takes a deadline the cloud moved once the gang's members were
+// asked to checkpoint. Brought forward, they are evicted by the new one less
+// the margin. Postponed, nothing changes: their checkpoints are being
+// written by the deadline in the commands, which the agents run once per
+// command id, and the members are evicted once these are in, as they would
+// have been.
+func (c *Coordinator) bringForward(ctx context.Context, nn nodeNotice, deadline time.Time, fanouts []*fanout, log logr.Logger) nodeNotice {
+	n := nn.notice
+	to := Deadline(n.Kind, n.Detected, deadline)
+	if !to.Before(Deadline(n.Kind, n.Detected, n.Deadline)) {
+		log.Info("the cloud moved the notice's deadline later after its gangs' members were asked to checkpoint; they are evicted as planned",
+			"oldDeadline", n.Deadline, "newDeadline", deadline)
+		return nn
+	}
+	for _, f := range fanouts {
+		f.bringForward(to)
+	}
+	return c.move(ctx, nn, deadline, log)
+}
+
+// move takes the deadline the cloud moved a notice to, and records it in the
+// notice's record, where it has one, so that a restarted scheduler resumes
+// the notice by it.
+func (c *Coordinator) move(ctx context.Context, nn nodeNotice, deadline time.Time, log logr.Logger) nodeNotice {
+	log.Info("the cloud moved the notice's deadline", "oldDeadline", nn.notice.Deadline, "newDeadline", deadline)
+	nn.notice.Deadline = deadline
+	c.mu.Lock()
+	rec, ok := c.recorded[nn.key()]
+	if ok {
+		rec.notice.Deadline = deadline
+		c.recorded[nn.key()] = rec
+	}
+	c.mu.Unlock()
+	if !ok || c.opts.Notices == nil {
+		return nn
+	}
+	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
+	defer cancel()
+	if err := c.opts.Notices.put(ctx, rec, log); err != nil {
+		log.Error(err, "cannot record the notice's new deadline; a scheduler restarted before its handling ends would act by the old one")
+	}
+	return nn
 }
 
 // observe feeds a Spot interruption to the risk model, and the runs it is
@@ -497,20 +613,42 @@ func (c *Coordinator) livePodsOn(ctx context.Context, node string) ([]*corev1.Po
 // fanout is the checkpoint command to one node for the members of affected
 // gangs on it.
 type fanout struct {
-	id       string
-	node     string
-	origin   string
-	notice   string
-	gangs    []string
-	pods     []*corev1.Pod
-	deadline time.Time
+	id     string
+	node   string
+	origin string
+	notice string
+	gangs  []string
+	pods   []*corev1.Pod
 
-	mu     sync.Mutex
-	states map[string]telemetryv1.CheckpointStatus_State // by namespace/name
+	mu sync.Mutex
+	// deadline moves only earlier (bringForward), which moved tells run.
+	deadline time.Time
+	moved    chan struct{}
+	states   map[string]telemetryv1.CheckpointStatus_State // by namespace/name
 	// updated is when the agent produced the status states holds.
 	updated map[string]time.Time
 	done    chan struct{}
 	closed  bool
+}
+
+func (f *fanout) due() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.deadline
+}
+
+// bringForward moves the deadline to d when d is earlier.
+func (f *fanout) bringForward(d time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !d.Before(f.deadline) {
+		return
+	}
+	f.deadline = d
+	select {
+	case f.moved <- struct{}{}:
+	default:
+	}
 }
 
 func final(s telemetryv1.CheckpointStatus_State) bool {
@@ -599,7 +737,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 			if f == nil {
 				f = &fanout{
 					id: commandID(nn.node, nn.notice.ID, p.Spec.NodeName), node: p.Spec.NodeName,
-					origin: nn.node, notice: nn.notice.ID, deadline: deadline,
+					origin: nn.node, notice: nn.notice.ID, deadline: deadline, moved: make(chan struct{}, 1),
 					states: map[string]telemetryv1.CheckpointStatus_State{}, done: make(chan struct{}),
 				}
 				byNode[p.Spec.NodeName] = f
@@ -680,25 +818,34 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 	for i, p := range f.pods {
 		refs[i] = &telemetryv1.PodRef{Namespace: p.Namespace, Name: p.Name}
 	}
-	reason := commandReason(f.gangs, f.origin, TaintValue(n.Kind), f.deadline)
-	cmd := &telemetryv1.CheckpointCommand{
-		Id: f.id, Pods: refs, Deadline: timestamppb.New(f.deadline), Reason: reason,
-		OriginNode: f.origin, OriginNoticeId: f.notice,
+	var reason string
+	var cmd *telemetryv1.CheckpointCommand
+	var evictBy, giveUp time.Time
+	// by sets the command and its times by the deadline; again when the
+	// cloud brings it forward.
+	by := func(deadline time.Time) {
+		reason = commandReason(f.gangs, f.origin, TaintValue(n.Kind), deadline)
+		cmd = &telemetryv1.CheckpointCommand{
+			Id: f.id, Pods: refs, Deadline: timestamppb.New(deadline), Reason: reason,
+			OriginNode: f.origin, OriginNoticeId: f.notice,
+		}
+		// When the members must go: once their checkpoints are in, or at
+		// the deadline less the margin (half the time left if less is
+		// left).
+		evictBy = deadline.Add(-c.opts.SafetyMargin)
+		if now := time.Now(); !evictBy.After(now) {
+			evictBy = now.Add(deadline.Sub(now) / 2)
+		}
+		// The agent may be reconnecting; keep trying while there is time:
+		// until the members must go, past which a command is no use (they
+		// are evicted then whether it came or not, and trying on would only
+		// evict them later, with less of a grace period).
+		giveUp = deadline.Add(-500 * time.Millisecond)
+		if evict && evictBy.Before(giveUp) {
+			giveUp = evictBy
+		}
 	}
-	// When the members must go: once their checkpoints are in, or at the
-	// deadline less the margin (half the time left if less is left).
-	evictBy := f.deadline.Add(-c.opts.SafetyMargin)
-	if now := time.Now(); !evictBy.After(now) {
-		evictBy = now.Add(f.deadline.Sub(now) / 2)
-	}
-	// The agent may be reconnecting; keep trying while there is time: until
-	// the members must go, past which a command is no use (they are evicted
-	// then whether it came or not, and trying on would only evict them later,
-	// with less of a grace period).
-	giveUp := f.deadline.Add(-500 * time.Millisecond)
-	if evict && evictBy.Before(giveUp) {
-		giveUp = evictBy
-	}
+	by(f.due())
 	for {
 		sent, err := c.opts.Commands.SendCheckpoint(f.node, cmd)
 		if err == nil && sent > 0 {
@@ -725,20 +872,28 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		select {
 		case <-ctx.Done():
 			return
+		case <-f.moved:
+			by(f.due())
 		case <-time.After(min(500*time.Millisecond, left)):
 		}
 	}
 	if !evict {
 		return
 	}
-	t := time.NewTimer(time.Until(evictBy))
-	select {
-	case <-ctx.Done():
+	for waiting := true; waiting; {
+		t := time.NewTimer(time.Until(evictBy))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-f.moved:
+			by(f.due())
+		case <-f.done:
+			waiting = false
+		case <-t.C:
+			waiting = false
+		}
 		t.Stop()
-		return
-	case <-f.done:
-		t.Stop()
-	case <-t.C:
 	}
 	c.evictMembers(ctx, f, log)
 }
@@ -751,6 +906,8 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 	for k, v := range f.states {
 		states[k] = v
 	}
+	// Once eviction has begun, a move changes nothing, as on the agent.
+	deadline := f.deadline
 	f.mu.Unlock()
 	// As the agent does on the reclaimed node: every member is asked once
 	// before any is asked again (EvictInPasses).
@@ -759,7 +916,7 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 		if p.Spec.TerminationGracePeriodSeconds != nil {
 			grace = *p.Spec.TerminationGracePeriodSeconds
 		}
-		if left := int64(time.Until(f.deadline) / time.Second); left < grace {
+		if left := int64(time.Until(deadline) / time.Second); left < grace {
 			grace = max(left, 0)
 		}
 		gone, err := c.evictMember(ctx, p, grace, log)
@@ -768,7 +925,7 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 		}
 		// A conflict left over is a member that kept changing under every
 		// try: like a budget's refusal, it is no reason to give up on it.
-		if (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err)) && time.Now().Add(time.Second).Before(f.deadline) {
+		if (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err)) && time.Now().Add(time.Second).Before(deadline) {
 			return true
 		}
 		switch {

@@ -3,6 +3,7 @@ package reclaim
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,6 +39,7 @@ type commander struct {
 	mu      sync.Mutex
 	sent    map[string]*telemetryv1.CheckpointCommand // by node
 	all     []*telemetryv1.CheckpointCommand
+	firstAt map[string]time.Time // by node: when it was first sent one
 	offline map[string]bool
 }
 
@@ -53,6 +55,12 @@ func (c *commander) SendCheckpoint(node string, cmd *telemetryv1.CheckpointComma
 	}
 	c.sent[node] = cmd
 	c.all = append(c.all, cmd)
+	if _, ok := c.firstAt[node]; !ok {
+		if c.firstAt == nil {
+			c.firstAt = map[string]time.Time{}
+		}
+		c.firstAt[node] = time.Now()
+	}
 	return 1, nil
 }
 
@@ -60,6 +68,13 @@ func (c *commander) get(node string) *telemetryv1.CheckpointCommand {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.sent[node]
+}
+
+// sentAt returns when node was first sent a command.
+func (c *commander) sentAt(node string) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.firstAt[node]
 }
 
 type feed struct {
@@ -813,5 +828,161 @@ func drainEvents(rec *record.FakeRecorder) string {
 		default:
 			return strings.Join(out, "\n")
 		}
+	}
+}
+
+// waitingToAct waits until c has taken the notice off its queue and waits
+// for its time to act, so that a move reaches the wait.
+func waitingToAct(t *testing.T, c *Coordinator, key string) {
+	t.Helper()
+	waitFor(t, "the notice waiting for its lead time", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.waiting[key] != nil
+	})
+}
+
+// moveDeadline has node a's agent report n again with its deadline moved to
+// d, and returns the notice as reported.
+func moveDeadline(c *Coordinator, n telemetry.ReclaimNotice, d time.Time) telemetry.ReclaimNotice {
+	moved := n
+	moved.Deadline = d
+	c.OnNodeUpdate(&telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}},
+		&telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{moved}})
+	return moved
+}
+
+// configMapWrites records the data of every write of the notices' ConfigMap.
+func configMapWrites(client *fake.Clientset) func() []string {
+	var mu sync.Mutex
+	var writes []string
+	for _, verb := range []string{"create", "update"} {
+		client.PrependReactor(verb, "configmaps", func(action clienttesting.Action) (bool, runtime.Object, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			writes = append(writes, action.(interface{ GetObject() runtime.Object }).GetObject().(*corev1.ConfigMap).Data[NoticesKey])
+			return false, nil, nil
+		})
+	}
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(writes)
+	}
+}
+
+// Maintenance the cloud postpones before its lead time (Azure and AWS keep
+// the event's id and change its NotBefore): the agent keeps its pods
+// running until the new lead time, and so the gang's members elsewhere are
+// asked to checkpoint then, by the new deadline, which their record holds.
+func TestCoordinatorFollowsPostponedMaintenance(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	writes := configMapWrites(client)
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead = time.Minute
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "azure-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE, Action: "Reboot", Detected: now, Deadline: now.Add(lead + time.Second)}
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+	waitingToAct(t, c, "a/azure-maint-1")
+	postponed := moveDeadline(c, n, now.Add(lead+2500*time.Millisecond))
+
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	if at, due := cmds.sentAt("b"), postponed.Deadline.Add(-lead); at.Before(due) {
+		t.Errorf("b asked to checkpoint %v before the postponed maintenance's lead time", due.Sub(at))
+	}
+	if got := cmds.get("b").GetDeadline().AsTime(); !got.Equal(postponed.Deadline) {
+		t.Errorf("command deadline %v, want the postponed %v", got, postponed.Deadline)
+	}
+	deadline := " " + postponed.Deadline.UTC().Format(time.RFC3339Nano) + " "
+	waitFor(t, "the notice recorded", func() bool { return len(writes()) > 0 })
+	if got := writes(); !strings.Contains(got[0], deadline) {
+		t.Errorf("recorded %q, want the postponed deadline", got[0])
+	}
+}
+
+// Maintenance the cloud brings forward before its lead time: the gang's
+// members elsewhere are asked at the new lead time, not the first one.
+func TestCoordinatorFollowsMaintenanceBroughtForward(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead = time.Minute
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead + time.Hour)}
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+	waitingToAct(t, c, "a/aws-maint-1")
+	earlier := moveDeadline(c, n, now.Add(lead+time.Second))
+
+	waitFor(t, "the command to b at the new lead time", func() bool { return cmds.get("b") != nil })
+	if at, due := cmds.sentAt("b"), earlier.Deadline.Add(-lead); at.Before(due) {
+		t.Errorf("b asked to checkpoint %v before the new lead time", due.Sub(at))
+	}
+	if got := cmds.get("b").GetDeadline().AsTime(); !got.Equal(earlier.Deadline) {
+		t.Errorf("command deadline %v, want the new %v", got, earlier.Deadline)
+	}
+}
+
+// A deadline the cloud brings forward after the gang's members were asked
+// to checkpoint: they are evicted by the new deadline less the margin, with
+// the time left before it as their grace period, and the notice's record
+// holds the new deadline.
+func TestCoordinatorEvictsByADeadlineBroughtForward(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	writes := configMapWrites(client)
+	var mu sync.Mutex
+	var evictedAt time.Time
+	var graces []int64
+	onEvictions(client, func(ev *policyv1.Eviction) error {
+		mu.Lock()
+		defer mu.Unlock()
+		evictedAt = time.Now()
+		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
+		return nil
+	})
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead, margin = time.Minute, time.Second
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}, SafetyMargin: margin})
+
+	// Within the lead time: acted on at once.
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-2", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	earlier := moveDeadline(c, n, time.Now().Add(margin+2*time.Second))
+
+	waitFor(t, "b's member evicted by the new deadline", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(graces) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if due := earlier.Deadline.Add(-margin); evictedAt.Before(due) {
+		t.Errorf("evicted %v before the new deadline less the margin", due.Sub(evictedAt))
+	}
+	if graces[0] > int64(margin/time.Second) {
+		t.Errorf("evicted with a grace period of %ds, want at most the %v left before the new deadline", graces[0], margin)
+	}
+	deadline := " " + earlier.Deadline.UTC().Format(time.RFC3339Nano) + " "
+	if !slices.ContainsFunc(writes(), func(w string) bool { return strings.Contains(w, deadline) }) {
+		t.Errorf("records written %q, none with the new deadline", writes())
 	}
 }
