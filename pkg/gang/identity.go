@@ -49,6 +49,10 @@ const (
 	KeySameCapacityType = "penny.dev/gang-same-capacity-type"
 )
 
+// Keys are a gang's keys besides its name, each read from a label or an
+// annotation.
+var Keys = []string{KeySize, KeyTimeout, KeySameZone, KeySameCapacityType}
+
 // Source says how a gang is named.
 type Source string
 
@@ -163,7 +167,7 @@ func SameKeys(a, b *corev1.Pod) bool {
 	if (ga == nil) != (gb == nil) || ga != nil && !ptr.Equal(ga.PodGroupName, gb.PodGroupName) {
 		return false
 	}
-	for _, key := range []string{LabelName, KeySize, KeyTimeout, KeySameZone, KeySameCapacityType} {
+	for _, key := range append([]string{LabelName}, Keys...) {
 		la, lok := a.Labels[key]
 		lb, lbok := b.Labels[key]
 		aa, aok := a.Annotations[key]

@@ -8,7 +8,9 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/pennysched/penny/agent/checkpoint"
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // ReclaimRule is what a Spot reclaim costs the pods of the removed node in a
@@ -48,12 +50,6 @@ type ReclaimRule struct {
 // DefaultNotices are the clouds' warnings: AWS two minutes, GCP and Azure
 // about thirty seconds; nodes of no known cloud get AWS's.
 var DefaultNotices = map[string]time.Duration{"aws": 2 * time.Minute, "gce": 30 * time.Second, "azure": 30 * time.Second, "": 2 * time.Minute}
-
-// Annotations the rule reads, as Penny's agent and SpotRisk do.
-const (
-	annotationCheckpointHook     = "penny.dev/checkpoint"
-	annotationCheckpointInterval = "penny.dev/checkpoint-interval"
-)
 
 func (r *ReclaimRule) notice(node *v1.Node) time.Duration {
 	scheme := ""
@@ -110,12 +106,12 @@ func (r *ReclaimRule) Kept(pod *v1.Pod, progress, notice time.Duration) (time.Du
 	if takes <= 0 {
 		takes = 20 * time.Second
 	}
-	if _, hook := pod.Annotations[annotationCheckpointHook]; hook && r.NoticeCheckpoints && takes <= notice-margin {
+	if _, hook := pod.Annotations[checkpoint.Annotation]; hook && r.NoticeCheckpoints && takes <= notice-margin {
 		// The checkpoint holds the state reached when the notice came; the
 		// pod stops once it is written.
 		return max(progress-notice, 0), KeptNoticeCheckpoint
 	}
-	if s, ok := pod.Annotations[annotationCheckpointInterval]; ok {
+	if s, ok := pod.Annotations[spotrisk.AnnotationCheckpointInterval]; ok {
 		if every, err := time.ParseDuration(s); err == nil && every > 0 {
 			return progress / every * every, KeptPeriodicCheckpoint
 		}

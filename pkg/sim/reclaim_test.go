@@ -8,7 +8,9 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/pennysched/penny/agent/checkpoint"
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 func checkpointing(p *v1.Pod, hook bool, every string) *v1.Pod {
@@ -16,10 +18,10 @@ func checkpointing(p *v1.Pod, hook bool, every string) *v1.Pod {
 		p.Annotations = map[string]string{}
 	}
 	if hook {
-		p.Annotations[annotationCheckpointHook] = "http://:8080/checkpoint"
+		p.Annotations[checkpoint.Annotation] = "http://:8080/checkpoint"
 	}
 	if every != "" {
-		p.Annotations[annotationCheckpointInterval] = every
+		p.Annotations[spotrisk.AnnotationCheckpointInterval] = every
 	}
 	return p
 }
