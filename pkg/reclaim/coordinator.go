@@ -173,23 +173,13 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 		}
 	}
 	for _, nn := range moved {
-		key := nn.key()
 		// Not started yet: it starts with the deadline last reported.
 		for i := range c.queue {
-			if c.queue[i].key() == key {
+			if c.queue[i].key() == nn.key() {
 				c.queue[i].notice = nn.notice
 			}
 		}
-		if ch := c.moves[key]; ch != nil {
-			// Forgotten an hour past the deadline last reported.
-			c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
-			// Only the latest deadline matters; this is the only sender.
-			select {
-			case <-ch:
-			default:
-			}
-			ch <- nn.notice.Deadline
-		}
+		c.forwardLocked(nn)
 	}
 	c.queue = append(c.queue, fresh...)
 	c.mu.Unlock()
@@ -200,6 +190,25 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// forwardLocked hands the deadline of a notice reported again to its
+// handling, if it is being handled; a deadline it already has changes
+// nothing there.
+func (c *Coordinator) forwardLocked(nn nodeNotice) {
+	key := nn.key()
+	ch := c.moves[key]
+	if ch == nil {
+		return
+	}
+	// Forgotten an hour past the deadline last reported.
+	c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
+	// Only the latest deadline matters; senders hold c.mu.
+	select {
+	case <-ch:
+	default:
+	}
+	ch <- nn.notice.Deadline
 }
 
 // OnCheckpointStatus is the telemetry server's hook for agents' checkpoint
@@ -267,6 +276,10 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		for _, nn := range c.queue {
 			key := nn.key()
 			if _, dup := c.seen[key]; dup {
+				// The notice reported again by an agent whose first report
+				// to this scheduler came after the notice was resumed from
+				// its record: the cloud may have moved it meanwhile.
+				c.forwardLocked(nn)
 				continue
 			}
 			c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
@@ -497,7 +510,9 @@ func (c *Coordinator) waitToAct(ctx, wctx context.Context, nn nodeNotice, moved 
 			return nn
 		case d := <-moved:
 			t.Stop()
-			nn = c.move(ctx, nn, d, log)
+			if !d.Equal(nn.notice.Deadline) {
+				nn = c.move(ctx, nn, d, log)
+			}
 		}
 	}
 }
@@ -510,6 +525,9 @@ func (c *Coordinator) waitToAct(ctx, wctx context.Context, nn nodeNotice, moved 
 // have been.
 func (c *Coordinator) bringForward(ctx context.Context, nn nodeNotice, deadline time.Time, fanouts []*fanout, log logr.Logger) nodeNotice {
 	n := nn.notice
+	if deadline.Equal(n.Deadline) {
+		return nn
+	}
 	to := Deadline(n.Kind, n.Detected, deadline)
 	if !to.Before(Deadline(n.Kind, n.Detected, n.Deadline)) {
 		log.Info("the cloud moved the notice's deadline later after its gangs' members were asked to checkpoint; they are evicted as planned",

@@ -986,3 +986,36 @@ func TestCoordinatorEvictsByADeadlineBroughtForward(t *testing.T) {
 		t.Errorf("records written %q, none with the new deadline", writes())
 	}
 }
+
+// A deadline the cloud brought forward while no scheduler ran reaches the
+// notice resumed from its record: the agent's first report to the new
+// scheduler carries the notice again (no earlier report to compare with),
+// and its deadline is followed, not dropped as a notice already in hand.
+func TestCoordinatorResumedNoticeFollowsADeadlineMovedMeanwhile(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	writes := configMapWrites(client)
+	const lead, margin = time.Minute, time.Second
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-3", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
+	rec := noticeRecord{nodeNotice: nodeNotice{node: "a", notice: n}, gangs: []gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}},
+		members: []types.UID{"uid-g-1"}}
+	if err := noticeStore(client).put(context.Background(), rec, testr.New(t)); err != nil {
+		t.Fatal(err)
+	}
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}, SafetyMargin: margin})
+	waitFor(t, "the resumed notice's command to b", func() bool { return cmds.get("b") != nil })
+
+	earlier := n
+	earlier.Deadline = time.Now().Add(margin + 2*time.Second)
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{earlier}})
+	deadline := " " + earlier.Deadline.UTC().Format(time.RFC3339Nano) + " "
+	waitFor(t, "the record to take the deadline reported after the restart", func() bool {
+		return slices.ContainsFunc(writes(), func(w string) bool { return strings.Contains(w, deadline) })
+	})
+}
