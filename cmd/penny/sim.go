@@ -285,7 +285,7 @@ func newSimFillCommand() *cobra.Command {
 			}
 			capacity := sim.GPUCapacityMilli(nodes)
 			rep := &sim.FillReport{
-				Kind: "fill", Command: commandLine(), Nodes: tf.nodes, Pods: tf.pods, Inflate: inflate, Order: order, TieBreak: tieBreak,
+				Kind: "fill", Command: commandLine(), Nodes: tf.nodes, Pods: tf.pods, Inflate: inflate, MIG: tf.mig, Order: order, TieBreak: tieBreak,
 				GPUCapacityMilli: capacity, NodeCount: len(nodes), TracePods: len(tr.Pods), Machine: sim.ThisMachine(),
 			}
 			for _, p := range pols {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -62,5 +63,29 @@ func TestWriteFileWritesThroughAPipe(t *testing.T) {
 	}
 	if b := <-got; !bytes.Equal(b, []byte("result\n")) {
 		t.Errorf("the pipe's reader got %q, want the result", b)
+	}
+}
+
+// The FGD paper's numbers are shown beside a fill only where they measure
+// the same thing: openb's default pod list at 130% arrivals, without MIG.
+func TestPublishedOnlyOnThePapersProtocol(t *testing.T) {
+	for _, c := range []struct {
+		what, pods, mig string
+		inflate         float64
+		want            float64
+	}{
+		{"the paper's protocol", "/data/openb/openb_pod_list_default.csv", "", 1.3, 6.92},
+		{"MIG", "/data/openb/openb_pod_list_default.csv", "A100-80GB", 1.3, 0},
+		{"another trace", "/data/openb/openb_pod_list_gpushare40.csv", "", 1.3, 0},
+		{"other arrivals", "/data/openb/openb_pod_list_default.csv", "", 1.0, 0},
+	} {
+		r := &FillReport{Pods: c.pods, MIG: c.mig, Inflate: c.inflate, Records: []*FillRecord{{Policy: "bestfit", UnallocatedGPUPct: 7}}}
+		r.Summarize()
+		if got := r.Summary["bestfit"].Published; got != c.want {
+			t.Errorf("%s: published %v, want %v", c.what, got, c.want)
+		}
+		if c.want == 0 && strings.Contains(r.Table(), "6.92") {
+			t.Errorf("%s: the table shows the paper's number:\n%s", c.what, r.Table())
+		}
 	}
 }
