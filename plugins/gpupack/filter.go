@@ -101,8 +101,11 @@ func isSchedulableAfterPodDelete(logger klog.Logger, pod *corev1.Pod, oldObj, ne
 	if err != nil {
 		return fwk.Queue, err
 	}
+	// A pod nominated to a node holds its GPUs there for the pods of lower
+	// or equal priority (Filter runs them with it on the node), so its
+	// deletion, which the scheduler reports as this event, frees them too.
 	r, err := gpu.ParsePodRequest(deleted)
-	if err != nil || r.IsZero() || deleted.Spec.NodeName == "" {
+	if err != nil || r.IsZero() || deleted.Spec.NodeName == "" && deleted.Status.NominatedNodeName == "" {
 		logger.V(5).Info("deleted pod held no GPUs", "pod", klog.KObj(pod), "deletedPod", klog.KObj(deleted))
 		return fwk.QueueSkip, nil
 	}

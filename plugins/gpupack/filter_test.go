@@ -36,6 +36,8 @@ func TestQueueingHints(t *testing.T) {
 
 	withGPU := bound(podOf("trainer", "1", string(gpu.ResourceGPU), "1"), "a", "0")
 	unbound := podOf("pending", "1", string(gpu.ResourceGPU), "1")
+	nominated := podOf("preemptor", "1", string(gpu.ResourceGPU), "1")
+	nominated.Status.NominatedNodeName = "a"
 	for _, c := range []struct {
 		name    string
 		deleted *corev1.Pod
@@ -45,6 +47,8 @@ func TestQueueingHints(t *testing.T) {
 		{"a pod that held a share", bound(podOf("share", "1", string(gpu.ResourceGPUMilli), "500"), "a", "0:500"), fwk.Queue},
 		{"a pod without GPUs", bound(podOf("web", "1"), "a", ""), fwk.QueueSkip},
 		{"a GPU pod that was never bound", unbound, fwk.QueueSkip},
+		// Filter counted its GPUs on the node it was nominated to.
+		{"a GPU pod nominated to a node", nominated, fwk.Queue},
 	} {
 		got, err := hints[fwk.AssignedPod](logger, waiting, c.deleted, nil)
 		if err != nil || got != c.want {

@@ -232,6 +232,32 @@ func TestReservationsHoldDevicesUntilUnreserved(t *testing.T) {
 	}
 }
 
+// The framework calls Unreserve for every pod whose Reserve failed, its
+// own or a later plugin's, so for pods PennyGPUPack never reserved for:
+// that must leave other pods' devices held.
+func TestUnreserveWithoutReservationKeepsOthers(t *testing.T) {
+	n := []*corev1.Node{gpuNode("t4", "Tesla-T4", 2, "64")}
+	p, h := newPlugin(t, nil, 1)
+	nodes := h.set(t, n)
+	held := podOf("held", "1", string(gpu.ResourceGPU), "1")
+	if node, a := schedule(t, p, nodes, held); node != "t4" || len(a) != 1 {
+		t.Fatalf("held: %q %v", node, a)
+	}
+	stranger := podOf("stranger", "1", string(gpu.ResourceGPU), "1")
+	state := framework.NewCycleState()
+	if _, s := p.PreFilter(context.Background(), state, stranger, nodes); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	p.Unreserve(context.Background(), state, stranger, "t4")
+	if len(p.view.reserved) != 1 || len(p.view.dirty) != 0 {
+		t.Fatalf("reservations %v, marked %v; want held's alone, no marks", p.view.reserved, p.view.dirty)
+	}
+	nodes = h.set(t, n, bound(held.DeepCopy(), "t4", ""))
+	if node, a := schedule(t, p, nodes, podOf("two", "1", string(gpu.ResourceGPU), "2")); node != "" {
+		t.Fatalf("two got %q %v: held's GPU was handed out again", node, a)
+	}
+}
+
 // A node deleted while pods were being bound to it is never rebuilt, which
 // is where its reservations were dropped, and a binding that fails once the
 // node is gone marks a node no cycle will rebuild. Over weeks of autoscaled
