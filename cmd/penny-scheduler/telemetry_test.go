@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/pem"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -15,16 +19,19 @@ import (
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	fakeclient "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 	clienttesting "k8s.io/client-go/testing"
+	volumeutil "k8s.io/kubernetes/pkg/volume/util"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pennysched/penny/agent/agenttest"
 	"github.com/pennysched/penny/pkg/agentadmission"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 func writeFile(t *testing.T, dir, name string, data []byte) string {
@@ -216,6 +223,80 @@ func TestTelemetryForgetsDeletedNodes(t *testing.T) {
 	}
 	if _, fresh := store.Lookup("gpu-2"); !fresh {
 		t.Fatal("gpu-2, still in the cluster, left the store")
+	}
+}
+
+// cert-manager renews the serving certificate in its Secret and the kubelet
+// swaps the mounted files (a new timestamped directory behind the ..data
+// link); every TLS endpoint of the scheduler serves the new pair to the next
+// handshake, without a restart.
+func TestEndpointsServeARotatedCertificate(t *testing.T) {
+	dir := t.TempDir()
+	mount, err := volumeutil.NewAtomicWriter(dir, "penny-telemetry-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	project := func(c telemetrytest.Cert) {
+		t.Helper()
+		if err := mount.Write(map[string]volumeutil.FileProjection{
+			"tls.crt": {Data: c.CertPEM, Mode: 0o600}, "tls.key": {Data: c.KeyPEM, Mode: 0o600},
+		}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, renewed := telemetrytest.NewCert(t), telemetrytest.NewCert(t)
+	project(old)
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+
+	f := telemetryFlags{bindAddress: telemetrytest.FreeAddr(t), certFile: certFile, keyFile: keyFile, maxAge: time.Second, maxStreams: 4,
+		audience: "a", serviceAccounts: []string{"penny-system/penny-agent"}, evictionWebhookAddress: telemetrytest.FreeAddr(t)}
+	exp := expanderFlags{bindAddress: telemetrytest.FreeAddr(t), certFile: certFile, keyFile: keyFile}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), fakeclient.NewClientset(), telemetrytest.NodeMetadata()); err != nil {
+		t.Fatal(err)
+	}
+	if err := startExpander(ctx, &exp, spotrisk.NewExpanderServer()); err != nil {
+		t.Fatal(err)
+	}
+	endpoints := map[string]string{"telemetry": f.bindAddress, "agent evictions webhook": f.evictionWebhookAddress, "expander": exp.bindAddress}
+
+	// Both certificates are trusted, so the handshake shows which one is
+	// served rather than failing.
+	client := old.ClientTLS()
+	client.RootCAs.AppendCertsFromPEM(renewed.CertPEM)
+	client.NextProtos = []string{"h2"}
+	served := func(addr string) ([]byte, error) {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, client)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Raw, nil
+	}
+	leaf := func(c telemetrytest.Cert) []byte {
+		b, _ := pem.Decode(c.CertPEM)
+		return b.Bytes
+	}
+	for name, addr := range endpoints {
+		if got, err := served(addr); err != nil || !bytes.Equal(got, leaf(old)) {
+			t.Fatalf("%s before the rotation: %v, or not the mounted certificate", name, err)
+		}
+	}
+
+	project(renewed)
+	// The file watch sees the swap at once; the bound is for a slow machine.
+	waiting := maps.Clone(endpoints)
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		for name, addr := range waiting {
+			if got, err := served(addr); err == nil && bytes.Equal(got, leaf(renewed)) {
+				delete(waiting, name)
+			}
+		}
+		return len(waiting) == 0, nil
+	})
+	if err != nil {
+		t.Errorf("%v still serve the old certificate a minute after the kubelet swapped the files: %v", slices.Sorted(maps.Keys(waiting)), err)
 	}
 }
 
