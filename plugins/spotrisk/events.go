@@ -2,17 +2,21 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/util"
+
+	"github.com/pennysched/penny/pkg/pricing"
 )
 
 // EventsToRegister names what can make a pod this plugin rejected
 // schedulable: a node that appears or changes its capacity type, taints or
-// labels, and a fix of the pod's own annotations. The fallback window's end
-// is not an event; PostFilter arms a timer for it.
+// labels, and a change of what the plugin reads of the pod itself. The
+// fallback window's end is not an event; PostFilter arms a timer for it. Nor
+// is a catalog reload; New has the store retry the pods it may help.
 func (pl *SpotRisk) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
 	return []fwk.ClusterEventWithHint{
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}, QueueingHintFn: pl.isSchedulableAfterNodeChange},
@@ -44,17 +48,22 @@ func (pl *SpotRisk) isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1
 	return fwk.Queue, nil
 }
 
-// isSchedulableAfterPodChange queues the pod when one of the annotations
-// the plugin reads changed.
+// isSchedulableAfterPodChange queues the pod when what the plugin reads of
+// it changed. Its annotations are not all of that: spec.activeDeadlineSeconds
+// is a runtime (short training may use Spot at once), its gang how many nodes
+// a reclaim can stop and the workload a reclaim is recorded under (once
+// bitten), its owner its workload. Comparing the classes, not the fields,
+// skips an edit that says the same (10% for 0.1).
 func (pl *SpotRisk) isSchedulableAfterPodChange(logger klog.Logger, pod *corev1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
 	oldPod, newPod, err := util.As[*corev1.Pod](oldObj, newObj)
 	if err != nil {
 		return fwk.Queue, err
 	}
-	for _, a := range Annotations {
-		if oldPod.Annotations[a] != newPod.Annotations[a] {
-			return fwk.Queue, nil
-		}
+	oldClass, oldErr := pl.classify(oldPod)
+	newClass, newErr := pl.classify(newPod)
+	if oldClass != newClass || fmt.Sprint(oldErr) != fmt.Sprint(newErr) || pricing.WorkloadKey(oldPod) != pricing.WorkloadKey(newPod) {
+		logger.V(5).Info("Pod's Spot class or workload changed", "pod", klog.KObj(newPod))
+		return fwk.Queue, nil
 	}
 	return fwk.QueueSkip, nil
 }

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/utils/clock"
@@ -118,7 +120,43 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		pl.risk = pricing.NewRiskModel(pricing.RiskConfig{})
 	}
 	pl.priors, _ = pl.risk.(*pricing.RiskModel)
+	if store, ok := pl.prices.(*pricing.Store); ok && h != nil && h.SharedInformerFactory() != nil {
+		pods := h.SharedInformerFactory().Core().V1().Pods().Lister()
+		logger := klog.FromContext(ctx)
+		store.OnChange(func(_ *pricing.Catalog, err error) {
+			if err == nil {
+				pl.retryRiskBound(logger, pods)
+			}
+		})
+	}
 	return pl, nil
+}
+
+// retryRiskBound retries the pending pods whose Filter verdict on Spot pools
+// a new catalog may change: a pool's prior follows the catalog's
+// interruption bucket, and no cluster event says it moved, so a pod kept off
+// a pool by its risk limit or by what a reclaim would cost it waited for an
+// unrelated event or the scheduler's five-minute flush. Activate leaves pods
+// that are not waiting in this scheduler's queue alone.
+func (pl *SpotRisk) retryRiskBound(logger klog.Logger, pods corelisters.PodLister) {
+	all, err := pods.List(labels.Everything())
+	if err != nil {
+		logger.Error(err, "Listing pods to retry after a price catalog reload", "plugin", Name)
+		return
+	}
+	retry := map[string]*corev1.Pod{}
+	for _, p := range all {
+		if p.Spec.NodeName != "" {
+			continue
+		}
+		if class, err := pl.classify(p); err == nil && class.FollowsRisk() {
+			retry[p.Namespace+"/"+p.Name] = p
+		}
+	}
+	if len(retry) > 0 {
+		logger.V(4).Info("Retrying pods whose Spot pools the price catalog may have let in", "pods", len(retry))
+		pl.handle.Activate(logger, retry)
+	}
 }
 
 // reclaimPending reports whether a node is about to be reclaimed: its agent

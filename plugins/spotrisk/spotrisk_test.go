@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,11 +17,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/component-base/metrics/testutil"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/backend/queue"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -101,6 +107,42 @@ func TestCatalogReloadMovesThePoolsRisk(t *testing.T) {
 	}
 	if r := e.schedule(t, pod("p", limited)); strings.Join(r.feasible, ",") != "spot-a,spot-c" {
 		t.Fatalf("after the catalog moved us-east-1c to <5%%: feasible %v, want spot-a,spot-c (%s)", r.feasible, r.fitError)
+	}
+}
+
+// No cluster event says that a reload moved a pool's risk: the pending pods
+// whose Spot pools it decides (a risk limit; training without checkpoints)
+// are retried at once rather than at the next unrelated event or the
+// scheduler's five-minute flush. Pods it cannot help are left alone.
+func TestCatalogReloadRetriesPodsKeptOffSpotByRisk(t *testing.T) {
+	store := pricing.NewStore(catalog(t))
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	pods := factory.Core().V1().Pods().Informer().GetIndexer()
+	e := newEnvWith(t, nil, Deps{Prices: store}, []frameworkruntime.Option{frameworkruntime.WithInformerFactory(factory)}, fleet()...)
+	limited := pod("limited", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "1%"})
+	training := pod("training", map[string]string{AnnotationWorkload: "training"})
+	batch := pod("batch", map[string]string{AnnotationWorkload: "batch"})
+	bound := pod("bound", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "1%"})
+	bound.Spec.NodeName = "spot-a"
+	for _, p := range []*corev1.Pod{limited, training, batch, bound} {
+		if err := pods.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := e.schedule(t, limited); len(r.feasible) != 0 {
+		t.Fatalf("before the reload no pool is under 1%%: feasible %v", r.feasible)
+	}
+	if err := store.Load([]byte(strings.Replace(testCatalog, `interruption: ">20%"`, `interruption: "<5%"`, 1)), "reloaded"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := e.act.list(), []string{"default/limited", "default/training"}; !reflect.DeepEqual(slices.Sorted(slices.Values(got)), want) {
+		t.Fatalf("retried %v after the reload, want %v", got, want)
+	}
+	if err := store.Load([]byte("not: a catalog"), "broken"); err == nil {
+		t.Fatal("a broken catalog loaded")
+	}
+	if got := e.act.list(); len(got) != 2 {
+		t.Fatalf("a rejected catalog changes nothing, yet retried %v", got)
 	}
 }
 
@@ -510,6 +552,58 @@ func TestQueueingHints(t *testing.T) {
 	}
 }
 
+// The pod's annotations are not all the plugin reads of it: its deadline
+// (a runtime), its gang (how many nodes a reclaim can stop, and the workload
+// a reclaim is recorded under) and its owner decide its class too. Training
+// without checkpoints that is given a one-hour activeDeadlineSeconds is
+// short training, which may use Spot at once; it waited for the next
+// unrelated event or the scheduler's five-minute flush instead.
+func TestPodChangesThatMoveTheClassRequeue(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	hint := func(oldP, newP *corev1.Pod) fwk.QueueingHint {
+		t.Helper()
+		h, err := e.plugin.isSchedulableAfterPodChange(klogLogger(), newP, oldP, newP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	training := pod("train", map[string]string{AnnotationWorkload: "training"})
+
+	deadline := training.DeepCopy()
+	deadline.Spec.ActiveDeadlineSeconds = ptr.To[int64](3600)
+	if h := hint(training, deadline); h != fwk.Queue {
+		t.Errorf("activeDeadlineSeconds 3600 makes training short (allow): hint %v, want Queue", h)
+	}
+	joined := training.DeepCopy()
+	joined.Labels = map[string]string{gang.LabelName: "llm", gang.KeySize: "8"}
+	if h := hint(training, joined); h != fwk.Queue {
+		t.Errorf("joining a gang of 8 changes what a reclaim costs it: hint %v, want Queue", h)
+	}
+	renamed := joined.DeepCopy()
+	renamed.Labels[gang.LabelName] = "llm-2"
+	if h := hint(joined, renamed); h != fwk.Queue {
+		t.Errorf("another gang is another workload (once bitten): hint %v, want Queue", h)
+	}
+	same := training.DeepCopy()
+	same.Annotations[AnnotationMaxReclaimRisk] = "100%"
+	if h := hint(training, same); h != fwk.QueueSkip {
+		t.Errorf("a risk limit of 100%% is the default: hint %v, want QueueSkip", h)
+	}
+	unrelated := training.DeepCopy()
+	unrelated.Labels = map[string]string{"team": "ml"}
+	unrelated.Annotations["note"] = "x"
+	if h := hint(training, unrelated); h != fwk.QueueSkip {
+		t.Errorf("a change the plugin does not read: hint %v, want QueueSkip", h)
+	}
+	typo := pod("typo", map[string]string{AnnotationSpot: "sometimes"})
+	fixed := typo.DeepCopy()
+	fixed.Annotations[AnnotationSpot] = "never"
+	if h := hint(typo, fixed); h != fwk.Queue {
+		t.Errorf("fixing a malformed annotation: hint %v, want Queue", h)
+	}
+}
+
 func TestArgs(t *testing.T) {
 	a, err := decodeArgs(nil)
 	if err != nil || a.FallbackAfter.Duration != DefaultFallbackAfter || *a.NeverSpotPriority != DefaultNeverSpotPriority || len(a.ReclaimTaints) == 0 || *a.MaxExpectedLoss != DefaultMaxExpectedLoss {
@@ -707,6 +801,78 @@ func TestFallbackTimerDoesNotHoldALongWaitingPod(t *testing.T) {
 	if len(e.plugin.wakeups) != 0 {
 		t.Errorf("wakeups %v, want none an hour on", e.plugin.wakeups)
 	}
+}
+
+// The timer's Activate reaches kube-scheduler's own queue: a pod parked as
+// unschedulable, with nothing else happening in the cluster (no event, no
+// flush: the queue's loops do not run), is back in the active queue when its
+// 2s wait ends, not a moment before, and then falls back to on-demand with
+// one SpotFallback event however many attempts it took.
+func TestFallbackWakesThePodInTheSchedulingQueue(t *testing.T) {
+	args := &Args{}
+	args.FallbackAfter = &metav1.Duration{Duration: 2 * time.Second}
+	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A clock of its own: the fake clock runs the plugin's timer while it
+	// holds its lock, and the queue reads its clock inside Activate.
+	q := queue.NewTestQueue(ctx, func(a, b fwk.QueuedEntityInfo) bool { return false }, queue.WithClock(clocktesting.NewFakeClock(t0)))
+	e.fw.SetPodActivator(q)
+	logger := klogLogger()
+	p := pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	p.CreationTimestamp = metav1.NewTime(e.clock.Now())
+	q.Add(ctx, p)
+
+	// attempt pops the pod, schedules it and, when no node fits, hands it
+	// back as kube-scheduler does, rejected by SpotRisk.
+	attempt := func() result {
+		t.Helper()
+		entity, err := q.Pop(logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pInfo, ok := entity.(*framework.QueuedPodInfo)
+		if !ok || pInfo.Pod.UID != p.UID {
+			t.Fatalf("popped %T %v", entity, entity)
+		}
+		r := e.schedule(t, pInfo.Pod)
+		if len(r.feasible) == 0 {
+			pInfo.UnschedulablePlugins = sets.New(Name)
+			if err := q.AddUnschedulablePodIfNotPresent(logger, pInfo, q.SchedulingCycle()); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			q.Done(pInfo.Pod.UID)
+		}
+		return r
+	}
+	active := func() bool { return len(q.PodsInActiveQ()) == 1 }
+
+	if r := attempt(); len(r.feasible) != 0 {
+		t.Fatalf("within its wait the pod may not use on-demand; feasible %v", r.feasible)
+	}
+	e.clock.Step(time.Second)
+	if active() {
+		t.Fatal("the pod is back in the active queue before its wait ended")
+	}
+	// Another attempt within the wait (as after an unrelated event) leaves
+	// the one timer armed.
+	q.Activate(logger, map[string]*corev1.Pod{"default/trainer": p})
+	if r := attempt(); len(r.feasible) != 0 {
+		t.Fatalf("within its wait the pod may not use on-demand; feasible %v", r.feasible)
+	}
+	e.clock.Step(999 * time.Millisecond)
+	if active() {
+		t.Fatal("the pod is back in the active queue before its wait ended")
+	}
+	e.clock.Step(time.Millisecond)
+	waitUntil(t, active)
+	entity, err := q.Pop(logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Done(p.UID)
+	e.expectFallback(t, entity.(*framework.QueuedPodInfo).Pod, Prefer, "od", "No Spot capacity within 2s (checkpointing training): placed on on-demand node od")
 }
 
 // Training without checkpoints that declares its runtime is held to the same
