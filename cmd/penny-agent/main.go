@@ -10,8 +10,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -84,7 +82,7 @@ func flags(o *options) *pflag.FlagSet {
 	fs.StringVar(&o.podResources, "pod-resources-socket", podresources.DefaultSocket, "kubelet PodResources socket; empty turns pod-to-device mapping off")
 	fs.StringVar(&o.dcgmURL, "dcgm-exporter-url", "", "dcgm-exporter metrics URL for profiling fields, e.g. http://127.0.0.1:9400/metrics; empty turns it off")
 	fs.StringVar(&o.scheduler, "scheduler-address", "", "host:port of penny-scheduler's telemetry endpoint (a headless Service name: the agent streams to every address it resolves to); empty: do not report")
-	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA bundle that signed the scheduler's telemetry certificate; empty: the system roots")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA bundle that signs the scheduler's telemetry certificate, reread when the file changes; empty: the system roots")
 	fs.StringVar(&o.tokenFile, "token-file", "/var/run/secrets/penny/token", "projected ServiceAccount token (audience penny-scheduler) sent to the scheduler")
 	fs.DurationVar(&o.collectInterval, "collect-interval", report.DefaultCollectInterval, "how often to collect; a significant change is reported at the next collection")
 	fs.DurationVar(&o.resendInterval, "resend-interval", report.DefaultResendInterval, "longest time between two reports when nothing significant changes")
@@ -172,7 +170,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		commands = rp.flow
 	}
 	if o.scheduler != "" {
-		tlsCfg, err := clientTLS(o.caFile)
+		// An address without a port is refused by report.NewClient, with
+		// a better message than SplitHostPort's.
+		host, _, _ := net.SplitHostPort(o.scheduler)
+		tlsCfg, err := clientTLS(ctx, o.caFile, host, log.WithName("uplink"))
 		if err != nil {
 			fmt.Fprintln(stderr, "penny-agent:", err)
 			return 2
@@ -269,23 +270,6 @@ func printOnce(ctx context.Context, b *report.Builder, stdout, stderr io.Writer)
 		return 1
 	}
 	return 0
-}
-
-func clientTLS(caFile string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile == "" {
-		return cfg, nil
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("--ca-file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("--ca-file %s: no PEM certificates in it", caFile)
-	}
-	cfg.RootCAs = pool
-	return cfg, nil
 }
 
 // httpHandler serves metrics and health. Health says the collection loop is

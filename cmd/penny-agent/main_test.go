@@ -72,6 +72,15 @@ func TestOnceWithoutDriver(t *testing.T) {
 }
 
 func TestBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	caFile := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	uplink := []string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address=", "--scheduler-address", "127.0.0.1:7443", "--ca-file"}
 	for _, c := range []struct {
 		args []string
 		want string
@@ -87,6 +96,11 @@ func TestBadFlags(t *testing.T) {
 		// than leaving it running without ever reporting.
 		{[]string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address=", "--scheduler-address", "penny-telemetry.penny-system.svc"}, "--scheduler-address: scheduler address \"penny-telemetry.penny-system.svc\": want host:port"},
 		{[]string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address=", "--scheduler-address", "penny-telemetry:"}, "--scheduler-address"},
+		// A CA bundle that is missing or holds no certificate at the start
+		// stops it too: the agent has no last good bundle to fall back on.
+		{append(uplink, filepath.Join(dir, "missing.crt")), "--ca-file"},
+		{append(uplink, caFile("empty.crt", "")), "--ca-file"},
+		{append(uplink, caFile("garbage.crt", "not a certificate\n")), "--ca-file"},
 	} {
 		code, _, errOut := runAgent(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) {
