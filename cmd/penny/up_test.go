@@ -188,43 +188,6 @@ func TestUpSummarySaysTheRunFailed(t *testing.T) {
 	}
 }
 
-// The summary is replaced, not written over: a reader (or a run killed
-// mid-write) finds the old file whole or the new one whole, and nothing
-// else is left beside it.
-func TestWriteSummaryReplacesTheFileWhole(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "summary.json")
-	if err := os.WriteFile(file, []byte("old\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// A second name for the old file: written over in place, it would
-	// change too.
-	reader := filepath.Join(dir, "reader")
-	if err := os.Link(file, reader); err != nil {
-		t.Fatal(err)
-	}
-	if err := writeSummary(file, upSummary{Status: summaryOK, PodsTotal: 3}); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(reader); string(b) != "old\n" {
-		t.Errorf("the old file was written over in place: it now holds %q", b)
-	}
-	if s := readSummary(t, file); s.Status != summaryOK || s.PodsTotal != 3 {
-		t.Errorf("summary %+v; want the one written", s)
-	}
-	if info, err := os.Stat(file); err != nil || info.Mode().Perm() != 0o644 {
-		t.Errorf("summary mode %v, %v; want 0644, readable by the user's other tools", info.Mode(), err)
-	}
-	entries, _ := os.ReadDir(dir)
-	if len(entries) != 2 {
-		var names []string
-		for _, e := range entries {
-			names = append(names, e.Name())
-		}
-		t.Errorf("the directory holds %v; want only the summary and the test's link", names)
-	}
-}
-
 // heldOutput is penny up's output in a test: it tells the test what was
 // written so far, and holds a write that starts with hold until the test
 // lets it go, so that the test acts while penny up is at that line.

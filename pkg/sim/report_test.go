@@ -33,6 +33,21 @@ func TestWriteFileReplacesTheFileWhole(t *testing.T) {
 	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
 		t.Errorf("%d files left in the folder, want the result and the link", len(entries))
 	}
+	// A new result is readable by the user's other tools, as os.WriteFile
+	// made it (a temporary file starts 0600).
+	fresh := filepath.Join(dir, "new.json")
+	if err := WriteFile(fresh, []byte("new\n")); err != nil {
+		t.Fatal(err)
+	}
+	umask := syscall.Umask(0)
+	syscall.Umask(umask)
+	info, err := os.Stat(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 0o644 &^ os.FileMode(umask); info.Mode().Perm() != want {
+		t.Errorf("a new result's mode: %v, want %v", info.Mode().Perm(), want)
+	}
 }
 
 // A path that is not a regular file (/dev/stdout, a pipe) is written as it
