@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -49,22 +50,28 @@ func (f *expanderFlags) start(ctx context.Context, _ *cobra.Command) (func(), er
 	if f.bindAddress == "" {
 		return nil, needs("expander-bind-address", "without it there is no expander endpoint; docs/spot.md, \"Growing the fleet\"", f.fs)
 	}
-	return nil, startExpander(ctx, f, f.srv)
+	return startExpander(ctx, f, f.srv)
 }
 
+// expanderGrace is how long a stopping endpoint waits for Cluster
+// Autoscaler's calls in flight; a call is one computation over the options
+// it was sent, well under it.
+const expanderGrace = 5 * time.Second
+
 // startExpander checks the configuration, listens and serves in the
-// background until ctx ends.
-func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.ExpanderServer) error {
+// background until ctx ends. The function it returns waits until the
+// endpoint has stopped.
+func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.ExpanderServer) (func(), error) {
 	if f.certFile == "" || f.keyFile == "" {
-		return errors.New("--expander-bind-address needs --expander-tls-cert-file and --expander-tls-key-file: Cluster Autoscaler's gRPC expander only connects over TLS")
+		return nil, errors.New("--expander-bind-address needs --expander-tls-cert-file and --expander-tls-key-file: Cluster Autoscaler's gRPC expander only connects over TLS")
 	}
 	tlsConfig, err := telemetry.ServingTLSConfig(ctx, f.certFile, f.keyFile)
 	if err != nil {
-		return fmt.Errorf("--expander-tls-cert-file, --expander-tls-key-file: %w", err)
+		return nil, fmt.Errorf("--expander-tls-cert-file, --expander-tls-key-file: %w", err)
 	}
 	lis, err := net.Listen("tcp", f.bindAddress)
 	if err != nil {
-		return fmt.Errorf("--expander-bind-address: %w", err)
+		return nil, fmt.Errorf("--expander-bind-address: %w", err)
 	}
 	logger := klog.Background().WithName("expander")
 	g := grpc.NewServer(append(telemetry.Recovery(logger),
@@ -74,15 +81,13 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 		// refuse a large scale-up before Penny sees it.
 		grpc.MaxRecvMsgSize(spotrisk.MaxExpanderRequestBytes))...)
 	expander.RegisterExpanderServer(g, srv)
+	done := make(chan struct{})
 	go func() {
-		<-ctx.Done()
-		g.GracefulStop()
-	}()
-	go func() {
+		defer close(done)
 		logger.Info("Cluster Autoscaler expander listening", "address", lis.Addr().String())
-		if err := g.Serve(lis); err != nil {
+		if err := telemetry.ServeUntil(ctx, g, lis, expanderGrace); err != nil {
 			logger.Error(err, "expander endpoint stopped")
 		}
 	}()
-	return nil
+	return func() { <-done }, nil
 }

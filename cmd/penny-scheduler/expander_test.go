@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -59,7 +60,8 @@ func TestExpanderFlagsStartTheEndpoint(t *testing.T) {
 	srv.Use(pl.(*spotrisk.SpotRisk))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := startExpander(ctx, &f, srv); err != nil {
+	stopped, err := startExpander(ctx, &f, srv)
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -104,6 +106,16 @@ func TestExpanderFlagsStartTheEndpoint(t *testing.T) {
 	if got := ask("batch"); got != "g5-spot" {
 		t.Errorf("batch: Cluster Autoscaler told to grow %s, want g5-spot", got)
 	}
+
+	// Stopping waits for the endpoint: once it returns, the address is free
+	// (a restarted scheduler in the same pod, or the next test, can take it).
+	cancel()
+	stopped()
+	lis, err := net.Listen("tcp", f.bindAddress)
+	if err != nil {
+		t.Fatalf("the address is still taken after the endpoint stopped: %v", err)
+	}
+	lis.Close()
 }
 
 // The patch deploy/autoscaler applies to the scheduler's Deployment uses
@@ -138,7 +150,7 @@ func TestExpanderFlagErrors(t *testing.T) {
 		{expanderFlags{bindAddress: ":0"}, "--expander-tls-cert-file"},
 		{expanderFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k"}, "--expander-tls-cert-file, --expander-tls-key-file: TLS certificate"},
 	} {
-		if err := startExpander(ctx, &c.f, spotrisk.NewExpanderServer()); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := startExpander(ctx, &c.f, spotrisk.NewExpanderServer()); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
 		}
 	}

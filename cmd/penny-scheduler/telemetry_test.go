@@ -256,7 +256,7 @@ func TestEndpointsServeARotatedCertificate(t *testing.T) {
 	if _, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), fakeclient.NewClientset(), telemetrytest.NodeMetadata()); err != nil {
 		t.Fatal(err)
 	}
-	if err := startExpander(ctx, &exp, spotrisk.NewExpanderServer()); err != nil {
+	if _, err := startExpander(ctx, &exp, spotrisk.NewExpanderServer()); err != nil {
 		t.Fatal(err)
 	}
 	endpoints := map[string]string{"telemetry": f.bindAddress, "agent evictions webhook": f.evictionWebhookAddress, "expander": exp.bindAddress}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 )
@@ -53,9 +54,16 @@ func ServingTLSConfig(ctx context.Context, certFile, keyFile string) (*tls.Confi
 // the other replicas, or to this one when it is back).
 func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, srv *Server, log logr.Logger) error {
 	g := srv.NewGRPCServer(credentials.NewTLS(tlsConfig))
+	log.Info("telemetry gRPC server listening", "address", lis.Addr().String())
+	return ServeUntil(ctx, g, lis, time.Second)
+}
+
+// ServeUntil runs g on lis until ctx ends, then stops it: calls in flight
+// get grace to finish, then are cut. GracefulStop alone waits for every
+// call and stream, which agents never end.
+func ServeUntil(ctx context.Context, g *grpc.Server, lis net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
-	log.Info("telemetry gRPC server listening", "address", lis.Addr().String())
 	select {
 	case err := <-errc:
 		return err
@@ -65,7 +73,7 @@ func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, srv *Se
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(time.Second):
+	case <-time.After(grace):
 		g.Stop()
 	}
 	return nil
