@@ -224,7 +224,9 @@ func TestAgentVerifiesTheSchedulerAgainstTheCurrentBundle(t *testing.T) {
 	ipForName.ServerName = "127.0.0.1"
 	srv := startTLSServer(t, newCA2.issue(t, nil))
 	mount.write(newCA2.pem)
+	// Each configuration follows the file on its own watch.
 	eventually(t, byName, srv.addr, "certificate from the new CA")
+	eventually(t, byIP, srv.addr, "certificate from the new CA, by IP")
 
 	hostname := func(err error) bool { return errors.As(err, &x509.HostnameError{}) }
 	authority := func(err error) bool { return errors.As(err, &x509.UnknownAuthorityError{}) }
