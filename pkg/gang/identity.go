@@ -53,6 +53,9 @@ const (
 // annotation.
 var Keys = []string{KeySize, KeyTimeout, KeySameZone, KeySameCapacityType}
 
+// allKeys are the name and Keys, what SameKeys compares on every pod update.
+var allKeys = append([]string{LabelName}, Keys...)
+
 // Source says how a gang is named.
 type Source string
 
@@ -167,7 +170,7 @@ func SameKeys(a, b *corev1.Pod) bool {
 	if (ga == nil) != (gb == nil) || ga != nil && !ptr.Equal(ga.PodGroupName, gb.PodGroupName) {
 		return false
 	}
-	for _, key := range append([]string{LabelName}, Keys...) {
+	for _, key := range allKeys {
 		la, lok := a.Labels[key]
 		lb, lbok := b.Labels[key]
 		aa, aok := a.Annotations[key]

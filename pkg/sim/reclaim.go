@@ -8,7 +8,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
-	"github.com/pennysched/penny/agent/checkpoint"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
@@ -46,6 +45,11 @@ type ReclaimRule struct {
 	// when empty); other removals (a scale-down) drain without loss.
 	Reasons []string
 }
+
+// annotationCheckpointHook is the agent's checkpoint.Annotation, which the
+// rule reads as the agent does; pkg/ does not import agent/
+// (TestCheckpointHookIsTheAgents keeps the two the same).
+const annotationCheckpointHook = "penny.dev/checkpoint"
 
 // DefaultNotices are the clouds' warnings: AWS two minutes, GCP and Azure
 // about thirty seconds; nodes of no known cloud get AWS's.
@@ -106,7 +110,7 @@ func (r *ReclaimRule) Kept(pod *v1.Pod, progress, notice time.Duration) (time.Du
 	if takes <= 0 {
 		takes = 20 * time.Second
 	}
-	if _, hook := pod.Annotations[checkpoint.Annotation]; hook && r.NoticeCheckpoints && takes <= notice-margin {
+	if _, hook := pod.Annotations[annotationCheckpointHook]; hook && r.NoticeCheckpoints && takes <= notice-margin {
 		// The checkpoint holds the state reached when the notice came; the
 		// pod stops once it is written.
 		return max(progress-notice, 0), KeptNoticeCheckpoint

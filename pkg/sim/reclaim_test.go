@@ -146,3 +146,11 @@ func TestReplayWithoutRuleRestartsOnlyTheEvictedPod(t *testing.T) {
 		t.Errorf("finished at %v s, want the evicted pod to start over at 2500 s", res.HorizonHours*3600)
 	}
 }
+
+// The simulator reads the checkpoint hook by its own constant, as pkg/ does
+// not import agent/; it must be the annotation the agent calls.
+func TestCheckpointHookIsTheAgents(t *testing.T) {
+	if annotationCheckpointHook != checkpoint.Annotation {
+		t.Errorf("the simulator reads %s, the agent %s", annotationCheckpointHook, checkpoint.Annotation)
+	}
+}

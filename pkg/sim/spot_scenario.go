@@ -21,7 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/pennysched/penny/agent/checkpoint"
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -116,7 +115,7 @@ type ClassRule struct {
 // notice (ReclaimRule), and the gang keys the gang plugin reads from
 // annotations. Any other penny.dev/ key, a misspelt one above all, would
 // reach the pods and change nothing.
-var classAnnotations = slices.Concat(spotrisk.Annotations, []string{checkpoint.Annotation}, gang.Keys)
+var classAnnotations = slices.Concat(spotrisk.Annotations, []string{annotationCheckpointHook}, gang.Keys)
 
 // PolicyTweaks says how a policy's pods and nodes differ: whether its pods
 // tolerate the Spot taint, and whether the Penny agent on its nodes turns a
