@@ -11,12 +11,14 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +33,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/protobuf/encoding/protojson"
+	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/agent/dcgm"
 	"github.com/pennysched/penny/agent/nvml"
@@ -112,6 +115,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "penny-agent:", err)
 		return 2
 	}
+	routeKlog(log, o.verbosity)
 	if err := o.reclaim.validate(); err != nil {
 		fmt.Fprintln(stderr, "penny-agent:", err)
 		return 2
@@ -299,6 +303,18 @@ func httpHandler(reg *prometheus.Registry, loop *report.Loop, client *report.Cli
 		fmt.Fprintf(w, "ok: %d GPUs (nvml %s), %s\n", len(rep.Gpus), strings.TrimPrefix(rep.GetNvml().GetState().String(), "STATE_"), streams)
 	})
 	return mux
+}
+
+// routeKlog sends what libraries log through klog (client-go's informers,
+// the CA bundle's file watch) to the agent's logger, at the agent's
+// verbosity: without it those lines are klog text among the agent's JSON
+// lines, which log collectors parse line by line.
+func routeKlog(log logr.Logger, verbosity int) {
+	var fs flag.FlagSet
+	klog.InitFlags(&fs)
+	// The flag takes any int the agent's --v took.
+	_ = fs.Set("v", strconv.Itoa(verbosity))
+	klog.SetLogger(log)
 }
 
 func newLogger(o options, stderr io.Writer) (logr.Logger, error) {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -246,5 +248,30 @@ func TestLogLinesAreWrittenOneAtATime(t *testing.T) {
 	wg.Wait()
 	if n := w.overlaps.Load(); n > 0 {
 		t.Fatalf("%d log lines were written while another was being written", n)
+	}
+}
+
+// Libraries log through klog (client-go's informers, the CA bundle's file
+// watch); their lines must be the agent's JSON lines, at the agent's --v.
+func TestKlogLinesAreTheAgents(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--once", "--nvml=mock:dgxa100", "--node-name", "gpu-node-1", "--pod-resources-socket", "", "--v", "1"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	stderr.Reset()
+	klog.InfoS("from a library", "key", "value")
+	klog.V(1).InfoS("at the agent's verbosity")
+	klog.V(2).InfoS("above the agent's verbosity")
+	klog.Flush()
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("klog wrote a line that is not JSON: %q (%v)", l, err)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != 2 || lines[0]["msg"] != "from a library" || lines[0]["key"] != "value" || lines[1]["msg"] != "at the agent's verbosity" {
+		t.Fatalf("klog lines: %v; want the first two of the three, as JSON", lines)
 	}
 }
