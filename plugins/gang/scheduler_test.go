@@ -32,8 +32,8 @@ func TestGangOfEightBindsWhenItFits(t *testing.T) {
 	for i := range 8 {
 		pods = append(pods, member("llm", 8, i, 8))
 	}
-	c.create(pods...)
-	got := c.waitBound(10*time.Second, names("llm", 8)...)
+	c.Create(pods...)
+	got := c.WaitBound(10*time.Second, names("llm", 8)...)
 	used := map[string]bool{}
 	for _, n := range got {
 		used[n] = true
@@ -55,9 +55,9 @@ func TestGangOfEightBindsNoneWhenOnlySevenFit(t *testing.T) {
 	for i := range 8 {
 		pods = append(pods, member("llm", 8, i, 8))
 	}
-	c.create(pods...)
-	c.waitEvent("llm-0", "gang team/llm: 7/8 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type")
-	c.neverBound(2*time.Second, names("llm", 8)...)
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "gang team/llm: 7/8 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type")
+	c.NeverBound(2*time.Second, names("llm", 8)...)
 }
 
 func gangPods(name string, size int, gpus int64, opts ...podOpt) []*corev1.Pod {
@@ -78,11 +78,11 @@ func (c *cluster) completeGangs(gangs []string, size int) []string {
 	for _, g := range gangs {
 		var n int
 		settled := pollFor(2*time.Second, func() bool {
-			n = len(c.bound(names(g, size)...))
+			n = len(c.Bound(names(g, size)...))
 			return n == 0 || n == size
 		})
 		if settled != nil {
-			c.t.Fatalf("gang %s stays partly bound: %d/%d members: %v", g, n, size, c.bound(names(g, size)...))
+			c.t.Fatalf("gang %s stays partly bound: %d/%d members: %v", g, n, size, c.Bound(names(g, size)...))
 		}
 		if n == size {
 			complete = append(complete, g)
@@ -97,7 +97,7 @@ func TestCompetingGangsOneCompletesThenTheOther(t *testing.T) {
 	// that neither gets its members in first.
 	a, b := gangPods("a", 8, 8), gangPods("b", 8, 8)
 	for i := range 8 {
-		c.create(a[i], b[i])
+		c.Create(a[i], b[i])
 	}
 	var first, second string
 	err := pollFor(10*time.Second, func() bool {
@@ -116,13 +116,13 @@ func TestCompetingGangsOneCompletesThenTheOther(t *testing.T) {
 	}
 	second = map[string]string{"a": "b", "b": "a"}[first]
 	// The loser holds nothing and binds nothing while the winner runs.
-	c.neverBound(time.Second, names(second, 8)...)
+	c.NeverBound(time.Second, names(second, 8)...)
 	if n := c.plugin.claimedSlots.Load(); n != 0 {
 		t.Errorf("gang %s still claims %d slots while it cannot fit", second, n)
 	}
 	// The winner finishes: the loser binds, whole.
-	c.delete(names(first, 8)...)
-	c.waitBound(10*time.Second, names(second, 8)...)
+	c.Delete(names(first, 8)...)
+	c.WaitBound(10*time.Second, names(second, 8)...)
 }
 
 // TestInterleavedGangsNeverDeadlock is the scheduler-plugins #114/#117
@@ -138,7 +138,7 @@ func TestInterleavedGangsNeverDeadlock(t *testing.T) {
 	}
 	for i := range 4 {
 		for _, g := range gangs {
-			c.create(pods[g][i])
+			c.Create(pods[g][i])
 		}
 	}
 	ran := map[string]bool{}
@@ -158,7 +158,7 @@ func TestInterleavedGangsNeverDeadlock(t *testing.T) {
 		}
 		for _, g := range done {
 			ran[g] = true
-			c.delete(names(g, 4)...)
+			c.Delete(names(g, 4)...)
 		}
 	}
 }
@@ -183,13 +183,13 @@ func TestMembersArrivingApartStillForm(t *testing.T) {
 	c := startCluster(t, args, nodes("n", 8)...)
 	pods := gangPods("llm", 8, 8)
 	for _, p := range pods[:7] {
-		c.create(p)
+		c.Create(p)
 		time.Sleep(100 * time.Millisecond)
 	}
-	c.waitEvent("llm-0", "gang team/llm: 1/8 members exist, waiting for 7 more to be created")
+	c.WaitEvent("llm-0", "gang team/llm: 1/8 members exist, waiting for 7 more to be created")
 	// Longer than the Permit timeout: if members were placed and waiting,
 	// they would have been released by now.
-	c.neverBound(time.Second, names("llm", 8)...)
+	c.NeverBound(time.Second, names("llm", 8)...)
 	c.plugin.mu.Lock()
 	g := c.plugin.gangs[gang.Ref{Source: gang.SourceLabel, Namespace: "team", Name: "llm"}.Key()]
 	c.plugin.mu.Unlock()
@@ -199,8 +199,8 @@ func TestMembersArrivingApartStillForm(t *testing.T) {
 	if n := c.plugin.claimedSlots.Load(); n != 0 {
 		t.Fatalf("an incomplete gang claims %d slots", n)
 	}
-	c.create(pods[7])
-	c.waitBound(10*time.Second, names("llm", 8)...)
+	c.Create(pods[7])
+	c.WaitBound(10*time.Second, names("llm", 8)...)
 }
 
 // waitWaiting waits until n members of gang are placed and waiting in Permit.
@@ -228,7 +228,7 @@ func threeOfFourWaiting(t *testing.T) (*cluster, []*corev1.Pod) {
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8)
 	held()(pods[3])
-	c.create(pods...)
+	c.Create(pods...)
 	c.waitWaiting("llm", 3)
 	return c, pods
 }
@@ -243,17 +243,17 @@ func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
 	// Every node is held: three by waiting members, one claimed for the
 	// fourth member. A pod wanting a whole node must wait.
 	other := plainPod("other", 8)
-	c.create(other)
-	c.neverBound(500*time.Millisecond, "other")
+	c.Create(other)
+	c.NeverBound(500*time.Millisecond, "other")
 
 	start := time.Now()
-	c.delete("llm-3")
-	c.waitBound(5*time.Second, "other")
+	c.Delete("llm-3")
+	c.WaitBound(5*time.Second, "other")
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("release took %s; it should not wait for the 30s Permit timeout", d)
 	}
-	c.waitEvent("llm-0", "member llm-3 was deleted and 3/4 members remain")
-	c.neverBound(500*time.Millisecond, names("llm", 3)...)
+	c.WaitEvent("llm-0", "member llm-3 was deleted and 3/4 members remain")
+	c.NeverBound(500*time.Millisecond, names("llm", 3)...)
 }
 
 // TestPermitTimeoutReleasesTheGang: members that wait longer than the
@@ -265,11 +265,11 @@ func TestPermitTimeoutReleasesTheGang(t *testing.T) {
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8)
 	held()(pods[3])
-	c.create(pods...)
-	c.waitEvent("llm-0", "gang team/llm released: not all members were placed within 500ms; all 3 placed members were released")
-	c.neverBound(time.Second, names("llm", 4)...)
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "gang team/llm released: not all members were placed within 500ms; all 3 placed members were released")
+	c.NeverBound(time.Second, names("llm", 4)...)
 	c.unhold("llm-3")
-	c.waitBound(10*time.Second, names("llm", 4)...)
+	c.WaitBound(10*time.Second, names("llm", 4)...)
 }
 
 // TestGangTimeoutAnnotationIsCapped: a gang's own timeout applies, but never
@@ -281,8 +281,8 @@ func TestGangTimeoutAnnotationIsCapped(t *testing.T) {
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8, withLabel(gang.KeyTimeout, "3600"))
 	held()(pods[3])
-	c.create(pods...)
-	c.waitEvent("llm-0", "not all members were placed within 400ms")
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "not all members were placed within 400ms")
 }
 
 // TestMemberThatFitsNowhereReleasesTheGang: the admission simulation counts
@@ -298,12 +298,12 @@ func TestMemberThatFitsNowhereReleasesTheGang(t *testing.T) {
 	}
 	squatter := plainPod("squatter", 0, port)
 	squatter.Spec.NodeName = "n-3"
-	c.create(squatter)
-	c.create(gangPods("llm", 4, 8, port)...)
-	c.waitEvent("llm-0", "fits no node; all 3 placed members were released")
-	c.neverBound(time.Second, names("llm", 4)...)
-	c.delete("squatter")
-	c.waitBound(10*time.Second, names("llm", 4)...)
+	c.Create(squatter)
+	c.Create(gangPods("llm", 4, 8, port)...)
+	c.WaitEvent("llm-0", "fits no node; all 3 placed members were released")
+	c.NeverBound(time.Second, names("llm", 4)...)
+	c.Delete("squatter")
+	c.WaitBound(10*time.Second, names("llm", 4)...)
 }
 
 // A gang that lacks CPU, not GPUs, is retried as soon as a pod that held
@@ -315,26 +315,26 @@ func TestGangShortOfCPURetriesWhenACPUPodLeaves(t *testing.T) {
 		hog := plainPod(fmt.Sprint("hog-", i), 0)
 		hog.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("60")
 		hog.Spec.NodeName = fmt.Sprint("n-", i)
-		c.create(hog)
+		c.Create(hog)
 	}
 	cpu8 := func(p *corev1.Pod) {
 		p.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("8")
 	}
-	c.create(gangPods("llm", 2, 8, cpu8)...)
-	c.waitEvent("llm-0", "gang team/llm: 0/2 members placeable")
-	c.neverBound(time.Second, names("llm", 2)...)
-	c.delete("hog-0", "hog-1")
-	c.waitBound(10*time.Second, names("llm", 2)...)
+	c.Create(gangPods("llm", 2, 8, cpu8)...)
+	c.WaitEvent("llm-0", "gang team/llm: 0/2 members placeable")
+	c.NeverBound(time.Second, names("llm", 2)...)
+	c.Delete("hog-0", "hog-1")
+	c.WaitBound(10*time.Second, names("llm", 2)...)
 }
 
 func TestGangStaysInOneZoneUnlessItSaysOtherwise(t *testing.T) {
 	c := startCluster(t, testArgs(), append(nodes("a", 4, inZone("zone-a")), nodes("b", 4, inZone("zone-b"))...)...)
-	c.create(gangPods("split", 6, 8)...)
-	c.waitEvent("split-0", "gang team/split: 4/6 members placeable, the other 2 need 16 nvidia.com/gpu in one zone on one capacity type")
-	c.neverBound(500*time.Millisecond, names("split", 6)...)
+	c.Create(gangPods("split", 6, 8)...)
+	c.WaitEvent("split-0", "gang team/split: 4/6 members placeable, the other 2 need 16 nvidia.com/gpu in one zone on one capacity type")
+	c.NeverBound(500*time.Millisecond, names("split", 6)...)
 
-	c.create(gangPods("anyzone", 6, 8, withLabel(gang.KeySameZone, "false"))...)
-	got := c.waitBound(10*time.Second, names("anyzone", 6)...)
+	c.Create(gangPods("anyzone", 6, 8, withLabel(gang.KeySameZone, "false"))...)
+	got := c.WaitBound(10*time.Second, names("anyzone", 6)...)
 	zones := map[string]bool{}
 	for _, n := range got {
 		zones[n[:1]] = true
@@ -346,15 +346,15 @@ func TestGangStaysInOneZoneUnlessItSaysOtherwise(t *testing.T) {
 
 func TestGangStaysOnOneCapacityType(t *testing.T) {
 	c := startCluster(t, testArgs(), append(nodes("s", 4, capType(capacity.Spot)), nodes("o", 2, capType(capacity.OnDemand))...)...)
-	c.create(gangPods("llm", 3, 8)...)
-	got := c.waitBound(10*time.Second, names("llm", 3)...)
+	c.Create(gangPods("llm", 3, 8)...)
+	got := c.WaitBound(10*time.Second, names("llm", 3)...)
 	for _, n := range got {
 		if n[0] != 's' {
 			t.Fatalf("3 members fit only on the 4 spot nodes, got %v", got)
 		}
 	}
-	c.create(gangPods("big", 2, 8)...)
-	got = c.waitBound(10*time.Second, names("big", 2)...)
+	c.Create(gangPods("big", 2, 8)...)
+	got = c.WaitBound(10*time.Second, names("big", 2)...)
 	for _, n := range got {
 		if n[0] != 'o' {
 			t.Fatalf("a 2-member gang fits only on the 2 on-demand nodes now (1 spot node left), got %v", got)
@@ -364,20 +364,20 @@ func TestGangStaysOnOneCapacityType(t *testing.T) {
 
 func TestPlainPodsIgnoreGangs(t *testing.T) {
 	c := startCluster(t, testArgs(), nodes("n", 2)...)
-	c.create(plainPod("a", 4), plainPod("b", 8))
-	c.waitBound(5*time.Second, "a", "b")
+	c.Create(plainPod("a", 4), plainPod("b", 8))
+	c.WaitBound(5*time.Second, "a", "b")
 }
 
 func TestMalformedGangIsReported(t *testing.T) {
 	c := startCluster(t, testArgs(), nodes("n", 1)...)
 	bad := plainPod("bad", 1, withLabel(gang.LabelName, "x"))
-	c.create(bad)
-	c.waitEvent("bad", "has no penny.dev/gang-size")
-	c.neverBound(300*time.Millisecond, "bad")
+	c.Create(bad)
+	c.WaitEvent("bad", "has no penny.dev/gang-size")
+	c.NeverBound(300*time.Millisecond, "bad")
 
-	c.create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
-	c.waitEvent("mixed-1", "members disagree on penny.dev/gang-size")
-	c.neverBound(300*time.Millisecond, "mixed-0", "mixed-1")
+	c.Create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
+	c.WaitEvent("mixed-1", "members disagree on penny.dev/gang-size")
+	c.NeverBound(300*time.Millisecond, "mixed-0", "mixed-1")
 }
 
 // Where the API server keeps spec.schedulingGroup but penny-scheduler runs
@@ -387,15 +387,15 @@ func TestMalformedGangIsReported(t *testing.T) {
 func TestNativeGroupWithoutTheFeatureGateIsHeldAndTold(t *testing.T) {
 	c := startCluster(t, testArgs(), nodes("n", 3)...)
 	for i := range 4 {
-		c.create(plainPod(fmt.Sprint("pg-", i), 8, func(p *corev1.Pod) {
+		c.Create(plainPod(fmt.Sprint("pg-", i), 8, func(p *corev1.Pod) {
 			p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pg")}
 		}))
 	}
-	c.waitEvent("pg-0", `names PodGroup "pg" in spec.schedulingGroup but penny-scheduler runs without the GenericWorkload feature gate`)
-	c.neverBound(time.Second, names("pg", 4)...)
+	c.WaitEvent("pg-0", `names PodGroup "pg" in spec.schedulingGroup but penny-scheduler runs without the GenericWorkload feature gate`)
+	c.NeverBound(time.Second, names("pg", 4)...)
 
 	// What the plugin remembered of the held group goes with its pods.
-	c.delete(names("pg", 4)...)
+	c.Delete(names("pg", 4)...)
 	key := gang.Ref{Source: gang.SourcePodGroup, Namespace: "team", Name: "pg"}.Key()
 	err := pollFor(5*time.Second, func() bool {
 		c.plugin.mu.Lock()
@@ -430,17 +430,17 @@ func TestMalformedMemberHoldsItsGangWithoutClaimingRoom(t *testing.T) {
 	c := startCluster(t, args, nodes("n", 2)...)
 	malformed := member("llm", 2, 1, 8)
 	malformed.Labels[gang.KeySize] = "two"
-	c.create(malformed)
-	c.waitEvent("llm-1", `penny.dev/gang-size="two" is not a whole number >= 1`)
-	c.create(member("llm", 2, 0, 8))
+	c.Create(malformed)
+	c.WaitEvent("llm-1", `penny.dev/gang-size="two" is not a whole number >= 1`)
+	c.Create(member("llm", 2, 0, 8))
 	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
 		t.Fatal("the gang claimed room for a member that cannot be scheduled")
 	}
-	c.waitEvent("llm-0", `member llm-1 must be fixed first: pod team/llm-1: penny.dev/gang-size="two" is not a whole number >= 1`)
-	c.neverBound(300*time.Millisecond, names("llm", 2)...)
+	c.WaitEvent("llm-0", `member llm-1 must be fixed first: pod team/llm-1: penny.dev/gang-size="two" is not a whole number >= 1`)
+	c.NeverBound(300*time.Millisecond, names("llm", 2)...)
 
-	c.update("llm-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
-	c.waitBound(10*time.Second, names("llm", 2)...)
+	c.Update("llm-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.WaitBound(10*time.Second, names("llm", 2)...)
 }
 
 // A pod held for a malformed gang key is retried as soon as the user fixes
@@ -450,15 +450,15 @@ func TestFixingAMalformedKeyRetriesThePod(t *testing.T) {
 	c := startCluster(t, testArgs(), nodes("n", 1)...)
 	bad := plainPod("bad", 1, withLabel(gang.LabelName, "x"))
 	bad.Annotations = map[string]string{gang.KeySize: "one"}
-	c.create(bad)
-	c.waitEvent("bad", `penny.dev/gang-size="one" is not a whole number >= 1`)
-	c.update("bad", func(p *corev1.Pod) { p.Annotations[gang.KeySize] = "1" })
-	c.waitBound(5*time.Second, "bad")
+	c.Create(bad)
+	c.WaitEvent("bad", `penny.dev/gang-size="one" is not a whole number >= 1`)
+	c.Update("bad", func(p *corev1.Pod) { p.Annotations[gang.KeySize] = "1" })
+	c.WaitBound(5*time.Second, "bad")
 
-	c.create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
-	c.waitEvent("mixed-1", "members disagree on penny.dev/gang-size")
-	c.update("mixed-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
-	c.waitBound(5*time.Second, "mixed-0", "mixed-1")
+	c.Create(member("mixed", 2, 0, 1), member("mixed", 3, 1, 1))
+	c.WaitEvent("mixed-1", "members disagree on penny.dev/gang-size")
+	c.Update("mixed-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.WaitBound(5*time.Second, "mixed-0", "mixed-1")
 }
 
 // penny_gang_wait_seconds runs from a gang's first attempt until its members
@@ -470,16 +470,16 @@ func TestFixingAMalformedKeyRetriesThePod(t *testing.T) {
 func TestGangWaitIsMeasuredFromTheAdmissionsOwnFirstAttempt(t *testing.T) {
 	registerMetrics()
 	c := startCluster(t, testArgs(), nodes("n", 3)...)
-	c.create(member("llm", 2, 0, 8), member("llm", 2, 1, 8), member("llm", 2, 2, 8))
-	c.waitBound(10*time.Second, names("llm", 3)...)
+	c.Create(member("llm", 2, 0, 8), member("llm", 2, 1, 8), member("llm", 2, 2, 8))
+	c.WaitBound(10*time.Second, names("llm", 3)...)
 
 	const idle = 2 * time.Second
 	time.Sleep(idle)
 	countBefore, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
 	sumBefore, _ := testutil.GetHistogramMetricValue(waitSeconds.ObserverMetric)
-	c.delete("llm-0", "llm-1")
-	c.create(member("llm", 2, 3, 8))
-	c.waitBound(10*time.Second, "llm-3")
+	c.Delete("llm-0", "llm-1")
+	c.Create(member("llm", 2, 3, 8))
+	c.WaitBound(10*time.Second, "llm-3")
 	count, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
 	sum, _ := testutil.GetHistogramMetricValue(waitSeconds.ObserverMetric)
 	if count != countBefore+1 {
@@ -497,9 +497,9 @@ func TestShortfallCountsRunningMembers(t *testing.T) {
 	c := startCluster(t, testArgs(), nodes("n", 3)...)
 	pods := gangPods("llm", 4, 8)
 	pods[0].Spec.NodeName, pods[1].Spec.NodeName = "n-0", "n-1"
-	c.create(pods...)
-	c.waitEvent("llm-2", "gang team/llm: 3/4 members placeable, the other 1 need 8 nvidia.com/gpu in zone zone-a, capacity type on-demand, where its running members are")
-	c.neverBound(300*time.Millisecond, "llm-2", "llm-3")
+	c.Create(pods...)
+	c.WaitEvent("llm-2", "gang team/llm: 3/4 members placeable, the other 1 need 8 nvidia.com/gpu in zone zone-a, capacity type on-demand, where its running members are")
+	c.NeverBound(300*time.Millisecond, "llm-2", "llm-3")
 }
 
 // A gang with a spare member loses one of its waiting members: enough
@@ -517,10 +517,10 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 	}
 	held()(pods[2])
 	held()(pods[3])
-	c.create(pods...)
+	c.Create(pods...)
 	c.waitWaiting("llm", 2)
 
-	c.delete("llm-0")
+	c.Delete("llm-0")
 	err := pollFor(time.Second, func() bool {
 		c.plugin.mu.Lock()
 		defer c.plugin.mu.Unlock()
@@ -531,11 +531,11 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 		t.Fatal("the gang was released although three members remain for a size of three")
 	}
 	// The deleted member's node stays claimed for the members to come.
-	c.create(plainPod("other", 8))
-	c.neverBound(500*time.Millisecond, "other")
+	c.Create(plainPod("other", 8))
+	c.NeverBound(500*time.Millisecond, "other")
 	c.unhold("llm-2")
 	c.unhold("llm-3")
-	c.waitBound(10*time.Second, "llm-1", "llm-2", "llm-3")
+	c.WaitBound(10*time.Second, "llm-1", "llm-2", "llm-3")
 }
 
 // TestNodeDeletedUnderAWaitingMemberReleasesTheGang: a member waits in
@@ -554,12 +554,12 @@ func TestNodeDeletedUnderAWaitingMemberReleasesTheGang(t *testing.T) {
 	if gone == "" {
 		t.Fatal("llm-0 waits in Permit but the plugin does not know its node")
 	}
-	c.deleteNode(gone)
-	c.waitEvent("llm-0", fmt.Sprintf("gang team/llm released: node %s, where member llm-0 was placed, was deleted", gone))
+	c.DeleteNode(gone)
+	c.WaitEvent("llm-0", fmt.Sprintf("gang team/llm released: node %s, where member llm-0 was placed, was deleted", gone))
 
-	c.addNode(gpuNode("n-4"))
+	c.AddNode(gpuNode("n-4"))
 	c.unhold("llm-3")
-	got := c.waitBound(10*time.Second, names("llm", 4)...)
+	got := c.WaitBound(10*time.Second, names("llm", 4)...)
 	for pod, node := range got {
 		if node == gone {
 			t.Errorf("%s was bound to deleted node %s: %v", pod, gone, got)
@@ -576,16 +576,16 @@ func TestMembersDisagreeingOnPlacementRulesAreHeld(t *testing.T) {
 	c := startCluster(t, testArgs(), append(nodes("a", 1, inZone("zone-a")), nodes("b", 1, inZone("zone-b"))...)...)
 	pods := gangPods("split", 2, 8)
 	pods[1].Labels[gang.KeySameZone] = "false"
-	c.create(pods...)
-	c.waitEvent("split-0", "members disagree on penny.dev/gang-same-zone")
-	c.neverBound(300*time.Millisecond, names("split", 2)...)
-	c.update("split-0", func(p *corev1.Pod) { p.Labels[gang.KeySameZone] = "false" })
-	c.waitBound(5*time.Second, names("split", 2)...)
+	c.Create(pods...)
+	c.WaitEvent("split-0", "members disagree on penny.dev/gang-same-zone")
+	c.NeverBound(300*time.Millisecond, names("split", 2)...)
+	c.Update("split-0", func(p *corev1.Pod) { p.Labels[gang.KeySameZone] = "false" })
+	c.WaitBound(5*time.Second, names("split", 2)...)
 
 	agreeing := gangPods("same", 2, 0)
 	agreeing[0].Labels[gang.KeySameCapacityType] = "true"
-	c.create(agreeing...)
-	c.waitBound(5*time.Second, names("same", 2)...)
+	c.Create(agreeing...)
+	c.WaitBound(5*time.Second, names("same", 2)...)
 }
 
 // Any member may set the gang's timeout; two that set different ones would
@@ -595,11 +595,11 @@ func TestMembersDisagreeingOnTheTimeoutAreHeld(t *testing.T) {
 	pods := gangPods("slow", 3, 8)
 	pods[0].Annotations = map[string]string{gang.KeyTimeout: "90s"}
 	pods[1].Annotations = map[string]string{gang.KeyTimeout: "2m"}
-	c.create(pods...)
-	c.waitEvent("slow-2", "members disagree on penny.dev/gang-timeout: slow-0 say 1m30s; slow-1 say 2m0s")
-	c.neverBound(300*time.Millisecond, names("slow", 3)...)
-	c.update("slow-1", func(p *corev1.Pod) { p.Annotations[gang.KeyTimeout] = "90" })
-	c.waitBound(5*time.Second, names("slow", 3)...)
+	c.Create(pods...)
+	c.WaitEvent("slow-2", "members disagree on penny.dev/gang-timeout: slow-0 say 1m30s; slow-1 say 2m0s")
+	c.NeverBound(300*time.Millisecond, names("slow", 3)...)
+	c.Update("slow-1", func(p *corev1.Pod) { p.Annotations[gang.KeyTimeout] = "90" })
+	c.WaitBound(5*time.Second, names("slow", 3)...)
 }
 
 // A member carrying spec.schedulingGates (a user's, or Kueue's while it
@@ -615,17 +615,17 @@ func TestGatedMemberHoldsItsGangWithoutClaimingRoom(t *testing.T) {
 	c := startCluster(t, args, nodes("n", 4)...)
 	pods := gangPods("llm", 4, 8)
 	gated()(pods[3])
-	c.create(pods...)
-	c.waitEvent("llm-0", "gang team/llm: 3/4 members may be scheduled; 1 has scheduling gates (llm-3: test.penny.dev/hold); waiting for 1 to be ungated")
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "gang team/llm: 3/4 members may be scheduled; 1 has scheduling gates (llm-3: test.penny.dev/hold); waiting for 1 to be ungated")
 	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
 		t.Fatal("the gang claimed room while one of its members carries a scheduling gate")
 	}
-	c.neverBound(300*time.Millisecond, names("llm", 4)...)
+	c.NeverBound(300*time.Millisecond, names("llm", 4)...)
 
 	// Lifting the gate starts the gang at once, not at the scheduler's
 	// five-minute flush of unschedulable pods.
 	c.ungate("llm-3")
-	c.waitBound(5*time.Second, names("llm", 4)...)
+	c.WaitBound(5*time.Second, names("llm", 4)...)
 }
 
 // Lifting a member's gate retries the members held for it at once, whether
@@ -637,10 +637,10 @@ func TestUngatingAMemberRetriesTheMembersHeldForIt(t *testing.T) {
 	c := startCluster(t, testArgs(), nodes("n", 1)...)
 	pods := gangPods("llm", 2, 8)
 	gated()(pods[1])
-	c.create(pods...)
-	c.waitEvent("llm-0", "gang team/llm: 1/2 members may be scheduled; 1 has scheduling gates (llm-1: test.penny.dev/hold); waiting for 1 to be ungated")
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "gang team/llm: 1/2 members may be scheduled; 1 has scheduling gates (llm-1: test.penny.dev/hold); waiting for 1 to be ungated")
 	c.ungate("llm-1")
-	c.waitEvent("llm-0", "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu")
+	c.WaitEvent("llm-0", "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu")
 }
 
 // Each profile of a scheduler has its own PennyGang, with its own claims and
@@ -657,16 +657,16 @@ func TestMembersNamingDifferentSchedulersAreHeld(t *testing.T) {
 	c := startCluster(t, args, nodes("n", 2)...)
 	pods := gangPods("llm", 2, 8)
 	pods[1].Spec.SchedulerName = "penny-batch"
-	c.create(pods...)
-	c.waitEvent("llm-0", "gang team/llm: members disagree on spec.schedulerName: this pod says \"penny-scheduler\" but llm-1 say \"penny-batch\"; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)")
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "gang team/llm: members disagree on spec.schedulerName: this pod says \"penny-scheduler\" but llm-1 say \"penny-batch\"; give every member the same schedulerName (recreate the odd ones: a pod's schedulerName cannot be changed)")
 	if err := pollFor(time.Second, func() bool { return c.hasRound("llm") || c.plugin.claimedSlots.Load() != 0 }); err == nil {
 		t.Fatal("the gang claimed room for a member another scheduler places")
 	}
-	c.neverBound(300*time.Millisecond, "llm-0")
+	c.NeverBound(300*time.Millisecond, "llm-0")
 
-	c.delete("llm-1")
-	c.create(member("llm", 2, 1, 8))
-	c.waitBound(5*time.Second, names("llm", 2)...)
+	c.Delete("llm-1")
+	c.Create(member("llm", 2, 1, 8))
+	c.WaitBound(5*time.Second, names("llm", 2)...)
 }
 
 // Deleting the member that holds its gang (a malformed key, or a
@@ -694,14 +694,14 @@ func TestDeletingTheMemberThatHeldTheGangRetriesTheRest(t *testing.T) {
 	schedulers[2].Spec.SchedulerName = "penny-batch"
 	// The odd member first, or the others would form the gang before it came.
 	for _, pods := range [][]*corev1.Pod{malformed, timeouts, schedulers} {
-		c.create(pods[2], pods[0], pods[1])
+		c.Create(pods[2], pods[0], pods[1])
 	}
-	c.waitEvent("bad-0", "member bad-2 must be fixed first")
-	c.waitEvent("slow-0", "members disagree on penny.dev/gang-timeout")
-	c.waitEvent("other-0", "members disagree on spec.schedulerName")
+	c.WaitEvent("bad-0", "member bad-2 must be fixed first")
+	c.WaitEvent("slow-0", "members disagree on penny.dev/gang-timeout")
+	c.WaitEvent("other-0", "members disagree on spec.schedulerName")
 
-	c.delete("bad-2", "slow-2", "other-2")
-	c.waitBound(5*time.Second, "bad-0", "bad-1", "slow-0", "slow-1", "other-0", "other-1")
+	c.Delete("bad-2", "slow-2", "other-2")
+	c.WaitBound(5*time.Second, "bad-0", "bad-1", "slow-0", "slow-1", "other-0", "other-1")
 }
 
 // A running member can be the one that holds the rest: its gang key is
@@ -713,10 +713,10 @@ func TestFixingARunningMemberRetriesTheMembersHeldForIt(t *testing.T) {
 	running := member("fix", 2, 0, 8)
 	running.Labels[gang.KeySize] = "3"
 	running.Spec.NodeName = "n-0"
-	c.create(running)
-	c.create(member("fix", 2, 1, 8))
-	c.waitEvent("fix-1", "members disagree on penny.dev/gang-size")
+	c.Create(running)
+	c.Create(member("fix", 2, 1, 8))
+	c.WaitEvent("fix-1", "members disagree on penny.dev/gang-size")
 
-	c.update("fix-0", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
-	c.waitBound(5*time.Second, "fix-1")
+	c.Update("fix-0", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.WaitBound(5*time.Second, "fix-1")
 }

@@ -15,6 +15,7 @@ import (
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/schedulertest"
 )
 
 // kube-scheduler records FailedScheduling with the status message as the
@@ -122,7 +123,7 @@ func TestSchedulerNameWithPercentReadsTheSameInTheEvent(t *testing.T) {
 	if event := fmt.Sprintf(msg, noArgs...); event != msg {
 		t.Errorf("the FailedScheduling event reads\n%s\nwhere the condition reads\n%s", event, msg)
 	}
-	if want := `this pod says "` + testSchedulerName + `" but llm-1 say "batch\x25d"`; !strings.Contains(msg, want) {
+	if want := `this pod says "` + schedulertest.SchedulerName + `" but llm-1 say "batch\x25d"`; !strings.Contains(msg, want) {
 		t.Errorf("%q does not contain %q", msg, want)
 	}
 }

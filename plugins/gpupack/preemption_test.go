@@ -2,8 +2,6 @@ package gpupack
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,18 +12,11 @@ import (
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes/fake"
-	clienttesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/events"
-	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
-	"k8s.io/kubernetes/pkg/scheduler"
-	config "k8s.io/kubernetes/pkg/scheduler/apis/config"
-	"k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
-	"k8s.io/kubernetes/pkg/scheduler/profile"
 
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/schedulertest"
 )
 
 // schedulerProfile is kube-scheduler's default profile with PennyGPUPack
@@ -50,30 +41,18 @@ profiles:
       - name: PennyGPUPack
 `
 
-// realScheduler runs kube-scheduler (queue, cache, framework, preemption,
-// binding) with PennyGPUPack against a fake clientset whose binding
-// subresource sets the node and copies the Binding's annotations, as the
-// API server does.
+// realScheduler runs kube-scheduler (see schedulertest) with PennyGPUPack.
 type realScheduler struct {
+	*schedulertest.Cluster
 	t      *testing.T
-	ctx    context.Context
-	client *fake.Clientset
 	plugin *GPUPack
-	handle fwk.Handle
 	// waiting receives each pod TestHoldAtPermit holds.
 	waiting chan *corev1.Pod
-	mu      sync.Mutex
-	// version is the last resourceVersion handed out; failedBinds the
-	// pods whose binding failed once; both guarded by mu.
-	version     int
-	failedBinds map[string]bool
 }
 
-// Pods with these labels wait at Permit until rejected, or have their
-// first binding fail.
+// Pods with this label wait at Permit until rejected.
 const (
 	labelHoldAtPermit  = "test.penny.dev/hold-at-permit"
-	labelFailBindOnce  = "test.penny.dev/fail-bind-once"
 	holdAtPermitPlugin = "TestHoldAtPermit"
 )
 
@@ -91,92 +70,19 @@ func (h holdAtPermit) Permit(_ context.Context, _ fwk.CycleState, p *corev1.Pod,
 
 func startScheduler(t *testing.T, nodes []*corev1.Node, pods ...*corev1.Pod) *realScheduler {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ctx = klog.NewContext(ctx, klog.Background())
-	client := fake.NewClientset()
-	s := &realScheduler{t: t, ctx: ctx, client: client, waiting: make(chan *corev1.Pod, 8), failedBinds: map[string]bool{}}
-	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, k8sruntime.Object, error) {
-		if action.GetSubresource() != "binding" {
-			return false, nil, nil
-		}
-		b := action.(clienttesting.CreateAction).GetObject().(*corev1.Binding)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		obj, err := client.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), b.Namespace, b.Name)
-		if err != nil {
-			return true, nil, err
-		}
-		pod := obj.(*corev1.Pod).DeepCopy()
-		if _, ok := pod.Labels[labelFailBindOnce]; ok && !s.failedBinds[pod.Name] {
-			s.failedBinds[pod.Name] = true
-			return true, nil, fmt.Errorf("binding %s fails once (test)", pod.Name)
-		}
-		if pod.Spec.NodeName != "" {
-			return true, nil, fmt.Errorf("pod %s/%s is already bound to %s", pod.Namespace, pod.Name, pod.Spec.NodeName)
-		}
-		pod.Spec.NodeName = b.Target.Name
-		if pod.Annotations == nil {
-			pod.Annotations = map[string]string{}
-		}
-		for k, v := range b.Annotations {
-			pod.Annotations[k] = v
-		}
-		s.version++
-		pod.ResourceVersion = fmt.Sprint(s.version)
-		return true, nil, client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), pod, pod.Namespace)
-	})
-	for _, n := range nodes {
-		if _, err := client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.create(pods...)
-	obj, _, err := scheme.Codecs.UniversalDecoder().Decode([]byte(schedulerProfile), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	informerFactory := scheduler.NewInformerFactory(client, 0, nil)
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	sched, err := scheduler.New(ctx, client, informerFactory, nil, profile.NewRecorderFactory(broadcaster),
-		scheduler.WithProfiles(obj.(*config.KubeSchedulerConfiguration).Profiles...),
-		scheduler.WithFrameworkOutOfTreeRegistry(frameworkruntime.Registry{
-			Name: func(ctx context.Context, obj k8sruntime.Object, h fwk.Handle) (fwk.Plugin, error) {
-				p, err := NewWith(ctx, obj, h)
-				s.plugin = p
-				return p, err
+	waiting := make(chan *corev1.Pod, 8)
+	s := schedulertest.Start(t, schedulertest.Options{
+		Profile: schedulertest.Profile(t, []byte(schedulerProfile)),
+		Registry: frameworkruntime.Registry{
+			Name: New,
+			holdAtPermitPlugin: func(context.Context, k8sruntime.Object, fwk.Handle) (fwk.Plugin, error) {
+				return holdAtPermit{waiting}, nil
 			},
-			holdAtPermitPlugin: func(_ context.Context, _ k8sruntime.Object, h fwk.Handle) (fwk.Plugin, error) {
-				s.handle = h
-				return holdAtPermit{s.waiting}, nil
-			},
-		}),
-		scheduler.WithPodInitialBackoffSeconds(1),
-		scheduler.WithPodMaxBackoffSeconds(1),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	broadcaster.StartRecordingToSink(ctx.Done())
-	informerFactory.Start(ctx.Done())
-	informerFactory.WaitForCacheSync(ctx.Done())
-	done := make(chan struct{})
-	go func() { sched.Run(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		broadcaster.Shutdown()
-		informerFactory.Shutdown()
+		},
+		Nodes: nodes,
+		Pods:  pods,
 	})
-	return s
-}
-
-func (s *realScheduler) create(pods ...*corev1.Pod) {
-	s.t.Helper()
-	for _, p := range pods {
-		if _, err := s.client.CoreV1().Pods(p.Namespace).Create(s.ctx, p, metav1.CreateOptions{}); err != nil {
-			s.t.Fatal(err)
-		}
-	}
+	return &realScheduler{Cluster: s, t: t, plugin: s.Plugin(Name).(*GPUPack), waiting: waiting}
 }
 
 // waitFor polls the pod until done says it is in the state wanted; what it
@@ -185,8 +91,8 @@ func (s *realScheduler) waitFor(name, want string, done func(*corev1.Pod, error)
 	s.t.Helper()
 	var p *corev1.Pod
 	var err error
-	if werr := wait.PollUntilContextTimeout(s.ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		p, err = s.client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
+	if werr := wait.PollUntilContextTimeout(s.Ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err = s.Client.CoreV1().Pods("default").Get(ctx, name, metav1.GetOptions{})
 		return done(p, err), nil
 	}); werr != nil {
 		if err != nil {
@@ -242,13 +148,13 @@ func TestPreemptionFreesVictimsDevices(t *testing.T) {
 			important := withPriority(bound(podOf("important", "1", c.held[0], c.held[1]), "held", c.held[2]), 1000)
 			victim := withPriority(bound(podOf("victim", "1", c.victim[0], c.victim[1]), "free-able", c.victim[2]), 0)
 			s := startScheduler(t, []*corev1.Node{c.nodes("held"), c.nodes("free-able")}, important, victim)
-			s.create(withPriority(podOf("preemptor", "1", c.preemptor...), 100))
+			s.Create(withPriority(podOf("preemptor", "1", c.preemptor...), 100))
 			s.waitFor("victim", "deleted", func(_ *corev1.Pod, err error) bool { return apierrors.IsNotFound(err) })
 			p := s.waitFor("preemptor", "bound", func(p *corev1.Pod, err error) bool { return err == nil && p.Spec.NodeName != "" })
 			if p.Spec.NodeName != "free-able" || p.Annotations[gpu.AnnotationAssignment] != c.assignment {
 				t.Errorf("preemptor bound to %s with %q; want free-able with %q", p.Spec.NodeName, p.Annotations[gpu.AnnotationAssignment], c.assignment)
 			}
-			if _, err := s.client.CoreV1().Pods("default").Get(s.ctx, "important", metav1.GetOptions{}); err != nil {
+			if _, err := s.Client.CoreV1().Pods("default").Get(s.Ctx, "important", metav1.GetOptions{}); err != nil {
 				t.Errorf("the higher-priority pod is gone: %v", err)
 			}
 		})
@@ -268,8 +174,8 @@ func (s *realScheduler) waitAtPermit(name string) *corev1.Pod {
 	if p.Name != name {
 		s.t.Fatalf("%s reached Permit, want %s", p.Name, name)
 	}
-	if err := wait.PollUntilContextTimeout(s.ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		return s.handle.GetWaitingPod(p.UID) != nil, nil
+	if err := wait.PollUntilContextTimeout(s.Ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return s.Handle().GetWaitingPod(p.UID) != nil, nil
 	}); err != nil {
 		s.t.Fatalf("%s is not among the waiting pods", name)
 	}
@@ -285,7 +191,7 @@ func TestPodsThatDoNotBindGiveBackTheirDevices(t *testing.T) {
 	s := startScheduler(t, []*corev1.Node{n})
 	waiter := podOf("waiter", "1", string(gpu.ResourceGPU), "1")
 	waiter.Labels = map[string]string{labelHoldAtPermit: ""}
-	s.create(waiter)
+	s.Create(waiter)
 	s.waitAtPermit("waiter")
 	held := s.plugin.reservation(waiter.UID)
 	if len(held) != 1 {
@@ -293,13 +199,10 @@ func TestPodsThatDoNotBindGiveBackTheirDevices(t *testing.T) {
 	}
 
 	flaky := podOf("flaky", "1", string(gpu.ResourceGPU), "1")
-	flaky.Labels = map[string]string{labelFailBindOnce: ""}
-	s.create(flaky)
+	flaky.Labels = map[string]string{schedulertest.LabelFailBindOnce: ""}
+	s.Create(flaky)
 	p := s.waitFor("flaky", "bound", func(p *corev1.Pod, err error) bool { return err == nil && p.Spec.NodeName != "" })
-	s.mu.Lock()
-	failedOnce := s.failedBinds["flaky"]
-	s.mu.Unlock()
-	if !failedOnce {
+	if !s.FailedBind("flaky") {
 		t.Fatal("flaky bound without its binding failing first")
 	}
 	a, err := gpu.ParseAssignment(p.Annotations[gpu.AnnotationAssignment])
@@ -311,8 +214,8 @@ func TestPodsThatDoNotBindGiveBackTheirDevices(t *testing.T) {
 	}
 
 	// Both GPUs are held: the next pod waits until waiter's GPU is free.
-	s.create(podOf("next", "1", string(gpu.ResourceGPU), "1"))
-	if err := s.client.CoreV1().Pods("default").Delete(s.ctx, "waiter", metav1.DeleteOptions{}); err != nil {
+	s.Create(podOf("next", "1", string(gpu.ResourceGPU), "1"))
+	if err := s.Client.CoreV1().Pods("default").Delete(s.Ctx, "waiter", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	p = s.waitFor("next", "bound", func(p *corev1.Pod, err error) bool { return err == nil && p.Spec.NodeName != "" })
