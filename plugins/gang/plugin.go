@@ -69,8 +69,9 @@ type Gang struct {
 	// gangs' claims held the room; they are retried when claims go away.
 	blocked map[string]bool
 	seq     uint64
-	// order remembers when each gang was first queued, for QueueSort. It is
-	// read on every queue comparison, so it avoids the mutex.
+	// order remembers each gang's place in the queue, for QueueSort: when
+	// it was first queued, or its newest waiting member created if later.
+	// It is read on every queue comparison, so it avoids the mutex.
 	order sync.Map
 	// lacking remembers, per gang, what the nodes lacked when it last did
 	// not fit (shortfall.lacking), until it is admitted. The queueing hint
@@ -158,9 +159,9 @@ func NewWith(_ context.Context, obj runtime.Object, h fwk.Handle, opts ...Option
 // Name returns the plugin name.
 func (pl *Gang) Name() string { return Name }
 
-// Less orders the queue by priority, then by when the gang (or lone pod) was
-// first queued, keeping one gang's members together so they are tried back
-// to back and an older gang is tried before a younger one.
+// Less orders the queue by priority, then by the gang's place (order) or the
+// lone pod's queue time, keeping one gang's members together so they are
+// tried back to back and an older gang is tried before a younger one.
 func (pl *Gang) Less(a, b fwk.QueuedEntityInfo) bool {
 	pa, pb := a.GetPriority(), b.GetPriority()
 	if pa != pb {
@@ -184,12 +185,42 @@ func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
 	if !ok {
 		return "", e.GetTimestamp()
 	}
-	ref, ok := gang.RefOf(pi.GetPodInfo().GetPod())
+	pod := pi.GetPodInfo().GetPod()
+	ref, ok := gang.RefOf(pod)
 	if !ok {
 		return "", e.GetTimestamp()
 	}
-	t, _ := pl.order.LoadOrStore(ref.Key(), e.GetTimestamp())
-	return ref.Key(), t.(time.Time)
+	// A pod never sorts before its own creation, whatever the gang it names
+	// holds: a member that waits for ever (a gang of one that fits no node)
+	// would otherwise lend its old place to every pod the tenant names the
+	// gang on later. The queue may sort the pod before onPodAdd has moved
+	// the gang, so it is checked here too.
+	created := pod.CreationTimestamp.Time
+	first := e.GetTimestamp()
+	if created.After(first) {
+		first = created
+	}
+	t, _ := pl.order.LoadOrStore(ref.Key(), first)
+	at := t.(time.Time)
+	if created.After(at) {
+		pl.queueGangAfter(ref.Key(), created)
+		at = created
+	}
+	return ref.Key(), at
+}
+
+// queueGangAfter moves a gang's place in the queue to t when t is later, so
+// its members stay together behind the newest of them.
+func (pl *Gang) queueGangAfter(key string, t time.Time) {
+	if t.IsZero() {
+		return // a pod no API server created (the simulator's, tests')
+	}
+	for {
+		v, loaded := pl.order.LoadOrStore(key, t)
+		if !loaded || !t.After(v.(time.Time)) || pl.order.CompareAndSwap(key, v, t) {
+			return
+		}
+	}
 }
 
 // PreEnqueue keeps a member out of the active queue until its gang has at

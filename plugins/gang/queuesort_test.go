@@ -7,11 +7,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+
+	"github.com/pennysched/penny/pkg/gang"
 )
 
 // The first profile's QueueSort orders the pods of every profile, so it
@@ -96,5 +99,73 @@ func bindAs(phase corev1.PodPhase) func(context.Context, *fake.Clientset, *corev
 		bound.ResourceVersion = "2"
 		_, err := client.CoreV1().Pods("team").Update(ctx, bound, metav1.UpdateOptions{})
 		return err
+	}
+}
+
+// A gang's place in the queue is held while its members wait. A tenant
+// could keep one member waiting for ever (a gang of one that fits no node)
+// and name that gang on every new pod: each new pod then sorted by the
+// placeholder's old time, ahead of every pod of its priority queued since.
+// A pod that joins a gang queues no earlier than its own creation, and the
+// gang with it.
+func TestPodJoiningAWaitingGangQueuesByItsOwnTime(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
+		frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sorter, err := NewWith(ctx, nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+
+	start := time.Now().Add(-3 * time.Hour).Truncate(time.Second)
+	pod := func(name, gangName string, created time.Time) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "team", UID: types.UID("uid-" + name),
+			CreationTimestamp: metav1.NewTime(created), Labels: map[string]string{}}}
+		if gangName != "" {
+			p.Labels[gang.LabelName] = gangName
+			p.Labels[gang.KeySize] = "1"
+		}
+		return p
+	}
+	queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
+		pi, err := framework.NewPodInfo(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &framework.QueuedPodInfo{PodInfo: pi, QueueingParams: framework.QueueingParams{Timestamp: at}}
+	}
+
+	// The placeholder: a gang of one that never binds, queued three hours ago.
+	placeholder := pod("hold", "x", start)
+	if _, err := client.CoreV1().Pods("team").Create(ctx, placeholder, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	other := pod("other", "", start.Add(time.Hour))
+	sorter.Less(queued(placeholder, start), queued(other, start.Add(time.Hour)))
+
+	// Two hours later the tenant's real pod names the placeholder's gang.
+	jumper := pod("real", "x", start.Add(2*time.Hour))
+	if _, err := client.CoreV1().Pods("team").Create(ctx, jumper, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Whether or not the informer has shown the new member yet: the queue
+	// may place it before the plugin hears of it.
+	if sorter.Less(queued(jumper, start.Add(2*time.Hour)), queued(other, start.Add(time.Hour))) {
+		t.Fatal("a pod created two hours after the lone pod sorts before it, by naming a gang whose placeholder member has waited since before both")
+	}
+	if !sorter.Less(queued(other, start.Add(time.Hour)), queued(jumper, start.Add(2*time.Hour))) {
+		t.Error("the lone pod, queued an hour before the new gang member, does not sort before it")
+	}
+	// The gang's members stay together, behind the newest.
+	if sorter.Less(queued(placeholder, start), queued(other, start.Add(time.Hour))) {
+		t.Error("the gang's older member still sorts before the lone pod: the gang's members were split around it")
 	}
 }

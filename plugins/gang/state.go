@@ -338,9 +338,17 @@ func (pl *Gang) expire(key string, id uint64) {
 // completes the gang arrives. The scheduler itself only dispatches
 // "unscheduled pod added" events to plugins with GenericWorkload on.
 func (pl *Gang) onPodAdd(obj any) {
-	if pod, ok := obj.(*corev1.Pod); ok {
-		pl.wake(pod)
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
 	}
+	if ref, inGang := gang.RefOf(pod); inGang && pod.Spec.NodeName == "" {
+		// A gang queues from when its newest waiting member was created: a
+		// pod that joins it later moves it back, rather than take the place
+		// its older members hold.
+		pl.queueGangAfter(ref.Key(), pod.CreationTimestamp.Time)
+	}
+	pl.wake(pod)
 }
 
 // onPodUpdate notices members the informer now shows bound, so they count
