@@ -5,9 +5,12 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	resourcehelper "k8s.io/component-helpers/resource"
+	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -123,7 +126,15 @@ type Catalog struct {
 	// defaultInterruption is the bucket for Spot pools the catalog has no
 	// bucket for.
 	defaultInterruption Bucket
+	// misses holds the priceKeys (zone empty) of nodes found unpriced, so
+	// each is reported once per catalog, not at every scheduling cycle;
+	// missCount bounds them (maxMisses), as Cluster Autoscaler's template
+	// nodes can name anything.
+	misses    sync.Map
+	missCount atomic.Int32
 }
+
+const maxMisses = 256
 
 // NewCatalog validates instance types and entries and builds a catalog.
 // Errors name the offending row and say how to fix it; all of them are
@@ -352,10 +363,28 @@ func (c *Catalog) NodePrice(node *corev1.Node) (Price, bool) {
 	if it == "" {
 		it = l[corev1.LabelInstanceType]
 	}
-	if it == "" {
+	capacity, region := NodeCapacity(node).Type, l[corev1.LabelTopologyRegion]
+	if it != "" {
+		if p, ok := c.Lookup(it, capacity, region, l[corev1.LabelTopologyZone]); ok {
+			return p, true
+		}
+	}
+	// An unpriced node scores last in SpotRisk whatever it costs, and
+	// nothing else would tell the operator why.
+	if c.missCount.Load() >= maxMisses {
 		return Price{}, false
 	}
-	return c.Lookup(it, NodeCapacity(node).Type, l[corev1.LabelTopologyRegion], l[corev1.LabelTopologyZone])
+	if _, seen := c.misses.LoadOrStore(priceKey{instanceType: it, capacity: capacity, region: region}, true); !seen {
+		c.missCount.Add(1)
+		metricCatalogMisses.Inc()
+		why := "the price catalog has no row for its instance type, capacity type and region; add one"
+		if it == "" {
+			why = "it has no " + corev1.LabelInstanceTypeStable + " label to look its price up by"
+		}
+		klog.InfoS("Node has no price; SpotRisk scores it after every priced node: "+why,
+			"node", node.Name, "instanceType", it, "capacityType", capacity, "region", region)
+	}
+	return Price{}, false
 }
 
 // Entries returns the price rows, sorted, for reports and metrics.

@@ -1,6 +1,7 @@
 package pricing
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -151,5 +152,45 @@ func TestWithReplacesAndAdds(t *testing.T) {
 	}
 	if _, err := c.With(Entry{InstanceType: "nope", Capacity: Spot, Region: "r", Hourly: 1}); err == nil {
 		t.Fatal("an unknown instance type must be rejected")
+	}
+}
+
+// A node whose instance type, capacity type or region the catalog has no
+// row for scores after every priced node; nothing said so, so an operator
+// saw a cheap node left idle and no reason. Each such pool is reported once
+// per catalog, however often it is priced, and the reports are bounded.
+func TestNodePriceReportsUnpricedNodesOnce(t *testing.T) {
+	c := testCatalog(t)
+	node := func(name, instanceType string) *corev1.Node {
+		l := map[string]string{corev1.LabelTopologyRegion: "us-east-1", corev1.LabelTopologyZone: "us-east-1a"}
+		if instanceType != "" {
+			l[corev1.LabelInstanceTypeStable] = instanceType
+		}
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+	}
+	misses := func() float64 { return exported(t, "penny_price_catalog_misses_total") }
+	before := misses()
+	for _, n := range []*corev1.Node{node("a", "g6.xlarge"), node("a", "g6.xlarge"), node("b", "g6.xlarge"), node("c", ""), node("d", "")} {
+		if _, ok := c.NodePrice(n); ok {
+			t.Fatalf("%s: priced", n.Name)
+		}
+	}
+	if _, ok := c.NodePrice(node("p", "p4d.24xlarge")); !ok {
+		t.Fatal("a priced node went unpriced")
+	}
+	if got := misses() - before; got != 2 {
+		t.Fatalf("misses counted %v, want 2: g6.xlarge on-demand in us-east-1, and nodes without an instance type", got)
+	}
+	// A new catalog is a new chance to have the row.
+	c2 := testCatalog(t)
+	c2.NodePrice(node("a", "g6.xlarge"))
+	if got := misses() - before; got != 3 {
+		t.Fatalf("misses counted %v after a new catalog, want 3", got)
+	}
+	for i := range 2 * maxMisses {
+		c2.NodePrice(node("x", fmt.Sprintf("made-up-%d", i)))
+	}
+	if got := misses() - before; got != 2+maxMisses {
+		t.Fatalf("misses counted %v, want them bounded at %d per catalog", got, 2+maxMisses)
 	}
 }

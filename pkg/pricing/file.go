@@ -134,6 +134,18 @@ func Parse(data []byte, name string) (*Catalog, error) {
 	types := make([]InstanceType, len(f.InstanceTypes))
 	for i, t := range f.InstanceTypes {
 		types[i] = InstanceType(t)
+		if i >= len(at.InstanceTypes) {
+			continue
+		}
+		// YAML decodes 1.5 into an int as 1: an instance written with
+		// gpus: 0.5 would be priced as one without GPUs.
+		n := &at.InstanceTypes[i]
+		for k := 0; n.Kind == yaml.MappingNode && k+1 < len(n.Content); k += 2 {
+			if v := n.Content[k+1]; n.Content[k].Value == "gpus" && v.Tag != "!!int" {
+				bad.Problems = append(bad.Problems, Problem{File: name, Line: v.Line, List: "instanceTypes", Index: i,
+					Msg: fmt.Sprintf("%s: gpus is %s: give the whole number of GPUs the instance has (a share of a GPU is the pod's request, not the instance's)", t.Name, yamldoc.Describe(v))})
+			}
+		}
 	}
 	entries := make([]Entry, len(f.Prices))
 	for i, p := range f.Prices {

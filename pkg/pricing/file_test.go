@@ -58,6 +58,10 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 			[]string{`cat.yaml:7: prices[0].hourly: want a number, not "cheap"`}},
 		{"bad bucket", strings.Replace(goodYAML, `"<5%"`, `"low"`, 1),
 			[]string{`cat.yaml:8: prices[1]: interruption bucket "low": want one of <5%, 5-10%, 10-15%, 15-20%, >20%`}},
+		// YAML decodes 0.5 into an int as 0: the type was priced as one
+		// without GPUs, all of its price on CPU and memory.
+		{"fractional gpus", strings.Replace(goodYAML, "gpus: 1", "gpus: 0.5", 1),
+			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpus is "0.5": give the whole number of GPUs the instance has`}},
 		{"unknown gpu model", strings.Replace(goodYAML, "gpuModel: A10G", "gpuModel: A10X", 1),
 			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpuModel "A10X" is unknown; known models:`}},
 		{"wrong kind", strings.Replace(goodYAML, "kind: PriceCatalog", "kind: Prices", 1),

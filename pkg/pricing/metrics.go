@@ -40,6 +40,21 @@ var (
 		Help:           "When the catalog in force was loaded.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	// The error count alone rises once per rejected edit and then stands
+	// still, and the last success time of a catalog nobody changed is old
+	// too: neither says that the edit in place is the rejected one.
+	metricCatalogLastLoadSuccessful = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      "penny",
+		Name:           "price_catalog_last_load_successful",
+		Help:           "1 when the catalog's last load succeeded, 0 while its source is rejected, unreadable or missing and the last good catalog (if any) stays in force.",
+		StabilityLevel: metrics.ALPHA,
+	})
+	metricCatalogMisses = metrics.NewCounter(&metrics.CounterOpts{
+		Namespace:      "penny",
+		Name:           "price_catalog_misses_total",
+		Help:           "Nodes the catalog in force has no price for, counted once per instance type (none: a node without the instance-type label), capacity type and region for each catalog loaded. SpotRisk scores such nodes last.",
+		StabilityLevel: metrics.ALPHA,
+	})
 	metricInterruptedRuns = metrics.NewCounter(&metrics.CounterOpts{
 		Namespace:      "penny",
 		Name:           "interrupted_runs_total",
@@ -72,7 +87,7 @@ var (
 // updates are dropped, which is what tests and the simulator want.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess,
+		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess, metricCatalogLastLoadSuccessful, metricCatalogMisses,
 			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves, metricTypicalRunHours)
 	})
 }

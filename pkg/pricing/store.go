@@ -28,7 +28,7 @@ var _ PriceBook = &Catalog{}
 var _ PriceBook = &Store{}
 
 // Store holds the catalog in force and replaces it when its source changes.
-// A bad update is reported (log, metric, LastError) and the last good
+// A bad update is reported (log, metrics, LastError) and the last good
 // catalog stays in force, so a typo in a ConfigMap never leaves the
 // scheduler without prices.
 type Store struct {
@@ -77,38 +77,54 @@ func (s *Store) OnChange(f func(*Catalog, error)) {
 // Load parses data and, when it is valid, puts it in force.
 func (s *Store) Load(data []byte, name string) error {
 	c, err := Parse(data, name)
-	s.mu.Lock()
-	s.lastErr = err
-	hooks := append([]func(*Catalog, error){}, s.onChange...)
-	s.mu.Unlock()
 	if err != nil {
-		metricCatalogLoads.WithLabelValues("error").Inc()
-		if old := s.cur.Load(); old != nil {
+		if old := s.fail(err); old != nil {
 			klog.ErrorS(err, "Price catalog rejected; the last good catalog stays in force", "source", name, "entries", old.Len())
 		} else {
 			klog.ErrorS(err, "Price catalog rejected; no prices are known until it is fixed", "source", name)
 		}
-	} else {
-		s.cur.Store(c)
-		metricCatalogLoads.WithLabelValues("success").Inc()
-		metricCatalogEntries.Set(float64(c.Len()))
-		metricCatalogLastSuccess.SetToCurrentTime()
-		klog.InfoS("Price catalog loaded", "source", name, "entries", c.Len())
+		s.changed(err)
+		return err
 	}
+	s.mu.Lock()
+	s.lastErr = nil
+	s.cur.Store(c)
+	metricCatalogLastLoadSuccessful.Set(1)
+	s.mu.Unlock()
+	metricCatalogLoads.WithLabelValues("success").Inc()
+	metricCatalogEntries.Set(float64(c.Len()))
+	metricCatalogLastSuccess.SetToCurrentTime()
+	klog.InfoS("Price catalog loaded", "source", name, "entries", c.Len())
+	s.changed(nil)
+	return nil
+}
+
+// fail records a load that put nothing in force and returns the catalog
+// that stays, nil when there is none.
+func (s *Store) fail(err error) *Catalog {
+	s.mu.Lock()
+	s.lastErr = err
+	old := s.cur.Load()
+	metricCatalogLastLoadSuccessful.Set(0)
+	s.mu.Unlock()
+	metricCatalogLoads.WithLabelValues("error").Inc()
+	return old
+}
+
+func (s *Store) changed(err error) {
+	s.mu.Lock()
+	hooks := append([]func(*Catalog, error){}, s.onChange...)
+	s.mu.Unlock()
 	for _, h := range hooks {
 		h(s.cur.Load(), err)
 	}
-	return err
 }
 
 // LoadFile loads a catalog file into the store.
 func (s *Store) LoadFile(path string) error {
 	data, err := readFile(path)
 	if err != nil {
-		s.mu.Lock()
-		s.lastErr = err
-		s.mu.Unlock()
-		metricCatalogLoads.WithLabelValues("error").Inc()
+		s.fail(err)
 		klog.ErrorS(err, "Price catalog unreadable; the last good catalog stays in force", "path", path)
 		return err
 	}
@@ -164,9 +180,9 @@ func (s *Store) WatchFile(ctx context.Context, path string) error {
 
 // WatchConfigMap loads the catalog from key of a ConfigMap and again
 // whenever the ConfigMap changes, until ctx ends. A deleted ConfigMap leaves
-// the last good catalog in force; one that does not exist when the watch
-// has listed is reported (LastError, the error count, the log), since until
-// it is created there is no catalog at all.
+// the last good catalog in force and is reported like a rejected edit
+// (LastError, the metrics, the log); so is one that does not exist when the
+// watch has listed, since until it is created there is no catalog at all.
 func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface, namespace, name, key string) {
 	src := fmt.Sprintf("configmap %s/%s key %s", namespace, name, key)
 	load := func(obj interface{}) {
@@ -177,10 +193,7 @@ func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface,
 		data, ok := cm.Data[key]
 		if !ok {
 			err := fmt.Errorf("%s: key %q is missing; put the catalog YAML under data.%s", src, key, key)
-			s.mu.Lock()
-			s.lastErr = err
-			s.mu.Unlock()
-			metricCatalogLoads.WithLabelValues("error").Inc()
+			s.fail(err)
 			klog.ErrorS(err, "Price catalog rejected; the last good catalog stays in force")
 			return
 		}
@@ -195,6 +208,13 @@ func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface,
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    load,
 		UpdateFunc: func(_, obj interface{}) { load(obj) },
+		// Deleting the ConfigMap takes no catalog away from this scheduler,
+		// but one started now would have none: that is worth an error.
+		DeleteFunc: func(interface{}) {
+			err := fmt.Errorf("%s: the ConfigMap was deleted; the last good catalog stays in force until it is created again, but a scheduler that starts meanwhile has none: recreate it (deploy/pricing/penny-prices.yaml)", src)
+			s.fail(err)
+			klog.ErrorS(err, "Price catalog deleted")
+		},
 	})
 	factory.Start(ctx.Done())
 	go func() {
@@ -206,10 +226,15 @@ func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface,
 		}
 		err := fmt.Errorf("%s: the ConfigMap does not exist; create it (deploy/pricing/penny-prices.yaml) or fix the name: until then there is no price catalog and every node is priced alike", src)
 		s.mu.Lock()
-		if s.cur.Load() == nil { // a catalog the ConfigMap's add loaded meanwhile stands
+		loaded := s.cur.Load() != nil // by the ConfigMap's add, meanwhile
+		if !loaded {
 			s.lastErr = err
+			metricCatalogLastLoadSuccessful.Set(0)
 		}
 		s.mu.Unlock()
+		if loaded {
+			return
+		}
 		metricCatalogLoads.WithLabelValues("error").Inc()
 		klog.ErrorS(err, "Price catalog missing")
 	}()

@@ -11,8 +11,70 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
 )
+
+// exported is the value penny-scheduler's /metrics shows for an unlabelled
+// metric.
+func exported(t *testing.T, name string) float64 {
+	t.Helper()
+	RegisterMetrics()
+	families, err := legacyregistry.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name || len(f.GetMetric()) != 1 {
+			continue
+		}
+		m := f.GetMetric()[0]
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	t.Fatalf("metric %s is not exported", name)
+	return 0
+}
+
+// A rejected edit counts one error and leaves the last success time alone,
+// which a catalog nobody edits shows as well: only a gauge of the last load
+// tells an alert that the edit in place is the rejected one.
+func TestStoreExportsTheLastLoadsResult(t *testing.T) {
+	RegisterMetrics()
+	s := NewStore(nil)
+	if err := s.Load([]byte(goodYAML), "good.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if got := exported(t, "penny_price_catalog_last_load_successful"); got != 1 {
+		t.Fatalf("after a good load: last_load_successful %v, want 1", got)
+	}
+	if got := exported(t, "penny_price_catalog_last_success_timestamp_seconds"); got <= 0 {
+		t.Fatalf("after a good load: last_success_timestamp_seconds %v", got)
+	}
+	if err := s.Load([]byte(strings.Replace(goodYAML, "hourly: 0.4", "hourly: -0.4", 1)), "bad.yaml"); err == nil {
+		t.Fatal("want error")
+	}
+	if got := exported(t, "penny_price_catalog_last_load_successful"); got != 0 {
+		t.Fatalf("after a rejected edit: last_load_successful %v, want 0", got)
+	}
+	if spotPrice(s) != 0.4 {
+		t.Fatalf("last good catalog not in force: spot price %v", spotPrice(s))
+	}
+	if err := s.LoadFile(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Fatal("want error")
+	}
+	if got := exported(t, "penny_price_catalog_last_load_successful"); got != 0 {
+		t.Fatalf("after an unreadable file: last_load_successful %v, want 0", got)
+	}
+	if err := s.Load([]byte(goodYAML), "good.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if got := exported(t, "penny_price_catalog_last_load_successful"); got != 1 {
+		t.Fatalf("after the fix: last_load_successful %v, want 1", got)
+	}
+}
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -35,6 +97,7 @@ func spotPrice(s *Store) float64 {
 }
 
 func TestStoreKeepsLastGoodCatalog(t *testing.T) {
+	RegisterMetrics() // unregistered, the error count stays 0
 	s := NewStore(nil)
 	before, _ := testutil.GetCounterMetricValue(metricCatalogLoads.WithLabelValues("error"))
 	if err := s.Load([]byte("kind: ["), "bad.yaml"); err == nil {
@@ -146,15 +209,22 @@ func TestWatchConfigMapReportsAMissingConfigMap(t *testing.T) {
 	waitFor(t, "the load once it exists", func() bool { return spotPrice(s) == 0.4 && s.LastError() == nil })
 }
 
-func TestWatchConfigMap(t *testing.T) {
+// watchedConfigMap is a store watching penny-system/prices, which holds
+// goodYAML, once it has loaded it.
+func watchedConfigMap(t *testing.T) (context.Context, *fake.Clientset, *corev1.ConfigMap, *Store) {
+	t.Helper()
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "prices"},
 		Data: map[string]string{"catalog.yaml": goodYAML}}
 	client := fake.NewClientset(cm)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := t.Context()
 	s := NewStore(nil)
 	s.WatchConfigMap(ctx, client, "penny-system", "prices", "catalog.yaml")
-	waitFor(t, "initial load", func() bool { return spotPrice(s) == 0.4 })
+	waitFor(t, "initial load", func() bool { return spotPrice(s) == 0.4 && s.LastError() == nil })
+	return ctx, client, cm, s
+}
+
+func TestWatchConfigMap(t *testing.T) {
+	ctx, client, cm, s := watchedConfigMap(t)
 
 	update := func(data map[string]string) {
 		cm = cm.DeepCopy()
@@ -179,4 +249,28 @@ func TestWatchConfigMap(t *testing.T) {
 	if spotPrice(s) != 0.35 {
 		t.Fatalf("last good catalog not in force: %v", spotPrice(s))
 	}
+}
+
+// Deleting the catalog's ConfigMap left the scheduler on its last good
+// catalog without a word: LastError, the log and the metrics all said the
+// last load had succeeded, while a scheduler started meanwhile had none.
+func TestWatchConfigMapReportsADeletedConfigMap(t *testing.T) {
+	ctx, client, cm, s := watchedConfigMap(t)
+	if err := client.CoreV1().ConfigMaps("penny-system").Delete(ctx, "prices", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the deletion to be reported", func() bool {
+		err := s.LastError()
+		return err != nil && strings.Contains(err.Error(), "configmap penny-system/prices key catalog.yaml: the ConfigMap was deleted; the last good catalog stays in force")
+	})
+	if spotPrice(s) != 0.4 {
+		t.Fatalf("a deleted ConfigMap dropped the catalog: %v", spotPrice(s))
+	}
+	if got := exported(t, "penny_price_catalog_last_load_successful"); got != 0 {
+		t.Fatalf("after the deletion: last_load_successful %v, want 0", got)
+	}
+	if _, err := client.CoreV1().ConfigMaps("penny-system").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the load once it is back", func() bool { return s.LastError() == nil })
 }
