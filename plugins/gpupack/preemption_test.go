@@ -184,7 +184,11 @@ func (s *realScheduler) waitAtPermit(name string) *corev1.Pod {
 
 // Devices a pod reserved go back, and only its own, when it does not bind:
 // its binding fails, or it is deleted while it waits at Permit (as a gang
-// member waits for its gang). The pods behind it then get them.
+// member waits for its gang). The pods behind it then get them. Here
+// kube-scheduler forgets the pod from its cache right after Unreserve, and
+// the node's next view drops the reservations of pods the node no longer
+// holds, so this holds without Unreserve too; the pod-group cycle's tests
+// (reserve_test.go, podgroup_test.go) need Unreserve itself.
 func TestPodsThatDoNotBindGiveBackTheirDevices(t *testing.T) {
 	n := gpuNode("t4", "Tesla-T4", 2, "64")
 	n.Status.Allocatable[corev1.ResourcePods] = resource.MustParse("110")

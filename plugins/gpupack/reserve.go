@@ -27,7 +27,7 @@ func (p *GPUPack) Reserve(ctx context.Context, state fwk.CycleState, pod *corev1
 		// Only one node was feasible, so the scheduler did not score.
 		p.startCycle(s)
 	}
-	n := p.view.entryFor(klog.FromContext(ctx), ni).node
+	n := p.view.entryToReserve(klog.FromContext(ctx), ni).node
 	n.Prepare(s.cycle.Demand)
 	a, _, err := n.Choose(&s.cycle)
 	if err != nil {
@@ -39,6 +39,11 @@ func (p *GPUPack) Reserve(ctx context.Context, state fwk.CycleState, pod *corev1
 }
 
 // Unreserve gives the devices back when the pod does not bind after all.
+// Where kube-scheduler then forgets the pod from its cache, the node's next
+// snapshot would drop the reservation anyway; its pod-group cycle forgets
+// members from the cycle's snapshot, which leaves the node's generation as
+// it was, and reserves them again at once: only the mark unreserve leaves
+// makes the view read the node again.
 func (p *GPUPack) Unreserve(_ context.Context, state fwk.CycleState, pod *corev1.Pod, _ string) {
 	p.view.unreserve(pod.UID)
 	if s, err := getState(state); err == nil {

@@ -26,8 +26,10 @@ import (
 // Concurrency: entries are rebuilt only in PreFilter, at the start of a
 // scheduling cycle, under mu; Filter, PreScore, Score and Reserve of the
 // same cycle read them without a lock (the cycle is the only writer's
-// goroutine, and the next cycle cannot start before they return). The
-// binding goroutines (Unreserve, Bind) touch only reservations, under mu.
+// goroutine, and the next cycle cannot start before they return). Reserve
+// builds an entry it does not keep, under mu, where the node is marked. The
+// binding goroutines (Unreserve, Bind) touch only reservations and marks,
+// under mu.
 type view struct {
 	layouts   LayoutSource
 	poolLabel string
@@ -98,7 +100,7 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 			_, dirty = v.dirty[ni.Node().Name]
 		}
 		if e == nil || dirty || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
-			e = v.build(logger, ni, true)
+			e = v.build(logger, ni, forSync)
 			v.nodes[k] = e
 			delete(v.dirty, ni.Node().Name)
 		}
@@ -167,13 +169,47 @@ func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.build(logger, ni, false)
+	return v.build(logger, ni, forCopy)
 }
 
-// build reads the node's devices from its pods. Reservations whose pods
-// have come back with the annotation, or have left the node, are dropped
-// when keep is set (a sync). Callers hold mu.
-func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
+// entryToReserve returns the node's entry for Reserve. A node marked since
+// the cycle's sync, by a reservation made or given back with no PreFilter
+// since, is read afresh and not kept. That is how kube-scheduler's
+// pod-group cycle (native PodGroups) runs: it reserves a group's members
+// one after another on one snapshot, whose nodes keep their generation as
+// members are assumed into it and forgotten, and reserves them all again
+// for binding with no PreFilter between them, assumed in the cache where
+// the snapshot does not show them yet.
+func (v *view) entryToReserve(logger klog.Logger, ni fwk.NodeInfo) *entry {
+	v.mu.Lock()
+	if _, marked := v.dirty[ni.Node().Name]; marked {
+		defer v.mu.Unlock()
+		return v.build(logger, ni, forReserve)
+	}
+	v.mu.Unlock()
+	return v.entryFor(logger, ni)
+}
+
+// buildFor says what an entry is built for.
+type buildFor int
+
+const (
+	// forSync: the entry is kept, and the reservations it settles (their
+	// pods have come back with the annotation, or have left the node) are
+	// dropped.
+	forSync buildFor = iota
+	// forCopy: a NodeInfo the snapshot does not hold as is (preemption's
+	// dry runs, nominated pods); only the reservations of the pods it
+	// holds count.
+	forCopy
+	// forReserve: the node's reservations count whether or not the
+	// snapshot shows their pods (see entryToReserve).
+	forReserve
+)
+
+// build reads the node's devices from its pods. Callers hold mu.
+func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor) *entry {
+	keep := purpose == forSync
 	node := ni.Node()
 	e := &entry{gen: ni.GetGeneration(), pool: node.Labels[v.poolLabel]}
 	if e.pool == "" {
@@ -226,6 +262,15 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, keep bool) *entry {
 			why = append(why, err)
 		}
 	}
+	if purpose == forReserve {
+		for uid, r := range v.reserved {
+			if r.node == node.Name && !present[uid] {
+				if err := dev.Apply(r.a); err != nil {
+					logger.Error(err, "Reserved devices no longer fit", "podUID", uid, "node", node.Name)
+				}
+			}
+		}
+	}
 	for i, pod := range unknown {
 		v.guess(logger, dev, pod, why[i])
 		e.guessed++
@@ -258,10 +303,14 @@ func (v *view) guess(logger klog.Logger, dev *gpu.NodeDevices, pod *corev1.Pod, 
 	logger.V(2).Info("GPU pod without a usable device assignment; holding devices for it first-fit", "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "reason", why, "assumed", a, "err", err)
 }
 
+// reserve holds a for the pod. The node is marked, so that it is read
+// again before its next Reserve or cycle: the entry Reserve chose from does
+// not hold a.
 func (v *view) reserve(uid types.UID, node string, a gpu.Assignment) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.reserved[uid] = reservation{node: node, a: a, s: a.String()}
+	v.dirty[node] = struct{}{}
 }
 
 func (v *view) unreserve(uid types.UID) {
