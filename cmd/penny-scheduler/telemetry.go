@@ -24,13 +24,14 @@ import (
 
 // telemetryFlags are Penny's own flags, added to kube-scheduler's.
 type telemetryFlags struct {
-	bindAddress     string
-	certFile        string
-	keyFile         string
-	maxAge          time.Duration
-	audience        string
-	serviceAccounts []string
-	maxStreams      int
+	bindAddress        string
+	certFile           string
+	keyFile            string
+	maxAge             time.Duration
+	audience           string
+	serviceAccounts    []string
+	maxStreams         int
+	maxAuthentications int
 	// evictionWebhookAddress serves the webhook that holds agents'
 	// evictions to their own node; "": not served.
 	evictionWebhookAddress string
@@ -51,6 +52,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.StringVar(&f.audience, "telemetry-token-audience", telemetry.DefaultAudience, "audience agents' projected ServiceAccount tokens must carry")
 	fs.StringSliceVar(&f.serviceAccounts, "telemetry-agent-service-accounts", []string{"penny-system/penny-agent"}, "namespace/name of the ServiceAccounts agents run as")
 	fs.IntVar(&f.maxStreams, "telemetry-max-streams-per-node", telemetry.DefaultMaxStreamsPerNode, "how many streams the agents of one node may hold open to this replica at once; more are refused (an agent keeps one per scheduler address)")
+	fs.IntVar(&f.maxAuthentications, "telemetry-max-authentications-in-flight", telemetry.DefaultMaxAuthenticationsInFlight, "how many agents' tokens this replica checks at once (a TokenReview each); a stream that arrives while that many are checked is refused with UNAVAILABLE and the agent retries")
 	fs.StringVar(&f.evictionWebhookAddress, "telemetry-eviction-webhook-bind-address", "", "address for the admission webhook that lets agents evict only the pods of their own node, e.g. :9443, served with the telemetry endpoint's certificate; deploy/agent/reclaim.yaml registers it (docs/reclaim.md#security). Empty: not served, and with reclaim.yaml applied the agents' evictions are refused")
 	return fs
 }
@@ -95,6 +97,9 @@ func (f *telemetryFlags) validate() error {
 	}
 	if f.maxStreams <= 0 {
 		return fmt.Errorf("--telemetry-max-streams-per-node %d: must be positive (default %d)", f.maxStreams, telemetry.DefaultMaxStreamsPerNode)
+	}
+	if f.maxAuthentications <= 0 {
+		return fmt.Errorf("--telemetry-max-authentications-in-flight %d: must be positive (default %d)", f.maxAuthentications, telemetry.DefaultMaxAuthenticationsInFlight)
 	}
 	if f.audience == "" {
 		return fmt.Errorf("--telemetry-token-audience is empty: give the audience of the agents' projected ServiceAccount tokens (deploy/agent/penny-agent.yaml; default %s)", telemetry.DefaultAudience)
@@ -155,7 +160,8 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	}
 	so := telemetry.ServerOptions{
 		Store: store, Authenticator: auth, Audiences: []string{f.audience},
-		AgentServiceAccounts: f.serviceAccounts, MaxStreamsPerNode: f.maxStreams, Log: logger,
+		AgentServiceAccounts: f.serviceAccounts, MaxStreamsPerNode: f.maxStreams,
+		MaxAuthenticationsInFlight: f.maxAuthentications, Log: logger,
 	}
 	if f.reclaim != nil {
 		so.OnCheckpointStatus = f.reclaim.coordinator.OnCheckpointStatus

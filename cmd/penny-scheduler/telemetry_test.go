@@ -102,7 +102,7 @@ clientConnection:
 	// stand-in: this binary cannot link NVML, see agent/report.Source.)
 	agenttest.Start(t, agenttest.Options{
 		Node: "gpu-1", Address: addr, TLS: cert.ClientTLS(), GPUs: telemetrytest.GPUSource{GPUs: 8},
-		TokenFile: writeFile(t, dir, "token", []byte("node:gpu-1")),
+		TokenFile: writeFile(t, dir, "token", []byte(telemetrytest.NodeJWT("gpu-1"))),
 	})
 	agenttest.WaitForNode(t, store, "gpu-1", 8, 10*time.Second)
 	if auds, n := api.LastAudiences(); n == 0 || len(auds) != 1 || auds[0] != "penny-scheduler" {
@@ -139,8 +139,9 @@ func TestTelemetryFlagErrors(t *testing.T) {
 		{telemetryFlags{bindAddress: ":0"}, "--telemetry-tls-cert-file"},
 		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second, maxStreams: 4, audience: "a"}, "--telemetry-max-age"},
 		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, audience: "a"}, "--telemetry-max-streams-per-node"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4}, "--telemetry-token-audience"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, audience: "a",
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, audience: "a"}, "--telemetry-max-authentications-in-flight 0: must be positive (default 100)"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100}, "--telemetry-token-audience"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, audience: "a",
 			reclaim: &reclaimFlags{safetyMargin: -time.Second, maintenanceLead: time.Minute}}, "--reclaim-safety-margin"},
 	}
 	for _, c := range cases {
@@ -149,8 +150,17 @@ func TestTelemetryFlagErrors(t *testing.T) {
 			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
 		}
 	}
+	// As given on the command line.
+	var parsed telemetryFlags
+	if err := parsed.flagSet().Parse([]string{"--telemetry-bind-address=:0", "--telemetry-tls-cert-file=c", "--telemetry-tls-key-file=k",
+		"--telemetry-max-authentications-in-flight=-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := parsed.validate(); err == nil || !strings.Contains(err.Error(), "--telemetry-max-authentications-in-flight -1: must be positive") {
+		t.Errorf("--telemetry-max-authentications-in-flight=-1: %v", err)
+	}
 	// Files that cannot be read fail the start, naming the flags.
-	f := telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4, audience: "a"}
+	f := telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, audience: "a"}
 	if err := f.validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,8 @@ const DefaultAudience = "penny-scheduler"
 // NewTokenReviewAuthenticator checks tokens with the API server's TokenReview
 // (the same authenticator kube-apiserver uses for webhook token auth),
 // caching answers briefly so a reconnect storm does not become a review
-// storm.
+// storm. A token that cannot be an agent's (checkTokenShape) is refused
+// without a review.
 func NewTokenReviewAuthenticator(client authenticationv1client.AuthenticationV1Interface, audiences []string) (authenticator.Token, error) {
 	backoff := wait.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 3}
 	wh, err := webhook.NewFromInterface(client, authenticator.Audiences(audiences), backoff, 10*time.Second, webhook.AuthenticatorMetrics{
@@ -36,7 +37,30 @@ func NewTokenReviewAuthenticator(client authenticationv1client.AuthenticationV1I
 	if err != nil {
 		return nil, err
 	}
-	return cache.New(wh, false, 10*time.Second, 2*time.Second), nil
+	cached := cache.New(wh, false, 10*time.Second, 2*time.Second)
+	return authenticator.TokenFunc(func(ctx context.Context, token string) (*authenticator.Response, bool, error) {
+		if err := checkTokenShape(token, audiences); err != nil {
+			return nil, false, err
+		}
+		return cached.AuthenticateToken(ctx, token)
+	}), nil
+}
+
+// checkTokenShape says why token cannot be an agent's, or nil, without
+// asking the API server. authenticate accepts only a ServiceAccount bound to
+// a pod, and the API server answers so only for a ServiceAccount token: a
+// JWT whose aud claim holds one of the audiences the review asks for. The
+// review of any other token would fail, so it is spared, and made-up tokens
+// that are not even well-formed cost the API server nothing.
+func checkTokenShape(token string, audiences []string) error {
+	claims := jwt.RegisteredClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(token, &claims); err != nil {
+		return fmt.Errorf("not a ServiceAccount token (%v): send the agent's projected ServiceAccount token", err)
+	}
+	if len(audiences) > 0 && !slices.ContainsFunc(claims.Audience, func(a string) bool { return slices.Contains(audiences, a) }) {
+		return fmt.Errorf("the token's audiences (aud claim) do not include %s: project the agent's token with that audience (deploy/agent/penny-agent.yaml, --telemetry-token-audience)", strings.Join(audiences, " or "))
+	}
+	return nil
 }
 
 // AgentServiceAccounts checks a list of "namespace/name" ServiceAccounts

@@ -30,6 +30,11 @@ var (
 		Help:           "Agent streams refused because their node already held --telemetry-max-streams-per-node streams open to this replica.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	authenticationsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
+		Name:           "penny_telemetry_authentications_over_limit_total",
+		Help:           "Agent streams refused with UNAVAILABLE, before their token was checked, because --telemetry-max-authentications-in-flight tokens were being checked already; agents retry.",
+		StabilityLevel: metrics.ALPHA,
+	})
 	reportDelay = metrics.NewHistogram(&metrics.HistogramOpts{
 		Name:           "penny_telemetry_report_delay_seconds",
 		Help:           "Time from an agent collecting a report to the scheduler storing it (includes clock skew between the two).",
@@ -59,6 +64,6 @@ var registerOnce sync.Once
 // no-op.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
+		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, authenticationsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
 	})
 }

@@ -42,7 +42,11 @@ type ServerOptions struct {
 	// this server at once (DefaultMaxStreamsPerNode when 0); a stream beyond
 	// it is refused with ResourceExhausted.
 	MaxStreamsPerNode int
-	Log               logr.Logger
+	// MaxAuthenticationsInFlight caps the tokens this server checks at once
+	// (DefaultMaxAuthenticationsInFlight when 0); a stream that arrives
+	// while that many are being checked is refused with Unavailable.
+	MaxAuthenticationsInFlight int
+	Log                        logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -52,6 +56,8 @@ type Server struct {
 	telemetryv1.UnimplementedTelemetryServer
 	opts    ServerOptions
 	allowed map[string]bool
+	// authSlots has an element for each token being checked.
+	authSlots chan struct{}
 
 	mu      sync.Mutex
 	streams map[string]map[*agentStream]struct{} // by node
@@ -114,8 +120,15 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if o.MaxStreamsPerNode == 0 {
 		o.MaxStreamsPerNode = DefaultMaxStreamsPerNode
 	}
+	if o.MaxAuthenticationsInFlight < 0 {
+		return nil, fmt.Errorf("MaxAuthenticationsInFlight %d: must be positive", o.MaxAuthenticationsInFlight)
+	}
+	if o.MaxAuthenticationsInFlight == 0 {
+		o.MaxAuthenticationsInFlight = DefaultMaxAuthenticationsInFlight
+	}
 	RegisterMetrics()
-	return &Server{opts: o, allowed: allowed, streams: map[string]map[*agentStream]struct{}{}}, nil
+	return &Server{opts: o, allowed: allowed, authSlots: make(chan struct{}, o.MaxAuthenticationsInFlight),
+		streams: map[string]map[*agentStream]struct{}{}}, nil
 }
 
 // Store returns the store the server writes to.
@@ -126,6 +139,31 @@ func (s *Server) Store() *Store { return s.opts.Store }
 // (two on a dual-stack cluster), and during a rolling update of the agent
 // the old and the new pod overlap briefly.
 const DefaultMaxStreamsPerNode = 4
+
+// DefaultMaxAuthenticationsInFlight is how many tokens a replica checks at
+// once. Anyone who can reach the endpoint can open streams with made-up
+// tokens, and each is a TokenReview; without a bound they would pile up as
+// goroutines and as requests to the API server. The TokenReview client
+// sends at most 5 requests a second (client-go's default rate, which
+// penny-scheduler keeps), so reviews beyond that wait their turn, and one
+// that would wait past 30s (the token cache's limit) fails: 100 drain in
+// 20s. A higher limit turns refusals, which agents retry, into failed
+// reviews. After a scheduler restart the agents that reconnect at once get
+// in at that rate, and the others retry with their backoff.
+const DefaultMaxAuthenticationsInFlight = 100
+
+// MaxStreamsPerConnection is how many streams a client may open on one
+// connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). A penny-agent opens
+// one connection per scheduler address and one stream on it at a time, so
+// it never comes near; 100 is the lowest value HTTP/2 recommends (RFC 9113,
+// section 6.5.2), and gRPC's default is unbounded.
+const MaxStreamsPerConnection = 100
+
+// MaxHeaderBytes bounds the headers of a stream (HTTP/2
+// SETTINGS_MAX_HEADER_LIST_SIZE). An agent sends its token there, a few KB;
+// gRPC's default, 16 MiB, would let a client that has no token to send
+// make the server hold 16 MiB for each stream it opens.
+const MaxHeaderBytes = 64 << 10
 
 // AcceptedHeader is the response header the server sends, with the node the
 // token is bound to, as soon as it has accepted a stream; a refused stream
@@ -167,6 +205,8 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 	g := grpc.NewServer(append(Recovery(s.opts.Log),
 		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
+		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		// Agents ping every 30s to notice a dead scheduler; allow it.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
@@ -193,7 +233,10 @@ func bearerToken(ctx context.Context) string {
 // Connect implements the Telemetry service.
 func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]) error {
 	ctx := stream.Context()
-	id, err := authenticate(ctx, s.opts.Authenticator, s.opts.Audiences, s.allowed, bearerToken(ctx))
+	if err := s.takeAuthSlot(); err != nil {
+		return err
+	}
+	id, err := s.checkToken(ctx)
 	if err != nil {
 		var ae *authError
 		code, reason := codes.Unauthenticated, "invalid_token"
@@ -263,6 +306,37 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			}
 		}
 	}
+}
+
+// takeAuthSlot takes one of MaxAuthenticationsInFlight slots for checking
+// a token, or returns the refusal when all are taken; checkToken gives it
+// back.
+func (s *Server) takeAuthSlot() error {
+	select {
+	case s.authSlots <- struct{}{}:
+		return nil
+	default:
+	}
+	authenticationsOverLimit.Inc()
+	// At -v=2, like refused tokens: whoever fills the slots could otherwise
+	// fill the log too.
+	s.opts.Log.V(2).Info("refused an agent stream: too many tokens being checked", "limit", s.opts.MaxAuthenticationsInFlight)
+	return status.Errorf(codes.Unavailable,
+		"this scheduler replica is checking %d agent tokens already, the limit (--telemetry-max-authentications-in-flight=%d); "+
+			"the agent retries with its backoff. Refusals that go on mean that TokenReviews are slow or that clients connect with tokens that are not agents'",
+		s.opts.MaxAuthenticationsInFlight, s.opts.MaxAuthenticationsInFlight)
+}
+
+// checkToken authenticates the stream's token in a slot takeAuthSlot took,
+// and gives the slot back.
+func (s *Server) checkToken(ctx context.Context) (*agentIdentity, error) {
+	defer func() { <-s.authSlots }()
+	// The token cache runs a TokenReview detached from the stream and stops
+	// waiting for it when the stream ends. Waiting here regardless keeps
+	// the slot taken until the review is over, so a client that opens
+	// streams and cancels them at once cannot have more reviews running
+	// than the bound.
+	return authenticate(context.WithoutCancel(ctx), s.opts.Authenticator, s.opts.Audiences, s.allowed, bearerToken(ctx))
 }
 
 // handle processes one agent message and returns the answer, if any. An

@@ -2,6 +2,10 @@ package telemetry_test
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -277,11 +281,10 @@ func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
 	}
 }
 
-// The production authenticator talks TokenReview to an API server over
-// HTTP. Here the API endpoint is a loopback HTTP server answering as
-// kube-apiserver does; the real API server is exercised in
-// test/integration/telemetry.
-func TestTokenReviewAuthenticator(t *testing.T) {
+// tokenReviewServer serves a server with the production authenticator,
+// whose TokenReviews go to api.
+func tokenReviewServer(t *testing.T) (*telemetrytest.TokenReviewAPI, *telemetrytest.Env) {
+	t.Helper()
 	api := telemetrytest.StartTokenReviewAPI(t)
 	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: api.URL})
 	auth, err := telemetry.NewTokenReviewAuthenticator(client.AuthenticationV1(), []string{telemetry.DefaultAudience})
@@ -295,8 +298,16 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := telemetrytest.StartWith(t, srv)
-	a := connect(t, env, "node:gpu-7")
+	return api, telemetrytest.StartWith(t, srv)
+}
+
+// The production authenticator talks TokenReview to an API server over
+// HTTP. Here the API endpoint is a loopback HTTP server answering as
+// kube-apiserver does; the real API server is exercised in
+// test/integration/telemetry.
+func TestTokenReviewAuthenticator(t *testing.T) {
+	api, env := tokenReviewServer(t)
+	a := connect(t, env, telemetrytest.NodeJWT("gpu-7"))
 	if ack, err := a.Report(t, telemetrytest.Report("gpu-7", 2, 1, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatalf("own node: %v %v", ack, err)
 	}
@@ -309,9 +320,173 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 	// A node nothing has reported for: Report also takes a stored report of
 	// the same node and sequence for acceptance, and gpu-7's first report
 	// is stored, so the refusal could lose the race to it.
-	b := connect(t, env, "bad")
+	bad, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Subject: "not-an-agent", Audience: jwt.ClaimStrings{telemetry.DefaultAudience},
+	}).SignedString([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := connect(t, env, bad)
 	if _, err := b.Report(t, telemetrytest.Report("gpu-9", 2, 1, time.Now())); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("bad token: %v", err)
+	}
+	if _, n := api.LastAudiences(); n != 2 {
+		t.Errorf("%d TokenReviews, want 2: the bad token is well-formed, so only the API server can refuse it", n)
+	}
+}
+
+// A token that cannot be an agent's is refused without a TokenReview, so a
+// client that sends made-up tokens does not have the scheduler call the API
+// server for each: agents send projected ServiceAccount tokens, JWTs whose
+// aud claim holds the audience they were requested for.
+func TestTokensThatCannotBeAgentsCostNoTokenReview(t *testing.T) {
+	api, env := tokenReviewServer(t)
+	otherAudience, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Subject: "node:gpu-1", Audience: jwt.ClaimStrings{"https://kubernetes.default.svc"},
+	}).SignedString([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ token, msg string }{
+		{"garbage", "not a ServiceAccount token"},
+		{"a.b.c", "not a ServiceAccount token"},
+		{"node:gpu-1", "not a ServiceAccount token"},
+		{otherAudience, "do not include penny-scheduler"},
+	} {
+		_, err := connect(t, env, c.token).Next(t)
+		if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("token %q: got %v, want Unauthenticated %q", c.token, err, c.msg)
+		}
+	}
+	if _, n := api.LastAudiences(); n != 0 {
+		t.Errorf("%d TokenReviews for tokens that cannot be an agent's, want none", n)
+	}
+	a := connect(t, env, telemetrytest.NodeJWT("gpu-1"))
+	if ack, err := a.Report(t, telemetrytest.Report("gpu-1", 2, 1, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatalf("an agent's token: %v %v", ack, err)
+	}
+	if _, n := api.LastAudiences(); n != 1 {
+		t.Errorf("%d TokenReviews for an agent's token, want 1", n)
+	}
+}
+
+// Anyone who reaches the endpoint can open streams with made-up tokens,
+// each a TokenReview. No more tokens are checked at once than the bound: a
+// stream beyond it is refused at once with Unavailable (agents retry),
+// naming the limit and its flag, and counted, without its token being
+// checked; once the checks in flight end, streams get in again.
+func TestAuthenticationsInFlightAreCapped(t *testing.T) {
+	const limit = 2
+	entered, release := make(chan context.Context, limit+1), make(chan struct{})
+	releaseChecks := sync.OnceFunc(func() { close(release) })
+	nodeTokens := telemetrytest.NodeTokens()
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+		Store: telemetry.NewStore(telemetry.StoreOptions{}), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
+		MaxAuthenticationsInFlight: limit,
+		Authenticator: authenticator.TokenFunc(func(ctx context.Context, token string) (*authenticator.Response, bool, error) {
+			entered <- ctx
+			<-release
+			return nodeTokens.AuthenticateToken(ctx, token)
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := telemetrytest.StartWith(t, srv)
+	// A test that fails while checks are held ends them before the server
+	// stops.
+	t.Cleanup(releaseChecks)
+	var held []*telemetrytest.Agent
+	for i := range limit {
+		held = append(held, connect(t, env, fmt.Sprintf("node:n%d", i)))
+		select {
+		case ctx := <-entered:
+			// The token cache stops waiting for a TokenReview when the
+			// caller's context ends, and lets the review run on: the slot
+			// must stay taken until the check is over.
+			if ctx.Done() != nil {
+				t.Errorf("stream %d: the token is checked with a context the stream's end cancels", i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stream %d: its token was not checked within 10s", i)
+		}
+	}
+
+	before := plainCounter(t, "penny_telemetry_authentications_over_limit_total")
+	_, err = connect(t, env, "node:n-over").Next(t)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream %d: got %v, want Unavailable", limit+1, err)
+	}
+	for _, want := range []string{"--telemetry-max-authentications-in-flight=2", "retries"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not say %q", err.Error(), want)
+		}
+	}
+	if len(entered) != 0 {
+		t.Errorf("the refused stream's token was checked")
+	}
+	if got := plainCounter(t, "penny_telemetry_authentications_over_limit_total"); got != before+1 {
+		t.Errorf("penny_telemetry_authentications_over_limit_total %v, want %v", got, before+1)
+	}
+
+	releaseChecks()
+	// Once the held streams are in, their slots are free.
+	for i, a := range held {
+		node := fmt.Sprintf("n%d", i)
+		if ack, err := a.Report(t, telemetrytest.Report(node, 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+			t.Fatalf("held stream of %s after the release: %v %v", node, ack, err)
+		}
+	}
+	if ack, err := connect(t, env, "node:n-after").Report(t, telemetrytest.Report("n-after", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatalf("a stream after the checks ended: %v %v", ack, err)
+	}
+}
+
+// A client cannot open any number of streams on one connection, nor send
+// headers of any size (gRPC's defaults: unbounded and 16 MiB): the server's
+// HTTP/2 settings, the first frame it sends, bound both.
+func TestServerSettingsBoundStreamsAndHeaders(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	cfg := env.ClientTLS.Clone()
+	cfg.NextProtos = []string{"h2"}
+	conn, err := tls.Dial("tcp", env.Addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// The client connection preface: the magic, then empty SETTINGS.
+	if _, err := conn.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 0x4, 0, 0, 0, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	header := make([]byte, 9)
+	if _, err := io.ReadFull(conn, header); err != nil {
+		t.Fatal(err)
+	}
+	if header[3] != 0x4 {
+		t.Fatalf("the server's first frame has type %#x, want SETTINGS", header[3])
+	}
+	payload := make([]byte, int(header[0])<<16|int(header[1])<<8|int(header[2]))
+	if _, err := io.ReadFull(conn, payload); err != nil {
+		t.Fatal(err)
+	}
+	settings := map[uint16]uint32{}
+	for p := payload; len(p) >= 6; p = p[6:] {
+		settings[binary.BigEndian.Uint16(p)] = binary.BigEndian.Uint32(p[2:])
+	}
+	for _, want := range []struct {
+		id    uint16
+		name  string
+		value uint32
+	}{
+		{0x3, "SETTINGS_MAX_CONCURRENT_STREAMS", telemetry.MaxStreamsPerConnection},
+		{0x6, "SETTINGS_MAX_HEADER_LIST_SIZE", telemetry.MaxHeaderBytes},
+	} {
+		if got, ok := settings[want.id]; !ok || got != want.value {
+			t.Errorf("%s: %d (set: %v), want %d", want.name, got, ok, want.value)
+		}
 	}
 }
 
@@ -322,6 +497,10 @@ func TestServerOptionsAreChecked(t *testing.T) {
 		if err == nil {
 			t.Errorf("service accounts %q accepted", sas)
 		}
+	}
+	if _, err := telemetry.NewServer(telemetry.ServerOptions{Store: store, Authenticator: telemetrytest.NodeTokens(),
+		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, MaxAuthenticationsInFlight: -1}); err == nil || !strings.Contains(err.Error(), "MaxAuthenticationsInFlight") {
+		t.Errorf("MaxAuthenticationsInFlight -1: %v", err)
 	}
 }
 
@@ -372,7 +551,7 @@ func TestStreamsPerNodeAreCapped(t *testing.T) {
 		}
 		open = append(open, a)
 	}
-	before := overLimit(t)
+	before := plainCounter(t, "penny_telemetry_streams_over_limit_total")
 	err := report(connect(t, env, "node:n1"), "n1")
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("stream %d of n1: got %v, want ResourceExhausted", telemetry.DefaultMaxStreamsPerNode+1, err)
@@ -382,7 +561,7 @@ func TestStreamsPerNodeAreCapped(t *testing.T) {
 			t.Errorf("refusal %q does not say %q", err.Error(), want)
 		}
 	}
-	if got := overLimit(t); got != before+1 {
+	if got := plainCounter(t, "penny_telemetry_streams_over_limit_total"); got != before+1 {
 		t.Errorf("penny_telemetry_streams_over_limit_total %v, want %v", got, before+1)
 	}
 	if err := report(connect(t, env, "node:n2"), "n2"); err != nil {
@@ -403,14 +582,15 @@ func TestStreamsPerNodeAreCapped(t *testing.T) {
 	}
 }
 
-func overLimit(t *testing.T) float64 {
+// plainCounter is the value of the counter without labels named name.
+func plainCounter(t *testing.T, name string) float64 {
 	t.Helper()
 	families, err := legacyGatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range families {
-		if mf.GetName() == "penny_telemetry_streams_over_limit_total" {
+		if mf.GetName() == name {
 			return mf.GetMetric()[0].GetCounter().GetValue()
 		}
 	}

@@ -4,18 +4,23 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+
+	"github.com/pennysched/penny/pkg/telemetry"
 )
 
 // TokenReviewAPI answers TokenReview requests over HTTP as kube-apiserver
-// does, for the same stand-in tokens as NodeTokens ("node:<name>"). It lets
-// the production authenticator (client-go, TokenReview, caching) run
-// without an API server; the real API server has its own integration test.
+// does, for the stand-in tokens NodeJWT makes. It lets the production
+// authenticator (client-go, TokenReview, caching) run without an API
+// server; the real API server has its own integration test.
 type TokenReviewAPI struct {
 	URL string
 	mu  sync.Mutex
@@ -44,7 +49,10 @@ func StartTokenReviewAPI(t testing.TB) *TokenReviewAPI {
 		api.reviews++
 		api.mu.Unlock()
 		tr.Status = authenticationv1.TokenReviewStatus{Error: "invalid bearer token"}
-		if node, ok := strings.CutPrefix(tr.Spec.Token, "node:"); ok {
+		claims := jwt.RegisteredClaims{}
+		jwt.NewParser().ParseUnverified(tr.Spec.Token, &claims)
+		forUs := len(tr.Spec.Audiences) == 0 || slices.ContainsFunc(claims.Audience, func(a string) bool { return slices.Contains(tr.Spec.Audiences, a) })
+		if node, ok := strings.CutPrefix(claims.Subject, "node:"); ok && forUs {
 			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: tr.Spec.Audiences, User: authenticationv1.UserInfo{
 				Username: serviceaccount.MakeUsername(ns, name),
 				Extra: map[string]authenticationv1.ExtraValue{
@@ -59,6 +67,22 @@ func StartTokenReviewAPI(t testing.TB) *TokenReviewAPI {
 	t.Cleanup(srv.Close)
 	api.URL = srv.URL
 	return api
+}
+
+// NodeJWT returns a stand-in projected token of the agent on node, for
+// TokenReviewAPI: the production authenticator refuses without a review a
+// token that is not a JWT for the penny-scheduler audience. Its subject is
+// "node:<name>"; nothing checks its signature. It expires in an hour.
+func NodeJWT(node string) string {
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Subject:   "node:" + node,
+		Audience:  jwt.ClaimStrings{telemetry.DefaultAudience},
+		ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour)),
+	}).SignedString([]byte("stand-in"))
+	if err != nil {
+		panic(err)
+	}
+	return tok
 }
 
 // LastAudiences returns the audiences the last review asked for, and how
