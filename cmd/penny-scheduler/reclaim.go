@@ -30,7 +30,8 @@ type reclaimFlags struct {
 	safetyMargin     time.Duration
 	maintenanceLead  time.Duration
 	// interruptedConfigMap is namespace/name of the ConfigMap that keeps
-	// the interrupted runs across restarts; "" keeps them in memory only.
+	// the interrupted runs and the risk model's evidence (when risk is a
+	// *pricing.RiskModel) across restarts; "" keeps them in memory only.
 	interruptedConfigMap string
 	persist              *pricing.PersistOptions
 	// noticesConfigMap is namespace/name of the ConfigMap that keeps the
@@ -45,7 +46,7 @@ func (f *reclaimFlags) flagSet() *pflag.FlagSet {
 	fs.BoolVar(&f.keepGangsRunning, "reclaim-keep-gangs-running", false, "on a reclaim notice, only ask the other members of affected gangs to checkpoint; do not evict them (the gang then runs short a member until it restarts itself)")
 	fs.DurationVar(&f.safetyMargin, "reclaim-safety-margin", reclaim.DefaultSafetyMargin, "how long before a notice's deadline the other members of an affected gang are evicted if their checkpoints are not in yet; match the agents' --reclaim-safety-margin")
 	fs.DurationVar(&f.maintenanceLead, "reclaim-maintenance-lead", reclaim.DefaultMaintenanceLead, "how long before scheduled maintenance gangs are checkpointed and moved; match the agents' --reclaim-maintenance-lead")
-	fs.StringVar(&f.interruptedConfigMap, "reclaim-interrupted-configmap", "penny-system/penny-interrupted-runs", "namespace/name of the ConfigMap where the runs Spot reclaims cut short are kept, so that a restarted scheduler still keeps those workloads' training without checkpoints off Spot (docs/spot.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
+	fs.StringVar(&f.interruptedConfigMap, "reclaim-interrupted-configmap", "penny-system/penny-interrupted-runs", "namespace/name of the ConfigMap where the runs Spot reclaims cut short, and the reclaims and node-hours each Spot pool's risk estimate has learned from, are kept, so that a restarted scheduler still keeps those workloads' training without checkpoints off Spot and does not start every pool again from its bucket (docs/spot.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
 	fs.StringVar(&f.noticesConfigMap, "reclaim-notices-configmap", "penny-system/penny-reclaim-notices", "namespace/name of the ConfigMap where the reclaim notices being handled and their gangs are kept, so that a scheduler restarted mid-notice still checkpoints and evicts the gangs' members on other nodes (docs/reclaim.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
 	return fs
 }
@@ -122,8 +123,16 @@ func (f *reclaimFlags) checkAccess(ctx context.Context, client authorizationv1cl
 	return nil
 }
 
-// loadInterrupted merges the saved interrupted runs before the scheduler
-// starts; a failure is logged and the scheduler starts without them.
+// riskModel is the risk model whose evidence is kept with the interrupted
+// runs; nil when risk is not one.
+func (f *reclaimFlags) riskModel() *pricing.RiskModel {
+	m, _ := f.risk.(*pricing.RiskModel)
+	return m
+}
+
+// loadInterrupted merges the saved interrupted runs, and the risk model's
+// saved evidence, before the scheduler starts; a failure is logged and the
+// scheduler starts without them.
 func (f *reclaimFlags) loadInterrupted(ctx context.Context, client kubernetes.Interface) {
 	if f.interruptedConfigMap == "" {
 		return
@@ -135,10 +144,23 @@ func (f *reclaimFlags) loadInterrupted(ctx context.Context, client kubernetes.In
 	if err := f.interrupted.Load(ctx, *f.persist); err != nil {
 		f.persist.Log.Error(err, "Loading the interrupted runs")
 	}
+	if m := f.riskModel(); m != nil {
+		if err := m.Load(ctx, f.riskPersist()); err != nil {
+			f.persist.Log.Error(err, "Loading the Spot pools' reclaim evidence; pools without it start from their buckets")
+		}
+	}
 }
 
-// saveInterrupted writes the runs recorded since the last save, on the way
-// out.
+// riskPersist is where the risk model's evidence is kept: the interrupted
+// runs' ConfigMap, under its own key.
+func (f *reclaimFlags) riskPersist() pricing.PersistOptions {
+	o := *f.persist
+	o.Log = klog.Background().WithName("reclaim-risk")
+	return o
+}
+
+// saveInterrupted writes the runs recorded, and the evidence observed,
+// since the last save, on the way out.
 func (f *reclaimFlags) saveInterrupted() {
 	if f.persist == nil {
 		return
@@ -148,15 +170,26 @@ func (f *reclaimFlags) saveInterrupted() {
 	if err := f.interrupted.Save(ctx, *f.persist); err != nil {
 		f.persist.Log.Error(err, "Saving the interrupted runs on exit")
 	}
+	if m := f.riskModel(); m != nil {
+		if err := m.Save(ctx, f.riskPersist()); err != nil {
+			f.persist.Log.Error(err, "Saving the Spot pools' reclaim evidence on exit")
+		}
+	}
 }
 
-// run runs the coordinator, and keeps the interrupted runs saved, until ctx
-// ends; it returns once both have stopped.
+// run runs the coordinator, and keeps the interrupted runs and the risk
+// model's evidence saved, until ctx ends; it returns once all have
+// stopped. Every replica saves: each runs a coordinator that hears every
+// agent and counts the nodes itself, and RiskModel.Merge takes the larger
+// of two copies' evidence rather than their sum.
 func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client kubernetes.Interface) {
 	if f.persist != nil {
 		var wg sync.WaitGroup
 		defer wg.Wait()
 		wg.Go(func() { f.interrupted.Persist(ctx, *f.persist) })
+		if m := f.riskModel(); m != nil {
+			wg.Go(func() { m.Persist(ctx, f.riskPersist()) })
+		}
 	}
 	var notices *reclaim.NoticeStore
 	if f.noticesConfigMap != "" {

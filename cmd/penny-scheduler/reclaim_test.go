@@ -163,3 +163,26 @@ func TestStartTelemetryFailsOnAConfigMapItMayNotWrite(t *testing.T) {
 		t.Fatalf("start with a notices ConfigMap the scheduler may not write: %v", err)
 	}
 }
+
+// The risk model's evidence is kept where the interrupted runs are: a
+// scheduler that starts after another saved on its way out picks up the
+// reclaims and node-hours the other had seen.
+func TestReclaimFlagsKeepTheRiskEvidenceAcrossARestart(t *testing.T) {
+	ctx := context.Background()
+	client := fakeclient.NewClientset()
+	pool := pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: pricing.Spot}
+	now := time.Now()
+	before := pricing.NewRiskModel(pricing.RiskConfig{})
+	before.ObserveExposure(pool, 100, now)
+	before.ObserveReclaim(pool, "node-1", now)
+	f := &reclaimFlags{interrupted: pricing.NewInterrupted(0), risk: before, interruptedConfigMap: "penny-system/penny-interrupted-runs"}
+	f.loadInterrupted(ctx, client)
+	f.saveInterrupted()
+
+	after := pricing.NewRiskModel(pricing.RiskConfig{})
+	(&reclaimFlags{interrupted: pricing.NewInterrupted(0), risk: after, interruptedConfigMap: "penny-system/penny-interrupted-runs"}).loadInterrupted(ctx, client)
+	wantR, wantH := before.Evidence(pool, now)
+	if r, h := after.Evidence(pool, now); r != wantR || h != wantH || r != 1 {
+		t.Fatalf("after the restart the pool's evidence is %g reclaims in %g node-hours, want %g in %g", r, h, wantR, wantH)
+	}
+}

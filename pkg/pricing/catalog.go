@@ -151,15 +151,15 @@ func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defau
 	// refused: its price rows point there, not to a missing definition.
 	invalid := map[string]int{}
 	for i, t := range types {
-		if err := validateType(t); err != nil {
-			bad.add("instanceTypes", i, err.Error())
+		if field, err := validateType(t); err != nil {
+			bad.add("instanceTypes", i, field, err.Error())
 			if _, seen := invalid[t.Name]; t.Name != "" && !seen {
 				invalid[t.Name] = i
 			}
 			continue
 		}
 		if _, dup := c.types[t.Name]; dup {
-			bad.add("instanceTypes", i, fmt.Sprintf("%q is defined twice; keep one definition", t.Name))
+			bad.add("instanceTypes", i, "name", fmt.Sprintf("%q is defined twice; keep one definition", t.Name))
 			continue
 		}
 		c.types[t.Name] = t
@@ -167,23 +167,23 @@ func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defau
 	for i, e := range entries {
 		if j, ok := invalid[e.InstanceType]; ok {
 			if _, defined := c.types[e.InstanceType]; !defined {
-				bad.add("prices", i, fmt.Sprintf("instance type %q is defined in instanceTypes[%d], which is not valid; fix it there", e.InstanceType, j))
+				bad.add("prices", i, "instanceType", fmt.Sprintf("instance type %q is defined in instanceTypes[%d], which is not valid; fix it there", e.InstanceType, j))
 				continue
 			}
 		}
-		if err := c.validateEntry(e); err != nil {
-			bad.add("prices", i, err.Error())
+		if field, err := c.validateEntry(e); err != nil {
+			bad.add("prices", i, field, err.Error())
 			continue
 		}
 		k := priceKey{e.InstanceType, e.Capacity, e.Region, e.Zone}
 		if _, dup := c.prices[k]; dup {
-			bad.add("prices", i, fmt.Sprintf("a %s price for %s in %s is listed twice; keep one", e.Capacity, e.InstanceType, where(e.Region, e.Zone)))
+			bad.add("prices", i, "", fmt.Sprintf("a %s price for %s in %s is listed twice; keep one", e.Capacity, e.InstanceType, where(e.Region, e.Zone)))
 			continue
 		}
 		c.prices[k] = e
 	}
-	if err := validateRatios(ratios); err != nil {
-		bad.add("splitRatios", -1, err.Error())
+	if field, err := validateRatios(ratios); err != nil {
+		bad.add("splitRatios", -1, field, err.Error())
 	}
 	if len(bad.Problems) > 0 {
 		return nil, &bad
@@ -203,58 +203,85 @@ func where(region, zone string) string {
 // reads .nan and .inf as numbers, and NaN compares false with everything).
 func ValidPrice(x float64) bool { return x >= 0 && !math.IsInf(x, 1) }
 
-func validateRatios(r SplitRatios) error {
-	if !ValidPrice(r.CPUCoreHour) || !ValidPrice(r.RAMGiBHour) || !ValidPrice(r.GPUHour) {
-		return fmt.Errorf("component prices must be finite numbers >= 0, got cpuCoreHour=%g ramGiBHour=%g gpuHour=%g", r.CPUCoreHour, r.RAMGiBHour, r.GPUHour)
+// validateRatios returns the field of r at fault ("" for all of them) and
+// what is wrong with it.
+func validateRatios(r SplitRatios) (string, error) {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"cpuCoreHour", r.CPUCoreHour}, {"ramGiBHour", r.RAMGiBHour}, {"gpuHour", r.GPUHour}} {
+		if !ValidPrice(f.v) {
+			return f.name, fmt.Errorf("%g: a component price must be a finite number >= 0 (OpenCost's default is %s)", f.v, openCostRatios)
+		}
 	}
-	if r.CPUCoreHour+r.RAMGiBHour+r.GPUHour == 0 {
-		return fmt.Errorf("at least one component price must be > 0 (OpenCost's defaults are cpuCoreHour: 0.031611, ramGiBHour: 0.004237, gpuHour: 0.95)")
+	if r.CPUCoreHour+r.RAMGiBHour == 0 {
+		// Every node has vCPUs and memory, but not every node GPUs: a
+		// node without any would split its price over nothing, and its
+		// pods would cost 0 wherever they run.
+		return "", fmt.Errorf("cpuCoreHour and ramGiBHour are both 0: a node without GPUs would have its price split over nothing and its pods priced at 0; give at least one of them > 0 (%s)", openCostRatios)
 	}
-	return nil
+	return "", nil
 }
 
-func validateType(t InstanceType) error {
+// openCostRatios names OpenCostSplitRatios, for errors about split ratios.
+var openCostRatios = fmt.Sprintf("OpenCost's defaults are cpuCoreHour: %g, ramGiBHour: %g, gpuHour: %g",
+	OpenCostSplitRatios.CPUCoreHour, OpenCostSplitRatios.RAMGiBHour, OpenCostSplitRatios.GPUHour)
+
+// validateType returns the field of t at fault and what is wrong with it.
+func validateType(t InstanceType) (string, error) {
 	switch {
 	case t.Name == "":
-		return fmt.Errorf("name is empty: give the cloud's instance type name, e.g. p4d.24xlarge")
+		return "name", fmt.Errorf("name is empty: give the cloud's instance type name, e.g. p4d.24xlarge")
 	case t.GPUs < 0:
-		return fmt.Errorf("%s: gpus is %d: must be >= 0", t.Name, t.GPUs)
+		return "gpus", fmt.Errorf("%s: gpus is %d: must be >= 0", t.Name, t.GPUs)
 	case !(t.VCPUs > 0) || !(t.MemoryGiB > 0) || math.IsInf(t.VCPUs, 1) || math.IsInf(t.MemoryGiB, 1):
 		// Without its shape a node's price cannot be split into CPU and
 		// memory prices, and its pods would be priced at 0.
-		return fmt.Errorf("%s: vcpus is %g and memoryGiB %g: give both as the instance's finite size > 0 (e.g. vcpus: 32, memoryGiB: 128); its price is split over them", t.Name, t.VCPUs, t.MemoryGiB)
+		field := "memoryGiB"
+		if !(t.VCPUs > 0) || math.IsInf(t.VCPUs, 1) {
+			field = "vcpus"
+		}
+		return field, fmt.Errorf("%s: vcpus is %g and memoryGiB %g: give both as the instance's finite size > 0 (e.g. vcpus: 32, memoryGiB: 128); its price is split over them", t.Name, t.VCPUs, t.MemoryGiB)
 	case t.GPUs > 0 && t.GPUModel == "":
-		return fmt.Errorf("%s: has %d GPUs but no gpuModel; known models: %s", t.Name, t.GPUs, strings.Join(gpu.ModelNames(), ", "))
+		return "gpuModel", fmt.Errorf("%s: has %d GPUs but no gpuModel; known models: %s", t.Name, t.GPUs, strings.Join(gpu.ModelNames(), ", "))
 	}
 	if t.GPUModel != "" {
 		if _, ok := gpu.LookupModel(t.GPUModel); !ok {
-			return fmt.Errorf("%s: gpuModel %q is unknown; known models: %s", t.Name, t.GPUModel, strings.Join(gpu.ModelNames(), ", "))
+			return "gpuModel", fmt.Errorf("%s: gpuModel %q is unknown; known models: %s", t.Name, t.GPUModel, strings.Join(gpu.ModelNames(), ", "))
 		}
 	}
-	return nil
+	return "", nil
 }
 
-func (c *Catalog) validateEntry(e Entry) error {
+// validateEntry returns the field of e at fault ("" for the row as a
+// whole) and what is wrong with it.
+func (c *Catalog) validateEntry(e Entry) (string, error) {
 	if _, ok := c.types[e.InstanceType]; !ok {
 		hint := ""
 		if s := closest(e.InstanceType, c.typeNames()); s != "" {
 			hint = fmt.Sprintf(" (did you mean %q?)", s)
 		}
-		return fmt.Errorf("instance type %q is not defined in instanceTypes%s; define it there with its gpus, gpuModel, vcpus and memoryGiB", e.InstanceType, hint)
+		return "instanceType", fmt.Errorf("instance type %q is not defined in instanceTypes%s; define it there with its gpus, gpuModel, vcpus and memoryGiB", e.InstanceType, hint)
 	}
 	if _, err := ParseCapacityType(string(e.Capacity)); err != nil {
-		return fmt.Errorf("%s: %v", e.InstanceType, err)
+		return "capacityType", fmt.Errorf("%s: %v", e.InstanceType, err)
 	}
 	if e.Region == "" {
-		return fmt.Errorf("%s %s: region is empty; give the region the price holds in, e.g. us-east-1", e.InstanceType, e.Capacity)
+		return "region", fmt.Errorf("%s %s: region is empty; give the region the price holds in, e.g. us-east-1", e.InstanceType, e.Capacity)
 	}
 	if !ValidPrice(e.Hourly) {
-		return fmt.Errorf("%s %s in %s: hourly is %g: a price must be a finite number >= 0 USD per hour", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly)
+		return "hourly", fmt.Errorf("%s %s in %s: hourly is %g: a price must be a finite number >= 0 USD per hour", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly)
+	}
+	if e.Hourly == 0 && e.Capacity != Reserved {
+		// Reserved capacity is paid for up front and may cost nothing
+		// more; an on-demand or Spot node that costs nothing is a price
+		// left out, and would make every node of its type look free.
+		return "hourly", fmt.Errorf("%s %s in %s: hourly is 0: give the node's %s price in USD per hour (only reserved capacity, paid up front, may be priced 0)", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Capacity)
 	}
 	if e.Interruption != BucketUnknown && e.Capacity != Spot {
-		return fmt.Errorf("%s %s: interruption is only meaningful for spot prices", e.InstanceType, e.Capacity)
+		return "interruption", fmt.Errorf("%s %s: interruption is only meaningful for spot prices; remove it", e.InstanceType, e.Capacity)
 	}
-	return nil
+	return "", nil
 }
 
 func (c *Catalog) typeNames() []string {
@@ -359,10 +386,7 @@ func (c *Catalog) NodePrice(node *corev1.Node) (Price, bool) {
 		return Price{}, false
 	}
 	l := node.Labels
-	it := l[corev1.LabelInstanceTypeStable]
-	if it == "" {
-		it = l[corev1.LabelInstanceType]
-	}
+	it := NodeInstanceType(node)
 	capacity, region := NodeCapacity(node).Type, l[corev1.LabelTopologyRegion]
 	if it != "" {
 		if p, ok := c.Lookup(it, capacity, region, l[corev1.LabelTopologyZone]); ok {
@@ -409,16 +433,32 @@ func (c *Catalog) Entries() []Entry {
 	return out
 }
 
-// Problem is one thing wrong with a catalog, located by list and index and,
+// Problem is one thing wrong with a catalog, located by its field and,
 // when the catalog came from a file, by file and line.
 type Problem struct {
 	File string
 	Line int
-	// List is "instanceTypes", "prices" or "splitRatios"; Index is the row
-	// in it, -1 for a single field.
+	// List is "instanceTypes", "prices", or another field at the top of
+	// the catalog ("splitRatios", "kind"), or "catalog" for the document as
+	// a whole; Index is the row in it, -1 for a field that is not a list.
 	List  string
 	Index int
+	// Field is the field of the row, or of List, at fault: "hourly" in
+	// prices[3].hourly; "" for the row or List as a whole.
+	Field string
 	Msg   string
+}
+
+// Path is the field's path in the catalog: prices[3].hourly.
+func (p Problem) Path() string {
+	path := p.List
+	if p.Index >= 0 {
+		path = fmt.Sprintf("%s[%d]", p.List, p.Index)
+	}
+	if p.Field != "" {
+		path += "." + p.Field
+	}
+	return path
 }
 
 func (p Problem) String() string {
@@ -430,11 +470,7 @@ func (p Problem) String() string {
 		}
 		loc += ": "
 	}
-	field := p.List
-	if p.Index >= 0 {
-		field = fmt.Sprintf("%s[%d]", p.List, p.Index)
-	}
-	return loc + field + ": " + p.Msg
+	return loc + p.Path() + ": " + p.Msg
 }
 
 // CatalogError lists every problem found in a catalog, so that one pass
@@ -443,8 +479,8 @@ type CatalogError struct {
 	Problems []Problem
 }
 
-func (e *CatalogError) add(list string, index int, msg string) {
-	e.Problems = append(e.Problems, Problem{List: list, Index: index, Msg: msg})
+func (e *CatalogError) add(list string, index int, field, msg string) {
+	e.Problems = append(e.Problems, Problem{List: list, Index: index, Field: field, Msg: msg})
 }
 
 func (e *CatalogError) Error() string {

@@ -116,19 +116,58 @@ func TestNewCatalogReportsEveryProblem(t *testing.T) {
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		`instanceTypes[1]: x.large: gpuModel "Z9000" is unknown`,
+		`instanceTypes[1].gpuModel: x.large: gpuModel "Z9000" is unknown`,
 		// Without its shape a node's price cannot be split, and its pods
 		// would cost nothing.
-		`instanceTypes[2]: m7i.8xlarge: vcpus is 0 and memoryGiB 0: give both as the instance's finite size > 0`,
-		`instanceTypes[3]: g5.2xlarge: vcpus is NaN`,
-		`instanceTypes[4]: c7i.large: vcpus is 2 and memoryGiB +Inf`,
-		`prices[0]: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?)`,
-		`prices[1]: g5.xlarge on-demand in region us-east-1: hourly is -1: a price must be a finite number >= 0`,
-		`prices[2]: g5.xlarge: capacity type "ondemand"`,
+		`instanceTypes[2].vcpus: m7i.8xlarge: vcpus is 0 and memoryGiB 0: give both as the instance's finite size > 0`,
+		`instanceTypes[3].vcpus: g5.2xlarge: vcpus is NaN`,
+		`instanceTypes[4].memoryGiB: c7i.large: vcpus is 2 and memoryGiB +Inf`,
+		`prices[0].instanceType: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?)`,
+		`prices[1].hourly: g5.xlarge on-demand in region us-east-1: hourly is -1: a price must be a finite number >= 0`,
+		`prices[2].capacityType: g5.xlarge: capacity type "ondemand"`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
+	}
+}
+
+// A catalog that would price a node, or every pod on it, at 0 without
+// saying so is refused: an on-demand or Spot row of 0, and split ratios
+// that give a node without GPUs nothing to split its price over (Lookup
+// priced each of its components 0). Reserved capacity may cost 0.
+func TestNewCatalogRefusesSilentZeroPrices(t *testing.T) {
+	types := []InstanceType{{Name: "m5.large", VCPUs: 2, MemoryGiB: 8}}
+	for _, c := range []struct {
+		name   string
+		ratios SplitRatios
+		entry  Entry
+		want   string
+	}{
+		{"on-demand at 0", OpenCostSplitRatios, Entry{InstanceType: "m5.large", Capacity: OnDemand, Region: "us-east-1"},
+			"prices[0].hourly: m5.large on-demand in region us-east-1: hourly is 0: give the node's on-demand price in USD per hour"},
+		{"spot at 0", OpenCostSplitRatios, Entry{InstanceType: "m5.large", Capacity: Spot, Region: "us-east-1", Zone: "us-east-1a"},
+			"prices[0].hourly: m5.large spot in zone us-east-1a of region us-east-1: hourly is 0"},
+		{"no CPU or memory ratio", SplitRatios{GPUHour: 0.95}, Entry{InstanceType: "m5.large", Capacity: OnDemand, Region: "us-east-1", Hourly: 0.096},
+			"splitRatios: cpuCoreHour and ramGiBHour are both 0"},
+		{"a ratio that is not a number", SplitRatios{CPUCoreHour: math.NaN(), RAMGiBHour: 1}, Entry{InstanceType: "m5.large", Capacity: OnDemand, Region: "us-east-1", Hourly: 0.096},
+			"splitRatios.cpuCoreHour: NaN: a component price must be a finite number >= 0"},
+	} {
+		if _, err := NewCatalog(c.ratios, types, []Entry{c.entry}, BucketUnknown); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
+		}
+	}
+	c, err := NewCatalog(SplitRatios{CPUCoreHour: 1}, types,
+		[]Entry{{InstanceType: "m5.large", Capacity: Reserved, Region: "us-east-1"}, {InstanceType: "m5.large", Capacity: OnDemand, Region: "us-east-1", Hourly: 0.096}}, BucketUnknown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// CPU alone carries the price when memory's ratio is 0.
+	if p, _ := c.Lookup("m5.large", OnDemand, "us-east-1", ""); math.Abs(2*p.CPUCoreHourly-0.096) > 1e-12 || p.RAMGiBHourly != 0 {
+		t.Errorf("on-demand split %+v; want all of 0.096 on the 2 vCPUs", p)
+	}
+	if p, ok := c.Lookup("m5.large", Reserved, "us-east-1", ""); !ok || p.NodeHourly != 0 {
+		t.Errorf("reserved %+v, %v; want its own row, 0", p, ok)
 	}
 }
 

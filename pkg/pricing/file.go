@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -62,12 +63,6 @@ type filePrice struct {
 	Date         string   `yaml:"date"`
 }
 
-// lines records where each row of a list starts, for error messages.
-type lines struct {
-	InstanceTypes []yaml.Node `yaml:"instanceTypes"`
-	Prices        []yaml.Node `yaml:"prices"`
-}
-
 // LoadFile reads and validates a catalog file.
 func LoadFile(path string) (*Catalog, error) {
 	data, err := readFile(path)
@@ -78,29 +73,36 @@ func LoadFile(path string) (*Catalog, error) {
 }
 
 // Parse reads and validates a catalog; name (a file or ConfigMap) prefixes
-// every error, with the line of the offending row.
+// every error, with the line and path of the offending field.
 func Parse(data []byte, name string) (*Catalog, error) {
 	var f fileCatalog
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var root yaml.Node
 	if err := dec.Decode(&f); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%s: the price catalog is empty; expected apiVersion: %s, kind: %s, instanceTypes and prices", name, FileAPIVersion, FileKind)
 		}
-		var root yaml.Node
 		if yaml.Unmarshal(data, &root) != nil {
 			return nil, fmt.Errorf("%s: %v", name, err)
+		}
+		if len(root.Content) > 0 && root.Content[0].Kind != yaml.MappingNode {
+			n := root.Content[0]
+			return nil, fmt.Errorf("%s:%d: the price catalog is %s; want a map of fields: apiVersion: %s, kind: %s, instanceTypes and prices (docs/spot.md, Price catalog)",
+				name, n.Line, yamldoc.Describe(n), FileAPIVersion, FileKind)
 		}
 		return nil, yamldoc.DecodeError(name, &root, &f, err, func(p yamldoc.Problem) string {
 			return fmt.Sprintf("unknown field %q (check its spelling; docs/spot.md lists a catalog's fields)", p.Unknown)
 		})
 	}
-	var at lines
-	_ = yaml.Unmarshal(data, &at) // the strict decode above already succeeded
+	_ = yaml.Unmarshal(data, &root) // the strict decode above already succeeded
 
 	bad := &CatalogError{}
-	top := func(msg string) {
-		bad.Problems = append(bad.Problems, Problem{File: name, Line: 1, List: "catalog", Index: -1, Msg: msg})
+	// at places a problem at its field, or at the row or list that leaves
+	// the field out.
+	at := func(p Problem) {
+		p.File, p.Line = name, yamldoc.LineOf(&root, p.Path())
+		bad.Problems = append(bad.Problems, p)
 	}
 	// A document after the first would be ignored, its rows with it (a
 	// catalog with an updated copy appended after "---" loaded the old
@@ -111,13 +113,16 @@ func Parse(data []byte, name string) (*Catalog, error) {
 		bad.Problems = append(bad.Problems, Problem{File: name, Line: line, List: "catalog", Index: -1,
 			Msg: fmt.Sprintf("a second YAML document starts at line %d: a price catalog is one document; merge its instanceTypes and prices into the first or remove it", line)})
 	}
-	if f.APIVersion != FileAPIVersion || f.Kind != FileKind {
-		top(fmt.Sprintf("apiVersion %q, kind %q: want apiVersion: %s and kind: %s", f.APIVersion, f.Kind, FileAPIVersion, FileKind))
+	if f.APIVersion != FileAPIVersion {
+		at(Problem{List: "apiVersion", Index: -1, Msg: fmt.Sprintf("%q: want apiVersion: %s", f.APIVersion, FileAPIVersion)})
+	}
+	if f.Kind != FileKind {
+		at(Problem{List: "kind", Index: -1, Msg: fmt.Sprintf("%q: want kind: %s", f.Kind, FileKind)})
 	}
 	if len(f.Prices) == 0 {
 		// Loaded, it would leave every node unpriced; the last good
 		// catalog stays in force instead.
-		top("prices is empty: list at least one {instanceType, capacityType, region, hourly}")
+		at(Problem{List: "prices", Index: -1, Msg: "empty: list at least one {instanceType, capacityType, region, hourly}"})
 	}
 	ratios := OpenCostSplitRatios
 	if f.SplitRatios != nil {
@@ -127,45 +132,39 @@ func Parse(data []byte, name string) (*Catalog, error) {
 	if f.DefaultInterruption != "" {
 		b, err := ParseBucket(f.DefaultInterruption)
 		if err != nil {
-			top("defaultInterruption: " + err.Error())
+			at(Problem{List: "defaultInterruption", Index: -1, Msg: err.Error()})
 		}
 		def = b
 	}
 	types := make([]InstanceType, len(f.InstanceTypes))
 	for i, t := range f.InstanceTypes {
 		types[i] = InstanceType(t)
-		if i >= len(at.InstanceTypes) {
-			continue
-		}
 		// YAML decodes 1.5 into an int as 1: an instance written with
 		// gpus: 0.5 would be priced as one without GPUs.
-		n := &at.InstanceTypes[i]
-		for k := 0; n.Kind == yaml.MappingNode && k+1 < len(n.Content); k += 2 {
-			if v := n.Content[k+1]; n.Content[k].Value == "gpus" && v.Tag != "!!int" {
-				bad.Problems = append(bad.Problems, Problem{File: name, Line: v.Line, List: "instanceTypes", Index: i,
-					Msg: fmt.Sprintf("%s: gpus is %s: give the whole number of GPUs the instance has (a share of a GPU is the pod's request, not the instance's)", t.Name, yamldoc.Describe(v))})
-			}
+		if v := yamldoc.ValueAt(&root, fmt.Sprintf("instanceTypes[%d].gpus", i)); v != nil && v.Tag != "!!int" {
+			at(Problem{List: "instanceTypes", Index: i, Field: "gpus",
+				Msg: fmt.Sprintf("%s: gpus is %s: give the whole number of GPUs the instance has (a share of a GPU is the pod's request, not the instance's)", t.Name, yamldoc.Describe(v))})
 		}
 	}
 	entries := make([]Entry, len(f.Prices))
 	for i, p := range f.Prices {
 		e := Entry{InstanceType: p.InstanceType, Capacity: CapacityType(p.CapacityType), Region: p.Region, Zone: p.Zone, Source: p.Source, Date: p.Date}
-		line := 0
-		if i < len(at.Prices) {
-			line = at.Prices[i].Line
-		}
 		if p.Hourly == nil {
-			bad.Problems = append(bad.Problems, Problem{File: name, Line: line, List: "prices", Index: i, Msg: fmt.Sprintf("%s %s: hourly is missing; give the node's price in USD per hour", p.InstanceType, p.CapacityType)})
-			e.Hourly = 0
+			at(Problem{List: "prices", Index: i, Field: "hourly", Msg: fmt.Sprintf("%s %s: hourly is missing; give the node's price in USD per hour", p.InstanceType, p.CapacityType)})
 		} else {
 			e.Hourly = *p.Hourly
 		}
 		if p.Interruption != "" {
 			b, err := ParseBucket(p.Interruption)
 			if err != nil {
-				bad.Problems = append(bad.Problems, Problem{File: name, Line: line, List: "prices", Index: i, Msg: err.Error()})
+				at(Problem{List: "prices", Index: i, Field: "interruption", Msg: err.Error()})
 			}
 			e.Interruption = b
+		}
+		// A price is as good as the day it was taken: a date that is
+		// not one cannot be checked against the source's.
+		if _, err := time.Parse(time.DateOnly, p.Date); p.Date != "" && err != nil {
+			at(Problem{List: "prices", Index: i, Field: "date", Msg: fmt.Sprintf("%s %s: %q is not a date: give the day the price was taken as YYYY-MM-DD, e.g. 2026-11-28", p.InstanceType, p.CapacityType, p.Date)})
 		}
 		entries[i] = e
 	}
@@ -176,14 +175,11 @@ func Parse(data []byte, name string) (*Catalog, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		for _, p := range ce.Problems {
-			p.File = name
-			switch {
-			case p.List == "prices" && p.Index < len(at.Prices):
-				p.Line = at.Prices[p.Index].Line
-			case p.List == "instanceTypes" && p.Index < len(at.InstanceTypes):
-				p.Line = at.InstanceTypes[p.Index].Line
+			// A missing hourly is reported above; NewCatalog saw 0.
+			if p.List == "prices" && p.Field == "hourly" && p.Index < len(f.Prices) && f.Prices[p.Index].Hourly == nil {
+				continue
 			}
-			bad.Problems = append(bad.Problems, p)
+			at(p)
 		}
 	}
 	if len(bad.Problems) > 0 {

@@ -41,15 +41,15 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 		want       []string
 	}{
 		{"unknown instance type", strings.Replace(goodYAML, "{instanceType: g5.xlarge, capacityType: spot", "{instanceType: g5.xlarg, capacityType: spot", 1),
-			[]string{`cat.yaml:8: prices[1]: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?); define it there`}},
+			[]string{`cat.yaml:8: prices[1].instanceType: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?); define it there`}},
 		{"negative price", strings.Replace(goodYAML, "hourly: 1.006", "hourly: -1.006", 1),
-			[]string{`cat.yaml:7: prices[0]: g5.xlarge on-demand in region us-east-1: hourly is -1.006: a price must be a finite number >= 0 USD per hour`}},
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is -1.006: a price must be a finite number >= 0 USD per hour`}},
 		{"price not a number", strings.Replace(goodYAML, "hourly: 1.006", "hourly: .nan", 1),
-			[]string{`cat.yaml:7: prices[0]: g5.xlarge on-demand in region us-east-1: hourly is NaN: a price must be a finite number >= 0 USD per hour`}},
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is NaN: a price must be a finite number >= 0 USD per hour`}},
 		{"infinite price", strings.Replace(goodYAML, "hourly: 1.006", "hourly: .inf", 1),
-			[]string{`cat.yaml:7: prices[0]: g5.xlarge on-demand in region us-east-1: hourly is +Inf: a price must be a finite number >= 0 USD per hour`}},
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is +Inf: a price must be a finite number >= 0 USD per hour`}},
 		{"missing price", strings.Replace(goodYAML, "hourly: 0.4, ", "", 1),
-			[]string{`cat.yaml:8: prices[1]: g5.xlarge spot: hourly is missing`}},
+			[]string{`cat.yaml:8: prices[1].hourly: g5.xlarge spot: hourly is missing`}},
 		{"broken yaml", goodYAML + "- {instanceType: [\n",
 			[]string{`cat.yaml: yaml: line 9: did not find expected node content`}},
 		{"unknown field", strings.Replace(goodYAML, "hourly: 1.006", "hourly: 1.006, hourlyy: 2", 1),
@@ -57,20 +57,44 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 		{"wrong type", strings.Replace(goodYAML, "hourly: 1.006", "hourly: cheap", 1),
 			[]string{`cat.yaml:7: prices[0].hourly: want a number, not "cheap"`}},
 		{"bad bucket", strings.Replace(goodYAML, `"<5%"`, `"low"`, 1),
-			[]string{`cat.yaml:8: prices[1]: interruption bucket "low": want one of <5%, 5-10%, 10-15%, 15-20%, >20%`}},
+			[]string{`cat.yaml:8: prices[1].interruption: interruption bucket "low": want one of <5%, 5-10%, 10-15%, 15-20%, >20%`}},
 		// YAML decodes 0.5 into an int as 0: the type was priced as one
 		// without GPUs, all of its price on CPU and memory.
 		{"fractional gpus", strings.Replace(goodYAML, "gpus: 1", "gpus: 0.5", 1),
-			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpus is "0.5": give the whole number of GPUs the instance has`}},
+			[]string{`cat.yaml:5: instanceTypes[0].gpus: g5.xlarge: gpus is "0.5": give the whole number of GPUs the instance has`}},
 		{"unknown gpu model", strings.Replace(goodYAML, "gpuModel: A10G", "gpuModel: A10X", 1),
-			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpuModel "A10X" is unknown; known models:`}},
+			[]string{`cat.yaml:5: instanceTypes[0].gpuModel: g5.xlarge: gpuModel "A10X" is unknown; known models:`}},
 		{"wrong kind", strings.Replace(goodYAML, "kind: PriceCatalog", "kind: Prices", 1),
-			[]string{`cat.yaml:1: catalog: apiVersion "penny.dev/v1alpha1", kind "Prices": want apiVersion: penny.dev/v1alpha1 and kind: PriceCatalog`}},
+			[]string{`cat.yaml:2: kind: "Prices": want kind: PriceCatalog`}},
 		{"empty", "", []string{`cat.yaml: the price catalog is empty`}},
 		{"no prices", goodYAML[:strings.Index(goodYAML, "prices:")] + "prices: []\n",
-			[]string{`cat.yaml:1: catalog: prices is empty: list at least one {instanceType, capacityType, region, hourly}`}},
+			[]string{`cat.yaml:6: prices: empty: list at least one {instanceType, capacityType, region, hourly}`}},
 		{"instance type without its shape", strings.Replace(goodYAML, "vcpus: 4, memoryGiB: 16", "memoryGiB: 16", 1),
-			[]string{`cat.yaml:5: instanceTypes[0]: g5.xlarge: vcpus is 0 and memoryGiB 16: give both as the instance's finite size > 0`}},
+			[]string{`cat.yaml:5: instanceTypes[0].vcpus: g5.xlarge: vcpus is 0 and memoryGiB 16: give both as the instance's finite size > 0`}},
+		// The decoder's words named a Go type: "cannot unmarshal !!seq
+		// into pricing.fileCatalog".
+		{"a list for the catalog", "- " + strings.ReplaceAll(strings.TrimSuffix(goodYAML, "\n"), "\n", "\n  ") + "\n",
+			[]string{`cat.yaml:1: the price catalog is a list; want a map of fields: apiVersion: penny.dev/v1alpha1, kind: PriceCatalog, instanceTypes and prices`}},
+		{"a word for the catalog", "catalog.yaml\n",
+			[]string{`cat.yaml:1: the price catalog is "catalog.yaml"; want a map of fields`}},
+		// Through an alias the decoder's error had no field.
+		{"wrong type through an alias", strings.Replace(goodYAML, "defaultInterruption: \"10-15%\"\n", "defaultInterruption: &cheap cheap\n", 1) + "- {instanceType: g5.xlarge, capacityType: on-demand, region: us-west-2, hourly: *cheap}\n",
+			[]string{`cat.yaml:3: prices[2].hourly: want a number, not "cheap"`}},
+		// An on-demand or Spot node priced 0 looks free to every score.
+		{"on-demand price of 0", strings.Replace(goodYAML, "hourly: 1.006", "hourly: 0", 1),
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is 0: give the node's on-demand price in USD per hour (only reserved capacity, paid up front, may be priced 0)`}},
+		{"spot price of 0", strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.0", 1),
+			[]string{`cat.yaml:8: prices[1].hourly: g5.xlarge spot in region us-east-1: hourly is 0: give the node's spot price in USD per hour`}},
+		{"a date that is not one", strings.Replace(goodYAML, `date: "2026-11-28"`, `date: "2026-13-40"`, 1),
+			[]string{`cat.yaml:7: prices[0].date: g5.xlarge on-demand: "2026-13-40" is not a date: give the day the price was taken as YYYY-MM-DD, e.g. 2026-11-28`}},
+		{"a date in another form", strings.Replace(goodYAML, `date: "2026-11-28"`, `date: 11/28/2026`, 1),
+			[]string{`cat.yaml:7: prices[0].date: g5.xlarge on-demand: "11/28/2026" is not a date`}},
+		// A node without GPUs had nothing to split its price over: every
+		// pod on it was priced 0.
+		{"split ratios that leave a CPU-only node no price", strings.Replace(goodYAML, "kind: PriceCatalog\n", "kind: PriceCatalog\nsplitRatios: {cpuCoreHour: 0, ramGiBHour: 0, gpuHour: 0.95}\n", 1),
+			[]string{`cat.yaml:3: splitRatios: cpuCoreHour and ramGiBHour are both 0: a node without GPUs would have its price split over nothing and its pods priced at 0; give at least one of them > 0 (OpenCost's defaults are cpuCoreHour: 0.031611, ramGiBHour: 0.004237, gpuHour: 0.95)`}},
+		{"a negative split ratio", strings.Replace(goodYAML, "kind: PriceCatalog\n", "kind: PriceCatalog\nsplitRatios:\n  cpuCoreHour: 0.03\n  ramGiBHour: -1\n", 1),
+			[]string{`cat.yaml:5: splitRatios.ramGiBHour: -1: a component price must be a finite number >= 0`}},
 	}
 	for _, c := range cases {
 		_, err := Parse([]byte(c.yaml), "cat.yaml")
@@ -86,6 +110,85 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 	}
 }
 
+// A problem in a row written over several lines is placed at its field,
+// not at the row's first line: the message used to say "prices[0]: ...
+// hourly is -1" at the line of "- instanceType".
+func TestParsePlacesProblemsAtTheirField(t *testing.T) {
+	y := `apiVersion: penny.dev/v1alpha1
+kind: PriceCatalog
+instanceTypes:
+- name: g5.xlarge
+  provider: aws
+  gpus: 1
+  gpuModel: A10X
+  vcpus: 4
+  memoryGiB: 16
+- name: c7i.large
+  vcpus: 2
+  memoryGiB: 0
+- {name: m5.large, vcpus: 2, memoryGiB: 8}
+prices:
+- instanceType: g6.xlarge
+  capacityType: on-demand
+  region: us-east-1
+  hourly: 1
+- instanceType: g6.xlarge
+  capacityType: spot
+  region: us-east-1
+  hourly: 0.4
+- instanceType: m5.large
+  capacityType: ondemand
+  region: us-east-1
+  hourly: 0.096
+- instanceType: m5.large
+  capacityType: spot
+  region: us-east-1
+  hourly: -1
+  date: "2026-11-31"
+- instanceType: m5.large
+  capacityType: spot
+  hourly: 0.04
+`
+	y = strings.Replace(y, "instanceType: g6.xlarge\n  capacityType: on-demand", "instanceType: g5.xlarge\n  capacityType: on-demand", 1)
+	_, err := Parse([]byte(y), "cat.yaml")
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	want := []string{
+		`cat.yaml:7: instanceTypes[0].gpuModel: g5.xlarge: gpuModel "A10X" is unknown`,
+		`cat.yaml:12: instanceTypes[1].memoryGiB: c7i.large: vcpus is 2 and memoryGiB 0`,
+		`cat.yaml:15: prices[0].instanceType: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid`,
+		`cat.yaml:19: prices[1].instanceType: instance type "g6.xlarge" is not defined in instanceTypes`,
+		`cat.yaml:24: prices[2].capacityType: m5.large: capacity type "ondemand"`,
+		`cat.yaml:31: prices[3].date: m5.large spot: "2026-11-31" is not a date`,
+		`cat.yaml:30: prices[3].hourly: m5.large spot in region us-east-1: hourly is -1`,
+		// A field left out is placed at its row.
+		`cat.yaml:32: prices[4].region: m5.large spot: region is empty`,
+	}
+	got := strings.Split(err.Error(), "\n")
+	if len(got) != len(want) {
+		t.Errorf("%d problems, want %d:\n%v", len(got), len(want), err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+}
+
+// Reserved capacity is paid for up front: a price of 0 for it is what a
+// catalog says when the scheduler should treat it as free to fill.
+func TestParseTakesAReservedPriceOf0(t *testing.T) {
+	y := goodYAML + "- {instanceType: g5.xlarge, capacityType: reserved, region: us-east-1, hourly: 0}\n"
+	c, err := Parse([]byte(y), "cat.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := c.Lookup("g5.xlarge", Reserved, "us-east-1", ""); !ok || p.NodeHourly != 0 {
+		t.Errorf("reserved price %+v, %v; want 0", p, ok)
+	}
+}
+
 // A price row of an instance type whose definition is refused points to
 // that definition: it used to say the type was not defined ("define it
 // there"), and suggest another type of a similar name to price it as.
@@ -97,9 +200,9 @@ func TestPriceOfAnInvalidInstanceTypePointsToItsDefinition(t *testing.T) {
 		t.Fatal("want an error")
 	}
 	for _, want := range []string{
-		`cat.yaml:5: instanceTypes[0]: g5.xlarge: gpuModel "A10X" is unknown`,
-		`cat.yaml:8: prices[0]: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid; fix it there`,
-		`cat.yaml:9: prices[1]: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid; fix it there`,
+		`cat.yaml:5: instanceTypes[0].gpuModel: g5.xlarge: gpuModel "A10X" is unknown`,
+		`cat.yaml:8: prices[0].instanceType: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid; fix it there`,
+		`cat.yaml:9: prices[1].instanceType: instance type "g5.xlarge" is defined in instanceTypes[0], which is not valid; fix it there`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

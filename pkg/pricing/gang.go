@@ -38,9 +38,5 @@ func (g GangRisk) GangRisk(nodes []*corev1.Node) float64 {
 // NodePool is the risk pool a node belongs to: its instance type and zone
 // labels and its capacity type.
 func NodePool(node *corev1.Node) Pool {
-	return Pool{
-		InstanceType: node.Labels[corev1.LabelInstanceTypeStable],
-		Zone:         node.Labels[corev1.LabelTopologyZone],
-		Capacity:     NodeCapacity(node).Type,
-	}
+	return PoolOf(node, NodeCapacity(node))
 }

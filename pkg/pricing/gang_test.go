@@ -33,3 +33,27 @@ func TestGangRiskRanksPlacements(t *testing.T) {
 		t.Fatalf("one node for an hour %g should be below two for a day %g", g2, risky)
 	}
 }
+
+// A node that carries only the beta instance-type label is priced by it, so
+// its risk pool is of that type too, not one with an empty type that every
+// such node shares whatever its type.
+func TestPoolsReadTheBetaInstanceTypeLabelAsPricesDo(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "old", Labels: map[string]string{
+		capacity.LabelKarpenter: "spot", corev1.LabelTopologyRegion: "us-east-1", corev1.LabelTopologyZone: "us-east-1a",
+		corev1.LabelInstanceType: "p4d.24xlarge"}}}
+	if _, ok := testCatalog(t).NodePrice(node); !ok {
+		t.Fatal("the node is not priced by its beta instance-type label")
+	}
+	want := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}
+	if got := NodePool(node); got != want {
+		t.Errorf("NodePool %v, want %v", got, want)
+	}
+	if got := PoolOf(node, NodeCapacity(node)); got != want {
+		t.Errorf("PoolOf %v, want %v", got, want)
+	}
+	// The stable label wins where a node has both.
+	node.Labels[corev1.LabelInstanceTypeStable] = "p5.48xlarge"
+	if got := NodePool(node).InstanceType; got != "p5.48xlarge" {
+		t.Errorf("with both labels the pool's instance type is %q, want the stable label's p5.48xlarge", got)
+	}
+}

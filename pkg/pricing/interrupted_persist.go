@@ -20,7 +20,8 @@ import (
 // time, as saved before Penny recorded it, count as the oldest).
 const InterruptedKey = "runs"
 
-// PersistOptions say where Interrupted keeps its copy. The ConfigMap
+// PersistOptions say where Interrupted and RiskModel keep their copies,
+// each under its own key (InterruptedKey, RiskKey). The ConfigMap
 // belongs in Penny's own namespace: tenants must not be able to write it
 // (clearing it would let a workload back onto Spot; filling it would keep
 // others' workloads off).
@@ -31,7 +32,8 @@ type PersistOptions struct {
 	// recorded meanwhile go in the next one.
 	MinInterval time.Duration
 	// Resync is how often the copy is read and merged even when nothing
-	// was recorded here (default 1m), for replicas that share it.
+	// was recorded here (default 1m; DefaultRiskResync for RiskModel),
+	// for replicas that share it.
 	Resync time.Duration
 	Log    logr.Logger
 }
@@ -93,17 +95,23 @@ func (m *Interrupted) saved(err error) error {
 // a shutdown.
 func (m *Interrupted) Persist(ctx context.Context, o PersistOptions) {
 	o.defaults()
+	persist(ctx, o, m.changed, func(ctx context.Context) error { return m.Save(ctx, o) }, "interrupted runs")
+}
+
+// persist calls save soon after each signal on changed, at most once every
+// o.MinInterval, and every o.Resync, until ctx ends.
+func persist(ctx context.Context, o PersistOptions, changed <-chan struct{}, save func(context.Context) error, what string) {
 	resync := time.NewTicker(o.Resync)
 	defer resync.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-m.changed:
+		case <-changed:
 		case <-resync.C:
 		}
-		if err := m.Save(ctx, o); err != nil && ctx.Err() == nil {
-			o.Log.Error(err, "Saving interrupted runs failed; retrying at the next run or resync")
+		if err := save(ctx); err != nil && ctx.Err() == nil {
+			o.Log.Error(err, "Saving "+what+" failed; retrying at the next change or resync")
 		}
 		select {
 		case <-ctx.Done():
@@ -113,32 +121,32 @@ func (m *Interrupted) Persist(ctx context.Context, o PersistOptions) {
 	}
 }
 
-// FormatInterruptedRuns writes runs as saved, oldest first, each run to the
-// second, leaving out the oldest past the size limit.
+// FormatInterruptedRuns writes runs (oldest first, as Runs lists them) as
+// saved, each run to the second. Past the size limit, workloads are left out
+// of the copy as Interrupted forgets them past its limit: the oldest of the
+// namespace that holds the most first, so that one tenant's flood does not
+// cost others their records at the next restart.
 func FormatInterruptedRuns(runs []InterruptedRun) string {
-	lines := make([]string, 0, len(runs))
-	size := 0
-	for i := len(runs) - 1; i >= 0; i-- {
+	lines := make([]string, len(runs))
+	namespaces := make([]string, len(runs))
+	for i, r := range runs {
 		// To the second: the rule needs none finer, and nanoseconds (how
 		// the reclaim coordinator measures a run) took nine more bytes a
 		// line (with 63-character namespaces the copy held 6,274 Job
 		// workloads, not 6,727). Never 0s, which would not load again.
-		l := runs[i].Key + " " + max(runs[i].Ran.Round(time.Second), time.Second).String()
-		if !runs[i].At.IsZero() {
-			l += " " + runs[i].At.UTC().Format(time.RFC3339)
+		l := r.Key + " " + max(r.Ran.Round(time.Second), time.Second).String()
+		if !r.At.IsZero() {
+			l += " " + r.At.UTC().Format(time.RFC3339)
 		}
-		// Past the limit the oldest workloads are left out of the copy.
-		if size+len(l)+1 > configmaplines.MaxBytes {
-			break
-		}
-		size += len(l) + 1
-		lines = append(lines, l)
+		lines[i], namespaces[i] = l, workloadNamespace(r.Key)
 	}
+	drop := shed(namespaces, func(i int) int { return len(lines[i]) + 1 }, configmaplines.MaxBytes)
 	var b strings.Builder
-	b.Grow(size)
-	for i := len(lines) - 1; i >= 0; i-- {
-		b.WriteString(lines[i])
-		b.WriteByte('\n')
+	for i, l := range lines {
+		if !drop[i] {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
 	}
 	return b.String()
 }

@@ -81,6 +81,46 @@ func TestInterruptedForgetsTheOldestPastItsLimit(t *testing.T) {
 	}
 }
 
+// A namespace whose many small pods ran on reclaimed nodes forgets its own
+// oldest workloads past the limit, not another namespace's: its flood must
+// not put the other tenant's training without checkpoints back on Spot.
+func TestOneNamespaceCannotPushAnotherOutOfInterrupted(t *testing.T) {
+	m := NewInterrupted(100)
+	victim := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train"}}
+	m.Observe(victim, 30*time.Hour, firstReclaim)
+	for i := range 1000 {
+		m.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "flood", Name: fmt.Sprint("p", i)}}, time.Minute, firstReclaim.Add(time.Duration(i+1)*time.Second))
+	}
+	if got := m.Longest(victim); got != 30*time.Hour {
+		t.Fatalf("ml/train's record was pushed out by another namespace's pods (longest run %v, want 30h)", got)
+	}
+	runs := m.Runs()
+	if len(runs) != 100 || runs[len(runs)-1].Key != "pod:flood/p999" || runs[1].Key != "pod:flood/p901" {
+		t.Fatalf("kept %d workloads, %v first and %v last; want 100: ml/train and flood's newest 99", len(runs), runs[0], runs[len(runs)-1])
+	}
+	// Merging a copy goes by the same rule.
+	m2 := NewInterrupted(100)
+	m2.Merge(runs)
+	m2.Merge([]InterruptedRun{{Key: "pod:flood/late", Ran: time.Minute, At: firstReclaim.Add(time.Hour)}})
+	if got := m2.Longest(victim); got != 30*time.Hour {
+		t.Fatalf("merging another namespace's run pushed ml/train out (longest run %v, want 30h)", got)
+	}
+	// And so does the saved copy past its size limit.
+	var big []InterruptedRun
+	big = append(big, InterruptedRun{Key: "pod:ml/train", Ran: 30 * time.Hour, At: firstReclaim})
+	for i := range 20000 {
+		big = append(big, InterruptedRun{Key: fmt.Sprintf("owner:flood/0e6c2b5c-7d3a-4d5e-9f00-%012d", i), Ran: time.Minute, At: firstReclaim.Add(time.Duration(i+1) * time.Second)})
+	}
+	data := FormatInterruptedRuns(big)
+	back, err := ParseInterruptedRuns(data, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > configmaplines.MaxBytes || len(back) < 2 || back[0].Key != "pod:ml/train" || back[len(back)-1] != big[len(big)-1] {
+		t.Fatalf("saved %d bytes (limit %d), %d workloads, first %v last %v; want ml/train first, then flood's newest", len(data), configmaplines.MaxBytes, len(back), back[0], back[len(back)-1])
+	}
+}
+
 // A full Interrupted that merges a saved copy still holding a workload it
 // forgot keeps its newest workload: the forgotten one goes back among the
 // oldest, and goes again. (It used to come back as the newest and push the

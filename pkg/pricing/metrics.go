@@ -73,6 +73,12 @@ var (
 		Help:           "Writes of the interrupted runs to their ConfigMap, by result (success, error); nothing is written when the copy is up to date.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
+	metricRiskSaves = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "penny",
+		Name:           "reclaim_risk_saves_total",
+		Help:           "Writes of the Spot pools' reclaim evidence (the risk model's reclaims and node-hours) to its ConfigMap, by result (success, error); nothing is written when the copy is up to date.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
 	metricTypicalRunHours = metrics.NewGauge(&metrics.GaugeOpts{
 		Namespace:      "penny",
 		Name:           "training_run_typical_hours",
@@ -88,6 +94,6 @@ var (
 func RegisterMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess, metricCatalogLastLoadSuccessful, metricCatalogMisses,
-			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves, metricTypicalRunHours)
+			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves, metricRiskSaves, metricTypicalRunHours)
 	})
 }

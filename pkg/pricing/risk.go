@@ -112,10 +112,22 @@ type Pool struct {
 // (NodeCapacity).
 func PoolOf(node *corev1.Node, c Capacity) Pool {
 	return Pool{
-		InstanceType: node.Labels[corev1.LabelInstanceTypeStable],
+		InstanceType: NodeInstanceType(node),
 		Zone:         node.Labels[corev1.LabelTopologyZone],
 		Capacity:     c.Type,
 	}
+}
+
+// NodeInstanceType is a node's instance type: its stable label, else the
+// beta label older clusters and some node groups still carry alone. Prices
+// and risk pools read it alike: a node priced by the beta label but pooled
+// by the stable one would share one pool, with an empty instance type, with
+// every other such node whatever its type.
+func NodeInstanceType(node *corev1.Node) string {
+	if it := node.Labels[corev1.LabelInstanceTypeStable]; it != "" {
+		return it
+	}
+	return node.Labels[corev1.LabelInstanceType]
 }
 
 func (p Pool) String() string {
@@ -188,6 +200,9 @@ type RiskModel struct {
 	// (EnsurePrior) does not replace it.
 	pinned map[Pool]bool
 	pools  map[Pool]*evidence
+	// changed is signalled, without blocking, at each reclaim: Persist
+	// saves it soon. Exposure arrives every minute and waits for a resync.
+	changed chan struct{}
 }
 
 // evidence is the decayed sufficient statistic of the Gamma posterior:
@@ -205,7 +220,7 @@ var _ RiskSource = &RiskModel{}
 // NewRiskModel builds a model; zero fields of cfg take their defaults.
 func NewRiskModel(cfg RiskConfig) *RiskModel {
 	cfg.defaults()
-	return &RiskModel{cfg: cfg, priors: map[Pool]Bucket{}, pinned: map[Pool]bool{}, pools: map[Pool]*evidence{}}
+	return &RiskModel{cfg: cfg, priors: map[Pool]Bucket{}, pinned: map[Pool]bool{}, pools: map[Pool]*evidence{}, changed: make(chan struct{}, 1)}
 }
 
 // SetPrior sets the bucket a pool's estimate starts from, for good: the
@@ -292,6 +307,10 @@ func (m *RiskModel) ObserveReclaim(pool Pool, node string, at time.Time) {
 	e.total++
 	metricReclaims.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Inc()
 	m.publish(pool)
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
 }
 
 // ReclaimRate implements RiskSource: the posterior mean rate per node-hour.
@@ -321,7 +340,8 @@ func (m *RiskModel) posterior(pool Pool, b Bucket) float64 {
 	return alpha / beta
 }
 
-// Reclaims is how many reclaims of the pool were ever observed.
+// Reclaims is how many reclaims of the pool this model observed (evidence
+// merged from a saved copy is not counted).
 func (m *RiskModel) Reclaims(pool Pool) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -1,6 +1,7 @@
 package pricing
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -39,6 +40,9 @@ type Store struct {
 	// onChange is called after every load attempt, for tests and callers
 	// that re-derive state (risk priors) from the catalog.
 	onChange []func(*Catalog, error)
+	// watched, when set, is called each time WatchFile has looked at the
+	// file after events in its directory, for tests.
+	watched func()
 }
 
 // NewStore returns a store holding c (which may be nil: no prices yet).
@@ -122,20 +126,35 @@ func (s *Store) changed(err error) {
 
 // LoadFile loads a catalog file into the store.
 func (s *Store) LoadFile(path string) error {
+	_, err := s.loadFile(path, nil)
+	return err
+}
+
+// loadFile loads path unless it holds same, the bytes of the last load (nil:
+// load it whatever it holds), and returns what it read, nil when it could
+// not read it.
+func (s *Store) loadFile(path string, same []byte) ([]byte, error) {
 	data, err := readFile(path)
 	if err != nil {
 		s.fail(err)
 		klog.ErrorS(err, "Price catalog unreadable; the last good catalog stays in force", "path", path)
-		return err
+		return nil, err
 	}
-	return s.Load(data, path)
+	if same != nil && bytes.Equal(data, same) {
+		return data, nil
+	}
+	return data, s.Load(data, path)
 }
 
 // WatchFile loads path now and again whenever it changes, until ctx ends.
 // It watches the directory, not the file, because a mounted ConfigMap is
-// updated by swapping a symlink. A catalog that cannot be read or does not
-// validate now is an error: there is no last good one to keep yet, and
-// without one every node would be priced alike.
+// updated by swapping a symlink (..data) and the file's own name sees no
+// event; so after any event there it reads the file, and loads it only if
+// it holds other bytes than it did: another file written in the directory
+// neither reloads the catalog nor runs the OnChange hooks, which retry
+// pending pods. A catalog that cannot be read or does not validate now is
+// an error: there is no last good one to keep yet, and without one every
+// node would be priced alike.
 func (s *Store) WatchFile(ctx context.Context, path string) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -145,7 +164,8 @@ func (s *Store) WatchFile(ctx context.Context, path string) error {
 		_ = w.Close()
 		return fmt.Errorf("price catalog %s: watch: %w", path, err)
 	}
-	if err := s.LoadFile(path); err != nil {
+	last, err := s.loadFile(path, nil)
+	if err != nil {
 		_ = w.Close()
 		return err
 	}
@@ -171,7 +191,12 @@ func (s *Store) WatchFile(ctx context.Context, path string) error {
 				klog.ErrorS(err, "Price catalog watch", "path", path)
 			case <-settle:
 				settle = nil
-				_ = s.LoadFile(path)
+				// After a failed read, the same bytes as before put
+				// the catalog back: load them to clear the error.
+				last, _ = s.loadFile(path, last)
+				if s.watched != nil {
+					s.watched()
+				}
 			}
 		}
 	}()
@@ -206,8 +231,22 @@ func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface,
 		}))
 	inf := factory.Core().V1().ConfigMaps().Informer()
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    load,
-		UpdateFunc: func(_, obj interface{}) { load(obj) },
+		AddFunc: load,
+		UpdateFunc: func(old, obj interface{}) {
+			// A label or another key changed: the catalog is as it
+			// was, and loading it again would run the OnChange hooks
+			// (SpotRisk retries its pending pods) for nothing.
+			if o, ok := old.(*corev1.ConfigMap); ok {
+				if n, ok := obj.(*corev1.ConfigMap); ok {
+					before, had := o.Data[key]
+					after, has := n.Data[key]
+					if had == has && before == after {
+						return
+					}
+				}
+			}
+			load(obj)
+		},
 		// Deleting the ConfigMap takes no catalog away from this scheduler,
 		// but one started now would have none: that is worth an error.
 		DeleteFunc: func(interface{}) {

@@ -2,9 +2,11 @@ package pricing
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,6 +191,99 @@ func TestWatchFileReloads(t *testing.T) {
 	}
 }
 
+// watchCounting watches path with a store whose OnChange hook counts its
+// runs; looked counts the times the watch has read the file after events in
+// its directory.
+func watchCounting(t *testing.T, path string) (s *Store, hooks, looked *atomic.Int32) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s = NewStore(nil)
+	hooks, looked = &atomic.Int32{}, &atomic.Int32{}
+	s.OnChange(func(*Catalog, error) { hooks.Add(1) })
+	s.watched = func() { looked.Add(1) }
+	if err := s.WatchFile(ctx, path); err != nil {
+		t.Fatal(err)
+	}
+	if hooks.Load() != 1 || spotPrice(s) != 0.4 {
+		t.Fatalf("initial load: hooks ran %d times, spot price %v", hooks.Load(), spotPrice(s))
+	}
+	return s, hooks, looked
+}
+
+// Every event in the catalog's directory reloaded the catalog and ran the
+// OnChange hooks, with which SpotRisk retries its pending pods: another
+// file written beside the catalog did too.
+func TestWatchFileIgnoresOtherFilesInItsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "catalog.yaml")
+	if err := os.WriteFile(path, []byte(goodYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, hooks, looked := watchCounting(t, path)
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not the catalog"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the watch to look at the catalog", func() bool { return looked.Load() > 0 })
+	if n := hooks.Load(); n != 1 {
+		t.Errorf("another file in the directory ran the hooks: %d runs, want 1", n)
+	}
+	// The catalog's own edit still loads, once. Written then renamed, it
+	// is never read half written.
+	tmp := filepath.Join(dir, ".catalog.yaml.tmp")
+	if err := os.WriteFile(tmp, []byte(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	// The catalog is in force before the hooks run.
+	waitFor(t, "reload to 0.3 and the hooks", func() bool { return spotPrice(s) == 0.3 && hooks.Load() == 2 })
+}
+
+// A ConfigMap volume holds the catalog behind symlinks, catalog.yaml ->
+// ..data/catalog.yaml and ..data -> a timestamped directory, and the kubelet
+// updates it by swapping ..data: catalog.yaml itself sees no event.
+func TestWatchFileFollowsAConfigMapVolume(t *testing.T) {
+	dir := t.TempDir()
+	version := 0
+	publish := func(content string) {
+		version++
+		ts := filepath.Join(dir, fmt.Sprintf("..2026_11_30_%d", version))
+		if err := os.Mkdir(ts, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ts, "catalog.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(goodYAML)
+	path := filepath.Join(dir, "catalog.yaml")
+	if err := os.Symlink(filepath.Join("..data", "catalog.yaml"), path); err != nil {
+		t.Fatal(err)
+	}
+	s, hooks, looked := watchCounting(t, path)
+	publish(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1))
+	waitFor(t, "reload to 0.3 and the hooks", func() bool { return spotPrice(s) == 0.3 && hooks.Load() == 2 })
+	// The kubelet also swaps ..data when another key of the ConfigMap
+	// changes; the catalog's bytes are the same.
+	seen := looked.Load()
+	publish(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1))
+	waitFor(t, "the watch to look at the catalog", func() bool { return looked.Load() > seen })
+	if n := hooks.Load(); n != 2 {
+		t.Errorf("the same catalog ran the hooks: %d runs, want 2", n)
+	}
+	publish(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.25", 1))
+	waitFor(t, "reload to 0.25 and the hooks", func() bool { return spotPrice(s) == 0.25 && hooks.Load() == 3 })
+}
+
 // A catalog ConfigMap that is not there is reported once the watch has
 // listed (SpotRisk then prices every node alike), and read when it comes.
 func TestWatchConfigMapReportsAMissingConfigMap(t *testing.T) {
@@ -239,7 +334,7 @@ func TestWatchConfigMap(t *testing.T) {
 	update(map[string]string{"catalog.yaml": strings.Replace(goodYAML, "g5.xlarge, capacityType: spot", "g6.xlarge, capacityType: spot", 1)})
 	waitFor(t, "bad update reported", func() bool {
 		err := s.LastError()
-		return err != nil && strings.Contains(err.Error(), `configmap penny-system/prices key catalog.yaml:8: prices[1]: instance type "g6.xlarge"`)
+		return err != nil && strings.Contains(err.Error(), `configmap penny-system/prices key catalog.yaml:8: prices[1].instanceType: instance type "g6.xlarge"`)
 	})
 	update(map[string]string{"other": goodYAML})
 	waitFor(t, "missing key reported", func() bool {
@@ -248,6 +343,36 @@ func TestWatchConfigMap(t *testing.T) {
 	})
 	if spotPrice(s) != 0.35 {
 		t.Fatalf("last good catalog not in force: %v", spotPrice(s))
+	}
+}
+
+// Any update of the catalog's ConfigMap reloaded the catalog and ran the
+// OnChange hooks, a label or another key changed as well.
+func TestWatchConfigMapIgnoresUpdatesThatLeaveTheCatalog(t *testing.T) {
+	ctx, client, cm, s := watchedConfigMap(t)
+	var hooks, newCatalog atomic.Int32
+	s.OnChange(func(c *Catalog, _ error) {
+		hooks.Add(1)
+		if p, _ := c.Lookup("g5.xlarge", Spot, "us-east-1", ""); p.NodeHourly == 0.35 {
+			newCatalog.Add(1)
+		}
+	})
+	cm = cm.DeepCopy()
+	cm.Labels = map[string]string{"team": "platform"}
+	cm.Data["notes"] = "prices from the Q4 list"
+	if _, err := client.CoreV1().ConfigMaps("penny-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cm = cm.DeepCopy()
+	cm.Data["catalog.yaml"] = strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.35", 1)
+	if _, err := client.CoreV1().ConfigMaps("penny-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The informer hands updates over in order: by the time the hooks
+	// see the new catalog, the first update has been handled.
+	waitFor(t, "the hooks to see the new catalog", func() bool { return newCatalog.Load() > 0 })
+	if n := hooks.Load(); n != 1 {
+		t.Errorf("hooks ran %d times for one change of the catalog, want 1", n)
 	}
 }
 

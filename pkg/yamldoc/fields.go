@@ -125,6 +125,34 @@ func PathAt(root *yaml.Node, line, column int) string {
 	return ""
 }
 
+// ValueAt is the value of the field at path (pools[1].max, as Problems
+// and PathAt name fields) in the document root; nil if the document has no
+// such field. An alias stands for the value it names.
+func ValueAt(root *yaml.Node, path string) *yaml.Node {
+	for _, f := range walk(root, nil) {
+		if f.path == path {
+			return f.value
+		}
+	}
+	return nil
+}
+
+// LineOf is the line where the field at path starts or, when the document
+// leaves it out, its nearest enclosing field: a check that finds a required
+// field missing from pools[1] points at pools[1]. 1 when none is there.
+func LineOf(root *yaml.Node, path string) int {
+	for {
+		if n := ValueAt(root, path); n != nil && n.Line > 0 {
+			return n.Line
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			return 1
+		}
+		path = path[:i]
+	}
+}
+
 // field is a value in a document, with the Go type a decode into the
 // document's type gives it (nil where that is not known), or a key the
 // struct type in does not have (t nil).
@@ -134,9 +162,10 @@ type field struct {
 	t, in      reflect.Type
 }
 
-// walk lists every field and list item of root's document, outside in, with
-// the Go type t (nil: none) decodes each into, as yaml.v3 matches keys to
-// struct fields.
+// walk lists the document itself (path "") and every field and list item
+// of root's document, outside in, with the Go type t (nil: none) decodes
+// each into, as yaml.v3 matches keys to struct fields. An alias is walked as
+// the value it names, which is where the decoder places its errors.
 func walk(root *yaml.Node, t reflect.Type) []field {
 	var out []field
 	var visit func(n *yaml.Node, t reflect.Type, path string)
@@ -144,6 +173,10 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 		switch n.Kind {
 		case yaml.DocumentNode:
 			for _, c := range n.Content {
+				// A list or a word where the document's type wants a
+				// map of fields is refused at the top, which has no path.
+				c = resolve(c)
+				out = append(out, field{value: c, t: t})
 				visit(c, t, path)
 			}
 		case yaml.MappingNode:
@@ -152,7 +185,8 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 				byName = structFields(t)
 			}
 			for k := 0; k+1 < len(n.Content); k += 2 {
-				key, value := n.Content[k], n.Content[k+1]
+				key, value := n.Content[k], resolve(n.Content[k+1])
+				aliased := value != n.Content[k+1]
 				p := key.Value
 				if path != "" {
 					p = path + "." + p
@@ -170,7 +204,9 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 				}
 				ft = decoded(ft)
 				out = append(out, field{path: p, key: key, value: value, t: ft})
-				visit(value, ft, p)
+				if !aliased || len(out) < maxFields {
+					visit(value, ft, p)
+				}
 			}
 		case yaml.SequenceNode:
 			var et reflect.Type
@@ -178,14 +214,30 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 				et = decoded(t.Elem())
 			}
 			for i, c := range n.Content {
+				value := resolve(c)
 				p := fmt.Sprintf("%s[%d]", path, i)
-				out = append(out, field{path: p, value: c, t: et})
-				visit(c, et, p)
+				out = append(out, field{path: p, value: value, t: et})
+				if value == c || len(out) < maxFields {
+					visit(value, et, p)
+				}
 			}
 		}
 	}
 	visit(root, decoded(t), "")
 	return out
+}
+
+// maxFields bounds what walk lists inside aliases: a few lines of aliases
+// of aliases stand for more values than memory holds (a "billion laughs"),
+// which the decoder refuses, but walk reads documents it has refused.
+const maxFields = 1 << 16
+
+// resolve is the value an alias names; any other node is its own value.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 // decoded is the type a value of type t is decoded as: the decoder fills

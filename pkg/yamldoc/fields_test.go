@@ -3,6 +3,7 @@ package yamldoc
 import (
 	"bytes"
 	"reflect"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -56,6 +57,22 @@ func TestProblems(t *testing.T) {
 		}},
 		{"an unknown field", "pools:\n- {name: a, maxx: 1}\n",
 			[]Problem{{Line: 2, Path: "pools[0].maxx", Unknown: "maxx", In: "yamldoc.testPool", Msg: "field maxx not found in type yamldoc.testPool"}}},
+		// The decoder places a value an alias names where the anchor
+		// defines it; the field is where the alias uses it.
+		{"a value through an alias", "limits: {gpus: &m lots}\npools:\n- {name: a, max: 1}\n- {name: b, max: *m}\n",
+			[]Problem{
+				{Line: 1, Path: "limits.gpus", Msg: `want a number, not "lots"`},
+				{Line: 1, Path: "pools[1].max", Msg: `want a whole number, not "lots"`},
+			}},
+		{"a list item through an alias", "limits: {gpus: &z [x]}\npools:\n- {name: a, zones: *z}\n- *z\n",
+			[]Problem{
+				{Line: 1, Path: "limits.gpus", Msg: "want a number, not a list"},
+				{Line: 1, Path: "pools[1]", Msg: "want a map of fields, not a list"},
+			}},
+		// A list or a word where the document wants a map of fields used
+		// to be reported in the decoder's words, a Go type's name.
+		{"a list for the document", "- a\n- b\n", []Problem{{Line: 1, Msg: "want a map of fields, not a list"}}},
+		{"a word for the document", "pools\n", []Problem{{Line: 1, Msg: `want a map of fields, not "pools"`}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var root yaml.Node
@@ -98,5 +115,51 @@ func TestPathAt(t *testing.T) {
 		if got := PathAt(&root, c.line, c.column); got != c.want {
 			t.Errorf("PathAt(%d, %d) = %q, want %q", c.line, c.column, got, c.want)
 		}
+	}
+}
+
+func TestValueAtAndLineOf(t *testing.T) {
+	var root yaml.Node
+	doc := "region: &r us\npools:\n- {name: a, max: 4}\n- name: b\n  zones: [*r]\n"
+	if err := yaml.Unmarshal([]byte(doc), &root); err != nil {
+		t.Fatal(err)
+	}
+	if n := ValueAt(&root, "pools[1].name"); n == nil || n.Value != "b" || n.Line != 4 {
+		t.Errorf("ValueAt(pools[1].name) = %+v", n)
+	}
+	// An alias is the value it names.
+	if n := ValueAt(&root, "pools[1].zones[0]"); n == nil || n.Value != "us" {
+		t.Errorf("ValueAt(pools[1].zones[0]) = %+v", n)
+	}
+	if n := ValueAt(&root, "pools[1].max"); n != nil {
+		t.Errorf("ValueAt of a field left out = %+v, want nil", n)
+	}
+	for path, want := range map[string]int{
+		"pools[0].max": 3, "pools[1].zones": 5,
+		// Left out: the nearest field that is there.
+		"pools[1].max": 4, "pools[7].max": 3, "limits.gpus": 1, "": 1,
+	} {
+		if got := LineOf(&root, path); got != want {
+			t.Errorf("LineOf(%q) = %d, want %d", path, got, want)
+		}
+	}
+}
+
+// Aliases of aliases stand for exponentially many values; walk, which reads
+// documents the decoder refused too, lists a bounded number of them.
+func TestWalkBoundsAliases(t *testing.T) {
+	doc := "limits:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	prev := "a"
+	for _, name := range []string{"b", "c", "d", "e"} {
+		doc += "  " + name + ": &" + name + " [" + strings.Repeat("*"+prev+", ", 9) + "*" + prev + "]\n"
+		prev = name
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(doc), &root); err != nil {
+		t.Fatal(err)
+	}
+	// Unbounded, the 5 lines list more than 10^5 values.
+	if n := len(walk(&root, reflect.TypeOf(testDoc{}))); n > maxFields+100 {
+		t.Errorf("walk listed %d fields, want at most %d", n, maxFields+100)
 	}
 }

@@ -37,6 +37,22 @@ func as(t *testing.T, c *localcluster.Cluster, namespace, name string) kubernete
 	return client
 }
 
+// deployedScheduler starts a cluster with deploy/scheduler applied, and
+// says where penny-scheduler keeps its state there, acting as its
+// ServiceAccount.
+func deployedScheduler(t *testing.T) (*localcluster.Cluster, pricing.PersistOptions) {
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
+	manifest, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "scheduler", "penny-scheduler.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.ApplyYAML(t, c, "deploy/scheduler/penny-scheduler.yaml", manifest, false)
+	return c, pricing.PersistOptions{
+		Client: as(t, c, localcluster.SystemNamespace, "penny-scheduler"), Namespace: localcluster.SystemNamespace,
+		Name: "penny-interrupted-runs", MinInterval: 50 * time.Millisecond, Log: testr.New(t),
+	}
+}
+
 func bare(namespace, name string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
 }
@@ -47,17 +63,8 @@ func bare(namespace, name string) *corev1.Pod {
 // tenants cannot write them.
 func TestInterruptedRunsOutliveARestart(t *testing.T) {
 	catalog := shippedCatalog(t)
-	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet)})
-	manifest, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "deploy", "scheduler", "penny-scheduler.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	harness.ApplyYAML(t, c, "deploy/scheduler/penny-scheduler.yaml", manifest, false)
+	c, opts := deployedScheduler(t)
 	ctx := context.Background()
-	opts := pricing.PersistOptions{
-		Client: as(t, c, localcluster.SystemNamespace, "penny-scheduler"), Namespace: localcluster.SystemNamespace,
-		Name: "penny-interrupted-runs", MinInterval: 50 * time.Millisecond, Log: testr.New(t),
-	}
 	saved := func() string {
 		t.Helper()
 		cm, err := c.Client.CoreV1().ConfigMaps(opts.Namespace).Get(ctx, opts.Name, metav1.GetOptions{})

@@ -1,0 +1,207 @@
+package pricing
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+func riskPersistOptions(t *testing.T) PersistOptions {
+	return PersistOptions{Client: fake.NewClientset(), Namespace: "penny-system", Name: "penny-interrupted-runs", Log: testr.New(t)}
+}
+
+// A restarted scheduler reads back what its risk model learned: a pool that
+// reclaimed ten nodes last week does not look safe again because the
+// process that saw it ended.
+func TestRiskEvidenceOutlivesARestart(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	cfg := RiskConfig{Clock: clk}
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}
+	quiet := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1b", Capacity: Spot}
+	before := NewRiskModel(cfg)
+	before.EnsurePrior(pool, BucketUnder5)
+	before.ObserveExposure(pool, 400, t0)
+	for i := range 10 {
+		before.ObserveReclaim(pool, fmt.Sprint("node-", i), t0.Add(time.Duration(i)*time.Hour))
+	}
+	before.ObserveExposure(pool, 200, t0.Add(24*time.Hour+123456789*time.Nanosecond))
+	before.ObserveExposure(quiet, 1000, t0.Add(2*time.Hour))
+	o := riskPersistOptions(t)
+	clk.SetTime(t0.Add(25 * time.Hour))
+	if err := before.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := o.Client.CoreV1().ConfigMaps(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
+	if err != nil || !strings.Contains(cm.Data[RiskKey], "p4d.24xlarge/us-east-1a/spot ") {
+		t.Fatalf("saved %v (%v), want a line for the pool under key %s", cm.Data, err, RiskKey)
+	}
+
+	after := NewRiskModel(cfg)
+	after.EnsurePrior(pool, BucketUnder5)
+	if err := after.Load(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	prior := RateFromMonthly(BucketUnder5.MonthlyProbability())
+	for _, at := range []time.Time{t0.Add(25 * time.Hour), t0.Add(8 * 24 * time.Hour)} {
+		clk.SetTime(at)
+		want := before.ReclaimRate(pool)
+		if !(want > 2*prior) {
+			t.Fatalf("at %v the first model's rate %g is not well above the prior %g: the test shows nothing", at, want, prior)
+		}
+		if got := after.ReclaimRate(pool); !near(got, want, 1e-12) {
+			t.Errorf("at %v the restarted model's rate is %g, want %g as before the restart (the prior is %g)", at, got, want, prior)
+		}
+		if got, want := after.ReclaimRate(quiet), before.ReclaimRate(quiet); !near(got, want, 1e-12) {
+			t.Errorf("at %v the quiet pool's rate is %g after the restart, want %g", at, got, want)
+		}
+	}
+}
+
+// Replicas see the same reclaims and the same nodes, and each saves and
+// merges the shared copy again and again: no reclaim counts twice, and a
+// reclaim one replica missed reaches it at its next save.
+func TestReplicasSharingRiskEvidenceDoNotCountItTwice(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	cfg := RiskConfig{Clock: clk}
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}
+	alone, a, b := NewRiskModel(cfg), NewRiskModel(cfg), NewRiskModel(cfg)
+	o := riskPersistOptions(t)
+	for h := range 48 {
+		at := t0.Add(time.Duration(h) * time.Hour)
+		clk.SetTime(at)
+		for _, m := range []*RiskModel{alone, a, b} {
+			m.ObserveExposure(pool, 8, at)
+		}
+		if h%6 == 0 {
+			alone.ObserveReclaim(pool, "n", at)
+			a.ObserveReclaim(pool, "n", at)
+			if h != 30 { // b's agent connection was down
+				b.ObserveReclaim(pool, "n", at)
+			}
+		}
+		for _, m := range []*RiskModel{a, b} {
+			if err := m.Save(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := alone.ReclaimRate(pool)
+	for name, m := range map[string]*RiskModel{"a": a, "b": b} {
+		if got := m.ReclaimRate(pool); !near(got, want, 1e-12) {
+			t.Errorf("replica %s: rate %g, want %g as one model that saw everything", name, got, want)
+		}
+	}
+}
+
+// A pool whose evidence has faded to nearly nothing is forgotten, in the
+// model and in its copy, so that pools no node belongs to any more do not
+// pile up.
+func TestFadedRiskEvidenceIsForgotten(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	m := NewRiskModel(RiskConfig{Clock: clk})
+	gone := Pool{InstanceType: "p3.16xlarge", Zone: "us-east-1a", Capacity: Spot}
+	live := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}
+	m.ObserveExposure(gone, 1000, t0)
+	m.ObserveReclaim(gone, "n", t0)
+	o := riskPersistOptions(t)
+	if err := m.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	// A year on: 26 half-lives.
+	later := t0.Add(365 * 24 * time.Hour)
+	clk.SetTime(later)
+	m.ObserveExposure(live, 10, later)
+	if err := m.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	saved := m.Saved()
+	if len(saved) != 1 || saved[0].Pool != live {
+		t.Fatalf("model holds %v, want only %v", saved, live)
+	}
+	text, err := o.riskKey().Read(ctx)
+	if err != nil || strings.Contains(text, gone.String()) || !strings.Contains(text, live.String()) {
+		t.Fatalf("copy %q (%v), want %v and not %v", text, err, live, gone)
+	}
+}
+
+func TestSavedRiskEvidenceRoundTripsAndStaysUnderItsLimit(t *testing.T) {
+	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	pools := []SavedPool{
+		{Pool: Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}, Reclaims: 1.0 / 3, NodeHours: 1460.123456789, At: t0.Add(123456789)},
+		// A node without the instance-type label still has a pool.
+		{Pool: Pool{Zone: "us-east-1a", Capacity: Spot}, Reclaims: 0, NodeHours: 2, At: t0},
+	}
+	back, err := ParseSavedPools(FormatSavedPools(pools), "test")
+	if err != nil || len(back) != 2 {
+		t.Fatalf("read back %v, %v", back, err)
+	}
+	for i := range pools {
+		if back[i].Pool != pools[i].Pool || back[i].Reclaims != pools[i].Reclaims || back[i].NodeHours != pools[i].NodeHours || !back[i].At.Equal(pools[i].At) {
+			t.Errorf("read back %+v, want %+v exactly", back[i], pools[i])
+		}
+	}
+	var many []SavedPool
+	for i := range 5000 {
+		many = append(many, SavedPool{Pool: Pool{InstanceType: fmt.Sprintf("type-%04d", i), Zone: "us-east-1a", Capacity: Spot},
+			Reclaims: 1.0 / 3, NodeHours: 100.0 / 7, At: t0.Add(time.Duration(i) * time.Minute)})
+	}
+	data := FormatSavedPools(many)
+	back, err = ParseSavedPools(data, "test")
+	if err != nil || len(data) > RiskMaxBytes || len(back) == 0 || len(back) == len(many) {
+		t.Fatalf("%d bytes (limit %d), %d of %d pools, %v", len(data), RiskMaxBytes, len(back), len(many), err)
+	}
+	// The pools observed last are kept.
+	if back[len(back)-1].Pool != many[len(many)-1].Pool || back[0].Pool != many[len(many)-len(back)].Pool {
+		t.Fatalf("kept %v to %v, want the %d observed last", back[0].Pool, back[len(back)-1].Pool, len(back))
+	}
+}
+
+func TestDamagedRiskEvidenceNamesTheLineAndTheFix(t *testing.T) {
+	good := "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z"
+	text := strings.Join([]string{
+		good,
+		"",
+		"p4d.24xlarge/us-east-1a/spot 2.5 1460",
+		"p4d.24xlarge/us-east-1a 2.5 1460 2026-11-30T08:00:00Z",
+		"p4d.24xlarge/us-east-1a/on-demand 2.5 1460 2026-11-30T08:00:00Z",
+		"p4d.24xlarge/us-east-1a/spot many 1460 2026-11-30T08:00:00Z",
+		"p4d.24xlarge/us-east-1a/spot 2.5 -1 2026-11-30T08:00:00Z",
+		"p4d.24xlarge/us-east-1a/spot NaN 1460 2026-11-30T08:00:00Z",
+		"p4d.24xlarge/us-east-1a/spot 2.5 1460 yesterday",
+		"p5.48xlarge/us-east-1b/spot 0 730.5 2026-11-30T08:00:00.5Z",
+	}, "\n")
+	pools, err := ParseSavedPools(text, "configmap x/y key reclaim-risk")
+	if len(pools) != 2 || pools[0].Reclaims != 2.5 || pools[1].Pool.InstanceType != "p5.48xlarge" || pools[1].NodeHours != 730.5 {
+		t.Fatalf("kept %v, want the two good lines", pools)
+	}
+	for _, want := range []string{
+		`configmap x/y key reclaim-risk line 3 "p4d.24xlarge/us-east-1a/spot 2.5 1460": want "<instance type>/<zone>/spot <reclaims> <node-hours> <as of>"`,
+		`line 4 "p4d.24xlarge/us-east-1a 2.5 1460 2026-11-30T08:00:00Z": pool "p4d.24xlarge/us-east-1a" is not <instance type>/<zone>/spot`,
+		`line 5`,
+		`line 6 "p4d.24xlarge/us-east-1a/spot many 1460 2026-11-30T08:00:00Z": reclaims "many" is not a finite number >= 0`,
+		`line 7 "p4d.24xlarge/us-east-1a/spot 2.5 -1 2026-11-30T08:00:00Z": node-hours "-1" is not a finite number >= 0`,
+		`line 8`,
+		`line 9 "p4d.24xlarge/us-east-1a/spot 2.5 1460 yesterday": as of "yesterday" is not an RFC 3339 time`,
+		`e.g. "` + good + `"`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "line 1 ") || strings.Contains(err.Error(), "line 10") {
+		t.Errorf("error %v names a good line", err)
+	}
+}
