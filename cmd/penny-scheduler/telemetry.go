@@ -15,8 +15,12 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/clientcmd"
 	cliflag "k8s.io/component-base/cli/flag"
+	componentbaseconfig "k8s.io/component-base/config"
 	"k8s.io/klog/v2"
+	configv1 "k8s.io/kube-scheduler/config/v1"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+	schedulerconfig "k8s.io/kubernetes/pkg/scheduler/apis/config"
+	"k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
 
 	"github.com/pennysched/penny/pkg/agentadmission"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -228,25 +232,39 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 // ignores --kubeconfig then, and so does this); without it, --kubeconfig;
 // else the in-cluster configuration; --master overrides the server. The
 // metadata client watches Nodes without a second full copy of each next to
-// the scheduler's.
+// the scheduler's. They send at the scheduler's rate too (clientConnection's
+// qps and burst, kube-scheduler's 50 and 100 by default), not client-go's 5
+// a second: agents that reconnect after a restart each cost a TokenReview,
+// and a reclaim's evictions of a large gang must be done by its deadline.
 func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, error) {
-	var kubeconfig, master string
+	var master string
 	if fl := fs.Lookup("master"); fl != nil {
 		master = fl.Value.String()
 	}
+	var conn componentbaseconfig.ClientConnectionConfiguration
 	if fl := fs.Lookup("config"); fl != nil && fl.Value.String() != "" {
 		cfg, err := options.LoadConfigFromFile(klog.Background(), fl.Value.String())
 		if err != nil {
 			return nil, nil, fmt.Errorf("--config: %w", err)
 		}
-		kubeconfig = cfg.ClientConnection.Kubeconfig
-	} else if fl := fs.Lookup("kubeconfig"); fl != nil {
-		kubeconfig = fl.Value.String()
+		conn = cfg.ClientConnection
+	} else {
+		var versioned configv1.KubeSchedulerConfiguration
+		var defaults schedulerconfig.KubeSchedulerConfiguration
+		scheme.Scheme.Default(&versioned)
+		if err := scheme.Scheme.Convert(&versioned, &defaults, nil); err != nil {
+			return nil, nil, fmt.Errorf("kube-scheduler's default configuration: %w", err)
+		}
+		conn = defaults.ClientConnection
+		if fl := fs.Lookup("kubeconfig"); fl != nil {
+			conn.Kubeconfig = fl.Value.String()
+		}
 	}
-	rc, err := clientcmd.BuildConfigFromFlags(master, kubeconfig)
+	rc, err := clientcmd.BuildConfigFromFlags(master, conn.Kubeconfig)
 	if err != nil {
 		return nil, nil, fmt.Errorf("telemetry: API server connection for TokenReview: %w", err)
 	}
+	rc.QPS, rc.Burst = conn.QPS, int(conn.Burst)
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, err

@@ -377,7 +377,7 @@ func TestReclaimFlagErrors(t *testing.T) {
 }
 
 // TokenReviews and the reclaim coordinator's writes go to the API server the
-// scheduler uses. With --config, kube-scheduler takes its kubeconfig from the
+// scheduler uses, at its rate. With --config, kube-scheduler takes its kubeconfig from the
 // file's clientConnection and ignores --kubeconfig (its help says so); without
 // --config, --kubeconfig.
 func TestAPIClientsConnectAsTheSchedulerDoes(t *testing.T) {
@@ -388,15 +388,19 @@ func TestAPIClientsConnectAsTheSchedulerDoes(t *testing.T) {
 kind: KubeSchedulerConfiguration
 clientConnection:
   kubeconfig: `+fromConfig+`
+  qps: 80
 `))
+	// Without qps in --config, kube-scheduler's default (50), not
+	// client-go's (5).
 	for _, c := range []struct {
 		args []string
 		want string
+		qps  float32
 	}{
-		{[]string{"--config", config, "--kubeconfig", fromFlag}, "from-config.example:6443"},
-		{[]string{"--config", config}, "from-config.example:6443"},
-		{[]string{"--kubeconfig", fromFlag}, "from-flag.example:6443"},
-		{[]string{"--kubeconfig", fromFlag, "--master", "https://master.example:6443"}, "master.example:6443"},
+		{[]string{"--config", config, "--kubeconfig", fromFlag}, "from-config.example:6443", 80},
+		{[]string{"--config", config}, "from-config.example:6443", 80},
+		{[]string{"--kubeconfig", fromFlag}, "from-flag.example:6443", 50},
+		{[]string{"--kubeconfig", fromFlag, "--master", "https://master.example:6443"}, "master.example:6443", 50},
 	} {
 		_, _, parts := testParts()
 		cmd := newSchedulerCommand(parts)
@@ -412,6 +416,9 @@ clientConnection:
 		}
 		if got := client.(*kubernetes.Clientset).CoreV1().RESTClient().Get().URL().Host; got != c.want {
 			t.Errorf("%v: connects to %s, want %s, as the scheduler", c.args, got, c.want)
+		}
+		if got := client.(*kubernetes.Clientset).CoreV1().RESTClient().GetRateLimiter().QPS(); got != c.qps {
+			t.Errorf("%v: sends %v requests a second, want %v, as the scheduler", c.args, got, c.qps)
 		}
 	}
 }

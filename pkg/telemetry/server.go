@@ -143,12 +143,13 @@ const DefaultMaxStreamsPerNode = 4
 // DefaultMaxAuthenticationsInFlight is how many tokens a replica checks at
 // once. Anyone who can reach the endpoint can open streams with made-up
 // tokens, and each is a TokenReview; without a bound they would pile up as
-// goroutines and as requests to the API server. The TokenReview client
-// sends at most 5 requests a second (client-go's default rate, which
-// penny-scheduler keeps), so reviews beyond that wait their turn, and one
+// goroutines and as requests to the API server. penny-scheduler's
+// TokenReview client sends at the scheduler's rate (clientConnection.qps,
+// 50 a second by default), so reviews beyond that wait their turn, and one
 // that would wait past 30s (the token cache's limit) fails: 100 drain in
-// 20s. A higher limit turns refusals, which agents retry, into failed
-// reviews. After a scheduler restart the agents that reconnect at once get
+// 2s at the default rate and within 30s down to 4 a second. A higher limit
+// turns refusals, which agents retry, into failed reviews on a slow API
+// server. After a scheduler restart the agents that reconnect at once get
 // in at that rate, and the others retry with their backoff.
 const DefaultMaxAuthenticationsInFlight = 100
 
