@@ -403,7 +403,7 @@ func (c *Catalog) NodePrice(node *corev1.Node) (Price, bool) {
 		metricCatalogMisses.Inc()
 		why := "the price catalog has no row for its instance type, capacity type and region; add one"
 		if it == "" {
-			why = "it has no " + corev1.LabelInstanceTypeStable + " label to look its price up by"
+			why = "it has no " + corev1.LabelInstanceTypeStable + " (or " + corev1.LabelInstanceType + ") label to look its price up by"
 		}
 		klog.InfoS("Node has no price; SpotRisk scores it after every priced node: "+why,
 			"node", node.Name, "instanceType", it, "capacityType", capacity, "region", region)
