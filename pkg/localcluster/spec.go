@@ -9,7 +9,6 @@ import (
 	"os"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -106,7 +105,7 @@ func ParseSpec(file string, data []byte) (*Spec, error) {
 	if errs := spec.validate(); len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
-			msgs[i] = fmt.Sprintf("%s:%d: %s: %s", file, lineOf(&root, e.path), e.path, e.msg)
+			msgs[i] = fmt.Sprintf("%s:%d: %s: %s", file, yamldoc.LineOf(&root, e.path), e.path, e.msg)
 		}
 		return nil, errors.New(strings.Join(msgs, "\n"))
 	}
@@ -281,45 +280,4 @@ func (p *Pool) validateGPUs(at string) []fieldError {
 		}
 	}
 	return errs
-}
-
-// lineOf finds the line of a field path such as pools[1].mig.layout in the
-// parsed YAML; for a missing field it returns the line of the nearest parent.
-func lineOf(root *yaml.Node, path string) int {
-	n := root
-	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
-		n = n.Content[0]
-	}
-	line := n.Line
-	for _, part := range strings.Split(path, ".") {
-		key, idx := part, -1
-		if i := strings.IndexByte(part, '['); i >= 0 {
-			key = part[:i]
-			idx, _ = strconv.Atoi(strings.TrimSuffix(part[i+1:], "]"))
-		}
-		next := mappingValue(n, key)
-		if next == nil {
-			return line
-		}
-		n, line = next, next.Line
-		if idx >= 0 {
-			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
-				return line
-			}
-			n, line = n.Content[idx], n.Content[idx].Line
-		}
-	}
-	return line
-}
-
-func mappingValue(n *yaml.Node, key string) *yaml.Node {
-	if n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == key {
-			return n.Content[i+1]
-		}
-	}
-	return nil
 }
