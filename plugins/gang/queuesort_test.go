@@ -41,20 +41,8 @@ func TestQueueOrderOfAGangEndsWhenItsMembersRunOrGo(t *testing.T) {
 			defer cancel()
 			client := fake.NewClientset()
 			factory := informers.NewSharedInformerFactory(client, 0)
-			instance := func() *Gang {
-				h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
-					frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
-				if err != nil {
-					t.Fatal(err)
-				}
-				pl, err := NewWith(ctx, nil, h)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return pl
-			}
-			sorter := instance() // the first profile's
-			_ = instance()       // the profile that schedules the gang
+			sorter := newSorter(ctx, t, client, factory) // the first profile's
+			_ = newSorter(ctx, t, client, factory)       // the profile that schedules the gang
 			factory.Start(ctx.Done())
 			factory.WaitForCacheSync(ctx.Done())
 
@@ -102,6 +90,22 @@ func bindAs(phase corev1.PodPhase) func(context.Context, *fake.Clientset, *corev
 	}
 }
 
+// newSorter is a PennyGang whose framework reads the pods through factory,
+// as the scheduler's QueueSort plugin does.
+func newSorter(ctx context.Context, t *testing.T, client *fake.Clientset, factory informers.SharedInformerFactory) *Gang {
+	t.Helper()
+	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
+		frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := NewWith(ctx, nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pl
+}
+
 // A gang's place in the queue is held while its members wait. A tenant
 // could keep one member waiting for ever (a gang of one that fits no node)
 // and name that gang on every new pod: each new pod then sorted by the
@@ -113,15 +117,7 @@ func TestPodJoiningAWaitingGangQueuesByItsOwnTime(t *testing.T) {
 	defer cancel()
 	client := fake.NewClientset()
 	factory := informers.NewSharedInformerFactory(client, 0)
-	h, err := frameworkruntime.NewFramework(ctx, frameworkruntime.Registry{}, nil,
-		frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sorter, err := NewWith(ctx, nil, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sorter := newSorter(ctx, t, client, factory)
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
 
