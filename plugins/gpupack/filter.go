@@ -46,7 +46,12 @@ func (p *GPUPack) Filter(ctx context.Context, state fwk.CycleState, pod *corev1.
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
-	e := p.view.entryFor(klog.FromContext(ctx), ni)
+	var e *entry
+	if state.IsPodGroupSchedulingCycle() {
+		e = p.view.entryInGroupCycle(klog.FromContext(ctx), ni)
+	} else {
+		e = p.view.entryFor(klog.FromContext(ctx), ni)
+	}
 	switch f := e.node.Fits(s.req); f {
 	case packing.Fits:
 		return nil

@@ -27,7 +27,7 @@ func (p *GPUPack) Reserve(ctx context.Context, state fwk.CycleState, pod *corev1
 		// Only one node was feasible, so the scheduler did not score.
 		p.startCycle(s)
 	}
-	n := p.view.entryToReserve(klog.FromContext(ctx), ni).node
+	n := p.view.entryToReserve(klog.FromContext(ctx), ni, pod.UID).node
 	n.Prepare(s.cycle.Demand)
 	a, _, err := n.Choose(&s.cycle)
 	if err != nil {

@@ -26,8 +26,9 @@ import (
 // Concurrency: entries are rebuilt only in PreFilter, at the start of a
 // scheduling cycle, under mu; Filter, PreScore, Score and Reserve of the
 // same cycle read them without a lock (the cycle is the only writer's
-// goroutine, and the next cycle cannot start before they return). Reserve
-// builds an entry it does not keep, under mu, where the node is marked. The
+// goroutine, and the next cycle cannot start before they return). Reserve,
+// and Filter in a pod-group cycle, build an entry they do not keep, under
+// mu, where the node is marked. The
 // binding goroutines (Unreserve, Bind) touch only reservations and marks,
 // under mu.
 type view struct {
@@ -100,7 +101,7 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 			_, dirty = v.dirty[ni.Node().Name]
 		}
 		if e == nil || dirty || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
-			e = v.build(logger, ni, forSync)
+			e = v.build(logger, ni, forSync, "")
 			v.nodes[k] = e
 			delete(v.dirty, ni.Node().Name)
 		}
@@ -169,7 +170,19 @@ func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.build(logger, ni, forCopy)
+	return v.build(logger, ni, forCopy, "")
+}
+
+// entryInGroupCycle returns the node's entry for Filter in kube-scheduler's
+// pod-group cycle, where the snapshot and the reservations change between
+// one PreFilter and the next Filter: the cycle reverts the members it
+// reserved, and preemption then adds victims back to the snapshot and
+// filters each member on its node again (asking which victims can stay).
+// An entry kept from before would count the reverted members and miss the
+// victims. Every node a member was reserved on is marked by the revert
+// until the next PreFilter, so a marked node is read afresh and not kept.
+func (v *view) entryInGroupCycle(logger klog.Logger, ni fwk.NodeInfo) *entry {
+	return v.entryUnlessMarked(logger, ni, forCopy, "")
 }
 
 // entryToReserve returns the node's entry for Reserve. A node marked since
@@ -180,11 +193,23 @@ func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 // members are assumed into it and forgotten, and reserves them all again
 // for binding with no PreFilter between them, assumed in the cache where
 // the snapshot does not show them yet.
-func (v *view) entryToReserve(logger klog.Logger, ni fwk.NodeInfo) *entry {
+//
+// The entry leaves out the pod being reserved: the pod-group cycle assumes
+// it into the snapshot before Reserve (when it reserves the members of the
+// placement it chose, and when preemption asks which victims can stay), and
+// counted there, with no devices known, it would be held on devices of its
+// own guess and its requests taken from the node's free CPU and memory.
+func (v *view) entryToReserve(logger klog.Logger, ni fwk.NodeInfo, pod types.UID) *entry {
+	return v.entryUnlessMarked(logger, ni, forReserve, pod)
+}
+
+// entryUnlessMarked returns the node's entry, or, where the node is marked,
+// one built for purpose without self and not kept.
+func (v *view) entryUnlessMarked(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self types.UID) *entry {
 	v.mu.Lock()
 	if _, marked := v.dirty[ni.Node().Name]; marked {
 		defer v.mu.Unlock()
-		return v.build(logger, ni, forReserve)
+		return v.build(logger, ni, purpose, self)
 	}
 	v.mu.Unlock()
 	return v.entryFor(logger, ni)
@@ -207,8 +232,9 @@ const (
 	forReserve
 )
 
-// build reads the node's devices from its pods. Callers hold mu.
-func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor) *entry {
+// build reads the node's devices from its pods, leaving out the pod self
+// ("" for none) and what it requests. Callers hold mu.
+func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self types.UID) *entry {
 	keep := purpose == forSync
 	node := ni.Node()
 	e := &entry{gen: ni.GetGeneration(), pool: node.Labels[v.poolLabel]}
@@ -245,8 +271,14 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor) *ent
 	// are known off them, and the view would offer what it really holds.
 	var unknown []*corev1.Pod
 	var why []error
+	var selfCPU, selfMem int64
 	for _, pi := range ni.GetPods() {
 		pod := pi.GetPod()
+		if self != "" && pod.UID == self {
+			r := pi.CalculateResource().Resource
+			selfCPU, selfMem = r.GetMilliCPU(), r.GetMemory()
+			continue
+		}
 		present[pod.UID] = true
 		if r, ok := v.reserved[pod.UID]; ok && r.node == node.Name {
 			if err := dev.Apply(r.a); err != nil {
@@ -264,7 +296,7 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor) *ent
 	}
 	if purpose == forReserve {
 		for uid, r := range v.reserved {
-			if r.node == node.Name && !present[uid] {
+			if r.node == node.Name && !present[uid] && uid != self {
 				if err := dev.Apply(r.a); err != nil {
 					logger.Error(err, "Reserved devices no longer fit", "podUID", uid, "node", node.Name)
 				}
@@ -284,7 +316,7 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor) *ent
 	}
 	alloc, req := ni.GetAllocatable(), ni.GetRequested()
 	e.node = packing.NewNode(node.Name, dev,
-		alloc.GetMilliCPU()-req.GetMilliCPU(), alloc.GetMemory()-req.GetMemory(), gpuMemoryGB(node))
+		alloc.GetMilliCPU()-req.GetMilliCPU()+selfCPU, alloc.GetMemory()-req.GetMemory()+selfMem, gpuMemoryGB(node))
 	e.hasGPU, e.gpuMemoryGB = e.node.HasGPU(), e.node.GPUMemoryGB
 	return e
 }
