@@ -24,19 +24,9 @@ func TestNativePodGroupMembersBindWithDevicesOfTheirOwn(t *testing.T) {
 	n := gpuNode("t4", "Tesla-T4", 2, "64")
 	n.Status.Allocatable[corev1.ResourcePods] = resource.MustParse("110")
 	s := startScheduler(t, []*corev1.Node{n})
-	pg := &schedulingv1beta1.PodGroup{
-		ObjectMeta: metav1.ObjectMeta{Name: "pair", Namespace: "default"},
-		Spec: schedulingv1beta1.PodGroupSpec{SchedulingPolicy: schedulingv1beta1.PodGroupSchedulingPolicy{
-			Gang: &schedulingv1beta1.GangSchedulingPolicy{MinCount: 2},
-		}},
-	}
-	if _, err := s.Client.SchedulingV1beta1().PodGroups("default").Create(s.Ctx, pg, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createPodGroup(s, "pair", 2, 0)
 	for _, name := range []string{"m0", "m1"} {
-		p := podOf(name, "1", string(gpu.ResourceGPU), "1")
-		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pair")}
-		s.Create(p)
+		s.Create(podGroupMember(podOf(name, "1", string(gpu.ResourceGPU), "1"), "pair"))
 	}
 	s.WaitBound(30*time.Second, "m0", "m1")
 	dev := gpu.NodeDevicesFor(n)
@@ -55,4 +45,27 @@ func TestNativePodGroupMembersBindWithDevicesOfTheirOwn(t *testing.T) {
 			t.Fatalf("the members bound with %q: %v", got, err)
 		}
 	}
+}
+
+// createPodGroup creates a native gang PodGroup that binds minCount
+// members or none, with the priority preemption reads off it.
+func createPodGroup(s *realScheduler, name string, minCount, priority int32) {
+	s.t.Helper()
+	pg := &schedulingv1beta1.PodGroup{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: schedulingv1beta1.PodGroupSpec{
+			SchedulingPolicy: schedulingv1beta1.PodGroupSchedulingPolicy{
+				Gang: &schedulingv1beta1.GangSchedulingPolicy{MinCount: minCount},
+			},
+			Priority: &priority,
+		},
+	}
+	if _, err := s.Client.SchedulingV1beta1().PodGroups("default").Create(s.Ctx, pg, metav1.CreateOptions{}); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func podGroupMember(p *corev1.Pod, group string) *corev1.Pod {
+	p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(group)}
+	return p
 }
