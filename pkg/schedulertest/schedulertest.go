@@ -109,6 +109,11 @@ type Options struct {
 	// Nodes and Pods exist before the scheduler starts.
 	Nodes []*corev1.Node
 	Pods  []*corev1.Pod
+	// BackoffSeconds, when above 0, is how long a pod or pod group that
+	// failed waits before it is tried again (initial and maximum backoff
+	// alike), so that a test can tell a retry something asked for from the
+	// queue's own; 0 means 1s.
+	BackoffSeconds int64
 }
 
 // Cluster is a running scheduler and the fake clientset it schedules for.
@@ -152,11 +157,15 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	informerFactory := scheduler.NewInformerFactory(client, 0, nil)
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	backoff := int64(1)
+	if o.BackoffSeconds > 0 {
+		backoff = o.BackoffSeconds
+	}
 	sched, err := scheduler.New(ctx, client, informerFactory, nil, profile.NewRecorderFactory(broadcaster),
 		scheduler.WithProfiles(o.Profile),
 		scheduler.WithFrameworkOutOfTreeRegistry(registry),
-		scheduler.WithPodInitialBackoffSeconds(1),
-		scheduler.WithPodMaxBackoffSeconds(1),
+		scheduler.WithPodInitialBackoffSeconds(backoff),
+		scheduler.WithPodMaxBackoffSeconds(backoff),
 	)
 	if err != nil {
 		cancel()

@@ -15,8 +15,9 @@ import (
 // EventsToRegister names what can make a pod this plugin rejected
 // schedulable: a node that appears or changes its capacity type, taints or
 // labels, and a change of what the plugin reads of the pod itself. The
-// fallback window's end is not an event; PostFilter arms a timer for it. Nor
-// is a catalog reload; New has the store retry the pods it may help.
+// fallback window's end is not an event; PostFilter (PreEnqueue for a native
+// PodGroup's pods) arms a timer for it. Nor is a catalog reload; New has the
+// store retry the pods it may help.
 func (pl *SpotRisk) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
 	return []fwk.ClusterEventWithHint{
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}, QueueingHintFn: pl.isSchedulableAfterNodeChange},

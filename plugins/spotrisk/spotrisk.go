@@ -2,7 +2,8 @@
 // each pod's workload class, keeps work that must not be interrupted off
 // Spot (Filter), places the rest where its expected cost of useful work is
 // lowest (Score), and lets a Spot-preferring pod fall back to on-demand
-// capacity when Spot does not come (PostFilter, Reserve, PostBind).
+// capacity when Spot does not come (PreEnqueue, PostFilter, Reserve,
+// PostBind).
 package spotrisk
 
 import (
@@ -70,9 +71,14 @@ type SpotRisk struct {
 	// wakeups holds the pods with a timer to retry them when their
 	// fallback window ends.
 	wakeups map[types.UID]time.Time
+	// groupWakeups holds the native PodGroups with a timer to retry them
+	// when the last of their members' waits ends (PreEnqueue), by
+	// namespace/name.
+	groupWakeups map[string]*groupWakeup
 }
 
 var (
+	_ fwk.PreEnqueuePlugin  = &SpotRisk{}
 	_ fwk.PreFilterPlugin   = &SpotRisk{}
 	_ fwk.FilterPlugin      = &SpotRisk{}
 	_ fwk.PostFilterPlugin  = &SpotRisk{}
@@ -94,7 +100,8 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	}
 	pricing.RegisterMetrics()
 	registerMetrics()
-	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths, wakeups: map[types.UID]time.Time{}}
+	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths,
+		wakeups: map[types.UID]time.Time{}, groupWakeups: map[string]*groupWakeup{}}
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}
 	}

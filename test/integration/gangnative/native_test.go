@@ -19,9 +19,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
 	"github.com/pennysched/penny/test/harness"
 )
 
@@ -102,4 +104,40 @@ func TestNativePodGroupStaysInOneZone(t *testing.T) {
 	if err == nil {
 		t.Error("a member of the group that fits no zone was bound")
 	}
+}
+
+// A native PodGroup that waits for Spot, on a cluster with none, falls back
+// to on-demand when its wait ends. PennyGang, first in the deployed profile,
+// turns the group away before SpotRisk's PreFilter runs (no room for it on
+// Spot, and on-demand is not for it yet), and the pod-group cycle runs no
+// PostFilter, so SpotRisk arms the group's retry when the group is queued.
+// The scheduler here backs a failed group off for ten minutes: only that
+// retry can bring the group back within the test.
+func TestNativePodGroupWaitingForSpotFallsBackWhenItsWaitEnds(t *testing.T) {
+	c := harness.StartCluster(t, localcluster.Options{
+		Spec:          harness.ParseSpec(t, fleet),
+		FeatureGates:  map[string]bool{"GenericWorkload": true},
+		RuntimeConfig: map[string]string{"scheduling.k8s.io/v1beta1": "true"},
+	})
+	config := append(append([]byte{}, deploy.SchedulerConfig...), "podInitialBackoffSeconds: 600\npodMaxBackoffSeconds: 600\n"...)
+	harness.StartScheduler(t, c, plugins.Deps{}, config)
+
+	podGroup(t, c, "trainers", 2)
+	for i := range 2 {
+		p := member("trainers", i)
+		p.Annotations = map[string]string{
+			spotrisk.AnnotationWorkload:           "training",
+			spotrisk.AnnotationCheckpointInterval: "15m",
+			spotrisk.AnnotationFallbackAfter:      "5s",
+		}
+		harness.CreatePod(t, c, p)
+	}
+	msg := harness.WaitForEvent(t, c, "default", "trainers-0", "FailedScheduling", 60*time.Second)
+	if !strings.Contains(msg, "gang default/trainers") {
+		t.Errorf("FailedScheduling %q does not come from PennyGang", msg)
+	}
+	for i := range 2 {
+		harness.WaitForPod(t, c, "default", fmt.Sprintf("trainers-%d", i), 60*time.Second, "bound", harness.Bound)
+	}
+	harness.WaitForEvent(t, c, "default", "trainers-0", spotrisk.EventFallback, 30*time.Second)
 }
