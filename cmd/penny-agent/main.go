@@ -312,7 +312,7 @@ func httpHandler(reg *prometheus.Registry, loop *report.Loop, client *report.Cli
 func routeKlog(log logr.Logger, verbosity int) {
 	var fs flag.FlagSet
 	klog.InitFlags(&fs)
-	// The flag takes any int the agent's --v took.
+	// klog's -v is an int32; the agent's -v is one in practice.
 	_ = fs.Set("v", strconv.Itoa(verbosity))
 	klog.SetLogger(log)
 }

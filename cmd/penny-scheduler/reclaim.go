@@ -72,7 +72,7 @@ func configMapFlag(flag, v, example, empty string) error {
 }
 
 func (f *reclaimFlags) validate() error {
-	if err := configMapFlag("reclaim-interrupted-configmap", f.interruptedConfigMap, "penny-system/penny-interrupted-runs", "the runs"); err != nil {
+	if err := configMapFlag("reclaim-interrupted-configmap", f.interruptedConfigMap, "penny-system/penny-interrupted-runs", "the runs and the Spot pools' reclaim evidence"); err != nil {
 		return err
 	}
 	if err := configMapFlag("reclaim-notices-configmap", f.noticesConfigMap, "penny-system/penny-reclaim-notices", "the notices"); err != nil {

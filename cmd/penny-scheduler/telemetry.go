@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -233,7 +234,8 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 // else the in-cluster configuration; --master overrides the server. The
 // metadata client watches Nodes without a second full copy of each next to
 // the scheduler's. They send at the scheduler's rate too (clientConnection's
-// qps and burst, kube-scheduler's 50 and 100 by default), not client-go's 5
+// qps and burst, or --kube-api-qps and --kube-api-burst without --config;
+// kube-scheduler's 50 and 100 by default), not client-go's 5
 // a second: agents that reconnect after a restart each cost a TokenReview,
 // and a reclaim's evictions of a large gang must be done by its deadline.
 func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, error) {
@@ -258,6 +260,18 @@ func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, er
 		conn = defaults.ClientConnection
 		if fl := fs.Lookup("kubeconfig"); fl != nil {
 			conn.Kubeconfig = fl.Value.String()
+		}
+		// kube-scheduler's deprecated --kube-api-qps and --kube-api-burst
+		// set its rate without --config.
+		if fl := fs.Lookup("kube-api-qps"); fl != nil {
+			if qps, err := strconv.ParseFloat(fl.Value.String(), 32); err == nil {
+				conn.QPS = float32(qps)
+			}
+		}
+		if fl := fs.Lookup("kube-api-burst"); fl != nil {
+			if burst, err := strconv.ParseInt(fl.Value.String(), 10, 32); err == nil {
+				conn.Burst = int32(burst)
+			}
 		}
 	}
 	rc, err := clientcmd.BuildConfigFromFlags(master, conn.Kubeconfig)

@@ -401,6 +401,8 @@ clientConnection:
 		{[]string{"--config", config}, "from-config.example:6443", 80},
 		{[]string{"--kubeconfig", fromFlag}, "from-flag.example:6443", 50},
 		{[]string{"--kubeconfig", fromFlag, "--master", "https://master.example:6443"}, "master.example:6443", 50},
+		{[]string{"--kubeconfig", fromFlag, "--kube-api-qps", "30"}, "from-flag.example:6443", 30},
+		{[]string{"--config", config, "--kube-api-qps", "30"}, "from-config.example:6443", 80},
 	} {
 		_, _, parts := testParts()
 		cmd := newSchedulerCommand(parts)

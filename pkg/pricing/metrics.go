@@ -70,13 +70,13 @@ var (
 	metricInterruptedSaves = metrics.NewCounterVec(&metrics.CounterOpts{
 		Namespace:      "penny",
 		Name:           "interrupted_saves_total",
-		Help:           "Writes of the interrupted runs to their ConfigMap, by result (success, error); nothing is written when the copy is up to date.",
+		Help:           "Saves of the interrupted runs to their ConfigMap, by result (success, error); a save that finds the copy up to date writes nothing and counts as a success.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 	metricRiskSaves = metrics.NewCounterVec(&metrics.CounterOpts{
 		Namespace:      "penny",
 		Name:           "reclaim_risk_saves_total",
-		Help:           "Writes of the Spot pools' reclaim evidence (the risk model's reclaims and node-hours) to its ConfigMap, by result (success, error); nothing is written when the copy is up to date.",
+		Help:           "Saves of the Spot pools' reclaim evidence (the risk model's reclaims and node-hours) to its ConfigMap, by result (success, error); a save that finds the copy up to date writes nothing and counts as a success.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 	metricTypicalRunHours = metrics.NewGauge(&metrics.GaugeOpts{

@@ -24,13 +24,13 @@ import (
 // rebuilt exactly from the pods.
 //
 // Concurrency: entries are rebuilt only in PreFilter, at the start of a
-// scheduling cycle, under mu; Filter, PreScore, Score and Reserve of the
-// same cycle read them without a lock (the cycle is the only writer's
-// goroutine, and the next cycle cannot start before they return). Reserve,
-// and Filter in a pod-group cycle, build an entry they do not keep, under
-// mu, where the node is marked. The
-// binding goroutines (Unreserve, Bind) touch only reservations and marks,
-// under mu.
+// scheduling cycle, under mu; Filter, PreScore and Score of the same cycle
+// read them without a lock (the cycle is the only writer's goroutine, and
+// the next cycle cannot start before they return), and so does Reserve once
+// it has looked for a mark under mu. Reserve, and Filter in a pod-group
+// cycle, build an entry they do not keep, under mu, where the node is
+// marked. The binding goroutines (Unreserve, Bind) touch only reservations
+// and marks, under mu.
 type view struct {
 	layouts   LayoutSource
 	poolLabel string
@@ -162,8 +162,10 @@ func (v *view) layoutChanged(name string, e *entry) bool {
 // gets a view of its own, built now and not kept.
 func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 	if k, ok := ni.(*framework.NodeInfo); ok {
-		// Synced this cycle: the snapshot does not change within a cycle,
-		// so the generation need not be read again.
+		// Synced this cycle: within one pod's cycle the snapshot does not
+		// change, so the generation need not be read again (a pod-group
+		// cycle changes it; Filter and Reserve read marked nodes afresh
+		// there).
 		if e := v.nodes[k]; e != nil && (e.epoch == v.epoch || e.gen == ni.GetGeneration()) {
 			return e
 		}
