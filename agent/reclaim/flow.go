@@ -485,7 +485,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 			return withdrawn
 		}
 		if act.Checkpoint {
-			pods, err := f.podsOnNode()
+			pods, err := f.podsOnNodeNow(ctx)
 			if err != nil {
 				log.Error(err, "cannot list the node's pods")
 			}
@@ -630,7 +630,7 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 // evictAll evicts the node's movable pods, checkpointed ones first, each with
 // its grace period cut to the time left before the deadline.
 func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
-	pods, err := f.podsOnNode()
+	pods, err := f.podsOnNodeNow(ctx)
 	if err != nil {
 		f.log.Error(err, "cannot list the node's pods to evict them")
 		return

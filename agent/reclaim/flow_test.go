@@ -82,6 +82,14 @@ func newEnv(t *testing.T, node string) *env {
 		for _, tr := range e.trainers {
 			tr.Stop()
 		}
+		// Tests share the nodes. Pods left to the namespace's deletion stay
+		// until the namespace controller gets to them (on a loaded machine,
+		// well into the next test), and the next test's flow on this node
+		// then checkpoints and evicts them too: they go now.
+		zero := int64(0)
+		if err := cluster.Client.CoreV1().Pods(e.ns).DeleteCollection(context.Background(), metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{}); err != nil {
+			t.Errorf("deleting the test's pods: %v", err)
+		}
 		cluster.Client.CoreV1().Namespaces().Delete(context.Background(), e.ns, metav1.DeleteOptions{})
 		untaint(t, node)
 	})
@@ -841,8 +849,16 @@ func TestASecondGCPPreemptionIsActedOn(t *testing.T) {
 	// 15 s once.
 	e.pod("first", e.node, 10*time.Millisecond)
 	fake.SetPreempted(true)
+	var asked, evicted bool
+	var running int
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("first pod: checkpoint asked %v, evicted %v; jobs running %d", asked, evicted, running)
+		}
+	})
 	waitFor(t, "the first preemption handled", time.Minute, func() bool {
-		return len(e.trainers["first"].Received()) > 0 && gone(t, e.ns, "first") && f.Running() == 0
+		asked, evicted, running = len(e.trainers["first"].Received()) > 0, gone(t, e.ns, "first"), f.Running()
+		return asked && evicted && running == 0
 	})
 	fake.SetPreempted(false)
 	waitFor(t, "the first preemption over", 5*time.Second, func() bool { n, ok := w.Settled(); return ok && len(n) == 0 })

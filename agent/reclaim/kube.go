@@ -7,6 +7,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/util/retry"
@@ -93,6 +94,29 @@ func movable(pod *corev1.Pod) bool {
 		}
 	}
 	return true
+}
+
+// podsOnNodeNow lists the node's movable pods from the API server, for the
+// checkpoint requests and the evictions: the informer may not show yet a pod
+// bound just before the notice (a reclaim whose pods checkpoint fast is done
+// in milliseconds), and a pod missed there would go down with the node,
+// neither asked nor evicted. The informer's copy serves when the API server
+// cannot answer.
+func (f *Flow) podsOnNodeNow(ctx context.Context) ([]*corev1.Pod, error) {
+	list, err := f.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", f.node).String(),
+	})
+	if err != nil {
+		f.log.Error(err, "cannot list the node's pods from the API server; using the agent's copy")
+		return f.podsOnNode()
+	}
+	var out []*corev1.Pod
+	for i := range list.Items {
+		if p := &list.Items[i]; p.Spec.NodeName == f.node && movable(p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // podsOnNode lists the node's movable pods from the informer.
