@@ -78,7 +78,7 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	spot := &spotRules{byProfile: map[string]*spotrisk.SpotRisk{}}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk), gang.WithNodeCheck(spot.check(profileOf(h)))}
+			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk), gang.WithNodeRule(spot.rule(profileOf(h)))}
 			if deps.Clock != nil {
 				opts = append(opts, gang.WithClock(deps.Clock))
 			}
@@ -141,15 +141,15 @@ func (s *spotRules) set(profile string, pl *spotrisk.SpotRisk) {
 	s.byProfile[profile] = pl
 }
 
-func (s *spotRules) check(profile string) gang.NodeCheck {
-	return func(pod *corev1.Pod) func(node *corev1.Node) bool {
+func (s *spotRules) rule(profile string) gang.NodeRule {
+	return func(pod *corev1.Pod) func(node *corev1.Node) string {
 		s.mu.Lock()
 		pl := s.byProfile[profile]
 		s.mu.Unlock()
 		if pl == nil {
 			return nil
 		}
-		return pl.Admits(pod)
+		return pl.Excludes(pod)
 	}
 }
 

@@ -32,6 +32,13 @@ type cluster struct {
 
 func startCluster(t *testing.T, args *Args, nodes ...*corev1.Node) *cluster {
 	t.Helper()
+	return startClusterWith(t, args, nil, nodes...)
+}
+
+// startClusterWith is startCluster with the plugin built with opts (what
+// the registry hands in, such as SpotRisk's node rule).
+func startClusterWith(t *testing.T, args *Args, opts []Option, nodes ...*corev1.Node) *cluster {
+	t.Helper()
 	var obj runtime.Object
 	if args != nil {
 		obj = args
@@ -41,7 +48,9 @@ func startCluster(t *testing.T, args *Args, nodes ...*corev1.Node) *cluster {
 	s := schedulertest.Start(t, schedulertest.Options{
 		Profile: prof,
 		Registry: frameworkruntime.Registry{
-			Name:       New,
+			Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+				return NewWith(ctx, obj, h, opts...)
+			},
 			holderName: func(context.Context, runtime.Object, fwk.Handle) (fwk.Plugin, error) { return holder{}, nil },
 		},
 		Namespace: "team",

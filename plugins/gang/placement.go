@@ -92,14 +92,15 @@ type shape struct {
 	tolerations []corev1.Toleration
 	vec         vec
 	// checks are the profile's node checks for the shape's members, one per
-	// distinct annotations and priority (what another plugin may read).
-	checks []func(node *corev1.Node) bool
+	// distinct annotations and priority (what another plugin may read); each
+	// gives the reason it rules a node out.
+	checks []func(node *corev1.Node) string
 	seen   map[string]bool
 }
 
 // addCheck adds the node check of a member unless a member with the same
 // annotations and priority gave one already.
-func (s *shape) addCheck(pod *corev1.Pod, check NodeCheck) {
+func (s *shape) addCheck(pod *corev1.Pod, check NodeRule) {
 	if check == nil {
 		return
 	}
@@ -133,7 +134,7 @@ func shapeKey(pod *corev1.Pod, d demand) string {
 	return d.key() + "|" + string(constraints)
 }
 
-func shapesOf(members []*corev1.Pod, check NodeCheck) []*shape {
+func shapesOf(members []*corev1.Pod, check NodeRule) []*shape {
 	byKey := map[string]*shape{}
 	var out []*shape
 	for _, p := range members {
@@ -184,11 +185,22 @@ var unschedulableTaint = corev1.Taint{Key: corev1.TaintNodeUnschedulable, Effect
 // in-tree NodeUnschedulable, TaintToleration and NodeAffinity filters apply
 // and the profile's node check.
 func (s *shape) admits(node *corev1.Node) bool {
+	return s.ruledOut(node) == "" && s.fits(node)
+}
+
+// ruledOut is the reason the profile's node check gives for keeping members
+// of shape s off a node, or "".
+func (s *shape) ruledOut(node *corev1.Node) string {
 	for _, check := range s.checks {
-		if !check(node) {
-			return false
+		if why := check(node); why != "" {
+			return why
 		}
 	}
+	return ""
+}
+
+// fits applies the in-tree filters' rules of admits.
+func (s *shape) fits(node *corev1.Node) bool {
 	logger := klog.Background()
 	if node.Spec.Unschedulable && !corev1helpers.TolerationsTolerateTaint(logger, s.tolerations, &unschedulableTaint, true) {
 		return false
@@ -220,12 +232,20 @@ type plan struct {
 // `placeable` of `needed` members; the rest ask for `missing`. lacking are
 // the resources that a node a member may use ran out of before every member
 // of its shape had a place: only a pod that gives one of them back can let
-// the gang fit.
+// the gang fit. ruledOut are the nodes the profile's node check kept members
+// still without a place off, by reason.
 type shortfall struct {
 	placeable, needed int64
 	domain            domain
 	missing           demand
 	lacking           []corev1.ResourceName
+	ruledOut          []exclusion
+}
+
+// exclusion is how many nodes the node check ruled out for one reason.
+type exclusion struct {
+	reason string
+	nodes  int
 }
 
 // placeGang looks for one domain where every shape fits at once, given what
@@ -256,6 +276,7 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 	var complete []domain
 	var free vec
 	lack := make([]bool, fixedDims+len(dm.scalars))
+	var ruledOut []exclusion
 	for _, ni := range nodes {
 		node := ni.Node()
 		if node == nil {
@@ -279,8 +300,16 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		}
 		free = dm.freeOf(ni, claims[node.Name], free)
 		left := int64(0)
+		why := ""
 		for i, s := range shapes {
-			if p.rem[i] > 0 && s.admits(node) {
+			if p.rem[i] == 0 {
+				continue
+			}
+			if w := s.ruledOut(node); w != "" {
+				if why == "" {
+					why = w
+				}
+			} else if s.fits(node) {
 				if k := min(p.rem[i], free.times(s.vec)); k > 0 {
 					free.take(s.vec, k)
 					p.rem[i] -= k
@@ -292,6 +321,9 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 				}
 			}
 			left += p.rem[i]
+		}
+		if why != "" {
+			ruledOut = countExclusion(ruledOut, why)
 		}
 		if left == 0 {
 			p.done = true
@@ -311,7 +343,7 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		return &plan{domain: best, slots: byDomain[best].slots}, shortfall{}
 	}
 
-	short := shortfall{needed: needed, placeable: -1, lacking: dm.names(lack)}
+	short := shortfall{needed: needed, placeable: -1, lacking: dm.names(lack), ruledOut: ruledOut}
 	for _, dom := range order {
 		if p := byDomain[dom]; p.placed > short.placeable {
 			short.placeable, short.domain = p.placed, dom
@@ -334,6 +366,18 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 	return nil, short
 }
 
+// countExclusion counts one more node ruled out for reason why, reasons in
+// the order first met.
+func countExclusion(ex []exclusion, why string) []exclusion {
+	for i := range ex {
+		if ex[i].reason == why {
+			ex[i].nodes++
+			return ex
+		}
+	}
+	return append(ex, exclusion{reason: why, nodes: 1})
+}
+
 func slotNodes(nodes []fwk.NodeInfo, slots []slot) []*corev1.Node {
 	want := map[string]bool{}
 	for _, s := range slots {
@@ -349,14 +393,25 @@ func slotNodes(nodes []fwk.NodeInfo, slots []slot) []*corev1.Node {
 }
 
 // message is the shortfall in words a user can act on, e.g.
-// "gang team/llm: 5/8 members placeable, the other 3 need 24 nvidia.com/gpu in one zone on one capacity type".
+// "gang team/llm: 5/8 members placeable, the other 3 need 24 nvidia.com/gpu in one zone on one capacity type",
+// followed by the nodes the members' own rules ruled out, in the node
+// check's words: "; ruled out for them: 3 node(s) are on-demand and the pod
+// waits for Spot capacity until ...".
 func (s shortfall) message(ref fmt.Stringer, r rules, fixed bool) string {
 	where := r.scope()
 	if fixed {
 		where = "in " + r.describe(s.domain) + ", where its running members are"
 	}
-	return fmt.Sprintf("gang %s: %d/%d members placeable, the other %d need %s %s",
+	msg := fmt.Sprintf("gang %s: %d/%d members placeable, the other %d need %s %s",
 		ref, s.placeable, s.needed, s.needed-s.placeable, s.missing.headline(), where)
+	if len(s.ruledOut) == 0 {
+		return msg
+	}
+	parts := make([]string, len(s.ruledOut))
+	for i, e := range s.ruledOut {
+		parts[i] = fmt.Sprintf("%d %s", e.nodes, e.reason)
+	}
+	return msg + "; ruled out for them: " + strings.Join(parts, ", ")
 }
 
 // headline names the resource that matters most in a demand: the first

@@ -140,10 +140,15 @@ func TestShapeAsksTheNodeCheckOfEveryDistinctMember(t *testing.T) {
 		return p
 	}
 	asked := 0
-	check := func(pod *corev1.Pod) func(*corev1.Node) bool {
+	check := func(pod *corev1.Pod) func(*corev1.Node) string {
 		asked++
 		never := pod.Annotations["penny.dev/spot"] == "never"
-		return func(n *corev1.Node) bool { return !never || n.Labels["capacity"] != "spot" }
+		return func(n *corev1.Node) string {
+			if never && n.Labels["capacity"] == "spot" {
+				return "node(s) are Spot and the pod stays off Spot"
+			}
+			return ""
+		}
 	}
 	spot := &corev1.Node{}
 	spot.Labels = map[string]string{"capacity": "spot"}

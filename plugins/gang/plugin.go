@@ -53,8 +53,9 @@ type Gang struct {
 	pods   cache.Indexer
 	risk   ReclaimRisk
 	// nodeCheck, when set, is asked whether a member may use a node at all
-	// beyond its requests, taints and affinity (SpotRisk's capacity rules).
-	nodeCheck NodeCheck
+	// beyond its requests, taints and affinity (SpotRisk's capacity rules),
+	// and why not.
+	nodeCheck NodeRule
 	// nativeGangs is true when the GenericWorkload gate is on, so pods that
 	// name a PodGroup are gang-scheduled by the in-tree machinery. Without
 	// it such pods are held (nativeUnsupported): nothing would gate them.
@@ -102,15 +103,21 @@ func WithClock(c clock.WithDelayedExecution) Option { return func(g *Gang) { g.c
 // WithReclaimRisk sets the gang-level reclaim risk helper.
 func WithReclaimRisk(r ReclaimRisk) Option { return func(g *Gang) { g.risk = r } }
 
-// NodeCheck says, for a pod, which nodes another plugin of the profile lets
-// it use whatever room they have (nil: all). A gang is admitted only where
-// its members pass it: admitted to nodes a member's filters reject, a gang
-// holds that room, fails, backs off and tries the same nodes again, for as
-// long as the room it may use is taken.
-type NodeCheck func(pod *corev1.Pod) func(node *corev1.Node) bool
+// NodeRule says, for a pod, which nodes another plugin of the profile lets
+// it use whatever room they have (nil: all), and why not: the reason a node
+// is not for it, "" when it is, worded as a Filter reason ("node(s) are
+// ..."). A gang is admitted only where its members pass it: admitted to
+// nodes a member's filters reject, a gang holds that room, fails, backs off
+// and tries the same nodes again, for as long as the room it may use is
+// taken. A gang that does not fit repeats the reasons with the number of
+// nodes each ruled out, so that a user reading it does not look for
+// capacity the members' own rules keep them from (a gang waiting for Spot
+// capacity).
+type NodeRule func(pod *corev1.Pod) func(node *corev1.Node) string
 
-// WithNodeCheck sets the check placement asks for each member shape.
-func WithNodeCheck(c NodeCheck) Option { return func(g *Gang) { g.nodeCheck = c } }
+// WithNodeRule sets the check placement asks for each member shape, with
+// the reason it gives for each node it rules out.
+func WithNodeRule(r NodeRule) Option { return func(g *Gang) { g.nodeCheck = r } }
 
 // New is the plugin factory for the scheduler framework.
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {

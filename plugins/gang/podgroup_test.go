@@ -12,6 +12,7 @@ import (
 	"k8s.io/kubernetes/pkg/features"
 	"k8s.io/utils/ptr"
 
+	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
 )
 
@@ -33,6 +34,26 @@ func (c *cluster) roundOf(gangName string) (placed map[string]bool, claimed map[
 		claimed[s.node] += s.n
 	}
 	return placed, claimed
+}
+
+// createPodGroup creates PodGroup name with gang minCount n and its n
+// members, name-0 and on, each asking for gpus GPUs.
+func (c *cluster) createPodGroup(name string, n int, gpus int64) {
+	c.t.Helper()
+	pg := &schedulingv1beta1.PodGroup{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "team"},
+		Spec: schedulingv1beta1.PodGroupSpec{SchedulingPolicy: schedulingv1beta1.PodGroupSchedulingPolicy{
+			Gang: &schedulingv1beta1.GangSchedulingPolicy{MinCount: int32(n)},
+		}},
+	}
+	if _, err := c.Client.SchedulingV1beta1().PodGroups("team").Create(c.Ctx, pg, metav1.CreateOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+	for _, m := range names(name, n) {
+		p := plainPod(m, gpus)
+		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(name)}
+		c.Create(p)
+	}
 }
 
 // A native PodGroup goes through kube-scheduler's pod-group cycle: its
@@ -66,20 +87,7 @@ func TestNativePodGroupLeavesLabelGangClaimsAlone(t *testing.T) {
 		}
 	}
 
-	pg := &schedulingv1beta1.PodGroup{
-		ObjectMeta: metav1.ObjectMeta{Name: "pg", Namespace: "team"},
-		Spec: schedulingv1beta1.PodGroupSpec{SchedulingPolicy: schedulingv1beta1.PodGroupSchedulingPolicy{
-			Gang: &schedulingv1beta1.GangSchedulingPolicy{MinCount: 2},
-		}},
-	}
-	if _, err := c.Client.SchedulingV1beta1().PodGroups("team").Create(c.Ctx, pg, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"pg-0", "pg-1"} {
-		p := plainPod(name, 4)
-		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("pg")}
-		c.Create(p)
-	}
+	c.createPodGroup("pg", 2, 4)
 	for m, node := range c.WaitBound(30*time.Second, "pg-0", "pg-1") {
 		if node != free {
 			t.Errorf("%s bound to %s, want %s: the other nodes hold big's member and its claim", m, node, free)
@@ -106,4 +114,26 @@ func TestNativePodGroupLeavesLabelGangClaimsAlone(t *testing.T) {
 	if n := c.plugin.claimedSlots.Load(); n != 0 {
 		t.Errorf("%d slots still claimed after big completed", n)
 	}
+}
+
+// A native PodGroup whose members' own rules keep them off the nodes says
+// so when it does not fit: with room for the whole group on on-demand nodes
+// its members may not use yet (SpotRisk's wait for Spot capacity), the
+// message that only named the GPUs the group needs sent a user looking for
+// capacity the cluster has. It names how many nodes the rule ruled out, in
+// the rule's own words.
+func TestNativePodGroupWaitingForSpotSaysWhy(t *testing.T) {
+	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.GenericWorkload, true)
+	const waits = "node(s) are on-demand and the pod waits for Spot capacity until 2026-11-30T19:00:00Z (checkpointing training; fallback after 30m0s)"
+	spotOnly := func(*corev1.Pod) func(*corev1.Node) string {
+		return func(n *corev1.Node) string {
+			if n.Labels[capacity.LabelKarpenter] == string(capacity.OnDemand) {
+				return waits
+			}
+			return ""
+		}
+	}
+	c := startClusterWith(t, testArgs(), []Option{WithNodeRule(spotOnly)}, nodes("n", 3)...)
+	c.createPodGroup("trainers", 2, 8)
+	c.WaitEvent("trainers-0", "gang team/trainers: 0/2 members placeable, the other 2 need 16 nvidia.com/gpu in one zone on one capacity type; ruled out for them: 3 "+waits)
 }

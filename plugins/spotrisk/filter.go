@@ -129,16 +129,27 @@ func (pl *SpotRisk) Filter(ctx context.Context, cs fwk.CycleState, pod *corev1.P
 }
 
 // Admits says which nodes the plugin's rules let the pod use, whatever room
-// they have: PennyGang asks it before it admits a gang to a set of nodes.
-// Nil when the pod's annotations are malformed: PreFilter rejects the pod,
-// naming the annotation.
+// they have. Nil when the pod's annotations are malformed: PreFilter rejects
+// the pod, naming the annotation.
 func (pl *SpotRisk) Admits(pod *corev1.Pod) func(node *corev1.Node) bool {
+	excludes := pl.Excludes(pod)
+	if excludes == nil {
+		return nil
+	}
+	return func(node *corev1.Node) bool { return excludes(node) == "" }
+}
+
+// Excludes is Admits with the reason Filter gives for each node it rules
+// out ("" for a node the pod may use): PennyGang asks it before it admits a
+// gang to a set of nodes, and repeats the reasons when the gang does not
+// fit, so that a gang waiting for Spot says so.
+func (pl *SpotRisk) Excludes(pod *corev1.Pod) func(node *corev1.Node) string {
 	class, err := pl.classify(pod)
 	if err != nil {
 		return nil
 	}
 	s := pl.stateFor(pod, class)
-	return func(node *corev1.Node) bool { return pl.exclude(s, node) == "" }
+	return func(node *corev1.Node) string { return pl.exclude(s, node) }
 }
 
 // exclude is the reason a node is not for the pod, or "".

@@ -6,14 +6,17 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 )
 
 // groupWakeup is the timer armed for a native PodGroup: it retries the
 // group when deadline, the latest end of its members' waits, has passed.
+// by is the member whose wait ends then.
 type groupWakeup struct {
 	deadline time.Time
+	by       types.UID
 }
 
 // PreEnqueue arms the retry PostFilter arms for a lone pod, for a native
@@ -30,35 +33,53 @@ type groupWakeup struct {
 // member's retry that comes while the group is being scheduled is lost
 // (kube-scheduler 1.37 drops an activation that arrives during a pod group's
 // cycle), so members created a few milliseconds apart fell back only after
-// the group's backoff.
+// the group's backoff. That last wait can end earlier than the timer armed
+// for it: the member whose wait ends last lowers its
+// penny.dev/fallback-after, or is deleted. The timer is then armed again for
+// the latest wait of the members the scheduler still holds unscheduled.
 func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status {
 	group := pod.Spec.SchedulingGroup
 	if group == nil || group.PodGroupName == nil || pl.handle == nil {
 		return nil
 	}
-	class, err := pl.classify(pod)
-	if err != nil || !class.Waits() {
-		// A malformed annotation is PreFilter's to report, with the fix.
-		return nil
-	}
-	s := pl.stateFor(pod, class)
-	if !s.waiting {
-		return nil
-	}
 	key := pod.Namespace + "/" + *group.PodGroupName
+	w := &groupWakeup{deadline: pl.waitEnd(pod), by: pod.UID}
 	pl.mu.Lock()
-	if armed := pl.groupWakeups[key]; armed != nil && !s.deadline.After(armed.deadline) {
+	armed := pl.groupWakeups[key]
+	switch {
+	case armed == nil || w.deadline.After(armed.deadline):
+		if w.deadline.IsZero() {
+			pl.mu.Unlock()
+			return nil
+		}
+	case pod.UID == armed.by && w.deadline.Equal(armed.deadline):
 		pl.mu.Unlock()
 		return nil
+	default:
+		latest, ok := pl.groupWaitEnd(pod, *group.PodGroupName, armed.by)
+		if !ok || latest.deadline.Equal(armed.deadline) {
+			if ok {
+				armed.by = latest.by
+			}
+			pl.mu.Unlock()
+			return nil
+		}
+		if latest.deadline.IsZero() {
+			// No member waits: the queue places the group now, and the
+			// timer, replaced by none, does nothing.
+			delete(pl.groupWakeups, key)
+			pl.mu.Unlock()
+			return nil
+		}
+		w = latest
 	}
-	w := &groupWakeup{deadline: s.deadline}
 	pl.groupWakeups[key] = w
 	pl.mu.Unlock()
 	// As for a lone pod: at most maxWakeupDelay ahead (the group is then
 	// retried, and its members arm the next), holding only what the queue
-	// looks the group up by. A timer a later deadline replaced does nothing.
+	// looks the group up by. A timer another replaced does nothing.
 	now := pl.clock.Now()
-	wake := s.deadline
+	wake := w.deadline
 	if limit := now.Add(maxWakeupDelay); wake.After(limit) {
 		wake = limit
 	}
@@ -77,4 +98,55 @@ func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status
 		}
 	})
 	return nil
+}
+
+// waitEnd is when pod stops waiting for the capacity its policy prefers
+// (Class.Waits), or the zero time when it does not wait. A malformed
+// annotation is PreFilter's to report, with the fix.
+func (pl *SpotRisk) waitEnd(pod *corev1.Pod) time.Time {
+	class, err := pl.classify(pod)
+	if err != nil || !class.Waits() {
+		return time.Time{}
+	}
+	if s := pl.stateFor(pod, class); s.waiting {
+		return s.deadline
+	}
+	return time.Time{}
+}
+
+// groupWaitEnd reads again when the last wait of group's unscheduled
+// members ends (a zero deadline when none waits) and whose it is, taking pod
+// as given (the scheduler's cache may hold an older version of it). It does
+// so only when by's wait, which the group's timer was armed for, may have
+// ended earlier: by is pod, whose wait did not grow, or by is no longer
+// among the unscheduled members. Otherwise, or without the group's state, it
+// reports false and the armed timer stays: reading every member each time
+// one of them is queued would cost the square of the group's size.
+func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, group string, by types.UID) (*groupWakeup, bool) {
+	pgm := pl.handle.PodGroupManager()
+	if pgm == nil {
+		return nil, false
+	}
+	state, err := pgm.PodGroupStates().Get(pod.Namespace, group)
+	if err != nil {
+		return nil, false
+	}
+	members := state.UnscheduledPods()
+	if pod.UID != by {
+		for _, m := range members {
+			if m.UID == by {
+				return nil, false
+			}
+		}
+	}
+	latest := &groupWakeup{deadline: pl.waitEnd(pod), by: pod.UID}
+	for _, m := range members {
+		if m.UID == pod.UID {
+			continue
+		}
+		if end := pl.waitEnd(m); end.After(latest.deadline) {
+			latest.deadline, latest.by = end, m.UID
+		}
+	}
+	return latest, true
 }

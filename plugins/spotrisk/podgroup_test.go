@@ -2,6 +2,9 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -146,5 +149,80 @@ func TestNativePodGroupIsRetriedWhenItsLastMemberStopsWaiting(t *testing.T) {
 	}
 	if e.clock.HasWaiters() {
 		t.Error("a timer is still armed after the group's retry")
+	}
+}
+
+// groupStates is the scheduler's PodGroup manager as far as PreEnqueue reads
+// it: the unscheduled members of each PodGroup, by namespace/name.
+type groupStates struct {
+	podGroups
+	members map[string]map[string]*corev1.Pod
+}
+
+func (g groupStates) PodGroupStates() fwk.PodGroupStateLister { return g }
+
+func (g groupStates) Get(namespace, name string) (fwk.PodGroupState, error) {
+	if m, ok := g.members[namespace+"/"+name]; ok {
+		return unscheduled{pods: m}, nil
+	}
+	return nil, fmt.Errorf("pod group %s/%s not found", namespace, name)
+}
+
+type unscheduled struct {
+	fwk.PodGroupState
+	pods map[string]*corev1.Pod
+}
+
+func (u unscheduled) UnscheduledPods() map[string]*corev1.Pod { return maps.Clone(u.pods) }
+
+// A native PodGroup's timer is armed for the last of its members' waits,
+// and armed again earlier when that wait is cut short: the member lowers its
+// penny.dev/fallback-after (group trainers: b, from 10m to 4m), or is
+// deleted (group tuners: y, 30m, leaves x, 6m). The group then falls back
+// when its members' waits have ended, not at the wait that is no longer
+// there (or when its backoff runs out). The timers replaced do nothing.
+func TestNativePodGroupIsRetriedEarlierWhenItsLastWaitIsCutShort(t *testing.T) {
+	trainers, tuners := map[string]*corev1.Pod{}, map[string]*corev1.Pod{}
+	groups := groupStates{members: map[string]map[string]*corev1.Pod{"default/trainers": trainers, "default/tuners": tuners}}
+	e := newEnvWith(t, nil, Deps{Prices: catalog(t)}, []frameworkruntime.Option{frameworkruntime.WithPodGroupManager(groups)},
+		node("od", pricing.OnDemand, "us-east-1a"))
+	member := func(group map[string]*corev1.Pod, groupName, name, after string) *corev1.Pod {
+		p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m", AnnotationFallbackAfter: after})
+		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(groupName)}
+		group[name] = p
+		return p
+	}
+	enqueue := func(pods ...*corev1.Pod) {
+		t.Helper()
+		for _, p := range pods {
+			if s := e.plugin.PreEnqueue(context.Background(), p); !s.IsSuccess() {
+				t.Fatalf("PreEnqueue(%s) = %v; it never holds a pod back", p.Name, s)
+			}
+		}
+	}
+	enqueue(member(trainers, "trainers", "a", "2m"), member(trainers, "trainers", "b", "10m"),
+		member(tuners, "tuners", "x", "6m"), member(tuners, "tuners", "y", "30m"))
+
+	lowered := trainers["b"].DeepCopy()
+	lowered.Annotations[AnnotationFallbackAfter] = "4m"
+	trainers["b"] = lowered
+	enqueue(lowered)
+	delete(tuners, "y")
+	enqueue(tuners["x"])
+
+	e.clock.Step(4 * time.Minute)
+	if got := e.act.list(); !slices.Equal(got, []string{"default/b"}) {
+		t.Fatalf("retried %v when b's lowered wait ended, want trainers once (through default/b)", got)
+	}
+	e.clock.Step(2 * time.Minute)
+	if got := e.act.list(); !slices.Equal(got, []string{"default/b", "default/x"}) {
+		t.Fatalf("retried %v when x's wait ended with y deleted, want tuners once more (through default/x)", got)
+	}
+	e.clock.Step(30 * time.Minute)
+	if got := e.act.list(); len(got) != 2 {
+		t.Errorf("retried %v; the timers armed for b's and y's old waits retried a group again", got)
+	}
+	if e.clock.HasWaiters() {
+		t.Error("a timer is still armed after both groups' retries")
 	}
 }
