@@ -56,7 +56,7 @@ func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status
 		pl.mu.Unlock()
 		return nil
 	default:
-		latest, ok := pl.groupWaitEnd(pod, *group.PodGroupName, armed.by)
+		latest, ok := pl.groupWaitEnd(pod, w, *group.PodGroupName, armed.by)
 		if !ok || latest.deadline.Equal(armed.deadline) {
 			if ok {
 				armed.by = latest.by
@@ -116,13 +116,14 @@ func (pl *SpotRisk) waitEnd(pod *corev1.Pod) time.Time {
 
 // groupWaitEnd reads again when the last wait of group's unscheduled
 // members ends (a zero deadline when none waits) and whose it is, taking pod
-// as given (the scheduler's cache may hold an older version of it). It does
+// as given, with its wait own (the scheduler's cache may hold an older
+// version of it). It does
 // so only when by's wait, which the group's timer was armed for, may have
 // ended earlier: by is pod, whose wait did not grow, or by is no longer
 // among the unscheduled members. Otherwise, or without the group's state, it
 // reports false and the armed timer stays: reading every member each time
 // one of them is queued would cost the square of the group's size.
-func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, group string, by types.UID) (*groupWakeup, bool) {
+func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, own *groupWakeup, group string, by types.UID) (*groupWakeup, bool) {
 	pgm := pl.handle.PodGroupManager()
 	if pgm == nil {
 		return nil, false
@@ -139,7 +140,7 @@ func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, group string, by types.UID) (*
 			}
 		}
 	}
-	latest := &groupWakeup{deadline: pl.waitEnd(pod), by: pod.UID}
+	latest := &groupWakeup{deadline: own.deadline, by: own.by}
 	for _, m := range members {
 		if m.UID == pod.UID {
 			continue
