@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bufio"
+	"compress/gzip"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ func openTable(path string, required ...string) (*table, func() error, error) {
 // without a header: a first row whose required columns (the first of
 // positional) hold numbers is data, its columns named by position.
 func openPositionalTable(path string, positional []string, required ...string) (*table, func() error, error) {
-	f, err := os.Open(path)
+	f, err := openTraceFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -45,6 +46,40 @@ func openPositionalTable(path string, positional []string, required ...string) (
 	}
 	return t, f.Close, nil
 }
+
+// openTraceFile opens a trace, reading through gzip when the file is
+// compressed (told by its magic bytes, not its name): published traces are
+// often shipped as .csv.gz, and unpacking a multi-gigabyte file first only
+// to read it once is a step a user should not need.
+func openTraceFile(path string) (io.ReadCloser, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReader(f)
+	if magic, err := br.Peek(2); err != nil || magic[0] != 0x1f || magic[1] != 0x8b {
+		return readCloser{br, f.Close}, nil
+	}
+	zr, err := gzip.NewReader(br)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: the file starts as gzip but its header cannot be read (%v); decompress it with gunzip to see what it holds", path, err)
+	}
+	return readCloser{zr, func() error {
+		zerr := zr.Close()
+		if err := f.Close(); err != nil {
+			return err
+		}
+		return zerr
+	}}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	close func() error
+}
+
+func (r readCloser) Close() error { return r.close() }
 
 func newTable(name string, r io.Reader, positional []string, required ...string) (*table, error) {
 	cr := csv.NewReader(skipBOM(r))

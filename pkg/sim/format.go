@@ -4,7 +4,6 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 )
 
@@ -52,7 +51,7 @@ func LoadTrace(path, format string, philly PhillyOptions) (*Trace, error) {
 // a Philly-derived job list, or a Philly row without a header (numbers where
 // timestamp, duration and num_gpus go).
 func DetectFormat(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := openTraceFile(path)
 	if err != nil {
 		return "", err
 	}

@@ -1,7 +1,10 @@
 package sim
 
 import (
+	"bytes"
+	"compress/gzip"
 	"os"
+	"reflect"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -596,5 +599,82 @@ func TestSpotGPUHugeCPURequestIsRefused(t *testing.T) {
 	}
 	if got := tr.Pods[0].Pod.Spec.Containers[0].Resources.Requests.Cpu().MilliValue(); got != 1048576000 {
 		t.Errorf("1048576 vCPUs read as %dm", got)
+	}
+}
+
+func gzipFile(t *testing.T, name string, content []byte) string {
+	t.Helper()
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := zw.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// A trace shipped compressed reads as the same trace, whatever its name.
+func TestGzippedTraceReadsAsItsContent(t *testing.T) {
+	plain := filepath.Join(openbDir(t), "openb_pod_list_default.csv")
+	raw, err := os.ReadFile(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := LoadTrace(plain, FormatAuto, DefaultPhillyOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"pods.csv.gz", "pods.csv"} {
+		p := gzipFile(t, name, raw)
+		if f, err := DetectFormat(p); err != nil || f != FormatOpenb {
+			t.Fatalf("%s: DetectFormat = %q, %v; want %s", name, f, err, FormatOpenb)
+		}
+		got, err := LoadTrace(p, FormatAuto, DefaultPhillyOptions())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(got.Pods) != len(want.Pods) || len(got.Pods) == 0 {
+			t.Fatalf("%s: %d pods, want %d", name, len(got.Pods), len(want.Pods))
+		}
+		for i := range want.Pods {
+			// Source names the file and line read; only the file differs.
+			if g, w := strings.TrimPrefix(got.Pods[i].Source, p), strings.TrimPrefix(want.Pods[i].Source, plain); g != w {
+				t.Fatalf("%s: pod %d read from line %q, want %q", name, i, g, w)
+			}
+			got.Pods[i].Source = want.Pods[i].Source
+			if !reflect.DeepEqual(got.Pods[i], want.Pods[i]) {
+				t.Fatalf("%s: pod %d differs:\n got %+v\nwant %+v", name, i, got.Pods[i], want.Pods[i])
+			}
+		}
+	}
+
+	philly := gzipFile(t, "jobs.gz", []byte("0,3600,4\n60,120,1\n"))
+	tr, err := LoadTrace(philly, FormatAuto, DefaultPhillyOptions())
+	if err != nil || len(tr.Pods) != 2 {
+		t.Fatalf("gzipped Philly rows without a header: %v, %v", tr, err)
+	}
+
+	// Cut short: the error says where the file is and that it ended early.
+	whole, err := os.ReadFile(gzipFile(t, "x.gz", raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.csv.gz")
+	if err := os.WriteFile(cut, whole[:len(whole)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadTrace(cut, FormatOpenb, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), cut) || !strings.Contains(err.Error(), "unexpected EOF") {
+		t.Fatalf("a gzip trace cut short: %v; want an error naming %s and the early end", err, cut)
+	}
+	// Two bytes of gzip's magic and nothing else cannot be a trace.
+	bad := writeFile(t, "bad.gz", "\x1f\x8bxx")
+	if _, err := LoadTrace(bad, FormatOpenb, DefaultPhillyOptions()); err == nil || !strings.Contains(err.Error(), "gunzip") {
+		t.Fatalf("a broken gzip header: %v; want an error that says to gunzip it", err)
 	}
 }
