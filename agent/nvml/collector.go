@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -43,6 +44,11 @@ type Result struct {
 	DriverVersion     string
 	CUDADriverVersion int32
 	GPUs              []*telemetryv1.GPU
+	// Minors holds the device minor number of each GPU (its /dev/nvidia<minor>)
+	// by UUID, for GPUs whose number NVML gives. GKE's device plugin names
+	// GPUs by their device files, and the minor number need not be the NVML
+	// index; the report does not carry it, so it stays with the agent.
+	Minors map[string]uint32
 }
 
 // Collector reads GPUs through one NVML library handle. It is safe for
@@ -67,7 +73,12 @@ type Collector struct {
 	// NVML can no longer read (fallen off the bus) is still reported, as
 	// unhealthy, instead of silently disappearing.
 	known map[int]*telemetryv1.GPU
-	xids  map[string]*xidRecord // by GPU UUID
+	// minors holds each GPU's device minor number by index, as last read, so
+	// that a GPU NVML can no longer read keeps its number like its identity.
+	minors map[int]uint32
+	// filled is Result.Minors of the collection Fill last put in a report.
+	filled map[string]uint32
+	xids   map[string]*xidRecord // by GPU UUID
 }
 
 type xidRecord struct {
@@ -88,7 +99,7 @@ func New(lib nvml.Interface, log logr.Logger, opts Options) *Collector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, xids: map[string]*xidRecord{}}
+	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}}
 }
 
 // ErrNoDriver is the reason a node has no GPUs to report.
@@ -158,6 +169,12 @@ func (c *Collector) Collect(ctx context.Context) Result {
 			return Result{Status: errorStatus("GPU %d: %v", i, err)}
 		}
 		res.GPUs = append(res.GPUs, g)
+		if minor, ok := c.minors[i]; ok {
+			if res.Minors == nil {
+				res.Minors = map[string]uint32{}
+			}
+			res.Minors[g.Uuid] = minor
+		}
 	}
 	return res
 }
@@ -166,6 +183,19 @@ func (c *Collector) Collect(ctx context.Context) Result {
 func (c *Collector) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
 	res := c.Collect(ctx)
 	r.Nvml, r.DriverVersion, r.CudaDriverVersion, r.Gpus = res.Status, res.DriverVersion, res.CUDADriverVersion, res.GPUs
+	c.mu.Lock()
+	c.filled = res.Minors
+	c.mu.Unlock()
+}
+
+// Minors returns the device minor numbers (Result.Minors) of the GPUs the
+// last Fill put in a report. agent/podresources reads them after this
+// collector filled the same report, to match the ids GKE's device plugin
+// gives.
+func (c *Collector) Minors() map[string]uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.filled)
 }
 
 func errorStatus(format string, args ...any) *telemetryv1.CollectorStatus {
@@ -183,6 +213,13 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 		lost = fmt.Errorf("DeviceGetHandleByIndex: %v", ret)
 	} else if g, lost = readIdentity(dev, index); lost == nil {
 		c.known[index] = proto.Clone(g).(*telemetryv1.GPU)
+		// Without its minor number a GPU is still reported; only the
+		// device ids that name it by its device file cannot be matched.
+		if minor, ret := dev.GetMinorNumber(); ret == nvml.SUCCESS && minor >= 0 {
+			c.minors[index] = uint32(minor)
+		} else {
+			delete(c.minors, index)
+		}
 	}
 	if lost != nil {
 		prev, ok := c.known[index]

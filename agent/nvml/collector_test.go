@@ -316,6 +316,40 @@ func TestLostGPUStaysReported(t *testing.T) {
 	}
 }
 
+// Minor numbers name GPUs by device file (/dev/nvidia<minor>), which GKE's
+// device plugin uses as device ids; they need not follow the NVML index. A
+// GPU whose number NVML cannot give is left out, and a GPU NVML lost keeps
+// the number it had, as it keeps its identity.
+func TestMinorNumbers(t *testing.T) {
+	m, _ := NewMock("dgxa100")
+	for i, d := range m.Devices {
+		d.(*server.Device).Minor = 10 + len(m.Devices) - 1 - i
+	}
+	m.Devices[5].(*server.Device).GetMinorNumberFunc = func() (int, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	c := New(m, testr.New(t), Options{})
+	var r telemetryv1.NodeReport
+	c.Fill(context.Background(), &r)
+	got := c.Minors()
+	if len(got) != 7 {
+		t.Errorf("%d minor numbers, want one for each GPU but GPU 5: %v", len(got), got)
+	}
+	for i, g := range r.Gpus {
+		minor, ok := got[g.Uuid]
+		switch {
+		case i == 5 && ok:
+			t.Errorf("GPU 5, whose minor number NVML cannot give, has %d", minor)
+		case i != 5 && (!ok || minor != uint32(17-i)):
+			t.Errorf("GPU %d has minor number %d (%v), want %d", i, minor, ok, 17-i)
+		}
+	}
+
+	m.Devices[3].(*server.Device).GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
+	c.Fill(context.Background(), &r)
+	if minor, ok := c.Minors()[r.Gpus[3].Uuid]; !ok || minor != 14 {
+		t.Errorf("lost GPU 3 has minor number %d (%v), want the 14 it had", minor, ok)
+	}
+}
+
 func TestMIGLayoutChangeIsSeen(t *testing.T) {
 	m, _ := NewMock("dgxh100")
 	c := New(m, testr.New(t), Options{})

@@ -39,6 +39,7 @@ const maxResponseBytes = 16 << 20
 type Collector struct {
 	socket   string
 	prefixes []string
+	minors   func() map[string]uint32
 	timeout  time.Duration
 
 	mu   sync.Mutex
@@ -52,12 +53,15 @@ type Result struct {
 }
 
 // New returns a collector for the kubelet socket at path. prefixes select
-// resources by name (DefaultResourcePrefixes when empty).
-func New(socket string, prefixes []string) *Collector {
+// resources by name (DefaultResourcePrefixes when empty). minors gives the
+// device minor numbers of the report's GPUs by UUID (agent/nvml's
+// Collector.Minors); with nil, the ids GKE's device plugin gives match
+// nothing.
+func New(socket string, prefixes []string, minors func() map[string]uint32) *Collector {
 	if len(prefixes) == 0 {
 		prefixes = DefaultResourcePrefixes
 	}
-	return &Collector{socket: socket, prefixes: prefixes, timeout: 5 * time.Second}
+	return &Collector{socket: socket, prefixes: prefixes, minors: minors, timeout: 5 * time.Second}
 }
 
 // Collect lists the devices of every running pod. It never fails: problems
@@ -97,7 +101,11 @@ func (c *Collector) list(ctx context.Context) (*podresourcesv1.ListPodResourcesR
 func (c *Collector) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
 	res := c.Collect(ctx)
 	r.PodResources, r.PodDevices = res.Status, res.Devices
-	unmatched := Attach(r.Gpus, res.Devices)
+	var minors map[string]uint32
+	if c.minors != nil {
+		minors = c.minors()
+	}
+	unmatched := Attach(r.Gpus, minors, res.Devices)
 	var notes []string
 	if len(unmatched) > 0 && len(r.Gpus) > 0 {
 		// Devices the kubelet assigned that NVML does not show: the two
@@ -228,26 +236,48 @@ func (c *Collector) convert(resp *podresourcesv1.ListPodResourcesResponse) []*te
 	return out
 }
 
-// Attach records on gpus which pod holds each device: GPU UUIDs (or indices,
-// for the device plugin's deviceIDStrategy=index) name whole GPUs, MIG UUIDs
-// name MIG instances, and a "::<n>" suffix marks a time-sliced replica of
-// the device before it. It returns the device ids that matched nothing NVML
-// reported, which usually means the two sources disagree on the node's GPUs.
-func Attach(gpus []*telemetryv1.GPU, devices []*telemetryv1.PodDevices) (unmatched []string) {
+// Attach records on gpus which pod holds each device, by the ids the two
+// device plugins that advertise nvidia.com resources give the kubelet:
+//
+//   - NVIDIA's k8s-device-plugin: GPU UUIDs name whole GPUs, MIG UUIDs MIG
+//     instances, and a "::<n>" suffix marks a time-sliced replica of the
+//     device before it. It gives the kubelet these UUIDs whatever its
+//     deviceIDStrategy: that setting changes only the ids it passes into the
+//     container, so its index form ("<gpu>:<n>" for MIG) never reaches
+//     PodResources.
+//   - GKE's plugin names devices by their device files: "nvidia<minor>" a
+//     whole GPU (/dev/nvidia<minor>; the minor number, from minors by GPU
+//     UUID, need not be the NVML index), "nvidia<minor>/gi<id>" the MIG
+//     instance of that GPU instance id, and a "/vgpu<n>" suffix a share of
+//     the device before it (time-sharing or MPS).
+//
+// A shared GPU lists every pod holding a share of it; a shared MIG instance
+// names the last one listed, as it has room for one. A bare index is no id
+// either plugin gives, so it matches nothing rather than guessing which GPU
+// another vendor's plugin meant.
+// Attach returns the device ids that matched nothing NVML reported, which
+// usually means the two sources disagree on the node's GPUs.
+func Attach(gpus []*telemetryv1.GPU, minors map[string]uint32, devices []*telemetryv1.PodDevices) (unmatched []string) {
 	byID := map[string]*telemetryv1.GPU{}
 	migs := map[string]*telemetryv1.MIGInstance{}
 	for _, g := range gpus {
 		g.Pods = nil
 		byID[g.Uuid] = g
-		byID[strconv.Itoa(int(g.Index))] = g
+		minor, named := minors[g.Uuid]
+		if named {
+			byID[fmt.Sprintf("nvidia%d", minor)] = g
+		}
 		for _, m := range g.MigInstances {
 			m.Pod = nil
 			migs[m.Uuid] = m
+			if named {
+				migs[fmt.Sprintf("nvidia%d/gi%d", minor, m.GpuInstanceId)] = m
+			}
 		}
 	}
 	for _, d := range devices {
 		for _, id := range d.DeviceIds {
-			base, _, _ := strings.Cut(id, "::")
+			base := sharedDevice(id)
 			if g, ok := byID[base]; ok {
 				if !holds(g.Pods, d.Pod) {
 					g.Pods = append(g.Pods, d.Pod)
@@ -262,6 +292,20 @@ func Attach(gpus []*telemetryv1.GPU, devices []*telemetryv1.PodDevices) (unmatch
 		}
 	}
 	return unmatched
+}
+
+// sharedDevice returns the id of the device a share's id names: id without
+// NVIDIA's "::<n>" or GKE's "/vgpu<n>" suffix.
+func sharedDevice(id string) string {
+	if base, _, ok := strings.Cut(id, "::"); ok {
+		return base
+	}
+	if i := strings.LastIndex(id, "/vgpu"); i >= 0 {
+		if _, err := strconv.ParseUint(id[i+len("/vgpu"):], 10, 32); err == nil {
+			return id[:i]
+		}
+	}
+	return id
 }
 
 func holds(pods []*telemetryv1.PodRef, p *telemetryv1.PodRef) bool {

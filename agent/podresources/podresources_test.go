@@ -10,11 +10,16 @@ import (
 	"sync"
 	"testing"
 
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"github.com/go-logr/logr/testr"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/pennysched/penny/agent/nvml"
+	"github.com/pennysched/penny/agent/report"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
@@ -78,7 +83,7 @@ func TestCollectAndAttach(t *testing.T) {
 	}}
 	startKubelet(t, socket, k)
 
-	c := New(socket, nil)
+	c := New(socket, nil, nil)
 	defer c.Close()
 	r := c.Collect(context.Background())
 	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
@@ -106,7 +111,7 @@ func TestCollectAndAttach(t *testing.T) {
 		{Uuid: "GPU-33333333-3333-3333-3333-333333333333", Index: 3, MigMode: telemetryv1.MIGMode_MIG_MODE_ENABLED,
 			MigInstances: []*telemetryv1.MIGInstance{{Uuid: mig0}, {Uuid: mig1}}},
 	}
-	unmatched := Attach(gpus, r.Devices)
+	unmatched := Attach(gpus, nil, r.Devices)
 	if len(unmatched) != 1 || !strings.HasPrefix(unmatched[0], "GPU-9999") {
 		t.Errorf("unmatched %v", unmatched)
 	}
@@ -125,22 +130,127 @@ func TestCollectAndAttach(t *testing.T) {
 	k.pods = k.pods[1:]
 	k.mu.Unlock()
 	r = c.Collect(context.Background())
-	Attach(gpus, r.Devices)
+	Attach(gpus, nil, r.Devices)
 	if gpus[3].MigInstances[1].Pod != nil {
 		t.Errorf("MIG instance still held after its pod left: %v", gpus[3].MigInstances[1].Pod)
 	}
 }
 
-func TestDeviceIndexStrategy(t *testing.T) {
-	gpus := []*telemetryv1.GPU{{Uuid: gpu0, Index: 0}, {Uuid: gpu1, Index: 1}}
-	Attach(gpus, []*telemetryv1.PodDevices{{Pod: &telemetryv1.PodRef{Namespace: "a", Name: "p"}, ResourceName: "nvidia.com/gpu", DeviceIds: []string{"1"}}})
-	if len(gpus[0].Pods) != 0 || len(gpus[1].Pods) != 1 {
-		t.Fatalf("index ids: %v %v", gpus[0].Pods, gpus[1].Pods)
+// The NVIDIA device plugin hands the kubelet UUIDs whatever its
+// deviceIDStrategy: "index" changes only the ids it passes into the
+// container (rm.Device.ID is the UUID, rm.Device.Index the "<gpu>:<n>"
+// form), so on a mixed-strategy MIG node the kubelet lists MIG UUIDs, with
+// "::<n>" for time-sliced replicas, and those must reach the MIG instances.
+// An id that names nothing NVML reports is counted in the status message.
+func TestMIGIDsUnderEitherDeviceIDStrategy(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	const gone = "GPU-99999999-9999-9999-9999-999999999999"
+	k := &fakeKubelet{pods: []*podresourcesv1.PodResources{
+		pod("team-a", "trainer", ctr("main", dev("nvidia.com/gpu", gpu0))),
+		pod("team-b", "infer", ctr("server", dev("nvidia.com/mig-1g.10gb", mig0))),
+		pod("team-c", "lab", ctr("nb", dev("nvidia.com/mig-3g.40gb.shared", mig1+"::2"))),
+		pod("team-d", "stray", ctr("c", dev("nvidia.com/mig-1g.10gb", "1:0"), dev("nvidia.com/gpu", gone))),
+	}}
+	startKubelet(t, socket, k)
+	c := New(socket, nil, nil)
+	defer c.Close()
+
+	r := &telemetryv1.NodeReport{Gpus: []*telemetryv1.GPU{
+		{Uuid: gpu0, Index: 0},
+		{Uuid: gpu1, Index: 1, MigMode: telemetryv1.MIGMode_MIG_MODE_ENABLED,
+			MigInstances: []*telemetryv1.MIGInstance{{Uuid: mig0}, {Uuid: mig1}}},
+	}}
+	c.Fill(context.Background(), r)
+	if got := r.Gpus[0].Pods; len(got) != 1 || got[0].GetName() != "trainer" {
+		t.Errorf("GPU 0 holders %v, want team-a/trainer", got)
+	}
+	if got := r.Gpus[1].Pods; len(got) != 0 {
+		t.Errorf("the MIG-mode GPU itself lists holders %v", got)
+	}
+	migs := r.Gpus[1].MigInstances
+	if migs[0].Pod.GetName() != "infer" || migs[1].Pod.GetName() != "lab" {
+		t.Errorf("MIG holders %v, %v: want team-b/infer and team-c/lab", migs[0].Pod, migs[1].Pod)
+	}
+	st := r.PodResources
+	if st.GetState() != telemetryv1.CollectorStatus_STATE_OK || !strings.HasPrefix(st.GetMessage(), "2 device ids match no GPU or MIG instance") {
+		t.Errorf("status %v %q: want OK, counting the 2 ids that match nothing", st.GetState(), st.GetMessage())
+	}
+}
+
+// GKE's device plugin names devices by their device files: "nvidia<minor>"
+// a whole GPU, "nvidia<minor>/gi<id>" a MIG partition, and "/vgpu<n>" a
+// share of either (container-engine-accelerators pkg/gpu/nvidia/manager.go,
+// mig/mig.go, gpusharing/gpusharing.go), all as nvidia.com/gpu. The minor
+// number need not be the NVML index, nor the GPU instance id the MIG
+// device's place, so the mock makes each differ from the other. A bare
+// index is no id a plugin gives the kubelet: it attaches nothing and is
+// counted with the ids that match nothing.
+func TestGKEDeviceIDs(t *testing.T) {
+	m, err := nvml.NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range m.Devices {
+		d.(*server.Device).Minor = len(m.Devices) - 1 - i
+	}
+	// GPU 7 (/dev/nvidia0): GPU instances created from the last memory
+	// slice back, so their ids run against their placement.
+	if err := m.EnableMIG(7,
+		nvml.MockInstance{Profile: gonvml.GPU_INSTANCE_PROFILE_1_SLICE, Start: 6},
+		nvml.MockInstance{Profile: gonvml.GPU_INSTANCE_PROFILE_2_SLICE, Start: 4},
+		nvml.MockInstance{Profile: gonvml.GPU_INSTANCE_PROFILE_3_SLICE, Start: 0}); err != nil {
+		t.Fatal(err)
+	}
+	gpus := nvml.New(m, testr.New(t), nvml.Options{})
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	k := &fakeKubelet{pods: []*podresourcesv1.PodResources{
+		pod("team-a", "trainer", ctr("main", dev("nvidia.com/gpu", "nvidia7"))),
+		pod("team-b", "infer", ctr("server", dev("nvidia.com/gpu", "nvidia0/gi0"))),
+		pod("team-c", "nb-1", ctr("lab", dev("nvidia.com/gpu", "nvidia6/vgpu0"))),
+		pod("team-d", "nb-2", ctr("lab", dev("nvidia.com/gpu", "nvidia6/vgpu1"))),
+		pod("team-e", "mps", ctr("lab", dev("nvidia.com/gpu", "nvidia0/gi2/vgpu3"))),
+		pod("team-f", "stray", ctr("c", dev("nvidia.com/gpu", "1", "nvidia8"))),
+	}}
+	startKubelet(t, socket, k)
+	pr := New(socket, nil, gpus.Minors)
+	defer pr.Close()
+
+	b := &report.Builder{Node: "gpu-node-1", AgentID: "test", Version: "test", Sources: report.Sources{GPUs: gpus, PodDevices: pr}}
+	r := b.Build(context.Background())
+	r.Sequence = 1
+	if err := telemetryv1.ValidateNodeReport(r); err != nil {
+		t.Fatalf("report does not validate: %v", err)
+	}
+	holders := func(g *telemetryv1.GPU) string {
+		var names []string
+		for _, p := range g.Pods {
+			names = append(names, p.Namespace+"/"+p.Name)
+		}
+		return strings.Join(names, ",")
+	}
+	want := map[int]string{0: "team-a/trainer", 1: "team-c/nb-1,team-d/nb-2"}
+	for i, g := range r.Gpus {
+		if got := holders(g); got != want[i] {
+			t.Errorf("GPU %d (/dev/nvidia%d) holders %q, want %q", i, 7-i, got, want[i])
+		}
+	}
+	migs := r.Gpus[7].MigInstances
+	if len(migs) != 3 {
+		t.Fatalf("GPU 7 has %d MIG instances, want 3", len(migs))
+	}
+	// By placement: 3g.20gb (GPU instance 2), 2g.10gb (1), 1g.5gb (0).
+	if migs[0].Pod.GetName() != "mps" || migs[1].Pod != nil || migs[2].Pod.GetName() != "infer" {
+		t.Errorf("MIG holders %v, %v, %v: want team-e/mps on GPU instance 2, none, team-b/infer on GPU instance 0",
+			migs[0].Pod, migs[1].Pod, migs[2].Pod)
+	}
+	st := r.PodResources
+	if st.GetState() != telemetryv1.CollectorStatus_STATE_OK || !strings.HasPrefix(st.GetMessage(), "2 device ids match no GPU or MIG instance NVML reports (first: 1)") {
+		t.Errorf("status %v %q: want OK, counting the bare index and the GPU no device file names", st.GetState(), st.GetMessage())
 	}
 }
 
 func TestNoSocket(t *testing.T) {
-	c := New(filepath.Join(t.TempDir(), "missing.sock"), nil)
+	c := New(filepath.Join(t.TempDir(), "missing.sock"), nil, nil)
 	r := c.Collect(context.Background())
 	if r.Status.State != telemetryv1.CollectorStatus_STATE_UNAVAILABLE || !strings.Contains(r.Status.Message, "pod-resources") {
 		t.Fatalf("got %v %q", r.Status.State, r.Status.Message)
@@ -151,7 +261,7 @@ func TestKubeletRestart(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "kubelet.sock")
 	k := &fakeKubelet{pods: []*podresourcesv1.PodResources{pod("a", "p", ctr("c", dev("nvidia.com/gpu", gpu0)))}}
 	stop := startKubelet(t, socket, k)
-	c := New(socket, nil)
+	c := New(socket, nil, nil)
 	defer c.Close()
 	if r := c.Collect(context.Background()); r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
 		t.Fatalf("first: %v", r.Status)
@@ -196,7 +306,7 @@ func TestManyTimeSlicedHoldersKeepTheReportValid(t *testing.T) {
 	}
 	k.pods = append(k.pods, pod("train", "job", ctr("main", dev("nvidia.com/gpu", gpu1))))
 	startKubelet(t, socket, k)
-	c := New(socket, nil)
+	c := New(socket, nil, nil)
 	defer c.Close()
 
 	r := validReport([]*telemetryv1.GPU{healthyGPU(gpu0, 0), healthyGPU(gpu1, 1)})
@@ -241,7 +351,7 @@ func TestPodDevicesIgnoreTheKubeletsOrder(t *testing.T) {
 	devs = append(devs, dev("nvidia.com/gpu", gpu1))
 	k := &fakeKubelet{pods: []*podresourcesv1.PodResources{pod("train", "job", ctr("main", devs...))}}
 	startKubelet(t, socket, k)
-	c := New(socket, nil)
+	c := New(socket, nil, nil)
 	defer c.Close()
 
 	first := c.Collect(context.Background())
@@ -287,7 +397,7 @@ func TestManyDeviceIDsKeepTheReportValid(t *testing.T) {
 	}
 	k.pods = append(k.pods, pod("train", "big", ctr("main", kubeletDevices("nvidia.com/gpu", big...)...)))
 	startKubelet(t, socket, k)
-	c := New(socket, nil)
+	c := New(socket, nil, nil)
 	defer c.Close()
 
 	r := validReport([]*telemetryv1.GPU{healthyGPU(gpu0, 0), healthyGPU(gpu1, 1), healthyGPU(gpu2, 2)})

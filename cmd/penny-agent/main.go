@@ -133,7 +133,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer gpus.Shutdown()
 	sources := report.Sources{GPUs: gpus}
 	if o.podResources != "" {
-		pr := podresources.New(o.podResources, nil)
+		pr := podresources.New(o.podResources, nil, gpus.Minors)
 		defer pr.Close()
 		sources.PodDevices = pr
 	}

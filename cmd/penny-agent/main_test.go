@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/klog/v2"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 	"sigs.k8s.io/yaml"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -56,6 +59,59 @@ func TestOnceMockDGXA100(t *testing.T) {
 	// Field names are the proto's, as docs/telemetry-api.md shows them.
 	if !strings.Contains(out, `"mig_instances"`) || !strings.Contains(out, `"placement_start"`) {
 		t.Error("JSON does not use the proto field names")
+	}
+}
+
+// kubelet serves PodResources with one fixed answer, as the kubelet does on
+// a unix socket.
+type kubelet struct {
+	podresourcesv1.UnimplementedPodResourcesListerServer
+	pods []*podresourcesv1.PodResources
+}
+
+func (k *kubelet) List(context.Context, *podresourcesv1.ListPodResourcesRequest) (*podresourcesv1.ListPodResourcesResponse, error) {
+	return &podresourcesv1.ListPodResourcesResponse{PodResources: k.pods}, nil
+}
+
+// On GKE the kubelet lists devices by the names GKE's device plugin gives
+// them, from the GPUs' device minor numbers, which only the NVML collector
+// reads: the agent must hand them to the PodResources collector.
+func TestOnceAttachesGKEDeviceIDs(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	lis, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	gpu := func(ns, name string, ids ...string) *podresourcesv1.PodResources {
+		return &podresourcesv1.PodResources{Namespace: ns, Name: name, Containers: []*podresourcesv1.ContainerResources{{
+			Name: "main", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: "nvidia.com/gpu", DeviceIds: ids}}}}}
+	}
+	podresourcesv1.RegisterPodResourcesListerServer(srv, &kubelet{pods: []*podresourcesv1.PodResources{
+		gpu("team-a", "trainer", "nvidia1/vgpu0"),
+		gpu("team-b", "infer", "nvidia6/gi1"),
+	}})
+	go srv.Serve(lis)
+	defer srv.Stop()
+
+	// The mock's GPUs have their index as minor number; GPU 6 is split
+	// 3g.20gb, 2g.10gb, 1g.5gb, GPU instances 0, 1, 2.
+	code, out, errOut := runAgent(t, "--once", "--nvml=mock:dgxa100", "--node-name", "gpu-node-1", "--pod-resources-socket", socket)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var r telemetryv1.NodeReport
+	if err := protojson.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.PodResources; st.GetState() != telemetryv1.CollectorStatus_STATE_OK || st.GetMessage() != "" {
+		t.Errorf("pod_resources %v %q", st.GetState(), st.GetMessage())
+	}
+	if got := r.Gpus[1].Pods; len(got) != 1 || got[0].GetName() != "trainer" {
+		t.Errorf("GPU 1 holders %v, want team-a/trainer", got)
+	}
+	if migs := r.Gpus[6].MigInstances; len(migs) != 3 || migs[1].Pod.GetName() != "infer" {
+		t.Errorf("GPU 6 MIG instances %v, want the 2g.10gb one held by team-b/infer", migs)
 	}
 }
 

@@ -1325,8 +1325,10 @@ type PodDevices struct {
 	Container string                 `protobuf:"bytes,2,opt,name=container,proto3" json:"container,omitempty"`
 	// "nvidia.com/gpu", "nvidia.com/mig-1g.5gb", ...
 	ResourceName string `protobuf:"bytes,3,opt,name=resource_name,json=resourceName,proto3" json:"resource_name,omitempty"`
-	// Device plugin ids: GPU or MIG UUIDs; time-sliced replicas carry a
-	// "::<n>" suffix.
+	// Device plugin ids as the kubelet lists them: NVIDIA's plugin gives GPU
+	// or MIG UUIDs (time-sliced replicas carry a "::<n>" suffix), GKE's
+	// plugin device file names ("nvidia<minor>", "nvidia<minor>/gi<id>", a
+	// share with a "/vgpu<n>" suffix).
 	DeviceIds     []string `protobuf:"bytes,4,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
