@@ -364,11 +364,11 @@ func (c *Coordinator) resume(ctx context.Context) {
 
 // remember records a notice, its gangs and the members its fan-outs act on
 // before any command is sent.
-func (c *Coordinator) remember(ctx context.Context, nn nodeNotice, gangs []gang.Ref, fanouts []*fanout, log logr.Logger) {
+func (c *Coordinator) remember(ctx context.Context, nn nodeNotice, gangs []gang.Ref, fanouts []*fanout, round time.Time, log logr.Logger) {
 	if c.opts.Notices == nil {
 		return
 	}
-	rec := noticeRecord{nodeNotice: nn, gangs: gangs}
+	rec := noticeRecord{nodeNotice: nn, gangs: gangs, round: round}
 	for _, f := range fanouts {
 		for _, p := range f.pods {
 			rec.members = append(rec.members, p.UID)
@@ -378,13 +378,17 @@ func (c *Coordinator) remember(ctx context.Context, nn nodeNotice, gangs []gang.
 	c.mu.Lock()
 	c.recorded[nn.key()] = rec
 	c.mu.Unlock()
-	// The commands wait for this write: bound it so a slow API server does
-	// not eat the notice's deadline.
-	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
-	defer cancel()
-	if err := c.opts.Notices.put(ctx, rec, log); err != nil {
+	if err := c.put(ctx, rec, log); err != nil {
 		log.Error(err, "cannot record the notice; a restart before its gangs are evicted would leave them running short a member")
 	}
+}
+
+// put writes a notice's record. The commands wait for the first write:
+// bound it so a slow API server does not eat the notice's deadline.
+func (c *Coordinator) put(ctx context.Context, rec noticeRecord, log logr.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
+	defer cancel()
+	return c.opts.Notices.put(ctx, rec, log)
 }
 
 // forget removes a notice's record once its handling has ended.
@@ -422,12 +426,13 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 	o := c.opts
 	n := nn.notice
 	log := o.Log.WithValues("node", nn.node, "notice", n.ID, "kind", n.Kind.String())
-	defer c.acting(nn.key(), w)
+	// w changes when a postponement calls the plan off.
+	defer func() { c.acting(nn.key(), w) }()
 	// The risk model is updated alongside: the gang's checkpoints must not
 	// wait for its API call.
 	// A notice resumed from its record was observed before it was recorded.
 	c.mu.Lock()
-	_, resumed := c.recorded[nn.key()]
+	rec, resumed := c.recorded[nn.key()]
 	c.mu.Unlock()
 	var observed sync.WaitGroup
 	if !resumed {
@@ -443,32 +448,62 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		c.forget(ctx, nn, log)
 		return
 	}
-	nn = c.waitToAct(ctx, wctx, nn, moved, log)
-	n = nn.notice
-	if ctx.Err() != nil {
-		return
+	for round := rec.round; ; {
+		nn = c.waitToAct(ctx, wctx, nn, moved, log)
+		if ctx.Err() != nil {
+			return
+		}
+		if !c.acting(nn.key(), w) {
+			log.Info("the node's agent no longer reports the notice; its gangs' other members stay")
+			// A plan a postponement called off left a record.
+			c.forget(ctx, nn, log)
+			return
+		}
+		var later bool
+		nn, later = c.runPlan(ctx, nn, round, act.Evict && !o.KeepGangsRunning, moved, log)
+		if !later {
+			return
+		}
+		// Called off: wait for the new lead time, and a withdrawal
+		// calls the notice off as it does before its first plan.
+		round = nn.notice.Deadline
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		w = &callOff{cancel: cancel}
+		c.mu.Lock()
+		c.waiting[nn.key()] = w
+		c.mu.Unlock()
 	}
-	if !c.acting(nn.key(), w) {
-		log.Info("the node's agent no longer reports the notice; its gangs' other members stay")
-		return
-	}
+}
+
+// runPlan plans a notice, sends its commands and evicts the gangs' members
+// when evict is set, until its handling ends. postponed says the cloud
+// postponed the notice past its lead time before any member was evicted:
+// the members stay, and the notice, with its new deadline, is to be
+// planned again at the new lead time.
+func (c *Coordinator) runPlan(ctx context.Context, nn nodeNotice, round time.Time, evict bool, moved <-chan time.Time, log logr.Logger) (_ nodeNotice, postponed bool) {
+	n := nn.notice
 	deadline := Deadline(n.Kind, n.Detected, n.Deadline)
-	fanouts, gangs, err := c.plan(ctx, nn, deadline)
+	fanouts, gangs, err := c.plan(ctx, nn, deadline, round)
 	if err != nil {
 		log.Error(err, "cannot find the gangs with a member on the reclaimed node")
-		return
+		return nn, false
 	}
 	if len(fanouts) == 0 {
 		c.forget(ctx, nn, log)
-		return
+		return nn, false
 	}
-	c.remember(ctx, nn, gangs, fanouts, log)
+	c.remember(ctx, nn, gangs, fanouts, round, log)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	gate := &evictGate{}
 	var wg sync.WaitGroup
 	for _, f := range fanouts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.run(ctx, f, n, act.Evict && !o.KeepGangsRunning, log)
+			c.run(rctx, f, n, evict, gate, log)
 		}()
 	}
 	ran := make(chan struct{})
@@ -481,12 +516,100 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		case <-ran:
 			running = false
 		case d := <-moved:
+			if c.postpone(ctx, nn, d, gangs, gate, log) {
+				stop()
+				<-ran
+				return c.calledOff(ctx, nn, d, log), true
+			}
 			nn = c.bringForward(ctx, nn, d, fanouts, log)
 		}
 	}
 	if ctx.Err() == nil { // stopped midway, the next run takes it up
 		c.forget(ctx, nn, log)
 	}
+	return nn, false
+}
+
+// postpone says whether a deadline the cloud moved once the gang's members
+// were asked to checkpoint calls their eviction off: moved so late that the
+// new lead time is ahead, while the reclaimed node's agent, which then
+// keeps its pods until that lead time, still runs every gang's member there
+// (its evictions had not begun), and before any member elsewhere is
+// evicted. Evicting the members then would leave each gang short of the
+// member on the reclaimed node until the postponed maintenance, and stop
+// it a second time then.
+func (c *Coordinator) postpone(ctx context.Context, nn nodeNotice, deadline time.Time, gangs []gang.Ref, gate *evictGate, log logr.Logger) bool {
+	n := nn.notice
+	to := Deadline(n.Kind, n.Detected, deadline)
+	if !to.After(Deadline(n.Kind, n.Detected, n.Deadline)) {
+		return false
+	}
+	at := c.opts.Policy.Decide(n.Kind, n.Provider, n.Action, deadline).At
+	if at.IsZero() || !time.Now().Before(at) {
+		return false
+	}
+	kept, err := c.gangsStayOn(ctx, nn.node, gangs)
+	if err != nil {
+		log.Error(err, "cannot tell whether the reclaimed node still runs its gangs' members; they are evicted as planned")
+		return false
+	}
+	if !kept {
+		log.Info("the cloud postponed the notice, but the reclaimed node's agent has evicted its gangs' members already; the members elsewhere are evicted as planned",
+			"oldDeadline", n.Deadline, "newDeadline", deadline)
+		return false
+	}
+	return gate.callOff()
+}
+
+// calledOff records the notice postponed to deadline as waiting to be
+// planned again, and says so.
+func (c *Coordinator) calledOff(ctx context.Context, nn nodeNotice, deadline time.Time, log logr.Logger) nodeNotice {
+	n := nn.notice
+	log.Info("the cloud moved the notice's deadline", "oldDeadline", n.Deadline, "newDeadline", deadline)
+	nn.notice.Deadline = deadline
+	lead := c.opts.Policy.Decide(n.Kind, n.Provider, n.Action, deadline).At
+	log.Info("the gangs' members elsewhere are not evicted: the cloud postponed the notice after they were asked to checkpoint, and the reclaimed node's agent keeps its pods until the new lead time; the gangs are planned again then",
+		"newDeadline", deadline, "newLeadTime", lead)
+	// The plan called off holds nothing for the next one: its gangs and
+	// members are found again then.
+	rec := noticeRecord{nodeNotice: nn, round: deadline}
+	c.mu.Lock()
+	c.recorded[nn.key()] = rec
+	c.mu.Unlock()
+	if c.opts.Notices == nil {
+		return nn
+	}
+	if err := c.put(ctx, rec, log); err != nil {
+		log.Error(err, "cannot record that the notice was postponed; a scheduler restarted before the new lead time would evict its gangs' members as first planned")
+	}
+	return nn
+}
+
+// gangsStayOn reports whether node runs a live member of every one of
+// gangs and none is being deleted, as when its agent has not begun to
+// evict them.
+func (c *Coordinator) gangsStayOn(ctx context.Context, node string, gangs []gang.Ref) (bool, error) {
+	list, err := c.opts.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
+	})
+	if err != nil {
+		return false, err
+	}
+	running := map[gang.Ref]bool{}
+	for i := range list.Items {
+		p := &list.Items[i]
+		ref, ok := gang.RefOf(p)
+		if p.Spec.NodeName != node || !ok || !slices.Contains(gangs, ref) {
+			continue
+		}
+		if p.DeletionTimestamp != nil {
+			return false, nil
+		}
+		if live(p) {
+			running[ref] = true
+		}
+	}
+	return len(running) == len(gangs), nil
 }
 
 // waitToAct waits until it is time to act on a notice (scheduled maintenance
@@ -519,10 +642,10 @@ func (c *Coordinator) waitToAct(ctx, wctx context.Context, nn nodeNotice, moved 
 
 // bringForward takes a deadline the cloud moved once the gang's members were
 // asked to checkpoint. Brought forward, they are evicted by the new one less
-// the margin. Postponed, nothing changes: their checkpoints are being
-// written by the deadline in the commands, which the agents run once per
-// command id, and the members are evicted once these are in, as they would
-// have been.
+// the margin. Postponed where postpone did not call their eviction off,
+// nothing changes: their checkpoints are being written by the deadline in
+// the commands, which the agents run once per command id, and the members
+// are evicted once these are in, as they would have been.
 func (c *Coordinator) bringForward(ctx context.Context, nn nodeNotice, deadline time.Time, fanouts []*fanout, log logr.Logger) nodeNotice {
 	n := nn.notice
 	if deadline.Equal(n.Deadline) {
@@ -556,9 +679,7 @@ func (c *Coordinator) move(ctx context.Context, nn nodeNotice, deadline time.Tim
 	if !ok || c.opts.Notices == nil {
 		return nn
 	}
-	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
-	defer cancel()
-	if err := c.opts.Notices.put(ctx, rec, log); err != nil {
+	if err := c.put(ctx, rec, log); err != nil {
 		log.Error(err, "cannot record the notice's new deadline; a scheduler restarted before its handling ends would act by the old one")
 	}
 	return nn
@@ -704,17 +825,23 @@ func (f *fanout) update(st *telemetryv1.CheckpointStatus) {
 	}
 }
 
-// commandID is the same on every replica for the same notice and node, so
-// the agent runs a command once however many replicas send it.
-func commandID(origin, notice, node string) string {
-	h := sha256.Sum256([]byte(origin + "\x00" + notice + "\x00" + node))
+// commandID is the same on every replica for the same notice, node and
+// round (noticeRecord.round), so the agent runs a command once however
+// many replicas send it, and runs the command of a plan made again after a
+// postponement.
+func commandID(origin, notice, node string, round time.Time) string {
+	key := origin + "\x00" + notice + "\x00" + node
+	if !round.IsZero() {
+		key += "\x00" + round.UTC().Format(time.RFC3339Nano)
+	}
+	h := sha256.Sum256([]byte(key))
 	return "gang-" + hex.EncodeToString(h[:12])
 }
 
 // plan finds the gangs with a member on the reclaimed node, adds those
 // recorded for the notice, and groups their other members by node: of a
 // resumed notice, only the members its record names.
-func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Time) ([]*fanout, []gang.Ref, error) {
+func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline, round time.Time) ([]*fanout, []gang.Ref, error) {
 	onNode, err := c.livePodsOn(ctx, nn.node)
 	if err != nil {
 		return nil, nil, err
@@ -754,7 +881,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline time.Tim
 			f := byNode[p.Spec.NodeName]
 			if f == nil {
 				f = &fanout{
-					id: commandID(nn.node, nn.notice.ID, p.Spec.NodeName), node: p.Spec.NodeName,
+					id: commandID(nn.node, nn.notice.ID, p.Spec.NodeName, round), node: p.Spec.NodeName,
 					origin: nn.node, notice: nn.notice.ID, deadline: deadline, moved: make(chan struct{}, 1),
 					states: map[string]telemetryv1.CheckpointStatus_State{}, done: make(chan struct{}),
 				}
@@ -825,9 +952,32 @@ func commandReason(gangs []string, origin, kind string, deadline time.Time) stri
 	return fmt.Sprintf("%d gangs%s%s", len(gangs), verb, tail)
 }
 
+// evictGate lets the fan-outs of a plan begin to evict only while a
+// postponement has not called the plan off, and a postponement call it off
+// only while none has begun: a gang is evicted whole or kept whole.
+type evictGate struct {
+	mu       sync.Mutex
+	evicting bool
+	off      bool
+}
+
+func (g *evictGate) evict() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.evicting = g.evicting || !g.off
+	return !g.off
+}
+
+func (g *evictGate) callOff() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.off = g.off || !g.evicting
+	return g.off
+}
+
 // run sends one node's command, waits for its checkpoints and evicts the
-// members when evict is set.
-func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNotice, evict bool, log logr.Logger) {
+// members when evict is set and gate lets it.
+func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNotice, evict bool, gate *evictGate, log logr.Logger) {
 	log = log.WithValues("target", f.node, "command", f.id)
 	c.mu.Lock()
 	c.fanouts[f.id] = f
@@ -912,6 +1062,9 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 			waiting = false
 		}
 		t.Stop()
+	}
+	if !gate.evict() {
+		return
 	}
 	c.evictMembers(ctx, f, log)
 }

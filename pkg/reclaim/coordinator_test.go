@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
@@ -39,7 +40,7 @@ type commander struct {
 	mu      sync.Mutex
 	sent    map[string]*telemetryv1.CheckpointCommand // by node
 	all     []*telemetryv1.CheckpointCommand
-	firstAt map[string]time.Time // by node: when it was first sent one
+	firstAt map[string]time.Time // by node, and by command id: when it was first sent
 	offline map[string]bool
 }
 
@@ -55,11 +56,13 @@ func (c *commander) SendCheckpoint(node string, cmd *telemetryv1.CheckpointComma
 	}
 	c.sent[node] = cmd
 	c.all = append(c.all, cmd)
-	if _, ok := c.firstAt[node]; !ok {
-		if c.firstAt == nil {
-			c.firstAt = map[string]time.Time{}
+	if c.firstAt == nil {
+		c.firstAt = map[string]time.Time{}
+	}
+	for _, k := range []string{node, cmd.GetId()} {
+		if _, ok := c.firstAt[k]; !ok {
+			c.firstAt[k] = time.Now()
 		}
-		c.firstAt[node] = time.Now()
 	}
 	return 1, nil
 }
@@ -70,7 +73,7 @@ func (c *commander) get(node string) *telemetryv1.CheckpointCommand {
 	return c.sent[node]
 }
 
-// sentAt returns when node was first sent a command.
+// sentAt returns when node, or a command id, was first sent.
 func (c *commander) sentAt(node string) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -160,7 +163,7 @@ func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing
 		t.Errorf("command to c names %v, want ml/g-3 and the native PodGroup's ml/pg-1", got)
 	}
 	b := cmds.get("b")
-	if !b.GetDeadline().AsTime().Equal(deadline) || b.GetOriginNode() != "a" || b.GetOriginNoticeId() != "aws-spot-1" || b.GetId() != commandID("a", "aws-spot-1", "b") {
+	if !b.GetDeadline().AsTime().Equal(deadline) || b.GetOriginNode() != "a" || b.GetOriginNoticeId() != "aws-spot-1" || b.GetId() != commandID("a", "aws-spot-1", "b", time.Time{}) {
 		t.Errorf("command %v: want the notice's deadline, origin and a deterministic id", b)
 	}
 	waitFor(t, "the reclaim fed to the risk model", func() bool {
@@ -727,7 +730,7 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 		waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
 		replicas, recs = append(replicas, c), append(recs, rec)
 	}
-	id := commandID("a", "aws-spot-3", "b")
+	id := commandID("a", "aws-spot-3", "b", time.Time{})
 	for _, c := range replicas {
 		for _, pod := range []string{"g-1", "g-2"} {
 			c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: id, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod},
@@ -1018,4 +1021,104 @@ func TestCoordinatorResumedNoticeFollowsADeadlineMovedMeanwhile(t *testing.T) {
 	waitFor(t, "the record to take the deadline reported after the restart", func() bool {
 		return slices.ContainsFunc(writes(), func(w string) bool { return strings.Contains(w, deadline) })
 	})
+}
+
+// postponedAfterCommands has a coordinator act on maintenance within its
+// lead time (node a's member g-0, b's g-1), and has the cloud postpone it,
+// once b was asked to checkpoint, so far that the new lead time is
+// ahead by wait; it returns the notice as postponed and the first command.
+func postponedAfterCommands(t *testing.T, c *Coordinator, cmds *commander, lead, wait time.Duration) (telemetry.ReclaimNotice, *telemetryv1.CheckpointCommand) {
+	t.Helper()
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	first := cmds.get("b")
+	later := moveDeadline(c, n, time.Now().Add(lead+wait))
+	// Called off, the notice waits for its new lead time as before its
+	// first plan.
+	waitingToAct(t, c, "a/aws-maint-4")
+	return later, first
+}
+
+// Maintenance the cloud postpones after the gang's members were asked to
+// checkpoint, past the new lead time: a's agent keeps its pods until then,
+// so the members elsewhere are not evicted either, even once their
+// checkpoints are in. At the new lead time they are asked again, by a
+// command with a new id (the agent runs an id once) and the new deadline,
+// and evicted once that checkpoint is in.
+func TestCoordinatorKeepsMembersRunningWhenMaintenanceIsPostponedAfterCommands(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	evicted := recordEvictions(client)
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead = time.Minute
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	later, first := postponedAfterCommands(t, c, cmds, lead, 3*time.Second)
+	done := func(cmd *telemetryv1.CheckpointCommand) {
+		c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmd.GetId(), UpdatedAt: timestamppb.Now(),
+			Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	}
+	// The checkpoint the first command asked for comes in.
+	done(first)
+
+	waitFor(t, "b asked again at the new lead time", func() bool { return cmds.get("b").GetId() != first.GetId() })
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v while a's agent keeps its pods until the postponed maintenance's lead time", got)
+	}
+	again := cmds.get("b")
+	if at, due := cmds.sentAt(again.GetId()), later.Deadline.Add(-lead); at.Before(due) {
+		t.Errorf("b asked again %v before the new lead time", due.Sub(at))
+	}
+	if !again.GetDeadline().AsTime().Equal(later.Deadline) {
+		t.Errorf("command %v after the postponement: want the new deadline %v", again, later.Deadline)
+	}
+	done(again)
+	waitFor(t, "b's member evicted once its new checkpoint is in", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
+}
+
+// A postponement that comes once the reclaimed node's agent has evicted its
+// gang's member (it acts on a move only until its evictions begin) changes
+// nothing: the gang is short of that member already, and its members
+// elsewhere are evicted as planned.
+func TestCoordinatorEvictsAsPlannedWhenTheReclaimedNodesMembersAreGone(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	evicted := recordEvictions(client)
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead = time.Minute
+	var mu sync.Mutex
+	var logged []string
+	log := funcr.New(func(_, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		logged = append(logged, args)
+	}, funcr.Options{})
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: log, Policy: Policy{MaintenanceLead: lead}})
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-5", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	if err := client.CoreV1().Pods("ml").Delete(context.Background(), "g-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	moveDeadline(c, n, time.Now().Add(time.Hour))
+	waitFor(t, "the postponement taken", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(logged, func(l string) bool {
+			return strings.Contains(l, "the cloud postponed the notice, but the reclaimed node's agent has evicted its gangs' members already")
+		})
+	})
+	c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmds.get("b").GetId(), UpdatedAt: timestamppb.Now(),
+		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	waitFor(t, "b's member evicted as planned", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
 }

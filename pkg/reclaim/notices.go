@@ -28,7 +28,9 @@ import (
 // 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11,9a1e0d2c-7b3f-4e5a-8c6d-1f2e3a4b5c6d"
 // (an empty action or deadline is "-"; the members are pod UIDs, and a line
 // without them, as saved before Penny kept them, stands for every live
-// member of the gangs).
+// member of the gangs). A notice whose first plan was called off because
+// the cloud postponed it adds a tenth field, the deadline it is planned
+// again by (noticeRecord.round); its gangs and members are "-" until then.
 const NoticesKey = "notices"
 
 // noticesStaleAfter is how long past its deadline a record is kept: nothing
@@ -62,6 +64,14 @@ type noticeRecord struct {
 	// every live member of the gangs (a record saved before Penny kept the
 	// UIDs, or one too large to keep them).
 	members []types.UID
+	// round is zero for the notice's first plan. A postponement that
+	// called that plan off (the members were asked to checkpoint but not
+	// evicted) sets it to the deadline the notice was postponed to: the
+	// plan made again at the new lead time names its commands by it, so
+	// that the agents, which run a command id once, run them, and every
+	// replica and a restarted scheduler name them alike. Until that plan
+	// is made the record holds no gangs and no members: it is made afresh.
+	round time.Time
 }
 
 // errTooLarge says the records would not fit under configmaplines.MaxBytes.
@@ -105,8 +115,7 @@ func (s *NoticeStore) put(ctx context.Context, r noticeRecord, log logr.Logger) 
 	merge := func(r noticeRecord) func(map[string]noticeRecord) {
 		return func(recs map[string]noticeRecord) {
 			if old, ok := recs[r.key()]; ok {
-				r.gangs = unionGangs(old.gangs, r.gangs)
-				r.members = unionMembers(old.members, r.members)
+				r = mergeRecords(old, r)
 			}
 			recs[r.key()] = r
 		}
@@ -119,6 +128,28 @@ func (s *NoticeStore) put(ctx context.Context, r noticeRecord, log logr.Logger) 
 		"members", len(r.members))
 	r.members = nil
 	return s.update(ctx, log, merge(r))
+}
+
+// mergeRecords adds to r what another replica recorded in old. A plan made
+// after a postponement replaces the plan it called off; a replica still at
+// the plan called off adds nothing to the new one. Of the same plan, a
+// record still waiting to be planned again (no gangs) takes the gangs and
+// members of one planned.
+func mergeRecords(old, r noticeRecord) noticeRecord {
+	switch {
+	case r.round.After(old.round):
+		return r
+	case old.round.After(r.round):
+		return old
+	case len(old.gangs) == 0:
+		return r
+	case len(r.gangs) == 0:
+		r.gangs, r.members = old.gangs, old.members
+		return r
+	}
+	r.gangs = unionGangs(old.gangs, r.gangs)
+	r.members = unionMembers(old.members, r.members)
+	return r
 }
 
 // remove drops a notice's record once its handling has ended.
@@ -224,6 +255,9 @@ func formatNotices(recs []noticeRecord) string {
 		for i, g := range r.gangs {
 			gangs[i] = g.Key()
 		}
+		if len(gangs) == 0 {
+			gangs = []string{"-"} // a plan called off, not yet made again
+		}
 		fmt.Fprintf(&b, "%s %s %s %s %s %s %s %s", r.node, field(n.ID),
 			strings.TrimPrefix(n.Kind.String(), "RECLAIM_KIND_"), strings.TrimPrefix(n.Provider.String(), "CLOUD_PROVIDER_"),
 			field(n.Action), n.Detected.UTC().Format(time.RFC3339Nano), deadline, strings.Join(gangs, ","))
@@ -235,6 +269,12 @@ func formatNotices(recs []noticeRecord) string {
 				sep = " "
 			}
 			b.WriteString(sep + url.PathEscape(string(uid)))
+		}
+		if !r.round.IsZero() {
+			if len(r.members) == 0 {
+				b.WriteString(" -")
+			}
+			b.WriteString(" " + r.round.UTC().Format(time.RFC3339Nano))
 		}
 		b.WriteByte('\n')
 	}
@@ -249,9 +289,9 @@ func parseNotices(data, source string) ([]noticeRecord, error) {
 }
 
 func parseNoticeLine(line string) (noticeRecord, error) {
-	const want = `want "<node> <notice id> <kind> <provider> <action> <detected> <deadline> <gangs> <members>", the kind as SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION, the provider as AWS, GCP or AZURE, the times in RFC 3339, "-" for an empty action or deadline, the gangs as <label|podgroup>:<namespace>/<name> separated by commas, the members as pod UIDs separated by commas (or left out for every live member of the gangs), e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11"`
+	const want = `want "<node> <notice id> <kind> <provider> <action> <detected> <deadline> <gangs> <members> <round>", the kind as SPOT_INTERRUPTION, REBALANCE_RECOMMENDATION, MAINTENANCE or TERMINATION, the provider as AWS, GCP or AZURE, the times in RFC 3339, "-" for an empty action or deadline, the gangs as <label|podgroup>:<namespace>/<name> separated by commas, the members as pod UIDs separated by commas (or left out for every live member of the gangs), the round (left out for a first plan) as the RFC 3339 deadline a postponed notice is planned again by, with "-" for its gangs and members until then, e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate 2026-11-30T08:00:00Z 2026-11-30T08:02:00Z label:ml/llm 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11"`
 	f := strings.Fields(line)
-	if len(f) != 8 && len(f) != 9 {
+	if len(f) < 8 || len(f) > 10 {
 		return noticeRecord{}, errors.New(want)
 	}
 	r := noticeRecord{nodeNotice: nodeNotice{node: f[0]}}
@@ -281,6 +321,20 @@ func parseNoticeLine(line string) (noticeRecord, error) {
 			return noticeRecord{}, fmt.Errorf("deadline %q is not an RFC 3339 time: %s", f[6], want)
 		}
 	}
+	if len(f) == 10 {
+		if r.round, err = time.Parse(time.RFC3339Nano, f[9]); err != nil {
+			return noticeRecord{}, fmt.Errorf("round %q is not an RFC 3339 time: %s", f[9], want)
+		}
+		if f[7] == "-" {
+			if f[8] != "-" {
+				return noticeRecord{}, fmt.Errorf("members %q of a notice not yet planned again: %s", f[8], want)
+			}
+			return r, nil
+		}
+		if f[8] == "-" {
+			f = f[:8]
+		}
+	}
 	for _, g := range strings.Split(f[7], ",") {
 		src, rest, _ := strings.Cut(g, ":")
 		ns, name, _ := strings.Cut(rest, "/")
@@ -289,7 +343,7 @@ func parseNoticeLine(line string) (noticeRecord, error) {
 		}
 		r.gangs = append(r.gangs, gang.Ref{Source: gang.Source(src), Namespace: ns, Name: name})
 	}
-	if len(f) == 9 {
+	if len(f) >= 9 {
 		for _, m := range strings.Split(f[8], ",") {
 			uid, err := url.PathUnescape(m)
 			if err != nil || uid == "" {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -171,7 +172,7 @@ func TestCoordinatorResumesAfterAFailedFirstRead(t *testing.T) {
 	detected := time.Now()
 	rec := noticeRecord{nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}},
-		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil}
+		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil, time.Time{}}
 	saved := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "penny-reclaim-notices"},
 		Data: map[string]string{NoticesKey: formatNotices([]noticeRecord{rec})}}
 	if _, err := client.CoreV1().ConfigMaps("penny-system").Create(context.Background(), saved, metav1.CreateOptions{}); err != nil {
@@ -198,26 +199,40 @@ func TestCoordinatorResumesAfterAFailedFirstRead(t *testing.T) {
 }
 
 // A record with its members' UIDs adds them as a ninth field; one without
-// them is written, and read, as before Penny kept them.
+// them is written, and read, as before Penny kept them. A notice planned
+// again after a postponement adds the deadline it is planned by as a tenth,
+// with "-" for gangs and members not yet found again.
 func TestNoticeRecordLines(t *testing.T) {
 	detected := time.Date(2026, 11, 30, 8, 0, 0, 123, time.UTC)
 	recs := []noticeRecord{
 		{nodeNotice{"b", telemetry.ReclaimNotice{ID: "gce maint/1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION,
 			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Detected: detected}},
-			[]gang.Ref{{Source: gang.SourcePodGroup, Namespace: "ml", Name: "pg"}, {Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}, nil},
+			[]gang.Ref{{Source: gang.SourcePodGroup, Namespace: "ml", Name: "pg"}, {Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}, nil, time.Time{}},
 		{nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "-", Detected: detected, Deadline: detected.Add(2 * time.Minute)}},
 			[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}},
-			[]types.UID{"3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11", "odd,uid with spaces"}},
+			[]types.UID{"3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11", "odd,uid with spaces"}, time.Time{}},
+		{nodeNotice{"c", telemetry.ReclaimNotice{ID: "aws-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: detected, Deadline: detected.Add(25 * time.Hour)}},
+			nil, nil, detected.Add(24 * time.Hour)},
+		{nodeNotice{"d", telemetry.ReclaimNotice{ID: "aws-maint-2", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: detected, Deadline: detected.Add(24 * time.Hour)}},
+			[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}, nil, detected.Add(24 * time.Hour)},
+		{nodeNotice{"e", telemetry.ReclaimNotice{ID: "aws-maint-3", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: detected, Deadline: detected.Add(24 * time.Hour)}},
+			[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "llm"}}, []types.UID{"uid-1"}, detected.Add(24 * time.Hour)},
 	}
 	data := formatNotices(recs)
 	want := "a aws%2Dspot%2D1 SPOT_INTERRUPTION AWS %2D 2026-11-30T08:00:00.000000123Z 2026-11-30T08:02:00.000000123Z label:ml/llm 3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11,odd%2Cuid%20with%20spaces\n" +
-		"b gce%20maint%2F1 REBALANCE_RECOMMENDATION GCP - 2026-11-30T08:00:00.000000123Z - podgroup:ml/pg,label:ml/llm\n"
+		"b gce%20maint%2F1 REBALANCE_RECOMMENDATION GCP - 2026-11-30T08:00:00.000000123Z - podgroup:ml/pg,label:ml/llm\n" +
+		"c aws%2Dmaint%2D1 MAINTENANCE AWS system%2Dreboot 2026-11-30T08:00:00.000000123Z 2026-12-01T09:00:00.000000123Z - - 2026-12-01T08:00:00.000000123Z\n" +
+		"d aws%2Dmaint%2D2 MAINTENANCE AWS system%2Dreboot 2026-11-30T08:00:00.000000123Z 2026-12-01T08:00:00.000000123Z label:ml/llm - 2026-12-01T08:00:00.000000123Z\n" +
+		"e aws%2Dmaint%2D3 MAINTENANCE AWS system%2Dreboot 2026-11-30T08:00:00.000000123Z 2026-12-01T08:00:00.000000123Z label:ml/llm uid-1 2026-12-01T08:00:00.000000123Z\n"
 	if data != want {
 		t.Fatalf("formatted:\n%s\nwant:\n%s", data, want)
 	}
 	got, err := parseNotices(data, "src")
-	if err != nil || !reflect.DeepEqual(got, []noticeRecord{recs[1], recs[0]}) {
+	if err != nil || !reflect.DeepEqual(got, []noticeRecord{recs[1], recs[0], recs[2], recs[3], recs[4]}) {
 		t.Fatalf("parsed %+v, %v: want the records back", got, err)
 	}
 
@@ -227,7 +242,9 @@ func TestNoticeRecordLines(t *testing.T) {
 		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - job:ml/g\n" +
 		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,,uid-2\n" +
 		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,uid-%zz\n" +
-		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1 uid-2\n"
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1 uid-2\n" +
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - - uid-1 2026-12-01T08:00:00Z\n" +
+		"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - - 2026-12-01T08:00:00Z\n"
 	got, err = parseNotices(damaged, "configmap penny-system/penny-reclaim-notices key notices")
 	if len(got) != 1 || got[0].notice.ID != "aws-spot-1" {
 		t.Errorf("kept %+v, want the one good line", got)
@@ -240,7 +257,9 @@ func TestNoticeRecordLines(t *testing.T) {
 		`line 5`, `gang "job:ml/g"`, `e.g. "a aws-spot-1 SPOT_INTERRUPTION AWS terminate`,
 		`line 6 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,,uid-2": member "": want`,
 		`line 7 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1,uid-%zz": member "uid-%zz": want`,
-		`line 8 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1 uid-2": want "<node> <notice id>`,
+		`line 8 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - label:ml/g uid-1 uid-2": round "uid-2" is not an RFC 3339 time: want "<node> <notice id>`,
+		`line 9 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - - uid-1 2026-12-01T08:00:00Z": members "uid-1" of a notice not yet planned again: want`,
+		`line 10 "a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - - 2026-12-01T08:00:00Z": gang "-": want`,
 		`the members as pod UIDs separated by commas`} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error %q: want %q", err, w)
@@ -257,7 +276,7 @@ func TestNoticeStoreDropsRecordsLongPastTheirDeadline(t *testing.T) {
 	now := time.Now()
 	old := noticeRecord{nodeNotice{"a", telemetry.ReclaimNotice{ID: "old", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now.Add(-time.Hour), Deadline: now.Add(-time.Hour + 2*time.Minute)}},
-		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil}
+		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil, time.Time{}}
 	fresh := old
 	fresh.notice.ID, fresh.notice.Deadline = "fresh", now.Add(time.Minute)
 	s := noticeStore(fake.NewClientset())
@@ -362,6 +381,102 @@ func TestNoticeStoreUnitesTheReplicasMembers(t *testing.T) {
 		got, err := s.load(ctx)
 		if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0].members, step.want) {
 			t.Fatalf("after a put of %q: loaded %+v (%v); want members %q", step.members, got, err, step.want)
+		}
+	}
+}
+
+// A scheduler restarted between a postponement that called the gang's
+// eviction off and the new lead time acts as the first would have: its
+// record holds the new deadline and that the first plan was called off, so
+// the restarted scheduler neither evicts the members on the first plan's
+// checkpoints nor asks them before the new lead time, and then asks them by
+// the same new command as the first scheduler would have.
+func TestCoordinatorRestartedAfterAPostponementWaitsForTheNewLeadTime(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	evicted := recordEvictions(client)
+	const lead = time.Minute
+	opts := func(cmds *commander) CoordinatorOptions {
+		return CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
+			Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}}
+	}
+	cmds1 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c1 := NewCoordinator()
+	ctx1, stop1 := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		c1.Run(ctx1, opts(cmds1))
+	}()
+	later, first := postponedAfterCommands(t, c1, cmds1, lead, 3*time.Second)
+	stop1()
+	<-ran
+	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
+	if deadline := later.Deadline.UTC().Format(time.RFC3339Nano); err != nil || !strings.HasSuffix(cm.Data[NoticesKey], " "+deadline+" - - "+deadline+"\n") {
+		t.Fatalf("record of the postponed notice: %v %q; want the new deadline, no plan and the new deadline to plan by", err, cm.Data[NoticesKey])
+	}
+
+	// The restarted scheduler hears b's agent send the first command's
+	// statuses again, and a's agent report the notice.
+	cmds2 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c2 := NewCoordinator()
+	c2.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{later}})
+	ctx2, stop2 := context.WithCancel(context.Background())
+	defer stop2()
+	go c2.Run(ctx2, opts(cmds2))
+	if got := c2.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: first.GetId(), UpdatedAt: timestamppb.Now(),
+		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE}); got != telemetry.StatusUnknownCommand {
+		t.Errorf("the first command's status after the restart: %s, want it unknown", got)
+	}
+	waitFor(t, "b asked at the new lead time", func() bool { return cmds2.get("b") != nil })
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v before the new lead time", got)
+	}
+	again := cmds2.get("b")
+	if at, due := cmds2.sentAt("b"), later.Deadline.Add(-lead); at.Before(due) {
+		t.Errorf("b asked %v before the new lead time", due.Sub(at))
+	}
+	if again.GetId() == first.GetId() || again.GetId() != commandID("a", "aws-maint-4", "b", later.Deadline) || !again.GetDeadline().AsTime().Equal(later.Deadline) {
+		t.Errorf("command %v after the restart: want the new plan's id (not the first %s) and the new deadline", again, first.GetId())
+	}
+	c2.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: again.GetId(), UpdatedAt: timestamppb.Now(),
+		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	waitFor(t, "b's member evicted", func() bool { return reflect.DeepEqual(evicted(), []string{"g-1"}) })
+}
+
+// A postponement's record replaces the plan it called off, whatever another
+// replica recorded of that plan before or after; the plan made again then
+// fills it in, and the replicas' members of that plan are united.
+func TestNoticeStoreReplacesAPlanCalledOff(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().UTC().Round(0) // as read back
+	first := noticeRecord{nodeNotice: nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(5 * time.Minute)}},
+		gangs: []gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, members: []types.UID{"uid-1"}}
+	later := now.Add(24 * time.Hour)
+	calledOff := noticeRecord{nodeNotice: first.nodeNotice, round: later}
+	calledOff.notice.Deadline = later
+	again := calledOff
+	again.gangs, again.members = []gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "h"}}, []types.UID{"uid-2"}
+	otherReplica := again
+	otherReplica.members = []types.UID{"uid-3"}
+	s := noticeStore(fake.NewClientset())
+	for _, step := range []struct {
+		put  noticeRecord
+		want noticeRecord
+	}{
+		{first, first},
+		{calledOff, calledOff},
+		{first, calledOff}, // a replica still at the first plan
+		{again, again},
+		{calledOff, again}, // a replica that called it off later
+		{otherReplica, noticeRecord{nodeNotice: again.nodeNotice, gangs: again.gangs, members: []types.UID{"uid-2", "uid-3"}, round: later}},
+	} {
+		if err := s.put(ctx, step.put, testr.New(t)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.load(ctx)
+		if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], step.want) {
+			t.Fatalf("after a put of %+v: loaded %+v (%v); want %+v", step.put, got, err, step.want)
 		}
 	}
 }
