@@ -71,7 +71,7 @@ type Gang struct {
 	blocked map[string]bool
 	seq     uint64
 	// order remembers each gang's place in the queue, for QueueSort: when
-	// it was first queued, or its newest waiting member created if later.
+	// its newest waiting member was created (sortKey).
 	// It is read on every queue comparison, so it avoids the mutex.
 	order sync.Map
 	// lacking remembers, per gang, what the nodes lacked when it last did
@@ -202,10 +202,16 @@ func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
 	// would otherwise lend its old place to every pod the tenant names the
 	// gang on later. The queue may sort the pod before onPodAdd has moved
 	// the gang, so it is checked here too.
+	//
+	// The place starts at the creation the API server recorded, not at the
+	// queue's timestamp: a restarted scheduler queues every pending pod at
+	// once, in the order its informer lists them (by name), and a gang
+	// created an hour after another but listed first went ahead of it. Only
+	// pods no API server created (the simulator's) take the queue's time.
 	created := pod.CreationTimestamp.Time
-	first := e.GetTimestamp()
-	if created.After(first) {
-		first = created
+	first := created
+	if first.IsZero() {
+		first = e.GetTimestamp()
 	}
 	t, _ := pl.order.LoadOrStore(ref.Key(), first)
 	at := t.(time.Time)

@@ -18,7 +18,7 @@ import (
 )
 
 // The first profile's QueueSort orders the pods of every profile, so it
-// records a gang's first-queued time even when another profile's PennyGang
+// records a gang's place in the queue even when another profile's PennyGang
 // schedules the gang and holds its state. That time must go once the gang's
 // members are placed (they bind together), and with its last member, deleted
 // or finished (Succeeded or Failed, as a Job leaves them): a pod created
@@ -163,5 +163,40 @@ func TestPodJoiningAWaitingGangQueuesByItsOwnTime(t *testing.T) {
 	// The gang's members stay together, behind the newest.
 	if sorter.Less(queued(placeholder, start), queued(other, start.Add(time.Hour))) {
 		t.Error("the gang's older member still sorts before the lone pod: the gang's members were split around it")
+	}
+}
+
+// A restarted scheduler queues every pending pod anew, at the moment its
+// informer lists it, in the order the list returns them (by namespace and
+// name). A gang's place must not come from that moment: a gang created an
+// hour after another, but listed first, went ahead of it and took the room
+// the older gang had waited for. The new scheduler's queue may compare the
+// members before this plugin hears of them, so the pods are not in the
+// informer here.
+func TestGangKeepsItsPlaceAcrossARestart(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	restarted := newSorter(ctx, t, client, factory)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+
+	restart := time.Now().Truncate(time.Second)
+	created := func(p *corev1.Pod, at time.Time) *corev1.Pod {
+		p.CreationTimestamp = metav1.NewTime(at)
+		return p
+	}
+	old := created(member("old", 1, 0, 8), restart.Add(-2*time.Hour))
+	young := created(member("young", 1, 0, 8), restart.Add(-time.Hour))
+	queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
+		return &framework.QueuedPodInfo{PodInfo: mustPodInfo(t, p), QueueingParams: framework.QueueingParams{Timestamp: at}}
+	}
+	// The younger gang is listed, so queued, a moment before the older one.
+	if restarted.Less(queued(young, restart), queued(old, restart.Add(time.Millisecond))) {
+		t.Error("after a restart, a gang created an hour after another sorts before it because the new scheduler listed it first")
+	}
+	if !restarted.Less(queued(old, restart.Add(time.Millisecond)), queued(young, restart)) {
+		t.Error("after a restart, the gang created first does not sort before the younger one")
 	}
 }
