@@ -384,9 +384,9 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 				}
 				return runSpotReplay(cmd, &tf, scenario, policy, seed, out, markdown, parallel)
 			}
-			for _, f := range []string{"markdown", "parallel"} {
-				if cmd.Flags().Changed(f) {
-					return fmt.Errorf("--%s applies to a replay on a priced fleet (--scenario, or neither --scenario nor --nodes); on a fixed fleet the report is --out and --plot", f)
+			for _, f := range []struct{ name, fixed string }{{"markdown", "the report is --out and --plot"}, {"parallel", "a replay runs one policy"}} {
+				if cmd.Flags().Changed(f.name) {
+					return fmt.Errorf("--%s applies to a replay on a priced fleet (--scenario, or neither --scenario nor --nodes); on a fixed fleet %s", f.name, f.fixed)
 				}
 			}
 			if strings.Contains(policy, ",") {

@@ -159,7 +159,7 @@ func TestSimCommandErrors(t *testing.T) {
 		{[]string{"replay", "--pods", pods, "--mig", "A100-80GB"}, "--mig applies to a replay on a fixed fleet (--nodes)"},
 		{[]string{"replay", "--scenario", "../../benchmarks/scenarios/spot-openb.yaml", "--nodes", nodes, "--pods", pods}, "give one fleet, a fixed node list or a priced, elastic scenario"},
 		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--markdown", filepath.Join(dir, "r.md")}, "--markdown applies to a replay on a priced fleet"},
-		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--parallel", "3"}, "--parallel applies to a replay on a priced fleet"},
+		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--parallel", "3"}, "--parallel applies to a replay on a priced fleet (--scenario, or neither --scenario nor --nodes); on a fixed fleet a replay runs one policy"},
 	}
 	// Refused before the trace is read: a fill of a target that is not a
 	// number panicked, one of 1e12 x the cluster's GPUs filled memory.
