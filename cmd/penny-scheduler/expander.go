@@ -22,9 +22,13 @@ import (
 // expanderFlags configure the endpoint that answers Cluster Autoscaler's
 // gRPC expander (docs/spot.md).
 type expanderFlags struct {
-	bindAddress string
-	certFile    string
-	keyFile     string
+	bindAddress    string
+	certFile       string
+	keyFile        string
+	maxConnections int
+	// handshakeTimeout is telemetry.DefaultHandshakeTimeout when 0; tests
+	// shorten it.
+	handshakeTimeout time.Duration
 
 	// srv answers the requests.
 	srv *spotrisk.ExpanderServer
@@ -36,6 +40,7 @@ func (f *expanderFlags) flagSet() *pflag.FlagSet {
 	fs.StringVar(&f.bindAddress, "expander-bind-address", "", "address for Cluster Autoscaler's gRPC expander (--expander=grpc --grpc-expander-url), e.g. :7444; empty: no endpoint")
 	fs.StringVar(&f.certFile, "expander-tls-cert-file", "", "TLS certificate of the expander endpoint (reloaded when it changes); required with --expander-bind-address, since Cluster Autoscaler only connects over TLS (its --grpc-expander-cert names the CA that signed it)")
 	fs.StringVar(&f.keyFile, "expander-tls-key-file", "", "TLS key of the expander endpoint")
+	fs.IntVar(&f.maxConnections, "expander-max-connections", defaultExpanderMaxConnections, "how many connections the expander endpoint holds open at once; one more is closed as soon as it is accepted (each Cluster Autoscaler replica keeps one)")
 	return fs
 }
 
@@ -44,7 +49,7 @@ func (f *expanderFlags) addFlags(nfs *cliflag.NamedFlagSets) {
 	nfs.FlagSet("Penny Cluster Autoscaler expander").AddFlagSet(f.fs)
 }
 
-// start starts the endpoint, when configured; the TLS flags are refused
+// start starts the endpoint, when configured; its other flags are refused
 // without --expander-bind-address.
 func (f *expanderFlags) start(ctx context.Context, _ *cobra.Command) (func(), error) {
 	if f.bindAddress == "" {
@@ -52,6 +57,12 @@ func (f *expanderFlags) start(ctx context.Context, _ *cobra.Command) (func(), er
 	}
 	return startExpander(ctx, f, f.srv)
 }
+
+// defaultExpanderMaxConnections leaves room for many times the handful of
+// Cluster Autoscaler replicas (one connection each) that use the endpoint,
+// reconnects included; the cap only keeps other clients from holding
+// connections without bound.
+const defaultExpanderMaxConnections = 64
 
 // expanderGrace is how long a stopping endpoint waits for Cluster
 // Autoscaler's calls in flight; a call is one computation over the options
@@ -65,6 +76,13 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 	if f.certFile == "" || f.keyFile == "" {
 		return nil, errors.New("--expander-bind-address needs --expander-tls-cert-file and --expander-tls-key-file: Cluster Autoscaler's gRPC expander only connects over TLS")
 	}
+	if f.maxConnections <= 0 {
+		return nil, fmt.Errorf("--expander-max-connections %d: must be positive (default %d)", f.maxConnections, defaultExpanderMaxConnections)
+	}
+	handshake := f.handshakeTimeout
+	if handshake == 0 {
+		handshake = telemetry.DefaultHandshakeTimeout
+	}
 	tlsConfig, err := telemetry.ServingTLSConfig(ctx, f.certFile, f.keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("--expander-tls-cert-file, --expander-tls-key-file: %w", err)
@@ -76,11 +94,13 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 	logger := klog.Background().WithName("expander")
 	g := grpc.NewServer(append(telemetry.Recovery(logger),
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.ConnectionTimeout(handshake),
 		// Cluster Autoscaler sends every option's pending pods and each node
 		// group's template node in one request; gRPC's default 4 MiB would
 		// refuse a large scale-up before Penny sees it.
 		grpc.MaxRecvMsgSize(spotrisk.MaxExpanderRequestBytes))...)
 	expander.RegisterExpanderServer(g, srv)
+	lis = telemetry.LimitConnections(lis, telemetry.ConnectionLimit{Max: f.maxConnections, Flag: "expander-max-connections", Log: logger})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"strings"
@@ -44,9 +45,10 @@ func TestExpanderFlagsStartTheEndpoint(t *testing.T) {
 	dir := t.TempDir()
 	cert := telemetrytest.NewCert(t)
 	f := expanderFlags{
-		bindAddress: telemetrytest.FreeAddr(t),
-		certFile:    writeFile(t, dir, "tls.crt", cert.CertPEM),
-		keyFile:     writeFile(t, dir, "tls.key", cert.KeyPEM),
+		bindAddress:    telemetrytest.FreeAddr(t),
+		certFile:       writeFile(t, dir, "tls.crt", cert.CertPEM),
+		keyFile:        writeFile(t, dir, "tls.key", cert.KeyPEM),
+		maxConnections: defaultExpanderMaxConnections,
 	}
 	catalog, err := pricing.LoadFile("../../deploy/pricing/catalog.yaml")
 	if err != nil {
@@ -148,10 +150,92 @@ func TestExpanderFlagErrors(t *testing.T) {
 		want string
 	}{
 		{expanderFlags{bindAddress: ":0"}, "--expander-tls-cert-file"},
-		{expanderFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k"}, "--expander-tls-cert-file, --expander-tls-key-file: TLS certificate"},
+		{expanderFlags{bindAddress: ":0", certFile: "c", keyFile: "k"}, "--expander-max-connections 0: must be positive (default 64)"},
+		{expanderFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxConnections: 1}, "--expander-tls-cert-file, --expander-tls-key-file: TLS certificate"},
 	} {
 		if _, err := startExpander(ctx, &c.f, spotrisk.NewExpanderServer()); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want an error mentioning %q", c.f, err, c.want)
 		}
 	}
+}
+
+// silentConn opens a TCP connection to addr that never starts its TLS
+// handshake, as a client that connects and sends nothing does.
+func silentConn(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedWithin reports whether the endpoint closes c within d; false means
+// c was still open after d.
+func closedWithin(t *testing.T, c net.Conn, d time.Duration) bool {
+	t.Helper()
+	if err := c.SetReadDeadline(time.Now().Add(d)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	return !errors.As(err, &ne) || !ne.Timeout()
+}
+
+// The expander endpoint bounds what clients that say nothing can hold: a
+// connection that has not finished its handshake by the deadline is closed
+// (gRPC's default held it two minutes), and beyond --expander-max-connections
+// one is closed as soon as it is accepted, while Cluster Autoscaler's
+// connection under the limit is kept.
+func TestExpanderEndpointBoundsConnections(t *testing.T) {
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := func(f expanderFlags) string {
+		t.Helper()
+		f.bindAddress = telemetrytest.FreeAddr(t)
+		f.certFile, f.keyFile = writeFile(t, dir, "tls.crt", cert.CertPEM), writeFile(t, dir, "tls.key", cert.KeyPEM)
+		stopped, err := startExpander(ctx, &f, spotrisk.NewExpanderServer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); stopped() })
+		return f.bindAddress
+	}
+	addr := start(expanderFlags{maxConnections: defaultExpanderMaxConnections, handshakeTimeout: 200 * time.Millisecond})
+	if !closedWithin(t, silentConn(t, addr), 30*time.Second) {
+		t.Error("a connection that sent nothing was still open 30s later, with a handshake timeout of 200ms")
+	}
+
+	// The silent connection must outlast the test's waits.
+	addr = start(expanderFlags{maxConnections: 2, handshakeTimeout: 10 * time.Minute})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cert.ClientTLS())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := expander.NewExpanderClient(conn)
+	// The endpoint has no SpotRisk to ask: its answer says so, which shows
+	// that the call reached it.
+	ask := func(when string) {
+		t.Helper()
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		defer ccancel()
+		if _, err := client.BestOptions(cctx, &expander.BestOptionsRequest{}); err == nil || !strings.Contains(err.Error(), "SpotRisk is not running yet") {
+			t.Fatalf("Cluster Autoscaler's call %s: %v, want the endpoint's answer", when, err)
+		}
+	}
+	ask("before the limit is reached")
+	// Accepted in the order they were made: the first silent connection is
+	// in before the second.
+	held := silentConn(t, addr)
+	if !closedWithin(t, silentConn(t, addr), 30*time.Second) {
+		t.Fatal("the third connection was still open 30s later, with --expander-max-connections=2")
+	}
+	if closedWithin(t, held, 100*time.Millisecond) {
+		t.Error("a connection under the limit was closed")
+	}
+	ask("after a connection over the limit was refused")
 }

@@ -37,6 +37,7 @@ type telemetryFlags struct {
 	serviceAccounts    []string
 	maxStreams         int
 	maxAuthentications int
+	maxConnections     int
 	// evictionWebhookAddress serves the webhook that holds agents'
 	// evictions to their own node; "": not served.
 	evictionWebhookAddress string
@@ -58,6 +59,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.StringSliceVar(&f.serviceAccounts, "telemetry-agent-service-accounts", []string{"penny-system/penny-agent"}, "namespace/name of the ServiceAccounts agents run as")
 	fs.IntVar(&f.maxStreams, "telemetry-max-streams-per-node", telemetry.DefaultMaxStreamsPerNode, "how many streams the agents of one node may hold open to this replica at once; more are refused (an agent keeps one per scheduler address)")
 	fs.IntVar(&f.maxAuthentications, "telemetry-max-authentications-in-flight", telemetry.DefaultMaxAuthenticationsInFlight, "how many agents' tokens this replica checks at once (a TokenReview each); a stream that arrives while that many are checked is refused with UNAVAILABLE and the agent retries")
+	fs.IntVar(&f.maxConnections, "telemetry-max-connections", telemetry.DefaultMaxConnections, "how many connections this replica holds open at once, agents' and anyone else's; one more is closed as soon as it is accepted (an agent keeps one per scheduler address, two on a dual-stack cluster). Each is a file descriptor: the process's open-file limit must allow them")
 	fs.StringVar(&f.evictionWebhookAddress, "telemetry-eviction-webhook-bind-address", "", "address for the admission webhook that lets agents evict only the pods of their own node, e.g. :9443, served with the telemetry endpoint's certificate; deploy/agent/reclaim.yaml registers it (docs/reclaim.md#security). Empty: not served, and with reclaim.yaml applied the agents' evictions are refused")
 	return fs
 }
@@ -105,6 +107,9 @@ func (f *telemetryFlags) validate() error {
 	}
 	if f.maxAuthentications <= 0 {
 		return fmt.Errorf("--telemetry-max-authentications-in-flight %d: must be positive (default %d)", f.maxAuthentications, telemetry.DefaultMaxAuthenticationsInFlight)
+	}
+	if f.maxConnections <= 0 {
+		return fmt.Errorf("--telemetry-max-connections %d: must be positive (default %d)", f.maxConnections, telemetry.DefaultMaxConnections)
 	}
 	if f.audience == "" {
 		return fmt.Errorf("--telemetry-token-audience is empty: give the audience of the agents' projected ServiceAccount tokens (deploy/agent/penny-agent.yaml; default %s)", telemetry.DefaultAudience)
@@ -166,7 +171,7 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	so := telemetry.ServerOptions{
 		Store: store, Authenticator: auth, Audiences: []string{f.audience},
 		AgentServiceAccounts: f.serviceAccounts, MaxStreamsPerNode: f.maxStreams,
-		MaxAuthenticationsInFlight: f.maxAuthentications, Log: logger,
+		MaxAuthenticationsInFlight: f.maxAuthentications, MaxConnections: f.maxConnections, Log: logger,
 	}
 	if f.reclaim != nil {
 		so.OnCheckpointStatus = f.reclaim.coordinator.OnCheckpointStatus

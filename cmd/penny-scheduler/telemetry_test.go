@@ -140,8 +140,9 @@ func TestTelemetryFlagErrors(t *testing.T) {
 		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: -time.Second, maxStreams: 4, audience: "a"}, "--telemetry-max-age"},
 		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, audience: "a"}, "--telemetry-max-streams-per-node"},
 		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, audience: "a"}, "--telemetry-max-authentications-in-flight 0: must be positive (default 100)"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100}, "--telemetry-token-audience"},
-		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, audience: "a",
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, audience: "a"}, "--telemetry-max-connections 0: must be positive (default 20000)"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, maxConnections: 1}, "--telemetry-token-audience"},
+		{telemetryFlags{bindAddress: ":0", certFile: "c", keyFile: "k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, maxConnections: 1, audience: "a",
 			reclaim: &reclaimFlags{safetyMargin: -time.Second, maintenanceLead: time.Minute}}, "--reclaim-safety-margin"},
 	}
 	for _, c := range cases {
@@ -159,8 +160,16 @@ func TestTelemetryFlagErrors(t *testing.T) {
 	if err := parsed.validate(); err == nil || !strings.Contains(err.Error(), "--telemetry-max-authentications-in-flight -1: must be positive") {
 		t.Errorf("--telemetry-max-authentications-in-flight=-1: %v", err)
 	}
+	parsed = telemetryFlags{}
+	if err := parsed.flagSet().Parse([]string{"--telemetry-bind-address=:0", "--telemetry-tls-cert-file=c", "--telemetry-tls-key-file=k",
+		"--telemetry-max-connections=0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := parsed.validate(); err == nil || !strings.Contains(err.Error(), "--telemetry-max-connections 0: must be positive") {
+		t.Errorf("--telemetry-max-connections=0: %v", err)
+	}
 	// Files that cannot be read fail the start, naming the flags.
-	f := telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, audience: "a"}
+	f := telemetryFlags{bindAddress: ":0", certFile: "/nonexistent/c", keyFile: "/nonexistent/k", maxAge: time.Second, maxStreams: 4, maxAuthentications: 100, maxConnections: 1, audience: "a"}
 	if err := f.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +269,7 @@ func TestEndpointsServeARotatedCertificate(t *testing.T) {
 
 	f := telemetryFlags{bindAddress: telemetrytest.FreeAddr(t), certFile: certFile, keyFile: keyFile, maxAge: time.Second, maxStreams: 4,
 		audience: "a", serviceAccounts: []string{"penny-system/penny-agent"}, evictionWebhookAddress: telemetrytest.FreeAddr(t)}
-	exp := expanderFlags{bindAddress: telemetrytest.FreeAddr(t), certFile: certFile, keyFile: keyFile}
+	exp := expanderFlags{bindAddress: telemetrytest.FreeAddr(t), certFile: certFile, keyFile: keyFile, maxConnections: defaultExpanderMaxConnections}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), fakeclient.NewClientset(), telemetrytest.NodeMetadata()); err != nil {
@@ -455,5 +464,41 @@ func TestTelemetryAgentServiceAccountsAreChecked(t *testing.T) {
 		case c.bad != "" && (err == nil || !strings.Contains(err.Error(), "--telemetry-agent-service-accounts "+c.bad) || !strings.Contains(err.Error(), "e.g. penny-system/penny-agent")):
 			t.Errorf("%q: got %v, want an error naming the flag, %s and the form", c.value, err, c.bad)
 		}
+	}
+}
+
+// --telemetry-max-connections reaches the endpoint: beyond it a connection
+// is closed as soon as it is accepted.
+func TestTelemetryMaxConnections(t *testing.T) {
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	var f telemetryFlags
+	if err := f.flagSet().Parse([]string{
+		"--telemetry-bind-address", telemetrytest.FreeAddr(t),
+		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
+		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
+		"--telemetry-max-connections", "1",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), fakeclient.NewClientset(), telemetrytest.NodeMetadata())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); stopped() })
+	// Accepted in the order they were made: the first is in before the
+	// second, and is held for the handshake timeout (20s), longer than
+	// the endpoint takes to refuse the second.
+	held := silentConn(t, f.bindAddress)
+	if !closedWithin(t, silentConn(t, f.bindAddress), 10*time.Second) {
+		t.Fatal("the second connection was still open 10s later, with --telemetry-max-connections=1")
+	}
+	if closedWithin(t, held, 100*time.Millisecond) {
+		t.Error("the connection under the limit was closed")
 	}
 }

@@ -35,6 +35,11 @@ var (
 		Help:           "Agent streams refused with UNAVAILABLE, before their token was checked, because --telemetry-max-authentications-in-flight tokens were being checked already; agents retry.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	connectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
+		Name:           "penny_telemetry_connections_over_limit_total",
+		Help:           "Connections to the telemetry endpoint closed as soon as they were accepted because --telemetry-max-connections were open already.",
+		StabilityLevel: metrics.ALPHA,
+	})
 	reportDelay = metrics.NewHistogram(&metrics.HistogramOpts{
 		Name:           "penny_telemetry_report_delay_seconds",
 		Help:           "Time from an agent collecting a report to the scheduler storing it (includes clock skew between the two).",
@@ -64,6 +69,6 @@ var registerOnce sync.Once
 // no-op.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, authenticationsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
+		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, authenticationsOverLimit, connectionsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -51,16 +52,135 @@ func ServingTLSConfig(ctx context.Context, certFile, keyFile string) (*tls.Confi
 
 // Serve runs srv on lis with TLS until ctx ends, then stops: in-flight
 // messages get a moment to finish, then streams are cut (agents reconnect to
-// the other replicas, or to this one when it is back).
+// the other replicas, or to this one when it is back). At most
+// ServerOptions.MaxConnections connections are open at once.
 func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, srv *Server, log logr.Logger) error {
 	g := srv.NewGRPCServer(credentials.NewTLS(tlsConfig))
 	log.Info("telemetry gRPC server listening", "address", lis.Addr().String())
+	lis = LimitConnections(lis, ConnectionLimit{
+		Max: srv.opts.MaxConnections, Flag: "telemetry-max-connections", OverLimit: connectionsOverLimit.Inc, Log: log,
+	})
 	return ServeUntil(ctx, g, lis, time.Second)
+}
+
+// DefaultHandshakeTimeout is how long a client of Penny's gRPC endpoints
+// has from the moment its connection is accepted to finish the TLS and
+// HTTP/2 handshakes; gRPC's default is 120s, which lets a client that
+// connects and sends nothing hold a connection, a goroutine and a file
+// descriptor for two minutes. gRPC clients (penny-agent, Cluster
+// Autoscaler) give up a connection attempt after 20s (MinConnectTimeout),
+// so the server never drops a handshake its client still waits for: after
+// a scheduler restart every agent's handshake competes for the CPU at
+// once.
+const DefaultHandshakeTimeout = 20 * time.Second
+
+// ConnectionLimit bounds the connections open to an endpoint.
+type ConnectionLimit struct {
+	// Max connections open at once, whether their handshake is done or
+	// not; positive.
+	Max int
+	// Flag sets Max; the log names it.
+	Flag string
+	// OverLimit is called for each connection closed for being over Max;
+	// nil: none.
+	OverLimit func()
+	Log       logr.Logger
+}
+
+// LimitConnections returns lis with at most limit.Max connections open at
+// once. A connection beyond them is closed as soon as it is accepted,
+// rather than left in the kernel's accept queue until one closes (as
+// golang.org/x/net/netutil.LimitListener does): the connections held are
+// mostly agents' streams, which last, so a queued client would wait,
+// unseen by metrics and log, until its own connect timeout gave up, and the
+// queue would hold the connections of clients long gone by the time a slot
+// freed. A closed client knows at once and retries with its backoff. The
+// log says so at the default level at most once a minute, as refusals can
+// come as fast as a client connects, and at -v=2 otherwise.
+func LimitConnections(lis net.Listener, limit ConnectionLimit) net.Listener {
+	return &connLimiter{Listener: lis, limit: limit, conns: map[*limitedConn]struct{}{}}
+}
+
+type connLimiter struct {
+	net.Listener
+	limit ConnectionLimit
+	// lastLogged is when a refusal was last logged at the default level,
+	// in Unix nanoseconds.
+	lastLogged atomic.Int64
+
+	mu    sync.Mutex
+	conns map[*limitedConn]struct{}
+}
+
+func (l *connLimiter) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		open := len(l.conns)
+		if open < l.limit.Max {
+			lc := &limitedConn{Conn: c, l: l}
+			l.conns[lc] = struct{}{}
+			l.mu.Unlock()
+			return lc, nil
+		}
+		l.mu.Unlock()
+		c.Close()
+		l.refused(c.RemoteAddr(), open)
+	}
+}
+
+func (l *connLimiter) refused(from net.Addr, open int) {
+	if l.limit.OverLimit != nil {
+		l.limit.OverLimit()
+	}
+	log := l.limit.Log.V(2)
+	now := time.Now().UnixNano()
+	if last := l.lastLogged.Load(); now-last >= int64(time.Minute) && l.lastLogged.CompareAndSwap(last, now) {
+		log = l.limit.Log
+	}
+	log.Info("refused a connection: as many as the limit allows are open (further refusals within a minute are logged at -v=2)",
+		"client", from.String(), "open", open, "limit", l.limit.Max,
+		"fix", fmt.Sprintf("if the clients are legitimate, raise --%s (each connection is a file descriptor: the process's open-file limit must allow it)", l.limit.Flag))
+}
+
+// closeConns closes the connections open now.
+func (l *connLimiter) closeConns() {
+	l.mu.Lock()
+	conns := make([]*limitedConn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// limitedConn frees its slot when closed; gRPC closes a connection whatever
+// ends it (a failed handshake, the client, keepalive, Stop).
+type limitedConn struct {
+	net.Conn
+	l *connLimiter
+}
+
+// Close may be called more than once (by gRPC and by closeConns).
+func (c *limitedConn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // ServeUntil runs g on lis until ctx ends, then stops it: calls in flight
 // get grace to finish, then are cut. GracefulStop alone waits for every
-// call and stream, which agents never end.
+// call and stream, which agents never end. Both it and Stop also wait for
+// connections still in their handshake, which gRPC does not track, for up
+// to the handshake timeout; on a listener from LimitConnections those are
+// closed when calls are cut, so a client that connects and sends nothing
+// does not hold the process's shutdown.
 func ServeUntil(ctx context.Context, g *grpc.Server, lis net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
@@ -74,6 +194,12 @@ func ServeUntil(ctx context.Context, g *grpc.Server, lis net.Listener, grace tim
 	select {
 	case <-stopped:
 	case <-time.After(grace):
+		if l, ok := lis.(*connLimiter); ok {
+			// Closed first (GracefulStop has closed it too, unless it has
+			// not begun yet), so that no connection opens after these.
+			l.Close()
+			l.closeConns()
+		}
 		g.Stop()
 	}
 	return nil

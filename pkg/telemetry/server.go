@@ -46,7 +46,16 @@ type ServerOptions struct {
 	// (DefaultMaxAuthenticationsInFlight when 0); a stream that arrives
 	// while that many are being checked is refused with Unavailable.
 	MaxAuthenticationsInFlight int
-	Log                        logr.Logger
+	// MaxConnections caps the connections open to the endpoint at once,
+	// agents' and anyone else's, authenticated or not
+	// (DefaultMaxConnections when 0); Serve closes one beyond it as soon
+	// as it is accepted.
+	MaxConnections int
+	// HandshakeTimeout is how long a connection has to finish its TLS and
+	// HTTP/2 handshakes (DefaultHandshakeTimeout when 0); a connection
+	// that has not is closed.
+	HandshakeTimeout time.Duration
+	Log              logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -114,21 +123,33 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.MaxStreamsPerNode < 0 {
-		return nil, fmt.Errorf("MaxStreamsPerNode %d: must be positive", o.MaxStreamsPerNode)
+	if o.MaxStreamsPerNode, err = positiveOr("MaxStreamsPerNode", o.MaxStreamsPerNode, DefaultMaxStreamsPerNode); err != nil {
+		return nil, err
 	}
-	if o.MaxStreamsPerNode == 0 {
-		o.MaxStreamsPerNode = DefaultMaxStreamsPerNode
+	if o.MaxAuthenticationsInFlight, err = positiveOr("MaxAuthenticationsInFlight", o.MaxAuthenticationsInFlight, DefaultMaxAuthenticationsInFlight); err != nil {
+		return nil, err
 	}
-	if o.MaxAuthenticationsInFlight < 0 {
-		return nil, fmt.Errorf("MaxAuthenticationsInFlight %d: must be positive", o.MaxAuthenticationsInFlight)
+	if o.MaxConnections, err = positiveOr("MaxConnections", o.MaxConnections, DefaultMaxConnections); err != nil {
+		return nil, err
 	}
-	if o.MaxAuthenticationsInFlight == 0 {
-		o.MaxAuthenticationsInFlight = DefaultMaxAuthenticationsInFlight
+	if o.HandshakeTimeout, err = positiveOr("HandshakeTimeout", o.HandshakeTimeout, DefaultHandshakeTimeout); err != nil {
+		return nil, err
 	}
 	RegisterMetrics()
 	return &Server{opts: o, allowed: allowed, authSlots: make(chan struct{}, o.MaxAuthenticationsInFlight),
 		streams: map[string]map[*agentStream]struct{}{}}, nil
+}
+
+// positiveOr returns v, or def when v is zero (an option left unset); a
+// negative v is an error naming the option.
+func positiveOr[T int | time.Duration](name string, v, def T) (T, error) {
+	if v < 0 {
+		return 0, fmt.Errorf("%s %v: must be positive", name, v)
+	}
+	if v == 0 {
+		return def, nil
+	}
+	return v, nil
 }
 
 // Store returns the store the server writes to.
@@ -152,6 +173,15 @@ const DefaultMaxStreamsPerNode = 4
 // server. After a scheduler restart the agents that reconnect at once get
 // in at that rate, and the others retry with their backoff.
 const DefaultMaxAuthenticationsInFlight = 100
+
+// DefaultMaxConnections is how many connections a replica holds open at
+// once: every stream the largest cluster Kubernetes supports (5,000 nodes)
+// may hold, each on a connection of its own. An agent needs one connection
+// per scheduler address (two on a dual-stack cluster), and one more for a
+// while when it reconnects before the replica has noticed that the old one
+// is dead. Each connection is a file descriptor and, once its handshake is
+// done, goroutines and buffers for its HTTP/2 transport.
+const DefaultMaxConnections = 5000 * DefaultMaxStreamsPerNode
 
 // MaxStreamsPerConnection is how many streams a client may open on one
 // connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). A penny-agent opens
@@ -205,6 +235,7 @@ func Recovery(log logr.Logger) []grpc.ServerOption {
 func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Server {
 	g := grpc.NewServer(append(Recovery(s.opts.Log),
 		grpc.Creds(creds),
+		grpc.ConnectionTimeout(s.opts.HandshakeTimeout),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.MaxHeaderListSize(MaxHeaderBytes),

@@ -502,6 +502,14 @@ func TestServerOptionsAreChecked(t *testing.T) {
 		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, MaxAuthenticationsInFlight: -1}); err == nil || !strings.Contains(err.Error(), "MaxAuthenticationsInFlight") {
 		t.Errorf("MaxAuthenticationsInFlight -1: %v", err)
 	}
+	if _, err := telemetry.NewServer(telemetry.ServerOptions{Store: store, Authenticator: telemetrytest.NodeTokens(),
+		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, MaxConnections: -1}); err == nil || !strings.Contains(err.Error(), "MaxConnections") {
+		t.Errorf("MaxConnections -1: %v", err)
+	}
+	if _, err := telemetry.NewServer(telemetry.ServerOptions{Store: store, Authenticator: telemetrytest.NodeTokens(),
+		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, HandshakeTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "HandshakeTimeout") {
+		t.Errorf("HandshakeTimeout -1s: %v", err)
+	}
 }
 
 // The refusal of a report reaches the agent however bad the report: an
