@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/klog/v2"
 
@@ -98,7 +99,11 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 		// Cluster Autoscaler sends every option's pending pods and each node
 		// group's template node in one request; gRPC's default 4 MiB would
 		// refuse a large scale-up before Penny sees it.
-		grpc.MaxRecvMsgSize(spotrisk.MaxExpanderRequestBytes))...)
+		grpc.MaxRecvMsgSize(spotrisk.MaxExpanderRequestBytes),
+		// Cluster Autoscaler keeps its connection between scale-ups and
+		// dials again when sent away; a client that holds one and calls
+		// nothing would otherwise keep a slot of the cap.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: telemetry.DefaultMaxConnectionIdle}))...)
 	expander.RegisterExpanderServer(g, srv)
 	lis = telemetry.LimitConnections(lis, telemetry.ConnectionLimit{Max: f.maxConnections, Flag: "expander-max-connections", Log: logger})
 	done := make(chan struct{})

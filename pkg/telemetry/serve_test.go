@@ -1,13 +1,17 @@
 package telemetry_test
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -125,5 +129,30 @@ func TestServeStopsWithAConnectionInItsHandshake(t *testing.T) {
 	env.Stop()
 	if !closedWithin(t, silent, 10*time.Second) {
 		t.Error("the connection in its handshake is still open after the server stopped")
+	}
+}
+
+// A client that finishes its handshake and opens no stream is sent away
+// once the connection has been idle for MaxConnectionIdle: the keepalive
+// pings alone would keep it, and its slot of the cap, for ever.
+func TestIdleConnectionIsSentAway(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{MaxConnectionIdle: 300 * time.Millisecond}})
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.Connect()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for s := conn.GetState(); s != connectivity.Ready; s = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, s) {
+			t.Fatalf("the client never connected: %v", s)
+		}
+	}
+	// Sent away, the client's connection leaves Ready (it goes idle until
+	// it is needed again).
+	if !conn.WaitForStateChange(ctx, connectivity.Ready) {
+		t.Fatal("a connection with no stream was still open 30s later, with MaxConnectionIdle 300ms")
 	}
 }

@@ -55,7 +55,11 @@ type ServerOptions struct {
 	// HTTP/2 handshakes (DefaultHandshakeTimeout when 0); a connection
 	// that has not is closed.
 	HandshakeTimeout time.Duration
-	Log              logr.Logger
+	// MaxConnectionIdle is how long a connection may stay open with no
+	// stream on it (DefaultMaxConnectionIdle when 0) before the server
+	// asks the client to go away.
+	MaxConnectionIdle time.Duration
+	Log               logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -135,6 +139,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 	if o.HandshakeTimeout, err = positiveOr("HandshakeTimeout", o.HandshakeTimeout, DefaultHandshakeTimeout); err != nil {
 		return nil, err
 	}
+	if o.MaxConnectionIdle, err = positiveOr("MaxConnectionIdle", o.MaxConnectionIdle, DefaultMaxConnectionIdle); err != nil {
+		return nil, err
+	}
 	RegisterMetrics()
 	return &Server{opts: o, allowed: allowed, authSlots: make(chan struct{}, o.MaxAuthenticationsInFlight),
 		streams: map[string]map[*agentStream]struct{}{}}, nil
@@ -211,6 +218,14 @@ const (
 	KeepaliveTimeout = 20 * time.Second
 )
 
+// DefaultMaxConnectionIdle bounds how long a client may hold a connection
+// that carries no stream. The keepalive pings above keep any answering
+// connection open, so without it a client that finished its handshake and
+// opened nothing would hold a slot of MaxConnections for as long as it
+// liked. An agent always has its stream open, and a client sent away
+// reconnects when it next needs to.
+const DefaultMaxConnectionIdle = 5 * time.Minute
+
 // MaxMessageBytes bounds one message from an agent; a report of a full
 // 8-GPU node with MIG and a hundred pods is a few tens of KB.
 const MaxMessageBytes = 4 << 20
@@ -241,7 +256,7 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		// Agents ping every 30s to notice a dead scheduler; allow it.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout, MaxConnectionIdle: s.opts.MaxConnectionIdle}),
 		// Fixed, generous flow-control windows: reports are small and
 		// steady, so window updates become rare and gRPC's bandwidth probing
 		// (extra ping frames on every connection) is off.

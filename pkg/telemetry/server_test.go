@@ -510,6 +510,10 @@ func TestServerOptionsAreChecked(t *testing.T) {
 		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, HandshakeTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "HandshakeTimeout") {
 		t.Errorf("HandshakeTimeout -1s: %v", err)
 	}
+	if _, err := telemetry.NewServer(telemetry.ServerOptions{Store: store, Authenticator: telemetrytest.NodeTokens(),
+		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, MaxConnectionIdle: -time.Second}); err == nil || !strings.Contains(err.Error(), "MaxConnectionIdle") {
+		t.Errorf("MaxConnectionIdle -1s: %v", err)
+	}
 }
 
 // The refusal of a report reaches the agent however bad the report: an
