@@ -105,6 +105,7 @@ type Flow struct {
 	log         logr.Logger
 	metrics     *Metrics
 	retention   time.Duration
+	pruneEvery  time.Duration
 
 	factory informers.SharedInformerFactory
 	pods    corelisters.PodLister
@@ -154,7 +155,8 @@ func New(o Options) (*Flow, error) {
 		node: o.Node, client: o.Client, checkpoints: o.Checkpoints, state: st, policy: o.Policy,
 		margin: o.SafetyMargin, report: o.Report, status: o.Status, ack: o.Acknowledger,
 		notices: o.Notices, reconcile: o.ReconcileInterval,
-		recorder: o.Recorder, log: o.Log, metrics: o.Metrics, retention: o.Retention,
+		recorder: o.Recorder, log: o.Log, metrics: o.Metrics,
+		retention: o.Retention, pruneEvery: min(o.Retention, maxPruneInterval),
 		running: map[string]bool{}, wake: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
 	}
 	if f.recorder == nil {
@@ -236,16 +238,20 @@ func (f *Flow) Run(ctx context.Context) {
 	for _, err := range errs {
 		f.log.Error(err, "unreadable reclaim state; left in place")
 	}
+	now := time.Now()
 	for _, j := range jobs {
 		switch {
-		case !j.Done && !j.Deadline.IsZero() && time.Since(j.Deadline) > staleAfter:
+		case !j.Done && !j.Deadline.IsZero() && now.Sub(j.Deadline) > staleAfter:
 			// The node outlived the deadline by far (maintenance rebooted
 			// it mid-job, or it was stopped and started): what runs here
 			// now came after, and evicting it, with no time left for a
 			// grace period, would only stop it.
 			f.log.Info("reclaim work an earlier agent left unfinished is long past its deadline; the node outlived it, so its pods are left alone",
 				"job", j.ID, "deadline", j.Deadline)
-			j.Done = true
+			// Its retention runs from now, not from its last step: the
+			// cloud may still list the notice after the reboot, and a file
+			// pruned at once would have the next agent act on it.
+			j.Done, j.Updated = true, now
 			if err := f.state.save(j); err != nil {
 				f.log.Error(err, "cannot record the reclaim work as done", "job", j.ID)
 			}
@@ -253,14 +259,17 @@ func (f *Flow) Run(ctx context.Context) {
 			f.log.Info("resuming reclaim work an earlier agent left unfinished", "job", j.ID, "deadline", j.Deadline)
 			f.metrics.resumed.Inc()
 			f.start(ctx, j, true)
-		case j.Command != nil && time.Now().Before(j.Deadline):
+		case j.Command != nil && now.Before(j.Deadline):
 			f.resendStatuses(j)
-		case time.Since(j.Updated) > f.retention:
-			if err := f.state.remove(j.ID); err != nil {
-				f.log.Error(err, "cannot remove old reclaim state", "job", j.ID)
-			}
+		default:
+			f.expire(j, now)
 		}
 	}
+	// A node that is never reclaimed itself still gets a scheduler command
+	// for every reclaim of a node its gangs share; its agent may run for
+	// weeks, so finished work is pruned while it runs, not only at start.
+	prune := time.NewTicker(f.pruneEvery)
+	defer prune.Stop()
 	var reconcile <-chan time.Time
 	if f.notices != nil {
 		t := time.NewTicker(f.reconcile)
@@ -272,6 +281,9 @@ func (f *Flow) Run(ctx context.Context) {
 		case <-ctx.Done():
 			f.wg.Wait()
 			return
+		case now := <-prune.C:
+			f.prune(now)
+			continue
 		case <-reconcile:
 			if pending, ok := f.notices(); ok {
 				f.withdrawn(ctx, pending)
@@ -295,6 +307,48 @@ func (f *Flow) Run(ctx context.Context) {
 			f.start(ctx, j, false)
 		}
 	}
+}
+
+// maxPruneInterval bounds how long a finished job's file outlives its
+// retention while the agent runs; the directory holds few files, so
+// reading it hourly costs nothing.
+const maxPruneInterval = time.Hour
+
+// prune removes the files of finished work past its retention (expire).
+// It holds f.mu so that a job start begins meanwhile cannot have its file
+// removed from under it: start reads the file and marks the job running
+// under the same lock.
+func (f *Flow) prune(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	jobs, errs := f.state.all()
+	for _, err := range errs {
+		// Run logged it as an error at start; once an hour again would be
+		// noise.
+		f.log.V(1).Info("unreadable reclaim state; left in place", "error", err.Error())
+	}
+	for _, j := range jobs {
+		if !f.running[j.ID] {
+			f.expire(j, now)
+		}
+	}
+}
+
+// expire removes a job's file once it has served its purpose, at start and
+// while the agent runs. Unfinished work is kept to be finished; finished
+// work is kept for the retention after its last step, so that a restarted
+// agent that sees the same notice again knows it as handled, and a
+// finished command until its deadline, so that a restarted agent can send
+// its statuses again (the scheduler waits for them until then).
+func (f *Flow) expire(j *Job, now time.Time) {
+	if !j.Done || (j.Command != nil && now.Before(j.Deadline)) || now.Sub(j.Updated) <= f.retention {
+		return
+	}
+	if err := f.state.remove(j.ID); err != nil {
+		f.log.Error(err, "cannot remove old reclaim state", "job", j.ID)
+		return
+	}
+	f.log.V(1).Info("removed the state of reclaim work finished longer ago than the retention", "job", j.ID, "updated", j.Updated, "retention", f.retention)
 }
 
 // start runs a job unless it already runs; a new job that the state

@@ -1,0 +1,153 @@
+package reclaim
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+func newPruneTestFlow(t *testing.T, dir string, retention time.Duration) *Flow {
+	t.Helper()
+	f, err := New(Options{Node: "n1", Client: fake.NewClientset(), StateDir: dir, Retention: retention,
+		Recorder: record.NewFakeRecorder(100), Log: testr.NewWithOptions(t, testr.Options{Verbosity: 1})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func stateFileExists(t *testing.T, dir, id string) bool {
+	t.Helper()
+	_, err := os.Stat(filepath.Join(dir, fileName(id)))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+func waitForState(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return cond(), nil
+	}); err != nil {
+		t.Fatalf("%s: not within 10s", what)
+	}
+}
+
+// An agent on a node that is never reclaimed itself runs for weeks and gets
+// a command for every reclaim of a node its gangs share: the files of that
+// finished work go once past their retention, not at the next restart.
+func TestFinishedWorkIsPrunedWhileTheAgentRuns(t *testing.T) {
+	dir := t.TempDir()
+	f := newPruneTestFlow(t, dir, 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	// A command for no pod of this node finishes at once; once it is done,
+	// Run is past what it does at start.
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{Id: "gang-cmd-1", Deadline: timestamppb.New(time.Now().Add(time.Hour))})
+	waitForState(t, "the command recorded as done", func() bool {
+		j, ok, err := f.state.load("command-gang-cmd-1")
+		return err == nil && ok && j.Done && f.Running() == 0
+	})
+
+	// Work an agent finished two days ago, as it would be found by one
+	// that has run since.
+	old := &Job{ID: "command-gang-cmd-0", Command: &CommandRecord{ID: "gang-cmd-0"},
+		Deadline: time.Now().Add(-47 * time.Hour), Done: true, Updated: time.Now().Add(-48 * time.Hour)}
+	if err := f.state.save(old); err != nil {
+		t.Fatal(err)
+	}
+	waitForState(t, "the finished command past its retention removed while the agent runs", func() bool {
+		return !stateFileExists(t, dir, old.ID)
+	})
+}
+
+// expire, at start and while the agent runs, removes only what can no
+// longer stop a second action or a lost status.
+func TestPruneKeepsWhatIsStillOfUse(t *testing.T) {
+	dir := t.TempDir()
+	f := newPruneTestFlow(t, dir, 24*time.Hour)
+	now := time.Now()
+	day := 24 * time.Hour
+	removed := []*Job{
+		{ID: "notice-past-retention", Notice: &NoticeRecord{ID: "a"}, Done: true, Updated: now.Add(-day - time.Hour)},
+		{ID: "notice-withdrawn-past-retention", Notice: &NoticeRecord{ID: "b"}, Done: true, Withdrawn: true, Updated: now.Add(-day - time.Hour)},
+		{ID: "command-past-deadline", Command: &CommandRecord{ID: "c"}, Deadline: now.Add(-day), Done: true, Updated: now.Add(-day - time.Hour)},
+	}
+	kept := []*Job{
+		// A restarted agent that sees the notice again knows it as handled.
+		{ID: "notice-inside-retention", Notice: &NoticeRecord{ID: "d"}, Done: true, Updated: now.Add(-day + time.Hour)},
+		// Work to finish, however old.
+		{ID: "notice-unfinished", Notice: &NoticeRecord{ID: "e"}, Updated: now.Add(-3 * day)},
+		// The scheduler may wait for its statuses until the deadline.
+		{ID: "command-before-deadline", Command: &CommandRecord{ID: "f"}, Deadline: now.Add(time.Hour), Done: true, Updated: now.Add(-day - time.Hour)},
+		// Running again (a notice called off and announced again): its
+		// file is the running job's.
+		{ID: "notice-running", Notice: &NoticeRecord{ID: "g"}, Done: true, Withdrawn: true, Updated: now.Add(-day - time.Hour)},
+	}
+	for _, j := range append(removed, kept...) {
+		if err := f.state.save(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "unreadable.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.running["notice-running"] = true
+
+	f.prune(now)
+	for _, j := range removed {
+		if stateFileExists(t, dir, j.ID) {
+			t.Errorf("%s: kept, want it removed", j.ID)
+		}
+	}
+	for _, j := range kept {
+		if !stateFileExists(t, dir, j.ID) {
+			t.Errorf("%s: removed, want it kept", j.ID)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "unreadable.json")); err != nil {
+		t.Errorf("an unreadable file is left for a human to look at: %v", err)
+	}
+}
+
+// Work a restarted agent finds long past its deadline is recorded as done
+// then; pruned at once, the notice still listed after the reboot would be
+// acted on by the next agent.
+func TestWorkLeftLongPastItsDeadlineIsKeptForTheRetention(t *testing.T) {
+	dir := t.TempDir()
+	f := newPruneTestFlow(t, dir, 24*time.Hour)
+	now := time.Now()
+	stale := &Job{ID: "notice-stale", Notice: &NoticeRecord{ID: "stale", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE},
+		Deadline: now.Add(-time.Hour), Updated: now.Add(-48 * time.Hour)}
+	if err := f.state.save(stale); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	waitForState(t, "the stale work recorded as done", func() bool {
+		j, ok, err := f.state.load(stale.ID)
+		return err == nil && ok && j.Done
+	})
+	cancel()
+	<-done
+
+	f.prune(time.Now())
+	if !stateFileExists(t, dir, stale.ID) {
+		t.Error("work recorded as done at start was pruned at once: its retention runs from when it was recorded done")
+	}
+}
