@@ -29,6 +29,8 @@ const (
 // podState is what PreFilter learns about a pod for the rest of the cycle.
 type podState struct {
 	class Class
+	// start is when the pod began to wait for a node (waitStart).
+	start time.Time
 	// deadline ends a waiting pod's wait for the capacity its policy
 	// prefers (Class.Waits).
 	deadline time.Time
@@ -80,13 +82,13 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 }
 
 // stateFor places a pod's class in time: a Spot-preferring pod waits for
-// Spot capacity, and an avoiding pod for capacity that is not Spot, from its
-// creation until FallbackAfter has passed; an avoiding pod whose workload
-// already lost a run to a reclaim stays off Spot, and an avoiding pod is
-// taken to run as long as it declares, else as training here typically does
-// (read once per pod, not per node).
+// Spot capacity, and an avoiding pod for capacity that is not Spot, from
+// when it may first be scheduled (waitStart) until FallbackAfter has passed;
+// an avoiding pod whose workload already lost a run to a reclaim stays off
+// Spot, and an avoiding pod is taken to run as long as it declares, else as
+// training here typically does (read once per pod, not per node).
 func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
-	s := &podState{class: class}
+	s := &podState{class: class, start: pl.waitStart(pod)}
 	if class.Policy == Avoid {
 		s.interrupted = pl.interrupted.Longest(pod)
 		s.runtime, s.runtimeSource = class.Work.ExpectedRuntime, "declared"
@@ -100,11 +102,7 @@ func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 		}
 	}
 	if class.Waits() {
-		start := pod.CreationTimestamp.Time
-		if start.IsZero() {
-			start = pl.clock.Now()
-		}
-		s.deadline = start.Add(class.FallbackAfter)
+		s.deadline = s.start.Add(class.FallbackAfter)
 		s.waiting = pl.clock.Now().Before(s.deadline)
 	}
 	return s

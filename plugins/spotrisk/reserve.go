@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -14,6 +15,9 @@ const bindingKey fwk.StateKey = Name + "/binding"
 
 // binding is what Reserve saw of the node a pod is about to be bound to.
 type binding struct {
+	// start is the pod's waitStart as its cycle read it: ungates forgets
+	// the pod once the informer sees it bound, which may be before PostBind.
+	start    time.Time
 	node     string
 	class    Class
 	capacity pricing.Capacity
@@ -41,7 +45,7 @@ func (pl *SpotRisk) Reserve(ctx context.Context, cs fwk.CycleState, pod *corev1.
 	if err != nil {
 		return nil
 	}
-	cs.Write(bindingKey, &binding{node: nodeName, class: s.class, capacity: pricing.NodeCapacity(ni.Node())})
+	cs.Write(bindingKey, &binding{start: s.start, node: nodeName, class: s.class, capacity: pricing.NodeCapacity(ni.Node())})
 	return nil
 }
 
@@ -60,7 +64,7 @@ func (pl *SpotRisk) PostBind(ctx context.Context, cs fwk.CycleState, pod *corev1
 	if !ok {
 		return
 	}
-	waits.WithLabelValues(string(b.class.Policy), string(b.capacity.Type)).Observe(max(pl.clock.Since(pod.CreationTimestamp.Time).Seconds(), 0))
+	waits.WithLabelValues(string(b.class.Policy), string(b.capacity.Type)).Observe(max(pl.clock.Since(b.start).Seconds(), 0))
 	if !b.fallback() {
 		return
 	}

@@ -66,6 +66,9 @@ type SpotRisk struct {
 	clock       clock.WithDelayedExecution
 	interrupted *pricing.Interrupted
 	runLengths  *pricing.RunLengths
+	// ungates dates the pods' ungating; nil without the scheduler's pod
+	// informer, and every wait then starts at the pod's creation.
+	ungates *ungates
 
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
@@ -127,6 +130,12 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		pl.risk = pricing.NewRiskModel(pricing.RiskConfig{})
 	}
 	pl.priors, _ = pl.risk.(*pricing.RiskModel)
+	if h != nil && h.SharedInformerFactory() != nil {
+		pl.ungates = newUngates(pl.clock)
+		if err := pl.ungates.watch(h.SharedInformerFactory().Core().V1().Pods().Informer()); err != nil {
+			return nil, fmt.Errorf("%s: watching pods for their scheduling gates: %w", Name, err)
+		}
+	}
 	if store, ok := pl.prices.(*pricing.Store); ok && h != nil && h.SharedInformerFactory() != nil {
 		pods := h.SharedInformerFactory().Core().V1().Pods().Lister()
 		logger := klog.FromContext(ctx)
