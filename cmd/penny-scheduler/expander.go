@@ -105,7 +105,9 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 		// nothing would otherwise keep a slot of the cap.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: telemetry.DefaultMaxConnectionIdle}))...)
 	expander.RegisterExpanderServer(g, srv)
-	lis = telemetry.LimitConnections(lis, telemetry.ConnectionLimit{Max: f.maxConnections, Flag: "expander-max-connections", Log: logger})
+	lis = telemetry.LimitConnections(lis, telemetry.ConnectionLimit{
+		Max: f.maxConnections, Flag: "expander-max-connections", OverLimit: spotrisk.ExpanderConnectionsOverLimit().Inc, Log: logger,
+	})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"net"
 	"os"
 	"strings"
@@ -14,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/component-base/metrics/testutil"
 
 	"github.com/pennysched/penny/pkg/api/expander"
 	"github.com/pennysched/penny/pkg/capacity"
@@ -159,35 +160,11 @@ func TestExpanderFlagErrors(t *testing.T) {
 	}
 }
 
-// silentConn opens a TCP connection to addr that never starts its TLS
-// handshake, as a client that connects and sends nothing does.
-func silentConn(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// closedWithin reports whether the endpoint closes c within d; false means
-// c was still open after d.
-func closedWithin(t *testing.T, c net.Conn, d time.Duration) bool {
-	t.Helper()
-	if err := c.SetReadDeadline(time.Now().Add(d)); err != nil {
-		t.Fatal(err)
-	}
-	_, err := c.Read(make([]byte, 1))
-	var ne net.Error
-	return !errors.As(err, &ne) || !ne.Timeout()
-}
-
 // The expander endpoint bounds what clients that say nothing can hold: a
 // connection that has not finished its handshake by the deadline is closed
 // (gRPC's default held it two minutes), and beyond --expander-max-connections
-// one is closed as soon as it is accepted, while Cluster Autoscaler's
-// connection under the limit is kept.
+// one is closed as soon as it is accepted and counted, while Cluster
+// Autoscaler's connection under the limit is kept.
 func TestExpanderEndpointBoundsConnections(t *testing.T) {
 	dir := t.TempDir()
 	cert := telemetrytest.NewCert(t)
@@ -205,7 +182,7 @@ func TestExpanderEndpointBoundsConnections(t *testing.T) {
 		return f.bindAddress
 	}
 	addr := start(expanderFlags{maxConnections: defaultExpanderMaxConnections, handshakeTimeout: 200 * time.Millisecond})
-	if !closedWithin(t, silentConn(t, addr), 30*time.Second) {
+	if !telemetrytest.ClosedWithin(t, telemetrytest.SilentConn(t, addr), 30*time.Second) {
 		t.Error("a connection that sent nothing was still open 30s later, with a handshake timeout of 200ms")
 	}
 
@@ -230,11 +207,20 @@ func TestExpanderEndpointBoundsConnections(t *testing.T) {
 	ask("before the limit is reached")
 	// Accepted in the order they were made: the first silent connection is
 	// in before the second.
-	held := silentConn(t, addr)
-	if !closedWithin(t, silentConn(t, addr), 30*time.Second) {
+	held := telemetrytest.SilentConn(t, addr)
+	before, _ := testutil.GetCounterMetricValue(spotrisk.ExpanderConnectionsOverLimit())
+	if !telemetrytest.ClosedWithin(t, telemetrytest.SilentConn(t, addr), 30*time.Second) {
 		t.Fatal("the third connection was still open 30s later, with --expander-max-connections=2")
 	}
-	if closedWithin(t, held, 100*time.Millisecond) {
+	// The endpoint counts the refusal once the connection is closed.
+	var n float64
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		n, _ = testutil.GetCounterMetricValue(spotrisk.ExpanderConnectionsOverLimit())
+		return n == before+1, nil
+	}); err != nil {
+		t.Errorf("penny_expander_connections_over_limit_total went from %v to %v, want one more", before, n)
+	}
+	if telemetrytest.ClosedWithin(t, held, 100*time.Millisecond) {
 		t.Error("a connection under the limit was closed")
 	}
 	ask("after a connection over the limit was refused")

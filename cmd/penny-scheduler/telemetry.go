@@ -41,6 +41,8 @@ type telemetryFlags struct {
 	// evictionWebhookAddress serves the webhook that holds agents'
 	// evictions to their own node; "": not served.
 	evictionWebhookAddress string
+	// evictionWebhookMaxConnections caps the webhook's open connections.
+	evictionWebhookMaxConnections int
 	// reclaim is the reclaim coordinator to run next to the endpoint
 	// (reclaim.go); nil: none.
 	reclaim *reclaimFlags
@@ -61,6 +63,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.IntVar(&f.maxAuthentications, "telemetry-max-authentications-in-flight", telemetry.DefaultMaxAuthenticationsInFlight, "how many agents' tokens this replica checks at once (a TokenReview each); a stream that arrives while that many are checked is refused with UNAVAILABLE and the agent retries")
 	fs.IntVar(&f.maxConnections, "telemetry-max-connections", telemetry.DefaultMaxConnections, "how many connections this replica holds open at once, agents' and anyone else's; one more is closed as soon as it is accepted (an agent keeps one per scheduler address, two on a dual-stack cluster). Each is a file descriptor: the process's open-file limit must allow them")
 	fs.StringVar(&f.evictionWebhookAddress, "telemetry-eviction-webhook-bind-address", "", "address for the admission webhook that lets agents evict only the pods of their own node, e.g. :9443, served with the telemetry endpoint's certificate; deploy/agent/reclaim.yaml registers it (docs/reclaim.md#security). Empty: not served, and with reclaim.yaml applied the agents' evictions are refused")
+	fs.IntVar(&f.evictionWebhookMaxConnections, evictionWebhookMaxConnectionsFlag, agentadmission.DefaultMaxConnections, "how many connections the agent evictions webhook holds open at once; one more is closed as soon as it is accepted (its clients are the kube-apiservers, each with a few)")
 	return fs
 }
 
@@ -72,6 +75,10 @@ func (f *telemetryFlags) addFlags(nfs *cliflag.NamedFlagSets) {
 		nfs.FlagSet("Penny reclaim").AddFlagSet(f.reclaim.fs)
 	}
 }
+
+// evictionWebhookMaxConnectionsFlag is looked up by validate, which refuses
+// the flag without the webhook.
+const evictionWebhookMaxConnectionsFlag = "telemetry-eviction-webhook-max-connections"
 
 // start starts the endpoint, when configured, and the reclaim coordinator
 // beside it. The flags that only take effect with --telemetry-bind-address
@@ -110,6 +117,14 @@ func (f *telemetryFlags) validate() error {
 	}
 	if f.maxConnections <= 0 {
 		return fmt.Errorf("--telemetry-max-connections %d: must be positive (default %d)", f.maxConnections, telemetry.DefaultMaxConnections)
+	}
+	if f.evictionWebhookAddress == "" && f.fs != nil && f.fs.Changed(evictionWebhookMaxConnectionsFlag) {
+		only := pflag.NewFlagSet("", pflag.ContinueOnError)
+		only.AddFlag(f.fs.Lookup(evictionWebhookMaxConnectionsFlag))
+		return needs("telemetry-eviction-webhook-bind-address", "without it the agent evictions webhook is not served", only)
+	}
+	if f.evictionWebhookAddress != "" && f.evictionWebhookMaxConnections <= 0 {
+		return fmt.Errorf("--%s %d: must be positive (default %d)", evictionWebhookMaxConnectionsFlag, f.evictionWebhookMaxConnections, agentadmission.DefaultMaxConnections)
 	}
 	if f.audience == "" {
 		return fmt.Errorf("--telemetry-token-audience is empty: give the audience of the agents' projected ServiceAccount tokens (deploy/agent/penny-agent.yaml; default %s)", telemetry.DefaultAudience)
@@ -183,7 +198,8 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	var webhook *agentadmission.Evictions
 	if f.evictionWebhookAddress != "" {
 		webhook, err = agentadmission.NewEvictions(agentadmission.Options{
-			Pods: client.CoreV1(), AgentServiceAccounts: f.serviceAccounts, Log: klog.Background().WithName("agent-evictions"),
+			Pods: client.CoreV1(), AgentServiceAccounts: f.serviceAccounts, MaxConnections: f.evictionWebhookMaxConnections,
+			Log: klog.Background().WithName("agent-evictions"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)

@@ -467,17 +467,21 @@ func TestTelemetryAgentServiceAccountsAreChecked(t *testing.T) {
 	}
 }
 
-// --telemetry-max-connections reaches the endpoint: beyond it a connection
-// is closed as soon as it is accepted.
+// --telemetry-max-connections reaches the endpoint, and
+// --telemetry-eviction-webhook-max-connections the webhook: beyond them a
+// connection is closed as soon as it is accepted.
 func TestTelemetryMaxConnections(t *testing.T) {
 	dir := t.TempDir()
 	cert := telemetrytest.NewCert(t)
+	webhookAddr := telemetrytest.FreeAddr(t)
 	var f telemetryFlags
 	if err := f.flagSet().Parse([]string{
 		"--telemetry-bind-address", telemetrytest.FreeAddr(t),
 		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
 		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
 		"--telemetry-max-connections", "1",
+		"--telemetry-eviction-webhook-bind-address", webhookAddr,
+		"--telemetry-eviction-webhook-max-connections", "1",
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -494,11 +498,54 @@ func TestTelemetryMaxConnections(t *testing.T) {
 	// Accepted in the order they were made: the first is in before the
 	// second, and is held for the handshake timeout (20s), longer than
 	// the endpoint takes to refuse the second.
-	held := silentConn(t, f.bindAddress)
-	if !closedWithin(t, silentConn(t, f.bindAddress), 10*time.Second) {
+	held := telemetrytest.SilentConn(t, f.bindAddress)
+	if !telemetrytest.ClosedWithin(t, telemetrytest.SilentConn(t, f.bindAddress), 10*time.Second) {
 		t.Fatal("the second connection was still open 10s later, with --telemetry-max-connections=1")
 	}
-	if closedWithin(t, held, 100*time.Millisecond) {
+	if telemetrytest.ClosedWithin(t, held, 100*time.Millisecond) {
 		t.Error("the connection under the limit was closed")
+	}
+
+	// An API server's connection, kept once its review is answered, is the
+	// one the webhook's limit allows.
+	apiserver := &http.Transport{TLSClientConfig: cert.ClientTLS()}
+	t.Cleanup(apiserver.CloseIdleConnections)
+	resp, err := (&http.Client{Transport: apiserver, Timeout: 10 * time.Second}).Post("https://"+webhookAddr+agentadmission.Path, "application/json",
+		strings.NewReader(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"r1","userInfo":{"username":"u"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("review: %s %s %v", resp.Status, body, err)
+	}
+	if c, err := tls.Dial("tcp", webhookAddr, cert.ClientTLS()); err == nil {
+		c.Close()
+		t.Fatal("a second TLS connection to the webhook was accepted, with --telemetry-eviction-webhook-max-connections=1")
+	}
+}
+
+// --telemetry-eviction-webhook-max-connections is checked like its
+// siblings, and refused without the webhook.
+func TestTelemetryEvictionWebhookMaxConnectionsErrors(t *testing.T) {
+	base := []string{"--telemetry-bind-address=:0", "--telemetry-tls-cert-file=c", "--telemetry-tls-key-file=k"}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--telemetry-eviction-webhook-max-connections=8"},
+			"--telemetry-eviction-webhook-max-connections takes effect only with --telemetry-eviction-webhook-bind-address"},
+		{[]string{"--telemetry-eviction-webhook-bind-address=:0", "--telemetry-eviction-webhook-max-connections=0"},
+			"--telemetry-eviction-webhook-max-connections 0: must be positive (default 256)"},
+	} {
+		var f telemetryFlags
+		f.fs = f.flagSet()
+		if err := f.fs.Parse(append(base, c.args...)); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error mentioning %q", c.args, err, c.want)
+		}
 	}
 }

@@ -50,7 +50,11 @@ type Options struct {
 	AgentServiceAccounts []string
 	// Timeout bounds reading the pod; 0: 3 s, under the webhook's 5 s.
 	Timeout time.Duration
-	Log     logr.Logger
+	// MaxConnections bounds the connections Serve holds open at once
+	// (penny-scheduler's --telemetry-eviction-webhook-max-connections); 0:
+	// DefaultMaxConnections.
+	MaxConnections int
+	Log            logr.Logger
 }
 
 // Evictions is the webhook's handler.
@@ -72,6 +76,12 @@ func NewEvictions(opts Options) (*Evictions, error) {
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 3 * time.Second
+	}
+	switch {
+	case opts.MaxConnections == 0:
+		opts.MaxConnections = DefaultMaxConnections
+	case opts.MaxConnections < 0:
+		return nil, fmt.Errorf("agent evictions webhook: MaxConnections %d: must be positive, or 0 for the default (%d)", opts.MaxConnections, DefaultMaxConnections)
 	}
 	registerMetrics()
 	return &Evictions{opts: opts, agents: agents}, nil

@@ -17,8 +17,16 @@ var reviews = metrics.NewCounterVec(&metrics.CounterOpts{
 	StabilityLevel: metrics.ALPHA,
 }, []string{"result"})
 
+// connectionsOverLimit says when
+// --telemetry-eviction-webhook-max-connections turns clients away.
+var connectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
+	Name:           "penny_admission_connections_over_limit_total",
+	Help:           "Connections to the agent evictions webhook closed as soon as they were accepted because --telemetry-eviction-webhook-max-connections were open already.",
+	StabilityLevel: metrics.ALPHA,
+})
+
 var registerOnce sync.Once
 
 func registerMetrics() {
-	registerOnce.Do(func() { legacyregistry.MustRegister(reviews) })
+	registerOnce.Do(func() { legacyregistry.MustRegister(reviews, connectionsOverLimit) })
 }

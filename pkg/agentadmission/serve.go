@@ -9,12 +9,25 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+
+	"github.com/pennysched/penny/pkg/telemetry"
 )
+
+// DefaultMaxConnections leaves room for many times the webhook's clients:
+// the kube-apiservers, a handful, each with a small pool of connections to
+// it. The cap only keeps other clients from holding connections without
+// bound.
+const DefaultMaxConnections = 256
 
 // Serve serves h at Path on lis with TLS until ctx ends. The API server
 // calls the webhook with a 5 s timeout (deploy/agent/reclaim.yaml), so a
-// slow client is cut off well before it could hold a connection open.
+// slow client is cut off well before it could hold a connection open; and
+// beyond h's MaxConnections a connection is closed as soon as it is
+// accepted, so many clients cannot hold them open together either.
 func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, h *Evictions, log logr.Logger) error {
+	lis = telemetry.LimitConnections(lis, telemetry.ConnectionLimit{
+		Max: h.opts.MaxConnections, Flag: "telemetry-eviction-webhook-max-connections", OverLimit: connectionsOverLimit.Inc, Log: log,
+	})
 	mux := http.NewServeMux()
 	mux.Handle(Path, h)
 	srv := &http.Server{

@@ -3,8 +3,6 @@ package telemetry_test
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -34,41 +32,11 @@ func TestServeEndsOpenAgentStreamsWhenItStops(t *testing.T) {
 	}
 }
 
-// silentConn opens a TCP connection to env that never starts its TLS
-// handshake, as a client that connects and sends nothing does.
-func silentConn(t *testing.T, env *telemetrytest.Env) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", env.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// closedWithin reports whether the server closes c within d; false means c
-// was still open after d.
-func closedWithin(t *testing.T, c net.Conn, d time.Duration) bool {
-	t.Helper()
-	if err := c.SetReadDeadline(time.Now().Add(d)); err != nil {
-		t.Fatal(err)
-	}
-	_, err := c.Read(make([]byte, 1))
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return false
-	}
-	if err == nil {
-		t.Fatal("the server sent bytes before the client's TLS hello")
-	}
-	return true
-}
-
 // A client that connects and never sends its TLS hello is closed once the
 // handshake timeout passes; gRPC's default held it for two minutes.
 func TestHandshakeTimeoutClosesASilentConnection(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{HandshakeTimeout: 200 * time.Millisecond}})
-	if !closedWithin(t, silentConn(t, env), 30*time.Second) {
+	if !telemetrytest.ClosedWithin(t, telemetrytest.SilentConn(t, env.Addr), 30*time.Second) {
 		t.Fatal("a connection that sent nothing was still open 30s later, with a handshake timeout of 200ms")
 	}
 }
@@ -85,16 +53,16 @@ func TestConnectionsAreCapped(t *testing.T) {
 	}
 	// The server accepts connections in the order they were made, so the
 	// silent one is in before the next.
-	silent := silentConn(t, env)
+	silent := telemetrytest.SilentConn(t, env.Addr)
 
 	before := plainCounter(t, "penny_telemetry_connections_over_limit_total")
-	if !closedWithin(t, silentConn(t, env), 30*time.Second) {
+	if !telemetrytest.ClosedWithin(t, telemetrytest.SilentConn(t, env.Addr), 30*time.Second) {
 		t.Fatal("the third connection was still open 30s later, with --telemetry-max-connections=2")
 	}
 	waitFor(t, "penny_telemetry_connections_over_limit_total to count the refusal", func() bool {
 		return plainCounter(t, "penny_telemetry_connections_over_limit_total") == before+1
 	})
-	if closedWithin(t, silent, 100*time.Millisecond) {
+	if telemetrytest.ClosedWithin(t, silent, 100*time.Millisecond) {
 		t.Fatal("a connection under the limit was closed")
 	}
 	if ack, err := agent.Report(t, telemetrytest.Report("n1", 1, 2, time.Now())); err != nil || !ack.GetAccepted() {
@@ -119,7 +87,7 @@ func TestConnectionsAreCapped(t *testing.T) {
 // for the handshake timeout.
 func TestServeStopsWithAConnectionInItsHandshake(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{HandshakeTimeout: 10 * time.Minute}})
-	silent := silentConn(t, env)
+	silent := telemetrytest.SilentConn(t, env.Addr)
 	// Accepted in order: once the agent's report is in, so is the silent
 	// connection.
 	if ack, err := connect(t, env, "node:n1").Report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
@@ -127,7 +95,7 @@ func TestServeStopsWithAConnectionInItsHandshake(t *testing.T) {
 	}
 	// Stop fails the test when Serve has not returned within 10s.
 	env.Stop()
-	if !closedWithin(t, silent, 10*time.Second) {
+	if !telemetrytest.ClosedWithin(t, silent, 10*time.Second) {
 		t.Error("the connection in its handshake is still open after the server stopped")
 	}
 }

@@ -36,6 +36,14 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 
+	// expanderConnectionsOverLimit says when --expander-max-connections
+	// turns clients away.
+	expanderConnectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
+		Name:           "penny_expander_connections_over_limit_total",
+		Help:           "Connections to the Cluster Autoscaler expander endpoint closed as soon as they were accepted because --expander-max-connections were open already.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
 	registerOnce sync.Once
 )
 
@@ -43,6 +51,15 @@ var (
 // scheduler serves on /metrics.
 func registerMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(fallbacks, waits, expanderRequests)
+		legacyregistry.MustRegister(fallbacks, waits, expanderRequests, expanderConnectionsOverLimit)
 	})
+}
+
+// ExpanderConnectionsOverLimit is the counter penny-scheduler's expander
+// endpoint adds a refused connection to. It registers the plugin's metrics:
+// the endpoint starts whether or not a profile has built SpotRisk yet, and a
+// refusal counted before registration would be lost.
+func ExpanderConnectionsOverLimit() metrics.CounterMetric {
+	registerMetrics()
+	return expanderConnectionsOverLimit
 }
