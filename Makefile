@@ -187,6 +187,7 @@ FUZZ_TARGETS := \
 	./agent/notice/aws:FuzzScheduledEvents \
 	./agent/notice/gcp:FuzzPreempted \
 	./agent/notice/gcp:FuzzMaintenanceEvent \
+	./agent/notice/gcp:FuzzUpcomingMaintenance \
 	./agent/notice/azure:FuzzScheduledEvents
 
 ## fuzz-short: each fuzz target for FUZZ_TIME (20000x: inputs, a few seconds each)

@@ -1,6 +1,8 @@
 // Package gcp watches the GCE metadata server for preemption
 // (instance/preempted) and host maintenance (instance/maintenance-event),
-// using wait_for_change so a change is seen the moment the server has it.
+// using wait_for_change so a change is seen the moment the server has it, and
+// for maintenance GCE announces ahead (instance/upcoming-maintenance), which
+// it polls.
 package gcp
 
 import (
@@ -31,12 +33,23 @@ const (
 	DefaultMaintenanceNotice = 60 * time.Second
 	// DefaultRetryInterval paces requests after an error.
 	DefaultRetryInterval = time.Second
+	// DefaultUpcomingMaintenancePoll is how often upcoming-maintenance is
+	// read. It is announced hours to weeks ahead, and acted on minutes
+	// before it starts (the maintenance lead time), so seconds late is on
+	// time; maintenance-event still gives the last 60 s at once.
+	DefaultUpcomingMaintenancePoll = 10 * time.Second
 )
 
 // Metadata paths.
 const (
 	PathPreempted   = "/computeMetadata/v1/instance/preempted"
 	PathMaintenance = "/computeMetadata/v1/instance/maintenance-event"
+	// PathUpcomingMaintenance is read with alt=json; without it the server
+	// answers "key value" lines.
+	PathUpcomingMaintenance = "/computeMetadata/v1/instance/upcoming-maintenance"
+	// PathOnHostMaintenance is the VM's scheduling option: MIGRATE or
+	// TERMINATE.
+	PathOnHostMaintenance = "/computeMetadata/v1/instance/scheduling/on-host-maintenance"
 )
 
 // Options configure the watcher.
@@ -52,6 +65,12 @@ type Options struct {
 	MaintenanceNotice time.Duration
 	// RetryInterval paces requests after an error.
 	RetryInterval time.Duration
+	// UpcomingMaintenancePoll is how often instance/upcoming-maintenance
+	// is read (DefaultUpcomingMaintenancePoll). It is polled rather than
+	// waited on: Google documents wait_for_change for metadata in general
+	// but nothing of it for this key, which most VMs answer with 404 or
+	// 503, neither of which carries an ETag to wait on.
+	UpcomingMaintenancePoll time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// BootID names this boot of the VM, to tell a notice from one in an
@@ -93,6 +112,9 @@ func New(opts Options) *Source {
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = DefaultRetryInterval
 	}
+	if opts.UpcomingMaintenancePoll <= 0 {
+		opts.UpcomingMaintenancePoll = DefaultUpcomingMaintenancePoll
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -116,6 +138,16 @@ type key struct {
 	path   string
 	parse  parser
 	period time.Duration
+	// query is added to every request.
+	query url.Values
+	// poll, when set, reads the value at this interval instead of
+	// waiting for a change.
+	poll time.Duration
+	// nothing reports whether an answer other than 200 says that no event
+	// is announced.
+	nothing func(*notice.Response) bool
+	// same, when set, gives a notice the id of the event it continues.
+	same func(*notice.Notice) *notice.Notice
 
 	// Guarded by the Source's Watch lock.
 	notice *notice.Notice
@@ -123,12 +155,32 @@ type key struct {
 	known  bool
 }
 
-// Watch implements notice.Source: one wait_for_change loop per value; every
-// change of either is observed with the state of both.
+// Watch implements notice.Source: one loop per value; every change of one is
+// observed with the state of all.
+//
+// A maintenance announced in upcoming-maintenance and the TERMINATE of
+// maintenance-event 60 s before it starts are two notices: nothing in
+// maintenance-event names the maintenance it is for, and taking it for the
+// announced one would hold an unannounced emergency back until the announced
+// window. The second finds the node tainted and its pods gone.
 func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
+	upcoming := &sameMaintenance{}
 	keys := []*key{
 		{path: PathPreempted, parse: ParsePreempted, period: s.opts.PreemptionNotice},
 		{path: PathMaintenance, parse: ParseMaintenanceEvent, period: s.opts.MaintenanceNotice},
+		{
+			path: PathUpcomingMaintenance, query: url.Values{"alt": {"json"}}, poll: s.opts.UpcomingMaintenancePoll,
+			parse: func(body []byte, _ string, detected time.Time, _ time.Duration) (*notice.Notice, error) {
+				n, err := ParseUpcomingMaintenance(body, s.opts.BootID, detected)
+				if n != nil && s.migrates(ctx) {
+					// What maintenance-event would say of it: a live
+					// migration, which stops nothing (reclaim.Disruptive).
+					n.Action = MaintenanceMigrate
+				}
+				return n, err
+			},
+			nothing: noUpcomingMaintenance, same: upcoming.same,
+		},
 	}
 	var mu sync.Mutex
 	publish := func() {
@@ -188,27 +240,40 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 	current, inEvent := "", false
 	for ctx.Err() == nil {
 		var (
-			resp *notice.Response
-			err  error
-			u    = s.opts.Endpoint + k.path
+			resp    *notice.Response
+			err     error
+			nothing bool
+			u       = s.opts.Endpoint + k.path
+			q       = url.Values{}
+			timeout = s.opts.RequestTimeout
 		)
-		if etag == "" {
-			resp, err = s.http.Do(ctx, http.MethodGet, u, flavor, nil, s.opts.RequestTimeout)
-		} else {
-			q := url.Values{"wait_for_change": {"true"}, "last_etag": {etag}, "timeout_sec": {strconv.Itoa(int(s.opts.WaitTimeout / time.Second))}}
-			resp, err = s.http.Do(ctx, http.MethodGet, u+"?"+q.Encode(), flavor, nil, s.opts.WaitTimeout+s.opts.RequestTimeout)
+		for name, v := range k.query {
+			q[name] = v
 		}
+		if etag != "" && k.poll == 0 {
+			q.Set("wait_for_change", "true")
+			q.Set("last_etag", etag)
+			q.Set("timeout_sec", strconv.Itoa(int(s.opts.WaitTimeout/time.Second)))
+			timeout += s.opts.WaitTimeout
+		}
+		if len(q) > 0 {
+			u += "?" + q.Encode()
+		}
+		resp, err = s.http.Do(ctx, http.MethodGet, u, flavor, nil, timeout)
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
-			err = checkResponse(u, resp)
+			nothing, err = checkResponse(u, resp, k.nothing)
 		}
 		var n *notice.Notice
 		newETag := ""
-		if err == nil {
+		if err == nil && !nothing {
 			newETag = resp.Header.Get("ETag")
 			n, err = k.parse(resp.Body, eventTag(newETag, s.opts.BootID, ended[newETag]), s.opts.Now(), k.period)
+		}
+		if err == nil && k.same != nil {
+			n = k.same(n)
 		}
 		if err != nil {
 			update(nil, err)
@@ -224,7 +289,11 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 		}
 		current, inEvent = newETag, n != nil
 		update(n, nil)
-		if newETag == "" {
+		if k.poll > 0 {
+			if !notice.Sleep(ctx, k.poll) {
+				return
+			}
+		} else if newETag == "" {
 			// Without an ETag the server cannot wait for a change from a
 			// known value; poll instead.
 			if !notice.Sleep(ctx, s.opts.RetryInterval) {
@@ -237,12 +306,64 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 
 var flavor = http.Header{"Metadata-Flavor": {"Google"}}
 
-func checkResponse(u string, resp *notice.Response) error {
-	if resp.Status != http.StatusOK {
-		return fmt.Errorf("GET %s: metadata server answered %d %s", u, resp.Status, notice.Excerpt(resp.Body))
+// migrates reports whether the VM is live-migrated for host maintenance
+// (its scheduling option on-host-maintenance is MIGRATE), so that announced
+// maintenance does not drain it for nothing. GPU VMs are mostly terminated
+// instead; an answer that is not a clear MIGRATE (an error, another value)
+// is taken as TERMINATE: acting on maintenance that turns out harmless costs
+// a move, missing one loses the work.
+func (s *Source) migrates(ctx context.Context) bool {
+	resp, err := s.http.Do(ctx, http.MethodGet, s.opts.Endpoint+PathOnHostMaintenance, flavor, nil, s.opts.RequestTimeout)
+	return err == nil && resp.Status == http.StatusOK && resp.Header.Get("Metadata-Flavor") == "Google" &&
+		strings.TrimSpace(string(resp.Body)) == "MIGRATE"
+}
+
+// checkResponse returns nothing true for an answer other than 200 that
+// nothing (when set) takes for "no event announced", and an error for any
+// other answer but a 200 from the metadata server.
+func checkResponse(u string, resp *notice.Response, nothing func(*notice.Response) bool) (bool, error) {
+	if resp.Status != http.StatusOK && (nothing == nil || !nothing(resp)) {
+		return false, fmt.Errorf("GET %s: metadata server answered %d %s", u, resp.Status, notice.Excerpt(resp.Body))
 	}
 	if resp.Header.Get("Metadata-Flavor") != "Google" {
-		return fmt.Errorf("GET %s: the answer lacks \"Metadata-Flavor: Google\": not the GCE metadata server", u)
+		return false, fmt.Errorf("GET %s: the answer lacks \"Metadata-Flavor: Google\": not the GCE metadata server", u)
 	}
-	return nil
+	return resp.Status != http.StatusOK, nil
+}
+
+// noUpcomingMaintenance takes 404 (the key absent, as on machine types GCE
+// announces no maintenance to) and 503 with the no-notifications error (what
+// GCE answers while it announced none) for no maintenance announced.
+func noUpcomingMaintenance(resp *notice.Response) bool {
+	switch resp.Status {
+	case http.StatusNotFound:
+		return true
+	case http.StatusServiceUnavailable:
+		o, err := notice.ParseObject(PathUpcomingMaintenance, resp.Body)
+		if err != nil {
+			return false
+		}
+		msg, _, err := o.String("error", true)
+		return err == nil && strings.HasPrefix(msg, noNotifications)
+	}
+	return false
+}
+
+// sameMaintenance keeps one id for the maintenance upcoming-maintenance
+// announces, from the first time it is read until it is no longer announced:
+// GCE gives it no id, and a window GCE moves is the same maintenance, to be
+// followed to its new time rather than acted on again. A failed read changes
+// nothing. It is used by one goroutine.
+type sameMaintenance struct{ id string }
+
+func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
+	switch {
+	case n == nil:
+		s.id = ""
+	case s.id == "":
+		s.id = n.ID
+	default:
+		n.ID = s.id
+	}
+	return n
 }

@@ -92,3 +92,84 @@ func idSuffix(event string) string {
 	}
 	return "-" + b.String()
 }
+
+// Values of instance/upcoming-maintenance: type and maintenance_status.
+const (
+	UpcomingScheduled   = "SCHEDULED"
+	UpcomingUnscheduled = "UNSCHEDULED"
+	UpcomingPending     = "PENDING"
+	UpcomingOngoing     = "ONGOING"
+	// UpcomingComplete is the state Google's documentation gives finished
+	// maintenance, whose notification GCE then removes.
+	UpcomingComplete = "COMPLETE"
+)
+
+// noNotifications opens the error GCE answers (with 503) on
+// instance/upcoming-maintenance while no maintenance was ever announced to
+// the VM: { "error": "no notifications have been received yet, try again
+// later" }.
+const noNotifications = "no notifications have been received yet"
+
+// ParseUpcomingMaintenance reads instance/upcoming-maintenance?alt=json:
+// {"type":"SCHEDULED","maintenance_status":"PENDING",
+// "window_start_time":"2024-12-01T19:00:01Z",...}, maintenance GCE announced
+// ahead (days or weeks for scheduled maintenance, hours for unscheduled).
+// Pending or ongoing maintenance is a notice whose deadline is
+// window_start_time. "{ }", "NONE" and the no-notifications error say that
+// nothing is scheduled. can_reschedule (a string, "true", in this document
+// but a boolean in the Compute API), latest_window_start_time,
+// window_end_time and maintenance_reasons are not read: the agent needs none
+// of them, and their form is the least pinned down.
+//
+// GCE gives the maintenance no id: the id made here names the VM's boot and
+// the window's start, and the watcher keeps the first one for as long as the
+// maintenance is announced, so a moved window stays one notice.
+func ParseUpcomingMaintenance(body []byte, boot string, detected time.Time) (*notice.Notice, error) {
+	const what = "instance/upcoming-maintenance"
+	if v := strings.TrimSpace(string(body)); v == "NONE" || strings.Join(strings.Fields(v), "") == "{}" {
+		return nil, nil
+	}
+	o, err := notice.ParseObject(what, body)
+	if err != nil {
+		return nil, err
+	}
+	if o.Has("error") {
+		msg, _, err := o.String("error", true)
+		if err != nil {
+			return nil, err
+		}
+		if strings.HasPrefix(msg, noNotifications) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%s: the metadata server answered an error: %s", what, notice.Excerpt([]byte(msg)))
+	}
+	var typ, status, start string
+	for _, f := range []struct {
+		key string
+		v   *string
+	}{{"type", &typ}, {"maintenance_status", &status}, {"window_start_time", &start}} {
+		if *f.v, _, err = o.String(f.key, true); err != nil {
+			return nil, err
+		}
+	}
+	switch status {
+	case UpcomingPending, UpcomingOngoing:
+	case UpcomingComplete:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("%s: maintenance_status %s is not %s, %s or %s", what, notice.Excerpt([]byte(status)), UpcomingPending, UpcomingOngoing, UpcomingComplete)
+	}
+	if typ != UpcomingScheduled && typ != UpcomingUnscheduled {
+		return nil, fmt.Errorf("%s: type %s is not %s or %s", what, notice.Excerpt([]byte(typ)), UpcomingScheduled, UpcomingUnscheduled)
+	}
+	at, err := time.Parse(time.RFC3339, start)
+	if err != nil || at.Year() < 2000 || at.Year() > 9999 {
+		return nil, fmt.Errorf("%s: window_start_time %s is not an RFC 3339 time (e.g. 2024-12-01T19:00:01Z)", what, notice.Excerpt([]byte(start)))
+	}
+	at = at.UTC()
+	return &notice.Notice{
+		ID:   "gcp-upcoming-" + strings.ToLower(typ) + "-" + at.Format("20060102T150405Z") + idSuffix(boot),
+		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP,
+		Action: typ, Detected: detected, Deadline: at,
+	}, nil
+}

@@ -12,7 +12,9 @@ import (
 // answers with it and an ETag, and holds wait_for_change requests until the
 // value's ETag differs from last_etag or timeout_sec passes. Like GCE's, the
 // ETag is a hash of the value: the same value has the same ETag whenever it
-// comes back.
+// comes back. instance/upcoming-maintenance is absent (404) until set, and
+// served only with alt=json (GCE answers "key value" lines without it, which
+// the fake does not write).
 type GCP struct {
 	*server
 	values  map[string]string
@@ -21,14 +23,17 @@ type GCP struct {
 
 // Paths of the values the fake serves.
 const (
-	GCPPreempted   = "/computeMetadata/v1/instance/preempted"
-	GCPMaintenance = "/computeMetadata/v1/instance/maintenance-event"
+	GCPPreempted           = "/computeMetadata/v1/instance/preempted"
+	GCPMaintenance         = "/computeMetadata/v1/instance/maintenance-event"
+	GCPUpcomingMaintenance = "/computeMetadata/v1/instance/upcoming-maintenance"
+	GCPOnHostMaintenance   = "/computeMetadata/v1/instance/scheduling/on-host-maintenance"
 )
 
-// NewGCP starts a fake metadata server: not preempted, no maintenance.
+// NewGCP starts a fake metadata server: not preempted, no maintenance, none
+// announced, and the VM terminated for host maintenance.
 func NewGCP() *GCP {
 	g := &GCP{
-		values:  map[string]string{GCPPreempted: "FALSE", GCPMaintenance: "NONE"},
+		values:  map[string]string{GCPPreempted: "FALSE", GCPMaintenance: "NONE", GCPOnHostMaintenance: "TERMINATE"},
 		changed: make(chan struct{}),
 	}
 	g.server = newServer(g.serve)
@@ -65,6 +70,11 @@ func (g *GCP) serve(w http.ResponseWriter, r *http.Request) {
 			http.NotFound(w, r)
 			return
 		}
+		if path == GCPUpcomingMaintenance && q.Get("alt") != "json" {
+			w.Header().Set("Metadata-Flavor", "Google")
+			http.Error(w, "the fake serves upcoming-maintenance only with alt=json", http.StatusBadRequest)
+			return
+		}
 		wait := q.Get("wait_for_change") == "true"
 		if !wait || q.Get("last_etag") != etag || !time.Now().Before(deadline) {
 			w.Header().Set("Metadata-Flavor", "Google")
@@ -85,11 +95,21 @@ func (g *GCP) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *GCP) set(path, value string) time.Time {
+	return g.change(path, value, true)
+}
+
+// change sets path to value, or removes it (404) when present is false.
+func (g *GCP) change(path, value string, present bool) time.Time {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := time.Now()
-	if g.values[path] != value {
-		g.values[path] = value
+	old, had := g.values[path]
+	if had != present || old != value {
+		if present {
+			g.values[path] = value
+		} else {
+			delete(g.values, path)
+		}
 		g.published = now
 		close(g.changed)
 		g.changed = make(chan struct{})
@@ -111,8 +131,30 @@ func (g *GCP) SetMaintenance(v string) time.Time {
 	return g.set(GCPMaintenance, v)
 }
 
-// Clear returns both values to their quiet state.
+// SetUpcomingMaintenance sets the JSON document of
+// instance/upcoming-maintenance; "" removes the key, which then answers 404.
+func (g *GCP) SetUpcomingMaintenance(doc string) time.Time {
+	return g.change(GCPUpcomingMaintenance, doc, doc != "")
+}
+
+// SetOnHostMaintenance sets the VM's scheduling option
+// instance/scheduling/on-host-maintenance (TERMINATE, as GPU VMs have it,
+// until set; or MIGRATE).
+func (g *GCP) SetOnHostMaintenance(v string) time.Time {
+	return g.set(GCPOnHostMaintenance, v)
+}
+
+// UpcomingMaintenance is a document of instance/upcoming-maintenance as
+// Google documents it (can_reschedule a string).
+func UpcomingMaintenance(typ, status string, start time.Time) string {
+	return fmt.Sprintf(`{"can_reschedule":"true","latest_window_start_time":%q,"maintenance_reasons":["PLANNED_UPDATE"],`+
+		`"maintenance_status":%q,"type":%q,"window_end_time":%q,"window_start_time":%q}`,
+		start.UTC().Format(time.RFC3339), status, typ, start.Add(2*time.Hour).UTC().Format(time.RFC3339), start.UTC().Format(time.RFC3339))
+}
+
+// Clear returns every value to its quiet state.
 func (g *GCP) Clear() {
 	g.set(GCPPreempted, "FALSE")
 	g.set(GCPMaintenance, "NONE")
+	g.SetUpcomingMaintenance("")
 }
