@@ -131,8 +131,10 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	}
 	pl.priors, _ = pl.risk.(*pricing.RiskModel)
 	if h != nil && h.SharedInformerFactory() != nil {
+		informers := h.SharedInformerFactory().Core().V1()
+		pricing.RegisterCostMetrics(pl.prices, informers.Pods().Lister(), informers.Nodes().Lister())
 		pl.ungates = newUngates(pl.clock)
-		if err := pl.ungates.watch(h.SharedInformerFactory().Core().V1().Pods().Informer()); err != nil {
+		if err := pl.ungates.watch(informers.Pods().Informer()); err != nil {
 			return nil, fmt.Errorf("%s: watching pods for their scheduling gates: %w", Name, err)
 		}
 	}
