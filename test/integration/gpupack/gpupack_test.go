@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/component-base/metrics/legacyregistry"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -215,23 +214,7 @@ func staticLayoutReport(node string) *telemetryv1.NodeReport {
 // penny-scheduler serves on /metrics.
 func checkMetrics(t *testing.T) {
 	t.Helper()
-	families, err := legacyregistry.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	values := map[string]float64{}
-	for _, f := range families {
-		if !strings.HasPrefix(f.GetName(), "penny_gpu_") {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			key := f.GetName()
-			for _, l := range m.GetLabel() {
-				key += "," + l.GetName() + "=" + l.GetValue()
-			}
-			values[key] = m.GetGauge().GetValue()
-		}
-	}
+	values := harness.Gauges(t, "penny_gpu_free_milli", "penny_gpu_largest_placeable", "penny_gpu_stranded_milli")
 	for key, want := range map[string]float64{
 		"penny_gpu_free_milli,pool=ondemand":                      0,
 		"penny_gpu_free_milli,pool=static":                        0,

@@ -9,7 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/component-base/metrics/legacyregistry"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pennysched/penny/deploy"
@@ -142,25 +141,6 @@ func mustMarshal(t *testing.T, v any) []byte {
 // serves on /metrics, keyed by name and labels.
 func costMetrics(t *testing.T) map[string]float64 {
 	t.Helper()
-	families, err := legacyregistry.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	values := map[string]float64{}
-	for _, f := range families {
-		switch f.GetName() {
-		case "node_total_hourly_cost", "node_gpu_hourly_cost", "node_cpu_hourly_cost", "node_ram_hourly_cost",
-			"penny_namespace_cost_usd_per_hour", "penny_namespace_gpus", "penny_cost_unpriced_nodes":
-		default:
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			key := f.GetName()
-			for _, l := range m.GetLabel() {
-				key += "," + l.GetName() + "=" + l.GetValue()
-			}
-			values[key] = m.GetGauge().GetValue()
-		}
-	}
-	return values
+	return harness.Gauges(t, "node_total_hourly_cost", "node_gpu_hourly_cost", "node_cpu_hourly_cost", "node_ram_hourly_cost",
+		"penny_namespace_cost_usd_per_hour", "penny_namespace_gpus", "penny_cost_unpriced_nodes")
 }
