@@ -27,8 +27,8 @@ var (
 	}, []string{"result"})
 
 	waitSeconds = metrics.NewHistogram(&metrics.HistogramOpts{
-		Name:           "penny_gang_wait_seconds",
-		Help:           "Time from a gang's first scheduling attempt until all the members it needs were placed together.",
+		Name: "penny_gang_wait_seconds",
+		Help: "Time from a gang's first scheduling attempt until all the members it needs were placed together.",
 		// 10 ms to about 23 h: a gang can wait hours for room, and a
 		// wait past the last bucket would read as that bucket in quantiles.
 		Buckets:        metrics.ExponentialBuckets(0.01, 2, 24),
