@@ -49,10 +49,7 @@ var (
 		nil, nil, metrics.ALPHA, "")
 
 	costRegisterOnce sync.Once
-	// costSource is what the registered collector reads: the latest one
-	// given, since every scheduler profile builds its own SpotRisk and a
-	// registry takes a collector once.
-	costSource atomic.Pointer[costCollector]
+	registeredCost   = &costCollector{}
 )
 
 // RegisterCostMetrics serves the cost metrics on the registry /metrics
@@ -60,46 +57,37 @@ var (
 // profiles or a scheduler restarted in the same process, replace the
 // sources and register nothing more.
 func RegisterCostMetrics(prices PriceBook, pods corelisters.PodLister, nodes corelisters.NodeLister) {
-	costSource.Store(newCostCollector(prices, pods, nodes))
+	registeredCost.src.Store(&costSources{prices: prices, pods: pods, nodes: nodes})
 	costRegisterOnce.Do(func() {
-		legacyregistry.CustomMustRegister(&registeredCostCollector{})
+		legacyregistry.CustomMustRegister(registeredCost)
 	})
 }
 
 func newCostCollector(prices PriceBook, pods corelisters.PodLister, nodes corelisters.NodeLister) *costCollector {
-	return &costCollector{prices: prices, pods: pods, nodes: nodes}
+	c := &costCollector{}
+	c.src.Store(&costSources{prices: prices, pods: pods, nodes: nodes})
+	return c
 }
 
-type registeredCostCollector struct {
-	metrics.BaseStableCollector
-}
-
-func (r *registeredCostCollector) DescribeWithStability(ch chan<- *metrics.Desc) {
-	describeCost(ch)
-}
-
-func (r *registeredCostCollector) CollectWithStability(ch chan<- metrics.Metric) {
-	if c := costSource.Load(); c != nil {
-		c.CollectWithStability(ch)
-	}
-}
-
-type costCollector struct {
-	metrics.BaseStableCollector
+// costSources are what the metrics are computed from.
+type costSources struct {
 	prices PriceBook
 	pods   corelisters.PodLister
 	nodes  corelisters.NodeLister
 }
 
-func describeCost(ch chan<- *metrics.Desc) {
+type costCollector struct {
+	metrics.BaseStableCollector
+	// src is the latest sources given: every scheduler profile builds its
+	// own SpotRisk, and a registry takes a collector once.
+	src atomic.Pointer[costSources]
+}
+
+func (c *costCollector) DescribeWithStability(ch chan<- *metrics.Desc) {
 	for _, d := range []*metrics.Desc{nodeTotalCostDesc, nodeGPUCostDesc, nodeCPUCostDesc, nodeRAMCostDesc,
 		namespaceCostDesc, namespaceGPUsDesc, unpricedNodesDesc} {
 		ch <- d
 	}
-}
-
-func (c *costCollector) DescribeWithStability(ch chan<- *metrics.Desc) {
-	describeCost(ch)
 }
 
 type namespaceCapacity struct {
@@ -113,7 +101,11 @@ type namespaceCost struct {
 }
 
 func (c *costCollector) CollectWithStability(ch chan<- metrics.Metric) {
-	nodes, err := c.nodes.List(labels.Everything())
+	s := c.src.Load()
+	if s == nil {
+		return
+	}
+	nodes, err := s.nodes.List(labels.Everything())
 	if err != nil {
 		klog.ErrorS(err, "Listing nodes for the cost metrics")
 		return
@@ -121,7 +113,7 @@ func (c *costCollector) CollectWithStability(ch chan<- metrics.Metric) {
 	prices := make(map[string]Price, len(nodes))
 	unpriced := 0
 	for _, n := range nodes {
-		p, ok := c.prices.NodePrice(n)
+		p, ok := s.prices.NodePrice(n)
 		if !ok {
 			unpriced++
 			continue
@@ -135,7 +127,7 @@ func (c *costCollector) CollectWithStability(ch chan<- metrics.Metric) {
 	}
 	ch <- metrics.NewLazyConstMetric(unpricedNodesDesc, metrics.GaugeValue, float64(unpriced))
 
-	pods, err := c.pods.List(labels.Everything())
+	pods, err := s.pods.List(labels.Everything())
 	if err != nil {
 		klog.ErrorS(err, "Listing pods for the cost metrics")
 		return

@@ -589,17 +589,14 @@ func (c *Coordinator) calledOff(ctx context.Context, nn nodeNotice, deadline tim
 // gangs and none is being deleted, as when its agent has not begun to
 // evict them.
 func (c *Coordinator) gangsStayOn(ctx context.Context, node string, gangs []gang.Ref) (bool, error) {
-	list, err := c.opts.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
-		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
-	})
+	pods, err := c.podsOn(ctx, node)
 	if err != nil {
 		return false, err
 	}
 	running := map[gang.Ref]bool{}
-	for i := range list.Items {
-		p := &list.Items[i]
+	for _, p := range pods {
 		ref, ok := gang.RefOf(p)
-		if p.Spec.NodeName != node || !ok || !slices.Contains(gangs, ref) {
+		if !ok || !slices.Contains(gangs, ref) {
 			continue
 		}
 		if p.DeletionTimestamp != nil {
@@ -733,6 +730,12 @@ func (c *Coordinator) observeRuns(ctx context.Context, nn nodeNotice, log logr.L
 // livePodsOn lists the pods on a node that have not finished or started to
 // go.
 func (c *Coordinator) livePodsOn(ctx context.Context, node string) ([]*corev1.Pod, error) {
+	pods, err := c.podsOn(ctx, node)
+	return slices.DeleteFunc(pods, func(p *corev1.Pod) bool { return !live(p) }), err
+}
+
+// podsOn lists the pods bound to node, those being deleted included.
+func (c *Coordinator) podsOn(ctx context.Context, node string) ([]*corev1.Pod, error) {
 	list, err := c.opts.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
 	})
@@ -742,7 +745,7 @@ func (c *Coordinator) livePodsOn(ctx context.Context, node string) ([]*corev1.Po
 	var out []*corev1.Pod
 	for i := range list.Items {
 		// The field selector already says so; a cache may not.
-		if p := &list.Items[i]; p.Spec.NodeName == node && live(p) {
+		if p := &list.Items[i]; p.Spec.NodeName == node {
 			out = append(out, p)
 		}
 	}
