@@ -24,6 +24,7 @@ package notice
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -121,12 +122,25 @@ type Watcher struct {
 	status   *telemetryv1.CollectorStatus
 	settled  bool // the last check succeeded
 	handlers []func(Notice)
+	movers   []func(Notice)
+	// resumed holds when an earlier agent detected the notices whose work
+	// it left unfinished (Resume), until each is seen again.
+	resumed map[string]time.Time
 }
 
 // NewWatcher returns a watcher of src; Run starts it. metrics may be nil.
 func NewWatcher(src Source, log logr.Logger, metrics *Metrics) *Watcher {
 	if metrics == nil {
 		metrics = NewMetrics(nil)
+	}
+	// The series exist at 0 from the start: a node mostly sees one notice
+	// in its life, and a series born at 1 shows no increase().
+	provider := src.Provider().String()
+	metrics.errors.WithLabelValues(provider)
+	for k := range telemetryv1.ReclaimKind_name {
+		if kind := telemetryv1.ReclaimKind(k); kind != telemetryv1.ReclaimKind_RECLAIM_KIND_UNSPECIFIED {
+			metrics.notices.WithLabelValues(provider, reclaim.TaintValue(kind))
+		}
 	}
 	return &Watcher{
 		src: src, log: log, metrics: metrics,
@@ -146,6 +160,27 @@ func (w *Watcher) OnNotice(f func(Notice)) {
 	w.handlers = append(w.handlers, f)
 }
 
+// OnMove registers f to be called with a pending notice each time its
+// deadline moves. f runs on the watcher's goroutine and must return quickly.
+func (w *Watcher) OnMove(f func(Notice)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.movers = append(w.movers, f)
+}
+
+// Resume tells the watcher when an earlier agent on this node detected the
+// notices it left work unfinished for, by notice id; call it before Run.
+// Such a notice, seen again, keeps that detection time rather than take the
+// time of this agent's first check: the scheduler tells one announcement of
+// a notice from a later one (withdrawn and announced again under the same
+// id) by it, and would otherwise plan the gangs' checkpoints over again.
+// Each time is used once, so a notice withdrawn since is detected anew.
+func (w *Watcher) Resume(detected map[string]time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.resumed = maps.Clone(detected)
+}
+
 // Run watches until ctx ends.
 func (w *Watcher) Run(ctx context.Context) {
 	w.src.Watch(ctx, w.observe)
@@ -154,7 +189,7 @@ func (w *Watcher) Run(ctx context.Context) {
 func (w *Watcher) observe(notices []Notice, err error) {
 	provider := w.src.Provider().String()
 	w.mu.Lock()
-	var fresh []Notice
+	var fresh, moved []Notice
 	seen := make(map[string]bool, len(notices))
 	for _, n := range notices {
 		seen[n.ID] = true
@@ -165,10 +200,15 @@ func (w *Watcher) observe(notices []Notice, err error) {
 			}
 			if !n.Deadline.Equal(old.Deadline) {
 				w.log.Info("reclaim notice's deadline moved", "notice", n.ID, "deadline", n.Deadline, "was", old.Deadline)
+				moved = append(moved, n)
 			}
 			w.pending[n.ID] = n
 			continue
 		}
+		if at, ok := w.resumed[n.ID]; ok && !at.IsZero() {
+			n.Detected = at
+		}
+		delete(w.resumed, n.ID)
 		w.pending[n.ID] = n
 		fresh = append(fresh, n)
 	}
@@ -192,13 +232,18 @@ func (w *Watcher) observe(notices []Notice, err error) {
 		w.log.V(1).Info("reclaim notice check failed", "error", msg)
 	}
 	w.metrics.pending.WithLabelValues(provider).Set(float64(len(w.pending)))
-	handlers := slices.Clone(w.handlers)
+	handlers, movers := slices.Clone(w.handlers), slices.Clone(w.movers)
 	w.mu.Unlock()
 
 	for _, n := range fresh {
 		w.metrics.notices.WithLabelValues(provider, reclaim.TaintValue(n.Kind)).Inc()
 		w.log.Info("reclaim notice", "notice", n.ID, "kind", n.Kind.String(), "action", n.Action, "deadline", n.Deadline, "detected", n.Detected)
 		for _, h := range handlers {
+			h(n)
+		}
+	}
+	for _, n := range moved {
+		for _, h := range movers {
 			h(n)
 		}
 	}

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pennysched/penny/agent/notice"
 	"github.com/pennysched/penny/agent/notice/aws"
@@ -224,4 +227,83 @@ func TestRescheduledEventMovesTheDeadline(t *testing.T) {
 		}
 		run(t, src, "aws-instance-event-0d59937288b749b32", set, set)
 	})
+}
+
+// OnMove hears of every move of a pending notice's deadline, and of nothing
+// else: not a new notice, not a check that finds it where it was.
+func TestWatcherTellsOfMovedDeadlines(t *testing.T) {
+	t0 := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	a := spot("a", t0, t0.Add(2*time.Minute))
+	sooner := spot("a", t0.Add(time.Second), t0.Add(time.Minute))
+	src := &scripted{done: make(chan struct{}), steps: []step{
+		{notices: []notice.Notice{a}},
+		{notices: []notice.Notice{a}},
+		{notices: []notice.Notice{sooner}},
+		{notices: []notice.Notice{sooner, spot("b", t0, t0.Add(time.Minute))}},
+	}}
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	var moved []notice.Notice
+	w.OnMove(func(n notice.Notice) { moved = append(moved, n) })
+	w.Run(context.Background())
+	if len(moved) != 1 || moved[0].ID != "a" || !moved[0].Deadline.Equal(sooner.Deadline) || !moved[0].Detected.Equal(t0) {
+		t.Errorf("OnMove calls %v, want one, for a moved to %v (detected %v)", moved, sooner.Deadline, t0)
+	}
+}
+
+// A notice an earlier agent left work unfinished for keeps the time that
+// agent detected it, once: withdrawn and announced again, it is detected
+// anew, as the scheduler must see a new announcement.
+func TestWatcherResumesEarlierDetectionTimesOnce(t *testing.T) {
+	t0 := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	earlier := t0.Add(-time.Hour)
+	later := t0.Add(time.Minute)
+	src := &scripted{done: make(chan struct{}), steps: []step{
+		{notices: []notice.Notice{spot("a", t0, t0.Add(time.Hour)), spot("b", t0, t0.Add(time.Hour))}},
+		{notices: []notice.Notice{spot("b", t0, t0.Add(time.Hour))}},
+		{notices: []notice.Notice{spot("a", later, t0.Add(time.Hour)), spot("b", t0, t0.Add(time.Hour))}},
+	}}
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	w.Resume(map[string]time.Time{"a": earlier})
+	var seen []notice.Notice
+	w.OnNotice(func(n notice.Notice) { seen = append(seen, n) })
+	w.Run(context.Background())
+	want := []string{"a@" + earlier.String(), "b@" + t0.String(), "a@" + later.String()}
+	var got []string
+	for _, n := range seen {
+		got = append(got, n.ID+"@"+n.Detected.String())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("notices seen %v, want %v", got, want)
+	}
+}
+
+// A node mostly sees one notice in its life: its series are on /metrics at
+// 0 from the start, or increase() would never show it.
+func TestWatcherMetricsStartAtZero(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	notice.NewWatcher(&scripted{done: make(chan struct{})}, testr.New(t), notice.NewMetrics(reg))
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			var labels []string // in the order of their names
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetValue())
+			}
+			got[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = m.GetCounter().GetValue() == 0
+		}
+	}
+	aws := telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS.String()
+	want := []string{"penny_reclaim_notice_check_errors_total{" + aws + "}"}
+	for _, kind := range []string{"spot-interruption", "rebalance-recommendation", "maintenance", "termination"} {
+		want = append(want, "penny_reclaim_notices_total{"+kind+","+aws+"}") // labels by name
+	}
+	for _, series := range want {
+		if !got[series] {
+			t.Errorf("%s not on /metrics at 0 before any check (have %v)", series, got)
+		}
+	}
 }

@@ -111,10 +111,21 @@ type Flow struct {
 	pods    corelisters.PodLister
 	synced  cache.InformerSynced
 
-	mu      sync.Mutex
+	// queueMu guards queue alone, not mu: start and prune hold mu while
+	// they read the state directory, and OnNotice and HandleCheckpoint,
+	// which run on the notice watcher's and the report stream's goroutines,
+	// must not wait for a slow disk. Queued work is not acted on yet: it
+	// is on disk before it is (runNotice and runCommand save it first).
+	queueMu sync.Mutex
 	queue   []*Job
+	mu      sync.Mutex
 	running map[string]bool
 	wake    chan struct{}
+	// moved is closed, and replaced, when the cloud moves a pending
+	// notice's deadline (Moved): jobs waiting for their time to act look
+	// again at once.
+	movedMu sync.Mutex
+	moved   chan struct{}
 	// recheck asks Run to check the taint against the pending notices now:
 	// a job for a notice the cloud withdrew has ended.
 	recheck chan struct{}
@@ -158,6 +169,7 @@ func New(o Options) (*Flow, error) {
 		recorder: o.Recorder, log: o.Log, metrics: o.Metrics,
 		retention: o.Retention, pruneEvery: min(o.Retention, maxPruneInterval),
 		running: map[string]bool{}, wake: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
+		moved: make(chan struct{}),
 	}
 	if f.recorder == nil {
 		f.broadcaster = record.NewBroadcaster()
@@ -192,6 +204,23 @@ func (f *Flow) OnNotice(n notice.Notice) {
 	f.enqueue(j)
 }
 
+// Moved tells the flow that the cloud moved a pending notice's deadline
+// (notice.Watcher.OnMove). Work waiting for its time to act looks again now
+// rather than at its next check (ReconcileInterval): a GCE maintenance
+// brought forward to 60 s away leaves no time to wait. It never blocks.
+func (f *Flow) Moved(notice.Notice) {
+	f.movedMu.Lock()
+	close(f.moved)
+	f.moved = make(chan struct{})
+	f.movedMu.Unlock()
+}
+
+func (f *Flow) movedSignal() <-chan struct{} {
+	f.movedMu.Lock()
+	defer f.movedMu.Unlock()
+	return f.moved
+}
+
 // staleAfter is how long past its deadline unfinished work is still resumed
 // by a restarted agent: long enough for an agent that crashed to come back
 // before a Spot node goes, far shorter than a reboot for maintenance.
@@ -213,9 +242,9 @@ func (f *Flow) HandleCheckpoint(_ context.Context, cmd *telemetryv1.CheckpointCo
 }
 
 func (f *Flow) enqueue(j *Job) {
-	f.mu.Lock()
+	f.queueMu.Lock()
 	f.queue = append(f.queue, j)
-	f.mu.Unlock()
+	f.queueMu.Unlock()
 	select {
 	case f.wake <- struct{}{}:
 	default:
@@ -241,7 +270,7 @@ func (f *Flow) Run(ctx context.Context) {
 	now := time.Now()
 	for _, j := range jobs {
 		switch {
-		case !j.Done && !j.Deadline.IsZero() && now.Sub(j.Deadline) > staleAfter:
+		case outlived(j, now):
 			// The node outlived the deadline by far (maintenance rebooted
 			// it mid-job, or it was stopped and started): what runs here
 			// now came after, and evicting it, with no time left for a
@@ -299,10 +328,10 @@ func (f *Flow) Run(ctx context.Context) {
 			continue
 		case <-f.wake:
 		}
-		f.mu.Lock()
+		f.queueMu.Lock()
 		queue := f.queue
 		f.queue = nil
-		f.mu.Unlock()
+		f.queueMu.Unlock()
 		for _, j := range queue {
 			f.start(ctx, j, false)
 		}
@@ -833,6 +862,8 @@ func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger) (pr
 		check = tick.C
 	}
 	for waited := false; ; waited = true {
+		// Taken before the look, so that a move meanwhile is not missed.
+		moved := f.movedSignal()
 		cur, found, known := f.pendingNotice(n.ID)
 		if found {
 			f.follow(js, cur, log)
@@ -859,6 +890,7 @@ func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger) (pr
 			t.Stop()
 			return false, false
 		case <-check:
+		case <-moved:
 		case <-t.C:
 		}
 		t.Stop()

@@ -874,3 +874,131 @@ func TestASecondGCPPreemptionIsActedOn(t *testing.T) {
 		t.Errorf("notice ids %v, want two different ones", ids)
 	}
 }
+
+// gcpAgent is one run of the agent's GCP watcher and flow on e's node,
+// acting ten minutes before maintenance: it continues the notices an
+// earlier run left unfinished, as penny-agent does, and records the ids it
+// is handed.
+type gcpAgent struct {
+	watcher *notice.Watcher
+	flow    *reclaim.Flow
+	stop    func()
+	mu      sync.Mutex
+	ids     []string
+}
+
+func (e *env) gcpAgent(fake *metadatatest.GCP, reconcile time.Duration) *gcpAgent {
+	e.t.Helper()
+	unfinished, err := reclaim.UnfinishedNotices(e.stateDir, time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var ids []string
+	detected := map[string]time.Time{}
+	for _, n := range unfinished {
+		ids = append(ids, n.ID)
+		detected[n.ID] = n.Detected
+	}
+	src := gcp.New(gcp.Options{Endpoint: fake.URL(), RequestTimeout: time.Second, RetryInterval: 20 * time.Millisecond,
+		WaitTimeout: time.Second, UpcomingMaintenancePoll: 20 * time.Millisecond, BootID: "boot-1", Unfinished: ids})
+	a := &gcpAgent{watcher: notice.NewWatcher(src, testr.New(e.t), nil)}
+	a.watcher.Resume(detected)
+	ctx, cancel := context.WithCancel(context.Background())
+	var stopFlow func()
+	a.flow, stopFlow = e.flow(ctx, reclaim.Options{Notices: a.watcher.Settled, ReconcileInterval: reconcile,
+		Policy: pennyreclaim.Policy{MaintenanceLead: 10 * time.Minute}})
+	a.watcher.OnNotice(func(n notice.Notice) {
+		a.mu.Lock()
+		a.ids = append(a.ids, n.ID)
+		a.mu.Unlock()
+		a.flow.OnNotice(n)
+	})
+	a.watcher.OnMove(a.flow.Moved)
+	done := make(chan struct{})
+	go func() { a.watcher.Run(ctx); close(done) }()
+	a.stop = func() { cancel(); <-done; stopFlow() }
+	e.t.Cleanup(a.stop)
+	return a
+}
+
+func (a *gcpAgent) noticeIDs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.ids...)
+}
+
+// noticeJobs are the notice jobs in the state directory.
+func (e *env) noticeJobs() []string {
+	files, err := filepath.Glob(filepath.Join(e.stateDir, "notice-*.json"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return files
+}
+
+// GCE gives the maintenance it announces no id. An agent that restarts
+// after GCE moved the window follows the work an earlier agent began to the
+// new time: no withdrawal, no second notice.
+func TestRestartedAgentFollowsTheGCPMaintenanceItWaitedFor(t *testing.T) {
+	e := newEnv(t, "spot-6")
+	fake := metadatatest.NewGCP()
+	defer fake.Close()
+	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	first := e.gcpAgent(fake, 100*time.Millisecond)
+	waitFor(t, "the first agent waiting for the maintenance", 10*time.Second, func() bool {
+		return len(first.noticeIDs()) == 1 && first.flow.Running() == 1
+	})
+	id := first.noticeIDs()[0]
+	detected := first.watcher.Notices()[0].Detected
+	first.stop()
+
+	moved := window.Add(24 * time.Hour)
+	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, moved))
+	second := e.gcpAgent(fake, 100*time.Millisecond)
+	waitFor(t, "the restarted agent following the moved window", 10*time.Second, func() bool {
+		j, ok := e.jobOf("notice-" + id)
+		return ok && j.Notice.Deadline.Equal(moved)
+	})
+	// A few reconciles later: a withdrawal would have ended the job.
+	time.Sleep(500 * time.Millisecond)
+	j, _ := e.jobOf("notice-" + id)
+	if j.Done || j.Withdrawn || second.flow.Running() != 1 {
+		t.Errorf("job %s after the restart: done %v, withdrawn %v, %d jobs running; want it still waiting", id, j.Done, j.Withdrawn, second.flow.Running())
+	}
+	// The scheduler tells this announcement from a later one by when it
+	// was detected: the restarted agent reports the first agent's time.
+	if n := second.watcher.Notices(); len(n) != 1 || n[0].ID != id || !n[0].Detected.Equal(detected) {
+		t.Errorf("the restarted agent reports %+v, want %s detected %v", n, id, detected)
+	}
+	if ids, jobs := second.noticeIDs(), e.noticeJobs(); len(ids) != 1 || ids[0] != id || len(jobs) != 1 {
+		t.Errorf("restarted agent: notices %v, jobs %v; want only %s", ids, jobs, id)
+	}
+}
+
+// maintenance-event's turn 60 s before an announced maintenance starts is
+// that maintenance: the job waiting for it acts at once, and there is no
+// second notice, job or checkpoint request.
+func TestGCPMaintenanceEventOfAnnouncedMaintenanceIsOneJob(t *testing.T) {
+	e := newEnv(t, "spot-6")
+	e.pod("job", e.node, 10*time.Millisecond)
+	fake := metadatatest.NewGCP()
+	defer fake.Close()
+	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	// Reconciles an hour apart: only the move can wake the waiting job.
+	a := e.gcpAgent(fake, time.Hour)
+	waitFor(t, "the job waiting for the maintenance", 10*time.Second, func() bool {
+		return len(a.noticeIDs()) == 1 && a.flow.Running() == 1
+	})
+	fake.SetMaintenance(gcp.MaintenanceTerminate)
+	// The bound only stops a hang (a checkpoint and an eviction through
+	// the API server on loaded cores).
+	waitFor(t, "checkpoint and eviction once the maintenance starts", time.Minute, func() bool {
+		return len(e.trainers["job"].Received()) > 0 && gone(t, e.ns, "job")
+	})
+	if ids, jobs := a.noticeIDs(), e.noticeJobs(); len(ids) != 1 || len(jobs) != 1 || len(e.trainers["job"].Received()) != 1 {
+		t.Errorf("notices %v, jobs %v, checkpoint requests %d; want one of each", ids, jobs, len(e.trainers["job"].Received()))
+	}
+	waitFor(t, "the job done", 10*time.Second, func() bool { return a.flow.Running() == 0 })
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -190,4 +191,33 @@ func (s *stateStore) remove(id string) error {
 		return nil
 	}
 	return err
+}
+
+// outlived reports whether unfinished work is long past its deadline, so
+// that the node outlived it and a restarted agent leaves it (Run).
+func outlived(j *Job, now time.Time) bool {
+	return !j.Done && !j.Deadline.IsZero() && now.Sub(j.Deadline) > staleAfter
+}
+
+// UnfinishedNotices returns the notices whose work an earlier agent left
+// unfinished in the state directory dir and a flow started now resumes,
+// most recently detected first. The watcher is given them
+// (notice.Watcher.Resume) so that it reports each as detected when it was,
+// and the cloud's source where the cloud names no event (GCE's upcoming
+// maintenance), so that it gives the event it still announces the id the
+// work was recorded under. Unreadable files are left out (Run logs them).
+func UnfinishedNotices(dir string, now time.Time) ([]NoticeRecord, error) {
+	st, err := newStateStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	jobs, _ := st.all()
+	var notices []NoticeRecord
+	for _, j := range jobs {
+		if j.Notice != nil && !j.Done && !outlived(j, now) {
+			notices = append(notices, *j.Notice)
+		}
+	}
+	sort.SliceStable(notices, func(a, b int) bool { return notices[a].Detected.After(notices[b].Detected) })
+	return notices, nil
 }

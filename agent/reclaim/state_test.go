@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/pennysched/penny/agent/notice"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
@@ -149,5 +150,59 @@ func TestWorkLeftLongPastItsDeadlineIsKeptForTheRetention(t *testing.T) {
 	f.prune(time.Now())
 	if !stateFileExists(t, dir, stale.ID) {
 		t.Error("work recorded as done at start was pruned at once: its retention runs from when it was recorded done")
+	}
+}
+
+// The notices a restarted flow resumes, most recent first: not finished
+// ones, not commands, not those the node outlived.
+func TestUnfinishedNotices(t *testing.T) {
+	dir := t.TempDir()
+	st, err := newStateStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	noticeJob := func(id string, detected, deadline time.Time, done bool) *Job {
+		return &Job{ID: "notice-" + id, Notice: &NoticeRecord{ID: id, Detected: detected, Deadline: deadline}, Deadline: deadline, Done: done}
+	}
+	for _, j := range []*Job{
+		noticeJob("older", now.Add(-2*time.Hour), now.Add(time.Hour), false),
+		noticeJob("newer", now.Add(-time.Hour), now.Add(72*time.Hour), false),
+		noticeJob("finished", now.Add(-time.Minute), now.Add(time.Hour), true),
+		noticeJob("outlived", now.Add(-3*time.Hour), now.Add(-time.Hour), false),
+		{ID: "command-c", Command: &CommandRecord{ID: "c"}, Deadline: now.Add(time.Hour)},
+	} {
+		if err := st.save(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notices, err := UnfinishedNotices(dir, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 2 || notices[0].ID != "newer" || notices[1].ID != "older" || !notices[1].Detected.Equal(now.Add(-2*time.Hour)) {
+		t.Errorf("unfinished notices %+v, want newer, then older detected %v", notices, now.Add(-2*time.Hour))
+	}
+}
+
+// A slow state directory holds start and prune, which read it under the
+// flow's lock; new work is still taken from the notice watcher and the
+// report stream at once (it is saved before it is acted on, by the job).
+func TestNewWorkDoesNotWaitForTheStateDirectory(t *testing.T) {
+	f := newPruneTestFlow(t, t.TempDir(), time.Hour)
+	f.mu.Lock() // as start and prune hold it while they read a slow disk
+	defer f.mu.Unlock()
+	taken := make(chan struct{})
+	go func() {
+		now := time.Now()
+		f.OnNotice(notice.Notice{ID: "n", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, Detected: now, Deadline: now.Add(time.Minute)})
+		f.HandleCheckpoint(context.Background(), &telemetryv1.CheckpointCommand{Id: "c", Deadline: timestamppb.New(now.Add(time.Minute))})
+		close(taken)
+	}()
+	// The bound only stops a hang: taking work is two appends.
+	select {
+	case <-taken:
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnNotice and HandleCheckpoint wait for the flow's lock, which a slow state directory holds")
 	}
 }

@@ -104,11 +104,27 @@ func setupReclaim(ctx context.Context, o reclaimOptions, node string, log logr.L
 			return nil, nil
 		}
 	}
+	// The notices an earlier agent left work unfinished for keep the time
+	// it detected them (the scheduler names its plans by it), and, as GCE
+	// names no maintenance it announces, the id it recorded them under
+	// rather than one made anew from a window GCE may have moved since.
+	unfinished, err := reclaim.UnfinishedNotices(o.stateDir, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	detected := make(map[string]time.Time, len(unfinished))
+	for _, n := range unfinished {
+		detected[n.ID] = n.Detected
+		if name == cloud.GCP {
+			o.watch.GCP.Unfinished = append(o.watch.GCP.Unfinished, n.ID)
+		}
+	}
 	src, err := cloud.New(name, o.watch)
 	if err != nil {
 		return nil, err
 	}
 	watcher := notice.NewWatcher(src, log.WithName("notice"), notice.NewMetrics(reg))
+	watcher.Resume(detected)
 	fo := reclaim.Options{
 		Node: node, Client: client, StateDir: o.stateDir,
 		Policy: pennyreclaim.Policy{
@@ -128,6 +144,12 @@ func setupReclaim(ctx context.Context, o reclaimOptions, node string, log logr.L
 	}
 	watcher.OnNotice(func(n notice.Notice) {
 		flow.OnNotice(n)
+		trigger()
+	})
+	// A moved deadline is news to the scheduler too (its commands to the
+	// gangs' other members carry it).
+	watcher.OnMove(func(n notice.Notice) {
+		flow.Moved(n)
 		trigger()
 	})
 	log.Info("watching for reclaim notices", "cloud", name, "stateDir", o.stateDir)

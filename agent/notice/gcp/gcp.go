@@ -77,6 +77,14 @@ type Options struct {
 	// earlier boot with the same ETag (BootIDPath when empty; without one,
 	// only the events this agent saw end are told apart).
 	BootID string
+	// Unfinished are the ids of notices an earlier agent on this node left
+	// work unfinished for (reclaim.UnfinishedNotices), most recent first.
+	// The maintenance upcoming-maintenance announces at start takes the
+	// first of them made in this boot: GCE may have moved the window while
+	// no agent ran, and an id made from the new start would end the work
+	// for the old one as withdrawn and start it over, as a new notice to
+	// the scheduler too.
+	Unfinished []string
 }
 
 // BootIDPath is the kernel's random id of the running boot; a container
@@ -158,38 +166,68 @@ type key struct {
 // Watch implements notice.Source: one loop per value; every change of one is
 // observed with the state of all.
 //
-// A maintenance announced in upcoming-maintenance and the TERMINATE of
-// maintenance-event 60 s before it starts are two notices: nothing in
-// maintenance-event names the maintenance it is for, and taking it for the
-// announced one would hold an unannounced emergency back until the announced
-// window. The second finds the node tainted and its pods gone.
+// While upcoming-maintenance announces a maintenance, maintenance-event's
+// turn about 60 s before a maintenance starts is that maintenance, one
+// notice (oneMaintenance): announced and started are the two ends of what
+// GCE documents for a VM's host maintenance, and a second notice would be
+// acted on again, with new checkpoint commands for its gangs' other members.
 func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
-	upcoming := &sameMaintenance{}
-	keys := []*key{
-		{path: PathPreempted, parse: ParsePreempted, period: s.opts.PreemptionNotice},
-		{path: PathMaintenance, parse: ParseMaintenanceEvent, period: s.opts.MaintenanceNotice},
-		{
-			path: PathUpcomingMaintenance, query: url.Values{"alt": {"json"}}, poll: s.opts.UpcomingMaintenancePoll,
-			parse: func(body []byte, _ string, detected time.Time, _ time.Duration) (*notice.Notice, error) {
-				n, err := ParseUpcomingMaintenance(body, s.opts.BootID, detected)
-				if n != nil && s.migrates(ctx) {
-					// What maintenance-event would say of it: a live
-					// migration, which stops nothing (reclaim.Disruptive).
-					n.Action = MaintenanceMigrate
-				}
-				return n, err
-			},
-			nothing: noUpcomingMaintenance, same: upcoming.same,
+	same := &sameMaintenance{boot: s.opts.BootID, unfinished: s.opts.Unfinished}
+	preempted := &key{path: PathPreempted, parse: ParsePreempted, period: s.opts.PreemptionNotice}
+	maintenance := &key{path: PathMaintenance, parse: ParseMaintenanceEvent, period: s.opts.MaintenanceNotice}
+	upcoming := &key{
+		path: PathUpcomingMaintenance, query: url.Values{"alt": {"json"}}, poll: s.opts.UpcomingMaintenancePoll,
+		parse: func(body []byte, _ string, detected time.Time, _ time.Duration) (*notice.Notice, error) {
+			n, err := ParseUpcomingMaintenance(body, s.opts.BootID, detected)
+			if n != nil && s.migrates(ctx) {
+				// What maintenance-event would say of it: a live
+				// migration, which stops nothing (reclaim.Disruptive).
+				n.Action = MaintenanceMigrate
+			}
+			return n, err
 		},
+		nothing: noUpcomingMaintenance, same: same.same,
 	}
+	keys := []*key{preempted, maintenance, upcoming}
 	var mu sync.Mutex
+	// announced is the notice maintenance-event's is merged into, kept
+	// for as long as maintenance-event says the maintenance starts: GCE
+	// may stop announcing it once it is under way, and the notice must
+	// not turn into another one then.
+	var announced *notice.Notice
 	publish := func() {
 		var notices []notice.Notice
+		if preempted.notice != nil {
+			notices = append(notices, *preempted.notice)
+		}
+		m, u := maintenance.notice, upcoming.notice
+		switch {
+		case m == nil:
+			announced = nil
+		case u != nil && oneMaintenance(*m, *u):
+			c := *u
+			announced = &c
+		}
+		switch {
+		case announced != nil:
+			notices = append(notices, merge(*announced, *m))
+			if u != nil && u.ID != announced.ID {
+				notices = append(notices, *u)
+			}
+		case m != nil && !upcoming.known && upcoming.err == nil:
+			// At start, until upcoming-maintenance first answers (it
+			// and on-host-maintenance, each read bounded by
+			// RequestTimeout): out now under its own id, the notice
+			// would be a second one a moment later.
+		default:
+			for _, n := range []*notice.Notice{m, u} {
+				if n != nil {
+					notices = append(notices, *n)
+				}
+			}
+		}
 		var errs, unread []error
 		for _, k := range keys {
-			if k.notice != nil {
-				notices = append(notices, *k.notice)
-			}
 			if k.err != nil {
 				errs = append(errs, k.err)
 			} else if !k.known {
@@ -352,9 +390,15 @@ func noUpcomingMaintenance(resp *notice.Response) bool {
 // sameMaintenance keeps one id for the maintenance upcoming-maintenance
 // announces, from the first time it is read until it is no longer announced:
 // GCE gives it no id, and a window GCE moves is the same maintenance, to be
-// followed to its new time rather than acted on again. A failed read changes
-// nothing. It is used by one goroutine.
-type sameMaintenance struct{ id string }
+// followed to its new time rather than acted on again. The first read after
+// start continues an unfinished notice of this boot, if any: GCE announces
+// one maintenance at a time, and one that happened ended the boot. A failed
+// read changes nothing. It is used by one goroutine.
+type sameMaintenance struct {
+	id         string
+	boot       string
+	unfinished []string
+}
 
 func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
 	switch {
@@ -362,8 +406,38 @@ func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
 		s.id = ""
 	case s.id == "":
 		s.id = n.ID
+		for _, id := range s.unfinished {
+			if upcomingOfBoot(id, s.boot) {
+				s.id = id
+				break
+			}
+		}
+		n.ID = s.id
 	default:
 		n.ID = s.id
 	}
+	// Only the maintenance announced at start is the one an earlier agent
+	// saw; one announced after it ended is new.
+	s.unfinished = nil
 	return n
+}
+
+// oneMaintenance reports whether maintenance-event's notice m is the start of
+// the maintenance upcoming-maintenance announces (u): both say it stops the
+// VM, or both that it migrates it. A TERMINATE while a live migration is
+// announced is news the announced notice was not acted on for, and stays a
+// notice of its own.
+func oneMaintenance(m, u notice.Notice) bool {
+	return (m.Action == MaintenanceMigrate) == (u.Action == MaintenanceMigrate)
+}
+
+// merge is the announced notice u once maintenance-event (m) says the
+// maintenance starts: its id and action, and m's deadline when that is
+// sooner, an emergency GCE brought forward or did not announce, which must
+// not wait for the announced window.
+func merge(u, m notice.Notice) notice.Notice {
+	if m.Deadline.Before(u.Deadline) {
+		u.Deadline, u.Estimated = m.Deadline, m.Estimated
+	}
+	return u
 }

@@ -104,6 +104,28 @@ const (
 	UpcomingComplete = "COMPLETE"
 )
 
+// An upcoming maintenance's id is upcomingPrefix, its type in lower case, a
+// dash, its window's start as upcomingStamp and idSuffix(boot).
+const (
+	upcomingPrefix = "gcp-upcoming-"
+	upcomingStamp  = "20060102T150405Z"
+)
+
+// upcomingOfBoot reports whether id is one ParseUpcomingMaintenance made in
+// this boot.
+func upcomingOfBoot(id, boot string) bool {
+	rest, ok := strings.CutPrefix(id, upcomingPrefix)
+	if !ok {
+		return false
+	}
+	typ, rest, ok := strings.Cut(rest, "-")
+	if !ok || (typ != strings.ToLower(UpcomingScheduled) && typ != strings.ToLower(UpcomingUnscheduled)) || len(rest) < len(upcomingStamp) {
+		return false
+	}
+	_, err := time.Parse(upcomingStamp, rest[:len(upcomingStamp)])
+	return err == nil && rest[len(upcomingStamp):] == idSuffix(boot)
+}
+
 // noNotifications opens the error GCE answers (with 503) on
 // instance/upcoming-maintenance while no maintenance was ever announced to
 // the VM: { "error": "no notifications have been received yet, try again
@@ -168,7 +190,7 @@ func ParseUpcomingMaintenance(body []byte, boot string, detected time.Time) (*no
 	}
 	at = at.UTC()
 	return &notice.Notice{
-		ID:   "gcp-upcoming-" + strings.ToLower(typ) + "-" + at.Format("20060102T150405Z") + idSuffix(boot),
+		ID:   upcomingPrefix + strings.ToLower(typ) + "-" + at.Format(upcomingStamp) + idSuffix(boot),
 		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP,
 		Action: typ, Detected: detected, Deadline: at,
 	}, nil

@@ -1,8 +1,10 @@
 package gcp_test
 
 import (
+	"context"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -224,5 +226,143 @@ func TestUpcomingMaintenanceOfAVMThatMigrates(t *testing.T) {
 	n, _ = r.waitFor(t, "the maintenance announced again", settledWith(1))
 	if n[0].Action != gcp.UpcomingScheduled || !reclaim.Disruptive(n[0].Provider, n[0].Action) {
 		t.Fatalf("announced maintenance of a VM set to TERMINATE: action %q, want %s, disruptive", n[0].Action, gcp.UpcomingScheduled)
+	}
+}
+
+// An agent that restarts after GCE moved the announced window continues the
+// notice an earlier agent left unfinished in this boot rather than make an
+// id from the new start; a maintenance announced after that one ended is
+// new.
+func TestUpcomingMaintenanceContinuesTheUnfinishedNotice(t *testing.T) {
+	first := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	stamp := first.Format("20060102T150405Z")
+	unfinished := "gcp-upcoming-scheduled-" + stamp + "-boot-a"
+	opts := upcomingOptions()
+	opts.Unfinished = []string{
+		"gcp-upcoming-scheduled-" + stamp + "-boot-b", // an earlier boot's
+		"gcp-maintenance-terminate-0123456789abcdef-boot-a",
+		unfinished,
+	}
+	f, src := start(t, opts)
+	moved := first.Add(24 * time.Hour)
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, moved))
+	r := watch(t, src)
+	n, _ := r.waitFor(t, "the announced maintenance", settledWith(1))
+	if n[0].ID != unfinished || !n[0].Deadline.Equal(moved) {
+		t.Errorf("after a restart: notice %s with deadline %v, want the unfinished %s with the moved window's start %v", n[0].ID, n[0].Deadline, unfinished, moved)
+	}
+
+	f.SetUpcomingMaintenance("")
+	r.waitFor(t, "the maintenance over", settledWith(0))
+	later := moved.Add(time.Hour)
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, later))
+	n, _ = r.waitFor(t, "a new announcement", settledWith(1))
+	if want := "gcp-upcoming-scheduled-" + later.Format("20060102T150405Z") + "-boot-a"; n[0].ID != want {
+		t.Errorf("a maintenance announced after the continued one ended has id %s, want %s, its own", n[0].ID, want)
+	}
+}
+
+// maintenance-event's turn while upcoming-maintenance announces the
+// maintenance is that maintenance: one notice, with the announced id and the
+// sooner deadline, also once GCE stops announcing it; it ends with
+// maintenance-event. Without an announcement, or against an announced live
+// migration, it is a notice of its own.
+func TestMaintenanceEventOfAnnouncedMaintenanceIsOneNotice(t *testing.T) {
+	f, src := start(t, upcomingOptions())
+	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	r := watch(t, src)
+	n, _ := r.waitFor(t, "the announced maintenance", settledWith(1))
+	announced := n[0]
+
+	f.SetMaintenance(gcp.MaintenanceTerminate)
+	n, _ = r.waitFor(t, "the maintenance starting", func(n []notice.Notice, err error) bool {
+		return err == nil && len(n) > 0 && n[0].Deadline.Before(window)
+	})
+	if len(n) != 1 || n[0].ID != announced.ID || n[0].Action != gcp.UpcomingScheduled || !n[0].Estimated || n[0].Deadline.After(time.Now().Add(gcp.DefaultMaintenanceNotice)) {
+		t.Fatalf("maintenance-event during the announcement: %v, want one notice %s with maintenance-event's estimated deadline", n, announced.ID)
+	}
+
+	f.SetUpcomingMaintenance("")
+	readAgain(t, f)
+	n, _ = r.waitFor(t, "the announcement gone", settledWith(1))
+	if n[0].ID != announced.ID {
+		t.Errorf("once GCE stops announcing the maintenance under way, the notice is %s, was %s", n[0].ID, announced.ID)
+	}
+	f.SetMaintenance(gcp.MaintenanceNone)
+	r.waitFor(t, "the maintenance over", settledWith(0))
+
+	f.SetMaintenance(gcp.MaintenanceTerminate)
+	n, _ = r.waitFor(t, "unannounced maintenance", settledWith(1))
+	if !strings.HasPrefix(n[0].ID, "gcp-maintenance-terminate-") {
+		t.Errorf("maintenance-event without an announcement: notice %s, want its own", n[0].ID)
+	}
+	f.SetMaintenance(gcp.MaintenanceNone)
+	r.waitFor(t, "the maintenance over", settledWith(0))
+
+	f.SetOnHostMaintenance("MIGRATE")
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	r.waitFor(t, "an announced live migration", settledWith(1))
+	f.SetMaintenance(gcp.MaintenanceTerminate)
+	n, _ = r.waitFor(t, "a termination against an announced live migration", settledWith(2))
+	for _, x := range n {
+		if x.Action == gcp.MaintenanceTerminate && !strings.HasPrefix(x.ID, "gcp-maintenance-terminate-") {
+			t.Errorf("a termination while a live migration is announced: notice %v, want its own", x)
+		}
+	}
+}
+
+// An agent that starts during maintenance-event's turn of an announced
+// maintenance says nothing of it until upcoming-maintenance answers, rather
+// than a notice under maintenance-event's id that becomes another a moment
+// later.
+func TestMaintenanceEventAtStartWaitsForTheAnnouncement(t *testing.T) {
+	opts := upcomingOptions()
+	opts.RequestTimeout = time.Minute // the held read must not time out
+	f, src := start(t, opts)
+	window := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	doc := metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window)
+	release := make(chan struct{})
+	f.SetFault(metadatatest.GCPUpcomingMaintenance, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Metadata-Flavor", "Google")
+		w.Write([]byte(doc))
+	})
+	f.SetMaintenance(gcp.MaintenanceTerminate)
+
+	var mu sync.Mutex
+	ids := map[string]bool{}
+	r := newRecorder()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		src.Watch(ctx, func(n []notice.Notice, err error) {
+			mu.Lock()
+			for _, x := range n {
+				ids[x.ID] = true
+			}
+			mu.Unlock()
+			r.observe(n, err)
+		})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	// The second request waits for a change: the first answer is
+	// published.
+	for stop := time.Now().Add(5 * time.Second); f.Requests(metadatatest.GCPMaintenance) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(stop) {
+			t.Fatal("maintenance-event is not waited on")
+		}
+	}
+	close(release)
+	n, _ := r.waitFor(t, "the maintenance", settledWith(1))
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.HasPrefix(n[0].ID, "gcp-upcoming-scheduled-") || len(ids) != 1 {
+		t.Errorf("notices seen %v, want only the announced one's id", ids)
 	}
 }
