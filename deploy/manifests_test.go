@@ -197,3 +197,80 @@ func TestExpanderNetworkPolicyKeepsTheSchedulersOtherPortsOpen(t *testing.T) {
 		t.Errorf("the patched Deployment has %d ports, want at least https, telemetry, agent-evictions and expander", ports)
 	}
 }
+
+// serviceMonitor is what the checks read of a monitoring.coreos.com/v1
+// ServiceMonitor.
+type serviceMonitor struct {
+	Metadata metav1.ObjectMeta `json:"metadata"`
+	Spec     struct {
+		Selector  metav1.LabelSelector `json:"selector"`
+		Endpoints []struct {
+			Port   string `json:"port"`
+			Scheme string `json:"scheme"`
+			Path   string `json:"path"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+// The metrics Service selects penny-scheduler's pods and sends to the port
+// the scheduler serves /metrics on, and the example ServiceMonitor scrapes
+// that Service's port: a renamed port or label would leave Prometheus with
+// no target and no error.
+func TestMetricsServiceReachesTheSchedulersMetricsPort(t *testing.T) {
+	const file = "scheduler/penny-scheduler.yaml"
+	objs := readObjects(t, file)
+	d := &appsv1.Deployment{}
+	decodeKind(t, file, objs, "Deployment", d)
+	svc := &corev1.Service{}
+	decodeKind(t, file, objs, "Service", svc)
+	if svc.Namespace != d.Namespace {
+		t.Fatalf("Service %s is in namespace %q, the Deployment in %q", svc.Name, svc.Namespace, d.Namespace)
+	}
+	if len(svc.Spec.Selector) == 0 || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Fatalf("Service %s selects %v, which does not match penny-scheduler's pods (%v)", svc.Name, svc.Spec.Selector, d.Spec.Template.Labels)
+	}
+	// The probes ask the port that serves /livez, /readyz and /metrics.
+	rp := d.Spec.Template.Spec.Containers[0].ReadinessProbe
+	if rp == nil || rp.HTTPGet == nil {
+		t.Fatal("penny-scheduler's container has no HTTP readiness probe to tell its /metrics port")
+	}
+	probe := rp.HTTPGet
+	if len(svc.Spec.Ports) != 1 {
+		t.Fatalf("Service %s has %d ports, want 1 (metrics)", svc.Name, len(svc.Spec.Ports))
+	}
+	sp := svc.Spec.Ports[0]
+	var served *corev1.ContainerPort
+	for _, c := range d.Spec.Template.Spec.Containers {
+		for _, cp := range c.Ports {
+			if sp.TargetPort.Type == intstr.String && cp.Name == sp.TargetPort.StrVal || sp.TargetPort.Type == intstr.Int && cp.ContainerPort == sp.TargetPort.IntVal {
+				served = &cp
+			}
+		}
+	}
+	if served == nil {
+		t.Fatalf("Service %s port %s targets %s, which no container of penny-scheduler exposes", svc.Name, sp.Name, sp.TargetPort.String())
+	}
+	if probe.Port.IntVal != served.ContainerPort || probe.Scheme != corev1.URISchemeHTTPS {
+		t.Fatalf("Service %s targets container port %d (%s); penny-scheduler serves /metrics where its probes ask, %s port %d", svc.Name, served.ContainerPort, served.Name, probe.Scheme, probe.Port.IntVal)
+	}
+
+	const monitorFile = "monitoring/servicemonitor.yaml"
+	sm := &serviceMonitor{}
+	decodeKind(t, monitorFile, readObjects(t, monitorFile), "ServiceMonitor", sm)
+	if sm.Metadata.Namespace != svc.Namespace {
+		t.Errorf("the ServiceMonitor is in namespace %q; it finds Services only in its own, and %s is in %q", sm.Metadata.Namespace, svc.Name, svc.Namespace)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.Empty() || !sel.Matches(labels.Set(svc.Labels)) {
+		t.Errorf("the ServiceMonitor selects Services by %v, which does not match %s's labels %v", sel, svc.Name, svc.Labels)
+	}
+	if len(sm.Spec.Endpoints) != 1 {
+		t.Fatalf("the ServiceMonitor has %d endpoints, want 1", len(sm.Spec.Endpoints))
+	}
+	if e := sm.Spec.Endpoints[0]; e.Port != sp.Name || e.Scheme != "https" || e.Path != "/metrics" {
+		t.Errorf("the ServiceMonitor scrapes %s://<port %q>%s, want https://<port %q>/metrics", e.Scheme, e.Port, e.Path, sp.Name)
+	}
+}

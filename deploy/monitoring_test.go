@@ -192,8 +192,8 @@ var (
 
 // newSeries says whether a counter's series, sel its selector, is read raw
 // only to find series born within a window ("... unless x offset d"): a
-// counter vector's series is born at its first increment, which increase()
-// cannot see.
+// series of a counter vector whose label values are not known in advance
+// (a pool) is born at its first increment, which increase() cannot see.
 func newSeries(expr, name, sel string) bool {
 	return strings.Contains(space.ReplaceAllString(expr, " "), "unless "+name+space.ReplaceAllString(sel, " ")+" offset ")
 }
@@ -432,7 +432,7 @@ func TestCheckExprCatchesMistakes(t *testing.T) {
 	}
 	for _, ok := range []string{
 		`histogram_quantile(0.95, sum by (le, policy) (rate(penny_spot_wait_seconds_bucket{capacity_type="spot"}[5m])))`,
-		`sum(max_over_time(penny_gang_attempts_total{result="released"}[10m]) unless penny_gang_attempts_total{result="released"} offset 10m)`,
+		`sum(max_over_time(penny_pool_reclaims_total{zone="a"}[10m]) unless penny_pool_reclaims_total{zone="a"} offset 10m)`,
 	} {
 		if got := checkExpr(ok, defined); len(got) != 0 {
 			t.Errorf("checkExpr(%q) = %q, want no problems", ok, got)

@@ -54,6 +54,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{0, 1, 2, 5, 10, 20, 30, 60, 90, 120},
 		}),
 	}
+	// Every step, origin and result has its series at 0 from the start: one
+	// born at its first observation hides it from rate() and increase(), and
+	// an agent mostly sees one reclaim, its node's, so the first would be
+	// the only one.
+	for _, s := range []string{"taint", "checkpoint_request", "checkpoint_done", "evicted", "acknowledged"} {
+		m.steps.WithLabelValues(s)
+	}
+	for _, origin := range []string{"notice", "command"} {
+		for _, r := range []string{"done", "failed", "no_hook"} {
+			m.checkpoints.WithLabelValues(origin, r)
+		}
+	}
+	for _, r := range []evictResult{evicted, gone, blocked, unavailable, failed} {
+		m.evictions.WithLabelValues(string(r))
+	}
 	if reg != nil {
 		reg.MustRegister(m.notices, m.resumed, m.steps, m.checkpoints, m.checkpointSeconds, m.evictions, m.slack)
 	}

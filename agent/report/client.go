@@ -312,6 +312,7 @@ func (c *Client) setEndpoints(ctx context.Context, addrs []string) {
 		ectx, cancel := context.WithCancel(ctx)
 		e := &endpoint{addr: addr, cancel: cancel, statusesChanged: make(chan struct{}, 1), sent: map[statusKey]uint64{}}
 		c.endpoints[addr] = e
+		c.opts.Metrics.startEndpoint(addr)
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()

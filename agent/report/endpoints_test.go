@@ -72,14 +72,26 @@ func TestGoneEndpointLeavesNoMetrics(t *testing.T) {
 		s := endpointSeries(t, reg, "penny_agent_stream_connected")
 		return s[gone] == 1 && s[kept] == 1
 	})
+	// An endpoint's counters are on /metrics at 0 from when it is found,
+	// so that its first rejection or failure shows in increase().
+	for _, name := range []string{"penny_agent_reports_rejected_total", "penny_agent_stream_failures_total"} {
+		for _, addr := range []string{gone, kept} {
+			if v, ok := endpointSeries(t, reg, name)[addr]; !ok || v != 0 {
+				t.Errorf("%s{endpoint=%q} = %v (exported: %v), want 0", name, addr, v, ok)
+			}
+		}
+	}
 
 	res.set("127.0.0.2")
 	eventually(t, 5*time.Second, "the agent to drop the replica that left", func() bool { return len(client.Endpoints()) == 1 })
 	// Stopping the client waits for every endpoint's goroutine, the dropped
 	// one's included, so whatever it was going to write is written.
 	stopClient()
-	if v, ok := endpointSeries(t, reg, "penny_agent_stream_connected")[gone]; ok {
-		t.Errorf("penny_agent_stream_connected{endpoint=%q} = %v remains after the endpoint left", gone, v)
+	for _, name := range []string{"penny_agent_stream_connected", "penny_agent_reports_sent_total", "penny_agent_reports_rejected_total",
+		"penny_agent_stream_failures_total", "penny_agent_checkpoint_statuses_sent_total"} {
+		if v, ok := endpointSeries(t, reg, name)[gone]; ok {
+			t.Errorf("%s{endpoint=%q} = %v remains after the endpoint left", name, gone, v)
+		}
 	}
 }
 

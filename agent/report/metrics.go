@@ -59,6 +59,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		statusesDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "penny_agent_checkpoint_statuses_dropped_total", Help: "Checkpoint statuses dropped before their command's deadline because more than the bound (1024) were kept to send again, the one updated longest ago first."}),
 	}
+	// A kind's series exists at 0 from the start: one born at its first
+	// increment hides that increment from rate() and increase(). An
+	// endpoint's exist from when the endpoint is found (startEndpoint) until
+	// it goes (forgetEndpoint).
+	m.commands.WithLabelValues("checkpoint")
 	if reg != nil {
 		reg.MustRegister(m.reportsBuilt, m.collectDuration, m.collectorState, m.gpus, m.gpusUnhealthy, m.reclaimNotices,
 			m.sent, m.rejected, m.connected, m.reconnects, m.commands, m.statusesSent, m.statusesDropped)
@@ -95,6 +100,15 @@ func (m *Metrics) observeCollection(r *telemetryv1.NodeReport, took time.Duratio
 	m.gpus.Set(float64(len(r.Gpus)))
 	m.gpusUnhealthy.Set(float64(unhealthy))
 	m.reclaimNotices.Set(float64(len(r.ReclaimNotices)))
+}
+
+// startEndpoint puts a newly found endpoint's counters on /metrics at 0, so
+// that its first rejection or failure shows in increase().
+func (m *Metrics) startEndpoint(endpoint string) {
+	m.sent.WithLabelValues(endpoint)
+	m.rejected.WithLabelValues(endpoint)
+	m.reconnects.WithLabelValues(endpoint)
+	m.statusesSent.WithLabelValues(endpoint)
 }
 
 func (m *Metrics) forgetEndpoint(endpoint string) {

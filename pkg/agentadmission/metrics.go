@@ -28,5 +28,13 @@ var connectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
 var registerOnce sync.Once
 
 func registerMetrics() {
-	registerOnce.Do(func() { legacyregistry.MustRegister(reviews, connectionsOverLimit) })
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(reviews, connectionsOverLimit)
+		// Every result has its series at 0 from the start: one born at its
+		// first increment hides that increment from rate() and increase(),
+		// and a single other_node is worth an alert.
+		for _, r := range []string{"allowed", "other_node", "unbound_token", "no_uid", "invalid", "error", "not_agent", "not_eviction"} {
+			reviews.WithLabelValues(r)
+		}
+	})
 }

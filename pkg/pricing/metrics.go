@@ -95,5 +95,13 @@ func RegisterMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(metricReclaimRate, metricReclaims, metricCatalogEntries, metricCatalogLoads, metricCatalogLastSuccess, metricCatalogLastLoadSuccessful, metricCatalogMisses,
 			metricInterruptedRuns, metricInterruptedWorkloads, metricInterruptedSaves, metricRiskSaves, metricTypicalRunHours)
+		// Every result has its series at 0 from the start: one born at its
+		// first increment hides that increment from rate() and increase().
+		// metricReclaims is left to its increments: its pools (instance
+		// type, zone) are whatever the fleet runs.
+		for _, vec := range []*metrics.CounterVec{metricCatalogLoads, metricInterruptedSaves, metricRiskSaves} {
+			vec.WithLabelValues("success")
+			vec.WithLabelValues("error")
+		}
 	})
 }

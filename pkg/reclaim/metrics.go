@@ -31,5 +31,14 @@ var (
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(fanoutSeconds, commandsTotal, evictionsTotal)
+		// Every result has its series at 0 from the start: one born at its
+		// first increment hides that increment from rate() and increase(),
+		// and a single failed eviction is worth an alert.
+		for _, r := range []string{"sent", "undelivered"} {
+			commandsTotal.WithLabelValues(r)
+		}
+		for _, r := range []string{"evicted", "gone", "failed"} {
+			evictionsTotal.WithLabelValues(r)
+		}
 	})
 }

@@ -70,5 +70,18 @@ var registerOnce sync.Once
 func RegisterMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, authenticationsOverLimit, connectionsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
+		// Every result, reason and kind has its series at 0 from the start:
+		// one born at its first increment hides that increment from rate()
+		// and increase(), and a single wrong_node is worth an alert.
+		for vec, values := range map[*metrics.CounterVec][]string{
+			reportsTotal:       {"accepted", "stale", "invalid", "wrong_node"},
+			authFailures:       {"missing_token", "invalid_token", "not_agent", "not_bound", "expired"},
+			checkpointStatuses: {string(StatusAccepted), "invalid", string(StatusWrongNode), string(StatusUnknownCommand)},
+			commandsSent:       {"checkpoint"},
+		} {
+			for _, v := range values {
+				vec.WithLabelValues(v)
+			}
+		}
 	})
 }

@@ -43,5 +43,10 @@ var (
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(attempts, waitSeconds)
+		// A result's series exists at 0 from the start: one born at its
+		// first increment hides that increment from rate() and increase().
+		for _, r := range []string{resultAdmitted, resultUnschedulable, resultReleased, resultScheduled} {
+			attempts.WithLabelValues(r)
+		}
 	})
 }

@@ -52,6 +52,17 @@ var (
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(fallbacks, waits, expanderRequests, expanderConnectionsOverLimit)
+		// The counters' series exist at 0 from the start: one born at its
+		// first increment hides that increment from rate() and increase().
+		// waits is left to its observations: its 15 policy and capacity type
+		// pairs would be 255 series of buckets, and a quantile over many
+		// binds loses little to a pair's first one.
+		for _, p := range []Policy{Prefer, Avoid} {
+			fallbacks.WithLabelValues(string(p))
+		}
+		for _, r := range []string{"ranked", "none", "invalid", "unavailable", "cancelled"} {
+			expanderRequests.WithLabelValues(r)
+		}
 	})
 }
 

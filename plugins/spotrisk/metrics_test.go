@@ -1,0 +1,32 @@
+package spotrisk
+
+import (
+	"testing"
+
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/component-base/metrics/testutil"
+)
+
+// Every policy and result of the plugin's counters is on /metrics from
+// registration, so rate() and increase() see its first increment: a series
+// born at 1 shows no increase.
+func TestCounterLabelsExistBeforeTheirFirstIncrement(t *testing.T) {
+	registerMetrics()
+	for _, tc := range []struct {
+		metric, label string
+		values        []string
+	}{
+		{"penny_spot_fallbacks_total", "policy", []string{"prefer", "avoid"}},
+		{"penny_expander_requests_total", "result", []string{"ranked", "none", "invalid", "unavailable", "cancelled"}},
+	} {
+		got, err := testutil.GetCounterValuesFromGatherer(legacyregistry.DefaultGatherer, tc.metric, map[string]string{}, tc.label)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.metric, err)
+		}
+		for _, v := range tc.values {
+			if _, ok := got[v]; !ok {
+				t.Errorf("%s{%s=%q} is not on /metrics before its first increment (have %v); increase() would miss that increment", tc.metric, tc.label, v, got)
+			}
+		}
+	}
+}
