@@ -62,8 +62,10 @@ func getState(cs fwk.CycleState) (*podState, error) {
 	return s, nil
 }
 
-// PreFilter reads the pod's class. A malformed annotation rejects the pod
-// with an event that names the annotation and the fix.
+// PreFilter reads the pod's class and places it in time, recording in the
+// pod's status when its wait began if that was its ungating
+// (recordWaitStart). A malformed annotation rejects the pod with an event
+// that names the annotation and the fix.
 func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
 	class, err := pl.classify(pod)
 	if err != nil {
@@ -78,6 +80,7 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 	s := pl.stateFor(pod, class)
 	s.usage = pricing.PodUsage(pod)
 	cs.Write(stateKey, s)
+	pl.recordWaitStart(ctx, pod, s)
 	return nil, nil
 }
 
@@ -227,6 +230,7 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 			return nil, fwk.NewStatus(fwk.Unschedulable)
 		}
 		s = pl.stateFor(pod, class)
+		pl.recordWaitStart(ctx, pod, s)
 	}
 	if !s.waiting || pl.handle == nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable)

@@ -1,13 +1,44 @@
 package spotrisk
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/pkg/scheduler/util"
 	"k8s.io/utils/clock"
+)
+
+// ConditionSpotWaitStarted is the pod condition in which penny-scheduler
+// records when a gated pod's wait (Class.Waits) started: its
+// lastTransitionTime is when the scheduler saw the pod's last scheduling
+// gate lifted. The API server records no time for an ungating (it stamps
+// PodScheduled=False, SchedulingGated at creation and leaves the condition's
+// time alone after), and the scheduler's memory does not outlive a restart
+// or a change of leader: without the condition every Kueue-admitted pod
+// still pending fell back to on-demand at once under the next scheduler.
+//
+// It lives in the pod's status because tenants cannot write pods/status
+// (kube-scheduler writes PodScheduled there; the kubelet writes only the
+// pods bound to its node, and keeps the conditions it does not own), so a
+// tenant cannot set its own pod's start earlier to fall back sooner.
+// Whoever can write it all the same is held to the pod's lifetime: a time
+// before the pod's creation or after the moment the scheduler reads it is
+// clamped, and the scheduler writes the clamped time back, saying so in the
+// condition and in an InvalidSpotWaitStart event.
+const ConditionSpotWaitStarted corev1.PodConditionType = "penny.dev/SpotWaitStarted"
+
+// Reasons of ConditionSpotWaitStarted, and the event for a clamped time.
+const (
+	ReasonUngated         = "Ungated"
+	ReasonClamped         = "Clamped"
+	EventInvalidWaitStart = "InvalidSpotWaitStart"
 )
 
 // ungates remembers when this scheduler saw each pending pod lose its last
@@ -17,26 +48,35 @@ import (
 // gated for longer than fallbackAfter fell back the moment it was ungated,
 // without having waited for Spot at all.
 //
-// The API server records no ungate time, so it lives here only, and a
-// restarted scheduler counts from creation again, as it does for a pod
-// ungated while no scheduler watched. The start only ever moves later than
+// The leader writes the time to the pod's status, once per ungating
+// (ConditionSpotWaitStarted), so that a restarted scheduler or a new leader
+// counts from it too; a pod ungated while no scheduler watched has no such
+// time and waits from its creation. The start only ever moves later than
 // creation and a gate only lengthens its own pod's wait, so a tenant gains
 // nothing by gating: no earlier fallback, no place ahead of other pods and
 // no claim on any budget.
 //
-// An entry is kept per pending pod seen gated, and per pod since ungated
-// until it is bound or deleted: no more pods than the scheduler's informer
-// holds.
+// An entry is kept per pending pod seen gated, per pod since ungated, and
+// per pod whose recorded start had to be clamped, until it is bound or
+// deleted: no more pods than the scheduler's informer holds.
 type ungates struct {
 	clock clock.PassiveClock
 	mu    sync.Mutex
-	// at is the time each pod was first seen free of gates after it was
-	// seen gated; the zero time while it is still gated.
-	at map[types.UID]time.Time
+	at    map[types.UID]ungating
+}
+
+// ungating is what ungates keeps of one pod.
+type ungating struct {
+	// at is the time the pod was first seen free of gates after it was
+	// seen gated, or the clamped start its status recorded; the zero time
+	// while it is still gated.
+	at time.Time
+	// recorded is set once at is in the pod's status, or being written.
+	recorded bool
 }
 
 func newUngates(c clock.PassiveClock) *ungates {
-	return &ungates{clock: c, at: map[types.UID]time.Time{}}
+	return &ungates{clock: c, at: map[types.UID]ungating{}}
 }
 
 // watch keeps u current from the scheduler's pod informer.
@@ -82,7 +122,7 @@ func (u *ungates) forget(uid types.UID) {
 func (u *ungates) seen(pod *corev1.Pod) {
 	if len(pod.Spec.SchedulingGates) > 0 {
 		u.mu.Lock()
-		u.at[pod.UID] = time.Time{}
+		u.at[pod.UID] = ungating{}
 		u.mu.Unlock()
 		return
 	}
@@ -97,28 +137,157 @@ func (u *ungates) seen(pod *corev1.Pod) {
 func (u *ungates) ungated(uid types.UID) time.Time {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	at, ok := u.at[uid]
-	if ok && at.IsZero() {
-		at = u.clock.Now()
-		u.at[uid] = at
+	e, ok := u.at[uid]
+	if ok && e.at.IsZero() {
+		e.at = u.clock.Now()
+		u.at[uid] = e
 	}
+	return e.at
+}
+
+// pin keeps at as the pod's start unless the pod already has one here, and
+// returns the start kept: a clamped start read from the pod's status must
+// not move with the clock until the leader writes it back.
+func (u *ungates) pin(uid types.UID, at time.Time) time.Time {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if e, ok := u.at[uid]; ok && !e.at.IsZero() {
+		return e.at
+	}
+	u.at[uid] = ungating{at: at}
 	return at
 }
 
+// toRecord returns the start to write to the pod's status and marks it
+// written, or false when there is none to write: the pod's ungating was not
+// dated here, is written already, or its status holds a valid start
+// (inStatus; another scheduler wrote it before this one took over).
+func (u *ungates) toRecord(uid types.UID, inStatus bool) (time.Time, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	e, ok := u.at[uid]
+	if !ok || e.at.IsZero() || e.recorded {
+		return time.Time{}, false
+	}
+	e.recorded = true
+	u.at[uid] = e
+	return e.at, !inStatus
+}
+
+// unrecord lets a failed write be tried again in the pod's next cycle.
+func (u *ungates) unrecord(uid types.UID, at time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if e, ok := u.at[uid]; ok && e.at.Equal(at) {
+		e.recorded = false
+		u.at[uid] = e
+	}
+}
+
 // waitStart is when pod started to wait for a node: the later of its
-// creation and the moment this scheduler saw it lose its last scheduling
-// gate; now while it is still gated (its wait has not begun), or when the
-// API server has not stamped its creation.
+// creation and the moment a scheduler saw it lose its last scheduling gate
+// (this one, or one before it that recorded it in the pod's status); now
+// while it is still gated (its wait has not begun), or when the API server
+// has not stamped its creation.
 func (pl *SpotRisk) waitStart(pod *corev1.Pod) time.Time {
 	now := pl.clock.Now()
 	start := pod.CreationTimestamp.Time
 	if len(pod.Spec.SchedulingGates) > 0 || start.IsZero() {
 		return now
 	}
-	if pl.ungates != nil {
-		if at := pl.ungates.ungated(pod.UID); at.After(start) {
-			start = at
+	if pl.ungates == nil {
+		return start
+	}
+	at := pl.ungates.ungated(pod.UID)
+	if at.IsZero() {
+		recorded, found, problem := recordedStart(pod, now)
+		if problem != "" {
+			recorded = pl.ungates.pin(pod.UID, recorded)
+		}
+		if found {
+			at = recorded
 		}
 	}
+	if at.After(start) {
+		start = at
+	}
 	return start
+}
+
+// recordedStart reads the start ConditionSpotWaitStarted records in pod's
+// status, clamped to the pod's life until now, and says what was wrong
+// with it when it had to be clamped.
+func recordedStart(pod *corev1.Pod, now time.Time) (at time.Time, found bool, problem string) {
+	for _, c := range pod.Status.Conditions {
+		if c.Type != ConditionSpotWaitStarted || c.Status != corev1.ConditionTrue {
+			continue
+		}
+		at = c.LastTransitionTime.Time
+		was := fmt.Sprintf("%s was %s", ConditionSpotWaitStarted, at.UTC().Format(time.RFC3339))
+		switch created := pod.CreationTimestamp.Time; {
+		case at.Before(created):
+			return created, true, fmt.Sprintf("%s, before the pod's creation (%s)", was, created.UTC().Format(time.RFC3339))
+		case at.After(now):
+			return now, true, fmt.Sprintf("%s, after the scheduler read it (%s)", was, now.UTC().Format(time.RFC3339))
+		}
+		return at, true, ""
+	}
+	return time.Time{}, false, ""
+}
+
+// recordWaitStart writes the start of pod's wait to its status
+// (ConditionSpotWaitStarted) when this scheduler dated the pod's ungating
+// and no scheduler wrote it yet, or when the recorded start had to be
+// clamped. It runs in the scheduling cycle, which only the leader runs
+// (every replica's informers and queue watch the pods), so that replicas do
+// not race to write, and only for pods that wait (Class.Waits) and are
+// still waiting: after the wait a restart changes nothing. At most one write
+// per ungating, sent without holding up the cycle; one that fails is tried
+// again in the pod's next cycle.
+func (pl *SpotRisk) recordWaitStart(ctx context.Context, pod *corev1.Pod, s *podState) {
+	h := pl.handle
+	if pl.ungates == nil || !s.waiting || s.class.FallbackAfter <= 0 || h == nil || h.ClientSet() == nil {
+		return
+	}
+	_, found, problem := recordedStart(pod, pl.clock.Now())
+	at, write := pl.ungates.toRecord(pod.UID, found && problem == "")
+	if !write {
+		return
+	}
+	// The API keeps whole seconds: rounded down, the start written is what
+	// the deadlines in FailedScheduling, also whole seconds, already said.
+	cond := corev1.PodCondition{Type: ConditionSpotWaitStarted, Status: corev1.ConditionTrue,
+		LastTransitionTime: metav1.NewTime(at.Truncate(time.Second)), Reason: ReasonUngated,
+		Message: "penny-scheduler saw the pod's last scheduling gate lifted; its wait for the capacity its Spot policy prefers runs from then"}
+	logger := klog.FromContext(ctx)
+	if problem != "" {
+		cond.Reason = ReasonClamped
+		cond.Message = fmt.Sprintf("%s: the wait for the capacity the pod's Spot policy prefers runs from %s instead",
+			problem, cond.LastTransitionTime.UTC().Format(time.RFC3339))
+		logger.Info("Clamped the recorded start of a pod's Spot wait", "pod", klog.KObj(pod), "message", cond.Message)
+		if h.EventRecorder() != nil {
+			h.EventRecorder().Eventf(pod, nil, corev1.EventTypeWarning, EventInvalidWaitStart, "Scheduling", "%s", cond.Message)
+		}
+	}
+	old := pod.Status.DeepCopy()
+	status := pod.Status.DeepCopy()
+	replaced := false
+	for i := range status.Conditions {
+		if status.Conditions[i].Type == ConditionSpotWaitStarted {
+			status.Conditions[i], replaced = cond, true
+		}
+	}
+	if !replaced {
+		status.Conditions = append(status.Conditions, cond)
+	}
+	cs, uid, name, ns := h.ClientSet(), pod.UID, pod.Name, pod.Namespace
+	// The cycle's context ends with the cycle.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	go func() {
+		defer cancel()
+		if err := util.PatchPodStatus(ctx, cs, name, ns, old, status); err != nil {
+			logger.Error(err, "Recording the start of a pod's Spot wait in its status; a restarted scheduler would count it from the pod's creation", "pod", klog.KRef(ns, name))
+			pl.ungates.unrecord(uid, at)
+		}
+	}()
 }

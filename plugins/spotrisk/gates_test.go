@@ -2,16 +2,20 @@ package spotrisk
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/utils/ptr"
 
@@ -22,27 +26,35 @@ const kueueGate = "kueue.x-k8s.io/admission"
 
 // gatedEnv is newEnv over a fake API server whose pods the plugin watches
 // through the scheduler's informer, as it does in penny-scheduler.
-func gatedEnv(t *testing.T, fallbackAfter time.Duration, nodes ...*corev1.Node) (*env, kubernetes.Interface) {
+func gatedEnv(t *testing.T, fallbackAfter time.Duration, nodes ...*corev1.Node) (*env, *fake.Clientset) {
 	t.Helper()
 	client := fake.NewClientset()
+	return gatedEnvOver(t, client, fallbackAfter, nodes...), client
+}
+
+// gatedEnvOver is gatedEnv over a given fake API server: a scheduler
+// started after another, over the same cluster.
+func gatedEnvOver(t *testing.T, client kubernetes.Interface, fallbackAfter time.Duration, nodes ...*corev1.Node) *env {
+	t.Helper()
 	factory := informers.NewSharedInformerFactory(client, 0)
 	args := &Args{}
 	args.FallbackAfter = &metav1.Duration{Duration: fallbackAfter}
-	e := newEnvWith(t, args, Deps{Prices: catalog(t)}, []frameworkruntime.Option{frameworkruntime.WithInformerFactory(factory)}, nodes...)
+	e := newEnvWith(t, args, Deps{Prices: catalog(t)}, []frameworkruntime.Option{
+		frameworkruntime.WithInformerFactory(factory), frameworkruntime.WithClientSet(client)}, nodes...)
 	e.ungated = map[types.UID]time.Time{}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
-	return e, client
+	return e
 }
 
 // ungateEntry is what the plugin keeps of the pod's gates.
 func (e *env) ungateEntry(uid types.UID) (time.Time, bool) {
 	e.plugin.ungates.mu.Lock()
 	defer e.plugin.ungates.mu.Unlock()
-	at, ok := e.plugin.ungates.at[uid]
-	return at, ok
+	u, ok := e.plugin.ungates.at[uid]
+	return u.at, ok
 }
 
 // seenGated waits until the plugin's informer handler has seen the pod
@@ -85,21 +97,29 @@ func ungate(t *testing.T, client kubernetes.Interface, p *corev1.Pod) *corev1.Po
 	return p
 }
 
+// admit creates a checkpointing training pod held by Kueue's gate, lifts
+// the gate gatedFor later and returns the pod once the plugin has seen it
+// ungated.
+func (e *env) admit(t *testing.T, client kubernetes.Interface, name string, gatedFor time.Duration) *corev1.Pod {
+	t.Helper()
+	p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	p.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: kueueGate}}
+	createPod(t, client, p)
+	e.seenGated(t, p.UID)
+	e.clock.Step(gatedFor)
+	p = ungate(t, client, p)
+	e.seenUngated(t, p.UID)
+	return p
+}
+
 // A pod Kueue holds with its admission gate cannot be placed, so it has not
 // waited for Spot while gated: gated longer than fallbackAfter, it fell back
 // to on-demand the moment Kueue admitted it. Its wait runs fallbackAfter from
 // its ungating, and penny_spot_wait_seconds counts from then too.
 func TestWaitStartsWhenTheLastGateIsLifted(t *testing.T) {
 	e, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
-	p := pod("admitted", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
-	p.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: kueueGate}}
-	createPod(t, client, p)
-	e.seenGated(t, p.UID)
-
-	e.clock.Step(10 * time.Minute)
-	p = ungate(t, client, p)
+	p := e.admit(t, client, "admitted", 10*time.Minute)
 	e.ungated[p.UID] = e.clock.Now()
-	e.seenUngated(t, p.UID)
 
 	r := e.schedule(t, p)
 	if len(r.feasible) != 0 {
@@ -134,11 +154,28 @@ func TestWaitStartsWhenTheSchedulerFirstSeesThePodUngated(t *testing.T) {
 	createPod(t, client, p)
 	e.seenGated(t, p.UID)
 
+	// The scheduler writes the ungating's time to a pod it holds ungated, so
+	// on the API server after the ungating; scheduled here before the test
+	// ungates it, it is held back until then, and sent again in the next
+	// cycle. A write to the gated pod would show the handler the pod gated
+	// again after the queue dated its ungating.
+	client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		cur, err := client.Tracker().Get(a.GetResource(), a.GetNamespace(), p.Name)
+		if err == nil && len(cur.(*corev1.Pod).Spec.SchedulingGates) > 0 {
+			return true, nil, apierrors.NewConflict(a.GetResource().GroupResource(), p.Name, errors.New("still gated"))
+		}
+		return false, nil, nil
+	})
 	e.clock.Step(10 * time.Minute)
 	ungatedCopy := p.DeepCopy()
 	ungatedCopy.Spec.SchedulingGates = nil
 	r := e.schedule(t, ungatedCopy)
 	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:00Z")
+	waitUntil(t, func() bool {
+		e.plugin.ungates.mu.Lock()
+		defer e.plugin.ungates.mu.Unlock()
+		return !e.plugin.ungates.at[p.UID].recorded
+	})
 
 	e.clock.Step(30 * time.Second)
 	ungate(t, client, p)
@@ -150,6 +187,9 @@ func TestWaitStartsWhenTheSchedulerFirstSeesThePodUngated(t *testing.T) {
 	e.seenGated(t, marker.UID)
 	r = e.schedule(t, ungatedCopy)
 	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:00Z")
+	if cond := recordedCondition(t, client, p); !cond.LastTransitionTime.Time.Equal(t0.Add(10 * time.Minute)) {
+		t.Errorf("recorded the wait's start as %v, want the queue's date %v", cond.LastTransitionTime.Time, t0.Add(10*time.Minute))
+	}
 
 	// Deleted, its ungating is forgotten.
 	if err := client.CoreV1().Pods(p.Namespace).Delete(context.Background(), p.Name, metav1.DeleteOptions{}); err != nil {
@@ -204,4 +244,151 @@ func TestNativePodGroupWaitsFromTheUngating(t *testing.T) {
 	}
 	e.clock.Step(time.Second)
 	waitUntil(t, func() bool { return len(e.act.list()) == 1 })
+}
+
+// recordedCondition waits until the pod's status on the API server holds
+// ConditionSpotWaitStarted, and returns it.
+func recordedCondition(t *testing.T, client kubernetes.Interface, p *corev1.Pod) corev1.PodCondition {
+	t.Helper()
+	var found corev1.PodCondition
+	waitUntil(t, func() bool {
+		cur, err := client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cur.Status.Conditions {
+			if c.Type == ConditionSpotWaitStarted {
+				found = c
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// statusPatches are the writes to pods' status the plugin sent, by pod name.
+func statusPatches(client *fake.Clientset) []string {
+	var out []string
+	for _, a := range client.Actions() {
+		if p, ok := a.(k8stesting.PatchAction); ok && p.GetResource().Resource == "pods" && p.GetSubresource() == "status" {
+			out = append(out, p.GetName())
+		}
+	}
+	return out
+}
+
+// A Kueue-admitted pod's wait runs from its ungating under a scheduler
+// started after the one that saw it ungated (a restart, a new leader): the
+// first writes the time to the pod's status, once, and the next reads it.
+// Counted from creation again, every such pod still pending fell back to
+// on-demand at once after a restart.
+func TestWaitStartOutlivesARestart(t *testing.T) {
+	first, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	p := first.admit(t, client, "admitted", 10*time.Minute)
+	r := first.schedule(t, p)
+	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:00Z")
+	cond := recordedCondition(t, client, p)
+	if cond.Status != corev1.ConditionTrue || cond.Reason != ReasonUngated || !cond.LastTransitionTime.Time.Equal(t0.Add(10*time.Minute)) {
+		t.Fatalf("recorded %+v, want status True, reason %s and the ungating's time %v", cond, ReasonUngated, t0.Add(10*time.Minute))
+	}
+	first.clock.Step(30 * time.Second)
+	first.schedule(t, p)
+	if got := statusPatches(client); len(got) != 1 {
+		t.Errorf("status writes %v, want one for the one ungating", got)
+	}
+
+	// The next scheduler never saw the pod gated.
+	next := gatedEnvOver(t, client, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	next.clock.SetTime(first.clock.Now())
+	cur, err := client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = next.schedule(t, cur)
+	if len(r.feasible) != 0 {
+		t.Fatalf("restarted 30s into the pod's 2m wait from its ungating, the scheduler let it fall back; feasible %v", r.feasible)
+	}
+	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:00Z")
+	next.clock.Step(90 * time.Second)
+	next.ungated[p.UID] = t0.Add(10 * time.Minute)
+	next.expectFallback(t, cur, Prefer, "od", "No Spot capacity within 2m0s (checkpointing training): placed on on-demand node od")
+	if got := statusPatches(client); len(got) != 1 {
+		t.Errorf("status writes %v, want only the first scheduler's: the start was recorded", got)
+	}
+}
+
+// Tenants cannot write pods/status, but whoever can may not move a pod's
+// wait out of its life: a recorded start before the pod's creation counts
+// from the creation, one after now from now, and the scheduler writes the
+// clamped start back, saying what it found in the condition and an event.
+func TestForgedWaitStartIsClamped(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		recorded     time.Time
+		now          time.Time
+		until, start string
+		problem      string
+	}{
+		{name: "future", recorded: t0.Add(time.Hour), now: t0.Add(10 * time.Minute),
+			until: "2026-11-28T12:12:00Z", start: "2026-11-28T12:10:00Z",
+			problem: "penny.dev/SpotWaitStarted was 2026-11-28T13:00:00Z, after the scheduler read it (2026-11-28T12:10:00Z)"},
+		{name: "before creation", recorded: t0.Add(-time.Hour), now: t0.Add(time.Minute),
+			until: "2026-11-28T12:02:00Z", start: "2026-11-28T12:00:00Z",
+			problem: "penny.dev/SpotWaitStarted was 2026-11-28T11:00:00Z, before the pod's creation (2026-11-28T12:00:00Z)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+			e.clock.SetTime(tc.now)
+			p := pod("forged", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+			p.Status.Conditions = []corev1.PodCondition{{Type: ConditionSpotWaitStarted, Status: corev1.ConditionTrue,
+				LastTransitionTime: metav1.NewTime(tc.recorded), Reason: ReasonUngated}}
+			createPod(t, client, p)
+
+			r := e.schedule(t, p)
+			expectContains(t, "FitError", r.fitError, "waits for Spot capacity until "+tc.until)
+			want := tc.problem + ": the wait for the capacity the pod's Spot policy prefers runs from " + tc.start + " instead"
+			if evs := e.events(); len(evs) != 1 {
+				t.Errorf("events %v, want one saying the start was clamped", evs)
+			} else {
+				expectContains(t, "event", evs[0], "Warning", EventInvalidWaitStart, want)
+			}
+			var cond corev1.PodCondition
+			waitUntil(t, func() bool { cond = recordedCondition(t, client, p); return cond.Reason == ReasonClamped })
+			if got := cond.LastTransitionTime.UTC().Format(time.RFC3339); got != tc.start || cond.Message != want {
+				t.Errorf("rewrote the condition to %s, %q; want %s, %q", got, cond.Message, tc.start, want)
+			}
+
+			// The clamped start holds: it does not follow the clock.
+			e.clock.Step(30 * time.Second)
+			r = e.schedule(t, p)
+			expectContains(t, "FitError", r.fitError, "waits for Spot capacity until "+tc.until)
+			if got := statusPatches(client); len(got) != 1 {
+				t.Errorf("status writes %v, want the one rewrite", got)
+			}
+		})
+	}
+}
+
+// Only a gated pod that waits is written: a pod never gated waits from its
+// creation anyway, and one that does not wait has no wait to keep.
+func TestWaitStartIsWrittenOnlyForGatedPodsThatWait(t *testing.T) {
+	e, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	e.clock.Step(time.Minute)
+	never := pod("never-gated", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	createPod(t, client, never)
+	spotOnly := pod("spot-only", map[string]string{AnnotationSpot: "only"})
+	spotOnly.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: kueueGate}}
+	createPod(t, client, spotOnly)
+	e.seenGated(t, spotOnly.UID)
+	spotOnly = ungate(t, client, spotOnly)
+	e.seenUngated(t, spotOnly.UID)
+	waiting := e.admit(t, client, "waiting", 0)
+	e.schedule(t, never)
+	e.schedule(t, spotOnly)
+	e.schedule(t, waiting)
+	recordedCondition(t, client, waiting)
+	if got := statusPatches(client); strings.Join(got, ",") != "waiting" {
+		t.Errorf("status writes %v, want one, for the gated pod that waits", got)
+	}
 }

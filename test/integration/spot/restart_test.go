@@ -56,19 +56,7 @@ func TestSpotWaitOutlivesASchedulerRestart(t *testing.T) {
 	p := harness.WaitForPod(t, c, "default", "patient", 2*wait+30*time.Second, "bound", harness.Bound)
 	t.Logf("restarted %v after the pod's creation; bound %v after it", restarted.Sub(created.CreationTimestamp.Time).Round(time.Second),
 		time.Since(created.CreationTimestamp.Time).Round(time.Second))
-	node, err := c.Client.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pool := node.Labels[localcluster.LabelPool]; pool != "ondemand" {
-		t.Fatalf("the pod landed on pool %s, want ondemand (Spot is full)", pool)
-	}
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionTrue &&
-			cond.LastTransitionTime.Before(&metav1.Time{Time: created.CreationTimestamp.Add(wait - time.Second)}) {
-			t.Errorf("bound at %v, before the %v wait from creation at %v ended", cond.LastTransitionTime.Time, wait, created.CreationTimestamp.Time)
-		}
-	}
+	expectFellBackAfter(t, c, p, created.CreationTimestamp.Add(wait-time.Second))
 
 	// Each scheduler reports the pod's wait in its FailedScheduling events:
 	// the new one must name the same end as the old one.
@@ -89,5 +77,24 @@ func TestSpotWaitOutlivesASchedulerRestart(t *testing.T) {
 	fallbacks := events(spotrisk.EventFallback)
 	if len(fallbacks) != 1 || !strings.Contains(fallbacks[0].Message, "No Spot capacity within 20s (checkpointing training): placed on on-demand node ondemand-") {
 		t.Errorf("want one SpotFallback event for the one fallback, got %d: %v", len(fallbacks), fallbacks)
+	}
+}
+
+// expectFellBackAfter expects the bound pod p on the on-demand pool (Spot is
+// full), bound no earlier than end, the API server's whole second at which
+// its wait ended.
+func expectFellBackAfter(t *testing.T, c *localcluster.Cluster, p *corev1.Pod, end time.Time) {
+	t.Helper()
+	node, err := c.Client.CoreV1().Nodes().Get(context.Background(), p.Spec.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pool := node.Labels[localcluster.LabelPool]; pool != "ondemand" {
+		t.Fatalf("the pod landed on pool %s, want ondemand (Spot is full)", pool)
+	}
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionTrue && cond.LastTransitionTime.Time.Before(end) {
+			t.Errorf("bound at %v, before its wait ended at %v", cond.LastTransitionTime.UTC(), end.UTC())
+		}
 	}
 }
