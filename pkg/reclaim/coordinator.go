@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -98,6 +99,16 @@ type Coordinator struct {
 	// agent has usually evicted its pods already, and must act only on the
 	// members the record names.
 	recorded map[string]noticeRecord
+	// unsure holds, by node, the ids of notices that no report of the
+	// node's with its notices known has shown since this coordinator took
+	// them up from elsewhere than such a report: resumed from their records,
+	// or left out of a report whose notice check failed. The node's next
+	// report with its notices known settles them: a notice it lacks, the
+	// cloud withdrew meanwhile. unsureNodes is len(unsure), so that the
+	// reports of nodes without notices need no lock.
+	unsure      map[string]map[string]bool
+	unsureNodes atomic.Int32
+
 	wake     chan struct{}
 	started  bool
 	opts     CoordinatorOptions
@@ -122,7 +133,7 @@ type callOff struct {
 func NewCoordinator() *Coordinator {
 	registerMetrics()
 	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, moves: map[string]chan time.Time{},
-		recorded: map[string]noticeRecord{}, wake: make(chan struct{}, 1)}
+		recorded: map[string]noticeRecord{}, unsure: map[string]map[string]bool{}, wake: make(chan struct{}, 1)}
 }
 
 // OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
@@ -131,8 +142,13 @@ func NewCoordinator() *Coordinator {
 // leaves its pods in place, drops them; and those whose deadline the cloud
 // moved (it keeps a maintenance event's id), which the agent follows. It
 // never blocks.
+//
+// A notice missing from a report whose notice check failed may still be
+// pending (a restarted agent whose first check failed reports none), so
+// such a report withdraws nothing: the node's next report with its notices
+// known does (unsure).
 func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
-	if len(next.ReclaimNotices) == 0 && (prev == nil || len(prev.ReclaimNotices) == 0) {
+	if len(next.ReclaimNotices) == 0 && (prev == nil || len(prev.ReclaimNotices) == 0) && c.unsureNodes.Load() == 0 {
 		return
 	}
 	known := map[string]time.Time{} // id -> deadline
@@ -152,16 +168,18 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 			moved = append(moved, nodeNotice{node: next.Node, notice: n})
 		}
 	}
-	var withdrawn []string
+	var gone []string
 	for id := range known {
 		if !reported[id] {
-			withdrawn = append(withdrawn, next.Node+"/"+id)
+			gone = append(gone, id)
 		}
 	}
+	c.mu.Lock()
+	withdrawn := c.settleLocked(next, gone, reported)
 	if len(fresh) == 0 && len(withdrawn) == 0 && len(moved) == 0 {
+		c.mu.Unlock()
 		return
 	}
-	c.mu.Lock()
 	for _, key := range withdrawn {
 		c.queue = slices.DeleteFunc(c.queue, func(nn nodeNotice) bool { return nn.key() == key })
 		// Gang members on other nodes are evicted only together with the
@@ -190,6 +208,36 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// settleLocked returns the keys of the notices next shows withdrawn: with
+// its notices known, those gone (in the node's previous report, not in
+// next) and the node's unsure ones next lacks; with them unknown, none,
+// and those gone become unsure.
+func (c *Coordinator) settleLocked(next *telemetry.NodeState, gone []string, reported map[string]bool) []string {
+	defer func() { c.unsureNodes.Store(int32(len(c.unsure))) }()
+	unsure := c.unsure[next.Node]
+	if !next.NoticesKnown {
+		if len(gone) > 0 && unsure == nil {
+			unsure = map[string]bool{}
+			c.unsure[next.Node] = unsure
+		}
+		for _, id := range gone {
+			unsure[id] = true
+		}
+		return nil
+	}
+	delete(c.unsure, next.Node)
+	for id := range unsure {
+		if !reported[id] && !slices.Contains(gone, id) {
+			gone = append(gone, id)
+		}
+	}
+	keys := make([]string, len(gone))
+	for i, id := range gone {
+		keys[i] = next.Node + "/" + id
+	}
+	return keys
 }
 
 // forwardLocked hands the deadline of a notice reported again to its
@@ -249,9 +297,27 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		defer b.Shutdown()
 		c.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "penny-scheduler"})
 	}
-	c.resume(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	launch := func(s handling) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer s.w.cancel()
+			defer func() {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				// Not the handling of the notice announced again.
+				if c.moves[s.nn.key()] == s.moved {
+					delete(c.moves, s.nn.key())
+				}
+			}()
+			c.handle(ctx, s.wctx, s.nn, s.w, s.moved)
+		}()
+	}
+	for _, s := range c.resume(ctx) {
+		launch(s)
+	}
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	for {
@@ -265,50 +331,45 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		}
 		// A notice leaves the queue and becomes cancellable in one step, so
 		// a withdrawal in between cannot be missed.
-		type start struct {
-			nn    nodeNotice
-			w     *callOff
-			wctx  context.Context
-			moved chan time.Time
-		}
-		var starts []start
+		var starts []handling
 		c.mu.Lock()
 		for _, nn := range c.queue {
-			key := nn.key()
-			if _, dup := c.seen[key]; dup {
+			if _, dup := c.seen[nn.key()]; dup {
 				// The notice reported again by an agent whose first report
 				// to this scheduler came after the notice was resumed from
 				// its record: the cloud may have moved it meanwhile.
 				c.forwardLocked(nn)
 				continue
 			}
-			c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
-			wctx, cancel := context.WithCancel(ctx)
-			w := &callOff{cancel: cancel}
-			c.waiting[key] = w
-			moved := make(chan time.Time, 1)
-			c.moves[key] = moved
-			starts = append(starts, start{nn, w, wctx, moved})
+			starts = append(starts, c.startLocked(ctx, nn))
 		}
 		c.queue = nil
 		c.mu.Unlock()
 		for _, s := range starts {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer s.w.cancel()
-				defer func() {
-					c.mu.Lock()
-					defer c.mu.Unlock()
-					// Not the handling of the notice announced again.
-					if c.moves[s.nn.key()] == s.moved {
-						delete(c.moves, s.nn.key())
-					}
-				}()
-				c.handle(ctx, s.wctx, s.nn, s.w, s.moved)
-			}()
+			launch(s)
 		}
 	}
+}
+
+// handling is a notice's handling about to begin.
+type handling struct {
+	nn    nodeNotice
+	w     *callOff
+	wctx  context.Context
+	moved chan time.Time
+}
+
+// startLocked makes nn's handling: seen, called off by a withdrawal while it
+// waits, and told of the deadline's moves.
+func (c *Coordinator) startLocked(ctx context.Context, nn nodeNotice) handling {
+	key := nn.key()
+	c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
+	wctx, cancel := context.WithCancel(ctx)
+	w := &callOff{cancel: cancel}
+	c.waiting[key] = w
+	moved := make(chan time.Time, 1)
+	c.moves[key] = moved
+	return handling{nn, w, wctx, moved}
 }
 
 // forgetOld drops notices and fan-outs an hour past their deadline.
@@ -327,15 +388,33 @@ func (c *Coordinator) forgetOld() {
 			delete(c.fanouts, id)
 		}
 	}
+	// A node whose agent never reports again (the node is gone) would
+	// otherwise keep its notices unsure for good.
+	for node, ids := range c.unsure {
+		for id := range ids {
+			if _, ok := c.seen[node+"/"+id]; !ok {
+				delete(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			delete(c.unsure, node)
+		}
+	}
+	c.unsureNodes.Store(int32(len(c.unsure)))
 }
 
-// resume queues the notices a previous run recorded and did not finish,
-// before any is acted on, so their gangs' members are still checkpointed
-// and evicted; the agent reporting the same notice again is deduplicated.
-func (c *Coordinator) resume(ctx context.Context) {
+// resume starts the handling of the notices a previous run recorded and did
+// not finish, before any is acted on, so their gangs' members are still
+// checkpointed and evicted; the agent reporting the same notice again is
+// deduplicated. The cloud may have withdrawn a notice while no scheduler
+// ran, which no earlier report here shows: each is unsure until its node's
+// first report with its notices known, which calls it off, as a withdrawal,
+// when it lacks the notice. An agent that does not report leaves it as it
+// is.
+func (c *Coordinator) resume(ctx context.Context) []handling {
 	s := c.opts.Notices
 	if s == nil {
-		return
+		return nil
 	}
 	recs, err := s.load(ctx)
 	if err != nil {
@@ -344,22 +423,23 @@ func (c *Coordinator) resume(ctx context.Context) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var starts []handling
 	for _, r := range recs {
 		if !r.deadline().After(now) {
 			continue // dropped at the next write
 		}
 		c.recorded[r.key()] = r
-		c.queue = append(c.queue, r.nodeNotice)
+		if c.unsure[r.node] == nil {
+			c.unsure[r.node] = map[string]bool{}
+		}
+		c.unsure[r.node][r.notice.ID] = true
+		starts = append(starts, c.startLocked(ctx, r.nodeNotice))
 		// 0 members: a record without UIDs, which acts on every live member.
 		c.opts.Log.Info("resuming a reclaim notice from its record", "node", r.node, "notice", r.notice.ID,
 			"kind", r.notice.Kind.String(), "deadline", r.deadline(), "gangs", len(r.gangs), "members", len(r.members))
 	}
-	if len(c.queue) > 0 {
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
-	}
+	c.unsureNodes.Store(int32(len(c.unsure)))
+	return starts
 }
 
 // remember records a notice, its gangs and the members its fan-outs act on
@@ -394,17 +474,31 @@ func (c *Coordinator) put(ctx context.Context, rec noticeRecord, log logr.Logger
 // forget removes a notice's record once its handling has ended.
 func (c *Coordinator) forget(ctx context.Context, nn nodeNotice, log logr.Logger) {
 	c.mu.Lock()
-	_, ok := c.recorded[nn.key()]
-	delete(c.recorded, nn.key())
+	_, ok := c.recordOfLocked(nn)
+	if ok {
+		delete(c.recorded, nn.key())
+	}
 	c.mu.Unlock()
 	if !ok || c.opts.Notices == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
 	defer cancel()
-	if err := c.opts.Notices.remove(ctx, nn.key(), log); err != nil {
+	if err := c.opts.Notices.remove(ctx, nn, log); err != nil {
 		log.Error(err, "cannot remove the notice's record; it is dropped after its deadline")
 	}
+}
+
+// recordOfLocked returns the record of nn's announcement. The record of an
+// earlier announcement of the same notice id, whose handling a withdrawal
+// called off and is still ending, is not nn's: nn's plan must not take its
+// round, nor its end remove nn's record.
+func (c *Coordinator) recordOfLocked(nn nodeNotice) (noticeRecord, bool) {
+	rec, ok := c.recorded[nn.key()]
+	if !ok || !rec.notice.Detected.Equal(nn.notice.Detected) {
+		return noticeRecord{}, false
+	}
+	return rec, true
 }
 
 // acting takes a notice's handling out of waiting, past which a withdrawal
@@ -432,7 +526,7 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 	// wait for its API call.
 	// A notice resumed from its record was observed before it was recorded.
 	c.mu.Lock()
-	rec, resumed := c.recorded[nn.key()]
+	rec, resumed := c.recordOfLocked(nn)
 	c.mu.Unlock()
 	var observed sync.WaitGroup
 	if !resumed {
@@ -667,7 +761,7 @@ func (c *Coordinator) move(ctx context.Context, nn nodeNotice, deadline time.Tim
 	log.Info("the cloud moved the notice's deadline", "oldDeadline", nn.notice.Deadline, "newDeadline", deadline)
 	nn.notice.Deadline = deadline
 	c.mu.Lock()
-	rec, ok := c.recorded[nn.key()]
+	rec, ok := c.recordOfLocked(nn)
 	if ok {
 		rec.notice.Deadline = deadline
 		c.recorded[nn.key()] = rec
@@ -828,12 +922,18 @@ func (f *fanout) update(st *telemetryv1.CheckpointStatus) {
 	}
 }
 
-// commandID is the same on every replica for the same notice, node and
-// round (noticeRecord.round), so the agent runs a command once however
-// many replicas send it, and runs the command of a plan made again after a
-// postponement.
-func commandID(origin, notice, node string, round time.Time) string {
-	key := origin + "\x00" + notice + "\x00" + node
+// commandID names the command of one plan of a notice to one node. A plan
+// is one announcement of the notice, which its node's agent dates by when
+// it detected it, and one round of it (noticeRecord.round). Every replica
+// hears the announcement from the agent, and a restarted scheduler reads it
+// from the notice's record, so they name a plan's commands alike and the
+// agent runs each once. A plan made again after a postponement has a new
+// round, and a notice the cloud withdrew and announced again under the same
+// id is detected anew (the agent forgets a notice withdrawn), so their
+// commands are never named as an earlier plan's, which the agents have run
+// already.
+func commandID(nn nodeNotice, node string, round time.Time) string {
+	key := nn.node + "\x00" + nn.notice.ID + "\x00" + nn.notice.Detected.UTC().Format(time.RFC3339Nano) + "\x00" + node
 	if !round.IsZero() {
 		key += "\x00" + round.UTC().Format(time.RFC3339Nano)
 	}
@@ -856,7 +956,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline, round t
 		}
 	}
 	c.mu.Lock()
-	rec := c.recorded[nn.key()]
+	rec, _ := c.recordOfLocked(nn)
 	c.mu.Unlock()
 	gangs := unionGangs(rec.gangs, found)
 	// Between the first plan's evictions and a restart, the gangs' owners
@@ -884,7 +984,7 @@ func (c *Coordinator) plan(ctx context.Context, nn nodeNotice, deadline, round t
 			f := byNode[p.Spec.NodeName]
 			if f == nil {
 				f = &fanout{
-					id: commandID(nn.node, nn.notice.ID, p.Spec.NodeName, round), node: p.Spec.NodeName,
+					id: commandID(nn, p.Spec.NodeName, round), node: p.Spec.NodeName,
 					origin: nn.node, notice: nn.notice.ID, deadline: deadline, moved: make(chan struct{}, 1),
 					states: map[string]telemetryv1.CheckpointStatus_State{}, done: make(chan struct{}),
 				}

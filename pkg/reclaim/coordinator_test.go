@@ -163,7 +163,7 @@ func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing
 		t.Errorf("command to c names %v, want ml/g-3 and the native PodGroup's ml/pg-1", got)
 	}
 	b := cmds.get("b")
-	if !b.GetDeadline().AsTime().Equal(deadline) || b.GetOriginNode() != "a" || b.GetOriginNoticeId() != "aws-spot-1" || b.GetId() != commandID("a", "aws-spot-1", "b", time.Time{}) {
+	if !b.GetDeadline().AsTime().Equal(deadline) || b.GetOriginNode() != "a" || b.GetOriginNoticeId() != "aws-spot-1" || b.GetId() != commandID(nodeNotice{"a", n}, "b", time.Time{}) {
 		t.Errorf("command %v: want the notice's deadline, origin and a deterministic id", b)
 	}
 	waitFor(t, "the reclaim fed to the risk model", func() bool {
@@ -342,7 +342,7 @@ func TestCoordinatorDropsMaintenanceTheAgentNoLongerReports(t *testing.T) {
 	both := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{off, on}}
 	c.OnNodeUpdate(nil, both)
 	// The next report no longer carries the maintenance the cloud called off.
-	c.OnNodeUpdate(both, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{on}})
+	c.OnNodeUpdate(both, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{on}, NoticesKnown: true})
 
 	waitFor(t, "the command for the maintenance still announced", func() bool { return cmds.get("b") != nil })
 	time.Sleep(time.Second) // both notices were due at the same time
@@ -730,7 +730,7 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 		waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
 		replicas, recs = append(replicas, c), append(recs, rec)
 	}
-	id := commandID("a", "aws-spot-3", "b", time.Time{})
+	id := commandID(nodeNotice{"a", notice.ReclaimNotices[0]}, "b", time.Time{})
 	for _, c := range replicas {
 		for _, pod := range []string{"g-1", "g-2"} {
 			c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: id, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: pod},
@@ -1121,4 +1121,167 @@ func TestCoordinatorEvictsAsPlannedWhenTheReclaimedNodesMembersAreGone(t *testin
 	c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmds.get("b").GetId(), UpdatedAt: timestamppb.Now(),
 		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
 	waitFor(t, "b's member evicted as planned", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
+}
+
+// withdraw has node a's agent stop reporting n (the cloud withdrew it), and
+// waits until the coordinator has dropped its handling.
+func withdraw(t *testing.T, c *Coordinator, n telemetry.ReclaimNotice) {
+	t.Helper()
+	c.OnNodeUpdate(&telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}}, &telemetry.NodeState{Node: "a", NoticesKnown: true})
+	waitFor(t, "the withdrawn notice dropped", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, recorded := c.recorded["a/"+n.ID]
+		return !recorded && c.waiting["a/"+n.ID] == nil
+	})
+}
+
+// announceAgain has node a's agent report n again after its withdrawal:
+// under the same id, detected anew, due within the lead time. It returns
+// the notice as announced again.
+func announceAgain(c *Coordinator, n telemetry.ReclaimNotice, lead time.Duration) telemetry.ReclaimNotice {
+	n.Detected = time.Now()
+	n.Deadline = n.Detected.Add(lead / 2)
+	c.OnNodeUpdate(&telemetry.NodeState{Node: "a"}, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+	return n
+}
+
+// Maintenance postponed after the gang's members were asked to checkpoint,
+// then withdrawn and announced again under the same id: b's agent ran the
+// first plan's command and runs an id once, so the plan of the notice
+// announced again must send it a new one, or b's member would neither
+// checkpoint nor be evicted with its gang.
+func TestCoordinatorAsksAgainForANoticeWithdrawnAndAnnouncedAgain(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	evicted := recordEvictions(client)
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead = time.Minute
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	later, first := postponedAfterCommands(t, c, cmds, lead, time.Hour)
+	withdraw(t, c, later)
+	again := announceAgain(c, later, lead)
+
+	waitFor(t, "b asked by a new command for the notice announced again", func() bool { return cmds.get("b").GetId() != first.GetId() })
+	cmd := cmds.get("b")
+	if !cmd.GetDeadline().AsTime().Equal(again.Deadline) {
+		t.Errorf("command %v: want the deadline of the notice announced again, %v", cmd, again.Deadline)
+	}
+	c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmd.GetId(), UpdatedAt: timestamppb.Now(),
+		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	waitFor(t, "b's member evicted once its checkpoint is in", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
+}
+
+// Two replicas hear the same reports: for the notice announced again they
+// send the same new command, which the agent runs once.
+func TestTwoReplicasGiveANoticeAnnouncedAgainTheSameNewCommand(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	const lead = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	replicas := make([]*Coordinator, 2)
+	sent := make([]*commander, 2)
+	for i := range replicas {
+		replicas[i], sent[i] = NewCoordinator(), &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+		go replicas[i].Run(ctx, CoordinatorOptions{Client: client, Commands: sent[i], Notices: noticeStore(client),
+			Recorder: record.NewFakeRecorder(100), Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	}
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
+	later := n
+	later.Deadline = now.Add(lead + time.Hour)
+	for i, c := range replicas {
+		c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
+		waitFor(t, "the command to b", func() bool { return sent[i].get("b") != nil })
+		moveDeadline(c, n, later.Deadline)
+		waitingToAct(t, c, "a/aws-maint-4")
+	}
+	first := sent[0].get("b").GetId()
+	if got := sent[1].get("b").GetId(); got != first {
+		t.Fatalf("the replicas' first commands %s and %s differ", first, got)
+	}
+	for _, c := range replicas {
+		withdraw(t, c, later)
+	}
+	again := announceAgain(replicas[0], later, lead)
+	replicas[1].OnNodeUpdate(&telemetry.NodeState{Node: "a"}, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{again}})
+	for i := range replicas {
+		waitFor(t, fmt.Sprintf("replica %d's new command to b", i), func() bool { return sent[i].get("b").GetId() != first })
+	}
+	if a, b := sent[0].get("b").GetId(), sent[1].get("b").GetId(); a != b {
+		t.Errorf("the replicas' commands for the notice announced again %s and %s differ", a, b)
+	}
+}
+
+// The handling of a notice withdrawn after a postponement may still be
+// ending, its record still held, when the notice is announced again: the
+// plan of the new announcement is its first all the same, named as every
+// replica names it, whichever of the two ends first.
+func TestCoordinatorPlansANoticeAnnouncedAgainAsItsFirstPlan(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	const lead = time.Minute
+	now := time.Now()
+	earlier := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now.Add(-time.Minute), Deadline: now.Add(time.Hour)}
+	c := NewCoordinator()
+	c.recorded["a/aws-maint-4"] = noticeRecord{nodeNotice: nodeNotice{"a", earlier}, round: earlier.Deadline}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	again := announceAgain(c, earlier, lead)
+
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	if got, want := cmds.get("b").GetId(), commandID(nodeNotice{"a", again}, "b", time.Time{}); got != want {
+		t.Errorf("b asked by %s; want the first plan's command of the notice announced again, %s", got, want)
+	}
+}
+
+// A restarted agent whose first check for notices fails reports none: that
+// is no withdrawal, and the maintenance still waits for its lead time. The
+// node's next report whose check answered settles it, compared with the
+// last report that had its notices known: one without the notice calls it
+// off even though the report before it did not carry it either.
+func TestCoordinatorCallsOffANoticeOnlyOnAReportWhoseCheckAnswered(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100), Log: testr.New(t),
+		Policy: Policy{MaintenanceLead: time.Minute}})
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: "aws-maint-7", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(time.Hour)}
+	const key = "a/aws-maint-7"
+	carried := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}, NoticesKnown: true}
+	failed := &telemetry.NodeState{Node: "a"}
+	waiting := func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.waiting[key] != nil
+	}
+	c.OnNodeUpdate(nil, carried)
+	waitingToAct(t, c, key)
+
+	c.OnNodeUpdate(carried, failed)
+	if !waiting() {
+		t.Fatal("the notice called off by a report whose notice check failed")
+	}
+	c.OnNodeUpdate(failed, carried)
+	if !waiting() {
+		t.Fatal("the notice called off by the report that carries it again")
+	}
+
+	c.OnNodeUpdate(carried, failed)
+	c.OnNodeUpdate(failed, &telemetry.NodeState{Node: "a", NoticesKnown: true})
+	waitFor(t, "the notice called off", func() bool { return !waiting() })
+	if got := cmds.get("b"); got != nil {
+		t.Errorf("sent %v for a notice the cloud withdrew", got)
+	}
 }

@@ -53,7 +53,10 @@ type NoticeStore struct {
 	mu sync.Mutex
 }
 
-// noticeRecord is a notice being handled and the gangs found for it.
+// noticeRecord is a notice being handled and the gangs found for it. Its
+// notice's Detected says which announcement of the notice it is (the cloud
+// may withdraw a notice and announce it again under the same id), and with
+// round names the plan's commands (commandID).
 type noticeRecord struct {
 	nodeNotice
 	gangs []gang.Ref
@@ -130,13 +133,19 @@ func (s *NoticeStore) put(ctx context.Context, r noticeRecord, log logr.Logger) 
 	return s.update(ctx, log, merge(r))
 }
 
-// mergeRecords adds to r what another replica recorded in old. A plan made
-// after a postponement replaces the plan it called off; a replica still at
-// the plan called off adds nothing to the new one. Of the same plan, a
-// record still waiting to be planned again (no gangs) takes the gangs and
-// members of one planned.
+// mergeRecords adds to r what another replica recorded in old. A notice
+// withdrawn and announced again under the same id is detected later: its
+// record replaces the earlier announcement's, to which a replica that did
+// not hear of the withdrawal adds nothing. A plan made after a postponement
+// replaces the plan it called off; a replica still at the plan called off
+// adds nothing to the new one. Of the same plan, a record still waiting to
+// be planned again (no gangs) takes the gangs and members of one planned.
 func mergeRecords(old, r noticeRecord) noticeRecord {
 	switch {
+	case r.notice.Detected.After(old.notice.Detected):
+		return r
+	case old.notice.Detected.After(r.notice.Detected):
+		return old
 	case r.round.After(old.round):
 		return r
 	case old.round.After(r.round):
@@ -152,9 +161,15 @@ func mergeRecords(old, r noticeRecord) noticeRecord {
 	return r
 }
 
-// remove drops a notice's record once its handling has ended.
-func (s *NoticeStore) remove(ctx context.Context, key string, log logr.Logger) error {
-	return s.update(ctx, log, func(recs map[string]noticeRecord) { delete(recs, key) })
+// remove drops the record of nn's announcement once its handling has ended;
+// the record of a later announcement (nn withdrawn and announced again),
+// whose handling goes on, stays.
+func (s *NoticeStore) remove(ctx context.Context, nn nodeNotice, log logr.Logger) error {
+	return s.update(ctx, log, func(recs map[string]noticeRecord) {
+		if r, ok := recs[nn.key()]; ok && !r.notice.Detected.After(nn.notice.Detected) {
+			delete(recs, nn.key())
+		}
+	})
 }
 
 // update applies change to the records read and writes them back, dropping

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -348,7 +350,7 @@ func TestNoticeStoreKeepsRecordsUnderTheSizeLimit(t *testing.T) {
 		t.Errorf("put past the limit changed the records (%v)", err)
 	}
 	// Removing shrinks the records, and is written whatever their size.
-	if err := s.remove(ctx, rec("full", 0).key(), log); err != nil {
+	if err := s.remove(ctx, rec("full", 0).nodeNotice, log); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.load(ctx); err != nil || len(got) != 1 || got[0].notice.ID != "many" {
@@ -435,7 +437,7 @@ func TestCoordinatorRestartedAfterAPostponementWaitsForTheNewLeadTime(t *testing
 	if at, due := cmds2.sentAt("b"), later.Deadline.Add(-lead); at.Before(due) {
 		t.Errorf("b asked %v before the new lead time", due.Sub(at))
 	}
-	if again.GetId() == first.GetId() || again.GetId() != commandID("a", "aws-maint-4", "b", later.Deadline) || !again.GetDeadline().AsTime().Equal(later.Deadline) {
+	if again.GetId() == first.GetId() || again.GetId() != commandID(nodeNotice{"a", later}, "b", later.Deadline) || !again.GetDeadline().AsTime().Equal(later.Deadline) {
 		t.Errorf("command %v after the restart: want the new plan's id (not the first %s) and the new deadline", again, first.GetId())
 	}
 	c2.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: again.GetId(), UpdatedAt: timestamppb.Now(),
@@ -478,5 +480,201 @@ func TestNoticeStoreReplacesAPlanCalledOff(t *testing.T) {
 		if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], step.want) {
 			t.Fatalf("after a put of %+v: loaded %+v (%v); want %+v", step.put, got, err, step.want)
 		}
+	}
+}
+
+// A scheduler restarted between the withdrawal of a notice whose plan was
+// called off and its announcement again under the same id finds no record
+// of the first plan (its handling ended with the withdrawal); it still asks
+// b by a new command, which b's agent has not run. A scheduler restarted
+// during that plan resumes it with the same command, so b's agent runs it
+// once.
+func TestCoordinatorRestartedAfterAWithdrawalGivesTheNoticeAnnouncedAgainANewCommand(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	const lead = time.Minute
+	run := func() (*Coordinator, *commander, func()) {
+		cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+		c := NewCoordinator()
+		ctx, stop := context.WithCancel(context.Background())
+		ran := make(chan struct{})
+		go func() {
+			defer close(ran)
+			c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
+				Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+		}()
+		return c, cmds, func() { stop(); <-ran }
+	}
+	c1, cmds1, stop1 := run()
+	later, first := postponedAfterCommands(t, c1, cmds1, lead, time.Hour)
+	withdraw(t, c1, later)
+	if recs, err := noticeStore(client).load(context.Background()); err != nil || len(recs) != 0 {
+		t.Fatalf("records after the withdrawal: %+v (%v); want none", recs, err)
+	}
+	stop1()
+
+	c2, cmds2, stop2 := run()
+	announceAgain(c2, later, lead)
+	waitFor(t, "b asked for the notice announced again", func() bool { return cmds2.get("b") != nil })
+	again := cmds2.get("b")
+	if again.GetId() == first.GetId() {
+		t.Fatalf("b asked for the notice announced again by the first plan's command %s, which its agent has run", first.GetId())
+	}
+	stop2()
+
+	_, cmds3, stop3 := run()
+	defer stop3()
+	waitFor(t, "b asked by the resumed notice", func() bool { return cmds3.get("b") != nil })
+	if got := cmds3.get("b").GetId(); got != again.GetId() {
+		t.Errorf("the resumed plan sent %s; want the command sent before the restart, %s", got, again.GetId())
+	}
+}
+
+// A notice withdrawn and announced again under the same id is a new
+// announcement, detected later: its record replaces that of the earlier
+// one, whatever a replica still at the earlier one writes after, and the
+// end of the earlier one's handling does not remove it.
+func TestNoticeStoreKeepsTheLatestAnnouncement(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().UTC().Round(0) // as read back
+	calledOff := noticeRecord{nodeNotice: nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(24 * time.Hour)}},
+		round: now.Add(24 * time.Hour)}
+	again := noticeRecord{nodeNotice: calledOff.nodeNotice, gangs: []gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}},
+		members: []types.UID{"uid-1"}}
+	again.notice.Detected, again.notice.Deadline = now.Add(time.Hour), now.Add(time.Hour+5*time.Minute)
+	s := noticeStore(fake.NewClientset())
+	for _, step := range []struct {
+		put  noticeRecord
+		want noticeRecord
+	}{
+		{calledOff, calledOff},
+		{again, again},
+		{calledOff, again}, // a replica that has not heard of the withdrawal
+	} {
+		if err := s.put(ctx, step.put, testr.New(t)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.load(ctx)
+		if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], step.want) {
+			t.Fatalf("after a put of %+v: loaded %+v (%v); want %+v", step.put, got, err, step.want)
+		}
+	}
+	if err := s.remove(ctx, calledOff.nodeNotice, testr.New(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.load(ctx); err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], again) {
+		t.Errorf("after the earlier announcement's handling ended: loaded %+v (%v); want %+v", got, err, again)
+	}
+	if err := s.remove(ctx, again.nodeNotice, testr.New(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.load(ctx); err != nil || len(got) != 0 {
+		t.Errorf("after the handling ended: loaded %+v (%v); want no record", got, err)
+	}
+}
+
+// logLines collects what a logger logs, from any goroutine.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) logger() logr.Logger {
+	return funcr.New(func(_, args string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.lines = append(l.lines, args)
+	}, funcr.Options{})
+}
+
+func (l *logLines) has(msg string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.ContainsFunc(l.lines, func(s string) bool { return strings.Contains(s, msg) })
+}
+
+// resumedPostponed has a scheduler restart with the record of maintenance
+// on node a that a postponement called off after its commands, due in an
+// hour, and waits until it has resumed the notice, which waits for its lead
+// time.
+func resumedPostponed(t *testing.T, client *fake.Clientset, id string, cmds *commander, log logr.Logger) *Coordinator {
+	t.Helper()
+	now := time.Now()
+	n := telemetry.ReclaimNotice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now.Add(-time.Minute), Deadline: now.Add(time.Hour)}
+	if err := noticeStore(client).put(context.Background(), noticeRecord{nodeNotice: nodeNotice{"a", n}, round: n.Deadline}, testr.New(t)); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
+		Log: log, Policy: Policy{MaintenanceLead: time.Minute}})
+	waitingToAct(t, c, "a/"+id)
+	return c
+}
+
+// Maintenance postponed after its commands, then withdrawn by the cloud
+// while no scheduler ran: the restarted scheduler resumes it from its
+// record, and no earlier report of node a's shows it a notice to compare
+// with. The first report of a's with its notices known settles it: lacking
+// the notice, it calls it off as a live withdrawal does, so that b's member
+// is not asked to checkpoint and evicted at the lead time for maintenance
+// that no longer exists. Until then the notice waits: a report whose check
+// failed, or another node's report, is no withdrawal, nor is no report.
+func TestCoordinatorRestartedCallsOffANoticeWithdrawnMeanwhile(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	logged := &logLines{}
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := resumedPostponed(t, client, "aws-maint-5", cmds, logged.logger())
+	const key = "a/aws-maint-5"
+
+	failed := &telemetry.NodeState{Node: "a"}
+	c.OnNodeUpdate(nil, failed)
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "b", NoticesKnown: true})
+	c.mu.Lock()
+	stillWaiting := c.waiting[key] != nil
+	c.mu.Unlock()
+	if !stillWaiting {
+		t.Fatal("the resumed notice called off by a report whose notice check failed, or by another node's report")
+	}
+
+	c.OnNodeUpdate(failed, &telemetry.NodeState{Node: "a", NoticesKnown: true})
+	waitFor(t, "the resumed notice called off and its record removed", func() bool {
+		recs, err := noticeStore(client).load(context.Background())
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return err == nil && len(recs) == 0 && c.waiting[key] == nil
+	})
+	if !logged.has("the node's agent no longer reports the notice; its gangs' other members stay") {
+		t.Error(`no withdrawal logged ("the node's agent no longer reports the notice")`)
+	}
+	if got := cmds.get("b"); got != nil {
+		t.Errorf("sent %v for a notice the cloud withdrew", got)
+	}
+}
+
+// A notice that a restarted scheduler resumed and whose node's first
+// report with its notices known still carries it goes on; the node's later
+// reports compare with that one as usual.
+func TestCoordinatorRestartedKeepsANoticeItsNodeStillReports(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	c := resumedPostponed(t, client, "aws-maint-6", &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}, testr.New(t))
+	const key = "a/aws-maint-6"
+	recs, err := noticeStore(client).load(context.Background())
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("records %+v (%v); want the resumed notice's", recs, err)
+	}
+	carried := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{recs[0].notice}, NoticesKnown: true}
+	c.OnNodeUpdate(nil, carried)
+	c.OnNodeUpdate(carried, carried)
+	c.mu.Lock()
+	stillWaiting := c.waiting[key] != nil
+	c.mu.Unlock()
+	if !stillWaiting {
+		t.Error("the resumed notice called off by reports that carry it")
+	}
+	if recs, err := noticeStore(client).load(context.Background()); err != nil || len(recs) != 1 {
+		t.Errorf("records %+v (%v); want the resumed notice's", recs, err)
 	}
 }

@@ -53,6 +53,10 @@ type NodeState struct {
 	PodDevicesKnown bool
 	// ReclaimNotices pending on the node.
 	ReclaimNotices []ReclaimNotice
+	// NoticesKnown is true when the agent's last check for reclaim notices
+	// answered: only then does a notice missing from ReclaimNotices mean
+	// the cloud no longer announces it.
+	NoticesKnown bool
 }
 
 // The store keeps only this typed view, not the report it came from: a
@@ -162,6 +166,7 @@ func newNodeState(r *telemetryv1.NodeReport, received time.Time) *NodeState {
 		GPUsKnown:       r.GetNvml().GetState() == telemetryv1.CollectorStatus_STATE_OK,
 		NoDriver:        r.GetNvml().GetState() == telemetryv1.CollectorStatus_STATE_UNAVAILABLE,
 		PodDevicesKnown: r.GetPodResources().GetState() == telemetryv1.CollectorStatus_STATE_OK,
+		NoticesKnown:    r.GetReclaim().GetState() == telemetryv1.CollectorStatus_STATE_OK,
 	}
 	if s.GPUsKnown {
 		s.GPUs = make([]GPU, len(r.GetGpus()))

@@ -116,12 +116,21 @@ func TestNodeStateView(t *testing.T) {
 	if st.Reclaiming() || len(st.ReclaimNotices) != 1 || !st.ReclaimNotices[0].Deadline.IsZero() {
 		t.Errorf("rebalance advice is not a reclaim: %+v", st.ReclaimNotices)
 	}
+	if !st.NoticesKnown {
+		t.Error("notices unknown after a report whose notice check answered")
+	}
 	r2 := telemetrytest.Report("n1", 4, 2, time.Now())
 	r2.ReclaimNotices = []*telemetryv1.ReclaimNotice{{Id: "y", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, DetectedAt: timestamppb.Now(), Deadline: timestamppb.Now()}}
 	s.Update(r2, time.Now())
 	if st, _ := s.Node("n1"); !st.Reclaiming() {
 		t.Error("spot interruption not seen")
+	}
+	r3 := telemetrytest.Report("n1", 4, 3, time.Now())
+	r3.Reclaim = &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: "metadata server unreachable"}
+	s.Update(r3, time.Now())
+	if st, _ := s.Node("n1"); st.NoticesKnown {
+		t.Error("notices known after a report whose notice check failed")
 	}
 
 	noGPU := telemetrytest.Report("n2", 0, 1, time.Now())
