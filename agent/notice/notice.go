@@ -145,7 +145,11 @@ func NewWatcher(src Source, log logr.Logger, metrics *Metrics) *Watcher {
 	return &Watcher{
 		src: src, log: log, metrics: metrics,
 		pending: map[string]Notice{},
-		status:  &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_OK, Message: "no check finished yet"},
+		// Until a check finishes the notices are unknown, not none: the
+		// reclaim coordinator takes a notice missing from a report whose
+		// check is OK as withdrawn, and a restarted agent's first report
+		// would call off the notice it is still acting on.
+		status: &telemetryv1.CollectorStatus{State: telemetryv1.CollectorStatus_STATE_ERROR, Message: "no check finished yet"},
 	}
 }
 

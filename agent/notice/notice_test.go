@@ -307,3 +307,18 @@ func TestWatcherMetricsStartAtZero(t *testing.T) {
 		}
 	}
 }
+
+// Before its first check finishes a watcher knows no notices, which is not
+// the same as none: the reclaim coordinator takes a notice missing from a
+// report whose check is OK as withdrawn, and a restarted agent's first
+// report would call off the notice it is still acting on.
+func TestWatcherReportsNoticesUnknownUntilItsFirstCheck(t *testing.T) {
+	w := notice.NewWatcher(&scripted{done: make(chan struct{}), steps: []step{{notices: nil}}}, testr.New(t), nil)
+	if st, _ := w.Pending(); st.GetState() == telemetryv1.CollectorStatus_STATE_OK {
+		t.Errorf("before any check: %v, want a state that says the notices are unknown", st)
+	}
+	w.Run(context.Background())
+	if st, _ := w.Pending(); st.GetState() != telemetryv1.CollectorStatus_STATE_OK {
+		t.Errorf("after a check that found no notice: %v, want OK", st)
+	}
+}
