@@ -257,6 +257,10 @@ func (w *Watcher) observe(notices []Notice, err error) {
 func (w *Watcher) Notices() []Notice {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.noticesLocked()
+}
+
+func (w *Watcher) noticesLocked() []Notice {
 	out := make([]Notice, 0, len(w.pending))
 	for _, n := range w.pending {
 		out = append(out, n)
@@ -277,10 +281,9 @@ func (w *Watcher) Notices() []Notice {
 // Settled returns the pending notices and whether the last check succeeded:
 // only then does the absence of a notice mean the cloud announced none.
 func (w *Watcher) Settled() ([]Notice, bool) {
-	notices := w.Notices()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return notices, w.settled
+	return w.noticesLocked(), w.settled
 }
 
 // Fill implements the report loop's Source: the report's reclaim status and
@@ -290,9 +293,13 @@ func (w *Watcher) Fill(_ context.Context, r *telemetryv1.NodeReport) {
 }
 
 // Pending returns the check's state and the pending notices (at most
-// telemetryv1.MaxReclaimNotices, the most urgent).
+// telemetryv1.MaxReclaimNotices, the most urgent), both as one check left
+// them: a state that says OK with the notices of the moment before would
+// withdraw those the check found.
 func (w *Watcher) Pending() (*telemetryv1.CollectorStatus, []*telemetryv1.ReclaimNotice) {
-	notices := w.Notices()
+	w.mu.Lock()
+	notices, st := w.noticesLocked(), w.status
+	w.mu.Unlock()
 	if len(notices) > telemetryv1.MaxReclaimNotices {
 		notices = notices[:telemetryv1.MaxReclaimNotices]
 	}
@@ -300,8 +307,5 @@ func (w *Watcher) Pending() (*telemetryv1.CollectorStatus, []*telemetryv1.Reclai
 	for i, n := range notices {
 		out[i] = n.Proto()
 	}
-	w.mu.Lock()
-	st := w.status
-	w.mu.Unlock()
 	return st, out
 }

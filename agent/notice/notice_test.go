@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -320,5 +321,31 @@ func TestWatcherReportsNoticesUnknownUntilItsFirstCheck(t *testing.T) {
 	w.Run(context.Background())
 	if st, _ := w.Pending(); st.GetState() != telemetryv1.CollectorStatus_STATE_OK {
 		t.Errorf("after a check that found no notice: %v, want OK", st)
+	}
+}
+
+// A report is one moment of the watcher: the check's state and the notices
+// it found together. Taken apart, a report made while the first check ends
+// could say OK with none of the notices it found, which the reclaim
+// coordinator takes as their withdrawal, calling off a notice a restarted
+// agent is still acting on.
+func TestPendingIsOneMomentOfTheWatcher(t *testing.T) {
+	t0 := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	a := spot("a", t0, t0.Add(2*time.Minute))
+	for i := 0; i < 300; i++ {
+		src := &scripted{done: make(chan struct{}), steps: []step{{notices: []notice.Notice{a}}}}
+		w := notice.NewWatcher(src, logr.Discard(), nil)
+		go w.Run(context.Background())
+		for {
+			st, notices := w.Pending()
+			if st.GetState() != telemetryv1.CollectorStatus_STATE_OK {
+				continue
+			}
+			if len(notices) != 1 {
+				t.Fatalf("round %d: a report says the check is OK with notices %v, want the one the check found", i, notices)
+			}
+			break
+		}
+		<-src.done
 	}
 }

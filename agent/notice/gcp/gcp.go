@@ -191,9 +191,10 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 	keys := []*key{preempted, maintenance, upcoming}
 	var mu sync.Mutex
 	// announced is the notice maintenance-event's is merged into, kept
-	// for as long as maintenance-event says the maintenance starts: GCE
-	// may stop announcing it once it is under way, and the notice must
-	// not turn into another one then.
+	// for as long as maintenance-event says the maintenance starts, and
+	// says of it what was announced (oneMaintenance): GCE may stop
+	// announcing it once it is under way, and the notice must not turn
+	// into another one then.
 	var announced *notice.Notice
 	publish := func() {
 		var notices []notice.Notice
@@ -207,6 +208,12 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 		case u != nil && oneMaintenance(*m, *u):
 			c := *u
 			announced = &c
+		case announced != nil && !oneMaintenance(*m, *announced):
+			// maintenance-event turned from the held live migration
+			// to a TERMINATE without NONE between (a change missed,
+			// or GCE's own): news the held notice, which stops
+			// nothing, was not acted on for.
+			announced = nil
 		}
 		switch {
 		case announced != nil:

@@ -3,6 +3,7 @@ package gcp_test
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -309,6 +310,46 @@ func TestMaintenanceEventOfAnnouncedMaintenanceIsOneNotice(t *testing.T) {
 		if x.Action == gcp.MaintenanceTerminate && !strings.HasPrefix(x.ID, "gcp-maintenance-terminate-") {
 			t.Errorf("a termination while a live migration is announced: notice %v, want its own", x)
 		}
+	}
+}
+
+// A TERMINATE that follows maintenance-event's MIGRATE of an announced live
+// migration, before maintenance-event went back to NONE (a change the
+// watcher missed, or GCE changed its mind), is news the announced notice was
+// not acted on for: a notice of its own that stops the VM, whether or not
+// GCE still announces the migration.
+func TestTerminateAfterAnnouncedMigrationIsANoticeOfItsOwn(t *testing.T) {
+	for _, stillAnnounced := range []bool{false, true} {
+		t.Run(map[bool]string{false: "announcement gone", true: "still announced"}[stillAnnounced], func(t *testing.T) {
+			f, src := start(t, upcomingOptions())
+			f.SetOnHostMaintenance("MIGRATE")
+			window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+			f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+			r := watch(t, src)
+			n, _ := r.waitFor(t, "the announced live migration", settledWith(1))
+			announced := n[0]
+			f.SetMaintenance(gcp.MaintenanceMigrate)
+			r.waitFor(t, "the live migration starting", func(n []notice.Notice, err error) bool {
+				return err == nil && len(n) == 1 && n[0].ID == announced.ID && n[0].Deadline.Before(window)
+			})
+			if !stillAnnounced {
+				f.SetUpcomingMaintenance("")
+				readAgain(t, f)
+			}
+
+			f.SetMaintenance(gcp.MaintenanceTerminate)
+			n, _ = r.waitFor(t, "the termination", func(n []notice.Notice, err error) bool {
+				return err == nil && slices.ContainsFunc(n, func(x notice.Notice) bool { return x.Action == gcp.MaintenanceTerminate })
+			})
+			for _, x := range n {
+				if x.Action != gcp.MaintenanceTerminate {
+					continue
+				}
+				if x.ID == announced.ID || !strings.HasPrefix(x.ID, "gcp-maintenance-terminate-") || !reclaim.Disruptive(x.Provider, x.Action) {
+					t.Errorf("the termination after an announced live migration: notice %v, want its own, disruptive (the migration's was %s)", x, announced.ID)
+				}
+			}
+		})
 	}
 }
 
