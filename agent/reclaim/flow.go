@@ -534,7 +534,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 				f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimTaintFailed", "could not taint the node %s=%s:NoSchedule: %v", reclaim.TaintKey, kind, err)
 				return
 			}
-			f.metrics.step("taint", n.Detected)
+			f.metrics.step(stepTaint, n.Detected)
 			js.mu.Lock()
 			j.Tainted = true
 			js.saveLocked()
@@ -576,7 +576,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 				Deadline: f.checkpointBy(j.Deadline),
 				Reason:   fmt.Sprintf("node %s is being reclaimed (%s, %s)", f.node, kind, deadline()),
 				Notice:   n.ID, Node: f.node,
-			}, statusID, n.Detected, "notice")
+			}, statusID, n.Detected, string(originNotice))
 		}
 		if ctx.Err() != nil {
 			return false
@@ -635,7 +635,7 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 	}
 	f.checkpointAll(ctx, js, pods, checkpoint.Request{
 		Deadline: f.checkpointBy(j.Deadline), Reason: reason, Notice: c.OriginNotice, Node: c.OriginNode,
-	}, c.ID, c.Received, "command")
+	}, c.ID, c.Received, string(originCommand))
 	if ctx.Err() != nil {
 		return
 	}
@@ -672,7 +672,7 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 			rec.Checkpoint, rec.Message = telemetryv1.CheckpointStatus_STATE_NO_HOOK.String(), "no checkpoint hook"
 			js.saveLocked()
 			js.mu.Unlock()
-			f.metrics.checkpoints.WithLabelValues(origin, "no_hook").Inc()
+			f.metrics.checkpoints.WithLabelValues(origin, string(checkpointNoHook)).Inc()
 			f.recorder.Eventf(pod, corev1.EventTypeWarning, "NoCheckpointHook", "%s; the pod declares no %s hook, so its work since its last checkpoint will be lost", req.Reason, checkpoint.Annotation)
 			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_NO_HOOK, "no checkpoint hook")
 			continue
@@ -684,7 +684,7 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f.metrics.step("checkpoint_request", since)
+			f.metrics.step(stepCheckpointRequest, since)
 			f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointRequested", "%s: asked the pod to checkpoint by %s", req.Reason, req.Deadline.UTC().Format(time.RFC3339))
 			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_REQUESTED, "")
 			res := f.checkpoints.Checkpoint(ctx, pod, req)
@@ -697,11 +697,11 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 			js.saveLocked()
 			js.mu.Unlock()
 			if res.Done() {
-				f.metrics.checkpoints.WithLabelValues(origin, "done").Inc()
-				f.metrics.step("checkpoint_done", since)
+				f.metrics.checkpoints.WithLabelValues(origin, string(checkpointDone)).Inc()
+				f.metrics.step(stepCheckpointDone, since)
 				f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointWritten", "%s", res.Message)
 			} else {
-				f.metrics.checkpoints.WithLabelValues(origin, "failed").Inc()
+				f.metrics.checkpoints.WithLabelValues(origin, string(checkpointFailed)).Inc()
 				f.recorder.Eventf(pod, corev1.EventTypeWarning, "CheckpointFailed", "%s", res.Message)
 			}
 			sendStatus(pod, res.State, res.Message)
@@ -787,7 +787,7 @@ func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
 	}) {
 		return // the agent is stopping; the state says what is left to evict
 	}
-	f.metrics.step("evicted", detected)
+	f.metrics.step(stepEvicted, detected)
 	slack := time.Until(deadline)
 	f.metrics.slack.Observe(slack.Seconds())
 	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimDrained", "evicted %d of %d pods (%d with a checkpoint written), %v before the deadline", nEvicted, len(pods), nCheckpointed, slack.Round(time.Millisecond))
@@ -838,7 +838,7 @@ func (f *Flow) acknowledge(ctx context.Context, js *jobState) {
 		f.log.Error(err, "cannot acknowledge the notice; the cloud will wait out its deadline")
 		return
 	}
-	f.metrics.step("acknowledged", js.j.Notice.Detected)
+	f.metrics.step(stepAcknowledged, js.j.Notice.Detected)
 	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimAcknowledged", "told the cloud the node is ready: every pod's checkpoint is written or the pod has left (%v before the deadline)", time.Until(js.j.Deadline).Round(time.Millisecond))
 	js.mu.Lock()
 	js.j.Acknowledged = true

@@ -17,6 +17,48 @@ type Metrics struct {
 	slack             prometheus.Histogram
 }
 
+// reclaimStep is a step label value of penny_reclaim_step_seconds.
+type reclaimStep string
+
+const (
+	stepTaint             reclaimStep = "taint"
+	stepCheckpointRequest reclaimStep = "checkpoint_request"
+	stepCheckpointDone    reclaimStep = "checkpoint_done"
+	stepEvicted           reclaimStep = "evicted"
+	stepAcknowledged      reclaimStep = "acknowledged"
+)
+
+// checkpointOrigin is an origin label value of
+// penny_reclaim_checkpoints_total.
+type checkpointOrigin string
+
+const (
+	// originNotice: this node's reclaim notice.
+	originNotice checkpointOrigin = "notice"
+	// originCommand: a gang member's node, through the scheduler.
+	originCommand checkpointOrigin = "command"
+)
+
+// checkpointResult is a result label value of
+// penny_reclaim_checkpoints_total.
+type checkpointResult string
+
+const (
+	checkpointDone   checkpointResult = "done"
+	checkpointFailed checkpointResult = "failed"
+	checkpointNoHook checkpointResult = "no_hook"
+)
+
+// The label values NewMetrics puts on /metrics at 0, one list per label: a
+// value missing here is born at its first observation. The results of
+// penny_reclaim_evictions_total are evictResult's (kube.go).
+var (
+	reclaimSteps      = []reclaimStep{stepTaint, stepCheckpointRequest, stepCheckpointDone, stepEvicted, stepAcknowledged}
+	checkpointOrigins = []checkpointOrigin{originNotice, originCommand}
+	checkpointResults = []checkpointResult{checkpointDone, checkpointFailed, checkpointNoHook}
+	evictResults      = []evictResult{evicted, gone, blocked, unavailable, failed}
+)
+
 // NewMetrics creates the metrics and registers them with reg (nil: not
 // registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -58,15 +100,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	// born at its first observation hides it from rate() and increase(), and
 	// an agent mostly sees one reclaim, its node's, so the first would be
 	// the only one.
-	for _, s := range []string{"taint", "checkpoint_request", "checkpoint_done", "evicted", "acknowledged"} {
-		m.steps.WithLabelValues(s)
+	for _, s := range reclaimSteps {
+		m.steps.WithLabelValues(string(s))
 	}
-	for _, origin := range []string{"notice", "command"} {
-		for _, r := range []string{"done", "failed", "no_hook"} {
-			m.checkpoints.WithLabelValues(origin, r)
+	for _, origin := range checkpointOrigins {
+		for _, r := range checkpointResults {
+			m.checkpoints.WithLabelValues(string(origin), string(r))
 		}
 	}
-	for _, r := range []evictResult{evicted, gone, blocked, unavailable, failed} {
+	for _, r := range evictResults {
 		m.evictions.WithLabelValues(string(r))
 	}
 	if reg != nil {
@@ -75,6 +117,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) step(name string, since time.Time) {
-	m.steps.WithLabelValues(name).Observe(time.Since(since).Seconds())
+func (m *Metrics) step(s reclaimStep, since time.Time) {
+	m.steps.WithLabelValues(string(s)).Observe(time.Since(since).Seconds())
 }

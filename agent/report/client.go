@@ -559,7 +559,7 @@ func (c *Client) handle(ctx context.Context, e *endpoint, msg *telemetryv1.Sched
 			log.Error(errors.New(m.Ack.GetError()), "the scheduler refused a report", "sequence", m.Ack.GetSequence())
 		}
 	case *telemetryv1.SchedulerMessage_Checkpoint:
-		c.opts.Metrics.commands.WithLabelValues("checkpoint").Inc()
+		c.opts.Metrics.commands.WithLabelValues(string(commandCheckpoint)).Inc()
 		cmd := m.Checkpoint
 		if err := telemetryv1.ValidateCheckpointCommand(cmd); err != nil {
 			log.Error(err, "refusing an invalid checkpoint command", "command", cmd.GetId())

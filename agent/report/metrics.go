@@ -27,6 +27,15 @@ type Metrics struct {
 	statusesDropped prometheus.Counter
 }
 
+// commandKind is a kind label value of penny_agent_commands_received_total.
+type commandKind string
+
+const commandCheckpoint commandKind = "checkpoint"
+
+// commandKinds is every commandKind: NewMetrics puts each on /metrics at 0,
+// so a kind missing here is born at its first command.
+var commandKinds = []commandKind{commandCheckpoint}
+
 // NewMetrics creates the metrics and registers them with reg (if not nil).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
@@ -63,7 +72,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	// increment hides that increment from rate() and increase(). An
 	// endpoint's exist from when the endpoint is found (startEndpoint) until
 	// it goes (forgetEndpoint).
-	m.commands.WithLabelValues("checkpoint")
+	for _, k := range commandKinds {
+		m.commands.WithLabelValues(string(k))
+	}
 	if reg != nil {
 		reg.MustRegister(m.reportsBuilt, m.collectDuration, m.collectorState, m.gpus, m.gpusUnhealthy, m.reclaimNotices,
 			m.sent, m.rejected, m.connected, m.reconnects, m.commands, m.statusesSent, m.statusesDropped)

@@ -132,23 +132,23 @@ func (e *Evictions) review(ctx context.Context, req *admissionv1.AdmissionReques
 	if req.Resource.Group != "" || req.Resource.Resource != "pods" || req.SubResource != "eviction" || req.Operation != admissionv1.Create {
 		// The ValidatingWebhookConfiguration sends only evictions; anything
 		// else is not this webhook's to judge.
-		reviews.WithLabelValues("not_eviction").Inc()
+		reviews.WithLabelValues(string(reviewNotEviction)).Inc()
 		return allow()
 	}
 	ns, sa, err := serviceaccount.SplitUsername(req.UserInfo.Username)
 	if err != nil || !e.agents[ns+"/"+sa] {
-		reviews.WithLabelValues("not_agent").Inc()
+		reviews.WithLabelValues(string(reviewNotAgent)).Inc()
 		return allow()
 	}
 	pod := req.Namespace + "/" + req.Name
 	nodes := req.UserInfo.Extra[serviceaccount.NodeNameKey]
 	if len(nodes) != 1 || nodes[0] == "" {
-		return e.deny("unbound_token", pod, "", fmt.Sprintf("%s may evict only with a ServiceAccount token bound to a pod on a node (the projected token deploy/agent/penny-agent.yaml mounts), so that it evicts only that node's pods; this request's token names no node", req.UserInfo.Username))
+		return e.deny(reviewUnboundToken, pod, "", fmt.Sprintf("%s may evict only with a ServiceAccount token bound to a pod on a node (the projected token deploy/agent/penny-agent.yaml mounts), so that it evicts only that node's pods; this request's token names no node", req.UserInfo.Username))
 	}
 	node := nodes[0]
 	var ev policyv1.Eviction
 	if err := json.Unmarshal(req.Object.Raw, &ev); err != nil {
-		return e.deny("invalid", pod, node, "decoding the Eviction: "+err.Error())
+		return e.deny(reviewInvalid, pod, node, "decoding the Eviction: "+err.Error())
 	}
 	// The pod checked must be the pod evicted: a pod of the same name
 	// created on another node between this check and the eviction (a
@@ -158,7 +158,7 @@ func (e *Evictions) review(ctx context.Context, req *admissionv1.AdmissionReques
 		uid = *ev.DeleteOptions.Preconditions.UID
 	}
 	if uid == "" {
-		return e.deny("no_uid", pod, node, fmt.Sprintf("penny-agent evictions must set deleteOptions.preconditions.uid to the pod's UID, so that the pod checked to be on node %s is the pod evicted", node))
+		return e.deny(reviewNoUID, pod, node, fmt.Sprintf("penny-agent evictions must set deleteOptions.preconditions.uid to the pod's UID, so that the pod checked to be on node %s is the pod evicted", node))
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
 	defer cancel()
@@ -167,21 +167,21 @@ func (e *Evictions) review(ctx context.Context, req *admissionv1.AdmissionReques
 	case apierrors.IsNotFound(err):
 		// The eviction finds no pod either and answers NotFound, which the
 		// agent reads as "gone".
-		reviews.WithLabelValues("allowed").Inc()
+		reviews.WithLabelValues(string(reviewAllowed)).Inc()
 		return allow()
 	case err != nil:
-		return e.deny("error", pod, node, fmt.Sprintf("reading pod %s to check it is on node %s: %v; the agent asks again", pod, node, err))
+		return e.deny(reviewError, pod, node, fmt.Sprintf("reading pod %s to check it is on node %s: %v; the agent asks again", pod, node, err))
 	case p.UID != uid:
 		// The eviction fails its UID precondition (Conflict) and evicts
 		// nothing, which the agent reads as "gone".
-		reviews.WithLabelValues("allowed").Inc()
+		reviews.WithLabelValues(string(reviewAllowed)).Inc()
 		return allow()
 	case p.Spec.NodeName == "":
-		return e.deny("other_node", pod, node, fmt.Sprintf("penny-agent on node %s may evict only pods bound to node %s; pod %s is not bound to a node", node, node, pod))
+		return e.deny(reviewOtherNode, pod, node, fmt.Sprintf("penny-agent on node %s may evict only pods bound to node %s; pod %s is not bound to a node", node, node, pod))
 	case p.Spec.NodeName != node:
-		return e.deny("other_node", pod, node, fmt.Sprintf("penny-agent on node %s may evict only pods bound to node %s; pod %s is bound to node %s", node, node, pod, p.Spec.NodeName))
+		return e.deny(reviewOtherNode, pod, node, fmt.Sprintf("penny-agent on node %s may evict only pods bound to node %s; pod %s is bound to node %s", node, node, pod, p.Spec.NodeName))
 	}
-	reviews.WithLabelValues("allowed").Inc()
+	reviews.WithLabelValues(string(reviewAllowed)).Inc()
 	return allow()
 }
 
@@ -191,12 +191,12 @@ func allow() *admissionv1.AdmissionResponse {
 
 // deny counts and logs a refusal: an agent asking for another node's pod is
 // either misconfigured or compromised, and either way someone should look.
-func (e *Evictions) deny(result, pod, node, msg string) *admissionv1.AdmissionResponse {
-	reviews.WithLabelValues(result).Inc()
-	e.opts.Log.Info("Refused an agent's eviction", "pod", pod, "agentNode", node, "reason", result, "message", msg)
+func (e *Evictions) deny(result reviewResult, pod, node, msg string) *admissionv1.AdmissionResponse {
+	reviews.WithLabelValues(string(result)).Inc()
+	e.opts.Log.Info("Refused an agent's eviction", "pod", pod, "agentNode", node, "reason", string(result), "message", msg)
 	code := int32(http.StatusForbidden)
 	reason := metav1.StatusReasonForbidden
-	if result == "error" {
+	if result == reviewError {
 		code, reason = http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable
 	}
 	return &admissionv1.AdmissionResponse{

@@ -20,7 +20,6 @@ import (
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
-	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/utils/ptr"
 )
 
@@ -137,7 +136,7 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before, _ := testutil.GetCounterMetricValue(reviews.WithLabelValues(tc.result))
+			before := counterValue(t, "penny_admission_agent_evictions_total", "result", tc.result)
 			resp := send(t, h, tc.req)
 			if resp.Allowed != tc.allowed {
 				t.Fatalf("allowed = %v, want %v (%+v)", resp.Allowed, tc.allowed, resp.Result)
@@ -147,7 +146,7 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 					t.Errorf("result %+v, want code %d and a message containing %q", resp.Result, tc.code, tc.message)
 				}
 			}
-			after, _ := testutil.GetCounterMetricValue(reviews.WithLabelValues(tc.result))
+			after := counterValue(t, "penny_admission_agent_evictions_total", "result", tc.result)
 			if after-before != 1 {
 				t.Errorf("penny_admission_agent_evictions_total{result=%q} went up by %v, want 1", tc.result, after-before)
 			}

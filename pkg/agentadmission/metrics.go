@@ -25,6 +25,25 @@ var connectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
 	StabilityLevel: metrics.ALPHA,
 })
 
+// reviewResult is a result label value of
+// penny_admission_agent_evictions_total.
+type reviewResult string
+
+const (
+	reviewAllowed      reviewResult = "allowed"
+	reviewOtherNode    reviewResult = "other_node"
+	reviewUnboundToken reviewResult = "unbound_token"
+	reviewNoUID        reviewResult = "no_uid"
+	reviewInvalid      reviewResult = "invalid"
+	reviewError        reviewResult = "error"
+	reviewNotAgent     reviewResult = "not_agent"
+	reviewNotEviction  reviewResult = "not_eviction"
+)
+
+// reviewResults is every reviewResult: registration puts each on /metrics
+// at 0, so a result missing here is born at its first review.
+var reviewResults = []reviewResult{reviewAllowed, reviewOtherNode, reviewUnboundToken, reviewNoUID, reviewInvalid, reviewError, reviewNotAgent, reviewNotEviction}
+
 var registerOnce sync.Once
 
 func registerMetrics() {
@@ -33,8 +52,8 @@ func registerMetrics() {
 		// Every result has its series at 0 from the start: one born at its
 		// first increment hides that increment from rate() and increase(),
 		// and a single other_node is worth an alert.
-		for _, r := range []string{"allowed", "other_node", "unbound_token", "no_uid", "invalid", "error", "not_agent", "not_eviction"} {
-			reviews.WithLabelValues(r)
+		for _, r := range reviewResults {
+			reviews.WithLabelValues(string(r))
 		}
 	})
 }

@@ -80,11 +80,7 @@ func (m *Interrupted) Save(ctx context.Context, o PersistOptions) error {
 }
 
 func (m *Interrupted) saved(err error) error {
-	result := "success"
-	if err != nil {
-		result = "error"
-	}
-	metricInterruptedSaves.WithLabelValues(result).Inc()
+	metricInterruptedSaves.WithLabelValues(resultOf(err)).Inc()
 	return err
 }
 

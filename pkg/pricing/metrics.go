@@ -100,8 +100,23 @@ func RegisterMetrics() {
 		// metricReclaims is left to its increments: its pools (instance
 		// type, zone) are whatever the fleet runs.
 		for _, vec := range []*metrics.CounterVec{metricCatalogLoads, metricInterruptedSaves, metricRiskSaves} {
-			vec.WithLabelValues("success")
-			vec.WithLabelValues("error")
+			vec.WithLabelValues(resultSuccess)
+			vec.WithLabelValues(resultError)
 		}
 	})
+}
+
+// The result label values of the catalog loads and the saves, which
+// registration puts on /metrics at 0.
+const (
+	resultSuccess = "success"
+	resultError   = "error"
+)
+
+// resultOf is the result label value of an attempt that ended in err.
+func resultOf(err error) string {
+	if err != nil {
+		return resultError
+	}
+	return resultSuccess
 }

@@ -157,11 +157,7 @@ func (m *RiskModel) Save(ctx context.Context, o PersistOptions) error {
 		m.forgetFaded()
 		return FormatSavedPools(m.Saved())
 	})
-	result := "success"
-	if err != nil {
-		result = "error"
-	}
-	metricRiskSaves.WithLabelValues(result).Inc()
+	metricRiskSaves.WithLabelValues(resultOf(err)).Inc()
 	return err
 }
 

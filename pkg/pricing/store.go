@@ -95,7 +95,7 @@ func (s *Store) Load(data []byte, name string) error {
 	s.cur.Store(c)
 	metricCatalogLastLoadSuccessful.Set(1)
 	s.mu.Unlock()
-	metricCatalogLoads.WithLabelValues("success").Inc()
+	metricCatalogLoads.WithLabelValues(resultSuccess).Inc()
 	metricCatalogEntries.Set(float64(c.Len()))
 	metricCatalogLastSuccess.SetToCurrentTime()
 	klog.InfoS("Price catalog loaded", "source", name, "entries", c.Len())
@@ -111,7 +111,7 @@ func (s *Store) fail(err error) *Catalog {
 	old := s.cur.Load()
 	metricCatalogLastLoadSuccessful.Set(0)
 	s.mu.Unlock()
-	metricCatalogLoads.WithLabelValues("error").Inc()
+	metricCatalogLoads.WithLabelValues(resultError).Inc()
 	return old
 }
 
@@ -274,7 +274,7 @@ func (s *Store) WatchConfigMap(ctx context.Context, client kubernetes.Interface,
 		if loaded {
 			return
 		}
-		metricCatalogLoads.WithLabelValues("error").Inc()
+		metricCatalogLoads.WithLabelValues(resultError).Inc()
 		klog.ErrorS(err, "Price catalog missing")
 	}()
 }

@@ -1121,7 +1121,7 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		sent, err := c.opts.Commands.SendCheckpoint(f.node, cmd)
 		if err == nil && sent > 0 {
 			fanoutSeconds.Observe(time.Since(n.Detected).Seconds())
-			commandsTotal.WithLabelValues("sent").Inc()
+			commandsTotal.WithLabelValues(string(commandSent)).Inc()
 			// No event here: every replica sends the command, the agent runs
 			// it once and records CheckpointRequested, with this reason, on
 			// each pod. An event per replica would say it twice.
@@ -1130,7 +1130,7 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		}
 		left := time.Until(giveUp)
 		if left <= 0 {
-			commandsTotal.WithLabelValues("undelivered").Inc()
+			commandsTotal.WithLabelValues(string(commandUndelivered)).Inc()
 			why := "its agent is not connected"
 			if err != nil {
 				why = err.Error()
@@ -1204,18 +1204,18 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 		}
 		switch {
 		case gone:
-			evictionsTotal.WithLabelValues("gone").Inc()
+			evictionsTotal.WithLabelValues(string(memberGone)).Inc()
 		case err == nil:
-			evictionsTotal.WithLabelValues("evicted").Inc()
+			evictionsTotal.WithLabelValues(string(memberEvicted)).Inc()
 			what := "its checkpoint is written"
 			if s := states[p.Namespace+"/"+p.Name]; s != telemetryv1.CheckpointStatus_STATE_DONE {
 				what = "without a checkpoint (" + strings.TrimPrefix(s.String(), "STATE_") + ")"
 			}
 			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvicted", "evicted with its gang, which lost a member to the reclaim of node %s; %s; grace period %ds", f.origin, what, grace)
 		case apierrors.IsNotFound(err):
-			evictionsTotal.WithLabelValues("gone").Inc()
+			evictionsTotal.WithLabelValues(string(memberGone)).Inc()
 		default:
-			evictionsTotal.WithLabelValues("failed").Inc()
+			evictionsTotal.WithLabelValues(string(memberEvictionFailed)).Inc()
 			log.Error(err, "cannot evict a gang member", "pod", p.Namespace+"/"+p.Name)
 			c.recorder.Eventf(p, corev1.EventTypeWarning, "GangEvictionFailed", "could not evict this member of a gang that lost a member to the reclaim of node %s: %v", f.origin, err)
 		}

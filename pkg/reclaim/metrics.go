@@ -28,17 +28,43 @@ var (
 	registerOnce sync.Once
 )
 
+// commandResult is a result label value of penny_reclaim_gang_commands_total.
+type commandResult string
+
+const (
+	commandSent        commandResult = "sent"
+	commandUndelivered commandResult = "undelivered"
+)
+
+// commandResults is every commandResult: registration puts each on /metrics
+// at 0, so a result missing here is born at its first command.
+var commandResults = []commandResult{commandSent, commandUndelivered}
+
+// memberEviction is a result label value of
+// penny_reclaim_gang_evictions_total.
+type memberEviction string
+
+const (
+	memberEvicted        memberEviction = "evicted"
+	memberGone           memberEviction = "gone"
+	memberEvictionFailed memberEviction = "failed"
+)
+
+// memberEvictions is every memberEviction: registration puts each on
+// /metrics at 0, so a result missing here is born at its first eviction.
+var memberEvictions = []memberEviction{memberEvicted, memberGone, memberEvictionFailed}
+
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(fanoutSeconds, commandsTotal, evictionsTotal)
 		// Every result has its series at 0 from the start: one born at its
 		// first increment hides that increment from rate() and increase(),
 		// and a single failed eviction is worth an alert.
-		for _, r := range []string{"sent", "undelivered"} {
-			commandsTotal.WithLabelValues(r)
+		for _, r := range commandResults {
+			commandsTotal.WithLabelValues(string(r))
 		}
-		for _, r := range []string{"evicted", "gone", "failed"} {
-			evictionsTotal.WithLabelValues(r)
+		for _, r := range memberEvictions {
+			evictionsTotal.WithLabelValues(string(r))
 		}
 	})
 }

@@ -112,7 +112,7 @@ type agentIdentity struct {
 // authError carries a reason label for the metric along with the message
 // for the agent.
 type authError struct {
-	reason string
+	reason authFailureReason
 	msg    string
 }
 
@@ -124,7 +124,7 @@ func (e *authError) Error() string { return e.msg }
 // claims the API server fills from the pod it mounts into).
 func authenticate(ctx context.Context, auth authenticator.Token, audiences []string, allowed map[string]bool, token string) (*agentIdentity, error) {
 	if token == "" {
-		return nil, &authError{"missing_token", "no token: send the agent's projected ServiceAccount token as \"authorization: Bearer <token>\""}
+		return nil, &authError{authMissingToken, "no token: send the agent's projected ServiceAccount token as \"authorization: Bearer <token>\""}
 	}
 	if len(audiences) > 0 {
 		ctx = authenticator.WithAudiences(ctx, audiences)
@@ -133,23 +133,23 @@ func authenticate(ctx context.Context, auth authenticator.Token, audiences []str
 	if err != nil && !ok {
 		// Both an unreachable API server and a refused token land here; the
 		// webhook authenticator does not tell them apart by type.
-		return nil, &authError{"invalid_token", "token refused: " + err.Error()}
+		return nil, &authError{authInvalidToken, "token refused: " + err.Error()}
 	}
 	if !ok {
-		return nil, &authError{"invalid_token", "token refused"}
+		return nil, &authError{authInvalidToken, "token refused"}
 	}
 	name := resp.User.GetName()
 	ns, sa, err := serviceaccount.SplitUsername(name)
 	if err != nil {
-		return nil, &authError{"not_agent", fmt.Sprintf("%q is not a ServiceAccount; agents authenticate as their ServiceAccount", name)}
+		return nil, &authError{authNotAgent, fmt.Sprintf("%q is not a ServiceAccount; agents authenticate as their ServiceAccount", name)}
 	}
 	if !allowed[ns+"/"+sa] {
-		return nil, &authError{"not_agent", fmt.Sprintf("ServiceAccount %s/%s is not an agent ServiceAccount (allowed: %s)", ns, sa, strings.Join(slices.Sorted(maps.Keys(allowed)), ", "))}
+		return nil, &authError{authNotAgent, fmt.Sprintf("ServiceAccount %s/%s is not an agent ServiceAccount (allowed: %s)", ns, sa, strings.Join(slices.Sorted(maps.Keys(allowed)), ", "))}
 	}
 	extra := resp.User.GetExtra()
 	nodes, pods := extra[serviceaccount.NodeNameKey], extra[serviceaccount.PodNameKey]
 	if len(nodes) != 1 || nodes[0] == "" || len(pods) != 1 {
-		return nil, &authError{"not_bound", "token is not bound to a pod on a node: mount a projected serviceAccountToken volume into the agent pod"}
+		return nil, &authError{authNotBound, "token is not bound to a pod on a node: mount a projected serviceAccountToken volume into the agent pod"}
 	}
 	id := &agentIdentity{ServiceAccount: ns + "/" + sa, Pod: ns + "/" + pods[0], Node: nodes[0]}
 	id.Expires = tokenExpiry(token)

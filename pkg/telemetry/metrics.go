@@ -63,6 +63,43 @@ var (
 	}, []string{"kind"})
 )
 
+// reportResult is a result label value of penny_telemetry_reports_total.
+type reportResult string
+
+const (
+	reportAccepted  reportResult = "accepted"
+	reportStale     reportResult = "stale"
+	reportInvalid   reportResult = "invalid"
+	reportWrongNode reportResult = "wrong_node"
+)
+
+// authFailureReason is a reason label value of
+// penny_telemetry_auth_failures_total.
+type authFailureReason string
+
+const (
+	authMissingToken authFailureReason = "missing_token"
+	authInvalidToken authFailureReason = "invalid_token"
+	authNotAgent     authFailureReason = "not_agent"
+	authNotBound     authFailureReason = "not_bound"
+	authExpired      authFailureReason = "expired"
+)
+
+// commandKind is a kind label value of penny_telemetry_commands_sent_total.
+type commandKind string
+
+const commandCheckpoint commandKind = "checkpoint"
+
+// The label values registration puts on /metrics at 0, one list per metric:
+// a value missing here is born at its first increment. The results of
+// penny_telemetry_checkpoint_statuses_total are StatusResult's.
+var (
+	reportResults           = []reportResult{reportAccepted, reportStale, reportInvalid, reportWrongNode}
+	authFailureReasons      = []authFailureReason{authMissingToken, authInvalidToken, authNotAgent, authNotBound, authExpired}
+	checkpointStatusResults = []StatusResult{StatusAccepted, statusInvalid, StatusWrongNode, StatusUnknownCommand}
+	commandKinds            = []commandKind{commandCheckpoint}
+)
+
 var registerOnce sync.Once
 
 // RegisterMetrics registers the package's metrics; calling it again is a
@@ -73,15 +110,17 @@ func RegisterMetrics() {
 		// Every result, reason and kind has its series at 0 from the start:
 		// one born at its first increment hides that increment from rate()
 		// and increase(), and a single wrong_node is worth an alert.
-		for vec, values := range map[*metrics.CounterVec][]string{
-			reportsTotal:       {"accepted", "stale", "invalid", "wrong_node"},
-			authFailures:       {"missing_token", "invalid_token", "not_agent", "not_bound", "expired"},
-			checkpointStatuses: {string(StatusAccepted), "invalid", string(StatusWrongNode), string(StatusUnknownCommand)},
-			commandsSent:       {"checkpoint"},
-		} {
-			for _, v := range values {
-				vec.WithLabelValues(v)
-			}
+		for _, r := range reportResults {
+			reportsTotal.WithLabelValues(string(r))
+		}
+		for _, r := range authFailureReasons {
+			authFailures.WithLabelValues(string(r))
+		}
+		for _, r := range checkpointStatusResults {
+			checkpointStatuses.WithLabelValues(string(r))
+		}
+		for _, k := range commandKinds {
+			commandsSent.WithLabelValues(string(k))
 		}
 	})
 }

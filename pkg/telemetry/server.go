@@ -90,6 +90,9 @@ const (
 	// longer waits on. Agents send every status to every replica, so the
 	// replicas that sent nothing count every status so.
 	StatusUnknownCommand StatusResult = "unknown_command"
+	// statusInvalid: a status that failed validation. The server counts it
+	// before any receiver sees it, so no receiver returns it.
+	statusInvalid StatusResult = "invalid"
 )
 
 type agentStream struct {
@@ -286,15 +289,15 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 	id, err := s.checkToken(ctx)
 	if err != nil {
 		var ae *authError
-		code, reason := codes.Unauthenticated, "invalid_token"
+		code, reason := codes.Unauthenticated, authInvalidToken
 		if errors.As(err, &ae) {
 			reason = ae.reason
-			if reason == "not_agent" || reason == "not_bound" {
+			if reason == authNotAgent || reason == authNotBound {
 				code = codes.PermissionDenied
 			}
 		}
-		authFailures.WithLabelValues(reason).Inc()
-		s.opts.Log.V(2).Info("refused an agent stream", "reason", reason, "error", err.Error())
+		authFailures.WithLabelValues(string(reason)).Inc()
+		s.opts.Log.V(2).Info("refused an agent stream", "reason", string(reason), "error", err.Error())
 		return status.Error(code, err.Error())
 	}
 	log := s.opts.Log.WithValues("node", id.Node, "pod", id.Pod)
@@ -340,7 +343,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			return err
 		}
 		if !id.Expires.IsZero() && !s.opts.Now().Before(id.Expires) {
-			authFailures.WithLabelValues("expired").Inc()
+			authFailures.WithLabelValues(string(authExpired)).Inc()
 			return status.Error(codes.Unauthenticated, "token expired: reconnect with the current projected token")
 		}
 		reply, err := s.handle(as, msg, log)
@@ -396,27 +399,27 @@ func (s *Server) handle(as *agentStream, msg *telemetryv1.AgentMessage, log logr
 		// The node check comes first: it is the security boundary, and a
 		// report about someone else's node is refused whatever its content.
 		if r.GetNodeName() != id.Node {
-			reportsTotal.WithLabelValues("wrong_node").Inc()
+			reportsTotal.WithLabelValues(string(reportWrongNode)).Inc()
 			log.Info("refused a report about another node; closing the stream", "reportedNode", r.GetNodeName())
 			return nil, status.Errorf(codes.PermissionDenied, "this agent runs on node %q (token bound to pod %s) and may only report about that node, not %q", id.Node, id.Pod, r.GetNodeName())
 		}
 		if err := telemetryv1.ValidateNodeReport(r); err != nil {
-			reportsTotal.WithLabelValues("invalid").Inc()
+			reportsTotal.WithLabelValues(string(reportInvalid)).Inc()
 			log.V(1).Info("refused an invalid report", "sequence", r.GetSequence(), "error", err.Error())
 			return refusal(r.GetSequence(), err), nil
 		}
 		now := s.opts.Now()
 		if s.opts.Store.Update(r, now) {
-			reportsTotal.WithLabelValues("accepted").Inc()
+			reportsTotal.WithLabelValues(string(reportAccepted)).Inc()
 			reportDelay.Observe(now.Sub(r.GetCollectedAt().AsTime()).Seconds())
 		} else {
-			reportsTotal.WithLabelValues("stale").Inc()
+			reportsTotal.WithLabelValues(string(reportStale)).Inc()
 		}
 		return nil, nil
 	case *telemetryv1.AgentMessage_CheckpointStatus:
 		st := m.CheckpointStatus
 		if err := telemetryv1.ValidateCheckpointStatus(st); err != nil {
-			checkpointStatuses.WithLabelValues("invalid").Inc()
+			checkpointStatuses.WithLabelValues(string(statusInvalid)).Inc()
 			// The coordinator waits for the pod's status until the deadline
 			// less its safety margin: an operator should learn why.
 			l := log.V(1)
@@ -494,7 +497,7 @@ func (s *Server) SendCheckpoint(node string, cmd *telemetryv1.CheckpointCommand)
 		n++
 	}
 	if n > 0 {
-		commandsSent.WithLabelValues("checkpoint").Inc()
+		commandsSent.WithLabelValues(string(commandCheckpoint)).Inc()
 	}
 	if n == 0 && lastErr != nil {
 		return 0, lastErr

@@ -33,13 +33,20 @@ func connect(t *testing.T, env *telemetrytest.Env, token string) *telemetrytest.
 	return telemetrytest.Dial(t, env, token)
 }
 
+// counter reads a labelled counter without creating its series: a test that
+// counts a value's increments fails when the package does not put that value
+// on /metrics at 0 from registration, as increase() would miss its first.
 func counter(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	vals, err := testutil.GetCounterValuesFromGatherer(legacyGatherer(), name, map[string]string{}, label)
 	if err != nil {
-		return 0
+		t.Fatalf("%s: %v", name, err)
 	}
-	return vals[value]
+	v, ok := vals[value]
+	if !ok {
+		t.Fatalf("%s{%s=%q} is not on /metrics before its first increment (have %v): add it to the package's list of %s values", name, label, value, vals, label)
+	}
+	return v
 }
 
 func TestReportFromOwnNodeIsStored(t *testing.T) {

@@ -144,7 +144,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		short.placeable += int64(len(running))
 		short.needed += int64(len(running))
 		klog.FromContext(ctx).V(4).Info("Gang does not fit", "gang", spec.Ref, "pod", klog.KObj(pod), "placeable", short.placeable, "needed", short.needed)
-		attempts.WithLabelValues(resultUnschedulable).Inc()
+		attempts.WithLabelValues(string(resultUnschedulable)).Inc()
 		pl.lacking.Store(spec.Ref.Key(), short.lacking)
 		msg := short.message(spec.Ref, r, fixed != nil)
 		if len(claims) > 0 {
@@ -158,7 +158,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 	}
 	rd := pl.admit(g, r, p, pl.timeoutFor(spec, members))
 	rd.nodes = nodesIn(nodes, r, &rd.domain)
-	attempts.WithLabelValues(resultAdmitted).Inc()
+	attempts.WithLabelValues(string(resultAdmitted)).Inc()
 	klog.FromContext(ctx).V(4).Info("Gang admitted", "gang", spec.Ref, "members", need, "domain", r.describe(rd.domain), "round", rd.id)
 	st.roundID, st.domain = rd.id, &rd.domain
 	st.claims = pl.claimsFor(spec.Ref.Key(), st.shape)

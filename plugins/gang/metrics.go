@@ -7,17 +7,23 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 )
 
-// Results counted by penny_gang_attempts_total.
+// attemptResult is a result label value of penny_gang_attempts_total.
+type attemptResult string
+
 const (
 	// resultAdmitted: room for the whole gang was found and claimed.
-	resultAdmitted = "admitted"
+	resultAdmitted attemptResult = "admitted"
 	// resultUnschedulable: the gang does not fit anywhere yet.
-	resultUnschedulable = "unschedulable"
+	resultUnschedulable attemptResult = "unschedulable"
 	// resultReleased: an admitted gang failed to complete and was released.
-	resultReleased = "released"
+	resultReleased attemptResult = "released"
 	// resultScheduled: enough members were placed; they bind together.
-	resultScheduled = "scheduled"
+	resultScheduled attemptResult = "scheduled"
 )
+
+// attemptResults is every attemptResult: registration puts each on /metrics
+// at 0, so a result missing here is born at its first attempt.
+var attemptResults = []attemptResult{resultAdmitted, resultUnschedulable, resultReleased, resultScheduled}
 
 var (
 	attempts = metrics.NewCounterVec(&metrics.CounterOpts{
@@ -45,8 +51,8 @@ func registerMetrics() {
 		legacyregistry.MustRegister(attempts, waitSeconds)
 		// A result's series exists at 0 from the start: one born at its
 		// first increment hides that increment from rate() and increase().
-		for _, r := range []string{resultAdmitted, resultUnschedulable, resultReleased, resultScheduled} {
-			attempts.WithLabelValues(r)
+		for _, r := range attemptResults {
+			attempts.WithLabelValues(string(r))
 		}
 	})
 }

@@ -126,7 +126,7 @@ func (pl *Gang) permit(st *cycleState, pod *corev1.Pod, members []*corev1.Pod, e
 				}
 			}
 			pl.endRound(g, e)
-			attempts.WithLabelValues(resultScheduled).Inc()
+			attempts.WithLabelValues(string(resultScheduled)).Inc()
 			if !g.firstAttempt.IsZero() {
 				waitSeconds.Observe(now.Sub(g.firstAttempt).Seconds())
 			}

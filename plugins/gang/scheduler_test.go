@@ -25,7 +25,7 @@ func nodes(prefix string, n int, opts ...nodeOpt) []*corev1.Node {
 
 func TestGangOfEightBindsWhenItFits(t *testing.T) {
 	registerMetrics()
-	scheduledBefore, _ := testutil.GetCounterMetricValue(attempts.WithLabelValues(resultScheduled))
+	scheduledBefore := counterValue(t, "penny_gang_attempts_total", "result", "scheduled")
 	waitsBefore, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
 	c := startCluster(t, testArgs(), nodes("n", 8)...)
 	var pods []*corev1.Pod
@@ -41,7 +41,7 @@ func TestGangOfEightBindsWhenItFits(t *testing.T) {
 	if len(used) != 8 {
 		t.Errorf("8 whole-node members should use 8 nodes, used %d: %v", len(used), got)
 	}
-	if n, _ := testutil.GetCounterMetricValue(attempts.WithLabelValues(resultScheduled)); n != scheduledBefore+1 {
+	if n := counterValue(t, "penny_gang_attempts_total", "result", "scheduled"); n != scheduledBefore+1 {
 		t.Errorf("penny_gang_attempts_total{result=scheduled} went from %v to %v, want one more", scheduledBefore, n)
 	}
 	if n, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric); n != waitsBefore+1 {

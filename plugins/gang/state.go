@@ -295,7 +295,7 @@ func (pl *Gang) release(g *gangState, why string, e *effects) {
 	}
 	key := g.ref.Key()
 	g.backoffTimer = pl.clock.AfterFunc(backoff, func() { pl.backoffDone(key) })
-	attempts.WithLabelValues(resultReleased).Inc()
+	attempts.WithLabelValues(string(resultReleased)).Inc()
 	klog.Background().V(4).Info("Gang released", "gang", g.ref, "round", rd.id, "reason", why, "backoff", backoff)
 }
 

@@ -72,7 +72,7 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
 	r := s.r.Load()
 	if r == nil {
-		expanderRequests.WithLabelValues("unavailable").Inc()
+		expanderRequests.WithLabelValues(string(expanderUnavailable)).Inc()
 		return nil, status.Error(codes.Unavailable, "SpotRisk is not running yet: penny-scheduler builds it when its profile starts")
 	}
 	x := r.x
@@ -93,7 +93,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	}
 	nodes, err := templateNodes(req)
 	if err != nil {
-		expanderRequests.WithLabelValues("invalid").Inc()
+		expanderRequests.WithLabelValues(string(expanderInvalid)).Inc()
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	type ranked struct {
@@ -106,12 +106,12 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	for i, o := range req.GetOptions() {
 		if err := ctx.Err(); err != nil {
 			// Cluster Autoscaler gave up waiting; nobody reads the answer.
-			expanderRequests.WithLabelValues("cancelled").Inc()
+			expanderRequests.WithLabelValues(string(expanderCancelled)).Inc()
 			return nil, status.FromContextError(err).Err()
 		}
 		pods, err := optionPods(i, o)
 		if err != nil {
-			expanderRequests.WithLabelValues("invalid").Inc()
+			expanderRequests.WithLabelValues(string(expanderInvalid)).Inc()
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 		node := nodes[o.GetNodeGroupId()]
@@ -148,7 +148,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		}
 	}
 	if len(judged) == 0 {
-		expanderRequests.WithLabelValues("none").Inc()
+		expanderRequests.WithLabelValues(string(expanderNone)).Inc()
 		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods", "options", len(req.GetOptions()), "withoutTemplate", len(unjudged))
 		return &expander.BestOptionsResponse{Options: withoutPods(unjudged)}, nil
 	}
@@ -160,7 +160,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		}
 		best = append(best, r.opt)
 	}
-	expanderRequests.WithLabelValues("ranked").Inc()
+	expanderRequests.WithLabelValues(string(expanderRanked)).Inc()
 	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "regret", judged[0].key.regret, "cost", judged[0].key.cost)
 	return &expander.BestOptionsResponse{Options: withoutPods(best)}, nil
 }

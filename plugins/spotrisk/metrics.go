@@ -47,6 +47,25 @@ var (
 	registerOnce sync.Once
 )
 
+// fallbackPolicies are the policies penny_spot_fallbacks_total counts: the
+// two whose pods wait for one kind of capacity and then take the other.
+var fallbackPolicies = []Policy{Prefer, Avoid}
+
+// expanderResult is a result label value of penny_expander_requests_total.
+type expanderResult string
+
+const (
+	expanderRanked      expanderResult = "ranked"
+	expanderNone        expanderResult = "none"
+	expanderInvalid     expanderResult = "invalid"
+	expanderUnavailable expanderResult = "unavailable"
+	expanderCancelled   expanderResult = "cancelled"
+)
+
+// expanderResults is every expanderResult: registration puts each on
+// /metrics at 0, so a result missing here is born at its first request.
+var expanderResults = []expanderResult{expanderRanked, expanderNone, expanderInvalid, expanderUnavailable, expanderCancelled}
+
 // registerMetrics registers the plugin's metrics with the registry the
 // scheduler serves on /metrics.
 func registerMetrics() {
@@ -57,11 +76,11 @@ func registerMetrics() {
 		// waits is left to its observations: its 15 policy and capacity type
 		// pairs would be 255 series of buckets, and a quantile over many
 		// binds loses little to a pair's first one.
-		for _, p := range []Policy{Prefer, Avoid} {
+		for _, p := range fallbackPolicies {
 			fallbacks.WithLabelValues(string(p))
 		}
-		for _, r := range []string{"ranked", "none", "invalid", "unavailable", "cancelled"} {
-			expanderRequests.WithLabelValues(r)
+		for _, r := range expanderResults {
+			expanderRequests.WithLabelValues(string(r))
 		}
 	})
 }
