@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
+
+	"github.com/pennysched/penny/pkg/metricstest"
 )
 
 const agentUser = "system:serviceaccount:penny-system:penny-agent"
@@ -136,7 +138,7 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := counterValue(t, "penny_admission_agent_evictions_total", "result", tc.result)
+			before := metricstest.Counter(t, "penny_admission_agent_evictions_total", "result", tc.result)
 			resp := send(t, h, tc.req)
 			if resp.Allowed != tc.allowed {
 				t.Fatalf("allowed = %v, want %v (%+v)", resp.Allowed, tc.allowed, resp.Result)
@@ -146,7 +148,7 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 					t.Errorf("result %+v, want code %d and a message containing %q", resp.Result, tc.code, tc.message)
 				}
 			}
-			after := counterValue(t, "penny_admission_agent_evictions_total", "result", tc.result)
+			after := metricstest.Counter(t, "penny_admission_agent_evictions_total", "result", tc.result)
 			if after-before != 1 {
 				t.Errorf("penny_admission_agent_evictions_total{result=%q} went up by %v, want 1", tc.result, after-before)
 			}

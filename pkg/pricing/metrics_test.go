@@ -3,8 +3,7 @@ package pricing
 import (
 	"testing"
 
-	"k8s.io/component-base/metrics/legacyregistry"
-	"k8s.io/component-base/metrics/testutil"
+	"github.com/pennysched/penny/pkg/metricstest"
 )
 
 // Every result of the pricing counters is on /metrics from registration, so
@@ -12,22 +11,8 @@ import (
 // increase.
 func TestCounterResultsExistBeforeTheirFirstIncrement(t *testing.T) {
 	RegisterMetrics()
-	for _, tc := range []struct {
-		metric, label string
-		values        []string
-	}{
-		{"penny_price_catalog_loads_total", "result", []string{"success", "error"}},
-		{"penny_interrupted_saves_total", "result", []string{"success", "error"}},
-		{"penny_reclaim_risk_saves_total", "result", []string{"success", "error"}},
-	} {
-		got, err := testutil.GetCounterValuesFromGatherer(legacyregistry.DefaultGatherer, tc.metric, map[string]string{}, tc.label)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.metric, err)
-		}
-		for _, v := range tc.values {
-			if _, ok := got[v]; !ok {
-				t.Errorf("%s{%s=%q} is not on /metrics before its first increment (have %v); increase() would miss that increment", tc.metric, tc.label, v, got)
-			}
-		}
+	results := []string{resultSuccess, resultError}
+	for _, metric := range []string{"penny_price_catalog_loads_total", "penny_interrupted_saves_total", "penny_reclaim_risk_saves_total"} {
+		metricstest.LabelValues(t, metric, "result", results, []string{"success", "error"})
 	}
 }

@@ -1,11 +1,9 @@
 package telemetry
 
 import (
-	"fmt"
 	"testing"
 
-	"k8s.io/component-base/metrics/legacyregistry"
-	"k8s.io/component-base/metrics/testutil"
+	"github.com/pennysched/penny/pkg/metricstest"
 )
 
 // Every result, reason and kind of the telemetry counters is on /metrics from
@@ -13,31 +11,8 @@ import (
 // wrong_node is alerted on): a series born at 1 shows no increase.
 func TestCounterLabelsExistBeforeTheirFirstIncrement(t *testing.T) {
 	RegisterMetrics()
-	for _, tc := range []struct {
-		metric, label string
-		// code is the package's list of the label's values, which
-		// registration puts on /metrics at 0.
-		code   any
-		values []string
-	}{
-		{"penny_telemetry_reports_total", "result", reportResults, []string{"accepted", "stale", "invalid", "wrong_node"}},
-		{"penny_telemetry_auth_failures_total", "reason", authFailureReasons, []string{"missing_token", "invalid_token", "not_agent", "not_bound", "expired"}},
-		{"penny_telemetry_checkpoint_statuses_total", "result", checkpointStatusResults, []string{"accepted", "invalid", "wrong_node", "unknown_command"}},
-		{"penny_telemetry_commands_sent_total", "kind", commandKinds, []string{"checkpoint"}},
-	} {
-		got, err := testutil.GetCounterValuesFromGatherer(legacyregistry.DefaultGatherer, tc.metric, map[string]string{}, tc.label)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.metric, err)
-		}
-		for _, v := range tc.values {
-			if _, ok := got[v]; !ok {
-				t.Errorf("%s{%s=%q} is not on /metrics before its first increment (have %v); increase() would miss that increment", tc.metric, tc.label, v, got)
-			}
-		}
-		// A value the code lists but dashboards, alerts and the Help
-		// text do not name is a series nobody reads.
-		if code, want := fmt.Sprint(tc.code), fmt.Sprint(tc.values); code != want {
-			t.Errorf("%s: the code's %s values are %s, want %s, in the order its Help names them", tc.metric, tc.label, code, want)
-		}
-	}
+	metricstest.LabelValues(t, "penny_telemetry_reports_total", "result", reportResults, []string{"accepted", "stale", "invalid", "wrong_node"})
+	metricstest.LabelValues(t, "penny_telemetry_auth_failures_total", "reason", authFailureReasons, []string{"missing_token", "invalid_token", "not_agent", "not_bound", "expired"})
+	metricstest.LabelValues(t, "penny_telemetry_checkpoint_statuses_total", "result", checkpointStatusResults, []string{"accepted", "invalid", "wrong_node", "unknown_command"})
+	metricstest.LabelValues(t, "penny_telemetry_commands_sent_total", "kind", commandKinds, []string{"checkpoint"})
 }

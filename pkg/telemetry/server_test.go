@@ -21,9 +21,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/legacyregistry"
-	"k8s.io/component-base/metrics/testutil"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/metricstest"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
@@ -33,26 +33,10 @@ func connect(t *testing.T, env *telemetrytest.Env, token string) *telemetrytest.
 	return telemetrytest.Dial(t, env, token)
 }
 
-// counter reads a labelled counter without creating its series: a test that
-// counts a value's increments fails when the package does not put that value
-// on /metrics at 0 from registration, as increase() would miss its first.
-func counter(t *testing.T, name, label, value string) float64 {
-	t.Helper()
-	vals, err := testutil.GetCounterValuesFromGatherer(legacyGatherer(), name, map[string]string{}, label)
-	if err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	v, ok := vals[value]
-	if !ok {
-		t.Fatalf("%s{%s=%q} is not on /metrics before its first increment (have %v): add it to the package's list of %s values", name, label, value, vals, label)
-	}
-	return v
-}
-
 func TestReportFromOwnNodeIsStored(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{})
 	a := connect(t, env, "node:n1")
-	before := counter(t, "penny_telemetry_reports_total", "result", "accepted")
+	before := metricstest.Counter(t, "penny_telemetry_reports_total", "result", "accepted")
 	ack, err := a.Report(t, telemetrytest.Report("n1", 8, 1, time.Now()))
 	if err != nil || !ack.GetAccepted() || ack.GetSequence() != 1 {
 		t.Fatalf("ack %v err %v", ack, err)
@@ -61,7 +45,7 @@ func TestReportFromOwnNodeIsStored(t *testing.T) {
 	if !ok || len(st.GPUs) != 8 {
 		t.Fatalf("store: %v %v", ok, st)
 	}
-	if got := counter(t, "penny_telemetry_reports_total", "result", "accepted"); got != before+1 {
+	if got := metricstest.Counter(t, "penny_telemetry_reports_total", "result", "accepted"); got != before+1 {
 		t.Errorf("accepted counter %v, want %v", got, before+1)
 	}
 	// A stale resend is acknowledged but not applied.
@@ -74,7 +58,7 @@ func TestReportFromOwnNodeIsStored(t *testing.T) {
 func TestReportAboutAnotherNodeIsRefusedAndCounted(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{})
 	a := connect(t, env, "node:node-a")
-	before := counter(t, "penny_telemetry_reports_total", "result", "wrong_node")
+	before := metricstest.Counter(t, "penny_telemetry_reports_total", "result", "wrong_node")
 	_, err := a.Report(t, telemetrytest.Report("node-b", 8, 1, time.Now()))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `"node-a"`) || !strings.Contains(err.Error(), `"node-b"`) {
 		t.Fatalf("got %v, want PermissionDenied naming both nodes", err)
@@ -85,7 +69,7 @@ func TestReportAboutAnotherNodeIsRefusedAndCounted(t *testing.T) {
 	if st, _ := env.Store.Lookup("node-b"); st != nil {
 		t.Fatal("node-b was stored")
 	}
-	if got := counter(t, "penny_telemetry_reports_total", "result", "wrong_node"); got != before+1 {
+	if got := metricstest.Counter(t, "penny_telemetry_reports_total", "result", "wrong_node"); got != before+1 {
 		t.Errorf("wrong_node counter %v, want %v", got, before+1)
 	}
 }
@@ -249,7 +233,7 @@ func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
 	results := []string{"accepted", "invalid", "wrong_node", "unknown_command"}
 	before := map[string]float64{}
 	for _, r := range results {
-		before[r] = counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r)
+		before[r] = metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r)
 	}
 	a := connect(t, env, "node:n1")
 	send := func(pod, result string) {
@@ -267,11 +251,11 @@ func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
 	send("p-2", "unknown_command")
 	want := map[string]float64{"accepted": 1, "invalid": 2, "wrong_node": 1, "unknown_command": 1}
 	deadline := time.Now().Add(5 * time.Second)
-	for counter(t, "penny_telemetry_checkpoint_statuses_total", "result", "unknown_command") < before["unknown_command"]+1 && time.Now().Before(deadline) {
+	for metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", "unknown_command") < before["unknown_command"]+1 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, r := range results {
-		if got := counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r) - before[r]; got != want[r] {
+		if got := metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r) - before[r]; got != want[r] {
 			t.Errorf("penny_telemetry_checkpoint_statuses_total{result=%q} went up by %v, want %v", r, got, want[r])
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/metricstest"
 )
 
 func nodes(prefix string, n int, opts ...nodeOpt) []*corev1.Node {
@@ -25,7 +26,7 @@ func nodes(prefix string, n int, opts ...nodeOpt) []*corev1.Node {
 
 func TestGangOfEightBindsWhenItFits(t *testing.T) {
 	registerMetrics()
-	scheduledBefore := counterValue(t, "penny_gang_attempts_total", "result", "scheduled")
+	scheduledBefore := metricstest.Counter(t, "penny_gang_attempts_total", "result", "scheduled")
 	waitsBefore, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric)
 	c := startCluster(t, testArgs(), nodes("n", 8)...)
 	var pods []*corev1.Pod
@@ -41,7 +42,7 @@ func TestGangOfEightBindsWhenItFits(t *testing.T) {
 	if len(used) != 8 {
 		t.Errorf("8 whole-node members should use 8 nodes, used %d: %v", len(used), got)
 	}
-	if n := counterValue(t, "penny_gang_attempts_total", "result", "scheduled"); n != scheduledBefore+1 {
+	if n := metricstest.Counter(t, "penny_gang_attempts_total", "result", "scheduled"); n != scheduledBefore+1 {
 		t.Errorf("penny_gang_attempts_total{result=scheduled} went from %v to %v, want one more", scheduledBefore, n)
 	}
 	if n, _ := testutil.GetHistogramMetricCount(waitSeconds.ObserverMetric); n != waitsBefore+1 {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pennysched/penny/pkg/api/expander"
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/metricstest"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -67,7 +68,7 @@ func TestExpanderServerRanksClusterAutoscalerOptions(t *testing.T) {
 	registerMetrics()
 	counted := map[string]float64{}
 	for _, r := range []string{"unavailable", "ranked", "none"} {
-		counted[r] = counterValue(t, "penny_expander_requests_total", "result", r)
+		counted[r] = metricstest.Counter(t, "penny_expander_requests_total", "result", r)
 	}
 	s := NewExpanderServer()
 	od, spotA, spotC := node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), node("spot-c", pricing.Spot, "us-east-1c")
@@ -125,7 +126,7 @@ func TestExpanderServerRanksClusterAutoscalerOptions(t *testing.T) {
 	// penny_expander_requests_total: 1 unavailable, 4 + 1 ranked, 3 + 1
 	// with nothing Penny's rules allow.
 	for r, want := range map[string]float64{"unavailable": 1, "ranked": 5, "none": 4} {
-		if n := counterValue(t, "penny_expander_requests_total", "result", r); n != counted[r]+want {
+		if n := metricstest.Counter(t, "penny_expander_requests_total", "result", r); n != counted[r]+want {
 			t.Errorf("penny_expander_requests_total{result=%q} = %v, want %v", r, n, counted[r]+want)
 		}
 	}
