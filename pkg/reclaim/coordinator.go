@@ -125,6 +125,9 @@ func (nn nodeNotice) key() string { return nn.node + "/" + nn.notice.ID }
 // callOff cancels the handling of a notice the agent no longer reports.
 type callOff struct {
 	cancel context.CancelFunc
+	// detected dates the announcement being handled: the same id reported
+	// with a later date was withdrawn and announced again.
+	detected time.Time
 }
 
 // NewCoordinator returns a coordinator that collects notices until Run
@@ -151,20 +154,22 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 	if len(next.ReclaimNotices) == 0 && (prev == nil || len(prev.ReclaimNotices) == 0) && c.unsureNodes.Load() == 0 {
 		return
 	}
-	known := map[string]time.Time{} // id -> deadline
+	known := map[string]telemetry.ReclaimNotice{}
 	if prev != nil {
 		for _, n := range prev.ReclaimNotices {
-			known[n.ID] = n.Deadline
+			known[n.ID] = n
 		}
 	}
 	reported := map[string]bool{}
 	var fresh, moved []nodeNotice
 	for _, n := range next.ReclaimNotices {
 		reported[n.ID] = true
-		switch deadline, ok := known[n.ID]; {
-		case !ok:
+		switch was, ok := known[n.ID]; {
+		// Dated later: withdrawn and announced again between the two
+		// reports, which Run tells from a move.
+		case !ok, n.Detected.After(was.Detected):
 			fresh = append(fresh, nodeNotice{node: next.Node, notice: n})
-		case !n.Deadline.Equal(deadline):
+		case !n.Deadline.Equal(was.Deadline):
 			moved = append(moved, nodeNotice{node: next.Node, notice: n})
 		}
 	}
@@ -182,13 +187,7 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 	}
 	for _, key := range withdrawn {
 		c.queue = slices.DeleteFunc(c.queue, func(nn nodeNotice) bool { return nn.key() == key })
-		// Gang members on other nodes are evicted only together with the
-		// member on this node, which now stays.
-		if w := c.waiting[key]; w != nil {
-			w.cancel()
-			delete(c.waiting, key)
-			delete(c.seen, key) // announced again, it is handled again
-		}
+		c.callOffLocked(key)
 	}
 	for _, nn := range moved {
 		// Not started yet: it starts with the deadline last reported.
@@ -207,6 +206,17 @@ func (c *Coordinator) OnNodeUpdate(prev, next *telemetry.NodeState) {
 	select {
 	case c.wake <- struct{}{}:
 	default:
+	}
+}
+
+// callOffLocked calls off the handling of a notice withdrawn, unless it
+// acts already: gang members on other nodes are evicted only together with
+// the member on the reclaimed node, which now stays.
+func (c *Coordinator) callOffLocked(key string) {
+	if w := c.waiting[key]; w != nil {
+		w.cancel()
+		delete(c.waiting, key)
+		delete(c.seen, key) // announced again, it is handled again
 	}
 }
 
@@ -335,11 +345,23 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		c.mu.Lock()
 		for _, nn := range c.queue {
 			if _, dup := c.seen[nn.key()]; dup {
-				// The notice reported again by an agent whose first report
-				// to this scheduler came after the notice was resumed from
-				// its record: the cloud may have moved it meanwhile.
-				c.forwardLocked(nn)
-				continue
+				w := c.waiting[nn.key()]
+				if w == nil || !nn.notice.Detected.After(w.detected) {
+					// The notice reported again by an agent whose first
+					// report to this scheduler came after the notice was
+					// resumed from its record: the cloud may have moved it
+					// meanwhile. A handling that acts goes on as the agent's
+					// does.
+					c.forwardLocked(nn)
+					continue
+				}
+				// Dated later: the cloud withdrew the notice handled and
+				// announced it again, while no scheduler ran or between two
+				// reports. Its plan's commands, which agents run once per
+				// id, must be new.
+				c.opts.Log.Info("the notice was announced again; handling it anew", "node", nn.node, "notice", nn.notice.ID,
+					"detected", nn.notice.Detected, "earlierDetected", w.detected)
+				c.callOffLocked(nn.key())
 			}
 			starts = append(starts, c.startLocked(ctx, nn))
 		}
@@ -365,7 +387,7 @@ func (c *Coordinator) startLocked(ctx context.Context, nn nodeNotice) handling {
 	key := nn.key()
 	c.seen[key] = Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
 	wctx, cancel := context.WithCancel(ctx)
-	w := &callOff{cancel: cancel}
+	w := &callOff{cancel: cancel, detected: nn.notice.Detected}
 	c.waiting[key] = w
 	moved := make(chan time.Time, 1)
 	c.moves[key] = moved
@@ -564,7 +586,7 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 		var cancel context.CancelFunc
 		wctx, cancel = context.WithCancel(ctx)
 		defer cancel()
-		w = &callOff{cancel: cancel}
+		w = &callOff{cancel: cancel, detected: nn.notice.Detected}
 		c.mu.Lock()
 		c.waiting[nn.key()] = w
 		c.mu.Unlock()

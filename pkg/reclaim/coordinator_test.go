@@ -1285,3 +1285,30 @@ func TestCoordinatorCallsOffANoticeOnlyOnAReportWhoseCheckAnswered(t *testing.T)
 		t.Errorf("sent %v for a notice the cloud withdrew", got)
 	}
 }
+
+// Maintenance postponed after its commands, withdrawn and announced again
+// under the same id between two reports of a's (the agent's stream broke
+// meanwhile): the later announcement, dated anew, is no move of the earlier
+// one but planned as its first plan, as a replica that heard the withdrawal
+// plans it.
+func TestCoordinatorHandlesANoticeAnnouncedAgainBetweenTwoReportsAnew(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const lead = time.Minute
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	later, first := postponedAfterCommands(t, c, cmds, lead, time.Hour)
+
+	again := later
+	again.Detected = time.Now()
+	again.Deadline = again.Detected.Add(lead / 2)
+	c.OnNodeUpdate(&telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{later}, NoticesKnown: true},
+		&telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{again}, NoticesKnown: true})
+	waitFor(t, "b asked again", func() bool { return cmds.get("b").GetId() != first.GetId() })
+	if got, want := cmds.get("b").GetId(), commandID(nodeNotice{"a", again}, "b", time.Time{}); got != want {
+		t.Errorf("b asked by %s; want the first plan's command of the notice announced again, %s", got, want)
+	}
+}

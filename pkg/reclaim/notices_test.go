@@ -678,3 +678,38 @@ func TestCoordinatorRestartedKeepsANoticeItsNodeStillReports(t *testing.T) {
 		t.Errorf("records %+v (%v); want the resumed notice's", recs, err)
 	}
 }
+
+// Maintenance postponed after its commands, then withdrawn and announced
+// again under the same id while no scheduler ran: the restarted scheduler
+// resumes the earlier announcement from its record, and the first report of
+// a's carries the later one, dated anew by the agent. That is no move of the
+// notice resumed: its handling is called off as a withdrawal's is, and the
+// later announcement is planned as its first plan, with the command ids
+// every replica gives it, not the earlier announcement's, and its record
+// replaces the earlier one's.
+func TestCoordinatorRestartedHandlesANoticeAnnouncedAgainMeanwhileAnew(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	logged := &logLines{}
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	const lead = time.Minute
+	c := resumedPostponed(t, client, "aws-maint-8", cmds, logged.logger())
+	recs, err := noticeStore(client).load(context.Background())
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("records %+v (%v); want the resumed notice's", recs, err)
+	}
+	earlier := recs[0]
+
+	again := announceAgain(c, earlier.notice, lead)
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	if got, want := cmds.get("b").GetId(), commandID(nodeNotice{"a", again}, "b", time.Time{}); got != want {
+		t.Errorf("b asked by %s; want the first plan's command of the notice announced again, %s (the earlier announcement's would be %s)",
+			got, want, commandID(earlier.nodeNotice, "b", earlier.round))
+	}
+	waitFor(t, "the earlier announcement's record replaced by the later one's", func() bool {
+		recs, err := noticeStore(client).load(context.Background())
+		return err == nil && len(recs) == 1 && recs[0].notice.Detected.Equal(again.Detected)
+	})
+	if !logged.has("the node's agent no longer reports the notice; its gangs' other members stay") {
+		t.Error(`the earlier announcement's handling not called off as a withdrawal's ("the node's agent no longer reports the notice")`)
+	}
+}
