@@ -855,6 +855,20 @@ func moveDeadline(c *Coordinator, n telemetry.ReclaimNotice, d time.Time) teleme
 	return moved
 }
 
+// runOnGang runs a coordinator, with maintenance lead lead, over gang g of
+// ml, whose members run on nodes a and b, until the test ends.
+func runOnGang(t *testing.T, lead time.Duration) (*Coordinator, *commander, *fake.Clientset) {
+	t.Helper()
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	c := NewCoordinator()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
+		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	return c, cmds, client
+}
+
 // configMapWrites records the data of every write of the notices' ConfigMap.
 func configMapWrites(client *fake.Clientset) func() []string {
 	var mu sync.Mutex
@@ -913,14 +927,8 @@ func TestCoordinatorFollowsPostponedMaintenance(t *testing.T) {
 // Maintenance the cloud brings forward before its lead time: the gang's
 // members elsewhere are asked at the new lead time, not the first one.
 func TestCoordinatorFollowsMaintenanceBroughtForward(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead = time.Minute
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	c, cmds, _ := runOnGang(t, lead)
 
 	now := time.Now()
 	n := telemetry.ReclaimNotice{ID: "aws-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
@@ -1049,15 +1057,9 @@ func postponedAfterCommands(t *testing.T, c *Coordinator, cmds *commander, lead,
 // command with a new id (the agent runs an id once) and the new deadline,
 // and evicted once that checkpoint is in.
 func TestCoordinatorKeepsMembersRunningWhenMaintenanceIsPostponedAfterCommands(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	evicted := recordEvictions(client)
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead = time.Minute
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	c, cmds, client := runOnGang(t, lead)
+	evicted := recordEvictions(client)
 	later, first := postponedAfterCommands(t, c, cmds, lead, 3*time.Second)
 	done := func(cmd *telemetryv1.CheckpointCommand) {
 		c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmd.GetId(), UpdatedAt: timestamppb.Now(),
@@ -1152,15 +1154,9 @@ func announceAgain(c *Coordinator, n telemetry.ReclaimNotice, lead time.Duration
 // announced again must send it a new one, or b's member would neither
 // checkpoint nor be evicted with its gang.
 func TestCoordinatorAsksAgainForANoticeWithdrawnAndAnnouncedAgain(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	evicted := recordEvictions(client)
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead = time.Minute
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	c, cmds, client := runOnGang(t, lead)
+	evicted := recordEvictions(client)
 	later, first := postponedAfterCommands(t, c, cmds, lead, time.Hour)
 	withdraw(t, c, later)
 	again := announceAgain(c, later, lead)
@@ -1248,13 +1244,7 @@ func TestCoordinatorPlansANoticeAnnouncedAgainAsItsFirstPlan(t *testing.T) {
 // last report that had its notices known: one without the notice calls it
 // off even though the report before it did not carry it either.
 func TestCoordinatorCallsOffANoticeOnlyOnAReportWhoseCheckAnswered(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100), Log: testr.New(t),
-		Policy: Policy{MaintenanceLead: time.Minute}})
+	c, cmds, _ := runOnGang(t, time.Minute)
 	now := time.Now()
 	n := telemetry.ReclaimNotice{ID: "aws-maint-7", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(time.Hour)}
@@ -1292,14 +1282,8 @@ func TestCoordinatorCallsOffANoticeOnlyOnAReportWhoseCheckAnswered(t *testing.T)
 // one but planned as its first plan, as a replica that heard the withdrawal
 // plans it.
 func TestCoordinatorHandlesANoticeAnnouncedAgainBetweenTwoReportsAnew(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead = time.Minute
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	c, cmds, _ := runOnGang(t, lead)
 	later, first := postponedAfterCommands(t, c, cmds, lead, time.Hour)
 
 	again := later

@@ -223,12 +223,15 @@ func recordedStart(pod *corev1.Pod, now time.Time) (at time.Time, found bool, pr
 			continue
 		}
 		at = c.LastTransitionTime.Time
-		was := fmt.Sprintf("%s was %s", ConditionSpotWaitStarted, at.UTC().Format(time.RFC3339))
+		// Read in queueing hints too: words only for a start that is wrong.
+		was := func(why string, t time.Time) string {
+			return fmt.Sprintf("%s was %s, %s (%s)", ConditionSpotWaitStarted, at.UTC().Format(time.RFC3339), why, t.UTC().Format(time.RFC3339))
+		}
 		switch created := pod.CreationTimestamp.Time; {
 		case at.Before(created):
-			return created, true, fmt.Sprintf("%s, before the pod's creation (%s)", was, created.UTC().Format(time.RFC3339))
+			return created, true, was("before the pod's creation", created)
 		case at.After(now):
-			return now, true, fmt.Sprintf("%s, after the scheduler read it (%s)", was, now.UTC().Format(time.RFC3339))
+			return now, true, was("after the scheduler read it", now)
 		}
 		return at, true, ""
 	}
