@@ -189,6 +189,14 @@ func (r *replica) stop(t *testing.T) {
 
 // waitForLeader waits until the scheduler Lease names a holder other than
 // not, and returns it.
+// says reports whether r's output has line, or has it within a minute: a
+// replica writes the lease before it logs that it holds it.
+func (r *replica) says(line string) bool {
+	return wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
+		return strings.Contains(r.out.String(), line), nil
+	}) == nil
+}
+
 func (w *world) waitForLeader(t *testing.T, not string) string {
 	t.Helper()
 	var holder string
@@ -261,17 +269,15 @@ func TestReplicasSaveWhatTheyKnowOnSIGTERM(t *testing.T) {
 
 	a := w.start(t, "replica a")
 	first := w.waitForLeader(t, "")
-	if !strings.Contains(a.out.String(), "Successfully acquired lease") {
+	if !a.says("Successfully acquired lease") {
 		t.Fatalf("replica a does not lead (holder %s)", first)
 	}
 	w.placed(t, "first")
 	b, c := w.start(t, "replica b"), w.start(t, "replica c")
 	// A replica is up, with the runs loaded, once it waits for the lease.
 	for _, r := range []*replica{b, c} {
-		if err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
-			return strings.Contains(r.out.String(), "Attempting to acquire leader lease"), nil
-		}); err != nil {
-			t.Fatalf("%s does not wait for the lease: %v", r.name, err)
+		if !r.says("Attempting to acquire leader lease") {
+			t.Fatalf("%s does not wait for the lease", r.name)
 		}
 	}
 
@@ -287,7 +293,7 @@ func TestReplicasSaveWhatTheyKnowOnSIGTERM(t *testing.T) {
 	}
 	stop(c, "waiting for the lease")
 	stop(a, "the leader")
-	if second := w.waitForLeader(t, first); !strings.Contains(b.out.String(), "Successfully acquired lease") {
+	if second := w.waitForLeader(t, first); !b.says("Successfully acquired lease") {
 		t.Errorf("the lease went to %s, not to replica b", second)
 	}
 	w.placed(t, "second")
