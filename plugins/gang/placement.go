@@ -3,6 +3,7 @@ package gang
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -232,14 +233,16 @@ type plan struct {
 // `placeable` of `needed` members; the rest ask for `missing`. lacking are
 // the resources that a node a member may use ran out of before every member
 // of its shape had a place: only a pod that gives one of them back can let
-// the gang fit. ruledOut are the nodes the profile's node check kept members
-// still without a place off, by reason.
+// the gang fit. ruledOut are the nodes, of the `nodes` the gang may use,
+// that the profile's node check keeps the members still without a place
+// off, by reason (see excluded).
 type shortfall struct {
 	placeable, needed int64
 	domain            domain
 	missing           demand
 	lacking           []corev1.ResourceName
 	ruledOut          []exclusion
+	nodes             int
 }
 
 // exclusion is how many nodes the node check ruled out for one reason.
@@ -276,7 +279,6 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 	var complete []domain
 	var free vec
 	lack := make([]bool, fixedDims+len(dm.scalars))
-	var ruledOut []exclusion
 	for _, ni := range nodes {
 		node := ni.Node()
 		if node == nil {
@@ -300,16 +302,11 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		}
 		free = dm.freeOf(ni, claims[node.Name], free)
 		left := int64(0)
-		why := ""
 		for i, s := range shapes {
 			if p.rem[i] == 0 {
 				continue
 			}
-			if w := s.ruledOut(node); w != "" {
-				if why == "" {
-					why = w
-				}
-			} else if s.fits(node) {
+			if s.admits(node) {
 				if k := min(p.rem[i], free.times(s.vec)); k > 0 {
 					free.take(s.vec, k)
 					p.rem[i] -= k
@@ -321,9 +318,6 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 				}
 			}
 			left += p.rem[i]
-		}
-		if why != "" {
-			ruledOut = countExclusion(ruledOut, why)
 		}
 		if left == 0 {
 			p.done = true
@@ -343,13 +337,18 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		return &plan{domain: best, slots: byDomain[best].slots}, shortfall{}
 	}
 
-	short := shortfall{needed: needed, placeable: -1, lacking: dm.names(lack), ruledOut: ruledOut}
+	short := shortfall{needed: needed, placeable: -1, lacking: dm.names(lack)}
+	var unplaced []*shape
 	for _, dom := range order {
 		if p := byDomain[dom]; p.placed > short.placeable {
 			short.placeable, short.domain = p.placed, dom
 			short.missing = demand{}
+			unplaced = unplaced[:0]
 			for i, s := range shapes {
 				short.missing.add(s.demand, p.rem[i])
+				if p.rem[i] > 0 {
+					unplaced = append(unplaced, s)
+				}
 			}
 		}
 	}
@@ -362,8 +361,43 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		for _, s := range shapes {
 			short.missing.add(s.demand, s.count)
 		}
+		return nil, short
 	}
+	short.ruledOut, short.nodes = excluded(nodes, unplaced, r, fixed)
 	return nil, short
+}
+
+// excluded counts, of the nodes in the domains the gang may use (total),
+// those the node check keeps members of the unplaced shapes off, each node
+// once per reason it gives, reasons in the order first met: as exact as
+// kube-scheduler's "0/5 nodes are available: 3 node(s) ...". It is taken
+// over every such domain, not the best one alone: the members still without
+// a place could go to any of them, and a user asks where in the cluster
+// their own rules keep them off, which one count per reason answers where
+// one list per domain (six for three zones and two capacity types) would
+// bury it. It is taken once placement has failed, not while placing, which
+// checks a node only for the shapes its domain still had members of when it
+// came to the node: counted there, a node that ruled out only members that
+// found a place further on was blamed for the members that did not, and
+// the count hung on the order the nodes were visited in. Asking the check
+// again costs a second pass, on the path where the gang does not fit.
+func excluded(nodes []fwk.NodeInfo, unplaced []*shape, r rules, fixed *domain) (ex []exclusion, total int) {
+	var reasons []string
+	for _, ni := range nodes {
+		node := ni.Node()
+		if node == nil || fixed != nil && r.domainOf(node) != *fixed {
+			continue
+		}
+		total++
+		reasons = reasons[:0]
+		for _, s := range unplaced {
+			if why := s.ruledOut(node); why != "" && !slices.Contains(reasons, why) {
+				reasons = append(reasons, why)
+				ex = countExclusion(ex, why)
+			}
+		}
+	}
+	return ex, total
 }
 
 // countExclusion counts one more node ruled out for reason why, reasons in
@@ -394,9 +428,9 @@ func slotNodes(nodes []fwk.NodeInfo, slots []slot) []*corev1.Node {
 
 // message is the shortfall in words a user can act on, e.g.
 // "gang team/llm: 5/8 members placeable, the other 3 need 24 nvidia.com/gpu in one zone on one capacity type",
-// followed by the nodes the members' own rules ruled out, in the node
-// check's words: "; ruled out for them: 3 node(s) are on-demand and the pod
-// waits for Spot capacity until ...".
+// followed by the nodes the members' own rules ruled out, of those the gang
+// may use, in the node check's words: "; of 6 node(s), ruled out for them:
+// 3 node(s) are on-demand and the pod waits for Spot capacity until ...".
 func (s shortfall) message(ref fmt.Stringer, r rules, fixed bool) string {
 	where := r.scope()
 	if fixed {
@@ -411,7 +445,7 @@ func (s shortfall) message(ref fmt.Stringer, r rules, fixed bool) string {
 	for i, e := range s.ruledOut {
 		parts[i] = fmt.Sprintf("%d %s", e.nodes, e.reason)
 	}
-	return msg + "; ruled out for them: " + strings.Join(parts, ", ")
+	return msg + fmt.Sprintf("; of %d node(s), ruled out for them: ", s.nodes) + strings.Join(parts, ", ")
 }
 
 // headline names the resource that matters most in a demand: the first

@@ -285,3 +285,71 @@ func TestClaimsHoldPodSlots(t *testing.T) {
 		t.Errorf("a lone pod is kept off for %s, want pods", short)
 	}
 }
+
+// reservedForOthers keeps members annotated picky off nodes labelled
+// reserved, in a Filter reason's words.
+func reservedForOthers(pod *corev1.Pod) func(*corev1.Node) string {
+	if pod.Annotations["picky"] != "true" {
+		return nil
+	}
+	return func(n *corev1.Node) string {
+		if n.Labels["reserved"] == "true" {
+			return "node(s) are reserved for another team"
+		}
+		return ""
+	}
+}
+
+func picky() podOpt {
+	return func(p *corev1.Pod) { p.Annotations = map[string]string{"picky": "true"} }
+}
+
+func reserved() nodeOpt {
+	return func(n *corev1.Node) { n.Labels["reserved"] = "true" }
+}
+
+func gpus(k int64) nodeOpt {
+	return func(n *corev1.Node) {
+		n.Status.Allocatable[gpu.ResourceGPU] = *resource.NewQuantity(k, resource.DecimalSI)
+	}
+}
+
+// The nodes a gang that does not fit names as ruled out are exact: those,
+// of the nodes it may use, that keep the members still without a place
+// off, each counted once per reason, and how many nodes there are. They
+// were counted while placing, for whichever members a node's domain still
+// had then: a node that ruled out only a member who found a place further
+// on was blamed for the member who did not.
+func TestPlaceGangCountsTheNodesRuledOutForTheMembersLeft(t *testing.T) {
+	ref := gang.Ref{Namespace: "team", Name: "mixed"}
+	// The small member may not use r-0 and goes to n-1; the big one may
+	// use r-0, but neither node has room for it.
+	members := []*corev1.Pod{member("mixed", 2, 0, 8), member("mixed", 2, 1, 4, picky())}
+	ns := infos(gpuNode("r-0", gpus(4), reserved()), gpuNode("n-1", gpus(4)))
+	p, short := placeGang(ns, shapesOf(members, reservedForOthers), zoneRules, nil, nil, nil)
+	if p != nil {
+		t.Fatalf("an 8-GPU member placed on 4-GPU nodes: %+v", p.slots)
+	}
+	want := "gang team/mixed: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type"
+	if got := short.message(ref, zoneRules, false); got != want {
+		t.Errorf("message\n got %q\nwant %q", got, want)
+	}
+
+	// Over every domain the gang may use, each node once; in the domain
+	// its running members fixed, that domain's nodes alone.
+	ref.Name = "llm"
+	ns = infos(gpuNode("r-a0", reserved()), gpuNode("n-a1"),
+		gpuNode("r-b0", inZone("zone-b"), reserved()), gpuNode("r-b1", inZone("zone-b"), reserved()), gpuNode("n-b2", inZone("zone-b")))
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8, picky()), reservedForOthers) }
+	_, short = placeGang(ns, shapes(), zoneRules, nil, nil, nil)
+	want = "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type; of 5 node(s), ruled out for them: 3 node(s) are reserved for another team"
+	if got := short.message(ref, zoneRules, false); got != want {
+		t.Errorf("message\n got %q\nwant %q", got, want)
+	}
+	zoneB := domain{zone: "zone-b", capType: capacity.OnDemand}
+	_, short = placeGang(ns, shapes(), zoneRules, &zoneB, nil, nil)
+	want = "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in zone zone-b, capacity type on-demand, where its running members are; of 3 node(s), ruled out for them: 2 node(s) are reserved for another team"
+	if got := short.message(ref, zoneRules, true); got != want {
+		t.Errorf("message\n got %q\nwant %q", got, want)
+	}
+}

@@ -135,5 +135,5 @@ func TestNativePodGroupWaitingForSpotSaysWhy(t *testing.T) {
 	}
 	c := startClusterWith(t, testArgs(), []Option{WithNodeRule(spotOnly)}, nodes("n", 3)...)
 	c.createPodGroup("trainers", 2, 8)
-	c.WaitEvent("trainers-0", "gang team/trainers: 0/2 members placeable, the other 2 need 16 nvidia.com/gpu in one zone on one capacity type; ruled out for them: 3 "+waits)
+	c.WaitEvent("trainers-0", "gang team/trainers: 0/2 members placeable, the other 2 need 16 nvidia.com/gpu in one zone on one capacity type; of 3 node(s), ruled out for them: 3 "+waits)
 }
