@@ -85,6 +85,9 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 	for _, o := range opts {
 		o(p)
 	}
+	if f := h.SharedInformerFactory(); f != nil {
+		p.view.pods = f.Core().V1().Pods().Lister()
+	}
 	if *args.LookAheadDepth > 0 && *args.LookAheadWeight > 0 && h.SharedInformerFactory() != nil {
 		p.pending = watchPending(klog.FromContext(ctx), h.SharedInformerFactory(), p.learner)
 	}

@@ -395,7 +395,7 @@ func TestConcurrentBindingsAndScoring(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
 				pod := podOf(fmt.Sprintf("bg-%d-%d", g, i), "1")
-				p.view.reserve(pod.UID, fmt.Sprint("n", i%50), gpu.Assignment{{GPU: i % 4, Milli: 100}})
+				p.view.reserve(pod, fmt.Sprint("n", i%50), gpu.Assignment{{GPU: i % 4, Milli: 100}})
 				p.Unreserve(ctx, framework.NewCycleState(), pod, "")
 				p.poolStats()
 			}

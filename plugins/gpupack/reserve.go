@@ -33,7 +33,7 @@ func (p *GPUPack) Reserve(ctx context.Context, state fwk.CycleState, pod *corev1
 	if err != nil {
 		return fwk.NewStatus(fwk.Unschedulable, err.Error())
 	}
-	p.view.reserve(pod.UID, nodeName, a)
+	p.view.reserve(pod, nodeName, a)
 	s.assigned, s.node = a, nodeName
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 
@@ -321,5 +323,76 @@ func TestPodGroupMemberReservedOnTheChosenPlacement(t *testing.T) {
 				t.Errorf("%s reserved %q on the chosen placement; want GPU 0", m.pod.Name, got)
 			}
 		})
+	}
+}
+
+// podsExist gives the view a pod lister holding pods, as the scheduler's
+// pod informer does: the pods that exist in the API server.
+func podsExist(t *testing.T, p *GPUPack, pods ...*corev1.Pod) {
+	t.Helper()
+	store := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	for _, pod := range pods {
+		if err := store.Add(pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.view.pods = corelisters.NewPodLister(store)
+}
+
+// A pod reserved but not yet bound keeps its devices through a PodGroup's
+// preemption. The preemption removes every pod of lower priority from the
+// snapshot, such a pod among them, and runs the pod-group algorithm, whose
+// PreFilter read the node without it and dropped its reservation. Added
+// back to ask whether it can stay, it was counted on a first-fit guess: here
+// next to the share of GPU 0, so the member seemed to fit on GPU 1, which
+// the pod holds, and the pod was kept. The guess outlived the preemption:
+// the next pod was offered GPU 1 too. A pod that is gone still gives its
+// devices back.
+func TestPreemptionKeepsTheReservationOfAPodBeingBound(t *testing.T) {
+	ctx := context.Background()
+	n := []*corev1.Node{groupNode("t4", "64")}
+	// above holds half of GPU 0 and is no victim; inflight was given half of
+	// GPU 1 and is being bound (assumed: on the node, no annotation yet).
+	above := bound(podOf("above", "1", string(gpu.ResourceGPUMilli), "500"), "t4", "0:500")
+	inflight := bound(podOf("inflight", "1", string(gpu.ResourceGPUMilli), "500"), "t4", "")
+	p, h := newPlugin(t, nil, 1)
+	podsExist(t, p, above, inflight)
+	p.view.reserve(inflight, "t4", gpu.Assignment{{GPU: 1, Milli: 500}})
+	nodes := h.set(t, n, above, inflight)
+	if got := pick(t, p, nodes, podOf("m0", "1", string(gpu.ResourceGPU), "1"), groupState()); got != "" {
+		t.Fatalf("m0 fits on %s with both GPUs shared", got)
+	}
+
+	if err := h.snap.StartMutations(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.snap.RemovePod(klog.Background(), inflight, "t4"); err != nil {
+		t.Fatal(err)
+	}
+	members := podGroupAlgorithm(t, p, h, podOf("m0", "1", string(gpu.ResourceGPU), "1"))
+	if len(members) != 1 {
+		t.Fatal("m0 does not fit with inflight removed")
+	}
+	if reprieve(t, p, h, members, inflight) {
+		t.Errorf("inflight stays on GPU 1, the only GPU m0 can have: the group's member would be bound next to it")
+	}
+	if err := h.snap.EndMutations(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.reservation(inflight.UID).String(); got != "1:500m" {
+		t.Errorf("inflight's reservation after the preemption: %q, want 1:500m", got)
+	}
+
+	// The next cycle, inflight still being bound.
+	nodes = h.set(t, n, above, inflight)
+	if _, a := schedule(t, p, nodes, podOf("next", "1", string(gpu.ResourceGPUMilli), "500")); a.String() != "0:500m" {
+		t.Errorf("next got %v; want 0:500m, the half of GPU 0 left (inflight holds half of GPU 1)", a)
+	}
+	p.Unreserve(ctx, framework.NewCycleState(), podOf("next", "1"), "t4")
+
+	// inflight is deleted once bound, before the view saw its annotation.
+	podsExist(t, p, above)
+	if _, a := schedule(t, p, h.set(t, n, above), podOf("whole", "1", string(gpu.ResourceGPU), "1")); a.String() != "1" {
+		t.Errorf("whole got %v; want GPU 1, which deleted inflight held", a)
 	}
 }

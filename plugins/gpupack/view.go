@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -34,6 +35,10 @@ import (
 type view struct {
 	layouts   LayoutSource
 	poolLabel string
+	// pods says which pods exist (the scheduler's pod informer): a node's
+	// snapshot without a reserved pod settles its reservation only once the
+	// pod is gone (see gone). Nil where the handle has no informers.
+	pods corelisters.PodLister
 
 	mu sync.Mutex
 	// nodes are keyed by the snapshot's NodeInfo: the scheduler keeps one
@@ -73,9 +78,11 @@ type entry struct {
 }
 
 type reservation struct {
-	node string
-	a    gpu.Assignment
-	s    string
+	node      string
+	namespace string
+	name      string
+	a         gpu.Assignment
+	s         string
 }
 
 func newView(layouts LayoutSource, poolLabel string) *view {
@@ -222,8 +229,7 @@ type buildFor int
 
 const (
 	// forSync: the entry is kept, and the reservations it settles (their
-	// pods have come back with the annotation, or have left the node) are
-	// dropped.
+	// pods have come back with the annotation, or are gone) are dropped.
 	forSync buildFor = iota
 	// forCopy: a NodeInfo the snapshot does not hold as is (preemption's
 	// dry runs, nominated pods); only the reservations of the pods it
@@ -311,7 +317,7 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 	}
 	if keep {
 		for uid, r := range v.reserved {
-			if r.node == node.Name && !present[uid] {
+			if r.node == node.Name && !present[uid] && v.gone(uid, r) {
 				delete(v.reserved, uid)
 			}
 		}
@@ -321,6 +327,29 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 		alloc.GetMilliCPU()-req.GetMilliCPU()+selfCPU, alloc.GetMemory()-req.GetMemory()+selfMem, gpuMemoryGB(node))
 	e.hasGPU, e.gpuMemoryGB = e.node.HasGPU(), e.node.GPUMemoryGB
 	return e
+}
+
+// gone reports whether the pod of a reservation its node's snapshot does
+// not show is gone (deleted, or finished: the scheduler's informer leaves
+// out terminated pods), so that the reservation is settled. Absence from
+// the snapshot alone does not say so: kube-scheduler's pod-group preemption
+// removes every pod of lower priority from the snapshot, the members' pods
+// reserved but not yet bound among them, and runs PreFilter on it. Dropped
+// there, a victim's reservation was lost for good: added back to ask which
+// victims can stay, and in every cycle after, the pod was counted on
+// devices of a first-fit guess, so a member fitted next to it on the GPU it
+// holds (it was not evicted) and the next pods were offered that GPU. Its
+// pod existing, a reservation goes only by Unreserve or its node going.
+// The informer's store changes before the scheduler's cache is told, so a
+// snapshot without a deleted pod never meets a lister that still has it.
+// Without a lister (a handle without informers) absence is all there is.
+// Callers hold mu.
+func (v *view) gone(uid types.UID, r reservation) bool {
+	if v.pods == nil {
+		return true
+	}
+	pod, err := v.pods.Pods(r.namespace).Get(r.name)
+	return err != nil || pod.UID != uid
 }
 
 // guess accounts a GPU pod whose devices are unknown on the first devices
@@ -340,10 +369,10 @@ func (v *view) guess(logger klog.Logger, dev *gpu.NodeDevices, pod *corev1.Pod, 
 // reserve holds a for the pod. The node is marked, so that it is read
 // again before its next Reserve or cycle: the entry Reserve chose from does
 // not hold a.
-func (v *view) reserve(uid types.UID, node string, a gpu.Assignment) {
+func (v *view) reserve(pod *corev1.Pod, node string, a gpu.Assignment) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.reserved[uid] = reservation{node: node, a: a, s: a.String()}
+	v.reserved[pod.UID] = reservation{node: node, namespace: pod.Namespace, name: pod.Name, a: a, s: a.String()}
 	v.dirty[node] = struct{}{}
 }
 
