@@ -2,17 +2,21 @@ package plugins
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/utils/clock"
 
+	"github.com/pennysched/penny/pkg/pluginargs"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/plugins/gang"
@@ -34,7 +38,8 @@ type Deps struct {
 	// same risk model SpotRisk uses.
 	GangReclaimRisk gang.ReclaimRisk
 	// Prices prices nodes (pkg/pricing). Nil: SpotRisk loads the catalog
-	// named in its args, if any.
+	// named in its args, if any, once for every profile, which must all
+	// name the same one.
 	Prices pricing.PriceBook
 	// Risk estimates pool reclaim rates. Nil: one model shared by SpotRisk
 	// and the gang plugin, seeded from the catalog's interruption buckets.
@@ -76,6 +81,7 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	}
 	var watchOnce, exposureOnce sync.Once
 	spot := &spotRules{byProfile: map[string]*spotrisk.SpotRisk{}}
+	catalog := &oneCatalog{}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
 			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk), gang.WithNodeRule(spot.rule(profileOf(h)))}
@@ -85,12 +91,27 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			return gang.NewWith(ctx, obj, h, opts...)
 		},
 		spotrisk.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			pl, err := spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock,
+			prices := deps.Prices
+			var src spotrisk.CatalogSource
+			if prices == nil {
+				args, err := pluginargs.Decode[spotrisk.Args](spotrisk.Name, obj)
+				if err != nil {
+					return nil, err
+				}
+				src = args.Catalog
+				if prices, err = catalog.of(profileOf(h), src); err != nil {
+					return nil, err
+				}
+			}
+			pl, err := spotrisk.New(ctx, obj, h, spotrisk.Deps{Prices: prices, Risk: deps.Risk, Telemetry: deps.Telemetry, Clock: deps.Clock,
 				Interrupted: deps.Interrupted, RunLengths: deps.RunLengths})
 			if err != nil {
 				return nil, err
 			}
 			sr := pl.(*spotrisk.SpotRisk)
+			if deps.Prices == nil {
+				catalog.built(profileOf(h), src, sr.Prices())
+			}
 			spot.set(profileOf(h), sr)
 			if deps.Expander != nil {
 				deps.Expander.Use(sr)
@@ -123,6 +144,65 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			}
 			return gpupack.NewWith(ctx, obj, h, opts...)
 		},
+	}
+}
+
+// oneCatalog holds the price catalog of the first profile that built
+// SpotRisk and hands its store to the profiles after it. A scheduler prices a
+// node one way: its cost metrics (pkg/pricing) price every pod, whichever
+// profile placed it, and every profile seeds the one risk model's Spot pools
+// from the catalog's interruption buckets. So every profile's SpotRisk names
+// the same catalog, as every profile names the same queue sort, and is
+// handed one store: one watch, one load counted per change.
+type oneCatalog struct {
+	mu      sync.Mutex
+	set     bool
+	profile string
+	src     spotrisk.CatalogSource
+	prices  pricing.PriceBook
+}
+
+// of is the store for a profile that names src: nil for the first, which
+// builds it; an error naming args.catalog when src is not the first's.
+func (c *oneCatalog) of(profile string, src spotrisk.CatalogSource) (pricing.PriceBook, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.set {
+		return nil, nil
+	}
+	if !sameCatalog(src, c.src) {
+		return nil, fmt.Errorf("%s plugin args: %w", spotrisk.Name, field.Invalid(field.NewPath("args", "catalog"), describeCatalog(src),
+			fmt.Sprintf("profile %q names this catalog and profile %q names %s: every profile's SpotRisk must name the same one, since a node has one price "+
+				"(in the cost metrics, whichever profile placed a pod, and in the Spot pools' reclaim priors); give every profile the same catalog "+
+				"(to keep prices out of one profile's scores, disable SpotRisk's score there)", profile, c.profile, describeCatalog(c.src))))
+	}
+	return c.prices, nil
+}
+
+// built records the store the first profile's SpotRisk built.
+func (c *oneCatalog) built(profile string, src spotrisk.CatalogSource, prices pricing.PriceBook) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.set {
+		c.set, c.profile, c.src, c.prices = true, profile, src, prices
+	}
+}
+
+func sameCatalog(a, b spotrisk.CatalogSource) bool {
+	if filepath.Clean(a.File) != filepath.Clean(b.File) || (a.ConfigMap == nil) != (b.ConfigMap == nil) {
+		return false
+	}
+	return a.ConfigMap == nil || *a.ConfigMap == *b.ConfigMap
+}
+
+func describeCatalog(src spotrisk.CatalogSource) string {
+	switch {
+	case src.File != "":
+		return "file " + src.File
+	case src.ConfigMap != nil:
+		return fmt.Sprintf("configMap %s/%s key %s", src.ConfigMap.Namespace, src.ConfigMap.Name, src.ConfigMap.Key)
+	default:
+		return "no catalog"
 	}
 }
 

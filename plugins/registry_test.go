@@ -3,6 +3,8 @@ package plugins
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/component-base/metrics/legacyregistry"
+	"k8s.io/component-base/metrics/testutil"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
@@ -25,6 +29,7 @@ import (
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
+	"github.com/pennysched/penny/pkg/metricstest"
 	"github.com/pennysched/penny/plugins/gang"
 	"github.com/pennysched/penny/plugins/gpupack"
 	"github.com/pennysched/penny/plugins/spotrisk"
@@ -164,5 +169,122 @@ func TestGangIsAdmittedOnlyWhereSpotRiskLetsItsMembersRun(t *testing.T) {
 	}
 	if got := sets.List(res.NodeNames); strings.Join(got, ",") != "od-0,od-1" {
 		t.Fatalf("admitted to %v, want the on-demand nodes", got)
+	}
+}
+
+// Two profiles, each with SpotRisk and a catalog of its own, started: the
+// cost metrics then priced every pod, whichever profile placed it, by the
+// catalog of the profile built last, and each profile watched, loaded and
+// counted its catalog apart. A node has one price: profiles that name two
+// catalogs stop the start with an error naming args.catalog, and profiles
+// that name one share its store, so a pod of each is priced by it and a
+// load counts once.
+func TestProfilesShareOneCatalog(t *testing.T) {
+	schedmetrics.Register()
+	dir := t.TempDir()
+	// An 8-GPU, 64-vCPU, 512-GiB node weighs 8*10 + 64*0.5 + 512*0.0625 =
+	// 144 units: at 36 $/h a GPU-hour is 2.5 $, a vCPU-hour 0.125 $ and a
+	// GiB-hour 0.015625 $.
+	writeCatalog := func(name string, hourly float64) string {
+		path := filepath.Join(dir, name)
+		catalog := fmt.Sprintf(`apiVersion: penny.dev/v1alpha1
+kind: PriceCatalog
+splitRatios: {gpuHour: 10, cpuCoreHour: 0.5, ramGiBHour: 0.0625}
+instanceTypes:
+- {name: gpu8, provider: aws, gpus: 8, gpuModel: A100-40GB, vcpus: 64, memoryGiB: 512}
+prices:
+- {instanceType: gpu8, capacityType: on-demand, region: us-east-1, hourly: %v}
+`, hourly)
+		if err := os.WriteFile(path, []byte(catalog), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	listPrices, discounted := writeCatalog("list.yaml", 36), writeCatalog("discounted.yaml", 18)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "od-1", Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "gpu8", corev1.LabelTopologyRegion: "us-east-1", "karpenter.sh/capacity-type": "on-demand"}}}
+	pod := func(namespace, schedulerName, gpus, cpu, memory string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "work"},
+			Spec: corev1.PodSpec{SchedulerName: schedulerName, NodeName: node.Name, Containers: []corev1.Container{{Name: "c",
+				Resources: corev1.ResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(memory)},
+					Limits:   corev1.ResourceList{"nvidia.com/gpu": resource.MustParse(gpus)}}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	}
+	// start builds the profiles penny-a and penny-b, with these catalogs,
+	// as kube-scheduler does: in order, over one client and one informer
+	// factory.
+	start := func(catalogA, catalogB string) error {
+		t.Helper()
+		file := filepath.Join(dir, "config.yaml")
+		profile := func(name, catalog string) string {
+			return fmt.Sprintf(`- schedulerName: %s
+  plugins:
+    multiPoint:
+      enabled:
+      - name: SpotRisk
+  pluginConfig:
+  - name: SpotRisk
+    args:
+      catalog: {file: %s}
+`, name, catalog)
+		}
+		cfgYAML := "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n" +
+			profile("penny-a", catalogA) + profile("penny-b", catalogB)
+		if err := os.WriteFile(file, []byte(cfgYAML), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := options.LoadConfigFromFile(klog.Background(), file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		registry := plugins.NewInTreeRegistry()
+		if err := registry.Merge(Registry(Deps{})); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		client := fake.NewClientset(node, pod("team-a", "penny-a", "2", "8", "64Gi"), pod("team-b", "penny-b", "1", "4", "32Gi"))
+		factory := informers.NewSharedInformerFactory(client, 0)
+		for i := range cfg.Profiles {
+			if _, err := frameworkruntime.NewFramework(ctx, registry, &cfg.Profiles[i],
+				frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
+				frameworkruntime.WithSnapshotSharedLister(cache.NewEmptySnapshot())); err != nil {
+				return fmt.Errorf("profile %s: %w", cfg.Profiles[i].SchedulerName, err)
+			}
+		}
+		factory.Start(ctx.Done())
+		factory.WaitForCacheSync(ctx.Done())
+		return nil
+	}
+
+	err := start(listPrices, discounted)
+	for _, want := range []string{"SpotRisk plugin args: args.catalog: Invalid value: \"file " + discounted + "\"",
+		`profile "penny-a" names file ` + listPrices, "must name the same one"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("two catalogs: %v; want an error with %q", err, want)
+		}
+	}
+
+	loads := func() float64 {
+		return metricstest.Counter(t, "penny_price_catalog_loads_total", "result", "success")
+	}
+	before := loads()
+	if err := start(listPrices, filepath.Join(dir, ".", "list.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if n := loads() - before; n != 1 {
+		t.Errorf("two profiles of one catalog loaded it %v times, want once", n)
+	}
+	// team-a's pod: 2*2.5 + 8*0.125 + 64*0.015625 = 7 $/h; team-b's:
+	// 2.5 + 4*0.125 + 32*0.015625 = 3.5 $/h.
+	want := `
+# HELP penny_namespace_cost_usd_per_hour [ALPHA] What the namespace's bound, unfinished pods cost per hour, in USD, by the capacity type of their nodes: each pod's requests (GPUs, vCPUs, memory) times its node's component prices. Reserved capacity is priced at its catalog rate although it is paid for already.
+# TYPE penny_namespace_cost_usd_per_hour gauge
+penny_namespace_cost_usd_per_hour{capacity_type="on-demand",namespace="team-a"} 7
+penny_namespace_cost_usd_per_hour{capacity_type="on-demand",namespace="team-b"} 3.5
+`
+	if err := testutil.GatherAndCompare(legacyregistry.DefaultGatherer, strings.NewReader(want), "penny_namespace_cost_usd_per_hour"); err != nil {
+		t.Error(err)
 	}
 }

@@ -55,7 +55,9 @@ var (
 // RegisterCostMetrics serves the cost metrics on the registry /metrics
 // serves, computed from these listers and prices. Later calls, from other
 // profiles or a scheduler restarted in the same process, replace the
-// sources and register nothing more.
+// sources and register nothing more: the profiles of one scheduler hand the
+// same prices (plugins.Registry refuses profiles that name two catalogs),
+// since a pod is priced by its node, whichever profile placed it.
 func RegisterCostMetrics(prices PriceBook, pods corelisters.PodLister, nodes corelisters.NodeLister) {
 	registeredCost.src.Store(&costSources{prices: prices, pods: pods, nodes: nodes})
 	costRegisterOnce.Do(func() {
@@ -79,7 +81,8 @@ type costSources struct {
 type costCollector struct {
 	metrics.BaseStableCollector
 	// src is the latest sources given: every scheduler profile builds its
-	// own SpotRisk, and a registry takes a collector once.
+	// own SpotRisk, each of which registers, and a registry takes a
+	// collector once.
 	src atomic.Pointer[costSources]
 }
 

@@ -130,20 +130,38 @@ func (s *Store) LoadFile(path string) error {
 	return err
 }
 
-// loadFile loads path unless it holds same, the bytes of the last load (nil:
-// load it whatever it holds), and returns what it read, nil when it could
-// not read it.
-func (s *Store) loadFile(path string, same []byte) ([]byte, error) {
+// fileLook is what a look at a catalog file found: the bytes it held, or
+// why it could not be read.
+type fileLook struct {
+	data    []byte
+	readErr string
+}
+
+// loadFile reads path and loads what it holds, unless prev (nil: the first
+// look) found the same: the same bytes are the catalog in force or one
+// rejected already, and the same read error is a failure reported and
+// counted already. A catalog key removed from a mounted ConfigMap stays
+// missing across every later update of the ConfigMap's other keys, and each
+// would otherwise count one more failed load. It returns what it found, and
+// the load's error.
+func (s *Store) loadFile(path string, prev *fileLook) (fileLook, error) {
 	data, err := readFile(path)
 	if err != nil {
+		look := fileLook{readErr: err.Error()}
+		if prev != nil && prev.readErr == look.readErr {
+			return look, err
+		}
 		s.fail(err)
 		klog.ErrorS(err, "Price catalog unreadable; the last good catalog stays in force", "path", path)
-		return nil, err
+		return look, err
 	}
-	if same != nil && bytes.Equal(data, same) {
-		return data, nil
+	look := fileLook{data: data}
+	// After a failed read, prev holds no bytes: the same bytes as before
+	// the failure are loaded again, which clears the error.
+	if prev != nil && prev.readErr == "" && bytes.Equal(data, prev.data) {
+		return look, nil
 	}
-	return data, s.Load(data, path)
+	return look, s.Load(data, path)
 }
 
 // WatchFile loads path now and again whenever it changes, until ctx ends.
@@ -152,8 +170,9 @@ func (s *Store) loadFile(path string, same []byte) ([]byte, error) {
 // event; so after any event there it reads the file, and loads it only if
 // it holds other bytes than it did: another file written in the directory
 // neither reloads the catalog nor runs the OnChange hooks, which retry
-// pending pods. A catalog that cannot be read or does not validate now is
-// an error: there is no last good one to keep yet, and without one every
+// pending pods. A file that stays unreadable is reported and counted once,
+// not at every look. A catalog that cannot be read or does not validate now
+// is an error: there is no last good one to keep yet, and without one every
 // node would be priced alike.
 func (s *Store) WatchFile(ctx context.Context, path string) error {
 	w, err := fsnotify.NewWatcher()
@@ -191,9 +210,7 @@ func (s *Store) WatchFile(ctx context.Context, path string) error {
 				klog.ErrorS(err, "Price catalog watch", "path", path)
 			case <-settle:
 				settle = nil
-				// After a failed read, the same bytes as before put
-				// the catalog back: load them to clear the error.
-				last, _ = s.loadFile(path, last)
+				last, _ = s.loadFile(path, &last)
 				if s.watched != nil {
 					s.watched()
 				}

@@ -15,6 +15,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
+
+	"github.com/pennysched/penny/pkg/metricstest"
 )
 
 // exported is the value penny-scheduler's /metrics shows for an unlabelled
@@ -241,47 +243,140 @@ func TestWatchFileIgnoresOtherFilesInItsDirectory(t *testing.T) {
 	waitFor(t, "reload to 0.3 and the hooks", func() bool { return spotPrice(s) == 0.3 && hooks.Load() == 2 })
 }
 
+// configMapVolume is a directory kept the way the kubelet's atomic writer
+// keeps a ConfigMap volume: each key a symlink to ..data/<key>, and ..data a
+// symlink to a timestamped directory that holds the keys' files.
+type configMapVolume struct {
+	t       *testing.T
+	dir     string
+	version int
+	keys    map[string]bool
+}
+
+func newConfigMapVolume(t *testing.T) *configMapVolume {
+	return &configMapVolume{t: t, dir: t.TempDir(), keys: map[string]bool{}}
+}
+
+// publish writes the ConfigMap's data as the kubelet does an update: the
+// files into a new timestamped directory, ..data swapped to it through a
+// rename, a symlink made for each key that came and removed for each key
+// that went, and the old directory removed.
+func (v *configMapVolume) publish(data map[string]string) {
+	t := v.t
+	t.Helper()
+	old := ""
+	if v.version > 0 {
+		old = filepath.Join(v.dir, fmt.Sprintf("..2026_11_30_%d", v.version))
+	}
+	v.version++
+	ts := filepath.Join(v.dir, fmt.Sprintf("..2026_11_30_%d", v.version))
+	if err := os.Mkdir(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for key, content := range data {
+		if err := os.WriteFile(filepath.Join(ts, key), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for key := range data {
+		if !v.keys[key] {
+			if err := os.Symlink(filepath.Join("..data", key), filepath.Join(v.dir, key)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for key := range v.keys {
+		if _, ok := data[key]; !ok {
+			if err := os.Remove(filepath.Join(v.dir, key)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	v.keys = map[string]bool{}
+	for key := range data {
+		v.keys[key] = true
+	}
+	if old != "" {
+		if err := os.RemoveAll(old); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A ConfigMap volume holds the catalog behind symlinks, catalog.yaml ->
 // ..data/catalog.yaml and ..data -> a timestamped directory, and the kubelet
 // updates it by swapping ..data: catalog.yaml itself sees no event.
 func TestWatchFileFollowsAConfigMapVolume(t *testing.T) {
-	dir := t.TempDir()
-	version := 0
-	publish := func(content string) {
-		version++
-		ts := filepath.Join(dir, fmt.Sprintf("..2026_11_30_%d", version))
-		if err := os.Mkdir(ts, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(ts, "catalog.yaml"), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		tmp := filepath.Join(dir, "..data_tmp")
-		if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish(goodYAML)
-	path := filepath.Join(dir, "catalog.yaml")
-	if err := os.Symlink(filepath.Join("..data", "catalog.yaml"), path); err != nil {
-		t.Fatal(err)
-	}
-	s, hooks, looked := watchCounting(t, path)
-	publish(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1))
+	v := newConfigMapVolume(t)
+	v.publish(map[string]string{"catalog.yaml": goodYAML})
+	s, hooks, looked := watchCounting(t, filepath.Join(v.dir, "catalog.yaml"))
+	v.publish(map[string]string{"catalog.yaml": strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1)})
 	waitFor(t, "reload to 0.3 and the hooks", func() bool { return spotPrice(s) == 0.3 && hooks.Load() == 2 })
 	// The kubelet also swaps ..data when another key of the ConfigMap
 	// changes; the catalog's bytes are the same.
 	seen := looked.Load()
-	publish(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1))
+	v.publish(map[string]string{"catalog.yaml": strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.3", 1), "notes": "Q4 list"})
 	waitFor(t, "the watch to look at the catalog", func() bool { return looked.Load() > seen })
 	if n := hooks.Load(); n != 2 {
 		t.Errorf("the same catalog ran the hooks: %d runs, want 2", n)
 	}
-	publish(strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.25", 1))
+	v.publish(map[string]string{"catalog.yaml": strings.Replace(goodYAML, "hourly: 0.4", "hourly: 0.25", 1)})
 	waitFor(t, "reload to 0.25 and the hooks", func() bool { return spotPrice(s) == 0.25 && hooks.Load() == 3 })
+}
+
+// A catalog that cannot be read counted a failed load each time the watch
+// looked at it, after every update of its directory: with the catalog key
+// gone from its ConfigMap, each later update of another key counted the same
+// failure again. One failure counts once, and the next one after a good load
+// counts again.
+func TestWatchFileCountsAnUnreadableCatalogOnce(t *testing.T) {
+	RegisterMetrics()
+	failed := func() float64 {
+		return metricstest.Counter(t, "penny_price_catalog_loads_total", "result", resultError)
+	}
+	v := newConfigMapVolume(t)
+	v.publish(map[string]string{"catalog.yaml": goodYAML, "notes": "Q3 list"})
+	s, _, looked := watchCounting(t, filepath.Join(v.dir, "catalog.yaml"))
+	before := failed()
+	missing := func() bool {
+		err := s.LastError()
+		return err != nil && strings.Contains(err.Error(), "no such file")
+	}
+	// publish publishes data and waits for the watch to look at the
+	// catalog after it.
+	publish := func(data map[string]string) {
+		t.Helper()
+		seen := looked.Load()
+		v.publish(data)
+		waitFor(t, "the watch to look at the catalog", func() bool { return looked.Load() > seen })
+	}
+	publish(map[string]string{"notes": "Q4 list"})
+	if !missing() {
+		t.Fatalf("the catalog key removed: LastError %v, want the file missing", s.LastError())
+	}
+	publish(map[string]string{"notes": "Q4 list, revised"})
+	publish(map[string]string{"notes": "Q4 list, final"})
+	if got := failed() - before; got != 1 {
+		t.Errorf("one missing catalog counted %v failed loads, want 1", got)
+	}
+	if !missing() || spotPrice(s) != 0.4 {
+		t.Errorf("LastError %v, spot price %v: want the file missing and the last good catalog in force", s.LastError(), spotPrice(s))
+	}
+	publish(map[string]string{"catalog.yaml": goodYAML, "notes": "Q4 list, final"})
+	if err := s.LastError(); err != nil {
+		t.Fatalf("the catalog back: LastError %v", err)
+	}
+	publish(map[string]string{"notes": "Q1 list"})
+	if got := failed() - before; got != 2 || !missing() {
+		t.Errorf("the catalog removed again: %v failed loads in all, LastError %v; want 2 and the file missing", got, s.LastError())
+	}
 }
 
 // A catalog ConfigMap that is not there is reported once the watch has

@@ -33,6 +33,11 @@ func (pl *SpotRisk) PreScore(ctx context.Context, cs fwk.CycleState, pod *corev1
 	return nil
 }
 
+// Prices is what the plugin prices nodes with: Deps.Prices, else the store
+// of the catalog its args name (plugins.Registry hands it to the other
+// profiles that name the same catalog).
+func (pl *SpotRisk) Prices() pricing.PriceBook { return pl.prices }
+
 // Cost is the expected price of one hour of the pod's useful work on a node:
 // the pod's share of the node's marginal price (OpenCost split; reserved
 // capacity is already paid, so 0) times 1 + reclaim rate x (work lost per
