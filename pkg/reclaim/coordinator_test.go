@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
@@ -35,7 +34,7 @@ import (
 )
 
 // commander records the commands the coordinator sends; nodes in offline
-// have no agent connected.
+// have no agent connected. Its zero value is ready to use.
 type commander struct {
 	mu      sync.Mutex
 	sent    map[string]*telemetryv1.CheckpointCommand // by node
@@ -54,11 +53,11 @@ func (c *commander) SendCheckpoint(node string, cmd *telemetryv1.CheckpointComma
 	if err := telemetryv1.ValidateCheckpointCommand(cmd); err != nil {
 		return 0, err
 	}
+	if c.sent == nil {
+		c.sent, c.firstAt = map[string]*telemetryv1.CheckpointCommand{}, map[string]time.Time{}
+	}
 	c.sent[node] = cmd
 	c.all = append(c.all, cmd)
-	if c.firstAt == nil {
-		c.firstAt = map[string]time.Time{}
-	}
 	for _, k := range []string{node, cmd.GetId()} {
 		if _, ok := c.firstAt[k]; !ok {
 			c.firstAt[k] = time.Now()
@@ -132,12 +131,9 @@ func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing
 		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
 		return nil
 	})
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	risk := &feed{}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Risk: risk, Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Risk: risk})
 
 	detected := time.Now()
 	deadline := detected.Add(2 * time.Minute)
@@ -217,13 +213,9 @@ func TestCoordinatorFansOutToGangMembersAndEvictsThemWhenCheckpointed(t *testing
 }
 
 func TestCoordinatorRetriesAnAgentThatIsNotConnected(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}, offline: map[string]bool{"b": true}}
+	cmds := &commander{offline: map[string]bool{"b": true}}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rec := record.NewFakeRecorder(100)
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t), KeepGangsRunning: true})
+	start(t, c, CoordinatorOptions{Client: gangOnAB(), Commands: cmds, KeepGangsRunning: true})
 	now := time.Now()
 	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
 		ID: "gcp-preempted-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
@@ -260,10 +252,7 @@ func TestCoordinatorRecordsTheRunsAReclaimCutsShort(t *testing.T) {
 	}
 	interrupted := pricing.NewInterrupted(0)
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: fake.NewClientset(objs...), Commands: &commander{sent: map[string]*telemetryv1.CheckpointCommand{}},
-		Interrupted: interrupted, Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	start(t, c, CoordinatorOptions{Client: fake.NewClientset(objs...), Interrupted: interrupted})
 
 	maintenance := telemetry.ReclaimNotice{ID: "gce-maint", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP, Detected: detected, Deadline: detected.Add(time.Hour)}
@@ -300,10 +289,7 @@ func TestCoordinatorDoesNotTakeRunsFromAFutureNotice(t *testing.T) {
 	solo.Status.StartTime = &metav1.Time{Time: now.Add(-2 * time.Hour)}
 	interrupted := pricing.NewInterrupted(0)
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: fake.NewClientset(solo), Commands: &commander{sent: map[string]*telemetryv1.CheckpointCommand{}},
-		Interrupted: interrupted, Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	start(t, c, CoordinatorOptions{Client: fake.NewClientset(solo), Interrupted: interrupted})
 	ahead := now.Add(365 * 24 * time.Hour)
 	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{ID: "aws-spot-ahead",
 		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
@@ -323,14 +309,8 @@ func TestCoordinatorDoesNotTakeRunsFromAFutureNotice(t *testing.T) {
 // notice and its pods stay, so the gang's members on other nodes must stay
 // too. Maintenance still announced is acted on at its lead time.
 func TestCoordinatorDropsMaintenanceTheAgentNoLongerReports(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	c, cmds, client := runOnGang(t, time.Minute)
 	evicted := recordEvictions(client)
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100), Log: testr.New(t),
-		Policy: Policy{MaintenanceLead: time.Minute}})
 
 	now := time.Now()
 	maint := func(id string) telemetry.ReclaimNotice {
@@ -368,12 +348,8 @@ func TestCoordinatorCommandReasonFitsManyGangs(t *testing.T) {
 		name := fmt.Sprintf("%s-%02d", long, i)
 		objs = append(objs, member(name+"-0", "a", name), member(name+"-1", "b", name))
 	}
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	rec := record.NewFakeRecorder(1000)
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: fake.NewClientset(objs...), Commands: cmds, Recorder: rec, Log: testr.New(t), KeepGangsRunning: true})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: fake.NewClientset(objs...), Recorder: record.NewFakeRecorder(1000), KeepGangsRunning: true})
 	now := time.Now()
 	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
 		ID: "aws-spot-many", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
@@ -480,12 +456,9 @@ func recordEvictions(client *fake.Clientset) func() []string {
 func TestRepeatedAndStaleStatusesChangeNothing(t *testing.T) {
 	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"), member("g-2", "b", "g"))
 	evicted := recordEvictions(client)
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	rec := record.NewFakeRecorder(100)
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t)})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec})
 	now := time.Now()
 	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
 		ID: "aws-spot-2", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
@@ -708,10 +681,6 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 	}
 	evictedBefore, goneBefore := counts()
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel() // before wg.Wait
 	now := time.Now()
 	notice := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
 		ID: "aws-spot-3", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
@@ -721,11 +690,8 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 	var recs []*record.FakeRecorder
 	for range 2 {
 		c := NewCoordinator()
-		cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 		rec := record.NewFakeRecorder(100)
-		wg.Go(func() {
-			c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t)})
-		})
+		cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec})
 		c.OnNodeUpdate(nil, notice) // the agent reports to every replica
 		waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
 		replicas, recs = append(replicas, c), append(recs, rec)
@@ -780,7 +746,7 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 // grace period: not after trying to reach the agent until just before the
 // deadline, and then with no grace period at all.
 func TestCoordinatorEvictsMembersOfAnUnreachableNodeAtTheMargin(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	var mu sync.Mutex
 	var graces []int64
 	onEvictions(client, func(ev *policyv1.Eviction) error {
@@ -789,13 +755,10 @@ func TestCoordinatorEvictsMembersOfAnUnreachableNodeAtTheMargin(t *testing.T) {
 		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
 		return nil
 	})
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}, offline: map[string]bool{"b": true}}
 	rec := record.NewFakeRecorder(100)
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const margin = 4 * time.Second
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: rec, Log: testr.New(t), SafetyMargin: margin})
+	start(t, c, CoordinatorOptions{Client: client, Commands: &commander{offline: map[string]bool{"b": true}}, Recorder: rec, SafetyMargin: margin})
 	now := time.Now()
 	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
 		ID: "gcp-preempted-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
@@ -803,7 +766,7 @@ func TestCoordinatorEvictsMembersOfAnUnreachableNodeAtTheMargin(t *testing.T) {
 	}}})
 	// Until past the deadline: evicted later than the margin is a failure
 	// too, told by the grace period below.
-	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, margin+5*time.Second, true, func(context.Context) (bool, error) {
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, margin+5*time.Second, true, func(context.Context) (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(graces) == 1, nil
@@ -855,17 +818,48 @@ func moveDeadline(c *Coordinator, n telemetry.ReclaimNotice, d time.Time) teleme
 	return moved
 }
 
-// runOnGang runs a coordinator, with maintenance lead lead, over gang g of
-// ml, whose members run on nodes a and b, until the test ends.
+// start runs c with opts until the test ends, or until the stop it
+// returns, which waits for Run to return as a scheduler's shutdown does.
+// What opts leaves unset is the usual: a new commander, a recorder of 100
+// events and the test's log; it returns the commander c sends to.
+func start(t *testing.T, c *Coordinator, opts CoordinatorOptions) (cmds *commander, stop func()) {
+	t.Helper()
+	if opts.Commands == nil {
+		opts.Commands = &commander{}
+	}
+	cmds, _ = opts.Commands.(*commander)
+	if opts.Recorder == nil {
+		opts.Recorder = record.NewFakeRecorder(100)
+	}
+	if opts.Log.GetSink() == nil {
+		opts.Log = testr.New(t)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		if err := c.Run(ctx, opts); err != nil {
+			t.Errorf("the coordinator did not run: %v", err)
+		}
+	}()
+	stop = func() { cancel(); <-ran }
+	t.Cleanup(stop)
+	return cmds, stop
+}
+
+// gangOnAB is a clientset with gang g of ml, whose members g-0 and g-1 run
+// on nodes a and b.
+func gangOnAB() *fake.Clientset {
+	return fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+}
+
+// runOnGang runs a coordinator, with maintenance lead lead, over gangOnAB
+// until the test ends.
 func runOnGang(t *testing.T, lead time.Duration) (*Coordinator, *commander, *fake.Clientset) {
 	t.Helper()
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	client := gangOnAB()
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Policy: Policy{MaintenanceLead: lead}})
 	return c, cmds, client
 }
 
@@ -893,15 +887,11 @@ func configMapWrites(client *fake.Clientset) func() []string {
 // running until the new lead time, and so the gang's members elsewhere are
 // asked to checkpoint then, by the new deadline, which their record holds.
 func TestCoordinatorFollowsPostponedMaintenance(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	writes := configMapWrites(client)
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead = time.Minute
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}})
 
 	now := time.Now()
 	n := telemetry.ReclaimNotice{ID: "azure-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
@@ -951,7 +941,7 @@ func TestCoordinatorFollowsMaintenanceBroughtForward(t *testing.T) {
 // the time left before it as their grace period, and the notice's record
 // holds the new deadline.
 func TestCoordinatorEvictsByADeadlineBroughtForward(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	writes := configMapWrites(client)
 	var mu sync.Mutex
 	var evictedAt time.Time
@@ -963,20 +953,12 @@ func TestCoordinatorEvictsByADeadlineBroughtForward(t *testing.T) {
 		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
 		return nil
 	})
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead, margin = time.Minute, time.Second
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}, SafetyMargin: margin})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}, SafetyMargin: margin})
 
 	// Within the lead time: acted on at once.
-	now := time.Now()
-	n := telemetry.ReclaimNotice{ID: "aws-maint-2", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
-		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
-	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
-	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	n := actOnMaintenance(t, c, cmds, "aws-maint-2", lead)
 	earlier := moveDeadline(c, n, time.Now().Add(margin+2*time.Second))
 
 	waitFor(t, "b's member evicted by the new deadline", func() bool {
@@ -1003,7 +985,7 @@ func TestCoordinatorEvictsByADeadlineBroughtForward(t *testing.T) {
 // scheduler carries the notice again (no earlier report to compare with),
 // and its deadline is followed, not dropped as a notice already in hand.
 func TestCoordinatorResumedNoticeFollowsADeadlineMovedMeanwhile(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	writes := configMapWrites(client)
 	const lead, margin = time.Minute, time.Second
 	now := time.Now()
@@ -1014,12 +996,8 @@ func TestCoordinatorResumedNoticeFollowsADeadlineMovedMeanwhile(t *testing.T) {
 	if err := noticeStore(client).put(context.Background(), rec, testr.New(t)); err != nil {
 		t.Fatal(err)
 	}
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}, SafetyMargin: margin})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}, SafetyMargin: margin})
 	waitFor(t, "the resumed notice's command to b", func() bool { return cmds.get("b") != nil })
 
 	earlier := n
@@ -1031,17 +1009,34 @@ func TestCoordinatorResumedNoticeFollowsADeadlineMovedMeanwhile(t *testing.T) {
 	})
 }
 
-// postponedAfterCommands has a coordinator act on maintenance within its
-// lead time (node a's member g-0, b's g-1), and has the cloud postpone it,
-// once b was asked to checkpoint, so far that the new lead time is
-// ahead by wait; it returns the notice as postponed and the first command.
-func postponedAfterCommands(t *testing.T, c *Coordinator, cmds *commander, lead, wait time.Duration) (telemetry.ReclaimNotice, *telemetryv1.CheckpointCommand) {
+// actOnMaintenance has node a's agent report maintenance id, due within
+// lead, so that the coordinator acts on it at once (node a's member g-0,
+// b's g-1), and waits for its command to b. It returns the notice.
+func actOnMaintenance(t *testing.T, c *Coordinator, cmds *commander, id string, lead time.Duration) telemetry.ReclaimNotice {
 	t.Helper()
 	now := time.Now()
-	n := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+	n := telemetry.ReclaimNotice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
 	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
 	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	return n
+}
+
+// checkpointedOnB has b's agent report g-1, gangOnAB's member on b,
+// checkpointed for cmd, and returns how the coordinator took the status.
+func checkpointedOnB(c *Coordinator, cmd *telemetryv1.CheckpointCommand) telemetry.StatusResult {
+	return c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmd.GetId(), UpdatedAt: timestamppb.Now(),
+		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+}
+
+// postponedAfterCommands has a coordinator act on maintenance within its
+
+// lead time, and has the cloud postpone it, once b was asked to
+// checkpoint, so far that the new lead time is ahead by wait; it returns
+// the notice as postponed and the first command.
+func postponedAfterCommands(t *testing.T, c *Coordinator, cmds *commander, lead, wait time.Duration) (telemetry.ReclaimNotice, *telemetryv1.CheckpointCommand) {
+	t.Helper()
+	n := actOnMaintenance(t, c, cmds, "aws-maint-4", lead)
 	first := cmds.get("b")
 	later := moveDeadline(c, n, time.Now().Add(lead+wait))
 	// Called off, the notice waits for its new lead time as before its
@@ -1061,12 +1056,8 @@ func TestCoordinatorKeepsMembersRunningWhenMaintenanceIsPostponedAfterCommands(t
 	c, cmds, client := runOnGang(t, lead)
 	evicted := recordEvictions(client)
 	later, first := postponedAfterCommands(t, c, cmds, lead, 3*time.Second)
-	done := func(cmd *telemetryv1.CheckpointCommand) {
-		c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmd.GetId(), UpdatedAt: timestamppb.Now(),
-			Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
-	}
 	// The checkpoint the first command asked for comes in.
-	done(first)
+	checkpointedOnB(c, first)
 
 	waitFor(t, "b asked again at the new lead time", func() bool { return cmds.get("b").GetId() != first.GetId() })
 	if got := evicted(); len(got) != 0 {
@@ -1079,7 +1070,7 @@ func TestCoordinatorKeepsMembersRunningWhenMaintenanceIsPostponedAfterCommands(t
 	if !again.GetDeadline().AsTime().Equal(later.Deadline) {
 		t.Errorf("command %v after the postponement: want the new deadline %v", again, later.Deadline)
 	}
-	done(again)
+	checkpointedOnB(c, again)
 	waitFor(t, "b's member evicted once its new checkpoint is in", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
 }
 
@@ -1088,40 +1079,21 @@ func TestCoordinatorKeepsMembersRunningWhenMaintenanceIsPostponedAfterCommands(t
 // nothing: the gang is short of that member already, and its members
 // elsewhere are evicted as planned.
 func TestCoordinatorEvictsAsPlannedWhenTheReclaimedNodesMembersAreGone(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	evicted := recordEvictions(client)
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const lead = time.Minute
-	var mu sync.Mutex
-	var logged []string
-	log := funcr.New(func(_, args string) {
-		mu.Lock()
-		defer mu.Unlock()
-		logged = append(logged, args)
-	}, funcr.Options{})
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: log, Policy: Policy{MaintenanceLead: lead}})
-	now := time.Now()
-	n := telemetry.ReclaimNotice{ID: "aws-maint-5", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
-		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
-	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}})
-	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	logged := &logLines{}
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Log: logged.logger(), Policy: Policy{MaintenanceLead: lead}})
+	n := actOnMaintenance(t, c, cmds, "aws-maint-5", lead)
 	if err := client.CoreV1().Pods("ml").Delete(context.Background(), "g-0", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	moveDeadline(c, n, time.Now().Add(time.Hour))
 	waitFor(t, "the postponement taken", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.ContainsFunc(logged, func(l string) bool {
-			return strings.Contains(l, "the cloud postponed the notice, but the reclaimed node's agent has evicted its gangs' members already")
-		})
+		return logged.has("the cloud postponed the notice, but the reclaimed node's agent has evicted its gangs' members already")
 	})
-	c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmds.get("b").GetId(), UpdatedAt: timestamppb.Now(),
-		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	checkpointedOnB(c, cmds.get("b"))
 	waitFor(t, "b's member evicted as planned", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
 }
 
@@ -1166,24 +1138,20 @@ func TestCoordinatorAsksAgainForANoticeWithdrawnAndAnnouncedAgain(t *testing.T) 
 	if !cmd.GetDeadline().AsTime().Equal(again.Deadline) {
 		t.Errorf("command %v: want the deadline of the notice announced again, %v", cmd, again.Deadline)
 	}
-	c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: cmd.GetId(), UpdatedAt: timestamppb.Now(),
-		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	checkpointedOnB(c, cmd)
 	waitFor(t, "b's member evicted once its checkpoint is in", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
 }
 
 // Two replicas hear the same reports: for the notice announced again they
 // send the same new command, which the agent runs once.
 func TestTwoReplicasGiveANoticeAnnouncedAgainTheSameNewCommand(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	const lead = time.Minute
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	replicas := make([]*Coordinator, 2)
 	sent := make([]*commander, 2)
 	for i := range replicas {
-		replicas[i], sent[i] = NewCoordinator(), &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-		go replicas[i].Run(ctx, CoordinatorOptions{Client: client, Commands: sent[i], Notices: noticeStore(client),
-			Recorder: record.NewFakeRecorder(100), Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+		replicas[i] = NewCoordinator()
+		sent[i], _ = start(t, replicas[i], CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}})
 	}
 	now := time.Now()
 	n := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
@@ -1218,18 +1186,13 @@ func TestTwoReplicasGiveANoticeAnnouncedAgainTheSameNewCommand(t *testing.T) {
 // plan of the new announcement is its first all the same, named as every
 // replica names it, whichever of the two ends first.
 func TestCoordinatorPlansANoticeAnnouncedAgainAsItsFirstPlan(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	const lead = time.Minute
 	now := time.Now()
 	earlier := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now.Add(-time.Minute), Deadline: now.Add(time.Hour)}
 	c := NewCoordinator()
 	c.recorded["a/aws-maint-4"] = noticeRecord{nodeNotice: nodeNotice{"a", earlier}, round: earlier.Deadline}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Recorder: record.NewFakeRecorder(100),
-		Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: gangOnAB(), Policy: Policy{MaintenanceLead: lead}})
 	again := announceAgain(c, earlier, lead)
 
 	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })

@@ -14,7 +14,6 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 	"github.com/go-logr/logr/testr"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/record"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/gang"
@@ -44,14 +42,8 @@ func stoppedMidNotice(t *testing.T, client *fake.Clientset, targets ...string) (
 	n := telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}
 	state := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{n}}
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c := NewCoordinator()
-	ctx, stop := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
-	}()
+	cmds, stop := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client)})
 	c.OnNodeUpdate(nil, state)
 	waitFor(t, fmt.Sprintf("the commands to %v", targets), func() bool {
 		for _, node := range targets {
@@ -62,14 +54,13 @@ func stoppedMidNotice(t *testing.T, client *fake.Clientset, targets ...string) (
 		return true
 	})
 	stop()
-	<-ran
 	return state, cmds
 }
 
 // A scheduler restarted mid-notice, after the reclaimed node's agent evicted
 // its own pods, still checkpoints and evicts the gang's members elsewhere.
 func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	evicted := recordEvictions(client)
 	state, cmds1 := stoppedMidNotice(t, client, "b")
 	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
@@ -83,12 +74,9 @@ func TestCoordinatorResumesANoticeAfterARestart(t *testing.T) {
 
 	// The second coordinator has only the record to go by; the agent
 	// reports the notice again, which must not hide the record's gangs.
-	cmds2 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c2 := NewCoordinator()
 	c2.OnNodeUpdate(nil, state)
-	ctx2, stop2 := context.WithCancel(context.Background())
-	defer stop2()
-	go c2.Run(ctx2, CoordinatorOptions{Client: client, Commands: cmds2, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	cmds2, _ := start(t, c2, CoordinatorOptions{Client: client, Notices: noticeStore(client)})
 	waitFor(t, "the command to b again", func() bool { return cmds2.get("b") != nil })
 	if got, want := cmds2.get("b").GetId(), cmds1.get("b").GetId(); got != want {
 		t.Errorf("command id %s after the restart, want %s: the agent would run it twice", got, want)
@@ -133,11 +121,8 @@ func TestCoordinatorResumedNoticeLeavesReplacementsAlone(t *testing.T) {
 		}
 	}
 
-	cmds2 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c2 := NewCoordinator()
-	ctx2, stop2 := context.WithCancel(context.Background())
-	defer stop2()
-	go c2.Run(ctx2, CoordinatorOptions{Client: client, Commands: cmds2, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	cmds2, _ := start(t, c2, CoordinatorOptions{Client: client, Notices: noticeStore(client)})
 	waitFor(t, "the command to d again", func() bool { return cmds2.get("d") != nil })
 	c2.OnCheckpointStatus("d", &telemetryv1.CheckpointStatus{CommandId: cmds2.get("d").GetId(),
 		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-3"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
@@ -191,12 +176,7 @@ func TestCoordinatorResumesAfterAFailedFirstRead(t *testing.T) {
 		failures--
 		return true, nil, apierrors.NewServiceUnavailable("etcd is restarting")
 	})
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client),
-		Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+	cmds, _ := start(t, NewCoordinator(), CoordinatorOptions{Client: client, Notices: noticeStore(client)})
 	waitFor(t, "the recorded notice's command to b", func() bool { return cmds.get("b") != nil })
 }
 
@@ -394,24 +374,14 @@ func TestNoticeStoreUnitesTheReplicasMembers(t *testing.T) {
 // checkpoints nor asks them before the new lead time, and then asks them by
 // the same new command as the first scheduler would have.
 func TestCoordinatorRestartedAfterAPostponementWaitsForTheNewLeadTime(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	evicted := recordEvictions(client)
 	const lead = time.Minute
-	opts := func(cmds *commander) CoordinatorOptions {
-		return CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
-			Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}}
-	}
-	cmds1 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
+	opts := CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}}
 	c1 := NewCoordinator()
-	ctx1, stop1 := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() {
-		defer close(ran)
-		c1.Run(ctx1, opts(cmds1))
-	}()
+	cmds1, stop1 := start(t, c1, opts)
 	later, first := postponedAfterCommands(t, c1, cmds1, lead, 3*time.Second)
 	stop1()
-	<-ran
 	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-reclaim-notices", metav1.GetOptions{})
 	if deadline := later.Deadline.UTC().Format(time.RFC3339Nano); err != nil || !strings.HasSuffix(cm.Data[NoticesKey], " "+deadline+" - - "+deadline+"\n") {
 		t.Fatalf("record of the postponed notice: %v %q; want the new deadline, no plan and the new deadline to plan by", err, cm.Data[NoticesKey])
@@ -419,14 +389,10 @@ func TestCoordinatorRestartedAfterAPostponementWaitsForTheNewLeadTime(t *testing
 
 	// The restarted scheduler hears b's agent send the first command's
 	// statuses again, and a's agent report the notice.
-	cmds2 := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	c2 := NewCoordinator()
 	c2.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{later}})
-	ctx2, stop2 := context.WithCancel(context.Background())
-	defer stop2()
-	go c2.Run(ctx2, opts(cmds2))
-	if got := c2.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: first.GetId(), UpdatedAt: timestamppb.Now(),
-		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE}); got != telemetry.StatusUnknownCommand {
+	cmds2, _ := start(t, c2, opts)
+	if got := checkpointedOnB(c2, first); got != telemetry.StatusUnknownCommand {
 		t.Errorf("the first command's status after the restart: %s, want it unknown", got)
 	}
 	waitFor(t, "b asked at the new lead time", func() bool { return cmds2.get("b") != nil })
@@ -440,8 +406,8 @@ func TestCoordinatorRestartedAfterAPostponementWaitsForTheNewLeadTime(t *testing
 	if again.GetId() == first.GetId() || again.GetId() != commandID(nodeNotice{"a", later}, "b", later.Deadline) || !again.GetDeadline().AsTime().Equal(later.Deadline) {
 		t.Errorf("command %v after the restart: want the new plan's id (not the first %s) and the new deadline", again, first.GetId())
 	}
-	c2.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: again.GetId(), UpdatedAt: timestamppb.Now(),
-		Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: telemetryv1.CheckpointStatus_STATE_DONE})
+	checkpointedOnB(c2, again)
+
 	waitFor(t, "b's member evicted", func() bool { return reflect.DeepEqual(evicted(), []string{"g-1"}) })
 }
 
@@ -449,7 +415,6 @@ func TestCoordinatorRestartedAfterAPostponementWaitsForTheNewLeadTime(t *testing
 // replica recorded of that plan before or after; the plan made again then
 // fills it in, and the replicas' members of that plan are united.
 func TestNoticeStoreReplacesAPlanCalledOff(t *testing.T) {
-	ctx := context.Background()
 	now := time.Now().UTC().Round(0) // as read back
 	first := noticeRecord{nodeNotice: nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-maint-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(5 * time.Minute)}},
@@ -462,17 +427,26 @@ func TestNoticeStoreReplacesAPlanCalledOff(t *testing.T) {
 	otherReplica := again
 	otherReplica.members = []types.UID{"uid-3"}
 	s := noticeStore(fake.NewClientset())
-	for _, step := range []struct {
-		put  noticeRecord
-		want noticeRecord
-	}{
+	putInTurn(t, s, []putStep{
 		{first, first},
 		{calledOff, calledOff},
 		{first, calledOff}, // a replica still at the first plan
 		{again, again},
 		{calledOff, again}, // a replica that called it off later
 		{otherReplica, noticeRecord{nodeNotice: again.nodeNotice, gangs: again.gangs, members: []types.UID{"uid-2", "uid-3"}, round: later}},
-	} {
+	})
+}
+
+// putStep is a record a replica puts in the store, and the one record the
+// store holds after.
+type putStep struct{ put, want noticeRecord }
+
+// putInTurn puts each step's record in s, in turn, and checks what s holds
+// after each.
+func putInTurn(t *testing.T, s *NoticeStore, steps []putStep) {
+	t.Helper()
+	ctx := context.Background()
+	for _, step := range steps {
 		if err := s.put(ctx, step.put, testr.New(t)); err != nil {
 			t.Fatal(err)
 		}
@@ -490,19 +464,12 @@ func TestNoticeStoreReplacesAPlanCalledOff(t *testing.T) {
 // during that plan resumes it with the same command, so b's agent runs it
 // once.
 func TestCoordinatorRestartedAfterAWithdrawalGivesTheNoticeAnnouncedAgainANewCommand(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	const lead = time.Minute
 	run := func() (*Coordinator, *commander, func()) {
-		cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 		c := NewCoordinator()
-		ctx, stop := context.WithCancel(context.Background())
-		ran := make(chan struct{})
-		go func() {
-			defer close(ran)
-			c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
-				Log: testr.New(t), Policy: Policy{MaintenanceLead: lead}})
-		}()
-		return c, cmds, func() { stop(); <-ran }
+		cmds, stop := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}})
+		return c, cmds, stop
 	}
 	c1, cmds1, stop1 := run()
 	later, first := postponedAfterCommands(t, c1, cmds1, lead, time.Hour)
@@ -521,8 +488,7 @@ func TestCoordinatorRestartedAfterAWithdrawalGivesTheNoticeAnnouncedAgainANewCom
 	}
 	stop2()
 
-	_, cmds3, stop3 := run()
-	defer stop3()
+	_, cmds3, _ := run()
 	waitFor(t, "b asked by the resumed notice", func() bool { return cmds3.get("b") != nil })
 	if got := cmds3.get("b").GetId(); got != again.GetId() {
 		t.Errorf("the resumed plan sent %s; want the command sent before the restart, %s", got, again.GetId())
@@ -543,22 +509,11 @@ func TestNoticeStoreKeepsTheLatestAnnouncement(t *testing.T) {
 		members: []types.UID{"uid-1"}}
 	again.notice.Detected, again.notice.Deadline = now.Add(time.Hour), now.Add(time.Hour+5*time.Minute)
 	s := noticeStore(fake.NewClientset())
-	for _, step := range []struct {
-		put  noticeRecord
-		want noticeRecord
-	}{
+	putInTurn(t, s, []putStep{
 		{calledOff, calledOff},
 		{again, again},
 		{calledOff, again}, // a replica that has not heard of the withdrawal
-	} {
-		if err := s.put(ctx, step.put, testr.New(t)); err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.load(ctx)
-		if err != nil || len(got) != 1 || !reflect.DeepEqual(got[0], step.want) {
-			t.Fatalf("after a put of %+v: loaded %+v (%v); want %+v", step.put, got, err, step.want)
-		}
-	}
+	})
 	if err := s.remove(ctx, calledOff.nodeNotice, testr.New(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -596,8 +551,9 @@ func (l *logLines) has(msg string) bool {
 // resumedPostponed has a scheduler restart with the record of maintenance
 // on node a that a postponement called off after its commands, due in an
 // hour, and waits until it has resumed the notice, which waits for its lead
-// time.
-func resumedPostponed(t *testing.T, client *fake.Clientset, id string, cmds *commander, log logr.Logger) *Coordinator {
+// time. It returns the scheduler's coordinator and the commander it sends
+// to.
+func resumedPostponed(t *testing.T, client *fake.Clientset, id string, log logr.Logger) (*Coordinator, *commander) {
 	t.Helper()
 	now := time.Now()
 	n := telemetry.ReclaimNotice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
@@ -606,12 +562,9 @@ func resumedPostponed(t *testing.T, client *fake.Clientset, id string, cmds *com
 		t.Fatal(err)
 	}
 	c := NewCoordinator()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go c.Run(ctx, CoordinatorOptions{Client: client, Commands: cmds, Notices: noticeStore(client), Recorder: record.NewFakeRecorder(100),
-		Log: log, Policy: Policy{MaintenanceLead: time.Minute}})
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Log: log, Policy: Policy{MaintenanceLead: time.Minute}})
 	waitingToAct(t, c, "a/"+id)
-	return c
+	return c, cmds
 }
 
 // Maintenance postponed after its commands, then withdrawn by the cloud
@@ -623,10 +576,9 @@ func resumedPostponed(t *testing.T, client *fake.Clientset, id string, cmds *com
 // that no longer exists. Until then the notice waits: a report whose check
 // failed, or another node's report, is no withdrawal, nor is no report.
 func TestCoordinatorRestartedCallsOffANoticeWithdrawnMeanwhile(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	logged := &logLines{}
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
-	c := resumedPostponed(t, client, "aws-maint-5", cmds, logged.logger())
+	c, cmds := resumedPostponed(t, client, "aws-maint-5", logged.logger())
 	const key = "a/aws-maint-5"
 
 	failed := &telemetry.NodeState{Node: "a"}
@@ -658,8 +610,8 @@ func TestCoordinatorRestartedCallsOffANoticeWithdrawnMeanwhile(t *testing.T) {
 // report with its notices known still carries it goes on; the node's later
 // reports compare with that one as usual.
 func TestCoordinatorRestartedKeepsANoticeItsNodeStillReports(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	c := resumedPostponed(t, client, "aws-maint-6", &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}, testr.New(t))
+	client := gangOnAB()
+	c, _ := resumedPostponed(t, client, "aws-maint-6", testr.New(t))
 	const key = "a/aws-maint-6"
 	recs, err := noticeStore(client).load(context.Background())
 	if err != nil || len(recs) != 1 {
@@ -688,11 +640,10 @@ func TestCoordinatorRestartedKeepsANoticeItsNodeStillReports(t *testing.T) {
 // every replica gives it, not the earlier announcement's, and its record
 // replaces the earlier one's.
 func TestCoordinatorRestartedHandlesANoticeAnnouncedAgainMeanwhileAnew(t *testing.T) {
-	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	client := gangOnAB()
 	logged := &logLines{}
-	cmds := &commander{sent: map[string]*telemetryv1.CheckpointCommand{}}
 	const lead = time.Minute
-	c := resumedPostponed(t, client, "aws-maint-8", cmds, logged.logger())
+	c, cmds := resumedPostponed(t, client, "aws-maint-8", logged.logger())
 	recs, err := noticeStore(client).load(context.Background())
 	if err != nil || len(recs) != 1 {
 		t.Fatalf("records %+v (%v); want the resumed notice's", recs, err)
