@@ -2,14 +2,18 @@ package spotrisk
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/scheduler/util"
 	"k8s.io/utils/clock"
@@ -29,10 +33,21 @@ import (
 // pods bound to its node, and keeps the conditions it does not own), so a
 // tenant cannot set its own pod's start earlier to fall back sooner.
 // Whoever can write it all the same is held to the pod's lifetime: a time
-// before the pod's creation or after the moment the scheduler reads it is
-// clamped, and the scheduler writes the clamped time back, saying so in the
-// condition and in an InvalidSpotWaitStart event.
+// before the pod's creation or later than maxClockSkew after the moment the
+// scheduler reads it is clamped, and the scheduler writes the clamped time
+// back, saying so in the condition and in an InvalidSpotWaitStart event.
 const ConditionSpotWaitStarted corev1.PodConditionType = "penny.dev/SpotWaitStarted"
+
+// maxClockSkew is how far after this scheduler's clock a recorded start may
+// lie and still be taken for the writer's clock running ahead, not for a
+// forgery: the start a new leader reads was dated by its predecessor's
+// clock. Control-plane clocks are kept within milliseconds of each other by
+// NTP, and a few seconds apart is what Kubernetes copes with without a word
+// (kube-scheduler's leader election renews within 10s of a 15s lease); a
+// Warning on every pending pod after each change of leader would be noise.
+// Such a start is taken to be now, which it becomes by this clock within
+// the skew.
+const maxClockSkew = 10 * time.Second
 
 // Reasons of ConditionSpotWaitStarted, and the event for a clamped time.
 const (
@@ -79,12 +94,21 @@ func newUngates(c clock.PassiveClock) *ungates {
 	return &ungates{clock: c, at: map[types.UID]ungating{}}
 }
 
-// watch keeps u current from the scheduler's pod informer.
-func (u *ungates) watch(informer cache.SharedInformer) error {
+// watch keeps u current from the scheduler's pod informer, and tells
+// deleted of each pod deleted once u has forgotten it.
+func (u *ungates) watch(informer cache.SharedInformer, deleted func(*corev1.Pod)) error {
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { u.update(nil, obj) },
 		UpdateFunc: u.update,
-		DeleteFunc: u.delete,
+		DeleteFunc: func(obj interface{}) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if pod, ok := obj.(*corev1.Pod); ok {
+				u.forget(pod.UID)
+				deleted(pod)
+			}
+		},
 	})
 	return err
 }
@@ -99,15 +123,6 @@ func (u *ungates) update(_, obj interface{}) {
 		return
 	}
 	u.seen(pod)
-}
-
-func (u *ungates) delete(obj interface{}) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	if pod, ok := obj.(*corev1.Pod); ok {
-		u.forget(pod.UID)
-	}
 }
 
 func (u *ungates) forget(uid types.UID) {
@@ -230,8 +245,11 @@ func recordedStart(pod *corev1.Pod, now time.Time) (at time.Time, found bool, pr
 		switch created := pod.CreationTimestamp.Time; {
 		case at.Before(created):
 			return created, true, was("before the pod's creation", created)
-		case at.After(now):
+		case at.After(now.Add(maxClockSkew)):
 			return now, true, was("after the scheduler read it", now)
+		case at.After(now):
+			// The writer's clock runs ahead of this one.
+			return now, true, ""
 		}
 		return at, true, ""
 	}
@@ -272,25 +290,59 @@ func (pl *SpotRisk) recordWaitStart(ctx context.Context, pod *corev1.Pod, s *pod
 			h.EventRecorder().Eventf(pod, nil, corev1.EventTypeWarning, EventInvalidWaitStart, "Scheduling", "%s", cond.Message)
 		}
 	}
-	old := pod.Status.DeepCopy()
-	status := pod.Status.DeepCopy()
-	replaced := false
-	for i := range status.Conditions {
-		if status.Conditions[i].Type == ConditionSpotWaitStarted {
-			status.Conditions[i], replaced = cond, true
-		}
-	}
-	if !replaced {
-		status.Conditions = append(status.Conditions, cond)
+	// The pod's uid makes the write conditional on the pod being the one
+	// read, as the kubelet's status patches are: the API server refuses to
+	// change a pod's uid, so a pod deleted and created again under the same
+	// name since is left alone rather than given the old pod's start.
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"uid": pod.UID},
+		"status":   map[string]any{"conditions": []corev1.PodCondition{cond}},
+	})
+	if err != nil {
+		logger.Error(err, "Encoding the start of a pod's Spot wait", "pod", klog.KObj(pod))
+		pl.ungates.unrecord(pod.UID, at)
+		return
 	}
 	cs, uid, name, ns := h.ClientSet(), pod.UID, pod.Name, pod.Namespace
-	// The cycle's context ends with the cycle.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	// The cycle's context ends with the cycle; the write ends at the latest
+	// when the scheduler stops.
+	ctx, cancel := context.WithTimeout(pl.lifetime, time.Minute)
 	go func() {
 		defer cancel()
-		if err := util.PatchPodStatus(ctx, cs, name, ns, old, status); err != nil {
+		err := retry.OnError(retry.DefaultBackoff, util.RetriableWithConflict, func() error {
+			_, err := cs.CoreV1().Pods(ns).Patch(ctx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+			return err
+		})
+		switch {
+		case err == nil:
+			return
+		case podReplaced(err) || pl.lifetime.Err() != nil:
+			// Nothing to write to any more, or the next leader writes it.
+			logger.V(4).Info("Did not record the start of a pod's Spot wait: the pod is gone or replaced, or the scheduler is stopping", "pod", klog.KRef(ns, name), "uid", uid, "err", err)
+		default:
 			logger.Error(err, "Recording the start of a pod's Spot wait in its status; a restarted scheduler would count it from the pod's creation", "pod", klog.KRef(ns, name))
-			pl.ungates.unrecord(uid, at)
 		}
+		pl.ungates.unrecord(uid, at)
 	}()
+}
+
+// podReplaced reports whether a write to a pod's status failed because the
+// pod is no longer the one read: deleted (404), changed at once by another
+// writer until the retries ran out (409), or deleted and created again
+// under its name, which the uid in the write makes the API server refuse
+// (422, metadata.uid is immutable).
+func podReplaced(err error) bool {
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return true
+	}
+	var status apierrors.APIStatus
+	if !apierrors.IsInvalid(err) || !errors.As(err, &status) || status.Status().Details == nil {
+		return false
+	}
+	for _, c := range status.Status().Details.Causes {
+		if c.Field == "metadata.uid" {
+			return true
+		}
+	}
+	return false
 }

@@ -2,8 +2,10 @@ package spotrisk
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,10 +13,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/utils/ptr"
@@ -29,6 +34,7 @@ const kueueGate = "kueue.x-k8s.io/admission"
 func gatedEnv(t *testing.T, fallbackAfter time.Duration, nodes ...*corev1.Node) (*env, *fake.Clientset) {
 	t.Helper()
 	client := fake.NewClientset()
+	refuseUIDChanges(client)
 	return gatedEnvOver(t, client, fallbackAfter, nodes...), client
 }
 
@@ -36,17 +42,47 @@ func gatedEnv(t *testing.T, fallbackAfter time.Duration, nodes ...*corev1.Node) 
 // started after another, over the same cluster.
 func gatedEnvOver(t *testing.T, client kubernetes.Interface, fallbackAfter time.Duration, nodes ...*corev1.Node) *env {
 	t.Helper()
+	return gatedEnvWith(t, client, fallbackAfter, nil, nodes...)
+}
+
+// gatedEnvWith is gatedEnvOver with more framework options (a PodGroup
+// manager).
+func gatedEnvWith(t *testing.T, client kubernetes.Interface, fallbackAfter time.Duration, opts []frameworkruntime.Option, nodes ...*corev1.Node) *env {
+	t.Helper()
 	factory := informers.NewSharedInformerFactory(client, 0)
 	args := &Args{}
 	args.FallbackAfter = &metav1.Duration{Duration: fallbackAfter}
-	e := newEnvWith(t, args, Deps{Prices: catalog(t)}, []frameworkruntime.Option{
-		frameworkruntime.WithInformerFactory(factory), frameworkruntime.WithClientSet(client)}, nodes...)
+	e := newEnvWith(t, args, Deps{Prices: catalog(t)}, append([]frameworkruntime.Option{
+		frameworkruntime.WithInformerFactory(factory), frameworkruntime.WithClientSet(client)}, opts...), nodes...)
 	e.ungated = map[types.UID]time.Time{}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
 	return e
+}
+
+// refuseUIDChanges makes client refuse a patch that would change a pod's
+// uid, as the API server does (metadata.uid is immutable: 422, naming the
+// field); the fake would apply it.
+func refuseUIDChanges(client *fake.Clientset) {
+	client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		patch := a.(k8stesting.PatchAction)
+		var sent struct {
+			Metadata struct {
+				UID types.UID `json:"uid"`
+			} `json:"metadata"`
+		}
+		if err := json.Unmarshal(patch.GetPatch(), &sent); err != nil || sent.Metadata.UID == "" {
+			return false, nil, nil
+		}
+		cur, err := client.Tracker().Get(a.GetResource(), a.GetNamespace(), patch.GetName())
+		if err != nil || cur.(*corev1.Pod).UID == sent.Metadata.UID {
+			return false, nil, nil
+		}
+		return true, nil, apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, patch.GetName(), field.ErrorList{
+			field.Invalid(field.NewPath("metadata", "uid"), sent.Metadata.UID, "field is immutable")})
+	})
 }
 
 // ungateEntry is what the plugin keeps of the pod's gates.
@@ -333,6 +369,9 @@ func TestForgedWaitStartIsClamped(t *testing.T) {
 		{name: "future", recorded: t0.Add(time.Hour), now: t0.Add(10 * time.Minute),
 			until: "2026-11-28T12:12:00Z", start: "2026-11-28T12:10:00Z",
 			problem: "penny.dev/SpotWaitStarted was 2026-11-28T13:00:00Z, after the scheduler read it (2026-11-28T12:10:00Z)"},
+		{name: "future beyond the clocks' skew", recorded: t0.Add(10*time.Minute + maxClockSkew + time.Second), now: t0.Add(10 * time.Minute),
+			until: "2026-11-28T12:12:00Z", start: "2026-11-28T12:10:00Z",
+			problem: "penny.dev/SpotWaitStarted was 2026-11-28T12:10:11Z, after the scheduler read it (2026-11-28T12:10:00Z)"},
 		{name: "before creation", recorded: t0.Add(-time.Hour), now: t0.Add(time.Minute),
 			until: "2026-11-28T12:02:00Z", start: "2026-11-28T12:00:00Z",
 			problem: "penny.dev/SpotWaitStarted was 2026-11-28T11:00:00Z, before the pod's creation (2026-11-28T12:00:00Z)"},
@@ -367,6 +406,138 @@ func TestForgedWaitStartIsClamped(t *testing.T) {
 				t.Errorf("status writes %v, want the one rewrite", got)
 			}
 		})
+	}
+}
+
+// A new leader whose clock runs a few seconds behind its predecessor's
+// reads the start the predecessor recorded as that far ahead of now: within
+// maxClockSkew that is the clocks, not a forgery, and the pod's wait runs
+// from now, which is that start by this clock within the skew, with no
+// Warning and no rewrite. Clamped, every pending gated pod got a Warning
+// after each change of leader. Further ahead it is clamped
+// (TestForgedWaitStartIsClamped).
+func TestWaitStartAheadWithinClockSkewIsNotClamped(t *testing.T) {
+	e, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	e.clock.SetTime(t0.Add(10 * time.Minute))
+	p := pod("skewed", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	p.Status.Conditions = []corev1.PodCondition{{Type: ConditionSpotWaitStarted, Status: corev1.ConditionTrue,
+		LastTransitionTime: metav1.NewTime(t0.Add(10*time.Minute + 5*time.Second)), Reason: ReasonUngated}}
+	createPod(t, client, p)
+
+	r := e.schedule(t, p)
+	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:00Z")
+	if evs := e.events(); len(evs) != 0 {
+		t.Errorf("events %v, want none: the recorded start is within the clocks' skew", evs)
+	}
+	// Once this clock has passed it, the recorded start holds.
+	e.clock.Step(30 * time.Second)
+	r = e.schedule(t, p)
+	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:05Z")
+	if got := statusPatches(client); len(got) != 0 {
+		t.Errorf("status writes %v, want none: the recorded start stands", got)
+	}
+}
+
+// The start of a pod's wait is written off the scheduling cycle, and the
+// write ends when the scheduler stops: run for up to a minute from the
+// cycle, it outlived a stopped scheduler (a leader that lost its lease, an
+// embedding program's) by that long.
+func TestWaitStartWriteEndsWhenTheSchedulerStops(t *testing.T) {
+	client := &stalledStatus{Clientset: fake.NewClientset(), sent: make(chan struct{}, 1), returned: make(chan error, 1)}
+	e := gatedEnvOver(t, client, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	p := e.admit(t, client, "admitted", 10*time.Minute)
+	e.schedule(t, p)
+	select {
+	case <-client.sent:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the start of the pod's wait was not written")
+	}
+	e.stop()
+	select {
+	case err := <-client.returned:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the write ended with %v, want the scheduler's stop (%v)", err, context.Canceled)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write of the pod's start outlived the scheduler's stop by 5s")
+	}
+}
+
+// stalledStatus is an API server that takes writes to pods' status and
+// never answers them: a write ends only when its request's context does.
+type stalledStatus struct {
+	*fake.Clientset
+	sent     chan struct{}
+	returned chan error
+}
+
+func (c *stalledStatus) CoreV1() corev1client.CoreV1Interface {
+	return stalledCoreV1{CoreV1Interface: c.Clientset.CoreV1(), c: c}
+}
+
+type stalledCoreV1 struct {
+	corev1client.CoreV1Interface
+	c *stalledStatus
+}
+
+func (v stalledCoreV1) Pods(namespace string) corev1client.PodInterface {
+	return stalledPods{PodInterface: v.CoreV1Interface.Pods(namespace), c: v.c}
+}
+
+type stalledPods struct {
+	corev1client.PodInterface
+	c *stalledStatus
+}
+
+func (p stalledPods) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Pod, error) {
+	if len(subresources) == 0 || subresources[0] != "status" {
+		return p.PodInterface.Patch(ctx, name, pt, data, opts, subresources...)
+	}
+	p.c.sent <- struct{}{}
+	<-ctx.Done()
+	p.c.returned <- ctx.Err()
+	return nil, ctx.Err()
+}
+
+// A pod deleted and created again under the same name while the start of
+// the old one's wait is being written gets none of it: the write names the
+// old pod's uid, which the API server refuses to change. Written by name
+// alone, the new pod's wait ran from the old one's ungating, and it could
+// fall back to on-demand at once.
+func TestWaitStartIsNotWrittenToAPodCreatedAgainUnderItsName(t *testing.T) {
+	e, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	p := e.admit(t, client, "admitted", 10*time.Minute)
+	again := pod("admitted", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	again.UID = "admitted-again"
+	var replace sync.Once
+	client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		replace.Do(func() {
+			if err := client.Tracker().Delete(a.GetResource(), p.Namespace, p.Name); err != nil {
+				t.Error(err)
+			}
+			if err := client.Tracker().Create(a.GetResource(), again, p.Namespace); err != nil {
+				t.Error(err)
+			}
+		})
+		return false, nil, nil
+	})
+
+	r := e.schedule(t, p)
+	expectContains(t, "FitError", r.fitError, "waits for Spot capacity until 2026-11-28T12:12:00Z")
+	// The fake records a write before it answers it, and answers under the
+	// lock Actions takes.
+	waitUntil(t, func() bool { return len(statusPatches(client)) == 1 })
+	cur, err := client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.UID != again.UID {
+		t.Fatalf("the pod under the name is %s, want the one created again (%s)", cur.UID, again.UID)
+	}
+	for _, c := range cur.Status.Conditions {
+		if c.Type == ConditionSpotWaitStarted {
+			t.Errorf("the pod created again under the name got the old one's start: %+v", c)
+		}
 	}
 }
 

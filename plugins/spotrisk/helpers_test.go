@@ -148,6 +148,9 @@ type env struct {
 	// ungated is when a test lifted each pod's last scheduling gate: its
 	// wait starts then rather than at its creation.
 	ungated map[types.UID]time.Time
+	// stop stops the scheduler: it ends the context the plugin was built
+	// with.
+	stop context.CancelFunc
 }
 
 func newEnv(t *testing.T, args *Args, deps Deps, nodes ...*corev1.Node) *env {
@@ -160,7 +163,7 @@ func newEnvWith(t *testing.T, args *Args, deps Deps, opts []frameworkruntime.Opt
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &env{clock: clocktesting.NewFakeClock(t0), recorder: events.NewFakeRecorder(100), act: &activator{}}
+	e := &env{clock: clocktesting.NewFakeClock(t0), recorder: events.NewFakeRecorder(100), act: &activator{}, stop: cancel}
 	if deps.Clock == nil {
 		deps.Clock = e.clock
 	}

@@ -9,14 +9,17 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/utils/clock"
 )
 
 // groupWakeup is the timer armed for a native PodGroup: it retries the
 // group when deadline, the latest end of its members' waits, has passed.
-// by is the member whose wait ends then.
+// by is the member whose wait ends then, via the member the retry names to
+// the queue, and timer the timer once armed.
 type groupWakeup struct {
 	deadline time.Time
-	by       types.UID
+	by, via  types.UID
+	timer    clock.Timer
 }
 
 // PreEnqueue arms the retry PostFilter arms for a lone pod, for a native
@@ -35,8 +38,9 @@ type groupWakeup struct {
 // cycle), so members created a few milliseconds apart fell back only after
 // the group's backoff. That last wait can end earlier than the timer armed
 // for it: the member whose wait ends last lowers its
-// penny.dev/fallback-after, or is deleted. The timer is then armed again for
-// the latest wait of the members the scheduler still holds unscheduled.
+// penny.dev/fallback-after, or is deleted (memberDeleted then drops the
+// timer). The timer is then armed again for the latest wait of the members
+// the scheduler still holds unscheduled.
 func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status {
 	group := pod.Spec.SchedulingGroup
 	if group == nil || group.PodGroupName == nil || pl.handle == nil {
@@ -65,19 +69,27 @@ func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status
 			return nil
 		}
 		if latest.deadline.IsZero() {
-			// No member waits: the queue places the group now, and the
-			// timer, replaced by none, does nothing.
+			// No member waits: the queue places the group now.
 			delete(pl.groupWakeups, key)
+			replaced := armed.timer
 			pl.mu.Unlock()
+			stopTimer(replaced)
 			return nil
 		}
 		w = latest
 	}
+	w.via = pod.UID
 	pl.groupWakeups[key] = w
+	var replaced clock.Timer
+	if armed != nil {
+		replaced = armed.timer
+	}
 	pl.mu.Unlock()
+	stopTimer(replaced)
 	// As for a lone pod: at most maxWakeupDelay ahead (the group is then
 	// retried, and its members arm the next), holding only what the queue
-	// looks the group up by. A timer another replaced does nothing.
+	// looks the group up by. A timer that fires as another replaces it
+	// does nothing.
 	now := pl.clock.Now()
 	wake := w.deadline
 	if limit := now.Add(maxWakeupDelay); wake.After(limit) {
@@ -86,7 +98,9 @@ func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status
 	logger := klog.FromContext(ctx)
 	ref := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
 		Spec: corev1.PodSpec{SchedulingGroup: group.DeepCopy()}}
-	pl.clock.AfterFunc(wake.Sub(now), func() {
+	// Armed and stopped without pl.mu held: a clock (a replay's) may run
+	// the timer's function, which takes pl.mu, under its own lock.
+	timer := pl.clock.AfterFunc(wake.Sub(now), func() {
 		pl.mu.Lock()
 		current := pl.groupWakeups[key] == w
 		if current {
@@ -97,7 +111,48 @@ func (pl *SpotRisk) PreEnqueue(ctx context.Context, pod *corev1.Pod) *fwk.Status
 			pl.handle.Activate(logger, map[string]*corev1.Pod{ref.Namespace + "/" + ref.Name: ref})
 		}
 	})
+	pl.mu.Lock()
+	current := pl.groupWakeups[key] == w
+	if current {
+		w.timer = timer
+	}
+	pl.mu.Unlock()
+	if !current {
+		timer.Stop()
+	}
 	return nil
+}
+
+// memberDeleted drops the timer armed for a deleted pod's PodGroup when the
+// pod is the member it was armed for (by) or the one it would retry the
+// group through (via), so that neither the timer nor its entry outlives
+// the pod: the one would wait for a wait no longer there, the other names
+// a pod the queue no longer holds. The queue brings the group back when
+// its backoff ends (kube-scheduler 1.37 backs a failed pod group off, it
+// does not park it), and its members still there arm it again.
+func (pl *SpotRisk) memberDeleted(pod *corev1.Pod) {
+	group := pod.Spec.SchedulingGroup
+	if group == nil || group.PodGroupName == nil {
+		return
+	}
+	key := pod.Namespace + "/" + *group.PodGroupName
+	pl.mu.Lock()
+	w := pl.groupWakeups[key]
+	if w == nil || (w.by != pod.UID && w.via != pod.UID) {
+		pl.mu.Unlock()
+		return
+	}
+	delete(pl.groupWakeups, key)
+	armed := w.timer
+	pl.mu.Unlock()
+	stopTimer(armed)
+}
+
+// stopTimer stops a group's timer, if one was armed.
+func stopTimer(t clock.Timer) {
+	if t != nil {
+		t.Stop()
+	}
 }
 
 // waitEnd is when pod stops waiting for the capacity its policy prefers

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/client-go/kubernetes/fake"
 	featuregatetesting "k8s.io/component-base/featuregate/testing"
 	"k8s.io/component-base/metrics/testutil"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -221,6 +222,92 @@ func TestNativePodGroupIsRetriedEarlierWhenItsLastWaitIsCutShort(t *testing.T) {
 	e.clock.Step(30 * time.Minute)
 	if got := e.act.list(); len(got) != 2 {
 		t.Errorf("retried %v; the timers armed for b's and y's old waits retried a group again", got)
+	}
+	if e.clock.HasWaiters() {
+		t.Error("a timer is still armed after both groups' retries")
+	}
+}
+
+// A native PodGroup's timer goes with the member it was armed for (group
+// trainers: b, whose 10m wait ends last) or the member it retries the group
+// through (group tuners: armed through y for x's wait once y lowered its
+// own), when that member is deleted: kept until the group was next queued,
+// the one waited for a wait no longer there, the other named to the queue a
+// pod it no longer holds. Queued again, the group's members still there
+// arm it for their own waits.
+func TestNativePodGroupTimerGoesWithItsDeletedMember(t *testing.T) {
+	client := fake.NewClientset()
+	trainers, tuners := map[string]*corev1.Pod{}, map[string]*corev1.Pod{}
+	groups := groupStates{members: map[string]map[string]*corev1.Pod{"default/trainers": trainers, "default/tuners": tuners}}
+	e := gatedEnvWith(t, client, 2*time.Minute, []frameworkruntime.Option{frameworkruntime.WithPodGroupManager(groups)},
+		node("od", pricing.OnDemand, "us-east-1a"))
+	member := func(group map[string]*corev1.Pod, groupName, name, after string) *corev1.Pod {
+		p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m", AnnotationFallbackAfter: after})
+		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(groupName)}
+		group[name] = p
+		createPod(t, client, p)
+		return p
+	}
+	enqueue := func(pods ...*corev1.Pod) {
+		t.Helper()
+		for _, p := range pods {
+			if s := e.plugin.PreEnqueue(context.Background(), p); !s.IsSuccess() {
+				t.Fatalf("PreEnqueue(%s) = %v; it never holds a pod back", p.Name, s)
+			}
+		}
+	}
+	a, b := member(trainers, "trainers", "a", "2m"), member(trainers, "trainers", "b", "10m")
+	x, y := member(tuners, "tuners", "x", "6m"), member(tuners, "tuners", "y", "30m")
+	enqueue(a, b, x, y)
+	lowered := y.DeepCopy()
+	lowered.Annotations[AnnotationFallbackAfter] = "1m"
+	tuners["y"] = lowered
+	enqueue(lowered)
+	armed := func() map[string]groupWakeup {
+		e.plugin.mu.Lock()
+		defer e.plugin.mu.Unlock()
+		out := map[string]groupWakeup{}
+		for k, w := range e.plugin.groupWakeups {
+			out[k] = groupWakeup{deadline: w.deadline, by: w.by, via: w.via}
+		}
+		return out
+	}
+	if got, want := armed(), map[string]groupWakeup{
+		"default/trainers": {deadline: t0.Add(10 * time.Minute), by: b.UID, via: b.UID},
+		"default/tuners":   {deadline: t0.Add(6 * time.Minute), by: x.UID, via: y.UID},
+	}; !maps.Equal(got, want) {
+		t.Fatalf("armed %+v, want %+v", got, want)
+	}
+
+	for _, p := range []*corev1.Pod{b, y} {
+		if err := client.CoreV1().Pods(p.Namespace).Delete(context.Background(), p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	delete(trainers, "b")
+	delete(tuners, "y")
+	// A pod created after the deletions: once the plugin's informer handler
+	// has seen it, it has seen them.
+	marker := pod("marker", nil)
+	marker.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: kueueGate}}
+	createPod(t, client, marker)
+	e.seenGated(t, marker.UID)
+	if got := armed(); len(got) != 0 {
+		t.Errorf("armed %+v after the members they were armed for or through were deleted, want none", got)
+	}
+	if e.clock.HasWaiters() {
+		t.Error("a timer is still armed for a deleted member")
+	}
+
+	// The queue brings the groups back after their backoff.
+	enqueue(a, x)
+	e.clock.Step(2 * time.Minute)
+	if got := e.act.list(); !slices.Equal(got, []string{"default/a"}) {
+		t.Fatalf("retried %v when a's wait ended, want trainers once (through default/a)", got)
+	}
+	e.clock.Step(4 * time.Minute)
+	if got := e.act.list(); !slices.Equal(got, []string{"default/a", "default/x"}) {
+		t.Fatalf("retried %v when x's wait ended, want tuners once more (through default/x)", got)
 	}
 	if e.clock.HasWaiters() {
 		t.Error("a timer is still armed after both groups' retries")

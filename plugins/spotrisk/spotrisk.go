@@ -69,6 +69,9 @@ type SpotRisk struct {
 	// ungates dates the pods' ungating; nil without the scheduler's pod
 	// informer, and every wait then starts at the pod's creation.
 	ungates *ungates
+	// lifetime is New's context, which ends when the scheduler stops: it
+	// bounds the writes the plugin sends off the scheduling cycle.
+	lifetime context.Context
 
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
@@ -105,6 +108,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	registerMetrics()
 	pl := &SpotRisk{handle: h, args: args, prices: deps.Prices, risk: deps.Risk, telemetry: deps.Telemetry, clock: deps.Clock, interrupted: deps.Interrupted, runLengths: deps.RunLengths,
 		wakeups: map[types.UID]time.Time{}, groupWakeups: map[string]*groupWakeup{}}
+	pl.lifetime = ctx
 	if pl.clock == nil {
 		pl.clock = clock.RealClock{}
 	}
@@ -134,7 +138,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		informers := h.SharedInformerFactory().Core().V1()
 		pricing.RegisterCostMetrics(pl.prices, informers.Pods().Lister(), informers.Nodes().Lister())
 		pl.ungates = newUngates(pl.clock)
-		if err := pl.ungates.watch(informers.Pods().Informer()); err != nil {
+		if err := pl.ungates.watch(informers.Pods().Informer(), pl.memberDeleted); err != nil {
 			return nil, fmt.Errorf("%s: watching pods for their scheduling gates: %w", Name, err)
 		}
 	}
