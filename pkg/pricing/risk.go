@@ -203,6 +203,8 @@ type RiskModel struct {
 	// changed is signalled, without blocking, at each reclaim: Persist
 	// saves it soon. Exposure arrives every minute and waits for a resync.
 	changed chan struct{}
+	// onChange is what OnChange registered.
+	onChange []func(Pool)
 }
 
 // evidence is the decayed sufficient statistic of the Gamma posterior:
@@ -227,10 +229,11 @@ func NewRiskModel(cfg RiskConfig) *RiskModel {
 // catalog's bucket (EnsurePrior) does not replace it.
 func (m *RiskModel) SetPrior(pool Pool, b Bucket) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.priors[pool] = b
 	m.pinned[pool] = true
 	m.publish(pool)
+	m.mu.Unlock()
+	m.notify(pool)
 }
 
 // prior is the bucket a pool's estimate starts from.
@@ -290,27 +293,29 @@ func (m *RiskModel) ObserveExposure(pool Pool, nodeHours float64, at time.Time) 
 		return
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	e := m.ev(pool)
 	m.decayTo(e, at)
 	e.nodeHours += nodeHours
 	m.publish(pool)
+	m.mu.Unlock()
+	m.notify(pool)
 }
 
 // ObserveReclaim implements ReclaimFeed.
 func (m *RiskModel) ObserveReclaim(pool Pool, node string, at time.Time) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	e := m.ev(pool)
 	m.decayTo(e, at)
 	e.reclaims++
 	e.total++
 	metricReclaims.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Inc()
 	m.publish(pool)
+	m.mu.Unlock()
 	select {
 	case m.changed <- struct{}{}:
 	default:
 	}
+	m.notify(pool)
 }
 
 // ReclaimRate implements RiskSource: the posterior mean rate per node-hour.
@@ -330,14 +335,53 @@ func (m *RiskModel) rate(pool Pool) float64 {
 // posterior is the pool's mean rate from prior b and the evidence,
 // discounted to now.
 func (m *RiskModel) posterior(pool Pool, b Bucket) float64 {
-	beta := m.cfg.PriorNodeHours
-	alpha := RateFromMonthly(b.MonthlyProbability()) * beta
+	alpha, beta, reclaims, nodeHours := m.terms(pool, b)
+	return (alpha + reclaims) / (beta + nodeHours)
+}
+
+// terms are the Gamma prior's shape and rate from bucket b and the pool's
+// evidence discounted to now: the mean is (alpha + reclaims) / (beta +
+// nodeHours).
+func (m *RiskModel) terms(pool Pool, b Bucket) (alpha, beta, reclaims, nodeHours float64) {
+	beta = m.cfg.PriorNodeHours
+	alpha = RateFromMonthly(b.MonthlyProbability()) * beta
 	if e := m.pools[pool]; e != nil {
-		reclaims, nodeHours := m.decayed(e, m.cfg.Clock.Now())
-		alpha += reclaims
-		beta += nodeHours
+		reclaims, nodeHours = m.decayed(e, m.cfg.Clock.Now())
 	}
-	return alpha / beta
+	return alpha, beta, reclaims, nodeHours
+}
+
+// FallsTo is how long, if no evidence comes, until the pool's rate is at
+// most rate: 0 if it is already, false if decay alone never takes it there
+// (its prior is not below rate). As evidence decays by f = 2^(-t/HalfLife)
+// the mean (alpha + reclaims f) / (beta + nodeHours f) moves steadily
+// towards the prior alpha / beta, so the time is exact, solved for f: a
+// caller can arm one timer rather than read the rate every so often. New
+// evidence moves it (OnChange says when).
+func (m *RiskModel) FallsTo(pool Pool, rate float64) (time.Duration, bool) {
+	if pool.Capacity != Spot {
+		return 0, rate >= 0
+	}
+	m.mu.Lock()
+	alpha, beta, reclaims, nodeHours := m.terms(pool, m.prior(pool))
+	m.mu.Unlock()
+	if alpha+reclaims <= rate*(beta+nodeHours) {
+		return 0, true
+	}
+	if alpha >= rate*beta {
+		return 0, false
+	}
+	// Above rate now and the prior below it: the denominator exceeds the
+	// positive numerator, and f is in (0, 1).
+	f := (rate*beta - alpha) / (reclaims - rate*nodeHours)
+	if !(f < 1) {
+		return 0, true
+	}
+	d := -math.Log2(f) * m.cfg.HalfLife.Hours() * float64(time.Hour)
+	if d >= math.MaxInt64 {
+		return math.MaxInt64, true
+	}
+	return time.Duration(d), true
 }
 
 // Reclaims is how many reclaims of the pool this model observed (evidence
@@ -382,12 +426,35 @@ func (m *RiskModel) publish(pool Pool) {
 // remembering it.
 func (m *RiskModel) EnsurePrior(pool Pool, b Bucket) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if cur, ok := m.priors[pool]; m.pinned[pool] || ok && cur == b {
+		m.mu.Unlock()
 		return
 	}
 	m.priors[pool] = b
 	m.publish(pool)
+	m.mu.Unlock()
+	m.notify(pool)
+}
+
+// OnChange registers f to run after a pool's evidence or prior changes (a
+// reclaim, exposure, a new prior, a merged copy), outside the model's lock:
+// f may read rates. Decay is no change: FallsTo says when it crosses a rate.
+func (m *RiskModel) OnChange(f func(Pool)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onChange = append(m.onChange, f)
+}
+
+// notify runs the OnChange hooks for pools; m.mu is not held.
+func (m *RiskModel) notify(pools ...Pool) {
+	m.mu.Lock()
+	hooks := m.onChange
+	m.mu.Unlock()
+	for _, pool := range pools {
+		for _, f := range hooks {
+			f(pool)
+		}
+	}
 }
 
 // RateFrom is ReclaimRate for a pool whose prior is bucket b unless one was

@@ -79,12 +79,15 @@ func (m *RiskModel) faded(e *evidence, now time.Time) bool {
 // their priors but for a rounding. Pools whose nodes are gone (scaled to
 // zero, or of a type the catalog no longer lists) get there in months.
 func (m *RiskModel) forgetFaded() {
+	var forgot []Pool
+	defer func() { m.notify(forgot...) }()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.cfg.Clock.Now()
 	for pool, e := range m.pools {
 		if m.faded(e, now) {
 			delete(m.pools, pool)
+			forgot = append(forgot, pool)
 		}
 	}
 }
@@ -100,6 +103,8 @@ func (m *RiskModel) forgetFaded() {
 // never counts anything twice. A reclaim that one replica saw and another
 // did not, while that one saw a different one, counts once, not twice.
 func (m *RiskModel) Merge(saved []SavedPool) {
+	var merged []Pool
+	defer func() { m.notify(merged...) }()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.cfg.Clock.Now()
@@ -122,6 +127,7 @@ func (m *RiskModel) Merge(saved []SavedPool) {
 		ir, ih := m.decayed(in, at)
 		e.reclaims, e.nodeHours, e.at = max(r, ir), max(h, ih), at
 		m.publish(s.Pool)
+		merged = append(merged, s.Pool)
 	}
 }
 

@@ -311,3 +311,85 @@ func TestRiskModelReadsLeaveItAsItWas(t *testing.T) {
 		t.Fatalf("evidence read every minute (%v, %v) against once (%v, %v)", ra, na, rb, nb)
 	}
 }
+
+// FallsTo says when a pool's estimate, with no new evidence, comes down to
+// a rate: the estimate there is that rate, a moment before it is above.
+// Decay only takes an estimate towards its prior, so a rate below the prior
+// is never reached, and an estimate under its prior (a pool that ran long
+// without a reclaim) only rises.
+func TestRiskModelFallsTo(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	m := NewRiskModel(RiskConfig{HalfLife: 24 * time.Hour, Clock: clk})
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: Spot}
+	m.SetPrior(pool, Bucket5To10)
+	m.ObserveExposure(pool, 200, t0)
+	m.ObserveReclaim(pool, "n", t0)
+	m.ObserveReclaim(pool, "n", t0)
+	limit := RateFromMonthly(0.10)
+	d, ok := m.FallsTo(pool, limit)
+	if !ok || d <= 0 {
+		t.Fatalf("FallsTo(10%%) = %v, %v; want a time ahead", d, ok)
+	}
+	clk.SetTime(t0.Add(d - time.Millisecond))
+	if got := m.ReclaimRate(pool); got <= limit {
+		t.Errorf("%v after the reclaims, %v before FallsTo's %v, the rate %g is already at most %g", d-time.Millisecond, time.Millisecond, d, got, limit)
+	}
+	clk.SetTime(t0.Add(d))
+	if got := m.ReclaimRate(pool); !near(got, limit, 1e-9) {
+		t.Errorf("at FallsTo's %v the rate is %g, want %g", d, got, limit)
+	}
+	if d, ok := m.FallsTo(pool, limit); !ok || d > time.Microsecond {
+		t.Errorf("at the crossing FallsTo = %v, %v; want about 0, true", d, ok)
+	}
+	if d, ok := m.FallsTo(pool, RateFromMonthly(0.05)); ok {
+		t.Errorf("FallsTo(5%%) under the 5-10%% prior = %v, true; want never", d)
+	}
+
+	quiet := Pool{InstanceType: "p4d.24xlarge", Zone: "b", Capacity: Spot}
+	m.SetPrior(quiet, Bucket5To10)
+	m.ObserveExposure(quiet, 10000, clk.Now())
+	now := m.ReclaimRate(quiet)
+	if d, ok := m.FallsTo(quiet, now*1.01); !ok || d != 0 {
+		t.Errorf("FallsTo above a quiet pool's rate = %v, %v; want 0, true", d, ok)
+	}
+	if d, ok := m.FallsTo(quiet, now*0.99); ok {
+		t.Errorf("FallsTo under a quiet pool's rate, which rises to its prior = %v, true; want never", d)
+	}
+	if d, ok := m.FallsTo(Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: OnDemand}, 0); !ok || d != 0 {
+		t.Errorf("FallsTo on-demand = %v, %v; want 0, true", d, ok)
+	}
+}
+
+// OnChange hears every change of a pool's evidence or prior, after the
+// model's lock is let go (a hook reads the rate), and nothing for a read or
+// a prior set again to what it was.
+func TestRiskModelOnChange(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	m := NewRiskModel(RiskConfig{Clock: clk})
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: Spot}
+	var heard []string
+	m.OnChange(func(p Pool) { heard = append(heard, fmt.Sprintf("%s %.3g", p, m.ReclaimRate(p))) })
+	expect := func(what string, want ...string) {
+		t.Helper()
+		if fmt.Sprint(heard) != fmt.Sprint(want) {
+			t.Errorf("%s: heard %v, want %v", what, heard, want)
+		}
+		heard = nil
+	}
+	m.EnsurePrior(pool, Bucket5To10)
+	expect("a first prior", "p4d.24xlarge/a/spot 0.000107")
+	m.EnsurePrior(pool, Bucket5To10)
+	m.ReclaimRate(pool)
+	m.Refresh()
+	expect("the same prior, a read, a refresh")
+	m.ObserveReclaim(pool, "n", t0)
+	expect("a reclaim", "p4d.24xlarge/a/spot 0.00148")
+	m.ObserveExposure(pool, 730, t0)
+	expect("exposure", "p4d.24xlarge/a/spot 0.000738")
+	m.SetPrior(pool, BucketUnder5)
+	expect("a pinned prior", "p4d.24xlarge/a/spot 0.000702")
+	m.Merge([]SavedPool{{Pool: pool, Reclaims: 3, NodeHours: 730, At: t0}})
+	expect("a merged copy", "p4d.24xlarge/a/spot 0.00207")
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,10 +47,28 @@ type podState struct {
 	runtime       time.Duration
 	runtimeSource string
 	usage         pricing.Usage
+
+	mu sync.Mutex
+	// keptOff is the Spot pools whose reclaim risk Filter turned the pod
+	// away from (excludeByRisk), for PostFilter to retry the pod when one of
+	// their estimates falls back under its limit (waitForRisk). Filter runs
+	// on many nodes at once.
+	keptOff map[pricing.Pool]bool
 }
 
-// Clone is not needed: the state is read-only after PreFilter.
+// Clone is not needed: the state is read-only after PreFilter but for
+// keptOff, which clones may share: preemption's dry runs that add to it
+// apply the same rule to the same pools.
 func (s *podState) Clone() fwk.StateData { return s }
+
+func (s *podState) keepOff(pool pricing.Pool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keptOff == nil {
+		s.keptOff = map[pricing.Pool]bool{}
+	}
+	s.keptOff[pool] = true
+}
 
 func getState(cs fwk.CycleState) (*podState, error) {
 	d, err := cs.Read(stateKey)
@@ -189,14 +209,24 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	return ""
 }
 
-// excludeByRisk applies the rules that weigh a Spot pool's reclaim rate.
+// excludeByRisk applies the rules that weigh a Spot pool's reclaim rate,
+// and notes the pool it keeps the pod off for PostFilter (waitForRisk).
 func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity pricing.Capacity) string {
-	c := s.class
-	if !capacity.IsSpot() || !c.FollowsRisk() {
+	if !capacity.IsSpot() || !s.class.FollowsRisk() {
 		return ""
 	}
 	price, priced := pl.prices.NodePrice(node)
-	rate := pl.reclaimRate(node, capacity, price, priced)
+	reason := pl.riskReason(s, pl.reclaimRate(node, capacity, price, priced))
+	if reason != "" && pl.priors != nil {
+		s.keepOff(pricing.NodePool(node))
+	}
+	return reason
+}
+
+// riskReason is why a Spot pool reclaimed at rate (per node-hour) is not for
+// the pod, or "".
+func (pl *SpotRisk) riskReason(s *podState, rate float64) string {
+	c := s.class
 	// A limit equal to the pool's estimate admits it. The estimate goes
 	// through a rate and back, which is off by a few units in the last
 	// place: 2.5% came back as 0.025000000000000022, above a 2.5% limit,
@@ -216,6 +246,21 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 	return ""
 }
 
+// riskBound is the highest reclaim rate riskReason admits for the pod, up
+// to rounding: what a pool's estimate must fall to for the pod to be
+// retried (waitForRisk), which asks riskReason again then.
+func (pl *SpotRisk) riskBound(s *podState) float64 {
+	c := s.class
+	bound := math.Inf(1)
+	if c.MaxMonthlyRisk < 1 {
+		bound = pricing.RateFromMonthly(c.MaxMonthlyRisk)
+	}
+	if nodes := max(1, c.Work.Nodes); c.Policy == Avoid && s.runtime > 0 {
+		bound = min(bound, 2**pl.args.MaxExpectedLoss/(float64(nodes)*s.runtime.Hours()))
+	}
+	return bound
+}
+
 // PostFilter runs when no node fits. A pod still in its wait (Class.Waits)
 // gets a timer that retries it when the wait ends, so that falling back
 // does not have to wait for an unrelated cluster event. That holds too when
@@ -231,6 +276,10 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 		}
 		s = pl.stateFor(pod, class)
 		pl.recordWaitStart(ctx, pod, s)
+	} else if pl.handle != nil {
+		// Only this plugin's Filter knows which pools the pod's risk limits
+		// kept it off.
+		pl.waitForRisk(klog.FromContext(ctx), pod, s)
 	}
 	if !s.waiting || pl.handle == nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable)
@@ -257,11 +306,7 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 	pl.mu.Unlock()
 	if arm {
 		logger := klog.FromContext(ctx)
-		uid, key := pod.UID, pod.Namespace+"/"+pod.Name
-		// What the scheduling queue looks a pod up by: its name, UID and
-		// native pod group.
-		ref := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
-			Spec: corev1.PodSpec{SchedulingGroup: pod.Spec.SchedulingGroup.DeepCopy()}}
+		uid, key, ref := pod.UID, pod.Namespace+"/"+pod.Name, queueRef(pod)
 		pl.clock.AfterFunc(wake.Sub(now), func() {
 			pl.mu.Lock()
 			if pl.wakeups[uid].Equal(wake) {
@@ -276,3 +321,11 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 
 // maxWakeupDelay bounds how far ahead PostFilter arms a pod's retry.
 const maxWakeupDelay = time.Hour
+
+// queueRef is what the scheduling queue looks a pod up by when it is
+// retried (Activate): its name, UID and native pod group, not the pod with
+// its annotations, which a timer would keep after the pod is deleted.
+func queueRef(pod *corev1.Pod) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		Spec: corev1.PodSpec{SchedulingGroup: pod.Spec.SchedulingGroup.DeepCopy()}}
+}

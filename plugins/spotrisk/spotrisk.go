@@ -9,6 +9,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -69,6 +70,9 @@ type SpotRisk struct {
 	// ungates dates the pods' ungating; nil without the scheduler's pod
 	// informer, and every wait then starts at the pod's creation.
 	ungates *ungates
+	// riskWaits holds the pods whose reclaim risk limits kept them off Spot
+	// pools, to retry them when a pool's estimate falls (waitForRisk).
+	riskWaits riskWaits
 	// lifetime is New's context, which ends when the scheduler stops: it
 	// bounds the writes the plugin sends off the scheduling cycle.
 	lifetime context.Context
@@ -134,6 +138,14 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		pl.risk = pricing.NewRiskModel(pricing.RiskConfig{})
 	}
 	pl.priors, _ = pl.risk.(*pricing.RiskModel)
+	if pl.priors != nil && h != nil {
+		logger := klog.FromContext(ctx)
+		pl.priors.OnChange(func(pool pricing.Pool) {
+			if ctx.Err() == nil {
+				pl.retryKeptOff(logger, pool)
+			}
+		})
+	}
 	if h != nil && h.SharedInformerFactory() != nil {
 		informers := h.SharedInformerFactory().Core().V1()
 		pricing.RegisterCostMetrics(pl.prices, informers.Pods().Lister(), informers.Nodes().Lister())
@@ -177,6 +189,143 @@ func (pl *SpotRisk) retryRiskBound(logger klog.Logger, pods corelisters.PodListe
 	}
 	if len(retry) > 0 {
 		logger.V(4).Info("Retrying pods whose Spot pools the price catalog may have let in", "pods", len(retry))
+		pl.handle.Activate(logger, retry)
+	}
+}
+
+// riskWaits is, per Spot pool, the pending pods whose reclaim risk limits
+// kept them off it, and the one timer that retries them.
+type riskWaits struct {
+	mu    sync.Mutex
+	pools map[pricing.Pool]*poolWait
+}
+
+type poolWait struct {
+	pods map[types.UID]riskWait
+	// timer fires at at: when the pool's estimate reaches the highest
+	// limit among pods, or the first of them is forgotten.
+	at    time.Time
+	timer clock.Timer
+}
+
+// riskWait is a pod kept off a pool: what the queue looks it up by, what
+// its risk rules read (riskReason), the rate they admit, and when it is
+// forgotten.
+type riskWait struct {
+	ref   *corev1.Pod
+	state *podState
+	bound float64
+	until time.Time
+}
+
+// waitForRisk retries the pod when the estimate of a Spot pool whose
+// reclaim risk Filter kept it off falls back under its limits: no cluster
+// event says so (nor when a catalog reload moves a prior: retryRiskBound),
+// and the pod waited for an unrelated one or the scheduler's five-minute
+// flush. The model's evidence decays analytically, so each pool gets one
+// timer, at the time its estimate reaches the highest limit among the pods
+// it keeps off (pricing.RiskModel.FallsTo), and the model says when new
+// evidence moves the estimate (OnChange, in New): exposure lowers it, and
+// the pods it now admits are retried at once; a reclaim raises it, which
+// retries nobody and only puts the timer off. That is exact to the second
+// for a timer per pool, where reading every pool's rate at an interval
+// would retry up to the interval late or read often for nothing. A pod is
+// held, by name, for maxWakeupDelay after its last attempt: one still
+// pending is tried again before then (the flush at the latest) and kept,
+// and a deleted one is forgotten. A pod no longer kept off a pool by its
+// risk leaves that pool's wait. With a risk source other than Penny's
+// model nothing says when a rate falls, and the pods wait for the flush.
+func (pl *SpotRisk) waitForRisk(logger klog.Logger, pod *corev1.Pod, s *podState) {
+	if pl.priors == nil {
+		return
+	}
+	s.mu.Lock()
+	keptOff := maps.Clone(s.keptOff)
+	s.mu.Unlock()
+	w := riskWait{ref: queueRef(pod), state: &podState{class: s.class, runtime: s.runtime, runtimeSource: s.runtimeSource},
+		bound: pl.riskBound(s), until: pl.clock.Now().Add(maxWakeupDelay)}
+	var touched []pricing.Pool
+	waits := &pl.riskWaits
+	waits.mu.Lock()
+	for pool, p := range waits.pools {
+		if _, ok := p.pods[pod.UID]; ok && !keptOff[pool] {
+			delete(p.pods, pod.UID)
+			touched = append(touched, pool)
+		}
+	}
+	for pool := range keptOff {
+		if waits.pools == nil {
+			waits.pools = map[pricing.Pool]*poolWait{}
+		}
+		p := waits.pools[pool]
+		if p == nil {
+			p = &poolWait{pods: map[types.UID]riskWait{}}
+			waits.pools[pool] = p
+		}
+		p.pods[pod.UID] = w
+		touched = append(touched, pool)
+	}
+	waits.mu.Unlock()
+	for _, pool := range touched {
+		pl.retryKeptOff(logger, pool)
+	}
+}
+
+// retryKeptOff retries the pods kept off the pool that its estimate now
+// admits, forgets those held too long, and arms the pool's timer for the
+// next of either (waitForRisk).
+func (pl *SpotRisk) retryKeptOff(logger klog.Logger, pool pricing.Pool) {
+	waits := &pl.riskWaits
+	retry := map[string]*corev1.Pod{}
+	waits.mu.Lock()
+	p := waits.pools[pool]
+	if p == nil {
+		waits.mu.Unlock()
+		return
+	}
+	now, rate := pl.clock.Now(), pl.risk.ReclaimRate(pool)
+	var wake time.Time
+	highest := 0.0
+	for uid, w := range p.pods {
+		switch {
+		case pl.riskReason(w.state, rate) == "":
+			retry[w.ref.Namespace+"/"+w.ref.Name] = w.ref
+			delete(p.pods, uid)
+		case !now.Before(w.until):
+			delete(p.pods, uid)
+		default:
+			if wake.IsZero() || w.until.Before(wake) {
+				wake = w.until
+			}
+			highest = max(highest, w.bound)
+		}
+	}
+	if len(p.pods) == 0 {
+		if p.timer != nil {
+			p.timer.Stop()
+		}
+		delete(waits.pools, pool)
+	} else {
+		// Up to the whole second: a second past the crossing the estimate
+		// is under the limit by more than a rounding, and a timer that
+		// fires at it does not find the pod still kept off and fire again
+		// at once.
+		if d, ok := pl.priors.FallsTo(pool, highest); ok && d < wake.Sub(now) {
+			wake = now.Add(max(time.Second, (d+time.Second-1)/time.Second*time.Second))
+		}
+		if !p.at.Equal(wake) {
+			if p.timer != nil {
+				p.timer.Stop()
+			}
+			p.at = wake
+			// Off the timer's goroutine: a fake clock runs the func while
+			// it holds its lock, and retryKeptOff reads the clock.
+			p.timer = pl.clock.AfterFunc(wake.Sub(now), func() { go pl.retryKeptOff(logger, pool) })
+		}
+	}
+	waits.mu.Unlock()
+	if len(retry) > 0 {
+		logger.V(4).Info("Retrying pods whose limits the reclaim risk of a Spot pool they were kept off now meets", "pool", pool.String(), "pods", len(retry))
 		pl.handle.Activate(logger, retry)
 	}
 }

@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
+	"math"
 	"path/filepath"
 	"reflect"
 	goruntime "runtime"
@@ -143,6 +144,161 @@ func TestCatalogReloadRetriesPodsKeptOffSpotByRisk(t *testing.T) {
 	}
 	if got := e.act.list(); len(got) != 2 {
 		t.Fatalf("a rejected catalog changes nothing, yet retried %v", got)
+	}
+}
+
+// riskRetryEnv is a Spot node of the 5-10% pool and a risk model whose
+// evidence halves every ten minutes, both on one fake clock.
+func riskRetryEnv(t *testing.T) (*env, *clocktesting.FakeClock, *pricing.RiskModel, pricing.Pool) {
+	t.Helper()
+	clk := clocktesting.NewFakeClock(t0)
+	model := pricing.NewRiskModel(pricing.RiskConfig{HalfLife: 10 * time.Minute, Clock: clk})
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Risk: model, Clock: clk}, node("spot-a", pricing.Spot, "us-east-1a"))
+	return e, clk, model, pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: pricing.Spot}
+}
+
+// riskTimer is when the pool's risk retry timer fires (zero: none armed).
+func (e *env) riskTimer(pool pricing.Pool) time.Time {
+	e.plugin.riskWaits.mu.Lock()
+	defer e.plugin.riskWaits.mu.Unlock()
+	if p := e.plugin.riskWaits.pools[pool]; p != nil {
+		return p.at
+	}
+	return time.Time{}
+}
+
+// No cluster event says that a pool's reclaim risk fell back under a pod's
+// limit as its reclaims aged: a pod kept off the pool by its risk is retried
+// when the estimate gets there, to the second, and not before; pods kept off
+// for other reasons are not.
+func TestPodKeptOffSpotByRiskIsRetriedWhenThePoolsRiskFalls(t *testing.T) {
+	e, clk, model, pool := riskRetryEnv(t)
+	limited := pod("limited", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+	if r := e.schedule(t, limited); strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("the 5-10%% pool passes a 10%% limit; feasible %v (%s)", r.feasible, r.fitError)
+	}
+	// One reclaim takes the pool to 66% a month.
+	model.ObserveReclaim(pool, "spot-a", t0)
+	r := e.schedule(t, limited)
+	if len(r.feasible) != 0 {
+		t.Fatalf("after a reclaim the pool is above 10%%; feasible %v", r.feasible)
+	}
+	expectContains(t, "FitError", r.fitError, "1 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=10 percent a month allows")
+	never := pod("never", map[string]string{AnnotationWorkload: "inference"})
+	if r := e.schedule(t, never); len(r.feasible) != 0 {
+		t.Fatalf("inference stays off Spot; feasible %v", r.feasible)
+	}
+	// Kept off for its risk, then for good: no longer waiting for the pool.
+	moved := pod("moved", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+	e.schedule(t, moved)
+	moved.Annotations = map[string]string{AnnotationSpot: "never"}
+	if r := e.schedule(t, moved); len(r.feasible) != 0 {
+		t.Fatalf("a never pod stays off Spot; feasible %v", r.feasible)
+	}
+
+	// The estimate is (alpha + f) / beta, the reclaim weighing f =
+	// 2^(-t/10m): it reaches the limit where f = limit x beta - alpha.
+	beta := 730.0
+	alpha := pricing.RateFromMonthly(0.075) * beta
+	cross := time.Duration(-math.Log2(pricing.RateFromMonthly(0.10)*beta-alpha) * float64(10*time.Minute))
+	at := t0.Add(cross).Truncate(time.Second).Add(time.Second)
+	if got := e.riskTimer(pool); !got.Equal(at) {
+		t.Fatalf("the pool's retry is armed for %v, want %v: the estimate reaches 10%% at %v", got, at, t0.Add(cross))
+	}
+	clk.SetTime(at.Add(-time.Second))
+	if r := e.schedule(t, limited); len(r.feasible) != 0 {
+		t.Fatalf("a second before the retry the pool is still above 10%%; feasible %v", r.feasible)
+	}
+	if got := e.act.list(); len(got) != 0 {
+		t.Fatalf("retried %v before the pool's estimate fell under the limit", got)
+	}
+	clk.SetTime(at)
+	waitUntil(t, func() bool { return len(e.act.list()) > 0 })
+	if got := e.act.list(); !reflect.DeepEqual(got, []string{"default/limited"}) {
+		t.Fatalf("retried %v, want only default/limited", got)
+	}
+	if r := e.schedule(t, limited); strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("retried, the pod fits the pool again; feasible %v (%s)", r.feasible, r.fitError)
+	}
+	if got := e.riskTimer(pool); !got.IsZero() {
+		t.Errorf("no pod is kept off the pool, yet a retry is armed for %v", got)
+	}
+}
+
+// Training without checkpoints is kept off a pool by what a reclaim would
+// cost it (maxExpectedLoss), a limit on the rate too: it is retried when the
+// pool's estimate falls under 2 x 2% / 100 h.
+func TestTrainingKeptOffSpotByExpectedLossIsRetriedWhenThePoolsRiskFalls(t *testing.T) {
+	e, clk, model, pool := riskRetryEnv(t)
+	p := waited(pod("trainer", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "100h"}))
+	model.ObserveReclaim(pool, "spot-a", t0)
+	r := e.schedule(t, p)
+	if len(r.feasible) != 0 {
+		t.Fatalf("after a reclaim the pool would cost 100 h of training more than 2%%; feasible %v", r.feasible)
+	}
+	expectContains(t, "FitError", r.fitError, "would expect to lose more than 2 percent of its work to reclaims")
+	beta := 730.0
+	alpha := pricing.RateFromMonthly(0.075) * beta
+	cross := time.Duration(-math.Log2(2*0.02/100*beta-alpha) * float64(10*time.Minute))
+	at := t0.Add(cross).Truncate(time.Second).Add(time.Second)
+	if got := e.riskTimer(pool); !got.Equal(at) {
+		t.Fatalf("the pool's retry is armed for %v, want %v: the loss reaches 2%% at %v", got, at, t0.Add(cross))
+	}
+	clk.SetTime(at)
+	waitUntil(t, func() bool { return len(e.act.list()) > 0 })
+	if r := e.schedule(t, p); strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("retried, the pod fits the pool again; feasible %v (%s)", r.feasible, r.fitError)
+	}
+}
+
+// A reclaim raises the estimate: nobody is retried and the retry is put off.
+// Exposure lowers it: a pod it now admits is retried at once, not at the
+// time decay alone would take. A pod held past maxWakeupDelay since its
+// last attempt is forgotten, unretried.
+func TestRiskRetryFollowsNewEvidence(t *testing.T) {
+	e, clk, model, pool := riskRetryEnv(t)
+	limited := pod("limited", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+	model.ObserveReclaim(pool, "spot-a", t0)
+	if r := e.schedule(t, limited); len(r.feasible) != 0 {
+		t.Fatalf("after a reclaim the pool is above 10%%; feasible %v", r.feasible)
+	}
+	first := e.riskTimer(pool)
+	if first.IsZero() || !first.Before(t0.Add(maxWakeupDelay)) {
+		t.Fatalf("retry armed for %v, want before %v", first, t0.Add(maxWakeupDelay))
+	}
+	clk.SetTime(t0.Add(10 * time.Minute))
+	model.ObserveReclaim(pool, "spot-b", clk.Now())
+	if got := e.riskTimer(pool); !got.After(first) {
+		t.Fatalf("a second reclaim left the retry at %v (first %v)", got, first)
+	}
+	if got := e.act.list(); len(got) != 0 {
+		t.Fatalf("a reclaim retried %v", got)
+	}
+	// 20,000 node-hours with no reclaim take it to 5.4% a month.
+	model.ObserveExposure(pool, 20000, clk.Now())
+	if got := e.act.list(); !reflect.DeepEqual(got, []string{"default/limited"}) {
+		t.Fatalf("exposure that took the pool under 10%% retried %v, want default/limited at once", got)
+	}
+	if r := e.schedule(t, limited); strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("after the exposure the pool passes 10%%; feasible %v (%s)", r.feasible, r.fitError)
+	}
+
+	// Five more reclaims put the pool out of reach for 70 minutes: the
+	// pod, deleted or no longer tried, is forgotten after maxWakeupDelay.
+	for i := range 5 {
+		model.ObserveReclaim(pool, fmt.Sprintf("spot-%d", i), clk.Now())
+	}
+	if r := e.schedule(t, limited); len(r.feasible) != 0 {
+		t.Fatalf("after five more reclaims the pool is above 10%%; feasible %v", r.feasible)
+	}
+	forget := clk.Now().Add(maxWakeupDelay)
+	if got := e.riskTimer(pool); !got.Equal(forget) {
+		t.Fatalf("retry armed for %v, want %v (forgetting the pod)", got, forget)
+	}
+	clk.SetTime(forget)
+	waitUntil(t, func() bool { return e.riskTimer(pool).IsZero() })
+	if got := e.act.list(); len(got) != 1 {
+		t.Fatalf("forgetting the pod retried it: %v", got)
 	}
 }
 
