@@ -84,7 +84,8 @@ func Registry(deps Deps) frameworkruntime.Registry {
 	catalog := &oneCatalog{}
 	return frameworkruntime.Registry{
 		gang.Name: func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk), gang.WithNodeRule(spot.rule(profileOf(h)))}
+			opts := []gang.Option{gang.WithReclaimRisk(deps.GangReclaimRisk), gang.WithNodeRule(spot.rule(profileOf(h))),
+				gang.WithNodeCost(spot.cost(profileOf(h)))}
 			if deps.Clock != nil {
 				opts = append(opts, gang.WithClock(deps.Clock))
 			}
@@ -209,7 +210,9 @@ func describeCatalog(src spotrisk.CatalogSource) string {
 // spotRules hands each profile's PennyGang that profile's SpotRisk, so that
 // a gang is admitted only to nodes SpotRisk lets its members use (a gang of
 // inference pods is not admitted to Spot room, nor one waiting for Spot to
-// on-demand room). A profile without SpotRisk checks nothing.
+// on-demand room), and chooses among the domains a gang fits in by what
+// SpotRisk's Score says its members' work costs there. A profile without
+// SpotRisk checks nothing, and chooses by reclaim risk alone.
 type spotRules struct {
 	mu        sync.Mutex
 	byProfile map[string]*spotrisk.SpotRisk
@@ -230,6 +233,20 @@ func (s *spotRules) rule(profile string) gang.NodeRule {
 			return nil
 		}
 		return pl.Excludes(pod)
+	}
+}
+
+// cost is the profile's SpotRisk's price of a pod's work on a node
+// (SpotRisk.NodeCost), which chooses among the domains a gang fits in.
+func (s *spotRules) cost(profile string) gang.NodeCost {
+	return func(pod *corev1.Pod) func(node *corev1.Node) (float64, bool, bool) {
+		s.mu.Lock()
+		pl := s.byProfile[profile]
+		s.mu.Unlock()
+		if pl == nil {
+			return nil
+		}
+		return pl.NodeCost(pod)
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
 	"github.com/pennysched/penny/pkg/metricstest"
+	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins/gang"
 	"github.com/pennysched/penny/plugins/gpupack"
 	"github.com/pennysched/penny/plugins/spotrisk"
@@ -169,6 +170,110 @@ func TestGangIsAdmittedOnlyWhereSpotRiskLetsItsMembersRun(t *testing.T) {
 	}
 	if got := sets.List(res.NodeNames); strings.Join(got, ",") != "od-0,od-1" {
 		t.Fatalf("admitted to %v, want the on-demand nodes", got)
+	}
+}
+
+// capacityPrices prices a node by its capacity type label alone, its whole
+// price on its GPUs.
+type capacityPrices map[string]float64
+
+func (c capacityPrices) NodePrice(node *corev1.Node) (pricing.Price, bool) {
+	ct := node.Labels["karpenter.sh/capacity-type"]
+	hourly, ok := c[ct]
+	gpus := node.Status.Allocatable["nvidia.com/gpu"]
+	return pricing.Price{Capacity: pricing.CapacityType(ct), NodeHourly: hourly, GPUHourly: hourly / float64(gpus.Value())}, ok
+}
+
+// oneRate reclaims every Spot pool at the same rate.
+type oneRate float64
+
+func (r oneRate) ReclaimRate(pricing.Pool) float64 { return float64(r) }
+
+// Where a gang fits on Spot and on on-demand capacity alike, PennyGang puts
+// it where SpotRisk's Score prices its members' work lowest, counting that a
+// reclaim of any of the gang's nodes stops it. Chosen by reclaim risk alone,
+// a batch gang went to on-demand nodes at 3.3 times the Spot price, though
+// Score, and the autoscaler's Expander that grows pools by the same measure,
+// priced its work on Spot at a third of that; a gang on Spot so risky that
+// its work costs more there still goes to on-demand.
+func TestGangGoesWhereSpotRiskPricesItsWorkLowest(t *testing.T) {
+	schedmetrics.Register()
+	cfg, err := options.LoadConfigFromFile(klog.Background(), "../deploy/scheduler/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var profile *config.KubeSchedulerProfile
+	for i := range cfg.Profiles {
+		if cfg.Profiles[i].SchedulerName == "penny-scheduler" {
+			profile = &cfg.Profiles[i]
+		}
+	}
+	node := func(name, ct string) *corev1.Node {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+			corev1.LabelHostname: name, corev1.LabelTopologyZone: "us-east-1a", corev1.LabelInstanceTypeStable: "g5.12xlarge",
+			"karpenter.sh/capacity-type": ct}},
+			Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
+				corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"),
+				corev1.ResourcePods: resource.MustParse("110"), "nvidia.com/gpu": resource.MustParse("4")}}}
+		n.Status.Capacity = n.Status.Allocatable
+		return n
+	}
+	// Batch work (allow): Spot as it prices.
+	member := func(i int) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("job-", i), Namespace: "ml", UID: types.UID(fmt.Sprint("job-", i)),
+				Labels:      map[string]string{"penny.dev/gang": "job", "penny.dev/gang-size": "2"},
+				Annotations: map[string]string{spotrisk.AnnotationWorkload: "batch"}},
+			Spec: corev1.PodSpec{SchedulerName: "penny-scheduler", Containers: []corev1.Container{{Name: "c",
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("4")}}}}},
+		}
+	}
+	admitted := func(rate float64) string {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		client := fake.NewClientset(member(0), member(1))
+		factory := informers.NewSharedInformerFactory(client, 0)
+		ours := Registry(Deps{Prices: capacityPrices{"spot": 1.7, "on-demand": 5.672}, Risk: oneRate(rate)})
+		var pennyGang fwk.PreFilterPlugin
+		newGang := ours[gang.Name]
+		ours[gang.Name] = func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			p, err := newGang(ctx, obj, h)
+			if err == nil {
+				pennyGang = p.(fwk.PreFilterPlugin)
+			}
+			return p, err
+		}
+		registry := plugins.NewInTreeRegistry()
+		if err := registry.Merge(ours); err != nil {
+			t.Fatal(err)
+		}
+		snapshot := cache.NewSnapshot(nil, []*corev1.Node{node("od-0", "on-demand"), node("od-1", "on-demand"), node("spot-0", "spot"), node("spot-1", "spot")})
+		if _, err := frameworkruntime.NewFramework(ctx, registry, profile,
+			frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
+			frameworkruntime.WithSnapshotSharedLister(snapshot)); err != nil {
+			t.Fatal(err)
+		}
+		factory.Start(ctx.Done())
+		factory.WaitForCacheSync(ctx.Done())
+		infos, err := snapshot.NodeInfos().List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, s := pennyGang.PreFilter(ctx, framework.NewCycleState(), member(0), infos)
+		if !s.IsSuccess() {
+			t.Fatalf("reclaim rate %g: %v", rate, s)
+		}
+		return strings.Join(sets.List(res.NodeNames), ",")
+	}
+	// Per member, an hour of work costs $1.7 x (1 + 2 x rate x (2h lost
+	// + 5m restart)) on Spot (unknownRuntime 4h without checkpoints) and
+	// $5.672 on-demand.
+	if got := admitted(1.0 / 500); got != "spot-0,spot-1" {
+		t.Errorf("Spot reclaimed once in 500 node-hours ($1.71 against $5.67 an hour of work): admitted to %s, want the Spot nodes", got)
+	}
+	// A pod alone would pay $5.24 there: the gang's two nodes count.
+	if got := admitted(1); got != "od-0,od-1" {
+		t.Errorf("Spot reclaimed once a node-hour ($8.78 for a member of a gang of 2 against $5.67): admitted to %s, want the on-demand nodes", got)
 	}
 }
 

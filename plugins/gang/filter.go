@@ -137,7 +137,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
 	claims := pl.claimsFor("", "")
-	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), r, fixed, claims, pl.risk)
+	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck, pl.nodeCost), r, fixed, claims, pl.risk)
 	if p == nil {
 		// Count the whole gang, as the other gang messages do: members
 		// running or placed are placeable too.
@@ -148,7 +148,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		pl.lacking.Store(spec.Ref.Key(), short.lacking)
 		msg := short.message(spec.Ref, r, fixed != nil)
 		if len(claims) > 0 {
-			if q, _ := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), r, fixed, nil, nil); q != nil {
+			if q, _ := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck, nil), r, fixed, nil, nil); q != nil {
 				// Only other gangs' claims stand in the way: retry when they go.
 				pl.blocked[spec.Ref.Key()] = true
 				msg += "; room is held for other gangs being placed"

@@ -83,7 +83,7 @@ func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev
 		}
 	}
 	need := min(max(minCount-int64(groupState.ScheduledPodsCount()), 1), int64(len(pending)))
-	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck), st.rules, nil, st.claims, pl.risk)
+	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck, pl.nodeCost), st.rules, nil, st.claims, pl.risk)
 	if p == nil {
 		short.needed = minCount
 		short.placeable += int64(groupState.ScheduledPodsCount())

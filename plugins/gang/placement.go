@@ -16,10 +16,11 @@ import (
 	"github.com/pennysched/penny/pkg/capacity"
 )
 
-// ReclaimRisk is the seam for gang-level reclaim risk. The helper that the
-// spotrisk work builds in pkg/ satisfies it; until it is wired in (through
-// plugins.Deps) the plugin runs without it and picks the first domain where
-// the whole gang fits. Lower is better.
+// ReclaimRisk is the seam for gang-level reclaim risk (pricing.GangRisk,
+// handed in through plugins.Deps). Where several domains fit a gang and
+// NodeCost does not tell them apart (no price, or none handed in), the one
+// least at risk is chosen; without either, the first domain where the whole
+// gang fits. Lower is better.
 type ReclaimRisk interface {
 	// GangRisk is the risk that a gang placed on these nodes loses at least
 	// one member to a capacity reclaim, as a probability in [0, 1].
@@ -96,28 +97,49 @@ type shape struct {
 	// distinct annotations and priority (what another plugin may read); each
 	// gives the reason it rules a node out.
 	checks []func(node *corev1.Node) string
-	seen   map[string]bool
+	// costs price the shape's members' work on a node (NodeCost), one per
+	// distinct annotations and priority, with how many members it prices.
+	costs []memberCost
+	seen  map[string]int
 }
 
-// addCheck adds the node check of a member unless a member with the same
-// annotations and priority gave one already.
-func (s *shape) addCheck(pod *corev1.Pod, check NodeRule) {
-	if check == nil {
+// memberCost prices the work of members members of a shape on a node.
+type memberCost struct {
+	of      func(node *corev1.Node) (cost float64, avoided, ok bool)
+	members int64
+}
+
+// add adds a member's node check and cost unless a member with the same
+// annotations and priority gave them already, in which case it counts the
+// member in that one's cost.
+func (s *shape) add(pod *corev1.Pod, check NodeRule, cost NodeCost) {
+	if check == nil && cost == nil {
 		return
 	}
 	k, _ := json.Marshal(struct {
 		A map[string]string
 		P *int32
 	}{pod.Annotations, pod.Spec.Priority})
-	if s.seen[string(k)] {
+	if i, ok := s.seen[string(k)]; ok {
+		if i >= 0 {
+			s.costs[i].members++
+		}
 		return
 	}
 	if s.seen == nil {
-		s.seen = map[string]bool{}
+		s.seen = map[string]int{}
 	}
-	s.seen[string(k)] = true
-	if c := check(pod); c != nil {
-		s.checks = append(s.checks, c)
+	s.seen[string(k)] = -1
+	if check != nil {
+		if c := check(pod); c != nil {
+			s.checks = append(s.checks, c)
+		}
+	}
+	if cost != nil {
+		if c := cost(pod); c != nil {
+			s.seen[string(k)] = len(s.costs)
+			s.costs = append(s.costs, memberCost{of: c, members: 1})
+		}
 	}
 }
 
@@ -135,7 +157,7 @@ func shapeKey(pod *corev1.Pod, d demand) string {
 	return d.key() + "|" + string(constraints)
 }
 
-func shapesOf(members []*corev1.Pod, check NodeRule) []*shape {
+func shapesOf(members []*corev1.Pod, check NodeRule, cost NodeCost) []*shape {
 	byKey := map[string]*shape{}
 	var out []*shape
 	for _, p := range members {
@@ -143,11 +165,11 @@ func shapesOf(members []*corev1.Pod, check NodeRule) []*shape {
 		k := shapeKey(p, d)
 		if s, ok := byKey[k]; ok {
 			s.count++
-			s.addCheck(p, check)
+			s.add(p, check, cost)
 			continue
 		}
 		s := &shape{key: k, demand: d, count: 1, affinity: nodeaffinity.GetRequiredNodeAffinity(p), tolerations: p.Spec.Tolerations}
-		s.addCheck(p, check)
+		s.add(p, check, cost)
 		byKey[k] = s
 		out = append(out, s)
 	}
@@ -254,8 +276,9 @@ type exclusion struct {
 // placeGang looks for one domain where every shape fits at once, given what
 // nodes already hold (assumed pods included) and what other gangs claimed.
 // Nodes are visited in snapshot order, which the scheduler interleaves across
-// zones, and without a risk helper the first domain that completes wins, so
-// the common case touches a handful of nodes per domain.
+// zones, and without a cost or a risk helper the first domain that completes
+// wins, so the common case touches a handful of nodes per domain. With them,
+// the complete domain that ranks first by domainRank wins.
 func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, claims map[string]*demand, risk ReclaimRisk) (*plan, shortfall) {
 	ds := make([]demand, len(shapes))
 	var needed int64
@@ -322,16 +345,17 @@ func placeGang(nodes []fwk.NodeInfo, shapes []*shape, r rules, fixed *domain, cl
 		if left == 0 {
 			p.done = true
 			complete = append(complete, dom)
-			if risk == nil {
+			if risk == nil && !priced(shapes) {
 				return &plan{domain: dom, slots: p.slots}, shortfall{}
 			}
 		}
 	}
 	if len(complete) > 0 {
-		best, bestRisk := complete[0], 2.0
-		for _, dom := range complete {
-			if rk := risk.GangRisk(slotNodes(nodes, byDomain[dom].slots)); rk < bestRisk {
-				best, bestRisk = dom, rk
+		best := complete[0]
+		bestRank := rankDomain(nodes, shapes, byDomain[best].slots, risk)
+		for _, dom := range complete[1:] {
+			if rk := rankDomain(nodes, shapes, byDomain[dom].slots, risk); rk.less(bestRank) {
+				best, bestRank = dom, rk
 			}
 		}
 		return &plan{domain: best, slots: byDomain[best].slots}, shortfall{}
@@ -398,6 +422,72 @@ func excluded(nodes []fwk.NodeInfo, unplaced []*shape, r rules, fixed *domain) (
 		}
 	}
 	return ex, total
+}
+
+// priced is true when a shape's members' work is priced (NodeCost).
+func priced(shapes []*shape) bool {
+	for _, s := range shapes {
+		if len(s.costs) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// domainRank is how a complete domain ranks for a gang, in Score's order
+// for its members: fewest members on nodes they avoid, then fewest on
+// unpriced nodes, then the least their work costs there (each member's
+// cost on its node, which counts the risk that any of the gang's nodes is
+// reclaimed), then the lowest reclaim risk.
+type domainRank struct {
+	avoided, unpriced float64
+	cost, risk        float64
+}
+
+func (a domainRank) less(b domainRank) bool {
+	if a.avoided != b.avoided {
+		return a.avoided < b.avoided
+	}
+	if a.unpriced != b.unpriced {
+		return a.unpriced < b.unpriced
+	}
+	if a.cost != b.cost {
+		return a.cost < b.cost
+	}
+	return a.risk < b.risk
+}
+
+// rankDomain ranks the slots of a complete domain. A slot of a shape whose
+// members price apart counts each price by its share of the shape's members.
+func rankDomain(nodes []fwk.NodeInfo, shapes []*shape, slots []slot, risk ReclaimRisk) domainRank {
+	var rk domainRank
+	byKey := make(map[string]*shape, len(shapes))
+	for _, s := range shapes {
+		byKey[s.key] = s
+	}
+	byName := map[string]*corev1.Node{}
+	for _, n := range slotNodes(nodes, slots) {
+		byName[n.Name] = n
+	}
+	for _, sl := range slots {
+		s := byKey[sl.shape]
+		for _, c := range s.costs {
+			n := float64(sl.n) * float64(c.members) / float64(s.count)
+			cost, avoided, ok := c.of(byName[sl.node])
+			if avoided {
+				rk.avoided += n
+			}
+			if !ok {
+				rk.unpriced += n
+				continue
+			}
+			rk.cost += n * cost
+		}
+	}
+	if risk != nil {
+		rk.risk = risk.GangRisk(slotNodes(nodes, slots))
+	}
+	return rk
 }
 
 // countExclusion counts one more node ruled out for reason why, reasons in

@@ -31,7 +31,7 @@ var zoneRules = rules{sameZone: true, sameCapType: true, zoneLabel: corev1.Label
 
 func TestPlaceGangCountsOtherGangsClaims(t *testing.T) {
 	ns := infos(gpuNode("n-0"), gpuNode("n-1"))
-	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8), nil) }
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8), nil, nil) }
 	if p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, nil); p == nil {
 		t.Fatal("2 whole-node members fit on 2 free nodes")
 	}
@@ -50,7 +50,7 @@ func TestPlaceGangPlacesBigMembersFirst(t *testing.T) {
 	// One 8-GPU member and two 4-GPU members fit two 8-GPU nodes only if
 	// the big one takes a node before the small ones split both.
 	pods := append(gangPods("small", 2, 4), member("big", 3, 0, 8))
-	p, short := placeGang(infos(gpuNode("n-0"), gpuNode("n-1")), shapesOf(pods, nil), zoneRules, nil, nil, nil)
+	p, short := placeGang(infos(gpuNode("n-0"), gpuNode("n-1")), shapesOf(pods, nil, nil), zoneRules, nil, nil, nil)
 	if p == nil {
 		t.Fatalf("does not fit: %+v", short)
 	}
@@ -66,7 +66,7 @@ func TestPlaceGangPlacesBigMembersFirst(t *testing.T) {
 func TestPlaceGangKeepsToFixedDomain(t *testing.T) {
 	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")), gpuNode("b-1", inZone("b")))
 	fixed := zoneRules.domainOf(gpuNode("x", inZone("a")))
-	p, short := placeGang(ns, shapesOf(gangPods("llm", 2, 8), nil), zoneRules, &fixed, nil, nil)
+	p, short := placeGang(ns, shapesOf(gangPods("llm", 2, 8), nil, nil), zoneRules, &fixed, nil, nil)
 	if p != nil {
 		t.Fatalf("running members pin the gang to zone a, which has one node: %+v", p)
 	}
@@ -82,17 +82,17 @@ func TestPlaceGangRespectsTaintsAndSelectors(t *testing.T) {
 	cordoned := gpuNode("c-0")
 	cordoned.Spec.Unschedulable = true
 	ns := infos(tainted, cordoned, gpuNode("n-0"))
-	if p, _ := placeGang(ns, shapesOf(gangPods("llm", 2, 8), nil), zoneRules, nil, nil, nil); p != nil {
+	if p, _ := placeGang(ns, shapesOf(gangPods("llm", 2, 8), nil, nil), zoneRules, nil, nil, nil); p != nil {
 		t.Fatalf("only one node accepts the members, yet placed: %+v", p.slots)
 	}
 	tolerant := gangPods("llm", 2, 8, func(p *corev1.Pod) {
 		p.Spec.Tolerations = []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists}}
 	})
-	if p, _ := placeGang(ns, shapesOf(tolerant, nil), zoneRules, nil, nil, nil); p == nil {
+	if p, _ := placeGang(ns, shapesOf(tolerant, nil, nil), zoneRules, nil, nil, nil); p == nil {
 		t.Fatal("members tolerating the GPU taint fit on the tainted and the plain node")
 	}
 	picky := gangPods("llm", 1, 8, func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{"pool": "h100"} })
-	if p, _ := placeGang(ns, shapesOf(picky, nil), zoneRules, nil, nil, nil); p != nil {
+	if p, _ := placeGang(ns, shapesOf(picky, nil, nil), zoneRules, nil, nil, nil); p != nil {
 		t.Fatalf("no node has pool=h100, yet placed: %+v", p.slots)
 	}
 }
@@ -109,7 +109,7 @@ func (r riskByZone) GangRisk(nodes []*corev1.Node) float64 {
 
 func TestPlaceGangAsksTheRiskHelper(t *testing.T) {
 	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")))
-	shapes := func() []*shape { return shapesOf(gangPods("llm", 1, 8), nil) }
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 1, 8), nil, nil) }
 	if p, _ := placeGang(ns, shapes(), zoneRules, nil, nil, nil); p == nil || p.domain.zone != "a" {
 		t.Fatalf("without a risk helper the first domain that fits wins: %+v", p)
 	}
@@ -121,7 +121,7 @@ func TestPlaceGangAsksTheRiskHelper(t *testing.T) {
 
 func TestShapesGroupIdenticalMembers(t *testing.T) {
 	pods := append(gangPods("w", 6, 1), gangPods("m", 1, 0)...)
-	shapes := shapesOf(pods, nil)
+	shapes := shapesOf(pods, nil, nil)
 	if len(shapes) != 2 || shapes[0].count != 6 || shapes[1].count != 1 {
 		got := ""
 		for _, s := range shapes {
@@ -153,7 +153,7 @@ func TestShapeAsksTheNodeCheckOfEveryDistinctMember(t *testing.T) {
 	spot := &corev1.Node{}
 	spot.Labels = map[string]string{"capacity": "spot"}
 	onDemand := &corev1.Node{}
-	shapes := shapesOf([]*corev1.Pod{member("a", "allow"), member("b", "allow"), member("c", "never"), member("d", "allow")}, check)
+	shapes := shapesOf([]*corev1.Pod{member("a", "allow"), member("b", "allow"), member("c", "never"), member("d", "allow")}, check, nil)
 	if len(shapes) != 1 || shapes[0].count != 4 {
 		t.Fatalf("%d shapes, want the 4 members in one", len(shapes))
 	}
@@ -187,7 +187,7 @@ func TestPlaceGangNamesWhatTheNodesLack(t *testing.T) {
 	}
 	// n-0 has its GPUs but only 4 CPUs free; n-1 has its CPUs but 4 GPUs.
 	nodes := []fwk.NodeInfo{busy(gpuNode("n-0"), plainPod("web", 0, cpu("60"))), busy(gpuNode("n-1"), plainPod("train", 4))}
-	p, short := placeGang(nodes, shapesOf(members, nil), zoneRules, nil, nil, nil)
+	p, short := placeGang(nodes, shapesOf(members, nil, nil), zoneRules, nil, nil, nil)
 	if p != nil {
 		t.Fatalf("placed on nodes without room: %+v", p)
 	}
@@ -197,7 +197,7 @@ func TestPlaceGangNamesWhatTheNodesLack(t *testing.T) {
 	}
 	// Where no node may take a member, nothing given back helps.
 	other := domain{zone: "zone-b", capType: capacity.OnDemand}
-	if _, short := placeGang(nodes, shapesOf(members, nil), zoneRules, &other, nil, nil); short.lacking == nil || len(short.lacking) != 0 {
+	if _, short := placeGang(nodes, shapesOf(members, nil, nil), zoneRules, &other, nil, nil); short.lacking == nil || len(short.lacking) != 0 {
 		t.Errorf("no node in the gang's zone: lacking %#v, want none (and known)", short.lacking)
 	}
 }
@@ -263,7 +263,7 @@ func TestClaimsHoldPodSlots(t *testing.T) {
 	twoSlots := gpuNode("n-0")
 	twoSlots.Status.Allocatable[corev1.ResourcePods] = resource.MustParse("2")
 	ns := infos(twoSlots)
-	p, short := placeGang(ns, shapesOf(gangPods("a", 2, 0), nil), zoneRules, nil, nil, nil)
+	p, short := placeGang(ns, shapesOf(gangPods("a", 2, 0), nil, nil), zoneRules, nil, nil, nil)
 	if p == nil {
 		t.Fatalf("2 one-CPU members fit a node with 2 pod slots: %+v", short)
 	}
@@ -276,7 +276,7 @@ func TestClaimsHoldPodSlots(t *testing.T) {
 	pl.claimedSlots.Add(2)
 	claims := pl.claimsFor("", "")
 
-	if q, _ := placeGang(ns, shapesOf(gangPods("b", 1, 0), nil), zoneRules, nil, claims, nil); q != nil {
+	if q, _ := placeGang(ns, shapesOf(gangPods("b", 1, 0), nil, nil), zoneRules, nil, claims, nil); q != nil {
 		t.Errorf("gang b was planned onto the pod slots gang a claimed: %+v", q.slots)
 	}
 	if fits, short := podDemand(plainPod("lone", 0)).fitsOn(ns[0], claims["n-0"]); fits {
@@ -326,7 +326,7 @@ func TestPlaceGangCountsTheNodesRuledOutForTheMembersLeft(t *testing.T) {
 	// use r-0, but neither node has room for it.
 	members := []*corev1.Pod{member("mixed", 2, 0, 8), member("mixed", 2, 1, 4, picky())}
 	ns := infos(gpuNode("r-0", gpus(4), reserved()), gpuNode("n-1", gpus(4)))
-	p, short := placeGang(ns, shapesOf(members, reservedForOthers), zoneRules, nil, nil, nil)
+	p, short := placeGang(ns, shapesOf(members, reservedForOthers, nil), zoneRules, nil, nil, nil)
 	if p != nil {
 		t.Fatalf("an 8-GPU member placed on 4-GPU nodes: %+v", p.slots)
 	}
@@ -340,7 +340,7 @@ func TestPlaceGangCountsTheNodesRuledOutForTheMembersLeft(t *testing.T) {
 	ref.Name = "llm"
 	ns = infos(gpuNode("r-a0", reserved()), gpuNode("n-a1"),
 		gpuNode("r-b0", inZone("zone-b"), reserved()), gpuNode("r-b1", inZone("zone-b"), reserved()), gpuNode("n-b2", inZone("zone-b")))
-	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8, picky()), reservedForOthers) }
+	shapes := func() []*shape { return shapesOf(gangPods("llm", 2, 8, picky()), reservedForOthers, nil) }
 	_, short = placeGang(ns, shapes(), zoneRules, nil, nil, nil)
 	want = "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in one zone on one capacity type; of 5 node(s), ruled out for them: 3 node(s) are reserved for another team"
 	if got := short.message(ref, zoneRules, false); got != want {
@@ -351,5 +351,65 @@ func TestPlaceGangCountsTheNodesRuledOutForTheMembersLeft(t *testing.T) {
 	want = "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu in zone zone-b, capacity type on-demand, where its running members are; of 3 node(s), ruled out for them: 2 node(s) are reserved for another team"
 	if got := short.message(ref, zoneRules, true); got != want {
 		t.Errorf("message\n got %q\nwant %q", got, want)
+	}
+}
+
+// Where several domains fit, the gang goes where its members' work costs
+// least by the profile's NodeCost, in Score's order (Spot a member avoids
+// after all else, unpriced nodes after priced ones), each member counted
+// by its own price; the risk helper only breaks ties.
+func TestPlaceGangChoosesTheDomainWhereItsWorkCostsLeast(t *testing.T) {
+	type price struct {
+		cost          float64
+		avoided, none bool
+	}
+	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")), gpuNode("c-0", inZone("c")))
+	risk := riskByZone{"a": 0.1, "b": 0.3, "c": 0.2}
+	// byZone prices every member alike; "penny.dev/price" names another
+	// table for a member.
+	place := func(byZone map[string]price, other map[string]price, members []*corev1.Pod) (string, int) {
+		built := 0
+		cost := func(pod *corev1.Pod) func(*corev1.Node) (float64, bool, bool) {
+			built++
+			table := byZone
+			if pod.Annotations["penny.dev/price"] == "other" {
+				table = other
+			}
+			return func(n *corev1.Node) (float64, bool, bool) {
+				p := table[n.Labels[corev1.LabelTopologyZone]]
+				return p.cost, p.avoided, !p.none
+			}
+		}
+		p, _ := placeGang(ns, shapesOf(members, nil, cost), zoneRules, nil, nil, risk)
+		if p == nil {
+			t.Fatal("the gang fits nowhere")
+		}
+		return p.domain.zone, built
+	}
+	gang := func() []*corev1.Pod { return gangPods("llm", 4, 2) }
+	for _, c := range []struct {
+		name   string
+		byZone map[string]price
+		want   string
+	}{
+		{"cheapest work, though riskiest", map[string]price{"a": {cost: 3}, "b": {cost: 1}, "c": {cost: 2}}, "b"},
+		{"avoided Spot last, however cheap", map[string]price{"a": {cost: 3}, "b": {cost: 1, avoided: true}, "c": {cost: 2}}, "c"},
+		{"unpriced after priced", map[string]price{"a": {none: true}, "b": {cost: 9}, "c": {none: true}}, "b"},
+		{"equal costs: least risk", map[string]price{"a": {cost: 2}, "b": {cost: 2}, "c": {cost: 2}}, "a"},
+	} {
+		if got, _ := place(c.byZone, nil, gang()); got != c.want {
+			t.Errorf("%s: placed in zone %s, want %s", c.name, got, c.want)
+		}
+	}
+	// Three members cost 1 in zone b and 2 in zone c, the fourth 4 in b and
+	// nothing in c: 7 in b against 6 in c (priced all by the first member,
+	// the gang would cost 4 in b and 8 in c). Prices are built once per
+	// distinct member.
+	members := gang()
+	members[3].Annotations = map[string]string{"penny.dev/price": "other"}
+	got, built := place(map[string]price{"a": {none: true}, "b": {cost: 1}, "c": {cost: 2}},
+		map[string]price{"a": {none: true}, "b": {cost: 4}, "c": {cost: 0}}, members)
+	if got != "c" || built != 2 {
+		t.Errorf("members priced apart: placed in zone %s with %d prices built, want c with 2", got, built)
 	}
 }

@@ -56,6 +56,9 @@ type Gang struct {
 	// beyond its requests, taints and affinity (SpotRisk's capacity rules),
 	// and why not.
 	nodeCheck NodeRule
+	// nodeCost, when set, prices a member's work on a node (SpotRisk's
+	// Score), which chooses among the domains a gang fits in.
+	nodeCost NodeCost
 	// nativeGangs is true when the GenericWorkload gate is on, so pods that
 	// name a PodGroup are gang-scheduled by the in-tree machinery. Without
 	// it such pods are held (nativeUnsupported): nothing would gate them.
@@ -118,6 +121,19 @@ type NodeRule func(pod *corev1.Pod) func(node *corev1.Node) string
 // WithNodeRule sets the check placement asks for each member shape, with
 // the reason it gives for each node it rules out.
 func WithNodeRule(r NodeRule) Option { return func(g *Gang) { g.nodeCheck = r } }
+
+// NodeCost says, for a pod, what an hour of its useful work costs on a node
+// by the measure another plugin of the profile scores nodes with (nil: it
+// prices none), in that plugin's order: avoided marks a node ranked after
+// every other (Spot for a pod that avoids it), and ok false a node without
+// a price. Where several domains fit a gang, the one where its members'
+// work costs least is chosen: chosen by reclaim risk alone, a gang that
+// SpotRisk would put on Spot went to on-demand whenever that had room too.
+type NodeCost func(pod *corev1.Pod) func(node *corev1.Node) (cost float64, avoided, ok bool)
+
+// WithNodeCost sets the measure that chooses among the domains a gang fits
+// in.
+func WithNodeCost(c NodeCost) Option { return func(g *Gang) { g.nodeCost = c } }
 
 // New is the plugin factory for the scheduler framework.
 func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {

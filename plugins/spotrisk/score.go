@@ -79,15 +79,34 @@ func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, pri
 	return pricing.CostPerUsefulHour(hourly, rate, class.Work, pl.args.UnknownRuntime.Duration)
 }
 
+// rank is how Score ranks a node for a pod: its Cost, and whether the node
+// is Spot the pod avoids, which ranks after every node that is not.
+func (pl *SpotRisk) rank(pod *corev1.Pod, class Class, usage pricing.Usage, node *corev1.Node) (cost float64, avoided, ok bool) {
+	cost, ok = pl.Cost(pod, class, usage, node)
+	return cost, class.Policy == Avoid && pricing.NodeCapacity(node).IsSpot(), ok
+}
+
+// NodeCost is Score's measure of a pod on any node (rank), for PennyGang to
+// choose where a whole gang goes by what its members' work costs there, as
+// Score places each member within that choice. Nil when the pod's
+// annotations are malformed: PreFilter rejects the pod, naming the
+// annotation.
+func (pl *SpotRisk) NodeCost(pod *corev1.Pod) func(node *corev1.Node) (cost float64, avoided, ok bool) {
+	class, err := pl.classify(pod)
+	if err != nil {
+		return nil
+	}
+	usage := pricing.PodUsage(pod)
+	return func(node *corev1.Node) (float64, bool, bool) { return pl.rank(pod, class, usage, node) }
+}
+
 // Score implements fwk.ScorePlugin.
 func (pl *SpotRisk) Score(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) (int64, *fwk.Status) {
 	s, err := getState(cs)
 	if err != nil {
 		return 0, fwk.AsStatus(err)
 	}
-	node := ni.Node()
-	avoids := s.class.Policy == Avoid && pricing.NodeCapacity(node).IsSpot()
-	cost, ok := pl.Cost(pod, s.class, s.usage, node)
+	cost, avoids, ok := pl.rank(pod, s.class, s.usage, ni.Node())
 	switch {
 	case !ok && avoids:
 		return unpricedAvoided, nil
