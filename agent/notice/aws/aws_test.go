@@ -233,3 +233,70 @@ func TestWatchDetectsWithinAnInterval(t *testing.T) {
 		t.Fatal("notice not detected within 5s")
 	}
 }
+
+// IMDS names three interruption behaviours; each is a Spot interruption at
+// the notice's time.
+func TestEveryInstanceActionIsASpotInterruption(t *testing.T) {
+	for _, action := range []string{"terminate", "stop", "hibernate"} {
+		t.Run(action, func(t *testing.T) {
+			f, src := start(t)
+			at := time.Now().Add(2 * time.Minute).Truncate(time.Second).UTC()
+			f.SetSpotInterruption(action, at)
+			notices, err := src.Check(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(notices) != 1 || notices[0].Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || notices[0].Action != action || !notices[0].Deadline.Equal(at) {
+				t.Fatalf("notices %v, want one %s spot interruption at %v", notices, action, at)
+			}
+		})
+	}
+}
+
+// The session token is renewed a tenth of its lifetime before it expires,
+// not only after IMDS refused it: a 401 costs a check a round trip.
+func TestSessionTokenRefreshedBeforeItExpires(t *testing.T) {
+	f := metadatatest.NewAWS()
+	t.Cleanup(f.Close)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	src := aws.New(aws.Options{Endpoint: f.URL(), RequestTimeout: 300 * time.Millisecond, TokenTTL: time.Hour, Now: func() time.Time { return now }})
+	for _, c := range []struct {
+		after  time.Duration
+		tokens int
+	}{{0, 1}, {50 * time.Minute, 1}, {5 * time.Minute, 2}, {time.Minute, 2}} {
+		now = now.Add(c.after)
+		if _, err := src.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if f.Tokens() != c.tokens {
+			t.Fatalf("at %v: %d tokens, want %d", now, f.Tokens(), c.tokens)
+		}
+	}
+}
+
+// A time without a zone is refused, naming the document, the field and what
+// to write instead.
+func TestTimesWithoutZoneAreRefusedNamingTheField(t *testing.T) {
+	for name, c := range map[string]struct{ path, body, field string }{
+		"instance-action": {metadatatest.AWSInstanceAction, `{"action":"terminate","time":"2030-01-01T00:00:00"}`, "spot/instance-action: time:"},
+		"rebalance":       {metadatatest.AWSRebalance, `{"noticeTime":"2030-01-01T00:00:00"}`, "events/recommendations/rebalance: noticeTime:"},
+		"scheduled":       {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43","Code":"system-reboot","EventId":"instance-event-1","State":"active"}]`, "events/maintenance/scheduled[0]: NotBefore:"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, src := start(t)
+			f.SetFault(c.path, metadatatest.Garbage(c.body))
+			notices, err := src.Check(context.Background())
+			if len(notices) != 0 {
+				t.Errorf("false notice: %v", notices)
+			}
+			if err == nil {
+				t.Fatal("no error for a time without zone")
+			}
+			for _, w := range []string{c.field, "has no time zone", "Z"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -157,6 +157,13 @@ func parseTime(s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
+	// A time without a zone is refused in words of its own: taking it as
+	// UTC would be a guess.
+	for _, l := range []string{"2006-01-02T15:04:05", "2 Jan 2006 15:04:05"} {
+		if _, err := time.Parse(l, s); err == nil {
+			return time.Time{}, fmt.Errorf("%s has no time zone: want UTC, as IMDS writes it (e.g. 2026-05-01T10:00:00Z or 21 Jan 2019 09:00:43 GMT)", notice.Excerpt([]byte(s)))
+		}
+	}
 	if t, err := time.Parse("2 Jan 2006 15:04:05 MST", s); err == nil {
 		zone, _ := t.Zone()
 		return time.Time{}, fmt.Errorf("%s is in time zone %q, which IMDS never writes: want GMT (e.g. 21 Jan 2019 09:00:43 GMT) or RFC 3339 (e.g. 2026-05-01T10:00:00Z)", notice.Excerpt([]byte(s)), zone)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,9 +26,14 @@ const (
 	// DefaultPreemptNotice is the deadline of an event without NotBefore:
 	// Azure gives a Spot VM at least 30 seconds.
 	DefaultPreemptNotice = 30 * time.Second
-	// DefaultRequestTimeout: the first request after boot turns Scheduled
-	// Events on and may take long; later ones answer at once.
+	// DefaultRequestTimeout bounds a request once Scheduled Events has
+	// answered: then it answers at once.
 	DefaultRequestTimeout = 10 * time.Second
+	// DefaultFirstRequestTimeout bounds the requests for the document until
+	// one is answered: the first turns Scheduled Events on for the VM, and
+	// Azure documents that its answer may take up to two minutes. Cut off
+	// sooner, the agent would report errors, not notices, all that time.
+	DefaultFirstRequestTimeout = 2*time.Minute + 10*time.Second
 )
 
 // Paths.
@@ -42,8 +48,13 @@ type Options struct {
 	Endpoint   string
 	APIVersion string
 	// Interval between checks (DefaultInterval).
-	Interval       time.Duration
+	Interval time.Duration
+	// RequestTimeout bounds each request (DefaultRequestTimeout).
 	RequestTimeout time.Duration
+	// FirstRequestTimeout bounds the requests for the document until one
+	// is answered (DefaultFirstRequestTimeout); never less than
+	// RequestTimeout.
+	FirstRequestTimeout time.Duration
 	// VMName is this VM's name as Scheduled Events lists it in Resources;
 	// empty: read from the instance metadata (compute/name) at start.
 	VMName string
@@ -83,6 +94,10 @@ func New(opts Options) *Source {
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = DefaultRequestTimeout
 	}
+	if opts.FirstRequestTimeout <= 0 {
+		opts.FirstRequestTimeout = DefaultFirstRequestTimeout
+	}
+	opts.FirstRequestTimeout = max(opts.FirstRequestTimeout, opts.RequestTimeout)
 	if opts.PreemptNotice <= 0 {
 		opts.PreemptNotice = DefaultPreemptNotice
 	}
@@ -114,8 +129,21 @@ func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	if err != nil {
 		return nil, err
 	}
+	doc, err := s.document(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return doc.Notices(vm, s.opts.Now(), s.opts.PreemptNotice), nil
+}
+
+// document reads and parses the Scheduled Events document.
+func (s *Source) document(ctx context.Context) (*Document, error) {
 	u := s.eventsURL()
-	resp, err := s.http.Do(ctx, http.MethodGet, u, metadataHeader, nil, s.opts.RequestTimeout)
+	timeout := s.opts.RequestTimeout
+	if s.Incarnation() < 0 {
+		timeout = s.opts.FirstRequestTimeout
+	}
+	resp, err := s.http.Do(ctx, http.MethodGet, u, metadataHeader, nil, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +157,7 @@ func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	s.mu.Lock()
 	s.incarnation = doc.DocumentIncarnation
 	s.mu.Unlock()
-	return doc.Notices(vm, s.opts.Now(), s.opts.PreemptNotice), nil
+	return doc, nil
 }
 
 // Incarnation is the DocumentIncarnation of the last document read, -1
@@ -167,10 +195,33 @@ func (s *Source) name(ctx context.Context) (string, error) {
 // Acknowledge implements notice.Acknowledger: it tells Azure the VM is ready
 // for the event (POST {"StartRequests":[{"EventId":...}]}), so that it starts
 // without waiting out the notice.
+//
+// Azure starts an acknowledged event for every VM its Resources list, not
+// only for the VM that acknowledges it, and the agent speaks for its own node
+// alone: the other nodes' pods may still be checkpointing. So the event, as
+// the document lists it now, must name this VM and no other; otherwise
+// nothing is sent and Azure starts the event at its NotBefore.
 func (s *Source) Acknowledge(ctx context.Context, noticeID string) error {
 	id, ok := EventID(noticeID)
 	if !ok || !validID(id) {
 		return fmt.Errorf("notice %q is not an Azure scheduled event", noticeID)
+	}
+	vm, err := s.name(ctx)
+	if err != nil {
+		return fmt.Errorf("acknowledge scheduled event %s: %w", id, err)
+	}
+	doc, err := s.document(ctx)
+	if err != nil {
+		return fmt.Errorf("acknowledge scheduled event %s: %w", id, err)
+	}
+	i := slices.IndexFunc(doc.Events, func(e Event) bool { return e.EventID == id })
+	if i < 0 {
+		return fmt.Errorf("acknowledge scheduled event %s: Scheduled Events no longer lists it (Azure called it off or it ended); nothing to acknowledge", id)
+	}
+	resources := doc.Events[i].Resources
+	others := slices.DeleteFunc(slices.Clone(resources), func(r string) bool { return strings.EqualFold(r, vm) })
+	if len(others) > 0 || !lists(resources, vm) {
+		return fmt.Errorf("not acknowledging scheduled event %s: its Resources %q are not this VM %q alone, and Azure would start it for every VM listed; it starts at its NotBefore instead", id, resources, vm)
 	}
 	type start struct {
 		EventID string `json:"EventId"`

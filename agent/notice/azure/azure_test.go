@@ -2,6 +2,7 @@ package azure_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ func start(t *testing.T) (*metadatatest.Azure, *azure.Source) {
 	t.Helper()
 	f := metadatatest.NewAzure(vm)
 	t.Cleanup(f.Close)
-	return f, azure.New(azure.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
+	return f, azure.New(azure.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: 300 * time.Millisecond, FirstRequestTimeout: 300 * time.Millisecond})
 }
 
 func TestPreemptOfThisVMIsANotice(t *testing.T) {
@@ -186,5 +187,109 @@ func TestVMNameFailuresAreClear(t *testing.T) {
 	notices, err := src.Check(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "this VM's name") || len(notices) != 0 {
 		t.Fatalf("Check = %v, %v; want a clear error about the VM name and no notice", notices, err)
+	}
+}
+
+// Azure starts an acknowledged event for every VM its Resources list. An
+// agent that acknowledged an event it shares with its neighbours would cut
+// short their notice while their pods may still be checkpointing: it
+// acknowledges only an event that names its VM alone, as listed now.
+func TestAcknowledgeOnlyEventsOfThisVMAlone(t *testing.T) {
+	f, src := start(t)
+	ctx := context.Background()
+	soon := time.Now().Add(15 * time.Minute).UTC().Format(http.TimeFormat)
+	const neighbour = "aks-spot-12345678-vmss_4"
+	f.AddEvent(metadatatest.AzureEvent{EventID: "shared", EventType: "Reboot", Resources: []string{vm, neighbour}, NotBefore: soon})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "theirs", EventType: "Preempt", Resources: []string{neighbour}, NotBefore: soon})
+	notices, err := src.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 1 || notices[0].ID != "azure-shared" {
+		t.Fatalf("notices %v, want the shared event only: it concerns this VM too", notices)
+	}
+	for id, want := range map[string]string{
+		"shared": "not this VM", "theirs": "not this VM", "gone": "no longer lists it",
+	} {
+		err := src.Acknowledge(ctx, "azure-"+id)
+		if _, acked := f.Acked(id); acked {
+			t.Errorf("event %s acknowledged: Azure would start it for %s", id, neighbour)
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Acknowledge(%s) = %v, want an error saying %q", id, err, want)
+		}
+	}
+	f.AddEvent(metadatatest.AzureEvent{EventID: "mine", EventType: "Reboot", Resources: []string{strings.ToUpper(vm)}, NotBefore: soon})
+	if err := src.Acknowledge(ctx, "azure-mine"); err != nil {
+		t.Fatalf("acknowledging this VM's own event: %v", err)
+	}
+	if _, acked := f.Acked("mine"); !acked {
+		t.Error("this VM's own event was not acknowledged")
+	}
+}
+
+// NotBefore is a deadline only while the event is Scheduled; Azure empties
+// it once the event started, and starts events without notice after a host
+// failure (a Reboot already Started).
+func TestDeadlineFromNotBeforeAndEventStatus(t *testing.T) {
+	detected := time.Date(2030, 9, 19, 18, 0, 0, 0, time.UTC)
+	notBefore := "Thu, 19 Sep 2030 18:29:47 GMT"
+	for name, c := range map[string]struct {
+		status, notBefore string
+		deadline          time.Time
+		estimated         bool
+	}{
+		"scheduled with NotBefore":    {"Scheduled", notBefore, time.Date(2030, 9, 19, 18, 29, 47, 0, time.UTC), false},
+		"scheduled without NotBefore": {"Scheduled", "", detected.Add(azure.DefaultPreemptNotice), true},
+		"started":                     {"Started", "", detected, true},
+		"started, NotBefore kept":     {"Started", notBefore, detected, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d, err := azure.ParseDocument([]byte(`{"DocumentIncarnation":3,"Events":[{"EventId":"e1","EventType":"Reboot","ResourceType":"VirtualMachine","Resources":["` + vm + `"],"EventStatus":"` + c.status + `","NotBefore":"` + c.notBefore + `","EventSource":"Platform","DurationInSeconds":-1}]}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := d.Notices(vm, detected, azure.DefaultPreemptNotice)
+			if len(n) != 1 || !n[0].Deadline.Equal(c.deadline) || n[0].Estimated != c.estimated {
+				t.Fatalf("notices %v, want one with deadline %v (estimated %v)", n, c.deadline, c.estimated)
+			}
+		})
+	}
+}
+
+// A NotBefore without a zone is refused, naming the event and the field.
+func TestNotBeforeWithoutZoneIsRefused(t *testing.T) {
+	_, err := azure.ParseDocument([]byte(`{"DocumentIncarnation":2,"Events":[{"EventId":"e1","EventType":"Preempt","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":"Thu, 19 Sep 2030 18:29:47"}]}`))
+	if err == nil {
+		t.Fatal("NotBefore without a zone accepted")
+	}
+	for _, w := range []string{"Events[0]: NotBefore", "has no time zone", "GMT"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+}
+
+// The first request for the document turns Scheduled Events on for the VM,
+// and Azure documents that its answer may take up to two minutes: it gets
+// FirstRequestTimeout, later ones RequestTimeout.
+func TestFirstRequestMayTakeLongerThanLaterOnes(t *testing.T) {
+	f := metadatatest.NewAzure(vm)
+	t.Cleanup(f.Close)
+	src := azure.New(azure.Options{Endpoint: f.URL(), RequestTimeout: 200 * time.Millisecond, FirstRequestTimeout: 5 * time.Second})
+	slow := func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(600 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]any{"DocumentIncarnation": 1, "Events": []any{}})
+	}
+	f.SetFault(metadatatest.AzureScheduledEvents, slow)
+	if notices, err := src.Check(context.Background()); err != nil || len(notices) != 0 {
+		t.Fatalf("first check = %v, %v; want it to wait for Scheduled Events to turn on", notices, err)
+	}
+	if _, err := src.Check(context.Background()); err == nil || !strings.Contains(err.Error(), "no complete answer within 200ms") {
+		t.Fatalf("second check: error %v, want the request timeout once Scheduled Events answered", err)
 	}
 }

@@ -121,7 +121,7 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 	var out []notice.Notice
 	for _, e := range d.Events {
 		kind, known := eventKinds[e.EventType]
-		if !known || !slices.ContainsFunc(e.Resources, func(v string) bool { return strings.EqualFold(v, vmName) }) {
+		if !known || !lists(e.Resources, vmName) {
 			continue
 		}
 		deadline, estimated := detected.Add(minNotice), true
@@ -139,6 +139,12 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 		})
 	}
 	return out
+}
+
+// lists reports whether resources names vm; Azure's VM names are
+// case-insensitive.
+func lists(resources []string, vm string) bool {
+	return slices.ContainsFunc(resources, func(r string) bool { return strings.EqualFold(r, vm) })
 }
 
 // EventID returns the Azure event id of a notice id made by Notices.
@@ -175,6 +181,9 @@ func parseNotBefore(s string) (time.Time, error) {
 			return time.Time{}, fmt.Errorf("%s is not a plausible time", notice.Excerpt([]byte(s)))
 		}
 		return t.UTC(), nil
+	}
+	if _, err := time.Parse("Mon, 02 Jan 2006 15:04:05", s); err == nil {
+		return time.Time{}, fmt.Errorf("%s has no time zone: want GMT, as Scheduled Events writes it (e.g. \"Mon, 19 Sep 2016 18:29:47 GMT\")", notice.Excerpt([]byte(s)))
 	}
 	if t, err := time.Parse(time.RFC1123, s); err == nil {
 		zone, _ := t.Zone()
