@@ -1030,7 +1030,6 @@ func checkpointedOnB(c *Coordinator, cmd *telemetryv1.CheckpointCommand) telemet
 }
 
 // postponedAfterCommands has a coordinator act on maintenance within its
-
 // lead time, and has the cloud postpone it, once b was asked to
 // checkpoint, so far that the new lead time is ahead by wait; it returns
 // the notice as postponed and the first command.

@@ -227,28 +227,42 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 // the pod, or "".
 func (pl *SpotRisk) riskReason(s *podState, rate float64) string {
 	c := s.class
+	overLimit, overLoss := pl.riskRules(s, rate)
+	switch {
+	case overLimit:
+		// No percent sign: the scheduler's event recorder takes the
+		// message as a format. Six significant digits: 0.07 is 7, not
+		// 7.000000000000001.
+		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%.6g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+	case overLoss:
+		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %.6g percent of its work to reclaims",
+			max(1, c.Work.Nodes), s.runtime.Round(time.Minute), s.runtimeSource, 100**pl.args.MaxExpectedLoss)
+	}
+	return ""
+}
+
+// riskRules are riskReason's rules without their words: whether a pool
+// reclaimed at rate is over the pod's risk limit, else whether it would
+// cost training without checkpoints more of its work than maxExpectedLoss
+// allows. retryKeptOff asks them of every pod a pool holds each time one
+// of them fails, where a reason's words cost one fmt.Sprintf per pod held.
+func (pl *SpotRisk) riskRules(s *podState, rate float64) (overLimit, overLoss bool) {
+	c := s.class
 	// A limit equal to the pool's estimate admits it. The estimate goes
 	// through a rate and back, which is off by a few units in the last
 	// place: 2.5% came back as 0.025000000000000022, above a 2.5% limit,
 	// and kept every <5% pool from a pod that accepts 2.5%.
 	if pricing.MonthlyFromRate(rate) > c.MaxMonthlyRisk*(1+1e-9) {
-		// No percent sign: the scheduler's event recorder takes the
-		// message as a format. Six significant digits: 0.07 is 7, not
-		// 7.000000000000001.
-		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%.6g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+		return true, false
 	}
 	// Training without checkpoints restarts from nothing after a reclaim,
 	// which costs it on average half its run (its runtime: stateFor).
-	if nodes := max(1, c.Work.Nodes); c.Policy == Avoid && float64(nodes)*rate*s.runtime.Hours()/2 > *pl.args.MaxExpectedLoss {
-		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %.6g percent of its work to reclaims",
-			nodes, s.runtime.Round(time.Minute), s.runtimeSource, 100**pl.args.MaxExpectedLoss)
-	}
-	return ""
+	return false, c.Policy == Avoid && float64(max(1, c.Work.Nodes))*rate*s.runtime.Hours()/2 > *pl.args.MaxExpectedLoss
 }
 
 // riskBound is the highest reclaim rate riskReason admits for the pod, up
 // to rounding: what a pool's estimate must fall to for the pod to be
-// retried (waitForRisk), which asks riskReason again then.
+// retried (waitForRisk), which asks riskRules again then.
 func (pl *SpotRisk) riskBound(s *podState) float64 {
 	c := s.class
 	bound := math.Inf(1)

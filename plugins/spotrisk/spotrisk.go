@@ -209,7 +209,7 @@ type poolWait struct {
 }
 
 // riskWait is a pod kept off a pool: what the queue looks it up by, what
-// its risk rules read (riskReason), the rate they admit, and when it is
+// its risk rules read (riskRules), the rate they admit, and when it is
 // forgotten.
 type riskWait struct {
 	ref   *corev1.Pod
@@ -287,8 +287,9 @@ func (pl *SpotRisk) retryKeptOff(logger klog.Logger, pool pricing.Pool) {
 	var wake time.Time
 	highest := 0.0
 	for uid, w := range p.pods {
+		overLimit, overLoss := pl.riskRules(w.state, rate)
 		switch {
-		case pl.riskReason(w.state, rate) == "":
+		case !overLimit && !overLoss:
 			retry[w.ref.Namespace+"/"+w.ref.Name] = w.ref
 			delete(p.pods, uid)
 		case !now.Before(w.until):

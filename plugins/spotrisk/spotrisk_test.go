@@ -302,6 +302,33 @@ func TestRiskRetryFollowsNewEvidence(t *testing.T) {
 	}
 }
 
+// Each pod that fails asks again, of every pod a pool keeps off by its
+// risk, whether the estimate now admits it (waitForRisk), on the
+// scheduling goroutine and under the pool's lock: the question must not
+// build the Filter reason's words. It did, one fmt.Sprintf per held pod, so
+// a flush that retries n held pods formatted n² reasons.
+func TestRiskRetryAsksHeldPodsWithoutWords(t *testing.T) {
+	e, _, model, pool := riskRetryEnv(t)
+	model.ObserveReclaim(pool, "spot-a", t0)
+	const held = 200
+	for i := range held {
+		p := pod(fmt.Sprintf("limited-%d", i), map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+		if r := e.schedule(t, p); len(r.feasible) != 0 {
+			t.Fatalf("after a reclaim the pool is above 10%%; feasible %v", r.feasible)
+		}
+	}
+	e.plugin.riskWaits.mu.Lock()
+	n := len(e.plugin.riskWaits.pools[pool].pods)
+	e.plugin.riskWaits.mu.Unlock()
+	if n != held {
+		t.Fatalf("%d pods held for the pool, want %d", n, held)
+	}
+	logger := klogLogger()
+	if allocs := testing.AllocsPerRun(10, func() { e.plugin.retryKeptOff(logger, pool) }); allocs >= held/10 {
+		t.Errorf("asking %d held pods whether the pool admits them allocates %v times, want a few whatever their number", held, allocs)
+	}
+}
+
 // A pod without GPUs pays for the share of a GPU node it takes, not the
 // OpenCost split (which puts nearly all of the node's price on its GPUs):
 // a CPU node is the cheaper place for it, even against a Spot GPU node.
