@@ -140,11 +140,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	pl.priors, _ = pl.risk.(*pricing.RiskModel)
 	if pl.priors != nil && h != nil {
 		logger := klog.FromContext(ctx)
-		pl.priors.OnChange(func(pool pricing.Pool) {
-			if ctx.Err() == nil {
-				pl.retryKeptOff(logger, pool)
-			}
-		})
+		pl.priors.OnChange(func(pool pricing.Pool) { pl.retryKeptOff(logger, pool) })
 	}
 	if h != nil && h.SharedInformerFactory() != nil {
 		informers := h.SharedInformerFactory().Core().V1()
@@ -275,6 +271,11 @@ func (pl *SpotRisk) waitForRisk(logger klog.Logger, pod *corev1.Pod, s *podState
 // admits, forgets those held too long, and arms the pool's timer for the
 // next of either (waitForRisk).
 func (pl *SpotRisk) retryKeptOff(logger klog.Logger, pool pricing.Pool) {
+	if pl.lifetime.Err() != nil {
+		// The scheduler stopped: its queue is gone, and a model that
+		// outlives it (shared, or a replay's) still calls the hook.
+		return
+	}
 	waits := &pl.riskWaits
 	retry := map[string]*corev1.Pod{}
 	waits.mu.Lock()

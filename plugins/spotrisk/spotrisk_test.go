@@ -225,6 +225,24 @@ func TestPodKeptOffSpotByRiskIsRetriedWhenThePoolsRiskFalls(t *testing.T) {
 	}
 }
 
+// A pool's retry timer, or a risk model that outlives the scheduler, does
+// not retry pods into the queue of a scheduler that stopped.
+func TestRiskRetryEndsWithTheScheduler(t *testing.T) {
+	e, clk, model, pool := riskRetryEnv(t)
+	model.ObserveReclaim(pool, "spot-a", t0)
+	limited := pod("limited", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+	if r := e.schedule(t, limited); len(r.feasible) != 0 {
+		t.Fatalf("after a reclaim the pool is above 10%%; feasible %v", r.feasible)
+	}
+	e.stop()
+	clk.SetTime(t0.Add(24 * time.Hour))
+	e.plugin.retryKeptOff(klogLogger(), pool)
+	model.ObserveExposure(pool, 1, clk.Now())
+	if got := e.act.list(); len(got) != 0 {
+		t.Errorf("retried %v after the scheduler stopped", got)
+	}
+}
+
 // Training without checkpoints is kept off a pool by what a reclaim would
 // cost it (maxExpectedLoss), a limit on the rate too: it is retried when the
 // pool's estimate falls under 2 x 2% / 100 h.
