@@ -26,14 +26,15 @@ type Work struct {
 // checkpoint interval when the workload checkpoints (a reclaim lands
 // uniformly between two checkpoints), half the runtime when it does not
 // (everything since the start is lost), nothing for a stateless service.
-// unknownRuntime stands in for a runtime nobody declared.
-func (w Work) LostPerReclaim(unknownRuntime time.Duration) time.Duration {
+// undeclared stands in for a runtime nobody declared (SpotRisk: how long
+// training runs in the cluster typically last, else its unknownRuntime).
+func (w Work) LostPerReclaim(undeclared time.Duration) time.Duration {
 	if w.Stateless {
 		return 0
 	}
 	run := w.ExpectedRuntime
 	if run <= 0 {
-		run = unknownRuntime
+		run = undeclared
 	}
 	if w.CheckpointInterval > 0 && w.CheckpointInterval < run {
 		return w.CheckpointInterval / 2
@@ -46,11 +47,11 @@ func (w Work) LostPerReclaim(unknownRuntime time.Duration) time.Duration {
 // every reclaim wastes the lost work and the restart, so an hour of useful
 // work takes 1 + rate*nodes*(lost + restart) hours of capacity on average,
 // where a gang on nodes of the pool is interrupted nodes times as often as
-// one pod (GangReclaimProbability).
-func CostPerUsefulHour(hourly, rate float64, w Work, unknownRuntime time.Duration) float64 {
+// one pod (GangReclaimProbability). undeclared is as for LostPerReclaim.
+func CostPerUsefulHour(hourly, rate float64, w Work, undeclared time.Duration) float64 {
 	if rate <= 0 {
 		return hourly
 	}
-	waste := (w.LostPerReclaim(unknownRuntime) + w.RestartOverhead).Hours()
+	waste := (w.LostPerReclaim(undeclared) + w.RestartOverhead).Hours()
 	return hourly * (1 + rate*float64(max(1, w.Nodes))*waste)
 }

@@ -255,9 +255,20 @@ func (r *elastic) poolFits(i int) ([]bool, error) {
 	for k, pool := range r.pools {
 		tpls[k] = pool.template
 	}
-	fits, err := r.e.FitsTemplates(asAlone(p.pod), tpls)
+	alone := asAlone(p.pod)
+	fits, err := r.e.FitsTemplates(alone, tpls)
 	if err != nil {
 		return nil, err
+	}
+	if alone != p.pod && r.riskFilter && r.spotRisk != nil {
+		// SpotRisk weighs a gang member's Spot risk for the whole gang (a
+		// reclaim of any member's node restarts them all), in its Filter
+		// and in the gang plugin's admission (Excludes): a member alone
+		// would count Spot pools usable that the gang is kept off.
+		excludes := r.spotRisk.Excludes(p.pod)
+		for k := range fits {
+			fits[k] = fits[k] && excludes != nil && excludes(tpls[k]) == ""
+		}
 	}
 	var id int32
 	p.fits, id = r.internFits(fits)
@@ -664,6 +675,8 @@ func (r *elastic) gangWaiting(i int) []int {
 // gang, since the gang plugin admits a gang only once room for every member
 // exists, which is what the autoscaler is asked to create. Each member gets
 // its node; the gang plugin places them together when the nodes are up.
+// What else the gang changes, SpotRisk's verdict (the gang's size in its
+// expected loss, its workload's reclaims), poolFits asks of the pod itself.
 func asAlone(pod *v1.Pod) *v1.Pod {
 	if _, ok := pod.Labels[gang.LabelName]; !ok {
 		return pod

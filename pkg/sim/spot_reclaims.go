@@ -128,14 +128,11 @@ func (r *elastic) reclaim(name string) error {
 		if p.reclaimed == 0 {
 			r.res.PodsReclaimed++
 		}
-		// As the reclaim coordinator does on a notice. The autoscaler asks
-		// about a gang member as a pod alone (asAlone), so that pod's
-		// workload learns it too. (Template verdicts it changes are those
-		// of avoiding pods, which follow the risk model: riskGen.)
+		// As the reclaim coordinator does on a notice. (Template verdicts
+		// it changes are those of avoiding pods, which follow the risk
+		// model: riskGen. The autoscaler asks SpotRisk about a gang member
+		// as a member, poolFits, so its gang's workload is the one to learn.)
 		r.interrupted.Observe(p.pod, r.now-p.runStart, r.clock.Now())
-		if alone := asAlone(p.pod); alone != p.pod {
-			r.interrupted.Observe(alone, r.now-p.runStart, r.clock.Now())
-		}
 		r.stop(i, true, kept[i])
 		if p.class.Work.Stateless {
 			r.res.InterruptedServices++

@@ -13,6 +13,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	fwk "k8s.io/kube-scheduler/framework"
 
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -399,6 +401,9 @@ type elastic struct {
 	// riskFilter: the policy's profile filters with SpotRisk, whose verdicts
 	// on a risk-following pod change with riskGen (no other filter's do).
 	riskFilter bool
+	// spotRisk is the profile's SpotRisk, which poolFits asks about a gang
+	// member as the member of its gang that the scheduler places (asAlone).
+	spotRisk *spotrisk.SpotRisk
 	// rule is what a reclaim costs the policy's pods (docs/reclaim.md).
 	rule ReclaimRule
 	rank func(pod *v1.Pod, templates []*v1.Node) ([]int, error)
@@ -503,6 +508,15 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			r.risk.SetPrior(poolKey(p), price.Interruption)
 		}
 	}
+	if build, ok := reg[spotrisk.Name]; ok {
+		reg[spotrisk.Name] = func(ctx context.Context, obj k8sruntime.Object, h fwk.Handle) (fwk.Plugin, error) {
+			pl, err := build(ctx, obj, h)
+			if sr, ok := pl.(*spotrisk.SpotRisk); ok {
+				r.spotRisk = sr
+			}
+			return pl, err
+		}
+	}
 	e, err := NewEngine(ctx, EngineOptions{Profile: prof, Registry: reg, Seed: o.Seed, Parallelism: o.Parallelism, KeepUnschedulable: true})
 	if err != nil {
 		return nil, err
@@ -605,7 +619,9 @@ func (r *elastic) setRanker(ctx context.Context, deps plugins.Deps) error {
 	}
 	switch r.o.Policy.Name {
 	case "penny":
-		x, err := spotrisk.NewExpander(ctx, nil, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock})
+		// The run lengths the profile's SpotRisk learns price an avoiding
+		// pod's reclaims here too, as in penny-scheduler's expander.
+		x, err := spotrisk.NewExpander(ctx, nil, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock, RunLengths: deps.RunLengths})
 		if err != nil {
 			return err
 		}

@@ -1436,3 +1436,43 @@ pools:
 		t.Errorf("the replay ended at %v; want within an hour of %v", end, lastRun+StallLimit)
 	}
 }
+
+// The autoscaler weighs a gang member's pools with SpotRisk's rules for the
+// whole gang, as the scheduler then places it: training without checkpoints
+// on 4 Spot nodes of a pool reclaimed 25% a month (a rate of 3.9e-4 per
+// node-hour) for 48h expects to lose 4 x 3.9e-4 x 48 / 2 = 3.8% of its work,
+// over the 2% SpotRisk accepts, though one member alone would lose 0.9%. With
+// a Spot pool only, no pool may take the gang: the autoscaler launches
+// nothing and the report says so. (Asked about a member as a pod alone, it
+// launched four Spot nodes the gang plugin then would not use.)
+func TestElasticWeighsAGangMembersSpotRiskForTheWholeGang(t *testing.T) {
+	s := scenarioOf(t, `
+name: risky
+region: us-east-1
+policies:
+- {policy: penny, tolerateSpot: true}
+classes:
+- {qos: [BE], annotations: {penny.dev/workload: training, penny.dev/expected-runtime: 48h, penny.dev/fallback-after: 0s}}
+pools:
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 4, provisioningDelay: 3m, scaleDownAfter: 10m,
+   advertisedInterruption: ">20%", meanTimeToReclaim: 0s}
+`)
+	member := func(g string, size, i int) TracePod {
+		p := spotTracePod(fmt.Sprintf("%s-%d", g, i), "BE", 1, 0, time.Hour)
+		p.Pod.Labels[gang.LabelName], p.Pod.Labels[gang.KeySize] = g, fmt.Sprint(size)
+		return p
+	}
+	var pods []TracePod
+	for i := range 4 {
+		pods = append(pods, member("wide", 4, i))
+	}
+	res := spotReplay(t, s, "penny", 42, pods...)
+	if res.ScaleUps != 0 || res.NeverScheduled != 4 || res.FitsNoPool != 4 {
+		t.Fatalf("a 4-node gang: %d scale-ups, never scheduled %d, fit no pool %d; want 0, 4, 4", res.ScaleUps, res.NeverScheduled, res.FitsNoPool)
+	}
+	// A gang of one on the same pool expects to lose 0.9%: it runs on Spot.
+	one := spotReplay(t, s, "penny", 42, member("narrow", 1, 0))
+	if one.PodsCompleted != 1 || one.NodeHoursByPool["spot"] == 0 {
+		t.Fatalf("a 1-node gang: completed %d, node-hours %v; want 1 on Spot", one.PodsCompleted, one.NodeHoursByPool)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -198,6 +199,49 @@ func TestFill(t *testing.T) {
 		}
 		if got := Fill(n, usages); got != c.want {
 			t.Errorf("%s: Fill = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// Training without checkpoints that declares no runtime is priced for the
+// run length the expected-loss rule takes (SpotRisk.runtime): as long as
+// training here typically runs, once that is learned. Ranking Spot pools it
+// fell back to, a reclaim of a 2000h run costs 1000h of work: the pool
+// reclaimed less often ($8 a node of 8 slots, 5-10%: $1.11 a slot per hour
+// of useful work) comes before the cheaper, riskier one ($7, >20%: $1.22);
+// with the 4h unknownRuntime (nothing learned) it is the other way round
+// ($1.00, $0.88). Score prices it the same way.
+func TestUndeclaredRuntimeIsPricedAsTheExpectedLossRuleTakesIt(t *testing.T) {
+	spot := []*corev1.Node{node("spot-a", pricing.Spot, "us-east-1a"), node("spot-c", pricing.Spot, "us-east-1c")}
+	undeclared := pod("p", map[string]string{AnnotationWorkload: "training"})
+	declared := pod("p", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: "2000h"})
+	first := func(runs *pricing.RunLengths, p *corev1.Pod) string {
+		x, err := NewExpander(context.Background(), nil, Deps{Prices: catalog(t), RunLengths: runs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		order, err := x.Rank(p, spot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return spot[order[0]].Name
+	}
+	if got := first(runsOf(10, 2000*time.Hour), undeclared); got != "spot-a" {
+		t.Errorf("2000h runs learned, no runtime declared: %s first, want spot-a", got)
+	}
+	if got := first(runsOf(10, 2000*time.Hour), declared); got != "spot-a" {
+		t.Errorf("2000h declared: %s first, want spot-a", got)
+	}
+	if got := first(nil, undeclared); got != "spot-c" {
+		t.Errorf("nothing learned, no runtime declared (unknownRuntime 4h): %s first, want spot-c", got)
+	}
+
+	e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runsOf(10, 2000*time.Hour)}, fleet()[:4]...)
+	learned, want := e.plugin.NodeCost(undeclared), e.plugin.NodeCost(declared)
+	for _, n := range fleet()[:4] {
+		got, _, _ := learned(n)
+		if w, _, _ := want(n); got != w {
+			t.Errorf("%s: Score's cost %v with 2000h runs learned, want %v as for 2000h declared", n.Name, got, w)
 		}
 	}
 }

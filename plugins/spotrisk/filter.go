@@ -108,27 +108,40 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 // Spot capacity, and an avoiding pod for capacity that is not Spot, from
 // when it may first be scheduled (waitStart) until FallbackAfter has passed;
 // an avoiding pod whose workload already lost a run to a reclaim stays off
-// Spot, and an avoiding pod is taken to run as long as it declares, else as
-// training here typically does (read once per pod, not per node).
+// Spot, and an avoiding pod is taken to run for its runtime (read once per
+// pod, not per node).
 func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 	s := &podState{class: class, start: pl.waitStart(pod)}
 	if class.Policy == Avoid {
 		s.interrupted = pl.interrupted.Longest(pod)
-		s.runtime, s.runtimeSource = class.Work.ExpectedRuntime, "declared"
-		if s.runtime == 0 {
-			var learned bool
-			if s.runtime, learned = pl.runLengths.Typical(); learned {
-				s.runtimeSource = "how long training runs here typically last"
-			} else {
-				s.runtime, s.runtimeSource = pl.args.UnknownRuntime.Duration, "unknownRuntime"
-			}
-		}
+		s.runtime, s.runtimeSource = pl.runtime(class)
 	}
 	if class.Waits() {
 		s.deadline = s.start.Add(class.FallbackAfter)
 		s.waiting = pl.clock.Now().Before(s.deadline)
 	}
 	return s
+}
+
+// runtime is how long a pod of the class is taken to run, and where that
+// comes from: as long as it declares, else, for training, as long as
+// training runs here typically last (pricing.RunLengths, which learns from
+// training only), else unknownRuntime. The expected-loss rule (riskReason)
+// and the price of a reclaim (Score, the Expander: expected) both read it,
+// so that one pod's expected loss on a pool is one number: with the learned
+// run length in the rule and unknownRuntime in the price, the Expander and
+// Score ranked the Spot pools an avoiding pod had fallen back to as if it
+// lost 2h of work per reclaim where the rule took it to lose, say, 200h.
+func (pl *SpotRisk) runtime(class Class) (time.Duration, string) {
+	if class.Work.ExpectedRuntime > 0 {
+		return class.Work.ExpectedRuntime, "declared"
+	}
+	if class.Workload == Training {
+		if d, learned := pl.runLengths.Typical(); learned {
+			return d, "how long training runs here typically last"
+		}
+	}
+	return pl.args.UnknownRuntime.Duration, "unknownRuntime"
 }
 
 // PreFilterExtensions implements fwk.PreFilterPlugin: the plugin's state

@@ -73,10 +73,12 @@ func nodeShare(u pricing.Usage, node *corev1.Node) float64 {
 }
 
 // expected turns an hourly price on a node into the expected price of an
-// hour of useful work there.
+// hour of useful work there, the work lost per reclaim taken from the
+// runtime the expected-loss rule takes too (runtime).
 func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, price pricing.Price) float64 {
 	rate := pl.reclaimRate(node, pricing.NodeCapacity(node), price, true)
-	return pricing.CostPerUsefulHour(hourly, rate, class.Work, pl.args.UnknownRuntime.Duration)
+	run, _ := pl.runtime(class)
+	return pricing.CostPerUsefulHour(hourly, rate, class.Work, run)
 }
 
 // rank is how Score ranks a node for a pod: its Cost, and whether the node
