@@ -3,6 +3,7 @@ package pricing
 import (
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,6 +39,10 @@ type RunLengths struct {
 	at time.Time
 	// inForce: Typical spoke at the last Observe, and the metric says so.
 	inForce bool
+	// typical is what Typical answers (0: nothing yet), set by Observe,
+	// the only writer of the sums: SpotRisk's Score reads it for every node
+	// it scores, from many goroutines at once, without taking mu.
+	typical atomic.Int64
 }
 
 // NewRunLengths halves an observation's weight every halfLife
@@ -74,6 +79,11 @@ func (r *RunLengths) Observe(gpus float64, ran time.Duration, end time.Time) {
 	r.n += w
 	typical, inForce, was := r.s2/r.s1, r.enough(), r.inForce
 	r.inForce = inForce
+	if inForce {
+		r.typical.Store(int64(max(1, time.Duration(typical*float64(time.Hour)))))
+	} else {
+		r.typical.Store(0)
+	}
 	r.mu.Unlock()
 	// Until Typical answers, unknownRuntime is in force, not this: 0, as
 	// before the first run, once the runs it knew have aged out.
@@ -99,10 +109,6 @@ func (r *RunLengths) Typical() (time.Duration, bool) {
 	if r == nil {
 		return 0, false
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.enough() || r.s1 == 0 {
-		return 0, false
-	}
-	return time.Duration(r.s2 / r.s1 * float64(time.Hour)), true
+	d := time.Duration(r.typical.Load())
+	return d, d > 0
 }
