@@ -86,85 +86,109 @@ func TestShippedProfileBuilds(t *testing.T) {
 	}
 }
 
-// PennyGang admits a gang only to nodes SpotRisk lets its members use: a
-// gang of inference pods is not admitted to Spot room (it would hold the
-// room, fail SpotRisk's Filter, back off and try the same nodes again), and
-// with on-demand room it is admitted there.
-func TestGangIsAdmittedOnlyWhereSpotRiskLetsItsMembersRun(t *testing.T) {
+// shippedProfile is the penny-scheduler profile of the shipped
+// configuration.
+func shippedProfile(t *testing.T) *config.KubeSchedulerProfile {
+	t.Helper()
 	schedmetrics.Register()
 	cfg, err := options.LoadConfigFromFile(klog.Background(), "../deploy/scheduler/config.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var profile *config.KubeSchedulerProfile
 	for i := range cfg.Profiles {
 		if cfg.Profiles[i].SchedulerName == "penny-scheduler" {
-			profile = &cfg.Profiles[i]
+			return &cfg.Profiles[i]
 		}
 	}
-	node := func(name, ct string) *corev1.Node {
-		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-			corev1.LabelHostname: name, corev1.LabelTopologyZone: "us-east-1a", corev1.LabelInstanceTypeStable: "g5.12xlarge",
-			"karpenter.sh/capacity-type": ct}},
-			Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
-				corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"),
-				corev1.ResourcePods: resource.MustParse("110"), "nvidia.com/gpu": resource.MustParse("4")}}}
-		n.Status.Capacity = n.Status.Allocatable
-		return n
-	}
-	member := func(i int) *corev1.Pod {
-		return &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("serve-", i), Namespace: "ml", UID: types.UID(fmt.Sprint("serve-", i)),
-				Labels:      map[string]string{"penny.dev/gang": "serve", "penny.dev/gang-size": "2"},
-				Annotations: map[string]string{spotrisk.AnnotationWorkload: "inference"}},
+	t.Fatal("deploy/scheduler/config.yaml has no penny-scheduler profile")
+	return nil
+}
+
+// g5Node is a 4-GPU g5.12xlarge in us-east-1a of capacity type ct.
+func g5Node(name, ct string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		corev1.LabelHostname: name, corev1.LabelTopologyZone: "us-east-1a", corev1.LabelInstanceTypeStable: "g5.12xlarge",
+		"karpenter.sh/capacity-type": ct}},
+		Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
+			corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"),
+			corev1.ResourcePods: resource.MustParse("110"), "nvidia.com/gpu": resource.MustParse("4")}}}
+	n.Status.Capacity = n.Status.Allocatable
+	return n
+}
+
+// twoMemberGang is a gang of two 4-GPU pods of the workload, in namespace
+// ml, named after the gang.
+func twoMemberGang(name, workload string) []*corev1.Pod {
+	var members []*corev1.Pod
+	for i := range 2 {
+		pod := fmt.Sprint(name, "-", i)
+		members = append(members, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: "ml", UID: types.UID(pod),
+				Labels:      map[string]string{"penny.dev/gang": name, "penny.dev/gang-size": "2"},
+				Annotations: map[string]string{spotrisk.AnnotationWorkload: workload}},
 			Spec: corev1.PodSpec{SchedulerName: "penny-scheduler", Containers: []corev1.Container{{Name: "c",
 				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("4")}}}}},
-		}
+		})
 	}
-	preFilter := func(nodes ...*corev1.Node) (*fwk.PreFilterResult, *fwk.Status) {
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		client := fake.NewClientset(member(0), member(1))
-		factory := informers.NewSharedInformerFactory(client, 0)
-		// The whole profile is built (SpotRisk included); PennyGang's
-		// PreFilter is called alone, since the in-tree DRA plugin needs a
-		// running scheduler.
-		ours := Registry(Deps{})
-		var pennyGang fwk.PreFilterPlugin
-		newGang := ours[gang.Name]
-		ours[gang.Name] = func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			p, err := newGang(ctx, obj, h)
-			if err == nil {
-				pennyGang = p.(fwk.PreFilterPlugin)
-			}
-			return p, err
-		}
-		registry := plugins.NewInTreeRegistry()
-		if err := registry.Merge(ours); err != nil {
-			t.Fatal(err)
-		}
-		snapshot := cache.NewSnapshot(nil, nodes)
-		if _, err := frameworkruntime.NewFramework(ctx, registry, profile,
-			frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
-			frameworkruntime.WithSnapshotSharedLister(snapshot)); err != nil {
-			t.Fatal(err)
-		}
-		factory.Start(ctx.Done())
-		factory.WaitForCacheSync(ctx.Done())
-		infos, err := snapshot.NodeInfos().List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return pennyGang.PreFilter(ctx, framework.NewCycleState(), member(0), infos)
-	}
+	return members
+}
 
+// gangPreFilter builds the whole shipped profile (SpotRisk included) with
+// deps over the nodes and the gang, and asks PennyGang's PreFilter about
+// the gang's first member; PreFilter is called alone, since the in-tree
+// DRA plugin needs a running scheduler.
+func gangPreFilter(t *testing.T, deps Deps, members []*corev1.Pod, nodes ...*corev1.Node) (*fwk.PreFilterResult, *fwk.Status) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	objs := make([]runtime.Object, len(members))
+	for i, m := range members {
+		objs[i] = m
+	}
+	client := fake.NewClientset(objs...)
+	factory := informers.NewSharedInformerFactory(client, 0)
+	ours := Registry(deps)
+	var pennyGang fwk.PreFilterPlugin
+	newGang := ours[gang.Name]
+	ours[gang.Name] = func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+		p, err := newGang(ctx, obj, h)
+		if err == nil {
+			pennyGang = p.(fwk.PreFilterPlugin)
+		}
+		return p, err
+	}
+	registry := plugins.NewInTreeRegistry()
+	if err := registry.Merge(ours); err != nil {
+		t.Fatal(err)
+	}
+	snapshot := cache.NewSnapshot(nil, nodes)
+	if _, err := frameworkruntime.NewFramework(ctx, registry, shippedProfile(t),
+		frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
+		frameworkruntime.WithSnapshotSharedLister(snapshot)); err != nil {
+		t.Fatal(err)
+	}
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	infos, err := snapshot.NodeInfos().List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pennyGang.PreFilter(ctx, framework.NewCycleState(), members[0], infos)
+}
+
+// PennyGang admits a gang only to nodes SpotRisk lets its members use: a
+// gang of inference pods is not admitted to Spot room (it would hold the
+// room, fail SpotRisk's Filter, back off and try the same nodes again), and
+// with on-demand room it is admitted there.
+func TestGangIsAdmittedOnlyWhereSpotRiskLetsItsMembersRun(t *testing.T) {
+	serve := twoMemberGang("serve", "inference")
 	// The message gives SpotRisk's own reason, so that nobody looks for
 	// capacity the members' class keeps them from.
-	if _, s := preFilter(node("spot-0", "spot"), node("spot-1", "spot")); s.IsSuccess() || !strings.Contains(s.Message(), "gang ml/serve") ||
+	if _, s := gangPreFilter(t, Deps{}, serve, g5Node("spot-0", "spot"), g5Node("spot-1", "spot")); s.IsSuccess() || !strings.Contains(s.Message(), "gang ml/serve") ||
 		!strings.Contains(s.Message(), "ruled out for them: 2 node(s) are Spot and the pod stays off Spot (inference workload)") {
 		t.Fatalf("with room on Spot nodes only: %v; want the gang not admitted, with SpotRisk's reason", s)
 	}
-	res, s := preFilter(node("spot-0", "spot"), node("spot-1", "spot"), node("od-0", "on-demand"), node("od-1", "on-demand"))
+	res, s := gangPreFilter(t, Deps{}, serve, g5Node("spot-0", "spot"), g5Node("spot-1", "spot"), g5Node("od-0", "on-demand"), g5Node("od-1", "on-demand"))
 	if !s.IsSuccess() {
 		t.Fatalf("with on-demand room: %v", s)
 	}
@@ -197,69 +221,11 @@ func (r oneRate) ReclaimRate(pricing.Pool) float64 { return float64(r) }
 // priced its work on Spot at a third of that; a gang on Spot so risky that
 // its work costs more there still goes to on-demand.
 func TestGangGoesWhereSpotRiskPricesItsWorkLowest(t *testing.T) {
-	schedmetrics.Register()
-	cfg, err := options.LoadConfigFromFile(klog.Background(), "../deploy/scheduler/config.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var profile *config.KubeSchedulerProfile
-	for i := range cfg.Profiles {
-		if cfg.Profiles[i].SchedulerName == "penny-scheduler" {
-			profile = &cfg.Profiles[i]
-		}
-	}
-	node := func(name, ct string) *corev1.Node {
-		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-			corev1.LabelHostname: name, corev1.LabelTopologyZone: "us-east-1a", corev1.LabelInstanceTypeStable: "g5.12xlarge",
-			"karpenter.sh/capacity-type": ct}},
-			Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{
-				corev1.ResourceCPU: resource.MustParse("48"), corev1.ResourceMemory: resource.MustParse("192Gi"),
-				corev1.ResourcePods: resource.MustParse("110"), "nvidia.com/gpu": resource.MustParse("4")}}}
-		n.Status.Capacity = n.Status.Allocatable
-		return n
-	}
 	// Batch work (allow): Spot as it prices.
-	member := func(i int) *corev1.Pod {
-		return &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("job-", i), Namespace: "ml", UID: types.UID(fmt.Sprint("job-", i)),
-				Labels:      map[string]string{"penny.dev/gang": "job", "penny.dev/gang-size": "2"},
-				Annotations: map[string]string{spotrisk.AnnotationWorkload: "batch"}},
-			Spec: corev1.PodSpec{SchedulerName: "penny-scheduler", Containers: []corev1.Container{{Name: "c",
-				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("4")}}}}},
-		}
-	}
+	job := twoMemberGang("job", "batch")
 	admitted := func(rate float64) string {
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		client := fake.NewClientset(member(0), member(1))
-		factory := informers.NewSharedInformerFactory(client, 0)
-		ours := Registry(Deps{Prices: capacityPrices{"spot": 1.7, "on-demand": 5.672}, Risk: oneRate(rate)})
-		var pennyGang fwk.PreFilterPlugin
-		newGang := ours[gang.Name]
-		ours[gang.Name] = func(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
-			p, err := newGang(ctx, obj, h)
-			if err == nil {
-				pennyGang = p.(fwk.PreFilterPlugin)
-			}
-			return p, err
-		}
-		registry := plugins.NewInTreeRegistry()
-		if err := registry.Merge(ours); err != nil {
-			t.Fatal(err)
-		}
-		snapshot := cache.NewSnapshot(nil, []*corev1.Node{node("od-0", "on-demand"), node("od-1", "on-demand"), node("spot-0", "spot"), node("spot-1", "spot")})
-		if _, err := frameworkruntime.NewFramework(ctx, registry, profile,
-			frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
-			frameworkruntime.WithSnapshotSharedLister(snapshot)); err != nil {
-			t.Fatal(err)
-		}
-		factory.Start(ctx.Done())
-		factory.WaitForCacheSync(ctx.Done())
-		infos, err := snapshot.NodeInfos().List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, s := pennyGang.PreFilter(ctx, framework.NewCycleState(), member(0), infos)
+		res, s := gangPreFilter(t, Deps{Prices: capacityPrices{"spot": 1.7, "on-demand": 5.672}, Risk: oneRate(rate)}, job,
+			g5Node("od-0", "on-demand"), g5Node("od-1", "on-demand"), g5Node("spot-0", "spot"), g5Node("spot-1", "spot"))
 		if !s.IsSuccess() {
 			t.Fatalf("reclaim rate %g: %v", rate, s)
 		}

@@ -31,8 +31,11 @@ type Args struct {
 	// 0s is none.
 	RestartOverhead *metav1.Duration `json:"restartOverhead,omitempty"`
 	// UnknownRuntime stands in for the runtime of a pod that checkpoints
-	// nothing and declares no penny.dev/expected-runtime. Default 4h; must
-	// be positive (a runtime of 0 would expect no loss on any pool).
+	// nothing and declares no penny.dev/expected-runtime, where nothing
+	// better is known: for training, what training runs in the cluster
+	// typically last (pricing.RunLengths) comes first once learned. Default
+	// 4h; must be positive (a runtime of 0 would expect no loss on any
+	// pool).
 	UnknownRuntime *metav1.Duration `json:"unknownRuntime,omitempty"`
 	// ShortRuntime is the longest expected runtime at which training without
 	// checkpoints still goes to Spot freely. Default 2h; 0s: none does.

@@ -176,6 +176,25 @@ type unscheduled struct {
 
 func (u unscheduled) UnscheduledPods() map[string]*corev1.Pod { return maps.Clone(u.pods) }
 
+// groupMember is a checkpointing training pod of the native PodGroup
+// groupName that waits for Spot for after, recorded in group by name.
+func groupMember(group map[string]*corev1.Pod, groupName, name, after string) *corev1.Pod {
+	p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m", AnnotationFallbackAfter: after})
+	p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(groupName)}
+	group[name] = p
+	return p
+}
+
+// enqueue hands the pods to PreEnqueue, which never holds one back.
+func (e *env) enqueue(t *testing.T, pods ...*corev1.Pod) {
+	t.Helper()
+	for _, p := range pods {
+		if s := e.plugin.PreEnqueue(context.Background(), p); !s.IsSuccess() {
+			t.Fatalf("PreEnqueue(%s) = %v; it never holds a pod back", p.Name, s)
+		}
+	}
+}
+
 // A native PodGroup's timer is armed for the last of its members' waits,
 // and armed again earlier when that wait is cut short: the member lowers its
 // penny.dev/fallback-after (group trainers: b, from 10m to 4m), or is
@@ -187,29 +206,15 @@ func TestNativePodGroupIsRetriedEarlierWhenItsLastWaitIsCutShort(t *testing.T) {
 	groups := groupStates{members: map[string]map[string]*corev1.Pod{"default/trainers": trainers, "default/tuners": tuners}}
 	e := newEnvWith(t, nil, Deps{Prices: catalog(t)}, []frameworkruntime.Option{frameworkruntime.WithPodGroupManager(groups)},
 		node("od", pricing.OnDemand, "us-east-1a"))
-	member := func(group map[string]*corev1.Pod, groupName, name, after string) *corev1.Pod {
-		p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m", AnnotationFallbackAfter: after})
-		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(groupName)}
-		group[name] = p
-		return p
-	}
-	enqueue := func(pods ...*corev1.Pod) {
-		t.Helper()
-		for _, p := range pods {
-			if s := e.plugin.PreEnqueue(context.Background(), p); !s.IsSuccess() {
-				t.Fatalf("PreEnqueue(%s) = %v; it never holds a pod back", p.Name, s)
-			}
-		}
-	}
-	enqueue(member(trainers, "trainers", "a", "2m"), member(trainers, "trainers", "b", "10m"),
-		member(tuners, "tuners", "x", "6m"), member(tuners, "tuners", "y", "30m"))
+	e.enqueue(t, groupMember(trainers, "trainers", "a", "2m"), groupMember(trainers, "trainers", "b", "10m"),
+		groupMember(tuners, "tuners", "x", "6m"), groupMember(tuners, "tuners", "y", "30m"))
 
 	lowered := trainers["b"].DeepCopy()
 	lowered.Annotations[AnnotationFallbackAfter] = "4m"
 	trainers["b"] = lowered
-	enqueue(lowered)
+	e.enqueue(t, lowered)
 	delete(tuners, "y")
-	enqueue(tuners["x"])
+	e.enqueue(t, tuners["x"])
 
 	e.clock.Step(4 * time.Minute)
 	if got := e.act.list(); !slices.Equal(got, []string{"default/b"}) {
@@ -242,27 +247,17 @@ func TestNativePodGroupTimerGoesWithItsDeletedMember(t *testing.T) {
 	e := gatedEnvWith(t, client, 2*time.Minute, []frameworkruntime.Option{frameworkruntime.WithPodGroupManager(groups)},
 		node("od", pricing.OnDemand, "us-east-1a"))
 	member := func(group map[string]*corev1.Pod, groupName, name, after string) *corev1.Pod {
-		p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m", AnnotationFallbackAfter: after})
-		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To(groupName)}
-		group[name] = p
+		p := groupMember(group, groupName, name, after)
 		createPod(t, client, p)
 		return p
 	}
-	enqueue := func(pods ...*corev1.Pod) {
-		t.Helper()
-		for _, p := range pods {
-			if s := e.plugin.PreEnqueue(context.Background(), p); !s.IsSuccess() {
-				t.Fatalf("PreEnqueue(%s) = %v; it never holds a pod back", p.Name, s)
-			}
-		}
-	}
 	a, b := member(trainers, "trainers", "a", "2m"), member(trainers, "trainers", "b", "10m")
 	x, y := member(tuners, "tuners", "x", "6m"), member(tuners, "tuners", "y", "30m")
-	enqueue(a, b, x, y)
+	e.enqueue(t, a, b, x, y)
 	lowered := y.DeepCopy()
 	lowered.Annotations[AnnotationFallbackAfter] = "1m"
 	tuners["y"] = lowered
-	enqueue(lowered)
+	e.enqueue(t, lowered)
 	armed := func() map[string]groupWakeup {
 		e.plugin.mu.Lock()
 		defer e.plugin.mu.Unlock()
@@ -300,7 +295,7 @@ func TestNativePodGroupTimerGoesWithItsDeletedMember(t *testing.T) {
 	}
 
 	// The queue brings the groups back after their backoff.
-	enqueue(a, x)
+	e.enqueue(t, a, x)
 	e.clock.Step(2 * time.Minute)
 	if got := e.act.list(); !slices.Equal(got, []string{"default/a"}) {
 		t.Fatalf("retried %v when a's wait ended, want trainers once (through default/a)", got)
