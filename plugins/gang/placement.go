@@ -3,6 +3,7 @@ package gang
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -474,6 +475,11 @@ func rankDomain(nodes []fwk.NodeInfo, shapes []*shape, slots []slot, risk Reclai
 		for _, c := range s.costs {
 			n := float64(sl.n) * float64(c.members) / float64(s.count)
 			cost, avoided, ok := c.of(byName[sl.node])
+			if math.IsNaN(cost) {
+				// As Score takes it: the dearest, whatever order the
+				// domains are met in (NaN compares as neither).
+				cost = math.Inf(1)
+			}
 			if avoided {
 				rk.avoided += n
 			}

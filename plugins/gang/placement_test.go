@@ -3,6 +3,7 @@ package gang
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"testing"
 
@@ -396,6 +397,7 @@ func TestPlaceGangChoosesTheDomainWhereItsWorkCostsLeast(t *testing.T) {
 		{"avoided Spot last, however cheap", map[string]price{"a": {cost: 3}, "b": {cost: 1, avoided: true}, "c": {cost: 2}}, "c"},
 		{"unpriced after priced", map[string]price{"a": {none: true}, "b": {cost: 9}, "c": {none: true}}, "b"},
 		{"equal costs: least risk", map[string]price{"a": {cost: 2}, "b": {cost: 2}, "c": {cost: 2}}, "a"},
+		{"a cost that is not a number, the dearest", map[string]price{"a": {cost: math.NaN()}, "b": {cost: 5}, "c": {cost: 4}}, "c"},
 	} {
 		if got, _ := place(c.byZone, nil, gang()); got != c.want {
 			t.Errorf("%s: placed in zone %s, want %s", c.name, got, c.want)
