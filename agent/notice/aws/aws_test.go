@@ -152,6 +152,7 @@ func TestMalformedScheduledEventsAndRebalance(t *testing.T) {
 		"scheduled bad state":    {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"e","State":"maybe"}]`, `State "maybe"`},
 		"scheduled bad time":     {metadatatest.AWSScheduled, `[{"NotBefore":"tomorrow","Code":"system-reboot","EventId":"e","State":"active"}]`, "NotBefore"},
 		"scheduled bad id":       {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"a b","State":"active"}]`, "not an event id"},
+		"scheduled bad code":     {metadatatest.AWSScheduled, `[{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"a reboot","EventId":"e","State":"active"}]`, `Code "a reboot" is not an event code`},
 		"rebalance wrong type":   {metadatatest.AWSRebalance, `{"noticeTime":true}`, `"noticeTime" is a JSON bool, want a string`},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -165,6 +166,22 @@ func TestMalformedScheduledEventsAndRebalance(t *testing.T) {
 				t.Errorf("false notice: %v", notices)
 			}
 		})
+	}
+}
+
+// An active event whose code AWS has not documented (yet) is a disruption
+// at its NotBefore like the five it has: refused, it failed the whole list,
+// and the reboot listed beside it was not seen either.
+func TestScheduledEventOfAnUndocumentedCodeIsANotice(t *testing.T) {
+	notices, err := aws.ParseScheduledEvents([]byte(`[
+		{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"instance-event-1","State":"active"},
+		{"NotBefore":"22 Jan 2030 09:00:43 GMT","Code":"instance-hardware-swap","EventId":"instance-event-2","State":"active"}]`), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 2 || notices[1].ID != "aws-instance-event-2" || notices[1].Action != "instance-hardware-swap" ||
+		notices[1].Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE || !notices[1].Deadline.Equal(time.Date(2030, 1, 22, 9, 0, 43, 0, time.UTC)) {
+		t.Errorf("notices %+v; want the reboot and a maintenance notice for the undocumented code at its NotBefore", notices)
 	}
 }
 

@@ -64,8 +64,8 @@ func FuzzRebalance(f *testing.F) {
 	})
 }
 
-// FuzzScheduledEvents: a notice comes only from an active event of a known
-// code in a JSON list.
+// FuzzScheduledEvents: a notice comes only from an active event with a
+// well-formed code in a JSON list.
 func FuzzScheduledEvents(f *testing.F) {
 	for _, s := range []string{
 		`[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","Description":"scheduled reboot","EventId":"instance-event-0d59937288b749b32","NotAfter":"21 Jan 2019 09:17:23 GMT","State":"active"}]`,

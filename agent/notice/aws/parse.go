@@ -64,12 +64,6 @@ func ParseRebalance(body []byte, detected time.Time) (notice.Notice, error) {
 	}, nil
 }
 
-// Scheduled event codes.
-var eventCodes = map[string]bool{
-	"instance-reboot": true, "system-reboot": true, "system-maintenance": true,
-	"instance-retirement": true, "instance-stop": true,
-}
-
 // MaxScheduledEvents bounds the list; an instance has a handful at most.
 const MaxScheduledEvents = 64
 
@@ -111,8 +105,13 @@ func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, err
 		default:
 			return nil, fmt.Errorf("%s[%d]: State %s is not active, completed or canceled", what, i, notice.Excerpt([]byte(state)))
 		}
-		if !eventCodes[code] {
-			return nil, fmt.Errorf("%s[%d]: Code %s is not a known event code", what, i, notice.Excerpt([]byte(code)))
+		// AWS documents five codes (instance-reboot, system-reboot,
+		// system-maintenance, instance-retirement, instance-stop), every one
+		// a disruption at NotBefore. A code it adds later is taken as one
+		// too, not refused: refusing it failed the whole list, and an active
+		// reboot listed beside it went unseen.
+		if !validID(code) {
+			return nil, fmt.Errorf("%s[%d]: Code %s is not an event code (one word, like system-reboot)", what, i, notice.Excerpt([]byte(code)))
 		}
 		at, err := parseTime(notBefore)
 		if err != nil {
