@@ -23,6 +23,7 @@ package notice
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -110,6 +111,12 @@ type Source interface {
 type Acknowledger interface {
 	Acknowledge(ctx context.Context, noticeID string) error
 }
+
+// ErrNotOurs is what an Acknowledger's error wraps when it does not tell the
+// cloud by design, not by failure: the event is not this node's alone to
+// start (Azure starts an acknowledged event for every VM it names), or the
+// cloud no longer lists it. The cloud then goes ahead at its deadline.
+var ErrNotOurs = errors.New("the event is not this node's alone to acknowledge")
 
 // Watcher keeps the set of pending notices from a Source.
 type Watcher struct {

@@ -835,7 +835,13 @@ func (f *Flow) acknowledge(ctx context.Context, js *jobState) {
 		}
 	}
 	if err := f.ack.Acknowledge(ctx, js.j.Notice.ID); err != nil {
+		if errors.Is(err, notice.ErrNotOurs) {
+			f.log.Info("Not acknowledging the notice; the cloud goes ahead at its deadline", "reason", err.Error())
+			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimNotAcknowledged", "%v", err)
+			return
+		}
 		f.log.Error(err, "cannot acknowledge the notice; the cloud will wait out its deadline")
+		f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimAcknowledgeFailed", "could not tell the cloud the node is ready, so it waits out the deadline: %v", err)
 		return
 	}
 	f.metrics.step(stepAcknowledged, js.j.Notice.Detected)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -666,6 +667,42 @@ func TestAzurePreemptIsAcknowledgedOnceCheckpointsAreWritten(t *testing.T) {
 		t.Error("acknowledged before the pod was evicted")
 	}
 	t.Logf("notice published -> acknowledged: %v (Azure would have waited %v)", acked.Sub(published), 30*time.Second)
+}
+
+// An Azure event that names a neighbour VM too is acted on here (the pods
+// checkpoint and leave) but not acknowledged: Azure would start it for the
+// neighbour, whose pods may still be checkpointing. The node says why, in a
+// Normal event, rather than the agent logging a failure.
+func TestAzureEventSharedWithAnotherVMIsNotAcknowledged(t *testing.T) {
+	e := newEnv(t, "spot-3")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.pod("job", e.node, 10*time.Millisecond)
+	fake := metadatatest.NewAzure(e.node)
+	defer fake.Close()
+	src := azure.New(azure.Options{Endpoint: fake.URL(), Interval: 50 * time.Millisecond})
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	f, _ := e.flow(ctx, reclaim.Options{Acknowledger: src, Notices: w.Settled, SafetyMargin: time.Second})
+	w.OnNotice(f.OnNotice)
+	go w.Run(ctx)
+
+	fake.AddEvent(metadatatest.AzureEvent{EventID: "0a1b2c3d-reboot", EventType: "Reboot", Resources: []string{e.node, "spot-4"},
+		NotBefore: time.Now().Add(5 * time.Second).UTC().Format(http.TimeFormat)})
+	waitFor(t, "the node's word on the acknowledgement", 15*time.Second, func() bool {
+		return events(t, "default", e.node)["ReclaimNotAcknowledged"] != ""
+	})
+	if msg := events(t, "default", e.node)["ReclaimNotAcknowledged"]; !strings.Contains(msg, "not this VM") {
+		t.Errorf("ReclaimNotAcknowledged says %q; want why", msg)
+	}
+	if _, acked := fake.Acked("0a1b2c3d-reboot"); acked {
+		t.Error("acknowledged an event Azure would start for spot-4 too")
+	}
+	if got := events(t, "default", e.node)["ReclaimAcknowledgeFailed"]; got != "" {
+		t.Errorf("a refusal by design reported as a failure: %q", got)
+	}
+	if !gone(t, e.ns, "job") || len(e.trainers["job"].Received()) != 1 {
+		t.Error("the pod must still checkpoint and leave before the reboot")
+	}
 }
 
 // Maintenance announced two weeks ahead and called off the next day must not

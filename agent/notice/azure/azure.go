@@ -216,12 +216,12 @@ func (s *Source) Acknowledge(ctx context.Context, noticeID string) error {
 	}
 	i := slices.IndexFunc(doc.Events, func(e Event) bool { return e.EventID == id })
 	if i < 0 {
-		return fmt.Errorf("acknowledge scheduled event %s: Scheduled Events no longer lists it (Azure called it off or it ended); nothing to acknowledge", id)
+		return fmt.Errorf("acknowledge scheduled event %s: Scheduled Events no longer lists it (Azure called it off or it ended); nothing to acknowledge: %w", id, notice.ErrNotOurs)
 	}
 	resources := doc.Events[i].Resources
 	others := slices.DeleteFunc(slices.Clone(resources), func(r string) bool { return strings.EqualFold(r, vm) })
 	if len(others) > 0 || !lists(resources, vm) {
-		return fmt.Errorf("not acknowledging scheduled event %s: its Resources %q are not this VM %q alone, and Azure would start it for every VM listed; it starts at its NotBefore instead", id, resources, vm)
+		return fmt.Errorf("not acknowledging scheduled event %s: its Resources %q are not this VM %q alone, and Azure would start it for every VM listed; it starts at its NotBefore instead: %w", id, resources, vm, notice.ErrNotOurs)
 	}
 	type start struct {
 		EventID string `json:"EventId"`

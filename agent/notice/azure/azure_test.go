@@ -3,11 +3,13 @@ package azure_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pennysched/penny/agent/notice"
 	"github.com/pennysched/penny/agent/notice/azure"
 	"github.com/pennysched/penny/agent/notice/metadatatest"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -215,8 +217,8 @@ func TestAcknowledgeOnlyEventsOfThisVMAlone(t *testing.T) {
 		if _, acked := f.Acked(id); acked {
 			t.Errorf("event %s acknowledged: Azure would start it for %s", id, neighbour)
 		}
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("Acknowledge(%s) = %v, want an error saying %q", id, err, want)
+		if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, notice.ErrNotOurs) {
+			t.Errorf("Acknowledge(%s) = %v, want an error saying %q that is notice.ErrNotOurs", id, err, want)
 		}
 	}
 	f.AddEvent(metadatatest.AzureEvent{EventID: "mine", EventType: "Reboot", Resources: []string{strings.ToUpper(vm)}, NotBefore: soon})
