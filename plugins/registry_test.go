@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -26,8 +27,10 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/backend/cache"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework/plugins"
+	"k8s.io/kubernetes/pkg/scheduler/framework/plugins/names"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/pennysched/penny/pkg/metricstest"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -139,6 +142,15 @@ func twoMemberGang(name, workload string) []*corev1.Pod {
 // DRA plugin needs a running scheduler.
 func gangPreFilter(t *testing.T, deps Deps, members []*corev1.Pod, nodes ...*corev1.Node) (*fwk.PreFilterResult, *fwk.Status) {
 	t.Helper()
+	ctx, _, pennyGang, infos := shippedGangProfile(t, deps, nil, nil, members, nodes...)
+	return pennyGang.PreFilter(ctx, framework.NewCycleState(), members[0], infos)
+}
+
+// shippedGangProfile builds the shipped profile, less the plugins named in
+// disabled, with deps over the nodes and the gang's members, retrying pods
+// through act (nil: none), and returns it with PennyGang and the nodes.
+func shippedGangProfile(t *testing.T, deps Deps, act fwk.PodActivator, disabled []string, members []*corev1.Pod, nodes ...*corev1.Node) (context.Context, framework.Framework, fwk.PreFilterPlugin, []fwk.NodeInfo) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	objs := make([]runtime.Object, len(members))
@@ -162,9 +174,22 @@ func gangPreFilter(t *testing.T, deps Deps, members []*corev1.Pod, nodes ...*cor
 		t.Fatal(err)
 	}
 	snapshot := cache.NewSnapshot(nil, nodes)
-	if _, err := frameworkruntime.NewFramework(ctx, registry, shippedProfile(t),
-		frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
-		frameworkruntime.WithSnapshotSharedLister(snapshot)); err != nil {
+	opts := []frameworkruntime.Option{frameworkruntime.WithClientSet(client), frameworkruntime.WithInformerFactory(factory),
+		frameworkruntime.WithSnapshotSharedLister(snapshot), frameworkruntime.WithMutableSnapshotLister(snapshot)}
+	if act != nil {
+		opts = append(opts, frameworkruntime.WithPodActivator(act))
+	}
+	profile := shippedProfile(t)
+	pl := profile.Plugins
+	for _, name := range disabled {
+		// The framework expands multiPoint by each extension point's
+		// disabled list.
+		for _, set := range []*config.PluginSet{&pl.PreEnqueue, &pl.PreFilter, &pl.Filter, &pl.PostFilter, &pl.PreScore, &pl.Score, &pl.Reserve, &pl.Permit, &pl.PreBind, &pl.PostBind} {
+			set.Disabled = append(set.Disabled, config.Plugin{Name: name})
+		}
+	}
+	fw, err := frameworkruntime.NewFramework(ctx, registry, profile, opts...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	factory.Start(ctx.Done())
@@ -173,7 +198,7 @@ func gangPreFilter(t *testing.T, deps Deps, members []*corev1.Pod, nodes ...*cor
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pennyGang.PreFilter(ctx, framework.NewCycleState(), members[0], infos)
+	return ctx, fw, pennyGang, infos
 }
 
 // PennyGang admits a gang only to nodes SpotRisk lets its members use: a
@@ -240,6 +265,73 @@ func TestGangGoesWhereSpotRiskPricesItsWorkLowest(t *testing.T) {
 	// A pod alone would pay $5.24 there: the gang's two nodes count.
 	if got := admitted(1); got != "od-0,od-1" {
 		t.Errorf("Spot reclaimed once a node-hour ($8.78 for a member of a gang of 2 against $5.67): admitted to %s, want the on-demand nodes", got)
+	}
+}
+
+// activations is a scheduling queue as far as Activate goes: it hands on
+// the names of the pods retried.
+type activations chan string
+
+func (a activations) Activate(_ klog.Logger, pods map[string]*corev1.Pod) {
+	for k := range pods {
+		a <- k
+	}
+}
+
+// A gang that PennyGang turns away before SpotRisk's Filter runs, finding
+// no room on the nodes SpotRisk admits, is retried as a lone pod is when
+// the pool that its risk limit kept it off falls back under the limit.
+// SpotRisk's PostFilter then has no cycle state of its own, and the gang
+// waited for an unrelated event or the scheduler's five-minute flush though
+// the reclaim that kept it out weighs half as much every ten minutes.
+func TestGangKeptOffSpotByRiskIsRetriedWhenThePoolsRiskFalls(t *testing.T) {
+	t0 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakeClock(t0)
+	model := pricing.NewRiskModel(pricing.RiskConfig{HalfLife: 10 * time.Minute, Clock: clk})
+	nodes := []*corev1.Node{g5Node("spot-0", "spot"), g5Node("spot-1", "spot"), g5Node("od-0", "on-demand"), g5Node("od-1", "on-demand")}
+	pool := pricing.NodePool(nodes[0])
+	// 5-10% a month passes a 10% limit; a reclaim takes the pool to 66%.
+	model.SetPrior(pool, pricing.Bucket5To10)
+	model.ObserveReclaim(pool, "spot-2", t0)
+	job := twoMemberGang("job", "batch")
+	for _, m := range job {
+		m.Annotations[spotrisk.AnnotationSpot] = "only"
+		m.Annotations[spotrisk.AnnotationMaxReclaimRisk] = "10%"
+	}
+	act := make(activations, 10)
+	// The scheduler's cycle, PreFilter to PostFilter, but for the in-tree
+	// DRA plugin, which needs a running scheduler: without resource claims
+	// it turns nobody away.
+	ctx, fw, _, infos := shippedGangProfile(t, Deps{Prices: capacityPrices{"spot": 1.7, "on-demand": 5.672}, Risk: model, Clock: clk}, act,
+		[]string{names.DynamicResources}, job, nodes...)
+	state := framework.NewCycleState()
+	_, s, _ := fw.RunPreFilterPlugins(ctx, state, job[0])
+	if s.IsSuccess() || !strings.Contains(s.Message(), "2 node(s) are in Spot pools reclaimed more often than penny.dev/max-reclaim-risk=10 percent a month allows") {
+		t.Fatalf("after a reclaim: %v; want the gang turned away for the Spot pool's risk", s)
+	}
+	// What the scheduler runs next: SpotRisk's PreFilter never ran.
+	statuses := framework.NewDefaultNodeToStatus()
+	for _, ni := range infos {
+		statuses.Set(ni.Node().Name, s)
+	}
+	fw.RunPostFilterPlugins(ctx, state, job[0], statuses)
+	select {
+	case got := <-act:
+		t.Fatalf("retried %s while the pool is still above 10%%", got)
+	default:
+	}
+	wait, ok := model.FallsTo(pool, pricing.RateFromMonthly(0.10))
+	if !ok || wait <= 0 {
+		t.Fatalf("the pool's estimate falls to 10%% in %v, %v", wait, ok)
+	}
+	clk.Step(wait + time.Second)
+	select {
+	case got := <-act:
+		if got != "ml/job-0" {
+			t.Fatalf("retried %s, want ml/job-0", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the pool's estimate fell under 10%% after %v, and the gang was not retried", wait)
 	}
 }
 

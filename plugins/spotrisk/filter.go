@@ -10,6 +10,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
@@ -290,10 +292,12 @@ func (pl *SpotRisk) riskBound(s *podState) float64 {
 
 // PostFilter runs when no node fits. A pod still in its wait (Class.Waits)
 // gets a timer that retries it when the wait ends, so that falling back
-// does not have to wait for an unrelated cluster event. That holds too when
-// an earlier PreFilter turned the pod away before this plugin's ran
-// (PennyGang, which asks Admits, finding no room for the gang on the
-// capacity it waits for).
+// does not have to wait for an unrelated cluster event, and a pod that its
+// risk rules kept off Spot pools is retried when one of their estimates
+// falls back under its limit (waitForRisk). Both hold too when an earlier
+// PreFilter turned the pod away before this plugin's ran (PennyGang, which
+// asks Excludes, finding no room for the gang on the nodes this plugin
+// admits): the pools are then read from the snapshot (keepOffSnapshot).
 func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	s, err := getState(cs)
 	if err != nil {
@@ -303,9 +307,9 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 		}
 		s = pl.stateFor(pod, class)
 		pl.recordWaitStart(ctx, pod, s)
-	} else if pl.handle != nil {
-		// Only this plugin's Filter knows which pools the pod's risk limits
-		// kept it off.
+		pl.keepOffSnapshot(klog.FromContext(ctx), pod, s)
+	}
+	if pl.handle != nil {
 		pl.waitForRisk(klog.FromContext(ctx), pod, s)
 	}
 	if !s.waiting || pl.handle == nil {
@@ -344,6 +348,52 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 		})
 	}
 	return nil, fwk.NewStatus(fwk.Unschedulable)
+}
+
+// keepOffSnapshot notes, as Filter does (excludeByRisk), the Spot pools
+// whose risk keeps the pod off the snapshot's nodes, for a pod whose Filter
+// never ran: an earlier PreFilter turned it away. A gang that PennyGang
+// finds no room for on the nodes this plugin admits waited for an unrelated
+// event or the scheduler's five-minute flush, though what kept it out may
+// be a pool's risk that decays in minutes. Only nodes the pod's node
+// selector, required affinity and tolerations let it use count, as only
+// those pass the in-tree filters that run before Filter: a pool the pod may
+// not use anyway would retry it for nothing. One pass over the nodes, on
+// the failure path only; the verdicts Excludes gave PennyGang are not kept
+// for it, since PennyGang asks once per distinct member, for the member
+// being scheduled or another, and not at all when it turns the pod away
+// first (backing off, a member missing), and a cache of them outside the
+// cycle would need forgetting.
+func (pl *SpotRisk) keepOffSnapshot(logger klog.Logger, pod *corev1.Pod, s *podState) {
+	if pl.priors == nil || pl.handle == nil || pl.handle.SnapshotSharedLister() == nil || !s.class.FollowsRisk() {
+		return
+	}
+	nodes, err := pl.handle.SnapshotSharedLister().NodeInfos().List()
+	if err != nil {
+		return
+	}
+	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
+	for _, ni := range nodes {
+		node := ni.Node()
+		// Only Spot nodes' pools are kept off by risk, and the check is
+		// cheaper than exclude's words for the others.
+		if node == nil || !pricing.NodeCapacity(node).IsSpot() {
+			continue
+		}
+		if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(logger, node.Spec.Taints, pod.Spec.Tolerations, blocksScheduling, true); untolerated {
+			continue
+		}
+		if ok, err := affinity.Match(node); !ok || err != nil {
+			continue
+		}
+		pl.exclude(s, node)
+	}
+}
+
+// blocksScheduling is a taint that keeps a pod that does not tolerate it
+// off a node, as the in-tree TaintToleration filter reads it.
+func blocksScheduling(t *corev1.Taint) bool {
+	return t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute
 }
 
 // maxWakeupDelay bounds how far ahead PostFilter arms a pod's retry.

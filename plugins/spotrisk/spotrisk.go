@@ -215,10 +215,11 @@ type riskWait struct {
 }
 
 // waitForRisk retries the pod when the estimate of a Spot pool whose
-// reclaim risk Filter kept it off falls back under its limits: no cluster
-// event says so (nor when a catalog reload moves a prior: retryRiskBound),
-// and the pod waited for an unrelated one or the scheduler's five-minute
-// flush. The model's evidence decays analytically, so each pool gets one
+// reclaim risk Filter kept it off (or would have, for a pod an earlier
+// PreFilter turned away: keepOffSnapshot) falls back under its limits: no
+// cluster event says so (nor when a catalog reload moves a prior:
+// retryRiskBound), and the pod waited for an unrelated one or the
+// scheduler's five-minute flush. The model's evidence decays analytically, so each pool gets one
 // timer, at the time its estimate reaches the highest limit among the pods
 // it keeps off (pricing.RiskModel.FallsTo), and the model says when new
 // evidence moves the estimate (OnChange, in New): exposure lowers it, and

@@ -347,6 +347,82 @@ func TestRiskRetryAsksHeldPodsWithoutWords(t *testing.T) {
 	}
 }
 
+// A pod that an earlier PreFilter turned away (PennyGang, finding no room
+// for its gang on the nodes this plugin admits) reaches PostFilter without
+// this plugin's state: the Spot pools its risk alone keeps it off are read
+// from the snapshot, and it is held for them as Filter's verdicts would
+// hold it. A pool whose nodes the pod's node selector or an untolerated
+// taint keeps it from, or that another rule keeps it off, holds nothing;
+// a pod whose Spot pools do not follow risk is not held at all. Such a pod
+// was not held, and waited for an unrelated event or the five-minute flush.
+func TestPodTurnedAwayBeforeFilterIsHeldForThePoolsItsRiskKeepsItOff(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	model := pricing.NewRiskModel(pricing.RiskConfig{HalfLife: 10 * time.Minute, Clock: clk})
+	tainted := node("spot-b", pricing.Spot, "us-east-1b")
+	tainted.Spec.Taints = []corev1.Taint{{Key: "dedicated", Value: "other", Effect: corev1.TaintEffectNoSchedule}}
+	doomed := node("spot-doomed", pricing.Spot, "us-east-1d")
+	doomed.Spec.Taints = []corev1.Taint{{Key: "aws-node-termination-handler/spot-itn", Effect: corev1.TaintEffectNoSchedule}}
+	nodes := []*corev1.Node{node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), tainted,
+		node("spot-c", pricing.Spot, "us-east-1c"), doomed}
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Risk: model, Clock: clk}, nodes...)
+	poolOf := func(zone string) pricing.Pool {
+		return pricing.Pool{InstanceType: "p4d.24xlarge", Zone: zone, Capacity: pricing.Spot}
+	}
+	// A reclaim takes the 5-10% pools of zones a, b and d to 66% a month;
+	// zone c's is over 20%.
+	for _, zone := range []string{"us-east-1a", "us-east-1b", "us-east-1d"} {
+		model.ObserveReclaim(poolOf(zone), "spot-x", t0)
+	}
+	held := func(p *corev1.Pod) []string {
+		e.plugin.riskWaits.mu.Lock()
+		defer e.plugin.riskWaits.mu.Unlock()
+		var out []string
+		for pool, w := range e.plugin.riskWaits.pools {
+			if _, ok := w.pods[p.UID]; ok {
+				out = append(out, pool.Zone)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	turnedAway := func(p *corev1.Pod) {
+		t.Helper()
+		if _, s := e.fw.RunPostFilterPlugins(context.Background(), framework.NewCycleState(), p, framework.NewDefaultNodeToStatus()); s.IsSuccess() {
+			t.Fatalf("PostFilter found room for %s", p.Name)
+		}
+	}
+
+	limited := pod("limited", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+	// The reclaim taint tolerated, the notice is what keeps it off spot-doomed.
+	limited.Spec.Tolerations = []corev1.Toleration{{Key: "aws-node-termination-handler/spot-itn", Operator: corev1.TolerationOpExists}}
+	turnedAway(limited)
+	if got := held(limited); !reflect.DeepEqual(got, []string{"us-east-1a", "us-east-1c"}) {
+		t.Fatalf("held for the pools of zones %v, want us-east-1a and us-east-1c (us-east-1b's node has a taint it does not tolerate, us-east-1d's a reclaim notice)", got)
+	}
+	// In zone a, as Filter would say.
+	inZoneA := pod("in-zone-a", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "10%"})
+	inZoneA.Spec.NodeSelector = map[string]string{corev1.LabelTopologyZone: "us-east-1a"}
+	turnedAway(inZoneA)
+	if got := held(inZoneA); !reflect.DeepEqual(got, []string{"us-east-1a"}) {
+		t.Fatalf("a pod that selects zone a held for the pools of zones %v, want us-east-1a", got)
+	}
+	inference := pod("inference", map[string]string{AnnotationWorkload: "inference"})
+	turnedAway(inference)
+	if got := held(inference); len(got) != 0 {
+		t.Fatalf("inference stays off Spot whatever its risk, yet is held for the pools of zones %v", got)
+	}
+
+	wait, ok := model.FallsTo(poolOf("us-east-1a"), pricing.RateFromMonthly(0.10))
+	if !ok {
+		t.Fatal("the us-east-1a pool's estimate never falls to 10%")
+	}
+	clk.Step(wait + time.Second)
+	waitUntil(t, func() bool { return len(e.act.list()) == 2 })
+	if got, want := slices.Sorted(slices.Values(e.act.list())), []string{"default/in-zone-a", "default/limited"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("retried %v when the us-east-1a pool fell under 10%%, want %v", got, want)
+	}
+}
+
 // A pod without GPUs pays for the share of a GPU node it takes, not the
 // OpenCost split (which puts nearly all of the node's price on its GPUs):
 // a CPU node is the cheaper place for it, even against a Spot GPU node.
