@@ -219,17 +219,24 @@ func gone(t *testing.T, ns, name string) bool {
 }
 
 func events(t *testing.T, ns, object string) map[string]string {
+	out := map[string]string{}
+	for _, ev := range eventsAbout(t, ns, object) {
+		out[ev.Reason] = ev.Message
+	}
+	return out
+}
+
+// eventsAbout lists the events about an object of the namespace ("default"
+// for a node).
+func eventsAbout(t *testing.T, ns, object string) []corev1.Event {
+	t.Helper()
 	list, err := cluster.Client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("involvedObject.name", object).String(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
-	for _, ev := range list.Items {
-		out[ev.Reason] = ev.Message
-	}
-	return out
+	return list.Items
 }
 
 func TestSpotNoticeTaintsCheckpointsThenEvictsCheckpointedFirst(t *testing.T) {
@@ -643,18 +650,27 @@ func TestMaintenanceWaitsForItsLeadAndIsCalledOff(t *testing.T) {
 	}
 }
 
-func TestAzurePreemptIsAcknowledgedOnceCheckpointsAreWritten(t *testing.T) {
+// azureNode is a node spot-3 running the pod job, whose agent watches a
+// fake Azure Scheduled Events and acknowledges through it.
+func azureNode(t *testing.T) (*env, *metadatatest.Azure) {
+	t.Helper()
 	e := newEnv(t, "spot-3")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	e.pod("job", e.node, 10*time.Millisecond)
 	fake := metadatatest.NewAzure(e.node)
-	defer fake.Close()
+	t.Cleanup(fake.Close)
+	// Before the fake closes: the watcher stops asking it first.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	src := azure.New(azure.Options{Endpoint: fake.URL(), Interval: 50 * time.Millisecond})
 	w := notice.NewWatcher(src, testr.New(t), nil)
 	f, _ := e.flow(ctx, reclaim.Options{Acknowledger: src, Notices: w.Settled, SafetyMargin: time.Second})
 	w.OnNotice(f.OnNotice)
 	go w.Run(ctx)
+	return e, fake
+}
+
+func TestAzurePreemptIsAcknowledgedOnceCheckpointsAreWritten(t *testing.T) {
+	e, fake := azureNode(t)
 
 	published := fake.Preempt("0a1b2c3d-preempt", time.Now().Add(30*time.Second))
 	waitFor(t, "the acknowledgement", 10*time.Second, func() bool { _, ok := fake.Acked("0a1b2c3d-preempt"); return ok })
@@ -674,30 +690,28 @@ func TestAzurePreemptIsAcknowledgedOnceCheckpointsAreWritten(t *testing.T) {
 // neighbour, whose pods may still be checkpointing. The node says why, in a
 // Normal event, rather than the agent logging a failure.
 func TestAzureEventSharedWithAnotherVMIsNotAcknowledged(t *testing.T) {
-	e := newEnv(t, "spot-3")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	e.pod("job", e.node, 10*time.Millisecond)
-	fake := metadatatest.NewAzure(e.node)
-	defer fake.Close()
-	src := azure.New(azure.Options{Endpoint: fake.URL(), Interval: 50 * time.Millisecond})
-	w := notice.NewWatcher(src, testr.New(t), nil)
-	f, _ := e.flow(ctx, reclaim.Options{Acknowledger: src, Notices: w.Settled, SafetyMargin: time.Second})
-	w.OnNotice(f.OnNotice)
-	go w.Run(ctx)
-
-	fake.AddEvent(metadatatest.AzureEvent{EventID: "0a1b2c3d-reboot", EventType: "Reboot", Resources: []string{e.node, "spot-4"},
+	e, fake := azureNode(t)
+	// The node is shared with other tests (and runs of this one): its
+	// events are told apart by the event id.
+	id := fmt.Sprintf("%x-reboot", time.Now().UnixNano())
+	said := func(reason string) string {
+		for _, ev := range eventsAbout(t, "default", e.node) {
+			if ev.Reason == reason && strings.Contains(ev.Message, id) {
+				return ev.Message
+			}
+		}
+		return ""
+	}
+	fake.AddEvent(metadatatest.AzureEvent{EventID: id, EventType: "Reboot", Resources: []string{e.node, "spot-4"},
 		NotBefore: time.Now().Add(5 * time.Second).UTC().Format(http.TimeFormat)})
-	waitFor(t, "the node's word on the acknowledgement", 15*time.Second, func() bool {
-		return events(t, "default", e.node)["ReclaimNotAcknowledged"] != ""
-	})
-	if msg := events(t, "default", e.node)["ReclaimNotAcknowledged"]; !strings.Contains(msg, "not this VM") {
+	waitFor(t, "the node's word on the acknowledgement", 15*time.Second, func() bool { return said("ReclaimNotAcknowledged") != "" })
+	if msg := said("ReclaimNotAcknowledged"); !strings.Contains(msg, "not this VM") {
 		t.Errorf("ReclaimNotAcknowledged says %q; want why", msg)
 	}
-	if _, acked := fake.Acked("0a1b2c3d-reboot"); acked {
+	if _, acked := fake.Acked(id); acked {
 		t.Error("acknowledged an event Azure would start for spot-4 too")
 	}
-	if got := events(t, "default", e.node)["ReclaimAcknowledgeFailed"]; got != "" {
+	if got := said("ReclaimAcknowledgeFailed"); got != "" {
 		t.Errorf("a refusal by design reported as a failure: %q", got)
 	}
 	if !gone(t, e.ns, "job") || len(e.trainers["job"].Received()) != 1 {
