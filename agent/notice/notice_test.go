@@ -349,3 +349,145 @@ func TestPendingIsOneMomentOfTheWatcher(t *testing.T) {
 		<-src.done
 	}
 }
+
+// checking is a Source that, for each step, sets the fake metadata service
+// up, runs one check and then after.
+type checking struct {
+	provider telemetryv1.CloudProvider
+	check    func(context.Context) ([]notice.Notice, error)
+	steps    []func()
+	after    func()
+}
+
+func (c *checking) Provider() telemetryv1.CloudProvider { return c.provider }
+
+func (c *checking) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
+	for _, setUp := range c.steps {
+		setUp()
+		n, err := c.check(ctx)
+		observe(n, err)
+		c.after()
+	}
+}
+
+// An event that cannot be read (here of a status the cloud does not
+// document) hides no other: an event announced beside it is a notice. Nor is
+// it taken for a withdrawal of the notice it may be: the check is a failed
+// one, whose error names the event, so the notices it does not list stay
+// until a check that reads every event.
+func TestUnreadableEventHidesNoNoticeAndWithdrawsNone(t *testing.T) {
+	soon := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	for _, c := range []struct {
+		name string
+		// steps set up: a and b; a, b unreadable and c; a alone.
+		src        func(t *testing.T) *checking
+		ids        [3]string
+		unreadable string
+	}{
+		{"aws", func(t *testing.T) *checking {
+			f := metadatatest.NewAWS()
+			t.Cleanup(f.Close)
+			ev := func(id, state string) string {
+				return fmt.Sprintf(`{"NotBefore":%q,"Code":"system-reboot","EventId":%q,"State":%q}`, soon.Format("2 Jan 2006 15:04:05 GMT"), id, state)
+			}
+			set := func(events ...string) func() {
+				return func() { f.SetScheduled("[" + strings.Join(events, ",") + "]") }
+			}
+			return &checking{
+				provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+				check:    aws.New(aws.Options{Endpoint: f.URL()}).Check,
+				steps: []func(){
+					set(ev("ev-a", "active"), ev("ev-b", "active")),
+					set(ev("ev-a", "active"), ev("ev-b", "paused"), ev("ev-c", "active")),
+					set(ev("ev-a", "active")),
+				},
+			}
+		}, [3]string{"aws-ev-a", "aws-ev-b", "aws-ev-c"}, `events/maintenance/scheduled[1]: State "paused" is not active, completed or canceled`},
+		{"azure", func(t *testing.T) *checking {
+			f := metadatatest.NewAzure("vm0")
+			t.Cleanup(f.Close)
+			set := func(events ...metadatatest.AzureEvent) func() {
+				return func() {
+					f.Clear()
+					for _, e := range events {
+						e.EventType, e.NotBefore = "Reboot", soon.Format(http.TimeFormat)
+						f.AddEvent(e)
+					}
+				}
+			}
+			return &checking{
+				provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE,
+				check:    azure.New(azure.Options{Endpoint: f.URL(), VMName: "vm0"}).Check,
+				steps: []func(){
+					set(metadatatest.AzureEvent{EventID: "ev-a"}, metadatatest.AzureEvent{EventID: "ev-b"}),
+					set(metadatatest.AzureEvent{EventID: "ev-a"}, metadatatest.AzureEvent{EventID: "ev-b", EventStatus: "Pending"}, metadatatest.AzureEvent{EventID: "ev-c"}),
+					set(metadatatest.AzureEvent{EventID: "ev-a"}),
+				},
+			}
+		}, [3]string{"azure-ev-a", "azure-ev-b", "azure-ev-c"}, `scheduled events: Events[1]: EventStatus "Pending" is not Scheduled or Started`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a, b, cc := c.ids[0], c.ids[1], c.ids[2]
+			src := c.src(t)
+			reg := prometheus.NewRegistry()
+			var w *notice.Watcher
+			var pending [][]string
+			var statuses []*telemetryv1.CollectorStatus
+			src.after = func() {
+				var ids []string
+				for _, n := range w.Notices() {
+					ids = append(ids, n.ID)
+				}
+				slices.Sort(ids)
+				pending = append(pending, ids)
+				st, _ := w.Pending()
+				statuses = append(statuses, st)
+			}
+			w = notice.NewWatcher(src, testr.New(t), notice.NewMetrics(reg))
+			var calls []string
+			w.OnNotice(func(n notice.Notice) { calls = append(calls, n.ID) })
+			w.Run(context.Background())
+
+			for i, want := range [][]string{{a, b}, {a, b, cc}, {a}} {
+				if !slices.Equal(pending[i], want) {
+					t.Errorf("after check %d: pending %v, want %v", i, pending[i], want)
+				}
+			}
+			if want := []string{a, b, cc}; !slices.Equal(calls, want) {
+				t.Errorf("OnNotice calls %v, want %v", calls, want)
+			}
+			for i, want := range []telemetryv1.CollectorStatus_State{telemetryv1.CollectorStatus_STATE_OK, telemetryv1.CollectorStatus_STATE_ERROR, telemetryv1.CollectorStatus_STATE_OK} {
+				if statuses[i].GetState() != want {
+					t.Errorf("after check %d: status %v, want %v", i, statuses[i], want)
+				}
+			}
+			if msg := statuses[1].GetMessage(); !strings.Contains(msg, c.unreadable) {
+				t.Errorf("status message %q does not name the unreadable event: want %q", msg, c.unreadable)
+			}
+			if got := checkErrors(t, reg, src.provider); got != 1 {
+				t.Errorf("penny_reclaim_notice_check_errors_total = %v, want 1: the check with the unreadable event", got)
+			}
+		})
+	}
+}
+
+// checkErrors reads penny_reclaim_notice_check_errors_total of provider.
+func checkErrors(t *testing.T, reg *prometheus.Registry, provider telemetryv1.CloudProvider) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() != "penny_reclaim_notice_check_errors_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if l := m.GetLabel(); len(l) == 1 && l[0].GetValue() == provider.String() {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("penny_reclaim_notice_check_errors_total{provider=%q} is not on /metrics", provider)
+	return 0
+}

@@ -98,7 +98,8 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 }
 
 // Check reads the three documents once. A document that cannot be read or
-// parsed adds to the error; the others' notices are still returned.
+// parsed adds to the error; the others' notices are still returned, and so
+// are those of a scheduled-events list that holds an event it cannot read.
 func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	var notices []notice.Notice
 	var errs []error
@@ -116,9 +117,8 @@ func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 			// a check may start before a notice is published and still
 			// read it.
 			var found []notice.Notice
-			if found, err = doc.parse(body, s.opts.Now()); err == nil {
-				notices = append(notices, found...)
-			}
+			found, err = doc.parse(body, s.opts.Now())
+			notices = append(notices, found...)
 		}
 		if err != nil {
 			errs = append(errs, err)

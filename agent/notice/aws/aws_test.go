@@ -185,6 +185,41 @@ func TestScheduledEventOfAnUndocumentedCodeIsANotice(t *testing.T) {
 	}
 }
 
+// Each scheduled event is judged on its own. One AWS lists in a form the
+// agent does not know (a State it does not document, a NotBefore it cannot
+// read) is an error that names it, and hides neither the active event
+// listed beside it nor the canceled one's being no notice.
+func TestOddScheduledEventHidesNoActiveOne(t *testing.T) {
+	f, src := start(t)
+	f.SetScheduled(`[
+		{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"instance-event-1","State":"active"},
+		{"NotBefore":"22 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"instance-event-2","State":"paused"},
+		{"NotBefore":"next week","Code":"system-reboot","EventId":"instance-event-3","State":"active"},
+		{"NotBefore":"23 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"instance-event-4","State":"canceled"},
+		{"NotBefore":"24 Jan 2030 09:00:43 GMT","EventId":"instance-event-5","State":"active"}]`)
+	notices, err := src.Check(context.Background())
+	if len(notices) != 1 || notices[0].ID != "aws-instance-event-1" || !notices[0].Deadline.Equal(time.Date(2030, 1, 21, 9, 0, 43, 0, time.UTC)) {
+		t.Errorf("notices %v; want the active reboot instance-event-1 alone", notices)
+	}
+	if err == nil {
+		t.Fatal("no error for the events that cannot be read")
+	}
+	for _, w := range []string{
+		`events/maintenance/scheduled[1]: State "paused" is not active, completed or canceled`,
+		`events/maintenance/scheduled[2]: NotBefore: "next week" is not a time`,
+		`events/maintenance/scheduled[4]: "Code" is missing`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+	for _, w := range []string{"[0]", "[3]"} {
+		if strings.Contains(err.Error(), w) {
+			t.Errorf("error %q names the well-formed event %s", err, w)
+		}
+	}
+}
+
 // IMDS writes scheduled events' times in GMT. Go's parser takes an unknown
 // zone abbreviation as UTC, or as the agent's local zone has it: "09:00:43
 // PST" would have been 8 hours off, silently.

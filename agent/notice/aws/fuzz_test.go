@@ -65,34 +65,41 @@ func FuzzRebalance(f *testing.F) {
 }
 
 // FuzzScheduledEvents: a notice comes only from an active event with a
-// well-formed code in a JSON list.
+// well-formed code in a JSON list, and every active event is a notice
+// unless the error names one.
 func FuzzScheduledEvents(f *testing.F) {
 	for _, s := range []string{
 		`[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","Description":"scheduled reboot","EventId":"instance-event-0d59937288b749b32","NotAfter":"21 Jan 2019 09:17:23 GMT","State":"active"}]`,
 		`[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","EventId":"e","State":"canceled"}]`,
+		`[{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","EventId":"e1","State":"active"},{"NotBefore":"21 Jan 2019 09:00:43 GMT","Code":"system-reboot","EventId":"e2","State":"paused"}]`,
 		`[]`, `[{}]`, `[{"State":1}]`, `{}`, `[null]`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		notices, err := ParseScheduledEvents(body, detected)
-		if err != nil {
+		var list []map[string]any
+		if json.Unmarshal(body, &list) != nil {
+			if len(notices) > 0 {
+				t.Fatalf("notices %v from a body that is not a JSON list: %q", notices, body)
+			}
 			return
 		}
-		var list []map[string]any
-		if json.Unmarshal(body, &list) != nil && len(notices) > 0 {
-			t.Fatalf("notices %v from a body that is not a JSON list: %q", notices, body)
-		}
-		active := 0
+		active, ids := 0, map[string]bool{}
 		for _, e := range list {
 			if e["State"] == "active" {
 				active++
+				id, _ := e["EventId"].(string)
+				ids["aws-"+id] = true
 			}
 		}
-		if len(notices) != active {
-			t.Fatalf("%d notices from %d active events in %q", len(notices), active, body)
+		if err == nil && len(notices) != active {
+			t.Fatalf("%d notices and no error from %d active events in %q", len(notices), active, body)
 		}
 		for _, n := range notices {
+			if !ids[n.ID] {
+				t.Fatalf("notice %v matches no active event in %q", n, body)
+			}
 			if err := n.Validate(); err != nil {
 				t.Fatal(err)
 			}

@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -71,6 +72,14 @@ const MaxScheduledEvents = 64
 // {"NotBefore","Code","Description","EventId","NotAfter","State"}. Only
 // active events are notices; completed and canceled ones stay listed for a
 // while and are skipped.
+//
+// Each event is judged on its own: the notices of the well-formed active
+// events come back together with an error that names every event that is
+// not well-formed (its index, the field and the value), so that one odd
+// event, or a State AWS adds later, neither hides an active one beside it
+// nor passes unseen. The error makes the check a failed one, and a failed
+// check withdraws no notice: the event that cannot be read may be one
+// already seen.
 func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, error) {
 	const what = "events/maintenance/scheduled"
 	items, err := notice.ParseList(what, body)
@@ -81,49 +90,63 @@ func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, err
 		return nil, fmt.Errorf("%s: %d events; more than %d is not a plausible answer", what, len(items), MaxScheduledEvents)
 	}
 	var out []notice.Notice
+	var bad []error
 	for i, raw := range items {
-		e, err := notice.ParseObject(fmt.Sprintf("%s[%d]", what, i), raw)
-		if err != nil {
-			return nil, err
+		n, active, err := parseScheduledEvent(fmt.Sprintf("%s[%d]", what, i), raw, detected)
+		switch {
+		case err != nil:
+			bad = append(bad, err)
+		case active:
+			out = append(out, n)
 		}
-		var id, code, state, notBefore string
-		for _, f := range []struct {
-			key string
-			v   *string
-		}{{"EventId", &id}, {"Code", &code}, {"State", &state}, {"NotBefore", &notBefore}} {
-			if *f.v, _, err = e.String(f.key, true); err != nil {
-				return nil, err
-			}
-		}
-		if !validID(id) {
-			return nil, fmt.Errorf("%s[%d]: EventId %s is not an event id", what, i, notice.Excerpt([]byte(id)))
-		}
-		switch state {
-		case "active":
-		case "completed", "canceled":
-			continue
-		default:
-			return nil, fmt.Errorf("%s[%d]: State %s is not active, completed or canceled", what, i, notice.Excerpt([]byte(state)))
-		}
-		// AWS documents five codes (instance-reboot, system-reboot,
-		// system-maintenance, instance-retirement, instance-stop), every one
-		// a disruption at NotBefore. A code it adds later is taken as one
-		// too, not refused: refusing it failed the whole list, and an active
-		// reboot listed beside it went unseen.
-		if !validID(code) {
-			return nil, fmt.Errorf("%s[%d]: Code %s is not an event code (one word, like system-reboot)", what, i, notice.Excerpt([]byte(code)))
-		}
-		at, err := parseTime(notBefore)
-		if err != nil {
-			return nil, fmt.Errorf("%s[%d]: NotBefore: %w", what, i, err)
-		}
-		out = append(out, notice.Notice{
-			ID:   "aws-" + id,
-			Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
-			Action: code, Detected: detected, Deadline: at,
-		})
 	}
-	return out, nil
+	return out, errors.Join(bad...)
+}
+
+// parseScheduledEvent reads one event of the list, named what in errors;
+// active is false for a completed or canceled one.
+func parseScheduledEvent(what string, raw []byte, detected time.Time) (n notice.Notice, active bool, err error) {
+	e, err := notice.ParseObject(what, raw)
+	if err != nil {
+		return notice.Notice{}, false, err
+	}
+	var id, code, state, notBefore string
+	for _, f := range []struct {
+		key string
+		v   *string
+	}{{"EventId", &id}, {"Code", &code}, {"State", &state}, {"NotBefore", &notBefore}} {
+		if *f.v, _, err = e.String(f.key, true); err != nil {
+			return notice.Notice{}, false, err
+		}
+	}
+	if !validID(id) {
+		return notice.Notice{}, false, fmt.Errorf("%s: EventId %s is not an event id", what, notice.Excerpt([]byte(id)))
+	}
+	switch state {
+	case "active":
+	case "completed", "canceled":
+		return notice.Notice{}, false, nil
+	default:
+		// Neither taken as active nor skipped: AWS documents these
+		// three, and a fourth is a change of format someone must see.
+		return notice.Notice{}, false, fmt.Errorf("%s: State %s is not active, completed or canceled", what, notice.Excerpt([]byte(state)))
+	}
+	// AWS documents five codes (instance-reboot, system-reboot,
+	// system-maintenance, instance-retirement, instance-stop), every one a
+	// disruption at NotBefore. A code it adds later is taken as one too,
+	// not refused: refused, the event would be no notice at all.
+	if !validID(code) {
+		return notice.Notice{}, false, fmt.Errorf("%s: Code %s is not an event code (one word, like system-reboot)", what, notice.Excerpt([]byte(code)))
+	}
+	at, err := parseTime(notBefore)
+	if err != nil {
+		return notice.Notice{}, false, fmt.Errorf("%s: NotBefore: %w", what, err)
+	}
+	return notice.Notice{
+		ID:   "aws-" + id,
+		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+		Action: code, Detected: detected, Deadline: at,
+	}, true, nil
 }
 
 // validID accepts what AWS event ids look like: short, printable, no spaces.

@@ -123,7 +123,8 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 	notice.Poll(ctx, s.opts.Interval, s.Check, observe)
 }
 
-// Check reads the document once and returns this VM's events.
+// Check reads the document once and returns this VM's events, with an
+// error for each of its events that cannot be read (Document.Notices).
 func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	vm, err := s.name(ctx)
 	if err != nil {
@@ -133,7 +134,7 @@ func (s *Source) Check(ctx context.Context) ([]notice.Notice, error) {
 	if err != nil {
 		return nil, err
 	}
-	return doc.Notices(vm, s.opts.Now(), s.opts.PreemptNotice), nil
+	return doc.Notices(vm, s.opts.Now(), s.opts.PreemptNotice)
 }
 
 // document reads and parses the Scheduled Events document.
@@ -216,6 +217,9 @@ func (s *Source) Acknowledge(ctx context.Context, noticeID string) error {
 	}
 	i := slices.IndexFunc(doc.Events, func(e Event) bool { return e.EventID == id })
 	if i < 0 {
+		if j := slices.IndexFunc(doc.Unread, func(u Unread) bool { return u.EventID == id }); j >= 0 {
+			return fmt.Errorf("acknowledge scheduled event %s: Scheduled Events lists it in a form the agent cannot read: %w", id, doc.Unread[j].Err)
+		}
 		return fmt.Errorf("acknowledge scheduled event %s: Scheduled Events no longer lists it (Azure called it off or it ended); nothing to acknowledge: %w", id, notice.ErrNotOurs)
 	}
 	resources := doc.Events[i].Resources

@@ -24,6 +24,15 @@ func start(t *testing.T) (*metadatatest.Azure, *azure.Source) {
 	return f, azure.New(azure.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: 300 * time.Millisecond, FirstRequestTimeout: 300 * time.Millisecond})
 }
 
+// notices parses a document and returns this VM's notices.
+func notices(body []byte) ([]notice.Notice, error) {
+	d, err := azure.ParseDocument(body)
+	if err != nil {
+		return nil, err
+	}
+	return d.Notices(vm, time.Now(), azure.DefaultPreemptNotice)
+}
+
 func TestPreemptOfThisVMIsANotice(t *testing.T) {
 	f, src := start(t)
 	notBefore := time.Now().Add(30 * time.Second).Truncate(time.Second).UTC()
@@ -51,7 +60,6 @@ func TestOnlyThisVMsKnownEventsCount(t *testing.T) {
 	f, src := start(t)
 	soon := time.Now().Add(5 * time.Minute).UTC().Format(http.TimeFormat)
 	f.AddEvent(metadatatest.AzureEvent{EventID: "neighbour", EventType: "Preempt", Resources: []string{"aks-spot-12345678-vmss_4"}, NotBefore: soon})
-	f.AddEvent(metadatatest.AzureEvent{EventID: "future-type", EventType: "LiveMigrate", NotBefore: soon})
 	f.AddEvent(metadatatest.AzureEvent{EventID: "freeze", EventType: "Freeze", NotBefore: soon})
 	f.AddEvent(metadatatest.AzureEvent{EventID: "reboot", EventType: "Reboot", NotBefore: soon})
 	f.AddEvent(metadatatest.AzureEvent{EventID: "term", EventType: "Terminate", Resources: []string{strings.ToUpper(vm)}, NotBefore: soon})
@@ -69,7 +77,7 @@ func TestOnlyThisVMsKnownEventsCount(t *testing.T) {
 		"azure-term":   telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION,
 	}
 	if len(got) != len(want) {
-		t.Fatalf("notices %v, want %v (a neighbour's event and an unknown type are not this node's)", got, want)
+		t.Fatalf("notices %v, want %v (a neighbour's event is not this node's)", got, want)
 	}
 	for id, k := range want {
 		if got[id] != k {
@@ -150,6 +158,49 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 	}
 }
 
+// Each event is judged on its own. One of this VM's that the agent cannot
+// read (an EventStatus or EventType Scheduled Events does not document, a
+// NotBefore it cannot read) is an error that names it and hides no event
+// listed beside it. One that lists only other VMs is not this node's, read
+// or not, and is no error.
+func TestOddEventHidesNoOther(t *testing.T) {
+	f, src := start(t)
+	soon := time.Now().Add(15 * time.Minute).UTC().Truncate(time.Second)
+	const neighbour = "aks-spot-12345678-vmss_4"
+	f.AddEvent(metadatatest.AzureEvent{EventID: "pending", EventType: "Reboot", EventStatus: "Pending", NotBefore: soon.Format(http.TimeFormat)})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "preempt", EventType: "Preempt", NotBefore: soon.Format(http.TimeFormat)})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "hibernate", EventType: "Hibernate", NotBefore: soon.Format(http.TimeFormat)})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "tomorrow", EventType: "Reboot", NotBefore: "tomorrow"})
+	f.AddEvent(metadatatest.AzureEvent{EventID: "theirs", EventType: "Hibernate", EventStatus: "Pending", Resources: []string{neighbour}, NotBefore: "tomorrow"})
+	notices, err := src.Check(context.Background())
+	if len(notices) != 1 || notices[0].ID != "azure-preempt" || !notices[0].Deadline.Equal(soon) {
+		t.Errorf("notices %v; want the Preempt at %v alone", notices, soon)
+	}
+	if err == nil {
+		t.Fatal("no error for this VM's events that cannot be read")
+	}
+	for _, w := range []string{
+		`scheduled events: Events[0]: EventStatus "Pending" is not Scheduled or Started`,
+		`scheduled events: Events[2]: EventType "Hibernate" is not Preempt, Terminate, Reboot, Redeploy or Freeze`,
+		`scheduled events: Events[3]: NotBefore: "tomorrow" is not a time`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not say %q", err, w)
+		}
+	}
+	if strings.Contains(err.Error(), "Events[4]") {
+		t.Errorf("error %q names the event of another VM", err)
+	}
+	// The Preempt is acknowledged as if the others were not there; an
+	// event that cannot be read is not, and not taken for one gone.
+	if err := src.Acknowledge(context.Background(), "azure-preempt"); err != nil {
+		t.Errorf("acknowledging the Preempt: %v", err)
+	}
+	if err := src.Acknowledge(context.Background(), "azure-pending"); err == nil || errors.Is(err, notice.ErrNotOurs) || !strings.Contains(err.Error(), `EventStatus "Pending"`) {
+		t.Errorf("Acknowledge(pending) = %v, want an error naming its EventStatus that is not notice.ErrNotOurs", err)
+	}
+}
+
 // Scheduled Events writes NotBefore in GMT. Go's RFC 1123 parser takes an
 // unknown zone abbreviation as UTC, or as the agent's local zone has it:
 // "18:29:47 PST" would have been 8 hours off, silently.
@@ -159,17 +210,17 @@ func TestNotBeforeOutsideGMTIsRefused(t *testing.T) {
 	}
 	want := time.Date(2030, 9, 19, 18, 29, 47, 0, time.UTC)
 	for _, zone := range []string{"GMT", "UTC"} {
-		d, err := azure.ParseDocument(doc("Thu, 19 Sep 2030 18:29:47 " + zone))
+		n, err := notices(doc("Thu, 19 Sep 2030 18:29:47 " + zone))
 		if err != nil {
 			t.Errorf("NotBefore in %s: %v", zone, err)
 			continue
 		}
-		if n := d.Notices(vm, time.Now(), time.Minute); len(n) != 1 || !n[0].Deadline.Equal(want) {
+		if len(n) != 1 || !n[0].Deadline.Equal(want) {
 			t.Errorf("NotBefore in %s: notices %v, want one with deadline %v", zone, n, want)
 		}
 	}
 	for _, zone := range []string{"PST", "EST", "CET", "XYZ"} {
-		_, err := azure.ParseDocument(doc("Thu, 19 Sep 2030 18:29:47 " + zone))
+		_, err := notices(doc("Thu, 19 Sep 2030 18:29:47 " + zone))
 		if err == nil {
 			t.Errorf("NotBefore in %s accepted; want an error", zone)
 			continue
@@ -251,7 +302,10 @@ func TestDeadlineFromNotBeforeAndEventStatus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			n := d.Notices(vm, detected, azure.DefaultPreemptNotice)
+			n, err := d.Notices(vm, detected, azure.DefaultPreemptNotice)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(n) != 1 || !n[0].Deadline.Equal(c.deadline) || n[0].Estimated != c.estimated {
 				t.Fatalf("notices %v, want one with deadline %v (estimated %v)", n, c.deadline, c.estimated)
 			}
@@ -261,7 +315,7 @@ func TestDeadlineFromNotBeforeAndEventStatus(t *testing.T) {
 
 // A NotBefore without a zone is refused, naming the event and the field.
 func TestNotBeforeWithoutZoneIsRefused(t *testing.T) {
-	_, err := azure.ParseDocument([]byte(`{"DocumentIncarnation":2,"Events":[{"EventId":"e1","EventType":"Preempt","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":"Thu, 19 Sep 2030 18:29:47"}]}`))
+	_, err := notices([]byte(`{"DocumentIncarnation":2,"Events":[{"EventId":"e1","EventType":"Preempt","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":"Thu, 19 Sep 2030 18:29:47"}]}`))
 	if err == nil {
 		t.Fatal("NotBefore without a zone accepted")
 	}

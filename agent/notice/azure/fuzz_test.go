@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// FuzzScheduledEvents: no document crashes the parser, and a notice comes
-// only from an event of a known type that lists this VM.
+// FuzzScheduledEvents: no document crashes the parser, every event of a
+// document is either read or Unread, and a notice comes only from an event
+// of a known type that lists this VM.
 func FuzzScheduledEvents(f *testing.F) {
 	for _, s := range []string{
 		`{"DocumentIncarnation":1,"Events":[]}`,
@@ -23,17 +24,18 @@ func FuzzScheduledEvents(f *testing.F) {
 		if err != nil {
 			return
 		}
-		notices := doc.Notices("vm0", detected, DefaultPreemptNotice)
-		if len(notices) == 0 {
-			return
-		}
-		// An independent reading must agree that the events are there.
+		// An independent reading must agree on the events there.
+		var top map[string]json.RawMessage
 		var w struct {
 			Events []map[string]any
 		}
-		if json.Unmarshal(body, &w) != nil {
-			t.Fatalf("notices %v from a body encoding/json cannot read: %q", notices, body)
+		if json.Unmarshal(body, &top) != nil || json.Unmarshal(top["Events"], &w.Events) != nil {
+			t.Fatalf("document %+v from a body encoding/json cannot read: %q", doc, body)
 		}
+		if len(doc.Events)+len(doc.Unread) != len(w.Events) {
+			t.Fatalf("%d events read and %d unread of %d in %q", len(doc.Events), len(doc.Unread), len(w.Events), body)
+		}
+		notices, _ := doc.Notices("vm0", detected, DefaultPreemptNotice)
 		for _, n := range notices {
 			found := false
 			for _, e := range w.Events {

@@ -1,6 +1,8 @@
 package azure
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -14,6 +16,10 @@ import (
 type Document struct {
 	DocumentIncarnation int64
 	Events              []Event
+	// Unread are the events that could not be taken: not well-formed, or
+	// of an EventType or EventStatus that Scheduled Events does not
+	// document.
+	Unread []Unread
 }
 
 // Event is one scheduled event.
@@ -30,13 +36,33 @@ type Event struct {
 	DurationInSeconds int64
 }
 
+// Unread is an event of the document that could not be taken.
+type Unread struct {
+	// EventID is the event's EventId as it reads, "" when it does not read
+	// as a string.
+	EventID string
+	// Resources are the VMs the event lists, when ResourcesRead.
+	Resources     []string
+	ResourcesRead bool
+	// Err names the event's index, the field and its value.
+	Err error
+}
+
+// concerns reports whether the event may be vm's: it lists vm, or its
+// Resources could not be read.
+func (u Unread) concerns(vm string) bool {
+	return !u.ResourcesRead || lists(u.Resources, vm)
+}
+
 // MaxEvents bounds a document; Azure lists the events of one availability
 // set or scale-set placement group, a few at a time.
 const MaxEvents = 256
 
 // ParseDocument reads a Scheduled Events document strictly: every required
 // member present, by its exact name, with its JSON type; nothing after the
-// document.
+// document. A document that is not that is an error. An event that is not
+// is judged on its own: it goes to Unread, and the others are still read,
+// so that one odd event does not hide those beside it.
 func ParseDocument(body []byte) (*Document, error) {
 	const what = "scheduled events"
 	o, err := notice.ParseObject(what, body)
@@ -59,47 +85,67 @@ func ParseDocument(body []byte) (*Document, error) {
 	}
 	doc := &Document{DocumentIncarnation: inc, Events: make([]Event, 0, len(items))}
 	for i, raw := range items {
-		p := fmt.Sprintf("%s: Events[%d]", what, i)
-		eo, err := notice.ParseObject(p, raw)
+		e, resourcesRead, err := parseEvent(fmt.Sprintf("%s: Events[%d]", what, i), raw)
 		if err != nil {
-			return nil, err
-		}
-		e := Event{DurationInSeconds: -1}
-		for _, f := range []struct {
-			key      string
-			v        *string
-			required bool
-		}{
-			{"EventId", &e.EventID, true}, {"EventType", &e.EventType, true}, {"EventStatus", &e.EventStatus, true},
-			{"NotBefore", &e.NotBefore, true}, {"ResourceType", &e.ResourceType, false},
-			{"Description", &e.Description, false}, {"EventSource", &e.EventSource, false},
-		} {
-			if *f.v, _, err = eo.String(f.key, f.required); err != nil {
-				return nil, err
-			}
-		}
-		if e.Resources, _, err = eo.Strings("Resources", true); err != nil {
-			return nil, err
-		}
-		if d, ok, err := eo.Int("DurationInSeconds", false); err != nil {
-			return nil, err
-		} else if ok {
-			e.DurationInSeconds = d
-		}
-		if !validID(e.EventID) {
-			return nil, fmt.Errorf("%s: EventId %s is not an event id", p, notice.Excerpt([]byte(e.EventID)))
-		}
-		if e.EventStatus != "Scheduled" && e.EventStatus != "Started" {
-			return nil, fmt.Errorf("%s: EventStatus %s is not Scheduled or Started", p, notice.Excerpt([]byte(e.EventStatus)))
-		}
-		if e.NotBefore != "" {
-			if _, err := parseNotBefore(e.NotBefore); err != nil {
-				return nil, fmt.Errorf("%s: NotBefore: %w", p, err)
-			}
+			doc.Unread = append(doc.Unread, Unread{EventID: e.EventID, Resources: e.Resources, ResourcesRead: resourcesRead, Err: err})
+			continue
 		}
 		doc.Events = append(doc.Events, e)
 	}
 	return doc, nil
+}
+
+// parseEvent reads one event, named p in errors. With an error, e holds the
+// EventId and Resources when they read, and resourcesRead says whether
+// Resources did: they tell an event that cannot be read from this VM's.
+func parseEvent(p string, raw []byte) (e Event, resourcesRead bool, err error) {
+	eo, err := notice.ParseObject(p, raw)
+	if err != nil {
+		return Event{}, false, err
+	}
+	e = Event{DurationInSeconds: -1}
+	id, _, errID := eo.String("EventId", true)
+	resources, _, errResources := eo.Strings("Resources", true)
+	e.EventID, e.Resources, resourcesRead = id, resources, errResources == nil
+	if err := cmp.Or(errID, errResources); err != nil {
+		return e, resourcesRead, err
+	}
+	for _, f := range []struct {
+		key      string
+		v        *string
+		required bool
+	}{
+		{"EventType", &e.EventType, true}, {"EventStatus", &e.EventStatus, true},
+		{"NotBefore", &e.NotBefore, true}, {"ResourceType", &e.ResourceType, false},
+		{"Description", &e.Description, false}, {"EventSource", &e.EventSource, false},
+	} {
+		if *f.v, _, err = eo.String(f.key, f.required); err != nil {
+			return e, resourcesRead, err
+		}
+	}
+	if d, ok, err := eo.Int("DurationInSeconds", false); err != nil {
+		return e, resourcesRead, err
+	} else if ok {
+		e.DurationInSeconds = d
+	}
+	if !validID(e.EventID) {
+		return e, resourcesRead, fmt.Errorf("%s: EventId %s is not an event id", p, notice.Excerpt([]byte(e.EventID)))
+	}
+	if e.EventStatus != "Scheduled" && e.EventStatus != "Started" {
+		return e, resourcesRead, fmt.Errorf("%s: EventStatus %s is not Scheduled or Started", p, notice.Excerpt([]byte(e.EventStatus)))
+	}
+	// An EventType Azure adds later is neither a notice nor skipped: what
+	// it does to the VM is unknown (a Freeze leaves the pods be, a Preempt
+	// deletes the VM), and someone must see it.
+	if _, known := eventKinds[e.EventType]; !known {
+		return e, resourcesRead, fmt.Errorf("%s: EventType %s is not Preempt, Terminate, Reboot, Redeploy or Freeze", p, notice.Excerpt([]byte(e.EventType)))
+	}
+	if e.NotBefore != "" {
+		if _, err := parseNotBefore(e.NotBefore); err != nil {
+			return e, resourcesRead, fmt.Errorf("%s: NotBefore: %w", p, err)
+		}
+	}
+	return e, resourcesRead, nil
 }
 
 // Kinds of event types. Freeze pauses the VM for seconds with its memory
@@ -114,14 +160,18 @@ var eventKinds = map[string]telemetryv1.ReclaimKind{
 
 // Notices returns the document's events that concern vmName: Azure sends
 // every VM of an availability set or placement group the events of all of
-// them, and only those listing this VM in Resources are this node's. An
-// event of a type Penny does not know is skipped. minNotice is the deadline
-// of an event that gives no NotBefore (Azure promises Preempt 30 s).
-func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Duration) []notice.Notice {
+// them, and only those listing this VM in Resources are this node's.
+// minNotice is the deadline of an event that gives no NotBefore (Azure
+// promises Preempt 30 s).
+//
+// The error names each Unread event that may be this VM's (it lists the VM,
+// or its Resources do not read), returned with the notices of the others:
+// the check is a failed one then, and withdraws no notice, since the event
+// that cannot be read may be one already seen.
+func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Duration) ([]notice.Notice, error) {
 	var out []notice.Notice
 	for _, e := range d.Events {
-		kind, known := eventKinds[e.EventType]
-		if !known || !lists(e.Resources, vmName) {
+		if !lists(e.Resources, vmName) {
 			continue
 		}
 		deadline, estimated := detected.Add(minNotice), true
@@ -134,11 +184,17 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 		}
 		out = append(out, notice.Notice{
 			ID:   "azure-" + e.EventID,
-			Kind: kind, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE,
+			Kind: eventKinds[e.EventType], Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE,
 			Action: e.EventType, Detected: detected, Deadline: deadline, Estimated: estimated,
 		})
 	}
-	return out
+	var unread []error
+	for _, u := range d.Unread {
+		if u.concerns(vmName) {
+			unread = append(unread, u.Err)
+		}
+	}
+	return out, errors.Join(unread...)
 }
 
 // lists reports whether resources names vm; Azure's VM names are
