@@ -19,8 +19,8 @@ import (
 // PodGroup's pods) arms a timer for it. Nor is a catalog reload; New has the
 // store retry the pods it may help. Nor is a Spot pool's reclaim risk
 // falling under a pod's limit as its reclaims age or node-hours come in;
-// PostFilter has the pod wait for that pool (waitForRisk), whose timer the
-// risk model's changes move.
+// PostFilter (PodGroupPostFilter for a native PodGroup) has the pod wait for
+// that pool (waitForRisk), whose timer the risk model's changes move.
 func (pl *SpotRisk) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
 	return []fwk.ClusterEventWithHint{
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}, QueueingHintFn: pl.isSchedulableAfterNodeChange},

@@ -298,6 +298,13 @@ func (pl *SpotRisk) riskBound(s *podState) float64 {
 // PreFilter turned the pod away before this plugin's ran (PennyGang, which
 // asks Excludes, finding no room for the gang on the nodes this plugin
 // admits): the pools are then read from the snapshot (keepOffSnapshot).
+//
+// It runs before DefaultPreemption in the deployed profile
+// (deploy/scheduler/config.yaml), which ends the chain when it nominates a
+// node: the pod then waited for its victims to go, past the end of its wait.
+// It always returns Unschedulable, so that preemption still runs. A retry
+// that comes while the pod is nominated costs one cycle, which places it on
+// its nominated node if the victims went, or elsewhere if its wait is over.
 func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	s, err := getState(cs)
 	if err != nil {

@@ -2,9 +2,11 @@ package spotrisk
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
@@ -25,11 +27,13 @@ type groupWakeup struct {
 // PreEnqueue arms the retry PostFilter arms for a lone pod, for a native
 // PodGroup whose members wait (Class.Waits). kube-scheduler's pod-group cycle
 // runs no PostFilter for the group's pods, only PodGroupPostFilter plugins
-// once the group fails, and DefaultPreemption, the first of them, ends that
-// chain whenever it finds no victims: a group waiting for Spot fell back only
-// when its backoff ran out. The queue runs PreEnqueue for each of the group's
-// pods whenever the group enters the active or backoff queue, whichever
-// plugin then turns it away. It never holds a pod back.
+// once the group fails, and DefaultPreemption, the first of them until
+// SpotRisk's own came before it (PodGroupPostFilter, which holds the group
+// for a pool's risk), ends that chain whenever it finds no victims: a group
+// waiting for Spot fell back only when its backoff ran out. The queue runs
+// PreEnqueue for each of the group's pods whenever the group enters the
+// active or backoff queue, whichever plugin then turns it away. It never
+// holds a pod back.
 //
 // The group is retried once, when the last of its members stops waiting:
 // retried when the first did, it fails while the others still wait, and a
@@ -205,4 +209,72 @@ func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, own *groupWakeup, group string
 		}
 	}
 	return latest, true
+}
+
+// PodGroupPostFilter holds a native PodGroup that found no placement for the
+// Spot pools whose reclaim risk keeps its members off, as PostFilter holds a
+// lone pod (waitForRisk), so that the group is retried when one of their
+// estimates falls under its limit: kube-scheduler's pod-group cycle runs no
+// PostFilter for the group's pods, and the group waited for an unrelated
+// event or its backoff. It runs before DefaultPreemption in the deployed
+// profile (deploy/scheduler/config.yaml), which ends the chain whenever it
+// finds no victims, and returns Unschedulable so that preemption still runs.
+//
+// The pools are read off the snapshot (keepOffSnapshot), as for a pod an
+// earlier PreFilter turned away: the members' cycle states are not handed to
+// this extension point, and the cycle stops at the first member that cannot
+// be placed, often turned away by PennyGang's PreFilter before this plugin's
+// ran. Retrying any member retries the whole group, so members that ask the
+// same of a node (same class, node selector, affinity and tolerations) are
+// held through the first of them: one pass over the nodes per kind of
+// member, not per member.
+func (pl *SpotRisk) PodGroupPostFilter(ctx context.Context, _ fwk.PodGroupCycleState, group fwk.PodGroupInfo, _ fwk.PodGroupSchedulingFunc) (*fwk.PodGroupPostFilterResult, *fwk.Status) {
+	if pl.handle != nil && pl.priors != nil {
+		pl.holdGroupForRisk(klog.FromContext(ctx), group, nil)
+	}
+	return nil, fwk.NewStatus(fwk.Unschedulable)
+}
+
+// holdGroupForRisk holds group's unscheduled members, and its child groups',
+// for PodGroupPostFilter; held are the members already held in this call,
+// one per kind.
+func (pl *SpotRisk) holdGroupForRisk(logger klog.Logger, group fwk.PodGroupInfo, held []heldMember) []heldMember {
+	for _, child := range group.GetChildren() {
+		held = pl.holdGroupForRisk(logger, child, held)
+	}
+	for _, pod := range group.GetUnscheduledPods() {
+		class, err := pl.classify(pod)
+		if err != nil || !class.FollowsRisk() {
+			continue
+		}
+		m := heldMember{pod: pod, state: pl.stateFor(pod, class)}
+		if slices.ContainsFunc(held, m.alike) {
+			continue
+		}
+		pl.keepOffSnapshot(logger, pod, m.state)
+		pl.waitForRisk(logger, pod, m.state)
+		held = append(held, m)
+	}
+	return held
+}
+
+// heldMember is a native PodGroup's member PodGroupPostFilter held, with
+// what its risk rules read.
+type heldMember struct {
+	pod   *corev1.Pod
+	state *podState
+}
+
+// alike reports whether two members get the same verdicts from
+// keepOffSnapshot: the same class and what stateFor derives from it for the
+// risk rules, on the same nodes.
+func (m heldMember) alike(o heldMember) bool {
+	a, b := m.state, o.state
+	if a.class != b.class || a.interrupted != b.interrupted || a.runtime != b.runtime {
+		return false
+	}
+	p, q := m.pod.Spec, o.pod.Spec
+	return apiequality.Semantic.DeepEqual(p.NodeSelector, q.NodeSelector) &&
+		apiequality.Semantic.DeepEqual(p.Affinity, q.Affinity) &&
+		apiequality.Semantic.DeepEqual(p.Tolerations, q.Tolerations)
 }

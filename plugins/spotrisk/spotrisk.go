@@ -3,7 +3,9 @@
 // Spot (Filter), places the rest where its expected cost of useful work is
 // lowest (Score), and lets a Spot-preferring pod fall back to on-demand
 // capacity when Spot does not come (PreEnqueue, PostFilter, Reserve,
-// PostBind).
+// PostBind). A pod, or native PodGroup, that its risk limits keep off Spot
+// pools is retried when their estimates fall (PostFilter,
+// PodGroupPostFilter).
 package spotrisk
 
 import (
@@ -88,15 +90,16 @@ type SpotRisk struct {
 }
 
 var (
-	_ fwk.PreEnqueuePlugin  = &SpotRisk{}
-	_ fwk.PreFilterPlugin   = &SpotRisk{}
-	_ fwk.FilterPlugin      = &SpotRisk{}
-	_ fwk.PostFilterPlugin  = &SpotRisk{}
-	_ fwk.PreScorePlugin    = &SpotRisk{}
-	_ fwk.ScorePlugin       = &SpotRisk{}
-	_ fwk.ReservePlugin     = &SpotRisk{}
-	_ fwk.PostBindPlugin    = &SpotRisk{}
-	_ fwk.EnqueueExtensions = &SpotRisk{}
+	_ fwk.PreEnqueuePlugin         = &SpotRisk{}
+	_ fwk.PreFilterPlugin          = &SpotRisk{}
+	_ fwk.FilterPlugin             = &SpotRisk{}
+	_ fwk.PostFilterPlugin         = &SpotRisk{}
+	_ fwk.PodGroupPostFilterPlugin = &SpotRisk{}
+	_ fwk.PreScorePlugin           = &SpotRisk{}
+	_ fwk.ScorePlugin              = &SpotRisk{}
+	_ fwk.ReservePlugin            = &SpotRisk{}
+	_ fwk.PostBindPlugin           = &SpotRisk{}
+	_ fwk.EnqueueExtensions        = &SpotRisk{}
 )
 
 // Name implements fwk.Plugin.
