@@ -44,7 +44,12 @@ type view struct {
 	// nodes are keyed by the snapshot's NodeInfo: the scheduler keeps one
 	// per node for its lifetime and updates it in place (its generation
 	// says when), so the key hashes a pointer rather than a name.
-	nodes    map[*framework.NodeInfo]*entry
+	nodes map[*framework.NodeInfo]*entry
+	// byName holds the same entries by node name, for the marks (dirty),
+	// which name their nodes: sync looks each mark up once, where looking
+	// every node's name up in the marks hashed a thousand names per cycle
+	// for the one node the last pod's Reserve marked.
+	byName   map[string]*entry
 	reserved map[types.UID]reservation
 	dirty    map[string]struct{}
 	epoch    uint64
@@ -64,6 +69,9 @@ type entry struct {
 	// accounted first-fit, so that their capacity is never handed out twice.
 	guessed int
 	epoch   uint64
+	// marked: the node was marked (dirty) since the entry was built, so
+	// sync builds it again.
+	marked bool
 
 	// What PreScore measured on the node for the cycle scoredFor, so that
 	// Score, called once per node right after, only composes: measuring
@@ -86,7 +94,7 @@ type reservation struct {
 }
 
 func newView(layouts LayoutSource, poolLabel string) *view {
-	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[*framework.NodeInfo]*entry{},
+	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[*framework.NodeInfo]*entry{}, byName: map[string]*entry{},
 		reserved: map[types.UID]reservation{}, dirty: map[string]struct{}{}}
 }
 
@@ -96,6 +104,11 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.epoch++
+	for name := range v.dirty {
+		if e := v.byName[name]; e != nil {
+			e.marked = true
+		}
+	}
 	synced := 0
 	for _, ni := range nodes {
 		k, ok := ni.(*framework.NodeInfo)
@@ -103,14 +116,10 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 			continue // not the scheduler's own snapshot: entryFor builds it each time
 		}
 		e := v.nodes[k]
-		dirty := false
-		if len(v.dirty) > 0 {
-			_, dirty = v.dirty[ni.Node().Name]
-		}
-		if e == nil || dirty || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
+		if e == nil || e.marked || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
 			e = v.build(logger, ni, forSync, "")
 			v.nodes[k] = e
-			delete(v.dirty, ni.Node().Name)
+			v.byName[e.node.Name] = e
 		}
 		if e.epoch != v.epoch {
 			synced++
@@ -137,6 +146,9 @@ func (v *view) forgetGone() {
 		if e.epoch != v.epoch {
 			gone[e.node.Name] = true
 			delete(v.nodes, ni)
+			if v.byName[e.node.Name] == e {
+				delete(v.byName, e.node.Name)
+			}
 		}
 	}
 	if len(v.reserved) == 0 {

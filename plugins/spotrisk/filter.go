@@ -49,6 +49,15 @@ type podState struct {
 	runtime       time.Duration
 	runtimeSource string
 	usage         pricing.Usage
+	// readsCapacity is false when none of the pod's rules reads a node's
+	// capacity type (an allow pod without a risk limit, a prefer pod past
+	// its wait): Filter then reads none of a node's labels, which on a
+	// thousand nodes cost more than the rest of the plugin's Filter.
+	readsCapacity bool
+	// The reasons the pod's rules give: the same words for every node a
+	// rule turns away, so they are formatted by the first such node, not
+	// once per node.
+	offSpot, onlySpot, cutShort, overLimit, overLoss, waits reason
 
 	mu sync.Mutex
 	// keptOff is the Spot pools whose reclaim risk Filter turned the pod
@@ -70,6 +79,18 @@ func (s *podState) keepOff(pool pricing.Pool) {
 		s.keptOff = map[pricing.Pool]bool{}
 	}
 	s.keptOff[pool] = true
+}
+
+// reason is a Filter reason formatted once, by the first node that needs
+// it: Filter runs on many nodes at once.
+type reason struct {
+	once sync.Once
+	text string
+}
+
+func (r *reason) get(format func() string) string {
+	r.once.Do(func() { r.text = format() })
+	return r.text
 }
 
 func getState(cs fwk.CycleState) (*podState, error) {
@@ -122,6 +143,10 @@ func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 		s.deadline = s.start.Add(class.FallbackAfter)
 		s.waiting = pl.clock.Now().Before(s.deadline)
 	}
+	// What exclude's rules read a node's capacity for: never and only
+	// always, avoid (which follows risk) and risk limits for Spot pools, a
+	// waiting pod for the capacity it falls back to.
+	s.readsCapacity = class.Policy == Never || class.Policy == Only || class.FollowsRisk() || s.waiting
 	return s
 }
 
@@ -193,6 +218,9 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	if pl.reclaimPending(node) {
 		return ReasonReclaimPending
 	}
+	if !s.readsCapacity {
+		return ""
+	}
 	c := s.class
 	if c.Policy == Never {
 		// The label's author may have meant Spot (preemptible, spot-instance):
@@ -205,21 +233,25 @@ func (pl *SpotRisk) exclude(s *podState, node *corev1.Node) string {
 	capacity := pricing.NodeCapacity(node)
 	switch {
 	case c.Policy == Never && capacity.IsSpot():
-		return fmt.Sprintf("node(s) are Spot and the pod stays off Spot (%s)", c.Why)
+		return s.offSpot.get(func() string { return fmt.Sprintf("node(s) are Spot and the pod stays off Spot (%s)", c.Why) })
 	case c.Policy == Only && !capacity.IsSpot():
-		return fmt.Sprintf("node(s) are not Spot and the pod runs only on Spot (%s)", c.Why)
+		return s.onlySpot.get(func() string { return fmt.Sprintf("node(s) are not Spot and the pod runs only on Spot (%s)", c.Why) })
 	case c.Policy == Avoid && s.interrupted > 0 && capacity.IsSpot():
-		return fmt.Sprintf("node(s) are Spot and a reclaim already cut a run of this workload short after %s (%s)",
-			s.interrupted.Round(time.Minute), c.Why)
+		return s.cutShort.get(func() string {
+			return fmt.Sprintf("node(s) are Spot and a reclaim already cut a run of this workload short after %s (%s)",
+				s.interrupted.Round(time.Minute), c.Why)
+		})
 	}
 	if reason := pl.excludeByRisk(s, node, capacity); reason != "" {
 		return reason
 	}
 	// Last: a rule above excludes the node for good, the wait only for now.
 	if s.waiting && c.FallbackFrom(capacity) {
-		want, fallback := c.wait()
-		return fmt.Sprintf("node(s) are %s and the pod waits for %s capacity until %s (%s; fallback after %s)",
-			fallback, want, s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
+		return s.waits.get(func() string {
+			want, fallback := c.wait()
+			return fmt.Sprintf("node(s) are %s and the pod waits for %s capacity until %s (%s; fallback after %s)",
+				fallback, want, s.deadline.UTC().Format(time.RFC3339), c.Why, c.FallbackAfter)
+		})
 	}
 	return ""
 }
@@ -231,9 +263,10 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 		return ""
 	}
 	price, priced := pl.prices.NodePrice(node)
-	reason := pl.riskReason(s, pl.reclaimRate(node, capacity, price, priced))
+	pool := pricing.PoolOf(node, capacity)
+	reason := pl.riskReason(s, pl.reclaimRate(node, pool, price, priced))
 	if reason != "" && pl.priors != nil {
-		s.keepOff(pricing.NodePool(node))
+		s.keepOff(pool)
 	}
 	return reason
 }
@@ -248,10 +281,14 @@ func (pl *SpotRisk) riskReason(s *podState, rate float64) string {
 		// No percent sign: the scheduler's event recorder takes the
 		// message as a format. Six significant digits: 0.07 is 7, not
 		// 7.000000000000001.
-		return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%.6g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+		return s.overLimit.get(func() string {
+			return fmt.Sprintf("node(s) are in Spot pools reclaimed more often than %s=%.6g percent a month allows", AnnotationMaxReclaimRisk, 100*c.MaxMonthlyRisk)
+		})
 	case overLoss:
-		return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %.6g percent of its work to reclaims",
-			max(1, c.Work.Nodes), s.runtime.Round(time.Minute), s.runtimeSource, 100**pl.args.MaxExpectedLoss)
+		return s.overLoss.get(func() string {
+			return fmt.Sprintf("node(s) are in Spot pools where training without checkpoints, on %d node(s) for %s (%s), would expect to lose more than %.6g percent of its work to reclaims",
+				max(1, c.Work.Nodes), s.runtime.Round(time.Minute), s.runtimeSource, 100**pl.args.MaxExpectedLoss)
+		})
 	}
 	return ""
 }

@@ -76,7 +76,7 @@ func nodeShare(u pricing.Usage, node *corev1.Node) float64 {
 // hour of useful work there, the work lost per reclaim taken from the
 // runtime the expected-loss rule takes too (runtime).
 func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, price pricing.Price) float64 {
-	rate := pl.reclaimRate(node, pricing.NodeCapacity(node), price, true)
+	rate := pl.reclaimRate(node, pricing.NodePool(node), price, true)
 	run, _ := pl.runtime(class)
 	return pricing.CostPerUsefulHour(hourly, rate, class.Work, run)
 }

@@ -354,12 +354,11 @@ func (pl *SpotRisk) reclaimPending(node *corev1.Node) bool {
 	return false
 }
 
-// reclaimRate is a node's expected reclaims per hour.
-func (pl *SpotRisk) reclaimRate(node *corev1.Node, c pricing.Capacity, price pricing.Price, priced bool) float64 {
-	if !c.IsSpot() {
+// reclaimRate is the expected reclaims per hour of a node in pool.
+func (pl *SpotRisk) reclaimRate(node *corev1.Node, pool pricing.Pool, price pricing.Price, priced bool) float64 {
+	if pool.Capacity != pricing.Spot {
 		return 0
 	}
-	pool := pricing.NodePool(node)
 	if pl.priors != nil && priced && price.Interruption != pricing.BucketUnknown {
 		if _, template := node.Annotations[annotationTemplateNode]; template {
 			return pl.priors.RateFrom(pool, price.Interruption)
