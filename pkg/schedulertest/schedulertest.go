@@ -77,7 +77,8 @@ func DeployedProfile(t testing.TB, plugin string, args runtime.Object) config.Ku
 	keep := func(name string) bool { _, ok := inTree[name]; return ok || name == plugin }
 	pl := p.Plugins
 	for _, set := range []*config.PluginSet{&pl.PreEnqueue, &pl.QueueSort, &pl.PreFilter, &pl.Filter, &pl.PostFilter,
-		&pl.PreScore, &pl.Score, &pl.Reserve, &pl.Permit, &pl.PreBind, &pl.Bind, &pl.PostBind, &pl.MultiPoint} {
+		&pl.PreScore, &pl.Score, &pl.Reserve, &pl.Permit, &pl.PreBind, &pl.Bind, &pl.PostBind, &pl.MultiPoint,
+		&pl.PlacementGenerate, &pl.PlacementScore, &pl.PodGroupPostFilter} {
 		var enabled []config.Plugin
 		for _, e := range set.Enabled {
 			if keep(e.Name) {
