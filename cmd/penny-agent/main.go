@@ -79,7 +79,7 @@ func flags(o *options) *pflag.FlagSet {
 	if node == "" {
 		node = hostname
 	}
-	fs.StringVar(&o.nodeName, "node-name", node, "Kubernetes name of this node (default: $NODE_NAME, else the hostname)")
+	fs.StringVar(&o.nodeName, "node-name", node, "Kubernetes name of this node; left out, $NODE_NAME if set, else the hostname")
 	fs.StringVar(&o.nvmlSource, "nvml", "auto", "where GPU data comes from: auto (the NVIDIA driver's libnvidia-ml), mock:<machine> (go-nvml's mocks: "+strings.Join(nvml.MockMachines, ", ")+")")
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "libnvidia-ml.so.1", "NVML library to load with --nvml=auto")
 	fs.StringVar(&o.podResources, "pod-resources-socket", podresources.DefaultSocket, "kubelet PodResources socket; empty turns pod-to-device mapping off")

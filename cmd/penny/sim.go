@@ -158,7 +158,7 @@ func (f *traceFlags) load() ([]*v1.Node, *sim.Trace, []byte, error) {
 	}
 	nodes, err := sim.LoadOpenbNodes(f.nodes)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("--nodes: %w", err)
 	}
 	tr, cfg, err := f.loadPods()
 	if err != nil {
@@ -200,7 +200,7 @@ func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	if format == sim.FormatAuto {
 		var err error
 		if format, err = sim.DetectFormat(f.pods); err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("--pods: %w", err)
 		}
 	}
 	if err := f.checkPhillyFlags(format); err != nil {
@@ -208,12 +208,17 @@ func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	}
 	tr, err := sim.LoadTrace(f.pods, format, f.philly)
 	if err != nil {
-		return nil, nil, err
+		// A trace refused in the format --format names may be in another:
+		// say which, so the fix is not guessed from the columns missing.
+		if told, derr := sim.DetectFormat(f.pods); f.format != sim.FormatAuto && derr == nil && told != format {
+			return nil, nil, fmt.Errorf("--pods: %w; its first row is in the %s format: give --format %s, or leave --format out (auto)", err, told, told)
+		}
+		return nil, nil, fmt.Errorf("--pods: %w", err)
 	}
 	var cfg []byte
 	if f.schedulerConfig != "" {
 		if cfg, err = os.ReadFile(f.schedulerConfig); err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("--scheduler-config: %w", err)
 		}
 	}
 	return tr, cfg, nil
@@ -437,7 +442,7 @@ policies (default: ` + spotPolicies + `) by bill, lost work and queueing
 		},
 	}
 	tf.add(cmd)
-	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", ")+" (on a priced fleet, a comma-separated list of default, spot-first, penny; there the default is all three)")
+	cmd.Flags().StringVar(&policy, "policy", "default", "policy: "+strings.Join(sim.PolicyNames(), ", ")+" (on a priced fleet, a comma-separated list of them; there the default is "+spotPolicies+")")
 	cmd.Flags().Uint64Var(&seed, "seed", 42, "seed for tie-breaking and random choices")
 	cmd.Flags().DurationVar(&step, "step", time.Hour, "sample utilisation every this much trace time")
 	cmd.Flags().StringVar(&tieBreak, "tie-break", "node-order", "between equally scored nodes: node-order or random")
@@ -464,11 +469,11 @@ func newSimPlotCommand() *cobra.Command {
 			}
 			b, err := os.ReadFile(in)
 			if err != nil {
-				return err
+				return fmt.Errorf("--in: %w", err)
 			}
 			var kind struct{ Kind string }
 			if err := json.Unmarshal(b, &kind); err != nil {
-				return fmt.Errorf("%s: %w", in, err)
+				return fmt.Errorf("--in %s is not a result of penny sim fill --out or replay --out: %w", in, err)
 			}
 			switch kind.Kind {
 			case "fill":

@@ -33,7 +33,9 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		fmt.Fprintf(cmd.ErrOrStderr(), "no --scenario or --nodes: replaying on the reference scenario built into penny, %s (docs/spot.md)\n", scenarios.SpotOpenbPath)
 		sc, err = sim.ParseSpotScenarioFrom(scenario, scenarios.SpotOpenb, builtInFile)
 	} else {
-		sc, err = sim.LoadSpotScenario(scenario)
+		if sc, err = sim.LoadSpotScenario(scenario); err != nil {
+			return fmt.Errorf("--scenario: %w", err)
+		}
 	}
 	if err != nil {
 		return err

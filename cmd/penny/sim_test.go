@@ -143,6 +143,7 @@ func TestSimCommandErrors(t *testing.T) {
 	dir := t.TempDir()
 	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
 	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1,1,1,2000,,LS,Running,0,1,0\n")
+	good := writeCSV(t, dir, "good.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1,1,1,1000,,LS,Running,0,1,0\n")
 	cases := []struct {
 		args []string
 		want string
@@ -152,7 +153,16 @@ func TestSimCommandErrors(t *testing.T) {
 		{[]string{"fill", "--nodes", nodes, "--pods", pods, "--order", "lifo"}, "valid: shuffled, creation"},
 		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--format", "yaml"}, "valid formats: auto, openb, philly"},
 		{[]string{"replay", "--nodes", nodes, "--pods", nodes}, "nodes.csv:1: cannot tell the trace's format from its first row"},
-		{[]string{"replay", "--nodes", filepath.Join(dir, "none.csv"), "--pods", pods}, "none.csv"},
+		// A file that cannot be read is named by its flag, not only its path.
+		{[]string{"replay", "--nodes", filepath.Join(dir, "none.csv"), "--pods", pods}, "--nodes: open " + filepath.Join(dir, "none.csv")},
+		{[]string{"replay", "--nodes", nodes, "--pods", filepath.Join(dir, "none.csv")}, "--pods: open " + filepath.Join(dir, "none.csv")},
+		{[]string{"replay", "--nodes", nodes, "--pods", filepath.Join(dir, "none.csv"), "--format", "openb"}, "--pods: open " + filepath.Join(dir, "none.csv")},
+		{[]string{"replay", "--scenario", filepath.Join(dir, "none.yaml"), "--pods", pods}, "--scenario: spot scenario: open " + filepath.Join(dir, "none.yaml")},
+		{[]string{"replay", "--nodes", nodes, "--pods", good, "--policy", "penny", "--scheduler-config", filepath.Join(dir, "none.yaml")}, "--scheduler-config: open " + filepath.Join(dir, "none.yaml")},
+		// A trace in another format than --format says is told which.
+		{[]string{"replay", "--nodes", nodes, "--pods", good, "--format", "philly"}, "good.csv:1: header lacks column(s) timestamp, duration, num_gpus; expected columns timestamp,duration,num_gpus; its first row is in the openb format: give --format openb, or leave --format out (auto)"},
+		{[]string{"plot", "--in", filepath.Join(dir, "none.json"), "--plot", filepath.Join(dir, "p.png")}, "--in: open " + filepath.Join(dir, "none.json")},
+		{[]string{"plot", "--in", nodes, "--plot", filepath.Join(dir, "p.png")}, "--in " + nodes + " is not a result of penny sim fill --out or replay --out: invalid character"},
 		{[]string{"replay", "--nodes", nodes, "--pods", pods, "--policy", "default,penny"}, "with --nodes a replay runs one policy"},
 		{[]string{"replay", "--pods", pods, "--plot", filepath.Join(dir, "p.png")}, "--plot applies to a replay on a fixed fleet (--nodes)"},
 		// Flags one kind of replay would ignore are refused, not dropped.

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -492,7 +493,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	if err != nil {
 		return nil, err
 	}
-	if err := r.setRanker(ctx, deps); err != nil {
+	if err := r.setRanker(ctx, prof, deps); err != nil {
 		return nil, err
 	}
 	for i := range sc.Pools {
@@ -597,7 +598,7 @@ func poolKey(p *ElasticPool) pricing.Pool {
 // setRanker picks how the policy's autoscaler chooses a pool: Penny asks
 // SpotRisk's expander; spot-first takes Spot first; every policy otherwise
 // takes the cheapest node that fits, as Karpenter does.
-func (r *elastic) setRanker(ctx context.Context, deps plugins.Deps) error {
+func (r *elastic) setRanker(ctx context.Context, prof *config.KubeSchedulerProfile, deps plugins.Deps) error {
 	cheapest := func(spotFirst bool) func(*v1.Pod, []*v1.Node) ([]int, error) {
 		return func(_ *v1.Pod, t []*v1.Node) ([]int, error) {
 			order := make([]int, len(t))
@@ -619,9 +620,16 @@ func (r *elastic) setRanker(ctx context.Context, deps plugins.Deps) error {
 	}
 	switch r.o.Policy.Name {
 	case "penny":
-		// The run lengths the profile's SpotRisk learns price an avoiding
-		// pod's reclaims here too, as in penny-scheduler's expander.
-		x, err := spotrisk.NewExpander(ctx, nil, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock, RunLengths: deps.RunLengths})
+		// penny-scheduler's expander ranks with its profile's SpotRisk: the
+		// same args (restartOverhead, fallbackAfter, ...) and the run
+		// lengths it learns, which price an avoiding pod's reclaims here too.
+		var args k8sruntime.Object
+		for _, pc := range prof.PluginConfig {
+			if pc.Name == spotrisk.Name {
+				args = pc.Args
+			}
+		}
+		x, err := spotrisk.NewExpander(ctx, args, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock, RunLengths: deps.RunLengths})
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins/spotrisk"
@@ -331,6 +332,11 @@ func TestSpotScenarioErrors(t *testing.T) {
 			t.Errorf("error %v lacks %q", err, want)
 		}
 	}
+	// A pool without a valid capacity type has no price to miss: the
+	// capacity type is the one thing to fix there.
+	if err != nil && strings.Contains(err.Error(), "pools[0].instanceType") {
+		t.Errorf("error %v also blames pools[0]'s price, which only its capacity type left out", err)
+	}
 	for name, c := range map[string]struct{ yaml, want string }{
 		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region and pools"},
 		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml:15: pools[0].maxx: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
@@ -566,6 +572,54 @@ pools:
 	many := spotReplay(t, s, "penny", 42, burst...)
 	if many.NodeHoursByPool["four"] <= many.NodeHoursByPool["one"] {
 		t.Errorf("a burst of services: node-hours %v, want mostly 4-GPU nodes", many.NodeHoursByPool)
+	}
+}
+
+// The autoscaler ranks pools with the SpotRisk args of the profile the
+// replay runs, as penny-scheduler's expander does: a restart overhead long
+// enough that a reclaim costs more than Spot saves grows on-demand for a
+// checkpointing trainer the default args would put on Spot. (It ranked
+// with the default args whatever the profile said.)
+func TestElasticExpanderUsesTheProfilesSpotRiskArgs(t *testing.T) {
+	// fallback-after 0s: the trainer may use on-demand at once, so both
+	// pools pass its filters and the ranking alone decides.
+	s := scenarioOf(t, `
+name: overhead
+region: us-east-1
+policies:
+- {policy: penny, tolerateSpot: true}
+classes:
+- {qos: [BE], annotations: {penny.dev/workload: training, penny.dev/checkpoint-interval: 30m, penny.dev/fallback-after: 0s}}
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 4, provisioningDelay: 3m, scaleDownAfter: 10m}
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 4, provisioningDelay: 3m, scaleDownAfter: 10m,
+   advertisedInterruption: "5-10%", meanTimeToReclaim: 0s}
+`)
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay := func(cfg []byte) *ElasticResult {
+		t.Helper()
+		res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Policy: p, Seed: 42, SchedulerConfig: cfg,
+			Trace: &Trace{Pods: []TracePod{spotTracePod("train", "BE", 1, 0, 2*time.Hour)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := replay(nil); res.NodeHoursByPool["spot"] == 0 || res.NodeHoursByPool["od"] != 0 {
+		t.Fatalf("shipped profile: node-hours %v, want only Spot", res.NodeHoursByPool)
+	}
+	// 20000h x the 5-10% bucket's ~1e-4 reclaims an hour doubles Spot's
+	// expected cost, past on-demand's price (2.5x Spot's here).
+	const shipped = "restartOverhead: 5m"
+	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
+		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
+	}
+	cfg := strings.Replace(string(deploy.SchedulerConfig), shipped, "restartOverhead: 20000h", 1)
+	if res := replay([]byte(cfg)); res.NodeHoursByPool["od"] == 0 || res.NodeHoursByPool["spot"] != 0 {
+		t.Fatalf("profile with restartOverhead 20000h: node-hours %v, want only on-demand", res.NodeHoursByPool)
 	}
 }
 

@@ -331,9 +331,9 @@ func (s *SpotScenario) validate() error {
 			add(p.line, at+".name", "%q: every pool needs a unique name", p.Name)
 		}
 		names[p.Name] = true
-		ct, err := pricing.ParseCapacityType(p.CapacityType)
-		if err != nil {
-			add(p.line, at+".capacityType", "%v", err)
+		ct, ctErr := pricing.ParseCapacityType(p.CapacityType)
+		if ctErr != nil {
+			add(p.line, at+".capacityType", "%v", ctErr)
 		}
 		p.capacity = ct
 		switch {
@@ -375,7 +375,9 @@ func (s *SpotScenario) validate() error {
 				p.MeanTimeToReclaim.Duration = time.Duration(float64(time.Hour) / rate)
 			}
 		}
-		if s.catalog == nil {
+		// Without a capacity type there is no price to look up: the error
+		// above says what to fix, not a price "the catalog has no" of.
+		if s.catalog == nil || ctErr != nil {
 			continue
 		}
 		t, ok := s.catalog.InstanceType(p.InstanceType)
