@@ -13,9 +13,11 @@
 // a wrong type, a body over MaxBodyBytes or a server that does not answer in
 // time is an error, never a notice. A list of events is judged event by
 // event: one that cannot be read is an error naming it, and the others are
-// still notices. And a failed check never drops a notice already seen: the
-// set only shrinks when the service answers, every event of its answer
-// reads, and it no longer lists the notice.
+// still notices (an Azure event whose Resources read and do not name this VM
+// is another VM's, read or not, and no error). And a failed check never drops
+// a notice already seen: the set only shrinks when the service answers,
+// every event of its answer that may be this node's reads, and it no longer
+// lists the notice.
 //
 // The clients are written here rather than taken from the clouds' SDKs: the
 // three protocols are a few plain HTTP requests, and the SDK clients neither

@@ -210,8 +210,10 @@ func (f *traceFlags) loadPods() (*sim.Trace, []byte, error) {
 	if err != nil {
 		// A trace refused in the format --format names may be in another:
 		// say which, so the fix is not guessed from the columns missing.
-		if told, derr := sim.DetectFormat(f.pods); f.format != sim.FormatAuto && derr == nil && told != format {
-			return nil, nil, fmt.Errorf("--pods: %w; its first row is in the %s format: give --format %s, or leave --format out (auto)", err, told, told)
+		if f.format != sim.FormatAuto {
+			if told, derr := sim.DetectFormat(f.pods); derr == nil && told != format {
+				return nil, nil, fmt.Errorf("--pods: %w; its first row is in the %s format: give --format %s, or leave --format out (auto)", err, told, told)
+			}
 		}
 		return nil, nil, fmt.Errorf("--pods: %w", err)
 	}

@@ -11,6 +11,7 @@ package schedulertest
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -75,10 +76,7 @@ func DeployedProfile(t testing.TB, plugin string, args runtime.Object) config.Ku
 	}
 	inTree := plugins.NewInTreeRegistry()
 	keep := func(name string) bool { _, ok := inTree[name]; return ok || name == plugin }
-	pl := p.Plugins
-	for _, set := range []*config.PluginSet{&pl.PreEnqueue, &pl.QueueSort, &pl.PreFilter, &pl.Filter, &pl.PostFilter,
-		&pl.PreScore, &pl.Score, &pl.Reserve, &pl.Permit, &pl.PreBind, &pl.Bind, &pl.PostBind, &pl.MultiPoint,
-		&pl.PlacementGenerate, &pl.PlacementScore, &pl.PodGroupPostFilter} {
+	for _, set := range pluginSets(p.Plugins) {
 		var enabled []config.Plugin
 		for _, e := range set.Enabled {
 			if keep(e.Name) {
@@ -95,6 +93,21 @@ func DeployedProfile(t testing.TB, plugin string, args runtime.Object) config.Ku
 	}
 	p.PluginConfig = pluginArgs
 	return p
+}
+
+// pluginSets are every extension point's set of plugins, found by their
+// type: a list written out missed the pod-group extension points
+// kube-scheduler added, and the plugins' tests failed to start once the
+// deployed profile named a Penny plugin under one of them.
+func pluginSets(pl *config.Plugins) []*config.PluginSet {
+	var sets []*config.PluginSet
+	v := reflect.ValueOf(pl).Elem()
+	for i := range v.NumField() {
+		if set, ok := v.Field(i).Addr().Interface().(*config.PluginSet); ok {
+			sets = append(sets, set)
+		}
+	}
+	return sets
 }
 
 // Options are what a test hands Start.

@@ -27,13 +27,13 @@ type groupWakeup struct {
 // PreEnqueue arms the retry PostFilter arms for a lone pod, for a native
 // PodGroup whose members wait (Class.Waits). kube-scheduler's pod-group cycle
 // runs no PostFilter for the group's pods, only PodGroupPostFilter plugins
-// once the group fails, and DefaultPreemption, the first of them until
-// SpotRisk's own came before it (PodGroupPostFilter, which holds the group
-// for a pool's risk), ends that chain whenever it finds no victims: a group
-// waiting for Spot fell back only when its backoff ran out. The queue runs
-// PreEnqueue for each of the group's pods whenever the group enters the
-// active or backoff queue, whichever plugin then turns it away. It never
-// holds a pod back.
+// once the group fails, and DefaultPreemption ends that chain whenever it
+// finds no victims: in a profile that lists SpotRisk's PodGroupPostFilter
+// (which holds the group for a pool's risk) after it, or not at all, a
+// group waiting for Spot would fall back only when its backoff ran out. The
+// queue runs PreEnqueue for each of the group's pods whenever the group
+// enters the active or backoff queue, whichever plugin then turns it away.
+// It never holds a pod back.
 //
 // The group is retried once, when the last of its members stops waiting:
 // retried when the first did, it fails while the others still wait, and a
@@ -229,19 +229,14 @@ func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, own *groupWakeup, group string
 // held through the first of them: one pass over the nodes per kind of
 // member, not per member.
 func (pl *SpotRisk) PodGroupPostFilter(ctx context.Context, _ fwk.PodGroupCycleState, group fwk.PodGroupInfo, _ fwk.PodGroupSchedulingFunc) (*fwk.PodGroupPostFilterResult, *fwk.Status) {
-	if pl.handle != nil && pl.priors != nil {
-		pl.holdGroupForRisk(klog.FromContext(ctx), group, nil)
+	if pl.handle == nil || pl.priors == nil {
+		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
-	return nil, fwk.NewStatus(fwk.Unschedulable)
-}
-
-// holdGroupForRisk holds group's unscheduled members, and its child groups',
-// for PodGroupPostFilter; held are the members already held in this call,
-// one per kind.
-func (pl *SpotRisk) holdGroupForRisk(logger klog.Logger, group fwk.PodGroupInfo, held []heldMember) []heldMember {
-	for _, child := range group.GetChildren() {
-		held = pl.holdGroupForRisk(logger, child, held)
-	}
+	logger := klog.FromContext(ctx)
+	var held []heldMember
+	// A composite group's unscheduled pods are all its leaf groups' (the
+	// framework gathers them), so its children are not walked as well:
+	// that read each member twice.
 	for _, pod := range group.GetUnscheduledPods() {
 		class, err := pl.classify(pod)
 		if err != nil || !class.FollowsRisk() {
@@ -255,7 +250,7 @@ func (pl *SpotRisk) holdGroupForRisk(logger klog.Logger, group fwk.PodGroupInfo,
 		pl.waitForRisk(logger, pod, m.state)
 		held = append(held, m)
 	}
-	return held
+	return nil, fwk.NewStatus(fwk.Unschedulable)
 }
 
 // heldMember is a native PodGroup's member PodGroupPostFilter held, with
