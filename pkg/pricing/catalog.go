@@ -379,17 +379,40 @@ func (c *Catalog) find(instanceType string, capacity CapacityType, region, zone 
 	return e, ok
 }
 
-// NodePrice prices a node from its instance-type, region, zone and
-// capacity-type labels.
+// NodeKey is what a catalog prices a node by, read from its labels: its
+// pool (instance type, zone and capacity type) and its region. Nodes with
+// one key have one price (PricesByKey).
+type NodeKey struct {
+	Pool
+	Region string
+}
+
+// NodeKeyOf is a node's key, given its capacity type (NodeCapacity).
+func NodeKeyOf(node *corev1.Node, c Capacity) NodeKey {
+	return NodeKey{Pool: PoolOf(node, c), Region: node.Labels[corev1.LabelTopologyRegion]}
+}
+
+// PricesByKey reports whether b prices a node by its NodeKey alone, as a
+// Catalog and a Store (its catalog in force) do: a caller that prices many
+// nodes at once may then price each key once. Another PriceBook may read
+// anything of a node.
+func PricesByKey(b PriceBook) bool {
+	switch b.(type) {
+	case *Catalog, *Store:
+		return true
+	}
+	return false
+}
+
+// NodePrice prices a node by its key (NodeKeyOf).
 func (c *Catalog) NodePrice(node *corev1.Node) (Price, bool) {
 	if c == nil || node == nil {
 		return Price{}, false
 	}
-	l := node.Labels
-	it := NodeInstanceType(node)
-	capacity, region := NodeCapacity(node).Type, l[corev1.LabelTopologyRegion]
+	k := NodeKeyOf(node, NodeCapacity(node))
+	it, capacity, region := k.InstanceType, k.Capacity, k.Region
 	if it != "" {
-		if p, ok := c.Lookup(it, capacity, region, l[corev1.LabelTopologyZone]); ok {
+		if p, ok := c.Lookup(it, capacity, region, k.Zone); ok {
 			return p, true
 		}
 	}

@@ -58,6 +58,9 @@ type podState struct {
 	// rule turns away, so they are formatted by the first such node, not
 	// once per node.
 	offSpot, onlySpot, cutShort, overLimit, overLoss, waits reason
+	// risk is excludeByRisk's verdict on each Spot pool, kept from the
+	// pool's first node for the others (poolMemo).
+	risk *poolMemo[string]
 
 	mu sync.Mutex
 	// keptOff is the Spot pools whose reclaim risk Filter turned the pod
@@ -68,8 +71,8 @@ type podState struct {
 }
 
 // Clone is not needed: the state is read-only after PreFilter but for
-// keptOff, which clones may share: preemption's dry runs that add to it
-// apply the same rule to the same pools.
+// keptOff and risk, which clones may share: preemption's dry runs apply the
+// same rules to the same pools in the same cycle.
 func (s *podState) Clone() fwk.StateData { return s }
 
 func (s *podState) keepOff(pool pricing.Pool) {
@@ -93,14 +96,18 @@ func (r *reason) get(format func() string) string {
 	return r.text
 }
 
-func getState(cs fwk.CycleState) (*podState, error) {
-	d, err := cs.Read(stateKey)
+func getState(cs fwk.CycleState) (*podState, error) { return readState[*podState](cs, stateKey) }
+
+// readState is the plugin's state under key.
+func readState[T fwk.StateData](cs fwk.CycleState, key fwk.StateKey) (T, error) {
+	var none T
+	d, err := cs.Read(key)
 	if err != nil {
-		return nil, fmt.Errorf("%s: reading cycle state: %w", Name, err)
+		return none, fmt.Errorf("%s: reading cycle state: %w", Name, err)
 	}
-	s, ok := d.(*podState)
+	s, ok := d.(T)
 	if !ok {
-		return nil, fmt.Errorf("%s: cycle state holds %T", Name, d)
+		return none, fmt.Errorf("%s: cycle state holds %T", Name, d)
 	}
 	return s, nil
 }
@@ -147,6 +154,9 @@ func (pl *SpotRisk) stateFor(pod *corev1.Pod, class Class) *podState {
 	// always, avoid (which follows risk) and risk limits for Spot pools, a
 	// waiting pod for the capacity it falls back to.
 	s.readsCapacity = class.Policy == Never || class.Policy == Only || class.FollowsRisk() || s.waiting
+	if class.FollowsRisk() {
+		s.risk = newPoolMemo[string](pl.prices)
+	}
 	return s
 }
 
@@ -203,7 +213,8 @@ func (pl *SpotRisk) Admits(pod *corev1.Pod) func(node *corev1.Node) bool {
 // Excludes is Admits with the reason Filter gives for each node it rules
 // out ("" for a node the pod may use): PennyGang asks it before it admits a
 // gang to a set of nodes, and repeats the reasons when the gang does not
-// fit, so that a gang waiting for Spot says so.
+// fit, so that a gang waiting for Spot says so. Like Filter's, its verdicts
+// on a pool's risk are read once per pool (poolMemo): it is for one cycle.
 func (pl *SpotRisk) Excludes(pod *corev1.Pod) func(node *corev1.Node) string {
 	class, err := pl.classify(pod)
 	if err != nil {
@@ -262,11 +273,15 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 	if !capacity.IsSpot() || !s.class.FollowsRisk() {
 		return ""
 	}
-	price, priced := pl.prices.NodePrice(node)
-	pool := pricing.PoolOf(node, capacity)
-	reason := pl.riskReason(s, pl.reclaimRate(node, pool, price, priced))
-	if reason != "" && pl.priors != nil {
-		s.keepOff(pool)
+	k := poolKeyOf(node, capacity)
+	reason, stored := s.risk.get(k, func() string {
+		price, priced := pl.prices.NodePrice(node)
+		return pl.riskReason(s, pl.reclaimRate(node, k.Pool, price, priced))
+	})
+	// The pool is noted once, by the node whose verdict was kept, not under
+	// the pod's lock by every node of it.
+	if stored && reason != "" && pl.priors != nil {
+		s.keepOff(k.Pool)
 	}
 	return reason
 }

@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"math"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -25,11 +26,38 @@ const (
 	avoided int64 = -3
 )
 
-// PreScore implements fwk.PreScorePlugin. State comes from PreFilter.
+// scoreKey holds the pod's scoreState.
+const scoreKey fwk.StateKey = Name + "/score"
+
+// scoreState is what Score reads for the pod on every node: its class and
+// usage, how long it is taken to run (runtime), and, per pool, the price
+// and reclaim rate of its first node scored (poolMemo).
+type scoreState struct {
+	class Class
+	usage pricing.Usage
+	run   time.Duration
+	pools *poolMemo[*poolPrice]
+}
+
+// Clone is not needed: Score runs after the cycle's last Filter, and
+// preemption never scores.
+func (s *scoreState) Clone() fwk.StateData { return s }
+
+// scoreStateFor is a pod's scoreState for one cycle, or for one call of
+// PennyGang's placement (NodeCost).
+func (pl *SpotRisk) scoreStateFor(class Class, usage pricing.Usage) *scoreState {
+	run, _ := pl.runtime(class)
+	return &scoreState{class: class, usage: usage, run: run, pools: newPoolMemo[*poolPrice](pl.prices)}
+}
+
+// PreScore implements fwk.PreScorePlugin: it fixes what Score reads on
+// every node (scoreState) from PreFilter's state.
 func (pl *SpotRisk) PreScore(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, nodes []fwk.NodeInfo) *fwk.Status {
-	if _, err := getState(cs); err != nil {
+	s, err := getState(cs)
+	if err != nil {
 		return fwk.AsStatus(err)
 	}
+	cs.Write(scoreKey, pl.scoreStateFor(s.class, s.usage))
 	return nil
 }
 
@@ -38,25 +66,47 @@ func (pl *SpotRisk) PreScore(ctx context.Context, cs fwk.CycleState, pod *corev1
 // profiles that name the same catalog).
 func (pl *SpotRisk) Prices() pricing.PriceBook { return pl.prices }
 
-// Cost is the expected price of one hour of the pod's useful work on a node:
-// the pod's share of the node's marginal price (OpenCost split; reserved
-// capacity is already paid, so 0) times 1 + reclaim rate x (work lost per
-// reclaim + restart overhead). ok is false when the node has no price.
+// Cost is the expected price of one hour of the pod's useful work on a node
+// (cost). ok is false when the node has no price.
 func (pl *SpotRisk) Cost(pod *corev1.Pod, class Class, usage pricing.Usage, node *corev1.Node) (float64, bool) {
+	run, _ := pl.runtime(class)
+	cost, _, ok := pl.rank(&scoreState{class: class, usage: usage, run: run}, node)
+	return cost, ok
+}
+
+// poolPrice is a node's price and, when it has one, its reclaim rate: the
+// same for every node of its poolKey.
+type poolPrice struct {
+	price  pricing.Price
+	priced bool
+	rate   float64
+}
+
+// poolPrice prices node, of key k, and reads its pool's reclaim rate.
+func (pl *SpotRisk) poolPrice(node *corev1.Node, k poolKey) *poolPrice {
 	price, ok := pl.prices.NodePrice(node)
 	if !ok {
-		return 0, false
+		return &poolPrice{}
 	}
-	hourly := price.HourlyFor(usage)
-	if usage.GPUMilli == 0 && price.GPUHourly > 0 {
+	return &poolPrice{price: price, priced: true, rate: pl.reclaimRate(node, k.Pool, price, true)}
+}
+
+// cost is the expected price of one hour of the pod's useful work on a node
+// priced p: the pod's share of the node's marginal price (OpenCost split;
+// reserved capacity is already paid, so 0) times 1 + reclaim rate x (work
+// lost per reclaim + restart overhead), the work lost per reclaim taken
+// from the runtime the expected-loss rule takes too (runtime).
+func cost(s *scoreState, node *corev1.Node, p *poolPrice) float64 {
+	hourly := p.price.HourlyFor(s.usage)
+	if s.usage.GPUMilli == 0 && p.price.GPUHourly > 0 {
 		// A pod without GPUs on a GPU node takes CPU and memory the node
 		// was bought to give its GPUs. The OpenCost split puts nearly all of
 		// a GPU node's price on its GPUs, which would make GPU nodes look
 		// like the cheapest place for CPU work; price the pod by the share
 		// of the node it takes instead (its larger share of CPU or memory).
-		hourly = price.NodeHourly * nodeShare(usage, node)
+		hourly = p.price.NodeHourly * nodeShare(s.usage, node)
 	}
-	return pl.expected(hourly*price.MarginalFactor(), class, node, price), true
+	return pricing.CostPerUsefulHour(hourly*p.price.MarginalFactor(), p.rate, s.class.Work, s.run)
 }
 
 // nodeShare is the larger of the pod's shares of the node's allocatable CPU
@@ -73,51 +123,61 @@ func nodeShare(u pricing.Usage, node *corev1.Node) float64 {
 }
 
 // expected turns an hourly price on a node into the expected price of an
-// hour of useful work there, the work lost per reclaim taken from the
-// runtime the expected-loss rule takes too (runtime).
+// hour of useful work there, as cost does, for the Expander's options.
 func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, price pricing.Price) float64 {
 	rate := pl.reclaimRate(node, pricing.NodePool(node), price, true)
 	run, _ := pl.runtime(class)
 	return pricing.CostPerUsefulHour(hourly, rate, class.Work, run)
 }
 
-// rank is how Score ranks a node for a pod: its Cost, and whether the node
-// is Spot the pod avoids, which ranks after every node that is not.
-func (pl *SpotRisk) rank(pod *corev1.Pod, class Class, usage pricing.Usage, node *corev1.Node) (cost float64, avoided, ok bool) {
-	cost, ok = pl.Cost(pod, class, usage, node)
-	return cost, class.Policy == Avoid && pricing.NodeCapacity(node).IsSpot(), ok
+// rank is how Score ranks a node for a pod: its cost, and whether the node
+// is Spot the pod avoids, which ranks after every node that is not. The
+// node's labels are read once, for its poolKey.
+func (pl *SpotRisk) rank(s *scoreState, node *corev1.Node) (c float64, avoided, ok bool) {
+	k := poolKeyOf(node, pricing.NodeCapacity(node))
+	p, _ := s.pools.get(k, func() *poolPrice { return pl.poolPrice(node, k) })
+	avoided = s.class.Policy == Avoid && k.Capacity == pricing.Spot
+	if !p.priced {
+		return 0, avoided, false
+	}
+	return cost(s, node, p), avoided, true
 }
 
 // NodeCost is Score's measure of a pod on any node (rank), for PennyGang to
 // choose where a whole gang goes by what its members' work costs there, as
-// Score places each member within that choice. Nil when the pod's
-// annotations are malformed: PreFilter rejects the pod, naming the
-// annotation.
+// Score places each member within that choice. PennyGang asks it within
+// one cycle: like Score's, its prices and rates are read once per pool.
+// Nil when the pod's annotations are malformed: PreFilter rejects the pod,
+// naming the annotation.
 func (pl *SpotRisk) NodeCost(pod *corev1.Pod) func(node *corev1.Node) (cost float64, avoided, ok bool) {
 	class, err := pl.classify(pod)
 	if err != nil {
 		return nil
 	}
-	usage := pricing.PodUsage(pod)
-	return func(node *corev1.Node) (float64, bool, bool) { return pl.rank(pod, class, usage, node) }
+	s := pl.scoreStateFor(class, pricing.PodUsage(pod))
+	return func(node *corev1.Node) (float64, bool, bool) { return pl.rank(s, node) }
 }
 
 // Score implements fwk.ScorePlugin.
 func (pl *SpotRisk) Score(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) (int64, *fwk.Status) {
-	s, err := getState(cs)
+	s, err := readState[*scoreState](cs, scoreKey)
 	if err != nil {
 		return 0, fwk.AsStatus(err)
 	}
-	cost, avoids, ok := pl.rank(pod, s.class, s.usage, ni.Node())
+	return rawScore(pl.rank(s, ni.Node())), nil
+}
+
+// rawScore is Score's raw score of a node that rank prices at cost.
+func rawScore(cost float64, avoids, ok bool) int64 {
 	switch {
 	case !ok && avoids:
-		return unpricedAvoided, nil
+		return unpricedAvoided
 	case !ok:
-		return unpriced, nil
+		return unpriced
 	case avoids:
-		return avoided - microDollars(cost), nil
+		return avoided - microDollars(cost)
 	}
-	return microDollars(cost), nil
+	return microDollars(cost)
 }
 
 // maxMicroDollars caps a raw score so that NormalizeScore's arithmetic

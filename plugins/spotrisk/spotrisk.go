@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -352,6 +353,77 @@ func (pl *SpotRisk) reclaimPending(node *corev1.Node) bool {
 		}
 	}
 	return false
+}
+
+// poolKey is what a node's price and reclaim rate depend on: its
+// pricing.NodeKey, and whether it is the template of a node group that may
+// not exist (reclaimRate).
+type poolKey struct {
+	pricing.NodeKey
+	template bool
+}
+
+// poolKeyOf is a node's poolKey, given its capacity type.
+func poolKeyOf(node *corev1.Node, c pricing.Capacity) poolKey {
+	_, template := node.Annotations[annotationTemplateNode]
+	return poolKey{NodeKey: pricing.NodeKeyOf(node, c), template: template}
+}
+
+// poolMemo keeps, for one pod in one scheduling cycle, what the plugin
+// worked out for the first node of each poolKey, for the other nodes with
+// that key: the catalog lookup and the risk model's two locks cost more, on
+// a thousand nodes, than the rest of Score. Every node of a key then gets
+// the same answer, even if the risk model or the catalog changes during the
+// cycle; the next cycle's memo reads them again. A nil memo keeps nothing:
+// with a PriceBook that is not a catalog a node's price may depend on more
+// than its key (newPoolMemo).
+//
+// Nodes read read, a map no one writes, without a lock; the first nodes of
+// a key take mu and add it to all, which is copied to read once as many
+// nodes have missed it as it holds keys, so that copies cost each miss
+// O(1) on average, as sync.Map does (whose reflective hash of a struct key
+// cost more than the memo saved).
+type poolMemo[T any] struct {
+	read atomic.Pointer[map[poolKey]T]
+
+	mu     sync.Mutex
+	all    map[poolKey]T
+	misses int
+}
+
+// newPoolMemo is a memo for pricing with prices, nil when they may price
+// two nodes of one key differently.
+func newPoolMemo[T any](prices pricing.PriceBook) *poolMemo[T] {
+	if !pricing.PricesByKey(prices) {
+		return nil
+	}
+	return &poolMemo[T]{all: map[poolKey]T{}}
+}
+
+// get is the value kept for k, else compute's, kept. stored is true for
+// the call whose value was kept (every call of a nil memo).
+func (m *poolMemo[T]) get(k poolKey, compute func() T) (v T, stored bool) {
+	if m == nil {
+		return compute(), true
+	}
+	if read := m.read.Load(); read != nil {
+		if v, ok := (*read)[k]; ok {
+			return v, false
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.all[k]
+	if !ok {
+		v = compute()
+		m.all[k] = v
+	}
+	if m.misses++; m.misses >= len(m.all) {
+		read := maps.Clone(m.all)
+		m.read.Store(&read)
+		m.misses = 0
+	}
+	return v, !ok
 }
 
 // reclaimRate is the expected reclaims per hour of a node in pool.
