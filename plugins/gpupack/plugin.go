@@ -36,6 +36,9 @@ type GPUPack struct {
 	facts []nodeFacts
 	// scoring caches the state Score reads (see scoreState).
 	scoring atomic.Pointer[scoringState]
+	// measures are the MIG measures nodes in one state share (see
+	// packing.SharedMemo).
+	measures packing.SharedMemo
 }
 
 var (

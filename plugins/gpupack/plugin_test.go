@@ -3,6 +3,7 @@ package gpupack
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
+	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/backend/cache"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -680,7 +682,10 @@ func withReportedLayout(t *testing.T, n *corev1.Node, layout [][]gpu.Placement) 
 // before the parallel part of the cycle, one pod at a time. Filter adds
 // Filter on every node, 16 at a time as kube-scheduler's parallelizer runs
 // them. cpu-ns/op is the CPU time the process spent on them per pod.
+// Score times the rest of the cycle on a cluster like scheduler_perf's
+// GPUBasic (see scoreCluster1000).
 func BenchmarkFilter1000Nodes(b *testing.B) {
+	b.Run("Score", benchmarkScore1000Nodes)
 	var nodes []*corev1.Node
 	var pods []*corev1.Pod
 	for i := range 1000 {
@@ -728,5 +733,209 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 			}
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 		})
+	}
+}
+
+// scoreCluster1000 is 800 8 x H100 nodes and 200 8 x A100 nodes in static
+// MIG mode, as scheduler_perf's GPUBasic makes them (its MIG pods take
+// 1g.10gb and 3g.40gb instances), filled as a packing scheduler leaves
+// them: of the H100s a third idle, a third full and the rest partly taken
+// by pods of 1, 2 or 4 GPUs; of the A100s half idle and the rest with
+// 1g.10gb and 3g.40gb pods on some GPUs. Pods ask for CPU and memory as
+// GPUBasic's do.
+func scoreCluster1000(rng *rand.Rand) ([]*corev1.Node, []*corev1.Pod) {
+	var nodes []*corev1.Node
+	var pods []*corev1.Pod
+	withMem := func(p *corev1.Pod, mem string) *corev1.Pod {
+		r := p.Spec.Containers[0].Resources
+		r.Requests[corev1.ResourceMemory] = resource.MustParse(mem)
+		r.Limits[corev1.ResourceMemory] = resource.MustParse(mem)
+		return p
+	}
+	for i := range 800 {
+		n := gpuNode(fmt.Sprintf("gpu-node-%05d", i), "NVIDIA-H100-80GB-HBM3", 8, "96")
+		nodes = append(nodes, n)
+		next, want := 0, []int{0, 8, 1 + rng.IntN(7)}[i%3]
+		for k := 0; next < want; k++ {
+			g := min([]int{1, 1, 2, 4}[rng.IntN(4)], want-next)
+			a := make([]string, g)
+			for j := range a {
+				a[j] = strconv.Itoa(next + j)
+			}
+			next += g
+			pod := podOf(fmt.Sprintf("%s-p%d", n.Name, k), "4", string(gpu.ResourceGPU), strconv.Itoa(g))
+			pods = append(pods, bound(withMem(pod, "16Gi"), n.Name, strings.Join(a, ",")))
+		}
+	}
+	for i := range 200 {
+		n := gpuNode(fmt.Sprintf("mig-node-%05d", i), "NVIDIA-A100-SXM4-80GB", 8, "96", gpu.LabelMIGStrategy, "mixed")
+		delete(n.Status.Allocatable, gpu.ResourceGPU)
+		n.Status.Allocatable[gpu.MIGResourceName("1g.10gb")] = resource.MustParse("28")
+		n.Status.Allocatable[gpu.MIGResourceName("3g.40gb")] = resource.MustParse("8")
+		nodes = append(nodes, n)
+		for g := range 8 * (i % 2) {
+			var held []string
+			switch rng.IntN(4) {
+			case 1:
+				held = []string{fmt.Sprintf("%d:1g.10gb@0", g), fmt.Sprintf("%d:1g.10gb@1", g), fmt.Sprintf("%d:1g.10gb@2", g)}[:1+rng.IntN(3)]
+			case 2:
+				held = []string{fmt.Sprintf("%d:3g.40gb@0", g)}
+			}
+			for k, a := range held {
+				profile := strings.SplitN(strings.SplitN(a, ":", 2)[1], "@", 2)[0]
+				pod := podOf(fmt.Sprintf("%s-g%d-%d", n.Name, g, k), "2", "nvidia.com/mig-"+profile, "1")
+				pods = append(pods, bound(withMem(pod, "8Gi"), n.Name, a))
+			}
+		}
+	}
+	return nodes, pods
+}
+
+// benchmarkScore1000Nodes times PreScore, Score on every feasible node (16
+// at a time, as kube-scheduler's parallelizer runs them) and NormalizeScore
+// for pods in GPUBasic's mix: whole-GPU pods (1, 1, 2, 4 GPUs) alternating
+// with MIG pods (three 1g.10gb to one 3g.40gb). PreFilter and Filter run
+// first, untimed. The pod is reserved on the best node and unreserved, so
+// the next cycle reads that node again as after every placement, and the
+// learned demand is rebuilt every DemandRefresh arrivals as in a running
+// scheduler. cpu-ns/op is the CPU time the process spent per pod.
+func benchmarkScore1000Nodes(b *testing.B) {
+	cluster, bound := scoreCluster1000(rand.New(rand.NewPCG(1, 2)))
+	p, h := newPlugin(b, nil, 16)
+	infos := h.set(b, cluster, bound...)
+	ctx := context.Background()
+	podFor := func(i int) *corev1.Pod {
+		name := fmt.Sprint("p", i)
+		if i%2 == 0 {
+			g := []string{"1", "1", "2", "4"}[i/2%4]
+			return podOf(name, "4", string(gpu.ResourceGPU), g, string(corev1.ResourceMemory), "16Gi")
+		}
+		profile := []string{"1g.10gb", "1g.10gb", "1g.10gb", "3g.40gb"}[i/2%4]
+		return podOf(name, "2", "nvidia.com/mig-"+profile, "1", string(corev1.ResourceMemory), "8Gi")
+	}
+	feasible := make([]fwk.NodeInfo, 0, len(infos))
+	statuses := make([]*fwk.Status, len(infos))
+	scores := make(fwk.NodeScoreList, len(infos))
+	var cpu time.Duration
+	cycle := func(i int, timed bool) {
+		pod := podFor(i)
+		state := framework.NewCycleState()
+		if _, s := p.PreFilter(ctx, state, pod, infos); !s.IsSuccess() {
+			b.Fatalf("PreFilter: %v", s)
+		}
+		h.par.Until(ctx, len(infos), func(j int) { statuses[j] = p.Filter(ctx, state, pod, infos[j]) }, "Filter")
+		feasible = feasible[:0]
+		for j, s := range statuses {
+			if s.IsSuccess() {
+				feasible = append(feasible, infos[j])
+			}
+		}
+		var start time.Duration
+		if timed {
+			start = cpuTime(b)
+			b.StartTimer()
+		}
+		if s := p.PreScore(ctx, state, pod, feasible); !s.IsSuccess() {
+			b.Fatalf("PreScore: %v", s)
+		}
+		h.par.Until(ctx, len(feasible), func(j int) {
+			sc, _ := p.Score(ctx, state, pod, feasible[j])
+			scores[j] = fwk.NodeScore{Name: feasible[j].Node().Name, Score: sc}
+		}, "Score")
+		p.NormalizeScore(ctx, state, pod, scores[:len(feasible)])
+		if timed {
+			b.StopTimer()
+			cpu += cpuTime(b) - start
+		}
+		best := scores[0]
+		for _, s := range scores[:len(feasible)] {
+			if s.Score > best.Score {
+				best = s
+			}
+		}
+		if s := p.Reserve(ctx, state, pod, best.Name); !s.IsSuccess() {
+			b.Fatalf("Reserve on %s: %v", best.Name, s)
+		}
+		p.Unreserve(ctx, state, pod, best.Name)
+	}
+	// Warm up: learn the demand and build the view.
+	for i := range 64 {
+		cycle(1_000_000+i, false)
+	}
+	var scored int
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.StopTimer()
+	for i := 0; i < b.N; i++ {
+		cycle(i, true)
+		scored += len(feasible)
+	}
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(scored)/float64(b.N), "nodes/op")
+}
+
+// Nodes in one state share their MIG measures within a demand (packing's
+// SharedMemo). A node that changes between two cycles of one demand must be
+// measured as it is now, not answered from the state it shared before.
+func TestScoreOfANodeThatChangedIsFresh(t *testing.T) {
+	p, h := newPlugin(t, nil, 4)
+	var cluster []*corev1.Node
+	for _, name := range []string{"a", "b", "c"} {
+		cluster = append(cluster, gpuNode(name, "NVIDIA-A100-SXM4-80GB", 8, "64", gpu.LabelMIGPartitioning, gpu.MIGOnDemand))
+	}
+	ctx := context.Background()
+	logger := klog.FromContext(ctx)
+	scores := func(nodes []fwk.NodeInfo, pod *corev1.Pod) (map[string]int64, *cycleState) {
+		t.Helper()
+		state := framework.NewCycleState()
+		if pick(t, p, nodes, pod, state) == "" {
+			t.Fatalf("%s fits no node", pod.Name)
+		}
+		s, _ := getState(state)
+		got := map[string]int64{}
+		for _, ni := range nodes {
+			sc, st := p.Score(ctx, state, pod, ni)
+			if !st.IsSuccess() {
+				t.Fatalf("Score: %v", st)
+			}
+			got[ni.Node().Name] = sc
+			// What the node costs measured afresh, with no memo.
+			c := s.cycle
+			c.Shared = nil
+			p.view.mu.Lock()
+			n := p.view.build(logger, ni, forCopy, "").node
+			p.view.mu.Unlock()
+			var w packing.Scratch
+			parts, ok := n.Measure(&c, &w)
+			if want := -int64(math.Round(c.Compose(parts, n.GPUMemoryGB) * costUnit)); !ok || sc != want {
+				t.Errorf("%s on %s: score %d, a fresh measure %d (fits %v)", pod.Name, ni.Node().Name, sc, want, ok)
+			}
+		}
+		return got, s
+	}
+	instance := func(name string) *corev1.Pod { return podOf(name, "4", "nvidia.com/mig-3g.40gb", "1") }
+	nodes := h.set(t, cluster)
+	// Whole-GPU pods are demand too: an instance that breaks an idle GPU
+	// costs.
+	for i := range 4 {
+		if _, s := p.PreFilter(ctx, framework.NewCycleState(), podOf(fmt.Sprint("whole", i), "4", string(gpu.ResourceGPU), "1"), nodes); !s.IsSuccess() {
+			t.Fatalf("PreFilter: %v", s)
+		}
+	}
+	before, s1 := scores(nodes, instance("first"))
+	if before["a"] != before["b"] || before["b"] != before["c"] {
+		t.Fatalf("three idle nodes score %v; want them alike", before)
+	}
+	// A pod takes half a GPU of a, leaving room for the next pod's
+	// instance, and nothing else of the node (no CPU or memory).
+	other := bound(podOf("other", "0", "nvidia.com/mig-3g.40gb", "1"), "a", "0:3g.40gb@4")
+	delete(other.Spec.Containers[0].Resources.Requests, corev1.ResourceMemory)
+	delete(other.Spec.Containers[0].Resources.Limits, corev1.ResourceMemory)
+	after, s2 := scores(h.set(t, cluster, other), instance("second"))
+	if s1.cycle.Demand != s2.cycle.Demand {
+		t.Fatal("the demand changed between the cycles; the test needs the memo of the first to be current")
+	}
+	if after["a"] == after["b"] || after["b"] != before["b"] || after["c"] != before["c"] {
+		t.Fatalf("scores %v after a changed, %v before; want a's changed and only a's", after, before)
 	}
 }

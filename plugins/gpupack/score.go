@@ -29,8 +29,8 @@ const (
 
 // PreScore fixes what every node's score shares: the demand to measure
 // against, the span of GPU models for avoid-overkill, and whether a node
-// without GPUs can take a pod that asks for none. It prepares each node's
-// measure against the demand, in parallel, so that Score only reads.
+// without GPUs can take a pod that asks for none. It measures the pod on
+// each node against the demand, in parallel, so that Score only reads.
 func (p *GPUPack) PreScore(ctx context.Context, state fwk.CycleState, pod *corev1.Pod, nodes []fwk.NodeInfo) *fwk.Status {
 	s, err := getState(state)
 	if err != nil {
@@ -38,17 +38,15 @@ func (p *GPUPack) PreScore(ctx context.Context, state fwk.CycleState, pod *corev
 	}
 	logger := klog.FromContext(ctx)
 	p.startCycle(s)
-	d := s.cycle.Demand
-	// One parallel pass: bring each node's measure up to date with the
-	// demand, measure the pod's placement on it, and note what the cycle
-	// needs of it.
+	// One parallel pass: measure the pod's placement on each node (the
+	// node's memo, or one of another node in the same state, answers most)
+	// and note what the cycle needs of it.
 	facts := p.factsBuffer(len(nodes))
 	chunks := (len(nodes) + measureChunk - 1) / measureChunk
 	p.h.Parallelizer().Until(ctx, chunks, func(k int) {
 		var w packing.Scratch
 		for i := k * measureChunk; i < min(len(nodes), (k+1)*measureChunk); i++ {
 			e := p.view.entryFor(logger, nodes[i])
-			e.node.Prepare(d)
 			e.parts, e.fits = e.node.Measure(&s.cycle, &w)
 			e.scoredFor = s
 			facts[i] = nodeFacts{hasGPU: e.hasGPU, memGB: e.gpuMemoryGB}
@@ -114,6 +112,7 @@ func (p *GPUPack) startCycle(s *cycleState) {
 	s.cycle.Demand = p.learner.Demand()
 	s.cycle.Slot = s.cycle.Demand.Slot(&s.req.Shape)
 	s.cycle.W = p.weights
+	s.cycle.Shared = &p.measures
 }
 
 // Score is minus the cost of the best placement of the pod on the node.
@@ -128,7 +127,6 @@ func (p *GPUPack) Score(ctx context.Context, state fwk.CycleState, pod *corev1.P
 	parts, ok := e.parts, e.fits
 	if e.scoredFor != s {
 		var w packing.Scratch
-		e.node.Prepare(s.cycle.Demand)
 		parts, ok = e.node.Measure(&s.cycle, &w)
 	}
 	if !ok {

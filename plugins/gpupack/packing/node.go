@@ -3,6 +3,7 @@ package packing
 import (
 	"math"
 	"slices"
+	"unique"
 
 	"github.com/pennysched/penny/pkg/gpu"
 )
@@ -42,6 +43,9 @@ type Node struct {
 	// unpartitioned counts the GPUs that take whole-GPU and share pods once
 	// idle: all of an on-demand node's, the others outside MIG mode.
 	unpartitioned int64
+	// state is the node's key in a SharedMemo (see stateKey); the zero
+	// Handle until first asked for.
+	state unique.Handle[string]
 }
 
 // inlineGPUs is how many GPUs a Node holds without allocating per-GPU state
@@ -143,8 +147,8 @@ func (n *Node) FreeMilli() int64 { return n.freeUnits / unitsPerMilli }
 func (n *Node) Product() string { return n.product }
 
 // Prepare computes the node's per-Demand cache unless it is current. Call
-// it before scoring against d; it allocates only the first time or when the
-// number of shapes grows.
+// it before Choose against d (Measure prepares the node where it measures);
+// it allocates only the first time or when the number of shapes grows.
 func (n *Node) Prepare(d *Demand) {
 	if n.cache.demand == d {
 		return
@@ -155,10 +159,6 @@ func (n *Node) Prepare(d *Demand) {
 	}
 	c.gpuCopies = c.copies[:len(d.Shapes):len(d.Shapes)]
 	c.shareCopies = c.copies[len(d.Shapes) : len(d.Shapes)+len(d.shares)]
-	if cap(n.memo) < len(d.Shapes) {
-		n.memo = make([]memoEntry, len(d.Shapes))
-	}
-	n.memo = n.memo[:len(d.Shapes)]
 	n.fillCopies(d, c.gpuCopies, c.shareCopies)
 	c.waste = n.waste(d, c.gpuCopies, n.CPUFree, n.MemFree, n.freeUnits)
 	c.scale = float64(d.iwSum * unitsPerMilli)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/pennysched/penny/pkg/gpu"
@@ -576,5 +577,141 @@ func TestFitsFindsEveryLayoutOfOneGPU(t *testing.T) {
 				t.Errorf("%s static: %v fit one GPU, but Fits says %v", model, r.MIG, f)
 			}
 		}
+	}
+}
+
+// Nodes in one state share MIG measures (SharedMemo); a node that differs
+// from another in anything the measure reads, however little, must never
+// get the other's answer. Each node here differs from the first in one
+// thing, and each is built afresh for every request, so only the shared
+// memo could answer it; every answer must be what a measure without memos
+// gives. Other requests are measured alongside, to tell the states apart.
+func TestSharedMemoAnswersOnlyNodesInTheSameState(t *testing.T) {
+	static := func(i int, layout ...gpu.Placement) func(*gpu.NodeDevices) {
+		return func(dev *gpu.NodeDevices) {
+			if err := dev.SetLayout(i, layout); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	use := func(a ...gpu.Slot) func(*gpu.NodeDevices) {
+		return func(dev *gpu.NodeDevices) {
+			if err := dev.Apply(a); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	type state struct {
+		name     string
+		product  string
+		onDemand bool
+		cpu, mem int64
+		edit     []func(*gpu.NodeDevices)
+	}
+	base := state{"base", "A100-80GB", true, 64000, 512 * gib, []func(*gpu.NodeDevices){use(gpu.Slot{GPU: 0, Milli: 300})}}
+	states := []state{
+		base,
+		{"same as base", "A100-80GB", true, 64000, 512 * gib, base.edit},
+		{"less CPU", "A100-80GB", true, 7000, 512 * gib, base.edit},
+		{"less memory", "A100-80GB", true, 64000, 20 * gib, base.edit},
+		{"another model", "H100-80GB", true, 64000, 512 * gib, base.edit},
+		{"not on demand", "A100-80GB", false, 64000, 512 * gib, base.edit},
+		{"a bigger share", "A100-80GB", true, 64000, 512 * gib, []func(*gpu.NodeDevices){use(gpu.Slot{GPU: 0, Milli: 310})}},
+		{"an instance", "A100-80GB", true, 64000, 512 * gib, append([]func(*gpu.NodeDevices){use(gpu.Slot{GPU: 1, MIG: gpu.Placement{Profile: "1g.10gb", Start: 0}})}, base.edit...)},
+		{"the instance elsewhere", "A100-80GB", true, 64000, 512 * gib, append([]func(*gpu.NodeDevices){use(gpu.Slot{GPU: 1, MIG: gpu.Placement{Profile: "1g.10gb", Start: 6}})}, base.edit...)},
+		{"a static layout", "A100-80GB", false, 64000, 512 * gib, append([]func(*gpu.NodeDevices){static(1, gpu.Placement{Profile: "3g.40gb", Start: 4}, gpu.Placement{Profile: "3g.40gb", Start: 0})}, base.edit...)},
+		{"another static layout", "A100-80GB", false, 64000, 512 * gib, append([]func(*gpu.NodeDevices){static(1, gpu.Placement{Profile: "4g.40gb", Start: 0}, gpu.Placement{Profile: "2g.20gb", Start: 4})}, base.edit...)},
+	}
+	build := func(s state) *Node {
+		dev := gpu.NewNodeDevices(s.product, 2, 0)
+		dev.OnDemand = s.onDemand
+		for _, e := range s.edit {
+			e(dev)
+		}
+		return NewNode(s.name, dev, s.cpu, s.mem, 0)
+	}
+	heavy := whole(1, 6000)
+	heavy.Mem = 100 * gib
+	onA100 := share(230, 2000)
+	onA100.Products = []string{"A100-80GB"}
+	onA100.Shape = shapeOf(onA100)
+	// The 1g.10gb pods ask for memory too; the last one, of their shape,
+	// for more.
+	small, big := mig("1g.10gb"), mig("1g.10gb")
+	small.Mem, big.Mem = 8*gib, 60*gib
+	reqs := []*Req{share(460, 4000), share(650, 1000), onA100, whole(1, 8000), whole(2, 1000), heavy, small, mig("3g.40gb"), mig("3g.40gb", "3g.40gb"), mig("2g.20gb", "1g.10gb")}
+	var shapes []Shape
+	for _, r := range reqs {
+		shapes = append(shapes, r.Shape)
+	}
+	d := NewDemand(shapes, []float64{4, 2, 2, 3, 1, 1, 3, 1, 1, 1}, 1)
+	reqs = append(reqs, big)
+	w := Weights{Fragmentation: 1, Balance: 3, Dead: 3}
+	var shared SharedMemo
+	var scratch Scratch
+	type measure struct {
+		parts Parts
+		ok    bool
+	}
+	fresh := make([][]measure, len(states))
+	for _, r := range reqs {
+		for i, s := range states {
+			c := &Cycle{Req: r, Demand: d, W: w, Slot: d.Slot(&r.Shape), Shared: &shared}
+			got, gotOK := build(s).Measure(c, &scratch)
+			c.Shared = nil
+			want, wantOK := build(s).Measure(c, &scratch)
+			if got != want || gotOK != wantOK {
+				t.Errorf("%v on %s: the shared memo says %+v (%v), a fresh measure %+v (%v)", r.GPU.String(), s.name, got, gotOK, want, wantOK)
+			}
+			fresh[i] = append(fresh[i], measure{want, wantOK})
+		}
+	}
+	// Each state but the twin is measured differently from the base by some
+	// request, so an answer from the base's entry would be caught above.
+	for i, s := range states[2:] {
+		if slices.Equal(fresh[i+2], fresh[0]) {
+			t.Errorf("%s: every request measures as on the base node; the test cannot tell the states apart", s.name)
+		}
+	}
+	// The memo holds MIG requests only (the others measure about as fast
+	// as it looks up), but for the mixed one: the twin shares the base's
+	// entries, the other states have their own.
+	if n, want := len(shared.m), 3*(len(states)-1); n != want {
+		t.Fatalf("the shared memo holds %d entries, want %d", n, want)
+	}
+	// Against another demand the entries are for nothing.
+	d2 := NewDemand(shapes, []float64{1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, 2)
+	c := &Cycle{Req: big, Demand: d2, W: w, Slot: d2.Slot(&big.Shape), Shared: &shared}
+	got, _ := build(base).Measure(c, &scratch)
+	c.Shared = nil
+	first := fresh[0][slices.Index(reqs, big)].parts
+	if want, _ := build(base).Measure(c, &scratch); got != want || want == first {
+		t.Errorf("a 1g.10gb against another demand: the shared memo says %+v, a fresh measure %+v (%+v against the first)", got, want, first)
+	}
+}
+
+// A node remembers MIG requests too, by their shape's profile and count; a
+// request that mixes profiles has the shape of its largest and must not be
+// answered from that shape's entry.
+func TestMeasureMemoTellsMIGRequestsApart(t *testing.T) {
+	one, two, mixed := mig("3g.40gb"), mig("3g.40gb", "3g.40gb"), mig("3g.40gb", "1g.10gb")
+	d := demandOf(t, []*Req{one, two, mig("1g.10gb")}, []float64{0.5, 0.25, 0.25})
+	if d.Slot(&mixed.Shape) != d.Slot(&one.Shape) {
+		t.Fatal("the mixed request has a shape of its own; the test needs it to share the 3g.40gb's")
+	}
+	fresh := func(r *Req) (Parts, bool) {
+		var w Scratch
+		return a100(2).Measure(&Cycle{Req: r, Demand: d, W: Weights{Fragmentation: 1}, Slot: -1}, &w)
+	}
+	n := a100(2)
+	var w Scratch
+	for i, r := range []*Req{one, one, mixed, one, two, mixed, two} {
+		got, gotOK := n.Measure(&Cycle{Req: r, Demand: d, W: Weights{Fragmentation: 1}, Slot: d.Slot(&r.Shape)}, &w)
+		if want, wantOK := fresh(r); got != want || gotOK != wantOK {
+			t.Fatalf("step %d, %v: memo says %+v (%v), a fresh measure %+v (%v)", i, r.MIG, got, gotOK, want, wantOK)
+		}
+	}
+	if a, _ := fresh(one); a == func() Parts { p, _ := fresh(mixed); return p }() {
+		t.Fatal("the 3g.40gb alone and with a 1g.10gb cost the same; the test cannot tell them apart")
 	}
 }

@@ -38,6 +38,9 @@ type Cycle struct {
 	// where Measure remembers the cost on each node; -1 for none. A wrong
 	// slot costs only a miss: the memo checks the request.
 	Slot int
+	// Shared remembers MIG measures across nodes in the same state; nil
+	// for none.
+	Shared *SharedMemo
 }
 
 // maxTouched bounds the GPUs one placement changes individually; a pod
@@ -253,25 +256,51 @@ type Scratch struct {
 
 // Measure finds the best placement of the pod on the node and returns the
 // parts of its cost (Cycle.Compose weighs them), or ok false when the node's
-// devices cannot take the pod. The node must be prepared for c.Demand. w is
-// working memory, not read before it is written; Measure allocates nothing.
+// devices cannot take the pod. It prepares the node for c.Demand where it
+// has to measure. w is working memory, not read before it is written;
+// Measure allocates nothing but the node's memo, once per growth of the
+// demand's shapes, and c.Shared's entries.
 func (n *Node) Measure(c *Cycle, w *Scratch) (parts Parts, ok bool) {
-	r := c.Req
-	var m *memoEntry
-	key := memoKey{cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs<<32 | r.GPU.Milli}
-	if len(r.MIG) == 0 && n.cache.demand == c.Demand && c.Slot >= 0 && c.Slot < len(n.memo) {
-		m = &n.memo[c.Slot]
-		if m.demand == c.Demand && m.key == key {
-			return m.parts, m.ok
+	r, d := c.Req, c.Demand
+	if c.Slot < 0 || c.Slot >= len(d.Shapes) || int64(len(r.MIG)) != r.Shape.MIGCount {
+		// No slot to remember it in, or MIG profiles mixed: the request is
+		// more than its shape and key say.
+		n.Prepare(d)
+		return n.measure(c, w)
+	}
+	key := memoKey{cpu: r.CPU, mem: r.Mem, gpus: r.GPU.GPUs<<32 | r.GPU.Milli, mig: r.Shape.MIG, migCount: r.Shape.MIGCount}
+	if len(n.memo) < len(d.Shapes) {
+		n.memo = make([]memoEntry, len(d.Shapes))
+	}
+	m := &n.memo[c.Slot]
+	if m.demand == d && m.key == key {
+		return m.parts, m.ok
+	}
+	// A MIG request tries every GPU and offset, which costs far more than
+	// looking the node's state up in c.Shared; a whole-GPU or share request
+	// costs about as much, and on a cluster where few nodes are alike the
+	// lookup would only add to it.
+	shared := len(r.MIG) > 0
+	var found bool
+	if shared {
+		parts, ok, found = c.Shared.get(d, c.W, n.stateKey(), c.Slot, key)
+	}
+	if !found {
+		n.Prepare(d)
+		parts, ok = n.measure(c, w)
+		if shared {
+			c.Shared.put(d, c.W, n.stateKey(), c.Slot, key, parts, ok)
 		}
 	}
+	*m = memoEntry{demand: d, key: key, parts: parts, ok: ok}
+	return parts, ok
+}
+
+// measure is Measure without the memos; the node is prepared.
+func (n *Node) measure(c *Cycle, w *Scratch) (Parts, bool) {
 	w.p.reset()
 	w.pick.share, w.pick.nmig = 0, 0
-	parts, ok = n.best(c, &w.p, &w.pick, &w.sc)
-	if m != nil {
-		*m = memoEntry{demand: c.Demand, key: key, parts: parts, ok: ok}
-	}
-	return parts, ok
+	return n.best(c, &w.p, &w.pick, &w.sc)
 }
 
 // memoEntry remembers what placing a request costs on the node against a
@@ -279,7 +308,8 @@ func (n *Node) Measure(c *Cycle, w *Scratch) (parts Parts, ok bool) {
 // refreshes of the demand most nodes do not change, and pods of the
 // demand's shapes keep arriving, so most of them are measured once per
 // node and shape. The entry holds the exact request (a shape averages
-// memory); requests for MIG instances are not remembered (a map).
+// memory). A MIG request is its shape's count of one profile; one that
+// mixes profiles (its shape names only the largest) is not remembered.
 type memoEntry struct {
 	demand *Demand
 	key    memoKey
@@ -291,6 +321,9 @@ type memoKey struct {
 	cpu, mem int64
 	// gpus holds the GPU count in its high half and the milli in its low.
 	gpus int64
+	// mig is the MIG profile asked for, migCount instances of it.
+	mig      string
+	migCount int64
 }
 
 // Compose weighs the parts of a placement's cost on a node whose GPUs have
