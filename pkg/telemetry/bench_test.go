@@ -5,13 +5,13 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/benchtest"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
@@ -24,17 +24,6 @@ const (
 	benchPeriod      = 5 * time.Second
 	reportsPerSecond = float64(benchNodes) / 5
 )
-
-// processCPU is the CPU time (user + system) this process has used, all
-// threads together: it counts the garbage collector's work too, which a
-// per-op wall-clock time on a busy machine would not.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		panic(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 func encodedReports(b *testing.B, seqs int) [][][]byte {
 	b.Helper()
@@ -65,7 +54,7 @@ func BenchmarkIngest(b *testing.B) {
 	b.SetBytes(int64(len(wire[0][0])))
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := processCPU()
+	cpu0 := benchtest.ProcessCPU()
 	seq := uint64(0)
 	for i := 0; i < b.N; i++ {
 		n := i % benchNodes
@@ -84,7 +73,7 @@ func BenchmarkIngest(b *testing.B) {
 			b.Fatalf("report %d of node %d not applied", seq, n)
 		}
 	}
-	cpu := processCPU() - cpu0
+	cpu := benchtest.ProcessCPU() - cpu0
 	b.StopTimer()
 	perReport := float64(cpu.Nanoseconds()) / float64(b.N)
 	b.ReportMetric(perReport, "cpu-ns/report")

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/benchtest"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
@@ -78,16 +79,16 @@ func BenchmarkServeFleet(b *testing.B) {
 	for stored.Load() < benchNodes {
 		time.Sleep(10 * time.Millisecond)
 	}
-	cpu0, t0 := processCPU(), time.Now()
+	cpu0, t0 := benchtest.ProcessCPU(), time.Now()
 	time.Sleep(idle)
-	idleCores := (processCPU() - cpu0).Seconds() / time.Since(t0).Seconds()
-	cpu1, t1, n1 := processCPU(), time.Now(), stored.Load()
+	idleCores := (benchtest.ProcessCPU() - cpu0).Seconds() / time.Since(t0).Seconds()
+	cpu1, t1, n1 := benchtest.ProcessCPU(), time.Now(), stored.Load()
 	if _, err := fmt.Fprintln(in, "load"); err != nil {
 		b.Fatal(err)
 	}
 	expect("done")
 	elapsed := time.Since(t1)
-	loadCores := (processCPU() - cpu1).Seconds() / elapsed.Seconds()
+	loadCores := (benchtest.ProcessCPU() - cpu1).Seconds() / elapsed.Seconds()
 	rate := float64(stored.Load()-n1) / elapsed.Seconds()
 	b.StopTimer()
 	if err := cmd.Wait(); err != nil {

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +25,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/framework/parallelize"
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
+	"github.com/pennysched/penny/pkg/benchtest"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
@@ -409,17 +409,6 @@ func TestConcurrentBindingsAndScoring(t *testing.T) {
 	wg.Wait()
 }
 
-// cpuTime is the CPU time this process has used (all threads: the
-// benchmark runs with one goroutine, but the garbage collector's work
-// counts too).
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // benchCluster is 5,000 nodes: 8 x A100 (60%), 2 x T4 (30%) and CPU-only,
 // about half full of whole GPUs and shares.
 func benchCluster(rng *rand.Rand) ([]*corev1.Node, []*corev1.Pod) {
@@ -517,7 +506,7 @@ func BenchmarkScore5000Nodes(b *testing.B) {
 				state := framework.NewCycleState()
 				fs := feasible(state, pod)
 				scored += len(fs)
-				start := cpuTime(b)
+				start := benchtest.ProcessCPU()
 				b.StartTimer()
 				p.PreScore(ctx, state, pod, fs)
 				h.par.Until(ctx, len(fs), func(j int) {
@@ -526,7 +515,7 @@ func BenchmarkScore5000Nodes(b *testing.B) {
 				}, "Score")
 				p.NormalizeScore(ctx, state, pod, scores[:len(fs)])
 				b.StopTimer()
-				cpu += cpuTime(b) - start
+				cpu += benchtest.ProcessCPU() - start
 				b.StartTimer()
 			}
 			// On a shared machine wall time includes waiting for a core;
@@ -712,7 +701,7 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 				i++
 				pod := podOf(fmt.Sprint("p", i), "4", string(gpu.ResourceGPU), strconv.Itoa(1<<(i%3)))
 				state := framework.NewCycleState()
-				start := cpuTime(b)
+				start := benchtest.ProcessCPU()
 				if _, s := p.PreFilter(ctx, state, pod, infos); !s.IsSuccess() {
 					b.Fatalf("PreFilter: %v", s)
 				}
@@ -723,7 +712,7 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 						b.Fatalf("Filter on %s: %v", node, s)
 					}
 				}
-				cpu += cpuTime(b) - start
+				cpu += benchtest.ProcessCPU() - start
 				b.StopTimer()
 				if s := p.Reserve(ctx, state, pod, node); !s.IsSuccess() {
 					b.Fatalf("Reserve: %v", s)
@@ -832,7 +821,7 @@ func benchmarkScore1000Nodes(b *testing.B) {
 		}
 		var start time.Duration
 		if timed {
-			start = cpuTime(b)
+			start = benchtest.ProcessCPU()
 			b.StartTimer()
 		}
 		if s := p.PreScore(ctx, state, pod, feasible); !s.IsSuccess() {
@@ -845,7 +834,7 @@ func benchmarkScore1000Nodes(b *testing.B) {
 		p.NormalizeScore(ctx, state, pod, scores[:len(feasible)])
 		if timed {
 			b.StopTimer()
-			cpu += cpuTime(b) - start
+			cpu += benchtest.ProcessCPU() - start
 		}
 		best := scores[0]
 		for _, s := range scores[:len(feasible)] {

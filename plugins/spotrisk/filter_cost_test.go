@@ -3,9 +3,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -13,6 +11,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/framework/parallelize"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/pennysched/penny/pkg/benchtest"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -111,7 +110,7 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 			p := pod("p", tc.ann)
 			statuses := make([]*fwk.Status, len(nodes))
 			b.ReportAllocs()
-			start := cpuTime(b)
+			start := benchtest.ProcessCPU()
 			for b.Loop() {
 				cs := framework.NewCycleState()
 				if _, s := sr.PreFilter(ctx, cs, p, nodes); !s.IsSuccess() {
@@ -119,7 +118,7 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 				}
 				par.Until(ctx, len(nodes), func(i int) { statuses[i] = sr.Filter(ctx, cs, p, nodes[i]) }, "Filter")
 			}
-			b.ReportMetric(float64((cpuTime(b)-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64((benchtest.ProcessCPU()-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			rejected := 0
 			for _, s := range statuses {
 				if !s.IsSuccess() {
@@ -131,14 +130,6 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 			}
 		})
 	}
-}
-
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkScore1000Nodes measures what the plugin costs one pod's scoring
@@ -200,7 +191,7 @@ func BenchmarkScore1000Nodes(b *testing.B) {
 			}
 			scores := make([]int64, len(nodes))
 			b.ReportAllocs()
-			start := cpuTime(b)
+			start := benchtest.ProcessCPU()
 			for b.Loop() {
 				if s := sr.PreScore(ctx, cs, p, nodes); !s.IsSuccess() {
 					b.Fatalf("PreScore: %v", s)
@@ -213,7 +204,7 @@ func BenchmarkScore1000Nodes(b *testing.B) {
 					scores[i] = score
 				}, "Score")
 			}
-			b.ReportMetric(float64((cpuTime(b)-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64((benchtest.ProcessCPU()-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			class, err := sr.classify(p)
 			if err != nil {
 				b.Fatal(err)
