@@ -79,16 +79,7 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []fwk.NodeInfo
-	for i := range 1000 {
-		capacity := pricing.OnDemand
-		if i%2 == 0 {
-			capacity = pricing.Spot
-		}
-		ni := framework.NewNodeInfo()
-		ni.SetNode(node(fmt.Sprint("n", i), capacity, fmt.Sprintf("us-east-1%c", 'a'+i%3)))
-		nodes = append(nodes, ni)
-	}
+	nodes := benchNodes(nil)
 	for _, tc := range []struct {
 		name     string
 		ann      map[string]string
@@ -150,20 +141,12 @@ func BenchmarkScore1000Nodes(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var nodes []fwk.NodeInfo
-	for i := range 1000 {
-		capacity := pricing.OnDemand
-		if i%2 == 0 {
-			capacity = pricing.Spot
-		}
-		n := node(fmt.Sprint("n", i), capacity, fmt.Sprintf("us-east-1%c", 'a'+i%3))
+	// Every fifth node is a CPU node, so that the pools are twelve.
+	nodes := benchNodes(func(i int, n *corev1.Node) {
 		if i%5 == 4 {
 			sized(n, "m7i.8xlarge", "32", "128Gi", "")
 		}
-		ni := framework.NewNodeInfo()
-		ni.SetNode(n)
-		nodes = append(nodes, ni)
-	}
+	})
 	cpuOnly := pod("p", nil)
 	cpuOnly.Spec.Containers[0].Resources.Limits = nil
 	for _, tc := range []struct {
@@ -219,4 +202,25 @@ func BenchmarkScore1000Nodes(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchNodes are the benchmarks' 1,000 nodes: every other one Spot, spread
+// over three zones; shape, when not nil, changes the i-th before it is
+// added.
+func benchNodes(shape func(i int, n *corev1.Node)) []fwk.NodeInfo {
+	nodes := make([]fwk.NodeInfo, 0, 1000)
+	for i := range 1000 {
+		capacity := pricing.OnDemand
+		if i%2 == 0 {
+			capacity = pricing.Spot
+		}
+		n := node(fmt.Sprint("n", i), capacity, fmt.Sprintf("us-east-1%c", 'a'+i%3))
+		if shape != nil {
+			shape(i, n)
+		}
+		ni := framework.NewNodeInfo()
+		ni.SetNode(n)
+		nodes = append(nodes, ni)
+	}
+	return nodes
 }
