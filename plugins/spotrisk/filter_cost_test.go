@@ -92,12 +92,7 @@ func BenchmarkFilter1000Nodes(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			ctx := context.Background()
-			pl, err := New(ctx, nil, nil, Deps{Prices: c, Clock: clocktesting.NewFakeClock(t0)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			sr := pl.(*SpotRisk)
-			par := parallelize.NewParallelizer(16)
+			sr, par := benchPlugin(b, c)
 			p := pod("p", tc.ann)
 			statuses := make([]*fwk.Status, len(nodes))
 			b.ReportAllocs()
@@ -161,12 +156,7 @@ func BenchmarkScore1000Nodes(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			ctx := context.Background()
-			pl, err := New(ctx, nil, nil, Deps{Prices: c, Clock: clocktesting.NewFakeClock(t0)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			sr := pl.(*SpotRisk)
-			par := parallelize.NewParallelizer(16)
+			sr, par := benchPlugin(b, c)
 			p := tc.pod
 			cs := framework.NewCycleState()
 			if _, s := sr.PreFilter(ctx, cs, p, nodes); !s.IsSuccess() {
@@ -223,4 +213,14 @@ func benchNodes(shape func(i int, n *corev1.Node)) []fwk.NodeInfo {
 		nodes = append(nodes, ni)
 	}
 	return nodes
+}
+
+// benchPlugin is the plugin the benchmarks run, pricing by c, and
+// kube-scheduler's parallelizer to run it on many nodes at once.
+func benchPlugin(b *testing.B, c *pricing.Catalog) (*SpotRisk, parallelize.Parallelizer) {
+	pl, err := New(context.Background(), nil, nil, Deps{Prices: c, Clock: clocktesting.NewFakeClock(t0)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return pl.(*SpotRisk), parallelize.NewParallelizer(16)
 }
