@@ -112,10 +112,11 @@ func (k optionKey) less(o optionKey) bool {
 // key prices option o for a pod of the class with the given usage.
 func (x *Expander) key(class Class, usage pricing.Usage, o Option) optionKey {
 	n := o.Node
+	k := poolKeyOf(n, pricing.NodeCapacity(n))
 	// Spot a pod avoids ranks after every other option, priced or not.
-	avoided := class.Policy == Avoid && pricing.NodeCapacity(n).IsSpot()
-	price, ok := x.pl.prices.NodePrice(n)
-	if !ok {
+	avoided := class.Policy == Avoid && k.Capacity == pricing.Spot
+	p := x.pl.poolPrice(n, k)
+	if !p.priced {
 		return optionKey{avoided: avoided, cost: math.Inf(1), price: math.Inf(1)}
 	}
 	slots := float64(Slots(usage, n))
@@ -125,10 +126,13 @@ func (x *Expander) key(class Class, usage pricing.Usage, o Option) optionKey {
 	if slots <= 0 {
 		return optionKey{avoided: avoided, cost: math.Inf(1), price: math.Inf(1)}
 	}
+	// Priced as Score prices a node (cost), the pod's share being a slot
+	// of the new node.
+	run, _ := x.pl.runtime(class)
 	return optionKey{
 		avoided: avoided,
-		cost:    x.pl.expected(price.Marginal()/slots, class, n, price),
-		price:   price.Marginal(),
+		cost:    pricing.CostPerUsefulHour(p.price.Marginal()/slots, p.rate, class.Work, run),
+		price:   p.price.Marginal(),
 	}
 }
 

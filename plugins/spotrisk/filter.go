@@ -274,10 +274,7 @@ func (pl *SpotRisk) excludeByRisk(s *podState, node *corev1.Node, capacity prici
 		return ""
 	}
 	k := poolKeyOf(node, capacity)
-	reason, stored := s.risk.get(k, func() string {
-		price, priced := pl.prices.NodePrice(node)
-		return pl.riskReason(s, pl.reclaimRate(node, k.Pool, price, priced))
-	})
+	reason, stored := s.risk.get(k, func() string { return pl.riskReason(s, pl.poolPrice(node, k).rate) })
 	// The pool is noted once, by the node whose verdict was kept, not under
 	// the pod's lock by every node of it.
 	if stored && reason != "" && pl.priors != nil {

@@ -82,13 +82,11 @@ type poolPrice struct {
 	rate   float64
 }
 
-// poolPrice prices node, of key k, and reads its pool's reclaim rate.
+// poolPrice prices node, of key k, and reads its pool's reclaim rate, which
+// Filter's risk rules weigh for an unpriced Spot node too.
 func (pl *SpotRisk) poolPrice(node *corev1.Node, k poolKey) *poolPrice {
 	price, ok := pl.prices.NodePrice(node)
-	if !ok {
-		return &poolPrice{}
-	}
-	return &poolPrice{price: price, priced: true, rate: pl.reclaimRate(node, k.Pool, price, true)}
+	return &poolPrice{price: price, priced: ok, rate: pl.reclaimRate(node, k.Pool, price, ok)}
 }
 
 // cost is the expected price of one hour of the pod's useful work on a node
@@ -120,14 +118,6 @@ func nodeShare(u pricing.Usage, node *corev1.Node) float64 {
 		share = max(share, float64(u.MemoryBytes)/float64(m))
 	}
 	return min(share, 1)
-}
-
-// expected turns an hourly price on a node into the expected price of an
-// hour of useful work there, as cost does, for the Expander's options.
-func (pl *SpotRisk) expected(hourly float64, class Class, node *corev1.Node, price pricing.Price) float64 {
-	rate := pl.reclaimRate(node, pricing.NodePool(node), price, true)
-	run, _ := pl.runtime(class)
-	return pricing.CostPerUsefulHour(hourly, rate, class.Work, run)
 }
 
 // rank is how Score ranks a node for a pod: its cost, and whether the node
