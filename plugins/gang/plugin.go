@@ -183,7 +183,7 @@ func NewWith(_ context.Context, obj runtime.Object, h fwk.Handle, opts ...Option
 func (pl *Gang) Name() string { return Name }
 
 // Less orders the queue by priority, then by the gang's place (order) or the
-// lone pod's queue time, keeping one gang's members together so they are
+// lone pod's creation, keeping one gang's members together so they are
 // tried back to back and an older gang is tried before a younger one.
 func (pl *Gang) Less(a, b fwk.QueuedEntityInfo) bool {
 	pa, pb := a.GetPriority(), b.GetPriority()
@@ -209,16 +209,6 @@ func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
 		return "", e.GetTimestamp()
 	}
 	pod := pi.GetPodInfo().GetPod()
-	ref, ok := gang.RefOf(pod)
-	if !ok {
-		return "", e.GetTimestamp()
-	}
-	// A pod never sorts before its own creation, whatever the gang it names
-	// holds: a member that waits for ever (a gang of one that fits no node)
-	// would otherwise lend its old place to every pod the tenant names the
-	// gang on later. The queue may sort the pod before onPodAdd has moved
-	// the gang, so it is checked here too.
-	//
 	// The place starts at the creation the API server recorded, not at the
 	// queue's timestamp: a restarted scheduler queues every pending pod at
 	// once, in the order its informer lists them (by name), and a gang
@@ -229,6 +219,20 @@ func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
 	if first.IsZero() {
 		first = e.GetTimestamp()
 	}
+	ref, ok := gang.RefOf(pod)
+	if !ok {
+		// A lone pod queues by the same measure as a gang. By its queue
+		// time, which the scheduler moves back each time the pod fails, it
+		// lost to every gang created after it once it had failed, and
+		// labelling a pod a gang of one put it ahead of other tenants' pods
+		// that had waited longer.
+		return "", first
+	}
+	// A pod never sorts before its own creation, whatever the gang it names
+	// holds: a member that waits for ever (a gang of one that fits no node)
+	// would otherwise lend its old place to every pod the tenant names the
+	// gang on later. The queue may sort the pod before onPodAdd has moved
+	// the gang, so it is checked here too.
 	t, _ := pl.order.LoadOrStore(ref.Key(), first)
 	at := t.(time.Time)
 	if created.After(at) {

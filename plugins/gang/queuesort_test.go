@@ -200,3 +200,47 @@ func TestGangKeepsItsPlaceAcrossARestart(t *testing.T) {
 		t.Error("after a restart, the gang created first does not sort before the younger one")
 	}
 }
+
+// kube-scheduler queues a pod again at the back each time it fails (its
+// queue time is refreshed), while a gang keeps the place its newest member's
+// creation gave it. A lone pod that sorted by its queue time therefore lost
+// to any gang created after it once it had failed, and a tenant took that
+// place for any pod by labelling it a gang of one: the label alone put it
+// ahead of other tenants' pods that had waited longer. A lone pod queues by
+// its creation, the same measure as a gang, so no label sorts a pod earlier.
+func TestGangOfOneDoesNotJumpAnOlderLonePod(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	sorter := newSorter(ctx, t, client, factory)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+
+	start := time.Now().Add(-3 * time.Hour).Truncate(time.Second)
+	queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
+		return &framework.QueuedPodInfo{PodInfo: mustPodInfo(t, p), QueueingParams: framework.QueueingParams{Timestamp: at}}
+	}
+	// Another tenant's lone pod, created first; it failed and was queued
+	// again two hours later.
+	older := plainPod("older", 1)
+	older.Namespace = "other-team"
+	older.CreationTimestamp = metav1.NewTime(start)
+	// The tenant's pod, created an hour after it and labelled a gang of
+	// one; it too has failed since.
+	labelled := member("mine", 1, 0, 1)
+	labelled.CreationTimestamp = metav1.NewTime(start.Add(time.Hour))
+
+	if sorter.Less(queued(labelled, start.Add(150*time.Minute)), queued(older, start.Add(2*time.Hour))) {
+		t.Error("a pod labelled a gang of one sorts before a lone pod created an hour before it")
+	}
+	if !sorter.Less(queued(older, start.Add(2*time.Hour)), queued(labelled, start.Add(150*time.Minute))) {
+		t.Error("the lone pod created first does not sort before the younger pod labelled a gang of one")
+	}
+	// Unlabelled, the same pod sorts the same: the label changed nothing.
+	unlabelled := plainPod("mine-0", 1)
+	unlabelled.CreationTimestamp = labelled.CreationTimestamp
+	if sorter.Less(queued(unlabelled, start.Add(150*time.Minute)), queued(older, start.Add(2*time.Hour))) {
+		t.Error("the tenant's pod without the gang label sorts before the older lone pod")
+	}
+}
