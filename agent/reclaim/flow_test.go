@@ -882,7 +882,7 @@ func TestASecondGCPPreemptionIsActedOn(t *testing.T) {
 	defer cancel()
 	fake := metadatatest.NewGCP()
 	defer fake.Close()
-	src := gcp.New(gcp.Options{Endpoint: fake.URL(), RequestTimeout: time.Second, RetryInterval: 20 * time.Millisecond, WaitTimeout: time.Second, BootID: "boot-1"})
+	src := gcp.New(gcp.Options{Endpoint: fake.URL(), RequestTimeout: metadatatest.RequestTimeout, RetryInterval: 20 * time.Millisecond, WaitTimeout: time.Second, BootID: "boot-1"})
 	w := notice.NewWatcher(src, testr.New(t), nil)
 	f, _ := e.flow(ctx, reclaim.Options{Notices: w.Settled, ReconcileInterval: 100 * time.Millisecond, SafetyMargin: time.Second})
 	var mu sync.Mutex
@@ -926,11 +926,11 @@ func TestASecondGCPPreemptionIsActedOn(t *testing.T) {
 	}
 }
 
-// gcpAgent is one run of the agent's GCP watcher and flow on e's node,
+// agentRun is one run of the agent's notice watcher and flow on e's node,
 // acting ten minutes before maintenance: it continues the notices an
-// earlier run left unfinished, as penny-agent does, and records the ids it
-// is handed.
-type gcpAgent struct {
+// earlier run left unfinished, as penny-agent does, acknowledges through a
+// source that can, and records the ids it is handed.
+type agentRun struct {
 	watcher *notice.Watcher
 	flow    *reclaim.Flow
 	stop    func()
@@ -938,7 +938,9 @@ type gcpAgent struct {
 	ids     []string
 }
 
-func (e *env) gcpAgent(fake *metadatatest.GCP, reconcile time.Duration) *gcpAgent {
+// unfinished are the ids of the notices an earlier run left unfinished,
+// most recent first, and when each was detected.
+func (e *env) unfinished() ([]string, map[string]time.Time) {
 	e.t.Helper()
 	unfinished, err := reclaim.UnfinishedNotices(e.stateDir, time.Now())
 	if err != nil {
@@ -950,13 +952,31 @@ func (e *env) gcpAgent(fake *metadatatest.GCP, reconcile time.Duration) *gcpAgen
 		ids = append(ids, n.ID)
 		detected[n.ID] = n.Detected
 	}
-	src := gcp.New(gcp.Options{Endpoint: fake.URL(), RequestTimeout: time.Second, RetryInterval: 20 * time.Millisecond,
+	return ids, detected
+}
+
+func (e *env) gcpAgent(fake *metadatatest.GCP, reconcile time.Duration) *agentRun {
+	e.t.Helper()
+	ids, detected := e.unfinished()
+	src := gcp.New(gcp.Options{Endpoint: fake.URL(), RequestTimeout: metadatatest.RequestTimeout, RetryInterval: 20 * time.Millisecond,
 		WaitTimeout: time.Second, UpcomingMaintenancePoll: 20 * time.Millisecond, BootID: "boot-1", Unfinished: ids})
-	a := &gcpAgent{watcher: notice.NewWatcher(src, testr.New(e.t), nil)}
+	return e.agentRun(src, detected, reconcile)
+}
+
+func (e *env) azureAgent(fake *metadatatest.Azure, reconcile time.Duration) *agentRun {
+	e.t.Helper()
+	_, detected := e.unfinished()
+	src := azure.New(azure.Options{Endpoint: fake.URL(), Interval: 50 * time.Millisecond, RequestTimeout: metadatatest.RequestTimeout})
+	return e.agentRun(src, detected, reconcile)
+}
+
+func (e *env) agentRun(src notice.Source, detected map[string]time.Time, reconcile time.Duration) *agentRun {
+	a := &agentRun{watcher: notice.NewWatcher(src, testr.New(e.t), nil)}
 	a.watcher.Resume(detected)
+	ack, _ := src.(notice.Acknowledger)
 	ctx, cancel := context.WithCancel(context.Background())
 	var stopFlow func()
-	a.flow, stopFlow = e.flow(ctx, reclaim.Options{Notices: a.watcher.Settled, ReconcileInterval: reconcile,
+	a.flow, stopFlow = e.flow(ctx, reclaim.Options{Notices: a.watcher.Settled, ReconcileInterval: reconcile, Acknowledger: ack,
 		Policy: pennyreclaim.Policy{MaintenanceLead: 10 * time.Minute}})
 	a.watcher.OnNotice(func(n notice.Notice) {
 		a.mu.Lock()
@@ -972,7 +992,7 @@ func (e *env) gcpAgent(fake *metadatatest.GCP, reconcile time.Duration) *gcpAgen
 	return a
 }
 
-func (a *gcpAgent) noticeIDs() []string {
+func (a *agentRun) noticeIDs() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return append([]string(nil), a.ids...)
@@ -1024,6 +1044,84 @@ func TestRestartedAgentFollowsTheGCPMaintenanceItWaitedFor(t *testing.T) {
 	}
 	if ids, jobs := second.noticeIDs(), e.noticeJobs(); len(ids) != 1 || ids[0] != id || len(jobs) != 1 {
 		t.Errorf("restarted agent: notices %v, jobs %v; want only %s", ids, jobs, id)
+	}
+}
+
+// Azure keeps an event's EventId. An agent that restarts while its work
+// waits for a Reboot sees the same notice, detected when it was; when Azure
+// brings the event forward the restarted agent checkpoints, evicts and
+// acknowledges once, as the work the earlier agent left.
+func TestRestartedAgentFinishesTheAzureEventItWaitedFor(t *testing.T) {
+	e := newEnv(t, "spot-5")
+	e.pod("job", e.node, 10*time.Millisecond)
+	fake := metadatatest.NewAzure(e.node)
+	defer fake.Close()
+	// The node is shared with other tests: its events are told apart by
+	// the event id.
+	event := fmt.Sprintf("%x-reboot", time.Now().UnixNano())
+	fake.AddEvent(metadatatest.AzureEvent{EventID: event, EventType: "Reboot", NotBefore: time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)})
+	// Reconciles an hour apart: only the moved deadline can wake the work.
+	first := e.azureAgent(fake, time.Hour)
+	waitFor(t, "the first agent waiting for the event", 10*time.Second, func() bool {
+		return len(first.noticeIDs()) == 1 && first.flow.Running() == 1
+	})
+	id := first.noticeIDs()[0]
+	detected := first.watcher.Notices()[0].Detected
+	first.stop()
+
+	second := e.azureAgent(fake, time.Hour)
+	waitFor(t, "the restarted agent seeing the event", 10*time.Second, func() bool {
+		return len(second.noticeIDs()) == 1 && second.flow.Running() == 1
+	})
+	fake.Reschedule(event, time.Now().Add(10*time.Minute-time.Second))
+	// The bound only stops a hang (a checkpoint and an eviction through
+	// the API server on loaded cores).
+	waitFor(t, "the acknowledgement by the restarted agent", time.Minute, func() bool { _, ok := fake.Acked(event); return ok })
+	if ids, jobs := second.noticeIDs(), e.noticeJobs(); len(ids) != 1 || ids[0] != id || len(jobs) != 1 || len(e.trainers["job"].Received()) != 1 || !gone(t, e.ns, "job") {
+		t.Errorf("restarted agent: notices %v, jobs %v, checkpoint requests %d, evicted %v; want only %s, once", ids, jobs, len(e.trainers["job"].Received()), gone(t, e.ns, "job"), id)
+	}
+	if n := second.watcher.Notices(); len(n) != 1 || !n[0].Detected.Equal(detected) {
+		t.Errorf("the restarted agent reports %+v, want %s detected %v", n, id, detected)
+	}
+	waitFor(t, "the work done", 10*time.Second, func() bool { return second.flow.Running() == 0 })
+	if j, ok := e.jobOf("notice-" + id); !ok || !j.Done || !j.Acknowledged {
+		t.Errorf("job %s after the restart: %+v, want done and acknowledged", id, j)
+	}
+}
+
+// An agent that restarts once the maintenance it waited for is under way,
+// maintenance-event's turn come and GCE no longer announcing it, acts on it
+// once, as the work the earlier agent left: no second notice, job or
+// checkpoint request, and the work is not ended as withdrawn.
+func TestRestartedAgentActsOnceOnGCPMaintenanceNoLongerAnnounced(t *testing.T) {
+	e := newEnv(t, "spot-6")
+	e.pod("job", e.node, 10*time.Millisecond)
+	fake := metadatatest.NewGCP()
+	defer fake.Close()
+	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	first := e.gcpAgent(fake, time.Hour)
+	waitFor(t, "the first agent waiting for the maintenance", 10*time.Second, func() bool {
+		return len(first.noticeIDs()) == 1 && first.flow.Running() == 1
+	})
+	id := first.noticeIDs()[0]
+	first.stop()
+
+	fake.SetMaintenance(gcp.MaintenanceTerminate)
+	fake.SetUpcomingMaintenance("")
+	// Reconciles an hour apart: only the moved deadline can wake the work.
+	second := e.gcpAgent(fake, time.Hour)
+	// The bound only stops a hang (a checkpoint and an eviction through
+	// the API server on loaded cores).
+	waitFor(t, "checkpoint and eviction by the restarted agent", time.Minute, func() bool {
+		return len(e.trainers["job"].Received()) > 0 && gone(t, e.ns, "job")
+	})
+	if ids, jobs := second.noticeIDs(), e.noticeJobs(); len(ids) != 1 || ids[0] != id || len(jobs) != 1 || len(e.trainers["job"].Received()) != 1 {
+		t.Errorf("restarted agent: notices %v, jobs %v, checkpoint requests %d; want only %s, once", ids, jobs, len(e.trainers["job"].Received()), id)
+	}
+	waitFor(t, "the work done", 10*time.Second, func() bool { return second.flow.Running() == 0 })
+	if j, ok := e.jobOf("notice-" + id); !ok || !j.Done || j.Withdrawn {
+		t.Errorf("job %s after the restart: %+v, want done, not withdrawn", id, j)
 	}
 }
 

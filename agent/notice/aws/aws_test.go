@@ -14,9 +14,14 @@ import (
 
 func start(t *testing.T) (*metadatatest.AWS, *aws.Source) {
 	t.Helper()
+	return startWithTimeout(t, metadatatest.RequestTimeout)
+}
+
+func startWithTimeout(t *testing.T, timeout time.Duration) (*metadatatest.AWS, *aws.Source) {
+	t.Helper()
 	f := metadatatest.NewAWS()
 	t.Cleanup(f.Close)
-	return f, aws.New(aws.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: 300 * time.Millisecond})
+	return f, aws.New(aws.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: timeout})
 }
 
 func TestNoNoticeWhenIMDSHasNone(t *testing.T) {
@@ -105,15 +110,20 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 		{"trailing data", metadatatest.Garbage(valid + `{"action":"stop"}`), "data after the JSON document"},
 		{"huge body", metadatatest.Huge(10<<20, false), "over the"},
 		{"huge chunked body", metadatatest.Huge(10<<20, true), "over the"},
-		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within"},
-		{"dripping body", metadatatest.Drip(valid, 100*time.Millisecond), "no complete answer within"},
+		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within 300ms"},
+		{"dripping body", metadatatest.Drip(valid, 100*time.Millisecond), "no complete answer within 300ms"},
 		{"connection reset", metadatatest.Reset(), "GET http://127.0.0.1"},
 		{"server error", metadatatest.Status(500, "internal"), "answered 500"},
 		{"forbidden", metadatatest.Status(403, "no"), "answered 403"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f, src := start(t)
+			// The cases of an answer that does not come in time.
+			timeout := metadatatest.RequestTimeout
+			if strings.Contains(c.want, "no complete answer") {
+				timeout = metadatatest.ShortTimeout
+			}
+			f, src := startWithTimeout(t, timeout)
 			f.SetFault(metadatatest.AWSInstanceAction, c.fault)
 			notices, err := src.Check(context.Background())
 			if err == nil {
@@ -133,7 +143,7 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 }
 
 func TestTokenEndpointFailuresAreClear(t *testing.T) {
-	f, src := start(t)
+	f, src := startWithTimeout(t, metadatatest.ShortTimeout)
 	f.SetFault("/latest/api/token", metadatatest.Hang(5*time.Second))
 	_, err := src.Check(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "IMDSv2 session token") || !strings.Contains(err.Error(), "hop limit") {
@@ -311,7 +321,7 @@ func TestSessionTokenRefreshedBeforeItExpires(t *testing.T) {
 	f := metadatatest.NewAWS()
 	t.Cleanup(f.Close)
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	src := aws.New(aws.Options{Endpoint: f.URL(), RequestTimeout: 300 * time.Millisecond, TokenTTL: time.Hour, Now: func() time.Time { return now }})
+	src := aws.New(aws.Options{Endpoint: f.URL(), RequestTimeout: metadatatest.RequestTimeout, TokenTTL: time.Hour, Now: func() time.Time { return now }})
 	for _, c := range []struct {
 		after  time.Duration
 		tokens int

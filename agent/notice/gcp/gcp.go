@@ -83,7 +83,8 @@ type Options struct {
 	// first of them made in this boot: GCE may have moved the window while
 	// no agent ran, and an id made from the new start would end the work
 	// for the old one as withdrawn and start it over, as a new notice to
-	// the scheduler too.
+	// the scheduler too. So does a maintenance-event TERMINATE at start
+	// that upcoming-maintenance no longer announces.
 	Unfinished []string
 }
 
@@ -172,7 +173,8 @@ type key struct {
 // GCE documents for a VM's host maintenance, and a second notice would be
 // acted on again, with new checkpoint commands for its gangs' other members.
 func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)) {
-	same := &sameMaintenance{boot: s.opts.BootID, unfinished: s.opts.Unfinished}
+	resume := unfinishedAnnounced(s.opts.Unfinished, s.opts.BootID)
+	same := &sameMaintenance{resume: resume}
 	preempted := &key{path: PathPreempted, parse: ParsePreempted, period: s.opts.PreemptionNotice}
 	maintenance := &key{path: PathMaintenance, parse: ParseMaintenanceEvent, period: s.opts.MaintenanceNotice}
 	upcoming := &key{
@@ -202,6 +204,22 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 			notices = append(notices, *preempted.notice)
 		}
 		m, u := maintenance.notice, upcoming.notice
+		if resume != "" && maintenance.known && (upcoming.known || upcoming.err != nil) {
+			// At start, maintenance-event's turn while GCE no longer
+			// announces a maintenance (it may stop once the maintenance
+			// is under way) is the announced one an earlier agent left
+			// work unfinished for: GCE announces one at a time, and one
+			// that happened ended the boot. Under its own id it would
+			// be a second notice, acted on again, and the work for the
+			// first would end as withdrawn. A live migration is news
+			// that work was not for.
+			if m != nil && u == nil && m.Action != MaintenanceMigrate {
+				c := *m
+				c.ID = resume
+				announced = &c
+			}
+			resume = ""
+		}
 		switch {
 		case m == nil:
 			announced = nil
@@ -394,17 +412,27 @@ func noUpcomingMaintenance(resp *notice.Response) bool {
 	return false
 }
 
+// unfinishedAnnounced is the most recent of the unfinished notices
+// (Options.Unfinished) that is an announced maintenance of this boot, or "".
+func unfinishedAnnounced(unfinished []string, boot string) string {
+	for _, id := range unfinished {
+		if upcomingOfBoot(id, boot) {
+			return id
+		}
+	}
+	return ""
+}
+
 // sameMaintenance keeps one id for the maintenance upcoming-maintenance
 // announces, from the first time it is read until it is no longer announced:
 // GCE gives it no id, and a window GCE moves is the same maintenance, to be
 // followed to its new time rather than acted on again. The first read after
-// start continues an unfinished notice of this boot, if any: GCE announces
-// one maintenance at a time, and one that happened ended the boot. A failed
-// read changes nothing. It is used by one goroutine.
+// start continues resume, an unfinished notice of this boot, if any: GCE
+// announces one maintenance at a time, and one that happened ended the boot.
+// A failed read changes nothing. It is used by one goroutine.
 type sameMaintenance struct {
-	id         string
-	boot       string
-	unfinished []string
+	id     string
+	resume string
 }
 
 func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
@@ -413,11 +441,8 @@ func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
 		s.id = ""
 	case s.id == "":
 		s.id = n.ID
-		for _, id := range s.unfinished {
-			if upcomingOfBoot(id, s.boot) {
-				s.id = id
-				break
-			}
+		if s.resume != "" {
+			s.id = s.resume
 		}
 		n.ID = s.id
 	default:
@@ -425,7 +450,7 @@ func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
 	}
 	// Only the maintenance announced at start is the one an earlier agent
 	// saw; one announced after it ended is new.
-	s.unfinished = nil
+	s.resume = ""
 	return n
 }
 

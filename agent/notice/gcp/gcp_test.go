@@ -23,7 +23,7 @@ func start(t *testing.T, opts gcp.Options) (*metadatatest.GCP, *gcp.Source) {
 	t.Cleanup(f.Close)
 	opts.Endpoint = f.URL()
 	if opts.RequestTimeout == 0 {
-		opts.RequestTimeout = 300 * time.Millisecond
+		opts.RequestTimeout = metadatatest.RequestTimeout
 	}
 	if opts.RetryInterval == 0 {
 		opts.RetryInterval = 20 * time.Millisecond
@@ -81,7 +81,12 @@ func watch(t *testing.T, src *gcp.Source) *recorder {
 }
 
 func TestPreemptionSeenAtOnceThroughWaitForChange(t *testing.T) {
-	f, src := start(t, gcp.Options{WaitTimeout: 30 * time.Second})
+	// The watcher reads the value again only after a change, an error
+	// (RetryInterval) or a wait that timed out (WaitTimeout): both longer
+	// than the test waits for the notice, so that it is seen at all only
+	// if the held wait_for_change answered with the change, however long a
+	// loaded machine takes.
+	f, src := start(t, gcp.Options{WaitTimeout: 30 * time.Second, RetryInterval: time.Hour})
 	r := watch(t, src)
 	r.waitFor(t, "first read of both values", func(n []notice.Notice, err error) bool { return err == nil })
 	// Quiet: the watcher hangs in wait_for_change instead of polling.
@@ -95,8 +100,8 @@ func TestPreemptionSeenAtOnceThroughWaitForChange(t *testing.T) {
 	if got.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION || got.Provider != telemetryv1.CloudProvider_CLOUD_PROVIDER_GCP {
 		t.Errorf("notice %v, want a GCP spot interruption", got)
 	}
-	if lag := got.Detected.Sub(published); lag > 500*time.Millisecond {
-		t.Errorf("preemption seen %v after it was set; wait_for_change should see it at once", lag)
+	if got.Detected.Before(published) {
+		t.Errorf("preemption detected at %v, before it was set at %v", got.Detected, published)
 	}
 	if d := got.Deadline.Sub(got.Detected); d != gcp.DefaultPreemptionNotice {
 		t.Errorf("deadline %v after detection, want %v", d, gcp.DefaultPreemptionNotice)
@@ -134,14 +139,19 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 		{"truncated", metadatatest.Truncated("TR"), "truncated"},
 		{"huge body", metadatatest.Huge(10<<20, false), "over the"},
 		{"huge chunked body", metadatatest.Huge(10<<20, true), "over the"},
-		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within"},
-		{"dripping body", metadatatest.Drip("TRUE", 200*time.Millisecond), "no complete answer within"},
+		{"slow server", metadatatest.Hang(5 * time.Second), "no complete answer within 300ms"},
+		{"dripping body", metadatatest.Drip("TRUE", time.Second), "no complete answer within 300ms"},
 		{"connection reset", metadatatest.Reset(), "instance/preempted"},
 		{"server error", metadatatest.Status(503, "busy"), "answered 503"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f, src := start(t, gcp.Options{})
+			// The cases of an answer that does not come in time.
+			var opts gcp.Options
+			if strings.Contains(c.want, "no complete answer") {
+				opts.RequestTimeout = metadatatest.ShortTimeout
+			}
+			f, src := start(t, opts)
 			f.SetFault(metadatatest.GCPPreempted, c.fault)
 			r := watch(t, src)
 			_, err := r.waitFor(t, "an error", func(n []notice.Notice, err error) bool {
@@ -193,11 +203,13 @@ func TestNoticeSurvivesALaterError(t *testing.T) {
 // failing, "maintenance-event: not read yet") on every agent start.
 func TestStartIsNoFailedCheck(t *testing.T) {
 	f, src := start(t, gcp.Options{})
-	// maintenance-event answers NONE, as the server does, a moment after
-	// preempted: the two answers arrive one after the other.
+	// maintenance-event answers NONE, as the server does, only once
+	// preempted's answer is published: the two answers arrive one after
+	// the other, preempted's first.
+	release := make(chan struct{})
 	f.SetFault(metadatatest.GCPMaintenance, func(w http.ResponseWriter, r *http.Request) {
 		select {
-		case <-time.After(100 * time.Millisecond):
+		case <-release:
 		case <-r.Context().Done():
 			return
 		}
@@ -215,6 +227,14 @@ func TestStartIsNoFailedCheck(t *testing.T) {
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
+	// preempted's second request waits for a change: its first answer is
+	// published, with maintenance-event not read yet.
+	for stop := time.Now().Add(5 * time.Second); f.Requests(metadatatest.GCPPreempted) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(stop) {
+			t.Fatal("instance/preempted is not waited on")
+		}
+	}
+	close(release)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, settled := w.Settled(); settled {
@@ -249,7 +269,7 @@ func TestRepeatedEventsGetTheirOwnIDs(t *testing.T) {
 	f := metadatatest.NewGCP()
 	t.Cleanup(f.Close)
 	source := func(boot string) *gcp.Source {
-		return gcp.New(gcp.Options{Endpoint: f.URL(), RequestTimeout: 300 * time.Millisecond, RetryInterval: 20 * time.Millisecond, WaitTimeout: time.Second, BootID: boot})
+		return gcp.New(gcp.Options{Endpoint: f.URL(), RequestTimeout: metadatatest.RequestTimeout, RetryInterval: 20 * time.Millisecond, WaitTimeout: time.Second, BootID: boot})
 	}
 	// run watches until the first notice and returns its id, stopping the
 	// watch (an agent that stops) when stop is set.

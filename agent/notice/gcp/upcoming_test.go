@@ -407,3 +407,46 @@ func TestMaintenanceEventAtStartWaitsForTheAnnouncement(t *testing.T) {
 		t.Errorf("notices seen %v, want only the announced one's id", ids)
 	}
 }
+
+// An agent that restarts during maintenance-event's turn of a maintenance
+// GCE no longer announces (it may stop once the maintenance is under way)
+// continues the notice an earlier agent of this boot left unfinished for
+// the announced maintenance: a notice under maintenance-event's own id
+// would be a second one, acted on again, and the unfinished one withdrawn.
+// A live migration is news the unfinished work was not for, and an earlier
+// boot's work is not this maintenance; a later turn is a notice of its own.
+func TestMaintenanceEventAtRestartContinuesTheUnfinishedAnnouncement(t *testing.T) {
+	stamp := time.Now().Add(time.Hour).UTC().Format("20060102T150405Z")
+	for _, c := range []struct {
+		name, unfinished, event string
+		continued               bool
+	}{
+		{"this boot", "gcp-upcoming-scheduled-" + stamp + "-boot-a", gcp.MaintenanceTerminate, true},
+		{"an earlier boot", "gcp-upcoming-scheduled-" + stamp + "-boot-b", gcp.MaintenanceTerminate, false},
+		{"a live migration", "gcp-upcoming-scheduled-" + stamp + "-boot-a", gcp.MaintenanceMigrate, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			opts := upcomingOptions()
+			opts.Unfinished = []string{c.unfinished}
+			f, src := start(t, opts)
+			f.SetMaintenance(c.event)
+			r := watch(t, src)
+			readAgain(t, f)
+			n, _ := r.waitFor(t, "the maintenance under way", settledWith(1))
+			if continued := n[0].ID == c.unfinished; continued != c.continued || n[0].Action != c.event {
+				t.Errorf("maintenance-event %s at start with %s unfinished: notice %v, continued %v, want %v", c.event, c.unfinished, n[0], continued, c.continued)
+			}
+			if n[0].Deadline.After(time.Now().Add(gcp.DefaultMaintenanceNotice)) {
+				t.Errorf("notice %v: the deadline is not maintenance-event's", n[0])
+			}
+
+			f.SetMaintenance(gcp.MaintenanceNone)
+			r.waitFor(t, "the maintenance over", settledWith(0))
+			f.SetMaintenance(gcp.MaintenanceTerminate)
+			n, _ = r.waitFor(t, "a later turn", settledWith(1))
+			if !strings.HasPrefix(n[0].ID, "gcp-maintenance-terminate-") {
+				t.Errorf("a later maintenance-event turn: notice %s, want its own", n[0].ID)
+			}
+		})
+	}
+}

@@ -20,6 +20,18 @@ import (
 // Fault is a misbehaving answer.
 type Fault = http.HandlerFunc
 
+// Request timeouts for a watcher of a fake in tests. RequestTimeout is for a
+// test of anything but a timeout: long, since on a loaded machine (-race on
+// two busy cores) a healthy answer can take longer than a few hundred
+// milliseconds, and one that timed out would be a failed check the test did
+// not ask for. ShortTimeout is for a test of a timeout: Hang and Drip faults
+// used with it take seconds, so no answer can beat it however late its timer
+// fires.
+const (
+	RequestTimeout = 10 * time.Second
+	ShortTimeout   = 300 * time.Millisecond
+)
+
 // Garbage answers 200 with body.
 func Garbage(body string) Fault {
 	return func(w http.ResponseWriter, r *http.Request) {
