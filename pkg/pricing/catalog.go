@@ -185,6 +185,17 @@ func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defau
 	if field, err := validateRatios(ratios); err != nil {
 		bad.add("splitRatios", -1, field, err.Error())
 	}
+	if len(bad.Problems) == 0 {
+		// Ratios that are each finite can still split a price into
+		// nothing: near the float limits the weights overflow (every
+		// component 0, every pod free) or underflow (+Inf and NaN).
+		for _, e := range entries {
+			if msg := c.splitProblem(e); msg != "" {
+				bad.add("splitRatios", -1, "", msg)
+				break
+			}
+		}
+	}
 	if len(bad.Problems) > 0 {
 		return nil, &bad
 	}
@@ -349,24 +360,44 @@ func (c *Catalog) Lookup(instanceType string, capacity CapacityType, region, zon
 	if !ok {
 		return Price{}, false
 	}
-	t := c.types[instanceType]
 	p := Price{InstanceType: instanceType, Capacity: capacity, NodeHourly: e.Hourly, Interruption: e.Interruption}
 	if capacity == Spot && p.Interruption == BucketUnknown {
 		p.Interruption = c.defaultInterruption
 	}
-	// OpenCost: ramMultiple = gpus*gpu/ram + cpus*cpu/ram + ramGiB; the
-	// node price divided by it is the price of one GiB-hour.
+	p.GPUHourly, p.CPUCoreHourly, p.RAMGiBHourly = c.split(c.types[instanceType], e.Hourly)
+	return p, true
+}
+
+// split divides a node's price over its GPUs, vCPUs and memory by the
+// catalog's ratios. OpenCost: ramMultiple = gpus*gpu/ram + cpus*cpu/ram +
+// ramGiB; the node price divided by it is the price of one GiB-hour.
+func (c *Catalog) split(t InstanceType, hourly float64) (gpuHourly, cpuCoreHourly, ramGiBHourly float64) {
 	r := c.ratios
 	weight := float64(t.GPUs)*r.GPUHour + t.VCPUs*r.CPUCoreHour + t.MemoryGiB*r.RAMGiBHour
 	if weight > 0 {
-		unit := e.Hourly / weight
+		unit := hourly / weight
 		if t.GPUs > 0 {
-			p.GPUHourly = unit * r.GPUHour
+			gpuHourly = unit * r.GPUHour
 		}
-		p.CPUCoreHourly = unit * r.CPUCoreHour
-		p.RAMGiBHourly = unit * r.RAMGiBHour
+		cpuCoreHourly = unit * r.CPUCoreHour
+		ramGiBHourly = unit * r.RAMGiBHour
 	}
-	return p, true
+	return gpuHourly, cpuCoreHourly, ramGiBHourly
+}
+
+// splitProblem says why the split of e's price is not one a score can use
+// ("" when it is): each component a finite price >= 0, together the price
+// of the node.
+func (c *Catalog) splitProblem(e Entry) string {
+	t := c.types[e.InstanceType]
+	g, cpu, ram := c.split(t, e.Hourly)
+	sum := float64(t.GPUs)*g + t.VCPUs*cpu + t.MemoryGiB*ram
+	finite := ValidPrice(g) && ValidPrice(cpu) && ValidPrice(ram) && ValidPrice(sum)
+	if finite && math.Abs(sum-e.Hourly) <= 1e-9*e.Hourly {
+		return ""
+	}
+	return fmt.Sprintf("split over %s's %d GPUs, %g vCPUs and %g GiB, the %s price %g comes to %g per GPU-hour, %g per vCPU-hour and %g per GiB-hour, which do not add up to it; give ratios of the size of the component prices they stand for (%s)",
+		e.InstanceType, t.GPUs, t.VCPUs, t.MemoryGiB, e.Capacity, e.Hourly, g, cpu, ram, openCostRatios)
 }
 
 func (c *Catalog) find(instanceType string, capacity CapacityType, region, zone string) (Entry, bool) {

@@ -275,3 +275,35 @@ func TestShippedCatalogLoads(t *testing.T) {
 		t.Errorf("GKE Spot g2-standard-4 in us-central1: price %+v, %v; want host 0.05874 + L4 0.2231 = 0.28184", p, ok)
 	}
 }
+
+// Split ratios each finite could still split a price into nothing: with
+// ratios near the float limit the weights overflowed and every component
+// came to 0 (every pod on the node free), with a denormal one the price of
+// a vCPU-hour came to +Inf and of a GPU-hour NaN. Found with
+// FuzzParseCatalog's property that components add up to the node's price.
+func TestParseRefusesSplitRatiosThatPriceNothing(t *testing.T) {
+	for name, ratios := range map[string]string{
+		"overflow":  "{cpuCoreHour: 1e308, ramGiBHour: 1e308, gpuHour: 1e308}",
+		"underflow": "{cpuCoreHour: 1e-320, ramGiBHour: 0, gpuHour: 0}",
+	} {
+		y := strings.Replace(goodYAML, "kind: PriceCatalog\n", "kind: PriceCatalog\nsplitRatios: "+ratios+"\n", 1)
+		c, err := Parse([]byte(y), "cat.yaml")
+		if err == nil {
+			p, _ := c.Lookup("g5.xlarge", OnDemand, "us-east-1", "")
+			t.Errorf("%s: ratios %s accepted, pricing g5.xlarge %+v", name, ratios, p)
+			continue
+		}
+		if want := "cat.yaml:3: splitRatios: split over g5.xlarge's 1 GPUs, 4 vCPUs and 16 GiB, the on-demand price 1.006 comes to"; !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", name, err, want)
+		}
+	}
+	// Large shapes and prices split as they should.
+	for _, y := range []string{
+		strings.Replace(goodYAML, "vcpus: 4, memoryGiB: 16", "vcpus: 1e308, memoryGiB: 1e308", 1),
+		strings.Replace(goodYAML, "hourly: 1.006", "hourly: 1e308", 1),
+	} {
+		if _, err := Parse([]byte(y), "cat.yaml"); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
+}
