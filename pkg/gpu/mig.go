@@ -55,6 +55,13 @@ func ParseProfileName(name string) (Profile, error) {
 	if err != nil || m < 1 {
 		return Profile{}, fmt.Errorf("MIG profile %q: memory must be a positive number of GB", name)
 	}
+	// Atoi reads "01" and "+1" as 1, but the device plugin advertises
+	// only the plain spelling: a pod asking for nvidia.com/mig-01g.10gb
+	// would wait for a resource no node has, and an assignment naming it
+	// would match no instance on the GPU.
+	if plain := fmt.Sprintf("%dg.%dgb", c, m); name != plain {
+		return Profile{}, fmt.Errorf("MIG profile %q: write numbers without signs or leading zeros, as the device plugin does: %s", name, plain)
+	}
 	return Profile{Name: name, Compute: c, MemoryGB: m}, nil
 }
 

@@ -62,3 +62,24 @@ func TestParseMIGResource(t *testing.T) {
 		}
 	}
 }
+
+// Atoi read "01g.10gb" and "+1g.10gb" as 1g.10gb, and the profile kept the
+// spelling: a pod asking for nvidia.com/mig-01g.10gb was accepted and waited
+// for a resource the device plugin never advertises. FuzzParseMIGResource
+// checks that every profile that parses is named as the device plugin
+// names it.
+func TestParseProfileNameRefusesNumbersTheDevicePluginDoesNotWrite(t *testing.T) {
+	for _, name := range []string{"01g.10gb", "+1g.10gb", "1g.010gb", "1g.+10gb", "3g.040gb"} {
+		p, err := ParseProfileName(name)
+		if err == nil {
+			t.Errorf("%q parsed as %+v; want it refused", name, p)
+			continue
+		}
+		if !strings.Contains(err.Error(), "without signs or leading zeros") {
+			t.Errorf("%q: error %q does not say how to write it", name, err)
+		}
+	}
+	if _, err := ParseMIGResource("nvidia.com/mig-01g.10gb"); err == nil || !strings.Contains(err.Error(), "1g.10gb") {
+		t.Errorf("nvidia.com/mig-01g.10gb: %v; want it refused, naming 1g.10gb", err)
+	}
+}
