@@ -302,6 +302,37 @@ func TestSimPlotExtensionCheckedFirst(t *testing.T) {
 	}
 }
 
+// penny sim plot took --plot P.jpg (and .tiff, .eps, .tex): gonum writes
+// those too, but the help and docs/sim.md name .png, .svg and .pdf, and the
+// refusal of any other extension said to use those three. Each is refused,
+// naming the flag and a file to write instead, and nothing is written.
+func TestSimPlotRefusesFormatsTheHelpDoesNotName(t *testing.T) {
+	dir := t.TempDir()
+	nodes := writeCSV(t, dir, "nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\n")
+	pods := writeCSV(t, dir, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\np,1000,1024,1,1000,,LS,Running,0,10,0\n")
+	result := filepath.Join(dir, "R.json")
+	if out, err := runPenny(t, "fill", "--nodes", nodes, "--pods", pods, "--policy", "bestfit", "--out", result); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, ext := range []string{".jpg", ".JPEG", ".tiff", ".eps", ".tex"} {
+		plot := filepath.Join(dir, "P"+ext)
+		_, err := runPenny(t, "plot", "--in", result, "--plot", plot)
+		want := "--plot " + plot + ": the chart's format follows the file's extension; use .png, .svg or .pdf, e.g. " + filepath.Join(dir, "P.png")
+		if err == nil || err.Error() != want {
+			t.Errorf("--plot %s: %v; want %q", plot, err, want)
+		}
+		if _, err := os.Stat(plot); !os.IsNotExist(err) {
+			t.Errorf("%s was written: %v", plot, err)
+		}
+	}
+	for _, ext := range []string{".png", ".PNG", ".svg", ".pdf"} {
+		plot := filepath.Join(dir, "P"+ext)
+		if out, err := runPenny(t, "plot", "--in", result, "--plot", plot); err != nil {
+			t.Errorf("--plot %s: %v\n%s", plot, err, out)
+		}
+	}
+}
+
 // An --out, --markdown or --plot that could not be written is refused before
 // the run, naming the flag, not found once the run is over; a refusal, and a
 // run that fails, leave the file (and its folder) as they were.

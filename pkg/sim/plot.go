@@ -10,7 +10,6 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 )
 
 // A palette that stays apart in print and for common colour blindness
@@ -95,13 +94,19 @@ func PlotLines(path, title, xLabel, yLabel string, lines []Line, ax Axes) error 
 	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
 }
 
+// PlotFormats are the extensions a chart is drawn to: the formats the
+// commands' help and docs/sim.md promise. gonum would also write JPEG, TIFF,
+// EPS and LaTeX, but JPEG blurs a chart's thin lines and text, and no other
+// is one the help names.
+var PlotFormats = []string{"png", "svg", "pdf"}
+
 // CheckPlotPath refuses a path whose extension names no format PlotLines
-// can draw, so that a command can say so before it runs; the chart's own
-// save would leave an empty file behind.
+// draws, so that a command can say so before it runs; the chart's own save
+// would leave an empty file behind.
 func CheckPlotPath(path string) error {
-	ext := strings.ToLower(strings.TrimPrefix(filepath.Ext(path), "."))
-	if !slices.Contains(draw.Formats(), ext) {
-		return fmt.Errorf("%s: the chart's format follows the file's extension; use .png, .svg or .pdf", path)
+	ext := filepath.Ext(path)
+	if !slices.Contains(PlotFormats, strings.ToLower(strings.TrimPrefix(ext, "."))) {
+		return fmt.Errorf("%s: the chart's format follows the file's extension; use .png, .svg or .pdf, e.g. %s", path, strings.TrimSuffix(path, ext)+".png")
 	}
 	return nil
 }
