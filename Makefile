@@ -188,7 +188,18 @@ FUZZ_TARGETS := \
 	./agent/notice/gcp:FuzzPreempted \
 	./agent/notice/gcp:FuzzMaintenanceEvent \
 	./agent/notice/gcp:FuzzUpcomingMaintenance \
-	./agent/notice/azure:FuzzScheduledEvents
+	./agent/notice/azure:FuzzScheduledEvents \
+	./pkg/pricing:FuzzParseCatalog \
+	./pkg/pricing:FuzzParseBucket \
+	./pkg/pricing:FuzzParseSavedPools \
+	./pkg/gpu:FuzzParseMIGResource \
+	./pkg/gpu:FuzzParseAssignment \
+	./pkg/gpu:FuzzParsePodRequest \
+	./pkg/gang:FuzzOf \
+	./pkg/pluginargs:FuzzDecode \
+	./plugins/spotrisk:FuzzClassify \
+	./plugins/spotrisk:FuzzParseRisk \
+	./plugins/spotrisk:FuzzDurationAnnotation
 
 ## fuzz-short: each fuzz target for FUZZ_TIME (20000x: inputs, a few seconds each)
 fuzz-short:

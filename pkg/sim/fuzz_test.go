@@ -1,14 +1,19 @@
 package sim
 
 import (
+	"fmt"
+	"math"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
 )
 
 // A trace file is user input: whatever it holds, reading it ends in an
@@ -67,6 +72,69 @@ func FuzzLoadTrace(f *testing.F) {
 				if n, err := strconv.Atoi(size); err != nil || n < 2 {
 					t.Fatalf("pod %s: gang size %q", p.Name, size)
 				}
+			}
+		}
+	})
+}
+
+// A scenario file is user input: whatever it holds, it loads into a fleet a
+// replay can run (a region, pools with 0 <= min <= max, max >= 1, delays
+// that are not negative, each pool priced by a finite price >= 0, class
+// shares in (0,1]) or it is refused with an error whose every line names
+// the scenario or its catalog. Like FuzzLoadTrace it is left out of make
+// fuzz-short: go test -run '^$' -fuzz FuzzParseSpotScenario ./pkg/sim.
+func FuzzParseSpotScenario(f *testing.F) {
+	const file, catalog = "scenario.yaml", "catalog.yaml"
+	read := func(path string) ([]byte, error) {
+		if path != catalog {
+			return nil, fmt.Errorf("open %s: no such file", path)
+		}
+		return deploy.PriceCatalog, nil
+	}
+	tiny := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h", "../../deploy/pricing/catalog.yaml", catalog).Replace(tinyScenario)
+	for _, seed := range []string{
+		tiny,
+		strings.Replace(tiny, "catalog: "+catalog+"\n", "", 1),
+		strings.Replace(tiny, "capacityType: on-demand", "capacityType: reserved, min: 2", 1),
+		strings.Replace(tiny, "zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: 1.5, max: 4,", 1),
+		strings.Replace(tiny, "- {qos: [LS], annotations:", "- {qos: [LS], share: 0.5, minRuntime: 1h, annotations:", 1),
+		strings.Replace(tiny, "meanTimeToReclaim: 1h", "meanTimeToReclaim: 0s", 1),
+		strings.Replace(tiny, "max: 4,", "max: 1.5,", 1),
+		strings.Replace(tiny, "provisioningDelay: 3m", "provisioningDelay: -3m", 1),
+		strings.Replace(tiny, "penny.dev/workload: training,", "penny.dev/workload: trainig,", 1),
+		strings.Replace(tiny, "catalog: "+catalog, "catalog: none.yaml", 1),
+		tiny + "---\n" + tiny,
+		"", "region: us-east-1\n", "- pools\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseSpotScenarioFrom(file, data, read)
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasPrefix(line, file) && !strings.HasPrefix(line, catalog) && !strings.HasPrefix(line, BuiltInCatalog) {
+					t.Fatalf("error line %q names neither the scenario nor its catalog; whole error:\n%v", line, err)
+				}
+			}
+			return
+		}
+		if s.Region == "" || len(s.Pools) == 0 || s.RestartOverhead.Duration < 0 || s.PriceCatalog() == nil {
+			t.Fatalf("scenario %+v", s)
+		}
+		for i := range s.Pools {
+			p := &s.Pools[i]
+			if p.Min < 0 || p.Max < p.Min || p.Max < 1 || p.ProvisioningDelay.Duration < 0 || p.ScaleDownAfter.Duration < 0 || p.MeanTimeToReclaim.Duration < 0 {
+				t.Fatalf("pool %+v", p)
+			}
+			// What the replay prices a pool's nodes by (ElasticReplay).
+			_, price, _, err := s.poolShape(p)
+			if err != nil || !pricing.ValidPrice(price.NodeHourly) || math.IsNaN(price.NodeHourly) {
+				t.Fatalf("pool %s: price %+v, %v", p.Name, price, err)
+			}
+		}
+		for _, c := range s.Classes {
+			if c.Share != nil && !(*c.Share > 0 && *c.Share <= 1) || c.MinRuntime.Duration < 0 {
+				t.Fatalf("class %+v", c)
 			}
 		}
 	})
