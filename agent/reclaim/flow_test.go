@@ -963,6 +963,23 @@ func (e *env) gcpAgent(fake *metadatatest.GCP, reconcile time.Duration) *agentRu
 	return e.agentRun(src, detected, reconcile)
 }
 
+// gcpAgentWaiting starts an agent, reconciling every reconcile, on a GCP
+// fake that announces a maintenance 72 h away, and waits until its work for
+// that maintenance waits. The fake closes when the test ends, after the
+// agent stops.
+func (e *env) gcpAgentWaiting(reconcile time.Duration) (*metadatatest.GCP, *agentRun, time.Time) {
+	e.t.Helper()
+	fake := metadatatest.NewGCP()
+	e.t.Cleanup(fake.Close)
+	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	a := e.gcpAgent(fake, reconcile)
+	waitFor(e.t, "an agent waiting for the announced maintenance", 10*time.Second, func() bool {
+		return len(a.noticeIDs()) == 1 && a.flow.Running() == 1
+	})
+	return fake, a, window
+}
+
 func (e *env) azureAgent(fake *metadatatest.Azure, reconcile time.Duration) *agentRun {
 	e.t.Helper()
 	_, detected := e.unfinished()
@@ -1012,14 +1029,7 @@ func (e *env) noticeJobs() []string {
 // new time: no withdrawal, no second notice.
 func TestRestartedAgentFollowsTheGCPMaintenanceItWaitedFor(t *testing.T) {
 	e := newEnv(t, "spot-6")
-	fake := metadatatest.NewGCP()
-	defer fake.Close()
-	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
-	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
-	first := e.gcpAgent(fake, 100*time.Millisecond)
-	waitFor(t, "the first agent waiting for the maintenance", 10*time.Second, func() bool {
-		return len(first.noticeIDs()) == 1 && first.flow.Running() == 1
-	})
+	fake, first, window := e.gcpAgentWaiting(100 * time.Millisecond)
 	id := first.noticeIDs()[0]
 	detected := first.watcher.Notices()[0].Detected
 	first.stop()
@@ -1096,14 +1106,7 @@ func TestRestartedAgentFinishesTheAzureEventItWaitedFor(t *testing.T) {
 func TestRestartedAgentActsOnceOnGCPMaintenanceNoLongerAnnounced(t *testing.T) {
 	e := newEnv(t, "spot-6")
 	e.pod("job", e.node, 10*time.Millisecond)
-	fake := metadatatest.NewGCP()
-	defer fake.Close()
-	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
-	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
-	first := e.gcpAgent(fake, time.Hour)
-	waitFor(t, "the first agent waiting for the maintenance", 10*time.Second, func() bool {
-		return len(first.noticeIDs()) == 1 && first.flow.Running() == 1
-	})
+	fake, first, _ := e.gcpAgentWaiting(time.Hour)
 	id := first.noticeIDs()[0]
 	first.stop()
 
@@ -1131,15 +1134,8 @@ func TestRestartedAgentActsOnceOnGCPMaintenanceNoLongerAnnounced(t *testing.T) {
 func TestGCPMaintenanceEventOfAnnouncedMaintenanceIsOneJob(t *testing.T) {
 	e := newEnv(t, "spot-6")
 	e.pod("job", e.node, 10*time.Millisecond)
-	fake := metadatatest.NewGCP()
-	defer fake.Close()
-	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
-	fake.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
 	// Reconciles an hour apart: only the move can wake the waiting job.
-	a := e.gcpAgent(fake, time.Hour)
-	waitFor(t, "the job waiting for the maintenance", 10*time.Second, func() bool {
-		return len(a.noticeIDs()) == 1 && a.flow.Running() == 1
-	})
+	fake, a, _ := e.gcpAgentWaiting(time.Hour)
 	fake.SetMaintenance(gcp.MaintenanceTerminate)
 	// The bound only stops a hang (a checkpoint and an eviction through
 	// the API server on loaded cores).

@@ -106,6 +106,18 @@ func newSorter(ctx context.Context, t *testing.T, client *fake.Clientset, factor
 	return pl
 }
 
+// startedSorter is one profile's PennyGang on a fake clientset whose
+// informers have started and synced.
+func startedSorter(ctx context.Context, t *testing.T) (*Gang, *fake.Clientset) {
+	t.Helper()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	pl := newSorter(ctx, t, client, factory)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	return pl, client
+}
+
 // A gang's place in the queue is held while its members wait. A tenant
 // could keep one member waiting for ever (a gang of one that fits no node)
 // and name that gang on every new pod: each new pod then sorted by the
@@ -115,11 +127,7 @@ func newSorter(ctx context.Context, t *testing.T, client *fake.Clientset, factor
 func TestPodJoiningAWaitingGangQueuesByItsOwnTime(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	client := fake.NewClientset()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	sorter := newSorter(ctx, t, client, factory)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
+	sorter, client := startedSorter(ctx, t)
 
 	start := time.Now().Add(-3 * time.Hour).Truncate(time.Second)
 	pod := func(name, gangName string, created time.Time) *corev1.Pod {
@@ -176,11 +184,7 @@ func TestPodJoiningAWaitingGangQueuesByItsOwnTime(t *testing.T) {
 func TestGangKeepsItsPlaceAcrossARestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	client := fake.NewClientset()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	restarted := newSorter(ctx, t, client, factory)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
+	restarted, _ := startedSorter(ctx, t)
 
 	restart := time.Now().Truncate(time.Second)
 	created := func(p *corev1.Pod, at time.Time) *corev1.Pod {
@@ -211,11 +215,7 @@ func TestGangKeepsItsPlaceAcrossARestart(t *testing.T) {
 func TestGangOfOneDoesNotJumpAnOlderLonePod(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	client := fake.NewClientset()
-	factory := informers.NewSharedInformerFactory(client, 0)
-	sorter := newSorter(ctx, t, client, factory)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
+	sorter, _ := startedSorter(ctx, t)
 
 	start := time.Now().Add(-3 * time.Hour).Truncate(time.Second)
 	queued := func(p *corev1.Pod, at time.Time) fwk.QueuedEntityInfo {
