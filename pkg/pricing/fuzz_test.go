@@ -135,6 +135,7 @@ func FuzzParseSavedPools(f *testing.F) {
 		"p4d.24xlarge/us-east-1a/on-demand 2.5 1460 2026-11-30T08:00:00Z\np4d.24xlarge/us-east-1a/spot NaN 1460 2026-11-30T08:00:00Z",
 		"p4d.24xlarge/us-east-1a/spot 2.5 -1 2026-11-30T08:00:00Z\np4d.24xlarge/us-east-1a/spot 2.5 1460 yesterday",
 		"a/b/spot 1e308 0x1p-2 2026-11-30T08:00:00Z",
+		"a/b/spot 0 0 0000-01-01T00:00:00+01:00",
 	} {
 		f.Add(s)
 	}

@@ -205,3 +205,17 @@ func TestDamagedRiskEvidenceNamesTheLineAndTheFix(t *testing.T) {
 		t.Errorf("error %v names a good line", err)
 	}
 }
+
+// Year 0 at +01:00 is RFC 3339, but in UTC, as it is written back, it is
+// year -1, which no read accepts: saved evidence (and a saved interrupted
+// run) with such a time was read once and lost at the next save (found by
+// FuzzParseSavedPools). It is refused when read, naming the time.
+func TestSavedTimesThatCannotBeWrittenBackAreRefused(t *testing.T) {
+	const source = "configmap penny-system/penny-state key reclaim-risk"
+	if pools, err := ParseSavedPools("a/b/spot 0 0 0000-01-01T00:00:00+01:00", source); err == nil || !strings.Contains(err.Error(), `as of "0000-01-01T00:00:00+01:00"`) {
+		t.Errorf("evidence dated year 0 at +01:00: %v, %v; want it refused, naming the time", pools, err)
+	}
+	if pools, err := ParseSavedPools("a/b/spot 0 0 0000-01-01T00:00:00-01:00", source); err != nil || len(pools) != 1 {
+		t.Errorf("evidence dated year 0 at -01:00 (year 0 in UTC): %v, %v; want it read", pools, err)
+	}
+}
