@@ -106,7 +106,17 @@ var PlotFormats = []string{"png", "svg", "pdf"}
 func CheckPlotPath(path string) error {
 	ext := filepath.Ext(path)
 	if !slices.Contains(PlotFormats, strings.ToLower(strings.TrimPrefix(ext, "."))) {
-		return fmt.Errorf("%s: the chart's format follows the file's extension; use .png, .svg or .pdf, e.g. %s", path, strings.TrimSuffix(path, ext)+".png")
+		// Built from PlotFormats, so the message names what is drawn.
+		exts := make([]string, len(PlotFormats))
+		for i, f := range PlotFormats {
+			exts[i] = "." + f
+		}
+		last := len(exts) - 1
+		use := exts[last]
+		if last > 0 {
+			use = strings.Join(exts[:last], ", ") + " or " + use
+		}
+		return fmt.Errorf("%s: the chart's format follows the file's extension; use %s, e.g. %s", path, use, strings.TrimSuffix(path, ext)+exts[0])
 	}
 	return nil
 }

@@ -356,6 +356,40 @@ func TestSpotScenarioErrors(t *testing.T) {
 	}
 }
 
+// Values past the scenario's limits broke the replay rather than modelling
+// a larger fleet: min nodes started by the billion hung it, a delay near a
+// Duration's end overflowed the clock (pods never ran, a negative bill) and
+// a price near a float's end made the bill +Inf, which JSON cannot hold. The
+// limits themselves are accepted.
+func TestSpotScenarioRefusesValuesPastItsLimits(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ from, to, want string }{
+		"max": {"max: 4,", "max: 9223372036854775807,",
+			`tiny.yaml:15: pools[0].max: 9223372036854775807 nodes: a pool may have at most 10000; split the fleet into more pools`},
+		"min": {"max: 4,", "min: 100000000, max: 100000000,", `tiny.yaml:15: pools[0].max: 100000000 nodes: a pool may have at most 10000`},
+		"provisioningDelay": {"provisioningDelay: 3m, scaleDownAfter: 10m}", "provisioningDelay: 2562047h, scaleDownAfter: 10m}",
+			`tiny.yaml:15: pools[0].provisioningDelay: 2562047h0m0s: want at most 8760h0m0s (a year)`},
+		"scaleDownAfter": {"scaleDownAfter: 10m,\n", "scaleDownAfter: 8761h,\n",
+			`tiny.yaml:16: pools[1].scaleDownAfter: 8761h0m0s: want at most 8760h0m0s (a year)`},
+		"restartOverhead": {"restartOverhead: 5m", "restartOverhead: 2562047h", `tiny.yaml:1: restartOverhead: 2562047h0m0s: want at most 8760h0m0s (a year)`},
+		"hourlyPrice": {"zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: 1e308, max: 4,",
+			`tiny.yaml:15: pools[0].hourlyPrice: 1e+308: a price must be a finite number >= 0 and at most 10000 USD per hour`},
+	} {
+		bad := strings.Replace(y, c.from, c.to, 1)
+		if bad == y {
+			t.Fatalf("%s: %q is not in the scenario", name, c.from)
+		}
+		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(bad)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	atLimits := strings.NewReplacer("max: 4,", "max: 10000, hourlyPrice: 10000,", "restartOverhead: 5m", "restartOverhead: 8760h",
+		"provisioningDelay: 3m", "provisioningDelay: 8760h", "scaleDownAfter: 10m", "scaleDownAfter: 8760h").Replace(y)
+	if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(atLimits)); err != nil {
+		t.Fatalf("a scenario at the limits: %v", err)
+	}
+}
+
 // A duration the scenario cannot read is reported with the field that holds
 // it, as every other error is (docs/spot.md, Scenario file): a pool's line
 // holds a dozen fields.

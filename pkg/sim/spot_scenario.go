@@ -201,6 +201,18 @@ const (
 	LabelQoS = "openb/qos"
 )
 
+// Scenario limits. Each is far past any fleet a replay models (Kubernetes
+// supports 5,000 nodes a cluster; the dearest GPU instance costs about 100
+// USD an hour) and far enough from int64's end that a pool's node count
+// times a node's pod slots, a trace time plus a delay, or node-hours times
+// a price cannot overflow: past them the replay hangs starting min nodes,
+// schedules events before now or bills a negative or infinite sum.
+const (
+	MaxPoolNodes   = 10000
+	MaxDelay       = 365 * 24 * time.Hour
+	MaxHourlyPrice = 10000.0
+)
+
 // LoadSpotScenario reads and validates a scenario and its catalog.
 func LoadSpotScenario(path string) (*SpotScenario, error) {
 	data, err := os.ReadFile(path)
@@ -299,6 +311,9 @@ func (s *SpotScenario) validate() error {
 	if !s.RestartOverhead.given {
 		s.RestartOverhead.Duration = DefaultRestartOverhead
 	}
+	if s.RestartOverhead.Duration > MaxDelay {
+		add(1, "restartOverhead", "%v: want at most %v (a year)", s.RestartOverhead.Duration, MaxDelay)
+	}
 	// Without a catalog of its own the scenario is priced by the one Penny
 	// ships, built into it.
 	path, data := BuiltInCatalog, deploy.PriceCatalog
@@ -346,6 +361,8 @@ func (s *SpotScenario) validate() error {
 		}
 		if p.Min < 0 || p.Max < p.Min || p.Max == 0 {
 			add(p.line, at+".max", "min %d, max %d: want 0 <= min <= max and max >= 1", p.Min, p.Max)
+		} else if p.Max > MaxPoolNodes {
+			add(p.line, at+".max", "%d nodes: a pool may have at most %d; split the fleet into more pools if it is really larger", p.Max, MaxPoolNodes)
 		}
 		if ct == pricing.Reserved && p.Min != p.Max {
 			add(p.line, at+".min", "reserved capacity is bought up front: set min = max (%d, %d)", p.Min, p.Max)
@@ -356,8 +373,16 @@ func (s *SpotScenario) validate() error {
 		if !p.ScaleDownAfter.given {
 			p.ScaleDownAfter.Duration = DefaultScaleDownAfter
 		}
-		if !pricing.ValidPrice(p.HourlyPrice) {
-			add(p.line, at+".hourlyPrice", "%g: a price must be a finite number >= 0 USD per hour", p.HourlyPrice)
+		if !pricing.ValidPrice(p.HourlyPrice) || p.HourlyPrice > MaxHourlyPrice {
+			add(p.line, at+".hourlyPrice", "%g: a price must be a finite number >= 0 and at most %g USD per hour (a node's price, not a pool's)", p.HourlyPrice, MaxHourlyPrice)
+		}
+		for _, d := range []struct {
+			field string
+			v     Duration
+		}{{"provisioningDelay", p.ProvisioningDelay}, {"scaleDownAfter", p.ScaleDownAfter}} {
+			if d.v.Duration > MaxDelay {
+				add(p.line, at+"."+d.field, "%v: want at most %v (a year)", d.v.Duration, MaxDelay)
+			}
 		}
 		if p.AdvertisedInterruption != "" {
 			b, err := pricing.ParseBucket(p.AdvertisedInterruption)

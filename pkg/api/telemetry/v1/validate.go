@@ -330,10 +330,9 @@ func ParseMIGProfile(name string) (gpu.Profile, error) {
 			break
 		}
 	}
+	// ParseProfileName also refuses signs and leading zeros, naming the
+	// plain spelling.
 	p, err := gpu.ParseProfileName(base)
-	if g, mem, _ := strings.Cut(base, "g."); err == nil && !(isPlainNumber(g) && isPlainNumber(strings.TrimSuffix(mem, "gb"))) {
-		err = fmt.Errorf("MIG profile %q: write numbers without signs or leading zeros", name)
-	}
 	if err != nil {
 		return gpu.Profile{}, fmt.Errorf("%w (optionally followed by one of %s)", err, strings.Join(migProfileSuffixes, ", "))
 	}
@@ -618,19 +617,6 @@ func isUUID(s string) bool {
 			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
 				return false
 			}
-		}
-	}
-	return true
-}
-
-// isPlainNumber reports whether s is digits without a sign or leading zero.
-func isPlainNumber(s string) bool {
-	if s == "" || s[0] == '0' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
 		}
 	}
 	return true
