@@ -66,6 +66,8 @@ type env struct {
 	store    *trainer.Store
 	mu       sync.Mutex
 	trainers map[string]*trainer.Trainer // by pod name
+	// holds gate the checkpoints of the trainers named (hold).
+	holds    map[string]chan struct{}
 	statuses []*telemetryv1.CheckpointStatus
 	until    []time.Time // each status's
 	stateDir string
@@ -74,7 +76,7 @@ type env struct {
 func newEnv(t *testing.T, node string) *env {
 	t.Helper()
 	e := &env{t: t, node: node, ns: fmt.Sprintf("t-%d", time.Now().UnixNano()%1e9), store: trainer.NewStore(),
-		trainers: map[string]*trainer.Trainer{}, stateDir: t.TempDir()}
+		trainers: map[string]*trainer.Trainer{}, holds: map[string]chan struct{}{}, stateDir: t.TempDir()}
 	ctx := context.Background()
 	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -138,7 +140,10 @@ func (e *env) pod(name, node string, takes time.Duration, mutate ...func(*corev1
 	}
 	if takes > 0 {
 		p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
-		tr, err := trainer.Start(e.ns+"/"+name, e.store, trainer.Options{CheckpointTakes: takes})
+		e.mu.Lock()
+		hold := e.holds[name]
+		e.mu.Unlock()
+		tr, err := trainer.Start(e.ns+"/"+name, e.store, trainer.Options{CheckpointTakes: takes, Hold: hold})
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -159,6 +164,20 @@ func (e *env) pod(name, node string, takes time.Duration, mutate ...func(*corev1
 		e.t.Fatalf("create pod %s: %v", name, err)
 	}
 	return created
+}
+
+// hold keeps the checkpoints of the trainer that e.pod starts next for name
+// writing until release: still writing when a test stops the agent,
+// however slow the machine.
+func (e *env) hold(name string) (release func()) {
+	ch := make(chan struct{})
+	e.mu.Lock()
+	e.holds[name] = ch
+	e.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	e.t.Cleanup(release)
+	return release
 }
 
 func (e *env) flow(ctx context.Context, o reclaim.Options) (*reclaim.Flow, func()) {
@@ -334,7 +353,8 @@ func TestSpotNoticeTaintsCheckpointsThenEvictsCheckpointedFirst(t *testing.T) {
 func TestRestartedAgentLeavesWorkLongPastItsDeadline(t *testing.T) {
 	e := newEnv(t, "spot-4")
 	ctx := context.Background()
-	e.pod("slow", e.node, 1500*time.Millisecond) // still writing when the agent dies
+	e.hold("slow") // still writing when the agent dies
+	e.pod("slow", e.node, 1500*time.Millisecond)
 
 	f1, stop1 := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
 	f1.OnNotice(spotNotice("aws-spot-terminate-stale", 8*time.Second))
@@ -375,7 +395,8 @@ func TestRestartedAgentLeavesWorkLongPastItsDeadline(t *testing.T) {
 func TestAgentRestartMidNoticeFinishesTheJob(t *testing.T) {
 	e := newEnv(t, "spot-1")
 	ctx := context.Background()
-	e.pod("slow", e.node, 1500*time.Millisecond) // still writing when the agent dies
+	release := e.hold("slow") // still writing when the agent dies
+	e.pod("slow", e.node, 1500*time.Millisecond)
 	e.pod("quick", e.node, 10*time.Millisecond)
 
 	f1, stop1 := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
@@ -393,6 +414,7 @@ func TestAgentRestartMidNoticeFinishesTheJob(t *testing.T) {
 		t.Fatal("pods evicted before the checkpoints were in: the test did not stop the agent mid-notice")
 	}
 
+	release() // the restarted agent's request may finish writing
 	// A new agent process: same node, same state directory, and no notice
 	// (the metadata service has not been read yet).
 	f2, _ := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})

@@ -59,6 +59,10 @@ type Options struct {
 	CheckpointTakes time.Duration
 	// Address to listen on ("127.0.0.1:0").
 	Address string
+	// Hold, when set, keeps every checkpoint writing until it is closed, on
+	// top of CheckpointTakes: a test that needs a checkpoint still being
+	// written at some point holds it there instead of racing a timer.
+	Hold <-chan struct{}
 }
 
 // Received is one checkpoint request as the trainer saw it.
@@ -182,6 +186,13 @@ func (t *Trainer) checkpoint(w http.ResponseWriter, r *http.Request) {
 	case <-time.After(t.opts.CheckpointTakes):
 	case <-r.Context().Done():
 		return
+	}
+	if t.opts.Hold != nil {
+		select {
+		case <-t.opts.Hold:
+		case <-r.Context().Done():
+			return
+		}
 	}
 	saved := t.store.Save(t.key, step)
 	t.mu.Lock()

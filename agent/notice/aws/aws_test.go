@@ -3,6 +3,7 @@ package aws_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -275,21 +276,53 @@ func TestOneBrokenDocumentDoesNotHideAnother(t *testing.T) {
 	}
 }
 
+// The watcher finds a notice with the first check that starts after it is
+// published, and dates it by that check's read. Counted in requests, not
+// wall time, so that a loaded machine's late timers cannot fail it.
 func TestWatchDetectsWithinAnInterval(t *testing.T) {
-	f, src := start(t)
+	f := metadatatest.NewAWS()
+	t.Cleanup(f.Close)
+	// reads pairs each time the source asks for with how many requests for
+	// the instance-action document the fake had received by then.
+	var mu sync.Mutex
+	reads := map[time.Time]int{}
+	src := aws.New(aws.Options{Endpoint: f.URL(), Interval: 20 * time.Millisecond, RequestTimeout: metadatatest.RequestTimeout,
+		Now: func() time.Time {
+			now := time.Now().Round(0)
+			mu.Lock()
+			defer mu.Unlock()
+			reads[now] = f.Requests(metadatatest.AWSInstanceAction)
+			return now
+		}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan notice.Notice, 1)
 	w := notice.NewWatcher(src, testLogger(t), nil)
 	w.OnNotice(func(n notice.Notice) { got <- n })
 	go w.Run(ctx)
-	time.Sleep(50 * time.Millisecond)
+	// Published once the watcher has checked at least once.
+	for deadline := time.Now().Add(5 * time.Second); f.Requests(metadatatest.AWSInstanceAction) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher made no request within 5s")
+		}
+	}
 	published := f.SetSpotInterruption("terminate", time.Now().Add(2*time.Minute))
+	// Requests up to this one may have read the document before it was
+	// published; the next one cannot.
+	before := f.Requests(metadatatest.AWSInstanceAction)
 	select {
 	case n := <-got:
-		// Interval 20ms; allow for a loaded machine.
-		if lag := n.Detected.Sub(published); lag < 0 || lag > time.Second {
-			t.Errorf("detected %v after the notice, want within the poll interval", lag)
+		mu.Lock()
+		by, ok := reads[n.Detected]
+		mu.Unlock()
+		if !ok {
+			t.Fatalf("detected at %v, a time the source's clock never gave", n.Detected)
+		}
+		if n.Detected.Before(published) {
+			t.Errorf("detected %v before the notice was published", published.Sub(n.Detected))
+		}
+		if by > before+1 {
+			t.Errorf("detected by request %d for the document; want the first after it was published (%d at most)", by, before+1)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("notice not detected within 5s")
