@@ -107,16 +107,9 @@ func CheckPlotPath(path string) error {
 	ext := filepath.Ext(path)
 	if !slices.Contains(PlotFormats, strings.ToLower(strings.TrimPrefix(ext, "."))) {
 		// Built from PlotFormats, so the message names what is drawn.
-		exts := make([]string, len(PlotFormats))
-		for i, f := range PlotFormats {
-			exts[i] = "." + f
-		}
-		last := len(exts) - 1
-		use := exts[last]
-		if last > 0 {
-			use = strings.Join(exts[:last], ", ") + " or " + use
-		}
-		return fmt.Errorf("%s: the chart's format follows the file's extension; use %s, e.g. %s", path, use, strings.TrimSuffix(path, ext)+exts[0])
+		last := len(PlotFormats) - 1
+		use := "." + strings.Join(PlotFormats[:last], ", .") + " or ." + PlotFormats[last]
+		return fmt.Errorf("%s: the chart's format follows the file's extension; use %s, e.g. %s", path, use, strings.TrimSuffix(path, ext)+"."+PlotFormats[0])
 	}
 	return nil
 }
