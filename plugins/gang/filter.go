@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
@@ -71,11 +72,14 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		if pl.claimedSlots.Load() == 0 {
 			return nil, fwk.NewStatus(fwk.Skip)
 		}
-		d := podDemand(pod)
 		pl.mu.Lock()
-		claims := pl.claimsFor("", "")
+		claims := pl.claimsFor("", "", corev1helpers.PodPriority(pod))
 		pl.mu.Unlock()
-		cs.Write(stateKey, &cycleState{demand: d, claims: claims})
+		if claims == nil {
+			// Only gangs of lower priority claim room.
+			return nil, fwk.NewStatus(fwk.Skip)
+		}
+		cs.Write(stateKey, &cycleState{demand: podDemand(pod), claims: claims})
 		return nil, nil
 	}
 	if spec.Source == gang.SourcePodGroup {
@@ -96,7 +100,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 	now := pl.clock.Now()
 	if rd := g.round; rd != nil {
 		st.roundID, st.rules, st.domain = rd.id, rd.rules, &rd.domain
-		st.claims = pl.claimsFor(spec.Ref.Key(), st.shape)
+		st.claims = pl.claimsFor(spec.Ref.Key(), st.shape, corev1helpers.PodPriority(pod))
 		cs.Write(stateKey, st)
 		return rd.nodes, nil
 	}
@@ -112,7 +116,7 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		// Enough members already run: this one joins them, in their domain.
 		// It needs no admission, so it starts no wait (penny_gang_wait_seconds):
 		// nothing would end one until the gang's next admission.
-		st.claims = pl.claimsFor("", "")
+		st.claims = pl.claimsFor("", "", corev1helpers.PodPriority(pod))
 		cs.Write(stateKey, st)
 		return nodesIn(nodes, r, fixed), nil
 	}
@@ -136,7 +140,8 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		g.gated[pod.UID] = msg
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
-	claims := pl.claimsFor("", "")
+	priority := lowestPriority(pending[:need])
+	claims := pl.claimsFor("", "", priority)
 	p, short := placeGang(nodes, shapesOf(pending[:need], pl.nodeCheck, pl.nodeCost), r, fixed, claims, pl.risk)
 	if p == nil {
 		// Count the whole gang, as the other gang messages do: members
@@ -156,14 +161,24 @@ func (pl *Gang) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 		}
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, msg)
 	}
-	rd := pl.admit(g, r, p, pl.timeoutFor(spec, members))
+	rd := pl.admit(g, r, p, pl.timeoutFor(spec, members), priority)
 	rd.nodes = nodesIn(nodes, r, &rd.domain)
 	attempts.WithLabelValues(string(resultAdmitted)).Inc()
-	klog.FromContext(ctx).V(4).Info("Gang admitted", "gang", spec.Ref, "members", need, "domain", r.describe(rd.domain), "round", rd.id)
+	klog.FromContext(ctx).V(4).Info("Gang admitted", "gang", spec.Ref, "members", need, "domain", r.describe(rd.domain), "round", rd.id, "priority", priority)
 	st.roundID, st.domain = rd.id, &rd.domain
-	st.claims = pl.claimsFor(spec.Ref.Key(), st.shape)
+	st.claims = pl.claimsFor(spec.Ref.Key(), st.shape, corev1helpers.PodPriority(pod))
 	cs.Write(stateKey, st)
 	return rd.nodes, nil
+}
+
+// lowestPriority is the priority of a gang placing these members: the
+// lowest of theirs, as kube-scheduler's queue reaches that member last.
+func lowestPriority(members []*corev1.Pod) int32 {
+	p := corev1helpers.PodPriority(members[0])
+	for _, m := range members[1:] {
+		p = min(p, corev1helpers.PodPriority(m))
+	}
+	return p
 }
 
 // nodesIn lists the nodes of a domain, so the scheduler filters only those:
@@ -257,7 +272,7 @@ func (pl *Gang) domainOfRunning(r rules, running []*corev1.Pod) *domain {
 }
 
 // Filter keeps a member inside its gang's domain and keeps every pod off the
-// room other gangs have claimed.
+// room other gangs of its priority or higher have claimed.
 func (pl *Gang) Filter(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, ni fwk.NodeInfo) *fwk.Status {
 	st, err := readState(cs)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	fwk "k8s.io/kube-scheduler/framework"
 
 	"github.com/pennysched/penny/pkg/gang"
@@ -44,7 +45,7 @@ func (pl *Gang) preFilterNative(_ context.Context, cs fwk.CycleState, pod *corev
 	}
 	st := &cycleState{spec: spec, inGang: true, demand: podDemand(pod), rules: pl.rulesOf(spec)}
 	pl.mu.Lock()
-	st.claims = pl.claimsFor("", "")
+	st.claims = pl.claimsFor("", "", corev1helpers.PodPriority(pod))
 	pl.mu.Unlock()
 	pgm := pl.handle.PodGroupManager()
 	if (!st.rules.sameZone && !st.rules.sameCapType) || pgm == nil {

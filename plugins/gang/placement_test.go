@@ -275,7 +275,7 @@ func TestClaimsHoldPodSlots(t *testing.T) {
 	pl.args.SetDefaults()
 	g.round = &round{slots: p.slots}
 	pl.claimedSlots.Add(2)
-	claims := pl.claimsFor("", "")
+	claims := pl.claimsFor("", "", 0)
 
 	if q, _ := placeGang(ns, shapesOf(gangPods("b", 1, 0), nil, nil), zoneRules, nil, claims, nil); q != nil {
 		t.Errorf("gang b was planned onto the pod slots gang a claimed: %+v", q.slots)

@@ -8,8 +8,10 @@
 //   - A gang is admitted (PreFilter) only when a simulation finds room for
 //     all of its remaining members in one domain, counting capacity already
 //     claimed by gangs admitted before it; the room it needs is then claimed
-//     and no other pod this scheduler places may take it (Filter). Two gangs
-//     can therefore never each hold half of what both need.
+//     and no other pod of its priority or lower that this scheduler places
+//     may take it (Filter). Two gangs can therefore never each hold half of
+//     what both need; a pod of higher priority may take it, and the gang is
+//     then released whole when a member fits nowhere.
 //   - Placed members wait in Permit with one shared deadline. If any member
 //     fails (PostFilter), is deleted, or the deadline passes, every waiting
 //     member is released at once, the claims go, and the gang backs off as a
@@ -32,6 +34,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -74,7 +77,8 @@ type Gang struct {
 	blocked map[string]bool
 	seq     uint64
 	// order remembers each gang's place in the queue, for QueueSort: when
-	// its newest waiting member was created (sortKey).
+	// its newest waiting member was created, and that member's UID
+	// (sortKey).
 	// It is read on every queue comparison, so it avoids the mutex.
 	order sync.Map
 	// lacking remembers, per gang, what the nodes lacked when it last did
@@ -183,17 +187,20 @@ func NewWith(_ context.Context, obj runtime.Object, h fwk.Handle, opts ...Option
 func (pl *Gang) Name() string { return Name }
 
 // Less orders the queue by priority, then by the gang's place (order) or the
-// lone pod's creation, keeping one gang's members together so they are
-// tried back to back and an older gang is tried before a younger one.
+// lone pod's creation and UID, keeping one gang's members together so they
+// are tried back to back and an older gang is tried before a younger one.
 func (pl *Gang) Less(a, b fwk.QueuedEntityInfo) bool {
 	pa, pb := a.GetPriority(), b.GetPriority()
 	if pa != pb {
 		return pa > pb
 	}
-	ka, ta := pl.sortKey(a)
-	kb, tb := pl.sortKey(b)
-	if !ta.Equal(tb) {
-		return ta.Before(tb)
+	ka, qa := pl.sortKey(a)
+	kb, qb := pl.sortKey(b)
+	if !qa.at.Equal(qb.at) {
+		return qa.at.Before(qb.at)
+	}
+	if qa.uid != qb.uid {
+		return qa.uid < qb.uid
 	}
 	if ka != kb {
 		return ka < kb
@@ -201,12 +208,22 @@ func (pl *Gang) Less(a, b fwk.QueuedEntityInfo) bool {
 	return a.GetTimestamp().Before(b.GetTimestamp())
 }
 
+// place is where a gang or lone pod queues among those of its priority: when
+// it (a gang's newest waiting member) was created, then that pod's UID.
+// Creation times have whole seconds, so gangs created together often tie;
+// broken by the gang's namespace and name, the tie went every time to a
+// tenant who named its gangs "0". The API server chooses the UID.
+type place struct {
+	at  time.Time
+	uid types.UID
+}
+
 type podInfoGetter interface{ GetPodInfo() fwk.PodInfo }
 
-func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
+func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, place) {
 	pi, ok := e.(podInfoGetter)
 	if !ok {
-		return "", e.GetTimestamp()
+		return "", place{at: e.GetTimestamp()}
 	}
 	pod := pi.GetPodInfo().GetPod()
 	// The place starts at the creation the API server recorded, not at the
@@ -219,6 +236,12 @@ func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
 	if first.IsZero() {
 		first = e.GetTimestamp()
 	}
+	own := place{at: first}
+	if !created.IsZero() {
+		// Only an API server's UID is beyond a tenant's choosing; the
+		// simulator's pods, queued by their queue times, tie by name.
+		own.uid = pod.UID
+	}
 	ref, ok := gang.RefOf(pod)
 	if !ok {
 		// A lone pod queues by the same measure as a gang. By its queue
@@ -226,31 +249,32 @@ func (pl *Gang) sortKey(e fwk.QueuedEntityInfo) (string, time.Time) {
 		// lost to every gang created after it once it had failed, and
 		// labelling a pod a gang of one put it ahead of other tenants' pods
 		// that had waited longer.
-		return "", first
+		return "", own
 	}
 	// A pod never sorts before its own creation, whatever the gang it names
 	// holds: a member that waits for ever (a gang of one that fits no node)
 	// would otherwise lend its old place to every pod the tenant names the
 	// gang on later. The queue may sort the pod before onPodAdd has moved
 	// the gang, so it is checked here too.
-	t, _ := pl.order.LoadOrStore(ref.Key(), first)
-	at := t.(time.Time)
-	if created.After(at) {
-		pl.queueGangAfter(ref.Key(), created)
-		at = created
+	v, _ := pl.order.LoadOrStore(ref.Key(), own)
+	at := v.(place)
+	if created.After(at.at) {
+		at = place{at: created, uid: pod.UID}
+		pl.queueGangAfter(ref.Key(), at)
 	}
 	return ref.Key(), at
 }
 
-// queueGangAfter moves a gang's place in the queue to t when t is later, so
-// its members stay together behind the newest of them.
-func (pl *Gang) queueGangAfter(key string, t time.Time) {
-	if t.IsZero() {
+// queueGangAfter moves a gang's place in the queue to p when p is later, so
+// its members stay together behind the newest of them. A member created in
+// the same second as the gang's place leaves it as it is, UID included.
+func (pl *Gang) queueGangAfter(key string, p place) {
+	if p.at.IsZero() {
 		return // a pod no API server created (the simulator's, tests')
 	}
 	for {
-		v, loaded := pl.order.LoadOrStore(key, t)
-		if !loaded || !t.After(v.(time.Time)) || pl.order.CompareAndSwap(key, v, t) {
+		v, loaded := pl.order.LoadOrStore(key, p)
+		if !loaded || !p.at.After(v.(place).at) || pl.order.CompareAndSwap(key, v, p) {
 			return
 		}
 	}

@@ -244,3 +244,39 @@ func TestGangOfOneDoesNotJumpAnOlderLonePod(t *testing.T) {
 		t.Error("the tenant's pod without the gang label sorts before the older lone pod")
 	}
 }
+
+// Creation times have whole seconds, so gangs created together tie often.
+// Broken by namespace and name, every such tie went to the tenant whose
+// gang was named "0". The tie goes by the UID the API server gave the pod
+// that set the gang's place, which no tenant chooses, and a gang's members
+// still sort together: here a lone pod whose UID falls between the two
+// gangs' sorts after gang zzz and before both members of gang 0.
+func TestGangsCreatedTogetherTieByUIDNotName(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sorter, _ := startedSorter(ctx, t)
+
+	created := time.Now().Add(-time.Hour).Truncate(time.Second)
+	pod := func(p *corev1.Pod, uid string) *corev1.Pod {
+		p.UID = types.UID(uid)
+		p.CreationTimestamp = metav1.NewTime(created)
+		return p
+	}
+	zero0 := pod(member("0", 2, 0, 8), "f0000000-0000-4000-8000-000000000000")
+	zero1 := pod(member("0", 2, 1, 8), "10000000-0000-4000-8000-000000000000")
+	zzz := pod(member("zzz", 1, 0, 8), "a0000000-0000-4000-8000-000000000000")
+	lone := pod(plainPod("lone", 8), "c0000000-0000-4000-8000-000000000000")
+	queued := func(p *corev1.Pod) fwk.QueuedEntityInfo {
+		return &framework.QueuedPodInfo{PodInfo: mustPodInfo(t, p), QueueingParams: framework.QueueingParams{Timestamp: created}}
+	}
+	// Gang 0's place is set by the member the queue sees first.
+	sorter.Less(queued(zero0), queued(zzz))
+
+	for _, c := range []struct {
+		first, then *corev1.Pod
+	}{{zzz, zero0}, {zzz, zero1}, {zzz, lone}, {lone, zero0}, {lone, zero1}} {
+		if !sorter.Less(queued(c.first), queued(c.then)) || sorter.Less(queued(c.then), queued(c.first)) {
+			t.Errorf("%s/%s (UID %s) does not sort before %s/%s (UID %s), created in the same second", c.first.Namespace, c.first.Name, c.first.UID, c.then.Namespace, c.then.Name, c.then.UID)
+		}
+	}
+}

@@ -43,6 +43,10 @@ type round struct {
 	deadline time.Time
 	rules    rules
 	domain   domain
+	// priority is the gang's: the lowest of the members the round claims
+	// room for, since the gang is placed only when that one is. Its claims
+	// hold only against pods of this priority or lower (claimsFor).
+	priority int32
 	// members reserved in this round.
 	members map[types.UID]bool
 	// nodeUIDs are the UIDs of the nodes members were reserved on, so a
@@ -115,17 +119,24 @@ func (pl *Gang) stateOf(ref gang.Ref) *gangState {
 	return g
 }
 
-// claimsFor sums, per node, the room other gangs claimed that pod must not
-// take. A member may use its own gang's slots of its own shape; slots of its
-// gang's other shapes stay out of reach, so a big member cannot take the
-// room planned for a smaller sibling. Caller holds mu.
-func (pl *Gang) claimsFor(own string, ownShape string) map[string]*demand {
+// claimsFor sums, per node, the room other gangs claimed that a pod of the
+// given priority must not take. A member may use its own gang's slots of its
+// own shape; slots of its gang's other shapes stay out of reach, so a big
+// member cannot take the room planned for a smaller sibling.
+//
+// Another gang's claim holds only against pods of that gang's priority or
+// lower, as a nominated pod's room does in kube-scheduler: held against
+// every pod, it kept a system-critical pod off the room of a batch gang for
+// as long as the gang's round lasted, and DefaultPreemption could not help,
+// a claim being no pod to evict. The gang whose room is taken finds out when
+// a member fits nowhere (PostFilter releases it whole). Caller holds mu.
+func (pl *Gang) claimsFor(own string, ownShape string, priority int32) map[string]*demand {
 	if pl.claimedSlots.Load() == 0 {
 		return nil
 	}
 	var out map[string]*demand
 	for key, g := range pl.gangs {
-		if g.round == nil {
+		if g.round == nil || (key != own && priority > g.round.priority) {
 			continue
 		}
 		for _, s := range g.round.slots {
@@ -147,7 +158,7 @@ func (pl *Gang) claimsFor(own string, ownShape string) map[string]*demand {
 }
 
 // admit starts a round for g with the plan's claims. Caller holds mu.
-func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *round {
+func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration, priority int32) *round {
 	pl.seq++
 	rd := &round{
 		id:       pl.seq,
@@ -155,6 +166,7 @@ func (pl *Gang) admit(g *gangState, r rules, p *plan, timeout time.Duration) *ro
 		deadline: pl.clock.Now().Add(timeout),
 		rules:    r,
 		domain:   p.domain,
+		priority: priority,
 		members:  map[types.UID]bool{},
 		nodeUIDs: map[types.UID]types.UID{},
 		consumed: map[types.UID]bool{},
@@ -346,7 +358,7 @@ func (pl *Gang) onPodAdd(obj any) {
 		// A gang queues from when its newest waiting member was created: a
 		// pod that joins it later moves it back, rather than take the place
 		// its older members hold.
-		pl.queueGangAfter(ref.Key(), pod.CreationTimestamp.Time)
+		pl.queueGangAfter(ref.Key(), place{at: pod.CreationTimestamp.Time, uid: pod.UID})
 	}
 	pl.wake(pod)
 }

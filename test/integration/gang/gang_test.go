@@ -1,8 +1,9 @@
 // Package gang tests Penny's gang scheduling on a real kube-apiserver and
 // etcd, with KWOK GPU nodes and penny-scheduler running the deployed profile:
 // all or nothing, competing gangs, members arriving apart, a member held by a
-// scheduling gate, a node deleted under a placed member, and the deletion of
-// a member that held its gang.
+// scheduling gate, a node deleted under a placed member, the deletion of a
+// member that held its gang, and a pod of higher priority taking the room a
+// gang claimed.
 package gang
 
 import (
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -418,4 +420,101 @@ func TestDeletingTheMemberThatHeldTheGangRetriesTheRest(t *testing.T) {
 	// Far below the five-minute flush, generous for a loaded machine.
 	e.waitAllBound(30*time.Second, rest...)
 	t.Logf("the held members bound %v after the odd members were deleted", time.Since(began).Round(time.Millisecond))
+}
+
+// TestHigherPriorityPodTakesRoomAGangClaimed: a gang of priority 0 has two
+// members waiting in Permit and the third node claimed for its last member,
+// which cannot be placed yet. A pod of priority 0 stays off the claimed
+// node; a pod of priority 1000 that may use only that node binds at once,
+// not when the gang's five-minute round ends: a claim keeps room only from
+// pods of the gang's priority or lower, as a nominated pod does. The gang,
+// its room taken, is released whole, binds nothing while it does not fit,
+// and binds whole once the room comes back.
+func TestHigherPriorityPodTakesRoomAGangClaimed(t *testing.T) {
+	e := startWith(t, threeNodes, "5m")
+	for i := range 3 {
+		p := member("batch", 3, i)
+		if i == 2 {
+			// As in TestNodeDeletedUnderAWaitingMemberReleasesTheGang: a
+			// member planned for that is never placed.
+			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "not-yet"},
+			}}}
+		}
+		harness.CreatePod(t, e.c, p)
+	}
+	waiting := func(p *corev1.Pod) bool { return p.Status.NominatedNodeName != "" && !harness.Bound(p) }
+	held := map[string]bool{}
+	for _, name := range names("batch", 2) {
+		held[harness.WaitForPod(t, e.c, "default", name, 60*time.Second, "waiting in Permit", waiting).Status.NominatedNodeName] = true
+	}
+	nodes, err := e.c.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed := ""
+	for _, n := range nodes.Items {
+		if !held[n.Name] {
+			claimed = n.Name
+		}
+	}
+	onClaimed := func(p *corev1.Pod) *corev1.Pod {
+		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+				MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{claimed}}},
+			}}},
+		}}
+		return p
+	}
+	whole := corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("8"), corev1.ResourceCPU: resource.MustParse("8")}
+	harness.CreatePod(t, e.c, onClaimed(harness.Pod("peer", whole)))
+	e.noneBound(3*time.Second, "peer")
+
+	if _, err := e.c.Client.SchedulingV1().PriorityClasses().Create(context.Background(), &schedulingv1.PriorityClass{
+		ObjectMeta: metav1.ObjectMeta{Name: "urgent"}, Value: 1000,
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	urgent := onClaimed(harness.Pod("urgent", whole))
+	urgent.Spec.PriorityClassName = "urgent"
+	// The API server's priority admission reads classes from its informer,
+	// which sees the new one a moment later.
+	var createErr error
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, createErr = e.c.Client.CoreV1().Pods("default").Create(ctx, urgent, metav1.CreateOptions{})
+		if createErr != nil && strings.Contains(createErr.Error(), "no PriorityClass") {
+			return false, nil
+		}
+		return true, createErr
+	})
+	if err != nil {
+		t.Fatalf("create pod default/urgent: %v (last error: %v)", err, createErr)
+	}
+	harness.WaitForPod(t, e.c, "default", "urgent", 30*time.Second, "bound", harness.Bound)
+	e.noneBound(time.Second, names("batch", 2)...)
+
+	// The last member comes now, with room for two members left: the gang
+	// is released whole and binds nothing until the room comes back.
+	e.delete("peer", "batch-2")
+	e.waitGone("peer", "batch-2")
+	if msg := harness.WaitForEvent(t, e.c, "default", "batch-0", "GangReleased", 30*time.Second); !strings.HasPrefix(msg, "gang default/batch released: ") {
+		t.Errorf("GangReleased %q does not say the gang was released", msg)
+	}
+	// A new name, so that the old member's events are not read as its.
+	harness.CreatePod(t, e.c, member("batch", 3, 3))
+	gang := []string{"batch-0", "batch-1", "batch-3"}
+	// Its first attempt may find the gang backing off, and the scheduler
+	// folds later FailedScheduling events into the first one: the pod's
+	// condition says what the last attempt found.
+	harness.WaitForPod(t, e.c, "default", "batch-3", 60*time.Second, "told the gang is one member short", func(p *corev1.Pod) bool {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodScheduled && strings.Contains(c.Message, "gang default/batch: 2/3 members placeable") {
+				return true
+			}
+		}
+		return false
+	})
+	e.noneBound(3*time.Second, gang...)
+	e.delete("urgent")
+	e.waitAllBound(60*time.Second, gang...)
 }
