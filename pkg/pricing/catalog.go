@@ -214,6 +214,12 @@ func where(region, zone string) string {
 // reads .nan and .inf as numbers, and NaN compares false with everything).
 func ValidPrice(x float64) bool { return x >= 0 && !math.IsInf(x, 1) }
 
+// MaxHourlyPrice is the most a node may cost an hour, in USD: a hundred
+// times the dearest GPU instance any cloud lists (about 100). A larger
+// price is a typo or a unit mistake (cents, a month), and prices near
+// float64's limit made bills and cost metrics overflow to +Inf.
+const MaxHourlyPrice = 10000.0
+
 // validateRatios returns the field of r at fault ("" for all of them) and
 // what is wrong with it.
 func validateRatios(r SplitRatios) (string, error) {
@@ -280,8 +286,8 @@ func (c *Catalog) validateEntry(e Entry) (string, error) {
 	if e.Region == "" {
 		return "region", fmt.Errorf("%s %s: region is empty; give the region the price holds in, e.g. us-east-1", e.InstanceType, e.Capacity)
 	}
-	if !ValidPrice(e.Hourly) {
-		return "hourly", fmt.Errorf("%s %s in %s: hourly is %g: a price must be a finite number >= 0 USD per hour", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly)
+	if !ValidPrice(e.Hourly) || e.Hourly > MaxHourlyPrice {
+		return "hourly", fmt.Errorf("%s %s in %s: hourly is %g: a price must be a finite number >= 0 and at most %g USD per node-hour (not per month, not in cents)", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly, MaxHourlyPrice)
 	}
 	if e.Hourly == 0 && e.Capacity != Reserved {
 		// Reserved capacity is paid for up front and may cost nothing

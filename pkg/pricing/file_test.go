@@ -43,11 +43,14 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 		{"unknown instance type", strings.Replace(goodYAML, "{instanceType: g5.xlarge, capacityType: spot", "{instanceType: g5.xlarg, capacityType: spot", 1),
 			[]string{`cat.yaml:8: prices[1].instanceType: instance type "g5.xlarg" is not defined in instanceTypes (did you mean "g5.xlarge"?); define it there`}},
 		{"negative price", strings.Replace(goodYAML, "hourly: 1.006", "hourly: -1.006", 1),
-			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is -1.006: a price must be a finite number >= 0 USD per hour`}},
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is -1.006: a price must be a finite number >= 0 and at most 10000 USD per node-hour (not per month, not in cents)`}},
 		{"price not a number", strings.Replace(goodYAML, "hourly: 1.006", "hourly: .nan", 1),
-			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is NaN: a price must be a finite number >= 0 USD per hour`}},
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is NaN: a price must be a finite number >= 0 and at most 10000 USD per node-hour (not per month, not in cents)`}},
 		{"infinite price", strings.Replace(goodYAML, "hourly: 1.006", "hourly: .inf", 1),
-			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is +Inf: a price must be a finite number >= 0 USD per hour`}},
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is +Inf: a price must be a finite number >= 0 and at most 10000 USD per node-hour (not per month, not in cents)`}},
+		// Finite, but a node-hours x price sum overflowed to +Inf.
+		{"price past any instance's", strings.Replace(goodYAML, "hourly: 1.006", "hourly: 1e308", 1),
+			[]string{`cat.yaml:7: prices[0].hourly: g5.xlarge on-demand in region us-east-1: hourly is 1e+308: a price must be a finite number >= 0 and at most 10000 USD per node-hour (not per month, not in cents)`}},
 		{"missing price", strings.Replace(goodYAML, "hourly: 0.4, ", "", 1),
 			[]string{`cat.yaml:8: prices[1].hourly: g5.xlarge spot: hourly is missing`}},
 		{"broken yaml", goodYAML + "- {instanceType: [\n",
@@ -297,10 +300,10 @@ func TestParseRefusesSplitRatiosThatPriceNothing(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", name, err, want)
 		}
 	}
-	// Large shapes and prices split as they should.
+	// Large shapes and the largest price split as they should.
 	for _, y := range []string{
 		strings.Replace(goodYAML, "vcpus: 4, memoryGiB: 16", "vcpus: 1e308, memoryGiB: 1e308", 1),
-		strings.Replace(goodYAML, "hourly: 1.006", "hourly: 1e308", 1),
+		strings.Replace(goodYAML, "hourly: 1.006", "hourly: 10000", 1),
 	} {
 		if _, err := Parse([]byte(y), "cat.yaml"); err != nil {
 			t.Errorf("%v", err)

@@ -67,7 +67,7 @@ func FuzzParseCatalog(f *testing.F) {
 		}
 		checkBucket(t, c.DefaultInterruption())
 		for _, e := range c.Entries() {
-			if !ValidPrice(e.Hourly) || math.IsNaN(e.Hourly) || (e.Hourly == 0 && e.Capacity != Reserved) {
+			if !ValidPrice(e.Hourly) || math.IsNaN(e.Hourly) || e.Hourly > MaxHourlyPrice || (e.Hourly == 0 && e.Capacity != Reserved) {
 				t.Fatalf("%s %s: hourly %g", e.InstanceType, e.Capacity, e.Hourly)
 			}
 			p, ok := c.Lookup(e.InstanceType, e.Capacity, e.Region, e.Zone)

@@ -356,6 +356,29 @@ func TestSpotScenarioErrors(t *testing.T) {
 	}
 }
 
+// An error about a top-level field names that field's line, as errors about
+// a pool's do; they all named line 1. A field left out is named at line 1.
+func TestSpotScenarioTopLevelErrorsNameTheirLine(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ from, to, want string }{
+		"empty region":   {"region: us-east-1", `region: ""`, `tiny.yaml:3: region: required`},
+		"missing region": {"region: us-east-1\n", "", `tiny.yaml:1: region: required`},
+		"unknown sharing policy": {"gpuSharing: [penny]", "gpuSharing:\n- penny\n- pennyy",
+			`tiny.yaml:9: gpuSharing[1]: `},
+	} {
+		bad := strings.Replace(y, c.from, c.to, 1)
+		if bad == y {
+			t.Fatalf("%s: %q is not in the scenario", name, c.from)
+		}
+		_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(bad))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		} else if strings.Contains(err.Error(), "catalog has no") {
+			t.Errorf("%s: %v: without a region, no price is missing", name, err)
+		}
+	}
+}
+
 // Values past the scenario's limits broke the replay rather than modelling
 // a larger fleet: min nodes started by the billion hung it, a delay near a
 // Duration's end overflowed the clock (pods never ran, a negative bill) and
@@ -371,7 +394,7 @@ func TestSpotScenarioRefusesValuesPastItsLimits(t *testing.T) {
 			`tiny.yaml:15: pools[0].provisioningDelay: 2562047h0m0s: want at most 8760h0m0s (a year)`},
 		"scaleDownAfter": {"scaleDownAfter: 10m,\n", "scaleDownAfter: 8761h,\n",
 			`tiny.yaml:16: pools[1].scaleDownAfter: 8761h0m0s: want at most 8760h0m0s (a year)`},
-		"restartOverhead": {"restartOverhead: 5m", "restartOverhead: 2562047h", `tiny.yaml:1: restartOverhead: 2562047h0m0s: want at most 8760h0m0s (a year)`},
+		"restartOverhead": {"restartOverhead: 5m", "restartOverhead: 2562047h", `tiny.yaml:5: restartOverhead: 2562047h0m0s: want at most 8760h0m0s (a year)`},
 		"hourlyPrice": {"zone: us-east-1a, max: 4,", "zone: us-east-1a, hourlyPrice: 1e308, max: 4,",
 			`tiny.yaml:15: pools[0].hourlyPrice: 1e+308: a price must be a finite number >= 0 and at most 10000 USD per hour`},
 	} {

@@ -61,6 +61,18 @@ type SpotScenario struct {
 	file    string
 	read    func(path string) ([]byte, error)
 	catalog *pricing.Catalog
+	// keyLines are the lines of the top-level keys, and sharingLines of
+	// gpuSharing's items, for errors about one.
+	keyLines     map[string]int
+	sharingLines []int
+}
+
+// lineOf is the line of top-level key, or 1 where the key is left out.
+func (s *SpotScenario) lineOf(key string) int {
+	if l := s.keyLines[key]; l > 0 {
+		return l
+	}
+	return 1
 }
 
 // ElasticPool is one pool of the fleet.
@@ -210,7 +222,7 @@ const (
 const (
 	MaxPoolNodes   = 10000
 	MaxDelay       = 365 * 24 * time.Hour
-	MaxHourlyPrice = 10000.0
+	MaxHourlyPrice = pricing.MaxHourlyPrice
 )
 
 // LoadSpotScenario reads and validates a scenario and its catalog.
@@ -257,11 +269,24 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		return nil, fmt.Errorf("%s:%d: a second YAML document starts here: a scenario is one document; move its fields into the first and remove the \"---\"", file, line)
 	}
 	var lines struct {
-		Pools    []yaml.Node `yaml:"pools"`
-		Classes  []yaml.Node `yaml:"classes"`
-		Policies []yaml.Node `yaml:"policies"`
+		Pools      []yaml.Node `yaml:"pools"`
+		Classes    []yaml.Node `yaml:"classes"`
+		Policies   []yaml.Node `yaml:"policies"`
+		GPUSharing []yaml.Node `yaml:"gpuSharing"`
 	}
 	_ = yaml.Unmarshal(data, &lines)
+	var top yaml.Node
+	_ = yaml.Unmarshal(data, &top)
+	if top.Kind == yaml.DocumentNode && len(top.Content) == 1 {
+		m := top.Content[0]
+		s.keyLines = map[string]int{}
+		for k := 0; m.Kind == yaml.MappingNode && k+1 < len(m.Content); k += 2 {
+			s.keyLines[m.Content[k].Value] = m.Content[k].Line
+		}
+	}
+	for _, n := range lines.GPUSharing {
+		s.sharingLines = append(s.sharingLines, n.Line)
+	}
 	for i := range s.Pools {
 		if i < len(lines.Pools) {
 			s.Pools[i].line = lines.Pools[i].Line
@@ -306,13 +331,13 @@ func (s *SpotScenario) validate() error {
 		errs = append(errs, fmt.Sprintf("%s:%d: %s: %s", s.file, line, field, fmt.Sprintf(format, args...)))
 	}
 	if s.Region == "" {
-		add(1, "region", "required: the region whose prices the catalog lists, e.g. us-east-1")
+		add(s.lineOf("region"), "region", "required: the region whose prices the catalog lists, e.g. us-east-1")
 	}
 	if !s.RestartOverhead.given {
 		s.RestartOverhead.Duration = DefaultRestartOverhead
 	}
 	if s.RestartOverhead.Duration > MaxDelay {
-		add(1, "restartOverhead", "%v: want at most %v (a year)", s.RestartOverhead.Duration, MaxDelay)
+		add(s.lineOf("restartOverhead"), "restartOverhead", "%v: want at most %v (a year)", s.RestartOverhead.Duration, MaxDelay)
 	}
 	// Without a catalog of its own the scenario is priced by the one Penny
 	// ships, built into it.
@@ -335,7 +360,7 @@ func (s *SpotScenario) validate() error {
 	}
 	s.catalog = c
 	if len(s.Pools) == 0 {
-		add(1, "pools", "at least one pool is required")
+		add(s.lineOf("pools"), "pools", "at least one pool is required")
 	}
 	names := map[string]bool{}
 	var overrides []pricing.Entry
@@ -400,9 +425,10 @@ func (s *SpotScenario) validate() error {
 				p.MeanTimeToReclaim.Duration = time.Duration(float64(time.Hour) / rate)
 			}
 		}
-		// Without a capacity type there is no price to look up: the error
-		// above says what to fix, not a price "the catalog has no" of.
-		if s.catalog == nil || ctErr != nil {
+		// Without a capacity type or a region there is no price to look
+		// up: the error above says what to fix, not a price "the catalog
+		// has no" of.
+		if s.catalog == nil || ctErr != nil || s.Region == "" {
 			continue
 		}
 		t, ok := s.catalog.InstanceType(p.InstanceType)
@@ -459,7 +485,11 @@ func (s *SpotScenario) validate() error {
 	}
 	for i, name := range s.GPUSharing {
 		if _, err := LookupPolicy(name); err != nil {
-			add(1, fmt.Sprintf("gpuSharing[%d]", i), "%v", err)
+			line := s.lineOf("gpuSharing")
+			if i < len(s.sharingLines) {
+				line = s.sharingLines[i]
+			}
+			add(line, fmt.Sprintf("gpuSharing[%d]", i), "%v", err)
 		}
 	}
 	listed := map[string]int{}
