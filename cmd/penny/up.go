@@ -53,8 +53,9 @@ the Job/Deployment controllers), simulated GPU nodes (KWOK) from a cluster spec,
 penny-scheduler with the configuration in deploy/scheduler/config.yaml. It prints a
 kubeconfig to use with kubectl and runs until Ctrl-C, then removes everything it made.
 
-With --demo it submits a small GPU workload (training Jobs, an inference Deployment,
-a CPU pod) to penny-scheduler and prints where each pod landed and what it costs.`,
+With --demo it submits a small GPU workload (training Jobs, inference Deployments on
+MIG slices and on GPU shares, a CPU pod) to penny-scheduler and prints where each pod
+landed and what it costs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.demoTimeoutSet = cmd.Flags().Changed("demo-timeout")

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pennysched/penny/pkg/gpu"
 )
 
 // runUpCommand runs `penny up` with args as a user would type them, with
@@ -382,5 +384,39 @@ func TestUpCleansUpWhenItsOutputIsGone(t *testing.T) {
 				t.Errorf("left %v in TMPDIR", left)
 			}
 		})
+	}
+}
+
+// TestUpHelpDescribesTheDemoWorkload holds penny up --help to what --demo
+// submits: the help said "an inference Deployment" after a second one, on
+// GPU shares, joined the one on MIG slices.
+func TestUpHelpDescribesTheDemoWorkload(t *testing.T) {
+	jobs, deployments, pods := demoWorkload()
+	help := strings.Join(strings.Fields(newUpCommand().Long), " ")
+	count := func(n int, one, many string) string {
+		if n == 1 {
+			return one
+		}
+		return many
+	}
+	want := []string{
+		count(len(jobs), "a training Job", "training Jobs"),
+		count(len(deployments), "an inference Deployment", "inference Deployments"),
+		count(len(pods), "a CPU pod", "CPU pods"),
+	}
+	for _, d := range deployments {
+		for name := range d.Spec.Template.Spec.Containers[0].Resources.Limits {
+			switch {
+			case name == gpu.ResourceGPUMilli:
+				want = append(want, "GPU shares")
+			case strings.HasPrefix(string(name), gpu.MIGResourcePrefix):
+				want = append(want, "MIG slices")
+			}
+		}
+	}
+	for _, w := range want {
+		if !strings.Contains(help, w) {
+			t.Errorf("penny up --help does not say %q of the demo workload:\n%s", w, help)
+		}
 	}
 }
