@@ -12,13 +12,13 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/pennysched/penny/pkg/yamldoc"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/yamldoc"
 )
 
 // Spec describes the simulated fleet of a local cluster: pools of identical
@@ -204,6 +204,10 @@ func (s *Spec) validate() []fieldError {
 			add(at+".hourlyPrice", "%v is not a price: expected the node's price in USD per hour, e.g. 40.97", p.HourlyPrice)
 		case p.HourlyPrice < 0:
 			add(at+".hourlyPrice", "%v is negative: expected the node's price in USD per hour", p.HourlyPrice)
+		case p.HourlyPrice > pricing.MaxHourlyPrice:
+			// The demo's total, count x price, would overflow to +Inf,
+			// which --summary-json cannot write.
+			add(at+".hourlyPrice", "%v is more than %v: expected the node's price in USD per hour (not per month, not in cents)", p.HourlyPrice, pricing.MaxHourlyPrice)
 		}
 		keys := make([]string, 0, len(p.Labels))
 		for k := range p.Labels {

@@ -201,6 +201,7 @@ func TestSpecLabelsAndPricesAreCheckedUpFront(t *testing.T) {
 			[]string{"pools[0].labels", "nvidia.com/gpu.product", "gpuModel"}},
 		{"price NaN", pool(`, hourlyPrice: .nan`), []string{"pools[0].hourlyPrice", "NaN"}},
 		{"price infinite", pool(`, hourlyPrice: .inf`), []string{"pools[0].hourlyPrice", "+Inf"}},
+		{"price past any instance's", pool(`, hourlyPrice: 1e306`), []string{"pools[0].hourlyPrice", "1e+306 is more than 10000"}},
 	}
 	refusedSpecs(t, cases)
 	// Extra labels that add to what Penny sets stay allowed, including
