@@ -1,0 +1,150 @@
+package reclaim
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/agent/checkpoint"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// resendStatuses sends again the statuses of a scheduler command an
+// earlier agent finished before its deadline: they may have been lost with
+// its streams (a status sent just before the agent stopped sat in a buffer),
+// and the scheduler waits for them to evict the gang's other members before
+// the deadline. The scheduler takes a repeated status as where the pod
+// stands, so one it has already changes nothing.
+func (f *Flow) resendStatuses(j *Job) {
+	for _, key := range j.Command.Pods {
+		ns, name, _ := strings.Cut(key, "/")
+		st := &telemetryv1.CheckpointStatus{
+			CommandId: j.Command.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
+			State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.New(j.Updated),
+			Message: fmt.Sprintf("pod %s is not on node %s", key, f.node),
+		}
+		if r := j.Pods[key]; r != nil {
+			state, ok := telemetryv1.CheckpointStatus_State_value[r.Checkpoint]
+			if !ok {
+				continue // not asked: nothing was said about it
+			}
+			st.State, st.Message = telemetryv1.CheckpointStatus_State(state), telemetryv1.StatusText(r.Message)
+		}
+		f.status(st, j.Deadline)
+	}
+}
+
+// checkpointBy is when checkpoints must be written: the deadline less the
+// safety margin, or half the time left when less than the margin remains.
+func (f *Flow) checkpointBy(deadline time.Time) time.Time {
+	by := deadline.Add(-f.margin)
+	if now := time.Now(); !by.After(now) {
+		by = now.Add(deadline.Sub(now) / 2)
+	}
+	return by
+}
+
+func (f *Flow) runCommand(ctx context.Context, j *Job) {
+	js := &jobState{f: f, j: j}
+	c := j.Command
+	js.save()
+	var pods []*corev1.Pod
+	for _, key := range c.Pods {
+		ns, name, _ := strings.Cut(key, "/")
+		pod, err := f.pods.Pods(ns).Get(name)
+		if err != nil || pod.Spec.NodeName != f.node {
+			// The agent acts for its own node only.
+			f.status(&telemetryv1.CheckpointStatus{
+				CommandId: c.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
+				State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.Now(),
+				Message: fmt.Sprintf("pod %s is not on node %s", key, f.node),
+			}, j.Deadline)
+			continue
+		}
+		pods = append(pods, pod)
+	}
+	reason := c.Reason
+	if reason == "" {
+		reason = "the scheduler asked for a checkpoint"
+	}
+	f.checkpointAll(ctx, js, pods, checkpoint.Request{
+		Deadline: f.checkpointBy(j.Deadline), Reason: reason, Notice: c.OriginNotice, Node: c.OriginNode,
+	}, c.ID, c.Received, string(originCommand))
+	if ctx.Err() != nil {
+		return
+	}
+	js.mu.Lock()
+	j.Done = true
+	js.saveLocked()
+	js.mu.Unlock()
+}
+
+// checkpointAll asks every pod at once and waits for every answer (each
+// bounded by req.Deadline). Pods whose checkpoint this job already has are
+// not asked again.
+func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.Pod, req checkpoint.Request, statusID string, since time.Time, origin string) {
+	var wg sync.WaitGroup
+	sendStatus := func(pod *corev1.Pod, state telemetryv1.CheckpointStatus_State, msg string) {
+		// Hooks answer what they like: a status the scheduler refuses is
+		// lost, and one that does not encode ends the agent's stream.
+		f.status(&telemetryv1.CheckpointStatus{
+			CommandId: statusID, Pod: &telemetryv1.PodRef{Namespace: pod.Namespace, Name: pod.Name},
+			State: state, Message: telemetryv1.StatusText(msg), UpdatedAt: timestamppb.Now(),
+		}, js.j.Deadline)
+	}
+	for _, pod := range pods {
+		rec := js.pod(pod)
+		js.mu.Lock()
+		already := rec.Checkpoint == telemetryv1.CheckpointStatus_STATE_DONE.String()
+		js.mu.Unlock()
+		if already {
+			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_DONE, rec.Message)
+			continue
+		}
+		if _, ok := pod.Annotations[checkpoint.Annotation]; !ok {
+			js.mu.Lock()
+			rec.Checkpoint, rec.Message = telemetryv1.CheckpointStatus_STATE_NO_HOOK.String(), "no checkpoint hook"
+			js.saveLocked()
+			js.mu.Unlock()
+			f.metrics.checkpoints.WithLabelValues(origin, string(checkpointNoHook)).Inc()
+			f.recorder.Eventf(pod, corev1.EventTypeWarning, "NoCheckpointHook", "%s; the pod declares no %s hook, so its work since its last checkpoint will be lost", req.Reason, checkpoint.Annotation)
+			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_NO_HOOK, "no checkpoint hook")
+			continue
+		}
+		js.mu.Lock()
+		rec.Checkpoint = telemetryv1.CheckpointStatus_STATE_REQUESTED.String()
+		js.saveLocked()
+		js.mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.metrics.step(stepCheckpointRequest, since)
+			f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointRequested", "%s: asked the pod to checkpoint by %s", req.Reason, req.Deadline.UTC().Format(time.RFC3339))
+			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_REQUESTED, "")
+			res := f.checkpoints.Checkpoint(ctx, pod, req)
+			if ctx.Err() != nil {
+				return // the agent is stopping; the state says to ask again
+			}
+			f.metrics.checkpointSeconds.Observe(res.Finished.Sub(res.Requested).Seconds())
+			js.mu.Lock()
+			rec.Checkpoint, rec.Message = res.State.String(), res.Message
+			js.saveLocked()
+			js.mu.Unlock()
+			if res.Done() {
+				f.metrics.checkpoints.WithLabelValues(origin, string(checkpointDone)).Inc()
+				f.metrics.step(stepCheckpointDone, since)
+				f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointWritten", "%s", res.Message)
+			} else {
+				f.metrics.checkpoints.WithLabelValues(origin, string(checkpointFailed)).Inc()
+				f.recorder.Eventf(pod, corev1.EventTypeWarning, "CheckpointFailed", "%s", res.Message)
+			}
+			sendStatus(pod, res.State, res.Message)
+		}()
+	}
+	wg.Wait()
+}
