@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/plugins"
 )
 
 // The fill protocol of the FGD paper ("fill until saturation"): the trace's
@@ -202,7 +203,13 @@ func Fill(ctx context.Context, o FillOptions) (*FillRecord, error) {
 		return nil, fmt.Errorf("the cluster has no GPUs")
 	}
 	workload := TypicalWorkload(o.Trace)
-	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: workload, SchedulerConfig: o.SchedulerConfig})
+	// A fill has no time: every pod arrives at one instant, and Penny's
+	// plugins read a clock that stands at simEpoch throughout. No gang's
+	// permit wait or backoff, nor any pod's wait for Spot, ends during a
+	// fill, which on the wall clock would happen at points that depend on
+	// the machine's speed.
+	deps := plugins.Deps{Clock: newSimClock(simEpoch)}
+	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: workload, SchedulerConfig: o.SchedulerConfig, Deps: deps})
 	if err != nil {
 		return nil, err
 	}

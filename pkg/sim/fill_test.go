@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 const fillPodsHeader = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"
@@ -104,5 +106,30 @@ func TestFillWorkloadStopsWhenCancelled(t *testing.T) {
 	}
 	if pods, err := FillWorkload(context.Background(), tr, 8000, 1.3, 42, true); err != nil || len(pods) != 10400 {
 		t.Errorf("%d pods, %v; want 10400", len(pods), err)
+	}
+}
+
+// A fill has no time: Penny's plugins read a clock that stands at simEpoch
+// for the whole fill, not the wall clock. A pod created five minutes before
+// it that prefers Spot with a ten-minute fallback still waits for Spot
+// there, so on a fleet with no Spot it fails, whenever the fill runs; on the
+// wall clock its wait was long over and it took on-demand capacity.
+func TestFillPluginsReadAClockThatStandsStill(t *testing.T) {
+	o := fillTestNodes(t)
+	pod := NewPod("ns", "prefers-spot", 1000, 1024, 1, 1000, nil)
+	pod.Annotations = map[string]string{"penny.dev/spot": "prefer", "penny.dev/fallback-after": "10m"}
+	pod.CreationTimestamp = metav1.NewTime(simEpoch.Add(-5 * time.Minute))
+	o.Trace = &Trace{Pods: []TracePod{{Pod: pod}}}
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Policy, o.Inflate, o.Creation = p, 0.01, true
+	rec, err := fillWithin(t, context.Background(), *o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.PodsTotal != 1 || rec.PodsFailed != 1 {
+		t.Fatalf("%d of %d pods failed, want the one pod to fail: its wait for Spot is not over at the fill's instant", rec.PodsFailed, rec.PodsTotal)
 	}
 }

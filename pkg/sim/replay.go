@@ -11,12 +11,16 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/pennysched/penny/plugins"
 )
 
 // Replay plays a trace in trace time on a virtual clock: pods arrive at
 // their creation time, run for their duration once placed, and leave. A pod
 // that does not fit waits; like kube-scheduler's queue, it is tried again
-// when a departure frees capacity, in arrival order. The replay reports the
+// when a departure frees capacity, in arrival order. The plugins' timers (a
+// gang's permit wait and backoff) run on the same clock, so a run does not
+// depend on how fast the machine replays it. The replay reports the
 // GPU-hours allocated, utilisation over time, each pod's queueing delay and
 // the pods never scheduled.
 //
@@ -144,14 +148,21 @@ type PodOutcome struct {
 type eventKind int
 
 // Order of events at the same instant: capacity leaves and returns first,
-// then arrivals, then samples see the result.
+// then arrivals, then samples see the result. The plugins' timers due at an
+// instant run before its first event (replayer.timers); an evTimer only
+// stops the replay at an instant that has nothing else.
 const (
 	evDeparture eventKind = iota
 	evFleet
 	evArrival
 	evWithdraw
 	evSample
+	evTimer
 )
+
+// live: the event changes the workload or the fleet (samples and timers do
+// not).
+func (k eventKind) live() bool { return k < evSample }
 
 type event struct {
 	at   time.Duration
@@ -204,7 +215,8 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 	if o.SampleEvery <= 0 {
 		o.SampleEvery = time.Hour
 	}
-	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig})
+	clk := newSimClock(simEpoch)
+	prof, reg, err := o.Policy.Build(Run{Seed: o.Seed, Workload: TypicalWorkload(o.Trace), SchedulerConfig: o.SchedulerConfig, Deps: plugins.Deps{Clock: clk}})
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +227,7 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		return nil, err
 	}
 	defer e.Close()
-	r := &replayer{e: e, o: o, res: &ReplayResult{Kind: "replay", Policy: o.Policy.Name, Seed: o.Seed}}
+	r := &replayer{e: e, o: o, clock: clk, timerAt: -1, res: &ReplayResult{Kind: "replay", Policy: o.Policy.Name, Seed: o.Seed}}
 	if o.Reclaim != nil {
 		r.res.Reclaim = &ReclaimOutcome{NoticeCheckpoints: o.Reclaim.NoticeCheckpoints, Kept: map[string]int{}}
 	}
@@ -274,6 +286,16 @@ type replayer struct {
 	// that failed after entry k only needs trying on freed[k:].
 	freed []string
 
+	// clock is trace time for the plugins, simEpoch at trace time zero.
+	clock *simClock
+	// timerAt is when the evTimer event in the queue is due; -1 when there
+	// is none.
+	timerAt time.Duration
+	// live counts the queued events that are live(); lastChange is when the
+	// last of them happened or a pod was last placed.
+	live       int
+	lastChange time.Duration
+
 	gpuMilliSeconds      float64
 	capacityMilliSeconds float64
 	cost                 float64
@@ -283,6 +305,9 @@ type replayer struct {
 func (r *replayer) push(ev event) {
 	ev.seq = r.seq
 	r.seq++
+	if ev.kind.live() {
+		r.live++
+	}
 	heap.Push(&r.q, ev)
 }
 
@@ -303,7 +328,11 @@ func (r *replayer) advance(t time.Duration) {
 }
 
 func (r *replayer) run(ctx context.Context) error {
-	for r.q.Len() > 0 {
+	for {
+		r.armTimer()
+		if r.q.Len() == 0 {
+			return nil
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -312,8 +341,30 @@ func (r *replayer) run(ctx context.Context) error {
 			// Nothing left to happen: the replay ends at the last event.
 			break
 		}
-		r.advance(ev.at)
+		if ev.kind == evTimer && ev.at == r.timerAt {
+			r.timerAt = -1
+		}
+		// Once no arrival, departure, withdrawal or fleet change is left,
+		// only the plugins' timers may still let a pod in (a gang's backoff
+		// ends); a gang admitted but never completed is released and
+		// admitted again without end, so the replay gives up StallLimit
+		// after anything last happened. Until a pod is placed, nothing
+		// allocated or the fleet changed: the horizon stays where it was.
+		idle := !ev.kind.live() && r.live == 0
+		if idle && ev.at-r.lastChange > StallLimit {
+			break
+		}
+		if ev.kind.live() {
+			r.live--
+			r.lastChange = ev.at
+		}
+		if !idle {
+			r.advance(ev.at)
+		}
 		r.now = ev.at
+		if err := r.timers(); err != nil {
+			return err
+		}
 		freedBefore := len(r.freed)
 		switch ev.kind {
 		case evArrival:
@@ -347,6 +398,8 @@ func (r *replayer) run(ctx context.Context) error {
 		case evSample:
 			r.sample()
 			r.push(event{at: ev.at + r.o.SampleEvery, kind: evSample})
+		case evTimer:
+			// The plugins' timers ran above.
 		}
 		// Once the instant's departures are done, retry the waiting pods.
 		if len(r.freed) > freedBefore && (r.q.Len() == 0 || r.q[0].at > r.now || r.q[0].kind > evFleet) {
@@ -356,6 +409,29 @@ func (r *replayer) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// timers runs the plugins' timers due by now: a gang's permit wait that runs
+// out releases its members held at Permit, and a gang's backoff that ends
+// asks for its members to be retried, which they are.
+func (r *replayer) timers() error {
+	if r.clock.advance(simEpoch.Add(r.now)) == 0 {
+		return nil
+	}
+	return r.settle()
+}
+
+// armTimer queues an evTimer event for the plugins' next timer, so that the
+// replay stops at that instant even when nothing else happens then.
+func (r *replayer) armTimer() {
+	at, ok := r.clock.next()
+	if !ok {
+		return
+	}
+	if d := at.Sub(simEpoch); r.timerAt < 0 || d < r.timerAt {
+		r.timerAt = max(d, r.now)
+		r.push(event{at: r.timerAt, kind: evTimer})
+	}
 }
 
 // try schedules a pod now; a pod that does not fit joins the queue.
@@ -375,6 +451,13 @@ func (r *replayer) try(i int) error {
 	default:
 		r.enqueue(i)
 	}
+	return r.settle()
+}
+
+// settle binds the pods held at Permit that every plugin has allowed, sends
+// the ones a plugin rejected back to the queue, and retries the pods a plugin
+// asked to.
+func (r *replayer) settle() error {
 	settled, err := r.e.SettleWaiting()
 	if err != nil {
 		return err
@@ -423,6 +506,10 @@ func (r *replayer) dropPending(i int) {
 }
 
 func (r *replayer) placed(i int, bound *v1.Pod) {
+	// Placed by a plugin's timer after the last event: the allocation
+	// changes from now.
+	r.advance(r.now)
+	r.lastChange = r.now
 	p := r.pods[i]
 	r.dropPending(i)
 	p.bound, p.state, p.start = bound, "running", r.now
@@ -509,6 +596,12 @@ func (r *replayer) sample() {
 
 func (r *replayer) finish() {
 	res := r.res
+	// The replay ends at its last event or placement (advance); samples
+	// taken while only the plugins' timers ran after it are dropped.
+	r.now = r.lastAdvance
+	for n := len(res.Utilisation); n > 0 && res.Utilisation[n-1].Hours > r.now.Hours(); n-- {
+		res.Utilisation = res.Utilisation[:n-1]
+	}
 	if n := len(res.Utilisation); n == 0 || res.Utilisation[n-1].Hours < r.now.Hours() {
 		r.sample()
 	}

@@ -172,3 +172,68 @@ func TestReplayNeverStartedPodLeavesWhenTheTraceDeletedIt(t *testing.T) {
 		t.Fatalf("%v GPU-seconds over %v s; want 30 over 30: late leaves at its deletion_time", got, res.HorizonHours*3600)
 	}
 }
+
+// A gang held at Permit on a fixed fleet waits on trace time, as in a
+// cluster: its round ends after the profile's permitTimeout (60s) and the
+// gang backs off (2s, doubling to 1m) before it is tried again. Node a's one
+// GPU holds a share until 600s, which the gang plugin's plan (counting whole
+// GPUs) does not see but PennyGPUPack's Filter does, so member 0 is held on
+// b and member 1 fits nowhere. Rounds run 10-70, 72-132, 136-196, 204-264,
+// 280-340, 372-432 and 492-552 s, each released and backed off; the share
+// leaves in the backoff that ends at 612 s, when the gang runs. On the wall
+// clock the round never ended in trace time: member 0 held b for 590 s and
+// the gang ran at 600 s, at any machine speed short of a minute.
+func TestReplayGangPermitWaitRunsOnTraceTime(t *testing.T) {
+	share := TracePod{Pod: NewPod("ns", "share", 1000, 1024, 1, 500, []string{"Tesla-T4"}), Duration: 600 * time.Second}
+	tr := &Trace{Pods: []TracePod{share}}
+	for i := range 2 {
+		tr.Pods = append(tr.Pods, TracePod{Pod: newJobPod("ns", "job", i, 2, 1000, 1024, 1, 1000), Arrival: 10 * time.Second, Duration: 100 * time.Second})
+	}
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*v1.Node{NewNode("a", 8000, 8192, 1, "Tesla-T4"), NewNode("b", 8000, 8192, 1, "NVIDIA-A10G")}
+	for run := range 2 {
+		res, err := Replay(context.Background(), ReplayOptions{Nodes: nodes, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range res.PodOutcomes[1:] {
+			if o.State != "completed" || o.Start != 612 {
+				t.Errorf("run %d: %s: %+v, want completed, started at 612 s once the gang's backoff ended", run, o.Pod, o)
+			}
+		}
+		if math.Abs(res.HorizonHours*3600-712) > 1e-6 {
+			t.Errorf("run %d: horizon %v s, want 712 (the gang's run ends)", run, res.HorizonHours*3600)
+		}
+	}
+}
+
+// A gang admitted that can never complete (its two members ask for the same
+// host port on the one node the gang fits on) is released and admitted again
+// on trace time without end; once nothing else is left to happen, the replay
+// gives up StallLimit later and ends where the trace did, reporting the gang
+// never scheduled.
+func TestReplayEndsWhenOnlyAGangThatCannotCompleteIsLeft(t *testing.T) {
+	tr := &Trace{}
+	for i := range 2 {
+		pod := newJobPod("ns", "job", i, 2, 1000, 1024, 1, 1000)
+		pod.Spec.Containers[0].Ports = []v1.ContainerPort{{ContainerPort: 8080, HostPort: 8080, Protocol: v1.ProtocolTCP}}
+		tr.Pods = append(tr.Pods, TracePod{Pod: pod, Arrival: 10 * time.Second, Duration: 100 * time.Second})
+	}
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Replay(context.Background(), ReplayOptions{Nodes: []*v1.Node{NewNode("a", 8000, 8192, 2, "NVIDIA-A10G")}, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.NeverScheduled) != 2 || res.PodsScheduled != 0 {
+		t.Fatalf("never scheduled %v, %d scheduled; want both members never scheduled", res.NeverScheduled, res.PodsScheduled)
+	}
+	if math.Abs(res.HorizonHours*3600-10) > 1e-6 || len(res.Utilisation) != 2 || res.Utilisation[1].Hours*3600 != 10 {
+		t.Fatalf("horizon %v s, samples %+v; want the replay to end at the members' arrival, 10 s", res.HorizonHours*3600, res.Utilisation)
+	}
+}

@@ -8,14 +8,14 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
-// simClock is trace time for the plugins of an elastic replay. Its
-// AfterFunc timers (the gang plugin's permit wait and backoff, SpotRisk's
-// wake-up at the end of a Spot wait) run when the replay moves the time past
-// them, in the order they are due, and outside any lock: a callback may read
-// the time or arm another timer, which FakeClock, running callbacks under
-// its own lock, would deadlock on. On the wall clock a replay that takes
-// minutes would expire a gang's permit wait at a point of trace time that
-// depends on the machine, and never in one that takes less.
+// simClock is trace time for the plugins of a replay (a fill's stands
+// still). Its AfterFunc timers (the gang plugin's permit wait and backoff,
+// SpotRisk's wake-up at the end of a Spot wait) run when the replay moves
+// the time past them, in the order they are due, and outside any lock: a
+// callback may read the time or arm another timer, which FakeClock, running
+// callbacks under its own lock, would deadlock on. On the wall clock a
+// replay that takes minutes would expire a gang's permit wait at a point of
+// trace time that depends on the machine, and never in one that takes less.
 type simClock struct {
 	*clocktesting.FakeClock
 
