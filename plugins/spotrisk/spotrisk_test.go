@@ -697,13 +697,14 @@ func TestTrainingWithoutCheckpointsWaitsForCapacityThatIsNotSpot(t *testing.T) {
 	}
 }
 
-// A price or risk factor however absurd (a catalog typo, a tenant's own
-// gang size of two billion) ranks that node last and leaves the others
+// A price or risk factor however absurd (the dearest price a catalog
+// accepts, pricing.MaxHourlyPrice; a tenant's own gang size of two billion)
+// ranks that node last and leaves the others
 // ranked: it overflowed NormalizeScore, which wrapped the other nodes'
 // scores (on-demand and a Spot node a quarter of its price both 13) or put
 // them outside 0..MaxScore, on which the framework fails the pod's cycle.
 func TestAbsurdCostsKeepScoresInRange(t *testing.T) {
-	c := catalogOf(t, testCatalog+`- {instanceType: m7i.8xlarge, capacityType: spot, region: us-east-1, hourly: 1e12}
+	c := catalogOf(t, testCatalog+`- {instanceType: m7i.8xlarge, capacityType: spot, region: us-east-1, hourly: 10000}
 `)
 	absurd := sized(node("absurd", pricing.Spot, "us-east-1a"), "m7i.8xlarge", "96", "1152Gi", "8")
 	e := newEnv(t, nil, Deps{Prices: c}, node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), absurd)
