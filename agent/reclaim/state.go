@@ -1,6 +1,8 @@
 package reclaim
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,19 +90,34 @@ func newStateStore(dir string) (*stateStore, error) {
 	return &stateStore{dir: dir}, nil
 }
 
-// fileName makes a job id safe as a file name.
+// fileName makes a job id safe as a file name: bytes other than letters,
+// digits, '-', '_' and '.' are written as %xx, so that distinct ids have
+// distinct names (ASCII ids are named as before; the id comes from the cloud
+// or the scheduler, and may hold anything). A name that would pass
+// maxFileName, which a file system refuses (a job it could not save would be
+// lost to a restart), is cut and ends in a hash of the whole id after a '~',
+// which no escaped id holds.
 func fileName(id string) string {
 	var b strings.Builder
-	for _, c := range id {
-		switch {
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
-			b.WriteRune(c)
+			b.WriteByte(c)
 		default:
 			fmt.Fprintf(&b, "%%%02x", c)
 		}
 	}
-	return b.String() + ".json"
+	name := b.String()
+	if len(name)+len(".json") > maxFileName {
+		sum := sha256.Sum256([]byte(id))
+		name = name[:maxFileName-len(".json")-1-2*len(sum)] + "~" + hex.EncodeToString(sum[:])
+	}
+	return name + ".json"
 }
+
+// maxFileName is the longest file name most Linux file systems take
+// (NAME_MAX).
+const maxFileName = 255
 
 // save writes a job atomically: an agent that dies leaves the old file or
 // the new one, never half of one. There is no fsync: the file has to
@@ -154,6 +171,10 @@ func (s *stateStore) read(path string) (*Job, bool, error) {
 	}
 	if j.Version != stateVersion || j.ID == "" {
 		return nil, false, fmt.Errorf("reclaim state %s: version %d, id %q: this agent reads version %d", path, j.Version, j.ID, stateVersion)
+	}
+	if j.Notice == nil && j.Command == nil {
+		// Run would resume it as a command and stop at its missing record.
+		return nil, false, fmt.Errorf("reclaim state %s: job %q holds neither a notice nor a command, so there is nothing to resume: delete it", path, j.ID)
 	}
 	return &j, true, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,5 +205,43 @@ func TestNewWorkDoesNotWaitForTheStateDirectory(t *testing.T) {
 	case <-taken:
 	case <-time.After(10 * time.Second):
 		t.Fatal("OnNotice and HandleCheckpoint wait for the flow's lock, which a slow state directory holds")
+	}
+}
+
+// Run resumes an unfinished job as a notice or, without one, as a command:
+// a file that holds neither (written by hand, or damaged) would stop the
+// agent at every start. It is refused with the file named, and left in
+// place (found by FuzzReadState).
+func TestStateWithNeitherNoticeNorCommandIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	st := &stateStore{dir: dir}
+	path := filepath.Join(dir, fileName("notice-x"))
+	if err := os.WriteFile(path, []byte(`{"version":1,"id":"notice-x"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, ok, err := st.load("notice-x")
+	if err == nil || ok || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "neither a notice nor a command") {
+		t.Fatalf("read %+v, %v, %v; want an error naming %s", j, ok, err, path)
+	}
+}
+
+// A job's file is named after its id, which the cloud or the scheduler
+// chose: distinct ids get distinct files, and a long id still saves
+// (found by FuzzFileName).
+func TestStateFileNamesAreDistinctAndFit(t *testing.T) {
+	for _, ids := range [][2]string{{"notice-\x100", "notice-\u0100"}, {"notice-\xff", "notice-\xfe"}} {
+		if a, b := fileName(ids[0]), fileName(ids[1]); a == b {
+			t.Errorf("ids %q and %q share the file %q", ids[0], ids[1], a)
+		}
+	}
+	st := &stateStore{dir: t.TempDir()}
+	for _, id := range []string{"notice-" + strings.Repeat("é", 200), "notice-" + strings.Repeat("é", 199) + "e"} {
+		if err := st.save(&Job{ID: id, Notice: &NoticeRecord{ID: strings.TrimPrefix(id, "notice-")}}); err != nil {
+			t.Fatalf("a job with a %d-byte id: %v", len(id), err)
+		}
+	}
+	jobs, errs := st.all()
+	if len(jobs) != 2 || len(errs) != 0 {
+		t.Fatalf("read back %d jobs, %v; want both", len(jobs), errs)
 	}
 }

@@ -129,3 +129,19 @@ func Parse[T any](text, source string, parse func(line string) (T, error)) ([]T,
 	}
 	return out, errors.Join(errs...)
 }
+
+// ParseTime reads a time saved in RFC 3339, as the lines' formats write
+// them: in UTC. A time whose year in UTC falls outside 0000-9999
+// (0000-01-01T00:00:00+01:00) parses, but would be written back as a year
+// RFC 3339 cannot hold, and the next read would refuse the whole line: it
+// is refused here instead.
+func ParseTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if y := t.UTC().Year(); y < 0 || y > 9999 {
+		return time.Time{}, fmt.Errorf("year %d in UTC", y)
+	}
+	return t, nil
+}

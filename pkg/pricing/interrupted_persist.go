@@ -170,7 +170,7 @@ func parseInterruptedLine(line string) (InterruptedRun, error) {
 		return InterruptedRun{}, fmt.Errorf("run %q is not a positive Go duration: %s", f[1], want)
 	}
 	if len(f) == 3 {
-		if r.At, err = parseStamp(f[2]); err != nil {
+		if r.At, err = configmaplines.ParseTime(f[2]); err != nil {
 			return InterruptedRun{}, fmt.Errorf("last reclaim %q is not an RFC 3339 time: %s", f[2], want)
 		}
 	}

@@ -239,23 +239,8 @@ func parseSavedPool(line string) (SavedPool, error) {
 			return SavedPool{}, fmt.Errorf("%s %q is not a finite number >= 0: %s", v.name, v.text, want)
 		}
 	}
-	if s.At, err = parseStamp(f[3]); err != nil {
+	if s.At, err = configmaplines.ParseTime(f[3]); err != nil {
 		return SavedPool{}, fmt.Errorf("as of %q is not an RFC 3339 time: %s", f[3], want)
 	}
 	return s, nil
-}
-
-// parseStamp reads a saved time in RFC 3339. A time whose year in UTC falls
-// outside 0000-9999 (0000-01-01T00:00:00+01:00) parses, but is written back
-// in UTC as a year RFC 3339 cannot hold, and the next read would refuse the
-// whole line: it is refused here instead.
-func parseStamp(s string) (time.Time, error) {
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, err
-	}
-	if y := t.UTC().Year(); y < 0 || y > 9999 {
-		return time.Time{}, fmt.Errorf("year %d in UTC", y)
-	}
-	return t, nil
 }

@@ -283,7 +283,12 @@ func formatNotices(recs []noticeRecord) string {
 			if i == 0 {
 				sep = " "
 			}
-			b.WriteString(sep + url.PathEscape(string(uid)))
+			m := url.PathEscape(string(uid))
+			if m == "-" {
+				// Bare, it would read as "no members" before a round.
+				m = "%2D"
+			}
+			b.WriteString(sep + m)
 		}
 		if !r.round.IsZero() {
 			if len(r.members) == 0 {
@@ -328,17 +333,22 @@ func parseNoticeLine(line string) (noticeRecord, error) {
 	if n.Action, err = unfield(f[4]); err != nil {
 		return noticeRecord{}, fmt.Errorf("action %q: %s", f[4], want)
 	}
-	if n.Detected, err = time.Parse(time.RFC3339Nano, f[5]); err != nil {
+	if n.Detected, err = configmaplines.ParseTime(f[5]); err != nil {
 		return noticeRecord{}, fmt.Errorf("detected %q is not an RFC 3339 time: %s", f[5], want)
 	}
 	if f[6] != "-" {
-		if n.Deadline, err = time.Parse(time.RFC3339Nano, f[6]); err != nil {
+		if n.Deadline, err = configmaplines.ParseTime(f[6]); err != nil {
 			return noticeRecord{}, fmt.Errorf("deadline %q is not an RFC 3339 time: %s", f[6], want)
 		}
 	}
 	if len(f) == 10 {
-		if r.round, err = time.Parse(time.RFC3339Nano, f[9]); err != nil {
+		if r.round, err = configmaplines.ParseTime(f[9]); err != nil {
 			return noticeRecord{}, fmt.Errorf("round %q is not an RFC 3339 time: %s", f[9], want)
+		}
+		if r.round.IsZero() {
+			// formatNotices leaves a zero round out, and a record not yet
+			// planned again would then be a line with "-" for its gangs.
+			return noticeRecord{}, fmt.Errorf("round %q is the zero time, not a deadline the notice was postponed to: %s", f[9], want)
 		}
 		if f[7] == "-" {
 			if f[8] != "-" {

@@ -252,6 +252,50 @@ func TestNoticeRecordLines(t *testing.T) {
 	}
 }
 
+// A time whose year in UTC is outside 0000-9999 would be written back (in
+// UTC) as a line the next read refuses, and the notice would be lost at the
+// next save: it is refused when read, with the field named (found by
+// FuzzParseNotices).
+func TestSavedNoticeTimeOutsideTheUTCYearsIsRefused(t *testing.T) {
+	const source = "configmap penny-system/penny-reclaim-notices key notices"
+	for _, c := range []struct{ line, want string }{
+		{"a x MAINTENANCE AWS - 0000-01-01T00:00:00+01:00 - label:ml/g", `detected "0000-01-01T00:00:00+01:00" is not an RFC 3339 time`},
+		{"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z 9999-12-31T23:00:00-02:00 label:ml/g", `deadline "9999-12-31T23:00:00-02:00" is not an RFC 3339 time`},
+		{"a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - - - 0000-01-01T00:30:00+01:00", `round "0000-01-01T00:30:00+01:00" is not an RFC 3339 time`},
+	} {
+		recs, err := parseNotices(c.line, source)
+		if len(recs) != 0 || err == nil || !strings.Contains(err.Error(), source+" line 1 ") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: read %+v, %v; want it refused with %s", c.line, recs, err, c.want)
+		}
+	}
+}
+
+// formatNotices leaves a zero round out, so a record not yet planned again
+// with a zero round would be written as a line with "-" for its gangs, which
+// does not read: the zero round is refused when read (found by
+// FuzzParseNotices).
+func TestSavedNoticeWithAZeroRoundIsRefused(t *testing.T) {
+	recs, err := parseNotices("a x MAINTENANCE AWS - 2026-11-30T08:00:00Z - - - 0001-01-01T00:00:00Z", "src")
+	if len(recs) != 0 || err == nil || !strings.Contains(err.Error(), `round "0001-01-01T00:00:00Z" is the zero time`) {
+		t.Fatalf("read %+v, %v; want the zero round refused", recs, err)
+	}
+}
+
+// A member whose UID is "-" is written escaped: bare, before a round, it
+// would read back as "no members", and a resumed notice would act on every
+// live member of its gangs (found by FuzzParseNotices).
+func TestNoticeMemberDashIsWrittenBack(t *testing.T) {
+	detected := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	rec := noticeRecord{nodeNotice{"a", telemetry.ReclaimNotice{ID: "x", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: detected}},
+		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, []types.UID{"-"}, detected.Add(24 * time.Hour)}
+	out := formatNotices([]noticeRecord{rec})
+	back, err := parseNotices(out, "src")
+	if err != nil || len(back) != 1 || !slices.Equal(back[0].members, rec.members) {
+		t.Fatalf("members %q written as %q and read back as %+v, %v", rec.members, out, back, err)
+	}
+}
+
 // Records whose deadline is long past are dropped at the next write, and
 // not resumed before then.
 func TestNoticeStoreDropsRecordsLongPastTheirDeadline(t *testing.T) {
