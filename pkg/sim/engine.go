@@ -712,9 +712,12 @@ type waitingPod struct {
 
 // Settled is a waiting pod that was allowed (and bound) or rejected.
 type Settled struct {
-	Pod    *v1.Pod
-	Node   string
-	Reason string
+	Pod  *v1.Pod
+	Node string
+	// Released is the node a pod that was not bound gave its room back to:
+	// pods that found no room while it was held there may fit now.
+	Released string
+	Reason   string
 }
 
 // SettleWaiting binds the waiting pods every Permit plugin has allowed and
@@ -747,14 +750,18 @@ func (e *Engine) SettleWaiting() ([]Settled, error) {
 			if err != nil {
 				return out, err
 			}
-			out = append(out, Settled{Pod: w.pod, Reason: o.Reason})
+			out = append(out, Settled{Pod: w.pod, Released: w.node, Reason: o.Reason})
 			continue
 		}
 		o, err := e.bind(w.state, w.pod, w.node)
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Settled{Pod: o.Pod, Node: o.Node, Reason: o.Reason})
+		s := Settled{Pod: o.Pod, Node: o.Node, Reason: o.Reason}
+		if o.Node == "" {
+			s.Pod, s.Released = w.pod, w.node
+		}
+		out = append(out, s)
 	}
 	return out, nil
 }

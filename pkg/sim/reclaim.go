@@ -210,12 +210,8 @@ func (r *replayer) reclaimed(fc *FleetChange, n *v1.Node, evicted []*v1.Pod) err
 			out.Kept[h.how]++
 			out.LostGPUHours += lost.Hours() * float64(p.milli) / 1000
 		}
-		r.alloc -= p.milli
+		r.evict(p)
 		p.kept = h.kept
-		p.bound, p.state = nil, "pending"
-		p.gen++
-		p.evicted++
-		r.res.Evictions++
 	}
 	for _, h := range hits {
 		if err := r.try(h.i); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/pennysched/penny/plugins"
@@ -242,6 +243,9 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		tp := &o.Trace.Pods[i]
 		p := tp.Pod.DeepCopy()
 		p.Spec.SchedulerName = prof.SchedulerName
+		// SpotRisk dates a pod's wait for on-demand from its creation; one
+		// without it waits afresh at each attempt and never falls back.
+		p.CreationTimestamp = metav1.NewTime(simEpoch.Add(tp.Arrival))
 		tp2 := *tp
 		tp2.Pod = p
 		r.pods = append(r.pods, &replayPod{tp: &tp2, milli: podGPUMilli(p), state: "pending", start: -1})
@@ -362,10 +366,11 @@ func (r *replayer) run(ctx context.Context) error {
 			r.advance(ev.at)
 		}
 		r.now = ev.at
+		// A gang a timer releases gives its members' room back.
+		freedBefore := len(r.freed)
 		if err := r.timers(); err != nil {
 			return err
 		}
-		freedBefore := len(r.freed)
 		switch ev.kind {
 		case evArrival:
 			if err := r.try(ev.pod); err != nil {
@@ -466,9 +471,12 @@ func (r *replayer) settle() error {
 		j := r.byUID[s.Pod.UID]
 		if s.Node != "" {
 			r.placed(j, s.Pod)
-		} else {
-			r.enqueue(j)
+			continue
 		}
+		if s.Released != "" {
+			r.freed = append(r.freed, s.Released)
+		}
+		r.enqueue(j)
 	}
 	// Pods a plugin asked to retry (Handle.Activate: the gang plugin lets
 	// a gang's members in once the last has arrived) are retried now, as
@@ -567,17 +575,23 @@ func (r *replayer) fleet(fc *FleetChange) error {
 	}
 	for _, bp := range evicted {
 		i := r.byUID[bp.UID]
-		p := r.pods[i]
-		r.alloc -= p.milli
-		p.bound, p.state = nil, "pending"
-		p.gen++
-		p.evicted++
-		r.res.Evictions++
+		r.evict(r.pods[i])
 		if err := r.try(i); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// evict takes a running pod off its node to wait again, as the pod its
+// controller creates in its place: created now.
+func (r *replayer) evict(p *replayPod) {
+	r.alloc -= p.milli
+	p.bound, p.state = nil, "pending"
+	p.gen++
+	p.evicted++
+	r.res.Evictions++
+	p.tp.Pod.CreationTimestamp = metav1.NewTime(simEpoch.Add(r.now))
 }
 
 func (r *replayer) sample() {

@@ -7,6 +7,9 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/capacity"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 type fleet []FleetChange
@@ -207,6 +210,66 @@ func TestReplayGangPermitWaitRunsOnTraceTime(t *testing.T) {
 		if math.Abs(res.HorizonHours*3600-712) > 1e-6 {
 			t.Errorf("run %d: horizon %v s, want 712 (the gang's run ends)", run, res.HorizonHours*3600)
 		}
+	}
+}
+
+// A gang member held at Permit has room reserved on its node; when its gang
+// is released the room is back, and a pod that found none while it was held
+// is tried again then. Node b's one GPU holds member 0 of a gang from 10 s
+// (member 1 fits nowhere: a's GPU holds a share); solo arrives at 20 s and
+// fits nowhere either. The gang's permit wait ends at 70 s and solo runs on
+// b then. Before, nothing told the replay b had room, and solo waited until
+// the share left a at 600 s.
+func TestReplayPodRunsWhereAReleasedGangHeldRoom(t *testing.T) {
+	share := TracePod{Pod: NewPod("ns", "share", 1000, 1024, 1, 500, []string{"Tesla-T4"}), Duration: 600 * time.Second}
+	tr := &Trace{Pods: []TracePod{share}}
+	for i := range 2 {
+		tr.Pods = append(tr.Pods, TracePod{Pod: newJobPod("ns", "job", i, 2, 1000, 1024, 1, 1000), Arrival: 10 * time.Second, Duration: 100 * time.Second})
+	}
+	tr.Pods = append(tr.Pods, tracePod("solo", 1, 20, 100))
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*v1.Node{NewNode("a", 8000, 8192, 1, "Tesla-T4"), NewNode("b", 8000, 8192, 1, "NVIDIA-A10G")}
+	res, err := Replay(context.Background(), ReplayOptions{Nodes: nodes, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range res.PodOutcomes {
+		if o.State != "completed" {
+			t.Errorf("%s: %+v, want completed", o.Pod, o)
+		}
+		if o.Pod == "ns/solo" && o.Start != 70 {
+			t.Errorf("solo: %+v, want started at 70 s, when the gang held on b was released", o)
+		}
+	}
+}
+
+// A fixed fleet's pods are created as they arrive: SpotRisk dates a pod's
+// wait for on-demand capacity from its creation. Training without
+// checkpoints arrives at 30 s on a fleet of one Spot node that a batch pod
+// holds until 900 s; its default 10m wait ended at 630 s, so it runs there
+// once the node is free. Before, the replay's pods had no creation time,
+// every attempt began the wait anew, and the pod never ran. (A fixed
+// replay runs no PostFilter plugins, so it retries a waiting pod when
+// capacity frees, not when its wait ends.)
+func TestReplayTrainingFallsBackToSpotAfterItsWait(t *testing.T) {
+	pod := NewPod("ns", "trainer", 1000, 1024, 1, 1000, nil)
+	pod.Annotations = map[string]string{spotrisk.AnnotationWorkload: "training"}
+	tr := &Trace{Pods: []TracePod{tracePod("batch", 1, 0, 900), {Pod: pod, Arrival: 30 * time.Second, Duration: time.Hour}}}
+	node := NewNode("spot", 8000, 8192, 1, "NVIDIA-A10G")
+	node.Labels[capacity.LabelKarpenter] = "spot"
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Replay(context.Background(), ReplayOptions{Nodes: []*v1.Node{node}, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := res.PodOutcomes[1]; o.State != "completed" || o.Start != 900 {
+		t.Fatalf("%+v, want completed, started at 900 s, when the batch pod left the Spot node after its wait ended", o)
 	}
 }
 

@@ -690,7 +690,6 @@ func (r *elastic) stalled() bool {
 // timers runs the plugins' timers due by now: a gang's permit wait that runs
 // out releases its members held at Permit, and a gang's backoff that ends
 // (or a pod's wait for Spot) asks for its pods to be retried, which they are.
-// An elTimer event is queued for the next timer still armed.
 func (r *elastic) timers() error {
 	if r.clock.advance(r.epoch.Add(r.now)) > 0 {
 		settled, err := r.e.SettleWaiting()
@@ -710,13 +709,24 @@ func (r *elastic) timers() error {
 			}
 		}
 	}
-	if at, ok := r.clock.next(); ok {
-		if d := at.Sub(r.epoch); r.timerAt < 0 || d < r.timerAt {
-			r.timerAt = max(d, r.now)
-			r.push(elEvent{at: r.timerAt, kind: elTimer})
-		}
-	}
 	return nil
+}
+
+// armTimer queues an elTimer event for the plugins' next timer. It runs
+// before each event, after the last one's handling, which is when the
+// plugins arm timers (a gang's backoff starts in a scheduling attempt):
+// armed only as the next event began, a timer armed during an event fired
+// as late as the event after it (the autoscaler's next scan, 30 s, while
+// pods wait; the hourly sample when none does).
+func (r *elastic) armTimer() {
+	at, ok := r.clock.next()
+	if !ok {
+		return
+	}
+	if d := at.Sub(r.epoch); r.timerAt < 0 || d < r.timerAt {
+		r.timerAt = max(d, r.now)
+		r.push(elEvent{at: r.timerAt, kind: elTimer})
+	}
 }
 
 func (r *elastic) run(ctx context.Context) error {
@@ -725,7 +735,11 @@ func (r *elastic) run(ctx context.Context) error {
 	for _, tp := range r.o.Trace.Pods {
 		last = max(last, tp.Arrival)
 	}
-	for n := 0; r.q.Len() > 0 && !r.over(); n++ {
+	for n := 0; ; n++ {
+		r.armTimer()
+		if r.q.Len() == 0 || r.over() {
+			break
+		}
 		if r.o.Progress != nil && n%1024 == 0 && time.Since(reported) >= ProgressEvery {
 			reported = time.Now()
 			fmt.Fprintf(r.o.Progress, "policy %s: %.0f h of trace time (last arrival at %.0f h), %d of %d pods finished, %d waiting, %d nodes up, %.0f s\n",
@@ -921,6 +935,11 @@ func (r *elastic) settle(settled []Settled) {
 		} else {
 			r.pods[j].state = podWaiting
 			r.enqueue(j)
+			if heldOn != nil {
+				// Pods that found no room while it was held there may
+				// fit now.
+				r.freed = append(r.freed, heldOn.name)
+			}
 			r.maybeIdle(heldOn)
 		}
 	}

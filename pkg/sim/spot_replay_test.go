@@ -929,6 +929,33 @@ func TestElasticNodeWithAMemberHeldAtPermitIsNotScaledDown(t *testing.T) {
 	}
 }
 
+// A gang member held at Permit has room reserved on its node; when its gang
+// is released the room is back, and a pod that found none while it was held
+// runs there then. Two 1-GPU reserved nodes, one with half its GPU shared
+// until 600 s: a 2-member gang arrives at 10 s and holds the free node for
+// its member 0, and solo, arriving at 20 s, fits nowhere. The gang's permit
+// wait ends at 70 s and solo runs (50 s late); the gang runs at 600 s,
+// when the share leaves. Before, solo waited until 600 s as well, and the
+// gang, finding its nodes taken again, until 820 s.
+func TestElasticPodRunsWhereAReleasedGangHeldRoom(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+gpuSharing: [penny]
+pools:
+- {name: res, instanceType: g5.8xlarge, capacityType: reserved, zone: us-east-1a, min: 2, max: 2}
+`)
+	tr := []TracePod{{Pod: NewPod(SimNamespace, "share", 1000, 1024, 1, 500, nil), Duration: 600 * time.Second, Source: "share"}}
+	for i := range 2 {
+		tr = append(tr, TracePod{Pod: newJobPod(SimNamespace, "job", i, 2, 1000, 1024, 1, 1000), Arrival: 10 * time.Second, Duration: 100 * time.Second, Source: "job"})
+	}
+	tr = append(tr, TracePod{Pod: NewPod(SimNamespace, "solo", 1000, 1024, 1, 1000, nil), Arrival: 20 * time.Second, Duration: 100 * time.Second, Source: "solo"})
+	res := spotReplay(t, s, "penny", 42, tr...)
+	if d := res.QueueDelay; res.PodsCompleted != 4 || d.Delayed != 3 || d.P50 != 50 || d.Max != 590 || !nearly(res.HorizonHours*3600, 700) {
+		t.Fatalf("completed %d of 4, delays %+v, horizon %.0f s; want all, 3 delayed: solo 50 s, the gang's members 590 s, ending at 700 s",
+			res.PodsCompleted, d, res.HorizonHours*3600)
+	}
+}
+
 // Without PennyGang nothing keeps a gang together, so under default and
 // spot-first a member on the reserved 4-GPU node does not tie the rest to
 // that pool: a 12-GPU job's 8-GPU member gets its own 8-GPU node. (Members
