@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // Replay plays a trace in trace time on a virtual clock: pods arrive at
@@ -159,6 +160,7 @@ const (
 	evWithdraw
 	evSample
 	evTimer
+	evWaitEnd
 )
 
 // live: the event changes the workload or the fleet (samples and timers do
@@ -209,6 +211,10 @@ type replayPod struct {
 	// freedSeen is how many capacity-freeing events the pod has seen since
 	// it last failed; it only needs another try after one on a new node.
 	freedSeen int
+	// created is when the pod was created: its arrival, or its last
+	// eviction. waitQueued: an evWaitEnd is queued for this creation.
+	created    time.Duration
+	waitQueued bool
 }
 
 // Replay runs the trace.
@@ -229,6 +235,9 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 	}
 	defer e.Close()
 	r := &replayer{e: e, o: o, clock: clk, timerAt: -1, res: &ReplayResult{Kind: "replay", Policy: o.Policy.Name, Seed: o.Seed}}
+	for _, pl := range e.Framework().ListPlugins().Filter.Enabled {
+		r.spotWaits = r.spotWaits || pl.Name == spotrisk.Name
+	}
 	if o.Reclaim != nil {
 		r.res.Reclaim = &ReclaimOutcome{NoticeCheckpoints: o.Reclaim.NoticeCheckpoints, Kept: map[string]int{}}
 	}
@@ -248,7 +257,7 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		p.CreationTimestamp = metav1.NewTime(simEpoch.Add(tp.Arrival))
 		tp2 := *tp
 		tp2.Pod = p
-		r.pods = append(r.pods, &replayPod{tp: &tp2, milli: podGPUMilli(p), state: "pending", start: -1})
+		r.pods = append(r.pods, &replayPod{tp: &tp2, milli: podGPUMilli(p), state: "pending", start: -1, created: tp.Arrival})
 		r.byUID[p.UID] = i
 		all = append(all, p)
 		r.push(event{at: tp.Arrival, kind: evArrival, pod: i})
@@ -299,6 +308,9 @@ type replayer struct {
 	// last of them happened or a pod was last placed.
 	live       int
 	lastChange time.Duration
+	// spotWaits: SpotRisk filters, and a pod it keeps waiting is retried
+	// when its wait ends (queueWaitEnd).
+	spotWaits bool
 
 	gpuMilliSeconds      float64
 	capacityMilliSeconds float64
@@ -405,6 +417,12 @@ func (r *replayer) run(ctx context.Context) error {
 			r.push(event{at: ev.at + r.o.SampleEvery, kind: evSample})
 		case evTimer:
 			// The plugins' timers ran above.
+		case evWaitEnd:
+			if p := r.pods[ev.pod]; p.state == "pending" && p.gen == ev.gen {
+				if err := r.try(ev.pod); err != nil {
+					return err
+				}
+			}
 		}
 		// Once the instant's departures are done, retry the waiting pods.
 		if len(r.freed) > freedBefore && (r.q.Len() == 0 || r.q[0].at > r.now || r.q[0].kind > evFleet) {
@@ -455,8 +473,28 @@ func (r *replayer) try(i int) error {
 		r.placed(i, out.Pod)
 	default:
 		r.enqueue(i)
+		r.queueWaitEnd(i)
 	}
 	return r.settle()
+}
+
+// queueWaitEnd queues a retry of a pod that failed for when its wait under
+// SpotRisk ends (for Spot capacity, or for on-demand capacity): the plugin
+// arms that retry in PostFilter, which the engine does not run. The
+// deadline is the priced replay's (ClassOf with the plugin's default args).
+func (r *replayer) queueWaitEnd(i int) {
+	p := r.pods[i]
+	if !r.spotWaits || p.waitQueued {
+		return
+	}
+	class, err := spotrisk.ClassOf(p.tp.Pod, nil)
+	if err != nil || !class.Waits() {
+		return
+	}
+	if end := p.created + class.FallbackAfter; end > r.now {
+		p.waitQueued = true
+		r.push(event{at: end, kind: evWaitEnd, pod: i, gen: p.gen})
+	}
 }
 
 // settle binds the pods held at Permit that every plugin has allowed, sends
@@ -592,6 +630,7 @@ func (r *replayer) evict(p *replayPod) {
 	p.evicted++
 	r.res.Evictions++
 	p.tp.Pod.CreationTimestamp = metav1.NewTime(simEpoch.Add(r.now))
+	p.created, p.waitQueued = r.now, false
 }
 
 func (r *replayer) sample() {

@@ -247,29 +247,37 @@ func TestReplayPodRunsWhereAReleasedGangHeldRoom(t *testing.T) {
 }
 
 // A fixed fleet's pods are created as they arrive: SpotRisk dates a pod's
-// wait for on-demand capacity from its creation. Training without
-// checkpoints arrives at 30 s on a fleet of one Spot node that a batch pod
-// holds until 900 s; its default 10m wait ended at 630 s, so it runs there
-// once the node is free. Before, the replay's pods had no creation time,
-// every attempt began the wait anew, and the pod never ran. (A fixed
-// replay runs no PostFilter plugins, so it retries a waiting pod when
-// capacity frees, not when its wait ends.)
+// wait for on-demand capacity from its creation, and the replay retries the
+// pod when the wait ends, as the plugin does. Training without checkpoints
+// arrives at 30 s on a fleet of one Spot node; its default 10m wait ends at
+// 630 s, when it runs there if the node is free, and else when a batch pod
+// that holds it until 900 s leaves. Before, the replay's pods had no creation
+// time, every attempt began the wait anew, and the pod never ran; and a pod
+// whose wait ended was retried only when capacity freed.
 func TestReplayTrainingFallsBackToSpotAfterItsWait(t *testing.T) {
-	pod := NewPod("ns", "trainer", 1000, 1024, 1, 1000, nil)
-	pod.Annotations = map[string]string{spotrisk.AnnotationWorkload: "training"}
-	tr := &Trace{Pods: []TracePod{tracePod("batch", 1, 0, 900), {Pod: pod, Arrival: 30 * time.Second, Duration: time.Hour}}}
-	node := NewNode("spot", 8000, 8192, 1, "NVIDIA-A10G")
-	node.Labels[capacity.LabelKarpenter] = "spot"
-	p, err := LookupPolicy("penny")
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := Replay(context.Background(), ReplayOptions{Nodes: []*v1.Node{node}, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if o := res.PodOutcomes[1]; o.State != "completed" || o.Start != 900 {
-		t.Fatalf("%+v, want completed, started at 900 s, when the batch pod left the Spot node after its wait ended", o)
+	for _, c := range []struct {
+		batch int64 // the batch pod's run on the Spot node, from 0 s
+		start float64
+	}{{0, 630}, {900, 900}} {
+		pod := NewPod("ns", "trainer", 1000, 1024, 1, 1000, nil)
+		pod.Annotations = map[string]string{spotrisk.AnnotationWorkload: "training"}
+		tr := &Trace{Pods: []TracePod{{Pod: pod, Arrival: 30 * time.Second, Duration: time.Hour}}}
+		if c.batch > 0 {
+			tr.Pods = append(tr.Pods, tracePod("batch", 1, 0, c.batch))
+		}
+		node := NewNode("spot", 8000, 8192, 1, "NVIDIA-A10G")
+		node.Labels[capacity.LabelKarpenter] = "spot"
+		p, err := LookupPolicy("penny")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := Replay(context.Background(), ReplayOptions{Nodes: []*v1.Node{node}, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o := res.PodOutcomes[0]; o.State != "completed" || o.Start != c.start {
+			t.Errorf("batch pod for %d s: %+v, want completed, started at %v s", c.batch, o, c.start)
+		}
 	}
 }
 
