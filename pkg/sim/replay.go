@@ -211,10 +211,9 @@ type replayPod struct {
 	// freedSeen is how many capacity-freeing events the pod has seen since
 	// it last failed; it only needs another try after one on a new node.
 	freedSeen int
-	// created is when the pod was created: its arrival, or its last
-	// eviction. waitQueued: an evWaitEnd is queued for this creation.
-	created    time.Duration
-	waitQueued bool
+	// waitSeen: queueWaitEnd has looked at the pod since it was last
+	// created (arrived, or was evicted).
+	waitSeen bool
 }
 
 // Replay runs the trace.
@@ -257,7 +256,7 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		p.CreationTimestamp = metav1.NewTime(simEpoch.Add(tp.Arrival))
 		tp2 := *tp
 		tp2.Pod = p
-		r.pods = append(r.pods, &replayPod{tp: &tp2, milli: podGPUMilli(p), state: "pending", start: -1, created: tp.Arrival})
+		r.pods = append(r.pods, &replayPod{tp: &tp2, milli: podGPUMilli(p), state: "pending", start: -1})
 		r.byUID[p.UID] = i
 		all = append(all, p)
 		r.push(event{at: tp.Arrival, kind: evArrival, pod: i})
@@ -447,13 +446,9 @@ func (r *replayer) timers() error {
 // armTimer queues an evTimer event for the plugins' next timer, so that the
 // replay stops at that instant even when nothing else happens then.
 func (r *replayer) armTimer() {
-	at, ok := r.clock.next()
-	if !ok {
-		return
-	}
-	if d := at.Sub(simEpoch); r.timerAt < 0 || d < r.timerAt {
-		r.timerAt = max(d, r.now)
-		r.push(event{at: r.timerAt, kind: evTimer})
+	if at, ok := r.clock.nextEvent(simEpoch, r.now, r.timerAt); ok {
+		r.timerAt = at
+		r.push(event{at: at, kind: evTimer})
 	}
 }
 
@@ -481,18 +476,19 @@ func (r *replayer) try(i int) error {
 // queueWaitEnd queues a retry of a pod that failed for when its wait under
 // SpotRisk ends (for Spot capacity, or for on-demand capacity): the plugin
 // arms that retry in PostFilter, which the engine does not run. The
-// deadline is the priced replay's (ClassOf with the plugin's default args).
+// deadline is the priced replay's (ClassOf with the plugin's default args),
+// from the pod's creation; it is looked at once per creation.
 func (r *replayer) queueWaitEnd(i int) {
 	p := r.pods[i]
-	if !r.spotWaits || p.waitQueued {
+	if !r.spotWaits || p.waitSeen {
 		return
 	}
+	p.waitSeen = true
 	class, err := spotrisk.ClassOf(p.tp.Pod, nil)
 	if err != nil || !class.Waits() {
 		return
 	}
-	if end := p.created + class.FallbackAfter; end > r.now {
-		p.waitQueued = true
+	if end := p.tp.Pod.CreationTimestamp.Sub(simEpoch) + class.FallbackAfter; end > r.now {
 		r.push(event{at: end, kind: evWaitEnd, pod: i, gen: p.gen})
 	}
 }
@@ -630,7 +626,7 @@ func (r *replayer) evict(p *replayPod) {
 	p.evicted++
 	r.res.Evictions++
 	p.tp.Pod.CreationTimestamp = metav1.NewTime(simEpoch.Add(r.now))
-	p.created, p.waitQueued = r.now, false
+	p.waitSeen = false
 }
 
 func (r *replayer) sample() {

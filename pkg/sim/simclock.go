@@ -81,6 +81,20 @@ func (c *simClock) next() (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// nextEvent is when a replay queues its timer event for the earliest armed
+// timer, in trace time since epoch and not before now; false when none is
+// armed or the timer event already queued at queued (-1: none) is as early.
+func (c *simClock) nextEvent(epoch time.Time, now, queued time.Duration) (time.Duration, bool) {
+	at, ok := c.next()
+	if !ok {
+		return 0, false
+	}
+	if d := at.Sub(epoch); queued < 0 || d < queued {
+		return max(d, now), true
+	}
+	return 0, false
+}
+
 // advance moves the time to now, running the timers due by then each at
 // its own time; it returns how many ran.
 func (c *simClock) advance(now time.Time) int {

@@ -719,13 +719,9 @@ func (r *elastic) timers() error {
 // as late as the event after it (the autoscaler's next scan, 30 s, while
 // pods wait; the hourly sample when none does).
 func (r *elastic) armTimer() {
-	at, ok := r.clock.next()
-	if !ok {
-		return
-	}
-	if d := at.Sub(r.epoch); r.timerAt < 0 || d < r.timerAt {
-		r.timerAt = max(d, r.now)
-		r.push(elEvent{at: r.timerAt, kind: elTimer})
+	if at, ok := r.clock.nextEvent(r.epoch, r.now, r.timerAt); ok {
+		r.timerAt = at
+		r.push(elEvent{at: at, kind: elTimer})
 	}
 }
 
@@ -935,10 +931,8 @@ func (r *elastic) settle(settled []Settled) {
 		} else {
 			r.pods[j].state = podWaiting
 			r.enqueue(j)
-			if heldOn != nil {
-				// Pods that found no room while it was held there may
-				// fit now.
-				r.freed = append(r.freed, heldOn.name)
+			if s.Released != "" {
+				r.freed = append(r.freed, s.Released)
 			}
 			r.maybeIdle(heldOn)
 		}
