@@ -14,7 +14,9 @@ import (
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pluginargs"
 	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // A Policy is a scheduler configuration the simulator can run by name.
@@ -200,6 +202,35 @@ func (p *Policy) Build(run Run) (*config.KubeSchedulerProfile, frameworkruntime.
 		prof.Plugins.PreScore.Enabled = []config.Plugin{{Name: RandomScoreName}}
 	}
 	return prof, registry, nil
+}
+
+// pennyClassArgs are the SpotRisk args Penny's profile in schedulerConfig (nil:
+// the deployed configuration) classifies pods with; nil when the profile
+// leaves them out, which spotrisk.ClassOf reads as the defaults. The
+// replays read every pod's class with them, whatever the policy, so that a
+// wait the simulator times (fallbackAfter) and the classes it reports
+// (neverSpotPriority, shortRuntime) are the plugin's own.
+func pennyClassArgs(schedulerConfig []byte) (*spotrisk.Args, error) {
+	data := schedulerConfig
+	if data == nil {
+		data = deploy.SchedulerConfig
+	}
+	prof, err := ProfileFromConfig(data, PennyProfile)
+	if err != nil {
+		return nil, err
+	}
+	return spotRiskArgs(prof)
+}
+
+// spotRiskArgs are prof's SpotRisk args, defaulted and validated; nil when
+// it has none.
+func spotRiskArgs(prof *config.KubeSchedulerProfile) (*spotrisk.Args, error) {
+	for _, pc := range prof.PluginConfig {
+		if pc.Name == spotrisk.Name {
+			return pluginargs.Decode[spotrisk.Args](spotrisk.Name, pc.Args)
+		}
+	}
+	return nil, nil
 }
 
 // PennyProfile is the profile of the deployed configuration that pods opt

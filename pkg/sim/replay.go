@@ -237,6 +237,11 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 	for _, pl := range e.Framework().ListPlugins().Filter.Enabled {
 		r.spotWaits = r.spotWaits || pl.Name == spotrisk.Name
 	}
+	if r.spotWaits {
+		if r.classArgs, err = spotRiskArgs(prof); err != nil {
+			return nil, err
+		}
+	}
 	if o.Reclaim != nil {
 		r.res.Reclaim = &ReclaimOutcome{NoticeCheckpoints: o.Reclaim.NoticeCheckpoints, Kept: map[string]int{}}
 	}
@@ -310,6 +315,8 @@ type replayer struct {
 	// spotWaits: SpotRisk filters, and a pod it keeps waiting is retried
 	// when its wait ends (queueWaitEnd).
 	spotWaits bool
+	// classArgs are the profile's SpotRisk args, which time those waits.
+	classArgs *spotrisk.Args
 
 	gpuMilliSeconds      float64
 	capacityMilliSeconds float64
@@ -476,15 +483,15 @@ func (r *replayer) try(i int) error {
 // queueWaitEnd queues a retry of a pod that failed for when its wait under
 // SpotRisk ends (for Spot capacity, or for on-demand capacity): the plugin
 // arms that retry in PostFilter, which the engine does not run. The
-// deadline is the priced replay's (ClassOf with the plugin's default args),
-// from the pod's creation; it is looked at once per creation.
+// deadline is the plugin's (ClassOf with the profile's args), from the
+// pod's creation; it is looked at once per creation.
 func (r *replayer) queueWaitEnd(i int) {
 	p := r.pods[i]
 	if !r.spotWaits || p.waitSeen {
 		return
 	}
 	p.waitSeen = true
-	class, err := spotrisk.ClassOf(p.tp.Pod, nil)
+	class, err := spotrisk.ClassOf(p.tp.Pod, r.classArgs)
 	if err != nil || !class.Waits() {
 		return
 	}

@@ -3,11 +3,13 @@ package sim
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
@@ -253,12 +255,16 @@ func TestReplayPodRunsWhereAReleasedGangHeldRoom(t *testing.T) {
 // 630 s, when it runs there if the node is free, and else when a batch pod
 // that holds it until 900 s leaves. Before, the replay's pods had no creation
 // time, every attempt began the wait anew, and the pod never ran; and a pod
-// whose wait ended was retried only when capacity freed.
+// whose wait ended was retried only when capacity freed. The wait is the
+// profile's fallbackAfter: with 20m it ends at 1230 s (the replay used to
+// time it with the default 10m, retried the pod while the plugin still kept
+// it waiting, and never again).
 func TestReplayTrainingFallsBackToSpotAfterItsWait(t *testing.T) {
 	for _, c := range []struct {
-		batch int64 // the batch pod's run on the Spot node, from 0 s
-		start float64
-	}{{0, 630}, {900, 900}} {
+		batch    int64  // the batch pod's run on the Spot node, from 0 s
+		fallback string // the profile's fallbackAfter; "" the deployed one
+		start    float64
+	}{{0, "", 630}, {900, "", 900}, {0, "20m", 1230}} {
 		pod := NewPod("ns", "trainer", 1000, 1024, 1, 1000, nil)
 		pod.Annotations = map[string]string{spotrisk.AnnotationWorkload: "training"}
 		tr := &Trace{Pods: []TracePod{{Pod: pod, Arrival: 30 * time.Second, Duration: time.Hour}}}
@@ -271,14 +277,29 @@ func TestReplayTrainingFallsBackToSpotAfterItsWait(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := Replay(context.Background(), ReplayOptions{Nodes: []*v1.Node{node}, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour})
+		var cfg []byte
+		if c.fallback != "" {
+			cfg = withFallbackAfter(t, c.fallback)
+		}
+		res, err := Replay(context.Background(), ReplayOptions{Nodes: []*v1.Node{node}, Trace: tr, Policy: p, Seed: 1, SampleEvery: time.Hour, SchedulerConfig: cfg})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if o := res.PodOutcomes[0]; o.State != "completed" || o.Start != c.start {
-			t.Errorf("batch pod for %d s: %+v, want completed, started at %v s", c.batch, o, c.start)
+			t.Errorf("batch pod for %d s, fallbackAfter %q: %+v, want completed, started at %v s", c.batch, c.fallback, o, c.start)
 		}
 	}
+}
+
+// withFallbackAfter is the deployed scheduler configuration with SpotRisk's
+// fallbackAfter set to d.
+func withFallbackAfter(t *testing.T, d string) []byte {
+	t.Helper()
+	const shipped = "fallbackAfter: 10m"
+	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
+		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
+	}
+	return []byte(strings.Replace(string(deploy.SchedulerConfig), shipped, "fallbackAfter: "+d, 1))
 }
 
 // A gang admitted that can never complete (its two members ask for the same

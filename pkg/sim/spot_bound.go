@@ -178,7 +178,7 @@ func (f *boundFleet) holds(pools []boundPool, u pricing.Usage) bool {
 
 // BillLowerBound computes the bound for the trace on the scenario's fleet,
 // with the classes the seed draws.
-func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error) {
+func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64, classArgs *spotrisk.Args) (*BillBound, error) {
 	f, err := newBoundFleet(sc)
 	if err != nil {
 		return nil, err
@@ -202,7 +202,7 @@ func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64) (*BillBound, error
 		}
 		p := tp.Pod.DeepCopy()
 		sc.annotate(p, tp.Duration, seed)
-		class, err := spotrisk.ClassOf(p, nil)
+		class, err := spotrisk.ClassOf(p, classArgs)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}

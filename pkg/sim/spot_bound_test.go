@@ -17,12 +17,44 @@ func TestBillBoundByHand(t *testing.T) {
 		spotTracePod("serve", "LS", 1, 0, 2*time.Hour),
 		spotTracePod("train", "BE", 1, 0, time.Hour),
 	}}
-	b, err := BillLowerBound(s, tr, 42)
+	b, err := BillLowerBound(s, tr, 42, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !nearly(b.NeverUSD, 2*2.448) || !nearly(b.RestUSD, 0.9686) || b.FixedUSD != 0 || !nearly(b.BillUSD, 2*2.448+0.9686) || b.HorizonHours != 2 || b.LeftOut != 0 {
 		t.Fatalf("bound %+v; want never 4.896, rest 0.9686, fixed 0, bill 5.8646 over 2 h, none left out", *b)
+	}
+}
+
+// The bound reads classes with the profile's SpotRisk args: a trainer at
+// priority 5000 is never-class under neverSpotPriority 1000, and then needs
+// an on-demand node for its hour.
+func TestBillBoundUsesTheProfilesClasses(t *testing.T) {
+	s := spotScenario(t, "4", "0s")
+	train := spotTracePod("train", "BE", 1, 0, time.Hour)
+	train.Pod.Spec.Priority = ptrInt32(5000)
+	cfg := strings.Replace(string(withFallbackAfter(t, "10m")), "fallbackAfter: 10m", "fallbackAfter: 10m\n      neverSpotPriority: 1000", 1)
+	args, err := pennyClassArgs([]byte(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cfg         string
+		never, rest float64
+	}{{"deployed", 0, 0.9686}, {"neverSpotPriority 1000", 2.448, 0}} {
+		a := args
+		if c.cfg == "deployed" {
+			if a, err = pennyClassArgs(nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := BillLowerBound(s, &Trace{Pods: []TracePod{train}}, 42, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !nearly(b.NeverUSD, c.never) || !nearly(b.RestUSD, c.rest) {
+			t.Errorf("%s: bound %+v; want never %v, rest %v", c.cfg, *b, c.never, c.rest)
+		}
 	}
 }
 
@@ -39,7 +71,7 @@ func TestBillBoundSharesOverHalfTakeAGPUEach(t *testing.T) {
 		milli int64
 		nodes float64
 	}{{600, 2}, {400, 1}, {500, 1}} {
-		b, err := BillLowerBound(s, &Trace{Pods: []TracePod{share("a", c.milli), share("b", c.milli)}}, 42)
+		b, err := BillLowerBound(s, &Trace{Pods: []TracePod{share("a", c.milli), share("b", c.milli)}}, 42, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +101,7 @@ pools:
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := BillLowerBound(s, tr, 42)
+		b, err := BillLowerBound(s, tr, 42, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +117,7 @@ func TestBillBoundLeavesOutWhatNoPolicyRuns(t *testing.T) {
 	s := spotScenario(t, "4", "0s")
 	withdrawn := spotTracePod("never-started", "BE", 1, 0, time.Hour)
 	withdrawn.Withdraw = time.Hour
-	b, err := BillLowerBound(s, &Trace{Pods: []TracePod{withdrawn, spotTracePod("too-big", "LS", 2, 0, time.Hour)}}, 42)
+	b, err := BillLowerBound(s, &Trace{Pods: []TracePod{withdrawn, spotTracePod("too-big", "LS", 2, 0, time.Hour)}}, 42, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +202,7 @@ pools:
 		t.Fatalf("ended at %.4f h; Spot pool up %.4f h, bill %.2f; want %.4f h, %.4f h and %.2f",
 			res.HorizonHours, res.NodeHoursByPool["spot"], res.BillUSD, end, end, round2(end*(2.448+0.9686)))
 	}
-	b, err := BillLowerBound(s, &Trace{Pods: pods}, 42)
+	b, err := BillLowerBound(s, &Trace{Pods: pods}, 42, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

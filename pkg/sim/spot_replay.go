@@ -537,6 +537,10 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 			}
 		}
 	}
+	classArgs, err := pennyClassArgs(o.SchedulerConfig)
+	if err != nil {
+		return nil, err
+	}
 	for i := range o.Trace.Pods {
 		tp := &o.Trace.Pods[i]
 		p := tp.Pod.DeepCopy()
@@ -546,7 +550,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		// has to ask for.
 		gpus := podGPUs(p)
 		sc.admit(p, o.Policy.Name)
-		class, err := spotrisk.ClassOf(p, nil)
+		class, err := spotrisk.ClassOf(p, classArgs)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}

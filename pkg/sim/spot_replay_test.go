@@ -291,6 +291,37 @@ func TestElasticFallback(t *testing.T) {
 	}
 }
 
+// The elastic fleet times a Spot-preferring pod's wait with the profile's
+// fallbackAfter, as the plugin does: "second" (arriving at 1m, the one Spot
+// node taken by "first") may use on-demand capacity at 1m + fallbackAfter
+// and waits 3m more for the node. The replay used to time every wait with
+// the default 10m: with 2m the pod waited until 11m, and with 30m the
+// autoscaler, asked at 11m while the plugin still kept it off on-demand
+// nodes, never asked again, and the pod waited for the Spot node to free 5h
+// later.
+func TestElasticWaitIsTheProfilesFallbackAfter(t *testing.T) {
+	s := spotScenario(t, "1", "0s")
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		fallback string
+		delay    time.Duration
+	}{{"2m", 5 * time.Minute}, {"30m", 33 * time.Minute}} {
+		res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Policy: p, Seed: 42, SchedulerConfig: withFallbackAfter(t, c.fallback),
+			Trace: &Trace{Pods: []TracePod{
+				spotTracePod("first", "BE", 1, 0, 5*time.Hour),
+				spotTracePod("second", "BE", 1, time.Minute, 5*time.Hour)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Fallbacks != 1 || res.QueueDelay.Max != c.delay.Seconds() {
+			t.Errorf("fallbackAfter %s: %d fallbacks, longest wait %v s; want 1 and %v s", c.fallback, res.Fallbacks, res.QueueDelay.Max, c.delay.Seconds())
+		}
+	}
+}
+
 // The delay a prefer pod spends waiting out its fallback is its class's,
 // not the service's beside it: the Spot pool's one node goes to "first",
 // "second" waits 10m for Spot and 3m for an on-demand node, and the

@@ -59,7 +59,11 @@ type SpotSummary struct {
 // ProgressEvery of a replay.
 func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies []*Policy, seed uint64, cfg []byte, progress io.Writer, parallel int) (*SpotReport, error) {
 	rep := &SpotReport{Kind: "spot-replay", Seed: seed, Summary: map[string]SpotSummary{}}
-	bound, err := BillLowerBound(sc, tr, seed)
+	classArgs, err := pennyClassArgs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	bound, err := BillLowerBound(sc, tr, seed, classArgs)
 	if err != nil {
 		return nil, err
 	}
