@@ -130,7 +130,10 @@ type elPod struct {
 	workFrom  time.Duration
 	waitStart time.Duration
 	delay     time.Duration
-	started   bool
+	// firstDelay is delay when the pod's work first started (-1 until
+	// then): its wait before it first ran, without the waits after reclaims.
+	firstDelay time.Duration
+	started    bool
 	// nominated is the in-flight node the autoscaler launched for the pod.
 	nominated string
 	hourly    float64
@@ -431,7 +434,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", tp.Source, err)
 		}
-		ep := &elPod{idx: i, tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1, workFrom: -1}
+		ep := &elPod{idx: i, tp: tp, pod: p, gang: gangKey(p), class: class, gpus: gpus, usage: pricing.PodUsage(p), work: tp.Duration, state: podWaiting, downSince: -1, workFrom: -1, firstDelay: -1}
 		r.hot = append(r.hot, podHot{shape: r.shapeOf(ep.usage), verdict: -1})
 		if spec, ok, err := gang.Of(p); ok && err == nil {
 			ep.gangSpec, ep.inGang = spec, true
@@ -921,6 +924,9 @@ func (r *elastic) quorum(g *elGang) int {
 func (r *elastic) work(i int) {
 	p := r.pods[i]
 	p.workFrom = r.now
+	if p.firstDelay < 0 {
+		p.firstDelay = p.delay
+	}
 	r.push(elEvent{at: p.tp.DepartsBy(r.now, p.overhead+(p.work-p.saved)), kind: elDeparture, pod: i, gen: p.gen})
 }
 

@@ -1540,7 +1540,9 @@ pools:
 // off Spot once a reclaim cut its run short, on a fleet with no other
 // capacity) has queued from its arrival to its first start and from the
 // reclaim to the end of the replay: its run (all of it lost) is the only
-// time it did not wait.
+// time it did not wait. Its wait before it first ran, without the one after
+// the reclaim, is its 10m for on-demand capacity that never comes and 3m for
+// the Spot node launched then.
 func TestElasticQueueDelayCountsAWaitAfterAReclaimUntilTheEnd(t *testing.T) {
 	s := scenarioOf(t, `
 region: us-east-1
@@ -1556,6 +1558,9 @@ pools:
 	}
 	if want := (res.HorizonHours - res.LostGPUHours) * 3600; math.Abs(res.QueueDelay.Max-want) > 1e-3 {
 		t.Fatalf("queue delay %.1f s over a %.4f h replay with a %.4f h run; want %.1f s", res.QueueDelay.Max, res.HorizonHours, res.LostGPUHours, want)
+	}
+	if first := res.FirstStartDelay; first.Max != (13*time.Minute).Seconds() || first.P95 != first.Max {
+		t.Fatalf("first-start delay %+v; want 780 s", first)
 	}
 }
 

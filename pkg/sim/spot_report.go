@@ -45,7 +45,10 @@ type SpotSummary struct {
 	// QueueDelayP95ByClassS is the p95 per Spot policy
 	// (ElasticResult.QueueDelayByClass).
 	QueueDelayP95ByClassS map[string]float64 `json:"queue_delay_p95_by_class_s"`
-	NeverScheduled        int                `json:"never_scheduled"`
+	// FirstStartDelayP95S is the p95 of the waits before pods first ran
+	// (ElasticResult.FirstStartDelay).
+	FirstStartDelayP95S float64 `json:"first_start_delay_p95_s"`
+	NeverScheduled      int     `json:"never_scheduled"`
 	// Unfinished counts pods that ran but had not finished when a stalled
 	// replay ended (ElasticResult.Stalled).
 	Unfinished int `json:"unfinished"`
@@ -100,7 +103,8 @@ func RunSpotReplays(ctx context.Context, sc *SpotScenario, tr *Trace, policies [
 			UsefulGPUHours: round2(r.UsefulGPUHours), LostGPUHours: round2(r.LostGPUHours), NeverOnSpot: r.NeverOnSpot,
 			Reclaims: r.Reclaims, ServiceDowntimeH: round2(r.ServiceDowntimeHours),
 			QueueDelayP50S: r.QueueDelayP50Seconds, QueueDelayP95S: r.QueueDelayP95Seconds, NeverScheduled: r.NeverScheduled, Unfinished: r.Unfinished,
-			GangWaitGPUHours: round2(r.GangWaitGPUHours), QueueDelayP95ByClassS: map[string]float64{}}
+			GangWaitGPUHours: round2(r.GangWaitGPUHours), QueueDelayP95ByClassS: map[string]float64{},
+			FirstStartDelayP95S: r.FirstStartDelay.P95}
 		for c, d := range r.QueueDelayByClass {
 			s.QueueDelayP95ByClassS[c] = d.P95
 		}
@@ -193,6 +197,18 @@ func (rep *SpotReport) Markdown() string {
 			}
 			return fmt.Sprintf("%.0f / %.0f / %.0f", d.P50, d.P95, d.Max)
 		})
+	// The queue delays above count the waits after reclaims too; these say
+	// how much of the tail those are.
+	b.WriteString("\nQueueing delay before each pod first ran (the waits after reclaims left out), p50 / p95 / max (s):")
+	for k, r := range rep.Runs {
+		sep := ","
+		if k == 0 {
+			sep = ""
+		}
+		d := r.FirstStartDelay
+		fmt.Fprintf(&b, "%s %s %.0f / %.0f / %.0f", sep, r.Policy, d.P50, d.P95, d.Max)
+	}
+	b.WriteString(".\n")
 	return b.String()
 }
 

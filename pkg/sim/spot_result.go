@@ -87,9 +87,13 @@ type ElasticResult struct {
 	// pods for on-demand) shows it here even where the few pods of that
 	// class leave the overall percentiles where they were.
 	QueueDelayByClass map[string]DelayStats `json:"queue_delay_by_class_seconds"`
-	PodsTotal         int                   `json:"pods_total"`
-	PodsCompleted     int                   `json:"pods_completed"`
-	NeverScheduled    int                   `json:"never_scheduled"`
+	// FirstStartDelay is each pod's wait before its work first started,
+	// without the waits after reclaims that QueueDelay adds: what the
+	// scheduler and the fleet made a pod wait, apart from what Spot cost.
+	FirstStartDelay DelayStats `json:"first_start_delay_seconds"`
+	PodsTotal       int        `json:"pods_total"`
+	PodsCompleted   int        `json:"pods_completed"`
+	NeverScheduled  int        `json:"never_scheduled"`
 	// FitsNoPool counts the never-scheduled pods that no pool's template
 	// node passes the filters of (a GPU model or size the fleet lacks, a
 	// Spot rule no pool meets): the scenario, not the load, kept them out.
@@ -178,11 +182,16 @@ func (r *elastic) finish() {
 		r.retire(n)
 	}
 	res.IdleUSD = res.BillUSD - res.AllocatedUSD
-	var delays []float64
+	var delays, firsts []float64
 	byClass := map[string][]float64{}
 	for i, p := range r.pods {
 		if p.started {
 			delays = append(delays, p.delay.Seconds())
+			if p.firstDelay < 0 {
+				// Its gang's work never started: all of its wait was before.
+				p.firstDelay = p.delay
+			}
+			firsts = append(firsts, p.firstDelay.Seconds())
 			c := string(p.class.Policy)
 			byClass[c] = append(byClass[c], p.delay.Seconds())
 			if p.state != podDone {
@@ -211,6 +220,7 @@ func (r *elastic) finish() {
 	}
 	res.QueueDelay = delayStats(delays)
 	res.QueueDelayP50Seconds, res.QueueDelayP95Seconds = res.QueueDelay.P50, res.QueueDelay.P95
+	res.FirstStartDelay = delayStats(firsts)
 	res.QueueDelayByClass = map[string]DelayStats{}
 	for c, d := range byClass {
 		res.QueueDelayByClass[c] = delayStats(d)
