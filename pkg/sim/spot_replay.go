@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	fwk "k8s.io/kube-scheduler/framework"
-	"k8s.io/kubernetes/pkg/scheduler/apis/config"
 
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -373,7 +372,11 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 	if err != nil {
 		return nil, err
 	}
-	if err := r.setRanker(ctx, prof, deps); err != nil {
+	classArgs, err := pennyClassArgs(o.SchedulerConfig)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.setRanker(ctx, classArgs, deps); err != nil {
 		return nil, err
 	}
 	for i := range sc.Pools {
@@ -416,10 +419,6 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 				return nil, err
 			}
 		}
-	}
-	classArgs, err := pennyClassArgs(o.SchedulerConfig)
-	if err != nil {
-		return nil, err
 	}
 	for i := range o.Trace.Pods {
 		tp := &o.Trace.Pods[i]
@@ -482,7 +481,7 @@ func poolKey(p *ElasticPool) pricing.Pool {
 // setRanker picks how the policy's autoscaler chooses a pool: Penny asks
 // SpotRisk's expander; spot-first takes Spot first; every policy otherwise
 // takes the cheapest node that fits, as Karpenter does.
-func (r *elastic) setRanker(ctx context.Context, prof *config.KubeSchedulerProfile, deps plugins.Deps) error {
+func (r *elastic) setRanker(ctx context.Context, spotArgs *spotrisk.Args, deps plugins.Deps) error {
 	cheapest := func(spotFirst bool) func(*v1.Pod, []*v1.Node) ([]int, error) {
 		return func(_ *v1.Pod, t []*v1.Node) ([]int, error) {
 			order := make([]int, len(t))
@@ -505,15 +504,10 @@ func (r *elastic) setRanker(ctx context.Context, prof *config.KubeSchedulerProfi
 	switch r.o.Policy.Name {
 	case "penny":
 		// penny-scheduler's expander ranks with its profile's SpotRisk: the
-		// same args (restartOverhead, fallbackAfter, ...) and the run
-		// lengths it learns, which price an avoiding pod's reclaims here too.
-		var args k8sruntime.Object
-		for _, pc := range prof.PluginConfig {
-			if pc.Name == spotrisk.Name {
-				args = pc.Args
-			}
-		}
-		x, err := spotrisk.NewExpander(ctx, args, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock, RunLengths: deps.RunLengths})
+		// same args (restartOverhead, fallbackAfter, ...; pennyClassArgs)
+		// and the run lengths it learns, which price an avoiding pod's
+		// reclaims here too.
+		x, err := spotrisk.NewExpander(ctx, spotArgs, spotrisk.Deps{Prices: deps.Prices, Risk: deps.Risk, Clock: deps.Clock, RunLengths: deps.RunLengths})
 		if err != nil {
 			return err
 		}

@@ -199,16 +199,12 @@ func (rep *SpotReport) Markdown() string {
 		})
 	// The queue delays above count the waits after reclaims too; these say
 	// how much of the tail those are.
-	b.WriteString("\nQueueing delay before each pod first ran (the waits after reclaims left out), p50 / p95 / max (s):")
+	firsts := make([]string, len(rep.Runs))
 	for k, r := range rep.Runs {
-		sep := ","
-		if k == 0 {
-			sep = ""
-		}
 		d := r.FirstStartDelay
-		fmt.Fprintf(&b, "%s %s %.0f / %.0f / %.0f", sep, r.Policy, d.P50, d.P95, d.Max)
+		firsts[k] = fmt.Sprintf("%s %.0f / %.0f / %.0f", r.Policy, d.P50, d.P95, d.Max)
 	}
-	b.WriteString(".\n")
+	fmt.Fprintf(&b, "\nQueueing delay before each pod first ran (the waits after reclaims left out), p50 / p95 / max (s): %s.\n", strings.Join(firsts, ", "))
 	return b.String()
 }
 

@@ -187,11 +187,12 @@ func (r *elastic) finish() {
 	for i, p := range r.pods {
 		if p.started {
 			delays = append(delays, p.delay.Seconds())
-			if p.firstDelay < 0 {
+			first := p.firstDelay
+			if first < 0 {
 				// Its gang's work never started: all of its wait was before.
-				p.firstDelay = p.delay
+				first = p.delay
 			}
-			firsts = append(firsts, p.firstDelay.Seconds())
+			firsts = append(firsts, first.Seconds())
 			c := string(p.class.Policy)
 			byClass[c] = append(byClass[c], p.delay.Seconds())
 			if p.state != podDone {
