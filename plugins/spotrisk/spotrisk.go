@@ -144,7 +144,10 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 	pl.priors, _ = pl.risk.(*pricing.RiskModel)
 	if pl.priors != nil && h != nil {
 		logger := klog.FromContext(ctx)
-		pl.priors.OnChange(func(pool pricing.Pool) { pl.retryKeptOff(logger, pool) })
+		// Off the caller's goroutine: the model changes wherever a pool is
+		// read, queueing hints included, which kube-scheduler runs holding
+		// its queue's lock, and Activate takes that lock.
+		pl.priors.OnChange(func(pool pricing.Pool) { go pl.retryKeptOff(logger, pool) })
 	}
 	if h != nil && h.SharedInformerFactory() != nil {
 		informers := h.SharedInformerFactory().Core().V1()

@@ -9,6 +9,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/component-base/metrics/testutil"
+	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/backend/queue"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -145,6 +147,74 @@ func TestCatalogReloadRetriesPodsKeptOffSpotByRisk(t *testing.T) {
 	if got := e.act.list(); len(got) != 2 {
 		t.Fatalf("a rejected catalog changes nothing, yet retried %v", got)
 	}
+}
+
+// swappedBook is a price book a test swaps for another, as a platform's
+// own PriceBook (Deps.Prices) may change under the scheduler.
+type swappedBook struct {
+	mu  sync.Mutex
+	cat *pricing.Catalog
+}
+
+func (b *swappedBook) NodePrice(n *corev1.Node) (pricing.Price, bool) {
+	b.mu.Lock()
+	c := b.cat
+	b.mu.Unlock()
+	return c.NodePrice(n)
+}
+
+func (b *swappedBook) swap(c *pricing.Catalog) {
+	b.mu.Lock()
+	b.cat = c
+	b.mu.Unlock()
+}
+
+// queueActivator takes its queue's lock to activate pods, as kube-scheduler's
+// PriorityQueue does, which also holds that lock while it runs queueing hints.
+type queueActivator struct {
+	mu sync.Mutex
+	activator
+}
+
+func (q *queueActivator) Activate(logger klog.Logger, pods map[string]*corev1.Pod) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.activator.Activate(logger, pods)
+}
+
+// A queueing hint that reads a pool whose bucket the catalog moved updates
+// the pool's prior, and the pods kept off the pool by its risk are retried.
+// kube-scheduler runs hints holding its queue's lock, which Activate takes:
+// a retry made from within the hint hung the scheduler for good.
+func TestHintThatMovesAPoolsPriorDoesNotActivateUnderTheQueueLock(t *testing.T) {
+	book := &swappedBook{cat: catalog(t)}
+	q := &queueActivator{}
+	e := newEnvWith(t, nil, Deps{Prices: book}, []frameworkruntime.Option{frameworkruntime.WithPodActivator(q)}, fleet()...)
+	limited := pod("limited", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "5%"})
+	if r := e.schedule(t, limited); len(r.feasible) != 0 {
+		t.Fatalf("no Spot pool is under 5%%: feasible %v", r.feasible)
+	}
+	book.swap(catalogOf(t, strings.Replace(testCatalog, `interruption: ">20%"`, `interruption: "<5%"`, 1)))
+
+	q.mu.Lock() // the queue runs the hint
+	done := make(chan fwk.QueueingHint)
+	go func() {
+		h, err := e.plugin.isSchedulableAfterNodeChange(klogLogger(), limited, nil, node("spot-c2", pricing.Spot, "us-east-1c"))
+		if err != nil {
+			t.Error(err)
+		}
+		done <- h
+	}()
+	select {
+	case h := <-done:
+		if h != fwk.Queue {
+			t.Errorf("a node of a pool now under the pod's limit: hint %v, want Queue", h)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hint is blocked on the queue's lock: it activated pods from within the queue")
+	}
+	q.mu.Unlock()
+	waitUntil(t, func() bool { return slices.Contains(q.list(), "default/limited") })
 }
 
 // riskRetryEnv is a Spot node of the 5-10% pool and a risk model whose
@@ -285,17 +355,19 @@ func TestRiskRetryFollowsNewEvidence(t *testing.T) {
 		t.Fatalf("retry armed for %v, want before %v", first, t0.Add(maxWakeupDelay))
 	}
 	clk.SetTime(t0.Add(10 * time.Minute))
+	// The model's hooks run off its caller's goroutine (a queueing hint's,
+	// for one): the retry follows the evidence, not within the call.
 	model.ObserveReclaim(pool, "spot-b", clk.Now())
-	if got := e.riskTimer(pool); !got.After(first) {
-		t.Fatalf("a second reclaim left the retry at %v (first %v)", got, first)
+	if !eventually(func() bool { return e.riskTimer(pool).After(first) }) {
+		t.Fatalf("a second reclaim left the retry at %v (first %v)", e.riskTimer(pool), first)
 	}
 	if got := e.act.list(); len(got) != 0 {
 		t.Fatalf("a reclaim retried %v", got)
 	}
 	// 20,000 node-hours with no reclaim take it to 5.4% a month.
 	model.ObserveExposure(pool, 20000, clk.Now())
-	if got := e.act.list(); !reflect.DeepEqual(got, []string{"default/limited"}) {
-		t.Fatalf("exposure that took the pool under 10%% retried %v, want default/limited at once", got)
+	if !eventually(func() bool { return len(e.act.list()) > 0 }) || !reflect.DeepEqual(e.act.list(), []string{"default/limited"}) {
+		t.Fatalf("exposure that took the pool under 10%% retried %v, want default/limited", e.act.list())
 	}
 	if r := e.schedule(t, limited); strings.Join(r.feasible, ",") != "spot-a" {
 		t.Fatalf("after the exposure the pool passes 10%%; feasible %v (%s)", r.feasible, r.fitError)
@@ -310,8 +382,8 @@ func TestRiskRetryFollowsNewEvidence(t *testing.T) {
 		t.Fatalf("after five more reclaims the pool is above 10%%; feasible %v", r.feasible)
 	}
 	forget := clk.Now().Add(maxWakeupDelay)
-	if got := e.riskTimer(pool); !got.Equal(forget) {
-		t.Fatalf("retry armed for %v, want %v (forgetting the pod)", got, forget)
+	if !eventually(func() bool { return e.riskTimer(pool).Equal(forget) }) {
+		t.Fatalf("retry armed for %v, want %v (forgetting the pod)", e.riskTimer(pool), forget)
 	}
 	clk.SetTime(forget)
 	waitUntil(t, func() bool { return e.riskTimer(pool).IsZero() })
@@ -780,13 +852,21 @@ func TestAvoidingPodOnSpotTakesTheCheaperPool(t *testing.T) {
 
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
+	if !eventually(cond) {
+		t.Fatal("timed out")
+	}
+}
+
+// eventually reports whether cond holds within five seconds.
+func eventually(cond func() bool) bool {
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("timed out")
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return true
 }
 
 func TestQueueingHints(t *testing.T) {
@@ -905,6 +985,16 @@ func TestArgs(t *testing.T) {
 	}
 	if c := a.DeepCopyObject().(*Args); c.ShortRuntime == a.ShortRuntime || *c.ShortRuntime != *a.ShortRuntime {
 		t.Fatalf("DeepCopyObject shares or changes shortRuntime: %v %v", c.ShortRuntime, a.ShortRuntime)
+	}
+	// reclaimTaints: [] is no reclaim taints, handed over typed (as the
+	// simulator hands a profile's decoded args) or not: the copy made it
+	// nil, which the defaults then filled.
+	a, err = decodeArgs(&runtime.Unknown{Raw: []byte(`{"reclaimTaints":[]}`), ContentType: runtime.ContentTypeJSON})
+	if err != nil || a.ReclaimTaints == nil || len(a.ReclaimTaints) != 0 {
+		t.Fatalf("reclaimTaints: [] gave %v (%v)", a.ReclaimTaints, err)
+	}
+	if a, err = decodeArgs(a); err != nil || len(a.ReclaimTaints) != 0 {
+		t.Fatalf("reclaimTaints: [], typed, gave %v (%v), want none", a.ReclaimTaints, err)
 	}
 	for raw, want := range map[string]string{
 		`{"maxExpectedLoss":0}`:                   "args.maxExpectedLoss: Invalid value: 0: must be a fraction in (0, 1]",
