@@ -457,16 +457,19 @@ func (m *RiskModel) notify(pools ...Pool) {
 	}
 }
 
-// RateFrom is ReclaimRate for a pool whose prior is bucket b unless one was
-// set, and leaves the model as it was: a request that names made-up zones
-// cannot grow the model or its metrics.
+// RateFrom is ReclaimRate for a pool whose prior is b, the catalog's bucket,
+// as EnsurePrior would make it (unless SetPrior set one), and leaves the
+// model as it was: a request that names made-up zones cannot grow the model
+// or its metrics, and a pool with no node left, whose prior no read moves,
+// is priced by the catalog in force rather than by the one its last node
+// was read under.
 func (m *RiskModel) RateFrom(pool Pool, b Bucket) float64 {
 	if pool.Capacity != Spot {
 		return 0
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.priors[pool]; ok || b == BucketUnknown {
+	if m.pinned[pool] || b == BucketUnknown {
 		b = m.prior(pool)
 	}
 	return m.posterior(pool, b)

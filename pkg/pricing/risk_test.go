@@ -177,6 +177,16 @@ func TestRiskModelRateFrom(t *testing.T) {
 	if rate, _ := testutil.GetGaugeMetricValue(metricReclaimRate.WithLabelValues("rate-from-test", "z", "spot")); !near(rate, m.ReclaimRate(real), 1e-12) {
 		t.Fatalf("published rate %g after the catalog changed, want %g", rate, m.ReclaimRate(real))
 	}
+	// A template read before any node of the pool after a reload is priced
+	// from the catalog's new bucket, as EnsurePrior would move the prior
+	// to: a pool scaled to zero has no node to move it, and the autoscaler
+	// judged its templates by the bucket of a catalog long replaced.
+	if got, want := m.RateFrom(real, BucketOver20), RateFromMonthly(BucketOver20.MonthlyProbability())/2; !near(got, want, 1e-9) {
+		t.Fatalf("template of a pool the catalog moved to >20%%: rate %g, want %g (the old prior's %g)", got, want, m.ReclaimRate(real))
+	}
+	if m.priors[real] != BucketUnder5 {
+		t.Fatalf("RateFrom moved the pool's prior to %v", m.priors[real])
+	}
 	// A prior that was set is what RateFrom uses, and the catalog does not
 	// replace it.
 	m.SetPrior(real, BucketOver20)

@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,5 +244,29 @@ func TestUndeclaredRuntimeIsPricedAsTheExpectedLossRuleTakesIt(t *testing.T) {
 		if w, _, _ := want(n); got != w {
 			t.Errorf("%s: Score's cost %v with 2000h runs learned, want %v as for 2000h declared", n.Name, got, w)
 		}
+	}
+}
+
+// After a reload moves a pool to another bucket, the autoscaler's template
+// of it is judged by the new bucket, though no node of the pool was read
+// since: a pool scaled to zero kept the bucket of the catalog its last node
+// was read under, for as long as it stayed at zero.
+func TestExpanderJudgesTemplatesByTheCatalogInForce(t *testing.T) {
+	store := pricing.NewStore(catalog(t))
+	x, err := NewExpander(context.Background(), nil, Deps{Prices: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := pod("p", map[string]string{AnnotationSpot: "only", AnnotationMaxReclaimRisk: "5%"})
+	if x.pl.Admits(limited)(node("spot-c", pricing.Spot, "us-east-1c")) {
+		t.Fatal("a >20% pool admitted under a 5% limit")
+	}
+	if err := store.Load([]byte(strings.Replace(testCatalog, `interruption: ">20%"`, `interruption: "<5%"`, 1)), "reloaded"); err != nil {
+		t.Fatal(err)
+	}
+	template := node("template-c", pricing.Spot, "us-east-1c")
+	template.Annotations = map[string]string{annotationTemplateNode: "spot-c-group"}
+	if !x.pl.Admits(limited)(template) {
+		t.Error("the template of a pool the catalog moved to <5% is judged by its old >20% bucket")
 	}
 }
