@@ -1,6 +1,7 @@
 package spotrisk
 
 import (
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -175,7 +176,7 @@ func (a *Args) DeepCopyObject() runtime.Object {
 		p := *a.NeverSpotPriority
 		c.NeverSpotPriority = &p
 	}
-	c.ReclaimTaints = append([]string(nil), a.ReclaimTaints...)
+	c.ReclaimTaints = slices.Clone(a.ReclaimTaints) // an empty list stays one: no reclaim taints, not the defaults
 	if a.Catalog.ConfigMap != nil {
 		cm := *a.Catalog.ConfigMap
 		c.Catalog.ConfigMap = &cm
