@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,6 +227,29 @@ func TestCoordinatorRetriesAnAgentThatIsNotConnected(t *testing.T) {
 	cmds.offline["b"] = false // the agent reconnects
 	cmds.mu.Unlock()
 	waitFor(t, "the command once b's agent is back", func() bool { return cmds.get("b") != nil })
+}
+
+// One failed pod list when the notice comes (an API server blip, a
+// throttled request) does not cost the gang its fan-out, two minutes before
+// the reclaim: the coordinator asks again. It gave up, and the gang's
+// members on other nodes were neither asked to checkpoint nor evicted.
+func TestCoordinatorPlansAgainAfterAFailedList(t *testing.T) {
+	client := gangOnAB()
+	var lists atomic.Int32
+	client.PrependReactor("list", "pods", func(clienttesting.Action) (bool, runtime.Object, error) {
+		if lists.Add(1) == 1 {
+			return true, nil, apierrors.NewServiceUnavailable("etcd leader election")
+		}
+		return false, nil, nil
+	})
+	c := NewCoordinator()
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(2 * time.Minute),
+	}}})
+	waitFor(t, "the command to b despite one failed list", func() bool { return cmds.get("b") != nil })
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/gang"
@@ -92,9 +93,9 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 func (c *Coordinator) runPlan(ctx context.Context, nn nodeNotice, round time.Time, evict bool, moved <-chan time.Time, log logr.Logger) (_ nodeNotice, postponed bool) {
 	n := nn.notice
 	deadline := Deadline(n.Kind, n.Detected, n.Deadline)
-	fanouts, gangs, err := c.plan(ctx, nn, deadline, round)
+	fanouts, gangs, err := c.planUntil(ctx, nn, deadline, round, log)
 	if err != nil {
-		log.Error(err, "cannot find the gangs with a member on the reclaimed node")
+		log.Error(err, "cannot find the gangs with a member on the reclaimed node; their other members stay", "deadline", deadline)
 		return nn, false
 	}
 	if len(fanouts) == 0 {
@@ -136,6 +137,34 @@ func (c *Coordinator) runPlan(ctx context.Context, nn nodeNotice, round time.Tim
 	}
 	return nn, false
 }
+
+// planUntil is plan, asked again while the API server fails it (a blip, a
+// throttled list) until the checkpoints' deadline: one failed list when the
+// notice came ended its handling, and the gangs' members elsewhere were
+// neither asked to checkpoint nor evicted.
+func (c *Coordinator) planUntil(ctx context.Context, nn nodeNotice, deadline, round time.Time, log logr.Logger) ([]*fanout, []gang.Ref, error) {
+	backoff := planRetry
+	for {
+		fanouts, gangs, err := c.plan(ctx, nn, deadline, round)
+		if err == nil || ctx.Err() != nil {
+			return fanouts, gangs, err
+		}
+		pause := backoff.Step()
+		if !time.Now().Add(pause).Before(deadline) {
+			return nil, nil, err
+		}
+		log.Info("Cannot find the gangs with a member on the reclaimed node; asking again", "err", err.Error(), "in", pause)
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
+// planRetry spaces planUntil's attempts: quick at first, as a notice leaves
+// seconds to minutes, then every few seconds.
+var planRetry = wait.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Steps: 5, Cap: 4 * time.Second}
 
 // postpone says whether a deadline the cloud moved once the gang's members
 // were asked to checkpoint calls their eviction off: moved so late that the
