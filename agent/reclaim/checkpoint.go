@@ -56,9 +56,8 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 	var pods []*corev1.Pod
 	for _, key := range c.Pods {
 		ns, name, _ := strings.Cut(key, "/")
-		pod, err := f.pods.Pods(ns).Get(name)
-		if err != nil || pod.Spec.NodeName != f.node {
-			// The agent acts for its own node only.
+		pod, ok := f.podOnNode(ctx, ns, name, f.checkpointBy(j.Deadline))
+		if !ok {
 			f.status(&telemetryv1.CheckpointStatus{
 				CommandId: c.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
 				State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.Now(),

@@ -17,7 +17,7 @@ import (
 // evictAll evicts the node's movable pods, checkpointed ones first, each with
 // its grace period cut to the time left before the deadline.
 func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
-	pods, err := f.podsOnNodeNow(ctx)
+	pods, err := f.podsOnNodeNow(ctx, js.j.Deadline)
 	if err != nil {
 		f.log.Error(err, "cannot list the node's pods to evict them")
 		return
@@ -104,15 +104,17 @@ func kindOf(j *Job) telemetryv1.ReclaimKind {
 	return telemetryv1.ReclaimKind_RECLAIM_KIND_UNSPECIFIED
 }
 
-// acknowledge tells the cloud the node is ready once every movable pod has
-// either written its checkpoint or left the node: then nothing is lost by
-// the VM going now rather than at the deadline.
+// acknowledge tells the cloud the node is ready once every pod whose work
+// runs there has either written its checkpoint or left the node: then
+// nothing is lost by the VM going now rather than at the deadline. A pod
+// being deleted has not left until it is gone: an evicted pod without a
+// checkpoint still uses its grace period.
 func (f *Flow) acknowledge(ctx context.Context, js *jobState) {
 	if f.ack == nil || js.j.Acknowledged {
 		return
 	}
 	ready := func() bool {
-		pods, err := f.podsOnNode()
+		pods, err := f.podsOnNodeThat(running)
 		if err != nil {
 			return false
 		}

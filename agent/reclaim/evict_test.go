@@ -154,3 +154,58 @@ func TestEvictionTheServerCannotDecideIsAskedAgain(t *testing.T) {
 		t.Errorf("refused pod asked %d times, evicted %v: want it asked once and left", asked["refused"], j.Pods["ml/refused"].Evicted)
 	}
 }
+
+type recordingAck struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (a *recordingAck) Acknowledge(_ context.Context, id string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ids = append(a.ids, id)
+	return nil
+}
+
+func (a *recordingAck) list() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.ids...)
+}
+
+// A pod evicted without a checkpoint and still in its grace period has not
+// left the node: acknowledging then let Azure stop the VM under it, cutting
+// the grace period the eviction gave. A terminating pod whose checkpoint is
+// written holds nothing back.
+func TestAcknowledgeWaitsForATerminatingPodWithoutCheckpoint(t *testing.T) {
+	for _, tc := range []struct {
+		checkpoint telemetryv1.CheckpointStatus_State
+		ack        bool
+	}{
+		{telemetryv1.CheckpointStatus_STATE_NO_HOOK, false},
+		{telemetryv1.CheckpointStatus_STATE_DONE, true},
+	} {
+		p := evictTestPod("leaving")
+		p.DeletionTimestamp = ptr.To(metav1.Now())
+		ack := &recordingAck{}
+		f, err := New(Options{Node: "n1", Client: fake.NewClientset(p), StateDir: t.TempDir(), Acknowledger: ack,
+			Recorder: record.NewFakeRecorder(100), Log: testr.New(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		f.factory.Start(ctx.Done())
+		if !cache.WaitForCacheSync(ctx.Done(), f.synced) {
+			t.Fatal("the informer did not sync")
+		}
+		j := &Job{ID: "notice-az", Notice: &NoticeRecord{ID: "az", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION},
+			Deadline: time.Now().Add(2 * time.Second),
+			Pods:     map[string]*PodRecord{"ml/leaving": {UID: string(p.UID), Checkpoint: tc.checkpoint.String(), Evicted: true}}}
+		f.acknowledge(ctx, &jobState{f: f, j: j})
+		if got := len(ack.list()) > 0; got != tc.ack {
+			t.Errorf("terminating pod, checkpoint %v: acknowledged %v, want %v", tc.checkpoint, got, tc.ack)
+		}
+		cancel()
+		f.factory.Shutdown()
+	}
+}

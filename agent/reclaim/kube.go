@@ -2,6 +2,7 @@ package reclaim
 
 import (
 	"context"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -82,7 +83,14 @@ func (f *Flow) untaint(ctx context.Context) (bool, error) {
 // evict: not a DaemonSet's (it belongs to the node and goes with it), not a
 // static pod, not finished, not already being deleted.
 func movable(pod *corev1.Pod) bool {
-	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+	return pod.DeletionTimestamp == nil && running(pod)
+}
+
+// running reports whether a pod's work still runs on the node, as the
+// reclaim flow counts it: not finished, not a DaemonSet's or a static pod
+// (they go with the node), being deleted or not (its grace period runs).
+func running(pod *corev1.Pod) bool {
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return false
 	}
 	if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
@@ -102,8 +110,14 @@ func movable(pod *corev1.Pod) bool {
 // in milliseconds), and a pod missed there would go down with the node,
 // neither asked nor evicted. The informer's copy serves when the API server
 // cannot answer.
-func (f *Flow) podsOnNodeNow(ctx context.Context) ([]*corev1.Pod, error) {
-	list, err := f.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
+// An API server that does not answer at all (a partitioned node, an
+// overloaded control plane) is given a quarter of the time left before by,
+// within [minAPIWait, maxAPIWait], before the informer's copy serves: the
+// list had no bound, and the checkpoints of a 30-second notice waited on it.
+func (f *Flow) podsOnNodeNow(ctx context.Context, by time.Time) ([]*corev1.Pod, error) {
+	lctx, cancel := context.WithTimeout(ctx, apiWait(by))
+	defer cancel()
+	list, err := f.client.CoreV1().Pods("").List(lctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", f.node).String(),
 	})
 	if err != nil {
@@ -119,15 +133,49 @@ func (f *Flow) podsOnNodeNow(ctx context.Context) ([]*corev1.Pod, error) {
 	return out, nil
 }
 
+// Bounds of apiWait.
+const (
+	minAPIWait = 500 * time.Millisecond
+	maxAPIWait = 5 * time.Second
+)
+
+// apiWait is how long a read the reclaim flow can do without (the informer
+// has a copy) waits for the API server when the work is due by by.
+func apiWait(by time.Time) time.Duration {
+	return min(max(time.Until(by)/4, minAPIWait), maxAPIWait)
+}
+
+// podOnNode is a pod of the node by its key: the informer's copy, else the
+// API server's, for a pod bound just before the scheduler's command whose
+// watch event has not come yet (the scheduler read it bound here from the
+// API server). The agent acts for its own node only.
+func (f *Flow) podOnNode(ctx context.Context, ns, name string, by time.Time) (*corev1.Pod, bool) {
+	pod, err := f.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		gctx, cancel := context.WithTimeout(ctx, apiWait(by))
+		defer cancel()
+		pod, err = f.client.CoreV1().Pods(ns).Get(gctx, name, metav1.GetOptions{})
+	}
+	if err != nil || pod.Spec.NodeName != f.node {
+		return nil, false
+	}
+	return pod, true
+}
+
 // podsOnNode lists the node's movable pods from the informer.
 func (f *Flow) podsOnNode() ([]*corev1.Pod, error) {
+	return f.podsOnNodeThat(movable)
+}
+
+// podsOnNodeThat lists the node's pods from the informer that keep says to.
+func (f *Flow) podsOnNodeThat(keep func(*corev1.Pod) bool) ([]*corev1.Pod, error) {
 	all, err := f.pods.List(labels.Everything())
 	if err != nil {
 		return nil, err
 	}
 	var out []*corev1.Pod
 	for _, p := range all {
-		if p.Spec.NodeName == f.node && movable(p) {
+		if p.Spec.NodeName == f.node && keep(p) {
 			out = append(out, p)
 		}
 	}

@@ -72,15 +72,19 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 			return withdrawn
 		}
 		if act.Checkpoint {
-			pods, err := f.podsOnNodeNow(ctx)
+			by := f.checkpointBy(j.Deadline)
+			pods, err := f.podsOnNodeNow(ctx, by)
 			if err != nil {
 				log.Error(err, "cannot list the node's pods")
 			}
-			f.checkpointAll(ctx, js, pods, checkpoint.Request{
-				Deadline: f.checkpointBy(j.Deadline),
+			hooks, cut := context.WithCancel(ctx)
+			go f.cutWhenBroughtForward(hooks, cut, js, by, log)
+			f.checkpointAll(hooks, js, pods, checkpoint.Request{
+				Deadline: by,
 				Reason:   fmt.Sprintf("node %s is being reclaimed (%s, %s)", f.node, kind, deadline()),
 				Notice:   n.ID, Node: f.node,
 			}, statusID, n.Detected, string(originNotice))
+			cut()
 		}
 		if ctx.Err() != nil {
 			return false
@@ -162,6 +166,42 @@ func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger) (pr
 		case <-t.C:
 		}
 		t.Stop()
+	}
+}
+
+// cutWhenBroughtForward ends the hook calls of hooks (cut) at the time the
+// checkpoints of a deadline the cloud brings forward while they run must be
+// written by, sooner than by: the job then follows the new deadline and
+// evicts by it. The hooks were waited for until the old deadline's time,
+// and a slow one kept every pod on a node the cloud took first.
+func (f *Flow) cutWhenBroughtForward(hooks context.Context, cut context.CancelFunc, js *jobState, by time.Time, log logr.Logger) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		moved := f.movedSignal()
+		js.mu.Lock()
+		n := *js.j.Notice
+		js.mu.Unlock()
+		if cur, found, _ := f.pendingNotice(n.ID); found {
+			d := notice.NextDeadline(n.Deadline, cur)
+			if sooner := f.checkpointBy(reclaim.Deadline(n.Kind, n.Detected, d)); sooner.Before(by) {
+				by = sooner
+				log.Info("the cloud brought the notice forward while pods checkpoint; their hooks end sooner", "deadline", d, "checkpointBy", by)
+				if timer != nil {
+					timer.Stop()
+				}
+				timer = time.AfterFunc(time.Until(by), cut)
+			}
+		}
+		select {
+		case <-hooks.Done():
+			return
+		case <-moved:
+		}
 	}
 }
 

@@ -1,0 +1,134 @@
+package reclaim
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
+	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/pennysched/penny/agent/checkpoint"
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// countingHook is a checkpoint hook that counts the pods that asked it.
+func countingHook(t *testing.T) (*atomic.Int32, *checkpoint.Client) {
+	t.Helper()
+	var asked atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { asked.Add(1) }))
+	t.Cleanup(hook.Close)
+	addr := strings.TrimPrefix(hook.URL, "http://")
+	return &asked, checkpoint.NewClient(func(*corev1.Pod, string) (string, error) { return addr, nil })
+}
+
+// runFlow starts f and waits for its informer.
+func runFlow(t *testing.T, f *Flow) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go f.Run(ctx)
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) { return f.synced(), nil }); err != nil {
+		t.Fatal("the agent's informer did not sync")
+	}
+	return ctx
+}
+
+// The API server stops answering (a node cut off as it is reclaimed, an
+// overloaded control plane): a pod list hangs rather than failing. It had no
+// bound, and the checkpoints of a 30-second notice waited on it; the
+// agent's own copy of the pods serves once a quarter of the time left is
+// spent.
+func TestPodListTheAPIServerDoesNotAnswerFallsBackToTheInformer(t *testing.T) {
+	hung := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	t.Cleanup(hung.Close)
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: hung.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Options{Node: "n1", Client: client, StateDir: t.TempDir(), Recorder: record.NewFakeRecorder(10), Log: testr.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the agent's watch showed before the API server went quiet.
+	if err := f.factory.Core().V1().Pods().Informer().GetIndexer().Add(evictTestPod("job")); err != nil {
+		t.Fatal(err)
+	}
+	listed := make(chan []*corev1.Pod, 1)
+	go func() {
+		pods, _ := f.podsOnNodeNow(context.Background(), time.Now().Add(4*time.Second))
+		listed <- pods
+	}()
+	select {
+	case pods := <-listed:
+		if len(pods) != 1 || pods[0].Name != "job" {
+			t.Errorf("listed %v, want the informer's ml/job", pods)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the list still waits on an API server that does not answer, 4 s on, the notice's work due then")
+	}
+}
+
+// The scheduler lists a gang's members from the API server and commands
+// this node to checkpoint one bound here a moment ago, which the agent's
+// watch does not show yet. The agent answered FAILED "not on node" without
+// asking the pod, and the coordinator, every status final, evicted it at
+// once without a checkpoint. A pod the API server has on another node is
+// still refused: the agent acts for its own node only.
+func TestCommandReachesAPodTheWatchHasNotShownYet(t *testing.T) {
+	asked, hooks := countingHook(t)
+	client := fake.NewClientset()
+	lagging := watch.NewFake() // shows nothing within the test
+	t.Cleanup(lagging.Stop)
+	client.PrependWatchReactor("pods", func(clienttesting.Action) (bool, watch.Interface, error) { return true, lagging, nil })
+	var mu sync.Mutex
+	states := map[string]telemetryv1.CheckpointStatus_State{}
+	f, err := New(Options{Node: "n1", Client: client, StateDir: t.TempDir(), Recorder: record.NewFakeRecorder(1000), Log: testr.New(t), Checkpoints: hooks,
+		Status: func(st *telemetryv1.CheckpointStatus, _ time.Time) {
+			mu.Lock()
+			states[st.GetPod().GetName()] = st.GetState()
+			mu.Unlock()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := runFlow(t, f)
+	here, there := evictTestPod("here"), evictTestPod("there")
+	there.Spec.NodeName = "n2"
+	for _, p := range []*corev1.Pod{here, there} {
+		p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
+		if _, err := client.CoreV1().Pods("ml").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{Id: "gang-1",
+		Pods:     []*telemetryv1.PodRef{{Namespace: "ml", Name: "here"}, {Namespace: "ml", Name: "there"}},
+		Deadline: timestamppb.New(time.Now().Add(30 * time.Second)), OriginNode: "n0"})
+	state := func(name string) telemetryv1.CheckpointStatus_State {
+		mu.Lock()
+		defer mu.Unlock()
+		return states[name]
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return state("here") == telemetryv1.CheckpointStatus_STATE_DONE && state("there") != telemetryv1.CheckpointStatus_STATE_UNSPECIFIED, nil
+	}); err != nil {
+		t.Fatalf("statuses: here %v, there %v; want here DONE", state("here"), state("there"))
+	}
+	if got := state("there"); got != telemetryv1.CheckpointStatus_STATE_FAILED || asked.Load() != 1 {
+		t.Errorf("a pod on n2: status %v, hooks asked %d; want FAILED and only n1's pod asked", got, asked.Load())
+	}
+}
