@@ -413,32 +413,41 @@ func TestCommandReason(t *testing.T) {
 
 // A gang member that a PodDisruptionBudget refuses is asked again until the
 // deadline, and holds back none of the others (it was asked once and left).
+// A server that could not decide (a 5xx: the agent evictions webhook
+// failing closed) is asked again too, as the agent does; the coordinator
+// gave up on the member at the first one.
 func TestGangEvictionRetriesWhatABudgetRefuses(t *testing.T) {
-	guarded, other := member("guarded", "b", "g"), member("other", "b", "g")
-	client := fake.NewClientset(guarded, other)
-	var mu sync.Mutex
-	var asked []string
-	refusals := 2
-	onEvictions(client, func(ev *policyv1.Eviction) error {
+	for name, refuse := range map[string]error{
+		"budget":      apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0),
+		"undecided":   apierrors.NewServiceUnavailable("the agent evictions webhook did not answer"),
+		"server died": apierrors.NewInternalError(fmt.Errorf("etcdserver: leader changed")),
+	} {
+		guarded, other := member("guarded", "b", "g"), member("other", "b", "g")
+		client := fake.NewClientset(guarded, other)
+		var mu sync.Mutex
+		var asked []string
+		refusals := 2
+		onEvictions(client, func(ev *policyv1.Eviction) error {
+			mu.Lock()
+			defer mu.Unlock()
+			asked = append(asked, ev.Name)
+			if ev.Name == "guarded" && refusals > 0 {
+				refusals--
+				return refuse
+			}
+			return nil
+		})
+		c := NewCoordinator()
+		c.opts = CoordinatorOptions{Client: client}
+		c.recorder = record.NewFakeRecorder(100)
+		f := &fanout{origin: "a", pods: []*corev1.Pod{guarded, other},
+			deadline: time.Now().Add(time.Minute), states: map[string]telemetryv1.CheckpointStatus_State{}}
+		c.evictMembers(context.Background(), f, testr.New(t))
 		mu.Lock()
-		defer mu.Unlock()
-		asked = append(asked, ev.Name)
-		if ev.Name == "guarded" && refusals > 0 {
-			refusals--
-			return apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+		if got := strings.Join(asked, ","); got != "guarded,other,guarded,guarded" {
+			t.Errorf("%s: evictions asked %s: want guarded refused twice, other evicted at once", name, got)
 		}
-		return nil
-	})
-	c := NewCoordinator()
-	c.opts = CoordinatorOptions{Client: client}
-	c.recorder = record.NewFakeRecorder(100)
-	f := &fanout{origin: "a", pods: []*corev1.Pod{guarded, other},
-		deadline: time.Now().Add(time.Minute), states: map[string]telemetryv1.CheckpointStatus_State{}}
-	c.evictMembers(context.Background(), f, testr.New(t))
-	mu.Lock()
-	defer mu.Unlock()
-	if got := strings.Join(asked, ","); got != "guarded,other,guarded,guarded" {
-		t.Fatalf("evictions asked %s: want guarded refused twice, other evicted at once", got)
+		mu.Unlock()
 	}
 }
 

@@ -64,8 +64,9 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 			return false
 		}
 		// A conflict left over is a member that kept changing under every
-		// try: like a budget's refusal, it is no reason to give up on it.
-		if (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err)) && time.Now().Add(time.Second).Before(deadline) {
+		// try, and a server that could not decide may next time: like a
+		// budget's refusal, no reason to give up on the member.
+		if (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) || Undecided(err)) && time.Now().Add(time.Second).Before(deadline) {
 			return true
 		}
 		switch {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -123,6 +125,15 @@ func Deadline(kind telemetryv1.ReclaimKind, detected, deadline time.Time) time.T
 		return detected.Add(RebalanceCheckpointTimeout)
 	}
 	return deadline
+}
+
+// Undecided reports whether an eviction's error says the API server could
+// not decide it (a 5xx or timeout, such as an admission webhook failing
+// closed, or a connection lost on the way) rather than refused it: worth
+// asking again while the deadline allows.
+func Undecided(err error) bool {
+	return apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsServerTimeout(err) ||
+		apierrors.IsTimeout(err) || utilnet.IsConnectionRefused(err) || utilnet.IsConnectionReset(err) || utilnet.IsProbableEOF(err)
 }
 
 // EvictInPasses asks evict for every pod once, then, a second later, again
