@@ -2,6 +2,7 @@ package reclaim
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -130,5 +131,47 @@ func TestCommandReachesAPodTheWatchHasNotShownYet(t *testing.T) {
 	}
 	if got := state("there"); got != telemetryv1.CheckpointStatus_STATE_FAILED || asked.Load() != 1 {
 		t.Errorf("a pod on n2: status %v, hooks asked %d; want FAILED and only n1's pod asked", got, asked.Load())
+	}
+}
+
+// A node reclaimed with others of its pool runs its own notice while the
+// scheduler's command for the same gang member comes: the pod's hook is
+// asked once, and both jobs take its answer. Each job asked it, two
+// requests at once that a trainer may refuse or run twice.
+func TestOneCheckpointRequestAtATimePerPod(t *testing.T) {
+	var asked atomic.Int32
+	release := make(chan struct{})
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-release
+	}))
+	t.Cleanup(hook.Close)
+	addr := strings.TrimPrefix(hook.URL, "http://")
+	f, err := New(Options{Node: "n1", Client: fake.NewClientset(), StateDir: t.TempDir(), Recorder: record.NewFakeRecorder(10), Log: testr.New(t),
+		Checkpoints: checkpoint.NewClient(func(*corev1.Pod, string) (string, error) { return addr, nil })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := evictTestPod("member")
+	p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
+	results := make(chan checkpoint.Result, 2)
+	for range 2 {
+		go func() {
+			results <- f.checkpoint(context.Background(), p, checkpoint.Request{Deadline: time.Now().Add(10 * time.Second)})
+		}()
+	}
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) { return asked.Load() > 0, nil }); err != nil {
+		t.Fatal("the hook was never asked")
+	}
+	time.Sleep(200 * time.Millisecond) // time for a second request, were there one
+	close(release)
+	for range 2 {
+		if res := <-results; !res.Done() {
+			t.Errorf("a job's checkpoint: %v %q, want done", res.State, res.Message)
+		}
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the hook was asked %d times at once, want once", n)
 	}
 }

@@ -83,6 +83,24 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 	js.mu.Unlock()
 }
 
+// checkpoint asks pod's hook for a checkpoint, one request at a time per pod:
+// a node reclaimed with others of its pool runs its own notice and the
+// scheduler's commands for the same gang members at once, and each job
+// asked every pod, two requests at a time that a trainer may refuse or run
+// twice. A job that asks while another's request is in flight takes that
+// request's answer (its deadline, and its end if that job's hooks are cut).
+func (f *Flow) checkpoint(ctx context.Context, pod *corev1.Pod, req checkpoint.Request) checkpoint.Result {
+	ch := f.asking.DoChan(string(pod.UID), func() (any, error) {
+		return f.checkpoints.Checkpoint(ctx, pod, req), nil
+	})
+	select {
+	case r := <-ch:
+		return r.Val.(checkpoint.Result)
+	case <-ctx.Done():
+		return checkpoint.Result{} // the caller stops: ctx.Err says why
+	}
+}
+
 // checkpointAll asks every pod at once and waits for every answer (each
 // bounded by req.Deadline). Pods whose checkpoint this job already has are
 // not asked again.
@@ -125,7 +143,7 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 			f.metrics.step(stepCheckpointRequest, since)
 			f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointRequested", "%s: asked the pod to checkpoint by %s", req.Reason, req.Deadline.UTC().Format(time.RFC3339))
 			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_REQUESTED, "")
-			res := f.checkpoints.Checkpoint(ctx, pod, req)
+			res := f.checkpoint(ctx, pod, req)
 			if ctx.Err() != nil {
 				return // the agent is stopping; the state says to ask again
 			}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -126,6 +127,8 @@ type Flow struct {
 	// a job for a notice the cloud withdrew has ended.
 	recheck chan struct{}
 	wg      sync.WaitGroup
+	// asking is the checkpoints in flight, by pod UID (checkpoint).
+	asking singleflight.Group
 }
 
 // New returns a flow; Run starts it.
