@@ -122,6 +122,13 @@ func (b *statusBook) pending(sent map[statusKey]uint64) []*liveStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pruneLocked(b.now())
+	// What the book forgot, the stream need not remember: the record held
+	// every status a stream ever carried, an hour's worth on a long stream.
+	for k := range sent {
+		if _, ok := b.live[k]; !ok {
+			delete(sent, k)
+		}
+	}
 	var out []*liveStatus
 	for k, s := range b.live {
 		if sent[k] < s.seq {

@@ -616,3 +616,21 @@ func TestInvalidCommandIsAnsweredFailedForEachPodItNames(t *testing.T) {
 		t.Fatalf("statuses %q; want %q (Not_A_Name cannot be named in a status)", got, want)
 	}
 }
+
+// A stream's record forgets the statuses the book forgot: it kept every
+// status the stream ever carried, an hour's worth on a long-lived stream,
+// past the book's own bound.
+func TestStreamRecordForgetsWhatTheBookForgot(t *testing.T) {
+	now := time.Now()
+	b := newStatusBook(func() time.Time { return now })
+	sent := map[statusKey]uint64{}
+	for i := range 2 * MaxLiveStatuses {
+		b.put(checkpointStatus(fmt.Sprintf("c%d", i), "p-0"), now.Add(time.Second))
+		b.pending(sent)
+		now = now.Add(20 * time.Second) // past the deadline and the status's least life
+	}
+	b.pending(sent)
+	if len(sent) > b.size() {
+		t.Fatalf("the stream's record holds %d statuses, the book %d", len(sent), b.size())
+	}
+}
