@@ -257,6 +257,20 @@ func TestMemberDeletedWhileOthersWaitReleasesEverything(t *testing.T) {
 	c.NeverBound(500*time.Millisecond, names("llm", 3)...)
 }
 
+// A member relabelled out of its gang while the others wait leaves the gang
+// short as a deleted one does: the rest are released at once. They held
+// their nodes until the Permit timeout.
+func TestMemberRelabelledOutWhileOthersWaitReleasesEverything(t *testing.T) {
+	c, _ := threeOfFourWaiting(t)
+	other := plainPod("other", 8)
+	c.Create(other)
+	c.NeverBound(500*time.Millisecond, "other")
+	c.Update("llm-3", func(p *corev1.Pod) { p.Labels[gang.LabelName] = "another" })
+	c.WaitBound(5*time.Second, "other")
+	c.WaitEvent("llm-0", fmt.Sprintf("member llm-3 left the gang (its %s changed) and 3/4 members remain", gang.LabelName))
+	c.NeverBound(500*time.Millisecond, names("llm", 3)...)
+}
+
 // TestPermitTimeoutReleasesTheGang: members that wait longer than the
 // gang's Permit timeout are all released together; when the missing member
 // can finally be placed, the whole gang binds.

@@ -373,11 +373,20 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	if !ok {
 		return
 	}
+	if old, ok := oldObj.(*corev1.Pod); ok {
+		// A member relabelled out of its gang leaves it as a deleted one
+		// does: the gang being placed held its room until its timeout.
+		if was, in := gang.RefOf(old); in {
+			if now, still := gang.RefOf(pod); !still || now.Key() != was.Key() {
+				pl.memberGone(old, fmt.Sprintf("left the gang (its %s changed)", gang.LabelName))
+			}
+		}
+	}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		// A finished member leaves its gang as a deleted one does (Members
 		// leaves it out); a Job keeps its pods once done, so their
 		// deletion may never come.
-		pl.onPodDelete(pod)
+		pl.memberGone(pod, "finished")
 		return
 	}
 	if pod.Spec.NodeName == "" {
@@ -452,10 +461,15 @@ func (pl *Gang) onPodDelete(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
+	if pod, ok := obj.(*corev1.Pod); ok {
+		pl.memberGone(pod, "was deleted")
 	}
+}
+
+// memberGone is onPodDelete for a member that left its gang as how says
+// (deleted, finished, or relabelled into another gang or none): the gang,
+// read without it, is released if it can no longer complete.
+func (pl *Gang) memberGone(pod *corev1.Pod, how string) {
 	ref, ok := gang.RefOf(pod)
 	if !ok {
 		return
@@ -484,9 +498,9 @@ func (pl *Gang) onPodDelete(obj any) {
 			// unless someone lifts their gates: release now, as if gone.
 			if spec, ok, err := gang.Of(pod); ok && err == nil {
 				if n, gated := ungated(members); int32(n) < spec.MinMember {
-					why := fmt.Sprintf("member %s was deleted and %d/%d members remain", pod.Name, len(members), spec.MinMember)
+					why := fmt.Sprintf("member %s %s and %d/%d members remain", pod.Name, how, len(members), spec.MinMember)
 					if len(gated) > 0 {
-						why = fmt.Sprintf("member %s was deleted and %d/%d members remain that may be scheduled (%d more have scheduling gates)", pod.Name, n, spec.MinMember, len(gated))
+						why = fmt.Sprintf("member %s %s and %d/%d members remain that may be scheduled (%d more have scheduling gates)", pod.Name, how, n, spec.MinMember, len(gated))
 					}
 					pl.release(g, why, &e)
 				}
