@@ -16,6 +16,7 @@
 package gang
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -119,6 +120,9 @@ func Of(pod *corev1.Pod) (spec Spec, ok bool, err error) {
 		return Spec{}, false, fmt.Errorf("pod %s/%s is in gang %s but has no %s: set it (label or annotation) to the number of members that must run together", pod.Namespace, pod.Name, statustext.Quote(ref.Name), KeySize)
 	}
 	size, err := strconv.ParseInt(strings.TrimSpace(sizeText), 10, 32)
+	if errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(strings.TrimSpace(sizeText), "-") {
+		return Spec{}, false, fmt.Errorf("pod %s/%s: %s=%s is too large (at most %d): set it to the number of members that must run together", pod.Namespace, pod.Name, KeySize, statustext.Quote(sizeText), math.MaxInt32)
+	}
 	if err != nil || size < 1 {
 		return Spec{}, false, fmt.Errorf("pod %s/%s: %s=%s is not a whole number >= 1: set it to the number of members that must run together", pod.Namespace, pod.Name, KeySize, statustext.Quote(sizeText))
 	}

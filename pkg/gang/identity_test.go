@@ -59,6 +59,9 @@ func TestOf(t *testing.T) {
 		{name: "missing size", pod: pod("p", map[string]string{LabelName: "llm"}, nil), wantErr: "has no penny.dev/gang-size"},
 		{name: "bad size", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "eight"}, nil), wantErr: `penny.dev/gang-size="eight" is not a whole number >= 1`},
 		{name: "zero size", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "0"}, nil), wantErr: "is not a whole number >= 1"},
+		// A whole number >= 1 that is too large was told it is not one.
+		{name: "huge size", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "3000000000"}, nil), wantErr: `penny.dev/gang-size="3000000000" is too large (at most 2147483647)`},
+		{name: "huge negative size", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "-3000000000"}, nil), wantErr: "is not a whole number >= 1"},
 		{name: "bad timeout", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "2", KeyTimeout: "soon"}, nil), wantErr: `penny.dev/gang-timeout="soon": not a positive duration`},
 		{name: "negative timeout", pod: pod("p", map[string]string{LabelName: "llm", KeySize: "2", KeyTimeout: "-5"}, nil), wantErr: "must be positive"},
 		// 18446744074 seconds wraps a time.Duration to about 0.29s: the gang
