@@ -578,8 +578,33 @@ func (c *Catalog) With(extra ...Entry) (*Catalog, error) {
 func PodUsage(pod *corev1.Pod) Usage {
 	req := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
 	u := Usage{CPUMilli: req.Cpu().MilliValue(), MemoryBytes: req.Memory().Value()}
-	if r, err := gpu.ParsePodRequest(pod); err == nil {
-		u.GPUMilli = r.TotalMilli()
+	r, err := gpu.ParsePodRequest(pod)
+	if err != nil {
+		// A pod Penny would not place (whole GPUs beside MIG slices on a
+		// node in NVIDIA's mixed mode, shares adding up to a GPU or more)
+		// that another scheduler placed holds its devices all the same:
+		// they were billed at nothing. Each GPU resource counts as asked.
+		r = gpu.Request{}
+		for name, q := range req {
+			v := q.Value()
+			if v <= 0 || !gpu.IsGPUResource(name) {
+				continue
+			}
+			switch name {
+			case gpu.ResourceGPU:
+				r.GPUs += v
+			case gpu.ResourceGPUMilli:
+				r.Milli += v
+			default:
+				if p, err := gpu.ParseMIGResource(name); err == nil {
+					if r.MIG == nil {
+						r.MIG = map[string]int64{}
+					}
+					r.MIG[p.Name] += v
+				}
+			}
+		}
 	}
+	u.GPUMilli = r.TotalMilli()
 	return u
 }
