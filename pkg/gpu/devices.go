@@ -101,10 +101,10 @@ func ReadNodeDevices(node *corev1.Node) (*NodeDevices, error) {
 	}
 	whole := -1
 	if q, ok := node.Status.Allocatable[ResourceGPU]; ok {
-		if v := q.Value(); v < 0 || v > MaxGPUsPerNode {
+		if q.Sign() < 0 || q.CmpInt64(MaxGPUsPerNode) > 0 { // Value wraps past an int64
 			bad("allocatable "+string(ResourceGPU), q.String())
 		} else {
-			whole = int(v)
+			whole = int(q.Value())
 		}
 	}
 	if count == 0 {
@@ -112,10 +112,10 @@ func ReadNodeDevices(node *corev1.Node) (*NodeDevices, error) {
 	}
 	if count == 0 {
 		if q, ok := node.Status.Allocatable[ResourceGPUMilli]; ok {
-			if v := q.Value() / MilliPerGPU; v < 0 || v > MaxGPUsPerNode {
-				bad("allocatable "+string(ResourceGPUMilli)+" / 1000 =", v)
+			if q.Sign() < 0 || q.CmpInt64((MaxGPUsPerNode+1)*MilliPerGPU) >= 0 {
+				bad("allocatable "+string(ResourceGPUMilli), q.String())
 			} else {
-				count = int(v)
+				count = int(q.Value() / MilliPerGPU)
 			}
 		}
 	}

@@ -166,21 +166,24 @@ func containerRequest(c *corev1.Container) (Request, error) {
 		if !IsGPUResource(name) {
 			continue
 		}
-		v := q.Value()
-		if v < 0 {
+		// The bounds are checked on the quantity itself: Value wraps one
+		// past an int64 silently (1e19 reads as 0, a pod that asks for no
+		// GPU).
+		if q.Sign() < 0 {
 			return Request{}, fmt.Errorf("container %q asks for %s of %s: must not be negative", c.Name, q.String(), name)
 		}
+		if name != ResourceGPUMilli && q.CmpInt64(MaxDevicesPerPod) > 0 {
+			return Request{}, fmt.Errorf("container %q asks for %s of %s: no node has that many; ask for at most %d", c.Name, q.String(), name, MaxDevicesPerPod)
+		}
+		if name == ResourceGPUMilli && q.CmpInt64(MilliPerGPU) >= 0 {
+			return Request{}, fmt.Errorf("container %q asks for %s of %s: a share must be 1..%d; ask for whole GPUs with %s instead", c.Name, q.String(), name, MilliPerGPU-1, ResourceGPU)
+		}
+		v := q.Value()
 		// A zero limit asks for nothing; counting it would make a pod that
 		// writes "nvidia.com/mig-1g.10gb: 0" next to its GPUs ask for two
 		// kinds.
 		if v == 0 {
 			continue
-		}
-		if name != ResourceGPUMilli && v > MaxDevicesPerPod {
-			return Request{}, fmt.Errorf("container %q asks for %s of %s: no node has that many; ask for at most %d", c.Name, q.String(), name, MaxDevicesPerPod)
-		}
-		if name == ResourceGPUMilli && v >= MilliPerGPU {
-			return Request{}, fmt.Errorf("container %q asks for %s of %s: a share must be 1..%d; ask for whole GPUs with %s instead", c.Name, q.String(), name, MilliPerGPU-1, ResourceGPU)
 		}
 		switch {
 		case name == ResourceGPU:

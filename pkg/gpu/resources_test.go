@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func corev1ResourceName(s string) corev1.ResourceName { return corev1.ResourceName(s) }
@@ -137,5 +138,24 @@ func TestParsePodRequestRefusesCountsNoNodeHas(t *testing.T) {
 	many := corev1.ResourceList{ResourceGPU: resource.MustParse("4000")}
 	if _, err := ParsePodRequest(podWith(many, many)); err == nil || !strings.Contains(err.Error(), "at most 4096") {
 		t.Errorf("8000 GPUs in two containers: %v", err)
+	}
+}
+
+// Quantities past an int64 are refused as too many, for pods and nodes:
+// Value wraps them silently (1e19 read as 0: a pod that asked for no GPU,
+// bound without a device choice; 18446744073709551617 as 1).
+func TestQuantitiesPastAnInt64AreTooMany(t *testing.T) {
+	for _, q := range []string{"1e19", "18446744073709551617", "9223372036854775808"} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a",
+			Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{ResourceGPU: resource.MustParse(q)}}}}}}
+		if r, err := ParsePodRequest(pod); err == nil || !strings.Contains(err.Error(), "ask for at most") {
+			t.Errorf("nvidia.com/gpu: %s read as %s (%v), want refused as too many", q, r, err)
+		}
+		for _, name := range []corev1.ResourceName{ResourceGPU, ResourceGPUMilli} {
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{name: resource.MustParse(q)}}}
+			if n, err := ReadNodeDevices(node); err == nil {
+				t.Errorf("allocatable %s: %s read as %d GPUs, want it refused", name, q, len(n.GPUs))
+			}
+		}
 	}
 }
