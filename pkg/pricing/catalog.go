@@ -367,6 +367,13 @@ func (c *Catalog) Lookup(instanceType string, capacity CapacityType, region, zon
 		return Price{}, false
 	}
 	p := Price{InstanceType: instanceType, Capacity: capacity, NodeHourly: e.Hourly, Interruption: e.Interruption}
+	if capacity == Spot && p.Interruption == BucketUnknown && e.Zone != "" {
+		// A zone's row that gives its own price only keeps the region's
+		// bucket: it took the catalog's default, five to ten times riskier.
+		if r, ok := c.prices[priceKey{instanceType, capacity, region, ""}]; ok {
+			p.Interruption = r.Interruption
+		}
+	}
 	if capacity == Spot && p.Interruption == BucketUnknown {
 		p.Interruption = c.defaultInterruption
 	}

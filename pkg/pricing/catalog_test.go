@@ -75,6 +75,18 @@ func TestLookupZoneRegionReserved(t *testing.T) {
 	if _, ok := c.Lookup("p4d.24xlarge", OnDemand, "eu-west-1", ""); ok {
 		t.Fatal("a region without rows has no price")
 	}
+	// A zone's row that gives only its price keeps the region row's bucket;
+	// it took the catalog's default (>20%).
+	priced, err := c.With(
+		Entry{InstanceType: "p4d.24xlarge", Capacity: Spot, Region: "us-east-1", Hourly: 8, Interruption: BucketUnder5},
+		Entry{InstanceType: "p4d.24xlarge", Capacity: Spot, Region: "us-east-1", Zone: "us-east-1d", Hourly: 7},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := priced.Lookup("p4d.24xlarge", Spot, "us-east-1", "us-east-1d"); p.NodeHourly != 7 || p.Interruption != BucketUnder5 {
+		t.Fatalf("zone row with a price only: %+v, want its price 7 and the region's bucket <5%%", p)
+	}
 }
 
 func TestNodePrice(t *testing.T) {
