@@ -352,13 +352,13 @@ func (c *Collector) readMIGDevice(parent, mig nvml.Device, parentMemory uint64) 
 	if ret != nvml.SUCCESS {
 		return nil, fmt.Errorf("GPU instance %d GetInfo: %v", giID, ret)
 	}
-	prof, ret := parent.GetGpuInstanceProfileInfo(int(info.ProfileId))
-	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetGpuInstanceProfileInfo(%d): %v", info.ProfileId, ret)
+	profile, prof, err := instanceProfile(parent, info.ProfileId)
+	if err != nil {
+		return nil, fmt.Errorf("GPU instance %d: %w", giID, err)
 	}
 	m := &telemetryv1.MIGInstance{
 		Uuid:              uuid,
-		Profile:           ProfileName(int(info.ProfileId), prof, parentMemory),
+		Profile:           ProfileName(profile, prof, parentMemory),
 		GpuInstanceId:     uint32(giID),
 		ComputeInstanceId: uint32(ciID),
 		PlacementStart:    info.Placement.Start,
@@ -372,6 +372,22 @@ func (c *Collector) readMIGDevice(parent, mig nvml.Device, parentMemory uint64) 
 		m.MemoryUsedBytes = proto.Uint64(used)
 	}
 	return m, nil
+}
+
+// instanceProfile finds the profile of a GPU instance: GetInfo gives the
+// profile's id, unique on the device (19 for an A100's 1g.5gb, 9 for its
+// 3g.20gb), while GetGpuInstanceProfileInfo takes one of the
+// NVML_GPU_INSTANCE_PROFILE_* values (0 for one slice), as the device plugin
+// and go-nvlib match them. The id read as such a value named a 3g.20gb
+// instance 1g.10gb, and failed the node's collection for a 1g.5gb one.
+func instanceProfile(parent nvml.Device, id uint32) (int, nvml.GpuInstanceProfileInfo, error) {
+	for p := range nvml.GPU_INSTANCE_PROFILE_COUNT {
+		info, ret := parent.GetGpuInstanceProfileInfo(p)
+		if ret == nvml.SUCCESS && info.Id == id {
+			return p, info, nil
+		}
+	}
+	return 0, nvml.GpuInstanceProfileInfo{}, fmt.Errorf("no GPU instance profile of the device has id %d", id)
 }
 
 // memoryUsed is the memory that processes hold on a GPU or MIG device.

@@ -480,3 +480,57 @@ func TestClockReasonsOnDriversBeforeR535(t *testing.T) {
 		}
 	}
 }
+
+// A GPU instance's GetInfo gives its profile's id, unique on the device
+// (on an A100, 1g.5gb is 19, 3g.20gb 9), which is not the
+// NVML_GPU_INSTANCE_PROFILE_* value GetGpuInstanceProfileInfo takes (1g.5gb
+// is 0). go-nvml's mock gives both the same number; here the device gives
+// the A100's ids, as real NVML does. Read as a profile value, the id named a
+// 3g.20gb instance 1g.10gb and failed the node's collection for a 1g.5gb one.
+func TestMIGProfileIsFoundByItsID(t *testing.T) {
+	a100IDs := map[int]uint32{nvml.GPU_INSTANCE_PROFILE_1_SLICE: 19, nvml.GPU_INSTANCE_PROFILE_2_SLICE: 14, nvml.GPU_INSTANCE_PROFILE_3_SLICE: 9,
+		nvml.GPU_INSTANCE_PROFILE_4_SLICE: 5, nvml.GPU_INSTANCE_PROFILE_7_SLICE: 0, nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1: 20, nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV2: 15}
+	for _, tc := range []struct {
+		profile int
+		want    string
+	}{{nvml.GPU_INSTANCE_PROFILE_3_SLICE, "3g.20gb"}, {nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.5gb"}, {nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, "1g.5gb+me"}} {
+		m, err := NewMock("dgxa100")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.EnableMIG(0, MockInstance{Profile: tc.profile, Start: 0}); err != nil {
+			t.Fatal(err)
+		}
+		dev := m.Devices[0].(*server.Device)
+		profileInfo := dev.GetGpuInstanceProfileInfoFunc
+		dev.GetGpuInstanceProfileInfoFunc = func(p int) (nvml.GpuInstanceProfileInfo, nvml.Return) {
+			info, ret := profileInfo(p)
+			if id, ok := a100IDs[p]; ok {
+				info.Id = id
+			} else {
+				info.Id = uint32(100 + p) // an id no instance has
+			}
+			return info, ret
+		}
+		byID := dev.GetGpuInstanceByIdFunc
+		dev.GetGpuInstanceByIdFunc = func(id int) (nvml.GpuInstance, nvml.Return) {
+			gi, ret := byID(id)
+			if ret != nvml.SUCCESS {
+				return gi, ret
+			}
+			sgi := gi.(*server.GpuInstance)
+			info := sgi.Info
+			info.ProfileId = a100IDs[int(sgi.Info.ProfileId)]
+			sgi.GetInfoFunc = func() (nvml.GpuInstanceInfo, nvml.Return) { return info, nvml.SUCCESS }
+			return sgi, nvml.SUCCESS
+		}
+		r := collect(t, New(m, testr.New(t), Options{}))
+		if r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
+			t.Errorf("%s: collection %v: %s", tc.want, r.Status.State, r.Status.Message)
+			continue
+		}
+		if got := r.GPUs[0].MigInstances[0].Profile; got != tc.want {
+			t.Errorf("instance of profile %s named %q", tc.want, got)
+		}
+	}
+}
