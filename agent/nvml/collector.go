@@ -222,17 +222,7 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 		}
 	}
 	if lost != nil {
-		prev, ok := c.known[index]
-		if !ok {
-			return nil, lost
-		}
-		g = proto.Clone(prev).(*telemetryv1.GPU)
-		g.MemoryUsedBytes, g.UtilizationPercent, g.MemoryUtilizationPercent = nil, nil, nil
-		g.Health = &telemetryv1.Health{}
-		c.fillXID(g)
-		g.Health.Reasons = append(g.Health.Reasons, "NVML cannot read this GPU any more: "+lost.Error())
-		g.Health.Healthy = false
-		return g, nil
+		return c.lostGPU(index, lost)
 	}
 
 	if used, ok := c.memoryUsed(dev); ok && g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
@@ -244,12 +234,33 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 	}
 	if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED {
 		instances, err := c.readMIG(dev)
+		if errors.Is(err, nvml.ERROR_GPU_IS_LOST) {
+			// Fallen off the bus between two reads: the node's other GPUs
+			// are still reported.
+			return c.lostGPU(index, fmt.Errorf("MIG instances: %w", err))
+		}
 		if err != nil {
 			return nil, fmt.Errorf("MIG instances: %w", err)
 		}
 		g.MigInstances = instances
 	}
 	g.Health = c.readHealth(dev, g)
+	return g, nil
+}
+
+// lostGPU reports a GPU NVML stopped answering for from what was read of it
+// before, marked unhealthy; a GPU never read is an error.
+func (c *Collector) lostGPU(index int, lost error) (*telemetryv1.GPU, error) {
+	prev, ok := c.known[index]
+	if !ok {
+		return nil, lost
+	}
+	g := proto.Clone(prev).(*telemetryv1.GPU)
+	g.MemoryUsedBytes, g.UtilizationPercent, g.MemoryUtilizationPercent = nil, nil, nil
+	g.Health = &telemetryv1.Health{}
+	c.fillXID(g)
+	g.Health.Reasons = append(g.Health.Reasons, "NVML cannot read this GPU any more: "+lost.Error())
+	g.Health.Healthy = false
 	return g, nil
 }
 
@@ -301,11 +312,11 @@ func readIdentity(dev nvml.Device, index int) (*telemetryv1.GPU, error) {
 func (c *Collector) readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error) {
 	max, ret := dev.GetMaxMigDeviceCount()
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetMaxMigDeviceCount: %v", ret)
+		return nil, fmt.Errorf("GetMaxMigDeviceCount: %w", ret)
 	}
 	total, ret := dev.GetMemoryInfo()
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetMemoryInfo: %v", ret)
+		return nil, fmt.Errorf("GetMemoryInfo: %w", ret)
 	}
 	var out []*telemetryv1.MIGInstance
 	for i := 0; i < max; i++ {
@@ -314,7 +325,7 @@ func (c *Collector) readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error)
 			continue // no MIG device at this index
 		}
 		if ret != nvml.SUCCESS {
-			return nil, fmt.Errorf("GetMigDeviceHandleByIndex(%d): %v", i, ret)
+			return nil, fmt.Errorf("GetMigDeviceHandleByIndex(%d): %w", i, ret)
 		}
 		m, err := c.readMIGDevice(dev, mig, total.Total)
 		if err != nil {
@@ -334,23 +345,23 @@ func (c *Collector) readMIG(dev nvml.Device) ([]*telemetryv1.MIGInstance, error)
 func (c *Collector) readMIGDevice(parent, mig nvml.Device, parentMemory uint64) (*telemetryv1.MIGInstance, error) {
 	uuid, ret := mig.GetUUID()
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetUUID: %v", ret)
+		return nil, fmt.Errorf("GetUUID: %w", ret)
 	}
 	giID, ret := mig.GetGpuInstanceId()
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetGpuInstanceId: %v", ret)
+		return nil, fmt.Errorf("GetGpuInstanceId: %w", ret)
 	}
 	ciID, ret := mig.GetComputeInstanceId()
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetComputeInstanceId: %v", ret)
+		return nil, fmt.Errorf("GetComputeInstanceId: %w", ret)
 	}
 	gi, ret := parent.GetGpuInstanceById(giID)
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetGpuInstanceById(%d): %v (the agent needs the MIG monitor capability: NVIDIA_MIG_MONITOR_DEVICES=all)", giID, ret)
+		return nil, fmt.Errorf("GetGpuInstanceById(%d): %w (the agent needs the MIG monitor capability: NVIDIA_MIG_MONITOR_DEVICES=all)", giID, ret)
 	}
 	info, ret := gi.GetInfo()
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GPU instance %d GetInfo: %v", giID, ret)
+		return nil, fmt.Errorf("GPU instance %d GetInfo: %w", giID, ret)
 	}
 	profile, prof, err := instanceProfile(parent, info.ProfileId)
 	if err != nil {
@@ -519,8 +530,14 @@ func (c *Collector) readHealth(dev nvml.Device, g *telemetryv1.GPU) *telemetryv1
 			}
 		}
 	}
-	if t, ret := dev.GetTemperature(nvml.TEMPERATURE_GPU); ret == nvml.SUCCESS {
+	t, tret := dev.GetTemperature(nvml.TEMPERATURE_GPU)
+	if tret == nvml.SUCCESS {
 		h.TemperatureCelsius = proto.Uint32(t)
+	}
+	// A GPU that fell off the bus answers every call so; the reads above
+	// skip calls that fail, and it was reported healthy.
+	if ret == nvml.ERROR_GPU_IS_LOST || tret == nvml.ERROR_GPU_IS_LOST {
+		h.Reasons = append(h.Reasons, "NVML reports the GPU lost (ERROR_GPU_IS_LOST): it fell off the bus or stopped answering")
 	}
 	h.Healthy = len(h.Reasons) == 0
 	return h

@@ -534,3 +534,44 @@ func TestMIGProfileIsFoundByItsID(t *testing.T) {
 		}
 	}
 }
+
+// A MIG GPU that falls off the bus after its identity was read is reported,
+// from what was read before, as unhealthy; the node's other GPUs still are.
+// Its MIG read failing failed the whole node's collection: 0 GPUs.
+func TestMIGGPULostMidReadLeavesTheOthersReported(t *testing.T) {
+	m, err := NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.EnableMIG(7, MockInstance{Profile: nvml.GPU_INSTANCE_PROFILE_7_SLICE, Start: 0}); err != nil {
+		t.Fatal(err)
+	}
+	c := New(m, testr.New(t), Options{})
+	collect(t, c)
+	m.Devices[7].(*server.Device).GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 0, nvml.ERROR_GPU_IS_LOST }
+	r := collect(t, c)
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+		t.Fatalf("collection %v %q with %d GPUs, want OK with 8", r.Status.State, r.Status.Message, len(r.GPUs))
+	}
+	if h := r.GPUs[7].Health; h.Healthy || !strings.Contains(strings.Join(h.Reasons, "; "), "ERROR_GPU_IS_LOST") {
+		t.Errorf("the lost GPU's health: %v", h)
+	}
+}
+
+// A GPU whose health calls answer ERROR_GPU_IS_LOST is not healthy: the
+// reads skipped the calls that failed, and it was reported healthy.
+func TestGPUAnsweringLostIsUnhealthy(t *testing.T) {
+	m, err := NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(m, testr.New(t), Options{})
+	dev := m.Devices[2].(*server.Device)
+	lost := func() (uint64, nvml.Return) { return 0, nvml.ERROR_GPU_IS_LOST }
+	dev.GetEccModeFunc = func() (nvml.EnableState, nvml.EnableState, nvml.Return) { return 0, 0, nvml.ERROR_GPU_IS_LOST }
+	dev.GetCurrentClocksEventReasonsFunc, dev.GetCurrentClocksThrottleReasonsFunc = lost, lost
+	dev.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 0, nvml.ERROR_GPU_IS_LOST }
+	if h := collect(t, c).GPUs[2].Health; h.Healthy {
+		t.Errorf("a GPU answering ERROR_GPU_IS_LOST reported healthy: %v", h)
+	}
+}
