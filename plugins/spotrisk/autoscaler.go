@@ -36,6 +36,9 @@ type ExpanderServer struct {
 type ranker struct {
 	x       *Expander
 	running func() ([]*corev1.Pod, error)
+	// synced says the pod informer running reads from has listed the
+	// cluster's pods (nil: no informer, nothing to wait for).
+	synced func() bool
 }
 
 var _ expander.ExpanderServer = &ExpanderServer{}
@@ -48,8 +51,10 @@ func NewExpanderServer() *ExpanderServer { return &ExpanderServer{} }
 func (s *ExpanderServer) Use(pl *SpotRisk) {
 	r := &ranker{x: &Expander{pl: pl}}
 	if h := pl.handle; h != nil && h.SharedInformerFactory() != nil {
-		pods := h.SharedInformerFactory().Core().V1().Pods().Lister()
+		informer := h.SharedInformerFactory().Core().V1().Pods()
+		pods := informer.Lister()
 		r.running = func() ([]*corev1.Pod, error) { return pods.List(labels.Everything()) }
+		r.synced = informer.Informer().HasSynced
 	}
 	s.r.CompareAndSwap(nil, r)
 }
@@ -74,6 +79,13 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	if r == nil {
 		expanderRequests.WithLabelValues(string(expanderUnavailable)).Inc()
 		return nil, status.Error(codes.Unavailable, "SpotRisk is not running yet: penny-scheduler builds it when its profile starts")
+	}
+	if r.synced != nil && !r.synced() {
+		// Until the scheduler has listed the pods, a service's running
+		// peers are none, and a ranking would size its new node for it
+		// alone: Cluster Autoscaler keeps all its options instead.
+		expanderRequests.WithLabelValues(string(expanderUnavailable)).Inc()
+		return nil, status.Error(codes.Unavailable, "penny-scheduler has not listed the cluster's pods yet")
 	}
 	x := r.x
 	log := klog.FromContext(ctx)

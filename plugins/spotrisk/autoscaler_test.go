@@ -15,6 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
 	"github.com/pennysched/penny/pkg/api/expander"
 	"github.com/pennysched/penny/pkg/gpu"
@@ -358,5 +362,30 @@ func TestExpanderServerAnswersWithoutPods(t *testing.T) {
 	// The request is left as it came.
 	if len(req.Options[0].GetPodBytes()) != 50 {
 		t.Errorf("the request's options lost their pods")
+	}
+}
+
+// Until the scheduler has listed the cluster's pods the expander answers
+// Unavailable, and Cluster Autoscaler keeps its options: a ranking then
+// counted no running peers and sized a service's new node for it alone.
+func TestExpanderServerWaitsForThePodsToBeListed(t *testing.T) {
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	pods := factory.Core().V1().Pods().Informer() // registered before the plugin is built, as the scheduler's is
+	e := newEnvWith(t, nil, Deps{Prices: catalog(t)}, []frameworkruntime.Option{frameworkruntime.WithInformerFactory(factory)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	od := node("od", pricing.OnDemand, "us-east-1a")
+	req := caRequest(t, []*corev1.Pod{pod("serve", map[string]string{AnnotationWorkload: "inference"})}, od)
+	if _, err := s.BestOptions(context.Background(), req); status.Code(err) != codes.Unavailable {
+		t.Fatalf("before the pods are listed: %v, want Unavailable", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), pods.HasSynced) {
+		t.Fatal("the pod informer did not sync")
+	}
+	if got := best(t, s, req); len(got) != 1 || got[0] != "od" {
+		t.Errorf("once the pods are listed: best %v, want od", got)
 	}
 }
