@@ -380,7 +380,7 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 			}
 		}()
 		if j.Notice != nil {
-			withdrawn = f.runNotice(ctx, j)
+			withdrawn = f.runNotice(ctx, j, resumed)
 		} else {
 			f.runCommand(ctx, j)
 		}

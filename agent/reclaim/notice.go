@@ -18,7 +18,7 @@ import (
 
 // runNotice does a notice's work; it reports whether the cloud withdrew the
 // notice before it was time to act.
-func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
+func (f *Flow) runNotice(ctx context.Context, j *Job, resumed bool) bool {
 	js := &jobState{f: f, j: j}
 	n := j.Notice
 	log := f.log.WithValues("notice", n.ID, "kind", n.Kind.String())
@@ -68,7 +68,7 @@ func (f *Flow) runNotice(ctx context.Context, j *Job) bool {
 
 	statusID := j.ID
 	for {
-		if proceed, withdrawn := f.waitToAct(ctx, js, log); !proceed {
+		if proceed, withdrawn := f.waitToAct(ctx, js, log, resumed); !proceed {
 			return withdrawn
 		}
 		if act.Checkpoint {
@@ -122,8 +122,13 @@ func providerName(p telemetryv1.CloudProvider) string {
 // once for a reclaim, shortly before scheduled maintenance), following the
 // cloud's moves of the deadline: later, the wait goes on; earlier, it ends
 // sooner. It returns proceed false when ctx ended or when the cloud called
-// the notice off during the wait (withdrawn true; the job is done).
-func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger) (proceed, withdrawn bool) {
+// the notice off during the wait (withdrawn true; the job is done). A job
+// an earlier agent left unfinished (resumed) is called off by the cloud's
+// answer from the start: the notice was seen before, so one the cloud no
+// longer lists was withdrawn (or done with) while no agent ran, and acting
+// on it would evict pods for nothing. A notice just seen is not, as the
+// check that saw it may not be the one the watcher's answer comes from.
+func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger, resumed bool) (proceed, withdrawn bool) {
 	n := js.j.Notice
 	// Maintenance announced weeks ahead may be called off or moved any
 	// day in between; the taint must not stay until the day it was due.
@@ -141,7 +146,7 @@ func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger) (pr
 			f.follow(js, cur, log)
 		}
 		at := f.policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline).At
-		if waited && known && !found {
+		if (waited || resumed) && known && !found {
 			log.Info("the cloud called the maintenance off before it was time to act")
 			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimWithdrawn", "%s notice %s was called off; the pods stay", providerName(n.Provider), n.ID)
 			js.mu.Lock()

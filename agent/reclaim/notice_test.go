@@ -13,6 +13,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
@@ -94,5 +95,57 @@ func TestDeadlineBroughtForwardWhilePodsCheckpointCutsTheirHooks(t *testing.T) {
 	if evictedAt.IsZero() || evictedAt.After(moved.Deadline) {
 		t.Errorf("deadline brought forward to %s: pod evicted at %s (zero: not at all), want before it",
 			moved.Deadline.Format(time.RFC3339Nano), evictedAt.Format(time.RFC3339Nano))
+	}
+}
+
+// An agent restarted after a notice was seen resumes its work; when the
+// cloud's first answer since no longer lists the notice (the maintenance
+// called off while no agent ran), the job is withdrawn rather than acted
+// on: the resumed job skipped that check on its first look and evicted the
+// node's pods for a cancelled event.
+func TestResumedNoticeTheCloudNoLongerListsIsWithdrawn(t *testing.T) {
+	p := evictTestPod("job")
+	client := fake.NewClientset(p)
+	var mu sync.Mutex
+	evictions := 0
+	client.PrependReactor("create", "pods", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() != "eviction" {
+			return false, nil, nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		evictions++
+		return true, nil, nil
+	})
+	dir := t.TempDir()
+	now := time.Now()
+	f, err := New(Options{Node: "n1", Client: client, StateDir: dir, Recorder: record.NewFakeRecorder(1000), Log: testr.New(t),
+		Notices:           func() ([]notice.Notice, bool) { return nil, true }, // the cloud answered: no notice
+		ReconcileInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Maintenance a minute away, past its lead time: an earlier agent saw it
+	// and stopped before acting.
+	j := &Job{ID: "notice-maintenance", Deadline: now.Add(time.Minute), Notice: &NoticeRecord{ID: "maintenance",
+		Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+		Action: "system-reboot", Detected: now.Add(-time.Hour), Deadline: now.Add(time.Minute)}}
+	if err := f.state.save(j); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go f.Run(ctx)
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		saved, ok, err := f.state.load(j.ID)
+		return err == nil && ok && saved.Done, nil
+	}); err != nil {
+		t.Fatal("the resumed job did not end")
+	}
+	saved, _, _ := f.state.load(j.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	if !saved.Withdrawn || evictions != 0 {
+		t.Errorf("resumed notice the cloud no longer lists: withdrawn %v, %d evictions; want withdrawn and none", saved.Withdrawn, evictions)
 	}
 }
