@@ -192,8 +192,8 @@ func (f *Flow) cutWhenBroughtForward(hooks context.Context, cut context.CancelFu
 		n := *js.j.Notice
 		js.mu.Unlock()
 		if cur, found, _ := f.pendingNotice(n.ID); found {
-			d := notice.NextDeadline(n.Deadline, cur)
-			if sooner := f.checkpointBy(reclaim.Deadline(n.Kind, n.Detected, d)); sooner.Before(by) {
+			d, job := n.deadlines(cur)
+			if sooner := f.checkpointBy(job); sooner.Before(by) {
 				by = sooner
 				log.Info("the cloud brought the notice forward while pods checkpoint; their hooks end sooner", "deadline", d, "checkpointBy", by)
 				if timer != nil {
@@ -210,19 +210,25 @@ func (f *Flow) cutWhenBroughtForward(hooks context.Context, cut context.CancelFu
 	}
 }
 
+// deadlines are the notice's deadline as the cloud announces it now
+// (notice.NextDeadline) and the job's that follows from it.
+func (n NoticeRecord) deadlines(cur notice.Notice) (noticeDeadline, jobDeadline time.Time) {
+	d := notice.NextDeadline(n.Deadline, cur)
+	return d, reclaim.Deadline(n.Kind, n.Detected, d)
+}
+
 // follow takes the deadline of the notice as the cloud announces it now
 // (notice.NextDeadline) into the job, and records a move.
 func (f *Flow) follow(js *jobState, cur notice.Notice, log logr.Logger) {
 	js.mu.Lock()
 	n := js.j.Notice
 	was := n.Deadline
-	d := notice.NextDeadline(was, cur)
+	d, job := n.deadlines(cur)
 	if d.Equal(was) {
 		js.mu.Unlock()
 		return
 	}
-	n.Deadline = d
-	js.j.Deadline = reclaim.Deadline(n.Kind, n.Detected, d)
+	n.Deadline, js.j.Deadline = d, job
 	js.saveLocked()
 	js.mu.Unlock()
 	log.Info("the cloud moved the notice's deadline", "deadline", d, "was", was)

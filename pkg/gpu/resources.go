@@ -185,23 +185,45 @@ func containerRequest(c *corev1.Container) (Request, error) {
 		if v == 0 {
 			continue
 		}
-		switch {
-		case name == ResourceGPU:
-			r.GPUs = v
-		case name == ResourceGPUMilli:
-			r.Milli = v
-		default:
-			p, err := ParseMIGResource(name)
-			if err != nil {
-				return Request{}, fmt.Errorf("container %q: %w", c.Name, err)
-			}
-			if r.MIG == nil {
-				r.MIG = map[string]int64{}
-			}
-			r.MIG[p.Name] += v
+		if err := r.count(name, v); err != nil {
+			return Request{}, fmt.Errorf("container %q: %w", c.Name, err)
 		}
 	}
 	return r, nil
+}
+
+// count adds v of the GPU resource name to r.
+func (r *Request) count(name corev1.ResourceName, v int64) error {
+	switch name {
+	case ResourceGPU:
+		r.GPUs += v
+	case ResourceGPUMilli:
+		r.Milli += v
+	default:
+		p, err := ParseMIGResource(name)
+		if err != nil {
+			return err
+		}
+		if r.MIG == nil {
+			r.MIG = map[string]int64{}
+		}
+		r.MIG[p.Name] += v
+	}
+	return nil
+}
+
+// RequestOf is what a list of resources (a pod's requests, as the kubelet
+// counts them) asks of GPUs, read as it stands, without the rules
+// ParsePodRequest holds a pod to: what a pod another scheduler placed holds.
+// A MIG resource that names no profile counts as none.
+func RequestOf(list corev1.ResourceList) Request {
+	var r Request
+	for name, q := range list {
+		if v := q.Value(); v > 0 && IsGPUResource(name) {
+			_ = r.count(name, v)
+		}
+	}
+	return r
 }
 
 func add(a, b Request) Request {

@@ -590,27 +590,8 @@ func PodUsage(pod *corev1.Pod) Usage {
 		// A pod Penny would not place (whole GPUs beside MIG slices on a
 		// node in NVIDIA's mixed mode, shares adding up to a GPU or more)
 		// that another scheduler placed holds its devices all the same:
-		// they were billed at nothing. Each GPU resource counts as asked.
-		r = gpu.Request{}
-		for name, q := range req {
-			v := q.Value()
-			if v <= 0 || !gpu.IsGPUResource(name) {
-				continue
-			}
-			switch name {
-			case gpu.ResourceGPU:
-				r.GPUs += v
-			case gpu.ResourceGPUMilli:
-				r.Milli += v
-			default:
-				if p, err := gpu.ParseMIGResource(name); err == nil {
-					if r.MIG == nil {
-						r.MIG = map[string]int64{}
-					}
-					r.MIG[p.Name] += v
-				}
-			}
-		}
+		// they were billed at nothing.
+		r = gpu.RequestOf(req)
 	}
 	u.GPUMilli = r.TotalMilli()
 	return u

@@ -373,13 +373,12 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	if !ok {
 		return
 	}
+	ref, inGang := gang.RefOf(pod)
 	if old, ok := oldObj.(*corev1.Pod); ok {
 		// A member relabelled out of its gang leaves it as a deleted one
 		// does: the gang being placed held its room until its timeout.
-		if was, in := gang.RefOf(old); in {
-			if now, still := gang.RefOf(pod); !still || now.Key() != was.Key() {
-				pl.memberGone(old, fmt.Sprintf("left the gang (its %s changed)", gang.LabelName))
-			}
+		if was, in := gang.RefOf(old); in && (!inGang || ref.Key() != was.Key()) {
+			pl.memberGone(old, fmt.Sprintf("left the gang (its %s changed)", gang.LabelName))
 		}
 	}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
@@ -395,8 +394,7 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 		}
 		return
 	}
-	ref, ok := gang.RefOf(pod)
-	if !ok {
+	if !inGang {
 		return
 	}
 	if old, ok := oldObj.(*corev1.Pod); ok && old.Spec.NodeName == "" {
