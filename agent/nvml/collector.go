@@ -5,7 +5,10 @@
 // A node without the NVIDIA driver is a normal case, not a failure: the
 // collector reports the UNAVAILABLE state with no GPUs and keeps trying to
 // load NVML on every collection, so a driver installed later (by the GPU
-// operator, say) is picked up without restarting the agent.
+// operator, say) is picked up without restarting the agent. A driver
+// unloaded or reloaded under a loaded NVML (the GPU operator upgrading it)
+// makes NVML answer that it is not initialized: the collector then lets go
+// of it and loads it again, as at start.
 package nvml
 
 import (
@@ -60,6 +63,9 @@ type Collector struct {
 
 	mu          sync.Mutex
 	initialized bool
+	// loads counts NVML's successful loads: an XID event set registered
+	// under an earlier one no longer hears the GPUs.
+	loads int
 	// memoryV2 says the driver has nvmlDeviceGetMemoryInfo_v2 (R510 and
 	// later); go-nvml links NVML lazily, so calling a symbol the driver
 	// lacks would crash the agent.
@@ -113,6 +119,7 @@ func (c *Collector) initLocked() error {
 	switch ret := c.lib.Init(); ret {
 	case nvml.SUCCESS:
 		c.initialized = true
+		c.loads++
 		c.memoryV2 = c.lib.Extensions().LookupSymbol("nvmlDeviceGetMemoryInfo_v2") == nil
 		c.clockEvents = c.lib.Extensions().LookupSymbol("nvmlDeviceGetCurrentClocksEventReasons") == nil
 		return nil
@@ -129,10 +136,22 @@ func (c *Collector) initLocked() error {
 func (c *Collector) Shutdown() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.unloadLocked()
+}
+
+func (c *Collector) unloadLocked() {
 	if c.initialized {
 		c.lib.Shutdown()
 		c.initialized = false
 	}
+}
+
+// driverGone reports whether an NVML answer says the library lost its
+// driver: unloaded (DRIVER_NOT_LOADED), or reloaded, which leaves the
+// library's state behind (UNINITIALIZED). Loading NVML again is the way
+// back; nothing read through the old load is still good.
+func driverGone(ret nvml.Return) bool {
+	return ret == nvml.ERROR_UNINITIALIZED || ret == nvml.ERROR_DRIVER_NOT_LOADED
 }
 
 // Collect reads every GPU. It never fails: problems end up in Result.Status.
@@ -155,6 +174,10 @@ func (c *Collector) Collect(ctx context.Context) Result {
 	}
 	count, ret := c.lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
+		if driverGone(ret) {
+			c.unloadLocked()
+			return Result{Status: errorStatus("DeviceGetCount: %v; NVML is loaded again at the next collection", ret)}
+		}
 		return Result{Status: errorStatus("DeviceGetCount: %v", ret)}
 	}
 	if count == 0 {
@@ -594,32 +617,54 @@ func (c *Collector) recordXID(uuid string, xid uint32, at time.Time) {
 
 // WatchXIDs listens for XID errors until ctx ends. It waits for NVML to load
 // (a collection loads it) and returns early, logging why, when the driver
-// cannot deliver events. Run it in its own goroutine.
+// cannot deliver events. When a collection loads NVML again (the driver was
+// reloaded), the events are registered again under the new load. Run it in
+// its own goroutine.
 func (c *Collector) WatchXIDs(ctx context.Context, onXID func()) {
-	var set nvml.EventSet
-	for set == nil {
-		var err error
-		set, err = c.registerEvents()
+	for ctx.Err() == nil {
+		set, load, err := c.awaitEvents(ctx)
 		if err != nil {
 			c.log.Info("XID errors will not be watched", "reason", err.Error())
 			return
 		}
 		if set == nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(5 * time.Second):
-			}
+			return
+		}
+		c.log.V(1).Info("watching XID errors")
+		c.watch(ctx, set, load, onXID)
+		set.Free()
+	}
+}
+
+// awaitEvents registers for XID events once NVML is loaded; nil once ctx
+// ends first.
+func (c *Collector) awaitEvents(ctx context.Context) (nvml.EventSet, int, error) {
+	for {
+		set, load, err := c.registerEvents()
+		if err != nil || set != nil {
+			return set, load, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, nil
+		case <-time.After(5 * time.Second):
 		}
 	}
-	defer set.Free()
-	c.log.V(1).Info("watching XID errors")
+}
+
+// watch reads set's events until ctx ends or NVML is no longer the load
+// set was registered under.
+func (c *Collector) watch(ctx context.Context, set nvml.EventSet, load int, onXID func()) {
 	for ctx.Err() == nil {
 		e, ret := set.Wait(1000)
 		switch {
 		case ret == nvml.ERROR_TIMEOUT:
 			continue
 		case ret != nvml.SUCCESS:
+			if !c.loaded(load) {
+				c.log.Info("NVML was loaded again; registering for XID events again", "error", ret.Error())
+				return
+			}
 			c.log.Info("waiting for NVML events failed; retrying", "error", ret.Error())
 			select {
 			case <-ctx.Done():
@@ -643,22 +688,38 @@ func (c *Collector) WatchXIDs(ctx context.Context, onXID func()) {
 	}
 }
 
-// registerEvents creates an event set for XID errors on every GPU. It
-// returns nil, nil while NVML is not loaded yet.
-func (c *Collector) registerEvents() (nvml.EventSet, error) {
+// loaded reports whether NVML is loaded, and by the given load.
+func (c *Collector) loaded(load int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.initialized && c.loads == load
+}
+
+// registerEvents creates an event set for XID errors on every GPU, and
+// says under which of NVML's loads. It returns nil while NVML is not
+// loaded.
+func (c *Collector) registerEvents() (nvml.EventSet, int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.initialized {
-		return nil, nil
+		return nil, 0, nil
 	}
 	set, ret := c.lib.EventSetCreate()
+	if driverGone(ret) {
+		// The next collection loads NVML again.
+		return nil, 0, nil
+	}
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("EventSetCreate: %v", ret)
+		return nil, 0, fmt.Errorf("EventSetCreate: %v", ret)
 	}
 	count, ret := c.lib.DeviceGetCount()
+	if driverGone(ret) {
+		set.Free()
+		return nil, 0, nil
+	}
 	if ret != nvml.SUCCESS {
 		set.Free()
-		return nil, fmt.Errorf("DeviceGetCount: %v", ret)
+		return nil, 0, fmt.Errorf("DeviceGetCount: %v", ret)
 	}
 	registered := 0
 	for i := 0; i < count; i++ {
@@ -676,7 +737,7 @@ func (c *Collector) registerEvents() (nvml.EventSet, error) {
 	}
 	if registered == 0 && count > 0 {
 		set.Free()
-		return nil, errors.New("no GPU supports XID events")
+		return nil, 0, errors.New("no GPU supports XID events")
 	}
-	return set, nil
+	return set, c.loads, nil
 }

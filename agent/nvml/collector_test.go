@@ -575,3 +575,136 @@ func TestGPUAnsweringLostIsUnhealthy(t *testing.T) {
 		t.Errorf("a GPU answering ERROR_GPU_IS_LOST reported healthy: %v", h)
 	}
 }
+
+// reloadableDriver makes a mock answer as NVML does when the driver under it
+// is reloaded: what was loaded before (the library's state, its event sets)
+// answers ERROR_UNINITIALIZED until NVML is loaded again.
+type reloadableDriver struct {
+	mu            sync.Mutex
+	driver, lib   int // the driver's generation, and the one NVML loaded
+	inits, shut   int
+	waitsUnloaded int
+}
+
+func (d *reloadableDriver) reload() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.driver++
+}
+
+func (d *reloadableDriver) stale() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lib != d.driver
+}
+
+func newReloadable(t *testing.T) (*Mock, *reloadableDriver) {
+	m, err := NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &reloadableDriver{}
+	m.InitFunc = func() nvml.Return {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.inits++
+		d.lib = d.driver
+		return nvml.SUCCESS
+	}
+	m.ShutdownFunc = func() nvml.Return {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.shut++
+		return nvml.SUCCESS
+	}
+	count := m.DeviceGetCountFunc
+	m.DeviceGetCountFunc = func() (int, nvml.Return) {
+		if d.stale() {
+			return 0, nvml.ERROR_UNINITIALIZED
+		}
+		return count()
+	}
+	create := m.EventSetCreateFunc
+	m.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
+		d.mu.Lock()
+		gen := d.driver
+		d.mu.Unlock()
+		set, ret := create()
+		wait := set.(interface {
+			Wait(uint32) (nvml.EventData, nvml.Return)
+		}).Wait
+		return &eventSetOf{wait: func(ms uint32) (nvml.EventData, nvml.Return) {
+			d.mu.Lock()
+			gone := d.driver != gen
+			if gone {
+				d.waitsUnloaded++
+			}
+			d.mu.Unlock()
+			if gone {
+				time.Sleep(10 * time.Millisecond)
+				return nvml.EventData{}, nvml.ERROR_UNINITIALIZED
+			}
+			return wait(ms)
+		}}, ret
+	}
+	return m, d
+}
+
+type eventSetOf struct {
+	nvml.EventSet
+	wait func(uint32) (nvml.EventData, nvml.Return)
+}
+
+func (s *eventSetOf) Wait(ms uint32) (nvml.EventData, nvml.Return) { return s.wait(ms) }
+func (s *eventSetOf) Free() nvml.Return                            { return nvml.SUCCESS }
+
+func TestDriverReloadedIsLoadedAgain(t *testing.T) {
+	m, d := newReloadable(t)
+	c := New(m, testr.New(t), Options{})
+	if r := collect(t, c); r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+		t.Fatalf("before the reload: %v %q with %d GPUs", r.Status.State, r.Status.Message, len(r.GPUs))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan struct{}, 4)
+	done := make(chan struct{})
+	go func() { c.WatchXIDs(ctx, func() { seen <- struct{}{} }); close(done) }()
+
+	d.reload()
+	// The collection that finds the driver gone says so; the next one is
+	// whole again, without restarting the agent.
+	if r := collect(t, c); r.Status.State != telemetryv1.CollectorStatus_STATE_ERROR || !strings.Contains(r.Status.Message, "loaded again") {
+		t.Errorf("collection as the driver went: %v %q", r.Status.State, r.Status.Message)
+	}
+	r := collect(t, c)
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+		t.Fatalf("after the reload: %v %q with %d GPUs", r.Status.State, r.Status.Message, len(r.GPUs))
+	}
+	d.mu.Lock()
+	inits, shut := d.inits, d.shut
+	d.mu.Unlock()
+	if inits != 2 || shut != 1 {
+		t.Errorf("NVML loaded %d times and released %d times, want 2 and 1", inits, shut)
+	}
+
+	// The XID watch registers again under the new load: an XID raised
+	// after the reload still makes its GPU unhealthy.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.InjectXID(2, 79)
+		select {
+		case <-seen:
+		case <-time.After(200 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no XID seen after the driver was reloaded")
+			}
+			continue
+		}
+		break
+	}
+	if h := collect(t, c).GPUs[2].Health; h.Healthy || h.LastXid != 79 {
+		t.Errorf("after an XID under the reloaded driver: %v", h)
+	}
+	cancel()
+	<-done
+}
