@@ -141,6 +141,12 @@ func runCommand(cmd *cobra.Command, opts *options.Options, parts []part, registr
 		select {
 		case <-signals:
 		case <-ctx.Done():
+			// The scheduler ended on its own: the parts still stop and
+			// save (deferred), and a signal then ends the process at once.
+			go func() {
+				<-signals
+				os.Exit(1)
+			}()
 			return
 		}
 		go func() {

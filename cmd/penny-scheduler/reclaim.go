@@ -159,22 +159,35 @@ func (f *reclaimFlags) riskPersist() pricing.PersistOptions {
 	return o
 }
 
+// exitSaveTimeout bounds each of the saves on the way out.
+var exitSaveTimeout = 5 * time.Second
+
 // saveInterrupted writes the runs recorded, and the evidence observed,
-// since the last save, on the way out.
+// since the last save, on the way out. The two saves run side by side, each
+// with its own time: one stuck on a slow API server must not leave the
+// other no time at all (both keys' writes are conditional, so they do not
+// undo each other).
 func (f *reclaimFlags) saveInterrupted() {
 	if f.persist == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := f.interrupted.Save(ctx, *f.persist); err != nil {
-		f.persist.Log.Error(err, "Saving the interrupted runs on exit")
-	}
-	if m := f.riskModel(); m != nil {
-		if err := m.Save(ctx, f.riskPersist()); err != nil {
-			f.persist.Log.Error(err, "Saving the Spot pools' reclaim evidence on exit")
+	var wg sync.WaitGroup
+	save := func(what string, do func(context.Context) error) {
+		ctx, cancel := context.WithTimeout(context.Background(), exitSaveTimeout)
+		defer cancel()
+		if err := do(ctx); err != nil {
+			f.persist.Log.Error(err, "Saving "+what+" on exit")
 		}
 	}
+	wg.Go(func() {
+		save("the interrupted runs", func(ctx context.Context) error { return f.interrupted.Save(ctx, *f.persist) })
+	})
+	if m := f.riskModel(); m != nil {
+		wg.Go(func() {
+			save("the Spot pools' reclaim evidence", func(ctx context.Context) error { return m.Save(ctx, f.riskPersist()) })
+		})
+	}
+	wg.Wait()
 }
 
 // run runs the coordinator, and keeps the interrupted runs and the risk

@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -10,11 +14,17 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
 	fakeclient "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 	clienttesting "k8s.io/client-go/testing"
+
+	"github.com/go-logr/logr/testr"
 
 	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -184,5 +194,64 @@ func TestReclaimFlagsKeepTheRiskEvidenceAcrossARestart(t *testing.T) {
 	wantR, wantH := before.Evidence(pool, now)
 	if r, h := after.Evidence(pool, now); r != wantR || h != wantH || r != 1 {
 		t.Fatalf("after the restart the pool's evidence is %g reclaims in %g node-hours, want %g in %g", r, h, wantR, wantH)
+	}
+}
+
+// On the way out each record gets its own time: an API server that hangs on
+// the interrupted runs' write must not leave the Spot pools' evidence, saved
+// beside them, with no time left to be written.
+func TestExitSavesDoNotShareOneTimeout(t *testing.T) {
+	defer func(d time.Duration) { exitSaveTimeout = d }(exitSaveTimeout)
+	exitSaveTimeout = 300 * time.Millisecond
+	var mu sync.Mutex
+	var saved *corev1.ConfigMap
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if r.Method != http.MethodGet && strings.Contains(string(body), `"`+pricing.InterruptedKey+`":`) {
+			<-r.Context().Done() // hangs on the interrupted runs' write
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.Method {
+		case http.MethodGet:
+			if saved == nil {
+				w.WriteHeader(http.StatusNotFound)
+				_ = json.NewEncoder(w).Encode(apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, "penny-interrupted-runs").ErrStatus)
+				return
+			}
+			_ = json.NewEncoder(w).Encode(saved)
+		case http.MethodPost, http.MethodPut:
+			cm := &corev1.ConfigMap{}
+			if err := json.Unmarshal(body, cm); err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			cm.ResourceVersion = "1"
+			saved = cm
+			w.WriteHeader(http.StatusCreated)
+			_ = json.NewEncoder(w).Encode(cm)
+		}
+	}))
+	defer srv.Close()
+	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: srv.URL, ContentConfig: rest.ContentConfig{ContentType: "application/json"}})
+
+	pool := pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: pricing.Spot}
+	risk := pricing.NewRiskModel(pricing.RiskConfig{})
+	risk.ObserveReclaim(pool, "node-1", time.Now())
+	interrupted := pricing.NewInterrupted(0)
+	interrupted.Observe(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "train-0"}}, time.Hour, time.Now())
+	f := &reclaimFlags{interrupted: interrupted, risk: risk,
+		persist: &pricing.PersistOptions{Client: client, Namespace: "penny-system", Name: "penny-interrupted-runs", Log: testr.New(t)}}
+	start := time.Now()
+	f.saveInterrupted()
+	if took := time.Since(start); took > 3*exitSaveTimeout {
+		t.Errorf("the saves took %v, want each bounded by %v and both at once", took, exitSaveTimeout)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if saved == nil || !strings.Contains(saved.Data[pricing.RiskKey], "p4d.24xlarge") {
+		t.Fatalf("the Spot pools' evidence was not saved while the interrupted runs' write hung: %v", saved)
 	}
 }
