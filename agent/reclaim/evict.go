@@ -43,13 +43,7 @@ func (f *Flow) evictAll(ctx context.Context, js *jobState, detected time.Time) {
 		if skip {
 			return false
 		}
-		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
-		if pod.Spec.TerminationGracePeriodSeconds != nil {
-			grace = *pod.Spec.TerminationGracePeriodSeconds
-		}
-		if left := int64(time.Until(deadline) / time.Second); left < grace {
-			grace = max(left, 0)
-		}
+		grace := reclaim.EvictionGrace(pod, deadline)
 		result, err := f.evict(ctx, pod, grace)
 		if ctx.Err() != nil {
 			return false

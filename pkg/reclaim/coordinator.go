@@ -96,6 +96,9 @@ type Coordinator struct {
 	// reports of nodes without notices need no lock.
 	unsure      map[string]map[string]bool
 	unsureNodes atomic.Int32
+	// reclaimed holds, by node, until when the node's Spot interruption fed
+	// to the risk model stands for any other its agent reports (firstReclaim).
+	reclaimed map[string]time.Time
 
 	wake     chan struct{}
 	started  bool
@@ -124,7 +127,7 @@ type callOff struct {
 func NewCoordinator() *Coordinator {
 	registerMetrics()
 	return &Coordinator{seen: map[string]time.Time{}, fanouts: map[string]*fanout{}, waiting: map[string]*callOff{}, moves: map[string]chan time.Time{},
-		recorded: map[string]noticeRecord{}, unsure: map[string]map[string]bool{}, wake: make(chan struct{}, 1)}
+		recorded: map[string]noticeRecord{}, unsure: map[string]map[string]bool{}, reclaimed: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 }
 
 // OnNodeUpdate is the telemetry store's OnUpdate hook: it picks out the
@@ -391,6 +394,11 @@ func (c *Coordinator) forgetOld() {
 		if d.Before(cutoff) {
 			delete(c.seen, k)
 			delete(c.recorded, k)
+		}
+	}
+	for node, until := range c.reclaimed {
+		if until.Before(cutoff) {
+			delete(c.reclaimed, node)
 		}
 	}
 	for id, f := range c.fanouts {

@@ -304,6 +304,40 @@ func TestCoordinatorRecordsTheRunsAReclaimCutsShort(t *testing.T) {
 	}
 }
 
+// A node is reclaimed once. An agent that reports Spot interruptions under
+// ever new ids (a compromised one, or a cloud that announces one again)
+// speaks only for its own node: it must not count as many reclaims of the
+// whole pool, whose estimate every tenant's pods on its other nodes follow.
+func TestCoordinatorCountsOneReclaimPerNode(t *testing.T) {
+	nodeA := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "p4d.24xlarge", corev1.LabelTopologyZone: "us-east-1a", "karpenter.sh/capacity-type": "spot",
+	}}}
+	nodeB := nodeA.DeepCopy()
+	nodeB.Name = "b"
+	risk := &feed{}
+	c := NewCoordinator()
+	start(t, c, CoordinatorOptions{Client: fake.NewClientset(nodeA, nodeB), Risk: risk})
+	now := time.Now()
+	spot := func(id string) telemetry.ReclaimNotice {
+		return telemetry.ReclaimNotice{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(2 * time.Minute)}
+	}
+	first := &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{spot("i-1"), spot("i-2"), spot("i-3")}}
+	c.OnNodeUpdate(nil, first)
+	c.OnNodeUpdate(first, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{spot("i-4")}})
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "b", ReclaimNotices: []telemetry.ReclaimNotice{spot("i-1")}})
+	observed := func() int {
+		risk.mu.Lock()
+		defer risk.mu.Unlock()
+		return len(risk.pools)
+	}
+	waitFor(t, "the reclaims fed to the risk model", func() bool { return observed() >= 2 })
+	time.Sleep(300 * time.Millisecond) // give the other notices time to (wrongly) count
+	if n := observed(); n != 2 {
+		t.Errorf("the risk model was fed %d reclaims, want 2: one for a, however many notices its agent reports, and one for b", n)
+	}
+}
+
 // A notice the agent's clock dates ahead of the scheduler's counts from now:
 // the run it cut short is as long as the pod ran, and the workload's reclaim
 // is not made the newest until that date.
@@ -780,14 +814,7 @@ func TestTwoReplicasEvictEachGangMemberOnce(t *testing.T) {
 // deadline, and then with no grace period at all.
 func TestCoordinatorEvictsMembersOfAnUnreachableNodeAtTheMargin(t *testing.T) {
 	client := gangOnAB()
-	var mu sync.Mutex
-	var graces []int64
-	onEvictions(client, func(ev *policyv1.Eviction) error {
-		mu.Lock()
-		defer mu.Unlock()
-		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
-		return nil
-	})
+	graces := evictionGraces(client)
 	rec := record.NewFakeRecorder(100)
 	c := NewCoordinator()
 	const margin = 4 * time.Second
@@ -800,21 +827,57 @@ func TestCoordinatorEvictsMembersOfAnUnreachableNodeAtTheMargin(t *testing.T) {
 	// Until past the deadline: evicted later than the margin is a failure
 	// too, told by the grace period below.
 	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, margin+5*time.Second, true, func(context.Context) (bool, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(graces) == 1, nil
+		return len(graces()) == 1, nil
 	}); err != nil {
 		t.Fatal("b's member not evicted by the deadline")
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	// Evicted at the deadline less the margin, with about the margin left
 	// (whole seconds, less what the test's machine took to get there).
-	if graces[0] < int64(margin/time.Second)-2 {
-		t.Errorf("evicted with a grace period of %ds: want about %v, the time left at the deadline less the margin", graces[0], margin)
+	if g := graces()[0]; g < int64(margin/time.Second)-2 {
+		t.Errorf("evicted with a grace period of %ds: want about %v, the time left at the deadline less the margin", g, margin)
 	}
 	if got := drainEvents(rec); !strings.Contains(got, "GangCheckpointUndelivered") {
 		t.Errorf("events %q: want GangCheckpointUndelivered", got)
+	}
+}
+
+// A notice whose deadline has passed (an agent that reports it late, or
+// one that dates it so) still evicts the members on other nodes with a grace
+// period: an eviction with 0 seconds deletes the pod object at once, while
+// its containers still run on a node that is not going away, and its
+// owner's replacement (a StatefulSet's, with the same identity) may start
+// beside it.
+func TestCoordinatorNeverForceDeletesMembersOnOtherNodes(t *testing.T) {
+	client := gangOnAB()
+	graces := evictionGraces(client)
+	c := NewCoordinator()
+	start(t, c, CoordinatorOptions{Client: client})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-late", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now.Add(-time.Minute), Deadline: now.Add(-time.Second),
+	}}})
+	waitFor(t, "b's member evicted", func() bool { return len(graces()) == 1 })
+	if g := graces()[0]; g < 1 {
+		t.Errorf("b's member evicted with a grace period of %ds: 0 force-deletes it", g)
+	}
+}
+
+// evictionGraces records the grace period of every eviction client is
+// asked for.
+func evictionGraces(client *fake.Clientset) func() []int64 {
+	var mu sync.Mutex
+	var graces []int64
+	onEvictions(client, func(ev *policyv1.Eviction) error {
+		mu.Lock()
+		defer mu.Unlock()
+		graces = append(graces, *ev.DeleteOptions.GracePeriodSeconds)
+		return nil
+	})
+	return func() []int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(graces)
 	}
 }
 

@@ -52,13 +52,7 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 	// As the agent does on the reclaimed node: every member is asked once
 	// before any is asked again (EvictInPasses).
 	if !EvictInPasses(ctx, f.pods, func(p *corev1.Pod) bool {
-		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
-		if p.Spec.TerminationGracePeriodSeconds != nil {
-			grace = *p.Spec.TerminationGracePeriodSeconds
-		}
-		if left := int64(time.Until(deadline) / time.Second); left < grace {
-			grace = max(left, 0)
-		}
+		grace := EvictionGrace(p, deadline)
 		gone, err := c.evictMember(ctx, p, grace, log)
 		if ctx.Err() != nil {
 			return false

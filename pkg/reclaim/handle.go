@@ -328,7 +328,7 @@ func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logge
 	if o.Interrupted != nil {
 		c.observeRuns(ctx, nn, log)
 	}
-	if o.Risk == nil {
+	if o.Risk == nil || !c.firstReclaim(nn) {
 		return
 	}
 	node, err := o.Client.CoreV1().Nodes().Get(ctx, nn.node, metav1.GetOptions{})
@@ -339,6 +339,28 @@ func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logge
 	pool := pricing.PoolOf(node, pricing.NodeCapacity(node))
 	o.Risk.ObserveReclaim(pool, nn.node, n.Detected)
 	log.Info("observed a Spot reclaim", "pool", pool.String())
+}
+
+// firstReclaim reports whether nn is the first Spot interruption of its node
+// to reach the risk model, and marks the node reclaimed. A node is reclaimed
+// once, but its agent may report any number of notices under new ids (up to
+// 16 a report, and a compromised agent makes them up): each counted would
+// raise the estimate of the whole pool, which every tenant's pods on its
+// other nodes follow. The mark lasts an hour past the later of the deadline
+// and now, as seen does, so a deadline dated in the past frees it no sooner,
+// and a node recreated under the same name (a GKE Spot VM) counts again.
+func (c *Coordinator) firstReclaim(nn nodeNotice) bool {
+	until := Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
+	if now := time.Now(); until.Before(now) {
+		until = now
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.reclaimed[nn.node]; ok {
+		return false
+	}
+	c.reclaimed[nn.node] = until
+	return true
 }
 
 // observeRuns records how long each running pod on a reclaimed node had run

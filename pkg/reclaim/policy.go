@@ -136,6 +136,24 @@ func Undecided(err error) bool {
 		apierrors.IsTimeout(err) || utilnet.IsConnectionRefused(err) || utilnet.IsConnectionReset(err) || utilnet.IsProbableEOF(err)
 }
 
+// EvictionGrace is the grace period an eviction before deadline gives pod:
+// its own, cut to the seconds left, but never 0. The API server takes a
+// 0-second eviction as a force deletion: the pod leaves the API at once
+// while its containers still run (on a node that is not being reclaimed,
+// or cannot be reached, for as long as that lasts), and its owner's
+// replacement, a StatefulSet's with the same identity too, could start
+// beside it.
+func EvictionGrace(pod *corev1.Pod, deadline time.Time) int64 {
+	grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+	if pod.Spec.TerminationGracePeriodSeconds != nil {
+		grace = *pod.Spec.TerminationGracePeriodSeconds
+	}
+	if left := int64(time.Until(deadline) / time.Second); left < grace {
+		grace = max(left, 1)
+	}
+	return grace
+}
+
 // EvictInPasses asks evict for every pod once, then, a second later, again
 // for those it says to ask again (a PodDisruptionBudget refused them and
 // the deadline is not yet a second away), until none is left: one refused

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
@@ -58,5 +60,29 @@ func TestDecide(t *testing.T) {
 	}
 	if got := Deadline(telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, detected, deadline); !got.Equal(deadline) {
 		t.Errorf("spot deadline %v", got)
+	}
+}
+
+func TestEvictionGraceIsCutToTheDeadlineButNeverZero(t *testing.T) {
+	own := func(s int64) *corev1.Pod {
+		return &corev1.Pod{Spec: corev1.PodSpec{TerminationGracePeriodSeconds: &s}}
+	}
+	now := time.Now()
+	for _, tt := range []struct {
+		name     string
+		pod      *corev1.Pod
+		deadline time.Time
+		want     int64
+	}{
+		{"its own, when there is time", own(10), now.Add(time.Minute), 10},
+		{"the default without its own", &corev1.Pod{}, now.Add(time.Minute), corev1.DefaultTerminationGracePeriodSeconds},
+		{"cut to the seconds left", own(600), now.Add(20*time.Second + 500*time.Millisecond), 20},
+		{"one second, not a force deletion, under a second before the deadline", own(600), now.Add(300 * time.Millisecond), 1},
+		{"one second past the deadline too", own(600), now.Add(-time.Minute), 1},
+		{"its own 0 stays 0: the pod asked for it", own(0), now.Add(time.Minute), 0},
+	} {
+		if got := EvictionGrace(tt.pod, tt.deadline); got != tt.want {
+			t.Errorf("%s: grace %ds, want %ds", tt.name, got, tt.want)
+		}
 	}
 }
