@@ -566,6 +566,59 @@ func TestSpotScenarioRefusesWhatItWouldIgnore(t *testing.T) {
 	}
 }
 
+// The catalog prices a node by its instance type, capacity type and zone, not
+// by its pool: one pool's hourlyPrice priced another pool of the same type,
+// capacity type and zone that gave none, and two pools' prices were refused
+// as "prices[56] ... listed twice", an index of no file the user wrote.
+func TestSpotScenarioPoolsThatShareAPriceAgreeOnIt(t *testing.T) {
+	const head = "region: us-east-1\npools:\n"
+	a := "- {name: a, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 1, hourlyPrice: 1}\n"
+	for name, c := range map[string]struct{ pools, want string }{
+		"one priced": {a + "- {name: b, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 3}\n",
+			"mine.yaml:4: pools[1].hourlyPrice: pools[0] (a, line 3) has the same instanceType, capacityType and zone"},
+		"two prices": {a + "- {name: b, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 3, hourlyPrice: 2}\n",
+			"mine.yaml:4: pools[1].hourlyPrice: pools[0] (a, line 3)"},
+		"two buckets": {"- {name: a, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 1, advertisedInterruption: \"<5%\"}\n" +
+			"- {name: b, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 3, advertisedInterruption: \">20%\"}\n",
+			"mine.yaml:4: pools[1].advertisedInterruption: pools[0] (a, line 3)"},
+	} {
+		_, err := ParseSpotScenarioFrom("mine.yaml", []byte(head+c.pools), func(string) ([]byte, error) { return nil, fmt.Errorf("no files here") })
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// Pools that agree (a different min, max or delay) are one price.
+	s := scenarioOf(t, head+a+"- {name: b, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 3, hourlyPrice: 1, scaleDownAfter: 1h}\n"+
+		"- {name: c, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1b, max: 3}\n")
+	for i, want := range []float64{1, 1, 2.448} {
+		if _, price, _, err := s.poolShape(&s.Pools[i]); err != nil || price.NodeHourly != want {
+			t.Errorf("pool %s: %v USD/h (%v), want %v", s.Pools[i].Name, price.NodeHourly, err, want)
+		}
+	}
+}
+
+// hourlyPrice: 0 was read as left out: a reserved pool, which the catalog
+// lets cost nothing more (paid up front), was billed at the on-demand price,
+// and an on-demand or Spot pool took the catalog's price unasked.
+func TestSpotScenarioHourlyPriceZero(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+pools:
+- {name: r, instanceType: g5.12xlarge, capacityType: reserved, zone: us-east-1a, min: 1, max: 1, hourlyPrice: 0}
+`)
+	if p, ok := s.PriceCatalog().Lookup("g5.12xlarge", pricing.Reserved, "us-east-1", "us-east-1a"); !ok || p.NodeHourly != 0 {
+		t.Errorf("reserved at hourlyPrice 0: %v USD/h (%v), want 0", p.NodeHourly, ok)
+	}
+	if res := spotReplay(t, s, "default", 42, spotTracePod("p", "", 1, 0, time.Hour)); res.BillUSD != 0 || res.BillByPool["r"] != 0 {
+		t.Errorf("reserved pool paid up front billed %v (by pool %v), want 0", res.BillUSD, res.BillByPool)
+	}
+	_, err := ParseSpotScenarioFrom("mine.yaml", []byte("region: us-east-1\npools:\n- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 2, hourlyPrice: 0}\n"),
+		func(string) ([]byte, error) { return nil, fmt.Errorf("no files here") })
+	if want := "mine.yaml:3: pools[0].hourlyPrice: 0: only reserved capacity, paid up front, may cost nothing"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("on-demand at hourlyPrice 0: %v, want %q", err, want)
+	}
+}
+
 // A scenario that names no catalog is priced by the one Penny ships, and a
 // Spot pool that gives no meanTimeToReclaim is reclaimed as it advertises
 // (0s still means never).

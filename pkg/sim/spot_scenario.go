@@ -91,6 +91,9 @@ type ElasticPool struct {
 	ScaleDownAfter Duration `yaml:"scaleDownAfter"`
 	// HourlyPrice overrides the catalog's price for this pool.
 	HourlyPrice float64 `yaml:"hourlyPrice"`
+	// priceGiven is whether the file set hourlyPrice: a 0 written there is
+	// a reserved pool paid up front, not the catalog's price.
+	priceGiven bool
 	// AdvertisedInterruption is the Spot-Advisor bucket the pool shows: the
 	// risk model's prior.
 	AdvertisedInterruption string `yaml:"advertisedInterruption"`
@@ -297,6 +300,9 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 				if (key == "min" || key == "max") && v.Tag != "!!int" {
 					return nil, fmt.Errorf("%s:%d: pools[%d].%s: %q is not a whole number of nodes", file, v.Line, i, key, v.Value)
 				}
+				if key == "hourlyPrice" {
+					s.Pools[i].priceGiven = true
+				}
 			}
 		}
 	}
@@ -364,6 +370,7 @@ func (s *SpotScenario) validate() error {
 	}
 	names := map[string]bool{}
 	var overrides []pricing.Entry
+	priced := map[poolPriceKey]int{}
 	for i := range s.Pools {
 		p := &s.Pools[i]
 		at := fmt.Sprintf("pools[%d]", i)
@@ -400,6 +407,10 @@ func (s *SpotScenario) validate() error {
 		}
 		if !pricing.ValidPrice(p.HourlyPrice) || p.HourlyPrice > MaxHourlyPrice {
 			add(p.line, at+".hourlyPrice", "%g: a price must be a finite number >= 0 and at most %g USD per hour (a node's price, not a pool's)", p.HourlyPrice, MaxHourlyPrice)
+		} else if p.priceGiven && p.HourlyPrice == 0 && ctErr == nil && ct != pricing.Reserved {
+			// As the catalog refuses it: a node that costs nothing is a
+			// price left out, and was read as the catalog's.
+			add(p.line, at+".hourlyPrice", "0: only reserved capacity, paid up front, may cost nothing; give the node's %s price in USD per hour, or leave hourlyPrice out for the catalog's", ct)
 		}
 		for _, d := range []struct {
 			field string
@@ -436,10 +447,26 @@ func (s *SpotScenario) validate() error {
 			add(p.line, at+".instanceType", "%q is not in the catalog %s; add it there with its GPUs, vCPUs and memory", p.InstanceType, s.Catalog)
 			continue
 		}
-		if p.HourlyPrice > 0 || p.bucket != pricing.BucketUnknown {
+		// The catalog prices a node by its instance type, capacity type and
+		// zone, not by its pool: pools that share them share one price, and
+		// one pool's hourlyPrice or advertisedInterruption priced the
+		// other's nodes too.
+		k := poolPriceKey{p.InstanceType, ct, p.Zone}
+		j, shared := priced[k]
+		if !shared {
+			priced[k] = i
+		} else if q := &s.Pools[j]; q.priceGiven != p.priceGiven || q.HourlyPrice != p.HourlyPrice || q.bucket != p.bucket {
+			field := "hourlyPrice"
+			if q.priceGiven == p.priceGiven && q.HourlyPrice == p.HourlyPrice {
+				field = "advertisedInterruption"
+			}
+			add(p.line, at+"."+field, "pools[%d] (%s, line %d) has the same instanceType, capacityType and zone, and nodes are priced by those, not by their pool: give both the same %s, or leave it out of both", j, q.Name, q.line, field)
+			continue
+		}
+		if p.HourlyPrice > 0 || p.priceGiven || p.bucket != pricing.BucketUnknown {
 			e := pricing.Entry{InstanceType: p.InstanceType, Capacity: ct, Region: s.Region, Zone: p.Zone, Hourly: p.HourlyPrice,
 				Interruption: p.bucket, Source: "scenario " + s.file, Date: "-"}
-			if p.HourlyPrice == 0 {
+			if !p.priceGiven {
 				base, ok := s.catalog.Lookup(p.InstanceType, ct, s.Region, p.Zone)
 				if !ok {
 					add(p.line, at+".hourlyPrice", "the catalog has no %s price for %s in %s: give hourlyPrice", ct, p.InstanceType, s.Region)
@@ -450,7 +477,9 @@ func (s *SpotScenario) validate() error {
 			if ct != pricing.Spot {
 				e.Interruption = pricing.BucketUnknown
 			}
-			overrides = append(overrides, e)
+			if !shared {
+				overrides = append(overrides, e)
+			}
 		} else if _, ok := s.catalog.Lookup(p.InstanceType, ct, s.Region, p.Zone); !ok {
 			add(p.line, at+".instanceType", "the catalog has no %s price for %s in %s: add one or give hourlyPrice", ct, p.InstanceType, s.Region)
 		}
@@ -517,6 +546,13 @@ func (s *SpotScenario) validate() error {
 		s.catalog = c
 	}
 	return nil
+}
+
+// poolPriceKey is what the catalog prices a pool's nodes by.
+type poolPriceKey struct {
+	instanceType string
+	capacity     pricing.CapacityType
+	zone         string
 }
 
 // PriceCatalog is the catalog with the pools' own prices.
