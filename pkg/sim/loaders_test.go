@@ -678,3 +678,23 @@ func TestGzippedTraceReadsAsItsContent(t *testing.T) {
 		t.Fatalf("a broken gzip header: %v; want an error that says to gunzip it", err)
 	}
 }
+
+// openb's times are absolute: a pod the trace deleted at its first second,
+// never started, is withdrawn as it arrives like one deleted at any other
+// time, not placed and run (on an elastic fleet, a node launched for it).
+func TestOpenbPodDeletedAtTimeZeroIsWithdrawn(t *testing.T) {
+	pods := writeFile(t, "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n"+
+		"gone,1000,1024,1,1000,,BE,Failed,0,0,\n"+
+		"later,1000,1024,1,1000,,BE,Failed,5,5,\n"+
+		"runs,1000,1024,1,1000,,BE,Succeeded,10,3610,10\n")
+	tr, err := LoadOpenbPods(pods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, policy := range []string{"default", "penny"} {
+		res := spotReplay(t, spotScenario(t, "4", "0s"), policy, 1, tr.Pods...)
+		if res.Withdrawn != 2 || res.PodsCompleted != 1 {
+			t.Errorf("%s: %d pods withdrawn and %d completed, want 2 and 1", policy, res.Withdrawn, res.PodsCompleted)
+		}
+	}
+}

@@ -125,9 +125,12 @@ type TracePod struct {
 	Arrival time.Duration
 	// Duration is how long it runs once placed.
 	Duration time.Duration
-	// Withdraw, when positive, is when a pod the trace never started was
-	// deleted; a replay withdraws it then if it is still pending.
-	Withdraw time.Duration
+	// Withdraw, when Withdraws is set, is when a pod the trace never started
+	// was deleted; a replay withdraws it then if it is still pending. (A
+	// flag, not Withdraw > 0: openb's times are absolute, and a pod deleted
+	// at the trace's first second is deleted too.)
+	Withdraw  time.Duration
+	Withdraws bool
 	// Source is the file and line it came from, for messages.
 	Source string
 }
@@ -137,7 +140,7 @@ type TracePod struct {
 // it then, whenever it got to run).
 func (tp *TracePod) DepartsBy(now, runFor time.Duration) time.Duration {
 	at := now + runFor
-	if tp.Withdraw > 0 {
+	if tp.Withdraws {
 		at = min(at, max(tp.Withdraw, now))
 	}
 	return at
@@ -231,7 +234,7 @@ func LoadOpenbPods(path string) (*Trace, error) {
 			// Never started in the trace: if the replay places it, it runs
 			// until the user deleted it; if not, it is withdrawn then.
 			tp.Duration = seconds(deleted - created)
-			tp.Withdraw = seconds(deleted)
+			tp.Withdraw, tp.Withdraws = seconds(deleted), true
 		default:
 			open = append(open, len(tr.Pods))
 		}
@@ -243,7 +246,7 @@ func LoadOpenbPods(path string) (*Trace, error) {
 	for _, i := range open {
 		tp := &tr.Pods[i]
 		tp.Duration = seconds(end) - tp.Arrival
-		tp.Withdraw = seconds(end)
+		tp.Withdraw, tp.Withdraws = seconds(end), true
 	}
 	if len(tr.Pods) == 0 {
 		return nil, fmt.Errorf("%s: no pods", path)

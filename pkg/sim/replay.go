@@ -265,7 +265,7 @@ func Replay(ctx context.Context, o ReplayOptions) (*ReplayResult, error) {
 		r.byUID[p.UID] = i
 		all = append(all, p)
 		r.push(event{at: tp.Arrival, kind: evArrival, pod: i})
-		if tp.Withdraw > 0 {
+		if tp.Withdraws {
 			r.push(event{at: tp.Withdraw, kind: evWithdraw, pod: i})
 		}
 	}

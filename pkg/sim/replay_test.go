@@ -43,7 +43,7 @@ func replayOnOneT4(t *testing.T, tr *Trace) *ReplayResult {
 
 func TestReplayQueueingAndAccounting(t *testing.T) {
 	withdrawn := tracePod("withdrawn", 1, 6, 100)
-	withdrawn.Withdraw = 8 * time.Second
+	withdrawn.Withdraw, withdrawn.Withdraws = 8*time.Second, true
 	tr := &Trace{Pods: []TracePod{
 		tracePod("a", 1, 0, 10),
 		tracePod("b", 1, 5, 10), // waits for a: starts at 10, delay 5
@@ -169,7 +169,7 @@ func TestDelayStatsNearestRank(t *testing.T) {
 // deletion_time: placed late, it still leaves then, not its run time later.
 func TestReplayNeverStartedPodLeavesWhenTheTraceDeletedIt(t *testing.T) {
 	late := tracePod("late", 1, 2, 28)
-	late.Withdraw = 30 * time.Second
+	late.Withdraw, late.Withdraws = 30*time.Second, true
 	tr := &Trace{Pods: []TracePod{tracePod("a", 1, 0, 10), late}}
 	res := replayOnOneT4(t, tr)
 	// a holds the GPU 0..10 s, late 10..30 s.

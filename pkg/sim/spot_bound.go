@@ -196,7 +196,7 @@ func BillLowerBound(sc *SpotScenario, tr *Trace, seed uint64, classArgs *spotris
 	var horizon time.Duration
 	for i := range tr.Pods {
 		tp := &tr.Pods[i]
-		if tp.Withdraw > 0 {
+		if tp.Withdraws {
 			b.LeftOut++
 			continue
 		}

@@ -116,7 +116,7 @@ pools:
 func TestBillBoundLeavesOutWhatNoPolicyRuns(t *testing.T) {
 	s := spotScenario(t, "4", "0s")
 	withdrawn := spotTracePod("never-started", "BE", 1, 0, time.Hour)
-	withdrawn.Withdraw = time.Hour
+	withdrawn.Withdraw, withdrawn.Withdraws = time.Hour, true
 	b, err := BillLowerBound(s, &Trace{Pods: []TracePod{withdrawn, spotTracePod("too-big", "LS", 2, 0, time.Hour)}}, 42, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -451,7 +451,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		}
 		r.byUID[string(p.UID)] = i
 		r.push(elEvent{at: tp.Arrival, kind: elArrival, pod: i})
-		if tp.Withdraw > 0 {
+		if tp.Withdraws {
 			r.push(elEvent{at: tp.Withdraw, kind: elWithdraw, pod: i})
 		}
 	}

@@ -1556,7 +1556,7 @@ func TestSpotGPUTraceClassesOnTheReferenceScenario(t *testing.T) {
 func TestElasticPodDeletedAsItArrivesNeverRuns(t *testing.T) {
 	s := spotScenario(t, "4", "0s")
 	gone := spotTracePod("gone", "LS", 1, time.Hour, 0)
-	gone.Withdraw = time.Hour
+	gone.Withdraw, gone.Withdraws = time.Hour, true
 	res := spotReplay(t, s, "default", 42, gone)
 	if res.Withdrawn != 1 || res.PodsCompleted != 0 || res.ScaleUps != 0 || res.BillUSD != 0 || res.QueueDelay != (DelayStats{}) {
 		t.Fatalf("withdrawn %d, completed %d, scale-ups %d, bill %.2f, delays %+v; want 1, 0, 0, 0 and none",
