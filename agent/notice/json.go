@@ -118,7 +118,8 @@ func (o Object) Int(key string, required bool) (int64, bool, error) {
 		return 0, false, err
 	}
 	var n int64
-	if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] == '"' || json.Unmarshal(raw, &n) != nil {
+	// encoding/json takes null for an integer without an error, leaving 0.
+	if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] == '"' || t[0] == 'n' || json.Unmarshal(raw, &n) != nil {
 		return 0, false, o.typeError(key, raw, "an integer")
 	}
 	return n, true, nil

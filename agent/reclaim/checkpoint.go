@@ -2,6 +2,7 @@ package reclaim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -143,9 +144,22 @@ func (f *Flow) checkpointAll(ctx context.Context, js *jobState, pods []*corev1.P
 			f.metrics.step(stepCheckpointRequest, since)
 			f.recorder.Eventf(pod, corev1.EventTypeNormal, "CheckpointRequested", "%s: asked the pod to checkpoint by %s", req.Reason, req.Deadline.UTC().Format(time.RFC3339))
 			sendStatus(pod, telemetryv1.CheckpointStatus_STATE_REQUESTED, "")
+			asked := time.Now()
 			res := f.checkpoint(ctx, pod, req)
 			if ctx.Err() != nil {
-				return // the agent is stopping; the state says to ask again
+				if !errors.Is(context.Cause(ctx), errHooksCut) {
+					return // the agent is stopping; the state says to ask again
+				}
+				if !res.Done() {
+					// Cut short, the hook did not checkpoint by the new
+					// deadline: a failure to report like any other, not
+					// a request left open.
+					res = checkpoint.Result{
+						State:     telemetryv1.CheckpointStatus_STATE_FAILED,
+						Message:   fmt.Sprintf("the hook did not answer by %s: %v", time.Now().UTC().Format(time.RFC3339), errHooksCut),
+						Requested: asked, Finished: time.Now(),
+					}
+				}
 			}
 			f.metrics.checkpointSeconds.Observe(res.Finished.Sub(res.Requested).Seconds())
 			js.mu.Lock()

@@ -2,6 +2,7 @@ package reclaim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -77,14 +78,14 @@ func (f *Flow) runNotice(ctx context.Context, j *Job, resumed bool) bool {
 			if err != nil {
 				log.Error(err, "cannot list the node's pods")
 			}
-			hooks, cut := context.WithCancel(ctx)
-			go f.cutWhenBroughtForward(hooks, cut, js, by, log)
+			hooks, cut := context.WithCancelCause(ctx)
+			go f.cutWhenBroughtForward(hooks, func() { cut(errHooksCut) }, js, by, log)
 			f.checkpointAll(hooks, js, pods, checkpoint.Request{
 				Deadline: by,
 				Reason:   fmt.Sprintf("node %s is being reclaimed (%s, %s)", f.node, kind, deadline()),
 				Notice:   n.ID, Node: f.node,
 			}, statusID, n.Detected, string(originNotice))
-			cut()
+			cut(nil)
 		}
 		if ctx.Err() != nil {
 			return false
@@ -173,6 +174,10 @@ func (f *Flow) waitToAct(ctx context.Context, js *jobState, log logr.Logger, res
 		t.Stop()
 	}
 }
+
+// errHooksCut is the cause of a hooks context cutWhenBroughtForward ended:
+// the hooks failed to checkpoint in time, and the agent is not stopping.
+var errHooksCut = errors.New("the cloud brought the notice forward")
 
 // cutWhenBroughtForward ends the hook calls of hooks (cut) at the time the
 // checkpoints of a deadline the cloud brings forward while they run must be

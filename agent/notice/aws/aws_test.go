@@ -196,6 +196,28 @@ func TestScheduledEventOfAnUndocumentedCodeIsANotice(t *testing.T) {
 	}
 }
 
+// An undocumented code is the notice's action, and the telemetry API takes
+// an action of at most 64 characters: a longer one was a notice the
+// scheduler refused, with every report of the node that carried it, rather
+// than an error naming the event and its Code.
+func TestScheduledEventCodeTooLongForAReportIsAnError(t *testing.T) {
+	long := strings.Repeat("x", 65)
+	notices, err := aws.ParseScheduledEvents([]byte(`[
+		{"NotBefore":"21 Jan 2030 09:00:43 GMT","Code":"system-reboot","EventId":"instance-event-1","State":"active"},
+		{"NotBefore":"22 Jan 2030 09:00:43 GMT","Code":"`+long+`","EventId":"instance-event-2","State":"active"}]`), time.Now())
+	for _, n := range notices {
+		if verr := n.Validate(); verr != nil {
+			t.Errorf("notice %v would be refused: %v", n.ID, verr)
+		}
+	}
+	if len(notices) != 1 || notices[0].ID != "aws-instance-event-1" {
+		t.Errorf("notices %v; want the reboot alone", notices)
+	}
+	if err == nil || !strings.Contains(err.Error(), "events/maintenance/scheduled[1]: Code") {
+		t.Errorf("error %v; want one naming the second event's Code", err)
+	}
+}
+
 // Each scheduled event is judged on its own. One AWS lists in a form the
 // agent does not know (a State it does not document, a NotBefore it cannot
 // read) is an error that names it, and hides neither the active event

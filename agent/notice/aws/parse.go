@@ -138,6 +138,11 @@ func parseScheduledEvent(what string, raw []byte, detected time.Time) (n notice.
 	if !validID(code) {
 		return notice.Notice{}, false, fmt.Errorf("%s: Code %s is not an event code (one word, like system-reboot)", what, notice.Excerpt([]byte(code)))
 	}
+	// The code is the notice's action, which the telemetry API bounds: a
+	// notice with a longer one would get every report of the node refused.
+	if len(code) > telemetryv1.MaxActionLen {
+		return notice.Notice{}, false, fmt.Errorf("%s: Code %s is longer than %d characters, the most a notice's action may be", what, notice.Excerpt([]byte(code)), telemetryv1.MaxActionLen)
+	}
 	at, err := parseTime(notBefore)
 	if err != nil {
 		return notice.Notice{}, false, fmt.Errorf("%s: NotBefore: %w", what, err)

@@ -128,6 +128,7 @@ func TestMalformedAnswersAreErrorsNeverNotices(t *testing.T) {
 		{"truncated connection", metadatatest.Truncated(ev(good)[:60]), "truncated"},
 		{"incarnation as string", metadatatest.Garbage(`{"DocumentIncarnation":"2","Events":[]}`), `"DocumentIncarnation" is a JSON string, want an integer`},
 		{"incarnation fractional", metadatatest.Garbage(`{"DocumentIncarnation":2.5,"Events":[]}`), `"DocumentIncarnation" is a JSON number, want an integer`},
+		{"incarnation null", metadatatest.Garbage(`{"DocumentIncarnation":null,"Events":[]}`), `"DocumentIncarnation" is a JSON null, want an integer`},
 		{"no incarnation", metadatatest.Garbage(`{"Events":[]}`), `"DocumentIncarnation" is missing`},
 		{"events not a list", metadatatest.Garbage(`{"DocumentIncarnation":1,"Events":{}}`), `"Events" is a JSON object, want a list`},
 		{"events missing", metadatatest.Garbage(`{"DocumentIncarnation":1}`), `"Events" is missing`},

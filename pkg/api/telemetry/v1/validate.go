@@ -27,9 +27,12 @@ const (
 	MaxHealthReasons             = 32
 	MaxGPUMemoryBytes     uint64 = 4 << 40 // 4 TiB; the largest GPU today has 288 GB
 	MaxTemperatureCelsius        = 200
-	maxIDLen                     = 256
-	maxNameLen                   = 256
-	maxTextLen                   = 1024
+	// MaxActionLen bounds a reclaim notice's action: the cloud's own word
+	// for it (terminate, TERMINATE, an AWS event code).
+	MaxActionLen = 64
+	maxIDLen     = 256
+	maxNameLen   = 256
+	maxTextLen   = 1024
 	// MaxErrors is how many problems a validation error lists; it counts
 	// the rest. A report within the message limit can have a hundred
 	// thousand, and the answer to an agent must stay far below its own
@@ -462,7 +465,7 @@ func validateReclaimNotice(n *ReclaimNotice, p at) field.ErrorList {
 	if _, ok := CloudProvider_name[int32(n.GetProvider())]; !ok || n.GetProvider() == CloudProvider_CLOUD_PROVIDER_UNSPECIFIED {
 		errs = append(errs, field.Invalid(p.Child("provider").path(), int32(n.GetProvider()), "must be AWS, GCP or AZURE"))
 	}
-	errs = append(errs, validateText(n.GetAction(), 64, p.Child("action"))...)
+	errs = append(errs, validateText(n.GetAction(), MaxActionLen, p.Child("action"))...)
 	errs = append(errs, validateTimestamp(n.GetDetectedAt(), true, p.Child("detected_at"))...)
 	// A rebalance recommendation promises no deadline; everything else has one.
 	errs = append(errs, validateTimestamp(n.GetDeadline(), n.GetKind() != ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, p.Child("deadline"))...)
