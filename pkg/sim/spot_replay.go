@@ -660,7 +660,17 @@ func (r *elastic) run(ctx context.Context) error {
 			// The plugins' timers ran above.
 		case elWithdraw:
 			p := r.pods[ev.pod]
-			if p.state == podWaiting && !p.started {
+			// The trace deleted it, also one waiting to run again after a
+			// reclaim: left pending, that one queued past its deletion and
+			// then ran for no time, on a node that may have joined for it.
+			if p.state == podWaiting {
+				if p.started {
+					p.delay += r.now - p.waitStart
+					if p.downSince >= 0 && p.class.Work.Stateless {
+						r.res.ServiceDowntimeHours += (r.now - p.downSince).Hours()
+						p.downSince = -1
+					}
+				}
 				p.state = podWithdrawn
 				r.dropPending(ev.pod)
 				r.unnominate(p)
@@ -955,6 +965,12 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 		delete(n.pods, i)
 	}
 	p.node = ""
+	if p.workFrom < 0 {
+		// It held its node waiting for its gang's work to start: queueing,
+		// whether the replay's end or a reclaim (of its node or a peer's)
+		// stops it.
+		p.delay += ran
+	}
 	worked := r.progressOf(p)
 	r.res.GangWaitGPUHours += p.gpus * (ran - worked).Hours()
 	p.workFrom = -1

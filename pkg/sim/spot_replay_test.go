@@ -1703,3 +1703,64 @@ pools:
 		t.Fatalf("a 1-node gang: completed %d, node-hours %v; want 1 on Spot", one.PodsCompleted, one.NodeHoursByPool)
 	}
 }
+
+// A gang member that holds its node waiting for the rest of its gang queues
+// all that time, also when a reclaim ends the wait: default places the
+// 4-GPU member of a 12-GPU job whose 8-GPU member fits no pool on the Spot
+// node a 1-GPU job leaves, where it waits until the node is reclaimed, and
+// then waits for good. Its work never starts, so it queued from its arrival
+// to the end of the replay.
+func TestElasticGangMemberReclaimedWhileItWaitsForItsGangQueuedAllTheTime(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+pools:
+- {name: spot, instanceType: g5.12xlarge, capacityType: spot, zone: us-east-1a, max: 2, provisioningDelay: 3m, meanTimeToReclaim: 10h}
+`)
+	tr := phillyTrace(t, "timestamp,duration,num_gpus\n0,3600,12\n0,3600,1\n")
+	res := spotReplay(t, s, "default", 42, tr.Pods...)
+	if res.Reclaims == 0 || res.Unfinished != 1 || res.NeverScheduled != 1 || res.UsefulGPUHours != 1 || res.LostGPUHours != 0 {
+		t.Fatalf("reclaims %d, unfinished %d, never scheduled %d, useful %.2f, lost %.2f; want some reclaims, 1, 1, 1, 0",
+			res.Reclaims, res.Unfinished, res.NeverScheduled, res.UsefulGPUHours, res.LostGPUHours)
+	}
+	if !nearly(res.GangWaitGPUHours+1, res.AllocatedGPUHours) {
+		t.Errorf("gang wait %.4f GPU-h, held %.4f; want all of it waited", res.GangWaitGPUHours, res.AllocatedGPUHours)
+	}
+	end := res.HorizonHours * 3600
+	if math.Abs(res.QueueDelay.Max-end) > 1e-3 || math.Abs(res.FirstStartDelay.Max-end) > 1e-3 {
+		t.Errorf("queue delay %.1f s, before its first start %.1f s; want the whole %.1f s replay", res.QueueDelay.Max, res.FirstStartDelay.Max, end)
+	}
+}
+
+// A pod the trace deleted while it waited to run again after a reclaim is
+// withdrawn then, as one that never ran is: its wait ends at the deletion
+// and so does the replay. Training without checkpoints on a Spot-only fleet
+// waits 10m for on-demand and 3m for a Spot node, is reclaimed, and then
+// waits for on-demand for good; the replay without the deletion says when
+// the node was reclaimed: the pod lost all it had run since 13m.
+func TestElasticPodDeletedWhileItWaitsAfterAReclaimIsWithdrawn(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+classes:
+- {qos: [BE], annotations: {penny.dev/workload: training}}
+pools:
+- {name: spot, instanceType: g5.8xlarge, capacityType: spot, zone: us-east-1a, max: 2, advertisedInterruption: "<5%", meanTimeToReclaim: 1h}
+`)
+	pod := func() TracePod { return spotTracePod("train", "BE", 1, 0, 10*time.Hour) }
+	first := spotReplay(t, s, "penny", 42, pod())
+	if first.Reclaims != 1 || first.Unfinished != 1 || first.LostGPUHours <= 0 {
+		t.Fatalf("reclaims %d, unfinished %d, lost %.4f GPU-h; want the pod reclaimed once and then waiting", first.Reclaims, first.Unfinished, first.LostGPUHours)
+	}
+	reclaimed := 13*time.Minute + time.Duration(first.LostGPUHours*float64(time.Hour))
+	p := pod()
+	p.Withdraw, p.Withdraws = reclaimed+time.Minute, true
+	res := spotReplay(t, s, "penny", 42, p)
+	if res.Reclaims != 1 || res.Withdrawn != 1 || res.Unfinished != 0 || res.PodsCompleted != 0 {
+		t.Fatalf("reclaims %d, withdrawn %d, unfinished %d, completed %d; want 1, 1, 0, 0", res.Reclaims, res.Withdrawn, res.Unfinished, res.PodsCompleted)
+	}
+	if want := (14 * time.Minute).Seconds(); math.Abs(res.QueueDelay.Max-want) > 1e-3 {
+		t.Errorf("queue delay %.1f s; want %.0f s, 13m before it ran and 1m from the reclaim to the deletion", res.QueueDelay.Max, want)
+	}
+	if end := p.Withdraw.Hours(); math.Abs(res.HorizonHours-end) > 1e-9 {
+		t.Errorf("the replay ended at %.4f h; want %.4f h, when the pod was deleted", res.HorizonHours, end)
+	}
+}

@@ -170,10 +170,6 @@ func (r *elastic) finish() {
 			}
 		}
 		if p.state == podRunning {
-			if p.workFrom < 0 {
-				// Still waiting for its gang: its queueing goes on.
-				p.delay += r.now - p.runStart
-			}
 			r.stop(i, false, 0)
 			p.state = podRunning
 		}
@@ -195,7 +191,7 @@ func (r *elastic) finish() {
 			firsts = append(firsts, first.Seconds())
 			c := string(p.class.Policy)
 			byClass[c] = append(byClass[c], p.delay.Seconds())
-			if p.state != podDone {
+			if p.state != podDone && p.state != podWithdrawn {
 				res.Unfinished++
 			}
 		} else if p.state == podWaiting {
