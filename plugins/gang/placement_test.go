@@ -257,6 +257,38 @@ func TestPodDeletionRequeuesAGangOnlyForWhatItLacked(t *testing.T) {
 	}
 }
 
+// A resize down frees nothing on the node until the kubelet has actuated
+// it: the scheduler counts the most of what the spec asks and what the
+// status says is allocated, and dispatches UpdatePodScaleDown when the
+// status comes down, with the spec as it already was.
+func TestPodResizedDownRequeuesAGangWhenTheNodeGivesItBack(t *testing.T) {
+	logger, _ := ktesting.NewTestContext(t)
+	pl := &Gang{}
+	waiting := member("llm", 2, 0, 8)
+	ref, _ := gang.RefOf(waiting)
+	pl.lacking.Store(ref.Key(), []corev1.ResourceName{corev1.ResourceCPU})
+	resizing := plainPod("web", 0)
+	resizing.Spec.NodeName = "n-0"
+	resizing.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("100m")
+	status := func(cpu string) corev1.ContainerStatus {
+		return corev1.ContainerStatus{
+			Name:               "c",
+			AllocatedResources: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu)},
+			Resources:          &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu)}},
+		}
+	}
+	resizing.Status.ContainerStatuses = []corev1.ContainerStatus{status("1")}
+	actuated := resizing.DeepCopy()
+	actuated.Status.ContainerStatuses = []corev1.ContainerStatus{status("100m")}
+	if got, err := pl.isSchedulableAfterPodGaveBack(logger, waiting, resizing, actuated); err != nil || got != fwk.Queue {
+		t.Errorf("short of CPU, the kubelet actuated a resize down of CPU: %v, %v; want Queue", got, err)
+	}
+	// Deleted before the resize was actuated: it gave back what it held.
+	if got, err := pl.isSchedulableAfterPodGaveBack(logger, waiting, resizing, nil); err != nil || got != fwk.Queue {
+		t.Errorf("short of CPU, a pod holding CPU left: %v, %v; want Queue", got, err)
+	}
+}
+
 // A claim holds the pod slots its members need, not only their CPU, memory
 // and GPUs: on a node with two pod slots left, claimed for a gang of two,
 // neither another gang nor a lone pod may take one.

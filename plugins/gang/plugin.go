@@ -382,9 +382,9 @@ func (pl *Gang) isSchedulableAfterPodGaveBack(logger klog.Logger, pod *corev1.Po
 	if !ok {
 		return fwk.Queue, nil
 	}
-	freed := podDemand(old)
+	freed := heldDemand(old)
 	if resized, ok := newObj.(*corev1.Pod); ok {
-		freed.add(podDemand(resized), -1)
+		freed.add(heldDemand(resized), -1)
 	}
 	ref, inGang := gang.RefOf(pod)
 	if !inGang {

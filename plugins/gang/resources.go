@@ -7,8 +7,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	resourcehelper "k8s.io/component-helpers/resource"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/features"
 )
 
 // demand is what one pod takes from a node: CPU, memory, ephemeral storage,
@@ -24,7 +26,22 @@ type demand struct {
 }
 
 func podDemand(pod *corev1.Pod) demand {
-	reqs := resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{})
+	return demandOf(resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{}))
+}
+
+// heldDemand is what a pod on a node holds there as the scheduler's cache
+// counts it: the most of what its spec asks and what the kubelet allocated
+// and actuated. A resize down gives back nothing until the kubelet has
+// actuated it, which is when the scheduler reports it (UpdatePodScaleDown),
+// the spec having come down before.
+func heldDemand(pod *corev1.Pod) demand {
+	return demandOf(resourcehelper.PodRequests(pod, resourcehelper.PodResourcesOptions{
+		UseStatusResources: utilfeature.DefaultFeatureGate.Enabled(features.InPlacePodVerticalScaling),
+		InPlacePodLevelResourcesVerticalScalingEnabled: utilfeature.DefaultFeatureGate.Enabled(features.InPlacePodLevelResourcesVerticalScaling),
+	}))
+}
+
+func demandOf(reqs corev1.ResourceList) demand {
 	d := demand{pods: 1}
 	for name, q := range reqs {
 		switch name {
