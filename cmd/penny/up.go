@@ -115,14 +115,15 @@ func (o upOptions) check() error {
 	if o.demo && o.demoTimeout <= 0 {
 		return fmt.Errorf("--demo-timeout %v: give how long the demo may take to place its pods, e.g. 2m", o.demoTimeout)
 	}
-	// Checked now, not after the demo ran: a summary that cannot be
-	// written fails the run.
-	return checkOutputFile("summary-json", o.summaryJSON, "summary.json")
+	return nil
 }
 
 func runUp(ctx context.Context, o upOptions, out, errOut io.Writer) (err error) {
 	began := time.Now()
-	if err := o.check(); err != nil {
+	// Checked now, not after the demo ran: a summary that cannot be
+	// written fails the run. And before the other flags, so that a run
+	// refused for them still replaces an earlier run's summary below.
+	if err := checkOutputFile("summary-json", o.summaryJSON, "summary.json"); err != nil {
 		return err
 	}
 	summary := upSummary{Status: summaryOK}
@@ -145,6 +146,9 @@ func runUp(ctx context.Context, o upOptions, out, errOut io.Writer) (err error) 
 				err = fmt.Errorf("%w\n(--summary-json: %v)", err, werr)
 			}
 		}()
+	}
+	if err := o.check(); err != nil {
+		return err
 	}
 	spec, err := loadClusterSpec(o.clusterFile)
 	if err != nil {

@@ -170,6 +170,9 @@ func TestUpSummarySaysTheRunFailed(t *testing.T) {
 	}{
 		{"cluster spec missing", context.Background(), []string{"--cluster", filepath.Join(t.TempDir(), "fleet.yaml")}, "--cluster"},
 		{"interrupted while starting", interrupted, nil, "interrupted while starting"},
+		// Refused for its flags before anything started: the earlier run's
+		// "ok" would otherwise stand for this one.
+		{"flags refused", context.Background(), []string{"--exit-after-demo"}, "--exit-after-demo needs --demo"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
