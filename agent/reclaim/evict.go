@@ -135,6 +135,9 @@ func (f *Flow) acknowledge(ctx context.Context, js *jobState) {
 		}
 	}
 	if err := f.ack.Acknowledge(ctx, js.j.Notice.ID); err != nil {
+		if ctx.Err() != nil {
+			return // the agent is stopping; the restarted one asks again
+		}
 		if errors.Is(err, notice.ErrNotOurs) {
 			f.log.Info("Not acknowledging the notice; the cloud goes ahead at its deadline", "reason", err.Error())
 			f.recorder.Eventf(f.nodeRef(), corev1.EventTypeNormal, "ReclaimNotAcknowledged", "%v", err)

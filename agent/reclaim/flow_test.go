@@ -741,6 +741,67 @@ func TestAzureEventSharedWithAnotherVMIsNotAcknowledged(t *testing.T) {
 	}
 }
 
+// stuckAck is a cloud that does not answer an acknowledgement until the
+// caller gives up, and records the ones it answers once answering.
+type stuckAck struct {
+	mu     sync.Mutex
+	asked  int
+	answer bool
+	acked  []string
+}
+
+func (a *stuckAck) Acknowledge(ctx context.Context, id string) error {
+	a.mu.Lock()
+	a.asked++
+	answer := a.answer
+	if answer {
+		a.acked = append(a.acked, id)
+	}
+	a.mu.Unlock()
+	if answer {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (a *stuckAck) counts() (asked, acked int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.asked, len(a.acked)
+}
+
+// An agent stopped while it tells the cloud the node is ready has not told
+// it: the restarted agent must tell it, not find the work recorded done and
+// leave the cloud to wait out the notice.
+func TestAgentStoppedMidAcknowledgementAcknowledgesAfterTheRestart(t *testing.T) {
+	e := newEnv(t, "spot-3")
+	e.pod("job", e.node, 10*time.Millisecond)
+	ack := &stuckAck{}
+	f1, stop1 := e.flow(context.Background(), reclaim.Options{Acknowledger: ack, SafetyMargin: time.Second})
+	n := spotNotice("azure-preempt-ack-restart", 30*time.Second)
+	n.Provider, n.Action = telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE, "Preempt"
+	f1.OnNotice(n)
+	waitFor(t, "the acknowledgement asked", 15*time.Second, func() bool { asked, _ := ack.counts(); return asked == 1 })
+	stop1() // the agent stops while the cloud has not answered
+	if j, ok := e.jobOf("notice-" + n.ID); !ok || j.Done || j.Acknowledged {
+		t.Fatalf("state after a stop mid-acknowledgement: %+v; want the work unfinished", j)
+	}
+
+	ack.mu.Lock()
+	ack.answer = true
+	ack.mu.Unlock()
+	f2, _ := e.flow(context.Background(), reclaim.Options{Acknowledger: ack, SafetyMargin: time.Second})
+	waitFor(t, "the acknowledgement by the restarted agent", 15*time.Second, func() bool { _, acked := ack.counts(); return acked == 1 })
+	waitFor(t, "the work done", 10*time.Second, func() bool { return f2.Running() == 0 })
+	if j, ok := e.jobOf("notice-" + n.ID); !ok || !j.Done || !j.Acknowledged {
+		t.Errorf("state after the restart: %+v; want done and acknowledged", j)
+	}
+	if got := len(e.trainers["job"].Received()); got != 1 {
+		t.Errorf("the pod whose checkpoint was written was asked %d times, want once", got)
+	}
+}
+
 // Maintenance announced two weeks ahead and called off the next day must not
 // keep the node tainted for the rest of the two weeks.
 func TestMaintenanceCalledOffLongBeforeItsLeadLiftsTheTaint(t *testing.T) {

@@ -106,6 +106,12 @@ func (f *Flow) runNotice(ctx context.Context, j *Job, resumed bool) bool {
 			return false
 		}
 		f.acknowledge(ctx, js)
+		if ctx.Err() != nil {
+			// The agent is stopping, not the cloud refusing: recorded
+			// done, the restarted agent would never tell the cloud the
+			// node is ready, and it would wait out the notice.
+			return false
+		}
 	}
 	js.mu.Lock()
 	j.Done = true

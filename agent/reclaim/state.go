@@ -82,7 +82,7 @@ type stateStore struct {
 
 func newStateStore(dir string) (*stateStore, error) {
 	if dir == "" {
-		return nil, errors.New("reclaim state directory is empty: set --state-dir to a hostPath directory, so a restarted agent finishes what it started")
+		return nil, errors.New("reclaim state directory is empty: set --reclaim-state-dir to a hostPath directory, so a restarted agent finishes what it started")
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("reclaim state directory: %w", err)

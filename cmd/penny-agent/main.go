@@ -194,6 +194,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Info("no --scheduler-address: collecting without reporting")
 	}
 
+	// Before anything runs: an address the agent cannot serve fails the
+	// start, naming the flag, rather than stopping a running agent, which
+	// exits 0 as one asked to stop does.
+	var lis net.Listener
+	if o.httpAddress != "" {
+		if lis, err = net.Listen("tcp", o.httpAddress); err != nil {
+			fmt.Fprintln(stderr, "penny-agent: --http-bind-address:", err)
+			return 2
+		}
+	}
+
 	log.Info("penny-agent starting", "version", version, "node", o.nodeName, "nvml", o.nvmlSource, "scheduler", o.scheduler)
 	done := make(chan struct{})
 	var running int
@@ -210,21 +221,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if client != nil {
 		start(func() { client.Run(ctx) })
 	}
-	if o.httpAddress != "" {
-		lis, err := net.Listen("tcp", o.httpAddress)
-		if err != nil {
-			log.Error(err, "cannot listen for /metrics and health", "address", o.httpAddress)
-			stop()
-		} else {
-			srv := &http.Server{Handler: httpHandler(reg, loop, client, o.collectInterval), ReadHeaderTimeout: 10 * time.Second}
-			start(func() {
-				go func() { <-ctx.Done(); srv.Close() }()
-				if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-					log.Error(err, "HTTP server stopped")
-				}
-			})
-			log.Info("serving /metrics, /healthz and /readyz", "address", lis.Addr().String())
-		}
+	if lis != nil {
+		srv := &http.Server{Handler: httpHandler(reg, loop, client, o.collectInterval), ReadHeaderTimeout: 10 * time.Second}
+		start(func() {
+			go func() { <-ctx.Done(); srv.Close() }()
+			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error(err, "HTTP server stopped")
+			}
+		})
+		log.Info("serving /metrics, /healthz and /readyz", "address", lis.Addr().String())
 	}
 	<-ctx.Done()
 	log.Info("penny-agent stopping")
@@ -240,6 +245,11 @@ func validate(o options) error {
 	}
 	if o.collectInterval <= 0 || o.resendInterval < o.collectInterval {
 		return fmt.Errorf("--collect-interval (%v) must be positive and at most --resend-interval (%v)", o.collectInterval, o.resendInterval)
+	}
+	if o.xidWindow <= 0 {
+		// NVML's collector takes 0 as its default and a negative window
+		// as one no XID is ever in: neither is what was asked for.
+		return fmt.Errorf("--xid-window (%v) must be positive", o.xidWindow)
 	}
 	if o.output != "json" {
 		return fmt.Errorf("--output %q: only json is supported", o.output)

@@ -139,6 +139,11 @@ func TestBadFlags(t *testing.T) {
 		return p
 	}
 	uplink := []string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address=", "--scheduler-address", "127.0.0.1:7443", "--ca-file"}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
 	for _, c := range []struct {
 		args []string
 		want string
@@ -148,6 +153,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--once", "--output", "yaml"}, "only json"},
 		{[]string{"--collect-interval", "10s", "--resend-interval", "5s"}, "--collect-interval"},
 		{[]string{"--node-name", ""}, "--node-name"},
+		// A window no XID stays in would never mark a GPU unhealthy.
+		{[]string{"--once", "--nvml=mock:dgxa100", "--cloud=none", "--xid-window=-1h"}, "--xid-window"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
 		{[]string{"--no-such-flag"}, "unknown flag"},
 		// An address the agent could never reach stops its start, rather
@@ -159,6 +166,14 @@ func TestBadFlags(t *testing.T) {
 		{append(uplink, filepath.Join(dir, "missing.crt")), "--ca-file"},
 		{append(uplink, caFile("empty.crt", "")), "--ca-file"},
 		{append(uplink, caFile("garbage.crt", "not a certificate\n")), "--ca-file"},
+		// An agent that cannot serve its health endpoints fails its start
+		// rather than stopping as if it was asked to.
+		{[]string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address", busy.Addr().String()}, "--http-bind-address"},
+		// Without a state directory a restarted agent would lose the
+		// reclaim work in progress: the error names the agent's flag.
+		{[]string{"--nvml=mock:dgxa100", "--http-bind-address=", "--cloud=aws", "--reclaim-state-dir=",
+			"--kubeconfig", caFile("kubeconfig", "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n")},
+			"--reclaim-state-dir"},
 	} {
 		code, _, errOut := runAgent(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) {

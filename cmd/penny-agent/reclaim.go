@@ -58,6 +58,9 @@ func (o *reclaimOptions) validate() error {
 	default:
 		return fmt.Errorf("--cloud %q: want auto, aws, gcp, azure or none", o.cloud)
 	}
+	if o.cloud != "none" && o.stateDir == "" {
+		return errors.New("--reclaim-state-dir is empty: set it to a hostPath directory, so that a restarted agent finishes the reclaim work in progress, or --cloud=none")
+	}
 	if o.safetyMargin <= 0 || o.maintenanceLead <= 0 {
 		return errors.New("--reclaim-safety-margin and --reclaim-maintenance-lead must be positive")
 	}
