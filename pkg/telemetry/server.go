@@ -386,7 +386,14 @@ func (s *Server) checkToken(ctx context.Context) (*agentIdentity, error) {
 	// the slot taken until the review is over, so a client that opens
 	// streams and cancels them at once cannot have more reviews running
 	// than the bound.
-	return authenticate(context.WithoutCancel(ctx), s.opts.Authenticator, s.opts.Audiences, s.allowed, bearerToken(ctx))
+	id, err := authenticate(context.WithoutCancel(ctx), s.opts.Authenticator, s.opts.Audiences, s.allowed, bearerToken(ctx))
+	// The token cache keeps a review's answer for its TTL whatever the
+	// token's exp says: a token that expired since is refused here, not
+	// accepted until its first message.
+	if err == nil && !id.Expires.IsZero() && !s.opts.Now().Before(id.Expires) {
+		return nil, &authError{authExpired, "token expired: reconnect with the current projected token"}
+	}
+	return id, err
 }
 
 // handle processes one agent message and returns the answer, if any. An

@@ -148,6 +148,42 @@ func TestStreamEndsWhenTokenExpires(t *testing.T) {
 	}
 }
 
+// The token cache keeps a review's answer for 10s whatever the token's exp
+// says, so a token that expired since its review comes back accepted. Such
+// a stream is refused as it opens (Unauthenticated, counted as expired): it
+// is not shown accepted, takes none of its node's stream slots and is sent
+// no command.
+func TestStreamWithAnExpiredTokenIsRefused(t *testing.T) {
+	nd := jwt.NewNumericDate(time.Now().Add(-time.Second))
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{ExpiresAt: nd}).SignedString([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+		Store: telemetry.NewStore(telemetry.StoreOptions{}), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
+		// Accepts the token as a cached review does.
+		Authenticator: jwtAsNode(tok, "n1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired")
+	a := connect(t, telemetrytest.StartWith(t, srv), tok)
+	cmd := &telemetryv1.CheckpointCommand{Id: "c1", Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p-0"}}, Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if n, _ := srv.SendCheckpoint("n1", cmd); n > 0 {
+			t.Fatal("a stream whose token had expired was accepted and sent a command")
+		}
+	}
+	msg, err := a.Next(t)
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("got %v %v, want Unauthenticated token expired", msg, err)
+	}
+	if got := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired"); got != before+1 {
+		t.Errorf("expired counter %v, want %v", got, before+1)
+	}
+}
+
 // jwtAsNode accepts exactly token, as the agent bound to node; the server
 // reads the expiry from the token itself.
 func jwtAsNode(token, node string) authenticator.Token {
