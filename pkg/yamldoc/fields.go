@@ -169,6 +169,7 @@ type field struct {
 func walk(root *yaml.Node, t reflect.Type) []field {
 	var out []field
 	var visit func(n *yaml.Node, t reflect.Type, path string)
+	var mapping func(n *yaml.Node, t reflect.Type, path string, set map[string]bool, seen map[*yaml.Node]bool)
 	visit = func(n *yaml.Node, t reflect.Type, path string) {
 		switch n.Kind {
 		case yaml.DocumentNode:
@@ -180,34 +181,7 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 				visit(c, t, path)
 			}
 		case yaml.MappingNode:
-			var byName map[string]reflect.Type
-			if t != nil && t.Kind() == reflect.Struct {
-				byName = structFields(t)
-			}
-			for k := 0; k+1 < len(n.Content); k += 2 {
-				key, value := n.Content[k], resolve(n.Content[k+1])
-				aliased := value != n.Content[k+1]
-				p := key.Value
-				if path != "" {
-					p = path + "." + p
-				}
-				var ft reflect.Type
-				switch {
-				case byName != nil:
-					var known bool
-					if ft, known = byName[key.Value]; !known {
-						out = append(out, field{path: p, key: key, value: value, in: t})
-						continue
-					}
-				case t != nil && t.Kind() == reflect.Map:
-					ft = t.Elem()
-				}
-				ft = decoded(ft)
-				out = append(out, field{path: p, key: key, value: value, t: ft})
-				if !aliased || len(out) < maxFields {
-					visit(value, ft, p)
-				}
-			}
+			mapping(n, t, path, nil, nil)
 		case yaml.SequenceNode:
 			var et reflect.Type
 			if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
@@ -223,6 +197,72 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 			}
 		}
 	}
+	mapping = func(n *yaml.Node, t reflect.Type, path string, set map[string]bool, seen map[*yaml.Node]bool) {
+		var byName map[string]reflect.Type
+		if t != nil && t.Kind() == reflect.Struct {
+			byName = structFields(t)
+		}
+		var merge *yaml.Node
+		for k := 0; k+1 < len(n.Content); k += 2 {
+			key, value := n.Content[k], resolve(n.Content[k+1])
+			if isMerge(key) {
+				merge = value
+				continue
+			}
+			if set != nil {
+				if set[key.Value] {
+					continue
+				}
+				set[key.Value] = true
+			}
+			aliased := value != n.Content[k+1]
+			p := key.Value
+			if path != "" {
+				p = path + "." + p
+			}
+			var ft reflect.Type
+			switch {
+			case byName != nil:
+				var known bool
+				if ft, known = byName[key.Value]; !known {
+					out = append(out, field{path: p, key: key, value: value, in: t})
+					continue
+				}
+			case t != nil && t.Kind() == reflect.Map:
+				ft = t.Elem()
+			}
+			ft = decoded(ft)
+			out = append(out, field{path: p, key: key, value: value, t: ft})
+			if !aliased || len(out) < maxFields {
+				visit(value, ft, p)
+			}
+		}
+		// A merge key's map gives this one the fields it does not set
+		// itself (of a list of maps, the first to set one), after its own,
+		// as the decoder reads them; the decoder places their errors where
+		// the merged map writes them. A map merged once has given all it
+		// can: merging it again (a map that merges itself, in a document
+		// the decoder refused) would never end.
+		if merge == nil || len(out) >= maxFields {
+			return
+		}
+		if set == nil {
+			set, seen = map[string]bool{}, map[*yaml.Node]bool{n: true}
+			for k := 0; k+1 < len(n.Content); k += 2 {
+				set[n.Content[k].Value] = true
+			}
+		}
+		merged := []*yaml.Node{merge}
+		if merge.Kind == yaml.SequenceNode {
+			merged = merge.Content
+		}
+		for _, m := range merged {
+			if m = resolve(m); m.Kind == yaml.MappingNode && !seen[m] {
+				seen[m] = true
+				mapping(m, t, path, set, seen)
+			}
+		}
+	}
 	visit(root, decoded(t), "")
 	return out
 }
@@ -231,6 +271,11 @@ func walk(root *yaml.Node, t reflect.Type) []field {
 // of aliases stand for more values than memory holds (a "billion laughs"),
 // which the decoder refuses, but walk reads documents it has refused.
 const maxFields = 1 << 16
+
+// isMerge is whether key is a merge key ("<<"), as the decoder tells.
+func isMerge(key *yaml.Node) bool {
+	return key.Kind == yaml.ScalarNode && key.Value == "<<" && (key.Tag == "" || key.Tag == "!" || key.ShortTag() == "!!merge")
+}
 
 // resolve is the value an alias names; any other node is its own value.
 func resolve(n *yaml.Node) *yaml.Node {

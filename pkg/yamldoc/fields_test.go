@@ -2,6 +2,7 @@ package yamldoc
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -68,6 +69,17 @@ func TestProblems(t *testing.T) {
 			[]Problem{
 				{Line: 1, Path: "limits.gpus", Msg: "want a number, not a list"},
 				{Line: 1, Path: "pools[1]", Msg: "want a map of fields, not a list"},
+			}},
+		// A merge key ("<<") takes the fields of the map it names that the
+		// map does not set itself; the decoder places their errors where
+		// the named map writes them.
+		{"a value through a merge key", "pools:\n- &p {name: a, max: lots, maxx: 1}\n- {<<: *p, name: b}\n- {<<: [*p], max: 2}\n",
+			[]Problem{
+				{Line: 2, Path: "pools[0].max", Msg: `want a whole number, not "lots"`},
+				{Line: 2, Path: "pools[0].maxx", Unknown: "maxx", In: "yamldoc.testPool", Msg: "field maxx not found in type yamldoc.testPool"},
+				{Line: 2, Path: "pools[1].max", Msg: `want a whole number, not "lots"`},
+				{Line: 2, Path: "pools[1].maxx", Unknown: "maxx", In: "yamldoc.testPool", Msg: "field maxx not found in type yamldoc.testPool"},
+				{Line: 2, Path: "pools[2].maxx", Unknown: "maxx", In: "yamldoc.testPool", Msg: "field maxx not found in type yamldoc.testPool"},
 			}},
 		// A list or a word where the document wants a map of fields used
 		// to be reported in the decoder's words, a Go type's name.
@@ -161,5 +173,21 @@ func TestWalkBoundsAliases(t *testing.T) {
 	// Unbounded, the 5 lines list more than 10^5 values.
 	if n := len(walk(&root, reflect.TypeOf(testDoc{}))); n > maxFields+100 {
 		t.Errorf("walk listed %d fields, want at most %d", n, maxFields+100)
+	}
+}
+
+// A map that merges itself, which the decoder refuses but walk reads, and
+// merges of merges of the same maps, are walked once each.
+func TestWalkEndsOnMerges(t *testing.T) {
+	doc := "limits: &l {a: 1, <<: *l}\npools:\n- &p0 {name: a}\n"
+	for i := 1; i < 40; i++ {
+		doc += fmt.Sprintf("- &p%d {<<: [*p%d, *p%d, *p%d]}\n", i, i-1, i-1, i-1)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(doc), &root); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(walk(&root, reflect.TypeOf(testDoc{}))); n > 200 {
+		t.Errorf("walk listed %d fields, want each of about 80 once", n)
 	}
 }
