@@ -78,6 +78,12 @@ func (f *reclaimFlags) validate() error {
 	if err := configMapFlag("reclaim-notices-configmap", f.noticesConfigMap, "penny-system/penny-reclaim-notices", "the notices"); err != nil {
 		return err
 	}
+	if f.noticesConfigMap != "" && f.noticesConfigMap == f.interruptedConfigMap {
+		// Each record may fill most of the API server's 1 MiB per
+		// ConfigMap on its own: sharing one, a growing notices record would
+		// be refused by the API server instead of trimmed by its own limit.
+		return fmt.Errorf("--reclaim-notices-configmap %q is also --reclaim-interrupted-configmap: give each its own ConfigMap (defaults penny-system/penny-reclaim-notices and penny-system/penny-interrupted-runs)", f.noticesConfigMap)
+	}
 	if f.safetyMargin <= 0 {
 		return fmt.Errorf("--reclaim-safety-margin %v: must be positive (default %v); match the agents' --reclaim-safety-margin", f.safetyMargin, reclaim.DefaultSafetyMargin)
 	}

@@ -383,6 +383,11 @@ func TestReclaimFlagErrors(t *testing.T) {
 	if err := f.validate(); err != nil {
 		t.Errorf("--reclaim-notices-configmap %q: %v", f.noticesConfigMap, err)
 	}
+	// One ConfigMap for both records could pass the API server's 1 MiB.
+	f.interruptedConfigMap = f.noticesConfigMap
+	if err := f.validate(); err == nil || !strings.Contains(err.Error(), "give each its own ConfigMap") {
+		t.Errorf("both records in %q: %v", f.noticesConfigMap, err)
+	}
 }
 
 // TokenReviews and the reclaim coordinator's writes go to the API server the
