@@ -169,6 +169,9 @@ func TestBadFlags(t *testing.T) {
 		// An agent that cannot serve its health endpoints fails its start
 		// rather than stopping as if it was asked to.
 		{[]string{"--nvml=mock:dgxa100", "--cloud=none", "--http-bind-address", busy.Addr().String()}, "--http-bind-address"},
+		// Polled at the default instead of the interval given, silently.
+		{[]string{"--once", "--nvml=mock:dgxa100", "--aws-imds-interval=0s"}, "--aws-imds-interval"},
+		{[]string{"--once", "--nvml=mock:dgxa100", "--azure-scheduled-events-interval=-1s"}, "--azure-scheduled-events-interval"},
 		// Without a state directory a restarted agent would lose the
 		// reclaim work in progress: the error names the agent's flag.
 		{[]string{"--nvml=mock:dgxa100", "--http-bind-address=", "--cloud=aws", "--reclaim-state-dir=",

@@ -64,6 +64,14 @@ func (o *reclaimOptions) validate() error {
 	if o.safetyMargin <= 0 || o.maintenanceLead <= 0 {
 		return errors.New("--reclaim-safety-margin and --reclaim-maintenance-lead must be positive")
 	}
+	// The watchers read 0 as their default: a value given that is not
+	// positive would be polled at another interval than asked, silently.
+	if o.watch.AWS.Interval <= 0 {
+		return fmt.Errorf("--aws-imds-interval %v: must be positive (default %v)", o.watch.AWS.Interval, aws.DefaultInterval)
+	}
+	if o.watch.Azure.Interval <= 0 {
+		return fmt.Errorf("--azure-scheduled-events-interval %v: must be positive (default %v)", o.watch.Azure.Interval, azure.DefaultInterval)
+	}
 	return nil
 }
 
