@@ -109,6 +109,14 @@ type agentIdentity struct {
 	Expires        time.Time // zero when the token does not say
 }
 
+// expiredAt reports whether the token has expired at now.
+func (id *agentIdentity) expiredAt(now time.Time) bool {
+	return !id.Expires.IsZero() && !now.Before(id.Expires)
+}
+
+// tokenExpired is what a stream whose token has expired is told.
+const tokenExpired = "token expired: reconnect with the current projected token"
+
 // authError carries a reason label for the metric along with the message
 // for the agent.
 type authError struct {

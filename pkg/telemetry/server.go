@@ -342,9 +342,9 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			}
 			return err
 		}
-		if !id.Expires.IsZero() && !s.opts.Now().Before(id.Expires) {
+		if id.expiredAt(s.opts.Now()) {
 			authFailures.WithLabelValues(string(authExpired)).Inc()
-			return status.Error(codes.Unauthenticated, "token expired: reconnect with the current projected token")
+			return status.Error(codes.Unauthenticated, tokenExpired)
 		}
 		reply, err := s.handle(as, msg, log)
 		if err != nil {
@@ -390,8 +390,8 @@ func (s *Server) checkToken(ctx context.Context) (*agentIdentity, error) {
 	// The token cache keeps a review's answer for its TTL whatever the
 	// token's exp says: a token that expired since is refused here, not
 	// accepted until its first message.
-	if err == nil && !id.Expires.IsZero() && !s.opts.Now().Before(id.Expires) {
-		return nil, &authError{authExpired, "token expired: reconnect with the current projected token"}
+	if err == nil && id.expiredAt(s.opts.Now()) {
+		return nil, &authError{authExpired, tokenExpired}
 	}
 	return id, err
 }

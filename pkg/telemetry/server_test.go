@@ -123,23 +123,13 @@ func TestAuthenticationFailures(t *testing.T) {
 func TestStreamEndsWhenTokenExpires(t *testing.T) {
 	// exp claims have whole seconds: at least 1.5s from now.
 	nd := jwt.NewNumericDate(time.Now().Add(2500 * time.Millisecond))
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{ExpiresAt: nd}).SignedString([]byte("k"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := telemetry.NewServer(telemetry.ServerOptions{
-		Store: telemetry.NewStore(telemetry.StoreOptions{}), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
-		Authenticator: jwtAsNode(tok, "n1"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, tok := expiringTokenServer(t, nd)
 	a := connect(t, telemetrytest.StartWith(t, srv), tok)
 	if ack, err := a.Report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatalf("before expiry: %v %v", ack, err)
 	}
 	time.Sleep(time.Until(nd.Time) + 10*time.Millisecond)
-	_, err = a.Report(t, telemetrytest.Report("n1", 1, 2, time.Now()))
+	_, err := a.Report(t, telemetrytest.Report("n1", 1, 2, time.Now()))
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("after expiry: got %v, want Unauthenticated token expired", err)
 	}
@@ -154,19 +144,8 @@ func TestStreamEndsWhenTokenExpires(t *testing.T) {
 // is not shown accepted, takes none of its node's stream slots and is sent
 // no command.
 func TestStreamWithAnExpiredTokenIsRefused(t *testing.T) {
-	nd := jwt.NewNumericDate(time.Now().Add(-time.Second))
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{ExpiresAt: nd}).SignedString([]byte("k"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := telemetry.NewServer(telemetry.ServerOptions{
-		Store: telemetry.NewStore(telemetry.StoreOptions{}), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
-		// Accepts the token as a cached review does.
-		Authenticator: jwtAsNode(tok, "n1"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The server accepts the token as a cached review does.
+	srv, tok := expiringTokenServer(t, jwt.NewNumericDate(time.Now().Add(-time.Second)))
 	before := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired")
 	a := connect(t, telemetrytest.StartWith(t, srv), tok)
 	cmd := &telemetryv1.CheckpointCommand{Id: "c1", Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p-0"}}, Deadline: timestamppb.New(time.Now().Add(time.Minute))}
@@ -182,6 +161,24 @@ func TestStreamWithAnExpiredTokenIsRefused(t *testing.T) {
 	if got := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired"); got != before+1 {
 		t.Errorf("expired counter %v, want %v", got, before+1)
 	}
+}
+
+// expiringTokenServer is a server that takes a token expiring at exp as
+// node n1's agent's, and the token.
+func expiringTokenServer(t *testing.T, exp *jwt.NumericDate) (*telemetry.Server, string) {
+	t.Helper()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{ExpiresAt: exp}).SignedString([]byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{
+		Store: telemetry.NewStore(telemetry.StoreOptions{}), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
+		Authenticator: jwtAsNode(tok, "n1"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, tok
 }
 
 // jwtAsNode accepts exactly token, as the agent bound to node; the server
