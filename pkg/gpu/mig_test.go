@@ -30,6 +30,26 @@ func TestLayout(t *testing.T) {
 	}
 }
 
+// A100-40GB's 1g.10gb (two memory slices, as 1g.20gb on the 80GB card) is in
+// the drivers GPU nodes run; without it a node using one had its MIG report
+// refused.
+func TestA100With40GBHasItsTwoSliceOneComputeProfile(t *testing.T) {
+	a100, _ := LookupModel("NVIDIA-A100-SXM4-40GB")
+	p, ok := a100.Profile("1g.10gb")
+	if !ok {
+		t.Fatalf("A100-40GB has no 1g.10gb; profiles %v", a100.ProfileNames())
+	}
+	if p.Size != 2 || p.Max != 4 {
+		t.Errorf("1g.10gb: %d slices, %d at most, want 2 and 4", p.Size, p.Max)
+	}
+	if _, err := a100.Layout([]string{"1g.10gb", "1g.10gb", "1g.10gb", "1g.5gb"}); err != nil {
+		t.Errorf("three 1g.10gb and a 1g.5gb: %v, want a layout (slices 0-5, then 6)", err)
+	}
+	if _, err := a100.Layout([]string{"1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.5gb"}); err == nil {
+		t.Error("four 1g.10gb and a 1g.5gb fit, want refused: the four take all eight memory slices")
+	}
+}
+
 func TestLayoutUnknownProfileNamesValidOnes(t *testing.T) {
 	h100, _ := LookupModel("NVIDIA-H100-80GB-HBM3")
 	_, err := h100.Layout([]string{"1g.5gb"})

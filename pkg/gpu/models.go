@@ -17,10 +17,11 @@ type Model struct {
 // SupportsMIG reports whether the model can be partitioned.
 func (m *Model) SupportsMIG() bool { return len(m.MIG) > 0 }
 
-// The MIG tables follow NVIDIA's mig-parted defaults (see docs/architecture.md).
+// The MIG tables follow NVIDIA's MIG user guide (supported profiles), less
+// the +me variants, which take their base profile's place.
 var models = []Model{
 	{Name: "A100-40GB", Product: "NVIDIA-A100-SXM4-40GB", MemoryGB: 40,
-		MIG: migGeometry("1g.5gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb")},
+		MIG: migGeometry("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb")},
 	{Name: "A100-80GB", Product: "NVIDIA-A100-SXM4-80GB", MemoryGB: 80,
 		MIG: migGeometry("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb")},
 	{Name: "H100-80GB", Product: "NVIDIA-H100-80GB-HBM3", MemoryGB: 80,
