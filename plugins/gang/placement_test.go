@@ -287,6 +287,14 @@ func TestPodResizedDownRequeuesAGangWhenTheNodeGivesItBack(t *testing.T) {
 	if got, err := pl.isSchedulableAfterPodGaveBack(logger, waiting, resizing, nil); err != nil || got != fwk.Queue {
 		t.Errorf("short of CPU, a pod holding CPU left: %v, %v; want Queue", got, err)
 	}
+	// Short of pod slots only: a resize frees no slot, a deletion does.
+	pl.lacking.Store(ref.Key(), []corev1.ResourceName{corev1.ResourcePods})
+	if got, err := pl.isSchedulableAfterPodGaveBack(logger, waiting, resizing, actuated); err != nil || got != fwk.QueueSkip {
+		t.Errorf("short of pod slots, a pod resized down in place: %v, %v; want QueueSkip", got, err)
+	}
+	if got, err := pl.isSchedulableAfterPodGaveBack(logger, waiting, resizing, nil); err != nil || got != fwk.Queue {
+		t.Errorf("short of pod slots, a pod left: %v, %v; want Queue", got, err)
+	}
 }
 
 // A claim holds the pod slots its members need, not only their CPU, memory

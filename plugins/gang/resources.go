@@ -245,7 +245,10 @@ func (d demand) frees(names []corev1.ResourceName) bool {
 	for _, n := range names {
 		switch n {
 		case corev1.ResourcePods:
-			return true
+			// A pod resized in place keeps its slot.
+			if d.pods > 0 {
+				return true
+			}
 		case corev1.ResourceCPU:
 			if d.milliCPU > 0 {
 				return true
