@@ -162,6 +162,10 @@ func NewClient(resolve Resolver) *Client {
 // maxAnswerBytes bounds what a hook's answer may hold.
 const maxAnswerBytes = 64 << 10
 
+// maxAnswerWait bounds how long the body of a 2xx answer is read: the
+// checkpoint is written already.
+const maxAnswerWait = time.Second
+
 // Checkpoint asks pod to checkpoint by req.Deadline and waits for the answer
 // until then. A pod without a hook gets STATE_NO_HOOK.
 func (c *Client) Checkpoint(ctx context.Context, pod *corev1.Pod, req Request) Result {
@@ -202,23 +206,29 @@ func (c *Client) Checkpoint(ctx context.Context, pod *corev1.Pod, req Request) R
 		return finish(telemetryv1.CheckpointStatus_STATE_FAILED, "checkpoint hook %s: %v", u, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
-	if err != nil {
-		return finish(telemetryv1.CheckpointStatus_STATE_FAILED, "checkpoint hook %s: reading the answer: %v", u, err)
-	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		// What it says of why, as far as it can be read.
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 		msg := strings.TrimSpace(string(data))
 		if len(msg) > 200 {
 			msg = msg[:200] + "..."
 		}
 		return finish(telemetryv1.CheckpointStatus_STATE_FAILED, "the checkpoint hook answered %d: %q", resp.StatusCode, msg)
 	}
+	// A 2xx says the checkpoint is written (the hook's contract); the body
+	// is news for the event. One that breaks off, or does not end, neither
+	// makes the checkpoint failed, which would have the pod evicted as one
+	// whose work is lost, nor holds the eviction until the deadline.
+	written := time.Now()
+	stop := time.AfterFunc(maxAnswerWait, cancel)
+	defer stop.Stop()
+	data, readErr := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if len(data) > 0 {
-		// The answer is informative; a hook that answers 2xx with
-		// something else still wrote its checkpoint.
+		// A hook that answers 2xx with something else still wrote its
+		// checkpoint.
 		_ = json.Unmarshal(data, &res.Answer)
 	}
-	msg := fmt.Sprintf("checkpoint written in %v", time.Since(res.Requested).Round(time.Millisecond))
+	msg := fmt.Sprintf("checkpoint written in %v", written.Sub(res.Requested).Round(time.Millisecond))
 	if res.Answer.Step > 0 {
 		msg += fmt.Sprintf(" at step %d", res.Answer.Step)
 	}
@@ -235,6 +245,9 @@ func (c *Client) Checkpoint(ctx context.Context, pod *corev1.Pod, req Request) R
 			loc = loc[:cut] + "..."
 		}
 		msg += " to " + loc
+	}
+	if readErr != nil {
+		msg += fmt.Sprintf(" (the rest of the hook's answer could not be read: %v)", readErr)
 	}
 	return finish(telemetryv1.CheckpointStatus_STATE_DONE, "%s", msg)
 }

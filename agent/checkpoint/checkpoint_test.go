@@ -200,3 +200,45 @@ func TestCheckpointAnswerBecomesAValidStatus(t *testing.T) {
 		t.Errorf("the status does not encode: %v", err)
 	}
 }
+
+// A 2xx says the checkpoint is written, as docs/reclaim.md tells hooks to
+// answer: a body that breaks off or does not end is the optional answer
+// lost, not the checkpoint, which counted FAILED would have the pod evicted
+// as one whose work is lost. Nor is the body waited for until the deadline.
+func TestA2xxAnswerIsDoneWhateverItsBody(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"cut short", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "100")
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte(`{"step": 12`))
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // the connection closes mid-body
+		}},
+		{"never ends", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte(`{"step": 12`))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}},
+		{"not JSON", func(w http.ResponseWriter, r *http.Request) {
+			w.Write([]byte("saved!"))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			hook := httptest.NewServer(c.handler)
+			defer hook.Close()
+			start := time.Now()
+			res := checkpoint.NewClient(to(strings.TrimPrefix(hook.URL, "http://"))).Checkpoint(context.Background(),
+				pod("http://:8080/checkpoint"), checkpoint.Request{Deadline: start.Add(10 * time.Second)})
+			if !res.Done() || !strings.Contains(res.Message, "checkpoint written") {
+				t.Errorf("%+v, want DONE: the hook answered 2xx", res)
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("took %v, want the body read for a moment, not until the deadline", took)
+			}
+		})
+	}
+}

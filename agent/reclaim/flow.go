@@ -193,7 +193,8 @@ func (f *Flow) nodeRef() *corev1.ObjectReference {
 // blocks.
 func (f *Flow) OnNotice(n notice.Notice) {
 	j := &Job{
-		ID: "notice-" + n.ID,
+		// Also the command_id of its checkpoints' statuses.
+		ID: telemetryv1.NoticeStatusID(n.ID),
 		Notice: &NoticeRecord{
 			ID: n.ID, Kind: n.Kind, Provider: n.Provider, Action: n.Action,
 			Detected: n.Detected, Deadline: n.Deadline,
@@ -257,11 +258,14 @@ func (f *Flow) Run(ctx context.Context) {
 	if !cache.WaitForCacheSync(ctx.Done(), f.synced) {
 		return
 	}
+	now := time.Now()
+	for _, err := range f.state.removeStaleTemps(now) {
+		f.log.Error(err, "cannot remove a temporary file an earlier agent left in the reclaim state directory")
+	}
 	jobs, errs := f.state.all()
 	for _, err := range errs {
 		f.log.Error(err, "unreadable reclaim state; left in place")
 	}
-	now := time.Now()
 	for _, j := range jobs {
 		switch {
 		case outlived(j, now):
@@ -343,7 +347,13 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 	if !resumed {
 		old, ok, err := f.state.load(j.ID)
 		if err != nil {
-			f.log.Error(err, "cannot read the reclaim state; starting over", "job", j.ID)
+			// The work is done again rather than not at all (the pods
+			// are asked again); the file is kept, not overwritten.
+			aside, serr := f.state.setAside(j.ID)
+			if serr != nil {
+				f.log.Error(serr, "the new record of the work will replace it", "job", j.ID)
+			}
+			f.log.Error(err, "cannot read the reclaim state; starting the work over, the unreadable file kept", "job", j.ID, "kept", aside)
 		}
 		switch {
 		case ok && old.Done && old.Withdrawn:

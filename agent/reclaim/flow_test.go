@@ -326,6 +326,10 @@ func TestSpotNoticeTaintsCheckpointsThenEvictsCheckpointedFirst(t *testing.T) {
 	states := map[string][]telemetryv1.CheckpointStatus_State{}
 	for _, st := range e.statuses {
 		states[st.GetPod().GetName()] = append(states[st.GetPod().GetName()], st.GetState())
+		// The scheduler counts them apart from its commands' statuses.
+		if !telemetryv1.IsNoticeStatus(st.GetCommandId()) {
+			t.Errorf("status of the node's own notice sent as command %q, which the scheduler takes for a command it does not know", st.GetCommandId())
+		}
 	}
 	e.mu.Unlock()
 	if s := states["fast"]; len(s) != 2 || s[1] != telemetryv1.CheckpointStatus_STATE_DONE {

@@ -19,6 +19,11 @@ const maxPruneInterval = time.Hour
 func (f *Flow) prune(now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// A save cut short by a crash of the agent that restarted within
+	// staleTemp of it is only found now.
+	for _, err := range f.state.removeStaleTemps(now) {
+		f.log.Error(err, "cannot remove a temporary file left in the reclaim state directory")
+	}
 	jobs, errs := f.state.all()
 	for _, err := range errs {
 		// Run logged it as an error at start; once an hour again would be

@@ -132,7 +132,7 @@ func (s *stateStore) save(j *Job) error {
 		return err
 	}
 	final := filepath.Join(s.dir, fileName(j.ID))
-	f, err := os.CreateTemp(s.dir, ".tmp-*")
+	f, err := os.CreateTemp(s.dir, tempPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
 	}
@@ -148,6 +148,44 @@ func (s *stateStore) save(j *Job) error {
 		return fmt.Errorf("save reclaim state %s: %w", j.ID, err)
 	}
 	return nil
+}
+
+// tempPrefix starts the name of the file save writes before it renames it;
+// os.CreateTemp ends it in decimal digits.
+const tempPrefix = ".tmp-"
+
+// staleTemp is how old a temporary file must be to be taken for one an
+// agent that died mid-save left (save has it for the time of one small
+// write): a second agent on the node, as a DaemonSet update with a surge
+// runs, may be saving with it now.
+const staleTemp = time.Minute
+
+// removeStaleTemps removes the temporary files of saves an agent did not
+// finish (it died between writing and renaming); nothing else reads them,
+// so they would pile up in the hostPath for good. Only names save makes
+// are removed: the directory may hold files a human put there.
+func (s *stateStore) removeStaleTemps(now time.Time) []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return []error{fmt.Errorf("reclaim state directory: %w", err)}
+	}
+	var errs []error
+	for _, e := range entries {
+		digits, ok := strings.CutPrefix(e.Name(), tempPrefix)
+		if !ok || digits == "" || strings.Trim(digits, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || now.Sub(info.ModTime()) < staleTemp {
+			continue
+		}
+		if err := os.Remove(filepath.Join(s.dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 // load reads one job; ok is false when there is none.
@@ -170,13 +208,33 @@ func (s *stateStore) read(path string) (*Job, bool, error) {
 		return nil, false, fmt.Errorf("reclaim state %s is not valid JSON (%v): delete it if the notice is over", path, err)
 	}
 	if j.Version != stateVersion || j.ID == "" {
-		return nil, false, fmt.Errorf("reclaim state %s: version %d, id %q: this agent reads version %d", path, j.Version, j.ID, stateVersion)
+		return nil, false, fmt.Errorf("reclaim state %s: version %d, id %q: this agent reads version %d; finish the work with the penny-agent that wrote it, or delete the file if the notice is over", path, j.Version, j.ID, stateVersion)
 	}
 	if j.Notice == nil && j.Command == nil {
 		// Run would resume it as a command and stop at its missing record.
 		return nil, false, fmt.Errorf("reclaim state %s: job %q holds neither a notice nor a command, so there is nothing to resume: delete it", path, j.ID)
 	}
 	return &j, true, nil
+}
+
+// unreadableSuffix is added to the name of a job's file that cannot be
+// read when the job comes again: all no longer reads it, and the new record
+// does not overwrite it.
+const unreadableSuffix = ".unreadable"
+
+// setAside renames the file of job id, which cannot be read, out of the way
+// of the record of the work started over, and returns its new path: what
+// it held (which pods wrote their checkpoints, for a human to look at) is
+// not overwritten.
+func (s *stateStore) setAside(id string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	path := filepath.Join(s.dir, fileName(id))
+	aside := path + unreadableSuffix
+	if err := os.Rename(path, aside); err != nil {
+		return "", fmt.Errorf("reclaim state %s cannot be set aside: %w", path, err)
+	}
+	return aside, nil
 }
 
 // all reads every job; files it cannot read are returned as errors and

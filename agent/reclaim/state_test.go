@@ -245,3 +245,100 @@ func TestStateFileNamesAreDistinctAndFit(t *testing.T) {
 		t.Fatalf("read back %d jobs, %v; want both", len(jobs), errs)
 	}
 }
+
+// An agent that dies between writing a job's temporary file and renaming it
+// leaves the file behind; nothing reads it, so the next agent removes it at
+// start rather than let such files pile up in the hostPath. It removes only
+// the names save makes, and not one a second agent on the node may be
+// saving with now.
+func TestTemporaryFilesOfCutSavesAreRemovedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Now().Add(-time.Hour)
+	write := func(name string, mtime time.Time) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(`{"version":1,"id":"notice-x","notice":{"id":"x"}}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(".tmp-1234567", old)
+	removed := []string{".tmp-1234567"}
+	write(".tmp-42", time.Now())   // a save in flight
+	write(".tmp-notes", old)       // not a name save makes
+	write("notes.txt", old)        // a human's
+	write(".tmp-1234567.bak", old) // a human's copy
+	if err := os.Mkdir(filepath.Join(dir, ".tmp-99"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kept := []string{".tmp-42", ".tmp-notes", "notes.txt", ".tmp-1234567.bak", ".tmp-99"}
+
+	f := newPruneTestFlow(t, dir, time.Hour)
+	// Finished work past its retention, removed at start after the
+	// temporary files: its removal says Run is past them.
+	finished := &Job{ID: "command-finished", Command: &CommandRecord{ID: "finished"}, Deadline: old, Done: true, Updated: old.Add(-time.Hour)}
+	if err := f.state.save(finished); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitForState(t, "the finished work removed at start", func() bool { return !stateFileExists(t, dir, finished.ID) })
+
+	for _, name := range removed {
+		if _, err := os.Lstat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s: kept (%v), want the temporary file of a cut save removed", name, err)
+		}
+	}
+	for _, name := range kept {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("%s: %v, want it kept", name, err)
+		}
+	}
+
+	// One an agent that restarted at once left too young to be taken for
+	// a cut save goes with the hourly prune.
+	f.prune(time.Now().Add(staleTemp + time.Second))
+	if _, err := os.Lstat(filepath.Join(dir, ".tmp-42")); !os.IsNotExist(err) {
+		t.Errorf(".tmp-42: kept (%v) once older than %v, want it removed while the agent runs", err, staleTemp)
+	}
+}
+
+// Work whose file cannot be read (damaged, or written by another version)
+// is started over when it comes again: asked again, the pods lose nothing,
+// where work left undone would lose theirs. The file, which may say which
+// pods wrote their checkpoints, is kept for a human, not overwritten by the
+// new record.
+func TestUnreadableWorkIsStartedOverAndItsFileKept(t *testing.T) {
+	dir := t.TempDir()
+	f := newPruneTestFlow(t, dir, time.Hour)
+	id := "command-gang-cmd-2"
+	path := filepath.Join(dir, fileName(id))
+	damaged := []byte(`{"version":9,"id":"command-gang-cmd-2","command":{"id":"gang-cmd-2"},"pods":{"ml/p":{"checkpoint":"STATE_DONE"}}}`)
+	if err := os.WriteFile(path, damaged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.state.load(id); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "delete the file") {
+		t.Fatalf("reading a file another version wrote: %v, want an error naming %s and what to do", err, path)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{Id: "gang-cmd-2", Deadline: timestamppb.New(time.Now().Add(time.Hour))})
+	waitForState(t, "the command started over and done", func() bool {
+		j, ok, err := f.state.load(id)
+		return err == nil && ok && j.Done && f.Running() == 0
+	})
+	kept, err := os.ReadFile(path + unreadableSuffix)
+	if err != nil || string(kept) != string(damaged) {
+		t.Errorf("the unreadable file: %q, %v; want it kept as it was beside the new record", kept, err)
+	}
+	if jobs, errs := f.state.all(); len(jobs) != 1 || len(errs) != 0 {
+		t.Errorf("the directory reads as %d jobs, errors %v; want the new record alone", len(jobs), errs)
+	}
+}

@@ -53,7 +53,7 @@ var (
 	}, []string{"freshness"})
 	checkpointStatuses = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_telemetry_checkpoint_statuses_total",
-		Help:           "Checkpoint statuses received from agents, by result: accepted, invalid (failed validation), wrong_node (about a command sent to another node), unknown_command (a command this replica did not send or no longer waits on; agents send every status to every replica).",
+		Help:           "Checkpoint statuses received from agents, by result: accepted, invalid (failed validation), wrong_node (about a command sent to another node), unknown_command (a command this replica did not send or no longer waits on; agents send every status to every replica), own_notice (a node's agent checkpointing its own pods for its node's notice, no command).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 	commandsSent = metrics.NewCounterVec(&metrics.CounterOpts{
@@ -96,7 +96,7 @@ const commandCheckpoint commandKind = "checkpoint"
 var (
 	reportResults           = []reportResult{reportAccepted, reportStale, reportInvalid, reportWrongNode}
 	authFailureReasons      = []authFailureReason{authMissingToken, authInvalidToken, authNotAgent, authNotBound, authExpired}
-	checkpointStatusResults = []StatusResult{StatusAccepted, statusInvalid, StatusWrongNode, StatusUnknownCommand}
+	checkpointStatusResults = []StatusResult{StatusAccepted, statusInvalid, StatusWrongNode, StatusUnknownCommand, statusOwnNotice}
 	commandKinds            = []commandKind{commandCheckpoint}
 )
 

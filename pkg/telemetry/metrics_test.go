@@ -13,6 +13,6 @@ func TestCounterLabelsExistBeforeTheirFirstIncrement(t *testing.T) {
 	RegisterMetrics()
 	metricstest.LabelValues(t, "penny_telemetry_reports_total", "result", reportResults, []string{"accepted", "stale", "invalid", "wrong_node"})
 	metricstest.LabelValues(t, "penny_telemetry_auth_failures_total", "reason", authFailureReasons, []string{"missing_token", "invalid_token", "not_agent", "not_bound", "expired"})
-	metricstest.LabelValues(t, "penny_telemetry_checkpoint_statuses_total", "result", checkpointStatusResults, []string{"accepted", "invalid", "wrong_node", "unknown_command"})
+	metricstest.LabelValues(t, "penny_telemetry_checkpoint_statuses_total", "result", checkpointStatusResults, []string{"accepted", "invalid", "wrong_node", "unknown_command", "own_notice"})
 	metricstest.LabelValues(t, "penny_telemetry_commands_sent_total", "kind", commandKinds, []string{"checkpoint"})
 }

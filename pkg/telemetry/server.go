@@ -90,6 +90,12 @@ const (
 	// longer waits on. Agents send every status to every replica, so the
 	// replicas that sent nothing count every status so.
 	StatusUnknownCommand StatusResult = "unknown_command"
+	// statusOwnNotice: a checkpoint the agent takes of its own node's pods
+	// for its node's notice (telemetryv1.IsNoticeStatus), which no command
+	// asked for and no receiver waits on. The server counts it before any
+	// receiver sees it: counted as unknown_command, every notice on every
+	// node would look like lost commands.
+	statusOwnNotice StatusResult = "own_notice"
 	// statusInvalid: a status that failed validation. The server counts it
 	// before any receiver sees it, so no receiver returns it.
 	statusInvalid StatusResult = "invalid"
@@ -438,7 +444,10 @@ func (s *Server) handle(as *agentStream, msg *telemetryv1.AgentMessage, log logr
 			return nil, nil
 		}
 		result := StatusUnknownCommand
-		if s.opts.OnCheckpointStatus != nil {
+		switch {
+		case telemetryv1.IsNoticeStatus(st.GetCommandId()):
+			result = statusOwnNotice
+		case s.opts.OnCheckpointStatus != nil:
 			result = s.opts.OnCheckpointStatus(id.Node, st)
 		}
 		checkpointStatuses.WithLabelValues(string(result)).Inc()

@@ -248,7 +248,10 @@ func TestCheckpointCommandsAndStatus(t *testing.T) {
 // Checkpoint statuses had no metric, and an invalid one was logged only at
 // -v=1 while the reclaim coordinator waited for the pod until the deadline
 // less its safety margin. Each is counted by what became of it, and the
-// first invalid one of a stream is logged at the default level.
+// first invalid one of a stream is logged at the default level. The statuses
+// of the checkpoints an agent takes for its own node's notice answer no
+// command: counted apart (own_notice), not as unknown_command, which every
+// notice on every node would otherwise raise on every replica.
 func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
 	var mu sync.Mutex
 	var logged []string
@@ -263,15 +266,16 @@ func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
 			return telemetry.StatusResult(st.GetMessage())
 		},
 	}})
-	results := []string{"accepted", "invalid", "wrong_node", "unknown_command"}
+	results := []string{"accepted", "invalid", "wrong_node", "unknown_command", "own_notice"}
 	before := map[string]float64{}
 	for _, r := range results {
 		before[r] = metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", r)
 	}
 	a := connect(t, env, "node:n1")
+	command := "c1"
 	send := func(pod, result string) {
 		t.Helper()
-		st := &telemetryv1.CheckpointStatus{CommandId: "c1", Pod: &telemetryv1.PodRef{Namespace: "a", Name: pod},
+		st := &telemetryv1.CheckpointStatus{CommandId: command, Pod: &telemetryv1.PodRef{Namespace: "a", Name: pod},
 			State: telemetryv1.CheckpointStatus_STATE_DONE, Message: result, UpdatedAt: timestamppb.Now()}
 		if err := a.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: st}}); err != nil {
 			t.Fatal(err)
@@ -282,9 +286,12 @@ func TestCheckpointStatusesAreCountedAndAnInvalidOneLogged(t *testing.T) {
 	send("Not_A_Pod_Either", "")
 	send("p-1", "wrong_node")
 	send("p-2", "unknown_command")
-	want := map[string]float64{"accepted": 1, "invalid": 2, "wrong_node": 1, "unknown_command": 1}
+	// What a receiver that never sent it would say of it.
+	command = telemetryv1.NoticeStatusID("gcp-maintenance-terminate-1d7aaad03713a36b-boot-a")
+	send("p-3", "unknown_command")
+	want := map[string]float64{"accepted": 1, "invalid": 2, "wrong_node": 1, "unknown_command": 1, "own_notice": 1}
 	deadline := time.Now().Add(5 * time.Second)
-	for metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", "unknown_command") < before["unknown_command"]+1 && time.Now().Before(deadline) {
+	for metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", "unknown_command")+metricstest.Counter(t, "penny_telemetry_checkpoint_statuses_total", "result", "own_notice") < before["unknown_command"]+before["own_notice"]+2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, r := range results {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -198,12 +199,30 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 	// announcing it once it is under way, and the notice must not turn
 	// into another one then.
 	var announced *notice.Notice
+	// alone is the id maintenance-event's notice last went out under on
+	// its own (no announcement read yet, or none), and adopted the id of
+	// the announcement that took it over: GCE announces one maintenance at
+	// a time, so one announced while maintenance-event's turn is out is
+	// that turn's maintenance, and under the announcement's id it would be
+	// a second notice, acted on again while the first ends as withdrawn.
+	// It keeps the id and action that went out for as long as GCE
+	// announces it, also where an earlier agent of this boot put the turn
+	// out on its own and left its work unfinished.
+	var alone, adopted string
+	var adoptedAs notice.Notice
 	publish := func() {
 		var notices []notice.Notice
 		if preempted.notice != nil {
 			notices = append(notices, *preempted.notice)
 		}
 		m, u := maintenance.notice, upcoming.notice
+		if u == nil {
+			adopted = ""
+		} else if u.ID == adopted {
+			c := *u
+			c.ID, c.Action = adoptedAs.ID, adoptedAs.Action
+			u = &c
+		}
 		if resume != "" && maintenance.known && (upcoming.known || upcoming.err != nil) {
 			// At start, maintenance-event's turn while GCE no longer
 			// announces a maintenance (it may stop once the maintenance
@@ -225,6 +244,11 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 			announced = nil
 		case u != nil && oneMaintenance(*m, *u):
 			c := *u
+			if (alone == m.ID || slices.Contains(s.opts.Unfinished, m.ID)) && u.ID != m.ID {
+				adopted, adoptedAs = u.ID, *m
+				c.ID, c.Action = m.ID, m.Action
+				u = &c
+			}
 			announced = &c
 		case announced != nil && !oneMaintenance(*m, *announced):
 			// maintenance-event turned from the held live migration
@@ -233,6 +257,7 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 			// nothing, was not acted on for.
 			announced = nil
 		}
+		alone = ""
 		switch {
 		case announced != nil:
 			notices = append(notices, merge(*announced, *m))
@@ -245,6 +270,9 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 			// RequestTimeout): out now under its own id, the notice
 			// would be a second one a moment later.
 		default:
+			if m != nil {
+				alone = m.ID
+			}
 			for _, n := range []*notice.Notice{m, u} {
 				if n != nil {
 					notices = append(notices, *n)

@@ -2,6 +2,7 @@ package gcp_test
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -38,13 +39,25 @@ type recorder struct {
 	err  error
 	n    int
 	ch   chan struct{}
+	// ids is every notice id observed.
+	ids map[string]bool
 }
 
-func newRecorder() *recorder { return &recorder{ch: make(chan struct{}, 100)} }
+func newRecorder() *recorder { return &recorder{ch: make(chan struct{}, 100), ids: map[string]bool{}} }
+
+// idsSeen is every notice id observed so far.
+func (r *recorder) idsSeen() map[string]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.ids)
+}
 
 func (r *recorder) observe(n []notice.Notice, err error) {
 	r.mu.Lock()
 	r.last, r.err = n, err
+	for _, x := range n {
+		r.ids[x.ID] = true
+	}
 	r.n++
 	r.mu.Unlock()
 	select {

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -375,20 +374,11 @@ func TestMaintenanceEventAtStartWaitsForTheAnnouncement(t *testing.T) {
 	})
 	f.SetMaintenance(gcp.MaintenanceTerminate)
 
-	var mu sync.Mutex
-	ids := map[string]bool{}
 	r := newRecorder()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		src.Watch(ctx, func(n []notice.Notice, err error) {
-			mu.Lock()
-			for _, x := range n {
-				ids[x.ID] = true
-			}
-			mu.Unlock()
-			r.observe(n, err)
-		})
+		src.Watch(ctx, r.observe)
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()
@@ -401,9 +391,7 @@ func TestMaintenanceEventAtStartWaitsForTheAnnouncement(t *testing.T) {
 	}
 	close(release)
 	n, _ := r.waitFor(t, "the maintenance", settledWith(1))
-	mu.Lock()
-	defer mu.Unlock()
-	if !strings.HasPrefix(n[0].ID, "gcp-upcoming-scheduled-") || len(ids) != 1 {
+	if ids := r.idsSeen(); !strings.HasPrefix(n[0].ID, "gcp-upcoming-scheduled-") || len(ids) != 1 {
 		t.Errorf("notices seen %v, want only the announced one's id", ids)
 	}
 }
@@ -448,5 +436,61 @@ func TestMaintenanceEventAtRestartContinuesTheUnfinishedAnnouncement(t *testing.
 				t.Errorf("a later maintenance-event turn: notice %s, want its own", n[0].ID)
 			}
 		})
+	}
+}
+
+// maintenance-event's turn that went out as a notice of its own (at start,
+// while upcoming-maintenance failed to answer, or before GCE announced it)
+// keeps its id once upcoming-maintenance announces the maintenance: GCE
+// announces one at a time, so this is the maintenance under way, and a new
+// id would have it acted on twice, the first notice ending as withdrawn.
+func TestMaintenanceEventOutOnItsOwnKeepsItsIDOnceAnnounced(t *testing.T) {
+	f, src := start(t, upcomingOptions())
+	f.SetFault(metadatatest.GCPUpcomingMaintenance, metadatatest.Status(http.StatusInternalServerError, "oops"))
+	f.SetMaintenance(gcp.MaintenanceTerminate)
+
+	r := newRecorder()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		src.Watch(ctx, r.observe)
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	n, _ := r.waitFor(t, "maintenance-event while upcoming-maintenance fails", func(n []notice.Notice, err error) bool {
+		return err != nil && len(n) == 1
+	})
+	first := n[0]
+
+	window := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingOngoing, window))
+	f.SetFault(metadatatest.GCPUpcomingMaintenance, nil)
+	readAgain(t, f)
+	n, _ = r.waitFor(t, "the maintenance announced", settledWith(1))
+	if n[0].ID != first.ID || n[0].Deadline.After(first.Deadline) {
+		t.Errorf("once announced, the maintenance under way is %v, was %v: want the same id and deadline", n[0], first)
+	}
+
+	// GCE stops announcing it once it is under way, and maintenance-event
+	// ends it.
+	f.SetUpcomingMaintenance("")
+	readAgain(t, f)
+	n, _ = r.waitFor(t, "the announcement gone", settledWith(1))
+	if n[0].ID != first.ID {
+		t.Errorf("the announcement gone, the notice is %s, was %s", n[0].ID, first.ID)
+	}
+	if ids := r.idsSeen(); len(ids) != 1 {
+		t.Errorf("notices seen %v, want one maintenance as one notice", ids)
+	}
+
+	// An agent that restarts meanwhile, with the work for that notice
+	// unfinished, finds the maintenance announced at once: the same notice.
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingOngoing, window))
+	opts := upcomingOptions()
+	opts.Endpoint, opts.RequestTimeout, opts.Unfinished = f.URL(), metadatatest.RequestTimeout, []string{first.ID}
+	r2 := watch(t, gcp.New(opts))
+	n, _ = r2.waitFor(t, "the maintenance after a restart", settledWith(1))
+	if n[0].ID != first.ID {
+		t.Errorf("after a restart, the maintenance under way is %s, was %s", n[0].ID, first.ID)
 	}
 }

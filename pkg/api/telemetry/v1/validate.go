@@ -484,6 +484,22 @@ func validateCollectorStatus(s *CollectorStatus, p at) field.ErrorList {
 	return errs
 }
 
+// noticeStatusPrefix starts the command_id of the statuses an agent sends of
+// the checkpoints it takes for its own node's notice; the scheduler's
+// commands are named otherwise ("gang-…").
+const noticeStatusPrefix = "notice-"
+
+// NoticeStatusID is the command_id of the statuses an agent sends of the
+// checkpoints it takes for its node's notice id: no scheduler command, so a
+// scheduler tells them from the statuses of its own commands
+// (IsNoticeStatus) rather than count them as statuses of a command it does
+// not know.
+func NoticeStatusID(noticeID string) string { return noticeStatusPrefix + noticeID }
+
+// IsNoticeStatus reports whether a status's command_id names an agent's own
+// notice (NoticeStatusID) rather than a scheduler command.
+func IsNoticeStatus(commandID string) bool { return strings.HasPrefix(commandID, noticeStatusPrefix) }
+
 // ValidateCheckpointStatus checks a CheckpointStatus from an agent.
 func ValidateCheckpointStatus(s *CheckpointStatus) error {
 	var errs field.ErrorList
