@@ -229,6 +229,59 @@ func TestCoordinatorRetriesAnAgentThatIsNotConnected(t *testing.T) {
 	waitFor(t, "the command once b's agent is back", func() bool { return cmds.get("b") != nil })
 }
 
+// A stream that took a command can break before its agent read it (the
+// agent restarted, the connection dropped), and the agent's next stream
+// carries no trace of it. The coordinator counted the command sent and never
+// sent it again: the members were evicted at the deadline less the margin
+// without a checkpoint, and no event said why. It now sends the command
+// again, under its id, until the agent answers.
+func TestCoordinatorSendsACommandAgainUntilTheAgentAnswers(t *testing.T) {
+	defer func(d time.Duration) { resendEvery = d }(resendEvery)
+	resendEvery = 50 * time.Millisecond
+	client := gangOnAB()
+	evicted := recordEvictions(client)
+	c := NewCoordinator()
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client})
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(2 * time.Minute),
+	}}})
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	id := cmds.get("b").GetId()
+	sent := func() int {
+		cmds.mu.Lock()
+		defer cmds.mu.Unlock()
+		n := 0
+		for _, cmd := range cmds.all {
+			if cmd.GetId() == id {
+				n++
+			}
+		}
+		return n
+	}
+	// The first one was lost with its stream: the agent does not answer.
+	waitFor(t, "the command to b again", func() bool { return sent() >= 3 })
+	status := func(s telemetryv1.CheckpointStatus_State) {
+		t.Helper()
+		if got := c.OnCheckpointStatus("b", &telemetryv1.CheckpointStatus{CommandId: id, Pod: &telemetryv1.PodRef{Namespace: "ml", Name: "g-1"}, State: s}); got != telemetry.StatusAccepted {
+			t.Fatalf("status %s: %s", s, got)
+		}
+	}
+	status(telemetryv1.CheckpointStatus_STATE_REQUESTED)
+	// A resend may have been on its way as the status came.
+	answered := sent() + 1
+	time.Sleep(10 * resendEvery)
+	if n := sent(); n > answered {
+		t.Errorf("sent the command %d times after the agent answered, want none", n-answered+1)
+	}
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v before the checkpoint was in", got)
+	}
+	status(telemetryv1.CheckpointStatus_STATE_DONE)
+	waitFor(t, "b's member evicted once its checkpoint is in", func() bool { return slices.Equal(evicted(), []string{"g-1"}) })
+}
+
 // One failed pod list when the notice comes (an API server blip, a
 // throttled request) does not cost the gang its fan-out, two minutes before
 // the reclaim: the coordinator asks again. It gave up, and the gang's

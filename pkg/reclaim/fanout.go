@@ -90,6 +90,33 @@ func (f *fanout) bringForward(d time.Time) {
 	}
 }
 
+// heard reports whether the agent has answered for any of the pods: it has
+// the command.
+func (f *fanout) heard() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.states {
+		if s != telemetryv1.CheckpointStatus_STATE_UNSPECIFIED {
+			return true
+		}
+	}
+	return false
+}
+
+// finished reports whether every pod's checkpoint is over (done is closed).
+func (f *fanout) finished() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
+// resendEvery is how long a command's agent has to answer before the
+// command goes again: an agent answers as soon as it has a command
+// (REQUESTED, or what it made of it), so one silent this long most likely
+// never got it, and a copy of one it did get changes nothing. A variable
+// so that tests need not wait as long.
+var resendEvery = 5 * time.Second
+
 func final(s telemetryv1.CheckpointStatus_State) bool {
 	return s != telemetryv1.CheckpointStatus_STATE_UNSPECIFIED && s != telemetryv1.CheckpointStatus_STATE_REQUESTED
 }
@@ -297,9 +324,11 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		}
 	}
 	by(f.due())
+	delivered := false
 	for {
 		sent, err := c.opts.Commands.SendCheckpoint(f.node, cmd)
 		if err == nil && sent > 0 {
+			delivered = true
 			fanoutSeconds.Observe(time.Since(n.Detected).Seconds())
 			commandsTotal.WithLabelValues(string(commandSent)).Inc()
 			// No event here: every replica sends the command, the agent runs
@@ -328,11 +357,26 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		case <-time.After(min(500*time.Millisecond, left)):
 		}
 	}
-	if !evict {
-		return
-	}
-	for waiting := true; waiting; {
-		t := time.NewTimer(time.Until(evictBy))
+	// A stream that took the command can still break before its agent read
+	// it (the agent restarted, the connection dropped), and the agent's next
+	// stream carries no trace of it: the members would be evicted without a
+	// checkpoint, and no event would say why. Until the agent answers, the
+	// command goes again, under the same id (the agent runs it once), every
+	// resendEvery until giveUp.
+	resendAt := time.Now().Add(resendEvery)
+	for {
+		if evict && (f.finished() || !time.Now().Before(evictBy)) {
+			break
+		}
+		resend := delivered && resendAt.Before(giveUp) && !f.heard()
+		if !evict && !resend {
+			return
+		}
+		wake := evictBy
+		if resend && (!evict || resendAt.Before(wake)) {
+			wake = resendAt
+		}
+		t := time.NewTimer(time.Until(wake))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -340,11 +384,15 @@ func (c *Coordinator) run(ctx context.Context, f *fanout, n telemetry.ReclaimNot
 		case <-f.moved:
 			by(f.due())
 		case <-f.done:
-			waiting = false
 		case <-t.C:
-			waiting = false
 		}
 		t.Stop()
+		if resend && !time.Now().Before(resendAt) && !f.heard() {
+			if sent, err := c.opts.Commands.SendCheckpoint(f.node, cmd); err == nil && sent > 0 {
+				log.V(1).Info("the agent has not answered the command; sent it again")
+			}
+			resendAt = time.Now().Add(resendEvery)
+		}
 	}
 	if !gate.evict() {
 		return

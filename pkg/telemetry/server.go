@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -59,7 +60,11 @@ type ServerOptions struct {
 	// stream on it (DefaultMaxConnectionIdle when 0) before the server
 	// asks the client to go away.
 	MaxConnectionIdle time.Duration
-	Log               logr.Logger
+	// SendTimeout bounds how long a message to an agent may wait for the
+	// agent to read (DefaultSendTimeout when 0); a stream whose agent has
+	// not read by then is ended, and the send fails.
+	SendTimeout time.Duration
+	Log         logr.Logger
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -104,6 +109,9 @@ const (
 type agentStream struct {
 	id     *agentIdentity
 	stream grpc.BidiStreamingServer[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage]
+	// end ends the stream, with the reason Connect returns, from any
+	// goroutine (endableStream).
+	end context.CancelCauseFunc
 	// toldInvalidStatus is set once an invalid checkpoint status from the
 	// stream was logged at the default level; the rest go to -v=1, so an
 	// agent that keeps resending one does not flood the log. Only the
@@ -114,14 +122,58 @@ type agentStream struct {
 	mu sync.Mutex
 }
 
-func (as *agentStream) send(msg *telemetryv1.SchedulerMessage) error {
+// send sends msg, or ends the stream when the agent has not read it within
+// timeout. A send waits while the agent's receive window is full, and an
+// agent that keeps its connection open (answering keepalive pings) but does
+// not read, hung or compromised, would hold it, and everyone who sends to the
+// stream after it, for good.
+func (as *agentStream) send(msg *telemetryv1.SchedulerMessage, timeout time.Duration) error {
 	as.mu.Lock()
 	defer as.mu.Unlock()
-	return as.stream.Send(msg)
+	t := time.AfterFunc(timeout, func() { as.end(errNotReading) })
+	defer t.Stop()
+	err := as.stream.Send(msg)
+	if err != nil {
+		if cause := context.Cause(as.stream.Context()); errors.Is(cause, errNotReading) {
+			return cause
+		}
+	}
+	return err
+}
+
+// errNotReading ends the stream of an agent that did not read what was sent
+// to it within ServerOptions.SendTimeout.
+var errNotReading = status.Error(codes.Unavailable, "the agent did not read what the scheduler sent it in time (it hung, or stopped reading); the stream was closed")
+
+// errTokenExpired ends a stream when its token expires.
+var errTokenExpired = status.Error(codes.Unauthenticated, tokenExpired)
+
+// endKey holds a stream's context.CancelCauseFunc in its context.
+type endKey struct{}
+
+// endableStream is the gRPC tap (NewGRPCServer) that gives each stream a
+// context the server can cancel. A stream's handler sits in Recv, and gRPC
+// has no other way to end a stream from outside it: cancelling this context
+// ends both its Recv and any Send waiting for flow control, at the cost of a
+// context, not of a second goroutine per stream.
+func endableStream(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	return context.WithValue(ctx, endKey{}, cancel), nil
+}
+
+// streamEnd returns what ends the stream of ctx, or, on a gRPC server not
+// made by NewGRPCServer, a function that does nothing.
+func streamEnd(ctx context.Context) context.CancelCauseFunc {
+	if end, ok := ctx.Value(endKey{}).(context.CancelCauseFunc); ok {
+		return end
+	}
+	return func(error) {}
 }
 
 // NewServer returns the service; register it on a grpc.Server with
-// NewGRPCServer or telemetryv1.RegisterTelemetryServer.
+// NewGRPCServer or telemetryv1.RegisterTelemetryServer. Only on the server
+// NewGRPCServer makes can it end a stream before the agent next sends
+// (an agent that stops reading, a token that expires).
 func NewServer(o ServerOptions) (*Server, error) {
 	if o.Store == nil || o.Authenticator == nil {
 		return nil, errors.New("telemetry server needs a store and an authenticator")
@@ -149,6 +201,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	if o.MaxConnectionIdle, err = positiveOr("MaxConnectionIdle", o.MaxConnectionIdle, DefaultMaxConnectionIdle); err != nil {
+		return nil, err
+	}
+	if o.SendTimeout, err = positiveOr("SendTimeout", o.SendTimeout, DefaultSendTimeout); err != nil {
 		return nil, err
 	}
 	RegisterMetrics()
@@ -235,6 +290,20 @@ const (
 // reconnects when it next needs to.
 const DefaultMaxConnectionIdle = 5 * time.Minute
 
+// ExpiredStreamGrace is how long a stream whose token expired stays open,
+// detached from its node, for the agent's next message to end it with
+// UNAUTHENTICATED "token expired": twice the agent's resend interval.
+const ExpiredStreamGrace = 10 * time.Second
+
+// DefaultSendTimeout bounds how long a message to an agent waits for the
+// agent to read. An agent reads every message as it comes (it hands a
+// command on without waiting for it to run), and a command is a few KB
+// against a receive window of 64 KB or more, so a live agent's sends never
+// wait on it; one that waits this long has an agent that stopped reading.
+// The reclaim coordinator retries a command that failed until its giveUp
+// time, which a send that waited for good would never reach.
+const DefaultSendTimeout = 5 * time.Second
+
 // MaxMessageBytes bounds one message from an agent; a report of a full
 // 8-GPU node with MIG and a hundred pods is a few tens of KB.
 const MaxMessageBytes = 4 << 20
@@ -271,6 +340,7 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		// (extra ping frames on every connection) is off.
 		grpc.InitialWindowSize(1<<20),
 		grpc.InitialConnWindowSize(4<<20),
+		grpc.InTapHandle(endableStream),
 	)...)
 	telemetryv1.RegisterTelemetryServer(g, s)
 	return g
@@ -307,15 +377,16 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 		return status.Error(code, err.Error())
 	}
 	log := s.opts.Log.WithValues("node", id.Node, "pod", id.Pod)
-	as := &agentStream{id: id, stream: stream}
+	as := &agentStream{id: id, stream: stream, end: streamEnd(ctx)}
 	// Beyond the cap the newest stream is refused rather than the oldest
 	// closed: a live agent whose stream is refused gets in at its next
 	// attempt after a slot frees, whereas closing the oldest would have
 	// agents that legitimately exceed the cap take turns evicting one
-	// another; and the server could not close a stream without a second
-	// goroutine per stream (its handler sits in Recv). Streams of agents
-	// that are gone end by keepalive, so they keep no agent out for longer
-	// than KeepaliveTime+KeepaliveTimeout.
+	// another. Streams of agents that are gone end by keepalive, so they
+	// keep no agent out for longer than KeepaliveTime+KeepaliveTimeout;
+	// those of agents that stopped reading end once a send to them waits
+	// SendTimeout, and a stream whose token expired stops holding a slot
+	// at the expiry.
 	if n := s.register(as); n > 0 {
 		streamsOverLimit.Inc()
 		log.Info("refused an agent stream: its node has too many open", "open", n, "limit", s.opts.MaxStreamsPerNode)
@@ -337,12 +408,32 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 	// One goroutine per stream: at 5,000 agents per replica, a second one
 	// per stream costs more CPU (scheduling, stack scans in every GC) than
 	// everything else the server does per report. So the token's expiry is
-	// checked when a message arrives rather than by a timer: an agent sends
-	// at least every resend interval, and nothing it sends after the expiry
-	// is accepted.
+	// checked when a message arrives, and timers, which take no goroutine
+	// until they fire, deal with an agent that stays silent past it, which
+	// would otherwise keep a stream that counts as connected, is sent
+	// commands and holds one of its node's slots: at the expiry the stream
+	// stops being all three, and ExpiredStreamGrace later it ends. Ending
+	// it at once would tell every live agent, at each token rotation,
+	// CANCELLED (a Recv that fails writes that status before the handler
+	// can write its own) rather than why.
+	if !id.Expires.IsZero() {
+		left := id.Expires.Sub(s.opts.Now())
+		detach := time.AfterFunc(left, func() { s.unregister(as) })
+		defer detach.Stop()
+		end := time.AfterFunc(left+ExpiredStreamGrace, func() { as.end(errTokenExpired) })
+		defer end.Stop()
+	}
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
+			switch cause := context.Cause(ctx); {
+			case errors.Is(cause, errTokenExpired):
+				authFailures.WithLabelValues(string(authExpired)).Inc()
+				return cause
+			case errors.Is(cause, errNotReading):
+				log.Info("closed an agent stream: the agent did not read what was sent to it", "timeout", s.opts.SendTimeout)
+				return cause
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 				return nil
 			}
@@ -350,14 +441,14 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 		}
 		if id.expiredAt(s.opts.Now()) {
 			authFailures.WithLabelValues(string(authExpired)).Inc()
-			return status.Error(codes.Unauthenticated, tokenExpired)
+			return errTokenExpired
 		}
 		reply, err := s.handle(as, msg, log)
 		if err != nil {
 			return err
 		}
 		if reply != nil {
-			if err := as.send(reply); err != nil {
+			if err := as.send(reply, s.opts.SendTimeout); err != nil {
 				return err
 			}
 		}
@@ -479,6 +570,8 @@ func (s *Server) register(as *agentStream) int {
 	return 0
 }
 
+// unregister may be called more than once for as (at its token's expiry,
+// and when its stream ends).
 func (s *Server) unregister(as *agentStream) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -491,7 +584,8 @@ func (s *Server) unregister(as *agentStream) {
 // SendCheckpoint sends cmd to every open stream from node's agent and returns
 // how many took it. Zero with no error means the node's agent is not
 // connected to this replica. A send waits while the agent's receive window
-// is full, which a live agent keeps short.
+// is full, which a live agent keeps short; one that waits SendTimeout ends
+// its stream and counts as failed.
 func (s *Server) SendCheckpoint(node string, cmd *telemetryv1.CheckpointCommand) (int, error) {
 	if err := telemetryv1.ValidateCheckpointCommand(cmd); err != nil {
 		return 0, err
@@ -506,7 +600,7 @@ func (s *Server) SendCheckpoint(node string, cmd *telemetryv1.CheckpointCommand)
 	n := 0
 	var lastErr error
 	for _, as := range streams {
-		if err := as.send(msg); err != nil {
+		if err := as.send(msg, s.opts.SendTimeout); err != nil {
 			lastErr = fmt.Errorf("stream from %s: %w", as.id.Pod, err)
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -13,7 +14,10 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
@@ -545,6 +549,10 @@ func TestServerOptionsAreChecked(t *testing.T) {
 		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, MaxConnectionIdle: -time.Second}); err == nil || !strings.Contains(err.Error(), "MaxConnectionIdle") {
 		t.Errorf("MaxConnectionIdle -1s: %v", err)
 	}
+	if _, err := telemetry.NewServer(telemetry.ServerOptions{Store: store, Authenticator: telemetrytest.NodeTokens(),
+		AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}, SendTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "SendTimeout") {
+		t.Errorf("SendTimeout -1s: %v", err)
+	}
 }
 
 // The refusal of a report reaches the agent however bad the report: an
@@ -638,4 +646,128 @@ func plainCounter(t *testing.T, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// An agent that keeps its connection open (its transport answers keepalive
+// pings) but stops reading, hung or compromised, fills its receive window,
+// and a send to it waited for good: the reclaim coordinator's fan-out to the
+// node never returned, so it neither retried nor gave up (no
+// GangCheckpointUndelivered), and never evicted the members. A send the
+// agent has not read within SendTimeout ends the stream and fails.
+func TestStreamOfAnAgentThatStopsReadingEnds(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{SendTimeout: 300 * time.Millisecond}})
+	notReading(t, env, "node:n1")
+	pods := make([]*telemetryv1.PodRef, telemetryv1.MaxCheckpointPods)
+	for i := range pods {
+		pods[i] = &telemetryv1.PodRef{Namespace: "a", Name: fmt.Sprintf("%s-%d", strings.Repeat("p", 50), i)}
+	}
+	type result struct {
+		sent int
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		// Each command is ~16 KB: a few dozen fill the agent's window and
+		// the server's write buffer.
+		for i := 0; ; i++ {
+			cmd := &telemetryv1.CheckpointCommand{Id: fmt.Sprintf("c%d", i), Pods: pods, Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+			n, err := env.Server.SendCheckpoint("n1", cmd)
+			if n == 0 || err != nil {
+				res <- result{n, err}
+				return
+			}
+		}
+	}()
+	select {
+	case r := <-res:
+		if r.sent != 0 || status.Code(r.err) != codes.Unavailable || !strings.Contains(r.err.Error(), "did not read") {
+			t.Fatalf("SendCheckpoint to a stream that stopped reading: %d %v, want 0 and Unavailable: did not read", r.sent, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("SendCheckpoint to a stream whose agent stopped reading still waits after 10s")
+	}
+	// The stream ended: the node counts as not connected, and a command
+	// to it says so at once.
+	for deadline := time.Now().Add(5 * time.Second); slices.Contains(env.Server.ConnectedNodes(), "n1"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream of the agent that stopped reading is still open")
+		}
+	}
+	cmd := &telemetryv1.CheckpointCommand{Id: "after", Pods: pods[:1], Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+	if n, err := env.Server.SendCheckpoint("n1", cmd); n != 0 || err != nil {
+		t.Fatalf("after the stream ended: %d %v, want 0 and no error", n, err)
+	}
+}
+
+// notReading opens a stream with token whose client never reads what the
+// server sends, with fixed 64 KB windows (as any client may choose), and
+// returns once the server has accepted it.
+func notReading(t *testing.T, env *telemetrytest.Env, token string) {
+	t.Helper()
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token))
+	t.Cleanup(cancel)
+	st, err := telemetryv1.NewTelemetryClient(conn).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md, err := st.Header(); err != nil || len(md.Get(telemetry.AcceptedHeader)) == 0 {
+		t.Fatalf("stream not accepted: %v %v", md, err)
+	}
+}
+
+// A stream lives no longer than its token even when the agent stays silent:
+// before, only a message from the agent ended it, so a silent one (hung, or
+// holding a token it should no longer have) kept a stream past the expiry
+// that counted as connected, held one of its node's slots and was sent the
+// node's commands. At the expiry it is none of these, and ExpiredStreamGrace
+// later it ends (a live agent's next message ends it first, with
+// UNAUTHENTICATED: TestStreamEndsWhenTokenExpires).
+func TestSilentStreamEndsWhenTokenExpires(t *testing.T) {
+	// exp claims have whole seconds: at least 1.5s from now.
+	nd := jwt.NewNumericDate(time.Now().Add(2500 * time.Millisecond))
+	srv, tok := expiringTokenServer(t, nd)
+	before := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired")
+	a := connect(t, telemetrytest.StartWith(t, srv), tok)
+	cmd := &telemetryv1.CheckpointCommand{Id: "c1", Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p-0"}}, Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if n, _ := srv.SendCheckpoint("n1", cmd); n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream was not accepted")
+		}
+	}
+	if msg, err := a.Next(t); err != nil || msg.GetCheckpoint().GetId() != "c1" {
+		t.Fatalf("before expiry: %v %v", msg, err)
+	}
+	// The agent sends nothing.
+	for deadline := nd.Time.Add(5 * time.Second); slices.Contains(srv.ConnectedNodes(), "n1"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the silent stream still counts as connected 5s after its token expired")
+		}
+	}
+	if now := time.Now(); now.Before(nd.Time) {
+		t.Fatalf("the stream was detached at %v, before its token expired at %v", now, nd.Time)
+	}
+	if n, err := srv.SendCheckpoint("n1", cmd); n != 0 || err != nil {
+		t.Fatalf("after expiry: %d %v, want 0 and no error", n, err)
+	}
+	// Not an assertion: Next waits 10s at most, and the stream ends at
+	// the expiry and the grace.
+	time.Sleep(time.Until(nd.Time.Add(telemetry.ExpiredStreamGrace - 5*time.Second)))
+	if msg, err := a.Next(t); err == nil {
+		t.Fatalf("the silent stream whose token expired goes on: %v", msg)
+	}
+	if now := time.Now(); now.Before(nd.Time.Add(telemetry.ExpiredStreamGrace)) {
+		t.Fatalf("the stream ended at %v, before the grace after its expiry (%v)", now, nd.Time.Add(telemetry.ExpiredStreamGrace))
+	}
+	if got := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired"); got != before+1 {
+		t.Errorf("expired counter %v, want %v", got, before+1)
+	}
 }
