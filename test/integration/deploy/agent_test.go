@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -55,11 +56,26 @@ func agentClient(t *testing.T, c *localcluster.Cluster, node string) kubernetes.
 	return client
 }
 
+// nodeFieldGates turn on the alpha Node fields, so that the tests see
+// whether the agent may write them: spec.podPreemptionPolicy.
+var nodeFieldGates = map[string]bool{"InPlacePodVerticalScalingSchedulerPreemption": true}
+
 // startWithAgentManifests starts a cluster of agentFleet with deploy/agent's
 // manifests applied.
 func startWithAgentManifests(t *testing.T) *localcluster.Cluster {
 	t.Helper()
-	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, agentFleet)})
+	// The gates are process-wide: off again for the package's other tests
+	// once this cluster has stopped (cleanups run last registered first).
+	t.Cleanup(func() {
+		off := map[string]bool{}
+		for g := range nodeFieldGates {
+			off[g] = false
+		}
+		if err := utilfeature.DefaultMutableFeatureGate.SetFromMap(off); err != nil {
+			t.Error(err)
+		}
+	})
+	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, agentFleet), FeatureGates: nodeFieldGates})
 	for _, f := range []string{"deploy/agent/penny-agent.yaml", "deploy/agent/reclaim.yaml"} {
 		harness.ApplyYAML(t, c, f, readRepoFile(t, f), false)
 	}
@@ -127,7 +143,10 @@ func TestAgentChangesOnlyItsReclaimTaint(t *testing.T) {
 			n.OwnerReferences = append(n.OwnerReferences, metav1.OwnerReference{APIVersion: "v1", Kind: "ConfigMap", Name: "gone", UID: "0b7c5a36-5ef0-4bd1-9d5a-3c9a1d8a0f7e"})
 		},
 		"taint penny.dev/reclaim NoExecute": addTaint(corev1.Taint{Key: "penny.dev/reclaim", Value: "spot-interruption", Effect: corev1.TaintEffectNoExecute}),
-		"add another taint":                 addTaint(corev1.Taint{Key: "example.com/other", Effect: corev1.TaintEffectNoSchedule}),
+		"turn resize preemption off": func(n *corev1.Node) {
+			n.Spec.PodPreemptionPolicy = &corev1.NodePodPreemptionPolicy{DisableResizePreemption: []string{"example.com/hold"}}
+		},
+		"add another taint": addTaint(corev1.Taint{Key: "example.com/other", Effect: corev1.TaintEffectNoSchedule}),
 	}
 	for what, mutate := range refused {
 		err := try(own, mutate)
@@ -149,8 +168,9 @@ func TestAgentChangesOnlyItsReclaimTaint(t *testing.T) {
 	}
 	_, template := n.Annotations["penny.dev/autoscaler-template-of"]
 	_, pinned := n.Annotations["karpenter.sh/do-not-disrupt"]
-	if template || pinned || len(n.Finalizers) > 0 || len(n.OwnerReferences) > 0 || len(n.Spec.Taints) > 0 {
-		t.Errorf("the agent changed its node: annotations %v, finalizers %v, owners %v, taints %v", n.Annotations, n.Finalizers, n.OwnerReferences, n.Spec.Taints)
+	if template || pinned || len(n.Finalizers) > 0 || len(n.OwnerReferences) > 0 || len(n.Spec.Taints) > 0 || n.Spec.PodPreemptionPolicy != nil {
+		t.Errorf("the agent changed its node: annotations %v, finalizers %v, owners %v, taints %v, pod preemption policy %v",
+			n.Annotations, n.Finalizers, n.OwnerReferences, n.Spec.Taints, n.Spec.PodPreemptionPolicy)
 	}
 }
 

@@ -283,7 +283,9 @@ func TestTenantsCannotWriteTheGPUAssignment(t *testing.T) {
 	ctx := context.Background()
 	const tenant = "alice"
 	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pods", Namespace: "default"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"create", "get", "update", "patch", "delete"}}}}
+		// pods/status as an operator's role may grant it: a status update
+		// takes the pod's annotations as sent.
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "pods/status"}, Verbs: []string{"create", "get", "update", "patch", "delete"}}}}
 	if _, err := c.Client.RbacV1().Roles("default").Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -334,9 +336,11 @@ func TestTenantsCannotWriteTheGPUAssignment(t *testing.T) {
 		t.Fatalf("penny-scheduler binding with the assignment: %v", err)
 	}
 	// The simulated kubelet updates the pod's status meanwhile.
-	update := func(client kubernetes.Interface, mutate func(*corev1.Pod)) error {
+	// write updates the pod, or its status when status is set.
+	write := func(client kubernetes.Interface, status bool, mutate func(*corev1.Pod)) error {
 		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			p, err := client.CoreV1().Pods("default").Get(ctx, "train", metav1.GetOptions{})
+			pods := client.CoreV1().Pods("default")
+			p, err := pods.Get(ctx, "train", metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -344,17 +348,31 @@ func TestTenantsCannotWriteTheGPUAssignment(t *testing.T) {
 				t.Fatalf("the pod's assignment is %q, want the Binding's 2,3", p.Annotations[gpu.AnnotationAssignment])
 			}
 			mutate(p)
-			_, err = client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{})
+			if status {
+				_, err = pods.UpdateStatus(ctx, p, metav1.UpdateOptions{})
+			} else {
+				_, err = pods.Update(ctx, p, metav1.UpdateOptions{})
+			}
 			return err
 		})
 	}
-	for name, mutate := range map[string]func(*corev1.Pod){
-		"changed": func(p *corev1.Pod) { p.Annotations[gpu.AnnotationAssignment] = "0,1" },
-		"removed": func(p *corev1.Pod) { delete(p.Annotations, gpu.AnnotationAssignment) },
-	} {
-		if err := update(alice, mutate); err == nil || !strings.Contains(err.Error(), "cannot be changed or removed") {
-			t.Errorf("a tenant's update with the assignment %s: %v; want it refused", name, err)
+	update := func(client kubernetes.Interface, mutate func(*corev1.Pod)) error { return write(client, false, mutate) }
+	for _, status := range []bool{false, true} {
+		for name, mutate := range map[string]func(*corev1.Pod){
+			"changed": func(p *corev1.Pod) { p.Annotations[gpu.AnnotationAssignment] = "0,1" },
+			"removed": func(p *corev1.Pod) { delete(p.Annotations, gpu.AnnotationAssignment) },
+		} {
+			if err := write(alice, status, mutate); err == nil || !strings.Contains(err.Error(), "cannot be changed or removed") {
+				t.Errorf("a tenant's update (of the status: %v) with the assignment %s: %v; want it refused", status, name, err)
+			}
 		}
+	}
+	// A status update that keeps the assignment, as the kubelet and
+	// penny-scheduler's own condition writes do.
+	if err := write(alice, true, func(p *corev1.Pod) {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: "example.com/Checked", Status: corev1.ConditionTrue})
+	}); err != nil {
+		t.Errorf("a status update that keeps the assignment: %v; want it accepted", err)
 	}
 	if err := update(alice, func(p *corev1.Pod) { p.Labels = map[string]string{"team": "llm"} }); err != nil {
 		t.Errorf("a tenant's label update that keeps the assignment: %v; want it accepted", err)
