@@ -389,3 +389,29 @@ func TestExpanderServerWaitsForThePodsToBeListed(t *testing.T) {
 		t.Errorf("once the pods are listed: best %v, want od", got)
 	}
 }
+
+// Cluster Autoscaler's requests describe pods the scheduler may not hold:
+// deleted since, or never created, since whoever reaches the endpoint can
+// send any. A start recorded in such a pod's status that had to be clamped
+// was kept in the plugin's memory of ungatings, which forgets a pod only when
+// its informer sees it bound or deleted: each such pod stayed for good, and
+// requests of up to 128 MiB grew the scheduler without bound.
+func TestExpanderKeepsNothingOfPodsTheSchedulerDoesNotHold(t *testing.T) {
+	e, _ := gatedEnv(t, 2*time.Minute)
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	var pods []*corev1.Pod
+	for i := range 100 {
+		p := pod(fmt.Sprintf("described-%d", i), map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+		p.Status.Conditions = []corev1.PodCondition{{Type: ConditionSpotWaitStarted, Status: corev1.ConditionTrue,
+			LastTransitionTime: metav1.NewTime(t0.Add(-time.Hour))}}
+		pods = append(pods, p)
+	}
+	best(t, s, caRequest(t, pods, node("spot-a", pricing.Spot, "us-east-1a"), node("od", pricing.OnDemand, "us-east-1a")))
+	e.plugin.ungates.mu.Lock()
+	kept := len(e.plugin.ungates.at)
+	e.plugin.ungates.mu.Unlock()
+	if kept != 0 {
+		t.Errorf("the plugin keeps %d pods of an autoscaler's request it does not hold, want none", kept)
+	}
+}

@@ -119,12 +119,9 @@ func readState[T fwk.StateData](cs fwk.CycleState, key fwk.StateKey) (T, error) 
 func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
 	class, err := pl.classify(pod)
 	if err != nil {
-		var ae *AnnotationError
-		if errors.As(err, &ae) {
-			if h := pl.handle; h != nil && h.EventRecorder() != nil {
-				h.EventRecorder().Eventf(pod, nil, corev1.EventTypeWarning, EventInvalidAnnotation, "Scheduling", "%s; the pod is not scheduled until it is fixed", ae.Error())
-			}
-		}
+		pl.reportInvalid(pod, err)
+		// PostFilter, which runs next, then does not report it again.
+		cs.Write(invalidKey, invalid{})
 		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, err.Error())
 	}
 	s := pl.stateFor(pod, class)
@@ -132,6 +129,23 @@ func (pl *SpotRisk) PreFilter(ctx context.Context, cs fwk.CycleState, pod *corev
 	cs.Write(stateKey, s)
 	pl.recordWaitStart(ctx, pod, s)
 	return nil, nil
+}
+
+// invalidKey marks a cycle whose PreFilter rejected the pod for a malformed
+// annotation and said so (reportInvalid).
+const invalidKey fwk.StateKey = Name + "/invalid"
+
+type invalid struct{}
+
+func (invalid) Clone() fwk.StateData { return invalid{} }
+
+// reportInvalid tells the pod, in a Warning event, which of its annotations
+// is malformed and how to fix it.
+func (pl *SpotRisk) reportInvalid(pod *corev1.Pod, err error) {
+	var ae *AnnotationError
+	if h := pl.handle; errors.As(err, &ae) && h != nil && h.EventRecorder() != nil {
+		h.EventRecorder().Eventf(pod, nil, corev1.EventTypeWarning, EventInvalidAnnotation, "Scheduling", "%s; the pod is not scheduled until it is fixed", ae.Error())
+	}
 }
 
 // stateFor places a pod's class in time: a Spot-preferring pod waits for
@@ -346,7 +360,8 @@ func (pl *SpotRisk) riskBound(s *podState) float64 {
 // falls back under its limit (waitForRisk). Both hold too when an earlier
 // PreFilter turned the pod away before this plugin's ran (PennyGang, which
 // asks Excludes, finding no room for the gang on the nodes this plugin
-// admits): the pools are then read from the snapshot (keepOffSnapshot).
+// admits): the pools are then read from the snapshot (keepOffSnapshot),
+// and a malformed annotation is named in an event as PreFilter names it.
 //
 // It runs before DefaultPreemption in the deployed profile
 // (deploy/scheduler/config.yaml), which ends the chain when it nominates a
@@ -359,6 +374,13 @@ func (pl *SpotRisk) PostFilter(ctx context.Context, cs fwk.CycleState, pod *core
 	if err != nil {
 		class, err := pl.classify(pod)
 		if err != nil {
+			// An earlier PreFilter turned the pod away (PennyGang, finding
+			// no room for its gang) before this plugin's could name the
+			// malformed annotation: the pod learnt of it only once room
+			// came.
+			if _, notReported := cs.Read(invalidKey); notReported != nil {
+				pl.reportInvalid(pod, err)
+			}
 			return nil, fwk.NewStatus(fwk.Unschedulable)
 		}
 		s = pl.stateFor(pod, class)

@@ -76,8 +76,11 @@ const (
 // deleted: no more pods than the scheduler's informer holds.
 type ungates struct {
 	clock clock.PassiveClock
-	mu    sync.Mutex
-	at    map[types.UID]ungating
+	// pods is the informer's store (watch): only a pod it holds is pinned,
+	// since only such a pod is forgotten.
+	pods cache.Store
+	mu   sync.Mutex
+	at   map[types.UID]ungating
 }
 
 // ungating is what ungates keeps of one pod.
@@ -97,6 +100,7 @@ func newUngates(c clock.PassiveClock) *ungates {
 // watch keeps u current from the scheduler's pod informer, and tells
 // deleted of each pod deleted once u has forgotten it.
 func (u *ungates) watch(informer cache.SharedInformer, deleted func(*corev1.Pod)) error {
+	u.pods = informer.GetStore()
 	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { u.update(nil, obj) },
 		UpdateFunc: u.update,
@@ -162,14 +166,24 @@ func (u *ungates) ungated(uid types.UID) time.Time {
 
 // pin keeps at as the pod's start unless the pod already has one here, and
 // returns the start kept: a clamped start read from the pod's status must
-// not move with the clock until the leader writes it back.
-func (u *ungates) pin(uid types.UID, at time.Time) time.Time {
+// not move with the clock until the leader writes it back. A pod the
+// informer does not hold is not kept: nothing would forget it. Cluster
+// Autoscaler's requests describe pods the scheduler may not hold (deleted
+// since, or never created: whoever reaches the expander may send any),
+// and each one with a clamped start stayed for good.
+func (u *ungates) pin(pod *corev1.Pod, at time.Time) time.Time {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if e, ok := u.at[uid]; ok && !e.at.IsZero() {
+	if e, ok := u.at[pod.UID]; ok && !e.at.IsZero() {
 		return e.at
 	}
-	u.at[uid] = ungating{at: at}
+	if u.pods != nil {
+		held, ok, err := u.pods.Get(pod)
+		if p, isPod := held.(*corev1.Pod); err != nil || !ok || !isPod || p.UID != pod.UID {
+			return at
+		}
+	}
+	u.at[pod.UID] = ungating{at: at}
 	return at
 }
 
@@ -217,7 +231,7 @@ func (pl *SpotRisk) waitStart(pod *corev1.Pod) time.Time {
 	if at.IsZero() {
 		recorded, found, problem := recordedStart(pod, now)
 		if problem != "" {
-			recorded = pl.ungates.pin(pod.UID, recorded)
+			recorded = pl.ungates.pin(pod, recorded)
 		}
 		if found {
 			at = recorded

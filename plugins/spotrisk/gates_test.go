@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
+	fwk "k8s.io/kube-scheduler/framework"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 	"k8s.io/utils/ptr"
 
@@ -112,6 +113,13 @@ func (e *env) seenUngated(t *testing.T, uid types.UID) {
 func (e *env) forgotten(t *testing.T, uid types.UID) {
 	t.Helper()
 	waitUntil(t, func() bool { _, ok := e.ungateEntry(uid); return !ok })
+}
+
+// held waits until the scheduler's pod informer holds p, as it does every
+// pod the scheduler's queue hands a scheduling cycle.
+func (e *env) held(t *testing.T, p *corev1.Pod) {
+	t.Helper()
+	waitUntil(t, func() bool { _, ok, _ := e.plugin.ungates.pods.Get(p); return ok })
 }
 
 func createPod(t *testing.T, client kubernetes.Interface, p *corev1.Pod) {
@@ -383,6 +391,7 @@ func TestForgedWaitStartIsClamped(t *testing.T) {
 			p.Status.Conditions = []corev1.PodCondition{{Type: ConditionSpotWaitStarted, Status: corev1.ConditionTrue,
 				LastTransitionTime: metav1.NewTime(tc.recorded), Reason: ReasonUngated}}
 			createPod(t, client, p)
+			e.held(t, p)
 
 			r := e.schedule(t, p)
 			expectContains(t, "FitError", r.fitError, "waits for Spot capacity until "+tc.until)
@@ -561,5 +570,53 @@ func TestWaitStartIsWrittenOnlyForGatedPodsThatWait(t *testing.T) {
 	recordedCondition(t, client, waiting)
 	if got := statusPatches(client); strings.Join(got, ",") != "waiting" {
 		t.Errorf("status writes %v, want one, for the gated pod that waits", got)
+	}
+}
+
+// unscheduledGroup is a native PodGroup as PodGroupPostFilter reads it: its
+// unscheduled members.
+type unscheduledGroup struct {
+	fwk.PodGroupInfo
+	pods []*corev1.Pod
+}
+
+func (g unscheduledGroup) GetUnscheduledPods() []*corev1.Pod { return g.pods }
+
+// A native PodGroup's members record their ungating too when the group's
+// cycle ends before SpotRisk's PreFilter ran for any of them: PennyGang's
+// PreFilter turns the first member away when no domain has room for the
+// whole group, which is how a group that waits for Spot fails, and the
+// cycle stops there. PodGroupPostFilter, the one SpotRisk hook such a group
+// reaches, only held members for a pool's risk: a Kueue-admitted group's
+// start was never written, and under the next scheduler its wait ran from
+// the members' creation, over at once.
+func TestNativePodGroupRecordsItsUngatingWhenTurnedAwayBeforeFilter(t *testing.T) {
+	first, client := gatedEnv(t, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	p := pod("member", map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"})
+	p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("trainers")}
+	p.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: kueueGate}}
+	createPod(t, client, p)
+	first.seenGated(t, p.UID)
+	first.clock.Step(10 * time.Minute)
+	p = ungate(t, client, p)
+	first.seenUngated(t, p.UID)
+
+	if _, s := first.plugin.PodGroupPostFilter(context.Background(), nil, unscheduledGroup{pods: []*corev1.Pod{p}}, nil); s.Code() != fwk.Unschedulable {
+		t.Fatalf("PodGroupPostFilter = %v, want Unschedulable so that preemption still runs", s)
+	}
+	cond := recordedCondition(t, client, p)
+	if cond.Reason != ReasonUngated || !cond.LastTransitionTime.Time.Equal(t0.Add(10*time.Minute)) {
+		t.Fatalf("recorded %+v, want reason %s and the ungating's time %v", cond, ReasonUngated, t0.Add(10*time.Minute))
+	}
+
+	// The next scheduler never saw the member gated.
+	next := gatedEnvOver(t, client, 2*time.Minute, node("od", pricing.OnDemand, "us-east-1a"))
+	next.clock.SetTime(first.clock.Now().Add(30 * time.Second))
+	cur, err := client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := next.schedule(t, cur); len(r.feasible) != 0 {
+		t.Fatalf("restarted 30s into the member's 2m wait from its ungating, the scheduler let it fall back; feasible %v", r.feasible)
 	}
 }

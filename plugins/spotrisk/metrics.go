@@ -23,7 +23,7 @@ var (
 	// (docs/spot.md, How long to wait).
 	waits = metrics.NewHistogramVec(&metrics.HistogramOpts{
 		Name:           "penny_spot_wait_seconds",
-		Help:           "Seconds from a pod's creation, or from the removal of its last scheduling gate seen by this scheduler, to its binding, by the pod's Spot policy (never, avoid, allow, prefer, only) and the capacity type of the node it was bound to (spot, on-demand, reserved). A prefer pod bound to on-demand capacity waited out fallbackAfter.",
+		Help:           "Seconds from a pod's creation, or from the removal of its last scheduling gate as penny-scheduler saw it (this one, or one before it that recorded it in the pod's status), to its binding, by the pod's Spot policy (never, avoid, allow, prefer, only) and the capacity type of the node it was bound to (spot, on-demand, reserved). A prefer pod bound to on-demand capacity waited out fallbackAfter.",
 		Buckets:        metrics.ExponentialBuckets(15, 2, 14),
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"policy", "capacity_type"})

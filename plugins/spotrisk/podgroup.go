@@ -228,8 +228,16 @@ func (pl *SpotRisk) groupWaitEnd(pod *corev1.Pod, own *groupWakeup, group string
 // same of a node (same class, node selector, affinity and tolerations) are
 // held through the first of them: one pass over the nodes per kind of
 // member, not per member.
+//
+// For the same reason it records when each member's wait began
+// (recordWaitStart), as PostFilter does for a lone pod turned away before
+// this plugin's PreFilter: a group waiting for Spot fails at PennyGang's
+// PreFilter, which finds no domain with room for all of it, so none of its
+// members reached this plugin's PreFilter, and a restarted scheduler counted
+// a Kueue-admitted group's wait from its creation and let it fall back at
+// once.
 func (pl *SpotRisk) PodGroupPostFilter(ctx context.Context, _ fwk.PodGroupCycleState, group fwk.PodGroupInfo, _ fwk.PodGroupSchedulingFunc) (*fwk.PodGroupPostFilterResult, *fwk.Status) {
-	if pl.handle == nil || pl.priors == nil {
+	if pl.handle == nil {
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
 	logger := klog.FromContext(ctx)
@@ -239,10 +247,18 @@ func (pl *SpotRisk) PodGroupPostFilter(ctx context.Context, _ fwk.PodGroupCycleS
 	// that read each member twice.
 	for _, pod := range group.GetUnscheduledPods() {
 		class, err := pl.classify(pod)
-		if err != nil || !class.FollowsRisk() {
+		if err != nil {
+			// As PostFilter does for a lone pod: the cycle may have ended
+			// before this plugin's PreFilter named it.
+			pl.reportInvalid(pod, err)
 			continue
 		}
-		m := heldMember{pod: pod, state: pl.stateFor(pod, class)}
+		s := pl.stateFor(pod, class)
+		pl.recordWaitStart(ctx, pod, s)
+		if pl.priors == nil || !class.FollowsRisk() {
+			continue
+		}
+		m := heldMember{pod: pod, state: s}
 		if slices.ContainsFunc(held, m.alike) {
 			continue
 		}

@@ -1497,3 +1497,44 @@ func TestRiskLimitAtAPoolsEstimateAdmitsThePool(t *testing.T) {
 		}
 	}
 }
+
+// A pod whose SpotRisk annotation is malformed is told so also when an
+// earlier PreFilter turns it away (PennyGang, finding no room for its gang),
+// so that this plugin's PreFilter never runs: the gang waited for room, and
+// its members learnt of the typo only once room came, when the gang was
+// admitted and released again. A native PodGroup's members alike, through
+// PodGroupPostFilter.
+func TestMalformedAnnotationIsReportedWhenTurnedAwayBeforeThisPluginsPreFilter(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()...)
+	p := pod("member", map[string]string{AnnotationSpot: "nevr"})
+	if _, s := e.plugin.PostFilter(context.Background(), framework.NewCycleState(), p, nil); s.IsSuccess() {
+		t.Fatalf("PostFilter: %v", s)
+	}
+	evs := e.events()
+	if len(evs) != 1 {
+		t.Fatalf("events %v, want one naming the malformed annotation", evs)
+	}
+	expectContains(t, "event", evs[0], "Warning", EventInvalidAnnotation, `penny.dev/spot="nevr"`, "use one of never, prefer, allow, only")
+
+	// Where this plugin's PreFilter named it, the PostFilter that follows
+	// it in the same cycle does not name it again.
+	cs := framework.NewCycleState()
+	if _, s := e.plugin.PreFilter(context.Background(), cs, p, nil); s.Code() != fwk.UnschedulableAndUnresolvable {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	e.plugin.PostFilter(context.Background(), cs, p, nil)
+	if evs := e.events(); len(evs) != 1 {
+		t.Fatalf("events %v, want one per cycle", evs)
+	}
+
+	member := pod("group-member", map[string]string{AnnotationMaxReclaimRisk: "lots"})
+	member.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("trainers")}
+	if _, s := e.plugin.PodGroupPostFilter(context.Background(), nil, unscheduledGroup{pods: []*corev1.Pod{member}}, nil); s.IsSuccess() {
+		t.Fatalf("PodGroupPostFilter: %v", s)
+	}
+	evs = e.events()
+	if len(evs) != 1 {
+		t.Fatalf("events %v, want one naming the malformed annotation", evs)
+	}
+	expectContains(t, "event", evs[0], "Warning", EventInvalidAnnotation, `penny.dev/max-reclaim-risk="lots"`)
+}
