@@ -30,6 +30,11 @@ var (
 		Help:           "Agent streams refused because their node already held --telemetry-max-streams-per-node streams open to this replica.",
 		StabilityLevel: metrics.ALPHA,
 	})
+	streamsEnded = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_telemetry_streams_ended_total",
+		Help:           "Agent streams the scheduler ended, by reason: not_reading (the agent did not read a message within the send timeout: hung, or stopped reading; a live agent reconnects). Streams ended for an expired token are counted in penny_telemetry_auth_failures_total{reason=\"expired\"}.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"reason"})
 	authenticationsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
 		Name:           "penny_telemetry_authentications_over_limit_total",
 		Help:           "Agent streams refused with UNAVAILABLE, before their token was checked, because --telemetry-max-authentications-in-flight tokens were being checked already; agents retry.",
@@ -85,6 +90,12 @@ const (
 	authExpired      authFailureReason = "expired"
 )
 
+// streamEndReason is a reason label value of
+// penny_telemetry_streams_ended_total.
+type streamEndReason string
+
+const streamNotReading streamEndReason = "not_reading"
+
 // commandKind is a kind label value of penny_telemetry_commands_sent_total.
 type commandKind string
 
@@ -98,6 +109,7 @@ var (
 	authFailureReasons      = []authFailureReason{authMissingToken, authInvalidToken, authNotAgent, authNotBound, authExpired}
 	checkpointStatusResults = []StatusResult{StatusAccepted, statusInvalid, StatusWrongNode, StatusUnknownCommand, statusOwnNotice}
 	commandKinds            = []commandKind{commandCheckpoint}
+	streamEndReasons        = []streamEndReason{streamNotReading}
 )
 
 var registerOnce sync.Once
@@ -106,7 +118,7 @@ var registerOnce sync.Once
 // no-op.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, authenticationsOverLimit, connectionsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent)
+		legacyregistry.MustRegister(reportsTotal, authFailures, openStreams, streamsOverLimit, authenticationsOverLimit, connectionsOverLimit, reportDelay, nodesGauge, checkpointStatuses, commandsSent, streamsEnded)
 		// Every result, reason and kind has its series at 0 from the start:
 		// one born at its first increment hides that increment from rate()
 		// and increase(), and a single wrong_node is worth an alert.
@@ -121,6 +133,9 @@ func RegisterMetrics() {
 		}
 		for _, k := range commandKinds {
 			commandsSent.WithLabelValues(string(k))
+		}
+		for _, r := range streamEndReasons {
+			streamsEnded.WithLabelValues(string(r))
 		}
 	})
 }

@@ -431,6 +431,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 				authFailures.WithLabelValues(string(authExpired)).Inc()
 				return cause
 			case errors.Is(cause, errNotReading):
+				streamsEnded.WithLabelValues(string(streamNotReading)).Inc()
 				log.Info("closed an agent stream: the agent did not read what was sent to it", "timeout", s.opts.SendTimeout)
 				return cause
 			}

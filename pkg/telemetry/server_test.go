@@ -665,6 +665,7 @@ func TestStreamOfAnAgentThatStopsReadingEnds(t *testing.T) {
 		sent int
 		err  error
 	}
+	ended := metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "not_reading")
 	res := make(chan result, 1)
 	go func() {
 		// Each command is ~16 KB: a few dozen fill the agent's window and
@@ -696,6 +697,9 @@ func TestStreamOfAnAgentThatStopsReadingEnds(t *testing.T) {
 	cmd := &telemetryv1.CheckpointCommand{Id: "after", Pods: pods[:1], Deadline: timestamppb.New(time.Now().Add(time.Minute))}
 	if n, err := env.Server.SendCheckpoint("n1", cmd); n != 0 || err != nil {
 		t.Fatalf("after the stream ended: %d %v, want 0 and no error", n, err)
+	}
+	if got := metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "not_reading"); got != ended+1 {
+		t.Errorf("streams ended for not reading: %v, want %v", got, ended+1)
 	}
 }
 
