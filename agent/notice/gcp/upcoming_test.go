@@ -1,7 +1,6 @@
 package gcp_test
 
 import (
-	"context"
 	"net/http"
 	"slices"
 	"strings"
@@ -374,14 +373,7 @@ func TestMaintenanceEventAtStartWaitsForTheAnnouncement(t *testing.T) {
 	})
 	f.SetMaintenance(gcp.MaintenanceTerminate)
 
-	r := newRecorder()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		src.Watch(ctx, r.observe)
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
+	r := watch(t, src)
 	// The second request waits for a change: the first answer is
 	// published.
 	for stop := time.Now().Add(5 * time.Second); f.Requests(metadatatest.GCPMaintenance) < 2; time.Sleep(10 * time.Millisecond) {
@@ -449,14 +441,7 @@ func TestMaintenanceEventOutOnItsOwnKeepsItsIDOnceAnnounced(t *testing.T) {
 	f.SetFault(metadatatest.GCPUpcomingMaintenance, metadatatest.Status(http.StatusInternalServerError, "oops"))
 	f.SetMaintenance(gcp.MaintenanceTerminate)
 
-	r := newRecorder()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		src.Watch(ctx, r.observe)
-		close(done)
-	}()
-	defer func() { cancel(); <-done }()
+	r := watch(t, src)
 	n, _ := r.waitFor(t, "maintenance-event while upcoming-maintenance fails", func(n []notice.Notice, err error) bool {
 		return err != nil && len(n) == 1
 	})
