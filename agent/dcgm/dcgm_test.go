@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,5 +130,109 @@ func TestAnswerTooLarge(t *testing.T) {
 	defer srv2.Close()
 	if r := scraper(srv2.URL).Collect(context.Background()); r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.Values) == 0 {
 		t.Errorf("answer of exactly %d bytes: %v %q", maxBody, r.Status.State, r.Status.Message)
+	}
+}
+
+// dcgm-exporter run with --use-old-namespace labels the GPU "uuid", not
+// "UUID"; the fields keep their names. Its values are read all the same.
+func TestOldNamespaceUUIDLabel(t *testing.T) {
+	old := strings.ReplaceAll(exporterOutput, `UUID="`, `uuid="`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, old) }))
+	defer srv.Close()
+	r := New(srv.URL).Collect(context.Background())
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK {
+		t.Fatalf("%v: %s", r.Status.State, r.Status.Message)
+	}
+	gpus := []*telemetryv1.GPU{{Uuid: uuid0}, {Uuid: uuid1, MigInstances: []*telemetryv1.MIGInstance{{GpuInstanceId: 1}}}}
+	Attach(gpus, r.Values)
+	if p := gpus[0].Profiling; p.GetGraphicsEngineActive() != 0.812345 || p.GetTensorActive() != 0.5 || p.GetDramActive() != 0.3 {
+		t.Errorf("GPU 0: %v", p)
+	}
+	if p := gpus[1].MigInstances[0].Profiling; p.GetGraphicsEngineActive() != 0.25 {
+		t.Errorf("MIG 1: %v", p)
+	}
+}
+
+// An answer that cannot give a value, or gives none for this node's GPUs,
+// is an error saying why, not an OK collector with nothing in it.
+func TestAnswerWithoutThisNodesValuesSaysWhy(t *testing.T) {
+	answers := map[string]string{
+		// node-exporter's port, or the profiling fields not configured
+		"/no-fields": "# TYPE node_load1 gauge\nnode_load1 0.5\nDCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"" + uuid0 + "\"} 3\n",
+		"/no-uuid":   "DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu=\"0\",device=\"nvidia0\"} 0.5\n",
+		"/other":     "DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu=\"0\",UUID=\"" + uuid1 + "\"} 0.5\n",
+		"/mine":      "DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu=\"0\",UUID=\"" + uuid0 + "\"} 0.5\n",
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, answers[r.URL.Path]) }))
+	defer srv.Close()
+	for path, want := range map[string]string{
+		"/no-fields": "none of DCGM_FI_PROF_GR_ENGINE_ACTIVE, DCGM_FI_PROF_PIPE_TENSOR_ACTIVE, DCGM_FI_PROF_DRAM_ACTIVE",
+		"/no-uuid":   "UUID",
+		"/other":     "none of this node's GPUs (it answers for " + uuid1,
+		"/mine":      "",
+	} {
+		r := &telemetryv1.NodeReport{Gpus: []*telemetryv1.GPU{{Uuid: uuid0}}}
+		New(srv.URL+path).Fill(context.Background(), r)
+		if want == "" {
+			if r.Profiling.GetState() != telemetryv1.CollectorStatus_STATE_OK || r.Gpus[0].Profiling.GetGraphicsEngineActive() != 0.5 {
+				t.Errorf("%s: %v %q, GPU %v", path, r.Profiling.GetState(), r.Profiling.GetMessage(), r.Gpus[0].Profiling)
+			}
+			continue
+		}
+		if r.Profiling.GetState() != telemetryv1.CollectorStatus_STATE_ERROR || !strings.Contains(r.Profiling.GetMessage(), want) {
+			t.Errorf("%s: %v %q, want an error saying %q", path, r.Profiling.GetState(), r.Profiling.GetMessage(), want)
+		}
+	}
+}
+
+// A slow exporter does not hold up the report: after the first scrape a
+// collection waits for its scrape only briefly and takes the last answer,
+// which a scrape that fails (the client's timeout) replaces with its error.
+func TestSlowExporterDoesNotHoldUpTheReport(t *testing.T) {
+	var slow atomic.Bool
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slow.Load() {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		fmt.Fprint(w, exporterOutput)
+	}))
+	defer srv.Close()
+	defer close(release)
+	s := New(srv.URL)
+	s.client.Timeout = 2 * time.Second
+	fill := func() (*telemetryv1.NodeReport, time.Duration) {
+		r := &telemetryv1.NodeReport{Gpus: []*telemetryv1.GPU{{Uuid: uuid0}}}
+		start := time.Now()
+		s.Fill(context.Background(), r)
+		return r, time.Since(start)
+	}
+	if r, _ := fill(); r.Profiling.GetState() != telemetryv1.CollectorStatus_STATE_OK || r.Gpus[0].Profiling == nil {
+		t.Fatalf("fast exporter: %v %q", r.Profiling.GetState(), r.Profiling.GetMessage())
+	}
+	slow.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, took := fill()
+		if took > time.Second {
+			t.Fatalf("a collection waited %v for a slow exporter", took)
+		}
+		if r.Profiling.GetState() == telemetryv1.CollectorStatus_STATE_ERROR {
+			if !strings.Contains(r.Profiling.GetMessage(), "Timeout") || r.Gpus[0].Profiling != nil {
+				t.Fatalf("after the timeout: %q with %v", r.Profiling.GetMessage(), r.Gpus[0].Profiling)
+			}
+			break
+		}
+		if r.Gpus[0].Profiling == nil {
+			t.Fatalf("while the exporter is slow: %v %q and no values", r.Profiling.GetState(), r.Profiling.GetMessage())
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the scrape's timeout never showed in the report")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

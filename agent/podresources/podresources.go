@@ -115,6 +115,12 @@ func (c *Collector) Fill(ctx context.Context, r *telemetryv1.NodeReport) {
 	if note := clipHolders(r.Gpus); note != "" {
 		notes = append(notes, note)
 	}
+	if n := len(r.PodDevices); n > telemetryv1.MaxPodDevices {
+		// The scheduler refuses a whole report with more entries; the
+		// GPUs' holders above were taken from all of them.
+		r.PodDevices = r.PodDevices[:telemetryv1.MaxPodDevices]
+		notes = append(notes, fmt.Sprintf("the containers' devices take %d pod_devices entries (one per container and resource, of at most %d ids), more than the %d a report lists: only the first %d are listed", n, telemetryv1.MaxDeviceIDsPerEntry, telemetryv1.MaxPodDevices, telemetryv1.MaxPodDevices))
+	}
 	if len(notes) > 0 && res.Status.GetState() == telemetryv1.CollectorStatus_STATE_OK {
 		r.PodResources = &telemetryv1.CollectorStatus{
 			State:   telemetryv1.CollectorStatus_STATE_OK,

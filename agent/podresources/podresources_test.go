@@ -425,3 +425,30 @@ func TestManyDeviceIDsKeepTheReportValid(t *testing.T) {
 		t.Errorf("message %q", r.PodResources.GetMessage())
 	}
 }
+
+// A node whose containers hold devices in more entries than a report may
+// list (telemetryv1.MaxPodDevices) keeps its report: the scheduler refuses
+// a whole report over the limit, which would leave the node unreported.
+func TestMoreContainersThanAReportListsKeepTheReportValid(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "kubelet.sock")
+	k := &fakeKubelet{}
+	n := telemetryv1.MaxPodDevices + 10
+	for i := 0; i < n; i++ {
+		k.pods = append(k.pods, pod("infer", fmt.Sprintf("server-%04d", i), ctr("main", dev("nvidia.com/gpu", fmt.Sprintf("%s::%04d", gpu0, i)))))
+	}
+	startKubelet(t, socket, k)
+	c := New(socket, nil, nil)
+	defer c.Close()
+
+	r := validReport([]*telemetryv1.GPU{healthyGPU(gpu0, 0)})
+	c.Fill(context.Background(), r)
+	if err := telemetryv1.ValidateNodeReport(r); err != nil {
+		t.Fatalf("report with %d containers holding devices does not validate: %v", n, err)
+	}
+	if got := len(r.PodDevices); got != telemetryv1.MaxPodDevices || r.PodDevices[0].Pod.GetName() != "server-0000" {
+		t.Errorf("pod_devices has %d entries starting with %v, want the first %d", got, r.PodDevices[0].Pod, telemetryv1.MaxPodDevices)
+	}
+	if st := r.PodResources; st.GetState() != telemetryv1.CollectorStatus_STATE_OK || !strings.Contains(st.GetMessage(), fmt.Sprint(n)) {
+		t.Errorf("status %v %q: want OK, saying there were %d entries", st.GetState(), st.GetMessage(), n)
+	}
+}
