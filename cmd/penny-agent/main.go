@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	nodeutil "k8s.io/component-helpers/node/util"
+
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/go-logr/logr"
 	"github.com/go-logr/zapr"
@@ -72,14 +74,24 @@ type options struct {
 	reclaim         reclaimOptions
 }
 
+// defaultNodeName is $NODE_NAME, else the hostname as the kubelet names its
+// node from it (trimmed, lower case): taken as it is, an upper-case hostname
+// named no node, and every report was refused.
+func defaultNodeName(env, hostname string) string {
+	if env != "" {
+		return env
+	}
+	name, err := nodeutil.GetHostname(hostname)
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
 func flags(o *options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("penny-agent", pflag.ContinueOnError)
 	hostname, _ := os.Hostname()
-	node := os.Getenv("NODE_NAME")
-	if node == "" {
-		node = hostname
-	}
-	fs.StringVar(&o.nodeName, "node-name", node, "Kubernetes name of this node; left out, $NODE_NAME if set, else the hostname")
+	fs.StringVar(&o.nodeName, "node-name", defaultNodeName(os.Getenv("NODE_NAME"), hostname), "Kubernetes name of this node; left out, $NODE_NAME if set, else the hostname in lower case, as the kubelet names its node")
 	fs.StringVar(&o.nvmlSource, "nvml", "auto", "where GPU data comes from: auto (the NVIDIA driver's libnvidia-ml), mock:<machine> (go-nvml's mocks: "+strings.Join(nvml.MockMachines, ", ")+")")
 	fs.StringVar(&o.nvmlLibrary, "nvml-library", "libnvidia-ml.so.1", "NVML library to load with --nvml=auto")
 	fs.StringVar(&o.podResources, "pod-resources-socket", podresources.DefaultSocket, "kubelet PodResources socket; empty turns pod-to-device mapping off")

@@ -349,3 +349,17 @@ func TestKlogLinesAreTheAgents(t *testing.T) {
 		t.Fatalf("klog lines: %v; want the first two of the three, as JSON", lines)
 	}
 }
+
+// The kubelet names its node after the hostname trimmed and in lower case;
+// the agent's default must name the same node.
+func TestDefaultNodeNameIsTheKubeletsName(t *testing.T) {
+	for _, c := range []struct{ env, host, want string }{
+		{"", "GPU-Node-7.Example.internal", "gpu-node-7.example.internal"},
+		{"", " ip-10-0-0-1 ", "ip-10-0-0-1"},
+		{"from-downward-api", "Other", "from-downward-api"},
+	} {
+		if got := defaultNodeName(c.env, c.host); got != c.want {
+			t.Errorf("NODE_NAME %q, hostname %q: %q, want %q", c.env, c.host, got, c.want)
+		}
+	}
+}
