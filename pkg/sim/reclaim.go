@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -37,7 +38,8 @@ type ReclaimRule struct {
 	// node's providerID scheme (aws, gce, azure); "" is the default for
 	// nodes without one. Zero values take DefaultNotices.
 	Notice map[string]time.Duration
-	// SafetyMargin is left before the removal for the pods to stop (5s).
+	// SafetyMargin is left before the removal for the pods to stop: the
+	// agents' and the coordinator's (reclaim.DefaultSafetyMargin, 5s).
 	SafetyMargin time.Duration
 	// CheckpointTakes is how long writing a checkpoint takes (20s).
 	CheckpointTakes time.Duration
@@ -105,7 +107,7 @@ const (
 func (r *ReclaimRule) Kept(pod *v1.Pod, progress, notice time.Duration) (time.Duration, string) {
 	margin, takes := r.SafetyMargin, r.CheckpointTakes
 	if margin <= 0 {
-		margin = 5 * time.Second
+		margin = reclaim.DefaultSafetyMargin
 	}
 	if takes <= 0 {
 		takes = 20 * time.Second

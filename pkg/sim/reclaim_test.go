@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -9,7 +10,9 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/pennysched/penny/agent/checkpoint"
+	agentreclaim "github.com/pennysched/penny/agent/reclaim"
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -152,5 +155,37 @@ func TestReplayWithoutRuleRestartsOnlyTheEvictedPod(t *testing.T) {
 func TestCheckpointHookIsTheAgents(t *testing.T) {
 	if annotationCheckpointHook != checkpoint.Annotation {
 		t.Errorf("the simulator reads %s, the agent %s", annotationCheckpointHook, checkpoint.Annotation)
+	}
+}
+
+// The rule's safety margin is the one the agent evicts by and the
+// coordinator fans out with: the simulator takes the coordinator's constant,
+// and the agent keeps its own (pkg/ does not import agent/).
+func TestReclaimSafetyMarginIsTheAgents(t *testing.T) {
+	if reclaim.DefaultSafetyMargin != agentreclaim.DefaultSafetyMargin {
+		t.Errorf("the simulator and the coordinator leave %v before the deadline, the agent %v", reclaim.DefaultSafetyMargin, agentreclaim.DefaultSafetyMargin)
+	}
+}
+
+// A reclaim's notice is its node's cloud's: the elastic fleet's nodes carry
+// the providerID of their instance type's cloud (the catalog's provider), so
+// a GCP or Azure pool gets the 30 s those clouds give, not AWS's 2 minutes.
+// Until 2026-12-02 every simulated node said aws.
+func TestElasticNodesGetTheirCloudsNotice(t *testing.T) {
+	for _, c := range []struct {
+		region, zone, instanceType string
+		want                       time.Duration
+	}{
+		{"us-east-1", "us-east-1a", "g5.8xlarge", 2 * time.Minute},
+		{"us-central1", "us-central1-a", "g2-standard-8", 30 * time.Second},
+		{"eastus", "eastus-1", "Standard_NC4as_T4_v3", 30 * time.Second},
+	} {
+		s := scenarioOf(t, fmt.Sprintf("region: %s\npools:\n- {name: spot, instanceType: %s, capacityType: spot, zone: %s, max: 2}\n",
+			c.region, c.instanceType, c.zone))
+		n := s.node(&s.Pools[0], "spot-0")
+		rule := s.reclaimRule("penny")
+		if got := rule.notice(n); got != c.want {
+			t.Errorf("%s (providerID %q): notice %v, want %v", c.instanceType, n.Spec.ProviderID, got, c.want)
+		}
 	}
 }

@@ -445,11 +445,16 @@ func (r *elastic) mayHoldAll(pool *elPool, pods []int) bool {
 	return true
 }
 
-// options pairs each template with the pod's peers there: the other pods,
-// waiting or running, of the pod's Spot policy that pass their filters on
-// the template (waiting ones first, then the most recently started), i.e.
-// the workload that could fill a new node of that pool. Running pods count
-// for services only, and only running services (spotrisk.Class.LongLived).
+// options pairs each template with the pod's peers there: the other pods
+// that pass their filters on the template, i.e. the workload that could fill
+// a new node of that pool. Waiting pods count whatever their Spot policy,
+// as Cluster Autoscaler hands penny-scheduler's expander every pending pod
+// an option helps and BestOptions takes all of them as each one's peers
+// (until 2026-12-02 only those of the pod's own policy counted, and a burst
+// of services and batch jobs got a node sized for each policy's part).
+// Running pods count for services only, and only running services of the
+// pod's Spot policy (spotrisk.Class.LongLived), as BestOptions adds them;
+// waiting ones first, then the most recently started.
 func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	opts := make([]spotrisk.Option, len(pools))
 	for k, pool := range pools {
@@ -458,7 +463,7 @@ func (r *elastic) options(i int, pools []*elPool) ([]spotrisk.Option, error) {
 	self := r.pods[i]
 	var cand []int
 	for _, j := range r.pending {
-		if q := r.pods[j]; j != i && q.state == podWaiting && q.class.Policy == self.class.Policy {
+		if q := r.pods[j]; j != i && q.state == podWaiting {
 			cand = append(cand, j)
 		}
 	}

@@ -716,6 +716,44 @@ pools:
 	}
 }
 
+// The pods that could fill a new node are all those waiting that pass their
+// filters on its pool's template, whatever their Spot policy: Cluster
+// Autoscaler hands penny-scheduler's expander every pending pod an option
+// helps, and BestOptions counts each one's peers among all of them
+// (spotrisk.ExpanderServer). Two services and two batch jobs arriving
+// together fill a 4-GPU node; until 2026-12-02 the replay counted only the
+// peers of the pod's own Spot policy, sized each node for two pods, and
+// launched four 1-GPU nodes.
+func TestElasticExpanderPeersAreEveryWaitingPodOfTheOption(t *testing.T) {
+	s, err := ParseSpotScenario("../../benchmarks/scenarios/shapes.yaml", []byte(`
+name: shapes
+region: us-east-1
+catalog: ../../deploy/pricing/catalog.yaml
+gpuSharing: [penny]
+policies:
+- {policy: penny, tolerateSpot: true}
+classes:
+- {qos: [LS], annotations: {penny.dev/workload: inference}}
+- {qos: [BE], annotations: {penny.dev/workload: batch}}
+pools:
+- {name: one, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
+- {name: four, instanceType: g5.12xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pods []TracePod
+	for i, qos := range []string{"LS", "BE", "LS", "BE"} {
+		pods = append(pods, spotTracePod(fmt.Sprintf("pod-%d", i), qos, 1, 0, 2*time.Hour))
+	}
+	res := spotReplay(t, s, "penny", 42, pods...)
+	// The first pod asks before the others arrive and gets a 1-GPU node,
+	// which the 4-GPU node launched for the rest leaves empty.
+	if res.NodeHoursByPool["four"] <= res.NodeHoursByPool["one"] {
+		t.Errorf("two services and two batch jobs at once: node-hours %v, want mostly a 4-GPU node", res.NodeHoursByPool)
+	}
+}
+
 // The autoscaler ranks pools with the SpotRisk args of the profile the
 // replay runs, as penny-scheduler's expander does: a restart overhead long
 // enough that a reclaim costs more than Spot saves grows on-demand for a

@@ -483,8 +483,13 @@ func (s *SpotScenario) validate() error {
 		} else if _, ok := s.catalog.Lookup(p.InstanceType, ct, s.Region, p.Zone); !ok {
 			add(p.line, at+".instanceType", "the catalog has no %s price for %s in %s: add one or give hourlyPrice", ct, p.InstanceType, s.Region)
 		}
+		// The node's providerID names its instance type's cloud, as each
+		// cloud's nodes carry it: the reclaim rule reads the notice a node
+		// gets from it (AWS 2m, GCP and Azure 30s; ReclaimRule.notice).
+		// Until 2026-12-02 every node said aws, and a GCP or Azure pool's
+		// reclaims had AWS's notice.
 		p.template = localcluster.Pool{
-			Name: p.Name, InstanceType: p.InstanceType, Cloud: "aws", GPUModel: t.GPUModel, GPUsPerNode: t.GPUs,
+			Name: p.Name, InstanceType: p.InstanceType, Cloud: t.Provider, GPUModel: t.GPUModel, GPUsPerNode: t.GPUs,
 			CapacityType: string(ct), Zone: p.Zone, HourlyPrice: p.HourlyPrice,
 			CPU: fmt.Sprintf("%g", t.VCPUs), Memory: fmt.Sprintf("%gGi", t.MemoryGiB),
 		}

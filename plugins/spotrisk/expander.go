@@ -54,9 +54,10 @@ type Option struct {
 	Node *corev1.Node
 	// Peers are the requests (pricing.PodUsage) of the other pods, pending
 	// or running, that could share a new node of this pool with the pod
-	// (they pass their filters on the template and have the pod's Spot
-	// policy). Nil means unknown: the node is assumed to fill with pods like
-	// this one.
+	// (they pass their filters on the template; pending ones of any Spot
+	// policy, as BestOptions takes an option's pods, running ones services
+	// of the pod's policy). Nil means unknown: the node is assumed to fill
+	// with pods like this one.
 	Peers []pricing.Usage
 }
 
