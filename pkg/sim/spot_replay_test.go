@@ -682,10 +682,10 @@ pools:
 	}
 }
 
-// Penny's autoscaler sizes a new node by the work that could fill it: a
-// lone service gets a 1-GPU node (a 4-GPU one is cheaper per slot only when
-// filled), while a burst of services fills 4-GPU nodes.
-func TestElasticExpanderCountsPeers(t *testing.T) {
+// shapesScenario is a fleet of two on-demand pools, 1-GPU and 4-GPU nodes,
+// for Penny only, with classes (YAML list items).
+func shapesScenario(t *testing.T, classes string) *SpotScenario {
+	t.Helper()
 	s, err := ParseSpotScenario("../../benchmarks/scenarios/shapes.yaml", []byte(`
 name: shapes
 region: us-east-1
@@ -694,14 +694,21 @@ gpuSharing: [penny]
 policies:
 - {policy: penny, tolerateSpot: true}
 classes:
-- {qos: [LS], annotations: {penny.dev/workload: inference}}
-pools:
+`+classes+`pools:
 - {name: one, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
 - {name: four, instanceType: g5.12xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+// Penny's autoscaler sizes a new node by the work that could fill it: a
+// lone service gets a 1-GPU node (a 4-GPU one is cheaper per slot only when
+// filled), while a burst of services fills 4-GPU nodes.
+func TestElasticExpanderCountsPeers(t *testing.T) {
+	s := shapesScenario(t, "- {qos: [LS], annotations: {penny.dev/workload: inference}}\n")
 	lone := spotReplay(t, s, "penny", 42, spotTracePod("serve", "LS", 1, 0, 2*time.Hour))
 	if lone.NodeHoursByPool["four"] != 0 || lone.NodeHoursByPool["one"] == 0 {
 		t.Errorf("a lone service: node-hours %v, want only the 1-GPU pool", lone.NodeHoursByPool)
@@ -725,23 +732,7 @@ pools:
 // peers of the pod's own Spot policy, sized each node for two pods, and
 // launched four 1-GPU nodes.
 func TestElasticExpanderPeersAreEveryWaitingPodOfTheOption(t *testing.T) {
-	s, err := ParseSpotScenario("../../benchmarks/scenarios/shapes.yaml", []byte(`
-name: shapes
-region: us-east-1
-catalog: ../../deploy/pricing/catalog.yaml
-gpuSharing: [penny]
-policies:
-- {policy: penny, tolerateSpot: true}
-classes:
-- {qos: [LS], annotations: {penny.dev/workload: inference}}
-- {qos: [BE], annotations: {penny.dev/workload: batch}}
-pools:
-- {name: one, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
-- {name: four, instanceType: g5.12xlarge, capacityType: on-demand, zone: us-east-1a, max: 10, provisioningDelay: 3m, scaleDownAfter: 10m}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := shapesScenario(t, "- {qos: [LS], annotations: {penny.dev/workload: inference}}\n- {qos: [BE], annotations: {penny.dev/workload: batch}}\n")
 	var pods []TracePod
 	for i, qos := range []string{"LS", "BE", "LS", "BE"} {
 		pods = append(pods, spotTracePod(fmt.Sprintf("pod-%d", i), qos, 1, 0, 2*time.Hour))
