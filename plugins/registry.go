@@ -225,14 +225,14 @@ func (s *spotRules) set(profile string, pl *spotrisk.SpotRisk) {
 }
 
 func (s *spotRules) rule(profile string) gang.NodeRule {
-	return func(pod *corev1.Pod) func(node *corev1.Node) string {
+	return func(pod *corev1.Pod) (func(node *corev1.Node) string, string) {
 		s.mu.Lock()
 		pl := s.byProfile[profile]
 		s.mu.Unlock()
 		if pl == nil {
-			return nil
+			return nil, ""
 		}
-		return pl.Excludes(pod)
+		return pl.ExcludesAlike(pod)
 	}
 }
 

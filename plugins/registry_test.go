@@ -451,3 +451,45 @@ penny_namespace_cost_usd_per_hour{capacity_type="on-demand",namespace="team-b"} 
 		t.Error(err)
 	}
 }
+
+// The members of a gang that prefers Spot, created apart, wait for Spot each
+// from its own creation, and SpotRisk's Filter holds each to its own wait.
+// PennyGang asked SpotRisk about one member per set of members with the same
+// annotations and priority: it admitted the gang to on-demand room as soon as
+// the oldest member's wait was over, the member still waiting failed
+// SpotRisk's Filter there, and the gang was released and backed off, again
+// and again, until the last member's wait ended. The gang waits as one: it
+// is admitted to on-demand capacity once the wait of its latest member is
+// over, and to Spot room before.
+func TestGangOfPreferPodsCreatedApartFallsBackWhenItsLastWaitEnds(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakeClock(t0)
+	job := twoMemberGang("job", "batch")
+	for i, m := range job {
+		m.Annotations[spotrisk.AnnotationSpot] = "prefer"
+		m.Annotations[spotrisk.AnnotationFallbackAfter] = "30m"
+		// job-0's wait ended 10m ago; job-1's ends in 20m.
+		m.CreationTimestamp = metav1.NewTime(t0.Add(-40*time.Minute + time.Duration(i)*30*time.Minute))
+	}
+	onDemand := []*corev1.Node{g5Node("od-0", "on-demand"), g5Node("od-1", "on-demand")}
+	if _, s := gangPreFilter(t, Deps{Clock: clk}, job, onDemand...); s.IsSuccess() ||
+		!strings.Contains(s.Message(), "2 node(s) are on-demand and the pod waits for Spot capacity until 2026-12-02T12:20:00Z") {
+		t.Fatalf("with on-demand room only, while job-1 waits for Spot: %v; want the gang not admitted, with job-1's wait", s)
+	}
+	res, s := gangPreFilter(t, Deps{Clock: clk}, job, append(onDemand, g5Node("spot-0", "spot"), g5Node("spot-1", "spot"))...)
+	if !s.IsSuccess() {
+		t.Fatalf("with Spot room too: %v", s)
+	}
+	if got := strings.Join(sets.List(res.NodeNames), ","); got != "spot-0,spot-1" {
+		t.Errorf("while job-1 waits for Spot: admitted to %s, want the Spot nodes", got)
+	}
+	// A clock of its own: stepping the one above would end the round the
+	// Spot admission opened.
+	res, s = gangPreFilter(t, Deps{Clock: clocktesting.NewFakeClock(t0.Add(20 * time.Minute))}, job, onDemand...)
+	if !s.IsSuccess() {
+		t.Fatalf("once job-1's wait is over too: %v; want the gang admitted to on-demand room", s)
+	}
+	if got := strings.Join(sets.List(res.NodeNames), ","); got != "od-0,od-1" {
+		t.Errorf("once both waits are over: admitted to %s, want the on-demand nodes", got)
+	}
+}

@@ -95,9 +95,10 @@ type shape struct {
 	tolerations []corev1.Toleration
 	vec         vec
 	// checks are the profile's node checks for the shape's members, one per
-	// distinct annotations and priority (what another plugin may read); each
-	// gives the reason it rules a node out.
-	checks []func(node *corev1.Node) string
+	// set of members the check says are alike (NodeRule); each gives the
+	// reason it rules a node out.
+	checks  []func(node *corev1.Node) string
+	checked map[string]bool
 	// costs price the shape's members' work on a node (NodeCost), one per
 	// distinct annotations and priority, with how many members it prices.
 	costs []memberCost
@@ -110,11 +111,25 @@ type memberCost struct {
 	members int64
 }
 
-// add adds a member's node check and cost unless a member with the same
-// annotations and priority gave them already, in which case it counts the
-// member in that one's cost.
+// add adds a member's node check unless a member the check calls alike
+// gave it already, and its cost unless a member with the same annotations
+// and priority gave it already, in which case it counts the member in that
+// one's cost. The check is asked of every member: only it knows what its
+// verdict reads of a pod. Keyed by annotations and priority, a gang of
+// members created minutes apart that prefer Spot was asked only of its
+// oldest, whose wait was over, and admitted to on-demand nodes whose
+// filters turned the members still waiting away.
 func (s *shape) add(pod *corev1.Pod, check NodeRule, cost NodeCost) {
-	if check == nil && cost == nil {
+	if check != nil {
+		if c, alike := check(pod); c != nil && !s.checked[alike] {
+			if s.checked == nil {
+				s.checked = map[string]bool{}
+			}
+			s.checked[alike] = true
+			s.checks = append(s.checks, c)
+		}
+	}
+	if cost == nil {
 		return
 	}
 	k, _ := json.Marshal(struct {
@@ -131,16 +146,9 @@ func (s *shape) add(pod *corev1.Pod, check NodeRule, cost NodeCost) {
 		s.seen = map[string]int{}
 	}
 	s.seen[string(k)] = -1
-	if check != nil {
-		if c := check(pod); c != nil {
-			s.checks = append(s.checks, c)
-		}
-	}
-	if cost != nil {
-		if c := cost(pod); c != nil {
-			s.seen[string(k)] = len(s.costs)
-			s.costs = append(s.costs, memberCost{of: c, members: 1})
-		}
+	if c := cost(pod); c != nil {
+		s.seen[string(k)] = len(s.costs)
+		s.costs = append(s.costs, memberCost{of: c, members: 1})
 	}
 }
 
@@ -415,10 +423,15 @@ func excluded(nodes []fwk.NodeInfo, unplaced []*shape, r rules, fixed *domain) (
 		}
 		total++
 		reasons = reasons[:0]
+		// Every member's reason, not only the first a shape meets: of
+		// members that wait for Spot until different times, the first
+		// named a time the gang falls back before.
 		for _, s := range unplaced {
-			if why := s.ruledOut(node); why != "" && !slices.Contains(reasons, why) {
-				reasons = append(reasons, why)
-				ex = countExclusion(ex, why)
+			for _, check := range s.checks {
+				if why := check(node); why != "" && !slices.Contains(reasons, why) {
+					reasons = append(reasons, why)
+					ex = countExclusion(ex, why)
+				}
 			}
 		}
 	}

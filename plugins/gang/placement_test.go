@@ -6,9 +6,11 @@ import (
 	"math"
 	"slices"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2/ktesting"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
@@ -132,29 +134,23 @@ func TestShapesGroupIdenticalMembers(t *testing.T) {
 	}
 }
 
-// Members of one shape whose annotations differ are each asked about: a
-// member another plugin keeps off a node keeps its whole shape off it.
+// Every member of a shape is asked about, and its check kept unless the
+// rule calls an earlier member's alike: a member another plugin keeps off a
+// node keeps its whole shape off it, whether its annotations differ or only
+// when it began to wait for Spot.
 func TestShapeAsksTheNodeCheckOfEveryDistinctMember(t *testing.T) {
-	member := func(name, spot string) *corev1.Pod {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	member := func(name, spot string, age time.Duration) *corev1.Pod {
 		p := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}}
 		p.Name, p.Annotations = name, map[string]string{"penny.dev/spot": spot}
+		p.CreationTimestamp = metav1.NewTime(now.Add(-age))
 		return p
-	}
-	asked := 0
-	check := func(pod *corev1.Pod) func(*corev1.Node) string {
-		asked++
-		never := pod.Annotations["penny.dev/spot"] == "never"
-		return func(n *corev1.Node) string {
-			if never && n.Labels["capacity"] == "spot" {
-				return "node(s) are Spot and the pod stays off Spot"
-			}
-			return ""
-		}
 	}
 	spot := &corev1.Node{}
 	spot.Labels = map[string]string{"capacity": "spot"}
 	onDemand := &corev1.Node{}
-	shapes := shapesOf([]*corev1.Pod{member("a", "allow"), member("b", "allow"), member("c", "never"), member("d", "allow")}, check, nil)
+	shapes := shapesOf([]*corev1.Pod{member("a", "prefer", 40*time.Minute), member("b", "prefer", 40*time.Minute),
+		member("c", "never", 40*time.Minute), member("d", "prefer", 40*time.Minute)}, waitsForSpot(now), nil)
 	if len(shapes) != 1 || shapes[0].count != 4 {
 		t.Fatalf("%d shapes, want the 4 members in one", len(shapes))
 	}
@@ -164,8 +160,79 @@ func TestShapeAsksTheNodeCheckOfEveryDistinctMember(t *testing.T) {
 	if !shapes[0].admits(onDemand) {
 		t.Error("the shape does not admit an on-demand node")
 	}
-	if asked != 2 {
-		t.Errorf("the check was built %d times for 2 distinct members", asked)
+	if got := len(shapes[0].checks); got != 2 {
+		t.Errorf("%d checks kept for 2 distinct members", got)
+	}
+
+	// Alike in annotations, but d was created 10 minutes ago and still
+	// waits for Spot: it keeps its shape off on-demand nodes.
+	shapes = shapesOf([]*corev1.Pod{member("a", "prefer", 40*time.Minute), member("b", "prefer", 40*time.Minute),
+		member("d", "prefer", 10*time.Minute)}, waitsForSpot(now), nil)
+	if len(shapes) != 1 || len(shapes[0].checks) != 2 {
+		t.Fatalf("%d shapes, %d checks; want one shape with 2 checks", len(shapes), len(shapes[0].checks))
+	}
+	if shapes[0].admits(onDemand) {
+		t.Error("a shape with a member still waiting for Spot admits an on-demand node")
+	}
+	if !shapes[0].admits(spot) {
+		t.Error("the shape does not admit a Spot node")
+	}
+}
+
+// waitsForSpot is SpotRisk's rule in small: "never" pods stay off Spot,
+// "prefer" pods wait 30m from their creation for Spot before they may use
+// other nodes; pods are alike when their verdicts are.
+func waitsForSpot(now time.Time) NodeRule {
+	return func(pod *corev1.Pod) (func(*corev1.Node) string, string) {
+		never := pod.Annotations["penny.dev/spot"] == "never"
+		deadline := pod.CreationTimestamp.Add(30 * time.Minute)
+		waits := pod.Annotations["penny.dev/spot"] == "prefer" && now.Before(deadline)
+		alike := fmt.Sprint(never)
+		if waits {
+			alike += deadline.Format(time.RFC3339)
+		}
+		return func(n *corev1.Node) string {
+			switch isSpot := n.Labels["capacity"] == "spot" || n.Labels[capacity.LabelKarpenter] == string(capacity.Spot); {
+			case never && isSpot:
+				return "node(s) are Spot and the pod stays off Spot"
+			case waits && !isSpot:
+				return "node(s) are on-demand and the pod waits for Spot capacity until " + deadline.Format(time.RFC3339)
+			}
+			return ""
+		}, alike
+	}
+}
+
+// A gang whose members began to wait for Spot at different times is placed
+// where every member's own rule lets it run: on Spot while any of them
+// waits, though the oldest, asked alone, would take on-demand nodes that
+// the others' filters then turn away (the gang released, backing off and
+// admitted there again until the last wait ended).
+func TestPlaceGangHoldsEveryMemberToItsOwnWait(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	members := gangPods("llm", 3, 8)
+	for i, m := range members {
+		m.Annotations = map[string]string{"penny.dev/spot": "prefer"}
+		// llm-0's wait ended 10m ago, llm-1's ends in 5m, llm-2's in 20m.
+		m.CreationTimestamp = metav1.NewTime(now.Add(-40*time.Minute + time.Duration(i)*15*time.Minute))
+	}
+	ns := infos(gpuNode("od-0"), gpuNode("od-1"), gpuNode("od-2"),
+		gpuNode("spot-0", capType(capacity.Spot)), gpuNode("spot-1", capType(capacity.Spot)), gpuNode("spot-2", capType(capacity.Spot)))
+	p, _ := placeGang(ns, shapesOf(members, waitsForSpot(now), nil), zoneRules, nil, nil, nil)
+	if p == nil || p.domain.capType != capacity.Spot {
+		t.Fatalf("placed %+v; want the gang on Spot while llm-1 and llm-2 wait", p)
+	}
+	// Each wait is named: the gang falls back when the last one ends.
+	_, short := placeGang(ns[:3], shapesOf(members, waitsForSpot(now), nil), zoneRules, nil, nil, nil)
+	want := "gang team/llm: 0/3 members placeable, the other 3 need 24 nvidia.com/gpu in one zone on one capacity type; of 3 node(s), ruled out for them: " +
+		"3 node(s) are on-demand and the pod waits for Spot capacity until 2026-12-02T12:05:00Z, " +
+		"3 node(s) are on-demand and the pod waits for Spot capacity until 2026-12-02T12:20:00Z"
+	if got := short.message(gang.Ref{Namespace: "team", Name: "llm"}, zoneRules, false); got != want {
+		t.Errorf("on on-demand nodes only:\n got %q\nwant %q", got, want)
+	}
+	// Once the last wait is over, on-demand room will do.
+	if p, _ := placeGang(ns[:3], shapesOf(members, waitsForSpot(now.Add(20*time.Minute)), nil), zoneRules, nil, nil, nil); p == nil {
+		t.Error("not placed on on-demand nodes once every member's wait is over")
 	}
 }
 
@@ -329,16 +396,16 @@ func TestClaimsHoldPodSlots(t *testing.T) {
 
 // reservedForOthers keeps members annotated picky off nodes labelled
 // reserved, in a Filter reason's words.
-func reservedForOthers(pod *corev1.Pod) func(*corev1.Node) string {
+func reservedForOthers(pod *corev1.Pod) (func(*corev1.Node) string, string) {
 	if pod.Annotations["picky"] != "true" {
-		return nil
+		return nil, ""
 	}
 	return func(n *corev1.Node) string {
 		if n.Labels["reserved"] == "true" {
 			return "node(s) are reserved for another team"
 		}
 		return ""
-	}
+	}, "picky"
 }
 
 func picky() podOpt {

@@ -119,11 +119,14 @@ func WithReclaimRisk(r ReclaimRisk) Option { return func(g *Gang) { g.risk = r }
 // taken. A gang that does not fit repeats the reasons with the number of
 // nodes each ruled out, so that a user reading it does not look for
 // capacity the members' own rules keep them from (a gang waiting for Spot
-// capacity).
-type NodeRule func(pod *corev1.Pod) func(node *corev1.Node) string
+// capacity). Pods whose alike is the same are given the same reasons on
+// every node, so placement keeps one check for all of them: what makes pods
+// alike is the other plugin's to say (SpotRisk's verdict reads when each
+// pod began to wait, not only its annotations).
+type NodeRule func(pod *corev1.Pod) (check func(node *corev1.Node) string, alike string)
 
-// WithNodeRule sets the check placement asks for each member shape, with
-// the reason it gives for each node it rules out.
+// WithNodeRule sets the check placement asks for each member, with the
+// reason it gives for each node it rules out.
 func WithNodeRule(r NodeRule) Option { return func(g *Gang) { g.nodeCheck = r } }
 
 // NodeCost says, for a pod, what an hour of its useful work costs on a node

@@ -125,13 +125,13 @@ func TestNativePodGroupLeavesLabelGangClaimsAlone(t *testing.T) {
 func TestNativePodGroupWaitingForSpotSaysWhy(t *testing.T) {
 	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.GenericWorkload, true)
 	const waits = "node(s) are on-demand and the pod waits for Spot capacity until 2026-11-30T19:00:00Z (checkpointing training; fallback after 30m0s)"
-	spotOnly := func(*corev1.Pod) func(*corev1.Node) string {
+	spotOnly := func(*corev1.Pod) (func(*corev1.Node) string, string) {
 		return func(n *corev1.Node) string {
 			if n.Labels[capacity.LabelKarpenter] == string(capacity.OnDemand) {
 				return waits
 			}
 			return ""
-		}
+		}, waits
 	}
 	c := startClusterWith(t, testArgs(), []Option{WithNodeRule(spotOnly)}, nodes("n", 3)...)
 	c.createPodGroup("trainers", 2, 8)

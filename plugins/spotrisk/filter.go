@@ -230,12 +230,32 @@ func (pl *SpotRisk) Admits(pod *corev1.Pod) func(node *corev1.Node) bool {
 // fit, so that a gang waiting for Spot says so. Like Filter's, its verdicts
 // on a pool's risk are read once per pool (poolMemo): it is for one cycle.
 func (pl *SpotRisk) Excludes(pod *corev1.Pod) func(node *corev1.Node) string {
+	excludes, _ := pl.ExcludesAlike(pod)
+	return excludes
+}
+
+// ExcludesAlike is Excludes with a key for what its verdicts read of the
+// pod: pods with the same key are given the same reasons on every node, so
+// PennyGang asks one of a gang's members for all those alike. Annotations
+// alone do not make pods alike: a waiting pod's wait runs from its own
+// creation or ungating, so members of a gang created minutes apart wait
+// until different times, and one whose wait is over may take capacity that
+// another's Filter still turns away.
+func (pl *SpotRisk) ExcludesAlike(pod *corev1.Pod) (excludes func(node *corev1.Node) string, alike string) {
 	class, err := pl.classify(pod)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
 	s := pl.stateFor(pod, class)
-	return func(node *corev1.Node) string { return pl.exclude(s, node) }
+	// The deadline only while the pod waits, in the whole seconds its
+	// reason gives: past it, pods that began to wait at different times are
+	// alike again.
+	var until string
+	if s.waiting {
+		until = s.deadline.UTC().Format(time.RFC3339)
+	}
+	alike = fmt.Sprintf("%+v|%d|%d|%s|%s", class, s.interrupted, s.runtime, s.runtimeSource, until)
+	return func(node *corev1.Node) string { return pl.exclude(s, node) }, alike
 }
 
 // exclude is the reason a node is not for the pod, or "".

@@ -1538,3 +1538,35 @@ func TestMalformedAnnotationIsReportedWhenTurnedAwayBeforeThisPluginsPreFilter(t
 	}
 	expectContains(t, "event", evs[0], "Warning", EventInvalidAnnotation, `penny.dev/max-reclaim-risk="lots"`)
 }
+
+// Pods are alike to ExcludesAlike, and PennyGang asks one of them for all,
+// only when every node gets the same reason from each: pods that prefer
+// Spot with the same annotations but created apart wait until different
+// times, and one whose wait is over may take on-demand nodes that the
+// other's Filter turns away. Once both waits are over they are alike again.
+func TestExcludesAlikeTellsApartPodsThatWaitUntilDifferentTimes(t *testing.T) {
+	args := &Args{}
+	args.FallbackAfter = &metav1.Duration{Duration: 30 * time.Minute}
+	e := newEnv(t, args, Deps{Prices: catalog(t)}, node("od", pricing.OnDemand, "us-east-1a"))
+	ann := map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "15m"}
+	older, newer, twin := pod("a", ann), pod("b", ann), pod("c", ann)
+	older.CreationTimestamp = metav1.NewTime(t0.Add(-40 * time.Minute))
+	twin.CreationTimestamp = newer.CreationTimestamp
+	od := e.nodes[0].Node()
+	checkOlder, olderAlike := e.plugin.ExcludesAlike(older)
+	checkNewer, newerAlike := e.plugin.ExcludesAlike(newer)
+	if checkOlder(od) != "" || checkNewer(od) == "" {
+		t.Fatalf("on-demand: %q for the pod whose wait is over, %q for the one waiting; want it ruled out for the waiting one only", checkOlder(od), checkNewer(od))
+	}
+	if olderAlike == newerAlike {
+		t.Errorf("a pod past its wait and one waiting are alike (%q)", olderAlike)
+	}
+	if _, twinAlike := e.plugin.ExcludesAlike(twin); twinAlike != newerAlike {
+		t.Errorf("pods created together with the same annotations: %q and %q; want them alike", newerAlike, twinAlike)
+	}
+	e.clock.Step(30 * time.Minute)
+	_, olderAlike = e.plugin.ExcludesAlike(older)
+	if _, newerAlike = e.plugin.ExcludesAlike(newer); olderAlike != newerAlike {
+		t.Errorf("past both waits: %q and %q; want them alike", olderAlike, newerAlike)
+	}
+}
