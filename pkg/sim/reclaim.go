@@ -23,10 +23,15 @@ import (
 //     the notice if the checkpoint fits in the notice less the safety margin;
 //     otherwise, or without a hook, the notice does not help it.
 //   - Otherwise a pod keeps its work up to its last periodic checkpoint
-//     (penny.dev/checkpoint-interval), or nothing.
+//     (penny.dev/checkpoint-interval) before it stopped, or nothing.
 //   - A gang restarts as a whole: when one member loses work, every member
 //     is stopped and goes back to the least any member kept (a distributed
 //     job cannot continue without one of its ranks).
+//
+// When the pods stop is Answered's: the elastic replay (ElasticReplay)
+// stops them when the agent evicts them, during the notice; the replay of
+// a trace's fleet changes (ReplayOptions.Reclaim) stops them when the node
+// goes.
 //
 // The work a pod loses is GPU time the fleet paid for that produced
 // nothing; the replay reports it.
@@ -102,24 +107,62 @@ const (
 	KeptNothing            = "nothing"
 )
 
-// Kept is how much of progress (the work a pod has done) survives its
-// node's reclaim with the given notice, and how.
-func (r *ReclaimRule) Kept(pod *v1.Pod, progress, notice time.Duration) (time.Duration, string) {
-	margin, takes := r.SafetyMargin, r.CheckpointTakes
+// margins are the safety margin and the time a checkpoint takes, defaulted.
+func (r *ReclaimRule) margins() (margin, takes time.Duration) {
+	margin, takes = r.SafetyMargin, r.CheckpointTakes
 	if margin <= 0 {
 		margin = reclaim.DefaultSafetyMargin
 	}
 	if takes <= 0 {
 		takes = 20 * time.Second
 	}
-	if _, hook := pod.Annotations[annotationCheckpointHook]; hook && r.NoticeCheckpoints && takes <= notice-margin {
-		// The checkpoint holds the state reached when the notice came; the
-		// pod stops once it is written.
-		return max(progress-notice, 0), KeptNoticeCheckpoint
+	return margin, takes
+}
+
+// noticeCheckpoints: the pod writes a checkpoint at its node's notice that
+// is done in time (it declares a hook, and the checkpoint fits in the
+// notice less the safety margin).
+func (r *ReclaimRule) noticeCheckpoints(pod *v1.Pod, notice time.Duration) bool {
+	margin, takes := r.margins()
+	_, hook := pod.Annotations[annotationCheckpointHook]
+	return hook && r.NoticeCheckpoints && takes <= notice-margin
+}
+
+// Answered is how long after its node's notice a pod has answered the
+// agent's checkpoint request (docs/reclaim.md, the agent's steps 3 and 4):
+// the agent evicts a node's pods once all of them answered, and the
+// coordinator a gang's members on another node once they did. A pod
+// without a hook answers at once (it can only be told its work since its
+// last checkpoint will be lost), one whose checkpoint fits once it is
+// written, and one whose checkpoint does not fit never: it is waited for
+// until the deadline less the margin. Without NoticeCheckpoints there is
+// no agent: a handler that cordons and drains evicts at the notice.
+func (r *ReclaimRule) Answered(pod *v1.Pod, notice time.Duration) time.Duration {
+	margin, takes := r.margins()
+	_, hook := pod.Annotations[annotationCheckpointHook]
+	switch {
+	case !r.NoticeCheckpoints || !hook:
+		return 0
+	case r.noticeCheckpoints(pod, notice):
+		return takes
+	}
+	return max(notice-margin, 0)
+}
+
+// Kept is how much of its work a pod keeps when its node is reclaimed with
+// the given notice, and how: atNotice is the work it had done when the
+// notice came, atStop when it stopped (its eviction, or the node's removal
+// where the replay does not model the notice). A notice checkpoint holds
+// the state reached at the notice: the pod loses the time it ran after it.
+// A periodic checkpoint holds the state at the last interval before it
+// stopped.
+func (r *ReclaimRule) Kept(pod *v1.Pod, atNotice, atStop, notice time.Duration) (time.Duration, string) {
+	if r.noticeCheckpoints(pod, notice) {
+		return max(min(atNotice, atStop), 0), KeptNoticeCheckpoint
 	}
 	if s, ok := pod.Annotations[spotrisk.AnnotationCheckpointInterval]; ok {
 		if every, err := time.ParseDuration(s); err == nil && every > 0 {
-			return progress / every * every, KeptPeriodicCheckpoint
+			return atStop / every * every, KeptPeriodicCheckpoint
 		}
 	}
 	return 0, KeptNothing
@@ -172,7 +215,9 @@ func (r *replayer) reclaimed(fc *FleetChange, n *v1.Node, evicted []*v1.Pod) err
 		progress := r.progress(p)
 		kept, how := progress, "drained"
 		if rule.isReclaim(fc.Reason) {
-			kept, how = rule.Kept(p.tp.Pod, progress, notice)
+			// This replay stops the pods when the node goes, a notice
+			// after it came.
+			kept, how = rule.Kept(p.tp.Pod, max(progress-notice, 0), progress, notice)
 		}
 		hits = append(hits, hit{i: i, kept: kept, how: how})
 		hitIdx[i] = true

@@ -53,7 +53,7 @@ func TestReclaimRuleKept(t *testing.T) {
 		{"malformed interval", drain, pod(false, "often"), 2 * time.Minute, 0, KeptNothing},
 	}
 	for _, c := range cases {
-		kept, how := c.rule.Kept(c.pod, progress, c.notice)
+		kept, how := c.rule.Kept(c.pod, progress-c.notice, progress, c.notice)
 		if kept != c.kept || how != c.how {
 			t.Errorf("%s: kept %v (%s), want %v (%s)", c.name, kept, how, c.kept, c.how)
 		}

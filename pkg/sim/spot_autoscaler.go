@@ -769,7 +769,17 @@ func (r *elastic) nodeReady(name string) error {
 		// A life past what a Duration holds (a mean of a million hours
 		// draws some) is no reclaim in any replay.
 		if life := n.pool.rng.ExpFloat64() * float64(mttr); life < float64(math.MaxInt64-r.now) {
-			r.push(elEvent{at: r.now + time.Duration(life), kind: elReclaim, node: name})
+			// The cloud warns the node's notice before it takes the node
+			// (at once, for a node it takes back sooner).
+			n.reclaimAt = r.now + time.Duration(life)
+			r.push(elEvent{at: n.reclaimAt, kind: elReclaim, node: name})
+			if at := n.reclaimAt - r.rule.notice(n.node); at > r.now {
+				r.push(elEvent{at: at, kind: elNotice, node: name})
+			} else {
+				// The cloud takes it back within its notice of joining: the
+				// agent taints it as it starts, before any pod is placed.
+				return r.notice(name)
+			}
 		}
 	}
 	r.freed = append(r.freed, name)
@@ -780,7 +790,8 @@ func (r *elastic) nodeReady(name string) error {
 // maybeIdle starts a node's scale-down countdown when it is empty: no pod
 // runs on it and none is held at Permit there.
 func (r *elastic) maybeIdle(n *elNode) {
-	if n == nil || n.removed || !n.ready || len(n.pods) > 0 || n.held > 0 {
+	// A node under a reclaim notice goes with the reclaim.
+	if n == nil || n.removed || n.noticed || !n.ready || len(n.pods) > 0 || n.held > 0 {
 		return
 	}
 	if n.pool.live <= n.pool.spec.Min {
@@ -792,7 +803,7 @@ func (r *elastic) maybeIdle(n *elNode) {
 
 func (r *elastic) scaleDown(ev elEvent) error {
 	n := r.nodes[ev.node]
-	if n == nil || n.removed || len(n.pods) > 0 || n.held > 0 || n.emptyGen != ev.gen || n.pool.live <= n.pool.spec.Min {
+	if n == nil || n.removed || n.noticed || len(n.pods) > 0 || n.held > 0 || n.emptyGen != ev.gen || n.pool.live <= n.pool.spec.Min {
 		return nil
 	}
 	if _, err := r.e.RemoveNode(n.name); err != nil {
@@ -828,6 +839,9 @@ func (r *elastic) retire(n *elNode) {
 	r.res.GPUHoursByPool[n.pool.spec.Name] += hours * float64(n.pool.size.GPUMilli) / gpu.MilliPerGPU
 	r.res.BillByPool[n.pool.spec.Name] += hours * n.price.NodeHourly
 	n.removed = true
+	if n.noticed {
+		r.noticedUp--
+	}
 	delete(r.up, n.name)
 	delete(r.inflight, n.name)
 	r.setLive(n.pool, n.pool.live-1)

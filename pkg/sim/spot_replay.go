@@ -41,12 +41,16 @@ var ProgressEvery = 10 * time.Second
 
 // elastic event kinds, in the order they happen at one instant: capacity
 // frees and arrives before it is taken away, arrivals see the result, the
-// autoscaler scans last.
+// autoscaler scans last. A reclaim's notice, its evictions and the node's
+// removal come in that order, also when a node is reclaimed within its
+// notice of joining.
 type elKind int
 
 const (
 	elDeparture elKind = iota
 	elNodeReady
+	elNotice
+	elEvict
 	elReclaim
 	elScaleDown
 	elWithdraw
@@ -176,6 +180,11 @@ type elNode struct {
 	pods     map[int]bool
 	emptyGen int
 	fedUntil time.Duration
+	// reclaimAt is when the cloud takes the node back (0: never drawn);
+	// noticed is set from its notice on, when the node has left the
+	// scheduler's cluster (the agent's taint) but is still billed.
+	reclaimAt time.Duration
+	noticed   bool
 	// room is what nominated pods leave of an in-flight node.
 	roomCPU, roomMem, roomGPU int64
 	// nominees are the pods nominated to the node while it is in flight.
@@ -324,6 +333,12 @@ type elastic struct {
 	scanSlots map[pricing.Usage]map[*elPool]int
 	pools     []*elPool
 	freed     []string
+	// evictions are the victims of reclaim notices still running, by the
+	// id their elEvict event carries in gen.
+	evictions map[int][]evictee
+	evictSeq  int
+	// noticedUp counts the nodes under a reclaim notice, not yet removed.
+	noticedUp int
 	scanOn    bool
 	arrived   int
 
@@ -356,8 +371,11 @@ var simEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // scheduler's filters on template nodes the same way); the node joins after
 // the pool's provisioning delay. Nodes empty for the pool's scale-down
 // delay are removed. Spot nodes are reclaimed after a seeded exponential
-// lifetime; their pods lose the work since their last checkpoint and are
-// resubmitted.
+// lifetime, with their cloud's notice before it: from the notice the node
+// takes no pods, its pods and their gang mates are evicted as Penny's agent
+// or a drain handler would (ReclaimRule.Answered), lose the work since
+// their last checkpoint and are resubmitted; the node is billed until it
+// goes.
 func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error) {
 	start := time.Now()
 	sc := o.Scenario
@@ -652,6 +670,10 @@ func (r *elastic) run(ctx context.Context) error {
 			err = r.departure(ev)
 		case elNodeReady:
 			err = r.nodeReady(ev.node)
+		case elNotice:
+			err = r.notice(ev.node)
+		case elEvict:
+			err = r.evictBatch(ev)
 		case elReclaim:
 			err = r.reclaim(ev.node)
 		case elScaleDown:
@@ -720,6 +742,11 @@ func (r *elastic) over() bool {
 	// gang held back by a pool at its max for the last job running would
 	// otherwise never run.
 	if len(r.pending) > 0 && r.scanOn && r.scannedChanges < r.roomChanges {
+		return false
+	}
+	// A node under a reclaim notice still counts in its pool until the
+	// cloud takes it: then the pool may grow again, or replaces it.
+	if len(r.pending) > 0 && r.noticedUp > 0 {
 		return false
 	}
 	// A plugin's timer may yet let a waiting pod in (a gang's backoff).
@@ -1007,8 +1034,12 @@ func (r *elastic) departure(ev elEvent) error {
 		return nil
 	}
 	node := p.node
-	if err := r.e.Remove(p.pod); err != nil {
-		return err
+	// A pod that finishes during its node's notice has left the scheduler's
+	// cluster with the node.
+	if n := r.nodes[node]; n == nil || !n.noticed {
+		if err := r.e.Remove(p.pod); err != nil {
+			return err
+		}
 	}
 	r.stop(ev.pod, false, 0)
 	r.res.PodsCompleted++

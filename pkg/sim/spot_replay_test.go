@@ -225,9 +225,11 @@ func TestElasticReclaimLosesWorkSinceCheckpoint(t *testing.T) {
 }
 
 // With the Penny agent (noticeCheckpoints) a trainer with a checkpoint hook
-// saves its work when the notice comes: each reclaim loses at most the
-// notice (2m on AWS) and the restart, not the half hour since the periodic
-// checkpoint; without the agent the same seed loses more.
+// saves its work when the notice comes: each reclaim that stops it loses at
+// most the checkpoint's 20s and the restart, not the half hour since the
+// periodic checkpoint; without the agent the same seed loses more. (A node
+// reclaimed within its notice of joining never takes the trainer: the
+// reclaims outnumber the checkpoints.)
 func TestElasticNoticeCheckpoints(t *testing.T) {
 	s := spotScenario(t, "4", "1h")
 	s.Classes[1].Annotations["penny.dev/checkpoint"] = "http://:8080/checkpoint"
@@ -236,11 +238,11 @@ func TestElasticNoticeCheckpoints(t *testing.T) {
 		return spotReplay(t, s, "penny", 7, spotTracePod("train", "BE", 1, 0, 10*time.Hour))
 	}
 	with, without := run(true), run(false)
-	if with.Reclaims == 0 || with.NoticeCheckpoints != with.Reclaims {
-		t.Fatalf("reclaims %d, notice checkpoints %d: want every reclaim to checkpoint", with.Reclaims, with.NoticeCheckpoints)
+	if with.NoticeCheckpoints == 0 || with.NoticeCheckpoints > with.Reclaims || with.PodsReclaimed != 1 {
+		t.Fatalf("reclaims %d, notice checkpoints %d, pods reclaimed %d: want the trainer to checkpoint at its reclaims", with.Reclaims, with.NoticeCheckpoints, with.PodsReclaimed)
 	}
-	if perReclaim := with.LostGPUHours / float64(with.Reclaims); perReclaim > (7*time.Minute).Hours()+1e-9 {
-		t.Fatalf("lost %v GPU-h per reclaim with notice checkpoints, want at most the 2m notice + 5m restart", perReclaim)
+	if perStop := with.LostGPUHours / float64(with.NoticeCheckpoints); perStop > (5*time.Minute+20*time.Second).Hours()+1e-9 {
+		t.Fatalf("lost %v GPU-h per reclaim with notice checkpoints, want at most the 20s checkpoint + 5m restart", perStop)
 	}
 	if without.NoticeCheckpoints != 0 || without.LostGPUHours <= with.LostGPUHours {
 		t.Fatalf("without the agent: %d notice checkpoints, lost %v GPU-h (with: %v); want none and more lost",
