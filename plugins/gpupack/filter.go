@@ -46,13 +46,13 @@ func (p *GPUPack) Filter(ctx context.Context, state fwk.CycleState, pod *corev1.
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
-	var e *entry
+	var n *packing.Node
 	if state.IsPodGroupSchedulingCycle() {
-		e = p.view.entryInGroupCycle(klog.FromContext(ctx), ni)
+		n = p.view.entryInGroupCycle(klog.FromContext(ctx), ni).node
 	} else {
-		e = p.view.entryFor(klog.FromContext(ctx), ni)
+		n = p.view.nodeFor(klog.FromContext(ctx), ni)
 	}
-	switch f := e.node.Fits(s.req); f {
+	switch f := n.Fits(s.req); f {
 	case packing.Fits:
 		return nil
 	case packing.NoRoom:

@@ -44,20 +44,40 @@ type view struct {
 	// nodes are keyed by the snapshot's NodeInfo: the scheduler keeps one
 	// per node for its lifetime and updates it in place (its generation
 	// says when), so the key hashes a pointer rather than a name.
-	nodes map[*framework.NodeInfo]*entry
-	// byName holds the same entries by node name, for the marks (dirty),
+	nodes map[*framework.NodeInfo]*slot
+	// byName holds the same slots by node name, for the marks (dirty),
 	// which name their nodes: sync looks each mark up once, where looking
 	// every node's name up in the marks hashed a thousand names per cycle
 	// for the one node the last pod's Reserve marked.
-	byName   map[string]*entry
+	byName   map[string]*slot
 	reserved map[types.UID]reservation
 	dirty    map[string]struct{}
 	epoch    uint64
 }
 
+// slot is a node's place in the view: its entry, and what sync reads and
+// writes of every node in every cycle. It is apart from the entry, which a
+// rebuild replaces, and allocated once per node, so that sync walks a
+// thousand small slots rather than a thousand entries scattered over the
+// heap: a cache miss per entry was most of sync's time, for entries most
+// of which the cycle reads no further (Filter stops at enough feasible
+// nodes).
+type slot struct {
+	*entry
+	// gen is the NodeInfo's generation the entry was built from.
+	gen   int64
+	epoch uint64
+	// marked: the node was marked (dirty) since the entry was built, so
+	// sync builds it again.
+	marked bool
+	// staticMIG and node are the entry's, for layoutChanged and Filter
+	// (nodeFor), which read nothing else of it.
+	staticMIG bool
+	node      *packing.Node
+}
+
 // entry is one node's view.
 type entry struct {
-	gen int64
 	// staticMIG: the node's GPUs can hold static MIG layouts, so a layout
 	// reported for it is read; layoutVer is the version read (0 for none).
 	staticMIG bool
@@ -68,10 +88,6 @@ type entry struct {
 	// valid annotation and no reservation: placed by another scheduler) and
 	// accounted first-fit, so that their capacity is never handed out twice.
 	guessed int
-	epoch   uint64
-	// marked: the node was marked (dirty) since the entry was built, so
-	// sync builds it again.
-	marked bool
 
 	// What PreScore measured on the node for the cycle scoredFor, so that
 	// Score, called once per node right after, only composes: measuring
@@ -94,7 +110,7 @@ type reservation struct {
 }
 
 func newView(layouts LayoutSource, poolLabel string) *view {
-	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[*framework.NodeInfo]*entry{}, byName: map[string]*entry{},
+	return &view{layouts: layouts, poolLabel: poolLabel, nodes: map[*framework.NodeInfo]*slot{}, byName: map[string]*slot{},
 		reserved: map[types.UID]reservation{}, dirty: map[string]struct{}{}}
 }
 
@@ -105,8 +121,8 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 	defer v.mu.Unlock()
 	v.epoch++
 	for name := range v.dirty {
-		if e := v.byName[name]; e != nil {
-			e.marked = true
+		if sl := v.byName[name]; sl != nil {
+			sl.marked = true
 		}
 	}
 	synced := 0
@@ -115,16 +131,21 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 		if !ok {
 			continue // not the scheduler's own snapshot: entryFor builds it each time
 		}
-		e := v.nodes[k]
-		if e == nil || e.marked || e.gen != ni.GetGeneration() || v.layoutChanged(ni.Node().Name, e) {
-			e = v.build(logger, ni, forSync, "")
-			v.nodes[k] = e
-			v.byName[e.node.Name] = e
+		sl := v.nodes[k]
+		if sl == nil || sl.marked || sl.gen != ni.GetGeneration() || v.layoutChanged(ni, sl) {
+			gen := ni.GetGeneration()
+			e := v.build(logger, ni, forSync, "")
+			if sl == nil {
+				sl = &slot{}
+				v.nodes[k] = sl
+			}
+			*sl = slot{entry: e, gen: gen, epoch: sl.epoch, staticMIG: e.staticMIG, node: e.node}
+			v.byName[e.node.Name] = sl
 		}
-		if e.epoch != v.epoch {
+		if sl.epoch != v.epoch {
 			synced++
 		}
-		e.epoch = v.epoch
+		sl.epoch = v.epoch
 	}
 	// Every node of the snapshot was rebuilt above if it was marked, so a
 	// mark left is for a node that is gone (a binding to it failed after
@@ -142,12 +163,12 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 // hold mu.
 func (v *view) forgetGone() {
 	gone := map[string]bool{}
-	for ni, e := range v.nodes {
-		if e.epoch != v.epoch {
-			gone[e.node.Name] = true
+	for ni, sl := range v.nodes {
+		if sl.epoch != v.epoch {
+			gone[sl.node.Name] = true
 			delete(v.nodes, ni)
-			if v.byName[e.node.Name] == e {
-				delete(v.byName, e.node.Name)
+			if v.byName[sl.node.Name] == sl {
+				delete(v.byName, sl.node.Name)
 			}
 		}
 	}
@@ -155,8 +176,8 @@ func (v *view) forgetGone() {
 		return
 	}
 	// A node deleted and created again under its name has a new NodeInfo.
-	for _, e := range v.nodes {
-		delete(gone, e.node.Name)
+	for _, sl := range v.nodes {
+		delete(gone, sl.node.Name)
 	}
 	for uid, r := range v.reserved {
 		if gone[r.node] {
@@ -165,33 +186,55 @@ func (v *view) forgetGone() {
 	}
 }
 
-func (v *view) layoutChanged(name string, e *entry) bool {
-	if v.layouts == nil || !e.staticMIG {
+// layoutChanged reports whether the layout reported for the node is not the
+// one e was built with. It reads the node's name only for a node that may
+// have one: sync asks it of every node in every cycle, and the name is on
+// the node object, which a cycle need not touch otherwise (a cache miss per
+// node, most of sync's time on a thousand nodes).
+func (v *view) layoutChanged(ni fwk.NodeInfo, sl *slot) bool {
+	if v.layouts == nil || !sl.staticMIG {
 		return false
 	}
-	_, ver, ok := v.layouts.MIGLayout(name)
+	_, ver, ok := v.layouts.MIGLayout(ni.Node().Name)
 	if !ok {
 		ver = 0
 	}
-	return ver != e.layoutVer
+	return ver != sl.layoutVer
 }
 
 // entryFor returns the node's entry for this cycle. A NodeInfo the snapshot
 // does not hold as is (preemption removing victims, nominated pods added)
 // gets a view of its own, built now and not kept.
 func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
+	if sl := v.synced(ni); sl != nil {
+		return sl.entry
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.build(logger, ni, forCopy, "")
+}
+
+// nodeFor is entryFor's node, read off the node's slot when synced.
+func (v *view) nodeFor(logger klog.Logger, ni fwk.NodeInfo) *packing.Node {
+	if sl := v.synced(ni); sl != nil {
+		return sl.node
+	}
+	return v.entryFor(logger, ni).node
+}
+
+// synced is the node's slot when its entry is the one for this cycle, else
+// nil.
+func (v *view) synced(ni fwk.NodeInfo) *slot {
 	if k, ok := ni.(*framework.NodeInfo); ok {
 		// Synced this cycle: within one pod's cycle the snapshot does not
 		// change, so the generation need not be read again (a pod-group
 		// cycle changes it; Filter and Reserve read marked nodes afresh
 		// there).
-		if e := v.nodes[k]; e != nil && (e.epoch == v.epoch || e.gen == ni.GetGeneration()) {
-			return e
+		if sl := v.nodes[k]; sl != nil && (sl.epoch == v.epoch || sl.gen == ni.GetGeneration()) {
+			return sl
 		}
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.build(logger, ni, forCopy, "")
+	return nil
 }
 
 // entryInGroupCycle returns the node's entry for Filter in kube-scheduler's
@@ -257,7 +300,7 @@ const (
 func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self types.UID) *entry {
 	keep := purpose == forSync
 	node := ni.Node()
-	e := &entry{gen: ni.GetGeneration(), pool: node.Labels[v.poolLabel]}
+	e := &entry{pool: node.Labels[v.poolLabel]}
 	if e.pool == "" {
 		e.pool = node.Labels[gpu.LabelProduct]
 	}
@@ -401,8 +444,8 @@ func (v *view) unreserve(uid types.UID) {
 func (v *view) each(fn func(*entry)) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for _, e := range v.nodes {
-		fn(e)
+	for _, sl := range v.nodes {
+		fn(sl.entry)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/framework"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	capacitylabels "github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -255,5 +256,42 @@ func TestPoolMemoKeepsOneValuePerKey(t *testing.T) {
 		if v, kept := none.get(keys[0], func() time.Duration { return time.Duration(i) }); v != time.Duration(i) || !kept {
 			t.Errorf("nil memo: %v, %v", v, kept)
 		}
+	}
+}
+
+// Score keeps each node's pool key from one cycle to the next (nodeKeys):
+// a node whose labels change, which the scheduler's NodeInfo then holds as
+// a new object, is scored by its new pool in the next cycle, and what is
+// kept for nodes no cycle scores any more stays bounded.
+func TestScoreReadsAChangedNodesPoolAfresh(t *testing.T) {
+	e, _, _, _ := memoEnv(t)
+	p := pod("p", map[string]string{AnnotationSpot: string(Allow), AnnotationExpectedRuntime: "168h"})
+	cs := e.scoreCycle(t, p)
+	spot := e.rawScore(t, cs, p, "spot-a1")
+	if od := e.rawScore(t, cs, p, "od"); od == spot {
+		t.Fatalf("spot-a1 and od both score %d", od)
+	}
+
+	ni := e.nodeInfo(t, "spot-a1").(*framework.NodeInfo)
+	changed := ni.Node().DeepCopy()
+	changed.Labels[capacitylabels.LabelKarpenter] = string(pricing.OnDemand)
+	ni.SetNode(changed)
+	cs = e.scoreCycle(t, p)
+	if got, want := e.rawScore(t, cs, p, "spot-a1"), e.uncached(t, p, changed); got != want || got == spot {
+		t.Errorf("spot-a1 relabelled on-demand scores %d, want %d (not its Spot score %d)", got, want, spot)
+	}
+	if _, kept := e.plugin.nodeKeys.lookup(ni); !kept {
+		t.Error("spot-a1's new key is not kept")
+	}
+
+	for range 10 {
+		gone := framework.NewNodeInfo()
+		gone.SetNode(node("gone", pricing.Spot, "us-east-1b"))
+		if s := e.plugin.PreScore(context.Background(), cs, p, []fwk.NodeInfo{gone}); !s.IsSuccess() {
+			t.Fatalf("PreScore: %v", s)
+		}
+	}
+	if kept, most := len(e.plugin.nodeKeys.nodes), 2*len(e.nodes)+1; kept > most {
+		t.Errorf("%d nodes' keys kept for a cluster of %d nodes, want at most %d", kept, len(e.nodes), most)
 	}
 }

@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"math"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,6 +38,9 @@ type scoreState struct {
 	usage pricing.Usage
 	run   time.Duration
 	pools *poolMemo[*poolPrice]
+	// known is the cycle's nodes' keys (nodeKeys) with what pools kept for
+	// each; nil without a memo, and outside Score (NodeCost).
+	known *scoredPools
 }
 
 // Clone is not needed: Score runs after the cycle's last Filter, and
@@ -57,7 +61,18 @@ func (pl *SpotRisk) PreScore(ctx context.Context, cs fwk.CycleState, pod *corev1
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
-	cs.Write(scoreKey, pl.scoreStateFor(s.class, s.usage))
+	ss := pl.scoreStateFor(s.class, s.usage)
+	if ss.pools != nil {
+		total := 0
+		if h := pl.handle; h != nil && h.SnapshotSharedLister() != nil {
+			if all, err := h.SnapshotSharedLister().NodeInfos().List(); err == nil {
+				total = len(all)
+			}
+		}
+		pl.nodeKeys.update(nodes, total)
+		ss.known = &scoredPools{nodes: &pl.nodeKeys, prices: make([]atomic.Pointer[poolPrice], len(pl.nodeKeys.keys))}
+	}
+	cs.Write(scoreKey, ss)
 	return nil
 }
 
@@ -126,6 +141,25 @@ func nodeShare(u pricing.Usage, node *corev1.Node) float64 {
 func (pl *SpotRisk) rank(s *scoreState, node *corev1.Node) (c float64, avoided, ok bool) {
 	k := poolKeyOf(node, pricing.NodeCapacity(node))
 	p, _ := s.pools.get(k, func() *poolPrice { return pl.poolPrice(node, k) })
+	return rankPriced(s, node, k, p)
+}
+
+// rankKnown is rank for a node whose key PreScore kept (nodeKeys), by its
+// id: the node's labels are not read, and the memo only by the first node
+// of each key.
+func (pl *SpotRisk) rankKnown(s *scoreState, node *corev1.Node, id int32) (c float64, avoided, ok bool) {
+	k := &s.known.nodes.keys[id]
+	slot := &s.known.prices[id]
+	p := slot.Load()
+	if p == nil {
+		p, _ = s.pools.get(*k, func() *poolPrice { return pl.poolPrice(node, *k) })
+		slot.Store(p)
+	}
+	return rankPriced(s, node, *k, p)
+}
+
+// rankPriced is rank for a node of key k priced p.
+func rankPriced(s *scoreState, node *corev1.Node, k poolKey, p *poolPrice) (c float64, avoided, ok bool) {
 	avoided = s.class.Policy == Avoid && k.Capacity == pricing.Spot
 	if !p.priced {
 		return 0, avoided, false
@@ -153,6 +187,11 @@ func (pl *SpotRisk) Score(ctx context.Context, cs fwk.CycleState, pod *corev1.Po
 	s, err := readState[*scoreState](cs, scoreKey)
 	if err != nil {
 		return 0, fwk.AsStatus(err)
+	}
+	if s.known != nil {
+		if id, ok := s.known.nodes.lookup(ni); ok && int(id) < len(s.known.prices) {
+			return rawScore(pl.rankKnown(s, ni.Node(), id)), nil
+		}
 	}
 	return rawScore(pl.rank(s, ni.Node())), nil
 }

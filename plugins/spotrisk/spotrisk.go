@@ -79,6 +79,8 @@ type SpotRisk struct {
 	// lifetime is New's context, which ends when the scheduler stops: it
 	// bounds the writes the plugin sends off the scheduling cycle.
 	lifetime context.Context
+	// nodeKeys are the nodes' pool keys, for Score (PreScore writes them).
+	nodeKeys nodeKeys
 
 	mu sync.Mutex
 	// wakeups holds the pods with a timer to retry them when their
