@@ -242,11 +242,7 @@ func TestCoordinatorSendsACommandAgainUntilTheAgentAnswers(t *testing.T) {
 	evicted := recordEvictions(client)
 	c := NewCoordinator()
 	cmds, _ := start(t, c, CoordinatorOptions{Client: client})
-	now := time.Now()
-	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{{
-		ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
-		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(2 * time.Minute),
-	}}})
+	spotNoticeOnA(c)
 	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
 	id := cmds.get("b").GetId()
 	sent := func() int {
@@ -297,11 +293,7 @@ func TestCoordinatorPlansAgainAfterAFailedList(t *testing.T) {
 	})
 	c := NewCoordinator()
 	cmds, _ := start(t, c, CoordinatorOptions{Client: client})
-	now := time.Now()
-	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{{
-		ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
-		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(2 * time.Minute),
-	}}})
+	spotNoticeOnA(c)
 	waitFor(t, "the command to b despite one failed list", func() bool { return cmds.get("b") != nil })
 }
 
@@ -959,6 +951,16 @@ func waitingToAct(t *testing.T, c *Coordinator, key string) {
 
 // moveDeadline has node a's agent report n again with its deadline moved to
 // d, and returns the notice as reported.
+// spotNoticeOnA tells c of an AWS Spot interruption of node a, detected now,
+// two minutes ahead.
+func spotNoticeOnA(c *Coordinator) {
+	now := time.Now()
+	c.OnNodeUpdate(nil, &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{{
+		ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: now, Deadline: now.Add(2 * time.Minute),
+	}}})
+}
+
 func moveDeadline(c *Coordinator, n telemetry.ReclaimNotice, d time.Time) telemetry.ReclaimNotice {
 	moved := n
 	moved.Deadline = d

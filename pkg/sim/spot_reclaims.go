@@ -42,10 +42,7 @@ type evictee struct {
 // workAt is how much of this run's work, restart excluded, the pod will
 // have done at time at if it keeps running.
 func (r *elastic) workAt(p *elPod, at time.Duration) time.Duration {
-	if p.workFrom < 0 {
-		return 0
-	}
-	return max(0, at-p.workFrom-p.overhead)
+	return max(0, progressAt(p, at)-p.overhead)
 }
 
 // keptOnReclaim is how much of this run's progress each victim of a reclaim

@@ -963,11 +963,14 @@ func (r *elastic) work(i int) {
 
 // progressOf is how long the pod's work has advanced in this run, restart
 // included: 0 while it waits for its gang.
-func (r *elastic) progressOf(p *elPod) time.Duration {
+func (r *elastic) progressOf(p *elPod) time.Duration { return progressAt(p, r.now) }
+
+// progressAt is progressOf at time at.
+func progressAt(p *elPod, at time.Duration) time.Duration {
 	if p.workFrom < 0 {
 		return 0
 	}
-	return r.now - p.workFrom
+	return at - p.workFrom
 }
 
 // stop ends a pod's run at now; a reclaim keeps only kept of this run's
