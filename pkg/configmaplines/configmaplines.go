@@ -58,7 +58,8 @@ const maxTries = 30
 // the text is read and changed again after a pause that grows with each
 // try and is drawn at random, so that writers that collided once do not
 // collide again in step, until the write goes through, ctx ends or
-// maxTries tries. A missing ConfigMap is created.
+// maxTries tries. A missing ConfigMap is created, also when it is deleted
+// between the read and the write.
 func (k Key) Update(ctx context.Context, change func(text string) string) error {
 	pause := 10 * time.Millisecond
 	for try := 1; ; try++ {
@@ -66,7 +67,10 @@ func (k Key) Update(ctx context.Context, change func(text string) string) error 
 		if err == nil {
 			return nil
 		}
-		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) || try == maxTries {
+		// NotFound: the ConfigMap was deleted between the read and the
+		// write (a human cleaning up); the next try creates it, or this
+		// write was lost.
+		if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !apierrors.IsNotFound(err) || try == maxTries {
 			return fmt.Errorf("%s: %w", k, err)
 		}
 		t := time.NewTimer(pause/2 + rand.N(pause))

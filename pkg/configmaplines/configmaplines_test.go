@@ -70,6 +70,33 @@ func TestUpdateRetriesConflictsUntilTheContextEnds(t *testing.T) {
 	}
 }
 
+// A ConfigMap deleted between the read and the write is created with the
+// write: the write is not lost.
+func TestUpdateOfAConfigMapDeletedMeanwhileCreatesIt(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset()
+	k := Key{Client: client, Namespace: "penny-system", Name: "state", Key: "lines"}
+	if err := k.Update(ctx, func(string) string { return "a\n" }); err != nil {
+		t.Fatal(err)
+	}
+	deleted := false
+	client.PrependReactor("update", "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
+		if !deleted {
+			deleted = true
+			if err := client.Tracker().Delete(schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}, "penny-system", "state"); err != nil {
+				t.Error(err)
+			}
+		}
+		return false, nil, nil
+	})
+	if err := k.Update(ctx, func(text string) string { return text + "b\n" }); err != nil {
+		t.Fatalf("write to a ConfigMap deleted meanwhile: %v", err)
+	}
+	if got, err := k.Read(ctx); err != nil || got != "b\n" {
+		t.Fatalf("read %q (%v); want the write, %q, in a new ConfigMap", got, err, "b\n")
+	}
+}
+
 func TestParseKeepsTheGoodLinesAndNamesTheBadOnes(t *testing.T) {
 	got, err := Parse("1\n\n two \nthree\n4\n", "configmap x/y key lines", func(line string) (int, error) {
 		return strconv.Atoi(line)
