@@ -239,12 +239,12 @@ func (s *spotRules) rule(profile string) gang.NodeRule {
 // cost is the profile's SpotRisk's price of a pod's work on a node
 // (SpotRisk.NodeCost), which chooses among the domains a gang fits in.
 func (s *spotRules) cost(profile string) gang.NodeCost {
-	return func(pod *corev1.Pod) func(node *corev1.Node) (float64, bool, bool) {
+	return func(pod *corev1.Pod) (func(node *corev1.Node) (float64, bool, bool), string) {
 		s.mu.Lock()
 		pl := s.byProfile[profile]
 		s.mu.Unlock()
 		if pl == nil {
-			return nil
+			return nil, ""
 		}
 		return pl.NodeCost(pod)
 	}

@@ -100,7 +100,7 @@ type shape struct {
 	checks  []func(node *corev1.Node) string
 	checked map[string]bool
 	// costs price the shape's members' work on a node (NodeCost), one per
-	// distinct annotations and priority, with how many members it prices.
+	// set of members the cost calls alike, with how many members it prices.
 	costs []memberCost
 	seen  map[string]int
 }
@@ -112,13 +112,14 @@ type memberCost struct {
 }
 
 // add adds a member's node check unless a member the check calls alike
-// gave it already, and its cost unless a member with the same annotations
-// and priority gave it already, in which case it counts the member in that
-// one's cost. The check is asked of every member: only it knows what its
-// verdict reads of a pod. Keyed by annotations and priority, a gang of
-// members created minutes apart that prefer Spot was asked only of its
-// oldest, whose wait was over, and admitted to on-demand nodes whose
-// filters turned the members still waiting away.
+// gave it already, and its cost unless a member the cost calls alike gave
+// it already, in which case it counts the member in that one's cost. Both
+// are asked of every member: only they know what they read of a pod. Keyed
+// by annotations and priority, a gang of members created minutes apart
+// that prefer Spot was asked only of its oldest, whose wait was over, and
+// admitted to on-demand nodes whose filters turned the members still
+// waiting away; and members differing only in their runtime were priced
+// as the first.
 func (s *shape) add(pod *corev1.Pod, check NodeRule, cost NodeCost) {
 	if check != nil {
 		if c, alike := check(pod); c != nil && !s.checked[alike] {
@@ -132,24 +133,19 @@ func (s *shape) add(pod *corev1.Pod, check NodeRule, cost NodeCost) {
 	if cost == nil {
 		return
 	}
-	k, _ := json.Marshal(struct {
-		A map[string]string
-		P *int32
-	}{pod.Annotations, pod.Spec.Priority})
-	if i, ok := s.seen[string(k)]; ok {
-		if i >= 0 {
-			s.costs[i].members++
-		}
+	c, alike := cost(pod)
+	if c == nil {
+		return
+	}
+	if i, ok := s.seen[alike]; ok {
+		s.costs[i].members++
 		return
 	}
 	if s.seen == nil {
 		s.seen = map[string]int{}
 	}
-	s.seen[string(k)] = -1
-	if c := cost(pod); c != nil {
-		s.seen[string(k)] = len(s.costs)
-		s.costs = append(s.costs, memberCost{of: c, members: 1})
-	}
+	s.seen[alike] = len(s.costs)
+	s.costs = append(s.costs, memberCost{of: c, members: 1})
 }
 
 // shapeKey is a member's shape: its requests plus what restricts its nodes.

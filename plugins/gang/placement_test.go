@@ -473,26 +473,26 @@ func TestPlaceGangChoosesTheDomainWhereItsWorkCostsLeast(t *testing.T) {
 	}
 	ns := infos(gpuNode("a-0", inZone("a")), gpuNode("b-0", inZone("b")), gpuNode("c-0", inZone("c")))
 	risk := riskByZone{"a": 0.1, "b": 0.3, "c": 0.2}
-	// byZone prices every member alike; "penny.dev/price" names another
-	// table for a member.
+	// byZone prices every member alike; a member with a deadline (a
+	// runtime SpotRisk reads) is priced by the other table, whatever its
+	// annotations.
 	place := func(byZone map[string]price, other map[string]price, members []*corev1.Pod) (string, int) {
-		built := 0
-		cost := func(pod *corev1.Pod) func(*corev1.Node) (float64, bool, bool) {
-			built++
-			table := byZone
-			if pod.Annotations["penny.dev/price"] == "other" {
-				table = other
+		cost := func(pod *corev1.Pod) (func(*corev1.Node) (float64, bool, bool), string) {
+			table, alike := byZone, "no deadline"
+			if pod.Spec.ActiveDeadlineSeconds != nil {
+				table, alike = other, "deadline"
 			}
 			return func(n *corev1.Node) (float64, bool, bool) {
 				p := table[n.Labels[corev1.LabelTopologyZone]]
 				return p.cost, p.avoided, !p.none
-			}
+			}, alike
 		}
-		p, _ := placeGang(ns, shapesOf(members, nil, cost), zoneRules, nil, nil, risk)
+		shapes := shapesOf(members, nil, cost)
+		p, _ := placeGang(ns, shapes, zoneRules, nil, nil, risk)
 		if p == nil {
 			t.Fatal("the gang fits nowhere")
 		}
-		return p.domain.zone, built
+		return p.domain.zone, len(shapes[0].costs)
 	}
 	gang := func() []*corev1.Pod { return gangPods("llm", 4, 2) }
 	for _, c := range []struct {
@@ -510,15 +510,17 @@ func TestPlaceGangChoosesTheDomainWhereItsWorkCostsLeast(t *testing.T) {
 			t.Errorf("%s: placed in zone %s, want %s", c.name, got, c.want)
 		}
 	}
-	// Three members cost 1 in zone b and 2 in zone c, the fourth 4 in b and
-	// nothing in c: 7 in b against 6 in c (priced all by the first member,
-	// the gang would cost 4 in b and 8 in c). Prices are built once per
-	// distinct member.
+	// Three members cost 1 in zone b and 2 in zone c, the fourth, with the
+	// same annotations but a deadline, 4 in b and nothing in c: 7 in b
+	// against 6 in c (priced all by the first member, the gang would cost 4
+	// in b and 8 in c). One price is kept per set of members the cost calls
+	// alike.
 	members := gang()
-	members[3].Annotations = map[string]string{"penny.dev/price": "other"}
-	got, built := place(map[string]price{"a": {none: true}, "b": {cost: 1}, "c": {cost: 2}},
+	deadline := int64(3600)
+	members[3].Spec.ActiveDeadlineSeconds = &deadline
+	got, kept := place(map[string]price{"a": {none: true}, "b": {cost: 1}, "c": {cost: 2}},
 		map[string]price{"a": {none: true}, "b": {cost: 4}, "c": {cost: 0}}, members)
-	if got != "c" || built != 2 {
-		t.Errorf("members priced apart: placed in zone %s with %d prices built, want c with 2", got, built)
+	if got != "c" || kept != 2 {
+		t.Errorf("members priced apart: placed in zone %s with %d prices kept, want c with 2", got, kept)
 	}
 }

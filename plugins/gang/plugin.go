@@ -136,7 +136,11 @@ func WithNodeRule(r NodeRule) Option { return func(g *Gang) { g.nodeCheck = r } 
 // a price. Where several domains fit a gang, the one where its members'
 // work costs least is chosen: chosen by reclaim risk alone, a gang that
 // SpotRisk would put on Spot went to on-demand whenever that had room too.
-type NodeCost func(pod *corev1.Pod) func(node *corev1.Node) (cost float64, avoided, ok bool)
+// Pods whose alike is the same cost the same on every node, so placement
+// prices one for all of them; as with NodeRule, what makes pods alike is
+// the other plugin's to say (SpotRisk's price reads a pod's runtime and
+// workload, not only its annotations).
+type NodeCost func(pod *corev1.Pod) (cost func(node *corev1.Node) (cost float64, avoided, ok bool), alike string)
 
 // WithNodeCost sets the measure that chooses among the domains a gang fits
 // in.

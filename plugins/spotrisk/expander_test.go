@@ -238,12 +238,34 @@ func TestUndeclaredRuntimeIsPricedAsTheExpectedLossRuleTakesIt(t *testing.T) {
 	}
 
 	e := newEnv(t, nil, Deps{Prices: catalog(t), RunLengths: runsOf(10, 2000*time.Hour)}, fleet()[:4]...)
-	learned, want := e.plugin.NodeCost(undeclared), e.plugin.NodeCost(declared)
+	learned, _ := e.plugin.NodeCost(undeclared)
+	want, _ := e.plugin.NodeCost(declared)
 	for _, n := range fleet()[:4] {
 		got, _, _ := learned(n)
 		if w, _, _ := want(n); got != w {
 			t.Errorf("%s: Score's cost %v with 2000h runs learned, want %v as for 2000h declared", n.Name, got, w)
 		}
+	}
+}
+
+// NodeCost calls pods alike by what their price reads, not by their
+// annotations: training with the same annotations but a deadline within
+// shortRuntime is priced apart, and pods that differ only in a label alike.
+func TestNodeCostCallsPodsAlikeByWhatTheirPriceReads(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)}, fleet()[:4]...)
+	training := map[string]string{AnnotationWorkload: "training"}
+	long, short, labelled := pod("long", training), pod("short", training), pod("labelled", training)
+	deadline := int64(1800)
+	short.Spec.ActiveDeadlineSeconds = &deadline
+	labelled.Labels = map[string]string{"team": "b"}
+	_, longKey := e.plugin.NodeCost(long)
+	_, shortKey := e.plugin.NodeCost(short)
+	_, labelledKey := e.plugin.NodeCost(labelled)
+	if longKey == shortKey {
+		t.Errorf("training with and without a 30m deadline called alike (%q)", longKey)
+	}
+	if longKey != labelledKey {
+		t.Errorf("pods differing only in a label called apart: %q and %q", longKey, labelledKey)
 	}
 }
 

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"sync/atomic"
 	"time"
@@ -172,14 +173,17 @@ func rankPriced(s *scoreState, node *corev1.Node, k poolKey, p *poolPrice) (c fl
 // Score places each member within that choice. PennyGang asks it within
 // one cycle: like Score's, its prices and rates are read once per pool.
 // Nil when the pod's annotations are malformed: PreFilter rejects the pod,
-// naming the annotation.
-func (pl *SpotRisk) NodeCost(pod *corev1.Pod) func(node *corev1.Node) (cost float64, avoided, ok bool) {
+// naming the annotation. Pods alike cost the same on every node: the
+// price reads the pod's class (its runtime and learned run length
+// included) and requests, whatever annotations gave them.
+func (pl *SpotRisk) NodeCost(pod *corev1.Pod) (cost func(node *corev1.Node) (cost float64, avoided, ok bool), alike string) {
 	class, err := pl.classify(pod)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
-	s := pl.scoreStateFor(class, pricing.PodUsage(pod))
-	return func(node *corev1.Node) (float64, bool, bool) { return pl.rank(s, node) }
+	usage := pricing.PodUsage(pod)
+	s := pl.scoreStateFor(class, usage)
+	return func(node *corev1.Node) (float64, bool, bool) { return pl.rank(s, node) }, fmt.Sprintf("%+v|%+v", class, usage)
 }
 
 // Score implements fwk.ScorePlugin.
