@@ -63,6 +63,18 @@ func TypeOf(labels map[string]string) Type {
 	return Unknown
 }
 
+// NodeType is TypeOf where no label speaks for the node: then it is
+// on-demand, which is what a cluster without Spot pools has, and what clouds
+// that label only their Spot pools (AKS, GKE) leave their other nodes as.
+// Every reading of a node's type goes through here, so that a gang kept on
+// one capacity type and the pricing of its nodes agree on what that type is.
+func NodeType(labels map[string]string) Type {
+	if t := TypeOf(labels); t != Unknown {
+		return t
+	}
+	return OnDemand
+}
+
 // Unreadable names a capacity label whose value Penny does not know (say
 // penny.dev/capacity-type: preemptible), or "" when there is none. TypeOf
 // skips such a value, so the node may read as on-demand although whoever set

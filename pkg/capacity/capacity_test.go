@@ -30,6 +30,24 @@ func TestTypeOf(t *testing.T) {
 	}
 }
 
+// A node no label speaks for is on-demand; a label that does speak decides.
+func TestNodeType(t *testing.T) {
+	for _, tt := range []struct {
+		labels map[string]string
+		want   Type
+	}{
+		{nil, OnDemand},
+		{map[string]string{"kubernetes.azure.com/agentpool": "gpu"}, OnDemand},
+		{map[string]string{LabelOverride: "cheap"}, OnDemand},
+		{map[string]string{LabelGKESpot: "true"}, Spot},
+		{map[string]string{LabelEKS: "CAPACITY_BLOCK"}, Reserved},
+	} {
+		if got := NodeType(tt.labels); got != tt.want {
+			t.Errorf("NodeType(%v) = %q, want %q", tt.labels, got, tt.want)
+		}
+	}
+}
+
 // Unreadable names a label TypeOf skipped, whose author may have meant
 // Spot. A valid penny.dev/capacity-type decides the type before any cloud
 // label is read (it is how an administrator corrects one), so a cloud label

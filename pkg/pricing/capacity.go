@@ -46,11 +46,7 @@ func NodeCapacity(node *corev1.Node) Capacity {
 	if node == nil {
 		return Capacity{Type: OnDemand}
 	}
-	t := capacity.TypeOf(node.Labels)
-	if t == capacity.Unknown {
-		t = OnDemand
-	}
-	return Capacity{Type: t}
+	return Capacity{Type: capacity.NodeType(node.Labels)}
 }
 
 // SpotTaints are the taints clouds put on Spot nodes so that only pods that

@@ -47,7 +47,7 @@ func (r rules) domainOf(node *corev1.Node) domain {
 		d.zone = node.Labels[r.zoneLabel]
 	}
 	if r.sameCapType {
-		d.capType = capacity.TypeOf(node.Labels)
+		d.capType = capacity.NodeType(node.Labels)
 	}
 	return d
 }
@@ -75,11 +75,7 @@ func (r rules) describe(d domain) string {
 		parts = append(parts, "zone "+z)
 	}
 	if r.sameCapType {
-		c := string(d.capType)
-		if c == "" {
-			c = "unknown"
-		}
-		parts = append(parts, "capacity type "+c)
+		parts = append(parts, "capacity type "+string(d.capType))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -79,6 +79,21 @@ func TestPlaceGangKeepsToFixedDomain(t *testing.T) {
 	}
 }
 
+// A node no capacity label speaks for is on-demand, as SpotRisk prices it
+// (AKS and GKE label only their Spot pools): a gang kept on one capacity type
+// spans it and a node Karpenter labels on-demand.
+func TestPlaceGangTakesUnlabelledNodesAsOnDemand(t *testing.T) {
+	plain := gpuNode("plain-0")
+	delete(plain.Labels, capacity.LabelKarpenter)
+	p, short := placeGang(infos(gpuNode("od-0"), plain), shapesOf(gangPods("llm", 2, 8), nil, nil), zoneRules, nil, nil, nil)
+	if p == nil {
+		t.Fatalf("two on-demand nodes, one unlabelled, do not take the gang: %s", short.message(gang.Ref{Namespace: "team", Name: "llm"}, zoneRules, false))
+	}
+	if p.domain.capType != capacity.OnDemand {
+		t.Errorf("placed on capacity type %q, want on-demand", p.domain.capType)
+	}
+}
+
 func TestPlaceGangRespectsTaintsAndSelectors(t *testing.T) {
 	tainted := gpuNode("t-0")
 	tainted.Spec.Taints = []corev1.Taint{{Key: "nvidia.com/gpu", Effect: corev1.TaintEffectNoSchedule}}

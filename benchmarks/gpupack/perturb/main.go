@@ -13,6 +13,7 @@ import (
 	"encoding/csv"
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"sort"
@@ -66,7 +67,35 @@ func (t *table) int(r []string, c string) int64 {
 
 func (t *table) set(r []string, c string, v int64) { r[t.col[c]] = strconv.FormatInt(v, 10) }
 
+// checkFlags turns away what would otherwise fail only after the trace is
+// read, as a bare "open : no such file", or write a variant silently unlike
+// the one asked for (a share past 1 or below 0 is clamped by the method).
+func checkFlags(podsPath, kind string, level float64, out string) error {
+	switch {
+	case podsPath == "":
+		return fmt.Errorf("--pods is required: the openb pod list to start from")
+	case out == "":
+		return fmt.Errorf("--out is required: the CSV to write")
+	}
+	switch kind {
+	case "gpushare", "multigpu", "gpuspec", "subsample":
+		if !(level >= 0 && level <= 1) {
+			return fmt.Errorf("--level %v: %s takes a share between 0 and 1", level, kind)
+		}
+	case "cpu":
+		if !(level >= 0) || math.IsInf(level, 1) {
+			return fmt.Errorf("--level %v: cpu takes a multiple of the trace's CPU-only pods' CPU, 0 or more (e.g. 2)", level)
+		}
+	default:
+		return fmt.Errorf("unknown --kind %q; valid kinds: gpushare, multigpu, gpuspec, cpu, subsample", kind)
+	}
+	return nil
+}
+
 func run(podsPath, nodesPath, kind string, level float64, seed uint64, out string) error {
+	if err := checkFlags(podsPath, kind, level, out); err != nil {
+		return err
+	}
 	t, err := read(podsPath)
 	if err != nil {
 		return err

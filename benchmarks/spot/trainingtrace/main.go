@@ -60,7 +60,7 @@ func parseSizes(v string) (counts []int, weights []float64, err error) {
 		g, w, ok := strings.Cut(strings.TrimSpace(part), ":")
 		n, errN := strconv.Atoi(g)
 		x, errW := strconv.ParseFloat(w, 64)
-		if !ok || errN != nil || errW != nil || n < 1 || x <= 0 {
+		if !ok || errN != nil || errW != nil || n < 1 || !finitePositive(x) {
 			return nil, nil, fmt.Errorf("--sizes: %q is not GPUs:weight (a whole number of GPUs >= 1 and a positive weight, e.g. 8:0.09)", part)
 		}
 		counts, weights, total = append(counts, n), append(weights, x), total+x
@@ -71,12 +71,31 @@ func parseSizes(v string) (counts []int, weights []float64, err error) {
 	return counts, weights, nil
 }
 
-func run(o options) error {
-	if o.jobs <= 0 || o.days <= 0 || o.out == "" {
-		return fmt.Errorf("--jobs and --days must be positive and --out set")
+// finitePositive is false for NaN and infinities too, which the flag
+// package parses ("NaN", "Inf") and which would write NaN and +Inf times.
+func finitePositive(x float64) bool { return x > 0 && !math.IsInf(x, 1) }
+
+func checkFlags(o options) error {
+	switch {
+	case o.out == "":
+		return fmt.Errorf("--out is required: the CSV to write")
+	case o.jobs <= 0:
+		return fmt.Errorf("--jobs %d: want a positive number of jobs", o.jobs)
+	case !finitePositive(o.days):
+		return fmt.Errorf("--days %v: want a positive number of days (e.g. 14)", o.days)
+	case o.median <= 0:
+		return fmt.Errorf("--median %v: want a positive run time (e.g. 40m)", o.median)
+	case !(o.sigma >= 0) || math.IsInf(o.sigma, 1):
+		return fmt.Errorf("--sigma %v: want 0 or more (e.g. 1.6)", o.sigma)
+	case o.maxRuntime < 2*time.Minute:
+		return fmt.Errorf("--max-runtime %v: want at least 2m, the shortest run time", o.maxRuntime)
 	}
-	if o.median <= 0 || o.sigma < 0 || o.maxRuntime < 2*time.Minute {
-		return fmt.Errorf("--median must be positive, --sigma at least 0 and --max-runtime at least 2m")
+	return nil
+}
+
+func run(o options) error {
+	if err := checkFlags(o); err != nil {
+		return err
 	}
 	gpuCounts, gpuWeights, err := parseSizes(o.sizes)
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +17,7 @@ func TestParseSizes(t *testing.T) {
 	if len(counts) != 2 || counts[0] != 1 || counts[1] != 8 || weights[0] != 0.75 || weights[1] != 0.25 {
 		t.Errorf("got %v %v, want [1 8] [0.75 0.25]", counts, weights)
 	}
-	for _, bad := range []string{"1", "0:1", "2:-1", "x:1", "1:0.5,"} {
+	for _, bad := range []string{"1", "0:1", "2:-1", "x:1", "1:0.5,", "1:NaN", "1:Inf,8:1"} {
 		if _, _, err := parseSizes(bad); err == nil || !strings.Contains(err.Error(), "GPUs:weight") {
 			t.Errorf("%q: want an error naming GPUs:weight, got %v", bad, err)
 		}
@@ -49,5 +50,33 @@ func TestTraceKeepsItsMix(t *testing.T) {
 		if f := strings.Split(line, ","); f[2] != "128" {
 			t.Fatalf("--sizes 128:1 wrote a job of %s GPUs", f[2])
 		}
+	}
+}
+
+// A bad flag is named with what it takes, NaN and infinities included (the
+// flag package parses them, and they wrote NaN and +Inf times).
+func TestRunNamesTheBadFlag(t *testing.T) {
+	good := options{jobs: 10, days: 1, seed: 1, out: filepath.Join(t.TempDir(), "t.csv"), sizes: defaultSizes,
+		median: 40 * time.Minute, sigma: 1.6, maxRuntime: 7 * 24 * time.Hour}
+	for _, tt := range []struct {
+		change func(*options)
+		want   string
+	}{
+		{func(o *options) { o.out = "" }, "--out is required"},
+		{func(o *options) { o.jobs = 0 }, "--jobs 0"},
+		{func(o *options) { o.days = math.NaN() }, "--days NaN"},
+		{func(o *options) { o.days = math.Inf(1) }, "--days +Inf"},
+		{func(o *options) { o.sigma = math.NaN() }, "--sigma NaN"},
+		{func(o *options) { o.median = 0 }, "--median 0s"},
+		{func(o *options) { o.maxRuntime = time.Minute }, "--max-runtime 1m0s"},
+	} {
+		o := good
+		tt.change(&o)
+		if err := run(o); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("want an error containing %q, got %v", tt.want, err)
+		}
+	}
+	if err := run(good); err != nil {
+		t.Fatal(err)
 	}
 }
