@@ -91,8 +91,8 @@ bench-spot:
 	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods $(OPENB)/openb_pod_list_default.csv \
 		--policy default,spot-first,penny --seed $(SPOT_SEED) \
 		--out $(SIM_RESULTS)/spot.json --markdown $(SIM_RESULTS)/spot.md
-	$(GO) run ./benchmarks/spot/trainingtrace --jobs 600 --days 14 --seed 1 --out $(BIN)/training-600.csv
-	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods $(BIN)/training-600.csv --format philly \
+	$(GO) run ./benchmarks/spot/trainingtrace --jobs 600 --days 14 --seed 1 --out bin/training-600.csv
+	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods bin/training-600.csv --format philly \
 		--policy default,spot-first,penny --seed $(SPOT_SEED) \
 		--out $(SIM_RESULTS)/spot-training.json --markdown $(SIM_RESULTS)/spot-training.md
 
