@@ -85,6 +85,9 @@ type Collector struct {
 	// filled is Result.Minors of the collection Fill last put in a report.
 	filled map[string]uint32
 	xids   map[string]*xidRecord // by GPU UUID
+	// noMemory holds the UUIDs of the GPUs whose last read found no memory,
+	// so that the log says when one starts and stops, not every collection.
+	noMemory map[string]bool
 }
 
 type xidRecord struct {
@@ -105,7 +108,7 @@ func New(lib nvml.Interface, log logr.Logger, opts Options) *Collector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}}
+	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}, noMemory: map[string]bool{}}
 }
 
 // ErrNoDriver is the reason a node has no GPUs to report.
@@ -248,14 +251,21 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 		return c.lostGPU(index, lost)
 	}
 
-	if used, ok := c.memoryUsed(dev); ok && g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
+	// A GPU NVML reads no memory of is faulty (a driver or hardware fault):
+	// it is reported unhealthy, saying why, rather than with a total the
+	// scheduler refuses the node's whole report for. What NVML says of its
+	// memory in use, and of its MIG instances (sized and named against its
+	// memory), is no good either.
+	noMemory := g.MemoryTotalBytes == 0
+	c.noteNoMemory(g, noMemory)
+	if used, ok := c.memoryUsed(dev); ok && !noMemory && g.MigMode != telemetryv1.MIGMode_MIG_MODE_ENABLED {
 		g.MemoryUsedBytes = proto.Uint64(used)
 	}
 	if u, ret := dev.GetUtilizationRates(); ret == nvml.SUCCESS {
 		g.UtilizationPercent = proto.Uint32(min(u.Gpu, 100))
 		g.MemoryUtilizationPercent = proto.Uint32(min(u.Memory, 100))
 	}
-	if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED {
+	if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED && !noMemory {
 		instances, err := c.readMIG(dev)
 		if errors.Is(err, nvml.ERROR_GPU_IS_LOST) {
 			// Fallen off the bus between two reads: the node's other GPUs
@@ -268,7 +278,30 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 		g.MigInstances = instances
 	}
 	g.Health = c.readHealth(dev, g)
+	if noMemory {
+		g.Health.Reasons = append(g.Health.Reasons, NoMemoryReason)
+		g.Health.Healthy = false
+	}
 	return g, nil
+}
+
+// NoMemoryReason is the health reason of a GPU whose NVML memory total is 0.
+const NoMemoryReason = "NVML reports 0 bytes of memory (a driver or hardware fault)"
+
+// noteNoMemory logs when GPU g starts or stops reading no memory. Callers
+// hold c.mu.
+func (c *Collector) noteNoMemory(g *telemetryv1.GPU, noMemory bool) {
+	if noMemory == c.noMemory[g.Uuid] {
+		return
+	}
+	if noMemory {
+		c.noMemory[g.Uuid] = true
+		c.log.Info("GPU reported unhealthy: NVML reports 0 bytes of memory (a driver or hardware fault); the node's other GPUs are reported as usual",
+			"gpu", g.Uuid, "index", g.Index)
+		return
+	}
+	delete(c.noMemory, g.Uuid)
+	c.log.Info("NVML reads the GPU's memory again", "gpu", g.Uuid, "index", g.Index, "memoryTotalBytes", g.MemoryTotalBytes)
 }
 
 // lostGPU reports a GPU NVML stopped answering for from what was read of it

@@ -3,6 +3,7 @@ package nvml
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -707,4 +708,50 @@ func TestDriverReloadedIsLoadedAgain(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// A GPU whose NVML memory total reads 0 is reported unhealthy, saying so,
+// and the report still validates: the scheduler keeps the node and its
+// other GPUs. In MIG mode its instances, sized against its memory, are left
+// out. When NVML reads its memory again it is healthy again.
+func TestGPUWithNoMemoryIsUnhealthyAndTheReportValidates(t *testing.T) {
+	m, err := NewMockFromFlag("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(m, testr.New(t), Options{})
+	collect(t, c)
+	total := m.Devices[2].(*server.Device).MemoryInfo.Total
+	m.SetMemoryTotal(2, 0)
+	m.SetMemoryTotal(7, 0) // in MIG mode
+	r := collect(t, c)
+	if r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+		t.Fatalf("%v %q, %d GPUs", r.Status.State, r.Status.Message, len(r.GPUs))
+	}
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatalf("the scheduler would refuse the node's report: %v", err)
+	}
+	for _, i := range []int{2, 7} {
+		g := r.GPUs[i]
+		if g.Uuid != m.UUID(i) || g.Health.Healthy || !slices.Contains(g.Health.Reasons, NoMemoryReason) {
+			t.Errorf("GPU %d: %s health %v, want unhealthy for %q", i, g.Uuid, g.Health, NoMemoryReason)
+		}
+		if g.MemoryTotalBytes != 0 || g.MemoryUsedBytes != nil || len(g.MigInstances) != 0 {
+			t.Errorf("GPU %d: memory %d used %v, %d MIG instances; want 0, unset, none", i, g.MemoryTotalBytes, g.MemoryUsedBytes, len(g.MigInstances))
+		}
+	}
+	if len(r.GPUs[6].MigInstances) == 0 {
+		t.Error("the other MIG GPU lost its instances")
+	}
+	for _, i := range []int{0, 1, 3, 4, 5, 6} {
+		if g := r.GPUs[i]; !g.Health.Healthy || g.MemoryTotalBytes == 0 {
+			t.Errorf("GPU %d: health %v memory %d, want healthy as before", i, g.Health, g.MemoryTotalBytes)
+		}
+	}
+
+	m.SetMemoryTotal(2, total)
+	r = collect(t, c)
+	if g := r.GPUs[2]; !g.Health.Healthy || g.MemoryTotalBytes != total {
+		t.Errorf("GPU 2 reading its memory again: health %v memory %d", g.Health, g.MemoryTotalBytes)
+	}
 }

@@ -190,6 +190,14 @@ func (m *Mock) SetMemoryUsed(index int, bytes uint64) {
 	m.gpus[index].memUsed = bytes
 }
 
+// SetMemoryTotal sets the memory total NVML reports for GPU index (0, as a
+// faulty GPU or driver may report it).
+func (m *Mock) SetMemoryTotal(index int, bytes uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.Devices[index].(*server.Device).MemoryInfo.Total = bytes
+}
+
 // SetECCUncorrected sets GPU index's volatile uncorrected ECC error count.
 func (m *Mock) SetECCUncorrected(index int, n uint64) {
 	m.mu.Lock()
@@ -224,13 +232,14 @@ func (m *Mock) completeDevice(dev *server.Device, g *mockGPU) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		used := MockReservedBytes + g.memUsed
-		return nvml.Memory{Total: dev.MemoryInfo.Total, Used: used, Free: dev.MemoryInfo.Total - used}, nvml.SUCCESS
+		total := dev.MemoryInfo.Total
+		return nvml.Memory{Total: total, Used: used, Free: total - min(total, used)}, nvml.SUCCESS
 	}
 	dev.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		total := dev.MemoryInfo.Total
-		return nvml.Memory_v2{Total: total, Reserved: MockReservedBytes, Used: g.memUsed, Free: total - MockReservedBytes - g.memUsed}, nvml.SUCCESS
+		return nvml.Memory_v2{Total: total, Reserved: MockReservedBytes, Used: g.memUsed, Free: total - min(total, MockReservedBytes+g.memUsed)}, nvml.SUCCESS
 	}
 	dev.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
 		if mode, _, _ := dev.GetMigMode(); mode == nvml.DEVICE_MIG_ENABLE {

@@ -65,7 +65,26 @@ type ClientOptions struct {
 	Commands CommandHandler
 	Log      logr.Logger
 	Metrics  *Metrics
+	// SendTimeout bounds how long one message waits for the scheduler to
+	// read it before the stream is ended (DefaultSendTimeout when zero).
+	SendTimeout time.Duration
 }
+
+// DefaultSendTimeout bounds how long one message to a scheduler replica
+// waits for room in the replica's receive window. A replica reads every
+// message as it comes, and a report (tens of KB for a full node) or a
+// status is small against the 1 MiB window the scheduler grants each
+// stream, so a live replica's sends never wait on it; one that waits this
+// long has a replica that stopped reading while its connection still
+// answers keepalive pings. Waiting for good would hold that stream's later
+// reports and checkpoint statuses behind it, so the stream is ended and
+// reconnected instead. The scheduler bounds its sends to the agent the same
+// way (telemetry.DefaultSendTimeout).
+const DefaultSendTimeout = 5 * time.Second
+
+// errSchedulerNotReading ends a stream whose replica did not read a message
+// within ClientOptions.SendTimeout.
+var errSchedulerNotReading = errors.New("the scheduler did not read what the agent sent it in time (it hung, or stopped reading); the agent closed the stream")
 
 // DefaultBackoff paces reconnects: quick at first, then no more than one
 // attempt every 30 seconds per endpoint, jittered so that a restarted
@@ -157,6 +176,9 @@ func NewClient(loop *Loop, opts ClientOptions) (*Client, error) {
 	}
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
+	}
+	if opts.SendTimeout <= 0 {
+		opts.SendTimeout = DefaultSendTimeout
 	}
 	opts.TLS = opts.TLS.Clone()
 	if opts.TLS.ServerName == "" {
@@ -459,8 +481,32 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 		cancel()
 		<-recvDone
 	}()
+	// A Send waits while the replica's receive window is full, and a replica
+	// that stopped reading would hold it for good: one timer per stream,
+	// armed around each Send, ends the stream when a Send waits too long
+	// (cancelling the stream's context makes the waiting Send return), and
+	// runEndpoint reconnects as for any other ended stream.
+	var notReading atomic.Bool
+	watchdog := time.AfterFunc(time.Hour, func() {
+		notReading.Store(true)
+		c.opts.Metrics.streamsEnded.WithLabelValues(e.addr, string(streamNotReading)).Inc()
+		log.Info("closing the stream: the scheduler did not read what the agent sent it (it hung, or stopped reading)",
+			"timeout", c.opts.SendTimeout.String())
+		cancel()
+	})
+	watchdog.Stop()
+	defer watchdog.Stop()
+	send := func(m *telemetryv1.AgentMessage) error {
+		watchdog.Reset(c.opts.SendTimeout)
+		err := st.Send(m)
+		watchdog.Stop()
+		return err
+	}
 	// A failed Send only says the stream broke; Recv has the reason.
 	sendFailed := func() error {
+		if notReading.Load() {
+			return errSchedulerNotReading
+		}
 		select {
 		case err := <-recvErr:
 			return err
@@ -477,8 +523,15 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 		select {
 		case <-ctx.Done():
 			st.CloseSend()
+			if notReading.Load() {
+				// The last Send returned just as its time ran out.
+				return errSchedulerNotReading
+			}
 			return ctx.Err()
 		case err := <-recvErr:
+			if notReading.Load() {
+				return errSchedulerNotReading
+			}
 			return err
 		case <-accepted:
 			// A new stream: whatever the last one sent may have been lost
@@ -487,11 +540,11 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 			e.mu.Lock()
 			e.sent = map[statusKey]uint64{}
 			e.mu.Unlock()
-			if err := c.sendStatuses(st, e); err != nil {
+			if err := c.sendStatuses(send, e); err != nil {
 				return sendFailed()
 			}
 		case <-statusesChanged:
-			if err := c.sendStatuses(st, e); err != nil {
+			if err := c.sendStatuses(send, e); err != nil {
 				return sendFailed()
 			}
 		case <-updates:
@@ -499,7 +552,7 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 			if r == nil || r.Sequence <= sent {
 				continue
 			}
-			if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}); err != nil {
+			if err := send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}); err != nil {
 				return sendFailed()
 			}
 			sent = r.Sequence
@@ -511,7 +564,7 @@ func (c *Client) serve(ctx context.Context, cancel context.CancelFunc, st grpc.B
 // sendStatuses sends the live statuses this stream does not have in their
 // latest version, in the order they were produced. A stream whose send fails
 // is done; the next one sends them all again.
-func (c *Client) sendStatuses(st grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage], e *endpoint) error {
+func (c *Client) sendStatuses(send func(*telemetryv1.AgentMessage) error, e *endpoint) error {
 	for {
 		e.mu.Lock()
 		batch := c.statuses.pending(e.sent)
@@ -520,7 +573,7 @@ func (c *Client) sendStatuses(st grpc.BidiStreamingClient[telemetryv1.AgentMessa
 			return nil
 		}
 		for _, s := range batch {
-			if err := st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: s.st}}); err != nil {
+			if err := send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_CheckpointStatus{CheckpointStatus: s.st}}); err != nil {
 				return err
 			}
 			c.opts.Metrics.statusesSent.WithLabelValues(e.addr).Inc()

@@ -74,7 +74,7 @@ func TestGoneEndpointLeavesNoMetrics(t *testing.T) {
 	})
 	// An endpoint's counters are on /metrics at 0 from when it is found,
 	// so that its first rejection or failure shows in increase().
-	for _, name := range []string{"penny_agent_reports_rejected_total", "penny_agent_stream_failures_total"} {
+	for _, name := range []string{"penny_agent_reports_rejected_total", "penny_agent_stream_failures_total", "penny_agent_streams_ended_total"} {
 		for _, addr := range []string{gone, kept} {
 			if v, ok := endpointSeries(t, reg, name)[addr]; !ok || v != 0 {
 				t.Errorf("%s{endpoint=%q} = %v (exported: %v), want 0", name, addr, v, ok)
@@ -88,7 +88,7 @@ func TestGoneEndpointLeavesNoMetrics(t *testing.T) {
 	// one's included, so whatever it was going to write is written.
 	stopClient()
 	for _, name := range []string{"penny_agent_stream_connected", "penny_agent_reports_sent_total", "penny_agent_reports_rejected_total",
-		"penny_agent_stream_failures_total", "penny_agent_checkpoint_statuses_sent_total"} {
+		"penny_agent_stream_failures_total", "penny_agent_streams_ended_total", "penny_agent_checkpoint_statuses_sent_total"} {
 		if v, ok := endpointSeries(t, reg, name)[gone]; ok {
 			t.Errorf("%s{endpoint=%q} = %v remains after the endpoint left", name, gone, v)
 		}

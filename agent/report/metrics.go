@@ -21,7 +21,9 @@ type Metrics struct {
 	rejected   *prometheus.CounterVec
 	connected  *prometheus.GaugeVec
 	reconnects *prometheus.CounterVec
-	commands   *prometheus.CounterVec
+	// streamsEnded counts the streams the agent itself ended, by reason.
+	streamsEnded *prometheus.CounterVec
+	commands     *prometheus.CounterVec
 
 	statusesSent    *prometheus.CounterVec
 	statusesDropped prometheus.Counter
@@ -31,6 +33,18 @@ type Metrics struct {
 type commandKind string
 
 const commandCheckpoint commandKind = "checkpoint"
+
+// streamEndReason is a reason label value of penny_agent_streams_ended_total.
+type streamEndReason string
+
+// streamNotReading: the replica did not read a message within the send
+// timeout (the scheduler's penny_telemetry_streams_ended_total uses the same
+// word for an agent that does not read).
+const streamNotReading streamEndReason = "not_reading"
+
+// streamEndReasons is every streamEndReason: startEndpoint puts each on
+// /metrics at 0 for every endpoint.
+var streamEndReasons = []streamEndReason{streamNotReading}
 
 // commandKinds is every commandKind: NewMetrics puts each on /metrics at 0,
 // so a kind missing here is born at its first command.
@@ -61,6 +75,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "penny_agent_stream_connected", Help: "1 while a stream the scheduler endpoint has accepted is open."}, []string{"endpoint"}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_agent_stream_failures_total", Help: "Streams to a scheduler endpoint that failed or ended, by endpoint."}, []string{"endpoint"}),
+		streamsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "penny_agent_streams_ended_total", Help: "Streams to a scheduler endpoint the agent ended itself, by endpoint and reason: not_reading (a message waited the send timeout, 5s, for the replica to read it: it hung, or stopped reading; the agent reconnects). Each is also counted in penny_agent_stream_failures_total."},
+			[]string{"endpoint", "reason"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "penny_agent_commands_received_total", Help: "Commands received from the scheduler, by kind."}, []string{"kind"}),
 		statusesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -77,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.reportsBuilt, m.collectDuration, m.collectorState, m.gpus, m.gpusUnhealthy, m.reclaimNotices,
-			m.sent, m.rejected, m.connected, m.reconnects, m.commands, m.statusesSent, m.statusesDropped)
+			m.sent, m.rejected, m.connected, m.reconnects, m.streamsEnded, m.commands, m.statusesSent, m.statusesDropped)
 	}
 	return m
 }
@@ -119,6 +136,9 @@ func (m *Metrics) startEndpoint(endpoint string) {
 	m.sent.WithLabelValues(endpoint)
 	m.rejected.WithLabelValues(endpoint)
 	m.reconnects.WithLabelValues(endpoint)
+	for _, r := range streamEndReasons {
+		m.streamsEnded.WithLabelValues(endpoint, string(r))
+	}
 	m.statusesSent.WithLabelValues(endpoint)
 }
 
@@ -127,5 +147,6 @@ func (m *Metrics) forgetEndpoint(endpoint string) {
 	m.rejected.DeleteLabelValues(endpoint)
 	m.connected.DeleteLabelValues(endpoint)
 	m.reconnects.DeleteLabelValues(endpoint)
+	m.streamsEnded.DeletePartialMatch(prometheus.Labels{"endpoint": endpoint})
 	m.statusesSent.DeleteLabelValues(endpoint)
 }

@@ -399,3 +399,28 @@ func clientOf(t *testing.T, p string, cert telemetrytest.Cert, res *fixedResolve
 	}
 	return loop, client
 }
+
+// A GPU whose NVML memory total reads 0 costs the node nothing but that GPU:
+// the scheduler accepts the report, with the GPU unhealthy and the reason
+// named, and the other GPUs as they are.
+func TestGPUWithNoMemoryLeavesTheNodeInTheScheduler(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	loop, m := newMockLoop(t, "n1", 20*time.Millisecond, 100*time.Millisecond)
+	m.SetMemoryTotal(3, 0)
+	client := newClient(t, loop, env.Addr, env.ClientTLS, env.TokenFile(t, "n1"))
+	run(t, loop.Run)
+	run(t, client.Run)
+	eventually(t, 5*time.Second, "the node in the store", func() bool { _, ok := env.Store.Node("n1"); return ok })
+	st, _ := env.Store.Node("n1")
+	if !st.GPUsKnown || len(st.GPUs) != 8 {
+		t.Fatalf("GPUs known %v, %d GPUs; want all 8", st.GPUsKnown, len(st.GPUs))
+	}
+	for i, g := range st.GPUs {
+		if want := i != 3; g.Healthy != want {
+			t.Errorf("GPU %d healthy %v (%v), want %v", i, g.Healthy, g.UnhealthyReasons, want)
+		}
+	}
+	if r := st.GPUs[3].UnhealthyReasons; len(r) != 1 || r[0] != nvml.NoMemoryReason {
+		t.Errorf("GPU 3 unhealthy for %q, want %q", r, nvml.NoMemoryReason)
+	}
+}

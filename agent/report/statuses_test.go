@@ -277,6 +277,19 @@ func (s *lossyStream) Recv() (*telemetryv1.AgentMessage, error) {
 
 func startLossy(t *testing.T, lose int32, onStatus func(string, *telemetryv1.CheckpointStatus) telemetry.StatusResult) (*lossyServer, *telemetrytest.Env) {
 	t.Helper()
+	var l *lossyServer
+	env := startWrapped(t, onStatus, func(srv *telemetry.Server) telemetryv1.TelemetryServer {
+		l = &lossyServer{Server: srv, lose: lose}
+		return l
+	})
+	return l, env
+}
+
+// startWrapped serves the real telemetry server, as wrap changes it, on a
+// plain gRPC server with opts, for the misbehaving replicas tests need.
+func startWrapped(t *testing.T, onStatus func(string, *telemetryv1.CheckpointStatus) telemetry.StatusResult,
+	wrap func(*telemetry.Server) telemetryv1.TelemetryServer, opts ...grpc.ServerOption) *telemetrytest.Env {
+	t.Helper()
 	cert := telemetrytest.NewCert(t)
 	srv, err := telemetry.NewServer(telemetry.ServerOptions{
 		Store: telemetry.NewStore(telemetry.StoreOptions{}), Authenticator: telemetrytest.NodeTokens(),
@@ -289,16 +302,15 @@ func startLossy(t *testing.T, lose int32, onStatus func(string, *telemetryv1.Che
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lossyServer{Server: srv, lose: lose}
-	g := grpc.NewServer(grpc.Creds(credentials.NewServerTLSFromCert(&pair)))
-	telemetryv1.RegisterTelemetryServer(g, l)
+	g := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(credentials.NewServerTLSFromCert(&pair))}, opts...)...)
+	telemetryv1.RegisterTelemetryServer(g, wrap(srv))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return l, &telemetrytest.Env{Addr: lis.Addr().String(), ClientTLS: cert.ClientTLS(), Cert: cert, Store: srv.Store(), Server: srv}
+	return &telemetrytest.Env{Addr: lis.Addr().String(), ClientTLS: cert.ClientTLS(), Cert: cert, Store: srv.Store(), Server: srv}
 }
 
 // The same over gRPC: the replica's connection breaks with the status

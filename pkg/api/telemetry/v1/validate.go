@@ -217,8 +217,15 @@ func validateGPU(g *GPU, seen *uniqueness, p at) field.ErrorList {
 	}
 	errs = append(errs, validateText(g.GetPciBusId(), 64, p.Child("pci_bus_id"))...)
 	total := g.GetMemoryTotalBytes()
-	if total == 0 || total > MaxGPUMemoryBytes {
+	switch {
+	case total > MaxGPUMemoryBytes:
 		errs = append(errs, field.Invalid(p.Child("memory_total_bytes").path(), total, fmt.Sprintf("must be 1..%d", MaxGPUMemoryBytes)))
+	case total == 0 && g.GetHealth().GetHealthy():
+		// A GPU whose NVML reads no memory is a fault on that GPU, not a
+		// malformed report: an agent reports it unhealthy, saying so, and
+		// the node's other GPUs stay in the scheduler's view. (A missing
+		// health verdict is refused below.)
+		errs = append(errs, field.Invalid(p.Child("memory_total_bytes").path(), total, fmt.Sprintf("must be 1..%d; 0 only on a GPU reported unhealthy", MaxGPUMemoryBytes)))
 	}
 	if g.MemoryUsedBytes != nil && g.GetMemoryUsedBytes() > total {
 		errs = append(errs, field.Invalid(p.Child("memory_used_bytes").path(), g.GetMemoryUsedBytes(), fmt.Sprintf("must not exceed memory_total_bytes (%d)", total)))

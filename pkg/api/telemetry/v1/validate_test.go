@@ -169,6 +169,28 @@ func TestRebalanceNeedsNoDeadline(t *testing.T) {
 	}
 }
 
+// A GPU whose NVML reads no memory is reported unhealthy by the agent and
+// does not cost the node its report; on a GPU reported healthy (or with
+// memory in use) a total of 0 is still refused, naming the field.
+func TestUnhealthyGPUMayReadNoMemory(t *testing.T) {
+	r := sampleReport()
+	g := r.Gpus[0]
+	g.MemoryTotalBytes, g.MemoryUsedBytes = 0, nil
+	g.Health = &Health{Healthy: false, Reasons: []string{"NVML reports 0 bytes of memory"}}
+	if err := ValidateNodeReport(r); err != nil {
+		t.Fatalf("unhealthy GPU without memory refused: %v", err)
+	}
+	g.MemoryUsedBytes = proto.Uint64(1)
+	if err := ValidateNodeReport(r); err == nil || !strings.Contains(err.Error(), "gpus[0].memory_used_bytes") {
+		t.Errorf("memory in use on a GPU of 0 bytes: %v", err)
+	}
+	g.MemoryUsedBytes = nil
+	g.Health = &Health{Healthy: true}
+	if err := ValidateNodeReport(r); err == nil || !strings.Contains(err.Error(), "gpus[0].memory_total_bytes") {
+		t.Errorf("healthy GPU without memory: %v", err)
+	}
+}
+
 func TestNoGPUNodeIsValid(t *testing.T) {
 	r := sampleReport()
 	r.Nvml = &CollectorStatus{State: CollectorStatus_STATE_UNAVAILABLE, Message: "no NVIDIA driver"}
