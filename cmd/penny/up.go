@@ -221,11 +221,18 @@ func runUp(ctx context.Context, o upOptions, out, errOut io.Writer) (err error) 
 	// is not fed exposure either: node-hours alone would only ever lower the
 	// Spot pools' rates below their catalog priors.
 	left.set(func(l *leftBehind) { l.scheduler = true })
-	sched, err := plugins.StartScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig})
+	doing = "starting penny-scheduler, before it scheduled anything"
+	sched, err := startScheduler(ctx, plugins.SchedulerOptions{Kubeconfig: cluster.KubeconfigPath, Config: deploy.SchedulerConfig})
 	if err != nil {
 		return err
 	}
 	defer sched.Stop()
+	// The scheduler's start runs to its end whatever ctx says (cut short,
+	// it could not be stopped cleanly), so a Ctrl-C during it shows only
+	// here: let through, it read as a run that came up and then stopped.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	startup := time.Since(began)
 
 	nodes := len(spec.Nodes())
@@ -291,6 +298,10 @@ func writeSummary(path string, s upSummary) error {
 	}
 	return sim.WriteFile(path, append(data, '\n'))
 }
+
+// startScheduler is plugins.StartScheduler; a test stands in for it to
+// interrupt penny up while the scheduler starts.
+var startScheduler = plugins.StartScheduler
 
 // exitNow ends the process when a second Ctrl-C cuts the shutdown short; a
 // test stands in for it.

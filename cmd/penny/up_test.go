@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/plugins"
 )
 
 // runUpCommand runs `penny up` with args as a user would type them, with
@@ -102,6 +103,52 @@ func TestUpInterruptedWhileStarting(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Errorf("the state directory is still there: %v", err)
+	}
+}
+
+// Ctrl-C while penny-scheduler starts (its start runs to its end, about
+// half a second, whatever the interrupt) stops penny up as an interrupted
+// start, not as a run that came up: it says so, exits non-zero and leaves
+// nothing behind. The interrupt comes as the start begins and as it ends.
+func TestUpInterruptedWhileTheSchedulerStarts(t *testing.T) {
+	for _, when := range []string{"as it begins", "as it ends"} {
+		t.Run(when, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			real := startScheduler
+			t.Cleanup(func() { startScheduler = real })
+			started := false
+			startScheduler = func(sctx context.Context, so plugins.SchedulerOptions) (*plugins.Scheduler, error) {
+				if when == "as it begins" {
+					cancel()
+				} else {
+					defer cancel()
+				}
+				started = true
+				return real(sctx, so)
+			}
+			state := filepath.Join(t.TempDir(), "state")
+			summaryFile := filepath.Join(t.TempDir(), "summary.json")
+			out, left, err := runUpCommand(t, ctx, "--dir", state, "--port", "0", "--summary-json", summaryFile)
+			if !started {
+				t.Fatalf("penny up did not start the scheduler: %v\n%s", err, out)
+			}
+			if err == nil || !strings.Contains(err.Error(), "interrupted while starting penny-scheduler, before it scheduled anything") || !strings.Contains(err.Error(), "removed what penny up made") {
+				t.Errorf("%v; want it to say it was interrupted before the scheduler ran, and what it cleaned up", err)
+			}
+			if strings.Contains(out, "Penny is up") || strings.Contains(out, "Running.") {
+				t.Errorf("an interrupted start reads as a run that came up:\n%s", out)
+			}
+			if len(left) > 0 {
+				t.Errorf("left %v in TMPDIR", left)
+			}
+			if _, err := os.Stat(state); !os.IsNotExist(err) {
+				t.Errorf("the state directory is still there: %v", err)
+			}
+			if s := readSummary(t, summaryFile); s.Status != summaryFailed || !strings.Contains(s.Error, "interrupted") {
+				t.Errorf("summary: status %q, error %q; want failed, interrupted", s.Status, s.Error)
+			}
+		})
 	}
 }
 

@@ -46,6 +46,7 @@ func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcd
 			listener.Close()
 		}
 	}()
+	routeEtcdClientLogs()
 	certDir := filepath.Join(dir, "apiserver")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {
 		return nil, err

@@ -69,10 +69,14 @@ type Cluster struct {
 	// StartupDuration is how long Start took, nodes Ready included.
 	StartupDuration time.Duration
 
-	cancel    context.CancelFunc
-	etcd      *embed.Etcd
-	apiserver *apiServer
-	lock      *os.File
+	cancel context.CancelFunc
+	// stopClients stops the controllers and KWOK; controllersStopped
+	// waits for the controllers to have stopped.
+	stopClients        context.CancelFunc
+	controllersStopped func()
+	etcd               *embed.Etcd
+	apiserver          *apiServer
+	lock               *os.File
 	// ownDir: the cluster made Dir (or an earlier cluster did), and Stop
 	// removes it; else Stop empties it.
 	ownDir bool
@@ -154,14 +158,16 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: SystemNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
-	if err := startControllers(runCtx, c.RESTConfig); err != nil {
+	var clientsCtx context.Context
+	clientsCtx, c.stopClients = context.WithCancel(runCtx)
+	if c.controllersStopped, err = startControllers(clientsCtx, c.RESTConfig); err != nil {
 		return nil, err
 	}
 	logTo := opts.Log
 	if logTo == nil {
 		logTo = os.Stderr
 	}
-	if err := startKWOK(runCtx, c.KubeconfigPath, c.RESTConfig, logTo); err != nil {
+	if err := startKWOK(clientsCtx, c.KubeconfigPath, c.RESTConfig, logTo); err != nil {
 		return nil, err
 	}
 	if opts.Spec != nil {
@@ -203,6 +209,24 @@ func (c *Cluster) AddNodes(ctx context.Context, nodes ...*corev1.Node) error {
 // Stop tears the cluster down and removes its directory. It is safe to call
 // more than once and on a partly started cluster.
 func (c *Cluster) Stop() {
+	// In the order they depend on each other: the API's clients before
+	// the kube-apiserver, so that they do not retry against a server
+	// going away, and the kube-apiserver before etcd.
+	if c.stopClients != nil {
+		c.stopClients()
+	}
+	if c.controllersStopped != nil {
+		stopped := make(chan struct{})
+		go func() {
+			c.controllersStopped()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(30 * time.Second):
+		}
+		c.controllersStopped = nil
+	}
 	if c.cancel != nil {
 		c.cancel()
 	}

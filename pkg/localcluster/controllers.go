@@ -3,6 +3,7 @@ package localcluster
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -27,46 +28,52 @@ import (
 // namespace gets its default ServiceAccount, and owners' deletion cascades.
 // They are upstream's controllers, not imitations, so the pods they create
 // look exactly as they would on a real cluster.
-func startControllers(ctx context.Context, cfg *rest.Config) error {
+//
+// The returned stopped blocks, once ctx is done, until they have stopped.
+func startControllers(ctx context.Context, cfg *rest.Config) (stopped func(), err error) {
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "penny-local-controllers"
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	pods := factory.Core().V1().Pods()
 
 	jobs, err := job.NewController(ctx, client, pods, factory.Batch().V1().Jobs(), nil, nil)
 	if err != nil {
-		return fmt.Errorf("job controller: %w", err)
+		return nil, fmt.Errorf("job controller: %w", err)
 	}
 	deployments, err := deployment.NewDeploymentController(ctx, factory.Apps().V1().Deployments(), factory.Apps().V1().ReplicaSets(), pods, client)
 	if err != nil {
-		return fmt.Errorf("deployment controller: %w", err)
+		return nil, fmt.Errorf("deployment controller: %w", err)
 	}
 	replicaSets := replicaset.NewReplicaSetController(ctx, factory.Apps().V1().ReplicaSets(), pods, client, 500)
 	serviceAccounts, err := serviceaccount.NewServiceAccountsController(klog.FromContext(ctx),
 		factory.Core().V1().ServiceAccounts(), factory.Core().V1().Namespaces(), client,
 		serviceaccount.DefaultServiceAccountsControllerOptions())
 	if err != nil {
-		return fmt.Errorf("serviceaccount controller: %w", err)
+		return nil, fmt.Errorf("serviceaccount controller: %w", err)
 	}
 	startGC, err := garbageCollector(ctx, cfg, client, factory)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	factory.Start(ctx.Done())
-	go jobs.Run(ctx, 2)
-	go deployments.Run(ctx, 2)
-	go replicaSets.Run(ctx, 2)
-	go serviceAccounts.Run(ctx, 1)
-	startGC()
-	return nil
+	var running sync.WaitGroup
+	running.Go(func() { jobs.Run(ctx, 2) })
+	running.Go(func() { deployments.Run(ctx, 2) })
+	running.Go(func() { replicaSets.Run(ctx, 2) })
+	running.Go(func() { serviceAccounts.Run(ctx, 1) })
+	startGC(&running)
+	return func() {
+		running.Wait()
+		factory.Shutdown()
+	}, nil
 }
 
-func garbageCollector(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory) (func(), error) {
+func garbageCollector(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory) (func(*sync.WaitGroup), error) {
 	metadataClient, err := metadata.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -80,12 +87,13 @@ func garbageCollector(ctx context.Context, cfg *rest.Config, client kubernetes.I
 	if err != nil {
 		return nil, fmt.Errorf("garbage collector: %w", err)
 	}
-	return func() {
+	return func(running *sync.WaitGroup) {
 		metadataInformers.Start(ctx.Done())
 		close(started)
 		const resync = 5 * time.Second
-		go wait.UntilWithContext(ctx, func(context.Context) { mapper.Reset() }, resync)
-		go gc.Run(ctx, 2, resync)
-		go gc.Sync(ctx, client.Discovery(), resync)
+		running.Go(func() { wait.UntilWithContext(ctx, func(context.Context) { mapper.Reset() }, resync) })
+		running.Go(func() { gc.Run(ctx, 2, resync) })
+		running.Go(func() { gc.Sync(ctx, client.Discovery(), resync) })
+		running.Go(func() { <-ctx.Done(); metadataInformers.Shutdown() })
 	}, nil
 }
