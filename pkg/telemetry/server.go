@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -420,8 +421,13 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 		left := id.Expires.Sub(s.opts.Now())
 		detach := time.AfterFunc(left, func() { s.unregister(as) })
 		defer detach.Stop()
-		end := time.AfterFunc(left+ExpiredStreamGrace, func() { as.end(errTokenExpired) })
-		defer end.Stop()
+		// Sub saturates at the largest Duration for an exp centuries
+		// away, and the grace added to that would wrap round to a
+		// negative wait: the stream would end as it opened.
+		if left < math.MaxInt64-ExpiredStreamGrace {
+			end := time.AfterFunc(left+ExpiredStreamGrace, func() { as.end(errTokenExpired) })
+			defer end.Stop()
+		}
 	}
 	for {
 		msg, err := stream.Recv()

@@ -703,6 +703,24 @@ func TestStreamOfAnAgentThatStopsReadingEnds(t *testing.T) {
 	}
 }
 
+// A token whose exp lies past what a time.Duration holds from now (some
+// issuers mint tokens that do not expire in practice) is not expired: the
+// time left saturates at the largest Duration, and adding the grace to it
+// wrapped round to a negative wait, so such a stream was ended as "token
+// expired" as soon as it opened, and again at every reconnect.
+func TestStreamWithAFarFutureTokenStaysOpen(t *testing.T) {
+	nd := jwt.NewNumericDate(time.Now().AddDate(400, 0, 0))
+	srv, tok := expiringTokenServer(t, nd)
+	a := connect(t, telemetrytest.StartWith(t, srv), tok)
+	time.Sleep(200 * time.Millisecond)
+	if ack, err := a.Report(t, telemetrytest.Report("n1", 1, 1, time.Now())); err != nil || !ack.GetAccepted() {
+		t.Fatalf("a stream whose token expires in 400 years: %v %v", ack, err)
+	}
+	if !slices.Contains(srv.ConnectedNodes(), "n1") {
+		t.Fatal("a stream whose token expires in 400 years does not count as connected")
+	}
+}
+
 // notReading opens a stream with token whose client never reads what the
 // server sends, with fixed 64 KB windows (as any client may choose), and
 // returns once the server has accepted it.

@@ -30,6 +30,16 @@ type Reader interface {
 	Node(name string) (*NodeState, bool)
 }
 
+// Notifier is a Reader that says when a node's state changes, for a plugin
+// whose verdict on a node a report can change with no cluster event to tell
+// the scheduler (a reclaim notice withdrawn).
+type Notifier interface {
+	Reader
+	// Subscribe has fn see every applied update, as StoreOptions.OnUpdate
+	// does, until cancel is called.
+	Subscribe(fn func(prev, next *NodeState)) (cancel func())
+}
+
 // NodeState is what the scheduler knows about one node from its agent.
 // Nothing in it may be modified: the store replaces it whole.
 type NodeState struct {
@@ -231,7 +241,16 @@ type Store struct {
 	membership sync.Mutex
 	// onUpdate, when set, sees every applied update (writer side).
 	onUpdate func(prev, next *NodeState)
+	// subscribers see every applied update after onUpdate (Subscribe):
+	// copy-on-write, so that a report does not wait for a subscriber that
+	// joins or leaves; subscribing serialises the writers of the list.
+	subscribers atomic.Pointer[[]*subscriber]
+	subscribing sync.Mutex
 }
+
+// subscriber is a pointer so that cancel removes this subscription, not
+// another with the same func.
+type subscriber struct{ fn func(prev, next *NodeState) }
 
 type entry struct {
 	state atomic.Pointer[NodeState]
@@ -251,7 +270,8 @@ type StoreOptions struct {
 	// OnUpdate is called after each applied update, on the writer's
 	// goroutine, with the previous state (nil for a new node). It is how a
 	// component reacts to a change (a new reclaim notice) without polling.
-	// It must return quickly: the node's next report waits for it.
+	// It must return quickly: the node's next report waits for it. Others
+	// join through Store.Subscribe.
 	OnUpdate func(prev, next *NodeState)
 }
 
@@ -284,7 +304,30 @@ func (s *Store) SetMaxAge(d time.Duration) {
 	}
 }
 
-var _ Reader = &Store{}
+var _ Notifier = &Store{}
+
+// Subscribe implements Notifier: fn is called after each applied update, on
+// the writer's goroutine, after StoreOptions.OnUpdate and under the same
+// rules (it must return quickly). A store outlives the plugins built on it
+// (a scheduler's profiles, a restart in tests), and each cancels its own
+// subscription when it stops.
+func (s *Store) Subscribe(fn func(prev, next *NodeState)) (cancel func()) {
+	sub := &subscriber{fn: fn}
+	s.subscribing.Lock()
+	defer s.subscribing.Unlock()
+	var subs []*subscriber
+	if old := s.subscribers.Load(); old != nil {
+		subs = slices.Clone(*old)
+	}
+	subs = append(subs, sub)
+	s.subscribers.Store(&subs)
+	return func() {
+		s.subscribing.Lock()
+		defer s.subscribing.Unlock()
+		subs := slices.DeleteFunc(slices.Clone(*s.subscribers.Load()), func(o *subscriber) bool { return o == sub })
+		s.subscribers.Store(&subs)
+	}
+}
 
 // Node implements Reader.
 func (s *Store) Node(name string) (*NodeState, bool) {
@@ -342,6 +385,11 @@ func (s *Store) Update(r *telemetryv1.NodeReport, received time.Time) bool {
 	e.state.Store(next)
 	if s.onUpdate != nil {
 		s.onUpdate(prev, next)
+	}
+	if subs := s.subscribers.Load(); subs != nil {
+		for _, sub := range *subs {
+			sub.fn(prev, next)
+		}
 	}
 	return true
 }

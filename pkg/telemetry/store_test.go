@@ -172,6 +172,39 @@ func TestOnUpdateAndPrune(t *testing.T) {
 	}
 }
 
+// The store's OnUpdate hook belongs to the reclaim coordinator; a plugin
+// that must hear of a withdrawn notice subscribes beside it, and stops
+// hearing when it cancels (its scheduler stopped) while the others go on.
+func TestSubscribersSeeUpdatesBesideOnUpdate(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	saw := func(who string) func(prev, next *telemetry.NodeState) {
+		return func(prev, next *telemetry.NodeState) {
+			mu.Lock()
+			defer mu.Unlock()
+			if prev == nil {
+				seen = append(seen, fmt.Sprintf("%s: new %s", who, next.Node))
+			} else {
+				seen = append(seen, fmt.Sprintf("%s: %s %d->%d", who, next.Node, prev.Sequence, next.Sequence))
+			}
+		}
+	}
+	s := telemetry.NewStore(telemetry.StoreOptions{OnUpdate: saw("hook")})
+	var n telemetry.Notifier = s
+	cancelA := n.Subscribe(saw("a"))
+	n.Subscribe(saw("b"))
+	s.Update(telemetrytest.Report("n1", 1, 1, t0), time.Now())
+	cancelA()
+	s.Update(telemetrytest.Report("n1", 1, 2, t0), time.Now())
+	s.Update(telemetrytest.Report("n1", 1, 2, t0), time.Now()) // not applied: seen by nobody
+	want := []string{"hook: new n1", "a: new n1", "b: new n1", "hook: n1 1->2", "b: n1 1->2"}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(seen, want) {
+		t.Fatalf("saw %q, want %q", seen, want)
+	}
+}
+
 // Reads must not wait for writers: Score runs for every node of every pod.
 // A writer is parked inside OnUpdate, holding the node's write lock, while
 // readers of that same node and of others must return at once.

@@ -20,7 +20,10 @@ import (
 // store retry the pods it may help. Nor is a Spot pool's reclaim risk
 // falling under a pod's limit as its reclaims age or node-hours come in;
 // PostFilter (PodGroupPostFilter for a native PodGroup) has the pod wait for
-// that pool (waitForRisk), whose timer the risk model's changes move.
+// that pool (waitForRisk), whose timer the risk model's changes move. Nor is
+// an agent's report that no longer carries a reclaim notice; New has the
+// telemetry store retry the pods the node now lets in
+// (retryReclaimWithdrawn).
 func (pl *SpotRisk) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint, error) {
 	return []fwk.ClusterEventWithHint{
 		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeLabel | fwk.UpdateNodeTaint}, QueueingHintFn: pl.isSchedulableAfterNodeChange},
@@ -29,7 +32,11 @@ func (pl *SpotRisk) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithH
 }
 
 // isSchedulableAfterNodeChange queues the pod when the new or changed node
-// passes the plugin's rules for it and did not before.
+// passes the plugin's rules for it and did not before. It reads the node's
+// reclaim notice as its agent reports it now, not as it was when the node
+// changed: a reclaim taint lifted before the report that drops its notice
+// arrives leaves the pod skipped here, and that report retries it
+// (retryReclaimWithdrawn).
 func (pl *SpotRisk) isSchedulableAfterNodeChange(logger klog.Logger, pod *corev1.Pod, oldObj, newObj interface{}) (fwk.QueueingHint, error) {
 	oldNode, newNode, err := util.As[*corev1.Node](oldObj, newObj)
 	if err != nil {

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/schedulertest"
+	"github.com/pennysched/penny/pkg/telemetry"
 )
 
 // startDeployed runs a real kube-scheduler with the deployed profile's
@@ -146,5 +148,40 @@ func TestNativePodGroupKeptOffSpotByRiskIsRetriedWhenThePoolsRiskFalls(t *testin
 		if n != "spot" {
 			t.Errorf("%s bound to %q, want spot", m, n)
 		}
+	}
+}
+
+// In a running scheduler, a pod whose only Spot node has a pending reclaim
+// notice binds there as soon as the node's agent no longer reports it, not
+// after its backoff (here ten minutes) or the five-minute flush: whether the
+// notice was only in telemetry, or its taint was lifted first, while the
+// agent still reported it.
+func TestPodKeptOffByAReclaimNoticeBindsWhenTheNoticeIsWithdrawn(t *testing.T) {
+	for _, tainted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tainted=%v", tainted), func(t *testing.T) {
+			store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
+			store.Update(reclaimReport("spot", 1, true), time.Now())
+			spot := node("spot", pricing.Spot, "us-east-1a")
+			if tainted {
+				spot.Spec.Taints = []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}
+			}
+			c := startDeployed(t, &Args{}, Deps{Prices: catalog(t), Telemetry: store}, 10*time.Minute, spot)
+			p := pod("spot-only", map[string]string{AnnotationSpot: "only"})
+			p.Spec.SchedulerName = schedulertest.SchedulerName
+			c.Create(p)
+			c.WaitEvent("spot-only", "0/1 nodes are available")
+			if tainted {
+				lifted := spot.DeepCopy()
+				lifted.Spec.Taints = nil
+				if _, err := c.Client.CoreV1().Nodes().Update(c.Ctx, lifted, metav1.UpdateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				// The taint's event finds the agent still reporting the
+				// notice, and the pod stays off the node.
+				c.NeverBound(500*time.Millisecond, "spot-only")
+			}
+			store.Update(reclaimReport("spot", 2, false), time.Now())
+			c.WaitBound(10*time.Second, "spot-only")
+		})
 	}
 }

@@ -42,7 +42,9 @@ type Deps struct {
 	// catalog's interruption buckets.
 	Risk pricing.RiskSource
 	// Telemetry is what agents report; a node whose agent reports a
-	// pending reclaim is filtered out. Nil: only reclaim taints count.
+	// pending reclaim is filtered out. Nil: only reclaim taints count. A
+	// telemetry.Notifier also says when a notice is withdrawn, and the pods
+	// it kept off the node are retried (retryReclaimWithdrawn).
 	Telemetry telemetry.Reader
 	// Clock is the simulator's virtual clock in replays.
 	Clock clock.WithDelayedExecution
@@ -159,6 +161,21 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 			return nil, fmt.Errorf("%s: watching pods for their scheduling gates: %w", Name, err)
 		}
 	}
+	if n, ok := pl.telemetry.(telemetry.Notifier); ok && h != nil && h.SharedInformerFactory() != nil {
+		informers := h.SharedInformerFactory().Core().V1()
+		pods, nodes := informers.Pods().Lister(), informers.Nodes().Lister()
+		logger := klog.FromContext(ctx)
+		cancel := n.Subscribe(func(prev, next *telemetry.NodeState) {
+			if prev != nil && prev.Reclaiming() && !next.Reclaiming() {
+				// Off the store's goroutine: the node's next report waits
+				// for its hooks, and this one lists every pod.
+				go pl.retryReclaimWithdrawn(logger, pods, nodes, next.Node)
+			}
+		})
+		// The store outlives the scheduler (a restart, another profile):
+		// a stopped one's queue is gone.
+		context.AfterFunc(ctx, cancel)
+	}
 	if store, ok := pl.prices.(*pricing.Store); ok && h != nil && h.SharedInformerFactory() != nil {
 		pods := h.SharedInformerFactory().Core().V1().Pods().Lister()
 		logger := klog.FromContext(ctx)
@@ -194,6 +211,47 @@ func (pl *SpotRisk) retryRiskBound(logger klog.Logger, pods corelisters.PodListe
 	}
 	if len(retry) > 0 {
 		logger.V(4).Info("Retrying pods whose Spot pools the price catalog may have let in", "pods", len(retry))
+		pl.handle.Activate(logger, retry)
+	}
+}
+
+// retryReclaimWithdrawn retries the pending pods that a node whose agent no
+// longer reports a reclaim notice (the cloud called it off) now lets in:
+// when the notice was only in telemetry, no cluster event says it went, and
+// when a taint went with it, the taint's event may have come first, while
+// the node still read as reclaiming (isSchedulableAfterNodeChange), so the
+// pods Filter turned away for the notice waited for an unrelated event or
+// the scheduler's five-minute flush. Which pods the notice alone kept off
+// the node is not recorded, so this retries those whose rules now admit the
+// node, as the taint's event would have: a superset, paid for only when a
+// notice is withdrawn. Activate leaves pods that are not waiting in this
+// scheduler's queue alone.
+func (pl *SpotRisk) retryReclaimWithdrawn(logger klog.Logger, pods corelisters.PodLister, nodes corelisters.NodeLister, name string) {
+	if pl.lifetime.Err() != nil {
+		return
+	}
+	// The lister may not have the taint's removal yet: its event then
+	// comes after, and its hint reads the notice gone.
+	node, err := nodes.Get(name)
+	if err != nil || pl.reclaimPending(node) {
+		return
+	}
+	all, err := pods.List(labels.Everything())
+	if err != nil {
+		logger.Error(err, "Listing pods to retry after a reclaim notice was withdrawn", "plugin", Name, "node", name)
+		return
+	}
+	retry := map[string]*corev1.Pod{}
+	for _, p := range all {
+		if p.Spec.NodeName != "" {
+			continue
+		}
+		if class, err := pl.classify(p); err == nil && pl.exclude(pl.stateFor(p, class), node) == "" {
+			retry[p.Namespace+"/"+p.Name] = p
+		}
+	}
+	if len(retry) > 0 {
+		logger.V(4).Info("Retrying pods that a node whose reclaim notice was withdrawn now lets in", "node", name, "pods", len(retry))
 		pl.handle.Activate(logger, retry)
 	}
 }

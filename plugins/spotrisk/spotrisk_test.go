@@ -32,12 +32,15 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	capacitylabels "github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
 
 // fleet: one node of each capacity type, a riskier Spot pool in zone c, and
@@ -1075,6 +1078,91 @@ func TestAgentReclaimNoticeExcludesNode(t *testing.T) {
 	if strings.Join(r.feasible, ",") != "spot-c" {
 		t.Fatalf("feasible %v, want only the Spot node without a notice", r.feasible)
 	}
+}
+
+// reclaimReport is the agent's report of node, with a Spot interruption
+// notice while reclaiming.
+func reclaimReport(node string, seq uint64, reclaiming bool) *telemetryv1.NodeReport {
+	r := telemetrytest.Report(node, 0, seq, time.Now())
+	if reclaiming {
+		r.ReclaimNotices = []*telemetryv1.ReclaimNotice{{Id: "i-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+			Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, DetectedAt: timestamppb.New(t0)}}
+	}
+	return r
+}
+
+// A pod that the reclaim notices of Spot nodes kept off them is retried when
+// a node's agent no longer reports its notice (the cloud called it off): no
+// cluster event says so, and the pod waited for an unrelated one or the
+// scheduler's five-minute flush. When the notice's taint was lifted first,
+// the taint's event found the node still reclaiming and could not queue the
+// pod; the report that drops the notice does. A report that still carries
+// the notice, a node still tainted, and pods the node does not admit anyway
+// (bound, kept off Spot, malformed) retry nobody.
+func TestPodKeptOffByAReclaimNoticeIsRetriedWhenTheNoticeIsWithdrawn(t *testing.T) {
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	pods, nodes := factory.Core().V1().Pods(), factory.Core().V1().Nodes()
+	taint := []corev1.Taint{{Key: pricing.TaintReclaimNotice, Effect: corev1.TaintEffectNoSchedule}}
+	quiet := node("spot-quiet", pricing.Spot, "us-east-1a") // the notice only in telemetry
+	lifted := node("spot-lifted", pricing.Spot, "us-east-1a")
+	lifted.Spec.Taints = taint
+	kept := node("spot-kept", pricing.Spot, "us-east-1a")
+	kept.Spec.Taints = taint
+	for _, n := range []*corev1.Node{quiet, lifted, kept} {
+		store.Update(reclaimReport(n.Name, 1, true), time.Now())
+		if err := nodes.Informer().GetIndexer().Add(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newEnvWith(t, nil, Deps{Prices: catalog(t), Telemetry: store}, []frameworkruntime.Option{frameworkruntime.WithInformerFactory(factory)}, quiet, lifted, kept)
+	spot := pod("spot", map[string]string{AnnotationSpot: "only"})
+	bound := pod("bound", map[string]string{AnnotationSpot: "only"})
+	bound.Spec.NodeName = "spot-quiet"
+	for _, p := range []*corev1.Pod{spot, bound, pod("serve", map[string]string{AnnotationWorkload: "inference"}), pod("typo", map[string]string{AnnotationSpot: "x"})} {
+		if err := pods.Informer().GetIndexer().Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := e.schedule(t, spot)
+	expectContains(t, "FitError", r.fitError, "3 node(s) have a pending reclaim notice")
+	retried := func(n int) {
+		t.Helper()
+		waitUntil(t, func() bool { return len(e.act.list()) >= n })
+		if got := e.act.list(); len(got) != n || slices.ContainsFunc(got, func(k string) bool { return k != "default/spot" }) {
+			t.Fatalf("retried %v, want default/spot %d time(s)", got, n)
+		}
+	}
+
+	// The notice goes first: the taint still keeps the pod off, and its
+	// event queues the pod when it goes.
+	store.Update(reclaimReport("spot-kept", 2, false), time.Now())
+	store.Update(reclaimReport("spot-quiet", 2, true), time.Now())
+	for deadline := time.Now().Add(200 * time.Millisecond); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if got := e.act.list(); len(got) > 0 {
+			t.Fatalf("retried %v while the nodes are still tainted or reclaiming", got)
+		}
+	}
+	untainted := kept.DeepCopy()
+	untainted.Spec.Taints = nil
+	if h, err := e.plugin.isSchedulableAfterNodeChange(klogLogger(), spot, kept, untainted); err != nil || h != fwk.Queue {
+		t.Fatalf("taint lifted after the notice was withdrawn: hint %v (%v), want Queue", h, err)
+	}
+
+	store.Update(reclaimReport("spot-quiet", 3, false), time.Now())
+	retried(1)
+
+	// The taint goes first, while the agent still reports the notice.
+	untainted = lifted.DeepCopy()
+	untainted.Spec.Taints = nil
+	if h, err := e.plugin.isSchedulableAfterNodeChange(klogLogger(), spot, lifted, untainted); err != nil || h != fwk.QueueSkip {
+		t.Fatalf("taint lifted while the agent reports the notice: hint %v (%v), want QueueSkip", h, err)
+	}
+	if err := nodes.Informer().GetIndexer().Update(untainted); err != nil {
+		t.Fatal(err)
+	}
+	store.Update(reclaimReport("spot-lifted", 2, false), time.Now())
+	retried(2)
 }
 
 // Training without checkpoints whose workload already lost a run to a
