@@ -161,6 +161,7 @@ func main() {
 	flag.Int64Var(&o.telemetryPerNode, "telemetry-bytes-per-node", 6400, "telemetry store heap per reporting node, added to the estimate (benchmarks/results/telemetry.md)")
 	flag.IntVar(&o.logVerbosity, "v", 2, "schedulers' log verbosity (the shipped Deployment runs --v=2, and logs cost memory too)")
 	flag.Parse()
+	var err error
 	// The control plane runs in this process and logs every request at
 	// INFO; only its errors belong on the terminal next to the results.
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
@@ -171,15 +172,12 @@ func main() {
 		}
 	}
 	klog.SetOutput(io.Discard)
-	for _, s := range strings.Split(sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			fatalf("-nodes %q: want comma-separated positive node counts, e.g. 1000,5000", sizes)
-		}
-		o.sizes = append(o.sizes, n)
+	o.sizes, err = parseSizes(sizes)
+	if err == nil {
+		err = checkFlags(o)
 	}
-	if o.podsPerNode <= 0 {
-		fatalf("-pods-per-node %v: want a positive number", o.podsPerNode)
+	if err != nil {
+		fatalf("%v", err)
 	}
 	if o.command == "" {
 		o.command = "go run ./benchmarks/memory " + strings.Join(os.Args[1:], " ")
@@ -187,6 +185,44 @@ func main() {
 	if err := run(o); err != nil {
 		fatalf("%v", err)
 	}
+}
+
+func parseSizes(sizes string) ([]int, error) {
+	var out []int
+	for _, s := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-nodes %q: want comma-separated positive node counts, e.g. 1000,5000", sizes)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// maxPodsPerNode is the pod capacity of localcluster's nodes (the kubelet's
+// default): more pods than that per node would never all bind.
+const maxPodsPerNode = 110
+
+// checkFlags refuses flag values the run cannot use, before it starts a
+// control plane. NaN passed a "<= 0" check (every comparison with it is
+// false) and became int(NaN) pods.
+func checkFlags(o options) error {
+	switch {
+	case !(o.podsPerNode > 0 && o.podsPerNode <= maxPodsPerNode): // NaN and ±Inf too
+		return fmt.Errorf("-pods-per-node %v: want a number in (0, %d], e.g. 1", o.podsPerNode, maxPodsPerNode)
+	case o.bindTimeout <= 0:
+		return fmt.Errorf("-bind-timeout %v: want a positive duration, e.g. 5m", o.bindTimeout)
+	case o.telemetryPerNode < 0:
+		return fmt.Errorf("-telemetry-bytes-per-node %d: want 0 or more bytes", o.telemetryPerNode)
+	case o.logVerbosity < 0:
+		return fmt.Errorf("-v %d: want a log verbosity of 0 or more", o.logVerbosity)
+	}
+	for _, n := range o.sizes {
+		if math.Round(float64(n)*o.podsPerNode) < 1 {
+			return fmt.Errorf("-pods-per-node %v: %d nodes would get no pod; want at least %g", o.podsPerNode, n, 0.5/float64(n))
+		}
+	}
+	return nil
 }
 
 func fatalf(format string, args ...any) {

@@ -3,6 +3,7 @@ package pricing
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -267,8 +268,18 @@ func validateType(t InstanceType) (string, error) {
 			return "gpuModel", fmt.Errorf("%s: gpuModel %q is unknown; known models: %s", t.Name, t.GPUModel, strings.Join(gpu.ModelNames(), ", "))
 		}
 	}
+	// The simulator gives a type's nodes their cloud's providerID, and the
+	// reclaim notice follows it: a provider spelled "gce" or "GCP" gave
+	// nodes no cloud and AWS's two-minute notice instead of GCP's 30 s.
+	if t.Provider != "" && !slices.Contains(Providers, t.Provider) {
+		return "provider", fmt.Errorf("%s: provider %q is not one of %s (or leave it out for a node of no cloud)", t.Name, t.Provider, strings.Join(Providers, ", "))
+	}
 	return "", nil
 }
+
+// Providers are the clouds an instance type's provider may name, as
+// localcluster.Pool.Cloud spells them.
+var Providers = []string{"aws", "gcp", "azure"}
 
 // validateEntry returns the field of e at fault ("" for the row as a
 // whole) and what is wrong with it.

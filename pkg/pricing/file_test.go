@@ -67,6 +67,12 @@ func TestParseBadInputNamesFileLineAndFix(t *testing.T) {
 			[]string{`cat.yaml:5: instanceTypes[0].gpus: g5.xlarge: gpus is "0.5": give the whole number of GPUs the instance has`}},
 		{"unknown gpu model", strings.Replace(goodYAML, "gpuModel: A10G", "gpuModel: A10X", 1),
 			[]string{`cat.yaml:5: instanceTypes[0].gpuModel: g5.xlarge: gpuModel "A10X" is unknown; known models:`}},
+		// A provider the simulator does not know gave nodes AWS's reclaim
+		// notice, whatever their cloud.
+		{"unknown provider", strings.Replace(goodYAML, "provider: aws", "provider: gce", 1),
+			[]string{`cat.yaml:5: instanceTypes[0].provider: g5.xlarge: provider "gce" is not one of aws, gcp, azure (or leave it out`}},
+		{"provider in capitals", strings.Replace(goodYAML, "provider: aws", "provider: AWS", 1),
+			[]string{`cat.yaml:5: instanceTypes[0].provider: g5.xlarge: provider "AWS" is not one of aws, gcp, azure`}},
 		{"wrong kind", strings.Replace(goodYAML, "kind: PriceCatalog", "kind: Prices", 1),
 			[]string{`cat.yaml:2: kind: "Prices": want kind: PriceCatalog`}},
 		{"empty", "", []string{`cat.yaml: the price catalog is empty`}},
@@ -308,5 +314,17 @@ func TestParseRefusesSplitRatiosThatPriceNothing(t *testing.T) {
 		if _, err := Parse([]byte(y), "cat.yaml"); err != nil {
 			t.Errorf("%v", err)
 		}
+	}
+}
+
+// provider may be left out: such a type's simulated nodes belong to no
+// cloud.
+func TestParseTakesNoProvider(t *testing.T) {
+	c, err := Parse([]byte(strings.Replace(goodYAML, "provider: aws, ", "", 1)), "cat.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it, ok := c.InstanceType("g5.xlarge"); !ok || it.Provider != "" {
+		t.Errorf("g5.xlarge: %+v %v, want no provider", it, ok)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,5 +188,24 @@ func TestElasticNodesGetTheirCloudsNotice(t *testing.T) {
 		if got := rule.notice(n); got != c.want {
 			t.Errorf("%s (providerID %q): notice %v, want %v", c.instanceType, n.Spec.ProviderID, got, c.want)
 		}
+	}
+}
+
+// A catalog provider spelled other than aws, gcp or azure gave the pool's
+// nodes no cloud's providerID and so AWS's 2-minute notice; the scenario is
+// refused instead, at the catalog's line.
+func TestScenarioRefusesACatalogProviderOfNoCloud(t *testing.T) {
+	catalog := `apiVersion: penny.dev/v1alpha1
+kind: PriceCatalog
+instanceTypes:
+- {name: g2-standard-8, provider: GCP, gpus: 1, gpuModel: L4, vcpus: 8, memoryGiB: 32}
+prices:
+- {instanceType: g2-standard-8, capacityType: spot, region: us-central1, hourly: 0.3}
+`
+	_, err := ParseSpotScenarioFrom("mine.yaml", []byte("region: us-central1\ncatalog: cat.yaml\npools:\n- {name: spot, instanceType: g2-standard-8, capacityType: spot, zone: us-central1-a, max: 2}\n"),
+		func(string) ([]byte, error) { return []byte(catalog), nil })
+	want := `mine.yaml: catalog: cat.yaml:4: instanceTypes[0].provider: g2-standard-8: provider "GCP" is not one of aws, gcp, azure`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v, want %q", err, want)
 	}
 }

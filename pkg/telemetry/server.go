@@ -429,6 +429,15 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			defer end.Stop()
 		}
 	}
+	// A stream the agent did not read ends here, whether the send that
+	// waited was a command (another goroutine's: Recv fails) or a reply of
+	// this one (the send fails): only this goroutine logs and counts it,
+	// and it returns after, so each such stream is counted once.
+	notReading := func(err error) error {
+		streamsEnded.WithLabelValues(string(streamNotReading)).Inc()
+		log.Info("closed an agent stream: the agent did not read what was sent to it", "timeout", s.opts.SendTimeout)
+		return err
+	}
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
@@ -437,9 +446,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 				authFailures.WithLabelValues(string(authExpired)).Inc()
 				return cause
 			case errors.Is(cause, errNotReading):
-				streamsEnded.WithLabelValues(string(streamNotReading)).Inc()
-				log.Info("closed an agent stream: the agent did not read what was sent to it", "timeout", s.opts.SendTimeout)
-				return cause
+				return notReading(cause)
 			}
 			if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 				return nil
@@ -456,6 +463,9 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 		}
 		if reply != nil {
 			if err := as.send(reply, s.opts.SendTimeout); err != nil {
+				if errors.Is(err, errNotReading) {
+					return notReading(err)
+				}
 				return err
 			}
 		}

@@ -723,8 +723,8 @@ func TestStreamWithAFarFutureTokenStaysOpen(t *testing.T) {
 
 // notReading opens a stream with token whose client never reads what the
 // server sends, with fixed 64 KB windows (as any client may choose), and
-// returns once the server has accepted it.
-func notReading(t *testing.T, env *telemetrytest.Env, token string) {
+// returns it once the server has accepted it.
+func notReading(t *testing.T, env *telemetrytest.Env, token string) grpc.BidiStreamingClient[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage] {
 	t.Helper()
 	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)),
 		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
@@ -740,6 +740,57 @@ func notReading(t *testing.T, env *telemetrytest.Env, token string) {
 	}
 	if md, err := st.Header(); err != nil || len(md.Get(telemetry.AcceptedHeader)) == 0 {
 		t.Fatalf("stream not accepted: %v %v", md, err)
+	}
+	return st
+}
+
+// The refusals of an agent's invalid reports are sent from its stream's own
+// goroutine, and when one of those sends timed out the stream ended without
+// the log line or penny_telemetry_streams_ended_total{reason="not_reading"}:
+// only an end that Recv saw (a command's send timing out) was logged and
+// counted. Both are, once.
+func TestStreamThatDoesNotReadItsRefusalsEndsCounted(t *testing.T) {
+	var mu sync.Mutex
+	closed := 0
+	log := funcr.New(func(_, args string) {
+		if strings.Contains(args, "closed an agent stream: the agent did not read") {
+			mu.Lock()
+			closed++
+			mu.Unlock()
+		}
+	}, funcr.Options{})
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{Log: log, SendTimeout: 300 * time.Millisecond}})
+	ended := metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "not_reading")
+	st := notReading(t, env, "node:n1")
+	// Every GPU's utilisation is out of range: each refusal names the
+	// fields, a few KB that fill the agent's 64 KB window in a few dozen.
+	r := telemetrytest.Report("n1", 32, 1, time.Now())
+	for _, g := range r.Gpus {
+		g.UtilizationPercent = new(uint32)
+		*g.UtilizationPercent = 250
+	}
+	go func() {
+		// Ends when the stream does, or at the test's end (notReading's
+		// cleanup cancels it).
+		for st.Send(&telemetryv1.AgentMessage{Message: &telemetryv1.AgentMessage_Report{Report: r}}) == nil {
+		}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); slices.Contains(env.Server.ConnectedNodes(), "n1"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream of an agent that does not read its refusals is still open after 10s")
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "not_reading") < ended+1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a second count would come now
+	if got := metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "not_reading"); got != ended+1 {
+		t.Errorf("streams ended for not reading: %v, want %v", got-ended, 1)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if closed != 1 {
+		t.Errorf(`logged "closed an agent stream: the agent did not read" %d times, want once`, closed)
 	}
 }
 

@@ -123,6 +123,16 @@ func run(podsPath, nodesPath, kind string, level float64, seed uint64, out strin
 			gpuPods++
 		}
 	}
+	want := int(level*float64(gpuPods) + 0.5)
+	// A pod converted to sharing or to several GPUs takes its values from
+	// one the trace already has: with none to draw from, the draw panicked
+	// (rand.IntN(0)).
+	noneToDraw := func(pool [][]string, what string) error {
+		if len(pool) > 0 || want == 0 {
+			return nil
+		}
+		return fmt.Errorf("--kind %s --level %v: %s has no %s to draw the converted pods' values from; start from a trace that has some, or use --level 0", kind, level, podsPath, what)
+	}
 	// retarget changes pods one at a time, chosen at random, until the
 	// share of GPU pods with the property reaches level.
 	retarget := func(has func([]string) bool, give, take func([]string)) {
@@ -136,7 +146,6 @@ func run(podsPath, nodesPath, kind string, level float64, seed uint64, out strin
 				without = append(without, i)
 			}
 		}
-		want := int(level*float64(gpuPods) + 0.5)
 		rng.Shuffle(len(with), func(i, j int) { with[i], with[j] = with[j], with[i] })
 		rng.Shuffle(len(without), func(i, j int) { without[i], without[j] = without[j], without[i] })
 		for len(with) < want && len(without) > 0 {
@@ -153,6 +162,9 @@ func run(podsPath, nodesPath, kind string, level float64, seed uint64, out strin
 	}
 	switch kind {
 	case "gpushare":
+		if err := noneToDraw(shares, "GPU-sharing pods (one GPU, gpu_milli under 1000)"); err != nil {
+			return err
+		}
 		retarget(isShare, func(r []string) {
 			src := shares[rng.IntN(len(shares))]
 			t.set(r, "num_gpu", 1)
@@ -161,6 +173,9 @@ func run(podsPath, nodesPath, kind string, level float64, seed uint64, out strin
 			t.set(r, "gpu_milli", 1000)
 		})
 	case "multigpu":
+		if err := noneToDraw(multis, "multi-GPU pods (num_gpu over 1)"); err != nil {
+			return err
+		}
 		retarget(isMulti, func(r []string) {
 			src := multis[rng.IntN(len(multis))]
 			n := t.int(src, "num_gpu")
@@ -199,12 +214,22 @@ func run(podsPath, nodesPath, kind string, level float64, seed uint64, out strin
 			m := r[nt.col["model"]]
 			maxGPUs[m] = max(maxGPUs[m], nt.int(r, "gpu"))
 		}
-		pick := func(need int64) string {
+		// A pod no model has a node large enough for cannot be
+		// constrained (the draw panicked: rand.Int64N(0)); its name is
+		// kept for the error.
+		var unplaceable []string
+		pick := func(r []string, need int64) string {
 			var sum int64
 			for _, m := range models {
 				if maxGPUs[m] >= need {
 					sum += gpus[m]
 				}
+			}
+			if sum == 0 {
+				if unplaceable == nil {
+					unplaceable = r
+				}
+				return ""
 			}
 			x := rng.Int64N(sum)
 			for _, m := range models {
@@ -219,10 +244,14 @@ func run(podsPath, nodesPath, kind string, level float64, seed uint64, out strin
 			return models[len(models)-1]
 		}
 		retarget(func(r []string) bool { return r[t.col["gpu_spec"]] != "" }, func(r []string) {
-			r[t.col["gpu_spec"]] = pick(t.int(r, "num_gpu"))
+			r[t.col["gpu_spec"]] = pick(r, t.int(r, "num_gpu"))
 		}, func(r []string) {
 			r[t.col["gpu_spec"]] = ""
 		})
+		if unplaceable != nil {
+			return fmt.Errorf("--kind gpuspec: pod %s needs %d GPUs and no GPU model in --nodes %s has a node with that many; give the node list of the trace's cluster",
+				unplaceable[t.col["name"]], t.int(unplaceable, "num_gpu"), nodesPath)
+		}
 	case "cpu":
 		var cpuOnly []int
 		for i, r := range t.rows {
