@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -196,6 +197,23 @@ func (f *reclaimFlags) saveInterrupted() {
 	wg.Wait()
 }
 
+// saveObserved writes the interrupted runs and the risk evidence now, for
+// the coordinator to call before it records a Spot notice (it then takes
+// the notice as observed, should the scheduler restart); nil when they are
+// kept in memory only.
+func (f *reclaimFlags) saveObserved() func(context.Context) error {
+	if f.persist == nil {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		err := f.interrupted.Save(ctx, *f.persist)
+		if m := f.riskModel(); m != nil {
+			err = errors.Join(err, m.Save(ctx, f.riskPersist()))
+		}
+		return err
+	}
+}
+
 // run runs the coordinator, and keeps the interrupted runs and the risk
 // model's evidence saved, until ctx ends; it returns once all have
 // stopped. Every replica saves: each runs a coordinator that hears every
@@ -216,7 +234,7 @@ func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client ku
 		notices = &reclaim.NoticeStore{Client: client, Namespace: ns, Name: name}
 	}
 	err := f.coordinator.Run(ctx, reclaim.CoordinatorOptions{
-		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted, Notices: notices,
+		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted, Notices: notices, SaveObserved: f.saveObserved(),
 		Policy:           reclaim.Policy{MaintenanceLead: f.maintenanceLead},
 		KeepGangsRunning: f.keepGangsRunning, SafetyMargin: f.safetyMargin,
 		Log: klog.Background().WithName("reclaim"),

@@ -51,6 +51,14 @@ type CoordinatorOptions struct {
 	// Notices keeps the notices being handled and their gangs across
 	// restarts; nil keeps them in memory only.
 	Notices *NoticeStore
+	// SaveObserved writes what Risk and Interrupted hold to their saved
+	// copy (their Save). A notice's record is written only once its Spot
+	// interruption is saved through it: a restarted scheduler takes a
+	// recorded notice as observed and does not feed it again (that would
+	// count the reclaim twice), so a record written first and a crash
+	// before the next periodic save lost the reclaim and the runs it cut
+	// short for good. Optional.
+	SaveObserved func(context.Context) error
 	// Recorder records events on pods; one writing to the API server when
 	// nil.
 	Recorder record.EventRecorder

@@ -43,14 +43,20 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 	rec, resumed := c.recordOfLocked(nn)
 	c.mu.Unlock()
 	var observed sync.WaitGroup
+	fed := make(chan struct{})
 	if !resumed {
 		observed.Add(1)
 		go func(nn nodeNotice) { // a copy: handle moves nn's deadline
 			defer observed.Done()
+			defer close(fed)
 			c.observe(ctx, nn, log)
 		}(nn)
+	} else {
+		close(fed)
 	}
 	defer observed.Wait()
+	var saveOnce sync.Once
+	saved := func() { saveOnce.Do(func() { c.saveObserved(ctx, nn, fed, log) }) }
 	act := o.Policy.Decide(n.Kind, n.Provider, n.Action, n.Deadline)
 	if !act.Checkpoint {
 		c.forget(ctx, nn, log)
@@ -68,7 +74,7 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 			return
 		}
 		var later bool
-		nn, later = c.runPlan(ctx, nn, round, act.Evict && !o.KeepGangsRunning, moved, log)
+		nn, later = c.runPlan(ctx, nn, round, act.Evict && !o.KeepGangsRunning, moved, saved, log)
 		if !later {
 			return
 		}
@@ -90,7 +96,7 @@ func (c *Coordinator) handle(ctx, wctx context.Context, nn nodeNotice, w *callOf
 // postponed the notice past its lead time before any member was evicted:
 // the members stay, and the notice, with its new deadline, is to be
 // planned again at the new lead time.
-func (c *Coordinator) runPlan(ctx context.Context, nn nodeNotice, round time.Time, evict bool, moved <-chan time.Time, log logr.Logger) (_ nodeNotice, postponed bool) {
+func (c *Coordinator) runPlan(ctx context.Context, nn nodeNotice, round time.Time, evict bool, moved <-chan time.Time, saved func(), log logr.Logger) (_ nodeNotice, postponed bool) {
 	n := nn.notice
 	deadline := Deadline(n.Kind, n.Detected, n.Deadline)
 	fanouts, gangs, err := c.planUntil(ctx, nn, deadline, round, log)
@@ -102,6 +108,7 @@ func (c *Coordinator) runPlan(ctx context.Context, nn nodeNotice, round time.Tim
 		c.forget(ctx, nn, log)
 		return nn, false
 	}
+	saved()
 	c.remember(ctx, nn, gangs, fanouts, round, log)
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -316,6 +323,29 @@ func (c *Coordinator) move(ctx context.Context, nn nodeNotice, deadline time.Tim
 		log.Error(err, "cannot record the notice's new deadline; a scheduler restarted before its handling ends would act by the old one")
 	}
 	return nn
+}
+
+// saveObserved waits until observe has fed nn (fed closes) and saves what
+// it fed, before nn's record says it was observed. The wait and the save are
+// bounded together by noticeWriteTimeout: the gang's commands wait for the
+// record, and past the bound the record goes first, as it did, with the
+// periodic save to follow.
+func (c *Coordinator) saveObserved(ctx context.Context, nn nodeNotice, fed <-chan struct{}, log logr.Logger) {
+	o := c.opts
+	if o.SaveObserved == nil || o.Notices == nil || nn.notice.Kind != telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, noticeWriteTimeout)
+	defer cancel()
+	select {
+	case <-fed:
+	case <-ctx.Done():
+		log.Info("the reclaim is not fed to the risk model yet; recording the notice first, so a scheduler restarted before the next save does not count it")
+		return
+	}
+	if err := o.SaveObserved(ctx); err != nil {
+		log.Error(err, "cannot save the reclaim and the runs it cuts short before recording the notice; a scheduler restarted before the next save would not count them")
+	}
 }
 
 // observe feeds a Spot interruption to the risk model, and the runs it is

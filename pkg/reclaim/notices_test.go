@@ -25,6 +25,7 @@ import (
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
 )
 
@@ -148,6 +149,43 @@ func TestCoordinatorResumedNoticeLeavesReplacementsAlone(t *testing.T) {
 	}
 	if ended != nil {
 		t.Errorf("the resumed notice's handling did not end within 5s of g-3's checkpoint: %v", ended)
+	}
+}
+
+// A scheduler killed once a Spot notice's commands are out (its record
+// written, so the restarted one takes the notice as observed and does not
+// feed it again) and before the next periodic save of the runs it cut short
+// finds them saved all the same: the record is written only after them.
+func TestCoordinatorKilledAfterRecordingANoticeKeepsTheRunsItCutShort(t *testing.T) {
+	detected := time.Now()
+	g0 := member("g-0", "a", "g")
+	g0.Status.StartTime = &metav1.Time{Time: detected.Add(-30 * time.Hour)}
+	client := fake.NewClientset(g0, member("g-1", "b", "g"))
+	persist := pricing.PersistOptions{Client: client, Namespace: "penny-system", Name: "penny-interrupted-runs"}
+	interrupted := pricing.NewInterrupted(0)
+	n := telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}
+	state := &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{n}}
+	c := NewCoordinator()
+	// No Persist loop: the kill comes before its next save, and a killed
+	// scheduler writes nothing on the way out.
+	cmds, kill := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Interrupted: interrupted,
+		SaveObserved: func(ctx context.Context) error { return interrupted.Save(ctx, persist) }})
+	c.OnNodeUpdate(nil, state)
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	kill()
+
+	restarted := pricing.NewInterrupted(0)
+	if err := restarted.Load(context.Background(), persist); err != nil {
+		t.Fatal(err)
+	}
+	c2 := NewCoordinator()
+	cmds2, _ := start(t, c2, CoordinatorOptions{Client: client, Notices: noticeStore(client), Interrupted: restarted,
+		SaveObserved: func(ctx context.Context) error { return restarted.Save(ctx, persist) }})
+	c2.OnNodeUpdate(nil, state)
+	waitFor(t, "the resumed notice's command to b", func() bool { return cmds2.get("b") != nil })
+	if got := restarted.Longest(member("g-1", "b", "g")); got != 30*time.Hour {
+		t.Errorf("after the restart gang g's run cut short by the reclaim is %v, want 30h: the notice was recorded, so the restarted scheduler did not observe it again, and the run was never saved", got)
 	}
 }
 
