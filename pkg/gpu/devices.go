@@ -34,6 +34,12 @@ type Device struct {
 	// reports it (see static.go): instances come from it only. Never
 	// changed in place.
 	Layout []Placement
+	// Unhealthy: the node's agent reports the GPU broken (a critical XID,
+	// uncorrectable ECC, lost from the bus). It takes no new pod, but the
+	// pods it holds stay accounted on it (Apply, Release), since nobody
+	// evicts them and their devices must not be offered twice once it
+	// recovers.
+	Unhealthy bool
 }
 
 // NodeDevices is one node's GPUs.
@@ -146,10 +152,10 @@ func (n *NodeDevices) Clone() *NodeDevices {
 }
 
 // FreeMilli is what a share or whole-GPU pod could still get on GPU i: 0 on
-// a GPU in MIG mode.
+// a GPU in MIG mode or unhealthy.
 func (n *NodeDevices) FreeMilli(i int) int64 {
 	d := &n.GPUs[i]
-	if d.MIGMode {
+	if d.MIGMode || d.Unhealthy {
 		return 0
 	}
 	return MilliPerGPU - d.UsedMilli
@@ -182,12 +188,12 @@ func (n *NodeDevices) usedMilli(i int) int64 {
 	return int64(n.migCompute(i)) * MilliPerGPU / ComputeSlices
 }
 
-// WholeFree counts the GPUs a whole-GPU pod could take: not in MIG mode and
-// held by nobody.
+// WholeFree counts the GPUs a whole-GPU pod could take: healthy, not in MIG
+// mode and held by nobody.
 func (n *NodeDevices) WholeFree() int {
 	c := 0
 	for i := range n.GPUs {
-		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 {
+		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 && !n.GPUs[i].Unhealthy {
 			c++
 		}
 	}
@@ -292,7 +298,7 @@ func (n *NodeDevices) wholeGPUs(count int64) (Assignment, error) {
 		if int64(len(a)) == count {
 			break
 		}
-		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 {
+		if !n.GPUs[i].MIGMode && n.GPUs[i].UsedMilli == 0 && !n.GPUs[i].Unhealthy {
 			a = append(a, Slot{GPU: i, Milli: MilliPerGPU})
 		}
 	}
@@ -324,7 +330,7 @@ func (n *NodeDevices) placeMIG(r Request, pick func([]migCandidate) int) (Assign
 	for _, p := range profiles {
 		cands = cands[:0]
 		for g := range work.GPUs {
-			if !work.takesMIG(g) {
+			if !work.takesMIG(g) || work.GPUs[g].Unhealthy {
 				continue
 			}
 			starts, err := work.freeStarts(g, p)
@@ -442,7 +448,8 @@ func (n *NodeDevices) Apply(a Assignment) error {
 		if d.MIGMode {
 			return fmt.Errorf("GPU %d of %s is in MIG mode: cannot hold %d milli of a whole-GPU or share pod", s.GPU, n.describe(), s.Milli)
 		}
-		if free := work.FreeMilli(s.GPU); free < s.Milli {
+		// Not FreeMilli: a pod already on an unhealthy GPU still holds it.
+		if free := MilliPerGPU - d.UsedMilli; free < s.Milli {
 			return fmt.Errorf("GPU %d of %s has %d milli free, cannot hold %d more", s.GPU, n.describe(), free, s.Milli)
 		}
 		d.UsedMilli += s.Milli

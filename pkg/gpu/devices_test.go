@@ -59,6 +59,36 @@ func TestFirstFitAndBestFit(t *testing.T) {
 	}
 }
 
+// An unhealthy GPU takes nothing new, while the pods it holds stay
+// accounted on it.
+func TestUnhealthyGPUTakesNothingNew(t *testing.T) {
+	n := devicesWithUsed(0, 0)
+	n.GPUs[0].Unhealthy = true
+	if a, err := n.FirstFit(Request{Milli: 300}); err != nil || a.String() != "1:300m" {
+		t.Fatalf("first fit 300m: %v %v, want the healthy GPU 1", a, err)
+	}
+	if _, err := n.FirstFit(Request{GPUs: 2}); err == nil {
+		t.Fatal("two whole GPUs fit with one unhealthy")
+	}
+	if n.WholeFree() != 1 || n.TotalFreeMilli() != 1000 || len(n.ShareCandidates(1, nil)) != 1 {
+		t.Fatalf("whole free %d, free %d: the unhealthy GPU counts", n.WholeFree(), n.TotalFreeMilli())
+	}
+	if err := n.Apply(Assignment{{GPU: 0, Milli: 600}}); err != nil {
+		t.Fatalf("a pod already on the unhealthy GPU: %v", err)
+	}
+	if err := n.Apply(Assignment{{GPU: 0, Milli: 500}}); err == nil {
+		t.Fatal("the unhealthy GPU held more than it has")
+	}
+	m := NewNodeDevices("A100-80GB", 0, 2)
+	m.GPUs[0].Unhealthy = true
+	if a, err := m.FirstFit(Request{MIG: map[string]int64{"3g.40gb": 1}}); err != nil || a[0].GPU != 1 {
+		t.Fatalf("a 3g.40gb: %v %v, want it on the healthy GPU 1", a, err)
+	}
+	if err := m.Apply(Assignment{{GPU: 0, MIG: Placement{"3g.40gb", 0}}}); err != nil {
+		t.Fatalf("an instance already on the unhealthy GPU: %v", err)
+	}
+}
+
 func TestApplyReleaseAtomic(t *testing.T) {
 	n := devicesWithUsed(0, 0)
 	if err := n.Apply(Assignment{{GPU: 0, Milli: 600}, {GPU: 1, Milli: 1000}}); err != nil {

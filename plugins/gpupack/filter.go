@@ -2,6 +2,7 @@ package gpupack
 
 import (
 	"context"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
@@ -46,21 +47,66 @@ func (p *GPUPack) Filter(ctx context.Context, state fwk.CycleState, pod *corev1.
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
+	var e *entry
+	var sl *slot
 	var n *packing.Node
 	if state.IsPodGroupSchedulingCycle() {
-		n = p.view.entryInGroupCycle(klog.FromContext(ctx), ni).node
+		e = p.view.entryInGroupCycle(klog.FromContext(ctx), ni)
+		n = e.node
+	} else if sl = p.view.synced(ni); sl != nil {
+		// Only the slot: a node the pod fits reads nothing of its entry.
+		n = sl.node
 	} else {
-		n = p.view.nodeFor(klog.FromContext(ctx), ni)
+		e = p.view.entryFor(klog.FromContext(ctx), ni)
+		n = e.node
 	}
-	switch f := n.Fits(s.req); f {
-	case packing.Fits:
+	f := n.Fits(s.req)
+	if f == packing.Fits {
 		return nil
+	}
+	if e == nil {
+		e = sl.entry
+	}
+	if e.asIfHealthy != nil {
+		// Where the verdict on the node as if its GPUs were healthy is
+		// better, they are what keeps the pod off.
+		if g := e.asIfHealthy.Fits(s.req); g == packing.Fits || g == packing.NoRoom && f != packing.NoRoom {
+			code := fwk.UnschedulableAndUnresolvable
+			if f == packing.NoRoom {
+				// Evicting pods from its healthy GPUs may still make room.
+				code = fwk.Unschedulable
+			}
+			return fwk.NewStatus(code, unhealthyReason(s.req, f, g, e.unhealthy))
+		}
+	}
+	switch f {
 	case packing.NoRoom:
 		return fwk.NewStatus(fwk.Unschedulable, noRoom(s.req))
 	default:
 		// Preemption skips the node: no pod it could evict makes room.
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, unresolvable(s.req, f))
 	}
+}
+
+// unhealthyReason: f is the verdict on the node, g the one as if its GPUs
+// were all healthy. The count is part of the reason, so nodes with as many
+// GPUs unhealthy are counted together.
+func unhealthyReason(r *packing.Req, f, g packing.Fit, unhealthy int) string {
+	var why string
+	switch {
+	case r.GPU.GPUs > 0 && f == packing.NoRoom:
+		why = "node(s) had fewer idle healthy GPUs than " + r.GPU.String()
+	case r.GPU.GPUs > 0:
+		why = "node(s) had fewer healthy GPUs than " + r.GPU.String()
+	case g == packing.Fits:
+		why = "node(s) had only unhealthy GPUs free for " + r.GPU.String()
+	default:
+		why = "node(s) had no healthy GPU that can hold " + r.GPU.String()
+	}
+	if unhealthy == 1 {
+		return why + " (1 GPU reported unhealthy by its agent)"
+	}
+	return why + " (" + strconv.Itoa(unhealthy) + " GPUs reported unhealthy by its agent)"
 }
 
 // The reasons are the same for every node that fails the same way, so the

@@ -3,62 +3,157 @@ package gpupack
 import (
 	"encoding/binary"
 	"hash/fnv"
+	"slices"
+	"sync"
 
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/telemetry"
 )
 
-// LayoutSource tells the plugin the static MIG layout of a node's GPUs as
-// the node itself reports it (the node agent's telemetry). It is the seam
-// between gpupack and the telemetry store: the registry adapts the store to
-// it, tests and the simulator hand in their own.
+// LayoutSource tells the plugin what a node itself reports of its GPUs (the
+// node agent's telemetry): the static MIG layout of each, and which ones
+// its agent found broken. It is the seam between gpupack and the telemetry
+// store: the registry adapts the store to it, tests and the simulator hand
+// in their own.
 //
 // Without a source, or for a node it does not know, the plugin derives the
 // layout from what the device plugin advertises (gpu.NodeDevicesFor), which
 // is enough to place pods but may number the instances differently from the
-// node.
+// node, and takes every GPU for healthy.
 type LayoutSource interface {
-	// MIGLayout returns each GPU's MIG instances by device index: nil for a
-	// GPU that is not partitioned, empty (not nil) for one in MIG mode
-	// without instances; GPUs past the end are not reported. The version
-	// changes whenever the layout does; ok is false when the node is
-	// unknown or its report stale. The returned slices must not be
-	// modified by either side.
-	MIGLayout(node string) (layout [][]gpu.Placement, version uint64, ok bool)
+	// Report returns what the node's agent reports of its GPUs; ok is
+	// false when the node is unknown or its report stale. The returned
+	// slices must not be modified by either side.
+	Report(node string) (r GPUReport, ok bool)
 }
 
-// TelemetryLayouts reads static MIG layouts from the node agents' telemetry:
-// for each GPU the agent reports in MIG mode, the GPU instances it found
-// (free or held). Nodes without a fresh report, or whose agent could not
-// read NVML, are unknown.
-func TelemetryLayouts(r telemetry.Reader) LayoutSource { return telemetryLayouts{r} }
+// GPUReport is a node's report as the device view reads it.
+type GPUReport struct {
+	// Layout has each GPU's MIG instances by device index: nil for a GPU
+	// that is not partitioned, empty (not nil) for one in MIG mode without
+	// instances. Its length is the number of GPUs the agent numbers; GPUs
+	// past the end are not reported.
+	Layout [][]gpu.Placement
+	// Unhealthy lists, ascending, the device indices of the GPUs the agent
+	// reports unhealthy.
+	Unhealthy []int
+	// Version changes whenever Layout or Unhealthy does, so that a node's
+	// view is rebuilt then and not with every report; never 0, which means
+	// "no report".
+	Version uint64
+}
 
-type telemetryLayouts struct{ r telemetry.Reader }
+// ReportNotifier is a LayoutSource that says when a node's report arrives.
+// The view then asks again only the nodes that reported (and those whose
+// entry a stale report would change), not every node in every cycle; and
+// the plugin retries the pods it turned away when a GPU recovers, which no
+// cluster event announces.
+type ReportNotifier interface {
+	LayoutSource
+	// OnReport has fn see each report the source takes in, with the one
+	// it replaces (the zero GPUReport for none), until cancel is called.
+	// fn runs on the source's goroutine and must return quickly.
+	OnReport(fn func(node string, prev, next GPUReport)) (cancel func())
+}
 
-func (t telemetryLayouts) MIGLayout(node string) ([][]gpu.Placement, uint64, bool) {
-	st, ok := t.r.Node(node)
-	if !ok || !st.GPUsKnown {
-		return nil, 0, false
+// TelemetryLayouts reads the nodes' reports from the node agents'
+// telemetry: for each GPU the agent reports in MIG mode, the GPU instances
+// it found (free or held), and the GPUs it gave a verdict of unhealthy, with
+// a reason. Nodes without a fresh report, or whose agent could not read
+// NVML, are unknown. Over a telemetry.Notifier (the store) it is a
+// ReportNotifier.
+func TelemetryLayouts(r telemetry.Reader) LayoutSource {
+	t := &telemetryLayouts{r: r}
+	if n, ok := r.(telemetry.Notifier); ok {
+		return notifyingLayouts{t, n}
 	}
-	var out [][]gpu.Placement
+	return t
+}
+
+type telemetryLayouts struct {
+	r telemetry.Reader
+	// read holds each node's report as read from its latest state (a
+	// readState), because the view asks for the reports of nodes that
+	// can hold MIG layouts in every cycle: read afresh, a thousand of them
+	// took half a millisecond of every pod's PreFilter.
+	read sync.Map
+}
+
+type readState struct {
+	st *telemetry.NodeState
+	r  GPUReport
+	ok bool
+}
+
+func (t *telemetryLayouts) Report(node string) (GPUReport, bool) {
+	st, ok := t.r.Node(node)
+	if !ok {
+		t.read.Delete(node)
+		return GPUReport{}, false
+	}
+	return t.reportOf(st)
+}
+
+// reportOf is reportOf, read once per state.
+func (t *telemetryLayouts) reportOf(st *telemetry.NodeState) (GPUReport, bool) {
+	if v, ok := t.read.Load(st.Node); ok {
+		if rs := v.(*readState); rs.st == st {
+			return rs.r, rs.ok
+		}
+	}
+	r, ok := reportOf(st)
+	t.read.Store(st.Node, &readState{st: st, r: r, ok: ok})
+	return r, ok
+}
+
+type notifyingLayouts struct {
+	*telemetryLayouts
+	n telemetry.Notifier
+}
+
+func (t notifyingLayouts) OnReport(fn func(node string, prev, next GPUReport)) func() {
+	return t.n.Subscribe(func(prev, next *telemetry.NodeState) {
+		var p GPUReport
+		if prev != nil {
+			p, _ = t.reportOf(prev)
+		}
+		r, _ := t.reportOf(next)
+		fn(next.Node, p, r)
+	})
+}
+
+// reportOf reads a node's state; false when it says nothing of the GPUs.
+func reportOf(st *telemetry.NodeState) (GPUReport, bool) {
+	if st == nil || !st.GPUsKnown {
+		return GPUReport{}, false
+	}
+	var r GPUReport
 	for i := range st.GPUs {
 		g := &st.GPUs[i]
 		if g.Index < 0 {
 			continue
 		}
-		for len(out) <= g.Index {
-			out = append(out, nil)
+		for len(r.Layout) <= g.Index {
+			r.Layout = append(r.Layout, nil)
 		}
 		if g.MIGEnabled() {
-			out[g.Index] = g.Placements()
+			r.Layout[g.Index] = g.Placements()
+		}
+		// A GPU without a verdict (no health in the report, which says
+		// healthy false with no reason) is not held to be broken.
+		if !g.Healthy && len(g.UnhealthyReasons) > 0 {
+			r.Unhealthy = append(r.Unhealthy, g.Index)
 		}
 	}
-	return out, layoutVersion(out), true
+	slices.Sort(r.Unhealthy)
+	r.Unhealthy = slices.Compact(r.Unhealthy)
+	r.Version = reportVersion(r.Layout, r.Unhealthy)
+	return r, true
 }
 
-// layoutVersion hashes a layout, so that a node's view is rebuilt when its
-// layout changes, not with every report.
-func layoutVersion(layout [][]gpu.Placement) uint64 {
+// reportVersion hashes a layout and the unhealthy GPUs, so that a node's
+// view is rebuilt when either changes, not with every report.
+func reportVersion(layout [][]gpu.Placement, unhealthy []int) uint64 {
 	h := fnv.New64a()
 	var b [8]byte
 	for i, l := range layout {
@@ -74,5 +169,20 @@ func layoutVersion(layout [][]gpu.Placement) uint64 {
 			h.Write([]byte(p.Profile))
 		}
 	}
-	return h.Sum64() | 1 // never 0, which means "no layout"
+	for _, i := range unhealthy {
+		binary.LittleEndian.PutUint64(b[:], ^uint64(i))
+		h.Write(b[:])
+	}
+	return h.Sum64() | 1 // never 0, which means "no report"
+}
+
+// recovered reports whether a GPU next reports healthy, or no longer
+// reports at all, was unhealthy in prev.
+func recovered(prev, next GPUReport) bool {
+	for _, i := range prev.Unhealthy {
+		if _, found := slices.BinarySearch(next.Unhealthy, i); !found {
+			return true
+		}
+	}
+	return false
 }

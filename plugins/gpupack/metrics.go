@@ -18,6 +18,9 @@ import (
 //	penny_gpu_largest_placeable{pool,resource}  the largest pod one node can still take:
 //	                                            resource=gpus (whole GPUs), gpu_milli (a share),
 //	                                            mig_compute_slices (one MIG instance)
+//	penny_gpu_unhealthy{pool}                   GPUs kept off new pods because their agent
+//	                                            reports them unhealthy (none of the others
+//	                                            counts their capacity)
 var (
 	freeDesc = metrics.NewDesc("penny_gpu_free_milli",
 		"Free GPU capacity per node pool, in thousandths of a GPU (MIG compute slices count as sevenths).",
@@ -28,6 +31,9 @@ var (
 	largestDesc = metrics.NewDesc("penny_gpu_largest_placeable",
 		"The largest pod a single node of the pool can still take, by resource: gpus (whole GPUs), gpu_milli (a share of one GPU), mig_compute_slices (one MIG instance).",
 		[]string{"pool", "resource"}, nil, metrics.ALPHA, "")
+	unhealthyDesc = metrics.NewDesc("penny_gpu_unhealthy",
+		"GPUs per node pool that the scheduler keeps new pods off because their node's agent reports them unhealthy; their capacity counts in none of the other penny_gpu_ metrics.",
+		[]string{"pool"}, nil, metrics.ALPHA, "")
 
 	registerOnce sync.Once
 	// current is the plugin the collector reads: the latest built, so a
@@ -50,11 +56,13 @@ func (c *collector) DescribeWithStability(ch chan<- *metrics.Desc) {
 	ch <- freeDesc
 	ch <- strandedDesc
 	ch <- largestDesc
+	ch <- unhealthyDesc
 }
 
 type poolStats struct {
 	free, stranded              int64
 	gpus, shareMilli, migSlices int64
+	unhealthy                   int64
 }
 
 func (c *collector) CollectWithStability(ch chan<- metrics.Metric) {
@@ -68,6 +76,7 @@ func (c *collector) CollectWithStability(ch chan<- metrics.Metric) {
 		ch <- metrics.NewLazyConstMetric(largestDesc, metrics.GaugeValue, float64(s.gpus), s.pool, "gpus")
 		ch <- metrics.NewLazyConstMetric(largestDesc, metrics.GaugeValue, float64(s.shareMilli), s.pool, "gpu_milli")
 		ch <- metrics.NewLazyConstMetric(largestDesc, metrics.GaugeValue, float64(s.migSlices), s.pool, "mig_compute_slices")
+		ch <- metrics.NewLazyConstMetric(unhealthyDesc, metrics.GaugeValue, float64(s.unhealthy), s.pool)
 	}
 }
 
@@ -95,6 +104,7 @@ func (p *GPUPack) poolStats() []namedPoolStats {
 		s.gpus = max(s.gpus, l.GPUs)
 		s.shareMilli = max(s.shareMilli, l.ShareMilli)
 		s.migSlices = max(s.migSlices, int64(l.MIGSlices))
+		s.unhealthy += int64(e.unhealthy)
 	})
 	out := make([]namedPoolStats, 0, len(by))
 	for name, s := range by {

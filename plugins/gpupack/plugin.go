@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -55,7 +56,8 @@ var (
 // Option changes how New builds the plugin.
 type Option func(*GPUPack)
 
-// WithLayouts hands the plugin the node-reported static MIG layouts.
+// WithLayouts hands the plugin what the nodes report of their GPUs: static
+// MIG layouts and health.
 func WithLayouts(s LayoutSource) Option {
 	return func(p *GPUPack) { p.view.layouts = s }
 }
@@ -91,11 +93,58 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 	if f := h.SharedInformerFactory(); f != nil {
 		p.view.pods = f.Core().V1().Pods().Lister()
 	}
+	if n, ok := p.view.layouts.(ReportNotifier); ok {
+		p.view.notified = true
+		logger := klog.FromContext(ctx)
+		cancel := n.OnReport(func(node string, prev, next GPUReport) {
+			p.view.noteReport(node)
+			if p.view.pods != nil && recovered(prev, next) {
+				// Off the source's goroutine: the node's next report
+				// waits for its hooks, and this lists every pod.
+				go p.retryRecovered(ctx, logger, node)
+			}
+		})
+		// The source outlives the scheduler (a restart, another
+		// profile): a stopped one's queue is gone.
+		context.AfterFunc(ctx, cancel)
+	}
 	if *args.LookAheadDepth > 0 && *args.LookAheadWeight > 0 && h.SharedInformerFactory() != nil {
 		p.pending = watchPending(klog.FromContext(ctx), h.SharedInformerFactory(), p.learner)
 	}
 	registerMetrics(p)
 	return p, nil
+}
+
+// retryRecovered retries the pending GPU pods once a GPU of the node that
+// its agent reported unhealthy is reported healthy again (or no longer
+// reported): no cluster event says so, and the pods Filter turned away
+// because only that GPU could take them waited for an unrelated event or
+// the scheduler's five-minute flush. Which pods the GPU alone kept off is
+// not recorded, so this retries every GPU pod waiting: a superset, paid for
+// only when a GPU recovers. Activate leaves pods that are not waiting in
+// this scheduler's queue alone.
+func (p *GPUPack) retryRecovered(ctx context.Context, logger klog.Logger, node string) {
+	if ctx.Err() != nil {
+		return
+	}
+	all, err := p.view.pods.List(labels.Everything())
+	if err != nil {
+		logger.Error(err, "Listing pods to retry after a GPU recovered", "plugin", Name, "node", node)
+		return
+	}
+	retry := map[string]*corev1.Pod{}
+	for _, pod := range all {
+		if pod.Spec.NodeName != "" || pod.DeletionTimestamp != nil {
+			continue
+		}
+		if r, err := gpu.ParsePodRequest(pod); err == nil && !r.IsZero() {
+			retry[pod.Namespace+"/"+pod.Name] = pod
+		}
+	}
+	if len(retry) > 0 {
+		logger.V(4).Info("Retrying GPU pods now that a GPU their agent reported unhealthy recovered", "node", node, "pods", len(retry))
+		p.h.Activate(logger, retry)
+	}
 }
 
 // The demand keeps the shapes that make up 99% of recent arrivals, at most

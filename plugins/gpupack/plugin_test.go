@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/kubernetes/pkg/scheduler/framework/parallelize"
 	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/benchtest"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/telemetry"
@@ -529,38 +531,51 @@ func BenchmarkScore5000Nodes(b *testing.B) {
 func TestTelemetryLayouts(t *testing.T) {
 	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Hour})
 	src := TelemetryLayouts(store)
-	if _, _, ok := src.MIGLayout("n"); ok {
+	if _, ok := src.Report("n"); ok {
 		t.Fatal("a node that never reported has a layout")
 	}
 	// Even GPUs whole, odd ones with seven 1g.10gb instances.
 	store.Update(telemetrytest.Report("n", 4, 1, time.Now()), time.Now())
-	layout, v1, ok := src.MIGLayout("n")
-	if !ok || len(layout) != 4 || layout[0] != nil || len(layout[1]) != 7 || layout[3][6] != (gpu.Placement{Profile: "1g.10gb", Start: 6}) {
-		t.Fatalf("layout %v (ok %v)", layout, ok)
+	r1, ok := src.Report("n")
+	layout := r1.Layout
+	if !ok || len(layout) != 4 || layout[0] != nil || len(layout[1]) != 7 || layout[3][6] != (gpu.Placement{Profile: "1g.10gb", Start: 6}) || len(r1.Unhealthy) != 0 {
+		t.Fatalf("report %+v (ok %v)", r1, ok)
 	}
 	store.Update(telemetrytest.Report("n", 4, 2, time.Now()), time.Now())
-	if _, v2, _ := src.MIGLayout("n"); v2 != v1 {
+	if r2, _ := src.Report("n"); r2.Version != r1.Version {
 		t.Fatal("the version changed with a report whose layout did not")
 	}
 	r := telemetrytest.Report("n", 4, 3, time.Now())
 	r.Gpus[1].MigInstances = r.Gpus[1].MigInstances[:3]
 	store.Update(r, time.Now())
-	if _, v3, _ := src.MIGLayout("n"); v3 == v1 {
+	r3, _ := src.Report("n")
+	if r3.Version == r1.Version {
 		t.Fatal("the version did not change with the layout")
+	}
+	r = telemetrytest.Report("n", 4, 4, time.Now())
+	r.Gpus[1].MigInstances = r.Gpus[1].MigInstances[:3]
+	r.Gpus[2].Health = &telemetryv1.Health{Reasons: []string{"XID 79 (GPU has fallen off the bus)"}}
+	// A GPU without a health verdict is not taken for broken.
+	r.Gpus[3].Health = nil
+	store.Update(r, time.Now())
+	r4, _ := src.Report("n")
+	if r4.Version == r3.Version || !slices.Equal(r4.Unhealthy, []int{2}) {
+		t.Fatalf("a GPU reported unhealthy: unhealthy %v, version %x (before %x)", r4.Unhealthy, r4.Version, r3.Version)
 	}
 }
 
 // layoutsOf is a LayoutSource with one node's report.
 type layoutsOf struct {
-	node   string
-	layout [][]gpu.Placement
+	node      string
+	layout    [][]gpu.Placement
+	unhealthy []int
 }
 
-func (l layoutsOf) MIGLayout(node string) ([][]gpu.Placement, uint64, bool) {
+func (l layoutsOf) Report(node string) (GPUReport, bool) {
 	if node != l.node {
-		return nil, 0, false
+		return GPUReport{}, false
 	}
-	return l.layout, layoutVersion(l.layout), true
+	return GPUReport{Layout: l.layout, Unhealthy: l.unhealthy, Version: reportVersion(l.layout, l.unhealthy)}, true
 }
 
 // The device plugin advertises how many GPUs are whole, not which: the view

@@ -35,6 +35,14 @@ import (
 type view struct {
 	layouts   LayoutSource
 	poolLabel string
+	// notified: layouts says which nodes reported (a ReportNotifier), so
+	// sync asks only those, and the nodes it polls, for their report.
+	notified bool
+	// reported are the nodes that reported since the last sync. They have
+	// a lock of their own: the source adds them on its goroutine, which
+	// must not wait for a cycle's sync.
+	reportMu sync.Mutex
+	reported map[string]struct{}
 	// pods says which pods exist (the scheduler's pod informer): a node's
 	// snapshot without a reserved pod settles its reservation only once the
 	// pod is gone (see gone). Nil where the handle has no informers.
@@ -70,20 +78,27 @@ type slot struct {
 	// marked: the node was marked (dirty) since the entry was built, so
 	// sync builds it again.
 	marked bool
-	// staticMIG and node are the entry's, for layoutChanged and Filter
-	// (nodeFor), which read nothing else of it.
-	staticMIG bool
-	node      *packing.Node
+	// polled: sync asks for the node's report in every cycle (see polls).
+	polled bool
+	// node is the entry's, for Filter, which reads nothing else of it on
+	// a node the pod fits.
+	node *packing.Node
 }
 
 // entry is one node's view.
 type entry struct {
 	// staticMIG: the node's GPUs can hold static MIG layouts, so a layout
-	// reported for it is read; layoutVer is the version read (0 for none).
+	// reported for it is read; reportVer is the version of the report read
+	// (0 for none).
 	staticMIG bool
-	layoutVer uint64
+	reportVer uint64
 	node      *packing.Node
-	pool      string
+	// unhealthy counts the GPUs held off because the node's agent reports
+	// them unhealthy; asIfHealthy is node with them taken for healthy (nil
+	// when none), for Filter to say when they are what keeps a pod off.
+	unhealthy   int
+	asIfHealthy *packing.Node
+	pool        string
 	// guessed counts GPU pods whose devices the view could not read (no
 	// valid annotation and no reservation: placed by another scheduler) and
 	// accounted first-fit, so that their capacity is never handed out twice.
@@ -125,6 +140,17 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 			sl.marked = true
 		}
 	}
+	if v.notified {
+		v.reportMu.Lock()
+		reported := v.reported
+		v.reported = nil
+		v.reportMu.Unlock()
+		for name := range reported {
+			if sl := v.byName[name]; sl != nil && !sl.marked && sl.hasGPU && v.reportVersion(name) != sl.reportVer {
+				sl.marked = true
+			}
+		}
+	}
 	synced := 0
 	for _, ni := range nodes {
 		k, ok := ni.(*framework.NodeInfo)
@@ -132,14 +158,14 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 			continue // not the scheduler's own snapshot: entryFor builds it each time
 		}
 		sl := v.nodes[k]
-		if sl == nil || sl.marked || sl.gen != ni.GetGeneration() || v.layoutChanged(ni, sl) {
+		if sl == nil || sl.marked || sl.gen != ni.GetGeneration() || v.reportChanged(ni, sl) {
 			gen := ni.GetGeneration()
 			e := v.build(logger, ni, forSync, "")
 			if sl == nil {
 				sl = &slot{}
 				v.nodes[k] = sl
 			}
-			*sl = slot{entry: e, gen: gen, epoch: sl.epoch, staticMIG: e.staticMIG, node: e.node}
+			*sl = slot{entry: e, gen: gen, epoch: sl.epoch, polled: v.polls(e), node: e.node}
 			v.byName[e.node.Name] = sl
 		}
 		if sl.epoch != v.epoch {
@@ -186,20 +212,42 @@ func (v *view) forgetGone() {
 	}
 }
 
-// layoutChanged reports whether the layout reported for the node is not the
-// one e was built with. It reads the node's name only for a node that may
-// have one: sync asks it of every node in every cycle, and the name is on
-// the node object, which a cycle need not touch otherwise (a cache miss per
+// reportChanged reports whether the report for a polled node is not the one
+// its entry was built with. It reads the node's name only for a polled
+// node: sync asks it of every node in every cycle, and the name is on the
+// node object, which a cycle need not touch otherwise (a cache miss per
 // node, most of sync's time on a thousand nodes).
-func (v *view) layoutChanged(ni fwk.NodeInfo, sl *slot) bool {
-	if v.layouts == nil || !sl.staticMIG {
-		return false
-	}
-	_, ver, ok := v.layouts.MIGLayout(ni.Node().Name)
+func (v *view) reportChanged(ni fwk.NodeInfo, sl *slot) bool {
+	return sl.polled && v.reportVersion(ni.Node().Name) != sl.reportVer
+}
+
+// polls says whether sync asks for the node's report in every cycle rather
+// than only when the source says the node reported: every node with GPUs
+// when the source does not say so, else the nodes whose report can go
+// stale under them and change their entry — those holding a reported MIG
+// layout or unhealthy GPUs, which a node that is no longer known takes for
+// healthy.
+func (v *view) polls(e *entry) bool {
+	return v.layouts != nil && e.hasGPU && (!v.notified || e.staticMIG || e.unhealthy > 0)
+}
+
+// reportVersion is the version of the node's report, 0 for none.
+func (v *view) reportVersion(node string) uint64 {
+	r, ok := v.layouts.Report(node)
 	if !ok {
-		ver = 0
+		return 0
 	}
-	return ver != sl.layoutVer
+	return r.Version
+}
+
+// noteReport records that the node reported, for the next sync.
+func (v *view) noteReport(node string) {
+	v.reportMu.Lock()
+	defer v.reportMu.Unlock()
+	if v.reported == nil {
+		v.reported = map[string]struct{}{}
+	}
+	v.reported[node] = struct{}{}
 }
 
 // entryFor returns the node's entry for this cycle. A NodeInfo the snapshot
@@ -212,14 +260,6 @@ func (v *view) entryFor(logger klog.Logger, ni fwk.NodeInfo) *entry {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.build(logger, ni, forCopy, "")
-}
-
-// nodeFor is entryFor's node, read off the node's slot when synced.
-func (v *view) nodeFor(logger klog.Logger, ni fwk.NodeInfo) *packing.Node {
-	if sl := v.synced(ni); sl != nil {
-		return sl.node
-	}
-	return v.entryFor(logger, ni).node
 }
 
 // synced is the node's slot when its entry is the one for this cycle, else
@@ -309,23 +349,27 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 		logger.Info("Node advertises GPUs the scheduler cannot use", "node", node.Name, "err", err)
 	}
 	e.staticMIG = !dev.OnDemand && dev.Model != nil && dev.Model.SupportsMIG()
-	if v.layouts != nil && e.staticMIG {
-		if layout, ver, ok := v.layouts.MIGLayout(node.Name); ok {
-			e.layoutVer = ver
-			// The report says which GPUs are partitioned; the advertised
-			// resources only say how many, and NodeDevicesFor guessed the
-			// last ones.
-			for i := range min(len(dev.GPUs), len(layout)) {
-				var err error
-				if len(layout[i]) > 0 {
-					err = dev.SetLayout(i, layout[i])
-				} else {
-					err = dev.SetMIGMode(i, layout[i] != nil)
-				}
-				if err != nil {
-					logger.Info("Ignoring reported MIG layout", "node", node.Name, "gpu", i, "err", err)
+	if v.layouts != nil && len(dev.GPUs) > 0 {
+		if r, ok := v.layouts.Report(node.Name); ok {
+			e.reportVer = r.Version
+			if e.staticMIG {
+				// The report says which GPUs are partitioned; the
+				// advertised resources only say how many, and
+				// NodeDevicesFor guessed the last ones.
+				layout := r.Layout
+				for i := range min(len(dev.GPUs), len(layout)) {
+					var err error
+					if len(layout[i]) > 0 {
+						err = dev.SetLayout(i, layout[i])
+					} else {
+						err = dev.SetMIGMode(i, layout[i] != nil)
+					}
+					if err != nil {
+						logger.Info("Ignoring reported MIG layout", "node", node.Name, "gpu", i, "err", err)
+					}
 				}
 			}
+			e.unhealthy = holdUnhealthy(logger, node.Name, dev, r)
 		}
 	}
 	present := map[types.UID]bool{}
@@ -378,10 +422,48 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 		}
 	}
 	alloc, req := ni.GetAllocatable(), ni.GetRequested()
-	e.node = packing.NewNode(node.Name, dev,
-		alloc.GetMilliCPU()-req.GetMilliCPU()+selfCPU, alloc.GetMemory()-req.GetMemory()+selfMem, gpuMemoryGB(node))
+	cpuFree, memFree := alloc.GetMilliCPU()-req.GetMilliCPU()+selfCPU, alloc.GetMemory()-req.GetMemory()+selfMem
+	if e.unhealthy > 0 {
+		healthy := dev.Clone()
+		for i := range healthy.GPUs {
+			healthy.GPUs[i].Unhealthy = false
+		}
+		e.asIfHealthy = packing.NewNode(node.Name, healthy, cpuFree, memFree, gpuMemoryGB(node))
+	}
+	e.node = packing.NewNode(node.Name, dev, cpuFree, memFree, gpuMemoryGB(node))
 	e.hasGPU, e.gpuMemoryGB = e.node.HasGPU(), e.node.GPUMemoryGB
 	return e
+}
+
+// holdUnhealthy marks the GPUs the node's agent reports unhealthy, so that
+// no new pod goes on them, and returns how many it marked. The pods on them
+// stay: the scheduler evicts nobody.
+//
+// A view with fewer GPUs than the agent numbers took its count from
+// allocatable nvidia.com/gpu (no nvidia.com/gpu.count label), from which the
+// NVIDIA device plugin already leaves out the GPUs it finds broken: held off
+// again, they would count twice, and the view's indices are not the
+// agent's anyway. With the label (static while a GPU breaks), the view
+// numbers every GPU as the agent does.
+func holdUnhealthy(logger klog.Logger, node string, dev *gpu.NodeDevices, r GPUReport) int {
+	if len(r.Unhealthy) == 0 {
+		return 0
+	}
+	if len(dev.GPUs) < len(r.Layout) {
+		logger.V(4).Info("Node advertises fewer GPUs than its agent reports; leaving the unhealthy ones to the device plugin", "node", node, "gpus", len(dev.GPUs), "reported", len(r.Layout), "unhealthy", r.Unhealthy)
+		return 0
+	}
+	n := 0
+	for _, i := range r.Unhealthy {
+		if i >= 0 && i < len(dev.GPUs) && !dev.GPUs[i].Unhealthy {
+			dev.GPUs[i].Unhealthy = true
+			n++
+		}
+	}
+	if n > 0 {
+		logger.V(4).Info("Keeping new pods off GPUs their agent reports unhealthy", "node", node, "gpus", r.Unhealthy)
+	}
+	return n
 }
 
 // gone reports whether the pod of a reservation its node's snapshot does

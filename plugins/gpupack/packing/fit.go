@@ -357,6 +357,8 @@ func (n *Node) neverHolds(r *Req) bool {
 	for i := range n.Dev.GPUs {
 		d := &n.Dev.GPUs[i]
 		switch {
+		case d.Unhealthy:
+			// Takes nothing until its agent reports it healthy.
 		case len(d.Layout) > 0:
 			for _, p := range d.Layout {
 				prof, _ := m.Profile(p.Profile)
@@ -388,6 +390,9 @@ func (n *Node) neverHolds(r *Req) bool {
 		}
 		room := free * int64(prof.Max)
 		for g := range n.Dev.GPUs {
+			if n.Dev.GPUs[g].Unhealthy {
+				continue
+			}
 			for _, p := range n.Dev.GPUs[g].Layout {
 				if p.Profile == name {
 					room++

@@ -40,8 +40,9 @@ type Node struct {
 	Dev *gpu.NodeDevices
 	// GPUMemoryGB is the memory of one GPU, for avoid-overkill; 0 unknown.
 	GPUMemoryGB int
-	// unpartitioned counts the GPUs that take whole-GPU and share pods once
-	// idle: all of an on-demand node's, the others outside MIG mode.
+	// unpartitioned counts the healthy GPUs that take whole-GPU and share
+	// pods once idle: all of an on-demand node's, the others outside MIG
+	// mode.
 	unpartitioned int64
 	// state is the node's key in a SharedMemo (see stateKey); the zero
 	// Handle until first asked for.
@@ -100,6 +101,13 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 		d := &dev.GPUs[i]
 		n.free[i] = dev.FreeMilli(i)
 		n.freeUnits += n.free[i] * unitsPerMilli
+		if d.Unhealthy {
+			// As a GPU full to the brim: nothing new goes on it, it
+			// counts as no free capacity, and no eviction would make
+			// room on it (not unpartitioned).
+			n.mig[i] = migGPU{blocked: true}
+			continue
+		}
 		if !d.MIGMode && d.UsedMilli == 0 {
 			n.idle++
 		}

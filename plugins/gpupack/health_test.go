@@ -1,0 +1,292 @@
+package gpupack
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/kubernetes/pkg/scheduler/framework/parallelize"
+	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+)
+
+// withSource makes a plugin reading src, on a snapshot of nodes and pods.
+func withSource(t *testing.T, src LayoutSource, nodes []*corev1.Node, pods ...*corev1.Pod) (*GPUPack, *handle, []fwk.NodeInfo) {
+	t.Helper()
+	initMetrics.Do(schedmetrics.InitMetrics)
+	h := &handle{par: parallelize.NewParallelizer(1)}
+	p, err := NewWith(context.Background(), nil, h, WithLayouts(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, h, h.set(t, nodes, pods...)
+}
+
+// filter runs PreFilter and Filter of the pod on one node.
+func filter(t *testing.T, p *GPUPack, nodes []fwk.NodeInfo, pod *corev1.Pod, node int) *fwk.Status {
+	t.Helper()
+	state := framework.NewCycleState()
+	if _, s := p.PreFilter(context.Background(), state, pod, nodes); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	return p.Filter(context.Background(), state, pod, nodes[node])
+}
+
+// A share goes on a healthy GPU, never on the one the node's agent reports
+// unhealthy, however well it would pack there; whole GPUs and static MIG
+// instances the same.
+func TestNoNewWorkOnAnUnhealthyGPU(t *testing.T) {
+	n := gpuNode("n", "NVIDIA-A10G", 2, "64")
+	held := bound(podOf("held", "1", string(gpu.ResourceGPUMilli), "500"), "n", "1:500m")
+	// Packing alone puts a share that fits beside the one on GPU 1 on GPU
+	// 0, keeping GPU 1's rest for pods its size.
+	p, _, nodes := withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}}, []*corev1.Node{n}, held)
+	if node, a := schedule(t, p, nodes, podOf("share", "1", string(gpu.ResourceGPUMilli), "400")); node != "n" || a.String() != "0:400m" {
+		t.Fatalf("a share got %q %v; want GPU 0 with both GPUs healthy", node, a)
+	}
+	p, _, nodes = withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{0}}, []*corev1.Node{n}, held)
+	if node, a := schedule(t, p, nodes, podOf("share", "1", string(gpu.ResourceGPUMilli), "400")); node != "n" || a.String() != "1:400m" {
+		t.Fatalf("a share got %q %v; want GPU 1, the healthy one", node, a)
+	}
+	p, _, nodes = withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{0}}, []*corev1.Node{n})
+	if node, a := schedule(t, p, nodes, podOf("whole", "1", string(gpu.ResourceGPU), "1")); node != "n" || a.String() != "1" {
+		t.Fatalf("a whole-GPU pod got %q %v; want GPU 1, the healthy one", node, a)
+	}
+
+	mig := gpuNode("mig", "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
+	delete(mig.Status.Allocatable, gpu.ResourceGPU)
+	mig.Status.Allocatable[gpu.MIGResourceName("3g.40gb")] = resource.MustParse("4")
+	twoThrees := []gpu.Placement{{Profile: "3g.40gb", Start: 0}, {Profile: "3g.40gb", Start: 4}}
+	p, _, nodes = withSource(t, layoutsOf{node: "mig", layout: [][]gpu.Placement{twoThrees, twoThrees}, unhealthy: []int{0}}, []*corev1.Node{mig})
+	if node, a := schedule(t, p, nodes, podOf("instance", "1", "nvidia.com/mig-3g.40gb", "1")); node != "mig" || len(a) != 1 || a[0].GPU != 1 {
+		t.Fatalf("an instance got %q %v; want one on GPU 1 (GPU 0 is unhealthy)", node, a)
+	}
+	if node, a := schedule(t, p, nodes, podOf("three", "1", "nvidia.com/mig-3g.40gb", "3")); node != "" {
+		t.Fatalf("three instances got %q %v; GPU 0 is unhealthy and GPU 1 has two", node, a)
+	}
+}
+
+// Filter says the unhealthy GPUs are why, with their count, so the
+// scheduler's event counts such nodes; Unschedulable where evicting pods
+// from the healthy GPUs could still make room, else unresolvable.
+func TestFilterSaysOnlyUnhealthyGPUsAreFree(t *testing.T) {
+	n := gpuNode("n", "NVIDIA-A10G", 2, "64")
+	held := bound(podOf("held", "1", string(gpu.ResourceGPU), "1"), "n", "0")
+	p, _, nodes := withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{1}}, []*corev1.Node{n}, held)
+	s := filter(t, p, nodes, podOf("share", "1", string(gpu.ResourceGPUMilli), "460"), 0)
+	if want := "node(s) had only unhealthy GPUs free for 460 penny.dev/gpu-milli (1 GPU reported unhealthy by its agent)"; s.Code() != fwk.Unschedulable || s.Message() != want {
+		t.Fatalf("Filter: %v %q; want Unschedulable %q", s.Code(), s.Message(), want)
+	}
+
+	// Both GPUs idle, one unhealthy: no eviction makes room for two.
+	p, _, nodes = withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{0}}, []*corev1.Node{n})
+	s = filter(t, p, nodes, podOf("two", "1", string(gpu.ResourceGPU), "2"), 0)
+	if want := "node(s) had fewer healthy GPUs than 2 nvidia.com/gpu (1 GPU reported unhealthy by its agent)"; s.Code() != fwk.UnschedulableAndUnresolvable || s.Message() != want {
+		t.Fatalf("Filter: %v %q; want UnschedulableAndUnresolvable %q", s.Code(), s.Message(), want)
+	}
+
+	// Every GPU unhealthy.
+	p, _, nodes = withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{0, 1}}, []*corev1.Node{n})
+	s = filter(t, p, nodes, podOf("share", "1", string(gpu.ResourceGPUMilli), "460"), 0)
+	if want := "node(s) had only unhealthy GPUs free for 460 penny.dev/gpu-milli (2 GPUs reported unhealthy by its agent)"; s.Code() != fwk.UnschedulableAndUnresolvable || s.Message() != want {
+		t.Fatalf("Filter: %v %q; want UnschedulableAndUnresolvable %q", s.Code(), s.Message(), want)
+	}
+
+	// Busy anyway: the usual reason.
+	held1 := bound(podOf("held1", "1", string(gpu.ResourceGPU), "1"), "n", "1")
+	p, _, nodes = withSource(t, layoutsOf{node: "n", layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{1}}, []*corev1.Node{n}, held, held1)
+	s = filter(t, p, nodes, podOf("share", "1", string(gpu.ResourceGPUMilli), "460"), 0)
+	if want := "node(s) had no GPU with 460 penny.dev/gpu-milli free"; s.Code() != fwk.Unschedulable || s.Message() != want {
+		t.Fatalf("Filter: %v %q; want Unschedulable %q", s.Code(), s.Message(), want)
+	}
+}
+
+// With GPU feature discovery's count label static at 2 while the device
+// plugin advertises the healthy GPU only, the view counts both and holds
+// the unhealthy one off; without the label, allocatable already left it out,
+// and it is not taken off a second time.
+func TestUnhealthyGPUIsNotCountedTwice(t *testing.T) {
+	labelled := gpuNode("labelled", "NVIDIA-A10G", 2, "64")
+	labelled.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("1")
+	unlabelled := gpuNode("unlabelled", "NVIDIA-A10G", 2, "64")
+	delete(unlabelled.Labels, gpu.LabelCount)
+	unlabelled.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("1")
+	for _, n := range []*corev1.Node{labelled, unlabelled} {
+		p, _, nodes := withSource(t, layoutsOf{node: n.Name, layout: [][]gpu.Placement{nil, nil}, unhealthy: []int{0}}, []*corev1.Node{n})
+		if s := filter(t, p, nodes, podOf("one", "1", string(gpu.ResourceGPU), "1"), 0); !s.IsSuccess() {
+			t.Errorf("%s: one GPU of two healthy, Filter: %v", n.Name, s)
+		}
+		if s := filter(t, p, nodes, podOf("two", "1", string(gpu.ResourceGPU), "2"), 0); s.IsSuccess() {
+			t.Errorf("%s: two GPUs fit with one unhealthy", n.Name)
+		}
+	}
+}
+
+// healthReport is an A10G node's report, its GPUs whole and healthy but
+// those listed.
+func healthReport(node string, gpus int, seq uint64, unhealthy ...int) *telemetryv1.NodeReport {
+	r := telemetrytest.Report(node, gpus, seq, time.Now())
+	r.PodDevices = nil
+	for _, g := range r.Gpus {
+		g.Name, g.Product, g.MigMode, g.MigInstances, g.Pods = "NVIDIA A10G", "NVIDIA-A10G", telemetryv1.MIGMode_MIG_MODE_DISABLED, nil, nil
+	}
+	for _, i := range unhealthy {
+		r.Gpus[i].Health = &telemetryv1.Health{Reasons: []string{"XID 79 (GPU has fallen off the bus)"}}
+	}
+	return r
+}
+
+// mutableSource is a LayoutSource that does not say when a node reports,
+// as a test's or the simulator's may not: the view then asks every node in
+// every cycle.
+type mutableSource struct {
+	mu sync.Mutex
+	layoutsOf
+}
+
+func (m *mutableSource) Report(node string) (GPUReport, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.layoutsOf.Report(node)
+}
+
+func (m *mutableSource) set(unhealthy ...int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.unhealthy = unhealthy
+}
+
+// The view is rebuilt when a GPU's health flips, with no change to the node
+// object: from the store, which says when a node reports, and from a source
+// that does not; and a report gone stale leaves the node as the scheduler
+// saw it before agents reported health.
+func TestViewFollowsHealth(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now }
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute, Now: clock})
+	polled := &mutableSource{layoutsOf: layoutsOf{node: "n", layout: [][]gpu.Placement{nil}}}
+	n := gpuNode("n", "NVIDIA-A10G", 1, "64")
+	share := podOf("share", "1", string(gpu.ResourceGPUMilli), "460")
+	for _, tc := range []struct {
+		name string
+		src  LayoutSource
+		set  func(seq uint64, unhealthy ...int)
+	}{
+		{"store", TelemetryLayouts(store), func(seq uint64, unhealthy ...int) { store.Update(healthReport("n", 1, seq, unhealthy...), now) }},
+		{"polled", polled, func(_ uint64, unhealthy ...int) { polled.set(unhealthy...) }},
+	} {
+		p, _, nodes := withSource(t, tc.src, []*corev1.Node{n})
+		tc.set(1)
+		if s := filter(t, p, nodes, share, 0); !s.IsSuccess() {
+			t.Fatalf("%s: healthy GPU, Filter: %v", tc.name, s)
+		}
+		tc.set(2, 0)
+		if s := filter(t, p, nodes, share, 0); s.IsSuccess() {
+			t.Fatalf("%s: the view kept the GPU its agent now reports unhealthy", tc.name)
+		}
+		tc.set(3)
+		if s := filter(t, p, nodes, share, 0); !s.IsSuccess() {
+			t.Fatalf("%s: GPU healthy again, Filter: %v", tc.name, s)
+		}
+	}
+	// Stale: the node is unknown, as before agents reported health.
+	p, _, nodes := withSource(t, TelemetryLayouts(store), []*corev1.Node{n})
+	store.Update(healthReport("n", 1, 4, 0), now)
+	if s := filter(t, p, nodes, share, 0); s.IsSuccess() {
+		t.Fatal("the view kept the GPU its agent reports unhealthy")
+	}
+	now = now.Add(2 * time.Minute)
+	if s := filter(t, p, nodes, share, 0); !s.IsSuccess() {
+		t.Fatalf("the node's report is stale, and its GPU is still held off: %v", s)
+	}
+}
+
+// activatingHandle has informers and records the pods activated.
+type activatingHandle struct {
+	*handle
+	factory   informers.SharedInformerFactory
+	activated chan []string
+}
+
+func (h *activatingHandle) SharedInformerFactory() informers.SharedInformerFactory { return h.factory }
+
+func (h *activatingHandle) Activate(_ klog.Logger, pods map[string]*corev1.Pod) {
+	var names []string
+	for k := range pods {
+		names = append(names, k)
+	}
+	h.activated <- names
+}
+
+// No cluster event says a GPU recovered: the pods waiting are retried when
+// its agent reports it healthy again.
+func TestPodsRetriedWhenAGPURecovers(t *testing.T) {
+	initMetrics.Do(schedmetrics.InitMetrics)
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute})
+	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
+		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, 4)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := h.factory.Core().V1().Pods().Informer().GetIndexer()
+	waiting := podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460")
+	cpuOnly := podOf("cpu", "1")
+	running := bound(podOf("running", "1", string(gpu.ResourceGPU), "1"), "other", "0")
+	for _, pod := range []*corev1.Pod{waiting, cpuOnly, running} {
+		if err := pods.Add(pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A10G", 1, "64")})
+
+	store.Update(healthReport("n", 1, 1, 0), time.Now())
+	state := framework.NewCycleState()
+	if _, s := p.PreFilter(ctx, state, waiting, nodes); !s.IsSuccess() {
+		t.Fatalf("PreFilter: %v", s)
+	}
+	if s := p.Filter(ctx, state, waiting, nodes[0]); s.IsSuccess() {
+		t.Fatal("the pod fits on a GPU reported unhealthy")
+	}
+	store.Update(healthReport("n", 1, 2, 0), time.Now())
+	select {
+	case got := <-h.activated:
+		t.Fatalf("pods %v retried while the GPU is still unhealthy", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+	store.Update(healthReport("n", 1, 3), time.Now())
+	select {
+	case got := <-h.activated:
+		if len(got) != 1 || got[0] != "default/waiting" {
+			t.Fatalf("retried %v; want the waiting GPU pod only", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting pod was not retried when the GPU recovered")
+	}
+	if s := filter(t, p, nodes, waiting, 0); !s.IsSuccess() {
+		t.Fatalf("retried, the pod still does not fit: %v", s)
+	}
+	// A stopped scheduler's queue is gone: nothing is retried for it.
+	cancel()
+	store.Update(healthReport("n", 1, 4, 0), time.Now())
+	store.Update(healthReport("n", 1, 5), time.Now())
+	select {
+	case got := <-h.activated:
+		t.Fatalf("a stopped plugin retried %v", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
