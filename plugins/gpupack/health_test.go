@@ -290,3 +290,101 @@ func TestPodsRetriedWhenAGPURecovers(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 }
+
+// cachedReports counts the nodes whose reports the source holds read.
+func cachedReports(t *testing.T, src LayoutSource) []string {
+	t.Helper()
+	n, ok := src.(notifyingLayouts)
+	if !ok {
+		t.Fatalf("%T is not the store's source", src)
+	}
+	var names []string
+	n.read.Range(func(k, _ any) bool {
+		names = append(names, k.(string))
+		return true
+	})
+	return names
+}
+
+// The reports read are kept for the nodes the view has: a node deleted
+// from the cluster (Spot nodes come and go under new names), or one whose
+// agent reports but that the scheduler never had, must not stay in memory
+// for the scheduler's lifetime with the state it last sent.
+func TestReportsReadAreForgottenWithTheirNodes(t *testing.T) {
+	now := time.Now()
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute, Now: func() time.Time { return now }})
+	src := TelemetryLayouts(store)
+	a, b := gpuNode("a", "NVIDIA-A10G", 1, "64"), gpuNode("b", "NVIDIA-A10G", 1, "64")
+	p, h, nodes := withSource(t, src, []*corev1.Node{a, b})
+	share := podOf("share", "1", string(gpu.ResourceGPUMilli), "460")
+	store.Update(healthReport("a", 1, 1), now)
+	store.Update(healthReport("b", 1, 1, 0), now)
+	store.Update(healthReport("elsewhere", 1, 1, 0), now)
+	if s := filter(t, p, nodes, share, 1); s.IsSuccess() {
+		t.Fatal("the pod fits on b's GPU, reported unhealthy")
+	}
+	// b is deleted: gone from the snapshot and from the store.
+	nodes = h.set(t, []*corev1.Node{a})
+	store.Forget("b")
+	for seq := uint64(2); seq < 4; seq++ {
+		store.Update(healthReport("a", 1, seq), now)
+		store.Update(healthReport("elsewhere", 1, seq, 0), now)
+		if s := filter(t, p, nodes, share, 0); !s.IsSuccess() {
+			t.Fatalf("a: %v", s)
+		}
+	}
+	if got := cachedReports(t, src); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("reports held for %v; want a's only", got)
+	}
+}
+
+// A GPU whose verdict flaps (clocks held down by a hardware slowdown come
+// and go from one report to the next) must not retry every waiting GPU pod
+// on every report that says it recovered: each retry moves them past their
+// backoff. Recoveries close together are retried once more at most.
+func TestFlappingGPURetriesPodsAtMostOncePerGap(t *testing.T) {
+	initMetrics.Do(schedmetrics.InitMetrics)
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute})
+	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
+		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, 64)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.retryGap = 300 * time.Millisecond
+	if err := h.factory.Core().V1().Pods().Informer().GetIndexer().Add(podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460")); err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(0)
+	for range 20 {
+		seq++
+		store.Update(healthReport("n", 1, seq, 0), time.Now())
+		seq++
+		store.Update(healthReport("n", 1, seq), time.Now())
+	}
+	retries := 0
+	deadline := time.After(3 * p.retryGap)
+	for done := false; !done; {
+		select {
+		case <-h.activated:
+			retries++
+		case <-deadline:
+			done = true
+		}
+	}
+	if retries < 1 || retries > 2 {
+		t.Fatalf("20 recoveries within %v retried the waiting pods %d times; want 1 or 2", p.retryGap, retries)
+	}
+	// After the gap, a recovery is retried again.
+	seq++
+	store.Update(healthReport("n", 1, seq, 0), time.Now())
+	seq++
+	store.Update(healthReport("n", 1, seq), time.Now())
+	select {
+	case <-h.activated:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a recovery after the gap was not retried")
+	}
+}

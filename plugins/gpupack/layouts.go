@@ -96,14 +96,37 @@ func (t *telemetryLayouts) Report(node string) (GPUReport, bool) {
 
 // reportOf is reportOf, read once per state.
 func (t *telemetryLayouts) reportOf(st *telemetry.NodeState) (GPUReport, bool) {
-	if v, ok := t.read.Load(st.Node); ok {
-		if rs := v.(*readState); rs.st == st {
-			return rs.r, rs.ok
-		}
+	if r, ok, found := t.cached(st); found {
+		return r, ok
 	}
 	r, ok := reportOf(st)
 	t.read.Store(st.Node, &readState{st: st, r: r, ok: ok})
 	return r, ok
+}
+
+// cached is the report read of st, if it is the one held.
+func (t *telemetryLayouts) cached(st *telemetry.NodeState) (r GPUReport, ok, found bool) {
+	if v, held := t.read.Load(st.Node); held {
+		if rs := v.(*readState); rs.st == st {
+			return rs.r, rs.ok, true
+		}
+	}
+	return GPUReport{}, false, false
+}
+
+// forget drops what was read of a node the view no longer has: the view
+// asks for it no more, so Report would never find it gone.
+func (t *telemetryLayouts) forget(node string) { t.read.Delete(node) }
+
+// peek is reportOf without keeping what it read: the reports of every node
+// pass through OnReport, also of nodes the view does not have or has
+// forgotten, and only the view's own are held.
+func (t *telemetryLayouts) peek(st *telemetry.NodeState) GPUReport {
+	if r, _, found := t.cached(st); found {
+		return r
+	}
+	r, _ := reportOf(st)
+	return r
 }
 
 type notifyingLayouts struct {
@@ -115,10 +138,9 @@ func (t notifyingLayouts) OnReport(fn func(node string, prev, next GPUReport)) f
 	return t.n.Subscribe(func(prev, next *telemetry.NodeState) {
 		var p GPUReport
 		if prev != nil {
-			p, _ = t.reportOf(prev)
+			p = t.peek(prev)
 		}
-		r, _ := t.reportOf(next)
-		fn(next.Node, p, r)
+		fn(next.Node, p, t.peek(next))
 	})
 }
 

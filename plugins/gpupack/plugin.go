@@ -10,7 +10,9 @@ package gpupack
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -40,6 +42,19 @@ type GPUPack struct {
 	// measures are the MIG measures nodes in one state share (see
 	// packing.SharedMemo).
 	measures packing.SharedMemo
+	// retries coalesces the retries of waiting pods when GPUs recover (see
+	// retryRecovered); retryGap is the least time between two.
+	retries  retries
+	retryGap time.Duration
+}
+
+// retries: running while a retry, or the gap after it, is under way;
+// again when a GPU recovered meanwhile, and node the last one's node.
+type retries struct {
+	mu      sync.Mutex
+	running bool
+	again   bool
+	node    string
 }
 
 var (
@@ -74,10 +89,11 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 		return nil, err
 	}
 	p := &GPUPack{
-		h:       h,
-		args:    args,
-		weights: packing.Weights{Fragmentation: *args.FragmentationWeight, Balance: *args.BalanceWeight, Dead: *args.DeadPieceWeight, Overkill: *args.OverkillWeight},
-		view:    newView(nil, args.PoolLabel),
+		h:        h,
+		args:     args,
+		weights:  packing.Weights{Fragmentation: *args.FragmentationWeight, Balance: *args.BalanceWeight, Dead: *args.DeadPieceWeight, Overkill: *args.OverkillWeight},
+		view:     newView(nil, args.PoolLabel),
+		retryGap: recoveredRetryGap,
 		learner: packing.NewLearner(packing.LearnerOptions{
 			HalfLife:        float64(*args.DemandHalfLife),
 			Refresh:         int(*args.DemandRefresh),
@@ -99,9 +115,7 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 		cancel := n.OnReport(func(node string, prev, next GPUReport) {
 			p.view.noteReport(node)
 			if p.view.pods != nil && recovered(prev, next) {
-				// Off the source's goroutine: the node's next report
-				// waits for its hooks, and this lists every pod.
-				go p.retryRecovered(ctx, logger, node)
+				p.retrySoon(ctx, logger, node)
 			}
 		})
 		// The source outlives the scheduler (a restart, another
@@ -113,6 +127,48 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 	}
 	registerMetrics(p)
 	return p, nil
+}
+
+// recoveredRetryGap is the least time between two retries of the waiting
+// GPU pods: each moves them past their backoff, and a verdict that flaps
+// from one report to the next (clocks held down now and then) would
+// otherwise have them retried with every report of every such node.
+const recoveredRetryGap = 10 * time.Second
+
+// retrySoon retries the waiting GPU pods now, unless a retry is under way
+// or was made less than retryGap ago: then once more when the gap is over,
+// however many GPUs recovered in it.
+func (p *GPUPack) retrySoon(ctx context.Context, logger klog.Logger, node string) {
+	r := &p.retries
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.node = node
+	if r.running {
+		r.again = true
+		return
+	}
+	r.running = true
+	// Off the source's goroutine: the node's next report waits for its
+	// hooks, and a retry lists every pod.
+	go func() {
+		for {
+			p.retryRecovered(ctx, logger, node)
+			t := time.NewTimer(p.retryGap)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+			r.mu.Lock()
+			if !r.again || ctx.Err() != nil {
+				r.running, r.again = false, false
+				r.mu.Unlock()
+				return
+			}
+			r.again, node = false, r.node
+			r.mu.Unlock()
+		}
+	}()
 }
 
 // retryRecovered retries the pending GPU pods once a GPU of the node that

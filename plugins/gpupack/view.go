@@ -185,8 +185,9 @@ func (v *view) sync(logger klog.Logger, nodes []fwk.NodeInfo) {
 // forgetGone drops the entries of nodes the cycle's snapshot does not have,
 // and the reservations on them: a node deleted while a pod was being bound
 // to it is never rebuilt, which is where a reservation is otherwise
-// dropped. A node that comes back is built afresh from its pods. Callers
-// hold mu.
+// dropped. The source forgets the reports it read for them too: Spot
+// nodes come and go under new names, for the scheduler's lifetime. A node
+// that comes back is built afresh from its pods. Callers hold mu.
 func (v *view) forgetGone() {
 	gone := map[string]bool{}
 	for ni, sl := range v.nodes {
@@ -198,12 +199,17 @@ func (v *view) forgetGone() {
 			}
 		}
 	}
-	if len(v.reserved) == 0 {
-		return
-	}
 	// A node deleted and created again under its name has a new NodeInfo.
 	for _, sl := range v.nodes {
 		delete(gone, sl.node.Name)
+	}
+	if f, ok := v.layouts.(interface{ forget(node string) }); ok {
+		for name := range gone {
+			f.forget(name)
+		}
+	}
+	if len(v.reserved) == 0 {
+		return
 	}
 	for uid, r := range v.reserved {
 		if gone[r.node] {
