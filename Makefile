@@ -82,7 +82,8 @@ SIM_RESULTS  ?= benchmarks/results
 .PHONY: bench-spot
 ## bench-spot: the Spot cost/risk benchmark (default, spot-first, penny on an elastic mixed fleet): openb default
 ## into benchmarks/results/spot.{json,md}, and a synthetic Philly-style training trace (600 jobs, 1-32 GPUs,
-## generated with a fixed seed by benchmarks/spot/trainingtrace) into benchmarks/results/spot-training.{json,md}
+## generated with a fixed seed by benchmarks/spot/trainingtrace) into benchmarks/results/spot-training.{json,md}, and a
+## heavier one (half the jobs 8-32 GPUs, 7 days) into benchmarks/results/spot-training-heavy.{json,md}
 SPOT_SCENARIO ?= benchmarks/scenarios/spot-openb.yaml
 SPOT_SEED     ?= 42
 bench-spot:
@@ -95,6 +96,10 @@ bench-spot:
 	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods bin/training-600.csv --format philly \
 		--policy default,spot-first,penny --seed $(SPOT_SEED) \
 		--out $(SIM_RESULTS)/spot-training.json --markdown $(SIM_RESULTS)/spot-training.md
+	$(GO) run ./benchmarks/spot/trainingtrace --jobs 600 --days 7 --seed 2 --sizes 1:0.4,8:0.4,16:0.15,32:0.05 --out bin/training-600-heavy.csv
+	$(BIN)/penny sim replay --scenario $(SPOT_SCENARIO) --pods bin/training-600-heavy.csv --format philly \
+		--policy default,spot-first,penny --seed $(SPOT_SEED) \
+		--out $(SIM_RESULTS)/spot-training-heavy.json --markdown $(SIM_RESULTS)/spot-training-heavy.md
 
 .PHONY: bench-gpupack
 ## bench-gpupack: Penny's packing against FGD and BestFit on openb (fill protocol, seeds 42..51), and on a

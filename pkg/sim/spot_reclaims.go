@@ -205,7 +205,7 @@ func (r *elastic) evictBatch(ev elEvent) error {
 		if v.checkpointed {
 			r.res.NoticeCheckpoints++
 		}
-		r.stop(v.pod, true, v.kept)
+		r.stop(v.pod, runReclaimed, v.kept)
 		if p.class.Work.Stateless {
 			r.res.InterruptedServices++
 			p.downSince = r.now

@@ -57,6 +57,7 @@ const (
 	elTimer
 	elArrival
 	elScan
+	elReturn
 	elSample
 )
 
@@ -142,6 +143,8 @@ type elPod struct {
 	hourly    float64
 	everSpot  bool
 	fellBack  bool
+	// movedBack: the pod was moved back to Spot once (returnToSpot).
+	movedBack bool
 	reclaimed int
 	// downSince is when a reclaimed service went down; -1 when it is up.
 	downSince  time.Duration
@@ -355,6 +358,9 @@ type elastic struct {
 	// done is when a pod last finished or arrived; livelock is how long
 	// after it the replay gives up on the pods still running (stalled).
 	done, livelock time.Duration
+	// movedAt is when each workload last moved back to Spot
+	// (returnToSpot's cooldown).
+	movedAt map[string]time.Duration
 	// lastLaunched is the node launch created last.
 	lastLaunched string
 	res          *ElasticResult
@@ -479,6 +485,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		r.livelock = max(r.livelock, LivelockRuns*p.work)
 	}
 	r.push(elEvent{at: time.Hour, kind: elSample})
+	r.armReturns()
 	if err := r.run(ctx); err != nil {
 		if ctx.Err() != nil {
 			// The plugins' informers stop with the context, so whatever the
@@ -706,6 +713,8 @@ func (r *elastic) run(ctx context.Context) error {
 		case elScan:
 			r.scanOn = false
 			err = r.scan()
+		case elReturn:
+			err = r.returnToSpot()
 		case elSample:
 			r.feedExposure()
 			r.riskGen++
@@ -973,9 +982,21 @@ func progressAt(p *elPod, at time.Duration) time.Duration {
 	return at - p.workFrom
 }
 
-// stop ends a pod's run at now; a reclaim keeps only kept of this run's
-// progress.
-func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
+// runEnd is why a run stops.
+type runEnd int
+
+const (
+	// runDone: the pod finished (or the replay ended).
+	runDone runEnd = iota
+	// runReclaimed: a reclaim evicted it.
+	runReclaimed
+	// runMoved: it was moved back to Spot after a checkpoint (returnToSpot).
+	runMoved
+)
+
+// stop ends a pod's run at now; a reclaim or a move keeps only kept of this
+// run's progress.
+func (r *elastic) stop(i int, end runEnd, kept time.Duration) {
 	p := r.pods[i]
 	n := r.nodes[p.node]
 	ran := r.now - p.runStart
@@ -990,6 +1011,9 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	}
 	if p.everSpot && p.class.Policy == spotrisk.Never && n != nil && pricing.NodeCapacity(n.node).IsSpot() {
 		r.res.NeverOnSpotGPUHours += p.gpus * ran.Hours()
+	}
+	if p.movedBack && n != nil && pricing.NodeCapacity(n.node).IsSpot() {
+		r.res.ReturnedGPUHours += p.gpus * ran.Hours()
 	}
 	if n != nil {
 		delete(n.pods, i)
@@ -1009,7 +1033,7 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 			g.working = false
 		}
 	}
-	if !reclaimed {
+	if end == runDone {
 		// What penny-scheduler learns from the training pods that succeed
 		// (spotrisk.WatchRuns).
 		if p.class.Workload == spotrisk.Training {
@@ -1027,7 +1051,9 @@ func (r *elastic) stop(i int, reclaimed bool, kept time.Duration) {
 	r.useful(p, p.gpus*kept.Hours())
 	r.lose(p, n, p.gpus*(worked-kept).Hours())
 	p.overhead = r.sc.RestartOverhead.Duration
-	p.reclaimed++
+	if end == runReclaimed {
+		p.reclaimed++
+	}
 	p.gen++
 }
 
@@ -1044,7 +1070,7 @@ func (r *elastic) departure(ev elEvent) error {
 			return err
 		}
 	}
-	r.stop(ev.pod, false, 0)
+	r.stop(ev.pod, runDone, 0)
 	r.res.PodsCompleted++
 	r.progress, r.done = r.now, r.now
 	r.roomChanges++

@@ -1795,3 +1795,50 @@ pools:
 		t.Errorf("the replay ended at %.4f h; want %.4f h, when the pod was deleted", res.HorizonHours, end)
 	}
 }
+
+// A Spot-preferring trainer that fell back to on-demand (the one Spot node
+// taken by "first") moves back to Spot once "first" ends and leaves the
+// node free: checkpointed on request, it keeps its work, loses only the
+// restart, and the rest of its 20h run costs Spot's price. With
+// returnToSpot off it stays on on-demand to the end.
+func TestElasticMovesFallenBackWorkBackToSpot(t *testing.T) {
+	s := spotScenario(t, "1", "0s")
+	ann := s.Classes[1].Annotations
+	ann["penny.dev/checkpoint"], ann[spotrisk.AnnotationExpectedRuntime] = "http://:8080/checkpoint", "20h"
+	p, err := LookupPolicy("penny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replay := func(cfg []byte) *ElasticResult {
+		t.Helper()
+		res, err := ElasticReplay(context.Background(), ElasticOptions{Scenario: s, Policy: p, Seed: 42, SchedulerConfig: cfg,
+			Trace: &Trace{Pods: []TracePod{
+				spotTracePod("first", "BE", 1, 0, 5*time.Hour),
+				spotTracePod("second", "BE", 1, time.Minute, 20*time.Hour)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	const shipped = "enabled: true\n        every: 10m"
+	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
+		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
+	}
+	moved, stayed := replay(nil), replay([]byte(strings.Replace(string(deploy.SchedulerConfig), shipped, "enabled: false\n        every: 10m", 1)))
+	if stayed.Returns != 0 || moved.Returns != 1 || moved.ReturnedPods != 1 {
+		t.Fatalf("returns: %d with returnToSpot on (%d pods), %d with it off; want 1 (1 pod) and 0", moved.Returns, moved.ReturnedPods, stayed.Returns)
+	}
+	// first ends at 5h03m and leaves the Spot node empty; the round at
+	// 5h10m moves second there, where it runs the rest of its work (20h
+	// less the 4h56m it did on on-demand from 14m) after a 5m restart.
+	left := 20*time.Hour - (5*time.Hour + 10*time.Minute - 14*time.Minute) + 5*time.Minute
+	if !nearly(moved.ReturnedGPUHours, left.Hours()) {
+		t.Fatalf("GPU-hours run on Spot after the move %v, want %v", moved.ReturnedGPUHours, left.Hours())
+	}
+	if !nearly(moved.UsefulGPUHours, 25) || !nearly(moved.LostGPUHours, (5*time.Minute).Hours()) {
+		t.Fatalf("useful %v lost %v GPU-hours; want 25 and the restart's 5m", moved.UsefulGPUHours, moved.LostGPUHours)
+	}
+	if !(moved.BillUSD < stayed.BillUSD*0.7) {
+		t.Fatalf("bill %.2f with the move, %.2f without; want well under", moved.BillUSD, stayed.BillUSD)
+	}
+}

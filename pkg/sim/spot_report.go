@@ -170,6 +170,10 @@ func (rep *SpotReport) Markdown() string {
 				"wait on their GPUs until its last one runs (billed, neither useful nor lost; %.2f%% of its allocated GPU-hours).\n",
 				r.Policy, r.GangWaitGPUHours, 100*r.GangWaitGPUHours/max(r.AllocatedGPUHours, 1e-9))
 		}
+		if r.Returns > 0 {
+			fmt.Fprintf(&b, "\n%s: moved %d workloads (%d pods) that had fallen back to on-demand back to Spot once it had room (returnToSpot; docs/spot.md), "+
+				"where they then ran %.1f GPU-hours.\n", r.Policy, r.Returns, r.ReturnedPods, r.ReturnedGPUHours)
+		}
 		if r.Stalled {
 			fmt.Fprintf(&b, "\n%s: the replay ended early, at %.0f h of trace time, with %d pods that had run and not finished and %d never scheduled: "+
 				"nothing could make progress (%s; docs/spot.md).\n",

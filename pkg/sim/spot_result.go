@@ -122,11 +122,18 @@ type ElasticResult struct {
 	// pods on on-demand, training without checkpoints on Spot; not those
 	// whose fallbackAfter is 0s, nor any under a policy without SpotRisk,
 	// which never waited.
-	Fallbacks    int     `json:"fallbacks"`
-	ScaleUps     int     `json:"scale_ups"`
-	ScaleDowns   int     `json:"scale_downs"`
-	PeakNodes    int     `json:"peak_nodes"`
-	HorizonHours float64 `json:"horizon_hours"`
+	Fallbacks int `json:"fallbacks"`
+	// Returns counts the moves back to Spot (SpotRisk's returnToSpot): a
+	// workload that fell back to on-demand checkpointed, stopped and was
+	// placed again once Spot had room; ReturnedPods counts the pods they
+	// moved, ReturnedGPUHours the GPU-hours those pods then ran on Spot.
+	Returns          int     `json:"returns"`
+	ReturnedPods     int     `json:"returned_pods"`
+	ReturnedGPUHours float64 `json:"returned_gpu_hours"`
+	ScaleUps         int     `json:"scale_ups"`
+	ScaleDowns       int     `json:"scale_downs"`
+	PeakNodes        int     `json:"peak_nodes"`
+	HorizonHours     float64 `json:"horizon_hours"`
 	// Stalled is set when the replay ended early after the last arrival:
 	// nothing started or finished for StallLimit and nothing running would
 	// finish, or no pod finished for LivelockRuns times the trace's longest
@@ -170,7 +177,7 @@ func (r *elastic) finish() {
 			}
 		}
 		if p.state == podRunning {
-			r.stop(i, false, 0)
+			r.stop(i, runDone, 0)
 			p.state = podRunning
 		}
 	}

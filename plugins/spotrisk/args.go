@@ -59,6 +59,36 @@ type Args struct {
 	// Catalog is where prices come from when the scheduler is not handed a
 	// price book: a file (reloaded on change) or a ConfigMap.
 	Catalog CatalogSource `json:"catalog,omitempty"`
+	// ReturnToSpot moves work that fell back to on-demand capacity back to
+	// Spot once Spot has room for it again (docs/spot.md, "Moving work
+	// back to Spot").
+	ReturnToSpot ReturnToSpot `json:"returnToSpot,omitempty"`
+}
+
+// ReturnToSpot configures moving prefer pods that fell back to on-demand
+// back to Spot: a checkpoint on request, an eviction, and the replacement
+// placed on Spot.
+type ReturnToSpot struct {
+	// Enabled turns moves on. Default true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Every is how often the scheduler looks for a move; it makes at most
+	// one a round, so that the Spot room it counted on is not promised
+	// twice. Default 10m; must be positive.
+	Every *metav1.Duration `json:"every,omitempty"`
+	// MinRunning is how long a run must have lasted on on-demand capacity
+	// before it is moved: a pod that just started has loaded its model and
+	// data; moving it at once wastes that. Default 15m.
+	MinRunning *metav1.Duration `json:"minRunning,omitempty"`
+	// MinRemaining is the least expected remaining runtime worth a move.
+	// Default 1h.
+	MinRemaining *metav1.Duration `json:"minRemaining,omitempty"`
+	// Cooldown is how long a moved workload is left alone before it may be
+	// moved again, should it fall back once more. Default 6h.
+	Cooldown *metav1.Duration `json:"cooldown,omitempty"`
+	// CheckpointTimeout is how long a pod has to write the checkpoint it is
+	// asked for; one that has not written it by then is not evicted.
+	// Default 10m; must be positive.
+	CheckpointTimeout *metav1.Duration `json:"checkpointTimeout,omitempty"`
 }
 
 // CatalogSource names a price catalog.
@@ -84,6 +114,12 @@ const (
 	DefaultMaxExpectedLoss   = 0.02
 	DefaultNeverSpotPriority = int32(1000000)
 	DefaultCatalogKey        = "catalog.yaml"
+
+	DefaultReturnEvery             = 10 * time.Minute
+	DefaultReturnMinRunning        = 15 * time.Minute
+	DefaultReturnMinRemaining      = time.Hour
+	DefaultReturnCooldown          = 6 * time.Hour
+	DefaultReturnCheckpointTimeout = 10 * time.Minute
 )
 
 // SetDefaults fills zero fields.
@@ -111,6 +147,7 @@ func (a *Args) SetDefaults() {
 	if a.ReclaimTaints == nil {
 		a.ReclaimTaints = append([]string(nil), pricing.ReclaimTaintKeys...)
 	}
+	a.ReturnToSpot.setDefaults()
 	if a.Catalog.ConfigMap != nil && a.Catalog.ConfigMap.Key == "" {
 		a.Catalog.ConfigMap.Key = DefaultCatalogKey
 	}
@@ -124,13 +161,22 @@ func (a *Args) Validate() error {
 		name string
 		v    time.Duration
 	}{{"fallbackAfter", a.FallbackAfter.Duration}, {"restartOverhead", a.RestartOverhead.Duration},
-		{"unknownRuntime", a.UnknownRuntime.Duration}, {"shortRuntime", a.ShortRuntime.Duration}} {
+		{"unknownRuntime", a.UnknownRuntime.Duration}, {"shortRuntime", a.ShortRuntime.Duration},
+		{"returnToSpot.every", a.ReturnToSpot.Every.Duration}, {"returnToSpot.minRunning", a.ReturnToSpot.MinRunning.Duration},
+		{"returnToSpot.minRemaining", a.ReturnToSpot.MinRemaining.Duration}, {"returnToSpot.cooldown", a.ReturnToSpot.Cooldown.Duration},
+		{"returnToSpot.checkpointTimeout", a.ReturnToSpot.CheckpointTimeout.Duration}} {
 		if d.v < 0 {
 			errs = append(errs, field.Invalid(p.Child(d.name), d.v.String(), "must not be negative"))
 		}
 	}
 	if a.UnknownRuntime.Duration == 0 {
 		errs = append(errs, field.Invalid(p.Child("unknownRuntime"), "0s", "must be positive: it stands in for a runtime no pod declared; leave it out for the default 4h"))
+	}
+	if a.ReturnToSpot.Every.Duration == 0 {
+		errs = append(errs, field.Invalid(p.Child("returnToSpot", "every"), "0s", "must be positive; set returnToSpot.enabled: false to turn moves off, or leave it out for the default 10m"))
+	}
+	if a.ReturnToSpot.CheckpointTimeout.Duration == 0 {
+		errs = append(errs, field.Invalid(p.Child("returnToSpot", "checkpointTimeout"), "0s", "must be positive: a pod needs time to write its checkpoint; leave it out for the default 10m"))
 	}
 	if l := *a.MaxExpectedLoss; !(l > 0 && l <= 1) {
 		errs = append(errs, field.Invalid(p.Child("maxExpectedLoss"), l, "must be a fraction in (0, 1], e.g. 0.05 for 5%; leave it out for the default 0.02"))
@@ -162,7 +208,9 @@ func (a *Args) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind
 // DeepCopyObject implements runtime.Object.
 func (a *Args) DeepCopyObject() runtime.Object {
 	c := *a
-	for _, d := range []**metav1.Duration{&c.FallbackAfter, &c.RestartOverhead, &c.UnknownRuntime, &c.ShortRuntime} {
+	rs := &c.ReturnToSpot
+	for _, d := range []**metav1.Duration{&c.FallbackAfter, &c.RestartOverhead, &c.UnknownRuntime, &c.ShortRuntime,
+		&rs.Every, &rs.MinRunning, &rs.MinRemaining, &rs.Cooldown, &rs.CheckpointTimeout} {
 		if *d != nil {
 			v := **d
 			*d = &v
@@ -171,6 +219,10 @@ func (a *Args) DeepCopyObject() runtime.Object {
 	if a.MaxExpectedLoss != nil {
 		l := *a.MaxExpectedLoss
 		c.MaxExpectedLoss = &l
+	}
+	if rs.Enabled != nil {
+		on := *rs.Enabled
+		rs.Enabled = &on
 	}
 	if a.NeverSpotPriority != nil {
 		p := *a.NeverSpotPriority
@@ -182,4 +234,20 @@ func (a *Args) DeepCopyObject() runtime.Object {
 		c.Catalog.ConfigMap = &cm
 	}
 	return &c
+}
+
+func (r *ReturnToSpot) setDefaults() {
+	if r.Enabled == nil {
+		on := true
+		r.Enabled = &on
+	}
+	for _, d := range []struct {
+		f   **metav1.Duration
+		def time.Duration
+	}{{&r.Every, DefaultReturnEvery}, {&r.MinRunning, DefaultReturnMinRunning}, {&r.MinRemaining, DefaultReturnMinRemaining},
+		{&r.Cooldown, DefaultReturnCooldown}, {&r.CheckpointTimeout, DefaultReturnCheckpointTimeout}} {
+		if *d.f == nil {
+			*d.f = &metav1.Duration{Duration: d.def}
+		}
+	}
 }

@@ -1,0 +1,139 @@
+package spotrisk
+
+import (
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// AnnotationCheckpointHook is the agent's checkpoint hook annotation
+// (agent/checkpoint.Annotation; plugins do not import agent/): only a pod
+// that declares one can be asked for a checkpoint before it is moved.
+const AnnotationCheckpointHook = "penny.dev/checkpoint"
+
+// ReturnMember is one pod of a workload running on capacity it fell back
+// to, and the Spot node the caller found room for it on.
+type ReturnMember struct {
+	Pod *corev1.Pod
+	// Node is where the pod runs now.
+	Node *corev1.Node
+	// Usage is what the pod asks for.
+	Usage pricing.Usage
+	// Started is when this run began.
+	Started time.Time
+	// Spot is a Spot node, or a Spot pool's template node where the
+	// autoscaler may add one, with room for the pod after the members
+	// before it; nil when there is none.
+	Spot *corev1.Node
+}
+
+// ReturnCandidate is a workload (a gang, or a pod alone) that could move
+// back to Spot: all its members or none of them move, as a gang restarts
+// as a whole.
+type ReturnCandidate struct {
+	// Workload names it: its gang key, else namespace/name of the pod.
+	Workload string
+	Members  []ReturnMember
+}
+
+// ReturnMove is the move a round picked.
+type ReturnMove struct {
+	Workload string
+	Pods     []*corev1.Pod
+	// Remaining is the workload's expected remaining runtime.
+	Remaining time.Duration
+	// Saving is what the move is expected to save over Remaining, in USD,
+	// the restart on Spot paid for.
+	Saving float64
+	// From and To are the hourly expected costs of useful work of all
+	// members, where they run and on Spot.
+	From, To float64
+}
+
+// ReturnArgs is the plugin's returnToSpot configuration, defaulted.
+func (pl *SpotRisk) ReturnArgs() ReturnToSpot { return pl.args.ReturnToSpot }
+
+// Movable reports whether a running pod may be moved back to Spot: it
+// prefers Spot, runs on the on-demand capacity it fell back to, saves its
+// progress (penny.dev/checkpoint-interval) and can be asked for a checkpoint
+// (penny.dev/checkpoint) so that the move loses only the restart.
+func (pl *SpotRisk) Movable(pod *corev1.Pod, node *corev1.Node) (Class, bool) {
+	class, err := pl.classify(pod)
+	if err != nil || class.Policy != Prefer || class.Work.CheckpointInterval <= 0 {
+		return class, false
+	}
+	if _, hook := pod.Annotations[AnnotationCheckpointHook]; !hook {
+		return class, false
+	}
+	return class, node != nil && class.FallbackFrom(pricing.NodeCapacity(node))
+}
+
+// PlanReturn picks the one move of a round: of the candidates whose members
+// all may move, have run at least minRunning, have room on Spot, and whose
+// workload was not moved within the cooldown (movedAt), the one expected to
+// save the most over its remaining runtime, less what the restart on Spot
+// costs. A workload expected to end within minRemaining is left where it
+// is. The remaining runtime is the declared one less the run so far, else
+// what training runs here typically last, else unknownRuntime: a move that
+// only pays off over a long run is not made for a run that ends soon.
+func (pl *SpotRisk) PlanReturn(now time.Time, cands []ReturnCandidate, movedAt func(workload string) (time.Time, bool)) (ReturnMove, bool) {
+	rs := pl.args.ReturnToSpot
+	var best ReturnMove
+	found := false
+	for _, c := range cands {
+		if len(c.Members) == 0 {
+			continue
+		}
+		if at, ok := movedAt(c.Workload); ok && now.Sub(at) < rs.Cooldown.Duration {
+			continue
+		}
+		move, ok := pl.planOne(now, c)
+		if ok && (!found || move.Saving > best.Saving || (move.Saving == best.Saving && move.Workload < best.Workload)) {
+			best, found = move, true
+		}
+	}
+	return best, found
+}
+
+func (pl *SpotRisk) planOne(now time.Time, c ReturnCandidate) (ReturnMove, bool) {
+	rs := pl.args.ReturnToSpot
+	move := ReturnMove{Workload: c.Workload}
+	var started time.Time
+	var class Class
+	for k, m := range c.Members {
+		cl, ok := pl.Movable(m.Pod, m.Node)
+		if !ok || m.Spot == nil || !pricing.NodeCapacity(m.Spot).IsSpot() {
+			return move, false
+		}
+		if k == 0 || m.Started.Before(started) {
+			started = m.Started
+		}
+		class = cl
+		from, ok := pl.Cost(m.Pod, cl, m.Usage, m.Node)
+		if !ok {
+			return move, false
+		}
+		to, ok := pl.Cost(m.Pod, cl, m.Usage, m.Spot)
+		if !ok {
+			return move, false
+		}
+		move.From += from
+		move.To += to
+		move.Pods = append(move.Pods, m.Pod)
+	}
+	ran := now.Sub(started)
+	if ran < rs.MinRunning.Duration {
+		return move, false
+	}
+	run, _ := pl.runtime(class)
+	move.Remaining = run - ran
+	if move.Remaining < rs.MinRemaining.Duration || move.Remaining <= 0 {
+		return move, false
+	}
+	move.Saving = (move.From-move.To)*move.Remaining.Hours() - move.To*class.Work.RestartOverhead.Hours()
+	sort.Slice(move.Pods, func(i, j int) bool { return move.Pods[i].Name < move.Pods[j].Name })
+	return move, move.Saving > 0
+}
