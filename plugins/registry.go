@@ -54,6 +54,9 @@ type Deps struct {
 	// Expander, when set, answers Cluster Autoscaler's gRPC expander with
 	// the first SpotRisk built (penny-scheduler --expander-bind-address).
 	Expander *spotrisk.ExpanderServer
+	// Returner, when set, moves work that fell back to on-demand back to
+	// Spot with the first SpotRisk built (penny-scheduler's mover).
+	Returner *spotrisk.Returner
 	// Clock is the simulator's virtual clock; nil means the wall clock.
 	Clock clock.WithDelayedExecution
 	// Interrupted is what reclaims have cut short per workload, recorded by
@@ -116,6 +119,9 @@ func Registry(deps Deps) frameworkruntime.Registry {
 			spot.set(profileOf(h), sr)
 			if deps.Expander != nil {
 				deps.Expander.Use(sr)
+			}
+			if deps.Returner != nil {
+				deps.Returner.Use(sr)
 			}
 			if feed, ok := deps.Risk.(pricing.ReclaimFeed); ok && deps.ExposureEvery > 0 && h != nil && h.SharedInformerFactory() != nil {
 				exposureOnce.Do(func() {

@@ -21,6 +21,7 @@ import (
 	"k8s.io/component-base/version/verflag"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
+	appconfig "k8s.io/kubernetes/cmd/kube-scheduler/app/config"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 )
 
@@ -38,6 +39,12 @@ type part interface {
 	// stopped, when not nil, returns once all of that has stopped and what
 	// must outlive the process is saved.
 	start(ctx context.Context, cmd *cobra.Command) (stopped func(), err error)
+}
+
+// setUpPart is a part that needs the scheduler's configuration, which is
+// complete only once the scheduler is set up, after the parts started.
+type setUpPart interface {
+	setUp(cc *appconfig.CompletedConfig)
 }
 
 // stopTimeout bounds how long the parts may take to stop before the
@@ -161,6 +168,11 @@ func runCommand(cmd *cobra.Command, opts *options.Options, parts []part, registr
 	cc, sched, err := app.Setup(ctx, opts, registry...)
 	if err != nil {
 		return err
+	}
+	for _, p := range parts {
+		if s, ok := p.(setUpPart); ok {
+			s.setUp(cc)
+		}
 	}
 	fg.(featuregate.MutableFeatureGate).AddMetrics()
 	opts.ComponentGlobalsRegistry.AddMetrics()

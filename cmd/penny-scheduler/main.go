@@ -28,13 +28,17 @@ func main() {
 	// The Cluster Autoscaler expander (expander.go) ranks node groups with
 	// the SpotRisk the profile builds.
 	exp := spotrisk.NewExpanderServer()
+	// The mover (reclaim.go) moves work that fell back to on-demand back
+	// to Spot with the SpotRisk the profile builds, through the reclaim
+	// coordinator, on the replica that leads.
+	returner := spotrisk.NewReturner()
 	// Both run on every replica, the leader and those waiting for the lease
 	// alike (command.go): agents report to every replica, and Cluster
 	// Autoscaler may ask any.
 	command := newSchedulerCommand([]part{
-		&telemetryFlags{store: store, reclaim: &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted}},
+		&telemetryFlags{store: store, reclaim: &reclaimFlags{coordinator: coordinator, risk: risk, interrupted: interrupted, returner: returner}},
 		&expanderFlags{srv: exp},
 	}, plugins.Options(plugins.Deps{Telemetry: store, Risk: risk, ExposureEvery: pricing.DefaultExposureEvery,
-		Interrupted: interrupted, Expander: exp})...)
+		Interrupted: interrupted, Expander: exp, Returner: returner})...)
 	os.Exit(cli.Run(command))
 }

@@ -13,11 +13,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
 	"k8s.io/klog/v2"
+	appconfig "k8s.io/kubernetes/cmd/kube-scheduler/app/config"
 
 	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
 // reclaimFlags configure the reclaim coordinator, which runs next to the
@@ -26,6 +28,10 @@ type reclaimFlags struct {
 	coordinator *reclaim.Coordinator
 	risk        pricing.ReclaimFeed
 	interrupted *pricing.Interrupted
+	// returner moves work that fell back to on-demand back to Spot, through
+	// the coordinator (SpotRisk's returnToSpot), once setUp has told it how
+	// to tell whether this replica leads.
+	returner *spotrisk.Returner
 
 	keepGangsRunning bool
 	safetyMargin     time.Duration
@@ -233,6 +239,13 @@ func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client ku
 		ns, name, _ := strings.Cut(f.noticesConfigMap, "/")
 		notices = &reclaim.NoticeStore{Client: client, Namespace: ns, Name: name}
 	}
+	if f.returner != nil {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wg.Go(func() {
+			f.returner.Run(ctx, spotrisk.ReturnerOptions{Mover: f.coordinator})
+		})
+	}
 	err := f.coordinator.Run(ctx, reclaim.CoordinatorOptions{
 		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted, Notices: notices, SaveObserved: f.saveObserved(),
 		Policy:           reclaim.Policy{MaintenanceLead: f.maintenanceLead},
@@ -241,5 +254,27 @@ func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client ku
 	})
 	if err != nil {
 		klog.Background().Error(err, "reclaim coordinator stopped")
+	}
+}
+
+// setUp learns from the scheduler's configuration how to tell whether this
+// replica leads (leaseHolder).
+func (f *reclaimFlags) setUp(cc *appconfig.CompletedConfig) {
+	if f.returner != nil {
+		f.returner.SetLeading(leaseHolder(cc))
+	}
+}
+
+// leaseHolder reports whether this replica holds the scheduler's lease, as
+// the lease reads now: the moves back to Spot evict pods, which one replica
+// decides. Without leader election the one replica always leads.
+func leaseHolder(cc *appconfig.CompletedConfig) func(context.Context) bool {
+	if cc == nil || cc.LeaderElection == nil {
+		return func(context.Context) bool { return true }
+	}
+	lock, within := cc.LeaderElection.Lock, cc.LeaderElection.LeaseDuration
+	return func(ctx context.Context) bool {
+		rec, _, err := lock.Get(ctx)
+		return err == nil && rec.HolderIdentity == lock.Identity() && time.Since(rec.RenewTime.Time) < within
 	}
 }

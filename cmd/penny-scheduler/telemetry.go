@@ -19,6 +19,7 @@ import (
 	componentbaseconfig "k8s.io/component-base/config"
 	"k8s.io/klog/v2"
 	configv1 "k8s.io/kube-scheduler/config/v1"
+	appconfig "k8s.io/kubernetes/cmd/kube-scheduler/app/config"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 	schedulerconfig "k8s.io/kubernetes/pkg/scheduler/apis/config"
 	"k8s.io/kubernetes/pkg/scheduler/apis/config/scheme"
@@ -99,6 +100,14 @@ func (f *telemetryFlags) start(ctx context.Context, cmd *cobra.Command) (func(),
 		return nil, err
 	}
 	return startTelemetry(ctx, f, f.store, client, nodes)
+}
+
+// setUp hands the scheduler's configuration to the reclaim coordinator's
+// mover (reclaimFlags.setUp).
+func (f *telemetryFlags) setUp(cc *appconfig.CompletedConfig) {
+	if f.reclaim != nil {
+		f.reclaim.setUp(cc)
+	}
 }
 
 // validate checks the flags, with --telemetry-bind-address set.

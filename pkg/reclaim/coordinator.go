@@ -297,15 +297,17 @@ func (c *Coordinator) Run(ctx context.Context, o CoordinatorOptions) error {
 		c.mu.Unlock()
 		return fmt.Errorf("reclaim coordinator already runs")
 	}
-	c.started, c.opts = true, o
-	c.recorder = o.Recorder
-	c.mu.Unlock()
-	if c.recorder == nil {
+	// Set with started, under the lock: Return reads it from the mover's
+	// goroutine.
+	rec := o.Recorder
+	if rec == nil {
 		b := record.NewBroadcaster(record.WithContext(ctx))
 		b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: o.Client.CoreV1().Events("")})
 		defer b.Shutdown()
-		c.recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "penny-scheduler"})
+		rec = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "penny-scheduler"})
 	}
+	c.started, c.opts, c.recorder = true, o, rec
+	c.mu.Unlock()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	launch := func(s handling) {

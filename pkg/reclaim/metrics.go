@@ -25,6 +25,11 @@ var (
 		Help:           "Evictions of gang members on nodes that are not reclaimed, so the gang is placed again together, by result: evicted, gone (gone, finished or already being deleted, e.g. by another replica), failed.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
+	returnsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
+		Name:           "penny_spot_returns_total",
+		Help:           "Moves of workloads that fell back to on-demand back to Spot (SpotRisk returnToSpot), by result: moved (checkpointed and evicted; the replacement is placed on Spot), no_checkpoint (a member's checkpoint was not written in time: nothing evicted), not_evicted (an eviction was refused or failed).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
 	registerOnce sync.Once
 )
 
@@ -56,7 +61,7 @@ var memberEvictions = []memberEviction{memberEvicted, memberGone, memberEviction
 
 func registerMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(fanoutSeconds, commandsTotal, evictionsTotal)
+		legacyregistry.MustRegister(fanoutSeconds, commandsTotal, evictionsTotal, returnsTotal)
 		// Every result has its series at 0 from the start: one born at its
 		// first increment hides that increment from rate() and increase(),
 		// and a single failed eviction is worth an alert.
@@ -65,6 +70,9 @@ func registerMetrics() {
 		}
 		for _, r := range memberEvictions {
 			evictionsTotal.WithLabelValues(string(r))
+		}
+		for _, r := range returnResults {
+			returnsTotal.WithLabelValues(string(r))
 		}
 	})
 }

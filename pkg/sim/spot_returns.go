@@ -12,7 +12,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
-	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
@@ -104,11 +103,9 @@ func (r *elastic) returnToSpot() error {
 }
 
 // returnCandidates are the workloads running on capacity SpotRisk lets
-// them move from, each member given room in the one Spot pool (PennyGang
-// places a gang in one pool) where the whole workload fits and costs
-// least, or none.
+// them move from, each member given room on Spot (PlaceOnSpot), or none.
 func (r *elastic) returnCandidates() ([]spotrisk.ReturnCandidate, error) {
-	var room map[*elPool][]freeRoom
+	var room [][]spotrisk.SpotRoom
 	seen := map[string]bool{}
 	var out []spotrisk.ReturnCandidate
 	for i, p := range r.pods {
@@ -143,7 +140,11 @@ func (r *elastic) returnCandidates() ([]spotrisk.ReturnCandidate, error) {
 			}
 		}
 		c := spotrisk.ReturnCandidate{Workload: key}
-		spot := r.roomFor(members, room)
+		pods := make([]*v1.Pod, len(members))
+		for k, j := range members {
+			pods[k] = r.pods[j].pod
+		}
+		spot := r.spotRisk.PlaceOnSpot(pods, room)
 		for k, j := range members {
 			q := r.pods[j]
 			m := spotrisk.ReturnMember{Pod: q.pod, Node: r.nodes[q.node].node, Usage: q.usage, Started: r.epoch.Add(q.runStart)}
@@ -174,86 +175,21 @@ func (r *elastic) runningMembers(g *elGang) []int {
 	return out
 }
 
-// spotRoom is what each Spot pool can give now: its ready nodes' free room
-// (not those under a reclaim notice) and, for each node it may still add,
-// an empty one.
-func (r *elastic) spotRoom() (map[*elPool][]freeRoom, error) {
+// spotRoom is what each Spot pool's ready nodes have free now, but for
+// those under a reclaim notice, pool by pool. Room the autoscaler could add
+// does not count: penny-scheduler's mover sees only the nodes there are
+// (the autoscaler grows a pool for pods that wait, not for pods that run).
+func (r *elastic) spotRoom() ([][]spotrisk.SpotRoom, error) {
 	ready, err := r.readyRoom()
 	if err != nil {
 		return nil, err
 	}
-	out := map[*elPool][]freeRoom{}
+	byPool := make([][]spotrisk.SpotRoom, len(r.pools))
 	for _, f := range ready {
 		if f.node.pool.spec.capacity == pricing.Spot && !f.node.noticed {
-			out[f.node.pool] = append(out[f.node.pool], f)
+			k := f.node.pool.index
+			byPool[k] = append(byPool[k], spotrisk.SpotRoom{Node: f.node.node, CPUMilli: f.cpu, MemoryBytes: f.mem, GPUs: f.gpus})
 		}
 	}
-	for _, pool := range r.pools {
-		if pool.spec.capacity != pricing.Spot {
-			continue
-		}
-		for k := pool.live; k < pool.spec.Max; k++ {
-			out[pool] = append(out[pool], freeRoom{cpu: pool.size.CPUMilli, mem: pool.size.MemoryBytes, gpus: pool.size.GPUMilli / gpu.MilliPerGPU})
-		}
-	}
-	return out, nil
-}
-
-// roomFor gives each member a node, or its pool's template for room the
-// pool would add, in the Spot pool that admits all of them, has room for
-// all of them and costs them least; nil when none does.
-func (r *elastic) roomFor(members []int, room map[*elPool][]freeRoom) []*v1.Node {
-	var best []*v1.Node
-	bestCost := 0.0
-	for _, pool := range r.pools {
-		free := room[pool]
-		if len(free) == 0 {
-			continue
-		}
-		left := append([]freeRoom(nil), free...)
-		nodes := make([]*v1.Node, 0, len(members))
-		cost := 0.0
-		for _, j := range members {
-			p := r.pods[j]
-			admits := r.spotRisk.Admits(p.pod)
-			if admits == nil || !admits(pool.template) || !pool.mayHold(p.usage) {
-				nodes = nil
-				break
-			}
-			c, ok := r.spotRisk.Cost(p.pod, p.class, p.usage, pool.template)
-			if !ok {
-				nodes = nil
-				break
-			}
-			at := takeRoom(left, p.usage)
-			if at < 0 {
-				nodes = nil
-				break
-			}
-			node := pool.template
-			if left[at].node != nil {
-				node = left[at].node.node
-			}
-			nodes = append(nodes, node)
-			cost += c
-		}
-		if nodes != nil && (best == nil || cost < bestCost) {
-			best, bestCost = nodes, cost
-		}
-	}
-	return best
-}
-
-// takeRoom takes a pod's usage from the first room that holds it and says
-// which; -1 when none does. Shares of a GPU count as a whole one.
-func takeRoom(room []freeRoom, u pricing.Usage) int {
-	gpus := (u.GPUMilli + gpu.MilliPerGPU - 1) / gpu.MilliPerGPU
-	for k := range room {
-		f := &room[k]
-		if f.cpu >= u.CPUMilli && f.mem >= u.MemoryBytes && f.gpus >= gpus {
-			f.cpu, f.mem, f.gpus = f.cpu-u.CPUMilli, f.mem-u.MemoryBytes, f.gpus-gpus
-			return k
-		}
-	}
-	return -1
+	return byPool, nil
 }

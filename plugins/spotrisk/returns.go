@@ -1,11 +1,16 @@
 package spotrisk
 
 import (
+	"slices"
 	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+	"k8s.io/klog/v2"
 
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 )
 
@@ -136,4 +141,89 @@ func (pl *SpotRisk) planOne(now time.Time, c ReturnCandidate) (ReturnMove, bool)
 	move.Saving = (move.From-move.To)*move.Remaining.Hours() - move.To*class.Work.RestartOverhead.Hours()
 	sort.Slice(move.Pods, func(i, j int) bool { return move.Pods[i].Name < move.Pods[j].Name })
 	return move, move.Saving > 0
+}
+
+// SpotRoom is what a Spot node has free.
+type SpotRoom struct {
+	Node                  *corev1.Node
+	CPUMilli, MemoryBytes int64
+	GPUs                  int64
+}
+
+// PlaceOnSpot finds room for all of a workload's pods in one Spot pool
+// (PennyGang places a gang's members in one pool): of the pools, each given
+// as its nodes' free room, the one that costs the pods least. It returns
+// each pod's node, nil when no pool has room for all of them. Room is
+// checked for what decides a move here: CPU, memory and whole GPUs (a share
+// of a GPU takes one), taints, required node affinity and the plugin's own
+// rules; the scheduler's filters judge the replacements in full.
+func (pl *SpotRisk) PlaceOnSpot(pods []*corev1.Pod, pools [][]SpotRoom) []*corev1.Node {
+	wants := make([]placing, len(pods))
+	for k, p := range pods {
+		class, err := pl.classify(p)
+		admits := pl.Admits(p)
+		if err != nil || admits == nil {
+			return nil
+		}
+		wants[k] = placing{pod: p, class: class, usage: pricing.PodUsage(p), admits: admits}
+	}
+	var best []*corev1.Node
+	bestCost := 0.0
+	for _, rooms := range pools {
+		if len(rooms) == 0 || !pricing.NodeCapacity(rooms[0].Node).IsSpot() {
+			continue
+		}
+		left := slices.Clone(rooms)
+		nodes := make([]*corev1.Node, 0, len(pods))
+		cost := 0.0
+		for _, w := range wants {
+			// A pool's nodes all cost alike.
+			c, ok := pl.Cost(w.pod, w.class, w.usage, rooms[0].Node)
+			at := takeRoom(left, w)
+			if !ok || at < 0 {
+				nodes = nil
+				break
+			}
+			nodes = append(nodes, left[at].Node)
+			cost += c
+		}
+		if nodes != nil && (best == nil || cost < bestCost) {
+			best, bestCost = nodes, cost
+		}
+	}
+	return best
+}
+
+// placing is a pod PlaceOnSpot finds room for.
+type placing struct {
+	pod    *corev1.Pod
+	class  Class
+	usage  pricing.Usage
+	admits func(*corev1.Node) bool
+}
+
+// takeRoom takes a pod's usage from the first room that may hold it and
+// says which; -1 when none may.
+func takeRoom(rooms []SpotRoom, w placing) int {
+	u := w.usage
+	gpus := (u.GPUMilli + gpu.MilliPerGPU - 1) / gpu.MilliPerGPU
+	for k := range rooms {
+		r := &rooms[k]
+		if r.CPUMilli < u.CPUMilli || r.MemoryBytes < u.MemoryBytes || r.GPUs < gpus || !w.admits(r.Node) || !mayRunOn(w.pod, r.Node) {
+			continue
+		}
+		r.CPUMilli, r.MemoryBytes, r.GPUs = r.CPUMilli-u.CPUMilli, r.MemoryBytes-u.MemoryBytes, r.GPUs-gpus
+		return k
+	}
+	return -1
+}
+
+// mayRunOn: the pod tolerates the node's NoSchedule and NoExecute taints
+// and its required node affinity (and nodeSelector) match the node.
+func mayRunOn(pod *corev1.Pod, node *corev1.Node) bool {
+	if _, untolerated := corev1helpers.FindMatchingUntoleratedTaint(klog.Background(), node.Spec.Taints, pod.Spec.Tolerations, blocksScheduling, true); untolerated {
+		return false
+	}
+	ok, err := nodeaffinity.GetRequiredNodeAffinity(pod).Match(node)
+	return err == nil && ok
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 	"github.com/pennysched/penny/plugins"
+	"github.com/pennysched/penny/plugins/spotrisk"
 	"github.com/pennysched/penny/test/harness"
 )
 
@@ -64,7 +65,22 @@ const (
 	trainerApp     = "reclaim-e2e"
 )
 
+// worldOptions change what newWorldWith starts: the scheduler's
+// configuration (nil: the deployed one) and, when set, a mover of work back
+// to Spot that the reclaim coordinator carries out, as penny-scheduler runs
+// it on its leader.
+type worldOptions struct {
+	schedulerConfig []byte
+	returner        *spotrisk.Returner
+	prices          pricing.PriceBook
+}
+
 func newWorld(t *testing.T, fleet string) *world {
+	t.Helper()
+	return newWorldWith(t, fleet, worldOptions{})
+}
+
+func newWorldWith(t *testing.T, fleet string, o worldOptions) *world {
 	t.Helper()
 	w := &world{t: t, log: testr.NewWithOptions(t, testr.Options{Verbosity: 0})}
 	w.c = harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, fleet), Log: io.Discard})
@@ -117,7 +133,20 @@ func newWorld(t *testing.T, fleet string) *world {
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	harness.StartScheduler(t, w.c, plugins.Deps{Telemetry: w.store, Risk: w.risk})
+	var config [][]byte
+	if o.schedulerConfig != nil {
+		config = append(config, o.schedulerConfig)
+	}
+	harness.StartScheduler(t, w.c, plugins.Deps{Telemetry: w.store, Risk: w.risk, Returner: o.returner, Prices: o.prices}, config...)
+	if o.returner != nil {
+		o.returner.SetLeading(func(context.Context) bool { return true })
+		moved := make(chan struct{})
+		go func() {
+			defer close(moved)
+			o.returner.Run(runCtx, spotrisk.ReturnerOptions{Mover: coordinator})
+		}()
+		t.Cleanup(func() { cancel(); <-moved })
+	}
 
 	w.trainers = startTrainerFleet(t, w.c.Client)
 	return w

@@ -1,0 +1,223 @@
+package reclaim
+
+// Moves back to Spot: SpotRisk's mover (returnToSpot, docs/spot.md) picks a
+// workload that fell back to on-demand capacity; the coordinator asks the
+// agents of its pods' nodes for a checkpoint, over the same command stream a
+// reclaim uses, and evicts the pods once every checkpoint is written. The
+// pods' owner (a Job, a JobSet, the gang's controller) creates replacements,
+// which SpotRisk places on Spot.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+)
+
+// ReturnRequest is one move back to Spot.
+type ReturnRequest struct {
+	// Workload names what moves (a gang key, or namespace/name of a pod
+	// alone), for logs.
+	Workload string
+	// Pods are all its pods: they move together or not at all.
+	Pods []*corev1.Pod
+	// Timeout is how long the pods have to write their checkpoints.
+	Timeout time.Duration
+	// Why says in words what the move is expected to save, for the pods'
+	// events.
+	Why string
+}
+
+// ReturnResult is how a move ended: a result label value of
+// penny_spot_returns_total.
+type ReturnResult string
+
+const (
+	// ReturnMoved: every checkpoint was written and every pod evicted.
+	ReturnMoved ReturnResult = "moved"
+	// ReturnNoCheckpoint: a pod's checkpoint was not written in time (or
+	// its agent could not be asked); nothing was evicted.
+	ReturnNoCheckpoint ReturnResult = "no_checkpoint"
+	// ReturnNotEvicted: an eviction was refused (a PodDisruptionBudget,
+	// until the timeout) or failed.
+	ReturnNotEvicted ReturnResult = "not_evicted"
+)
+
+var returnResults = []ReturnResult{ReturnMoved, ReturnNoCheckpoint, ReturnNotEvicted}
+
+// pollEvery is how often Return looks at how the checkpoints stand.
+var pollEvery = 250 * time.Millisecond
+
+// Return moves a workload back to Spot: it asks every pod's node for a
+// checkpoint due within req.Timeout, and only once all of them are written
+// evicts the pods, each with its own grace period. A checkpoint that fails,
+// or is not written in time, leaves every pod running where it is: a move
+// is worth making only without losing work, unlike a reclaim, which takes
+// the node whatever the pods have saved. The coordinator must be running
+// (Run): it carries the agents' answers.
+func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResult {
+	c.mu.Lock()
+	started, opts, recorder := c.started, c.opts, c.recorder
+	c.mu.Unlock()
+	log := opts.Log.WithValues("workload", req.Workload)
+	if !started || len(req.Pods) == 0 {
+		log.Info("not moving back to Spot: the reclaim coordinator does not run yet", "pods", len(req.Pods))
+		return c.returned(ReturnNoCheckpoint)
+	}
+	deadline := time.Now().Add(req.Timeout)
+	fanouts := returnFanouts(req, deadline)
+	c.mu.Lock()
+	for _, f := range fanouts {
+		c.fanouts[f.id] = f
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		for _, f := range fanouts {
+			delete(c.fanouts, f.id)
+		}
+		c.mu.Unlock()
+	}()
+	reason := "moving back to Spot: " + req.Why
+	if len(reason) > maxReason {
+		reason = reason[:maxReason]
+	}
+	commands := make(map[string]*telemetryv1.CheckpointCommand, len(fanouts))
+	for _, f := range fanouts {
+		refs := make([]*telemetryv1.PodRef, len(f.pods))
+		for i, p := range f.pods {
+			refs[i] = &telemetryv1.PodRef{Namespace: p.Namespace, Name: p.Name}
+		}
+		commands[f.id] = &telemetryv1.CheckpointCommand{Id: f.id, Pods: refs, Deadline: timestamppb.New(deadline), Reason: reason}
+	}
+	// Sent until each node's agent took its command, and again to an
+	// agent that has not answered resendEvery later (its stream may have
+	// broken before it read the command); waited for until every
+	// checkpoint is over or the deadline.
+	sentAt := map[string]time.Time{}
+	for {
+		over := true
+		for _, f := range fanouts {
+			if f.finished() {
+				continue
+			}
+			over = false
+			if at, ok := sentAt[f.id]; ok && (f.heard() || time.Since(at) < resendEvery) {
+				continue
+			}
+			if n, err := opts.Commands.SendCheckpoint(f.node, commands[f.id]); err == nil && n > 0 {
+				sentAt[f.id] = time.Now()
+			}
+		}
+		if over || !time.Now().Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return c.returned(ReturnNoCheckpoint)
+		case <-time.After(min(pollEvery, time.Until(deadline))):
+		}
+	}
+	var missing []string
+	for _, f := range fanouts {
+		f.mu.Lock()
+		for _, p := range f.pods {
+			key := p.Namespace + "/" + p.Name
+			if s := f.states[key]; s != telemetryv1.CheckpointStatus_STATE_DONE {
+				what := strings.TrimPrefix(s.String(), "STATE_")
+				if _, asked := sentAt[f.id]; !asked {
+					what = "its node's agent could not be asked"
+				}
+				missing = append(missing, key+" ("+what+")")
+			}
+		}
+		f.mu.Unlock()
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		log.Info("not moving back to Spot: checkpoints not written in time", "timeout", req.Timeout, "pods", missing)
+		for _, p := range req.Pods {
+			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped",
+				"not moved back to Spot: the checkpoints of %s were not written within %v; nothing was evicted", strings.Join(missing, ", "), req.Timeout)
+		}
+		return c.returned(ReturnNoCheckpoint)
+	}
+	// A PodDisruptionBudget's refusal is asked again until the timeout runs
+	// out once more: the checkpoints are written, and a pod that cannot go
+	// now may go in a minute.
+	evictUntil := time.Now().Add(req.Timeout)
+	failed := false
+	if !EvictInPasses(ctx, req.Pods, func(p *corev1.Pod) bool {
+		grace := EvictionGrace(p, evictUntil.Add(time.Hour))
+		gone, err := c.evictMember(ctx, p, grace, log)
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) || Undecided(err)) && time.Now().Before(evictUntil):
+			return true
+		case gone || apierrors.IsNotFound(err):
+		case err == nil:
+			recorder.Eventf(p, corev1.EventTypeNormal, "SpotReturn", "evicted to move back to Spot, its checkpoint written: %s", req.Why)
+		default:
+			failed = true
+			log.Error(err, "cannot evict a pod moving back to Spot", "pod", p.Namespace+"/"+p.Name)
+			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnEvictionFailed", "could not evict this pod to move it back to Spot: %v", err)
+		}
+		return false
+	}) {
+		return c.returned(ReturnNotEvicted)
+	}
+	if failed {
+		return c.returned(ReturnNotEvicted)
+	}
+	log.Info("moved back to Spot", "pods", len(req.Pods), "why", req.Why)
+	return c.returned(ReturnMoved)
+}
+
+func (c *Coordinator) returned(r ReturnResult) ReturnResult {
+	returnsTotal.WithLabelValues(string(r)).Inc()
+	return r
+}
+
+// returnFanouts groups a move's pods by node, one command each, named by
+// the pods' UIDs: a move is made once, and the pods that move again later
+// are their replacements, with UIDs of their own.
+func returnFanouts(req ReturnRequest, deadline time.Time) []*fanout {
+	byNode := map[string]*fanout{}
+	var out []*fanout
+	for _, p := range req.Pods {
+		f := byNode[p.Spec.NodeName]
+		if f == nil {
+			f = &fanout{node: p.Spec.NodeName, deadline: deadline, moved: make(chan struct{}, 1),
+				states: map[string]telemetryv1.CheckpointStatus_State{}, done: make(chan struct{})}
+			byNode[p.Spec.NodeName] = f
+			out = append(out, f)
+		}
+		f.pods = append(f.pods, p)
+		f.states[p.Namespace+"/"+p.Name] = telemetryv1.CheckpointStatus_STATE_UNSPECIFIED
+	}
+	for _, f := range out {
+		h := sha256.New()
+		fmt.Fprintf(h, "return\x00%s", f.node)
+		for _, p := range f.pods {
+			fmt.Fprintf(h, "\x00%s", p.UID)
+		}
+		f.id = "return-" + hex.EncodeToString(h.Sum(nil)[:12])
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].node < out[j].node })
+	return out
+}
+
+// MoveToSpot is Return as SpotRisk's mover asks for it (spotrisk.Mover).
+func (c *Coordinator) MoveToSpot(ctx context.Context, workload string, pods []*corev1.Pod, timeout time.Duration, why string) bool {
+	return c.Return(ctx, ReturnRequest{Workload: workload, Pods: pods, Timeout: timeout, Why: why}) == ReturnMoved
+}

@@ -1,0 +1,285 @@
+package spotrisk
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+// Mover carries out a move the Returner picked: penny-scheduler's reclaim
+// coordinator (reclaim.Coordinator.MoveToSpot) asks the pods' agents for
+// checkpoints due within checkpointTimeout and evicts the pods once all are
+// written. why says what the move saves, for the pods' events.
+type Mover interface {
+	MoveToSpot(ctx context.Context, workload string, pods []*corev1.Pod, checkpointTimeout time.Duration, why string) (moved bool)
+}
+
+// Returner is penny-scheduler's loop that moves Spot-preferring work that
+// fell back to on-demand back to Spot (returnToSpot): every round it reads
+// the scheduler's pods and nodes, finds room on Spot nodes for the
+// workloads that may move (Movable, PlaceOnSpot), and has the Mover make
+// the one PlanReturn picks.
+type Returner struct {
+	pl atomic.Pointer[SpotRisk]
+	// used is closed once pl is set.
+	used chan struct{}
+	// leading reports whether this replica holds the scheduler's lease:
+	// only the leader moves pods. Unset: not known yet, no moves.
+	leading atomic.Pointer[func(ctx context.Context) bool]
+
+	mu sync.Mutex
+	// moved is when each workload last moved, for the cooldown. In memory:
+	// a restarted scheduler may move a workload once more within it.
+	moved map[string]time.Time
+}
+
+// NewReturner returns a Returner; the first SpotRisk built hands itself to
+// it (plugins.Deps.Returner).
+func NewReturner() *Returner {
+	return &Returner{moved: map[string]time.Time{}, used: make(chan struct{})}
+}
+
+// Use makes pl the plugin whose rules, prices and args the Returner
+// follows; the first one given stays.
+func (r *Returner) Use(pl *SpotRisk) {
+	if r.pl.CompareAndSwap(nil, pl) {
+		close(r.used)
+	}
+}
+
+// SetLeading tells the Returner how to tell whether this replica leads,
+// once the scheduler is set up.
+func (r *Returner) SetLeading(leading func(ctx context.Context) bool) { r.leading.Store(&leading) }
+
+// ReturnerOptions configure Run.
+type ReturnerOptions struct {
+	Mover Mover
+	// Clock ticks the rounds; nil: the wall clock.
+	Clock clock.WithTicker
+}
+
+// Run makes a round every returnToSpot.every until ctx ends, once a
+// SpotRisk is built (Use); it returns at once when moves are off.
+func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
+	logger := klog.FromContext(ctx).WithName("spot-return")
+	select {
+	case <-ctx.Done():
+		return
+	case <-r.used:
+	}
+	pl := r.pl.Load()
+	rs := pl.args.ReturnToSpot
+	if !*rs.Enabled {
+		logger.Info("Not moving work back to Spot: SpotRisk's returnToSpot.enabled is false")
+		return
+	}
+	clk := o.Clock
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	t := clk.NewTicker(rs.Every.Duration)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+		if l := r.leading.Load(); l == nil || !(*l)(ctx) {
+			continue
+		}
+		if _, _, err := r.Round(ctx, o.Mover); err != nil {
+			logger.Error(err, "Looking for work to move back to Spot")
+		}
+	}
+}
+
+// Round makes at most one move: none while a pod of the plugin's profile
+// waits to be scheduled (room that appears on Spot is for it first), else
+// the one PlanReturn picks. It says which move it made, and whether the
+// Mover made it.
+func (r *Returner) Round(ctx context.Context, mover Mover) (ReturnMove, bool, error) {
+	pl := r.pl.Load()
+	if pl == nil || pl.handle == nil || pl.handle.SharedInformerFactory() == nil {
+		return ReturnMove{}, false, fmt.Errorf("%s: no informers to read pods and nodes from", Name)
+	}
+	informers := pl.handle.SharedInformerFactory().Core().V1()
+	pods, err := informers.Pods().Lister().List(labels.Everything())
+	if err != nil {
+		return ReturnMove{}, false, err
+	}
+	nodes, err := informers.Nodes().Lister().List(labels.Everything())
+	if err != nil {
+		return ReturnMove{}, false, err
+	}
+	profile := ""
+	if p, ok := pl.handle.(interface{ ProfileName() string }); ok {
+		profile = p.ProfileName()
+	}
+	if waiting(pods, profile) {
+		return ReturnMove{}, false, nil
+	}
+	now := pl.clock.Now()
+	move, ok := pl.PlanReturn(now, pl.returnCandidates(pods, nodes, profile), r.movedAt)
+	if !ok {
+		return ReturnMove{}, false, nil
+	}
+	// Before the move, whatever becomes of it: a pod that could not
+	// checkpoint this time is not asked again every round.
+	r.mu.Lock()
+	r.moved[move.Workload] = now
+	for w, at := range r.moved {
+		if now.Sub(at) >= pl.args.ReturnToSpot.Cooldown.Duration {
+			delete(r.moved, w)
+		}
+	}
+	r.mu.Unlock()
+	klog.FromContext(ctx).Info("Moving work back to Spot", "workload", move.Workload, "pods", len(move.Pods),
+		"remaining", move.Remaining, "onDemandPerHour", move.From, "spotPerHour", move.To, "saving", move.Saving)
+	why := fmt.Sprintf("workload %s fell back to on-demand capacity and Spot has room for it again: an expected $%.2f an hour on Spot instead of $%.2f, for the %v it is expected to run on, saves $%.0f",
+		move.Workload, move.To, move.From, move.Remaining.Round(time.Minute), move.Saving)
+	return move, mover.MoveToSpot(ctx, move.Workload, move.Pods, pl.args.ReturnToSpot.CheckpointTimeout.Duration, why), nil
+}
+
+func (r *Returner) movedAt(workload string) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.moved[workload]
+	return at, ok
+}
+
+// waiting reports whether a pod of the profile waits to be scheduled: not
+// bound, not finished or going, and not held by a scheduling gate.
+func waiting(pods []*corev1.Pod, profile string) bool {
+	for _, p := range pods {
+		if p.Spec.NodeName == "" && p.Spec.SchedulerName == profile && p.DeletionTimestamp == nil && len(p.Spec.SchedulingGates) == 0 &&
+			p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			return true
+		}
+	}
+	return false
+}
+
+// returnCandidates are the workloads of the profile's pods whose every
+// live pod runs on capacity it may move from (Movable), each member given
+// its room on Spot (PlaceOnSpot) where there is some.
+func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, profile string) []ReturnCandidate {
+	byName := make(map[string]*corev1.Node, len(nodes))
+	for _, n := range nodes {
+		byName[n.Name] = n
+	}
+	type workload struct {
+		pods    []*corev1.Pod
+		movable bool
+	}
+	workloads := map[string]*workload{}
+	var order []string
+	used := map[string]pricing.Usage{}
+	for _, p := range pods {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if p.Spec.NodeName != "" {
+			u := used[p.Spec.NodeName]
+			pu := pricing.PodUsage(p)
+			u.CPUMilli, u.MemoryBytes, u.GPUMilli = u.CPUMilli+pu.CPUMilli, u.MemoryBytes+pu.MemoryBytes, u.GPUMilli+pu.GPUMilli
+			used[p.Spec.NodeName] = u
+		}
+		if p.Spec.SchedulerName != profile || p.DeletionTimestamp != nil {
+			continue
+		}
+		key := p.Namespace + "/" + p.Name
+		if ref, ok := gang.RefOf(p); ok {
+			key = ref.Key()
+		}
+		w := workloads[key]
+		if w == nil {
+			w = &workload{movable: true}
+			workloads[key] = w
+			order = append(order, key)
+		}
+		w.pods = append(w.pods, p)
+		if _, ok := pl.Movable(p, byName[p.Spec.NodeName]); !ok || p.Status.Phase != corev1.PodRunning {
+			w.movable = false
+		}
+	}
+	var rooms [][]SpotRoom
+	sort.Strings(order)
+	var out []ReturnCandidate
+	for _, key := range order {
+		w := workloads[key]
+		if !w.movable {
+			continue
+		}
+		if rooms == nil {
+			rooms = pl.spotRooms(nodes, used)
+		}
+		sort.Slice(w.pods, func(i, j int) bool { return w.pods[i].Name < w.pods[j].Name })
+		spot := pl.PlaceOnSpot(w.pods, rooms)
+		c := ReturnCandidate{Workload: key}
+		for k, p := range w.pods {
+			started := p.CreationTimestamp.Time
+			if p.Status.StartTime != nil {
+				started = p.Status.StartTime.Time
+			}
+			m := ReturnMember{Pod: p, Node: byName[p.Spec.NodeName], Usage: pricing.PodUsage(p), Started: started}
+			if spot != nil {
+				m.Spot = spot[k]
+			}
+			c.Members = append(c.Members, m)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// spotRooms is the free room of the Spot nodes pods may be placed on
+// (ready, schedulable, no reclaim pending), by pool.
+func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, used map[string]pricing.Usage) [][]SpotRoom {
+	byPool := map[pricing.Pool][]SpotRoom{}
+	var pools []pricing.Pool
+	sorted := append([]*corev1.Node(nil), nodes...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	for _, n := range sorted {
+		capacity := pricing.NodeCapacity(n)
+		if !capacity.IsSpot() || n.Spec.Unschedulable || !ready(n) || pl.reclaimPending(n) {
+			continue
+		}
+		a, u := n.Status.Allocatable, used[n.Name]
+		room := SpotRoom{Node: n, CPUMilli: a.Cpu().MilliValue() - u.CPUMilli, MemoryBytes: a.Memory().Value() - u.MemoryBytes}
+		if g, ok := a[gpu.ResourceGPU]; ok {
+			room.GPUs = g.Value() - (u.GPUMilli+gpu.MilliPerGPU-1)/gpu.MilliPerGPU
+		}
+		k := pricing.PoolOf(n, capacity)
+		if _, ok := byPool[k]; !ok {
+			pools = append(pools, k)
+		}
+		byPool[k] = append(byPool[k], room)
+	}
+	out := make([][]SpotRoom, len(pools))
+	for i, k := range pools {
+		out[i] = byPool[k]
+	}
+	return out
+}
+
+func ready(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}

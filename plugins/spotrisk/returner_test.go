@@ -1,0 +1,251 @@
+package spotrisk
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/gpu"
+	"github.com/pennysched/penny/pkg/pricing"
+)
+
+type mover struct {
+	mu sync.Mutex
+	// moved are the workloads moved; timeouts and whys, what each move
+	// was given.
+	moved    []string
+	timeouts []time.Duration
+	whys     []string
+}
+
+func (m *mover) MoveToSpot(_ context.Context, workload string, _ []*corev1.Pod, timeout time.Duration, why string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.moved, m.timeouts, m.whys = append(m.moved, workload), append(m.timeouts, timeout), append(m.whys, why)
+	return true
+}
+
+func (m *mover) workloads() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.moved...)
+}
+
+// returnWorld is SpotRisk over an informer factory whose stores a test
+// fills, with a Returner using it: the state the scheduler's informers
+// hold.
+type returnWorld struct {
+	e       *env
+	factory informers.SharedInformerFactory
+	r       *Returner
+	m       *mover
+}
+
+func newReturnWorld(t *testing.T, args *Args) *returnWorld {
+	t.Helper()
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	factory.Core().V1().Nodes().Informer()
+	w := &returnWorld{factory: factory, r: NewReturner(), m: &mover{}}
+	w.e = newEnvWith(t, args, Deps{Prices: catalog(t)}, []frameworkruntime.Option{frameworkruntime.WithInformerFactory(factory)})
+	w.r.Use(w.e.plugin)
+	return w
+}
+
+func (w *returnWorld) add(t *testing.T, objs ...any) {
+	t.Helper()
+	for _, o := range objs {
+		var err error
+		switch o := o.(type) {
+		case *corev1.Pod:
+			err = w.factory.Core().V1().Pods().Informer().GetStore().Add(o)
+		case *corev1.Node:
+			err = w.factory.Core().V1().Nodes().Informer().GetStore().Add(o)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (w *returnWorld) round(t *testing.T) (ReturnMove, bool) {
+	t.Helper()
+	move, moved, err := w.r.Round(context.Background(), w.m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return move, moved
+}
+
+func readyNode(n *corev1.Node) *corev1.Node {
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+	return n
+}
+
+// running makes p a pod of the scheduler's profile running on node since
+// started.
+func running(p *corev1.Pod, node string, started time.Time) *corev1.Pod {
+	p.Spec.SchedulerName, p.Spec.NodeName = "penny-scheduler", node
+	p.Status.Phase, p.Status.StartTime = corev1.PodRunning, &metav1.Time{Time: started}
+	return p
+}
+
+func gpus(p *corev1.Pod, n string) *corev1.Pod {
+	p.Spec.Containers[0].Resources.Limits[gpu.ResourceGPU] = resource.MustParse(n)
+	return p
+}
+
+func TestReturnerMovesFallenBackWorkToRoomOnSpot(t *testing.T) {
+	w := newReturnWorld(t, nil)
+	w.e.clock.SetTime(t0.Add(2 * time.Hour))
+	od, spot := readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a"))
+	train := running(movable("train", "24h"), "od", t0)
+	w.add(t, od, spot, train)
+	move, moved := w.round(t)
+	if !moved || move.Workload != "default/train" || len(move.Pods) != 1 || move.Pods[0].Name != "train" || move.Remaining != 22*time.Hour {
+		t.Fatalf("Round = %+v, %v; want default/train moved with 22h left", move, moved)
+	}
+	if w.m.timeouts[0] != 10*time.Minute {
+		t.Fatalf("checkpoint timeout %v, want the default 10m", w.m.timeouts[0])
+	}
+	// On-demand p4d $32/h for 1 of 8 GPUs against Spot's $8/h at the 5-10%
+	// bucket.
+	if want := "workload default/train fell back to on-demand capacity and Spot has room for it again: an expected $1.00 an hour on Spot instead of $4.00, for the 22h0m0s it is expected to run on, saves $66"; w.m.whys[0] != want {
+		t.Fatalf("why %q, want %q", w.m.whys[0], want)
+	}
+	// The same workload again within the cooldown: left alone.
+	if move, moved := w.round(t); moved {
+		t.Fatalf("moved %+v again within the cooldown", move)
+	}
+	w.e.clock.Step(6 * time.Hour)
+	if _, moved := w.round(t); !moved {
+		t.Fatal("not moved once the cooldown was over")
+	}
+}
+
+func TestReturnerLeavesWorkWhereItIs(t *testing.T) {
+	for name, tc := range map[string]func(w *returnWorld) []any{
+		"a pod of the profile waits": func(w *returnWorld) []any {
+			p := movable("waiting", "1h")
+			p.Spec.SchedulerName = "penny-scheduler"
+			return []any{p}
+		},
+		"the Spot node is full": func(w *returnWorld) []any {
+			return []any{gpus(running(pod("big", nil), "spot", t0), "8")}
+		},
+		"the Spot node is being reclaimed": func(w *returnWorld) []any {
+			n := readyNode(node("spot", pricing.Spot, "us-east-1a"))
+			n.Spec.Taints = []corev1.Taint{{Key: "penny.dev/reclaim", Value: "spot-interruption", Effect: corev1.TaintEffectNoSchedule}}
+			return []any{n}
+		},
+		"the Spot node is cordoned": func(w *returnWorld) []any {
+			n := readyNode(node("spot", pricing.Spot, "us-east-1a"))
+			n.Spec.Unschedulable = true
+			return []any{n}
+		},
+		"the Spot node is not ready": func(w *returnWorld) []any {
+			return []any{node("spot", pricing.Spot, "us-east-1a")}
+		},
+		"the pod's affinity keeps it off the Spot node": func(w *returnWorld) []any {
+			p := running(movable("train", "24h"), "od", t0)
+			p.Spec.NodeSelector = map[string]string{"pool": "od"}
+			return []any{p}
+		},
+		"the pod belongs to another scheduler": func(w *returnWorld) []any {
+			p := running(movable("train", "24h"), "od", t0)
+			p.Spec.SchedulerName = "default-scheduler"
+			return []any{p}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			w := newReturnWorld(t, nil)
+			w.e.clock.SetTime(t0.Add(2 * time.Hour))
+			w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
+				running(movable("train", "24h"), "od", t0))
+			w.add(t, tc(w)...)
+			if move, moved := w.round(t); moved {
+				t.Fatalf("moved %+v", move)
+			}
+		})
+	}
+}
+
+func TestReturnerMovesAGangOnlyWhenAllItsMembersFit(t *testing.T) {
+	member := func(name string) *corev1.Pod {
+		p := gpus(running(movable(name, "24h"), "od", t0), "4")
+		p.Labels = map[string]string{gang.LabelName: "g", gang.KeySize: "2"}
+		return p
+	}
+	w := newReturnWorld(t, nil)
+	w.e.clock.SetTime(t0.Add(2 * time.Hour))
+	// The Spot node has 8 GPUs; 2 are taken: one member fits, not both.
+	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
+		member("g-0"), member("g-1"), gpus(running(pod("other", nil), "spot", t0), "2"))
+	if move, moved := w.round(t); moved {
+		t.Fatalf("moved %+v with room for one member", move)
+	}
+	w.add(t, readyNode(node("spot-2", pricing.Spot, "us-east-1a")))
+	move, moved := w.round(t)
+	if !moved || move.Workload != "label:default/g" || len(move.Pods) != 2 {
+		t.Fatalf("Round = %+v, %v; want the gang moved whole", move, moved)
+	}
+}
+
+func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
+	w := newReturnWorld(t, nil)
+	w.e.clock.SetTime(t0.Add(2 * time.Hour))
+	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
+		running(movable("train", "24h"), "od", t0))
+	var mu sync.Mutex
+	leads := false
+	w.r.SetLeading(func(context.Context) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return leads
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.r.Run(ctx, ReturnerOptions{Mover: w.m, Clock: w.e.clock})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	tick := func() {
+		waitUntil(t, func() bool { return w.e.clock.HasWaiters() })
+		w.e.clock.Step(10 * time.Minute)
+	}
+	tick()
+	tick()
+	if got := w.m.workloads(); len(got) != 0 {
+		t.Fatalf("a replica that does not lead moved %v", got)
+	}
+	mu.Lock()
+	leads = true
+	mu.Unlock()
+	tick()
+	waitUntil(t, func() bool { return len(w.m.workloads()) == 1 })
+}
+
+func TestReturnerDoesNothingWhenDisabled(t *testing.T) {
+	off := false
+	w := newReturnWorld(t, &Args{ReturnToSpot: ReturnToSpot{Enabled: &off}})
+	w.r.SetLeading(func(context.Context) bool { return true })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.r.Run(context.Background(), ReturnerOptions{Mover: w.m, Clock: w.e.clock})
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run with returnToSpot.enabled false did not return")
+	}
+}

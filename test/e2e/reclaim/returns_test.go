@@ -1,0 +1,153 @@
+package reclaim
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/pennysched/penny/agent/notice/metadatatest"
+	"github.com/pennysched/penny/deploy"
+	"github.com/pennysched/penny/pkg/gang"
+	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/plugins/spotrisk"
+	"github.com/pennysched/penny/test/harness"
+)
+
+// One on-demand and one Spot node of two GPUs each, priced by the shipped
+// catalog.
+const returnFleet = `
+region: us-east-1
+pools:
+- {name: od, count: 1, instanceType: p4d.24xlarge, cloud: aws, gpuModel: A100-40GB, gpusPerNode: 2, capacityType: on-demand, zone: us-east-1a, cpu: "32", memory: 256Gi}
+- {name: spot, count: 1, instanceType: p4d.24xlarge, cloud: aws, gpuModel: A100-40GB, gpusPerNode: 2, capacityType: spot, zone: us-east-1a, cpu: "32", memory: 256Gi}
+`
+
+// A 2-member gang of checkpointing training that prefers Spot finds the
+// Spot node cordoned, falls back to the on-demand node after its 1s wait,
+// and runs there. While Spot has no room nothing moves it; once the Spot
+// node is schedulable again, penny-scheduler's mover asks both members'
+// agent for a checkpoint, evicts them once both are written (a SpotReturn
+// event each), the Job controller makes new members, and they run on the
+// Spot node, resuming from the checkpoints the move wrote.
+func TestFallenBackGangMovesBackToSpot(t *testing.T) {
+	catalog, err := pricing.Parse(deploy.PriceCatalog, "deploy/pricing/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rounds every second, and no wait after a run starts, so that the test
+	// need not wait the shipped 10m and 15m.
+	const shipped = "enabled: true\n        every: 10m"
+	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
+		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
+	}
+	config := strings.Replace(string(deploy.SchedulerConfig), shipped, "enabled: true\n        every: 1s\n        minRunning: 0s\n        checkpointTimeout: 20s", 1)
+	w := newWorldWith(t, returnFleet, worldOptions{schedulerConfig: []byte(config), returner: spotrisk.NewReturner(), prices: catalog})
+	const od, spot = "od-0", "spot-0"
+	for _, node := range []string{od, spot} {
+		md := metadatatest.NewAWS()
+		t.Cleanup(md.Close)
+		w.startAgent(node, md, t.TempDir())
+	}
+	ctx := context.Background()
+	ns := "return-to-spot"
+	if _, err := w.c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	w.schedulable(t, od)
+	j := job(ns)
+	j.Spec.Parallelism, j.Spec.Completions = ptr.To[int32](2), ptr.To[int32](2)
+	tpl := &j.Spec.Template
+	tpl.Labels[gang.KeySize] = "2"
+	tpl.Annotations[spotrisk.AnnotationExpectedRuntime] = "24h"
+	tpl.Annotations[spotrisk.AnnotationFallbackAfter] = "1s"
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := w.c.Client.BatchV1().Jobs(ns).Create(ctx, j, metav1.CreateOptions{})
+		return err == nil, nil // the namespace's ServiceAccount comes shortly after it
+	}); err != nil {
+		t.Fatalf("create job: %v", err)
+	}
+	var original []*podTrainer
+	poll(t, "gang placed on the on-demand node", 60*time.Second, func() (bool, string) {
+		original = w.trainers.inNamespace(ns)
+		per := map[string]int{}
+		for _, pt := range original {
+			per[pt.pod.Spec.NodeName]++
+		}
+		return len(original) == 2 && per[od] == 2, fmt.Sprintf("members per node: %v", per)
+	})
+	poll(t, "both agents reporting", 30*time.Second, func() (bool, string) {
+		_, okOD := w.store.Node(od)
+		_, okSpot := w.store.Node(spot)
+		return okOD && okSpot, fmt.Sprintf("%s=%v %s=%v", od, okOD, spot, okSpot)
+	})
+	// Rounds run every second: with the Spot node cordoned none moves the
+	// gang.
+	time.Sleep(3 * time.Second)
+	for _, pt := range original {
+		if got := pt.tr.Received(); len(got) != 0 {
+			t.Fatalf("member %s was asked for a checkpoint with no room on Spot: %v", pt.pod.Name, got)
+		}
+	}
+
+	w.schedulable(t, od, spot)
+	askedAt := time.Now()
+	originalUIDs := map[types.UID]bool{}
+	for _, pt := range original {
+		originalUIDs[pt.pod.UID] = true
+	}
+	checkpointStep := map[string]int64{}
+	poll(t, "both members checkpointed for the move", 30*time.Second, func() (bool, string) {
+		for _, pt := range original {
+			if _, step, _, ok := firstAfter(pt, askedAt); ok && step > 0 {
+				checkpointStep[pt.key] = step
+			}
+		}
+		return len(checkpointStep) == 2, fmt.Sprintf("%d of 2", len(checkpointStep))
+	})
+	for _, pt := range original {
+		ev := harness.WaitForEvent(t, w.c, ns, pt.pod.Name, "SpotReturn", 30*time.Second)
+		if !strings.Contains(ev, "evicted to move back to Spot, its checkpoint written: workload label:"+ns+"/train fell back to on-demand capacity and Spot has room for it again") {
+			t.Errorf("SpotReturn event of %s: %q", pt.pod.Name, ev)
+		}
+	}
+	var replaced []*podTrainer
+	poll(t, "gang evicted and placed again on Spot", 90*time.Second, func() (bool, string) {
+		for uid := range originalUIDs {
+			p, err := w.c.Client.CoreV1().Pods(ns).Get(ctx, podName(original, uid), metav1.GetOptions{})
+			if !apierrors.IsNotFound(err) {
+				return false, fmt.Sprintf("original member %s is still there (phase %s, deleting since %v)", p.Name, p.Status.Phase, p.DeletionTimestamp)
+			}
+		}
+		replaced = replaced[:0]
+		for _, pt := range w.trainers.inNamespace(ns) {
+			if !originalUIDs[pt.pod.UID] {
+				replaced = append(replaced, pt)
+			}
+		}
+		return len(replaced) == 2, fmt.Sprintf("%d new members running", len(replaced))
+	})
+	for _, pt := range replaced {
+		if pt.pod.Spec.NodeName != spot {
+			t.Errorf("member %s placed on %s, want the Spot node %s", pt.pod.Name, pt.pod.Spec.NodeName, spot)
+		}
+		if got, want := pt.tr.ResumedFrom(), checkpointStep[pt.key]; got != want || want == 0 {
+			t.Errorf("member %s (%s) resumed from step %d, want the move's checkpoint, step %d", pt.pod.Name, pt.key, got, want)
+		}
+	}
+	// On Spot now, the gang is left there: no further checkpoints.
+	time.Sleep(2 * time.Second)
+	for _, pt := range replaced {
+		if got := pt.tr.Received(); len(got) != 0 {
+			t.Errorf("member %s on Spot was asked for a checkpoint: %v", pt.pod.Name, got)
+		}
+	}
+}
