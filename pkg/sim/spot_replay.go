@@ -449,6 +449,7 @@ func ElasticReplay(ctx context.Context, o ElasticOptions) (*ElasticResult, error
 		p := tp.Pod.DeepCopy()
 		p.Spec.SchedulerName = prof.SchedulerName
 		sc.annotate(p, tp.Duration, o.Seed)
+		ownedByJob(p)
 		// GPU-hours count what the trace asked for, whatever the policy
 		// has to ask for.
 		gpus := podGPUs(p)

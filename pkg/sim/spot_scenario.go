@@ -20,6 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
@@ -663,6 +665,22 @@ func (s *SpotScenario) annotate(pod *corev1.Pod, runtime time.Duration, seed uin
 		}
 		return
 	}
+}
+
+// ownedByJob makes a trace pod without a controller a pod of a Job, one
+// Job per gang: the replay resubmits a pod a reclaim or a move stopped, as
+// its Job's controller would replace it, and SpotRisk moves back to Spot
+// only pods that something replaces (spotrisk.Movable).
+func ownedByJob(pod *corev1.Pod) {
+	if metav1.GetControllerOf(pod) != nil {
+		return
+	}
+	name := pod.Name
+	if g := pod.Labels[gang.LabelName]; g != "" {
+		name = g
+	}
+	pod.OwnerReferences = append(pod.OwnerReferences, metav1.OwnerReference{APIVersion: "batch/v1", Kind: "Job", Name: name,
+		UID: types.UID("job:" + pod.Namespace + "/" + name), Controller: ptr.To(true)})
 }
 
 // wholeGPUs turns a request for a share of a GPU into one for a whole GPU.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1helpers "k8s.io/component-helpers/scheduling/corev1"
 	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	"k8s.io/klog/v2"
@@ -63,11 +64,12 @@ func (pl *SpotRisk) ReturnArgs() ReturnToSpot { return pl.args.ReturnToSpot }
 
 // Movable reports whether a running pod may be moved back to Spot: it
 // prefers Spot, runs on the on-demand capacity it fell back to, saves its
-// progress (penny.dev/checkpoint-interval) and can be asked for a checkpoint
-// (penny.dev/checkpoint) so that the move loses only the restart.
+// progress (penny.dev/checkpoint-interval), can be asked for a checkpoint
+// (penny.dev/checkpoint) so that the move loses only the restart, and has a
+// controller to replace it once evicted: a bare pod evicted is gone.
 func (pl *SpotRisk) Movable(pod *corev1.Pod, node *corev1.Node) (Class, bool) {
 	class, err := pl.classify(pod)
-	if err != nil || class.Policy != Prefer || class.Work.CheckpointInterval <= 0 {
+	if err != nil || class.Policy != Prefer || class.Work.CheckpointInterval <= 0 || metav1.GetControllerOf(pod) == nil {
 		return class, false
 	}
 	if _, hook := pod.Annotations[AnnotationCheckpointHook]; !hook {

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/pennysched/penny/pkg/pricing"
 )
@@ -14,8 +15,10 @@ import (
 // movable is a checkpointing training pod with a hook and a declared
 // runtime: the kind of pod the mover takes back to Spot.
 func movable(name, runtime string) *corev1.Pod {
-	return pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m",
+	p := pod(name, map[string]string{AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m",
 		AnnotationCheckpointHook: "http://:8080/checkpoint", AnnotationExpectedRuntime: runtime})
+	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: "train", UID: "job-uid", Controller: ptr.To(true)}}
+	return p
 }
 
 func member(p *corev1.Pod, on, spot *corev1.Node, started time.Time) ReturnMember {
@@ -61,6 +64,8 @@ func TestPlanReturnLeavesAlone(t *testing.T) {
 	delete(noInterval.Annotations, AnnotationCheckpointInterval)
 	allow := movable("allow", "24h")
 	allow.Annotations[AnnotationSpot] = "allow"
+	bare := movable("bare", "24h")
+	bare.OwnerReferences = nil
 	for _, tc := range []struct {
 		name string
 		m    ReturnMember
@@ -68,6 +73,7 @@ func TestPlanReturnLeavesAlone(t *testing.T) {
 		{"no checkpoint hook: a move would lose the work since its last checkpoint", member(noHook, od, spot, t0)},
 		{"no checkpoints", member(noInterval, od, spot, t0)},
 		{"allow, not prefer: it did not fall back", member(allow, od, spot, t0)},
+		{"a bare pod: nothing would replace it", member(bare, od, spot, t0)},
 		{"already on Spot", member(movable("p", "24h"), spot, spot, t0)},
 		{"on reserved capacity, already paid for", member(movable("p", "24h"), reserved, spot, t0)},
 		{"no room on Spot", member(movable("p", "24h"), od, nil, t0)},
