@@ -53,11 +53,6 @@ type ReclaimRule struct {
 	Reasons []string
 }
 
-// annotationCheckpointHook is the agent's checkpoint.Annotation, which the
-// rule reads as the agent does; pkg/ does not import agent/
-// (TestCheckpointHookIsTheAgents keeps the two the same).
-const annotationCheckpointHook = "penny.dev/checkpoint"
-
 // DefaultNotices are the clouds' warnings: AWS two minutes, GCP and Azure
 // about thirty seconds; nodes of no known cloud get AWS's.
 var DefaultNotices = map[string]time.Duration{"aws": 2 * time.Minute, "gce": 30 * time.Second, "azure": 30 * time.Second, "": 2 * time.Minute}
@@ -124,7 +119,7 @@ func (r *ReclaimRule) margins() (margin, takes time.Duration) {
 // notice less the safety margin).
 func (r *ReclaimRule) noticeCheckpoints(pod *v1.Pod, notice time.Duration) bool {
 	margin, takes := r.margins()
-	_, hook := pod.Annotations[annotationCheckpointHook]
+	_, hook := pod.Annotations[spotrisk.AnnotationCheckpointHook]
 	return hook && r.NoticeCheckpoints && takes <= notice-margin
 }
 
@@ -139,7 +134,7 @@ func (r *ReclaimRule) noticeCheckpoints(pod *v1.Pod, notice time.Duration) bool 
 // no agent: a handler that cordons and drains evicts at the notice.
 func (r *ReclaimRule) Answered(pod *v1.Pod, notice time.Duration) time.Duration {
 	margin, takes := r.margins()
-	_, hook := pod.Annotations[annotationCheckpointHook]
+	_, hook := pod.Annotations[spotrisk.AnnotationCheckpointHook]
 	switch {
 	case !r.NoticeCheckpoints || !hook:
 		return 0

@@ -151,11 +151,12 @@ func TestReplayWithoutRuleRestartsOnlyTheEvictedPod(t *testing.T) {
 	}
 }
 
-// The simulator reads the checkpoint hook by its own constant, as pkg/ does
-// not import agent/; it must be the annotation the agent calls.
+// The simulator and SpotRisk read the checkpoint hook by SpotRisk's
+// constant, as neither pkg/ nor plugins/ import agent/; it must be the
+// annotation the agent calls.
 func TestCheckpointHookIsTheAgents(t *testing.T) {
-	if annotationCheckpointHook != checkpoint.Annotation {
-		t.Errorf("the simulator reads %s, the agent %s", annotationCheckpointHook, checkpoint.Annotation)
+	if spotrisk.AnnotationCheckpointHook != checkpoint.Annotation {
+		t.Errorf("the simulator and SpotRisk read %s, the agent %s", spotrisk.AnnotationCheckpointHook, checkpoint.Annotation)
 	}
 }
 

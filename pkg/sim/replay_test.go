@@ -295,11 +295,17 @@ func TestReplayTrainingFallsBackToSpotAfterItsWait(t *testing.T) {
 // fallbackAfter set to d.
 func withFallbackAfter(t *testing.T, d string) []byte {
 	t.Helper()
-	const shipped = "fallbackAfter: 10m"
+	return shippedConfigWith(t, "fallbackAfter: 10m", "fallbackAfter: "+d)
+}
+
+// shippedConfigWith is deploy/scheduler/config.yaml with its one shipped
+// text in place of to.
+func shippedConfigWith(t *testing.T, shipped, to string) []byte {
+	t.Helper()
 	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
 		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
 	}
-	return []byte(strings.Replace(string(deploy.SchedulerConfig), shipped, "fallbackAfter: "+d, 1))
+	return []byte(strings.Replace(string(deploy.SchedulerConfig), shipped, to, 1))
 }
 
 // A gang admitted that can never complete (its two members ask for the same

@@ -219,14 +219,20 @@ func (r *elastic) evictBatch(ev elEvent) error {
 		return nil
 	}
 	// The victims wait again from now: a quiet spell before the eviction
-	// says nothing about whether they can run.
+	// says nothing about whether they can run. The gang peers' nodes may now
+	// be empty.
+	return r.placeAgain(order, peerNodes)
+}
+
+// placeAgain follows pods stopped and queued again (order) off nodes that
+// stay up (left): it settles the gangs they were held in, lets those nodes
+// scale down like any other once empty, and tries the pods in order.
+func (r *elastic) placeAgain(order []int, left []string) error {
 	r.progress = r.now
 	if err := r.settleAll(); err != nil {
 		return err
 	}
-	// The gang peers' nodes may now be empty: they scale down like any
-	// other empty node.
-	for _, name := range peerNodes {
+	for _, name := range left {
 		r.maybeIdle(r.nodes[name])
 	}
 	for _, i := range order {

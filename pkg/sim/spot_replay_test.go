@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins/spotrisk"
@@ -785,12 +784,7 @@ pools:
 	}
 	// 20000h x the 5-10% bucket's ~1e-4 reclaims an hour doubles Spot's
 	// expected cost, past on-demand's price (2.5x Spot's here).
-	const shipped = "restartOverhead: 5m"
-	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
-		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
-	}
-	cfg := strings.Replace(string(deploy.SchedulerConfig), shipped, "restartOverhead: 20000h", 1)
-	if res := replay([]byte(cfg)); res.NodeHoursByPool["od"] == 0 || res.NodeHoursByPool["spot"] != 0 {
+	if res := replay(shippedConfigWith(t, "restartOverhead: 5m", "restartOverhead: 20000h")); res.NodeHoursByPool["od"] == 0 || res.NodeHoursByPool["spot"] != 0 {
 		t.Fatalf("profile with restartOverhead 20000h: node-hours %v, want only on-demand", res.NodeHoursByPool)
 	}
 }
@@ -1820,11 +1814,7 @@ func TestElasticMovesFallenBackWorkBackToSpot(t *testing.T) {
 		}
 		return res
 	}
-	const shipped = "enabled: true\n        every: 10m"
-	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
-		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
-	}
-	moved, stayed := replay(nil), replay([]byte(strings.Replace(string(deploy.SchedulerConfig), shipped, "enabled: false\n        every: 10m", 1)))
+	moved, stayed := replay(nil), replay(shippedConfigWith(t, "enabled: true\n        every: 10m", "enabled: false\n        every: 10m"))
 	if stayed.Returns != 0 || moved.Returns != 1 || moved.ReturnedPods != 1 {
 		t.Fatalf("returns: %d with returnToSpot on (%d pods), %d with it off; want 1 (1 pod) and 0", moved.Returns, moved.ReturnedPods, stayed.Returns)
 	}

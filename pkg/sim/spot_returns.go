@@ -84,22 +84,8 @@ func (r *elastic) returnToSpot() error {
 		r.res.ReturnedPods++
 	}
 	sort.Ints(order)
-	r.progress = r.now
 	r.roomChanges++
-	if err := r.settleAll(); err != nil {
-		return err
-	}
-	for _, name := range nodes {
-		r.maybeIdle(r.nodes[name])
-	}
-	for _, i := range order {
-		if r.pods[i].state == podWaiting {
-			if err := r.try(i); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return r.placeAgain(order, nodes)
 }
 
 // returnCandidates are the workloads running on capacity SpotRisk lets

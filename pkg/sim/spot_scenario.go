@@ -132,7 +132,7 @@ type ClassRule struct {
 // notice (ReclaimRule), and the gang keys the gang plugin reads from
 // annotations. Any other penny.dev/ key, a misspelt one above all, would
 // reach the pods and change nothing.
-var classAnnotations = slices.Concat(spotrisk.Annotations, []string{annotationCheckpointHook}, gang.Keys)
+var classAnnotations = slices.Concat(spotrisk.Annotations, []string{spotrisk.AnnotationCheckpointHook}, gang.Keys)
 
 // PolicyTweaks says how a policy's pods and nodes differ: whether its pods
 // tolerate the Spot taint, and whether the Penny agent on its nodes turns a
