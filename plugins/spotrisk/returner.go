@@ -116,6 +116,11 @@ func (r *Returner) Round(ctx context.Context, mover Mover) (ReturnMove, bool, er
 		return ReturnMove{}, false, fmt.Errorf("%s: no informers to read pods and nodes from", Name)
 	}
 	informers := pl.handle.SharedInformerFactory().Core().V1()
+	// A cache still filling could show a gang short of members, and the
+	// ones shown would move without the others.
+	if !informers.Pods().Informer().HasSynced() || !informers.Nodes().Informer().HasSynced() {
+		return ReturnMove{}, false, nil
+	}
 	pods, err := informers.Pods().Lister().List(labels.Everything())
 	if err != nil {
 		return ReturnMove{}, false, err

@@ -60,6 +60,20 @@ func newReturnWorld(t *testing.T, args *Args) *returnWorld {
 	return w
 }
 
+// sync starts the informers (of an empty API) and waits for them to list.
+func (w *returnWorld) sync(t *testing.T) *returnWorld {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); w.factory.Shutdown() })
+	w.factory.Start(ctx.Done())
+	for typ, ok := range w.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			t.Fatalf("informer of %v did not sync", typ)
+		}
+	}
+	return w
+}
+
 func (w *returnWorld) add(t *testing.T, objs ...any) {
 	t.Helper()
 	for _, o := range objs {
@@ -104,7 +118,7 @@ func gpus(p *corev1.Pod, n string) *corev1.Pod {
 }
 
 func TestReturnerMovesFallenBackWorkToRoomOnSpot(t *testing.T) {
-	w := newReturnWorld(t, nil)
+	w := newReturnWorld(t, nil).sync(t)
 	w.e.clock.SetTime(t0.Add(2 * time.Hour))
 	od, spot := readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a"))
 	train := running(movable("train", "24h"), "od", t0)
@@ -166,7 +180,7 @@ func TestReturnerLeavesWorkWhereItIs(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			w := newReturnWorld(t, nil)
+			w := newReturnWorld(t, nil).sync(t)
 			w.e.clock.SetTime(t0.Add(2 * time.Hour))
 			w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
 				running(movable("train", "24h"), "od", t0))
@@ -184,7 +198,7 @@ func TestReturnerMovesAGangOnlyWhenAllItsMembersFit(t *testing.T) {
 		p.Labels = map[string]string{gang.LabelName: "g", gang.KeySize: "2"}
 		return p
 	}
-	w := newReturnWorld(t, nil)
+	w := newReturnWorld(t, nil).sync(t)
 	w.e.clock.SetTime(t0.Add(2 * time.Hour))
 	// The Spot node has 8 GPUs; 2 are taken: one member fits, not both.
 	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
@@ -200,7 +214,7 @@ func TestReturnerMovesAGangOnlyWhenAllItsMembersFit(t *testing.T) {
 }
 
 func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
-	w := newReturnWorld(t, nil)
+	w := newReturnWorld(t, nil).sync(t)
 	w.e.clock.SetTime(t0.Add(2 * time.Hour))
 	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
 		running(movable("train", "24h"), "od", t0))
@@ -236,7 +250,7 @@ func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
 
 func TestReturnerDoesNothingWhenDisabled(t *testing.T) {
 	off := false
-	w := newReturnWorld(t, &Args{ReturnToSpot: ReturnToSpot{Enabled: &off}})
+	w := newReturnWorld(t, &Args{ReturnToSpot: ReturnToSpot{Enabled: &off}}).sync(t)
 	w.r.SetLeading(func(context.Context) bool { return true })
 	done := make(chan struct{})
 	go func() {
@@ -247,5 +261,24 @@ func TestReturnerDoesNothingWhenDisabled(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run with returnToSpot.enabled false did not return")
+	}
+}
+
+// Until the scheduler's informers have listed the cluster, a gang could be
+// seen short of members: nothing moves.
+func TestReturnerWaitsForTheInformers(t *testing.T) {
+	w := newReturnWorld(t, nil)
+	w.e.clock.SetTime(t0.Add(2 * time.Hour))
+	world := []any{readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
+		running(movable("train", "24h"), "od", t0)}
+	w.add(t, world...)
+	if move, moved := w.round(t); moved {
+		t.Fatalf("moved %+v before the informers synced", move)
+	}
+	// Their first list replaces what the stores held.
+	w.sync(t)
+	w.add(t, world...)
+	if _, moved := w.round(t); !moved {
+		t.Fatal("not moved once the informers synced")
 	}
 }
