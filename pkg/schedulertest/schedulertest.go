@@ -188,6 +188,14 @@ func Start(t testing.TB, o Options) *Cluster {
 	broadcaster.StartRecordingToSink(ctx.Done())
 	informerFactory.Start(ctx.Done())
 	informerFactory.WaitForCacheSync(ctx.Done())
+	// The informers have listed, but their handlers may not have put the
+	// nodes in the scheduler's cache yet: a pod tried then finds no node at
+	// all ("no nodes available to schedule pods"), as kube-scheduler's own
+	// start waits for too.
+	if err := sched.WaitForHandlersSync(ctx); err != nil {
+		cancel()
+		t.Fatalf("waiting for the scheduler's event handlers: %v", err)
+	}
 	done := make(chan struct{})
 	go func() { sched.Run(ctx); close(done) }()
 	t.Cleanup(func() {
