@@ -8,15 +8,18 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	cacheddiscovery "k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/scale"
 	"k8s.io/controller-manager/pkg/informerfactory"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/controller/deployment"
+	"k8s.io/kubernetes/pkg/controller/disruption"
 	"k8s.io/kubernetes/pkg/controller/garbagecollector"
 	"k8s.io/kubernetes/pkg/controller/job"
 	"k8s.io/kubernetes/pkg/controller/replicaset"
@@ -25,7 +28,8 @@ import (
 
 // startControllers runs the kube-controller-manager controllers a GPU
 // workload needs, in-process: Jobs and Deployments create their pods, every
-// namespace gets its default ServiceAccount, and owners' deletion cascades.
+// namespace gets its default ServiceAccount, PodDisruptionBudgets their
+// status, and owners' deletion cascades.
 // They are upstream's controllers, not imitations, so the pods they create
 // look exactly as they would on a real cluster.
 //
@@ -55,7 +59,17 @@ func startControllers(ctx context.Context, cfg *rest.Config) (stopped func(), er
 	if err != nil {
 		return nil, fmt.Errorf("serviceaccount controller: %w", err)
 	}
-	startGC, err := garbageCollector(ctx, cfg, client, factory)
+	// PodDisruptionBudgets get their status, so that evictions, Penny's
+	// included, meet the budgets as on a real cluster.
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(cacheddiscovery.NewMemCacheClient(client.Discovery()))
+	scales, err := scale.NewForConfig(cfg, mapper, dynamic.LegacyAPIPathResolverFunc, scale.NewDiscoveryScaleKindResolver(client.Discovery()))
+	if err != nil {
+		return nil, fmt.Errorf("scale client: %w", err)
+	}
+	budgets := disruption.NewDisruptionController(ctx, pods, factory.Policy().V1().PodDisruptionBudgets(),
+		factory.Core().V1().ReplicationControllers(), factory.Apps().V1().ReplicaSets(), factory.Apps().V1().Deployments(),
+		factory.Apps().V1().StatefulSets(), client, mapper, scales, client.Discovery())
+	startGC, err := garbageCollector(ctx, cfg, client, factory, mapper)
 	if err != nil {
 		return nil, err
 	}
@@ -66,6 +80,7 @@ func startControllers(ctx context.Context, cfg *rest.Config) (stopped func(), er
 	running.Go(func() { deployments.Run(ctx, 2) })
 	running.Go(func() { replicaSets.Run(ctx, 2) })
 	running.Go(func() { serviceAccounts.Run(ctx, 1) })
+	running.Go(func() { budgets.Run(ctx, 1) })
 	startGC(&running)
 	return func() {
 		running.Wait()
@@ -73,12 +88,13 @@ func startControllers(ctx context.Context, cfg *rest.Config) (stopped func(), er
 	}, nil
 }
 
-func garbageCollector(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory) (func(*sync.WaitGroup), error) {
+// garbageCollector returns the start of the garbage collector; it resets
+// mapper, which it shares with the other controllers, as it resyncs.
+func garbageCollector(ctx context.Context, cfg *rest.Config, client kubernetes.Interface, factory informers.SharedInformerFactory, mapper *restmapper.DeferredDiscoveryRESTMapper) (func(*sync.WaitGroup), error) {
 	metadataClient, err := metadata.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(cacheddiscovery.NewMemCacheClient(client.Discovery()))
 	mapper.Reset()
 	metadataInformers := metadatainformer.NewSharedInformerFactory(metadataClient, 0)
 	started := make(chan struct{})
