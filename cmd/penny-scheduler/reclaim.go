@@ -53,7 +53,7 @@ func (f *reclaimFlags) flagSet() *pflag.FlagSet {
 	fs.BoolVar(&f.keepGangsRunning, "reclaim-keep-gangs-running", false, "on a reclaim notice, only ask the other members of affected gangs to checkpoint; do not evict them (the gang then runs short a member until it restarts itself)")
 	fs.DurationVar(&f.safetyMargin, "reclaim-safety-margin", reclaim.DefaultSafetyMargin, "how long before a notice's deadline the other members of an affected gang are evicted if their checkpoints are not in yet; match the agents' --reclaim-safety-margin")
 	fs.DurationVar(&f.maintenanceLead, "reclaim-maintenance-lead", reclaim.DefaultMaintenanceLead, "how long before scheduled maintenance gangs are checkpointed and moved; match the agents' --reclaim-maintenance-lead")
-	fs.StringVar(&f.interruptedConfigMap, "reclaim-interrupted-configmap", "penny-system/penny-interrupted-runs", "namespace/name of the ConfigMap where the runs Spot reclaims cut short, and the reclaims and node-hours each Spot pool's risk estimate has learned from, are kept, so that a restarted scheduler still keeps those workloads' training without checkpoints off Spot and does not start every pool again from its bucket (docs/spot.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
+	fs.StringVar(&f.interruptedConfigMap, "reclaim-interrupted-configmap", "penny-system/penny-interrupted-runs", "namespace/name of the ConfigMap where the runs Spot reclaims cut short, and the reclaims and node-hours each Spot pool's risk estimate has learned from, are kept, and the moves of work back to Spot, so that a restarted scheduler still keeps those workloads' training without checkpoints off Spot, does not start every pool again from its bucket, and keeps to returnToSpot.cooldown (docs/spot.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
 	fs.StringVar(&f.noticesConfigMap, "reclaim-notices-configmap", "penny-system/penny-reclaim-notices", "namespace/name of the ConfigMap where the reclaim notices being handled and their gangs are kept, so that a scheduler restarted mid-notice still checkpoints and evicts the gangs' members on other nodes (docs/reclaim.md); empty: memory only. Put it in the scheduler's own namespace: tenants must not write it")
 	return fs
 }
@@ -240,11 +240,13 @@ func (f *reclaimFlags) run(ctx context.Context, srv *telemetry.Server, client ku
 		notices = &reclaim.NoticeStore{Client: client, Namespace: ns, Name: name}
 	}
 	if f.returner != nil {
+		o := spotrisk.ReturnerOptions{Mover: f.coordinator}
+		if f.persist != nil {
+			o.Moves = &configmaplines.Key{Client: client, Namespace: f.persist.Namespace, Name: f.persist.Name, Key: spotrisk.MovesKey}
+		}
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		wg.Go(func() {
-			f.returner.Run(ctx, spotrisk.ReturnerOptions{Mover: f.coordinator})
-		})
+		wg.Go(func() { f.returner.Run(ctx, o) })
 	}
 	err := f.coordinator.Run(ctx, reclaim.CoordinatorOptions{
 		Client: client, Commands: srv, Risk: f.risk, Interrupted: f.interrupted, Notices: notices, SaveObserved: f.saveObserved(),

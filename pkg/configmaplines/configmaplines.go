@@ -1,7 +1,7 @@
 // Package configmaplines keeps a small list as lines of text under one key
 // of a ConfigMap, as penny-scheduler keeps state that must outlive a
 // restart (the runs Spot reclaims cut short, the Spot pools' reclaim
-// evidence, the reclaim notices being handled). Lines that do not parse are reported by number and the rest
+// evidence, the reclaim notices being handled, the moves back to Spot). Lines that do not parse are reported by number and the rest
 // kept; writes are conditional on the copy read, so replicas that write at
 // once do not erase each other's lines, and the one that came second tries
 // again.

@@ -542,13 +542,16 @@ func onEvictions(client *fake.Clientset, answer func(*policyv1.Eviction) error) 
 }
 
 // recordEvictions makes client accept every eviction and returns what it
-// evicted so far, in order.
+// evicted so far, in order (dry runs evict nothing).
 func recordEvictions(client *fake.Clientset) func() []string {
 	var mu sync.Mutex
 	var evicted []string
 	onEvictions(client, func(ev *policyv1.Eviction) error {
 		mu.Lock()
 		defer mu.Unlock()
+		if dryRun(ev) {
+			return nil
+		}
 		evicted = append(evicted, ev.Name)
 		return nil
 	})
@@ -632,6 +635,10 @@ func counterValue(t *testing.T, c metrics.CounterMetric) float64 {
 	return v
 }
 
+func dryRun(ev *policyv1.Eviction) bool {
+	return ev.DeleteOptions != nil && slices.Contains(ev.DeleteOptions.DryRun, metav1.DryRunAll)
+}
+
 // apiServerEvictions makes client's evictions act as the API server's: the
 // pod must match the UID and resourceVersion preconditions (a conflict
 // otherwise); one not yet being deleted gets a deletionTimestamp and a new
@@ -654,7 +661,7 @@ func apiServerEvictions(client *fake.Clientset) (deleted func() int) {
 				return apierrors.NewConflict(podsGVR.GroupResource(), p.Name, fmt.Errorf("precondition failed"))
 			}
 		}
-		if p.DeletionTimestamp != nil {
+		if p.DeletionTimestamp != nil || dryRun(ev) {
 			return nil
 		}
 		var rv int

@@ -53,7 +53,7 @@ func (c *Coordinator) evictMembers(ctx context.Context, f *fanout, log logr.Logg
 	// before any is asked again (EvictInPasses).
 	if !EvictInPasses(ctx, f.pods, func(p *corev1.Pod) bool {
 		grace := EvictionGrace(p, deadline)
-		gone, err := c.evictMember(ctx, p, grace, log)
+		gone, err := c.evictMember(ctx, p, grace, false, log)
 		if ctx.Err() != nil {
 			return false
 		}
@@ -101,8 +101,10 @@ const evictTries = 3
 // conflict reads it again and finds it being deleted. gone says the member
 // was left alone. fanout.pods is a snapshot taken at notice time, hence the
 // read; the UID precondition keeps a pod recreated under the same name (a
-// Job's replacement) from being evicted in its place.
-func (c *Coordinator) evictMember(ctx context.Context, p *corev1.Pod, grace int64, log logr.Logger) (gone bool, err error) {
+// Job's replacement) from being evicted in its place. A dry run asks the API
+// server whether it would evict the member now (its PodDisruptionBudget
+// included) and evicts nothing.
+func (c *Coordinator) evictMember(ctx context.Context, p *corev1.Pod, grace int64, dryRun bool, log logr.Logger) (gone bool, err error) {
 	uid := p.UID
 	for try := 1; ; try++ {
 		pre := &metav1.Preconditions{UID: &uid}
@@ -121,10 +123,17 @@ func (c *Coordinator) evictMember(ctx context.Context, p *corev1.Pod, grace int6
 		}
 		err = c.opts.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
 			ObjectMeta:    metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
-			DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: pre},
+			DeleteOptions: &metav1.DeleteOptions{GracePeriodSeconds: &grace, Preconditions: pre, DryRun: dryRunAll(dryRun)},
 		})
 		if !apierrors.IsConflict(err) || try == evictTries || ctx.Err() != nil {
 			return false, err
 		}
 	}
+}
+
+func dryRunAll(dryRun bool) []string {
+	if dryRun {
+		return []string{metav1.DryRunAll}
+	}
+	return nil
 }

@@ -27,7 +27,7 @@ var (
 	}, []string{"result"})
 	returnsTotal = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_spot_returns_total",
-		Help:           "Moves of workloads that fell back to on-demand back to Spot (SpotRisk returnToSpot), by result: moved (checkpointed and evicted; the replacement is placed on Spot), no_checkpoint (a member's checkpoint was not written in time: nothing evicted), not_evicted (an eviction was refused or failed).",
+		Help:           "Moves of workloads that fell back to on-demand back to Spot (SpotRisk returnToSpot), by result: moved (checkpointed and evicted; the replacement is placed on Spot), no_checkpoint (a member's checkpoint was not written in time: nothing evicted), not_evicted (after the checkpoints, an eviction was refused or failed: nothing evicted, or the members not yet evicted left running), refused (before any checkpoint, a dry run found an eviction the API server would refuse, e.g. a PodDisruptionBudget: nothing asked for or evicted).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 	registerOnce sync.Once

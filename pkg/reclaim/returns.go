@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -47,12 +48,19 @@ const (
 	// ReturnNoCheckpoint: a pod's checkpoint was not written in time (or
 	// its agent could not be asked); nothing was evicted.
 	ReturnNoCheckpoint ReturnResult = "no_checkpoint"
-	// ReturnNotEvicted: an eviction was refused (a PodDisruptionBudget,
-	// until the timeout) or failed.
+	// ReturnNotEvicted: after the checkpoints, an eviction was refused (a
+	// PodDisruptionBudget, until the timeout) or failed.
 	ReturnNotEvicted ReturnResult = "not_evicted"
+	// ReturnRefused: before any checkpoint, the API server would not evict
+	// a pod (a dry run: a PodDisruptionBudget that allows no disruption, a
+	// pod gone); nothing was asked for or evicted.
+	ReturnRefused ReturnResult = "refused"
 )
 
-var returnResults = []ReturnResult{ReturnMoved, ReturnNoCheckpoint, ReturnNotEvicted}
+var returnResults = []ReturnResult{ReturnMoved, ReturnNoCheckpoint, ReturnNotEvicted, ReturnRefused}
+
+// dryRunTimeout bounds each dry-run eviction of a move.
+var dryRunTimeout = 15 * time.Second
 
 // pollEvery is how often Return looks at how the checkpoints stand.
 var pollEvery = 250 * time.Millisecond
@@ -62,8 +70,11 @@ var pollEvery = 250 * time.Millisecond
 // evicts the pods, each with its own grace period. A checkpoint that fails,
 // or is not written in time, leaves every pod running where it is: a move
 // is worth making only without losing work, unlike a reclaim, which takes
-// the node whatever the pods have saved. The coordinator must be running
-// (Run): it carries the agents' answers.
+// the node whatever the pods have saved. So does an eviction the API server
+// would refuse, asked as a dry run before the checkpoints and again before
+// the evictions: a PodDisruptionBudget that lets one member of a gang go
+// and not another would leave the gang torn, and no move is worth that.
+// The coordinator must be running (Run): it carries the agents' answers.
 func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResult {
 	c.mu.Lock()
 	started, opts, recorder := c.started, c.opts, c.recorder
@@ -72,6 +83,16 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 	if !started || len(req.Pods) == 0 {
 		log.Info("not moving back to Spot: the reclaim coordinator does not run yet", "pods", len(req.Pods))
 		return c.returned(ReturnNoCheckpoint)
+	}
+	if refused, err := c.refusedEvictions(ctx, req.Pods, time.Time{}, log); err != nil {
+		return c.returned(ReturnNoCheckpoint)
+	} else if len(refused) > 0 {
+		log.Info("not moving back to Spot: the API server would not evict every pod now", "pods", refused)
+		for _, p := range req.Pods {
+			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped",
+				"not moved back to Spot: the API server would not evict %s now; nothing was checkpointed or evicted", strings.Join(refused, ", "))
+		}
+		return c.returned(ReturnRefused)
 	}
 	deadline := time.Now().Add(req.Timeout)
 	fanouts := returnFanouts(req, deadline)
@@ -153,12 +174,23 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 	}
 	// A PodDisruptionBudget's refusal is asked again until the timeout runs
 	// out once more: the checkpoints are written, and a pod that cannot go
-	// now may go in a minute.
+	// now may go in a minute. Asked as a dry run for every pod first, so
+	// that none goes unless all may.
 	evictUntil := time.Now().Add(req.Timeout)
+	if refused, err := c.refusedEvictions(ctx, req.Pods, evictUntil, log); err != nil {
+		return c.returned(ReturnNotEvicted)
+	} else if len(refused) > 0 {
+		log.Info("not moving back to Spot: the API server would not evict every pod", "timeout", req.Timeout, "pods", refused)
+		for _, p := range req.Pods {
+			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped",
+				"not moved back to Spot: the checkpoints are written, but the API server would not evict %s within %v; nothing was evicted", strings.Join(refused, ", "), req.Timeout)
+		}
+		return c.returned(ReturnNotEvicted)
+	}
 	failed := false
 	if !EvictInPasses(ctx, req.Pods, func(p *corev1.Pod) bool {
 		grace := EvictionGrace(p, evictUntil.Add(time.Hour))
-		gone, err := c.evictMember(ctx, p, grace, log)
+		gone, err := c.evictMember(ctx, p, grace, false, log)
 		switch {
 		case ctx.Err() != nil:
 			return false
@@ -181,6 +213,50 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 	}
 	log.Info("moved back to Spot", "pods", len(req.Pods), "why", req.Why)
 	return c.returned(ReturnMoved)
+}
+
+// refusedEvictions asks the API server, as dry runs, to evict each pod,
+// and names those it would not evict, each with why ("ns/name (why)",
+// sorted). A refusal that may pass (a PodDisruptionBudget's, a conflict, a
+// server that could not decide) is asked again, every pod once before any
+// again, until until; a zero until asks once. Each ask has dryRunTimeout:
+// client-go waits out and repeats a refusal that names a time to come back
+// (a budget the disruption controller has not yet processed says 10s), up
+// to ten times. The error is ctx's.
+func (c *Coordinator) refusedEvictions(ctx context.Context, pods []*corev1.Pod, until time.Time, log logr.Logger) ([]string, error) {
+	refused := map[string]string{}
+	EvictInPasses(ctx, pods, func(p *corev1.Pod) bool {
+		key := p.Namespace + "/" + p.Name
+		askCtx, cancel := context.WithTimeout(ctx, dryRunTimeout)
+		gone, err := c.evictMember(askCtx, p, EvictionGrace(p, time.Now().Add(time.Hour)), true, log)
+		timedOut := askCtx.Err() != nil
+		cancel()
+		if err != nil && ctx.Err() == nil && timedOut {
+			refused[key] = fmt.Sprintf("no answer within %v: %v", dryRunTimeout, err)
+			return time.Now().Before(until)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case gone || apierrors.IsNotFound(err):
+			refused[key] = "gone, finished or being deleted"
+			return false
+		case err == nil:
+			delete(refused, key)
+			return false
+		}
+		refused[key] = err.Error()
+		return (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) || Undecided(err)) && time.Now().Before(until)
+	})
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(refused))
+	for key, why := range refused {
+		out = append(out, key+" ("+why+")")
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func (c *Coordinator) returned(r ReturnResult) ReturnResult {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,34 +123,109 @@ func TestReturnEvictsNothingWithoutEveryCheckpoint(t *testing.T) {
 	}
 }
 
-func TestReturnAsksARefusedEvictionAgainUntilTheTimeout(t *testing.T) {
+// A PodDisruptionBudget that allows no disruption of one member now stops
+// the move before it asks for any checkpoint: the dry run finds the refusal,
+// and the other member is not evicted alone (a torn gang).
+func TestReturnAsksForNothingWhileAnEvictionWouldBeRefused(t *testing.T) {
 	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
-	var mu sync.Mutex
-	var asked []string
-	onEvictions(client, func(ev *policyv1.Eviction) error {
-		mu.Lock()
-		defer mu.Unlock()
-		asked = append(asked, ev.Name)
-		if ev.Name == "g-1" {
-			return apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
-		}
-		return nil
-	})
+	evicted := budgetRefuses(client, func(name string) bool { return name == "g-1" })
 	rec := record.NewFakeRecorder(100)
 	c := NewCoordinator()
 	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec})
-	result := returnOf(t, c, 2*time.Second)
-	answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
-	answer(t, c, cmds, "b", telemetryv1.CheckpointStatus_STATE_DONE)
-	if r := result(); r != ReturnNotEvicted {
-		t.Fatalf("Return = %s, want not_evicted", r)
+	before := counterValue(t, returnsTotal.WithLabelValues(string(ReturnRefused)))
+	if r := returnOf(t, c, time.Minute)(); r != ReturnRefused {
+		t.Fatalf("Return = %s, want refused", r)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if n := strings.Count(strings.Join(asked, ","), "g-1"); n < 2 {
-		t.Fatalf("evictions asked %v: want g-1 asked again after the budget refused it", asked)
+	if a, b := cmds.get("a"), cmds.get("b"); a != nil || b != nil {
+		t.Fatalf("checkpoints asked for (%v, %v) though the move could not be made", a, b)
 	}
-	if ev := drainEvents(rec); !strings.Contains(ev, "Warning SpotReturnEvictionFailed could not evict this pod to move it back to Spot") {
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v", got)
+	}
+	if ev := drainEvents(rec); strings.Count(ev, "Warning SpotReturnSkipped not moved back to Spot: the API server would not evict ml/g-1 (Cannot evict pod as it would violate the pod's disruption budget.) now; nothing was checkpointed or evicted") != 2 {
 		t.Fatalf("events %q", ev)
+	}
+	if got := counterValue(t, returnsTotal.WithLabelValues(string(ReturnRefused))) - before; got != 1 {
+		t.Fatalf("penny_spot_returns_total{result=refused} went up by %v", got)
+	}
+}
+
+// A budget that starts refusing one member while the checkpoints are
+// written is asked again, as a dry run, until the timeout: no member is
+// evicted until every one may be, and none at all if that never comes.
+func TestReturnEvictsNoMemberUntilEveryEvictionWouldPass(t *testing.T) {
+	for name, tc := range map[string]struct {
+		refusals int32 // of g-1, after the checkpoints; -1: every one
+		want     ReturnResult
+	}{
+		"refused until the timeout": {refusals: -1, want: ReturnNotEvicted},
+		"refused for a while":       {refusals: 2, want: ReturnMoved},
+	} {
+		t.Run(name, func(t *testing.T) {
+			client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+			var tight atomic.Bool
+			var refused atomic.Int32
+			evicted := budgetRefuses(client, func(name string) bool {
+				if tight.Load() && name == "g-1" && (tc.refusals < 0 || refused.Load() < tc.refusals) {
+					refused.Add(1)
+					return true
+				}
+				return false
+			})
+			rec := record.NewFakeRecorder(100)
+			c := NewCoordinator()
+			cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec})
+			result := returnOf(t, c, 2*time.Second)
+			waitFor(t, "the commands", func() bool { return cmds.get("a") != nil && cmds.get("b") != nil })
+			tight.Store(true)
+			answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
+			answer(t, c, cmds, "b", telemetryv1.CheckpointStatus_STATE_DONE)
+			if r := result(); r != tc.want {
+				t.Fatalf("Return = %s, want %s", r, tc.want)
+			}
+			ev := drainEvents(rec)
+			if tc.want == ReturnNotEvicted {
+				if got := evicted(); len(got) != 0 {
+					t.Fatalf("evicted %v while g-1 could not go", got)
+				}
+				if n := refused.Load(); n < 2 {
+					t.Fatalf("g-1 asked %d times: want it asked again after the budget refused it", n)
+				}
+				if strings.Count(ev, "Warning SpotReturnSkipped not moved back to Spot: the checkpoints are written, but the API server would not evict ml/g-1 (Cannot evict pod as it would violate the pod's disruption budget.) within 2s; nothing was evicted") != 2 {
+					t.Fatalf("events %q", ev)
+				}
+				return
+			}
+			if got := strings.Join(evicted(), ","); got != "g-0,g-1" {
+				t.Fatalf("evicted %s, want g-0,g-1 once the budget let g-1 go", got)
+			}
+			if strings.Count(ev, "Normal SpotReturn evicted to move back to Spot") != 2 {
+				t.Fatalf("events %q", ev)
+			}
+		})
+	}
+}
+
+// budgetRefuses makes client refuse, as a PodDisruptionBudget does, the
+// evictions of the pods refuse names, dry runs included, and accept the
+// others; it returns the pods evicted so far (not dry runs), in order.
+func budgetRefuses(client *fake.Clientset, refuse func(name string) bool) (evicted func() []string) {
+	var mu sync.Mutex
+	var names []string
+	onEvictions(client, func(ev *policyv1.Eviction) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if refuse(ev.Name) {
+			return apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+		}
+		if !dryRun(ev) {
+			names = append(names, ev.Name)
+		}
+		return nil
+	})
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), names...)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -40,10 +42,15 @@ type Returner struct {
 	leading atomic.Pointer[func(ctx context.Context) bool]
 
 	mu sync.Mutex
-	// moved is when each workload last moved, for the cooldown. In memory:
-	// a restarted scheduler may move a workload once more within it.
+	// moved is when each workload last moved, for the cooldown; kept in
+	// ReturnerOptions.Moves too, when set.
 	moved map[string]time.Time
 }
+
+// MovesKey is the key of the ConfigMap (penny-scheduler's
+// --reclaim-interrupted-configmap) that keeps when each workload last
+// moved back to Spot, one line each: `<workload> <RFC 3339 time>`.
+const MovesKey = "spot-returns"
 
 // NewReturner returns a Returner; the first SpotRisk built hands itself to
 // it (plugins.Deps.Returner).
@@ -66,6 +73,11 @@ func (r *Returner) SetLeading(leading func(ctx context.Context) bool) { r.leadin
 // ReturnerOptions configure Run.
 type ReturnerOptions struct {
 	Mover Mover
+	// Moves, when set, keeps when each workload last moved (MovesKey), so
+	// that a restarted scheduler, or a new leader, keeps to the cooldown:
+	// read before every round, written before every move. Nil: memory
+	// only.
+	Moves *configmaplines.Key
 	// Clock ticks the rounds; nil: the wall clock.
 	Clock clock.WithTicker
 }
@@ -100,7 +112,7 @@ func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 		if l := r.leading.Load(); l == nil || !(*l)(ctx) {
 			continue
 		}
-		if _, _, err := r.Round(ctx, o.Mover); err != nil {
+		if _, _, err := r.Round(ctx, o); err != nil {
 			logger.Error(err, "Looking for work to move back to Spot")
 		}
 	}
@@ -110,7 +122,7 @@ func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 // waits to be scheduled (room that appears on Spot is for it first), else
 // the one PlanReturn picks. It says which move it made, and whether the
 // Mover made it.
-func (r *Returner) Round(ctx context.Context, mover Mover) (ReturnMove, bool, error) {
+func (r *Returner) Round(ctx context.Context, o ReturnerOptions) (ReturnMove, bool, error) {
 	pl := r.pl.Load()
 	if pl == nil || pl.handle == nil || pl.handle.SharedInformerFactory() == nil {
 		return ReturnMove{}, false, fmt.Errorf("%s: no informers to read pods and nodes from", Name)
@@ -137,6 +149,22 @@ func (r *Returner) Round(ctx context.Context, mover Mover) (ReturnMove, bool, er
 		return ReturnMove{}, false, nil
 	}
 	now := pl.clock.Now()
+	logger := klog.FromContext(ctx)
+	cooldown := pl.args.ReturnToSpot.Cooldown.Duration
+	if o.Moves != nil {
+		// Another replica may have led, and moved work, since this one
+		// last did.
+		text, err := o.Moves.Read(ctx)
+		if err != nil {
+			return ReturnMove{}, false, fmt.Errorf("reading the moves made within the cooldown: %w", err)
+		}
+		r.mu.Lock()
+		err = r.mergeMoves(text, o.Moves.String())
+		r.mu.Unlock()
+		if err != nil {
+			logger.Error(err, "Skipping lines of the moves made within the cooldown", "want", "<workload> <RFC 3339 time>")
+		}
+	}
 	move, ok := pl.PlanReturn(now, pl.returnCandidates(pods, nodes, profile), r.movedAt)
 	if !ok {
 		return ReturnMove{}, false, nil
@@ -146,16 +174,74 @@ func (r *Returner) Round(ctx context.Context, mover Mover) (ReturnMove, bool, er
 	r.mu.Lock()
 	r.moved[move.Workload] = now
 	for w, at := range r.moved {
-		if now.Sub(at) >= pl.args.ReturnToSpot.Cooldown.Duration {
+		if now.Sub(at) >= cooldown {
 			delete(r.moved, w)
 		}
 	}
 	r.mu.Unlock()
-	klog.FromContext(ctx).Info("Moving work back to Spot", "workload", move.Workload, "pods", len(move.Pods),
+	if o.Moves != nil {
+		err := o.Moves.Update(ctx, func(text string) string {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			_ = r.mergeMoves(text, o.Moves.String()) // reported on the read
+			return r.movesText(now, cooldown)
+		})
+		if err != nil {
+			// A move not worth making is one that loses work, not one
+			// that might be made twice.
+			logger.Error(err, "Saving the move; a restarted scheduler may move the workload again within the cooldown", "workload", move.Workload)
+		}
+	}
+	logger.Info("Moving work back to Spot", "workload", move.Workload, "pods", len(move.Pods),
 		"remaining", move.Remaining, "onDemandPerHour", move.From, "spotPerHour", move.To, "saving", move.Saving)
 	why := fmt.Sprintf("workload %s fell back to on-demand capacity and Spot has room for it again: an expected $%.2f an hour on Spot instead of $%.2f, for the %v it is expected to run on, saves $%.0f",
 		move.Workload, move.To, move.From, move.Remaining.Round(time.Minute), move.Saving)
-	return move, mover.MoveToSpot(ctx, move.Workload, move.Pods, pl.args.ReturnToSpot.CheckpointTimeout.Duration, why), nil
+	return move, o.Mover.MoveToSpot(ctx, move.Workload, move.Pods, pl.args.ReturnToSpot.CheckpointTimeout.Duration, why), nil
+}
+
+// mergeMoves takes from text (MovesKey's lines) every move later than the
+// one r knows of the workload; the error names the lines it could not read.
+// r.mu must be held.
+func (r *Returner) mergeMoves(text, source string) error {
+	type move struct {
+		workload string
+		at       time.Time
+	}
+	moves, err := configmaplines.Parse(text, source, func(line string) (move, error) {
+		i := strings.LastIndexByte(line, ' ')
+		if i <= 0 {
+			return move{}, fmt.Errorf("want <workload> <RFC 3339 time>")
+		}
+		at, err := configmaplines.ParseTime(line[i+1:])
+		if err != nil {
+			return move{}, fmt.Errorf("the time: %w", err)
+		}
+		return move{workload: strings.TrimSpace(line[:i]), at: at}, nil
+	})
+	for _, m := range moves {
+		if m.at.After(r.moved[m.workload]) {
+			r.moved[m.workload] = m.at
+		}
+	}
+	return err
+}
+
+// movesText is MovesKey's text for the moves r knows of that are still
+// within cooldown at now, the oldest first. r.mu must be held.
+func (r *Returner) movesText(now time.Time, cooldown time.Duration) string {
+	var lines []string
+	for w, at := range r.moved {
+		if now.Sub(at) < cooldown {
+			lines = append(lines, at.UTC().Format(time.RFC3339)+" "+w)
+		}
+	}
+	sort.Strings(lines)
+	var b strings.Builder
+	for _, l := range lines {
+		at, w, _ := strings.Cut(l, " ")
+		b.WriteString(w + " " + at + "\n")
+	}
+	return b.String()
 }
 
 func (r *Returner) movedAt(workload string) (time.Time, bool) {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
 
+	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -48,6 +49,8 @@ type returnWorld struct {
 	factory informers.SharedInformerFactory
 	r       *Returner
 	m       *mover
+	// moves, when set, is where the Returner keeps its moves.
+	moves *configmaplines.Key
 }
 
 func newReturnWorld(t *testing.T, args *Args) *returnWorld {
@@ -92,7 +95,7 @@ func (w *returnWorld) add(t *testing.T, objs ...any) {
 
 func (w *returnWorld) round(t *testing.T) (ReturnMove, bool) {
 	t.Helper()
-	move, moved, err := w.r.Round(context.Background(), w.m)
+	move, moved, err := w.r.Round(context.Background(), ReturnerOptions{Mover: w.m, Moves: w.moves})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +143,42 @@ func TestReturnerMovesFallenBackWorkToRoomOnSpot(t *testing.T) {
 		t.Fatalf("moved %+v again within the cooldown", move)
 	}
 	w.e.clock.Step(6 * time.Hour)
+	if _, moved := w.round(t); !moved {
+		t.Fatal("not moved once the cooldown was over")
+	}
+}
+
+// The moves are kept in the ConfigMap: a restarted scheduler (a new
+// Returner) reads them and keeps to the cooldown, where one that kept them
+// in memory only would move the workload again at once. A line it cannot
+// read is skipped, the others kept.
+func TestReturnerKeepsItsMovesAcrossARestart(t *testing.T) {
+	w := newReturnWorld(t, nil).sync(t)
+	client := fake.NewClientset(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "penny-interrupted-runs"},
+		Data: map[string]string{MovesKey: "not a move\ndefault/other 2026-01-01T00:00:00Z\n"}})
+	w.moves = &configmaplines.Key{Client: client, Namespace: "penny-system", Name: "penny-interrupted-runs", Key: MovesKey}
+	w.e.clock.SetTime(t0.Add(2 * time.Hour))
+	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
+		running(movable("train", "24h"), "od", t0))
+	if _, moved := w.round(t); !moved {
+		t.Fatal("not moved")
+	}
+	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), "penny-interrupted-runs", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// default/other moved long before the cooldown: forgotten.
+	if got, want := cm.Data[MovesKey], "default/train "+t0.Add(2*time.Hour).UTC().Format(time.RFC3339)+"\n"; got != want {
+		t.Fatalf("saved %q, want %q", got, want)
+	}
+
+	w.r = NewReturner()
+	w.r.Use(w.e.plugin)
+	w.e.clock.Step(time.Hour)
+	if move, moved := w.round(t); moved {
+		t.Fatalf("a restarted Returner moved %+v again within the cooldown", move)
+	}
+	w.e.clock.Step(5 * time.Hour)
 	if _, moved := w.round(t); !moved {
 		t.Fatal("not moved once the cooldown was over")
 	}

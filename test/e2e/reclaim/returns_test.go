@@ -7,10 +7,13 @@ import (
 	"testing"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
@@ -21,6 +24,19 @@ import (
 	"github.com/pennysched/penny/plugins/spotrisk"
 	"github.com/pennysched/penny/test/harness"
 )
+
+// podWithIndex is the name of the member of original with Job completion
+// index i.
+func podWithIndex(t *testing.T, original []*podTrainer, i string) string {
+	t.Helper()
+	for _, pt := range original {
+		if pt.pod.Labels[batchv1.JobCompletionIndexAnnotation] == i {
+			return pt.pod.Name
+		}
+	}
+	t.Fatalf("no member with completion index %s", i)
+	return ""
+}
 
 // One on-demand and one Spot node of two GPUs each, priced by the shipped
 // catalog.
@@ -33,11 +49,15 @@ pools:
 
 // A 2-member gang of checkpointing training that prefers Spot finds the
 // Spot node cordoned, falls back to the on-demand node after its 1s wait,
-// and runs there. While Spot has no room nothing moves it; once the Spot
-// node is schedulable again, penny-scheduler's mover asks both members'
-// agent for a checkpoint, evicts them once both are written (a SpotReturn
-// event each), the Job controller makes new members, and they run on the
-// Spot node, resuming from the checkpoints the move wrote.
+// and runs there. While Spot has no room nothing moves it. Once the Spot
+// node is schedulable again, a PodDisruptionBudget that covers one member
+// and keeps it available stops every move before any checkpoint is asked
+// for (the API server refuses the dry-run eviction; a SpotReturnSkipped
+// event each), so the other member is not evicted alone. With the budget
+// deleted, penny-scheduler's mover asks both members' agent for a
+// checkpoint, evicts them once both are written (a SpotReturn event each),
+// the Job controller makes new members, and they run on the Spot node,
+// resuming from the checkpoints the move wrote.
 func TestFallenBackGangMovesBackToSpot(t *testing.T) {
 	catalog, err := pricing.Parse(deploy.PriceCatalog, "deploy/pricing/catalog.yaml")
 	if err != nil {
@@ -49,7 +69,7 @@ func TestFallenBackGangMovesBackToSpot(t *testing.T) {
 	if strings.Count(string(deploy.SchedulerConfig), shipped) != 1 {
 		t.Fatalf("deploy/scheduler/config.yaml has no single %q to change", shipped)
 	}
-	config := strings.Replace(string(deploy.SchedulerConfig), shipped, "enabled: true\n        every: 1s\n        minRunning: 0s\n        checkpointTimeout: 20s", 1)
+	config := strings.Replace(string(deploy.SchedulerConfig), shipped, "enabled: true\n        every: 1s\n        minRunning: 0s\n        cooldown: 2s\n        checkpointTimeout: 20s", 1)
 	w := newWorldWith(t, returnFleet, worldOptions{schedulerConfig: []byte(config), returner: spotrisk.NewReturner(), prices: catalog})
 	const od, spot = "od-0", "spot-0"
 	for _, node := range []string{od, spot} {
@@ -98,8 +118,37 @@ func TestFallenBackGangMovesBackToSpot(t *testing.T) {
 		}
 	}
 
+	pdb := &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "keep-index-1", Namespace: ns},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MinAvailable: ptr.To(intstr.FromInt32(1)),
+			Selector:     &metav1.LabelSelector{MatchLabels: map[string]string{batchv1.JobCompletionIndexAnnotation: "1"}},
+		},
+	}
+	if _, err := w.c.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	w.schedulable(t, od, spot)
+	for _, pt := range original {
+		ev := harness.WaitForEvent(t, w.c, ns, pt.pod.Name, "SpotReturnSkipped", 30*time.Second)
+		if !strings.Contains(ev, "not moved back to Spot: the API server would not evict "+ns+"/"+podWithIndex(t, original, "1")+" (") ||
+			!strings.Contains(ev, "nothing was checkpointed or evicted") {
+			t.Errorf("SpotReturnSkipped event of %s: %q", pt.pod.Name, ev)
+		}
+	}
+	for _, pt := range original {
+		if got := pt.tr.Received(); len(got) != 0 {
+			t.Fatalf("member %s was asked for a checkpoint for a move the budget stops: %v", pt.pod.Name, got)
+		}
+		if p, err := w.c.Client.CoreV1().Pods(ns).Get(ctx, pt.pod.Name, metav1.GetOptions{}); err != nil || p.UID != pt.pod.UID || p.DeletionTimestamp != nil {
+			t.Fatalf("member %s evicted while the budget stops the move of its gang (err %v)", pt.pod.Name, err)
+		}
+	}
+
 	askedAt := time.Now()
+	if err := w.c.Client.PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, pdb.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	originalUIDs := map[types.UID]bool{}
 	for _, pt := range original {
 		originalUIDs[pt.pod.UID] = true
@@ -118,6 +167,12 @@ func TestFallenBackGangMovesBackToSpot(t *testing.T) {
 		if !strings.Contains(ev, "evicted to move back to Spot, its checkpoint written: workload label:"+ns+"/train fell back to on-demand capacity and Spot has room for it again") {
 			t.Errorf("SpotReturn event of %s: %q", pt.pod.Name, ev)
 		}
+	}
+	// The move is kept for the cooldown, where a restarted scheduler reads
+	// it.
+	cm, err := w.c.Client.CoreV1().ConfigMaps("penny-system").Get(ctx, "penny-interrupted-runs", metav1.GetOptions{})
+	if err != nil || !strings.HasPrefix(cm.Data[spotrisk.MovesKey], "label:"+ns+"/train ") {
+		t.Errorf("moves kept in configmap penny-system/penny-interrupted-runs: %v (err %v), want the gang's", cm.Data, err)
 	}
 	var replaced []*podTrainer
 	poll(t, "gang evicted and placed again on Spot", 90*time.Second, func() (bool, string) {

@@ -34,6 +34,7 @@ import (
 	"github.com/pennysched/penny/agent/reclaim"
 	"github.com/pennysched/penny/agent/report"
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/pkg/pricing"
 	pkgreclaim "github.com/pennysched/penny/pkg/reclaim"
@@ -143,7 +144,8 @@ func newWorldWith(t *testing.T, fleet string, o worldOptions) *world {
 		moved := make(chan struct{})
 		go func() {
 			defer close(moved)
-			o.returner.Run(runCtx, spotrisk.ReturnerOptions{Mover: coordinator})
+			o.returner.Run(runCtx, spotrisk.ReturnerOptions{Mover: coordinator, Moves: &configmaplines.Key{
+				Client: w.c.Client, Namespace: "penny-system", Name: "penny-interrupted-runs", Key: spotrisk.MovesKey}})
 		}()
 		t.Cleanup(func() { cancel(); <-moved })
 	}
