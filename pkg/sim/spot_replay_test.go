@@ -1790,6 +1790,25 @@ pools:
 	}
 }
 
+// A GPU that a share holds is no room for a whole-GPU pod, though
+// nvidia.com/gpu counts it free (shares ask for penny.dev/gpu-milli): the
+// trainer that fell back while a half-GPU trainer held the one Spot node's
+// GPU is not moved there, as penny-scheduler's mover would not move it.
+func TestElasticMovesNothingOntoAGPUAShareHolds(t *testing.T) {
+	s := spotScenario(t, "1", "0s")
+	ann := s.Classes[1].Annotations
+	ann["penny.dev/checkpoint"], ann[spotrisk.AnnotationExpectedRuntime] = "http://:8080/checkpoint", "20h"
+	share := TracePod{Pod: NewPod(SimNamespace, "share", 4000, 16*1024, 1, 500, nil), Duration: 25 * time.Hour, Source: "test:share"}
+	share.Pod.Labels[LabelQoS] = "BE"
+	res := spotReplay(t, s, "penny", 42, share, spotTracePod("second", "BE", 1, time.Minute, 20*time.Hour))
+	if res.Returns != 0 {
+		t.Fatalf("%d moves back to Spot (%d pods), want none: the Spot node's one GPU is shared", res.Returns, res.ReturnedPods)
+	}
+	if res.Fallbacks == 0 {
+		t.Fatalf("no fallback: the trainer did not wait for the shared GPU, so the test shows nothing")
+	}
+}
+
 // A Spot-preferring trainer that fell back to on-demand (the one Spot node
 // taken by "first") moves back to Spot once "first" ends and leaves the
 // node free: checkpointed on request, it keeps its work, loses only the

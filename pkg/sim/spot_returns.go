@@ -11,7 +11,9 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	fwk "k8s.io/kube-scheduler/framework"
 
+	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
@@ -165,17 +167,39 @@ func (r *elastic) runningMembers(g *elGang) []int {
 // those under a reclaim notice, pool by pool. Room the autoscaler could add
 // does not count: penny-scheduler's mover sees only the nodes there are
 // (the autoscaler grows a pool for pods that wait, not for pods that run).
+// GPUs count as free only when no pod holds any part of them, as the mover
+// counts them (spotrisk.GPUsHeld): a GPU shared (penny.dev/gpu-milli, not
+// in nvidia.com/gpu) is no whole-GPU pod's.
 func (r *elastic) spotRoom() ([][]spotrisk.SpotRoom, error) {
 	ready, err := r.readyRoom()
 	if err != nil {
 		return nil, err
 	}
+	nis, err := r.e.NodeInfos()
+	if err != nil {
+		return nil, err
+	}
+	infos := make(map[string]fwk.NodeInfo, len(nis))
+	for _, ni := range nis {
+		infos[ni.Node().Name] = ni
+	}
 	byPool := make([][]spotrisk.SpotRoom, len(r.pools))
+	var pods []*v1.Pod
 	for _, f := range ready {
-		if f.node.pool.spec.capacity == pricing.Spot && !f.node.noticed {
-			k := f.node.pool.index
-			byPool[k] = append(byPool[k], spotrisk.SpotRoom{Node: f.node.node, CPUMilli: f.cpu, MemoryBytes: f.mem, GPUs: f.gpus})
+		if f.node.pool.spec.capacity != pricing.Spot || f.node.noticed {
+			continue
 		}
+		ni := infos[f.node.name]
+		if ni == nil {
+			continue
+		}
+		pods = pods[:0]
+		for _, pi := range ni.GetPods() {
+			pods = append(pods, pi.GetPod())
+		}
+		k := f.node.pool.index
+		byPool[k] = append(byPool[k], spotrisk.SpotRoom{Node: f.node.node, CPUMilli: f.cpu, MemoryBytes: f.mem,
+			GPUs: ni.GetAllocatable().GetScalarResources()[gpu.ResourceGPU] - spotrisk.GPUsHeld(pods)})
 	}
 	return byPool, nil
 }

@@ -278,6 +278,7 @@ func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, p
 	workloads := map[string]*workload{}
 	var order []string
 	used := map[string]pricing.Usage{}
+	onNode := map[string][]*corev1.Pod{}
 	for _, p := range pods {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
@@ -287,6 +288,7 @@ func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, p
 			pu := pricing.PodUsage(p)
 			u.CPUMilli, u.MemoryBytes, u.GPUMilli = u.CPUMilli+pu.CPUMilli, u.MemoryBytes+pu.MemoryBytes, u.GPUMilli+pu.GPUMilli
 			used[p.Spec.NodeName] = u
+			onNode[p.Spec.NodeName] = append(onNode[p.Spec.NodeName], p)
 		}
 		if p.Spec.SchedulerName != profile || p.DeletionTimestamp != nil {
 			continue
@@ -315,7 +317,7 @@ func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, p
 			continue
 		}
 		if rooms == nil {
-			rooms = pl.spotRooms(nodes, used)
+			rooms = pl.spotRooms(nodes, used, onNode)
 		}
 		sort.Slice(w.pods, func(i, j int) bool { return w.pods[i].Name < w.pods[j].Name })
 		spot := pl.PlaceOnSpot(w.pods, rooms)
@@ -336,9 +338,31 @@ func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, p
 	return out
 }
 
+// GPUsHeld counts the GPUs of one node that its pods hold, whole or in
+// part: the devices of their penny.dev/gpu-assignment, and for a pod
+// without one (another scheduler placed it) as many GPUs as it asks for, a
+// share counting one. Two shares of half a GPU may sit on two GPUs and
+// leave neither to a whole-GPU pod, so shares count by the devices they
+// hold, not by their sum.
+func GPUsHeld(pods []*corev1.Pod) int64 {
+	devices := map[int]bool{}
+	var unknown int64
+	for _, p := range pods {
+		a, err := gpu.PodAssignment(p)
+		if err != nil {
+			unknown += (pricing.PodUsage(p).GPUMilli + gpu.MilliPerGPU - 1) / gpu.MilliPerGPU
+			continue
+		}
+		for _, slot := range a {
+			devices[slot.GPU] = true
+		}
+	}
+	return int64(len(devices)) + unknown
+}
+
 // spotRooms is the free room of the Spot nodes pods may be placed on
 // (ready, schedulable, no reclaim pending), by pool.
-func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, used map[string]pricing.Usage) [][]SpotRoom {
+func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, used map[string]pricing.Usage, onNode map[string][]*corev1.Pod) [][]SpotRoom {
 	byPool := map[pricing.Pool][]SpotRoom{}
 	var pools []pricing.Pool
 	sorted := append([]*corev1.Node(nil), nodes...)
@@ -351,7 +375,7 @@ func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, used map[string]pricing.Usag
 		a, u := n.Status.Allocatable, used[n.Name]
 		room := SpotRoom{Node: n, CPUMilli: a.Cpu().MilliValue() - u.CPUMilli, MemoryBytes: a.Memory().Value() - u.MemoryBytes}
 		if g, ok := a[gpu.ResourceGPU]; ok {
-			room.GPUs = g.Value() - (u.GPUMilli+gpu.MilliPerGPU-1)/gpu.MilliPerGPU
+			room.GPUs = g.Value() - GPUsHeld(onNode[n.Name])
 		}
 		k := pricing.PoolOf(n, capacity)
 		if _, ok := byPool[k]; !ok {

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -193,6 +194,20 @@ func TestReturnerLeavesWorkWhereItIs(t *testing.T) {
 		},
 		"the Spot node is full": func(w *returnWorld) []any {
 			return []any{gpus(running(pod("big", nil), "spot", t0), "8")}
+		},
+		// Half of each GPU taken: half of the node's GPU milli, and no
+		// GPU a whole-GPU pod could have.
+		"shares hold every Spot GPU": func(w *returnWorld) []any {
+			var out []any
+			for i := range 8 {
+				p := running(pod(fmt.Sprintf("share-%d", i), nil), "spot", t0)
+				p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi")}
+				delete(p.Spec.Containers[0].Resources.Limits, gpu.ResourceGPU)
+				p.Spec.Containers[0].Resources.Limits[gpu.ResourceGPUMilli] = resource.MustParse("500")
+				p.Annotations = map[string]string{gpu.AnnotationAssignment: fmt.Sprintf("%d:500m", i)}
+				out = append(out, p)
+			}
+			return out
 		},
 		"the Spot node is being reclaimed": func(w *returnWorld) []any {
 			n := readyNode(node("spot", pricing.Spot, "us-east-1a"))
