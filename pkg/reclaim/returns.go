@@ -84,14 +84,17 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 		log.Info("not moving back to Spot: the reclaim coordinator does not run yet", "pods", len(req.Pods))
 		return c.returned(ReturnNoCheckpoint)
 	}
+	// skipped tells every pod why the move was not made.
+	skipped := func(format string, args ...any) {
+		for _, p := range req.Pods {
+			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped", "not moved back to Spot: "+format, args...)
+		}
+	}
 	if refused, err := c.refusedEvictions(ctx, req.Pods, time.Time{}, log); err != nil {
 		return c.returned(ReturnNoCheckpoint)
 	} else if len(refused) > 0 {
 		log.Info("not moving back to Spot: the API server would not evict every pod now", "pods", refused)
-		for _, p := range req.Pods {
-			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped",
-				"not moved back to Spot: the API server would not evict %s now; nothing was checkpointed or evicted", strings.Join(refused, ", "))
-		}
+		skipped("the API server would not evict %s now; nothing was checkpointed or evicted", strings.Join(refused, ", "))
 		return c.returned(ReturnRefused)
 	}
 	deadline := time.Now().Add(req.Timeout)
@@ -166,10 +169,7 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 	if len(missing) > 0 {
 		sort.Strings(missing)
 		log.Info("not moving back to Spot: checkpoints not written in time", "timeout", req.Timeout, "pods", missing)
-		for _, p := range req.Pods {
-			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped",
-				"not moved back to Spot: the checkpoints of %s were not written within %v; nothing was evicted", strings.Join(missing, ", "), req.Timeout)
-		}
+		skipped("the checkpoints of %s were not written within %v; nothing was evicted", strings.Join(missing, ", "), req.Timeout)
 		return c.returned(ReturnNoCheckpoint)
 	}
 	// A PodDisruptionBudget's refusal is asked again until the timeout runs
@@ -181,10 +181,7 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 		return c.returned(ReturnNotEvicted)
 	} else if len(refused) > 0 {
 		log.Info("not moving back to Spot: the API server would not evict every pod", "timeout", req.Timeout, "pods", refused)
-		for _, p := range req.Pods {
-			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnSkipped",
-				"not moved back to Spot: the checkpoints are written, but the API server would not evict %s within %v; nothing was evicted", strings.Join(refused, ", "), req.Timeout)
-		}
+		skipped("the checkpoints are written, but the API server would not evict %s within %v; nothing was evicted", strings.Join(refused, ", "), req.Timeout)
 		return c.returned(ReturnNotEvicted)
 	}
 	failed := false

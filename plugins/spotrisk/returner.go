@@ -229,17 +229,19 @@ func (r *Returner) mergeMoves(text, source string) error {
 // movesText is MovesKey's text for the moves r knows of that are still
 // within cooldown at now, the oldest first. r.mu must be held.
 func (r *Returner) movesText(now time.Time, cooldown time.Duration) string {
-	var lines []string
+	var kept []string
 	for w, at := range r.moved {
 		if now.Sub(at) < cooldown {
-			lines = append(lines, at.UTC().Format(time.RFC3339)+" "+w)
+			kept = append(kept, w)
 		}
 	}
-	sort.Strings(lines)
+	sort.Slice(kept, func(i, j int) bool {
+		a, b := r.moved[kept[i]], r.moved[kept[j]]
+		return a.Before(b) || a.Equal(b) && kept[i] < kept[j]
+	})
 	var b strings.Builder
-	for _, l := range lines {
-		at, w, _ := strings.Cut(l, " ")
-		b.WriteString(w + " " + at + "\n")
+	for _, w := range kept {
+		b.WriteString(w + " " + r.moved[w].UTC().Format(time.RFC3339) + "\n")
 	}
 	return b.String()
 }
@@ -277,17 +279,12 @@ func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, p
 	}
 	workloads := map[string]*workload{}
 	var order []string
-	used := map[string]pricing.Usage{}
 	onNode := map[string][]*corev1.Pod{}
 	for _, p := range pods {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		if p.Spec.NodeName != "" {
-			u := used[p.Spec.NodeName]
-			pu := pricing.PodUsage(p)
-			u.CPUMilli, u.MemoryBytes, u.GPUMilli = u.CPUMilli+pu.CPUMilli, u.MemoryBytes+pu.MemoryBytes, u.GPUMilli+pu.GPUMilli
-			used[p.Spec.NodeName] = u
 			onNode[p.Spec.NodeName] = append(onNode[p.Spec.NodeName], p)
 		}
 		if p.Spec.SchedulerName != profile || p.DeletionTimestamp != nil {
@@ -317,7 +314,7 @@ func (pl *SpotRisk) returnCandidates(pods []*corev1.Pod, nodes []*corev1.Node, p
 			continue
 		}
 		if rooms == nil {
-			rooms = pl.spotRooms(nodes, used, onNode)
+			rooms = pl.spotRooms(nodes, onNode)
 		}
 		sort.Slice(w.pods, func(i, j int) bool { return w.pods[i].Name < w.pods[j].Name })
 		spot := pl.PlaceOnSpot(w.pods, rooms)
@@ -361,8 +358,9 @@ func GPUsHeld(pods []*corev1.Pod) int64 {
 }
 
 // spotRooms is the free room of the Spot nodes pods may be placed on
-// (ready, schedulable, no reclaim pending), by pool.
-func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, used map[string]pricing.Usage, onNode map[string][]*corev1.Pod) [][]SpotRoom {
+// (ready, schedulable, no reclaim pending), by pool, given the live pods on
+// each node.
+func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, onNode map[string][]*corev1.Pod) [][]SpotRoom {
 	byPool := map[pricing.Pool][]SpotRoom{}
 	var pools []pricing.Pool
 	sorted := append([]*corev1.Node(nil), nodes...)
@@ -372,8 +370,12 @@ func (pl *SpotRisk) spotRooms(nodes []*corev1.Node, used map[string]pricing.Usag
 		if !capacity.IsSpot() || n.Spec.Unschedulable || !ready(n) || pl.reclaimPending(n) {
 			continue
 		}
-		a, u := n.Status.Allocatable, used[n.Name]
-		room := SpotRoom{Node: n, CPUMilli: a.Cpu().MilliValue() - u.CPUMilli, MemoryBytes: a.Memory().Value() - u.MemoryBytes}
+		a := n.Status.Allocatable
+		room := SpotRoom{Node: n, CPUMilli: a.Cpu().MilliValue(), MemoryBytes: a.Memory().Value()}
+		for _, p := range onNode[n.Name] {
+			u := pricing.PodUsage(p)
+			room.CPUMilli, room.MemoryBytes = room.CPUMilli-u.CPUMilli, room.MemoryBytes-u.MemoryBytes
+		}
 		if g, ok := a[gpu.ResourceGPU]; ok {
 			room.GPUs = g.Value() - GPUsHeld(onNode[n.Name])
 		}
