@@ -2,6 +2,7 @@ package pricing
 
 import (
 	"errors"
+	"maps"
 	"math"
 	"strings"
 	"testing"
@@ -136,6 +137,7 @@ func FuzzParseSavedPools(f *testing.F) {
 		"p4d.24xlarge/us-east-1a/spot 2.5 -1 2026-11-30T08:00:00Z\np4d.24xlarge/us-east-1a/spot 2.5 1460 yesterday",
 		"a/b/spot 1e308 0x1p-2 2026-11-30T08:00:00Z",
 		"a/b/spot 0 0 0000-01-01T00:00:00+01:00",
+		"a/b/spot 1 2 2026-11-30T08:00:00Z n@1@2026-11-30T09:00:00+01:00 m@2026-11-30T09:00:00Z m@x",
 	} {
 		f.Add(s)
 	}
@@ -158,7 +160,8 @@ func FuzzParseSavedPools(f *testing.F) {
 			t.Fatalf("%v written and read back as %v, %v", pools, back, err)
 		}
 		for i := range pools {
-			if back[i].Pool != pools[i].Pool || back[i].Reclaims != pools[i].Reclaims || back[i].NodeHours != pools[i].NodeHours || !back[i].At.Equal(pools[i].At) {
+			if back[i].Pool != pools[i].Pool || back[i].Reclaims != pools[i].Reclaims || back[i].NodeHours != pools[i].NodeHours || !back[i].At.Equal(pools[i].At) ||
+				!maps.EqualFunc(back[i].Counted, pools[i].Counted, time.Time.Equal) {
 				t.Fatalf("%+v written and read back as %+v", pools[i], back[i])
 			}
 			if back[i].At.Location() != time.UTC {

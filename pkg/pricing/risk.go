@@ -214,7 +214,19 @@ type evidence struct {
 	nodeHours float64
 	at        time.Time
 	total     int
+	// counted holds the nodes whose reclaim is in the evidence, each until
+	// when another report of it is the same reclaim (ReclaimMemory). It is
+	// saved with the evidence: the coordinator records a notice as observed
+	// only after the save, and a scheduler restarted between the two hears
+	// the notice again.
+	counted map[string]time.Time
 }
+
+// ReclaimMemory is how long after it is counted a node's reclaim is
+// remembered, so that a report of it again is not counted again: a node is reclaimed once, and its notice is in force
+// for minutes (two on AWS). A node recreated under the same name (a GKE Spot
+// VM) and reclaimed again after that counts again.
+const ReclaimMemory = time.Hour
 
 var _ ReclaimFeed = &RiskModel{}
 var _ RiskSource = &RiskModel{}
@@ -301,10 +313,27 @@ func (m *RiskModel) ObserveExposure(pool Pool, nodeHours float64, at time.Time) 
 	m.notify(pool)
 }
 
-// ObserveReclaim implements ReclaimFeed.
+// ObserveReclaim implements ReclaimFeed. A node already counted within
+// ReclaimMemory is not counted again, whichever copy of the model counted it.
 func (m *RiskModel) ObserveReclaim(pool Pool, node string, at time.Time) {
 	m.mu.Lock()
 	e := m.ev(pool)
+	now := m.cfg.Clock.Now()
+	for n, until := range e.counted {
+		if !now.Before(until) {
+			delete(e.counted, n)
+		}
+	}
+	if _, ok := e.counted[node]; ok && node != "" {
+		m.mu.Unlock()
+		return
+	}
+	if node != "" {
+		if e.counted == nil {
+			e.counted = map[string]time.Time{}
+		}
+		e.counted[node] = now.Add(ReclaimMemory)
+	}
 	m.decayTo(e, at)
 	e.reclaims++
 	e.total++

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,10 +17,11 @@ import (
 
 // RiskKey is the ConfigMap key, next to InterruptedKey in the same
 // ConfigMap, that holds the risk model's evidence: one line per Spot pool,
-// "<instance type>/<zone>/spot <reclaims> <node-hours> <as of>", the
-// reclaims and node-hours observed discounted by the half-life to the
-// pool's last observation, e.g.
-// "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z".
+// "<instance type>/<zone>/spot <reclaims> <node-hours> <as of> [<node>@<until> ...]",
+// the reclaims and node-hours observed discounted by the half-life to the
+// pool's last observation, then the nodes whose reclaim they count, each
+// with when ReclaimMemory ends for it, e.g.
+// "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5.ec2.internal@2026-11-30T09:00:00Z".
 const RiskKey = "reclaim-risk"
 
 // RiskMaxBytes bounds the saved evidence. It shares its ConfigMap with the
@@ -41,11 +44,14 @@ const DefaultRiskResync = 10 * time.Minute
 const forgetBelow = 1e-4
 
 // SavedPool is one Spot pool's evidence as saved: the reclaims and
-// node-hours observed, discounted to At, the pool's last observation.
+// node-hours observed, discounted to At, the pool's last observation, and
+// the nodes counted among the reclaims, each until when a report of it
+// again is the same reclaim.
 type SavedPool struct {
 	Pool                Pool
 	Reclaims, NodeHours float64
 	At                  time.Time
+	Counted             map[string]time.Time
 }
 
 func (o *PersistOptions) riskKey() configmaplines.Key {
@@ -63,7 +69,16 @@ func (m *RiskModel) Saved() []SavedPool {
 		if pool.Capacity != Spot || e.at.IsZero() || m.faded(e, now) {
 			continue
 		}
-		out = append(out, SavedPool{Pool: pool, Reclaims: e.reclaims, NodeHours: e.nodeHours, At: e.at})
+		s := SavedPool{Pool: pool, Reclaims: e.reclaims, NodeHours: e.nodeHours, At: e.at}
+		for node, until := range e.counted {
+			if now.Before(until) {
+				if s.Counted == nil {
+					s.Counted = map[string]time.Time{}
+				}
+				s.Counted[node] = until
+			}
+		}
+		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Pool.String() < out[j].Pool.String() })
 	return out
@@ -102,6 +117,8 @@ func (m *RiskModel) forgetFaded() {
 // idempotent, takes in what this replica missed while it was down, and
 // never counts anything twice. A reclaim that one replica saw and another
 // did not, while that one saw a different one, counts once, not twice.
+// The nodes the copy counted are taken in too, so that neither replica nor
+// a restarted one counts one of them again when its notice comes in (later).
 func (m *RiskModel) Merge(saved []SavedPool) {
 	var merged []Pool
 	defer func() { m.notify(merged...) }()
@@ -126,9 +143,30 @@ func (m *RiskModel) Merge(saved []SavedPool) {
 		r, h := m.decayed(e, at)
 		ir, ih := m.decayed(in, at)
 		e.reclaims, e.nodeHours, e.at = max(r, ir), max(h, ih), at
+		for node, until := range s.Counted {
+			if node == "" || !now.Before(until) {
+				continue
+			}
+			// A writer whose clock ran ahead would have a node stay
+			// counted for longer than ReclaimMemory.
+			until = minTime(until, now.Add(ReclaimMemory))
+			if e.counted == nil {
+				e.counted = map[string]time.Time{}
+			}
+			if until.After(e.counted[node]) {
+				e.counted[node] = until
+			}
+		}
 		m.publish(s.Pool)
 		merged = append(merged, s.Pool)
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // validEvidence is whether x can be evidence: NaN or +Inf would stay in the
@@ -187,6 +225,10 @@ func FormatSavedPools(pools []SavedPool) string {
 	for i, p := range pools {
 		lines[i] = p.Pool.String() + " " + strconv.FormatFloat(p.Reclaims, 'g', -1, 64) + " " +
 			strconv.FormatFloat(p.NodeHours, 'g', -1, 64) + " " + p.At.UTC().Format(time.RFC3339Nano)
+		nodes := slices.Sorted(maps.Keys(p.Counted))
+		for _, node := range nodes {
+			lines[i] += " " + node + "@" + p.Counted[node].UTC().Format(time.RFC3339Nano)
+		}
 		byAge[i] = i
 	}
 	sort.SliceStable(byAge, func(a, b int) bool { return pools[byAge[a]].At.After(pools[byAge[b]].At) })
@@ -219,9 +261,9 @@ func ParseSavedPools(data, source string) ([]SavedPool, error) {
 }
 
 func parseSavedPool(line string) (SavedPool, error) {
-	const want = `want "<instance type>/<zone>/spot <reclaims> <node-hours> <as of>", the reclaims and node-hours numbers >= 0, the time in RFC 3339, e.g. "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z"`
+	const want = `want "<instance type>/<zone>/spot <reclaims> <node-hours> <as of> [<node>@<until> ...]", the reclaims and node-hours numbers >= 0, the times in RFC 3339, e.g. "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5.ec2.internal@2026-11-30T09:00:00Z"`
 	f := strings.Fields(line)
-	if len(f) != 4 {
+	if len(f) < 4 {
 		return SavedPool{}, errors.New(want)
 	}
 	parts := strings.Split(f[0], "/")
@@ -241,6 +283,20 @@ func parseSavedPool(line string) (SavedPool, error) {
 	}
 	if s.At, err = configmaplines.ParseTime(f[3]); err != nil {
 		return SavedPool{}, fmt.Errorf("as of %q is not an RFC 3339 time: %s", f[3], want)
+	}
+	for _, c := range f[4:] {
+		at := strings.LastIndexByte(c, '@')
+		if at <= 0 {
+			return SavedPool{}, fmt.Errorf("counted node %q is not <node>@<until>: %s", c, want)
+		}
+		until, err := configmaplines.ParseTime(c[at+1:])
+		if err != nil {
+			return SavedPool{}, fmt.Errorf("counted node %q: %q is not an RFC 3339 time: %s", c, c[at+1:], want)
+		}
+		if s.Counted == nil {
+			s.Counted = map[string]time.Time{}
+		}
+		s.Counted[c[:at]] = until
 	}
 	return s, nil
 }

@@ -3,6 +3,7 @@ package pricing
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -137,10 +138,67 @@ func TestFadedRiskEvidenceIsForgotten(t *testing.T) {
 	}
 }
 
+// The coordinator records a Spot notice as observed only after it saved the
+// evidence; a scheduler restarted between the two hears the notice again.
+// The saved evidence names the nodes it counted, so the reclaim counts once,
+// and a node recreated under the same name counts again once ReclaimMemory
+// is over.
+func TestAReclaimSavedBeforeARestartCountsOnce(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	cfg := RiskConfig{Clock: clk}
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}
+	before := NewRiskModel(cfg)
+	before.ObserveExposure(pool, 100, t0)
+	before.ObserveReclaim(pool, "spot-7", t0)
+	o := riskPersistOptions(t)
+	if err := before.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	text, err := o.riskKey().Read(ctx)
+	if want := " spot-7@" + t0.Add(ReclaimMemory).Format(time.RFC3339); err != nil || !strings.Contains(text, want) {
+		t.Fatalf("saved %q (%v), want the counted node %q", text, err, want)
+	}
+
+	after := NewRiskModel(cfg)
+	if err := after.Load(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	after.ObserveReclaim(pool, "spot-7", t0)
+	if got, want := after.ReclaimRate(pool), before.ReclaimRate(pool); got != want || after.Reclaims(pool) != 0 {
+		t.Errorf("the notice heard again after the restart: rate %g and %d reclaims counted, want %g as before and 0", got, after.Reclaims(pool), want)
+	}
+	after.ObserveReclaim(pool, "spot-8", t0)
+	if after.Reclaims(pool) != 1 {
+		t.Errorf("another node's reclaim: %d counted, want 1", after.Reclaims(pool))
+	}
+
+	clk.SetTime(t0.Add(ReclaimMemory))
+	after.ObserveReclaim(pool, "spot-7", clk.Now())
+	if after.Reclaims(pool) != 2 {
+		t.Errorf("spot-7 recreated and reclaimed %v later: %d counted, want 2", ReclaimMemory, after.Reclaims(pool))
+	}
+	// A copy whose writer's clock ran a year ahead does not keep a node
+	// counted for a year.
+	after.Merge([]SavedPool{{Pool: pool, At: clk.Now(), Counted: map[string]time.Time{"spot-9": t0.Add(365 * 24 * time.Hour)}}})
+	clk.SetTime(clk.Now().Add(ReclaimMemory))
+	after.ObserveReclaim(pool, "spot-9", clk.Now())
+	if after.Reclaims(pool) != 3 {
+		t.Errorf("spot-9, counted until a year ahead by a copy: %d counted %v later, want 3", after.Reclaims(pool), ReclaimMemory)
+	}
+	for _, p := range after.Saved() {
+		if _, ok := p.Counted["spot-8"]; ok {
+			t.Errorf("saved %+v: spot-8's memory is over and should not be saved", p)
+		}
+	}
+}
+
 func TestSavedRiskEvidenceRoundTripsAndStaysUnderItsLimit(t *testing.T) {
 	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
 	pools := []SavedPool{
-		{Pool: Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}, Reclaims: 1.0 / 3, NodeHours: 1460.123456789, At: t0.Add(123456789)},
+		{Pool: Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}, Reclaims: 1.0 / 3, NodeHours: 1460.123456789, At: t0.Add(123456789),
+			Counted: map[string]time.Time{"ip-10-0-1-5.ec2.internal": t0.Add(time.Hour + 5), "gke-spot-a@1": t0}},
 		// A node without the instance-type label still has a pool.
 		{Pool: Pool{Zone: "us-east-1a", Capacity: Spot}, Reclaims: 0, NodeHours: 2, At: t0},
 	}
@@ -149,7 +207,8 @@ func TestSavedRiskEvidenceRoundTripsAndStaysUnderItsLimit(t *testing.T) {
 		t.Fatalf("read back %v, %v", back, err)
 	}
 	for i := range pools {
-		if back[i].Pool != pools[i].Pool || back[i].Reclaims != pools[i].Reclaims || back[i].NodeHours != pools[i].NodeHours || !back[i].At.Equal(pools[i].At) {
+		if back[i].Pool != pools[i].Pool || back[i].Reclaims != pools[i].Reclaims || back[i].NodeHours != pools[i].NodeHours || !back[i].At.Equal(pools[i].At) ||
+			!maps.EqualFunc(back[i].Counted, pools[i].Counted, time.Time.Equal) {
 			t.Errorf("read back %+v, want %+v exactly", back[i], pools[i])
 		}
 	}
@@ -170,7 +229,7 @@ func TestSavedRiskEvidenceRoundTripsAndStaysUnderItsLimit(t *testing.T) {
 }
 
 func TestDamagedRiskEvidenceNamesTheLineAndTheFix(t *testing.T) {
-	good := "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z"
+	good := "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5.ec2.internal@2026-11-30T09:00:00Z"
 	text := strings.Join([]string{
 		good,
 		"",
@@ -182,19 +241,28 @@ func TestDamagedRiskEvidenceNamesTheLineAndTheFix(t *testing.T) {
 		"p4d.24xlarge/us-east-1a/spot NaN 1460 2026-11-30T08:00:00Z",
 		"p4d.24xlarge/us-east-1a/spot 2.5 1460 yesterday",
 		"p5.48xlarge/us-east-1b/spot 0 730.5 2026-11-30T08:00:00.5Z",
+		"p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5",
+		"p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z @2026-11-30T09:00:00Z",
+		"p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5@soon",
 	}, "\n")
 	pools, err := ParseSavedPools(text, "configmap x/y key reclaim-risk")
 	if len(pools) != 2 || pools[0].Reclaims != 2.5 || pools[1].Pool.InstanceType != "p5.48xlarge" || pools[1].NodeHours != 730.5 {
 		t.Fatalf("kept %v, want the two good lines", pools)
 	}
+	if until, ok := pools[0].Counted["ip-10-0-1-5.ec2.internal"]; !ok || !until.Equal(time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)) || len(pools[0].Counted) != 1 {
+		t.Errorf("first line counted %v, want ip-10-0-1-5.ec2.internal until 09:00", pools[0].Counted)
+	}
 	for _, want := range []string{
-		`configmap x/y key reclaim-risk line 3 "p4d.24xlarge/us-east-1a/spot 2.5 1460": want "<instance type>/<zone>/spot <reclaims> <node-hours> <as of>"`,
+		`configmap x/y key reclaim-risk line 3 "p4d.24xlarge/us-east-1a/spot 2.5 1460": want "<instance type>/<zone>/spot <reclaims> <node-hours> <as of> [<node>@<until> ...]"`,
 		`line 4 "p4d.24xlarge/us-east-1a 2.5 1460 2026-11-30T08:00:00Z": pool "p4d.24xlarge/us-east-1a" is not <instance type>/<zone>/spot`,
 		`line 5`,
 		`line 6 "p4d.24xlarge/us-east-1a/spot many 1460 2026-11-30T08:00:00Z": reclaims "many" is not a finite number >= 0`,
 		`line 7 "p4d.24xlarge/us-east-1a/spot 2.5 -1 2026-11-30T08:00:00Z": node-hours "-1" is not a finite number >= 0`,
 		`line 8`,
 		`line 9 "p4d.24xlarge/us-east-1a/spot 2.5 1460 yesterday": as of "yesterday" is not an RFC 3339 time`,
+		`line 11 "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5": counted node "ip-10-0-1-5" is not <node>@<until>`,
+		`line 12 "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z @2026-11-30T09:00:00Z": counted node "@2026-11-30T09:00:00Z" is not <node>@<until>`,
+		`line 13 "p4d.24xlarge/us-east-1a/spot 2.5 1460 2026-11-30T08:00:00Z ip-10-0-1-5@soon": counted node "ip-10-0-1-5@soon": "soon" is not an RFC 3339 time`,
 		`e.g. "` + good + `"`,
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -44,7 +44,7 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	// (prior*100 + 10) / (100 + 100).
 	m.ObserveExposure(pool, 100, t0)
 	for i := 0; i < 10; i++ {
-		m.ObserveReclaim(pool, "n", t0)
+		m.ObserveReclaim(pool, fmt.Sprint("n", i), t0)
 	}
 	want := (prior*100 + 10) / 200
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-9) {
@@ -59,7 +59,7 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	}
 	// Reading does not change the evidence: a reclaim reported late, with
 	// the time it happened, weighs as old as it is.
-	m.ObserveReclaim(pool, "n", t0)
+	m.ObserveReclaim(pool, "late", t0)
 	want = (prior*100 + 5.5) / (100 + 50)
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("late reclaim %g, want %g", got, want)
@@ -67,7 +67,7 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	// Once newer evidence has been added, older evidence that arrives late
 	// counts at full weight rather than being decayed backwards.
 	m.ObserveExposure(pool, 50, t0.Add(24*time.Hour))
-	m.ObserveReclaim(pool, "n", t0)
+	m.ObserveReclaim(pool, "later", t0)
 	want = (prior*100 + 6.5) / (100 + 100)
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("late reclaim after newer evidence %g, want %g", got, want)
@@ -101,7 +101,7 @@ func TestRiskModelWeighsOnlyEvidenceItCan(t *testing.T) {
 	m.SetPrior(pool, Bucket5To10)
 	prior := RateFromMonthly(0.075)
 	for i := 0; i < 10; i++ {
-		m.ObserveReclaim(pool, "n", t0.Add(365*24*time.Hour))
+		m.ObserveReclaim(pool, fmt.Sprint("n", i), t0.Add(365*24*time.Hour))
 	}
 	if got, want := m.ReclaimRate(pool), (prior*100+10)/100; !near(got, want, 1e-9) {
 		t.Fatalf("rate %g, want %g", got, want)

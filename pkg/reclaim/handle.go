@@ -379,6 +379,9 @@ func (c *Coordinator) observe(ctx context.Context, nn nodeNotice, log logr.Logge
 // other nodes follow. The mark lasts an hour past the later of the deadline
 // and now, as seen does, so a deadline dated in the past frees it no sooner,
 // and a node recreated under the same name (a GKE Spot VM) counts again.
+// The risk model keeps its own list of the nodes it counted, saved with its
+// evidence, for a restarted scheduler that hears the notice again; this mark
+// spares the node reads of the notices made up in between.
 func (c *Coordinator) firstReclaim(nn nodeNotice) bool {
 	until := Deadline(nn.notice.Kind, nn.notice.Detected, nn.notice.Deadline)
 	if now := time.Now(); until.Before(now) {

@@ -189,6 +189,83 @@ func TestCoordinatorKilledAfterRecordingANoticeKeepsTheRunsItCutShort(t *testing
 	}
 }
 
+// A scheduler killed after it saved a Spot reclaim's evidence and before it
+// recorded the notice as observed hears the notice again once restarted, and
+// takes it for new: the reclaim counts once all the same, as the saved
+// evidence names the node it counted.
+func TestCoordinatorKilledBeforeRecordingANoticeCountsItsReclaimOnce(t *testing.T) {
+	detected := time.Now()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{
+		corev1.LabelInstanceTypeStable: "p4d.24xlarge", corev1.LabelTopologyZone: "us-east-1a", "karpenter.sh/capacity-type": "spot"}}}
+	pool := pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: pricing.Spot}
+	client := fake.NewClientset(node, member("g-0", "a", "g"), member("g-1", "b", "g"))
+	var mu sync.Mutex
+	recording := false // the notice's record is never written before the kill
+	client.PrependReactor("*", "configmaps", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if a.GetVerb() != "get" && a.GetVerb() != "list" && !recording {
+			if o, ok := a.(interface{ GetObject() runtime.Object }); ok {
+				if cm, ok := o.GetObject().(*corev1.ConfigMap); ok && cm.Name == "penny-reclaim-notices" {
+					return true, nil, apierrors.NewServiceUnavailable("etcd is restarting")
+				}
+			}
+		}
+		return false, nil, nil
+	})
+	persist := pricing.PersistOptions{Client: client, Namespace: "penny-system", Name: "penny-interrupted-runs", Log: testr.New(t)}
+	n := telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "terminate", Detected: detected, Deadline: detected.Add(2 * time.Minute)}
+	state := &telemetry.NodeState{Node: "a", NoticesKnown: true, ReclaimNotices: []telemetry.ReclaimNotice{n}}
+
+	risk := pricing.NewRiskModel(pricing.RiskConfig{})
+	c := NewCoordinator()
+	cmds, kill := start(t, c, CoordinatorOptions{Client: client, Notices: noticeStore(client), Risk: risk,
+		SaveObserved: func(ctx context.Context) error { return risk.Save(ctx, persist) }})
+	c.OnNodeUpdate(nil, state)
+	waitFor(t, "the command to b", func() bool { return cmds.get("b") != nil })
+	waitFor(t, "the reclaim's evidence saved", func() bool {
+		saved, err := pricing.ParseSavedPools(cmData(client, "penny-interrupted-runs", pricing.RiskKey), "")
+		return err == nil && len(saved) == 1 && saved[0].Reclaims == 1
+	})
+	kill()
+	if got := cmData(client, "penny-reclaim-notices", NoticesKey); got != "" {
+		t.Fatalf("the notice was recorded (%q): the test kills the scheduler before that", got)
+	}
+
+	mu.Lock()
+	recording = true
+	mu.Unlock()
+	restarted := pricing.NewRiskModel(pricing.RiskConfig{})
+	if err := restarted.Load(context.Background(), persist); err != nil {
+		t.Fatal(err)
+	}
+	c2 := NewCoordinator()
+	cmds2, _ := start(t, c2, CoordinatorOptions{Client: client, Notices: noticeStore(client), Risk: restarted,
+		SaveObserved: func(ctx context.Context) error { return restarted.Save(ctx, persist) }})
+	c2.OnNodeUpdate(nil, state)
+	waitFor(t, "the command to b again", func() bool { return cmds2.get("b") != nil })
+	// The notice is new to the restarted coordinator: it feeds it before its
+	// record says so.
+	waitFor(t, "the notice recorded", func() bool { return cmData(client, "penny-reclaim-notices", NoticesKey) != "" })
+	if got := restarted.Reclaims(pool); got != 0 {
+		t.Errorf("the restarted model counted %d reclaims of %v, want 0: the saved evidence holds the one the notice tells of", got, pool)
+	}
+	saved := restarted.Saved()
+	if len(saved) != 1 || saved[0].Reclaims != 1 {
+		t.Errorf("after the restart the model holds %+v, want one reclaim of %v", saved, pool)
+	}
+}
+
+// cmData is the ConfigMap's key in penny-system, "" if there is none.
+func cmData(client *fake.Clientset, name, key string) string {
+	cm, err := client.CoreV1().ConfigMaps("penny-system").Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	return cm.Data[key]
+}
+
 // A scheduler that starts while the API server cannot answer for a moment
 // still resumes what it recorded: one failed read left every recorded
 // notice's gangs running short a member.

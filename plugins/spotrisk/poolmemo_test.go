@@ -89,8 +89,8 @@ func TestScoreReadsEachPoolAfreshEachCycle(t *testing.T) {
 		t.Fatalf("spot-a1 scores %d, want %d", first, want)
 	}
 	model.ObserveExposure(pool, 10, t0)
-	for range 20 {
-		model.ObserveReclaim(pool, "spot-x", t0)
+	for i := range 20 {
+		model.ObserveReclaim(pool, fmt.Sprint("spot-x", i), t0)
 	}
 	if got := e.rawScore(t, cs, p, "spot-a2"); got != first {
 		t.Errorf("in the cycle that scored spot-a1 at %d, spot-a2 of the same pool scores %d", first, got)
@@ -133,8 +133,8 @@ func TestFilterReadsEachPoolsRiskAfreshEachCycle(t *testing.T) {
 		t.Fatalf("the 5-10%% pool under a 10%% limit: %v", s)
 	}
 	model.ObserveExposure(pool, 10, t0)
-	for range 20 {
-		model.ObserveReclaim(pool, "spot-x", t0)
+	for i := range 20 {
+		model.ObserveReclaim(pool, fmt.Sprint("spot-x", i), t0)
 	}
 	if s := e.plugin.Filter(ctx, cs, p, e.nodeInfo(t, "spot-a2")); !s.IsSuccess() {
 		t.Errorf("in the cycle that admitted spot-a1, spot-a2 of the same pool: %v", s)

@@ -547,7 +547,7 @@ func TestScoreExpectedCostOfUsefulWork(t *testing.T) {
 	risk.SetPrior(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, pricing.BucketOver20)
 	risk.ObserveExposure(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, 100, t0)
 	for i := 0; i < 50; i++ {
-		risk.ObserveReclaim(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, "n", t0)
+		risk.ObserveReclaim(pricing.Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1c", Capacity: pricing.Spot}, fmt.Sprint("n", i), t0)
 	}
 	e = newEnv(t, nil, Deps{Prices: catalog(t), Risk: risk}, nodes[0], nodes[2], nodes[3])
 	r = e.schedule(t, pod("p", map[string]string{AnnotationSpot: "allow", AnnotationExpectedRuntime: "168h"}))

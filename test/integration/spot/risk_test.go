@@ -2,6 +2,7 @@ package spot
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -27,8 +28,8 @@ func TestRiskEvidenceOutlivesARestart(t *testing.T) {
 	r1, r2 := pricing.NewRiskModel(pricing.RiskConfig{}), pricing.NewRiskModel(pricing.RiskConfig{})
 	for _, r := range []*pricing.RiskModel{r1, r2} {
 		r.ObserveExposure(pool, 500, now)
-		for range 10 {
-			r.ObserveReclaim(pool, "node", now)
+		for i := range 10 {
+			r.ObserveReclaim(pool, fmt.Sprint("node-", i), now)
 		}
 	}
 	var wg sync.WaitGroup
