@@ -170,8 +170,8 @@ func (m *mutableSource) set(unhealthy ...int) {
 
 // The view is rebuilt when a GPU's health flips, with no change to the node
 // object: from the store, which says when a node reports, and from a source
-// that does not; and a report gone stale leaves the node as the scheduler
-// saw it before agents reported health.
+// that does not; a report gone stale still holds; and a node the store
+// dropped is as the scheduler saw it before agents reported health.
 func TestViewFollowsHealth(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
@@ -201,15 +201,26 @@ func TestViewFollowsHealth(t *testing.T) {
 			t.Fatalf("%s: GPU healthy again, Filter: %v", tc.name, s)
 		}
 	}
-	// Stale: the node is unknown, as before agents reported health.
+	// Stale: the agent went silent (a rollout, a crash loop), and the GPU
+	// it found broken stays held off until the store drops the node.
 	p, _, nodes := withSource(t, TelemetryLayouts(store), []*corev1.Node{n})
 	store.Update(healthReport("n", 1, 4, 0), now)
 	if s := filter(t, p, nodes, share, 0); s.IsSuccess() {
-		t.Fatal("the view kept the GPU its agent reports unhealthy")
+		t.Fatal("the view did not hold off the GPU its agent reports unhealthy")
 	}
 	now = now.Add(2 * time.Minute)
+	if s := filter(t, p, nodes, share, 0); s.IsSuccess() {
+		t.Fatal("the node's agent went silent, and the GPU it last reported unhealthy took a share")
+	}
+	if _, fresh := store.Node("n"); fresh {
+		t.Fatal("the report is still fresh: the test shows nothing")
+	}
+	// Silent for an hour (or deleted): the store drops the node, and the
+	// view sees it as before agents reported health.
+	now = now.Add(time.Hour)
+	store.Prune(time.Hour)
 	if s := filter(t, p, nodes, share, 0); !s.IsSuccess() {
-		t.Fatalf("the node's report is stale, and its GPU is still held off: %v", s)
+		t.Fatalf("the store dropped the node, and its GPU is still held off: %v", s)
 	}
 }
 

@@ -22,8 +22,8 @@ import (
 // node, and takes every GPU for healthy.
 type LayoutSource interface {
 	// Report returns what the node's agent reports of its GPUs; ok is
-	// false when the node is unknown or its report stale. The returned
-	// slices must not be modified by either side.
+	// false when the node is unknown. The returned slices must not be
+	// modified by either side.
 	Report(node string) (r GPUReport, ok bool)
 }
 
@@ -59,9 +59,17 @@ type ReportNotifier interface {
 // TelemetryLayouts reads the nodes' reports from the node agents'
 // telemetry: for each GPU the agent reports in MIG mode, the GPU instances
 // it found (free or held), and the GPUs it gave a verdict of unhealthy, with
-// a reason. Nodes without a fresh report, or whose agent could not read
-// NVML, are unknown. Over a telemetry.Notifier (the store) it is a
+// a reason. Nodes that never reported, or whose agent could not read NVML,
+// are unknown. Over a telemetry.Notifier (the store) it is a
 // ReportNotifier.
+//
+// Over the store (a LastReports) a node whose agent has gone silent keeps
+// its last report until the store drops the node (deleted from the
+// cluster, or silent for an hour): a GPU its agent found broken stays held
+// off while a DaemonSet rollout or a crash loop silences the agent, rather
+// than take the pods that waited for a healthy GPU the moment the report
+// turns stale. The layout it reported stands as well: the node's MIG
+// partitions do not change because its agent stopped.
 func TelemetryLayouts(r telemetry.Reader) LayoutSource {
 	t := &telemetryLayouts{r: r}
 	if n, ok := r.(telemetry.Notifier); ok {
@@ -85,8 +93,21 @@ type readState struct {
 	ok bool
 }
 
+// LastReports is a telemetry.Reader that also has the reports it holds
+// but no longer calls fresh (telemetry.Store).
+type LastReports interface {
+	telemetry.Reader
+	// Lookup returns the node's latest state however old, nil when there
+	// is none, and whether it is fresh.
+	Lookup(name string) (*telemetry.NodeState, bool)
+}
+
 func (t *telemetryLayouts) Report(node string) (GPUReport, bool) {
 	st, ok := t.r.Node(node)
+	if l, last := t.r.(LastReports); last && !ok {
+		st, _ = l.Lookup(node)
+		ok = st != nil
+	}
 	if !ok {
 		t.read.Delete(node)
 		return GPUReport{}, false

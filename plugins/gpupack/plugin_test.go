@@ -562,6 +562,20 @@ func TestTelemetryLayouts(t *testing.T) {
 	if r4.Version == r3.Version || !slices.Equal(r4.Unhealthy, []int{2}) {
 		t.Fatalf("a GPU reported unhealthy: unhealthy %v, version %x (before %x)", r4.Unhealthy, r4.Version, r3.Version)
 	}
+	// The agent goes silent: its last report, layout and verdicts, stands
+	// until the store drops the node.
+	store.SetMaxAge(time.Nanosecond)
+	time.Sleep(time.Millisecond)
+	if _, fresh := store.Node("n"); fresh {
+		t.Fatal("the report is still fresh: the test shows nothing")
+	}
+	if r5, ok := src.Report("n"); !ok || r5.Version != r4.Version || !slices.Equal(r5.Unhealthy, []int{2}) || len(r5.Layout[1]) != 3 {
+		t.Fatalf("the silent agent's node: report %+v (ok %v), want the last one", r5, ok)
+	}
+	store.Forget("n")
+	if r, ok := src.Report("n"); ok {
+		t.Fatalf("a node the store dropped has a report: %+v", r)
+	}
 }
 
 // layoutsOf is a LayoutSource with one node's report.

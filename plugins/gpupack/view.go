@@ -229,10 +229,10 @@ func (v *view) reportChanged(ni fwk.NodeInfo, sl *slot) bool {
 
 // polls says whether sync asks for the node's report in every cycle rather
 // than only when the source says the node reported: every node with GPUs
-// when the source does not say so, else the nodes whose report can go
-// stale under them and change their entry — those holding a reported MIG
-// layout or unhealthy GPUs, which a node that is no longer known takes for
-// healthy.
+// when the source does not say so, else the nodes whose report can be
+// dropped under them (no report says so) and change their entry — those
+// holding a reported MIG layout or unhealthy GPUs, which a node that is no
+// longer known takes for healthy.
 func (v *view) polls(e *entry) bool {
 	return v.layouts != nil && e.hasGPU && (!v.notified || e.staticMIG || e.unhealthy > 0)
 }
