@@ -83,9 +83,10 @@ func (pl *SpotRisk) Movable(pod *corev1.Pod, node *corev1.Node) (Class, bool) {
 // workload was not moved within the cooldown (movedAt), the one expected to
 // save the most over its remaining runtime, less what the restart on Spot
 // costs. A workload expected to end within minRemaining is left where it
-// is. The remaining runtime is the declared one less the run so far, else
-// what training runs here typically last, else unknownRuntime: a move that
-// only pays off over a long run is not made for a run that ends soon.
+// is. The remaining runtime is the declared one, else what training runs
+// here typically last, else unknownRuntime, less the run so far and the
+// longest run of the workload a reclaim cut short: a move that only pays
+// off over a long run is not made for a run that ends soon.
 func (pl *SpotRisk) PlanReturn(now time.Time, cands []ReturnCandidate, movedAt func(workload string) (time.Time, bool)) (ReturnMove, bool) {
 	rs := pl.args.ReturnToSpot
 	var best ReturnMove
@@ -136,7 +137,15 @@ func (pl *SpotRisk) planOne(now time.Time, c ReturnCandidate) (ReturnMove, bool)
 		return move, false
 	}
 	run, _ := pl.runtime(class)
-	move.Remaining = run - ran
+	// The workload checkpoints (Movable), so a run a reclaim cut short kept
+	// its work: the longest such run is done too, at least. Counted from
+	// this run alone, a job reclaimed near its end looked to have a whole
+	// run left, and was moved for a saving it would not live to make.
+	done := ran
+	if pl.interrupted != nil {
+		done += pl.interrupted.Longest(c.Members[0].Pod)
+	}
+	move.Remaining = run - done
 	if move.Remaining < rs.MinRemaining.Duration || move.Remaining <= 0 {
 		return move, false
 	}

@@ -96,6 +96,30 @@ func TestPlanReturnLeavesAlone(t *testing.T) {
 	}
 }
 
+// A run a reclaim cut short kept its work (the workload checkpoints): a
+// 24h job reclaimed after 21h30m, 2h into its run on on-demand, has 30m
+// left, not 22h, and stays where it is.
+func TestPlanReturnCountsTheRunAReclaimCutShort(t *testing.T) {
+	interrupted := pricing.NewInterrupted(0)
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Interrupted: interrupted})
+	od, spot := node("od", pricing.OnDemand, "us-east-1a"), node("spot", pricing.Spot, "us-east-1a")
+	now := t0.Add(2 * time.Hour)
+	p := movable("p", "24h")
+	c := []ReturnCandidate{{Workload: "w", Members: []ReturnMember{member(p, od, spot, t0)}}}
+	if move, ok := e.plugin.PlanReturn(now, c, never); !ok || move.Remaining != 22*time.Hour {
+		t.Fatalf("no reclaim yet: PlanReturn = %+v, %v; want a move with 22h left", move, ok)
+	}
+	// The pod it replaced, of the same Job, was reclaimed after 21h30m.
+	interrupted.Observe(movable("p-before", "24h"), 21*time.Hour+30*time.Minute, t0.Add(-5*time.Minute))
+	if move, ok := e.plugin.PlanReturn(now, c, never); ok {
+		t.Fatalf("moved with %v left: 21h30m done before the reclaim and 2h since leave 30m, under minRemaining", move.Remaining)
+	}
+	longer := []ReturnCandidate{{Workload: "w", Members: []ReturnMember{member(movable("p", "48h"), od, spot, t0)}}}
+	if move, ok := e.plugin.PlanReturn(now, longer, never); !ok || move.Remaining != 24*time.Hour+30*time.Minute {
+		t.Fatalf("a 48h job reclaimed after 21h30m: moved %v with %v left; want a move with 24h30m left", ok, move.Remaining)
+	}
+}
+
 func TestPlanReturnMovesAGangWhole(t *testing.T) {
 	e := newEnv(t, nil, Deps{Prices: catalog(t)})
 	od, spot := node("od", pricing.OnDemand, "us-east-1a"), node("spot", pricing.Spot, "us-east-1a")
