@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
@@ -220,7 +222,41 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 // client-go waits out and repeats a refusal that names a time to come back
 // (a budget the disruption controller has not yet processed says 10s), up
 // to ten times. The error is ctx's.
+//
+// Each dry run is judged alone, so a budget that covers two members and
+// allows one disruption passes both, and then refuses the second real
+// eviction, after the first member is gone. Once every dry run passes, the
+// budgets are read and one that covers more of the pods than it allows
+// disruptions (shortBudgets) refuses them all, asked again as a refusal is.
 func (c *Coordinator) refusedEvictions(ctx context.Context, pods []*corev1.Pod, until time.Time, log logr.Logger) ([]string, error) {
+	for {
+		refused := c.dryRunEvictions(ctx, pods, until, log)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if len(refused) == 0 {
+			refused = c.shortBudgets(ctx, pods)
+			if len(refused) > 0 && time.Now().Before(until) {
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(min(pollEvery, time.Until(until))):
+				}
+				continue
+			}
+		}
+		out := make([]string, 0, len(refused))
+		for key, why := range refused {
+			out = append(out, key+" ("+why+")")
+		}
+		sort.Strings(out)
+		return out, nil
+	}
+}
+
+// dryRunEvictions is refusedEvictions' dry runs: why each pod refused was,
+// by "namespace/name".
+func (c *Coordinator) dryRunEvictions(ctx context.Context, pods []*corev1.Pod, until time.Time, log logr.Logger) map[string]string {
 	refused := map[string]string{}
 	EvictInPasses(ctx, pods, func(p *corev1.Pod) bool {
 		key := p.Namespace + "/" + p.Name
@@ -245,15 +281,69 @@ func (c *Coordinator) refusedEvictions(ctx context.Context, pods []*corev1.Pod, 
 		refused[key] = err.Error()
 		return (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) || Undecided(err)) && time.Now().Before(until)
 	})
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	return refused
+}
+
+// ready is whether the pod's Ready condition is true, as the API server's
+// eviction reads it (k8s.io/kubernetes's IsPodReady; the agent, which
+// shares this package, does not carry that module).
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
 	}
-	out := make([]string, 0, len(refused))
-	for key, why := range refused {
-		out = append(out, key+" ("+why+")")
+	return false
+}
+
+// shortBudgets reads the PodDisruptionBudgets of the pods' namespaces and,
+// for each that covers more of the pods than its status allows disruptions,
+// says so of every pod it covers, by "namespace/name". Only ready pods
+// count: the API server evicts a pod that is not ready without spending a
+// disruption where its budget's healthy pods allow (the dry run of that pod
+// says when they do not). A namespace whose budgets cannot be read refuses
+// its pods: a move that cannot be told whole must not start.
+func (c *Coordinator) shortBudgets(ctx context.Context, pods []*corev1.Pod) map[string]string {
+	refused := map[string]string{}
+	byNS := map[string][]*corev1.Pod{}
+	for _, p := range pods {
+		byNS[p.Namespace] = append(byNS[p.Namespace], p)
 	}
-	sort.Strings(out)
-	return out, nil
+	for ns, nsPods := range byNS {
+		askCtx, cancel := context.WithTimeout(ctx, dryRunTimeout)
+		list, err := c.opts.Client.PolicyV1().PodDisruptionBudgets(ns).List(askCtx, metav1.ListOptions{})
+		cancel()
+		if err != nil {
+			for _, p := range nsPods {
+				refused[p.Namespace+"/"+p.Name] = fmt.Sprintf("cannot read the PodDisruptionBudgets of namespace %s: %v", ns, err)
+			}
+			continue
+		}
+		for i := range list.Items {
+			pdb := &list.Items[i]
+			// A budget without a selector covers no pod (policy/v1).
+			if pdb.Spec.Selector == nil {
+				continue
+			}
+			sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+			if err != nil {
+				continue
+			}
+			var covered []*corev1.Pod
+			for _, p := range nsPods {
+				if sel.Matches(labels.Set(p.Labels)) && ready(p) {
+					covered = append(covered, p)
+				}
+			}
+			if allowed := int(pdb.Status.DisruptionsAllowed); len(covered) > allowed {
+				for _, p := range covered {
+					refused[p.Namespace+"/"+p.Name] = fmt.Sprintf("PodDisruptionBudget %s/%s allows %d disruptions, and the move would evict %d of the ready pods it covers",
+						pdb.Namespace, pdb.Name, allowed, len(covered))
+				}
+			}
+		}
+	}
+	return refused
 }
 
 func (c *Coordinator) returned(r ReturnResult) ReturnResult {

@@ -12,10 +12,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/gang"
 )
 
 // answer has node's agent report state for every pod of the command it got,
@@ -34,6 +36,11 @@ func answer(t *testing.T, c *Coordinator, cmds *commander, node string, state te
 // returnOf runs Return for the gang g-0 (node a), g-1 (node b) in the
 // background and returns its result when it ends.
 func returnOf(t *testing.T, c *Coordinator, timeout time.Duration) func() ReturnResult {
+	return returnOfPods(t, c, timeout, member("g-0", "a", "g"), member("g-1", "b", "g"))
+}
+
+// returnOfPods is returnOf for the gang's pods as given.
+func returnOfPods(t *testing.T, c *Coordinator, timeout time.Duration, pods ...*corev1.Pod) func() ReturnResult {
 	waitFor(t, "the coordinator to run", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -42,7 +49,7 @@ func returnOf(t *testing.T, c *Coordinator, timeout time.Duration) func() Return
 	done := make(chan ReturnResult, 1)
 	go func() {
 		done <- c.Return(context.Background(), ReturnRequest{Workload: "gang:label:ml/g", Timeout: timeout, Why: "$1.00/h on Spot instead of $4.00/h",
-			Pods: []*corev1.Pod{member("g-0", "a", "g"), member("g-1", "b", "g")}})
+			Pods: pods})
 	}()
 	return func() ReturnResult { return <-done }
 }
@@ -120,6 +127,57 @@ func TestReturnEvictsNothingWithoutEveryCheckpoint(t *testing.T) {
 				t.Fatalf("penny_spot_returns_total{result=no_checkpoint} went up by %v", got)
 			}
 		})
+	}
+}
+
+// A PodDisruptionBudget over both members that allows one disruption
+// passes each member's dry run, and would refuse the second real eviction
+// once the first member is gone. The budget is read before any checkpoint
+// is asked for: it stops the move whole, and once it allows two, the move
+// is made.
+func TestReturnAsksForNothingWhileABudgetCoversMoreMembersThanItAllows(t *testing.T) {
+	readyMember := func(name, node string) *corev1.Pod {
+		p := member(name, node, "g")
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		return p
+	}
+	g0, g1 := readyMember("g-0", "a"), readyMember("g-1", "b")
+	pdb := &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "keep-three"},
+		Spec:       policyv1.PodDisruptionBudgetSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{gang.LabelName: "g"}}},
+		Status:     policyv1.PodDisruptionBudgetStatus{DisruptionsAllowed: 1},
+	}
+	client := fake.NewClientset(g0, g1, pdb)
+	evicted := recordEvictions(client)
+	rec := record.NewFakeRecorder(100)
+	c := NewCoordinator()
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec})
+	if r := returnOfPods(t, c, time.Minute, g0, g1)(); r != ReturnRefused {
+		t.Fatalf("Return = %s, want refused", r)
+	}
+	if a, b := cmds.get("a"), cmds.get("b"); a != nil || b != nil {
+		t.Fatalf("checkpoints asked for (%v, %v) though the budget lets only one member go", a, b)
+	}
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v", got)
+	}
+	why := "PodDisruptionBudget ml/keep-three allows 1 disruptions, and the move would evict 2 of the ready pods it covers"
+	if ev := drainEvents(rec); strings.Count(ev, "Warning SpotReturnSkipped not moved back to Spot: the API server would not evict ml/g-0 ("+why+"), ml/g-1 ("+why+") now; nothing was checkpointed or evicted") != 2 {
+		t.Fatalf("events %q", ev)
+	}
+
+	pdb.Status.DisruptionsAllowed = 2
+	if _, err := client.PolicyV1().PodDisruptionBudgets("ml").UpdateStatus(context.Background(), pdb, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	result := returnOfPods(t, c, time.Minute, g0, g1)
+	answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
+	answer(t, c, cmds, "b", telemetryv1.CheckpointStatus_STATE_DONE)
+	if r := result(); r != ReturnMoved {
+		t.Fatalf("Return = %s with the budget allowing 2, want moved", r)
+	}
+	if got := strings.Join(evicted(), ","); got != "g-0,g-1" {
+		t.Fatalf("evicted %s, want g-0,g-1", got)
 	}
 }
 

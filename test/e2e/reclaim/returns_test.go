@@ -53,8 +53,9 @@ pools:
 // node is schedulable again, a PodDisruptionBudget that covers one member
 // and keeps it available stops every move before any checkpoint is asked
 // for (the API server refuses the dry-run eviction; a SpotReturnSkipped
-// event each), so the other member is not evicted alone. With the budget
-// deleted, penny-scheduler's mover asks both members' agent for a
+// event each), so the other member is not evicted alone; so does one over
+// both members that lets one go at a time (each dry run passes, but the
+// second eviction would not). With the budgets deleted, penny-scheduler's mover asks both members' agent for a
 // checkpoint, evicts them once both are written (a SpotReturn event each),
 // the Job controller makes new members, and they run on the Spot node,
 // resuming from the checkpoints the move wrote.
@@ -145,8 +146,62 @@ func TestFallenBackGangMovesBackToSpot(t *testing.T) {
 		}
 	}
 
-	askedAt := time.Now()
+	// A budget over both members that keeps one of them available (lets
+	// one go at a time; maxUnavailable needs a controller with a scale
+	// subresource, which a Job is not) passes each member's dry run;
+	// evicting the first would leave it refusing the second. It is made
+	// before the first budget goes, so that no round finds neither, and
+	// processed by the disruption controller before.
+	oneAtATime := &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: "one-at-a-time", Namespace: ns},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MinAvailable: ptr.To(intstr.FromInt32(1)),
+			Selector:     &metav1.LabelSelector{MatchLabels: map[string]string{gang.LabelName: "train"}},
+		},
+	}
+	if _, err := w.c.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, oneAtATime, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the disruption controller allowing one disruption", 30*time.Second, func() (bool, string) {
+		b, err := w.c.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, oneAtATime.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return b.Status.ObservedGeneration == b.Generation && b.Status.DisruptionsAllowed == 1 && b.Status.CurrentHealthy == 2,
+			fmt.Sprintf("status %+v", b.Status)
+	})
+	skippedBefore := time.Now()
 	if err := w.c.Client.PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, pdb.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	why := "PodDisruptionBudget " + ns + "/one-at-a-time allows 1 disruptions, and the move would evict 2 of the ready pods it covers"
+	for _, pt := range original {
+		poll(t, "a SpotReturnSkipped event of "+pt.pod.Name+" naming the budget", 30*time.Second, func() (bool, string) {
+			evs, err := w.c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pt.pod.Name + ",reason=SpotReturnSkipped"})
+			if err != nil {
+				return false, err.Error()
+			}
+			var msgs []string
+			for _, ev := range evs.Items {
+				if ev.LastTimestamp.Time.After(skippedBefore.Add(-time.Second)) && strings.Contains(ev.Message, why) && strings.Contains(ev.Message, "nothing was checkpointed or evicted") {
+					return true, ""
+				}
+				msgs = append(msgs, ev.Message)
+			}
+			return false, strings.Join(msgs, "; ")
+		})
+	}
+	for _, pt := range original {
+		if got := pt.tr.Received(); len(got) != 0 {
+			t.Fatalf("member %s was asked for a checkpoint for a move a budget would cut in half: %v", pt.pod.Name, got)
+		}
+		if p, err := w.c.Client.CoreV1().Pods(ns).Get(ctx, pt.pod.Name, metav1.GetOptions{}); err != nil || p.UID != pt.pod.UID || p.DeletionTimestamp != nil {
+			t.Fatalf("member %s evicted while a budget lets only one member of its gang go (err %v)", pt.pod.Name, err)
+		}
+	}
+
+	askedAt := time.Now()
+	if err := w.c.Client.PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, oneAtATime.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	originalUIDs := map[types.UID]bool{}
