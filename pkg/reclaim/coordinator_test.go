@@ -1303,6 +1303,21 @@ func TestCoordinatorAsksAgainForANoticeWithdrawnAndAnnouncedAgain(t *testing.T) 
 // send the same new command, which the agent runs once.
 func TestTwoReplicasGiveANoticeAnnouncedAgainTheSameNewCommand(t *testing.T) {
 	client := gangOnAB()
+	// Both replicas start before any notice, as they would: neither may
+	// resume a record the other wrote for it. On a busy machine the second
+	// one's read of the records came after the first had postponed the
+	// notice, and it planned from there. The count goes up once a read's
+	// answer is settled.
+	var reads atomic.Int32
+	client.PrependReactor("get", "configmaps", func(a clienttesting.Action) (bool, runtime.Object, error) {
+		g := a.(clienttesting.GetAction)
+		if g.GetName() != "penny-reclaim-notices" {
+			return false, nil, nil
+		}
+		obj, err := client.Tracker().Get(g.GetResource(), g.GetNamespace(), g.GetName())
+		reads.Add(1)
+		return true, obj, err
+	})
 	const lead = time.Minute
 	replicas := make([]*Coordinator, 2)
 	sent := make([]*commander, 2)
@@ -1310,6 +1325,7 @@ func TestTwoReplicasGiveANoticeAnnouncedAgainTheSameNewCommand(t *testing.T) {
 		replicas[i] = NewCoordinator()
 		sent[i], _ = start(t, replicas[i], CoordinatorOptions{Client: client, Notices: noticeStore(client), Policy: Policy{MaintenanceLead: lead}})
 	}
+	waitFor(t, "both replicas to read the notices' records", func() bool { return reads.Load() >= 2 })
 	now := time.Now()
 	n := telemetry.ReclaimNotice{ID: "aws-maint-4", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE,
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Action: "system-reboot", Detected: now, Deadline: now.Add(lead / 2)}
