@@ -194,6 +194,35 @@ func TestAReclaimSavedBeforeARestartCountsOnce(t *testing.T) {
 	}
 }
 
+// A replica that takes in another's copy before it hears a notice the other
+// counted does not count the reclaim again: its copy and its own count
+// would both be in its evidence, and merging keeps the larger.
+func TestAReplicaThatHearsANoticeLateCountsItOnce(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "us-east-1a", Capacity: Spot}
+	a, b := NewRiskModel(RiskConfig{Clock: clk}), NewRiskModel(RiskConfig{Clock: clk})
+	o := riskPersistOptions(t)
+	a.ObserveReclaim(pool, "spot-7", t0)
+	if err := a.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	clk.SetTime(t0.Add(time.Minute))
+	if err := b.Save(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	b.ObserveReclaim(pool, "spot-7", t0)
+	for name, m := range map[string]*RiskModel{"a": a, "b": b} {
+		if err := m.Save(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		if saved := m.Saved(); len(saved) != 1 || saved[0].Reclaims != 1 {
+			t.Errorf("replica %s holds %+v, want one reclaim", name, saved)
+		}
+	}
+}
+
 func TestSavedRiskEvidenceRoundTripsAndStaysUnderItsLimit(t *testing.T) {
 	t0 := time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)
 	pools := []SavedPool{
