@@ -223,9 +223,10 @@ type evidence struct {
 }
 
 // ReclaimMemory is how long after it is counted a node's reclaim is
-// remembered, so that a report of it again is not counted again: a node is reclaimed once, and its notice is in force
-// for minutes (two on AWS). A node recreated under the same name (a GKE Spot
-// VM) and reclaimed again after that counts again.
+// remembered, so that a report of it again is not counted again: a node is
+// reclaimed once, and its notice is in force for minutes (two on AWS). A
+// node recreated under the same name (a GKE Spot VM) and reclaimed again
+// after that counts again.
 const ReclaimMemory = time.Hour
 
 var _ ReclaimFeed = &RiskModel{}
