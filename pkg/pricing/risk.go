@@ -222,6 +222,17 @@ type evidence struct {
 	counted map[string]time.Time
 }
 
+// markCounted has node counted until until, or until its mark's end if
+// that is later.
+func (e *evidence) markCounted(node string, until time.Time) {
+	if e.counted == nil {
+		e.counted = map[string]time.Time{}
+	}
+	if until.After(e.counted[node]) {
+		e.counted[node] = until
+	}
+}
+
 // ReclaimMemory is how long after it is counted a node's reclaim is
 // remembered, so that a report of it again is not counted again: a node is
 // reclaimed once, and its notice is in force for minutes (two on AWS). A
@@ -330,10 +341,7 @@ func (m *RiskModel) ObserveReclaim(pool Pool, node string, at time.Time) {
 		return
 	}
 	if node != "" {
-		if e.counted == nil {
-			e.counted = map[string]time.Time{}
-		}
-		e.counted[node] = now.Add(ReclaimMemory)
+		e.markCounted(node, now.Add(ReclaimMemory))
 	}
 	m.decayTo(e, at)
 	e.reclaims++

@@ -149,13 +149,7 @@ func (m *RiskModel) Merge(saved []SavedPool) {
 			}
 			// A writer whose clock ran ahead would have a node stay
 			// counted for longer than ReclaimMemory.
-			until = minTime(until, now.Add(ReclaimMemory))
-			if e.counted == nil {
-				e.counted = map[string]time.Time{}
-			}
-			if until.After(e.counted[node]) {
-				e.counted[node] = until
-			}
+			e.markCounted(node, minTime(until, now.Add(ReclaimMemory)))
 		}
 		m.publish(s.Pool)
 		merged = append(merged, s.Pool)

@@ -71,7 +71,16 @@ type ReportNotifier interface {
 // turns stale. The layout it reported stands as well: the node's MIG
 // partitions do not change because its agent stopped.
 func TelemetryLayouts(r telemetry.Reader) LayoutSource {
-	t := &telemetryLayouts{r: r}
+	t := &telemetryLayouts{latest: func(node string) *telemetry.NodeState {
+		st, _ := r.Node(node)
+		return st
+	}}
+	if l, ok := r.(LastReports); ok {
+		t.latest = func(node string) *telemetry.NodeState {
+			st, _ := l.Lookup(node)
+			return st
+		}
+	}
 	if n, ok := r.(telemetry.Notifier); ok {
 		return notifyingLayouts{t, n}
 	}
@@ -79,7 +88,9 @@ func TelemetryLayouts(r telemetry.Reader) LayoutSource {
 }
 
 type telemetryLayouts struct {
-	r telemetry.Reader
+	// latest is a node's latest state: however old over a LastReports,
+	// else only a fresh one; nil for none.
+	latest func(node string) *telemetry.NodeState
 	// read holds each node's report as read from its latest state (a
 	// readState), because the view asks for the reports of nodes that
 	// can hold MIG layouts in every cycle: read afresh, a thousand of them
@@ -103,12 +114,8 @@ type LastReports interface {
 }
 
 func (t *telemetryLayouts) Report(node string) (GPUReport, bool) {
-	st, ok := t.r.Node(node)
-	if l, last := t.r.(LastReports); last && !ok {
-		st, _ = l.Lookup(node)
-		ok = st != nil
-	}
-	if !ok {
+	st := t.latest(node)
+	if st == nil {
 		t.read.Delete(node)
 		return GPUReport{}, false
 	}
