@@ -36,7 +36,8 @@ type Reader interface {
 type Notifier interface {
 	Reader
 	// Subscribe has fn see every applied update, as StoreOptions.OnUpdate
-	// does, until cancel is called.
+	// does, and every node the store drops (next nil: deleted from the
+	// cluster, or silent too long), until cancel is called.
 	Subscribe(fn func(prev, next *NodeState)) (cancel func())
 }
 
@@ -308,7 +309,8 @@ var _ Notifier = &Store{}
 
 // Subscribe implements Notifier: fn is called after each applied update, on
 // the writer's goroutine, after StoreOptions.OnUpdate and under the same
-// rules (it must return quickly). A store outlives the plugins built on it
+// rules (it must return quickly), and after each drop, on the goroutine that
+// pruned or forgot the node, with next nil. A store outlives the plugins built on it
 // (a scheduler's profiles, a restart in tests), and each cancels its own
 // subscription when it stops.
 func (s *Store) Subscribe(fn func(prev, next *NodeState)) (cancel func()) {
@@ -436,8 +438,20 @@ func (s *Store) ForgetStaleIf(gone func(name string) bool) {
 
 // drop removes the nodes for which gone says so. gone runs without the
 // node's lock (it may be slow, e.g. a lister lookup); a report stored while
-// it ran keeps the node.
+// it ran keeps the node. Subscribers then see each node dropped with a
+// report, as (its last state, nil): a GPU its last report held broken is
+// free again, which no cluster event says when the node stays.
 func (s *Store) drop(gone func(name string, st *NodeState) bool) {
+	var dropped []*NodeState
+	defer func() {
+		if subs := s.subscribers.Load(); subs != nil {
+			for _, st := range dropped {
+				for _, sub := range *subs {
+					sub.fn(st, nil)
+				}
+			}
+		}
+	}()
 	s.membership.Lock()
 	defer s.membership.Unlock()
 	old := *s.nodes.Load()
@@ -451,6 +465,9 @@ func (s *Store) drop(gone func(name string, st *NodeState) bool) {
 		e.mu.Lock()
 		if e.state.Load() == st {
 			e.dropped = true
+			if st != nil {
+				dropped = append(dropped, st)
+			}
 		} else {
 			m[k] = e
 		}

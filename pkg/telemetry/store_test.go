@@ -173,8 +173,9 @@ func TestOnUpdateAndPrune(t *testing.T) {
 }
 
 // The store's OnUpdate hook belongs to the reclaim coordinator; a plugin
-// that must hear of a withdrawn notice subscribes beside it, and stops
-// hearing when it cancels (its scheduler stopped) while the others go on.
+// that must hear of a withdrawn notice or a dropped node subscribes beside
+// it, and stops hearing when it cancels (its scheduler stopped) while the
+// others go on.
 func TestSubscribersSeeUpdatesBesideOnUpdate(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
@@ -182,9 +183,12 @@ func TestSubscribersSeeUpdatesBesideOnUpdate(t *testing.T) {
 		return func(prev, next *telemetry.NodeState) {
 			mu.Lock()
 			defer mu.Unlock()
-			if prev == nil {
+			switch {
+			case next == nil:
+				seen = append(seen, fmt.Sprintf("%s: dropped %s at %d", who, prev.Node, prev.Sequence))
+			case prev == nil:
 				seen = append(seen, fmt.Sprintf("%s: new %s", who, next.Node))
-			} else {
+			default:
 				seen = append(seen, fmt.Sprintf("%s: %s %d->%d", who, next.Node, prev.Sequence, next.Sequence))
 			}
 		}
@@ -197,7 +201,15 @@ func TestSubscribersSeeUpdatesBesideOnUpdate(t *testing.T) {
 	cancelA()
 	s.Update(telemetrytest.Report("n1", 1, 2, t0), time.Now())
 	s.Update(telemetrytest.Report("n1", 1, 2, t0), time.Now()) // not applied: seen by nobody
-	want := []string{"hook: new n1", "a: new n1", "b: new n1", "hook: n1 1->2", "b: n1 1->2"}
+	// Drops reach the subscribers (a GPU held broken is free again), not
+	// the hook, which reads reports only.
+	s.Update(telemetrytest.Report("n2", 1, 1, t0), time.Now().Add(-2*time.Hour))
+	s.Prune(time.Hour)
+	s.Forget("n1")
+	s.Forget("n1")      // already gone: seen by nobody
+	s.Forget("unknown") // never reported
+	want := []string{"hook: new n1", "a: new n1", "b: new n1", "hook: n1 1->2", "b: n1 1->2",
+		"hook: new n2", "b: new n2", "b: dropped n2 at 1", "b: dropped n1 at 2"}
 	mu.Lock()
 	defer mu.Unlock()
 	if !slices.Equal(seen, want) {

@@ -302,6 +302,62 @@ func TestPodsRetriedWhenAGPURecovers(t *testing.T) {
 	}
 }
 
+// A node whose agent stays silent keeps its last report until the store
+// drops it, an hour on. Then the GPU that report held broken is free, as no
+// cluster event says: the pods waiting are retried at once, not at the
+// scheduler's five-minute flush.
+func TestPodsRetriedWhenTheStoreDropsABrokenGPUsReport(t *testing.T) {
+	initMetrics.Do(schedmetrics.InitMetrics)
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute, Now: clock})
+	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
+		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, 4)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460")
+	if err := h.factory.Core().V1().Pods().Informer().GetIndexer().Add(waiting); err != nil {
+		t.Fatal(err)
+	}
+	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A10G", 1, "64")})
+	store.Update(healthReport("n", 1, 1, 0), clock())
+	if s := filter(t, p, nodes, waiting, 0); s.IsSuccess() {
+		t.Fatal("the pod fits on a GPU reported unhealthy")
+	}
+	mu.Lock()
+	now = now.Add(90 * time.Minute)
+	mu.Unlock()
+	if s := filter(t, p, nodes, waiting, 0); s.IsSuccess() {
+		t.Fatal("the agent went silent, and the GPU it reported unhealthy took the pod before the store dropped the node")
+	}
+	select {
+	case got := <-h.activated:
+		t.Fatalf("pods %v retried before the store dropped the node", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+	store.Prune(time.Hour)
+	select {
+	case got := <-h.activated:
+		if len(got) != 1 || got[0] != "default/waiting" {
+			t.Fatalf("retried %v; want the waiting GPU pod", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the store dropped the node, and the pod waiting for its GPU was not retried")
+	}
+	if s := filter(t, p, nodes, waiting, 0); !s.IsSuccess() {
+		t.Fatalf("retried, the pod still does not fit: %v", s)
+	}
+}
+
 // cachedReports counts the nodes whose reports the source holds read.
 func cachedReports(t *testing.T, src LayoutSource) []string {
 	t.Helper()

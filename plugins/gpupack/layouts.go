@@ -51,7 +51,9 @@ type GPUReport struct {
 type ReportNotifier interface {
 	LayoutSource
 	// OnReport has fn see each report the source takes in, with the one
-	// it replaces (the zero GPUReport for none), until cancel is called.
+	// it replaces (the zero GPUReport for none), and each node it stops
+	// holding a report for (next the zero GPUReport), until cancel is
+	// called.
 	// fn runs on the source's goroutine and must return quickly.
 	OnReport(fn func(node string, prev, next GPUReport)) (cancel func())
 }
@@ -164,9 +166,14 @@ type notifyingLayouts struct {
 
 func (t notifyingLayouts) OnReport(fn func(node string, prev, next GPUReport)) func() {
 	return t.n.Subscribe(func(prev, next *telemetry.NodeState) {
-		var p GPUReport
+		var p, n GPUReport
 		if prev != nil {
 			p = t.peek(prev)
+		}
+		if next == nil {
+			// Dropped: no report from now on.
+			fn(prev.Node, p, n)
+			return
 		}
 		fn(next.Node, p, t.peek(next))
 	})

@@ -172,11 +172,12 @@ func (p *GPUPack) retrySoon(ctx context.Context, logger klog.Logger, node string
 }
 
 // retryRecovered retries the pending GPU pods once a GPU of the node that
-// its agent reported unhealthy is reported healthy again (or no longer
-// reported): no cluster event says so, and the pods Filter turned away
-// because only that GPU could take them waited for an unrelated event or
-// the scheduler's five-minute flush. Which pods the GPU alone kept off is
-// not recorded, so this retries every GPU pod waiting: a superset, paid for
+// its agent reported unhealthy is reported healthy again, or the store
+// drops the node's report (its agent silent for an hour, the node still
+// there): no cluster event says so, and the pods Filter turned away because
+// only that GPU could take them waited for an unrelated event or the
+// scheduler's five-minute flush. Which pods the GPU alone kept off is not
+// recorded, so this retries every GPU pod waiting: a superset, paid for
 // only when a GPU recovers. Activate leaves pods that are not waiting in
 // this scheduler's queue alone.
 func (p *GPUPack) retryRecovered(ctx context.Context, logger klog.Logger, node string) {

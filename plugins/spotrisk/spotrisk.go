@@ -166,7 +166,10 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle, deps Deps) (fwk.
 		pods, nodes := informers.Pods().Lister(), informers.Nodes().Lister()
 		logger := klog.FromContext(ctx)
 		cancel := n.Subscribe(func(prev, next *telemetry.NodeState) {
-			if prev != nil && prev.Reclaiming() && !next.Reclaiming() {
+			// A node dropped (next nil) had been silent an hour or was
+			// deleted: its notice had long stopped counting (Filter reads
+			// fresh reports only).
+			if prev != nil && next != nil && prev.Reclaiming() && !next.Reclaiming() {
 				// Off the store's goroutine: the node's next report waits
 				// for its hooks, and this one lists every pod.
 				go pl.retryReclaimWithdrawn(logger, pods, nodes, next.Node)
