@@ -77,3 +77,36 @@ func sameRecord(a, b noticeRecord) bool {
 		an.Detected.Equal(bn.Detected) && an.Deadline.Equal(bn.Deadline) && a.round.Equal(b.round) &&
 		slices.Equal(a.gangs, b.gangs) && slices.Equal(a.members, b.members)
 }
+
+// The moves back to Spot being evicted are read back from the same
+// ConfigMap: reading never panics, a line refused names the field at
+// fault, and a record read is written back as a line that reads as the
+// same record.
+func FuzzParseReturns(f *testing.F) {
+	for _, s := range []string{
+		"gang:label:ml%2Fg 2026-12-03T10:00:00Z ml/g-0/uid-g-0,ml/g-1/uid-g-1",
+		"pod:ml%2Fsolo 2026-12-03T10:00:00.123456789+02:00 ml/solo/3f0c2b1e-6a4d-4c1f-9b7e-2d5a8c9e0f11",
+		"- 2026-12-03T10:00:00Z ml/g-0/uid", "w%zz 2026-12-03T10:00:00Z ml/g-0/uid", "w yesterday ml/g-0/uid",
+		"w 2026-12-03T10:00:00Z ml/g-0", "w 2026-12-03T10:00:00Z ml/g-0/uid,,ml/g-1/uid", "w 0000-01-01T00:00:00+01:00 a/b/c",
+		"w 2026-12-03T10:00:00Z", "nonsense", "",
+	} {
+		f.Add(s)
+	}
+	fields := []string{"want ", "workload ", "evict until ", "pod "}
+	f.Fuzz(func(t *testing.T, line string) {
+		r, err := parseReturnLine(line)
+		if err != nil {
+			if !slices.ContainsFunc(fields, func(f string) bool { return strings.HasPrefix(err.Error(), f) }) {
+				t.Fatalf("line %q: error %q names no field", line, err)
+			}
+			return
+		}
+		again, err := parseReturnLine(r.String())
+		if err != nil {
+			t.Fatalf("line %q read as %+v, written as %q, which reads as an error: %v", line, r, r.String(), err)
+		}
+		if again.workload != r.workload || !again.until.Equal(r.until) || !slices.Equal(again.pods, r.pods) {
+			t.Fatalf("line %q read as %+v, written as %q, read back as %+v", line, r, r.String(), again)
+		}
+	})
+}

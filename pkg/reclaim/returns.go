@@ -186,32 +186,58 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 		skipped("the checkpoints are written, but the API server would not evict %s within %v; nothing was evicted", strings.Join(refused, ", "), req.Timeout)
 		return c.returned(ReturnNotEvicted)
 	}
+	if opts.Notices != nil {
+		rec := returnRecordOf(req, evictUntil)
+		if err := c.recordReturn(ctx, rec, log); err != nil {
+			log.Error(err, "not moving back to Spot: cannot record the move, which a restart between its evictions would leave torn")
+			skipped("the checkpoints are written, but the move could not be recorded (%v), and a scheduler restart between its evictions would leave the workload torn; nothing was evicted", err)
+			return c.returned(ReturnNotEvicted)
+		}
+		defer func() {
+			// A scheduler on its way out leaves the record: the next
+			// leader finishes what it did not (FinishReturns).
+			if ctx.Err() == nil {
+				c.dropReturn(ctx, rec, log)
+			}
+		}()
+	}
+	result := c.evictReturn(ctx, req.Pods, evictUntil, "evicted to move back to Spot, its checkpoint written: "+req.Why, log)
+	if result == ReturnMoved {
+		log.Info("moved back to Spot", "pods", len(req.Pods), "why", req.Why)
+	}
+	return c.returned(result)
+}
+
+// evictReturn evicts a move's pods, each with its own grace period, every
+// pod once before any again; a refusal that may pass (a budget's, a
+// conflict, a server that could not decide) is asked again until until.
+// message is each evicted pod's SpotReturn event.
+func (c *Coordinator) evictReturn(ctx context.Context, pods []*corev1.Pod, until time.Time, message string, log logr.Logger) ReturnResult {
+	c.mu.Lock()
+	recorder := c.recorder
+	c.mu.Unlock()
 	failed := false
-	if !EvictInPasses(ctx, req.Pods, func(p *corev1.Pod) bool {
-		grace := EvictionGrace(p, evictUntil.Add(time.Hour))
+	if !EvictInPasses(ctx, pods, func(p *corev1.Pod) bool {
+		grace := EvictionGrace(p, until.Add(time.Hour))
 		gone, err := c.evictMember(ctx, p, grace, false, log)
 		switch {
 		case ctx.Err() != nil:
 			return false
-		case (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) || Undecided(err)) && time.Now().Before(evictUntil):
+		case (apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) || Undecided(err)) && time.Now().Before(until):
 			return true
 		case gone || apierrors.IsNotFound(err):
 		case err == nil:
-			recorder.Eventf(p, corev1.EventTypeNormal, "SpotReturn", "evicted to move back to Spot, its checkpoint written: %s", req.Why)
+			recorder.Event(p, corev1.EventTypeNormal, "SpotReturn", message)
 		default:
 			failed = true
 			log.Error(err, "cannot evict a pod moving back to Spot", "pod", p.Namespace+"/"+p.Name)
 			recorder.Eventf(p, corev1.EventTypeWarning, "SpotReturnEvictionFailed", "could not evict this pod to move it back to Spot: %v", err)
 		}
 		return false
-	}) {
-		return c.returned(ReturnNotEvicted)
+	}) || failed {
+		return ReturnNotEvicted
 	}
-	if failed {
-		return c.returned(ReturnNotEvicted)
-	}
-	log.Info("moved back to Spot", "pods", len(req.Pods), "why", req.Why)
-	return c.returned(ReturnMoved)
+	return ReturnMoved
 }
 
 // refusedEvictions asks the API server, as dry runs, to evict each pod,

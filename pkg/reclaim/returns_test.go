@@ -13,7 +13,9 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -39,13 +41,19 @@ func returnOf(t *testing.T, c *Coordinator, timeout time.Duration) func() Return
 	return returnOfPods(t, c, timeout, member("g-0", "a", "g"), member("g-1", "b", "g"))
 }
 
-// returnOfPods is returnOf for the gang's pods as given.
-func returnOfPods(t *testing.T, c *Coordinator, timeout time.Duration, pods ...*corev1.Pod) func() ReturnResult {
+// waitRunning waits until c runs (Run started it).
+func waitRunning(t *testing.T, c *Coordinator) {
+	t.Helper()
 	waitFor(t, "the coordinator to run", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.started
 	})
+}
+
+// returnOfPods is returnOf for the gang's pods as given.
+func returnOfPods(t *testing.T, c *Coordinator, timeout time.Duration, pods ...*corev1.Pod) func() ReturnResult {
+	waitRunning(t, c)
 	done := make(chan ReturnResult, 1)
 	go func() {
 		done <- c.Return(context.Background(), ReturnRequest{Workload: "gang:label:ml/g", Timeout: timeout, Why: "$1.00/h on Spot instead of $4.00/h",
@@ -59,7 +67,8 @@ func TestReturnCheckpointsThenEvictsTheWholeGang(t *testing.T) {
 	evicted := recordEvictions(client)
 	rec := record.NewFakeRecorder(100)
 	c := NewCoordinator()
-	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec})
+	store := noticeStore(client)
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec, Notices: store})
 	before := counterValue(t, returnsTotal.WithLabelValues(string(ReturnMoved)))
 	result := returnOf(t, c, time.Minute)
 	answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
@@ -86,6 +95,12 @@ func TestReturnCheckpointsThenEvictsTheWholeGang(t *testing.T) {
 	}
 	if got := counterValue(t, returnsTotal.WithLabelValues(string(ReturnMoved))) - before; got != 1 {
 		t.Fatalf("penny_spot_returns_total{result=moved} went up by %v", got)
+	}
+	// Recorded before the evictions, in case the scheduler stopped
+	// between them, and removed once they were made.
+	cm, err := client.CoreV1().ConfigMaps(store.Namespace).Get(context.Background(), store.Name, metav1.GetOptions{})
+	if text, recorded := cm.Data[ReturnsKey]; err != nil || !recorded || text != "" {
+		t.Fatalf("the move's record after the move: %v (%v); want it written and removed", cm.Data, err)
 	}
 }
 
@@ -285,5 +300,132 @@ func budgetRefuses(client *fake.Clientset, refuse func(name string) bool) (evict
 		mu.Lock()
 		defer mu.Unlock()
 		return append([]string(nil), names...)
+	}
+}
+
+// A scheduler killed between two evictions of a move would leave the gang
+// torn: one member gone to Spot, the other running on on-demand without
+// it. The move was recorded before its first eviction, and the replica
+// that leads next evicts the member left, then drops the record.
+func TestAMoveARestartInterruptedIsFinishedByTheNextLeader(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	deleted := apiServerEvictions(client)
+	killed, kill := context.WithCancel(context.Background())
+	defer kill()
+	var asked atomic.Int32
+	client.PrependReactor("create", "pods", func(action clienttesting.Action) (bool, runtime.Object, error) {
+		ev, ok := action.(clienttesting.CreateAction).GetObject().(*policyv1.Eviction)
+		if action.GetSubresource() != "eviction" || !ok || dryRun(ev) {
+			return false, nil, nil
+		}
+		if asked.Add(1) == 2 {
+			kill() // the scheduler dies before the second eviction is made
+			return true, nil, context.Canceled
+		}
+		return false, nil, nil
+	})
+	store := noticeStore(client)
+	c := NewCoordinator()
+	cmds, stop := start(t, c, CoordinatorOptions{Client: client, Notices: store})
+	waitRunning(t, c)
+	done := make(chan ReturnResult, 1)
+	go func() {
+		done <- c.Return(killed, ReturnRequest{Workload: "gang:label:ml/g", Timeout: time.Minute, Why: "cheaper",
+			Pods: []*corev1.Pod{member("g-0", "a", "g"), member("g-1", "b", "g")}})
+	}()
+	answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
+	answer(t, c, cmds, "b", telemetryv1.CheckpointStatus_STATE_DONE)
+	if r := <-done; r != ReturnNotEvicted {
+		t.Fatalf("Return = %s, want not_evicted (killed between the evictions)", r)
+	}
+	stop()
+	if n := deleted(); n != 1 {
+		t.Fatalf("%d evictions made before the kill, want 1: the test shows nothing", n)
+	}
+	text, err := store.returnsKey().Read(context.Background())
+	if err != nil || !strings.Contains(text, "ml/g-0/uid-g-0,ml/g-1/uid-g-1") {
+		t.Fatalf("the move's record: %q, %v", text, err)
+	}
+
+	rec := record.NewFakeRecorder(100)
+	next := NewCoordinator()
+	start(t, next, CoordinatorOptions{Client: client, Notices: store, Recorder: rec})
+	waitRunning(t, next)
+	before := counterValue(t, returnsTotal.WithLabelValues(string(ReturnMoved)))
+	if n, err := next.FinishInterruptedMoves(context.Background()); n != 1 || err != nil {
+		t.Fatalf("finished %d moves (%v), want 1", n, err)
+	}
+	if n := deleted(); n != 2 {
+		t.Fatalf("%d members evicted in all, want both", n)
+	}
+	if ev := drainEvents(rec); !strings.Contains(ev, "Normal SpotReturn evicted to finish a move back to Spot that a scheduler restart interrupted after evicting 1 of its 2 pods (workload gang:label:ml/g)") {
+		t.Fatalf("events %q", ev)
+	}
+	if got := counterValue(t, returnsTotal.WithLabelValues(string(ReturnMoved))) - before; got != 1 {
+		t.Fatalf("penny_spot_returns_total{result=moved} went up by %v", got)
+	}
+	if text, err := store.returnsKey().Read(context.Background()); err != nil || text != "" {
+		t.Fatalf("the record after the move was finished: %q, %v", text, err)
+	}
+	if n, err := next.FinishInterruptedMoves(context.Background()); n != 0 || err != nil || deleted() != 2 {
+		t.Fatalf("finished %d moves (%v) the second time, %d evictions in all", n, err, deleted())
+	}
+}
+
+// A recorded move is finished only when it tore its workload: one that
+// evicted none of its pods, or ended long ago, is dropped, and a line that
+// does not parse is reported and skipped.
+func TestRecordedMovesThatToreNothingAreDropped(t *testing.T) {
+	now := time.Now()
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"), member("h-1", "b", "h"))
+	deleted := apiServerEvictions(client)
+	store := noticeStore(client)
+	lines := []string{
+		// none evicted
+		returnRecord{workload: "gang:label:ml/g", until: now.Add(time.Minute), pods: []returnPod{
+			{"ml", "g-0", "uid-g-0"}, {"ml", "g-1", "uid-g-1"}}}.String(),
+		// h-0 evicted, but the window ended an hour ago
+		returnRecord{workload: "gang:label:ml/h", until: now.Add(-time.Hour), pods: []returnPod{
+			{"ml", "h-0", "uid-h-0"}, {"ml", "h-1", "uid-h-1"}}}.String(),
+		"gang:label:ml/x 2026-12-03T10:00:00Z ml/x-0",
+	}
+	if err := store.returnsKey().Update(context.Background(), func(string) string { return strings.Join(lines, "\n") }); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCoordinator()
+	start(t, c, CoordinatorOptions{Client: client, Notices: store})
+	waitRunning(t, c)
+	if n, err := c.FinishInterruptedMoves(context.Background()); n != 0 || err != nil || deleted() != 0 {
+		t.Fatalf("finished %d moves (%v), evicted %d pods; want none", n, err, deleted())
+	}
+	if text, err := store.returnsKey().Read(context.Background()); err != nil || text != "" {
+		t.Fatalf("the records left: %q, %v", text, err)
+	}
+}
+
+// A move that cannot be recorded is not made: a restart between its
+// evictions would leave the workload torn with nothing to finish it.
+func TestReturnEvictsNothingItCannotRecord(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	evicted := recordEvictions(client)
+	for _, verb := range []string{"create", "update"} {
+		client.PrependReactor(verb, "configmaps", func(clienttesting.Action) (bool, runtime.Object, error) {
+			return true, nil, apierrors.NewServiceUnavailable("etcd is down")
+		})
+	}
+	rec := record.NewFakeRecorder(100)
+	c := NewCoordinator()
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: rec, Notices: noticeStore(client)})
+	result := returnOf(t, c, time.Minute)
+	answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
+	answer(t, c, cmds, "b", telemetryv1.CheckpointStatus_STATE_DONE)
+	if r := result(); r != ReturnNotEvicted {
+		t.Fatalf("Return = %s, want not_evicted", r)
+	}
+	if got := evicted(); len(got) != 0 {
+		t.Fatalf("evicted %v without a record of the move", got)
+	}
+	if ev := drainEvents(rec); strings.Count(ev, "Warning SpotReturnSkipped not moved back to Spot: the checkpoints are written, but the move could not be recorded") != 2 {
+		t.Fatalf("events %q", ev)
 	}
 }

@@ -26,7 +26,17 @@ import (
 // written. why says what the move saves, for the pods' events.
 type Mover interface {
 	MoveToSpot(ctx context.Context, workload string, pods []*corev1.Pod, checkpointTimeout time.Duration, why string) (moved bool)
+	// FinishInterruptedMoves evicts what is left of the moves a scheduler
+	// stopped in the middle of evicting (reclaim.Coordinator's), so that
+	// no workload stays torn between Spot and on-demand; it returns how
+	// many it finished, and an error when it could not look.
+	FinishInterruptedMoves(ctx context.Context) (int, error)
 }
+
+// leaseCheckEvery is how often Run asks whether this replica took the
+// lease: a new leader finishes the moves its predecessor left half done
+// without waiting for returnToSpot.every.
+const leaseCheckEvery = 30 * time.Second
 
 // Returner is penny-scheduler's loop that moves Spot-preferring work that
 // fell back to on-demand back to Spot (returnToSpot): every round it reads
@@ -103,13 +113,41 @@ func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 	}
 	t := clk.NewTicker(rs.Every.Duration)
 	defer t.Stop()
+	lease := clk.NewTicker(leaseCheckEvery)
+	defer lease.Stop()
+	leading := func() bool {
+		l := r.leading.Load()
+		return l != nil && (*l)(ctx)
+	}
+	// finished: this replica has led since it last looked for the moves
+	// left half done. One that has just taken the lease (at start too)
+	// looks at once, and until it could.
+	finished := false
+	look := func() {
+		if !leading() {
+			finished = false
+			return
+		}
+		if !finished {
+			_, err := o.Mover.FinishInterruptedMoves(ctx)
+			if err != nil {
+				logger.Error(err, "Looking for moves back to Spot left half done; trying again", "in", leaseCheckEvery)
+			}
+			finished = err == nil
+		}
+	}
+	look()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-lease.C():
+			look()
+			continue
 		case <-t.C():
 		}
-		if l := r.leading.Load(); l == nil || !(*l)(ctx) {
+		if !leading() {
+			finished = false
 			continue
 		}
 		if _, _, err := r.Round(ctx, o); err != nil {
@@ -144,6 +182,11 @@ func (r *Returner) Round(ctx context.Context, o ReturnerOptions) (ReturnMove, bo
 	profile := ""
 	if p, ok := pl.handle.(interface{ ProfileName() string }); ok {
 		profile = p.ProfileName()
+	}
+	// Before the waiting pods are looked at: a torn workload's evicted
+	// members wait, for the rest of it.
+	if _, err := o.Mover.FinishInterruptedMoves(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Looking for moves back to Spot left half done")
 	}
 	if waiting(pods, profile) {
 		return ReturnMove{}, false, nil

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -27,6 +28,10 @@ type mover struct {
 	moved    []string
 	timeouts []time.Duration
 	whys     []string
+	// finishes counts the calls of FinishInterruptedMoves, and finishErr
+	// is what they return.
+	finishes  int
+	finishErr error
 }
 
 func (m *mover) MoveToSpot(_ context.Context, workload string, _ []*corev1.Pod, timeout time.Duration, why string) bool {
@@ -34,6 +39,19 @@ func (m *mover) MoveToSpot(_ context.Context, workload string, _ []*corev1.Pod, 
 	defer m.mu.Unlock()
 	m.moved, m.timeouts, m.whys = append(m.moved, workload), append(m.timeouts, timeout), append(m.whys, why)
 	return true
+}
+
+func (m *mover) FinishInterruptedMoves(context.Context) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.finishes++
+	return 0, m.finishErr
+}
+
+func (m *mover) finished() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.finishes
 }
 
 func (m *mover) workloads() []string {
@@ -300,6 +318,82 @@ func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
 	mu.Unlock()
 	tick()
 	waitUntil(t, func() bool { return len(w.m.workloads()) == 1 })
+}
+
+// A replica that takes the lease finishes the moves its predecessor left
+// half done within leaseCheckEvery, not at its first round
+// (returnToSpot.every, 10 minutes), and again before every round.
+func TestReturnerFinishesInterruptedMovesWhenItTakesTheLease(t *testing.T) {
+	w := newReturnWorld(t, nil).sync(t)
+	var mu sync.Mutex
+	leads, asked := false, 0
+	w.r.SetLeading(func(context.Context) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		asked++
+		return leads
+	})
+	lease := func(l bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		leads = l
+	}
+	askedSoFar := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return asked
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.r.Run(ctx, ReturnerOptions{Mover: w.m, Clock: w.e.clock})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	// step moves the clock on by a lease check once Run waits for it, and
+	// waits until Run has asked about the lease.
+	step := func() {
+		waitUntil(t, func() bool { return askedSoFar() > 0 && w.e.clock.HasWaiters() })
+		before := askedSoFar()
+		w.e.clock.Step(leaseCheckEvery)
+		waitUntil(t, func() bool { return askedSoFar() > before })
+	}
+	step()
+	step()
+	if n := w.m.finished(); n != 0 {
+		t.Fatalf("a replica that does not lead looked for moves left half done %d times", n)
+	}
+	// It takes the lease while the coordinator cannot look yet: it
+	// tries again at the next check, and then no more while it leads.
+	w.m.mu.Lock()
+	w.m.finishErr = errors.New("the reclaim coordinator does not run yet")
+	w.m.mu.Unlock()
+	lease(true)
+	step()
+	if n := w.m.finished(); n != 1 {
+		t.Fatalf("looked %d times on taking the lease, want once", n)
+	}
+	w.m.mu.Lock()
+	w.m.finishErr = nil
+	w.m.mu.Unlock()
+	step()
+	step()
+	step()
+	if n := w.m.finished(); n != 2 {
+		t.Fatalf("looked for moves left half done %d times, want twice: once when it took the lease, once more after it could not", n)
+	}
+	// Every round looks too.
+	before := askedSoFar()
+	w.e.clock.Step(10*time.Minute - 5*leaseCheckEvery)
+	waitUntil(t, func() bool { return w.m.finished() == 3 && askedSoFar() > before })
+	// Lost and taken again: it looks again.
+	lease(false)
+	step()
+	lease(true)
+	step()
+	if n := w.m.finished(); n != 4 {
+		t.Fatalf("looked %d times in all, want 4: once more on taking the lease again", n)
+	}
 }
 
 func TestReturnerDoesNothingWhenDisabled(t *testing.T) {

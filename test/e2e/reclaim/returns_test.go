@@ -21,6 +21,7 @@ import (
 	"github.com/pennysched/penny/deploy"
 	"github.com/pennysched/penny/pkg/gang"
 	"github.com/pennysched/penny/pkg/pricing"
+	pkgreclaim "github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/plugins/spotrisk"
 	"github.com/pennysched/penny/test/harness"
 )
@@ -229,6 +230,17 @@ func TestFallenBackGangMovesBackToSpot(t *testing.T) {
 	if err != nil || !strings.HasPrefix(cm.Data[spotrisk.MovesKey], "label:"+ns+"/train ") {
 		t.Errorf("moves kept in configmap penny-system/penny-interrupted-runs: %v (err %v), want the gang's", cm.Data, err)
 	}
+	// The move was recorded before its first eviction, in case the
+	// scheduler stopped between the two, and the record removed once
+	// both were made.
+	poll(t, "the move's record removed", 30*time.Second, func() (bool, string) {
+		cm, err := w.c.Client.CoreV1().ConfigMaps("penny-system").Get(ctx, "penny-reclaim-notices", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		text, recorded := cm.Data[pkgreclaim.ReturnsKey]
+		return recorded && text == "", fmt.Sprintf("data %v", cm.Data)
+	})
 	var replaced []*podTrainer
 	poll(t, "gang evicted and placed again on Spot", 90*time.Second, func() (bool, string) {
 		for uid := range originalUIDs {

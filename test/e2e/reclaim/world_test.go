@@ -129,7 +129,10 @@ func newWorldWith(t *testing.T, fleet string, o worldOptions) *world {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := coordinator.Run(runCtx, pkgreclaim.CoordinatorOptions{Client: w.c.Client, Commands: srv, Risk: w.risk, Log: w.log.WithName("coordinator")}); err != nil {
+		// The notices, and the moves being evicted, kept where
+		// penny-scheduler keeps them by default.
+		notices := &pkgreclaim.NoticeStore{Client: w.c.Client, Namespace: "penny-system", Name: "penny-reclaim-notices"}
+		if err := coordinator.Run(runCtx, pkgreclaim.CoordinatorOptions{Client: w.c.Client, Commands: srv, Risk: w.risk, Notices: notices, Log: w.log.WithName("coordinator")}); err != nil {
 			t.Errorf("coordinator: %v", err)
 		}
 	}()
