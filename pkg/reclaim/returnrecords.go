@@ -140,14 +140,14 @@ func (s *NoticeStore) updateReturns(ctx context.Context, log logr.Logger, change
 	return tooLarge
 }
 
-// FinishInterruptedMoves finishes the moves back to Spot that a scheduler stopped
-// in the middle of evicting: a recorded move of which some pods are gone
-// (evicted, or replaced under the same name) has the rest evicted, each
-// still checkpointed from the move, with the pod's own grace period and a
-// PodDisruptionBudget's refusal asked again until the move's window ends
-// (or for a minute, when it has). A recorded move that evicted none of its
-// pods is only dropped: no workload is torn, and a later round may plan it
-// afresh. It is for the replica that leads (SpotRisk's Returner calls it
+// FinishInterruptedMoves finishes the moves back to Spot that a scheduler
+// stopped in the middle of evicting: a recorded move of which some pods are
+// gone (evicted, or replaced under the same name) has the rest evicted,
+// each still checkpointed from the move, with the pod's own grace period
+// and a PodDisruptionBudget's refusal asked again until the move's window
+// ends (or for a minute, when it has). A recorded move that evicted none of
+// its pods is only dropped: no workload is torn, and a later round may plan
+// it afresh. It is for the replica that leads (SpotRisk's Returner calls it
 // when it takes the lease and before each round), with the coordinator
 // running. It returns how many moves it finished; the error says it could
 // not look (the coordinator does not run yet, the records could not be

@@ -93,7 +93,9 @@ type ReturnerOptions struct {
 }
 
 // Run makes a round every returnToSpot.every until ctx ends, once a
-// SpotRisk is built (Use); it returns at once when moves are off.
+// SpotRisk is built (Use), and has the Mover finish the moves left half
+// done whenever this replica takes the lease (asked every leaseCheckEvery);
+// it returns at once when moves are off.
 func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 	logger := klog.FromContext(ctx).WithName("spot-return")
 	select {
