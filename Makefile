@@ -181,6 +181,11 @@ generate:
 # in Go 1.26 a duration can end while a worker is mid-input and fail the
 # target with a bare "context deadline exceeded" on a loaded machine
 # (golang/go#75804, fixed in Go 1.27); a count has no deadline to race.
+# Left to their seed corpus in `go test`, for CI's time: agent/reclaim's
+# FuzzFileName and FuzzReadState (their fuzz build took 7.5 minutes on 2
+# cores with the plain build cached) and pkg/sim's FuzzLoadTrace and
+# FuzzParseSpotScenario (about a minute each); fuzz them by hand after
+# changing what they read.
 FUZZ_TIME ?= 20000x
 FUZZ_TARGETS := \
 	./pkg/api/telemetry/v1:FuzzNodeReport \
@@ -197,6 +202,8 @@ FUZZ_TARGETS := \
 	./pkg/pricing:FuzzParseCatalog \
 	./pkg/pricing:FuzzParseBucket \
 	./pkg/pricing:FuzzParseSavedPools \
+	./pkg/reclaim:FuzzParseNotices \
+	./pkg/reclaim:FuzzParseReturns \
 	./pkg/gpu:FuzzParseMIGResource \
 	./pkg/gpu:FuzzParseAssignment \
 	./pkg/gpu:FuzzParsePodRequest \
