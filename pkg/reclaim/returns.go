@@ -195,7 +195,7 @@ func (c *Coordinator) Return(ctx context.Context, req ReturnRequest) ReturnResul
 		}
 		defer func() {
 			// A scheduler on its way out leaves the record: the next
-			// leader finishes what it did not (FinishReturns).
+			// leader finishes what it did not (FinishInterruptedMoves).
 			if ctx.Err() == nil {
 				c.dropReturn(ctx, rec, log)
 			}

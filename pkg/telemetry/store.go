@@ -309,10 +309,10 @@ var _ Notifier = &Store{}
 
 // Subscribe implements Notifier: fn is called after each applied update, on
 // the writer's goroutine, after StoreOptions.OnUpdate and under the same
-// rules (it must return quickly), and after each drop, on the goroutine that
-// pruned or forgot the node, with next nil. A store outlives the plugins built on it
-// (a scheduler's profiles, a restart in tests), and each cancels its own
-// subscription when it stops.
+// rules (it must return quickly), and after each drop, on the goroutine
+// that pruned or forgot the node, with next nil. A store outlives the
+// plugins built on it (a scheduler's profiles, a restart in tests), and
+// each cancels its own subscription when it stops.
 func (s *Store) Subscribe(fn func(prev, next *NodeState)) (cancel func()) {
 	sub := &subscriber{fn: fn}
 	s.subscribing.Lock()

@@ -241,28 +241,61 @@ func (h *activatingHandle) Activate(_ klog.Logger, pods map[string]*corev1.Pod) 
 	h.activated <- names
 }
 
+// retryingPlugin builds the plugin over store's reports with a handle
+// that records the pods it retries (at most buffer retries held), and adds
+// pods to the handle's pod informer. The plugin stops when ctx ends.
+func retryingPlugin(ctx context.Context, t *testing.T, store *telemetry.Store, buffer int, pods ...*corev1.Pod) (*GPUPack, *activatingHandle) {
+	t.Helper()
+	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
+		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, buffer)}
+	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pod := range pods {
+		if err := h.factory.Core().V1().Pods().Informer().GetIndexer().Add(pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p, h
+}
+
+// noRetry fails the test if a pod is retried within 100ms; when says
+// when none should be.
+func (h *activatingHandle) noRetry(t *testing.T, when string) {
+	t.Helper()
+	select {
+	case got := <-h.activated:
+		t.Fatalf("pods %v retried %s", got, when)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// retriedOnly waits up to 10s for a retry and fails the test unless it is
+// of the pod key alone; after says what should have retried it.
+func (h *activatingHandle) retriedOnly(t *testing.T, key, after string) {
+	t.Helper()
+	select {
+	case got := <-h.activated:
+		if len(got) != 1 || got[0] != key {
+			t.Fatalf("retried %v; want %s only", got, key)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s was not retried %s", key, after)
+	}
+}
+
 // No cluster event says a GPU recovered: the pods waiting are retried when
 // its agent reports it healthy again.
 func TestPodsRetriedWhenAGPURecovers(t *testing.T) {
 	initMetrics.Do(schedmetrics.InitMetrics)
 	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute})
-	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
-		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, 4)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods := h.factory.Core().V1().Pods().Informer().GetIndexer()
 	waiting := podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460")
 	cpuOnly := podOf("cpu", "1")
 	running := bound(podOf("running", "1", string(gpu.ResourceGPU), "1"), "other", "0")
-	for _, pod := range []*corev1.Pod{waiting, cpuOnly, running} {
-		if err := pods.Add(pod); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p, h := retryingPlugin(ctx, t, store, 4, waiting, cpuOnly, running)
 	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A10G", 1, "64")})
 
 	store.Update(healthReport("n", 1, 1, 0), time.Now())
@@ -274,20 +307,9 @@ func TestPodsRetriedWhenAGPURecovers(t *testing.T) {
 		t.Fatal("the pod fits on a GPU reported unhealthy")
 	}
 	store.Update(healthReport("n", 1, 2, 0), time.Now())
-	select {
-	case got := <-h.activated:
-		t.Fatalf("pods %v retried while the GPU is still unhealthy", got)
-	case <-time.After(100 * time.Millisecond):
-	}
+	h.noRetry(t, "while the GPU is still unhealthy")
 	store.Update(healthReport("n", 1, 3), time.Now())
-	select {
-	case got := <-h.activated:
-		if len(got) != 1 || got[0] != "default/waiting" {
-			t.Fatalf("retried %v; want the waiting GPU pod only", got)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the waiting pod was not retried when the GPU recovered")
-	}
+	h.retriedOnly(t, "default/waiting", "when the GPU recovered")
 	if s := filter(t, p, nodes, waiting, 0); !s.IsSuccess() {
 		t.Fatalf("retried, the pod still does not fit: %v", s)
 	}
@@ -295,11 +317,7 @@ func TestPodsRetriedWhenAGPURecovers(t *testing.T) {
 	cancel()
 	store.Update(healthReport("n", 1, 4, 0), time.Now())
 	store.Update(healthReport("n", 1, 5), time.Now())
-	select {
-	case got := <-h.activated:
-		t.Fatalf("a stopped plugin retried %v", got)
-	case <-time.After(100 * time.Millisecond):
-	}
+	h.noRetry(t, "by a stopped plugin")
 }
 
 // A node whose agent stays silent keeps its last report until the store
@@ -316,18 +334,10 @@ func TestPodsRetriedWhenTheStoreDropsABrokenGPUsReport(t *testing.T) {
 		return now
 	}
 	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute, Now: clock})
-	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
-		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, 4)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
-	if err != nil {
-		t.Fatal(err)
-	}
 	waiting := podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460")
-	if err := h.factory.Core().V1().Pods().Informer().GetIndexer().Add(waiting); err != nil {
-		t.Fatal(err)
-	}
+	p, h := retryingPlugin(ctx, t, store, 4, waiting)
 	nodes := h.set(t, []*corev1.Node{gpuNode("n", "NVIDIA-A10G", 1, "64")})
 	store.Update(healthReport("n", 1, 1, 0), clock())
 	if s := filter(t, p, nodes, waiting, 0); s.IsSuccess() {
@@ -339,20 +349,9 @@ func TestPodsRetriedWhenTheStoreDropsABrokenGPUsReport(t *testing.T) {
 	if s := filter(t, p, nodes, waiting, 0); s.IsSuccess() {
 		t.Fatal("the agent went silent, and the GPU it reported unhealthy took the pod before the store dropped the node")
 	}
-	select {
-	case got := <-h.activated:
-		t.Fatalf("pods %v retried before the store dropped the node", got)
-	case <-time.After(100 * time.Millisecond):
-	}
+	h.noRetry(t, "before the store dropped the node")
 	store.Prune(time.Hour)
-	select {
-	case got := <-h.activated:
-		if len(got) != 1 || got[0] != "default/waiting" {
-			t.Fatalf("retried %v; want the waiting GPU pod", got)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the store dropped the node, and the pod waiting for its GPU was not retried")
-	}
+	h.retriedOnly(t, "default/waiting", "when the store dropped the node whose report held its GPU broken")
 	if s := filter(t, p, nodes, waiting, 0); !s.IsSuccess() {
 		t.Fatalf("retried, the pod still does not fit: %v", s)
 	}
@@ -412,18 +411,10 @@ func TestReportsReadAreForgottenWithTheirNodes(t *testing.T) {
 func TestFlappingGPURetriesPodsAtMostOncePerGap(t *testing.T) {
 	initMetrics.Do(schedmetrics.InitMetrics)
 	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute})
-	h := &activatingHandle{handle: &handle{par: parallelize.NewParallelizer(1)},
-		factory: informers.NewSharedInformerFactory(fake.NewClientset(), 0), activated: make(chan []string, 64)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, err := NewWith(ctx, nil, h, WithLayouts(TelemetryLayouts(store)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, h := retryingPlugin(ctx, t, store, 64, podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460"))
 	p.retryGap = 300 * time.Millisecond
-	if err := h.factory.Core().V1().Pods().Informer().GetIndexer().Add(podOf("waiting", "1", string(gpu.ResourceGPUMilli), "460")); err != nil {
-		t.Fatal(err)
-	}
 	seq := uint64(0)
 	for range 20 {
 		seq++

@@ -166,13 +166,13 @@ type notifyingLayouts struct {
 
 func (t notifyingLayouts) OnReport(fn func(node string, prev, next GPUReport)) func() {
 	return t.n.Subscribe(func(prev, next *telemetry.NodeState) {
-		var p, n GPUReport
+		var p GPUReport
 		if prev != nil {
 			p = t.peek(prev)
 		}
 		if next == nil {
 			// Dropped: no report from now on.
-			fn(prev.Node, p, n)
+			fn(prev.Node, p, GPUReport{})
 			return
 		}
 		fn(next.Node, p, t.peek(next))
