@@ -94,8 +94,11 @@ type ReturnerOptions struct {
 
 // Run makes a round every returnToSpot.every until ctx ends, once a
 // SpotRisk is built (Use), and has the Mover finish the moves left half
-// done whenever this replica takes the lease (asked every leaseCheckEvery);
-// it returns at once when moves are off.
+// done whenever this replica takes the lease (asked every leaseCheckEvery).
+// When moves are off it makes no round, and returns once it has finished
+// the moves left half done while leading: a scheduler restarted with
+// returnToSpot.enabled false may find one its predecessor started, and no
+// replica starts any more.
 func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 	logger := klog.FromContext(ctx).WithName("spot-return")
 	select {
@@ -105,16 +108,18 @@ func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 	}
 	pl := r.pl.Load()
 	rs := pl.args.ReturnToSpot
-	if !*rs.Enabled {
-		logger.Info("Not moving work back to Spot: SpotRisk's returnToSpot.enabled is false")
-		return
-	}
 	clk := o.Clock
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	t := clk.NewTicker(rs.Every.Duration)
-	defer t.Stop()
+	var rounds <-chan time.Time
+	if *rs.Enabled {
+		t := clk.NewTicker(rs.Every.Duration)
+		defer t.Stop()
+		rounds = t.C()
+	} else {
+		logger.Info("Not moving work back to Spot: SpotRisk's returnToSpot.enabled is false; moves a restart left half done are finished")
+	}
 	lease := clk.NewTicker(leaseCheckEvery)
 	defer lease.Stop()
 	leading := func() bool {
@@ -140,13 +145,16 @@ func (r *Returner) Run(ctx context.Context, o ReturnerOptions) {
 	}
 	look()
 	for {
+		if finished && rounds == nil {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-lease.C():
 			look()
 			continue
-		case <-t.C():
+		case <-rounds:
 		}
 		if !leading() {
 			finished = false

@@ -48,6 +48,13 @@ func (m *mover) FinishInterruptedMoves(context.Context) (int, error) {
 	return 0, m.finishErr
 }
 
+// failFinishing makes FinishInterruptedMoves return err from now on.
+func (m *mover) failFinishing(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.finishErr = err
+}
+
 func (m *mover) finished() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -83,6 +90,61 @@ func newReturnWorld(t *testing.T, args *Args) *returnWorld {
 }
 
 // sync starts the informers (of an empty API) and waits for them to list.
+// testLease is the scheduler's lease as the Returner sees it, switched by
+// the test; it counts the Returner's questions.
+type testLease struct {
+	mu    sync.Mutex
+	leads bool
+	asks  int
+}
+
+// lease hands the Returner a lease this replica does not hold yet.
+func (w *returnWorld) lease() *testLease {
+	l := &testLease{}
+	w.r.SetLeading(func(context.Context) bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.asks++
+		return l.leads
+	})
+	return l
+}
+
+func (l *testLease) set(leads bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.leads = leads
+}
+
+func (l *testLease) asked() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.asks
+}
+
+// step moves the clock on by a lease check once Run waits for it, and
+// waits until Run has asked about the lease.
+func (l *testLease) step(t *testing.T, w *returnWorld) {
+	t.Helper()
+	waitUntil(t, func() bool { return l.asked() > 0 && w.e.clock.HasWaiters() })
+	before := l.asked()
+	w.e.clock.Step(leaseCheckEvery)
+	waitUntil(t, func() bool { return l.asked() > before })
+}
+
+// run starts the Returner until the test ends; done closes when Run
+// returns.
+func (w *returnWorld) run(t *testing.T) (done <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		w.r.Run(ctx, ReturnerOptions{Mover: w.m, Clock: w.e.clock})
+	}()
+	t.Cleanup(func() { cancel(); <-ended })
+	return ended
+}
+
 func (w *returnWorld) sync(t *testing.T) *returnWorld {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -290,20 +352,8 @@ func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
 	w.e.clock.SetTime(t0.Add(2 * time.Hour))
 	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
 		running(movable("train", "24h"), "od", t0))
-	var mu sync.Mutex
-	leads := false
-	w.r.SetLeading(func(context.Context) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return leads
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.r.Run(ctx, ReturnerOptions{Mover: w.m, Clock: w.e.clock})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	l := w.lease()
+	w.run(t)
 	tick := func() {
 		waitUntil(t, func() bool { return w.e.clock.HasWaiters() })
 		w.e.clock.Step(10 * time.Minute)
@@ -313,9 +363,7 @@ func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
 	if got := w.m.workloads(); len(got) != 0 {
 		t.Fatalf("a replica that does not lead moved %v", got)
 	}
-	mu.Lock()
-	leads = true
-	mu.Unlock()
+	l.set(true)
 	tick()
 	waitUntil(t, func() bool { return len(w.m.workloads()) == 1 })
 }
@@ -325,39 +373,9 @@ func TestReturnerRunsOnlyOnTheLeader(t *testing.T) {
 // (returnToSpot.every, 10 minutes), and again before every round.
 func TestReturnerFinishesInterruptedMovesWhenItTakesTheLease(t *testing.T) {
 	w := newReturnWorld(t, nil).sync(t)
-	var mu sync.Mutex
-	leads, asked := false, 0
-	w.r.SetLeading(func(context.Context) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		asked++
-		return leads
-	})
-	lease := func(l bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		leads = l
-	}
-	askedSoFar := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return asked
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.r.Run(ctx, ReturnerOptions{Mover: w.m, Clock: w.e.clock})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	// step moves the clock on by a lease check once Run waits for it, and
-	// waits until Run has asked about the lease.
-	step := func() {
-		waitUntil(t, func() bool { return askedSoFar() > 0 && w.e.clock.HasWaiters() })
-		before := askedSoFar()
-		w.e.clock.Step(leaseCheckEvery)
-		waitUntil(t, func() bool { return askedSoFar() > before })
-	}
+	l := w.lease()
+	w.run(t)
+	step := func() { l.step(t, w) }
 	step()
 	step()
 	if n := w.m.finished(); n != 0 {
@@ -365,17 +383,13 @@ func TestReturnerFinishesInterruptedMovesWhenItTakesTheLease(t *testing.T) {
 	}
 	// It takes the lease while the coordinator cannot look yet: it
 	// tries again at the next check, and then no more while it leads.
-	w.m.mu.Lock()
-	w.m.finishErr = errors.New("the reclaim coordinator does not run yet")
-	w.m.mu.Unlock()
-	lease(true)
+	w.m.failFinishing(errors.New("the reclaim coordinator does not run yet"))
+	l.set(true)
 	step()
 	if n := w.m.finished(); n != 1 {
 		t.Fatalf("looked %d times on taking the lease, want once", n)
 	}
-	w.m.mu.Lock()
-	w.m.finishErr = nil
-	w.m.mu.Unlock()
+	w.m.failFinishing(nil)
 	step()
 	step()
 	step()
@@ -383,32 +397,51 @@ func TestReturnerFinishesInterruptedMovesWhenItTakesTheLease(t *testing.T) {
 		t.Fatalf("looked for moves left half done %d times, want twice: once when it took the lease, once more after it could not", n)
 	}
 	// Every round looks too.
-	before := askedSoFar()
+	before := l.asked()
 	w.e.clock.Step(10*time.Minute - 5*leaseCheckEvery)
-	waitUntil(t, func() bool { return w.m.finished() == 3 && askedSoFar() > before })
+	waitUntil(t, func() bool { return w.m.finished() == 3 && l.asked() > before })
 	// Lost and taken again: it looks again.
-	lease(false)
+	l.set(false)
 	step()
-	lease(true)
+	l.set(true)
 	step()
 	if n := w.m.finished(); n != 4 {
 		t.Fatalf("looked %d times in all, want 4: once more on taking the lease again", n)
 	}
 }
 
-func TestReturnerDoesNothingWhenDisabled(t *testing.T) {
+// With moves off a replica moves nothing, but finishes, once it leads, a
+// move its predecessor left half done before the change; then it stops.
+func TestReturnerWhenDisabledOnlyFinishesInterruptedMoves(t *testing.T) {
 	off := false
 	w := newReturnWorld(t, &Args{ReturnToSpot: ReturnToSpot{Enabled: &off}}).sync(t)
-	w.r.SetLeading(func(context.Context) bool { return true })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.r.Run(context.Background(), ReturnerOptions{Mover: w.m, Clock: w.e.clock})
-	}()
+	w.e.clock.SetTime(t0.Add(2 * time.Hour))
+	w.add(t, readyNode(node("od", pricing.OnDemand, "us-east-1a")), readyNode(node("spot", pricing.Spot, "us-east-1a")),
+		running(movable("train", "24h"), "od", t0))
+	l := w.lease()
+	done := w.run(t)
+	l.step(t, w)
+	if n := w.m.finished(); n != 0 {
+		t.Fatalf("a replica that does not lead looked for moves left half done %d times", n)
+	}
+	w.m.failFinishing(errors.New("the reclaim coordinator does not run yet"))
+	// It leads for returnToSpot.every (the default, 10 minutes), where it
+	// would make a round, while the coordinator cannot look: it tries at
+	// every lease check.
+	l.set(true)
+	for i := 1; i <= 20; i++ {
+		l.step(t, w)
+		waitUntil(t, func() bool { return w.m.finished() == i })
+	}
+	w.m.failFinishing(nil)
+	l.step(t, w)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("Run with returnToSpot.enabled false did not return")
+		t.Fatal("Run with returnToSpot.enabled false did not return once it had looked")
+	}
+	if n, got := w.m.finished(), w.m.workloads(); n != 21 || len(got) != 0 {
+		t.Fatalf("looked %d times and moved %v; want 21 looks (20 failed) and no move", n, got)
 	}
 }
 
