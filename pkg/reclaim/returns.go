@@ -378,8 +378,9 @@ func (c *Coordinator) returned(r ReturnResult) ReturnResult {
 }
 
 // returnFanouts groups a move's pods by node, one command each, named by
-// the pods' UIDs: a move is made once, and the pods that move again later
-// are their replacements, with UIDs of their own.
+// the pods' UIDs and the move's deadline: an agent runs a command id once
+// (and keeps a finished job for a day), so a move tried again after one
+// that evicted nothing, on the same pods, must ask for checkpoints anew.
 func returnFanouts(req ReturnRequest, deadline time.Time) []*fanout {
 	byNode := map[string]*fanout{}
 	var out []*fanout
@@ -396,7 +397,7 @@ func returnFanouts(req ReturnRequest, deadline time.Time) []*fanout {
 	}
 	for _, f := range out {
 		h := sha256.New()
-		fmt.Fprintf(h, "return\x00%s", f.node)
+		fmt.Fprintf(h, "return\x00%s\x00%d", f.node, deadline.UnixNano())
 		for _, p := range f.pods {
 			fmt.Fprintf(h, "\x00%s", p.UID)
 		}

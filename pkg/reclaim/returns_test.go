@@ -147,6 +147,35 @@ func TestReturnEvictsNothingWithoutEveryCheckpoint(t *testing.T) {
 
 // A PodDisruptionBudget over both members that allows one disruption
 // passes each member's dry run, and would refuse the second real eviction
+
+// A workload whose move evicted nothing is tried again after the cooldown,
+// with the same pods: its checkpoints are asked for by new commands, since
+// an agent runs a command id once and keeps a finished job for a day.
+func TestAMoveTriedAgainAsksForItsCheckpointsAnew(t *testing.T) {
+	client := fake.NewClientset(member("g-0", "a", "g"), member("g-1", "b", "g"))
+	evicted := recordEvictions(client)
+	c := NewCoordinator()
+	cmds, _ := start(t, c, CoordinatorOptions{Client: client, Recorder: record.NewFakeRecorder(100)})
+	result := returnOf(t, c, 2*time.Second)
+	answer(t, c, cmds, "a", telemetryv1.CheckpointStatus_STATE_DONE)
+	answer(t, c, cmds, "b", telemetryv1.CheckpointStatus_STATE_FAILED)
+	if r := result(); r != ReturnNoCheckpoint {
+		t.Fatalf("first try: Return = %s, want no_checkpoint", r)
+	}
+	first := map[string]string{"a": cmds.get("a").GetId(), "b": cmds.get("b").GetId()}
+	result = returnOf(t, c, time.Minute)
+	for _, node := range []string{"a", "b"} {
+		waitFor(t, "a new command to "+node, func() bool { return cmds.get(node).GetId() != first[node] })
+		answer(t, c, cmds, node, telemetryv1.CheckpointStatus_STATE_DONE)
+	}
+	if r := result(); r != ReturnMoved {
+		t.Fatalf("second try: Return = %s, want moved", r)
+	}
+	if got := strings.Join(evicted(), ","); got != "g-0,g-1" {
+		t.Fatalf("evicted %s, want g-0,g-1", got)
+	}
+}
+
 // once the first member is gone. The budget is read before any checkpoint
 // is asked for: it stops the move whole, and once it allows two, the move
 // is made.
