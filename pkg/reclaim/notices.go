@@ -115,12 +115,15 @@ var loadRetry = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Steps:
 // would be left running when the notice is resumed, while a record without
 // UIDs resumes, as records did before Penny kept them, on every live member.
 func (s *NoticeStore) put(ctx context.Context, r noticeRecord, log logr.Logger) error {
+	// Update calls the change again on a conflict, on what it reads then:
+	// each call merges into r as given, not into the last call's merge.
 	merge := func(r noticeRecord) func(map[string]noticeRecord) {
 		return func(recs map[string]noticeRecord) {
+			merged := r
 			if old, ok := recs[r.key()]; ok {
-				r = mergeRecords(old, r)
+				merged = mergeRecords(old, r)
 			}
-			recs[r.key()] = r
+			recs[r.key()] = merged
 		}
 	}
 	err := s.update(ctx, log, merge(r))

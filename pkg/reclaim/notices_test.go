@@ -526,6 +526,45 @@ func TestNoticeStoreUnitesTheReplicasMembers(t *testing.T) {
 	}
 }
 
+// A put whose write conflicts reads the store again and merges its own
+// record into what it finds then: a record another replica removed in
+// between is not written back.
+func TestNoticeStorePutMergesAnewAfterAConflict(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now().UTC().Round(0)
+	r := noticeRecord{nodeNotice: nodeNotice{"a", telemetry.ReclaimNotice{ID: "aws-spot-1", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION,
+		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now, Deadline: now.Add(2 * time.Minute)}},
+		gangs: []gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, members: []types.UID{"uid-B"}}
+	client := fake.NewClientset()
+	s := noticeStore(client)
+	if err := s.put(ctx, r, testr.New(t)); err != nil {
+		t.Fatal(err)
+	}
+	// Replica B's handling ends (its record removed) just before this
+	// replica's first write, which then conflicts.
+	conflicted := false
+	client.PrependReactor("update", "configmaps", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if conflicted {
+			return false, nil, nil
+		}
+		conflicted = true
+		cm := a.(k8stesting.UpdateAction).GetObject().(*corev1.ConfigMap).DeepCopy()
+		cm.Data[NoticesKey] = ""
+		if err := client.Tracker().Update(corev1.SchemeGroupVersion.WithResource("configmaps"), cm, cm.Namespace); err != nil {
+			return true, nil, err
+		}
+		return true, nil, apierrors.NewConflict(corev1.Resource("configmaps"), cm.Name, errors.New("the object has been modified"))
+	})
+	r.members = []types.UID{"uid-A"}
+	if err := s.put(ctx, r, testr.New(t)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.load(ctx)
+	if !conflicted || err != nil || len(got) != 1 || !reflect.DeepEqual(got[0].members, []types.UID{"uid-A"}) {
+		t.Fatalf("after a put that conflicted (%v): loaded %+v (%v); want this replica's record alone, members [uid-A]", conflicted, got, err)
+	}
+}
+
 // A scheduler restarted between a postponement that called the gang's
 // eviction off and the new lead time acts as the first would have: its
 // record holds the new deadline and that the first plan was called off, so
