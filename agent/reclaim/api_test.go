@@ -175,3 +175,47 @@ func TestOneCheckpointRequestAtATimePerPod(t *testing.T) {
 		t.Errorf("the hook was asked %d times at once, want once", n)
 	}
 }
+
+// A Spot notice that finds a pod's hook still answering a scheduler
+// command's request, due much later, stops waiting at its own deadline, so
+// that it evicts before the reclaim.
+func TestCheckpointInFlightDoesNotHoldAJobDueSooner(t *testing.T) {
+	var asked atomic.Int32
+	release := make(chan struct{})
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-release
+	}))
+	t.Cleanup(hook.Close)
+	t.Cleanup(func() { close(release) })
+	addr := strings.TrimPrefix(hook.URL, "http://")
+	f, err := New(Options{Node: "n1", Client: fake.NewClientset(), StateDir: t.TempDir(), Recorder: record.NewFakeRecorder(10), Log: testr.New(t),
+		Checkpoints: checkpoint.NewClient(func(*corev1.Pod, string) (string, error) { return addr, nil })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := evictTestPod("member")
+	p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
+	go f.checkpoint(context.Background(), p, checkpoint.Request{Deadline: time.Now().Add(time.Minute)})
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) { return asked.Load() > 0, nil }); err != nil {
+		t.Fatal("the hook was never asked")
+	}
+	soon := time.Now().Add(300 * time.Millisecond)
+	result := make(chan checkpoint.Result, 1)
+	go func() { result <- f.checkpoint(context.Background(), p, checkpoint.Request{Deadline: soon}) }()
+	select {
+	case res := <-result:
+		if res.Done() || !strings.Contains(res.Message, "did not answer by the deadline "+soon.UTC().Format(time.RFC3339)) {
+			t.Errorf("the notice's checkpoint: %v %q; want failed at its own deadline", res.State, res.Message)
+		}
+		if late := time.Since(soon); late > time.Second {
+			t.Errorf("the notice waited %v past its deadline", late)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the notice's checkpoint waited for the command's request, due in a minute")
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the hook was asked %d times, want once", n)
+	}
+}

@@ -89,16 +89,34 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 // scheduler's commands for the same gang members at once, and each job
 // asked every pod, two requests at a time that a trainer may refuse or run
 // twice. A job that asks while another's request is in flight takes that
-// request's answer (its deadline, and its end if that job's hooks are cut).
+// request's answer (and its end if that job's hooks are cut), but waits no
+// longer than its own deadline: a Spot notice due in 30 s must not wait
+// for a command's checkpoint due in ten minutes before it evicts.
 func (f *Flow) checkpoint(ctx context.Context, pod *corev1.Pod, req checkpoint.Request) checkpoint.Result {
+	asked := time.Now()
 	ch := f.asking.DoChan(string(pod.UID), func() (any, error) {
 		return f.checkpoints.Checkpoint(ctx, pod, req), nil
 	})
+	due := time.NewTimer(time.Until(req.Deadline))
+	defer due.Stop()
 	select {
 	case r := <-ch:
 		return r.Val.(checkpoint.Result)
 	case <-ctx.Done():
 		return checkpoint.Result{} // the caller stops: ctx.Err says why
+	case <-due.C:
+	}
+	// The request this job made ends at its deadline too: its answer may
+	// be on its way.
+	select {
+	case r := <-ch:
+		return r.Val.(checkpoint.Result)
+	default:
+	}
+	return checkpoint.Result{
+		State:     telemetryv1.CheckpointStatus_STATE_FAILED,
+		Message:   fmt.Sprintf("the checkpoint hook did not answer by the deadline %s", req.Deadline.UTC().Format(time.RFC3339)),
+		Requested: asked, Finished: time.Now(),
 	}
 }
 
