@@ -48,6 +48,22 @@ func readState(cs fwk.CycleState) (*cycleState, error) {
 	return s, nil
 }
 
+// roundOf is the gang of pod and the round its PreFilter placed it in.
+// Without PennyGang's state, an earlier PreFilter (a missing PVC for
+// VolumeBinding, a DRA claim not created yet) turned the member away before
+// PennyGang's ran: no round can begin in that cycle, so the round in
+// progress, if any (roundID 0), is the one the member cannot join.
+func roundOf(cs fwk.CycleState, pod *corev1.Pod) (ref gang.Ref, roundID uint64, ok bool) {
+	if st, err := readState(cs); err == nil {
+		return st.spec.Ref, st.roundID, st.inGang && st.roundID != 0
+	}
+	spec, ok, err := gang.Of(pod)
+	if err != nil || !ok || spec.Source == gang.SourcePodGroup {
+		return gang.Ref{}, 0, false
+	}
+	return spec.Ref, 0, true
+}
+
 // SignPod lets the scheduler batch pods with the same signature. Members of
 // different gangs must not share cached results (their domains differ), so
 // a member's gang is part of its signature.
@@ -296,14 +312,14 @@ func (pl *Gang) Filter(_ context.Context, cs fwk.CycleState, pod *corev1.Pod, ni
 // PostFilter releases an admitted gang one of whose members fits nowhere:
 // the others would otherwise hold their nodes until the deadline.
 func (pl *Gang) PostFilter(ctx context.Context, cs fwk.CycleState, pod *corev1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
-	st, err := readState(cs)
-	if err != nil || !st.inGang || st.roundID == 0 {
+	ref, roundID, ok := roundOf(cs, pod)
+	if !ok {
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
 	var e effects
 	pl.mu.Lock()
-	g := pl.gangs[st.spec.Ref.Key()]
-	if g != nil && g.round != nil && g.round.id == st.roundID {
+	g := pl.gangs[ref.Key()]
+	if g != nil && g.round != nil && (roundID == 0 || g.round.id == roundID) {
 		pl.release(g, fmt.Sprintf("member %s fits no node", pod.Name), &e)
 	}
 	pl.mu.Unlock()

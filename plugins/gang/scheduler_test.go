@@ -321,6 +321,22 @@ func TestMemberThatFitsNowhereReleasesTheGang(t *testing.T) {
 	c.WaitBound(10*time.Second, names("llm", 4)...)
 }
 
+// A member turned away by a PreFilter that runs before PennyGang's (here
+// VolumeBinding: its PVC does not exist) releases its placed siblings at
+// once too; they held their nodes until the timeout, again after every
+// backoff.
+func TestMemberAnEarlierPreFilterTurnsAwayReleasesTheGang(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8)
+	pods[3].Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "missing"}}}}
+	c.Create(pods...)
+	c.WaitEvent("llm-0", "member llm-3 fits no node; all 3 placed members were released")
+	c.NeverBound(time.Second, names("llm", 4)...)
+}
+
 // A gang that lacks CPU, not GPUs, is retried as soon as a pod that held
 // CPU leaves, not at the scheduler's periodic flush of unschedulable pods
 // (five minutes).
