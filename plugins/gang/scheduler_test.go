@@ -271,6 +271,30 @@ func TestMemberRelabelledOutWhileOthersWaitReleasesEverything(t *testing.T) {
 	c.NeverBound(500*time.Millisecond, names("llm", 3)...)
 }
 
+// A waiting member relabelled out of a gang that can still make its size
+// without it does not bind with that gang: it gives its place back, the gang
+// completes with the members it has, and the pod waits as a member of the
+// gang it now names (a gang of three alone). It was bound with its old gang,
+// running in the new one without that gang ever being admitted.
+func TestWaitingMemberRelabelledOutDoesNotBindWithItsOldGang(t *testing.T) {
+	args := testArgs()
+	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
+	c := startCluster(t, args, nodes("n", 4)...)
+	pods := gangPods("llm", 4, 8)
+	for _, p := range pods {
+		p.Labels[gang.KeySize] = "3"
+	}
+	held()(pods[2])
+	held()(pods[3])
+	c.Create(pods...)
+	c.waitWaiting("llm", 2)
+	c.Update("llm-0", func(p *corev1.Pod) { p.Labels[gang.LabelName] = "other" })
+	c.unhold("llm-2")
+	c.unhold("llm-3")
+	c.WaitBound(10*time.Second, "llm-1", "llm-2", "llm-3")
+	c.NeverBound(time.Second, "llm-0")
+}
+
 // TestPermitTimeoutReleasesTheGang: members that wait longer than the
 // gang's Permit timeout are all released together; when the missing member
 // can finally be placed, the whole gang binds.

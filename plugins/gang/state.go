@@ -214,13 +214,13 @@ func (pl *Gang) consume(rd *round, shape, node string) bool {
 	return true
 }
 
-// leave takes a deleted member out of its round without releasing the gang,
-// when enough members remain to make the gang's size, and claims the room it
-// held again for them: the scheduler forgets the member's reservation right
-// after. It reports false when the gang must be released instead. Caller
-// holds mu.
+// leave takes a member that left (deleted, or relabelled out of the gang)
+// out of its round without releasing the gang, when enough members remain
+// to make the gang's size, and claims the room it held again for them: the
+// scheduler forgets the member's reservation right after. It reports false
+// when the gang must be released instead. Caller holds mu.
 func (pl *Gang) leave(rd *round, st *cycleState, pod *corev1.Pod, node string) bool {
-	if st == nil || !pl.deleted(pod) {
+	if st == nil || !pl.left(pod, st.spec.Ref) {
 		return false
 	}
 	members, err := gang.Members(pl.pods, st.spec.Ref)
@@ -237,8 +237,9 @@ func (pl *Gang) leave(rd *round, st *cycleState, pod *corev1.Pod, node string) b
 	return true
 }
 
-// deleted reports whether the informer shows pod gone or going.
-func (pl *Gang) deleted(pod *corev1.Pod) bool {
+// left reports whether the informer shows pod gone, going, or no longer a
+// member of gang ref.
+func (pl *Gang) left(pod *corev1.Pod, ref gang.Ref) bool {
 	obj, exists, err := pl.pods.GetByKey(podKey(pod))
 	if err != nil {
 		return false
@@ -247,7 +248,11 @@ func (pl *Gang) deleted(pod *corev1.Pod) bool {
 		return true
 	}
 	cur, ok := obj.(*corev1.Pod)
-	return ok && (cur.UID != pod.UID || cur.DeletionTimestamp != nil)
+	if !ok {
+		return false
+	}
+	now, in := gang.RefOf(cur)
+	return cur.UID != pod.UID || cur.DeletionTimestamp != nil || !in || now.Key() != ref.Key()
 }
 
 // endRound drops a round's claims and timer and wakes gangs that waited for
@@ -379,6 +384,12 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 		// does: the gang being placed held its room until its timeout.
 		if was, in := gang.RefOf(old); in && (!inGang || ref.Key() != was.Key()) {
 			pl.memberGone(old, fmt.Sprintf("left the gang (its %s changed)", gang.LabelName))
+			// Placed and waiting for its old gang, it would bind with it
+			// when that gang completes: its Unreserve gives the room back
+			// to the old gang (leave), or releases it.
+			if wp := pl.handle.GetWaitingPod(pod.UID); wp != nil {
+				wp.Reject(Name, fmt.Sprintf("left gang %s while waiting for it (its %s changed)", was, gang.LabelName))
+			}
 		}
 	}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
