@@ -277,17 +277,8 @@ func TestMemberRelabelledOutWhileOthersWaitReleasesEverything(t *testing.T) {
 // gang it now names (a gang of three alone). It was bound with its old gang,
 // running in the new one without that gang ever being admitted.
 func TestWaitingMemberRelabelledOutDoesNotBindWithItsOldGang(t *testing.T) {
-	args := testArgs()
-	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
-	c := startCluster(t, args, nodes("n", 4)...)
-	pods := gangPods("llm", 4, 8)
-	for _, p := range pods {
-		p.Labels[gang.KeySize] = "3"
-	}
-	held()(pods[2])
-	held()(pods[3])
-	c.Create(pods...)
-	c.waitWaiting("llm", 2)
+	// A fourth node: llm-3 need not wait for llm-0's.
+	c := spareMemberWaiting(t, 4)
 	c.Update("llm-0", func(p *corev1.Pod) { p.Labels[gang.LabelName] = "other" })
 	c.unhold("llm-2")
 	c.unhold("llm-3")
@@ -557,15 +548,13 @@ func TestShortfallCountsRunningMembers(t *testing.T) {
 	c.NeverBound(300*time.Millisecond, "llm-2", "llm-3")
 }
 
-// A gang with a spare member loses one of its waiting members: enough
-// remain, so the gang keeps its round (onPodDelete says so), and the room
-// the deleted member held stays claimed for the others. The scheduler's
-// own rejection of the deleted pod reached Unreserve, which released the
-// whole gang anyway and sent it into backoff.
-func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
+// spareMemberWaiting starts a gang of three with four members on n nodes:
+// llm-0 and llm-1 wait in Permit, llm-2 and llm-3 are held back.
+func spareMemberWaiting(t *testing.T, n int) *cluster {
+	t.Helper()
 	args := testArgs()
 	args.PermitTimeout = &metav1.Duration{Duration: 30 * time.Second}
-	c := startCluster(t, args, nodes("n", 3)...)
+	c := startCluster(t, args, nodes("n", n)...)
 	pods := gangPods("llm", 4, 8)
 	for _, p := range pods {
 		p.Labels[gang.KeySize] = "3"
@@ -574,7 +563,16 @@ func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
 	held()(pods[3])
 	c.Create(pods...)
 	c.waitWaiting("llm", 2)
+	return c
+}
 
+// A gang with a spare member loses one of its waiting members: enough
+// remain, so the gang keeps its round (onPodDelete says so), and the room
+// the deleted member held stays claimed for the others. The scheduler's
+// own rejection of the deleted pod reached Unreserve, which released the
+// whole gang anyway and sent it into backoff.
+func TestDeletingASpareWaitingMemberKeepsTheRound(t *testing.T) {
+	c := spareMemberWaiting(t, 3)
 	c.Delete("llm-0")
 	err := pollFor(time.Second, func() bool {
 		c.plugin.mu.Lock()
