@@ -197,7 +197,7 @@ func (f *Flow) OnNotice(n notice.Notice) {
 		ID: telemetryv1.NoticeStatusID(n.ID),
 		Notice: &NoticeRecord{
 			ID: n.ID, Kind: n.Kind, Provider: n.Provider, Action: n.Action,
-			Detected: n.Detected, Deadline: n.Deadline,
+			Detected: n.Detected, Deadline: n.Deadline, Estimated: n.Estimated,
 		},
 		Deadline: reclaim.Deadline(n.Kind, n.Detected, n.Deadline),
 	}
@@ -278,7 +278,7 @@ func (f *Flow) Run(ctx context.Context) {
 			// Its retention runs from now, not from its last step: the
 			// cloud may still list the notice after the reboot, and a file
 			// pruned at once would have the next agent act on it.
-			j.Done, j.Updated = true, now
+			j.Done, j.Outlived, j.Updated = true, true, now
 			if err := f.state.save(j); err != nil {
 				f.log.Error(err, "cannot record the reclaim work as done", "job", j.ID)
 			}
@@ -360,6 +360,11 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 			// The cloud announces again what it called off earlier; the
 			// pods were left alone then, so this is work to do now.
 			f.log.Info("a notice called off earlier is announced again", "job", j.ID)
+		case ok && old.Done && old.Outlived && postponed(old, j):
+			// The pods were left alone then too: the cloud (or the
+			// instance's owner) moved the maintenance while no agent ran.
+			f.log.Info("a notice whose work an earlier agent left long past its deadline is listed again, due later: postponed, so work to do now",
+				"job", j.ID, "was", old.Deadline, "deadline", j.Deadline)
 		case ok && old.Done:
 			return // handled before (the same notice seen again, or a replica's copy)
 		case ok:

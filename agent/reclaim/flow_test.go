@@ -396,6 +396,48 @@ func TestRestartedAgentLeavesWorkLongPastItsDeadline(t *testing.T) {
 	}
 }
 
+// Maintenance whose work an earlier agent left long past its deadline, and
+// that the cloud lists again due later (postponed while no agent ran), is
+// work to do: the restarted agent recorded the old work done, with the pods
+// left alone, and then ignored the notice until the node rebooted under them.
+func TestRestartedAgentActsOnMaintenancePostponedWhileItWasDown(t *testing.T) {
+	e := newEnv(t, "spot-5")
+	ctx := context.Background()
+	now := time.Now()
+	id := "aws-instance-event-postponed"
+	left := reclaim.Job{Version: 1, ID: "notice-" + id, Deadline: now.Add(-time.Hour), Updated: now.Add(-time.Hour),
+		Notice: &reclaim.NoticeRecord{ID: id, Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS,
+			Action: "system-reboot", Detected: now.Add(-2 * time.Hour), Deadline: now.Add(-time.Hour)}}
+	data, err := json.Marshal(&left)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(e.stateDir, "notice-"+id+".json")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.pod("job", e.node, 10*time.Millisecond)
+	f, set := e.maintenanceFlow(ctx)
+	waitFor(t, "the work left recorded as done", 5*time.Second, func() bool {
+		data, _ := os.ReadFile(path)
+		var j reclaim.Job
+		return json.Unmarshal(data, &j) == nil && j.Done
+	})
+	// Listed as it was (the node outlived it): left alone.
+	stale := notice.Notice{ID: id, Kind: left.Notice.Kind, Provider: left.Notice.Provider, Action: "system-reboot", Detected: time.Now(), Deadline: left.Notice.Deadline}
+	announce(f, stale, set)
+	time.Sleep(300 * time.Millisecond)
+	if f.Running() != 0 || taintOf(t, e.node) != nil {
+		t.Fatal("acted on maintenance the node outlived")
+	}
+	// Listed due later: postponed, and acted on.
+	later := stale
+	later.Deadline = time.Now().Add(10*time.Minute + 700*time.Millisecond)
+	announce(f, later, set)
+	waitFor(t, "taint", 2*time.Second, func() bool { return taintOf(t, e.node) != nil })
+	waitFor(t, "the pod asked to checkpoint at the lead time", 3*time.Second, func() bool { return len(e.trainers["job"].Received()) == 1 })
+}
+
 func TestAgentRestartMidNoticeFinishesTheJob(t *testing.T) {
 	e := newEnv(t, "spot-1")
 	ctx := context.Background()

@@ -39,8 +39,12 @@ type Job struct {
 	// Withdrawn marks a notice the cloud called off before it was time to
 	// evict: the pods were left in place, so the same notice announced
 	// again is new work.
-	Withdrawn bool      `json:"withdrawn,omitempty"`
-	Updated   time.Time `json:"updated"`
+	Withdrawn bool `json:"withdrawn,omitempty"`
+	// Outlived marks work an earlier agent left unfinished long past its
+	// deadline, recorded done at start with the pods left alone: the same
+	// notice listed again due later was postponed, and is work to do.
+	Outlived bool      `json:"outlived,omitempty"`
+	Updated  time.Time `json:"updated"`
 }
 
 // NoticeRecord is the notice a job acts on.
@@ -51,6 +55,9 @@ type NoticeRecord struct {
 	Action   string                    `json:"action"`
 	Detected time.Time                 `json:"detected"`
 	Deadline time.Time                 `json:"deadline,omitzero"`
+	// Estimated: the cloud named no time; Deadline is the agent's guess
+	// from when it detected the notice.
+	Estimated bool `json:"estimated,omitempty"`
 }
 
 // CommandRecord is the scheduler command a job carries out.
@@ -276,6 +283,15 @@ func (s *stateStore) remove(id string) error {
 // that the node outlived it and a restarted agent leaves it (Run).
 func outlived(j *Job, now time.Time) bool {
 	return !j.Done && !j.Deadline.IsZero() && now.Sub(j.Deadline) > staleAfter
+}
+
+// postponed reports whether the cloud lists the notice of old again with a
+// time of its own later than old's: a node that outlived its maintenance
+// may still see the notice listed, due when it was (left alone), while a
+// guess made from when this agent detected it (Estimated) is always later
+// and says nothing.
+func postponed(old, j *Job) bool {
+	return j.Notice != nil && !j.Notice.Estimated && !j.Notice.Deadline.IsZero() && j.Deadline.After(old.Deadline)
 }
 
 // UnfinishedNotices returns the notices whose work an earlier agent left
