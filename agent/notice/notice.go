@@ -221,6 +221,12 @@ func (w *Watcher) observe(notices []Notice, err error) {
 			continue
 		}
 		if at, ok := w.resumed[n.ID]; ok && !at.IsZero() {
+			// An estimate counts from the detection: from the earlier
+			// agent's, the time the work resumed keeps to (the reclaim
+			// flow keeps the earlier deadline), not a later one.
+			if n.Estimated && !n.Deadline.IsZero() && at.Before(n.Detected) {
+				n.Deadline = n.Deadline.Add(at.Sub(n.Detected))
+			}
 			n.Detected = at
 		}
 		delete(w.resumed, n.ID)

@@ -278,6 +278,29 @@ func TestWatcherResumesEarlierDetectionTimesOnce(t *testing.T) {
 	}
 }
 
+// A resumed notice whose deadline is an estimate (GCE's preemption, an Azure
+// event without NotBefore) counts it from the earlier agent's detection, as
+// the work it resumes does: reported from the restart, it looked postponed.
+func TestWatcherResumedEstimateCountsFromTheEarlierDetection(t *testing.T) {
+	t0 := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	restart := t0.Add(10 * time.Second)
+	guess := spot("a", restart, restart.Add(30*time.Second))
+	guess.Estimated = true
+	named := spot("b", restart, t0.Add(time.Hour))
+	src := &scripted{done: make(chan struct{}), steps: []step{{notices: []notice.Notice{guess, named}}}}
+	w := notice.NewWatcher(src, testr.New(t), nil)
+	w.Resume(map[string]time.Time{"a": t0, "b": t0})
+	var seen []notice.Notice
+	w.OnNotice(func(n notice.Notice) { seen = append(seen, n) })
+	w.Run(context.Background())
+	if len(seen) != 2 || !seen[0].Deadline.Equal(t0.Add(30*time.Second)) || !seen[1].Deadline.Equal(t0.Add(time.Hour)) {
+		t.Errorf("notices seen %+v; want a due 30 s after its first detection, b when the cloud said", seen)
+	}
+	if _, got := w.Pending(); len(got) != 2 || !got[0].GetDeadline().AsTime().Equal(t0.Add(30*time.Second)) {
+		t.Errorf("reported %v; want a due 30 s after its first detection", got)
+	}
+}
+
 // A node mostly sees one notice in its life: its series are on /metrics at
 // 0 from the start, or increase() would never show it.
 func TestWatcherMetricsStartAtZero(t *testing.T) {
