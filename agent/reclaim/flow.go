@@ -117,7 +117,11 @@ type Flow struct {
 	queue   []*Job
 	mu      sync.Mutex
 	running map[string]bool
-	wake    chan struct{}
+	// again holds, by job id, a notice announced while its job still ran:
+	// a job that ends withdrawn (the cloud called the notice off, then
+	// announced it again before the job's end) starts it.
+	again map[string]*Job
+	wake  chan struct{}
 	// moved is closed, and replaced, when the cloud moves a pending
 	// notice's deadline (Moved): jobs waiting for their time to act look
 	// again at once.
@@ -167,7 +171,7 @@ func New(o Options) (*Flow, error) {
 		notices: o.Notices, reconcile: o.ReconcileInterval,
 		recorder: o.Recorder, log: o.Log, metrics: o.Metrics,
 		retention: o.Retention, pruneEvery: min(o.Retention, maxPruneInterval),
-		running: map[string]bool{}, wake: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
+		running: map[string]bool{}, again: map[string]*Job{}, wake: make(chan struct{}, 1), recheck: make(chan struct{}, 1),
 		moved: make(chan struct{}),
 	}
 	if f.recorder == nil {
@@ -342,6 +346,9 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.running[j.ID] {
+		if j.Notice != nil && !resumed {
+			f.again[j.ID] = j
+		}
 		return
 	}
 	if !resumed {
@@ -381,25 +388,37 @@ func (f *Flow) start(ctx context.Context, j *Job, resumed bool) {
 	go func() {
 		defer f.wg.Done()
 		withdrawn := false
-		defer func() {
-			f.mu.Lock()
-			delete(f.running, j.ID)
-			f.mu.Unlock()
-			// Only now does withdrawn() see no work running and lift the
-			// taint; the reconcile tick would, too, but later.
-			if withdrawn {
-				select {
-				case f.recheck <- struct{}{}:
-				default:
-				}
-			}
-		}()
+		defer func() { f.ended(j.ID, withdrawn) }()
 		if j.Notice != nil {
 			withdrawn = f.runNotice(ctx, j, resumed)
 		} else {
 			f.runCommand(ctx, j)
 		}
 	}()
+}
+
+// ended forgets a job that ended. One withdrawn starts the notice announced
+// again while it ran (start would have counted it as running): the
+// watcher hands on each announcement once. Only now does withdrawn() see
+// no work running and lift the taint; the reconcile tick would, too, but
+// later.
+func (f *Flow) ended(id string, withdrawn bool) {
+	f.mu.Lock()
+	delete(f.running, id)
+	again := f.again[id]
+	delete(f.again, id)
+	f.mu.Unlock()
+	if !withdrawn {
+		return
+	}
+	if again != nil {
+		f.log.Info("a notice called off is announced again as its work ends", "job", id)
+		f.enqueue(again)
+	}
+	select {
+	case f.recheck <- struct{}{}:
+	default:
+	}
 }
 
 // Running reports whether a job is in progress (for tests and /readyz).

@@ -342,3 +342,41 @@ func TestUnreadableWorkIsStartedOverAndItsFileKept(t *testing.T) {
 		t.Errorf("the directory reads as %d jobs, errors %v; want the new record alone", len(jobs), errs)
 	}
 }
+
+// The cloud calls a notice off and announces it again while the work for it
+// is ending, withdrawn: the watcher hands the announcement on once, and
+// start, finding the work still running, dropped it, so the notice stayed
+// pending with no work for it. The work that ends withdrawn starts it; work
+// that ends after acting on the notice does not act on it twice.
+func TestNoticeAnnouncedAgainAsItsWithdrawnWorkEndsIsStarted(t *testing.T) {
+	f := newPruneTestFlow(t, t.TempDir(), time.Hour)
+	queued := func() []*Job {
+		f.queueMu.Lock()
+		defer f.queueMu.Unlock()
+		q := f.queue
+		f.queue = nil
+		return q
+	}
+	for _, withdrawn := range []bool{true, false} {
+		j := &Job{ID: "notice-x", Notice: &NoticeRecord{ID: "x", Kind: telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE},
+			Deadline: time.Now().Add(time.Hour)}
+		f.mu.Lock()
+		f.running[j.ID] = true // the work for the first announcement, ending
+		f.mu.Unlock()
+		f.start(context.Background(), j, false)
+		if q := queued(); len(q) != 0 {
+			t.Fatalf("queued %v while the work ran", q)
+		}
+		f.ended(j.ID, withdrawn)
+		q := queued()
+		if withdrawn && (len(q) != 1 || q[0] != j) {
+			t.Errorf("work that ended withdrawn queued %v; want the notice announced again", q)
+		}
+		if !withdrawn && len(q) != 0 {
+			t.Errorf("work that ended after acting queued %v; want nothing", q)
+		}
+		if f.Running() != 0 {
+			t.Errorf("%d jobs still running", f.Running())
+		}
+	}
+}
