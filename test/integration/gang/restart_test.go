@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/plugins"
@@ -27,12 +28,13 @@ func TestGangHeldAtPermitOutlivesASchedulerRestart(t *testing.T) {
 	for i := range 3 {
 		p := member("held", 3, i)
 		if i == 2 {
-			// Its volume claim does not exist, so VolumeBinding rejects it
-			// before PennyGang sees it: it is planned for and never placed,
-			// and the others wait in Permit for it.
-			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "not-yet"},
-			}}}
+			// Its ResourceClaim does not exist, so DynamicResources keeps
+			// it out of the queue (PreEnqueue): it counts toward the gang
+			// and is planned for but never tried, and the others wait in
+			// Permit for it. (A member that is tried and fails, such as
+			// one whose PersistentVolumeClaim does not exist, releases the
+			// others at once.)
+			p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "data", ResourceClaimName: ptr.To("not-yet")}}
 		}
 		harness.CreatePod(t, c, p)
 	}
