@@ -301,6 +301,15 @@ pools:
 - {name: h100, count: 3, instanceType: p5.48xlarge, gpuModel: H100-80GB, gpusPerNode: 8, capacityType: on-demand, zone: z1, cpu: "192", memory: 2048Gi}
 `
 
+// neverTried makes p a member that counts toward its gang and is planned
+// for but never tried: its ResourceClaim does not exist, so DynamicResources
+// keeps it out of the queue (PreEnqueue), and the placed members wait in
+// Permit for it. (A member that is tried and fails, such as one whose
+// PersistentVolumeClaim does not exist, releases them at once.)
+func neverTried(p *corev1.Pod) {
+	p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "data", ResourceClaimName: ptr.To("not-yet")}}
+}
+
 // TestNodeDeletedUnderAWaitingMemberReleasesTheGang: two members of a gang
 // of three are placed and wait in Permit for the third, when the node one of
 // them is reserved on is deleted (a Spot node reclaimed mid-placement).
@@ -315,12 +324,8 @@ func TestNodeDeletedUnderAWaitingMemberReleasesTheGang(t *testing.T) {
 	for i := range 3 {
 		p := member("spot", 3, i)
 		if i == 2 {
-			// Its volume claim does not exist, so VolumeBinding rejects it
-			// before PennyGang sees it: it counts as a member, is planned
-			// for, and is never placed. The others wait in Permit for it.
-			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "not-yet"},
-			}}}
+			// The others wait in Permit for it.
+			neverTried(p)
 		}
 		harness.CreatePod(t, e.c, p)
 	}
@@ -435,11 +440,7 @@ func TestHigherPriorityPodTakesRoomAGangClaimed(t *testing.T) {
 	for i := range 3 {
 		p := member("batch", 3, i)
 		if i == 2 {
-			// As in TestNodeDeletedUnderAWaitingMemberReleasesTheGang: a
-			// member planned for that is never placed.
-			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "not-yet"},
-			}}}
+			neverTried(p)
 		}
 		harness.CreatePod(t, e.c, p)
 	}

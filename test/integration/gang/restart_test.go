@@ -6,7 +6,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/utils/ptr"
 
 	"github.com/pennysched/penny/pkg/localcluster"
 	"github.com/pennysched/penny/plugins"
@@ -28,13 +27,7 @@ func TestGangHeldAtPermitOutlivesASchedulerRestart(t *testing.T) {
 	for i := range 3 {
 		p := member("held", 3, i)
 		if i == 2 {
-			// Its ResourceClaim does not exist, so DynamicResources keeps
-			// it out of the queue (PreEnqueue): it counts toward the gang
-			// and is planned for but never tried, and the others wait in
-			// Permit for it. (A member that is tried and fails, such as
-			// one whose PersistentVolumeClaim does not exist, releases the
-			// others at once.)
-			p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "data", ResourceClaimName: ptr.To("not-yet")}}
+			neverTried(p)
 		}
 		harness.CreatePod(t, c, p)
 	}
