@@ -179,11 +179,14 @@ type uniqueness struct {
 }
 
 // newUniqueness sizes the UUID set for the report's GPUs and MIG instances
-// up front: growing it would cost more than the lookups.
+// up front: growing it would cost more than the lookups. A GPU counts for
+// no more MIG instances than it may hold: a report listing two million
+// (empty ones are two bytes each on the wire) had the set sized for all of
+// them, 100 MiB, before validateGPU refused the list.
 func newUniqueness(gpus []*GPU) *uniqueness {
 	n := len(gpus)
 	for _, g := range gpus {
-		n += len(g.GetMigInstances())
+		n += min(len(g.GetMigInstances()), MaxMIGInstancesPerGPU)
 	}
 	return &uniqueness{uuids: make(map[string]bool, n)}
 }

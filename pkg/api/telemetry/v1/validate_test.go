@@ -3,6 +3,7 @@ package telemetryv1
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -336,5 +337,29 @@ func TestTooManyHealthReasonsAreNotEachChecked(t *testing.T) {
 	}
 	if strings.Contains(msg, "health.reasons[") || strings.Contains(msg, "more problems") {
 		t.Errorf("the reasons past the limit were checked one by one: %.300s", msg)
+	}
+}
+
+// A MIG instance list over its limit costs its validation no memory of its
+// own: the UUID set was sized for every instance listed, 106 MiB for the
+// two million empty ones (two bytes each on the wire) a 4 MiB message holds,
+// before the list was refused as too many.
+func TestTooManyMIGInstancesCostNoMemoryToRefuse(t *testing.T) {
+	r := sampleReport()
+	g := r.Gpus[1]
+	g.MigInstances = make([]*MIGInstance, 1_900_000)
+	for i := range g.MigInstances {
+		g.MigInstances[i] = &MIGInstance{}
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	err := ValidateNodeReport(r)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "gpus[1].mig_instances: Too many: 1900000") {
+		t.Fatalf("err %.300v; want the MIG instances refused as too many", err)
+	}
+	if mib := (after.TotalAlloc - before.TotalAlloc) >> 20; mib > 8 {
+		t.Errorf("refusing the report allocated %d MiB", mib)
 	}
 }
