@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -80,6 +81,10 @@ type Server struct {
 
 	mu      sync.Mutex
 	streams map[string]map[*agentStream]struct{} // by node
+	// overLimitLogged is when a stream refused for its node's limit was
+	// last logged at the default level, in Unix nanoseconds: an agent may
+	// retry as fast as it connects.
+	overLimitLogged atomic.Int64
 }
 
 // StatusResult is what the receiver of a checkpoint status made of it: the
@@ -388,9 +393,20 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 	// those of agents that stopped reading end once a send to them waits
 	// SendTimeout, and a stream whose token expired stops holding a slot
 	// at the expiry.
+	// Registered, the stream is one SendCheckpoint may send on: the
+	// acceptance header goes first (as.mu, which send takes). A command sent
+	// before it carried gRPC's headers without the node's, and the header's
+	// own send then failed and ended the stream.
+	as.mu.Lock()
 	if n := s.register(as); n > 0 {
+		as.mu.Unlock()
 		streamsOverLimit.Inc()
-		log.Info("refused an agent stream: its node has too many open", "open", n, "limit", s.opts.MaxStreamsPerNode)
+		l := log.V(2)
+		now := time.Now().UnixNano()
+		if last := s.overLimitLogged.Load(); now-last >= int64(time.Minute) && s.overLimitLogged.CompareAndSwap(last, now) {
+			l = log
+		}
+		l.Info("refused an agent stream: its node has too many open (further refusals within a minute are logged at -v=2)", "open", n, "limit", s.opts.MaxStreamsPerNode)
 		return status.Errorf(codes.ResourceExhausted,
 			"node %q already has %d telemetry streams open to this scheduler replica, the limit (--telemetry-max-streams-per-node=%d). "+
 				"A penny-agent keeps one stream per scheduler address, so either more than one agent runs on the node (keep only the penny-agent DaemonSet's pod there) "+
@@ -399,8 +415,10 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			id.Node, n, s.opts.MaxStreamsPerNode, KeepaliveTime+KeepaliveTimeout)
 	}
 	defer s.unregister(as)
-	if err := stream.SendHeader(metadata.Pairs(AcceptedHeader, id.Node)); err != nil {
-		return err
+	herr := stream.SendHeader(metadata.Pairs(AcceptedHeader, id.Node))
+	as.mu.Unlock()
+	if herr != nil {
+		return herr
 	}
 	log.V(2).Info("agent stream open")
 	openStreams.Inc()
@@ -519,10 +537,15 @@ func (s *Server) handle(as *agentStream, msg *telemetryv1.AgentMessage, log logr
 		r := m.Report
 		// The node check comes first: it is the security boundary, and a
 		// report about someone else's node is refused whatever its content.
-		if r.GetNodeName() != id.Node {
+		// One that names no node is malformed, not about another node: it
+		// is refused as invalid below, without the security alert.
+		if r.GetNodeName() != "" && r.GetNodeName() != id.Node {
 			reportsTotal.WithLabelValues(string(reportWrongNode)).Inc()
-			log.Info("refused a report about another node; closing the stream", "reportedNode", r.GetNodeName())
-			return nil, status.Errorf(codes.PermissionDenied, "this agent runs on node %q (token bound to pod %s) and may only report about that node, not %q", id.Node, id.Pod, r.GetNodeName())
+			// Not validated yet: cut, or an agent could write megabytes
+			// into the log at every reconnect.
+			named := telemetryv1.StatusText(r.GetNodeName())
+			log.Info("refused a report about another node; closing the stream", "reportedNode", named)
+			return nil, status.Errorf(codes.PermissionDenied, "this agent runs on node %q (token bound to pod %s) and may only report about that node, not %q", id.Node, id.Pod, named)
 		}
 		if err := telemetryv1.ValidateNodeReport(r); err != nil {
 			reportsTotal.WithLabelValues(string(reportInvalid)).Inc()
@@ -548,7 +571,7 @@ func (s *Server) handle(as *agentStream, msg *telemetryv1.AgentMessage, log logr
 				as.toldInvalidStatus, l = true, log
 			}
 			l.Info("ignoring an invalid checkpoint status (further ones on this stream are logged at -v=1)",
-				"command", st.GetCommandId(), "checkpointPod", st.GetPod().GetNamespace()+"/"+st.GetPod().GetName(), "error", err.Error())
+				"command", telemetryv1.StatusText(st.GetCommandId()), "checkpointPod", telemetryv1.StatusText(st.GetPod().GetNamespace()+"/"+st.GetPod().GetName()), "error", err.Error())
 			return nil, nil
 		}
 		result := StatusUnknownCommand

@@ -78,6 +78,41 @@ func TestReportAboutAnotherNodeIsRefusedAndCounted(t *testing.T) {
 	}
 }
 
+// A report that names no node is malformed, not an agent speaking for
+// another node: it is refused naming the field, the stream stays, and the
+// security alert's counter does not move. A name that is another node's is
+// logged cut short: before validation it may be megabytes, sent at every
+// reconnect.
+func TestReportNamingNoNodeIsInvalidAndAnotherNodesIsLoggedShort(t *testing.T) {
+	var mu sync.Mutex
+	longest := 0
+	log := funcr.New(func(_, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		longest = max(longest, len(args))
+	}, funcr.Options{})
+	env := telemetrytest.Start(t, telemetrytest.Options{Server: telemetry.ServerOptions{Log: log}})
+	a := connect(t, env, "node:n1")
+	before := metricstest.Counter(t, "penny_telemetry_reports_total", "result", "wrong_node")
+	ack, err := a.Report(t, telemetrytest.Report("", 2, 1, time.Now()))
+	if err != nil || ack.GetAccepted() || !strings.Contains(ack.GetError(), "node_name") {
+		t.Fatalf("ack %v err %v; want a refusal naming node_name, the stream kept", ack, err)
+	}
+	if got := metricstest.Counter(t, "penny_telemetry_reports_total", "result", "wrong_node"); got != before {
+		t.Errorf("wrong_node counter went from %v to %v for a report naming no node", before, got)
+	}
+	r := telemetrytest.Report("n1", 2, 2, time.Now())
+	r.NodeName = strings.Repeat("b", 3<<20)
+	if _, err := a.Report(t, r); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("got %v, want PermissionDenied", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if longest > 16<<10 {
+		t.Errorf("a log line of %d bytes", longest)
+	}
+}
+
 func TestInvalidReportIsRefusedWithTheField(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{})
 	a := connect(t, env, "node:n1")
@@ -842,5 +877,83 @@ func TestSilentStreamEndsWhenTokenExpires(t *testing.T) {
 	}
 	if got := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired"); got != before+1 {
 		t.Errorf("expired counter %v, want %v", got, before+1)
+	}
+}
+
+// orderedStream is an agent's stream that records what goes out on it, in
+// order, and, as grpc-go does, sends the headers it has with the first
+// message, failing a SendHeader after that. Its SendHeader waits for the
+// first message (or a while), as a scheduler goroutine descheduled there.
+type orderedStream struct {
+	ctx       context.Context
+	firstSent chan struct{}
+	once      sync.Once
+
+	mu         sync.Mutex
+	headerSent bool
+	order      []string
+}
+
+var _ grpc.BidiStreamingServer[telemetryv1.AgentMessage, telemetryv1.SchedulerMessage] = &orderedStream{}
+
+func (o *orderedStream) SetHeader(metadata.MD) error { return nil }
+func (o *orderedStream) SendHeader(md metadata.MD) error {
+	select {
+	case <-o.firstSent:
+	case <-time.After(time.Second):
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.order = append(o.order, "header "+strings.Join(md.Get(telemetry.AcceptedHeader), ","))
+	if o.headerSent {
+		return status.Error(codes.Internal, "transport: SendHeader called multiple times")
+	}
+	o.headerSent = true
+	return nil
+}
+func (o *orderedStream) SetTrailer(metadata.MD)   {}
+func (o *orderedStream) Context() context.Context { return o.ctx }
+func (o *orderedStream) SendMsg(any) error        { return nil }
+func (o *orderedStream) RecvMsg(any) error        { <-o.ctx.Done(); return o.ctx.Err() }
+func (o *orderedStream) Recv() (*telemetryv1.AgentMessage, error) {
+	<-o.ctx.Done()
+	return nil, o.ctx.Err()
+}
+func (o *orderedStream) Send(*telemetryv1.SchedulerMessage) error {
+	o.mu.Lock()
+	o.order = append(o.order, "message")
+	o.headerSent = true
+	o.mu.Unlock()
+	o.once.Do(func() { close(o.firstSent) })
+	return nil
+}
+
+// A command sent to a node whose agent's stream is being accepted goes out
+// after the acceptance header: before it, it carried gRPC's headers without
+// the node's, and the header's own send then failed with Internal and ended
+// a stream just accepted.
+func TestCommandGoesOutAfterTheAcceptanceHeader(t *testing.T) {
+	srv, err := telemetry.NewServer(telemetry.ServerOptions{Store: telemetry.NewStore(telemetry.StoreOptions{}),
+		Authenticator: telemetrytest.NodeTokens(), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	o := &orderedStream{ctx: metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer node:n1")), firstSent: make(chan struct{})}
+	ended := make(chan error, 1)
+	go func() { ended <- srv.Connect(o) }()
+	cmd := &telemetryv1.CheckpointCommand{Id: "gang-1", Pods: []*telemetryv1.PodRef{{Namespace: "a", Name: "p"}},
+		Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+	for n := 0; n == 0; {
+		n, _ = srv.SendCheckpoint("n1", cmd)
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	err = <-ended
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.order) < 2 || o.order[0] != "header n1" || o.order[1] != "message" || status.Code(err) != codes.Canceled && err != nil {
+		t.Errorf("sent %v, and the stream ended with %v; want the header, then the command, and no error of the server's", o.order, err)
 	}
 }
