@@ -109,7 +109,11 @@ func (pl *SpotRisk) PlanReturn(now time.Time, cands []ReturnCandidate, movedAt f
 func (pl *SpotRisk) planOne(now time.Time, c ReturnCandidate) (ReturnMove, bool) {
 	rs := pl.args.ReturnToSpot
 	move := ReturnMove{Workload: c.Workload}
-	var started time.Time
+	// started is when the workload's run began, its first member's start;
+	// last is its last member's: one that started since (a replacement,
+	// resumed from the gang's checkpoint) has yet to run minRunning too, or
+	// the move throws away what it just loaded.
+	var started, last time.Time
 	var class Class
 	for k, m := range c.Members {
 		cl, ok := pl.Movable(m.Pod, m.Node)
@@ -118,6 +122,9 @@ func (pl *SpotRisk) planOne(now time.Time, c ReturnCandidate) (ReturnMove, bool)
 		}
 		if k == 0 || m.Started.Before(started) {
 			started = m.Started
+		}
+		if k == 0 || m.Started.After(last) {
+			last = m.Started
 		}
 		class = cl
 		from, ok := pl.Cost(m.Pod, cl, m.Usage, m.Node)
@@ -133,7 +140,7 @@ func (pl *SpotRisk) planOne(now time.Time, c ReturnCandidate) (ReturnMove, bool)
 		move.Pods = append(move.Pods, m.Pod)
 	}
 	ran := now.Sub(started)
-	if ran < rs.MinRunning.Duration {
+	if now.Sub(last) < rs.MinRunning.Duration {
 		return move, false
 	}
 	run, _ := pl.runtime(class)

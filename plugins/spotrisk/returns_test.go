@@ -135,6 +135,12 @@ func TestPlanReturnMovesAGangWhole(t *testing.T) {
 		Members: []ReturnMember{member(a, od, spot, t0), member(b, od, nil, t0)}}}, never); ok {
 		t.Fatalf("moved %+v with a member that has no room on Spot", move)
 	}
+	// So does one that started under minRunning ago (a replacement that has
+	// just loaded its work), however long the others have run.
+	if move, ok := e.plugin.PlanReturn(now, []ReturnCandidate{{Workload: "gang:label:default/g",
+		Members: []ReturnMember{member(a, od, spot, t0), member(b, od, spot, now.Add(-5*time.Minute))}}}, never); ok {
+		t.Fatalf("moved %s (saving $%.2f) with a member that started 5m ago, under minRunning (15m)", move.Workload, move.Saving)
+	}
 }
 
 func TestPlanReturnNeedsASaving(t *testing.T) {
