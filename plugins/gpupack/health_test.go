@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/informers"
@@ -445,4 +446,46 @@ func TestFlappingGPURetriesPodsAtMostOncePerGap(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a recovery after the gap was not retried")
 	}
+}
+
+// A node with static MIG partitioning advertises its new instances (the
+// device plugin's allocatable update retries the pod) before its agent
+// reports them: that retry found the old layout, and the report that then
+// brought the new one retried nobody, so the pod waited for the scheduler's
+// five-minute flush.
+func TestPodsRetriedWhenANodesMIGLayoutChanges(t *testing.T) {
+	initMetrics.Do(schedmetrics.InitMetrics)
+	store := telemetry.NewStore(telemetry.StoreOptions{MaxAge: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waiting := podOf("waiting", "1", string(gpu.MIGResourceName("3g.40gb")), "1")
+	p, h := retryingPlugin(ctx, t, store, 4, waiting)
+	n := gpuNode("n", "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
+	n.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("1")
+	n.Status.Allocatable[gpu.MIGResourceName("3g.40gb")] = resource.MustParse("2")
+	nodes := h.set(t, []*corev1.Node{n})
+	store.Update(telemetrytest.Report("n", 2, 1, time.Now()), time.Now())
+	if s := filter(t, p, nodes, waiting, 0); s.IsSuccess() {
+		t.Fatal("the pod fits before its agent reports GPU 1 partitioned into 3g.40gb instances")
+	}
+	h.noRetry(t, "by the node's first report")
+	relaid := telemetrytest.Report("n", 2, 2, time.Now())
+	relaid.Gpus[1].MigMode = telemetryv1.MIGMode_MIG_MODE_ENABLED
+	relaid.Gpus[1].MigInstances = []*telemetryv1.MIGInstance{
+		{Uuid: "MIG-a", Profile: "3g.40gb", GpuInstanceId: 1, PlacementStart: 0, PlacementSize: 4},
+		{Uuid: "MIG-b", Profile: "3g.40gb", GpuInstanceId: 2, PlacementStart: 4, PlacementSize: 4},
+	}
+	relaid.PodDevices = nil
+	store.Update(relaid, time.Now())
+	h.retriedOnly(t, "default/waiting", "when the node reported its new MIG layout")
+	if s := filter(t, p, nodes, waiting, 0); !s.IsSuccess() {
+		t.Fatalf("the pod does not fit the new layout: %v", s)
+	}
+	// The same layout reported again retries nobody.
+	store.Update(func() *telemetryv1.NodeReport {
+		r := proto.Clone(relaid).(*telemetryv1.NodeReport)
+		r.Sequence = 3
+		return r
+	}(), time.Now())
+	h.noRetry(t, "by the same layout reported again")
 }

@@ -233,6 +233,23 @@ func reportVersion(layout [][]gpu.Placement, unhealthy []int) uint64 {
 	return h.Sum64() | 1 // never 0, which means "no report"
 }
 
+// relaidOut reports whether a node that reported before reports its GPUs
+// partitioned otherwise: on a node with static MIG partitioning the
+// instances a pod may take are those reported, and the device plugin's
+// allocatable update, which retries the pods, may come before the report
+// (mig-parted reconfigures the GPU, the device plugin and the agent each
+// see it in their own time). A retry then found the old layout, and the
+// report that brought the new one retried nobody. A node's first report
+// and the store dropping it are not a new layout.
+func relaidOut(prev, next GPUReport) bool {
+	if prev.Version == 0 || next.Version == 0 {
+		return false
+	}
+	return !slices.EqualFunc(prev.Layout, next.Layout, func(a, b []gpu.Placement) bool {
+		return (a == nil) == (b == nil) && slices.Equal(a, b)
+	})
+}
+
 // recovered reports whether a GPU next reports healthy, or no longer
 // reports at all, was unhealthy in prev.
 func recovered(prev, next GPUReport) bool {

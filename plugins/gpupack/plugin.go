@@ -114,7 +114,7 @@ func NewWith(ctx context.Context, obj runtime.Object, h fwk.Handle, opts ...Opti
 		logger := klog.FromContext(ctx)
 		cancel := n.OnReport(func(node string, prev, next GPUReport) {
 			p.view.noteReport(node)
-			if p.view.pods != nil && recovered(prev, next) {
+			if p.view.pods != nil && (recovered(prev, next) || relaidOut(prev, next)) {
 				p.retrySoon(ctx, logger, node)
 			}
 		})
@@ -176,17 +176,18 @@ func (p *GPUPack) retrySoon(ctx context.Context, logger klog.Logger, node string
 // drops the node's report (its agent silent for an hour, the node still
 // there): no cluster event says so, and the pods Filter turned away because
 // only that GPU could take them waited for an unrelated event or the
-// scheduler's five-minute flush. Which pods the GPU alone kept off is not
+// scheduler's five-minute flush; or once a node reports its GPUs
+// partitioned anew (relaidOut). Which pods the GPU alone kept off is not
 // recorded, so this retries every GPU pod waiting: a superset, paid for
-// only when a GPU recovers. Activate leaves pods that are not waiting in
-// this scheduler's queue alone.
+// only when a GPU recovers or is partitioned again. Activate leaves pods
+// that are not waiting in this scheduler's queue alone.
 func (p *GPUPack) retryRecovered(ctx context.Context, logger klog.Logger, node string) {
 	if ctx.Err() != nil {
 		return
 	}
 	all, err := p.view.pods.List(labels.Everything())
 	if err != nil {
-		logger.Error(err, "Listing pods to retry after a GPU recovered", "plugin", Name, "node", node)
+		logger.Error(err, "Listing pods to retry after a GPU recovered or was partitioned anew", "plugin", Name, "node", node)
 		return
 	}
 	retry := map[string]*corev1.Pod{}
@@ -199,7 +200,7 @@ func (p *GPUPack) retryRecovered(ctx context.Context, logger klog.Logger, node s
 		}
 	}
 	if len(retry) > 0 {
-		logger.V(4).Info("Retrying GPU pods now that a GPU their agent reported unhealthy recovered", "node", node, "pods", len(retry))
+		logger.V(4).Info("Retrying GPU pods now that a GPU their agent reported unhealthy recovered, or the node's MIG layout changed", "node", node, "pods", len(retry))
 		p.h.Activate(logger, retry)
 	}
 }
