@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
@@ -91,7 +92,18 @@ func (pl *SpotRisk) observeRun(obj interface{}, runs *pricing.RunLengths) {
 	if class, err := pl.classify(pod); err != nil || class.Workload != Training {
 		return
 	}
+	// As SpotRisk.runtime reads it for training that declares none.
+	typical := func() time.Duration {
+		if d, learned := runs.Typical(); learned {
+			return d
+		}
+		return pl.args.UnknownRuntime.Duration
+	}
+	before := typical()
 	runs.Observe(float64(pricing.PodUsage(pod).GPUMilli)/gpu.MilliPerGPU, ran, end)
+	if typical() < before {
+		pl.retryRuntimeFell(klog.Background())
+	}
 }
 
 // runTime is how long a finished pod ran, from its start to its last

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,6 +219,21 @@ func (pl *SpotRisk) retryRiskBound(logger klog.Logger, pods corelisters.PodListe
 	}
 }
 
+// retryRuntimeFell has every pool look again at the pods it keeps off for
+// their expected loss, once how long training runs here is learned to be
+// shorter (retryKeptOff reads the runtime anew): nothing else would, as no
+// pool's estimate moved, and they waited for the scheduler's five-minute
+// flush.
+func (pl *SpotRisk) retryRuntimeFell(logger klog.Logger) {
+	waits := &pl.riskWaits
+	waits.mu.Lock()
+	pools := slices.Collect(maps.Keys(waits.pools))
+	waits.mu.Unlock()
+	for _, pool := range pools {
+		pl.retryKeptOff(logger, pool)
+	}
+}
+
 // retryReclaimWithdrawn retries the pending pods that a node whose agent no
 // longer reports a reclaim notice (the cloud called it off) now lets in:
 // when the notice was only in telemetry, no cluster event says it went, and
@@ -359,6 +375,16 @@ func (pl *SpotRisk) retryKeptOff(logger klog.Logger, pool pricing.Pool) {
 	var wake time.Time
 	highest := 0.0
 	for uid, w := range p.pods {
+		// A runtime the pod does not declare is the one learned now, as
+		// Filter would take it: one kept off for a long learned run is
+		// let in once training here is seen to run shorter.
+		if c := w.state.class; c.Policy == Avoid && c.Work.ExpectedRuntime == 0 {
+			if run, source := pl.runtime(c); run != w.state.runtime {
+				w.state = &podState{class: c, runtime: run, runtimeSource: source}
+				w.bound = pl.riskBound(w.state)
+				p.pods[uid] = w
+			}
+		}
 		overLimit, overLoss := pl.riskRules(w.state, rate)
 		switch {
 		case !overLimit && !overLoss:

@@ -1502,6 +1502,45 @@ func TestWatchRunsLearnsFromTrainingPodsThatSucceed(t *testing.T) {
 	}
 }
 
+// Training without checkpoints kept off a Spot pool for its expected loss
+// over a long learned run is retried once training here is seen to run
+// shorter, and then by every move of the pool's estimate with the run
+// length learned then: no pool's estimate moved, so nothing retried it
+// before the scheduler's five-minute flush, and the estimate's moves
+// weighed it with the old run length.
+func TestPodKeptOffForALongLearnedRunIsRetriedWhenRunsShorten(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	model := pricing.NewRiskModel(pricing.RiskConfig{Clock: clk})
+	runs := pricing.NewRunLengths(0)
+	for range 10 {
+		runs.Observe(1, 400*time.Hour, t0)
+	}
+	e := newEnv(t, nil, Deps{Prices: catalog(t), Risk: model, Clock: clk, RunLengths: runs}, node("spot-a", pricing.Spot, "us-east-1a"))
+	inf := &fakeInformer{}
+	if err := e.plugin.WatchRuns(inf, runs); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.schedule(t, waited(pod("trainer", map[string]string{AnnotationWorkload: "training"}))); len(r.feasible) != 0 {
+		t.Fatalf("400h runs on a 5-10%% pool expect to lose over 2%%: feasible %v", r.feasible)
+	}
+	start := metav1.NewTime(t0.Add(-2 * time.Hour))
+	for i := range 1000 {
+		p := pod(fmt.Sprint("short-", i), map[string]string{AnnotationWorkload: "training"})
+		p.UID = types.UID(p.Name)
+		p.Spec.Containers[0].Resources.Requests = corev1.ResourceList{gpu.ResourceGPU: resource.MustParse("8")}
+		p.Status = corev1.PodStatus{Phase: corev1.PodSucceeded, StartTime: &start, ContainerStatuses: []corev1.ContainerStatus{{
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{FinishedAt: metav1.NewTime(start.Add(time.Hour))}}}}}
+		inf.handler.OnAdd(p, false)
+	}
+	typical, _ := runs.Typical()
+	if r := e.schedule(t, waited(pod("fresh", map[string]string{AnnotationWorkload: "training"}))); strings.Join(r.feasible, ",") != "spot-a" {
+		t.Fatalf("training runs %v here now: a fresh attempt should fit spot-a: %v %s", typical, r.feasible, r.fitError)
+	}
+	if !eventually(func() bool { return slices.Contains(e.act.list(), "default/trainer") }) {
+		t.Fatalf("the trainer was not retried once training here ran %v (retried: %v)", typical, e.act.list())
+	}
+}
+
 // A run whose end the kubelet dated a year ahead ends now as far as the
 // learned run length goes: dated ahead, it made every run that ended before
 // that date count as a year old (weighing a 2^-12th), so the one run set
