@@ -30,9 +30,9 @@ type Device struct {
 	// MIG lists the GPU instances pods hold on a MIG-mode GPU, at their
 	// memory-slice offsets.
 	MIG []Placement
-	// Layout, when set, is the MIG-mode GPU's fixed partition as the node
-	// reports it (see static.go): instances come from it only. Never
-	// changed in place.
+	// Layout, when not nil, is the MIG-mode GPU's fixed partition as the
+	// node reports it (see static.go): instances come from it only, and
+	// from none when it is empty. Never changed in place.
 	Layout []Placement
 	// Unhealthy: the node's agent reports the GPU broken (a critical XID,
 	// uncorrectable ECC, lost from the bus). It takes no new pod, but the

@@ -15,9 +15,10 @@ import (
 //     nvidia.com/mig-<profile> counts and only the other GPUs as
 //     nvidia.com/gpu. NodeDevicesFor puts those last GPUs in MIG mode. When
 //     the node agent reports each GPU's layout, SetLayout holds the view to
-//     it: instances come from the layout only. Without a report the view
-//     places instances wherever the geometry allows and the advertised
-//     counts (NodeResourcesFit) keep the profiles honest.
+//     it: instances come from the layout only, and a GPU in MIG mode that
+//     holds none (mig-parted between two layouts) gives none. Without a
+//     report the view places instances wherever the geometry allows and the
+//     advertised counts (NodeResourcesFit) keep the profiles honest.
 //   - On-demand partitions (opt-in label penny.dev/mig-partitioning=on-demand
 //     on a node whose model supports MIG): the GPUs start whole; the
 //     scheduler picks an instance's GPU and memory-slice offset and the node
@@ -44,7 +45,7 @@ func (n *NodeDevices) takesMIG(g int) bool {
 // HasLayout reports whether any GPU of the node holds a reported layout.
 func (n *NodeDevices) HasLayout() bool {
 	for i := range n.GPUs {
-		if len(n.GPUs[i].Layout) > 0 {
+		if n.GPUs[i].Layout != nil {
 			return true
 		}
 	}
@@ -53,15 +54,16 @@ func (n *NodeDevices) HasLayout() bool {
 
 // SetLayout records the static MIG layout GPU i has, as the node agent
 // reports it: the GPU is in MIG mode and its instances come from the layout
-// only. The instances pods already hold on the GPU must be part of it. An
-// empty layout lifts the restriction (instances wherever the geometry
-// allows). The layout is kept, not copied: callers must not change it.
+// only; an empty layout has none to give. The instances pods already hold
+// on the GPU must be part of it. A nil layout lifts the restriction
+// (instances wherever the geometry allows). The layout is kept, not copied:
+// callers must not change it.
 func (n *NodeDevices) SetLayout(i int, layout []Placement) error {
 	d, err := n.device(i)
 	if err != nil {
 		return err
 	}
-	if len(layout) == 0 {
+	if layout == nil {
 		d.Layout = nil
 		return nil
 	}
@@ -119,7 +121,7 @@ func (n *NodeDevices) SetMIGMode(i int, on bool) error {
 // leaves room for one.
 func (n *NodeDevices) freeStarts(g int, profile string) ([]int, error) {
 	d := &n.GPUs[g]
-	if len(d.Layout) == 0 {
+	if d.Layout == nil {
 		return n.Model.FreeStarts(d.MIG, profile)
 	}
 	if _, ok := n.Model.Profile(profile); !ok {

@@ -679,6 +679,28 @@ func TestWholeGPUPodSkipsAnEmptyMIGModeGPU(t *testing.T) {
 	}
 }
 
+// Nor does such a GPU give MIG instances, on a node whose instances exist
+// before pods ask (static partitioning): it holds none until mig-parted
+// creates them. It was filled by geometry, and a pod was given an instance
+// that did not exist, while the one it would use stayed free in the view.
+func TestEmptyMIGModeGPUGivesNoInstanceOnAStaticNode(t *testing.T) {
+	n := gpuNode("mig", "NVIDIA-A100-SXM4-80GB", 2, "64", gpu.LabelMIGStrategy, "mixed")
+	delete(n.Status.Allocatable, gpu.ResourceGPU)
+	n.Status.Allocatable[gpu.MIGResourceName("1g.10gb")] = resource.MustParse("7")
+	n.Status.Allocatable[gpu.MIGResourceName("7g.80gb")] = resource.MustParse("1")
+	var seven []gpu.Placement
+	for i := range 7 {
+		seven = append(seven, gpu.Placement{Profile: "1g.10gb", Start: i})
+	}
+	p, nodes := withReportedLayout(t, n, [][]gpu.Placement{{}, seven})
+	if node, a := schedule(t, p, nodes, podOf("small", "1", "nvidia.com/mig-1g.10gb", "1")); node != "mig" || a.String() != "1:1g.10gb@0" {
+		t.Fatalf("a 1g.10gb got %q %v; want the first instance of GPU 1, the only GPU with instances", node, a)
+	}
+	if node, a := schedule(t, p, nodes, podOf("big", "1", "nvidia.com/mig-7g.80gb", "1")); node != "" {
+		t.Fatalf("a 7g.80gb got %q %v; no GPU of the node holds such an instance", node, a)
+	}
+}
+
 // withReportedLayout makes a plugin whose telemetry reports layout for n
 // (nil: a GPU the node runs whole).
 func withReportedLayout(t *testing.T, n *corev1.Node, layout [][]gpu.Placement) (*GPUPack, []fwk.NodeInfo) {

@@ -364,11 +364,14 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 				// NodeDevicesFor guessed the last ones.
 				layout := r.Layout
 				for i := range min(len(dev.GPUs), len(layout)) {
+					// A GPU in MIG mode without instances (empty, not
+					// nil) gives none: it was filled by geometry, with
+					// instances that do not exist.
 					var err error
-					if len(layout[i]) > 0 {
+					if layout[i] != nil {
 						err = dev.SetLayout(i, layout[i])
 					} else {
-						err = dev.SetMIGMode(i, layout[i] != nil)
+						err = dev.SetMIGMode(i, false)
 					}
 					if err != nil {
 						logger.Info("Ignoring reported MIG layout", "node", node.Name, "gpu", i, "err", err)

@@ -359,7 +359,7 @@ func (n *Node) neverHolds(r *Req) bool {
 		switch {
 		case d.Unhealthy:
 			// Takes nothing until its agent reports it healthy.
-		case len(d.Layout) > 0:
+		case d.Layout != nil:
 			for _, p := range d.Layout {
 				prof, _ := m.Profile(p.Profile)
 				compute += int64(prof.Compute)

@@ -115,7 +115,7 @@ func NewNode(name string, dev *gpu.NodeDevices, cpuFree, memFree int64, gpuMemor
 			n.unpartitioned++
 		}
 		switch {
-		case len(d.Layout) > 0:
+		case d.Layout != nil:
 			n.mig[i] = migGPU{static: true}
 			for _, p := range d.Layout {
 				if slices.Contains(d.MIG, p) {
