@@ -393,6 +393,7 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 	// those of agents that stopped reading end once a send to them waits
 	// SendTimeout, and a stream whose token expired stops holding a slot
 	// at the expiry.
+	//
 	// Registered, the stream is one SendCheckpoint may send on: the
 	// acceptance header goes first (as.mu, which send takes). A command sent
 	// before it carried gRPC's headers without the node's, and the header's

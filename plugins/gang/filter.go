@@ -49,8 +49,8 @@ func readState(cs fwk.CycleState) (*cycleState, error) {
 }
 
 // roundOf is the gang of pod and the round its PreFilter placed it in.
-// Without PennyGang's state, an earlier PreFilter (a missing PVC for
-// VolumeBinding, a DRA claim not created yet) turned the member away before
+// Without PennyGang's state, an earlier PreFilter (VolumeBinding's, for a
+// PersistentVolumeClaim that does not exist) turned the member away before
 // PennyGang's ran: no round can begin in that cycle, so the round in
 // progress, if any (roundID 0), is the one the member cannot join.
 func roundOf(cs fwk.CycleState, pod *corev1.Pod) (ref gang.Ref, roundID uint64, ok bool) {
