@@ -134,38 +134,54 @@ func TestCommandReachesAPodTheWatchHasNotShownYet(t *testing.T) {
 	}
 }
 
-// A node reclaimed with others of its pool runs its own notice while the
-// scheduler's command for the same gang member comes: the pod's hook is
-// asked once, and both jobs take its answer. Each job asked it, two
-// requests at once that a trainer may refuse or run twice.
-func TestOneCheckpointRequestAtATimePerPod(t *testing.T) {
-	var asked atomic.Int32
-	release := make(chan struct{})
+// heldHook is a flow on n1 whose checkpoint hook counts the requests and
+// answers none until release (or the test's end), and a pod with a hook.
+func heldHook(t *testing.T) (f *Flow, p *corev1.Pod, asked *atomic.Int32, release func()) {
+	t.Helper()
+	asked = &atomic.Int32{}
+	held := make(chan struct{})
+	release = sync.OnceFunc(func() { close(held) })
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		asked.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
-		<-release
+		<-held
 	}))
 	t.Cleanup(hook.Close)
+	t.Cleanup(release) // before the close: it waits for the requests
 	addr := strings.TrimPrefix(hook.URL, "http://")
 	f, err := New(Options{Node: "n1", Client: fake.NewClientset(), StateDir: t.TempDir(), Recorder: record.NewFakeRecorder(10), Log: testr.New(t),
 		Checkpoints: checkpoint.NewClient(func(*corev1.Pod, string) (string, error) { return addr, nil })})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := evictTestPod("member")
+	p = evictTestPod("member")
 	p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
+	return f, p, asked, release
+}
+
+// waitAsked waits until the hook has been asked.
+func waitAsked(t *testing.T, asked *atomic.Int32) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) { return asked.Load() > 0, nil }); err != nil {
+		t.Fatal("the hook was never asked")
+	}
+}
+
+// A node reclaimed with others of its pool runs its own notice while the
+// scheduler's command for the same gang member comes: the pod's hook is
+// asked once, and both jobs take its answer. Each job asked it, two
+// requests at once that a trainer may refuse or run twice.
+func TestOneCheckpointRequestAtATimePerPod(t *testing.T) {
+	f, p, asked, release := heldHook(t)
 	results := make(chan checkpoint.Result, 2)
 	for range 2 {
 		go func() {
 			results <- f.checkpoint(context.Background(), p, checkpoint.Request{Deadline: time.Now().Add(10 * time.Second)})
 		}()
 	}
-	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) { return asked.Load() > 0, nil }); err != nil {
-		t.Fatal("the hook was never asked")
-	}
+	waitAsked(t, asked)
 	time.Sleep(200 * time.Millisecond) // time for a second request, were there one
-	close(release)
+	release()
 	for range 2 {
 		if res := <-results; !res.Done() {
 			t.Errorf("a job's checkpoint: %v %q, want done", res.State, res.Message)
@@ -180,27 +196,9 @@ func TestOneCheckpointRequestAtATimePerPod(t *testing.T) {
 // command's request, due much later, stops waiting at its own deadline, so
 // that it evicts before the reclaim.
 func TestCheckpointInFlightDoesNotHoldAJobDueSooner(t *testing.T) {
-	var asked atomic.Int32
-	release := make(chan struct{})
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		asked.Add(1)
-		_, _ = io.Copy(io.Discard, r.Body)
-		<-release
-	}))
-	t.Cleanup(hook.Close)
-	t.Cleanup(func() { close(release) })
-	addr := strings.TrimPrefix(hook.URL, "http://")
-	f, err := New(Options{Node: "n1", Client: fake.NewClientset(), StateDir: t.TempDir(), Recorder: record.NewFakeRecorder(10), Log: testr.New(t),
-		Checkpoints: checkpoint.NewClient(func(*corev1.Pod, string) (string, error) { return addr, nil })})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := evictTestPod("member")
-	p.Annotations = map[string]string{checkpoint.Annotation: "http://:8080/checkpoint"}
+	f, p, asked, _ := heldHook(t)
 	go f.checkpoint(context.Background(), p, checkpoint.Request{Deadline: time.Now().Add(time.Minute)})
-	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) { return asked.Load() > 0, nil }); err != nil {
-		t.Fatal("the hook was never asked")
-	}
+	waitAsked(t, asked)
 	soon := time.Now().Add(300 * time.Millisecond)
 	result := make(chan checkpoint.Result, 1)
 	go func() { result <- f.checkpoint(context.Background(), p, checkpoint.Request{Deadline: soon}) }()
