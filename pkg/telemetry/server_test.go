@@ -875,6 +875,12 @@ func TestSilentStreamEndsWhenTokenExpires(t *testing.T) {
 	if now := time.Now(); now.Before(nd.Time.Add(telemetry.ExpiredStreamGrace)) {
 		t.Fatalf("the stream ended at %v, before the grace after its expiry (%v)", now, nd.Time.Add(telemetry.ExpiredStreamGrace))
 	}
+	// The failing Recv writes the stream's status before the handler
+	// returns, so the agent can see the end before the server counts it.
+	for deadline := time.Now().Add(5 * time.Second); metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired") < before+1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a second count would come now
 	if got := metricstest.Counter(t, "penny_telemetry_auth_failures_total", "reason", "expired"); got != before+1 {
 		t.Errorf("expired counter %v, want %v", got, before+1)
 	}
