@@ -135,6 +135,40 @@ func TestUnhealthyGPUIsNotCountedTwice(t *testing.T) {
 	}
 }
 
+// Without the count label, the device plugin leaves a broken GPU out of
+// allocatable, but the annotation names GPUs by their NVML index: with GPU 2
+// of 4 broken, the view numbers the GPUs as the agent does, so the free
+// healthy GPU is 3, never 2, and a pod already on GPU 3 is held there.
+func TestUnlabelledNodeNumbersGPUsAsItsAgent(t *testing.T) {
+	n := gpuNode("n", "NVIDIA-A10G", 4, "64")
+	delete(n.Labels, gpu.LabelCount)
+	n.Status.Allocatable[gpu.ResourceGPU] = resource.MustParse("3")
+	src := layoutsOf{node: "n", layout: make([][]gpu.Placement, 4), unhealthy: []int{2}}
+	on := func(name, g string) *corev1.Pod {
+		return bound(podOf(name, "1", string(gpu.ResourceGPU), "1"), "n", g)
+	}
+	whole := podOf("whole", "1", string(gpu.ResourceGPU), "1")
+	p, _, nodes := withSource(t, src, []*corev1.Node{n}, on("a", "0"), on("b", "1"))
+	if node, a := schedule(t, p, nodes, whole); node != "n" || a.String() != "3" {
+		t.Fatalf("a whole-GPU pod got %q %v; want GPU 3 (GPU 2 is broken)", node, a)
+	}
+	p, _, nodes = withSource(t, src, []*corev1.Node{n}, on("a", "0"), on("c", "3"))
+	if node, a := schedule(t, p, nodes, whole); node != "n" || a.String() != "1" {
+		t.Fatalf("a whole-GPU pod got %q %v; want GPU 1, the only healthy one free", node, a)
+	}
+	p, _, nodes = withSource(t, src, []*corev1.Node{n}, on("a", "0"), on("b", "1"), on("c", "3"))
+	if node, a := schedule(t, p, nodes, whole); node != "" {
+		t.Fatalf("a whole-GPU pod got %q %v; every healthy GPU is held", node, a)
+	}
+
+	// A shortfall the reported health does not explain leaves the view as
+	// allocatable numbers it.
+	p, _, nodes = withSource(t, layoutsOf{node: "n", layout: make([][]gpu.Placement, 4)}, []*corev1.Node{n}, on("a", "0"))
+	if node, a := schedule(t, p, nodes, podOf("two", "1", string(gpu.ResourceGPU), "2")); node != "n" || a.String() != "1,2" {
+		t.Fatalf("two whole GPUs got %q %v; want 1,2 with no GPU reported unhealthy", node, a)
+	}
+}
+
 // healthReport is an A10G node's report, its GPUs whole and healthy but
 // those listed.
 func healthReport(node string, gpus int, seq uint64, unhealthy ...int) *telemetryv1.NodeReport {

@@ -358,6 +358,7 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 	if v.layouts != nil && len(dev.GPUs) > 0 {
 		if r, ok := v.layouts.Report(node.Name); ok {
 			e.reportVer = r.Version
+			numberAsReported(dev, r)
 			if e.staticMIG {
 				// The report says which GPUs are partitioned; the
 				// advertised resources only say how many, and
@@ -444,16 +445,42 @@ func (v *view) build(logger klog.Logger, ni fwk.NodeInfo, purpose buildFor, self
 	return e
 }
 
+// numberAsReported gives a view that counted fewer GPUs than the node's
+// agent numbers the agent's GPUs, where the GPUs it reports unhealthy are
+// as many as the missing ones. Such a view took its count from allocatable
+// nvidia.com/gpu (no nvidia.com/gpu.count label), from which the NVIDIA
+// device plugin leaves out the GPUs it finds broken; numbered 0..k-1, it
+// handed out a broken GPU's index (the annotation names NVML's) and never
+// the last GPU's, and a pod on that one was held on a guess. Numbered as
+// the agent does, the broken GPUs are held off instead (holdUnhealthy), so
+// the healthy ones are still the count allocatable says. A shortfall the
+// reported health does not explain (the partitioned GPUs of a MIG "mixed"
+// node, a GPU the device plugin dropped and the agent finds healthy) says
+// nothing of which GPUs are missing, and is left as it is.
+func numberAsReported(dev *gpu.NodeDevices, r GPUReport) {
+	missing := len(r.Layout) - len(dev.GPUs)
+	if missing <= 0 || len(r.Layout) > gpu.MaxGPUsPerNode {
+		return
+	}
+	for _, i := range r.Unhealthy {
+		if i >= 0 && i < len(r.Layout) {
+			missing--
+		}
+	}
+	if missing == 0 {
+		dev.GPUs = append(dev.GPUs, make([]gpu.Device, len(r.Layout)-len(dev.GPUs))...)
+	}
+}
+
 // holdUnhealthy marks the GPUs the node's agent reports unhealthy, so that
 // no new pod goes on them, and returns how many it marked. The pods on them
 // stay: the scheduler evicts nobody.
 //
-// A view with fewer GPUs than the agent numbers took its count from
-// allocatable nvidia.com/gpu (no nvidia.com/gpu.count label), from which the
-// NVIDIA device plugin already leaves out the GPUs it finds broken: held off
-// again, they would count twice, and the view's indices are not the
-// agent's anyway. With the label (static while a GPU breaks), the view
-// numbers every GPU as the agent does.
+// A view still with fewer GPUs than the agent numbers (see
+// numberAsReported) took its count from allocatable nvidia.com/gpu, from
+// which the device plugin may already have left the broken GPUs out: held
+// off again, they could count twice, and the view's indices are not the
+// agent's anyway.
 func holdUnhealthy(logger klog.Logger, node string, dev *gpu.NodeDevices, r GPUReport) int {
 	if len(r.Unhealthy) == 0 {
 		return 0
