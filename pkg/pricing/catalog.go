@@ -185,6 +185,15 @@ func NewCatalog(ratios SplitRatios, types []InstanceType, entries []Entry, defau
 	}
 	if field, err := validateRatios(ratios); err != nil {
 		bad.add("splitRatios", -1, field, err.Error())
+	} else if ratios.GPUHour == 0 {
+		for _, t := range types {
+			if t.GPUs > 0 {
+				// Every GPU would be free, and its node's whole price
+				// would fall on the CPU and memory of the pods beside it.
+				bad.add("splitRatios", -1, "gpuHour", fmt.Sprintf("0 while instance type %s has GPUs: its GPUs would be priced at 0; give gpuHour > 0 (%s)", t.Name, openCostRatios))
+				break
+			}
+		}
 	}
 	if len(bad.Problems) == 0 {
 		// Ratios that are each finite can still split a price into
@@ -262,6 +271,10 @@ func validateType(t InstanceType) (string, error) {
 		return field, fmt.Errorf("%s: vcpus is %g and memoryGiB %g: give both as the instance's finite size > 0 (e.g. vcpus: 32, memoryGiB: 128); its price is split over them", t.Name, t.VCPUs, t.MemoryGiB)
 	case t.GPUs > 0 && t.GPUModel == "":
 		return "gpuModel", fmt.Errorf("%s: has %d GPUs but no gpuModel; known models: %s", t.Name, t.GPUs, strings.Join(gpu.ModelNames(), ", "))
+	case t.GPUs == 0 && t.GPUModel != "":
+		// A GPU instance whose count was left out would be priced as one
+		// without GPUs: its whole price on CPU and memory, its GPUs free.
+		return "gpus", fmt.Errorf("%s: has gpuModel %s but gpus is 0 (or left out): give the number of GPUs the instance has, or remove gpuModel", t.Name, t.GPUModel)
 	}
 	if t.GPUModel != "" {
 		if _, ok := gpu.LookupModel(t.GPUModel); !ok {
@@ -296,6 +309,12 @@ func (c *Catalog) validateEntry(e Entry) (string, error) {
 	}
 	if e.Region == "" {
 		return "region", fmt.Errorf("%s %s: region is empty; give the region the price holds in, e.g. us-east-1", e.InstanceType, e.Capacity)
+	}
+	if e.Zone != "" && !strings.HasPrefix(e.Zone, e.Region) {
+		// Every cloud names a zone after its region (us-east-1a,
+		// us-central1-a, eastus-1): a zone of another region is a typo
+		// whose price no node would ever get.
+		return "zone", fmt.Errorf("%s %s: zone %q is not in region %q; give a zone of the region (named after it, e.g. %sa) or fix the region", e.InstanceType, e.Capacity, e.Zone, e.Region, e.Region)
 	}
 	if !ValidPrice(e.Hourly) || e.Hourly > MaxHourlyPrice {
 		return "hourly", fmt.Errorf("%s %s in %s: hourly is %g: a price must be a finite number >= 0 and at most %g USD per node-hour (not per month, not in cents)", e.InstanceType, e.Capacity, where(e.Region, e.Zone), e.Hourly, MaxHourlyPrice)

@@ -37,10 +37,12 @@ type fileCatalog struct {
 	Prices              []filePrice    `yaml:"prices"`
 }
 
+// fileRatios leaves a field out as nil: a block that sets only some
+// ratios keeps OpenCost's for the rest, rather than 0 (a GPU priced at 0).
 type fileRatios struct {
-	CPUCoreHour float64 `yaml:"cpuCoreHour"`
-	RAMGiBHour  float64 `yaml:"ramGiBHour"`
-	GPUHour     float64 `yaml:"gpuHour"`
+	CPUCoreHour *float64 `yaml:"cpuCoreHour"`
+	RAMGiBHour  *float64 `yaml:"ramGiBHour"`
+	GPUHour     *float64 `yaml:"gpuHour"`
 }
 
 type fileInstance struct {
@@ -125,8 +127,15 @@ func Parse(data []byte, name string) (*Catalog, error) {
 		at(Problem{List: "prices", Index: -1, Msg: "empty: list at least one {instanceType, capacityType, region, hourly}"})
 	}
 	ratios := OpenCostSplitRatios
-	if f.SplitRatios != nil {
-		ratios = SplitRatios(*f.SplitRatios)
+	if r := f.SplitRatios; r != nil {
+		for _, v := range []struct {
+			set *float64
+			to  *float64
+		}{{r.CPUCoreHour, &ratios.CPUCoreHour}, {r.RAMGiBHour, &ratios.RAMGiBHour}, {r.GPUHour, &ratios.GPUHour}} {
+			if v.set != nil {
+				*v.to = *v.set
+			}
+		}
 	}
 	def := BucketUnknown
 	if f.DefaultInterruption != "" {

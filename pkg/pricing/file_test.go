@@ -293,7 +293,7 @@ func TestShippedCatalogLoads(t *testing.T) {
 func TestParseRefusesSplitRatiosThatPriceNothing(t *testing.T) {
 	for name, ratios := range map[string]string{
 		"overflow":  "{cpuCoreHour: 1e308, ramGiBHour: 1e308, gpuHour: 1e308}",
-		"underflow": "{cpuCoreHour: 1e-320, ramGiBHour: 0, gpuHour: 0}",
+		"underflow": "{cpuCoreHour: 1e-320, ramGiBHour: 0, gpuHour: 1e-320}",
 	} {
 		y := strings.Replace(goodYAML, "kind: PriceCatalog\n", "kind: PriceCatalog\nsplitRatios: "+ratios+"\n", 1)
 		c, err := Parse([]byte(y), "cat.yaml")
@@ -326,5 +326,51 @@ func TestParseTakesNoProvider(t *testing.T) {
 	}
 	if it, ok := c.InstanceType("g5.xlarge"); !ok || it.Provider != "" {
 		t.Errorf("g5.xlarge: %+v %v, want no provider", it, ok)
+	}
+}
+
+// A catalog that would price some GPUs at 0, or a zone that no node could
+// ever be in, is refused at the field to fix.
+func TestParseRefusesRowsThatPriceGPUsAtNothing(t *testing.T) {
+	for name, c := range map[string]struct{ from, to, want string }{
+		"gpus left out": {"gpus: 1, gpuModel", "gpuModel",
+			"cat.yaml:5: instanceTypes[0].gpus: g5.xlarge: has gpuModel A10G but gpus is 0 (or left out)"},
+		"gpuHour 0": {"kind: PriceCatalog\n", "kind: PriceCatalog\nsplitRatios: {cpuCoreHour: 0.02, ramGiBHour: 0.003, gpuHour: 0}\n",
+			"cat.yaml:3: splitRatios.gpuHour: 0 while instance type g5.xlarge has GPUs"},
+		"zone of another region": {"region: us-east-1, hourly: 0.4", "region: us-east-1, zone: us-west-2a, hourly: 0.4",
+			`cat.yaml:8: prices[1].zone: g5.xlarge spot: zone "us-west-2a" is not in region "us-east-1"`},
+	} {
+		y := strings.Replace(goodYAML, c.from, c.to, 1)
+		if y == goodYAML {
+			t.Fatalf("%s: %q is not in the catalog", name, c.from)
+		}
+		cat, err := Parse([]byte(y), "cat.yaml")
+		if err == nil {
+			p, _ := cat.Lookup("g5.xlarge", OnDemand, "us-east-1", "")
+			t.Errorf("%s: accepted, pricing g5.xlarge %+v", name, p)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want %q", name, err, c.want)
+		}
+	}
+}
+
+// A splitRatios block that sets only some ratios keeps OpenCost's for the
+// others: left out, gpuHour was 0, and every GPU free.
+func TestParseKeepsOpenCostRatiosLeftOut(t *testing.T) {
+	y := strings.Replace(goodYAML, "kind: PriceCatalog\n", "kind: PriceCatalog\nsplitRatios: {cpuCoreHour: 0.02}\n", 1)
+	c, err := Parse([]byte(y), "cat.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := c.Lookup("g5.xlarge", OnDemand, "us-east-1", "")
+	if !ok {
+		t.Fatal("g5.xlarge on-demand not found")
+	}
+	// 1.006 split over 1 GPU, 4 vCPUs and 16 GiB at 0.95 : 0.02 : 0.004237.
+	w := 0.95 + 4*0.02 + 16*OpenCostSplitRatios.RAMGiBHour
+	if want := 1.006 * 0.95 / w; !near(p.GPUHourly, want, 1e-9) {
+		t.Errorf("GPU-hour %g, want %g", p.GPUHourly, want)
 	}
 }

@@ -269,24 +269,33 @@ func (m *RiskModel) prior(pool Pool) Bucket {
 	return b
 }
 
-// decayTo discounts the evidence to at before something is added to it.
+// decayTo discounts the evidence to at before something dated at is added
+// to it, and returns the weight that something has: 1, or less for
+// something older than the evidence, told late, which counts as old.
 // Evidence is never dated after now: a reclaim time comes from the node's
 // agent, whose clock may run ahead, and evidence dated in the future would
 // not decay until that time came (a year ahead, a pool's reclaims would
 // weigh in full for a year) while everything reported meanwhile was added
 // undiscounted.
-func (m *RiskModel) decayTo(e *evidence, at time.Time) {
+func (m *RiskModel) decayTo(e *evidence, at time.Time) float64 {
 	if now := m.cfg.Clock.Now(); at.After(now) {
 		at = now
 	}
-	if e.at.IsZero() {
+	switch {
+	case e.at.IsZero():
 		e.at = at
-		return
-	}
-	if at.After(e.at) {
+	case at.After(e.at):
 		e.reclaims, e.nodeHours = m.decayed(e, at)
 		e.at = at
+	case at.Before(e.at):
+		return m.weight(e.at.Sub(at))
 	}
+	return 1
+}
+
+// weight is what evidence age old is worth.
+func (m *RiskModel) weight(age time.Duration) float64 {
+	return math.Exp(-math.Ln2 * age.Hours() / m.cfg.HalfLife.Hours())
 }
 
 // decayed is the evidence discounted to at, leaving it as it is: a rate
@@ -296,7 +305,7 @@ func (m *RiskModel) decayed(e *evidence, at time.Time) (reclaims, nodeHours floa
 	if e.at.IsZero() || !at.After(e.at) {
 		return e.reclaims, e.nodeHours
 	}
-	f := math.Exp(-math.Ln2 * at.Sub(e.at).Hours() / m.cfg.HalfLife.Hours())
+	f := m.weight(at.Sub(e.at))
 	return e.reclaims * f, e.nodeHours * f
 }
 
@@ -318,8 +327,7 @@ func (m *RiskModel) ObserveExposure(pool Pool, nodeHours float64, at time.Time) 
 	}
 	m.mu.Lock()
 	e := m.ev(pool)
-	m.decayTo(e, at)
-	e.nodeHours += nodeHours
+	e.nodeHours += nodeHours * m.decayTo(e, at)
 	m.publish(pool)
 	m.mu.Unlock()
 	m.notify(pool)
@@ -343,8 +351,7 @@ func (m *RiskModel) ObserveReclaim(pool Pool, node string, at time.Time) {
 	if node != "" {
 		e.markCounted(node, now.Add(ReclaimMemory))
 	}
-	m.decayTo(e, at)
-	e.reclaims++
+	e.reclaims += m.decayTo(e, at)
 	e.total++
 	metricReclaims.WithLabelValues(pool.InstanceType, pool.Zone, string(pool.Capacity)).Inc()
 	m.publish(pool)

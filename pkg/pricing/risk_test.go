@@ -64,11 +64,11 @@ func TestRiskModelPriorUpdateForget(t *testing.T) {
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("late reclaim %g, want %g", got, want)
 	}
-	// Once newer evidence has been added, older evidence that arrives late
-	// counts at full weight rather than being decayed backwards.
+	// So it does once newer evidence has been added: a day old, it adds
+	// half a reclaim, as the one above.
 	m.ObserveExposure(pool, 50, t0.Add(24*time.Hour))
 	m.ObserveReclaim(pool, "later", t0)
-	want = (prior*100 + 6.5) / (100 + 100)
+	want = (prior*100 + 6) / (100 + 100)
 	if got := m.ReclaimRate(pool); !near(got, want, 1e-6) {
 		t.Fatalf("late reclaim after newer evidence %g, want %g", got, want)
 	}
@@ -402,4 +402,19 @@ func TestRiskModelOnChange(t *testing.T) {
 	expect("a pinned prior", "p4d.24xlarge/a/spot 0.000702")
 	m.Merge([]SavedPool{{Pool: pool, Reclaims: 3, NodeHours: 730, At: t0}})
 	expect("a merged copy", "p4d.24xlarge/a/spot 0.00207")
+}
+
+// A reclaim or exposure older than the evidence, told late, counts as old:
+// added in full, a reclaim from a half-life ago weighed as one from now.
+func TestRiskModelWeighsLateEvidenceByItsAge(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := clocktesting.NewFakePassiveClock(t0)
+	m := NewRiskModel(RiskConfig{PriorNodeHours: 100, HalfLife: 10 * time.Hour, Clock: clk})
+	pool := Pool{InstanceType: "p4d.24xlarge", Zone: "a", Capacity: Spot}
+	m.ObserveExposure(pool, 1, t0)
+	m.ObserveReclaim(pool, "n1", t0.Add(-10*time.Hour))
+	m.ObserveExposure(pool, 4, t0.Add(-20*time.Hour))
+	if r, h := m.Evidence(pool, t0); !near(r, 0.5, 1e-9) || !near(h, 2, 1e-9) {
+		t.Fatalf("evidence %g reclaims over %g node-hours, want 0.5 over 2", r, h)
+	}
 }
