@@ -185,7 +185,12 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 			if n != nil && s.migrates(ctx) {
 				// What maintenance-event would say of it: a live
 				// migration, which stops nothing (reclaim.Disruptive).
+				// Its id is not the one the maintenance would have if it
+				// stopped the VM: the switch to TERMINATE is news the
+				// live migration's notice was not acted on for
+				// (sameMaintenance).
 				n.Action = MaintenanceMigrate
+				n.ID = upcomingPrefix + upcomingMigration + strings.TrimPrefix(n.ID, upcomingPrefix)
 			}
 			return n, err
 		},
@@ -457,20 +462,28 @@ func unfinishedAnnounced(unfinished []string, boot string) string {
 // followed to its new time rather than acted on again. The first read after
 // start continues resume, an unfinished notice of this boot, if any: GCE
 // announces one maintenance at a time, and one that happened ended the boot.
-// A failed read changes nothing. It is used by one goroutine.
+// A failed read changes nothing. A live migration's id is kept only while
+// it stays one: a VM switched to TERMINATE meanwhile (or an answer that is
+// not a clear MIGRATE) loses what runs on it, news the live migration's
+// notice, acted on as draining nothing, was not acted on for. The new id is
+// then kept for as long as the maintenance is announced, also when the option
+// reads MIGRATE again: a notice each time it turns would be acted on, and
+// called off, over and over. It is used by one goroutine.
 type sameMaintenance struct {
 	id     string
 	resume string
+	// migrates is set while id is a live migration's.
+	migrates bool
 }
 
 func (s *sameMaintenance) same(n *notice.Notice) *notice.Notice {
 	switch {
 	case n == nil:
 		s.id = ""
-	case s.id == "":
-		s.id = n.ID
+	case s.id == "", s.migrates && n.Action != MaintenanceMigrate:
+		s.id, s.migrates = n.ID, n.Action == MaintenanceMigrate
 		if s.resume != "" {
-			s.id = s.resume
+			s.id, s.migrates = s.resume, false
 		}
 		n.ID = s.id
 	default:

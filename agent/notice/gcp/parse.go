@@ -105,14 +105,17 @@ const (
 )
 
 // An upcoming maintenance's id is upcomingPrefix, its type in lower case, a
-// dash, its window's start as upcomingStamp and idSuffix(boot).
+// dash, its window's start as upcomingStamp and idSuffix(boot); a live
+// migration's has upcomingMigration after upcomingPrefix.
 const (
-	upcomingPrefix = "gcp-upcoming-"
-	upcomingStamp  = "20060102T150405Z"
+	upcomingPrefix    = "gcp-upcoming-"
+	upcomingMigration = "migrate-"
+	upcomingStamp     = "20060102T150405Z"
 )
 
 // upcomingOfBoot reports whether id is one ParseUpcomingMaintenance made in
-// this boot.
+// this boot. A live migration's (the watcher's) is not: its work stopped
+// nothing, and a maintenance that stops the VM must not continue it.
 func upcomingOfBoot(id, boot string) bool {
 	rest, ok := strings.CutPrefix(id, upcomingPrefix)
 	if !ok {

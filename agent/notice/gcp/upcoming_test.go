@@ -228,6 +228,40 @@ func TestUpcomingMaintenanceOfAVMThatMigrates(t *testing.T) {
 	}
 }
 
+// A VM switched from MIGRATE to TERMINATE while GCE announces a maintenance
+// loses what runs on it: the live migration's notice, acted on already (it
+// drains nothing), would not be acted on again under its id, so the
+// maintenance becomes a notice of its own that stops the VM, once: it keeps
+// that id, also when the option reads MIGRATE again.
+func TestUpcomingMaintenanceOfAVMSwitchedToTerminate(t *testing.T) {
+	f, src := start(t, upcomingOptions())
+	f.SetOnHostMaintenance("MIGRATE")
+	r := watch(t, src)
+	readAgain(t, f)
+	window := time.Now().Add(72 * time.Hour).UTC().Truncate(time.Second)
+	f.SetUpcomingMaintenance(metadatatest.UpcomingMaintenance(gcp.UpcomingScheduled, gcp.UpcomingPending, window))
+	n, _ := r.waitFor(t, "the announced live migration", settledWith(1))
+	migration := n[0]
+
+	f.SetOnHostMaintenance("TERMINATE")
+	n, _ = r.waitFor(t, "the maintenance that stops the VM", func(n []notice.Notice, err error) bool {
+		return err == nil && len(n) == 1 && n[0].Action != gcp.MaintenanceMigrate
+	})
+	stops := n[0]
+	if stops.ID == migration.ID || !reclaim.Disruptive(stops.Provider, stops.Action) || !stops.Deadline.Equal(window) {
+		t.Fatalf("switched to TERMINATE: notice %v, want one of its own (the live migration's was %s), disruptive, at %v", stops, migration.ID, window)
+	}
+
+	f.SetOnHostMaintenance("MIGRATE")
+	readAgain(t, f)
+	f.SetOnHostMaintenance("TERMINATE")
+	readAgain(t, f)
+	n, _ = r.waitFor(t, "the maintenance that stops the VM", settledWith(1))
+	if ids := r.idsSeen(); n[0].ID != stops.ID || len(ids) != 2 {
+		t.Errorf("after the option read MIGRATE and TERMINATE again: notice %s and ids seen %v, want %s kept and no other", n[0].ID, ids, stops.ID)
+	}
+}
+
 // An agent that restarts after GCE moved the announced window continues the
 // notice an earlier agent left unfinished in this boot rather than make an
 // id from the new start; a maintenance announced after that one ended is
