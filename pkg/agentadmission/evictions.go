@@ -171,11 +171,13 @@ func (e *Evictions) review(ctx context.Context, req *admissionv1.AdmissionReques
 		return allow()
 	case err != nil:
 		return e.deny(reviewError, pod, node, fmt.Sprintf("reading pod %s to check it is on node %s: %v; the agent asks again", pod, node, err))
-	case p.UID != uid:
-		// The eviction fails its UID precondition (Conflict) and evicts
-		// nothing, which the agent reads as "gone".
-		reviews.WithLabelValues(string(reviewAllowed)).Inc()
-		return allow()
+	case p.UID != uid && p.Spec.NodeName != node:
+		// The pod asked for is gone; the eviction would fail its UID
+		// precondition, but only after charging the PodDisruptionBudget
+		// of the pod now under that name: allowed, an agent could keep
+		// any other node's budget spent. Conflict is what the eviction
+		// would have answered, which the agent reads as "gone".
+		return e.deny(reviewReplaced, pod, node, fmt.Sprintf("pod %s is not the pod penny-agent on node %s asked to evict (UID %s, not %s) and is not on node %s: the pod asked for is gone", pod, node, p.UID, uid, node))
 	case p.Spec.NodeName == "":
 		return e.deny(reviewOtherNode, pod, node, fmt.Sprintf("penny-agent on node %s may evict only pods bound to node %s; pod %s is not bound to a node", node, node, pod))
 	case p.Spec.NodeName != node:
@@ -196,8 +198,11 @@ func (e *Evictions) deny(result reviewResult, pod, node, msg string) *admissionv
 	e.opts.Log.Info("Refused an agent's eviction", "pod", pod, "agentNode", node, "reason", string(result), "message", msg)
 	code := int32(http.StatusForbidden)
 	reason := metav1.StatusReasonForbidden
-	if result == reviewError {
+	switch result {
+	case reviewError:
 		code, reason = http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable
+	case reviewReplaced:
+		code, reason = http.StatusConflict, metav1.StatusReasonConflict
 	}
 	return &admissionv1.AdmissionResponse{
 		Allowed: false,

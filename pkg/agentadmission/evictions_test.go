@@ -111,6 +111,7 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 		pod("theirs", "uid-theirs", "node-b"),
 		pod("pending", "uid-pending", ""),
 		pod("renamed", "uid-new", "node-b"),
+		pod("renamed-here", "uid-new", "node-a"),
 	)
 	cases := []struct {
 		name    string
@@ -129,9 +130,15 @@ func TestEvictionsHoldAgentsToTheirNode(t *testing.T) {
 			message: `this request's token names no node`},
 		{name: "no UID precondition", req: eviction(t, agentUser, "node-a", "mine", ""), code: 403, result: "no_uid",
 			message: `must set deleteOptions.preconditions.uid`},
-		// The eviction itself then fails (NotFound, Conflict) and evicts nothing.
+		// The eviction itself then fails (NotFound, Conflict) and evicts
+		// nothing, after charging the budget of the pod under the name,
+		// which may be its node's agent's to spend only.
 		{name: "pod gone", req: eviction(t, agentUser, "node-a", "gone", "uid-gone"), allowed: true, result: "allowed"},
-		{name: "name now another pod's", req: eviction(t, agentUser, "node-a", "renamed", "uid-old"), allowed: true, result: "allowed"},
+		{name: "name now another pod's on its node", req: eviction(t, agentUser, "node-a", "renamed-here", "uid-old"), allowed: true, result: "allowed"},
+		// Refused as the eviction would answer, Conflict (the agent reads
+		// "gone"), before it spends another node's pod's disruption budget.
+		{name: "name now another node's pod's", req: eviction(t, agentUser, "node-a", "renamed", "uid-old"), code: 409, result: "replaced",
+			message: `pod team-a/renamed is not the pod penny-agent on node node-a asked to evict (UID uid-new, not uid-old) and is not on node node-a`},
 		// RBAC decides for everyone else.
 		{name: "scheduler", req: eviction(t, "system:serviceaccount:kube-system:penny-scheduler", "", "theirs", ""), allowed: true, result: "not_agent"},
 		{name: "user", req: eviction(t, "alice", "", "theirs", ""), allowed: true, result: "not_agent"},

@@ -12,7 +12,7 @@ import (
 var reviews = metrics.NewCounterVec(&metrics.CounterOpts{
 	Name: "penny_admission_agent_evictions_total",
 	Help: "Evictions the agent evictions webhook judged, by result: allowed; other_node (an agent asked to evict a pod not on its node); " +
-		"unbound_token (its token names no node); no_uid (no UID precondition); invalid (undecodable Eviction); " +
+		"replaced (the pod asked for is gone, and the pod now under its name is on another node; refused with Conflict); unbound_token (its token names no node); no_uid (no UID precondition); invalid (undecodable Eviction); " +
 		"error (the pod could not be read; refused); not_agent and not_eviction (not the webhook's to judge; allowed).",
 	StabilityLevel: metrics.ALPHA,
 }, []string{"result"})
@@ -32,6 +32,7 @@ type reviewResult string
 const (
 	reviewAllowed      reviewResult = "allowed"
 	reviewOtherNode    reviewResult = "other_node"
+	reviewReplaced     reviewResult = "replaced"
 	reviewUnboundToken reviewResult = "unbound_token"
 	reviewNoUID        reviewResult = "no_uid"
 	reviewInvalid      reviewResult = "invalid"
@@ -42,7 +43,7 @@ const (
 
 // reviewResults is every reviewResult: registration puts each on /metrics
 // at 0, so a result missing here is born at its first review.
-var reviewResults = []reviewResult{reviewAllowed, reviewOtherNode, reviewUnboundToken, reviewNoUID, reviewInvalid, reviewError, reviewNotAgent, reviewNotEviction}
+var reviewResults = []reviewResult{reviewAllowed, reviewOtherNode, reviewReplaced, reviewUnboundToken, reviewNoUID, reviewInvalid, reviewError, reviewNotAgent, reviewNotEviction}
 
 var registerOnce sync.Once
 

@@ -12,5 +12,5 @@ import (
 func TestReviewResultsExistBeforeTheirFirstIncrement(t *testing.T) {
 	registerMetrics()
 	metricstest.LabelValues(t, "penny_admission_agent_evictions_total", "result", reviewResults,
-		[]string{"allowed", "other_node", "unbound_token", "no_uid", "invalid", "error", "not_agent", "not_eviction"})
+		[]string{"allowed", "other_node", "replaced", "unbound_token", "no_uid", "invalid", "error", "not_agent", "not_eviction"})
 }
