@@ -12,6 +12,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/kubernetes"
@@ -232,6 +233,23 @@ func TestAgentEvictsOnlyItsNodesPods(t *testing.T) {
 	if err := evict(agent, theirs, true, true); !apierrors.IsForbidden(err) {
 		t.Errorf("another node's pod: %v, want Forbidden", err)
 	}
+	// A pod of another node under the name of a pod the agent had on its
+	// node: the API server charges its disruption budget before the delete
+	// fails the UID precondition, so the webhook refuses first, with the
+	// Conflict the agent reads as "gone".
+	replaced := harness.CreatePod(t, c, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "replaced", Namespace: "default", Labels: map[string]string{"app": "replaced"}},
+		Spec:       corev1.PodSpec{NodeName: other, Containers: []corev1.Container{{Name: "c", Image: "registry.example/app"}}},
+	})
+	budget := withDisruptionsAllowed(t, c, "replaced", 1)
+	gone := replaced.DeepCopy()
+	gone.UID = "0b7c5a36-5ef0-4bd1-9d5a-3c9a1d8a0f7e"
+	if err := evict(agent, gone, true, false); !apierrors.IsConflict(err) {
+		t.Errorf("a pod replaced by one on another node: %v, want Conflict", err)
+	}
+	if pdb, err := c.Client.PolicyV1().PodDisruptionBudgets("default").Get(ctx, budget, metav1.GetOptions{}); err != nil || pdb.Status.DisruptionsAllowed != 1 || len(pdb.Status.DisruptedPods) > 0 {
+		t.Errorf("the other node's pod's disruption budget: %v, %+v; want 1 disruption allowed and none recorded", err, pdb.Status)
+	}
 	if err := evict(agent, mine, false, true); err == nil || !strings.Contains(err.Error(), "deleteOptions.preconditions.uid") {
 		t.Errorf("own pod without its UID: %v, want refused for want of the UID precondition", err)
 	}
@@ -244,4 +262,31 @@ func TestAgentEvictsOnlyItsNodesPods(t *testing.T) {
 	if p, err := c.Client.CoreV1().Pods("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
 		t.Errorf("the other node's pod: %v, deleting since %v", err, p.DeletionTimestamp)
 	}
+}
+
+// withDisruptionsAllowed creates a PodDisruptionBudget that lets all the
+// pods labelled app=app go, and waits for the disruption controller to
+// allow n disruptions, one per such pod. It returns its name.
+func withDisruptionsAllowed(t *testing.T, c *localcluster.Cluster, app string, n int32) string {
+	t.Helper()
+	ctx := context.Background()
+	pdbs := c.Client.PolicyV1().PodDisruptionBudgets("default")
+	if _, err := pdbs.Create(ctx, &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: app, Namespace: "default"},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MinAvailable: ptr.To(intstr.FromInt32(0)),
+			Selector:     &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var last *policyv1.PodDisruptionBudget
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		var err error
+		last, err = pdbs.Get(ctx, app, metav1.GetOptions{})
+		return err == nil && last.Status.ObservedGeneration == last.Generation && last.Status.DisruptionsAllowed == n, nil
+	}); err != nil {
+		t.Fatalf("PodDisruptionBudget %s never allowed %d disruptions: %+v", app, n, last)
+	}
+	return app
 }
