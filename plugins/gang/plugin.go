@@ -339,8 +339,8 @@ func (pl *Gang) EventsToRegister(_ context.Context) ([]fwk.ClusterEventWithHint,
 		// A member held for a malformed or disagreeing gang key is retried
 		// when its own keys change; they may be annotations, whose change
 		// is a plain Update. (Members held for a sibling's scheduling gate
-		// are woken by onPodUpdate: the scheduler dispatches no other
-		// pod's update to plugins.)
+		// or gang keys are woken by onPodUpdate: the scheduler dispatches
+		// no other pod's update to plugins.)
 		{Event: fwk.ClusterEvent{Resource: fwk.TargetPod, ActionType: fwk.Update}, QueueingHintFn: isSchedulableAfterOwnKeysChanged},
 		// Capacity freed by a pod leaving a node may let a gang fit.
 		// So is a running pod resized down in place (CPU, memory).

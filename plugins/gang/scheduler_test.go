@@ -773,3 +773,40 @@ func TestFixingARunningMemberRetriesTheMembersHeldForIt(t *testing.T) {
 	c.Update("fix-0", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
 	c.WaitBound(5*time.Second, "fix-1")
 }
+
+// Editing gang-size down on queued members, one at a time, holds the first
+// edited: its siblings still say the old size. The scheduler hands the last
+// edit only to that member's own hints, and the first edited waited for the
+// last one's admission to activate it, which a gang that does not fit never
+// has: it kept saying the members disagree until the queue's five-minute
+// flush. Every member must say the gang does not fit, as after any change
+// that completes a gang.
+func TestEditingTheGangSizeRetriesTheMembersHeldForIt(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 1)...)
+	c.Create(gangPods("llm", 4, 8)[:2]...)
+	c.WaitEvent("llm-1", "gang team/llm: 2/4 members exist, waiting for 2 more to be created")
+
+	c.Update("llm-0", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.WaitEvent("llm-0", "members disagree on penny.dev/gang-size: this pod says 2 but llm-1 say 4")
+	c.Update("llm-1", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.WaitEvent("llm-1", "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu")
+	c.WaitEvent("llm-0", "gang team/llm: 1/2 members placeable, the other 1 need 8 nvidia.com/gpu")
+}
+
+// Fixing the odd member that held a spare one (a member beyond gang-size)
+// next to a running member: the odd one completes the gang alone, so no
+// admission activates the spare, and it waited for the queue's five-minute
+// flush although it only joins the running ones.
+func TestFixingAQueuedMemberRetriesTheSpareHeldForIt(t *testing.T) {
+	c := startCluster(t, testArgs(), nodes("n", 3)...)
+	running := member("fix", 2, 0, 8)
+	running.Spec.NodeName = "n-0"
+	c.Create(running)
+	c.Create(member("fix", 3, 2, 8))
+	c.WaitEvent("fix-2", "members disagree on penny.dev/gang-size")
+	c.Create(member("fix", 2, 1, 8))
+	c.WaitEvent("fix-1", "members disagree on penny.dev/gang-size: this pod says 2 but fix-2 say 3")
+
+	c.Update("fix-2", func(p *corev1.Pod) { p.Labels[gang.KeySize] = "2" })
+	c.WaitBound(5*time.Second, "fix-1", "fix-2")
+}

@@ -2,6 +2,7 @@ package gang
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -370,8 +371,8 @@ func (pl *Gang) onPodAdd(obj any) {
 
 // onPodUpdate notices members the informer now shows bound, so they count
 // as running rather than placed, and members whose scheduling gates were
-// lifted, which may complete their gang, and running members whose gang
-// keys were fixed: the scheduler dispatches no other pod's update to
+// lifted, which may complete their gang, and members whose gang keys were
+// fixed or changed: the scheduler dispatches no other pod's update to
 // plugins, so the waiting siblings are activated here.
 func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	pod, ok := newObj.(*corev1.Pod)
@@ -400,8 +401,17 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 		return
 	}
 	if pod.Spec.NodeName == "" {
-		if old, ok := oldObj.(*corev1.Pod); ok && len(old.Spec.SchedulingGates) > 0 && len(pod.Spec.SchedulingGates) == 0 {
+		old, ok := oldObj.(*corev1.Pod)
+		if ok && len(old.Spec.SchedulingGates) > 0 && len(pod.Spec.SchedulingGates) == 0 {
 			pl.wake(pod)
+		} else if ok && inGang && !gang.SameKeys(old, pod) {
+			var e effects
+			pl.mu.Lock()
+			if g := pl.gangs[ref.Key()]; g != nil {
+				pl.retryHeld(g, pod, &e)
+			}
+			pl.mu.Unlock()
+			pl.apply(klog.Background(), &e)
 		}
 		return
 	}
@@ -419,13 +429,8 @@ func (pl *Gang) onPodUpdate(oldObj, newObj any) {
 	pl.mu.Lock()
 	if g := pl.gangs[ref.Key()]; g != nil {
 		delete(g.placed, pod.UID)
-		// A running member's gang key fixed (it disagreed with the members
-		// held for it): the scheduler dispatches no assigned pod's label or
-		// annotation change to this plugin, so they are retried here.
-		if old, ok := oldObj.(*corev1.Pod); ok && len(g.gated) > 0 && !gang.SameKeys(old, pod) {
-			if members, err := gang.Members(pl.pods, ref); err == nil && pl.formed(members) {
-				g.wakeHeld(members, &e)
-			}
+		if old, ok := oldObj.(*corev1.Pod); ok && !gang.SameKeys(old, pod) {
+			pl.retryHeld(g, pod, &e)
 		}
 	}
 	pl.mu.Unlock()
@@ -527,6 +532,28 @@ func (pl *Gang) memberGone(pod *corev1.Pod, how string) {
 	}
 	pl.mu.Unlock()
 	pl.apply(klog.Background(), &e)
+}
+
+// retryHeld queues again the members held for g once pod's gang keys
+// changed and the members agree and are enough (formed): the odd member
+// fixed, or gang-size edited on every member (down to the members there
+// are). The scheduler hands an unscheduled pod's update only to that pod's
+// own hints, and no assigned pod's label or annotation change to this
+// plugin. The siblings held for pod waited for its admission to activate
+// them (Permit), which a gang that does not fit never has, nor one that pod
+// completes alone next to running members: they waited for the queue's
+// five-minute flush of unschedulable pods. Pod itself is left to its own
+// update: activated here, the queue could try the version it still holds,
+// with the old keys, and tell it the members disagree. Caller holds mu.
+func (pl *Gang) retryHeld(g *gangState, pod *corev1.Pod, e *effects) {
+	if len(g.gated) == 0 {
+		return
+	}
+	members, err := gang.Members(pl.pods, g.ref)
+	if err != nil || !pl.formed(members) {
+		return
+	}
+	g.wakeHeld(slices.DeleteFunc(slices.Clone(members), func(m *corev1.Pod) bool { return m.UID == pod.UID }), e)
 }
 
 // wakeHeld queues again the members PreEnqueue held back, and forgets why
