@@ -17,10 +17,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
@@ -311,8 +315,28 @@ const ExpiredStreamGrace = 10 * time.Second
 const DefaultSendTimeout = 5 * time.Second
 
 // MaxMessageBytes bounds one message from an agent; a report of a full
-// 8-GPU node with MIG and a hundred pods is a few tens of KB.
+// 8-GPU node with MIG and a hundred pods is a few tens of KB. What one costs
+// once decoded is bounded by agentCodec.
 const MaxMessageBytes = 4 << 20
+
+// agentCodec is gRPC's protobuf codec, except that a message from an agent
+// is checked before it is decoded (telemetryv1.CheckEncodedAgentMessage): a
+// message of MaxMessageBytes can otherwise decode to over 500 MiB, and an
+// agent holds several streams. A refused message ends its stream.
+type agentCodec struct{ encoding.CodecV2 }
+
+func (c agentCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*telemetryv1.AgentMessage)
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	if err := telemetryv1.CheckEncodedAgentMessage(buf.ReadOnlyData()); err != nil {
+		return err
+	}
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
 
 // Recovery has a gRPC server answer a call whose handler panics with
 // Internal, and log the panic with its stack, instead of ending the
@@ -336,6 +360,7 @@ func (s *Server) NewGRPCServer(creds credentials.TransportCredentials) *grpc.Ser
 		grpc.Creds(creds),
 		grpc.ConnectionTimeout(s.opts.HandshakeTimeout),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.ForceServerCodecV2(agentCodec{encoding.GetCodecV2(grpcproto.Name)}),
 		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		// Agents ping every 30s to notice a dead scheduler; allow it.

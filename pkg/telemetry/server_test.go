@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,8 +18,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/client-go/kubernetes"
@@ -608,6 +614,83 @@ func TestRefusalOfAHugeBadReportReachesTheAgent(t *testing.T) {
 	}
 	if ack, err := a.Report(t, telemetrytest.Report("n1", 2, 2, time.Now())); err != nil || !ack.GetAccepted() {
 		t.Fatalf("the next good report: %v %v", ack, err)
+	}
+}
+
+// rawCodec sends a []byte as the encoded message it is: a message of
+// millions of empty elements would cost the test what it costs the server
+// to build as a proto.Message.
+type rawCodec struct{ encoding.CodecV2 }
+
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.([]byte); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}
+
+// An empty element is two bytes on the wire and a struct of up to 230 bytes
+// decoded: a report of MaxMessageBytes of empty GPUs took over 500 MiB of
+// the scheduler's heap before validation refused it, and an agent may hold
+// several streams to each replica. It is refused before it is decoded and
+// ends its stream, saying why.
+func TestMessageOfEmptyElementsIsRefusedUndecoded(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(credentials.NewTLS(env.ClientTLS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer node:n1")
+	st, err := telemetryv1.NewTelemetryClient(conn).Connect(ctx, grpc.ForceCodecV2(rawCodec{encoding.GetCodecV2(grpcproto.Name)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gpus []byte
+	for len(gpus) < telemetry.MaxMessageBytes-16 {
+		gpus = protowire.AppendBytes(protowire.AppendTag(gpus, 9, protowire.BytesType), nil)
+	}
+	msg := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), gpus)
+
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := st.SendMsg(msg); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := st.Recv()
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<20 {
+		t.Errorf("receiving a message of %d bytes allocated %d MiB, want at most 64", len(msg), got>>20)
+	}
+	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "NodeReport.gpus: more than 64") {
+		t.Errorf("got %v, %v; want the stream ended naming the list", reply, err)
+	}
+}
+
+// The report of a node far larger than any built today, every whole GPU
+// time-sliced among the most holders a report lists, with long pod names,
+// is accepted.
+func TestLargeReportIsAccepted(t *testing.T) {
+	env := telemetrytest.Start(t, telemetrytest.Options{})
+	a := connect(t, env, "node:n1")
+	r := telemetrytest.Report("n1", 16, 1, time.Now())
+	long := strings.Repeat("inference-server-", 10)
+	for _, g := range r.Gpus {
+		if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED {
+			continue
+		}
+		g.Pods = nil
+		for i := 0; i < telemetryv1.MaxPodsPerGPU; i++ {
+			pod := &telemetryv1.PodRef{Namespace: "team-a", Name: fmt.Sprintf("%s%d-%d", long, g.Index, i)}
+			g.Pods = append(g.Pods, pod)
+			r.PodDevices = append(r.PodDevices, &telemetryv1.PodDevices{Pod: pod, Container: "main", ResourceName: "nvidia.com/gpu", DeviceIds: []string{fmt.Sprintf("%s::%d", g.Uuid, i)}})
+		}
+	}
+	if ack, err := a.Report(t, r); err != nil || !ack.GetAccepted() {
+		t.Fatalf("a report of %d bytes: %v %v", proto.Size(r), ack, err)
 	}
 }
 
