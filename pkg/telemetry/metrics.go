@@ -32,7 +32,7 @@ var (
 	})
 	streamsEnded = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_telemetry_streams_ended_total",
-		Help:           "Agent streams the scheduler ended, by reason: not_reading (the agent did not read a message within the send timeout: hung, or stopped reading; a live agent reconnects). Streams ended for an expired token are counted in penny_telemetry_auth_failures_total{reason=\"expired\"}.",
+		Help:           "Agent streams the scheduler ended, by reason: not_reading (the agent did not read a message within the send timeout: hung, or stopped reading; a live agent reconnects); too_many_elements (a message held more list elements than the largest valid report, refused before it was decoded). Streams ended for an expired token are counted in penny_telemetry_auth_failures_total{reason=\"expired\"}.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"reason"})
 	authenticationsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
@@ -94,7 +94,10 @@ const (
 // penny_telemetry_streams_ended_total.
 type streamEndReason string
 
-const streamNotReading streamEndReason = "not_reading"
+const (
+	streamNotReading      streamEndReason = "not_reading"
+	streamTooManyElements streamEndReason = "too_many_elements"
+)
 
 // commandKind is a kind label value of penny_telemetry_commands_sent_total.
 type commandKind string
@@ -109,7 +112,7 @@ var (
 	authFailureReasons      = []authFailureReason{authMissingToken, authInvalidToken, authNotAgent, authNotBound, authExpired}
 	checkpointStatusResults = []StatusResult{StatusAccepted, statusInvalid, StatusWrongNode, StatusUnknownCommand, statusOwnNotice}
 	commandKinds            = []commandKind{commandCheckpoint}
-	streamEndReasons        = []streamEndReason{streamNotReading}
+	streamEndReasons        = []streamEndReason{streamNotReading, streamTooManyElements}
 )
 
 var registerOnce sync.Once

@@ -333,6 +333,7 @@ func (c agentCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
 	if err := telemetryv1.CheckEncodedAgentMessage(buf.ReadOnlyData()); err != nil {
+		streamsEnded.WithLabelValues(string(streamTooManyElements)).Inc()
 		return err
 	}
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
@@ -495,6 +496,11 @@ func (s *Server) Connect(stream grpc.BidiStreamingServer[telemetryv1.AgentMessag
 			if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 				return nil
 			}
+			// A message gRPC could not read or decode (over
+			// MaxMessageBytes, refused by agentCodec, malformed) ends the
+			// stream; the agent reconnects and, sending the same, ends the
+			// next one too.
+			log.Info("closed an agent stream: its message could not be read", "err", err)
 			return err
 		}
 		if id.expiredAt(s.opts.Now()) {

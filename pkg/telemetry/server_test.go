@@ -653,6 +653,7 @@ func TestMessageOfEmptyElementsIsRefusedUndecoded(t *testing.T) {
 		gpus = protowire.AppendBytes(protowire.AppendTag(gpus, 9, protowire.BytesType), nil)
 	}
 	msg := protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), gpus)
+	ended := metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "too_many_elements")
 
 	runtime.GC()
 	var before, after runtime.MemStats
@@ -667,6 +668,9 @@ func TestMessageOfEmptyElementsIsRefusedUndecoded(t *testing.T) {
 	}
 	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "NodeReport.gpus: more than 64") {
 		t.Errorf("got %v, %v; want the stream ended naming the list", reply, err)
+	}
+	if got := metricstest.Counter(t, "penny_telemetry_streams_ended_total", "reason", "too_many_elements"); got != ended+1 {
+		t.Errorf("streams ended for too many elements: %v, want %v", got-ended, 1)
 	}
 }
 
