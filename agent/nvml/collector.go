@@ -475,9 +475,12 @@ func (c *Collector) memoryUsed(dev nvml.Device) (uint64, bool) {
 }
 
 // ProfileName names a GPU instance profile the way the NVIDIA device plugin
-// and mig-parted do: "<slices>g.<memory>gb", where memory is the profile's
-// share of the GPU rounded up to eighths of the GPU's memory in whole GB,
-// plus "+me" for the media-extension variants.
+// and mig-parted do (go-nvlib's MigProfile): "<slices>g.<memory>gb", where
+// memory is the profile's share of the GPU rounded up to eighths of the GPU's
+// memory in whole GB, plus the variant's attribute: "+me" (one media
+// extension), "+me.all" (all of them), "-me" (none), "+gfx" (graphics). A
+// variant named like its base profile would be counted as a free instance of
+// it, and a pod asking for the base profile sent to the variant.
 func ProfileName(profileID int, info nvml.GpuInstanceProfileInfo, deviceMemoryBytes uint64) string {
 	const gib = 1 << 30
 	totalGB := (deviceMemoryBytes + gib - 1) / gib
@@ -491,7 +494,9 @@ func ProfileName(profileID int, info nvml.GpuInstanceProfileInfo, deviceMemoryBy
 	switch profileID {
 	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1:
 		name += "+me"
-	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_2_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_4_SLICE_GFX:
+	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE_ALL_ME:
+		name += "+me.all"
+	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_2_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_3_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_4_SLICE_GFX:
 		name += "+gfx"
 	case nvml.GPU_INSTANCE_PROFILE_1_SLICE_NO_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE_NO_ME:
 		name += "-me"

@@ -172,6 +172,43 @@ func TestProfileNames(t *testing.T) {
 	}
 }
 
+// The media-extension and graphics variants of a profile carry go-nvlib's
+// attribute, which the scheduler's validation reads. Named like their base
+// profile, a 1g+me.all instance was counted as a free plain 1g slice.
+func TestProfileNameVariants(t *testing.T) {
+	m, err := NewMock("dgxh100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := m.Devices[0].(*server.Device)
+	base := dev.Config.MIGProfiles.GpuInstanceProfiles
+	for _, tc := range []struct {
+		variant, base int
+		want          string
+	}{
+		{nvml.GPU_INSTANCE_PROFILE_1_SLICE_REV1, nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.10gb+me"},
+		{nvml.GPU_INSTANCE_PROFILE_2_SLICE_REV1, nvml.GPU_INSTANCE_PROFILE_2_SLICE, "2g.20gb+me"},
+		{nvml.GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME, nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.10gb+me.all"},
+		{nvml.GPU_INSTANCE_PROFILE_2_SLICE_ALL_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE, "2g.20gb+me.all"},
+		{nvml.GPU_INSTANCE_PROFILE_1_SLICE_NO_ME, nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.10gb-me"},
+		{nvml.GPU_INSTANCE_PROFILE_2_SLICE_NO_ME, nvml.GPU_INSTANCE_PROFILE_2_SLICE, "2g.20gb-me"},
+		{nvml.GPU_INSTANCE_PROFILE_1_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_1_SLICE, "1g.10gb+gfx"},
+		{nvml.GPU_INSTANCE_PROFILE_2_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_2_SLICE, "2g.20gb+gfx"},
+		{nvml.GPU_INSTANCE_PROFILE_3_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_3_SLICE, "3g.40gb+gfx"},
+		{nvml.GPU_INSTANCE_PROFILE_4_SLICE_GFX, nvml.GPU_INSTANCE_PROFILE_4_SLICE, "4g.40gb+gfx"},
+	} {
+		got := ProfileName(tc.variant, base[tc.base], dev.MemoryInfo.Total)
+		if got != tc.want {
+			t.Errorf("profile %d: named %q, want %q", tc.variant, got, tc.want)
+			continue
+		}
+		p, err := telemetryv1.ParseMIGProfile(got)
+		if err != nil || p.Name != ProfileName(tc.base, base[tc.base], dev.MemoryInfo.Total) {
+			t.Errorf("the scheduler reads %q as %q (%v), want its base profile", got, p.Name, err)
+		}
+	}
+}
+
 func TestNoDriver(t *testing.T) {
 	// A library path that exists nowhere: the same outcome as a node without
 	// the NVIDIA driver, on any machine.
