@@ -88,6 +88,9 @@ type Collector struct {
 	// noMemory holds the UUIDs of the GPUs whose last read found no memory,
 	// so that the log says when one starts and stops, not every collection.
 	noMemory map[string]bool
+	// migReasons holds, by GPU UUID, why the last read of a GPU's MIG
+	// instances failed, so that the log says when that starts and stops.
+	migReasons map[string]string
 }
 
 type xidRecord struct {
@@ -108,7 +111,7 @@ func New(lib nvml.Interface, log logr.Logger, opts Options) *Collector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}, noMemory: map[string]bool{}}
+	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}, noMemory: map[string]bool{}, migReasons: map[string]string{}}
 }
 
 // ErrNoDriver is the reason a node has no GPUs to report.
@@ -265,24 +268,69 @@ func (c *Collector) readGPU(index int) (*telemetryv1.GPU, error) {
 		g.UtilizationPercent = proto.Uint32(min(u.Gpu, 100))
 		g.MemoryUtilizationPercent = proto.Uint32(min(u.Memory, 100))
 	}
+	var migReason string
 	if g.MigMode == telemetryv1.MIGMode_MIG_MODE_ENABLED && !noMemory {
 		instances, err := c.readMIG(dev)
-		if errors.Is(err, nvml.ERROR_GPU_IS_LOST) {
+		switch {
+		case errors.Is(err, nvml.ERROR_GPU_IS_LOST):
 			// Fallen off the bus between two reads: the node's other GPUs
 			// are still reported.
 			return c.lostGPU(index, fmt.Errorf("MIG instances: %w", err))
-		}
-		if err != nil {
+		case errors.As(err, &ret) && driverGone(ret):
+			// The driver went under the read: nothing read through this
+			// load is good, and the next collection loads NVML again.
 			return nil, fmt.Errorf("MIG instances: %w", err)
+		case err != nil:
+			// Most often mig-parted repartitioning the GPU under the read
+			// (an instance gone between its handle and its lookup). The
+			// GPU is reported without instances, unhealthy so that nothing
+			// is placed on a layout the agent could not read, rather than
+			// failing the node's collection and every other GPU with it;
+			// the next collection reads the new layout.
+			migReason = migReadReason(err)
+		default:
+			g.MigInstances = instances
 		}
-		g.MigInstances = instances
 	}
+	c.noteMIGReason(g, migReason)
 	g.Health = c.readHealth(dev, g)
 	if noMemory {
 		g.Health.Reasons = append(g.Health.Reasons, NoMemoryReason)
 		g.Health.Healthy = false
 	}
+	if migReason != "" {
+		g.Health.Reasons = append(g.Health.Reasons, migReason)
+		g.Health.Healthy = false
+	}
 	return g, nil
+}
+
+// migReadReason is the health reason of a GPU whose MIG instances NVML did
+// not read. NVML answers ERROR_NO_PERMISSION to a container without the MIG
+// monitor capability ("Insufficient Permissions"); any other answer says
+// nothing of the agent's setup.
+func migReadReason(err error) string {
+	reason := "NVML could not read the GPU's MIG instances: " + err.Error()
+	if errors.Is(err, nvml.ERROR_NO_PERMISSION) {
+		reason += " (the agent needs the MIG monitor capability: NVIDIA_MIG_MONITOR_DEVICES=all)"
+	}
+	return reason
+}
+
+// noteMIGReason logs when GPU g's MIG instances start or stop failing to
+// read, or fail otherwise, not every collection. Callers hold c.mu.
+func (c *Collector) noteMIGReason(g *telemetryv1.GPU, reason string) {
+	if reason == c.migReasons[g.Uuid] {
+		return
+	}
+	if reason != "" {
+		c.migReasons[g.Uuid] = reason
+		c.log.Info("GPU reported unhealthy without its MIG instances; the node's other GPUs are reported as usual",
+			"gpu", g.Uuid, "index", g.Index, "reason", reason)
+		return
+	}
+	delete(c.migReasons, g.Uuid)
+	c.log.Info("NVML reads the GPU's MIG instances again", "gpu", g.Uuid, "index", g.Index)
 }
 
 // NoMemoryReason is the health reason of a GPU whose NVML memory total is 0.
@@ -413,7 +461,7 @@ func (c *Collector) readMIGDevice(parent, mig nvml.Device, parentMemory uint64) 
 	}
 	gi, ret := parent.GetGpuInstanceById(giID)
 	if ret != nvml.SUCCESS {
-		return nil, fmt.Errorf("GetGpuInstanceById(%d): %w (the agent needs the MIG monitor capability: NVIDIA_MIG_MONITOR_DEVICES=all)", giID, ret)
+		return nil, fmt.Errorf("GetGpuInstanceById(%d): %w", giID, ret)
 	}
 	info, ret := gi.GetInfo()
 	if ret != nvml.SUCCESS {

@@ -792,3 +792,56 @@ func TestGPUWithNoMemoryIsUnhealthyAndTheReportValidates(t *testing.T) {
 		t.Errorf("GPU 2 reading its memory again: health %v memory %d", g.Health, g.MemoryTotalBytes)
 	}
 }
+
+// A MIG read that fails otherwise than by losing the GPU (mig-parted
+// destroying an instance between its handle and its lookup) leaves the
+// node's other GPUs reported: the GPU is reported without instances,
+// unhealthy so that nothing is placed on it, until a read succeeds again.
+// It failed the node's whole collection (0 GPUs), and every lookup failure
+// was blamed on a missing MIG monitor capability, which NVML reports as
+// ERROR_NO_PERMISSION.
+func TestMIGReadFailureLeavesTheOthersReported(t *testing.T) {
+	m, err := NewMockFromFlag("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(m, testr.New(t), Options{})
+	dev := m.Devices[7].(*server.Device)
+	byID := dev.GetGpuInstanceByIdFunc
+	for _, tc := range []struct {
+		ret  nvml.Return
+		hint bool
+	}{{nvml.ERROR_NOT_FOUND, false}, {nvml.ERROR_NO_PERMISSION, true}} {
+		dev.GetGpuInstanceByIdFunc = func(int) (nvml.GpuInstance, nvml.Return) { return nil, tc.ret }
+		r := collect(t, c)
+		if r.Status.State != telemetryv1.CollectorStatus_STATE_OK || len(r.GPUs) != 8 {
+			t.Fatalf("%v: collection %v %q with %d GPUs, want OK with 8", tc.ret, r.Status.State, r.Status.Message, len(r.GPUs))
+		}
+		if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+			t.Fatalf("%v: the scheduler would refuse the node's report: %v", tc.ret, err)
+		}
+		g := r.GPUs[7]
+		reasons := strings.Join(g.Health.Reasons, "; ")
+		if g.Uuid != m.UUID(7) || g.Health.Healthy || len(g.MigInstances) != 0 || !strings.Contains(reasons, tc.ret.Error()) {
+			t.Errorf("%v: GPU 7 %s reported with %d MIG instances, health %v", tc.ret, g.Uuid, len(g.MigInstances), g.Health)
+		}
+		if got := strings.Contains(reasons, "NVIDIA_MIG_MONITOR_DEVICES"); got != tc.hint {
+			t.Errorf("%v: reasons %q name the MIG monitor capability: %v, want %v", tc.ret, reasons, got, tc.hint)
+		}
+		if g := r.GPUs[6]; !g.Health.Healthy || len(g.MigInstances) != 3 {
+			t.Errorf("%v: the other MIG GPU: health %v, %d instances", tc.ret, g.Health, len(g.MigInstances))
+		}
+	}
+
+	dev.GetGpuInstanceByIdFunc = byID
+	if g := collect(t, c).GPUs[7]; !g.Health.Healthy || len(g.MigInstances) != 7 {
+		t.Errorf("GPU 7 read again: health %v, %d MIG instances", g.Health, len(g.MigInstances))
+	}
+
+	// A driver gone under the read is not the GPU's fault: the collection
+	// fails as when it goes before, and nothing is reported unhealthy.
+	dev.GetGpuInstanceByIdFunc = func(int) (nvml.GpuInstance, nvml.Return) { return nil, nvml.ERROR_UNINITIALIZED }
+	if r := collect(t, c); r.Status.State != telemetryv1.CollectorStatus_STATE_ERROR || len(r.GPUs) != 0 {
+		t.Errorf("driver gone under the MIG read: %v %q with %d GPUs, want ERROR with none", r.Status.State, r.Status.Message, len(r.GPUs))
+	}
+}
