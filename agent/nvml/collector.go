@@ -91,6 +91,9 @@ type Collector struct {
 	// migReasons holds, by GPU UUID, why the last read of a GPU's MIG
 	// instances failed, so that the log says when that starts and stops.
 	migReasons map[string]string
+	// bogusTemperature holds the UUIDs of the GPUs whose last temperature
+	// reading was left out as impossible, for the log likewise.
+	bogusTemperature map[string]bool
 }
 
 type xidRecord struct {
@@ -111,7 +114,7 @@ func New(lib nvml.Interface, log logr.Logger, opts Options) *Collector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}, noMemory: map[string]bool{}, migReasons: map[string]string{}}
+	return &Collector{lib: lib, log: log, opts: opts, known: map[int]*telemetryv1.GPU{}, minors: map[int]uint32{}, xids: map[string]*xidRecord{}, noMemory: map[string]bool{}, migReasons: map[string]string{}, bogusTemperature: map[string]bool{}}
 }
 
 // ErrNoDriver is the reason a node has no GPUs to report.
@@ -641,7 +644,17 @@ func (c *Collector) readHealth(dev nvml.Device, g *telemetryv1.GPU) *telemetryv1
 	}
 	t, tret := dev.GetTemperature(nvml.TEMPERATURE_GPU)
 	if tret == nvml.SUCCESS {
-		h.TemperatureCelsius = proto.Uint32(t)
+		// A reading beyond what the scheduler accepts (255, say) is no
+		// temperature a working GPU reaches but a sensor fault. Copied, it
+		// made the scheduler refuse the node's whole report; it is left
+		// out instead, and the GPU is not made unhealthy for it: one that
+		// really overheats has its clocks held down by the hardware, which
+		// the clock reasons above make unhealthy.
+		bogus := t > telemetryv1.MaxTemperatureCelsius
+		c.noteBogusTemperature(g, t, bogus)
+		if !bogus {
+			h.TemperatureCelsius = proto.Uint32(t)
+		}
 	}
 	// A GPU that fell off the bus answers every call so; the reads above
 	// skip calls that fail, and it was reported healthy.
@@ -650,6 +663,22 @@ func (c *Collector) readHealth(dev nvml.Device, g *telemetryv1.GPU) *telemetryv1
 	}
 	h.Healthy = len(h.Reasons) == 0
 	return h
+}
+
+// noteBogusTemperature logs when GPU g's temperature reading starts or
+// stops being left out of reports, not every collection. Callers hold c.mu.
+func (c *Collector) noteBogusTemperature(g *telemetryv1.GPU, celsius uint32, bogus bool) {
+	if bogus == c.bogusTemperature[g.Uuid] {
+		return
+	}
+	if bogus {
+		c.bogusTemperature[g.Uuid] = true
+		c.log.Info("GPU temperature left out of reports: NVML reads more than any working GPU reaches (a sensor fault); the GPU is reported otherwise as usual",
+			"gpu", g.Uuid, "index", g.Index, "celsius", celsius, "max", telemetryv1.MaxTemperatureCelsius)
+		return
+	}
+	delete(c.bogusTemperature, g.Uuid)
+	c.log.Info("NVML reads the GPU's temperature again", "gpu", g.Uuid, "index", g.Index, "celsius", celsius)
 }
 
 // fillXID copies what the XID watcher saw into g.Health.

@@ -845,3 +845,32 @@ func TestMIGReadFailureLeavesTheOthersReported(t *testing.T) {
 		t.Errorf("driver gone under the MIG read: %v %q with %d GPUs, want ERROR with none", r.Status.State, r.Status.Message, len(r.GPUs))
 	}
 }
+
+// A temperature beyond what the scheduler accepts is a sensor fault: the
+// reading is left out and the GPU stays healthy and in service, so the
+// report validates. Copied as read (255), it made the scheduler refuse the
+// node's whole report.
+func TestBogusTemperatureIsLeftOut(t *testing.T) {
+	m, err := NewMock("dgxa100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(m, testr.New(t), Options{})
+	celsius := uint32(255)
+	m.Devices[3].(*server.Device).GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) { return celsius, nvml.SUCCESS }
+	r := collect(t, c)
+	if err := telemetryv1.ValidateNodeReport(asReport(r)); err != nil {
+		t.Fatalf("the scheduler would refuse the node's report: %v", err)
+	}
+	if h := r.GPUs[3].Health; h.TemperatureCelsius != nil || !h.Healthy {
+		t.Errorf("GPU 3 reading %d °C: temperature %v, healthy %v; want left out, healthy", celsius, h.TemperatureCelsius, h.Healthy)
+	}
+	if h := r.GPUs[2].Health; h.GetTemperatureCelsius() != 32 {
+		t.Errorf("GPU 2's temperature %v, want its 32", h.TemperatureCelsius)
+	}
+
+	celsius = telemetryv1.MaxTemperatureCelsius
+	if h := collect(t, c).GPUs[3].Health; h.GetTemperatureCelsius() != celsius {
+		t.Errorf("GPU 3 reading %d °C, the most the scheduler accepts: temperature %v", celsius, h.TemperatureCelsius)
+	}
+}
