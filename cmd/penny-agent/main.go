@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	nodeutil "k8s.io/component-helpers/node/util"
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -254,6 +256,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func validate(o options) error {
 	if o.nodeName == "" {
 		return errors.New("--node-name is empty: set it, or NODE_NAME from the downward API (spec.nodeName)")
+	}
+	// The scheduler refuses every report naming no Kubernetes node; the
+	// agent would run without ever being heard.
+	if msgs := validation.IsDNS1123Subdomain(o.nodeName); len(msgs) > 0 {
+		return fmt.Errorf("--node-name %q is no Kubernetes node name: %s; set it, or NODE_NAME from the downward API (spec.nodeName), to the node's name", o.nodeName, strings.Join(msgs, "; "))
+	}
+	if o.dcgmURL != "" {
+		// Without a scheme or host every scrape fails, each with an error
+		// that names the URL but not the flag.
+		if u, err := url.Parse(o.dcgmURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--dcgm-exporter-url %q: want an http:// or https:// URL with a host, e.g. http://127.0.0.1:9400/metrics", o.dcgmURL)
+		}
 	}
 	if o.collectInterval <= 0 || o.resendInterval < o.collectInterval {
 		return fmt.Errorf("--collect-interval (%v) must be positive and at most --resend-interval (%v)", o.collectInterval, o.resendInterval)

@@ -153,6 +153,12 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--once", "--output", "yaml"}, "only json"},
 		{[]string{"--collect-interval", "10s", "--resend-interval", "5s"}, "--collect-interval"},
 		{[]string{"--node-name", ""}, "--node-name"},
+		// The scheduler refused every report, and every scrape failed
+		// without naming the flag.
+		{[]string{"--once", "--nvml=mock:dgxa100", "--cloud=none", "--pod-resources-socket", "", "--node-name", "GPU_Node.1"}, "--node-name \"GPU_Node.1\" is no Kubernetes node name"},
+		{[]string{"--once", "--nvml=mock:dgxa100", "--cloud=none", "--pod-resources-socket", "", "--node-name", "n1", "--dcgm-exporter-url", "127.0.0.1:9400/metrics"}, "--dcgm-exporter-url"},
+		{[]string{"--once", "--nvml=mock:dgxa100", "--cloud=none", "--pod-resources-socket", "", "--node-name", "n1", "--dcgm-exporter-url", "localhost:9400/metrics"}, "--dcgm-exporter-url"},
+		{[]string{"--once", "--nvml=mock:dgxa100", "--cloud=none", "--pod-resources-socket", "", "--node-name", "n1", "--dcgm-exporter-url", "http:///metrics"}, "--dcgm-exporter-url"},
 		// A window no XID stays in would never mark a GPU unhealthy.
 		{[]string{"--once", "--nvml=mock:dgxa100", "--cloud=none", "--xid-window=-1h"}, "--xid-window"},
 		{[]string{"--log-format", "xml"}, "--log-format"},
@@ -181,6 +187,25 @@ func TestBadFlags(t *testing.T) {
 		code, _, errOut := runAgent(t, c.args...)
 		if code != 2 || !strings.Contains(errOut, c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", c.args, code, errOut, c.want)
+		}
+	}
+}
+
+// The node names and exporter URLs the agent is given in practice pass.
+func TestValidateAcceptsNodeNamesAndDCGMURLs(t *testing.T) {
+	var o options
+	if err := flags(&o).Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ node, url string }{
+		{"gpu-node-1", ""},
+		{"ip-10-0-1-23.ec2.internal", "http://10.0.1.23:9400/metrics"},
+		{"gke-pool-1-abc", "https://dcgm.example.com/metrics"},
+		{"n1", "http://[fd00::17]:9400/metrics"},
+	} {
+		o.nodeName, o.dcgmURL = c.node, c.url
+		if err := validate(o); err != nil {
+			t.Errorf("--node-name %q --dcgm-exporter-url %q: %v", c.node, c.url, err)
 		}
 	}
 }
