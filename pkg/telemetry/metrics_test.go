@@ -15,5 +15,5 @@ func TestCounterLabelsExistBeforeTheirFirstIncrement(t *testing.T) {
 	metricstest.LabelValues(t, "penny_telemetry_auth_failures_total", "reason", authFailureReasons, []string{"missing_token", "invalid_token", "not_agent", "not_bound", "expired"})
 	metricstest.LabelValues(t, "penny_telemetry_checkpoint_statuses_total", "result", checkpointStatusResults, []string{"accepted", "invalid", "wrong_node", "unknown_command", "own_notice"})
 	metricstest.LabelValues(t, "penny_telemetry_commands_sent_total", "kind", commandKinds, []string{"checkpoint"})
-	metricstest.LabelValues(t, "penny_telemetry_streams_ended_total", "reason", streamEndReasons, []string{"not_reading"})
+	metricstest.LabelValues(t, "penny_telemetry_streams_ended_total", "reason", streamEndReasons, []string{"not_reading", "too_many_elements"})
 }
