@@ -31,10 +31,16 @@ type ExpanderServer struct {
 	r atomic.Pointer[ranker]
 }
 
-// ranker is what BestOptions ranks with: the expander and the pods the
-// cluster runs now (nil: none known).
+// ranker is what BestOptions ranks with: the expander, the profile whose
+// pods it judges, and that profile's pods the cluster runs now (nil: none
+// known).
 type ranker struct {
-	x       *Expander
+	x *Expander
+	// profile is the scheduler name of the pods Penny places ("": any, when
+	// the plugin was built without a profile). Cluster Autoscaler's options
+	// hold every pending pod, the default scheduler's too; Penny's rules say
+	// nothing about where those go.
+	profile string
 	running func() ([]*corev1.Pod, error)
 	// synced says the pod informer running reads from has listed the
 	// cluster's pods (nil: no informer, nothing to wait for).
@@ -50,6 +56,9 @@ func NewExpanderServer() *ExpanderServer { return &ExpanderServer{} }
 // running pods come from the scheduler's pod informer.
 func (s *ExpanderServer) Use(pl *SpotRisk) {
 	r := &ranker{x: &Expander{pl: pl}}
+	if p, ok := pl.handle.(interface{ ProfileName() string }); ok {
+		r.profile = p.ProfileName()
+	}
 	if h := pl.handle; h != nil && h.SharedInformerFactory() != nil {
 		informer := h.SharedInformerFactory().Core().V1().Pods()
 		pods := informer.Lister()
@@ -57,6 +66,20 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 		r.synced = informer.Informer().HasSynced
 	}
 	s.r.CompareAndSwap(nil, r)
+}
+
+// ours keeps the pods of r's profile, in order.
+func (r *ranker) ours(pods []*corev1.Pod) []*corev1.Pod {
+	if r.profile == "" {
+		return pods
+	}
+	out := pods[:0:0]
+	for _, p := range pods {
+		if p.Spec.SchedulerName == r.profile {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // BestOptions keeps the options whose new nodes Penny's rules let at least
@@ -70,10 +93,16 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 // all. Cluster Autoscaler lists only pending pods; running replicas say what
 // work keeps arriving, as the simulator's autoscaler counts them.
 //
-// An option whose template node is missing cannot be judged and is returned
-// only when nothing could be. With none of those either the answer is
-// empty: Penny would place none of the pods on any node the options add.
-// Options come back without their pods.
+// Only the pods of Penny's profile count, pending and running: an option
+// holding none cannot be judged, nor can one whose template node is
+// missing; those are returned only when nothing could be judged. With none
+// of those either the answer is empty: Penny would place none of the pods on
+// any node the options add. An option whose template node the price
+// catalog has no price for cannot be ranked either, yet Penny's rules may
+// let its pods on it: it comes back beside the best, for Cluster
+// Autoscaler's next expander to weigh (ranked last, an unpriced CPU group
+// lost a 1-CPU pod to a priced 8-GPU one). Options come back without their
+// pods.
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
 	r := s.r.Load()
 	if r == nil {
@@ -97,7 +126,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		if !listed {
 			listed = true
 			var err error
-			if running, err = x.runningPods(r.running); err != nil {
+			if running, err = r.runningPods(); err != nil {
 				log.Error(err, "Listing running pods; ranking without them")
 			}
 		}
@@ -114,7 +143,7 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		costs []podCost
 	}
 	var judged []ranked
-	var unjudged []*expander.Option
+	var unjudged, unpriced []*expander.Option
 	for i, o := range req.GetOptions() {
 		if err := ctx.Err(); err != nil {
 			// Cluster Autoscaler gave up waiting; nobody reads the answer.
@@ -126,12 +155,18 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 			expanderRequests.WithLabelValues(string(expanderInvalid)).Inc()
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
+		pods = r.ours(pods)
 		node := nodes[o.GetNodeGroupId()]
-		if node == nil {
+		if node == nil || len(pods) == 0 {
 			unjudged = append(unjudged, o)
 			continue
 		}
-		if k, costs, ok := x.optionKey(pods, node, runningNow); ok {
+		k, costs, ok := x.optionKey(pods, node, runningNow)
+		switch {
+		case !ok:
+		case !x.pl.poolPrice(node, poolKeyOf(node, pricing.NodeCapacity(node))).priced:
+			unpriced = append(unpriced, o)
+		default:
 			judged = append(judged, ranked{o, k, costs})
 		}
 	}
@@ -153,7 +188,8 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	}
 	for k := range judged {
 		for _, c := range judged[k].costs {
-			// Equal costs regret nothing, unpriced ones (+Inf) included.
+			// Equal costs regret nothing, those of pods that fit no
+			// slot (+Inf) included.
 			if b := cheapest[c.pod]; c.cost != b {
 				judged[k].key.regret += c.cost - b
 			}
@@ -161,8 +197,8 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 	}
 	if len(judged) == 0 {
 		expanderRequests.WithLabelValues(string(expanderNone)).Inc()
-		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods", "options", len(req.GetOptions()), "withoutTemplate", len(unjudged))
-		return &expander.BestOptionsResponse{Options: withoutPods(unjudged)}, nil
+		log.V(2).Info("No expansion option passes SpotRisk's rules for its pods and is priced", "options", len(req.GetOptions()), "unjudged", len(unjudged), "unpriced", len(unpriced))
+		return &expander.BestOptionsResponse{Options: withoutPods(append(unjudged, unpriced...))}, nil
 	}
 	sort.SliceStable(judged, func(a, b int) bool { return judged[a].key.less(judged[b].key) })
 	best := []*expander.Option{judged[0].opt}
@@ -173,8 +209,8 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		best = append(best, r.opt)
 	}
 	expanderRequests.WithLabelValues(string(expanderRanked)).Inc()
-	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "regret", judged[0].key.regret, "cost", judged[0].key.cost)
-	return &expander.BestOptionsResponse{Options: withoutPods(best)}, nil
+	log.V(2).Info("Ranked expansion options", "options", len(req.GetOptions()), "best", best[0].GetNodeGroupId(), "regret", judged[0].key.regret, "cost", judged[0].key.cost, "unpriced", len(unpriced))
+	return &expander.BestOptionsResponse{Options: withoutPods(append(best, unpriced...))}, nil
 }
 
 // withoutPods copies the options to answer without their pods: Cluster
@@ -215,19 +251,20 @@ type runningPod struct {
 	admits func(*corev1.Node) bool
 }
 
-// runningPods are the services (Class.LongLived) bound to nodes and
-// running, most recently started first, each read once per request: the
-// only running pods that say more like them will come.
-func (x *Expander) runningPods(list func() ([]*corev1.Pod, error)) ([]runningPod, error) {
-	if list == nil {
+// runningPods are the services (Class.LongLived) of r's profile bound to
+// nodes and running, most recently started first, each read once per
+// request: the only running pods that say more like them will come.
+func (r *ranker) runningPods() ([]runningPod, error) {
+	if r.running == nil {
 		return nil, nil
 	}
-	pods, err := list()
+	pods, err := r.running()
 	if err != nil {
 		return nil, err
 	}
+	x := r.x
 	var live []*corev1.Pod
-	for _, p := range pods {
+	for _, p := range r.ours(pods) {
 		if p.Spec.NodeName != "" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
 			live = append(live, p)
 		}

@@ -36,13 +36,18 @@ func marshal(t *testing.T, obj interface{ Marshal() ([]byte, error) }) []byte {
 }
 
 // caRequest is what Cluster Autoscaler sends: every option offers the same
-// pods, each node group's template node by its ID.
+// pods, each node group's template node by its ID. Pods without a
+// scheduler name are penny-scheduler's (the profile newEnv builds).
 func caRequest(t *testing.T, pods []*corev1.Pod, templates ...*corev1.Node) *expander.BestOptionsRequest {
 	t.Helper()
 	req := &expander.BestOptionsRequest{NodeBytesMap: map[string][]byte{}}
 	for _, n := range templates {
 		o := &expander.Option{NodeGroupId: n.Name, NodeCount: 1}
 		for _, p := range pods {
+			if p.Spec.SchedulerName == "" {
+				p = p.DeepCopy()
+				p.Spec.SchedulerName = "penny-scheduler"
+			}
 			o.PodBytes = append(o.PodBytes, marshal(t, p))
 		}
 		req.Options = append(req.Options, o)
@@ -182,11 +187,12 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 	// Cluster Autoscaler lists only pending pods; for a service the running
 	// replicas of its Spot policy count too, as the simulator counts them:
 	// one pending replica among seven running fills an 8-GPU node.
-	running := func(n int, workload string) func() ([]*corev1.Pod, error) {
+	runningOf := func(scheduler string, n int, workload string) func() ([]*corev1.Pod, error) {
 		return func() ([]*corev1.Pod, error) {
 			var out []*corev1.Pod
 			for i, p := range pods(n) {
 				p.Annotations[AnnotationWorkload] = workload
+				p.Spec.SchedulerName = scheduler
 				p.Spec.NodeName = "elsewhere"
 				p.Status.Phase = corev1.PodRunning
 				p.Status.StartTime = &metav1.Time{Time: t0.Add(time.Duration(i) * time.Minute)}
@@ -194,6 +200,9 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 			}
 			return out, nil
 		}
+	}
+	running := func(n int, workload string) func() ([]*corev1.Pod, error) {
+		return runningOf("penny-scheduler", n, workload)
 	}
 	// Running jobs end and say little about what comes next: they do not
 	// count for a pending job.
@@ -212,11 +221,64 @@ func TestExpanderServerFillsNewNodesWithTheOptionsPods(t *testing.T) {
 		{"a batch pod, seven batch pods running", job, running(7, "batch"), "quad"},
 		{"a dev session, seven batch pods running (the same policy, but jobs)", dev, running(7, "batch"), "quad"},
 		{"a dev session, seven dev sessions running", dev, running(7, "dev"), "octo"},
+		// Penny does not place the default scheduler's replicas, nor
+		// classify them (without annotations they read as services).
+		{"a service, seven replicas of the default scheduler running", pods(1), runningOf("default-scheduler", 7, "inference"), "quad"},
 	} {
 		s.r.Load().running = c.running
 		if got := best(t, s, caRequest(t, c.pending, quad, octo)); len(got) != 1 || got[0] != c.want {
 			t.Errorf("%s: %v, want %s", c.name, got, c.want)
 		}
+	}
+}
+
+// Cluster Autoscaler's options hold every pending pod that fits a group,
+// the default scheduler's too. Penny's rules are for the pods it places:
+// read as Penny's, a default-scheduler service counted as never-on-Spot and
+// left an answer without any Spot group, so that the pod waited for a node
+// that never came.
+func TestExpanderServerJudgesOnlyItsProfilesPods(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	od, spotA, spotC := node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a"), node("spot-c", pricing.Spot, "us-east-1c")
+	other := pod("web", map[string]string{AnnotationWorkload: "inference"})
+	other.Spec.SchedulerName = "default-scheduler"
+	if got := best(t, s, caRequest(t, []*corev1.Pod{other}, spotA, spotC)); len(got) != 2 {
+		t.Errorf("a default-scheduler pod, only Spot groups: %v, want both back for Cluster Autoscaler's next expander", got)
+	}
+	// Beside one of Penny's, the other scheduler's pod neither decides nor
+	// counts: the Penny pod's best group alone comes back.
+	batch := pod("job", map[string]string{AnnotationWorkload: "batch"})
+	req := caRequest(t, []*corev1.Pod{other}, spotA)
+	req.Options = append(req.Options, caRequest(t, []*corev1.Pod{batch, other}, od, spotC).Options...)
+	req.NodeBytesMap["od"], req.NodeBytesMap["spot-c"] = marshal(t, od), marshal(t, spotC)
+	if got := best(t, s, req); len(got) != 1 || got[0] != "spot-c" {
+		t.Errorf("a batch pod beside a default-scheduler one: %v, want spot-c", got)
+	}
+}
+
+// A group the price catalog does not price cannot be ranked, yet may be
+// the right one: ranked last, an unpriced CPU group lost a 1-CPU pod to a
+// priced p4d. It comes back beside the best priced option, for Cluster
+// Autoscaler's next expander to weigh; a group Penny's rules keep the pods
+// off does not.
+func TestExpanderServerLeavesUnpricedGroupsToTheNextExpander(t *testing.T) {
+	e := newEnv(t, nil, Deps{Prices: catalog(t)})
+	s := NewExpanderServer()
+	s.Use(e.plugin)
+	p4d := node("p4d", pricing.OnDemand, "us-east-1a")
+	cpu := sized(node("m7i", pricing.OnDemand, "us-east-1a"), "m7i.large", "2", "8Gi", "")
+	cpuSpot := sized(node("m7i-spot", pricing.Spot, "us-east-1a"), "m7i.large", "2", "8Gi", "")
+	small := pod("web", map[string]string{AnnotationWorkload: "inference"})
+	small.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("1Gi")}}
+	got := best(t, s, caRequest(t, []*corev1.Pod{small}, p4d, cpu, cpuSpot))
+	if strings.Join(got, ",") != "p4d,m7i" {
+		t.Errorf("a 1-CPU service: %v, want p4d (the best priced) and m7i (unpriced); never m7i-spot", got)
+	}
+	if got := best(t, s, caRequest(t, []*corev1.Pod{small}, cpu, cpuSpot)); strings.Join(got, ",") != "m7i" {
+		t.Errorf("only unpriced groups: %v, want m7i", got)
 	}
 }
 

@@ -32,7 +32,7 @@ var (
 	// Penny's rules leave it anything to grow.
 	expanderRequests = metrics.NewCounterVec(&metrics.CounterOpts{
 		Name:           "penny_expander_requests_total",
-		Help:           "Cluster Autoscaler gRPC expander requests by result: ranked (the best option returned), none (no option passes SpotRisk's rules for its pods: the answer holds only options without a template node, else none), invalid (malformed request), unavailable (SpotRisk not built yet), cancelled (the caller gave up before the answer).",
+		Help:           "Cluster Autoscaler gRPC expander requests by result: ranked (the best option returned, with the unpriced options SpotRisk's rules let its pods on), none (no priced option passes SpotRisk's rules for its pods: the answer holds only options that could not be judged (no template node, none of the profile's pods, unpriced), else none), invalid (malformed request), unavailable (SpotRisk not built yet), cancelled (the caller gave up before the answer).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
 
