@@ -47,6 +47,12 @@ type setUpPart interface {
 	setUp(cc *appconfig.CompletedConfig)
 }
 
+// checkedPart is a part whose flags may ask for what the scheduler's
+// profiles, built only by its set-up, do not provide.
+type checkedPart interface {
+	checkSetUp() error
+}
+
 // stopTimeout bounds how long the parts may take to stop before the
 // scheduler is told to stop anyway: the kubelet kills a pod 30s after
 // SIGTERM by default, and the scheduler needs a moment to hand its lease
@@ -172,6 +178,11 @@ func runCommand(cmd *cobra.Command, opts *options.Options, parts []part, registr
 	for _, p := range parts {
 		if s, ok := p.(setUpPart); ok {
 			s.setUp(cc)
+		}
+		if c, ok := p.(checkedPart); ok {
+			if err := c.checkSetUp(); err != nil {
+				return err
+			}
 		}
 	}
 	fg.(featuregate.MutableFeatureGate).AddMetrics()

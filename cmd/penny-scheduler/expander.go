@@ -59,6 +59,16 @@ func (f *expanderFlags) start(ctx context.Context, _ *cobra.Command) (func(), er
 	return startExpander(ctx, f, f.srv)
 }
 
+// checkSetUp refuses an endpoint no profile's SpotRisk ranks for: it would
+// answer Unavailable to every request for as long as the scheduler ran,
+// and Cluster Autoscaler would keep all its options without a word why.
+func (f *expanderFlags) checkSetUp() error {
+	if f.bindAddress == "" || f.srv.InUse() {
+		return nil
+	}
+	return errors.New("--expander-bind-address: no profile of the scheduler's configuration enables the SpotRisk plugin, which ranks Cluster Autoscaler's options; enable it in a profile (deploy/scheduler's configuration does) or leave the flag out")
+}
+
 // defaultExpanderMaxConnections leaves room for many times the handful of
 // Cluster Autoscaler replicas (one connection each) that use the endpoint,
 // reconnects included; the cap only keeps other clients from holding

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
+	"github.com/pennysched/penny/plugins"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -51,16 +53,8 @@ func TestExpanderFlagsStartTheEndpoint(t *testing.T) {
 		keyFile:        writeFile(t, dir, "tls.key", cert.KeyPEM),
 		maxConnections: defaultExpanderMaxConnections,
 	}
-	catalog, err := pricing.LoadFile("../../deploy/pricing/catalog.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := spotrisk.New(context.Background(), nil, nil, spotrisk.Deps{Prices: catalog})
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := spotrisk.NewExpanderServer()
-	srv.Use(pl.(*spotrisk.SpotRisk))
+	srv.Use(shippedSpotRisk(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopped, err := startExpander(ctx, &f, srv)
@@ -224,4 +218,68 @@ func TestExpanderEndpointBoundsConnections(t *testing.T) {
 		t.Error("a connection under the limit was closed")
 	}
 	ask("after a connection over the limit was refused")
+}
+
+// An endpoint that no profile's SpotRisk ranks for would answer Unavailable
+// for as long as the scheduler ran, and Cluster Autoscaler would keep every
+// option without a word why: the command refuses to start, naming the flag,
+// once the scheduler's set-up has built its profiles (here kube-scheduler's
+// default profile, which has no SpotRisk).
+func TestExpanderWithoutSpotRiskRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	kubeconfig := writeFile(t, dir, "kubeconfig", []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`))
+	ef := &expanderFlags{srv: spotrisk.NewExpanderServer()}
+	cmd := newSchedulerCommand([]part{ef}, plugins.Options(plugins.Deps{Expander: ef.srv})...)
+	cmd.SetArgs([]string{"--kubeconfig=" + kubeconfig, "--leader-elect=false", "--secure-port=0",
+		"--expander-bind-address=127.0.0.1:0",
+		"--expander-tls-cert-file=" + writeFile(t, dir, "tls.crt", cert.CertPEM),
+		"--expander-tls-key-file=" + writeFile(t, dir, "tls.key", cert.KeyPEM)})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Execute() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "--expander-bind-address: no profile of the scheduler's configuration enables the SpotRisk plugin") {
+			t.Errorf("got %v, want the start refused naming --expander-bind-address and SpotRisk", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the scheduler started with an expander endpoint no SpotRisk ranks for")
+	}
+}
+
+func TestExpanderCheckSetUp(t *testing.T) {
+	off := &expanderFlags{srv: spotrisk.NewExpanderServer()}
+	if err := off.checkSetUp(); err != nil {
+		t.Errorf("no endpoint: %v", err)
+	}
+	on := &expanderFlags{bindAddress: ":7444", srv: spotrisk.NewExpanderServer()}
+	if err := on.checkSetUp(); err == nil {
+		t.Error("an endpoint without SpotRisk was accepted")
+	}
+	on.srv.Use(shippedSpotRisk(t))
+	if err := on.checkSetUp(); err != nil {
+		t.Errorf("an endpoint SpotRisk ranks for: %v", err)
+	}
+}
+
+// shippedSpotRisk is SpotRisk with the shipped catalog's prices.
+func shippedSpotRisk(t *testing.T) *spotrisk.SpotRisk {
+	t.Helper()
+	catalog, err := pricing.LoadFile("../../deploy/pricing/catalog.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := spotrisk.New(context.Background(), nil, nil, spotrisk.Deps{Prices: catalog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pl.(*spotrisk.SpotRisk)
 }

@@ -68,6 +68,9 @@ func (s *ExpanderServer) Use(pl *SpotRisk) {
 	s.r.CompareAndSwap(nil, r)
 }
 
+// InUse reports whether a SpotRisk ranks for s (Use).
+func (s *ExpanderServer) InUse() bool { return s.r.Load() != nil }
+
 // ours keeps the pods of r's profile, in order.
 func (r *ranker) ours(pods []*corev1.Pod) []*corev1.Pod {
 	if r.profile == "" {
