@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	genericfeatures "k8s.io/apiserver/pkg/features"
 	"k8s.io/client-go/tools/cache"
 	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/component-base/cli/globalflag"
@@ -174,6 +175,12 @@ func runCommand(cmd *cobra.Command, opts *options.Options, parts []part, registr
 	cc, sched, err := app.Setup(ctx, opts, registry...)
 	if err != nil {
 		return err
+	}
+	if cc.LeaderElection != nil && fg.Enabled(genericfeatures.CoordinatedLeaderElection) {
+		// Upstream's candidate is named for kube-scheduler in kube-system
+		// whatever the configuration says: this replica would stand in the
+		// default scheduler's coordinated election, not penny-scheduler's.
+		return fmt.Errorf("--feature-gates: penny-scheduler does not support CoordinatedLeaderElection: kube-scheduler registers its LeaseCandidate as kube-scheduler in kube-system, which would enter penny-scheduler in the default scheduler's election; leave the gate off (its default) for penny-scheduler, which elects its leader with the lease in leaderElection.resourceNamespace/resourceName")
 	}
 	for _, p := range parts {
 		if s, ok := p.(setUpPart); ok {

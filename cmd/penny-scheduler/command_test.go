@@ -97,3 +97,15 @@ func TestFlagsThatNeedAnotherAreRefusedWithoutIt(t *testing.T) {
 		}
 	}
 }
+
+// kube-scheduler's coordinated leader election registers its candidate as
+// kube-scheduler in kube-system whatever the configuration says: a
+// penny-scheduler replica would stand in the default scheduler's election.
+// The start is refused, naming the gate; without leader election the gate
+// does nothing and is let be.
+func TestCoordinatedLeaderElectionIsRefused(t *testing.T) {
+	out := refusedStart(t, "--leader-elect=true", "--feature-gates=CoordinatedLeaderElection=true")
+	if !strings.Contains(out, "command ended: --feature-gates: penny-scheduler does not support CoordinatedLeaderElection") {
+		t.Errorf("got %s, want the start refused naming --feature-gates and CoordinatedLeaderElection", out)
+	}
+}
