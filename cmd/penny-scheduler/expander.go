@@ -75,6 +75,13 @@ func (f *expanderFlags) checkSetUp() error {
 // connections without bound.
 const defaultExpanderMaxConnections = 64
 
+// expanderMaxStreams is how many calls one connection may have in flight:
+// Cluster Autoscaler's one, and one more it may start when its own deadline
+// has cut the first short. A call beyond it waits in the client for a
+// stream, so the requests held in memory are at most
+// --expander-max-connections x this x spotrisk.MaxExpanderRequestBytes.
+const expanderMaxStreams = 2
+
 // expanderGrace is how long a stopping endpoint waits for Cluster
 // Autoscaler's calls in flight; a call is one computation over the options
 // it was sent, well under it.
@@ -110,6 +117,12 @@ func startExpander(ctx context.Context, f *expanderFlags, srv *spotrisk.Expander
 		// group's template node in one request; gRPC's default 4 MiB would
 		// refuse a large scale-up before Penny sees it.
 		grpc.MaxRecvMsgSize(spotrisk.MaxExpanderRequestBytes),
+		// Cluster Autoscaler calls once per scale-up and waits for the
+		// answer; a client may not have more requests of that size read
+		// at once on one connection (gRPC's default is unbounded), nor
+		// headers beyond the telemetry endpoint's bound.
+		grpc.MaxConcurrentStreams(expanderMaxStreams),
+		grpc.MaxHeaderListSize(telemetry.MaxHeaderBytes),
 		// Cluster Autoscaler keeps its connection between scale-ups and
 		// dials again when sent away; a client that holds one and calls
 		// nothing would otherwise keep a slot of the cap.

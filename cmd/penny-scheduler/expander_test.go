@@ -23,6 +23,7 @@ import (
 	"github.com/pennysched/penny/pkg/capacity"
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 	"github.com/pennysched/penny/plugins"
 	"github.com/pennysched/penny/plugins/spotrisk"
@@ -104,6 +105,17 @@ func TestExpanderFlagsStartTheEndpoint(t *testing.T) {
 	}
 	if got := ask("batch"); got != "g5-spot" {
 		t.Errorf("batch: Cluster Autoscaler told to grow %s, want g5-spot", got)
+	}
+
+	// A client can have only a couple of requests of up to 128 MiB read at
+	// once on a connection, and no header list larger than the telemetry
+	// endpoint's (gRPC's defaults: unbounded and 16 MiB).
+	settings := telemetrytest.HTTP2Settings(t, f.bindAddress, cert.ClientTLS())
+	if got, ok := settings[0x3]; !ok || got != expanderMaxStreams {
+		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS %d (set: %v), want %d", got, ok, expanderMaxStreams)
+	}
+	if got, ok := settings[0x6]; !ok || got != telemetry.MaxHeaderBytes {
+		t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE %d (set: %v), want %d", got, ok, telemetry.MaxHeaderBytes)
 	}
 
 	// Stopping waits for the endpoint: once it returns, the address is free

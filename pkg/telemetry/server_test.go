@@ -2,10 +2,7 @@ package telemetry_test
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/binary"
 	"fmt"
-	"io"
 	"runtime"
 	"slices"
 	"strings"
@@ -523,35 +520,7 @@ func TestAuthenticationsInFlightAreCapped(t *testing.T) {
 // HTTP/2 settings, the first frame it sends, bound both.
 func TestServerSettingsBoundStreamsAndHeaders(t *testing.T) {
 	env := telemetrytest.Start(t, telemetrytest.Options{})
-	cfg := env.ClientTLS.Clone()
-	cfg.NextProtos = []string{"h2"}
-	conn, err := tls.Dial("tcp", env.Addr, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	// The client connection preface: the magic, then empty SETTINGS.
-	if _, err := conn.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 0x4, 0, 0, 0, 0, 0)); err != nil {
-		t.Fatal(err)
-	}
-	header := make([]byte, 9)
-	if _, err := io.ReadFull(conn, header); err != nil {
-		t.Fatal(err)
-	}
-	if header[3] != 0x4 {
-		t.Fatalf("the server's first frame has type %#x, want SETTINGS", header[3])
-	}
-	payload := make([]byte, int(header[0])<<16|int(header[1])<<8|int(header[2]))
-	if _, err := io.ReadFull(conn, payload); err != nil {
-		t.Fatal(err)
-	}
-	settings := map[uint16]uint32{}
-	for p := payload; len(p) >= 6; p = p[6:] {
-		settings[binary.BigEndian.Uint16(p)] = binary.BigEndian.Uint32(p[2:])
-	}
+	settings := telemetrytest.HTTP2Settings(t, env.Addr, env.ClientTLS)
 	for _, want := range []struct {
 		id    uint16
 		name  string
