@@ -168,7 +168,7 @@ func TestStartTelemetryFailsOnAConfigMapItMayNotWrite(t *testing.T) {
 	reviews(client, shippedRole)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), client, telemetrytest.NodeMetadata())
+	_, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), sharedAPIClients(client, telemetrytest.NodeMetadata()))
 	if err == nil || !strings.Contains(err.Error(), "--reclaim-notices-configmap penny-system/my-notices") {
 		t.Fatalf("start with a notices ConfigMap the scheduler may not write: %v", err)
 	}

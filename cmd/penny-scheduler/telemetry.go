@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/clientcmd"
 	cliflag "k8s.io/component-base/cli/flag"
@@ -44,6 +45,9 @@ type telemetryFlags struct {
 	evictionWebhookAddress string
 	// evictionWebhookMaxConnections caps the webhook's open connections.
 	evictionWebhookMaxConnections int
+	// evictionWebhookClientCAFile holds the CAs whose client certificates
+	// the webhook requires; "": it answers any client.
+	evictionWebhookClientCAFile string
 	// reclaim is the reclaim coordinator to run next to the endpoint
 	// (reclaim.go); nil: none.
 	reclaim *reclaimFlags
@@ -65,6 +69,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.IntVar(&f.maxConnections, "telemetry-max-connections", telemetry.DefaultMaxConnections, "how many connections this replica holds open at once, agents' and anyone else's; one more is closed as soon as it is accepted (an agent keeps one per scheduler address, two on a dual-stack cluster). Each is a file descriptor: the process's open-file limit must allow them")
 	fs.StringVar(&f.evictionWebhookAddress, "telemetry-eviction-webhook-bind-address", "", "address for the admission webhook that lets agents evict only the pods of their own node, e.g. :9443, served with the telemetry endpoint's certificate; deploy/agent/reclaim.yaml registers it (docs/reclaim.md#security). Empty: not served, and with reclaim.yaml applied the agents' evictions are refused")
 	fs.IntVar(&f.evictionWebhookMaxConnections, evictionWebhookMaxConnectionsFlag, agentadmission.DefaultMaxConnections, "how many connections the agent evictions webhook holds open at once; one more is closed as soon as it is accepted (its clients are the kube-apiservers, each with a few)")
+	fs.StringVar(&f.evictionWebhookClientCAFile, evictionWebhookClientCAFileFlag, "", "PEM bundle of the CAs that sign the client certificate kube-apiserver presents to the agent evictions webhook (its --admission-control-config-file, docs/reclaim.md#security); reloaded when it changes. Set, the webhook refuses every connection without a certificate they sign. Empty: it answers any client that reaches its port")
 	return fs
 }
 
@@ -77,9 +82,11 @@ func (f *telemetryFlags) addFlags(nfs *cliflag.NamedFlagSets) {
 	}
 }
 
-// evictionWebhookMaxConnectionsFlag is looked up by validate, which refuses
-// the flag without the webhook.
-const evictionWebhookMaxConnectionsFlag = "telemetry-eviction-webhook-max-connections"
+// The flags validate looks up, to refuse them without the webhook.
+const (
+	evictionWebhookMaxConnectionsFlag = "telemetry-eviction-webhook-max-connections"
+	evictionWebhookClientCAFileFlag   = "telemetry-eviction-webhook-client-ca-file"
+)
 
 // start starts the endpoint, when configured, and the reclaim coordinator
 // beside it. The flags that only take effect with --telemetry-bind-address
@@ -95,11 +102,11 @@ func (f *telemetryFlags) start(ctx context.Context, cmd *cobra.Command) (func(),
 	if err := f.validate(); err != nil {
 		return nil, err
 	}
-	client, nodes, err := apiClients(cmd.Flags())
+	apis, err := newAPIClients(cmd.Flags())
 	if err != nil {
 		return nil, err
 	}
-	return startTelemetry(ctx, f, f.store, client, nodes)
+	return startTelemetry(ctx, f, f.store, apis)
 }
 
 // setUp hands the scheduler's configuration to the reclaim coordinator's
@@ -127,10 +134,13 @@ func (f *telemetryFlags) validate() error {
 	if f.maxConnections <= 0 {
 		return fmt.Errorf("--telemetry-max-connections %d: must be positive (default %d)", f.maxConnections, telemetry.DefaultMaxConnections)
 	}
-	if f.evictionWebhookAddress == "" && f.fs != nil && f.fs.Changed(evictionWebhookMaxConnectionsFlag) {
+	if f.evictionWebhookAddress == "" && f.fs != nil {
 		only := pflag.NewFlagSet("", pflag.ContinueOnError)
 		only.AddFlag(f.fs.Lookup(evictionWebhookMaxConnectionsFlag))
-		return needs("telemetry-eviction-webhook-bind-address", "without it the agent evictions webhook is not served", only)
+		only.AddFlag(f.fs.Lookup(evictionWebhookClientCAFileFlag))
+		if err := needs("telemetry-eviction-webhook-bind-address", "without it the agent evictions webhook is not served", only); err != nil {
+			return err
+		}
 	}
 	if f.evictionWebhookAddress != "" && f.evictionWebhookMaxConnections <= 0 {
 		return fmt.Errorf("--%s %d: must be positive (default %d)", evictionWebhookMaxConnectionsFlag, f.evictionWebhookMaxConnections, agentadmission.DefaultMaxConnections)
@@ -176,12 +186,11 @@ func needs(flag, without string, sets ...*pflag.FlagSet) error {
 
 // startTelemetry listens and serves in the background until ctx ends, with
 // flags that validate; errors that would only show up later (a bad
-// certificate, a taken port) are returned now. client sends TokenReviews
-// (and serves the reclaim coordinator); nodes is the metadata client that
-// tells the store which nodes were deleted. stopped returns once the
+// certificate, a taken port) are returned now. stopped returns once the
 // endpoint and the reclaim coordinator have stopped and the interrupted runs
 // are saved.
-func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, client kubernetes.Interface, nodes metadata.Interface) (stopped func(), err error) {
+func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Store, apis apiClients) (stopped func(), err error) {
+	client := apis.client
 	store.SetMaxAge(f.maxAge)
 	logger := klog.Background().WithName("telemetry")
 	tlsConfig, err := telemetry.ServingTLSConfig(ctx, f.certFile, f.keyFile)
@@ -205,13 +214,21 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 		return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
 	}
 	var webhook *agentadmission.Evictions
+	webhookTLS := tlsConfig
+	webhookLog := klog.Background().WithName("agent-evictions")
 	if f.evictionWebhookAddress != "" {
 		webhook, err = agentadmission.NewEvictions(agentadmission.Options{
-			Pods: client.CoreV1(), AgentServiceAccounts: f.serviceAccounts, MaxConnections: f.evictionWebhookMaxConnections,
-			Log: klog.Background().WithName("agent-evictions"),
+			Pods: apis.webhookPods, AgentServiceAccounts: f.serviceAccounts, MaxConnections: f.evictionWebhookMaxConnections,
+			Log: webhookLog,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("--telemetry-agent-service-accounts: %w", err)
+		}
+		if f.evictionWebhookClientCAFile == "" {
+			webhookLog.Info("Warning: the agent evictions webhook answers any client that reaches its port: a made-up review makes it read the pod it names and answer with the pod's node and UID. "+
+				"Give kube-apiserver a client certificate for the webhook and its CA to --"+evictionWebhookClientCAFileFlag+" (docs/reclaim.md#security)", "address", f.evictionWebhookAddress)
+		} else if webhookTLS, err = telemetry.RequireClientCertificates(ctx, tlsConfig, f.evictionWebhookClientCAFile); err != nil {
+			return nil, fmt.Errorf("--%s %s: %w; give a PEM bundle of the CAs that sign the client certificate kube-apiserver presents to the webhook (docs/reclaim.md#security)", evictionWebhookClientCAFileFlag, f.evictionWebhookClientCAFile, err)
 		}
 	}
 	if f.reclaim != nil {
@@ -238,14 +255,13 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	})
 	if webhook != nil {
 		wg.Go(func() {
-			log := klog.Background().WithName("agent-evictions")
-			if err := agentadmission.Serve(ctx, webhookLis, tlsConfig, webhook, log); err != nil {
-				log.Error(err, "agent evictions webhook stopped")
+			if err := agentadmission.Serve(ctx, webhookLis, webhookTLS, webhook, webhookLog); err != nil {
+				webhookLog.Error(err, "agent evictions webhook stopped")
 			}
 		})
 	}
 	go telemetry.MaintainStore(ctx, store, 10*time.Second, time.Hour)
-	telemetry.ForgetDeletedNodes(ctx, nodes, store, time.Minute, logger)
+	telemetry.ForgetDeletedNodes(ctx, apis.nodes, store, time.Minute, logger)
 	if f.reclaim == nil {
 		return wg.Wait, nil
 	}
@@ -258,17 +274,32 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 	}, nil
 }
 
-// apiClients connect to the API server the way the scheduler does: with
+// apiClients are Penny's own connections to the API server, beside the
+// scheduler's; each has a rate limiter of its own.
+type apiClients struct {
+	// client sends the TokenReviews and the reclaim coordinator's requests.
+	client kubernetes.Interface
+	// nodes watches the Nodes' metadata, without a second full copy of
+	// each next to the scheduler's.
+	nodes metadata.Interface
+	// webhookPods reads the pods the agent evictions webhook judges. Without
+	// a client CA anyone who reaches the webhook makes it read a pod per
+	// review; with a limiter of its own, a flood of them delays only the
+	// webhook's answers, not the agents' TokenReviews or a reclaim's
+	// evictions.
+	webhookPods corev1client.PodsGetter
+}
+
+// newAPIClients connect to the API server the way the scheduler does: with
 // --config, the kubeconfig named in its clientConnection (kube-scheduler
 // ignores --kubeconfig then, and so does this); without it, --kubeconfig;
-// else the in-cluster configuration; --master overrides the server. The
-// metadata client watches Nodes without a second full copy of each next to
-// the scheduler's. They send at the scheduler's rate too (clientConnection's
-// qps and burst, or --kube-api-qps and --kube-api-burst without --config;
-// kube-scheduler's 50 and 100 by default), not client-go's 5
-// a second: agents that reconnect after a restart each cost a TokenReview,
-// and a reclaim's evictions of a large gang must be done by its deadline.
-func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, error) {
+// else the in-cluster configuration; --master overrides the server. They
+// send at the scheduler's rate too (clientConnection's qps and burst, or
+// --kube-api-qps and --kube-api-burst without --config; kube-scheduler's 50
+// and 100 by default), not client-go's 5 a second: agents that reconnect
+// after a restart each cost a TokenReview, and a reclaim's evictions of a
+// large gang must be done by its deadline.
+func newAPIClients(fs *pflag.FlagSet) (apiClients, error) {
 	var master string
 	if fl := fs.Lookup("master"); fl != nil {
 		master = fl.Value.String()
@@ -277,7 +308,7 @@ func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, er
 	if fl := fs.Lookup("config"); fl != nil && fl.Value.String() != "" {
 		cfg, err := options.LoadConfigFromFile(klog.Background(), fl.Value.String())
 		if err != nil {
-			return nil, nil, fmt.Errorf("--config: %w", err)
+			return apiClients{}, fmt.Errorf("--config: %w", err)
 		}
 		conn = cfg.ClientConnection
 	} else {
@@ -285,7 +316,7 @@ func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, er
 		var defaults schedulerconfig.KubeSchedulerConfiguration
 		scheme.Scheme.Default(&versioned)
 		if err := scheme.Scheme.Convert(&versioned, &defaults, nil); err != nil {
-			return nil, nil, fmt.Errorf("kube-scheduler's default configuration: %w", err)
+			return apiClients{}, fmt.Errorf("kube-scheduler's default configuration: %w", err)
 		}
 		conn = defaults.ClientConnection
 		if fl := fs.Lookup("kubeconfig"); fl != nil {
@@ -306,16 +337,20 @@ func apiClients(fs *pflag.FlagSet) (kubernetes.Interface, metadata.Interface, er
 	}
 	rc, err := clientcmd.BuildConfigFromFlags(master, conn.Kubeconfig)
 	if err != nil {
-		return nil, nil, fmt.Errorf("telemetry: API server connection for TokenReview: %w", err)
+		return apiClients{}, fmt.Errorf("telemetry: API server connection for TokenReview: %w", err)
 	}
+	// Left without a RateLimiter, each client below makes its own from
+	// these.
 	rc.QPS, rc.Burst = conn.QPS, int(conn.Burst)
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, nil, err
+	var apis apiClients
+	if apis.client, err = kubernetes.NewForConfig(rc); err != nil {
+		return apiClients{}, err
 	}
-	nodes, err := metadata.NewForConfig(rc)
-	if err != nil {
-		return nil, nil, err
+	if apis.nodes, err = metadata.NewForConfig(rc); err != nil {
+		return apiClients{}, err
 	}
-	return client, nodes, nil
+	if apis.webhookPods, err = corev1client.NewForConfig(rc); err != nil {
+		return apiClients{}, err
+	}
+	return apis, nil
 }

@@ -22,6 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	fakeclient "k8s.io/client-go/kubernetes/fake"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	clienttesting "k8s.io/client-go/testing"
 	volumeutil "k8s.io/kubernetes/pkg/volume/util"
@@ -41,6 +43,12 @@ func writeFile(t *testing.T, dir, name string, data []byte) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// sharedAPIClients stands client in for every client but the Nodes'
+// metadata, the webhook's pod reads included.
+func sharedAPIClients(client kubernetes.Interface, nodes metadata.Interface) apiClients {
+	return apiClients{client: client, nodes: nodes, webhookPods: client.CoreV1()}
 }
 
 func kubeconfig(server string) []byte {
@@ -82,16 +90,17 @@ clientConnection:
 	}); err != nil {
 		t.Fatal(err)
 	}
-	client, nodes, err := apiClients(fs)
-	if err != nil || nodes == nil {
-		t.Fatal(nodes, err)
+	apis, err := newAPIClients(fs)
+	if err != nil || apis.nodes == nil || apis.webhookPods == nil {
+		t.Fatal(apis, err)
 	}
+	apis.nodes = telemetrytest.NodeMetadata("gpu-1")
 	store := telemetry.NewStore(telemetry.StoreOptions{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// The stand-in API server answers TokenReviews only; the Nodes come
 	// from a stand-in too.
-	if _, err := startTelemetry(ctx, &f, store, client, telemetrytest.NodeMetadata("gpu-1")); err != nil {
+	if _, err := startTelemetry(ctx, &f, store, apis); err != nil {
 		t.Fatal(err)
 	}
 	if store.MaxAge() != 7*time.Second {
@@ -173,7 +182,7 @@ func TestTelemetryFlagErrors(t *testing.T) {
 	if err := f.validate(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := startTelemetry(ctx, &f, store, nil, nil); err == nil || !strings.Contains(err.Error(), "--telemetry-tls-cert-file") || !strings.Contains(err.Error(), "/nonexistent/c") {
+	if _, err := startTelemetry(ctx, &f, store, apiClients{}); err == nil || !strings.Contains(err.Error(), "--telemetry-tls-cert-file") || !strings.Contains(err.Error(), "/nonexistent/c") {
 		t.Errorf("unreadable certificate: %v", err)
 	}
 	// A webhook address that cannot be listened on fails the start, naming
@@ -187,12 +196,12 @@ func TestTelemetryFlagErrors(t *testing.T) {
 	defer taken.Close()
 	f = telemetryFlags{bindAddress: "127.0.0.1:0", certFile: writeFile(t, dir, "tls.crt", cert.CertPEM), keyFile: writeFile(t, dir, "tls.key", cert.KeyPEM),
 		maxAge: time.Second, maxStreams: 4, audience: "a", serviceAccounts: []string{"penny-system/penny-agent"}, evictionWebhookAddress: taken.Addr().String()}
-	if _, err := startTelemetry(ctx, &f, store, fakeclient.NewClientset(), nil); err == nil || !strings.Contains(err.Error(), "--telemetry-eviction-webhook-bind-address") {
+	if _, err := startTelemetry(ctx, &f, store, sharedAPIClients(fakeclient.NewClientset(), nil)); err == nil || !strings.Contains(err.Error(), "--telemetry-eviction-webhook-bind-address") {
 		t.Errorf("webhook address taken: %v", err)
 	}
 	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 	fs.String("config", "/nonexistent/config.yaml", "")
-	if _, _, err := apiClients(fs); err == nil || !strings.Contains(err.Error(), "--config") {
+	if _, err := newAPIClients(fs); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("unreadable --config: %v", err)
 	}
 }
@@ -216,7 +225,7 @@ func TestTelemetryForgetsDeletedNodes(t *testing.T) {
 	store := telemetrytest.StoreWith("gpu-1", "gpu-2")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := startTelemetry(ctx, &f, store, client, nodes); err != nil {
+	if _, err := startTelemetry(ctx, &f, store, sharedAPIClients(client, nodes)); err != nil {
 		t.Fatal(err)
 	}
 	nodesGVR := corev1.SchemeGroupVersion.WithResource("nodes")
@@ -272,7 +281,7 @@ func TestEndpointsServeARotatedCertificate(t *testing.T) {
 	exp := expanderFlags{bindAddress: telemetrytest.FreeAddr(t), certFile: certFile, keyFile: keyFile, maxConnections: defaultExpanderMaxConnections}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), fakeclient.NewClientset(), telemetrytest.NodeMetadata()); err != nil {
+	if _, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), sharedAPIClients(fakeclient.NewClientset(), telemetrytest.NodeMetadata())); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := startExpander(ctx, &exp, spotrisk.NewExpanderServer()); err != nil {
@@ -426,15 +435,28 @@ clientConnection:
 		if err := cmd.ParseFlags(c.args); err != nil {
 			t.Fatal(err)
 		}
-		client, _, err := apiClients(cmd.Flags())
+		apis, err := newAPIClients(cmd.Flags())
 		if err != nil {
 			t.Fatalf("%v: %v", c.args, err)
 		}
-		if got := client.(*kubernetes.Clientset).CoreV1().RESTClient().Get().URL().Host; got != c.want {
+		core := apis.client.(*kubernetes.Clientset).CoreV1().RESTClient()
+		if got := core.Get().URL().Host; got != c.want {
 			t.Errorf("%v: connects to %s, want %s, as the scheduler", c.args, got, c.want)
 		}
-		if got := client.(*kubernetes.Clientset).CoreV1().RESTClient().GetRateLimiter().QPS(); got != c.qps {
+		if got := core.GetRateLimiter().QPS(); got != c.qps {
 			t.Errorf("%v: sends %v requests a second, want %v, as the scheduler", c.args, got, c.qps)
+		}
+		// Reviews anyone can send must not spend the TokenReviews' and the
+		// reclaim coordinator's requests.
+		webhook := apis.webhookPods.(*corev1client.CoreV1Client).RESTClient()
+		if got := webhook.Get().URL().Host; got != c.want {
+			t.Errorf("%v: the webhook connects to %s, want %s", c.args, got, c.want)
+		}
+		if webhook.GetRateLimiter() == core.GetRateLimiter() {
+			t.Errorf("%v: the webhook's pod reads share the TokenReviews' rate limiter", c.args)
+		}
+		if got := webhook.GetRateLimiter().QPS(); got != c.qps {
+			t.Errorf("%v: the webhook sends %v requests a second, want %v, as the scheduler", c.args, got, c.qps)
 		}
 	}
 }
@@ -479,27 +501,11 @@ func TestTelemetryMaxConnections(t *testing.T) {
 	dir := t.TempDir()
 	cert := telemetrytest.NewCert(t)
 	webhookAddr := telemetrytest.FreeAddr(t)
-	var f telemetryFlags
-	if err := f.flagSet().Parse([]string{
-		"--telemetry-bind-address", telemetrytest.FreeAddr(t),
-		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
-		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
+	f := startFromFlags(t, dir, cert,
 		"--telemetry-max-connections", "1",
 		"--telemetry-eviction-webhook-bind-address", webhookAddr,
 		"--telemetry-eviction-webhook-max-connections", "1",
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), fakeclient.NewClientset(), telemetrytest.NodeMetadata())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); stopped() })
+	)
 	// Accepted in the order they were made: the first is in before the
 	// second, and is held for the handshake timeout (20s), longer than
 	// the endpoint takes to refuse the second.
@@ -531,9 +537,37 @@ func TestTelemetryMaxConnections(t *testing.T) {
 	}
 }
 
+// startFromFlags starts the endpoint on a free port with cert (its files
+// written to dir) and args, the API server stood in for, until the test
+// ends.
+func startFromFlags(t *testing.T, dir string, cert telemetrytest.Cert, args ...string) *telemetryFlags {
+	t.Helper()
+	var f telemetryFlags
+	f.fs = f.flagSet()
+	if err := f.fs.Parse(append([]string{
+		"--telemetry-bind-address", telemetrytest.FreeAddr(t),
+		"--telemetry-tls-cert-file", writeFile(t, dir, "tls.crt", cert.CertPEM),
+		"--telemetry-tls-key-file", writeFile(t, dir, "tls.key", cert.KeyPEM),
+	}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), sharedAPIClients(fakeclient.NewClientset(), telemetrytest.NodeMetadata()))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); stopped() })
+	return &f
+}
+
 // --telemetry-eviction-webhook-max-connections is checked like its
-// siblings, and refused without the webhook.
-func TestTelemetryEvictionWebhookMaxConnectionsErrors(t *testing.T) {
+// siblings; it and --telemetry-eviction-webhook-client-ca-file are refused
+// without the webhook.
+func TestTelemetryEvictionWebhookFlagErrors(t *testing.T) {
 	base := []string{"--telemetry-bind-address=:0", "--telemetry-tls-cert-file=c", "--telemetry-tls-key-file=k"}
 	for _, c := range []struct {
 		args []string
@@ -543,6 +577,10 @@ func TestTelemetryEvictionWebhookMaxConnectionsErrors(t *testing.T) {
 			"--telemetry-eviction-webhook-max-connections takes effect only with --telemetry-eviction-webhook-bind-address"},
 		{[]string{"--telemetry-eviction-webhook-bind-address=:0", "--telemetry-eviction-webhook-max-connections=0"},
 			"--telemetry-eviction-webhook-max-connections 0: must be positive (default 256)"},
+		{[]string{"--telemetry-eviction-webhook-client-ca-file=ca.crt"},
+			"--telemetry-eviction-webhook-client-ca-file takes effect only with --telemetry-eviction-webhook-bind-address, which is not set"},
+		{[]string{"--telemetry-eviction-webhook-client-ca-file=ca.crt", "--telemetry-eviction-webhook-max-connections=8"},
+			"--telemetry-eviction-webhook-client-ca-file, --telemetry-eviction-webhook-max-connections take effect only with --telemetry-eviction-webhook-bind-address"},
 	} {
 		var f telemetryFlags
 		f.fs = f.flagSet()
@@ -551,6 +589,80 @@ func TestTelemetryEvictionWebhookMaxConnectionsErrors(t *testing.T) {
 		}
 		if err := f.validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want an error mentioning %q", c.args, err, c.want)
+		}
+	}
+}
+
+// --telemetry-eviction-webhook-client-ca-file reaches the webhook: a client
+// without a certificate that CA signed is refused, kube-apiserver with one
+// is answered; the telemetry endpoint beside it still takes agents without
+// one.
+func TestTelemetryEvictionWebhookClientCA(t *testing.T) {
+	dir := t.TempDir()
+	cert, apiserver := telemetrytest.NewCert(t), telemetrytest.NewClientCert(t)
+	webhookAddr := telemetrytest.FreeAddr(t)
+	f := startFromFlags(t, dir, cert,
+		"--telemetry-eviction-webhook-bind-address", webhookAddr,
+		"--telemetry-eviction-webhook-client-ca-file", writeFile(t, dir, "client-ca.crt", apiserver.CAPEM),
+	)
+
+	review := func(tlsClient *tls.Config) error {
+		tr := &http.Transport{TLSClientConfig: tlsClient}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("https://"+webhookAddr+agentadmission.Path, "application/json",
+			strings.NewReader(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"r1","userInfo":{"username":"u"}}}`))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if body, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("review: %s %s %v", resp.Status, body, err)
+		}
+		return nil
+	}
+	if err := review(cert.ClientTLS()); err == nil {
+		t.Error("the webhook answered a client without a certificate, with --telemetry-eviction-webhook-client-ca-file set")
+	}
+	withCert := cert.ClientTLS()
+	withCert.Certificates = []tls.Certificate{apiserver.TLS}
+	if err := review(withCert); err != nil {
+		t.Errorf("the webhook refused a client certificate its CA signed: %v", err)
+	}
+	agent := cert.ClientTLS()
+	agent.NextProtos = []string{"h2"}
+	c, err := tls.Dial("tcp", f.bindAddress, agent)
+	if err != nil {
+		t.Fatalf("the telemetry endpoint refused an agent without a client certificate: %v", err)
+	}
+	c.Close()
+}
+
+// A client CA file that cannot be used fails the start, naming the flag, the
+// file and what it must hold.
+func TestTelemetryEvictionWebhookClientCAFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	cert := telemetrytest.NewCert(t)
+	base := []string{"--telemetry-bind-address=127.0.0.1:0", "--telemetry-tls-cert-file=" + writeFile(t, dir, "tls.crt", cert.CertPEM),
+		"--telemetry-tls-key-file=" + writeFile(t, dir, "tls.key", cert.KeyPEM)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for name, file := range map[string]string{
+		"missing": filepath.Join(dir, "nonexistent.crt"),
+		"empty":   writeFile(t, dir, "empty.crt", nil),
+		// A key where the certificates should be.
+		"no certificate": writeFile(t, dir, "key.pem", cert.KeyPEM),
+	} {
+		var f telemetryFlags
+		f.fs = f.flagSet()
+		if err := f.fs.Parse(append(base, "--telemetry-eviction-webhook-bind-address=127.0.0.1:0", "--telemetry-eviction-webhook-client-ca-file="+file)); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.validate(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := startTelemetry(ctx, &f, telemetry.NewStore(telemetry.StoreOptions{}), sharedAPIClients(fakeclient.NewClientset(), telemetrytest.NodeMetadata()))
+		if err == nil || !strings.Contains(err.Error(), "--telemetry-eviction-webhook-client-ca-file "+file) || !strings.Contains(err.Error(), "give a PEM bundle of the CAs") {
+			t.Errorf("%s client CA file: got %v, want an error naming the flag, the file and what it must hold", name, err)
 		}
 	}
 }

@@ -5,10 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/component-base/metrics/testutil"
 
+	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
 )
 
@@ -27,22 +31,8 @@ import (
 // the limit stay open and keep being answered.
 func TestServeCapsConnections(t *testing.T) {
 	cert := telemetrytest.NewCert(t)
-	tlsConfig := cert.ServingTLS(t)
-	h, err := NewEvictions(Options{
-		Pods: fake.NewClientset().CoreV1(), AgentServiceAccounts: []string{"penny-system/penny-agent"},
-		MaxConnections: 2, Log: testr.New(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	telemetrytest.ServeInBackground(t, "agent evictions webhook", func(ctx context.Context) error {
-		return Serve(ctx, lis, tlsConfig, h, testr.New(t))
-	})
-	url := "https://" + lis.Addr().String() + Path
+	addr := serveInBackground(t, cert.ServingTLS(t), Options{Pods: fake.NewClientset().CoreV1(), MaxConnections: 2})
+	url := "https://" + addr + Path
 	// The scheduler's evictions are RBAC's to judge: allowed without a pod
 	// read.
 	body, err := json.Marshal(admissionv1.AdmissionReview{
@@ -87,7 +77,7 @@ func TestServeCapsConnections(t *testing.T) {
 	review(b)
 
 	before, _ := testutil.GetCounterMetricValue(connectionsOverLimit)
-	if c, err := tls.Dial("tcp", lis.Addr().String(), cert.ClientTLS()); err == nil {
+	if c, err := tls.Dial("tcp", addr, cert.ClientTLS()); err == nil {
 		c.Close()
 		t.Fatal("a third TLS connection was accepted, with MaxConnections 2")
 	}
@@ -104,9 +94,122 @@ func TestServeCapsConnections(t *testing.T) {
 	}
 }
 
+// serveInBackground serves the webhook with opts, for the agents'
+// ServiceAccount, on loopback until the test ends, and returns its address.
+func serveInBackground(t *testing.T, tlsConfig *tls.Config, opts Options) string {
+	t.Helper()
+	opts.AgentServiceAccounts, opts.Log = []string{"penny-system/penny-agent"}, testr.New(t)
+	h, err := NewEvictions(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	telemetrytest.ServeInBackground(t, "agent evictions webhook", func(ctx context.Context) error {
+		return Serve(ctx, lis, tlsConfig, h, testr.New(t))
+	})
+	return lis.Addr().String()
+}
+
 func TestMaxConnectionsMustNotBeNegative(t *testing.T) {
 	_, err := NewEvictions(Options{Pods: fake.NewClientset().CoreV1(), AgentServiceAccounts: []string{"penny-system/penny-agent"}, MaxConnections: -1})
 	if err == nil || err.Error() != "agent evictions webhook: MaxConnections -1: must be positive, or 0 for the default (256)" {
 		t.Errorf("MaxConnections -1: %v", err)
+	}
+}
+
+// With a client CA, the webhook answers only callers with a certificate
+// that CA signed (kube-apiserver, given one by its AdmissionConfiguration):
+// anyone else that reaches the port can no longer make it read a pod and
+// learn the pod's node and UID. A CA put in the file later is followed.
+func TestServeRequiresClientCertificates(t *testing.T) {
+	cert := telemetrytest.NewCert(t)
+	apiserver, other := telemetrytest.NewClientCert(t), telemetrytest.NewClientCert(t)
+	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
+	trust := func(ca []byte) {
+		t.Helper()
+		// Renamed into place, as a mounted ConfigMap is swapped, so that the
+		// watch never reads half a file.
+		if err := os.WriteFile(caFile+".new", ca, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(caFile+".new", caFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trust(apiserver.CAPEM)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	tlsConfig, err := telemetry.RequireClientCertificates(ctx, cert.ServingTLS(t), caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := fake.NewClientset(pod("p", "uid-1", "gpu-2"))
+	addr := serveInBackground(t, tlsConfig, Options{Pods: pods.CoreV1()})
+	// An eviction whose answer names the pod's node and UID, once the pod
+	// is read.
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request:  eviction(t, agentUser, "gpu-1", "p", "uid-0"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	review := func(client *telemetrytest.ClientCert) error {
+		tlsClient := cert.ClientTLS()
+		if client != nil {
+			tlsClient.Certificates = []tls.Certificate{client.TLS}
+		}
+		tr := &http.Transport{TLSClientConfig: tlsClient}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("https://"+addr+Path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s %s %v", resp.Status, out, err)
+		}
+		return nil
+	}
+	podReads := func() int {
+		n := 0
+		for _, a := range pods.Actions() {
+			if a.GetVerb() == "get" && a.GetResource().Resource == "pods" {
+				n++
+			}
+		}
+		return n
+	}
+
+	if err := review(nil); err == nil {
+		t.Error("answered a client without a certificate")
+	}
+	if err := review(&other); err == nil {
+		t.Error("answered a client whose certificate another CA signed")
+	}
+	if n := podReads(); n != 0 {
+		t.Errorf("read %d pods for clients it refused", n)
+	}
+	if err := review(&apiserver); err != nil {
+		t.Fatalf("refused a client the CA signed: %v", err)
+	}
+	if n := podReads(); n != 1 {
+		t.Errorf("read %d pods for the client the CA signed, want 1", n)
+	}
+
+	trust(other.CAPEM)
+	// The file watch sees the rename at once; the bound is for a slow
+	// machine.
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return review(&other) == nil, nil
+	}); err != nil {
+		t.Fatalf("a client the new CA signed is still refused a minute after the file changed: %v", err)
+	}
+	if err := review(&apiserver); err == nil {
+		t.Error("answered a client signed by the CA the file no longer holds")
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -48,6 +50,48 @@ func ServingTLSConfig(ctx context.Context, certFile, keyFile string) (*tls.Confi
 			return parsed, nil
 		},
 	}, nil
+}
+
+// RequireClientCertificates returns serving with a client certificate
+// required at every handshake, signed by a CA of the bundle in caFile as
+// the file is then: the bundle is reloaded when the file changes, as
+// ServingTLSConfig reloads the certificate, so that rotating the CA needs
+// no restart. A file that cannot be read or holds no certificate is an
+// error now; one that goes bad later leaves the last good bundle in use.
+// The watch stops with ctx.
+func RequireClientCertificates(ctx context.Context, serving *tls.Config, caFile string) (*tls.Config, error) {
+	content, err := dynamiccertificates.NewDynamicCAContentFromFile("penny-client-ca", caFile)
+	if err != nil {
+		return nil, err
+	}
+	go content.Run(ctx, 1)
+	cfg := serving.Clone()
+	// RequireAndVerifyClientCert verifies against ClientCAs, which would pin
+	// the bundle read at start. VerifyConnection makes the same checks
+	// against the current bundle instead, and runs on resumed sessions too,
+	// so a ticket issued under a CA since removed is refused as well.
+	cfg.ClientAuth = tls.RequireAnyClientCert
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("the client sent no certificate")
+		}
+		// dynamiccertificates' options ask for client authentication
+		// (ExtKeyUsageClientAuth), as crypto/tls does.
+		opts, ok := content.VerifyOptions()
+		if !ok || opts.Roots == nil {
+			// A nil pool would mean the system roots.
+			return fmt.Errorf("no client CA bundle loaded from %s", caFile)
+		}
+		opts.Intermediates = x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+			return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
+		}
+		return nil
+	}
+	return cfg, nil
 }
 
 // Serve runs srv on lis with TLS until ctx ends, then stops: in-flight

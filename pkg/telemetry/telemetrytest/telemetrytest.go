@@ -8,8 +8,14 @@ package telemetrytest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,6 +104,46 @@ func (c Cert) ClientTLS() *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(c.CertPEM)
 	return &tls.Config{RootCAs: pool, ServerName: ServerName, MinVersion: tls.VersionTLS12}
+}
+
+// ClientCert is a client certificate and the CA that signed it, as
+// kube-apiserver holds to call a webhook that verifies its callers.
+type ClientCert struct {
+	// CAPEM is the CA's certificate: the bundle the server trusts.
+	CAPEM []byte
+	TLS   tls.Certificate
+}
+
+// NewClientCert generates a CA and a client certificate it signs.
+func NewClientCert(t testing.TB) ClientCert {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := certutil.NewSelfSignedCACert(certutil.Config{CommonName: "penny-test-client-ca"}, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "kube-apiserver"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ca, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ClientCert{
+		CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}),
+		TLS:   tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+	}
 }
 
 // Start runs a server with the stand-in authenticator until the test ends.
