@@ -162,8 +162,9 @@ func NewClient(resolve Resolver) *Client {
 // maxAnswerBytes bounds what a hook's answer may hold.
 const maxAnswerBytes = 64 << 10
 
-// maxAnswerWait bounds how long the body of a 2xx answer is read: the
-// checkpoint is written already.
+// maxAnswerWait bounds how long the body of an answer is read: the status
+// code has said whether the checkpoint is written, and the body is only news
+// for the event.
 const maxAnswerWait = time.Second
 
 // Checkpoint asks pod to checkpoint by req.Deadline and waits for the answer
@@ -206,6 +207,10 @@ func (c *Client) Checkpoint(ctx context.Context, pod *corev1.Pod, req Request) R
 		return finish(telemetryv1.CheckpointStatus_STATE_FAILED, "checkpoint hook %s: %v", u, err)
 	}
 	defer resp.Body.Close()
+	// The status code is the answer. A body that breaks off or does not end
+	// must not hold the eviction until the deadline, whatever the code.
+	stop := time.AfterFunc(maxAnswerWait, cancel)
+	defer stop.Stop()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// What it says of why, as far as it can be read.
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
@@ -215,13 +220,10 @@ func (c *Client) Checkpoint(ctx context.Context, pod *corev1.Pod, req Request) R
 		}
 		return finish(telemetryv1.CheckpointStatus_STATE_FAILED, "the checkpoint hook answered %d: %q", resp.StatusCode, msg)
 	}
-	// A 2xx says the checkpoint is written (the hook's contract); the body
-	// is news for the event. One that breaks off, or does not end, neither
-	// makes the checkpoint failed, which would have the pod evicted as one
-	// whose work is lost, nor holds the eviction until the deadline.
+	// A 2xx says the checkpoint is written (the hook's contract). A body
+	// that breaks off, or does not end, does not make the checkpoint failed,
+	// which would have the pod evicted as one whose work is lost.
 	written := time.Now()
-	stop := time.AfterFunc(maxAnswerWait, cancel)
-	defer stop.Stop()
 	data, readErr := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if len(data) > 0 {
 		// A hook that answers 2xx with something else still wrote its

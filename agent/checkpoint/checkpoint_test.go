@@ -201,6 +201,17 @@ func TestCheckpointAnswerBecomesAValidStatus(t *testing.T) {
 	}
 }
 
+// askHook asks a hook served by handler for a checkpoint due in, and says
+// how long the answer took.
+func askHook(handler http.Handler, in time.Duration) (checkpoint.Result, time.Duration) {
+	hook := httptest.NewServer(handler)
+	defer hook.Close()
+	start := time.Now()
+	res := checkpoint.NewClient(to(strings.TrimPrefix(hook.URL, "http://"))).Checkpoint(context.Background(),
+		pod("http://:8080/checkpoint"), checkpoint.Request{Deadline: start.Add(in)})
+	return res, time.Since(start)
+}
+
 // A 2xx says the checkpoint is written, as docs/reclaim.md tells hooks to
 // answer: a body that breaks off or does not end is the optional answer
 // lost, not the checkpoint, which counted FAILED would have the pod evicted
@@ -228,16 +239,53 @@ func TestA2xxAnswerIsDoneWhateverItsBody(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			hook := httptest.NewServer(c.handler)
-			defer hook.Close()
-			start := time.Now()
-			res := checkpoint.NewClient(to(strings.TrimPrefix(hook.URL, "http://"))).Checkpoint(context.Background(),
-				pod("http://:8080/checkpoint"), checkpoint.Request{Deadline: start.Add(10 * time.Second)})
+			res, took := askHook(c.handler, 10*time.Second)
 			if !res.Done() || !strings.Contains(res.Message, "checkpoint written") {
 				t.Errorf("%+v, want DONE: the hook answered 2xx", res)
 			}
-			if took := time.Since(start); took > 5*time.Second {
+			if took > 5*time.Second {
 				t.Errorf("took %v, want the body read for a moment, not until the deadline", took)
+			}
+		})
+	}
+}
+
+// A hook that refuses and then dribbles, or never ends, its error body is
+// failed at once: its status code said so, and reading the body until the
+// deadline held the pod's eviction that long.
+func TestARefusalIsFailedWithoutWaitingForItsBody(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"dribbles", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusInternalServerError)
+			for {
+				if _, err := w.Write([]byte("disk ")); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}},
+		{"never ends", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("disk full"))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res, took := askHook(c.handler, 8*time.Second)
+			if res.State != telemetryv1.CheckpointStatus_STATE_FAILED || !strings.Contains(res.Message, "answered 5") || !strings.Contains(res.Message, "disk") {
+				t.Errorf("%+v, want FAILED with the code and what of the body came", res)
+			}
+			if took > 4*time.Second {
+				t.Errorf("took %v, want the body read for about a second, not until the deadline (8s)", took)
 			}
 		})
 	}
