@@ -57,12 +57,12 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 	var pods []*corev1.Pod
 	for _, key := range c.Pods {
 		ns, name, _ := strings.Cut(key, "/")
-		pod, ok := f.podOnNode(ctx, ns, name, f.checkpointBy(j.Deadline))
-		if !ok {
+		pod, why := f.podOnNode(ctx, ns, name, f.checkpointBy(j.Deadline))
+		if pod == nil {
 			f.status(&telemetryv1.CheckpointStatus{
 				CommandId: c.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
 				State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.Now(),
-				Message: fmt.Sprintf("pod %s is not on node %s", key, f.node),
+				Message: why,
 			}, j.Deadline)
 			continue
 		}

@@ -1276,3 +1276,59 @@ func TestGCPMaintenanceEventOfAnnouncedMaintenanceIsOneJob(t *testing.T) {
 	}
 	waitFor(t, "the job done", 10*time.Second, func() bool { return a.flow.Running() == 0 })
 }
+
+// A gang member that finished before its gang was reclaimed runs nothing to
+// checkpoint: the command does not call its hook (no container serves it)
+// and says it finished, rather than reporting it failed for want of an
+// answer by the deadline.
+func TestSchedulerCommandSkipsFinishedPods(t *testing.T) {
+	e := newEnv(t, "spot-2")
+	ctx := context.Background()
+	e.pod("member-0", e.node, 10*time.Millisecond)
+	for _, phase := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodFailed} {
+		name := "done-" + strings.ToLower(string(phase))
+		e.pod(name, e.node, 10*time.Millisecond)
+		// KWOK starts the pod first; finished before that, it is started
+		// again.
+		waitFor(t, name+" "+string(phase), 10*time.Second, func() bool {
+			p, err := cluster.Client.CoreV1().Pods(e.ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil || p.Status.Phase == phase {
+				return err == nil
+			}
+			if p.Status.Phase == corev1.PodRunning {
+				p.Status.Phase = phase
+				cluster.Client.CoreV1().Pods(e.ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+			}
+			return false
+		})
+	}
+	f, _ := e.flow(ctx, reclaim.Options{})
+	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
+		Id: "gang-cmd-done", Deadline: timestamppb.New(time.Now().Add(30 * time.Second)), OriginNode: "spot-6",
+		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-0"}, {Namespace: e.ns, Name: "done-succeeded"}, {Namespace: e.ns, Name: "done-failed"}},
+	})
+	waitFor(t, "the job to finish", 5*time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.statuses) >= 4 && f.Running() == 0
+	})
+	for _, name := range []string{"done-succeeded", "done-failed"} {
+		if n := len(e.trainers[name].Received()); n != 0 {
+			t.Errorf("%s, finished, was asked %d times for a checkpoint", name, n)
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	got := map[string]string{}
+	for _, st := range e.statuses {
+		got[st.GetPod().GetName()] = st.GetState().String() + " " + st.GetMessage()
+	}
+	if !strings.HasPrefix(got["member-0"], "STATE_DONE") {
+		t.Errorf("member-0, running: %q, want DONE", got["member-0"])
+	}
+	for _, name := range []string{"done-succeeded", "done-failed"} {
+		if !strings.HasPrefix(got[name], "STATE_FAILED") || !strings.Contains(got[name], "has finished") {
+			t.Errorf("%s: %q, want FAILED saying it has finished", name, got[name])
+		}
+	}
+}

@@ -2,6 +2,7 @@ package reclaim
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -144,21 +145,28 @@ func apiWait(by time.Time) time.Duration {
 	return min(max(time.Until(by)/4, minAPIWait), maxAPIWait)
 }
 
-// podOnNode is a pod of the node by its key: the informer's copy, else the
-// API server's, for a pod bound just before the scheduler's command whose
-// watch event has not come yet (the scheduler read it bound here from the
-// API server). The agent acts for its own node only.
-func (f *Flow) podOnNode(ctx context.Context, ns, name string, by time.Time) (*corev1.Pod, bool) {
+// podOnNode is a pod of the node by its key whose work still runs here: the
+// informer's copy, else the API server's, for a pod bound just before the
+// scheduler's command whose watch event has not come yet (the scheduler read
+// it bound here from the API server). The agent acts for its own node only.
+// A pod that is not, or no longer, the flow's to checkpoint (finished: a
+// member that completed before its gang was reclaimed) gets why in words:
+// its hook would be called on an address no container serves, and the
+// scheduler told it failed for want of an answer by the deadline.
+func (f *Flow) podOnNode(ctx context.Context, ns, name string, by time.Time) (*corev1.Pod, string) {
 	pod, err := f.pods.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) {
 		gctx, cancel := context.WithTimeout(ctx, apiWait(by))
 		defer cancel()
 		pod, err = f.client.CoreV1().Pods(ns).Get(gctx, name, metav1.GetOptions{})
 	}
-	if err != nil || pod.Spec.NodeName != f.node {
-		return nil, false
+	switch {
+	case err != nil || pod.Spec.NodeName != f.node:
+		return nil, fmt.Sprintf("pod %s/%s is not on node %s", ns, name, f.node)
+	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+		return nil, fmt.Sprintf("pod %s/%s has finished (%s) on node %s: nothing runs to checkpoint", ns, name, pod.Status.Phase, f.node)
 	}
-	return pod, true
+	return pod, ""
 }
 
 // podsOnNode lists the node's movable pods from the informer.
