@@ -6,10 +6,8 @@
 // which the checkpoint must be written, and waits for the answer until then.
 // A 2xx answer means the checkpoint is written.
 //
-// The host is always the pod's own address. An annotation that names a host
-// is refused: any tenant can set the annotation, and the agent must not be
-// made to send requests from the node to wherever a tenant points it (the
-// cloud's metadata service, the API server, another tenant's pod).
+// The host is always the pod's own address; reclaim.ParseHook says which
+// annotations are refused and why.
 package checkpoint
 
 import (
@@ -20,8 +18,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -29,50 +25,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
+	"github.com/pennysched/penny/pkg/reclaim"
 )
 
-// Annotation declares a pod's checkpoint hook.
-const Annotation = "penny.dev/checkpoint"
+// Annotation declares a pod's checkpoint hook (reclaim.HookAnnotation).
+const Annotation = reclaim.HookAnnotation
 
 // DeadlineHeader carries the deadline as well as the body, for hooks that do
 // not read bodies.
 const DeadlineHeader = "Penny-Checkpoint-Deadline"
 
 // Hook is a parsed penny.dev/checkpoint annotation.
-type Hook struct {
-	Port string
-	// Path with its query, "/checkpoint".
-	Path string
-}
-
-// ParseHook reads an annotation value.
-func ParseHook(value string) (Hook, error) {
-	u, err := url.Parse(strings.TrimSpace(value))
-	if err != nil {
-		return Hook{}, fmt.Errorf("%s=%q is not a URL (%v): write it as http://:<port>/<path>, e.g. http://:8080/checkpoint", Annotation, value, err)
-	}
-	if u.Scheme != "http" {
-		return Hook{}, fmt.Errorf("%s=%q: the scheme must be http (the agent calls the pod over the pod network), e.g. http://:8080/checkpoint", Annotation, value)
-	}
-	if u.User != nil || u.Hostname() != "" {
-		return Hook{}, fmt.Errorf("%s=%q names a host; leave it out (http://:%s%s): the agent only ever calls the pod's own address", Annotation, value, u.Port(), u.EscapedPath())
-	}
-	port := u.Port()
-	if port == "" {
-		port = "80"
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return Hook{}, fmt.Errorf("%s=%q: port %q must be a number 1..65535", Annotation, value, port)
-	}
-	path := u.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	if u.RawQuery != "" {
-		path += "?" + u.RawQuery
-	}
-	return Hook{Port: port, Path: path}, nil
-}
+type Hook = reclaim.Hook
 
 // HookOf returns a pod's hook; ok is false when the pod declares none.
 func HookOf(pod *corev1.Pod) (h Hook, ok bool, err error) {
@@ -80,7 +44,7 @@ func HookOf(pod *corev1.Pod) (h Hook, ok bool, err error) {
 	if !found {
 		return Hook{}, false, nil
 	}
-	h, err = ParseHook(v)
+	h, err = reclaim.ParseHook(v)
 	if err != nil {
 		return Hook{}, true, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}

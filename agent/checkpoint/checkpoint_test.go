@@ -21,39 +21,6 @@ import (
 	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 )
 
-func TestParseHook(t *testing.T) {
-	good := map[string]checkpoint.Hook{
-		"http://:8080/checkpoint":     {Port: "8080", Path: "/checkpoint"},
-		" http://:9000/ckpt?now=1 ":   {Port: "9000", Path: "/ckpt?now=1"},
-		"http://:8080":                {Port: "8080", Path: "/"},
-		"http:///checkpoint":          {Port: "80", Path: "/checkpoint"},
-		"http://:8080/a%20b/../check": {Port: "8080", Path: "/a%20b/../check"},
-	}
-	for v, want := range good {
-		got, err := checkpoint.ParseHook(v)
-		if err != nil || got != want {
-			t.Errorf("ParseHook(%q) = %+v, %v; want %+v", v, got, err, want)
-		}
-	}
-	bad := map[string]string{
-		"http://169.254.169.254/latest/meta-data": "names a host",
-		"http://kubernetes.default:443/api":       "names a host",
-		"http://10.0.0.1:8080/checkpoint":         "names a host",
-		"http://user@:8080/checkpoint":            "names a host",
-		"https://:8443/checkpoint":                "scheme must be http",
-		":8080/checkpoint":                        "not a URL",
-		"/checkpoint":                             "scheme must be http",
-		"http://:0/c":                             "1..65535",
-		"http://:99999/c":                         "1..65535",
-	}
-	for v, want := range bad {
-		_, err := checkpoint.ParseHook(v)
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ParseHook(%q) error %v, want one saying %q", v, err, want)
-		}
-	}
-}
-
 func pod(annotation string) *corev1.Pod {
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ml", Name: "trainer-0"}}
 	if annotation != "" {
@@ -288,5 +255,17 @@ func TestARefusalIsFailedWithoutWaitingForItsBody(t *testing.T) {
 				t.Errorf("took %v, want the body read for about a second, not until the deadline (8s)", took)
 			}
 		})
+	}
+}
+
+// A hook annotation with a part the agent would drop is refused, naming the
+// annotation and how to write it: taken, it called another port or path
+// than the one meant.
+func TestHookOfRefusesWhatItCouldNotCall(t *testing.T) {
+	for _, v := range []string{"http:8080/checkpoint", "http://:8080/checkpoint#now"} {
+		_, ok, err := checkpoint.HookOf(pod(v))
+		if !ok || err == nil || !strings.Contains(err.Error(), checkpoint.Annotation) || !strings.Contains(err.Error(), "http://:8080/checkpoint") {
+			t.Errorf("HookOf(%q): ok %v, error %v; want one naming %s and how to write it", v, ok, err, checkpoint.Annotation)
+		}
 	}
 }

@@ -13,12 +13,13 @@ import (
 
 	"github.com/pennysched/penny/pkg/gpu"
 	"github.com/pennysched/penny/pkg/pricing"
+	"github.com/pennysched/penny/pkg/reclaim"
 )
 
-// AnnotationCheckpointHook is the agent's checkpoint hook annotation
-// (agent/checkpoint.Annotation; plugins do not import agent/): only a pod
-// that declares one can be asked for a checkpoint before it is moved.
-const AnnotationCheckpointHook = "penny.dev/checkpoint"
+// AnnotationCheckpointHook is the agent's checkpoint hook annotation: only
+// a pod that declares one the agent calls (reclaim.ParseHook) can be asked
+// for a checkpoint before it is moved.
+const AnnotationCheckpointHook = reclaim.HookAnnotation
 
 // ReturnMember is one pod of a workload running on capacity it fell back
 // to, and the Spot node the caller found room for it on.
@@ -65,14 +66,18 @@ func (pl *SpotRisk) ReturnArgs() ReturnToSpot { return pl.args.ReturnToSpot }
 // Movable reports whether a running pod may be moved back to Spot: it
 // prefers Spot, runs on the on-demand capacity it fell back to, saves its
 // progress (penny.dev/checkpoint-interval), can be asked for a checkpoint
-// (penny.dev/checkpoint) so that the move loses only the restart, and has a
-// controller to replace it once evicted: a bare pod evicted is gone.
+// (penny.dev/checkpoint, one the agent calls) so that the move loses only
+// the restart, and has a controller to replace it once evicted: a bare pod
+// evicted is gone.
 func (pl *SpotRisk) Movable(pod *corev1.Pod, node *corev1.Node) (Class, bool) {
 	class, err := pl.classify(pod)
 	if err != nil || class.Policy != Prefer || class.Work.CheckpointInterval <= 0 || metav1.GetControllerOf(pod) == nil {
 		return class, false
 	}
-	if _, hook := pod.Annotations[AnnotationCheckpointHook]; !hook {
+	// A hook the agent refuses fails the checkpoint at once: the move would
+	// be tried, and given up, every round, in the way of moves that work.
+	v, hook := pod.Annotations[AnnotationCheckpointHook]
+	if _, err := reclaim.ParseHook(v); !hook || err != nil {
 		return class, false
 	}
 	return class, node != nil && class.FallbackFrom(pricing.NodeCapacity(node))

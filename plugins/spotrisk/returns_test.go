@@ -60,6 +60,8 @@ func TestPlanReturnLeavesAlone(t *testing.T) {
 	now := t0.Add(2 * time.Hour)
 	noHook := movable("nohook", "24h")
 	delete(noHook.Annotations, AnnotationCheckpointHook)
+	badHook := movable("badhook", "24h")
+	badHook.Annotations[AnnotationCheckpointHook] = "http:8080/checkpoint"
 	noInterval := movable("nointerval", "24h")
 	delete(noInterval.Annotations, AnnotationCheckpointInterval)
 	allow := movable("allow", "24h")
@@ -71,6 +73,7 @@ func TestPlanReturnLeavesAlone(t *testing.T) {
 		m    ReturnMember
 	}{
 		{"no checkpoint hook: a move would lose the work since its last checkpoint", member(noHook, od, spot, t0)},
+		{"a checkpoint hook the agent refuses to call: as good as none", member(badHook, od, spot, t0)},
 		{"no checkpoints", member(noInterval, od, spot, t0)},
 		{"allow, not prefer: it did not fall back", member(allow, od, spot, t0)},
 		{"a bare pod: nothing would replace it", member(bare, od, spot, t0)},
