@@ -66,6 +66,11 @@ func (f *Flow) runNotice(ctx context.Context, j *Job, resumed bool) bool {
 	}
 	f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimNotice", "%s notice %s (%s %s), %s; %s",
 		providerName(n.Provider), n.ID, kind, n.Action, deadline(), strings.Join(what, ", "))
+	if most, capped := reclaim.MaxNotice(n.Kind); capped && j.Deadline.Before(n.Deadline) {
+		log.Info("the notice's deadline is further off than such a notice can be; acting by the longest one instead", "deadline", n.Deadline, "capped", j.Deadline)
+		f.recorder.Eventf(f.nodeRef(), corev1.EventTypeWarning, "ReclaimDeadlineCapped", "%s notice %s says deadline %s, %v after detection; a %s notice gives at most %v, so the pods checkpoint and are evicted by %s",
+			providerName(n.Provider), n.ID, n.Deadline.UTC().Format(time.RFC3339), n.Deadline.Sub(n.Detected).Round(time.Second), kind, most, j.Deadline.UTC().Format(time.RFC3339))
+	}
 
 	statusID := j.ID
 	for {

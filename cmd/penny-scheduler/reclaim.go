@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 	appconfig "k8s.io/kubernetes/cmd/kube-scheduler/app/config"
 
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/configmaplines"
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/reclaim"
@@ -94,8 +95,8 @@ func (f *reclaimFlags) validate() error {
 	if f.safetyMargin <= 0 {
 		return fmt.Errorf("--reclaim-safety-margin %v: must be positive (default %v); match the agents' --reclaim-safety-margin", f.safetyMargin, reclaim.DefaultSafetyMargin)
 	}
-	if f.maintenanceLead <= 0 {
-		return fmt.Errorf("--reclaim-maintenance-lead %v: must be positive (default %v); match the agents' --reclaim-maintenance-lead", f.maintenanceLead, reclaim.DefaultMaintenanceLead)
+	if f.maintenanceLead <= 0 || f.maintenanceLead > telemetryv1.MaxCommandDeadline {
+		return fmt.Errorf("--reclaim-maintenance-lead %v: must be positive and at most %v, the furthest deadline a checkpoint command may carry (default %v); match the agents' --reclaim-maintenance-lead", f.maintenanceLead, telemetryv1.MaxCommandDeadline, reclaim.DefaultMaintenanceLead)
 	}
 	return nil
 }

@@ -419,7 +419,7 @@ func TestNoticeStoreDropsRecordsLongPastTheirDeadline(t *testing.T) {
 		Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AWS, Detected: now.Add(-time.Hour), Deadline: now.Add(-time.Hour + 2*time.Minute)}},
 		[]gang.Ref{{Source: gang.SourceLabel, Namespace: "ml", Name: "g"}}, nil, time.Time{}}
 	fresh := old
-	fresh.notice.ID, fresh.notice.Deadline = "fresh", now.Add(time.Minute)
+	fresh.notice.ID, fresh.notice.Detected, fresh.notice.Deadline = "fresh", now, now.Add(time.Minute)
 	s := noticeStore(fake.NewClientset())
 	ctx := context.Background()
 	saved := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "penny-system", Name: "penny-reclaim-notices"},

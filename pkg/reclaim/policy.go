@@ -117,12 +117,33 @@ func Disruptive(provider telemetryv1.CloudProvider, action string) bool {
 	return true
 }
 
+// MaxNotice is the longest notice a kind acted on at once can give: AWS
+// gives a Spot interruption two minutes, GCP and Azure (Preempt) thirty
+// seconds; Azure gives a Terminate the 5 to 15 minutes the scale set
+// configures. A deadline further off is the metadata service's error, and
+// taken as said it held the pods' checkpoints and eviction until then.
+// Maintenance has no such bound (it is announced days or weeks ahead), nor
+// needs one: it is acted on MaintenanceLead before its deadline.
+func MaxNotice(kind telemetryv1.ReclaimKind) (time.Duration, bool) {
+	switch kind {
+	case telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION:
+		return 2 * time.Minute, true
+	case telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION:
+		return 15 * time.Minute, true
+	}
+	return 0, false
+}
+
 // Deadline is when checkpoints asked for because of a notice must be done: the
-// notice's deadline, or, for a rebalance recommendation (which promises
-// none), RebalanceCheckpointTimeout after it was detected.
+// notice's deadline, but no later than MaxNotice after it was detected, or,
+// for a rebalance recommendation (which promises none),
+// RebalanceCheckpointTimeout after it was detected.
 func Deadline(kind telemetryv1.ReclaimKind, detected, deadline time.Time) time.Time {
 	if deadline.IsZero() || kind == telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION {
 		return detected.Add(RebalanceCheckpointTimeout)
+	}
+	if most, ok := MaxNotice(kind); ok && deadline.After(detected.Add(most)) {
+		return detected.Add(most)
 	}
 	return deadline
 }

@@ -54,7 +54,7 @@ func TestDecide(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
 		}
 	}
-	detected := deadline.Add(-time.Hour)
+	detected := deadline.Add(-time.Minute)
 	if got := Deadline(telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, detected, time.Time{}); !got.Equal(detected.Add(RebalanceCheckpointTimeout)) {
 		t.Errorf("rebalance deadline %v", got)
 	}
@@ -83,6 +83,31 @@ func TestEvictionGraceIsCutToTheDeadlineButNeverZero(t *testing.T) {
 	} {
 		if got := EvictionGrace(tt.pod, tt.deadline); got != tt.want {
 			t.Errorf("%s: grace %ds, want %ds", tt.name, got, tt.want)
+		}
+	}
+}
+
+// A metadata service that says a Spot interruption is years off does not
+// hold the pods' checkpoints and eviction that long: the deadline is no
+// later than the longest notice of its kind. Maintenance, announced weeks
+// ahead and acted on its lead before, keeps its own.
+func TestDeadlineIsCappedAtTheLongestNoticeOfItsKind(t *testing.T) {
+	detected := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	years := detected.AddDate(10, 0, 0)
+	for _, c := range []struct {
+		kind     telemetryv1.ReclaimKind
+		deadline time.Time
+		want     time.Time
+	}{
+		{telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, years, detected.Add(2 * time.Minute)},
+		{telemetryv1.ReclaimKind_RECLAIM_KIND_SPOT_INTERRUPTION, detected.Add(30 * time.Second), detected.Add(30 * time.Second)},
+		{telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION, years, detected.Add(15 * time.Minute)},
+		{telemetryv1.ReclaimKind_RECLAIM_KIND_TERMINATION, detected.Add(5 * time.Minute), detected.Add(5 * time.Minute)},
+		{telemetryv1.ReclaimKind_RECLAIM_KIND_MAINTENANCE, detected.AddDate(0, 0, 14), detected.AddDate(0, 0, 14)},
+		{telemetryv1.ReclaimKind_RECLAIM_KIND_REBALANCE_RECOMMENDATION, time.Time{}, detected.Add(RebalanceCheckpointTimeout)},
+	} {
+		if got := Deadline(c.kind, detected, c.deadline); !got.Equal(c.want) {
+			t.Errorf("Deadline(%v, deadline %v after detection) = %v after, want %v", c.kind, c.deadline.Sub(detected), got.Sub(detected), c.want.Sub(detected))
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package spotrisk
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	telemetryv1 "github.com/pennysched/penny/pkg/api/telemetry/v1"
 	"github.com/pennysched/penny/pkg/pluginargs"
 	"github.com/pennysched/penny/pkg/pricing"
 )
@@ -177,6 +179,9 @@ func (a *Args) Validate() error {
 	}
 	if a.ReturnToSpot.CheckpointTimeout.Duration == 0 {
 		errs = append(errs, field.Invalid(p.Child("returnToSpot", "checkpointTimeout"), "0s", "must be positive: a pod needs time to write its checkpoint; leave it out for the default 10m"))
+	}
+	if d := a.ReturnToSpot.CheckpointTimeout.Duration; d > telemetryv1.MaxCommandDeadline {
+		errs = append(errs, field.Invalid(p.Child("returnToSpot", "checkpointTimeout"), d.String(), fmt.Sprintf("must be at most %v, the furthest deadline a checkpoint command may carry; leave it out for the default 10m", telemetryv1.MaxCommandDeadline)))
 	}
 	if l := *a.MaxExpectedLoss; !(l > 0 && l <= 1) {
 		errs = append(errs, field.Invalid(p.Child("maxExpectedLoss"), l, "must be a fraction in (0, 1], e.g. 0.05 for 5%; leave it out for the default 0.02"))

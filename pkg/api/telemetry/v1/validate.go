@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,6 +28,12 @@ const (
 	MaxHealthReasons             = 32
 	MaxGPUMemoryBytes     uint64 = 4 << 40 // 4 TiB; the largest GPU today has 288 GB
 	MaxTemperatureCelsius        = 200
+	// MaxCommandDeadline bounds how far off a CheckpointCommand's deadline
+	// may be: the longest notice a reclaim acts on at once (Azure's
+	// Terminate, 15 min), the maintenance lead and SpotRisk's
+	// returnToSpot.checkpointTimeout (10 min each by default) are well
+	// within it.
+	MaxCommandDeadline = time.Hour
 	// MaxActionLen bounds a reclaim notice's action: the cloud's own word
 	// for it (terminate, TERMINATE, an AWS event code).
 	MaxActionLen = 64
@@ -540,7 +547,12 @@ func ValidateCheckpointCommand(c *CheckpointCommand) error {
 	for i, pod := range c.GetPods() {
 		errs = append(errs, validatePodRef(pod, true, root.Child("pods").Index(i))...)
 	}
-	errs = append(errs, validateTimestamp(c.GetDeadline(), true, root.Child("deadline"))...)
+	if dl := validateTimestamp(c.GetDeadline(), true, root.Child("deadline")); len(dl) > 0 {
+		errs = append(errs, dl...)
+	} else if d := c.GetDeadline().AsTime(); d.After(time.Now().Add(MaxCommandDeadline)) {
+		errs = append(errs, field.Invalid(root.Child("deadline").path(), d.UTC().Format(time.RFC3339),
+			fmt.Sprintf("is more than %v away: an agent would hold the pods' checkpoints that long; a command's deadline is its notice's, or now plus SpotRisk's returnToSpot.checkpointTimeout, both within %v", MaxCommandDeadline, MaxCommandDeadline)))
+	}
 	errs = append(errs, validateText(c.GetReason(), maxTextLen, root.Child("reason"))...)
 	if c.GetOriginNode() != "" {
 		errs = append(errs, validateNodeName(c.GetOriginNode(), root.Child("origin_node"))...)

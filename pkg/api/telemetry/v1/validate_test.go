@@ -363,3 +363,19 @@ func TestTooManyMIGInstancesCostNoMemoryToRefuse(t *testing.T) {
 		t.Errorf("refusing the report allocated %d MiB", mib)
 	}
 }
+
+// A command whose deadline is years off would have the agent hold the pods'
+// checkpoints, and the scheduler their gang's eviction, that long.
+func TestCheckpointCommandDeadlineIsBounded(t *testing.T) {
+	cmd := &CheckpointCommand{Id: "c-1", Pods: []*PodRef{{Namespace: "a", Name: "p-0"}}}
+	for _, in := range []time.Duration{-time.Minute, 10 * time.Minute, MaxCommandDeadline - time.Minute} {
+		cmd.Deadline = timestamppb.New(time.Now().Add(in))
+		if err := ValidateCheckpointCommand(cmd); err != nil {
+			t.Errorf("deadline %v away: %v", in, err)
+		}
+	}
+	cmd.Deadline = timestamppb.New(time.Now().AddDate(10, 0, 0))
+	if err := ValidateCheckpointCommand(cmd); err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "checkpointTimeout") {
+		t.Errorf("deadline 10 years away: %v, want an error naming the deadline and what bounds it", err)
+	}
+}
