@@ -178,6 +178,8 @@ func TestBadFlags(t *testing.T) {
 		// Polled at the default instead of the interval given, silently.
 		{[]string{"--once", "--nvml=mock:dgxa100", "--aws-imds-interval=0s"}, "--aws-imds-interval"},
 		{[]string{"--once", "--nvml=mock:dgxa100", "--azure-scheduled-events-interval=-1s"}, "--azure-scheduled-events-interval"},
+		// A lead the scheduler's own flag refuses: the two must match.
+		{[]string{"--once", "--nvml=mock:dgxa100", "--reclaim-maintenance-lead=2h"}, "--reclaim-maintenance-lead 2h0m0s: must be at most 1h0m0s"},
 		// Without a state directory a restarted agent would lose the
 		// reclaim work in progress: the error names the agent's flag.
 		{[]string{"--nvml=mock:dgxa100", "--http-bind-address=", "--cloud=aws", "--reclaim-state-dir=",

@@ -64,6 +64,11 @@ func (o *reclaimOptions) validate() error {
 	if o.safetyMargin <= 0 || o.maintenanceLead <= 0 {
 		return errors.New("--reclaim-safety-margin and --reclaim-maintenance-lead must be positive")
 	}
+	if o.maintenanceLead > telemetryv1.MaxCommandDeadline {
+		// The scheduler refuses the same lead (its --reclaim-maintenance-lead),
+		// which the agents' must match.
+		return fmt.Errorf("--reclaim-maintenance-lead %v: must be at most %v, the furthest deadline a checkpoint command may carry (default %v); match penny-scheduler's --reclaim-maintenance-lead", o.maintenanceLead, telemetryv1.MaxCommandDeadline, pennyreclaim.DefaultMaintenanceLead)
+	}
 	// The watchers read 0 as their default: a value given that is not
 	// positive would be polled at another interval than asked, silently.
 	if o.watch.AWS.Interval <= 0 {
