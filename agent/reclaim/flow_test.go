@@ -438,6 +438,33 @@ func TestRestartedAgentActsOnMaintenancePostponedWhileItWasDown(t *testing.T) {
 	waitFor(t, "the pod asked to checkpoint at the lead time", 3*time.Second, func() bool { return len(e.trainers["job"].Received()) == 1 })
 }
 
+// A Spot notice whose deadline is further off than any cloud gives one (a
+// metadata service's error) is acted on by the longest Spot notice: the pod
+// is asked to checkpoint by then and evicted, and the node's event says the
+// deadline was capped. Taken as said, the pod ran on, its checkpoint asked
+// for by a deadline ten years away.
+func TestSpotNoticeDeadlineBeyondAnySpotNoticeIsCapped(t *testing.T) {
+	e := newEnv(t, "spot-3")
+	ctx := context.Background()
+	e.pod("fast", e.node, 20*time.Millisecond)
+	f, _ := e.flow(ctx, reclaim.Options{SafetyMargin: time.Second})
+	// Detected long enough ago that the longest Spot notice ends in 4 s.
+	n := spotNotice("aws-spot-terminate-far", 0)
+	n.Detected = time.Now().Add(-2*time.Minute + 4*time.Second)
+	n.Deadline = n.Detected.Add(10 * 365 * 24 * time.Hour)
+	f.OnNotice(n)
+
+	waitFor(t, "checkpoint request", 2*time.Second, func() bool { return len(e.trainers["fast"].Received()) == 1 })
+	if got, want := e.trainers["fast"].Received()[0].Request.Deadline, n.Detected.Add(2*time.Minute-time.Second); !got.Equal(want) {
+		t.Errorf("the request's deadline is %v, want detection + 2 min less the safety margin, %v", got, want)
+	}
+	waitFor(t, "eviction", 10*time.Second, func() bool { return gone(t, e.ns, "fast") })
+	waitFor(t, "the capped deadline's event", 5*time.Second, func() bool {
+		return strings.Contains(events(t, "default", e.node)["ReclaimDeadlineCapped"], "gives at most 2m0s")
+	})
+	waitFor(t, "the job to finish", 5*time.Second, func() bool { return f.Running() == 0 })
+}
+
 func TestAgentRestartMidNoticeFinishesTheJob(t *testing.T) {
 	e := newEnv(t, "spot-1")
 	ctx := context.Background()
