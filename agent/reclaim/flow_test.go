@@ -609,11 +609,12 @@ func TestRestartedAgentSendsAFinishedCommandsStatusesAgain(t *testing.T) {
 	ctx := context.Background()
 	e.pod("member-1", e.node, 10*time.Millisecond)
 	e.pod("member-2", e.node, 0) // no hook
+	e.finishedPod("member-3", corev1.PodSucceeded)
 	f, stop := e.flow(ctx, reclaim.Options{})
 	deadline := time.Now().Add(30 * time.Second).Truncate(time.Second)
 	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
 		Id: "gang-cmd-7", Deadline: timestamppb.New(deadline), OriginNode: "spot-8",
-		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-1"}, {Namespace: e.ns, Name: "member-2"}, {Namespace: e.ns, Name: "elsewhere"}},
+		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "member-1"}, {Namespace: e.ns, Name: "member-2"}, {Namespace: e.ns, Name: "elsewhere"}, {Namespace: e.ns, Name: "member-3"}},
 	})
 	// A finished command whose deadline has passed: nobody waits for it.
 	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
@@ -623,8 +624,16 @@ func TestRestartedAgentSendsAFinishedCommandsStatusesAgain(t *testing.T) {
 	waitFor(t, "the jobs to finish", 5*time.Second, func() bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		return len(e.statuses) >= 5 && f.Running() == 0
+		return len(e.statuses) >= 6 && f.Running() == 0
 	})
+	first := map[string]string{}
+	e.mu.Lock()
+	for _, st := range e.statuses {
+		if st.GetCommandId() == "gang-cmd-7" {
+			first[st.GetPod().GetName()] = st.GetMessage()
+		}
+	}
+	e.mu.Unlock()
 	time.Sleep(1600 * time.Millisecond) // gang-cmd-old's deadline passes
 	stop()
 	e.mu.Lock()
@@ -635,7 +644,7 @@ func TestRestartedAgentSendsAFinishedCommandsStatusesAgain(t *testing.T) {
 	waitFor(t, "the statuses sent again", 5*time.Second, func() bool {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		return len(e.statuses) >= 3
+		return len(e.statuses) >= 4
 	})
 	time.Sleep(200 * time.Millisecond)
 	e.mu.Lock()
@@ -653,9 +662,14 @@ func TestRestartedAgentSendsAFinishedCommandsStatusesAgain(t *testing.T) {
 			t.Errorf("status %v: %v", st, err)
 		}
 		got[st.GetPod().GetName()] = st.GetState().String()
+		// The pods not asked are told apart as they were: one not on the
+		// node, one that has finished.
+		if name := st.GetPod().GetName(); (name == "elsewhere" || name == "member-3") && st.GetMessage() != first[name] {
+			t.Errorf("%s: sent again as %q, first as %q", name, st.GetMessage(), first[name])
+		}
 	}
-	want := map[string]string{"member-1": "STATE_DONE", "member-2": "STATE_NO_HOOK", "elsewhere": "STATE_FAILED"}
-	if fmt.Sprint(got) != fmt.Sprint(want) || len(e.statuses) != 3 {
+	want := map[string]string{"member-1": "STATE_DONE", "member-2": "STATE_NO_HOOK", "elsewhere": "STATE_FAILED", "member-3": "STATE_FAILED"}
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(e.statuses) != 4 {
 		t.Errorf("sent again %v (%d statuses), want %v once each", got, len(e.statuses), want)
 	}
 	if n := len(e.trainers["member-1"].Received()); n != 1 {
@@ -1313,21 +1327,7 @@ func TestSchedulerCommandSkipsFinishedPods(t *testing.T) {
 	ctx := context.Background()
 	e.pod("member-0", e.node, 10*time.Millisecond)
 	for _, phase := range []corev1.PodPhase{corev1.PodSucceeded, corev1.PodFailed} {
-		name := "done-" + strings.ToLower(string(phase))
-		e.pod(name, e.node, 10*time.Millisecond)
-		// KWOK starts the pod first; finished before that, it is started
-		// again.
-		waitFor(t, name+" "+string(phase), 10*time.Second, func() bool {
-			p, err := cluster.Client.CoreV1().Pods(e.ns).Get(ctx, name, metav1.GetOptions{})
-			if err != nil || p.Status.Phase == phase {
-				return err == nil
-			}
-			if p.Status.Phase == corev1.PodRunning {
-				p.Status.Phase = phase
-				cluster.Client.CoreV1().Pods(e.ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-			}
-			return false
-		})
+		e.finishedPod("done-"+strings.ToLower(string(phase)), phase)
 	}
 	f, _ := e.flow(ctx, reclaim.Options{})
 	f.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
@@ -1358,4 +1358,25 @@ func TestSchedulerCommandSkipsFinishedPods(t *testing.T) {
 			t.Errorf("%s: %q, want FAILED saying it has finished", name, got[name])
 		}
 	}
+}
+
+// finishedPod makes a pod with a hook on the env's node that has finished
+// in phase.
+func (e *env) finishedPod(name string, phase corev1.PodPhase) {
+	e.t.Helper()
+	ctx := context.Background()
+	e.pod(name, e.node, 10*time.Millisecond)
+	// KWOK starts the pod first; finished before that, it is started
+	// again.
+	waitFor(e.t, name+" "+string(phase), 10*time.Second, func() bool {
+		p, err := cluster.Client.CoreV1().Pods(e.ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil || p.Status.Phase == phase {
+			return err == nil
+		}
+		if p.Status.Phase == corev1.PodRunning {
+			p.Status.Phase = phase
+			cluster.Client.CoreV1().Pods(e.ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+		}
+		return false
+	})
 }
