@@ -25,6 +25,15 @@ var connectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
 	StabilityLevel: metrics.ALPHA,
 })
 
+// handshakeErrors counts the TLS handshakes the webhook refused: with
+// --telemetry-eviction-webhook-client-ca-file, every client without the
+// API server's certificate.
+var handshakeErrors = metrics.NewCounter(&metrics.CounterOpts{
+	Name:           "penny_admission_tls_handshake_errors_total",
+	Help:           "TLS handshakes the agent evictions webhook failed: clients without a certificate --telemetry-eviction-webhook-client-ca-file signs, or that broke off.",
+	StabilityLevel: metrics.ALPHA,
+})
+
 // reviewResult is a result label value of
 // penny_admission_agent_evictions_total.
 type reviewResult string
@@ -49,7 +58,7 @@ var registerOnce sync.Once
 
 func registerMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(reviews, connectionsOverLimit)
+		legacyregistry.MustRegister(reviews, connectionsOverLimit, handshakeErrors)
 		// Every result has its series at 0 from the start: one born at its
 		// first increment hides that increment from rate() and increase(),
 		// and a single other_node is worth an alert.

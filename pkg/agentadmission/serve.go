@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -37,6 +39,7 @@ func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, h *Evic
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          stdlog.New(serverErrors{log}, "", 0),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(lis, "", "") }()
@@ -55,4 +58,21 @@ func Serve(ctx context.Context, lis net.Listener, tlsConfig *tls.Config, h *Evic
 		return err
 	}
 	return nil
+}
+
+// serverErrors takes what net/http logs. A failed TLS handshake is counted
+// and logged only at verbosity 4, as kube-apiserver does: a client refused
+// for lacking the API server's certificate would otherwise print a line per
+// connection to stderr, outside the scheduler's log format.
+type serverErrors struct{ log logr.Logger }
+
+func (w serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "TLS handshake error") {
+		handshakeErrors.Inc()
+		w.log.V(4).Info(msg)
+	} else {
+		w.log.Info(msg)
+	}
+	return len(p), nil
 }

@@ -185,6 +185,7 @@ func TestServeRequiresClientCertificates(t *testing.T) {
 		return n
 	}
 
+	refusedBefore, _ := testutil.GetCounterMetricValue(handshakeErrors)
 	if err := review(nil); err == nil {
 		t.Error("answered a client without a certificate")
 	}
@@ -193,6 +194,15 @@ func TestServeRequiresClientCertificates(t *testing.T) {
 	}
 	if n := podReads(); n != 0 {
 		t.Errorf("read %d pods for clients it refused", n)
+	}
+	// Each refusal is counted (and logged at verbosity 4 only); the server
+	// logs it as the client gives up, not before.
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		n, _ := testutil.GetCounterMetricValue(handshakeErrors)
+		return n == refusedBefore+2, nil
+	}); err != nil {
+		n, _ := testutil.GetCounterMetricValue(handshakeErrors)
+		t.Errorf("penny_admission_tls_handshake_errors_total went from %v to %v, want two more", refusedBefore, n)
 	}
 	if err := review(&apiserver); err != nil {
 		t.Fatalf("refused a client the CA signed: %v", err)
