@@ -34,6 +34,12 @@ const (
 	// returnToSpot.checkpointTimeout (10 min each by default) are well
 	// within it.
 	MaxCommandDeadline = time.Hour
+	// CommandClockSkew is how far the clocks of the scheduler, which sets
+	// a command's deadline, and of the agent, which checks it again, may
+	// disagree: a command due in exactly MaxCommandDeadline (a lead or
+	// timeout set to the limit) must not be refused by an agent whose clock
+	// is a moment behind.
+	CommandClockSkew = 5 * time.Minute
 	// MaxActionLen bounds a reclaim notice's action: the cloud's own word
 	// for it (terminate, TERMINATE, an AWS event code).
 	MaxActionLen = 64
@@ -549,7 +555,7 @@ func ValidateCheckpointCommand(c *CheckpointCommand) error {
 	}
 	if dl := validateTimestamp(c.GetDeadline(), true, root.Child("deadline")); len(dl) > 0 {
 		errs = append(errs, dl...)
-	} else if d := c.GetDeadline().AsTime(); d.After(time.Now().Add(MaxCommandDeadline)) {
+	} else if d := c.GetDeadline().AsTime(); d.After(time.Now().Add(MaxCommandDeadline + CommandClockSkew)) {
 		errs = append(errs, field.Invalid(root.Child("deadline").path(), d.UTC().Format(time.RFC3339),
 			fmt.Sprintf("is more than %v away: an agent would hold the pods' checkpoints that long; a command's deadline is its notice's, or now plus SpotRisk's returnToSpot.checkpointTimeout, both within %v", MaxCommandDeadline, MaxCommandDeadline)))
 	}

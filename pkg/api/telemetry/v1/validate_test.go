@@ -368,11 +368,17 @@ func TestTooManyMIGInstancesCostNoMemoryToRefuse(t *testing.T) {
 // checkpoints, and the scheduler their gang's eviction, that long.
 func TestCheckpointCommandDeadlineIsBounded(t *testing.T) {
 	cmd := &CheckpointCommand{Id: "c-1", Pods: []*PodRef{{Namespace: "a", Name: "p-0"}}}
-	for _, in := range []time.Duration{-time.Minute, 10 * time.Minute, MaxCommandDeadline - time.Minute} {
+	// A command due in exactly the limit, checked by an agent whose clock
+	// is a minute behind the scheduler's, is let through.
+	for _, in := range []time.Duration{-time.Minute, 10 * time.Minute, MaxCommandDeadline - time.Minute, MaxCommandDeadline + time.Minute} {
 		cmd.Deadline = timestamppb.New(time.Now().Add(in))
 		if err := ValidateCheckpointCommand(cmd); err != nil {
 			t.Errorf("deadline %v away: %v", in, err)
 		}
+	}
+	cmd.Deadline = timestamppb.New(time.Now().Add(MaxCommandDeadline + CommandClockSkew + time.Minute))
+	if err := ValidateCheckpointCommand(cmd); err == nil {
+		t.Errorf("deadline beyond the limit and the clock skew allowed: accepted")
 	}
 	cmd.Deadline = timestamppb.New(time.Now().AddDate(10, 0, 0))
 	if err := ValidateCheckpointCommand(cmd); err == nil || !strings.Contains(err.Error(), "deadline") || !strings.Contains(err.Error(), "checkpointTimeout") {
