@@ -59,19 +59,26 @@ func (f *Flow) runCommand(ctx context.Context, j *Job) {
 		ns, name, _ := strings.Cut(key, "/")
 		pod, why := f.podOnNode(ctx, ns, name, f.checkpointBy(j.Deadline))
 		if pod == nil {
-			// Kept, so that a restarted agent sends the same reason again
-			// (resendStatuses), not "not on node" for a pod that finished.
+			state, msg := telemetryv1.CheckpointStatus_STATE_FAILED, why
 			js.mu.Lock()
 			if j.Pods == nil {
 				j.Pods = map[string]*PodRecord{}
 			}
-			j.Pods[key] = &PodRecord{Checkpoint: telemetryv1.CheckpointStatus_STATE_FAILED.String(), Message: why}
-			js.saveLocked()
+			if r := j.Pods[key]; r != nil && r.Checkpoint == telemetryv1.CheckpointStatus_STATE_DONE.String() {
+				// Written before a restart, and gone since: its checkpoint
+				// stands.
+				state, msg = telemetryv1.CheckpointStatus_STATE_DONE, r.Message
+			} else {
+				// Kept, so that a restarted agent sends the same reason
+				// again (resendStatuses), not "not on node" for a pod
+				// that finished.
+				j.Pods[key] = &PodRecord{Checkpoint: state.String(), Message: why}
+				js.saveLocked()
+			}
 			js.mu.Unlock()
 			f.status(&telemetryv1.CheckpointStatus{
 				CommandId: c.ID, Pod: &telemetryv1.PodRef{Namespace: ns, Name: name},
-				State: telemetryv1.CheckpointStatus_STATE_FAILED, UpdatedAt: timestamppb.Now(),
-				Message: why,
+				State: state, UpdatedAt: timestamppb.Now(), Message: telemetryv1.StatusText(msg),
 			}, j.Deadline)
 			continue
 		}

@@ -1322,6 +1322,63 @@ func TestGCPMaintenanceEventOfAnnouncedMaintenanceIsOneJob(t *testing.T) {
 // checkpoint: the command does not call its hook (no container serves it)
 // and says it finished, rather than reporting it failed for want of an
 // answer by the deadline.
+// An agent that restarts in the middle of a command resumes it; a pod
+// whose checkpoint was written before the restart and that has finished
+// since is still reported DONE, its checkpoint standing, not FAILED as a
+// pod that has finished.
+func TestResumedCommandKeepsACheckpointWrittenBeforeTheRestart(t *testing.T) {
+	e := newEnv(t, "spot-2")
+	ctx := context.Background()
+	release := e.hold("slow")
+	e.pod("slow", e.node, 1500*time.Millisecond)
+	e.pod("quick", e.node, 10*time.Millisecond)
+	f1, stop1 := e.flow(ctx, reclaim.Options{})
+	f1.HandleCheckpoint(ctx, &telemetryv1.CheckpointCommand{
+		Id: "gang-cmd-resumed", Deadline: timestamppb.New(time.Now().Add(30 * time.Second)), OriginNode: "spot-6",
+		Pods: []*telemetryv1.PodRef{{Namespace: e.ns, Name: "slow"}, {Namespace: e.ns, Name: "quick"}},
+	})
+	waitFor(t, "the quick checkpoint recorded", 5*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(e.stateDir, "command-gang-cmd-resumed.json"))
+		return strings.Contains(string(data), "STATE_DONE")
+	})
+	stop1() // the agent dies while "slow" is still writing
+	p, err := cluster.Client.CoreV1().Pods(e.ns).Get(ctx, "quick", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status.Phase = corev1.PodSucceeded
+	if _, err := cluster.Client.CoreV1().Pods(e.ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.statuses, e.until = nil, nil
+	e.mu.Unlock()
+	release()
+
+	f2, _ := e.flow(ctx, reclaim.Options{})
+	waitFor(t, "the resumed command to finish", 10*time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.statuses) >= 2 && f2.Running() == 0
+	})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var quick []string
+	for _, st := range e.statuses {
+		if st.GetPod().GetName() == "quick" {
+			quick = append(quick, st.GetState().String()+" "+st.GetMessage())
+		}
+	}
+	if len(quick) == 0 {
+		t.Fatal("the resumed command said nothing of the pod whose checkpoint was written")
+	}
+	for _, q := range quick {
+		if !strings.HasPrefix(q, "STATE_DONE") {
+			t.Errorf("the pod whose checkpoint was written before the restart, finished since: %q, want DONE", q)
+		}
+	}
+}
+
 func TestSchedulerCommandSkipsFinishedPods(t *testing.T) {
 	e := newEnv(t, "spot-2")
 	ctx := context.Background()
