@@ -51,8 +51,9 @@ type Deps struct {
 	// pricing.ReclaimFeed: penny-scheduler sets it. Zero: whoever feeds Risk
 	// its reclaims feeds the exposure too (the simulator, from its replay).
 	ExposureEvery time.Duration
-	// Expander, when set, answers Cluster Autoscaler's gRPC expander with
-	// the first SpotRisk built (penny-scheduler --expander-bind-address).
+	// Expander, when set, answers Cluster Autoscaler's gRPC expander, each
+	// pod judged by the SpotRisk its profile builds (penny-scheduler
+	// --expander-bind-address).
 	Expander *spotrisk.ExpanderServer
 	// Returner, when set, moves work that fell back to on-demand back to
 	// Spot with the first SpotRisk built (penny-scheduler's mover).

@@ -3,6 +3,7 @@ package spotrisk
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"sync/atomic"
 
@@ -24,23 +25,23 @@ import (
 // cluster grows are the ones Penny would place the pending pods on: the
 // expected price of their useful work per pod slot of a new node, with
 // Penny's rules (never-on-Spot classes, waiting for Spot or on-demand,
-// reclaim-risk limits) applied first. It ranks with the first SpotRisk the
-// scheduler builds (Use), and so with its price catalog and risk model.
+// reclaim-risk limits) applied first. Each pod is judged by the SpotRisk
+// its profile builds (Use), and so with that profile's price catalog and
+// arguments.
 type ExpanderServer struct {
 	expander.UnimplementedExpanderServer
 	r atomic.Pointer[ranker]
 }
 
-// ranker is what BestOptions ranks with: the expander, the profile whose
-// pods it judges, and that profile's pods the cluster runs now (nil: none
-// known).
+// ranker is what BestOptions ranks with: an expander per profile, and the
+// pods the cluster runs now (nil: none known).
 type ranker struct {
-	x *Expander
-	// profile is the scheduler name of the pods Penny places ("": any, when
-	// the plugin was built without a profile). Cluster Autoscaler's options
-	// hold every pending pod, the default scheduler's too; Penny's rules say
-	// nothing about where those go.
-	profile string
+	// by holds, by profile (scheduler name), the expander of the SpotRisk
+	// the profile built; "" for one built without a profile, which judges
+	// every pod. Cluster Autoscaler's options hold every pending pod, the
+	// default scheduler's too; Penny's rules say nothing about where those
+	// go.
+	by      map[string]*Expander
 	running func() ([]*corev1.Pod, error)
 	// synced says the pod informer running reads from has listed the
 	// cluster's pods (nil: no informer, nothing to wait for).
@@ -52,33 +53,62 @@ var _ expander.ExpanderServer = &ExpanderServer{}
 // NewExpanderServer returns a server that answers Unavailable until Use.
 func NewExpanderServer() *ExpanderServer { return &ExpanderServer{} }
 
-// Use ranks with pl from now on, unless another SpotRisk came first; the
-// running pods come from the scheduler's pod informer.
+// Use judges the pods of pl's profile with pl from now on, unless another
+// SpotRisk of the profile came first; the running pods come from the
+// scheduler's pod informer, which its profiles share. The scheduler builds
+// its profiles while the endpoint may already answer: each Use publishes a
+// new ranker.
 func (s *ExpanderServer) Use(pl *SpotRisk) {
-	r := &ranker{x: &Expander{pl: pl}}
+	profile := ""
 	if p, ok := pl.handle.(interface{ ProfileName() string }); ok {
-		r.profile = p.ProfileName()
+		profile = p.ProfileName()
 	}
-	if h := pl.handle; h != nil && h.SharedInformerFactory() != nil {
-		informer := h.SharedInformerFactory().Core().V1().Pods()
-		pods := informer.Lister()
-		r.running = func() ([]*corev1.Pod, error) { return pods.List(labels.Everything()) }
-		r.synced = informer.Informer().HasSynced
+	for {
+		old := s.r.Load()
+		r := &ranker{by: map[string]*Expander{}}
+		if old != nil {
+			if _, ok := old.by[profile]; ok {
+				return
+			}
+			maps.Copy(r.by, old.by)
+			r.running, r.synced = old.running, old.synced
+		}
+		r.by[profile] = &Expander{pl: pl}
+		if h := pl.handle; r.running == nil && h != nil && h.SharedInformerFactory() != nil {
+			informer := h.SharedInformerFactory().Core().V1().Pods()
+			pods := informer.Lister()
+			r.running = func() ([]*corev1.Pod, error) { return pods.List(labels.Everything()) }
+			r.synced = informer.Informer().HasSynced
+		}
+		if s.r.CompareAndSwap(old, r) {
+			return
+		}
 	}
-	s.r.CompareAndSwap(nil, r)
 }
 
 // InUse reports whether a SpotRisk ranks for s (Use).
 func (s *ExpanderServer) InUse() bool { return s.r.Load() != nil }
 
-// ours keeps the pods of r's profile, in order.
-func (r *ranker) ours(pods []*corev1.Pod) []*corev1.Pod {
-	if r.profile == "" {
-		return pods
+// expanderOf is the expander that judges pod: its profile's, or the one
+// built without a profile; nil for a pod no Penny profile places.
+func (r *ranker) expanderOf(pod *corev1.Pod) *Expander {
+	name := pod.Spec.SchedulerName
+	if name == "" {
+		// The API server's default: a pod Cluster Autoscaler read from it
+		// never has an empty name.
+		name = corev1.DefaultSchedulerName
 	}
+	if x, ok := r.by[name]; ok {
+		return x
+	}
+	return r.by[""]
+}
+
+// ours keeps the pods some Penny profile judges, in order.
+func (r *ranker) ours(pods []*corev1.Pod) []*corev1.Pod {
 	out := pods[:0:0]
 	for _, p := range pods {
-		if p.Spec.SchedulerName == r.profile {
+		if r.expanderOf(p) != nil {
 			out = append(out, p)
 		}
 	}
@@ -119,7 +149,6 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 		expanderRequests.WithLabelValues(string(expanderUnavailable)).Inc()
 		return nil, status.Error(codes.Unavailable, "penny-scheduler has not listed the cluster's pods yet")
 	}
-	x := r.x
 	log := klog.FromContext(ctx)
 	// Running pods count only for services: list and classify them once, and
 	// only when an option holds a service.
@@ -164,10 +193,11 @@ func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOpti
 			unjudged = append(unjudged, o)
 			continue
 		}
-		k, costs, ok := x.optionKey(pods, node, runningNow)
+		k, costs, ok := r.optionKey(pods, node, runningNow)
 		switch {
 		case !ok:
-		case !x.pl.poolPrice(node, poolKeyOf(node, pricing.NodeCapacity(node))).priced:
+		case k.unpriced && !k.avoided:
+			// Spot a pod avoids stays last, priced or not.
 			unpriced = append(unpriced, o)
 		default:
 			judged = append(judged, ranked{o, k, costs})
@@ -265,7 +295,6 @@ func (r *ranker) runningPods() ([]runningPod, error) {
 	if err != nil {
 		return nil, err
 	}
-	x := r.x
 	var live []*corev1.Pod
 	for _, p := range r.ours(pods) {
 		if p.Spec.NodeName != "" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
@@ -281,6 +310,7 @@ func (r *ranker) runningPods() ([]runningPod, error) {
 	sort.SliceStable(live, func(a, b int) bool { return started(live[a]) > started(live[b]) })
 	out := make([]runningPod, 0, len(live))
 	for _, p := range live {
+		x := r.expanderOf(p)
 		class, err := x.pl.classify(p)
 		if err != nil || !class.LongLived() {
 			continue
@@ -306,11 +336,13 @@ type podCost struct {
 // costs per slot, each pod's slots capped by its peers (BestOptions), with
 // each pod's cost for BestOptions to work out the regret. ok is false when
 // none of the pods may use node.
-func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func() []runningPod) (optionKey, []podCost, bool) {
+func (r *ranker) optionKey(pods []*corev1.Pod, node *corev1.Node, running func() []runningPod) (optionKey, []podCost, bool) {
 	var admitted []*corev1.Pod
+	var judges []*Expander
 	var classes []Class
 	var usages []pricing.Usage
 	for _, p := range pods {
+		x := r.expanderOf(p)
 		admits := x.pl.Admits(p)
 		if admits == nil || !admits(node) {
 			continue
@@ -319,7 +351,7 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 		if err != nil {
 			continue
 		}
-		admitted, classes, usages = append(admitted, p), append(classes, class), append(usages, pricing.PodUsage(p))
+		admitted, judges, classes, usages = append(admitted, p), append(judges, x), append(classes, class), append(usages, pricing.PodUsage(p))
 	}
 	if len(admitted) == 0 {
 		return optionKey{}, nil, false
@@ -356,8 +388,9 @@ func (x *Expander) optionKey(pods []*corev1.Pod, node *corev1.Node, running func
 			more := runningOf(classes[i].Policy)
 			peers = append(peers, more[:min(len(more), MaxPeers-len(peers))]...)
 		}
-		k := x.key(classes[i], usages[i], Option{Node: node, Peers: peers})
+		k := judges[i].key(classes[i], usages[i], Option{Node: node, Peers: peers})
 		sum.avoided = sum.avoided || k.avoided
+		sum.unpriced = sum.unpriced || k.unpriced
 		sum.cost += k.cost
 		sum.price = k.price
 		costs = append(costs, podCost{pod: types.NamespacedName{Namespace: admitted[i].Namespace, Name: admitted[i].Name}, cost: k.cost})

@@ -258,6 +258,25 @@ func TestExpanderServerJudgesOnlyItsProfilesPods(t *testing.T) {
 	}
 }
 
+// A scheduler may run several profiles with SpotRisk (penny-batch beside
+// penny-scheduler): each profile's pods are judged by its own SpotRisk. Only
+// the first profile's were, and a penny-batch service read as another
+// scheduler's pod got a Spot group grown for it, which its Filter refuses.
+func TestExpanderServerJudgesEachProfilesPods(t *testing.T) {
+	s := NewExpanderServer()
+	s.Use(newEnv(t, nil, Deps{Prices: catalog(t)}).plugin)
+	s.Use(newEnvIn(t, "penny-batch", nil, Deps{Prices: catalog(t)}, nil).plugin)
+	od, spotA := node("od", pricing.OnDemand, "us-east-1a"), node("spot-a", pricing.Spot, "us-east-1a")
+	serve := pod("serve", map[string]string{AnnotationWorkload: "inference"})
+	serve.Spec.SchedulerName = "penny-batch"
+	if got := best(t, s, caRequest(t, []*corev1.Pod{serve}, spotA)); len(got) != 0 {
+		t.Errorf("a penny-batch service, only a Spot group: %v, want no option", got)
+	}
+	if got := best(t, s, caRequest(t, []*corev1.Pod{serve}, od, spotA)); strings.Join(got, ",") != "od" {
+		t.Errorf("a penny-batch service: %v, want od", got)
+	}
+}
+
 // A group the price catalog does not price cannot be ranked, yet may be
 // the right one: ranked last, an unpriced CPU group lost a 1-CPU pod to a
 // priced p4d. It comes back beside the best priced option, for Cluster
@@ -279,6 +298,14 @@ func TestExpanderServerLeavesUnpricedGroupsToTheNextExpander(t *testing.T) {
 	}
 	if got := best(t, s, caRequest(t, []*corev1.Pod{small}, cpu, cpuSpot)); strings.Join(got, ",") != "m7i" {
 		t.Errorf("only unpriced groups: %v, want m7i", got)
+	}
+	// Spot a pod avoids ranks last, priced or not: training without
+	// checkpoints past its wait for on-demand may use Spot, but an unpriced
+	// Spot group is not offered beside on-demand.
+	gpuSpot := sized(node("g6e-spot", pricing.Spot, "us-east-1a"), "g6e.48xlarge", "192", "1536Gi", "8")
+	train := waited(pod("train", map[string]string{AnnotationWorkload: "training"}))
+	if got := best(t, s, caRequest(t, []*corev1.Pod{train}, p4d, gpuSpot)); strings.Join(got, ",") != "p4d" {
+		t.Errorf("training without checkpoints: %v, want p4d, the unpriced Spot group last", got)
 	}
 }
 

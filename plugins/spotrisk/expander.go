@@ -90,6 +90,9 @@ func (x *Expander) RankOptions(pod *corev1.Pod, options []Option) ([]int, error)
 // several pods (ExpanderServer.BestOptions) ranks by its regret first.
 type optionKey struct {
 	avoided bool
+	// unpriced says the catalog has no price for the option's node: its
+	// costs are +Inf, and BestOptions leaves it to the next expander.
+	unpriced bool
 	// regret is what the option's pods pay on it beyond their cheapest
 	// option each, summed; 0 where one pod is ranked.
 	regret float64
@@ -118,7 +121,7 @@ func (x *Expander) key(class Class, usage pricing.Usage, o Option) optionKey {
 	avoided := class.Policy == Avoid && k.Capacity == pricing.Spot
 	p := x.pl.poolPrice(n, k)
 	if !p.priced {
-		return optionKey{avoided: avoided, cost: math.Inf(1), price: math.Inf(1)}
+		return optionKey{avoided: avoided, unpriced: true, cost: math.Inf(1), price: math.Inf(1)}
 	}
 	slots := float64(Slots(usage, n))
 	if o.Peers != nil && slots > 0 {

@@ -161,6 +161,12 @@ func newEnv(t *testing.T, args *Args, deps Deps, nodes ...*corev1.Node) *env {
 // newEnvWith is newEnv with more framework options (a PodGroup manager).
 func newEnvWith(t *testing.T, args *Args, deps Deps, opts []frameworkruntime.Option, nodes ...*corev1.Node) *env {
 	t.Helper()
+	return newEnvIn(t, "penny-scheduler", args, deps, opts, nodes...)
+}
+
+// newEnvIn is newEnvWith for a profile of another name.
+func newEnvIn(t *testing.T, profile string, args *Args, deps Deps, opts []frameworkruntime.Option, nodes ...*corev1.Node) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	e := &env{clock: clocktesting.NewFakeClock(t0), recorder: events.NewFakeRecorder(100), act: &activator{}, stop: cancel}
@@ -188,7 +194,7 @@ func newEnvWith(t *testing.T, args *Args, deps Deps, opts []frameworkruntime.Opt
 		tf.RegisterQueueSortPlugin(queuesort.Name, queuesort.New),
 		tf.RegisterBindPlugin(defaultbinder.Name, defaultbinder.New),
 		tf.RegisterPluginAsExtensions(Name, factory, "PreFilter", "Filter", "PostFilter", "PreScore", "Score", "Reserve", "PostBind"),
-	}, "penny-scheduler", opts...)
+	}, profile, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
