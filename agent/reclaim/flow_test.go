@@ -1318,10 +1318,6 @@ func TestGCPMaintenanceEventOfAnnouncedMaintenanceIsOneJob(t *testing.T) {
 	waitFor(t, "the job done", 10*time.Second, func() bool { return a.flow.Running() == 0 })
 }
 
-// A gang member that finished before its gang was reclaimed runs nothing to
-// checkpoint: the command does not call its hook (no container serves it)
-// and says it finished, rather than reporting it failed for want of an
-// answer by the deadline.
 // An agent that restarts in the middle of a command resumes it; a pod
 // whose checkpoint was written before the restart and that has finished
 // since is still reported DONE, its checkpoint standing, not FAILED as a
@@ -1379,6 +1375,10 @@ func TestResumedCommandKeepsACheckpointWrittenBeforeTheRestart(t *testing.T) {
 	}
 }
 
+// A gang member that finished before its gang was reclaimed runs nothing to
+// checkpoint: the command does not call its hook (no container serves it)
+// and says it finished, rather than reporting it failed for want of an
+// answer by the deadline.
 func TestSchedulerCommandSkipsFinishedPods(t *testing.T) {
 	e := newEnv(t, "spot-2")
 	ctx := context.Background()

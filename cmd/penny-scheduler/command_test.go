@@ -3,8 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
@@ -12,6 +17,7 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/reclaim"
 	"github.com/pennysched/penny/pkg/telemetry"
+	"github.com/pennysched/penny/plugins"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -108,4 +114,54 @@ func TestCoordinatedLeaderElectionIsRefused(t *testing.T) {
 	if !strings.Contains(out, "command ended: --feature-gates: penny-scheduler does not support CoordinatedLeaderElection") {
 		t.Errorf("got %s, want the start refused naming --feature-gates and CoordinatedLeaderElection", out)
 	}
+}
+
+// refusedStart runs penny-scheduler's command with args against an API
+// server that is not there, in a process of its own (the command applies
+// logging and feature gates once per process), and returns what it printed
+// on ending. The scheduler's set-up never calls the API server, its run
+// does: a command not refused by then runs on and fails the test. Penny's
+// plugins are registered, the expander's server with them.
+func refusedStart(t *testing.T, args ...string) string {
+	t.Helper()
+	kubeconfig := writeFile(t, t.TempDir(), "kubeconfig", []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCommandProcess$")
+	cmd.Env = append(os.Environ(), commandArgsEnv+"="+strings.Join(append([]string{"--kubeconfig=" + kubeconfig, "--secure-port=0"}, args...), "\n"))
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("the scheduler started with %v", args)
+	}
+	if err == nil {
+		t.Fatalf("the command with %v ended without an error:\n%s", args, out)
+	}
+	return string(out)
+}
+
+// commandArgsEnv holds the arguments, one a line, of the command
+// TestCommandProcess runs.
+const commandArgsEnv = "PENNY_TEST_COMMAND_ARGS"
+
+// TestCommandProcess is the process refusedStart starts; run by go test, it
+// has no arguments and runs nothing.
+func TestCommandProcess(t *testing.T) {
+	args := os.Getenv(commandArgsEnv)
+	if args == "" {
+		return
+	}
+	ef := &expanderFlags{srv: spotrisk.NewExpanderServer()}
+	cmd := newSchedulerCommand([]part{ef}, plugins.Options(plugins.Deps{Expander: ef.srv})...)
+	cmd.SetArgs(strings.Split(args, "\n"))
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	err := cmd.Execute()
+	fmt.Fprintf(os.Stderr, "command ended: %v\n", err)
+	os.Exit(3)
 }

@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +22,6 @@ import (
 	"github.com/pennysched/penny/pkg/pricing"
 	"github.com/pennysched/penny/pkg/telemetry"
 	"github.com/pennysched/penny/pkg/telemetry/telemetrytest"
-	"github.com/pennysched/penny/plugins"
 	"github.com/pennysched/penny/plugins/spotrisk"
 )
 
@@ -248,56 +244,6 @@ func TestExpanderWithoutSpotRiskRefusesToStart(t *testing.T) {
 	if !strings.Contains(out, "command ended: --expander-bind-address: no profile of the scheduler's configuration enables the SpotRisk plugin") {
 		t.Errorf("got %s, want the start refused naming --expander-bind-address and SpotRisk", out)
 	}
-}
-
-// refusedStart runs penny-scheduler's command with args against an API
-// server that is not there, in a process of its own (the command applies
-// logging and feature gates once per process), and returns what it printed
-// on ending. The scheduler's set-up never calls the API server, its run
-// does: a command not refused by then runs on and fails the test. Penny's
-// plugins are registered, the expander's server with them.
-func refusedStart(t *testing.T, args ...string) string {
-	t.Helper()
-	kubeconfig := writeFile(t, t.TempDir(), "kubeconfig", []byte(`apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-`))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCommandProcess$")
-	cmd.Env = append(os.Environ(), commandArgsEnv+"="+strings.Join(append([]string{"--kubeconfig=" + kubeconfig, "--secure-port=0"}, args...), "\n"))
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		t.Fatalf("the scheduler started with %v", args)
-	}
-	if err == nil {
-		t.Fatalf("the command with %v ended without an error:\n%s", args, out)
-	}
-	return string(out)
-}
-
-// commandArgsEnv holds the arguments, one a line, of the command
-// TestCommandProcess runs.
-const commandArgsEnv = "PENNY_TEST_COMMAND_ARGS"
-
-// TestCommandProcess is the process refusedStart starts; run by go test, it
-// has no arguments and runs nothing.
-func TestCommandProcess(t *testing.T) {
-	args := os.Getenv(commandArgsEnv)
-	if args == "" {
-		return
-	}
-	ef := &expanderFlags{srv: spotrisk.NewExpanderServer()}
-	cmd := newSchedulerCommand([]part{ef}, plugins.Options(plugins.Deps{Expander: ef.srv})...)
-	cmd.SetArgs(strings.Split(args, "\n"))
-	cmd.SetOut(io.Discard)
-	cmd.SetErr(io.Discard)
-	err := cmd.Execute()
-	fmt.Fprintf(os.Stderr, "command ended: %v\n", err)
-	os.Exit(3)
 }
 
 func TestExpanderCheckSetUp(t *testing.T) {

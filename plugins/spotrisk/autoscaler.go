@@ -126,16 +126,17 @@ func (r *ranker) ours(pods []*corev1.Pod) []*corev1.Pod {
 // all. Cluster Autoscaler lists only pending pods; running replicas say what
 // work keeps arriving, as the simulator's autoscaler counts them.
 //
-// Only the pods of Penny's profile count, pending and running: an option
-// holding none cannot be judged, nor can one whose template node is
-// missing; those are returned only when nothing could be judged. With none
-// of those either the answer is empty: Penny would place none of the pods on
-// any node the options add. An option whose template node the price
-// catalog has no price for cannot be ranked either, yet Penny's rules may
-// let its pods on it: it comes back beside the best, for Cluster
-// Autoscaler's next expander to weigh (ranked last, an unpriced CPU group
-// lost a 1-CPU pod to a priced 8-GPU one). Options come back without their
-// pods.
+// Only the pods of Penny's profiles count, pending and running, each
+// judged by its profile's SpotRisk: an option holding none cannot be
+// judged, nor can one whose template node is missing; those are returned
+// only when nothing could be judged. With none of those either the answer
+// is empty: Penny would place none of the pods on any node the options add.
+// An option whose template node the price catalog has no price for cannot
+// be ranked either, yet Penny's rules may let its pods on it: unless a pod
+// avoids it as Spot (last, priced or not), it comes back beside the best,
+// for Cluster Autoscaler's next expander to weigh (ranked last, an unpriced
+// CPU group lost a 1-CPU pod to a priced 8-GPU one). Options come back
+// without their pods.
 func (s *ExpanderServer) BestOptions(ctx context.Context, req *expander.BestOptionsRequest) (*expander.BestOptionsResponse, error) {
 	r := s.r.Load()
 	if r == nil {
@@ -284,8 +285,8 @@ type runningPod struct {
 	admits func(*corev1.Node) bool
 }
 
-// runningPods are the services (Class.LongLived) of r's profile bound to
-// nodes and running, most recently started first, each read once per
+// runningPods are the services (Class.LongLived) of Penny's profiles bound
+// to nodes and running, most recently started first, each read once per
 // request: the only running pods that say more like them will come.
 func (r *ranker) runningPods() ([]runningPod, error) {
 	if r.running == nil {
