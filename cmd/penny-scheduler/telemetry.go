@@ -48,6 +48,9 @@ type telemetryFlags struct {
 	// evictionWebhookClientCAFile holds the CAs whose client certificates
 	// the webhook requires; "": it answers any client.
 	evictionWebhookClientCAFile string
+	// evictionWebhookAllowedNames narrows the certificates the CAs sign to
+	// these common names; empty: any.
+	evictionWebhookAllowedNames []string
 	// reclaim is the reclaim coordinator to run next to the endpoint
 	// (reclaim.go); nil: none.
 	reclaim *reclaimFlags
@@ -70,6 +73,7 @@ func (f *telemetryFlags) flagSet() *pflag.FlagSet {
 	fs.StringVar(&f.evictionWebhookAddress, "telemetry-eviction-webhook-bind-address", "", "address for the admission webhook that lets agents evict only the pods of their own node, e.g. :9443, served with the telemetry endpoint's certificate; deploy/agent/reclaim.yaml registers it (docs/reclaim.md#security). Empty: not served, and with reclaim.yaml applied the agents' evictions are refused")
 	fs.IntVar(&f.evictionWebhookMaxConnections, evictionWebhookMaxConnectionsFlag, agentadmission.DefaultMaxConnections, "how many connections the agent evictions webhook holds open at once; one more is closed as soon as it is accepted (its clients are the kube-apiservers, each with a few)")
 	fs.StringVar(&f.evictionWebhookClientCAFile, evictionWebhookClientCAFileFlag, "", "PEM bundle of the CAs that sign the client certificate kube-apiserver presents to the agent evictions webhook (its --admission-control-config-file, docs/reclaim.md#security); reloaded when it changes. Set, the webhook refuses every connection without a certificate they sign. Empty: it answers any client that reaches its port")
+	fs.StringSliceVar(&f.evictionWebhookAllowedNames, evictionWebhookAllowedNamesFlag, nil, "common names (CN) of the client certificates the agent evictions webhook accepts, comma-separated, as kube-apiserver's --requestheader-allowed-names; a certificate the CAs of --"+evictionWebhookClientCAFileFlag+" sign for another name is refused. Empty: any certificate they sign")
 	return fs
 }
 
@@ -86,6 +90,7 @@ func (f *telemetryFlags) addFlags(nfs *cliflag.NamedFlagSets) {
 const (
 	evictionWebhookMaxConnectionsFlag = "telemetry-eviction-webhook-max-connections"
 	evictionWebhookClientCAFileFlag   = "telemetry-eviction-webhook-client-ca-file"
+	evictionWebhookAllowedNamesFlag   = "telemetry-eviction-webhook-allowed-names"
 )
 
 // start starts the endpoint, when configured, and the reclaim coordinator
@@ -138,8 +143,17 @@ func (f *telemetryFlags) validate() error {
 		only := pflag.NewFlagSet("", pflag.ContinueOnError)
 		only.AddFlag(f.fs.Lookup(evictionWebhookMaxConnectionsFlag))
 		only.AddFlag(f.fs.Lookup(evictionWebhookClientCAFileFlag))
+		only.AddFlag(f.fs.Lookup(evictionWebhookAllowedNamesFlag))
 		if err := needs("telemetry-eviction-webhook-bind-address", "without it the agent evictions webhook is not served", only); err != nil {
 			return err
+		}
+	}
+	if f.evictionWebhookAddress != "" && f.evictionWebhookClientCAFile == "" && len(f.evictionWebhookAllowedNames) > 0 {
+		return fmt.Errorf("--%s takes effect only with --%s, which is not set (the webhook checks no client certificate without it): set --%s or leave out --%s", evictionWebhookAllowedNamesFlag, evictionWebhookClientCAFileFlag, evictionWebhookClientCAFileFlag, evictionWebhookAllowedNamesFlag)
+	}
+	for i, n := range f.evictionWebhookAllowedNames {
+		if n == "" {
+			return fmt.Errorf("--%s %q: name %d is empty; list the common names of kube-apiserver's client certificates, separated by single commas", evictionWebhookAllowedNamesFlag, strings.Join(f.evictionWebhookAllowedNames, ","), i+1)
 		}
 	}
 	if f.evictionWebhookAddress != "" && f.evictionWebhookMaxConnections <= 0 {
@@ -227,7 +241,7 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 		if f.evictionWebhookClientCAFile == "" {
 			webhookLog.Info("Warning: the agent evictions webhook answers any client that reaches its port: a made-up review makes it read the pod it names and answer with the pod's node and UID. "+
 				"Give kube-apiserver a client certificate for the webhook and its CA to --"+evictionWebhookClientCAFileFlag+" (docs/reclaim.md#security)", "address", f.evictionWebhookAddress)
-		} else if webhookTLS, err = telemetry.RequireClientCertificates(ctx, tlsConfig, f.evictionWebhookClientCAFile); err != nil {
+		} else if webhookTLS, err = telemetry.RequireClientCertificates(ctx, tlsConfig, f.evictionWebhookClientCAFile, f.evictionWebhookAllowedNames); err != nil {
 			return nil, fmt.Errorf("--%s %s: %w; give a PEM bundle of the CAs that sign the client certificate kube-apiserver presents to the webhook (docs/reclaim.md#security)", evictionWebhookClientCAFileFlag, f.evictionWebhookClientCAFile, err)
 		}
 	}

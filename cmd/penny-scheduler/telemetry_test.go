@@ -565,8 +565,9 @@ func startFromFlags(t *testing.T, dir string, cert telemetrytest.Cert, args ...s
 }
 
 // --telemetry-eviction-webhook-max-connections is checked like its
-// siblings; it and --telemetry-eviction-webhook-client-ca-file are refused
-// without the webhook.
+// siblings; it, --telemetry-eviction-webhook-client-ca-file and
+// --telemetry-eviction-webhook-allowed-names are refused without the
+// webhook, and the names without the CA that signs their certificates.
 func TestTelemetryEvictionWebhookFlagErrors(t *testing.T) {
 	base := []string{"--telemetry-bind-address=:0", "--telemetry-tls-cert-file=c", "--telemetry-tls-key-file=k"}
 	for _, c := range []struct {
@@ -581,6 +582,12 @@ func TestTelemetryEvictionWebhookFlagErrors(t *testing.T) {
 			"--telemetry-eviction-webhook-client-ca-file takes effect only with --telemetry-eviction-webhook-bind-address, which is not set"},
 		{[]string{"--telemetry-eviction-webhook-client-ca-file=ca.crt", "--telemetry-eviction-webhook-max-connections=8"},
 			"--telemetry-eviction-webhook-client-ca-file, --telemetry-eviction-webhook-max-connections take effect only with --telemetry-eviction-webhook-bind-address"},
+		{[]string{"--telemetry-eviction-webhook-allowed-names=kube-apiserver"},
+			"--telemetry-eviction-webhook-allowed-names takes effect only with --telemetry-eviction-webhook-bind-address, which is not set"},
+		{[]string{"--telemetry-eviction-webhook-bind-address=:0", "--telemetry-eviction-webhook-allowed-names=kube-apiserver"},
+			"--telemetry-eviction-webhook-allowed-names takes effect only with --telemetry-eviction-webhook-client-ca-file, which is not set"},
+		{[]string{"--telemetry-eviction-webhook-bind-address=:0", "--telemetry-eviction-webhook-client-ca-file=ca.crt", "--telemetry-eviction-webhook-allowed-names=kube-apiserver,,b"},
+			`--telemetry-eviction-webhook-allowed-names "kube-apiserver,,b": name 2 is empty`},
 	} {
 		var f telemetryFlags
 		f.fs = f.flagSet()
@@ -593,17 +600,20 @@ func TestTelemetryEvictionWebhookFlagErrors(t *testing.T) {
 	}
 }
 
-// --telemetry-eviction-webhook-client-ca-file reaches the webhook: a client
-// without a certificate that CA signed is refused, kube-apiserver with one
-// is answered; the telemetry endpoint beside it still takes agents without
-// one.
+// --telemetry-eviction-webhook-client-ca-file and
+// --telemetry-eviction-webhook-allowed-names reach the webhook: a client
+// without a certificate that CA signed for an allowed name is refused,
+// kube-apiserver with one is answered; the telemetry endpoint beside it
+// still takes agents without one.
 func TestTelemetryEvictionWebhookClientCA(t *testing.T) {
 	dir := t.TempDir()
-	cert, apiserver := telemetrytest.NewCert(t), telemetrytest.NewClientCert(t)
+	cert, ca := telemetrytest.NewCert(t), telemetrytest.NewClientCA(t)
+	apiserver, kubelet := ca.Issue(t, "kube-apiserver"), ca.Issue(t, "system:node:gpu-1")
 	webhookAddr := telemetrytest.FreeAddr(t)
 	f := startFromFlags(t, dir, cert,
 		"--telemetry-eviction-webhook-bind-address", webhookAddr,
-		"--telemetry-eviction-webhook-client-ca-file", writeFile(t, dir, "client-ca.crt", apiserver.CAPEM),
+		"--telemetry-eviction-webhook-client-ca-file", writeFile(t, dir, "client-ca.crt", ca.CAPEM),
+		"--telemetry-eviction-webhook-allowed-names", "kube-apiserver",
 	)
 
 	review := func(tlsClient *tls.Config) error {
@@ -622,6 +632,11 @@ func TestTelemetryEvictionWebhookClientCA(t *testing.T) {
 	}
 	if err := review(cert.ClientTLS()); err == nil {
 		t.Error("the webhook answered a client without a certificate, with --telemetry-eviction-webhook-client-ca-file set")
+	}
+	otherName := cert.ClientTLS()
+	otherName.Certificates = []tls.Certificate{kubelet.TLS}
+	if err := review(otherName); err == nil {
+		t.Error("the webhook answered a certificate its CA signed for a name --telemetry-eviction-webhook-allowed-names does not list")
 	}
 	withCert := cert.ClientTLS()
 	withCert.Certificates = []tls.Certificate{apiserver.TLS}

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,41 +141,9 @@ func TestServeRequiresClientCertificates(t *testing.T) {
 		}
 	}
 	trust(apiserver.CAPEM)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	tlsConfig, err := telemetry.RequireClientCertificates(ctx, cert.ServingTLS(t), caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods := fake.NewClientset(pod("p", "uid-1", "gpu-2"))
-	addr := serveInBackground(t, tlsConfig, Options{Pods: pods.CoreV1()})
-	// An eviction whose answer names the pod's node and UID, once the pod
-	// is read.
-	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-		Request:  eviction(t, agentUser, "gpu-1", "p", "uid-0"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	review := func(client *telemetrytest.ClientCert) error {
-		tlsClient := cert.ClientTLS()
-		if client != nil {
-			tlsClient.Certificates = []tls.Certificate{client.TLS}
-		}
-		tr := &http.Transport{TLSClientConfig: tlsClient}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("https://"+addr+Path, "application/json", bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		out, err := io.ReadAll(resp.Body)
-		if err != nil || resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s %s %v", resp.Status, out, err)
-		}
-		return nil
-	}
+	ctx := t.Context()
+	pods, addr, body := serveRequiringCertificates(t, cert, caFile, nil)
+	review := func(client *telemetrytest.ClientCert) error { return postReview(cert, addr, body, client) }
 	podReads := func() int {
 		n := 0
 		for _, a := range pods.Actions() {
@@ -221,5 +190,75 @@ func TestServeRequiresClientCertificates(t *testing.T) {
 	}
 	if err := review(&apiserver); err == nil {
 		t.Error("answered a client signed by the CA the file no longer holds")
+	}
+}
+
+// serveRequiringCertificates serves the webhook with cert, requiring client
+// certificates signed by the CAs in caFile for names (any, when empty),
+// until the test ends. It returns the pods the webhook reads, its address,
+// and a review of an eviction whose answer names the pod's node and UID,
+// once the pod is read.
+func serveRequiringCertificates(t *testing.T, cert telemetrytest.Cert, caFile string, names []string) (*fake.Clientset, string, []byte) {
+	t.Helper()
+	tlsConfig, err := telemetry.RequireClientCertificates(t.Context(), cert.ServingTLS(t), caFile, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := fake.NewClientset(pod("p", "uid-1", "gpu-2"))
+	addr := serveInBackground(t, tlsConfig, Options{Pods: pods.CoreV1()})
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request:  eviction(t, agentUser, "gpu-1", "p", "uid-0"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods, addr, body
+}
+
+// postReview posts body to the webhook at addr, served with cert, over a
+// new connection with client's certificate (none when nil), and returns an
+// error unless it is answered 200.
+func postReview(cert telemetrytest.Cert, addr string, body []byte, client *telemetrytest.ClientCert) error {
+	tlsClient := cert.ClientTLS()
+	if client != nil {
+		tlsClient.Certificates = []tls.Certificate{client.TLS}
+	}
+	tr := &http.Transport{TLSClientConfig: tlsClient}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post("https://"+addr+Path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s %v", resp.Status, out, err)
+	}
+	return nil
+}
+
+// With allowed names, a certificate the CA signs for any other name is
+// refused too: a cluster's client CA signs every user's and kubelet's
+// certificates, and none of them may make the webhook read a pod.
+func TestServeRequiresAnAllowedName(t *testing.T) {
+	cert, ca := telemetrytest.NewCert(t), telemetrytest.NewClientCA(t)
+	apiserver, kubelet := ca.Issue(t, "penny-webhook-client"), ca.Issue(t, "system:node:gpu-1")
+	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
+	if err := os.WriteFile(caFile, ca.CAPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := telemetry.RequireClientCertificates(t.Context(), cert.ServingTLS(t), caFile, []string{"a", ""}); err == nil || !strings.Contains(err.Error(), "allowed name 2 is empty") {
+		t.Errorf("an empty allowed name: %v", err)
+	}
+	pods, addr, body := serveRequiringCertificates(t, cert, caFile, []string{"kube-apiserver", "penny-webhook-client"})
+	if err := postReview(cert, addr, body, &kubelet); err == nil {
+		t.Error("answered a kubelet's certificate the CA signed, with only kube-apiserver and penny-webhook-client allowed")
+	}
+	if n := len(pods.Actions()); n != 0 {
+		t.Errorf("made %d API calls for a client it refused", n)
+	}
+	if err := postReview(cert, addr, body, &apiserver); err != nil {
+		t.Errorf("refused an allowed name: %v", err)
 	}
 }

@@ -39,7 +39,7 @@ type apiServer struct {
 // (klog.Fatal in k8s.io/apiserver's runPostStartHook). It owns the
 // listener: one that fails before the server runs closes it, since no
 // server is left to let go of the port.
-func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcdURL string, p *pki, runtimeConfig map[string]string) (_ *apiServer, err error) {
+func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcdURL string, p *pki, opts Options) (_ *apiServer, err error) {
 	running := false
 	defer func() {
 		if err != nil && !running {
@@ -85,13 +85,16 @@ func startAPIServer(ctx context.Context, dir string, listener net.Listener, etcd
 		// from the start and no lifecycle controller runs here.
 		"--disable-admission-plugins=TaintNodesByCondition",
 	}
-	if len(runtimeConfig) > 0 {
-		keys := make([]string, 0, len(runtimeConfig))
-		for k := range runtimeConfig {
-			keys = append(keys, k+"="+runtimeConfig[k])
+	if len(opts.RuntimeConfig) > 0 {
+		keys := make([]string, 0, len(opts.RuntimeConfig))
+		for k := range opts.RuntimeConfig {
+			keys = append(keys, k+"="+opts.RuntimeConfig[k])
 		}
 		sort.Strings(keys)
 		args = append(args, "--runtime-config="+strings.Join(keys, ","))
+	}
+	if opts.AdmissionControlConfigFile != "" {
+		args = append(args, "--admission-control-config-file="+opts.AdmissionControlConfigFile)
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("kube-apiserver flags: %w", err)

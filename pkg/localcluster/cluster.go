@@ -50,6 +50,10 @@ type Options struct {
 	FeatureGates map[string]bool
 	// RuntimeConfig enables API groups, e.g. {"scheduling.k8s.io/v1beta1": "true"}.
 	RuntimeConfig map[string]string
+	// AdmissionControlConfigFile is kube-apiserver's
+	// --admission-control-config-file (e.g. the kubeconfig its webhooks'
+	// calls present client certificates from); empty: none.
+	AdmissionControlConfigFile string
 	// Log receives the simulated kubelets' warnings; nil means stderr.
 	Log io.Writer
 	// DirFlag and PortFlag are what errors call Dir and APIServerPort: the
@@ -144,7 +148,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		listener.Close()
 		return nil, err
 	}
-	if c.apiserver, err = startAPIServer(runCtx, c.Dir, listener, etcdURL, keys, opts.RuntimeConfig); err != nil {
+	if c.apiserver, err = startAPIServer(runCtx, c.Dir, listener, etcdURL, keys, opts); err != nil {
 		return nil, err
 	}
 	c.RESTConfig = keys.adminConfig(c.apiserver.host, c.apiserver.serverCA)

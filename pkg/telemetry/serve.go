@@ -15,6 +15,7 @@ import (
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 )
 
@@ -58,8 +59,19 @@ func ServingTLSConfig(ctx context.Context, certFile, keyFile string) (*tls.Confi
 // ServingTLSConfig reloads the certificate, so that rotating the CA needs
 // no restart. A file that cannot be read or holds no certificate is an
 // error now; one that goes bad later leaves the last good bundle in use.
-// The watch stops with ctx.
-func RequireClientCertificates(ctx context.Context, serving *tls.Config, caFile string) (*tls.Config, error) {
+// The watch stops with ctx. With names, the certificate's common name must
+// also be one of them, as kube-apiserver's --requestheader-allowed-names
+// narrows its front proxy's CA: a CA that signs other clients' certificates
+// too (a cluster's client CA signs every user's and kubelet's) then lets in
+// only the certificates issued to the names given.
+func RequireClientCertificates(ctx context.Context, serving *tls.Config, caFile string, names []string) (*tls.Config, error) {
+	allowed := sets.New[string]()
+	for i, n := range names {
+		if n == "" {
+			return nil, fmt.Errorf("allowed name %d is empty; list common names of client certificates, or none to accept every certificate the CA signs", i+1)
+		}
+		allowed.Insert(n)
+	}
 	content, err := dynamiccertificates.NewDynamicCAContentFromFile("penny-client-ca", caFile)
 	if err != nil {
 		return nil, err
@@ -88,6 +100,9 @@ func RequireClientCertificates(ctx context.Context, serving *tls.Config, caFile 
 		}
 		if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
 			return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
+		}
+		if cn := cs.PeerCertificates[0].Subject.CommonName; allowed.Len() > 0 && !allowed.Has(cn) {
+			return fmt.Errorf("client certificate common name %q is not one of the allowed names %v", cn, sets.List(allowed))
 		}
 		return nil
 	}

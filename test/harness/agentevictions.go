@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"testing"
 
@@ -28,15 +29,23 @@ const AgentEvictionsWebhook = "penny-agent-evictions"
 func ServeAgentEvictions(t testing.TB, c *localcluster.Cluster) {
 	t.Helper()
 	cert := telemetrytest.NewCert(t)
-	tlsConfig := cert.ServingTLS(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ServeAgentEvictionsOn(t, c, lis, cert.ServingTLS(t), cert.CertPEM)
+}
+
+// ServeAgentEvictionsOn is ServeAgentEvictions on a listener the test holds
+// and with its TLS configuration (e.g. one that requires kube-apiserver's
+// client certificate, whose kubeconfig names the listener's address);
+// caBundle is the CA of the serving certificate.
+func ServeAgentEvictionsOn(t testing.TB, c *localcluster.Cluster, lis net.Listener, tlsConfig *tls.Config, caBundle []byte) {
+	t.Helper()
 	h, err := agentadmission.NewEvictions(agentadmission.Options{
 		Pods: c.Client.CoreV1(), AgentServiceAccounts: []string{telemetrytest.AgentServiceAccount},
 		Log: testr.NewWithInterface(t, testr.Options{}).WithName("agent-evictions"),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +61,7 @@ func ServeAgentEvictions(t testing.TB, c *localcluster.Cluster) {
 	for i := range vwc.Webhooks {
 		vwc.Webhooks[i].ClientConfig.Service = nil
 		vwc.Webhooks[i].ClientConfig.URL = ptr.To("https://" + lis.Addr().String() + agentadmission.Path)
-		vwc.Webhooks[i].ClientConfig.CABundle = cert.CertPEM
+		vwc.Webhooks[i].ClientConfig.CABundle = caBundle
 	}
 	if _, err := webhooks.Update(context.Background(), vwc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)

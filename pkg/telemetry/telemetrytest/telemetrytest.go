@@ -112,38 +112,70 @@ type ClientCert struct {
 	// CAPEM is the CA's certificate: the bundle the server trusts.
 	CAPEM []byte
 	TLS   tls.Certificate
+	// CertPEM and KeyPEM are the certificate and its key, for a client that
+	// reads them from files (kube-apiserver's webhook kubeconfig).
+	CertPEM, KeyPEM []byte
 }
 
-// NewClientCert generates a CA and a client certificate it signs.
-func NewClientCert(t testing.TB) ClientCert {
+// ClientCA signs client certificates.
+type ClientCA struct {
+	// CAPEM is the CA's certificate: the bundle the server trusts.
+	CAPEM  []byte
+	cert   *x509.Certificate
+	key    *ecdsa.PrivateKey
+	serial int64
+}
+
+// NewClientCA generates a CA for client certificates.
+func NewClientCA(t testing.TB) *ClientCA {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := certutil.NewSelfSignedCACert(certutil.Config{CommonName: "penny-test-client-ca"}, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cert, err := certutil.NewSelfSignedCACert(certutil.Config{CommonName: "penny-test-client-ca"}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &ClientCA{CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), cert: cert, key: key, serial: 1}
+}
+
+// Issue signs a client certificate for commonName.
+func (ca *ClientCA) Issue(t testing.TB, commonName string) ClientCert {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.serial++
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
+		SerialNumber: big.NewInt(ca.serial),
+		Subject:      pkix.Name{CommonName: commonName},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, ca, key.Public(), caKey)
+	}, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ClientCert{
-		CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}),
-		TLS:   tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		CAPEM:   ca.CAPEM,
+		TLS:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 	}
+}
+
+// NewClientCert generates a CA and a client certificate it signs for
+// kube-apiserver.
+func NewClientCert(t testing.TB) ClientCert {
+	t.Helper()
+	return NewClientCA(t).Issue(t, "kube-apiserver")
 }
 
 // Start runs a server with the stand-in authenticator until the test ends.

@@ -70,10 +70,7 @@ func TestAgentRunsWithItsRBAC(t *testing.T) {
 	}
 
 	const node = "spot-0"
-	pod := harness.CreatePod(t, c, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "job", Namespace: "default"},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "registry.example/app"}}},
-	})
+	pod := podOnNode(t, c, "job", node)
 	flow, err := reclaim.New(reclaim.Options{Node: node, Client: agentClient(t, c, node), StateDir: t.TempDir(), Log: testr.New(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -63,7 +63,7 @@ var nodeFieldGates = map[string]bool{"InPlacePodVerticalScalingSchedulerPreempti
 
 // startWithAgentManifests starts a cluster of agentFleet with deploy/agent's
 // manifests applied.
-func startWithAgentManifests(t *testing.T) *localcluster.Cluster {
+func startWithAgentManifests(t *testing.T, configure ...func(*localcluster.Options)) *localcluster.Cluster {
 	t.Helper()
 	// The gates are process-wide: off again for the package's other tests
 	// once this cluster has stopped (cleanups run last registered first).
@@ -76,7 +76,11 @@ func startWithAgentManifests(t *testing.T) *localcluster.Cluster {
 			t.Error(err)
 		}
 	})
-	c := harness.StartCluster(t, localcluster.Options{Spec: harness.ParseSpec(t, agentFleet), FeatureGates: nodeFieldGates})
+	opts := localcluster.Options{Spec: harness.ParseSpec(t, agentFleet), FeatureGates: nodeFieldGates}
+	for _, f := range configure {
+		f(&opts)
+	}
+	c := harness.StartCluster(t, opts)
 	for _, f := range []string{"deploy/agent/penny-agent.yaml", "deploy/agent/reclaim.yaml"} {
 		harness.ApplyYAML(t, c, f, readRepoFile(t, f), false)
 	}
@@ -185,13 +189,7 @@ func TestAgentEvictsOnlyItsNodesPods(t *testing.T) {
 	ctx := context.Background()
 	own, other := "spot-0", "spot-1"
 	agent := agentClient(t, c, own)
-	onNode := func(name, node string) *corev1.Pod {
-		return harness.CreatePod(t, c, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-			Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "registry.example/app"}}},
-		})
-	}
-	mine, theirs := onNode("mine", own), onNode("theirs", other)
+	mine, theirs := podOnNode(t, c, "mine", own), podOnNode(t, c, "theirs", other)
 	evict := func(client kubernetes.Interface, p *corev1.Pod, withUID, dryRun bool) error {
 		opts := &metav1.DeleteOptions{}
 		if withUID {
@@ -262,6 +260,15 @@ func TestAgentEvictsOnlyItsNodesPods(t *testing.T) {
 	if p, err := c.Client.CoreV1().Pods("default").Get(ctx, "theirs", metav1.GetOptions{}); err != nil || p.DeletionTimestamp != nil {
 		t.Errorf("the other node's pod: %v, deleting since %v", err, p.DeletionTimestamp)
 	}
+}
+
+// podOnNode creates a pod in the default namespace bound to node.
+func podOnNode(t *testing.T, c *localcluster.Cluster, name, node string) *corev1.Pod {
+	t.Helper()
+	return harness.CreatePod(t, c, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "registry.example/app"}}},
+	})
 }
 
 // withDisruptionsAllowed creates a PodDisruptionBudget that lets all the
