@@ -155,6 +155,12 @@ func (f *telemetryFlags) validate() error {
 		if n == "" {
 			return fmt.Errorf("--%s %q: name %d is empty; list the common names of kube-apiserver's client certificates, separated by single commas", evictionWebhookAllowedNamesFlag, strings.Join(f.evictionWebhookAllowedNames, ","), i+1)
 		}
+		if strings.TrimSpace(n) != n {
+			// A name with a space around it matches no certificate: the
+			// webhook would refuse the API server, and the agents'
+			// evictions with it.
+			return fmt.Errorf("--%s %q: name %d has spaces around it, which no certificate's name has (entries are separated by commas, without spaces)", evictionWebhookAllowedNamesFlag, strings.Join(f.evictionWebhookAllowedNames, ","), i+1)
+		}
 	}
 	if f.evictionWebhookAddress != "" && f.evictionWebhookMaxConnections <= 0 {
 		return fmt.Errorf("--%s %d: must be positive (default %d)", evictionWebhookMaxConnectionsFlag, f.evictionWebhookMaxConnections, agentadmission.DefaultMaxConnections)
@@ -243,6 +249,12 @@ func startTelemetry(ctx context.Context, f *telemetryFlags, store *telemetry.Sto
 				"Give kube-apiserver a client certificate for the webhook and its CA to --"+evictionWebhookClientCAFileFlag+" (docs/reclaim.md#security)", "address", f.evictionWebhookAddress)
 		} else if webhookTLS, err = telemetry.RequireClientCertificates(ctx, tlsConfig, f.evictionWebhookClientCAFile, f.evictionWebhookAllowedNames); err != nil {
 			return nil, fmt.Errorf("--%s %s: %w; give a PEM bundle of the CAs that sign the client certificate kube-apiserver presents to the webhook (docs/reclaim.md#security)", evictionWebhookClientCAFileFlag, f.evictionWebhookClientCAFile, err)
+		} else {
+			names := "any the CA signs"
+			if len(f.evictionWebhookAllowedNames) > 0 {
+				names = strings.Join(f.evictionWebhookAllowedNames, ",")
+			}
+			webhookLog.Info("The agent evictions webhook requires a client certificate", "clientCAFile", f.evictionWebhookClientCAFile, "allowedNames", names)
 		}
 	}
 	if f.reclaim != nil {

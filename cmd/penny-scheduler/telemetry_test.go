@@ -588,6 +588,8 @@ func TestTelemetryEvictionWebhookFlagErrors(t *testing.T) {
 			"--telemetry-eviction-webhook-allowed-names takes effect only with --telemetry-eviction-webhook-client-ca-file, which is not set"},
 		{[]string{"--telemetry-eviction-webhook-bind-address=:0", "--telemetry-eviction-webhook-client-ca-file=ca.crt", "--telemetry-eviction-webhook-allowed-names=kube-apiserver,,b"},
 			`--telemetry-eviction-webhook-allowed-names "kube-apiserver,,b": name 2 is empty`},
+		{[]string{"--telemetry-eviction-webhook-bind-address=:0", "--telemetry-eviction-webhook-client-ca-file=ca.crt", "--telemetry-eviction-webhook-allowed-names=kube-apiserver, penny-webhook-client"},
+			`--telemetry-eviction-webhook-allowed-names "kube-apiserver, penny-webhook-client": name 2 has spaces around it`},
 	} {
 		var f telemetryFlags
 		f.fs = f.flagSet()

@@ -27,10 +27,10 @@ var connectionsOverLimit = metrics.NewCounter(&metrics.CounterOpts{
 
 // handshakeErrors counts the TLS handshakes the webhook refused: with
 // --telemetry-eviction-webhook-client-ca-file, every client without the
-// API server's certificate.
+// API server's certificate (or with one for a name not allowed).
 var handshakeErrors = metrics.NewCounter(&metrics.CounterOpts{
 	Name:           "penny_admission_tls_handshake_errors_total",
-	Help:           "TLS handshakes the agent evictions webhook failed: clients without a certificate --telemetry-eviction-webhook-client-ca-file signs, or that broke off.",
+	Help:           "TLS handshakes the agent evictions webhook failed: clients without a certificate --telemetry-eviction-webhook-client-ca-file signs (for a name --telemetry-eviction-webhook-allowed-names lists, when it is set), or that broke off.",
 	StabilityLevel: metrics.ALPHA,
 })
 

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,10 +121,11 @@ type ClientCert struct {
 // ClientCA signs client certificates.
 type ClientCA struct {
 	// CAPEM is the CA's certificate: the bundle the server trusts.
-	CAPEM  []byte
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	serial int64
+	CAPEM []byte
+	cert  *x509.Certificate
+	key   *ecdsa.PrivateKey
+	// serial numbers the certificates; parallel tests may share a CA.
+	serial atomic.Int64
 }
 
 // NewClientCA generates a CA for client certificates.
@@ -137,7 +139,7 @@ func NewClientCA(t testing.TB) *ClientCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &ClientCA{CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), cert: cert, key: key, serial: 1}
+	return &ClientCA{CAPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), cert: cert, key: key}
 }
 
 // Issue signs a client certificate for commonName.
@@ -147,9 +149,8 @@ func (ca *ClientCA) Issue(t testing.TB, commonName string) ClientCert {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca.serial++
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(ca.serial),
+		SerialNumber: big.NewInt(ca.serial.Add(1) + 1),
 		Subject:      pkix.Name{CommonName: commonName},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),

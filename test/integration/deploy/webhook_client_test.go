@@ -2,10 +2,13 @@ package deploy
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,7 +95,8 @@ func TestEvictionWebhookAuthenticatesTheAPIServer(t *testing.T) {
 			t.Fatalf("%s: %v, want an error containing %q", what, last, want)
 		}
 	}
-	serve := func(lis net.Listener, names ...string) {
+	// serve returns why the webhook refused the handshakes it refused.
+	serve := func(lis net.Listener, names ...string) (refusals func() []string) {
 		cert := telemetrytest.NewCert(t)
 		ctx, cancel := context.WithCancel(ctx)
 		t.Cleanup(cancel)
@@ -100,14 +104,35 @@ func TestEvictionWebhookAuthenticatesTheAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		var mu sync.Mutex
+		var reasons []string
+		verify := tlsConfig.VerifyConnection
+		tlsConfig.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if err != nil {
+				mu.Lock()
+				reasons = append(reasons, err.Error())
+				mu.Unlock()
+			}
+			return err
+		}
 		harness.ServeAgentEvictionsOn(t, c, lis, tlsConfig, cert.CertPEM)
+		return func() []string {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(reasons)
+		}
 	}
 
 	// The CA signed the API server's certificate, but for a name this
 	// webhook does not allow: the handshake fails, and the webhook fails
 	// closed.
-	serve(otherName, "kube-apiserver")
+	refusals := serve(otherName, "kube-apiserver")
 	refusedWith("own pod, API server's certificate not allowed", mine, `failed calling webhook "agent-evictions.penny.dev": failed to call webhook: Post "https://`+otherName.Addr().String())
+	const notAllowed = `client certificate common name "penny-webhook-client" is not one of the allowed names [kube-apiserver]`
+	if got := refusals(); !slices.ContainsFunc(got, func(r string) bool { return r == notAllowed }) {
+		t.Errorf("the webhook refused the API server's handshakes for %q, want %q: the API server presents its certificate", got, notAllowed)
+	}
 
 	serve(allowed, "kube-apiserver", "penny-webhook-client")
 	refusedWith("another node's pod", theirs, "penny-agent on node spot-0 may evict only pods bound to node spot-0; pod default/theirs is bound to node spot-1")
