@@ -729,8 +729,12 @@ func (r *elastic) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		// Once the instant's capacity changes are done, retry waiting pods.
-		if len(r.freed) > 0 && (r.q.Len() == 0 || r.q[0].at > r.now || r.q[0].kind > elScaleDown) {
+		// Once the instant's capacity changes are done, retry waiting pods,
+		// before an empty node's scale-down at the same instant: with a
+		// scaleDownAfter of 0s a node that joined for a waiting pod was
+		// removed before the pod was tried on it, and the replay ended
+		// with the pod never scheduled.
+		if len(r.freed) > 0 && (r.q.Len() == 0 || r.q[0].at > r.now || r.q[0].kind >= elScaleDown) {
 			if err := r.retryPending(); err != nil {
 				return err
 			}

@@ -1851,3 +1851,20 @@ func TestElasticMovesFallenBackWorkBackToSpot(t *testing.T) {
 		t.Fatalf("bill %.2f with the move, %.2f without; want well under", moved.BillUSD, stayed.BillUSD)
 	}
 }
+
+// A pool that removes empty nodes at once (scaleDownAfter: 0s) still gives a
+// node that joins for a waiting pod to that pod: removed as it joined, before
+// the pod was placed, it was launched again and again while the pod waited.
+func TestElasticZeroScaleDownKeepsTheNodeItsPodWaitsFor(t *testing.T) {
+	s := scenarioOf(t, `
+region: us-east-1
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 2, provisioningDelay: 3m, scaleDownAfter: 0s}
+`)
+	for _, policy := range []string{"default", "penny"} {
+		res := spotReplay(t, s, policy, 42, spotTracePod("job", "BE", 1, 0, time.Hour))
+		if res.ScaleUps != 1 || res.QueueDelayP95Seconds != 180 {
+			t.Errorf("%s: %d scale-ups and a p95 wait of %v s; want 1 node and the 180 s it takes to join", policy, res.ScaleUps, res.QueueDelayP95Seconds)
+		}
+	}
+}
