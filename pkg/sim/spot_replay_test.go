@@ -1868,3 +1868,29 @@ pools:
 		}
 	}
 }
+
+// An empty list item ("-" alone) is refused where it is: the decoder drops
+// it, and the pools after it were given the line and the hourlyPrice
+// written of the pool before each, and refused for another pool's price.
+func TestSpotScenarioRefusesAnEmptyListItem(t *testing.T) {
+	y := strings.NewReplacer("SPOTMAX", "4", "MTTR", "1h").Replace(tinyScenario)
+	for name, c := range map[string]struct{ from, to, want string }{
+		"pool":   {"pools:\n", "pools:\n-\n", `tiny.yaml:15: pools[0]: the item is empty (a "-" with nothing after it): remove the "-", or write the pool's fields after it`},
+		"class":  {"classes:\n", "classes:\n- ~\n", `tiny.yaml:12: classes[0]: the item is empty`},
+		"policy": {"- {policy: penny, tolerateSpot: true}\n", "- {policy: penny, tolerateSpot: true}\n-\n", `tiny.yaml:11: policies[2]: the item is empty`},
+	} {
+		bad := strings.Replace(y, c.from, c.to, 1)
+		if bad == y {
+			t.Fatalf("%s: %q is not in the scenario", name, c.from)
+		}
+		if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(bad)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// Not blamed on the pool after the empty item, which was given the
+	// hourlyPrice of the pool before it.
+	priced := strings.Replace(y, "pools:\n", "pools:\n-\n- {name: cheap, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1b, max: 1, hourlyPrice: 2}\n", 1)
+	if _, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(priced)); err == nil || strings.Contains(err.Error(), "hourlyPrice") {
+		t.Errorf("pools after an empty item: %v, want the empty item named, not a price", err)
+	}
+}

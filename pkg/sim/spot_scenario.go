@@ -280,6 +280,19 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		GPUSharing []yaml.Node `yaml:"gpuSharing"`
 	}
 	_ = yaml.Unmarshal(data, &lines)
+	// The decoder drops an empty list item ("-" alone, or "~") from
+	// pools, classes and policies, and each item after it was then given
+	// the line, and the fields written, of the item before it.
+	for _, list := range []struct {
+		key, item string
+		items     []yaml.Node
+	}{{"pools", "pool", lines.Pools}, {"classes", "class rule", lines.Classes}, {"policies", "policy", lines.Policies}} {
+		for i, n := range list.items {
+			if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+				return nil, fmt.Errorf("%s:%d: %s[%d]: the item is empty (a \"-\" with nothing after it): remove the \"-\", or write the %s's fields after it", file, n.Line, list.key, i, list.item)
+			}
+		}
+	}
 	var top yaml.Node
 	_ = yaml.Unmarshal(data, &top)
 	if top.Kind == yaml.DocumentNode && len(top.Content) == 1 {
