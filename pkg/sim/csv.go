@@ -226,8 +226,15 @@ func (t *table) int64(col string, lo, hi, def int64) int64 {
 	if err != nil {
 		// Traces written by pandas sometimes carry integral floats ("12.0").
 		f, ferr := strconv.ParseFloat(s, 64)
-		if ferr != nil || f != float64(int64(f)) {
+		huge := errors.Is(ferr, strconv.ErrRange)
+		if (ferr != nil && !huge) || math.IsNaN(f) || (math.IsInf(f, 0) && !huge) || f != math.Trunc(f) {
 			t.fail(col, "%q is not an integer", s)
+			return def
+		}
+		// A whole number past int64 (1e30) is a value out of range, not
+		// one that is not an integer.
+		if f < float64(lo) || f > float64(hi) {
+			t.fail(col, "%s is out of range %d..%d", s, lo, hi)
 			return def
 		}
 		v = int64(f)

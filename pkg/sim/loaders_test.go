@@ -166,6 +166,11 @@ func TestOpenbBadRowsNameFileLineColumn(t *testing.T) {
 		"not a number":  {"a,6000,100,1,abc,,LS,Running,0,1,0\n", ":2: column 5 (gpu_milli): \"abc\" is not an integer"},
 		"share on many": {"a,1,1,1,500,,LS,Running,0,1,0\nb,1,1,2,500,,LS,Running,0,1,0\n", ":3: column 5 (gpu_milli): 500 milli on each of 2 GPUs"},
 		"milli range":   {"a,1,1,1,1500,,LS,Running,0,1,0\n", ":2: column 5 (gpu_milli): 1500 is out of range 0..1000"},
+		// Whole numbers past an int64 were "not an integer".
+		"huge":          {"a,1e30,1,1,500,,LS,Running,0,1,0\n", ":2: column 2 (cpu_milli): 1e30 is out of range 0..2147483647"},
+		"huge digits":   {"a,1,99999999999999999999,1,500,,LS,Running,0,1,0\n", ":2: column 3 (memory_mib): 99999999999999999999 is out of range 0..2147483647"},
+		"infinite":      {"a,1,1,Inf,500,,LS,Running,0,1,0\n", ":2: column 4 (num_gpu): \"Inf\" is not an integer"},
+		"half":          {"a,1,1,1.5,500,,LS,Running,0,1,0\n", ":2: column 4 (num_gpu): \"1.5\" is not an integer"},
 		"time order":    {"a,1,1,1,500,,LS,Running,10,5,10\n", ":2: column 10 (deletion_time): 5 is before creation_time 10"},
 		"no deletion":   {"a,1,1,1,500,,LS,Running,0,1,0\nb,1,1,1,500,,LS,Running,10,,20\n", ":3: column 10 (deletion_time): is empty, but scheduled_time is 20"},
 		"run backwards": {"a,1,1,1,500,,LS,Running,10,15,20\n", ":2: column 10 (deletion_time): 15 is before scheduled_time 20"},
