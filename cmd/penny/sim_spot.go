@@ -54,6 +54,10 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 	if err != nil {
 		return err
 	}
+	for _, u := range sc.UnclassedQoS(tr) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: no class rule of the scenario names qos %q, which %d pod(s) of the trace carry (first: %s): they take no rule's annotations and run as batch; add it to a rule's qos (values are matched exactly), or fix the trace\n",
+			u.QoS, u.Pods, u.First)
+	}
 	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg, cmd.ErrOrStderr(), parallel)
 	if err != nil {
 		return err

@@ -1894,3 +1894,29 @@ func TestSpotScenarioRefusesAnEmptyListItem(t *testing.T) {
 		t.Errorf("pools after an empty item: %v, want the empty item named, not a price", err)
 	}
 }
+
+// A trace QoS value no class rule names is listed, once, with its pods: they
+// ran unclassed (batch) with nothing said, a misspelt LS too.
+func TestSpotScenarioUnclassedQoS(t *testing.T) {
+	s := spotScenario(t, "4", "1h") // classes for LS and BE
+	tr := &Trace{Pods: []TracePod{
+		spotTracePod("a", "LS", 1, 0, time.Hour),
+		spotTracePod("b", "ls", 1, 0, time.Hour),
+		spotTracePod("c", "BE", 1, 0, time.Hour),
+		spotTracePod("d", "ls", 1, 0, time.Hour),
+		spotTracePod("e", "", 1, 0, time.Hour),
+	}}
+	want := []UnclassedQoS{{QoS: "ls", Pods: 2, First: "b (test:b)"}, {QoS: "", Pods: 1, First: "e (test:e)"}}
+	if got := s.UnclassedQoS(tr); !reflect.DeepEqual(got, want) {
+		t.Errorf("unclassed %+v, want %+v", got, want)
+	}
+	// A rule for any QoS, or no classes at all, leaves none unclassed.
+	s.Classes = append(s.Classes, ClassRule{Annotations: map[string]string{"penny.dev/workload": "batch"}})
+	if got := s.UnclassedQoS(tr); got != nil {
+		t.Errorf("with a rule for any QoS: %+v", got)
+	}
+	s.Classes = nil
+	if got := s.UnclassedQoS(tr); got != nil {
+		t.Errorf("without classes: %+v", got)
+	}
+}

@@ -680,6 +680,42 @@ func (s *SpotScenario) annotate(pod *corev1.Pod, runtime time.Duration, seed uin
 	}
 }
 
+// UnclassedQoS is a trace QoS value that no class rule of a scenario names.
+type UnclassedQoS struct {
+	QoS string
+	// Pods carry it; First is the first of them, by its source.
+	Pods  int
+	First string
+}
+
+// UnclassedQoS lists the trace's QoS values, in order of first use, that no
+// class rule names, for a warning: their pods take no rule's annotations and
+// run as batch, the class of a Job's pods, which a misspelt value ("ls" for
+// LS) silently made of a service. A scenario without classes classes no pod
+// on purpose, and one with a rule for any QoS names every value.
+func (s *SpotScenario) UnclassedQoS(tr *Trace) []UnclassedQoS {
+	if len(s.Classes) == 0 || slices.ContainsFunc(s.Classes, func(r ClassRule) bool { return len(r.QoS) == 0 }) {
+		return nil
+	}
+	var out []UnclassedQoS
+	at := map[string]int{}
+	for _, tp := range tr.Pods {
+		qos := tp.Pod.Labels[LabelQoS]
+		if i, ok := at[qos]; ok {
+			if i >= 0 {
+				out[i].Pods++
+			}
+			continue
+		}
+		at[qos] = -1
+		if !slices.ContainsFunc(s.Classes, func(r ClassRule) bool { return slices.Contains(r.QoS, qos) }) {
+			at[qos] = len(out)
+			out = append(out, UnclassedQoS{QoS: qos, Pods: 1, First: tp.Pod.Name + " (" + tp.Source + ")"})
+		}
+	}
+	return out
+}
+
 // ownedByJob makes a trace pod without a controller a pod of a Job, one
 // Job per gang: the replay resubmits a pod a reclaim or a move stopped, as
 // its Job's controller would replace it, and SpotRisk moves back to Spot
