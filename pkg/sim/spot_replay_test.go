@@ -370,7 +370,9 @@ func TestSpotScenarioErrors(t *testing.T) {
 		t.Errorf("error %v also blames pools[0]'s price, which only its capacity type left out", err)
 	}
 	for name, c := range map[string]struct{ yaml, want string }{
-		"empty":         {"", "tiny.yaml: empty file: a scenario needs at least region and pools"},
+		"empty": {"", "tiny.yaml: empty file: a scenario needs at least region and pools"},
+		// The parser's own words name no tab.
+		"tab":           {strings.Replace(tinyScenario, "- {name: od,", "\t- {name: od,", 1), "tiny.yaml:15: the line is indented with a tab (yaml: line 15: found character that cannot start any token): YAML indents with spaces only"},
 		"unknown field": {strings.Replace(tinyScenario, "max: 4,", "maxx: 4,", 1), `tiny.yaml:15: pools[0].maxx: unknown field "maxx"; this part of a scenario takes name, instanceType, capacityType, zone, min, max,`},
 		"negative":      {strings.Replace(tinyScenario, "provisioningDelay: 3m", "provisioningDelay: -3m", 1), `tiny.yaml:15: pools[0].provisioningDelay: "-3m" is negative`},
 		"half a node":   {strings.Replace(tinyScenario, "max: 4,", "max: 1.5,", 1), `tiny.yaml:15: pools[0].max: "1.5" is not a whole number of nodes`},

@@ -258,6 +258,13 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		}
 		var root yaml.Node
 		if yaml.Unmarshal(data, &root) != nil {
+			// The parser says only "found character that cannot start any
+			// token" of a tab, which editors put in indentation.
+			for i, l := range strings.Split(string(data), "\n") {
+				if strings.HasPrefix(strings.TrimLeft(l, " "), "\t") {
+					return nil, fmt.Errorf("%s:%d: the line is indented with a tab (%v): YAML indents with spaces only", file, i+1, err)
+				}
+			}
 			return nil, fmt.Errorf("%s: %v", file, err)
 		}
 		var ve *valueError
