@@ -382,11 +382,13 @@ func TestPhillyDateTimes(t *testing.T) {
 func TestTraceTimesMustBeFiniteAndPresent(t *testing.T) {
 	openbHeader := "name,cpu_milli,memory_mib,num_gpu,gpu_milli,creation_time,deletion_time,scheduled_time\n"
 	for name, c := range map[string]struct{ content, want string }{
-		"nan.csv":       {"timestamp,duration,num_gpus\n0,NaN,1\n", `nan.csv:2: column 2 (duration): "NaN" is not a finite number`},
-		"inf.csv":       {"timestamp,duration,num_gpus\nInf,60,1\n", `inf.csv:2: column 1 (timestamp): "Inf" is not a finite number`},
-		"range.csv":     {"timestamp,duration,num_gpus\n0,1e309,1\n", `range.csv:2: column 2 (duration): "1e309" is out of range`},
-		"huge.csv":      {"timestamp,duration,num_gpus\n0,9999999999999,1\n", `huge.csv:2: column 2 (duration): 9.999999999999e+12 s is more than a hundred years`},
-		"gap.csv":       {"timestamp,duration,num_gpus\n0,60,1\n1e10,60,1\n", `gap.csv:3: column 1 (timestamp): the job arrives 10000000000 s after the first`},
+		"nan.csv":   {"timestamp,duration,num_gpus\n0,NaN,1\n", `nan.csv:2: column 2 (duration): "NaN" is not a finite number`},
+		"inf.csv":   {"timestamp,duration,num_gpus\nInf,60,1\n", `inf.csv:2: column 1 (timestamp): "Inf" is not a finite number`},
+		"range.csv": {"timestamp,duration,num_gpus\n0,1e309,1\n", `range.csv:2: column 2 (duration): "1e309" is out of range`},
+		"huge.csv":  {"timestamp,duration,num_gpus\n0,9999999999999,1\n", `huge.csv:2: column 2 (duration): 9.999999999999e+12 s is more than a hundred years`},
+		"gap.csv":   {"timestamp,duration,num_gpus\n0,60,1\n1e10,60,1\n", `gap.csv:3: column 1 (timestamp): the job arrives 1e+10 s after the first`},
+		// Not a 31-digit number.
+		"far.csv":       {"timestamp,duration,num_gpus\n0,60,1\n1e30,60,1\n", `far.csv:3: column 1 (timestamp): the job arrives 1e+30 s after the first, more than a hundred years`},
 		"no-ts.csv":     {"timestamp,duration,num_gpus\n,60,1\n", `no-ts.csv:2: column 1 (timestamp): is empty`},
 		"no-dur.csv":    {"timestamp,duration,num_gpus\n0,,1\n", `no-dur.csv:2: column 2 (duration): is empty`},
 		"no-gpus.csv":   {"timestamp,duration,num_gpus\n0,60,\n", `no-gpus.csv:2: column 3 (num_gpus): is empty`},

@@ -140,7 +140,7 @@ func setArrivals(tr *Trace, stamps []float64, col string, colNum int) error {
 	first := slices.Min(stamps)
 	for i := range tr.Pods {
 		if at := stamps[i] - first; at > MaxTraceSeconds {
-			return fmt.Errorf("%s: column %d (%s): the job arrives %.0f s after the first, more than a hundred years; times are in seconds", tr.Pods[i].Source, colNum, col, at)
+			return fmt.Errorf("%s: column %d (%s): the job arrives %v s after the first, more than a hundred years; times are in seconds", tr.Pods[i].Source, colNum, col, at)
 		}
 		tr.Pods[i].Arrival = seconds(stamps[i] - first)
 	}
