@@ -28,7 +28,38 @@ func ParseObject(what string, body []byte) (Object, error) {
 	if err := json.Unmarshal(raw, &fields); err != nil {
 		return Object{}, fmt.Errorf("%s: not a JSON object (%v): %s", what, err, Excerpt(body))
 	}
+	// encoding/json keeps the last of a repeated member without a word:
+	// {"action":"terminate","action":"stop"} would read as a stop, and an
+	// Azure event's second "Resources" would hide this VM in the first.
+	if key, ok := repeatedKey(raw); ok {
+		return Object{}, fmt.Errorf("%s: %q is given more than once, and which one is meant cannot be told: %s", what, key, Excerpt(body))
+	}
 	return Object{what: what, fields: fields}, nil
+}
+
+// repeatedKey returns a member name the JSON object raw gives twice.
+func repeatedKey(raw []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.Token(); err != nil {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		key, _ := t.(string)
+		if seen[key] {
+			return key, true
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", false
+		}
+	}
+	return "", false
 }
 
 // ParseList reads body as one JSON list.

@@ -417,3 +417,12 @@ func TestTimesWithoutZoneAreRefusedNamingTheField(t *testing.T) {
 		})
 	}
 }
+
+// encoding/json keeps the last of a repeated member: the second action was
+// taken without a word.
+func TestRepeatedMemberIsAnErrorNotTheLast(t *testing.T) {
+	_, err := aws.ParseInstanceAction([]byte(`{"action":"terminate","time":"2030-01-01T00:00:00Z","action":"stop"}`), time.Now())
+	if err == nil || !strings.Contains(err.Error(), `spot/instance-action: "action" is given more than once`) {
+		t.Errorf("error %v, want one naming the repeated action", err)
+	}
+}

@@ -368,3 +368,18 @@ func TestFirstRequestMayTakeLongerThanLaterOnes(t *testing.T) {
 		t.Fatalf("second check: error %v, want the request timeout once Scheduled Events answered", err)
 	}
 }
+
+// A member given twice is an error naming it: encoding/json keeps the last,
+// and an event whose second Resources names another VM was taken for that
+// VM's, this VM's Preempt dropped without a word.
+func TestRepeatedMemberIsAnErrorNotTheLast(t *testing.T) {
+	for name, doc := range map[string]string{
+		"event":    `{"DocumentIncarnation":1,"Events":[{"EventId":"e1","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":"","Resources":["aks-spot-12345678-vmss_4"]}]}`,
+		"document": `{"DocumentIncarnation":1,"Events":[{"EventId":"e1","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":["` + vm + `"],"EventStatus":"Scheduled","NotBefore":""}],"Events":[]}`,
+	} {
+		_, err := notices([]byte(doc))
+		if err == nil || !strings.Contains(err.Error(), "more than once") {
+			t.Errorf("%s: error %v, want one naming the repeated member", name, err)
+		}
+	}
+}
