@@ -2,6 +2,7 @@ package aws_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -424,5 +425,23 @@ func TestRepeatedMemberIsAnErrorNotTheLast(t *testing.T) {
 	_, err := aws.ParseInstanceAction([]byte(`{"action":"terminate","time":"2030-01-01T00:00:00Z","action":"stop"}`), time.Now())
 	if err == nil || !strings.Contains(err.Error(), `spot/instance-action: "action" is given more than once`) {
 		t.Errorf("error %v, want one naming the repeated action", err)
+	}
+}
+
+// An event listed twice under one EventId is one notice and an error naming
+// it: as two notices with one id, the watcher moved the deadline from one's
+// NotBefore to the other's and back on every check.
+func TestScheduledEventListedTwiceIsOneNoticeAndAnError(t *testing.T) {
+	f, src := start(t)
+	event := func(day int) string {
+		return fmt.Sprintf(`{"NotBefore":"%d Jan 2030 09:00:00 GMT","Code":"system-reboot","Description":"","EventId":"instance-event-1","NotAfter":"","State":"active"}`, day)
+	}
+	f.SetScheduled(`[` + event(21) + `,` + event(22) + `]`)
+	notices, err := src.Check(context.Background())
+	if len(notices) != 1 || !notices[0].Deadline.Equal(time.Date(2030, 1, 21, 9, 0, 0, 0, time.UTC)) {
+		t.Errorf("notices %v, want the first event's alone", notices)
+	}
+	if err == nil || !strings.Contains(err.Error(), `events/maintenance/scheduled[1]: EventId "instance-event-1" is listed twice (also events/maintenance/scheduled[0])`) {
+		t.Errorf("error %v, want one naming the event listed twice", err)
 	}
 }

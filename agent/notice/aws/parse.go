@@ -91,12 +91,21 @@ func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, err
 	}
 	var out []notice.Notice
 	var bad []error
+	// first is the index of each active event's id: two notices with one
+	// id would have the watcher move the deadline between them on every
+	// check.
+	first := map[string]int{}
 	for i, raw := range items {
 		n, active, err := parseScheduledEvent(fmt.Sprintf("%s[%d]", what, i), raw, detected)
 		switch {
 		case err != nil:
 			bad = append(bad, err)
 		case active:
+			if j, dup := first[n.ID]; dup {
+				bad = append(bad, fmt.Errorf("%s[%d]: EventId %s is listed twice (also %s[%d]); the first is taken", what, i, notice.Excerpt([]byte(strings.TrimPrefix(n.ID, "aws-"))), what, j))
+				continue
+			}
+			first[n.ID] = i
 			out = append(out, n)
 		}
 	}

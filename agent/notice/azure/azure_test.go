@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -381,5 +382,26 @@ func TestRepeatedMemberIsAnErrorNotTheLast(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "more than once") {
 			t.Errorf("%s: error %v, want one naming the repeated member", name, err)
 		}
+	}
+}
+
+// An event listed twice for this VM under one EventId is one notice and an
+// error naming it: as two notices with one id, the watcher moved the
+// deadline from one's NotBefore to the other's and back on every check. One
+// listed again for another VM alone is that VM's, and no error.
+func TestEventListedTwiceIsOneNoticeAndAnError(t *testing.T) {
+	event := func(day int, resource string) string {
+		return fmt.Sprintf(`{"EventId":"e1","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":[%q],"EventStatus":"Scheduled","NotBefore":"Thu, %d Sep 2030 18:29:47 GMT"}`, resource, day)
+	}
+	n, err := notices([]byte(`{"DocumentIncarnation":1,"Events":[` + event(19, vm) + `,` + event(20, vm) + `]}`))
+	if len(n) != 1 || !n[0].Deadline.Equal(time.Date(2030, 9, 19, 18, 29, 47, 0, time.UTC)) {
+		t.Errorf("notices %v, want the first event's alone", n)
+	}
+	if err == nil || !strings.Contains(err.Error(), `EventId "e1" is listed twice for this VM`) {
+		t.Errorf("error %v, want one naming the event listed twice", err)
+	}
+	n, err = notices([]byte(`{"DocumentIncarnation":1,"Events":[` + event(19, "aks-spot-12345678-vmss_4") + `,` + event(20, vm) + `]}`))
+	if len(n) != 1 || !n[0].Deadline.Equal(time.Date(2030, 9, 20, 18, 29, 47, 0, time.UTC)) || err != nil {
+		t.Errorf("notices %v, %v; want this VM's event alone, no error", n, err)
 	}
 }

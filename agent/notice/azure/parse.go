@@ -165,15 +165,25 @@ var eventKinds = map[string]telemetryv1.ReclaimKind{
 // promises Preempt 30 s).
 //
 // The error names each Unread event that may be this VM's (it lists the VM,
-// or its Resources do not read), returned with the notices of the others:
+// or its Resources do not read), and each EventId listed for this VM again
+// (the first is taken), returned with the notices of the others:
 // the check is a failed one then, and withdraws no notice, since the event
 // that cannot be read may be one already seen.
 func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Duration) ([]notice.Notice, error) {
 	var out []notice.Notice
+	var unread []error
+	// Two notices with one id would have the watcher move the deadline
+	// between them on every check.
+	seen := map[string]bool{}
 	for _, e := range d.Events {
 		if !lists(e.Resources, vmName) {
 			continue
 		}
+		if seen[e.EventID] {
+			unread = append(unread, fmt.Errorf("scheduled events: EventId %s is listed twice for this VM; the first is taken", notice.Excerpt([]byte(e.EventID))))
+			continue
+		}
+		seen[e.EventID] = true
 		deadline, estimated := detected.Add(minNotice), true
 		switch {
 		case e.EventStatus == "Started":
@@ -188,7 +198,6 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 			Action: e.EventType, Detected: detected, Deadline: deadline, Estimated: estimated,
 		})
 	}
-	var unread []error
 	for _, u := range d.Unread {
 		if u.concerns(vmName) {
 			unread = append(unread, u.Err)
