@@ -331,9 +331,9 @@ func (s *Source) Watch(ctx context.Context, observe func([]notice.Notice, error)
 func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notice, error)) {
 	etag := ""
 	// ended counts, by ETag, the events seen to end; current is the ETag
-	// of the event being announced, if any.
+	// of the event being announced, if any, and last the value last read.
 	ended := map[string]int{}
-	current, inEvent := "", false
+	current, inEvent, last := "", false, ""
 	for ctx.Err() == nil {
 		var (
 			resp    *notice.Response
@@ -342,11 +342,13 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 			u       = s.opts.Endpoint + k.path
 			q       = url.Values{}
 			timeout = s.opts.RequestTimeout
+			waited  = etag != "" && k.poll == 0
+			sent    = time.Now()
 		)
 		for name, v := range k.query {
 			q[name] = v
 		}
-		if etag != "" && k.poll == 0 {
+		if waited {
 			q.Set("wait_for_change", "true")
 			q.Set("last_etag", etag)
 			q.Set("timeout_sec", strconv.Itoa(int(s.opts.WaitTimeout/time.Second)))
@@ -363,10 +365,19 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 			nothing, err = checkResponse(u, resp, k.nothing)
 		}
 		var n *notice.Notice
-		newETag := ""
+		newETag, tag, value := "", "", ""
 		if err == nil && !nothing {
-			newETag = resp.Header.Get("ETag")
-			n, err = k.parse(resp.Body, eventTag(newETag, s.opts.BootID, ended[newETag]), s.opts.Now(), k.period)
+			newETag, value = resp.Header.Get("ETag"), strings.TrimSpace(string(resp.Body))
+			tag = newETag
+			if inEvent && value == last {
+				// The same value is the same event, whatever the ETag
+				// says: a server that drops the header, or changes it
+				// for an unchanged value, would otherwise give the
+				// notice a new id, the old one withdrawn and the event
+				// acted on again.
+				tag = current
+			}
+			n, err = k.parse(resp.Body, eventTag(tag, s.opts.BootID, ended[tag]), s.opts.Now(), k.period)
 		}
 		if err == nil && k.same != nil {
 			n = k.same(n)
@@ -380,18 +391,23 @@ func (s *Source) watchKey(ctx context.Context, k *key, update func(*notice.Notic
 			continue
 		}
 		// An event ends when the value goes quiet or turns to another one.
-		if inEvent && (n == nil || newETag != current) {
+		if inEvent && (n == nil || tag != current) {
 			ended[current]++
 		}
-		current, inEvent = newETag, n != nil
+		unchanged := waited && !nothing && value == last
+		current, inEvent, last = tag, n != nil, value
 		update(n, nil)
-		if k.poll > 0 {
+		switch {
+		case k.poll > 0:
 			if !notice.Sleep(ctx, k.poll) {
 				return
 			}
-		} else if newETag == "" {
+		case newETag == "", unchanged && time.Since(sent) < s.opts.WaitTimeout/2:
 			// Without an ETag the server cannot wait for a change from a
-			// known value; poll instead.
+			// known value; poll instead. Nor does one that answers a wait
+			// well before its timeout with the value waited on: asked
+			// again at once, it would be asked thousands of times a
+			// second.
 			if !notice.Sleep(ctx, s.opts.RetryInterval) {
 				return
 			}

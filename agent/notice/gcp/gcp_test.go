@@ -2,10 +2,13 @@ package gcp_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -323,5 +326,61 @@ func TestRepeatedEventsGetTheirOwnIDs(t *testing.T) {
 		if !strings.HasPrefix(id, "gcp-preempted-") {
 			t.Errorf("id %q", id)
 		}
+	}
+}
+
+// The id of a notice comes from the value's ETag. A server that drops the
+// header during the event, or answers the unchanged value with another one,
+// must not turn the event into a new notice: the first would be withdrawn
+// and the same preemption acted on again.
+func TestNoticeKeepsItsIDWhenTheETagDropsOrChanges(t *testing.T) {
+	for name, etag := range map[string]func(n int64) string{
+		"dropped": func(n int64) string {
+			if n <= 2 {
+				return "00000000000000ab"
+			}
+			return ""
+		},
+		"changed": func(n int64) string { return fmt.Sprintf("%016x", n) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, src := start(t, gcp.Options{WaitTimeout: time.Second})
+			var n atomic.Int64
+			f.SetFault(metadatatest.GCPPreempted, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Metadata-Flavor", "Google")
+				if e := etag(n.Add(1)); e != "" {
+					w.Header().Set("ETag", e)
+				}
+				w.Write([]byte("TRUE"))
+			})
+			r := watch(t, src)
+			r.waitFor(t, "the preemption notice", func(n []notice.Notice, err error) bool { return len(n) == 1 })
+			for stop := time.Now().Add(5 * time.Second); n.Load() < 5; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(stop) {
+					t.Fatalf("instance/preempted read %d times in 5s", n.Load())
+				}
+			}
+			if ids := r.idsSeen(); len(ids) != 1 {
+				t.Errorf("one preemption observed under %d ids: %.300v", len(ids), slices.Sorted(maps.Keys(ids)))
+			}
+		})
+	}
+}
+
+// A server that answers wait_for_change at once with the value waited on
+// does not wait; asked again at once, it was asked thousands of times a
+// second. It is read every RetryInterval instead.
+func TestServerThatDoesNotWaitIsNotAskedInALoop(t *testing.T) {
+	f, src := start(t, gcp.Options{WaitTimeout: 30 * time.Second, RetryInterval: 200 * time.Millisecond})
+	f.SetFault(metadatatest.GCPPreempted, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Metadata-Flavor", "Google")
+		w.Header().Set("ETag", "00000000000000ab")
+		w.Write([]byte("FALSE"))
+	})
+	r := watch(t, src)
+	r.waitFor(t, "the first read", func(n []notice.Notice, err error) bool { return err == nil })
+	time.Sleep(500 * time.Millisecond)
+	if n := f.Requests(metadatatest.GCPPreempted); n > 10 {
+		t.Errorf("%d requests for instance/preempted in 500ms from a server that does not wait, want a few (one each RetryInterval, 200ms)", n)
 	}
 }
