@@ -655,8 +655,12 @@ func pod(name, schedulerName, workloadClass, cpu, memory string, res corev1.Reso
 	q := *resource.NewQuantity(count, resource.DecimalSI)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:   name,
-			Labels: map[string]string{"app": name, "penny.dev/workload": workloadClass},
+			Name: name,
+			// Not penny.dev/workload: SpotRisk reads that as an annotation
+			// and refuses it as a label. As a label it was ignored, so the
+			// pods have always been classed as bare pods (batch); kept so, the
+			// results stay comparable.
+			Labels: map[string]string{"app": name, "workload": workloadClass},
 		},
 		Spec: corev1.PodSpec{
 			SchedulerName: schedulerName,

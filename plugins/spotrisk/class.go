@@ -150,6 +150,17 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 	c := Class{MaxMonthlyRisk: 1, FallbackAfter: args.FallbackAfter.Duration}
 	c.Work.RestartOverhead = args.RestartOverhead.Duration
 
+	// Ignored, a label penny.dev/spot=never let the pod onto Spot, the
+	// opposite of what its owner wrote (pkg/gang refuses penny.dev/gang as
+	// an annotation for the same reason).
+	for _, key := range Annotations {
+		if v, isLabel := pod.Labels[key]; isLabel {
+			if _, ok := ann[key]; !ok {
+				return c, &AnnotationError{key, v, "it is set as a label, where the plugin does not read it: move it to the pod's annotations"}
+			}
+		}
+	}
+
 	if v, ok := ann[AnnotationWorkload]; ok {
 		switch w := Workload(strings.TrimSpace(v)); w {
 		case Training, Inference, Batch, Dev:

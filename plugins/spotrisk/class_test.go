@@ -155,3 +155,23 @@ func TestMalformedRiskLimitIsRefusedWithAPrintableFix(t *testing.T) {
 		}
 	}
 }
+
+// A Spot key set as a label was ignored: penny.dev/spot=never as a label let
+// the pod onto Spot with no word of why.
+func TestClassifyRefusesASpotKeySetAsALabel(t *testing.T) {
+	for _, key := range Annotations {
+		p := pod("p", nil)
+		p.Labels = map[string]string{key: "never"}
+		_, err := classify(p, defaults())
+		if err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "move it to the pod's annotations") {
+			t.Errorf("label %s: got %v, want an error naming it and saying to move it to the annotations", key, err)
+		}
+		// Set as an annotation too, the annotation is what counts.
+		p.Annotations = map[string]string{AnnotationSpot: "allow"}
+		if key == AnnotationSpot {
+			if c, err := classify(p, defaults()); err != nil || c.Policy != Allow {
+				t.Errorf("label and annotation %s: got %v, %v, want the annotation's allow", key, c.Policy, err)
+			}
+		}
+	}
+}

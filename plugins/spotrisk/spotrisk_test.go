@@ -963,6 +963,12 @@ func TestPodChangesThatMoveTheClassRequeue(t *testing.T) {
 	if h := hint(typo, fixed); h != fwk.Queue {
 		t.Errorf("fixing a malformed annotation: hint %v, want Queue", h)
 	}
+	asLabel := pod("label", nil)
+	asLabel.Labels = map[string]string{AnnotationSpot: "never"}
+	moved := pod("label", map[string]string{AnnotationSpot: "never"})
+	if h := hint(asLabel, moved); h != fwk.Queue {
+		t.Errorf("moving %s from a label to an annotation: hint %v, want Queue", AnnotationSpot, h)
+	}
 }
 
 func TestArgs(t *testing.T) {
