@@ -178,6 +178,12 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 	if c.Work.ExpectedRuntime, err = durationAnnotation(ann, AnnotationExpectedRuntime, "a Go duration such as 6h"); err != nil {
 		return c, err
 	}
+	// 0 is how an undeclared runtime reads: taken, "0s" stood for the
+	// deadline, the learned run length or unknownRuntime, none of which the
+	// pod said.
+	if v, ok := ann[AnnotationExpectedRuntime]; ok && c.Work.ExpectedRuntime == 0 {
+		return c, &AnnotationError{AnnotationExpectedRuntime, v, "use a positive Go duration such as 6h; remove it if the runtime is not known"}
+	}
 	if c.Work.ExpectedRuntime == 0 && pod.Spec.ActiveDeadlineSeconds != nil && *pod.Spec.ActiveDeadlineSeconds > 0 {
 		// A deadline of "forever" (9999999999 s) overflows a Duration:
 		// wrapped, it read as a negative runtime (let onto any Spot pool)

@@ -175,3 +175,14 @@ func TestClassifyRefusesASpotKeySetAsALabel(t *testing.T) {
 		}
 	}
 }
+
+// A runtime of 0 read as none declared: the pod was priced and kept off
+// Spot pools by a runtime it never gave.
+func TestClassifyRefusesAZeroExpectedRuntime(t *testing.T) {
+	for _, v := range []string{"0", "0s", " 0h "} {
+		_, err := classify(pod("p", map[string]string{AnnotationWorkload: "training", AnnotationExpectedRuntime: v}), defaults())
+		if err == nil || !strings.Contains(err.Error(), AnnotationExpectedRuntime+"="+statustext.Quote(v)) || !strings.Contains(err.Error(), "positive") {
+			t.Errorf("%s=%q: got %v, want an error naming it and asking for a positive duration", AnnotationExpectedRuntime, v, err)
+		}
+	}
+}
