@@ -623,7 +623,6 @@ func workload(n int, schedulerName string) []*corev1.Pod {
 				p := pod(fmt.Sprintf("%s-%d", name, m), schedulerName, "training", "16", "128Gi", gpu.ResourceGPU, gangGPUs)
 				p.Labels[gang.LabelName] = name
 				p.Labels[gang.KeySize] = strconv.Itoa(gangSize)
-				p.Labels["penny.dev/spot"] = "allow"
 				pods = append(pods, p)
 			}
 			i += gangSize
@@ -656,10 +655,11 @@ func pod(name, schedulerName, workloadClass, cpu, memory string, res corev1.Reso
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,
-			// Not penny.dev/workload: SpotRisk reads that as an annotation
-			// and refuses it as a label. As a label it was ignored, so the
-			// pods have always been classed as bare pods (batch); kept so, the
-			// results stay comparable.
+			// Not penny.dev/workload (nor penny.dev/spot, which the gang
+			// members had): SpotRisk reads those as annotations and
+			// refuses them as labels. As labels they were ignored, so the
+			// pods have always been classed as bare pods (batch); kept so,
+			// the results stay comparable.
 			Labels: map[string]string{"app": name, "workload": workloadClass},
 		},
 		Spec: corev1.PodSpec{
