@@ -14,10 +14,25 @@ package statustext
 import (
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
+// MaxQuoted is how many bytes of a value Quote shows. An annotation value
+// may be up to 256 KiB, and the message is written into the pod's condition
+// at every attempt and into an event; the start of a value is enough to
+// find it.
+const MaxQuoted = 256
+
 // Quote is v in Go's double-quoted syntax, as %q writes it, with every
-// percent sign written as the escape \x25.
+// percent sign written as the escape \x25. A value longer than MaxQuoted
+// bytes is cut there (at a character's start) and says how long it is.
 func Quote(v string) string {
-	return strings.ReplaceAll(strconv.Quote(v), "%", `\x25`)
+	if len(v) <= MaxQuoted {
+		return strings.ReplaceAll(strconv.Quote(v), "%", `\x25`)
+	}
+	cut := MaxQuoted
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return strings.ReplaceAll(strconv.Quote(v[:cut]), "%", `\x25`) + "... (" + strconv.Itoa(len(v)) + " bytes in all)"
 }

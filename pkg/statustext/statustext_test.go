@@ -30,3 +30,20 @@ func TestQuote(t *testing.T) {
 		t.Errorf("Quote(never) = %s, want %s as %%q writes it", got, want)
 	}
 }
+
+// A long value is cut, at a character's start, and says how long it was:
+// the message goes into the pod's condition at every attempt.
+func TestQuoteCutsALongValue(t *testing.T) {
+	v := strings.Repeat("%", MaxQuoted-1) + "é" + strings.Repeat("x", 10000)
+	q := Quote(v)
+	want := `"` + strings.Repeat(`\x25`, MaxQuoted-1) + `"... (` + strconv.Itoa(len(v)) + ` bytes in all)`
+	if q != want {
+		t.Errorf("Quote of a %d-byte value = %.80s..., want %.80s...", len(v), q, want)
+	}
+	if got := fmt.Sprintf(q, noArgs...); got != q {
+		t.Errorf("Quote of a long value reads as a format: %s", got)
+	}
+	if exact := strings.Repeat("a", MaxQuoted); Quote(exact) != strconv.Quote(exact) {
+		t.Errorf("a value of MaxQuoted bytes was cut: %s", Quote(exact))
+	}
+}
