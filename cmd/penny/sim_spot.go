@@ -55,8 +55,13 @@ func runSpotReplay(cmd *cobra.Command, tf *traceFlags, scenario, policies string
 		return err
 	}
 	for _, u := range sc.UnclassedQoS(tr) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "warning: no class rule of the scenario names qos %q, which %d pod(s) of the trace carry (first: %s): they take no rule's annotations and run as batch; add it to a rule's qos (values are matched exactly), or fix the trace\n",
-			u.QoS, u.Pods, u.First)
+		what := fmt.Sprintf("no class rule of the scenario names qos %q, which %d pod(s) of the trace carry", u.QoS, u.Pods)
+		if u.QoS == "" {
+			// Traces without a qos column (Philly) leave every pod so.
+			what = fmt.Sprintf(`%d pod(s) of the trace have no qos value, and no class rule of the scenario names ""`, u.Pods)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s (first: %s): they take no rule's annotations and run as batch; add it to a rule's qos (values are matched exactly), or fix the trace\n",
+			what, u.First)
 	}
 	rep, err := sim.RunSpotReplays(cmd.Context(), sc, tr, ps, seed, cfg, cmd.ErrOrStderr(), parallel)
 	if err != nil {

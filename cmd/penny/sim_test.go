@@ -529,3 +529,26 @@ pools:
 	}
 	return pods, stdout
 }
+
+// A trace QoS value no class rule names is warned of, in words that fit a
+// misspelt value and a trace without QoS values alike.
+func TestSimReplayWarnsOfUnclassedQoS(t *testing.T) {
+	dir := t.TempDir()
+	scenario := writeCSV(t, dir, "s.yaml", `region: us-east-1
+pools:
+- {name: od, instanceType: g5.8xlarge, capacityType: on-demand, zone: us-east-1a, max: 4}
+classes:
+- {qos: [LS], annotations: {penny.dev/workload: inference}}
+`)
+	openb := writeCSV(t, dir, "openb.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\na,1000,1024,1,1000,,ls,Running,0,60,0\nb,1000,1024,1,1000,,LS,Running,0,60,0\n")
+	philly := writeCSV(t, dir, "philly.csv", "timestamp,duration,num_gpus\n0,60,1\n10,60,1\n")
+	for _, c := range []struct{ pods, format, want string }{
+		{openb, "openb", `warning: no class rule of the scenario names qos "ls", which 1 pod(s) of the trace carry (first: a (` + openb + `:2)): they take no rule's annotations and run as batch`},
+		{philly, "philly", `warning: 2 pod(s) of the trace have no qos value, and no class rule of the scenario names "" (first: job-000001 (` + philly + `:2))`},
+	} {
+		out, err := runPenny(t, "replay", "--scenario", scenario, "--pods", c.pods, "--format", c.format, "--policy", "default", "--out", filepath.Join(dir, "r.json"))
+		if err != nil || !strings.Contains(out, c.want) {
+			t.Errorf("%s: %v, output:\n%s\nwant %q", c.format, err, out, c.want)
+		}
+	}
+}

@@ -1922,3 +1922,13 @@ func TestSpotScenarioUnclassedQoS(t *testing.T) {
 		t.Errorf("without classes: %+v", got)
 	}
 }
+
+// A tab inside a block scalar is valid YAML: a syntax error elsewhere is not
+// blamed on its line.
+func TestSpotScenarioTabInABlockScalarIsNotBlamed(t *testing.T) {
+	y := "region: us-east-1\nnote: |\n  a\n  \tb\npools: [{name: od\n"
+	_, err := ParseSpotScenario("../../benchmarks/scenarios/tiny.yaml", []byte(y))
+	if err == nil || strings.Contains(err.Error(), "indented with a tab") || !strings.Contains(err.Error(), "tiny.yaml: yaml: line") {
+		t.Errorf("an unclosed flow mapping after a block scalar with a tab: %v, want the parser's own error", err)
+	}
+}

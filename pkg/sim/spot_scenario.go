@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -245,6 +247,10 @@ func ParseSpotScenario(file string, data []byte) (*SpotScenario, error) {
 	return ParseSpotScenarioFrom(file, data, os.ReadFile)
 }
 
+// yamlErrorLine finds the line of the YAML syntax error a tab in
+// indentation makes.
+var yamlErrorLine = regexp.MustCompile(`^yaml: line (\d+): found character that cannot start any token`)
+
 // ParseSpotScenarioFrom is ParseSpotScenario for a scenario that is not on
 // disk (one built into a binary): read returns the files it names, its
 // catalog, by their path joined to file's folder.
@@ -259,10 +265,13 @@ func ParseSpotScenarioFrom(file string, data []byte, read func(path string) ([]b
 		var root yaml.Node
 		if yaml.Unmarshal(data, &root) != nil {
 			// The parser says only "found character that cannot start any
-			// token" of a tab, which editors put in indentation.
-			for i, l := range strings.Split(string(data), "\n") {
-				if strings.HasPrefix(strings.TrimLeft(l, " "), "\t") {
-					return nil, fmt.Errorf("%s:%d: the line is indented with a tab (%v): YAML indents with spaces only", file, i+1, err)
+			// token" of a tab, which editors put in indentation. A tab
+			// elsewhere (inside a block scalar) is valid: only the line the
+			// parser names is looked at.
+			if m := yamlErrorLine.FindStringSubmatch(err.Error()); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				if lines := strings.Split(string(data), "\n"); n >= 1 && n <= len(lines) && strings.HasPrefix(strings.TrimLeft(lines[n-1], " "), "\t") {
+					return nil, fmt.Errorf("%s:%d: the line is indented with a tab (%v): YAML indents with spaces only", file, n, err)
 				}
 			}
 			return nil, fmt.Errorf("%s: %v", file, err)

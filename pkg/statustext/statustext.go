@@ -30,8 +30,10 @@ func Quote(v string) string {
 	if len(v) <= MaxQuoted {
 		return strings.ReplaceAll(strconv.Quote(v), "%", `\x25`)
 	}
+	// Back to the start of a character cut in two; a value that is not
+	// UTF-8 is cut where it is.
 	cut := MaxQuoted
-	for cut > 0 && !utf8.RuneStart(v[cut]) {
+	for back := 0; back < utf8.UTFMax-1 && !utf8.RuneStart(v[cut]); back++ {
 		cut--
 	}
 	return strings.ReplaceAll(strconv.Quote(v[:cut]), "%", `\x25`) + "... (" + strconv.Itoa(len(v)) + " bytes in all)"

@@ -43,6 +43,10 @@ func TestQuoteCutsALongValue(t *testing.T) {
 	if got := fmt.Sprintf(q, noArgs...); got != q {
 		t.Errorf("Quote of a long value reads as a format: %s", got)
 	}
+	// Continuation bytes only, no character to go back to the start of.
+	if q := Quote(strings.Repeat("\x80", 2*MaxQuoted)); !strings.HasPrefix(q, `"\x80\x80`) {
+		t.Errorf("a value that is not UTF-8 was cut to %.40s", q)
+	}
 	if exact := strings.Repeat("a", MaxQuoted); Quote(exact) != strconv.Quote(exact) {
 		t.Errorf("a value of MaxQuoted bytes was cut: %s", Quote(exact))
 	}
