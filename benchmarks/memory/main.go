@@ -656,10 +656,10 @@ func pod(name, schedulerName, workloadClass, cpu, memory string, res corev1.Reso
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,
 			// Not penny.dev/workload (nor penny.dev/spot, which the gang
-			// members had): SpotRisk reads those as annotations and
-			// refuses them as labels. As labels they were ignored, so the
-			// pods have always been classed as bare pods (batch); kept so,
-			// the results stay comparable.
+			// members had): SpotRisk reads those from labels too since
+			// 2026-12-04. Before, as labels they were ignored, so the pods
+			// have always been classed as bare pods (batch); kept so, the
+			// results stay comparable.
 			Labels: map[string]string{"app": name, "workload": workloadClass},
 		},
 		Spec: corev1.PodSpec{

@@ -2,6 +2,7 @@ package spotrisk
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"strconv"
 	"strings"
@@ -141,24 +142,44 @@ func (e *AnnotationError) Error() string {
 	return fmt.Sprintf("annotation %s=%s is not valid: %s", e.Annotation, statustext.Quote(e.Value), e.Fix)
 }
 
+// spotKeys is what the pod says of the keys the plugin reads: its
+// annotations, and a key it sets as a label instead, as PennyGang reads its
+// keys from either. Ignored, a label penny.dev/spot=never let the pod onto
+// Spot, the opposite of what its owner wrote. A key set both ways with two
+// values cannot be read.
+func spotKeys(pod *corev1.Pod) (map[string]string, error) {
+	keys, copied := pod.Annotations, false
+	for _, key := range Annotations {
+		v, isLabel := pod.Labels[key]
+		if !isLabel {
+			continue
+		}
+		if a, ok := pod.Annotations[key]; ok {
+			if a != v {
+				return nil, &AnnotationError{key, a, "the pod's label " + key + " says " + statustext.Quote(v) + ": keep one of the two, or give both the same value"}
+			}
+			continue
+		}
+		if !copied {
+			// The pod's own map is the informer's: not to be written.
+			keys, copied = make(map[string]string, len(pod.Annotations)+1), true
+			maps.Copy(keys, pod.Annotations)
+		}
+		keys[key] = v
+	}
+	return keys, nil
+}
+
 // classify reads a pod's class from its annotations, priority and owner,
 // falling back to the defaults users expect: inference and high-priority
 // pods never on Spot, checkpointing training prefers Spot, training without
 // checkpoints avoids Spot unless it is short.
 func classify(pod *corev1.Pod, args *Args) (Class, error) {
-	ann := pod.Annotations
 	c := Class{MaxMonthlyRisk: 1, FallbackAfter: args.FallbackAfter.Duration}
 	c.Work.RestartOverhead = args.RestartOverhead.Duration
-
-	// Ignored, a label penny.dev/spot=never let the pod onto Spot, the
-	// opposite of what its owner wrote (pkg/gang refuses penny.dev/gang as
-	// an annotation for the same reason).
-	for _, key := range Annotations {
-		if v, isLabel := pod.Labels[key]; isLabel {
-			if _, ok := ann[key]; !ok {
-				return c, &AnnotationError{key, v, "it is set as a label, where the plugin does not read it: move it to the pod's annotations"}
-			}
-		}
+	ann, err := spotKeys(pod)
+	if err != nil {
+		return c, err
 	}
 
 	if v, ok := ann[AnnotationWorkload]; ok {
@@ -171,7 +192,6 @@ func classify(pod *corev1.Pod, args *Args) (Class, error) {
 	} else {
 		c.Workload = workloadFromOwner(pod)
 	}
-	var err error
 	if c.Work.CheckpointInterval, err = durationAnnotation(ann, AnnotationCheckpointInterval, "a Go duration such as 30m; remove it if the workload does not checkpoint"); err != nil {
 		return c, err
 	}

@@ -157,22 +157,34 @@ func TestMalformedRiskLimitIsRefusedWithAPrintableFix(t *testing.T) {
 }
 
 // A Spot key set as a label was ignored: penny.dev/spot=never as a label let
-// the pod onto Spot with no word of why.
-func TestClassifyRefusesASpotKeySetAsALabel(t *testing.T) {
-	for _, key := range Annotations {
-		p := pod("p", nil)
-		p.Labels = map[string]string{key: "never"}
-		_, err := classify(p, defaults())
-		if err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "move it to the pod's annotations") {
-			t.Errorf("label %s: got %v, want an error naming it and saying to move it to the annotations", key, err)
-		}
-		// Set as an annotation too, the annotation is what counts.
-		p.Annotations = map[string]string{AnnotationSpot: "allow"}
-		if key == AnnotationSpot {
-			if c, err := classify(p, defaults()); err != nil || c.Policy != Allow {
-				t.Errorf("label and annotation %s: got %v, %v, want the annotation's allow", key, c.Policy, err)
-			}
-		}
+// the pod onto Spot with no word of why. It is read as PennyGang reads its
+// keys, from either; set both ways with two values it cannot be read.
+func TestClassifyReadsASpotKeySetAsALabel(t *testing.T) {
+	p := pod("p", nil)
+	p.Labels = map[string]string{AnnotationSpot: "never", AnnotationWorkload: "training", AnnotationCheckpointInterval: "30m"}
+	c, err := classify(p, defaults())
+	if err != nil || c.Policy != Never || c.Workload != Training || c.Work.CheckpointInterval != 30*time.Minute {
+		t.Errorf("keys set as labels: %+v, %v; want never, training, a 30m checkpoint interval", c, err)
+	}
+	if p.Annotations != nil {
+		t.Errorf("classify wrote the pod's annotations: %v", p.Annotations)
+	}
+	p.Annotations = map[string]string{AnnotationSpot: "never"}
+	if c, err := classify(p, defaults()); err != nil || c.Policy != Never {
+		t.Errorf("the same value as a label and an annotation: %v, %v", c.Policy, err)
+	}
+	p.Annotations[AnnotationSpot] = "allow"
+	_, err = classify(p, defaults())
+	if err == nil || !strings.Contains(err.Error(), `annotation penny.dev/spot="allow" is not valid: the pod's label penny.dev/spot says "never": keep one of the two`) {
+		t.Errorf("a label and an annotation that disagree: %v", err)
+	}
+	if len(p.Annotations) != 1 {
+		t.Errorf("classify wrote the pod's annotations: %v", p.Annotations)
+	}
+	p.Labels[AnnotationSpot] = "sometimes"
+	delete(p.Annotations, AnnotationSpot)
+	if _, err := classify(p, defaults()); err == nil || !strings.Contains(err.Error(), `penny.dev/spot="sometimes" is not valid`) {
+		t.Errorf("a malformed value set as a label: %v", err)
 	}
 }
 

@@ -965,9 +965,12 @@ func TestPodChangesThatMoveTheClassRequeue(t *testing.T) {
 	}
 	asLabel := pod("label", nil)
 	asLabel.Labels = map[string]string{AnnotationSpot: "never"}
+	if h := hint(pod("label", nil), asLabel); h != fwk.Queue {
+		t.Errorf("setting %s as a label: hint %v, want Queue", AnnotationSpot, h)
+	}
 	moved := pod("label", map[string]string{AnnotationSpot: "never"})
-	if h := hint(asLabel, moved); h != fwk.Queue {
-		t.Errorf("moving %s from a label to an annotation: hint %v, want Queue", AnnotationSpot, h)
+	if h := hint(asLabel, moved); h != fwk.QueueSkip {
+		t.Errorf("moving %s from a label to an annotation, the same value: hint %v, want QueueSkip", AnnotationSpot, h)
 	}
 }
 
