@@ -91,21 +91,29 @@ func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, err
 	}
 	var out []notice.Notice
 	var bad []error
-	// first is the index of each active event's id: two notices with one
-	// id would have the watcher move the deadline between them on every
-	// check.
-	first := map[string]int{}
+	// first is the index of each active event's id, in items and in out:
+	// two notices with one id would have the watcher move the deadline
+	// between them on every check.
+	first := map[string][2]int{}
 	for i, raw := range items {
 		n, active, err := parseScheduledEvent(fmt.Sprintf("%s[%d]", what, i), raw, detected)
 		switch {
 		case err != nil:
 			bad = append(bad, err)
 		case active:
-			if j, dup := first[n.ID]; dup {
-				bad = append(bad, fmt.Errorf("%s[%d]: EventId %s is listed twice (also %s[%d]); the first is taken", what, i, notice.Excerpt([]byte(strings.TrimPrefix(n.ID, "aws-"))), what, j))
+			if at, dup := first[n.ID]; dup {
+				// A copy says nothing new. Listings that differ leave
+				// which is meant unknown: the earlier deadline is taken,
+				// so that the checkpoints are not late.
+				if kept := &out[at[1]]; n.Action != kept.Action || !n.Deadline.Equal(kept.Deadline) {
+					bad = append(bad, fmt.Errorf("%s[%d]: EventId %s is listed twice, differently (also %s[%d]); the earlier deadline is taken", what, i, notice.Excerpt([]byte(strings.TrimPrefix(n.ID, "aws-"))), what, at[0]))
+					if n.Deadline.Before(kept.Deadline) {
+						*kept = n
+					}
+				}
 				continue
 			}
-			first[n.ID] = i
+			first[n.ID] = [2]int{i, len(out)}
 			out = append(out, n)
 		}
 	}

@@ -389,7 +389,7 @@ func TestRepeatedMemberIsAnErrorNotTheLast(t *testing.T) {
 // error naming it: as two notices with one id, the watcher moved the
 // deadline from one's NotBefore to the other's and back on every check. One
 // listed again for another VM alone is that VM's, and no error.
-func TestEventListedTwiceIsOneNoticeAndAnError(t *testing.T) {
+func TestEventListedTwiceIsOneNotice(t *testing.T) {
 	event := func(day int, resource string) string {
 		return fmt.Sprintf(`{"EventId":"e1","EventType":"Preempt","ResourceType":"VirtualMachine","Resources":[%q],"EventStatus":"Scheduled","NotBefore":"Thu, %d Sep 2030 18:29:47 GMT"}`, resource, day)
 	}
@@ -397,8 +397,19 @@ func TestEventListedTwiceIsOneNoticeAndAnError(t *testing.T) {
 	if len(n) != 1 || !n[0].Deadline.Equal(time.Date(2030, 9, 19, 18, 29, 47, 0, time.UTC)) {
 		t.Errorf("notices %v, want the first event's alone", n)
 	}
-	if err == nil || !strings.Contains(err.Error(), `EventId "e1" is listed twice for this VM`) {
+	if err == nil || !strings.Contains(err.Error(), `EventId "e1" is listed twice for this VM, differently ("Preempt" and "Preempt"); the earlier deadline is taken`) {
 		t.Errorf("error %v, want one naming the event listed twice", err)
+	}
+	// The earlier deadline, wherever it is listed: the checkpoints are not
+	// late.
+	n, err = notices([]byte(`{"DocumentIncarnation":1,"Events":[` + event(20, vm) + `,` + event(19, vm) + `]}`))
+	if len(n) != 1 || !n[0].Deadline.Equal(time.Date(2030, 9, 19, 18, 29, 47, 0, time.UTC)) || err == nil {
+		t.Errorf("notices %v, %v; want the earlier event's alone, and an error", n, err)
+	}
+	// A copy says nothing new.
+	n, err = notices([]byte(`{"DocumentIncarnation":1,"Events":[` + event(19, vm) + `,` + event(19, vm) + `]}`))
+	if len(n) != 1 || err != nil {
+		t.Errorf("an event listed twice alike: notices %v, %v; want one, no error", n, err)
 	}
 	n, err = notices([]byte(`{"DocumentIncarnation":1,"Events":[` + event(19, "aks-spot-12345678-vmss_4") + `,` + event(20, vm) + `]}`))
 	if len(n) != 1 || !n[0].Deadline.Equal(time.Date(2030, 9, 20, 18, 29, 47, 0, time.UTC)) || err != nil {

@@ -166,24 +166,19 @@ var eventKinds = map[string]telemetryv1.ReclaimKind{
 //
 // The error names each Unread event that may be this VM's (it lists the VM,
 // or its Resources do not read), and each EventId listed for this VM again
-// (the first is taken), returned with the notices of the others:
+// differently (the earlier deadline is taken), returned with the notices of the others:
 // the check is a failed one then, and withdraws no notice, since the event
 // that cannot be read may be one already seen.
 func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Duration) ([]notice.Notice, error) {
 	var out []notice.Notice
 	var unread []error
 	// Two notices with one id would have the watcher move the deadline
-	// between them on every check.
-	seen := map[string]bool{}
+	// between them on every check: at is each id's place in out.
+	at := map[string]int{}
 	for _, e := range d.Events {
 		if !lists(e.Resources, vmName) {
 			continue
 		}
-		if seen[e.EventID] {
-			unread = append(unread, fmt.Errorf("scheduled events: EventId %s is listed twice for this VM; the first is taken", notice.Excerpt([]byte(e.EventID))))
-			continue
-		}
-		seen[e.EventID] = true
 		deadline, estimated := detected.Add(minNotice), true
 		switch {
 		case e.EventStatus == "Started":
@@ -192,11 +187,25 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 			deadline, _ = parseNotBefore(e.NotBefore)
 			estimated = false
 		}
-		out = append(out, notice.Notice{
+		n := notice.Notice{
 			ID:   "azure-" + e.EventID,
 			Kind: eventKinds[e.EventType], Provider: telemetryv1.CloudProvider_CLOUD_PROVIDER_AZURE,
 			Action: e.EventType, Detected: detected, Deadline: deadline, Estimated: estimated,
-		})
+		}
+		if i, dup := at[n.ID]; dup {
+			// A copy says nothing new. Listings that differ leave which is
+			// meant unknown: the earlier deadline is taken, so that the
+			// checkpoints are not late.
+			if kept := &out[i]; n.Action != kept.Action || !n.Deadline.Equal(kept.Deadline) || n.Estimated != kept.Estimated {
+				unread = append(unread, fmt.Errorf("scheduled events: EventId %s is listed twice for this VM, differently (%s and %s); the earlier deadline is taken", notice.Excerpt([]byte(e.EventID)), notice.Excerpt([]byte(kept.Action)), notice.Excerpt([]byte(n.Action))))
+				if n.Deadline.Before(kept.Deadline) {
+					*kept = n
+				}
+			}
+			continue
+		}
+		at[n.ID] = len(out)
+		out = append(out, n)
 	}
 	for _, u := range d.Unread {
 		if u.concerns(vmName) {
