@@ -326,3 +326,19 @@ func (w *Watcher) Pending() (*telemetryv1.CollectorStatus, []*telemetryv1.Reclai
 	}
 	return st, out
 }
+
+// Relist folds n, an event the cloud lists again under kept's id, into
+// kept: one id must be one notice, or the watcher would move the deadline
+// between the two on every check. A copy says nothing new. Listings that
+// differ leave which is meant unknown: the earlier deadline is taken, so
+// that the checkpoints are not late, and Relist reports the difference for
+// the caller to name as an error.
+func Relist(kept *Notice, n Notice) (differ bool) {
+	if n.Action == kept.Action && n.Deadline.Equal(kept.Deadline) && n.Estimated == kept.Estimated {
+		return false
+	}
+	if n.Deadline.Before(kept.Deadline) {
+		*kept = n
+	}
+	return true
+}

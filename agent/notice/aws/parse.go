@@ -91,9 +91,8 @@ func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, err
 	}
 	var out []notice.Notice
 	var bad []error
-	// first is the index of each active event's id, in items and in out:
-	// two notices with one id would have the watcher move the deadline
-	// between them on every check.
+	// first is the index of each active event's id, in items and in out
+	// (notice.Relist).
 	first := map[string][2]int{}
 	for i, raw := range items {
 		n, active, err := parseScheduledEvent(fmt.Sprintf("%s[%d]", what, i), raw, detected)
@@ -102,14 +101,8 @@ func ParseScheduledEvents(body []byte, detected time.Time) ([]notice.Notice, err
 			bad = append(bad, err)
 		case active:
 			if at, dup := first[n.ID]; dup {
-				// A copy says nothing new. Listings that differ leave
-				// which is meant unknown: the earlier deadline is taken,
-				// so that the checkpoints are not late.
-				if kept := &out[at[1]]; n.Action != kept.Action || !n.Deadline.Equal(kept.Deadline) {
+				if notice.Relist(&out[at[1]], n) {
 					bad = append(bad, fmt.Errorf("%s[%d]: EventId %s is listed twice, differently (also %s[%d]); the earlier deadline is taken", what, i, notice.Excerpt([]byte(strings.TrimPrefix(n.ID, "aws-"))), what, at[0]))
-					if n.Deadline.Before(kept.Deadline) {
-						*kept = n
-					}
 				}
 				continue
 			}

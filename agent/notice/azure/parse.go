@@ -172,8 +172,7 @@ var eventKinds = map[string]telemetryv1.ReclaimKind{
 func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Duration) ([]notice.Notice, error) {
 	var out []notice.Notice
 	var unread []error
-	// Two notices with one id would have the watcher move the deadline
-	// between them on every check: at is each id's place in out.
+	// at is each id's place in out (notice.Relist).
 	at := map[string]int{}
 	for _, e := range d.Events {
 		if !lists(e.Resources, vmName) {
@@ -193,14 +192,8 @@ func (d *Document) Notices(vmName string, detected time.Time, minNotice time.Dur
 			Action: e.EventType, Detected: detected, Deadline: deadline, Estimated: estimated,
 		}
 		if i, dup := at[n.ID]; dup {
-			// A copy says nothing new. Listings that differ leave which is
-			// meant unknown: the earlier deadline is taken, so that the
-			// checkpoints are not late.
-			if kept := &out[i]; n.Action != kept.Action || !n.Deadline.Equal(kept.Deadline) || n.Estimated != kept.Estimated {
-				unread = append(unread, fmt.Errorf("scheduled events: EventId %s is listed twice for this VM, differently (%s and %s); the earlier deadline is taken", notice.Excerpt([]byte(e.EventID)), notice.Excerpt([]byte(kept.Action)), notice.Excerpt([]byte(n.Action))))
-				if n.Deadline.Before(kept.Deadline) {
-					*kept = n
-				}
+			if before := out[i].Action; notice.Relist(&out[i], n) {
+				unread = append(unread, fmt.Errorf("scheduled events: EventId %s is listed twice for this VM, differently (%s and %s); the earlier deadline is taken", notice.Excerpt([]byte(e.EventID)), notice.Excerpt([]byte(before)), notice.Excerpt([]byte(n.Action))))
 			}
 			continue
 		}
